@@ -1,0 +1,276 @@
+//! SGMV on the CPU against two baselines measured in the same run:
+//! (a) the PEFT-style mixed batch — a loop over adapters, each taking its rows and doing two
+//!     candle matmuls (`x_k · Aᵀ`, then `· Bᵀ`, scaled), deltas concatenated and added to `y`;
+//! (b) a dense 4096 × 4096 GEMM of 256 rows in candle, the machine's roofline.
+//!
+//! Shapes: d = 4096, r = 16, T ∈ {1, 32, 256} tokens, K ∈ {1, 8, 64} distinct adapters (rows
+//! split evenly, K ≤ T), f32 and bf16. Prints each figure and ratio, saves
+//! `sgmv.json` and a plot `sgmv.png` (time against the number of distinct adapters) under
+//! `target/bench-results/` (or `$OPENLEDGER_BENCH_OUT`).
+//!
+//! `cargo bench -p openledger-benches --bench sgmv`
+
+use candle_core::{DType, Device, Tensor};
+use half::bf16;
+use openledger_benches::{Report, median_secs};
+use openledger_lora::sgmv::{AdapterSlots, LoraElement, LoraSlot, Segments, detected_isa, sgmv};
+use plotters::prelude::*;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+const D: usize = 4096;
+const R: usize = 16;
+const TOKENS: [usize; 3] = [1, 32, 256];
+const ADAPTERS: [usize; 3] = [1, 8, 64];
+
+/// Timings of one case, in seconds.
+struct Case {
+    sgmv: f64,
+    peft: f64,
+}
+
+fn random(n: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-0.05f32..0.05)).collect()
+}
+
+/// Runs enough repetitions for a stable median without spending more than ~0.4 s on a case.
+fn runs_for(estimate: f64) -> usize {
+    ((0.4 / estimate.max(1e-6)) as usize).clamp(3, 200)
+}
+
+fn time(mut f: impl FnMut()) -> f64 {
+    let t0 = std::time::Instant::now();
+    f();
+    let est = t0.elapsed().as_secs_f64();
+    median_secs(runs_for(est), f)
+}
+
+fn case<T: LoraElement + candle_core::WithDType>(
+    dtype: DType,
+    tokens: usize,
+    k: usize,
+    rng: &mut ChaCha8Rng,
+) -> Case {
+    let conv = |v: Vec<f32>| -> Vec<T> { v.into_iter().map(T::from_f32).collect() };
+    let x = conv(random(tokens * D, rng));
+    let y0 = conv(random(tokens * D, rng));
+    let a: Vec<Vec<T>> = (0..k).map(|_| conv(random(R * D, rng))).collect();
+    let b: Vec<Vec<T>> = (0..k).map(|_| conv(random(D * R, rng))).collect();
+    let scale = 2.0f32;
+    let slots = AdapterSlots::new(
+        D,
+        D,
+        (0..k)
+            .map(|i| LoraSlot {
+                a: &a[i],
+                b: &b[i],
+                rank: R,
+                scale,
+            })
+            .collect(),
+    )
+    .expect("slots");
+    let bounds: Vec<(usize, usize)> = (0..k)
+        .map(|i| (i * tokens / k, (i + 1) * tokens / k))
+        .collect();
+    let segs = Segments::from_triples(
+        &bounds
+            .iter()
+            .enumerate()
+            .map(|(i, &(s, e))| (s, e, i))
+            .collect::<Vec<_>>(),
+    );
+    let mut y = y0.clone();
+    let sgmv_s = time(|| sgmv(&x, &slots, &segs, &mut y).expect("sgmv"));
+
+    // (a) PEFT-style: per adapter, its rows through two matmuls, then one add into y.
+    let dev = Device::Cpu;
+    let xt = Tensor::from_slice(&x, (tokens, D), &dev).expect("x");
+    let yt = Tensor::from_slice(&y0, (tokens, D), &dev).expect("y");
+    let at: Vec<Tensor> = a
+        .iter()
+        .map(|m| {
+            Tensor::from_slice(m, (R, D), &dev)
+                .expect("A")
+                .t()
+                .expect("Aᵀ")
+        })
+        .collect();
+    let bt: Vec<Tensor> = b
+        .iter()
+        .map(|m| {
+            Tensor::from_slice(m, (D, R), &dev)
+                .expect("B")
+                .t()
+                .expect("Bᵀ")
+        })
+        .collect();
+    let peft = || -> candle_core::Result<Tensor> {
+        let mut deltas = Vec::with_capacity(k);
+        for (i, &(s, e)) in bounds.iter().enumerate() {
+            let rows = xt.narrow(0, s, e - s)?;
+            let delta = rows
+                .matmul(&at[i])?
+                .matmul(&bt[i])?
+                .affine(f64::from(scale), 0.0)?;
+            deltas.push(delta);
+        }
+        yt.add(&Tensor::cat(&deltas, 0)?)
+    };
+    let out = peft().expect("PEFT-style baseline");
+    assert_eq!(out.dtype(), dtype);
+    let peft_s = time(|| {
+        peft().expect("PEFT-style baseline");
+    });
+    Case {
+        sgmv: sgmv_s,
+        peft: peft_s,
+    }
+}
+
+/// Dense GEMM of 256 rows by a 4096 × 4096 weight in candle: seconds per call.
+fn dense<T: LoraElement + candle_core::WithDType>(rng: &mut ChaCha8Rng) -> f64 {
+    let conv = |v: Vec<f32>| -> Vec<T> { v.into_iter().map(T::from_f32).collect() };
+    let dev = Device::Cpu;
+    let x = Tensor::from_vec(conv(random(256 * D, rng)), (256, D), &dev).expect("x");
+    let w = Tensor::from_vec(conv(random(D * D, rng)), (D, D), &dev).expect("W");
+    let wt = w.t().expect("Wᵀ");
+    median_secs(3, || x.matmul(&wt).expect("dense GEMM"))
+}
+
+fn run_dtype<T: LoraElement + candle_core::WithDType>(
+    dtype: DType,
+    report: &mut Report,
+    plot: &mut BTreeMap<String, Vec<(usize, f64)>>,
+    rng: &mut ChaCha8Rng,
+) {
+    let name = T::NAME;
+    let dense_s = dense::<T>(rng);
+    let dense_gflops = 2.0 * 256.0 * (D * D) as f64 / dense_s / 1e9;
+    report.figure(&format!("{name}_dense_gemm_T256_gflops"), dense_gflops);
+    for tokens in TOKENS {
+        let mut by_k = BTreeMap::new();
+        for k in ADAPTERS.into_iter().filter(|&k| k <= tokens) {
+            let c = case::<T>(dtype, tokens, k, rng);
+            let key = format!("{name}_T{tokens}_K{k}");
+            report.figure(&format!("{key}_sgmv_us"), c.sgmv * 1e6);
+            report.figure(&format!("{key}_peft_us"), c.peft * 1e6);
+            report.ratio(&format!("{key}_speedup_vs_peft"), c.peft, c.sgmv, ">= 10x");
+            if tokens == 256 {
+                let gflops = 4.0 * (tokens * R * D) as f64 / c.sgmv / 1e9;
+                report.figure(&format!("{key}_sgmv_gflops"), gflops);
+                report.ratio(
+                    &format!("{key}_gflops_vs_dense"),
+                    gflops,
+                    dense_gflops,
+                    ">= 0.5x",
+                );
+            }
+            plot.entry(format!("SGMV {name} T={tokens}"))
+                .or_default()
+                .push((k, c.sgmv * 1e6));
+            plot.entry(format!("PEFT loop {name} T={tokens}"))
+                .or_default()
+                .push((k, c.peft * 1e6));
+            by_k.insert(k, c.sgmv);
+        }
+        if let (Some(&one), Some((&kmax, &many))) = (by_k.get(&1), by_k.iter().next_back())
+            && kmax > 1
+        {
+            report.ratio(
+                &format!("{name}_T{tokens}_K{kmax}_vs_K1_cost"),
+                many,
+                one,
+                "<= 1.25x",
+            );
+        }
+    }
+}
+
+fn draw(
+    path: &Path,
+    series: &BTreeMap<String, Vec<(usize, f64)>>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let root = BitMapBackend::new(path, (1100, 700)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let ymax = series.values().flatten().map(|p| p.1).fold(1.0, f64::max) * 2.0;
+    let ymin = series
+        .values()
+        .flatten()
+        .map(|p| p.1)
+        .fold(f64::MAX, f64::min)
+        / 2.0;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!(
+                "SGMV vs PEFT-style loop, d = {D}, r = {R}, 2-core CPU ({:?})",
+                detected_isa()
+            ),
+            ("sans-serif", 22),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d((0.8f64..80.0).log_scale(), (ymin..ymax).log_scale())?;
+    chart
+        .configure_mesh()
+        .x_desc("distinct adapters in the batch (K)")
+        .y_desc("time per call (µs)")
+        .draw()?;
+    for (i, (label, pts)) in series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let style = if label.starts_with("SGMV") {
+            color.stroke_width(3)
+        } else {
+            color.stroke_width(1)
+        };
+        chart
+            .draw_series(LineSeries::new(
+                pts.iter().map(|&(k, t)| (k as f64, t)),
+                style,
+            ))?
+            .label(label.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+        chart.draw_series(
+            pts.iter()
+                .map(|&(k, t)| Circle::new((k as f64, t), 3, color.filled())),
+        )?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+fn main() {
+    let t0 = std::time::Instant::now();
+    let mut report = Report::new("sgmv");
+    println!(
+        "sgmv: CPU kernels {:?}, {} hardware threads",
+        detected_isa(),
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    let mut rng = ChaCha8Rng::seed_from_u64(42);
+    let mut plot = BTreeMap::new();
+    run_dtype::<f32>(DType::F32, &mut report, &mut plot, &mut rng);
+    run_dtype::<bf16>(DType::BF16, &mut report, &mut plot, &mut rng);
+    report.figure("bench_wall_s", t0.elapsed().as_secs_f64());
+    match report.save() {
+        Ok(json) => {
+            println!("saved {}", json.display());
+            let png = json.with_extension("png");
+            plot.retain(|label, _| !label.ends_with("T=1"));
+            match draw(&png, &plot) {
+                Ok(()) => println!("saved {}", png.display()),
+                Err(e) => println!("plot not written: {e}"),
+            }
+        }
+        Err(e) => println!("results not saved: {e}"),
+    }
+}

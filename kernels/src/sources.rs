@@ -1,0 +1,42 @@
+//! The CUDA C sources of the kernels, embedded in the library. Each compiled program is
+//! [`COMMON`] followed by one source, so NVRTC needs no include path and no CUDA header.
+
+/// Element types, `half`/`bfloat16` conversions (PTX `cvt` and bit manipulation) and the block
+/// reduction shared by every kernel.
+pub const COMMON: &str = include_str!("common.cuh");
+
+/// `(file name, source)` of every kernel program.
+pub const SOURCES: &[(&str, &str)] = &[
+    ("shrink.cu", include_str!("shrink.cu")),
+    ("expand.cu", include_str!("expand.cu")),
+];
+
+/// The dtypes every kernel is instantiated for, as suffixes of the entry point names.
+pub const DTYPES: &[&str] = &["f32", "f16", "bf16"];
+
+/// The `extern "C"` entry points each program defines (before the dtype suffix).
+pub fn entry_points(file: &str) -> &'static [&'static str] {
+    match file {
+        "shrink.cu" => &["sgmv_shrink", "bgmv_shrink"],
+        "expand.cu" => &["sgmv_expand", "bgmv_expand"],
+        _ => &[],
+    }
+}
+
+/// The full program text NVRTC compiles for `file` (common part first), or `None` when there is
+/// no such source.
+pub fn program(file: &str) -> Option<String> {
+    SOURCES
+        .iter()
+        .find(|(name, _)| *name == file)
+        .map(|(_, src)| format!("{COMMON}\n{src}"))
+}
+
+/// Every entry point name (`sgmv_shrink_bf16`, ...) across all programs.
+pub fn all_kernel_names() -> Vec<String> {
+    SOURCES
+        .iter()
+        .flat_map(|(file, _)| entry_points(file).iter())
+        .flat_map(|e| DTYPES.iter().map(move |d| format!("{e}_{d}")))
+        .collect()
+}

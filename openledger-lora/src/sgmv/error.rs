@@ -1,0 +1,153 @@
+//! The typed error of the SGMV / BGMV operators: every variant names the culprit (slot, segment,
+//! row, buffer) and the expected and found values.
+
+use thiserror::Error;
+
+/// Why an SGMV / BGMV call was refused. Nothing is written to the outputs when an error is
+/// returned: every check runs before the first write.
+#[derive(Debug, Error)]
+pub enum SgmvError {
+    /// A slot's `A` (`[rank, in]`) or `B` (`[out, rank]`) slice does not hold the number of
+    /// elements its rank and the layer's dimensions imply.
+    #[error(
+        "adapter slot {slot}: matrix {matrix} has {found} elements, expected {expected} ({shape})"
+    )]
+    SlotShape {
+        /// Index of the slot.
+        slot: usize,
+        /// `"A"` or `"B"`.
+        matrix: &'static str,
+        /// Number of elements implied by the rank and the layer's dimensions.
+        expected: usize,
+        /// Number of elements in the slice.
+        found: usize,
+        /// The expected shape, written out (`"[16, 4096]"`).
+        shape: String,
+    },
+    /// A slot declares rank 0.
+    #[error("adapter slot {slot}: rank must be at least 1")]
+    ZeroRank {
+        /// Index of the slot.
+        slot: usize,
+    },
+    /// A slot's scale is NaN or infinite.
+    #[error("adapter slot {slot}: scale {scale} is not finite")]
+    BadScale {
+        /// Index of the slot.
+        slot: usize,
+        /// The offending scale.
+        scale: f32,
+    },
+    /// The layer's input or output dimension is zero.
+    #[error("layer dimensions must be non-zero, found in = {in_features}, out = {out_features}")]
+    ZeroDims {
+        /// Input features of the layer.
+        in_features: usize,
+        /// Output features of the layer.
+        out_features: usize,
+    },
+    /// The `starts`, `ends` and `slots` arrays of a segment description differ in length.
+    #[error(
+        "segments: starts has {starts} entries, ends {ends}, slots {slots}; they must be equal"
+    )]
+    SegmentArrays {
+        /// Length of `starts`.
+        starts: usize,
+        /// Length of `ends`.
+        ends: usize,
+        /// Length of `slots`.
+        slots: usize,
+    },
+    /// A segment ends before it starts, or reaches past the last row of the batch.
+    #[error("segment {segment} covers rows {start}..{end}, outside the batch of {rows} rows")]
+    SegmentOutOfRange {
+        /// Index of the segment.
+        segment: usize,
+        /// First row of the segment.
+        start: usize,
+        /// One past the last row of the segment.
+        end: usize,
+        /// Number of rows in the batch.
+        rows: usize,
+    },
+    /// Two segments share at least one row.
+    #[error(
+        "segments {first} ({first_start}..{first_end}) and {second} ({second_start}..{second_end}) overlap"
+    )]
+    SegmentsOverlap {
+        /// Index of the segment that starts first.
+        first: usize,
+        /// Its first row.
+        first_start: usize,
+        /// One past its last row.
+        first_end: usize,
+        /// Index of the segment that starts inside it.
+        second: usize,
+        /// Its first row.
+        second_start: usize,
+        /// One past its last row.
+        second_end: usize,
+    },
+    /// A segment (SGMV) or a row (BGMV) names an adapter slot that does not exist.
+    #[error("{place} names adapter slot {slot}, but only {slots} slots exist")]
+    SlotOutOfRange {
+        /// `"segment 3"` or `"row 17"`.
+        place: String,
+        /// The slot index given.
+        slot: usize,
+        /// Number of slots.
+        slots: usize,
+    },
+    /// A buffer (`x`, `y`, `v`, `indices`) has the wrong number of elements.
+    #[error("buffer {buffer} has {found} elements, expected {expected}")]
+    Length {
+        /// Which buffer.
+        buffer: &'static str,
+        /// Elements expected from the batch and layer dimensions.
+        expected: usize,
+        /// Elements found.
+        found: usize,
+    },
+    /// A plan was built for different slots than the ones given to the operation (a slot's rank
+    /// differs, or there are fewer slots).
+    #[error("plan was built for slot {slot} with rank {planned}, but the slots give rank {found}")]
+    PlanMismatch {
+        /// The slot that differs.
+        slot: usize,
+        /// Rank recorded in the plan.
+        planned: usize,
+        /// Rank in the slots given now (0 when the slot is missing).
+        found: usize,
+    },
+    /// A tensor has the wrong shape.
+    #[error("tensor {tensor} has shape {found:?}, expected {expected}")]
+    TensorShape {
+        /// Which tensor (`"x"`, `"y"`, `"A[2]"` ...).
+        tensor: String,
+        /// The expected shape, written out.
+        expected: String,
+        /// The shape found.
+        found: Vec<usize>,
+    },
+    /// A tensor's dtype differs from `x`'s, or is not one of f32, f16, bf16.
+    #[error("tensor {tensor} has dtype {found}, expected {expected}")]
+    TensorDtype {
+        /// Which tensor.
+        tensor: String,
+        /// The dtype expected.
+        expected: String,
+        /// The dtype found.
+        found: String,
+    },
+    /// A tensor does not live on the CPU (the tensor wrappers run the CPU operators).
+    #[error("tensor {tensor} is on {device}; the SGMV tensor wrappers take CPU tensors")]
+    NotCpu {
+        /// Which tensor.
+        tensor: String,
+        /// Where it lives.
+        device: String,
+    },
+    /// An error raised by candle while reading or building a tensor.
+    #[error("candle: {0}")]
+    Candle(#[from] candle_core::Error),
+}

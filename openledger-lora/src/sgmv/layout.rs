@@ -1,0 +1,340 @@
+//! Views of the LoRA weights held in adapter slots, the segment description of a batch, and the
+//! validated plan that maps each row to its slot and to its place in the packed intermediate.
+
+use super::element::LoraElement;
+use super::error::SgmvError;
+
+/// One adapter slot of one layer: `A` is `[rank, in]` and `B` is `[out, rank]`, both row-major,
+/// and the update is `y += scale · (x · Aᵀ) · Bᵀ`.
+#[derive(Debug, Clone, Copy)]
+pub struct LoraSlot<'a, T> {
+    /// `A`, `[rank, in_features]` row-major.
+    pub a: &'a [T],
+    /// `B`, `[out_features, rank]` row-major.
+    pub b: &'a [T],
+    /// The rank of this adapter (each slot has its own; nothing is padded).
+    pub rank: usize,
+    /// The adapter's scale (`alpha / r`, or `alpha / sqrt(r)` with rsLoRA).
+    pub scale: f32,
+}
+
+/// The adapter slots of one layer, validated against the layer's dimensions.
+#[derive(Debug, Clone)]
+pub struct AdapterSlots<'a, T> {
+    in_features: usize,
+    out_features: usize,
+    slots: Vec<LoraSlot<'a, T>>,
+}
+
+impl<'a, T: LoraElement> AdapterSlots<'a, T> {
+    /// Checks every slot (rank ≥ 1, finite scale, `A` and `B` lengths) and wraps them.
+    pub fn new(
+        in_features: usize,
+        out_features: usize,
+        slots: Vec<LoraSlot<'a, T>>,
+    ) -> Result<Self, SgmvError> {
+        if in_features == 0 || out_features == 0 {
+            return Err(SgmvError::ZeroDims {
+                in_features,
+                out_features,
+            });
+        }
+        for (i, s) in slots.iter().enumerate() {
+            if s.rank == 0 {
+                return Err(SgmvError::ZeroRank { slot: i });
+            }
+            if !s.scale.is_finite() {
+                return Err(SgmvError::BadScale {
+                    slot: i,
+                    scale: s.scale,
+                });
+            }
+            let check = |matrix, found: usize, rows: usize, cols: usize| {
+                let expected = rows.saturating_mul(cols);
+                if found == expected {
+                    Ok(())
+                } else {
+                    Err(SgmvError::SlotShape {
+                        slot: i,
+                        matrix,
+                        expected,
+                        found,
+                        shape: format!("[{rows}, {cols}]"),
+                    })
+                }
+            };
+            check("A", s.a.len(), s.rank, in_features)?;
+            check("B", s.b.len(), out_features, s.rank)?;
+        }
+        Ok(Self {
+            in_features,
+            out_features,
+            slots,
+        })
+    }
+
+    /// Input dimension of the layer (length of an `x` row).
+    pub fn in_features(&self) -> usize {
+        self.in_features
+    }
+
+    /// Output dimension of the layer (length of a `y` row).
+    pub fn out_features(&self) -> usize {
+        self.out_features
+    }
+
+    /// The slots, in index order.
+    pub fn slots(&self) -> &[LoraSlot<'a, T>] {
+        &self.slots
+    }
+
+    /// Number of slots.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether there are no slots.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// The rank of each slot.
+    pub fn ranks(&self) -> Vec<usize> {
+        self.slots.iter().map(|s| s.rank).collect()
+    }
+}
+
+/// How the rows of a batch are grouped (Punica's SGMV layout): segment `i` covers rows
+/// `starts[i]..ends[i]` and uses adapter slot `slots[i]`. Rows outside every segment use no
+/// adapter. Segments may come in any order, may be empty, and must not overlap.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Segments {
+    /// First row of each segment.
+    pub starts: Vec<usize>,
+    /// One past the last row of each segment.
+    pub ends: Vec<usize>,
+    /// Adapter slot of each segment.
+    pub slots: Vec<usize>,
+}
+
+impl Segments {
+    /// Segments from parallel arrays (checked when a plan is built).
+    pub fn new(starts: Vec<usize>, ends: Vec<usize>, slots: Vec<usize>) -> Self {
+        Self {
+            starts,
+            ends,
+            slots,
+        }
+    }
+
+    /// Segments from `(start, end, slot)` triples.
+    pub fn from_triples(triples: &[(usize, usize, usize)]) -> Self {
+        Self {
+            starts: triples.iter().map(|t| t.0).collect(),
+            ends: triples.iter().map(|t| t.1).collect(),
+            slots: triples.iter().map(|t| t.2).collect(),
+        }
+    }
+
+    /// Run-length segments from one optional slot per row (consecutive rows with the same slot
+    /// share a segment; `None` rows are left out).
+    pub fn from_row_slots(rows: &[Option<usize>]) -> Self {
+        let mut out = Self::default();
+        let mut i = 0;
+        while i < rows.len() {
+            let mut j = i + 1;
+            while j < rows.len() && rows[j] == rows[i] {
+                j += 1;
+            }
+            if let Some(slot) = rows[i] {
+                out.starts.push(i);
+                out.ends.push(j);
+                out.slots.push(slot);
+            }
+            i = j;
+        }
+        out
+    }
+
+    /// Number of segments.
+    pub fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    /// Whether there are no segments.
+    pub fn is_empty(&self) -> bool {
+        self.starts.is_empty()
+    }
+}
+
+/// A run of consecutive rows sharing one slot, with its place in the packed intermediate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Group {
+    pub(crate) start: usize,
+    pub(crate) end: usize,
+    pub(crate) slot: usize,
+    pub(crate) rank: usize,
+    /// Offset of row `start`'s intermediate in `v`; row `start + i` is at `v_off + i * rank`.
+    pub(crate) v_off: usize,
+}
+
+/// A validated batch layout: which slot each row uses and where each row's intermediate
+/// `v = x · Aᵀ` (length = that slot's rank) lives in the packed `v` buffer. Rows are packed in row
+/// order; rows without an adapter take no space.
+///
+/// ```
+/// use openledger_lora::sgmv::{SgmvPlan, Segments};
+///
+/// // rows 0..2 use slot 1 (rank 4), row 2 has no adapter, rows 3..4 use slot 0 (rank 2)
+/// let segs = Segments::from_triples(&[(3, 4, 0), (0, 2, 1)]);
+/// let plan = SgmvPlan::from_segments(&segs, &[2, 4], 4).unwrap();
+/// assert_eq!(plan.intermediate_len(), 4 + 4 + 2);
+/// assert_eq!(plan.row_intermediate(1), Some((4, 4)));
+/// assert_eq!(plan.row_intermediate(2), None);
+/// assert_eq!(plan.row_intermediate(3), Some((8, 2)));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SgmvPlan {
+    rows: usize,
+    ranks: Vec<usize>,
+    groups: Vec<Group>,
+    v_len: usize,
+}
+
+impl SgmvPlan {
+    /// Validates SGMV segments over a batch of `rows` rows whose slots have ranks `ranks`.
+    pub fn from_segments(
+        segments: &Segments,
+        ranks: &[usize],
+        rows: usize,
+    ) -> Result<Self, SgmvError> {
+        let n = segments.starts.len();
+        if segments.ends.len() != n || segments.slots.len() != n {
+            return Err(SgmvError::SegmentArrays {
+                starts: n,
+                ends: segments.ends.len(),
+                slots: segments.slots.len(),
+            });
+        }
+        for i in 0..n {
+            let (start, end, slot) = (segments.starts[i], segments.ends[i], segments.slots[i]);
+            if start > end || end > rows {
+                return Err(SgmvError::SegmentOutOfRange {
+                    segment: i,
+                    start,
+                    end,
+                    rows,
+                });
+            }
+            if slot >= ranks.len() {
+                return Err(SgmvError::SlotOutOfRange {
+                    place: format!("segment {i}"),
+                    slot,
+                    slots: ranks.len(),
+                });
+            }
+        }
+        let mut order: Vec<usize> = (0..n)
+            .filter(|&i| segments.starts[i] < segments.ends[i])
+            .collect();
+        order.sort_by_key(|&i| segments.starts[i]);
+        for w in order.windows(2) {
+            let (p, q) = (w[0], w[1]);
+            if segments.starts[q] < segments.ends[p] {
+                return Err(SgmvError::SegmentsOverlap {
+                    first: p,
+                    first_start: segments.starts[p],
+                    first_end: segments.ends[p],
+                    second: q,
+                    second_start: segments.starts[q],
+                    second_end: segments.ends[q],
+                });
+            }
+        }
+        let mut v_len = 0;
+        let groups = order
+            .iter()
+            .map(|&i| {
+                let rank = ranks[segments.slots[i]];
+                let g = Group {
+                    start: segments.starts[i],
+                    end: segments.ends[i],
+                    slot: segments.slots[i],
+                    rank,
+                    v_off: v_len,
+                };
+                v_len += (g.end - g.start) * rank;
+                g
+            })
+            .collect();
+        Ok(Self {
+            rows,
+            ranks: ranks.to_vec(),
+            groups,
+            v_len,
+        })
+    }
+
+    /// Validates a BGMV layout: one optional slot per row (`None`: no adapter).
+    pub fn from_row_slots(indices: &[Option<usize>], ranks: &[usize]) -> Result<Self, SgmvError> {
+        if let Some((row, &Some(slot))) = indices
+            .iter()
+            .enumerate()
+            .find(|(_, s)| matches!(s, Some(s) if *s >= ranks.len()))
+        {
+            return Err(SgmvError::SlotOutOfRange {
+                place: format!("row {row}"),
+                slot,
+                slots: ranks.len(),
+            });
+        }
+        Self::from_segments(&Segments::from_row_slots(indices), ranks, indices.len())
+    }
+
+    /// Number of rows in the batch.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Length of the packed intermediate `v` (sum over rows with an adapter of that adapter's rank).
+    pub fn intermediate_len(&self) -> usize {
+        self.v_len
+    }
+
+    /// `(offset, rank)` of `row`'s intermediate in `v`, or `None` when the row has no adapter.
+    pub fn row_intermediate(&self, row: usize) -> Option<(usize, usize)> {
+        let g = self.groups.iter().find(|g| g.start <= row && row < g.end)?;
+        Some((g.v_off + (row - g.start) * g.rank, g.rank))
+    }
+
+    /// The slot each row uses (`None`: no adapter).
+    pub fn row_slots(&self) -> Vec<Option<usize>> {
+        let mut out = vec![None; self.rows];
+        for g in &self.groups {
+            out[g.start..g.end].fill(Some(g.slot));
+        }
+        out
+    }
+
+    pub(crate) fn groups(&self) -> &[Group] {
+        &self.groups
+    }
+
+    /// Checks that `slots` are the ones the plan was built for (same count at least, same ranks).
+    pub(crate) fn check_slots<T: LoraElement>(
+        &self,
+        slots: &AdapterSlots<'_, T>,
+    ) -> Result<(), SgmvError> {
+        for (i, &planned) in self.ranks.iter().enumerate() {
+            let found = slots.slots().get(i).map_or(0, |s| s.rank);
+            if found != planned {
+                return Err(SgmvError::PlanMismatch {
+                    slot: i,
+                    planned,
+                    found,
+                });
+            }
+        }
+        Ok(())
+    }
+}

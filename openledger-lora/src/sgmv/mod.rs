@@ -1,0 +1,187 @@
+//! SGMV and BGMV: many LoRA adapters applied to one batch in one pass (the semantics of Punica's
+//! operators). The batch's rows either come in segments, each using one adapter slot (SGMV, for
+//! prefill), or carry one slot index each (BGMV, for decode); every row `i` with slot `s` gets
+//!
+//! `y[i] += scale_s · (x[i] · A_sᵀ) · B_sᵀ`
+//!
+//! in two public steps — *shrink* `v[i] = x[i] · A_sᵀ` into a packed f32 intermediate (each row
+//! takes its own slot's rank, nothing is padded to the largest rank) and *expand*
+//! `y[i] += scale_s · v[i] · B_sᵀ` — and a fused call on top. Rows with no adapter are left as
+//! they are. `x`, `y`, `A` and `B` are f32, f16 or bf16; arithmetic is f32.
+//!
+//! The CPU path is rayon-parallel over rows *and* output columns (one token still uses every
+//! core), vectorised for AVX-512 / AVX2+FMA with a portable fallback, and its results do not
+//! depend on the number of threads. GPU kernels live in the `openledger-kernels` crate.
+//!
+//! ```
+//! use openledger_lora::sgmv::{sgmv, AdapterSlots, LoraSlot, Segments};
+//!
+//! // a layer with in = 3, out = 2 and two adapters of ranks 1 and 2
+//! let a0 = [1.0f32, 0.0, 0.0];
+//! let b0 = [1.0f32, 2.0];
+//! let a1 = [0.0f32, 1.0, 0.0, 0.0, 0.0, 1.0];
+//! let b1 = [1.0f32, 0.0, 0.0, 1.0];
+//! let slots = AdapterSlots::new(3, 2, vec![
+//!     LoraSlot { a: &a0, b: &b0, rank: 1, scale: 0.5 },
+//!     LoraSlot { a: &a1, b: &b1, rank: 2, scale: 2.0 },
+//! ]).unwrap();
+//! // three rows: row 0 uses slot 1, row 1 no adapter, row 2 slot 0
+//! let x = [1.0f32, 2.0, 3.0, 9.0, 9.0, 9.0, 4.0, 5.0, 6.0];
+//! let mut y = [0.0f32; 6];
+//! let segs = Segments::from_triples(&[(0, 1, 1), (2, 3, 0)]);
+//! sgmv(&x, &slots, &segs, &mut y).unwrap();
+//! assert_eq!(y, [4.0, 6.0, 0.0, 0.0, 2.0, 4.0]);
+//! ```
+
+mod candle;
+mod cpu;
+mod element;
+mod error;
+mod layout;
+mod simd;
+
+pub use candle::{TensorSlot, sgmv_tensors};
+pub use element::LoraElement;
+pub use error::SgmvError;
+pub use layout::{AdapterSlots, LoraSlot, Segments, SgmvPlan};
+pub use simd::{Isa, detected_isa};
+
+fn check_len(buffer: &'static str, expected: usize, found: usize) -> Result<(), SgmvError> {
+    if expected == found {
+        Ok(())
+    } else {
+        Err(SgmvError::Length {
+            buffer,
+            expected,
+            found,
+        })
+    }
+}
+
+/// Rows in a buffer of `len` elements with rows of `width` (exact multiple required).
+fn rows_of(buffer: &'static str, len: usize, width: usize) -> Result<usize, SgmvError> {
+    if !len.is_multiple_of(width) {
+        return Err(SgmvError::Length {
+            buffer,
+            expected: (len / width + 1) * width,
+            found: len,
+        });
+    }
+    Ok(len / width)
+}
+
+/// Shrink with a validated plan: `v[row] = x[row] · A_slotᵀ`, `v` packed as the plan says
+/// (`plan.intermediate_len()` elements). `x` is `[plan.rows(), in_features]`.
+pub fn shrink_with_plan<T: LoraElement>(
+    plan: &SgmvPlan,
+    x: &[T],
+    slots: &AdapterSlots<'_, T>,
+    v: &mut [f32],
+) -> Result<(), SgmvError> {
+    plan.check_slots(slots)?;
+    check_len("x", plan.rows() * slots.in_features(), x.len())?;
+    check_len("v", plan.intermediate_len(), v.len())?;
+    cpu::shrink(plan, x, slots, v);
+    Ok(())
+}
+
+/// Expand with a validated plan: `y[row] += scale_slot · v[row] · B_slotᵀ`. `y` is
+/// `[plan.rows(), out_features]`; rows without an adapter are not touched.
+pub fn expand_with_plan<T: LoraElement>(
+    plan: &SgmvPlan,
+    v: &[f32],
+    slots: &AdapterSlots<'_, T>,
+    y: &mut [T],
+) -> Result<(), SgmvError> {
+    plan.check_slots(slots)?;
+    check_len("y", plan.rows() * slots.out_features(), y.len())?;
+    check_len("v", plan.intermediate_len(), v.len())?;
+    cpu::expand(plan, v, slots, y);
+    Ok(())
+}
+
+/// Shrink then expand with a validated plan (allocates the intermediate).
+pub fn apply_with_plan<T: LoraElement>(
+    plan: &SgmvPlan,
+    x: &[T],
+    slots: &AdapterSlots<'_, T>,
+    y: &mut [T],
+) -> Result<(), SgmvError> {
+    check_len("y", plan.rows() * slots.out_features(), y.len())?;
+    let mut v = vec![0f32; plan.intermediate_len()];
+    shrink_with_plan(plan, x, slots, &mut v)?;
+    expand_with_plan(plan, &v, slots, y)
+}
+
+/// SGMV shrink: `v[row] = x[row] · A_slotᵀ` for every row of every segment. `x` is
+/// `[rows, in_features]`; returns the plan, whose `intermediate_len()` `v` must have (use
+/// [`SgmvPlan::from_segments`] first to size `v`).
+pub fn sgmv_shrink<T: LoraElement>(
+    x: &[T],
+    slots: &AdapterSlots<'_, T>,
+    segments: &Segments,
+    v: &mut [f32],
+) -> Result<SgmvPlan, SgmvError> {
+    let rows = rows_of("x", x.len(), slots.in_features())?;
+    let plan = SgmvPlan::from_segments(segments, &slots.ranks(), rows)?;
+    shrink_with_plan(&plan, x, slots, v)?;
+    Ok(plan)
+}
+
+/// SGMV expand: `y[row] += scale_slot · v[row] · B_slotᵀ` for every row of every segment.
+pub fn sgmv_expand<T: LoraElement>(
+    v: &[f32],
+    slots: &AdapterSlots<'_, T>,
+    segments: &Segments,
+    y: &mut [T],
+) -> Result<(), SgmvError> {
+    let rows = rows_of("y", y.len(), slots.out_features())?;
+    let plan = SgmvPlan::from_segments(segments, &slots.ranks(), rows)?;
+    expand_with_plan(&plan, v, slots, y)
+}
+
+/// SGMV, fused: `y[seg] += scale · (x[seg] · Aᵀ) · Bᵀ` for every segment.
+pub fn sgmv<T: LoraElement>(
+    x: &[T],
+    slots: &AdapterSlots<'_, T>,
+    segments: &Segments,
+    y: &mut [T],
+) -> Result<(), SgmvError> {
+    let rows = rows_of("x", x.len(), slots.in_features())?;
+    let plan = SgmvPlan::from_segments(segments, &slots.ranks(), rows)?;
+    apply_with_plan(&plan, x, slots, y)
+}
+
+/// BGMV shrink: one optional slot per row (`indices.len()` rows); returns the plan.
+pub fn bgmv_shrink<T: LoraElement>(
+    x: &[T],
+    slots: &AdapterSlots<'_, T>,
+    indices: &[Option<usize>],
+    v: &mut [f32],
+) -> Result<SgmvPlan, SgmvError> {
+    let plan = SgmvPlan::from_row_slots(indices, &slots.ranks())?;
+    shrink_with_plan(&plan, x, slots, v)?;
+    Ok(plan)
+}
+
+/// BGMV expand: one optional slot per row.
+pub fn bgmv_expand<T: LoraElement>(
+    v: &[f32],
+    slots: &AdapterSlots<'_, T>,
+    indices: &[Option<usize>],
+    y: &mut [T],
+) -> Result<(), SgmvError> {
+    let plan = SgmvPlan::from_row_slots(indices, &slots.ranks())?;
+    expand_with_plan(&plan, v, slots, y)
+}
+
+/// BGMV, fused: `y[i] += scale · (x[i] · Aᵀ) · Bᵀ` with the slot of row `i`.
+pub fn bgmv<T: LoraElement>(
+    x: &[T],
+    slots: &AdapterSlots<'_, T>,
+    indices: &[Option<usize>],
+    y: &mut [T],
+) -> Result<(), SgmvError> {
+    let plan = SgmvPlan::from_row_slots(indices, &slots.ranks())?;
+    apply_with_plan(&plan, x, slots, y)
+}

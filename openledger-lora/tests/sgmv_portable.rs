@@ -1,0 +1,102 @@
+//! The portable kernels (what a CPU without AVX2 + FMA runs) against an f64 reference, in their
+//! own test binary: `OPENLEDGER_SGMV_ISA=portable` is set before the first operator call, which
+//! fixes the kernel choice for the process.
+
+use half::{bf16, f16};
+use openledger_lora::sgmv::{
+    AdapterSlots, Isa, LoraElement, LoraSlot, Segments, bgmv, detected_isa, sgmv,
+};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn check<T: LoraElement>(u: f64) {
+    let (inp, out, rows) = (203, 97, 23);
+    let ranks = [16usize, 3, 40];
+    let mut rng = ChaCha8Rng::seed_from_u64(17);
+    let mut rand = |n: usize| -> Vec<T> {
+        (0..n)
+            .map(|_| T::from_f32(rng.random_range(-1.0f32..1.0)))
+            .collect()
+    };
+    let x = rand(rows * inp);
+    let y0 = rand(rows * out);
+    let a: Vec<Vec<T>> = ranks.iter().map(|&r| rand(r * inp)).collect();
+    let b: Vec<Vec<T>> = ranks.iter().map(|&r| rand(out * r)).collect();
+    let slots = AdapterSlots::new(
+        inp,
+        out,
+        (0..3)
+            .map(|i| LoraSlot {
+                a: &a[i],
+                b: &b[i],
+                rank: ranks[i],
+                scale: 0.5 + i as f32,
+            })
+            .collect(),
+    )
+    .unwrap();
+    let row_slots: Vec<Option<usize>> = (0..rows).map(|i| (i % 7 != 6).then_some(i % 3)).collect();
+    let f = |t: T| f64::from(t.to_f32());
+    let mut want = vec![0f64; rows * out];
+    let mut mag = vec![0f64; rows * out];
+    for row in 0..rows {
+        for o in 0..out {
+            let i = row * out + o;
+            want[i] = f(y0[i]);
+            mag[i] = f(y0[i]).abs();
+            let Some(s) = row_slots[row] else { continue };
+            let r = ranks[s];
+            for j in 0..r {
+                let (mut vj, mut vabs) = (0.0, 0.0);
+                for k in 0..inp {
+                    let p = f(x[row * inp + k]) * f(a[s][j * inp + k]);
+                    vj += p;
+                    vabs += p.abs();
+                }
+                let scale = 0.5 + s as f64;
+                want[i] += scale * vj * f(b[s][o * r + j]);
+                mag[i] += scale * vabs * f(b[s][o * r + j]).abs();
+            }
+        }
+    }
+    let mut ys = y0.clone();
+    sgmv(&x, &slots, &Segments::from_row_slots(&row_slots), &mut ys).unwrap();
+    let mut yb = y0.clone();
+    bgmv(&x, &slots, &row_slots, &mut yb).unwrap();
+    for (name, got) in [("sgmv", &ys), ("bgmv", &yb)] {
+        for i in 0..rows * out {
+            let g = f(got[i]);
+            let tol = u * want[i].abs() + 1e-5 * mag[i] + 1e-7;
+            assert!(
+                (g - want[i]).abs() <= tol,
+                "{name} [{}] {i}: {g} vs {}",
+                T::NAME,
+                want[i]
+            );
+        }
+    }
+    let mut pooled = Vec::new();
+    for threads in [1, 2, 7] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let mut y = y0.clone();
+        pool.install(|| sgmv(&x, &slots, &Segments::from_row_slots(&row_slots), &mut y).unwrap());
+        pooled.push(y.iter().map(|v| v.to_f32().to_bits()).collect::<Vec<u32>>());
+    }
+    assert!(
+        pooled[0] == pooled[1] && pooled[0] == pooled[2],
+        "thread count changed bits"
+    );
+}
+
+#[test]
+fn sgmv_portable_kernels_match_the_f64_reference_on_any_thread_count() {
+    // SAFETY: the only test of this binary; no other thread reads the environment yet.
+    unsafe { std::env::set_var("OPENLEDGER_SGMV_ISA", "portable") };
+    assert_eq!(detected_isa(), Isa::Portable);
+    check::<f32>(0.0);
+    check::<f16>(2f64.powi(-11));
+    check::<bf16>(2f64.powi(-8));
+}

@@ -1,0 +1,313 @@
+//! SGMV / BGMV against a naive f64 reference on random layouts, for every dtype.
+//!
+//! Tolerances (`M` is the magnitude `|y0| + |scale| · Σ_j |B_oj| · Σ_k |x_k A_jk|`, the sum of the
+//! absolute values of every term, computed in f64 from the rounded inputs):
+//! - f32: `|got − ref| ≤ 1e-5 · M`;
+//! - f16 / bf16: the output is rounded once to the storage type, so
+//!   `|got − ref| ≤ u · |ref| + 1e-5 · M + tiny`, with `u = 2⁻¹¹` (f16) or `2⁻⁸` (bf16).
+
+use half::{bf16, f16};
+use openledger_lora::sgmv::{
+    AdapterSlots, LoraElement, LoraSlot, Segments, SgmvPlan, bgmv, bgmv_expand, bgmv_shrink, sgmv,
+    sgmv_expand, sgmv_shrink,
+};
+use proptest::prelude::*;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// One random problem: dims, slots, and a row layout as runs of `(rows, slot or none)`.
+#[derive(Debug, Clone)]
+struct Case {
+    in_f: usize,
+    out_f: usize,
+    ranks: Vec<usize>,
+    runs: Vec<(usize, Option<usize>)>,
+    seed: u64,
+}
+
+struct Data<T> {
+    x: Vec<T>,
+    y0: Vec<T>,
+    a: Vec<Vec<T>>,
+    b: Vec<Vec<T>>,
+    scales: Vec<f32>,
+    rows: usize,
+    segments: Segments,
+    row_slots: Vec<Option<usize>>,
+}
+
+fn make<T: LoraElement>(c: &Case) -> Data<T> {
+    let mut rng = ChaCha8Rng::seed_from_u64(c.seed);
+    let rows: usize = c.runs.iter().map(|r| r.0).sum();
+    let val = |n: usize, rng: &mut ChaCha8Rng| -> Vec<T> {
+        (0..n)
+            .map(|_| T::from_f32(rng.random_range(-1.0f32..1.0)))
+            .collect()
+    };
+    let x = val(rows * c.in_f, &mut rng);
+    let y0 = val(rows * c.out_f, &mut rng);
+    let a = c.ranks.iter().map(|&r| val(r * c.in_f, &mut rng)).collect();
+    let b = c
+        .ranks
+        .iter()
+        .map(|&r| val(r * c.out_f, &mut rng))
+        .collect();
+    let scales = c
+        .ranks
+        .iter()
+        .map(|_| rng.random_range(-2.0f32..2.0))
+        .collect();
+    let mut triples = Vec::new();
+    let mut row_slots = Vec::new();
+    let mut cursor = 0;
+    for &(n, slot) in &c.runs {
+        if let Some(s) = slot {
+            triples.push((cursor, cursor + n, s));
+        }
+        row_slots.extend(std::iter::repeat_n(slot, n));
+        cursor += n;
+    }
+    triples.shuffle(&mut rng);
+    Data {
+        x,
+        y0,
+        a,
+        b,
+        scales,
+        rows,
+        segments: Segments::from_triples(&triples),
+        row_slots,
+    }
+}
+
+fn slots_of<'a, T: LoraElement>(c: &Case, d: &'a Data<T>) -> AdapterSlots<'a, T> {
+    let slots = (0..c.ranks.len())
+        .map(|i| LoraSlot {
+            a: &d.a[i],
+            b: &d.b[i],
+            rank: c.ranks[i],
+            scale: d.scales[i],
+        })
+        .collect();
+    AdapterSlots::new(c.in_f, c.out_f, slots).unwrap()
+}
+
+/// f64 reference: per row, the intermediate v, the output and the magnitude M.
+struct Reference {
+    v: Vec<Vec<f64>>,
+    y: Vec<f64>,
+    mag: Vec<f64>,
+}
+
+fn reference<T: LoraElement>(c: &Case, d: &Data<T>) -> Reference {
+    let f = |t: T| f64::from(t.to_f32());
+    let mut v = vec![Vec::new(); d.rows];
+    let mut y: Vec<f64> = d.y0.iter().map(|&t| f(t)).collect();
+    let mut mag: Vec<f64> = y.iter().map(|t| t.abs()).collect();
+    for row in 0..d.rows {
+        let Some(s) = d.row_slots[row] else { continue };
+        let r = c.ranks[s];
+        let x = &d.x[row * c.in_f..(row + 1) * c.in_f];
+        let mut vabs = vec![0f64; r];
+        for (j, vabs_j) in vabs.iter_mut().enumerate() {
+            let arow = &d.a[s][j * c.in_f..(j + 1) * c.in_f];
+            let mut acc = 0.0;
+            for (xk, ak) in x.iter().zip(arow) {
+                acc += f(*xk) * f(*ak);
+                *vabs_j += (f(*xk) * f(*ak)).abs();
+            }
+            v[row].push(acc);
+        }
+        let scale = f64::from(d.scales[s]);
+        for o in 0..c.out_f {
+            let brow = &d.b[s][o * r..(o + 1) * r];
+            let mut acc = 0.0;
+            let mut m = 0.0;
+            for j in 0..r {
+                acc += v[row][j] * f(brow[j]);
+                m += vabs[j] * f(brow[j]).abs();
+            }
+            y[row * c.out_f + o] += scale * acc;
+            mag[row * c.out_f + o] += scale.abs() * m;
+        }
+    }
+    Reference { v, y, mag }
+}
+
+/// Unit roundoff of the output type.
+fn unit<T: LoraElement>() -> f64 {
+    match T::NAME {
+        "f16" => 2f64.powi(-11),
+        "bf16" => 2f64.powi(-8),
+        _ => 0.0,
+    }
+}
+
+fn assert_close<T: LoraElement>(what: &str, got: &[T], want: &[f64], mag: &[f64]) {
+    for (i, ((g, w), m)) in got.iter().zip(want).zip(mag).enumerate() {
+        let g = f64::from(g.to_f32());
+        let tol = unit::<T>() * w.abs() + 1e-5 * m + 1e-7;
+        assert!(
+            (g - w).abs() <= tol,
+            "{what} [{}] element {i}: got {g}, want {w}, |diff| {} > tol {tol}",
+            T::NAME,
+            (g - w).abs()
+        );
+    }
+}
+
+fn check_case<T: LoraElement>(c: &Case) {
+    let d = make::<T>(c);
+    let slots = slots_of(c, &d);
+    let want = reference(c, &d);
+
+    // fused SGMV
+    let mut y = d.y0.clone();
+    sgmv(&d.x, &slots, &d.segments, &mut y).unwrap();
+    assert_close("sgmv", &y, &want.y, &want.mag);
+
+    // fused BGMV
+    let mut y = d.y0.clone();
+    bgmv(&d.x, &slots, &d.row_slots, &mut y).unwrap();
+    assert_close("bgmv", &y, &want.y, &want.mag);
+
+    // separate shrink and expand, checking the packed intermediate
+    let plan = SgmvPlan::from_segments(&d.segments, &slots.ranks(), d.rows).unwrap();
+    let mut v = vec![f32::NAN; plan.intermediate_len()];
+    sgmv_shrink(&d.x, &slots, &d.segments, &mut v).unwrap();
+    for row in 0..d.rows {
+        match plan.row_intermediate(row) {
+            None => assert!(want.v[row].is_empty()),
+            Some((off, r)) => {
+                assert_eq!(r, want.v[row].len());
+                for j in 0..r {
+                    let w = want.v[row][j];
+                    let g = f64::from(v[off + j]);
+                    let m: f64 = {
+                        let s = d.row_slots[row].unwrap();
+                        let x = &d.x[row * c.in_f..(row + 1) * c.in_f];
+                        let a = &d.a[s][j * c.in_f..(j + 1) * c.in_f];
+                        x.iter()
+                            .zip(a)
+                            .map(|(p, q)| (f64::from(p.to_f32()) * f64::from(q.to_f32())).abs())
+                            .sum()
+                    };
+                    assert!(
+                        (g - w).abs() <= 1e-5 * m + 1e-12,
+                        "v row {row} col {j}: {g} vs {w}"
+                    );
+                }
+            }
+        }
+    }
+    let mut y = d.y0.clone();
+    sgmv_expand(&v, &slots, &d.segments, &mut y).unwrap();
+    assert_close("sgmv shrink+expand", &y, &want.y, &want.mag);
+
+    let mut vb = vec![0f32; plan.intermediate_len()];
+    bgmv_shrink(&d.x, &slots, &d.row_slots, &mut vb).unwrap();
+    let mut y = d.y0.clone();
+    bgmv_expand(&vb, &slots, &d.row_slots, &mut y).unwrap();
+    assert_close("bgmv shrink+expand", &y, &want.y, &want.mag);
+
+    // rows without an adapter are bitwise unchanged
+    let mut y = d.y0.clone();
+    sgmv(&d.x, &slots, &d.segments, &mut y).unwrap();
+    for row in (0..d.rows).filter(|&r| d.row_slots[r].is_none()) {
+        let s = row * c.out_f..(row + 1) * c.out_f;
+        assert!(
+            y[s.clone()]
+                .iter()
+                .zip(&d.y0[s])
+                .all(|(p, q)| p.to_f32().to_bits() == q.to_f32().to_bits()),
+            "row {row} without adapter changed"
+        );
+    }
+}
+
+fn case_strategy(max_rows_per_run: usize) -> impl Strategy<Value = Case> {
+    (
+        1usize..70,
+        1usize..70,
+        prop::collection::vec(prop_oneof![1usize..20, 1usize..129], 1..5),
+        any::<u64>(),
+    )
+        .prop_flat_map(move |(in_f, out_f, ranks, seed)| {
+            let n = ranks.len();
+            let run = (
+                prop_oneof![Just(0usize), 1usize..3, 0..=max_rows_per_run],
+                prop::option::weighted(0.8, 0..n),
+            );
+            prop::collection::vec(run, 0..8).prop_map(move |runs| Case {
+                in_f,
+                out_f,
+                ranks: ranks.clone(),
+                runs,
+                seed,
+            })
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn sgmv_matches_f64_reference_f32(c in case_strategy(40)) {
+        check_case::<f32>(&c);
+    }
+
+    #[test]
+    fn sgmv_matches_f64_reference_f16(c in case_strategy(40)) {
+        check_case::<f16>(&c);
+    }
+
+    #[test]
+    fn sgmv_matches_f64_reference_bf16(c in case_strategy(40)) {
+        check_case::<bf16>(&c);
+    }
+}
+
+#[test]
+fn sgmv_matches_reference_on_thousands_of_rows_in_every_dtype() {
+    let c = Case {
+        in_f: 37,
+        out_f: 29,
+        ranks: vec![3, 128, 1, 16],
+        runs: vec![
+            (1200, Some(1)),
+            (7, None),
+            (900, Some(0)),
+            (1, Some(2)),
+            (1500, Some(3)),
+            (0, Some(1)),
+            (300, None),
+            (33, Some(1)),
+        ],
+        seed: 7,
+    };
+    check_case::<f32>(&c);
+    check_case::<f16>(&c);
+    check_case::<bf16>(&c);
+}
+
+#[test]
+fn sgmv_matches_reference_at_model_width_with_vector_tails() {
+    // widths that are not multiples of any vector width (8, 16, 32 lanes)
+    let c = Case {
+        in_f: 1031,
+        out_f: 517,
+        ranks: vec![16, 7, 64],
+        runs: vec![
+            (5, Some(0)),
+            (1, None),
+            (19, Some(2)),
+            (3, Some(1)),
+            (6, Some(0)),
+        ],
+        seed: 11,
+    };
+    check_case::<f32>(&c);
+    check_case::<bf16>(&c);
+    check_case::<f16>(&c);
+}
