@@ -1,0 +1,231 @@
+//! Loading the weights of an HF model folder (`model.safetensors` or the shards named by
+//! `model.safetensors.index.json`) into f32, checking each against the shape the config implies.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+
+use super::config::ModelConfig;
+use super::error::ModelError;
+use crate::error::LoraError;
+use crate::tensors::{HostTensor, read_safetensors};
+
+/// Progress of [`crate::model::Model::from_dir_with_progress`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LoadProgress {
+    /// A safetensors file was read and decoded.
+    FileRead {
+        /// The file.
+        file: PathBuf,
+        /// Files read so far.
+        done: usize,
+        /// Files to read.
+        total: usize,
+    },
+    /// A decoder layer's weights were converted and checked.
+    LayerBuilt {
+        /// Layers built so far.
+        done: usize,
+        /// Layers in the model.
+        total: usize,
+    },
+}
+
+/// A dense projection `y = x·Wᵀ (+ b)`; `W` is held transposed (`[in, out]`, contiguous) for the
+/// matmul backend.
+#[derive(Debug, Clone)]
+pub(crate) struct Linear {
+    /// Module name (`model.layers.0.self_attn.q_proj`).
+    pub name: String,
+    pub in_features: usize,
+    pub out_features: usize,
+    /// `Wᵀ`, `[in, out]`.
+    pub wt: Tensor,
+    pub bias: Option<Vec<f32>>,
+}
+
+/// One decoder layer.
+#[derive(Debug, Clone)]
+pub(crate) struct Layer {
+    pub input_norm: Vec<f32>,
+    pub post_norm: Vec<f32>,
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+    pub gate: Linear,
+    pub up: Linear,
+    pub down: Linear,
+}
+
+/// All base weights in f32.
+#[derive(Debug, Clone)]
+pub(crate) struct Weights {
+    pub embed: Vec<f32>,
+    pub layers: Vec<Layer>,
+    pub norm: Vec<f32>,
+    pub lm_head: Linear,
+}
+
+/// The safetensors files of a model folder; shard names must be plain file names.
+pub(crate) fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
+    let index = dir.join("model.safetensors.index.json");
+    if !index.exists() {
+        return Ok(vec![dir.join("model.safetensors")]);
+    }
+    let bytes = std::fs::read(&index).map_err(|source| ModelError::Io {
+        path: index.clone(),
+        source,
+    })?;
+    let bad = |reason: String| ModelError::InvalidConfig {
+        file: "model.safetensors.index.json".into(),
+        reason,
+    };
+    let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| bad("missing object `weight_map`".into()))?;
+    let mut shards = BTreeSet::new();
+    for (param, shard) in map {
+        let name = shard.as_str().unwrap_or_default();
+        if name.is_empty() || name.contains(['/', '\\']) || name == "." || name == ".." {
+            return Err(bad(format!(
+                "parameter {param:?} names shard {shard}, which is not a plain file name"
+            )));
+        }
+        shards.insert(name.to_string());
+    }
+    Ok(shards.into_iter().map(|s| dir.join(s)).collect())
+}
+
+/// Tensors by name, taken out one at a time with shape checks.
+pub(crate) struct TensorMap(BTreeMap<String, HostTensor>);
+
+impl TensorMap {
+    pub fn read(
+        files: &[PathBuf],
+        progress: &mut dyn FnMut(LoadProgress),
+    ) -> Result<Self, ModelError> {
+        let mut map = BTreeMap::new();
+        for (done, f) in files.iter().enumerate() {
+            map.extend(read_safetensors(f, false)?);
+            progress(LoadProgress::FileRead {
+                file: f.clone(),
+                done: done + 1,
+                total: files.len(),
+            });
+        }
+        Ok(TensorMap(map))
+    }
+
+    pub fn from_map(map: BTreeMap<String, HostTensor>) -> Self {
+        TensorMap(map)
+    }
+
+    fn take(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+        let t = self
+            .0
+            .remove(key)
+            .ok_or_else(|| ModelError::MissingWeight {
+                key: key.to_string(),
+            })?;
+        if t.shape() != shape {
+            return Err(ModelError::WeightShape {
+                key: key.to_string(),
+                expected: shape.to_vec(),
+                found: t.shape().to_vec(),
+            });
+        }
+        if let Some((index, value)) = t.first_non_finite() {
+            return Err(ModelError::Weights(LoraError::NonFinite {
+                key: key.to_string(),
+                index,
+                value,
+            }));
+        }
+        Ok(t.to_f32().into_owned())
+    }
+
+    fn linear(
+        &mut self,
+        name: String,
+        in_features: usize,
+        out_features: usize,
+        bias: bool,
+    ) -> Result<Linear, ModelError> {
+        let w = self.take(&format!("{name}.weight"), &[out_features, in_features])?;
+        let bias = if bias {
+            Some(self.take(&format!("{name}.bias"), &[out_features])?)
+        } else {
+            None
+        };
+        Ok(Linear {
+            wt: transposed(w, out_features, in_features)?,
+            name,
+            in_features,
+            out_features,
+            bias,
+        })
+    }
+}
+
+/// `[rows, cols]` row-major data → contiguous tensor `[cols, rows]`.
+pub(crate) fn transposed(w: Vec<f32>, rows: usize, cols: usize) -> Result<Tensor, ModelError> {
+    Ok(Tensor::from_vec(w, (rows, cols), &Device::Cpu)?
+        .t()?
+        .contiguous()?)
+}
+
+/// Builds every weight of `cfg` from `tensors`.
+pub(crate) fn build(
+    cfg: &ModelConfig,
+    mut tensors: TensorMap,
+    progress: &mut dyn FnMut(LoadProgress),
+) -> Result<Weights, ModelError> {
+    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+    let (qd, kvd) = (
+        cfg.num_heads * cfg.head_dim,
+        cfg.num_kv_heads * cfg.head_dim,
+    );
+    let embed = tensors.take("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+    let mut layers = Vec::with_capacity(cfg.num_layers);
+    for l in 0..cfg.num_layers {
+        let p = |n: &str| format!("model.layers.{l}.{n}");
+        let qkv_bias = cfg.attention_bias || cfg.qkv_bias;
+        layers.push(Layer {
+            input_norm: tensors.take(&p("input_layernorm.weight"), &[h])?,
+            post_norm: tensors.take(&p("post_attention_layernorm.weight"), &[h])?,
+            q: tensors.linear(p("self_attn.q_proj"), h, qd, qkv_bias)?,
+            k: tensors.linear(p("self_attn.k_proj"), h, kvd, qkv_bias)?,
+            v: tensors.linear(p("self_attn.v_proj"), h, kvd, qkv_bias)?,
+            o: tensors.linear(p("self_attn.o_proj"), qd, h, cfg.attention_bias)?,
+            gate: tensors.linear(p("mlp.gate_proj"), h, i, cfg.mlp_bias)?,
+            up: tensors.linear(p("mlp.up_proj"), h, i, cfg.mlp_bias)?,
+            down: tensors.linear(p("mlp.down_proj"), i, h, cfg.mlp_bias)?,
+        });
+        progress(LoadProgress::LayerBuilt {
+            done: l + 1,
+            total: cfg.num_layers,
+        });
+    }
+    let norm = tensors.take("model.norm.weight", &[h])?;
+    let lm_head = if cfg.tie_word_embeddings {
+        Linear {
+            name: "lm_head".into(),
+            in_features: h,
+            out_features: cfg.vocab_size,
+            wt: transposed(embed.clone(), cfg.vocab_size, h)?,
+            bias: None,
+        }
+    } else {
+        tensors.linear("lm_head".into(), h, cfg.vocab_size, false)?
+    };
+    Ok(Weights {
+        embed,
+        layers,
+        norm,
+        lm_head,
+    })
+}

@@ -1,0 +1,438 @@
+//! The model half of the multi-LoRA engine: a llama-family decoder (LLaMA 1/2/3, Mistral,
+//! Qwen2, Gemma) loaded from an HF model folder, run over a batch of sequences in which every
+//! sequence names its own adapter (or none).
+//!
+//! Weights (f32, f16 or bf16 on disk) are held in f32; dense projections go through candle's
+//! CPU matmul; every LoRA update of the batch is applied through the SGMV operator
+//! ([`crate::sgmv`]) with the batch's rows grouped in one segment per sequence, never by
+//! merging. DoRA adapters get their `m / ‖W + ΔW‖` factor precomputed per module when they are
+//! attached; `modules_to_save` parameters replace the base's for that adapter's rows.
+//! [`Model::forward`] is a full prefill with a causal (and, for Mistral / Qwen2, sliding-window)
+//! mask; [`Model::forward_cached`] continues sequences incrementally from a contiguous
+//! per-sequence [`KvCache`].
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::path::Path;
+//! use openledger_lora::adapter::{LoadOptions, LoraAdapter};
+//! use openledger_lora::model::{Model, SeqInput};
+//!
+//! let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/peft/tiny-llama");
+//! let mut model = Model::from_dir(&dir)?;
+//! let adapter = LoraAdapter::from_dir(&dir.join("adapters/qv-r4"), &LoadOptions::default())?;
+//! let qv = model.attach_adapter("qv-r4", &adapter)?;
+//! let logits = model.forward(&[
+//!     SeqInput { adapter: None, tokens: &[1, 17, 42] },
+//!     SeqInput { adapter: Some(qv), tokens: &[1, 5] },
+//! ])?;
+//! assert_eq!(logits[0].len(), 3 * model.config().vocab_size);
+//! assert_eq!(logits[1].len(), 2 * model.config().vocab_size);
+//! # Ok(()) }
+//! ```
+
+mod config;
+mod error;
+mod load;
+mod lora;
+pub mod ops;
+mod tokenizer;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+pub use config::{Activation, Architecture, ModelConfig, RopeScaling};
+pub use error::ModelError;
+pub use load::LoadProgress;
+pub use tokenizer::{TOKENIZER_FILE, Tokenizer};
+
+use crate::adapter::LoraAdapter;
+use crate::base::BaseModel;
+use crate::tensors::HostTensor;
+use load::{Linear, TensorMap, Weights};
+use lora::{PreparedAdapter, Span, project};
+use ops::AttentionShape;
+
+/// Handle of an adapter attached to a [`Model`] (its index in attach order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AdapterId(pub usize);
+
+/// One sequence of a batch: its tokens and the adapter it runs with (`None`: the base model).
+#[derive(Clone, Copy, Debug)]
+pub struct SeqInput<'a> {
+    /// The adapter, or `None` for the base model.
+    pub adapter: Option<AdapterId>,
+    /// Token ids (at least one).
+    pub tokens: &'a [u32],
+}
+
+/// The keys and values of one sequence's earlier positions, every layer, held contiguously
+/// (`[len, kv_heads · head_dim]` per layer), for incremental decoding with
+/// [`Model::forward_cached`]. Made by [`Model::new_cache`] for one adapter.
+#[derive(Clone, Debug)]
+pub struct KvCache {
+    adapter: Option<AdapterId>,
+    len: usize,
+    layers: Vec<(Vec<f32>, Vec<f32>)>,
+}
+
+impl KvCache {
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no position is held yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The adapter the sequence runs with.
+    pub fn adapter(&self) -> Option<AdapterId> {
+        self.adapter
+    }
+}
+
+/// A loaded base model with its attached adapters.
+#[derive(Debug, Clone)]
+pub struct Model {
+    config: ModelConfig,
+    base: BaseModel,
+    weights: Weights,
+    inv_freq: Vec<f32>,
+    adapters: Vec<PreparedAdapter>,
+}
+
+impl Model {
+    /// Loads `dir/config.json` and `dir/model.safetensors` (or the shards of
+    /// `dir/model.safetensors.index.json`).
+    pub fn from_dir(dir: &Path) -> Result<Self, ModelError> {
+        Self::from_dir_with_progress(dir, &mut |_| {})
+    }
+
+    /// [`Model::from_dir`], reporting each file read and each layer built to `progress`.
+    pub fn from_dir_with_progress(
+        dir: &Path,
+        progress: &mut dyn FnMut(LoadProgress),
+    ) -> Result<Self, ModelError> {
+        let cfg_path = dir.join("config.json");
+        let bytes = std::fs::read(&cfg_path).map_err(|source| ModelError::Io {
+            path: cfg_path,
+            source,
+        })?;
+        let config = ModelConfig::from_json(&bytes)?;
+        let files = load::weight_files(dir)?;
+        let base = BaseModel::from_dir(dir)?;
+        let tensors = TensorMap::read(&files, progress)?;
+        Self::build(config, base, tensors, progress)
+    }
+
+    /// Builds a model from a config and named tensors held in memory.
+    pub fn from_tensors(
+        config: ModelConfig,
+        tensors: BTreeMap<String, HostTensor>,
+    ) -> Result<Self, ModelError> {
+        let base = BaseModel::from_headers(tensors.iter().map(|(k, t)| {
+            (
+                k.clone(),
+                crate::tensors::TensorMeta {
+                    dtype: format!("{:?}", t.dtype()).to_uppercase(),
+                    shape: t.shape().to_vec(),
+                },
+            )
+        }));
+        Self::build(config, base, TensorMap::from_map(tensors), &mut |_| {})
+    }
+
+    fn build(
+        config: ModelConfig,
+        base: BaseModel,
+        tensors: TensorMap,
+        progress: &mut dyn FnMut(LoadProgress),
+    ) -> Result<Self, ModelError> {
+        let weights = load::build(&config, tensors, progress)?;
+        let inv_freq = ops::rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling);
+        Ok(Model {
+            config,
+            base,
+            weights,
+            inv_freq,
+            adapters: Vec::new(),
+        })
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The base model's module table (used to validate adapters).
+    pub fn base(&self) -> &BaseModel {
+        &self.base
+    }
+
+    /// Names of the attached adapters, by [`AdapterId`] order.
+    pub fn adapter_names(&self) -> Vec<&str> {
+        self.adapters.iter().map(|a| a.name.as_str()).collect()
+    }
+
+    fn linears(&self) -> HashMap<&str, &Linear> {
+        let mut m = HashMap::new();
+        for l in &self.weights.layers {
+            for lin in [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down] {
+                m.insert(lin.name.as_str(), lin);
+            }
+        }
+        m.insert(self.weights.lm_head.name.as_str(), &self.weights.lm_head);
+        m
+    }
+
+    /// Validates `adapter` against this base ([`BaseModel::validate`]: targets, shapes, saved
+    /// parameters) and prepares it for the forward pass; returns its id. An adapter made for
+    /// another base is [`ModelError::IncompatibleAdapter`].
+    pub fn attach_adapter(
+        &mut self,
+        name: &str,
+        adapter: &LoraAdapter,
+    ) -> Result<AdapterId, ModelError> {
+        self.base
+            .validate(adapter)
+            .map_err(|source| ModelError::IncompatibleAdapter {
+                name: name.to_string(),
+                source,
+            })?;
+        let prepared = lora::prepare(name, adapter, &self.linears())?;
+        self.adapters.push(prepared);
+        Ok(AdapterId(self.adapters.len() - 1))
+    }
+
+    fn check_batch(&self, batch: &[SeqInput<'_>]) -> Result<Vec<Span>, ModelError> {
+        let mut spans = Vec::with_capacity(batch.len());
+        let mut start = 0;
+        for (seq, s) in batch.iter().enumerate() {
+            if s.tokens.is_empty() {
+                return Err(ModelError::EmptySequence { seq });
+            }
+            if let Some((position, &token)) = s
+                .tokens
+                .iter()
+                .enumerate()
+                .find(|(_, t)| **t as usize >= self.config.vocab_size)
+            {
+                return Err(ModelError::TokenOutOfVocab {
+                    seq,
+                    position,
+                    token,
+                    vocab: self.config.vocab_size,
+                });
+            }
+            if let Some(AdapterId(id)) = s.adapter
+                && id >= self.adapters.len()
+            {
+                return Err(ModelError::UnknownAdapter {
+                    seq,
+                    id,
+                    held: self.adapters.len(),
+                });
+            }
+            spans.push(Span {
+                start,
+                end: start + s.tokens.len(),
+                adapter: s.adapter.map(|a| a.0),
+            });
+            start += s.tokens.len();
+        }
+        Ok(spans)
+    }
+
+    /// A norm / embedding parameter for `span`: the adapter's saved copy or the base's.
+    fn param<'a>(&'a self, span: &Span, key: &str, base: &'a [f32]) -> &'a [f32] {
+        span.adapter
+            .and_then(|id| self.adapters[id].saved.get(key))
+            .map_or(base, |s| &s.data[..])
+    }
+
+    fn norm(&self, x: &mut [f32], spans: &[Span], key: &str, base: &[f32]) {
+        let h = self.config.hidden_size;
+        let gemma = self.config.arch == Architecture::Gemma;
+        for s in spans {
+            let w = self.param(s, key, base);
+            ops::rms_norm(
+                &mut x[s.start * h..s.end * h],
+                w,
+                self.config.rms_norm_eps,
+                gemma,
+            );
+        }
+    }
+
+    /// Full-sequence forward pass of a mixed batch: returns, for each sequence, its logits
+    /// `[len, vocab]` row-major. Errors name the offending sequence (empty, token out of the
+    /// vocabulary, unknown adapter); nothing is computed then.
+    pub fn forward(&self, batch: &[SeqInput<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let spans = self.check_batch(batch)?;
+        let past = vec![None; batch.len()];
+        Ok(self.run(batch, &spans, &past)?.0)
+    }
+
+    /// An empty contiguous key/value cache for a sequence run with `adapter`.
+    pub fn new_cache(&self, adapter: Option<AdapterId>) -> Result<KvCache, ModelError> {
+        if let Some(AdapterId(id)) = adapter
+            && id >= self.adapters.len()
+        {
+            return Err(ModelError::UnknownAdapter {
+                seq: 0,
+                id,
+                held: self.adapters.len(),
+            });
+        }
+        Ok(KvCache {
+            adapter,
+            len: 0,
+            layers: vec![(Vec::new(), Vec::new()); self.config.num_layers],
+        })
+    }
+
+    /// Incremental forward pass of a mixed batch: each entry appends `tokens` to its sequence,
+    /// whose earlier positions are held in its [`KvCache`] (the cache fixes the adapter).
+    /// Returns the logits of the new tokens only; the caches grow by the new tokens. On error
+    /// no cache is changed.
+    pub fn forward_cached(
+        &self,
+        batch: &mut [(&[u32], &mut KvCache)],
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let inputs: Vec<SeqInput<'_>> = batch
+            .iter()
+            .map(|(tokens, cache)| SeqInput {
+                adapter: cache.adapter,
+                tokens,
+            })
+            .collect();
+        let spans = self.check_batch(&inputs)?;
+        let past: Vec<Option<&KvCache>> = batch.iter().map(|(_, c)| Some(&**c)).collect();
+        let (logits, new_kv) = self.run(&inputs, &spans, &past)?;
+        for ((tokens, cache), kv) in batch.iter_mut().zip(new_kv) {
+            for ((k, v), (nk, nv)) in cache.layers.iter_mut().zip(kv) {
+                k.extend_from_slice(&nk);
+                v.extend_from_slice(&nv);
+            }
+            cache.len += tokens.len();
+        }
+        Ok(logits)
+    }
+
+    /// The pass itself; also returns each sequence's new keys and values per layer.
+    #[allow(clippy::type_complexity)]
+    fn run(
+        &self,
+        batch: &[SeqInput<'_>],
+        spans: &[Span],
+        past: &[Option<&KvCache>],
+    ) -> Result<(Vec<Vec<f32>>, Vec<Vec<(Vec<f32>, Vec<f32>)>>), ModelError> {
+        let cfg = &self.config;
+        let h = cfg.hidden_size;
+        let rows = spans.last().map_or(0, |s| s.end);
+        let mut new_kv: Vec<Vec<(Vec<f32>, Vec<f32>)>> = vec![Vec::new(); batch.len()];
+        if rows == 0 {
+            return Ok((vec![Vec::new(); batch.len()], new_kv));
+        }
+        let spans = spans.to_vec();
+        let ad = &self.adapters[..];
+        let mut x = vec![0f32; rows * h];
+        let emb_scale = if cfg.arch == Architecture::Gemma {
+            (h as f64).sqrt() as f32
+        } else {
+            1.0
+        };
+        for (s, seq) in spans.iter().zip(batch) {
+            let table = self.param(s, "model.embed_tokens.weight", &self.weights.embed);
+            for (r, &tok) in seq.tokens.iter().enumerate() {
+                let src = &table[tok as usize * h..(tok as usize + 1) * h];
+                x[(s.start + r) * h..(s.start + r + 1) * h]
+                    .iter_mut()
+                    .zip(src)
+                    .for_each(|(d, v)| *d = v * emb_scale);
+            }
+        }
+        let (qd, kvd) = (
+            cfg.num_heads * cfg.head_dim,
+            cfg.num_kv_heads * cfg.head_dim,
+        );
+        for (l, layer) in self.weights.layers.iter().enumerate() {
+            let mut xn = x.clone();
+            let key = format!("model.layers.{l}.input_layernorm.weight");
+            self.norm(&mut xn, &spans, &key, &layer.input_norm);
+            let mut q = project(&layer.q, &xn, &spans, ad)?;
+            let mut k = project(&layer.k, &xn, &spans, ad)?;
+            let v = project(&layer.v, &xn, &spans, ad)?;
+            let shape = AttentionShape {
+                heads: cfg.num_heads,
+                kv_heads: cfg.num_kv_heads,
+                head_dim: cfg.head_dim,
+                window: cfg.layer_window(l),
+            };
+            let mut attn = vec![0f32; rows * qd];
+            for (n, s) in spans.iter().enumerate() {
+                let qs = &mut q[s.start * qd..s.end * qd];
+                let ks = &mut k[s.start * kvd..s.end * kvd];
+                let vs = &v[s.start * kvd..s.end * kvd];
+                let cache = past[n];
+                let first = cache.map_or(0, |c| c.len);
+                ops::apply_rope(qs, cfg.num_heads, &self.inv_freq, first);
+                ops::apply_rope(ks, cfg.num_kv_heads, &self.inv_freq, first);
+                let out = match cache {
+                    Some(c) => {
+                        let (ck, cv) = &c.layers[l];
+                        let all_k = [&ck[..], ks].concat();
+                        let all_v = [&cv[..], vs].concat();
+                        new_kv[n].push((ks.to_vec(), vs.to_vec()));
+                        ops::attention(qs, &all_k, &all_v, shape, first)
+                    }
+                    None => ops::attention(qs, ks, vs, shape, 0),
+                };
+                attn[s.start * qd..s.end * qd].copy_from_slice(&out);
+            }
+            let o = project(&layer.o, &attn, &spans, ad)?;
+            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+            let mut xn = x.clone();
+            let key = format!("model.layers.{l}.post_attention_layernorm.weight");
+            self.norm(&mut xn, &spans, &key, &layer.post_norm);
+            let mut gate = project(&layer.gate, &xn, &spans, ad)?;
+            let up = project(&layer.up, &xn, &spans, ad)?;
+            ops::gated(cfg.activation, &mut gate, &up);
+            let down = project(&layer.down, &gate, &spans, ad)?;
+            x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
+        }
+        self.norm(&mut x, &spans, "model.norm.weight", &self.weights.norm);
+        let logits = project(&self.weights.lm_head, &x, &spans, ad)?;
+        let vocab = cfg.vocab_size;
+        let logits = spans
+            .iter()
+            .map(|s| logits[s.start * vocab..s.end * vocab].to_vec())
+            .collect();
+        Ok((logits, new_kv))
+    }
+
+    /// Greedy decoding of `n` tokens after `prompt` (each step recomputes the full prefix;
+    /// ties go to the lowest token id).
+    pub fn greedy(
+        &self,
+        adapter: Option<AdapterId>,
+        prompt: &[u32],
+        n: usize,
+    ) -> Result<Vec<u32>, ModelError> {
+        let vocab = self.config.vocab_size;
+        let mut tokens = prompt.to_vec();
+        for _ in 0..n {
+            let logits = self.forward(&[SeqInput {
+                adapter,
+                tokens: &tokens,
+            }])?;
+            let last = &logits[0][(tokens.len() - 1) * vocab..];
+            let best = (0..vocab)
+                .max_by(|&a, &b| last[a].total_cmp(&last[b]).then(b.cmp(&a)))
+                .unwrap_or(0);
+            tokens.push(best as u32);
+        }
+        Ok(tokens.split_off(prompt.len()))
+    }
+}

@@ -1,0 +1,342 @@
+//! Choosing the next token from logits: greedy, or temperature sampling narrowed by top-k and
+//! top-p (nucleus), with an optional repetition penalty; each request draws from its own ChaCha
+//! generator seeded by the request, so a seed always yields the same tokens. And when to stop:
+//! stop tokens, stop strings (checked on the detokenized text, so a string may span tokens) and
+//! a cap on new tokens.
+//!
+//! ```
+//! use openledger_lora::serve::{Sampler, SamplingParams};
+//!
+//! let mut greedy = Sampler::new(&SamplingParams::default()).unwrap();
+//! assert_eq!(greedy.sample(&[0.1, 2.0, -1.0], &[]).unwrap(), 1);
+//!
+//! let params = SamplingParams { temperature: 0.8, top_k: Some(2), seed: 7, ..Default::default() };
+//! let mut a = Sampler::new(&params).unwrap();
+//! let mut b = Sampler::new(&params).unwrap();
+//! let logits = [0.5, 1.0, 3.0, -2.0];
+//! for _ in 0..10 {
+//!     let t = a.sample(&logits, &[]).unwrap();
+//!     assert!(t == 1 || t == 2); // only the two largest logits can be drawn
+//!     assert_eq!(t, b.sample(&logits, &[]).unwrap());
+//! }
+//! ```
+
+use std::borrow::Cow;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use thiserror::Error;
+
+/// How one request chooses its tokens and when it stops.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// Softmax temperature; `0` means greedy (argmax, first on ties).
+    pub temperature: f32,
+    /// Keep only the `k` most likely tokens (`None`: all).
+    pub top_k: Option<usize>,
+    /// Keep the smallest set of most likely tokens whose probability reaches `p`, in `(0, 1]`.
+    pub top_p: Option<f32>,
+    /// Divide positive (multiply negative) logits of tokens already in the sequence by this
+    /// factor, `> 0` (the CTRL / transformers convention).
+    pub repetition_penalty: Option<f32>,
+    /// Seeds this request's generator.
+    pub seed: u64,
+    /// At most this many new tokens (at least 1).
+    pub max_new_tokens: usize,
+    /// Generating one of these ends the request; the stop token is not part of the output.
+    pub stop_tokens: Vec<u32>,
+    /// The output text reaching one of these ends the request (needs a detokenizer).
+    pub stop_strings: Vec<String>,
+}
+
+impl Default for SamplingParams {
+    /// Greedy, 16 new tokens, no stop condition.
+    fn default() -> Self {
+        Self {
+            temperature: 0.0,
+            top_k: None,
+            top_p: None,
+            repetition_penalty: None,
+            seed: 0,
+            max_new_tokens: 16,
+            stop_tokens: Vec::new(),
+            stop_strings: Vec::new(),
+        }
+    }
+}
+
+/// Why a token could not be chosen.
+#[derive(Debug, Clone, PartialEq, Error)]
+#[non_exhaustive]
+pub enum SampleError {
+    /// A parameter is out of its range.
+    #[error("invalid sampling parameter {name} = {value}: {reason}")]
+    InvalidParams {
+        /// The parameter.
+        name: &'static str,
+        /// Its value, as text.
+        value: String,
+        /// The range it must be in.
+        reason: &'static str,
+    },
+    /// A logit is NaN or +∞ (−∞ is allowed: it masks the token).
+    #[error("logit {index} is {value}, not a finite number")]
+    NonFiniteLogit {
+        /// Token whose logit is bad.
+        index: usize,
+        /// The logit.
+        value: f32,
+    },
+    /// No logits, or every logit is −∞.
+    #[error("no token can be chosen: {len} logits, all masked or none")]
+    NothingToSample {
+        /// Number of logits given.
+        len: usize,
+    },
+}
+
+/// Anything that turns token ids back into text (a tokenizer); closures work too.
+pub trait Detokenize {
+    /// The text of `tokens`.
+    fn detokenize(&self, tokens: &[u32]) -> String;
+}
+
+impl<F: Fn(&[u32]) -> String> Detokenize for F {
+    fn detokenize(&self, tokens: &[u32]) -> String {
+        self(tokens)
+    }
+}
+
+/// Chooses tokens for one request (its parameters validated, its own generator).
+#[derive(Debug, Clone)]
+pub struct Sampler {
+    params: SamplingParams,
+    rng: ChaCha8Rng,
+}
+
+impl SamplingParams {
+    /// Checks every range; the error names the parameter and its value.
+    pub fn validate(&self) -> Result<(), SampleError> {
+        let bad = |name, value: String, reason| {
+            Err(SampleError::InvalidParams {
+                name,
+                value,
+                reason,
+            })
+        };
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return bad(
+                "temperature",
+                self.temperature.to_string(),
+                "must be finite and ≥ 0",
+            );
+        }
+        if self.top_k == Some(0) {
+            return bad("top_k", "0".into(), "must be ≥ 1");
+        }
+        if let Some(p) = self.top_p
+            && !(p > 0.0 && p <= 1.0)
+        {
+            return bad("top_p", p.to_string(), "must be in (0, 1]");
+        }
+        if let Some(r) = self.repetition_penalty
+            && !(r > 0.0 && r.is_finite())
+        {
+            return bad(
+                "repetition_penalty",
+                r.to_string(),
+                "must be finite and > 0",
+            );
+        }
+        if self.max_new_tokens == 0 {
+            return bad("max_new_tokens", "0".into(), "must be ≥ 1");
+        }
+        if self.stop_strings.iter().any(String::is_empty) {
+            return bad("stop_strings", "\"\"".into(), "must not be empty");
+        }
+        Ok(())
+    }
+}
+
+impl Sampler {
+    /// A sampler for `params`, its generator seeded with `params.seed`.
+    pub fn new(params: &SamplingParams) -> Result<Self, SampleError> {
+        params.validate()?;
+        Ok(Self {
+            params: params.clone(),
+            rng: ChaCha8Rng::seed_from_u64(params.seed),
+        })
+    }
+
+    /// The parameters.
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    /// The tokens that may be drawn from `logits` and their probabilities (summing to 1), after
+    /// the penalty, temperature, top-k and top-p: most likely first (ties to the lower id) when
+    /// top-k or top-p is set, in id order otherwise. Greedy gives one token.
+    pub fn distribution(
+        &self,
+        logits: &[f32],
+        history: &[u32],
+    ) -> Result<Vec<(u32, f32)>, SampleError> {
+        // One pass: reject NaN / +∞ (−∞ masks a token, and a masked token is never chosen).
+        if let Some(index) = logits
+            .iter()
+            .position(|&x| x.is_nan() || x == f32::INFINITY)
+        {
+            return Err(SampleError::NonFiniteLogit {
+                index,
+                value: logits[index],
+            });
+        }
+        let l: Cow<'_, [f32]> = match self.params.repetition_penalty {
+            None => Cow::Borrowed(logits),
+            Some(r) => {
+                let mut l = logits.to_vec();
+                let mut seen = vec![false; l.len()];
+                for &t in history {
+                    if let Some(s) = seen.get_mut(t as usize)
+                        && !*s
+                    {
+                        *s = true;
+                        let x = &mut l[t as usize];
+                        *x = if *x > 0.0 { *x / r } else { *x * r };
+                    }
+                }
+                Cow::Owned(l)
+            }
+        };
+        let nothing = SampleError::NothingToSample { len: logits.len() };
+        // The largest logit, the first on ties (NaN is excluded above).
+        let (mut best, mut best_x) = (None, f32::NEG_INFINITY);
+        for (i, &x) in l.iter().enumerate() {
+            if x > best_x {
+                best = Some(i as u32);
+                best_x = x;
+            }
+        }
+        let best = best.ok_or(nothing)?;
+        if self.params.temperature == 0.0 {
+            return Ok(vec![(best, 1.0)]);
+        }
+        let mut order: Vec<u32> = (0..l.len() as u32)
+            .filter(|&i| l[i as usize] > f32::NEG_INFINITY)
+            .collect();
+        // Most likely first, ties to the lower id; only the top k need sorting.
+        let by_logit = |a: &u32, b: &u32| l[*b as usize].total_cmp(&l[*a as usize]).then(a.cmp(b));
+        if let Some(k) = self.params.top_k
+            && k < order.len()
+        {
+            order.select_nth_unstable_by(k - 1, by_logit);
+            order.truncate(k);
+        }
+        if self.params.top_k.is_some() || self.params.top_p.is_some() {
+            order.sort_unstable_by(by_logit);
+        }
+        let max = l[best as usize];
+        let t = self.params.temperature;
+        let mut probs: Vec<f32> = order
+            .iter()
+            .map(|&i| ((l[i as usize] - max) / t).exp())
+            .collect();
+        let z: f32 = probs.iter().sum();
+        probs.iter_mut().for_each(|p| *p /= z);
+        if let Some(top_p) = self.params.top_p {
+            let mut acc = 0.0f32;
+            let mut keep = probs.len();
+            for (i, p) in probs.iter().enumerate() {
+                acc += p;
+                if acc >= top_p {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            probs.truncate(keep);
+            let z: f32 = probs.iter().sum();
+            probs.iter_mut().for_each(|p| *p /= z);
+        }
+        Ok(order.into_iter().zip(probs).collect())
+    }
+
+    /// Chooses the next token given the logits and the sequence so far (prompt and output, for
+    /// the repetition penalty). Greedy draws nothing from the generator.
+    pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> Result<u32, SampleError> {
+        let dist = self.distribution(logits, history)?;
+        if dist.len() == 1 {
+            return Ok(dist[0].0);
+        }
+        let u: f32 = self.rng.random();
+        let mut acc = 0.0f32;
+        for &(t, p) in &dist {
+            acc += p;
+            if u < acc {
+                return Ok(t);
+            }
+        }
+        // Rounding left the cumulative sum just below u: the last candidate.
+        Ok(dist[dist.len() - 1].0)
+    }
+}
+
+/// Why a request finished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FinishReason {
+    /// It generated this stop token (not part of the output).
+    StopToken(u32),
+    /// Its output text reached this stop string (the tokens that complete it were delivered).
+    StopString(String),
+    /// It generated `max_new_tokens` tokens.
+    MaxNewTokens,
+    /// Its sequence reached the engine's context limit.
+    MaxContext,
+    /// It was cancelled.
+    Cancelled,
+}
+
+/// Decides, token by token, whether a request's output is finished.
+#[derive(Debug, Clone)]
+pub struct StopChecker {
+    stop_tokens: Vec<u32>,
+    stop_strings: Vec<String>,
+    max_new_tokens: usize,
+}
+
+impl StopChecker {
+    /// The stop conditions of `params`.
+    pub fn new(params: &SamplingParams) -> Self {
+        Self {
+            stop_tokens: params.stop_tokens.clone(),
+            stop_strings: params.stop_strings.clone(),
+            max_new_tokens: params.max_new_tokens,
+        }
+    }
+
+    /// Whether stop strings need a detokenizer.
+    pub fn needs_text(&self) -> bool {
+        !self.stop_strings.is_empty()
+    }
+
+    /// Whether `token` is a stop token (checked before it joins the output).
+    pub fn is_stop_token(&self, token: u32) -> bool {
+        self.stop_tokens.contains(&token)
+    }
+
+    /// After `output` grew by one token: the reason to stop, if any. Stop strings are searched in
+    /// the detokenized output, so one spanning several tokens is found once its last piece
+    /// arrives; the output is detokenized whole each time (a merge that changes earlier text,
+    /// as byte-level tokenizers do mid-character, cannot hide a match).
+    pub fn check(&self, output: &[u32], detok: Option<&dyn Detokenize>) -> Option<FinishReason> {
+        if let Some(d) = detok
+            && !self.stop_strings.is_empty()
+        {
+            let text = d.detokenize(output);
+            if let Some(s) = self.stop_strings.iter().find(|s| text.contains(s.as_str())) {
+                return Some(FinishReason::StopString(s.clone()));
+            }
+        }
+        (output.len() >= self.max_new_tokens).then_some(FinishReason::MaxNewTokens)
+    }
+}

@@ -1,0 +1,730 @@
+//! Continuous batching: requests join a waiting queue at any time; every [`Engine::step`] builds
+//! one batch under a token budget — one decode token for each running sequence, prompt chunks
+//! for the rest (chunked prefill) — allocates its KV blocks, runs the [`StepModel`], samples, and
+//! streams tokens; finished sequences leave at once and free their blocks.
+//!
+//! When blocks run out, the newest running sequence is preempted: by recompute (its blocks are
+//! freed and it goes back to the front of the queue, its output so far appended to its prompt,
+//! so no token is lost and its sampler's state carries on) or by swapping its blocks out to
+//! host memory. A request whose adapter is still loading waits without holding up the others
+//! ([`AdapterReadiness`]). Bad input fails only its own request.
+//!
+//! The engine's context limit must fit in the block pool, so the oldest running sequence can
+//! always proceed once the others are preempted: the engine never deadlocks on blocks.
+
+use std::collections::VecDeque;
+use std::sync::mpsc;
+
+use thiserror::Error;
+
+use super::attention::AttnSeq;
+use super::kv::{KvDtype, KvError, KvLayout, PagedKvCache, SeqId};
+use super::request::{
+    CancelHandle, Event, Request, RequestError, RequestHandle, RequestId, Sink, StatsClock,
+};
+use super::sampling::{Detokenize, FinishReason, Sampler, StopChecker};
+use crate::pool::{AdapterId, AdapterPool, PoolError, PooledAdapter};
+
+/// One sequence's share of a step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeqInput {
+    /// The request it serves.
+    pub request: RequestId,
+    /// Its sequence in the KV cache.
+    pub seq: SeqId,
+    /// Tokens to run now: a prompt chunk, or the one last sampled token.
+    pub tokens: Vec<u32>,
+    /// Position of `tokens[0]`; the cache already holds positions `0..start_pos` and has slots
+    /// appended for `start_pos..start_pos + tokens.len()`, which the model writes.
+    pub start_pos: usize,
+    /// The adapter to apply, or `None` for the base model (the model maps ids to its adapter
+    /// slots, e.g. the slots of an SGMV call).
+    pub adapter: Option<AdapterId>,
+    /// The sequence's blocks (covering the new positions too).
+    pub block_table: Vec<u32>,
+    /// Whether the model must return logits for the last of `tokens` (false for a prompt chunk
+    /// that is not the prompt's last).
+    pub needs_logits: bool,
+}
+
+/// Everything one forward pass runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StepBatch {
+    /// The sequences, in a stable order (running ones oldest first, then new admissions).
+    pub seqs: Vec<SeqInput>,
+}
+
+impl StepBatch {
+    /// Tokens in the batch.
+    pub fn num_tokens(&self) -> usize {
+        self.seqs.iter().map(|s| s.tokens.len()).sum()
+    }
+
+    /// The batch as [`paged_attention`](super::paged_attention) takes it: every sequence's new
+    /// tokens as queries at their positions (queries in batch order, as the model lays out its
+    /// hidden states).
+    ///
+    /// ```
+    /// use openledger_lora::serve::{AttnSeq, SeqId, SeqInput, StepBatch, RequestId};
+    ///
+    /// let input = |seq, tokens: Vec<u32>, start_pos| SeqInput {
+    ///     request: RequestId(seq),
+    ///     seq: SeqId(seq),
+    ///     tokens,
+    ///     start_pos,
+    ///     adapter: None,
+    ///     block_table: vec![],
+    ///     needs_logits: true,
+    /// };
+    /// let batch = StepBatch { seqs: vec![input(0, vec![5], 9), input(1, vec![1, 2, 3], 0)] };
+    /// assert_eq!(batch.attn_seqs()[1], AttnSeq { seq: SeqId(1), start_pos: 0, n_queries: 3 });
+    /// assert_eq!(batch.num_tokens(), 4);
+    /// ```
+    pub fn attn_seqs(&self) -> Vec<AttnSeq> {
+        self.seqs
+            .iter()
+            .map(|s| AttnSeq {
+                seq: s.seq,
+                start_pos: s.start_pos,
+                n_queries: s.tokens.len(),
+            })
+            .collect()
+    }
+}
+
+/// Next-token logits of a step: one row of `vocab_size` floats per sequence whose
+/// `needs_logits` is set, in batch order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Logits {
+    /// Row-major `[rows, vocab_size]`.
+    pub data: Vec<f32>,
+}
+
+/// A model the engine can drive. It writes each new token's K/V into `kv` at its position (the
+/// slots are already appended) and attends through the block tables, e.g. with
+/// [`paged_attention`](super::paged_attention).
+pub trait StepModel {
+    /// Tokens in the vocabulary (the width of a logits row).
+    fn vocab_size(&self) -> usize;
+    /// Runs one step.
+    fn forward(
+        &mut self,
+        batch: &StepBatch,
+        kv: &mut PagedKvCache,
+    ) -> Result<Logits, Box<dyn std::error::Error + Send + Sync>>;
+}
+
+/// Whether a request's adapter can run now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// Resident: the request can be scheduled.
+    Ready,
+    /// Being loaded: the request waits, others go ahead.
+    Loading,
+    /// Not known: the request fails.
+    Unknown,
+    /// Its load failed: the request fails with this reason.
+    Failed(String),
+}
+
+/// Tells the scheduler whether an adapter is resident, starting its load when it is not.
+pub trait AdapterReadiness {
+    /// Where `adapter` stands; called once per step for each waiting request that needs it.
+    fn readiness(&mut self, adapter: &AdapterId) -> Readiness;
+}
+
+impl<A: PooledAdapter> AdapterReadiness for AdapterPool<A> {
+    /// Resident → ready; otherwise starts (or joins) a background prefetch and reports its state.
+    fn readiness(&mut self, adapter: &AdapterId) -> Readiness {
+        if self.is_resident(adapter) {
+            return Readiness::Ready;
+        }
+        match self.prefetch(adapter) {
+            Err(PoolError::UnknownId { .. }) => Readiness::Unknown,
+            Err(e) => Readiness::Failed(e.to_string()),
+            Ok(p) if p.is_done() => match p.wait() {
+                Ok(_) => Readiness::Ready,
+                Err(e) => Readiness::Failed(e.to_string()),
+            },
+            Ok(_) => Readiness::Loading,
+        }
+    }
+}
+
+/// Every adapter is ready (for an engine that serves the base model, or tests).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AllReady;
+
+impl AdapterReadiness for AllReady {
+    fn readiness(&mut self, _: &AdapterId) -> Readiness {
+        Readiness::Ready
+    }
+}
+
+/// What happens to a preempted sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Preemption {
+    /// Free its blocks and recompute its prompt and output later.
+    #[default]
+    Recompute,
+    /// Move its blocks to host memory and bring them back later.
+    Swap,
+}
+
+/// Limits of an engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// KV cache shape.
+    pub kv_layout: KvLayout,
+    /// Blocks in the KV pool.
+    pub num_blocks: usize,
+    /// Tokens one step may run (decode tokens plus prefill chunks).
+    pub max_tokens_per_step: usize,
+    /// Sequences running at once.
+    pub max_running: usize,
+    /// Longest sequence (prompt and output); at most `num_blocks · block_size`.
+    pub max_context: usize,
+    /// How to preempt.
+    pub preemption: Preemption,
+    /// How the KV cache stores its values.
+    pub kv_dtype: KvDtype,
+}
+
+/// Why the engine as a whole could not go on.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// The configuration cannot work.
+    #[error("invalid engine configuration: {reason}")]
+    Config {
+        /// What is wrong.
+        reason: String,
+    },
+    /// The KV cache refused an operation the scheduler relied on (a bug, not bad input).
+    #[error("KV cache: {0}")]
+    Kv(#[from] KvError),
+    /// The forward pass failed; the requests of its batch got [`RequestError::Model`].
+    #[error("forward pass failed: {0}")]
+    Model(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// What one step did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StepReport {
+    /// Sequences in the batch.
+    pub batch_seqs: usize,
+    /// Prompt tokens and recomputed output run (prefill).
+    pub prefill_tokens: usize,
+    /// Output tokens run one at a time (decode).
+    pub decode_tokens: usize,
+    /// Sequences preempted.
+    pub preempted: usize,
+    /// Requests that ended (finished, failed or cancelled).
+    pub ended: usize,
+}
+
+enum Terminal {
+    Finished(FinishReason),
+    Failed(RequestError),
+}
+
+struct Active {
+    id: RequestId,
+    seq: SeqId,
+    adapter: Option<AdapterId>,
+    sampler: Sampler,
+    stop: StopChecker,
+    /// Prompt then output.
+    tokens: Vec<u32>,
+    prompt_len: usize,
+    /// Positions held in the KV cache (or swapped out).
+    computed: usize,
+    sink: Sink,
+    cancel: CancelHandle,
+    clock: StatsClock,
+    terminal: Option<Terminal>,
+    /// Its adapter was reported ready (always true without an adapter).
+    adapter_ready: bool,
+}
+
+impl Active {
+    fn end(mut self, t: Terminal) {
+        let stats = self.clock.stats.clone();
+        let e = match t {
+            Terminal::Finished(reason) => Event::Finished { reason, stats },
+            Terminal::Failed(error) => Event::Failed { error, stats },
+        };
+        self.sink.send(e);
+    }
+}
+
+/// The serving engine: a scheduler with continuous batching over a paged KV cache, driving a
+/// [`StepModel`]. Call [`step`](Self::step) in a loop (or [`run_until_idle`](Self::run_until_idle)).
+pub struct Engine<M, R = AllReady> {
+    model: M,
+    readiness: R,
+    kv: PagedKvCache,
+    config: EngineConfig,
+    detok: Option<Box<dyn Detokenize + Send>>,
+    waiting: VecDeque<Active>,
+    running: Vec<Active>,
+    swapped: VecDeque<Active>,
+    next_id: u64,
+}
+
+impl<M: StepModel, R: AdapterReadiness> Engine<M, R> {
+    /// An engine over `model` with its own KV pool.
+    pub fn new(model: M, readiness: R, config: EngineConfig) -> Result<Self, EngineError> {
+        let bad = |reason: String| Err(EngineError::Config { reason });
+        if config.max_tokens_per_step == 0 || config.max_running == 0 || config.max_context == 0 {
+            return bad("max_tokens_per_step, max_running and max_context must be ≥ 1".into());
+        }
+        let capacity = config
+            .num_blocks
+            .saturating_mul(config.kv_layout.block_size);
+        if config.max_context > capacity {
+            return bad(format!(
+                "max_context {} exceeds the pool's {capacity} positions",
+                config.max_context
+            ));
+        }
+        let kv = PagedKvCache::with_dtype(config.kv_layout, config.num_blocks, config.kv_dtype)?;
+        Ok(Self {
+            model,
+            readiness,
+            kv,
+            config,
+            detok: None,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            swapped: VecDeque::new(),
+            next_id: 0,
+        })
+    }
+
+    /// Sets the detokenizer stop strings are checked with.
+    pub fn with_detokenizer(mut self, d: impl Detokenize + Send + 'static) -> Self {
+        self.detok = Some(Box::new(d));
+        self
+    }
+
+    /// The KV cache (for inspection).
+    pub fn kv(&self) -> &PagedKvCache {
+        &self.kv
+    }
+
+    /// The model.
+    pub fn model(&self) -> &M {
+        &self.model
+    }
+
+    /// Requests not yet finished (waiting, running or swapped).
+    pub fn pending(&self) -> usize {
+        self.waiting.len() + self.running.len() + self.swapped.len()
+    }
+
+    /// Submits a request whose events arrive through the returned handle.
+    pub fn submit(&mut self, req: Request) -> RequestHandle {
+        let (tx, rx) = mpsc::channel();
+        let cancel = CancelHandle::default();
+        let id = self.enqueue(req, Sink::Channel(tx), cancel.clone());
+        RequestHandle {
+            id,
+            cancel,
+            events: rx,
+        }
+    }
+
+    /// Submits a request whose events are passed to `on_event` (called on the engine's thread).
+    pub fn submit_with_callback(
+        &mut self,
+        req: Request,
+        on_event: impl FnMut(&Event) + Send + 'static,
+    ) -> (RequestId, CancelHandle) {
+        let cancel = CancelHandle::default();
+        let id = self.enqueue(req, Sink::Callback(Box::new(on_event)), cancel.clone());
+        (id, cancel)
+    }
+
+    fn validate(&self, req: &Request) -> Result<(Sampler, StopChecker), RequestError> {
+        if req.prompt.is_empty() {
+            return Err(RequestError::EmptyPrompt);
+        }
+        if req.prompt.len() >= self.config.max_context {
+            return Err(RequestError::PromptTooLong {
+                len: req.prompt.len(),
+                max_context: self.config.max_context,
+            });
+        }
+        let vocab_size = self.model.vocab_size();
+        if let Some((index, &token)) = req
+            .prompt
+            .iter()
+            .enumerate()
+            .find(|(_, t)| **t as usize >= vocab_size)
+        {
+            return Err(RequestError::TokenOutOfVocab {
+                index,
+                token,
+                vocab_size,
+            });
+        }
+        let sampler = Sampler::new(&req.sampling)?;
+        let stop = StopChecker::new(&req.sampling);
+        if stop.needs_text() && self.detok.is_none() {
+            return Err(RequestError::NeedsDetokenizer);
+        }
+        Ok((sampler, stop))
+    }
+
+    fn enqueue(&mut self, req: Request, mut sink: Sink, cancel: CancelHandle) -> RequestId {
+        let id = RequestId(self.next_id);
+        self.next_id += 1;
+        let adapter_ready = req.adapter.is_none();
+        match self.validate(&req) {
+            Err(error) => {
+                sink.send(Event::Failed {
+                    error,
+                    stats: Default::default(),
+                });
+            }
+            Ok((sampler, stop)) => self.waiting.push_back(Active {
+                id,
+                seq: SeqId(id.0),
+                adapter: req.adapter,
+                sampler,
+                stop,
+                prompt_len: req.prompt.len(),
+                tokens: req.prompt,
+                computed: 0,
+                sink,
+                cancel,
+                clock: StatsClock::new(),
+                terminal: None,
+                adapter_ready,
+            }),
+        }
+        id
+    }
+
+    /// Cancels request `id` now (frees its blocks, sends its terminal event); false when it is
+    /// not pending.
+    pub fn cancel(&mut self, id: RequestId) -> bool {
+        for a in self
+            .waiting
+            .iter()
+            .chain(&self.running)
+            .chain(&self.swapped)
+        {
+            if a.id == id {
+                a.cancel.cancel();
+                self.reap_cancelled();
+                return true;
+            }
+        }
+        false
+    }
+
+    fn release(&mut self, a: &Active) {
+        // Waiting requests hold no blocks; the others do.
+        if self.kv.contains(a.seq) || self.kv.is_swapped(a.seq) {
+            let _ = self.kv.free(a.seq);
+        }
+    }
+
+    fn reap_cancelled(&mut self) -> usize {
+        let mut ended = Vec::new();
+        for q in [&mut self.waiting, &mut self.swapped] {
+            let (gone, keep): (Vec<_>, Vec<_>) = q.drain(..).partition(|a| a.cancel.is_cancelled());
+            q.extend(keep);
+            ended.extend(gone);
+        }
+        let (gone, keep): (Vec<_>, Vec<_>) = self
+            .running
+            .drain(..)
+            .partition(|a| a.cancel.is_cancelled());
+        self.running = keep;
+        ended.extend(gone);
+        let n = ended.len();
+        for a in ended {
+            self.release(&a);
+            a.end(Terminal::Finished(FinishReason::Cancelled));
+        }
+        n
+    }
+
+    fn preempt_last(&mut self) -> Result<(), EngineError> {
+        let Some(mut a) = self.running.pop() else {
+            return Ok(());
+        };
+        a.clock.stats.preemptions += 1;
+        match self.config.preemption {
+            Preemption::Recompute => {
+                self.kv.free(a.seq)?;
+                a.computed = 0;
+                self.waiting.push_front(a);
+            }
+            Preemption::Swap => {
+                self.kv.swap_out(a.seq)?;
+                self.swapped.push_front(a);
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one step: schedules, runs the model on the batch, samples and streams. An empty
+    /// report (no sequence) means there was nothing runnable.
+    pub fn step(&mut self) -> Result<StepReport, EngineError> {
+        let mut report = StepReport {
+            ended: self.reap_cancelled(),
+            ..Default::default()
+        };
+        report.ended += self.poll_adapters();
+        let mut budget = self.config.max_tokens_per_step;
+        // (index in running, tokens to run)
+        let mut plan: Vec<(usize, usize)> = Vec::new();
+        let mut i = 0;
+        while i < self.running.len() && budget > 0 {
+            let a = &self.running[i];
+            let n = (a.tokens.len() - a.computed).min(budget);
+            match self.kv.append_slots(a.seq, n) {
+                Ok(_) => {
+                    plan.push((i, n));
+                    budget -= n;
+                    i += 1;
+                }
+                Err(KvError::OutOfBlocks { .. }) => {
+                    // The newest goes (possibly this very sequence); older ones keep their place.
+                    self.preempt_last()?;
+                    report.preempted += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if report.preempted == 0 {
+            self.swap_in(&mut plan, &mut budget)?;
+            self.admit(&mut plan, &mut budget)?;
+        }
+        if plan.is_empty() {
+            return Ok(report);
+        }
+        let batch = self.build_batch(&plan)?;
+        report.batch_seqs = batch.seqs.len();
+        for (s, &(idx, _)) in batch.seqs.iter().zip(&plan) {
+            if s.tokens.len() == 1 && s.start_pos >= self.running[idx].prompt_len {
+                report.decode_tokens += 1;
+            } else {
+                report.prefill_tokens += s.tokens.len();
+            }
+        }
+        let outcome = self.model.forward(&batch, &mut self.kv).and_then(|l| {
+            let rows = batch.seqs.iter().filter(|s| s.needs_logits).count();
+            let want = rows * self.model.vocab_size();
+            if l.data.len() == want {
+                Ok(l)
+            } else {
+                Err(format!("logits hold {} floats, expected {want}", l.data.len()).into())
+            }
+        });
+        let logits = match outcome {
+            Ok(l) => l,
+            Err(e) => {
+                for &(idx, _) in &plan {
+                    self.running[idx].terminal = Some(Terminal::Failed(RequestError::Model {
+                        reason: e.to_string(),
+                    }));
+                }
+                self.retire();
+                return Err(EngineError::Model(e));
+            }
+        };
+        self.absorb(&plan, &logits);
+        report.ended += self.retire();
+        Ok(report)
+    }
+
+    fn swap_in(
+        &mut self,
+        plan: &mut Vec<(usize, usize)>,
+        budget: &mut usize,
+    ) -> Result<(), EngineError> {
+        while let Some(a) = self.swapped.front() {
+            if self.running.len() >= self.config.max_running || *budget == 0 {
+                break;
+            }
+            let n = (a.tokens.len() - a.computed).min(*budget);
+            let after = a.computed + n;
+            let needed = self.config.kv_layout.blocks_for(after);
+            if needed > self.kv.free_blocks() {
+                break;
+            }
+            let Some(a) = self.swapped.pop_front() else {
+                break;
+            };
+            self.kv.swap_in(a.seq)?;
+            self.kv.append_slots(a.seq, n)?;
+            *budget -= n;
+            plan.push((self.running.len(), n));
+            self.running.push(a);
+        }
+        Ok(())
+    }
+
+    /// Asks about the adapter of every waiting request not yet known to be ready, so loads start
+    /// (and overlap with decoding) even while the batch is full; unknown or failed adapters fail
+    /// their requests. Returns how many failed.
+    fn poll_adapters(&mut self) -> usize {
+        let mut failed = 0;
+        let mut j = 0;
+        while j < self.waiting.len() {
+            let a = &mut self.waiting[j];
+            let failure = match (&a.adapter, a.adapter_ready) {
+                (None, _) | (_, true) => None,
+                (Some(id), false) => match self.readiness.readiness(id) {
+                    Readiness::Ready => {
+                        a.adapter_ready = true;
+                        None
+                    }
+                    Readiness::Loading => None,
+                    Readiness::Unknown => Some(RequestError::UnknownAdapter {
+                        adapter: id.clone(),
+                    }),
+                    Readiness::Failed(reason) => Some(RequestError::AdapterFailed {
+                        adapter: id.clone(),
+                        reason,
+                    }),
+                },
+            };
+            match failure.and_then(|e| Some((e, self.waiting.remove(j)?))) {
+                Some((e, a)) => {
+                    a.end(Terminal::Failed(e));
+                    failed += 1;
+                }
+                None => j += 1,
+            }
+        }
+        failed
+    }
+
+    fn admit(
+        &mut self,
+        plan: &mut Vec<(usize, usize)>,
+        budget: &mut usize,
+    ) -> Result<(), EngineError> {
+        let mut j = 0;
+        while j < self.waiting.len() {
+            if self.running.len() >= self.config.max_running || *budget == 0 {
+                break;
+            }
+            let a = &self.waiting[j];
+            if !a.adapter_ready {
+                j += 1;
+                continue;
+            }
+            let n = a.tokens.len().min(*budget);
+            let seq = a.seq;
+            self.kv.add_sequence(seq)?;
+            match self.kv.append_slots(seq, n) {
+                Ok(_) => {}
+                Err(KvError::OutOfBlocks { .. }) => {
+                    self.kv.free(seq)?;
+                    // First come, first served: no later request jumps the queue for blocks.
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            }
+            let a = self
+                .waiting
+                .remove(j)
+                .ok_or(KvError::UnknownSequence { seq })?;
+            *budget -= n;
+            plan.push((self.running.len(), n));
+            self.running.push(a);
+        }
+        Ok(())
+    }
+
+    fn build_batch(&self, plan: &[(usize, usize)]) -> Result<StepBatch, EngineError> {
+        let mut seqs = Vec::with_capacity(plan.len());
+        for &(idx, n) in plan {
+            let a = &self.running[idx];
+            seqs.push(SeqInput {
+                request: a.id,
+                seq: a.seq,
+                tokens: a.tokens[a.computed..a.computed + n].to_vec(),
+                start_pos: a.computed,
+                adapter: a.adapter.clone(),
+                block_table: self.kv.block_table(a.seq)?.to_vec(),
+                needs_logits: a.computed + n == a.tokens.len(),
+            });
+        }
+        Ok(StepBatch { seqs })
+    }
+
+    /// Advances every planned sequence, sampling where the batch produced logits.
+    fn absorb(&mut self, plan: &[(usize, usize)], logits: &Logits) {
+        let vocab = self.model.vocab_size();
+        let mut row = 0;
+        for &(idx, n) in plan {
+            let a = &mut self.running[idx];
+            a.computed += n;
+            if a.computed < a.tokens.len() {
+                continue;
+            }
+            let l = &logits.data[row * vocab..(row + 1) * vocab];
+            row += 1;
+            let token = match a.sampler.sample(l, &a.tokens) {
+                Ok(t) => t,
+                Err(e) => {
+                    a.terminal = Some(Terminal::Failed(e.into()));
+                    continue;
+                }
+            };
+            if a.stop.is_stop_token(token) {
+                a.terminal = Some(Terminal::Finished(FinishReason::StopToken(token)));
+                continue;
+            }
+            a.tokens.push(token);
+            a.clock.token();
+            let index = a.tokens.len() - a.prompt_len - 1;
+            if !a.sink.send(Event::Token { token, index }) {
+                // Nobody listens any more: stop as if cancelled.
+                a.terminal = Some(Terminal::Finished(FinishReason::Cancelled));
+                continue;
+            }
+            let detok = self.detok.as_deref().map(|d| d as &dyn Detokenize);
+            if let Some(r) = a.stop.check(&a.tokens[a.prompt_len..], detok) {
+                a.terminal = Some(Terminal::Finished(r));
+            } else if a.tokens.len() >= self.config.max_context {
+                a.terminal = Some(Terminal::Finished(FinishReason::MaxContext));
+            }
+        }
+    }
+
+    /// Removes ended running sequences, freeing their blocks; returns how many.
+    fn retire(&mut self) -> usize {
+        let (ended, keep): (Vec<_>, Vec<_>) =
+            self.running.drain(..).partition(|a| a.terminal.is_some());
+        self.running = keep;
+        let n = ended.len();
+        for mut a in ended {
+            self.release(&a);
+            if let Some(t) = a.terminal.take() {
+                a.end(t);
+            }
+        }
+        n
+    }
+
+    /// Steps until no request is pending. While every pending request waits on an adapter load,
+    /// it sleeps briefly between steps.
+    pub fn run_until_idle(&mut self) -> Result<(), EngineError> {
+        while self.pending() > 0 {
+            let r = self.step()?;
+            if r.batch_seqs == 0 && r.ended == 0 && r.preempted == 0 {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        Ok(())
+    }
+}
