@@ -1,0 +1,241 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity ^0.8.24;
+
+import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
+import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
+import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
+import {Math} from "@openzeppelin/contracts/utils/math/Math.sol";
+import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol";
+import {ModelRegistry} from "./ModelRegistry.sol";
+
+/// @title InferencePayments
+/// @notice Pays for one inference in the OPEN token and splits the fee, to the wei, between the
+/// model's owner, the protocol treasury and the data pool of the current epoch. Every payment
+/// carries an EIP-712 attribution receipt signed by the operator that served the inference.
+/// @dev Split: protocol = floor(amount * protocolBps / 10000), data = floor(amount * dataPoolBps /
+/// 10000), owner = amount - protocol - data. The model owner therefore receives the rounding
+/// remainder, so the three parts always sum exactly to the amount. Shares are credited and pulled
+/// with `withdraw`; the data pool of a closed epoch is released to the rewards contract.
+contract InferencePayments is AccessControl, EIP712, ReentrancyGuard {
+    using SafeERC20 for IERC20;
+
+    /// @notice What the serving operator signs for each inference.
+    struct AttributionReceipt {
+        bytes32 inferenceId;
+        bytes32 modelId;
+        bytes32[] adapterIds;
+        address payer;
+        uint256 amount;
+        uint64 epoch;
+        bytes32 weightsHash;
+    }
+
+    /// @notice Role of the operators whose receipts are accepted.
+    bytes32 public constant OPERATOR_ROLE = keccak256("OPERATOR_ROLE");
+    /// @notice Role allowed to take the data pool of a closed epoch (the rewards contract).
+    bytes32 public constant POOL_ROLE = keccak256("POOL_ROLE");
+    /// @notice EIP-712 type hash of `AttributionReceipt`.
+    bytes32 public constant RECEIPT_TYPEHASH = keccak256(
+        "AttributionReceipt(bytes32 inferenceId,bytes32 modelId,bytes32[] adapterIds,address payer,uint256 amount,uint64 epoch,bytes32 weightsHash)"
+    );
+    /// @notice Basis points in a whole.
+    uint256 public constant BPS = 10_000;
+
+    /// @notice The token fees are paid in.
+    IERC20 public immutable token;
+    /// @notice Where model owners and fees are looked up.
+    ModelRegistry public immutable models;
+    /// @notice Start of epoch 0 (unix seconds).
+    uint64 public immutable genesisTime;
+    /// @notice Length of an epoch in seconds.
+    uint64 public immutable epochDuration;
+
+    /// @notice Receiver of the protocol share.
+    address public treasury;
+    /// @notice Protocol share in basis points.
+    uint16 public protocolBps;
+    /// @notice Data pool share in basis points.
+    uint16 public dataPoolBps;
+
+    /// @notice Whether an inference id was already paid.
+    mapping(bytes32 inferenceId => bool) public paid;
+    /// @notice Credited, not yet withdrawn shares.
+    mapping(address account => uint256) public withdrawable;
+    /// @notice Data pool accumulated in each epoch, until released.
+    mapping(uint64 epoch => uint256) public dataPool;
+
+    /// @notice An inference was paid and its fee split.
+    event InferencePaid(
+        bytes32 indexed inferenceId,
+        bytes32 indexed modelId,
+        address indexed payer,
+        address operator,
+        uint64 epoch,
+        uint256 amount,
+        uint256 ownerShare,
+        uint256 protocolShare,
+        uint256 dataShare,
+        bytes32 weightsHash,
+        bytes32[] adapterIds
+    );
+    /// @notice Credited shares were withdrawn.
+    event Withdrawn(address indexed account, uint256 amount);
+    /// @notice An epoch's data pool was handed to `to`.
+    event DataPoolReleased(uint64 indexed epoch, address indexed to, uint256 amount);
+    /// @notice The split or treasury changed.
+    event SplitUpdated(address treasury, uint16 protocolBps, uint16 dataPoolBps);
+
+    /// @notice This inference id was already paid.
+    error InferenceAlreadyPaid(bytes32 inferenceId);
+    /// @notice The receipt names another payer than the caller.
+    error PayerMismatch(address receiptPayer, address caller);
+    /// @notice The receipt's amount is not the model's fee.
+    error FeeMismatch(uint256 expected, uint256 found);
+    /// @notice The receipt is for another epoch than the current one.
+    error WrongEpoch(uint64 expected, uint64 found);
+    /// @notice The receipt was not signed by an operator (`signer` is who did sign, or zero).
+    error InvalidReceiptSignature(address signer);
+    /// @notice Nothing to withdraw.
+    error NothingToWithdraw(address account);
+    /// @notice The epoch is still open.
+    error EpochNotClosed(uint64 epoch, uint64 current);
+    /// @notice Shares over 100 %, or a zero treasury or epoch length.
+    error InvalidConfig();
+
+    constructor(
+        IERC20 token_,
+        ModelRegistry models_,
+        address admin,
+        address treasury_,
+        uint16 protocolBps_,
+        uint16 dataPoolBps_,
+        uint64 epochDuration_
+    ) EIP712("OpenLedger InferencePayments", "1") {
+        if (epochDuration_ == 0) revert InvalidConfig();
+        token = token_;
+        models = models_;
+        genesisTime = uint64(block.timestamp);
+        epochDuration = epochDuration_;
+        _grantRole(DEFAULT_ADMIN_ROLE, admin);
+        _setSplit(treasury_, protocolBps_, dataPoolBps_);
+    }
+
+    /// @notice The epoch the chain is in now.
+    function currentEpoch() public view returns (uint64) {
+        return uint64((block.timestamp - genesisTime) / epochDuration);
+    }
+
+    /// @notice EIP-712 struct hash of a receipt.
+    function receiptStructHash(AttributionReceipt calldata r) public pure returns (bytes32) {
+        return keccak256(
+            abi.encode(
+                RECEIPT_TYPEHASH,
+                r.inferenceId,
+                r.modelId,
+                keccak256(abi.encodePacked(r.adapterIds)),
+                r.payer,
+                r.amount,
+                r.epoch,
+                r.weightsHash
+            )
+        );
+    }
+
+    /// @notice The digest an operator signs for a receipt (EIP-712, this contract's domain).
+    function receiptDigest(AttributionReceipt calldata r) public view returns (bytes32) {
+        return _hashTypedDataV4(receiptStructHash(r));
+    }
+
+    /// @notice The three shares of `amount` under the current split (they sum to `amount`).
+    function split(uint256 amount) public view returns (uint256 ownerShare, uint256 protocolShare, uint256 dataShare) {
+        protocolShare = Math.mulDiv(amount, protocolBps, BPS);
+        dataShare = Math.mulDiv(amount, dataPoolBps, BPS);
+        ownerShare = amount - protocolShare - dataShare;
+    }
+
+    /// @notice Pays for the inference described by `receipt` (signed by an operator): pulls the
+    /// model's fee from the caller and credits the owner, the treasury and the epoch's data pool.
+    function payForInference(AttributionReceipt calldata receipt, bytes calldata signature) external nonReentrant {
+        if (paid[receipt.inferenceId]) revert InferenceAlreadyPaid(receipt.inferenceId);
+        if (receipt.payer != msg.sender) revert PayerMismatch(receipt.payer, msg.sender);
+        uint64 epoch = currentEpoch();
+        if (receipt.epoch != epoch) revert WrongEpoch(epoch, receipt.epoch);
+        (address owner, uint256 fee) = models.serving(receipt.modelId);
+        if (receipt.amount != fee) revert FeeMismatch(fee, receipt.amount);
+        for (uint256 i = 0; i < receipt.adapterIds.length; ++i) {
+            models.serving(receipt.adapterIds[i]);
+        }
+        (address signer, ECDSA.RecoverError err,) = ECDSA.tryRecover(receiptDigest(receipt), signature);
+        if (err != ECDSA.RecoverError.NoError || !hasRole(OPERATOR_ROLE, signer)) {
+            revert InvalidReceiptSignature(signer);
+        }
+
+        paid[receipt.inferenceId] = true;
+        (uint256 ownerShare, uint256 protocolShare, uint256 dataShare) = split(fee);
+        withdrawable[owner] += ownerShare;
+        withdrawable[treasury] += protocolShare;
+        dataPool[epoch] += dataShare;
+
+        token.safeTransferFrom(msg.sender, address(this), fee);
+        _emitPaid(receipt, signer, ownerShare, protocolShare, dataShare);
+    }
+
+    function _emitPaid(
+        AttributionReceipt calldata r,
+        address signer,
+        uint256 ownerShare,
+        uint256 protocolShare,
+        uint256 dataShare
+    ) private {
+        emit InferencePaid(
+            r.inferenceId,
+            r.modelId,
+            r.payer,
+            signer,
+            r.epoch,
+            r.amount,
+            ownerShare,
+            protocolShare,
+            dataShare,
+            r.weightsHash,
+            r.adapterIds
+        );
+    }
+
+    /// @notice Sends the caller everything credited to them.
+    function withdraw() external nonReentrant returns (uint256 amount) {
+        amount = withdrawable[msg.sender];
+        if (amount == 0) revert NothingToWithdraw(msg.sender);
+        withdrawable[msg.sender] = 0;
+        token.safeTransfer(msg.sender, amount);
+        emit Withdrawn(msg.sender, amount);
+    }
+
+    /// @notice Hands the data pool of a closed epoch to the caller (the rewards contract).
+    function releaseDataPool(uint64 epoch) external nonReentrant onlyRole(POOL_ROLE) returns (uint256 amount) {
+        uint64 current = currentEpoch();
+        if (epoch >= current) revert EpochNotClosed(epoch, current);
+        amount = dataPool[epoch];
+        dataPool[epoch] = 0;
+        if (amount != 0) token.safeTransfer(msg.sender, amount);
+        emit DataPoolReleased(epoch, msg.sender, amount);
+    }
+
+    /// @notice Changes the treasury and the split (admin only).
+    function setSplit(address treasury_, uint16 protocolBps_, uint16 dataPoolBps_)
+        external
+        onlyRole(DEFAULT_ADMIN_ROLE)
+    {
+        _setSplit(treasury_, protocolBps_, dataPoolBps_);
+    }
+
+    function _setSplit(address treasury_, uint16 protocolBps_, uint16 dataPoolBps_) private {
+        if (treasury_ == address(0) || uint256(protocolBps_) + dataPoolBps_ > BPS) revert InvalidConfig();
+        treasury = treasury_;
+        protocolBps = protocolBps_;
+        dataPoolBps = dataPoolBps_;
+        emit SplitUpdated(treasury_, protocolBps_, dataPoolBps_);
+    }
+}

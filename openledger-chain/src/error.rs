@@ -1,0 +1,95 @@
+//! Errors of the chain crate: bad Merkle input, bad dumps and values, contract artifacts, EVM
+//! execution and signatures. Each variant names the culprit.
+
+use openledger_core::merkle::MerkleError;
+use thiserror::Error;
+
+/// Everything the chain crate can refuse.
+#[derive(Debug, Error, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum ChainError {
+    /// A Merkle core operation refused its input (empty tree, index that is not a leaf, bad multiproof).
+    #[error(transparent)]
+    Merkle(#[from] MerkleError),
+    /// A leaf encoding entry that is not a Solidity type.
+    #[error("invalid leaf type {ty:?}: {reason}")]
+    InvalidLeafType {
+        /// The type string.
+        ty: String,
+        /// Why it does not parse.
+        reason: String,
+    },
+    /// A value with another number of fields than the leaf encoding.
+    #[error("value {value_index} has {found} fields, the leaf encoding has {expected}")]
+    ValueArity {
+        /// Position of the value in the tree's value list.
+        value_index: usize,
+        /// Fields in the leaf encoding.
+        expected: usize,
+        /// Fields in the value.
+        found: usize,
+    },
+    /// A field that cannot be read as (or is not of) its declared type.
+    #[error("value {value_index}, field {field}: expected {expected}: {reason}")]
+    InvalidValue {
+        /// Position of the value in the tree's value list.
+        value_index: usize,
+        /// Field position within the value.
+        field: usize,
+        /// The declared Solidity type.
+        expected: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A dump whose `format` is not `standard-v1`.
+    #[error("unknown tree dump format {0:?} (expected \"standard-v1\")")]
+    UnknownFormat(String),
+    /// A dump that is not valid JSON of the expected shape.
+    #[error("malformed tree dump: {0}")]
+    MalformedDump(String),
+    /// A dump whose tree or values do not agree.
+    #[error("inconsistent tree dump: {0}")]
+    InconsistentDump(String),
+    /// A value index past the end of the tree's values.
+    #[error("value index {index} out of bounds: the tree holds {len} values")]
+    IndexOutOfBounds {
+        /// The index asked for.
+        index: usize,
+        /// Number of values.
+        len: usize,
+    },
+    /// A value that is not in the tree.
+    #[error("leaf is not in the tree")]
+    LeafNotInTree,
+    /// A contract artifact that cannot be read.
+    #[error("artifact {name}: {reason}")]
+    Artifact {
+        /// Contract name.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The EVM refused the transaction before executing it (bad nonce, not enough balance for gas...).
+    #[error("transaction rejected by the EVM: {0}")]
+    Evm(String),
+    /// A transaction that reverted or halted where success was required.
+    #[error("transaction failed ({status}), revert data {data}")]
+    TransactionFailed {
+        /// How it ended.
+        status: String,
+        /// Its revert data, hex.
+        data: String,
+    },
+    /// Return data, logs or revert data that do not decode as the expected type.
+    #[error("cannot decode: {0}")]
+    Decode(String),
+    /// Reward amounts whose sum does not fit in 256 bits.
+    #[error("reward amounts overflow 256 bits at claim {index}")]
+    AmountOverflow {
+        /// The claim whose amount overflowed the running total.
+        index: usize,
+    },
+    /// A signature that cannot be made or recovered.
+    #[error("signature error: {0}")]
+    Signature(String),
+}

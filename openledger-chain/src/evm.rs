@@ -1,0 +1,438 @@
+//! An in-process EVM chain (revm) that deploys the compiled contracts and runs real
+//! transactions: nonces, gas paid at the base fee, balances, logs and reverts, one block per
+//! transaction. The calldata it runs is the calldata any EVM node accepts.
+//!
+//! ```
+//! use alloy_sol_types::SolCall;
+//! use openledger_chain::bindings::TestToken;
+//! use openledger_chain::evm::EmbeddedChain;
+//! use openledger_core::U256;
+//!
+//! let mut chain = EmbeddedChain::new(31337);
+//! let alice = chain.dev_account(0).address;
+//! let token = chain.deploy(alice, &TestToken::BYTECODE, &[])?;
+//! chain.send(alice, token, &TestToken::mintCall { to: alice, amount: U256::from(5) })?.into_success()?;
+//! let bal = chain.view(token, &TestToken::balanceOfCall { account: alice })?;
+//! assert_eq!(bal, U256::from(5));
+//! # Ok::<(), openledger_chain::ChainError>(())
+//! ```
+
+use alloy_primitives::{Address, B256, Bytes, Log, TxKind, U256, hex, keccak256};
+use alloy_sol_types::{Panic, Revert, SolCall, SolError, SolEvent, SolInterface};
+use k256::ecdsa::SigningKey;
+use revm::context::TxEnv;
+use revm::context::result::{EVMError, ExecutionResult, Output};
+use revm::database::{CacheDB, EmptyDB};
+use revm::handler::{MainnetContext, MainnetEvm};
+use revm::primitives::hardfork::SpecId;
+use revm::state::AccountInfo;
+use revm::{Context, DatabaseRef, ExecuteCommitEvm, ExecuteEvm, MainBuilder, MainContext};
+
+use crate::ChainError;
+
+/// Base fee of every block, in wei (1 gwei); transactions pay exactly this per gas.
+pub const BASE_FEE: u64 = 1_000_000_000;
+/// Gas limit of every block and default gas limit of a transaction.
+pub const BLOCK_GAS_LIMIT: u64 = 30_000_000;
+/// Seconds between blocks.
+pub const BLOCK_TIME: u64 = 2;
+/// Ether given to each dev account at genesis (10,000 ETH in wei).
+pub const DEV_BALANCE: u128 = 10_000 * 10u128.pow(18);
+/// Number of dev accounts funded at genesis.
+pub const DEV_ACCOUNTS: usize = 10;
+/// Timestamp of the genesis block.
+pub const GENESIS_TIMESTAMP: u64 = 1_700_000_000;
+
+type Evm = MainnetEvm<MainnetContext<CacheDB<EmptyDB>>>;
+
+/// A funded account whose key the chain knows (for signing receipts in tests and demos).
+#[derive(Clone)]
+pub struct DevAccount {
+    /// Its address.
+    pub address: Address,
+    /// Its secp256k1 key.
+    pub key: SigningKey,
+}
+
+impl std::fmt::Debug for DevAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevAccount")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a transaction ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxStatus {
+    /// It ran to completion.
+    Success,
+    /// It reverted (the output holds the revert data).
+    Revert,
+    /// It halted (out of gas, invalid opcode...), spending all its gas.
+    Halt(String),
+}
+
+/// The result of one executed transaction or call.
+#[derive(Debug, Clone)]
+pub struct TxOutcome {
+    /// How it ended.
+    pub status: TxStatus,
+    /// Gas used, as charged to the sender.
+    pub gas_used: u64,
+    /// Logs emitted (empty unless it succeeded).
+    pub logs: Vec<Log>,
+    /// Return data, or revert data.
+    pub output: Bytes,
+    /// Address of the contract it created, if any.
+    pub created: Option<Address>,
+    /// Number of the block it was included in (for calls: the current head).
+    pub block_number: u64,
+}
+
+/// A revert decoded against a contract's error types.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RevertReason<E> {
+    /// One of the contract's custom errors.
+    Custom(E),
+    /// A Solidity panic (arithmetic overflow, division by zero...).
+    Panic(Panic),
+    /// A `require` message.
+    Message(String),
+    /// Revert data that matches none of these.
+    Unknown(Bytes),
+}
+
+impl TxOutcome {
+    /// Whether it succeeded.
+    pub fn is_success(&self) -> bool {
+        self.status == TxStatus::Success
+    }
+
+    /// The outcome itself if it succeeded, else [`ChainError::TransactionFailed`] with the revert data.
+    pub fn into_success(self) -> Result<Self, ChainError> {
+        if self.is_success() {
+            Ok(self)
+        } else {
+            Err(ChainError::TransactionFailed {
+                status: format!("{:?}", self.status),
+                data: hex::encode_prefixed(&self.output),
+            })
+        }
+    }
+
+    /// The revert decoded against `E` (a `sol!` errors enum such as
+    /// `AttributionRewards::AttributionRewardsErrors`); `None` if it did not revert.
+    pub fn revert_reason<E: SolInterface>(&self) -> Option<RevertReason<E>> {
+        if self.status != TxStatus::Revert {
+            return None;
+        }
+        Some(decode_revert(&self.output))
+    }
+
+    /// The return data decoded as `C`'s return type.
+    pub fn returns<C: SolCall>(&self) -> Result<C::Return, ChainError> {
+        let ok = self.clone().into_success()?;
+        C::abi_decode_returns(&ok.output).map_err(|e| ChainError::Decode(e.to_string()))
+    }
+
+    /// Every log that decodes as event `E`.
+    pub fn events<E: SolEvent>(&self) -> Vec<E> {
+        self.logs
+            .iter()
+            .filter_map(|l| E::decode_log(l).ok())
+            .map(|l| l.data)
+            .collect()
+    }
+}
+
+/// Decodes revert data against `E`'s custom errors, `Panic(uint256)` and `Error(string)`.
+pub fn decode_revert<E: SolInterface>(data: &[u8]) -> RevertReason<E> {
+    if let Ok(e) = E::abi_decode(data) {
+        return RevertReason::Custom(e);
+    }
+    if data.starts_with(&Panic::SELECTOR)
+        && let Ok(p) = Panic::abi_decode(data)
+    {
+        return RevertReason::Panic(p);
+    }
+    if data.starts_with(&Revert::SELECTOR)
+        && let Ok(r) = Revert::abi_decode(data)
+    {
+        return RevertReason::Message(r.reason);
+    }
+    RevertReason::Unknown(Bytes::copy_from_slice(data))
+}
+
+/// An in-process EVM chain at the Prague hard fork.
+pub struct EmbeddedChain {
+    evm: Evm,
+    dev: Vec<DevAccount>,
+    chain_id: u64,
+}
+
+impl std::fmt::Debug for EmbeddedChain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedChain")
+            .field("chain_id", &self.chain_id)
+            .field("block_number", &self.block_number())
+            .field("timestamp", &self.timestamp())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EmbeddedChain {
+    /// A fresh chain with [`DEV_ACCOUNTS`] dev accounts holding [`DEV_BALANCE`] each.
+    ///
+    /// Dev account `i` has the key `keccak256("openledger dev account {i}")`.
+    pub fn new(chain_id: u64) -> Self {
+        let mut db = CacheDB::new(EmptyDB::default());
+        let dev: Vec<DevAccount> = (0..DEV_ACCOUNTS)
+            .map(|i| {
+                let seed = keccak256(format!("openledger dev account {i}"));
+                let key = SigningKey::from_slice(seed.as_slice())
+                    .expect("a keccak digest below the curve order is a valid key");
+                DevAccount {
+                    address: Address::from_private_key(&key),
+                    key,
+                }
+            })
+            .collect();
+        for a in &dev {
+            db.insert_account_info(
+                a.address,
+                AccountInfo {
+                    balance: U256::from(DEV_BALANCE),
+                    ..Default::default()
+                },
+            );
+        }
+        let evm = Context::mainnet()
+            .with_db(db)
+            .modify_cfg_chained(|c| {
+                c.set_spec_and_mainnet_gas_params(SpecId::PRAGUE);
+                c.chain_id = chain_id;
+            })
+            .modify_block_chained(|b| {
+                b.number = U256::ZERO;
+                b.timestamp = U256::from(GENESIS_TIMESTAMP);
+                b.basefee = BASE_FEE;
+                b.gas_limit = BLOCK_GAS_LIMIT;
+                b.prevrandao = Some(B256::ZERO);
+            })
+            .build_mainnet();
+        Self { evm, dev, chain_id }
+    }
+
+    /// The chain id (part of every EIP-712 domain on this chain).
+    pub fn chain_id(&self) -> u64 {
+        self.chain_id
+    }
+
+    /// Dev account `i` (`i < DEV_ACCOUNTS`; later indices wrap around).
+    pub fn dev_account(&self, i: usize) -> &DevAccount {
+        &self.dev[i % self.dev.len()]
+    }
+
+    /// Credits `amount` wei to `address` (a faucet, outside any transaction).
+    pub fn fund(&mut self, address: Address, amount: U256) {
+        let db = &mut self.evm.ctx.journaled_state.database;
+        let mut info = db.basic_ref(address).ok().flatten().unwrap_or_default();
+        info.balance = info.balance.saturating_add(amount);
+        db.insert_account_info(address, info);
+    }
+
+    /// Balance of `address` in wei.
+    pub fn balance(&self, address: Address) -> U256 {
+        self.account(address).balance
+    }
+
+    /// Nonce of `address`.
+    pub fn nonce(&self, address: Address) -> u64 {
+        self.account(address).nonce
+    }
+
+    /// Runtime code of `address` (empty for accounts without code).
+    pub fn code(&self, address: Address) -> Bytes {
+        self.account(address)
+            .code
+            .map(|c| c.original_bytes())
+            .unwrap_or_default()
+    }
+
+    fn account(&self, address: Address) -> AccountInfo {
+        let db = &self.evm.ctx.journaled_state.database;
+        let mut info = db.basic_ref(address).ok().flatten().unwrap_or_default();
+        if info.code.is_none() && info.code_hash != revm::primitives::KECCAK_EMPTY {
+            info.code = db.code_by_hash_ref(info.code_hash).ok();
+        }
+        info
+    }
+
+    /// Number of the latest block.
+    pub fn block_number(&self) -> u64 {
+        self.evm.ctx.block.number.saturating_to()
+    }
+
+    /// Timestamp of the latest block.
+    pub fn timestamp(&self) -> u64 {
+        self.evm.ctx.block.timestamp.saturating_to()
+    }
+
+    /// Mines `n` empty blocks ([`BLOCK_TIME`] seconds apart).
+    pub fn advance_blocks(&mut self, n: u64) {
+        let b = &mut self.evm.ctx.block;
+        b.number += U256::from(n);
+        b.timestamp += U256::from(n.saturating_mul(BLOCK_TIME));
+    }
+
+    /// Moves the clock forward by `seconds` (and mines one block).
+    pub fn advance_time(&mut self, seconds: u64) {
+        let b = &mut self.evm.ctx.block;
+        b.number += U256::from(1);
+        b.timestamp += U256::from(seconds);
+    }
+
+    fn tx(&self, from: Address, kind: TxKind, data: Bytes, value: U256) -> TxEnv {
+        TxEnv {
+            caller: from,
+            kind,
+            data,
+            value,
+            gas_limit: BLOCK_GAS_LIMIT,
+            gas_price: u128::from(BASE_FEE),
+            nonce: self.nonce(from),
+            chain_id: Some(self.chain_id),
+            ..Default::default()
+        }
+    }
+
+    fn outcome(result: ExecutionResult, block_number: u64) -> TxOutcome {
+        let gas_used = result.tx_gas_used();
+        let created = result.created_address();
+        match result {
+            ExecutionResult::Success { logs, output, .. } => TxOutcome {
+                status: TxStatus::Success,
+                gas_used,
+                logs,
+                output: match output {
+                    Output::Call(b) | Output::Create(b, _) => b,
+                },
+                created,
+                block_number,
+            },
+            ExecutionResult::Revert { output, .. } => TxOutcome {
+                status: TxStatus::Revert,
+                gas_used,
+                logs: Vec::new(),
+                output,
+                created: None,
+                block_number,
+            },
+            ExecutionResult::Halt { reason, .. } => TxOutcome {
+                status: TxStatus::Halt(format!("{reason:?}")),
+                gas_used,
+                logs: Vec::new(),
+                output: Bytes::new(),
+                created: None,
+                block_number,
+            },
+        }
+    }
+
+    fn execute(&mut self, tx: TxEnv) -> Result<TxOutcome, ChainError> {
+        // Each transaction is mined in a block of its own.
+        self.advance_blocks(1);
+        let block = self.block_number();
+        match self.evm.transact_commit(tx) {
+            Ok(result) => Ok(Self::outcome(result, block)),
+            Err(e) => {
+                // A rejected transaction is not mined.
+                let b = &mut self.evm.ctx.block;
+                b.number -= U256::from(1);
+                b.timestamp -= U256::from(BLOCK_TIME);
+                Err(evm_error(e))
+            }
+        }
+    }
+
+    /// Sends a transaction from `from` to `to` with raw `calldata`, mines it and commits its
+    /// effects. A revert is an `Ok` outcome with [`TxStatus::Revert`] (it still costs gas);
+    /// `Err` means the EVM refused the transaction itself.
+    pub fn transact(
+        &mut self,
+        from: Address,
+        to: Address,
+        calldata: Bytes,
+    ) -> Result<TxOutcome, ChainError> {
+        self.transact_value(from, to, calldata, U256::ZERO)
+    }
+
+    /// [`transact`](Self::transact) with `value` wei attached.
+    pub fn transact_value(
+        &mut self,
+        from: Address,
+        to: Address,
+        calldata: Bytes,
+        value: U256,
+    ) -> Result<TxOutcome, ChainError> {
+        let tx = self.tx(from, TxKind::Call(to), calldata, value);
+        self.execute(tx)
+    }
+
+    /// Sends the typed call `call` (see [`transact`](Self::transact)).
+    pub fn send<C: SolCall>(
+        &mut self,
+        from: Address,
+        to: Address,
+        call: &C,
+    ) -> Result<TxOutcome, ChainError> {
+        self.transact(from, to, call.abi_encode().into())
+    }
+
+    /// Deploys `bytecode` followed by the ABI-encoded constructor arguments `args` and returns the
+    /// new contract's address; a reverting constructor is [`ChainError::TransactionFailed`].
+    pub fn deploy(
+        &mut self,
+        from: Address,
+        bytecode: &[u8],
+        args: &[u8],
+    ) -> Result<Address, ChainError> {
+        let mut code = bytecode.to_vec();
+        code.extend_from_slice(args);
+        let tx = self.tx(from, TxKind::Create, code.into(), U256::ZERO);
+        let out = self.execute(tx)?.into_success()?;
+        out.created
+            .ok_or_else(|| ChainError::Evm("creation returned no address".into()))
+    }
+
+    /// Runs `calldata` against the current state without committing anything (an `eth_call`).
+    pub fn call(
+        &mut self,
+        from: Address,
+        to: Address,
+        calldata: Bytes,
+    ) -> Result<TxOutcome, ChainError> {
+        let mut tx = self.tx(from, TxKind::Call(to), calldata, U256::ZERO);
+        tx.gas_price = 0;
+        let block = self.block_number();
+        // Like `eth_call`: no fee (base fee 0 for the call only), and `transact` does not commit
+        // (the state it returns is dropped).
+        self.evm.ctx.block.basefee = 0;
+        let result = self.evm.transact(tx);
+        self.evm.ctx.block.basefee = BASE_FEE;
+        let result = result.map_err(evm_error)?;
+        Ok(Self::outcome(result.result, block))
+    }
+
+    /// Runs the typed view `call` from the zero address and decodes what it returns; a revert is
+    /// [`ChainError::TransactionFailed`].
+    pub fn view<C: SolCall>(&mut self, to: Address, call: &C) -> Result<C::Return, ChainError> {
+        self.call(Address::ZERO, to, call.abi_encode().into())?
+            .returns::<C>()
+    }
+}
+
+fn evm_error<E: std::fmt::Debug>(e: EVMError<E>) -> ChainError {
+    ChainError::Evm(format!("{e:?}"))
+}

@@ -1,0 +1,130 @@
+//! EIP-712 attribution receipts: what the serving operator signs for each inference, and what
+//! `InferencePayments` checks before it takes the fee. Digests, signing and recovery are done
+//! here with k256; the contract computes the same digest.
+//!
+//! ```
+//! use openledger_chain::receipt::{AttributionReceipt, OperatorSigner, receipt_domain};
+//! use openledger_core::{Address, B256, U256};
+//!
+//! let signer = OperatorSigner::from_bytes(&B256::repeat_byte(0x11))?;
+//! let domain = receipt_domain(31337, Address::repeat_byte(0xcc));
+//! let receipt = AttributionReceipt {
+//!     inferenceId: B256::repeat_byte(1),
+//!     modelId: B256::repeat_byte(2),
+//!     adapterIds: vec![],
+//!     payer: Address::repeat_byte(3),
+//!     amount: U256::from(1000),
+//!     epoch: 0,
+//!     weightsHash: B256::ZERO,
+//! };
+//! let sig = signer.sign(&receipt, &domain)?;
+//! assert_eq!(openledger_chain::receipt::recover_signer(&receipt, &domain, &sig)?, signer.address());
+//! # Ok::<(), openledger_chain::ChainError>(())
+//! ```
+
+use alloy_primitives::{Address, B256, Signature, U256, keccak256};
+use alloy_sol_types::{Eip712Domain, SolStruct, SolValue, eip712_domain};
+use k256::ecdsa::SigningKey;
+
+use crate::ChainError;
+pub use crate::bindings::InferencePayments::AttributionReceipt;
+
+/// EIP-712 domain name of `InferencePayments`.
+pub const DOMAIN_NAME: &str = "OpenLedger InferencePayments";
+/// EIP-712 domain version of `InferencePayments`.
+pub const DOMAIN_VERSION: &str = "1";
+
+/// The EIP-712 domain of the `InferencePayments` deployed at `verifying_contract` on `chain_id`.
+pub fn receipt_domain(chain_id: u64, verifying_contract: Address) -> Eip712Domain {
+    eip712_domain! {
+        name: DOMAIN_NAME,
+        version: DOMAIN_VERSION,
+        chain_id: chain_id,
+        verifying_contract: verifying_contract,
+    }
+}
+
+/// The EIP-712 struct hash of a receipt (`hashStruct`).
+pub fn struct_hash(receipt: &AttributionReceipt) -> B256 {
+    receipt.eip712_hash_struct()
+}
+
+/// The digest the operator signs: `keccak256("\x19\x01" || domainSeparator || hashStruct)`.
+pub fn signing_hash(receipt: &AttributionReceipt, domain: &Eip712Domain) -> B256 {
+    receipt.eip712_signing_hash(domain)
+}
+
+/// The hash that commits a receipt to its attribution weights:
+/// `keccak256(abi.encode(bytes32[] ids, uint256[] weights))`, ids and weights in the same order.
+pub fn weights_hash(weights: &[(B256, U256)]) -> B256 {
+    let ids: Vec<B256> = weights.iter().map(|w| w.0).collect();
+    let ws: Vec<U256> = weights.iter().map(|w| w.1).collect();
+    keccak256((ids, ws).abi_encode_params())
+}
+
+/// Who recovered from `signature` over `receipt` in `domain`.
+pub fn recover_signer(
+    receipt: &AttributionReceipt,
+    domain: &Eip712Domain,
+    signature: &Signature,
+) -> Result<Address, ChainError> {
+    signature
+        .recover_address_from_prehash(&signing_hash(receipt, domain))
+        .map_err(|e| ChainError::Signature(e.to_string()))
+}
+
+/// An operator's signing key.
+#[derive(Clone)]
+pub struct OperatorSigner {
+    key: SigningKey,
+    address: Address,
+}
+
+impl std::fmt::Debug for OperatorSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OperatorSigner")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OperatorSigner {
+    /// Wraps a k256 key.
+    pub fn new(key: SigningKey) -> Self {
+        let address = Address::from_private_key(&key);
+        Self { key, address }
+    }
+
+    /// A key from its 32 secret bytes (refused when zero or not below the curve order).
+    pub fn from_bytes(secret: &B256) -> Result<Self, ChainError> {
+        SigningKey::from_slice(secret.as_slice())
+            .map(Self::new)
+            .map_err(|e| ChainError::Signature(e.to_string()))
+    }
+
+    /// The operator's address.
+    pub fn address(&self) -> Address {
+        self.address
+    }
+
+    /// Signs the receipt's EIP-712 digest (low-s, as `ECDSA.sol` requires).
+    pub fn sign(
+        &self,
+        receipt: &AttributionReceipt,
+        domain: &Eip712Domain,
+    ) -> Result<Signature, ChainError> {
+        let digest = signing_hash(receipt, domain);
+        let (sig, recid) = self
+            .key
+            .sign_prehash_recoverable(digest.as_slice())
+            .map_err(|e| ChainError::Signature(e.to_string()))?;
+        let (sig, recid) = match sig.normalize_s() {
+            Some(low) => (
+                low,
+                k256::ecdsa::RecoveryId::new(!recid.is_y_odd(), recid.is_x_reduced()),
+            ),
+            None => (sig, recid),
+        };
+        Ok(Signature::from((sig, recid)))
+    }
+}
