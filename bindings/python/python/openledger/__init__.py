@@ -1,0 +1,81 @@
+"""openledger: Payable AI on one base model.
+
+LoRA adapters inspected, validated, pooled under a memory budget and applied many
+at once to one batch (SGMV / BGMV); fees split to the wei;
+OpenZeppelin-compatible Merkle claims; EIP-712 attribution receipts; RAG citations
+weighted by relevance; TracIn / cosine influence scores from a feature store.  Every call runs the Rust
+SDK with the GIL released; errors are subclasses of :class:`OpenLedgerError` (file-system
+errors are Python's own ``FileNotFoundError`` / ``PermissionError``).
+"""
+
+from ._openledger import (
+    AdapterFormatError,
+    AdapterPool,
+    AttributionReceipt,
+    BaseMismatchError,
+    BaseModel,
+    BudgetError,
+    BusyError,
+    FeatureStore,
+    FeatureStoreError,
+    FeatureStoreWriter,
+    FeeSplit,
+    InvalidArgumentError,
+    InvalidIdError,
+    LoraAdapter,
+    LoraModule,
+    MerkleTreeError,
+    OpenLedgerError,
+    OperatorSigner,
+    PoolStateError,
+    PoolStats,
+    RagIndex,
+    SignatureError,
+    SplitError,
+    StandardMerkleTree,
+    UnknownIdError,
+    bgmv,
+    content_id,
+    relevance_weights,
+    sgmv,
+    split_bps,
+    split_scores,
+    split_weights,
+    weights_hash,
+)
+
+__all__ = [
+    "AdapterFormatError",
+    "AdapterPool",
+    "AttributionReceipt",
+    "BaseMismatchError",
+    "BaseModel",
+    "BudgetError",
+    "BusyError",
+    "FeatureStore",
+    "FeatureStoreError",
+    "FeatureStoreWriter",
+    "FeeSplit",
+    "InvalidArgumentError",
+    "InvalidIdError",
+    "LoraAdapter",
+    "LoraModule",
+    "MerkleTreeError",
+    "OpenLedgerError",
+    "OperatorSigner",
+    "PoolStateError",
+    "PoolStats",
+    "RagIndex",
+    "SignatureError",
+    "SplitError",
+    "StandardMerkleTree",
+    "UnknownIdError",
+    "bgmv",
+    "content_id",
+    "relevance_weights",
+    "sgmv",
+    "split_bps",
+    "split_scores",
+    "split_weights",
+    "weights_hash",
+]

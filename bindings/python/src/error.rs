@@ -1,0 +1,243 @@
+//! Every Rust error crosses into Python here, and only here.
+//!
+//! `OpenLedgerError` is the base class; each error kind a caller can act on has one subclass.
+//! File-system failures become Python's own `FileNotFoundError`, `PermissionError` or `OSError`
+//! so that `except FileNotFoundError` works as it does for any Python library.
+
+use std::io::ErrorKind;
+use std::path::Path;
+
+use openledger_chain::ChainError;
+use openledger_lora::error::LoraError;
+use openledger_lora::pool::PoolError;
+use openledger_lora::sgmv::SgmvError;
+use openledger_poa::error::PoaError;
+use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyPermissionError};
+use pyo3::prelude::*;
+use pyo3::{PyErr, create_exception};
+
+create_exception!(
+    openledger,
+    OpenLedgerError,
+    pyo3::exceptions::PyException,
+    "Base class of every error raised by openledger."
+);
+create_exception!(
+    openledger,
+    InvalidArgumentError,
+    OpenLedgerError,
+    "An argument has the wrong type, dtype, shape or value."
+);
+create_exception!(
+    openledger,
+    InvalidIdError,
+    OpenLedgerError,
+    "A string is not a valid id (adapter ids refuse path traversal, absolute paths, ...)."
+);
+create_exception!(
+    openledger,
+    UnknownIdError,
+    OpenLedgerError,
+    "No item is registered under this id."
+);
+create_exception!(
+    openledger,
+    AdapterFormatError,
+    OpenLedgerError,
+    "An adapter's config or safetensors bytes are malformed, truncated or inconsistent."
+);
+create_exception!(
+    openledger,
+    BaseMismatchError,
+    OpenLedgerError,
+    "An adapter does not fit the base model it is validated against."
+);
+create_exception!(
+    openledger,
+    BudgetError,
+    OpenLedgerError,
+    "An adapter does not fit the pool's byte budget."
+);
+create_exception!(
+    openledger,
+    PoolStateError,
+    OpenLedgerError,
+    "The pool refuses the call in its current state (duplicate id, not pinned, pinned, ...)."
+);
+create_exception!(
+    openledger,
+    BusyError,
+    OpenLedgerError,
+    "The object is in use by another call (a writer extending its store, ...); retry later."
+);
+create_exception!(
+    openledger,
+    SplitError,
+    OpenLedgerError,
+    "A reward split is impossible (refused negative score, zero total weight, duplicate account,\nbasis points that do not add up, overflow)."
+);
+create_exception!(
+    openledger,
+    FeatureStoreError,
+    OpenLedgerError,
+    "A feature-store file is not one, is truncated, or was written with another projection."
+);
+create_exception!(
+    openledger,
+    MerkleTreeError,
+    OpenLedgerError,
+    "A Merkle tree, value, proof or dump is invalid."
+);
+create_exception!(
+    openledger,
+    SignatureError,
+    OpenLedgerError,
+    "A key or signature is invalid, or recovery failed."
+);
+
+/// Registers the exception classes on the module.
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("OpenLedgerError", py.get_type::<OpenLedgerError>())?;
+    m.add(
+        "InvalidArgumentError",
+        py.get_type::<InvalidArgumentError>(),
+    )?;
+    m.add("InvalidIdError", py.get_type::<InvalidIdError>())?;
+    m.add("UnknownIdError", py.get_type::<UnknownIdError>())?;
+    m.add("AdapterFormatError", py.get_type::<AdapterFormatError>())?;
+    m.add("BaseMismatchError", py.get_type::<BaseMismatchError>())?;
+    m.add("BudgetError", py.get_type::<BudgetError>())?;
+    m.add("PoolStateError", py.get_type::<PoolStateError>())?;
+    m.add("BusyError", py.get_type::<BusyError>())?;
+    m.add("SplitError", py.get_type::<SplitError>())?;
+    m.add("FeatureStoreError", py.get_type::<FeatureStoreError>())?;
+    m.add("MerkleTreeError", py.get_type::<MerkleTreeError>())?;
+    m.add("SignatureError", py.get_type::<SignatureError>())?;
+    Ok(())
+}
+
+/// A Rust error that knows its Python exception.
+pub(crate) struct Error(PyErr);
+
+impl From<Error> for PyErr {
+    fn from(e: Error) -> PyErr {
+        e.0
+    }
+}
+
+/// Result of binding code.
+pub(crate) type Result<T> = std::result::Result<T, Error>;
+
+/// A `BusyError` naming what is busy.
+pub(crate) fn busy(what: &str) -> Error {
+    Error(BusyError::new_err(format!(
+        "{what} is busy with another call"
+    )))
+}
+
+/// An `InvalidArgumentError` naming the argument.
+pub(crate) fn invalid_arg(name: &str, reason: impl std::fmt::Display) -> Error {
+    Error(InvalidArgumentError::new_err(format!("{name}: {reason}")))
+}
+
+fn io_err(path: &Path, kind: ErrorKind, message: String) -> PyErr {
+    let args = (0i32, message, path.display().to_string());
+    match kind {
+        ErrorKind::NotFound => PyFileNotFoundError::new_err(args),
+        ErrorKind::PermissionDenied => PyPermissionError::new_err(args),
+        _ => PyOSError::new_err(args),
+    }
+}
+
+fn lora(e: &LoraError) -> PyErr {
+    lora_with(e, e.to_string())
+}
+
+/// The exception of `e`'s kind, carrying `msg`.
+fn lora_with(e: &LoraError, msg: String) -> PyErr {
+    match e {
+        LoraError::Io { path, source } => io_err(path, source.kind(), msg),
+        LoraError::UntargetedModule { .. }
+        | LoraError::TargetModuleAbsent { .. }
+        | LoraError::UnsupportedTarget { .. }
+        | LoraError::ShapeMismatch { .. } => BaseMismatchError::new_err(msg),
+        LoraError::InvalidArgument { .. } => InvalidArgumentError::new_err(msg),
+        _ => AdapterFormatError::new_err(msg),
+    }
+}
+
+impl From<LoraError> for Error {
+    fn from(e: LoraError) -> Self {
+        Error(lora(&e))
+    }
+}
+
+impl From<PoolError> for Error {
+    fn from(e: PoolError) -> Self {
+        let msg = e.to_string();
+        Error(match &e {
+            PoolError::InvalidId(_) | PoolError::PathEscapesRoot { .. } => {
+                InvalidIdError::new_err(msg)
+            }
+            PoolError::UnknownId { .. } => UnknownIdError::new_err(msg),
+            PoolError::HubRoot { path, .. } => {
+                let kind = match std::fs::metadata(path) {
+                    Err(io) => io.kind(),
+                    Ok(_) => ErrorKind::Other,
+                };
+                io_err(path, kind, msg)
+            }
+            PoolError::Load { source, .. } => match source.as_ref() {
+                // Keep the adapter id in the message; the class follows the cause.
+                LoraError::Io { path, source: io } => io_err(path, io.kind(), msg),
+                other => lora_with(other, msg),
+            },
+            PoolError::AdapterLargerThanBudget { .. }
+            | PoolError::BudgetExhaustedByPinned { .. } => BudgetError::new_err(msg),
+            PoolError::Source { .. } => AdapterFormatError::new_err(msg),
+            _ => PoolStateError::new_err(msg),
+        })
+    }
+}
+
+impl From<SgmvError> for Error {
+    fn from(e: SgmvError) -> Self {
+        // Every SGMV error is a shape, slot or segment the caller passed.
+        Error(InvalidArgumentError::new_err(e.to_string()))
+    }
+}
+
+impl From<PoaError> for Error {
+    fn from(e: PoaError) -> Self {
+        let msg = e.to_string();
+        Error(match &e {
+            PoaError::Io { path, source, .. } => io_err(path, source.kind(), msg),
+            PoaError::NegativeWeight { .. }
+            | PoaError::ZeroTotalWeight { .. }
+            | PoaError::DuplicateAccount(_)
+            | PoaError::BasisPoints { .. }
+            | PoaError::Overflow { .. } => SplitError::new_err(msg),
+            PoaError::BadHeader { .. }
+            | PoaError::Truncated { .. }
+            | PoaError::ProjectionMismatch { .. } => FeatureStoreError::new_err(msg),
+            _ => InvalidArgumentError::new_err(msg),
+        })
+    }
+}
+
+impl From<ChainError> for Error {
+    fn from(e: ChainError) -> Self {
+        let msg = e.to_string();
+        Error(match &e {
+            ChainError::Signature(_) => SignatureError::new_err(msg),
+            _ => MerkleTreeError::new_err(msg),
+        })
+    }
+}
+
+impl From<PyErr> for Error {
+    fn from(e: PyErr) -> Self {
+        Error(e)
+    }
+}

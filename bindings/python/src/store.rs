@@ -1,0 +1,364 @@
+//! Python face of `openledger_poa::store` and `openledger_poa::score`: the on-disk feature store
+//! of projected training gradients, and TracIn / cosine scoring of a query against it (float32
+//! numpy gradients in, float32 numpy scores out without a copy).
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use numpy::PyUntypedArrayMethods;
+use numpy::{PyArray1, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArray3, PyUntypedArray};
+use openledger_core::ContentId;
+use openledger_poa::projection::{Projection, ProjectionKind};
+use openledger_poa::score::{ScoreMethod, Scores, score};
+use openledger_poa::store::{
+    FeatureDType, FeatureStore, FeatureStoreWriter, StoreConfig, TrainingExample,
+};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+
+use crate::error::{Result, invalid_arg};
+use crate::progress::Progress;
+use crate::types::{address, address_str, b256};
+
+fn describe(obj: &Bound<'_, PyAny>) -> String {
+    match obj.cast::<PyUntypedArray>() {
+        Ok(a) => format!("{}-D {} of shape {:?}", a.ndim(), a.dtype(), a.shape()),
+        Err(_) => obj
+            .get_type()
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|_| "?".into()),
+    }
+}
+
+/// `[checkpoints, p]` float32 gradients as one vector per checkpoint.
+fn gradients_2d(name: &str, obj: &Bound<'_, PyAny>) -> Result<Vec<Vec<f32>>> {
+    let arr: PyReadonlyArray2<'_, f32> = obj.extract().map_err(|_| {
+        invalid_arg(
+            name,
+            format!(
+                "expected a 2-D float32 array [checkpoints, p], found {}",
+                describe(obj)
+            ),
+        )
+    })?;
+    Ok(arr
+        .as_array()
+        .outer_iter()
+        .map(|row| row.iter().copied().collect())
+        .collect())
+}
+
+/// Appends training examples to a feature-store file.
+#[pyclass(name = "FeatureStoreWriter", module = "openledger", frozen)]
+pub struct PyFeatureStoreWriter {
+    inner: Mutex<FeatureStoreWriter>,
+}
+
+/// The writer, or `BusyError` while another call (an `extend` reporting progress, say) holds it:
+/// one call at a time, and a progress callback that calls back into its writer gets an error
+/// instead of a deadlock.
+fn lock(w: &Mutex<FeatureStoreWriter>) -> Result<std::sync::MutexGuard<'_, FeatureStoreWriter>> {
+    w.try_lock().map_err(|e| match e {
+        std::sync::TryLockError::WouldBlock => crate::error::busy("the feature-store writer"),
+        std::sync::TryLockError::Poisoned(_) => {
+            invalid_arg("writer", "poisoned by a panic in another thread")
+        }
+    })
+}
+
+#[pymethods]
+impl PyFeatureStoreWriter {
+    /// Creates the store file `path` for gradients of dimension `input_dim`, projected to `k`
+    /// dimensions (`projection`: `"rademacher"`, `"gaussian"` or `"identity"`, seeded by
+    /// `seed`), one learning rate per checkpoint, features stored as `"f16"` or `"f32"`.
+    #[staticmethod]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one Rust parameter per Python keyword argument"
+    )]
+    #[pyo3(signature = (path, *, input_dim, k, learning_rates, projection = "rademacher", seed = 0, dtype = "f16"))]
+    fn create(
+        py: Python<'_>,
+        path: PathBuf,
+        input_dim: usize,
+        k: usize,
+        learning_rates: Vec<f64>,
+        projection: &str,
+        seed: u64,
+        dtype: &str,
+    ) -> Result<Self> {
+        let kind = match projection {
+            "rademacher" => ProjectionKind::Rademacher,
+            "gaussian" => ProjectionKind::Gaussian,
+            "identity" => ProjectionKind::Identity,
+            other => {
+                return Err(invalid_arg(
+                    "projection",
+                    format!(
+                        "expected \"rademacher\", \"gaussian\" or \"identity\", found {other:?}"
+                    ),
+                ));
+            }
+        };
+        let dtype = match dtype {
+            "f16" => FeatureDType::F16,
+            "f32" => FeatureDType::F32,
+            other => {
+                return Err(invalid_arg(
+                    "dtype",
+                    format!("expected \"f16\" or \"f32\", found {other:?}"),
+                ));
+            }
+        };
+        let writer = py.detach(|| {
+            let projection = Projection::new(kind, seed, input_dim, k)?;
+            let config = StoreConfig::new(projection, learning_rates, dtype)?;
+            FeatureStoreWriter::create(&path, config)
+        })?;
+        Ok(Self {
+            inner: Mutex::new(writer),
+        })
+    }
+
+    /// Examples in the store.
+    fn __len__(&self, py: Python<'_>) -> Result<usize> {
+        py.detach(|| Ok(lock(&self.inner)?.len()))
+    }
+
+    /// Appends one example: its record id, contributor and float32 gradients
+    /// `[checkpoints, p]`. A bad gradient is refused and the store is unchanged.
+    fn append(
+        &self,
+        py: Python<'_>,
+        record: &Bound<'_, PyAny>,
+        contributor: &Bound<'_, PyAny>,
+        gradients: &Bound<'_, PyAny>,
+    ) -> Result<()> {
+        let example = TrainingExample {
+            record: ContentId(b256("record", record)?),
+            contributor: address("contributor", contributor)?,
+            gradients: gradients_2d("gradients", gradients)?,
+        };
+        py.detach(|| Ok(lock(&self.inner)?.append(&example)?))
+    }
+
+    /// Appends many examples (gradients `[n, checkpoints, p]` float32), committing in batches;
+    /// `progress(n)` is called with the examples committed since the last call (`tqdm.update`
+    /// works). On a bad example the ones committed before it are kept and the error is raised.
+    /// Returns how many were appended.
+    #[pyo3(signature = (records, contributors, gradients, *, progress = None))]
+    fn extend(
+        &self,
+        py: Python<'_>,
+        records: &Bound<'_, PyAny>,
+        contributors: &Bound<'_, PyAny>,
+        gradients: &Bound<'_, PyAny>,
+        progress: Option<Py<PyAny>>,
+    ) -> Result<usize> {
+        let records = records
+            .try_iter()?
+            .enumerate()
+            .map(|(i, r)| Ok(ContentId(b256(&format!("records[{i}]"), &r?)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let contributors = contributors
+            .try_iter()?
+            .enumerate()
+            .map(|(i, a)| address(&format!("contributors[{i}]"), &a?))
+            .collect::<Result<Vec<_>>>()?;
+        let grads: PyReadonlyArray3<'_, f32> = gradients.extract().map_err(|_| {
+            invalid_arg(
+                "gradients",
+                format!(
+                    "expected a 3-D float32 array [n, checkpoints, p], found {}",
+                    describe(gradients)
+                ),
+            )
+        })?;
+        let n = grads.shape()[0];
+        if records.len() != n || contributors.len() != n {
+            return Err(invalid_arg(
+                "gradients",
+                format!(
+                    "{n} gradient rows for {} records and {} contributors",
+                    records.len(),
+                    contributors.len()
+                ),
+            ));
+        }
+        let view = grads.as_array();
+        let progress = Progress::new(progress);
+        let done = py.detach(|| {
+            let mut w = lock(&self.inner)?;
+            let examples = (0..n).map(|i| {
+                Ok(TrainingExample {
+                    record: records[i],
+                    contributor: contributors[i],
+                    gradients: view
+                        .index_axis(numpy::ndarray::Axis(0), i)
+                        .outer_iter()
+                        .map(|row| row.iter().copied().collect())
+                        .collect(),
+                })
+            });
+            let mut last = 0;
+            let done = w.build(examples, Some(n), |p| {
+                progress.advance(p.done - last);
+                last = p.done;
+            })?;
+            Ok::<_, crate::error::Error>(done)
+        });
+        progress.finish()?;
+        done
+    }
+
+    /// Flushes written rows and the count to stable storage.
+    fn sync(&self, py: Python<'_>) -> Result<()> {
+        py.detach(|| Ok(lock(&self.inner)?.sync()?))
+    }
+}
+
+/// A read-only, memory-mapped feature store.
+#[pyclass(name = "FeatureStore", module = "openledger", frozen)]
+pub struct PyFeatureStore {
+    inner: FeatureStore,
+}
+
+impl PyFeatureStore {
+    fn check_index(&self, i: usize) -> Result<()> {
+        if i >= self.inner.len() {
+            return Err(invalid_arg(
+                "index",
+                format!(
+                    "{i} is out of range for a store of {} examples",
+                    self.inner.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[pymethods]
+impl PyFeatureStore {
+    /// Opens the store file `path`, checking its header.
+    #[staticmethod]
+    fn open(py: Python<'_>, path: PathBuf) -> Result<Self> {
+        let inner = py.detach(|| FeatureStore::open(&path))?;
+        Ok(Self { inner })
+    }
+
+    /// Examples in the store.
+    fn __len__(&self) -> usize {
+        self.inner.len()
+    }
+
+    /// The record id of example `i`.
+    fn record(&self, i: usize) -> Result<String> {
+        self.check_index(i)?;
+        Ok(self.inner.record(i).to_string())
+    }
+
+    /// The contributor of example `i`.
+    fn contributor(&self, i: usize) -> Result<String> {
+        self.check_index(i)?;
+        Ok(address_str(&self.inner.contributor(i)))
+    }
+
+    /// The stored (projected) features of example `i`, `checkpoints × k` float32 values.
+    fn features<'py>(&self, py: Python<'py>, i: usize) -> Result<Bound<'py, PyArray1<f32>>> {
+        self.check_index(i)?;
+        Ok(PyArray1::from_vec(py, self.inner.features(i)))
+    }
+
+    /// Scores every stored example against a query's float32 gradients `[checkpoints, p]`
+    /// with `method` `"tracin"` (TracIn-CP, `Σ_c η_c ⟨φ_c(q), φ_c(z)⟩`) or `"cosine"`
+    /// (LESS); returns one float32 score per example, in store order. `progress(n)` is called
+    /// with the rows scored since the last call.
+    #[pyo3(signature = (gradients, *, method = "tracin", progress = None))]
+    fn score<'py>(
+        &self,
+        py: Python<'py>,
+        gradients: &Bound<'py, PyAny>,
+        method: &str,
+        progress: Option<Py<PyAny>>,
+    ) -> Result<Bound<'py, PyArray1<f32>>> {
+        let method = match method {
+            "tracin" => ScoreMethod::TracIn,
+            "cosine" => ScoreMethod::Cosine,
+            other => {
+                return Err(invalid_arg(
+                    "method",
+                    format!("expected \"tracin\" or \"cosine\", found {other:?}"),
+                ));
+            }
+        };
+        let g = gradients_2d("gradients", gradients)?;
+        let progress = Progress::new(progress);
+        let scores = py.detach(|| {
+            let q = self.inner.project_query(&g)?;
+            let mut last = 0;
+            score(&self.inner, &q, &method, |p| {
+                // A new pass restarts `done` at its first chunk.
+                let delta = if p.done >= last {
+                    p.done - last
+                } else {
+                    p.done
+                };
+                progress.advance(delta);
+                last = p.done;
+            })
+        });
+        progress.finish()?;
+        Ok(PyArray1::from_vec(py, scores?.values))
+    }
+
+    /// The `k` highest of `scores` (one float32 per example, as `score` returns them), best
+    /// first (ties by lower index): dicts `{"index", "record", "contributor", "score"}`.
+    fn top_k<'py>(
+        &self,
+        py: Python<'py>,
+        scores: &Bound<'py, PyAny>,
+        k: usize,
+    ) -> Result<Bound<'py, PyList>> {
+        let values: PyReadonlyArray1<'_, f32> = scores.extract().map_err(|_| {
+            invalid_arg(
+                "scores",
+                format!("expected a 1-D float32 array, found {}", describe(scores)),
+            )
+        })?;
+        if values.len() != self.inner.len() {
+            return Err(invalid_arg(
+                "scores",
+                format!(
+                    "{} scores for a store of {} examples",
+                    values.len(),
+                    self.inner.len()
+                ),
+            ));
+        }
+        let scores = Scores {
+            values: values.as_array().iter().copied().collect(),
+        };
+        let top = py.detach(|| scores.top_k(&self.inner, k));
+        let items = top
+            .iter()
+            .map(|r| {
+                let d = PyDict::new(py);
+                d.set_item("index", r.index)?;
+                d.set_item("record", r.record.to_string())?;
+                d.set_item("contributor", address_str(&r.contributor))?;
+                d.set_item("score", r.score)?;
+                Ok(d)
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok(PyList::new(py, items)?)
+    }
+}
+
+/// Adds the feature-store classes to the module.
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyFeatureStoreWriter>()?;
+    m.add_class::<PyFeatureStore>()?;
+    Ok(())
+}

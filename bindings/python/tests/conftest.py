@@ -1,0 +1,68 @@
+"""Shared fixtures: the same PEFT and Merkle reference data the Rust tests use."""
+
+import json
+import pathlib
+import struct
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[3]
+TINY = REPO / "fixtures" / "peft" / "tiny-llama"
+ADAPTERS = TINY / "adapters"
+MERKLE_VECTORS = REPO / "openledger-chain" / "tests" / "vectors" / "merkle.json"
+
+
+@pytest.fixture
+def tiny_llama() -> pathlib.Path:
+    return TINY
+
+
+@pytest.fixture
+def adapters_root() -> pathlib.Path:
+    return ADAPTERS
+
+
+@pytest.fixture
+def merkle_vectors():
+    return json.loads(MERKLE_VECTORS.read_text())["cases"]
+
+
+def read_safetensors(path: pathlib.Path) -> dict:
+    """An independent safetensors reader (numpy only), the peer the bindings are checked against."""
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    header.pop("__metadata__", None)
+    data = raw[8 + n :]
+    out = {}
+    for key, meta in header.items():
+        assert meta["dtype"] == "F32", key
+        start, end = meta["data_offsets"]
+        out[key] = np.frombuffer(data[start:end], dtype="<f4").reshape(meta["shape"])
+    return out
+
+
+def to_bf16_bits(arr) -> np.ndarray:
+    """bfloat16 bit patterns of float32 values, truncated (exact for values already bf16)."""
+    return (np.ascontiguousarray(arr, dtype="<f4").view("<u4") >> 16).astype("<u2")
+
+
+def from_bf16_bits(bits) -> np.ndarray:
+    return (bits.astype("<u4") << 16).view("<f4")
+
+
+def write_safetensors(tensors: dict, dtype: str = "F32") -> bytes:
+    """Encodes arrays as a safetensors file of float32 or bfloat16 (`dtype="BF16"`)."""
+    header, blobs, offset = {}, [], 0
+    for key, arr in tensors.items():
+        if dtype == "BF16":
+            b = to_bf16_bits(arr).tobytes()
+        else:
+            b = np.ascontiguousarray(arr, dtype="<f4").tobytes()
+        header[key] = {"dtype": dtype, "shape": list(arr.shape), "data_offsets": [offset, offset + len(b)]}
+        blobs.append(b)
+        offset += len(b)
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    return struct.pack("<Q", len(h)) + h + b"".join(blobs)
