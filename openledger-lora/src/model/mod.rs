@@ -9,7 +9,8 @@
 //! attached; `modules_to_save` parameters replace the base's for that adapter's rows.
 //! [`Model::forward`] is a full prefill with a causal (and, for Mistral / Qwen2, sliding-window)
 //! mask; [`Model::forward_cached`] continues sequences incrementally from a contiguous
-//! per-sequence [`KvCache`].
+//! per-sequence [`KvCache`]. [`PagedModel`] serves the model through the continuous-batching
+//! [`crate::serve::Engine`] over a paged KV cache.
 //!
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -35,6 +36,7 @@ mod error;
 mod load;
 mod lora;
 pub mod ops;
+mod paged;
 mod tokenizer;
 
 use std::collections::{BTreeMap, HashMap};
@@ -43,6 +45,7 @@ use std::path::Path;
 pub use config::{Activation, Architecture, ModelConfig, RopeScaling};
 pub use error::ModelError;
 pub use load::LoadProgress;
+pub use paged::{PagedError, PagedModel};
 pub use tokenizer::{TOKENIZER_FILE, Tokenizer};
 
 use crate::adapter::LoraAdapter;
@@ -205,7 +208,7 @@ impl Model {
         Ok(AdapterId(self.adapters.len() - 1))
     }
 
-    fn check_batch(&self, batch: &[SeqInput<'_>]) -> Result<Vec<Span>, ModelError> {
+    pub(crate) fn check_batch(&self, batch: &[SeqInput<'_>]) -> Result<Vec<Span>, ModelError> {
         let mut spans = Vec::with_capacity(batch.len());
         let mut start = 0;
         for (seq, s) in batch.iter().enumerate() {
@@ -320,7 +323,8 @@ impl Model {
         Ok(logits)
     }
 
-    /// The pass itself; also returns each sequence's new keys and values per layer.
+    /// The pass itself with contiguous attention over `past`; also returns each sequence's new
+    /// keys and values per layer.
     #[allow(clippy::type_complexity)]
     fn run(
         &self,
@@ -328,14 +332,70 @@ impl Model {
         spans: &[Span],
         past: &[Option<&KvCache>],
     ) -> Result<(Vec<Vec<f32>>, Vec<Vec<(Vec<f32>, Vec<f32>)>>), ModelError> {
+        let mut new_kv: Vec<Vec<(Vec<f32>, Vec<f32>)>> = vec![Vec::new(); batch.len()];
+        let starts: Vec<usize> = past.iter().map(|c| c.map_or(0, |c| c.len)).collect();
+        let (qd, kvd) = (
+            self.config.num_heads * self.config.head_dim,
+            self.config.num_kv_heads * self.config.head_dim,
+        );
+        let mut attend = |l: usize,
+                          shape: AttentionShape,
+                          q: &[f32],
+                          k: &[f32],
+                          v: &[f32],
+                          attn: &mut [f32]|
+         -> Result<(), ModelError> {
+            for (n, s) in spans.iter().enumerate() {
+                let qs = &q[s.start * qd..s.end * qd];
+                let ks = &k[s.start * kvd..s.end * kvd];
+                let vs = &v[s.start * kvd..s.end * kvd];
+                let out = match past[n] {
+                    Some(c) => {
+                        let (ck, cv) = &c.layers[l];
+                        let all_k = [&ck[..], ks].concat();
+                        let all_v = [&cv[..], vs].concat();
+                        new_kv[n].push((ks.to_vec(), vs.to_vec()));
+                        ops::attention(qs, &all_k, &all_v, shape, c.len)
+                    }
+                    None => ops::attention(qs, ks, vs, shape, 0),
+                };
+                attn[s.start * qd..s.end * qd].copy_from_slice(&out);
+            }
+            Ok(())
+        };
+        let x = self.hidden(batch, spans, &starts, &mut attend)?;
+        let logits = self.lm_head(&x, spans)?;
+        Ok((logits, new_kv))
+    }
+
+    /// The decoder stack over a mixed batch: embeds every sequence's tokens, runs each layer
+    /// (LoRA through SGMV on every projection, rope at positions `starts[n]..` for sequence
+    /// `n`, attention by `attend`) and returns the final-normed hidden states `[rows, hidden]`.
+    ///
+    /// `attend(layer, shape, q, k, v, out)` gets the batch's roped queries `[rows, heads·d]`,
+    /// roped keys and values `[rows, kv_heads·d]`, and writes the attention output
+    /// `[rows, heads·d]` to `out`.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn hidden<E: From<ModelError>>(
+        &self,
+        batch: &[SeqInput<'_>],
+        spans: &[Span],
+        starts: &[usize],
+        attend: &mut dyn FnMut(
+            usize,
+            AttentionShape,
+            &[f32],
+            &[f32],
+            &[f32],
+            &mut [f32],
+        ) -> Result<(), E>,
+    ) -> Result<Vec<f32>, E> {
         let cfg = &self.config;
         let h = cfg.hidden_size;
         let rows = spans.last().map_or(0, |s| s.end);
-        let mut new_kv: Vec<Vec<(Vec<f32>, Vec<f32>)>> = vec![Vec::new(); batch.len()];
         if rows == 0 {
-            return Ok((vec![Vec::new(); batch.len()], new_kv));
+            return Ok(Vec::new());
         }
-        let spans = spans.to_vec();
         let ad = &self.adapters[..];
         let mut x = vec![0f32; rows * h];
         let emb_scale = if cfg.arch == Architecture::Gemma {
@@ -360,56 +420,51 @@ impl Model {
         for (l, layer) in self.weights.layers.iter().enumerate() {
             let mut xn = x.clone();
             let key = format!("model.layers.{l}.input_layernorm.weight");
-            self.norm(&mut xn, &spans, &key, &layer.input_norm);
-            let mut q = project(&layer.q, &xn, &spans, ad)?;
-            let mut k = project(&layer.k, &xn, &spans, ad)?;
-            let v = project(&layer.v, &xn, &spans, ad)?;
+            self.norm(&mut xn, spans, &key, &layer.input_norm);
+            let mut q = project(&layer.q, &xn, spans, ad)?;
+            let mut k = project(&layer.k, &xn, spans, ad)?;
+            let v = project(&layer.v, &xn, spans, ad)?;
             let shape = AttentionShape {
                 heads: cfg.num_heads,
                 kv_heads: cfg.num_kv_heads,
                 head_dim: cfg.head_dim,
                 window: cfg.layer_window(l),
             };
-            let mut attn = vec![0f32; rows * qd];
-            for (n, s) in spans.iter().enumerate() {
+            for (s, &first) in spans.iter().zip(starts) {
                 let qs = &mut q[s.start * qd..s.end * qd];
                 let ks = &mut k[s.start * kvd..s.end * kvd];
-                let vs = &v[s.start * kvd..s.end * kvd];
-                let cache = past[n];
-                let first = cache.map_or(0, |c| c.len);
                 ops::apply_rope(qs, cfg.num_heads, &self.inv_freq, first);
                 ops::apply_rope(ks, cfg.num_kv_heads, &self.inv_freq, first);
-                let out = match cache {
-                    Some(c) => {
-                        let (ck, cv) = &c.layers[l];
-                        let all_k = [&ck[..], ks].concat();
-                        let all_v = [&cv[..], vs].concat();
-                        new_kv[n].push((ks.to_vec(), vs.to_vec()));
-                        ops::attention(qs, &all_k, &all_v, shape, first)
-                    }
-                    None => ops::attention(qs, ks, vs, shape, 0),
-                };
-                attn[s.start * qd..s.end * qd].copy_from_slice(&out);
             }
-            let o = project(&layer.o, &attn, &spans, ad)?;
+            let mut attn = vec![0f32; rows * qd];
+            attend(l, shape, &q, &k, &v, &mut attn)?;
+            let o = project(&layer.o, &attn, spans, ad)?;
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
             let mut xn = x.clone();
             let key = format!("model.layers.{l}.post_attention_layernorm.weight");
-            self.norm(&mut xn, &spans, &key, &layer.post_norm);
-            let mut gate = project(&layer.gate, &xn, &spans, ad)?;
-            let up = project(&layer.up, &xn, &spans, ad)?;
+            self.norm(&mut xn, spans, &key, &layer.post_norm);
+            let mut gate = project(&layer.gate, &xn, spans, ad)?;
+            let up = project(&layer.up, &xn, spans, ad)?;
             ops::gated(cfg.activation, &mut gate, &up);
-            let down = project(&layer.down, &gate, &spans, ad)?;
+            let down = project(&layer.down, &gate, spans, ad)?;
             x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
         }
-        self.norm(&mut x, &spans, "model.norm.weight", &self.weights.norm);
-        let logits = project(&self.weights.lm_head, &x, &spans, ad)?;
-        let vocab = cfg.vocab_size;
-        let logits = spans
+        self.norm(&mut x, spans, "model.norm.weight", &self.weights.norm);
+        Ok(x)
+    }
+
+    /// Logits of hidden rows `x` (`[rows, hidden]`, laid out by `spans`), one `[len, vocab]`
+    /// block per span, with each span's adapter on the head.
+    pub(crate) fn lm_head(&self, x: &[f32], spans: &[Span]) -> Result<Vec<Vec<f32>>, ModelError> {
+        if x.is_empty() {
+            return Ok(vec![Vec::new(); spans.len()]);
+        }
+        let logits = project(&self.weights.lm_head, x, spans, &self.adapters)?;
+        let vocab = self.config.vocab_size;
+        Ok(spans
             .iter()
             .map(|s| logits[s.start * vocab..s.end * vocab].to_vec())
-            .collect();
-        Ok((logits, new_kv))
+            .collect())
     }
 
     /// Greedy decoding of `n` tokens after `prompt` (each step recomputes the full prefix;

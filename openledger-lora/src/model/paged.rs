@@ -1,0 +1,280 @@
+//! The llama-family [`Model`] as a [`StepModel`] of the serving engine: every step runs the
+//! sequences' new tokens (prompt chunks and decode tokens, each sequence with its own adapter)
+//! through the same decoder stack as [`Model::forward`] — LoRA through SGMV on every projection
+//! — writes each new position's roped key and value into the [`PagedKvCache`] through the
+//! sequence's block table, attends with [`paged_attention`] (causal, GQA, sliding window), and
+//! returns logits only for the sequences that need them, from their last new token.
+//!
+//! Engine adapter ids ([`crate::pool::AdapterId`]) map to adapters attached to the model:
+//! attach them up front with [`PagedModel::attach`], or give the model the [`AdapterPool`] the
+//! engine checks readiness with ([`PagedModel::with_pool`]) and each adapter is attached the
+//! first time a batch names it.
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::path::Path;
+//! use openledger_lora::model::{Model, PagedModel};
+//! use openledger_lora::serve::*;
+//!
+//! let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/peft/tiny-llama");
+//! let model = Model::from_dir(&dir)?;
+//! let reference = model.greedy(None, &[1, 17, 42], 3)?;
+//! let paged = PagedModel::new(model);
+//! let config = EngineConfig {
+//!     kv_layout: paged.kv_layout(4),
+//!     num_blocks: 8,
+//!     max_tokens_per_step: 16,
+//!     max_running: 4,
+//!     max_context: 32,
+//!     preemption: Preemption::Recompute,
+//!     kv_dtype: KvDtype::F32,
+//! };
+//! let mut engine = Engine::new(paged, AllReady, config)?;
+//! let sampling = SamplingParams { max_new_tokens: 3, ..Default::default() };
+//! let handle = engine.submit(Request { prompt: vec![1, 17, 42], adapter: None, sampling });
+//! engine.run_until_idle()?;
+//! let tokens: Vec<u32> = handle
+//!     .filter_map(|e| match e { Event::Token { token, .. } => Some(token), _ => None })
+//!     .collect();
+//! assert_eq!(tokens, reference);
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+
+use thiserror::Error;
+
+use super::lora::Span;
+use super::ops::AttentionShape;
+use super::{AdapterId, Model, ModelError, SeqInput};
+use crate::adapter::LoraAdapter;
+use crate::pool::{self, AdapterPool, PoolError};
+use crate::serve::{
+    AttentionParams, KvError, KvLayout, Logits, PagedKvCache, StepBatch, StepModel, paged_attention,
+};
+
+/// Why a step of a [`PagedModel`] failed. Nothing in the cache is written when the batch is
+/// rejected up front (unknown adapter, bad token, wrong cache shape or positions).
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum PagedError {
+    /// A batch names an adapter that is neither attached nor available from the pool.
+    #[error("adapter {adapter:?} (sequence {seq}) is not attached to the model")]
+    UnknownAdapter {
+        /// Index of the sequence in the batch.
+        seq: usize,
+        /// The engine's adapter id.
+        adapter: String,
+    },
+    /// The pool could not provide an adapter the batch names.
+    #[error("adapter {adapter:?} could not be taken from the pool: {source}")]
+    Pool {
+        /// The engine's adapter id.
+        adapter: String,
+        /// The pool's error.
+        source: PoolError,
+    },
+    /// The cache's layout is not the model's (layers, KV heads, head size).
+    #[error("KV cache layout {found:?} does not fit the model (expected {expected:?})")]
+    Layout {
+        /// What the model needs (with the cache's block size).
+        expected: KvLayout,
+        /// The cache's layout.
+        found: KvLayout,
+    },
+    /// The model rejected the batch or failed (bad token, attaching an adapter).
+    #[error(transparent)]
+    Model(Box<ModelError>),
+    /// The cache refused a write or a read (positions not appended, unknown sequence).
+    #[error(transparent)]
+    Kv(#[from] KvError),
+}
+
+impl From<ModelError> for PagedError {
+    fn from(e: ModelError) -> Self {
+        Self::Model(Box::new(e))
+    }
+}
+
+/// A [`Model`] the serving [`Engine`](crate::serve::Engine) can drive over a paged KV cache.
+#[derive(Debug, Clone)]
+pub struct PagedModel {
+    model: Model,
+    ids: HashMap<pool::AdapterId, AdapterId>,
+    pool: Option<AdapterPool<LoraAdapter>>,
+}
+
+impl PagedModel {
+    /// Wraps `model`; adapters the engine names must then be [attached](Self::attach).
+    pub fn new(model: Model) -> Self {
+        Self {
+            model,
+            ids: HashMap::new(),
+            pool: None,
+        }
+    }
+
+    /// Wraps `model`, taking adapters it does not hold yet from `pool` (a clone of the pool the
+    /// engine checks readiness with) the first time a batch names them.
+    pub fn with_pool(model: Model, pool: AdapterPool<LoraAdapter>) -> Self {
+        Self {
+            pool: Some(pool),
+            ..Self::new(model)
+        }
+    }
+
+    /// The wrapped model.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// The KV cache layout this model writes, with `block_size` positions per block.
+    pub fn kv_layout(&self, block_size: usize) -> KvLayout {
+        let c = self.model.config();
+        KvLayout {
+            n_layers: c.num_layers,
+            n_kv_heads: c.num_kv_heads,
+            head_dim: c.head_dim,
+            block_size,
+        }
+    }
+
+    /// Attaches `adapter` to the model ([`Model::attach_adapter`], named by `id`) and serves
+    /// requests for `id` with it; a later attach under the same id replaces the mapping.
+    pub fn attach(
+        &mut self,
+        id: pool::AdapterId,
+        adapter: &LoraAdapter,
+    ) -> Result<AdapterId, ModelError> {
+        let slot = self.model.attach_adapter(id.as_str(), adapter)?;
+        self.ids.insert(id, slot);
+        Ok(slot)
+    }
+
+    /// The model's adapter for engine id `id`, attaching it from the pool on first use.
+    fn resolve(&mut self, seq: usize, id: &pool::AdapterId) -> Result<AdapterId, PagedError> {
+        if let Some(&slot) = self.ids.get(id) {
+            return Ok(slot);
+        }
+        let Some(pool) = &self.pool else {
+            return Err(PagedError::UnknownAdapter {
+                seq,
+                adapter: id.to_string(),
+            });
+        };
+        let adapter = pool.get(id).map_err(|source| match source {
+            PoolError::UnknownId { .. } => PagedError::UnknownAdapter {
+                seq,
+                adapter: id.to_string(),
+            },
+            source => PagedError::Pool {
+                adapter: id.to_string(),
+                source,
+            },
+        })?;
+        Ok(self.attach(id.clone(), &adapter)?)
+    }
+
+    /// Runs one step (see the module docs); logits rows follow the batch order of the
+    /// sequences whose `needs_logits` is set.
+    pub fn step(&mut self, batch: &StepBatch, kv: &mut PagedKvCache) -> Result<Logits, PagedError> {
+        let found = kv.layout();
+        let expected = self.kv_layout(found.block_size);
+        if found != expected {
+            return Err(PagedError::Layout { expected, found });
+        }
+        let mut slots = Vec::with_capacity(batch.seqs.len());
+        for (n, s) in batch.seqs.iter().enumerate() {
+            slots.push(match &s.adapter {
+                Some(id) => Some(self.resolve(n, id)?),
+                None => None,
+            });
+        }
+        let inputs: Vec<SeqInput<'_>> = batch
+            .seqs
+            .iter()
+            .zip(&slots)
+            .map(|(s, &adapter)| SeqInput {
+                adapter,
+                tokens: &s.tokens,
+            })
+            .collect();
+        let spans = self.model.check_batch(&inputs)?;
+        for s in &batch.seqs {
+            let len = kv.seq_len(s.seq)?;
+            let end = s.start_pos + s.tokens.len();
+            if end > len {
+                return Err(KvError::PositionOutOfRange {
+                    seq: s.seq,
+                    pos: end - 1,
+                    len,
+                }
+                .into());
+            }
+        }
+        let cfg = self.model.config();
+        let kvd = cfg.num_kv_heads * cfg.head_dim;
+        let scale = 1.0 / (cfg.head_dim as f32).sqrt();
+        let attn_seqs = batch.attn_seqs();
+        let mut attend = |l: usize,
+                          shape: AttentionShape,
+                          q: &[f32],
+                          k: &[f32],
+                          v: &[f32],
+                          out: &mut [f32]|
+         -> Result<(), PagedError> {
+            for (s, span) in batch.seqs.iter().zip(&spans) {
+                for r in 0..span.end - span.start {
+                    let row = span.start + r;
+                    kv.write(
+                        s.seq,
+                        l,
+                        s.start_pos + r,
+                        &k[row * kvd..(row + 1) * kvd],
+                        &v[row * kvd..(row + 1) * kvd],
+                    )?;
+                }
+            }
+            let params = AttentionParams {
+                n_heads: shape.heads,
+                scale,
+                sliding_window: shape.window,
+            };
+            paged_attention(kv, l, &params, &attn_seqs, q, out)?;
+            Ok(())
+        };
+        let starts: Vec<usize> = batch.seqs.iter().map(|s| s.start_pos).collect();
+        let x = self.model.hidden(&inputs, &spans, &starts, &mut attend)?;
+        // The last new row of each sequence that needs logits, one row per span.
+        let h = cfg.hidden_size;
+        let mut rows = Vec::new();
+        let mut last = Vec::new();
+        for (s, span) in batch.seqs.iter().zip(&spans) {
+            if s.needs_logits {
+                let r = span.end - 1;
+                rows.extend_from_slice(&x[r * h..(r + 1) * h]);
+                last.push(Span {
+                    start: last.len(),
+                    end: last.len() + 1,
+                    adapter: span.adapter,
+                });
+            }
+        }
+        let data = self.model.lm_head(&rows, &last)?.concat();
+        Ok(Logits { data })
+    }
+}
+
+impl StepModel for PagedModel {
+    fn vocab_size(&self) -> usize {
+        self.model.config().vocab_size
+    }
+
+    fn forward(
+        &mut self,
+        batch: &StepBatch,
+        kv: &mut PagedKvCache,
+    ) -> Result<Logits, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(self.step(batch, kv)?)
+    }
+}
