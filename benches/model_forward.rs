@@ -6,120 +6,22 @@
 //!
 //! `cargo bench -p openledger-benches --bench model_forward`
 
-use std::collections::BTreeMap;
-
+use openledger_benches::synthetic::{self, VOCAB};
 use openledger_benches::{Report, median_secs};
-use openledger_core::DType;
-use openledger_lora::adapter::{LoadOptions, LoraAdapter};
-use openledger_lora::build::AdapterBuilder;
-use openledger_lora::config::ConfigSpec;
-use openledger_lora::model::{AdapterId, Model, ModelConfig, SeqInput};
-use openledger_lora::tensors::HostTensor;
+use openledger_lora::model::{AdapterId, SeqInput};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-const H: usize = 1024;
-const I: usize = 2816;
-const LAYERS: usize = 4;
-const KV: usize = 256;
-const VOCAB: usize = 8192;
 const ADAPTERS: usize = 8;
 const RANK: usize = 16;
 const TOKENS: usize = 32;
 
-fn random(n: usize, amp: f32, rng: &mut ChaCha8Rng) -> Vec<f32> {
-    (0..n).map(|_| rng.random_range(-amp..amp)).collect()
-}
-
-fn projections() -> [(&'static str, usize, usize); 7] {
-    [
-        ("self_attn.q_proj", H, H),
-        ("self_attn.k_proj", H, KV),
-        ("self_attn.v_proj", H, KV),
-        ("self_attn.o_proj", H, H),
-        ("mlp.gate_proj", H, I),
-        ("mlp.up_proj", H, I),
-        ("mlp.down_proj", I, H),
-    ]
-}
-
-fn model(rng: &mut ChaCha8Rng) -> Model {
-    let cfg = ModelConfig::from_json(
-        format!(
-            r#"{{"model_type": "llama", "vocab_size": {VOCAB}, "hidden_size": {H},
-            "intermediate_size": {I}, "num_hidden_layers": {LAYERS}, "num_attention_heads": 16,
-            "num_key_value_heads": 4, "rms_norm_eps": 1e-5}}"#
-        )
-        .as_bytes(),
-    )
-    .expect("config");
-    let mut t = BTreeMap::new();
-    let mut put = |k: String, shape: Vec<usize>, v: Vec<f32>| {
-        t.insert(k, HostTensor::from_f32(DType::F32, shape, &v));
-    };
-    put(
-        "model.embed_tokens.weight".into(),
-        vec![VOCAB, H],
-        random(VOCAB * H, 0.05, rng),
-    );
-    put(
-        "lm_head.weight".into(),
-        vec![VOCAB, H],
-        random(VOCAB * H, 0.05, rng),
-    );
-    put("model.norm.weight".into(), vec![H], vec![1.0; H]);
-    for l in 0..LAYERS {
-        for n in ["input_layernorm", "post_attention_layernorm"] {
-            put(
-                format!("model.layers.{l}.{n}.weight"),
-                vec![H],
-                vec![1.0; H],
-            );
-        }
-        for (n, i, o) in projections() {
-            put(
-                format!("model.layers.{l}.{n}.weight"),
-                vec![o, i],
-                random(o * i, 0.03, rng),
-            );
-        }
-    }
-    Model::from_tensors(cfg, t).expect("model")
-}
-
-fn adapter(seed: u64) -> LoraAdapter {
-    let targets = [
-        "q_proj",
-        "k_proj",
-        "v_proj",
-        "o_proj",
-        "gate_proj",
-        "up_proj",
-        "down_proj",
-    ];
-    let mut b = AdapterBuilder::new(ConfigSpec::new(RANK, 32.0, &targets));
-    for l in 0..LAYERS {
-        for (k, (n, i, o)) in projections().into_iter().enumerate() {
-            b.random_lora(
-                &format!("model.layers.{l}.{n}"),
-                i,
-                o,
-                RANK,
-                seed * 100 + (l * 7 + k) as u64,
-            );
-        }
-    }
-    let bytes = b.safetensors_bytes().expect("adapter bytes");
-    LoraAdapter::from_bytes(b.config_json().as_bytes(), &bytes, &LoadOptions::default())
-        .expect("adapter")
-}
-
 fn main() {
     let mut rng = ChaCha8Rng::seed_from_u64(7);
-    let mut m = model(&mut rng);
+    let mut m = synthetic::model(&mut rng);
     let ids: Vec<AdapterId> = (0..ADAPTERS)
         .map(|k| {
-            m.attach_adapter(&format!("a{k}"), &adapter(k as u64))
+            m.attach_adapter(&format!("a{k}"), &synthetic::adapter(RANK, k as u64))
                 .expect("attach")
         })
         .collect();

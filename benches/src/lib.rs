@@ -1,5 +1,5 @@
-//! Helpers shared by the openledger benchmarks: timing a closure, and writing each bench's
-//! figures as JSON next to its printed ratios.
+//! Helpers shared by the openledger benchmarks: timing a closure, writing each bench's figures
+//! as JSON next to its printed ratios, and the synthetic model the model benches run.
 //!
 //! ```
 //! use openledger_benches::{median_secs, Report};
@@ -13,6 +13,8 @@
 
 use std::path::PathBuf;
 use std::time::Instant;
+
+pub mod synthetic;
 
 /// Runs `f` `runs` times (after one warm-up) and returns the median wall time in seconds.
 pub fn median_secs<R>(runs: usize, mut f: impl FnMut() -> R) -> f64 {
