@@ -178,8 +178,7 @@ impl StandardMerkleTree {
         options: TreeOptions,
         progress: &(dyn Fn(BuildProgress) + Sync),
     ) -> Result<Self, ChainError> {
-        let encoding: Vec<String> = leaf_encoding.iter().map(|s| s.to_string()).collect();
-        let types = value::parse_types(&encoding)?;
+        let (encoding, types) = parse_encoding(leaf_encoding)?;
         for (i, v) in values.iter().enumerate() {
             check_value(&types, v, i)?;
         }
@@ -208,13 +207,8 @@ impl StandardMerkleTree {
         leaf_encoding: &[&str],
         options: TreeOptions,
     ) -> Result<Self, ChainError> {
-        let encoding: Vec<String> = leaf_encoding.iter().map(|s| s.to_string()).collect();
-        let types = value::parse_types(&encoding)?;
-        let parsed = values
-            .iter()
-            .enumerate()
-            .map(|(i, v)| read_fields(&types, i, v.len(), |field, t| value::from_str(t, &v[field])))
-            .collect::<Result<Vec<_>, _>>()?;
+        let (_, types) = parse_encoding(leaf_encoding)?;
+        let parsed = read_rows(&types, values, |t, v: &String| value::from_str(t, v))?;
         Self::of(parsed, leaf_encoding, options)
     }
 
@@ -224,17 +218,8 @@ impl StandardMerkleTree {
         leaf_encoding: &[&str],
         options: TreeOptions,
     ) -> Result<Self, ChainError> {
-        let encoding: Vec<String> = leaf_encoding.iter().map(|s| s.to_string()).collect();
-        let types = value::parse_types(&encoding)?;
-        let parsed = values
-            .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                read_fields(&types, i, v.len(), |field, t| {
-                    value::from_json(t, &v[field])
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let (encoding, types) = parse_encoding(leaf_encoding)?;
+        let parsed = read_rows(&types, values, value::from_json)?;
         let hashes = hash_all(&parsed, |v| leaf_hash_unchecked(v), &|_| {});
         let values = parsed
             .into_iter()
@@ -256,8 +241,7 @@ impl StandardMerkleTree {
         leaf_encoding: &[&str],
         options: TreeOptions,
     ) -> Result<Self, ChainError> {
-        let encoding: Vec<String> = leaf_encoding.iter().map(|s| s.to_string()).collect();
-        let types = value::parse_types(&encoding)?;
+        let (encoding, types) = parse_encoding(leaf_encoding)?;
         let values = values
             .into_iter()
             .map(|value| IndexedValue {
@@ -449,8 +433,7 @@ impl StandardMerkleTree {
         value: &[DynSolValue],
         proof: &[B256],
     ) -> Result<bool, ChainError> {
-        let encoding: Vec<String> = leaf_encoding.iter().map(|s| s.to_string()).collect();
-        let types = value::parse_types(&encoding)?;
+        let (_, types) = parse_encoding(leaf_encoding)?;
         Ok(merkle::verify_proof(
             root,
             standard_leaf_hash(&types, value)?,
@@ -582,6 +565,26 @@ impl StandardMerkleTree {
             serde_json::from_str(json).map_err(|e| ChainError::MalformedDump(e.to_string()))?;
         Self::load(dump)
     }
+}
+
+/// The leaf encoding as owned strings, and the Solidity types it names.
+fn parse_encoding(leaf_encoding: &[&str]) -> Result<(Vec<String>, Vec<DynSolType>), ChainError> {
+    let encoding: Vec<String> = leaf_encoding.iter().map(|s| s.to_string()).collect();
+    let types = value::parse_types(&encoding)?;
+    Ok((encoding, types))
+}
+
+/// Reads every row of raw values (strings or JSON) into typed values, naming the row and field
+/// of the first that does not parse.
+fn read_rows<V>(
+    types: &[DynSolType],
+    rows: &[Vec<V>],
+    parse: impl Fn(&DynSolType, &V) -> Result<DynSolValue, String>,
+) -> Result<Vec<Vec<DynSolValue>>, ChainError> {
+    rows.iter()
+        .enumerate()
+        .map(|(i, row)| read_fields(types, i, row.len(), |field, t| parse(t, &row[field])))
+        .collect()
 }
 
 fn read_fields(
