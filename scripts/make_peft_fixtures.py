@@ -76,6 +76,7 @@ def tiny_llama(seed: int) -> LlamaForCausalLM:
         num_key_value_heads=2,
         max_position_embeddings=128,
         rope_theta=10000.0,
+        rms_norm_eps=1e-5,
         tie_word_embeddings=False,
         bos_token_id=1,
         eos_token_id=2,

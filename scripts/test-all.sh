@@ -2,8 +2,9 @@
 # Runs every check and test of the workspace, installing what it needs itself.
 # This is the README's test command; .ci/run calls it.
 #
-# Steps that need a toolchain other than Rust (node for the contracts, Python for NVRTC and the
-# Python bindings) install their packages into git-ignored folders from the public registries.
+# Steps that need a toolchain other than Rust (node for the contracts and the Node bindings, Python
+# for NVRTC and the Python bindings, a JDK with Maven for the Kotlin bindings) install their
+# packages into git-ignored folders (and Maven's local repository) from the public registries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +29,12 @@ cargo test --workspace --locked
 
 step "Python bindings: build, stubs, pytest"
 bash scripts/test-python.sh
+
+step "Node bindings: build, index.d.ts check, node --test"
+bash scripts/test-node.sh
+
+step "mobile bindings: Kotlin and Swift up to date, Kotlin tests on the JVM"
+bash scripts/test-mobile.sh
 
 step "CUDA kernels compile through NVRTC (no GPU needed)"
 bash scripts/check-nvrtc.sh --locked

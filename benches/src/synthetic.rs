@@ -1,5 +1,7 @@
 //! A random llama-shaped model (hidden 1024, MLP 2816, 4 layers, 16 query / 4 key-value heads,
-//! vocabulary 8192) and random all-linear LoRA adapters for it, shared by the model benches.
+//! vocabulary 8192: ≈ 62M parameters) and random all-linear LoRA adapters for it, shared by the
+//! model benches; [`model_with_layers`] and [`adapter_with_layers`] make deeper ones (8 layers:
+//! ≈ 106M parameters).
 
 use std::collections::BTreeMap;
 
@@ -42,10 +44,21 @@ pub fn projections() -> [(&'static str, usize, usize); 7] {
 
 /// The model, with weights drawn from `rng` (uniform, small amplitude; norms at 1).
 pub fn model(rng: &mut ChaCha8Rng) -> Model {
+    model_with_layers(rng, LAYERS)
+}
+
+/// Parameters of the model with `layers` decoder layers.
+pub fn parameters(layers: usize) -> usize {
+    let per_layer: usize = projections().iter().map(|(_, i, o)| i * o).sum::<usize>() + 2 * H;
+    2 * VOCAB * H + H + layers * per_layer
+}
+
+/// The model with `layers` decoder layers, weights drawn from `rng`.
+pub fn model_with_layers(rng: &mut ChaCha8Rng, layers: usize) -> Model {
     let cfg = ModelConfig::from_json(
         format!(
             r#"{{"model_type": "llama", "vocab_size": {VOCAB}, "hidden_size": {H},
-            "intermediate_size": {I}, "num_hidden_layers": {LAYERS}, "num_attention_heads": 16,
+            "intermediate_size": {I}, "num_hidden_layers": {layers}, "num_attention_heads": 16,
             "num_key_value_heads": 4, "rms_norm_eps": 1e-5}}"#
         )
         .as_bytes(),
@@ -59,7 +72,7 @@ pub fn model(rng: &mut ChaCha8Rng) -> Model {
         put(key.into(), vec![VOCAB, H], random(VOCAB * H, 0.05, rng));
     }
     put("model.norm.weight".into(), vec![H], vec![1.0; H]);
-    for l in 0..LAYERS {
+    for l in 0..layers {
         for n in ["input_layernorm", "post_attention_layernorm"] {
             put(
                 format!("model.layers.{l}.{n}.weight"),
@@ -80,6 +93,23 @@ pub fn model(rng: &mut ChaCha8Rng) -> Model {
 
 /// A rank-`rank` adapter (alpha 32) on all seven projections of every layer, seeded by `seed`.
 pub fn adapter(rank: usize, seed: u64) -> LoraAdapter {
+    let b = adapter_builder(rank, seed, LAYERS, DType::F32);
+    let bytes = b.safetensors_bytes().expect("adapter bytes");
+    LoraAdapter::from_bytes(b.config_json().as_bytes(), &bytes, &LoadOptions::default())
+        .expect("adapter")
+}
+
+/// [`adapter`] for the model with `layers` layers.
+pub fn adapter_with_layers(rank: usize, seed: u64, layers: usize) -> LoraAdapter {
+    let b = adapter_builder(rank, seed, layers, DType::F32);
+    let bytes = b.safetensors_bytes().expect("adapter bytes");
+    LoraAdapter::from_bytes(b.config_json().as_bytes(), &bytes, &LoadOptions::default())
+        .expect("adapter")
+}
+
+/// The PEFT files of [`adapter_with_layers`], tensors stored as `dtype` (write them to a
+/// folder with [`AdapterBuilder::write_dir`]).
+pub fn adapter_builder(rank: usize, seed: u64, layers: usize, dtype: DType) -> AdapterBuilder {
     let targets = [
         "q_proj",
         "k_proj",
@@ -89,8 +119,8 @@ pub fn adapter(rank: usize, seed: u64) -> LoraAdapter {
         "up_proj",
         "down_proj",
     ];
-    let mut b = AdapterBuilder::new(ConfigSpec::new(rank, 32.0, &targets));
-    for l in 0..LAYERS {
+    let mut b = AdapterBuilder::new(ConfigSpec::new(rank, 32.0, &targets)).with_dtype(dtype);
+    for l in 0..layers {
         for (k, (n, i, o)) in projections().into_iter().enumerate() {
             b.random_lora(
                 &format!("model.layers.{l}.{n}"),
@@ -101,7 +131,5 @@ pub fn adapter(rank: usize, seed: u64) -> LoraAdapter {
             );
         }
     }
-    let bytes = b.safetensors_bytes().expect("adapter bytes");
-    LoraAdapter::from_bytes(b.config_json().as_bytes(), &bytes, &LoadOptions::default())
-        .expect("adapter")
+    b
 }

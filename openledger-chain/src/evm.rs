@@ -20,8 +20,8 @@
 use alloy_primitives::{Address, B256, Bytes, Log, TxKind, U256, hex, keccak256};
 use alloy_sol_types::{Panic, Revert, SolCall, SolError, SolEvent, SolInterface};
 use k256::ecdsa::SigningKey;
-use revm::context::TxEnv;
 use revm::context::result::{EVMError, ExecutionResult, Output};
+use revm::context::{BlockEnv, TxEnv};
 use revm::database::{CacheDB, EmptyDB};
 use revm::handler::{MainnetContext, MainnetEvm};
 use revm::primitives::hardfork::SpecId;
@@ -165,8 +165,12 @@ pub fn decode_revert<E: SolInterface>(data: &[u8]) -> RevertReason<E> {
 }
 
 /// An in-process EVM chain at the Prague hard fork.
+///
+/// It holds the state and the current block; an EVM is built around them for each transaction,
+/// so the chain is `Send` and can move between threads (bindings run it off their event loops).
 pub struct EmbeddedChain {
-    evm: Evm,
+    db: CacheDB<EmptyDB>,
+    block: BlockEnv,
     dev: Vec<DevAccount>,
     chain_id: u64,
 }
@@ -207,21 +211,39 @@ impl EmbeddedChain {
                 },
             );
         }
-        let evm = Context::mainnet()
-            .with_db(db)
+        let block = BlockEnv {
+            number: U256::ZERO,
+            timestamp: U256::from(GENESIS_TIMESTAMP),
+            basefee: BASE_FEE,
+            gas_limit: BLOCK_GAS_LIMIT,
+            prevrandao: Some(B256::ZERO),
+            ..Default::default()
+        };
+        Self {
+            db,
+            block,
+            dev,
+            chain_id,
+        }
+    }
+
+    /// Runs `f` on an EVM over the chain's state and current block (with `basefee`), then takes
+    /// the state back.
+    fn with_evm<T>(&mut self, basefee: u64, f: impl FnOnce(&mut Evm) -> T) -> T {
+        let chain_id = self.chain_id;
+        let mut block = self.block.clone();
+        block.basefee = basefee;
+        let mut evm = Context::mainnet()
+            .with_db(std::mem::take(&mut self.db))
             .modify_cfg_chained(|c| {
                 c.set_spec_and_mainnet_gas_params(SpecId::PRAGUE);
                 c.chain_id = chain_id;
             })
-            .modify_block_chained(|b| {
-                b.number = U256::ZERO;
-                b.timestamp = U256::from(GENESIS_TIMESTAMP);
-                b.basefee = BASE_FEE;
-                b.gas_limit = BLOCK_GAS_LIMIT;
-                b.prevrandao = Some(B256::ZERO);
-            })
+            .with_block(block)
             .build_mainnet();
-        Self { evm, dev, chain_id }
+        let out = f(&mut evm);
+        self.db = evm.ctx.journaled_state.database;
+        out
     }
 
     /// The chain id (part of every EIP-712 domain on this chain).
@@ -236,7 +258,7 @@ impl EmbeddedChain {
 
     /// Credits `amount` wei to `address` (a faucet, outside any transaction).
     pub fn fund(&mut self, address: Address, amount: U256) {
-        let db = &mut self.evm.ctx.journaled_state.database;
+        let db = &mut self.db;
         let mut info = db.basic_ref(address).ok().flatten().unwrap_or_default();
         info.balance = info.balance.saturating_add(amount);
         db.insert_account_info(address, info);
@@ -261,7 +283,7 @@ impl EmbeddedChain {
     }
 
     fn account(&self, address: Address) -> AccountInfo {
-        let db = &self.evm.ctx.journaled_state.database;
+        let db = &self.db;
         let mut info = db.basic_ref(address).ok().flatten().unwrap_or_default();
         if info.code.is_none() && info.code_hash != revm::primitives::KECCAK_EMPTY {
             info.code = db.code_by_hash_ref(info.code_hash).ok();
@@ -271,24 +293,24 @@ impl EmbeddedChain {
 
     /// Number of the latest block.
     pub fn block_number(&self) -> u64 {
-        self.evm.ctx.block.number.saturating_to()
+        self.block.number.saturating_to()
     }
 
     /// Timestamp of the latest block.
     pub fn timestamp(&self) -> u64 {
-        self.evm.ctx.block.timestamp.saturating_to()
+        self.block.timestamp.saturating_to()
     }
 
     /// Mines `n` empty blocks ([`BLOCK_TIME`] seconds apart).
     pub fn advance_blocks(&mut self, n: u64) {
-        let b = &mut self.evm.ctx.block;
+        let b = &mut self.block;
         b.number += U256::from(n);
         b.timestamp += U256::from(n.saturating_mul(BLOCK_TIME));
     }
 
     /// Moves the clock forward by `seconds` (and mines one block).
     pub fn advance_time(&mut self, seconds: u64) {
-        let b = &mut self.evm.ctx.block;
+        let b = &mut self.block;
         b.number += U256::from(1);
         b.timestamp += U256::from(seconds);
     }
@@ -344,11 +366,11 @@ impl EmbeddedChain {
         // Each transaction is mined in a block of its own.
         self.advance_blocks(1);
         let block = self.block_number();
-        match self.evm.transact_commit(tx) {
+        match self.with_evm(BASE_FEE, |evm| evm.transact_commit(tx)) {
             Ok(result) => Ok(Self::outcome(result, block)),
             Err(e) => {
                 // A rejected transaction is not mined.
-                let b = &mut self.evm.ctx.block;
+                let b = &mut self.block;
                 b.number -= U256::from(1);
                 b.timestamp -= U256::from(BLOCK_TIME);
                 Err(evm_error(e))
@@ -418,10 +440,9 @@ impl EmbeddedChain {
         let block = self.block_number();
         // Like `eth_call`: no fee (base fee 0 for the call only), and `transact` does not commit
         // (the state it returns is dropped).
-        self.evm.ctx.block.basefee = 0;
-        let result = self.evm.transact(tx);
-        self.evm.ctx.block.basefee = BASE_FEE;
-        let result = result.map_err(evm_error)?;
+        let result = self
+            .with_evm(0, |evm| evm.transact(tx))
+            .map_err(evm_error)?;
         Ok(Self::outcome(result.result, block))
     }
 
@@ -436,3 +457,9 @@ impl EmbeddedChain {
 fn evm_error<E: std::fmt::Debug>(e: EVMError<E>) -> ChainError {
     ChainError::Evm(format!("{e:?}"))
 }
+
+// The chain moves between threads (bindings run it off their event loops).
+const _: fn() = || {
+    fn send<T: Send>() {}
+    send::<EmbeddedChain>();
+};

@@ -13,6 +13,7 @@
 //! );
 //! ```
 
+pub mod abi;
 pub mod bindings;
 pub mod claims;
 pub mod deploy;

@@ -12,8 +12,10 @@
 pub mod datanet;
 pub mod dtype;
 pub mod error;
+pub mod grant;
 pub mod id;
 pub mod merkle;
+pub mod trainlog;
 
 pub use alloy_primitives::{Address, B256, U256};
 pub use dtype::DType;

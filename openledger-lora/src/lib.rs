@@ -14,3 +14,4 @@ pub mod pool;
 pub mod serve;
 pub mod sgmv;
 pub mod tensors;
+pub mod train;

@@ -9,7 +9,9 @@ use std::path::Path;
 
 use openledger_chain::ChainError;
 use openledger_lora::error::LoraError;
+use openledger_lora::model::ModelError;
 use openledger_lora::pool::PoolError;
+use openledger_lora::serve::{RequestError, SampleError};
 use openledger_lora::sgmv::SgmvError;
 use openledger_poa::error::PoaError;
 use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyPermissionError};
@@ -90,9 +92,40 @@ create_exception!(
 );
 create_exception!(
     openledger,
+    ModelFormatError,
+    OpenLedgerError,
+    "A model folder's config or weights are malformed, missing or of an unsupported architecture."
+);
+create_exception!(
+    openledger,
+    EngineClosedError,
+    OpenLedgerError,
+    "The engine was closed: it takes no more requests and its running requests ended."
+);
+create_exception!(
+    openledger,
+    GenerationError,
+    OpenLedgerError,
+    "A request failed while it ran (the model's forward pass failed, its logits were not finite)."
+);
+create_exception!(
+    openledger,
     SignatureError,
     OpenLedgerError,
     "A key or signature is invalid, or recovery failed."
+);
+
+create_exception!(
+    openledger,
+    AbiError,
+    OpenLedgerError,
+    "A contract, function, argument or return data does not match the contract's ABI."
+);
+create_exception!(
+    openledger,
+    TransactionError,
+    OpenLedgerError,
+    "The EVM refused a transaction, or a call reverted (its `revert` attribute holds the reason)."
 );
 
 /// Registers the exception classes on the module.
@@ -114,6 +147,11 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("FeatureStoreError", py.get_type::<FeatureStoreError>())?;
     m.add("MerkleTreeError", py.get_type::<MerkleTreeError>())?;
     m.add("SignatureError", py.get_type::<SignatureError>())?;
+    m.add("ModelFormatError", py.get_type::<ModelFormatError>())?;
+    m.add("EngineClosedError", py.get_type::<EngineClosedError>())?;
+    m.add("GenerationError", py.get_type::<GenerationError>())?;
+    m.add("AbiError", py.get_type::<AbiError>())?;
+    m.add("TransactionError", py.get_type::<TransactionError>())?;
     Ok(())
 }
 
@@ -134,6 +172,13 @@ pub(crate) fn busy(what: &str) -> Error {
     Error(BusyError::new_err(format!(
         "{what} is busy with another call"
     )))
+}
+
+/// An `EngineClosedError`.
+pub(crate) fn engine_closed() -> Error {
+    Error(EngineClosedError::new_err(
+        "the engine is closed (close() was called or the engine was dropped)",
+    ))
 }
 
 /// An `InvalidArgumentError` naming the argument.
@@ -232,6 +277,41 @@ impl From<ChainError> for Error {
         Error(match &e {
             ChainError::Signature(_) => SignatureError::new_err(msg),
             _ => MerkleTreeError::new_err(msg),
+        })
+    }
+}
+
+impl From<ModelError> for Error {
+    fn from(e: ModelError) -> Self {
+        let msg = e.to_string();
+        Error(match &e {
+            ModelError::Io { path, source } => io_err(path, source.kind(), msg),
+            ModelError::IncompatibleAdapter { .. } => BaseMismatchError::new_err(msg),
+            ModelError::Weights(inner) => lora_with(inner, msg),
+            ModelError::TokenOutOfVocab { .. }
+            | ModelError::EmptySequence { .. }
+            | ModelError::UnknownAdapter { .. } => InvalidArgumentError::new_err(msg),
+            ModelError::Sgmv(_) | ModelError::Backend(_) => GenerationError::new_err(msg),
+            _ => ModelFormatError::new_err(msg),
+        })
+    }
+}
+
+impl From<RequestError> for Error {
+    fn from(e: RequestError) -> Self {
+        let msg = e.to_string();
+        Error(match &e {
+            RequestError::EmptyPrompt
+            | RequestError::PromptTooLong { .. }
+            | RequestError::TokenOutOfVocab { .. }
+            | RequestError::NeedsDetokenizer
+            | RequestError::Sampling(SampleError::InvalidParams { .. }) => {
+                InvalidArgumentError::new_err(msg)
+            }
+            RequestError::UnknownAdapter { .. } => UnknownIdError::new_err(msg),
+            RequestError::AdapterFailed { .. } => AdapterFormatError::new_err(msg),
+            RequestError::AdapterRejected { .. } => BaseMismatchError::new_err(msg),
+            _ => GenerationError::new_err(msg),
         })
     }
 }

@@ -1,8 +1,9 @@
 //! Python bindings of the openledger SDK: the `openledger` package.
 //!
 //! Each file mirrors one module of the Rust crates (`adapters` ↔ `openledger_lora::adapter`,
-//! `pool` ↔ `openledger_lora::pool`, `sgmv` ↔ `openledger_lora::sgmv`, `splits` ↔ `openledger_poa::split`, `merkle` ↔
-//! `openledger_chain::standard`, `receipts` ↔ `openledger_chain::receipt`, `rag` ↔
+//! `pool` ↔ `openledger_lora::pool`, `sgmv` ↔ `openledger_lora::sgmv`, `engine` ↔ `openledger_lora::serve` + `model`, `splits` ↔ `openledger_poa::split`, `merkle` ↔
+//! `openledger_chain::standard`, `receipts` ↔ `openledger_chain::receipt`, `chain` ↔
+//! `openledger_chain::{abi, evm, deploy}`, `rag` ↔
 //! `openledger_poa::rag`, `store` ↔ `openledger_poa::store` + `score`, `types` ↔ the ids and amounts of `openledger_core`). Arguments are
 //! extracted first, then the Rust work runs with the GIL released; errors cross into Python in
 //! `error.rs` only.
@@ -10,6 +11,8 @@
 use pyo3::prelude::*;
 
 mod adapters;
+mod chain;
+mod engine;
 mod error;
 mod merkle;
 mod pool;
@@ -32,9 +35,12 @@ fn _openledger(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<pool::PyPoolStats>()?;
     splits::register(m)?;
     m.add_class::<merkle::PyStandardMerkleTree>()?;
+    m.add_class::<merkle::PyMerkleTree>()?;
     receipts::register(m)?;
     rag::register(m)?;
     store::register(m)?;
     sgmv::register(m)?;
+    engine::register(m)?;
+    chain::register(m)?;
     Ok(())
 }

@@ -1,12 +1,12 @@
 //! Python face of `openledger_chain::standard`: OpenZeppelin-compatible `StandardMerkleTree`s
 //! (leaf = `keccak256(keccak256(abi.encode(values)))`, sorted pairs) and their `standard-v1`
-//! JSON dumps.
+//! JSON dumps; and `MerkleTree`, the core tree over 32-byte leaves (`openledger_core::merkle`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use openledger_chain::standard::{BuildStage, StandardMerkleTree, TreeOptions};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyBytes, PyInt, PyList, PyString};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyList, PyString};
 use serde_json::Value;
 
 use crate::error::{Result, invalid_arg};
@@ -15,7 +15,7 @@ use crate::types::{b256, b256_str};
 
 /// One field in the JSON form the tree reads: ints as decimal strings (exact at any size),
 /// bytes as `0x` hex, lists element-wise, strings and bools as they are.
-fn to_json(path: &str, obj: &Bound<'_, PyAny>) -> Result<Value> {
+pub(crate) fn to_json(path: &str, obj: &Bound<'_, PyAny>) -> Result<Value> {
     to_json_at(path, obj, 0)
 }
 
@@ -188,6 +188,35 @@ impl PyStandardMerkleTree {
         Ok(self.inner.verify(index, &proof)?)
     }
 
+    /// A multiproof of the values at `indices`, as the reference library's `getMultiProof`
+    /// gives it: `{"leaves": [values in verification order], "proof": [...], "proofFlags":
+    /// [...]}` (values in canonical JSON form, like `values()`).
+    fn multi_proof<'py>(&self, py: Python<'py>, indices: Vec<usize>) -> Result<Bound<'py, PyDict>> {
+        let (m, dump) = py.detach(|| {
+            Ok::<_, openledger_chain::ChainError>((
+                self.inner.multi_proof(&indices)?,
+                self.inner.dump(),
+            ))
+        })?;
+        let values = self.inner.values();
+        let leaves = m
+            .leaves
+            .iter()
+            .map(|leaf| {
+                let i = values
+                    .iter()
+                    .position(|v| &v.value == leaf)
+                    .unwrap_or_default();
+                from_json(py, &Value::Array(dump.values[i].value.clone()))
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        let out = PyDict::new(py);
+        out.set_item("leaves", PyList::new(py, leaves)?)?;
+        out.set_item("proof", m.proof.iter().map(b256_str).collect::<Vec<_>>())?;
+        out.set_item("proofFlags", m.proof_flags)?;
+        Ok(out)
+    }
+
     /// The `standard-v1` dump as a dict (what `JSON.parse` of the reference library's dump gives).
     fn dump<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let json = py.import("json")?;
@@ -211,5 +240,65 @@ impl PyStandardMerkleTree {
             self.inner.len(),
             self.inner.leaf_encoding()
         )
+    }
+}
+
+/// A tree over 32-byte leaves in the order given (OpenZeppelin's core layout, no sorting).
+#[pyclass(name = "MerkleTree", module = "openledger", frozen)]
+pub struct PyMerkleTree {
+    inner: openledger_core::merkle::MerkleTree,
+}
+
+#[pymethods]
+impl PyMerkleTree {
+    /// Builds the tree over `leaves` (32-byte hashes as `0x` hex or bytes).
+    #[new]
+    fn new(leaves: &Bound<'_, PyAny>) -> Result<Self> {
+        let leaves = hashes("leaves", leaves)?;
+        let inner = openledger_core::merkle::MerkleTree::new(&leaves)
+            .map_err(openledger_chain::ChainError::from)?;
+        Ok(Self { inner })
+    }
+
+    /// The root, as `0x` + 64 hex digits.
+    #[getter]
+    fn root(&self) -> String {
+        b256_str(&self.inner.root())
+    }
+
+    /// The node array, root first.
+    fn nodes(&self) -> Vec<String> {
+        self.inner.nodes().iter().map(b256_str).collect()
+    }
+
+    /// Number of leaves.
+    fn __len__(&self) -> usize {
+        self.inner.leaf_count()
+    }
+
+    /// The proof of the leaf given at `position`.
+    fn proof(&self, position: usize) -> Result<Vec<String>> {
+        let p = self
+            .inner
+            .proof(position)
+            .map_err(openledger_chain::ChainError::from)?;
+        Ok(p.iter().map(b256_str).collect())
+    }
+
+    /// A multiproof of the leaves given at `positions`: `{"leaves", "proof", "proofFlags"}`.
+    fn multi_proof<'py>(
+        &self,
+        py: Python<'py>,
+        positions: Vec<usize>,
+    ) -> Result<Bound<'py, PyDict>> {
+        let m = self
+            .inner
+            .multi_proof(&positions)
+            .map_err(openledger_chain::ChainError::from)?;
+        let out = PyDict::new(py);
+        out.set_item("leaves", m.leaves.iter().map(b256_str).collect::<Vec<_>>())?;
+        out.set_item("proof", m.proof.iter().map(b256_str).collect::<Vec<_>>())?;
+        out.set_item("proofFlags", m.proof_flags)?;
+        Ok(out)
     }
 }

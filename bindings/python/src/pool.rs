@@ -19,7 +19,7 @@ fn id(s: &str) -> Result<AdapterId> {
 /// byte budget. Safe to share between threads; every call releases the GIL while it works.
 #[pyclass(name = "AdapterPool", module = "openledger", frozen)]
 pub struct PyAdapterPool {
-    inner: AdapterPool,
+    pub(crate) inner: AdapterPool,
 }
 
 #[pymethods]

@@ -18,7 +18,7 @@
 //! # Ok::<(), openledger_chain::ChainError>(())
 //! ```
 
-mod value;
+pub(crate) mod value;
 
 use std::collections::HashMap;
 

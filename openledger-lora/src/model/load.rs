@@ -40,7 +40,7 @@ pub(crate) struct Linear {
     pub name: String,
     pub in_features: usize,
     pub out_features: usize,
-    /// `Wᵀ`, `[in, out]`.
+    /// `Wᵀ`, `[in, out]`: a transposed view of the row-major `W` (see [`transposed`]).
     pub wt: Tensor,
     pub bias: Option<Vec<f32>>,
 }
@@ -171,11 +171,11 @@ impl TensorMap {
     }
 }
 
-/// `[rows, cols]` row-major data → contiguous tensor `[cols, rows]`.
+/// `[rows, cols]` row-major data → tensor `[cols, rows]`, a transposed view of the data as
+/// given (no copy): the projections multiply the row-major `W` on the left
+/// (`lora::matmul`), which candle's CPU matmul runs faster for decode batches.
 pub(crate) fn transposed(w: Vec<f32>, rows: usize, cols: usize) -> Result<Tensor, ModelError> {
-    Ok(Tensor::from_vec(w, (rows, cols), &Device::Cpu)?
-        .t()?
-        .contiguous()?)
+    Ok(Tensor::from_vec(w, (rows, cols), &Device::Cpu)?.t()?)
 }
 
 /// Builds every weight of `cfg` from `tensors`.

@@ -42,6 +42,38 @@ pub(crate) struct PreparedAdapter {
     pub saved: HashMap<String, Saved>,
 }
 
+impl PreparedAdapter {
+    /// The empty stand-in left in a detached adapter's slot.
+    pub(crate) fn vacant() -> Self {
+        Self {
+            name: String::new(),
+            modules: HashMap::new(),
+            saved: HashMap::new(),
+        }
+    }
+
+    /// Bytes held by the prepared copies.
+    pub(crate) fn bytes(&self) -> usize {
+        let f = std::mem::size_of::<f32>();
+        let modules: usize = self
+            .modules
+            .values()
+            .map(|m| {
+                m.a.len()
+                    + m.b.len()
+                    + m.bias.as_ref().map_or(0, Vec::len)
+                    + m.dora.as_ref().map_or(0, Vec::len)
+            })
+            .sum();
+        let saved: usize = self
+            .saved
+            .values()
+            .map(|s| s.data.len() + s.wt.as_ref().map_or(0, |t| t.elem_count()))
+            .sum();
+        (modules + saved) * f
+    }
+}
+
 fn incompatible(name: &str, what: String) -> ModelError {
     ModelError::IncompatibleAdapter {
         name: name.to_string(),
@@ -132,10 +164,34 @@ pub(crate) struct Span {
     pub adapter: Option<usize>,
 }
 
+/// `x · Wᵀ` for `rows` rows of `x`. With `W` row-major (`wt` a transposed view) it runs as
+/// `(W · xᵀ)ᵀ`: candle's gemm then streams `W` as the left operand, 1.3–3× faster than
+/// `x · Wᵀ` on decode batches (1–32 rows) on a 2-core AVX2 CPU (see the engine bench).
 fn matmul(x: &[f32], rows: usize, wt: &Tensor) -> Result<Vec<f32>, ModelError> {
-    let (n_in, _) = wt.dims2()?;
-    let xt = Tensor::from_slice(x, (rows, n_in), &Device::Cpu)?;
-    Ok(xt.matmul(wt)?.flatten_all()?.to_vec1::<f32>()?)
+    let (n_in, n_out) = wt.dims2()?;
+    let w = wt.t()?;
+    if !w.is_contiguous() {
+        let xt = Tensor::from_slice(x, (rows, n_in), &Device::Cpu)?;
+        return Ok(xt.matmul(wt)?.flatten_all()?.to_vec1::<f32>()?);
+    }
+    let xt = Tensor::from_vec(transpose(x, rows, n_in), (n_in, rows), &Device::Cpu)?;
+    let yt = w.matmul(&xt)?.flatten_all()?.to_vec1::<f32>()?;
+    Ok(transpose(&yt, n_out, rows))
+}
+
+/// `[rows, cols]` row-major → `[cols, rows]` row-major (a plain loop: candle's strided copy is
+/// several times slower on these small decode matrices).
+fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    if rows == 1 || cols == 1 {
+        return src.to_vec();
+    }
+    let mut out = vec![0f32; src.len()];
+    for (r, row) in src.chunks_exact(cols).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            out[c * rows + r] = v;
+        }
+    }
+    out
 }
 
 /// `y = x·Wᵀ + b` for every row of the batch, each span with its adapter's LoRA update (SGMV),
@@ -180,7 +236,16 @@ pub(crate) fn project(
         });
         triples.push((s.start, s.end, slot));
     }
-    if !triples.is_empty() {
+    // Without DoRA or a LoRA bias in the batch the update is a plain sum: SGMV adds it into `y`.
+    let plain = spans.iter().all(|s| {
+        s.adapter
+            .and_then(|id| adapters[id].modules.get(&lin.name))
+            .is_none_or(|m| m.dora.is_none() && m.bias.is_none())
+    });
+    if !triples.is_empty() && plain {
+        let slots = AdapterSlots::new(n_in, n_out, slots)?;
+        sgmv(x, &slots, &Segments::from_triples(&triples), &mut y)?;
+    } else if !triples.is_empty() {
         let slots = AdapterSlots::new(n_in, n_out, slots)?;
         let mut delta = vec![0f32; rows * n_out];
         sgmv(x, &slots, &Segments::from_triples(&triples), &mut delta)?;

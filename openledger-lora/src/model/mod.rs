@@ -39,7 +39,7 @@ pub mod ops;
 mod paged;
 mod tokenizer;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
 pub use config::{Activation, Architecture, ModelConfig, RopeScaling};
@@ -103,6 +103,8 @@ pub struct Model {
     weights: Weights,
     inv_freq: Vec<f32>,
     adapters: Vec<PreparedAdapter>,
+    /// Slots of detached adapters, reused by the next attach.
+    vacant: BTreeSet<usize>,
 }
 
 impl Model {
@@ -160,12 +162,18 @@ impl Model {
             weights,
             inv_freq,
             adapters: Vec::new(),
+            vacant: BTreeSet::new(),
         })
     }
 
     /// The model's configuration.
     pub fn config(&self) -> &ModelConfig {
         &self.config
+    }
+
+    /// The frozen base weights in f32 (read by the trainer's differentiable forward).
+    pub(crate) fn base_weights(&self) -> &Weights {
+        &self.weights
     }
 
     /// The base model's module table (used to validate adapters).
@@ -175,7 +183,38 @@ impl Model {
 
     /// Names of the attached adapters, by [`AdapterId`] order.
     pub fn adapter_names(&self) -> Vec<&str> {
-        self.adapters.iter().map(|a| a.name.as_str()).collect()
+        self.adapters
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !self.vacant.contains(i))
+            .map(|(_, a)| a.name.as_str())
+            .collect()
+    }
+
+    /// Bytes held by the attached adapters' prepared copies (f32 factors, DoRA factors, saved
+    /// parameters).
+    pub fn attached_bytes(&self) -> usize {
+        self.adapters.iter().map(PreparedAdapter::bytes).sum()
+    }
+
+    /// Detaches adapter `id`, freeing its prepared copies; the next attach may reuse its id.
+    /// An id not attached is [`ModelError::UnknownAdapter`].
+    pub fn detach_adapter(&mut self, id: AdapterId) -> Result<(), ModelError> {
+        self.check_attached(0, id)?;
+        self.adapters[id.0] = PreparedAdapter::vacant();
+        self.vacant.insert(id.0);
+        Ok(())
+    }
+
+    fn check_attached(&self, seq: usize, AdapterId(id): AdapterId) -> Result<(), ModelError> {
+        if id >= self.adapters.len() || self.vacant.contains(&id) {
+            return Err(ModelError::UnknownAdapter {
+                seq,
+                id,
+                held: self.adapters.len() - self.vacant.len(),
+            });
+        }
+        Ok(())
     }
 
     fn linears(&self) -> HashMap<&str, &Linear> {
@@ -204,6 +243,10 @@ impl Model {
                 source,
             })?;
         let prepared = lora::prepare(name, adapter, &self.linears())?;
+        if let Some(slot) = self.vacant.pop_first() {
+            self.adapters[slot] = prepared;
+            return Ok(AdapterId(slot));
+        }
         self.adapters.push(prepared);
         Ok(AdapterId(self.adapters.len() - 1))
     }
@@ -228,14 +271,8 @@ impl Model {
                     vocab: self.config.vocab_size,
                 });
             }
-            if let Some(AdapterId(id)) = s.adapter
-                && id >= self.adapters.len()
-            {
-                return Err(ModelError::UnknownAdapter {
-                    seq,
-                    id,
-                    held: self.adapters.len(),
-                });
+            if let Some(id) = s.adapter {
+                self.check_attached(seq, id)?;
             }
             spans.push(Span {
                 start,
@@ -279,14 +316,8 @@ impl Model {
 
     /// An empty contiguous key/value cache for a sequence run with `adapter`.
     pub fn new_cache(&self, adapter: Option<AdapterId>) -> Result<KvCache, ModelError> {
-        if let Some(AdapterId(id)) = adapter
-            && id >= self.adapters.len()
-        {
-            return Err(ModelError::UnknownAdapter {
-                seq: 0,
-                id,
-                held: self.adapters.len(),
-            });
+        if let Some(id) = adapter {
+            self.check_attached(0, id)?;
         }
         Ok(KvCache {
             adapter,

@@ -7,8 +7,12 @@
 //!
 //! Engine adapter ids ([`crate::pool::AdapterId`]) map to adapters attached to the model:
 //! attach them up front with [`PagedModel::attach`], or give the model the [`AdapterPool`] the
-//! engine checks readiness with ([`PagedModel::with_pool`]) and each adapter is attached the
-//! first time a batch names it.
+//! engine checks readiness with ([`PagedModel::with_pool`]) and each adapter is attached when the
+//! engine admits the first request that names it ([`StepModel::prepare_adapter`]); an adapter
+//! made for another base then fails that request alone. Adapters the pool has evicted are
+//! detached again (their prepared f32 copies freed) before the next attach and at every step,
+//! so the model's adapter memory follows the pool's budget; the engine pins the adapters of
+//! running requests, so an adapter in use is never evicted.
 //!
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -40,7 +44,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use thiserror::Error;
 
@@ -50,7 +54,8 @@ use super::{AdapterId, Model, ModelError, SeqInput};
 use crate::adapter::LoraAdapter;
 use crate::pool::{self, AdapterPool, PoolError};
 use crate::serve::{
-    AttentionParams, KvError, KvLayout, Logits, PagedKvCache, StepBatch, StepModel, paged_attention,
+    AttentionParams, KvError, KvLayout, Logits, PagedKvCache, RequestError, StepBatch, StepModel,
+    paged_attention,
 };
 
 /// Why a step of a [`PagedModel`] failed. Nothing in the cache is written when the batch is
@@ -102,6 +107,8 @@ pub struct PagedModel {
     model: Model,
     ids: HashMap<pool::AdapterId, AdapterId>,
     pool: Option<AdapterPool<LoraAdapter>>,
+    /// Ids attached from the pool (detached again once the pool evicts them).
+    pooled: HashSet<pool::AdapterId>,
 }
 
 impl PagedModel {
@@ -111,6 +118,7 @@ impl PagedModel {
             model,
             ids: HashMap::new(),
             pool: None,
+            pooled: HashSet::new(),
         }
     }
 
@@ -140,15 +148,55 @@ impl PagedModel {
     }
 
     /// Attaches `adapter` to the model ([`Model::attach_adapter`], named by `id`) and serves
-    /// requests for `id` with it; a later attach under the same id replaces the mapping.
+    /// requests for `id` with it; a later attach under the same id replaces it (the earlier copy
+    /// is detached).
     pub fn attach(
         &mut self,
         id: pool::AdapterId,
         adapter: &LoraAdapter,
     ) -> Result<AdapterId, ModelError> {
         let slot = self.model.attach_adapter(id.as_str(), adapter)?;
-        self.ids.insert(id, slot);
+        if let Some(old) = self.ids.insert(id.clone(), slot) {
+            // The id now names the new copy; the old one would only hold memory.
+            self.model.detach_adapter(old)?;
+        }
+        self.pooled.remove(&id);
         Ok(slot)
+    }
+
+    /// Detaches the adapter served for `id` (freeing its prepared copies); false when none is.
+    pub fn detach(&mut self, id: &pool::AdapterId) -> bool {
+        self.pooled.remove(id);
+        match self.ids.remove(id) {
+            Some(slot) => self.model.detach_adapter(slot).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Whether an adapter is attached for `id`.
+    pub fn is_attached(&self, id: &pool::AdapterId) -> bool {
+        self.ids.contains_key(id)
+    }
+
+    /// Bytes held by the attached adapters' prepared copies ([`Model::attached_bytes`]).
+    pub fn attached_bytes(&self) -> usize {
+        self.model.attached_bytes()
+    }
+
+    /// Detaches every adapter taken from the pool that the pool no longer holds resident;
+    /// returns how many.
+    pub fn detach_evicted(&mut self) -> usize {
+        let Some(pool) = &self.pool else { return 0 };
+        let gone: Vec<pool::AdapterId> = self
+            .pooled
+            .iter()
+            .filter(|id| !pool.is_resident(id))
+            .cloned()
+            .collect();
+        for id in &gone {
+            self.detach(id);
+        }
+        gone.len()
     }
 
     /// The model's adapter for engine id `id`, attaching it from the pool on first use.
@@ -156,6 +204,8 @@ impl PagedModel {
         if let Some(&slot) = self.ids.get(id) {
             return Ok(slot);
         }
+        // Room first: what the pool evicted to admit this adapter goes now.
+        self.detach_evicted();
         let Some(pool) = &self.pool else {
             return Err(PagedError::UnknownAdapter {
                 seq,
@@ -172,7 +222,9 @@ impl PagedModel {
                 source,
             },
         })?;
-        Ok(self.attach(id.clone(), &adapter)?)
+        let slot = self.attach(id.clone(), &adapter)?;
+        self.pooled.insert(id.clone());
+        Ok(slot)
     }
 
     /// Runs one step (see the module docs); logits rows follow the batch order of the
@@ -183,6 +235,7 @@ impl PagedModel {
         if found != expected {
             return Err(PagedError::Layout { expected, found });
         }
+        self.detach_evicted();
         let mut slots = Vec::with_capacity(batch.seqs.len());
         for (n, s) in batch.seqs.iter().enumerate() {
             slots.push(match &s.adapter {
@@ -276,5 +329,21 @@ impl StepModel for PagedModel {
         kv: &mut PagedKvCache,
     ) -> Result<Logits, Box<dyn std::error::Error + Send + Sync>> {
         Ok(self.step(batch, kv)?)
+    }
+
+    /// Attaches `adapter` (from the pool, on first use); an adapter neither attached nor
+    /// registered is [`RequestError::UnknownAdapter`], one the model refuses (made for another
+    /// base) or the pool cannot provide is [`RequestError::AdapterRejected`].
+    fn prepare_adapter(&mut self, adapter: &pool::AdapterId) -> Result<(), RequestError> {
+        match self.resolve(0, adapter) {
+            Ok(_) => Ok(()),
+            Err(PagedError::UnknownAdapter { .. }) => Err(RequestError::UnknownAdapter {
+                adapter: adapter.clone(),
+            }),
+            Err(e) => Err(RequestError::AdapterRejected {
+                adapter: adapter.clone(),
+                reason: e.to_string(),
+            }),
+        }
     }
 }

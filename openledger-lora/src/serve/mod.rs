@@ -42,17 +42,19 @@
 
 mod attention;
 mod kv;
+mod readiness;
 mod request;
 mod sampling;
 mod scheduler;
 
 pub use attention::{AttentionParams, AttnSeq, paged_attention};
 pub use kv::{KvDtype, KvError, KvLayout, PagedKvCache, SeqId};
+pub use readiness::{AdapterReadiness, AllReady, Readiness};
 pub use request::{
     CancelHandle, Event, Request, RequestError, RequestHandle, RequestId, RequestStats,
 };
 pub use sampling::{Detokenize, FinishReason, SampleError, Sampler, SamplingParams, StopChecker};
 pub use scheduler::{
-    AdapterReadiness, AllReady, Engine, EngineConfig, EngineError, Logits, Preemption, Readiness,
-    SeqInput, StepBatch, StepModel, StepReport,
+    Engine, EngineConfig, EngineError, Logits, Preemption, SeqInput, StepBatch, StepModel,
+    StepReport,
 };

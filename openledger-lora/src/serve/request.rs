@@ -19,7 +19,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -82,6 +82,15 @@ pub enum RequestError {
         /// The adapter named.
         adapter: AdapterId,
         /// The load error, as text.
+        reason: String,
+    },
+    /// The model refused the adapter when it was attached (made for another base model, a
+    /// layer the model does not run), or the pool could not provide it to the model.
+    #[error("adapter {adapter:?} cannot run on this model: {reason}")]
+    AdapterRejected {
+        /// The adapter named.
+        adapter: AdapterId,
+        /// The model's error, as text.
         reason: String,
     },
     /// The sampling parameters are invalid, or the model's logits for this request could not be
@@ -205,6 +214,12 @@ impl RequestHandle {
     /// Every event delivered so far, without waiting.
     pub fn drain(&self) -> Vec<Event> {
         self.events.try_iter().collect()
+    }
+
+    /// The next event, waiting at most `timeout`; [`RecvTimeoutError::Disconnected`] once the
+    /// request has ended and its events are read (or the engine is gone).
+    pub fn next_timeout(&mut self, timeout: Duration) -> Result<Event, RecvTimeoutError> {
+        self.events.recv_timeout(timeout)
     }
 }
 

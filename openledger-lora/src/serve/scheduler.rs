@@ -7,23 +7,29 @@
 //! freed and it goes back to the front of the queue, its output so far appended to its prompt,
 //! so no token is lost and its sampler's state carries on) or by swapping its blocks out to
 //! host memory. A request whose adapter is still loading waits without holding up the others
-//! ([`AdapterReadiness`]). Bad input fails only its own request.
+//! ([`AdapterReadiness`]); only the first `max_running` waiting requests start loads, so a long
+//! queue does not load (and evict) far ahead of what can run. When a request is admitted its
+//! adapter is *held* ([`AdapterReadiness::acquire`]: the pool pins it) and prepared by the model
+//! ([`StepModel::prepare_adapter`]); it is released when the last request holding it ends. Bad
+//! input — an empty or too long prompt, a token outside the vocabulary, an unknown adapter, one
+//! the model refuses — fails only its own request.
 //!
 //! The engine's context limit must fit in the block pool, so the oldest running sequence can
 //! always proceed once the others are preempted: the engine never deadlocks on blocks.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc;
 
 use thiserror::Error;
 
 use super::attention::AttnSeq;
 use super::kv::{KvDtype, KvError, KvLayout, PagedKvCache, SeqId};
+use super::readiness::{AdapterReadiness, AllReady, Readiness};
 use super::request::{
     CancelHandle, Event, Request, RequestError, RequestHandle, RequestId, Sink, StatsClock,
 };
 use super::sampling::{Detokenize, FinishReason, Sampler, StopChecker};
-use crate::pool::{AdapterId, AdapterPool, PoolError, PooledAdapter};
+use crate::pool::AdapterId;
 
 /// One sequence's share of a step.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,52 +118,13 @@ pub trait StepModel {
         batch: &StepBatch,
         kv: &mut PagedKvCache,
     ) -> Result<Logits, Box<dyn std::error::Error + Send + Sync>>;
-}
 
-/// Whether a request's adapter can run now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Readiness {
-    /// Resident: the request can be scheduled.
-    Ready,
-    /// Being loaded: the request waits, others go ahead.
-    Loading,
-    /// Not known: the request fails.
-    Unknown,
-    /// Its load failed: the request fails with this reason.
-    Failed(String),
-}
-
-/// Tells the scheduler whether an adapter is resident, starting its load when it is not.
-pub trait AdapterReadiness {
-    /// Where `adapter` stands; called once per step for each waiting request that needs it.
-    fn readiness(&mut self, adapter: &AdapterId) -> Readiness;
-}
-
-impl<A: PooledAdapter> AdapterReadiness for AdapterPool<A> {
-    /// Resident → ready; otherwise starts (or joins) a background prefetch and reports its state.
-    fn readiness(&mut self, adapter: &AdapterId) -> Readiness {
-        if self.is_resident(adapter) {
-            return Readiness::Ready;
-        }
-        match self.prefetch(adapter) {
-            Err(PoolError::UnknownId { .. }) => Readiness::Unknown,
-            Err(e) => Readiness::Failed(e.to_string()),
-            Ok(p) if p.is_done() => match p.wait() {
-                Ok(_) => Readiness::Ready,
-                Err(e) => Readiness::Failed(e.to_string()),
-            },
-            Ok(_) => Readiness::Loading,
-        }
-    }
-}
-
-/// Every adapter is ready (for an engine that serves the base model, or tests).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct AllReady;
-
-impl AdapterReadiness for AllReady {
-    fn readiness(&mut self, _: &AdapterId) -> Readiness {
-        Readiness::Ready
+    /// Makes `adapter` ready to run (attaching it, say) when a request naming it is admitted
+    /// and no running request holds it yet; an error fails that request only. The default
+    /// accepts every adapter.
+    fn prepare_adapter(&mut self, adapter: &AdapterId) -> Result<(), RequestError> {
+        let _ = adapter;
+        Ok(())
     }
 }
 
@@ -245,6 +212,8 @@ struct Active {
     terminal: Option<Terminal>,
     /// Its adapter was reported ready (always true without an adapter).
     adapter_ready: bool,
+    /// It counts among the holders of its adapter (from admission to its end).
+    holds_adapter: bool,
 }
 
 impl Active {
@@ -260,7 +229,8 @@ impl Active {
 
 /// The serving engine: a scheduler with continuous batching over a paged KV cache, driving a
 /// [`StepModel`]. Call [`step`](Self::step) in a loop (or [`run_until_idle`](Self::run_until_idle)).
-pub struct Engine<M, R = AllReady> {
+/// Dropping it releases the adapters its requests held.
+pub struct Engine<M: StepModel, R: AdapterReadiness = AllReady> {
     model: M,
     readiness: R,
     kv: PagedKvCache,
@@ -270,6 +240,16 @@ pub struct Engine<M, R = AllReady> {
     running: Vec<Active>,
     swapped: VecDeque<Active>,
     next_id: u64,
+    /// Requests holding each adapter.
+    held: HashMap<AdapterId, usize>,
+}
+
+impl<M: StepModel, R: AdapterReadiness> Drop for Engine<M, R> {
+    fn drop(&mut self) {
+        for id in std::mem::take(&mut self.held).into_keys() {
+            self.readiness.release(&id);
+        }
+    }
 }
 
 impl<M: StepModel, R: AdapterReadiness> Engine<M, R> {
@@ -299,6 +279,7 @@ impl<M: StepModel, R: AdapterReadiness> Engine<M, R> {
             running: Vec::new(),
             swapped: VecDeque::new(),
             next_id: 0,
+            held: HashMap::new(),
         })
     }
 
@@ -316,6 +297,21 @@ impl<M: StepModel, R: AdapterReadiness> Engine<M, R> {
     /// The model.
     pub fn model(&self) -> &M {
         &self.model
+    }
+
+    /// The model, to attach or detach adapters between steps.
+    pub fn model_mut(&mut self) -> &mut M {
+        &mut self.model
+    }
+
+    /// The adapter readiness the engine asks.
+    pub fn readiness(&self) -> &R {
+        &self.readiness
+    }
+
+    /// The adapter readiness, to change between steps.
+    pub fn readiness_mut(&mut self) -> &mut R {
+        &mut self.readiness
     }
 
     /// Requests not yet finished (waiting, running or swapped).
@@ -402,6 +398,7 @@ impl<M: StepModel, R: AdapterReadiness> Engine<M, R> {
                 clock: StatsClock::new(),
                 terminal: None,
                 adapter_ready,
+                holds_adapter: false,
             }),
         }
         id
@@ -425,10 +422,62 @@ impl<M: StepModel, R: AdapterReadiness> Engine<M, R> {
         false
     }
 
-    fn release(&mut self, a: &Active) {
+    fn release(&mut self, a: &mut Active) {
         // Waiting requests hold no blocks; the others do.
         if self.kv.contains(a.seq) || self.kv.is_swapped(a.seq) {
             let _ = self.kv.free(a.seq);
+        }
+        if std::mem::take(&mut a.holds_adapter)
+            && let Some(id) = &a.adapter
+        {
+            self.unhold(id);
+        }
+    }
+
+    /// Adapters held by the engine's requests, with how many requests hold each.
+    pub fn held_adapters(&self) -> Vec<(AdapterId, usize)> {
+        let mut v: Vec<_> = self.held.iter().map(|(k, n)| (k.clone(), *n)).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Adds a holder to `id`, acquiring and preparing it for the first one: `Ok(false)` when it
+    /// is not resident (any more): the request waits for it again.
+    fn hold(&mut self, id: &AdapterId) -> Result<bool, RequestError> {
+        if let Some(n) = self.held.get_mut(id) {
+            *n += 1;
+            return Ok(true);
+        }
+        match self.readiness.acquire(id) {
+            Readiness::Ready => {}
+            Readiness::Loading => return Ok(false),
+            Readiness::Unknown => {
+                return Err(RequestError::UnknownAdapter {
+                    adapter: id.clone(),
+                });
+            }
+            Readiness::Failed(reason) => {
+                return Err(RequestError::AdapterFailed {
+                    adapter: id.clone(),
+                    reason,
+                });
+            }
+        }
+        if let Err(e) = self.model.prepare_adapter(id) {
+            self.readiness.release(id);
+            return Err(e);
+        }
+        self.held.insert(id.clone(), 1);
+        Ok(true)
+    }
+
+    fn unhold(&mut self, id: &AdapterId) {
+        if let Some(n) = self.held.get_mut(id) {
+            *n -= 1;
+            if *n == 0 {
+                self.held.remove(id);
+                self.readiness.release(id);
+            }
         }
     }
 
@@ -446,8 +495,8 @@ impl<M: StepModel, R: AdapterReadiness> Engine<M, R> {
         self.running = keep;
         ended.extend(gone);
         let n = ended.len();
-        for a in ended {
-            self.release(&a);
+        for mut a in ended {
+            self.release(&mut a);
             a.end(Terminal::Finished(FinishReason::Cancelled));
         }
         n
@@ -503,7 +552,7 @@ impl<M: StepModel, R: AdapterReadiness> Engine<M, R> {
         }
         if report.preempted == 0 {
             self.swap_in(&mut plan, &mut budget)?;
-            self.admit(&mut plan, &mut budget)?;
+            self.admit(&mut plan, &mut budget, &mut report.ended)?;
         }
         if plan.is_empty() {
             return Ok(report);
@@ -576,7 +625,9 @@ impl<M: StepModel, R: AdapterReadiness> Engine<M, R> {
     fn poll_adapters(&mut self) -> usize {
         let mut failed = 0;
         let mut j = 0;
-        while j < self.waiting.len() {
+        // Only requests that could run soon start loads.
+        let window = self.config.max_running;
+        while j < self.waiting.len().min(window) {
             let a = &mut self.waiting[j];
             let failure = match (&a.adapter, a.adapter_ready) {
                 (None, _) | (_, true) => None,
@@ -610,6 +661,7 @@ impl<M: StepModel, R: AdapterReadiness> Engine<M, R> {
         &mut self,
         plan: &mut Vec<(usize, usize)>,
         budget: &mut usize,
+        failed: &mut usize,
     ) -> Result<(), EngineError> {
         let mut j = 0;
         while j < self.waiting.len() {
@@ -621,6 +673,26 @@ impl<M: StepModel, R: AdapterReadiness> Engine<M, R> {
                 j += 1;
                 continue;
             }
+            if let (Some(id), false) = (&a.adapter, a.holds_adapter) {
+                let id = id.clone();
+                match self.hold(&id) {
+                    Ok(true) => self.waiting[j].holds_adapter = true,
+                    Ok(false) => {
+                        // Evicted since it was reported ready: its load has started again.
+                        self.waiting[j].adapter_ready = false;
+                        j += 1;
+                        continue;
+                    }
+                    Err(e) => {
+                        if let Some(a) = self.waiting.remove(j) {
+                            a.end(Terminal::Failed(e));
+                        }
+                        *failed += 1;
+                        continue;
+                    }
+                }
+            }
+            let a = &self.waiting[j];
             let n = a.tokens.len().min(*budget);
             let seq = a.seq;
             self.kv.add_sequence(seq)?;
@@ -708,7 +780,7 @@ impl<M: StepModel, R: AdapterReadiness> Engine<M, R> {
         self.running = keep;
         let n = ended.len();
         for mut a in ended {
-            self.release(&a);
+            self.release(&mut a);
             if let Some(t) = a.terminal.take() {
                 a.end(t);
             }

@@ -1,0 +1,124 @@
+import assert from 'node:assert/strict'
+import { after, before, test } from 'node:test'
+import { adapterDir, ol, reference, rejects, tinyLlama } from './helpers.mjs'
+
+let engine
+before(async () => {
+  engine = await ol.Engine.load(tinyLlama, { maxContext: 64, blockSize: 4, maxRunning: 4 })
+})
+after(async () => {
+  await engine?.close()
+})
+
+async function collect(stream) {
+  const tokens = []
+  for await (const t of stream) tokens.push(t.token)
+  return tokens
+}
+
+test('greedy generation streams the tokens transformers + PEFT produce, base and adapter', async () => {
+  await engine.addAdapter('qv-r4', await ol.LoraAdapter.fromDir(adapterDir('qv-r4')))
+  await engine.addAdapter('all-r8-rslora', adapterDir('all-r8-rslora'))
+  assert.deepEqual((await engine.adapters()).sort(), ['all-r8-rslora', 'qv-r4'])
+  const runs = []
+  for (const name of ['base', 'qv-r4', 'all-r8-rslora']) {
+    reference.sequences.forEach((prompt, i) => {
+      const adapter = name === 'base' ? undefined : name
+      const want = reference.greedy[`${name}.${i}`]
+      const stream = engine.generate(new Uint32Array(prompt), { adapter, maxNewTokens: want.length })
+      runs.push(collect(stream).then((got) => ({ got, want, stream, key: `${name}.${i}` })))
+    })
+  }
+  // Every request runs at once: the engine batches different adapters together.
+  for (const { got, want, stream, key } of await Promise.all(runs)) {
+    assert.deepEqual(got, want, key)
+    assert.equal(stream.finishReason, 'max_new_tokens')
+    assert.deepEqual([...stream.tokens], want)
+    assert.equal(stream.stats.tokensGenerated, want.length)
+  }
+})
+
+test('tokens arrive with their index, and stop tokens end the request', async () => {
+  const want = reference.greedy['base.0']
+  const seen = []
+  const stream = engine.generate(reference.sequences[0], { maxNewTokens: 8 })
+  for await (const t of stream) {
+    seen.push(t)
+    assert.deepEqual([...stream.tokens], seen.map((s) => s.token)) // the tokens read so far
+    assert.equal(stream.finishReason, null)
+  }
+  assert.deepEqual(seen.map((t) => t.index), [...want.keys()])
+  const stop = want[2]
+  const s = engine.generate(reference.sequences[0], { maxNewTokens: 8, stopTokens: [stop] })
+  assert.deepEqual(await collect(s), want.slice(0, want.indexOf(stop)))
+  assert.equal(s.finishReason, 'stop_token')
+})
+
+test('breaking out of the loop or cancel() stops the request', async () => {
+  const s = engine.generate([1, 2, 3], { maxNewTokens: 40 })
+  for await (const _ of s) break
+  const c = engine.generate([1, 2, 3], { maxNewTokens: 40 })
+  c.cancel()
+  const got = await collect(c)
+  assert.ok(got.length < 40)
+  assert.equal(c.finishReason, 'cancelled')
+})
+
+test('requests the engine cannot run reject the first next() with a typed error', async () => {
+  await rejects(() => collect(engine.generate([1, 99999])), 'Request', /vocabulary/)
+  await rejects(() => collect(engine.generate([1, 2], { adapter: 'nope' })), 'UnknownId', /nope/)
+  await rejects(() => collect(engine.generate(new Array(80).fill(1))), 'Request', /context/)
+  await rejects(() => collect(engine.generate([])), 'Request', /empty/)
+})
+
+test('bad options and prompts throw at the call', async () => {
+  await rejects(() => engine.generate([1, -2]), 'InvalidArg', /item 1/)
+  await rejects(() => engine.generate('hello'), 'InvalidArg')
+  await rejects(() => engine.generate(null), 'InvalidArg')
+  await rejects(() => engine.generate([1], { temperature: -1 }), 'InvalidArg', /temperature/)
+  await rejects(() => engine.generate([1], { adapter: '../x' }), 'InvalidId')
+  await rejects(() => engine.addAdapter('bad', adapterDir('missing')), 'ENOENT')
+})
+
+test('a model folder that is not one rejects, and a closed engine throws Closed', async () => {
+  await rejects(() => ol.Engine.load(adapterDir('qv-r4')), 'ENOENT', /config\.json/)
+  await rejects(() => ol.Engine.load(tinyLlama, { blockSize: 0 }), 'InvalidArg', /blockSize/)
+  const e = await ol.Engine.load(tinyLlama, { maxContext: 32, blockSize: 4 })
+  const pending = e.generate([1, 2, 3], { maxNewTokens: 16 })
+  await e.close()
+  assert.equal(e.closed, true)
+  await rejects(() => e.generate([1]), 'Closed')
+  await rejects(() => e.adapters(), 'Closed')
+  // The request either finished before the engine stopped, or ends with `Closed`.
+  try {
+    await collect(pending)
+  } catch (err) {
+    assert.equal(err.code, 'Closed')
+  }
+})
+
+test('loading reports progress as weights are read', async () => {
+  let reads = 0
+  const e = await ol.Engine.load(tinyLlama, { maxContext: 32, blockSize: 4 }, null, (n) => {
+    reads += n
+  })
+  await e.close()
+  await new Promise((r) => setImmediate(r))
+  assert.ok(reads > 0)
+  assert.equal(e.vocabSize, 320)
+  assert.equal(e.maxContext, 32)
+})
+
+test('adapters registered in a pool are attached on first use', async () => {
+  const pool = new ol.AdapterPool(1 << 30)
+  pool.registerDir('qv-r4', adapterDir('qv-r4'))
+  const e = await ol.Engine.load(tinyLlama, { maxContext: 64, blockSize: 4 }, pool)
+  try {
+    const want = reference.greedy['qv-r4.1']
+    const got = await collect(e.generate(reference.sequences[1], { adapter: 'qv-r4', maxNewTokens: want.length }))
+    assert.deepEqual(got, want)
+    assert.ok(pool.isResident('qv-r4'))
+  } finally {
+    await e.close()
+  }
+})

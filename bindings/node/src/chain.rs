@@ -1,0 +1,471 @@
+//! JavaScript face of `openledger_chain::evm` and `deploy`: the in-process EVM that runs the
+//! real compiled contracts, with calls, return values, events and reverts by contract and
+//! function name (`openledger_chain::abi`).
+//!
+//! Solidity values come back in canonical JSON form: integers as decimal strings, addresses
+//! checksummed, bytes as `0x` hex, arrays and tuples as arrays.
+
+use std::sync::{Arc, Mutex};
+
+use napi::bindgen_prelude::{AsyncTask, BigInt, Unknown};
+use napi_derive::napi;
+use openledger_chain::abi::{self, ContractAbi, DecodedRevert};
+use openledger_chain::deploy::{DeployConfig, Deployment};
+use openledger_chain::evm::{DEV_ACCOUNTS, EmbeddedChain as RustChain, TxOutcome, TxStatus};
+use openledger_chain::{ChainError, DynSolValue};
+use openledger_core::U256;
+use serde_json::{Map, Value};
+
+use crate::error::{Error, ErrorCode, Result, busy, error, invalid_arg};
+use crate::json;
+use crate::task::{StringTask, count, task};
+use crate::types::{Amount, Bytes, address, address_str, bigint, hex_bytes, u256};
+
+/// A chain error of an ABI or a transaction as the JavaScript error of its kind.
+pub fn chain_err(e: &ChainError) -> Error {
+    let code = match e {
+        ChainError::Evm(_) | ChainError::TransactionFailed { .. } => ErrorCode::Transaction,
+        ChainError::Signature(_) => ErrorCode::Signature,
+        _ => ErrorCode::Abi,
+    };
+    error(code, e.to_string(), None)
+}
+
+fn contract(name: &str) -> Result<&'static ContractAbi> {
+    ContractAbi::named(name).map_err(|e| chain_err(&e))
+}
+
+fn args_json(args: Option<Vec<Unknown<'_>>>) -> Result<Vec<Value>> {
+    args.unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, a)| json::to_json(&format!("args[{i}]"), a))
+        .collect()
+}
+
+fn fields(fs: &[(String, DynSolValue)]) -> Value {
+    Value::Object(
+        fs.iter()
+            .map(|(k, v)| (k.clone(), abi::value_to_json(v)))
+            .collect::<Map<_, _>>(),
+    )
+}
+
+fn revert(r: &DecodedRevert) -> Value {
+    let mut m = Map::new();
+    match r {
+        DecodedRevert::Custom { name, args } => {
+            m.insert("kind".into(), "custom".into());
+            m.insert("name".into(), name.clone().into());
+            m.insert("args".into(), fields(args));
+        }
+        DecodedRevert::Message(s) => {
+            m.insert("kind".into(), "message".into());
+            m.insert("message".into(), s.clone().into());
+        }
+        DecodedRevert::Panic(code) => {
+            m.insert("kind".into(), "panic".into());
+            m.insert("code".into(), (*code).into());
+        }
+        DecodedRevert::Unknown(data) => {
+            m.insert("kind".into(), "unknown".into());
+            m.insert("data".into(), data.clone().into());
+        }
+    }
+    Value::Object(m)
+}
+
+fn decode_revert(c: &ContractAbi, output: &[u8]) -> DecodedRevert {
+    match c.decode_revert(output) {
+        r @ DecodedRevert::Custom { .. } => r,
+        _ => abi::decode_revert_any(output),
+    }
+}
+
+/// An event emitted by a transaction, decoded against the contract that emitted it.
+#[napi(object)]
+pub struct ChainEvent {
+    /// The contract whose ABI decoded it.
+    pub contract: String,
+    /// The event's name.
+    pub name: String,
+    /// The emitting address (checksummed).
+    pub address: String,
+    /// Every field by name.
+    pub args: Value,
+}
+
+/// What a transaction did.
+#[napi(object)]
+pub struct TxResult {
+    /// Whether it ran to completion.
+    pub success: bool,
+    /// `"success"`, `"revert"` or `"halt: <why>"`.
+    pub status: String,
+    /// Gas charged to the sender.
+    pub gas_used: f64,
+    /// The block it was included in.
+    pub block_number: f64,
+    /// Return or revert data, `0x` hex.
+    pub output: String,
+    /// Events it emitted, decoded.
+    pub events: Vec<ChainEvent>,
+    /// The function's return values, when it succeeded.
+    pub returns: Option<Vec<Value>>,
+    /// Why it reverted: `{ kind: "custom", name, args }`, `{ kind: "message", message }`,
+    /// `{ kind: "panic", code }` or `{ kind: "unknown", data }`.
+    pub revert: Option<Value>,
+}
+
+fn tx_result(out: &TxOutcome, c: &ContractAbi, function: &str) -> Result<TxResult> {
+    let events = out
+        .logs
+        .iter()
+        .filter_map(abi::decode_log_any)
+        .map(|d| ChainEvent {
+            args: fields(&d.fields),
+            contract: d.contract,
+            name: d.event,
+            address: d.address,
+        })
+        .collect();
+    let (status, returns, rev) = match &out.status {
+        TxStatus::Success => {
+            let values = c
+                .decode_output(function, &out.output)
+                .map_err(|e| chain_err(&e))?;
+            let values = values.iter().map(abi::value_to_json).collect();
+            ("success".to_string(), Some(values), None)
+        }
+        TxStatus::Revert => (
+            "revert".to_string(),
+            None,
+            Some(revert(&decode_revert(c, &out.output))),
+        ),
+        TxStatus::Halt(why) => (format!("halt: {why}"), None, None),
+    };
+    Ok(TxResult {
+        success: out.is_success(),
+        status,
+        gas_used: out.gas_used as f64,
+        block_number: out.block_number as f64,
+        output: out.output.to_string(),
+        events,
+        returns,
+        revert: rev,
+    })
+}
+
+task!(
+    /// Resolves to a `TxResult`.
+    TxTask => TxResult
+);
+task!(
+    /// Resolves to the return values of a call.
+    ValuesTask => Vec<Value>
+);
+task!(
+    /// Resolves to the addresses of a deployed suite.
+    SuiteTask => SuiteAddresses
+);
+
+/// The contracts of a deployed suite and the accounts holding its roles.
+#[napi(object)]
+pub struct SuiteAddresses {
+    /// The ERC-20 token fees are paid in.
+    pub token: String,
+    /// `DatanetRegistry`.
+    pub datanets: String,
+    /// `ModelRegistry`.
+    pub models: String,
+    /// `InferencePayments`.
+    pub payments: String,
+    /// `AttributionRewards`.
+    pub rewards: String,
+    /// The admin account.
+    pub admin: String,
+    /// The protocol treasury.
+    pub treasury: String,
+    /// The serving operator.
+    pub operator: String,
+    /// The account posting epoch roots.
+    pub poster: String,
+}
+
+/// How `deploySuite` configures the contracts; every field is optional.
+#[napi(object)]
+pub struct SuiteOptions {
+    /// Protocol share of each fee, in basis points (default 500).
+    pub protocol_bps: Option<u32>,
+    /// Data contributors' share, in basis points (default 2000).
+    pub data_pool_bps: Option<u32>,
+    /// Seconds per settlement epoch (default 86400).
+    pub epoch_duration: Option<f64>,
+}
+
+/// The in-process EVM running the real compiled contracts, with ten funded dev accounts. One
+/// call at a time: a call made while a transaction runs throws `Busy`.
+#[napi]
+pub struct EmbeddedChain {
+    inner: Arc<Mutex<RustChain>>,
+}
+
+impl EmbeddedChain {
+    fn with<T>(&self, f: impl FnOnce(&mut RustChain) -> T) -> Result<T> {
+        let mut chain = self.inner.try_lock().map_err(|_| busy("the chain"))?;
+        Ok(f(&mut chain))
+    }
+}
+
+/// Runs `f` on the chain held by `inner`, off the JavaScript thread.
+fn locked<T>(
+    inner: &Arc<Mutex<RustChain>>,
+    f: impl FnOnce(&mut RustChain) -> std::result::Result<T, ChainError>,
+) -> Result<T> {
+    let mut chain = inner.try_lock().map_err(|_| busy("the chain"))?;
+    f(&mut chain).map_err(|e| chain_err(&e))
+}
+
+#[napi]
+impl EmbeddedChain {
+    /// A fresh chain with id `chainId` (default 31337).
+    #[napi(constructor, catch_unwind)]
+    pub fn new(chain_id: Option<f64>) -> Result<Self> {
+        crate::error::guard(|| {
+            let id = chain_id.map_or(Ok(31337), |c| count("chainId", c))? as u64;
+            Ok(Self {
+                inner: Arc::new(Mutex::new(RustChain::new(id))),
+            })
+        })
+    }
+
+    /// The chain id.
+    #[napi(getter, catch_unwind)]
+    pub fn chain_id(&self) -> Result<f64> {
+        crate::error::guard(|| self.with(|c| c.chain_id() as f64))
+    }
+
+    /// The dev accounts' addresses.
+    #[napi(getter, catch_unwind)]
+    pub fn dev_accounts(&self) -> Result<Vec<String>> {
+        crate::error::guard(|| {
+            self.with(|c| {
+                (0..DEV_ACCOUNTS)
+                    .map(|i| address_str(&c.dev_account(i).address))
+                    .collect()
+            })
+        })
+    }
+
+    /// The secret key of dev account `index` (`0x` hex).
+    #[napi(catch_unwind)]
+    pub fn dev_key(&self, index: f64) -> Result<String> {
+        crate::error::guard(|| {
+            let i = count("index", index)?;
+            if i >= DEV_ACCOUNTS {
+                return Err(invalid_arg(
+                    "index",
+                    format!("{i} is not a dev account (0..{DEV_ACCOUNTS})"),
+                ));
+            }
+            self.with(|c| {
+                format!(
+                    "0x{}",
+                    alloy_primitives::hex::encode(c.dev_account(i).key.to_bytes())
+                )
+            })
+        })
+    }
+
+    /// The current block number.
+    #[napi(getter, catch_unwind)]
+    pub fn block_number(&self) -> Result<f64> {
+        crate::error::guard(|| self.with(|c| c.block_number() as f64))
+    }
+
+    /// The current block timestamp (seconds).
+    #[napi(getter, catch_unwind)]
+    pub fn timestamp(&self) -> Result<f64> {
+        crate::error::guard(|| self.with(|c| c.timestamp() as f64))
+    }
+
+    /// Moves the clock forward by `seconds`.
+    #[napi(catch_unwind)]
+    pub fn advance_time(&self, seconds: f64) -> Result<()> {
+        crate::error::guard(|| {
+            let s = count("seconds", seconds)? as u64;
+            self.with(|c| c.advance_time(s))
+        })
+    }
+
+    /// The ether balance of `account`, in wei.
+    #[napi(catch_unwind)]
+    pub fn balance(&self, account: Bytes) -> Result<BigInt> {
+        crate::error::guard(|| {
+            let a = address("account", &account)?;
+            self.with(|c| bigint(c.balance(a)))
+        })
+    }
+
+    /// Credits `amount` wei to `account` (a faucet, outside any transaction).
+    #[napi(catch_unwind)]
+    pub fn fund(&self, account: Bytes, amount: Amount) -> Result<()> {
+        crate::error::guard(|| {
+            let (a, v) = (address("account", &account)?, u256("amount", &amount)?);
+            self.with(|c| c.fund(a, v))
+        })
+    }
+
+    /// Deploys the openledger contract `contract` with constructor `args`, from `sender` (dev
+    /// account 0 by default); resolves to its address.
+    #[napi(catch_unwind)]
+    pub fn deploy(
+        &self,
+        contract: String,
+        args: Option<Vec<Unknown<'_>>>,
+        sender: Option<Bytes>,
+    ) -> Result<AsyncTask<StringTask>> {
+        crate::error::guard(|| {
+            let c = self::contract(&contract)?;
+            let code = c
+                .deploy_data(&args_json(args)?)
+                .map_err(|e| chain_err(&e))?;
+            let sender = sender.map(|s| address("sender", &s)).transpose()?;
+            let inner = self.inner.clone();
+            Ok(StringTask::spawn(move || {
+                let addr = locked(&inner, |chain| {
+                    let from = sender.unwrap_or(chain.dev_account(0).address);
+                    chain.deploy(from, &code, &[])
+                })?;
+                Ok(address_str(&addr))
+            }))
+        })
+    }
+
+    /// Deploys the whole suite (token, registries, payments, rewards) with its roles granted to
+    /// dev accounts; resolves to the addresses.
+    #[napi(catch_unwind)]
+    pub fn deploy_suite(&self, options: Option<SuiteOptions>) -> Result<AsyncTask<SuiteTask>> {
+        crate::error::guard(|| {
+            let bps = |name: &str, v: Option<u32>, d: u16| -> Result<u16> {
+                v.map_or(Ok(d), |v| {
+                    u16::try_from(v).map_err(|_| invalid_arg(name, format!("{v} is out of range")))
+                })
+            };
+            let o = options.unwrap_or(SuiteOptions {
+                protocol_bps: None,
+                data_pool_bps: None,
+                epoch_duration: None,
+            });
+            let protocol_bps = bps("protocolBps", o.protocol_bps, 500)?;
+            let data_pool_bps = bps("dataPoolBps", o.data_pool_bps, 2000)?;
+            let epoch = o
+                .epoch_duration
+                .map_or(Ok(86400), |e| count("epochDuration", e))? as u64;
+            let inner = self.inner.clone();
+            Ok(SuiteTask::spawn(move || {
+                let (d, config) = locked(&inner, |chain| {
+                    let mut config = DeployConfig::dev(chain);
+                    config.protocol_bps = protocol_bps;
+                    config.data_pool_bps = data_pool_bps;
+                    config.epoch_duration = epoch;
+                    Ok((Deployment::deploy(chain, &config)?, config))
+                })?;
+                Ok(SuiteAddresses {
+                    token: address_str(&d.token),
+                    datanets: address_str(&d.datanets),
+                    models: address_str(&d.models),
+                    payments: address_str(&d.payments),
+                    rewards: address_str(&d.rewards),
+                    admin: address_str(&config.admin),
+                    treasury: address_str(&config.treasury),
+                    operator: address_str(&config.operator),
+                    poster: address_str(&config.poster),
+                })
+            }))
+        })
+    }
+
+    /// Sends a transaction from `sender` calling `func` of `contract` at `to` with `args` (and
+    /// `value` wei); resolves to what it did, reverts included.
+    #[napi(catch_unwind)]
+    pub fn transact(
+        &self,
+        sender: Bytes,
+        to: Bytes,
+        contract: String,
+        func: String,
+        args: Option<Vec<Unknown<'_>>>,
+        value: Option<Amount>,
+    ) -> Result<AsyncTask<TxTask>> {
+        crate::error::guard(|| {
+            let (from, to) = (address("sender", &sender)?, address("to", &to)?);
+            let c = self::contract(&contract)?;
+            let data = c
+                .encode_call(&func, &args_json(args)?)
+                .map_err(|e| chain_err(&e))?;
+            let value = value.map_or(Ok(U256::ZERO), |v| u256("value", &v))?;
+            let inner = self.inner.clone();
+            Ok(TxTask::spawn(move || {
+                let out = locked(&inner, |chain| chain.transact_value(from, to, data, value))?;
+                tx_result(&out, c, &func)
+            }))
+        })
+    }
+
+    /// Calls the view `func` of `contract` at `to` without a transaction; resolves to its
+    /// return values, or rejects with a `Transaction` error whose `revert` property says why.
+    #[napi(catch_unwind)]
+    pub fn call(
+        &self,
+        to: Bytes,
+        contract: String,
+        func: String,
+        args: Option<Vec<Unknown<'_>>>,
+    ) -> Result<AsyncTask<ValuesTask>> {
+        crate::error::guard(|| {
+            let to = address("to", &to)?;
+            let c = self::contract(&contract)?;
+            let data = c
+                .encode_call(&func, &args_json(args)?)
+                .map_err(|e| chain_err(&e))?;
+            let inner = self.inner.clone();
+            Ok(ValuesTask::spawn(move || {
+                let out = locked(&inner, |chain| chain.call(Default::default(), to, data))?;
+                if !out.is_success() {
+                    let r = decode_revert(c, &out.output);
+                    return Err(error(
+                        ErrorCode::Transaction,
+                        format!("{contract}.{func} reverted: {}", revert(&r)),
+                        None,
+                    ));
+                }
+                let values = c
+                    .decode_output(&func, &out.output)
+                    .map_err(|e| chain_err(&e))?;
+                Ok(values.iter().map(abi::value_to_json).collect())
+            }))
+        })
+    }
+}
+
+/// Names of the contracts whose ABIs ship with the SDK.
+#[napi(catch_unwind)]
+pub fn contract_names() -> Vec<String> {
+    abi::contract_names()
+        .into_iter()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The return values of `func` of `contract` decoded from `data` (hex or a Buffer).
+#[napi(catch_unwind)]
+pub fn decode_output(contract: String, func: String, data: Bytes) -> Result<Vec<Value>> {
+    crate::error::guard(|| {
+        let bytes = hex_bytes("data", &data)?;
+        let values = self::contract(&contract)?
+            .decode_output(&func, &bytes)
+            .map_err(|e| chain_err(&e))?;
+        Ok(values.iter().map(abi::value_to_json).collect())
+    })
+}

@@ -1,0 +1,691 @@
+//! JavaScript face of `openledger_lora::serve` driving `openledger_lora::model::PagedModel`: a
+//! model folder served by the continuous-batching engine on a thread of its own, adapters
+//! attached from folders or taken from an `AdapterPool` on first use, and `generate` returning a
+//! `TokenStream`, an async iterator of token ids, with cancellation and per-request statistics.
+//!
+//! The engine thread owns the Rust `Engine`; JavaScript calls reach it through a command channel,
+//! and each request's events are pushed into a channel its stream awaits on napi's runtime, so
+//! the event loop never waits for a step.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use napi::Either;
+use napi::bindgen_prelude::{
+    AsyncGenerator, AsyncTask, Env, Object, ToNapiValue, Uint32Array, Unknown, sys,
+};
+use napi_derive::napi;
+use openledger_lora::adapter::{LoadOptions, LoraAdapter as RustAdapter};
+use openledger_lora::model::{Model, PagedModel};
+use openledger_lora::pool::{AdapterId, AdapterPool as RustPool};
+use openledger_lora::serve::{
+    AdapterReadiness, CancelHandle, Engine as RustEngine, EngineConfig as RustConfig, Event,
+    FinishReason, KvDtype, Preemption, Readiness, Request, RequestError, RequestStats as RustStats,
+    SamplingParams,
+};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
+use crate::adapters::LoraAdapter;
+use crate::error::{self, Error, ErrorCode, JsResult, Result, ToJs, closed, invalid_arg};
+use crate::pool::{AdapterPool, id as adapter_id};
+use crate::progress::{Progress, ProgressFn};
+use crate::task::{VoidTask, count, task};
+
+/// Adapters attached to the model directly are always ready; the others are the pool's.
+struct Adapters {
+    attached: HashSet<AdapterId>,
+    pool: Option<RustPool<RustAdapter>>,
+}
+
+impl AdapterReadiness for Adapters {
+    fn readiness(&mut self, adapter: &AdapterId) -> Readiness {
+        match (&mut self.pool, self.attached.contains(adapter)) {
+            (_, true) => Readiness::Ready,
+            (Some(pool), false) => pool.readiness(adapter),
+            (None, false) => Readiness::Unknown,
+        }
+    }
+
+    fn acquire(&mut self, adapter: &AdapterId) -> Readiness {
+        match (&mut self.pool, self.attached.contains(adapter)) {
+            (_, true) => Readiness::Ready,
+            (Some(pool), false) => pool.acquire(adapter),
+            (None, false) => Readiness::Unknown,
+        }
+    }
+
+    fn release(&mut self, adapter: &AdapterId) {
+        if let (Some(pool), false) = (&mut self.pool, self.attached.contains(adapter)) {
+            pool.release(adapter);
+        }
+    }
+}
+
+type Inner = RustEngine<PagedModel, Adapters>;
+
+/// What a stream receives from the engine thread.
+enum Msg {
+    Event(Event),
+}
+
+/// The cancel handle of a request, which the engine thread fills in when it takes the request,
+/// and whether cancellation was asked for before that.
+#[derive(Default)]
+struct CancelSlot {
+    handle: Option<CancelHandle>,
+    requested: bool,
+}
+
+enum Command {
+    Submit(Request, UnboundedSender<Msg>, Arc<Mutex<CancelSlot>>),
+    Attach(AdapterId, Arc<RustAdapter>, Sender<Result<()>>),
+    Adapters(Sender<Vec<String>>),
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What the engine thread left behind when it stopped on a bug.
+type Fault = Arc<Mutex<Option<String>>>;
+
+/// Runs the engine until the command channel closes, then drops it (streams still open end
+/// with a `Closed` error; adapters it held are released). A panic stops the engine: its
+/// message is kept in `fault` and open streams end with a `Panic` error.
+fn drive(engine: Inner, commands: Receiver<Command>, fault: Fault) {
+    let mut engine = engine;
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        drive_loop(&mut engine, &commands)
+    }));
+    if let Err(p) = run {
+        *lock(&fault) = Some(error::panic_error(p).reason);
+    }
+}
+
+fn drive_loop(engine: &mut Inner, commands: &Receiver<Command>) {
+    loop {
+        let cmd = if engine.pending() == 0 {
+            match commands.recv() {
+                Ok(c) => Some(c),
+                Err(_) => return,
+            }
+        } else {
+            match commands.try_recv() {
+                Ok(c) => Some(c),
+                Err(mpsc::TryRecvError::Empty) => None,
+                Err(mpsc::TryRecvError::Disconnected) => return,
+            }
+        };
+        if let Some(cmd) = cmd {
+            handle(engine, cmd);
+            continue; // take every queued command before the next step
+        }
+        match engine.step() {
+            // Every pending request waits on an adapter load: wait a little for commands.
+            Ok(r) if r.batch_seqs == 0 && r.ended == 0 && r.preempted == 0 => {
+                match commands.recv_timeout(Duration::from_millis(1)) {
+                    Ok(cmd) => handle(engine, cmd),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
+            // A failed forward pass failed the requests of its batch; the others go on.
+            Ok(_) | Err(_) => {}
+        }
+    }
+}
+
+fn handle(engine: &mut Inner, cmd: Command) {
+    match cmd {
+        Command::Submit(req, events, slot) => {
+            if let Some(id) = &req.adapter {
+                let r = engine.readiness();
+                let known =
+                    r.attached.contains(id) || r.pool.as_ref().is_some_and(|p| p.is_registered(id));
+                if !known {
+                    let error = RequestError::UnknownAdapter {
+                        adapter: id.clone(),
+                    };
+                    let stats = RustStats::default();
+                    let _ = events.send(Msg::Event(Event::Failed { error, stats }));
+                    return;
+                }
+            }
+            let (_, cancel) = engine.submit_with_callback(req, move |e| {
+                let _ = events.send(Msg::Event(e.clone()));
+            });
+            let mut slot = lock(&slot);
+            if slot.requested {
+                cancel.cancel();
+            }
+            slot.handle = Some(cancel);
+        }
+        Command::Attach(id, adapter, reply) => {
+            let r = engine.model_mut().attach(id.clone(), &adapter).map(|_| ());
+            if r.is_ok() {
+                engine.readiness_mut().attached.insert(id);
+            }
+            let _ = reply.send(r.js());
+        }
+        Command::Adapters(reply) => {
+            let names = engine.model().model().adapter_names();
+            let _ = reply.send(names.into_iter().map(str::to_string).collect());
+        }
+    }
+}
+
+/// Limits of an engine; every field is optional.
+#[napi(object)]
+#[derive(Default)]
+pub struct EngineOptions {
+    /// Sequences running at once (default 8).
+    pub max_running: Option<f64>,
+    /// Tokens one step may run, decode tokens plus prefill chunks (default 256).
+    pub max_tokens_per_step: Option<f64>,
+    /// Longest sequence, prompt and output (default 512).
+    pub max_context: Option<f64>,
+    /// Positions per KV cache block (default 16).
+    pub block_size: Option<f64>,
+    /// Blocks in the KV pool (default: enough for `maxRunning` sequences of `maxContext`).
+    pub num_blocks: Option<f64>,
+}
+
+fn opt_count(name: &str, v: Option<f64>, default: usize) -> Result<usize> {
+    v.map_or(Ok(default), |v| count(name, v))
+}
+
+task!(
+    /// Resolves to an `Engine`.
+    EngineTask => Engine
+);
+task!(
+    /// Resolves to a list of strings.
+    StringListTask => Vec<String>
+);
+
+/// A base model served by the continuous-batching engine on a thread of its own. Requests for
+/// different adapters are batched into the same forward passes.
+#[napi]
+pub struct Engine {
+    commands: Mutex<Option<Sender<Command>>>,
+    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+    fault: Fault,
+    vocab_size: u32,
+    max_context: u32,
+}
+
+impl Engine {
+    fn sender(&self) -> Result<Sender<Command>> {
+        if let Some(f) = lock(&self.fault).as_ref() {
+            return Err(Error::new(ErrorCode::Panic, f.clone()));
+        }
+        lock(&self.commands)
+            .clone()
+            .ok_or_else(|| closed("the engine"))
+    }
+}
+
+/// Sends `cmd` and waits for its answer (on a worker thread).
+fn call<T>(tx: &Sender<Command>, make: impl FnOnce(Sender<T>) -> Command) -> Result<T> {
+    let (reply, answer) = mpsc::channel();
+    tx.send(make(reply)).map_err(|_| closed("the engine"))?;
+    answer.recv().map_err(|_| closed("the engine"))
+}
+
+/// How one request samples its tokens and when it stops; every field is optional.
+#[napi(object)]
+#[derive(Default)]
+pub struct GenerateOptions {
+    /// The adapter id to run with (default: the base model).
+    pub adapter: Option<String>,
+    /// At most this many new tokens (default 16).
+    pub max_new_tokens: Option<f64>,
+    /// Softmax temperature; 0 (the default) is greedy.
+    pub temperature: Option<f64>,
+    /// Keep only the `k` most likely tokens.
+    pub top_k: Option<f64>,
+    /// Keep the smallest set of most likely tokens whose probability reaches `p`, in (0, 1].
+    pub top_p: Option<f64>,
+    /// Divide positive (multiply negative) logits of tokens already in the sequence by this.
+    pub repetition_penalty: Option<f64>,
+    /// Seeds the request's generator (default 0).
+    pub seed: Option<f64>,
+    /// Generating one of these ends the request (the stop token is not part of the output).
+    pub stop_tokens: Option<Vec<u32>>,
+}
+
+fn prompt_ids(prompt: Either<Uint32Array, Vec<f64>>) -> Result<Vec<u32>> {
+    match prompt {
+        Either::A(a) => Ok(a.to_vec()),
+        Either::B(v) => v
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| {
+                if t.is_finite() && t >= 0.0 && t.fract() == 0.0 && t <= f64::from(u32::MAX) {
+                    Ok(t as u32)
+                } else {
+                    Err(invalid_arg(
+                        "prompt",
+                        format!("item {i} is not a token id (an integer in 0 ..= 2**32 - 1): {t}"),
+                    ))
+                }
+            })
+            .collect(),
+    }
+}
+
+fn sampling(o: &GenerateOptions) -> Result<SamplingParams> {
+    let d = SamplingParams::default();
+    let p = SamplingParams {
+        temperature: o.temperature.map_or(d.temperature, |t| t as f32),
+        top_k: o.top_k.map(|k| count("topK", k)).transpose()?,
+        top_p: o.top_p.map(|p| p as f32),
+        repetition_penalty: o.repetition_penalty.map(|r| r as f32),
+        seed: o
+            .seed
+            .map(|s| count("seed", s))
+            .transpose()?
+            .map_or(0, |s| s as u64),
+        max_new_tokens: opt_count("maxNewTokens", o.max_new_tokens, d.max_new_tokens)?,
+        stop_tokens: o.stop_tokens.clone().unwrap_or_default(),
+        stop_strings: Vec::new(),
+    };
+    // The crate's own range checks, so a bad parameter throws at the call.
+    p.validate()
+        .map_err(|e| error::error(ErrorCode::InvalidArg, e.to_string(), None))?;
+    Ok(p)
+}
+
+#[napi]
+impl Engine {
+    /// Loads the model folder `modelDir` (config.json, safetensors) and starts its engine.
+    /// With `pool`, requests may name any adapter registered there: it is loaded and attached
+    /// on first use. `onProgress(n)` is called as weights are read.
+    #[napi(catch_unwind)]
+    pub fn load(
+        model_dir: String,
+        options: Option<EngineOptions>,
+        pool: Option<&AdapterPool>,
+        on_progress: Option<ProgressFn>,
+    ) -> Result<AsyncTask<EngineTask>> {
+        crate::error::guard(|| {
+            let o = options.unwrap_or_default();
+            let max_running = opt_count("maxRunning", o.max_running, 8)?;
+            let max_tokens_per_step = opt_count("maxTokensPerStep", o.max_tokens_per_step, 256)?;
+            let max_context = opt_count("maxContext", o.max_context, 512)?;
+            let block_size = opt_count("blockSize", o.block_size, 16)?;
+            if block_size == 0 {
+                return Err(invalid_arg("blockSize", "must be at least 1"));
+            }
+            let num_blocks = match o.num_blocks {
+                Some(n) => count("numBlocks", n)?,
+                None => max_running.saturating_mul(max_context.div_ceil(block_size)),
+            };
+            let pool = pool.map(|p| p.inner.clone());
+            let progress = Progress::new(on_progress);
+            Ok(EngineTask::spawn(move || {
+                let model = Model::from_dir_with_progress(&PathBuf::from(model_dir), &mut |_| {
+                    progress.advance(1)
+                })
+                .js()?;
+                let vocab_size = model.config().vocab_size as u32;
+                let paged = match &pool {
+                    Some(p) => PagedModel::with_pool(model, p.clone()),
+                    None => PagedModel::new(model),
+                };
+                let config = RustConfig {
+                    kv_layout: paged.kv_layout(block_size),
+                    num_blocks,
+                    max_tokens_per_step,
+                    max_running,
+                    max_context,
+                    preemption: Preemption::Recompute,
+                    kv_dtype: KvDtype::F32,
+                };
+                let readiness = Adapters {
+                    attached: HashSet::new(),
+                    pool,
+                };
+                let engine = RustEngine::new(paged, readiness, config).js()?;
+                let (tx, rx) = mpsc::channel();
+                let fault = Fault::default();
+                let f = fault.clone();
+                let thread = std::thread::Builder::new()
+                    .name("openledger-engine".into())
+                    .spawn(move || drive(engine, rx, f))
+                    .map_err(|e| {
+                        error::error(ErrorCode::Engine, "cannot start its thread", Some(&e))
+                    })?;
+                Ok(Engine {
+                    commands: Mutex::new(Some(tx)),
+                    thread: Arc::new(Mutex::new(Some(thread))),
+                    fault,
+                    vocab_size,
+                    max_context: max_context as u32,
+                })
+            }))
+        })
+    }
+
+    /// Tokens in the model's vocabulary.
+    #[napi(getter, catch_unwind)]
+    pub fn vocab_size(&self) -> u32 {
+        self.vocab_size
+    }
+
+    /// The longest sequence (prompt and output) the engine runs.
+    #[napi(getter, catch_unwind)]
+    pub fn max_context(&self) -> u32 {
+        self.max_context
+    }
+
+    /// Whether `close` was called.
+    #[napi(getter, catch_unwind)]
+    pub fn closed(&self) -> bool {
+        lock(&self.commands).is_none()
+    }
+
+    /// Attaches `adapter` (a `LoraAdapter`, or the path of a PEFT adapter folder) under
+    /// `adapterId`; requests may then name it. Rejects with `BaseMismatch` when it does not fit
+    /// the model.
+    #[napi(catch_unwind)]
+    pub fn add_adapter(
+        &self,
+        adapter_id: String,
+        adapter: Either<&LoraAdapter, String>,
+    ) -> Result<AsyncTask<VoidTask>> {
+        crate::error::guard(|| {
+            let id = self::adapter_id(&adapter_id)?;
+            let tx = self.sender()?;
+            let adapter = match adapter {
+                Either::A(a) => Either::A(a.inner.clone()),
+                Either::B(path) => Either::B(PathBuf::from(path)),
+            };
+            Ok(VoidTask::spawn(move || {
+                let adapter = match adapter {
+                    Either::A(a) => a,
+                    Either::B(path) => {
+                        Arc::new(RustAdapter::from_dir(&path, &LoadOptions::default()).js()?)
+                    }
+                };
+                call(&tx, |reply| Command::Attach(id, adapter, reply))?
+            }))
+        })
+    }
+
+    /// Names of the adapters attached to the model.
+    #[napi(catch_unwind)]
+    pub fn adapters(&self) -> Result<AsyncTask<StringListTask>> {
+        crate::error::guard(|| {
+            let tx = self.sender()?;
+            Ok(StringListTask::spawn(move || call(&tx, Command::Adapters)))
+        })
+    }
+
+    /// Submits a request for `prompt` (token ids) and returns its stream of output tokens.
+    /// Options are checked here (an `InvalidArg` error); what only the engine can judge (a
+    /// token outside the vocabulary, an unknown adapter, a prompt too long) rejects the
+    /// stream's first `next()` with a `Request` or `UnknownId` error.
+    #[napi(catch_unwind)]
+    pub fn generate(
+        &self,
+        prompt: Either<Uint32Array, Vec<f64>>,
+        options: Option<GenerateOptions>,
+    ) -> Result<TokenStream> {
+        crate::error::guard(|| {
+            let o = options.unwrap_or_default();
+            let req = Request {
+                prompt: prompt_ids(prompt)?,
+                adapter: o.adapter.as_deref().map(adapter_id).transpose()?,
+                sampling: sampling(&o)?,
+            };
+            let tx = self.sender()?;
+            let (events, rx) = unbounded_channel();
+            let slot = Arc::new(Mutex::new(CancelSlot::default()));
+            tx.send(Command::Submit(req, events, slot.clone()))
+                .map_err(|_| closed("the engine"))?;
+            Ok(TokenStream {
+                slot,
+                events: Arc::new(tokio::sync::Mutex::new(rx)),
+                read: Arc::default(),
+                fault: self.fault.clone(),
+            })
+        })
+    }
+
+    /// Stops the engine: requests still running end (their streams reject with a `Closed`
+    /// error) and later calls throw `Closed`. Resolves once the engine thread has stopped.
+    #[napi(catch_unwind)]
+    pub fn close(&self) -> AsyncTask<VoidTask> {
+        drop(lock(&self.commands).take());
+        let thread = self.thread.clone();
+        VoidTask::spawn(move || {
+            if let Some(t) = lock(&thread).take() {
+                let _ = t.join();
+            }
+            Ok(())
+        })
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // Closing the channel stops the thread; it is not joined on the JavaScript thread.
+        lock(&self.commands).take();
+    }
+}
+
+/// Statistics of one request.
+#[napi(object)]
+#[derive(Clone)]
+pub struct RequestStats {
+    /// Seconds from submission to the first output token, if there was one.
+    pub time_to_first_token_s: Option<f64>,
+    /// Output tokens produced (stop tokens excluded).
+    pub tokens_generated: u32,
+    /// Times the request was preempted.
+    pub preemptions: u32,
+    /// Median gap between consecutive output tokens, in seconds.
+    pub inter_token_p50_s: Option<f64>,
+    /// 99th percentile of those gaps, in seconds.
+    pub inter_token_p99_s: Option<f64>,
+}
+
+impl From<&RustStats> for RequestStats {
+    fn from(s: &RustStats) -> Self {
+        Self {
+            time_to_first_token_s: s.time_to_first_token.map(|d| d.as_secs_f64()),
+            tokens_generated: s.tokens_generated as u32,
+            preemptions: s.preemptions as u32,
+            inter_token_p50_s: s.inter_token_p50().map(|d| d.as_secs_f64()),
+            inter_token_p99_s: s.inter_token_p99().map(|d| d.as_secs_f64()),
+        }
+    }
+}
+
+fn reason_name(r: &FinishReason) -> &'static str {
+    match r {
+        FinishReason::StopToken(_) => "stop_token",
+        FinishReason::StopString(_) => "stop_string",
+        FinishReason::MaxNewTokens => "max_new_tokens",
+        FinishReason::MaxContext => "max_context",
+        FinishReason::Cancelled => "cancelled",
+        _ => "finished",
+    }
+}
+
+enum End {
+    Finished(FinishReason, RustStats),
+    Failed(RequestError, RustStats),
+    Closed,
+}
+
+/// What a stream has read: its tokens and how the request ended.
+#[derive(Default)]
+struct Read {
+    tokens: Vec<u32>,
+    end: Option<End>,
+}
+
+type Events = Arc<tokio::sync::Mutex<UnboundedReceiver<Msg>>>;
+
+/// One output token of a `TokenStream`.
+#[napi(object, object_to_js = false, object_from_js = false)]
+pub struct GeneratedToken {
+    /// The token id.
+    pub token: u32,
+    /// Its index in the output, from 0.
+    pub index: u32,
+    /// Set instead when the request failed: the pending `next()` rejects with it.
+    #[napi(skip)]
+    pub failure: Option<Error>,
+}
+
+impl GeneratedToken {
+    fn failed(e: Error) -> Self {
+        Self {
+            token: 0,
+            index: 0,
+            failure: Some(e),
+        }
+    }
+}
+
+impl ToNapiValue for GeneratedToken {
+    unsafe fn to_napi_value(env: sys::napi_env, val: Self) -> napi::Result<sys::napi_value> {
+        let env = Env::from_raw(env);
+        if let Some(e) = val.failure {
+            // Becomes the rejection of the `next()` promise, keeping `code` and `cause`.
+            return Err(error::into_rejection(&env, e));
+        }
+        let mut obj = Object::new(&env)?;
+        obj.set("token", val.token)?;
+        obj.set("index", val.index)?;
+        // SAFETY: `obj` was just made in this live environment.
+        unsafe { Object::to_napi_value(env.raw(), obj) }
+    }
+}
+
+/// The output of one request: an async iterator of `{ token, index }` (`for await (const t of
+/// stream)`), ending when the request finishes; a failed request rejects the pending `next()`
+/// with its error. Breaking out of the loop (or `cancel()`) stops the request.
+#[napi(async_iterator)]
+pub struct TokenStream {
+    slot: Arc<Mutex<CancelSlot>>,
+    events: Events,
+    read: Arc<Mutex<Read>>,
+    fault: Fault,
+}
+
+impl TokenStream {
+    fn cancel_now(&self) {
+        let mut slot = lock(&self.slot);
+        slot.requested = true;
+        if let Some(h) = &slot.handle {
+            h.cancel();
+        }
+    }
+}
+
+impl Drop for TokenStream {
+    fn drop(&mut self) {
+        // Nobody can read the tokens any more.
+        self.cancel_now();
+    }
+}
+
+async fn next_step(events: Events, read: Arc<Mutex<Read>>, fault: Fault) -> Option<GeneratedToken> {
+    let terminal = |end: &End| match end {
+        End::Finished(..) => None,
+        End::Failed(e, _) => Some(GeneratedToken::failed(e.to_js())),
+        End::Closed => Some(GeneratedToken::failed(match lock(&fault).as_ref() {
+            Some(f) => Error::new(ErrorCode::Panic, f.clone()),
+            None => closed("the engine"),
+        })),
+    };
+    // One `next()` reads at a time; the others wait their turn.
+    let mut rx = events.lock().await;
+    if let Some(end) = &lock(&read).end {
+        return terminal(end);
+    }
+    let end = match rx.recv().await {
+        Some(Msg::Event(Event::Token { token, index })) => {
+            lock(&read).tokens.push(token);
+            return Some(GeneratedToken {
+                token,
+                index: index as u32,
+                failure: None,
+            });
+        }
+        Some(Msg::Event(Event::Finished { reason, stats })) => End::Finished(reason, stats),
+        Some(Msg::Event(Event::Failed { error, stats })) => End::Failed(error, stats),
+        None => End::Closed,
+    };
+    let step = terminal(&end);
+    lock(&read).end = Some(end);
+    step
+}
+
+#[napi]
+impl AsyncGenerator for TokenStream {
+    type Yield = GeneratedToken;
+    type Next = Unknown<'static>;
+    type Return = Unknown<'static>;
+
+    fn next(
+        &mut self,
+        _value: Option<Self::Next>,
+    ) -> impl Future<Output = napi::Result<Option<Self::Yield>>> + Send + 'static {
+        let (events, read) = (self.events.clone(), self.read.clone());
+        let fault = self.fault.clone();
+        async move { Ok(next_step(events, read, fault).await) }
+    }
+
+    fn complete(
+        &mut self,
+        _value: Option<Self::Return>,
+    ) -> impl Future<Output = napi::Result<Option<Self::Yield>>> + Send + 'static {
+        // `break` out of `for await`: stop the request.
+        self.cancel_now();
+        async move { Ok(None) }
+    }
+}
+
+#[napi]
+impl TokenStream {
+    /// Stops the request; the iteration then ends (finish reason `"cancelled"`).
+    #[napi(catch_unwind)]
+    pub fn cancel(&self) {
+        self.cancel_now();
+    }
+
+    /// The tokens read so far.
+    #[napi(getter, catch_unwind)]
+    pub fn tokens(&self) -> Uint32Array {
+        Uint32Array::new(lock(&self.read).tokens.clone())
+    }
+
+    /// Why the request ended (`"stop_token"`, `"max_new_tokens"`, `"max_context"`,
+    /// `"cancelled"`, ...), or `null` while it runs or when it failed.
+    #[napi(getter, catch_unwind)]
+    pub fn finish_reason(&self) -> Option<String> {
+        match lock(&self.read).end.as_ref()? {
+            End::Finished(r, _) => Some(reason_name(r).to_string()),
+            _ => None,
+        }
+    }
+
+    /// The request's statistics once it has ended, else `null`.
+    #[napi(getter, catch_unwind)]
+    pub fn stats(&self) -> Option<RequestStats> {
+        match lock(&self.read).end.as_ref()? {
+            End::Finished(_, s) | End::Failed(_, s) => Some(RequestStats::from(s)),
+            End::Closed => None,
+        }
+    }
+}

@@ -1,0 +1,145 @@
+"""Contract calldata by name and the in-process EVM running the real contracts: the whole
+settlement path (datanet, access, model, paid inference, epoch root, claims) driven from Python."""
+
+import pytest
+
+import openledger as ol
+
+FEE = 10**18 + 3  # the split has remainders
+
+
+def h(text):
+    return ol.content_id(text.encode())
+
+
+@pytest.fixture()
+def world():
+    chain = ol.EmbeddedChain()
+    suite = chain.deploy_suite()
+    acct = chain.dev_accounts
+    return chain, suite, acct
+
+
+def ok(result):
+    assert result.success, (result.status, result.revert)
+    return result
+
+
+def test_calldata_round_trips_and_matches_the_selector():
+    root = "0x" + "07" * 32
+    data = ol.encode_call("DatanetRegistry", "publishVersion", [1, root, 42])
+    assert len(data) == 4 + 3 * 32
+    name, args = ol.decode_call("DatanetRegistry", data)
+    assert (name, args) == ("publishVersion", [1, root, 42])
+    assert "InferencePayments" in ol.contract_names()
+
+
+def test_bad_names_and_values_raise_abi_errors():
+    with pytest.raises(ol.AbiError, match="Nope"):
+        ol.encode_call("Nope", "f", [])
+    with pytest.raises(ol.AbiError, match="noSuchFunction"):
+        ol.encode_call("DatanetRegistry", "noSuchFunction", [])
+    with pytest.raises(ol.AbiError, match="recordsRoot"):
+        ol.encode_call("DatanetRegistry", "publishVersion", [1, "0x07", 42])
+    with pytest.raises(ol.AbiError, match="3"):
+        ol.encode_call("DatanetRegistry", "publishVersion", [1])
+    with pytest.raises(ol.InvalidArgumentError):
+        ol.encode_call("DatanetRegistry", "publishVersion", [1, object(), 42])
+    with pytest.raises(ol.AbiError):
+        ol.decode_call("DatanetRegistry", b"\x01\x02")
+    with pytest.raises(ol.InvalidArgumentError):
+        ol.EmbeddedChain().dev_key(99)
+
+
+def test_the_whole_settlement_path_pays_and_every_contributor_claims_to_the_wei(world):
+    chain, s, acct = world
+    datanet_owner, model_owner, payer = acct[4], acct[5], acct[6]
+    registry, models, payments, rewards, token = (
+        s["datanets"], s["models"], s["payments"], s["rewards"], s["token"]
+    )
+
+    r = ok(chain.transact(datanet_owner, registry, "DatanetRegistry", "registerDatanet",
+                          [h("legal datanet"), "ipfs://legal"]))
+    assert r.returns == [1]
+    assert r.events[0].name == "DatanetRegistered" and r.events[0].args["datanetId"] == 1
+    ok(chain.transact(datanet_owner, registry, "DatanetRegistry", "publishVersion",
+                      [1, h("records root"), 10]))
+    ok(chain.transact(model_owner, registry, "DatanetRegistry", "requestAccess", [1, h("fine-tune")]))
+    ok(chain.transact(datanet_owner, registry, "DatanetRegistry", "approveAccess", [1, model_owner]))
+    assert chain.call(registry, "DatanetRegistry", "hasAccess", [1, model_owner]) == [True]
+
+    model_id = h("model")
+    ok(chain.transact(model_owner, models, "ModelRegistry", "registerModel",
+                      [model_id, h("base"), h("artifact"), h("log head"), [(1, 1)], FEE]))
+    got = chain.call(models, "ModelRegistry", "getModel", [model_id])[0]
+    assert got[0] == model_owner and got[-1] == FEE  # (owner, active, …, feePerCall)
+
+    ok(chain.transact(payer, token, "TestToken", "mint", [payer, 10 * FEE]))
+    ok(chain.transact(payer, token, "TestToken", "approve", [payments, 2**256 - 1]))
+
+    epoch = chain.call(payments, "InferencePayments", "currentEpoch")[0]
+    wh = ol.weights_hash([(h("record a"), 2), (h("record b"), 1)])
+    receipt = ol.AttributionReceipt(h("inference 1"), model_id, [], payer, FEE, epoch, wh)
+    signer = ol.OperatorSigner(chain.dev_key(2))
+    assert signer.address == s["operator"]
+    sig = signer.sign(receipt, chain.chain_id, payments)
+    struct = (receipt.inference_id, receipt.model_id, receipt.adapter_ids, receipt.payer,
+              receipt.amount, receipt.epoch, receipt.weights_hash)
+    digest = chain.call(payments, "InferencePayments", "receiptDigest", [struct])[0]
+    assert digest == receipt.signing_hash(chain.chain_id, payments)
+
+    paid = ok(chain.transact(payer, payments, "InferencePayments", "payForInference", [struct, sig]))
+    ev = next(e for e in paid.events if e.name == "InferencePaid")
+    shares = (ev.args["ownerShare"], ev.args["protocolShare"], ev.args["dataShare"])
+    assert sum(shares) == FEE
+    assert list(shares) == chain.call(payments, "InferencePayments", "split", [FEE])
+    assert any(e.name == "Transfer" and e.contract == "TestToken" for e in paid.events)
+
+    # Paying twice reverts with the contract's own error, decoded with its argument.
+    again = chain.transact(payer, payments, "InferencePayments", "payForInference", [struct, sig])
+    assert not again.success and again.gas_used > 0
+    assert again.revert == {"kind": "custom", "name": "InferenceAlreadyPaid",
+                            "args": {"inferenceId": receipt.inference_id}}
+
+    # Close the epoch; split the data pool 2:1 between two contributors, exactly.
+    chain.advance_time(86_400)
+    pool = chain.call(payments, "InferencePayments", "dataPool", [epoch])[0]
+    assert pool == shares[2]
+    c1, c2 = acct[7], acct[8]
+    totals = ol.split_weights(pool, [(c1, 2), (c2, 1)])
+    assert sum(a for _, a in totals) == pool
+    leaves = [[i, account, amount] for i, (account, amount) in enumerate(totals)]
+    tree = ol.StandardMerkleTree.of(leaves, ["uint256", "address", "uint256"])
+    ok(chain.transact(s["poster"], rewards, "AttributionRewards", "postEpochRoot",
+                      [epoch, tree.root, pool]))
+    for i, (account, amount) in enumerate(totals):
+        before = chain.call(token, "TestToken", "balanceOf", [account])[0]
+        ok(chain.transact(account, rewards, "AttributionRewards", "claim",
+                          [epoch, i, account, amount, tree.proof(i)]))
+        assert chain.call(token, "TestToken", "balanceOf", [account])[0] - before == amount
+    assert chain.call(token, "TestToken", "balanceOf", [rewards]) == [0]
+
+
+def test_a_reverting_view_raises_with_the_decoded_reason(world):
+    chain, s, _ = world
+    with pytest.raises(ol.TransactionError) as e:
+        chain.call(s["models"], "ModelRegistry", "getModel", ["0x" + "ab" * 32])
+    assert e.value.revert["kind"] == "custom"
+    assert e.value.revert["name"] == "UnknownModel"
+
+
+def test_deploy_fund_balance_and_time():
+    chain = ol.EmbeddedChain(chain_id=7)
+    assert chain.chain_id == 7
+    me = chain.dev_accounts[0]
+    token = chain.deploy("TestToken", sender=me)
+    ok(chain.transact(me, token, "TestToken", "mint", [me, 5]))
+    assert chain.call(token, "TestToken", "balanceOf", [me]) == [5]
+    stranger = "0x" + "12" * 20
+    chain.fund(stranger, 10**18)
+    assert chain.balance(stranger) == 10**18
+    t = chain.timestamp
+    chain.advance_time(100)
+    assert chain.timestamp == t + 100
+    raw = chain.transact_raw(me, token, ol.encode_call("TestToken", "mint", [me, 1]))
+    assert raw.success and raw.returns is None

@@ -1,0 +1,187 @@
+"""openledger.Engine serving the tiny llama: greedy continuations equal the references of
+transformers + PEFT (fixtures/peft/tiny-llama/reference.json, which the Rust engine tests also
+reproduce), mixed adapters in one batch, streaming as an iterator and an async iterator,
+cancellation, per-request statistics and typed errors."""
+
+import asyncio
+import json
+import threading
+
+import pytest
+
+import openledger as ol
+
+from conftest import ADAPTERS, TINY
+
+NAMES = ["qv-r4", "all-r8-rslora", "attn-patterns"]
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return json.loads((TINY / "reference.json").read_text())
+
+
+@pytest.fixture
+def engine():
+    e = ol.Engine(TINY, max_running=16, max_context=64, block_size=4)
+    for name in NAMES:
+        e.add_adapter(name, ADAPTERS / name)
+    yield e
+    e.close()
+
+
+def test_greedy_continuations_of_base_and_adapters_equal_peft(engine, reference):
+    for i, prompt in enumerate(reference["sequences"]):
+        for name in ["base"] + NAMES:
+            adapter = None if name == "base" else name
+            got = engine.generate(prompt, adapter, max_new_tokens=8).collect()
+            assert got == reference["greedy"][f"{name}.{i}"], (name, i)
+
+
+def test_mixed_adapters_stream_together_in_one_batch(engine, reference):
+    # Every stream is started before any is read, so the engine batches them together.
+    streams = {}
+    for i, prompt in enumerate(reference["sequences"]):
+        for name in ["base"] + NAMES:
+            streams[f"{name}.{i}"] = engine.generate(prompt, None if name == "base" else name, max_new_tokens=8)
+    for key, s in streams.items():
+        tokens = list(s)
+        assert tokens == reference["greedy"][key], key
+        assert s.tokens == tokens
+        assert s.finish_reason == "max_new_tokens"
+        st = s.stats
+        assert st.tokens_generated == 8
+        assert st.time_to_first_token is not None and st.time_to_first_token > 0
+        assert len(st.inter_token_latencies) == 7
+        assert st.as_dict()["tokens_generated"] == 8
+    assert sorted(engine.adapters()) == sorted(NAMES)
+
+
+def test_adapters_from_a_pool_are_attached_on_first_use(reference):
+    pool = ol.AdapterPool(64 << 20)
+    assert pool.register_hub(ADAPTERS) == 3
+    with ol.Engine(TINY, pool, max_context=64, block_size=4) as e:
+        assert e.adapters() == []
+        prompt = reference["sequences"][1]
+        got = e.generate(prompt, "all-r8-rslora", max_new_tokens=8).collect()
+        assert got == reference["greedy"]["all-r8-rslora.1"]
+        assert e.adapters() == ["all-r8-rslora"]
+        # An adapter taken from the pool can also be attached under a name of its own.
+        e.add_adapter("mine", pool.get("qv-r4"))
+        got = e.generate(prompt, "mine", max_new_tokens=8).collect()
+        assert got == reference["greedy"]["qv-r4.1"]
+    assert pool.stats().pinned_count == 0
+
+
+def test_async_iteration_yields_the_same_tokens(engine, reference):
+    async def run():
+        streams = [engine.generate(p, "qv-r4", max_new_tokens=8) for p in reference["sequences"]]
+
+        async def read(s):
+            return [t async for t in s]
+
+        return await asyncio.gather(*(read(s) for s in streams))
+
+    got = asyncio.run(run())
+    assert got == [reference["greedy"][f"qv-r4.{i}"] for i in range(3)]
+
+
+def test_cancel_ends_a_stream_early(engine, reference):
+    s = engine.generate(reference["sequences"][0], max_new_tokens=40)
+    first = next(s)
+    s.cancel()
+    rest = list(s)
+    assert s.finish_reason == "cancelled"
+    assert len(rest) < 39
+    assert s.tokens == [first] + rest
+
+
+def test_cancel_from_another_thread_stops_a_blocked_reader(engine, reference):
+    s = engine.generate(reference["sequences"][2], max_new_tokens=60)
+    threading.Timer(0.01, s.cancel).start()
+    tokens = s.collect()
+    assert s.finish_reason == "cancelled"
+    assert len(tokens) < 60
+
+
+def test_bad_input_raises_typed_errors(engine, reference):
+    prompt = reference["sequences"][0]
+    with pytest.raises(ol.UnknownIdError, match="missing"):
+        engine.generate(prompt, "missing")
+    with pytest.raises(ol.InvalidIdError):
+        engine.generate(prompt, "../escape")
+    with pytest.raises(ol.InvalidArgumentError, match="empty"):
+        engine.generate([])
+    with pytest.raises(ol.InvalidArgumentError, match="vocabulary"):
+        engine.generate([1, engine.vocab_size])
+    with pytest.raises(ol.InvalidArgumentError, match="context"):
+        engine.generate([1] * engine.max_context)
+    with pytest.raises(ol.InvalidArgumentError, match="prompt"):
+        engine.generate("hello")
+    with pytest.raises(ol.InvalidArgumentError, match="item 1"):
+        engine.generate([1, -5])
+    with pytest.raises(ol.InvalidArgumentError, match="adapter"):
+        engine.generate(prompt, 7)
+    with pytest.raises(ol.InvalidArgumentError, match="temperature"):
+        engine.generate(prompt, temperature=-1.0)
+    with pytest.raises(ol.InvalidArgumentError, match="adapter"):
+        engine.add_adapter("x", 3.5)
+    # The engine is unharmed.
+    assert engine.generate(prompt, max_new_tokens=8).collect() == reference["greedy"]["base.0"]
+
+
+def test_an_adapter_for_another_base_fails_only_its_request(reference):
+    pool = ol.AdapterPool(64 << 20)
+    pool.register_dir("qv-r4", ADAPTERS / "qv-r4")
+    # A well-formed adapter whose q_proj is 96 wide: not the tiny llama's 64.
+    import numpy as np
+
+    from conftest import write_safetensors
+
+    cfg = json.loads((ADAPTERS / "qv-r4" / "adapter_config.json").read_text())
+    cfg["target_modules"] = ["q_proj"]
+    rng = np.random.default_rng(0)
+    key = "base_model.model.model.layers.0.self_attn.q_proj"
+    tensors = {
+        f"{key}.lora_A.weight": rng.standard_normal((4, 96)).astype(np.float32),
+        f"{key}.lora_B.weight": rng.standard_normal((96, 4)).astype(np.float32),
+    }
+    pool.register_bytes("other-base", json.dumps(cfg).encode(), write_safetensors(tensors))
+    with ol.Engine(TINY, pool, max_context=64, block_size=4) as e:
+        good = e.generate(reference["sequences"][1], "qv-r4", max_new_tokens=8)
+        bad = e.generate(reference["sequences"][1], "other-base", max_new_tokens=8)
+        with pytest.raises(ol.BaseMismatchError, match="other-base"):
+            list(bad)
+        assert bad.stats is not None and bad.stats.tokens_generated == 0
+        assert good.collect() == reference["greedy"]["qv-r4.1"]
+        with pytest.raises(ol.BaseMismatchError):
+            e.add_adapter("other", pool.get("other-base"))
+
+
+def test_a_closed_engine_refuses_calls_and_ends_open_streams(reference):
+    e = ol.Engine(TINY, max_context=64, block_size=4)
+    s = e.generate(reference["sequences"][0], max_new_tokens=50)
+    e.close()
+    assert e.closed
+    with pytest.raises(ol.EngineClosedError):
+        list(s)  # whatever was generated before the close, the stream ends with the error
+    with pytest.raises(ol.EngineClosedError):
+        e.generate(reference["sequences"][0])
+    with pytest.raises(ol.EngineClosedError):
+        e.adapters()
+    e.close()  # idempotent
+
+
+def test_model_loading_reports_progress_and_bad_folders_raise(tmp_path):
+    calls = []
+    e = ol.Engine(TINY, progress=calls.append)
+    e.close()
+    # One weight file read and two layers built.
+    assert calls == [1, 1, 1]
+    with pytest.raises(FileNotFoundError):
+        ol.Engine(tmp_path / "absent")
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ol.ModelFormatError):
+        ol.Engine(tmp_path)
+    for cls in (ol.EngineClosedError, ol.GenerationError, ol.ModelFormatError):
+        assert issubclass(cls, ol.OpenLedgerError)

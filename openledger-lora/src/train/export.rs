@@ -1,0 +1,163 @@
+//! Getting results out of a [`Trainer`]: the trained adapter as a PEFT folder (or bytes, or a
+//! loaded [`LoraAdapter`]), and the base with the adapter merged in ([`crate::merge`]) as a new
+//! [`Model`] or an HF model folder, so that a trained adapter can become the base of the next
+//! run.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use openledger_core::DType;
+
+use super::error::TrainError;
+use super::synthetic::model_config_json;
+use super::trainer::Trainer;
+use crate::adapter::{LoadOptions, LoraAdapter};
+use crate::build::AdapterBuilder;
+use crate::config::ConfigSpec;
+use crate::merge::{DenseTensor, merge};
+use crate::model::Model;
+use crate::tensors::HostTensor;
+
+fn host(t: &candle_core::Tensor) -> Result<Vec<f32>, TrainError> {
+    Ok(t.flatten_all()?.to_vec1::<f32>()?)
+}
+
+impl Trainer {
+    /// The PEFT config of the adapter being trained (targets listed by name, as PEFT saves a
+    /// resolved `"all-linear"`).
+    pub fn adapter_spec(&self) -> ConfigSpec {
+        let l = &self.config.lora;
+        let mut spec = ConfigSpec::new(l.r, l.alpha, &self.target_names());
+        spec.use_rslora = l.use_rslora;
+        spec.use_dora = l.use_dora;
+        spec
+    }
+
+    pub(crate) fn adapter_builder(&self) -> Result<AdapterBuilder, TrainError> {
+        let mut b = AdapterBuilder::new(self.adapter_spec());
+        for p in &self.lora {
+            let (r, n_in) = p.a.dims2()?;
+            let n_out = p.b.dim(0)?;
+            b.lora(
+                &p.module,
+                n_in,
+                n_out,
+                r,
+                &host(p.a.as_tensor())?,
+                &host(p.b.as_tensor())?,
+            );
+            if let Some(m) = &p.m {
+                b.magnitude(&p.module, &host(m.as_tensor())?);
+            }
+        }
+        Ok(b)
+    }
+
+    /// The trained adapter, loaded from its serialised form.
+    pub fn adapter(&self) -> Result<LoraAdapter, TrainError> {
+        Ok(self.adapter_builder()?.build(&LoadOptions::default())?)
+    }
+
+    /// `adapter_config.json` text and `adapter_model.safetensors` bytes (f32).
+    pub fn adapter_files(&self) -> Result<(String, Vec<u8>), TrainError> {
+        let b = self.adapter_builder()?;
+        Ok((b.config_json(), b.safetensors_bytes()?))
+    }
+
+    /// Writes the adapter as a PEFT folder (`adapter_config.json` +
+    /// `adapter_model.safetensors`) that PEFT and [`LoraAdapter::from_dir`] load.
+    pub fn save_adapter(&self, dir: &Path) -> Result<(), TrainError> {
+        Ok(self.adapter_builder()?.write_dir(dir)?)
+    }
+
+    /// The base weights as named f32 tensors in HF layout (`[out, in]` projections).
+    fn base_tensors(&self) -> Result<BTreeMap<String, DenseTensor>, TrainError> {
+        let b = &self.base;
+        let cfg = &b.cfg;
+        let mut out = BTreeMap::new();
+        let mut put = |k: String, t: &candle_core::Tensor| -> Result<(), TrainError> {
+            out.insert(k, DenseTensor::new(t.dims().to_vec(), host(t)?));
+            Ok(())
+        };
+        put("model.embed_tokens.weight".into(), &b.embed)?;
+        put("model.norm.weight".into(), &b.norm)?;
+        for (l, layer) in b.layers.iter().enumerate() {
+            put(
+                format!("model.layers.{l}.input_layernorm.weight"),
+                &layer.input_norm,
+            )?;
+            put(
+                format!("model.layers.{l}.post_attention_layernorm.weight"),
+                &layer.post_norm,
+            )?;
+            for (p, f) in layer.proj.iter().enumerate() {
+                let name = super::net::module_name(l, p);
+                put(format!("{name}.weight"), &f.wt.t()?.contiguous()?)?;
+                if let Some(bias) = &f.bias {
+                    put(format!("{name}.bias"), bias)?;
+                }
+            }
+        }
+        if !cfg.tie_word_embeddings {
+            put("lm_head.weight".into(), &b.lm_head.wt.t()?.contiguous()?)?;
+        }
+        Ok(out)
+    }
+
+    /// The base with the current adapter merged in (`W ← W + scale·B·A`, or the DoRA
+    /// rescaling), as a new [`Model`]: the base of a next run ("train a base").
+    pub fn merged_model(&self) -> Result<Model, TrainError> {
+        let mut tensors = self.base_tensors()?;
+        merge(&self.adapter()?, &mut tensors)?;
+        let host: BTreeMap<String, HostTensor> = tensors
+            .into_iter()
+            .map(|(k, t)| (k, HostTensor::from_f32(DType::F32, t.shape, &t.data)))
+            .collect();
+        Ok(Model::from_tensors(self.base.cfg.clone(), host)?)
+    }
+
+    /// Writes the merged base ([`Trainer::merged_model`]'s weights) as an HF model folder:
+    /// `config.json` and `model.safetensors` (f32).
+    pub fn save_merged_base(&self, dir: &Path) -> Result<(), TrainError> {
+        let mut tensors = self.base_tensors()?;
+        merge(&self.adapter()?, &mut tensors)?;
+        write_model_dir(dir, &model_config_json(&self.base.cfg), &tensors)
+    }
+}
+
+/// Writes `config.json` and `model.safetensors` (f32) into `dir` (created if missing).
+pub(crate) fn write_model_dir(
+    dir: &Path,
+    config_json: &str,
+    tensors: &BTreeMap<String, DenseTensor>,
+) -> Result<(), TrainError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| TrainError::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(k, t)| (k.clone(), t.shape.clone(), DType::F32.encode_le(&t.data)))
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+        .iter()
+        .map(|(k, s, b)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                .map(|v| (k.clone(), v))
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e| TrainError::InvalidConfig {
+            field: "tensors",
+            reason: e.to_string(),
+        })?;
+    let data = safetensors::serialize(views, None).map_err(|e| TrainError::InvalidConfig {
+        field: "tensors",
+        reason: e.to_string(),
+    })?;
+    let cfg = dir.join("config.json");
+    std::fs::write(&cfg, config_json).map_err(io(&cfg))?;
+    let w = dir.join("model.safetensors");
+    std::fs::write(&w, data).map_err(io(&w))?;
+    Ok(())
+}

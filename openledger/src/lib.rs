@@ -1,0 +1,29 @@
+//! The openledger SDK facade: one dependency for applications, and the glue between the
+//! layers that no single layer crate may hold (the layer crates never depend on each other
+//! sideways).
+//!
+//! * [`core`], [`lora`], [`poa`], [`chain`]: the layer crates, re-exported.
+//! * [`attribution`]: influence of datanet records on a fine-tuned adapter's answers —
+//!   per-example LoRA gradients at logged checkpoints written to the feature store and scored
+//!   with TracIn-CP or DataInf — and the metrics and experiment that judge it.
+//! * [`provenance`]: training grants read from the `DatanetRegistry`, and trained adapters
+//!   registered in the `ModelRegistry` with the head of their training log.
+//! * [`synthetic`]: a key→value language with known flipped labels, the ground truth of the
+//!   experiment.
+//!
+//! ```
+//! use openledger::attribution::metrics::auc;
+//! use openledger::core::ContentId;
+//!
+//! assert_eq!(auc(&[2.0, 1.0], &[true, false]), Some(1.0));
+//! assert_eq!(ContentId::of(b"x"), openledger_core::ContentId::of(b"x"));
+//! ```
+
+pub use openledger_chain as chain;
+pub use openledger_core as core;
+pub use openledger_lora as lora;
+pub use openledger_poa as poa;
+
+pub mod attribution;
+pub mod provenance;
+pub mod synthetic;
