@@ -22,6 +22,7 @@ mod receipts;
 mod sgmv;
 mod splits;
 mod store;
+mod train;
 mod types;
 
 /// The native module behind the `openledger` package.
@@ -42,5 +43,6 @@ fn _openledger(m: &Bound<'_, PyModule>) -> PyResult<()> {
     sgmv::register(m)?;
     engine::register(m)?;
     chain::register(m)?;
+    train::register(m)?;
     Ok(())
 }

@@ -3,7 +3,7 @@
 LoRA adapters inspected, validated, pooled under a memory budget and applied many
 at once to one batch (SGMV / BGMV); fees split to the wei;
 OpenZeppelin-compatible Merkle claims; EIP-712 attribution receipts; contract calldata and an
-in-process EVM running the real contracts; RAG citations
+in-process EVM running the real contracts; LoRA / DoRA fine-tuning with progress callbacks; RAG citations
 weighted by relevance; TracIn / cosine influence scores from a feature store; a model folder served with many
 adapters batched together (:class:`Engine`, tokens streamed by :class:`TokenStream`).  Every call runs the Rust
 SDK with the GIL released; errors are subclasses of :class:`OpenLedgerError` (file-system
@@ -45,6 +45,7 @@ from ._openledger import (
     SplitError,
     StandardMerkleTree,
     TokenStream,
+    Trainer,
     TransactionError,
     TxResult,
     UnknownIdError,
@@ -98,6 +99,7 @@ __all__ = [
     "SplitError",
     "StandardMerkleTree",
     "TokenStream",
+    "Trainer",
     "TransactionError",
     "TxResult",
     "UnknownIdError",

@@ -440,4 +440,45 @@ class EmbeddedChain:
         sender: Optional[_Hex] = None,
     ) -> List[Any]: ...
 
+_Example = Union[Sequence[int], Tuple[Sequence[int], Sequence[int]]]
+
+class Trainer:
+    def __init__(
+        self,
+        model_dir: _Path,
+        targets: Sequence[str],
+        r: int,
+        alpha: float,
+        *,
+        use_rslora: bool = False,
+        use_dora: bool = False,
+        dropout: float = 0.0,
+        steps: int = 100,
+        batch_size: int = 4,
+        grad_accum: int = 1,
+        learning_rate: float = 2e-4,
+        warmup_steps: int = 0,
+        schedule: str = "cosine",
+        weight_decay: float = 0.0,
+        max_grad_norm: Optional[float] = 1.0,
+        seed: int = 0,
+        eval_every: Optional[int] = None,
+        checkpoint_steps: Optional[Sequence[int]] = None,
+    ) -> None: ...
+    @property
+    def num_parameters(self) -> int: ...
+    @property
+    def steps_taken(self) -> int: ...
+    def train(
+        self,
+        train: Sequence[_Example],
+        eval: Optional[Sequence[_Example]] = None,
+        *,
+        progress: Optional[Callable[[Dict[str, Any]], object]] = None,
+    ) -> Dict[str, Any]: ...
+    def evaluate(self, examples: Sequence[_Example]) -> Dict[str, Any]: ...
+    def save_adapter(self, path: _Path) -> None: ...
+    def example_gradient(self, example: _Example) -> npt.NDArray[np.float32]: ...
+    def greedy(self, prompt: Sequence[int], n: int) -> List[int]: ...
+
 __all__: List[str]
