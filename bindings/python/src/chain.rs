@@ -242,6 +242,15 @@ impl PyTxResult {
     }
 }
 
+/// Revert data decoded against the called contract's own errors first (two contracts may
+/// declare errors with the same selector), then against every shipped contract.
+fn revert_reason(called: Option<&ContractAbi>, data: &[u8]) -> DecodedRevert {
+    match called.map(|c| c.decode_revert(data)) {
+        Some(r @ DecodedRevert::Custom { .. }) => r,
+        _ => abi::decode_revert_any(data),
+    }
+}
+
 fn tx_result(
     py: Python<'_>,
     out: &TxOutcome,
@@ -270,13 +279,7 @@ fn tx_result(
         }
         (TxStatus::Success, None) => (None, None),
         (TxStatus::Revert, _) => {
-            let r = match decoder {
-                Some((c, _)) => match c.decode_revert(&out.output) {
-                    DecodedRevert::Custom { name, args } => DecodedRevert::Custom { name, args },
-                    _ => abi::decode_revert_any(&out.output),
-                },
-                None => abi::decode_revert_any(&out.output),
-            };
+            let r = revert_reason(decoder.map(|(c, _)| c), &out.output);
             (None, Some(py_revert(py, &r)?.unbind()))
         }
         (TxStatus::Halt(_), _) => (None, None),
@@ -534,10 +537,7 @@ impl PyEmbeddedChain {
         let data = c.encode_call(function, &args).map_err(chain_err)?;
         let out = self.with(py, |chain| chain.call(from, to, data))?;
         if !out.is_success() {
-            let r = match c.decode_revert(&out.output) {
-                r @ DecodedRevert::Custom { .. } => r,
-                _ => abi::decode_revert_any(&out.output),
-            };
+            let r = revert_reason(Some(c), &out.output);
             let err = TransactionError::new_err(format!("{contract}.{function} reverted: {r:?}"));
             err.value(py).setattr("revert", py_revert(py, &r)?)?;
             return Err(Error::from(err));
