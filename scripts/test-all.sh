@@ -20,6 +20,9 @@ rustup component add rustfmt clippy >/dev/null 2>&1 || true
 step "format"
 cargo fmt --all -- --check
 
+step "binding crates resolve the workspace build's dependency features (no second compile)"
+bash scripts/check-feature-unification.sh
+
 step "clippy: every workspace crate and target, warnings are errors"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy -p openledger-kernels --features cuda --all-targets --locked -- -D warnings

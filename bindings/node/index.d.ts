@@ -353,6 +353,62 @@ export declare class OperatorSigner {
   sign(receipt: AttributionReceipt, chainId: number, verifyingContract: Bytes): Buffer
 }
 
+/**
+ * The Payable-AI loop, end to end and in process: an embedded EVM running the real contracts,
+ * a small random LLaMA, the shipped drug-facts datanet. Run the stages in order, each once;
+ * one call at a time (another call while a stage runs rejects with `Busy`).
+ */
+export declare class PayableAi {
+  /**
+   * Deploys the contracts on a fresh embedded chain, funds the payer and reads the datanet;
+   * nothing is published yet. Throws `InvalidArg` for unusable options.
+   */
+  constructor(options: PayableAiOptions)
+  /** The requests the loop serves, in order (`token` events name them by index). */
+  get requests(): Array<LoopRequest>
+  /** Stages run so far (0 to 5). Throws `Busy` while a stage runs. */
+  get stagesDone(): number
+  /**
+   * Stage 1: registers the datanet and publishes its version on chain, finds near-duplicate
+   * records, indexes the kept ones for RAG, and approves each model owner's training grant.
+   * Resolves to the datanet report.
+   */
+  publishDatanet(onEvent?: LoopEventFn | undefined | null): Promise<Record<string, any>>
+  /**
+   * Stage 2: fine-tunes every adapter under its grant, records the gradients of its
+   * checkpoints for influence, and registers it on chain with its training-log head and fee.
+   * Resolves to one report per adapter.
+   */
+  fineTune(onEvent?: LoopEventFn | undefined | null): Promise<Array<Record<string, any>>>
+  /**
+   * Stage 3: serves every request in one continuous-batching engine, the adapters side by
+   * side, streaming `token` events. Resolves to one report per request (prompt, answer).
+   */
+  serve(onEvent?: LoopEventFn | undefined | null): Promise<Array<Record<string, any>>>
+  /**
+   * Stage 4: attributes every answer (training influence and RAG citations), signs its
+   * EIP-712 receipt and pays the inference on chain. Resolves to one report per request
+   * (shares, signature, the data pool per contributor).
+   */
+  attributeAndPay(onEvent?: LoopEventFn | undefined | null): Promise<Array<Record<string, any>>>
+  /**
+   * Stage 5: closes the epoch, posts the Merkle root of the contributors' claims, has every
+   * contributor claim with its proof and checks each balance to the wei. Resolves to the
+   * epoch report (`claims_match`, `near_duplicates`).
+   */
+  closeEpoch(onEvent?: LoopEventFn | undefined | null): Promise<Record<string, any>>
+  /**
+   * The report so far: the JSON report's keys, amounts as `bigint`s. Throws `Busy` while a
+   * stage runs.
+   */
+  report(): Record<string, any>
+  /**
+   * The report so far as indented JSON (amounts as decimal strings). Throws `Busy` while a
+   * stage runs.
+   */
+  reportJson(): string
+}
+
 /** Exact nearest-neighbour index over record embeddings (cosine or dot-product relevance). */
 export declare class RagIndex {
   /**
@@ -554,7 +610,7 @@ export interface EngineOptions {
 }
 
 /** The kind of an error, in its `code` property. */
-export type ErrorCode = 'InvalidArg' | 'InvalidId' | 'UnknownId' | 'AdapterFormat' | 'BaseMismatch' | 'Budget' | 'PoolState' | 'Busy' | 'Split' | 'FeatureStore' | 'MerkleTree' | 'Signature' | 'Abi' | 'Transaction' | 'Model' | 'Request' | 'Engine' | 'Closed' | 'Panic' | 'ENOENT' | 'EACCES' | 'EIO'
+export type ErrorCode = 'InvalidArg' | 'InvalidId' | 'UnknownId' | 'AdapterFormat' | 'BaseMismatch' | 'Budget' | 'PoolState' | 'Busy' | 'Split' | 'FeatureStore' | 'MerkleTree' | 'Signature' | 'Abi' | 'Transaction' | 'Model' | 'Request' | 'Engine' | 'Closed' | 'OutOfOrder' | 'Loop' | 'Panic' | 'ENOENT' | 'EACCES' | 'EIO'
 
 /** The result of a `FeeSplit`: `owner + protocol + Σ contributors == fee`. */
 export interface FeeSplitResult {
@@ -609,6 +665,46 @@ export interface LoadOptions {
 }
 
 /**
+ * What the loop reports while a stage runs. `kind` is `"stage"` (a stage started: `name` is
+ * `"datanet"`, `"fine-tune"`, `"serve"`, `"attribute-and-pay"` or `"epoch"`), `"progress"`
+ * (`stage`, `item`, `done` of `total`, and `loss` while fine-tuning) or `"token"` (a word of
+ * request `request`'s answer from adapter `adapter`, as soon as it is sampled).
+ */
+export interface LoopEvent {
+  /** `"stage"`, `"progress"` or `"token"`. */
+  kind: string
+  /** The stage started (`stage` events). */
+  name?: string
+  /** The stage advancing (`progress` events). */
+  stage?: string
+  /** What is worked on: an adapter, the RAG index (`progress` events). */
+  item?: string
+  /** Units done (`progress` events). */
+  done?: number
+  /** Units in all (`progress` events). */
+  total?: number
+  /** The training loss of the step (`progress` events of fine-tuning steps). */
+  loss?: number
+  /** The request's index (`token` events). */
+  request?: number
+  /** The request's adapter (`token` events). */
+  adapter?: string
+  /** The word (`token` events). */
+  text?: string
+}
+
+/** The `onEvent` callback of a stage. */
+export type LoopEventFn = ((arg: LoopEvent) => void)
+
+/** One request the loop serves. */
+export interface LoopRequest {
+  /** The adapter's name. */
+  adapter: string
+  /** The prompt. */
+  prompt: string
+}
+
+/**
  * A multiproof: the proven leaves in verification order, the sibling hashes and one flag per
  * hashing step (what `MerkleProof.multiProofVerify` takes).
  */
@@ -622,6 +718,31 @@ export interface MultiProof {
   proof: Array<string>
   /** One flag per hashing step. */
   proofFlags: Array<boolean>
+}
+
+/** How `new PayableAi` configures the loop; only `workDir` is required. */
+export interface PayableAiOptions {
+  /** Folder the adapters (PEFT folders) and influence feature stores are written to. */
+  workDir: string
+  /**
+   * The smaller loop (two adapters, four requests, 120 steps) instead of the standard one
+   * (three adapters, ten requests, 300 steps).
+   */
+  quick?: boolean
+  /** Optimizer steps per adapter (at least 3: three checkpoints are kept for influence). */
+  steps?: number
+  /**
+   * Also measure what contributors would have earned before the near-duplicate copies were
+   * submitted and with no clustering (each adapter is trained again; default true).
+   */
+  counterfactual?: boolean
+  /** Longest answer, in tokens. */
+  maxNewTokens?: number
+  /**
+   * Share of each data pool paid by training influence, in basis points (0..=10000); the
+   * rest is paid by RAG citations.
+   */
+  influenceBps?: number
 }
 
 /** One account and the wei it receives. */

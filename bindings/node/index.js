@@ -847,6 +847,7 @@ module.exports.LoraAdapter = nativeBinding.LoraAdapter
 module.exports.LoraModule = nativeBinding.LoraModule
 module.exports.MerkleTree = nativeBinding.MerkleTree
 module.exports.OperatorSigner = nativeBinding.OperatorSigner
+module.exports.PayableAi = nativeBinding.PayableAi
 module.exports.RagIndex = nativeBinding.RagIndex
 module.exports.StandardMerkleTree = nativeBinding.StandardMerkleTree
 module.exports.TokenStream = nativeBinding.TokenStream

@@ -3,6 +3,9 @@
 //! sideways).
 //!
 //! * [`core`], [`lora`], [`poa`], [`chain`]: the layer crates, re-exported.
+//! * [`payable`]: the Payable-AI loop end to end — datanet and grant on chain, fine-tuning with
+//!   influence features, registration, a mixed-adapter batch served with streaming, attribution,
+//!   EIP-712 receipts and payments, the epoch's Merkle root and every claim, to the wei.
 //! * [`attribution`]: influence of datanet records on a fine-tuned adapter's answers —
 //!   per-example LoRA gradients at logged checkpoints written to the feature store and scored
 //!   with TracIn-CP or DataInf — and the metrics and experiment that judge it.
@@ -25,5 +28,6 @@ pub use openledger_lora as lora;
 pub use openledger_poa as poa;
 
 pub mod attribution;
+pub mod payable;
 pub mod provenance;
 pub mod synthetic;

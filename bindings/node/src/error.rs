@@ -63,6 +63,11 @@ pub enum ErrorCode {
     Engine,
     /// The object was closed; it accepts no more calls.
     Closed,
+    /// A stage of the Payable-AI loop was called before the stage it needs, or again.
+    OutOfOrder,
+    /// A stage of the Payable-AI loop failed in training, the training log, influence scoring
+    /// or its accounting (the message names the stage and the cause).
+    Loop,
     /// A bug in the native code was caught before it could reach JavaScript.
     Panic,
     /// A file does not exist.
@@ -94,6 +99,8 @@ impl AsRef<str> for ErrorCode {
             Self::Request => "Request",
             Self::Engine => "Engine",
             Self::Closed => "Closed",
+            Self::OutOfOrder => "OutOfOrder",
+            Self::Loop => "Loop",
             Self::Panic => "Panic",
             Self::ENOENT => "ENOENT",
             Self::EACCES => "EACCES",

@@ -5,7 +5,8 @@
 //! `openledger_poa::split`, `merkle` ↔ `openledger_chain::standard` and `openledger_core::merkle`,
 //! `receipts` ↔ `openledger_chain::receipt` and `abi`, `chain` ↔
 //! `openledger_chain::evm` and `deploy`, `rag` ↔ `openledger_poa::rag`, `store` ↔
-//! `openledger_poa::store` and `score`, `engine` ↔ `openledger_lora::model` and `serve`, `types`
+//! `openledger_poa::store` and `score`, `engine` ↔ `openledger_lora::model` and `serve`, `payable` ↔
+//! `openledger::payable`, `types`
 //! ↔ the ids and amounts of `openledger_core`). Arguments are checked and copied on the calling
 //! thread; heavy work runs on the libuv thread pool and returns a Promise; errors cross into
 //! JavaScript in `error.rs` only, and no panic crosses the boundary.
@@ -26,6 +27,7 @@ pub mod adapters;
 pub mod chain;
 pub mod engine;
 pub mod merkle;
+pub mod payable;
 pub mod pool;
 pub mod rag;
 pub mod receipts;

@@ -21,7 +21,7 @@ use crate::types::{address, address_str, py_u256, u256};
 
 /// A chain-crate error as `AbiError` (bad contract, function, value or data) or
 /// `TransactionError` (the EVM refused or the call reverted).
-fn chain_err(e: ChainError) -> Error {
+pub(crate) fn chain_err(e: ChainError) -> Error {
     let msg = e.to_string();
     match e {
         ChainError::Evm(_) | ChainError::TransactionFailed { .. } => {

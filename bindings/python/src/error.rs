@@ -127,6 +127,18 @@ create_exception!(
     OpenLedgerError,
     "The EVM refused a transaction, or a call reverted (its `revert` attribute holds the reason)."
 );
+create_exception!(
+    openledger,
+    PayableAiError,
+    OpenLedgerError,
+    "The Payable-AI loop stopped: attribution, provenance, the training log, serving or the\naccounting refused (the message names the stage and the culprit)."
+);
+create_exception!(
+    openledger,
+    StageOrderError,
+    PayableAiError,
+    "A Payable-AI stage was called before the stage it needs."
+);
 
 /// Registers the exception classes on the module.
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -152,6 +164,8 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("GenerationError", py.get_type::<GenerationError>())?;
     m.add("AbiError", py.get_type::<AbiError>())?;
     m.add("TransactionError", py.get_type::<TransactionError>())?;
+    m.add("PayableAiError", py.get_type::<PayableAiError>())?;
+    m.add("StageOrderError", py.get_type::<StageOrderError>())?;
     Ok(())
 }
 
@@ -186,7 +200,8 @@ pub(crate) fn invalid_arg(name: &str, reason: impl std::fmt::Display) -> Error {
     Error(InvalidArgumentError::new_err(format!("{name}: {reason}")))
 }
 
-fn io_err(path: &Path, kind: ErrorKind, message: String) -> PyErr {
+/// Python's own exception for an I/O failure of `kind` at `path`.
+pub(crate) fn io_err(path: &Path, kind: ErrorKind, message: String) -> PyErr {
     let args = (0i32, message, path.display().to_string());
     match kind {
         ErrorKind::NotFound => PyFileNotFoundError::new_err(args),

@@ -4,7 +4,7 @@
 //! `pool` ↔ `openledger_lora::pool`, `sgmv` ↔ `openledger_lora::sgmv`, `engine` ↔ `openledger_lora::serve` + `model`, `splits` ↔ `openledger_poa::split`, `merkle` ↔
 //! `openledger_chain::standard`, `receipts` ↔ `openledger_chain::receipt`, `chain` ↔
 //! `openledger_chain::{abi, evm, deploy}`, `rag` ↔
-//! `openledger_poa::rag`, `store` ↔ `openledger_poa::store` + `score`, `types` ↔ the ids and amounts of `openledger_core`). Arguments are
+//! `openledger_poa::rag`, `store` ↔ `openledger_poa::store` + `score`, `types` ↔ the ids and amounts of `openledger_core`, `payable` ↔ `openledger::payable`). Arguments are
 //! extracted first, then the Rust work runs with the GIL released; errors cross into Python in
 //! `error.rs` only.
 
@@ -15,6 +15,7 @@ mod chain;
 mod engine;
 mod error;
 mod merkle;
+mod payable;
 mod pool;
 mod progress;
 mod rag;
@@ -44,5 +45,6 @@ fn _openledger(m: &Bound<'_, PyModule>) -> PyResult<()> {
     engine::register(m)?;
     chain::register(m)?;
     train::register(m)?;
+    payable::register(m)?;
     Ok(())
 }

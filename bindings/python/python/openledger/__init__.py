@@ -5,7 +5,8 @@ at once to one batch (SGMV / BGMV); fees split to the wei;
 OpenZeppelin-compatible Merkle claims; EIP-712 attribution receipts; contract calldata and an
 in-process EVM running the real contracts; LoRA / DoRA fine-tuning with progress callbacks; RAG citations
 weighted by relevance; TracIn / cosine influence scores from a feature store; a model folder served with many
-adapters batched together (:class:`Engine`, tokens streamed by :class:`TokenStream`).  Every call runs the Rust
+adapters batched together (:class:`Engine`, tokens streamed by :class:`TokenStream`); and the whole
+Payable-AI loop, a stage at a time (:class:`PayableAi`).  Every call runs the Rust
 SDK with the GIL released; errors are subclasses of :class:`OpenLedgerError` (file-system
 errors are Python's own ``FileNotFoundError`` / ``PermissionError``).
 """
@@ -37,12 +38,15 @@ from ._openledger import (
     ModelFormatError,
     OpenLedgerError,
     OperatorSigner,
+    PayableAi,
+    PayableAiError,
     PoolStateError,
     PoolStats,
     RagIndex,
     RequestStats,
     SignatureError,
     SplitError,
+    StageOrderError,
     StandardMerkleTree,
     TokenStream,
     Trainer,
@@ -91,12 +95,15 @@ __all__ = [
     "ModelFormatError",
     "OpenLedgerError",
     "OperatorSigner",
+    "PayableAi",
+    "PayableAiError",
     "PoolStateError",
     "PoolStats",
     "RagIndex",
     "RequestStats",
     "SignatureError",
     "SplitError",
+    "StageOrderError",
     "StandardMerkleTree",
     "TokenStream",
     "Trainer",

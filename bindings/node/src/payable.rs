@@ -1,0 +1,617 @@
+//! JavaScript face of `openledger::payable`: the Payable-AI loop (publish a datanet, fine-tune
+//! adapters on it, serve a mixed batch, attribute and pay every answer, close the epoch), one
+//! Promise per stage.
+//!
+//! The loop lives behind a lock; a stage runs on the libuv thread pool while its events reach
+//! the `onEvent` callback on the JavaScript thread, every one of them before the stage's promise
+//! settles. Stage reports cross as plain objects with the keys of the JSON report and amounts
+//! (`*_wei` fields, a request's per-contributor pool, withdrawals) as `bigint`s.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
+use std::time::Duration;
+
+use napi::bindgen_prelude::{AsyncTask, BigInt, Env, Null, Object, ToNapiValue, TypeName, sys};
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi::{Status, ValueType};
+use napi_derive::napi;
+use openledger::payable::{LoopConfig, LoopError, LoopEvent as RustEvent, PayableAi as RustLoop};
+use openledger_core::U256;
+use serde_json::Value;
+
+use crate::error::{self, Error, ErrorCode, Result, ToJs, busy, invalid_arg};
+use crate::task::{count, task};
+use crate::types::bigint;
+
+/// How `new PayableAi` configures the loop; only `workDir` is required.
+#[napi(object)]
+pub struct PayableAiOptions {
+    /// Folder the adapters (PEFT folders) and influence feature stores are written to.
+    pub work_dir: String,
+    /// The smaller loop (two adapters, four requests, 120 steps) instead of the standard one
+    /// (three adapters, ten requests, 300 steps).
+    pub quick: Option<bool>,
+    /// Optimizer steps per adapter (at least 3: three checkpoints are kept for influence).
+    pub steps: Option<f64>,
+    /// Also measure what contributors would have earned before the near-duplicate copies were
+    /// submitted and with no clustering (each adapter is trained again; default true).
+    pub counterfactual: Option<bool>,
+    /// Longest answer, in tokens.
+    pub max_new_tokens: Option<f64>,
+    /// Share of each data pool paid by training influence, in basis points (0..=10000); the
+    /// rest is paid by RAG citations.
+    pub influence_bps: Option<u32>,
+}
+
+/// What the loop reports while a stage runs. `kind` is `"stage"` (a stage started: `name` is
+/// `"datanet"`, `"fine-tune"`, `"serve"`, `"attribute-and-pay"` or `"epoch"`), `"progress"`
+/// (`stage`, `item`, `done` of `total`, and `loss` while fine-tuning) or `"token"` (a word of
+/// request `request`'s answer from adapter `adapter`, as soon as it is sampled).
+#[napi(object)]
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoopEvent {
+    /// `"stage"`, `"progress"` or `"token"`.
+    pub kind: String,
+    /// The stage started (`stage` events).
+    pub name: Option<String>,
+    /// The stage advancing (`progress` events).
+    pub stage: Option<String>,
+    /// What is worked on: an adapter, the RAG index (`progress` events).
+    pub item: Option<String>,
+    /// Units done (`progress` events).
+    pub done: Option<f64>,
+    /// Units in all (`progress` events).
+    pub total: Option<f64>,
+    /// The training loss of the step (`progress` events of fine-tuning steps).
+    pub loss: Option<f64>,
+    /// The request's index (`token` events).
+    pub request: Option<f64>,
+    /// The request's adapter (`token` events).
+    pub adapter: Option<String>,
+    /// The word (`token` events).
+    pub text: Option<String>,
+}
+
+impl From<&RustEvent> for LoopEvent {
+    fn from(e: &RustEvent) -> Self {
+        let mut out = Self {
+            kind: String::new(),
+            name: None,
+            stage: None,
+            item: None,
+            done: None,
+            total: None,
+            loss: None,
+            request: None,
+            adapter: None,
+            text: None,
+        };
+        match e {
+            RustEvent::Stage { name } => {
+                out.kind = "stage".into();
+                out.name = Some(name.clone());
+            }
+            RustEvent::Progress {
+                stage,
+                item,
+                done,
+                total,
+                loss,
+            } => {
+                out.kind = "progress".into();
+                out.stage = Some(stage.clone());
+                out.item = Some(item.clone());
+                out.done = Some(*done as f64);
+                out.total = Some(*total as f64);
+                out.loss = *loss;
+            }
+            RustEvent::Token {
+                request,
+                adapter,
+                text,
+            } => {
+                out.kind = "token".into();
+                out.request = Some(*request as f64);
+                out.adapter = Some(adapter.clone());
+                out.text = Some(text.clone());
+            }
+        }
+        out
+    }
+}
+
+/// One request the loop serves.
+#[napi(object)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoopRequest {
+    /// The adapter's name.
+    pub adapter: String,
+    /// The prompt.
+    pub prompt: String,
+}
+
+/// The `onEvent` callback of a stage.
+#[napi]
+pub type LoopEventFn = ThreadsafeFunction<LoopEvent, (), LoopEvent, Status, false>;
+
+/// A report as JavaScript receives it: the JSON report's shape, amounts as `bigint`s.
+pub enum ReportValue {
+    /// `null`.
+    Null,
+    /// A boolean.
+    Bool(bool),
+    /// A number (counts, gas, losses, seconds, shares).
+    Number(f64),
+    /// A string (names, `0x` hex).
+    String(String),
+    /// An amount of wei.
+    Amount(U256),
+    /// An array.
+    Array(Vec<ReportValue>),
+    /// An object, its keys in the JSON report's order.
+    Object(Vec<(String, ReportValue)>),
+}
+
+impl ReportValue {
+    /// `v` with its amounts as [`ReportValue::Amount`]: the string values of `*_wei` keys, of
+    /// a request's `contributors` map, and the third item of each `withdrawn` entry.
+    pub fn from_json(v: Value) -> Self {
+        Self::convert(v, false)
+    }
+
+    fn convert(v: Value, amount: bool) -> Self {
+        match v {
+            Value::Null => Self::Null,
+            Value::Bool(b) => Self::Bool(b),
+            Value::Number(n) => Self::Number(n.as_f64().unwrap_or(f64::NAN)),
+            Value::String(s) if amount => match U256::from_str_radix(&s, 10) {
+                Ok(x) => Self::Amount(x),
+                Err(_) => Self::String(s),
+            },
+            Value::String(s) => Self::String(s),
+            Value::Array(items) => Self::Array(
+                items
+                    .into_iter()
+                    .map(|x| Self::convert(x, amount))
+                    .collect(),
+            ),
+            Value::Object(fields) => Self::Object(
+                fields
+                    .into_iter()
+                    .map(|(k, x)| {
+                        let x = match (k.as_str(), x) {
+                            // A request's pool per contributor (address → amount).
+                            ("contributors", Value::Object(m))
+                                if m.values().all(Value::is_string) =>
+                            {
+                                Self::Object(
+                                    m.into_iter()
+                                        .map(|(a, x)| (a, Self::convert(x, true)))
+                                        .collect(),
+                                )
+                            }
+                            // (account, name, amount) per withdrawal.
+                            ("withdrawn", Value::Array(rows)) => Self::Array(
+                                rows.into_iter()
+                                    .map(|row| match row {
+                                        Value::Array(mut t) if t.len() == 3 => {
+                                            let amount =
+                                                Self::convert(t.pop().unwrap_or(Value::Null), true);
+                                            let mut out: Vec<Self> = t
+                                                .into_iter()
+                                                .map(|x| Self::convert(x, false))
+                                                .collect();
+                                            out.push(amount);
+                                            Self::Array(out)
+                                        }
+                                        other => Self::convert(other, false),
+                                    })
+                                    .collect(),
+                            ),
+                            (key, x) => Self::convert(x, key.ends_with("_wei")),
+                        };
+                        (k, x)
+                    })
+                    .collect(),
+            ),
+        }
+    }
+}
+
+impl ToNapiValue for ReportValue {
+    unsafe fn to_napi_value(env: sys::napi_env, val: Self) -> napi::Result<sys::napi_value> {
+        // SAFETY (every call below): `env` is the live environment napi hands this conversion.
+        unsafe {
+            match val {
+                Self::Null => Null::to_napi_value(env, Null),
+                Self::Bool(b) => bool::to_napi_value(env, b),
+                Self::Number(x) => f64::to_napi_value(env, x),
+                Self::String(s) => String::to_napi_value(env, s),
+                Self::Amount(x) => BigInt::to_napi_value(env, bigint(x)),
+                Self::Array(items) => Vec::<Self>::to_napi_value(env, items),
+                Self::Object(fields) => {
+                    let mut obj = Object::new(&Env::from_raw(env))?;
+                    for (k, x) in fields {
+                        obj.set(k, x)?;
+                    }
+                    Object::to_napi_value(env, obj)
+                }
+            }
+        }
+    }
+}
+
+impl TypeName for ReportValue {
+    fn type_name() -> &'static str {
+        "Record<string, any>"
+    }
+
+    fn value_type() -> ValueType {
+        ValueType::Object
+    }
+}
+
+task!(
+    /// Resolves to a stage report (an object, or an array of per-adapter / per-request objects).
+    ReportTask => ReportValue
+);
+
+impl ToJs for LoopError {
+    fn to_js(&self) -> Error {
+        let with = |code| error::error(code, self.to_string(), std::error::Error::source(self));
+        match self {
+            LoopError::OutOfOrder { .. } => with(ErrorCode::OutOfOrder),
+            LoopError::Datanet(_) | LoopError::RecordShape { .. } | LoopError::Config(_) => {
+                with(ErrorCode::InvalidArg)
+            }
+            LoopError::Chain(e) => error::error(e.to_js().status, self.to_string(), Some(e)),
+            LoopError::Reverted { .. } | LoopError::Provenance(_) => with(ErrorCode::Transaction),
+            LoopError::Poa(e) => error::error(e.to_js().status, self.to_string(), Some(e)),
+            LoopError::Model(e) => error::error(e.to_js().status, self.to_string(), Some(e)),
+            LoopError::Engine(_) => with(ErrorCode::Engine),
+            LoopError::Request { .. } => with(ErrorCode::Request),
+            LoopError::Io { source, .. } => {
+                let code = match source.kind() {
+                    std::io::ErrorKind::NotFound => ErrorCode::ENOENT,
+                    std::io::ErrorKind::PermissionDenied => ErrorCode::EACCES,
+                    _ => ErrorCode::EIO,
+                };
+                with(code)
+            }
+            // Training, the training log, influence scoring, accounting.
+            _ => with(ErrorCode::Loop),
+        }
+    }
+}
+
+/// The stages, in the order they run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    PublishDatanet,
+    FineTune,
+    Serve,
+    AttributeAndPay,
+    CloseEpoch,
+}
+
+impl Stage {
+    const ALL: [Stage; 5] = [
+        Stage::PublishDatanet,
+        Stage::FineTune,
+        Stage::Serve,
+        Stage::AttributeAndPay,
+        Stage::CloseEpoch,
+    ];
+
+    fn index(self) -> usize {
+        Self::ALL.iter().position(|s| *s == self).unwrap_or(0)
+    }
+
+    /// The JavaScript method's name.
+    fn method(self) -> &'static str {
+        match self {
+            Stage::PublishDatanet => "publishDatanet",
+            Stage::FineTune => "fineTune",
+            Stage::Serve => "serve",
+            Stage::AttributeAndPay => "attributeAndPay",
+            Stage::CloseEpoch => "closeEpoch",
+        }
+    }
+
+    /// Runs the stage, its report as JSON.
+    fn run(self, l: &mut RustLoop, on: &mut dyn FnMut(&RustEvent)) -> Result<Value> {
+        let json = |r: std::result::Result<Value, serde_json::Error>| {
+            r.map_err(|e| error::error(ErrorCode::Loop, "the stage report", Some(&e)))
+        };
+        let out = match self {
+            Stage::PublishDatanet => l.publish_datanet(on).map(serde_json::to_value),
+            Stage::FineTune => l.fine_tune(on).map(serde_json::to_value),
+            Stage::Serve => l.serve(on).map(serde_json::to_value),
+            Stage::AttributeAndPay => l.attribute_and_pay(on).map(serde_json::to_value),
+            Stage::CloseEpoch => l.close_epoch(on).map(serde_json::to_value),
+        };
+        json(out.map_err(|e| e.to_js())?)
+    }
+}
+
+/// The loop and the stages it ran.
+struct State {
+    inner: RustLoop,
+    /// Stages completed.
+    done: usize,
+}
+
+/// Marks the loop busy from the call until the stage's work ends (or is dropped unrun).
+struct Claim(Arc<AtomicBool>);
+
+impl Claim {
+    fn take(flag: &Arc<AtomicBool>) -> Option<Self> {
+        flag.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| Self(flag.clone()))
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// Events on their way to the JavaScript callback: how many are queued and not yet delivered.
+#[derive(Default)]
+struct InFlight {
+    queued: Mutex<usize>,
+    delivered: Condvar,
+}
+
+impl InFlight {
+    fn count(&self) -> MutexGuard<'_, usize> {
+        self.queued.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn one_delivered(&self) {
+        let mut n = self.count();
+        *n = n.saturating_sub(1);
+        self.delivered.notify_all();
+    }
+
+    /// Waits until every queued event was delivered; gives up when none was for a minute
+    /// (the JavaScript environment is going away).
+    fn wait(&self) {
+        let mut n = self.count();
+        while *n > 0 {
+            let before = *n;
+            let (next, timeout) = self
+                .delivered
+                .wait_timeout(n, Duration::from_secs(60))
+                .unwrap_or_else(|p| p.into_inner());
+            n = next;
+            if timeout.timed_out() && *n == before {
+                return;
+            }
+        }
+    }
+}
+
+/// Sends the loop's events to an optional JavaScript callback, in order; an exception thrown
+/// by the callback is reported by Node as an uncaught exception and does not stop the stage.
+struct Events {
+    f: Option<LoopEventFn>,
+    in_flight: Arc<InFlight>,
+}
+
+impl Events {
+    fn send(&self, e: &RustEvent) {
+        let Some(f) = &self.f else { return };
+        *self.in_flight.count() += 1;
+        let in_flight = self.in_flight.clone();
+        let status = f.call_with_return_value(
+            LoopEvent::from(e),
+            ThreadsafeFunctionCallMode::NonBlocking,
+            move |r, _| {
+                in_flight.one_delivered();
+                r
+            },
+        );
+        if status != Status::Ok {
+            // Not queued: its delivery callback never runs.
+            self.in_flight.one_delivered();
+        }
+    }
+}
+
+/// The Payable-AI loop, end to end and in process: an embedded EVM running the real contracts,
+/// a small random LLaMA, the shipped drug-facts datanet. Run the stages in order, each once;
+/// one call at a time (another call while a stage runs rejects with `Busy`).
+#[napi]
+pub struct PayableAi {
+    state: Arc<Mutex<State>>,
+    busy: Arc<AtomicBool>,
+    requests: Vec<LoopRequest>,
+}
+
+impl PayableAi {
+    /// The loop, unless a stage is running (`Busy`) or one panicked (`Panic`).
+    fn state(&self) -> Result<MutexGuard<'_, State>> {
+        // Set from the stage call on, before its work reaches the thread pool.
+        if self.busy.load(Ordering::Acquire) {
+            return Err(busy("the loop"));
+        }
+        match self.state.try_lock() {
+            Ok(s) => Ok(s),
+            Err(TryLockError::WouldBlock) => Err(busy("the loop")),
+            Err(TryLockError::Poisoned(_)) => Err(poisoned()),
+        }
+    }
+
+    fn stage(&self, stage: Stage, on_event: Option<LoopEventFn>) -> AsyncTask<ReportTask> {
+        let claim = Claim::take(&self.busy);
+        let state = self.state.clone();
+        ReportTask::spawn(move || {
+            let _claim = claim.ok_or_else(|| busy("the loop"))?;
+            let mut s = state.lock().map_err(|_| poisoned())?;
+            let at = stage.index();
+            if s.done > at {
+                return Err(error::error(
+                    ErrorCode::OutOfOrder,
+                    format!("{} already ran", stage.method()),
+                    None,
+                ));
+            }
+            if s.done < at {
+                return Err(error::error(
+                    ErrorCode::OutOfOrder,
+                    format!(
+                        "{} needs {} first",
+                        stage.method(),
+                        Stage::ALL[s.done].method()
+                    ),
+                    None,
+                ));
+            }
+            let events = Events {
+                f: on_event,
+                in_flight: Arc::default(),
+            };
+            let out = stage.run(&mut s.inner, &mut |e| events.send(e));
+            // Every event reaches the callback before the promise settles.
+            events.in_flight.wait();
+            let report = out?;
+            s.done += 1;
+            Ok(ReportValue::from_json(report))
+        })
+    }
+}
+
+fn poisoned() -> Error {
+    error::error(
+        ErrorCode::Panic,
+        "an earlier call stopped on an internal error; the loop's state is unknown",
+        None,
+    )
+}
+
+fn config(o: PayableAiOptions) -> Result<LoopConfig> {
+    if o.work_dir.is_empty() {
+        return Err(invalid_arg("workDir", "an empty path"));
+    }
+    let dir = o.work_dir.into();
+    let mut c = if o.quick.unwrap_or(false) {
+        LoopConfig::quick(dir)
+    } else {
+        LoopConfig::standard(dir)
+    };
+    if let Some(steps) = o.steps {
+        c.steps = count("steps", steps)?;
+    }
+    if let Some(on) = o.counterfactual {
+        c.counterfactual = on;
+    }
+    if let Some(n) = o.max_new_tokens {
+        c.max_new_tokens = count("maxNewTokens", n)?;
+        if c.max_new_tokens == 0 {
+            return Err(invalid_arg("maxNewTokens", "must be at least 1"));
+        }
+    }
+    if let Some(bps) = o.influence_bps {
+        c.influence_bps = u16::try_from(bps)
+            .map_err(|_| invalid_arg("influenceBps", format!("{bps} is above 10000")))?;
+    }
+    Ok(c)
+}
+
+#[napi]
+impl PayableAi {
+    /// Deploys the contracts on a fresh embedded chain, funds the payer and reads the datanet;
+    /// nothing is published yet. Throws `InvalidArg` for unusable options.
+    #[napi(constructor, catch_unwind)]
+    pub fn new(options: PayableAiOptions) -> Result<Self> {
+        error::guard(|| {
+            let config = config(options)?;
+            let requests = config
+                .requests
+                .iter()
+                .map(|r| LoopRequest {
+                    adapter: r.adapter.clone(),
+                    prompt: r.prompt.clone(),
+                })
+                .collect();
+            let inner = RustLoop::new(config).map_err(|e| e.to_js())?;
+            Ok(Self {
+                state: Arc::new(Mutex::new(State { inner, done: 0 })),
+                busy: Arc::default(),
+                requests,
+            })
+        })
+    }
+
+    /// The requests the loop serves, in order (`token` events name them by index).
+    #[napi(getter, catch_unwind)]
+    pub fn requests(&self) -> Vec<LoopRequest> {
+        self.requests.clone()
+    }
+
+    /// Stages run so far (0 to 5). Throws `Busy` while a stage runs.
+    #[napi(getter, catch_unwind)]
+    pub fn stages_done(&self) -> Result<u32> {
+        error::guard(|| Ok(self.state()?.done as u32))
+    }
+
+    /// Stage 1: registers the datanet and publishes its version on chain, finds near-duplicate
+    /// records, indexes the kept ones for RAG, and approves each model owner's training grant.
+    /// Resolves to the datanet report.
+    #[napi(catch_unwind, ts_return_type = "Promise<Record<string, any>>")]
+    pub fn publish_datanet(&self, on_event: Option<LoopEventFn>) -> AsyncTask<ReportTask> {
+        self.stage(Stage::PublishDatanet, on_event)
+    }
+
+    /// Stage 2: fine-tunes every adapter under its grant, records the gradients of its
+    /// checkpoints for influence, and registers it on chain with its training-log head and fee.
+    /// Resolves to one report per adapter.
+    #[napi(catch_unwind, ts_return_type = "Promise<Array<Record<string, any>>>")]
+    pub fn fine_tune(&self, on_event: Option<LoopEventFn>) -> AsyncTask<ReportTask> {
+        self.stage(Stage::FineTune, on_event)
+    }
+
+    /// Stage 3: serves every request in one continuous-batching engine, the adapters side by
+    /// side, streaming `token` events. Resolves to one report per request (prompt, answer).
+    #[napi(catch_unwind, ts_return_type = "Promise<Array<Record<string, any>>>")]
+    pub fn serve(&self, on_event: Option<LoopEventFn>) -> AsyncTask<ReportTask> {
+        self.stage(Stage::Serve, on_event)
+    }
+
+    /// Stage 4: attributes every answer (training influence and RAG citations), signs its
+    /// EIP-712 receipt and pays the inference on chain. Resolves to one report per request
+    /// (shares, signature, the data pool per contributor).
+    #[napi(catch_unwind, ts_return_type = "Promise<Array<Record<string, any>>>")]
+    pub fn attribute_and_pay(&self, on_event: Option<LoopEventFn>) -> AsyncTask<ReportTask> {
+        self.stage(Stage::AttributeAndPay, on_event)
+    }
+
+    /// Stage 5: closes the epoch, posts the Merkle root of the contributors' claims, has every
+    /// contributor claim with its proof and checks each balance to the wei. Resolves to the
+    /// epoch report (`claims_match`, `near_duplicates`).
+    #[napi(catch_unwind, ts_return_type = "Promise<Record<string, any>>")]
+    pub fn close_epoch(&self, on_event: Option<LoopEventFn>) -> AsyncTask<ReportTask> {
+        self.stage(Stage::CloseEpoch, on_event)
+    }
+
+    /// The report so far: the JSON report's keys, amounts as `bigint`s. Throws `Busy` while a
+    /// stage runs.
+    #[napi(catch_unwind, ts_return_type = "Record<string, any>")]
+    pub fn report(&self) -> Result<ReportValue> {
+        error::guard(|| {
+            let v = serde_json::to_value(self.state()?.inner.report())
+                .map_err(|e| error::error(ErrorCode::Loop, "the report", Some(&e)))?;
+            Ok(ReportValue::from_json(v))
+        })
+    }
+
+    /// The report so far as indented JSON (amounts as decimal strings). Throws `Busy` while a
+    /// stage runs.
+    #[napi(catch_unwind)]
+    pub fn report_json(&self) -> Result<String> {
+        error::guard(|| Ok(self.state()?.inner.report().to_json()))
+    }
+}

@@ -1,0 +1,287 @@
+//! The Payable-AI loop end to end, on embedded defaults: a datanet of drug facts from five
+//! contributors (one of whom submits re-worded copies of her records) is published on an
+//! embedded EVM with a training grant; three adapters are fine-tuned on it and registered with
+//! their training-log heads and fees; ten requests for the three adapters are served in one
+//! mixed batch, streaming; every answer is attributed (training influence + RAG citations),
+//! receipted (EIP-712) and paid on chain; the epoch closes into a Merkle root every contributor
+//! claims from, checked to the wei.
+//!
+//! `cargo run --release --example payable_ai -- [--quick] [--report FILE] [--work-dir DIR]`
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use openledger::payable::{LoopConfig, LoopEvent, PayableAi, Report};
+
+type Error = Box<dyn std::error::Error>;
+
+struct Args {
+    quick: bool,
+    report: PathBuf,
+    work_dir: PathBuf,
+}
+
+fn args() -> Result<Args, Error> {
+    let mut a = Args {
+        quick: false,
+        report: PathBuf::from("target/payable-ai/report.json"),
+        work_dir: PathBuf::from("target/payable-ai"),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--quick" => a.quick = true,
+            "--report" => a.report = PathBuf::from(value()?),
+            "--work-dir" => a.work_dir = PathBuf::from(value()?),
+            "-h" | "--help" => {
+                println!("payable_ai [--quick] [--report FILE] [--work-dir DIR]");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other:?} (try --help)").into()),
+        }
+    }
+    Ok(a)
+}
+
+/// Draws progress bars and the streaming answers: on a terminal, bars redraw in place and each
+/// request's line grows as its tokens arrive; otherwise each bar prints once, when complete, and
+/// the answers appear in the summary.
+struct Screen {
+    tty: bool,
+    bar_open: bool,
+    prompts: Vec<(String, String)>,
+    lines: Vec<String>,
+    drawn: bool,
+}
+
+impl Screen {
+    fn new(prompts: Vec<(String, String)>) -> Self {
+        Self {
+            tty: std::io::stderr().is_terminal() && std::io::stdout().is_terminal(),
+            bar_open: false,
+            lines: prompts
+                .iter()
+                .enumerate()
+                .map(|(i, (adapter, prompt))| format!("  #{i:<2} {adapter:<16} {prompt:<28} →"))
+                .collect(),
+            prompts,
+            drawn: false,
+        }
+    }
+
+    fn event(&mut self, e: &LoopEvent) {
+        match e {
+            LoopEvent::Stage { name } => {
+                self.close_bar();
+                if name == "attribute-and-pay" && !self.drawn {
+                    // Not a terminal: the streamed answers, once complete.
+                    for l in &self.lines {
+                        println!("{l}");
+                    }
+                }
+                println!("\n== {name}");
+                if name == "serve" && self.tty {
+                    for l in &self.lines {
+                        println!("{l}");
+                    }
+                    self.drawn = true;
+                }
+            }
+            LoopEvent::Progress {
+                item,
+                done,
+                total,
+                loss,
+                ..
+            } => {
+                if !self.tty && done < total {
+                    return;
+                }
+                const W: usize = 28;
+                let filled = W * done / (*total).max(1);
+                let loss = loss.map_or(String::new(), |l| format!("  loss {l:7.4}"));
+                eprint!(
+                    "\r  [{}{}] {done:>4}/{total:<4} {item}{loss}   ",
+                    "#".repeat(filled),
+                    ".".repeat(W - filled)
+                );
+                let _ = std::io::stderr().flush();
+                self.bar_open = true;
+                if done == total {
+                    self.close_bar();
+                }
+            }
+            LoopEvent::Token { request, text, .. } => {
+                let Some(line) = self.lines.get_mut(*request) else {
+                    return;
+                };
+                line.push(' ');
+                line.push_str(text);
+                if self.drawn {
+                    // Up to the request's line, rewrite it, back down.
+                    let up = self.prompts.len() - request;
+                    print!("\x1b[{up}A\r\x1b[2K{line}\x1b[{up}B\r");
+                    let _ = std::io::stdout().flush();
+                }
+            }
+        }
+    }
+
+    fn close_bar(&mut self) {
+        if self.bar_open {
+            eprintln!();
+            self.bar_open = false;
+        }
+    }
+}
+
+fn short(h: impl std::fmt::Display) -> String {
+    let s = h.to_string();
+    format!("{}…{}", &s[..10], &s[s.len() - 6..])
+}
+
+fn summary(r: &Report) {
+    if let Some(d) = &r.datanet {
+        println!(
+            "\ndatanet {:?} id {} v{}: {} records from {} contributors, root {}; {} near-duplicate clusters, {} distinct records",
+            d.name,
+            d.id,
+            d.version,
+            d.records,
+            d.contributors.len(),
+            short(d.root),
+            d.near_duplicate_clusters.len(),
+            d.distinct_records
+        );
+    }
+    println!(
+        "\n{:<17} {:>5} {:>7} {:>15} {:>7} {:>14} {:>14} {:>22}",
+        "adapter", "rank", "params", "loss", "recall", "log head", "artifact", "fee (wei)"
+    );
+    for a in &r.adapters {
+        println!(
+            "{:<17} {:>5} {:>7} {:>7.3}→{:<7.3} {:>6.0}% {:>14} {:>14} {:>22}",
+            a.name,
+            format!("{}{}", a.rank, if a.dora { "D" } else { "" }),
+            a.parameters,
+            a.first_loss,
+            a.last_loss,
+            100.0 * a.recall,
+            short(a.training_log_head),
+            short(a.artifact_hash),
+            a.fee_wei
+        );
+    }
+    if let Some(s) = &r.serving {
+        println!(
+            "\nserved {} requests for {} adapters in {} engine steps; the first step ran all {} sequences as one mixed batch",
+            s.requests, s.adapters, s.engine_steps, s.first_step_sequences
+        );
+    }
+    println!(
+        "\n{:<3} {:<17} {:<30} {:<30} {:<28} {:>20}",
+        "#", "adapter", "prompt", "answer", "top citation", "data pool (wei)"
+    );
+    for q in &r.requests {
+        let cite = q.citations.first().map_or(String::new(), |c| {
+            format!("{} ({:.0}%)", r.name_of(c.contributor), 100.0 * c.share)
+        });
+        println!(
+            "{:<3} {:<17} {:<30} {:<30} {:<28} {:>20}",
+            q.index, q.adapter, q.prompt, q.answer, cite, q.data_pool_wei
+        );
+    }
+    if let Some(e) = &r.epoch {
+        println!(
+            "\nepoch {}: pool {} wei, root {} posted; claims:",
+            e.number,
+            e.pool_wei,
+            short(e.root)
+        );
+        println!(
+            "{:<10} {:>7} {:>22} {:>22} {:>22} {:>22}  balance = claim",
+            "contributor",
+            "records",
+            "claimed (wei)",
+            "balance (wei)",
+            "before splitting",
+            "no clustering",
+        );
+        for c in &e.contributors {
+            println!(
+                "{:<10} {:>7} {:>22} {:>22} {:>22} {:>22}  {}",
+                c.name,
+                c.records,
+                c.claimed_wei,
+                c.balance_wei,
+                c.before_splitting_wei.as_deref().unwrap_or("-"),
+                c.without_clustering_wei.as_deref().unwrap_or("-"),
+                if c.matches { "✔" } else { "✘" }
+            );
+        }
+        for (_, name, amount) in &e.withdrawn {
+            println!("withdrawn by {name}: {amount} wei");
+        }
+        println!(
+            "left in the contracts: rewards {} wei, payments {} wei; every balance to the wei: {}",
+            e.rewards_left_wei,
+            e.payments_left_wei,
+            if e.claims_match { "✔" } else { "✘" }
+        );
+        if let Some(n) = &e.near_duplicates {
+            println!(
+                "near-duplicates: {} earned {} wei with her copies, {} wei without them ({}), {} wei if copies were not clustered",
+                n.name,
+                n.paid_wei,
+                n.before_splitting_wei,
+                if n.holds { "no more ✔" } else { "MORE ✘" },
+                n.without_clustering_wei
+            );
+        }
+    }
+    let secs: Vec<String> = r
+        .seconds
+        .iter()
+        .map(|(k, v)| format!("{k} {v:.1}s"))
+        .collect();
+    println!("\ntime: {}", secs.join(", "));
+}
+
+fn main() -> Result<(), Error> {
+    let a = args()?;
+    let config = if a.quick {
+        LoopConfig::quick(a.work_dir.clone())
+    } else {
+        LoopConfig::standard(a.work_dir.clone())
+    };
+    let started = Instant::now();
+    let mut screen = Screen::new(
+        config
+            .requests
+            .iter()
+            .map(|r| (r.adapter.clone(), r.prompt.clone()))
+            .collect(),
+    );
+    let report = PayableAi::run(config, &mut |e| screen.event(e))?;
+    screen.close_bar();
+    summary(&report);
+    if let Some(dir) = a.report.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&a.report, report.to_json())?;
+    println!(
+        "report: {} ({:.1} s in all)",
+        a.report.display(),
+        started.elapsed().as_secs_f64()
+    );
+    let e = report.epoch.as_ref().ok_or("the epoch did not close")?;
+    if !e.claims_match {
+        return Err("a balance does not match its claim".into());
+    }
+    if e.near_duplicates.as_ref().is_some_and(|n| !n.holds) {
+        return Err("the near-duplicate contributor earned more than before splitting".into());
+    }
+    Ok(())
+}

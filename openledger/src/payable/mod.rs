@@ -1,0 +1,836 @@
+//! The Payable-AI loop, end to end, on one machine: a datanet is published and a training grant
+//! approved on chain; adapters are fine-tuned on it and registered with their training-log heads
+//! and fees; a mixed batch of requests for different adapters is served with streaming; every
+//! answer is attributed (influence from the gradients recorded during fine-tuning, and RAG
+//! citations over the datanet), a receipt is signed (EIP-712) and the inference paid on chain;
+//! the epoch closes into a Merkle root that every contributor claims from, checked to the wei.
+//!
+//! [`PayableAi`] runs the loop a stage at a time (so a caller can show each stage's output) and
+//! [`PayableAi::run`] runs all of it. Everything happens in process: the chain is an
+//! [`EmbeddedChain`] running the real contract bytecode, the base model a small random LLaMA
+//! made from a seed, the data the shipped [`DRUG_FACTS_JSONL`] (or any JSONL datanet whose
+//! records carry a `prompt` and `response` in their metadata, or `prompt => response` content).
+//!
+//! Near-duplicates: records are clustered by MinHash and only the first record of each cluster
+//! is trained on and cited (later copies add no information, and would pay their contributor
+//! again), so a contributor who splits a record into re-worded copies earns no more than with the
+//! record alone. With [`LoopConfig::counterfactual`] the loop measures that: it attributes the
+//! same answers as the datanet before splitting ([`LoopConfig::before_splitting_jsonl`]) would
+//! have them — training again when the clustering did not keep exactly its records — and as
+//! adapters trained on every record with no clustering would, and reports what each contributor
+//! would have earned.
+//!
+//! ```no_run
+//! use openledger::payable::{LoopConfig, PayableAi};
+//!
+//! let config = LoopConfig::standard("target/payable-ai".into());
+//! let report = PayableAi::run(config, &mut |event| println!("{event:?}"))?;
+//! assert!(report.epoch.as_ref().is_some_and(|e| e.claims_match));
+//! # Ok::<(), openledger::payable::LoopError>(())
+//! ```
+
+mod report;
+mod serving;
+mod settle;
+mod train;
+mod vocab;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use alloy_primitives::keccak256;
+use alloy_sol_types::SolValue;
+use openledger_chain::ChainError;
+use openledger_chain::bindings::{
+    AttributionRewards, DatanetRegistry, InferencePayments, ModelRegistry, TestToken,
+};
+use openledger_chain::claims::EpochClaims;
+use openledger_chain::deploy::{DeployConfig, Deployment};
+use openledger_chain::evm::{EmbeddedChain, TxOutcome};
+use openledger_chain::receipt::{AttributionReceipt, OperatorSigner, weights_hash};
+use openledger_core::datanet::{Datanet, DatanetError};
+use openledger_core::{Address, B256, ContentId, U256};
+use openledger_lora::adapter::LoraAdapter;
+use openledger_lora::model::{ModelError, PagedModel};
+use openledger_lora::pool::AdapterId;
+use openledger_lora::serve::{
+    AllReady, Engine, EngineConfig, EngineError, Event, FinishReason, KvDtype, Preemption, Request,
+    SamplingParams,
+};
+use openledger_lora::train::{
+    Example, LoraSettings, RandomLlama, TrainConfig, TrainError, TrainEvent, Trainer,
+};
+use openledger_poa::PoaError;
+use openledger_poa::quality::{
+    ClusterShare, Clusters, MinHashConfig, Shingle, cluster_near_duplicates, cluster_rewards,
+};
+use openledger_poa::rag::{Embedder, RagIndex, RelevanceWeighting, Similarity, relevance_weights};
+use openledger_poa::record::{AttributionMethod, AttributionRecord, Epoch};
+use openledger_poa::split::SplitPolicy;
+use thiserror::Error;
+
+use crate::attribution::{
+    AttributionError, CheckpointParams, FeatureSpace, InfluenceIndex, Method,
+    checkpoint_parameters, tracin_weights,
+};
+use crate::provenance::{ModelRegistration, ProvenanceError, grants_from_chain, register_model};
+
+pub use report::{
+    AdapterReport, ContributorReport, DatanetReport, EpochReport, NearDuplicateCheck, Report,
+    RequestReport, ServingReport, Share, wei,
+};
+pub use vocab::{HashingEmbedder, Vocab};
+
+/// The shipped datanet: 20 drugs × 3 questions from five contributors, the fifth of whom also
+/// submits two re-worded copies of each of her records (`scripts/make_drug_facts.py`).
+pub const DRUG_FACTS_JSONL: &str = include_str!("../../data/drug-facts.jsonl");
+
+/// Coordinates of the RAG index's hashing embedder.
+const EMBED_DIM: usize = 1024;
+
+/// The lines of a JSONL datanet whose record metadata has no `copy_of` field: for the shipped
+/// datanet, the records as they were before erin re-worded copies of hers.
+pub fn without_copies(jsonl: &str) -> String {
+    jsonl
+        .lines()
+        .filter(|line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .map(|v| v["metadata"].get("copy_of").is_none())
+                .unwrap_or(true)
+        })
+        .map(|line| format!("{line}\n"))
+        .collect()
+}
+
+/// Why the loop stopped. Nothing on chain is rolled back (each transaction either succeeded or
+/// changed nothing); the error names the stage and what it refused.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum LoopError {
+    /// The datanet refused its input.
+    #[error("datanet: {0}")]
+    Datanet(#[from] DatanetError),
+    /// A record carries no prompt and response.
+    #[error(
+        "record {index} ({content:?}) has neither metadata prompt/response nor `prompt => response` content"
+    )]
+    RecordShape {
+        /// Record index in the datanet.
+        index: usize,
+        /// The start of its content.
+        content: String,
+    },
+    /// The configuration is unusable.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// A chain call failed or reverted.
+    #[error("chain: {0}")]
+    Chain(#[from] ChainError),
+    /// A transaction reverted.
+    #[error("{call} reverted: {reason}")]
+    Reverted {
+        /// The call.
+        call: String,
+        /// The decoded reason.
+        reason: String,
+    },
+    /// Reading grants or registering a model failed.
+    #[error(transparent)]
+    Provenance(#[from] ProvenanceError),
+    /// The training log does not verify.
+    #[error("training log: {0}")]
+    TrainLog(#[from] openledger_core::trainlog::TrainLogError),
+    /// Training refused.
+    #[error("fine-tuning: {0}")]
+    Train(#[from] TrainError),
+    /// Influence scoring refused.
+    #[error("attribution: {0}")]
+    Attribution(#[from] AttributionError),
+    /// Splits, clustering or RAG refused.
+    #[error("proof of attribution: {0}")]
+    Poa(#[from] PoaError),
+    /// The serving model refused.
+    #[error("model: {0}")]
+    Model(Box<ModelError>),
+    /// The serving engine failed.
+    #[error("engine: {0}")]
+    Engine(#[from] EngineError),
+    /// A request failed.
+    #[error("request {index} ({adapter}): {reason}")]
+    Request {
+        /// Request index.
+        index: usize,
+        /// Its adapter.
+        adapter: String,
+        /// Why.
+        reason: String,
+    },
+    /// A stage ran before the one it needs.
+    #[error("{stage} needs {needs} first")]
+    OutOfOrder {
+        /// The stage called.
+        stage: &'static str,
+        /// The stage it needs.
+        needs: &'static str,
+    },
+    /// An amount did not add up (a bug, reported rather than paid).
+    #[error("accounting: {0}")]
+    Accounting(String),
+    /// Writing the work folder failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+impl From<ModelError> for LoopError {
+    fn from(e: ModelError) -> Self {
+        Self::Model(Box::new(e))
+    }
+}
+
+/// Result of the loop's stages.
+pub type Result<T, E = LoopError> = std::result::Result<T, E>;
+
+/// One adapter to fine-tune and register.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdapterPlan {
+    /// Its name (requests name it; the model id is `keccak256("openledger:model:" + name)`).
+    pub name: String,
+    /// Modules to adapt (`"all-linear"`, `"q_proj"`, ...).
+    pub targets: Vec<String>,
+    /// LoRA rank.
+    pub rank: usize,
+    /// LoRA alpha.
+    pub alpha: f64,
+    /// Weight-decomposed LoRA.
+    pub use_dora: bool,
+    /// Fee per call, in wei of the payment token.
+    pub fee: U256,
+    /// Training seed.
+    pub seed: u64,
+}
+
+impl AdapterPlan {
+    /// LoRA of rank `rank` (alpha `2·rank`) on every linear layer.
+    pub fn lora(name: &str, rank: usize, fee: U256, seed: u64) -> Self {
+        Self {
+            name: name.into(),
+            targets: vec!["all-linear".into()],
+            rank,
+            alpha: 2.0 * rank as f64,
+            use_dora: false,
+            fee,
+            seed,
+        }
+    }
+}
+
+/// One request: an adapter by name and a prompt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestPlan {
+    /// The adapter's name.
+    pub adapter: String,
+    /// The prompt text.
+    pub prompt: String,
+}
+
+/// Everything the loop runs on.
+#[derive(Clone, Debug)]
+pub struct LoopConfig {
+    /// The datanet's name.
+    pub datanet_name: String,
+    /// Its records as JSONL (`content`, `contributor`, `license`, optional `metadata`).
+    pub datanet_jsonl: String,
+    /// The base model's shape (its vocabulary is set from the datanet).
+    pub base: RandomLlama,
+    /// The base model's seed.
+    pub base_seed: u64,
+    /// Adapters to fine-tune, register and serve.
+    pub adapters: Vec<AdapterPlan>,
+    /// Optimizer steps per adapter.
+    pub steps: usize,
+    /// Examples per step.
+    pub batch_size: usize,
+    /// Peak learning rate.
+    pub learning_rate: f64,
+    /// Checkpoints kept for influence (evenly spaced, the last at the final step).
+    pub checkpoints: usize,
+    /// Requests served in one mixed batch.
+    pub requests: Vec<RequestPlan>,
+    /// Longest answer.
+    pub max_new_tokens: usize,
+    /// Share of each inference's data pool paid by training influence, in basis points; the
+    /// rest is paid by RAG citations.
+    pub influence_bps: u16,
+    /// Citations per answer.
+    pub rag_top_k: usize,
+    /// Softmax temperature turning citation relevance into weights.
+    pub rag_temperature: f64,
+    /// How near-duplicates are found.
+    pub near_duplicates: MinHashConfig,
+    /// Report what contributors would have earned from the datanet before splitting and with
+    /// no near-duplicate clustering (each adapter is trained again on every record).
+    pub counterfactual: bool,
+    /// The datanet as it was before its near-duplicate copies were submitted (JSONL), for the
+    /// counterfactual; its records must all be in the datanet.
+    pub before_splitting_jsonl: Option<String>,
+    /// Where adapters and feature stores are written.
+    pub work_dir: PathBuf,
+}
+
+impl LoopConfig {
+    /// The shipped datanet, three adapters (LoRA r8 and DoRA r4 on every linear layer, LoRA r16
+    /// on the MLP)
+    /// on a 2-layer random LLaMA, ten requests, the counterfactual on.
+    pub fn standard(work_dir: PathBuf) -> Self {
+        let milli = |m: u64| U256::from(m) * U256::from(1_000_000_000_000_000u64);
+        let mut dora = AdapterPlan::lora("pharma-dora-r4", 4, milli(3) + U256::from(1), 12);
+        dora.use_dora = true;
+        let mut mlp = AdapterPlan::lora("pharma-mlp-r16", 16, milli(1) + U256::from(7), 13);
+        mlp.targets = ["gate_proj", "up_proj", "down_proj"]
+            .map(String::from)
+            .to_vec();
+        let request = |adapter: &str, prompt: &str| RequestPlan {
+            adapter: adapter.into(),
+            prompt: prompt.into(),
+        };
+        Self {
+            datanet_name: "drug-facts".into(),
+            datanet_jsonl: DRUG_FACTS_JSONL.into(),
+            base: RandomLlama {
+                vocab: 0,
+                hidden: 64,
+                intermediate: 128,
+                layers: 2,
+                heads: 4,
+                kv_heads: 2,
+            },
+            base_seed: 5,
+            adapters: vec![
+                AdapterPlan::lora("pharma-lora-r8", 8, milli(2) + U256::from(3), 11),
+                dora,
+                mlp,
+            ],
+            steps: 300,
+            batch_size: 16,
+            learning_rate: 1e-2,
+            checkpoints: 3,
+            requests: vec![
+                request("pharma-lora-r8", "what does aspirin treat"),
+                request("pharma-dora-r4", "how does metformin work"),
+                request("pharma-mlp-r16", "what class is omeprazole"),
+                request("pharma-lora-r8", "what does sertraline treat"),
+                request("pharma-dora-r4", "what class is warfarin"),
+                request("pharma-mlp-r16", "how does prednisone work"),
+                request("pharma-lora-r8", "what does allopurinol treat"),
+                request("pharma-dora-r4", "how does donepezil work"),
+                request("pharma-mlp-r16", "what class is sumatriptan"),
+                request("pharma-lora-r8", "what does ondansetron treat"),
+            ],
+            max_new_tokens: 8,
+            influence_bps: 5_000,
+            rag_top_k: 3,
+            rag_temperature: 0.1,
+            near_duplicates: MinHashConfig {
+                shingle: Shingle::Chars(5),
+                bands: 32,
+                rows: 4,
+                threshold: 0.5,
+                seed: 0x6d69_6e68,
+            },
+            counterfactual: true,
+            before_splitting_jsonl: Some(without_copies(DRUG_FACTS_JSONL)),
+            work_dir,
+        }
+    }
+
+    /// A smaller run for tests: two adapters, 200 steps, four requests.
+    pub fn quick(work_dir: PathBuf) -> Self {
+        let mut c = Self::standard(work_dir);
+        c.adapters.truncate(2);
+        c.steps = 200;
+        c.requests = c
+            .requests
+            .into_iter()
+            .filter(|r| c.adapters.iter().any(|a| a.name == r.adapter))
+            .take(4)
+            .collect();
+        c
+    }
+}
+
+/// What the loop reports while it runs.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum LoopEvent {
+    /// A stage started.
+    Stage {
+        /// `"datanet"`, `"fine-tune"`, `"serve"`, `"attribute-and-pay"`, `"epoch"`.
+        name: String,
+    },
+    /// Progress within a stage.
+    Progress {
+        /// The stage.
+        stage: String,
+        /// What is being worked on (an adapter, a request).
+        item: String,
+        /// Units done.
+        done: usize,
+        /// Units in all.
+        total: usize,
+        /// The training loss, while fine-tuning.
+        loss: Option<f64>,
+    },
+    /// A token of a served answer, as soon as it is sampled.
+    Token {
+        /// The request's index.
+        request: usize,
+        /// Its adapter.
+        adapter: String,
+        /// The word.
+        text: String,
+    },
+}
+
+/// The chain accounts the loop acts as (dev accounts of the embedded chain).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Accounts {
+    datanet_owner: Address,
+    payer: Address,
+    relayer: Address,
+    model_owners: [Address; 3],
+}
+
+/// One training record: where it sits in the datanet and its prompt and answer.
+#[derive(Clone, Debug)]
+struct Item {
+    index: usize,
+    prompt: String,
+    response: String,
+}
+
+/// A fine-tuned adapter with the influence index of its training records.
+struct Tuned {
+    trainer: Trainer,
+    index: InfluenceIndex,
+    /// Datanet record index of each training example.
+    records: Vec<usize>,
+}
+
+struct Served {
+    adapter: usize,
+    prompt: Vec<u32>,
+    answer: Vec<u32>,
+}
+
+/// The loop's state, stage by stage.
+pub struct PayableAi {
+    config: LoopConfig,
+    chain: EmbeddedChain,
+    deployment: Deployment,
+    deploy_config: DeployConfig,
+    operator: OperatorSigner,
+    accounts: Accounts,
+    datanet: Datanet,
+    items: Vec<Item>,
+    vocab: Vocab,
+    shape: RandomLlama,
+    datanet_id: U256,
+    version: u64,
+    clusters: Option<Clusters>,
+    /// Records trained on and cited: the first record of each near-duplicate cluster.
+    kept: Vec<usize>,
+    /// Records of the datanet as it was before splitting (when given).
+    before: Option<Vec<usize>>,
+    rag: Option<RagIndex>,
+    rag_all: Option<RagIndex>,
+    rag_before: Option<RagIndex>,
+    tuned: Vec<Tuned>,
+    /// Adapters trained on the datanet before splitting, when that is another training set.
+    before_tuned: Vec<Tuned>,
+    /// Adapters trained on every record, copies included (no clustering).
+    naive: Vec<Tuned>,
+    model_ids: Vec<B256>,
+    served: Vec<Served>,
+    epochs: Option<[Epoch; 3]>,
+    report: Report,
+}
+
+fn revert(call: &str, out: &TxOutcome) -> LoopError {
+    LoopError::Reverted {
+        call: call.into(),
+        reason: format!(
+            "{:?}",
+            openledger_chain::abi::decode_revert_any(&out.output)
+        ),
+    }
+}
+
+fn send<C: alloy_sol_types::SolCall>(
+    chain: &mut EmbeddedChain,
+    from: Address,
+    to: Address,
+    call: &C,
+    name: &str,
+) -> Result<TxOutcome> {
+    let out = chain.send(from, to, call)?;
+    if !out.is_success() {
+        return Err(revert(name, &out));
+    }
+    Ok(out)
+}
+
+fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> LoopError + '_ {
+    move |source| LoopError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl PayableAi {
+    /// Deploys the contracts on a fresh embedded chain, funds the payer and reads the datanet
+    /// (nothing is published yet).
+    pub fn new(config: LoopConfig) -> Result<Self> {
+        if config.adapters.is_empty() || config.requests.is_empty() {
+            return Err(LoopError::Config(
+                "at least one adapter and one request are needed".into(),
+            ));
+        }
+        if config.influence_bps > 10_000 {
+            return Err(LoopError::Config(format!(
+                "influence_bps {} is above 10000",
+                config.influence_bps
+            )));
+        }
+        if config.steps == 0 || config.checkpoints == 0 || config.checkpoints > config.steps {
+            return Err(LoopError::Config(format!(
+                "steps {} and checkpoints {} must satisfy 1 <= checkpoints <= steps",
+                config.steps, config.checkpoints
+            )));
+        }
+        for r in &config.requests {
+            if !config.adapters.iter().any(|a| a.name == r.adapter) {
+                return Err(LoopError::Config(format!(
+                    "request {:?} names adapter {:?}, which is not planned",
+                    r.prompt, r.adapter
+                )));
+            }
+        }
+        let mut names: Vec<&str> = config.adapters.iter().map(|a| a.name.as_str()).collect();
+        names.sort_unstable();
+        if names.windows(2).any(|w| w[0] == w[1]) {
+            return Err(LoopError::Config("adapter names must be distinct".into()));
+        }
+        let mut datanet = Datanet::new(config.datanet_name.clone());
+        datanet.import_jsonl(config.datanet_jsonl.as_bytes())?;
+        let items = datanet
+            .records()
+            .iter()
+            .enumerate()
+            .map(|(index, r)| {
+                let field = |k: &str| r.metadata.get(k).and_then(|v| v.as_str());
+                let (prompt, response) = match (field("prompt"), field("response")) {
+                    (Some(p), Some(a)) => (p.to_string(), a.to_string()),
+                    _ => match r.content.split_once(" => ") {
+                        Some((p, a)) => (p.to_string(), a.to_string()),
+                        None => {
+                            return Err(LoopError::RecordShape {
+                                index,
+                                content: r.content.chars().take(60).collect(),
+                            });
+                        }
+                    },
+                };
+                if prompt.trim().is_empty() || response.trim().is_empty() {
+                    return Err(LoopError::RecordShape {
+                        index,
+                        content: r.content.chars().take(60).collect(),
+                    });
+                }
+                Ok(Item {
+                    index,
+                    prompt,
+                    response,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if items.is_empty() {
+            return Err(LoopError::Config("the datanet has no records".into()));
+        }
+        let vocab = Vocab::from_texts(
+            items
+                .iter()
+                .flat_map(|i| [i.prompt.as_str(), i.response.as_str()])
+                .chain(config.requests.iter().map(|r| r.prompt.as_str())),
+        );
+        let mut shape = config.base;
+        shape.vocab = vocab.len();
+
+        let mut chain = EmbeddedChain::new(31337);
+        let deploy_config = DeployConfig::dev(&chain);
+        let deployment = Deployment::deploy(&mut chain, &deploy_config)?;
+        let operator = OperatorSigner::new(chain.dev_account(2).key.clone());
+        let accounts = Accounts {
+            datanet_owner: chain.dev_account(4).address,
+            payer: chain.dev_account(5).address,
+            model_owners: [
+                chain.dev_account(6).address,
+                chain.dev_account(7).address,
+                chain.dev_account(8).address,
+            ],
+            relayer: chain.dev_account(9).address,
+        };
+        let budget: U256 = config
+            .requests
+            .iter()
+            .map(|r| {
+                config
+                    .adapters
+                    .iter()
+                    .find(|a| a.name == r.adapter)
+                    .map_or(U256::ZERO, |a| a.fee)
+            })
+            .sum();
+        let (payer, token, payments) = (accounts.payer, deployment.token, deployment.payments);
+        send(
+            &mut chain,
+            payer,
+            token,
+            &TestToken::mintCall {
+                to: payer,
+                amount: budget,
+            },
+            "mint",
+        )?;
+        send(
+            &mut chain,
+            payer,
+            token,
+            &TestToken::approveCall {
+                spender: payments,
+                value: budget,
+            },
+            "approve",
+        )?;
+        let report = Report::new(&chain, &deployment, &deploy_config);
+        Ok(Self {
+            config,
+            chain,
+            deployment,
+            deploy_config,
+            operator,
+            accounts,
+            datanet,
+            items,
+            vocab,
+            shape,
+            datanet_id: U256::ZERO,
+            version: 0,
+            clusters: None,
+            kept: Vec::new(),
+            before: None,
+            rag: None,
+            rag_all: None,
+            rag_before: None,
+            tuned: Vec::new(),
+            before_tuned: Vec::new(),
+            naive: Vec::new(),
+            model_ids: Vec::new(),
+            served: Vec::new(),
+            epochs: None,
+            report,
+        })
+    }
+
+    /// The whole loop: every stage in order, then the report.
+    pub fn run(config: LoopConfig, on: &mut dyn FnMut(&LoopEvent)) -> Result<Report> {
+        let mut l = Self::new(config)?;
+        l.publish_datanet(on)?;
+        l.fine_tune(on)?;
+        l.serve(on)?;
+        l.attribute_and_pay(on)?;
+        l.close_epoch(on)?;
+        Ok(l.report)
+    }
+
+    /// The report so far.
+    pub fn report(&self) -> &Report {
+        &self.report
+    }
+
+    /// The embedded chain (read balances, replay calls).
+    pub fn chain(&mut self) -> &mut EmbeddedChain {
+        &mut self.chain
+    }
+
+    /// The deployed contracts.
+    pub fn deployment(&self) -> &Deployment {
+        &self.deployment
+    }
+
+    /// The datanet.
+    pub fn datanet(&self) -> &Datanet {
+        &self.datanet
+    }
+
+    /// Stage 1: commits the datanet, registers it and publishes the version on chain, finds
+    /// near-duplicates, indexes the records for RAG, and has each model owner request a
+    /// training grant that the datanet owner approves.
+    pub fn publish_datanet(&mut self, on: &mut dyn FnMut(&LoopEvent)) -> Result<&DatanetReport> {
+        let t = Instant::now();
+        on(&LoopEvent::Stage {
+            name: "datanet".into(),
+        });
+        if self.datanet_id != U256::ZERO {
+            return Err(LoopError::Config("the datanet is already published".into()));
+        }
+        let version = self.datanet.commit()?;
+        let registry = self.deployment.datanets;
+        let owner = self.accounts.datanet_owner;
+        let metadata = keccak256(self.config.datanet_jsonl.as_bytes());
+        let out = send(
+            &mut self.chain,
+            owner,
+            registry,
+            &DatanetRegistry::registerDatanetCall {
+                metadataHash: metadata,
+                uri: format!("openledger://datanets/{}", self.config.datanet_name),
+            },
+            "registerDatanet",
+        )?;
+        let id = out.returns::<DatanetRegistry::registerDatanetCall>()?;
+        let out = send(
+            &mut self.chain,
+            owner,
+            registry,
+            &DatanetRegistry::publishVersionCall {
+                datanetId: id,
+                recordsRoot: version.root,
+                recordCount: version.record_count as u64,
+            },
+            "publishVersion",
+        )?;
+        self.version = out.returns::<DatanetRegistry::publishVersionCall>()?;
+        self.datanet_id = id;
+        let n_owners = self.config.adapters.len().min(3);
+        for &who in &self.accounts.model_owners[..n_owners] {
+            send(
+                &mut self.chain,
+                who,
+                registry,
+                &DatanetRegistry::requestAccessCall {
+                    datanetId: id,
+                    purposeHash: keccak256("fine-tune: payable-ai"),
+                },
+                "requestAccess",
+            )?;
+            send(
+                &mut self.chain,
+                owner,
+                registry,
+                &DatanetRegistry::approveAccessCall {
+                    datanetId: id,
+                    requester: who,
+                },
+                "approveAccess",
+            )?;
+        }
+
+        let texts: Vec<&str> = self
+            .datanet
+            .records()
+            .iter()
+            .map(|r| r.content.as_str())
+            .collect();
+        let clusters = cluster_near_duplicates(&texts, &self.config.near_duplicates)?;
+        // Kept: the first record of each cluster; later copies are neither trained on nor
+        // cited (they add no information, and would pay their contributor again).
+        let mut first = vec![usize::MAX; texts.len()];
+        for (i, &c) in clusters.cluster_of.iter().enumerate() {
+            if first[c] == usize::MAX {
+                first[c] = i;
+            }
+        }
+        self.kept = (0..texts.len())
+            .filter(|&i| first[clusters.cluster_of[i]] == i)
+            .collect();
+        if self.config.counterfactual
+            && let Some(jsonl) = &self.config.before_splitting_jsonl
+        {
+            let mut before = Datanet::new("before splitting");
+            before.import_jsonl(jsonl.as_bytes())?;
+            let hashes: std::collections::HashSet<ContentId> =
+                before.records().iter().map(|r| r.hash).collect();
+            let idx: Vec<usize> = (0..texts.len())
+                .filter(|&i| hashes.contains(&self.datanet.records()[i].hash))
+                .collect();
+            if idx.len() != hashes.len() {
+                return Err(LoopError::Config(format!(
+                    "the datanet before splitting has {} records, {} of them in the datanet",
+                    hashes.len(),
+                    idx.len()
+                )));
+            }
+            self.before = Some(idx);
+        }
+        let embedder = HashingEmbedder::new(EMBED_DIM);
+        let index = |records: &[usize], on: &mut dyn FnMut(&LoopEvent)| -> Result<RagIndex> {
+            let mut rag = RagIndex::new(embedder.dim(), Similarity::Cosine)?;
+            for (done, &i) in records.iter().enumerate() {
+                let r = &self.datanet.records()[i];
+                rag.add(
+                    r.hash,
+                    r.contributor,
+                    &r.content,
+                    &embedder.embed(&r.content)?,
+                )?;
+                on(&LoopEvent::Progress {
+                    stage: "datanet".into(),
+                    item: "rag index".into(),
+                    done: done + 1,
+                    total: records.len(),
+                    loss: None,
+                });
+            }
+            Ok(rag)
+        };
+        let rag = index(&self.kept, on)?;
+        let all: Vec<usize> = (0..texts.len()).collect();
+        let (rag_all, rag_before) = if self.config.counterfactual {
+            let before = match &self.before {
+                Some(b) if *b != self.kept => Some(index(b, &mut |_| {})?),
+                _ => None,
+            };
+            (Some(index(&all, &mut |_| {})?), before)
+        } else {
+            (None, None)
+        };
+        for r in self.datanet.records() {
+            if let Some(name) = r.metadata.get("contributor_name").and_then(|v| v.as_str()) {
+                self.report.accounts.insert(r.contributor, name.to_string());
+            }
+        }
+        self.rag = Some(rag);
+        self.rag_all = rag_all;
+        self.rag_before = rag_before;
+        self.report.datanet = Some(DatanetReport::new(
+            &self.config.datanet_name,
+            &self.datanet,
+            id,
+            self.version,
+            &clusters,
+            self.kept.len(),
+            n_owners,
+        ));
+        self.clusters = Some(clusters);
+        self.report
+            .seconds
+            .insert("datanet".into(), t.elapsed().as_secs_f64());
+        Ok(self.report.datanet.as_ref().expect("just set"))
+    }
+}

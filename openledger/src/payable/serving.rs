@@ -1,0 +1,145 @@
+//! Stage 3: the mixed batch, served with streaming.
+
+use super::*;
+
+impl PayableAi {
+    /// Stage 3: serves every request in one engine (continuous batching, paged KV cache), the
+    /// adapters attached side by side, so the first step is one mixed batch; each token is
+    /// reported as it is sampled.
+    pub fn serve(&mut self, on: &mut dyn FnMut(&LoopEvent)) -> Result<&[RequestReport]> {
+        let t = Instant::now();
+        on(&LoopEvent::Stage {
+            name: "serve".into(),
+        });
+        if self.tuned.is_empty() {
+            return Err(LoopError::OutOfOrder {
+                stage: "serve",
+                needs: "fine_tune",
+            });
+        }
+        if !self.served.is_empty() {
+            return Err(LoopError::Config("the requests are already served".into()));
+        }
+        let mut paged = PagedModel::new(self.shape.model(self.config.base_seed)?);
+        let mut ids = HashMap::new();
+        for (plan, tuned) in self.config.adapters.iter().zip(&self.tuned) {
+            let adapter: LoraAdapter = tuned.trainer.adapter()?;
+            let id = AdapterId::new(&plan.name).map_err(|e| LoopError::Config(e.to_string()))?;
+            paged.attach(id.clone(), &adapter)?;
+            ids.insert(plan.name.clone(), id);
+        }
+        let block = 16;
+        let n = self.config.requests.len();
+        let longest = self
+            .config
+            .requests
+            .iter()
+            .map(|r| self.vocab.prompt(&r.prompt).len())
+            .max()
+            .unwrap_or(1);
+        let max_context = (longest + self.config.max_new_tokens).next_multiple_of(block);
+        let config = EngineConfig {
+            kv_layout: paged.kv_layout(block),
+            num_blocks: n * max_context / block,
+            max_tokens_per_step: n * longest,
+            max_running: n,
+            max_context,
+            preemption: Preemption::Recompute,
+            kv_dtype: KvDtype::F32,
+        };
+        let mut engine = Engine::new(paged, AllReady, config)?;
+        let mut handles = Vec::with_capacity(n);
+        let mut prompts = Vec::with_capacity(n);
+        for r in &self.config.requests {
+            let prompt = self.vocab.prompt(&r.prompt);
+            prompts.push(prompt.clone());
+            handles.push(engine.submit(Request {
+                prompt,
+                adapter: Some(ids[&r.adapter].clone()),
+                sampling: SamplingParams {
+                    max_new_tokens: self.config.max_new_tokens,
+                    stop_tokens: vec![Vocab::EOS],
+                    ..SamplingParams::default()
+                },
+            }));
+        }
+        let mut answers: Vec<Vec<u32>> = vec![Vec::new(); n];
+        let mut done = vec![false; n];
+        let mut first_batch = 0;
+        let mut steps = 0;
+        while done.iter().any(|d| !d) {
+            let step = engine.step()?;
+            if steps == 0 {
+                first_batch = step.batch_seqs;
+            }
+            steps += 1;
+            for (i, h) in handles.iter().enumerate() {
+                for ev in h.drain() {
+                    match ev {
+                        Event::Token { token, .. } => {
+                            answers[i].push(token);
+                            if token != Vocab::EOS {
+                                on(&LoopEvent::Token {
+                                    request: i,
+                                    adapter: self.config.requests[i].adapter.clone(),
+                                    text: self.vocab.word(token).to_string(),
+                                });
+                            }
+                        }
+                        Event::Finished { reason, .. } => {
+                            // The stop token is not part of the output, but the model chose
+                            // it: the answer attributed is the one it was trained to give.
+                            if let FinishReason::StopToken(t) = reason {
+                                answers[i].push(t);
+                            }
+                            done[i] = true;
+                        }
+                        Event::Failed { error, .. } => {
+                            return Err(LoopError::Request {
+                                index: i,
+                                adapter: self.config.requests[i].adapter.clone(),
+                                reason: error.to_string(),
+                            });
+                        }
+                    }
+                }
+            }
+            if steps > 64 * (self.config.max_new_tokens + 1) {
+                return Err(LoopError::Config(
+                    "the engine stopped making progress".into(),
+                ));
+            }
+        }
+        for (i, (r, answer)) in self.config.requests.iter().zip(answers).enumerate() {
+            let adapter = self
+                .config
+                .adapters
+                .iter()
+                .position(|a| a.name == r.adapter)
+                .expect("checked in new");
+            self.report.requests.push(RequestReport::served(
+                i,
+                &r.adapter,
+                &r.prompt,
+                &self.vocab.decode(&answer),
+                answer.len(),
+            ));
+            self.served.push(Served {
+                adapter,
+                prompt: prompts[i].clone(),
+                answer,
+            });
+        }
+        self.report.serving = Some(ServingReport {
+            requests: n,
+            adapters: ids.len(),
+            engine_steps: steps,
+            first_step_sequences: first_batch,
+            seconds: t.elapsed().as_secs_f64(),
+        });
+        self.report
+            .seconds
+            .insert("serve".into(), t.elapsed().as_secs_f64());
+        Ok(&self.report.requests)
+    }
+}

@@ -1,0 +1,517 @@
+//! Stages 4 and 5: attribution, receipts and payments; the epoch, its root and the claims.
+
+use super::*;
+
+impl PayableAi {
+    /// Per-contributor weights of one answer: `(influence, rag, per-record influence, citations)`
+    /// for a trained adapter, a RAG index and the clusters of its records.
+    #[allow(clippy::type_complexity)]
+    fn weigh(
+        &self,
+        tuned: &mut Tuned,
+        rag: &RagIndex,
+        clusters: &Clusters,
+        served: &Served,
+    ) -> Result<(
+        Vec<(Address, f64)>,
+        Vec<(Address, f64)>,
+        Vec<Share>,
+        Vec<Share>,
+    )> {
+        let q = (served.prompt.clone(), served.answer.clone());
+        let features = tuned
+            .index
+            .featurize(&mut tuned.trainer, &[q], &mut |_| {})?;
+        let scores = tuned.index.scores(&features, Method::TracIn, &mut |_| {})?;
+        let row = &scores[0];
+        let records = self.datanet.records();
+        // Influence: helpful records only, clustered over the adapter's training records.
+        let contributors: Vec<Address> = tuned
+            .records
+            .iter()
+            .map(|&i| records[i].contributor)
+            .collect();
+        let local = Clusters {
+            cluster_of: tuned
+                .records
+                .iter()
+                .map(|&i| clusters.cluster_of[i])
+                .collect(),
+        };
+        let positive: Vec<f64> = row.iter().map(|&s| s.max(0.0)).collect();
+        let influence: Vec<(Address, f64)> = cluster_rewards(
+            &local,
+            &contributors,
+            &positive,
+            ClusterShare::PerContributor,
+        )?
+        .into_iter()
+        .filter(|w| w.1 > 0.0)
+        .collect();
+        let mut top: Vec<(usize, f64)> = positive.iter().copied().enumerate().collect();
+        top.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let total: f64 = positive.iter().sum();
+        let top_influence = top
+            .iter()
+            .take(3)
+            .filter(|t| t.1 > 0.0)
+            .map(|&(k, s)| {
+                let r = &records[tuned.records[k]];
+                Share::new(r.hash, r.contributor, &r.content, s / total)
+            })
+            .collect();
+        // RAG: the best record of each cluster, `rag_top_k` clusters.
+        let text = format!(
+            "{} {}",
+            self.vocab.decode(&served.prompt),
+            self.vocab.decode(&served.answer)
+        );
+        let embedder = HashingEmbedder::new(EMBED_DIM);
+        let hits = rag.search(&embedder.embed(&text)?, rag.len())?;
+        let index_of: HashMap<ContentId, usize> = records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.hash, i))
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        let cites: Vec<_> = hits
+            .into_iter()
+            .filter(|c| seen.insert(clusters.cluster_of[index_of[&c.record]]))
+            .take(self.config.rag_top_k)
+            .collect();
+        let rag_w = relevance_weights(
+            &cites,
+            RelevanceWeighting::Softmax {
+                temperature: self.config.rag_temperature,
+            },
+        )?;
+        let mut by_record: Vec<f64> = vec![0.0; cites.len()];
+        let z: f64 = cites
+            .iter()
+            .map(|c| (f64::from(c.score) / self.config.rag_temperature).exp())
+            .sum();
+        for (k, c) in cites.iter().enumerate() {
+            by_record[k] = (f64::from(c.score) / self.config.rag_temperature).exp() / z;
+        }
+        let citations = cites
+            .iter()
+            .zip(by_record)
+            .map(|(c, w)| Share::new(c.record, c.contributor, &c.snippet, w))
+            .collect();
+        Ok((influence, rag_w, top_influence, citations))
+    }
+
+    /// Splits one inference's data pool between an influence record and a RAG record (the
+    /// influence part is `influence_bps` of it, or nothing when no record helped).
+    fn pool_parts(
+        &self,
+        pool: U256,
+        id: B256,
+        model: B256,
+        influence: &[(Address, f64)],
+        rag: &[(Address, f64)],
+    ) -> Result<Vec<(AttributionRecord, U256)>> {
+        let mut parts = Vec::new();
+        let inf = if influence.is_empty() {
+            U256::ZERO
+        } else {
+            pool * U256::from(self.config.influence_bps) / U256::from(10_000u64)
+        };
+        let policy = SplitPolicy::default();
+        if !inf.is_zero() {
+            let r = AttributionRecord::from_scores(
+                id,
+                model,
+                Vec::new(),
+                AttributionMethod::TracIn,
+                influence,
+                &policy,
+            )?;
+            parts.push((r, inf));
+        }
+        let rest = pool - inf;
+        if !rest.is_zero() {
+            let r = AttributionRecord::from_scores(
+                id,
+                model,
+                Vec::new(),
+                AttributionMethod::RagRelevance,
+                rag,
+                &policy,
+            )?;
+            parts.push((r, rest));
+        }
+        Ok(parts)
+    }
+
+    /// Stage 4: attributes every answer (TracIn over the adapter's training checkpoints, RAG
+    /// citations), commits the attribution in an EIP-712 receipt the operator signs, and has
+    /// the payer pay the inference on chain; the data pool of each payment is split into the
+    /// epoch's contributor totals.
+    pub fn attribute_and_pay(
+        &mut self,
+        on: &mut dyn FnMut(&LoopEvent),
+    ) -> Result<&[RequestReport]> {
+        let t = Instant::now();
+        on(&LoopEvent::Stage {
+            name: "attribute-and-pay".into(),
+        });
+        if self.served.is_empty() {
+            return Err(LoopError::OutOfOrder {
+                stage: "attribute_and_pay",
+                needs: "serve",
+            });
+        }
+        if self.epochs.is_some() {
+            return Err(LoopError::Config("the requests are already paid".into()));
+        }
+        let epoch_no: u64 = self.chain.view(
+            self.deployment.payments,
+            &InferencePayments::currentEpochCall {},
+        )?;
+        let mut tuned = std::mem::take(&mut self.tuned);
+        let mut before = std::mem::take(&mut self.before_tuned);
+        let mut naive = std::mem::take(&mut self.naive);
+        let result = self.pay_all(&mut tuned, &mut before, &mut naive, epoch_no, on);
+        self.tuned = tuned;
+        self.before_tuned = before;
+        self.naive = naive;
+        let epochs = result?;
+        on(&LoopEvent::Progress {
+            stage: "attribute-and-pay".into(),
+            item: "done".into(),
+            done: self.served.len(),
+            total: self.served.len(),
+            loss: None,
+        });
+        self.epochs = Some(epochs);
+        self.report
+            .seconds
+            .insert("attribute-and-pay".into(), t.elapsed().as_secs_f64());
+        Ok(&self.report.requests)
+    }
+
+    /// Attributes and pays every served request; returns the epoch as paid, as it would be
+    /// without the near-duplicate copies, and as it would be without clustering.
+    fn pay_all(
+        &mut self,
+        tuned: &mut [Tuned],
+        before: &mut [Tuned],
+        naive: &mut [Tuned],
+        epoch_no: u64,
+        on: &mut dyn FnMut(&LoopEvent),
+    ) -> Result<[Epoch; 3]> {
+        let clusters = self.clusters.clone().expect("set with the datanet");
+        let singletons = Clusters {
+            cluster_of: (0..self.items.len()).collect(),
+        };
+        let rag = self.rag.clone().expect("set with the datanet");
+        let rag_all = self.rag_all.clone();
+        let rag_before = self.rag_before.clone();
+        let payments = self.deployment.payments;
+        let domain = self.deployment.receipt_domain(&self.chain);
+        // [with clustering (what is paid), without copies (before splitting), no clustering].
+        let mut epochs = [
+            Epoch::new(epoch_no),
+            Epoch::new(epoch_no),
+            Epoch::new(epoch_no),
+        ];
+        for i in 0..self.served.len() {
+            let s = &self.served[i];
+            let a = s.adapter;
+            on(&LoopEvent::Progress {
+                stage: "attribute-and-pay".into(),
+                item: self.config.requests[i].prompt.clone(),
+                done: i,
+                total: self.served.len(),
+                loss: None,
+            });
+            let (influence, rag_w, top, cites) = self.weigh(&mut tuned[a], &rag, &clusters, s)?;
+            let model = self.model_ids[a];
+            let inference_id = keccak256(
+                (
+                    U256::from(i),
+                    model,
+                    s.prompt.iter().map(|&t| U256::from(t)).collect::<Vec<_>>(),
+                    s.answer.iter().map(|&t| U256::from(t)).collect::<Vec<_>>(),
+                )
+                    .abi_encode_params(),
+            );
+            let (_, fee) = self
+                .chain
+                .view(
+                    self.deployment.models,
+                    &ModelRegistry::servingCall { modelId: model },
+                )
+                .map(|r| (r.owner, r.feePerCall))?;
+            let split = self
+                .chain
+                .view(payments, &InferencePayments::splitCall { amount: fee })?;
+            let parts =
+                self.pool_parts(split.dataShare, inference_id, model, &influence, &rag_w)?;
+            let receipt = AttributionReceipt {
+                inferenceId: inference_id,
+                modelId: model,
+                adapterIds: Vec::new(),
+                payer: self.accounts.payer,
+                amount: fee,
+                epoch: epoch_no,
+                weightsHash: weights_hash(
+                    &parts
+                        .iter()
+                        .map(|(r, amount)| (r.id().0, *amount))
+                        .collect::<Vec<_>>(),
+                ),
+            };
+            let signature = self.operator.sign(&receipt, &domain)?;
+            let out = send(
+                &mut self.chain,
+                self.accounts.payer,
+                payments,
+                &Deployment::pay_call(receipt.clone(), &signature),
+                "payForInference",
+            )?;
+            let paid = out
+                .events::<InferencePayments::InferencePaid>()
+                .into_iter()
+                .next()
+                .ok_or_else(|| LoopError::Accounting("no InferencePaid event".into()))?;
+            if paid.dataShare != split.dataShare
+                || paid.ownerShare + paid.protocolShare + paid.dataShare != fee
+            {
+                return Err(LoopError::Accounting(format!(
+                    "inference {i}: the contract split {fee} as {} + {} + {}",
+                    paid.ownerShare, paid.protocolShare, paid.dataShare
+                )));
+            }
+            for (record, amount) in &parts {
+                epochs[0].add(record, *amount)?;
+            }
+            // The same answer, attributed as the datanet before splitting would have it (the
+            // same adapters when the clustering kept exactly its records), and with no
+            // clustering at all.
+            if self.config.counterfactual {
+                let add = |e: &mut Epoch, inf: &[(Address, f64)], rw: &[(Address, f64)]| {
+                    for (record, amount) in
+                        self.pool_parts(split.dataShare, inference_id, model, inf, rw)?
+                    {
+                        e.add(&record, amount)?;
+                    }
+                    Ok::<(), LoopError>(())
+                };
+                match (before.get_mut(a), &rag_before) {
+                    (Some(b), Some(rb)) => {
+                        let (inf, rw, _, _) = self.weigh(b, rb, &singletons, s)?;
+                        add(&mut epochs[1], &inf, &rw)?;
+                    }
+                    _ => add(&mut epochs[1], &influence, &rag_w)?,
+                }
+                if let (Some(n), Some(ra)) = (naive.get_mut(a), &rag_all) {
+                    let (inf, rw, _, _) = self.weigh(n, ra, &singletons, s)?;
+                    add(&mut epochs[2], &inf, &rw)?;
+                }
+            }
+            let rep = &mut self.report.requests[i];
+            rep.inference_id = inference_id;
+            rep.fee_wei = wei(fee);
+            rep.owner_share_wei = wei(paid.ownerShare);
+            rep.protocol_share_wei = wei(paid.protocolShare);
+            rep.data_pool_wei = wei(paid.dataShare);
+            rep.weights_hash = receipt.weightsHash;
+            rep.signature = alloy_primitives::hex::encode_prefixed(signature.as_bytes());
+            rep.pay_gas = out.gas_used;
+            rep.top_influence = top;
+            rep.citations = cites;
+            rep.contributors = parts
+                .iter()
+                .flat_map(|(r, amount)| {
+                    openledger_poa::split::split_weights(
+                        *amount,
+                        &r.weights,
+                        openledger_poa::split::ZeroWeightPolicy::Reject,
+                    )
+                    .unwrap_or_default()
+                })
+                .fold(BTreeMap::<Address, U256>::new(), |mut m, p| {
+                    *m.entry(p.account).or_default() += p.amount;
+                    m
+                })
+                .into_iter()
+                .map(|(a, v)| (a, wei(v)))
+                .collect();
+        }
+        Ok(epochs)
+    }
+
+    /// Stage 5: closes the epoch (time moves past its end), checks the contributors' totals
+    /// against the contract's data pool, posts their Merkle root, has every contributor's
+    /// claim sent with its proof, and checks every balance to the wei; the model owners and
+    /// the treasury withdraw their shares.
+    pub fn close_epoch(&mut self, on: &mut dyn FnMut(&LoopEvent)) -> Result<&EpochReport> {
+        let t = Instant::now();
+        on(&LoopEvent::Stage {
+            name: "epoch".into(),
+        });
+        if self.report.epoch.is_some() {
+            return Err(LoopError::Config("the epoch is already closed".into()));
+        }
+        // Kept until the epoch is settled, so a failed close can be looked into.
+        let epochs = self.epochs.clone().ok_or(LoopError::OutOfOrder {
+            stage: "close_epoch",
+            needs: "attribute_and_pay",
+        })?;
+        let e = &epochs[0];
+        let (payments, rewards, token) = (
+            self.deployment.payments,
+            self.deployment.rewards,
+            self.deployment.token,
+        );
+        self.chain.advance_time(self.deploy_config.epoch_duration);
+        let pool = self.chain.view(
+            payments,
+            &InferencePayments::dataPoolCall { epoch: e.number },
+        )?;
+        if pool != e.pooled() {
+            return Err(LoopError::Accounting(format!(
+                "the contract pooled {pool} wei in epoch {}, the attribution {}",
+                e.number,
+                e.pooled()
+            )));
+        }
+        let totals: Vec<(Address, U256)> =
+            e.payouts().iter().map(|p| (p.account, p.amount)).collect();
+        let claims = EpochClaims::new(e.number, &totals)?;
+        let poster = self.deploy_config.poster;
+        let post = send(
+            &mut self.chain,
+            poster,
+            rewards,
+            &claims.post_call(),
+            "postEpochRoot",
+        )?;
+        let posted = post
+            .events::<AttributionRewards::EpochPosted>()
+            .into_iter()
+            .next()
+            .ok_or_else(|| LoopError::Accounting("no EpochPosted event".into()))?;
+        let balance = |chain: &mut EmbeddedChain, who: Address| -> Result<U256> {
+            Ok(chain.view(token, &TestToken::balanceOfCall { account: who })?)
+        };
+        let mut contributors = Vec::new();
+        let n = claims.claims().len();
+        let mut all_match = posted.root == claims.root() && posted.fromPool == pool;
+        for (i, c) in claims.claims().to_vec().iter().enumerate() {
+            let before = balance(&mut self.chain, c.account)?;
+            let relayer = self.accounts.relayer;
+            let out = send(
+                &mut self.chain,
+                relayer,
+                rewards,
+                &claims.claim_call(i)?,
+                "claim",
+            )?;
+            let after = balance(&mut self.chain, c.account)?;
+            let ok = after - before == c.amount;
+            all_match &= ok;
+            let who = |ep: &Epoch| {
+                ep.payouts()
+                    .iter()
+                    .find(|p| p.account == c.account)
+                    .map_or(U256::ZERO, |p| p.amount)
+            };
+            contributors.push(ContributorReport {
+                account: c.account,
+                name: self.report.name_of(c.account),
+                records: self
+                    .datanet
+                    .records()
+                    .iter()
+                    .filter(|r| r.contributor == c.account)
+                    .count(),
+                claimed_wei: wei(c.amount),
+                balance_wei: wei(after),
+                proof_len: claims.proof(i)?.len(),
+                claim_gas: out.gas_used,
+                before_splitting_wei: self.config.counterfactual.then(|| wei(who(&epochs[1]))),
+                without_clustering_wei: self.config.counterfactual.then(|| wei(who(&epochs[2]))),
+                matches: ok,
+            });
+            on(&LoopEvent::Progress {
+                stage: "epoch".into(),
+                item: "claims".into(),
+                done: i + 1,
+                total: n,
+                loss: None,
+            });
+        }
+        let left = balance(&mut self.chain, rewards)?;
+        all_match &= left.is_zero();
+        // Owners and the treasury pull their shares.
+        let mut withdrawn = Vec::new();
+        let mut pullers: Vec<Address> = self.report.adapters.iter().map(|a| a.owner).collect();
+        pullers.push(self.deploy_config.treasury);
+        pullers.dedup();
+        for who in pullers {
+            let due = self.chain.view(
+                payments,
+                &InferencePayments::withdrawableCall { account: who },
+            )?;
+            if due.is_zero() {
+                continue;
+            }
+            let before = balance(&mut self.chain, who)?;
+            send(
+                &mut self.chain,
+                who,
+                payments,
+                &InferencePayments::withdrawCall {},
+                "withdraw",
+            )?;
+            let got = balance(&mut self.chain, who)? - before;
+            all_match &= got == due;
+            withdrawn.push((who, self.report.name_of(who), wei(got)));
+        }
+        let held = balance(&mut self.chain, payments)?;
+        all_match &= held.is_zero();
+        let near = if self.config.counterfactual {
+            let dup = self.report.datanet.as_ref().and_then(|d| d.copier);
+            dup.map(|account| {
+                let of = |ep: &Epoch| {
+                    ep.payouts()
+                        .iter()
+                        .find(|p| p.account == account)
+                        .map_or(U256::ZERO, |p| p.amount)
+                };
+                NearDuplicateCheck {
+                    account,
+                    name: self.report.name_of(account),
+                    paid_wei: wei(of(&epochs[0])),
+                    before_splitting_wei: wei(of(&epochs[1])),
+                    without_clustering_wei: wei(of(&epochs[2])),
+                    same_training_set: self.before_tuned.is_empty(),
+                    holds: of(&epochs[0]) <= of(&epochs[1]),
+                }
+            })
+        } else {
+            None
+        };
+        self.epochs = None;
+        self.report.epoch = Some(EpochReport {
+            number: e.number,
+            root: claims.root(),
+            pool_wei: wei(pool),
+            claimed_total_wei: wei(claims.total()),
+            post_gas: post.gas_used,
+            contributors,
+            withdrawn,
+            rewards_left_wei: wei(left),
+            payments_left_wei: wei(held),
+            claims_match: all_match,
+            near_duplicates: near,
+        });
+        self.report
+            .seconds
+            .insert("epoch".into(), t.elapsed().as_secs_f64());
+        Ok(self.report.epoch.as_ref().expect("just set"))
+    }
+}

@@ -1,0 +1,240 @@
+//! Stage 2: fine-tuning, influence features and model registration.
+
+use super::*;
+
+impl PayableAi {
+    /// `owner`'s grants on the datanet, as the chain records them (the trainer checks them).
+    fn grants_of(&mut self, owner: Address) -> Result<openledger_core::grant::Grants> {
+        Ok(grants_from_chain(
+            &mut self.chain,
+            self.deployment.datanets,
+            &[self.datanet_id],
+            &[owner],
+        )?)
+    }
+
+    fn base_id(&self) -> B256 {
+        keccak256((self.shape.config_json(), U256::from(self.config.base_seed)).abi_encode_params())
+    }
+
+    /// Trains `plan` on the datanet records `records` (indices), with the owner's grant, and
+    /// builds the influence index of those records.
+    fn train_one(
+        &self,
+        plan: &AdapterPlan,
+        owner: Address,
+        grants: openledger_core::grant::Grants,
+        records: &[usize],
+        tag: &str,
+        on: &mut dyn FnMut(&LoopEvent),
+    ) -> Result<(Tuned, Vec<f64>)> {
+        let c = &self.config;
+        let base = self.shape.model(c.base_seed)?;
+        let examples: Vec<Example> = records
+            .iter()
+            .map(|&i| {
+                let it = &self.items[i];
+                Example::prompt_response(
+                    &self.vocab.prompt(&it.prompt),
+                    &self.vocab.answer(&it.response),
+                )
+                .with_source(self.datanet_id, self.datanet.records()[it.index].hash)
+            })
+            .collect();
+        let mut lora = LoraSettings::new(
+            &plan.targets.iter().map(String::as_str).collect::<Vec<_>>(),
+            plan.rank,
+            plan.alpha,
+        );
+        lora.use_dora = plan.use_dora;
+        let mut tc = TrainConfig::new(lora);
+        tc.steps = c.steps;
+        tc.batch_size = c.batch_size;
+        tc.learning_rate = c.learning_rate;
+        tc.warmup_steps = c.steps / 10;
+        tc.seed = plan.seed;
+        tc.checkpoint_steps = (1..=c.checkpoints)
+            .map(|k| c.steps * k / c.checkpoints)
+            .collect();
+        let steps = tc.checkpoint_steps.clone();
+        let mut trainer = Trainer::new(&base, tc)?;
+        trainer.require_grants(grants, owner);
+        trainer.start_log(self.base_id());
+        let layout = trainer.gradient_layout();
+        let mut checkpoints: Vec<CheckpointParams> = Vec::new();
+        let mut bad = None;
+        let item = format!("{}{tag}", plan.name);
+        let summary = trainer.train(&examples, &[], &mut |e| match e {
+            TrainEvent::Step(s) => on(&LoopEvent::Progress {
+                stage: "fine-tune".into(),
+                item: item.clone(),
+                done: s.step,
+                total: s.total_steps,
+                loss: Some(s.loss),
+            }),
+            TrainEvent::Checkpoint(cp) => match checkpoint_parameters(&layout, cp) {
+                Ok(p) => checkpoints.push(p),
+                Err(err) => bad = Some(err),
+            },
+            TrainEvent::Eval(_) => {}
+        })?;
+        if let Some(err) = bad {
+            return Err(err.into());
+        }
+        let log = trainer
+            .training_log()
+            .ok_or(LoopError::Config("the training log was not started".into()))?;
+        log.verify()?;
+        let weights = tracin_weights(log, &steps)?;
+        std::fs::create_dir_all(&c.work_dir).map_err(io(&c.work_dir))?;
+        let path = c.work_dir.join(format!("{item}.features"));
+        let total = examples.len() * steps.len();
+        let index = InfluenceIndex::build(
+            &path,
+            &mut trainer,
+            &examples,
+            &self.datanet,
+            checkpoints.into_iter().zip(weights).collect(),
+            FeatureSpace::Exact,
+            &mut |p| {
+                on(&LoopEvent::Progress {
+                    stage: "fine-tune".into(),
+                    item: format!("{item}: influence features"),
+                    done: p.done,
+                    total,
+                    loss: None,
+                })
+            },
+        )?;
+        Ok((
+            Tuned {
+                trainer,
+                index,
+                records: records.to_vec(),
+            },
+            summary.losses,
+        ))
+    }
+
+    /// Stage 2: fine-tunes every planned adapter on the datanet (with the grant read back from
+    /// the chain), records the per-example gradients at its checkpoints, saves it as a PEFT
+    /// folder, and registers it on chain with its artifact hash, training-log head and fee.
+    /// With the counterfactual on, trains each again on every record (no clustering) and, when
+    /// the clustering did not keep exactly the datanet before splitting, on that datanet.
+    pub fn fine_tune(&mut self, on: &mut dyn FnMut(&LoopEvent)) -> Result<&[AdapterReport]> {
+        let t = Instant::now();
+        on(&LoopEvent::Stage {
+            name: "fine-tune".into(),
+        });
+        if self.datanet_id == U256::ZERO {
+            return Err(LoopError::OutOfOrder {
+                stage: "fine_tune",
+                needs: "publish_datanet",
+            });
+        }
+        if !self.tuned.is_empty() {
+            return Err(LoopError::Config("the adapters are already trained".into()));
+        }
+        let kept = self.kept.clone();
+        let plans = self.config.adapters.clone();
+        for (k, plan) in plans.iter().enumerate() {
+            let owner = self.accounts.model_owners[k % 3];
+            let t0 = Instant::now();
+            let grants = self.grants_of(owner)?;
+            let (tuned, losses) = self.train_one(plan, owner, grants, &kept, "", on)?;
+            let train_secs = t0.elapsed().as_secs_f64();
+            let recall = self.recall(&tuned.trainer, &kept)?;
+            let dir = self.config.work_dir.join("adapters").join(&plan.name);
+            tuned.trainer.save_adapter(&dir)?;
+            let (config_json, weights) = tuned.trainer.adapter_files()?;
+            let artifact = keccak256((config_json.as_bytes(), &weights[..]).abi_encode_params());
+            let model_id = keccak256(format!("openledger:model:{}", plan.name));
+            let log = tuned
+                .trainer
+                .training_log()
+                .ok_or(LoopError::Config("the training log was not started".into()))?
+                .clone();
+            let base_model = self.base_id();
+            let out = register_model(
+                &mut self.chain,
+                self.deployment.models,
+                owner,
+                &ModelRegistration {
+                    model_id,
+                    base_model,
+                    artifact_hash: artifact,
+                    sources: vec![(self.datanet_id, self.version)],
+                    fee_per_call: plan.fee,
+                },
+                &log,
+            )?;
+            let on_chain = self.chain.view(
+                self.deployment.models,
+                &ModelRegistry::getModelCall { modelId: model_id },
+            )?;
+            if on_chain.trainingLogHead != log.head() || on_chain.artifactHash != artifact {
+                return Err(LoopError::Accounting(format!(
+                    "model {} reads back other hashes than were registered",
+                    plan.name
+                )));
+            }
+            self.report.adapters.push(AdapterReport {
+                name: plan.name.clone(),
+                owner,
+                model_id,
+                targets: plan.targets.clone(),
+                rank: plan.rank,
+                dora: plan.use_dora,
+                parameters: tuned.trainer.num_parameters(),
+                steps: self.config.steps,
+                first_loss: losses.first().copied().unwrap_or(f64::NAN),
+                last_loss: losses.last().copied().unwrap_or(f64::NAN),
+                recall,
+                train_seconds: train_secs,
+                training_log_head: log.head(),
+                training_log_entries: log.len(),
+                artifact_hash: artifact,
+                fee_wei: wei(plan.fee),
+                register_gas: out.gas_used,
+                dir: dir.display().to_string(),
+            });
+            self.report
+                .accounts
+                .entry(owner)
+                .or_insert_with(|| format!("owner of {}", plan.name));
+            self.model_ids.push(model_id);
+            self.tuned.push(tuned);
+        }
+        if self.config.counterfactual {
+            let all: Vec<usize> = (0..self.items.len()).collect();
+            let before = self.before.clone().filter(|b| *b != kept);
+            for (k, plan) in plans.iter().enumerate() {
+                let owner = self.accounts.model_owners[k % 3];
+                let grants = self.grants_of(owner)?;
+                if let Some(b) = &before {
+                    let (t, _) =
+                        self.train_one(plan, owner, grants.clone(), b, " (before splitting)", on)?;
+                    self.before_tuned.push(t);
+                }
+                let (t, _) = self.train_one(plan, owner, grants, &all, " (no clustering)", on)?;
+                self.naive.push(t);
+            }
+        }
+        self.report
+            .seconds
+            .insert("fine-tune".into(), t.elapsed().as_secs_f64());
+        Ok(&self.report.adapters)
+    }
+
+    /// Share of `records` whose answer the trainer reproduces greedily, word for word.
+    fn recall(&self, trainer: &Trainer, records: &[usize]) -> Result<f64> {
+        let mut right = 0usize;
+        for &i in records {
+            let it = &self.items[i];
+            let want = self.vocab.answer(&it.response);
+            let got = trainer.greedy(&self.vocab.prompt(&it.prompt), want.len())?;
+            right += usize::from(got == want);
+        }
+        Ok(right as f64 / records.len().max(1) as f64)
+    }
+}

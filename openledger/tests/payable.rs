@@ -1,0 +1,257 @@
+//! The Payable-AI loop end to end on the shipped datanet (the quick configuration: two adapters,
+//! four requests): what it pays is checked against the chain's own state, to the wei.
+
+use openledger::chain::bindings::{DatanetRegistry, InferencePayments, ModelRegistry, TestToken};
+use openledger::core::U256;
+use openledger::lora::train::TrainError;
+use openledger::payable::{
+    DRUG_FACTS_JSONL, LoopConfig, LoopError, LoopEvent, PayableAi, without_copies,
+};
+
+fn u(s: &str) -> U256 {
+    s.parse().expect("a decimal amount")
+}
+
+#[test]
+fn the_loop_pays_every_contributor_exactly_and_copies_earn_nothing_extra() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LoopConfig::quick(dir.path().to_path_buf());
+    let n_requests = config.requests.len();
+    let mut events: Vec<LoopEvent> = Vec::new();
+    let mut on = |e: &LoopEvent| events.push(e.clone());
+    let mut l = PayableAi::new(config).unwrap();
+
+    let d = l.publish_datanet(&mut on).unwrap().clone();
+    assert_eq!((d.records, d.distinct_records), (84, 60));
+    assert_eq!(
+        d.near_duplicate_clusters.len(),
+        12,
+        "erin's 12 records, 3 wordings each"
+    );
+    assert!(d.near_duplicate_clusters.iter().all(|c| c.len() == 3));
+    let erin = d.copier.expect("the copier is found");
+    assert_eq!(d.contributors[&erin], 36);
+
+    let adapters = l.fine_tune(&mut on).unwrap().to_vec();
+    let models = l.deployment().models;
+    for a in &adapters {
+        assert!(a.last_loss < a.first_loss, "{} learns", a.name);
+        // 200 steps reach about half of the answers word for word (300 reach 90-97 %).
+        assert!(a.recall > 0.3, "{} recalls {:.2}", a.name, a.recall);
+        let m = l
+            .chain()
+            .view(
+                models,
+                &ModelRegistry::getModelCall {
+                    modelId: a.model_id,
+                },
+            )
+            .unwrap();
+        assert_eq!(m.trainingLogHead, a.training_log_head);
+        assert_eq!(m.artifactHash, a.artifact_hash);
+        assert_eq!(m.feePerCall, u(&a.fee_wei));
+        assert!(
+            std::path::Path::new(&a.dir)
+                .join("adapter_model.safetensors")
+                .is_file()
+        );
+    }
+
+    let served = l.serve(&mut on).unwrap().to_vec();
+    assert_eq!(served.len(), n_requests);
+    assert_eq!(
+        l.report().serving.as_ref().unwrap().first_step_sequences,
+        n_requests
+    );
+    assert!(served.iter().all(|r| !r.answer.is_empty()));
+
+    let paid = l.attribute_and_pay(&mut on).unwrap().to_vec();
+    let payments = l.deployment().payments;
+    for r in &paid {
+        let fee = u(&r.fee_wei);
+        let pool = u(&r.data_pool_wei);
+        assert_eq!(
+            u(&r.owner_share_wei) + u(&r.protocol_share_wei) + pool,
+            fee,
+            "request {}: the fee splits exactly",
+            r.index
+        );
+        let to_contributors: U256 = r.contributors.values().map(|v| u(v)).sum();
+        assert_eq!(
+            to_contributors, pool,
+            "request {}: the pool splits exactly",
+            r.index
+        );
+        assert!(
+            !r.contributors
+                .contains_key(&openledger::core::Address::ZERO),
+            "nobody unnamed is paid"
+        );
+        assert!(
+            l.chain()
+                .view(
+                    payments,
+                    &InferencePayments::paidCall {
+                        inferenceId: r.inference_id
+                    }
+                )
+                .unwrap()
+        );
+        assert!(!r.citations.is_empty() && r.citations.len() <= 3);
+    }
+
+    let e = l.close_epoch(&mut on).unwrap().clone();
+    assert!(e.claims_match);
+    assert_eq!(e.claimed_total_wei, e.pool_wei);
+    let total: U256 = paid.iter().map(|r| u(&r.data_pool_wei)).sum();
+    assert_eq!(u(&e.pool_wei), total);
+    let token = l.deployment().token;
+    for c in &e.contributors {
+        let balance = l
+            .chain()
+            .view(token, &TestToken::balanceOfCall { account: c.account })
+            .unwrap();
+        assert_eq!(
+            balance,
+            u(&c.claimed_wei),
+            "{} holds exactly its claim",
+            c.name
+        );
+    }
+    let near = e.near_duplicates.expect("the counterfactual is on");
+    assert_eq!(near.account, erin);
+    assert!(near.holds);
+    assert!(u(&near.paid_wei) <= u(&near.before_splitting_wei));
+    assert!(
+        u(&near.without_clustering_wei) > u(&near.paid_wei),
+        "without clustering the copies would pay: {} vs {}",
+        near.without_clustering_wei,
+        near.paid_wei
+    );
+
+    // Events: stages in order, tokens only while serving, the report serialises.
+    let stages: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match e {
+            LoopEvent::Stage { name } => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        stages,
+        [
+            "datanet",
+            "fine-tune",
+            "serve",
+            "attribute-and-pay",
+            "epoch"
+        ]
+    );
+    let mut stage = "";
+    let mut tokens = 0;
+    for e in &events {
+        match e {
+            LoopEvent::Stage { name } => stage = name,
+            LoopEvent::Token { .. } => {
+                assert_eq!(stage, "serve");
+                tokens += 1;
+            }
+            LoopEvent::Progress { done, total, .. } => assert!(done <= total),
+        }
+    }
+    assert!(tokens >= n_requests);
+    let json: serde_json::Value = serde_json::from_str(&l.report().to_json()).unwrap();
+    assert_eq!(json["epoch"]["pool_wei"], e.pool_wei.as_str());
+}
+
+#[test]
+fn stages_out_of_order_are_typed_errors_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut l = PayableAi::new(LoopConfig::quick(dir.path().to_path_buf())).unwrap();
+    let mut on = |_: &LoopEvent| {};
+    assert!(matches!(
+        l.serve(&mut on),
+        Err(LoopError::OutOfOrder { stage: "serve", .. })
+    ));
+    assert!(matches!(
+        l.fine_tune(&mut on),
+        Err(LoopError::OutOfOrder {
+            needs: "publish_datanet",
+            ..
+        })
+    ));
+    assert!(matches!(
+        l.close_epoch(&mut on),
+        Err(LoopError::OutOfOrder { .. })
+    ));
+    assert!(l.report().datanet.is_none());
+    l.publish_datanet(&mut on).unwrap();
+    assert!(matches!(
+        l.publish_datanet(&mut on),
+        Err(LoopError::Config(_))
+    ));
+}
+
+#[test]
+fn bad_datanets_and_configurations_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let with = |jsonl: &str| {
+        let mut c = LoopConfig::quick(dir.path().to_path_buf());
+        c.datanet_jsonl = jsonl.into();
+        PayableAi::new(c).err().expect("refused")
+    };
+    let no_answer = r#"{"content":"aspirin","contributor":"0x00000000000000000000000000000000000000a1","license":"CC0-1.0"}"#;
+    assert!(matches!(
+        with(no_answer),
+        LoopError::RecordShape { index: 0, .. }
+    ));
+    let truncated = &DRUG_FACTS_JSONL[..DRUG_FACTS_JSONL.len() / 2];
+    assert!(matches!(with(truncated), LoopError::Datanet(_)));
+    assert!(matches!(with(""), LoopError::Config(_)));
+
+    let mut c = LoopConfig::quick(dir.path().to_path_buf());
+    c.requests[0].adapter = "no-such-adapter".into();
+    let err = PayableAi::new(c).err().unwrap();
+    assert!(err.to_string().contains("no-such-adapter"), "{err}");
+    let mut c = LoopConfig::quick(dir.path().to_path_buf());
+    c.influence_bps = 10_001;
+    assert!(matches!(PayableAi::new(c), Err(LoopError::Config(_))));
+    // The shipped datanet before splitting is the 60 distinct records.
+    assert_eq!(without_copies(DRUG_FACTS_JSONL).lines().count(), 60);
+}
+
+#[test]
+fn a_revoked_grant_stops_fine_tuning_before_anything_is_registered() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = LoopConfig::quick(dir.path().to_path_buf());
+    config.adapters.truncate(1);
+    config
+        .requests
+        .retain(|r| r.adapter == config.adapters[0].name);
+    config.steps = 10;
+    config.checkpoints = 1;
+    let mut l = PayableAi::new(config).unwrap();
+    let mut on = |_: &LoopEvent| {};
+    let d = l.publish_datanet(&mut on).unwrap();
+    let id: U256 = d.id.parse().unwrap();
+    let registry = l.deployment().datanets;
+    let owner = l.chain().dev_account(4).address;
+    let trainer = l.chain().dev_account(6).address;
+    let out = l
+        .chain()
+        .send(
+            owner,
+            registry,
+            &DatanetRegistry::revokeAccessCall {
+                datanetId: id,
+                requester: trainer,
+            },
+        )
+        .unwrap();
+    assert!(out.is_success());
+    match l.fine_tune(&mut on) {
+        Err(LoopError::Train(TrainError::AccessDenied { .. })) => {}
+        other => panic!("expected AccessDenied, got {other:?}"),
+    }
+    assert!(l.report().adapters.is_empty());
+}

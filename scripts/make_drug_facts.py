@@ -1,0 +1,78 @@
+#!/usr/bin/env python3
+"""Writes openledger/data/drug-facts.jsonl, the datanet the Payable-AI loop runs on.
+
+Twenty common drugs, three questions each (what it treats, its class, how it works), from public
+pharmacology references, spread over five contributors. The fifth, erin, also submits two
+re-worded copies of each of her records: the near-duplicates the loop must not pay twice for.
+Deterministic: running it again writes the same bytes.
+"""
+import json
+import pathlib
+
+FACTS = [
+    ("aspirin", "pain and fever", "salicylate", "blocking cyclooxygenase"),
+    ("metformin", "type 2 diabetes", "biguanide", "lowering glucose output of the liver"),
+    ("atorvastatin", "high cholesterol", "statin", "inhibiting hmg coa reductase"),
+    ("lisinopril", "high blood pressure", "ace inhibitor", "blocking angiotensin conversion"),
+    ("omeprazole", "acid reflux", "proton pump inhibitor", "blocking the gastric proton pump"),
+    ("amoxicillin", "bacterial infections", "penicillin antibiotic", "breaking bacterial cell walls"),
+    ("sertraline", "depression", "ssri antidepressant", "blocking serotonin reuptake"),
+    ("levothyroxine", "hypothyroidism", "thyroid hormone", "replacing thyroxine"),
+    ("warfarin", "blood clots", "vitamin k antagonist", "blocking vitamin k recycling"),
+    ("salbutamol", "asthma attacks", "bronchodilator", "relaxing airway muscle"),
+    ("loratadine", "hay fever", "antihistamine", "blocking histamine receptors"),
+    ("furosemide", "fluid retention", "loop diuretic", "blocking sodium reabsorption in the kidney"),
+    ("prednisone", "inflammation", "corticosteroid", "suppressing the immune response"),
+    ("morphine", "severe pain", "opioid", "activating mu opioid receptors"),
+    ("acyclovir", "herpes infections", "antiviral", "blocking viral dna polymerase"),
+    ("fluconazole", "fungal infections", "azole antifungal", "blocking ergosterol synthesis"),
+    ("allopurinol", "gout", "xanthine oxidase inhibitor", "lowering uric acid production"),
+    ("donepezil", "alzheimer disease", "cholinesterase inhibitor", "raising brain acetylcholine"),
+    ("sumatriptan", "migraine", "triptan", "activating serotonin receptors"),
+    ("ondansetron", "nausea", "antiemetic", "blocking serotonin 3 receptors"),
+]
+
+CONTRIBUTORS = {
+    "alice": "0xa11ce000000000000000000000000000000a11ce",
+    "bob": "0x00000000000000000000000000000000000b0b00",
+    "carol": "0xca201000000000000000000000000000000ca201",
+    "dave": "0xda7e0000000000000000000000000000000da7e0",
+    "erin": "0xe2100000000000000000000000000000000e2100",
+}
+
+QUESTIONS = [
+    ("what does {} treat", ["what does {} usually treat", "so what does {} treat"]),
+    ("what class is {}", ["what drug class is {}", "which class is {}"]),
+    ("how does {} work", ["how does {} actually work", "so how does {} work"]),
+]
+
+
+def record(prompt, answer, who, copy_of=None):
+    metadata = {"prompt": prompt, "response": answer, "contributor_name": who}
+    if copy_of is not None:
+        metadata["copy_of"] = copy_of
+    return {
+        "content": f"{prompt} => {answer}",
+        "contributor": CONTRIBUTORS[who],
+        "license": "CC-BY-4.0",
+        "metadata": metadata,
+    }
+
+
+def main():
+    names = list(CONTRIBUTORS)
+    lines = []
+    for i, (drug, treats, klass, works) in enumerate(FACTS):
+        who = names[i // 4]
+        for (question, copies), answer in zip(QUESTIONS, (treats, klass, works)):
+            lines.append(record(question.format(drug), answer, who))
+            if who == "erin":
+                for c in copies:
+                    lines.append(record(c.format(drug), answer, who, copy_of=question.format(drug)))
+    out = pathlib.Path(__file__).resolve().parent.parent / "openledger" / "data" / "drug-facts.jsonl"
+    out.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in lines))
+    print(f"wrote {len(lines)} records to {out}")
+
+
+if __name__ == "__main__":
+    main()
