@@ -18,22 +18,23 @@ type Error = Box<dyn std::error::Error>;
 
 struct Args {
     quick: bool,
-    report: PathBuf,
+    /// The JSON report (default: `report.json` in the work folder).
+    report: Option<PathBuf>,
     work_dir: PathBuf,
 }
 
-fn args() -> Result<Args, Error> {
+fn args(argv: impl IntoIterator<Item = String>) -> Result<Args, Error> {
     let mut a = Args {
         quick: false,
-        report: PathBuf::from("target/payable-ai/report.json"),
+        report: None,
         work_dir: PathBuf::from("target/payable-ai"),
     };
-    let mut it = std::env::args().skip(1);
+    let mut it = argv.into_iter();
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
         match flag.as_str() {
             "--quick" => a.quick = true,
-            "--report" => a.report = PathBuf::from(value()?),
+            "--report" => a.report = Some(PathBuf::from(value()?)),
             "--work-dir" => a.work_dir = PathBuf::from(value()?),
             "-h" | "--help" => {
                 println!("payable_ai [--quick] [--report FILE] [--work-dir DIR]");
@@ -249,8 +250,9 @@ fn summary(r: &Report) {
     println!("\ntime: {}", secs.join(", "));
 }
 
-fn main() -> Result<(), Error> {
-    let a = args()?;
+/// Runs the loop as the command line says, prints it, writes the report; fails when a balance
+/// misses its claim or the copies paid their contributor more.
+fn run(a: &Args) -> Result<Report, Error> {
     let config = if a.quick {
         LoopConfig::quick(a.work_dir.clone())
     } else {
@@ -267,13 +269,17 @@ fn main() -> Result<(), Error> {
     let report = PayableAi::run(config, &mut |e| screen.event(e))?;
     screen.close_bar();
     summary(&report);
-    if let Some(dir) = a.report.parent() {
+    let path = a
+        .report
+        .clone()
+        .unwrap_or_else(|| a.work_dir.join("report.json"));
+    if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::write(&a.report, report.to_json())?;
+    std::fs::write(&path, report.to_json())?;
     println!(
         "report: {} ({:.1} s in all)",
-        a.report.display(),
+        path.display(),
         started.elapsed().as_secs_f64()
     );
     let e = report.epoch.as_ref().ok_or("the epoch did not close")?;
@@ -283,5 +289,36 @@ fn main() -> Result<(), Error> {
     if e.near_duplicates.as_ref().is_some_and(|n| !n.holds) {
         return Err("the near-duplicate contributor earned more than before splitting".into());
     }
+    Ok(report)
+}
+
+fn main() -> Result<(), Error> {
+    run(&args(std::env::args().skip(1))?)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example as CI runs it: the quick loop, its report written where the flags say.
+    #[test]
+    fn the_quick_run_settles_to_the_wei_and_writes_its_report() {
+        let dir = std::env::temp_dir().join(format!("payable-ai-example-{}", std::process::id()));
+        let argv = ["--quick", "--work-dir", dir.to_str().expect("a UTF-8 path")];
+        let a = args(argv.map(String::from)).unwrap();
+        let report = run(&a).unwrap();
+        let written = std::fs::read_to_string(dir.join("report.json")).unwrap();
+        assert_eq!(written, report.to_json());
+        let e = report.epoch.as_ref().unwrap();
+        assert!(e.claims_match && e.near_duplicates.as_ref().unwrap().holds);
+        assert_eq!(e.claimed_total_wei, e.pool_wei);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn unknown_flags_and_missing_values_are_refused() {
+        assert!(args(["--nope".to_string()]).is_err());
+        assert!(args(["--report".to_string()]).is_err());
+    }
 }
