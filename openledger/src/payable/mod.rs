@@ -409,7 +409,6 @@ struct Accounts {
 /// One training record: where it sits in the datanet and its prompt and answer.
 #[derive(Clone, Debug)]
 struct Item {
-    index: usize,
     prompt: String,
     response: String,
 }
@@ -552,11 +551,7 @@ impl PayableAi {
                         content: r.content.chars().take(60).collect(),
                     });
                 }
-                Ok(Item {
-                    index,
-                    prompt,
-                    response,
-                })
+                Ok(Item { prompt, response })
             })
             .collect::<Result<Vec<_>>>()?;
         if items.is_empty() {

@@ -60,39 +60,28 @@ impl PayableAi {
                 Share::new(r.hash, r.contributor, &r.content, s / total)
             })
             .collect();
-        // RAG: the best record of each cluster, `rag_top_k` clusters.
+        // RAG: every index holds one record per cluster (the kept records, or singletons), so
+        // the top `rag_top_k` hits are `rag_top_k` distinct clusters.
         let text = format!(
             "{} {}",
             self.vocab.decode(&served.prompt),
             self.vocab.decode(&served.answer)
         );
         let embedder = HashingEmbedder::new(EMBED_DIM);
-        let hits = rag.search(&embedder.embed(&text)?, rag.len())?;
-        let index_of: HashMap<ContentId, usize> = records
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (r.hash, i))
-            .collect();
-        let mut seen = std::collections::HashSet::new();
-        let cites: Vec<_> = hits
-            .into_iter()
-            .filter(|c| seen.insert(clusters.cluster_of[index_of[&c.record]]))
-            .take(self.config.rag_top_k)
-            .collect();
+        let cites = rag.search(&embedder.embed(&text)?, self.config.rag_top_k)?;
         let rag_w = relevance_weights(
             &cites,
             RelevanceWeighting::Softmax {
                 temperature: self.config.rag_temperature,
             },
         )?;
-        let mut by_record: Vec<f64> = vec![0.0; cites.len()];
-        let z: f64 = cites
+        // The same softmax per record, for the report.
+        let e: Vec<f64> = cites
             .iter()
             .map(|c| (f64::from(c.score) / self.config.rag_temperature).exp())
-            .sum();
-        for (k, c) in cites.iter().enumerate() {
-            by_record[k] = (f64::from(c.score) / self.config.rag_temperature).exp() / z;
-        }
+            .collect();
+        let z: f64 = e.iter().sum();
+        let by_record = e.into_iter().map(|v| v / z);
         let citations = cites
             .iter()
             .zip(by_record)

@@ -38,7 +38,7 @@ impl PayableAi {
                     &self.vocab.prompt(&it.prompt),
                     &self.vocab.answer(&it.response),
                 )
-                .with_source(self.datanet_id, self.datanet.records()[it.index].hash)
+                .with_source(self.datanet_id, self.datanet.records()[i].hash)
             })
             .collect();
         let mut lora = LoraSettings::new(
