@@ -7,7 +7,9 @@
 //! alone), measured in the same run. Decode throughput counts the tokens of steps that run no
 //! prefill, over those steps' wall time. TTFT and inter-token latencies come from the engine's
 //! per-request statistics. Targets: 32 distinct adapters ≥ 0.8× the single-adapter decode
-//! tokens/s, and ≥ 5× the one-adapter-at-a-time decode tokens/s.
+//! tokens/s, and ≥ 5× the one-adapter-at-a-time decode tokens/s. The adapters are stored in
+//! bf16 (as the memory part's, and as the model holds them: no f32 copy); the same cases are
+//! then run again with the adapters stored in f32 (figures prefixed `f32_`).
 //!
 //! **Memory.** 1,000 rank-16 all-linear adapters (bf16, written to a temporary hub folder by the
 //! bench) registered in an [`AdapterPool`] with a 512 MB budget; 1,000 requests cycling through
@@ -32,6 +34,7 @@ use plotters::prelude::*;
 use openledger_benches::synthetic::{self, VOCAB};
 use openledger_benches::{Report, median_secs};
 use openledger_core::DType;
+use openledger_lora::adapter::LoadOptions;
 use openledger_lora::model::{Model, PagedModel};
 use openledger_lora::pool::{AdapterId, AdapterPool, HubDir};
 use openledger_lora::serve::{
@@ -75,6 +78,62 @@ impl Run {
         self.decode_time += other.decode_time;
         self.ttft.extend(other.ttft);
         self.inter_token.extend(other.inter_token);
+    }
+}
+
+/// Decode throughput and latencies of the 32 requests with 1, 8 and 32 distinct adapters
+/// (attached to `paged` as `dtype`), each beside the same requests served one adapter at a time.
+fn throughput(
+    paged: &PagedModel,
+    prompts: &[Vec<u32>],
+    dtype: DType,
+    report: &mut Report,
+    bars: &mut Vec<(String, f64)>,
+) {
+    // The headline figures are the bf16 adapters'; f32 ones are prefixed.
+    let (key, label) = match dtype {
+        DType::BF16 => ("", " bf16"),
+        DType::F32 => ("f32_", " f32"),
+        other => panic!("adapters are benched as bf16 or f32, not {other:?}"),
+    };
+    let mut single = f64::NAN;
+    for distinct in [1, 8, 32] {
+        let requests: Vec<(Vec<u32>, usize)> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.clone(), i % distinct))
+            .collect();
+        let mut batched = serve(paged, &requests);
+        let mut one_at_a_time = Run::default();
+        if distinct > 1 {
+            for a in 0..distinct {
+                let group: Vec<_> = requests.iter().filter(|r| r.1 == a).cloned().collect();
+                one_at_a_time.absorb(serve(paged, &group));
+            }
+        }
+        let tps = batched.decode_tokens_per_s();
+        bars.push((format!("{distinct}{label}"), tps));
+        let k = |what: &str| format!("{key}adapters_{distinct}_{what}");
+        report.figure(&k("decode_tokens_per_s"), tps);
+        report.figure(&k("ttft_p50_ms"), quantile_ms(&mut batched.ttft, 0.5));
+        report.figure(&k("ttft_p99_ms"), quantile_ms(&mut batched.ttft, 0.99));
+        report.figure(
+            &k("inter_token_p50_ms"),
+            quantile_ms(&mut batched.inter_token, 0.5),
+        );
+        report.figure(
+            &k("inter_token_p99_ms"),
+            quantile_ms(&mut batched.inter_token, 0.99),
+        );
+        if distinct == 1 {
+            single = tps;
+        } else {
+            let each = one_at_a_time.decode_tokens_per_s();
+            bars.push((format!("{distinct}{label} 1-by-1"), each));
+            report.figure(&k("one_at_a_time_decode_tokens_per_s"), each);
+            report.ratio(&k("vs_single_adapter"), tps, single, "≥ 0.8");
+            report.ratio(&k("vs_one_adapter_at_a_time"), tps, each, "≥ 5");
+        }
     }
 }
 
@@ -341,7 +400,7 @@ fn memory(model: &Model, report: &mut Report) -> Vec<MemSample> {
         "memory_rss_growth_vs_budget",
         max(|s| s.rss).saturating_sub(samples[0].rss) as f64,
         BUDGET as f64,
-        "bounded (adapters in the pool + their attached f32 copies)",
+        "bounded (adapters in the pool + their attached copies)",
     );
     assert!(max(|s| s.pool) <= BUDGET);
     assert_eq!(stats.pinned_count, 0);
@@ -356,13 +415,13 @@ fn draw(
     throughput: &[(String, f64)],
     samples: &[MemSample],
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let root = BitMapBackend::new(path, (1200, 600)).into_drawing_area();
+    let root = BitMapBackend::new(path, (1500, 600)).into_drawing_area();
     root.fill(&WHITE)?;
-    let (left, right) = root.split_horizontally(560);
+    let (left, right) = root.split_horizontally(860);
     let ymax = throughput.iter().map(|t| t.1).fold(1.0, f64::max) * 1.15;
     let mut chart = ChartBuilder::on(&left)
         .caption(
-            "decode tokens/s, 32 requests (2-core CPU)",
+            "decode tokens/s, 32 requests by adapters (blue: one mixed batch, red: 1-by-1)",
             ("sans-serif", 20),
         )
         .margin(15)
@@ -382,7 +441,7 @@ fn draw(
         .y_desc("decode tokens/s")
         .draw()?;
     chart.draw_series(throughput.iter().enumerate().map(|(i, (label, v))| {
-        let color = if label.contains("one at a time") {
+        let color = if label.contains("1-by-1") {
             RED.mix(0.6)
         } else {
             BLUE.mix(0.7)
@@ -421,7 +480,7 @@ fn draw(
     let lines: [(&str, RGBColor, MemField); 3] = [
         ("process RSS", BLACK, |s| s.rss),
         ("pool resident", BLUE, |s| s.pool),
-        ("model attached (f32)", GREEN, |s| s.attached),
+        ("model attached", GREEN, |s| s.attached),
     ];
     for (label, color, f) in lines {
         chart
@@ -458,15 +517,6 @@ fn main() {
         LAYERS,
         synthetic::parameters(LAYERS) as f64 / 1e6
     );
-    let mut paged = PagedModel::new(model.clone());
-    for k in 0..REQUESTS {
-        paged
-            .attach(
-                adapter_id(k),
-                &synthetic::adapter_with_layers(RANK, k as u64, LAYERS),
-            )
-            .expect("attach");
-    }
     let prompts: Vec<Vec<u32>> = (0..REQUESTS)
         .map(|_| {
             (0..PROMPT)
@@ -474,66 +524,21 @@ fn main() {
                 .collect()
         })
         .collect();
-    // Warm-up (thread pool, allocator).
-    serve(&paged, &[(prompts[0].clone(), 0)]);
     let mut report = Report::new("engine");
-    let mut single = f64::NAN;
     let mut bars = Vec::new();
-    for distinct in [1, 8, 32] {
-        let requests: Vec<(Vec<u32>, usize)> = prompts
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (p.clone(), i % distinct))
-            .collect();
-        let mut batched = serve(&paged, &requests);
-        let mut one_at_a_time = Run::default();
-        if distinct > 1 {
-            for a in 0..distinct {
-                let group: Vec<_> = requests.iter().filter(|r| r.1 == a).cloned().collect();
-                one_at_a_time.absorb(serve(&paged, &group));
-            }
+    // The adapters as a pool holds them (bf16, the memory part's adapters), then the same
+    // values stored as f32 (twice the bytes each decode step reads).
+    for dtype in [DType::BF16, DType::F32] {
+        let mut paged = PagedModel::new(model.clone());
+        for k in 0..REQUESTS {
+            let adapter = synthetic::adapter_builder(RANK, k as u64, LAYERS, dtype)
+                .build(&LoadOptions::default())
+                .expect("adapter");
+            paged.attach(adapter_id(k), &adapter).expect("attach");
         }
-        let tps = batched.decode_tokens_per_s();
-        bars.push((format!("{distinct} batched"), tps));
-        report.figure(&format!("adapters_{distinct}_decode_tokens_per_s"), tps);
-        report.figure(
-            &format!("adapters_{distinct}_ttft_p50_ms"),
-            quantile_ms(&mut batched.ttft, 0.5),
-        );
-        report.figure(
-            &format!("adapters_{distinct}_ttft_p99_ms"),
-            quantile_ms(&mut batched.ttft, 0.99),
-        );
-        report.figure(
-            &format!("adapters_{distinct}_inter_token_p50_ms"),
-            quantile_ms(&mut batched.inter_token, 0.5),
-        );
-        report.figure(
-            &format!("adapters_{distinct}_inter_token_p99_ms"),
-            quantile_ms(&mut batched.inter_token, 0.99),
-        );
-        if distinct == 1 {
-            single = tps;
-        } else {
-            let each = one_at_a_time.decode_tokens_per_s();
-            bars.push((format!("{distinct} one at a time"), each));
-            report.figure(
-                &format!("adapters_{distinct}_one_at_a_time_decode_tokens_per_s"),
-                each,
-            );
-            report.ratio(
-                &format!("adapters_{distinct}_vs_single_adapter"),
-                tps,
-                single,
-                "≥ 0.8",
-            );
-            report.ratio(
-                &format!("adapters_{distinct}_vs_one_adapter_at_a_time"),
-                tps,
-                each,
-                "≥ 5",
-            );
-        }
+        // Warm-up (thread pool, allocator).
+        serve(&paged, &[(prompts[0].clone(), 0)]);
+        throughput(&paged, &prompts, dtype, &mut report, &mut bars);
     }
     // Where a decode step's time goes: the dense matmuls alone, at 1 and 32 rows, with the
     // weight layout the model uses and with the one it used before.
@@ -554,8 +559,8 @@ fn main() {
             "the most batching can give with this matmul",
         );
     }
-    // The memory part starts from the base model alone.
-    drop(paged);
+    // The memory part starts from the base model alone (the throughput part's adapters were
+    // dropped with its engines).
     let samples = if std::env::var_os("OPENLEDGER_ENGINE_SKIP_MEMORY").is_some() {
         Vec::new()
     } else {

@@ -8,11 +8,12 @@ use std::path::PathBuf;
 
 use openledger_core::DType;
 use openledger_lora::adapter::{LoadOptions, LoraAdapter};
-use openledger_lora::build::AdapterBuilder;
+use openledger_lora::build::{AdapterBuilder, random_values};
 use openledger_lora::config::ConfigSpec;
 use openledger_lora::merge::{DenseTensor, merge};
 use openledger_lora::model::{Model, ModelConfig, SeqInput};
 use openledger_lora::tensors::{HostTensor, read_safetensors};
+use openledger_lora::train::{PROJECTIONS, module_name};
 
 const TOL: f32 = 1e-4;
 
@@ -137,5 +138,110 @@ fn dora_and_saved_modules_at_run_time_equal_merged_weights_in_one_mixed_batch() 
         assert!(e <= TOL, "saved lm_head seq {i}: {e}");
         // the adapters really change the output
         assert!(max_diff(&d, &base) > 1e-2 && max_diff(&s, &base) > 1e-2);
+    }
+}
+
+/// A rank-4 adapter on all seven projections of both layers, its values rounded by `round`
+/// (to a half-precision grid) and stored as `dtype`.
+fn all_linear_adapter(dtype: DType, round: fn(f32) -> f32) -> LoraAdapter {
+    let c = config();
+    let (h, kv, mlp) = (
+        c.hidden_size,
+        c.num_kv_heads * c.head_dim,
+        c.intermediate_size,
+    );
+    let ins_outs = [
+        (h, h),
+        (h, kv),
+        (h, kv),
+        (h, h),
+        (h, mlp),
+        (h, mlp),
+        (mlp, h),
+    ];
+    let mut b = AdapterBuilder::new(ConfigSpec::new(4, 8.0, &PROJECTIONS)).with_dtype(dtype);
+    for l in 0..c.num_layers {
+        for (k, (i, o)) in ins_outs.into_iter().enumerate() {
+            let seed = (10 * l + k) as u64;
+            let a: Vec<f32> = random_values(4 * i, seed).into_iter().map(round).collect();
+            let bb: Vec<f32> = random_values(o * 4, seed + 100)
+                .into_iter()
+                .map(round)
+                .collect();
+            b.lora(&module_name(l, k), i, o, 4, &a, &bb);
+        }
+    }
+    adapter(&b)
+}
+
+/// bf16 and f16 adapters are attached in their stored dtype (half the bytes of f32 copies)
+/// and give exactly the logits of the same values held as f32 (the kernels widen them
+/// exactly), alone and beside each other in one mixed batch.
+#[test]
+fn half_precision_adapters_run_in_their_dtype_with_the_logits_of_their_f32_values() {
+    let to_bf16: fn(f32) -> f32 = |v| half::bf16::from_f32(v).to_f32();
+    let to_f16: fn(f32) -> f32 = |v| half::f16::from_f32(v).to_f32();
+    let mut model = Model::from_dir(&fixture()).unwrap();
+    let mut ids = Vec::new();
+    let mut bytes = Vec::new();
+    for (dtype, round) in [
+        (DType::BF16, to_bf16),
+        (DType::F32, to_bf16),
+        (DType::F16, to_f16),
+        (DType::F32, to_f16),
+    ] {
+        let a = all_linear_adapter(dtype, round);
+        assert_eq!(
+            a.module("model.layers.0.mlp.up_proj").unwrap().a().dtype(),
+            dtype
+        );
+        let before = model.attached_bytes();
+        ids.push(model.attach_adapter(&format!("{dtype:?}"), &a).unwrap());
+        bytes.push(model.attached_bytes() - before);
+    }
+    // 2 layers × (64+64 + 64+32 + 64+32 + 64+64 + 64+128 + 64+128 + 128+64) × rank 4 values
+    let values = 2 * 4 * (128 + 96 + 96 + 128 + 192 + 192 + 192);
+    assert_eq!(bytes, [2 * values, 4 * values, 2 * values, 4 * values]);
+
+    let one = |adapter, tokens| {
+        model
+            .forward(&[SeqInput {
+                adapter: Some(adapter),
+                tokens,
+            }])
+            .unwrap()
+            .remove(0)
+    };
+    let batch: Vec<SeqInput<'_>> = SEQS
+        .iter()
+        .flat_map(|tokens| {
+            ids.iter().map(|&id| SeqInput {
+                adapter: Some(id),
+                tokens,
+            })
+        })
+        .collect();
+    let mixed = model.forward(&batch).unwrap();
+    for (s, tokens) in SEQS.iter().enumerate() {
+        let base = model
+            .forward(&[SeqInput {
+                adapter: None,
+                tokens,
+            }])
+            .unwrap()
+            .remove(0);
+        for pair in [0, 2] {
+            let half = one(ids[pair], tokens);
+            let full = one(ids[pair + 1], tokens);
+            assert_eq!(half, full, "seq {s}, adapter {pair}: bitwise equal alone");
+            assert!(
+                max_diff(&half, &base) > 1e-2,
+                "the adapter changes the logits"
+            );
+            for k in [pair, pair + 1] {
+                let e = max_diff(&mixed[s * ids.len() + k], &full);
+                assert!(e <= 1e-5, "seq {s}, adapter {k} in the mixed batch: {e}");
+            }
+        }
     }
 }

@@ -311,3 +311,69 @@ fn sgmv_matches_reference_at_model_width_with_vector_tails() {
     check_case::<bf16>(&c);
     check_case::<f16>(&c);
 }
+
+fn slots_from<'a, W: LoraElement>(
+    c: &Case,
+    a: &'a [Vec<W>],
+    b: &'a [Vec<W>],
+    scales: &[f32],
+) -> AdapterSlots<'a, W> {
+    let slots = (0..c.ranks.len())
+        .map(|i| LoraSlot {
+            a: &a[i][..],
+            b: &b[i][..],
+            rank: c.ranks[i],
+            scale: scales[i],
+        })
+        .collect();
+    AdapterSlots::new(c.in_f, c.out_f, slots).unwrap()
+}
+
+/// Weights narrower than the activations (f32 rows with f16 / bf16 adapters, as a model serving
+/// half-precision adapters runs): bitwise the result of the same weights widened to f32, since
+/// widening is exact and the arithmetic is the same.
+fn check_mixed<W: LoraElement>(c: &Case) {
+    let d = make::<f32>(c);
+    let narrow = |v: &Vec<f32>| v.iter().map(|&t| W::from_f32(t)).collect::<Vec<W>>();
+    let a: Vec<Vec<W>> = d.a.iter().map(narrow).collect();
+    let b: Vec<Vec<W>> = d.b.iter().map(narrow).collect();
+    let wide = |v: &Vec<W>| v.iter().map(|t| t.to_f32()).collect::<Vec<f32>>();
+    let (a32, b32): (Vec<Vec<f32>>, Vec<Vec<f32>>) =
+        (a.iter().map(wide).collect(), b.iter().map(wide).collect());
+    let narrow_slots = slots_from(c, &a, &b, &d.scales);
+    let wide_slots = slots_from(c, &a32, &b32, &d.scales);
+    let bits = |y: &[f32]| y.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+
+    let (mut got, mut want) = (d.y0.clone(), d.y0.clone());
+    sgmv(&d.x, &narrow_slots, &d.segments, &mut got).unwrap();
+    sgmv(&d.x, &wide_slots, &d.segments, &mut want).unwrap();
+    assert_eq!(bits(&got), bits(&want), "sgmv, {} weights", W::NAME);
+
+    let (mut got, mut want) = (d.y0.clone(), d.y0.clone());
+    bgmv(&d.x, &narrow_slots, &d.row_slots, &mut got).unwrap();
+    bgmv(&d.x, &wide_slots, &d.row_slots, &mut want).unwrap();
+    assert_eq!(bits(&got), bits(&want), "bgmv, {} weights", W::NAME);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    #[test]
+    fn half_precision_weights_on_f32_rows_equal_their_widened_values(c in case_strategy(40)) {
+        check_mixed::<bf16>(&c);
+        check_mixed::<f16>(&c);
+    }
+}
+
+#[test]
+fn half_precision_weights_on_f32_rows_at_model_width() {
+    let c = Case {
+        in_f: 1024,
+        out_f: 2816,
+        ranks: vec![16, 8],
+        runs: vec![(1, Some(0)), (1, None), (12, Some(1)), (40, Some(0))],
+        seed: 5,
+    };
+    check_mixed::<bf16>(&c);
+    check_mixed::<f16>(&c);
+}

@@ -1,7 +1,9 @@
-//! Adapters attached to a model, prepared for the batched forward pass: f32 factors per
-//! targeted linear, the DoRA factor `m / ‖W + ΔW‖` per output row, and `modules_to_save`
-//! replacements; and the projection of a mixed batch (dense matmul, replacements, then all
-//! LoRA updates of the batch through one SGMV call per module).
+//! Adapters attached to a model, prepared for the batched forward pass: the LoRA factors of
+//! each targeted linear in the dtype the adapter was stored in (SGMV widens them on the fly, so
+//! a bf16 adapter costs its bf16 bytes, not an f32 copy), the DoRA factor `m / ‖W + ΔW‖` per
+//! output row, and `modules_to_save` replacements; and the projection of a mixed batch (dense
+//! matmul, replacements, then all LoRA updates of the batch through one SGMV call per module and
+//! stored dtype).
 
 use std::collections::HashMap;
 
@@ -9,15 +11,44 @@ use candle_core::{Device, Tensor};
 
 use super::error::ModelError;
 use super::load::{Linear, transposed};
-use crate::adapter::{LoraAdapter, ModuleKind};
+use crate::adapter::{LoraAdapter, LoraModule, ModuleKind};
 use crate::error::LoraError;
-use crate::sgmv::{AdapterSlots, LoraSlot, Segments, sgmv};
+use crate::sgmv::{AdapterSlots, LoraElement, LoraSlot, Segments, sgmv};
+use half::{bf16, f16};
+
+/// The `A` and `B` factors of one module, in the adapter's stored dtype (f32 when the two were
+/// stored in different dtypes).
+#[derive(Debug, Clone)]
+pub(crate) enum Factors {
+    F32(Vec<f32>, Vec<f32>),
+    F16(Vec<f16>, Vec<f16>),
+    Bf16(Vec<bf16>, Vec<bf16>),
+}
+
+impl Factors {
+    fn of(m: &LoraModule) -> Self {
+        if let (Some(a), Some(b)) = (m.a().as_bf16(), m.b().as_bf16()) {
+            return Factors::Bf16(a.to_vec(), b.to_vec());
+        }
+        if let (Some(a), Some(b)) = (m.a().as_f16(), m.b().as_f16()) {
+            return Factors::F16(a.to_vec(), b.to_vec());
+        }
+        Factors::F32(m.a_f32().into_owned(), m.b_f32().into_owned())
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Factors::F32(a, b) => (a.len() + b.len()) * 4,
+            Factors::F16(a, b) => (a.len() + b.len()) * 2,
+            Factors::Bf16(a, b) => (a.len() + b.len()) * 2,
+        }
+    }
+}
 
 /// One targeted linear of one adapter.
 #[derive(Debug, Clone)]
 pub(crate) struct PreparedModule {
-    pub a: Vec<f32>,
-    pub b: Vec<f32>,
+    pub factors: Factors,
     pub rank: usize,
     pub scale: f32,
     /// `scale · lora_bias`, when present.
@@ -59,10 +90,9 @@ impl PreparedAdapter {
             .modules
             .values()
             .map(|m| {
-                m.a.len()
-                    + m.b.len()
-                    + m.bias.as_ref().map_or(0, Vec::len)
-                    + m.dora.as_ref().map_or(0, Vec::len)
+                m.factors.bytes()
+                    + (m.bias.as_ref().map_or(0, Vec::len) + m.dora.as_ref().map_or(0, Vec::len))
+                        * f
             })
             .sum();
         let saved: usize = self
@@ -70,7 +100,7 @@ impl PreparedAdapter {
             .values()
             .map(|s| s.data.len() + s.wt.as_ref().map_or(0, |t| t.elem_count()))
             .sum();
-        (modules + saved) * f
+        modules + saved * f
     }
 }
 
@@ -130,8 +160,7 @@ pub(crate) fn prepare(
         modules.insert(
             module.to_string(),
             PreparedModule {
-                a: m.a_f32().into_owned(),
-                b: m.b_f32().into_owned(),
+                factors: Factors::of(m),
                 rank: m.rank(),
                 scale,
                 bias,
@@ -216,39 +245,38 @@ pub(crate) fn project(
             y[s.start * n_out..s.end * n_out].copy_from_slice(&part);
         }
     }
-    // LoRA: one slot per distinct adapter of the batch that targets this module.
-    let mut slot_of: HashMap<usize, usize> = HashMap::new();
-    let mut slots = Vec::new();
-    let mut triples = Vec::new();
+    // LoRA: one slot per distinct adapter of the batch that targets this module, gathered per
+    // stored dtype (one SGMV call for each dtype present).
+    let mut f32s = DtypeSlots::default();
+    let mut f16s = DtypeSlots::default();
+    let mut bf16s = DtypeSlots::default();
     for s in spans {
         let Some(id) = s.adapter else { continue };
         let Some(m) = adapters[id].modules.get(&lin.name) else {
             continue;
         };
-        let slot = *slot_of.entry(id).or_insert_with(|| {
-            slots.push(LoraSlot {
-                a: &m.a[..],
-                b: &m.b[..],
-                rank: m.rank,
-                scale: m.scale,
-            });
-            slots.len() - 1
-        });
-        triples.push((s.start, s.end, slot));
+        match &m.factors {
+            Factors::F32(a, b) => f32s.push(id, (s.start, s.end), a, b, m),
+            Factors::F16(a, b) => f16s.push(id, (s.start, s.end), a, b, m),
+            Factors::Bf16(a, b) => bf16s.push(id, (s.start, s.end), a, b, m),
+        }
     }
+    let any = !(f32s.triples.is_empty() && f16s.triples.is_empty() && bf16s.triples.is_empty());
     // Without DoRA or a LoRA bias in the batch the update is a plain sum: SGMV adds it into `y`.
     let plain = spans.iter().all(|s| {
         s.adapter
             .and_then(|id| adapters[id].modules.get(&lin.name))
             .is_none_or(|m| m.dora.is_none() && m.bias.is_none())
     });
-    if !triples.is_empty() && plain {
-        let slots = AdapterSlots::new(n_in, n_out, slots)?;
-        sgmv(x, &slots, &Segments::from_triples(&triples), &mut y)?;
-    } else if !triples.is_empty() {
-        let slots = AdapterSlots::new(n_in, n_out, slots)?;
+    if any && plain {
+        f32s.apply(x, n_in, n_out, &mut y)?;
+        f16s.apply(x, n_in, n_out, &mut y)?;
+        bf16s.apply(x, n_in, n_out, &mut y)?;
+    } else if any {
         let mut delta = vec![0f32; rows * n_out];
-        sgmv(x, &slots, &Segments::from_triples(&triples), &mut delta)?;
+        f32s.apply(x, n_in, n_out, &mut delta)?;
+        f16s.apply(x, n_in, n_out, &mut delta)?;
+        bf16s.apply(x, n_in, n_out, &mut delta)?;
         for s in spans {
             let Some(m) = s.adapter.and_then(|id| adapters[id].modules.get(&lin.name)) else {
                 continue;
@@ -281,4 +309,54 @@ pub(crate) fn project(
         }
     }
     Ok(y)
+}
+
+/// The slots of one weight dtype for one projection of a batch, and the row ranges using them.
+struct DtypeSlots<'a, W> {
+    slot_of: HashMap<usize, usize>,
+    slots: Vec<LoraSlot<'a, W>>,
+    triples: Vec<(usize, usize, usize)>,
+}
+
+impl<W> Default for DtypeSlots<'_, W> {
+    fn default() -> Self {
+        Self {
+            slot_of: HashMap::new(),
+            slots: Vec::new(),
+            triples: Vec::new(),
+        }
+    }
+}
+
+impl<'a, W: LoraElement> DtypeSlots<'a, W> {
+    fn push(
+        &mut self,
+        adapter: usize,
+        (start, end): (usize, usize),
+        a: &'a [W],
+        b: &'a [W],
+        m: &PreparedModule,
+    ) {
+        let slots = &mut self.slots;
+        let slot = *self.slot_of.entry(adapter).or_insert_with(|| {
+            slots.push(LoraSlot {
+                a,
+                b,
+                rank: m.rank,
+                scale: m.scale,
+            });
+            slots.len() - 1
+        });
+        self.triples.push((start, end, slot));
+    }
+
+    /// `y[rows] += scale · x[rows] · Aᵀ · Bᵀ` for every gathered row range.
+    fn apply(self, x: &[f32], n_in: usize, n_out: usize, y: &mut [f32]) -> Result<(), ModelError> {
+        if self.triples.is_empty() {
+            return Ok(());
+        }
+        let slots = AdapterSlots::new(n_in, n_out, self.slots)?;
+        sgmv(x, &slots, &Segments::from_triples(&self.triples), y)?;
+        Ok(())
+    }
 }

@@ -191,8 +191,8 @@ impl Model {
             .collect()
     }
 
-    /// Bytes held by the attached adapters' prepared copies (f32 factors, DoRA factors, saved
-    /// parameters).
+    /// Bytes held by the attached adapters' prepared copies (LoRA factors in their stored dtype,
+    /// DoRA factors, saved parameters).
     pub fn attached_bytes(&self) -> usize {
         self.adapters.iter().map(PreparedAdapter::bytes).sum()
     }

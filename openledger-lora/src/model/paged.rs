@@ -10,7 +10,7 @@
 //! engine checks readiness with ([`PagedModel::with_pool`]) and each adapter is attached when the
 //! engine admits the first request that names it ([`StepModel::prepare_adapter`]); an adapter
 //! made for another base then fails that request alone. Adapters the pool has evicted are
-//! detached again (their prepared f32 copies freed) before the next attach and at every step,
+//! detached again (their prepared copies freed) before the next attach and at every step,
 //! so the model's adapter memory follows the pool's budget; the engine pins the adapters of
 //! running requests, so an adapter in use is never evicted.
 //!

@@ -296,6 +296,29 @@ pub enum FinishReason {
     Cancelled,
 }
 
+impl FinishReason {
+    /// The answer a request's output `text` (its detokenized tokens) shows once it finished
+    /// for this reason: after a stop string, the text before the string's first occurrence —
+    /// the string, and whatever the token completing it carried after it, are not part of the
+    /// answer (as with stop strings in vLLM or transformers); any other reason keeps `text`.
+    ///
+    /// ```
+    /// use openledger_lora::serve::FinishReason;
+    ///
+    /// let stop = FinishReason::StopString("\n\n".into());
+    /// assert_eq!(stop.visible_text("Aspirin.\n\nQ:".into()), "Aspirin.");
+    /// assert_eq!(FinishReason::MaxNewTokens.visible_text("Aspi".into()), "Aspi");
+    /// ```
+    pub fn visible_text(&self, mut text: String) -> String {
+        if let FinishReason::StopString(stop) = self
+            && let Some(at) = text.find(stop.as_str())
+        {
+            text.truncate(at);
+        }
+        text
+    }
+}
+
 /// Decides, token by token, whether a request's output is finished.
 #[derive(Debug, Clone)]
 pub struct StopChecker {

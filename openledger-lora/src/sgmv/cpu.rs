@@ -116,10 +116,10 @@ fn widened<'s, T: LoraElement>(src: &'s [T], buf: &'s mut Vec<f32>) -> &'s [f32]
 }
 
 /// `v[row] = x[row] · A_slotᵀ` for every row with an adapter. Lengths are checked by the caller.
-pub(crate) fn shrink<T: LoraElement>(
+pub(crate) fn shrink<X: LoraElement, W: LoraElement>(
     plan: &SgmvPlan,
-    x: &[T],
-    slots: &AdapterSlots<'_, T>,
+    x: &[X],
+    slots: &AdapterSlots<'_, W>,
     v: &mut [f32],
 ) {
     let d = slots.in_features();
@@ -144,11 +144,11 @@ pub(crate) fn shrink<T: LoraElement>(
 
 /// `y[row] += scale_slot · v[row] · B_slotᵀ` for every row with an adapter. Lengths are checked
 /// by the caller.
-pub(crate) fn expand<T: LoraElement>(
+pub(crate) fn expand<X: LoraElement, W: LoraElement>(
     plan: &SgmvPlan,
     v: &[f32],
-    slots: &AdapterSlots<'_, T>,
-    y: &mut [T],
+    slots: &AdapterSlots<'_, W>,
+    y: &mut [X],
 ) {
     let out_f = slots.out_features();
     let isa = detected_isa();

@@ -7,7 +7,9 @@
 //! in two public steps — *shrink* `v[i] = x[i] · A_sᵀ` into a packed f32 intermediate (each row
 //! takes its own slot's rank, nothing is padded to the largest rank) and *expand*
 //! `y[i] += scale_s · v[i] · B_sᵀ` — and a fused call on top. Rows with no adapter are left as
-//! they are. `x`, `y`, `A` and `B` are f32, f16 or bf16; arithmetic is f32.
+//! they are. The activations `x`, `y` and the weights `A`, `B` are each f32, f16 or bf16 (the
+//! weights may be narrower than the activations: bf16 adapters serve an f32 model without an f32
+//! copy); arithmetic is f32.
 //!
 //! The CPU path is rayon-parallel over rows *and* output columns (one token still uses every
 //! core), vectorised for AVX-512 / AVX2+FMA with a portable fallback, and its results do not
@@ -72,10 +74,10 @@ fn rows_of(buffer: &'static str, len: usize, width: usize) -> Result<usize, Sgmv
 
 /// Shrink with a validated plan: `v[row] = x[row] · A_slotᵀ`, `v` packed as the plan says
 /// (`plan.intermediate_len()` elements). `x` is `[plan.rows(), in_features]`.
-pub fn shrink_with_plan<T: LoraElement>(
+pub fn shrink_with_plan<X: LoraElement, W: LoraElement>(
     plan: &SgmvPlan,
-    x: &[T],
-    slots: &AdapterSlots<'_, T>,
+    x: &[X],
+    slots: &AdapterSlots<'_, W>,
     v: &mut [f32],
 ) -> Result<(), SgmvError> {
     plan.check_slots(slots)?;
@@ -87,11 +89,11 @@ pub fn shrink_with_plan<T: LoraElement>(
 
 /// Expand with a validated plan: `y[row] += scale_slot · v[row] · B_slotᵀ`. `y` is
 /// `[plan.rows(), out_features]`; rows without an adapter are not touched.
-pub fn expand_with_plan<T: LoraElement>(
+pub fn expand_with_plan<X: LoraElement, W: LoraElement>(
     plan: &SgmvPlan,
     v: &[f32],
-    slots: &AdapterSlots<'_, T>,
-    y: &mut [T],
+    slots: &AdapterSlots<'_, W>,
+    y: &mut [X],
 ) -> Result<(), SgmvError> {
     plan.check_slots(slots)?;
     check_len("y", plan.rows() * slots.out_features(), y.len())?;
@@ -101,11 +103,11 @@ pub fn expand_with_plan<T: LoraElement>(
 }
 
 /// Shrink then expand with a validated plan (allocates the intermediate).
-pub fn apply_with_plan<T: LoraElement>(
+pub fn apply_with_plan<X: LoraElement, W: LoraElement>(
     plan: &SgmvPlan,
-    x: &[T],
-    slots: &AdapterSlots<'_, T>,
-    y: &mut [T],
+    x: &[X],
+    slots: &AdapterSlots<'_, W>,
+    y: &mut [X],
 ) -> Result<(), SgmvError> {
     check_len("y", plan.rows() * slots.out_features(), y.len())?;
     let mut v = vec![0f32; plan.intermediate_len()];
@@ -116,9 +118,9 @@ pub fn apply_with_plan<T: LoraElement>(
 /// SGMV shrink: `v[row] = x[row] · A_slotᵀ` for every row of every segment. `x` is
 /// `[rows, in_features]`; returns the plan, whose `intermediate_len()` `v` must have (use
 /// [`SgmvPlan::from_segments`] first to size `v`).
-pub fn sgmv_shrink<T: LoraElement>(
-    x: &[T],
-    slots: &AdapterSlots<'_, T>,
+pub fn sgmv_shrink<X: LoraElement, W: LoraElement>(
+    x: &[X],
+    slots: &AdapterSlots<'_, W>,
     segments: &Segments,
     v: &mut [f32],
 ) -> Result<SgmvPlan, SgmvError> {
@@ -129,11 +131,11 @@ pub fn sgmv_shrink<T: LoraElement>(
 }
 
 /// SGMV expand: `y[row] += scale_slot · v[row] · B_slotᵀ` for every row of every segment.
-pub fn sgmv_expand<T: LoraElement>(
+pub fn sgmv_expand<X: LoraElement, W: LoraElement>(
     v: &[f32],
-    slots: &AdapterSlots<'_, T>,
+    slots: &AdapterSlots<'_, W>,
     segments: &Segments,
-    y: &mut [T],
+    y: &mut [X],
 ) -> Result<(), SgmvError> {
     let rows = rows_of("y", y.len(), slots.out_features())?;
     let plan = SgmvPlan::from_segments(segments, &slots.ranks(), rows)?;
@@ -141,11 +143,11 @@ pub fn sgmv_expand<T: LoraElement>(
 }
 
 /// SGMV, fused: `y[seg] += scale · (x[seg] · Aᵀ) · Bᵀ` for every segment.
-pub fn sgmv<T: LoraElement>(
-    x: &[T],
-    slots: &AdapterSlots<'_, T>,
+pub fn sgmv<X: LoraElement, W: LoraElement>(
+    x: &[X],
+    slots: &AdapterSlots<'_, W>,
     segments: &Segments,
-    y: &mut [T],
+    y: &mut [X],
 ) -> Result<(), SgmvError> {
     let rows = rows_of("x", x.len(), slots.in_features())?;
     let plan = SgmvPlan::from_segments(segments, &slots.ranks(), rows)?;
@@ -153,9 +155,9 @@ pub fn sgmv<T: LoraElement>(
 }
 
 /// BGMV shrink: one optional slot per row (`indices.len()` rows); returns the plan.
-pub fn bgmv_shrink<T: LoraElement>(
-    x: &[T],
-    slots: &AdapterSlots<'_, T>,
+pub fn bgmv_shrink<X: LoraElement, W: LoraElement>(
+    x: &[X],
+    slots: &AdapterSlots<'_, W>,
     indices: &[Option<usize>],
     v: &mut [f32],
 ) -> Result<SgmvPlan, SgmvError> {
@@ -165,22 +167,22 @@ pub fn bgmv_shrink<T: LoraElement>(
 }
 
 /// BGMV expand: one optional slot per row.
-pub fn bgmv_expand<T: LoraElement>(
+pub fn bgmv_expand<X: LoraElement, W: LoraElement>(
     v: &[f32],
-    slots: &AdapterSlots<'_, T>,
+    slots: &AdapterSlots<'_, W>,
     indices: &[Option<usize>],
-    y: &mut [T],
+    y: &mut [X],
 ) -> Result<(), SgmvError> {
     let plan = SgmvPlan::from_row_slots(indices, &slots.ranks())?;
     expand_with_plan(&plan, v, slots, y)
 }
 
 /// BGMV, fused: `y[i] += scale · (x[i] · Aᵀ) · Bᵀ` with the slot of row `i`.
-pub fn bgmv<T: LoraElement>(
-    x: &[T],
-    slots: &AdapterSlots<'_, T>,
+pub fn bgmv<X: LoraElement, W: LoraElement>(
+    x: &[X],
+    slots: &AdapterSlots<'_, W>,
     indices: &[Option<usize>],
-    y: &mut [T],
+    y: &mut [X],
 ) -> Result<(), SgmvError> {
     let plan = SgmvPlan::from_row_slots(indices, &slots.ranks())?;
     apply_with_plan(&plan, x, slots, y)

@@ -425,9 +425,9 @@ mod x86 {
     /// AVX2 + FMA + F16C; `b` holds at least `(o + 8) · r` elements; `vs[m].len() == r`;
     /// `ys[m].len() >= o + 8`.
     #[inline(always)]
-    unsafe fn expand_tile<const MR: usize, T: LoraElement>(
+    unsafe fn expand_tile<const MR: usize, T: LoraElement, W: LoraElement>(
         vs: &[&[f32]],
-        b: &[T],
+        b: &[W],
         r: usize,
         o: usize,
         scale: f32,
@@ -469,9 +469,9 @@ mod x86 {
     }
 
     #[inline(always)]
-    unsafe fn expand_rows<const MR: usize, T: LoraElement>(
+    unsafe fn expand_rows<const MR: usize, T: LoraElement, W: LoraElement>(
         vs: &[&[f32]],
-        b: &[T],
+        b: &[W],
         on: usize,
         scale: f32,
         ys: &mut [&mut [T]],
@@ -481,7 +481,7 @@ mod x86 {
         let mut o = 0;
         while o < full {
             // SAFETY: forwarded contract; o + 8 <= full <= on.
-            unsafe { expand_tile::<MR, T>(vs, b, r, o, scale, ys) };
+            unsafe { expand_tile::<MR, T, W>(vs, b, r, o, scale, ys) };
             o += 8;
         }
         for o in full..on {
@@ -503,9 +503,9 @@ mod x86 {
     /// # Safety
     /// AVX2 + FMA + F16C; `r` and `on` multiples of 8; shapes as asserted by [`expand_avx2`].
     #[inline(always)]
-    unsafe fn expand_transposed<T: LoraElement>(
+    unsafe fn expand_transposed<T: LoraElement, W: LoraElement>(
         vs: &[&[f32]],
-        b: &[T],
+        b: &[W],
         on: usize,
         scale: f32,
         ys: &mut [&mut [T]],
@@ -569,9 +569,9 @@ mod x86 {
     /// The CPU must support AVX2, FMA and F16C (checked by [`super::detected_isa`]); shapes as
     /// in [`super::expand`].
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn expand_avx2<T: LoraElement>(
+    pub(super) unsafe fn expand_avx2<T: LoraElement, W: LoraElement>(
         vs: &[&[f32]],
-        b: &[T],
+        b: &[W],
         on: usize,
         scale: f32,
         ys: &mut [&mut [T]],
@@ -589,12 +589,12 @@ mod x86 {
         let mut m = 0;
         while m + 4 <= vs.len() {
             // SAFETY: features enabled here; shapes asserted above.
-            unsafe { expand_rows::<4, T>(&vs[m..m + 4], b, on, scale, &mut ys[m..m + 4]) };
+            unsafe { expand_rows::<4, T, W>(&vs[m..m + 4], b, on, scale, &mut ys[m..m + 4]) };
             m += 4;
         }
         while m < vs.len() {
             // SAFETY: as above.
-            unsafe { expand_rows::<1, T>(&vs[m..m + 1], b, on, scale, &mut ys[m..m + 1]) };
+            unsafe { expand_rows::<1, T, W>(&vs[m..m + 1], b, on, scale, &mut ys[m..m + 1]) };
             m += 1;
         }
     }
@@ -614,10 +614,10 @@ pub(crate) fn shrink(isa: Isa, xs: &[&[f32]], a: &[&[f32]], out: &mut [&mut [f32
 /// `ys[m][o] += scale · Σ_j vs[m][j] · b[o·r + j]` for `o < on`, where `b` is the tile's
 /// `[on, r]` slice of `B` and every `vs` row has length `r`. The AVX2 kernel transposes `B` in
 /// registers; the portable one through an f32 scratch copy. Each output sums over `j` in order.
-pub(crate) fn expand<T: LoraElement>(
+pub(crate) fn expand<T: LoraElement, W: LoraElement>(
     isa: Isa,
     vs: &[&[f32]],
-    b: &[T],
+    b: &[W],
     on: usize,
     scale: f32,
     ys: &mut [&mut [T]],
