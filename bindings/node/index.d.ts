@@ -165,6 +165,18 @@ export declare class Engine {
   get vocabSize(): number
   /** The longest sequence (prompt and output) the engine runs. */
   get maxContext(): number
+  /** Whether the model folder has a `tokenizer.json` (string prompts, `stopStrings`, `text`). */
+  get hasTokenizer(): boolean
+  /**
+   * Token ids of `text` with the model's tokenizer (special tokens such as BOS added unless
+   * `addSpecialTokens` is false). Throws `Model` without a tokenizer.
+   */
+  encode(text: string, addSpecialTokens?: boolean | undefined | null): Uint32Array
+  /**
+   * Text of the token ids `ids` (special tokens left out unless `skipSpecialTokens` is
+   * false); an id outside the vocabulary is an `InvalidArg` error.
+   */
+  decode(ids: Uint32Array | Array<number>, skipSpecialTokens?: boolean | undefined | null): string
   /** Whether `close` was called. */
   get closed(): boolean
   /**
@@ -176,12 +188,13 @@ export declare class Engine {
   /** Names of the adapters attached to the model. */
   adapters(): Promise<Array<string>>
   /**
-   * Submits a request for `prompt` (token ids) and returns its stream of output tokens.
-   * Options are checked here (an `InvalidArg` error); what only the engine can judge (a
+   * Submits a request for `prompt` (token ids, or a string when the model has a tokenizer)
+   * and returns its stream of output tokens. Options are checked here (an `InvalidArg`
+   * error, also for `stopStrings` without a tokenizer); what only the engine can judge (a
    * token outside the vocabulary, an unknown adapter, a prompt too long) rejects the
    * stream's first `next()` with a `Request` or `UnknownId` error.
    */
-  generate(prompt: Uint32Array | Array<number>, options?: GenerateOptions | undefined | null): TokenStream
+  generate(prompt: string | Uint32Array | Array<number>, options?: GenerateOptions | undefined | null): TokenStream
   /**
    * Stops the engine: requests still running end (their streams reject with a `Closed`
    * error) and later calls throw `Closed`. Resolves once the engine thread has stopped.
@@ -495,8 +508,16 @@ export declare class TokenStream {
   /** The tokens read so far. */
   get tokens(): Uint32Array
   /**
-   * Why the request ended (`"stop_token"`, `"max_new_tokens"`, `"max_context"`,
-   * `"cancelled"`, ...), or `null` while it runs or when it failed.
+   * The text of the tokens read so far (special tokens left out), with the model's
+   * tokenizer; once the request ended on a stop string, the text before it. Throws `Model`
+   * without a tokenizer.
+   */
+  get text(): string
+  /** The stop string that ended the request, if one did. */
+  get stopString(): string | null
+  /**
+   * Why the request ended (`"stop_token"`, `"stop_string"`, `"max_new_tokens"`,
+   * `"max_context"`, `"cancelled"`, ...), or `null` while it runs or when it failed.
    */
   get finishReason(): string | null
   /** The request's statistics once it has ended, else `null`. */
@@ -648,6 +669,8 @@ export interface GenerateOptions {
   seed?: number
   /** Generating one of these ends the request (the stop token is not part of the output). */
   stopTokens?: Array<number>
+  /** The request ends once its text contains one of these (needs the model's tokenizer). */
+  stopStrings?: Array<string>
 }
 
 /** One attribution weight: a 32-byte id and its integer weight. */

@@ -2,6 +2,8 @@
 //! model folder served by the continuous-batching engine on a thread of its own, adapters
 //! attached from folders or taken from an `AdapterPool` on first use, and `generate` returning a
 //! `TokenStream`, an async iterator of token ids, with cancellation and per-request statistics.
+//! With the folder's `tokenizer.json` the engine also takes text prompts, stops on stop strings
+//! and gives each stream's text.
 //!
 //! The engine thread owns the Rust `Engine`; JavaScript calls reach it through a command channel,
 //! and each request's events are pushed into a channel its stream awaits on napi's runtime, so
@@ -16,12 +18,13 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use napi::Either;
+use napi::bindgen_prelude::Either3;
 use napi::bindgen_prelude::{
     AsyncGenerator, AsyncTask, Env, Object, ToNapiValue, Uint32Array, Unknown, sys,
 };
 use napi_derive::napi;
 use openledger_lora::adapter::{LoadOptions, LoraAdapter as RustAdapter};
-use openledger_lora::model::{Model, PagedModel};
+use openledger_lora::model::{Model, ModelError, PagedModel, TOKENIZER_FILE, Tokenizer};
 use openledger_lora::pool::{AdapterId, AdapterPool as RustPool};
 use openledger_lora::serve::{
     AdapterReadiness, CancelHandle, Engine as RustEngine, EngineConfig as RustConfig, Event,
@@ -217,9 +220,26 @@ pub struct Engine {
     fault: Fault,
     vocab_size: u32,
     max_context: u32,
+    model_dir: String,
+    tokenizer: Option<Arc<Tokenizer>>,
+}
+
+/// `what` needs a tokenizer the model folder `dir` lacks: a `Model` error saying so.
+fn no_tokenizer(dir: &str, what: &str) -> Error {
+    ModelError::Tokenizer {
+        what: TOKENIZER_FILE.into(),
+        reason: format!("the model folder {dir} has none: {what}"),
+    }
+    .to_js()
 }
 
 impl Engine {
+    fn tokenizer(&self, what: &str) -> Result<&Arc<Tokenizer>> {
+        self.tokenizer
+            .as_ref()
+            .ok_or_else(|| no_tokenizer(&self.model_dir, what))
+    }
+
     fn sender(&self) -> Result<Sender<Command>> {
         if let Some(f) = lock(&self.fault).as_ref() {
             return Err(Error::new(ErrorCode::Panic, f.clone()));
@@ -257,10 +277,13 @@ pub struct GenerateOptions {
     pub seed: Option<f64>,
     /// Generating one of these ends the request (the stop token is not part of the output).
     pub stop_tokens: Option<Vec<u32>>,
+    /// The request ends once its text contains one of these (needs the model's tokenizer).
+    pub stop_strings: Option<Vec<String>>,
 }
 
-fn prompt_ids(prompt: Either<Uint32Array, Vec<f64>>) -> Result<Vec<u32>> {
-    match prompt {
+/// `ids` as token ids; anything else is an `InvalidArg` error naming `name`.
+fn token_ids(name: &str, ids: Either<Uint32Array, Vec<f64>>) -> Result<Vec<u32>> {
+    match ids {
         Either::A(a) => Ok(a.to_vec()),
         Either::B(v) => v
             .iter()
@@ -270,12 +293,36 @@ fn prompt_ids(prompt: Either<Uint32Array, Vec<f64>>) -> Result<Vec<u32>> {
                     Ok(t as u32)
                 } else {
                     Err(invalid_arg(
-                        "prompt",
+                        name,
                         format!("item {i} is not a token id (an integer in 0 ..= 2**32 - 1): {t}"),
                     ))
                 }
             })
             .collect(),
+    }
+}
+
+/// The prompt as token ids: a string is encoded with `tokenizer` (special tokens such as BOS
+/// added, as a model's own pipeline does).
+fn prompt_ids(
+    prompt: Either3<String, Uint32Array, Vec<f64>>,
+    tokenizer: Option<&Arc<Tokenizer>>,
+) -> Result<Vec<u32>> {
+    match prompt {
+        Either3::A(text) => match tokenizer {
+            Some(tok) => tok
+                .encode(&text, true)
+                .map_err(|e| invalid_arg("prompt", e)),
+            None => Err(invalid_arg(
+                "prompt",
+                format!(
+                    "a string needs the model's {TOKENIZER_FILE}, which its folder lacks: pass \
+                     token ids"
+                ),
+            )),
+        },
+        Either3::B(a) => token_ids("prompt", Either::A(a)),
+        Either3::C(v) => token_ids("prompt", Either::B(v)),
     }
 }
 
@@ -293,7 +340,7 @@ fn sampling(o: &GenerateOptions) -> Result<SamplingParams> {
             .map_or(0, |s| s as u64),
         max_new_tokens: opt_count("maxNewTokens", o.max_new_tokens, d.max_new_tokens)?,
         stop_tokens: o.stop_tokens.clone().unwrap_or_default(),
-        stop_strings: Vec::new(),
+        stop_strings: o.stop_strings.clone().unwrap_or_default(),
     };
     // The crate's own range checks, so a bad parameter throws at the call.
     p.validate()
@@ -329,11 +376,18 @@ impl Engine {
             let pool = pool.map(|p| p.inner.clone());
             let progress = Progress::new(on_progress);
             Ok(EngineTask::spawn(move || {
-                let model = Model::from_dir_with_progress(&PathBuf::from(model_dir), &mut |_| {
+                let model = Model::from_dir_with_progress(&PathBuf::from(&model_dir), &mut |_| {
                     progress.advance(1)
                 })
                 .js()?;
                 let vocab_size = model.config().vocab_size as u32;
+                // A folder's tokenizer.json is used when present; a broken one is an error.
+                let dir = PathBuf::from(&model_dir);
+                let tokenizer = if dir.join(TOKENIZER_FILE).exists() {
+                    Some(Arc::new(Tokenizer::from_model_dir(&dir).js()?))
+                } else {
+                    None
+                };
                 let paged = match &pool {
                     Some(p) => PagedModel::with_pool(model, p.clone()),
                     None => PagedModel::new(model),
@@ -351,7 +405,13 @@ impl Engine {
                     attached: HashSet::new(),
                     pool,
                 };
-                let engine = RustEngine::new(paged, readiness, config).js()?;
+                let mut engine = RustEngine::new(paged, readiness, config).js()?;
+                if let Some(tok) = &tokenizer {
+                    let tok = Arc::clone(tok);
+                    engine = engine.with_detokenizer(move |ids: &[u32]| {
+                        tok.decode(ids, true).unwrap_or_default()
+                    });
+                }
                 let (tx, rx) = mpsc::channel();
                 let fault = Fault::default();
                 let f = fault.clone();
@@ -367,6 +427,8 @@ impl Engine {
                     fault,
                     vocab_size,
                     max_context: max_context as u32,
+                    model_dir,
+                    tokenizer,
                 })
             }))
         })
@@ -382,6 +444,41 @@ impl Engine {
     #[napi(getter, catch_unwind)]
     pub fn max_context(&self) -> u32 {
         self.max_context
+    }
+
+    /// Whether the model folder has a `tokenizer.json` (string prompts, `stopStrings`, `text`).
+    #[napi(getter, catch_unwind)]
+    pub fn has_tokenizer(&self) -> bool {
+        self.tokenizer.is_some()
+    }
+
+    /// Token ids of `text` with the model's tokenizer (special tokens such as BOS added unless
+    /// `addSpecialTokens` is false). Throws `Model` without a tokenizer.
+    #[napi(catch_unwind)]
+    pub fn encode(&self, text: String, add_special_tokens: Option<bool>) -> Result<Uint32Array> {
+        crate::error::guard(|| {
+            let tok = self.tokenizer("encode needs one")?;
+            let ids = tok
+                .encode(&text, add_special_tokens.unwrap_or(true))
+                .map_err(|e| invalid_arg("text", e))?;
+            Ok(Uint32Array::new(ids))
+        })
+    }
+
+    /// Text of the token ids `ids` (special tokens left out unless `skipSpecialTokens` is
+    /// false); an id outside the vocabulary is an `InvalidArg` error.
+    #[napi(catch_unwind)]
+    pub fn decode(
+        &self,
+        ids: Either<Uint32Array, Vec<f64>>,
+        skip_special_tokens: Option<bool>,
+    ) -> Result<String> {
+        crate::error::guard(|| {
+            let tok = self.tokenizer("decode needs one")?;
+            let ids = token_ids("ids", ids)?;
+            tok.decode(&ids, skip_special_tokens.unwrap_or(true))
+                .map_err(|e| invalid_arg("ids", e))
+        })
     }
 
     /// Whether `close` was called.
@@ -427,20 +524,27 @@ impl Engine {
         })
     }
 
-    /// Submits a request for `prompt` (token ids) and returns its stream of output tokens.
-    /// Options are checked here (an `InvalidArg` error); what only the engine can judge (a
+    /// Submits a request for `prompt` (token ids, or a string when the model has a tokenizer)
+    /// and returns its stream of output tokens. Options are checked here (an `InvalidArg`
+    /// error, also for `stopStrings` without a tokenizer); what only the engine can judge (a
     /// token outside the vocabulary, an unknown adapter, a prompt too long) rejects the
     /// stream's first `next()` with a `Request` or `UnknownId` error.
     #[napi(catch_unwind)]
     pub fn generate(
         &self,
-        prompt: Either<Uint32Array, Vec<f64>>,
+        prompt: Either3<String, Uint32Array, Vec<f64>>,
         options: Option<GenerateOptions>,
     ) -> Result<TokenStream> {
         crate::error::guard(|| {
             let o = options.unwrap_or_default();
+            if o.stop_strings.as_ref().is_some_and(|s| !s.is_empty()) && self.tokenizer.is_none() {
+                return Err(invalid_arg(
+                    "stopStrings",
+                    format!("they need the model's {TOKENIZER_FILE}, which its folder lacks"),
+                ));
+            }
             let req = Request {
-                prompt: prompt_ids(prompt)?,
+                prompt: prompt_ids(prompt, self.tokenizer.as_ref())?,
                 adapter: o.adapter.as_deref().map(adapter_id).transpose()?,
                 sampling: sampling(&o)?,
             };
@@ -454,6 +558,8 @@ impl Engine {
                 events: Arc::new(tokio::sync::Mutex::new(rx)),
                 read: Arc::default(),
                 fault: self.fault.clone(),
+                tokenizer: self.tokenizer.clone(),
+                model_dir: self.model_dir.clone(),
             })
         })
     }
@@ -580,6 +686,8 @@ pub struct TokenStream {
     events: Events,
     read: Arc<Mutex<Read>>,
     fault: Fault,
+    tokenizer: Option<Arc<Tokenizer>>,
+    model_dir: String,
 }
 
 impl TokenStream {
@@ -670,8 +778,38 @@ impl TokenStream {
         Uint32Array::new(lock(&self.read).tokens.clone())
     }
 
-    /// Why the request ended (`"stop_token"`, `"max_new_tokens"`, `"max_context"`,
-    /// `"cancelled"`, ...), or `null` while it runs or when it failed.
+    /// The text of the tokens read so far (special tokens left out), with the model's
+    /// tokenizer; once the request ended on a stop string, the text before it. Throws `Model`
+    /// without a tokenizer.
+    #[napi(getter, catch_unwind)]
+    pub fn text(&self) -> Result<String> {
+        crate::error::guard(|| {
+            let tok = self
+                .tokenizer
+                .as_ref()
+                .ok_or_else(|| no_tokenizer(&self.model_dir, "read `tokens`"))?;
+            let read = lock(&self.read);
+            let text = tok
+                .decode(&read.tokens, true)
+                .map_err(|e| invalid_arg("tokens", e))?;
+            Ok(match &read.end {
+                Some(End::Finished(reason, _)) => reason.visible_text(text),
+                _ => text,
+            })
+        })
+    }
+
+    /// The stop string that ended the request, if one did.
+    #[napi(getter, catch_unwind)]
+    pub fn stop_string(&self) -> Option<String> {
+        match lock(&self.read).end.as_ref()? {
+            End::Finished(FinishReason::StopString(s), _) => Some(s.clone()),
+            _ => None,
+        }
+    }
+
+    /// Why the request ended (`"stop_token"`, `"stop_string"`, `"max_new_tokens"`,
+    /// `"max_context"`, `"cancelled"`, ...), or `null` while it runs or when it failed.
     #[napi(getter, catch_unwind)]
     pub fn finish_reason(&self) -> Option<String> {
         match lock(&self.read).end.as_ref()? {

@@ -2,7 +2,8 @@
 //! model folder served by the continuous-batching engine on a thread of its own, adapters
 //! attached from folders or taken from an `AdapterPool` on first use, and `generate` returning
 //! a stream of tokens (an iterator and an async iterator) with cancellation and per-request
-//! statistics.
+//! statistics. With the folder's `tokenizer.json` the engine also takes text prompts, stops on
+//! stop strings and gives each stream's text.
 //!
 //! The engine thread owns the Rust `Engine`; Python calls reach it through a command channel
 //! and read tokens from each request's event channel, always with the GIL released.
@@ -15,7 +16,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use openledger_lora::adapter::{LoadOptions, LoraAdapter};
-use openledger_lora::model::{Model, ModelError, PagedModel};
+use openledger_lora::model::{Model, ModelError, PagedModel, TOKENIZER_FILE, Tokenizer};
 use openledger_lora::pool::{AdapterId, AdapterPool, PoolError};
 use openledger_lora::serve::{
     AdapterReadiness, CancelHandle, Engine, EngineConfig, Event, FinishReason, KvDtype, Preemption,
@@ -168,6 +169,8 @@ pub struct PyEngine {
     thread: Mutex<Option<JoinHandle<()>>>,
     vocab_size: usize,
     max_context: usize,
+    model_dir: PathBuf,
+    tokenizer: Option<Arc<Tokenizer>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -175,6 +178,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl PyEngine {
+    /// The model's tokenizer; without one, a `ModelFormatError` saying so.
+    fn tokenizer(&self) -> Result<&Arc<Tokenizer>> {
+        self.tokenizer.as_ref().ok_or_else(|| {
+            error::Error::from(ModelError::Tokenizer {
+                what: TOKENIZER_FILE.into(),
+                reason: format!(
+                    "the model folder {} has none: the engine takes token ids only",
+                    self.model_dir.display()
+                ),
+            })
+        })
+    }
+
     /// Sends `cmd` and waits (GIL released) for its answer.
     fn call<T: Send>(
         &self,
@@ -190,13 +206,28 @@ impl PyEngine {
     }
 }
 
-/// The prompt as token ids; anything else is an `InvalidArgumentError` naming what is wrong.
-fn prompt_ids(prompt: &Bound<'_, PyAny>) -> Result<Vec<u32>> {
-    if prompt.is_instance_of::<PyString>() {
-        return Err(invalid_arg(
-            "prompt",
-            "expected a sequence of token ids, got str (the engine takes token ids)",
-        ));
+/// The prompt as token ids (a str is encoded with `tokenizer`, special tokens such as BOS
+/// added); anything else is an `InvalidArgumentError` naming what is wrong.
+fn prompt_ids(
+    py: Python<'_>,
+    prompt: &Bound<'_, PyAny>,
+    tokenizer: Option<&Arc<Tokenizer>>,
+) -> Result<Vec<u32>> {
+    if let Ok(text) = prompt.cast::<PyString>() {
+        let Some(tok) = tokenizer else {
+            return Err(invalid_arg(
+                "prompt",
+                format!(
+                    "a str needs the model's {TOKENIZER_FILE}, which its folder lacks: pass \
+                     token ids"
+                ),
+            ));
+        };
+        let text = text.to_cow()?.into_owned();
+        return py.detach(|| {
+            tok.encode(&text, true)
+                .map_err(|e| invalid_arg("prompt", e))
+        });
     }
     let items = prompt.try_iter().map_err(|_| {
         invalid_arg(
@@ -272,6 +303,14 @@ impl PyEngine {
         progress.finish()?;
         let model = model?;
         let vocab_size = model.config().vocab_size;
+        // A folder's tokenizer.json is used when present; a broken one is an error, not ignored.
+        let tokenizer = if model_dir.join(TOKENIZER_FILE).exists() {
+            let tok =
+                py.detach(|| Tokenizer::from_model_dir(&model_dir).map_err(error::Error::from));
+            Some(Arc::new(tok?))
+        } else {
+            None
+        };
         let paged = match &pool {
             Some(p) => PagedModel::with_pool(model, p.clone()),
             None => PagedModel::new(model),
@@ -291,7 +330,13 @@ impl PyEngine {
             pool,
             pinned: HashSet::new(),
         };
-        let engine = Engine::new(paged, readiness, config).map_err(|e| invalid_arg("engine", e))?;
+        let mut engine =
+            Engine::new(paged, readiness, config).map_err(|e| invalid_arg("engine", e))?;
+        if let Some(tok) = &tokenizer {
+            let tok = Arc::clone(tok);
+            engine = engine
+                .with_detokenizer(move |ids: &[u32]| tok.decode(ids, true).unwrap_or_default());
+        }
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("openledger-engine".into())
@@ -302,6 +347,8 @@ impl PyEngine {
             thread: Mutex::new(Some(thread)),
             vocab_size,
             max_context,
+            model_dir,
+            tokenizer,
         })
     }
 
@@ -315,6 +362,34 @@ impl PyEngine {
     #[getter]
     fn max_context(&self) -> usize {
         self.max_context
+    }
+
+    /// Whether the model folder has a `tokenizer.json` (text prompts, stop strings, `text`).
+    #[getter]
+    fn has_tokenizer(&self) -> bool {
+        self.tokenizer.is_some()
+    }
+
+    /// Token ids of `text` with the model's tokenizer (special tokens such as BOS added when
+    /// `add_special_tokens`). Without a tokenizer: `ModelFormatError`.
+    #[pyo3(signature = (text, add_special_tokens = true))]
+    fn encode(&self, py: Python<'_>, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+        let tok = self.tokenizer()?;
+        py.detach(|| {
+            tok.encode(text, add_special_tokens)
+                .map_err(|e| invalid_arg("text", e))
+        })
+    }
+
+    /// Text of the token ids `ids` (special tokens left out when `skip_special_tokens`); an id
+    /// outside the vocabulary is an `InvalidArgumentError`.
+    #[pyo3(signature = (ids, skip_special_tokens = true))]
+    fn decode(&self, py: Python<'_>, ids: Vec<u32>, skip_special_tokens: bool) -> Result<String> {
+        let tok = self.tokenizer()?;
+        py.detach(|| {
+            tok.decode(&ids, skip_special_tokens)
+                .map_err(|e| invalid_arg("ids", e))
+        })
     }
 
     /// Whether `close` was called.
@@ -355,11 +430,13 @@ impl PyEngine {
         self.call(py, Command::Adapters)
     }
 
-    /// Starts generating after `prompt` (token ids) with `adapter` (an attached or pooled
-    /// adapter id; `None`: the base model) and returns the stream of its tokens. Bad input (an
-    /// empty or too long prompt, a token outside the vocabulary, an unknown adapter, invalid
-    /// sampling parameters) raises here; an adapter that fails to load or does not fit the
-    /// model raises from the stream. `temperature = 0` is greedy.
+    /// Starts generating after `prompt` (token ids, or a str when the model has a tokenizer)
+    /// with `adapter` (an attached or pooled adapter id; `None`: the base model) and returns
+    /// the stream of its tokens. Bad input (an empty or too long prompt, a token outside the
+    /// vocabulary, an unknown adapter, invalid sampling parameters, stop strings without a
+    /// tokenizer) raises here; an adapter that fails to load or does not fit the model raises
+    /// from the stream. `temperature = 0` is greedy. The request ends at the first of
+    /// `stop_tokens` (not part of the output) or once its text contains one of `stop_strings`.
     #[pyo3(signature = (
         prompt,
         adapter = None,
@@ -370,7 +447,8 @@ impl PyEngine {
         top_p = None,
         repetition_penalty = None,
         seed = 0,
-        stop_tokens = None
+        stop_tokens = None,
+        stop_strings = None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn generate(
@@ -385,8 +463,16 @@ impl PyEngine {
         repetition_penalty: Option<f32>,
         seed: u64,
         stop_tokens: Option<Vec<u32>>,
+        stop_strings: Option<Vec<String>>,
     ) -> Result<PyTokenStream> {
-        let prompt = prompt_ids(prompt)?;
+        let prompt = prompt_ids(py, prompt, self.tokenizer.as_ref())?;
+        let stop_strings = stop_strings.unwrap_or_default();
+        if !stop_strings.is_empty() && self.tokenizer.is_none() {
+            return Err(invalid_arg(
+                "stop_strings",
+                format!("they need the model's {TOKENIZER_FILE}, which its folder lacks"),
+            ));
+        }
         let adapter = match adapter {
             None => None,
             Some(a) if a.is_none() => None,
@@ -411,7 +497,7 @@ impl PyEngine {
                 seed,
                 max_new_tokens,
                 stop_tokens: stop_tokens.unwrap_or_default(),
-                stop_strings: Vec::new(),
+                stop_strings,
             },
         };
         let handle = self
@@ -420,6 +506,7 @@ impl PyEngine {
         Ok(PyTokenStream {
             id: handle.id.0,
             cancel: handle.cancel.clone(),
+            tokenizer: self.tokenizer.clone(),
             state: Mutex::new(StreamState {
                 handle,
                 tokens: Vec::new(),
@@ -501,6 +588,7 @@ enum Next {
 pub struct PyTokenStream {
     id: u64,
     cancel: CancelHandle,
+    tokenizer: Option<Arc<Tokenizer>>,
     state: Mutex<StreamState>,
 }
 
@@ -579,8 +667,42 @@ impl PyTokenStream {
         py.detach(|| lock(&self.state).tokens.clone())
     }
 
-    /// Why the request ended (`"max_new_tokens"`, `"stop_token"`, `"max_context"`,
-    /// `"cancelled"`), or `None` while it runs or when it failed.
+    /// The text of the tokens read so far (special tokens left out), with the model's
+    /// tokenizer; once the request ended on a stop string, the text before it (the string and
+    /// what followed it in the last token are left out). Without a tokenizer:
+    /// `ModelFormatError`.
+    #[getter]
+    fn text(&self, py: Python<'_>) -> Result<String> {
+        let Some(tok) = &self.tokenizer else {
+            return Err(ModelError::Tokenizer {
+                what: TOKENIZER_FILE.into(),
+                reason: "the engine's model folder has none: read `tokens`".into(),
+            }
+            .into());
+        };
+        py.detach(|| {
+            let st = lock(&self.state);
+            let text = tok
+                .decode(&st.tokens, true)
+                .map_err(|e| invalid_arg("tokens", e))?;
+            Ok(match &st.end {
+                Some(End::Finished(reason, _)) => reason.visible_text(text),
+                _ => text,
+            })
+        })
+    }
+
+    /// The stop string that ended the request, if one did.
+    #[getter]
+    fn stop_string(&self, py: Python<'_>) -> Option<String> {
+        py.detach(|| match &lock(&self.state).end {
+            Some(End::Finished(FinishReason::StopString(s), _)) => Some(s.clone()),
+            _ => None,
+        })
+    }
+
+    /// Why the request ended (`"max_new_tokens"`, `"stop_token"`, `"stop_string"`,
+    /// `"max_context"`, `"cancelled"`), or `None` while it runs or when it failed.
     #[getter]
     fn finish_reason(&self, py: Python<'_>) -> Option<&'static str> {
         py.detach(|| match &lock(&self.state).end {

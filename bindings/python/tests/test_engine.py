@@ -185,3 +185,106 @@ def test_model_loading_reports_progress_and_bad_folders_raise(tmp_path):
         ol.Engine(tmp_path)
     for cls in (ol.EngineClosedError, ol.GenerationError, ol.ModelFormatError):
         assert issubclass(cls, ol.OpenLedgerError)
+
+
+def word_tokenizer(vocab_size):
+    """A word-level tokenizer.json for the tiny llama: id i is the word "w<i>", 0 is <unk>, 1
+    the <s> (BOS) a post-processor puts first."""
+    vocab = {"<unk>": 0, "<s>": 1}
+    vocab.update({f"w{i}": i for i in range(2, vocab_size)})
+    bos = {"id": 1, "content": "<s>", "single_word": False, "lstrip": False, "rstrip": False,
+           "normalized": False, "special": True}
+    return {
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": [bos],
+        "normalizer": None, "pre_tokenizer": {"type": "Whitespace"},
+        "post_processor": {
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}},
+                       {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"Sequence": {"id": "A", "type_id": 0}},
+                     {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}},
+        },
+        "decoder": None,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"},
+    }
+
+
+@pytest.fixture(scope="module")
+def text_model(tmp_path_factory):
+    """The tiny llama's folder with a tokenizer.json beside its weights."""
+    d = tmp_path_factory.mktemp("tiny-llama-text")
+    for f in ("config.json", "model.safetensors", "generation_config.json"):
+        (d / f).write_bytes((TINY / f).read_bytes())
+    vocab = json.loads((TINY / "config.json").read_text())["vocab_size"]
+    (d / "tokenizer.json").write_text(json.dumps(word_tokenizer(vocab)))
+    return d
+
+
+def test_text_prompts_encode_to_the_reference_ids_and_streams_give_their_text(text_model, reference):
+    with ol.Engine(text_model, max_context=64, block_size=4) as e:
+        assert e.has_tokenizer
+        ids = reference["sequences"][0]
+        assert ids[0] == 1  # the references start with BOS
+        text = " ".join(f"w{t}" for t in ids[1:])
+        assert e.encode(text) == ids
+        assert e.encode(text, add_special_tokens=False) == ids[1:]
+        assert e.decode(ids) == text
+        assert e.decode(ids, skip_special_tokens=False) == "<s> " + text
+        e.add_adapter("qv-r4", ADAPTERS / "qv-r4")
+        s = e.generate(text, "qv-r4", max_new_tokens=8)
+        pieces = []
+        for _ in s:
+            pieces.append(s.text)
+        assert s.tokens == reference["greedy"]["qv-r4.0"]
+        assert s.text == " ".join(f"w{t}" for t in s.tokens)
+        # the text grows token by token
+        assert all(b.startswith(a) and len(b) > len(a) for a, b in zip(pieces, pieces[1:]))
+        assert s.finish_reason == "max_new_tokens" and s.stop_string is None
+
+
+def test_stop_strings_end_a_request_once_its_text_contains_one(text_model, reference):
+    with ol.Engine(text_model, max_context=64, block_size=4) as e:
+        prompt = reference["sequences"][1]
+        full = reference["greedy"]["base.1"]
+        stop = f"w{full[3]}"
+        # the engine stops at the first output whose text contains the string
+        k = next(n for n in range(1, len(full) + 1) if stop in e.decode(full[:n]))
+        s = e.generate(prompt, max_new_tokens=8, stop_strings=[stop, "never-generated"])
+        assert s.collect() == full[:k]
+        assert s.finish_reason == "stop_string" and s.stop_string == stop
+        # the text stops before the stop string
+        assert s.text == e.decode(full[:k])[: e.decode(full[:k]).index(stop)]
+        assert stop not in s.text
+
+
+def test_text_without_a_tokenizer_and_bad_text_input_raise_typed_errors(text_model, reference):
+    with ol.Engine(TINY, max_context=64, block_size=4) as e:
+        assert not e.has_tokenizer
+        with pytest.raises(ol.ModelFormatError, match="tokenizer.json"):
+            e.encode("w17")
+        with pytest.raises(ol.ModelFormatError, match="tokenizer.json"):
+            e.decode([1, 2])
+        with pytest.raises(ol.InvalidArgumentError, match="stop_strings"):
+            e.generate(reference["sequences"][0], stop_strings=["w5"])
+        s = e.generate(reference["sequences"][0], max_new_tokens=2)
+        s.collect()
+        with pytest.raises(ol.ModelFormatError, match="tokenizer.json"):
+            s.text
+    with ol.Engine(text_model, max_context=64, block_size=4) as e:
+        with pytest.raises(ol.InvalidArgumentError, match="ids"):
+            e.decode([1, 10**6])
+        with pytest.raises(ol.InvalidArgumentError, match="stop_strings"):
+            e.generate("w17", stop_strings=[""])
+        with pytest.raises(ol.InvalidArgumentError, match="context"):
+            e.generate(" ".join(["w5"] * 64))
+        # still serving
+        assert len(e.generate("w17 w42", max_new_tokens=3).collect()) == 3
+
+
+def test_a_broken_tokenizer_file_is_a_model_format_error(tmp_path):
+    for f in ("config.json", "model.safetensors"):
+        (tmp_path / f).write_bytes((TINY / f).read_bytes())
+    (tmp_path / "tokenizer.json").write_text('{"model": ')
+    with pytest.raises(ol.ModelFormatError, match="tokenizer.json"):
+        ol.Engine(tmp_path)
