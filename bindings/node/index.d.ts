@@ -526,6 +526,43 @@ export declare class TokenStream {
 }
 
 /**
+ * LoRA (or DoRA) fine-tuning of the model in a HF folder; the base stays frozen. One call at
+ * a time: another call while one runs rejects (or throws) with `Busy`.
+ */
+export declare class Trainer {
+  /**
+   * Loads the model folder `modelDir` (config.json, safetensors) and sets up a fresh
+   * adapter as `options` say. Bad options throw `InvalidArg`; an unreadable folder rejects.
+   */
+  static load(modelDir: string, options: TrainerOptions): Promise<Trainer>
+  /** Trainable parameters. Throws `Busy` while a call runs. */
+  get numParameters(): number
+  /** Optimizer steps taken so far. Throws `Busy` while a call runs. */
+  get stepsTaken(): number
+  /**
+   * Trains on `train` for the steps left (evaluating on `evalSet` every `evalEvery` steps);
+   * `onEvent` gets every step, evaluation and checkpoint, all of them before the promise
+   * settles. Examples are checked here (`InvalidArg`); a non-finite loss rejects with
+   * `Training` before that step's update.
+   */
+  train(train: Array<TrainExample>, evalSet?: Array<TrainExample> | undefined | null, onEvent?: TrainEventFn | undefined | null): Promise<TrainSummary>
+  /** Loss and perplexity of the current adapter on `examples`. */
+  evaluate(examples: Array<TrainExample>): Promise<TrainEvent>
+  /**
+   * Writes the adapter as a PEFT folder (adapter_config.json + adapter_model.safetensors)
+   * that PEFT's `PeftModel.from_pretrained` loads.
+   */
+  saveAdapter(dir: string): Promise<void>
+  /**
+   * The flattened gradient of one example's loss with respect to every LoRA parameter, in
+   * the trainer's fixed layout.
+   */
+  exampleGradient(example: TrainExample): Promise<Float32Array>
+  /** The `n` tokens greedy decoding appends to `prompt` with the current adapter. */
+  greedy(prompt: Uint32Array | Array<number>, n: number): Promise<Uint32Array>
+}
+
+/**
  * An amount in wei (or another exact integer) as JavaScript passes it: a `bigint` or a
  * string of decimal digits (or `0x` hex).
  */
@@ -631,7 +668,7 @@ export interface EngineOptions {
 }
 
 /** The kind of an error, in its `code` property. */
-export type ErrorCode = 'InvalidArg' | 'InvalidId' | 'UnknownId' | 'AdapterFormat' | 'BaseMismatch' | 'Budget' | 'PoolState' | 'Busy' | 'Split' | 'FeatureStore' | 'MerkleTree' | 'Signature' | 'Abi' | 'Transaction' | 'Model' | 'Request' | 'Engine' | 'Closed' | 'OutOfOrder' | 'Loop' | 'Panic' | 'ENOENT' | 'EACCES' | 'EIO'
+export type ErrorCode = 'InvalidArg' | 'InvalidId' | 'UnknownId' | 'AdapterFormat' | 'BaseMismatch' | 'Budget' | 'PoolState' | 'Busy' | 'Split' | 'FeatureStore' | 'MerkleTree' | 'Signature' | 'Abi' | 'Transaction' | 'Model' | 'Request' | 'Engine' | 'Training' | 'Closed' | 'OutOfOrder' | 'Loop' | 'Panic' | 'ENOENT' | 'EACCES' | 'EIO'
 
 /** The result of a `FeeSplit`: `owner + protocol + Σ contributors == fee`. */
 export interface FeeSplitResult {
@@ -961,6 +998,100 @@ export interface SuiteOptions {
   dataPoolBps?: number
   /** Seconds per settlement epoch (default 86400). */
   epochDuration?: number
+}
+
+/** How `Trainer.load` sets up fine-tuning; `targets`, `r` and `alpha` are required. */
+export interface TrainerOptions {
+  /** Projection names (`"q_proj"`, ...) or `["all-linear"]`. */
+  targets: Array<string>
+  /** LoRA rank. */
+  r: number
+  /** LoRA alpha (the update is scaled by `alpha / r`, or `alpha / √r` with `useRslora`). */
+  alpha: number
+  /** Scale by `alpha / √r` (rsLoRA). */
+  useRslora?: boolean
+  /** Train DoRA (a magnitude vector per adapted layer) instead of plain LoRA. */
+  useDora?: boolean
+  /** Dropout on the LoRA input, in [0, 1). */
+  dropout?: number
+  /** Optimizer steps (default 100). */
+  steps?: number
+  /** Examples per micro-batch (default 4). */
+  batchSize?: number
+  /** Micro-batches per optimizer step (default 1). */
+  gradAccum?: number
+  /** Peak learning rate of AdamW (default 2e-4). */
+  learningRate?: number
+  /** Steps of linear warm-up (default 0). */
+  warmupSteps?: number
+  /** Decay after warm-up: `"cosine"` (default), `"linear"` or `"constant"`. */
+  schedule?: string
+  /** AdamW's decoupled weight decay (default 0). */
+  weightDecay?: number
+  /** Clip the gradient's global norm to this (default 1; 0 turns clipping off). */
+  maxGradNorm?: number
+  /** Seeds initialisation, dropout and the data order (default 0). */
+  seed?: number
+  /** Evaluate on the held-out examples every this many steps. */
+  evalEvery?: number
+  /** Steps (1-based) after which a checkpoint event is sent. */
+  checkpointSteps?: Array<number>
+}
+
+/**
+ * One event of a training run, as its `kind` says: `"step"` (every field but `perplexity`
+ * and `id`), `"eval"` (`step`, `loss`, `perplexity`, `tokens`) or `"checkpoint"` (`step`, `id`:
+ * the content id of the adapter's bytes at that step).
+ */
+export interface TrainEvent {
+  /** `"step"`, `"eval"` or `"checkpoint"`. */
+  kind: string
+  /** The optimizer step (1-based). */
+  step: number
+  /** Steps the run will take. */
+  totalSteps?: number
+  /** The step's training loss, or the evaluation loss. */
+  loss?: number
+  /** The step's learning rate. */
+  learningRate?: number
+  /** The gradient's global norm before clipping. */
+  gradNorm?: number
+  /** Target tokens of the step or of the evaluation. */
+  tokens?: number
+  /** Training throughput so far. */
+  tokensPerSec?: number
+  /** Seconds left, at the throughput so far. */
+  etaSecs?: number
+  /** `exp(loss)` of an evaluation. */
+  perplexity?: number
+  /** A checkpoint's content id (`0x` hex). */
+  id?: string
+}
+
+/** The `onEvent` callback of `train`. */
+export type TrainEventFn = ((arg: TrainEvent) => void)
+
+/**
+ * One training example: `tokens` alone (loss on every token) or `prompt` and `response`
+ * (loss on the response only).
+ */
+export interface TrainExample {
+  /** The whole text's token ids. */
+  tokens?: Uint32Array | Array<number>
+  /** The prompt's token ids. */
+  prompt?: Uint32Array | Array<number>
+  /** The response's token ids. */
+  response?: Uint32Array | Array<number>
+}
+
+/** What a training call did. */
+export interface TrainSummary {
+  /** Optimizer steps taken by this call. */
+  steps: number
+  /** The loss of each of those steps. */
+  losses: Array<number>
+  /** The last evaluation of the call, if any (`kind` `"eval"`). */
+  lastEval?: TrainEvent
 }
 
 /** How a `StandardMerkleTree` is built. */

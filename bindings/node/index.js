@@ -851,6 +851,7 @@ module.exports.PayableAi = nativeBinding.PayableAi
 module.exports.RagIndex = nativeBinding.RagIndex
 module.exports.StandardMerkleTree = nativeBinding.StandardMerkleTree
 module.exports.TokenStream = nativeBinding.TokenStream
+module.exports.Trainer = nativeBinding.Trainer
 module.exports.bgmv = nativeBinding.bgmv
 module.exports.contentId = nativeBinding.contentId
 module.exports.contractNames = nativeBinding.contractNames

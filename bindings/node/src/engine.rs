@@ -282,7 +282,7 @@ pub struct GenerateOptions {
 }
 
 /// `ids` as token ids; anything else is an `InvalidArg` error naming `name`.
-fn token_ids(name: &str, ids: Either<Uint32Array, Vec<f64>>) -> Result<Vec<u32>> {
+pub(crate) fn token_ids(name: &str, ids: Either<Uint32Array, Vec<f64>>) -> Result<Vec<u32>> {
     match ids {
         Either::A(a) => Ok(a.to_vec()),
         Either::B(v) => v

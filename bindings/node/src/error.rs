@@ -61,6 +61,9 @@ pub enum ErrorCode {
     Request,
     /// The engine cannot go on (its configuration, a failed step).
     Engine,
+    /// Fine-tuning cannot go on: a non-finite loss or gradient, a tensor operation that
+    /// failed, or its training log.
+    Training,
     /// The object was closed; it accepts no more calls.
     Closed,
     /// A stage of the Payable-AI loop was called before the stage it needs, or again.
@@ -98,6 +101,7 @@ impl AsRef<str> for ErrorCode {
             Self::Model => "Model",
             Self::Request => "Request",
             Self::Engine => "Engine",
+            Self::Training => "Training",
             Self::Closed => "Closed",
             Self::OutOfOrder => "OutOfOrder",
             Self::Loop => "Loop",
@@ -196,7 +200,8 @@ impl<T, E: ToJs> JsResult<T> for std::result::Result<T, E> {
     }
 }
 
-fn io_code(kind: ErrorKind) -> ErrorCode {
+/// The code of an I/O failure of `kind`.
+pub(crate) fn io_code(kind: ErrorKind) -> ErrorCode {
     match kind {
         ErrorKind::NotFound => ErrorCode::ENOENT,
         ErrorKind::PermissionDenied => ErrorCode::EACCES,

@@ -6,7 +6,7 @@
 //! `receipts` ↔ `openledger_chain::receipt` and `abi`, `chain` ↔
 //! `openledger_chain::evm` and `deploy`, `rag` ↔ `openledger_poa::rag`, `store` ↔
 //! `openledger_poa::store` and `score`, `engine` ↔ `openledger_lora::model` and `serve`, `payable` ↔
-//! `openledger::payable`, `types`
+//! `openledger::payable`, `train` ↔ `openledger_lora::train`, `types`
 //! ↔ the ids and amounts of `openledger_core`). Arguments are checked and copied on the calling
 //! thread; heavy work runs on the libuv thread pool and returns a Promise; errors cross into
 //! JavaScript in `error.rs` only, and no panic crosses the boundary.
@@ -21,6 +21,8 @@ pub mod types;
 
 pub mod progress;
 
+pub mod events;
+
 pub mod json;
 
 pub mod adapters;
@@ -34,6 +36,7 @@ pub mod receipts;
 pub mod sgmv;
 pub mod splits;
 pub mod store;
+pub mod train;
 
 /// The SDK version.
 #[napi_derive::napi(catch_unwind)]

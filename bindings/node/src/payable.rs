@@ -8,11 +8,10 @@
 //! (`*_wei` fields, a request's per-contributor pool, withdrawals) as `bigint`s.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use napi::bindgen_prelude::{AsyncTask, BigInt, Env, Null, Object, ToNapiValue, TypeName, sys};
-use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi::threadsafe_function::ThreadsafeFunction;
 use napi::{Status, ValueType};
 use napi_derive::napi;
 use openledger::payable::{LoopConfig, LoopError, LoopEvent as RustEvent, PayableAi as RustLoop};
@@ -20,6 +19,7 @@ use openledger_core::U256;
 use serde_json::Value;
 
 use crate::error::{self, Error, ErrorCode, Result, ToJs, busy, invalid_arg};
+use crate::events::{Claim, Events};
 use crate::task::{count, task};
 use crate::types::bigint;
 
@@ -341,86 +341,6 @@ struct State {
     done: usize,
 }
 
-/// Marks the loop busy from the call until the stage's work ends (or is dropped unrun).
-struct Claim(Arc<AtomicBool>);
-
-impl Claim {
-    fn take(flag: &Arc<AtomicBool>) -> Option<Self> {
-        flag.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .ok()
-            .map(|_| Self(flag.clone()))
-    }
-}
-
-impl Drop for Claim {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
-    }
-}
-
-/// Events on their way to the JavaScript callback: how many are queued and not yet delivered.
-#[derive(Default)]
-struct InFlight {
-    queued: Mutex<usize>,
-    delivered: Condvar,
-}
-
-impl InFlight {
-    fn count(&self) -> MutexGuard<'_, usize> {
-        self.queued.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn one_delivered(&self) {
-        let mut n = self.count();
-        *n = n.saturating_sub(1);
-        self.delivered.notify_all();
-    }
-
-    /// Waits until every queued event was delivered; gives up when none was for a minute
-    /// (the JavaScript environment is going away).
-    fn wait(&self) {
-        let mut n = self.count();
-        while *n > 0 {
-            let before = *n;
-            let (next, timeout) = self
-                .delivered
-                .wait_timeout(n, Duration::from_secs(60))
-                .unwrap_or_else(|p| p.into_inner());
-            n = next;
-            if timeout.timed_out() && *n == before {
-                return;
-            }
-        }
-    }
-}
-
-/// Sends the loop's events to an optional JavaScript callback, in order; an exception thrown
-/// by the callback is reported by Node as an uncaught exception and does not stop the stage.
-struct Events {
-    f: Option<LoopEventFn>,
-    in_flight: Arc<InFlight>,
-}
-
-impl Events {
-    fn send(&self, e: &RustEvent) {
-        let Some(f) = &self.f else { return };
-        *self.in_flight.count() += 1;
-        let in_flight = self.in_flight.clone();
-        let status = f.call_with_return_value(
-            LoopEvent::from(e),
-            ThreadsafeFunctionCallMode::NonBlocking,
-            move |r, _| {
-                in_flight.one_delivered();
-                r
-            },
-        );
-        if status != Status::Ok {
-            // Not queued: its delivery callback never runs.
-            self.in_flight.one_delivered();
-        }
-    }
-}
-
 /// The Payable-AI loop, end to end and in process: an embedded EVM running the real contracts,
 /// a small random LLaMA, the shipped drug-facts datanet. Run the stages in order, each once;
 /// one call at a time (another call while a stage runs rejects with `Busy`).
@@ -470,13 +390,10 @@ impl PayableAi {
                     None,
                 ));
             }
-            let events = Events {
-                f: on_event,
-                in_flight: Arc::default(),
-            };
-            let out = stage.run(&mut s.inner, &mut |e| events.send(e));
+            let events = Events::new(on_event);
+            let out = stage.run(&mut s.inner, &mut |e| events.send(LoopEvent::from(e)));
             // Every event reaches the callback before the promise settles.
-            events.in_flight.wait();
+            events.flush();
             let report = out?;
             s.done += 1;
             Ok(ReportValue::from_json(report))

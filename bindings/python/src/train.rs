@@ -156,17 +156,7 @@ impl PyTrainer {
         cfg.grad_accum = grad_accum;
         cfg.learning_rate = learning_rate;
         cfg.warmup_steps = warmup_steps;
-        cfg.schedule = match schedule {
-            "cosine" => Schedule::Cosine,
-            "linear" => Schedule::Linear,
-            "constant" => Schedule::Constant,
-            other => {
-                return Err(invalid_arg(
-                    "schedule",
-                    format!("{other:?} is not \"cosine\", \"linear\" or \"constant\""),
-                ));
-            }
-        };
+        cfg.schedule = schedule.parse::<Schedule>()?;
         cfg.weight_decay = weight_decay;
         cfg.max_grad_norm = max_grad_norm;
         cfg.seed = seed;

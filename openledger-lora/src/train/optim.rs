@@ -28,6 +28,31 @@ pub enum Schedule {
     Constant,
 }
 
+impl std::str::FromStr for Schedule {
+    type Err = super::TrainError;
+
+    /// `"cosine"`, `"linear"` or `"constant"` (the names `transformers` uses); anything else
+    /// is [`TrainError::InvalidConfig`](super::TrainError::InvalidConfig) naming `schedule`.
+    ///
+    /// ```
+    /// use openledger_lora::train::Schedule;
+    ///
+    /// assert_eq!("linear".parse::<Schedule>().unwrap(), Schedule::Linear);
+    /// assert!("sawtooth".parse::<Schedule>().unwrap_err().to_string().contains("schedule"));
+    /// ```
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "cosine" => Ok(Schedule::Cosine),
+            "linear" => Ok(Schedule::Linear),
+            "constant" => Ok(Schedule::Constant),
+            other => Err(super::TrainError::InvalidConfig {
+                field: "schedule",
+                reason: format!("{other:?} is not \"cosine\", \"linear\" or \"constant\""),
+            }),
+        }
+    }
+}
+
 /// The learning rate of 0-based optimizer step `step` out of `total`, with `warmup` warm-up
 /// steps and peak `peak`: `peak · step / warmup` during warm-up, then the schedule's decay over
 /// the remaining steps; exactly the `LambdaLR` multipliers of `transformers`, read before the
