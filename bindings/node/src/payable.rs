@@ -7,9 +7,6 @@
 //! settles. Stage reports cross as plain objects with the keys of the JSON report and amounts
 //! (`*_wei` fields, a request's per-contributor pool, withdrawals) as `bigint`s.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
-
 use napi::bindgen_prelude::{AsyncTask, BigInt, Env, Null, Object, ToNapiValue, TypeName, sys};
 use napi::threadsafe_function::ThreadsafeFunction;
 use napi::{Status, ValueType};
@@ -18,8 +15,8 @@ use openledger::payable::{LoopConfig, LoopError, LoopEvent as RustEvent, Payable
 use openledger_core::U256;
 use serde_json::Value;
 
-use crate::error::{self, Error, ErrorCode, Result, ToJs, busy, invalid_arg};
-use crate::events::{Claim, Events};
+use crate::error::{self, Error, ErrorCode, Result, ToJs, invalid_arg};
+use crate::events::{Events, Exclusive};
 use crate::task::{count, task};
 use crate::types::bigint;
 
@@ -346,31 +343,13 @@ struct State {
 /// one call at a time (another call while a stage runs rejects with `Busy`).
 #[napi]
 pub struct PayableAi {
-    state: Arc<Mutex<State>>,
-    busy: Arc<AtomicBool>,
+    state: Exclusive<State>,
     requests: Vec<LoopRequest>,
 }
 
 impl PayableAi {
-    /// The loop, unless a stage is running (`Busy`) or one panicked (`Panic`).
-    fn state(&self) -> Result<MutexGuard<'_, State>> {
-        // Set from the stage call on, before its work reaches the thread pool.
-        if self.busy.load(Ordering::Acquire) {
-            return Err(busy("the loop"));
-        }
-        match self.state.try_lock() {
-            Ok(s) => Ok(s),
-            Err(TryLockError::WouldBlock) => Err(busy("the loop")),
-            Err(TryLockError::Poisoned(_)) => Err(poisoned()),
-        }
-    }
-
     fn stage(&self, stage: Stage, on_event: Option<LoopEventFn>) -> AsyncTask<ReportTask> {
-        let claim = Claim::take(&self.busy);
-        let state = self.state.clone();
-        ReportTask::spawn(move || {
-            let _claim = claim.ok_or_else(|| busy("the loop"))?;
-            let mut s = state.lock().map_err(|_| poisoned())?;
+        let work = self.state.claim(move |s| {
             let at = stage.index();
             if s.done > at {
                 return Err(error::error(
@@ -397,16 +376,13 @@ impl PayableAi {
             let report = out?;
             s.done += 1;
             Ok(ReportValue::from_json(report))
-        })
+        });
+        // A call made while another runs rejects its promise with `Busy`.
+        match work {
+            Ok(work) => ReportTask::spawn(work),
+            Err(e) => ReportTask::spawn(move || Err(e)),
+        }
     }
-}
-
-fn poisoned() -> Error {
-    error::error(
-        ErrorCode::Panic,
-        "an earlier call stopped on an internal error; the loop's state is unknown",
-        None,
-    )
 }
 
 fn config(o: PayableAiOptions) -> Result<LoopConfig> {
@@ -456,8 +432,7 @@ impl PayableAi {
                 .collect();
             let inner = RustLoop::new(config).map_err(|e| e.to_js())?;
             Ok(Self {
-                state: Arc::new(Mutex::new(State { inner, done: 0 })),
-                busy: Arc::default(),
+                state: Exclusive::new(State { inner, done: 0 }, "loop"),
                 requests,
             })
         })
@@ -472,7 +447,7 @@ impl PayableAi {
     /// Stages run so far (0 to 5). Throws `Busy` while a stage runs.
     #[napi(getter, catch_unwind)]
     pub fn stages_done(&self) -> Result<u32> {
-        error::guard(|| Ok(self.state()?.done as u32))
+        error::guard(|| Ok(self.state.lock()?.done as u32))
     }
 
     /// Stage 1: registers the datanet and publishes its version on chain, finds near-duplicate
@@ -519,7 +494,7 @@ impl PayableAi {
     #[napi(catch_unwind, ts_return_type = "Record<string, any>")]
     pub fn report(&self) -> Result<ReportValue> {
         error::guard(|| {
-            let v = serde_json::to_value(self.state()?.inner.report())
+            let v = serde_json::to_value(self.state.lock()?.inner.report())
                 .map_err(|e| error::error(ErrorCode::Loop, "the report", Some(&e)))?;
             Ok(ReportValue::from_json(v))
         })
@@ -529,6 +504,6 @@ impl PayableAi {
     /// stage runs.
     #[napi(catch_unwind)]
     pub fn report_json(&self) -> Result<String> {
-        error::guard(|| Ok(self.state()?.inner.report().to_json()))
+        error::guard(|| Ok(self.state.lock()?.inner.report().to_json()))
     }
 }

@@ -7,8 +7,6 @@
 //! response }` (loss on the response only), each a `Uint32Array` or an array of token ids.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use napi::Either;
 use napi::Status;
@@ -22,8 +20,8 @@ use openledger_lora::train::{
 };
 
 use crate::engine::token_ids;
-use crate::error::{self, Error, ErrorCode, Result, ToJs, busy, invalid_arg};
-use crate::events::{Claim, Events};
+use crate::error::{self, Error, ErrorCode, Result, ToJs, invalid_arg};
+use crate::events::{Events, Exclusive};
 use crate::task::{Float32Task, VoidTask, count, task};
 
 impl ToJs for TrainError {
@@ -265,48 +263,11 @@ fn config(o: TrainerOptions) -> Result<TrainConfig> {
     Ok(c)
 }
 
-fn poisoned() -> Error {
-    error::error(
-        ErrorCode::Panic,
-        "an earlier call stopped on an internal error; the trainer's state is unknown",
-        None,
-    )
-}
-
 /// LoRA (or DoRA) fine-tuning of the model in a HF folder; the base stays frozen. One call at
 /// a time: another call while one runs rejects (or throws) with `Busy`.
 #[napi]
 pub struct Trainer {
-    inner: Arc<Mutex<RustTrainer>>,
-    busy: Arc<AtomicBool>,
-}
-
-impl Trainer {
-    /// The trainer, unless a call runs (`Busy`) or one panicked (`Panic`).
-    fn lock(&self) -> Result<MutexGuard<'_, RustTrainer>> {
-        if self.busy.load(Ordering::Acquire) {
-            return Err(busy("the trainer"));
-        }
-        match self.inner.try_lock() {
-            Ok(t) => Ok(t),
-            Err(TryLockError::WouldBlock) => Err(busy("the trainer")),
-            Err(TryLockError::Poisoned(_)) => Err(poisoned()),
-        }
-    }
-
-    /// Runs `f` over the trainer on the thread pool, holding the claim from this call on.
-    fn run<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut RustTrainer) -> Result<T> + Send + 'static,
-    ) -> Result<impl FnOnce() -> Result<T> + Send + 'static> {
-        let claim = Claim::take(&self.busy).ok_or_else(|| busy("the trainer"))?;
-        let inner = self.inner.clone();
-        Ok(move || {
-            let _claim = claim;
-            let mut t = inner.lock().map_err(|_| poisoned())?;
-            f(&mut t)
-        })
-    }
+    inner: Exclusive<RustTrainer>,
 }
 
 #[napi]
@@ -321,8 +282,7 @@ impl Trainer {
                 let model = Model::from_dir(&PathBuf::from(model_dir)).map_err(|e| e.to_js())?;
                 let inner = RustTrainer::new(&model, cfg).map_err(|e| e.to_js())?;
                 Ok(Trainer {
-                    inner: Arc::new(Mutex::new(inner)),
-                    busy: Arc::default(),
+                    inner: Exclusive::new(inner, "trainer"),
                 })
             }))
         })
@@ -331,13 +291,13 @@ impl Trainer {
     /// Trainable parameters. Throws `Busy` while a call runs.
     #[napi(getter, catch_unwind)]
     pub fn num_parameters(&self) -> Result<f64> {
-        error::guard(|| Ok(self.lock()?.num_parameters() as f64))
+        error::guard(|| Ok(self.inner.lock()?.num_parameters() as f64))
     }
 
     /// Optimizer steps taken so far. Throws `Busy` while a call runs.
     #[napi(getter, catch_unwind)]
     pub fn steps_taken(&self) -> Result<f64> {
-        error::guard(|| Ok(self.lock()?.steps_taken() as f64))
+        error::guard(|| Ok(self.inner.lock()?.steps_taken() as f64))
     }
 
     /// Trains on `train` for the steps left (evaluating on `evalSet` every `evalEvery` steps);
@@ -354,7 +314,7 @@ impl Trainer {
         error::guard(|| {
             let train = examples("train", train)?;
             let eval = examples("evalSet", eval_set.unwrap_or_default())?;
-            let work = self.run(move |t| {
+            let work = self.inner.claim(move |t| {
                 let events = Events::new(on_event);
                 let out = t.train(&train, &eval, &mut |e| events.send(TrainEvent::from(e)));
                 events.flush();
@@ -374,7 +334,7 @@ impl Trainer {
     pub fn evaluate(&self, examples: Vec<TrainExample>) -> Result<AsyncTask<EvalTask>> {
         error::guard(|| {
             let ex = self::examples("examples", examples)?;
-            let work = self.run(move |t| {
+            let work = self.inner.claim(move |t| {
                 let r = t.evaluate(&ex).map_err(|e| e.to_js())?;
                 Ok(TrainEvent::from(&r))
             })?;
@@ -390,8 +350,9 @@ impl Trainer {
             if dir.is_empty() {
                 return Err(invalid_arg("dir", "an empty path"));
             }
-            let work =
-                self.run(move |t| t.save_adapter(&PathBuf::from(dir)).map_err(|e| e.to_js()))?;
+            let work = self
+                .inner
+                .claim(move |t| t.save_adapter(&PathBuf::from(dir)).map_err(|e| e.to_js()))?;
             Ok(VoidTask::spawn(work))
         })
     }
@@ -402,7 +363,7 @@ impl Trainer {
     pub fn example_gradient(&self, example: TrainExample) -> Result<AsyncTask<Float32Task>> {
         error::guard(|| {
             let ex = self::example("example", example)?;
-            let work = self.run(move |t| {
+            let work = self.inner.claim(move |t| {
                 let g = t.example_gradient(&ex).map_err(|e| e.to_js())?;
                 Ok(Float32Array::new(g))
             })?;
@@ -420,7 +381,7 @@ impl Trainer {
         error::guard(|| {
             let prompt = token_ids("prompt", prompt)?;
             let n = count("n", n)?;
-            let work = self.run(move |t| {
+            let work = self.inner.claim(move |t| {
                 let out = t.greedy(&prompt, n).map_err(|e| e.to_js())?;
                 Ok(Uint32Array::new(out))
             })?;

@@ -33,8 +33,8 @@ use rand_chacha::ChaCha8Rng;
 
 use super::metrics::{auc, lds, roc_curve};
 use super::{
-    AttributionError, CheckpointParams, FeatureSpace, InfluenceIndex, Method, Progress,
-    checkpoint_parameters, tracin_weights,
+    AttributionError, CheckpointCollector, FeatureSpace, InfluenceIndex, Method, Progress,
+    tracin_weights,
 };
 use crate::synthetic::{KeyValueTask, LabeledDatanet, SyntheticError};
 
@@ -330,25 +330,19 @@ pub fn run(
     let mut trainer = Trainer::new(&base, ft_cfg)?;
     trainer.require_grants(grants, trainer_account);
     trainer.start_log(base_id.0);
-    let layout = trainer.gradient_layout();
-    let mut checkpoints: Vec<CheckpointParams> = Vec::new();
-    let mut bad_checkpoint = None;
+    let mut kept = CheckpointCollector::new(&trainer);
     let steps = cfg.finetune.steps;
-    trainer.train(&train, &[], &mut |e| match e {
-        TrainEvent::Step(s) => progress(Progress {
-            stage: "fine-tuning",
-            done: s.step,
-            total: steps,
-        }),
-        TrainEvent::Checkpoint(c) => match checkpoint_parameters(&layout, c) {
-            Ok(p) => checkpoints.push(p),
-            Err(err) => bad_checkpoint = Some(err),
-        },
-        TrainEvent::Eval(_) => {}
+    trainer.train(&train, &[], &mut |e| {
+        kept.observe(e);
+        if let TrainEvent::Step(s) = e {
+            progress(Progress {
+                stage: "fine-tuning",
+                done: s.step,
+                total: steps,
+            });
+        }
     })?;
-    if let Some(err) = bad_checkpoint {
-        return Err(err.into());
-    }
+    let checkpoints = kept.finish()?;
     let log = trainer
         .training_log()
         .cloned()

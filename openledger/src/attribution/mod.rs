@@ -54,7 +54,7 @@ use std::path::Path;
 use openledger_core::datanet::Datanet;
 use openledger_core::trainlog::TrainLog;
 use openledger_core::{Address, ContentId};
-use openledger_lora::train::{Checkpoint, Example, ParamSlice, TrainError, Trainer};
+use openledger_lora::train::{Checkpoint, Example, ParamSlice, TrainError, TrainEvent, Trainer};
 use openledger_poa::PoaError;
 use openledger_poa::projection::{Projection, ProjectionKind};
 use openledger_poa::score::{self, DataInf, ProjectedQuery, ScoreMethod};
@@ -185,6 +185,45 @@ pub fn checkpoint_parameters(
         id: checkpoint.id,
         parameters: out,
     })
+}
+
+/// Keeps the flat parameters of every checkpoint a training run reports: pass each
+/// [`TrainEvent`] of [`Trainer::train`] to [`observe`](Self::observe), then take the
+/// checkpoints (or the failure to decode one) with [`finish`](Self::finish).
+#[derive(Debug)]
+pub struct CheckpointCollector {
+    layout: Vec<ParamSlice>,
+    kept: Vec<CheckpointParams>,
+    bad: Option<AttributionError>,
+}
+
+impl CheckpointCollector {
+    /// A collector for `trainer`'s parameter layout.
+    pub fn new(trainer: &Trainer) -> Self {
+        Self {
+            layout: trainer.gradient_layout(),
+            kept: Vec::new(),
+            bad: None,
+        }
+    }
+
+    /// Decodes `event` when it is a checkpoint; other events are ignored.
+    pub fn observe(&mut self, event: &TrainEvent) {
+        if let TrainEvent::Checkpoint(c) = event {
+            match checkpoint_parameters(&self.layout, c) {
+                Ok(p) => self.kept.push(p),
+                Err(err) => self.bad = Some(err),
+            }
+        }
+    }
+
+    /// The checkpoints seen, in order, or the error of the last one that did not decode.
+    pub fn finish(self) -> Result<Vec<CheckpointParams>, AttributionError> {
+        match self.bad {
+            Some(err) => Err(err),
+            None => Ok(self.kept),
+        }
+    }
 }
 
 /// TracIn-CP checkpoint weights from the training log: checkpoint `c` at step `s_c` stands for

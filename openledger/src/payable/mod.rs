@@ -71,8 +71,7 @@ use openledger_poa::split::SplitPolicy;
 use thiserror::Error;
 
 use crate::attribution::{
-    AttributionError, CheckpointParams, FeatureSpace, InfluenceIndex, Method,
-    checkpoint_parameters, tracin_weights,
+    AttributionError, CheckpointCollector, FeatureSpace, InfluenceIndex, Method, tracin_weights,
 };
 use crate::provenance::{ModelRegistration, ProvenanceError, grants_from_chain, register_model};
 

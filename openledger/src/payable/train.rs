@@ -60,27 +60,21 @@ impl PayableAi {
         let mut trainer = Trainer::new(&base, tc)?;
         trainer.require_grants(grants, owner);
         trainer.start_log(self.base_id());
-        let layout = trainer.gradient_layout();
-        let mut checkpoints: Vec<CheckpointParams> = Vec::new();
-        let mut bad = None;
+        let mut kept = CheckpointCollector::new(&trainer);
         let item = format!("{}{tag}", plan.name);
-        let summary = trainer.train(&examples, &[], &mut |e| match e {
-            TrainEvent::Step(s) => on(&LoopEvent::Progress {
-                stage: "fine-tune".into(),
-                item: item.clone(),
-                done: s.step,
-                total: s.total_steps,
-                loss: Some(s.loss),
-            }),
-            TrainEvent::Checkpoint(cp) => match checkpoint_parameters(&layout, cp) {
-                Ok(p) => checkpoints.push(p),
-                Err(err) => bad = Some(err),
-            },
-            TrainEvent::Eval(_) => {}
+        let summary = trainer.train(&examples, &[], &mut |e| {
+            kept.observe(e);
+            if let TrainEvent::Step(s) = e {
+                on(&LoopEvent::Progress {
+                    stage: "fine-tune".into(),
+                    item: item.clone(),
+                    done: s.step,
+                    total: s.total_steps,
+                    loss: Some(s.loss),
+                });
+            }
         })?;
-        if let Some(err) = bad {
-            return Err(err.into());
-        }
+        let checkpoints = kept.finish()?;
         let log = trainer
             .training_log()
             .ok_or(LoopError::Config("the training log was not started".into()))?;
