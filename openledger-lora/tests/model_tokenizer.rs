@@ -77,3 +77,22 @@ fn broken_file_and_unknown_ids_are_typed_errors() {
     let err = tok.decode(&[17, 5000], false).unwrap_err();
     assert!(err.to_string().contains("5000"), "{err}");
 }
+
+#[test]
+fn a_model_folder_may_have_a_tokenizer_and_it_detokenizes_for_stop_strings() {
+    use openledger_lora::serve::Detokenize;
+    assert!(Tokenizer::in_model_dir(&fixture()).unwrap().is_none());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(TOKENIZER_FILE);
+    std::fs::write(&path, word_level(r#"{"type": "Whitespace"}"#)).unwrap();
+    let tok = Tokenizer::in_model_dir(dir.path()).unwrap().unwrap();
+    assert_eq!(tok.detokenize(&[1, 17, 42]), "the cat"); // special tokens left out
+    assert_eq!(tok.detokenize(&[17, 5000]), ""); // an id outside the vocabulary: no text
+    let shared = std::sync::Arc::new(tok);
+    assert_eq!(shared.detokenize(&[42, 99]), "cat sat");
+    std::fs::write(&path, "{\"model\": ").unwrap();
+    assert!(matches!(
+        Tokenizer::in_model_dir(dir.path()),
+        Err(ModelError::Tokenizer { .. })
+    ));
+}

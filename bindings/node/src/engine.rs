@@ -381,13 +381,9 @@ impl Engine {
                 })
                 .js()?;
                 let vocab_size = model.config().vocab_size as u32;
-                // A folder's tokenizer.json is used when present; a broken one is an error.
-                let dir = PathBuf::from(&model_dir);
-                let tokenizer = if dir.join(TOKENIZER_FILE).exists() {
-                    Some(Arc::new(Tokenizer::from_model_dir(&dir).js()?))
-                } else {
-                    None
-                };
+                let tokenizer = Tokenizer::in_model_dir(&PathBuf::from(&model_dir))
+                    .js()?
+                    .map(Arc::new);
                 let paged = match &pool {
                     Some(p) => PagedModel::with_pool(model, p.clone()),
                     None => PagedModel::new(model),
@@ -407,10 +403,7 @@ impl Engine {
                 };
                 let mut engine = RustEngine::new(paged, readiness, config).js()?;
                 if let Some(tok) = &tokenizer {
-                    let tok = Arc::clone(tok);
-                    engine = engine.with_detokenizer(move |ids: &[u32]| {
-                        tok.decode(ids, true).unwrap_or_default()
-                    });
+                    engine = engine.with_detokenizer(Arc::clone(tok));
                 }
                 let (tx, rx) = mpsc::channel();
                 let fault = Fault::default();

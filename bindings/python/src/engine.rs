@@ -303,14 +303,9 @@ impl PyEngine {
         progress.finish()?;
         let model = model?;
         let vocab_size = model.config().vocab_size;
-        // A folder's tokenizer.json is used when present; a broken one is an error, not ignored.
-        let tokenizer = if model_dir.join(TOKENIZER_FILE).exists() {
-            let tok =
-                py.detach(|| Tokenizer::from_model_dir(&model_dir).map_err(error::Error::from));
-            Some(Arc::new(tok?))
-        } else {
-            None
-        };
+        let tokenizer = py
+            .detach(|| Tokenizer::in_model_dir(&model_dir).map_err(error::Error::from))?
+            .map(Arc::new);
         let paged = match &pool {
             Some(p) => PagedModel::with_pool(model, p.clone()),
             None => PagedModel::new(model),
@@ -333,9 +328,7 @@ impl PyEngine {
         let mut engine =
             Engine::new(paged, readiness, config).map_err(|e| invalid_arg("engine", e))?;
         if let Some(tok) = &tokenizer {
-            let tok = Arc::clone(tok);
-            engine = engine
-                .with_detokenizer(move |ids: &[u32]| tok.decode(ids, true).unwrap_or_default());
+            engine = engine.with_detokenizer(Arc::clone(tok));
         }
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()

@@ -13,8 +13,10 @@
 //! ```
 
 use std::path::Path;
+use std::sync::Arc;
 
 use super::error::ModelError;
+use crate::serve::Detokenize;
 
 /// File name of the tokenizer inside an HF model folder.
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
@@ -53,6 +55,16 @@ impl Tokenizer {
         Self::from_bytes(&bytes)
     }
 
+    /// `dir/tokenizer.json` when the folder has one (`None` when it has none; a file that is
+    /// there but unreadable or malformed is an error, not ignored).
+    pub fn in_model_dir(dir: &Path) -> Result<Option<Self>, ModelError> {
+        if dir.join(TOKENIZER_FILE).exists() {
+            Self::from_model_dir(dir).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
     /// Token ids of `text` (with the tokenizer's special tokens, e.g. BOS, when
     /// `add_special_tokens`).
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, ModelError> {
@@ -84,5 +96,20 @@ impl Tokenizer {
     /// The id of a token string, when it is in the vocabulary.
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
+    }
+}
+
+/// Stop strings are matched in the output's text with special tokens left out; an output
+/// holding an id outside the vocabulary has no text (it can match no stop string).
+impl Detokenize for Tokenizer {
+    fn detokenize(&self, tokens: &[u32]) -> String {
+        self.decode(tokens, true).unwrap_or_default()
+    }
+}
+
+/// A tokenizer shared with its owner's encode / decode calls.
+impl Detokenize for Arc<Tokenizer> {
+    fn detokenize(&self, tokens: &[u32]) -> String {
+        self.as_ref().detokenize(tokens)
     }
 }
