@@ -4,7 +4,8 @@
 
 use half::{bf16, f16};
 use openledger_lora::sgmv::{
-    AdapterSlots, Isa, LoraElement, LoraSlot, Segments, bgmv, detected_isa, sgmv,
+    AdapterSlots, BLayout, Isa, LoraElement, LoraSlot, Segments, bgmv, detected_isa, sgmv,
+    transpose_b,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -75,6 +76,32 @@ fn check<T: LoraElement>(u: f64) {
             );
         }
     }
+    // Bᵀ stored ([`BLayout::RankOut`]): the same bits.
+    let bts: Vec<Vec<T>> = (0..3).map(|i| transpose_b(&b[i], out, ranks[i])).collect();
+    let rank_out = AdapterSlots::with_b_layout(
+        inp,
+        out,
+        (0..3)
+            .map(|i| LoraSlot {
+                a: &a[i],
+                b: &bts[i],
+                rank: ranks[i],
+                scale: 0.5 + i as f32,
+            })
+            .collect(),
+        BLayout::RankOut,
+    )
+    .unwrap();
+    let mut yt = y0.clone();
+    sgmv(
+        &x,
+        &rank_out,
+        &Segments::from_row_slots(&row_slots),
+        &mut yt,
+    )
+    .unwrap();
+    let bits = |v: &[T]| v.iter().map(|t| t.to_f32().to_bits()).collect::<Vec<u32>>();
+    assert_eq!(bits(&yt), bits(&ys), "[{}] RankOut vs OutRank", T::NAME);
     let mut pooled = Vec::new();
     for threads in [1, 2, 7] {
         let pool = rayon::ThreadPoolBuilder::new()

@@ -8,8 +8,8 @@
 
 use half::{bf16, f16};
 use openledger_lora::sgmv::{
-    AdapterSlots, LoraElement, LoraSlot, Segments, SgmvPlan, bgmv, bgmv_expand, bgmv_shrink, sgmv,
-    sgmv_expand, sgmv_shrink,
+    AdapterSlots, BLayout, LoraElement, LoraSlot, Segments, SgmvError, SgmvPlan, bgmv, bgmv_expand,
+    bgmv_shrink, sgmv, sgmv_expand, sgmv_shrink, transpose_b,
 };
 use proptest::prelude::*;
 use rand::seq::SliceRandom;
@@ -376,4 +376,124 @@ fn half_precision_weights_on_f32_rows_at_model_width() {
     };
     check_mixed::<bf16>(&c);
     check_mixed::<f16>(&c);
+}
+
+/// `Bᵀ` stored ([`BLayout::RankOut`], as the model keeps attached adapters) gives bitwise the
+/// results of PEFT's `[out, rank]` layout, for rows and weights of type `X` and `W`.
+fn check_rank_out<X: LoraElement, W: LoraElement>(c: &Case) {
+    let d = make::<X>(c);
+    let narrow = |v: &Vec<X>| {
+        v.iter()
+            .map(|t| W::from_f32(t.to_f32()))
+            .collect::<Vec<W>>()
+    };
+    let a: Vec<Vec<W>> = d.a.iter().map(narrow).collect();
+    let b: Vec<Vec<W>> = d.b.iter().map(narrow).collect();
+    let bt: Vec<Vec<W>> = b
+        .iter()
+        .zip(&c.ranks)
+        .map(|(b, &r)| transpose_b(b, c.out_f, r))
+        .collect();
+    fn slots<'s, W: LoraElement>(
+        c: &Case,
+        a: &'s [Vec<W>],
+        bs: &'s [Vec<W>],
+        scales: &[f32],
+        layout: BLayout,
+    ) -> AdapterSlots<'s, W> {
+        let s = (0..c.ranks.len())
+            .map(|i| LoraSlot {
+                a: &a[i][..],
+                b: &bs[i][..],
+                rank: c.ranks[i],
+                scale: scales[i],
+            })
+            .collect();
+        AdapterSlots::with_b_layout(c.in_f, c.out_f, s, layout).unwrap()
+    }
+    let out_rank = slots(c, &a, &b, &d.scales, BLayout::OutRank);
+    let rank_out = slots(c, &a, &bt, &d.scales, BLayout::RankOut);
+    assert_eq!(rank_out.b_layout(), BLayout::RankOut);
+    let bits = |y: &[X]| y.iter().map(|v| v.to_f32().to_bits()).collect::<Vec<_>>();
+
+    let (mut got, mut want) = (d.y0.clone(), d.y0.clone());
+    sgmv(&d.x, &rank_out, &d.segments, &mut got).unwrap();
+    sgmv(&d.x, &out_rank, &d.segments, &mut want).unwrap();
+    assert_eq!(
+        bits(&got),
+        bits(&want),
+        "sgmv [{} x, {} W]",
+        X::NAME,
+        W::NAME
+    );
+
+    let (mut got, mut want) = (d.y0.clone(), d.y0.clone());
+    bgmv(&d.x, &rank_out, &d.row_slots, &mut got).unwrap();
+    bgmv(&d.x, &out_rank, &d.row_slots, &mut want).unwrap();
+    assert_eq!(
+        bits(&got),
+        bits(&want),
+        "bgmv [{} x, {} W]",
+        X::NAME,
+        W::NAME
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    #[test]
+    fn transposed_b_gives_the_same_bits(c in case_strategy(40)) {
+        check_rank_out::<f32, f32>(&c);
+        check_rank_out::<f32, bf16>(&c);
+        check_rank_out::<bf16, bf16>(&c);
+        check_rank_out::<f16, f16>(&c);
+    }
+}
+
+#[test]
+fn transposed_b_gives_the_same_bits_at_model_width() {
+    // power-of-two widths (rows of Bᵀ in the same cache sets), many rows, vector tails
+    for (in_f, out_f) in [(1024, 4096), (1031, 517)] {
+        let c = Case {
+            in_f,
+            out_f,
+            ranks: vec![16, 8, 5],
+            runs: vec![
+                (1, Some(0)),
+                (1, None),
+                (12, Some(1)),
+                (70, Some(0)),
+                (4, Some(2)),
+            ],
+            seed: 6,
+        };
+        check_rank_out::<f32, f32>(&c);
+        check_rank_out::<f32, bf16>(&c);
+        check_rank_out::<bf16, bf16>(&c);
+    }
+}
+
+#[test]
+fn transposed_b_of_the_wrong_length_is_a_typed_error_naming_b() {
+    let (a, bt) = (vec![0f32; 4 * 10], vec![0f32; 4 * 7 - 1]);
+    let err = AdapterSlots::with_b_layout(
+        10,
+        7,
+        vec![LoraSlot {
+            a: &a,
+            b: &bt,
+            rank: 4,
+            scale: 1.0,
+        }],
+        BLayout::RankOut,
+    )
+    .unwrap_err();
+    match err {
+        SgmvError::SlotShape { matrix, shape, .. } => {
+            assert_eq!(matrix, "B");
+            assert_eq!(shape, "[4, 7]");
+        }
+        other => panic!("unexpected error {other:?}"),
+    }
 }

@@ -85,15 +85,15 @@ fn sgmv_results_are_bitwise_identical_on_1_2_and_7_threads_bf16() {
     run_on_pools::<bf16>();
 }
 
-#[test]
-fn sgmv_row_result_does_not_depend_on_the_rest_of_the_batch() {
-    // a row computed alone equals, bitwise, the same row inside a larger mixed batch
+/// A row computed alone equals, bitwise, the same row inside a batch of `rows` rows of one
+/// adapter (different register tiles, tile widths and the parallel or sequential path).
+fn row_alone_equals_row_in_batch<T: LoraElement>(rows: usize) {
     let (in_f, out_f) = (300, 200);
     let mut rng = ChaCha8Rng::seed_from_u64(9);
-    let x = random::<f32>(9 * in_f, &mut rng);
-    let y0 = random::<f32>(9 * out_f, &mut rng);
-    let a = random::<f32>(16 * in_f, &mut rng);
-    let b = random::<f32>(out_f * 16, &mut rng);
+    let x = random::<T>(rows * in_f, &mut rng);
+    let y0 = random::<T>(rows * out_f, &mut rng);
+    let a = random::<T>(16 * in_f, &mut rng);
+    let b = random::<T>(out_f * 16, &mut rng);
     let slots = AdapterSlots::new(
         in_f,
         out_f,
@@ -109,11 +109,11 @@ fn sgmv_row_result_does_not_depend_on_the_rest_of_the_batch() {
     sgmv(
         &x,
         &slots,
-        &Segments::from_triples(&[(0, 9, 0)]),
+        &Segments::from_triples(&[(0, rows, 0)]),
         &mut batch,
     )
     .unwrap();
-    for row in 0..9 {
+    for row in 0..rows {
         let mut alone = y0[row * out_f..(row + 1) * out_f].to_vec();
         let xr = &x[row * in_f..(row + 1) * in_f];
         sgmv(
@@ -126,7 +126,17 @@ fn sgmv_row_result_does_not_depend_on_the_rest_of_the_batch() {
         assert_eq!(
             bits(&alone),
             bits(&batch[row * out_f..(row + 1) * out_f]),
-            "row {row}"
+            "[{}] row {row} of {rows}",
+            T::NAME
         );
+    }
+}
+
+#[test]
+fn sgmv_row_result_does_not_depend_on_the_rest_of_the_batch() {
+    for rows in [3, 9, 37, 300] {
+        row_alone_equals_row_in_batch::<f32>(rows);
+        row_alone_equals_row_in_batch::<bf16>(rows);
+        row_alone_equals_row_in_batch::<f16>(rows);
     }
 }

@@ -13,11 +13,12 @@ use super::error::ModelError;
 use super::load::{Linear, transposed};
 use crate::adapter::{LoraAdapter, LoraModule, ModuleKind};
 use crate::error::LoraError;
-use crate::sgmv::{AdapterSlots, LoraElement, LoraSlot, Segments, sgmv};
+use crate::sgmv::{AdapterSlots, BLayout, LoraElement, LoraSlot, Segments, sgmv, transpose_b};
 use half::{bf16, f16};
 
-/// The `A` and `B` factors of one module, in the adapter's stored dtype (f32 when the two were
-/// stored in different dtypes).
+/// The `A` (`[rank, in]`) and `Bᵀ` (`[rank, out]`, [`BLayout::RankOut`]: transposed once here so
+/// that no forward pass transposes it again) factors of one module, in the adapter's stored
+/// dtype (f32 when the two were stored in different dtypes).
 #[derive(Debug, Clone)]
 pub(crate) enum Factors {
     F32(Vec<f32>, Vec<f32>),
@@ -27,13 +28,14 @@ pub(crate) enum Factors {
 
 impl Factors {
     fn of(m: &LoraModule) -> Self {
+        let (out, rank) = (m.out_features(), m.rank());
         if let (Some(a), Some(b)) = (m.a().as_bf16(), m.b().as_bf16()) {
-            return Factors::Bf16(a.to_vec(), b.to_vec());
+            return Factors::Bf16(a.to_vec(), transpose_b(b, out, rank));
         }
         if let (Some(a), Some(b)) = (m.a().as_f16(), m.b().as_f16()) {
-            return Factors::F16(a.to_vec(), b.to_vec());
+            return Factors::F16(a.to_vec(), transpose_b(b, out, rank));
         }
-        Factors::F32(m.a_f32().into_owned(), m.b_f32().into_owned())
+        Factors::F32(m.a_f32().into_owned(), transpose_b(&m.b_f32(), out, rank))
     }
 
     fn bytes(&self) -> usize {
@@ -355,7 +357,7 @@ impl<'a, W: LoraElement> DtypeSlots<'a, W> {
         if self.triples.is_empty() {
             return Ok(());
         }
-        let slots = AdapterSlots::new(n_in, n_out, self.slots)?;
+        let slots = AdapterSlots::with_b_layout(n_in, n_out, self.slots, BLayout::RankOut)?;
         sgmv(x, &slots, &Segments::from_triples(&self.triples), y)?;
         Ok(())
     }

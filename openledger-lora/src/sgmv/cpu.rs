@@ -3,7 +3,7 @@
 //! belongs to exactly one tile, so results are bitwise identical on any thread pool.
 
 use super::element::LoraElement;
-use super::layout::{AdapterSlots, Group, SgmvPlan};
+use super::layout::{AdapterSlots, BLayout, Group, SgmvPlan};
 use super::simd::{self, detected_isa};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -12,7 +12,7 @@ use std::cell::RefCell;
 const SHRINK_ROWS: usize = 16;
 /// A rows (intermediate columns) per shrink tile of a small group: small so that a single token
 /// still spreads over several cores.
-const SHRINK_COLS: usize = 4;
+const SHRINK_COLS: usize = 8;
 /// Intermediate columns per shrink tile: all of them when the group has rows enough to keep
 /// every core busy (each x row is then widened once), else [`SHRINK_COLS`].
 fn shrink_cols(g: &Group) -> usize {
@@ -23,12 +23,32 @@ fn shrink_cols(g: &Group) -> usize {
     }
 }
 
-/// Rows per expand tile.
-const EXPAND_ROWS: usize = 16;
+/// Rows per expand tile of a group with many rows: its `B` columns are transposed once per tile
+/// and then serve all these rows.
+const EXPAND_ROWS: usize = 64;
 
-/// Output columns per expand tile (about 32 KiB of f32 `B` per tile).
-fn expand_cols(rank: usize) -> usize {
-    ((8192 / rank).clamp(32, 1024) / 32) * 32
+/// A group with fewer rows than this expands with `B` transposed in registers, not in a scratch
+/// tile (see `simd::expand`).
+const EXPAND_SCRATCH_ROWS: usize = 8;
+
+/// Rows per expand tile.
+fn expand_rows(g: &Group) -> usize {
+    if g.end - g.start >= EXPAND_SCRATCH_ROWS {
+        EXPAND_ROWS
+    } else {
+        EXPAND_SCRATCH_ROWS
+    }
+}
+
+/// Output columns per expand tile: 16 KiB of transposed f32 `B` for a group with many rows (the
+/// scratch tile stays in L1 beside the rows it updates), 32 KiB of `B` for a small group.
+fn expand_cols(g: &Group) -> usize {
+    let bytes = if g.end - g.start >= EXPAND_SCRATCH_ROWS {
+        4096
+    } else {
+        8192
+    };
+    ((bytes / g.rank).clamp(32, 1024) / 32) * 32
 }
 
 /// Splits the rows of each group out of `buf` (row `i` of the batch at `i * stride`) into
@@ -62,17 +82,19 @@ struct Tile<'b, E> {
     outs: Vec<&'b mut [E]>,
 }
 
-/// Cuts each group's rows (each `stride` long) into tiles of `rows` rows × `cols(group)` columns.
+/// Cuts each group's rows (each `stride` long) into tiles of `rows_of(group)` rows ×
+/// `cols(group)` columns.
 fn tiles<'b, E>(
     regions: Vec<(Group, &'b mut [E])>,
     stride_of: impl Fn(&Group) -> usize,
-    rows: usize,
+    rows_of: impl Fn(&Group) -> usize,
     cols: impl Fn(&Group) -> usize,
 ) -> Vec<Tile<'b, E>> {
     let mut out = Vec::new();
     for (g, region) in regions {
         let stride = stride_of(&g);
         let c = cols(&g);
+        let rows = rows_of(&g);
         for (chunk_i, chunk) in region.chunks_mut(rows * stride).enumerate() {
             let mut per_col: Vec<Vec<&'b mut [E]>> = Vec::new();
             for row in chunk.chunks_mut(stride) {
@@ -94,6 +116,25 @@ fn tiles<'b, E>(
         }
     }
     out
+}
+
+/// Work below which a call runs on the calling thread: waking the pool costs more than it saves
+/// (a single token through a d = 4096, r = 16 adapter is 65,536 multiply-adds per step, a few
+/// µs on one core, where handing work to the pool and waiting for it costs 10–30 µs).
+const SEQUENTIAL_MACS: usize = 1 << 18;
+
+/// Runs `f` on every tile: in parallel, or on the calling thread when the whole call is below
+/// [`SEQUENTIAL_MACS`]. The tiles (and so every result) are the same either way.
+fn for_each_tile<'b, E: Send>(
+    work: Vec<Tile<'b, E>>,
+    macs: usize,
+    f: impl Fn(Tile<'b, E>) + Sync + Send,
+) {
+    if macs < SEQUENTIAL_MACS {
+        work.into_iter().for_each(f);
+    } else {
+        work.into_par_iter().for_each(f);
+    }
 }
 
 thread_local! {
@@ -125,21 +166,27 @@ pub(crate) fn shrink<X: LoraElement, W: LoraElement>(
     let d = slots.in_features();
     let isa = detected_isa();
     let regions = group_regions(plan.groups(), v, |g| g.rank, |g| g.v_off);
-    let work = tiles(regions, |g| g.rank, SHRINK_ROWS, shrink_cols);
-    work.into_par_iter().for_each(|mut t| {
+    let work = tiles(regions, |g| g.rank, |_| SHRINK_ROWS, shrink_cols);
+    let run = |mut t: Tile<'_, f32>| {
+        let a = slots.slots()[t.group.slot].a;
+        let jn = t.outs[0].len();
+        let n = t.outs.len();
+        let a_rows: Vec<&[W]> = a[t.col0 * d..(t.col0 + jn) * d].chunks(d).collect();
+        let xs: Vec<&[X]> = x[t.row0 * d..(t.row0 + n) * d].chunks(d).collect();
+        if simd::shrink_native(isa, &xs, &a_rows, &mut t.outs, d).is_some() {
+            return;
+        }
         SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
             let (x_buf, a_buf) = &mut *scratch;
-            let a = slots.slots()[t.group.slot].a;
-            let jn = t.outs[0].len();
             let a_f32 = widened(&a[t.col0 * d..(t.col0 + jn) * d], a_buf);
-            let n = t.outs.len();
             let x_f32 = widened(&x[t.row0 * d..(t.row0 + n) * d], x_buf);
             let a_rows: Vec<&[f32]> = a_f32.chunks(d).collect();
             let xs: Vec<&[f32]> = x_f32.chunks(d).collect();
-            simd::shrink(isa, &xs, &a_rows, &mut t.outs, d);
+            simd::shrink_portable(&xs, &a_rows, &mut t.outs, d);
         });
-    });
+    };
+    for_each_tile(work, plan.intermediate_len() * d, run);
 }
 
 /// `y[row] += scale_slot · v[row] · B_slotᵀ` for every row with an adapter. Lengths are checked
@@ -153,8 +200,8 @@ pub(crate) fn expand<X: LoraElement, W: LoraElement>(
     let out_f = slots.out_features();
     let isa = detected_isa();
     let regions = group_regions(plan.groups(), y, |_| out_f, |g| g.start * out_f);
-    let work = tiles(regions, |_| out_f, EXPAND_ROWS, |g| expand_cols(g.rank));
-    work.into_par_iter().for_each(|mut t| {
+    let work = tiles(regions, |_| out_f, expand_rows, expand_cols);
+    for_each_tile(work, plan.intermediate_len() * out_f, |mut t| {
         let slot = &slots.slots()[t.group.slot];
         let r = t.group.rank;
         let on = t.outs[0].len();
@@ -164,7 +211,18 @@ pub(crate) fn expand<X: LoraElement, W: LoraElement>(
                 &v[off..off + r]
             })
             .collect();
-        let b = &slot.b[t.col0 * r..(t.col0 + on) * r];
-        simd::expand(isa, &vs, b, on, slot.scale, &mut t.outs);
+        SCRATCH.with(|scratch| {
+            let bt = &mut scratch.borrow_mut().1;
+            match slots.b_layout() {
+                BLayout::OutRank => {
+                    let b = &slot.b[t.col0 * r..(t.col0 + on) * r];
+                    simd::expand(isa, &vs, b, on, slot.scale, &mut t.outs, bt);
+                }
+                BLayout::RankOut => {
+                    let b = &slot.b[t.col0..];
+                    simd::expand_rank_out(isa, &vs, b, out_f, on, slot.scale, &mut t.outs, bt);
+                }
+            }
+        });
     });
 }

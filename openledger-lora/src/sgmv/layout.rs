@@ -4,18 +4,55 @@
 use super::element::LoraElement;
 use super::error::SgmvError;
 
-/// One adapter slot of one layer: `A` is `[rank, in]` and `B` is `[out, rank]`, both row-major,
-/// and the update is `y += scale · (x · Aᵀ) · Bᵀ`.
+/// One adapter slot of one layer: `A` is `[rank, in]` and `B` is `[out, rank]` (or `Bᵀ`,
+/// `[rank, out]`, in slots made with [`BLayout::RankOut`]), both row-major, and the update is
+/// `y += scale · (x · Aᵀ) · Bᵀ`.
 #[derive(Debug, Clone, Copy)]
 pub struct LoraSlot<'a, T> {
     /// `A`, `[rank, in_features]` row-major.
     pub a: &'a [T],
-    /// `B`, `[out_features, rank]` row-major.
+    /// `B`, `[out_features, rank]` row-major (`Bᵀ`, `[rank, out_features]`, under
+    /// [`BLayout::RankOut`]).
     pub b: &'a [T],
     /// The rank of this adapter (each slot has its own; nothing is padded).
     pub rank: usize,
     /// The adapter's scale (`alpha / r`, or `alpha / sqrt(r)` with rsLoRA).
     pub scale: f32,
+}
+
+/// How `B` is laid out in the slots of an [`AdapterSlots`].
+///
+/// Both layouts give bitwise the same results. [`BLayout::RankOut`] is the faster one on the CPU:
+/// the expand step reads each rank row of `Bᵀ` contiguously, where `OutRank` makes it transpose
+/// `B` on the fly (in registers, or through a scratch tile) on every call. A server holding its
+/// adapters for many calls stores `Bᵀ` once ([`transpose_b`]) and uses `RankOut`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BLayout {
+    /// `B` as `[out_features, rank]` row-major: PEFT's `lora_B.weight` as stored.
+    #[default]
+    OutRank,
+    /// `Bᵀ` as `[rank, out_features]` row-major.
+    RankOut,
+}
+
+/// `B` (`[out_features, rank]` row-major) transposed to `[rank, out_features]`, the layout of
+/// [`BLayout::RankOut`]. Panics if `b.len() != out_features · rank`.
+///
+/// ```
+/// use openledger_lora::sgmv::transpose_b;
+///
+/// // B = [[1, 2], [3, 4], [5, 6]] (3 outputs, rank 2)
+/// assert_eq!(transpose_b(&[1, 2, 3, 4, 5, 6], 3, 2), vec![1, 3, 5, 2, 4, 6]);
+/// ```
+pub fn transpose_b<T: Copy>(b: &[T], out_features: usize, rank: usize) -> Vec<T> {
+    assert_eq!(
+        b.len(),
+        out_features * rank,
+        "B is not [out_features, rank]"
+    );
+    (0..rank)
+        .flat_map(|j| (0..out_features).map(move |o| b[o * rank + j]))
+        .collect()
 }
 
 /// The adapter slots of one layer, validated against the layer's dimensions.
@@ -24,14 +61,27 @@ pub struct AdapterSlots<'a, T> {
     in_features: usize,
     out_features: usize,
     slots: Vec<LoraSlot<'a, T>>,
+    b_layout: BLayout,
 }
 
 impl<'a, T: LoraElement> AdapterSlots<'a, T> {
-    /// Checks every slot (rank ≥ 1, finite scale, `A` and `B` lengths) and wraps them.
+    /// Checks every slot (rank ≥ 1, finite scale, `A` and `B` lengths) and wraps them; `B` is
+    /// `[out_features, rank]` ([`BLayout::OutRank`]).
     pub fn new(
         in_features: usize,
         out_features: usize,
         slots: Vec<LoraSlot<'a, T>>,
+    ) -> Result<Self, SgmvError> {
+        Self::with_b_layout(in_features, out_features, slots, BLayout::OutRank)
+    }
+
+    /// As [`AdapterSlots::new`], with every slot's `B` in the given layout (each slot's `b`
+    /// field then holds `Bᵀ` for [`BLayout::RankOut`]).
+    pub fn with_b_layout(
+        in_features: usize,
+        out_features: usize,
+        slots: Vec<LoraSlot<'a, T>>,
+        b_layout: BLayout,
     ) -> Result<Self, SgmvError> {
         if in_features == 0 || out_features == 0 {
             return Err(SgmvError::ZeroDims {
@@ -64,13 +114,22 @@ impl<'a, T: LoraElement> AdapterSlots<'a, T> {
                 }
             };
             check("A", s.a.len(), s.rank, in_features)?;
-            check("B", s.b.len(), out_features, s.rank)?;
+            match b_layout {
+                BLayout::OutRank => check("B", s.b.len(), out_features, s.rank)?,
+                BLayout::RankOut => check("B", s.b.len(), s.rank, out_features)?,
+            }
         }
         Ok(Self {
             in_features,
             out_features,
             slots,
+            b_layout,
         })
+    }
+
+    /// The layout of every slot's `B`.
+    pub fn b_layout(&self) -> BLayout {
+        self.b_layout
     }
 
     /// Input dimension of the layer (length of an `x` row).

@@ -11,9 +11,17 @@
 //! weights may be narrower than the activations: bf16 adapters serve an f32 model without an f32
 //! copy); arithmetic is f32.
 //!
-//! The CPU path is rayon-parallel over rows *and* output columns (one token still uses every
-//! core), vectorised for AVX-512 / AVX2+FMA with a portable fallback, and its results do not
-//! depend on the number of threads. GPU kernels live in the `openledger-kernels` crate.
+//! `B` comes as PEFT stores it (`[out, rank]`) or transposed (`[rank, out]`,
+//! [`BLayout::RankOut`], made once with [`transpose_b`]): the same bits either way, and the
+//! transposed layout spares the expand step a transposition per call (what the model does with
+//! its attached adapters).
+//!
+//! The CPU path is rayon-parallel over tiles of rows *and* output columns (so a few tokens still
+//! use every core; a call below about 2¹⁸ multiply-adds, e.g. one token through a 4096-wide
+//! layer, runs on the calling thread, where waking the pool would cost more than the work),
+//! vectorised with AVX2 + FMA (which AVX-512 CPUs run too) with a portable fallback, and its
+//! results do not depend on the number of threads. GPU kernels live in the
+//! `openledger-kernels` crate.
 //!
 //! ```
 //! use openledger_lora::sgmv::{sgmv, AdapterSlots, LoraSlot, Segments};
@@ -45,7 +53,7 @@ mod simd;
 pub use candle::{TensorSlot, sgmv_tensors};
 pub use element::LoraElement;
 pub use error::SgmvError;
-pub use layout::{AdapterSlots, LoraSlot, Segments, SgmvPlan};
+pub use layout::{AdapterSlots, BLayout, LoraSlot, Segments, SgmvPlan, transpose_b};
 pub use simd::{Isa, detected_isa};
 
 fn check_len(buffer: &'static str, expected: usize, found: usize) -> Result<(), SgmvError> {

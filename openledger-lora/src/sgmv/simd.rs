@@ -223,47 +223,43 @@ mod x86 {
     use super::{LoraElement, fold};
     use std::arch::x86_64::*;
 
-    /// Loads 8 floats from `s[k..k + 8]`.
-    ///
-    /// # Safety
-    /// `k + 8 <= s.len()` and the CPU supports AVX.
-    #[inline(always)]
-    unsafe fn load8(s: &[f32], k: usize) -> __m256 {
-        debug_assert!(k + 8 <= s.len());
-        // SAFETY: in bounds by the caller's contract; unaligned load.
-        unsafe { _mm256_loadu_ps(s.as_ptr().add(k)) }
-    }
-
     #[inline(always)]
     fn lanes(v: __m256) -> [f32; 8] {
         // SAFETY: __m256 and [f32; 8] have the same size and any bit pattern is valid.
         unsafe { std::mem::transmute::<__m256, [f32; 8]>(v) }
     }
 
-    /// `MR × NR` dot products over `d`.
+    /// `MR × NR` dot products over `d`, widening `X` and `W` to f32 in registers.
     ///
     /// # Safety
-    /// AVX2 and FMA available; every `xs[m]` and `a[n]` has at least `d` elements.
+    /// AVX2, FMA and F16C available; every `xs[m]` and `a[n]` has at least `d` elements.
     #[inline(always)]
-    unsafe fn shrink_tile<const MR: usize, const NR: usize>(
-        xs: &[&[f32]],
-        a: &[&[f32]],
+    unsafe fn shrink_tile<const MR: usize, const NR: usize, X: LoraElement, W: LoraElement>(
+        xs: &[&[X]],
+        a: &[&[W]],
         d: usize,
     ) -> [[f32; NR]; MR] {
         let full = d - d % 8;
-        // SAFETY: the caller guarantees AVX2 + FMA; loads stay below `full <= d`.
+        let xp: [*const X; MR] = std::array::from_fn(|m| xs[m].as_ptr());
+        let ap: [*const W; NR] = std::array::from_fn(|n| a[n].as_ptr());
+        // SAFETY: the caller guarantees the features; loads stay below `full <= d`.
         unsafe {
             let mut acc = [[_mm256_setzero_ps(); NR]; MR];
             let mut k = 0;
             while k < full {
-                let mut av = [_mm256_setzero_ps(); NR];
-                for n in 0..NR {
-                    av[n] = load8(a[n], k);
-                }
-                for m in 0..MR {
-                    let xv = load8(xs[m], k);
+                if MR == 1 {
+                    // One x row: stream the A rows (NR independent chains hide the latency).
+                    let xv = load8_t(xp[0].add(k));
                     for n in 0..NR {
-                        acc[m][n] = _mm256_fmadd_ps(xv, av[n], acc[m][n]);
+                        acc[0][n] = _mm256_fmadd_ps(xv, load8_t(ap[n].add(k)), acc[0][n]);
+                    }
+                } else {
+                    let av: [__m256; NR] = std::array::from_fn(|n| load8_t(ap[n].add(k)));
+                    for m in 0..MR {
+                        let xv = load8_t(xp[m].add(k));
+                        for n in 0..NR {
+                            acc[m][n] = _mm256_fmadd_ps(xv, av[n], acc[m][n]);
+                        }
                     }
                 }
                 k += 8;
@@ -273,7 +269,7 @@ mod x86 {
                 for n in 0..NR {
                     let mut s = fold(lanes(acc[m][n]));
                     for k in full..d {
-                        s = xs[m][k].mul_add(a[n][k], s);
+                        s = xs[m][k].to_f32().mul_add(a[n][k].to_f32(), s);
                     }
                     out[m][n] = s;
                 }
@@ -282,17 +278,26 @@ mod x86 {
         }
     }
 
+    /// All of `a`'s rows against `MR` x rows, `NR` A rows at a time (then 2, then 1).
     #[inline(always)]
-    unsafe fn shrink_rows<const MR: usize>(
-        xs: &[&[f32]],
-        a: &[&[f32]],
+    unsafe fn shrink_rows<const MR: usize, const NR: usize, X: LoraElement, W: LoraElement>(
+        xs: &[&[X]],
+        a: &[&[W]],
         out: &mut [&mut [f32]],
         d: usize,
     ) {
         let mut n = 0;
+        while n + NR <= a.len() {
+            // SAFETY: forwarded contract.
+            let t = unsafe { shrink_tile::<MR, NR, X, W>(xs, &a[n..n + NR], d) };
+            for (m, o) in out.iter_mut().enumerate().take(MR) {
+                o[n..n + NR].copy_from_slice(&t[m]);
+            }
+            n += NR;
+        }
         while n + 2 <= a.len() {
             // SAFETY: forwarded contract.
-            let t = unsafe { shrink_tile::<MR, 2>(xs, &a[n..n + 2], d) };
+            let t = unsafe { shrink_tile::<MR, 2, X, W>(xs, &a[n..n + 2], d) };
             for (m, o) in out.iter_mut().enumerate().take(MR) {
                 o[n..n + 2].copy_from_slice(&t[m]);
             }
@@ -300,35 +305,43 @@ mod x86 {
         }
         if n < a.len() {
             // SAFETY: forwarded contract.
-            let t = unsafe { shrink_tile::<MR, 1>(xs, &a[n..n + 1], d) };
+            let t = unsafe { shrink_tile::<MR, 1, X, W>(xs, &a[n..n + 1], d) };
             for (m, o) in out.iter_mut().enumerate().take(MR) {
                 o[n] = t[m][0];
             }
         }
     }
 
+    /// `out[m][n] = Σ_k xs[m][k] · a[n][k]`: 4 x rows × 2 A rows per register tile, and a lone
+    /// x row against 8 A rows (so that one token still keeps 8 multiply-add chains in flight).
+    ///
     /// # Safety
-    /// The CPU must support AVX2 and FMA (checked by [`super::detected_isa`]); rows as in
+    /// The CPU must support AVX2, FMA and F16C (checked by [`super::detected_isa`]); rows as in
     /// [`super::shrink`].
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn shrink_avx2(
-        xs: &[&[f32]],
-        a: &[&[f32]],
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn shrink_avx2<X: LoraElement, W: LoraElement>(
+        xs: &[&[X]],
+        a: &[&[W]],
         out: &mut [&mut [f32]],
         d: usize,
     ) {
-        for x in xs.iter().chain(a) {
-            assert!(x.len() >= d, "row shorter than the dimension");
-        }
+        assert!(
+            xs.iter().all(|x| x.len() >= d) && a.iter().all(|r| r.len() >= d),
+            "row shorter than the dimension"
+        );
+        assert!(
+            out.len() >= xs.len() && out.iter().all(|o| o.len() >= a.len()),
+            "output tile too small"
+        );
         let mut m = 0;
         while m + 4 <= xs.len() {
             // SAFETY: features enabled here; lengths asserted above.
-            unsafe { shrink_rows::<4>(&xs[m..m + 4], a, &mut out[m..m + 4], d) };
+            unsafe { shrink_rows::<4, 2, X, W>(&xs[m..m + 4], a, &mut out[m..m + 4], d) };
             m += 4;
         }
         while m < xs.len() {
             // SAFETY: as above.
-            unsafe { shrink_rows::<1>(&xs[m..m + 1], a, &mut out[m..m + 1], d) };
+            unsafe { shrink_rows::<1, 8, X, W>(&xs[m..m + 1], a, &mut out[m..m + 1], d) };
             m += 1;
         }
     }
@@ -418,14 +431,16 @@ mod x86 {
         }
     }
 
-    /// `MR` rows × 8 outputs `o..o + 8` of the tile: `B` rows are loaded 8 columns at a time and
-    /// transposed in registers, so each output accumulates over `j` in order.
+    /// `MR` rows × `8·OB` outputs from `o`: `B` rows are loaded 8 columns at a time and
+    /// transposed in registers, so each output accumulates over `j` in order. `OB` blocks of 8
+    /// outputs are in flight together, so that one row still has several chains to interleave.
     ///
     /// # Safety
-    /// AVX2 + FMA + F16C; `b` holds at least `(o + 8) · r` elements; `vs[m].len() == r`;
-    /// `ys[m].len() >= o + 8`.
+    /// AVX2 + FMA + F16C; `b` holds at least `(o + 8·OB) · r` elements; `vs[m].len() == r`;
+    /// `ys[m].len() >= o + 8·OB`.
     #[inline(always)]
-    unsafe fn expand_tile<const MR: usize, T: LoraElement, W: LoraElement>(
+    #[allow(clippy::needless_range_loop)] // register tiles: the same index into several arrays
+    unsafe fn expand_tile<const MR: usize, const OB: usize, T: LoraElement, W: LoraElement>(
         vs: &[&[f32]],
         b: &[W],
         r: usize,
@@ -437,39 +452,47 @@ mod x86 {
         // SAFETY: the caller guarantees the features and the bounds used below.
         unsafe {
             let bp = b.as_ptr().add(o * r);
-            let mut acc = [_mm256_setzero_ps(); MR];
+            let mut acc = [[_mm256_setzero_ps(); OB]; MR];
             let mut j = 0;
             while j < r8 {
-                let rows: [__m256; 8] = std::array::from_fn(|i| load8_t(bp.add(i * r + j)));
-                let cols = transpose8(rows);
-                for (jj, col) in cols.iter().enumerate() {
-                    for m in 0..MR {
-                        let vj = _mm256_set1_ps(*vs[m].get_unchecked(j + jj));
-                        acc[m] = _mm256_fmadd_ps(vj, *col, acc[m]);
+                for ob in 0..OB {
+                    let rows: [__m256; 8] =
+                        std::array::from_fn(|i| load8_t(bp.add((8 * ob + i) * r + j)));
+                    let cols = transpose8(rows);
+                    for (jj, col) in cols.iter().enumerate() {
+                        for m in 0..MR {
+                            let vj = _mm256_set1_ps(*vs[m].get_unchecked(j + jj));
+                            acc[m][ob] = _mm256_fmadd_ps(vj, *col, acc[m][ob]);
+                        }
                     }
                 }
                 j += 8;
             }
             while j < r {
-                let col: [f32; 8] = std::array::from_fn(|i| (*bp.add(i * r + j)).to_f32());
-                let col = _mm256_loadu_ps(col.as_ptr());
-                for m in 0..MR {
-                    let vj = _mm256_set1_ps(*vs[m].get_unchecked(j));
-                    acc[m] = _mm256_fmadd_ps(vj, col, acc[m]);
+                for ob in 0..OB {
+                    let col: [f32; 8] =
+                        std::array::from_fn(|i| (*bp.add((8 * ob + i) * r + j)).to_f32());
+                    let col = _mm256_loadu_ps(col.as_ptr());
+                    for m in 0..MR {
+                        let vj = _mm256_set1_ps(*vs[m].get_unchecked(j));
+                        acc[m][ob] = _mm256_fmadd_ps(vj, col, acc[m][ob]);
+                    }
                 }
                 j += 1;
             }
             let sv = _mm256_set1_ps(scale);
             for m in 0..MR {
-                let p = ys[m][o..o + 8].as_mut_ptr();
-                let sum = _mm256_add_ps(load8_t(p.cast_const()), _mm256_mul_ps(sv, acc[m]));
-                store8_t(p, sum);
+                for ob in 0..OB {
+                    let p = ys[m][o + 8 * ob..o + 8 * ob + 8].as_mut_ptr();
+                    let sum = _mm256_add_ps(load8_t(p.cast_const()), _mm256_mul_ps(sv, acc[m][ob]));
+                    store8_t(p, sum);
+                }
             }
         }
     }
 
     #[inline(always)]
-    unsafe fn expand_rows<const MR: usize, T: LoraElement, W: LoraElement>(
+    unsafe fn expand_rows<const MR: usize, const OB: usize, T: LoraElement, W: LoraElement>(
         vs: &[&[f32]],
         b: &[W],
         on: usize,
@@ -479,21 +502,17 @@ mod x86 {
         let r = vs[0].len();
         let full = on - on % 8;
         let mut o = 0;
+        while o + 8 * OB <= full {
+            // SAFETY: forwarded contract; o + 8·OB <= full <= on.
+            unsafe { expand_tile::<MR, OB, T, W>(vs, b, r, o, scale, ys) };
+            o += 8 * OB;
+        }
         while o < full {
             // SAFETY: forwarded contract; o + 8 <= full <= on.
-            unsafe { expand_tile::<MR, T, W>(vs, b, r, o, scale, ys) };
+            unsafe { expand_tile::<MR, 1, T, W>(vs, b, r, o, scale, ys) };
             o += 8;
         }
-        for o in full..on {
-            for m in 0..MR {
-                let mut s = 0f32;
-                for j in 0..r {
-                    s = vs[m][j].mul_add(b[o * r + j].to_f32(), s);
-                }
-                let y = &mut ys[m][o];
-                *y = T::from_f32(y.to_f32() + scale * s);
-            }
-        }
+        expand_scalar(&vs[..MR], full..on, scale, ys, |o, j| b[o * r + j].to_f32());
     }
 
     /// Expand for tiles of many rows: `B`'s tile is transposed once (8 × 8 blocks in registers)
@@ -509,10 +528,14 @@ mod x86 {
         on: usize,
         scale: f32,
         ys: &mut [&mut [T]],
+        bt: &mut Vec<f32>,
     ) {
         let r = vs[0].len();
-        let mut bt = vec![0f32; r * on];
-        // SAFETY: every block read lies in `b[..on * r]` and every write in `bt`.
+        if bt.len() < r * on {
+            bt.resize(r * on, 0.0);
+        }
+        // SAFETY: every block read lies in `b[..on * r]` and every write in `bt[..r * on]`;
+        // with `r` and `on` multiples of 8 the blocks cover all of `bt[..r * on]`.
         unsafe {
             let bp = b.as_ptr();
             let tp = bt.as_mut_ptr();
@@ -526,43 +549,182 @@ mod x86 {
                 }
             }
         }
+        // SAFETY: `bt[..r * on]` is `Bᵀ` with rows `on` apart; the rest forwarded.
+        unsafe { expand_bt::<T, f32>(vs, bt, on, on, scale, ys) };
+    }
+
+    /// `MR` rows over the first `on` outputs of `bt` (`r` rows, `stride` apart, of `Bᵀ`, in any
+    /// element type): `8·NW` outputs at a time, then 8, then the last `on % 8` one by one.
+    ///
+    /// # Safety
+    /// AVX2 + FMA + F16C; `bt` holds `(r - 1) · stride + on` elements with `on <= stride`;
+    /// `vs[m].len() == r`; `ys[m].len() >= on` for `m < MR`.
+    #[inline(always)]
+    unsafe fn expand_bt_rows<const MR: usize, const NW: usize, T: LoraElement, W: LoraElement>(
+        vs: &[&[f32]],
+        bt: &[W],
+        stride: usize,
+        on: usize,
+        scale: f32,
+        ys: &mut [&mut [T]],
+    ) {
         // SAFETY: AVX available per the caller's contract.
         let sv = unsafe { _mm256_set1_ps(scale) };
-        let mut m = 0;
-        while m < vs.len() {
-            let mr = (vs.len() - m).min(4);
-            let mut o = 0;
-            while o < on {
-                let w = if on - o >= 16 { 2 } else { 1 };
-                // SAFETY: o + 8·w <= on; bt has r rows of on; rows m..m + mr exist.
-                unsafe {
-                    let mut acc = [[_mm256_setzero_ps(); 2]; 4];
-                    for j in 0..r {
-                        let row = bt.as_ptr().add(j * on + o);
-                        let b0 = _mm256_loadu_ps(row);
-                        let b1 = if w == 2 {
-                            _mm256_loadu_ps(row.add(8))
-                        } else {
-                            b0
-                        };
-                        for (mm, acc_m) in acc.iter_mut().enumerate().take(mr) {
-                            let vj = _mm256_set1_ps(*vs[m + mm].get_unchecked(j));
-                            acc_m[0] = _mm256_fmadd_ps(vj, b0, acc_m[0]);
-                            acc_m[1] = _mm256_fmadd_ps(vj, b1, acc_m[1]);
-                        }
-                    }
-                    for (mm, acc_m) in acc.iter().enumerate().take(mr) {
-                        for (h, a) in acc_m.iter().enumerate().take(w) {
-                            let p = ys[m + mm][o + 8 * h..o + 8 * h + 8].as_mut_ptr();
-                            let sum = _mm256_add_ps(load8_t(p.cast_const()), _mm256_mul_ps(sv, *a));
-                            store8_t(p, sum);
-                        }
+        let mut o = 0;
+        while o + 8 * NW <= on {
+            // SAFETY: forwarded; o + 8·NW <= on.
+            unsafe { expand_bt_block::<MR, NW, T, W>(vs, bt, stride, o, sv, ys) };
+            o += 8 * NW;
+        }
+        while o + 8 <= on {
+            // SAFETY: forwarded; o + 8 <= on.
+            unsafe { expand_bt_block::<MR, 1, T, W>(vs, bt, stride, o, sv, ys) };
+            o += 8;
+        }
+        expand_scalar(&vs[..MR], o..on, scale, ys, |o, j| {
+            bt[j * stride + o].to_f32()
+        });
+    }
+
+    /// The outputs `outs` past the last full vector, one by one: the same chain as a vector lane
+    /// (`Σ_j v[j] · weight(o, j)` over `j` in order, then `y + scale · Σ`).
+    #[inline(always)]
+    fn expand_scalar<T: LoraElement>(
+        vs: &[&[f32]],
+        outs: std::ops::Range<usize>,
+        scale: f32,
+        ys: &mut [&mut [T]],
+        weight: impl Fn(usize, usize) -> f32,
+    ) {
+        for o in outs {
+            for (v, y) in vs.iter().zip(ys.iter_mut()) {
+                let mut s = 0f32;
+                for (j, vj) in v.iter().enumerate() {
+                    s = vj.mul_add(weight(o, j), s);
+                }
+                y[o] = T::from_f32(y[o].to_f32() + scale * s);
+            }
+        }
+    }
+
+    /// `MR` rows × `8·NW` outputs from `o` of `Bᵀ`: one chain per output, over `j` in order.
+    ///
+    /// # Safety
+    /// As [`expand_bt_rows`], and `o + 8·NW <= on`.
+    #[inline(always)]
+    #[allow(clippy::needless_range_loop)] // register tiles: the same index into several arrays
+    unsafe fn expand_bt_block<const MR: usize, const NW: usize, T: LoraElement, W: LoraElement>(
+        vs: &[&[f32]],
+        bt: &[W],
+        stride: usize,
+        o: usize,
+        sv: __m256,
+        ys: &mut [&mut [T]],
+    ) {
+        let r = vs[0].len();
+        let vp: [*const f32; MR] = std::array::from_fn(|m| vs[m].as_ptr());
+        // SAFETY: bounds by the caller's contract.
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); NW]; MR];
+            let mut row = bt.as_ptr().add(o);
+            for j in 0..r {
+                let bv: [__m256; NW] = std::array::from_fn(|w| load8_t(row.add(8 * w)));
+                for m in 0..MR {
+                    let vj = _mm256_broadcast_ss(&*vp[m].add(j));
+                    for w in 0..NW {
+                        acc[m][w] = _mm256_fmadd_ps(vj, bv[w], acc[m][w]);
                     }
                 }
-                o += 8 * w;
+                row = row.add(stride);
             }
-            m += mr;
+            for m in 0..MR {
+                for w in 0..NW {
+                    let p = ys[m].as_mut_ptr().add(o + 8 * w);
+                    let sum = _mm256_add_ps(load8_t(p.cast_const()), _mm256_mul_ps(sv, acc[m][w]));
+                    store8_t(p, sum);
+                }
+            }
         }
+    }
+
+    /// Every row of a tile against `Bᵀ` (`bt`, rows `stride` apart): 6 rows × 16 outputs per
+    /// register tile, then 4 × 16, 2 × 32 and 1 × 64 (8 chains in flight each).
+    ///
+    /// # Safety
+    /// As [`expand_bt_rows`], for every row of `vs`.
+    #[inline(always)]
+    unsafe fn expand_bt<T: LoraElement, W: LoraElement>(
+        vs: &[&[f32]],
+        bt: &[W],
+        stride: usize,
+        on: usize,
+        scale: f32,
+        ys: &mut [&mut [T]],
+    ) {
+        let mut m = 0;
+        // SAFETY (each call): rows m.. exist; the rest forwarded.
+        while m + 6 <= vs.len() {
+            unsafe { expand_bt_rows::<6, 2, T, W>(&vs[m..], bt, stride, on, scale, &mut ys[m..]) };
+            m += 6;
+        }
+        if m + 4 <= vs.len() {
+            unsafe { expand_bt_rows::<4, 2, T, W>(&vs[m..], bt, stride, on, scale, &mut ys[m..]) };
+            m += 4;
+        }
+        if m + 2 <= vs.len() {
+            unsafe { expand_bt_rows::<2, 4, T, W>(&vs[m..], bt, stride, on, scale, &mut ys[m..]) };
+            m += 2;
+        }
+        if m < vs.len() {
+            unsafe { expand_bt_rows::<1, 8, T, W>(&vs[m..], bt, stride, on, scale, &mut ys[m..]) };
+        }
+    }
+
+    /// Expand from `Bᵀ` laid out `[r, stride]` ([`super::super::BLayout::RankOut`]): the
+    /// tile's outputs are its first `on` columns. Tiles of 8 rows or more read a contiguous f32
+    /// copy of the tile's part of `Bᵀ` from `scratch`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C (checked by [`super::detected_isa`]).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn expand_rank_out_avx2<T: LoraElement, W: LoraElement>(
+        vs: &[&[f32]],
+        bt: &[W],
+        stride: usize,
+        on: usize,
+        scale: f32,
+        ys: &mut [&mut [T]],
+        scratch: &mut Vec<f32>,
+    ) {
+        let r = vs.first().map_or(0, |v| v.len());
+        if r == 0 {
+            return;
+        }
+        assert!(
+            on <= stride && bt.len() >= (r - 1) * stride + on,
+            "Bᵀ tile too small"
+        );
+        assert!(ys.len() >= vs.len(), "fewer output rows than v rows");
+        for (v, y) in vs.iter().zip(ys.iter()) {
+            assert!(v.len() == r && y.len() >= on, "row shapes");
+        }
+        if vs.len() >= 8 {
+            // Many rows: copy the tile's rows of Bᵀ next to each other first. Rows a power of
+            // two apart (out = 4096) fall in the same L1 sets, and `r` of them evict each other.
+            scratch.clear();
+            for j in 0..r {
+                let row = &bt[j * stride..j * stride + on];
+                match W::as_f32_slice(row) {
+                    Some(f) => scratch.extend_from_slice(f),
+                    None => scratch.extend(row.iter().map(|w| w.to_f32())),
+                }
+            }
+            // SAFETY: features enabled here; `scratch` is `[r, on]`; rows asserted above.
+            unsafe { expand_bt::<T, f32>(vs, scratch, on, on, scale, ys) };
+            return;
+        }
+        // SAFETY: features enabled here; shapes asserted above.
+        unsafe { expand_bt(vs, bt, stride, on, scale, ys) };
     }
 
     /// # Safety
@@ -575,6 +737,7 @@ mod x86 {
         on: usize,
         scale: f32,
         ys: &mut [&mut [T]],
+        bt: &mut Vec<f32>,
     ) {
         let r = vs.first().map_or(0, |v| v.len());
         assert!(b.len() >= r * on, "B tile smaller than on × r");
@@ -583,37 +746,55 @@ mod x86 {
         }
         if vs.len() >= 8 && r.is_multiple_of(8) && on.is_multiple_of(8) {
             // SAFETY: features enabled here; shapes asserted above.
-            unsafe { expand_transposed(vs, b, on, scale, ys) };
+            unsafe { expand_transposed(vs, b, on, scale, ys, bt) };
             return;
         }
         let mut m = 0;
         while m + 4 <= vs.len() {
             // SAFETY: features enabled here; shapes asserted above.
-            unsafe { expand_rows::<4, T, W>(&vs[m..m + 4], b, on, scale, &mut ys[m..m + 4]) };
+            unsafe { expand_rows::<4, 1, T, W>(&vs[m..m + 4], b, on, scale, &mut ys[m..m + 4]) };
             m += 4;
         }
         while m < vs.len() {
             // SAFETY: as above.
-            unsafe { expand_rows::<1, T, W>(&vs[m..m + 1], b, on, scale, &mut ys[m..m + 1]) };
+            unsafe { expand_rows::<1, 1, T, W>(&vs[m..m + 1], b, on, scale, &mut ys[m..m + 1]) };
             m += 1;
         }
     }
 }
 
-/// `out[m][n] = Σ_k xs[m][k] · a[n][k]` over `k < d`. Every `xs` and `a` row holds at least `d`
-/// elements and every `out` row at least `a.len()`.
-pub(crate) fn shrink(isa: Isa, xs: &[&[f32]], a: &[&[f32]], out: &mut [&mut [f32]], d: usize) {
+/// The portable shrink on f32 rows: `out[m][n] = Σ_k xs[m][k] · a[n][k]` over `k < d`. Every
+/// `xs` and `a` row holds at least `d` elements and every `out` row at least `a.len()`.
+pub(crate) fn shrink_portable(xs: &[&[f32]], a: &[&[f32]], out: &mut [&mut [f32]], d: usize) {
+    shrink_generic::<4, 2, 8, Separate>(xs, a, out, d)
+}
+
+/// The AVX2 shrink on rows of any element types (widened in registers, bitwise the result of
+/// widening first): `out[m][n] = Σ_k xs[m][k] · a[n][k]`. `None` where the CPU lacks AVX2.
+pub(crate) fn shrink_native<X: LoraElement, W: LoraElement>(
+    isa: Isa,
+    xs: &[&[X]],
+    a: &[&[W]],
+    out: &mut [&mut [f32]],
+    d: usize,
+) -> Option<()> {
     match isa {
         // SAFETY: `detected_isa` returned this variant only after checking the CPU features.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma => unsafe { x86::shrink_avx2(xs, a, out, d) },
-        _ => shrink_generic::<4, 2, 8, Separate>(xs, a, out, d),
+        Isa::Avx2Fma => {
+            unsafe { x86::shrink_avx2(xs, a, out, d) };
+            Some(())
+        }
+        _ => {
+            let _ = (xs, a, out, d);
+            None
+        }
     }
 }
 
 /// `ys[m][o] += scale · Σ_j vs[m][j] · b[o·r + j]` for `o < on`, where `b` is the tile's
-/// `[on, r]` slice of `B` and every `vs` row has length `r`. The AVX2 kernel transposes `B` in
-/// registers; the portable one through an f32 scratch copy. Each output sums over `j` in order.
+/// `[on, r]` slice of `B` and every `vs` row has length `r`. Both kernels first transpose the
+/// tile's `B` into the f32 scratch `bt` (`[r, on]`); each output sums over `j` in order.
 pub(crate) fn expand<T: LoraElement, W: LoraElement>(
     isa: Isa,
     vs: &[&[f32]],
@@ -621,20 +802,54 @@ pub(crate) fn expand<T: LoraElement, W: LoraElement>(
     on: usize,
     scale: f32,
     ys: &mut [&mut [T]],
+    bt: &mut Vec<f32>,
 ) {
     match isa {
         // SAFETY: `detected_isa` returned this variant only after checking the CPU features.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma => unsafe { x86::expand_avx2(vs, b, on, scale, ys) },
+        Isa::Avx2Fma => unsafe { x86::expand_avx2(vs, b, on, scale, ys, bt) },
         _ => {
             let r = vs.first().map_or(0, |v| v.len());
-            let mut bt = vec![0f32; r * on];
-            for (o, brow) in b.chunks_exact(r).take(on).enumerate() {
+            bt.clear();
+            bt.resize(r * on, 0.0);
+            for (o, brow) in b.chunks_exact(r.max(1)).take(on).enumerate() {
                 for (j, x) in brow.iter().enumerate() {
                     bt[j * on + o] = x.to_f32();
                 }
             }
-            expand_generic::<4, 8, T, Separate>(vs, &bt, on, scale, ys)
+            expand_generic::<4, 8, T, Separate>(vs, bt, on, scale, ys)
+        }
+    }
+}
+
+/// `ys[m][o] += scale · Σ_j vs[m][j] · bt[j·stride + o]` for `o < on`, where `bt` is `Bᵀ`
+/// starting at the tile's first output, its `r` rows `stride` apart. The AVX2 kernel reads it in
+/// place; the portable one copies the tile into the f32 scratch first. Each output sums over `j`
+/// in order, as [`expand`] does, so the two layouts give the same bits.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn expand_rank_out<T: LoraElement, W: LoraElement>(
+    isa: Isa,
+    vs: &[&[f32]],
+    bt: &[W],
+    stride: usize,
+    on: usize,
+    scale: f32,
+    ys: &mut [&mut [T]],
+    scratch: &mut Vec<f32>,
+) {
+    match isa {
+        // SAFETY: `detected_isa` returned this variant only after checking the CPU features.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma => unsafe {
+            x86::expand_rank_out_avx2(vs, bt, stride, on, scale, ys, scratch)
+        },
+        _ => {
+            let r = vs.first().map_or(0, |v| v.len());
+            scratch.clear();
+            for j in 0..r {
+                scratch.extend(bt[j * stride..j * stride + on].iter().map(|w| w.to_f32()));
+            }
+            expand_generic::<4, 8, T, Separate>(vs, scratch, on, scale, ys)
         }
     }
 }
