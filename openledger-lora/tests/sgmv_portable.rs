@@ -11,7 +11,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 fn check<T: LoraElement>(u: f64) {
-    let (inp, out, rows) = (203, 97, 23);
+    // enough rows that shrink and expand both run on the pool (above the sequential threshold)
+    let (inp, out, rows) = (203, 97, 160);
     let ranks = [16usize, 3, 40];
     let mut rng = ChaCha8Rng::seed_from_u64(17);
     let mut rand = |n: usize| -> Vec<T> {

@@ -454,7 +454,8 @@ proptest! {
 #[test]
 fn transposed_b_gives_the_same_bits_at_model_width() {
     // power-of-two widths (rows of Bᵀ in the same cache sets), many rows, vector tails
-    for (in_f, out_f) in [(1024, 4096), (1031, 517)] {
+    // (300, 75): a full 8-wide block after the 64- and 16-wide ones, then a 3-wide tail
+    for (in_f, out_f) in [(1024, 4096), (1031, 517), (300, 75)] {
         let c = Case {
             in_f,
             out_f,
@@ -465,6 +466,7 @@ fn transposed_b_gives_the_same_bits_at_model_width() {
                 (12, Some(1)),
                 (70, Some(0)),
                 (4, Some(2)),
+                (9, Some(2)),
             ],
             seed: 6,
         };

@@ -2,7 +2,9 @@
 //! work is cut into tiles by shape only and each output element has one fixed summation order.
 
 use half::{bf16, f16};
-use openledger_lora::sgmv::{AdapterSlots, LoraElement, LoraSlot, Segments, bgmv, sgmv};
+use openledger_lora::sgmv::{
+    AdapterSlots, BLayout, LoraElement, LoraSlot, Segments, bgmv, sgmv, transpose_b,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -37,6 +39,25 @@ fn run_on_pools<T: LoraElement>() {
             .collect(),
     )
     .unwrap();
+    let bt: Vec<Vec<T>> = ranks
+        .iter()
+        .zip(&b)
+        .map(|(&r, b)| transpose_b(b, out_f, r))
+        .collect();
+    let rank_out = AdapterSlots::with_b_layout(
+        in_f,
+        out_f,
+        (0..ranks.len())
+            .map(|i| LoraSlot {
+                a: &a[i],
+                b: &bt[i],
+                rank: ranks[i],
+                scale: 0.75 + i as f32,
+            })
+            .collect(),
+        BLayout::RankOut,
+    )
+    .unwrap();
     let segs = Segments::from_triples(&[(0, 1, 1), (3, 25, 0), (25, 26, 2), (30, 41, 2)]);
     let indices: Vec<Option<usize>> = (0..rows).map(|i| (i % 4 != 3).then_some(i % 3)).collect();
 
@@ -46,13 +67,20 @@ fn run_on_pools<T: LoraElement>() {
             .num_threads(threads)
             .build()
             .unwrap();
-        let (ys, yb) = pool.install(|| {
+        let (ys, yb, yt) = pool.install(|| {
             let mut ys = y0.clone();
             sgmv(&x, &slots, &segs, &mut ys).unwrap();
             let mut yb = y0.clone();
             bgmv(&x, &slots, &indices, &mut yb).unwrap();
-            (ys, yb)
+            let mut yt = y0.clone();
+            sgmv(&x, &rank_out, &segs, &mut yt).unwrap();
+            (ys, yb, yt)
         });
+        assert!(
+            bits(&yt) == bits(&ys),
+            "sgmv [{}] with Bᵀ differs from B on {threads} threads",
+            T::NAME
+        );
         results.push((threads, bits(&ys), bits(&yb)));
     }
     assert_ne!(results[0].1, bits(&y0), "the update must change y");

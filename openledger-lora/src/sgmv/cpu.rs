@@ -1,6 +1,7 @@
-//! The rayon-parallel CPU drivers: the batch is cut into a fixed list of tiles (rows × output
-//! columns) that depends only on the shapes, never on the number of threads; each output element
-//! belongs to exactly one tile, so results are bitwise identical on any thread pool.
+//! The CPU drivers: the batch is cut into a fixed list of tiles (rows × output columns) that
+//! depends only on the shapes, never on the number of threads, and the tiles run on the rayon
+//! pool (or on the calling thread for a small call); each output element belongs to exactly one
+//! tile, so results are bitwise identical on any thread pool.
 
 use super::element::LoraElement;
 use super::layout::{AdapterSlots, BLayout, Group, SgmvPlan};
@@ -14,7 +15,7 @@ const SHRINK_ROWS: usize = 16;
 /// still spreads over several cores.
 const SHRINK_COLS: usize = 8;
 /// Intermediate columns per shrink tile: all of them when the group has rows enough to keep
-/// every core busy (each x row is then widened once), else [`SHRINK_COLS`].
+/// every core busy (each x row is then read by one tile only), else [`SHRINK_COLS`].
 fn shrink_cols(g: &Group) -> usize {
     if g.end - g.start >= 2 * SHRINK_ROWS {
         g.rank
@@ -23,12 +24,14 @@ fn shrink_cols(g: &Group) -> usize {
     }
 }
 
-/// Rows per expand tile of a group with many rows: its `B` columns are transposed once per tile
-/// and then serve all these rows.
+/// Rows per expand tile of a group with many rows: the tile's columns of `B` are put in an f32
+/// scratch `[rank, cols]` once (transposed from `OutRank`, copied from `RankOut`) and then serve
+/// all these rows.
 const EXPAND_ROWS: usize = 64;
 
-/// A group with fewer rows than this expands with `B` transposed in registers, not in a scratch
-/// tile (see `simd::expand`).
+/// A group with fewer rows than this expands without the scratch tile: `OutRank`'s `B`
+/// transposed in registers, `RankOut`'s `Bᵀ` read in place (see `simd::expand` and
+/// `simd::expand_rank_out`).
 const EXPAND_SCRATCH_ROWS: usize = 8;
 
 /// Rows per expand tile.
@@ -138,8 +141,9 @@ fn for_each_tile<'b, E: Send>(
 }
 
 thread_local! {
-    /// Per-thread f32 scratch for widened f16 / bf16 rows (x rows, A rows) of a shrink tile,
-    /// reused across calls so large batches do not pay fresh page faults.
+    /// Per-thread f32 scratch, reused across calls so large batches do not pay fresh page
+    /// faults: `.0` and `.1` hold the widened x and A rows of a shrink tile on the portable path;
+    /// `.1` holds an expand tile's f32 `Bᵀ` on every path.
     static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 

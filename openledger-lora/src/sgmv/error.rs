@@ -7,8 +7,9 @@ use thiserror::Error;
 /// returned: every check runs before the first write.
 #[derive(Debug, Error)]
 pub enum SgmvError {
-    /// A slot's `A` (`[rank, in]`) or `B` (`[out, rank]`) slice does not hold the number of
-    /// elements its rank and the layer's dimensions imply.
+    /// A slot's `A` (`[rank, in]`) or `B` (`[out, rank]`, or `Bᵀ`, `[rank, out]`, under
+    /// `BLayout::RankOut`) slice does not hold the number of elements its rank and the layer's
+    /// dimensions imply.
     #[error(
         "adapter slot {slot}: matrix {matrix} has {found} elements, expected {expected} ({shape})"
     )]

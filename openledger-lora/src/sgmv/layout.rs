@@ -27,6 +27,7 @@ pub struct LoraSlot<'a, T> {
 /// `B` on the fly (in registers, or through a scratch tile) on every call. A server holding its
 /// adapters for many calls stores `Bᵀ` once ([`transpose_b`]) and uses `RankOut`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum BLayout {
     /// `B` as `[out_features, rank]` row-major: PEFT's `lora_B.weight` as stored.
     #[default]

@@ -431,16 +431,14 @@ mod x86 {
         }
     }
 
-    /// `MR` rows × `8·OB` outputs from `o`: `B` rows are loaded 8 columns at a time and
-    /// transposed in registers, so each output accumulates over `j` in order. `OB` blocks of 8
-    /// outputs are in flight together, so that one row still has several chains to interleave.
+    /// `MR` rows × 8 outputs `o..o + 8` of the tile: `B` rows are loaded 8 columns at a time and
+    /// transposed in registers, so each output accumulates over `j` in order.
     ///
     /// # Safety
-    /// AVX2 + FMA + F16C; `b` holds at least `(o + 8·OB) · r` elements; `vs[m].len() == r`;
-    /// `ys[m].len() >= o + 8·OB`.
+    /// AVX2 + FMA + F16C; `b` holds at least `(o + 8) · r` elements; `vs[m].len() == r`;
+    /// `ys[m].len() >= o + 8`.
     #[inline(always)]
-    #[allow(clippy::needless_range_loop)] // register tiles: the same index into several arrays
-    unsafe fn expand_tile<const MR: usize, const OB: usize, T: LoraElement, W: LoraElement>(
+    unsafe fn expand_tile<const MR: usize, T: LoraElement, W: LoraElement>(
         vs: &[&[f32]],
         b: &[W],
         r: usize,
@@ -452,47 +450,39 @@ mod x86 {
         // SAFETY: the caller guarantees the features and the bounds used below.
         unsafe {
             let bp = b.as_ptr().add(o * r);
-            let mut acc = [[_mm256_setzero_ps(); OB]; MR];
+            let mut acc = [_mm256_setzero_ps(); MR];
             let mut j = 0;
             while j < r8 {
-                for ob in 0..OB {
-                    let rows: [__m256; 8] =
-                        std::array::from_fn(|i| load8_t(bp.add((8 * ob + i) * r + j)));
-                    let cols = transpose8(rows);
-                    for (jj, col) in cols.iter().enumerate() {
-                        for m in 0..MR {
-                            let vj = _mm256_set1_ps(*vs[m].get_unchecked(j + jj));
-                            acc[m][ob] = _mm256_fmadd_ps(vj, *col, acc[m][ob]);
-                        }
+                let rows: [__m256; 8] = std::array::from_fn(|i| load8_t(bp.add(i * r + j)));
+                let cols = transpose8(rows);
+                for (jj, col) in cols.iter().enumerate() {
+                    for m in 0..MR {
+                        let vj = _mm256_set1_ps(*vs[m].get_unchecked(j + jj));
+                        acc[m] = _mm256_fmadd_ps(vj, *col, acc[m]);
                     }
                 }
                 j += 8;
             }
             while j < r {
-                for ob in 0..OB {
-                    let col: [f32; 8] =
-                        std::array::from_fn(|i| (*bp.add((8 * ob + i) * r + j)).to_f32());
-                    let col = _mm256_loadu_ps(col.as_ptr());
-                    for m in 0..MR {
-                        let vj = _mm256_set1_ps(*vs[m].get_unchecked(j));
-                        acc[m][ob] = _mm256_fmadd_ps(vj, col, acc[m][ob]);
-                    }
+                let col: [f32; 8] = std::array::from_fn(|i| (*bp.add(i * r + j)).to_f32());
+                let col = _mm256_loadu_ps(col.as_ptr());
+                for m in 0..MR {
+                    let vj = _mm256_set1_ps(*vs[m].get_unchecked(j));
+                    acc[m] = _mm256_fmadd_ps(vj, col, acc[m]);
                 }
                 j += 1;
             }
             let sv = _mm256_set1_ps(scale);
             for m in 0..MR {
-                for ob in 0..OB {
-                    let p = ys[m][o + 8 * ob..o + 8 * ob + 8].as_mut_ptr();
-                    let sum = _mm256_add_ps(load8_t(p.cast_const()), _mm256_mul_ps(sv, acc[m][ob]));
-                    store8_t(p, sum);
-                }
+                let p = ys[m][o..o + 8].as_mut_ptr();
+                let sum = _mm256_add_ps(load8_t(p.cast_const()), _mm256_mul_ps(sv, acc[m]));
+                store8_t(p, sum);
             }
         }
     }
 
     #[inline(always)]
-    unsafe fn expand_rows<const MR: usize, const OB: usize, T: LoraElement, W: LoraElement>(
+    unsafe fn expand_rows<const MR: usize, T: LoraElement, W: LoraElement>(
         vs: &[&[f32]],
         b: &[W],
         on: usize,
@@ -502,14 +492,9 @@ mod x86 {
         let r = vs[0].len();
         let full = on - on % 8;
         let mut o = 0;
-        while o + 8 * OB <= full {
-            // SAFETY: forwarded contract; o + 8·OB <= full <= on.
-            unsafe { expand_tile::<MR, OB, T, W>(vs, b, r, o, scale, ys) };
-            o += 8 * OB;
-        }
         while o < full {
             // SAFETY: forwarded contract; o + 8 <= full <= on.
-            unsafe { expand_tile::<MR, 1, T, W>(vs, b, r, o, scale, ys) };
+            unsafe { expand_tile::<MR, T, W>(vs, b, r, o, scale, ys) };
             o += 8;
         }
         expand_scalar(&vs[..MR], full..on, scale, ys, |o, j| b[o * r + j].to_f32());
@@ -607,6 +592,10 @@ mod x86 {
         }
     }
 
+    /// Blocks of `8·NW` outputs ahead that a single-row tile prefetches in each rank row of
+    /// `Bᵀ`.
+    const PREFETCH_BLOCKS: usize = 1;
+
     /// `MR` rows × `8·NW` outputs from `o` of `Bᵀ`: one chain per output, over `j` in order.
     ///
     /// # Safety
@@ -626,8 +615,17 @@ mod x86 {
         // SAFETY: bounds by the caller's contract.
         unsafe {
             let mut acc = [[_mm256_setzero_ps(); NW]; MR];
-            let mut row = bt.as_ptr().add(o);
             for j in 0..r {
+                let row = bt.as_ptr().add(j * stride + o);
+                if MR == 1 {
+                    // Prefetch this rank row's next block: r rows read together at one stride
+                    // are more streams than the hardware prefetcher follows. (A prefetch
+                    // past the end of `bt` is harmless; `wrapping_add` keeps the address legal.)
+                    let ahead = row.wrapping_add(PREFETCH_BLOCKS * 8 * NW).cast::<i8>();
+                    for line in (0..8 * NW * std::mem::size_of::<W>()).step_by(64) {
+                        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line));
+                    }
+                }
                 let bv: [__m256; NW] = std::array::from_fn(|w| load8_t(row.add(8 * w)));
                 for m in 0..MR {
                     let vj = _mm256_broadcast_ss(&*vp[m].add(j));
@@ -635,7 +633,6 @@ mod x86 {
                         acc[m][w] = _mm256_fmadd_ps(vj, bv[w], acc[m][w]);
                     }
                 }
-                row = row.add(stride);
             }
             for m in 0..MR {
                 for w in 0..NW {
@@ -648,7 +645,7 @@ mod x86 {
     }
 
     /// Every row of a tile against `Bᵀ` (`bt`, rows `stride` apart): 6 rows × 16 outputs per
-    /// register tile, then 4 × 16, 2 × 32 and 1 × 64 (8 chains in flight each).
+    /// register tile (12 chains in flight), then 4 × 16, 2 × 32 and 1 × 64 (8 each).
     ///
     /// # Safety
     /// As [`expand_bt_rows`], for every row of `vs`.
@@ -711,6 +708,8 @@ mod x86 {
         if vs.len() >= 8 {
             // Many rows: copy the tile's rows of Bᵀ next to each other first. Rows a power of
             // two apart (out = 4096) fall in the same L1 sets, and `r` of them evict each other.
+            // (Below 8 rows the copy costs about what it saves; a single row reads in place,
+            // with prefetches.)
             scratch.clear();
             for j in 0..r {
                 let row = &bt[j * stride..j * stride + on];
@@ -741,6 +740,7 @@ mod x86 {
     ) {
         let r = vs.first().map_or(0, |v| v.len());
         assert!(b.len() >= r * on, "B tile smaller than on × r");
+        assert!(ys.len() >= vs.len(), "fewer output rows than v rows");
         for (v, y) in vs.iter().zip(ys.iter()) {
             assert!(v.len() == r && y.len() >= on, "row shapes");
         }
@@ -752,12 +752,12 @@ mod x86 {
         let mut m = 0;
         while m + 4 <= vs.len() {
             // SAFETY: features enabled here; shapes asserted above.
-            unsafe { expand_rows::<4, 1, T, W>(&vs[m..m + 4], b, on, scale, &mut ys[m..m + 4]) };
+            unsafe { expand_rows::<4, T, W>(&vs[m..m + 4], b, on, scale, &mut ys[m..m + 4]) };
             m += 4;
         }
         while m < vs.len() {
             // SAFETY: as above.
-            unsafe { expand_rows::<1, 1, T, W>(&vs[m..m + 1], b, on, scale, &mut ys[m..m + 1]) };
+            unsafe { expand_rows::<1, T, W>(&vs[m..m + 1], b, on, scale, &mut ys[m..m + 1]) };
             m += 1;
         }
     }
@@ -793,8 +793,10 @@ pub(crate) fn shrink_native<X: LoraElement, W: LoraElement>(
 }
 
 /// `ys[m][o] += scale · Σ_j vs[m][j] · b[o·r + j]` for `o < on`, where `b` is the tile's
-/// `[on, r]` slice of `B` and every `vs` row has length `r`. Both kernels first transpose the
-/// tile's `B` into the f32 scratch `bt` (`[r, on]`); each output sums over `j` in order.
+/// `[on, r]` slice of `B` and every `vs` row has length `r`. The AVX2 kernel transposes `B` in
+/// registers, or for tiles of 8 rows or more (with `r` and `on` multiples of 8) once into the f32
+/// scratch `bt` (`[r, on]`); the portable one always through `bt`. Each output sums over `j` in
+/// order.
 pub(crate) fn expand<T: LoraElement, W: LoraElement>(
     isa: Isa,
     vs: &[&[f32]],
