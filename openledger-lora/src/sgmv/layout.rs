@@ -51,9 +51,18 @@ pub fn transpose_b<T: Copy>(b: &[T], out_features: usize, rank: usize) -> Vec<T>
         out_features * rank,
         "B is not [out_features, rank]"
     );
-    (0..rank)
-        .flat_map(|j| (0..out_features).map(move |o| b[o * rank + j]))
-        .collect()
+    let mut bt = b.to_vec();
+    if rank == 0 || out_features == 0 {
+        return bt;
+    }
+    // Read `B` row by row; each of the `rank` output rows is written in order.
+    let mut rows: Vec<&mut [T]> = bt.chunks_exact_mut(out_features).collect();
+    for (o, brow) in b.chunks_exact(rank).enumerate() {
+        for (row, &v) in rows.iter_mut().zip(brow) {
+            row[o] = v;
+        }
+    }
+    bt
 }
 
 /// The adapter slots of one layer, validated against the layer's dimensions.
