@@ -710,14 +710,7 @@ mod x86 {
             // two apart (out = 4096) fall in the same L1 sets, and `r` of them evict each other.
             // (Below 8 rows the copy costs about what it saves; a single row reads in place,
             // with prefetches.)
-            scratch.clear();
-            for j in 0..r {
-                let row = &bt[j * stride..j * stride + on];
-                match W::as_f32_slice(row) {
-                    Some(f) => scratch.extend_from_slice(f),
-                    None => scratch.extend(row.iter().map(|w| w.to_f32())),
-                }
-            }
+            super::bt_rows_into(bt, r, stride, on, scratch);
             // SAFETY: features enabled here; `scratch` is `[r, on]`; rows asserted above.
             unsafe { expand_bt::<T, f32>(vs, scratch, on, on, scale, ys) };
             return;
@@ -847,11 +840,27 @@ pub(crate) fn expand_rank_out<T: LoraElement, W: LoraElement>(
         },
         _ => {
             let r = vs.first().map_or(0, |v| v.len());
-            scratch.clear();
-            for j in 0..r {
-                scratch.extend(bt[j * stride..j * stride + on].iter().map(|w| w.to_f32()));
-            }
+            bt_rows_into(bt, r, stride, on, scratch);
             expand_generic::<4, 8, T, Separate>(vs, scratch, on, scale, ys)
+        }
+    }
+}
+
+/// Copies the first `on` columns of `r` rows of `Bᵀ` (`stride` apart), widened to f32, next to
+/// each other into `scratch` (`[r, on]`).
+fn bt_rows_into<W: LoraElement>(
+    bt: &[W],
+    r: usize,
+    stride: usize,
+    on: usize,
+    scratch: &mut Vec<f32>,
+) {
+    scratch.clear();
+    for j in 0..r {
+        let row = &bt[j * stride..j * stride + on];
+        match W::as_f32_slice(row) {
+            Some(f) => scratch.extend_from_slice(f),
+            None => scratch.extend(row.iter().map(|w| w.to_f32())),
         }
     }
 }
