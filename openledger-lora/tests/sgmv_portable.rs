@@ -4,11 +4,12 @@
 
 use half::{bf16, f16};
 use openledger_lora::sgmv::{
-    AdapterSlots, BLayout, Isa, LoraElement, LoraSlot, Segments, bgmv, detected_isa, sgmv,
-    transpose_b,
+    BLayout, Isa, LoraElement, Segments, bgmv, detected_isa, sgmv, transpose_b,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+
+mod sgmv_support;
 
 fn check<T: LoraElement>(u: f64) {
     // enough rows that shrink and expand both run on the pool (above the sequential threshold)
@@ -24,19 +25,8 @@ fn check<T: LoraElement>(u: f64) {
     let y0 = rand(rows * out);
     let a: Vec<Vec<T>> = ranks.iter().map(|&r| rand(r * inp)).collect();
     let b: Vec<Vec<T>> = ranks.iter().map(|&r| rand(out * r)).collect();
-    let slots = AdapterSlots::new(
-        inp,
-        out,
-        (0..3)
-            .map(|i| LoraSlot {
-                a: &a[i],
-                b: &b[i],
-                rank: ranks[i],
-                scale: 0.5 + i as f32,
-            })
-            .collect(),
-    )
-    .unwrap();
+    let scales: Vec<f32> = (0..3).map(|i| 0.5 + i as f32).collect();
+    let slots = sgmv_support::slots((inp, out), &a, &b, &ranks, &scales, BLayout::OutRank);
     let row_slots: Vec<Option<usize>> = (0..rows).map(|i| (i % 7 != 6).then_some(i % 3)).collect();
     let f = |t: T| f64::from(t.to_f32());
     let mut want = vec![0f64; rows * out];
@@ -79,20 +69,7 @@ fn check<T: LoraElement>(u: f64) {
     }
     // Bᵀ stored ([`BLayout::RankOut`]): the same bits.
     let bts: Vec<Vec<T>> = (0..3).map(|i| transpose_b(&b[i], out, ranks[i])).collect();
-    let rank_out = AdapterSlots::with_b_layout(
-        inp,
-        out,
-        (0..3)
-            .map(|i| LoraSlot {
-                a: &a[i],
-                b: &bts[i],
-                rank: ranks[i],
-                scale: 0.5 + i as f32,
-            })
-            .collect(),
-        BLayout::RankOut,
-    )
-    .unwrap();
+    let rank_out = sgmv_support::slots((inp, out), &a, &bts, &ranks, &scales, BLayout::RankOut);
     let mut yt = y0.clone();
     sgmv(
         &x,

@@ -12,6 +12,8 @@ use openledger_lora::sgmv::{
     bgmv_shrink, sgmv, sgmv_expand, sgmv_shrink, transpose_b,
 };
 use proptest::prelude::*;
+
+mod sgmv_support;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -317,16 +319,9 @@ fn slots_from<'a, W: LoraElement>(
     a: &'a [Vec<W>],
     b: &'a [Vec<W>],
     scales: &[f32],
+    layout: BLayout,
 ) -> AdapterSlots<'a, W> {
-    let slots = (0..c.ranks.len())
-        .map(|i| LoraSlot {
-            a: &a[i][..],
-            b: &b[i][..],
-            rank: c.ranks[i],
-            scale: scales[i],
-        })
-        .collect();
-    AdapterSlots::new(c.in_f, c.out_f, slots).unwrap()
+    sgmv_support::slots((c.in_f, c.out_f), a, b, &c.ranks, scales, layout)
 }
 
 /// Weights narrower than the activations (f32 rows with f16 / bf16 adapters, as a model serving
@@ -340,8 +335,8 @@ fn check_mixed<W: LoraElement>(c: &Case) {
     let wide = |v: &Vec<W>| v.iter().map(|t| t.to_f32()).collect::<Vec<f32>>();
     let (a32, b32): (Vec<Vec<f32>>, Vec<Vec<f32>>) =
         (a.iter().map(wide).collect(), b.iter().map(wide).collect());
-    let narrow_slots = slots_from(c, &a, &b, &d.scales);
-    let wide_slots = slots_from(c, &a32, &b32, &d.scales);
+    let narrow_slots = slots_from(c, &a, &b, &d.scales, BLayout::OutRank);
+    let wide_slots = slots_from(c, &a32, &b32, &d.scales, BLayout::OutRank);
     let bits = |y: &[f32]| y.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
 
     let (mut got, mut want) = (d.y0.clone(), d.y0.clone());
@@ -394,25 +389,8 @@ fn check_rank_out<X: LoraElement, W: LoraElement>(c: &Case) {
         .zip(&c.ranks)
         .map(|(b, &r)| transpose_b(b, c.out_f, r))
         .collect();
-    fn slots<'s, W: LoraElement>(
-        c: &Case,
-        a: &'s [Vec<W>],
-        bs: &'s [Vec<W>],
-        scales: &[f32],
-        layout: BLayout,
-    ) -> AdapterSlots<'s, W> {
-        let s = (0..c.ranks.len())
-            .map(|i| LoraSlot {
-                a: &a[i][..],
-                b: &bs[i][..],
-                rank: c.ranks[i],
-                scale: scales[i],
-            })
-            .collect();
-        AdapterSlots::with_b_layout(c.in_f, c.out_f, s, layout).unwrap()
-    }
-    let out_rank = slots(c, &a, &b, &d.scales, BLayout::OutRank);
-    let rank_out = slots(c, &a, &bt, &d.scales, BLayout::RankOut);
+    let out_rank = slots_from(c, &a, &b, &d.scales, BLayout::OutRank);
+    let rank_out = slots_from(c, &a, &bt, &d.scales, BLayout::RankOut);
     assert_eq!(rank_out.b_layout(), BLayout::RankOut);
     let bits = |y: &[X]| y.iter().map(|v| v.to_f32().to_bits()).collect::<Vec<_>>();
 

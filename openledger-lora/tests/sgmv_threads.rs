@@ -8,6 +8,8 @@ use openledger_lora::sgmv::{
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+mod sgmv_support;
+
 fn random<T: LoraElement>(n: usize, rng: &mut ChaCha8Rng) -> Vec<T> {
     (0..n)
         .map(|_| T::from_f32(rng.random_range(-1.0f32..1.0)))
@@ -26,38 +28,14 @@ fn run_on_pools<T: LoraElement>() {
     let y0 = random::<T>(rows * out_f, &mut rng);
     let a: Vec<Vec<T>> = ranks.iter().map(|&r| random(r * in_f, &mut rng)).collect();
     let b: Vec<Vec<T>> = ranks.iter().map(|&r| random(r * out_f, &mut rng)).collect();
-    let slots = AdapterSlots::new(
-        in_f,
-        out_f,
-        (0..ranks.len())
-            .map(|i| LoraSlot {
-                a: &a[i],
-                b: &b[i],
-                rank: ranks[i],
-                scale: 0.75 + i as f32,
-            })
-            .collect(),
-    )
-    .unwrap();
+    let scales: Vec<f32> = (0..ranks.len()).map(|i| 0.75 + i as f32).collect();
+    let slots = sgmv_support::slots((in_f, out_f), &a, &b, &ranks, &scales, BLayout::OutRank);
     let bt: Vec<Vec<T>> = ranks
         .iter()
         .zip(&b)
         .map(|(&r, b)| transpose_b(b, out_f, r))
         .collect();
-    let rank_out = AdapterSlots::with_b_layout(
-        in_f,
-        out_f,
-        (0..ranks.len())
-            .map(|i| LoraSlot {
-                a: &a[i],
-                b: &bt[i],
-                rank: ranks[i],
-                scale: 0.75 + i as f32,
-            })
-            .collect(),
-        BLayout::RankOut,
-    )
-    .unwrap();
+    let rank_out = sgmv_support::slots((in_f, out_f), &a, &bt, &ranks, &scales, BLayout::RankOut);
     let segs = Segments::from_triples(&[(0, 1, 1), (3, 25, 0), (25, 26, 2), (30, 41, 2)]);
     let indices: Vec<Option<usize>> = (0..rows).map(|i| (i % 4 != 3).then_some(i % 3)).collect();
 
