@@ -8,8 +8,9 @@
 //! (c) a copy of 64 MiB, the machine's memory bandwidth (for the K = 64 weights' lower bound).
 //!
 //! Shapes: d = 4096, r = 16, T ∈ {1, 32, 256} tokens, K ∈ {1, 8, 64} distinct adapters (rows
-//! split evenly, K ≤ T), f32 and bf16. SGMV runs with `Bᵀ` stored (`BLayout::RankOut`, what the
-//! model keeps for attached adapters) and, beside it, with `B` as PEFT stores it (`OutRank`).
+//! split evenly, K ≤ T), f32 and bf16. SGMV runs with `Bᵀ` stored in padded rows
+//! (`BLayout::RankOutStrided` with `padded_b_stride`, what the model keeps for attached adapters)
+//! and, beside it, with `B` as PEFT stores it (`OutRank`).
 //! Prints each figure and ratio, saves
 //! `sgmv.json` and a plot `sgmv.png` (time against the number of distinct adapters) under
 //! `target/bench-results/` (or `$OPENLEDGER_BENCH_OUT`).
@@ -20,7 +21,8 @@ use candle_core::{DType, Device, Tensor};
 use half::bf16;
 use openledger_benches::{Report, median_secs};
 use openledger_lora::sgmv::{
-    AdapterSlots, BLayout, LoraElement, LoraSlot, Segments, detected_isa, sgmv, transpose_b,
+    AdapterSlots, BLayout, LoraElement, LoraSlot, Segments, detected_isa, padded_b_stride, sgmv,
+    transpose_b_strided,
 };
 use plotters::prelude::*;
 use rand::{Rng, SeedableRng};
@@ -35,7 +37,8 @@ const ADAPTERS: [usize; 3] = [1, 8, 64];
 
 /// Timings of one case, in seconds.
 struct Case {
-    /// `Bᵀ` stored (`BLayout::RankOut`), as the model keeps attached adapters.
+    /// `Bᵀ` stored in padded rows (`BLayout::RankOutStrided`), as the model keeps attached
+    /// adapters.
     sgmv: f64,
     /// `B` as PEFT stores it (`BLayout::OutRank`), transposed on the fly.
     sgmv_out_rank: f64,
@@ -71,7 +74,12 @@ fn case<T: LoraElement + candle_core::WithDType>(
     let a: Vec<Vec<T>> = (0..k).map(|_| conv(random(R * D, rng))).collect();
     let b: Vec<Vec<T>> = (0..k).map(|_| conv(random(D * R, rng))).collect();
     let scale = 2.0f32;
-    let b_t: Vec<Vec<T>> = b.iter().map(|b| transpose_b(b, D, R)).collect();
+    let stride = padded_b_stride::<T>(D);
+    let zero = T::from_f32(0.0);
+    let b_t: Vec<Vec<T>> = b
+        .iter()
+        .map(|b| transpose_b_strided(b, D, R, stride, zero))
+        .collect();
     fn slots_of<'s, T: LoraElement>(
         a: &'s [Vec<T>],
         bs: &'s [Vec<T>],
@@ -90,7 +98,7 @@ fn case<T: LoraElement + candle_core::WithDType>(
             .collect();
         AdapterSlots::with_b_layout(D, D, s, layout).expect("slots")
     }
-    let slots = slots_of(&a, &b_t, scale, BLayout::RankOut);
+    let slots = slots_of(&a, &b_t, scale, BLayout::RankOutStrided { stride });
     let slots_out_rank = slots_of(&a, &b, scale, BLayout::OutRank);
     let bounds: Vec<(usize, usize)> = (0..k)
         .map(|i| (i * tokens / k, (i + 1) * tokens / k))

@@ -4,7 +4,8 @@
 
 use half::{bf16, f16};
 use openledger_lora::sgmv::{
-    BLayout, Isa, LoraElement, Segments, bgmv, detected_isa, sgmv, transpose_b,
+    BLayout, Isa, LoraElement, Segments, bgmv, detected_isa, padded_b_stride, sgmv, transpose_b,
+    transpose_b_strided,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -80,6 +81,23 @@ fn check<T: LoraElement>(u: f64) {
     .unwrap();
     let bits = |v: &[T]| v.iter().map(|t| t.to_f32().to_bits()).collect::<Vec<u32>>();
     assert_eq!(bits(&yt), bits(&ys), "[{}] RankOut vs OutRank", T::NAME);
+    // and padded (NaN padding, never read): the same bits again
+    let stride = padded_b_stride::<T>(out);
+    let nan = T::from_f32(f32::NAN);
+    let bps: Vec<Vec<T>> = (0..3)
+        .map(|i| transpose_b_strided(&b[i], out, ranks[i], stride, nan))
+        .collect();
+    let strided = BLayout::RankOutStrided { stride };
+    let padded = sgmv_support::slots((inp, out), &a, &bps, &ranks, &scales, strided);
+    let mut yp = y0.clone();
+    let segs = Segments::from_row_slots(&row_slots);
+    sgmv(&x, &padded, &segs, &mut yp).unwrap();
+    assert_eq!(
+        bits(&yp),
+        bits(&ys),
+        "[{}] RankOutStrided vs OutRank",
+        T::NAME
+    );
     let mut pooled = Vec::new();
     for threads in [1, 2, 7] {
         let pool = rayon::ThreadPoolBuilder::new()

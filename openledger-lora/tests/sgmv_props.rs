@@ -9,7 +9,7 @@
 use half::{bf16, f16};
 use openledger_lora::sgmv::{
     AdapterSlots, BLayout, LoraElement, LoraSlot, Segments, SgmvError, SgmvPlan, bgmv, bgmv_expand,
-    bgmv_shrink, sgmv, sgmv_expand, sgmv_shrink, transpose_b,
+    bgmv_shrink, padded_b_stride, sgmv, sgmv_expand, sgmv_shrink, transpose_b, transpose_b_strided,
 };
 use proptest::prelude::*;
 
@@ -373,8 +373,9 @@ fn half_precision_weights_on_f32_rows_at_model_width() {
     check_mixed::<f16>(&c);
 }
 
-/// `Bᵀ` stored ([`BLayout::RankOut`], as the model keeps attached adapters) gives bitwise the
-/// results of PEFT's `[out, rank]` layout, for rows and weights of type `X` and `W`.
+/// `Bᵀ` stored ([`BLayout::RankOut`], and [`BLayout::RankOutStrided`] with the model's padded
+/// stride and with an odd one) gives bitwise the results of PEFT's `[out, rank]` layout, for rows
+/// and weights of type `X` and `W`. The padding is NaN, so a kernel that read it would show.
 fn check_rank_out<X: LoraElement, W: LoraElement>(c: &Case) {
     let d = make::<X>(c);
     let narrow = |v: &Vec<X>| {
@@ -384,37 +385,45 @@ fn check_rank_out<X: LoraElement, W: LoraElement>(c: &Case) {
     };
     let a: Vec<Vec<W>> = d.a.iter().map(narrow).collect();
     let b: Vec<Vec<W>> = d.b.iter().map(narrow).collect();
-    let bt: Vec<Vec<W>> = b
-        .iter()
-        .zip(&c.ranks)
-        .map(|(b, &r)| transpose_b(b, c.out_f, r))
-        .collect();
     let out_rank = slots_from(c, &a, &b, &d.scales, BLayout::OutRank);
-    let rank_out = slots_from(c, &a, &bt, &d.scales, BLayout::RankOut);
-    assert_eq!(rank_out.b_layout(), BLayout::RankOut);
     let bits = |y: &[X]| y.iter().map(|v| v.to_f32().to_bits()).collect::<Vec<_>>();
+    let (mut want_s, mut want_b) = (d.y0.clone(), d.y0.clone());
+    sgmv(&d.x, &out_rank, &d.segments, &mut want_s).unwrap();
+    bgmv(&d.x, &out_rank, &d.row_slots, &mut want_b).unwrap();
 
-    let (mut got, mut want) = (d.y0.clone(), d.y0.clone());
-    sgmv(&d.x, &rank_out, &d.segments, &mut got).unwrap();
-    sgmv(&d.x, &out_rank, &d.segments, &mut want).unwrap();
-    assert_eq!(
-        bits(&got),
-        bits(&want),
-        "sgmv [{} x, {} W]",
-        X::NAME,
-        W::NAME
-    );
-
-    let (mut got, mut want) = (d.y0.clone(), d.y0.clone());
-    bgmv(&d.x, &rank_out, &d.row_slots, &mut got).unwrap();
-    bgmv(&d.x, &out_rank, &d.row_slots, &mut want).unwrap();
-    assert_eq!(
-        bits(&got),
-        bits(&want),
-        "bgmv [{} x, {} W]",
-        X::NAME,
-        W::NAME
-    );
+    let strides = [c.out_f, padded_b_stride::<W>(c.out_f), c.out_f + 3];
+    for (i, stride) in strides.into_iter().enumerate() {
+        let nan = W::from_f32(f32::NAN);
+        let (layout, bt): (_, Vec<Vec<W>>) = if i == 0 {
+            let bt = b.iter().zip(&c.ranks);
+            let bt = bt.map(|(b, &r)| transpose_b(b, c.out_f, r));
+            (BLayout::RankOut, bt.collect())
+        } else {
+            let bt = b.iter().zip(&c.ranks);
+            let bt = bt.map(|(b, &r)| transpose_b_strided(b, c.out_f, r, stride, nan));
+            (BLayout::RankOutStrided { stride }, bt.collect())
+        };
+        let slots = slots_from(c, &a, &bt, &d.scales, layout);
+        assert_eq!(slots.b_layout(), layout);
+        let mut got = d.y0.clone();
+        sgmv(&d.x, &slots, &d.segments, &mut got).unwrap();
+        assert_eq!(
+            bits(&got),
+            bits(&want_s),
+            "sgmv [{} x, {} W, {layout:?}]",
+            X::NAME,
+            W::NAME
+        );
+        let mut got = d.y0.clone();
+        bgmv(&d.x, &slots, &d.row_slots, &mut got).unwrap();
+        assert_eq!(
+            bits(&got),
+            bits(&want_b),
+            "bgmv [{} x, {} W, {layout:?}]",
+            X::NAME,
+            W::NAME
+        );
+    }
 }
 
 proptest! {
@@ -456,24 +465,41 @@ fn transposed_b_gives_the_same_bits_at_model_width() {
 
 #[test]
 fn transposed_b_of_the_wrong_length_is_a_typed_error_naming_b() {
-    let (a, bt) = (vec![0f32; 4 * 10], vec![0f32; 4 * 7 - 1]);
-    let err = AdapterSlots::with_b_layout(
-        10,
-        7,
-        vec![LoraSlot {
-            a: &a,
-            b: &bt,
-            rank: 4,
-            scale: 1.0,
-        }],
-        BLayout::RankOut,
-    )
-    .unwrap_err();
-    match err {
-        SgmvError::SlotShape { matrix, shape, .. } => {
-            assert_eq!(matrix, "B");
-            assert_eq!(shape, "[4, 7]");
+    let slot = |a: &[f32], bt: &[f32], layout| {
+        AdapterSlots::with_b_layout(
+            10,
+            7,
+            vec![LoraSlot {
+                a,
+                b: bt,
+                rank: 4,
+                scale: 1.0,
+            }],
+            layout,
+        )
+        .map(|_| ())
+        .unwrap_err()
+    };
+    let a = vec![0f32; 4 * 10];
+    for (len, layout, want) in [
+        (4 * 7 - 1, BLayout::RankOut, "[4, 7]"),
+        // a strided Bᵀ holds whole rows, the last one's padding included
+        (3 * 9 + 7, BLayout::RankOutStrided { stride: 9 }, "[4, 9]"),
+    ] {
+        match slot(&a, &vec![0f32; len], layout) {
+            SgmvError::SlotShape { matrix, shape, .. } => {
+                assert_eq!(matrix, "B");
+                assert_eq!(shape, want);
+            }
+            other => panic!("unexpected error {other:?}"),
         }
+    }
+    // a stride shorter than a row of outputs
+    match slot(&a, &[0f32; 4 * 6], BLayout::RankOutStrided { stride: 6 }) {
+        SgmvError::BadStride {
+            stride,
+            out_features,
+        } => assert_eq!((stride, out_features), (6, 7)),
         other => panic!("unexpected error {other:?}"),
     }
 }

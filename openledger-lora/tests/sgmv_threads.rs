@@ -3,7 +3,8 @@
 
 use half::{bf16, f16};
 use openledger_lora::sgmv::{
-    AdapterSlots, BLayout, LoraElement, LoraSlot, Segments, bgmv, sgmv, transpose_b,
+    AdapterSlots, BLayout, LoraElement, LoraSlot, Segments, bgmv, padded_b_stride, sgmv,
+    transpose_b, transpose_b_strided,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -36,6 +37,15 @@ fn run_on_pools<T: LoraElement>() {
         .map(|(&r, b)| transpose_b(b, out_f, r))
         .collect();
     let rank_out = sgmv_support::slots((in_f, out_f), &a, &bt, &ranks, &scales, BLayout::RankOut);
+    // the model's layout: rows padded (with NaN, which must never be read)
+    let stride = padded_b_stride::<T>(out_f);
+    let bp: Vec<Vec<T>> = ranks
+        .iter()
+        .zip(&b)
+        .map(|(&r, b)| transpose_b_strided(b, out_f, r, stride, T::from_f32(f32::NAN)))
+        .collect();
+    let strided = BLayout::RankOutStrided { stride };
+    let padded = sgmv_support::slots((in_f, out_f), &a, &bp, &ranks, &scales, strided);
     let segs = Segments::from_triples(&[(0, 1, 1), (3, 25, 0), (25, 26, 2), (30, 41, 2)]);
     let indices: Vec<Option<usize>> = (0..rows).map(|i| (i % 4 != 3).then_some(i % 3)).collect();
 
@@ -45,18 +55,25 @@ fn run_on_pools<T: LoraElement>() {
             .num_threads(threads)
             .build()
             .unwrap();
-        let (ys, yb, yt) = pool.install(|| {
+        let (ys, yb, yt, yp) = pool.install(|| {
             let mut ys = y0.clone();
             sgmv(&x, &slots, &segs, &mut ys).unwrap();
             let mut yb = y0.clone();
             bgmv(&x, &slots, &indices, &mut yb).unwrap();
             let mut yt = y0.clone();
             sgmv(&x, &rank_out, &segs, &mut yt).unwrap();
-            (ys, yb, yt)
+            let mut yp = y0.clone();
+            sgmv(&x, &padded, &segs, &mut yp).unwrap();
+            (ys, yb, yt, yp)
         });
         assert!(
             bits(&yt) == bits(&ys),
             "sgmv [{}] with Bᵀ differs from B on {threads} threads",
+            T::NAME
+        );
+        assert!(
+            bits(&yp) == bits(&ys),
+            "sgmv [{}] with padded Bᵀ differs from B on {threads} threads",
             T::NAME
         );
         results.push((threads, bits(&ys), bits(&yb)));

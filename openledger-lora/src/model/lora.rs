@@ -13,12 +13,16 @@ use super::error::ModelError;
 use super::load::{Linear, transposed};
 use crate::adapter::{LoraAdapter, LoraModule, ModuleKind};
 use crate::error::LoraError;
-use crate::sgmv::{AdapterSlots, BLayout, LoraElement, LoraSlot, Segments, sgmv, transpose_b};
+use crate::sgmv::{
+    AdapterSlots, BLayout, LoraElement, LoraSlot, Segments, padded_b_stride, sgmv,
+    transpose_b_strided,
+};
 use half::{bf16, f16};
 
-/// The `A` (`[rank, in]`) and `Bᵀ` (`[rank, out]`, [`BLayout::RankOut`]: transposed once here so
-/// that no forward pass transposes it again) factors of one module, in the adapter's stored
-/// dtype (f32 when the two were stored in different dtypes).
+/// The `A` (`[rank, in]`) and `Bᵀ` (`[rank, padded_b_stride(out)]`, [`BLayout::RankOutStrided`]:
+/// transposed once here so that no forward pass transposes it again, each rank row padded by one
+/// cache line so that the rows do not share L1 sets) factors of one module, in the adapter's
+/// stored dtype (f32 when the two were stored in different dtypes).
 #[derive(Debug, Clone)]
 pub(crate) enum Factors {
     F32(Vec<f32>, Vec<f32>),
@@ -26,16 +30,21 @@ pub(crate) enum Factors {
     Bf16(Vec<bf16>, Vec<bf16>),
 }
 
+/// `B` (`[out, rank]`) as the padded `Bᵀ` the model serves with.
+fn bt<T: LoraElement>(b: &[T], out: usize, rank: usize) -> Vec<T> {
+    transpose_b_strided(b, out, rank, padded_b_stride::<T>(out), T::from_f32(0.0))
+}
+
 impl Factors {
     fn of(m: &LoraModule) -> Self {
         let (out, rank) = (m.out_features(), m.rank());
         if let (Some(a), Some(b)) = (m.a().as_bf16(), m.b().as_bf16()) {
-            return Factors::Bf16(a.to_vec(), transpose_b(b, out, rank));
+            return Factors::Bf16(a.to_vec(), bt(b, out, rank));
         }
         if let (Some(a), Some(b)) = (m.a().as_f16(), m.b().as_f16()) {
-            return Factors::F16(a.to_vec(), transpose_b(b, out, rank));
+            return Factors::F16(a.to_vec(), bt(b, out, rank));
         }
-        Factors::F32(m.a_f32().into_owned(), transpose_b(&m.b_f32(), out, rank))
+        Factors::F32(m.a_f32().into_owned(), bt(&m.b_f32(), out, rank))
     }
 
     fn bytes(&self) -> usize {
@@ -357,7 +366,10 @@ impl<'a, W: LoraElement> DtypeSlots<'a, W> {
         if self.triples.is_empty() {
             return Ok(());
         }
-        let slots = AdapterSlots::with_b_layout(n_in, n_out, self.slots, BLayout::RankOut)?;
+        let layout = BLayout::RankOutStrided {
+            stride: padded_b_stride::<W>(n_out),
+        };
+        let slots = AdapterSlots::with_b_layout(n_in, n_out, self.slots, layout)?;
         sgmv(x, &slots, &Segments::from_triples(&self.triples), y)?;
         Ok(())
     }

@@ -4,7 +4,7 @@
 //! tile, so results are bitwise identical on any thread pool.
 
 use super::element::LoraElement;
-use super::layout::{AdapterSlots, BLayout, Group, SgmvPlan};
+use super::layout::{AdapterSlots, Group, SgmvPlan};
 use super::simd::{self, detected_isa};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -217,14 +217,14 @@ pub(crate) fn expand<X: LoraElement, W: LoraElement>(
             .collect();
         SCRATCH.with(|scratch| {
             let bt = &mut scratch.borrow_mut().1;
-            match slots.b_layout() {
-                BLayout::OutRank => {
+            match slots.b_layout().rank_row_stride(out_f) {
+                None => {
                     let b = &slot.b[t.col0 * r..(t.col0 + on) * r];
                     simd::expand(isa, &vs, b, on, slot.scale, &mut t.outs, bt);
                 }
-                BLayout::RankOut => {
+                Some(stride) => {
                     let b = &slot.b[t.col0..];
-                    simd::expand_rank_out(isa, &vs, b, out_f, on, slot.scale, &mut t.outs, bt);
+                    simd::expand_rank_out(isa, &vs, b, stride, on, slot.scale, &mut t.outs, bt);
                 }
             }
         });

@@ -7,8 +7,8 @@ use thiserror::Error;
 /// returned: every check runs before the first write.
 #[derive(Debug, Error)]
 pub enum SgmvError {
-    /// A slot's `A` (`[rank, in]`) or `B` (`[out, rank]`, or `Bᵀ`, `[rank, out]`, under
-    /// `BLayout::RankOut`) slice does not hold the number of elements its rank and the layer's
+    /// A slot's `A` (`[rank, in]`) or `B` (`[out, rank]`, or `Bᵀ`: `[rank, out]` under
+    /// `BLayout::RankOut`, `[rank, stride]` under `BLayout::RankOutStrided`) slice does not hold the number of elements its rank and the layer's
     /// dimensions imply.
     #[error(
         "adapter slot {slot}: matrix {matrix} has {found} elements, expected {expected} ({shape})"
@@ -24,6 +24,15 @@ pub enum SgmvError {
         found: usize,
         /// The expected shape, written out (`"[16, 4096]"`).
         shape: String,
+    },
+    /// A [`BLayout::RankOutStrided`](super::BLayout::RankOutStrided) stride is shorter than the
+    /// layer's output dimension (each rank row of `Bᵀ` must hold every output).
+    #[error("B row stride {stride} is shorter than the layer's {out_features} outputs")]
+    BadStride {
+        /// The stride given.
+        stride: usize,
+        /// Output features of the layer.
+        out_features: usize,
     },
     /// A slot declares rank 0.
     #[error("adapter slot {slot}: rank must be at least 1")]

@@ -22,18 +22,54 @@ pub struct LoraSlot<'a, T> {
 
 /// How `B` is laid out in the slots of an [`AdapterSlots`].
 ///
-/// Both layouts give bitwise the same results. [`BLayout::RankOut`] is the faster one on the CPU:
+/// Every layout gives bitwise the same results. The `Bᵀ` layouts are the faster ones on the CPU:
 /// the expand step reads each rank row of `Bᵀ` contiguously, where `OutRank` makes it transpose
 /// `B` on the fly (in registers, or through a scratch tile) on every call. A server holding its
-/// adapters for many calls stores `Bᵀ` once ([`transpose_b`]) and uses `RankOut`.
+/// adapters for many calls stores `Bᵀ` once, best with padded rows ([`transpose_b_strided`] with
+/// [`padded_b_stride`], as the model does).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum BLayout {
     /// `B` as `[out_features, rank]` row-major: PEFT's `lora_B.weight` as stored.
     #[default]
     OutRank,
-    /// `Bᵀ` as `[rank, out_features]` row-major.
+    /// `Bᵀ` as `[rank, out_features]` row-major ([`transpose_b`]).
     RankOut,
+    /// `Bᵀ` as `[rank, stride]` row-major with `stride ≥ out_features`: each rank row holds the
+    /// layer's outputs in its first `out_features` elements; the rest of the row is never read
+    /// ([`transpose_b_strided`]). When `out_features` is a power of two, unpadded rank rows lie
+    /// a multiple of 4 KiB apart and fall in the same L1 cache sets, so the `r` rows a tile reads
+    /// together evict each other; [`padded_b_stride`] adds one cache line to each row.
+    RankOutStrided {
+        /// Elements from the start of one rank row to the start of the next.
+        stride: usize,
+    },
+}
+
+impl BLayout {
+    /// Elements from one rank row of `Bᵀ` to the next (`out_features` under
+    /// [`BLayout::RankOut`]), or `None` under [`BLayout::OutRank`].
+    pub fn rank_row_stride(self, out_features: usize) -> Option<usize> {
+        match self {
+            BLayout::OutRank => None,
+            BLayout::RankOut => Some(out_features),
+            BLayout::RankOutStrided { stride } => Some(stride),
+        }
+    }
+}
+
+/// The row stride to use with [`BLayout::RankOutStrided`]: `out_features` plus one 64-byte cache
+/// line of `T`, so that consecutive rank rows of `Bᵀ` start in different L1 sets.
+///
+/// ```
+/// use half::bf16;
+/// use openledger_lora::sgmv::padded_b_stride;
+///
+/// assert_eq!(padded_b_stride::<f32>(4096), 4112);
+/// assert_eq!(padded_b_stride::<bf16>(4096), 4128);
+/// ```
+pub fn padded_b_stride<T>(out_features: usize) -> usize {
+    out_features + 64 / std::mem::size_of::<T>().max(1)
 }
 
 /// `B` (`[out_features, rank]` row-major) transposed to `[rank, out_features]`, the layout of
@@ -46,23 +82,63 @@ pub enum BLayout {
 /// assert_eq!(transpose_b(&[1, 2, 3, 4, 5, 6], 3, 2), vec![1, 3, 5, 2, 4, 6]);
 /// ```
 pub fn transpose_b<T: Copy>(b: &[T], out_features: usize, rank: usize) -> Vec<T> {
+    let mut bt = b.to_vec();
+    transpose_b_into(b, out_features, rank, out_features, &mut bt);
+    bt
+}
+
+/// `B` (`[out_features, rank]` row-major) transposed to `[rank, stride]`, the layout of
+/// [`BLayout::RankOutStrided`]; the `stride - out_features` elements after each rank row are
+/// `pad`. Panics if `b.len() != out_features · rank` or `stride < out_features`.
+///
+/// ```
+/// use openledger_lora::sgmv::transpose_b_strided;
+///
+/// // B = [[1, 2], [3, 4], [5, 6]] (3 outputs, rank 2), rows of Bᵀ 4 apart
+/// assert_eq!(
+///     transpose_b_strided(&[1, 2, 3, 4, 5, 6], 3, 2, 4, 0),
+///     vec![1, 3, 5, 0, 2, 4, 6, 0]
+/// );
+/// ```
+pub fn transpose_b_strided<T: Copy>(
+    b: &[T],
+    out_features: usize,
+    rank: usize,
+    stride: usize,
+    pad: T,
+) -> Vec<T> {
+    assert!(stride >= out_features, "stride shorter than out_features");
+    let mut bt = vec![pad; rank * stride];
+    transpose_b_into(b, out_features, rank, stride, &mut bt);
+    bt
+}
+
+/// Writes `Bᵀ` into the first `out_features` elements of each `stride`-long row of `bt`.
+fn transpose_b_into<T: Copy>(
+    b: &[T],
+    out_features: usize,
+    rank: usize,
+    stride: usize,
+    bt: &mut [T],
+) {
     assert_eq!(
         b.len(),
         out_features * rank,
         "B is not [out_features, rank]"
     );
-    let mut bt = b.to_vec();
     if rank == 0 || out_features == 0 {
-        return bt;
+        return;
     }
     // Read `B` row by row; each of the `rank` output rows is written in order.
-    let mut rows: Vec<&mut [T]> = bt.chunks_exact_mut(out_features).collect();
+    let mut rows: Vec<&mut [T]> = bt
+        .chunks_exact_mut(stride)
+        .map(|row| &mut row[..out_features])
+        .collect();
     for (o, brow) in b.chunks_exact(rank).enumerate() {
         for (row, &v) in rows.iter_mut().zip(brow) {
             row[o] = v;
         }
     }
-    bt
 }
 
 /// The adapter slots of one layer, validated against the layer's dimensions.
@@ -86,7 +162,8 @@ impl<'a, T: LoraElement> AdapterSlots<'a, T> {
     }
 
     /// As [`AdapterSlots::new`], with every slot's `B` in the given layout (each slot's `b`
-    /// field then holds `Bᵀ` for [`BLayout::RankOut`]).
+    /// field then holds `Bᵀ` under [`BLayout::RankOut`] and [`BLayout::RankOutStrided`]; the
+    /// latter's stride must be at least `out_features`).
     pub fn with_b_layout(
         in_features: usize,
         out_features: usize,
@@ -96,6 +173,14 @@ impl<'a, T: LoraElement> AdapterSlots<'a, T> {
         if in_features == 0 || out_features == 0 {
             return Err(SgmvError::ZeroDims {
                 in_features,
+                out_features,
+            });
+        }
+        if let BLayout::RankOutStrided { stride } = b_layout
+            && stride < out_features
+        {
+            return Err(SgmvError::BadStride {
+                stride,
                 out_features,
             });
         }
@@ -124,9 +209,9 @@ impl<'a, T: LoraElement> AdapterSlots<'a, T> {
                 }
             };
             check("A", s.a.len(), s.rank, in_features)?;
-            match b_layout {
-                BLayout::OutRank => check("B", s.b.len(), out_features, s.rank)?,
-                BLayout::RankOut => check("B", s.b.len(), s.rank, out_features)?,
+            match b_layout.rank_row_stride(out_features) {
+                None => check("B", s.b.len(), out_features, s.rank)?,
+                Some(stride) => check("B", s.b.len(), s.rank, stride)?,
             }
         }
         Ok(Self {

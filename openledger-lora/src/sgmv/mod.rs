@@ -53,7 +53,10 @@ mod simd;
 pub use candle::{TensorSlot, sgmv_tensors};
 pub use element::LoraElement;
 pub use error::SgmvError;
-pub use layout::{AdapterSlots, BLayout, LoraSlot, Segments, SgmvPlan, transpose_b};
+pub use layout::{
+    AdapterSlots, BLayout, LoraSlot, Segments, SgmvPlan, padded_b_stride, transpose_b,
+    transpose_b_strided,
+};
 pub use simd::{Isa, detected_isa};
 
 fn check_len(buffer: &'static str, expected: usize, found: usize) -> Result<(), SgmvError> {
