@@ -10,7 +10,7 @@
 //! Shapes: d = 4096, r = 16, T ∈ {1, 32, 256} tokens, K ∈ {1, 8, 64} distinct adapters (rows
 //! split evenly, K ≤ T), f32 and bf16. SGMV runs with `Bᵀ` stored in padded rows
 //! (`BLayout::RankOutStrided` with `padded_b_stride`, what the model keeps for attached adapters)
-//! and, beside it, with `B` as PEFT stores it (`OutRank`).
+//! and, beside it, with `B` as PEFT stores it (`OutRank`) and with unpadded `Bᵀ` (`RankOut`).
 //! Prints each figure and ratio, saves
 //! `sgmv.json` and a plot `sgmv.png` (time against the number of distinct adapters) under
 //! `target/bench-results/` (or `$OPENLEDGER_BENCH_OUT`).
@@ -22,7 +22,7 @@ use half::bf16;
 use openledger_benches::{Report, median_secs};
 use openledger_lora::sgmv::{
     AdapterSlots, BLayout, LoraElement, LoraSlot, Segments, detected_isa, padded_b_stride, sgmv,
-    transpose_b_strided,
+    transpose_b, transpose_b_strided,
 };
 use plotters::prelude::*;
 use rand::{Rng, SeedableRng};
@@ -42,6 +42,8 @@ struct Case {
     sgmv: f64,
     /// `B` as PEFT stores it (`BLayout::OutRank`), transposed on the fly.
     sgmv_out_rank: f64,
+    /// `Bᵀ` stored without padding (`BLayout::RankOut`).
+    sgmv_unpadded: f64,
     peft: f64,
     peft_contiguous: f64,
 }
@@ -100,6 +102,8 @@ fn case<T: LoraElement + candle_core::WithDType>(
     }
     let slots = slots_of(&a, &b_t, scale, BLayout::RankOutStrided { stride });
     let slots_out_rank = slots_of(&a, &b, scale, BLayout::OutRank);
+    let b_unpadded: Vec<Vec<T>> = b.iter().map(|b| transpose_b(b, D, R)).collect();
+    let slots_unpadded = slots_of(&a, &b_unpadded, scale, BLayout::RankOut);
     let bounds: Vec<(usize, usize)> = (0..k)
         .map(|i| (i * tokens / k, (i + 1) * tokens / k))
         .collect();
@@ -113,6 +117,7 @@ fn case<T: LoraElement + candle_core::WithDType>(
     let mut y = y0.clone();
     let sgmv_s = time(|| sgmv(&x, &slots, &segs, &mut y).expect("sgmv"));
     let sgmv_out_rank_s = time(|| sgmv(&x, &slots_out_rank, &segs, &mut y).expect("sgmv"));
+    let sgmv_unpadded_s = time(|| sgmv(&x, &slots_unpadded, &segs, &mut y).expect("sgmv"));
 
     // (a) PEFT-style: per adapter, its rows through two matmuls, then one add into y.
     let dev = Device::Cpu;
@@ -197,6 +202,7 @@ fn case<T: LoraElement + candle_core::WithDType>(
     Case {
         sgmv: sgmv_s,
         sgmv_out_rank: sgmv_out_rank_s,
+        sgmv_unpadded: sgmv_unpadded_s,
         peft: peft_s,
         peft_contiguous: peft_contiguous_s,
     }
@@ -241,6 +247,7 @@ fn run_dtype<T: LoraElement + candle_core::WithDType>(
             let key = format!("{name}_T{tokens}_K{k}");
             report.figure(&format!("{key}_sgmv_us"), c.sgmv * 1e6);
             report.figure(&format!("{key}_sgmv_out_rank_us"), c.sgmv_out_rank * 1e6);
+            report.figure(&format!("{key}_sgmv_unpadded_us"), c.sgmv_unpadded * 1e6);
             report.figure(&format!("{key}_peft_us"), c.peft * 1e6);
             report.figure(
                 &format!("{key}_peft_contiguous_us"),
@@ -252,6 +259,12 @@ fn run_dtype<T: LoraElement + candle_core::WithDType>(
                 c.peft,
                 c.sgmv_out_rank,
                 ">= 10x",
+            );
+            report.ratio(
+                &format!("{key}_padding_speedup"),
+                c.sgmv_unpadded,
+                c.sgmv,
+                "none; padded vs unpadded Bᵀ rows",
             );
             report.ratio(
                 &format!("{key}_speedup_vs_peft_contiguous"),

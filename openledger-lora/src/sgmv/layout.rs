@@ -5,14 +5,14 @@ use super::element::LoraElement;
 use super::error::SgmvError;
 
 /// One adapter slot of one layer: `A` is `[rank, in]` and `B` is `[out, rank]` (or `Bᵀ`,
-/// `[rank, out]`, in slots made with [`BLayout::RankOut`]), both row-major, and the update is
-/// `y += scale · (x · Aᵀ) · Bᵀ`.
+/// `[rank, out]` or `[rank, stride]`, in slots made with [`BLayout::RankOut`] or
+/// [`BLayout::RankOutStrided`]), both row-major, and the update is `y += scale · (x · Aᵀ) · Bᵀ`.
 #[derive(Debug, Clone, Copy)]
 pub struct LoraSlot<'a, T> {
     /// `A`, `[rank, in_features]` row-major.
     pub a: &'a [T],
     /// `B`, `[out_features, rank]` row-major (`Bᵀ`, `[rank, out_features]`, under
-    /// [`BLayout::RankOut`]).
+    /// [`BLayout::RankOut`]; `[rank, stride]` under [`BLayout::RankOutStrided`]).
     pub b: &'a [T],
     /// The rank of this adapter (each slot has its own; nothing is padded).
     pub rank: usize,

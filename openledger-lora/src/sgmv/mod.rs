@@ -12,9 +12,11 @@
 //! copy); arithmetic is f32.
 //!
 //! `B` comes as PEFT stores it (`[out, rank]`) or transposed (`[rank, out]`,
-//! [`BLayout::RankOut`], made once with [`transpose_b`]): the same bits either way, and the
-//! transposed layout spares the expand step a transposition per call (what the model does with
-//! its attached adapters).
+//! [`BLayout::RankOut`], made once with [`transpose_b`]; or in rows padded to a longer stride,
+//! [`BLayout::RankOutStrided`], made with [`transpose_b_strided`] and [`padded_b_stride`]): the
+//! same bits every way. The transposed layouts spare the expand step a transposition per call,
+//! and padded rows keep the rank rows out of each other's L1 sets (what the model does with its
+//! attached adapters).
 //!
 //! The CPU path is rayon-parallel over tiles of rows *and* output columns (so a few tokens still
 //! use every core; a call below about 2¹⁸ multiply-adds, e.g. one token through a 4096-wide

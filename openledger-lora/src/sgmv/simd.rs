@@ -666,7 +666,7 @@ mod x86 {
         }
     }
 
-    /// Expand from `Bᵀ` laid out `[r, stride]` ([`super::super::BLayout::RankOut`]): the
+    /// Expand from `Bᵀ` laid out `[r, stride]` (`BLayout::RankOut`, `RankOutStrided`): the
     /// tile's outputs are its first `on` columns. Tiles of 8 rows or more read a contiguous f32
     /// copy of the tile's part of `Bᵀ` from `scratch`.
     ///
