@@ -126,6 +126,18 @@ fn tiles<'b, E>(
 /// µs on one core, where handing work to the pool and waiting for it costs 10–30 µs).
 const SEQUENTIAL_MACS: usize = 1 << 18;
 
+/// Runs `f` on a thread of the rayon pool when a call of `macs` multiply-adds per step will use
+/// the pool: a caller outside the pool then hands its work over and is woken once, instead of
+/// once per parallel step (shrink, then expand). Small calls run where they are.
+pub(crate) fn in_pool_if_parallel<R: Send>(macs: usize, f: impl FnOnce() -> R + Send) -> R {
+    if macs < SEQUENTIAL_MACS || rayon::current_thread_index().is_some() {
+        f()
+    } else {
+        // `scope` runs its closure on a worker thread of the global pool.
+        rayon::scope(|_| f())
+    }
+}
+
 /// Runs `f` on every tile: in parallel, or on the calling thread when the whole call is below
 /// [`SEQUENTIAL_MACS`]. The tiles (and so every result) are the same either way.
 fn for_each_tile<'b, E: Send>(
