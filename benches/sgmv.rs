@@ -57,10 +57,16 @@ fn runs_for(estimate: f64) -> usize {
     ((0.4 / estimate.max(1e-6)) as usize).clamp(3, 200)
 }
 
+/// Median seconds per call of `f`, after calling it for 50 ms first: the thread pool and the
+/// caches then hold what this variant needs rather than what the one timed before it left.
 fn time(mut f: impl FnMut()) -> f64 {
-    let t0 = std::time::Instant::now();
-    f();
-    let est = t0.elapsed().as_secs_f64();
+    let warm = std::time::Instant::now();
+    let mut calls = 0u32;
+    while calls < 2 || warm.elapsed().as_secs_f64() < 0.05 {
+        f();
+        calls += 1;
+    }
+    let est = warm.elapsed().as_secs_f64() / f64::from(calls);
     median_secs(runs_for(est), f)
 }
 
