@@ -11,9 +11,10 @@
 //! split evenly, K ≤ T), f32 and bf16. SGMV runs with `Bᵀ` stored in padded rows
 //! (`BLayout::RankOutStrided` with `padded_b_stride`, what the model keeps for attached adapters)
 //! and, beside it, with `B` as PEFT stores it (`OutRank`) and with unpadded `Bᵀ` (`RankOut`).
-//! Prints each figure and ratio, saves
-//! `sgmv.json` and a plot `sgmv.png` (time against the number of distinct adapters) under
-//! `target/bench-results/` (or `$OPENLEDGER_BENCH_OUT`).
+//! Every case runs in three sweeps over all cases, and each figure is the median over the
+//! sweeps (the lowest and highest sweep's speedup are recorded beside it). Prints each figure and
+//! ratio, saves `sgmv.json` and a plot `sgmv.png` (time against the number of distinct adapters)
+//! under `target/bench-results/` (or `$OPENLEDGER_BENCH_OUT`).
 //!
 //! `cargo bench -p openledger-benches --bench sgmv`
 
@@ -52,9 +53,9 @@ fn random(n: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-0.05f32..0.05)).collect()
 }
 
-/// Runs enough repetitions for a stable median without spending more than ~0.4 s on a case.
+/// Runs enough repetitions for a stable median without spending more than ~0.2 s on a variant.
 fn runs_for(estimate: f64) -> usize {
-    ((0.4 / estimate.max(1e-6)) as usize).clamp(3, 200)
+    ((0.2 / estimate.max(1e-6)) as usize).clamp(3, 200)
 }
 
 /// Median seconds per call of `f`, after calling it for 50 ms first: the thread pool and the
@@ -235,6 +236,16 @@ fn dense<T: LoraElement + candle_core::WithDType>(rng: &mut ChaCha8Rng) -> f64 {
     median_secs(3, || x.matmul(&wt).expect("dense GEMM"))
 }
 
+/// Sweeps over all cases of a dtype; each figure is the median over the sweeps.
+const SWEEPS: usize = 3;
+
+/// The median of `v` (the upper one of an even count).
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 fn run_dtype<T: LoraElement + candle_core::WithDType>(
     dtype: DType,
     bandwidth: f64,
@@ -243,14 +254,46 @@ fn run_dtype<T: LoraElement + candle_core::WithDType>(
     rng: &mut ChaCha8Rng,
 ) {
     let name = T::NAME;
-    let dense_s = dense::<T>(rng);
-    let dense_gflops = 2.0 * 256.0 * (D * D) as f64 / dense_s / 1e9;
+    // Every case SWEEPS times, one sweep over all cases after the other, and the median of each
+    // timing: a stretch of noise from the machine then spoils one sweep, not a figure.
+    let cases: Vec<(usize, usize)> = TOKENS
+        .into_iter()
+        .flat_map(|t| {
+            ADAPTERS
+                .into_iter()
+                .filter(move |&k| k <= t)
+                .map(move |k| (t, k))
+        })
+        .collect();
+    let mut dense_runs = Vec::new();
+    let mut runs: Vec<Vec<Case>> = cases.iter().map(|_| Vec::new()).collect();
+    for _ in 0..SWEEPS {
+        dense_runs.push(dense::<T>(rng));
+        for (&(tokens, k), r) in cases.iter().zip(&mut runs) {
+            r.push(case::<T>(dtype, tokens, k, rng));
+        }
+    }
+    let dense_gflops = 2.0 * 256.0 * (D * D) as f64 / median(&dense_runs) / 1e9;
     report.figure(&format!("{name}_dense_gemm_T256_gflops"), dense_gflops);
+    let mut runs = runs.into_iter();
     for tokens in TOKENS {
         let mut by_k = BTreeMap::new();
         for k in ADAPTERS.into_iter().filter(|&k| k <= tokens) {
-            let c = case::<T>(dtype, tokens, k, rng);
+            let sweeps = runs.next().expect("one list of runs per case");
+            let of = |f: fn(&Case) -> f64| median(&sweeps.iter().map(f).collect::<Vec<_>>());
+            let c = Case {
+                sgmv: of(|c| c.sgmv),
+                sgmv_out_rank: of(|c| c.sgmv_out_rank),
+                sgmv_unpadded: of(|c| c.sgmv_unpadded),
+                peft: of(|c| c.peft),
+                peft_contiguous: of(|c| c.peft_contiguous),
+            };
             let key = format!("{name}_T{tokens}_K{k}");
+            let speedups: Vec<f64> = sweeps.iter().map(|c| c.peft / c.sgmv).collect();
+            let lowest = speedups.iter().copied().fold(f64::MAX, f64::min);
+            let highest = speedups.iter().copied().fold(0.0, f64::max);
+            report.figure(&format!("{key}_speedup_vs_peft_lowest_sweep"), lowest);
+            report.figure(&format!("{key}_speedup_vs_peft_highest_sweep"), highest);
             report.figure(&format!("{key}_sgmv_us"), c.sgmv * 1e6);
             report.figure(&format!("{key}_sgmv_out_rank_us"), c.sgmv_out_rank * 1e6);
             report.figure(&format!("{key}_sgmv_unpadded_us"), c.sgmv_unpadded * 1e6);
