@@ -503,3 +503,82 @@ fn transposed_b_of_the_wrong_length_is_a_typed_error_naming_b() {
         other => panic!("unexpected error {other:?}"),
     }
 }
+
+/// The vector kernels round each f16 / bf16 output exactly as `T::from_f32` does: ties to even,
+/// overflow to infinity, NaN kept NaN (quiet), signed zeros and subnormals. Rank 1 with
+/// `A = e₀`, `x[0] = 1` and `scale = 1` makes every sum exact, so the expected output is
+/// `from_f32(y0 + d)` for the chosen f32 values `d` in `B`.
+fn check_output_rounding<X: LoraElement>() {
+    let specials = [
+        1.0 + 2f32.powi(-8),       // bf16 tie, rounds down to even
+        1.0 + 3.0 * 2f32.powi(-8), // bf16 tie, rounds up to even
+        1.0 + 2f32.powi(-11),      // f16 tie
+        1.0 + 3.0 * 2f32.powi(-11),
+        1.0 + 2f32.powi(-9) + 2f32.powi(-20),
+        f32::MAX,
+        -f32::MAX,
+        65520.0, // f16 overflow to infinity
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::from_bits(0x7f80_0001), // signalling NaN with a low payload bit
+        f32::from_bits(0x7fff_ffff), // NaN whose rounding would carry into the sign bit
+        f32::from_bits(0xffbf_ffff),
+        f32::NAN,
+        -0.0,
+        1e-40,  // f32 subnormal
+        -3e-39, // f32 subnormal
+        6e-8,   // f16 subnormal
+        1e-30,
+    ];
+    let (in_f, out_f) = (8, 75); // 64- and 8-wide blocks, then a 3-wide tail
+    let d: Vec<f32> = (0..out_f).map(|o| specials[o % specials.len()]).collect();
+    let mut a = vec![0f32; in_f];
+    a[0] = 1.0;
+    for rows in [1, 4, 9] {
+        let mut x = vec![X::from_f32(0.25); rows * in_f];
+        for r in 0..rows {
+            x[r * in_f] = X::from_f32(1.0);
+        }
+        let y0: Vec<X> = (0..rows * out_f)
+            .map(|i| X::from_f32(if i % 3 == 0 { 0.0 } else { -0.5 }))
+            .collect();
+        let want: Vec<u32> = y0
+            .iter()
+            .enumerate()
+            .map(|(i, y)| X::from_f32(y.to_f32() + d[i % out_f]).to_f32().to_bits())
+            .collect();
+        let stride = padded_b_stride::<f32>(out_f);
+        let bt = transpose_b_strided(&d, out_f, 1, stride, f32::NAN);
+        for (b, layout) in [
+            (&d, BLayout::OutRank),
+            (&bt, BLayout::RankOutStrided { stride }),
+        ] {
+            let slot = LoraSlot {
+                a: &a[..],
+                b: &b[..],
+                rank: 1,
+                scale: 1.0,
+            };
+            let slots = AdapterSlots::with_b_layout(in_f, out_f, vec![slot], layout).unwrap();
+            let mut y = y0.clone();
+            sgmv(&x, &slots, &Segments::from_triples(&[(0, rows, 0)]), &mut y).unwrap();
+            let got: Vec<u32> = y.iter().map(|v| v.to_f32().to_bits()).collect();
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(
+                    g,
+                    w,
+                    "[{}] {rows} rows, {layout:?}: output {i} (d = {:e})",
+                    X::NAME,
+                    d[i % out_f]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn half_precision_outputs_round_like_from_f32() {
+    check_output_rounding::<bf16>();
+    check_output_rounding::<f16>();
+    check_output_rounding::<f32>();
+}

@@ -369,6 +369,25 @@ mod x86 {
         }
     }
 
+    /// 8 floats rounded to bf16 (to nearest even, NaN kept quiet, like `bf16::from_f32`), each
+    /// in the low half of its 32-bit lane.
+    ///
+    /// # Safety
+    /// AVX2 available.
+    #[inline(always)]
+    unsafe fn round_bf16(v: __m256) -> __m256i {
+        // SAFETY: register-only operations; AVX2 per the caller.
+        unsafe {
+            let u = _mm256_castps_si256(v);
+            let lsb = _mm256_and_si256(_mm256_srli_epi32::<16>(u), _mm256_set1_epi32(1));
+            let bias = _mm256_add_epi32(_mm256_set1_epi32(0x7fff), lsb);
+            let rounded = _mm256_srli_epi32::<16>(_mm256_add_epi32(u, bias));
+            let nan = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+            let quiet = _mm256_or_si256(_mm256_srli_epi32::<16>(u), _mm256_set1_epi32(0x40));
+            _mm256_blendv_epi8(rounded, quiet, nan)
+        }
+    }
+
     /// Rounds 8 floats to `T` (to nearest even, like `T::from_f32`) and stores them at `p`.
     ///
     /// # Safety
@@ -382,20 +401,40 @@ mod x86 {
                 return;
             }
             let h = if T::NAME == "bf16" {
-                let u = _mm256_castps_si256(v);
-                let lsb = _mm256_and_si256(_mm256_srli_epi32::<16>(u), _mm256_set1_epi32(1));
-                let bias = _mm256_add_epi32(_mm256_set1_epi32(0x7fff), lsb);
-                let rounded = _mm256_srli_epi32::<16>(_mm256_add_epi32(u, bias));
-                let abs = _mm256_and_si256(u, _mm256_set1_epi32(0x7fff_ffff));
-                let nan = _mm256_cmpgt_epi32(abs, _mm256_set1_epi32(0x7f80_0000));
-                let quiet = _mm256_or_si256(_mm256_srli_epi32::<16>(u), _mm256_set1_epi32(0x40));
-                let r = _mm256_blendv_epi8(rounded, quiet, nan);
+                let r = round_bf16(v);
                 let packed = _mm256_packus_epi32(r, r);
                 _mm256_castsi256_si128(_mm256_permute4x64_epi64::<0b1000>(packed))
             } else {
                 _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v)
             };
             _mm_storeu_si128(p.cast::<__m128i>(), h);
+        }
+    }
+
+    /// [`store8_t`] of 16 floats (`lo` then `hi`) at `p`, packed into one store for 16-bit `T`.
+    ///
+    /// # Safety
+    /// `p` valid for 16 writes; AVX2 and F16C available.
+    #[inline(always)]
+    unsafe fn store16_t<T: LoraElement>(p: *mut T, lo: __m256, hi: __m256) {
+        // SAFETY: caller's contract; the branch is resolved at compile time.
+        unsafe {
+            if T::IS_F32 {
+                _mm256_storeu_ps(p.cast::<f32>(), lo);
+                _mm256_storeu_ps(p.cast::<f32>().add(8), hi);
+                return;
+            }
+            let h = if T::NAME == "bf16" {
+                // packus interleaves 128-bit halves: lo[0..4] hi[0..4] lo[4..8] hi[4..8]
+                let packed = _mm256_packus_epi32(round_bf16(lo), round_bf16(hi));
+                _mm256_permute4x64_epi64::<0b11_01_10_00>(packed)
+            } else {
+                _mm256_set_m128i(
+                    _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(hi),
+                    _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(lo),
+                )
+            };
+            _mm256_storeu_si256(p.cast::<__m256i>(), h);
         }
     }
 
@@ -624,10 +663,18 @@ mod x86 {
                 }
             }
             for m in 0..MR {
-                for w in 0..NW {
-                    let p = ys[m].as_mut_ptr().add(o + 8 * w);
-                    let sum = _mm256_add_ps(load8_t(p.cast_const()), _mm256_mul_ps(sv, acc[m][w]));
-                    store8_t(p, sum);
+                let y = ys[m].as_mut_ptr().add(o);
+                let sum = |w: usize| {
+                    let p = y.add(8 * w).cast_const();
+                    _mm256_add_ps(load8_t(p), _mm256_mul_ps(sv, acc[m][w]))
+                };
+                let mut w = 0;
+                while w + 2 <= NW {
+                    store16_t(y.add(8 * w), sum(w), sum(w + 1));
+                    w += 2;
+                }
+                if w < NW {
+                    store8_t(y.add(8 * w), sum(w));
                 }
             }
         }
