@@ -14,10 +14,14 @@ const SHRINK_ROWS: usize = 16;
 /// A rows (intermediate columns) per shrink tile of a small group: small so that a single token
 /// still spreads over several cores.
 const SHRINK_COLS: usize = 8;
+/// Groups from which a batch has tiles enough for every core without splitting a group's rank.
+const SHRINK_MANY_GROUPS: usize = 8;
+
 /// Intermediate columns per shrink tile: all of them when the group has rows enough to keep
-/// every core busy (each x row is then read by one tile only), else [`SHRINK_COLS`].
-fn shrink_cols(g: &Group) -> usize {
-    if g.end - g.start >= 2 * SHRINK_ROWS {
+/// every core busy, or the batch has [`SHRINK_MANY_GROUPS`] groups or more (each x row is then
+/// read by one tile only), else [`SHRINK_COLS`].
+fn shrink_cols(g: &Group, groups: usize) -> usize {
+    if g.end - g.start >= 2 * SHRINK_ROWS || groups >= SHRINK_MANY_GROUPS {
         g.rank
     } else {
         SHRINK_COLS
@@ -182,7 +186,8 @@ pub(crate) fn shrink<X: LoraElement, W: LoraElement>(
     let d = slots.in_features();
     let isa = detected_isa();
     let regions = group_regions(plan.groups(), v, |g| g.rank, |g| g.v_off);
-    let work = tiles(regions, |g| g.rank, |_| SHRINK_ROWS, shrink_cols);
+    let groups = plan.groups().len();
+    let work = tiles(regions, |g| g.rank, |_| SHRINK_ROWS, |g| shrink_cols(g, groups));
     let run = |mut t: Tile<'_, f32>| {
         let a = slots.slots()[t.group.slot].a;
         let jn = t.outs[0].len();
