@@ -187,7 +187,16 @@ pub(crate) fn shrink<X: LoraElement, W: LoraElement>(
     let isa = detected_isa();
     let regions = group_regions(plan.groups(), v, |g| g.rank, |g| g.v_off);
     let groups = plan.groups().len();
-    let work = tiles(regions, |g| g.rank, |_| SHRINK_ROWS, |g| shrink_cols(g, groups));
+    let macs = plan.intermediate_len() * d;
+    // A call on the calling thread gains nothing from narrow tiles: a group's whole rank each.
+    let cols = |g: &Group| {
+        if macs < SEQUENTIAL_MACS {
+            g.rank
+        } else {
+            shrink_cols(g, groups)
+        }
+    };
+    let work = tiles(regions, |g| g.rank, |_| SHRINK_ROWS, cols);
     let run = |mut t: Tile<'_, f32>| {
         let a = slots.slots()[t.group.slot].a;
         let jn = t.outs[0].len();
@@ -207,7 +216,7 @@ pub(crate) fn shrink<X: LoraElement, W: LoraElement>(
             simd::shrink_portable(&xs, &a_rows, &mut t.outs, d);
         });
     };
-    for_each_tile(work, plan.intermediate_len() * d, run);
+    for_each_tile(work, macs, run);
 }
 
 /// `y[row] += scale_slot · v[row] · B_slotᵀ` for every row with an adapter. Lengths are checked
@@ -221,8 +230,18 @@ pub(crate) fn expand<X: LoraElement, W: LoraElement>(
     let out_f = slots.out_features();
     let isa = detected_isa();
     let regions = group_regions(plan.groups(), y, |_| out_f, |g| g.start * out_f);
-    let work = tiles(regions, |_| out_f, expand_rows, expand_cols);
-    for_each_tile(work, plan.intermediate_len() * out_f, |mut t| {
+    let macs = plan.intermediate_len() * out_f;
+    // On the calling thread a small group's rows take all the outputs in one tile (they read
+    // `B` in place, so no scratch tile bounds the width); the scratch path keeps its width.
+    let cols = |g: &Group| {
+        if macs < SEQUENTIAL_MACS && g.end - g.start < EXPAND_SCRATCH_ROWS {
+            out_f
+        } else {
+            expand_cols(g)
+        }
+    };
+    let work = tiles(regions, |_| out_f, expand_rows, cols);
+    for_each_tile(work, macs, |mut t| {
         let slot = &slots.slots()[t.group.slot];
         let r = t.group.rank;
         let on = t.outs[0].len();
