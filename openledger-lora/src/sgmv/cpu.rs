@@ -17,11 +17,11 @@ const SHRINK_COLS: usize = 8;
 /// Groups from which a batch has tiles enough for every core without splitting a group's rank.
 const SHRINK_MANY_GROUPS: usize = 8;
 
-/// Intermediate columns per shrink tile: all of them when the group has rows enough to keep
-/// every core busy, or the batch has [`SHRINK_MANY_GROUPS`] groups or more (each x row is then
-/// read by one tile only), else [`SHRINK_COLS`].
-fn shrink_cols(g: &Group, groups: usize) -> usize {
-    if g.end - g.start >= 2 * SHRINK_ROWS || groups >= SHRINK_MANY_GROUPS {
+/// Intermediate columns per shrink tile: all of them when the call runs on the calling thread,
+/// the group has rows enough to keep every core busy, or the batch has [`SHRINK_MANY_GROUPS`]
+/// groups or more (each x row is then read by one tile only); else [`SHRINK_COLS`].
+fn shrink_cols(g: &Group, groups: usize, sequential: bool) -> usize {
+    if sequential || g.end - g.start >= 2 * SHRINK_ROWS || groups >= SHRINK_MANY_GROUPS {
         g.rank
     } else {
         SHRINK_COLS
@@ -48,8 +48,12 @@ fn expand_rows(g: &Group) -> usize {
 }
 
 /// Output columns per expand tile: 16 KiB of transposed f32 `B` for a group with many rows (the
-/// scratch tile stays in L1 beside the rows it updates), 32 KiB of `B` for a small group.
-fn expand_cols(g: &Group) -> usize {
+/// scratch tile stays in L1 beside the rows it updates); for a small group, which reads `B` in
+/// place, 32 KiB of `B`, or all `out_f` outputs when the call runs on the calling thread.
+fn expand_cols(g: &Group, out_f: usize, sequential: bool) -> usize {
+    if sequential && g.end - g.start < EXPAND_SCRATCH_ROWS {
+        return out_f;
+    }
     let bytes = if g.end - g.start >= EXPAND_SCRATCH_ROWS {
         4096
     } else {
@@ -186,16 +190,8 @@ pub(crate) fn shrink<X: LoraElement, W: LoraElement>(
     let d = slots.in_features();
     let isa = detected_isa();
     let regions = group_regions(plan.groups(), v, |g| g.rank, |g| g.v_off);
-    let groups = plan.groups().len();
-    let macs = plan.intermediate_len() * d;
-    // A call on the calling thread gains nothing from narrow tiles: a group's whole rank each.
-    let cols = |g: &Group| {
-        if macs < SEQUENTIAL_MACS {
-            g.rank
-        } else {
-            shrink_cols(g, groups)
-        }
-    };
+    let (groups, macs) = (plan.groups().len(), plan.intermediate_len() * d);
+    let cols = |g: &Group| shrink_cols(g, groups, macs < SEQUENTIAL_MACS);
     let work = tiles(regions, |g| g.rank, |_| SHRINK_ROWS, cols);
     let run = |mut t: Tile<'_, f32>| {
         let a = slots.slots()[t.group.slot].a;
@@ -231,15 +227,7 @@ pub(crate) fn expand<X: LoraElement, W: LoraElement>(
     let isa = detected_isa();
     let regions = group_regions(plan.groups(), y, |_| out_f, |g| g.start * out_f);
     let macs = plan.intermediate_len() * out_f;
-    // On the calling thread a small group's rows take all the outputs in one tile (they read
-    // `B` in place, so no scratch tile bounds the width); the scratch path keeps its width.
-    let cols = |g: &Group| {
-        if macs < SEQUENTIAL_MACS && g.end - g.start < EXPAND_SCRATCH_ROWS {
-            out_f
-        } else {
-            expand_cols(g)
-        }
-    };
+    let cols = |g: &Group| expand_cols(g, out_f, macs < SEQUENTIAL_MACS);
     let work = tiles(regions, |_| out_f, expand_rows, cols);
     for_each_tile(work, macs, |mut t| {
         let slot = &slots.slots()[t.group.slot];

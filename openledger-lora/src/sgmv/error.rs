@@ -8,8 +8,8 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum SgmvError {
     /// A slot's `A` (`[rank, in]`) or `B` (`[out, rank]`, or `Bᵀ`: `[rank, out]` under
-    /// `BLayout::RankOut`, `[rank, stride]` under `BLayout::RankOutStrided`) slice does not hold the number of elements its rank and the layer's
-    /// dimensions imply.
+    /// `BLayout::RankOut`, `[rank, stride]` under `BLayout::RankOutStrided`) slice does not hold
+    /// the number of elements its rank and the layer's dimensions imply.
     #[error(
         "adapter slot {slot}: matrix {matrix} has {found} elements, expected {expected} ({shape})"
     )]
