@@ -14,7 +14,8 @@ const SHRINK_ROWS: usize = 16;
 /// A rows (intermediate columns) per shrink tile of a small group: small so that a single token
 /// still spreads over several cores.
 const SHRINK_COLS: usize = 8;
-/// Groups from which a batch has tiles enough for every core without splitting a group's rank.
+/// Groups from which a batch has tiles enough for every core without splitting a group's rank
+/// (shrink) or its outputs (expand, for groups that read `B` in place).
 const SHRINK_MANY_GROUPS: usize = 8;
 
 /// Intermediate columns per shrink tile: all of them when the call runs on the calling thread,
@@ -48,10 +49,12 @@ fn expand_rows(g: &Group) -> usize {
 }
 
 /// Output columns per expand tile: 16 KiB of transposed f32 `B` for a group with many rows (the
-/// scratch tile stays in L1 beside the rows it updates); for a small group, which reads `B` in
-/// place, 32 KiB of `B`, or all `out_f` outputs when the call runs on the calling thread.
-fn expand_cols(g: &Group, out_f: usize, sequential: bool) -> usize {
-    if sequential && g.end - g.start < EXPAND_SCRATCH_ROWS {
+/// scratch tile stays in L1 beside the rows it updates). A small group reads `B` in place: all
+/// `out_f` outputs in one tile when there is no need to split it (the call runs on the calling
+/// thread, or the batch has [`SHRINK_MANY_GROUPS`] groups or more, enough tiles for every core),
+/// so each rank row is read in one long run the prefetchers follow; else 32 KiB of `B`.
+fn expand_cols(g: &Group, out_f: usize, whole_rows: bool) -> usize {
+    if whole_rows && g.end - g.start < EXPAND_SCRATCH_ROWS {
         return out_f;
     }
     let bytes = if g.end - g.start >= EXPAND_SCRATCH_ROWS {
@@ -227,7 +230,8 @@ pub(crate) fn expand<X: LoraElement, W: LoraElement>(
     let isa = detected_isa();
     let regions = group_regions(plan.groups(), y, |_| out_f, |g| g.start * out_f);
     let macs = plan.intermediate_len() * out_f;
-    let cols = |g: &Group| expand_cols(g, out_f, macs < SEQUENTIAL_MACS);
+    let whole_rows = macs < SEQUENTIAL_MACS || plan.groups().len() >= SHRINK_MANY_GROUPS;
+    let cols = |g: &Group| expand_cols(g, out_f, whole_rows);
     let work = tiles(regions, |_| out_f, expand_rows, cols);
     for_each_tile(work, macs, |mut t| {
         let slot = &slots.slots()[t.group.slot];
