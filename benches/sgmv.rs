@@ -20,7 +20,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use half::bf16;
-use openledger_benches::{Report, median_secs};
+use openledger_benches::{Report, median, median_secs};
 use openledger_lora::sgmv::{
     AdapterSlots, BLayout, LoraElement, LoraSlot, Segments, detected_isa, padded_b_stride, sgmv,
     transpose_b, transpose_b_strided,
@@ -238,13 +238,6 @@ fn dense<T: LoraElement + candle_core::WithDType>(rng: &mut ChaCha8Rng) -> f64 {
 
 /// Sweeps over all cases of a dtype; each figure is the median over the sweeps.
 const SWEEPS: usize = 3;
-
-/// The median of `v` (the upper one of an even count).
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 fn run_dtype<T: LoraElement + candle_core::WithDType>(
     dtype: DType,

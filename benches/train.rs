@@ -15,8 +15,8 @@
 
 use std::time::Instant;
 
-use openledger_benches::Report;
 use openledger_benches::synthetic::{self, VOCAB};
+use openledger_benches::{Report, median};
 use openledger_lora::model::SeqInput;
 use openledger_lora::train::{Example, LoraSettings, TrainConfig, TrainEvent, Trainer};
 use rand::{Rng, SeedableRng};
@@ -135,12 +135,6 @@ fn main() {
         Ok(p) => println!("saved {}", p.display()),
         Err(e) => eprintln!("could not save the report: {e}"),
     }
-}
-
-fn median(xs: &[f64]) -> f64 {
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// Threads the CPU matmul uses (`RAYON_NUM_THREADS`, else the available cores).

@@ -16,18 +16,24 @@ use std::time::Instant;
 
 pub mod synthetic;
 
+/// The median of `xs` (the upper one of an even count). Panics if `xs` is empty.
+pub fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 /// Runs `f` `runs` times (after one warm-up) and returns the median wall time in seconds.
 pub fn median_secs<R>(runs: usize, mut f: impl FnMut() -> R) -> f64 {
     std::hint::black_box(f());
-    let mut times: Vec<f64> = (0..runs.max(1))
+    let times: Vec<f64> = (0..runs.max(1))
         .map(|_| {
             let t0 = Instant::now();
             std::hint::black_box(f());
             t0.elapsed().as_secs_f64()
         })
         .collect();
-    times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
+    median(&times)
 }
 
 /// Named figures of one benchmark run, printed as they are recorded and saved as JSON.

@@ -9,7 +9,7 @@
 use half::{bf16, f16};
 use openledger_lora::sgmv::{
     AdapterSlots, BLayout, LoraElement, LoraSlot, Segments, SgmvError, SgmvPlan, bgmv, bgmv_expand,
-    bgmv_shrink, padded_b_stride, sgmv, sgmv_expand, sgmv_shrink, transpose_b, transpose_b_strided,
+    bgmv_shrink, padded_b_stride, sgmv, sgmv_expand, sgmv_shrink, transpose_b_strided,
 };
 use proptest::prelude::*;
 
@@ -394,14 +394,16 @@ fn check_rank_out<X: LoraElement, W: LoraElement>(c: &Case) {
     let strides = [c.out_f, padded_b_stride::<W>(c.out_f), c.out_f + 3];
     for (i, stride) in strides.into_iter().enumerate() {
         let nan = W::from_f32(f32::NAN);
-        let (layout, bt): (_, Vec<Vec<W>>) = if i == 0 {
-            let bt = b.iter().zip(&c.ranks);
-            let bt = bt.map(|(b, &r)| transpose_b(b, c.out_f, r));
-            (BLayout::RankOut, bt.collect())
+        // (at stride = out_f, `transpose_b_strided` is `transpose_b`: no padding)
+        let bt: Vec<Vec<W>> = b
+            .iter()
+            .zip(&c.ranks)
+            .map(|(b, &r)| transpose_b_strided(b, c.out_f, r, stride, nan))
+            .collect();
+        let layout = if i == 0 {
+            BLayout::RankOut
         } else {
-            let bt = b.iter().zip(&c.ranks);
-            let bt = bt.map(|(b, &r)| transpose_b_strided(b, c.out_f, r, stride, nan));
-            (BLayout::RankOutStrided { stride }, bt.collect())
+            BLayout::RankOutStrided { stride }
         };
         let slots = slots_from(c, &a, &bt, &d.scales, layout);
         assert_eq!(slots.b_layout(), layout);

@@ -16,13 +16,13 @@ const SHRINK_ROWS: usize = 16;
 const SHRINK_COLS: usize = 8;
 /// Groups from which a batch has tiles enough for every core without splitting a group's rank
 /// (shrink) or its outputs (expand, for groups that read `B` in place).
-const SHRINK_MANY_GROUPS: usize = 8;
+const MANY_GROUPS: usize = 8;
 
 /// Intermediate columns per shrink tile: all of them when the call runs on the calling thread,
-/// the group has rows enough to keep every core busy, or the batch has [`SHRINK_MANY_GROUPS`]
+/// the group has rows enough to keep every core busy, or the batch has [`MANY_GROUPS`]
 /// groups or more (each x row is then read by one tile only); else [`SHRINK_COLS`].
 fn shrink_cols(g: &Group, groups: usize, sequential: bool) -> usize {
-    if sequential || g.end - g.start >= 2 * SHRINK_ROWS || groups >= SHRINK_MANY_GROUPS {
+    if sequential || g.end - g.start >= 2 * SHRINK_ROWS || groups >= MANY_GROUPS {
         g.rank
     } else {
         SHRINK_COLS
@@ -51,7 +51,7 @@ fn expand_rows(g: &Group) -> usize {
 /// Output columns per expand tile: 16 KiB of transposed f32 `B` for a group with many rows (the
 /// scratch tile stays in L1 beside the rows it updates). A small group reads `B` in place: all
 /// `out_f` outputs in one tile when there is no need to split it (the call runs on the calling
-/// thread, or the batch has [`SHRINK_MANY_GROUPS`] groups or more, enough tiles for every core),
+/// thread, or the batch has [`MANY_GROUPS`] groups or more, enough tiles for every core),
 /// so each rank row is read in one long run the prefetchers follow; else 32 KiB of `B`.
 fn expand_cols(g: &Group, out_f: usize, whole_rows: bool) -> usize {
     if whole_rows && g.end - g.start < EXPAND_SCRATCH_ROWS {
@@ -137,10 +137,17 @@ fn tiles<'b, E>(
 /// µs on one core, where handing work to the pool and waiting for it costs 10–30 µs).
 const SEQUENTIAL_MACS: usize = 1 << 18;
 
-/// Runs `f` on a thread of the rayon pool when a call of `macs` multiply-adds per step will use
-/// the pool: a caller outside the pool then hands its work over and is woken once, instead of
-/// once per parallel step (shrink, then expand). Small calls run where they are.
-pub(crate) fn in_pool_if_parallel<R: Send>(macs: usize, f: impl FnOnce() -> R + Send) -> R {
+/// Runs `f` (shrink then expand of `plan` through a layer of `in_f` inputs and `out_f` outputs)
+/// on a thread of the rayon pool when either step will use the pool: a caller outside the pool
+/// then hands its work over and is woken once, instead of once per step. Small calls run where
+/// they are.
+pub(crate) fn in_pool_if_parallel<R: Send>(
+    plan: &SgmvPlan,
+    in_f: usize,
+    out_f: usize,
+    f: impl FnOnce() -> R + Send,
+) -> R {
+    let macs = plan.intermediate_len() * in_f.max(out_f);
     if macs < SEQUENTIAL_MACS || rayon::current_thread_index().is_some() {
         f()
     } else {
@@ -230,7 +237,7 @@ pub(crate) fn expand<X: LoraElement, W: LoraElement>(
     let isa = detected_isa();
     let regions = group_regions(plan.groups(), y, |_| out_f, |g| g.start * out_f);
     let macs = plan.intermediate_len() * out_f;
-    let whole_rows = macs < SEQUENTIAL_MACS || plan.groups().len() >= SHRINK_MANY_GROUPS;
+    let whole_rows = macs < SEQUENTIAL_MACS || plan.groups().len() >= MANY_GROUPS;
     let cols = |g: &Group| expand_cols(g, out_f, whole_rows);
     let work = tiles(regions, |_| out_f, expand_rows, cols);
     for_each_tile(work, macs, |mut t| {

@@ -124,8 +124,7 @@ pub fn apply_with_plan<X: LoraElement, W: LoraElement>(
 ) -> Result<(), SgmvError> {
     check_len("y", plan.rows() * slots.out_features(), y.len())?;
     let mut v = vec![0f32; plan.intermediate_len()];
-    let macs = plan.intermediate_len() * slots.in_features().max(slots.out_features());
-    cpu::in_pool_if_parallel(macs, || {
+    cpu::in_pool_if_parallel(plan, slots.in_features(), slots.out_features(), || {
         shrink_with_plan(plan, x, slots, &mut v)?;
         expand_with_plan(plan, &v, slots, y)
     })
