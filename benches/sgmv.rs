@@ -5,7 +5,9 @@
 //! (a′) the same loop without the gather and scatter (each adapter's rows are one contiguous
 //!     range here, so `narrow` views and one add stand in for them): the loop's bare matmuls;
 //! (b) a dense 4096 × 4096 GEMM of 256 rows in candle, the machine's compute roofline;
-//! (c) a copy of 64 MiB, the machine's memory bandwidth (for the K = 64 weights' lower bound).
+//! (c) a copy of 64 MiB, the machine's memory bandwidth (for the K = 64 weights' lower bound);
+//! (d) independent FMA chains on every pool thread, the CPU's f32 multiply-add peak (the
+//!     instructions the kernels use: 8-lane AVX2 FMAs where the CPU has them).
 //!
 //! Shapes: d = 4096, r = 16, T ∈ {1, 32, 256} tokens, K ∈ {1, 8, 64} distinct adapters (rows
 //! split evenly, K ≤ T), f32 and bf16. SGMV runs with `Bᵀ` stored in padded rows
@@ -226,6 +228,66 @@ fn copy_bandwidth() -> f64 {
     2.0 * (64 << 20) as f64 / s
 }
 
+/// Lanes × chains of the FMA peak loop: 12 independent 8-lane chains hide the FMA latency on
+/// every current x86 core (4 cycles, 2 per cycle at most).
+const PEAK_CHAINS: usize = 12;
+
+/// One thread's FMA chains, `iters` steps of [`PEAK_CHAINS`] 8-lane FMAs.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn fma_chains_avx2(iters: usize) -> f32 {
+    use std::arch::x86_64::*;
+    let m = _mm256_set1_ps(std::hint::black_box(0.999_9));
+    let c = _mm256_set1_ps(std::hint::black_box(1e-6));
+    let mut acc = [_mm256_setzero_ps(); PEAK_CHAINS];
+    for _ in 0..iters {
+        for a in &mut acc {
+            *a = _mm256_fmadd_ps(*a, m, c);
+        }
+    }
+    let mut sum = _mm256_setzero_ps();
+    for a in acc {
+        sum = _mm256_add_ps(sum, a);
+    }
+    // Every lane into the result, so no lane's chain can be left out.
+    let half = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps::<1>(sum));
+    let pair = _mm_hadd_ps(half, half);
+    _mm_cvtss_f32(_mm_hadd_ps(pair, pair))
+}
+
+/// One thread's FMA chains on a CPU without AVX2: scalar `mul_add`, as the portable kernels use.
+fn fma_chains_scalar(iters: usize) -> f32 {
+    let (m, c) = (
+        std::hint::black_box(0.999_9f32),
+        std::hint::black_box(1e-6f32),
+    );
+    let mut acc = [[0f32; 8]; PEAK_CHAINS];
+    for _ in 0..iters {
+        for a in acc.iter_mut().flatten() {
+            *a = a.mul_add(m, c);
+        }
+    }
+    acc.iter().flatten().sum()
+}
+
+/// The f32 multiply-add peak of the pool in GFLOP/s: every pool thread runs independent chains
+/// at once.
+fn fma_peak_gflops() -> f64 {
+    const ITERS: usize = 2_000_000;
+    let chains = || {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has AVX2 and FMA (checked just above).
+            return unsafe { fma_chains_avx2(ITERS) };
+        }
+        fma_chains_scalar(ITERS)
+    };
+    let secs = median_secs(5, || rayon::broadcast(|_| chains()));
+    let flops = (rayon::current_num_threads() * ITERS * PEAK_CHAINS * 8 * 2) as f64;
+    flops / secs / 1e9
+}
+
 /// Dense GEMM of 256 rows by a 4096 × 4096 weight in candle: seconds per call.
 fn dense<T: LoraElement + candle_core::WithDType>(rng: &mut ChaCha8Rng) -> f64 {
     let conv = |v: Vec<f32>| -> Vec<T> { v.into_iter().map(T::from_f32).collect() };
@@ -242,6 +304,7 @@ const SWEEPS: usize = 3;
 fn run_dtype<T: LoraElement + candle_core::WithDType>(
     dtype: DType,
     bandwidth: f64,
+    fma_peak: f64,
     report: &mut Report,
     plot: &mut BTreeMap<String, Vec<(usize, f64)>>,
     rng: &mut ChaCha8Rng,
@@ -323,6 +386,12 @@ fn run_dtype<T: LoraElement + candle_core::WithDType>(
                 dense_gflops,
                 "<= 1x for 10x to be reachable",
             );
+            report.ratio(
+                &format!("{key}_10x_needs_vs_fma_peak"),
+                flops / (c.peft / 10.0) / 1e9,
+                fma_peak,
+                "< 1x for 10x to be possible at all",
+            );
             if tokens == 256 {
                 let gflops = 4.0 * (tokens * R * D) as f64 / c.sgmv / 1e9;
                 report.figure(&format!("{key}_sgmv_gflops"), gflops);
@@ -331,6 +400,12 @@ fn run_dtype<T: LoraElement + candle_core::WithDType>(
                     gflops,
                     dense_gflops,
                     ">= 0.5x",
+                );
+                report.ratio(
+                    &format!("{key}_gflops_vs_fma_peak"),
+                    gflops,
+                    fma_peak,
+                    "none; the share of the CPU's multiply-add peak",
                 );
             }
             plot.entry(format!("SGMV {name} T={tokens}"))
@@ -439,8 +514,24 @@ fn main() {
     let mut plot = BTreeMap::new();
     let bandwidth = copy_bandwidth();
     report.figure("copy_bandwidth_gb_s", bandwidth / 1e9);
-    run_dtype::<f32>(DType::F32, bandwidth, &mut report, &mut plot, &mut rng);
-    run_dtype::<bf16>(DType::BF16, bandwidth, &mut report, &mut plot, &mut rng);
+    let fma_peak = fma_peak_gflops();
+    report.figure("fma_peak_f32_gflops", fma_peak);
+    run_dtype::<f32>(
+        DType::F32,
+        bandwidth,
+        fma_peak,
+        &mut report,
+        &mut plot,
+        &mut rng,
+    );
+    run_dtype::<bf16>(
+        DType::BF16,
+        bandwidth,
+        fma_peak,
+        &mut report,
+        &mut plot,
+        &mut rng,
+    );
     report.figure("bench_wall_s", t0.elapsed().as_secs_f64());
     match report.save() {
         Ok(json) => {
