@@ -10,16 +10,21 @@
 //!    vocabulary with a model that does no work but copy out precomputed logits, against copying
 //!    one row of logits and sampling it greedily (the least any engine does per token with this
 //!    model). Reported as µs per token and as a ratio.
+//! 3. Stop strings over a growing output: a 2,000-token answer checked after every token by
+//!    `StopChecker`, which keeps the output's text a few tokens at a time, against decoding the
+//!    whole output after every token and searching it (what the check did before), both with a
+//!    real `tokenizers` decode (a 32,000-word SentencePiece-style vocabulary).
 //!
 //! Run with `cargo bench -p openledger-benches --bench serve`.
 
 use std::hint::black_box;
 
 use openledger_benches::{Report, median_secs};
+use openledger_lora::model::Tokenizer;
 use openledger_lora::serve::{
-    AllReady, AttentionParams, AttnSeq, Engine, EngineConfig, KvDtype, KvLayout, Logits,
-    PagedKvCache, Preemption, Request, Sampler, SamplingParams, SeqId, StepBatch, StepModel,
-    paged_attention,
+    AllReady, AttentionParams, AttnSeq, Detokenize, Engine, EngineConfig, KvDtype, KvLayout,
+    Logits, PagedKvCache, Preemption, Request, Sampler, SamplingParams, SeqId, StepBatch,
+    StepModel, StopChecker, paged_attention,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -255,10 +260,66 @@ fn scheduler(report: &mut Report) {
     );
 }
 
+/// Section 3: stop strings checked a few tokens at a time vs over the whole output.
+fn stop_strings(report: &mut Report) {
+    const WORDS: usize = 32_000;
+    const TOKENS: usize = 2_000;
+    let vocab: Vec<String> = (0..WORDS).map(|i| format!("\"▁w{i}\": {i}")).collect();
+    let json = format!(
+        r#"{{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "post_processor": null,
+        "pre_tokenizer": {{"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": true}},
+        "decoder": {{"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": true}},
+        "model": {{"type": "WordLevel", "unk_token": "▁w0", "vocab": {{{}}}}}}}"#,
+        vocab.join(", ")
+    );
+    let tok = Tokenizer::from_bytes(json.as_bytes()).expect("the bench's tokenizer");
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let out: Vec<u32> = (0..TOKENS)
+        .map(|_| rng.random_range(0..WORDS as u32))
+        .collect();
+    let params = SamplingParams {
+        stop_strings: vec!["\n\nQ:".into(), "</answer>".into()],
+        max_new_tokens: 2 * TOKENS,
+        ..Default::default()
+    };
+    let d: &dyn Detokenize = &tok;
+    let incremental = median_secs(5, || {
+        let mut c = StopChecker::new(&params);
+        for n in 1..=TOKENS {
+            black_box(c.check(&out[..n], Some(d)));
+        }
+    });
+    let whole = median_secs(3, || {
+        for n in 1..=TOKENS {
+            let text = d.detokenize(&out[..n]);
+            black_box(
+                params
+                    .stop_strings
+                    .iter()
+                    .any(|s| text.contains(s.as_str())),
+            );
+        }
+    });
+    let per_token = |s: f64| s / TOKENS as f64 * 1e6;
+    report.figure(
+        "stop_strings_incremental_us_per_token",
+        per_token(incremental),
+    );
+    report.figure("stop_strings_whole_output_us_per_token", per_token(whole));
+    report.ratio(
+        "stop_strings_speedup_vs_whole_output",
+        whole,
+        incremental,
+        "none; linear against quadratic in the answer's length",
+    );
+}
+
 fn main() {
     let mut report = Report::new("serve");
     attention(&mut report);
     scheduler(&mut report);
+    stop_strings(&mut report);
     match report.save() {
         Ok(p) => println!("saved {}", p.display()),
         Err(e) => eprintln!("could not save the report: {e}"),

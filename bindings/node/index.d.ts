@@ -509,8 +509,9 @@ export declare class TokenStream {
   get tokens(): Uint32Array
   /**
    * The text of the tokens read so far (special tokens left out), with the model's
-   * tokenizer; once the request ended on a stop string, the text before it. Throws `Model`
-   * without a tokenizer.
+   * tokenizer; a character whose bytes span tokens shows once they are all read. Once the
+   * request ended on a stop string, the text before it. Each read decodes only the tokens
+   * that arrived since the last one. Throws `Model` without a tokenizer.
    */
   get text(): string
   /** The stop string that ended the request, if one did. */

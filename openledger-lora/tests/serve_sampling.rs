@@ -200,7 +200,7 @@ fn stop_strings_spanning_tokens_are_found() {
         max_new_tokens: 100,
         ..Default::default()
     };
-    let c = StopChecker::new(&p);
+    let mut c = StopChecker::new(&p);
     let d: &dyn Detokenize = &detok;
     assert_eq!(c.check(&[0, 1], Some(d)), None);
     assert_eq!(c.check(&[0, 1, 2], Some(d)), None);
@@ -217,7 +217,7 @@ fn max_new_tokens_and_stop_tokens_end_the_output() {
         stop_tokens: vec![7],
         ..Default::default()
     };
-    let c = StopChecker::new(&p);
+    let mut c = StopChecker::new(&p);
     assert!(c.is_stop_token(7) && !c.is_stop_token(6));
     assert_eq!(c.check(&[1, 2], None), None);
     assert_eq!(c.check(&[1, 2, 3], None), Some(FinishReason::MaxNewTokens));

@@ -28,8 +28,8 @@ use openledger_lora::model::{Model, ModelError, PagedModel, TOKENIZER_FILE, Toke
 use openledger_lora::pool::{AdapterId, AdapterPool as RustPool};
 use openledger_lora::serve::{
     AdapterReadiness, CancelHandle, Engine as RustEngine, EngineConfig as RustConfig, Event,
-    FinishReason, KvDtype, Preemption, Readiness, Request, RequestError, RequestStats as RustStats,
-    SamplingParams,
+    FinishReason, IncrementalText, KvDtype, Preemption, Readiness, Request, RequestError,
+    RequestStats as RustStats, SamplingParams,
 };
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
@@ -629,6 +629,8 @@ enum End {
 struct Read {
     tokens: Vec<u32>,
     end: Option<End>,
+    /// The text of `tokens`, brought up to date by `text`.
+    text: IncrementalText,
 }
 
 type Events = Arc<tokio::sync::Mutex<UnboundedReceiver<Msg>>>;
@@ -772,8 +774,9 @@ impl TokenStream {
     }
 
     /// The text of the tokens read so far (special tokens left out), with the model's
-    /// tokenizer; once the request ended on a stop string, the text before it. Throws `Model`
-    /// without a tokenizer.
+    /// tokenizer; a character whose bytes span tokens shows once they are all read. Once the
+    /// request ended on a stop string, the text before it. Each read decodes only the tokens
+    /// that arrived since the last one. Throws `Model` without a tokenizer.
     #[napi(getter, catch_unwind)]
     pub fn text(&self) -> Result<String> {
         crate::error::guard(|| {
@@ -781,10 +784,15 @@ impl TokenStream {
                 .tokenizer
                 .as_ref()
                 .ok_or_else(|| no_tokenizer(&self.model_dir, "read `tokens`"))?;
-            let read = lock(&self.read);
-            let text = tok
-                .decode(&read.tokens, true)
-                .map_err(|e| invalid_arg("tokens", e))?;
+            let mut guard = lock(&self.read);
+            let read = &mut *guard;
+            let decode = |t: &[u32]| tok.decode(t, true).map_err(|e| e.to_string());
+            match read.end {
+                Some(_) => read.text.finish(&read.tokens, decode),
+                None => read.text.extend(&read.tokens, decode),
+            }
+            .map_err(|e| invalid_arg("tokens", e))?;
+            let text = read.text.text().to_owned();
             Ok(match &read.end {
                 Some(End::Finished(reason, _)) => reason.visible_text(text),
                 _ => text,

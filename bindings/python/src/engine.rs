@@ -19,8 +19,9 @@ use openledger_lora::adapter::{LoadOptions, LoraAdapter};
 use openledger_lora::model::{Model, ModelError, PagedModel, TOKENIZER_FILE, Tokenizer};
 use openledger_lora::pool::{AdapterId, AdapterPool, PoolError};
 use openledger_lora::serve::{
-    AdapterReadiness, CancelHandle, Engine, EngineConfig, Event, FinishReason, KvDtype, Preemption,
-    Readiness, Request, RequestError, RequestHandle, RequestStats, SamplingParams,
+    AdapterReadiness, CancelHandle, Engine, EngineConfig, Event, FinishReason, IncrementalText,
+    KvDtype, Preemption, Readiness, Request, RequestError, RequestHandle, RequestStats,
+    SamplingParams,
 };
 use pyo3::exceptions::PyStopAsyncIteration;
 use pyo3::prelude::*;
@@ -504,6 +505,7 @@ impl PyEngine {
                 handle,
                 tokens: Vec::new(),
                 end: None,
+                text: IncrementalText::new(),
             }),
         })
     }
@@ -563,6 +565,8 @@ struct StreamState {
     handle: RequestHandle,
     tokens: Vec<u32>,
     end: Option<End>,
+    /// The text of `tokens`, brought up to date by `text`.
+    text: IncrementalText,
 }
 
 /// What the next read of a stream gives.
@@ -661,9 +665,10 @@ impl PyTokenStream {
     }
 
     /// The text of the tokens read so far (special tokens left out), with the model's
-    /// tokenizer; once the request ended on a stop string, the text before it (the string and
-    /// what followed it in the last token are left out). Without a tokenizer:
-    /// `ModelFormatError`.
+    /// tokenizer; a character whose bytes span tokens shows once they are all read. Once the
+    /// request ended on a stop string, the text before it (the string and what followed it in
+    /// the last token are left out). Each read decodes only the tokens that arrived since the
+    /// last one. Without a tokenizer: `ModelFormatError`.
     #[getter]
     fn text(&self, py: Python<'_>) -> Result<String> {
         let Some(tok) = &self.tokenizer else {
@@ -674,10 +679,15 @@ impl PyTokenStream {
             .into());
         };
         py.detach(|| {
-            let st = lock(&self.state);
-            let text = tok
-                .decode(&st.tokens, true)
-                .map_err(|e| invalid_arg("tokens", e))?;
+            let mut guard = lock(&self.state);
+            let st = &mut *guard;
+            let decode = |t: &[u32]| tok.decode(t, true).map_err(|e| e.to_string());
+            match st.end {
+                Some(_) => st.text.finish(&st.tokens, decode),
+                None => st.text.extend(&st.tokens, decode),
+            }
+            .map_err(|e| invalid_arg("tokens", e))?;
+            let text = st.text.text().to_owned();
             Ok(match &st.end {
                 Some(End::Finished(reason, _)) => reason.visible_text(text),
                 _ => text,

@@ -46,6 +46,7 @@ mod readiness;
 mod request;
 mod sampling;
 mod scheduler;
+mod text;
 
 pub use attention::{AttentionParams, AttnSeq, paged_attention};
 pub use kv::{KvDtype, KvError, KvLayout, PagedKvCache, SeqId};
@@ -58,3 +59,4 @@ pub use scheduler::{
     Engine, EngineConfig, EngineError, Logits, Preemption, SeqInput, StepBatch, StepModel,
     StepReport,
 };
+pub use text::IncrementalText;

@@ -23,6 +23,8 @@
 
 use std::borrow::Cow;
 
+use super::text::IncrementalText;
+
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use thiserror::Error;
@@ -319,12 +321,16 @@ impl FinishReason {
     }
 }
 
-/// Decides, token by token, whether a request's output is finished.
+/// Decides, token by token, whether a request's output is finished. It keeps the output's text
+/// (for stop strings) up to date a few tokens at a time, so one checker follows one output.
 #[derive(Debug, Clone)]
 pub struct StopChecker {
     stop_tokens: Vec<u32>,
     stop_strings: Vec<String>,
+    /// Bytes of the longest stop string.
+    longest_stop: usize,
     max_new_tokens: usize,
+    text: IncrementalText,
 }
 
 impl StopChecker {
@@ -333,7 +339,14 @@ impl StopChecker {
         Self {
             stop_tokens: params.stop_tokens.clone(),
             stop_strings: params.stop_strings.clone(),
+            longest_stop: params
+                .stop_strings
+                .iter()
+                .map(String::len)
+                .max()
+                .unwrap_or(0),
             max_new_tokens: params.max_new_tokens,
+            text: IncrementalText::new(),
         }
     }
 
@@ -347,17 +360,35 @@ impl StopChecker {
         self.stop_tokens.contains(&token)
     }
 
-    /// After `output` grew by one token: the reason to stop, if any. Stop strings are searched in
-    /// the detokenized output, so one spanning several tokens is found once its last piece
-    /// arrives; the output is detokenized whole each time (a merge that changes earlier text,
-    /// as byte-level tokenizers do mid-character, cannot hide a match).
-    pub fn check(&self, output: &[u32], detok: Option<&dyn Detokenize>) -> Option<FinishReason> {
+    /// After `output` (the whole output so far) grew: the reason to stop, if any. Stop strings
+    /// are searched in the output's text, kept by an [`IncrementalText`]: only the text the new
+    /// tokens add is searched, with the end of the earlier text a stop string could begin in, so
+    /// one spanning several tokens is found once its last piece arrives, and a character whose
+    /// bytes span tokens is matched once it is whole. An output shorter than the last one
+    /// starts over.
+    pub fn check(
+        &mut self,
+        output: &[u32],
+        detok: Option<&dyn Detokenize>,
+    ) -> Option<FinishReason> {
         if let Some(d) = detok
             && !self.stop_strings.is_empty()
         {
-            let text = d.detokenize(output);
-            if let Some(s) = self.stop_strings.iter().find(|s| text.contains(s.as_str())) {
-                return Some(FinishReason::StopString(s.clone()));
+            let restarted = output.len() < self.text.tokens_seen();
+            let before = if restarted { 0 } else { self.text.text().len() };
+            let Ok(_) = self.text.extend(output, |t| {
+                Ok::<_, std::convert::Infallible>(d.detokenize(t))
+            });
+            let text = self.text.text();
+            if text.len() > before {
+                let mut from = before.saturating_sub(self.longest_stop.saturating_sub(1));
+                while !text.is_char_boundary(from) {
+                    from -= 1;
+                }
+                let tail = &text[from..];
+                if let Some(s) = self.stop_strings.iter().find(|s| tail.contains(s.as_str())) {
+                    return Some(FinishReason::StopString(s.clone()));
+                }
             }
         }
         (output.len() >= self.max_new_tokens).then_some(FinishReason::MaxNewTokens)

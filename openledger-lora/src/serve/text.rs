@@ -1,0 +1,128 @@
+//! Detokenizing a growing output a few tokens at a time.
+
+/// The text of a growing output, kept up to date a few tokens at a time: each call decodes a
+/// short window (the tokens of the previous piece, then the new ones) instead of the whole
+/// output, the windowed method of text-generation-inference and of `tokenizers`'
+/// `DecodeStream`.
+///
+/// The window's older tokens give the new ones their context, so leading spaces (SentencePiece
+/// strips the first token's), word-piece joins and characters whose bytes span tokens come out
+/// as in the whole output's text. While the window's text ends in an unfinished character
+/// (U+FFFD), nothing is released until the token that completes it arrives;
+/// [`finish`](Self::finish) releases what is still held. A window whose text does not start
+/// with its older tokens' text (a tokenizer whose merges reach further back) is settled by
+/// decoding the whole output once. The cost per token is that of the window, so a request's
+/// text costs time linear in its length, not quadratic.
+///
+/// ```
+/// use openledger_lora::serve::IncrementalText;
+///
+/// // A byte-level vocabulary: "é" is two bytes, one per token.
+/// let vocab: [&[u8]; 4] = [b"caf", &[0xC3], &[0xA9], b"!"];
+/// let decode = |ids: &[u32]| -> Result<String, std::convert::Infallible> {
+///     let bytes: Vec<u8> = ids.iter().flat_map(|&i| vocab[i as usize].to_vec()).collect();
+///     Ok(String::from_utf8_lossy(&bytes).into_owned())
+/// };
+/// let mut text = IncrementalText::new();
+/// assert_eq!(text.extend(&[0], decode).unwrap(), "caf");
+/// assert_eq!(text.extend(&[0, 1], decode).unwrap(), ""); // half a character: held back
+/// assert_eq!(text.extend(&[0, 1, 2], decode).unwrap(), "é");
+/// assert_eq!(text.extend(&[0, 1, 2, 3], decode).unwrap(), "!");
+/// assert_eq!(text.text(), "café!");
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct IncrementalText {
+    text: String,
+    /// Tokens of the output taken in so far.
+    seen: usize,
+    /// The window starts here: tokens `prefix..read` are context, already in `text`.
+    prefix: usize,
+    /// Tokens before this are in `text`.
+    read: usize,
+}
+
+impl IncrementalText {
+    /// No text yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The text released so far.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// How many tokens of the output it has taken in.
+    pub fn tokens_seen(&self) -> usize {
+        self.seen
+    }
+
+    /// Takes in the tokens of `output` not seen yet and returns the text they add (empty while
+    /// they end in an unfinished character). `output` is the whole output: what the last call
+    /// saw followed by new tokens. An output shorter than the last one starts over. `decode` is
+    /// the tokenizer's decode of a token list; its error is returned as is and leaves `self` as
+    /// it was.
+    pub fn extend<E>(
+        &mut self,
+        output: &[u32],
+        decode: impl FnMut(&[u32]) -> Result<String, E>,
+    ) -> Result<&str, E> {
+        self.take(output, decode, true)
+    }
+
+    /// Takes in `output` as [`extend`](Self::extend) does, then releases whatever the window
+    /// still holds back (an unfinished character stays U+FFFD, as in the whole output's text):
+    /// for an output that will not grow any more.
+    pub fn finish<E>(
+        &mut self,
+        output: &[u32],
+        decode: impl FnMut(&[u32]) -> Result<String, E>,
+    ) -> Result<&str, E> {
+        self.take(output, decode, false)
+    }
+
+    fn take<E>(
+        &mut self,
+        output: &[u32],
+        mut decode: impl FnMut(&[u32]) -> Result<String, E>,
+        hold_unfinished: bool,
+    ) -> Result<&str, E> {
+        if output.len() < self.seen {
+            let mut fresh = Self::default();
+            fresh.take(output, decode, hold_unfinished)?;
+            *self = fresh;
+            return Ok(&self.text);
+        }
+        let start = self.text.len();
+        if self.read == output.len() || (hold_unfinished && self.seen == output.len()) {
+            self.seen = output.len();
+            return Ok("");
+        }
+        let before = decode(&output[self.prefix..self.read])?;
+        let window = decode(&output[self.prefix..])?;
+        let grew = window.len() > before.len();
+        if hold_unfinished && (!grew || window.ends_with('\u{FFFD}')) {
+            self.seen = output.len();
+            return Ok("");
+        }
+        if grew {
+            match window.strip_prefix(before.as_str()) {
+                Some(piece) => self.text.push_str(piece),
+                None => {
+                    // The new tokens changed their context's text: settle by the whole output.
+                    // Text already released cannot be taken back, so only what the whole text
+                    // holds beyond its length is released.
+                    let whole = decode(output)?;
+                    let from = self.text.len();
+                    if whole.len() > from && whole.is_char_boundary(from) {
+                        self.text.push_str(&whole[from..]);
+                    }
+                }
+            }
+        }
+        self.prefix = self.read;
+        self.read = output.len();
+        self.seen = output.len();
+        Ok(&self.text[start..])
+    }
+}

@@ -1,0 +1,287 @@
+//! `IncrementalText` and the stop strings it serves: the text released token by token equals
+//! the whole output's text for real tokenizer families (byte-level BPE with characters split
+//! across tokens, SentencePiece-style metaspace with its stripped leading space, special tokens
+//! left out), it waits for unfinished characters, and its cost grows linearly with the output.
+
+use std::cell::Cell;
+use std::convert::Infallible;
+
+use openledger_lora::model::Tokenizer;
+use openledger_lora::serve::{
+    Detokenize, FinishReason, IncrementalText, SamplingParams, StopChecker,
+};
+use proptest::prelude::*;
+
+/// GPT-2's byte ↔ printable-character table of byte-level BPE.
+fn byte_chars() -> Vec<char> {
+    let mut printable: Vec<u32> = (u32::from('!')..=u32::from('~'))
+        .chain(u32::from('¡')..=u32::from('¬'))
+        .chain(u32::from('®')..=u32::from('ÿ'))
+        .collect();
+    let mut chars: Vec<u32> = printable.clone();
+    let mut n = 0;
+    for b in 0..256u32 {
+        if !printable.contains(&b) {
+            printable.push(b);
+            chars.push(256 + n);
+            n += 1;
+        }
+    }
+    let mut table = vec!['\0'; 256];
+    for (b, c) in printable.into_iter().zip(chars) {
+        table[b as usize] = char::from_u32(c).unwrap();
+    }
+    table
+}
+
+/// A byte-level BPE tokenizer (byte `b` is token `b`, a few merges, one special token
+/// `<|end|>` = 260), as GPT-2, Llama 3 and Qwen use.
+fn byte_level() -> Tokenizer {
+    let table = byte_chars();
+    let mut vocab = Vec::new();
+    for (i, c) in table.iter().enumerate() {
+        vocab.push(format!("{}: {i}", serde_quote(&c.to_string())));
+    }
+    let merged = ["th", "the", "Ġthe", "Ã©"];
+    for (i, m) in merged.iter().enumerate() {
+        vocab.push(format!("{}: {}", serde_quote(m), 256 + i));
+    }
+    let json = format!(
+        r#"{{"version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [{{"id": 260, "content": "<|end|>", "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true}}],
+        "normalizer": null,
+        "pre_tokenizer": {{"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}},
+        "post_processor": null,
+        "decoder": {{"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true}},
+        "model": {{"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+            "vocab": {{{}}}, "merges": ["t h", "th e", "Ġ the", "Ã ©"]}}}}"#,
+        vocab.join(", ")
+    );
+    Tokenizer::from_bytes(json.as_bytes()).unwrap()
+}
+
+/// A SentencePiece-style word tokenizer: `▁` marks a word start and the decoder drops the
+/// first word's space, as Llama 2 and Mistral do.
+fn metaspace() -> Tokenizer {
+    let json = r#"{"version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [{"id": 9, "content": "</s>", "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true}],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": true},
+        "post_processor": null,
+        "decoder": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": true},
+        "model": {"type": "WordLevel", "unk_token": "<unk>", "vocab": {"<unk>": 0, "▁the": 1,
+            "▁cat": 2, "▁sat": 3, "▁on": 4, "▁mat": 5, "▁café": 6, "s": 7, ".": 8, "</s>": 9}}}"#;
+    Tokenizer::from_bytes(json.as_bytes()).unwrap()
+}
+
+fn serde_quote(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The tokenizer's decode with special tokens left out, its error as text.
+fn dec(tok: &Tokenizer) -> impl Fn(&[u32]) -> Result<String, String> + Copy + '_ {
+    move |t| tok.decode(t, true).map_err(|e| e.to_string())
+}
+
+/// Feeds `ids` one token at a time and checks every step against the whole text.
+fn check_against_whole(tok: &Tokenizer, ids: &[u32]) {
+    let whole = tok
+        .decode(ids, true)
+        .unwrap_or_else(|e| panic!("{ids:?}: {e}"));
+    let mut text = IncrementalText::new();
+    let mut joined = String::new();
+    for n in 1..=ids.len() {
+        let piece = text.extend(&ids[..n], dec(tok)).unwrap().to_owned();
+        joined.push_str(&piece);
+        assert_eq!(joined, text.text());
+        assert!(
+            whole.starts_with(text.text()),
+            "{:?} vs {whole:?}",
+            text.text()
+        );
+        let so_far = tok.decode(&ids[..n], true).unwrap();
+        if !so_far.contains('\u{FFFD}') {
+            assert_eq!(text.text(), so_far, "after {n} tokens of {ids:?}");
+        }
+    }
+    let rest = text.finish(ids, dec(tok)).unwrap().to_owned();
+    joined.push_str(&rest);
+    assert_eq!(joined, whole);
+    assert_eq!(text.text(), whole);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn byte_level_pieces_join_to_the_whole_text(
+        words in proptest::collection::vec(
+            prop::sample::select(vec!["the", " the", "a", " ", "é", "café", "中文", "🙂", "\n", "th", "e!"]),
+            0..40,
+        ),
+        end_at in proptest::option::of(0usize..40),
+    ) {
+        let tok = byte_level();
+        let mut ids = tok.encode(&words.concat(), false).unwrap();
+        if let Some(at) = end_at {
+            ids.insert(at.min(ids.len()), 260); // a special token, left out of the text
+        }
+        check_against_whole(&tok, &ids);
+    }
+
+    #[test]
+    fn metaspace_pieces_join_to_the_whole_text(
+        ids in proptest::collection::vec(1u32..10, 0..40),
+    ) {
+        check_against_whole(&metaspace(), &ids);
+    }
+}
+
+#[test]
+fn a_character_split_across_tokens_is_released_whole() {
+    let tok = byte_level();
+    // "é" as its two bytes, not the merged token: C3 then A9.
+    let id = |b: u8| u32::from(b);
+    let ids = [id(b'c'), id(0xC3), id(0xA9), id(b'!')];
+    let mut text = IncrementalText::new();
+    let decode = dec(&tok);
+    assert_eq!(text.extend(&ids[..1], decode).unwrap(), "c");
+    assert_eq!(text.extend(&ids[..2], decode).unwrap(), "");
+    assert_eq!(text.extend(&ids[..3], decode).unwrap(), "é");
+    assert_eq!(text.extend(&ids[..4], decode).unwrap(), "!");
+    // An output that ends halfway through a character: `finish` releases it as U+FFFD.
+    let mut cut = IncrementalText::new();
+    assert_eq!(cut.extend(&ids[..1], decode).unwrap(), "c");
+    assert_eq!(cut.extend(&ids[..2], decode).unwrap(), "");
+    assert_eq!(cut.finish(&ids[..2], decode).unwrap(), "\u{FFFD}");
+    assert_eq!(cut.text(), tok.decode(&ids[..2], true).unwrap());
+}
+
+#[test]
+fn the_first_words_space_is_dropped_and_later_ones_kept() {
+    let tok = metaspace();
+    let mut text = IncrementalText::new();
+    let decode = dec(&tok);
+    assert_eq!(text.extend(&[1], decode).unwrap(), "the");
+    assert_eq!(text.extend(&[1, 2], decode).unwrap(), " cat");
+    assert_eq!(text.extend(&[1, 2, 7], decode).unwrap(), "s");
+    assert_eq!(text.extend(&[1, 2, 7, 9], decode).unwrap(), ""); // special: no text
+    assert_eq!(text.extend(&[1, 2, 7, 9, 3], decode).unwrap(), " sat");
+    assert_eq!(text.text(), "the cats sat");
+}
+
+#[test]
+fn a_shorter_output_starts_over_and_an_error_changes_nothing() {
+    let vocab = ["a", "b", "c"];
+    let decode = |t: &[u32]| -> Result<String, String> {
+        t.iter()
+            .map(|&i| {
+                vocab
+                    .get(i as usize)
+                    .copied()
+                    .ok_or(format!("no token {i}"))
+            })
+            .collect()
+    };
+    let mut text = IncrementalText::new();
+    assert_eq!(text.extend(&[0, 1], decode).unwrap(), "ab");
+    assert_eq!(text.extend(&[0, 1, 7], decode).unwrap_err(), "no token 7");
+    assert_eq!((text.text(), text.tokens_seen()), ("ab", 2));
+    assert_eq!(text.extend(&[0, 1, 2], decode).unwrap(), "c");
+    // A new, shorter output (a request replayed from its start): its text from scratch.
+    assert_eq!(text.extend(&[2], decode).unwrap(), "c");
+    assert_eq!((text.text(), text.tokens_seen()), ("c", 1));
+    assert_eq!(text.extend(&[2, 3], decode).unwrap_err(), "no token 3");
+    assert_eq!(text.text(), "c");
+    // The same output again adds nothing.
+    assert_eq!(text.extend(&[2], decode).unwrap(), "");
+}
+
+#[test]
+fn a_token_that_rewrites_its_context_is_settled_by_the_whole_text() {
+    // "!" upper-cases the whole text before it: the window no longer starts with its
+    // context's text. What was released stays; the whole text's remainder follows it.
+    let decode = |t: &[u32]| -> Result<String, Infallible> {
+        let s: String = t.iter().map(|&i| ["a", "b", "!"][i as usize]).collect();
+        Ok(if s.ends_with('!') {
+            s.to_uppercase()
+        } else {
+            s
+        })
+    };
+    let mut text = IncrementalText::new();
+    assert_eq!(text.extend(&[0, 1], decode).unwrap(), "ab");
+    assert_eq!(text.extend(&[0, 1, 2], decode).unwrap(), "!");
+    assert_eq!(text.text(), "ab!");
+}
+
+#[test]
+fn the_cost_per_token_does_not_grow_with_the_output() {
+    let decoded = Cell::new(0usize);
+    let decode = |t: &[u32]| -> Result<String, Infallible> {
+        decoded.set(decoded.get() + t.len());
+        Ok(t.iter()
+            .map(|&i| if i % 7 == 0 { " w" } else { "x" })
+            .collect())
+    };
+    let ids: Vec<u32> = (0..2000).collect();
+    let mut text = IncrementalText::new();
+    for n in 1..=ids.len() {
+        text.extend(&ids[..n], decode).unwrap();
+    }
+    // Each step decodes the last piece, then it and the new token: about 3 tokens, where
+    // decoding the whole output each step would take 2,001,000.
+    assert!(
+        decoded.get() <= 5 * ids.len(),
+        "{} tokens decoded",
+        decoded.get()
+    );
+    assert_eq!(text.text(), decode(&ids).unwrap());
+}
+
+#[test]
+fn stop_strings_are_found_across_split_characters_and_pieces() {
+    let tok = byte_level();
+    let id = |b: u8| u32::from(b);
+    let p = SamplingParams {
+        stop_strings: vec!["é!".into(), "xyz".into()],
+        max_new_tokens: 1000,
+        ..Default::default()
+    };
+    let d: &dyn Detokenize = &tok;
+    let mut c = StopChecker::new(&p);
+    let mut out = Vec::new();
+    for &b in b"a long preamble without the stop string, then x".iter() {
+        out.push(id(b));
+        assert_eq!(c.check(&out, Some(d)), None);
+    }
+    out.push(id(b'y'));
+    assert_eq!(c.check(&out, Some(d)), None);
+    out.push(id(b'z')); // "xyz" spans three checks
+    assert_eq!(
+        c.check(&out, Some(d)),
+        Some(FinishReason::StopString("xyz".into()))
+    );
+    // "é!" with "é" split over two tokens: found once both bytes and "!" are in.
+    let mut c = StopChecker::new(&p);
+    let out = [id(b'o'), id(0xC3), id(0xA9), id(b'!')];
+    assert_eq!(c.check(&out[..2], Some(d)), None);
+    assert_eq!(c.check(&out[..3], Some(d)), None);
+    assert_eq!(
+        c.check(&out, Some(d)),
+        Some(FinishReason::StopString("é!".into()))
+    );
+}
