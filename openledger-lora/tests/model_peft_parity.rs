@@ -223,3 +223,55 @@ fn cached_incremental_decode_of_a_mixed_batch_equals_full_recompute() {
     }
     assert!(caches.iter().all(|c| c.len() == prompt.len() + 8));
 }
+
+/// Greedy decoding the plain way: a pass over the whole prefix for every token.
+fn greedy_recomputed(
+    model: &Model,
+    adapter: Option<AdapterId>,
+    prompt: &[u32],
+    n: usize,
+) -> Vec<u32> {
+    let vocab = model.config().vocab_size;
+    let mut tokens = prompt.to_vec();
+    for _ in 0..n {
+        let logits = model
+            .forward(&[SeqInput {
+                adapter,
+                tokens: &tokens,
+            }])
+            .unwrap();
+        let last = &logits[0][(tokens.len() - 1) * vocab..];
+        let best = (0..vocab)
+            .max_by(|&a, &b| last[a].total_cmp(&last[b]).then(b.cmp(&a)))
+            .unwrap();
+        tokens.push(best as u32);
+    }
+    tokens.split_off(prompt.len())
+}
+
+#[test]
+fn cached_greedy_equals_recomputing_the_prefix_and_streams_each_token() {
+    let s = setup();
+    for name in NAMES {
+        let prompt = &s.seqs[1];
+        let want = greedy_recomputed(&s.model, s.ids[name], prompt, 24);
+        assert_eq!(
+            s.model.greedy(s.ids[name], prompt, 24).unwrap(),
+            want,
+            "{name}"
+        );
+        // Each token is handed over as it is chosen; `false` stops after it.
+        let mut seen = Vec::new();
+        let got = s
+            .model
+            .greedy_streaming(s.ids[name], prompt, 24, &mut |i, t| {
+                seen.push((i, t));
+                i < 4
+            })
+            .unwrap();
+        assert_eq!(got, want[..5], "{name}");
+        assert_eq!(seen, got.iter().copied().enumerate().collect::<Vec<_>>());
+    }
+    assert!(s.model.greedy(None, &s.seqs[0], 0).unwrap().is_empty());
+    assert!(s.model.greedy(None, &[], 2).is_err());
+}

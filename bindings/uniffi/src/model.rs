@@ -162,7 +162,8 @@ impl OnDeviceModel {
         Ok(out.pop().unwrap_or_default())
     }
 
-    /// Greedy continuation of `prompt`: `max_new_tokens` token ids (ties to the lowest id).
+    /// Greedy continuation of `prompt`: `max_new_tokens` token ids (ties to the lowest id). The
+    /// prompt runs once and each new token once, over a key/value cache.
     pub fn generate(
         &self,
         adapter: Option<String>,
@@ -185,18 +186,12 @@ impl OnDeviceModel {
     ) -> Result<Vec<u32>, ModelError> {
         let m = self.model.read().map_err(poisoned)?;
         let adapter = Self::adapter_id(&m, adapter.as_deref())?;
-        let mut tokens = prompt;
-        let start = tokens.len();
-        for i in 0..max_new_tokens {
-            let Some(&next) = m.greedy(adapter, &tokens, 1)?.first() else {
-                break;
-            };
-            tokens.push(next);
-            if !listener.on_token(i, next) {
-                break;
-            }
-        }
-        Ok(tokens.split_off(start))
+        Ok(m.greedy_streaming(
+            adapter,
+            &prompt,
+            max_new_tokens as usize,
+            &mut |i, token| listener.on_token(i as u32, token),
+        )?)
     }
 
     /// Token ids of `text` (with the tokenizer's special tokens, e.g. BOS, when

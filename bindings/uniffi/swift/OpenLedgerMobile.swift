@@ -1287,7 +1287,8 @@ public protocol OnDeviceModelProtocol: AnyObject, Sendable {
     func forward(adapter: String?, tokens: [UInt32]) throws  -> [Float]
     
     /**
-     * Greedy continuation of `prompt`: `max_new_tokens` token ids (ties to the lowest id).
+     * Greedy continuation of `prompt`: `max_new_tokens` token ids (ties to the lowest id). The
+     * prompt runs once and each new token once, over a key/value cache.
      */
     func generate(adapter: String?, prompt: [UInt32], maxNewTokens: UInt32) throws  -> [UInt32]
     
@@ -1469,7 +1470,8 @@ open func forward(adapter: String?, tokens: [UInt32])throws  -> [Float]  {
 }
     
     /**
-     * Greedy continuation of `prompt`: `max_new_tokens` token ids (ties to the lowest id).
+     * Greedy continuation of `prompt`: `max_new_tokens` token ids (ties to the lowest id). The
+     * prompt runs once and each new token once, over a key/value cache.
      */
 open func generate(adapter: String?, prompt: [UInt32], maxNewTokens: UInt32)throws  -> [UInt32]  {
     return try  FfiConverterSequenceUInt32.lift(try rustCallWithError(FfiConverterTypeModelError_lift) {
@@ -4755,7 +4757,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_openledger_mobile_checksum_method_ondevicemodel_forward() != 2674) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_method_ondevicemodel_generate() != 5236) {
+    if (uniffi_openledger_mobile_checksum_method_ondevicemodel_generate() != 52854) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_openledger_mobile_checksum_method_ondevicemodel_generate_streaming() != 9428) {

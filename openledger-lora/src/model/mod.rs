@@ -498,27 +498,49 @@ impl Model {
             .collect())
     }
 
-    /// Greedy decoding of `n` tokens after `prompt` (each step recomputes the full prefix;
-    /// ties go to the lowest token id).
+    /// Greedy decoding of `n` tokens after `prompt` (ties go to the lowest token id), with a
+    /// [`KvCache`]: see [`greedy_streaming`](Self::greedy_streaming).
     pub fn greedy(
         &self,
         adapter: Option<AdapterId>,
         prompt: &[u32],
         n: usize,
     ) -> Result<Vec<u32>, ModelError> {
+        self.greedy_streaming(adapter, prompt, n, &mut |_, _| true)
+    }
+
+    /// Greedy decoding of up to `n` tokens after `prompt` (ties go to the lowest token id) with
+    /// a [`KvCache`]: the prompt runs once, then each step runs only the token just chosen, so
+    /// `n` tokens cost `prompt + n` token passes instead of a pass over the whole prefix per
+    /// token. `on_token(index, token)` sees each token as soon as it is chosen; returning `false`
+    /// stops there (that token is the last one returned).
+    pub fn greedy_streaming(
+        &self,
+        adapter: Option<AdapterId>,
+        prompt: &[u32],
+        n: usize,
+        on_token: &mut dyn FnMut(usize, u32) -> bool,
+    ) -> Result<Vec<u32>, ModelError> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
         let vocab = self.config.vocab_size;
-        let mut tokens = prompt.to_vec();
-        for _ in 0..n {
-            let logits = self.forward(&[SeqInput {
-                adapter,
-                tokens: &tokens,
-            }])?;
-            let last = &logits[0][(tokens.len() - 1) * vocab..];
+        let mut cache = self.new_cache(adapter)?;
+        let mut out = Vec::with_capacity(n);
+        let mut next: Vec<u32> = prompt.to_vec();
+        for index in 0..n {
+            let logits = self.forward_cached(&mut [(&next[..], &mut cache)])?;
+            let rows = &logits[0];
+            let last = &rows[rows.len() - vocab..];
             let best = (0..vocab)
                 .max_by(|&a, &b| last[a].total_cmp(&last[b]).then(b.cmp(&a)))
-                .unwrap_or(0);
-            tokens.push(best as u32);
+                .unwrap_or(0) as u32;
+            out.push(best);
+            if !on_token(index, best) {
+                break;
+            }
+            next = vec![best];
         }
-        Ok(tokens.split_off(prompt.len()))
+        Ok(out)
     }
 }

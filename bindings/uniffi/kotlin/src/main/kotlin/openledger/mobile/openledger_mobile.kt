@@ -1285,7 +1285,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_openledger_mobile_checksum_method_ondevicemodel_forward() and 0xFFFF) != 2674) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_method_ondevicemodel_generate() and 0xFFFF) != 5236) {
+    if ((lib.uniffi_openledger_mobile_checksum_method_ondevicemodel_generate() and 0xFFFF) != 52854) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_openledger_mobile_checksum_method_ondevicemodel_generate_streaming() and 0xFFFF) != 9428) {
@@ -2954,7 +2954,8 @@ public interface OnDeviceModelInterface {
     fun `forward`(`adapter`: kotlin.String?, `tokens`: List<kotlin.UInt>): List<kotlin.Float>
     
     /**
-     * Greedy continuation of `prompt`: `max_new_tokens` token ids (ties to the lowest id).
+     * Greedy continuation of `prompt`: `max_new_tokens` token ids (ties to the lowest id). The
+     * prompt runs once and each new token once, over a key/value cache.
      */
     fun `generate`(`adapter`: kotlin.String?, `prompt`: List<kotlin.UInt>, `maxNewTokens`: kotlin.UInt): List<kotlin.UInt>
     
@@ -3186,7 +3187,8 @@ open class OnDeviceModel: Disposable, AutoCloseable, OnDeviceModelInterface
 
     
     /**
-     * Greedy continuation of `prompt`: `max_new_tokens` token ids (ties to the lowest id).
+     * Greedy continuation of `prompt`: `max_new_tokens` token ids (ties to the lowest id). The
+     * prompt runs once and each new token once, over a key/value cache.
      */
     @Throws(ModelException::class)override fun `generate`(`adapter`: kotlin.String?, `prompt`: List<kotlin.UInt>, `maxNewTokens`: kotlin.UInt): List<kotlin.UInt> {
             return FfiConverterSequenceUInt.lift(
