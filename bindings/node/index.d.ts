@@ -514,6 +514,13 @@ export declare class TokenStream {
    * that arrived since the last one. Throws `Model` without a tokenizer.
    */
   get text(): string
+  /**
+   * The answer's text that became final since the last call, for printing a stream as it
+   * comes: while the request runs, its last few characters are held back when they could
+   * still begin a stop string; once the stream has ended, the rest (up to the stop string).
+   * Joined, the pieces are `text` at the end. Throws `Model` without a tokenizer.
+   */
+  newText(): string
   /** The stop string that ended the request, if one did. */
   get stopString(): string | null
   /**

@@ -8,7 +8,7 @@ use std::convert::Infallible;
 
 use openledger_lora::model::Tokenizer;
 use openledger_lora::serve::{
-    Detokenize, FinishReason, IncrementalText, SamplingParams, StopChecker,
+    Detokenize, FinishReason, IncrementalText, SamplingParams, StopChecker, TextPieces,
 };
 use proptest::prelude::*;
 
@@ -284,4 +284,84 @@ fn stop_strings_are_found_across_split_characters_and_pieces() {
         c.check(&out, Some(d)),
         Some(FinishReason::StopString("é!".into()))
     );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Pieces handed out while an output grows are never taken back, and joined they are the
+    /// answer the engine ends with: the text before the earliest stop string once one appears,
+    /// however the stop strings fall across tokens.
+    #[test]
+    fn text_pieces_join_to_the_answer_before_the_first_stop_string(
+        words in proptest::collection::vec(
+            prop::sample::select(vec!["the", " the", "a", " ", "é", "café", "中文", "🙂", "\n", "e!"]),
+            1..30,
+        ),
+        stops in proptest::collection::vec((0usize..200, 1usize..6), 0..3),
+    ) {
+        let tok = byte_level();
+        let whole_text = words.concat();
+        let ids = tok.encode(&whole_text, false).unwrap();
+        // Stop strings cut from the text itself (so they occur), on character boundaries.
+        let chars: Vec<char> = whole_text.chars().collect();
+        let stop_strings: Vec<String> = stops
+            .iter()
+            .map(|&(at, len)| {
+                let at = at % chars.len();
+                chars[at..(at + len).min(chars.len())].iter().collect()
+            })
+            .collect();
+        let params = SamplingParams {
+            stop_strings: stop_strings.clone(),
+            max_new_tokens: 1000,
+            ..Default::default()
+        };
+        let d: &dyn Detokenize = &tok;
+        let mut checker = StopChecker::new(&params);
+        let mut pieces = TextPieces::new(&stop_strings);
+        let mut joined = String::new();
+        let mut end = (ids.len(), None);
+        for n in 1..=ids.len() {
+            joined += pieces.next(&ids[..n], dec(&tok)).unwrap();
+            prop_assert_eq!(joined.as_str(), pieces.given());
+            // What the engine does: stop once the text holds a stop string.
+            if let Some(reason) = checker.check(&ids[..n], Some(d)) {
+                end = (n, Some(reason));
+                break;
+            }
+        }
+        let (last, reason) = end;
+        joined += pieces.finish(&ids[..last], dec(&tok)).unwrap();
+        let text = tok.decode(&ids[..last], true).unwrap();
+        let earliest = stop_strings.iter().filter_map(|s| text.find(s.as_str())).min();
+        let answer = &text[..earliest.unwrap_or(text.len())];
+        prop_assert_eq!(joined.as_str(), answer);
+        // The engine's reason names that earliest stop string, so the stream's `text` agrees.
+        prop_assert_eq!(earliest.is_some(), reason.is_some());
+        if let Some(reason) = reason {
+            prop_assert_eq!(reason.visible_text(text.clone()), answer);
+        }
+    }
+}
+
+#[test]
+fn text_pieces_hold_back_what_may_begin_a_stop_string() {
+    let words = ["Take", " one", " tablet", ".", "\n", "\n", "Q", ":"];
+    let decode = |ids: &[u32]| -> Result<String, Infallible> {
+        Ok(ids.iter().map(|&i| words[i as usize]).collect())
+    };
+    let ids: Vec<u32> = (0..words.len() as u32).collect();
+    let mut pieces = TextPieces::new(&["\n\nQ:".to_string()]);
+    let got: Vec<String> = (1..=ids.len())
+        .map(|n| pieces.next(&ids[..n], decode).unwrap().to_owned())
+        .collect();
+    // Three bytes are held back until "\n\nQ:" is whole; then the answer ends before it.
+    assert_eq!(got, ["T", "ake ", "one tab", "l", "e", "t", ".", ""]);
+    assert_eq!(pieces.finish(&ids, decode).unwrap(), "");
+    assert_eq!(pieces.given(), "Take one tablet.");
+    assert_eq!(pieces.text(), "Take one tablet.\n\nQ:");
+    // Without stop strings nothing is held back.
+    let mut all = TextPieces::new(&[]);
+    assert_eq!(all.next(&ids[..2], decode).unwrap(), "Take one");
 }

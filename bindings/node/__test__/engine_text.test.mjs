@@ -1,5 +1,6 @@
 // Text in and out of the engine with the model folder's tokenizer.json: string prompts,
-// encode / decode, stop strings, each stream's text, and typed errors without a tokenizer.
+// encode / decode, stop strings, each stream's text and its pieces, and typed errors without a
+// tokenizer.
 import assert from 'node:assert/strict'
 import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -77,6 +78,28 @@ test('a stop string ends the request once its text contains it', async () => {
   assert.equal(stream.text, whole.slice(0, whole.indexOf(stop)))
 })
 
+test('newText hands the answer out in pieces that are never taken back', async () => {
+  const full = reference.greedy['base.1']
+  const stop = `w${full[3]} w${full[4]}` // spans two tokens
+  const stream = engine.generate(reference.sequences[1], { maxNewTokens: 8, stopStrings: [stop] })
+  const shown = []
+  for await (const _ of stream) shown.push(stream.newText())
+  shown.push(stream.newText()) // the rest, once the stream has ended
+  assert.equal(stream.finishReason, 'stop_string')
+  const joined = shown.join('')
+  assert.equal(joined, stream.text)
+  assert.ok(!joined.includes(stop))
+  let so_far = ''
+  for (const piece of shown) assert.ok(stream.text.startsWith((so_far += piece)))
+  assert.equal(stream.newText(), '')
+  // Without stop strings nothing is held back: each token's word comes with it.
+  const plain = engine.generate(reference.sequences[1], { maxNewTokens: 8 })
+  const pieces = []
+  for await (const _ of plain) pieces.push(plain.newText())
+  assert.ok(pieces.every((p) => p.length > 0))
+  assert.equal(pieces.join('') + plain.newText(), words([...plain.tokens]))
+})
+
 test('text without a tokenizer, and bad text input, are typed errors', async () => {
   const plain = await ol.Engine.load(tinyLlama, { maxContext: 64, blockSize: 4 })
   try {
@@ -88,6 +111,7 @@ test('text without a tokenizer, and bad text input, are typed errors', async () 
     const s = plain.generate([1, 2], { maxNewTokens: 2 })
     for await (const _ of s);
     await rejects(() => s.text, 'Model', /tokenizer\.json/)
+    await rejects(() => s.newText(), 'Model', /tokenizer\.json/)
   } finally {
     await plain.close()
   }

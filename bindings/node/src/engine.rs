@@ -28,8 +28,8 @@ use openledger_lora::model::{Model, ModelError, PagedModel, TOKENIZER_FILE, Toke
 use openledger_lora::pool::{AdapterId, AdapterPool as RustPool};
 use openledger_lora::serve::{
     AdapterReadiness, CancelHandle, Engine as RustEngine, EngineConfig as RustConfig, Event,
-    FinishReason, IncrementalText, KvDtype, Preemption, Readiness, Request, RequestError,
-    RequestStats as RustStats, SamplingParams,
+    FinishReason, KvDtype, Preemption, Readiness, Request, RequestError, RequestStats as RustStats,
+    SamplingParams, TextPieces,
 };
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
@@ -541,6 +541,10 @@ impl Engine {
                 adapter: o.adapter.as_deref().map(adapter_id).transpose()?,
                 sampling: sampling(&o)?,
             };
+            let read = Read {
+                text: TextPieces::new(&req.sampling.stop_strings),
+                ..Read::default()
+            };
             let tx = self.sender()?;
             let (events, rx) = unbounded_channel();
             let slot = Arc::new(Mutex::new(CancelSlot::default()));
@@ -549,7 +553,7 @@ impl Engine {
             Ok(TokenStream {
                 slot,
                 events: Arc::new(tokio::sync::Mutex::new(rx)),
-                read: Arc::default(),
+                read: Arc::new(Mutex::new(read)),
                 fault: self.fault.clone(),
                 tokenizer: self.tokenizer.clone(),
                 model_dir: self.model_dir.clone(),
@@ -629,8 +633,8 @@ enum End {
 struct Read {
     tokens: Vec<u32>,
     end: Option<End>,
-    /// The text of `tokens`, brought up to date by `text`.
-    text: IncrementalText,
+    /// The text of `tokens`, brought up to date by `text` and `newText`.
+    text: TextPieces,
 }
 
 type Events = Arc<tokio::sync::Mutex<UnboundedReceiver<Msg>>>;
@@ -686,6 +690,13 @@ pub struct TokenStream {
 }
 
 impl TokenStream {
+    /// The model's tokenizer, or the `Model` error saying there is none (`instead`: what to do).
+    fn tokenizer(&self, instead: &str) -> Result<&Arc<Tokenizer>> {
+        self.tokenizer
+            .as_ref()
+            .ok_or_else(|| no_tokenizer(&self.model_dir, instead))
+    }
+
     fn cancel_now(&self) {
         let mut slot = lock(&self.slot);
         slot.requested = true;
@@ -780,23 +791,37 @@ impl TokenStream {
     #[napi(getter, catch_unwind)]
     pub fn text(&self) -> Result<String> {
         crate::error::guard(|| {
-            let tok = self
-                .tokenizer
-                .as_ref()
-                .ok_or_else(|| no_tokenizer(&self.model_dir, "read `tokens`"))?;
+            let tok = self.tokenizer("read `tokens`")?;
             let mut guard = lock(&self.read);
             let read = &mut *guard;
             let decode = |t: &[u32]| tok.decode(t, true).map_err(|e| e.to_string());
-            match read.end {
-                Some(_) => read.text.finish(&read.tokens, decode),
-                None => read.text.extend(&read.tokens, decode),
-            }
-            .map_err(|e| invalid_arg("tokens", e))?;
+            read.text
+                .update(&read.tokens, read.end.is_some(), decode)
+                .map_err(|e| invalid_arg("tokens", e))?;
             let text = read.text.text().to_owned();
             Ok(match &read.end {
                 Some(End::Finished(reason, _)) => reason.visible_text(text),
                 _ => text,
             })
+        })
+    }
+
+    /// The answer's text that became final since the last call, for printing a stream as it
+    /// comes: while the request runs, its last few characters are held back when they could
+    /// still begin a stop string; once the stream has ended, the rest (up to the stop string).
+    /// Joined, the pieces are `text` at the end. Throws `Model` without a tokenizer.
+    #[napi(catch_unwind)]
+    pub fn new_text(&self) -> Result<String> {
+        crate::error::guard(|| {
+            let tok = self.tokenizer("read `tokens`")?;
+            let mut guard = lock(&self.read);
+            let read = &mut *guard;
+            let decode = |t: &[u32]| tok.decode(t, true).map_err(|e| e.to_string());
+            let piece = match read.end {
+                Some(_) => read.text.finish(&read.tokens, decode),
+                None => read.text.next(&read.tokens, decode),
+            };
+            Ok(piece.map_err(|e| invalid_arg("tokens", e))?.to_owned())
         })
     }
 

@@ -19,9 +19,8 @@ use openledger_lora::adapter::{LoadOptions, LoraAdapter};
 use openledger_lora::model::{Model, ModelError, PagedModel, TOKENIZER_FILE, Tokenizer};
 use openledger_lora::pool::{AdapterId, AdapterPool, PoolError};
 use openledger_lora::serve::{
-    AdapterReadiness, CancelHandle, Engine, EngineConfig, Event, FinishReason, IncrementalText,
-    KvDtype, Preemption, Readiness, Request, RequestError, RequestHandle, RequestStats,
-    SamplingParams,
+    AdapterReadiness, CancelHandle, Engine, EngineConfig, Event, FinishReason, KvDtype, Preemption,
+    Readiness, Request, RequestError, RequestHandle, RequestStats, SamplingParams, TextPieces,
 };
 use pyo3::exceptions::PyStopAsyncIteration;
 use pyo3::prelude::*;
@@ -461,6 +460,7 @@ impl PyEngine {
     ) -> Result<PyTokenStream> {
         let prompt = prompt_ids(py, prompt, self.tokenizer.as_ref())?;
         let stop_strings = stop_strings.unwrap_or_default();
+        let pieces = TextPieces::new(&stop_strings);
         if !stop_strings.is_empty() && self.tokenizer.is_none() {
             return Err(invalid_arg(
                 "stop_strings",
@@ -505,7 +505,7 @@ impl PyEngine {
                 handle,
                 tokens: Vec::new(),
                 end: None,
-                text: IncrementalText::new(),
+                text: pieces,
             }),
         })
     }
@@ -565,8 +565,8 @@ struct StreamState {
     handle: RequestHandle,
     tokens: Vec<u32>,
     end: Option<End>,
-    /// The text of `tokens`, brought up to date by `text`.
-    text: IncrementalText,
+    /// The text of `tokens`, brought up to date by `text` and `new_text`.
+    text: TextPieces,
 }
 
 /// What the next read of a stream gives.
@@ -591,6 +591,17 @@ pub struct PyTokenStream {
 
 impl PyTokenStream {
     /// Waits up to `timeout` (None: for ever) for the next event, GIL released.
+    /// The model's tokenizer, or the error saying there is none.
+    fn tokenizer(&self) -> Result<&Arc<Tokenizer>> {
+        self.tokenizer.as_ref().ok_or_else(|| {
+            ModelError::Tokenizer {
+                what: TOKENIZER_FILE.into(),
+                reason: "the engine's model folder has none: read `tokens`".into(),
+            }
+            .into()
+        })
+    }
+
     fn read(&self, py: Python<'_>, timeout: Option<Duration>) -> Next {
         py.detach(|| {
             let mut st = lock(&self.state);
@@ -671,27 +682,37 @@ impl PyTokenStream {
     /// last one. Without a tokenizer: `ModelFormatError`.
     #[getter]
     fn text(&self, py: Python<'_>) -> Result<String> {
-        let Some(tok) = &self.tokenizer else {
-            return Err(ModelError::Tokenizer {
-                what: TOKENIZER_FILE.into(),
-                reason: "the engine's model folder has none: read `tokens`".into(),
-            }
-            .into());
-        };
+        let tok = self.tokenizer()?;
         py.detach(|| {
             let mut guard = lock(&self.state);
             let st = &mut *guard;
             let decode = |t: &[u32]| tok.decode(t, true).map_err(|e| e.to_string());
-            match st.end {
-                Some(_) => st.text.finish(&st.tokens, decode),
-                None => st.text.extend(&st.tokens, decode),
-            }
-            .map_err(|e| invalid_arg("tokens", e))?;
+            st.text
+                .update(&st.tokens, st.end.is_some(), decode)
+                .map_err(|e| invalid_arg("tokens", e))?;
             let text = st.text.text().to_owned();
             Ok(match &st.end {
                 Some(End::Finished(reason, _)) => reason.visible_text(text),
                 _ => text,
             })
+        })
+    }
+
+    /// The answer's text that became final since the last call, for printing a stream as it
+    /// comes: while the request runs, its last few characters are held back when they could
+    /// still begin a stop string; once the stream has ended, the rest (up to the stop string).
+    /// Joined, the pieces are `text` at the end. Without a tokenizer: `ModelFormatError`.
+    fn new_text(&self, py: Python<'_>) -> Result<String> {
+        let tok = self.tokenizer()?;
+        py.detach(|| {
+            let mut guard = lock(&self.state);
+            let st = &mut *guard;
+            let decode = |t: &[u32]| tok.decode(t, true).map_err(|e| e.to_string());
+            let piece = match st.end {
+                Some(_) => st.text.finish(&st.tokens, decode),
+                None => st.text.next(&st.tokens, decode),
+            };
+            Ok(piece.map_err(|e| invalid_arg("tokens", e))?.to_owned())
         })
     }
 

@@ -258,6 +258,25 @@ def test_stop_strings_end_a_request_once_its_text_contains_one(text_model, refer
         assert stop not in s.text
 
 
+def test_new_text_hands_the_answer_out_in_pieces_that_are_never_taken_back(text_model, reference):
+    with ol.Engine(text_model, max_context=64, block_size=4) as e:
+        prompt = reference["sequences"][1]
+        full = reference["greedy"]["base.1"]
+        stop = f"w{full[3]} w{full[4]}"  # spans two tokens
+        s = e.generate(prompt, max_new_tokens=8, stop_strings=[stop])
+        shown = [s.new_text() for _ in s]
+        shown.append(s.new_text())  # the rest, once the stream has ended
+        assert s.finish_reason == "stop_string"
+        assert "".join(shown) == s.text and stop not in s.text
+        assert all(s.text.startswith("".join(shown[: i + 1])) for i in range(len(shown)))
+        assert s.new_text() == ""
+        # without stop strings nothing is held back: each token's word comes with it
+        s = e.generate(prompt, max_new_tokens=8)
+        pieces = [s.new_text() for _ in s]
+        assert all(pieces)
+        assert "".join(pieces) + s.new_text() == " ".join(f"w{t}" for t in s.tokens)
+
+
 def test_text_without_a_tokenizer_and_bad_text_input_raise_typed_errors(text_model, reference):
     with ol.Engine(TINY, max_context=64, block_size=4) as e:
         assert not e.has_tokenizer
@@ -271,6 +290,8 @@ def test_text_without_a_tokenizer_and_bad_text_input_raise_typed_errors(text_mod
         s.collect()
         with pytest.raises(ol.ModelFormatError, match="tokenizer.json"):
             s.text
+        with pytest.raises(ol.ModelFormatError, match="tokenizer.json"):
+            s.new_text()
     with ol.Engine(text_model, max_context=64, block_size=4) as e:
         with pytest.raises(ol.InvalidArgumentError, match="ids"):
             e.decode([1, 10**6])

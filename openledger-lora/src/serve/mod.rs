@@ -59,4 +59,4 @@ pub use scheduler::{
     Engine, EngineConfig, EngineError, Logits, Preemption, SeqInput, StepBatch, StepModel,
     StepReport,
 };
-pub use text::IncrementalText;
+pub use text::{IncrementalText, TextPieces};

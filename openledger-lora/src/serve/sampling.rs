@@ -364,8 +364,9 @@ impl StopChecker {
     /// are searched in the output's text, kept by an [`IncrementalText`]: only the text the new
     /// tokens add is searched, with the end of the earlier text a stop string could begin in, so
     /// one spanning several tokens is found once its last piece arrives, and a character whose
-    /// bytes span tokens is matched once it is whole. An output shorter than the last one
-    /// starts over.
+    /// bytes span tokens is matched once it is whole. When several appear at once, the reason
+    /// names the one that begins first (the answer ends before it). An output shorter than the
+    /// last one starts over.
     pub fn check(
         &mut self,
         output: &[u32],
@@ -386,7 +387,13 @@ impl StopChecker {
                     from -= 1;
                 }
                 let tail = &text[from..];
-                if let Some(s) = self.stop_strings.iter().find(|s| tail.contains(s.as_str())) {
+                // The one that begins first, where the answer ends (the first listed on a tie).
+                let first = self
+                    .stop_strings
+                    .iter()
+                    .filter_map(|s| tail.find(s.as_str()).map(|at| (at, s)))
+                    .min_by_key(|&(at, _)| at);
+                if let Some((_, s)) = first {
                     return Some(FinishReason::StopString(s.clone()));
                 }
             }
