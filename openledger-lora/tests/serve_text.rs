@@ -358,10 +358,13 @@ fn text_pieces_hold_back_what_may_begin_a_stop_string() {
         .collect();
     // Three bytes are held back until "\n\nQ:" is whole; then the answer ends before it.
     assert_eq!(got, ["T", "ake ", "one tab", "l", "e", "t", ".", ""]);
+    assert!(pieces.reached_stop());
     assert_eq!(pieces.finish(&ids, decode).unwrap(), "");
     assert_eq!(pieces.given(), "Take one tablet.");
     assert_eq!(pieces.text(), "Take one tablet.\n\nQ:");
     // Without stop strings nothing is held back.
     let mut all = TextPieces::new(&[]);
     assert_eq!(all.next(&ids[..2], decode).unwrap(), "Take one");
+    assert_eq!(all.finish(&ids, decode).unwrap(), " tablet.\n\nQ:");
+    assert!(!all.reached_stop());
 }

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use openledger_lora::model::{self, AdapterId, LoadProgress, SeqInput, Tokenizer};
+use openledger_lora::serve::TextPieces;
 
 use crate::adapters::LoraAdapter;
 use crate::error::ModelError;
@@ -23,6 +24,13 @@ pub trait LoadListener: Send + Sync {
 pub trait TokenListener: Send + Sync {
     /// Called with each new token id (`index` counts from 0); return `false` to stop.
     fn on_token(&self, index: u32, token: u32) -> bool;
+}
+
+/// Receives the answer of a text generation piece by piece.
+#[uniffi::export(callback_interface)]
+pub trait TextListener: Send + Sync {
+    /// Called with each new piece of the answer (never taken back); return `false` to stop.
+    fn on_text(&self, piece: String) -> bool;
 }
 
 /// A model held on the device with its attached adapters and, when the folder has one, its
@@ -220,5 +228,55 @@ impl OnDeviceModel {
         let ids = self.encode(prompt, true)?;
         let out = self.generate(adapter, ids, max_new_tokens)?;
         self.decode(out, true)
+    }
+
+    /// Greedy continuation of a text prompt, streamed: encodes it (special tokens included)
+    /// and hands the answer to `listener` piece by piece as tokens are chosen. It ends at the
+    /// first of `stop_strings` to appear (the answer is the text before it), after
+    /// `max_new_tokens` tokens, or when the listener returns `false`. While it runs, the last
+    /// few characters are held back when they could still begin a stop string, so no piece is
+    /// ever taken back; the pieces join to the returned answer. Each token decodes only a short
+    /// window of text. An empty stop string is `InvalidInput`.
+    pub fn generate_text_streaming(
+        &self,
+        adapter: Option<String>,
+        prompt: String,
+        max_new_tokens: u32,
+        stop_strings: Vec<String>,
+        listener: Box<dyn TextListener>,
+    ) -> Result<String, ModelError> {
+        if stop_strings.iter().any(String::is_empty) {
+            return Err(ModelError::InvalidInput(
+                "stop_strings: a stop string must not be empty".into(),
+            ));
+        }
+        let ids = self.encode(prompt, true)?;
+        let m = self.model.read().map_err(poisoned)?;
+        let adapter = Self::adapter_id(&m, adapter.as_deref())?;
+        self.with_tokenizer(|tok| {
+            let decode = |t: &[u32]| tok.decode(t, true).map_err(ModelError::from);
+            let mut pieces = TextPieces::new(&stop_strings);
+            let mut out = Vec::new();
+            let mut failed = None;
+            m.greedy_streaming(adapter, &ids, max_new_tokens as usize, &mut |_, token| {
+                out.push(token);
+                match pieces.next(&out, decode) {
+                    Ok(piece) if !piece.is_empty() && !listener.on_text(piece.to_owned()) => false,
+                    Ok(_) => !pieces.reached_stop(),
+                    Err(e) => {
+                        failed = Some(e);
+                        false
+                    }
+                }
+            })?;
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            let rest = pieces.finish(&out, decode)?;
+            if !rest.is_empty() {
+                listener.on_text(rest.to_owned());
+            }
+            Ok(pieces.given().to_owned())
+        })
     }
 }

@@ -1305,6 +1305,17 @@ public protocol OnDeviceModelProtocol: AnyObject, Sendable {
     func generateText(adapter: String?, prompt: String, maxNewTokens: UInt32) throws  -> String
     
     /**
+     * Greedy continuation of a text prompt, streamed: encodes it (special tokens included)
+     * and hands the answer to `listener` piece by piece as tokens are chosen. It ends at the
+     * first of `stop_strings` to appear (the answer is the text before it), after
+     * `max_new_tokens` tokens, or when the listener returns `false`. While it runs, the last
+     * few characters are held back when they could still begin a stop string, so no piece is
+     * ever taken back; the pieces join to the returned answer. Each token decodes only a short
+     * window of text. An empty stop string is `InvalidInput`.
+     */
+    func generateTextStreaming(adapter: String?, prompt: String, maxNewTokens: UInt32, stopStrings: [String], listener: TextListener) throws  -> String
+    
+    /**
      * Replaces the tokenizer with one parsed from `tokenizer.json` bytes.
      */
     func setTokenizer(tokenizerJson: Data) throws 
@@ -1514,6 +1525,29 @@ open func generateText(adapter: String?, prompt: String, maxNewTokens: UInt32)th
         FfiConverterOptionString.lower(adapter),
         FfiConverterString.lower(prompt),
         FfiConverterUInt32.lower(maxNewTokens),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Greedy continuation of a text prompt, streamed: encodes it (special tokens included)
+     * and hands the answer to `listener` piece by piece as tokens are chosen. It ends at the
+     * first of `stop_strings` to appear (the answer is the text before it), after
+     * `max_new_tokens` tokens, or when the listener returns `false`. While it runs, the last
+     * few characters are held back when they could still begin a stop string, so no piece is
+     * ever taken back; the pieces join to the returned answer. Each token decodes only a short
+     * window of text. An empty stop string is `InvalidInput`.
+     */
+open func generateTextStreaming(adapter: String?, prompt: String, maxNewTokens: UInt32, stopStrings: [String], listener: TextListener)throws  -> String  {
+    return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeModelError_lift) {
+        uniffiCallStatus in
+    uniffi_openledger_mobile_fn_method_ondevicemodel_generate_text_streaming(
+            self.uniffiCloneHandle(),
+        FfiConverterOptionString.lower(adapter),
+        FfiConverterString.lower(prompt),
+        FfiConverterUInt32.lower(maxNewTokens),
+        FfiConverterSequenceString.lower(stopStrings),
+        FfiConverterCallbackInterfaceTextListener_lower(listener),uniffiCallStatus
     )
 })
 }
@@ -3873,6 +3907,147 @@ public func FfiConverterCallbackInterfaceLoadListener_lower(_ v: LoadListener) -
 
 
 /**
+ * Receives the answer of a text generation piece by piece.
+ */
+public protocol TextListener: AnyObject, Sendable {
+    
+    /**
+     * Called with each new piece of the answer (never taken back); return `false` to stop.
+     */
+    func onText(piece: String)  -> Bool
+    
+}
+
+
+// Put the implementation in a struct so we don't pollute the top-level namespace
+fileprivate struct UniffiCallbackInterfaceTextListener {
+
+    // Create the VTable using a series of closures.
+    // Swift automatically converts these into C callback functions.
+    //
+    // Store the vtable directly.
+    static let vtable: UniffiVTableCallbackInterfaceTextListener = UniffiVTableCallbackInterfaceTextListener(
+        uniffiFree: { (uniffiHandle: UInt64) -> () in
+            do {
+                try FfiConverterCallbackInterfaceTextListener.handleMap.remove(handle: uniffiHandle)
+            } catch {
+                print("Uniffi callback interface TextListener: handle missing in uniffiFree")
+            }
+        },
+        uniffiClone: { (uniffiHandle: UInt64) -> UInt64 in
+            do {
+                return try FfiConverterCallbackInterfaceTextListener.handleMap.clone(handle: uniffiHandle)
+            } catch {
+                fatalError("Uniffi callback interface TextListener: handle missing in uniffiClone")
+            }
+        },
+        onText: { (
+            uniffiHandle: UInt64,
+            piece: RustBuffer,
+            uniffiOutReturn: UnsafeMutablePointer<Int8>,
+            uniffiCallStatus: UnsafeMutablePointer<RustCallStatus>
+        ) in
+            let makeCall = {
+                () throws -> Bool in
+                guard let uniffiObj = try? FfiConverterCallbackInterfaceTextListener.handleMap.get(handle: uniffiHandle) else {
+                    throw UniffiInternalError.unexpectedStaleHandle
+                }
+                return uniffiObj.onText(
+                     piece: try FfiConverterString.lift(piece)
+                )
+            }
+
+            
+            let writeReturn = { uniffiOutReturn.pointee = FfiConverterBool.lower($0) }
+            uniffiTraitInterfaceCall(
+                callStatus: uniffiCallStatus,
+                makeCall: makeCall,
+                writeReturn: writeReturn
+            )
+        }
+    )
+
+    // Rust stores this pointer for future callback invocations, so it must live
+    // for the process lifetime (not just for the init function call).
+    //
+    // `nonisolated(unsafe)` is needed under Swift 6 strict concurrency.
+    // This is safe because the pointee is initialized once during static init
+    // and never mutated by either side of the FFI.  Its fields are C function pointers.
+    nonisolated(unsafe) static let vtablePtr: UnsafePointer<UniffiVTableCallbackInterfaceTextListener> = {
+        let ptr = UnsafeMutablePointer<UniffiVTableCallbackInterfaceTextListener>.allocate(capacity: 1)
+        ptr.initialize(to: vtable)
+        return UnsafePointer(ptr)
+    }()
+}
+
+private func uniffiCallbackInitTextListener() {
+    uniffi_openledger_mobile_fn_init_callback_vtable_textlistener(UniffiCallbackInterfaceTextListener.vtablePtr)
+}
+
+// FfiConverter protocol for callback interfaces
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterCallbackInterfaceTextListener {
+    fileprivate static let handleMap = UniffiHandleMap<TextListener>()
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+extension FfiConverterCallbackInterfaceTextListener : FfiConverter {
+    typealias SwiftType = TextListener
+    typealias FfiType = UInt64
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public static func lift(_ handle: UInt64) throws -> SwiftType {
+        try handleMap.get(handle: handle)
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        let handle: UInt64 = try readInt(&buf)
+        return try lift(handle)
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public static func lower(_ v: SwiftType) -> UInt64 {
+        return handleMap.insert(obj: v)
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public static func write(_ v: SwiftType, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(v))
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterCallbackInterfaceTextListener_lift(_ handle: UInt64) throws -> TextListener {
+    return try FfiConverterCallbackInterfaceTextListener.lift(handle)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterCallbackInterfaceTextListener_lower(_ v: TextListener) -> UInt64 {
+    return FfiConverterCallbackInterfaceTextListener.lower(v)
+}
+
+
+
+
+/**
  * Receives generated tokens one at a time.
  */
 public protocol TokenListener: AnyObject, Sendable {
@@ -4766,6 +4941,9 @@ private let initializationResult: InitializationResult = {
     if (uniffi_openledger_mobile_checksum_method_ondevicemodel_generate_text() != 11962) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_openledger_mobile_checksum_method_ondevicemodel_generate_text_streaming() != 6238) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_openledger_mobile_checksum_method_ondevicemodel_set_tokenizer() != 45595) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -4808,11 +4986,15 @@ private let initializationResult: InitializationResult = {
     if (uniffi_openledger_mobile_checksum_method_loadlistener_on_progress() != 36185) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_openledger_mobile_checksum_method_textlistener_on_text() != 49503) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_openledger_mobile_checksum_method_tokenlistener_on_token() != 37147) {
         return InitializationResult.apiChecksumMismatch
     }
 
     uniffiCallbackInitLoadListener()
+    uniffiCallbackInitTextListener()
     uniffiCallbackInitTokenListener()
     return InitializationResult.ok
 }()

@@ -250,6 +250,13 @@ typedef void (*UniffiCallbackInterfaceLoadListenerMethod0)(uint64_t, RustBuffer,
     );
 
 #endif
+#ifndef UNIFFI_FFIDEF_CALLBACK_INTERFACE_TEXT_LISTENER_METHOD0
+#define UNIFFI_FFIDEF_CALLBACK_INTERFACE_TEXT_LISTENER_METHOD0
+typedef void (*UniffiCallbackInterfaceTextListenerMethod0)(uint64_t, RustBuffer, int8_t* _Nonnull, 
+        RustCallStatus *_Nonnull uniffiCallStatus
+    );
+
+#endif
 #ifndef UNIFFI_FFIDEF_CALLBACK_INTERFACE_TOKEN_LISTENER_METHOD0
 #define UNIFFI_FFIDEF_CALLBACK_INTERFACE_TOKEN_LISTENER_METHOD0
 typedef void (*UniffiCallbackInterfaceTokenListenerMethod0)(uint64_t, uint32_t, uint32_t, int8_t* _Nonnull, 
@@ -264,6 +271,15 @@ typedef struct UniffiVTableCallbackInterfaceLoadListener {
     UniffiCallbackInterfaceClone _Nonnull uniffiClone;
     UniffiCallbackInterfaceLoadListenerMethod0 _Nonnull onProgress;
 } UniffiVTableCallbackInterfaceLoadListener;
+
+#endif
+#ifndef UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_TEXT_LISTENER
+#define UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_TEXT_LISTENER
+typedef struct UniffiVTableCallbackInterfaceTextListener {
+    UniffiCallbackInterfaceFree _Nonnull uniffiFree;
+    UniffiCallbackInterfaceClone _Nonnull uniffiClone;
+    UniffiCallbackInterfaceTextListenerMethod0 _Nonnull onText;
+} UniffiVTableCallbackInterfaceTextListener;
 
 #endif
 #ifndef UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_TOKEN_LISTENER
@@ -515,6 +531,11 @@ RustBuffer uniffi_openledger_mobile_fn_method_ondevicemodel_generate_streaming(u
 RustBuffer uniffi_openledger_mobile_fn_method_ondevicemodel_generate_text(uint64_t ptr, RustBuffer adapter, RustBuffer prompt, uint32_t max_new_tokens, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_OPENLEDGER_MOBILE_FN_METHOD_ONDEVICEMODEL_GENERATE_TEXT_STREAMING
+#define UNIFFI_FFIDEF_UNIFFI_OPENLEDGER_MOBILE_FN_METHOD_ONDEVICEMODEL_GENERATE_TEXT_STREAMING
+RustBuffer uniffi_openledger_mobile_fn_method_ondevicemodel_generate_text_streaming(uint64_t ptr, RustBuffer adapter, RustBuffer prompt, uint32_t max_new_tokens, RustBuffer stop_strings, uint64_t listener, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_OPENLEDGER_MOBILE_FN_METHOD_ONDEVICEMODEL_SET_TOKENIZER
 #define UNIFFI_FFIDEF_UNIFFI_OPENLEDGER_MOBILE_FN_METHOD_ONDEVICEMODEL_SET_TOKENIZER
 void uniffi_openledger_mobile_fn_method_ondevicemodel_set_tokenizer(uint64_t ptr, RustBuffer tokenizer_json, RustCallStatus *_Nonnull out_status
@@ -553,6 +574,11 @@ RustBuffer uniffi_openledger_mobile_fn_method_operatorsigner_sign(uint64_t ptr, 
 #ifndef UNIFFI_FFIDEF_UNIFFI_OPENLEDGER_MOBILE_FN_INIT_CALLBACK_VTABLE_LOADLISTENER
 #define UNIFFI_FFIDEF_UNIFFI_OPENLEDGER_MOBILE_FN_INIT_CALLBACK_VTABLE_LOADLISTENER
 void uniffi_openledger_mobile_fn_init_callback_vtable_loadlistener(const UniffiVTableCallbackInterfaceLoadListener* _Nonnull vtable
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_OPENLEDGER_MOBILE_FN_INIT_CALLBACK_VTABLE_TEXTLISTENER
+#define UNIFFI_FFIDEF_UNIFFI_OPENLEDGER_MOBILE_FN_INIT_CALLBACK_VTABLE_TEXTLISTENER
+void uniffi_openledger_mobile_fn_init_callback_vtable_textlistener(const UniffiVTableCallbackInterfaceTextListener* _Nonnull vtable
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_OPENLEDGER_MOBILE_FN_INIT_CALLBACK_VTABLE_TOKENLISTENER
@@ -1220,6 +1246,12 @@ uint16_t uniffi_openledger_mobile_checksum_method_ondevicemodel_generate_text(vo
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_OPENLEDGER_MOBILE_CHECKSUM_METHOD_ONDEVICEMODEL_GENERATE_TEXT_STREAMING
+#define UNIFFI_FFIDEF_UNIFFI_OPENLEDGER_MOBILE_CHECKSUM_METHOD_ONDEVICEMODEL_GENERATE_TEXT_STREAMING
+uint16_t uniffi_openledger_mobile_checksum_method_ondevicemodel_generate_text_streaming(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_OPENLEDGER_MOBILE_CHECKSUM_METHOD_ONDEVICEMODEL_SET_TOKENIZER
 #define UNIFFI_FFIDEF_UNIFFI_OPENLEDGER_MOBILE_CHECKSUM_METHOD_ONDEVICEMODEL_SET_TOKENIZER
 uint16_t uniffi_openledger_mobile_checksum_method_ondevicemodel_set_tokenizer(void
@@ -1301,6 +1333,12 @@ uint16_t uniffi_openledger_mobile_checksum_constructor_operatorsigner_new(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_OPENLEDGER_MOBILE_CHECKSUM_METHOD_LOADLISTENER_ON_PROGRESS
 #define UNIFFI_FFIDEF_UNIFFI_OPENLEDGER_MOBILE_CHECKSUM_METHOD_LOADLISTENER_ON_PROGRESS
 uint16_t uniffi_openledger_mobile_checksum_method_loadlistener_on_progress(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_OPENLEDGER_MOBILE_CHECKSUM_METHOD_TEXTLISTENER_ON_TEXT
+#define UNIFFI_FFIDEF_UNIFFI_OPENLEDGER_MOBILE_CHECKSUM_METHOD_TEXTLISTENER_ON_TEXT
+uint16_t uniffi_openledger_mobile_checksum_method_textlistener_on_text(void
     
 );
 #endif

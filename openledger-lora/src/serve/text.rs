@@ -191,6 +191,12 @@ impl TextPieces {
         &self.text.text()[..self.given]
     }
 
+    /// Whether the text taken in holds a stop string: the answer is then complete (it ends
+    /// before the stop string), and an output being generated can stop.
+    pub fn reached_stop(&self) -> bool {
+        self.end.is_some()
+    }
+
     /// Takes in `output` (the whole output so far, see [`IncrementalText::extend`]) and returns
     /// the next piece of the answer: empty while nothing new is final. An output shorter than
     /// the last one starts over, handing the answer out again from its start. An error from

@@ -653,6 +653,9 @@ internal interface UniffiForeignFutureCompleteVoid : com.sun.jna.Callback {
 internal interface UniffiCallbackInterfaceLoadListenerMethod0 : com.sun.jna.Callback {
     fun callback(`uniffiHandle`: Long,`stage`: RustBuffer.ByValue,`done`: Long,`total`: Long,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,)
 }
+internal interface UniffiCallbackInterfaceTextListenerMethod0 : com.sun.jna.Callback {
+    fun callback(`uniffiHandle`: Long,`piece`: RustBuffer.ByValue,`uniffiOutReturn`: ByteByReference,uniffiCallStatus: UniffiRustCallStatus,)
+}
 internal interface UniffiCallbackInterfaceTokenListenerMethod0 : com.sun.jna.Callback {
     fun callback(`uniffiHandle`: Long,`index`: Int,`token`: Int,`uniffiOutReturn`: ByteByReference,uniffiCallStatus: UniffiRustCallStatus,)
 }
@@ -672,6 +675,25 @@ internal open class UniffiVTableCallbackInterfaceLoadListener(
         `uniffiFree` = other.`uniffiFree`
         `uniffiClone` = other.`uniffiClone`
         `onProgress` = other.`onProgress`
+    }
+
+}
+@Structure.FieldOrder("uniffiFree", "uniffiClone", "onText")
+internal open class UniffiVTableCallbackInterfaceTextListener(
+    @JvmField internal var `uniffiFree`: UniffiCallbackInterfaceFree? = null,
+    @JvmField internal var `uniffiClone`: UniffiCallbackInterfaceClone? = null,
+    @JvmField internal var `onText`: UniffiCallbackInterfaceTextListenerMethod0? = null,
+) : Structure() {
+    class UniffiByValue(
+        `uniffiFree`: UniffiCallbackInterfaceFree? = null,
+        `uniffiClone`: UniffiCallbackInterfaceClone? = null,
+        `onText`: UniffiCallbackInterfaceTextListenerMethod0? = null,
+    ): UniffiVTableCallbackInterfaceTextListener(`uniffiFree`,`uniffiClone`,`onText`,), Structure.ByValue
+
+   internal fun uniffiSetValue(other: UniffiVTableCallbackInterfaceTextListener) {
+        `uniffiFree` = other.`uniffiFree`
+        `uniffiClone` = other.`uniffiClone`
+        `onText` = other.`onText`
     }
 
 }
@@ -819,6 +841,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_openledger_mobile_checksum_method_ondevicemodel_generate_text(
     ): Int
+    external fun uniffi_openledger_mobile_checksum_method_ondevicemodel_generate_text_streaming(
+    ): Int
     external fun uniffi_openledger_mobile_checksum_method_ondevicemodel_set_tokenizer(
     ): Int
     external fun uniffi_openledger_mobile_checksum_method_ondevicemodel_vocab_size(
@@ -847,6 +871,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_openledger_mobile_checksum_method_loadlistener_on_progress(
     ): Int
+    external fun uniffi_openledger_mobile_checksum_method_textlistener_on_text(
+    ): Int
     external fun uniffi_openledger_mobile_checksum_method_tokenlistener_on_token(
     ): Int
     external fun ffi_openledger_mobile_uniffi_contract_version(
@@ -866,6 +892,7 @@ internal object UniffiLib {
     init {
         Native.register(UniffiLib::class.java, findLibraryName(componentName = "openledger_mobile"))
         uniffiCallbackInterfaceLoadListener.register(this)
+        uniffiCallbackInterfaceTextListener.register(this)
         uniffiCallbackInterfaceTokenListener.register(this)
         
     }
@@ -967,6 +994,8 @@ internal object UniffiLib {
     ): RustBuffer.ByValue
     external fun uniffi_openledger_mobile_fn_method_ondevicemodel_generate_text(`ptr`: Long,`adapter`: RustBuffer.ByValue,`prompt`: RustBuffer.ByValue,`maxNewTokens`: Int,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
+    external fun uniffi_openledger_mobile_fn_method_ondevicemodel_generate_text_streaming(`ptr`: Long,`adapter`: RustBuffer.ByValue,`prompt`: RustBuffer.ByValue,`maxNewTokens`: Int,`stopStrings`: RustBuffer.ByValue,`listener`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
     external fun uniffi_openledger_mobile_fn_method_ondevicemodel_set_tokenizer(`ptr`: Long,`tokenizerJson`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
     external fun uniffi_openledger_mobile_fn_method_ondevicemodel_vocab_size(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
@@ -982,6 +1011,8 @@ internal object UniffiLib {
     external fun uniffi_openledger_mobile_fn_method_operatorsigner_sign(`ptr`: Long,`receipt`: RustBuffer.ByValue,`domain`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_openledger_mobile_fn_init_callback_vtable_loadlistener(`vtable`: UniffiVTableCallbackInterfaceLoadListener,
+    ): Unit
+    external fun uniffi_openledger_mobile_fn_init_callback_vtable_textlistener(`vtable`: UniffiVTableCallbackInterfaceTextListener,
     ): Unit
     external fun uniffi_openledger_mobile_fn_init_callback_vtable_tokenlistener(`vtable`: UniffiVTableCallbackInterfaceTokenListener,
     ): Unit
@@ -1294,6 +1325,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_openledger_mobile_checksum_method_ondevicemodel_generate_text() and 0xFFFF) != 11962) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_openledger_mobile_checksum_method_ondevicemodel_generate_text_streaming() and 0xFFFF) != 6238) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_openledger_mobile_checksum_method_ondevicemodel_set_tokenizer() and 0xFFFF) != 45595) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -1334,6 +1368,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_openledger_mobile_checksum_method_loadlistener_on_progress() and 0xFFFF) != 36185) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_openledger_mobile_checksum_method_textlistener_on_text() and 0xFFFF) != 49503) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_openledger_mobile_checksum_method_tokenlistener_on_token() and 0xFFFF) != 37147) {
@@ -2972,6 +3009,17 @@ public interface OnDeviceModelInterface {
     fun `generateText`(`adapter`: kotlin.String?, `prompt`: kotlin.String, `maxNewTokens`: kotlin.UInt): kotlin.String
     
     /**
+     * Greedy continuation of a text prompt, streamed: encodes it (special tokens included)
+     * and hands the answer to `listener` piece by piece as tokens are chosen. It ends at the
+     * first of `stop_strings` to appear (the answer is the text before it), after
+     * `max_new_tokens` tokens, or when the listener returns `false`. While it runs, the last
+     * few characters are held back when they could still begin a stop string, so no piece is
+     * ever taken back; the pieces join to the returned answer. Each token decodes only a short
+     * window of text. An empty stop string is `InvalidInput`.
+     */
+    fun `generateTextStreaming`(`adapter`: kotlin.String?, `prompt`: kotlin.String, `maxNewTokens`: kotlin.UInt, `stopStrings`: List<kotlin.String>, `listener`: TextListener): kotlin.String
+    
+    /**
      * Replaces the tokenizer with one parsed from `tokenizer.json` bytes.
      */
     fun `setTokenizer`(`tokenizerJson`: kotlin.ByteArray)
@@ -3243,6 +3291,34 @@ open class OnDeviceModel: Disposable, AutoCloseable, OnDeviceModelInterface
         FfiConverterOptionalString.lower(`adapter`),
         FfiConverterString.lower(`prompt`),
         FfiConverterUInt.lower(`maxNewTokens`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Greedy continuation of a text prompt, streamed: encodes it (special tokens included)
+     * and hands the answer to `listener` piece by piece as tokens are chosen. It ends at the
+     * first of `stop_strings` to appear (the answer is the text before it), after
+     * `max_new_tokens` tokens, or when the listener returns `false`. While it runs, the last
+     * few characters are held back when they could still begin a stop string, so no piece is
+     * ever taken back; the pieces join to the returned answer. Each token decodes only a short
+     * window of text. An empty stop string is `InvalidInput`.
+     */
+    @Throws(ModelException::class)override fun `generateTextStreaming`(`adapter`: kotlin.String?, `prompt`: kotlin.String, `maxNewTokens`: kotlin.UInt, `stopStrings`: List<kotlin.String>, `listener`: TextListener): kotlin.String {
+            return FfiConverterString.lift(
+    callWithHandle {
+    uniffiRustCallWithError(ModelException) { _status ->
+    UniffiLib.uniffi_openledger_mobile_fn_method_ondevicemodel_generate_text_streaming(
+        it,
+        
+        FfiConverterOptionalString.lower(`adapter`),
+        FfiConverterString.lower(`prompt`),
+        FfiConverterUInt.lower(`maxNewTokens`),
+        FfiConverterSequenceString.lower(`stopStrings`),
+        FfiConverterTypeTextListener.lower(`listener`),_status)
 }
     }
     )
@@ -5368,6 +5444,72 @@ internal object uniffiCallbackInterfaceLoadListener {
  * @suppress
  */
 public object FfiConverterTypeLoadListener: FfiConverterCallbackInterface<LoadListener>()
+
+
+
+
+
+/**
+ * Receives the answer of a text generation piece by piece.
+ */
+public interface TextListener {
+    
+    /**
+     * Called with each new piece of the answer (never taken back); return `false` to stop.
+     */
+    fun `onText`(`piece`: kotlin.String): kotlin.Boolean
+    
+    companion object
+}
+
+
+
+// Put the implementation in an object so we don't pollute the top-level namespace
+internal object uniffiCallbackInterfaceTextListener {
+    internal object `onText`: UniffiCallbackInterfaceTextListenerMethod0 {
+        override fun callback(`uniffiHandle`: Long,`piece`: RustBuffer.ByValue,`uniffiOutReturn`: ByteByReference,uniffiCallStatus: UniffiRustCallStatus,) {
+            val uniffiObj = FfiConverterTypeTextListener.handleMap.get(uniffiHandle)
+            val makeCall = { ->
+                uniffiObj.`onText`(
+                    FfiConverterString.lift(`piece`),
+                )
+            }
+            val writeReturn = { value: kotlin.Boolean -> uniffiOutReturn.setValue(FfiConverterBoolean.lower(value)) }
+            uniffiTraitInterfaceCall(uniffiCallStatus, makeCall, writeReturn)
+        }
+    }
+
+    internal object uniffiFree: UniffiCallbackInterfaceFree {
+        override fun callback(handle: Long) {
+            FfiConverterTypeTextListener.handleMap.remove(handle)
+        }
+    }
+
+    internal object uniffiClone: UniffiCallbackInterfaceClone {
+        override fun callback(handle: Long): Long {
+            return FfiConverterTypeTextListener.handleMap.clone(handle)
+        }
+    }
+
+    internal var vtable = UniffiVTableCallbackInterfaceTextListener.UniffiByValue(
+        uniffiFree,
+        uniffiClone,
+        `onText`,
+    )
+
+    // Registers the foreign callback with the Rust side.
+    // This method is generated for each callback interface.
+    internal fun register(lib: UniffiLib) {
+        lib.uniffi_openledger_mobile_fn_init_callback_vtable_textlistener(vtable)
+    }
+}
+
+/**
+ * The ffiConverter which transforms the Callbacks in to handles to pass to Rust.
+ *
+ * @suppress
+ */
+public object FfiConverterTypeTextListener: FfiConverterCallbackInterface<TextListener>()
 
 
 

@@ -3,6 +3,7 @@ package openledger.mobile
 import java.io.File
 import kotlin.test.Test
 import kotlin.test.assertEquals
+import kotlin.test.assertFailsWith
 import kotlin.test.assertTrue
 
 /**
@@ -97,6 +98,45 @@ class OnDeviceGenerationTest {
             val text = model.generateText("attn-patterns", prompt, 8u)
             assertEquals(want("attn-patterns", 2).joinToString(" ") { "w$it" }, text)
             assertTrue(model.decode(listOf(1u, 2u), false).isNotEmpty())
+        }
+    }
+
+    @Test
+    fun `streamed text ends before the first stop string and is never taken back`() {
+        val vocab = (0 until 320).joinToString(", ") { "\"w$it\": $it" }
+        val tokenizer = """{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+            "normalizer": null, "pre_tokenizer": {"type": "WhitespaceSplit"}, "post_processor": null,
+            "decoder": null, "model": {"type": "WordLevel", "vocab": {$vocab}, "unk_token": "w0"}}"""
+        load().use { model ->
+            model.setTokenizer(tokenizer.toByteArray())
+            val prompt = prompts[2].joinToString(" ") { "w$it" }
+            val words = want("attn-patterns", 2).map { "w$it" }
+            val whole = words.joinToString(" ")
+            // A stop string over the 4th and 5th words: the answer is the text before it.
+            val stop = " " + words[3] + " " + words[4]
+            val pieces = mutableListOf<String>()
+            val listener = object : TextListener {
+                override fun onText(piece: String): Boolean {
+                    pieces.add(piece)
+                    assertTrue(whole.startsWith(pieces.joinToString("")))
+                    return true
+                }
+            }
+            val answer = model.generateTextStreaming("attn-patterns", prompt, 8u, listOf(stop), listener)
+            assertEquals(whole.substring(0, whole.indexOf(stop)), answer)
+            assertEquals(answer, pieces.joinToString(""))
+            // Without stop strings it is generateText, streamed; a listener may stop it.
+            val all = model.generateTextStreaming("attn-patterns", prompt, 8u, listOf(), object : TextListener {
+                override fun onText(piece: String): Boolean = true
+            })
+            assertEquals(model.generateText("attn-patterns", prompt, 8u), all)
+            val first = model.generateTextStreaming("attn-patterns", prompt, 8u, listOf(), object : TextListener {
+                override fun onText(piece: String): Boolean = false
+            })
+            assertEquals(words[0], first)
+            assertFailsWith<ModelException.InvalidInput> {
+                model.generateTextStreaming("attn-patterns", prompt, 8u, listOf(""), listener)
+            }
         }
     }
 }
