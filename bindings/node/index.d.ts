@@ -516,9 +516,10 @@ export declare class TokenStream {
   get text(): string
   /**
    * The answer's text that became final since the last call, for printing a stream as it
-   * comes: while the request runs, its last few characters are held back when they could
-   * still begin a stop string; once the stream has ended, the rest (up to the stop string).
-   * Joined, the pieces are `text` at the end. Throws `Model` without a tokenizer.
+   * comes: while the request runs, an end of the text that could still be the beginning of
+   * a stop string waits, and so does a character whose bytes are not all read; once the
+   * stream has ended, the rest (up to the stop string). Joined, the pieces are `text` at the
+   * end. Throws `Model` without a tokenizer.
    */
   newText(): string
   /** The stop string that ended the request, if one did. */

@@ -96,26 +96,30 @@ fn dec(tok: &Tokenizer) -> impl Fn(&[u32]) -> Result<String, String> + Copy + '_
     move |t| tok.decode(t, true).map_err(|e| e.to_string())
 }
 
-/// Feeds `ids` one token at a time and checks every step against the whole text.
-fn check_against_whole(tok: &Tokenizer, ids: &[u32]) {
+/// Feeds `ids` in batches of the given sizes (cycled; 1 is the engine's token by token) and
+/// checks every step against the whole text.
+fn check_against_whole(tok: &Tokenizer, ids: &[u32], batches: &[usize]) {
     let whole = tok
         .decode(ids, true)
         .unwrap_or_else(|e| panic!("{ids:?}: {e}"));
     let mut text = IncrementalText::new();
     let mut joined = String::new();
-    for n in 1..=ids.len() {
+    let mut n = 0;
+    for &b in batches.iter().cycle() {
+        if n == ids.len() {
+            break;
+        }
+        n = (n + b.max(1)).min(ids.len());
         let piece = text.extend(&ids[..n], dec(tok)).unwrap().to_owned();
         joined.push_str(&piece);
         assert_eq!(joined, text.text());
-        assert!(
-            whole.starts_with(text.text()),
-            "{:?} vs {whole:?}",
-            text.text()
-        );
         let so_far = tok.decode(&ids[..n], true).unwrap();
-        if !so_far.contains('\u{FFFD}') {
-            assert_eq!(text.text(), so_far, "after {n} tokens of {ids:?}");
-        }
+        // Everything but an unfinished character at the end is out.
+        assert_eq!(
+            text.text(),
+            so_far.trim_end_matches('\u{FFFD}'),
+            "after {n} tokens of {ids:?}"
+        );
     }
     let rest = text.finish(ids, dec(tok)).unwrap().to_owned();
     joined.push_str(&rest);
@@ -133,20 +137,22 @@ proptest! {
             0..40,
         ),
         end_at in proptest::option::of(0usize..40),
+        batches in proptest::collection::vec(1usize..5, 1..4),
     ) {
         let tok = byte_level();
         let mut ids = tok.encode(&words.concat(), false).unwrap();
         if let Some(at) = end_at {
             ids.insert(at.min(ids.len()), 260); // a special token, left out of the text
         }
-        check_against_whole(&tok, &ids);
+        check_against_whole(&tok, &ids, &batches);
     }
 
     #[test]
     fn metaspace_pieces_join_to_the_whole_text(
         ids in proptest::collection::vec(1u32..10, 0..40),
+        batches in proptest::collection::vec(1usize..5, 1..4),
     ) {
-        check_against_whole(&metaspace(), &ids);
+        check_against_whole(&metaspace(), &ids, &batches);
     }
 }
 
@@ -211,21 +217,60 @@ fn a_shorter_output_starts_over_and_an_error_changes_nothing() {
 }
 
 #[test]
-fn a_token_that_rewrites_its_context_is_settled_by_the_whole_text() {
-    // "!" upper-cases the whole text before it: the window no longer starts with its
-    // context's text. What was released stays; the whole text's remainder follows it.
+fn a_token_that_rewrites_its_context_cannot_take_released_text_back() {
+    // "c" after "b" merges with it into "X": the window "b" + "c" no longer starts with its
+    // context's text. "ab" was released and stays; the window's new text follows it, and the
+    // text goes on from there.
     let decode = |t: &[u32]| -> Result<String, Infallible> {
-        let s: String = t.iter().map(|&i| ["a", "b", "!"][i as usize]).collect();
-        Ok(if s.ends_with('!') {
-            s.to_uppercase()
-        } else {
-            s
-        })
+        let s: String = t.iter().map(|&i| ["a", "b", "c"][i as usize]).collect();
+        Ok(s.replace("bc", "X"))
     };
     let mut text = IncrementalText::new();
-    assert_eq!(text.extend(&[0, 1], decode).unwrap(), "ab");
-    assert_eq!(text.extend(&[0, 1, 2], decode).unwrap(), "!");
-    assert_eq!(text.text(), "ab!");
+    assert_eq!(text.extend(&[0], decode).unwrap(), "a");
+    assert_eq!(text.extend(&[0, 1], decode).unwrap(), "b");
+    assert_eq!(text.extend(&[0, 1, 2], decode).unwrap(), "X");
+    assert_eq!(text.extend(&[0, 1, 2, 0], decode).unwrap(), "a");
+    assert_eq!(text.text(), "abXa");
+}
+
+#[test]
+fn a_token_with_a_finished_and_an_unfinished_character_releases_the_finished_one() {
+    // Token 1 is "!" and the first byte of "é"; token 2 its second byte.
+    let vocab: [&[u8]; 3] = [b"ab", b"!\xC3", b"\xA9"];
+    let decode = |ids: &[u32]| -> Result<String, Infallible> {
+        let bytes: Vec<u8> = ids
+            .iter()
+            .flat_map(|&i| vocab[i as usize].to_vec())
+            .collect();
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    };
+    let mut text = IncrementalText::new();
+    assert_eq!(text.extend(&[0], decode).unwrap(), "ab");
+    assert_eq!(text.extend(&[0, 1], decode).unwrap(), "!");
+    assert_eq!(text.extend(&[0, 1, 2], decode).unwrap(), "é");
+    // So a stop string ending at the "!" ends the output at that token, even the last one.
+    let p = SamplingParams {
+        stop_strings: vec!["b!".into()],
+        max_new_tokens: 2,
+        ..Default::default()
+    };
+    let d = |t: &[u32]| decode(t).unwrap();
+    let d: &dyn Detokenize = &d;
+    let mut c = StopChecker::new(&p);
+    assert_eq!(c.check(&[0], Some(d)), None);
+    let stop = Some(FinishReason::StopString("b!".into()));
+    assert_eq!(c.check(&[0, 1], Some(d)), stop);
+    assert_eq!(
+        c.check(&[0, 1], Some(d)),
+        stop,
+        "asked again, the same answer"
+    );
+    let mut pieces = TextPieces::new(&p.stop_strings);
+    assert_eq!(pieces.next_piece(&[0], false, decode).unwrap(), "a");
+    assert_eq!(pieces.next_piece(&[0, 1], false, decode).unwrap(), "");
+    assert!(pieces.reached_stop());
+    assert_eq!(pieces.next_piece(&[0, 1], true, decode).unwrap(), "");
+    assert_eq!(pieces.given(), "a");
 }
 
 #[test]
@@ -291,7 +336,9 @@ proptest! {
 
     /// Pieces handed out while an output grows are never taken back, and joined they are the
     /// answer the engine ends with: the text before the earliest stop string once one appears,
-    /// however the stop strings fall across tokens.
+    /// however the stop strings fall across tokens, where the engine's token limit cuts the
+    /// output (in the middle of a character too), and in whatever batches the stream's tokens
+    /// are read.
     #[test]
     fn text_pieces_join_to_the_answer_before_the_first_stop_string(
         words in proptest::collection::vec(
@@ -299,6 +346,8 @@ proptest! {
             1..30,
         ),
         stops in proptest::collection::vec((0usize..200, 1usize..6), 0..3),
+        limit in 1usize..200,
+        batches in proptest::collection::vec(1usize..5, 1..4),
     ) {
         let tok = byte_level();
         let whole_text = words.concat();
@@ -314,57 +363,95 @@ proptest! {
             .collect();
         let params = SamplingParams {
             stop_strings: stop_strings.clone(),
-            max_new_tokens: 1000,
+            max_new_tokens: 1 + limit % ids.len(),
             ..Default::default()
         };
+        // The engine: token by token until a stop string or the token limit.
         let d: &dyn Detokenize = &tok;
         let mut checker = StopChecker::new(&params);
+        let (last, reason) = (1..=ids.len())
+            .find_map(|n| checker.check(&ids[..n], Some(d)).map(|r| (n, r)))
+            .unwrap();
+        // The stream: the tokens read in batches.
+        let out = &ids[..last];
         let mut pieces = TextPieces::new(&stop_strings);
         let mut joined = String::new();
-        let mut end = (ids.len(), None);
-        for n in 1..=ids.len() {
-            joined += pieces.next(&ids[..n], dec(&tok)).unwrap();
-            prop_assert_eq!(joined.as_str(), pieces.given());
-            // What the engine does: stop once the text holds a stop string.
-            if let Some(reason) = checker.check(&ids[..n], Some(d)) {
-                end = (n, Some(reason));
+        let mut n = 0;
+        for &b in batches.iter().cycle() {
+            if n == out.len() {
                 break;
             }
+            n = (n + b).min(out.len());
+            joined += pieces.next_piece(&out[..n], false, dec(&tok)).unwrap();
+            prop_assert_eq!(joined.as_str(), pieces.given());
         }
-        let (last, reason) = end;
-        joined += pieces.finish(&ids[..last], dec(&tok)).unwrap();
-        let text = tok.decode(&ids[..last], true).unwrap();
+        joined += pieces.next_piece(out, true, dec(&tok)).unwrap();
+        let text = tok.decode(out, true).unwrap();
         let earliest = stop_strings.iter().filter_map(|s| text.find(s.as_str())).min();
         let answer = &text[..earliest.unwrap_or(text.len())];
         prop_assert_eq!(joined.as_str(), answer);
         // The engine's reason names that earliest stop string, so the stream's `text` agrees.
-        prop_assert_eq!(earliest.is_some(), reason.is_some());
-        if let Some(reason) = reason {
-            prop_assert_eq!(reason.visible_text(text.clone()), answer);
-        }
+        prop_assert_eq!(earliest.is_some(), matches!(reason, FinishReason::StopString(_)));
+        prop_assert_eq!(reason.visible_text(text.clone()), answer);
     }
 }
 
 #[test]
-fn text_pieces_hold_back_what_may_begin_a_stop_string() {
+fn text_pieces_hold_back_only_what_may_begin_a_stop_string() {
     let words = ["Take", " one", " tablet", ".", "\n", "\n", "Q", ":"];
     let decode = |ids: &[u32]| -> Result<String, Infallible> {
         Ok(ids.iter().map(|&i| words[i as usize]).collect())
     };
     let ids: Vec<u32> = (0..words.len() as u32).collect();
+    let mut pieces = TextPieces::new(&["\n\nQ:".to_string(), "one tablet".to_string()]);
+    let got: Vec<String> = (1..=ids.len())
+        .map(|n| {
+            pieces
+                .next_piece(&ids[..n], false, decode)
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    // "one" could begin "one tablet" and is held; " tablet" completes it, so the answer ends
+    // before it. Nothing after a stop string is handed out.
+    assert_eq!(got, ["Take", " ", "", "", "", "", "", ""]);
+    assert!(pieces.reached_stop());
+    assert_eq!(pieces.next_piece(&ids, true, decode).unwrap(), "");
+    assert_eq!(pieces.given(), "Take ");
+    assert_eq!(pieces.text(), "Take one tablet.\n\nQ:");
+    // Only "\n\nQ:": the newlines wait until "Q" then ":" complete it.
     let mut pieces = TextPieces::new(&["\n\nQ:".to_string()]);
     let got: Vec<String> = (1..=ids.len())
-        .map(|n| pieces.next(&ids[..n], decode).unwrap().to_owned())
+        .map(|n| {
+            pieces
+                .next_piece(&ids[..n], false, decode)
+                .unwrap()
+                .to_owned()
+        })
         .collect();
-    // Three bytes are held back until "\n\nQ:" is whole; then the answer ends before it.
-    assert_eq!(got, ["T", "ake ", "one tab", "l", "e", "t", ".", ""]);
-    assert!(pieces.reached_stop());
-    assert_eq!(pieces.finish(&ids, decode).unwrap(), "");
+    assert_eq!(got, ["Take", " one", " tablet", ".", "", "", "", ""]);
     assert_eq!(pieces.given(), "Take one tablet.");
-    assert_eq!(pieces.text(), "Take one tablet.\n\nQ:");
+    // "\n\nQ" then something else: the held text comes out once it cannot begin one.
+    let mut pieces = TextPieces::new(&["\n\nQ:".to_string()]);
+    let other = [0, 4, 4, 6, 0];
+    let got: Vec<String> = (1..=other.len())
+        .map(|n| {
+            pieces
+                .next_piece(&other[..n], false, decode)
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(got, ["Take", "", "", "", "\n\nQTake"]);
     // Without stop strings nothing is held back.
     let mut all = TextPieces::new(&[]);
-    assert_eq!(all.next(&ids[..2], decode).unwrap(), "Take one");
-    assert_eq!(all.finish(&ids, decode).unwrap(), " tablet.\n\nQ:");
+    assert_eq!(
+        all.next_piece(&ids[..2], false, decode).unwrap(),
+        "Take one"
+    );
+    assert_eq!(
+        all.next_piece(&ids, true, decode).unwrap(),
+        " tablet.\n\nQ:"
+    );
     assert!(!all.reached_stop());
 }

@@ -89,8 +89,7 @@ test('newText hands the answer out in pieces that are never taken back', async (
   const joined = shown.join('')
   assert.equal(joined, stream.text)
   assert.ok(!joined.includes(stop))
-  let so_far = ''
-  for (const piece of shown) assert.ok(stream.text.startsWith((so_far += piece)))
+  assert.ok(shown.slice(0, -1).some((p) => p.length > 0), 'pieces arrive while the request runs')
   assert.equal(stream.newText(), '')
   // Without stop strings nothing is held back: each token's word comes with it.
   const plain = engine.generate(reference.sequences[1], { maxNewTokens: 8 })

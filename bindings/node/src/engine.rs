@@ -542,7 +542,7 @@ impl Engine {
                 sampling: sampling(&o)?,
             };
             let read = Read {
-                text: TextPieces::new(&req.sampling.stop_strings),
+                pieces: TextPieces::new(&req.sampling.stop_strings),
                 ..Read::default()
             };
             let tx = self.sender()?;
@@ -633,8 +633,9 @@ enum End {
 struct Read {
     tokens: Vec<u32>,
     end: Option<End>,
-    /// The text of `tokens`, brought up to date by `text` and `newText`.
-    text: TextPieces,
+    /// The text of `tokens` and what of it `newText` handed out, brought up to date by `text`
+    /// and `newText`.
+    pieces: TextPieces,
 }
 
 type Events = Arc<tokio::sync::Mutex<UnboundedReceiver<Msg>>>;
@@ -795,10 +796,10 @@ impl TokenStream {
             let mut guard = lock(&self.read);
             let read = &mut *guard;
             let decode = |t: &[u32]| tok.decode(t, true).map_err(|e| e.to_string());
-            read.text
+            read.pieces
                 .update(&read.tokens, read.end.is_some(), decode)
                 .map_err(|e| invalid_arg("tokens", e))?;
-            let text = read.text.text().to_owned();
+            let text = read.pieces.text().to_owned();
             Ok(match &read.end {
                 Some(End::Finished(reason, _)) => reason.visible_text(text),
                 _ => text,
@@ -807,9 +808,10 @@ impl TokenStream {
     }
 
     /// The answer's text that became final since the last call, for printing a stream as it
-    /// comes: while the request runs, its last few characters are held back when they could
-    /// still begin a stop string; once the stream has ended, the rest (up to the stop string).
-    /// Joined, the pieces are `text` at the end. Throws `Model` without a tokenizer.
+    /// comes: while the request runs, an end of the text that could still be the beginning of
+    /// a stop string waits, and so does a character whose bytes are not all read; once the
+    /// stream has ended, the rest (up to the stop string). Joined, the pieces are `text` at the
+    /// end. Throws `Model` without a tokenizer.
     #[napi(catch_unwind)]
     pub fn new_text(&self) -> Result<String> {
         crate::error::guard(|| {
@@ -817,10 +819,9 @@ impl TokenStream {
             let mut guard = lock(&self.read);
             let read = &mut *guard;
             let decode = |t: &[u32]| tok.decode(t, true).map_err(|e| e.to_string());
-            let piece = match read.end {
-                Some(_) => read.text.finish(&read.tokens, decode),
-                None => read.text.next(&read.tokens, decode),
-            };
+            let piece = read
+                .pieces
+                .next_piece(&read.tokens, read.end.is_some(), decode);
             Ok(piece.map_err(|e| invalid_arg("tokens", e))?.to_owned())
         })
     }

@@ -505,7 +505,7 @@ impl PyEngine {
                 handle,
                 tokens: Vec::new(),
                 end: None,
-                text: pieces,
+                pieces,
             }),
         })
     }
@@ -565,8 +565,9 @@ struct StreamState {
     handle: RequestHandle,
     tokens: Vec<u32>,
     end: Option<End>,
-    /// The text of `tokens`, brought up to date by `text` and `new_text`.
-    text: TextPieces,
+    /// The text of `tokens` and what of it `new_text` handed out, brought up to date by `text`
+    /// and `new_text`.
+    pieces: TextPieces,
 }
 
 /// What the next read of a stream gives.
@@ -590,7 +591,6 @@ pub struct PyTokenStream {
 }
 
 impl PyTokenStream {
-    /// Waits up to `timeout` (None: for ever) for the next event, GIL released.
     /// The model's tokenizer, or the error saying there is none.
     fn tokenizer(&self) -> Result<&Arc<Tokenizer>> {
         self.tokenizer.as_ref().ok_or_else(|| {
@@ -602,6 +602,7 @@ impl PyTokenStream {
         })
     }
 
+    /// Waits up to `timeout` (None: for ever) for the next event, GIL released.
     fn read(&self, py: Python<'_>, timeout: Option<Duration>) -> Next {
         py.detach(|| {
             let mut st = lock(&self.state);
@@ -687,10 +688,10 @@ impl PyTokenStream {
             let mut guard = lock(&self.state);
             let st = &mut *guard;
             let decode = |t: &[u32]| tok.decode(t, true).map_err(|e| e.to_string());
-            st.text
+            st.pieces
                 .update(&st.tokens, st.end.is_some(), decode)
                 .map_err(|e| invalid_arg("tokens", e))?;
-            let text = st.text.text().to_owned();
+            let text = st.pieces.text().to_owned();
             Ok(match &st.end {
                 Some(End::Finished(reason, _)) => reason.visible_text(text),
                 _ => text,
@@ -699,19 +700,17 @@ impl PyTokenStream {
     }
 
     /// The answer's text that became final since the last call, for printing a stream as it
-    /// comes: while the request runs, its last few characters are held back when they could
-    /// still begin a stop string; once the stream has ended, the rest (up to the stop string).
-    /// Joined, the pieces are `text` at the end. Without a tokenizer: `ModelFormatError`.
+    /// comes: while the request runs, an end of the text that could still be the beginning of
+    /// a stop string waits, and so does a character whose bytes are not all read; once the
+    /// stream has ended, the rest (up to the stop string). Joined, the pieces are `text` at the
+    /// end. Without a tokenizer: `ModelFormatError`.
     fn new_text(&self, py: Python<'_>) -> Result<String> {
         let tok = self.tokenizer()?;
         py.detach(|| {
             let mut guard = lock(&self.state);
             let st = &mut *guard;
             let decode = |t: &[u32]| tok.decode(t, true).map_err(|e| e.to_string());
-            let piece = match st.end {
-                Some(_) => st.text.finish(&st.tokens, decode),
-                None => st.text.next(&st.tokens, decode),
-            };
+            let piece = st.pieces.next_piece(&st.tokens, st.end.is_some(), decode);
             Ok(piece.map_err(|e| invalid_arg("tokens", e))?.to_owned())
         })
     }

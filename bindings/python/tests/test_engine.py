@@ -268,7 +268,7 @@ def test_new_text_hands_the_answer_out_in_pieces_that_are_never_taken_back(text_
         shown.append(s.new_text())  # the rest, once the stream has ended
         assert s.finish_reason == "stop_string"
         assert "".join(shown) == s.text and stop not in s.text
-        assert all(s.text.startswith("".join(shown[: i + 1])) for i in range(len(shown)))
+        assert any(shown[:-1]), "pieces arrive while the request runs"
         assert s.new_text() == ""
         # without stop strings nothing is held back: each token's word comes with it
         s = e.generate(prompt, max_new_tokens=8)

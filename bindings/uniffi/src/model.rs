@@ -171,7 +171,7 @@ impl OnDeviceModel {
     }
 
     /// Greedy continuation of `prompt`: `max_new_tokens` token ids (ties to the lowest id). The
-    /// prompt runs once and each new token once, over a key/value cache.
+    /// prompt runs once, then one token per step, over a key/value cache.
     pub fn generate(
         &self,
         adapter: Option<String>,
@@ -233,10 +233,13 @@ impl OnDeviceModel {
     /// Greedy continuation of a text prompt, streamed: encodes it (special tokens included)
     /// and hands the answer to `listener` piece by piece as tokens are chosen. It ends at the
     /// first of `stop_strings` to appear (the answer is the text before it), after
-    /// `max_new_tokens` tokens, or when the listener returns `false`. While it runs, the last
-    /// few characters are held back when they could still begin a stop string, so no piece is
-    /// ever taken back; the pieces join to the returned answer. Each token decodes only a short
-    /// window of text. An empty stop string is `InvalidInput`.
+    /// `max_new_tokens` tokens, or when the listener returns `false` (it is not called again).
+    /// While it runs, an end of the text that could still be the beginning of a stop string
+    /// waits, so no piece is ever taken back; returns the whole answer, which is the pieces
+    /// joined plus, after a listener stopped it, what was still waiting. Each token decodes
+    /// only a short window of text. The model and its tokenizer stay locked for reading while
+    /// the listener runs: a listener must not attach adapters or set the tokenizer. An empty
+    /// stop string is `InvalidInput`.
     pub fn generate_text_streaming(
         &self,
         adapter: Option<String>,
@@ -258,10 +261,14 @@ impl OnDeviceModel {
             let mut pieces = TextPieces::new(&stop_strings);
             let mut out = Vec::new();
             let mut failed = None;
+            let mut listening = true;
             m.greedy_streaming(adapter, &ids, max_new_tokens as usize, &mut |_, token| {
                 out.push(token);
-                match pieces.next(&out, decode) {
-                    Ok(piece) if !piece.is_empty() && !listener.on_text(piece.to_owned()) => false,
+                match pieces.next_piece(&out, false, decode) {
+                    Ok(piece) if !piece.is_empty() && !listener.on_text(piece.to_owned()) => {
+                        listening = false;
+                        false
+                    }
                     Ok(_) => !pieces.reached_stop(),
                     Err(e) => {
                         failed = Some(e);
@@ -272,8 +279,8 @@ impl OnDeviceModel {
             if let Some(e) = failed {
                 return Err(e);
             }
-            let rest = pieces.finish(&out, decode)?;
-            if !rest.is_empty() {
+            let rest = pieces.next_piece(&out, true, decode)?;
+            if listening && !rest.is_empty() {
                 listener.on_text(rest.to_owned());
             }
             Ok(pieces.given().to_owned())

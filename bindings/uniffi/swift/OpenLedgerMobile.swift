@@ -1288,7 +1288,7 @@ public protocol OnDeviceModelProtocol: AnyObject, Sendable {
     
     /**
      * Greedy continuation of `prompt`: `max_new_tokens` token ids (ties to the lowest id). The
-     * prompt runs once and each new token once, over a key/value cache.
+     * prompt runs once, then one token per step, over a key/value cache.
      */
     func generate(adapter: String?, prompt: [UInt32], maxNewTokens: UInt32) throws  -> [UInt32]
     
@@ -1308,10 +1308,13 @@ public protocol OnDeviceModelProtocol: AnyObject, Sendable {
      * Greedy continuation of a text prompt, streamed: encodes it (special tokens included)
      * and hands the answer to `listener` piece by piece as tokens are chosen. It ends at the
      * first of `stop_strings` to appear (the answer is the text before it), after
-     * `max_new_tokens` tokens, or when the listener returns `false`. While it runs, the last
-     * few characters are held back when they could still begin a stop string, so no piece is
-     * ever taken back; the pieces join to the returned answer. Each token decodes only a short
-     * window of text. An empty stop string is `InvalidInput`.
+     * `max_new_tokens` tokens, or when the listener returns `false` (it is not called again).
+     * While it runs, an end of the text that could still be the beginning of a stop string
+     * waits, so no piece is ever taken back; returns the whole answer, which is the pieces
+     * joined plus, after a listener stopped it, what was still waiting. Each token decodes
+     * only a short window of text. The model and its tokenizer stay locked for reading while
+     * the listener runs: a listener must not attach adapters or set the tokenizer. An empty
+     * stop string is `InvalidInput`.
      */
     func generateTextStreaming(adapter: String?, prompt: String, maxNewTokens: UInt32, stopStrings: [String], listener: TextListener) throws  -> String
     
@@ -1482,7 +1485,7 @@ open func forward(adapter: String?, tokens: [UInt32])throws  -> [Float]  {
     
     /**
      * Greedy continuation of `prompt`: `max_new_tokens` token ids (ties to the lowest id). The
-     * prompt runs once and each new token once, over a key/value cache.
+     * prompt runs once, then one token per step, over a key/value cache.
      */
 open func generate(adapter: String?, prompt: [UInt32], maxNewTokens: UInt32)throws  -> [UInt32]  {
     return try  FfiConverterSequenceUInt32.lift(try rustCallWithError(FfiConverterTypeModelError_lift) {
@@ -1533,10 +1536,13 @@ open func generateText(adapter: String?, prompt: String, maxNewTokens: UInt32)th
      * Greedy continuation of a text prompt, streamed: encodes it (special tokens included)
      * and hands the answer to `listener` piece by piece as tokens are chosen. It ends at the
      * first of `stop_strings` to appear (the answer is the text before it), after
-     * `max_new_tokens` tokens, or when the listener returns `false`. While it runs, the last
-     * few characters are held back when they could still begin a stop string, so no piece is
-     * ever taken back; the pieces join to the returned answer. Each token decodes only a short
-     * window of text. An empty stop string is `InvalidInput`.
+     * `max_new_tokens` tokens, or when the listener returns `false` (it is not called again).
+     * While it runs, an end of the text that could still be the beginning of a stop string
+     * waits, so no piece is ever taken back; returns the whole answer, which is the pieces
+     * joined plus, after a listener stopped it, what was still waiting. Each token decodes
+     * only a short window of text. The model and its tokenizer stay locked for reading while
+     * the listener runs: a listener must not attach adapters or set the tokenizer. An empty
+     * stop string is `InvalidInput`.
      */
 open func generateTextStreaming(adapter: String?, prompt: String, maxNewTokens: UInt32, stopStrings: [String], listener: TextListener)throws  -> String  {
     return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeModelError_lift) {
@@ -4932,7 +4938,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_openledger_mobile_checksum_method_ondevicemodel_forward() != 2674) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_method_ondevicemodel_generate() != 52854) {
+    if (uniffi_openledger_mobile_checksum_method_ondevicemodel_generate() != 55921) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_openledger_mobile_checksum_method_ondevicemodel_generate_streaming() != 9428) {
@@ -4941,7 +4947,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_openledger_mobile_checksum_method_ondevicemodel_generate_text() != 11962) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_method_ondevicemodel_generate_text_streaming() != 6238) {
+    if (uniffi_openledger_mobile_checksum_method_ondevicemodel_generate_text_streaming() != 53718) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_openledger_mobile_checksum_method_ondevicemodel_set_tokenizer() != 45595) {

@@ -511,7 +511,7 @@ impl Model {
 
     /// Greedy decoding of up to `n` tokens after `prompt` (ties go to the lowest token id) with
     /// a [`KvCache`]: the prompt runs once, then each step runs only the token just chosen, so
-    /// `n` tokens cost `prompt + n` token passes instead of a pass over the whole prefix per
+    /// `n` tokens cost `prompt + n − 1` token rows instead of a pass over the whole prefix per
     /// token. `on_token(index, token)` sees each token as soon as it is chosen; returning `false`
     /// stops there (that token is the last one returned).
     pub fn greedy_streaming(

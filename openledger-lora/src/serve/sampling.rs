@@ -23,7 +23,7 @@
 
 use std::borrow::Cow;
 
-use super::text::IncrementalText;
+use super::text::{IncrementalText, earliest_stop};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -331,6 +331,8 @@ pub struct StopChecker {
     longest_stop: usize,
     max_new_tokens: usize,
     text: IncrementalText,
+    /// The stop string found, once one is.
+    found: Option<String>,
 }
 
 impl StopChecker {
@@ -347,6 +349,7 @@ impl StopChecker {
                 .unwrap_or(0),
             max_new_tokens: params.max_new_tokens,
             text: IncrementalText::new(),
+            found: None,
         }
     }
 
@@ -363,10 +366,11 @@ impl StopChecker {
     /// After `output` (the whole output so far) grew: the reason to stop, if any. Stop strings
     /// are searched in the output's text, kept by an [`IncrementalText`]: only the text the new
     /// tokens add is searched, with the end of the earlier text a stop string could begin in, so
-    /// one spanning several tokens is found once its last piece arrives, and a character whose
-    /// bytes span tokens is matched once it is whole. When several appear at once, the reason
-    /// names the one that begins first (the answer ends before it). An output shorter than the
-    /// last one starts over.
+    /// one spanning several tokens is found once its last piece arrives, and one ending just
+    /// before an unfinished character as soon as it is there. When several appear at once, the
+    /// reason names the one that begins first (the answer ends before it). Once a stop string
+    /// is found, every later call names it again; an output shorter than the last one starts
+    /// over.
     pub fn check(
         &mut self,
         output: &[u32],
@@ -375,27 +379,27 @@ impl StopChecker {
         if let Some(d) = detok
             && !self.stop_strings.is_empty()
         {
-            let restarted = output.len() < self.text.tokens_seen();
-            let before = if restarted { 0 } else { self.text.text().len() };
-            let Ok(_) = self.text.extend(output, |t| {
-                Ok::<_, std::convert::Infallible>(d.detokenize(t))
-            });
-            let text = self.text.text();
-            if text.len() > before {
-                let mut from = before.saturating_sub(self.longest_stop.saturating_sub(1));
-                while !text.is_char_boundary(from) {
-                    from -= 1;
+            if output.len() < self.text.tokens_seen() {
+                self.text = IncrementalText::new();
+                self.found = None;
+            }
+            if self.found.is_none() {
+                let before = self.text.text().len();
+                let Ok(_) = self.text.extend(output, |t| {
+                    Ok::<_, std::convert::Infallible>(d.detokenize(t))
+                });
+                let text = self.text.text();
+                if text.len() > before {
+                    let mut from = before.saturating_sub(self.longest_stop.saturating_sub(1));
+                    while !text.is_char_boundary(from) {
+                        from -= 1;
+                    }
+                    self.found =
+                        earliest_stop(&text[from..], &self.stop_strings).map(|(_, s)| s.to_owned());
                 }
-                let tail = &text[from..];
-                // The one that begins first, where the answer ends (the first listed on a tie).
-                let first = self
-                    .stop_strings
-                    .iter()
-                    .filter_map(|s| tail.find(s.as_str()).map(|at| (at, s)))
-                    .min_by_key(|&(at, _)| at);
-                if let Some((_, s)) = first {
-                    return Some(FinishReason::StopString(s.clone()));
-                }
+            }
+            if let Some(s) = &self.found {
+                return Some(FinishReason::StopString(s.clone()));
             }
         }
         (output.len() >= self.max_new_tokens).then_some(FinishReason::MaxNewTokens)

@@ -1,4 +1,7 @@
-//! Detokenizing a growing output a few tokens at a time.
+//! Detokenizing a growing output a few tokens at a time, and handing its answer out in pieces.
+
+/// The replacement character a lossy decode puts where a character's bytes are not all there.
+const UNFINISHED: char = '\u{FFFD}';
 
 /// The text of a growing output, kept up to date a few tokens at a time: each call decodes a
 /// short window (the tokens of the previous piece, then the new ones) instead of the whole
@@ -7,12 +10,18 @@
 ///
 /// The window's older tokens give the new ones their context, so leading spaces (SentencePiece
 /// strips the first token's), word-piece joins and characters whose bytes span tokens come out
-/// as in the whole output's text. While the window's text ends in an unfinished character
-/// (U+FFFD), nothing is released until the token that completes it arrives;
-/// [`finish`](Self::finish) releases what is still held. A window whose text does not start
-/// with its older tokens' text (a tokenizer whose merges reach further back) is settled by
-/// decoding the whole output once. The cost per token is that of the window, so a request's
-/// text costs time linear in its length, not quadratic.
+/// as in the whole output's text. When the window's text ends in an unfinished character
+/// (U+FFFD), the text before it is released and that character waits for the token that
+/// completes it; [`finish`](Self::finish) releases it as it stands. The cost per token is that
+/// of the window, so a request's text costs time linear in its length — except while tokens
+/// add no text at all (skipped special tokens, a character that never completes), when the
+/// window grows until text comes.
+///
+/// A window whose text does not extend its older tokens' text (a tokenizer whose decode of
+/// later tokens changes earlier text) is settled by decoding the whole output: what it holds
+/// beyond the text released so far is released. Released text is never taken back, so if the
+/// whole text no longer starts with it, only the window's text past what it shares with its
+/// context is added.
 ///
 /// ```
 /// use openledger_lora::serve::IncrementalText;
@@ -25,7 +34,7 @@
 /// };
 /// let mut text = IncrementalText::new();
 /// assert_eq!(text.extend(&[0], decode).unwrap(), "caf");
-/// assert_eq!(text.extend(&[0, 1], decode).unwrap(), ""); // half a character: held back
+/// assert_eq!(text.extend(&[0, 1], decode).unwrap(), ""); // half a character: waits
 /// assert_eq!(text.extend(&[0, 1, 2], decode).unwrap(), "é");
 /// assert_eq!(text.extend(&[0, 1, 2, 3], decode).unwrap(), "!");
 /// assert_eq!(text.text(), "café!");
@@ -37,8 +46,12 @@ pub struct IncrementalText {
     seen: usize,
     /// The window starts here: tokens `prefix..read` are context, already in `text`.
     prefix: usize,
-    /// Tokens before this are in `text`.
+    /// The window's tokens from here on are new; their text is in `text` only as far as
+    /// `released` says.
     read: usize,
+    /// Bytes of the new tokens' text already released (the part before an unfinished
+    /// character).
+    released: usize,
 }
 
 impl IncrementalText {
@@ -57,11 +70,11 @@ impl IncrementalText {
         self.seen
     }
 
-    /// Takes in the tokens of `output` not seen yet and returns the text they add (empty while
-    /// they end in an unfinished character). `output` is the whole output: what the last call
-    /// saw followed by new tokens. An output shorter than the last one starts over. `decode` is
-    /// the tokenizer's decode of a token list; its error is returned as is and leaves `self` as
-    /// it was.
+    /// Takes in the tokens of `output` not seen yet and returns the text they add (an
+    /// unfinished character at the end waits for the next call). `output` is the whole output:
+    /// what the last call saw followed by new tokens. An output shorter than the last one starts
+    /// over. `decode` is the tokenizer's decode of a token list; its error is returned as is and
+    /// leaves `self` as it was.
     pub fn extend<E>(
         &mut self,
         output: &[u32],
@@ -100,70 +113,102 @@ impl IncrementalText {
         }
         let before = decode(&output[self.prefix..self.read])?;
         let window = decode(&output[self.prefix..])?;
-        let grew = window.len() > before.len();
-        if hold_unfinished && (!grew || window.ends_with('\u{FFFD}')) {
-            self.seen = output.len();
-            return Ok("");
-        }
-        if grew {
-            match window.strip_prefix(before.as_str()) {
-                Some(piece) => self.text.push_str(piece),
+        let Some(new) = window.strip_prefix(before.as_str()) else {
+            // The new tokens changed their context's text.
+            let whole = decode(output)?;
+            let rest = match whole.strip_prefix(self.text.as_str()) {
+                Some(rest) => rest,
                 None => {
-                    // The new tokens changed their context's text: settle by the whole output.
-                    // Text already released cannot be taken back, so only what the whole text
-                    // holds beyond its length is released.
-                    let whole = decode(output)?;
-                    let from = self.text.len();
-                    if whole.len() > from && whole.is_char_boundary(from) {
-                        self.text.push_str(&whole[from..]);
+                    let mut shared = before
+                        .bytes()
+                        .zip(window.bytes())
+                        .take_while(|(a, b)| a == b)
+                        .count();
+                    while !window.is_char_boundary(shared) {
+                        shared -= 1;
                     }
+                    &window[shared..]
                 }
-            }
+            };
+            self.text.push_str(rest);
+            self.advance(output.len());
+            return Ok(&self.text[start..]);
+        };
+        let unfinished = hold_unfinished && new.ends_with(UNFINISHED);
+        let complete = if unfinished {
+            new.trim_end_matches(UNFINISHED)
+        } else {
+            new
+        };
+        // What was released of it stays as it was (`get` is `None` should the window's text
+        // have changed there).
+        if let Some(more) = complete.get(self.released..).filter(|m| !m.is_empty()) {
+            self.text.push_str(more);
+            self.released = complete.len();
         }
-        self.prefix = self.read;
-        self.read = output.len();
-        self.seen = output.len();
+        if unfinished || new.is_empty() {
+            // The window keeps its tokens: the unfinished character, or tokens with no text
+            // yet, need their context next time.
+            self.seen = output.len();
+        } else {
+            self.advance(output.len());
+        }
         Ok(&self.text[start..])
     }
+
+    /// Makes the tokens up to `len` context: the next window starts with the new tokens just
+    /// released.
+    fn advance(&mut self, len: usize) {
+        self.prefix = self.read;
+        self.read = len;
+        self.seen = len;
+        self.released = 0;
+    }
+}
+
+/// Where the earliest of `stops` begins in `text`, and which it is (the first listed on a tie).
+pub(crate) fn earliest_stop<'s>(text: &str, stops: &'s [String]) -> Option<(usize, &'s str)> {
+    stops
+        .iter()
+        .filter_map(|s| text.find(s.as_str()).map(|at| (at, s.as_str())))
+        .min_by_key(|&(at, _)| at)
 }
 
 /// The answer of a streamed output, handed out in pieces as tokens arrive: the output's
 /// [`IncrementalText`] up to the first stop string, less what may still turn out to begin one.
 ///
-/// While the output runs, the last `longest stop string − 1` bytes are held back (they could
-/// be the start of a stop string the next token completes), so no piece ever has to be taken
-/// back; once a stop string appears, or the output is [finished](Self::finish), the rest up to
-/// the stop string is handed out. The pieces joined are the text the stream ends with: the
-/// whole text, or the text before its first stop string (as
-/// [`FinishReason::visible_text`](super::FinishReason::visible_text) cuts it).
+/// While the output runs, the longest end of the text that is the beginning of a stop string
+/// is held back (the next token could complete it), so no piece ever has to be taken back; once
+/// a stop string appears, or the output has finished, the rest up to the stop string is handed
+/// out. The pieces joined are the text the stream ends with: the whole text, or the text
+/// before its earliest stop string (as [`FinishReason::visible_text`](super::FinishReason::visible_text)
+/// cuts it, with the stop string [`StopChecker`](super::StopChecker) names).
 ///
 /// ```
 /// use openledger_lora::serve::TextPieces;
 ///
-/// let words = ["The", " dose", " is", " 5", " mg.", "\n\n", "Q:"];
+/// let words = ["The", " dose", " is", " 5", " mg.", "\n", "\n", "Q:"];
 /// let decode = |ids: &[u32]| -> Result<String, std::convert::Infallible> {
 ///     Ok(ids.iter().map(|&i| words[i as usize]).collect())
 /// };
 /// let mut pieces = TextPieces::new(&["\n\nQ:".to_string()]);
-/// let mut shown = String::new();
-/// for n in 1..=words.len() {
-///     let ids: Vec<u32> = (0..n as u32).collect();
-///     shown += pieces.next(&ids, decode).unwrap();
-/// }
 /// let ids: Vec<u32> = (0..words.len() as u32).collect();
-/// shown += pieces.finish(&ids, decode).unwrap();
-/// assert_eq!(shown, "The dose is 5 mg.");
+/// let got: Vec<String> = (1..=ids.len())
+///     .map(|n| pieces.next_piece(&ids[..n], false, decode).unwrap().to_owned())
+///     .collect();
+/// // "\n" and "\n\n" could begin the stop string: they wait, then it completes.
+/// assert_eq!(got, ["The", " dose", " is", " 5", " mg.", "", "", ""]);
+/// assert!(pieces.reached_stop());
+/// assert_eq!(pieces.given(), "The dose is 5 mg.");
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct TextPieces {
     text: IncrementalText,
     stop_strings: Vec<String>,
-    /// Bytes held back while the output runs: the longest stop string's, less one.
-    hold: usize,
     /// Bytes of the text handed out.
     given: usize,
-    /// Where the answer ends, once known (a stop string's start, or the finished text's end).
-    end: Option<usize>,
+    /// Where the earliest stop string begins, once one is in the text.
+    stop_at: Option<usize>,
 }
 
 impl TextPieces {
@@ -171,11 +216,6 @@ impl TextPieces {
     pub fn new(stop_strings: &[String]) -> Self {
         Self {
             stop_strings: stop_strings.to_vec(),
-            hold: stop_strings
-                .iter()
-                .map(|s| s.len().saturating_sub(1))
-                .max()
-                .unwrap_or(0),
             ..Self::default()
         }
     }
@@ -194,35 +234,35 @@ impl TextPieces {
     /// Whether the text taken in holds a stop string: the answer is then complete (it ends
     /// before the stop string), and an output being generated can stop.
     pub fn reached_stop(&self) -> bool {
-        self.end.is_some()
+        self.stop_at.is_some()
     }
 
-    /// Takes in `output` (the whole output so far, see [`IncrementalText::extend`]) and returns
-    /// the next piece of the answer: empty while nothing new is final. An output shorter than
-    /// the last one starts over, handing the answer out again from its start. An error from
+    /// Takes in `output` (the whole output so far, see [`IncrementalText::extend`];
+    /// `finished`: it will not grow any more) and returns the next piece of the answer: what
+    /// became final since the last call, empty when nothing did. An output shorter than the
+    /// last one starts over, handing the answer out again from its start. An error from
     /// `decode` is returned as is and leaves `self` as it was.
-    pub fn next<E>(
+    pub fn next_piece<E>(
         &mut self,
         output: &[u32],
+        finished: bool,
         decode: impl FnMut(&[u32]) -> Result<String, E>,
     ) -> Result<&str, E> {
-        self.update(output, false, decode)?;
-        Ok(self.hand_out(false))
+        self.update(output, finished, decode)?;
+        let text = self.text.text();
+        let until = match self.stop_at {
+            Some(at) => at,
+            None if finished => text.len(),
+            None => text.len() - self.held(text),
+        };
+        let from = self.given;
+        self.given = until.max(from);
+        Ok(&self.text.text()[from..self.given])
     }
 
-    /// Takes in `output` once it will not grow any more and returns the rest of the answer.
-    pub fn finish<E>(
-        &mut self,
-        output: &[u32],
-        decode: impl FnMut(&[u32]) -> Result<String, E>,
-    ) -> Result<&str, E> {
-        self.update(output, true, decode)?;
-        Ok(self.hand_out(true))
-    }
-
-    /// Takes in `output` (`finished`: it will not grow any more) without handing anything out,
-    /// to read [`text`](Self::text) up to date; the pieces not handed out yet stay for
-    /// [`next`](Self::next) and [`finish`](Self::finish).
+    /// Takes in `output` as [`next_piece`](Self::next_piece) does without handing anything
+    /// out, to read [`text`](Self::text) up to date; what is not handed out yet stays for the
+    /// next piece.
     pub fn update<E>(
         &mut self,
         output: &[u32],
@@ -240,37 +280,27 @@ impl TextPieces {
         } else {
             self.text.extend(output, decode)?;
         }
-        if self.end.is_none() {
-            // A stop string cannot begin before what was handed out (that much was held back),
-            // so the search starts there.
+        if self.stop_at.is_none() {
+            // A stop string cannot begin before what was handed out (what could begin one was
+            // held back), so the search starts there.
             let rest = &self.text.text()[self.given..];
-            self.end = self
-                .stop_strings
-                .iter()
-                .filter_map(|s| rest.find(s.as_str()))
-                .min()
-                .map(|at| self.given + at);
+            self.stop_at = earliest_stop(rest, &self.stop_strings).map(|(at, _)| self.given + at);
         }
         Ok(())
     }
 
-    /// Hands out what is final of the text taken in: all of it up to the answer's end once that
-    /// is known or the output `finished`, else all but the held-back bytes.
-    fn hand_out(&mut self, finished: bool) -> &str {
-        let text = self.text.text();
-        let until = match self.end {
-            Some(end) => end,
-            None if finished => text.len(),
-            None => {
-                let mut until = text.len().saturating_sub(self.hold).max(self.given);
-                while !text.is_char_boundary(until) {
-                    until -= 1;
-                }
-                until
-            }
-        };
-        let from = self.given;
-        self.given = until.max(from);
-        &self.text.text()[from..self.given]
+    /// Bytes at the end of `text` (past what was handed out) that are the beginning of a stop
+    /// string: the longest such end.
+    fn held(&self, text: &str) -> usize {
+        let open = &text[self.given..];
+        self.stop_strings
+            .iter()
+            .filter_map(|s| {
+                (1..s.len().min(open.len() + 1))
+                    .rev()
+                    .find(|&k| s.is_char_boundary(k) && open.ends_with(&s[..k]))
+            })
+            .max()
+            .unwrap_or(0)
     }
 }

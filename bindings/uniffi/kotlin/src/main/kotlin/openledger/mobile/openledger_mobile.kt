@@ -1316,7 +1316,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_openledger_mobile_checksum_method_ondevicemodel_forward() and 0xFFFF) != 2674) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_method_ondevicemodel_generate() and 0xFFFF) != 52854) {
+    if ((lib.uniffi_openledger_mobile_checksum_method_ondevicemodel_generate() and 0xFFFF) != 55921) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_openledger_mobile_checksum_method_ondevicemodel_generate_streaming() and 0xFFFF) != 9428) {
@@ -1325,7 +1325,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_openledger_mobile_checksum_method_ondevicemodel_generate_text() and 0xFFFF) != 11962) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_method_ondevicemodel_generate_text_streaming() and 0xFFFF) != 6238) {
+    if ((lib.uniffi_openledger_mobile_checksum_method_ondevicemodel_generate_text_streaming() and 0xFFFF) != 53718) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_openledger_mobile_checksum_method_ondevicemodel_set_tokenizer() and 0xFFFF) != 45595) {
@@ -2992,7 +2992,7 @@ public interface OnDeviceModelInterface {
     
     /**
      * Greedy continuation of `prompt`: `max_new_tokens` token ids (ties to the lowest id). The
-     * prompt runs once and each new token once, over a key/value cache.
+     * prompt runs once, then one token per step, over a key/value cache.
      */
     fun `generate`(`adapter`: kotlin.String?, `prompt`: List<kotlin.UInt>, `maxNewTokens`: kotlin.UInt): List<kotlin.UInt>
     
@@ -3012,10 +3012,13 @@ public interface OnDeviceModelInterface {
      * Greedy continuation of a text prompt, streamed: encodes it (special tokens included)
      * and hands the answer to `listener` piece by piece as tokens are chosen. It ends at the
      * first of `stop_strings` to appear (the answer is the text before it), after
-     * `max_new_tokens` tokens, or when the listener returns `false`. While it runs, the last
-     * few characters are held back when they could still begin a stop string, so no piece is
-     * ever taken back; the pieces join to the returned answer. Each token decodes only a short
-     * window of text. An empty stop string is `InvalidInput`.
+     * `max_new_tokens` tokens, or when the listener returns `false` (it is not called again).
+     * While it runs, an end of the text that could still be the beginning of a stop string
+     * waits, so no piece is ever taken back; returns the whole answer, which is the pieces
+     * joined plus, after a listener stopped it, what was still waiting. Each token decodes
+     * only a short window of text. The model and its tokenizer stay locked for reading while
+     * the listener runs: a listener must not attach adapters or set the tokenizer. An empty
+     * stop string is `InvalidInput`.
      */
     fun `generateTextStreaming`(`adapter`: kotlin.String?, `prompt`: kotlin.String, `maxNewTokens`: kotlin.UInt, `stopStrings`: List<kotlin.String>, `listener`: TextListener): kotlin.String
     
@@ -3236,7 +3239,7 @@ open class OnDeviceModel: Disposable, AutoCloseable, OnDeviceModelInterface
     
     /**
      * Greedy continuation of `prompt`: `max_new_tokens` token ids (ties to the lowest id). The
-     * prompt runs once and each new token once, over a key/value cache.
+     * prompt runs once, then one token per step, over a key/value cache.
      */
     @Throws(ModelException::class)override fun `generate`(`adapter`: kotlin.String?, `prompt`: List<kotlin.UInt>, `maxNewTokens`: kotlin.UInt): List<kotlin.UInt> {
             return FfiConverterSequenceUInt.lift(
@@ -3302,10 +3305,13 @@ open class OnDeviceModel: Disposable, AutoCloseable, OnDeviceModelInterface
      * Greedy continuation of a text prompt, streamed: encodes it (special tokens included)
      * and hands the answer to `listener` piece by piece as tokens are chosen. It ends at the
      * first of `stop_strings` to appear (the answer is the text before it), after
-     * `max_new_tokens` tokens, or when the listener returns `false`. While it runs, the last
-     * few characters are held back when they could still begin a stop string, so no piece is
-     * ever taken back; the pieces join to the returned answer. Each token decodes only a short
-     * window of text. An empty stop string is `InvalidInput`.
+     * `max_new_tokens` tokens, or when the listener returns `false` (it is not called again).
+     * While it runs, an end of the text that could still be the beginning of a stop string
+     * waits, so no piece is ever taken back; returns the whole answer, which is the pieces
+     * joined plus, after a listener stopped it, what was still waiting. Each token decodes
+     * only a short window of text. The model and its tokenizer stay locked for reading while
+     * the listener runs: a listener must not attach adapters or set the tokenizer. An empty
+     * stop string is `InvalidInput`.
      */
     @Throws(ModelException::class)override fun `generateTextStreaming`(`adapter`: kotlin.String?, `prompt`: kotlin.String, `maxNewTokens`: kotlin.UInt, `stopStrings`: List<kotlin.String>, `listener`: TextListener): kotlin.String {
             return FfiConverterString.lift(

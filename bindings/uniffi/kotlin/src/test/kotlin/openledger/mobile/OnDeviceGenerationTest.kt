@@ -134,6 +134,19 @@ class OnDeviceGenerationTest {
                 override fun onText(piece: String): Boolean = false
             })
             assertEquals(words[0], first)
+            // A listener that said stop is not called again, even with text still waiting: the
+            // first word's last character could begin this stop string, so it waits.
+            var calls = 0
+            val waits = words[0].last() + " never generated"
+            val stopped = model.generateTextStreaming("attn-patterns", prompt, 8u, listOf(waits), object : TextListener {
+                override fun onText(piece: String): Boolean {
+                    calls += 1
+                    assertEquals(words[0].dropLast(1), piece)
+                    return false
+                }
+            })
+            assertEquals(1, calls)
+            assertEquals(words[0], stopped) // the answer includes what was waiting
             assertFailsWith<ModelException.InvalidInput> {
                 model.generateTextStreaming("attn-patterns", prompt, 8u, listOf(""), listener)
             }
