@@ -1,7 +1,9 @@
 //! The serving machinery of the engine, independent of any particular model: a paged KV cache
 //! and paged attention, token sampling, a continuous-batching scheduler that drives any
-//! [`StepModel`] while requests for different adapters join and leave, and token streaming with
-//! cancellation and per-request statistics.
+//! [`StepModel`] while requests for different adapters join and leave, token streaming with
+//! cancellation and per-request statistics, and an output's text kept a few tokens at a time
+//! ([`IncrementalText`]) for stop strings and for handing an answer out in pieces
+//! ([`TextPieces`]).
 //!
 //! ```
 //! use openledger_lora::serve::*;
