@@ -396,6 +396,20 @@ proptest! {
     }
 }
 
+/// The piece `pieces` hands out after each token of `ids`, read one at a time.
+fn pieces_token_by_token(
+    pieces: &mut TextPieces,
+    ids: &[u32],
+    decode: impl Fn(&[u32]) -> Result<String, Infallible> + Copy,
+) -> Vec<String> {
+    (1..=ids.len())
+        .map(|n| {
+            let piece = pieces.next_piece(&ids[..n], false, decode);
+            piece.unwrap().to_owned()
+        })
+        .collect()
+}
+
 #[test]
 fn text_pieces_hold_back_only_what_may_begin_a_stop_string() {
     let words = ["Take", " one", " tablet", ".", "\n", "\n", "Q", ":"];
@@ -404,14 +418,7 @@ fn text_pieces_hold_back_only_what_may_begin_a_stop_string() {
     };
     let ids: Vec<u32> = (0..words.len() as u32).collect();
     let mut pieces = TextPieces::new(&["\n\nQ:".to_string(), "one tablet".to_string()]);
-    let got: Vec<String> = (1..=ids.len())
-        .map(|n| {
-            pieces
-                .next_piece(&ids[..n], false, decode)
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
+    let got = pieces_token_by_token(&mut pieces, &ids, decode);
     // "one" could begin "one tablet" and is held; " tablet" completes it, so the answer ends
     // before it. Nothing after a stop string is handed out.
     assert_eq!(got, ["Take", " ", "", "", "", "", "", ""]);
@@ -421,27 +428,13 @@ fn text_pieces_hold_back_only_what_may_begin_a_stop_string() {
     assert_eq!(pieces.text(), "Take one tablet.\n\nQ:");
     // Only "\n\nQ:": the newlines wait until "Q" then ":" complete it.
     let mut pieces = TextPieces::new(&["\n\nQ:".to_string()]);
-    let got: Vec<String> = (1..=ids.len())
-        .map(|n| {
-            pieces
-                .next_piece(&ids[..n], false, decode)
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
+    let got = pieces_token_by_token(&mut pieces, &ids, decode);
     assert_eq!(got, ["Take", " one", " tablet", ".", "", "", "", ""]);
     assert_eq!(pieces.given(), "Take one tablet.");
     // "\n\nQ" then something else: the held text comes out once it cannot begin one.
     let mut pieces = TextPieces::new(&["\n\nQ:".to_string()]);
     let other = [0, 4, 4, 6, 0];
-    let got: Vec<String> = (1..=other.len())
-        .map(|n| {
-            pieces
-                .next_piece(&other[..n], false, decode)
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
+    let got = pieces_token_by_token(&mut pieces, &other, decode);
     assert_eq!(got, ["Take", "", "", "", "\n\nQTake"]);
     // Without stop strings nothing is held back.
     let mut all = TextPieces::new(&[]);

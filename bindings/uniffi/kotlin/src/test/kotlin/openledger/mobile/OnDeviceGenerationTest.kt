@@ -84,15 +84,18 @@ class OnDeviceGenerationTest {
         }
     }
 
+    /** A word-level tokenizer whose word "w<i>" is token i, so text and ids map one to one. */
+    private fun wordTokenizer(): ByteArray {
+        val vocab = (0 until 320).joinToString(", ") { "\"w$it\": $it" }
+        return """{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+            "normalizer": null, "pre_tokenizer": {"type": "WhitespaceSplit"}, "post_processor": null,
+            "decoder": null, "model": {"type": "WordLevel", "vocab": {$vocab}, "unk_token": "w0"}}""".toByteArray()
+    }
+
     @Test
     fun `text generation goes through the tokenizer`() {
-        // A word-level tokenizer whose word "w<i>" is token i, so text and ids map one to one.
-        val vocab = (0 until 320).joinToString(", ") { "\"w$it\": $it" }
-        val tokenizer = """{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
-            "normalizer": null, "pre_tokenizer": {"type": "WhitespaceSplit"}, "post_processor": null,
-            "decoder": null, "model": {"type": "WordLevel", "vocab": {$vocab}, "unk_token": "w0"}}"""
         load().use { model ->
-            model.setTokenizer(tokenizer.toByteArray())
+            model.setTokenizer(wordTokenizer())
             val prompt = prompts[2].joinToString(" ") { "w$it" }
             assertEquals(prompts[2], model.encode(prompt, true))
             val text = model.generateText("attn-patterns", prompt, 8u)
@@ -103,12 +106,8 @@ class OnDeviceGenerationTest {
 
     @Test
     fun `streamed text ends before the first stop string and is never taken back`() {
-        val vocab = (0 until 320).joinToString(", ") { "\"w$it\": $it" }
-        val tokenizer = """{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
-            "normalizer": null, "pre_tokenizer": {"type": "WhitespaceSplit"}, "post_processor": null,
-            "decoder": null, "model": {"type": "WordLevel", "vocab": {$vocab}, "unk_token": "w0"}}"""
         load().use { model ->
-            model.setTokenizer(tokenizer.toByteArray())
+            model.setTokenizer(wordTokenizer())
             val prompt = prompts[2].joinToString(" ") { "w$it" }
             val words = want("attn-patterns", 2).map { "w$it" }
             val whole = words.joinToString(" ")
