@@ -12,7 +12,7 @@
 
 use openledger_benches::synthetic::{self, VOCAB};
 use openledger_benches::{Report, median_secs};
-use openledger_lora::model::{AdapterId, SeqInput};
+use openledger_lora::model::{AdapterId, SeqInput, greedy_token};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -90,11 +90,7 @@ fn main() {
                     tokens: &tokens,
                 }])
                 .expect("forward");
-            let last = &logits[0][(tokens.len() - 1) * VOCAB..];
-            let best = (0..VOCAB)
-                .max_by(|&a, &b| last[a].total_cmp(&last[b]).then(b.cmp(&a)))
-                .unwrap_or(0);
-            tokens.push(best as u32);
+            tokens.push(greedy_token(&logits[0][(tokens.len() - 1) * VOCAB..]));
         }
         tokens
     });

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use openledger_lora::adapter::{LoadOptions, LoraAdapter};
-use openledger_lora::model::{AdapterId, Model, SeqInput};
+use openledger_lora::model::{AdapterId, Model, SeqInput, greedy_token};
 use openledger_lora::tensors::read_safetensors;
 
 const TOL: f32 = 1e-4;
@@ -240,11 +240,7 @@ fn greedy_recomputed(
                 tokens: &tokens,
             }])
             .unwrap();
-        let last = &logits[0][(tokens.len() - 1) * vocab..];
-        let best = (0..vocab)
-            .max_by(|&a, &b| last[a].total_cmp(&last[b]).then(b.cmp(&a)))
-            .unwrap();
-        tokens.push(best as u32);
+        tokens.push(greedy_token(&logits[0][(tokens.len() - 1) * vocab..]));
     }
     tokens.split_off(prompt.len())
 }

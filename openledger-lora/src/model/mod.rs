@@ -531,10 +531,7 @@ impl Model {
         for index in 0..n {
             let logits = self.forward_cached(&mut [(&next[..], &mut cache)])?;
             let rows = &logits[0];
-            let last = &rows[rows.len() - vocab..];
-            let best = (0..vocab)
-                .max_by(|&a, &b| last[a].total_cmp(&last[b]).then(b.cmp(&a)))
-                .unwrap_or(0) as u32;
+            let best = greedy_token(&rows[rows.len() - vocab..]);
             out.push(best);
             if !on_token(index, best) {
                 break;
@@ -543,4 +540,12 @@ impl Model {
         }
         Ok(out)
     }
+}
+
+/// The greedy choice from one row of logits: the id of the highest logit (ties go to the lowest
+/// id; `total_cmp` order, so a NaN counts as the highest). Empty logits give 0.
+pub fn greedy_token(logits: &[f32]) -> u32 {
+    (0..logits.len())
+        .max_by(|&a, &b| logits[a].total_cmp(&logits[b]).then(b.cmp(&a)))
+        .unwrap_or(0) as u32
 }

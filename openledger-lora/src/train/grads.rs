@@ -8,6 +8,7 @@ use super::data::{Example, validate};
 use super::error::TrainError;
 use super::net::Mode;
 use super::trainer::{ParamSlice, Trainer, host};
+use crate::model::greedy_token;
 
 impl Trainer {
     /// The trainable tensors in the fixed order of every flattened vector the trainer returns:
@@ -198,11 +199,7 @@ impl Trainer {
         let mut tokens = prompt.to_vec();
         for _ in 0..n {
             let logits = self.forward(&[&tokens])?;
-            let last = &logits[0][(tokens.len() - 1) * vocab..];
-            let best = (0..vocab)
-                .max_by(|&a, &b| last[a].total_cmp(&last[b]).then(b.cmp(&a)))
-                .unwrap_or(0);
-            tokens.push(best as u32);
+            tokens.push(greedy_token(&logits[0][(tokens.len() - 1) * vocab..]));
         }
         Ok(tokens.split_off(prompt.len()))
     }
