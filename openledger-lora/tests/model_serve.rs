@@ -4,8 +4,9 @@
 //! chunked prefill, and again through a block pool so small that sequences are preempted, each
 //! reproduce PEFT's 8 greedy tokens; the step's logits equal PEFT's to 1e-4 absolute.
 
+mod tiny_llama;
+
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use openledger_lora::adapter::{LoadOptions, LoraAdapter};
 use openledger_lora::model::{Model, PagedError, PagedModel};
@@ -15,14 +16,11 @@ use openledger_lora::serve::{
     Request, RequestError, RequestHandle, RequestId, SamplingParams, SeqId, SeqInput, StepBatch,
 };
 use openledger_lora::tensors::read_safetensors;
+use tiny_llama::{fixture, reference_json, u32s};
 
 const TOL: f32 = 1e-4;
 const NAMES: [&str; 4] = ["base", "qv-r4", "all-r8-rslora", "attn-patterns"];
 const NEW_TOKENS: usize = 8;
-
-fn fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/peft/tiny-llama")
-}
 
 fn adapter_id(name: &str) -> Option<AdapterId> {
     (name != "base").then(|| AdapterId::new(name).unwrap())
@@ -37,18 +35,6 @@ fn paged_model() -> PagedModel {
         paged.attach(adapter_id(name).unwrap(), &adapter).unwrap();
     }
     paged
-}
-
-fn reference_json() -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(fixture().join("reference.json")).unwrap()).unwrap()
-}
-
-fn u32s(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_u64().unwrap() as u32)
-        .collect()
 }
 
 fn sequences() -> Vec<Vec<u32>> {

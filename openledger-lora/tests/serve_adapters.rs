@@ -7,7 +7,8 @@
 //! memory stays bounded; an adapter still loading does not stall the sequences decoding; and a
 //! detached adapter frees its prepared copies and its slot.
 
-use std::path::PathBuf;
+mod tiny_llama;
+
 use std::sync::{Arc, Condvar, Mutex};
 
 use openledger_core::DType;
@@ -19,39 +20,11 @@ use openledger_lora::pool::{
     AdapterBytes, AdapterId, AdapterPool, AdapterSource, Source, SourceError,
 };
 use openledger_lora::serve::{
-    Engine, EngineConfig, Event, FinishReason, KvDtype, Preemption, Request, RequestError,
-    RequestHandle, SamplingParams,
+    Engine, EngineConfig, Event, FinishReason, KvDtype, Preemption, RequestError, RequestHandle,
 };
+use tiny_llama::{fixture, id, peft_greedy, request, sequence};
 
 const NEW_TOKENS: usize = 8;
-
-fn fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/peft/tiny-llama")
-}
-
-fn id(name: &str) -> AdapterId {
-    AdapterId::new(name).unwrap()
-}
-
-fn reference_json() -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(fixture().join("reference.json")).unwrap()).unwrap()
-}
-
-fn u32s(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn sequence(i: usize) -> Vec<u32> {
-    u32s(&reference_json()["sequences"][i])
-}
-
-fn peft_greedy(key: &str) -> Vec<u32> {
-    u32s(&reference_json()["greedy"][key])
-}
 
 fn config(paged: &PagedModel, max_running: usize) -> EngineConfig {
     EngineConfig {
@@ -62,17 +35,6 @@ fn config(paged: &PagedModel, max_running: usize) -> EngineConfig {
         max_context: 32,
         preemption: Preemption::Recompute,
         kv_dtype: KvDtype::F32,
-    }
-}
-
-fn request(prompt: Vec<u32>, adapter: Option<&str>, max_new_tokens: usize) -> Request {
-    Request {
-        prompt,
-        adapter: adapter.map(id),
-        sampling: SamplingParams {
-            max_new_tokens,
-            ..Default::default()
-        },
     }
 }
 

@@ -5,17 +5,14 @@
 //! With the folder's `tokenizer.json` the engine also takes text prompts, stops on stop strings
 //! and gives each stream's text.
 //!
-//! The engine thread owns the Rust `Engine`; JavaScript calls reach it through a command channel,
-//! and each request's events are pushed into a channel its stream awaits on napi's runtime, so
-//! the event loop never waits for a step.
+//! `openledger_lora::model::ServedModel` runs the Rust `Engine` on its thread and takes
+//! commands between steps; requests are submitted without waiting, and each request's events
+//! are pushed into a channel its stream awaits on napi's runtime, so the event loop never waits
+//! for a step.
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
-use std::time::Duration;
 
 use napi::Either;
 use napi::bindgen_prelude::Either3;
@@ -24,14 +21,15 @@ use napi::bindgen_prelude::{
 };
 use napi_derive::napi;
 use openledger_lora::adapter::{LoadOptions, LoraAdapter as RustAdapter};
-use openledger_lora::model::{Model, ModelError, PagedModel, TOKENIZER_FILE, Tokenizer};
-use openledger_lora::pool::{AdapterId, AdapterPool as RustPool};
-use openledger_lora::serve::{
-    AdapterReadiness, CancelHandle, Engine as RustEngine, EngineConfig as RustConfig, Event,
-    FinishReason, KvDtype, Preemption, Readiness, Request, RequestError, RequestStats as RustStats,
-    SamplingParams, TextPieces,
+use openledger_lora::model::{
+    FaultWatch, ModelError, PendingCancel, ServeOptions, ServedError, ServedModel, TOKENIZER_FILE,
+    Tokenizer,
 };
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use openledger_lora::serve::{
+    Event, FinishReason, Request, RequestError, RequestStats as RustStats, SamplingParams,
+    TextPieces,
+};
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
 use crate::adapters::LoraAdapter;
 use crate::error::{self, Error, ErrorCode, JsResult, Result, ToJs, closed, invalid_arg};
@@ -39,147 +37,8 @@ use crate::pool::{AdapterPool, id as adapter_id};
 use crate::progress::{Progress, ProgressFn};
 use crate::task::{VoidTask, count, task};
 
-/// Adapters attached to the model directly are always ready; the others are the pool's.
-struct Adapters {
-    attached: HashSet<AdapterId>,
-    pool: Option<RustPool<RustAdapter>>,
-}
-
-impl AdapterReadiness for Adapters {
-    fn readiness(&mut self, adapter: &AdapterId) -> Readiness {
-        match (&mut self.pool, self.attached.contains(adapter)) {
-            (_, true) => Readiness::Ready,
-            (Some(pool), false) => pool.readiness(adapter),
-            (None, false) => Readiness::Unknown,
-        }
-    }
-
-    fn acquire(&mut self, adapter: &AdapterId) -> Readiness {
-        match (&mut self.pool, self.attached.contains(adapter)) {
-            (_, true) => Readiness::Ready,
-            (Some(pool), false) => pool.acquire(adapter),
-            (None, false) => Readiness::Unknown,
-        }
-    }
-
-    fn release(&mut self, adapter: &AdapterId) {
-        if let (Some(pool), false) = (&mut self.pool, self.attached.contains(adapter)) {
-            pool.release(adapter);
-        }
-    }
-}
-
-type Inner = RustEngine<PagedModel, Adapters>;
-
-/// What a stream receives from the engine thread.
-enum Msg {
-    Event(Event),
-}
-
-/// The cancel handle of a request, which the engine thread fills in when it takes the request,
-/// and whether cancellation was asked for before that.
-#[derive(Default)]
-struct CancelSlot {
-    handle: Option<CancelHandle>,
-    requested: bool,
-}
-
-enum Command {
-    Submit(Request, UnboundedSender<Msg>, Arc<Mutex<CancelSlot>>),
-    Attach(AdapterId, Arc<RustAdapter>, Sender<Result<()>>),
-    Adapters(Sender<Vec<String>>),
-}
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// What the engine thread left behind when it stopped on a bug.
-type Fault = Arc<Mutex<Option<String>>>;
-
-/// Runs the engine until the command channel closes, then drops it (streams still open end
-/// with a `Closed` error; adapters it held are released). A panic stops the engine: its
-/// message is kept in `fault` and open streams end with a `Panic` error.
-fn drive(engine: Inner, commands: Receiver<Command>, fault: Fault) {
-    let mut engine = engine;
-    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        drive_loop(&mut engine, &commands)
-    }));
-    if let Err(p) = run {
-        *lock(&fault) = Some(error::panic_error(p).reason);
-    }
-}
-
-fn drive_loop(engine: &mut Inner, commands: &Receiver<Command>) {
-    loop {
-        let cmd = if engine.pending() == 0 {
-            match commands.recv() {
-                Ok(c) => Some(c),
-                Err(_) => return,
-            }
-        } else {
-            match commands.try_recv() {
-                Ok(c) => Some(c),
-                Err(mpsc::TryRecvError::Empty) => None,
-                Err(mpsc::TryRecvError::Disconnected) => return,
-            }
-        };
-        if let Some(cmd) = cmd {
-            handle(engine, cmd);
-            continue; // take every queued command before the next step
-        }
-        match engine.step() {
-            // Every pending request waits on an adapter load: wait a little for commands.
-            Ok(r) if r.batch_seqs == 0 && r.ended == 0 && r.preempted == 0 => {
-                match commands.recv_timeout(Duration::from_millis(1)) {
-                    Ok(cmd) => handle(engine, cmd),
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => return,
-                }
-            }
-            // A failed forward pass failed the requests of its batch; the others go on.
-            Ok(_) | Err(_) => {}
-        }
-    }
-}
-
-fn handle(engine: &mut Inner, cmd: Command) {
-    match cmd {
-        Command::Submit(req, events, slot) => {
-            if let Some(id) = &req.adapter {
-                let r = engine.readiness();
-                let known =
-                    r.attached.contains(id) || r.pool.as_ref().is_some_and(|p| p.is_registered(id));
-                if !known {
-                    let error = RequestError::UnknownAdapter {
-                        adapter: id.clone(),
-                    };
-                    let stats = RustStats::default();
-                    let _ = events.send(Msg::Event(Event::Failed { error, stats }));
-                    return;
-                }
-            }
-            let (_, cancel) = engine.submit_with_callback(req, move |e| {
-                let _ = events.send(Msg::Event(e.clone()));
-            });
-            let mut slot = lock(&slot);
-            if slot.requested {
-                cancel.cancel();
-            }
-            slot.handle = Some(cancel);
-        }
-        Command::Attach(id, adapter, reply) => {
-            let r = engine.model_mut().attach(id.clone(), &adapter).map(|_| ());
-            if r.is_ok() {
-                engine.readiness_mut().attached.insert(id);
-            }
-            let _ = reply.send(r.js());
-        }
-        Command::Adapters(reply) => {
-            let names = engine.model().model().adapter_names();
-            let _ = reply.send(names.into_iter().map(str::to_string).collect());
-        }
-    }
 }
 
 /// Limits of an engine; every field is optional.
@@ -215,13 +74,8 @@ task!(
 /// different adapters are batched into the same forward passes.
 #[napi]
 pub struct Engine {
-    commands: Mutex<Option<Sender<Command>>>,
-    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
-    fault: Fault,
-    vocab_size: u32,
-    max_context: u32,
+    inner: Arc<ServedModel>,
     model_dir: String,
-    tokenizer: Option<Arc<Tokenizer>>,
 }
 
 /// `what` needs a tokenizer the model folder `dir` lacks: a `Model` error saying so.
@@ -235,26 +89,8 @@ fn no_tokenizer(dir: &str, what: &str) -> Error {
 
 impl Engine {
     fn tokenizer(&self, what: &str) -> Result<&Arc<Tokenizer>> {
-        self.tokenizer
-            .as_ref()
-            .ok_or_else(|| no_tokenizer(&self.model_dir, what))
+        self.inner.require_tokenizer(what).map_err(|e| e.to_js())
     }
-
-    fn sender(&self) -> Result<Sender<Command>> {
-        if let Some(f) = lock(&self.fault).as_ref() {
-            return Err(Error::new(ErrorCode::Panic, f.clone()));
-        }
-        lock(&self.commands)
-            .clone()
-            .ok_or_else(|| closed("the engine"))
-    }
-}
-
-/// Sends `cmd` and waits for its answer (on a worker thread).
-fn call<T>(tx: &Sender<Command>, make: impl FnOnce(Sender<T>) -> Command) -> Result<T> {
-    let (reply, answer) = mpsc::channel();
-    tx.send(make(reply)).map_err(|_| closed("the engine"))?;
-    answer.recv().map_err(|_| closed("the engine"))
 }
 
 /// How one request samples its tokens and when it stops; every field is optional.
@@ -369,59 +205,23 @@ impl Engine {
             if block_size == 0 {
                 return Err(invalid_arg("blockSize", "must be at least 1"));
             }
-            let num_blocks = match o.num_blocks {
-                Some(n) => count("numBlocks", n)?,
-                None => max_running.saturating_mul(max_context.div_ceil(block_size)),
+            let num_blocks = o.num_blocks.map(|n| count("numBlocks", n)).transpose()?;
+            let options = ServeOptions {
+                max_running,
+                max_tokens_per_step,
+                max_context,
+                block_size,
+                num_blocks,
             };
             let pool = pool.map(|p| p.inner.clone());
             let progress = Progress::new(on_progress);
             Ok(EngineTask::spawn(move || {
-                let model = Model::from_dir_with_progress(&PathBuf::from(&model_dir), &mut |_| {
-                    progress.advance(1)
-                })
-                .js()?;
-                let vocab_size = model.config().vocab_size as u32;
-                let tokenizer = Tokenizer::in_model_dir(&PathBuf::from(&model_dir))
-                    .js()?
-                    .map(Arc::new);
-                let paged = match &pool {
-                    Some(p) => PagedModel::with_pool(model, p.clone()),
-                    None => PagedModel::new(model),
-                };
-                let config = RustConfig {
-                    kv_layout: paged.kv_layout(block_size),
-                    num_blocks,
-                    max_tokens_per_step,
-                    max_running,
-                    max_context,
-                    preemption: Preemption::Recompute,
-                    kv_dtype: KvDtype::F32,
-                };
-                let readiness = Adapters {
-                    attached: HashSet::new(),
-                    pool,
-                };
-                let mut engine = RustEngine::new(paged, readiness, config).js()?;
-                if let Some(tok) = &tokenizer {
-                    engine = engine.with_detokenizer(Arc::clone(tok));
-                }
-                let (tx, rx) = mpsc::channel();
-                let fault = Fault::default();
-                let f = fault.clone();
-                let thread = std::thread::Builder::new()
-                    .name("openledger-engine".into())
-                    .spawn(move || drive(engine, rx, f))
-                    .map_err(|e| {
-                        error::error(ErrorCode::Engine, "cannot start its thread", Some(&e))
-                    })?;
+                let dir = PathBuf::from(&model_dir);
+                let inner =
+                    ServedModel::load(&dir, pool, &options, &mut |_| progress.advance(1)).js()?;
                 Ok(Engine {
-                    commands: Mutex::new(Some(tx)),
-                    thread: Arc::new(Mutex::new(Some(thread))),
-                    fault,
-                    vocab_size,
-                    max_context: max_context as u32,
+                    inner: Arc::new(inner),
                     model_dir,
-                    tokenizer,
                 })
             }))
         })
@@ -430,19 +230,19 @@ impl Engine {
     /// Tokens in the model's vocabulary.
     #[napi(getter, catch_unwind)]
     pub fn vocab_size(&self) -> u32 {
-        self.vocab_size
+        self.inner.vocab_size() as u32
     }
 
     /// The longest sequence (prompt and output) the engine runs.
     #[napi(getter, catch_unwind)]
     pub fn max_context(&self) -> u32 {
-        self.max_context
+        self.inner.max_context() as u32
     }
 
     /// Whether the model folder has a `tokenizer.json` (string prompts, `stopStrings`, `text`).
     #[napi(getter, catch_unwind)]
     pub fn has_tokenizer(&self) -> bool {
-        self.tokenizer.is_some()
+        self.inner.tokenizer().is_some()
     }
 
     /// Token ids of `text` with the model's tokenizer (special tokens such as BOS added unless
@@ -477,7 +277,7 @@ impl Engine {
     /// Whether `close` was called.
     #[napi(getter, catch_unwind)]
     pub fn closed(&self) -> bool {
-        lock(&self.commands).is_none()
+        self.inner.is_closed()
     }
 
     /// Attaches `adapter` (a `LoraAdapter`, or the path of a PEFT adapter folder) under
@@ -491,7 +291,7 @@ impl Engine {
     ) -> Result<AsyncTask<VoidTask>> {
         crate::error::guard(|| {
             let id = self::adapter_id(&adapter_id)?;
-            let tx = self.sender()?;
+            let inner = Arc::clone(&self.inner);
             let adapter = match adapter {
                 Either::A(a) => Either::A(a.inner.clone()),
                 Either::B(path) => Either::B(PathBuf::from(path)),
@@ -503,7 +303,7 @@ impl Engine {
                         Arc::new(RustAdapter::from_dir(&path, &LoadOptions::default()).js()?)
                     }
                 };
-                call(&tx, |reply| Command::Attach(id, adapter, reply))?
+                inner.attach(id, adapter).js()
             }))
         })
     }
@@ -512,8 +312,8 @@ impl Engine {
     #[napi(catch_unwind)]
     pub fn adapters(&self) -> Result<AsyncTask<StringListTask>> {
         crate::error::guard(|| {
-            let tx = self.sender()?;
-            Ok(StringListTask::spawn(move || call(&tx, Command::Adapters)))
+            let inner = Arc::clone(&self.inner);
+            Ok(StringListTask::spawn(move || inner.adapter_names().js()))
         })
     }
 
@@ -530,14 +330,15 @@ impl Engine {
     ) -> Result<TokenStream> {
         crate::error::guard(|| {
             let o = options.unwrap_or_default();
-            if o.stop_strings.as_ref().is_some_and(|s| !s.is_empty()) && self.tokenizer.is_none() {
+            let tokenizer = self.inner.tokenizer();
+            if o.stop_strings.as_ref().is_some_and(|s| !s.is_empty()) && tokenizer.is_none() {
                 return Err(invalid_arg(
                     "stopStrings",
                     format!("they need the model's {TOKENIZER_FILE}, which its folder lacks"),
                 ));
             }
             let req = Request {
-                prompt: prompt_ids(prompt, self.tokenizer.as_ref())?,
+                prompt: prompt_ids(prompt, tokenizer)?,
                 adapter: o.adapter.as_deref().map(adapter_id).transpose()?,
                 sampling: sampling(&o)?,
             };
@@ -545,17 +346,19 @@ impl Engine {
                 pieces: TextPieces::new(&req.sampling.stop_strings),
                 ..Read::default()
             };
-            let tx = self.sender()?;
             let (events, rx) = unbounded_channel();
-            let slot = Arc::new(Mutex::new(CancelSlot::default()));
-            tx.send(Command::Submit(req, events, slot.clone()))
-                .map_err(|_| closed("the engine"))?;
+            let cancel = self
+                .inner
+                .submit_with_callback(req, move |e| {
+                    let _ = events.send(e.clone());
+                })
+                .js()?;
             Ok(TokenStream {
-                slot,
+                cancel,
                 events: Arc::new(tokio::sync::Mutex::new(rx)),
                 read: Arc::new(Mutex::new(read)),
-                fault: self.fault.clone(),
-                tokenizer: self.tokenizer.clone(),
+                fault: self.inner.fault_watch(),
+                tokenizer: tokenizer.cloned(),
                 model_dir: self.model_dir.clone(),
             })
         })
@@ -565,21 +368,13 @@ impl Engine {
     /// error) and later calls throw `Closed`. Resolves once the engine thread has stopped.
     #[napi(catch_unwind)]
     pub fn close(&self) -> AsyncTask<VoidTask> {
-        drop(lock(&self.commands).take());
-        let thread = self.thread.clone();
+        let thread = self.inner.close();
         VoidTask::spawn(move || {
-            if let Some(t) = lock(&thread).take() {
+            if let Some(t) = thread {
                 let _ = t.join();
             }
             Ok(())
         })
-    }
-}
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        // Closing the channel stops the thread; it is not joined on the JavaScript thread.
-        lock(&self.commands).take();
     }
 }
 
@@ -638,7 +433,7 @@ struct Read {
     pieces: TextPieces,
 }
 
-type Events = Arc<tokio::sync::Mutex<UnboundedReceiver<Msg>>>;
+type Events = Arc<tokio::sync::Mutex<UnboundedReceiver<Event>>>;
 
 /// One output token of a `TokenStream`.
 #[napi(object, object_to_js = false, object_from_js = false)]
@@ -682,10 +477,10 @@ impl ToNapiValue for GeneratedToken {
 /// with its error. Breaking out of the loop (or `cancel()`) stops the request.
 #[napi(async_iterator)]
 pub struct TokenStream {
-    slot: Arc<Mutex<CancelSlot>>,
+    cancel: PendingCancel,
     events: Events,
     read: Arc<Mutex<Read>>,
-    fault: Fault,
+    fault: FaultWatch,
     tokenizer: Option<Arc<Tokenizer>>,
     model_dir: String,
 }
@@ -699,11 +494,7 @@ impl TokenStream {
     }
 
     fn cancel_now(&self) {
-        let mut slot = lock(&self.slot);
-        slot.requested = true;
-        if let Some(h) = &slot.handle {
-            h.cancel();
-        }
+        self.cancel.cancel();
     }
 }
 
@@ -714,12 +505,16 @@ impl Drop for TokenStream {
     }
 }
 
-async fn next_step(events: Events, read: Arc<Mutex<Read>>, fault: Fault) -> Option<GeneratedToken> {
+async fn next_step(
+    events: Events,
+    read: Arc<Mutex<Read>>,
+    fault: FaultWatch,
+) -> Option<GeneratedToken> {
     let terminal = |end: &End| match end {
         End::Finished(..) => None,
         End::Failed(e, _) => Some(GeneratedToken::failed(e.to_js())),
-        End::Closed => Some(GeneratedToken::failed(match lock(&fault).as_ref() {
-            Some(f) => Error::new(ErrorCode::Panic, f.clone()),
+        End::Closed => Some(GeneratedToken::failed(match fault.get() {
+            Some(message) => ServedError::Panicked { message }.to_js(),
             None => closed("the engine"),
         })),
     };
@@ -729,7 +524,7 @@ async fn next_step(events: Events, read: Arc<Mutex<Read>>, fault: Fault) -> Opti
         return terminal(end);
     }
     let end = match rx.recv().await {
-        Some(Msg::Event(Event::Token { token, index })) => {
+        Some(Event::Token { token, index }) => {
             lock(&read).tokens.push(token);
             return Some(GeneratedToken {
                 token,
@@ -737,8 +532,8 @@ async fn next_step(events: Events, read: Arc<Mutex<Read>>, fault: Fault) -> Opti
                 failure: None,
             });
         }
-        Some(Msg::Event(Event::Finished { reason, stats })) => End::Finished(reason, stats),
-        Some(Msg::Event(Event::Failed { error, stats })) => End::Failed(error, stats),
+        Some(Event::Finished { reason, stats }) => End::Finished(reason, stats),
+        Some(Event::Failed { error, stats }) => End::Failed(error, stats),
         None => End::Closed,
     };
     let step = terminal(&end);

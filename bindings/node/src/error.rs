@@ -13,7 +13,7 @@ use napi::{JsError, Status};
 use napi_derive::napi;
 use openledger_chain::ChainError;
 use openledger_lora::error::LoraError;
-use openledger_lora::model::{ModelError, PagedError};
+use openledger_lora::model::{ModelError, PagedError, ServedError};
 use openledger_lora::pool::PoolError;
 use openledger_lora::serve::{EngineError, RequestError};
 use openledger_lora::sgmv::SgmvError;
@@ -310,6 +310,19 @@ impl ToJs for PagedError {
             PagedError::Model(e) => e.to_js(),
             PagedError::Pool { source, .. } => source.to_js(),
             _ => with(ErrorCode::Model, self),
+        }
+    }
+}
+
+impl ToJs for ServedError {
+    fn to_js(&self) -> Error {
+        match self {
+            ServedError::Model(e) => e.to_js(),
+            ServedError::Request(e) => e.to_js(),
+            ServedError::Engine(e) => e.to_js(),
+            ServedError::Thread(e) => error(ErrorCode::Engine, "cannot start its thread", Some(e)),
+            ServedError::Closed => closed("the engine"),
+            ServedError::Panicked { message } => Error::new(ErrorCode::Panic, message.clone()),
         }
     }
 }

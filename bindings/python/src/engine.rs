@@ -5,22 +5,23 @@
 //! statistics. With the folder's `tokenizer.json` the engine also takes text prompts, stops on
 //! stop strings and gives each stream's text.
 //!
-//! The engine thread owns the Rust `Engine`; Python calls reach it through a command channel
-//! and read tokens from each request's event channel, always with the GIL released.
+//! `openledger_lora::model::ServedModel` runs the Rust `Engine` on its thread and takes
+//! commands between steps; Python calls wait for it and read tokens from each request's event
+//! channel, always with the GIL released.
 
-use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use openledger_lora::adapter::{LoadOptions, LoraAdapter};
-use openledger_lora::model::{Model, ModelError, PagedModel, TOKENIZER_FILE, Tokenizer};
-use openledger_lora::pool::{AdapterId, AdapterPool, PoolError};
+use openledger_lora::model::{
+    FaultWatch, ModelError, ServeOptions, ServedModel, TOKENIZER_FILE, Tokenizer,
+};
+use openledger_lora::pool::{AdapterId, PoolError};
 use openledger_lora::serve::{
-    AdapterReadiness, CancelHandle, Engine, EngineConfig, Event, FinishReason, KvDtype, Preemption,
-    Readiness, Request, RequestError, RequestHandle, RequestStats, SamplingParams, TextPieces,
+    CancelHandle, Event, FinishReason, Request, RequestError, RequestHandle, RequestStats,
+    SamplingParams, TextPieces,
 };
 use pyo3::exceptions::PyStopAsyncIteration;
 use pyo3::prelude::*;
@@ -31,132 +32,6 @@ use crate::error::{self, Result, engine_closed, invalid_arg};
 use crate::pool::PyAdapterPool;
 use crate::progress::Progress;
 
-/// Adapters attached to the model directly are always ready; the others are the pool's.
-struct Adapters {
-    attached: HashSet<AdapterId>,
-    pool: Option<AdapterPool>,
-    /// Adapters this engine pinned in the pool (released through the pool even if the id was
-    /// attached directly meanwhile).
-    pinned: HashSet<AdapterId>,
-}
-
-impl AdapterReadiness for Adapters {
-    fn readiness(&mut self, adapter: &AdapterId) -> Readiness {
-        match (&mut self.pool, self.attached.contains(adapter)) {
-            (_, true) => Readiness::Ready,
-            (Some(pool), false) => pool.readiness(adapter),
-            (None, false) => Readiness::Unknown,
-        }
-    }
-
-    fn acquire(&mut self, adapter: &AdapterId) -> Readiness {
-        match (&mut self.pool, self.attached.contains(adapter)) {
-            (_, true) => Readiness::Ready,
-            (Some(pool), false) => {
-                let r = pool.acquire(adapter);
-                if r == Readiness::Ready {
-                    self.pinned.insert(adapter.clone());
-                }
-                r
-            }
-            (None, false) => Readiness::Unknown,
-        }
-    }
-
-    fn release(&mut self, adapter: &AdapterId) {
-        if let Some(pool) = &mut self.pool
-            && self.pinned.remove(adapter)
-        {
-            pool.release(adapter);
-        }
-    }
-}
-
-type Inner = Engine<PagedModel, Adapters>;
-
-enum Command {
-    Submit(
-        Request,
-        Sender<std::result::Result<RequestHandle, RequestError>>,
-    ),
-    Attach(
-        AdapterId,
-        Arc<LoraAdapter>,
-        Sender<std::result::Result<(), ModelError>>,
-    ),
-    Adapters(Sender<Vec<String>>),
-}
-
-/// Runs the engine until the command channel closes (then drops it: streams still open end
-/// with `EngineClosedError`, adapters it held are released).
-fn drive(mut engine: Inner, commands: Receiver<Command>) {
-    loop {
-        let cmd = if engine.pending() == 0 {
-            match commands.recv() {
-                Ok(c) => Some(c),
-                Err(_) => return,
-            }
-        } else {
-            match commands.try_recv() {
-                Ok(c) => Some(c),
-                Err(mpsc::TryRecvError::Empty) => None,
-                Err(mpsc::TryRecvError::Disconnected) => return,
-            }
-        };
-        if let Some(cmd) = cmd {
-            handle(&mut engine, cmd);
-            continue; // take every queued command before the next step
-        }
-        match engine.step() {
-            // Every pending request waits on an adapter load: wait a little for commands.
-            Ok(r) if r.batch_seqs == 0 && r.ended == 0 && r.preempted == 0 => {
-                match commands.recv_timeout(Duration::from_millis(1)) {
-                    Ok(cmd) => handle(&mut engine, cmd),
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => return,
-                }
-            }
-            // A failed forward pass failed the requests of its batch; the others go on.
-            Ok(_) | Err(_) => {}
-        }
-    }
-}
-
-fn handle(engine: &mut Inner, cmd: Command) {
-    match cmd {
-        Command::Submit(req, reply) => {
-            if let Some(id) = &req.adapter {
-                let r = engine.readiness();
-                let known =
-                    r.attached.contains(id) || r.pool.as_ref().is_some_and(|p| p.is_registered(id));
-                if !known {
-                    let adapter = id.clone();
-                    let _ = reply.send(Err(RequestError::UnknownAdapter { adapter }));
-                    return;
-                }
-            }
-            let h = engine.submit(req);
-            // Bad input is refused at submission: its failure is already in the channel.
-            let answer = match h.try_next() {
-                Some(Event::Failed { error, .. }) => Err(error),
-                _ => Ok(h),
-            };
-            let _ = reply.send(answer);
-        }
-        Command::Attach(id, adapter, reply) => {
-            let r = engine.model_mut().attach(id.clone(), &adapter).map(|_| ());
-            if r.is_ok() {
-                engine.readiness_mut().attached.insert(id);
-            }
-            let _ = reply.send(r);
-        }
-        Command::Adapters(reply) => {
-            let names = engine.model().model().adapter_names();
-            let _ = reply.send(names.into_iter().map(str::to_string).collect());
-        }
-    }
-}
-
 fn adapter_id(s: &str) -> Result<AdapterId> {
     Ok(AdapterId::new(s).map_err(PoolError::from)?)
 }
@@ -165,12 +40,7 @@ fn adapter_id(s: &str) -> Result<AdapterId> {
 /// different adapters are batched into the same forward passes.
 #[pyclass(name = "Engine", module = "openledger", frozen)]
 pub struct PyEngine {
-    commands: Mutex<Option<Sender<Command>>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
-    vocab_size: usize,
-    max_context: usize,
-    model_dir: PathBuf,
-    tokenizer: Option<Arc<Tokenizer>>,
+    inner: ServedModel,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -180,29 +50,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl PyEngine {
     /// The model's tokenizer; without one, a `ModelFormatError` saying so.
     fn tokenizer(&self) -> Result<&Arc<Tokenizer>> {
-        self.tokenizer.as_ref().ok_or_else(|| {
-            error::Error::from(ModelError::Tokenizer {
-                what: TOKENIZER_FILE.into(),
-                reason: format!(
-                    "the model folder {} has none: the engine takes token ids only",
-                    self.model_dir.display()
-                ),
-            })
-        })
-    }
-
-    /// Sends `cmd` and waits (GIL released) for its answer.
-    fn call<T: Send>(
-        &self,
-        py: Python<'_>,
-        make: impl FnOnce(Sender<T>) -> Command + Send,
-    ) -> Result<T> {
-        let tx = lock(&self.commands).clone().ok_or_else(engine_closed)?;
-        py.detach(move || {
-            let (reply, answer) = mpsc::channel();
-            tx.send(make(reply)).map_err(|_| engine_closed())?;
-            answer.recv().map_err(|_| engine_closed())
-        })
+        Ok(self
+            .inner
+            .require_tokenizer("the engine takes token ids only")?)
     }
 }
 
@@ -295,72 +145,38 @@ impl PyEngine {
             return Err(invalid_arg("block_size", "must be at least 1"));
         }
         let pool = pool.map(|p| p.inner.clone());
+        let options = ServeOptions {
+            max_running,
+            max_tokens_per_step,
+            max_context,
+            block_size,
+            num_blocks,
+        };
         let progress = Progress::new(progress);
-        let model = py.detach(|| {
-            Model::from_dir_with_progress(&model_dir, &mut |_| progress.advance(1))
+        let inner = py.detach(|| {
+            ServedModel::load(&model_dir, pool, &options, &mut |_| progress.advance(1))
                 .map_err(error::Error::from)
         });
         progress.finish()?;
-        let model = model?;
-        let vocab_size = model.config().vocab_size;
-        let tokenizer = py
-            .detach(|| Tokenizer::in_model_dir(&model_dir).map_err(error::Error::from))?
-            .map(Arc::new);
-        let paged = match &pool {
-            Some(p) => PagedModel::with_pool(model, p.clone()),
-            None => PagedModel::new(model),
-        };
-        let num_blocks = num_blocks.unwrap_or(max_running * max_context.div_ceil(block_size));
-        let config = EngineConfig {
-            kv_layout: paged.kv_layout(block_size),
-            num_blocks,
-            max_tokens_per_step,
-            max_running,
-            max_context,
-            preemption: Preemption::Recompute,
-            kv_dtype: KvDtype::F32,
-        };
-        let readiness = Adapters {
-            attached: HashSet::new(),
-            pool,
-            pinned: HashSet::new(),
-        };
-        let mut engine =
-            Engine::new(paged, readiness, config).map_err(|e| invalid_arg("engine", e))?;
-        if let Some(tok) = &tokenizer {
-            engine = engine.with_detokenizer(Arc::clone(tok));
-        }
-        let (tx, rx) = mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("openledger-engine".into())
-            .spawn(move || drive(engine, rx))
-            .map_err(|e| invalid_arg("engine", format!("cannot start its thread: {e}")))?;
-        Ok(Self {
-            commands: Mutex::new(Some(tx)),
-            thread: Mutex::new(Some(thread)),
-            vocab_size,
-            max_context,
-            model_dir,
-            tokenizer,
-        })
+        Ok(Self { inner: inner? })
     }
 
     /// Tokens in the model's vocabulary.
     #[getter]
     fn vocab_size(&self) -> usize {
-        self.vocab_size
+        self.inner.vocab_size()
     }
 
     /// Longest sequence (prompt and output) a request may reach.
     #[getter]
     fn max_context(&self) -> usize {
-        self.max_context
+        self.inner.max_context()
     }
 
     /// Whether the model folder has a `tokenizer.json` (text prompts, stop strings, `text`).
     #[getter]
     fn has_tokenizer(&self) -> bool {
-        self.tokenizer.is_some()
+        self.inner.tokenizer().is_some()
     }
 
     /// Token ids of `text` with the model's tokenizer (special tokens such as BOS added when
@@ -388,7 +204,7 @@ impl PyEngine {
     /// Whether `close` was called.
     #[getter]
     fn closed(&self) -> bool {
-        lock(&self.commands).is_none()
+        self.inner.is_closed()
     }
 
     /// Attaches an adapter to the model under `adapter_id`: a PEFT folder path or a
@@ -414,13 +230,12 @@ impl PyEngine {
                 ),
             ));
         };
-        self.call(py, |reply| Command::Attach(id, adapter, reply))?
-            .map_err(error::Error::from)
+        Ok(py.detach(|| self.inner.attach(id, adapter))?)
     }
 
     /// Names of the adapters attached to the model now (directly or from the pool).
     fn adapters(&self, py: Python<'_>) -> Result<Vec<String>> {
-        self.call(py, Command::Adapters)
+        Ok(py.detach(|| self.inner.adapter_names())?)
     }
 
     /// Starts generating after `prompt` (token ids, or a str when the model has a tokenizer)
@@ -458,10 +273,11 @@ impl PyEngine {
         stop_tokens: Option<Vec<u32>>,
         stop_strings: Option<Vec<String>>,
     ) -> Result<PyTokenStream> {
-        let prompt = prompt_ids(py, prompt, self.tokenizer.as_ref())?;
+        let tokenizer = self.inner.tokenizer();
+        let prompt = prompt_ids(py, prompt, tokenizer)?;
         let stop_strings = stop_strings.unwrap_or_default();
         let pieces = TextPieces::new(&stop_strings);
-        if !stop_strings.is_empty() && self.tokenizer.is_none() {
+        if !stop_strings.is_empty() && tokenizer.is_none() {
             return Err(invalid_arg(
                 "stop_strings",
                 format!("they need the model's {TOKENIZER_FILE}, which its folder lacks"),
@@ -494,13 +310,12 @@ impl PyEngine {
                 stop_strings,
             },
         };
-        let handle = self
-            .call(py, |reply| Command::Submit(req, reply))?
-            .map_err(error::Error::from)?;
+        let handle = py.detach(|| self.inner.submit(req))?;
         Ok(PyTokenStream {
             id: handle.id.0,
             cancel: handle.cancel.clone(),
-            tokenizer: self.tokenizer.clone(),
+            tokenizer: tokenizer.cloned(),
+            fault: self.inner.fault_watch(),
             state: Mutex::new(StreamState {
                 handle,
                 tokens: Vec::new(),
@@ -513,10 +328,7 @@ impl PyEngine {
     /// Stops the engine: requests still running end (their streams raise `EngineClosedError`)
     /// and later calls raise `EngineClosedError`. Idempotent.
     fn close(&self, py: Python<'_>) {
-        let tx = lock(&self.commands).take();
-        drop(tx);
-        let thread = lock(&self.thread).take();
-        if let Some(t) = thread {
+        if let Some(t) = self.inner.close() {
             py.detach(|| {
                 let _ = t.join();
             });
@@ -541,17 +353,10 @@ impl PyEngine {
     fn __repr__(&self) -> String {
         format!(
             "Engine(vocab_size={}, max_context={}, closed={})",
-            self.vocab_size,
-            self.max_context,
+            self.inner.vocab_size(),
+            self.inner.max_context(),
             self.closed()
         )
-    }
-}
-
-impl Drop for PyEngine {
-    fn drop(&mut self) {
-        // Closing the channel stops the thread; it is not joined here (no GIL games in drop).
-        lock(&self.commands).take();
     }
 }
 
@@ -587,6 +392,8 @@ pub struct PyTokenStream {
     id: u64,
     cancel: CancelHandle,
     tokenizer: Option<Arc<Tokenizer>>,
+    /// The engine's panic, if it stopped on one (the stream then ends with its message).
+    fault: FaultWatch,
     state: Mutex<StreamState>,
 }
 
@@ -600,6 +407,14 @@ impl PyTokenStream {
             }
             .into()
         })
+    }
+
+    /// The error of a stream whose engine stopped before the request ended.
+    fn closed_error(&self) -> error::Error {
+        match self.fault.get() {
+            Some(message) => openledger_lora::model::ServedError::Panicked { message }.into(),
+            None => engine_closed(),
+        }
     }
 
     /// Waits up to `timeout` (None: for ever) for the next event, GIL released.
@@ -649,7 +464,7 @@ impl PyTokenStream {
                 Next::Token(t) => return Ok(Some(t)),
                 Next::Done => return Ok(None),
                 Next::Failed(e) => return Err(error::Error::from(e).into()),
-                Next::Closed => return Err(engine_closed().into()),
+                Next::Closed => return Err(self.closed_error().into()),
                 Next::Timeout => py.check_signals()?,
             }
         }
@@ -786,7 +601,7 @@ impl PyTokenStream {
             Next::Token(t) => Ok(t),
             Next::Done => Err(PyStopAsyncIteration::new_err(())),
             Next::Failed(e) => Err(error::Error::from(e).into()),
-            Next::Closed | Next::Timeout => Err(engine_closed().into()),
+            Next::Closed | Next::Timeout => Err(self.closed_error().into()),
         }
     }
 

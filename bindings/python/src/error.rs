@@ -9,7 +9,7 @@ use std::path::Path;
 
 use openledger_chain::ChainError;
 use openledger_lora::error::LoraError;
-use openledger_lora::model::ModelError;
+use openledger_lora::model::{ModelError, ServedError};
 use openledger_lora::pool::PoolError;
 use openledger_lora::serve::{RequestError, SampleError};
 use openledger_lora::sgmv::SgmvError;
@@ -328,6 +328,22 @@ impl From<RequestError> for Error {
             RequestError::AdapterRejected { .. } => BaseMismatchError::new_err(msg),
             _ => GenerationError::new_err(msg),
         })
+    }
+}
+
+impl From<ServedError> for Error {
+    fn from(e: ServedError) -> Self {
+        match e {
+            ServedError::Model(e) => (*e).into(),
+            ServedError::Request(e) => e.into(),
+            ServedError::Engine(e) => invalid_arg("engine", e),
+            ServedError::Thread(e) => {
+                invalid_arg("engine", format!("cannot start its thread: {e}"))
+            }
+            ServedError::Closed => engine_closed(),
+            // The engine takes no more requests; the message says why.
+            e @ ServedError::Panicked { .. } => Error(EngineClosedError::new_err(e.to_string())),
+        }
     }
 }
 

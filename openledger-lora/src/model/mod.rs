@@ -10,7 +10,8 @@
 //! [`Model::forward`] is a full prefill with a causal (and, for Mistral / Qwen2, sliding-window)
 //! mask; [`Model::forward_cached`] continues sequences incrementally from a contiguous
 //! per-sequence [`KvCache`]. [`PagedModel`] serves the model through the continuous-batching
-//! [`crate::serve::Engine`] over a paged KV cache.
+//! [`crate::serve::Engine`] over a paged KV cache; [`ServedModel`] runs that engine on a thread
+//! of its own behind a command channel, as the Python and Node engines do.
 //!
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -37,6 +38,7 @@ mod load;
 mod lora;
 pub mod ops;
 mod paged;
+mod served;
 mod tokenizer;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -46,6 +48,7 @@ pub use config::{Activation, Architecture, ModelConfig, RopeScaling};
 pub use error::ModelError;
 pub use load::LoadProgress;
 pub use paged::{PagedError, PagedModel};
+pub use served::{FaultWatch, PendingCancel, ServeOptions, ServedError, ServedModel};
 pub use tokenizer::{TOKENIZER_FILE, Tokenizer};
 
 use crate::adapter::LoraAdapter;

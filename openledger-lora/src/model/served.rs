@@ -1,0 +1,599 @@
+//! A model folder served by the continuous-batching engine on a thread of its own: what the
+//! Python and Node engines are built on.
+//!
+//! [`ServedModel::load`] reads the folder (weights, and `tokenizer.json` when there is one),
+//! wraps the model in a [`PagedModel`] (drawing adapters from an [`AdapterPool`] on first use
+//! when one is given) and starts a thread that owns the [`Engine`]. Calls from any thread reach
+//! it through a command channel and are taken between steps:
+//!
+//! - [`ServedModel::submit`] waits for the engine to take the request and returns its
+//!   [`RequestHandle`] (bad input is refused there);
+//! - [`ServedModel::submit_with_callback`] does not wait: the request's events go to a callback
+//!   on the engine thread, and the returned [`PendingCancel`] stops it even before the engine has
+//!   taken it (for callers such as an event loop that must never wait for a step);
+//! - [`ServedModel::attach`] and [`ServedModel::adapter_names`] wait for their answer.
+//!
+//! Adapters attached directly are always ready; the others are the pool's, pinned while a
+//! running request uses them and released through the pool even if the same id is attached
+//! directly meanwhile. Closing (or dropping) the `ServedModel` closes the channel: the engine
+//! stops, requests still running end with their event channels closed, and the adapters it held
+//! are released. A panic on the engine thread stops it too; its message is kept
+//! ([`ServedModel::fault`]) and every later call fails with [`ServedError::Panicked`].
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::path::Path;
+//! use openledger_lora::model::{ServeOptions, ServedModel};
+//! use openledger_lora::serve::{Event, Request, SamplingParams};
+//!
+//! let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/peft/tiny-llama");
+//! let served = ServedModel::load(&dir, None, &ServeOptions::default(), &mut |_| {})?;
+//! let sampling = SamplingParams { max_new_tokens: 4, ..Default::default() };
+//! let handle = served.submit(Request { prompt: vec![1, 17, 42], adapter: None, sampling })?;
+//! let tokens: Vec<u32> = handle
+//!     .filter_map(|e| match e { Event::Token { token, .. } => Some(token), _ => None })
+//!     .collect();
+//! assert_eq!(tokens.len(), 4);
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::adapter::LoraAdapter;
+use crate::pool::{AdapterId, AdapterPool};
+use crate::serve::{
+    AdapterReadiness, CancelHandle, Engine, EngineConfig, EngineError, Event, KvDtype, Preemption,
+    Readiness, Request, RequestError, RequestHandle, RequestStats,
+};
+
+use super::{LoadProgress, Model, ModelError, PagedModel, TOKENIZER_FILE, Tokenizer};
+
+/// Limits of a served model's engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeOptions {
+    /// Sequences running at once (default 8).
+    pub max_running: usize,
+    /// Tokens one step may run, decode tokens plus prefill chunks (default 256).
+    pub max_tokens_per_step: usize,
+    /// Longest sequence, prompt and output (default 512).
+    pub max_context: usize,
+    /// Positions per KV cache block (default 16).
+    pub block_size: usize,
+    /// Blocks in the KV pool (default: enough for `max_running` sequences of `max_context`).
+    pub num_blocks: Option<usize>,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            max_running: 8,
+            max_tokens_per_step: 256,
+            max_context: 512,
+            block_size: 16,
+            num_blocks: None,
+        }
+    }
+}
+
+impl ServeOptions {
+    /// The engine configuration for `paged` (a block size of 0 is refused here, every other
+    /// limit by [`Engine::new`]).
+    fn engine_config(&self, paged: &PagedModel) -> Result<EngineConfig, ServedError> {
+        if self.block_size == 0 {
+            return Err(ServedError::Engine(EngineError::Config {
+                reason: "block_size must be at least 1".into(),
+            }));
+        }
+        let per_seq = self.max_context.div_ceil(self.block_size);
+        Ok(EngineConfig {
+            kv_layout: paged.kv_layout(self.block_size),
+            num_blocks: self
+                .num_blocks
+                .unwrap_or(self.max_running.saturating_mul(per_seq)),
+            max_tokens_per_step: self.max_tokens_per_step,
+            max_running: self.max_running,
+            max_context: self.max_context,
+            preemption: Preemption::Recompute,
+            kv_dtype: KvDtype::F32,
+        })
+    }
+}
+
+/// Why a [`ServedModel`] call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServedError {
+    /// The model folder could not be loaded, or an adapter does not fit the model.
+    #[error(transparent)]
+    Model(Box<ModelError>),
+    /// The engine's limits cannot work.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The engine refused the request (bad input, an unknown adapter).
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    /// The engine thread could not be started.
+    #[error("cannot start the engine thread: {0}")]
+    Thread(std::io::Error),
+    /// The engine was closed.
+    #[error("the engine is closed")]
+    Closed,
+    /// The engine thread stopped on a panic (a bug); every later call fails with this.
+    #[error("the engine stopped on a panic: {message}")]
+    Panicked {
+        /// The panic's message.
+        message: String,
+    },
+}
+
+impl From<ModelError> for ServedError {
+    fn from(e: ModelError) -> Self {
+        Self::Model(Box::new(e))
+    }
+}
+
+/// Adapters attached to the model directly are always ready; the others are the pool's.
+struct AttachedOrPooled {
+    attached: HashSet<AdapterId>,
+    pool: Option<AdapterPool>,
+    /// Adapters this engine pinned in the pool: released through the pool even if the id was
+    /// attached directly meanwhile.
+    pinned: HashSet<AdapterId>,
+}
+
+impl AttachedOrPooled {
+    fn knows(&self, id: &AdapterId) -> bool {
+        self.attached.contains(id) || self.pool.as_ref().is_some_and(|p| p.is_registered(id))
+    }
+}
+
+impl AdapterReadiness for AttachedOrPooled {
+    fn readiness(&mut self, adapter: &AdapterId) -> Readiness {
+        match (&mut self.pool, self.attached.contains(adapter)) {
+            (_, true) => Readiness::Ready,
+            (Some(pool), false) => pool.readiness(adapter),
+            (None, false) => Readiness::Unknown,
+        }
+    }
+
+    fn acquire(&mut self, adapter: &AdapterId) -> Readiness {
+        match (&mut self.pool, self.attached.contains(adapter)) {
+            (_, true) => Readiness::Ready,
+            (Some(pool), false) => {
+                let r = pool.acquire(adapter);
+                if r == Readiness::Ready {
+                    self.pinned.insert(adapter.clone());
+                }
+                r
+            }
+            (None, false) => Readiness::Unknown,
+        }
+    }
+
+    fn release(&mut self, adapter: &AdapterId) {
+        if let Some(pool) = &mut self.pool
+            && self.pinned.remove(adapter)
+        {
+            pool.release(adapter);
+        }
+    }
+}
+
+type Inner = Engine<PagedModel, AttachedOrPooled>;
+
+/// The cancel handle of a request submitted without waiting: filled in when the engine takes
+/// the request; `requested` remembers a cancellation asked for before that.
+#[derive(Default)]
+struct CancelSlot {
+    handle: Option<CancelHandle>,
+    requested: bool,
+}
+
+/// Cancels a request submitted with [`ServedModel::submit_with_callback`], whether or not the
+/// engine has taken it yet.
+#[derive(Clone, Default)]
+pub struct PendingCancel(Arc<Mutex<CancelSlot>>);
+
+impl PendingCancel {
+    /// Asks for the request to stop (at the engine's next step; a request the engine has not
+    /// taken yet is cancelled as it is taken).
+    pub fn cancel(&self) {
+        let mut slot = lock(&self.0);
+        slot.requested = true;
+        if let Some(h) = &slot.handle {
+            h.cancel();
+        }
+    }
+}
+
+impl std::fmt::Debug for PendingCancel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let slot = lock(&self.0);
+        f.debug_struct("PendingCancel")
+            .field("taken", &slot.handle.is_some())
+            .field("requested", &slot.requested)
+            .finish()
+    }
+}
+
+type OnEvent = Box<dyn FnMut(&Event) + Send>;
+
+enum Command {
+    Submit(Request, Sender<Result<RequestHandle, RequestError>>),
+    SubmitWithCallback(Request, OnEvent, PendingCancel),
+    Attach(AdapterId, Arc<LoraAdapter>, Sender<Result<(), ModelError>>),
+    Adapters(Sender<Vec<String>>),
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Where a panic of the engine thread leaves its message.
+type Fault = Arc<Mutex<Option<String>>>;
+
+/// Runs the engine until the command channel closes, then drops it. A panic stops the engine
+/// and leaves its message in `fault`.
+fn drive(mut engine: Inner, commands: Receiver<Command>, fault: Fault) {
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        drive_loop(&mut engine, &commands)
+    }));
+    if let Err(p) = run {
+        let message = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        *lock(&fault) = Some(message);
+    }
+}
+
+fn drive_loop(engine: &mut Inner, commands: &Receiver<Command>) {
+    loop {
+        let cmd = if engine.pending() == 0 {
+            match commands.recv() {
+                Ok(c) => Some(c),
+                Err(_) => return,
+            }
+        } else {
+            match commands.try_recv() {
+                Ok(c) => Some(c),
+                Err(mpsc::TryRecvError::Empty) => None,
+                Err(mpsc::TryRecvError::Disconnected) => return,
+            }
+        };
+        if let Some(cmd) = cmd {
+            handle(engine, cmd);
+            continue; // take every queued command before the next step
+        }
+        match engine.step() {
+            // Every pending request waits on an adapter load: wait a little for commands.
+            Ok(r) if r.batch_seqs == 0 && r.ended == 0 && r.preempted == 0 => {
+                match commands.recv_timeout(Duration::from_millis(1)) {
+                    Ok(cmd) => handle(engine, cmd),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
+            // A failed forward pass failed the requests of its batch; the others go on.
+            Ok(_) | Err(_) => {}
+        }
+    }
+}
+
+/// An adapter the request names but nobody knows: refused before it reaches the scheduler
+/// (which would wait for a pool that will never load it).
+fn unknown_adapter(engine: &Inner, req: &Request) -> Option<RequestError> {
+    let id = req.adapter.as_ref()?;
+    (!engine.readiness().knows(id)).then(|| RequestError::UnknownAdapter {
+        adapter: id.clone(),
+    })
+}
+
+fn handle(engine: &mut Inner, cmd: Command) {
+    match cmd {
+        Command::Submit(req, reply) => {
+            if let Some(error) = unknown_adapter(engine, &req) {
+                let _ = reply.send(Err(error));
+                return;
+            }
+            let h = engine.submit(req);
+            // Bad input is refused at submission: its failure is already in the channel.
+            let answer = match h.try_next() {
+                Some(Event::Failed { error, .. }) => Err(error),
+                _ => Ok(h),
+            };
+            let _ = reply.send(answer);
+        }
+        Command::SubmitWithCallback(req, mut on_event, pending) => {
+            if let Some(error) = unknown_adapter(engine, &req) {
+                let stats = RequestStats::default();
+                on_event(&Event::Failed { error, stats });
+                return;
+            }
+            let (_, cancel) = engine.submit_with_callback(req, on_event);
+            let mut slot = lock(&pending.0);
+            if slot.requested {
+                cancel.cancel();
+            }
+            slot.handle = Some(cancel);
+        }
+        Command::Attach(id, adapter, reply) => {
+            let r = engine.model_mut().attach(id.clone(), &adapter).map(|_| ());
+            if r.is_ok() {
+                engine.readiness_mut().attached.insert(id);
+            }
+            let _ = reply.send(r);
+        }
+        Command::Adapters(reply) => {
+            let names = engine.model().model().adapter_names();
+            let _ = reply.send(names.into_iter().map(str::to_string).collect());
+        }
+    }
+}
+
+/// A model folder served by the continuous-batching engine on a thread of its own (see the
+/// [module documentation](self)). Every method takes `&self`; it is `Send` and `Sync`.
+pub struct ServedModel {
+    commands: Mutex<Option<Sender<Command>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    fault: Fault,
+    vocab_size: usize,
+    max_context: usize,
+    model_dir: PathBuf,
+    tokenizer: Option<Arc<Tokenizer>>,
+}
+
+impl std::fmt::Debug for ServedModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServedModel")
+            .field("model_dir", &self.model_dir)
+            .field("vocab_size", &self.vocab_size)
+            .field("max_context", &self.max_context)
+            .field("has_tokenizer", &self.tokenizer.is_some())
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+impl ServedModel {
+    /// Loads the HF model folder `model_dir` (config.json and safetensors; `tokenizer.json`
+    /// when present) and starts its engine. With `pool`, requests may name any adapter
+    /// registered there: it is loaded and attached on first use. `progress` sees each weight
+    /// file read and each layer built.
+    pub fn load(
+        model_dir: &Path,
+        pool: Option<AdapterPool>,
+        options: &ServeOptions,
+        progress: &mut dyn FnMut(LoadProgress),
+    ) -> Result<Self, ServedError> {
+        let model = Model::from_dir_with_progress(model_dir, progress)?;
+        let tokenizer = Tokenizer::in_model_dir(model_dir)?.map(Arc::new);
+        Self::start(model, tokenizer, model_dir, pool, options)
+    }
+
+    /// Starts an engine serving `model` (loaded from `model_dir`, named in errors) with
+    /// `tokenizer` for text, stop strings and streamed text.
+    pub fn start(
+        model: Model,
+        tokenizer: Option<Arc<Tokenizer>>,
+        model_dir: &Path,
+        pool: Option<AdapterPool>,
+        options: &ServeOptions,
+    ) -> Result<Self, ServedError> {
+        let vocab_size = model.config().vocab_size;
+        let paged = match &pool {
+            Some(p) => PagedModel::with_pool(model, p.clone()),
+            None => PagedModel::new(model),
+        };
+        let config = options.engine_config(&paged)?;
+        let readiness = AttachedOrPooled {
+            attached: HashSet::new(),
+            pool,
+            pinned: HashSet::new(),
+        };
+        let mut engine = Engine::new(paged, readiness, config)?;
+        if let Some(tok) = &tokenizer {
+            engine = engine.with_detokenizer(Arc::clone(tok));
+        }
+        let (tx, rx) = mpsc::channel();
+        let fault = Fault::default();
+        let f = Arc::clone(&fault);
+        let thread = std::thread::Builder::new()
+            .name("openledger-engine".into())
+            .spawn(move || drive(engine, rx, f))
+            .map_err(ServedError::Thread)?;
+        Ok(Self {
+            commands: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+            fault,
+            vocab_size,
+            max_context: options.max_context,
+            model_dir: model_dir.to_path_buf(),
+            tokenizer,
+        })
+    }
+
+    /// Tokens in the model's vocabulary.
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    /// Longest sequence (prompt and output) a request may reach.
+    pub fn max_context(&self) -> usize {
+        self.max_context
+    }
+
+    /// The folder the model was loaded from.
+    pub fn model_dir(&self) -> &Path {
+        &self.model_dir
+    }
+
+    /// The model's tokenizer, if its folder has one.
+    pub fn tokenizer(&self) -> Option<&Arc<Tokenizer>> {
+        self.tokenizer.as_ref()
+    }
+
+    /// The model's tokenizer; without one, a [`ModelError::Tokenizer`] saying that `what`
+    /// needs it.
+    pub fn require_tokenizer(&self, what: &str) -> Result<&Arc<Tokenizer>, ModelError> {
+        self.tokenizer
+            .as_ref()
+            .ok_or_else(|| ModelError::Tokenizer {
+                what: TOKENIZER_FILE.into(),
+                reason: format!(
+                    "the model folder {} has none: {what}",
+                    self.model_dir.display()
+                ),
+            })
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        lock(&self.commands).is_none()
+    }
+
+    /// The message of the panic that stopped the engine thread, if one did.
+    pub fn fault(&self) -> Option<String> {
+        lock(&self.fault).clone()
+    }
+
+    /// A handle that reads [`fault`](Self::fault) from elsewhere (a stream that outlives its
+    /// engine's handle).
+    pub fn fault_watch(&self) -> FaultWatch {
+        FaultWatch(Arc::clone(&self.fault))
+    }
+
+    /// Why the engine cannot take calls: its panic, else closed.
+    fn gone(&self) -> ServedError {
+        match self.fault() {
+            Some(message) => ServedError::Panicked { message },
+            None => ServedError::Closed,
+        }
+    }
+
+    fn sender(&self) -> Result<Sender<Command>, ServedError> {
+        if let Some(message) = self.fault() {
+            return Err(ServedError::Panicked { message });
+        }
+        lock(&self.commands).clone().ok_or(ServedError::Closed)
+    }
+
+    /// Sends a command and waits for its answer.
+    fn call<T>(&self, make: impl FnOnce(Sender<T>) -> Command) -> Result<T, ServedError> {
+        let tx = self.sender()?;
+        let (reply, answer) = mpsc::channel();
+        tx.send(make(reply)).map_err(|_| self.gone())?;
+        answer.recv().map_err(|_| self.gone())
+    }
+
+    /// Submits `req` and waits until the engine takes it (between two steps). Bad input (an
+    /// empty or too long prompt, a token outside the vocabulary, an unknown adapter, invalid
+    /// sampling parameters) is refused here with [`ServedError::Request`].
+    pub fn submit(&self, req: Request) -> Result<RequestHandle, ServedError> {
+        self.call(|reply| Command::Submit(req, reply))?
+            .map_err(ServedError::Request)
+    }
+
+    /// Submits `req` without waiting: its events go to `on_event` on the engine thread (bad
+    /// input arrives there as [`Event::Failed`]). The returned handle cancels it.
+    pub fn submit_with_callback(
+        &self,
+        req: Request,
+        on_event: impl FnMut(&Event) + Send + 'static,
+    ) -> Result<PendingCancel, ServedError> {
+        let tx = self.sender()?;
+        let pending = PendingCancel::default();
+        tx.send(Command::SubmitWithCallback(
+            req,
+            Box::new(on_event),
+            pending.clone(),
+        ))
+        .map_err(|_| self.gone())?;
+        Ok(pending)
+    }
+
+    /// Attaches `adapter` under `id` (replacing an adapter attached under it before); requests
+    /// may then name it. An adapter made for another base is a [`ModelError`].
+    pub fn attach(&self, id: AdapterId, adapter: Arc<LoraAdapter>) -> Result<(), ServedError> {
+        self.call(|reply| Command::Attach(id, adapter, reply))?
+            .map_err(ServedError::from)
+    }
+
+    /// Names of the adapters attached to the model now (directly or from the pool).
+    pub fn adapter_names(&self) -> Result<Vec<String>, ServedError> {
+        self.call(Command::Adapters)
+    }
+
+    /// Closes the command channel: the engine stops after its current step, requests still
+    /// running end with their event channels closed, and later calls fail with
+    /// [`ServedError::Closed`]. Returns the engine thread the first time, for the caller to
+    /// join where waiting suits it; `None` after that.
+    pub fn close(&self) -> Option<JoinHandle<()>> {
+        drop(lock(&self.commands).take());
+        lock(&self.thread).take()
+    }
+}
+
+impl Drop for ServedModel {
+    fn drop(&mut self) {
+        // Closing the channel stops the thread; it is not joined here (a drop may run on a
+        // thread that must not wait for a step).
+        lock(&self.commands).take();
+    }
+}
+
+/// Reads the panic message of a [`ServedModel`]'s engine thread, if it stopped on one.
+#[derive(Clone, Debug)]
+pub struct FaultWatch(Fault);
+
+impl FaultWatch {
+    /// The panic message, if the engine thread stopped on a panic.
+    pub fn get(&self) -> Option<String> {
+        lock(&self.0).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::Source;
+
+    fn fixture() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/peft/tiny-llama")
+    }
+
+    /// An adapter pinned from the pool is unpinned when its last request ends even if the same
+    /// id was attached directly meanwhile; one attached first is never pinned.
+    #[test]
+    fn pool_pins_are_released_after_a_direct_attach() {
+        let pool: AdapterPool = AdapterPool::new(64 << 20);
+        let id = AdapterId::new("qv-r4").unwrap();
+        pool.register(id.clone(), Source::Dir(fixture().join("adapters/qv-r4")))
+            .unwrap();
+        let mut r = AttachedOrPooled {
+            attached: HashSet::new(),
+            pool: Some(pool.clone()),
+            pinned: HashSet::new(),
+        };
+        while r.acquire(&id) == Readiness::Loading {
+            std::thread::yield_now();
+        }
+        assert_eq!(pool.stats().pinned_count, 1);
+        r.attached.insert(id.clone());
+        r.release(&id);
+        assert_eq!(pool.stats().pinned_count, 0, "pin leaked");
+        assert_eq!(r.acquire(&id), Readiness::Ready);
+        assert_eq!(
+            pool.stats().pinned_count,
+            0,
+            "attached adapters are not pinned"
+        );
+        r.release(&id);
+        assert_eq!(pool.stats().pinned_count, 0);
+    }
+}
