@@ -26,8 +26,7 @@ use openledger_lora::model::{
     Tokenizer,
 };
 use openledger_lora::serve::{
-    Event, FinishReason, Request, RequestError, RequestStats as RustStats, SamplingParams,
-    TextPieces,
+    Event, Request, RequestStats as RustStats, SamplingParams, StreamEnd, StreamLog,
 };
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
@@ -342,10 +341,7 @@ impl Engine {
                 adapter: o.adapter.as_deref().map(adapter_id).transpose()?,
                 sampling: sampling(&o)?,
             };
-            let read = Read {
-                pieces: TextPieces::new(&req.sampling.stop_strings),
-                ..Read::default()
-            };
+            let read = StreamLog::new(&req.sampling.stop_strings);
             let (events, rx) = unbounded_channel();
             let cancel = self
                 .inner
@@ -406,33 +402,6 @@ impl From<&RustStats> for RequestStats {
     }
 }
 
-fn reason_name(r: &FinishReason) -> &'static str {
-    match r {
-        FinishReason::StopToken(_) => "stop_token",
-        FinishReason::StopString(_) => "stop_string",
-        FinishReason::MaxNewTokens => "max_new_tokens",
-        FinishReason::MaxContext => "max_context",
-        FinishReason::Cancelled => "cancelled",
-        _ => "finished",
-    }
-}
-
-enum End {
-    Finished(FinishReason, RustStats),
-    Failed(RequestError, RustStats),
-    Closed,
-}
-
-/// What a stream has read: its tokens and how the request ended.
-#[derive(Default)]
-struct Read {
-    tokens: Vec<u32>,
-    end: Option<End>,
-    /// The text of `tokens` and what of it `newText` handed out, brought up to date by `text`
-    /// and `newText`.
-    pieces: TextPieces,
-}
-
 type Events = Arc<tokio::sync::Mutex<UnboundedReceiver<Event>>>;
 
 /// One output token of a `TokenStream`.
@@ -479,7 +448,7 @@ impl ToNapiValue for GeneratedToken {
 pub struct TokenStream {
     cancel: PendingCancel,
     events: Events,
-    read: Arc<Mutex<Read>>,
+    read: Arc<Mutex<StreamLog>>,
     fault: FaultWatch,
     tokenizer: Option<Arc<Tokenizer>>,
     model_dir: String,
@@ -507,38 +476,36 @@ impl Drop for TokenStream {
 
 async fn next_step(
     events: Events,
-    read: Arc<Mutex<Read>>,
+    read: Arc<Mutex<StreamLog>>,
     fault: FaultWatch,
 ) -> Option<GeneratedToken> {
-    let terminal = |end: &End| match end {
-        End::Finished(..) => None,
-        End::Failed(e, _) => Some(GeneratedToken::failed(e.to_js())),
-        End::Closed => Some(GeneratedToken::failed(match fault.get() {
+    let terminal = |end: &StreamEnd| match end {
+        StreamEnd::Finished(..) => None,
+        StreamEnd::Failed(e, _) => Some(GeneratedToken::failed(e.to_js())),
+        StreamEnd::Closed => Some(GeneratedToken::failed(match fault.get() {
             Some(message) => ServedError::Panicked { message }.to_js(),
             None => closed("the engine"),
         })),
     };
     // One `next()` reads at a time; the others wait their turn.
     let mut rx = events.lock().await;
-    if let Some(end) = &lock(&read).end {
+    if let Some(end) = lock(&read).end() {
         return terminal(end);
     }
-    let end = match rx.recv().await {
-        Some(Event::Token { token, index }) => {
-            lock(&read).tokens.push(token);
-            return Some(GeneratedToken {
-                token,
-                index: index as u32,
-                failure: None,
-            });
-        }
-        Some(Event::Finished { reason, stats }) => End::Finished(reason, stats),
-        Some(Event::Failed { error, stats }) => End::Failed(error, stats),
-        None => End::Closed,
+    let event = rx.recv().await;
+    let index = match &event {
+        Some(Event::Token { index, .. }) => *index as u32,
+        _ => 0,
     };
-    let step = terminal(&end);
-    lock(&read).end = Some(end);
-    step
+    let mut log = lock(&read);
+    match log.record(event) {
+        Some(token) => Some(GeneratedToken {
+            token,
+            index,
+            failure: None,
+        }),
+        None => log.end().and_then(terminal),
+    }
 }
 
 #[napi]
@@ -577,7 +544,7 @@ impl TokenStream {
     /// The tokens read so far.
     #[napi(getter, catch_unwind)]
     pub fn tokens(&self) -> Uint32Array {
-        Uint32Array::new(lock(&self.read).tokens.clone())
+        Uint32Array::new(lock(&self.read).tokens().to_vec())
     }
 
     /// The text of the tokens read so far (special tokens left out), with the model's
@@ -588,17 +555,9 @@ impl TokenStream {
     pub fn text(&self) -> Result<String> {
         crate::error::guard(|| {
             let tok = self.tokenizer("read `tokens`")?;
-            let mut guard = lock(&self.read);
-            let read = &mut *guard;
             let decode = |t: &[u32]| tok.decode(t, true).map_err(|e| e.to_string());
-            read.pieces
-                .update(&read.tokens, read.end.is_some(), decode)
-                .map_err(|e| invalid_arg("tokens", e))?;
-            let text = read.pieces.text().to_owned();
-            Ok(match &read.end {
-                Some(End::Finished(reason, _)) => reason.visible_text(text),
-                _ => text,
-            })
+            let text = lock(&self.read).text(decode);
+            text.map_err(|e| invalid_arg("tokens", e))
         })
     }
 
@@ -611,12 +570,9 @@ impl TokenStream {
     pub fn new_text(&self) -> Result<String> {
         crate::error::guard(|| {
             let tok = self.tokenizer("read `tokens`")?;
-            let mut guard = lock(&self.read);
-            let read = &mut *guard;
             let decode = |t: &[u32]| tok.decode(t, true).map_err(|e| e.to_string());
-            let piece = read
-                .pieces
-                .next_piece(&read.tokens, read.end.is_some(), decode);
+            let mut log = lock(&self.read);
+            let piece = log.new_text(decode);
             Ok(piece.map_err(|e| invalid_arg("tokens", e))?.to_owned())
         })
     }
@@ -624,28 +580,20 @@ impl TokenStream {
     /// The stop string that ended the request, if one did.
     #[napi(getter, catch_unwind)]
     pub fn stop_string(&self) -> Option<String> {
-        match lock(&self.read).end.as_ref()? {
-            End::Finished(FinishReason::StopString(s), _) => Some(s.clone()),
-            _ => None,
-        }
+        lock(&self.read).stop_string().map(str::to_owned)
     }
 
     /// Why the request ended (`"stop_token"`, `"stop_string"`, `"max_new_tokens"`,
     /// `"max_context"`, `"cancelled"`, ...), or `null` while it runs or when it failed.
     #[napi(getter, catch_unwind)]
     pub fn finish_reason(&self) -> Option<String> {
-        match lock(&self.read).end.as_ref()? {
-            End::Finished(r, _) => Some(reason_name(r).to_string()),
-            _ => None,
-        }
+        let log = lock(&self.read);
+        log.finish_reason().map(|r| r.name().to_string())
     }
 
     /// The request's statistics once it has ended, else `null`.
     #[napi(getter, catch_unwind)]
     pub fn stats(&self) -> Option<RequestStats> {
-        match lock(&self.read).end.as_ref()? {
-            End::Finished(_, s) | End::Failed(_, s) => Some(RequestStats::from(s)),
-            End::Closed => None,
-        }
+        lock(&self.read).stats().map(RequestStats::from)
     }
 }

@@ -20,8 +20,8 @@ use openledger_lora::model::{
 };
 use openledger_lora::pool::{AdapterId, PoolError};
 use openledger_lora::serve::{
-    CancelHandle, Event, FinishReason, Request, RequestError, RequestHandle, RequestStats,
-    SamplingParams, TextPieces,
+    CancelHandle, FinishReason, Request, RequestError, RequestHandle, RequestStats, SamplingParams,
+    StreamEnd, StreamLog,
 };
 use pyo3::exceptions::PyStopAsyncIteration;
 use pyo3::prelude::*;
@@ -276,7 +276,7 @@ impl PyEngine {
         let tokenizer = self.inner.tokenizer();
         let prompt = prompt_ids(py, prompt, tokenizer)?;
         let stop_strings = stop_strings.unwrap_or_default();
-        let pieces = TextPieces::new(&stop_strings);
+        let log = StreamLog::new(&stop_strings);
         if !stop_strings.is_empty() && tokenizer.is_none() {
             return Err(invalid_arg(
                 "stop_strings",
@@ -316,12 +316,7 @@ impl PyEngine {
             cancel: handle.cancel.clone(),
             tokenizer: tokenizer.cloned(),
             fault: self.inner.fault_watch(),
-            state: Mutex::new(StreamState {
-                handle,
-                tokens: Vec::new(),
-                end: None,
-                pieces,
-            }),
+            state: Mutex::new(StreamState { handle, log }),
         })
     }
 
@@ -360,19 +355,10 @@ impl PyEngine {
     }
 }
 
-enum End {
-    Finished(FinishReason, RequestStats),
-    Failed(RequestError, RequestStats),
-    Closed,
-}
-
 struct StreamState {
     handle: RequestHandle,
-    tokens: Vec<u32>,
-    end: Option<End>,
-    /// The text of `tokens` and what of it `new_text` handed out, brought up to date by `text`
-    /// and `new_text`.
-    pieces: TextPieces,
+    /// The tokens read, how the request ended, and the text `text` and `new_text` give.
+    log: StreamLog,
 }
 
 /// What the next read of a stream gives.
@@ -421,12 +407,13 @@ impl PyTokenStream {
     fn read(&self, py: Python<'_>, timeout: Option<Duration>) -> Next {
         py.detach(|| {
             let mut st = lock(&self.state);
-            if let Some(end) = &st.end {
-                return match end {
-                    End::Finished(..) => Next::Done,
-                    End::Failed(e, _) => Next::Failed(e.clone()),
-                    End::Closed => Next::Closed,
-                };
+            let read = |end: &StreamEnd| match end {
+                StreamEnd::Finished(..) => Next::Done,
+                StreamEnd::Failed(e, _) => Next::Failed(e.clone()),
+                StreamEnd::Closed => Next::Closed,
+            };
+            if let Some(end) = st.log.end() {
+                return read(end);
             }
             let event = match timeout {
                 Some(t) => match st.handle.next_timeout(t) {
@@ -436,23 +423,9 @@ impl PyTokenStream {
                 },
                 None => st.handle.next(),
             };
-            match event {
-                Some(Event::Token { token, .. }) => {
-                    st.tokens.push(token);
-                    Next::Token(token)
-                }
-                Some(Event::Finished { reason, stats }) => {
-                    st.end = Some(End::Finished(reason, stats));
-                    Next::Done
-                }
-                Some(Event::Failed { error, stats }) => {
-                    st.end = Some(End::Failed(error.clone(), stats));
-                    Next::Failed(error)
-                }
-                None => {
-                    st.end = Some(End::Closed);
-                    Next::Closed
-                }
+            match st.log.record(event) {
+                Some(token) => Next::Token(token),
+                None => st.log.end().map_or(Next::Closed, read),
             }
         })
     }
@@ -488,7 +461,7 @@ impl PyTokenStream {
     /// The tokens read from the stream so far.
     #[getter]
     fn tokens(&self, py: Python<'_>) -> Vec<u32> {
-        py.detach(|| lock(&self.state).tokens.clone())
+        py.detach(|| lock(&self.state).log.tokens().to_vec())
     }
 
     /// The text of the tokens read so far (special tokens left out), with the model's
@@ -500,17 +473,9 @@ impl PyTokenStream {
     fn text(&self, py: Python<'_>) -> Result<String> {
         let tok = self.tokenizer()?;
         py.detach(|| {
-            let mut guard = lock(&self.state);
-            let st = &mut *guard;
             let decode = |t: &[u32]| tok.decode(t, true).map_err(|e| e.to_string());
-            st.pieces
-                .update(&st.tokens, st.end.is_some(), decode)
-                .map_err(|e| invalid_arg("tokens", e))?;
-            let text = st.pieces.text().to_owned();
-            Ok(match &st.end {
-                Some(End::Finished(reason, _)) => reason.visible_text(text),
-                _ => text,
-            })
+            let text = lock(&self.state).log.text(decode);
+            text.map_err(|e| invalid_arg("tokens", e))
         })
     }
 
@@ -522,10 +487,9 @@ impl PyTokenStream {
     fn new_text(&self, py: Python<'_>) -> Result<String> {
         let tok = self.tokenizer()?;
         py.detach(|| {
-            let mut guard = lock(&self.state);
-            let st = &mut *guard;
             let decode = |t: &[u32]| tok.decode(t, true).map_err(|e| e.to_string());
-            let piece = st.pieces.next_piece(&st.tokens, st.end.is_some(), decode);
+            let mut st = lock(&self.state);
+            let piece = st.log.new_text(decode);
             Ok(piece.map_err(|e| invalid_arg("tokens", e))?.to_owned())
         })
     }
@@ -533,37 +497,28 @@ impl PyTokenStream {
     /// The stop string that ended the request, if one did.
     #[getter]
     fn stop_string(&self, py: Python<'_>) -> Option<String> {
-        py.detach(|| match &lock(&self.state).end {
-            Some(End::Finished(FinishReason::StopString(s), _)) => Some(s.clone()),
-            _ => None,
-        })
+        py.detach(|| lock(&self.state).log.stop_string().map(str::to_owned))
     }
 
     /// Why the request ended (`"max_new_tokens"`, `"stop_token"`, `"stop_string"`,
     /// `"max_context"`, `"cancelled"`), or `None` while it runs or when it failed.
     #[getter]
     fn finish_reason(&self, py: Python<'_>) -> Option<&'static str> {
-        py.detach(|| match &lock(&self.state).end {
-            Some(End::Finished(r, _)) => Some(match r {
-                FinishReason::StopToken(_) => "stop_token",
-                FinishReason::StopString(_) => "stop_string",
-                FinishReason::MaxNewTokens => "max_new_tokens",
-                FinishReason::MaxContext => "max_context",
-                FinishReason::Cancelled => "cancelled",
-                _ => "finished",
-            }),
-            _ => None,
+        py.detach(|| {
+            lock(&self.state)
+                .log
+                .finish_reason()
+                .map(FinishReason::name)
         })
     }
 
     /// The request's statistics once it has ended (finished or failed), else `None`.
     #[getter]
     fn stats(&self, py: Python<'_>) -> Option<PyRequestStats> {
-        py.detach(|| match &lock(&self.state).end {
-            Some(End::Finished(_, s)) | Some(End::Failed(_, s)) => {
-                Some(PyRequestStats { inner: s.clone() })
-            }
-            _ => None,
+        py.detach(|| {
+            let st = lock(&self.state);
+            let inner = st.log.stats()?.clone();
+            Some(PyRequestStats { inner })
         })
     }
 

@@ -3,7 +3,7 @@
 //! [`StepModel`] while requests for different adapters join and leave, token streaming with
 //! cancellation and per-request statistics, and an output's text kept a few tokens at a time
 //! ([`IncrementalText`]) for stop strings and for handing an answer out in pieces
-//! ([`TextPieces`]).
+//! ([`TextPieces`]); and what a stream's reader has seen of its request ([`StreamLog`]).
 //!
 //! ```
 //! use openledger_lora::serve::*;
@@ -48,6 +48,7 @@ mod readiness;
 mod request;
 mod sampling;
 mod scheduler;
+mod stream;
 mod text;
 
 pub use attention::{AttentionParams, AttnSeq, paged_attention};
@@ -61,4 +62,5 @@ pub use scheduler::{
     Engine, EngineConfig, EngineError, Logits, Preemption, SeqInput, StepBatch, StepModel,
     StepReport,
 };
+pub use stream::{StreamEnd, StreamLog};
 pub use text::{IncrementalText, TextPieces};

@@ -299,6 +299,18 @@ pub enum FinishReason {
 }
 
 impl FinishReason {
+    /// The reason's name as the bindings give it: `"stop_token"`, `"stop_string"`,
+    /// `"max_new_tokens"`, `"max_context"` or `"cancelled"`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            FinishReason::StopToken(_) => "stop_token",
+            FinishReason::StopString(_) => "stop_string",
+            FinishReason::MaxNewTokens => "max_new_tokens",
+            FinishReason::MaxContext => "max_context",
+            FinishReason::Cancelled => "cancelled",
+        }
+    }
+
     /// The answer a request's output `text` (its detokenized tokens) shows once it finished
     /// for this reason: after a stop string, the text before the string's first occurrence —
     /// the string, and whatever the token completing it carried after it, are not part of the
