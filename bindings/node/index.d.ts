@@ -177,7 +177,10 @@ export declare class Engine {
    * false); an id outside the vocabulary is an `InvalidArg` error.
    */
   decode(ids: Uint32Array | Array<number>, skipSpecialTokens?: boolean | undefined | null): string
-  /** Whether `close` was called. */
+  /**
+   * Whether the engine takes no more requests: `close` was called, or it stopped on an
+   * internal error.
+   */
   get closed(): boolean
   /**
    * Attaches `adapter` (a `LoraAdapter`, or the path of a PEFT adapter folder) under

@@ -2,8 +2,10 @@
 //! the tiny llama (fixtures/peft/tiny-llama, greedy references from transformers + PEFT): tokens
 //! equal PEFT's for the base, an adapter attached directly and one drawn from a pool, from
 //! several calling threads at once; bad input is refused with the request's error whether the
-//! call waits or not; a request cancelled before the engine took it ends cancelled; closing ends
-//! running streams and refuses later calls; limits that cannot work are refused at load.
+//! call waits or not; a request cancelled while the engine is held inside a step ends cancelled
+//! with no token; a panic on the engine thread reaches every caller and open stream as
+//! `Panicked`; closing ends running streams and refuses later calls, and so does dropping the
+//! handle; limits that cannot work are refused at load.
 
 mod tiny_llama;
 
@@ -167,9 +169,28 @@ fn bad_input_is_refused_whether_the_call_waits_or_not() {
     assert!(served.tokenizer().is_none());
 }
 
+/// A request whose callback forwards its events to the returned receiver and, at its first
+/// event, holds the engine thread until `gate` sends (or is dropped).
+fn gated(served: &ServedModel, max_new_tokens: usize) -> (mpsc::Receiver<Event>, mpsc::Sender<()>) {
+    let (tx, rx) = mpsc::channel();
+    let (open, gate) = mpsc::channel::<()>();
+    let mut first = true;
+    served
+        .submit_with_callback(request(sequence(1), None, max_new_tokens), move |e| {
+            if std::mem::take(&mut first) {
+                let _ = gate.recv();
+            }
+            let _ = tx.send(e.clone());
+        })
+        .unwrap();
+    (rx, open)
+}
+
 #[test]
 fn a_request_cancelled_before_the_engine_took_it_ends_cancelled() {
     let served = ServedModel::load(&fixture(), None, &options(), &mut |_| {}).unwrap();
+    // The engine thread is held inside a step, so it cannot take the next request yet.
+    let (held, open) = gated(&served, 4);
     let (tx, rx) = mpsc::channel();
     let pending = served
         .submit_with_callback(request(sequence(0), None, 40), move |e| {
@@ -177,22 +198,73 @@ fn a_request_cancelled_before_the_engine_took_it_ends_cancelled() {
         })
         .unwrap();
     pending.cancel();
+    open.send(()).unwrap();
     let events: Vec<Event> = rx.iter().collect();
-    let tokens = events
-        .iter()
-        .filter(|e| matches!(e, Event::Token { .. }))
-        .count();
-    assert!(tokens < 40, "{tokens} tokens after an early cancel");
     assert!(
         matches!(
-            events.last(),
-            Some(Event::Finished {
+            events.as_slice(),
+            [Event::Finished {
                 reason: FinishReason::Cancelled,
                 ..
-            })
+            }]
         ),
-        "{:?}",
-        events.last()
+        "{events:?}"
+    );
+    assert_eq!(
+        held.iter().count(),
+        5,
+        "the held request's 4 tokens and its end"
+    );
+}
+
+#[test]
+fn a_panic_on_the_engine_thread_is_reported_to_every_caller_and_stream() {
+    let served = ServedModel::load(&fixture(), None, &options(), &mut |_| {}).unwrap();
+    let running = served.submit(request(sequence(0), None, 40)).unwrap();
+    let watch = served.fault_watch();
+    served
+        .submit_with_callback(request(sequence(1), None, 40), |e| {
+            if matches!(e, Event::Token { index: 2, .. }) {
+                panic!("callback failed on purpose");
+            }
+        })
+        .unwrap();
+    // The running request's channel closes without a last event; the stream learns why.
+    let (_, end) = collect(running);
+    assert!(end.is_none(), "{end:?}");
+    match watch.stopped() {
+        ServedError::Panicked { message } => assert!(message.contains("on purpose"), "{message}"),
+        other => panic!("expected the panic, got {other:?}"),
+    }
+    assert!(served.is_closed());
+    assert!(served.fault().is_some_and(|m| m.contains("on purpose")));
+    assert!(matches!(
+        served.submit(request(sequence(0), None, 4)),
+        Err(ServedError::Panicked { .. })
+    ));
+    assert!(matches!(
+        served.ensure_open(),
+        Err(ServedError::Panicked { .. })
+    ));
+    assert!(matches!(
+        served.adapter_names(),
+        Err(ServedError::Panicked { .. })
+    ));
+    served.close().unwrap().join().unwrap();
+}
+
+#[test]
+fn dropping_the_handle_stops_the_engine() {
+    let served = ServedModel::load(&fixture(), None, &options(), &mut |_| {}).unwrap();
+    let (events, open) = gated(&served, 40);
+    drop(served);
+    open.send(()).unwrap();
+    // The engine finishes its step, sees the channel closed and stops: the request's events
+    // end without a last event, long before its 40 tokens.
+    let events: Vec<Event> = events.iter().collect();
+    assert!(
+        events.len() < 40 && events.iter().all(|e| matches!(e, Event::Token { .. })),
+        "{events:?}"
     );
 }
 

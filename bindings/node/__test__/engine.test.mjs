@@ -89,6 +89,9 @@ test('a model folder that is not one rejects, and a closed engine throws Closed'
   assert.equal(e.closed, true)
   await rejects(() => e.generate([1]), 'Closed')
   await rejects(() => e.adapters(), 'Closed')
+  // Thrown at the call, before any folder is read or a promise made.
+  assert.throws(() => e.adapters(), (err) => err.code === 'Closed')
+  assert.throws(() => e.addAdapter('x', adapterDir('missing')), (err) => err.code === 'Closed')
   // The request either finished before the engine stopped, or ends with `Closed`.
   try {
     await collect(pending)

@@ -22,8 +22,7 @@ use napi::bindgen_prelude::{
 use napi_derive::napi;
 use openledger_lora::adapter::{LoadOptions, LoraAdapter as RustAdapter};
 use openledger_lora::model::{
-    FaultWatch, ModelError, PendingCancel, ServeOptions, ServedError, ServedModel, TOKENIZER_FILE,
-    Tokenizer,
+    FaultWatch, ModelError, PendingCancel, ServeOptions, ServedModel, TOKENIZER_FILE, Tokenizer,
 };
 use openledger_lora::serve::{
     Event, Request, RequestStats as RustStats, SamplingParams, StreamEnd, StreamLog,
@@ -31,7 +30,7 @@ use openledger_lora::serve::{
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
 use crate::adapters::LoraAdapter;
-use crate::error::{self, Error, ErrorCode, JsResult, Result, ToJs, closed, invalid_arg};
+use crate::error::{self, Error, ErrorCode, JsResult, Result, ToJs, invalid_arg};
 use crate::pool::{AdapterPool, id as adapter_id};
 use crate::progress::{Progress, ProgressFn};
 use crate::task::{VoidTask, count, task};
@@ -273,7 +272,8 @@ impl Engine {
         })
     }
 
-    /// Whether `close` was called.
+    /// Whether the engine takes no more requests: `close` was called, or it stopped on an
+    /// internal error.
     #[napi(getter, catch_unwind)]
     pub fn closed(&self) -> bool {
         self.inner.is_closed()
@@ -290,6 +290,8 @@ impl Engine {
     ) -> Result<AsyncTask<VoidTask>> {
         crate::error::guard(|| {
             let id = self::adapter_id(&adapter_id)?;
+            // A closed engine throws here, before the folder is read.
+            self.inner.ensure_open().js()?;
             let inner = Arc::clone(&self.inner);
             let adapter = match adapter {
                 Either::A(a) => Either::A(a.inner.clone()),
@@ -311,6 +313,7 @@ impl Engine {
     #[napi(catch_unwind)]
     pub fn adapters(&self) -> Result<AsyncTask<StringListTask>> {
         crate::error::guard(|| {
+            self.inner.ensure_open().js()?;
             let inner = Arc::clone(&self.inner);
             Ok(StringListTask::spawn(move || inner.adapter_names().js()))
         })
@@ -482,10 +485,7 @@ async fn next_step(
     let terminal = |end: &StreamEnd| match end {
         StreamEnd::Finished(..) => None,
         StreamEnd::Failed(e, _) => Some(GeneratedToken::failed(e.to_js())),
-        StreamEnd::Closed => Some(GeneratedToken::failed(match fault.get() {
-            Some(message) => ServedError::Panicked { message }.to_js(),
-            None => closed("the engine"),
-        })),
+        StreamEnd::Closed => Some(GeneratedToken::failed(fault.stopped().to_js())),
     };
     // One `next()` reads at a time; the others wait their turn.
     let mut rx = events.lock().await;

@@ -322,7 +322,10 @@ impl ToJs for ServedError {
             ServedError::Engine(e) => e.to_js(),
             ServedError::Thread(e) => error(ErrorCode::Engine, "cannot start its thread", Some(e)),
             ServedError::Closed => closed("the engine"),
-            ServedError::Panicked { message } => Error::new(ErrorCode::Panic, message.clone()),
+            ServedError::Panicked { message } => Error::new(
+                ErrorCode::Panic,
+                format!("internal error (a bug, please report it): {message}"),
+            ),
         }
     }
 }

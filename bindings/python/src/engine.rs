@@ -28,7 +28,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 
 use crate::adapters::PyLoraAdapter;
-use crate::error::{self, Result, engine_closed, invalid_arg};
+use crate::error::{self, Result, invalid_arg};
 use crate::pool::PyAdapterPool;
 use crate::progress::Progress;
 
@@ -201,7 +201,8 @@ impl PyEngine {
         })
     }
 
-    /// Whether `close` was called.
+    /// Whether the engine takes no more requests: `close` was called, or it stopped on an
+    /// internal error.
     #[getter]
     fn closed(&self) -> bool {
         self.inner.is_closed()
@@ -397,10 +398,7 @@ impl PyTokenStream {
 
     /// The error of a stream whose engine stopped before the request ended.
     fn closed_error(&self) -> error::Error {
-        match self.fault.get() {
-            Some(message) => openledger_lora::model::ServedError::Panicked { message }.into(),
-            None => engine_closed(),
-        }
+        self.fault.stopped().into()
     }
 
     /// Waits up to `timeout` (None: for ever) for the next event, GIL released.

@@ -4,7 +4,9 @@
 //! [`ServedModel::load`] reads the folder (weights, and `tokenizer.json` when there is one),
 //! wraps the model in a [`PagedModel`] (drawing adapters from an [`AdapterPool`] on first use
 //! when one is given) and starts a thread that owns the [`Engine`]. Calls from any thread reach
-//! it through a command channel and are taken between steps:
+//! it through a command channel and are taken between steps (but not from a request's
+//! callback, which runs on the engine thread: a call there that waits for the engine would wait
+//! for itself):
 //!
 //! - [`ServedModel::submit`] waits for the engine to take the request and returns its
 //!   [`RequestHandle`] (bad input is refused there);
@@ -40,7 +42,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -151,6 +153,19 @@ impl AttachedOrPooled {
     }
 }
 
+impl Drop for AttachedOrPooled {
+    /// Pins still held (the engine releases each adapter when its last request ends; a step
+    /// that panicked between pinning and recording the hold leaves one behind) go back to the
+    /// pool, which may be shared with other engines.
+    fn drop(&mut self) {
+        if let Some(pool) = &mut self.pool {
+            for id in self.pinned.drain() {
+                pool.release(&id);
+            }
+        }
+    }
+}
+
 impl AdapterReadiness for AttachedOrPooled {
     fn readiness(&mut self, adapter: &AdapterId) -> Readiness {
         match (&mut self.pool, self.attached.contains(adapter)) {
@@ -233,23 +248,61 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Where a panic of the engine thread leaves its message.
-type Fault = Arc<Mutex<Option<String>>>;
+/// Whether the engine thread has stopped, and the message of the panic that stopped it.
+#[derive(Default)]
+struct Stop {
+    stopped: bool,
+    panic: Option<String>,
+}
 
-/// Runs the engine until the command channel closes, then drops it. A panic stops the engine
-/// and leaves its message in `fault`.
-fn drive(mut engine: Inner, commands: Receiver<Command>, fault: Fault) {
+/// The engine thread's [`Stop`], and a signal for those waiting for it.
+#[derive(Default)]
+struct StopState {
+    stop: Mutex<Stop>,
+    changed: Condvar,
+}
+
+impl StopState {
+    /// The panic message, without waiting.
+    fn panic(&self) -> Option<String> {
+        lock(&self.stop).panic.clone()
+    }
+
+    /// Why the engine takes no more calls, once its channel is seen closed: waits (up to a few
+    /// seconds) for the thread to record how it stopped, since a panic drops reply channels
+    /// and request sinks while it unwinds, before its message is recorded.
+    fn gone(&self) -> ServedError {
+        let stop = lock(&self.stop);
+        let (stop, _) = self
+            .changed
+            .wait_timeout_while(stop, Duration::from_secs(5), |s| !s.stopped)
+            .unwrap_or_else(|p| p.into_inner());
+        match &stop.panic {
+            Some(message) => ServedError::Panicked {
+                message: message.clone(),
+            },
+            None => ServedError::Closed,
+        }
+    }
+}
+
+/// Runs the engine until the command channel closes, then drops it. A panic stops the engine;
+/// either way the thread records how it stopped in `state`.
+fn drive(mut engine: Inner, commands: Receiver<Command>, state: Arc<StopState>) {
     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         drive_loop(&mut engine, &commands)
     }));
-    if let Err(p) = run {
-        let message = p
-            .downcast_ref::<&str>()
+    let panic = run.err().map(|p| {
+        p.downcast_ref::<&str>()
             .map(|s| s.to_string())
             .or_else(|| p.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".into());
-        *lock(&fault) = Some(message);
-    }
+            .unwrap_or_else(|| "unknown panic".into())
+    });
+    *lock(&state.stop) = Stop {
+        stopped: true,
+        panic,
+    };
+    state.changed.notify_all();
 }
 
 fn drive_loop(engine: &mut Inner, commands: &Receiver<Command>) {
@@ -341,7 +394,7 @@ fn handle(engine: &mut Inner, cmd: Command) {
 pub struct ServedModel {
     commands: Mutex<Option<Sender<Command>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
-    fault: Fault,
+    state: Arc<StopState>,
     vocab_size: usize,
     max_context: usize,
     model_dir: PathBuf,
@@ -401,16 +454,16 @@ impl ServedModel {
             engine = engine.with_detokenizer(Arc::clone(tok));
         }
         let (tx, rx) = mpsc::channel();
-        let fault = Fault::default();
-        let f = Arc::clone(&fault);
+        let state = Arc::new(StopState::default());
+        let st = Arc::clone(&state);
         let thread = std::thread::Builder::new()
             .name("openledger-engine".into())
-            .spawn(move || drive(engine, rx, f))
+            .spawn(move || drive(engine, rx, st))
             .map_err(ServedError::Thread)?;
         Ok(Self {
             commands: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
-            fault,
+            state,
             vocab_size,
             max_context: options.max_context,
             model_dir: model_dir.to_path_buf(),
@@ -452,28 +505,29 @@ impl ServedModel {
             })
     }
 
-    /// Whether [`close`](Self::close) was called.
+    /// Whether the engine takes no more calls: [`close`](Self::close) was called, or its thread
+    /// stopped on a panic.
     pub fn is_closed(&self) -> bool {
-        lock(&self.commands).is_none()
+        lock(&self.commands).is_none() || lock(&self.state.stop).stopped
     }
 
     /// The message of the panic that stopped the engine thread, if one did.
     pub fn fault(&self) -> Option<String> {
-        lock(&self.fault).clone()
+        self.state.panic()
     }
 
-    /// A handle that reads [`fault`](Self::fault) from elsewhere (a stream that outlives its
-    /// engine's handle).
+    /// A handle that tells, from elsewhere (a stream that outlives its engine's handle), why the
+    /// engine stopped.
     pub fn fault_watch(&self) -> FaultWatch {
-        FaultWatch(Arc::clone(&self.fault))
+        FaultWatch(Arc::clone(&self.state))
     }
 
-    /// Why the engine cannot take calls: its panic, else closed.
-    fn gone(&self) -> ServedError {
-        match self.fault() {
-            Some(message) => ServedError::Panicked { message },
-            None => ServedError::Closed,
-        }
+    /// Fails as later calls would once the engine is closed or stopped on a panic
+    /// ([`ServedError::Closed`], [`ServedError::Panicked`]); `Ok` while it takes calls. For a
+    /// caller that prepares work (reads a file, hands a call to another thread) before making
+    /// the call, to fail first.
+    pub fn ensure_open(&self) -> Result<(), ServedError> {
+        self.sender().map(drop)
     }
 
     fn sender(&self) -> Result<Sender<Command>, ServedError> {
@@ -487,8 +541,8 @@ impl ServedModel {
     fn call<T>(&self, make: impl FnOnce(Sender<T>) -> Command) -> Result<T, ServedError> {
         let tx = self.sender()?;
         let (reply, answer) = mpsc::channel();
-        tx.send(make(reply)).map_err(|_| self.gone())?;
-        answer.recv().map_err(|_| self.gone())
+        tx.send(make(reply)).map_err(|_| self.state.gone())?;
+        answer.recv().map_err(|_| self.state.gone())
     }
 
     /// Submits `req` and waits until the engine takes it (between two steps). Bad input (an
@@ -513,7 +567,7 @@ impl ServedModel {
             Box::new(on_event),
             pending.clone(),
         ))
-        .map_err(|_| self.gone())?;
+        .map_err(|_| self.state.gone())?;
         Ok(pending)
     }
 
@@ -529,10 +583,12 @@ impl ServedModel {
         self.call(Command::Adapters)
     }
 
-    /// Closes the command channel: the engine stops after its current step, requests still
-    /// running end with their event channels closed, and later calls fail with
-    /// [`ServedError::Closed`]. Returns the engine thread the first time, for the caller to
-    /// join where waiting suits it; `None` after that.
+    /// Closes the command channel: the engine takes the commands already sent, finishes its
+    /// current step and stops; requests still running end with their event channels closed,
+    /// and later calls fail with [`ServedError::Closed`] (or [`ServedError::Panicked`] if the
+    /// engine had stopped on a panic). Returns the engine thread the first time, for the
+    /// caller to join where waiting suits it (never from a request's callback); `None` after
+    /// that.
     pub fn close(&self) -> Option<JoinHandle<()>> {
         drop(lock(&self.commands).take());
         lock(&self.thread).take()
@@ -547,17 +603,29 @@ impl Drop for ServedModel {
     }
 }
 
-/// Reads the panic message of a [`ServedModel`]'s engine thread, if it stopped on one.
-#[derive(Clone, Debug)]
-pub struct FaultWatch(Fault);
+/// Tells why a [`ServedModel`]'s engine stopped, from a stream that outlives the handle.
+#[derive(Clone)]
+pub struct FaultWatch(Arc<StopState>);
 
 impl FaultWatch {
-    /// The panic message, if the engine thread stopped on a panic.
+    /// The panic message, if the engine thread stopped on a panic; without waiting.
     pub fn get(&self) -> Option<String> {
-        lock(&self.0).clone()
+        self.0.panic()
+    }
+
+    /// Why a request's events stopped without a last event: the engine stopped, on a panic
+    /// ([`ServedError::Panicked`]) or closed ([`ServedError::Closed`]). Waits (up to a few
+    /// seconds) for the engine thread to record how it stopped.
+    pub fn stopped(&self) -> ServedError {
+        self.0.gone()
     }
 }
 
+impl std::fmt::Debug for FaultWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("FaultWatch").field(&self.get()).finish()
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;
