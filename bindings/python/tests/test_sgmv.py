@@ -72,3 +72,55 @@ def test_bad_batches_are_invalid_arguments_and_leave_y_alone(adapters_root):
     with pytest.raises(TypeError):
         ol.bgmv(x, y, [None], [0])
     np.testing.assert_array_equal(y, 0.0)
+
+
+def _as_dtype(adapter_dir, dtype):
+    """The adapter at `adapter_dir` with every factor stored as `dtype` ("F16" or "BF16"),
+    written as safetensors here (round to nearest even, as torch's `.to()` does)."""
+    import json
+    import struct
+
+    raw = (adapter_dir / "adapter_model.safetensors").read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8 : 8 + n])
+    body = raw[8 + n :]
+    out_header, chunks, offset = {}, [], 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = info["data_offsets"]
+        values = np.frombuffer(body[start:end], dtype="<f4")
+        if dtype == "F16":
+            data = values.astype("<f2").tobytes()
+        else:
+            bits = values.view("<u4").astype(np.uint64)
+            rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+            data = rounded.astype("<u2").tobytes()
+        out_header[name] = {"dtype": dtype, "shape": info["shape"], "data_offsets": [offset, offset + len(data)]}
+        chunks.append(data)
+        offset += len(data)
+    head = json.dumps(out_header).encode()
+    head += b" " * (-len(head) % 8)
+    st = struct.pack("<Q", len(head)) + head + b"".join(chunks)
+    config = (adapter_dir / "adapter_config.json").read_bytes()
+    return ol.LoraAdapter.from_bytes(config, st)
+
+
+@pytest.mark.parametrize("dtype", ["BF16", "F16"])
+def test_half_precision_factors_run_as_stored_and_mixed_with_f32(adapters_root, dtype):
+    names = ["qv-r4", "all-r8-rslora"]
+    half = [_as_dtype(adapters_root / n, dtype).module(Q0) for n in names]
+    assert {m.dtype for m in half} == {dtype.lower()}
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(6, 64)).astype(np.float32)
+    y0 = rng.normal(size=(6, 64)).astype(np.float32)
+    rows = [0, 0, 1, None, 1, 1]
+    y = y0.copy()
+    ol.sgmv(x, y, half, [(0, 2, 0), (2, 3, 1), (4, 6, 1)])
+    # The reference multiplies the stored half-precision values (read back as float32).
+    np.testing.assert_allclose(y, reference(x, y0, half, rows), rtol=1e-5, atol=1e-5)
+    # One module in f32 beside one in half precision: both widened to f32, same result.
+    mixed = [half[0], layer(adapters_root)[1]]
+    y = y0.copy()
+    ol.bgmv(x, y, mixed, rows)
+    np.testing.assert_allclose(y, reference(x, y0, mixed, rows), rtol=1e-5, atol=1e-5)
