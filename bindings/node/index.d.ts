@@ -1026,6 +1026,17 @@ export interface TrainerOptions {
   useDora?: boolean
   /** Dropout on the LoRA input, in [0, 1). */
   dropout?: number
+  /**
+   * Ranks other than `r` for some modules, as PEFT's `rank_pattern`: `{ regex: rank }`,
+   * each key matched against the end of a module name (`"o_proj"`,
+   * `"layers.1.self_attn.v_proj"`); the first matching key, in the object's order, wins.
+   */
+  rankPattern?: Record<string, number>
+  /**
+   * Alphas other than `alpha` for some modules, as PEFT's `alpha_pattern`, matched as
+   * `rankPattern`.
+   */
+  alphaPattern?: Record<string, number>
   /** Optimizer steps (default 100). */
   steps?: number
   /** Examples per micro-batch (default 4). */

@@ -9,9 +9,9 @@
 use std::path::{Path, PathBuf};
 
 use openledger_lora::adapter::{LoadOptions, LoraAdapter};
-use openledger_lora::model::{Model, SeqInput};
+use openledger_lora::model::{AdapterId, Model, SeqInput};
 use openledger_lora::tensors::read_safetensors;
-use openledger_lora::train::{LoraSettings, TrainConfig, TrainError, Trainer};
+use openledger_lora::train::{Example, LoraSettings, TrainConfig, TrainError, Trainer};
 
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/peft/tiny-llama")
@@ -45,6 +45,14 @@ fn max_diff(ours: &[Vec<f32>], name: &str, reference: &Path) -> f32 {
     worst
 }
 
+/// The reference sequences for the engine, each with `adapter`.
+fn batch(adapter: Option<AdapterId>) -> Vec<SeqInput<'static>> {
+    SEQUENCES
+        .iter()
+        .map(|s| SeqInput { adapter, tokens: s })
+        .collect()
+}
+
 /// The trainer-made adapter `name`: trainer and engine against PEFT.
 fn check_trained(name: &str, lora: LoraSettings) {
     let model = Model::from_dir(&dir()).unwrap();
@@ -56,28 +64,14 @@ fn check_trained(name: &str, lora: LoraSettings) {
     let d_trainer = max_diff(&t.forward(&SEQUENCES).unwrap(), name, &reference);
     let mut engine = model.clone();
     let id = engine.attach_adapter(name, &adapter).unwrap();
-    let batch: Vec<SeqInput<'_>> = SEQUENCES
-        .iter()
-        .map(|s| SeqInput {
-            adapter: Some(id),
-            tokens: s,
-        })
-        .collect();
-    let d_engine = max_diff(&engine.forward(&batch).unwrap(), name, &reference);
+    let d_engine = max_diff(&engine.forward(&batch(Some(id))).unwrap(), name, &reference);
     eprintln!("{name}: max |trainer - PEFT| = {d_trainer:e}, max |engine - PEFT| = {d_engine:e}");
     assert!(
         d_trainer <= 1e-5 && d_engine <= 1e-5,
         "{d_trainer} {d_engine}"
     );
     // The adapter is trained: PEFT's logits are not the base's.
-    let base: Vec<SeqInput<'_>> = SEQUENCES
-        .iter()
-        .map(|s| SeqInput {
-            adapter: None,
-            tokens: s,
-        })
-        .collect();
-    assert!(max_diff(&engine.forward(&base).unwrap(), name, &reference) > 1e-2);
+    assert!(max_diff(&engine.forward(&batch(None)).unwrap(), name, &reference) > 1e-2);
 }
 
 #[test]
@@ -117,6 +111,84 @@ fn trainer_forward_with_the_rslora_all_linear_fixture_factors_gives_pefts_logits
     let mut l = LoraSettings::new(&["all-linear"], 8, 16.0);
     l.use_rslora = true;
     check("all-r8-rslora", l);
+}
+
+/// The settings PEFT made the `attn-patterns` fixture with: r = 8, alpha = 8, `o_proj` at rank
+/// 2, `k_proj` at alpha 32.
+fn attn_patterns() -> LoraSettings {
+    let mut l = LoraSettings::new(&["q_proj", "o_proj", "k_proj", "v_proj"], 8, 8.0);
+    l.rank_pattern = vec![("o_proj".into(), 2)];
+    l.alpha_pattern = vec![("k_proj".into(), 32.0)];
+    l
+}
+
+#[test]
+fn trainer_forward_with_rank_and_alpha_patterns_gives_pefts_logits() {
+    check("attn-patterns", attn_patterns());
+}
+
+#[test]
+fn an_adapter_trained_with_patterns_keeps_them_and_the_engine_agrees() {
+    let model = Model::from_dir(&dir()).unwrap();
+    let mut config = TrainConfig::new(attn_patterns());
+    config.steps = 3;
+    config.batch_size = 2;
+    config.learning_rate = 1e-2;
+    let mut t = Trainer::new(&model, config).unwrap();
+    let layout = t.gradient_layout();
+    let rank_of = |module: &str| {
+        let name = format!("{module}.lora_A.weight");
+        layout.iter().find(|p| p.name == name).unwrap().shape[0]
+    };
+    assert_eq!(rank_of("model.layers.0.self_attn.q_proj"), 8);
+    assert_eq!(rank_of("model.layers.1.self_attn.o_proj"), 2);
+    let data: Vec<Example> = SEQUENCES.iter().map(|s| Example::text(s)).collect();
+    t.train(&data, &[], &mut |_| {}).unwrap();
+
+    let out = std::env::temp_dir().join(format!("ol-patterns-{}", std::process::id()));
+    t.save_adapter(&out).unwrap();
+    let saved = LoraAdapter::from_dir(&out, &LoadOptions::default()).unwrap();
+    let _ = std::fs::remove_dir_all(&out);
+    for (module, rank, scale) in [
+        ("model.layers.0.self_attn.q_proj", 8, 1.0),
+        ("model.layers.1.self_attn.o_proj", 2, 4.0),
+        ("model.layers.0.self_attn.k_proj", 8, 4.0),
+    ] {
+        let m = saved.module(module).unwrap();
+        assert_eq!((m.rank(), m.scale()), (rank, scale), "{module}");
+    }
+    let mut engine = model.clone();
+    let id = engine.attach_adapter("patterns", &saved).unwrap();
+    let ours = t.forward(&SEQUENCES).unwrap();
+    let engine_logits = engine.forward(&batch(Some(id))).unwrap();
+    let worst = ours
+        .iter()
+        .flatten()
+        .zip(engine_logits.iter().flatten())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst <= 1e-5, "trainer vs engine: {worst}");
+}
+
+#[test]
+fn bad_patterns_are_refused_before_training() {
+    let model = Model::from_dir(&dir()).unwrap();
+    let mut zero = attn_patterns();
+    zero.rank_pattern.push(("v_proj".into(), 0));
+    let mut nan = attn_patterns();
+    nan.alpha_pattern = vec![("q_proj".into(), f64::NAN)];
+    for (lora, field) in [(zero, "lora.rank_pattern"), (nan, "lora.alpha_pattern")] {
+        match Trainer::new(&model, TrainConfig::new(lora)) {
+            Err(TrainError::InvalidConfig { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("expected {field} refused, got {other:?}"),
+        }
+    }
+    let mut regex = attn_patterns();
+    regex.rank_pattern = vec![("(unclosed".into(), 4)];
+    match Trainer::new(&model, TrainConfig::new(regex)) {
+        Err(e @ TrainError::Lora(_)) => assert!(e.to_string().contains("rank_pattern"), "{e}"),
+        other => panic!("expected a bad pattern refused, got {other:?}"),
+    }
 }
 
 #[test]

@@ -62,6 +62,39 @@ test('the saved adapter serves the tokens the trainer decodes', async () => {
   }
 })
 
+test('rank and alpha patterns reach the saved adapter and the engine', async () => {
+  const t = await trainer({ rankPattern: { down_proj: 2, 'layers.1.self_attn.v_proj': 8 }, alphaPattern: { v_proj: 32 } })
+  const plain = await trainer()
+  // down_proj (128 → 64) at rank 2 instead of 4 in both layers; layer 1's v_proj (64 → 32) at 8.
+  assert.equal(t.numParameters, plain.numParameters - 2 * 2 * (128 + 64) + 4 * (64 + 32))
+  await t.train(DATA)
+  const dir = mkdtempSync(join(tmpdir(), 'openledger-patterns-'))
+  const engine = await ol.Engine.load(tinyLlama, { maxContext: 64, blockSize: 4 })
+  try {
+    await t.saveAdapter(join(dir, 'adapter'))
+    const a = await ol.LoraAdapter.fromDir(join(dir, 'adapter'))
+    const rs = (name) => { const m = a.module(name); return [m.rank, m.scale] }
+    assert.deepEqual(rs('model.layers.0.mlp.down_proj'), [2, 4])
+    assert.deepEqual(rs('model.layers.1.self_attn.v_proj'), [8, 4])
+    assert.deepEqual(rs('model.layers.0.self_attn.v_proj'), [4, 8])
+    await engine.addAdapter('patterns', join(dir, 'adapter'))
+    for (const { prompt } of DATA.slice(0, 3)) {
+      const stream = engine.generate(prompt, { adapter: 'patterns', maxNewTokens: 4 })
+      for await (const _ of stream);
+      assert.deepEqual([...stream.tokens], [...(await t.greedy(prompt, 4))])
+    }
+  } finally {
+    await engine.close()
+    rmSync(dir, { recursive: true, force: true })
+  }
+  assert.throws(() => ol.Trainer.load(tinyLlama, { targets: ['q_proj'], r: 4, alpha: 8, rankPattern: { q_proj: 2.5 } }),
+    (e) => e.code === 'InvalidArg' && /rankPattern/.test(e.message))
+  assert.throws(() => ol.Trainer.load(tinyLlama, { targets: ['q_proj'], r: 4, alpha: 8, rankPattern: { q_proj: 'big' } }),
+    (e) => e.code === 'InvalidArg' && /rankPattern/.test(e.message))
+  await rejects(() => ol.Trainer.load(tinyLlama, { targets: ['q_proj'], r: 4, alpha: 8, alphaPattern: { q_proj: -1 } }),
+    'InvalidArg', /alpha_pattern/)
+})
+
 test('per-example gradients are deterministic Float32Arrays over every LoRA parameter', async () => {
   const [a, b] = await Promise.all([trainer(), trainer()])
   const ga = await a.exampleGradient(DATA[0])

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use napi::Either;
 use napi::Status;
-use napi::bindgen_prelude::{AsyncTask, Float32Array, Uint32Array};
+use napi::bindgen_prelude::{AsyncTask, Float32Array, Object, Uint32Array};
 use napi::threadsafe_function::ThreadsafeFunction;
 use napi_derive::napi;
 use openledger_lora::model::Model;
@@ -43,8 +43,8 @@ impl ToJs for TrainError {
 }
 
 /// How `Trainer.load` sets up fine-tuning; `targets`, `r` and `alpha` are required.
-#[napi(object)]
-pub struct TrainerOptions {
+#[napi(object, object_to_js = false)]
+pub struct TrainerOptions<'a> {
     /// Projection names (`"q_proj"`, ...) or `["all-linear"]`.
     pub targets: Vec<String>,
     /// LoRA rank.
@@ -57,6 +57,15 @@ pub struct TrainerOptions {
     pub use_dora: Option<bool>,
     /// Dropout on the LoRA input, in [0, 1).
     pub dropout: Option<f64>,
+    /// Ranks other than `r` for some modules, as PEFT's `rank_pattern`: `{ regex: rank }`,
+    /// each key matched against the end of a module name (`"o_proj"`,
+    /// `"layers.1.self_attn.v_proj"`); the first matching key, in the object's order, wins.
+    #[napi(ts_type = "Record<string, number>")]
+    pub rank_pattern: Option<Object<'a>>,
+    /// Alphas other than `alpha` for some modules, as PEFT's `alpha_pattern`, matched as
+    /// `rankPattern`.
+    #[napi(ts_type = "Record<string, number>")]
+    pub alpha_pattern: Option<Object<'a>>,
     /// Optimizer steps (default 100).
     pub steps: Option<f64>,
     /// Examples per micro-batch (default 4).
@@ -215,12 +224,36 @@ fn examples(name: &str, list: Vec<TrainExample>) -> Result<Vec<Example>> {
         .collect()
 }
 
-fn config(o: TrainerOptions) -> Result<TrainConfig> {
+/// The entries of a `{ regex: value }` pattern object in its key order; `value` checks one.
+fn pattern<T>(
+    name: &str,
+    obj: Option<&Object<'_>>,
+    value: impl Fn(&str, f64) -> Result<T>,
+) -> Result<Vec<(String, T)>> {
+    let Some(obj) = obj else {
+        return Ok(Vec::new());
+    };
+    let keys = Object::keys(obj).map_err(|e| invalid_arg(name, e))?;
+    keys.into_iter()
+        .map(|k| {
+            let v: Option<f64> = obj
+                .get(&k)
+                .map_err(|_| invalid_arg(name, format!("{k:?} is not a number")))?;
+            let v = v.ok_or_else(|| invalid_arg(name, format!("{k:?} has no value")))?;
+            let v = value(&format!("{name}.{k}"), v)?;
+            Ok((k, v))
+        })
+        .collect()
+}
+
+fn config(o: TrainerOptions<'_>) -> Result<TrainConfig> {
     let targets: Vec<&str> = o.targets.iter().map(String::as_str).collect();
     let mut lora = LoraSettings::new(&targets, count("r", o.r)?, o.alpha);
     lora.use_rslora = o.use_rslora.unwrap_or(false);
     lora.use_dora = o.use_dora.unwrap_or(false);
     lora.dropout = o.dropout.unwrap_or(0.0) as f32;
+    lora.rank_pattern = pattern("rankPattern", o.rank_pattern.as_ref(), count)?;
+    lora.alpha_pattern = pattern("alphaPattern", o.alpha_pattern.as_ref(), |_, v| Ok(v))?;
     let mut c = TrainConfig::new(lora);
     if let Some(v) = o.steps {
         c.steps = count("steps", v)?;
@@ -275,7 +308,7 @@ impl Trainer {
     /// Loads the model folder `modelDir` (config.json, safetensors) and sets up a fresh
     /// adapter as `options` say. Bad options throw `InvalidArg`; an unreadable folder rejects.
     #[napi(catch_unwind)]
-    pub fn load(model_dir: String, options: TrainerOptions) -> Result<AsyncTask<TrainerTask>> {
+    pub fn load(model_dir: String, options: TrainerOptions<'_>) -> Result<AsyncTask<TrainerTask>> {
         error::guard(|| {
             let cfg = config(options)?;
             Ok(TrainerTask::spawn(move || {

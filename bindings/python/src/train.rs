@@ -63,6 +63,34 @@ fn examples(name: &str, data: &Bound<'_, PyAny>) -> Result<Vec<Example>> {
         .collect()
 }
 
+/// A `{regex: value}` dict as PEFT's `rank_pattern` / `alpha_pattern`, in its own order (the
+/// first key matching a module wins); `value` reads one value (`None`: the wrong kind).
+fn pattern<T>(
+    name: &str,
+    dict: Option<&Bound<'_, PyDict>>,
+    value: impl Fn(&Bound<'_, PyAny>) -> Option<T>,
+) -> Result<Vec<(String, T)>> {
+    let Some(dict) = dict else {
+        return Ok(Vec::new());
+    };
+    dict.iter()
+        .map(|(k, v)| {
+            let repr =
+                |o: &Bound<'_, PyAny>| o.repr().map_or_else(|_| "?".into(), |r| r.to_string());
+            let key: String = k
+                .extract()
+                .map_err(|_| invalid_arg(name, format!("key {} is not a str", repr(&k))))?;
+            let v = value(&v).ok_or_else(|| {
+                invalid_arg(
+                    name,
+                    format!("{key:?}: {} is not a number of the right kind", repr(&v)),
+                )
+            })?;
+            Ok((key, v))
+        })
+        .collect()
+}
+
 fn event_dict<'py>(py: Python<'py>, e: &TrainEvent) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     match e {
@@ -115,10 +143,13 @@ impl PyTrainer {
 #[pymethods]
 impl PyTrainer {
     /// A trainer for `model_dir` (config.json + safetensors) adapting `targets` (projection
-    /// names such as `"q_proj"`, or `["all-linear"]`) with rank `r` and `alpha`.
+    /// names such as `"q_proj"`, or `["all-linear"]`) with rank `r` and `alpha`;
+    /// `rank_pattern` / `alpha_pattern` (`{regex: value}`, as PEFT's) give some modules their
+    /// own rank or alpha.
     #[new]
     #[pyo3(signature = (
         model_dir, targets, r, alpha, *, use_rslora = false, use_dora = false, dropout = 0.0,
+        rank_pattern = None, alpha_pattern = None,
         steps = 100, batch_size = 4, grad_accum = 1, learning_rate = 2e-4, warmup_steps = 0,
         schedule = "cosine", weight_decay = 0.0, max_grad_norm = Some(1.0), seed = 0,
         eval_every = None, checkpoint_steps = None
@@ -133,6 +164,8 @@ impl PyTrainer {
         use_rslora: bool,
         use_dora: bool,
         dropout: f32,
+        rank_pattern: Option<Bound<'_, PyDict>>,
+        alpha_pattern: Option<Bound<'_, PyDict>>,
         steps: usize,
         batch_size: usize,
         grad_accum: usize,
@@ -150,6 +183,10 @@ impl PyTrainer {
         lora.use_rslora = use_rslora;
         lora.use_dora = use_dora;
         lora.dropout = dropout;
+        lora.rank_pattern = pattern("rank_pattern", rank_pattern.as_ref(), |v| v.extract().ok())?;
+        lora.alpha_pattern = pattern("alpha_pattern", alpha_pattern.as_ref(), |v| {
+            v.extract().ok()
+        })?;
         let mut cfg = TrainConfig::new(lora);
         cfg.steps = steps;
         cfg.batch_size = batch_size;

@@ -53,6 +53,34 @@ def test_the_saved_adapter_serves_the_trainers_tokens(tmp_path):
             assert served == mine
 
 
+def test_rank_and_alpha_patterns_reach_the_saved_adapter_and_the_engine(tmp_path):
+    # Keys are regexes matched against the end of each module name, as PEFT does.
+    t = trainer(rank_pattern={"down_proj": 2, "layers.1.self_attn.v_proj": 8}, alpha_pattern={"v_proj": 32})
+    plain = trainer()
+    # down_proj (128 → 64): rank 2 instead of 4 in both layers; layer 1's v_proj (64 → 32): 8.
+    assert t.num_parameters == plain.num_parameters - 2 * 2 * (128 + 64) + 4 * (64 + 32)
+    t.train(DATA)
+    out = tmp_path / "patterns"
+    t.save_adapter(out)
+    a = ol.LoraAdapter.from_dir(out)
+    down = a.module("model.layers.0.mlp.down_proj")
+    v1 = a.module("model.layers.1.self_attn.v_proj")
+    v0 = a.module("model.layers.0.self_attn.v_proj")
+    assert (down.rank, down.scale) == (2, 4.0)
+    assert (v1.rank, v1.scale) == (8, 4.0)
+    assert (v0.rank, v0.scale) == (4, 8.0)
+    with ol.Engine(TINY, max_context=64, block_size=4) as e:
+        e.add_adapter("patterns", out)
+        for prompt, _ in DATA[:3]:
+            assert e.generate(prompt, "patterns", max_new_tokens=4).collect() == t.greedy(prompt, 4)
+    with pytest.raises(ol.InvalidArgumentError, match="rank_pattern"):
+        trainer(rank_pattern={"q_proj": 0})
+    with pytest.raises(ol.InvalidArgumentError, match="rank_pattern"):
+        trainer(rank_pattern={"q_proj": 2.5})
+    with pytest.raises(ol.InvalidArgumentError, match="alpha_pattern"):
+        trainer(alpha_pattern={"q_proj": float("nan")})
+
+
 def test_example_gradients_are_float32_arrays_and_deterministic():
     a, b = trainer(), trainer()
     ga = a.example_gradient(DATA[0])

@@ -71,6 +71,13 @@ pub struct LoraSettings {
     pub dropout: f32,
     /// Weight-decomposed LoRA (a trained magnitude per output row).
     pub use_dora: bool,
+    /// Ranks other than `r` for some modules, as PEFT's `rank_pattern`: the first key (a regex)
+    /// that matches the end of a module's name (`model.layers.1.self_attn.v_proj`, after a
+    /// `.`, or the whole name) gives its rank (default none).
+    pub rank_pattern: Vec<(String, usize)>,
+    /// `lora_alpha` values other than `alpha` for some modules, as PEFT's `alpha_pattern`,
+    /// matched as `rank_pattern` (default none).
+    pub alpha_pattern: Vec<(String, f64)>,
 }
 
 impl LoraSettings {
@@ -83,10 +90,14 @@ impl LoraSettings {
             use_rslora: false,
             dropout: 0.0,
             use_dora: false,
+            rank_pattern: Vec::new(),
+            alpha_pattern: Vec::new(),
         }
     }
 
-    /// The LoRA scale: `alpha / r`, or `alpha / √r` with rsLoRA.
+    /// The LoRA scale of a module no pattern names: `alpha / r`, or `alpha / √r` with rsLoRA
+    /// (a module's own is [`LoraConfig::scale_for`](crate::config::LoraConfig::scale_for) of
+    /// the trainer's [`adapter_spec`](super::Trainer::adapter_spec)).
     pub fn scale(&self) -> f32 {
         if self.use_rslora {
             (self.alpha / (self.r as f64).sqrt()) as f32
@@ -176,6 +187,23 @@ impl TrainConfig {
             return bad(
                 "lora.alpha",
                 format!("{} is not a positive number", self.lora.alpha),
+            );
+        }
+        if let Some((k, _)) = self.lora.rank_pattern.iter().find(|(_, r)| *r == 0) {
+            return bad(
+                "lora.rank_pattern",
+                format!("{k:?}: a rank must be at least 1"),
+            );
+        }
+        if let Some((k, a)) = self
+            .lora
+            .alpha_pattern
+            .iter()
+            .find(|(_, a)| !(a.is_finite() && *a > 0.0))
+        {
+            return bad(
+                "lora.alpha_pattern",
+                format!("{k:?}: {a} is not a positive number"),
             );
         }
         if !(0.0..1.0).contains(&self.lora.dropout) {

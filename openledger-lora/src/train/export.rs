@@ -30,6 +30,8 @@ impl Trainer {
         let mut spec = ConfigSpec::new(l.r, l.alpha, &self.target_names());
         spec.use_rslora = l.use_rslora;
         spec.use_dora = l.use_dora;
+        spec.rank_pattern = l.rank_pattern.clone();
+        spec.alpha_pattern = l.alpha_pattern.clone();
         spec
     }
 

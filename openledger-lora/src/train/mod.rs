@@ -3,7 +3,8 @@
 //!
 //! The base weights stay frozen (plain tensors shared with the [`crate::model::Model`]); the
 //! LoRA factors `A`, `B` (and the DoRA magnitude) are `candle_core::Var`s, initialised as PEFT
-//! does. The differentiable forward pass mirrors the inference engine operation for operation,
+//! does, each module with the rank and scale PEFT's `rank_pattern` / `alpha_pattern` give it.
+//! The differentiable forward pass mirrors the inference engine operation for operation,
 //! so a saved adapter attached to the engine gives the trainer's logits. Training is AdamW
 //! (`torch.optim.AdamW`'s update) under a warm-up + cosine / linear schedule with gradient
 //! accumulation and norm clipping; the causal-LM loss is taken on response tokens only for

@@ -16,6 +16,7 @@ use super::data::{Example, Source, validate};
 use super::error::TrainError;
 use super::net::{BaseNet, LoraParam, Mode, Net, PROJECTIONS, Rows, module_name};
 use super::optim::{AdamW, clip_grad_norm, lr_at};
+use crate::config::{ConfigSpec, LoraConfig};
 use crate::model::Model;
 
 /// One optimizer step, as reported to the progress callback.
@@ -178,16 +179,24 @@ impl Trainer {
     /// A run on `model`'s base weights (shared, frozen) with fresh LoRA factors initialised as
     /// PEFT does: `A` kaiming-uniform with `a = √5` (uniform in `±1/√in`), `B` zero, and for
     /// DoRA the magnitude set to the row norms of `W`. Draws come from `config.seed`, module by
-    /// module in [`Trainer::gradient_layout`] order.
+    /// module in [`Trainer::gradient_layout`] order. Each module's rank and scale follow
+    /// `rank_pattern` / `alpha_pattern` as PEFT resolves them.
     pub fn new(model: &Model, config: TrainConfig) -> Result<Self, TrainError> {
         config.validate()?;
         let base = BaseNet::from_model(model)?;
         let projs = config.lora.targets.resolve()?;
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
-        let (r, scale) = (config.lora.r, config.lora.scale());
+        let names: Vec<&str> = projs.iter().map(|&p| PROJECTIONS[p]).collect();
+        let mut spec = ConfigSpec::new(config.lora.r, config.lora.alpha, &names);
+        spec.use_rslora = config.lora.use_rslora;
+        spec.rank_pattern = config.lora.rank_pattern.clone();
+        spec.alpha_pattern = config.lora.alpha_pattern.clone();
+        let resolved = LoraConfig::new(spec)?;
         let mut lora = Vec::new();
         for (l, layer) in base.layers.iter().enumerate() {
             for &p in &projs {
+                let module = module_name(l, p);
+                let (r, scale) = (resolved.rank_for(&module), resolved.scale_for(&module));
                 let f = &layer.proj[p];
                 let bound = 1.0 / (f.in_features as f32).sqrt();
                 let a: Vec<f32> = (0..r * f.in_features)
@@ -201,7 +210,7 @@ impl Trainer {
                     None
                 };
                 lora.push(LoraParam {
-                    module: module_name(l, p),
+                    module,
                     layer: l,
                     proj: p,
                     scale,

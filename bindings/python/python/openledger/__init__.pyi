@@ -2,7 +2,7 @@
 tools/check_stubs.py)."""
 
 from os import PathLike
-from typing import Any, Awaitable, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Awaitable, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -465,6 +465,8 @@ class Trainer:
         use_rslora: bool = False,
         use_dora: bool = False,
         dropout: float = 0.0,
+        rank_pattern: Optional[Mapping[str, int]] = None,
+        alpha_pattern: Optional[Mapping[str, float]] = None,
         steps: int = 100,
         batch_size: int = 4,
         grad_accum: int = 1,
