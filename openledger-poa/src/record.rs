@@ -272,12 +272,13 @@ impl Epoch {
     }
 
     /// Splits `pool` (the contributors' part of the inference's fee) by `record`'s weights and
-    /// adds it to the totals. An invalid record or an overflow changes nothing.
+    /// adds it to the totals. An invalid record or an overflow changes nothing. A contributor
+    /// whose part rounds to zero gets no entry, so the totals are exactly the claim leaves.
     pub fn add(&mut self, record: &AttributionRecord, pool: U256) -> Result<()> {
         record.validate()?;
         let parts = split_weights(pool, &record.weights, ZeroWeightPolicy::Reject)?;
         let mut next = self.totals.clone();
-        for p in parts {
+        for p in parts.into_iter().filter(|p| !p.amount.is_zero()) {
             let e = next.entry(p.account).or_default();
             *e = e.checked_add(p.amount).ok_or_else(|| PoaError::Overflow {
                 what: format!("epoch total of {}", p.account),
@@ -411,6 +412,20 @@ mod tests {
             assert!(w[0].account < w[1].account);
             assert_eq!(w[0].index, U256::from(i));
         }
+        // A pool too small to reach every contributor: the ones left at zero get no entry, so
+        // the totals and the claim leaves agree.
+        let mut tiny = Epoch::new(2);
+        tiny.add(
+            &rec(&[
+                (Address::repeat_byte(1), 1.0),
+                (Address::repeat_byte(2), 1.0),
+            ]),
+            U256::from(1u8),
+        )
+        .unwrap();
+        assert_eq!(tiny.payouts().len(), 1);
+        assert_eq!(tiny.claim_leaves().len(), 1);
+        assert_eq!(tiny.pooled(), U256::from(1u8));
         let before = epoch.clone();
         let bad = AttributionRecord {
             weights: vec![],

@@ -147,12 +147,13 @@ pub fn split_weights(
 
 /// Splits `amount` by basis points that must sum to exactly 10,000.
 pub fn split_bps(amount: U256, bps: &[(Address, u16)]) -> Result<Vec<Payout>> {
-    let total: u32 = bps.iter().map(|b| u32::from(b.1)).sum();
+    // Summed in u64: 65,537 entries of u16::MAX already pass u32::MAX.
+    let total: u64 = bps.iter().map(|b| u64::from(b.1)).sum();
     if total != 10_000 {
         return Err(PoaError::BasisPoints {
             what: "split".into(),
             expected: 10_000,
-            found: total,
+            found: u32::try_from(total).unwrap_or(u32::MAX),
         });
     }
     let w: Vec<(Address, U256)> = bps.iter().map(|&(a, b)| (a, U256::from(b))).collect();
@@ -175,16 +176,34 @@ fn decompose(x: f64) -> (u64, i32) {
 /// largest score written `m·2^emax` (53-bit `m`), score `mᵢ·2^eᵢ` becomes
 /// `⌊mᵢ·2^(eᵢ − emax + 64)⌋` (< 2¹¹⁸). Scores below 2⁻¹¹⁶ of the largest truncate to zero.
 ///
-/// The conversion is pure integer bit manipulation, hence identical on every platform.
-pub fn scores_to_fixed_point(scores: &[f64]) -> Vec<U256> {
-    let parts: Vec<(u64, i32)> = scores.iter().map(|&s| decompose(s)).collect();
+/// The conversion is pure integer bit manipulation, hence identical on every platform. A score
+/// that is not finite is [`PoaError::NonFinite`], a negative one [`PoaError::InvalidConfig`]
+/// (both naming its index).
+pub fn scores_to_fixed_point(scores: &[f64]) -> Result<Vec<U256>> {
+    for (index, &s) in scores.iter().enumerate() {
+        if !s.is_finite() {
+            return Err(PoaError::NonFinite {
+                what: "score".into(),
+                index,
+                value: s,
+            });
+        }
+        if s < 0.0 {
+            return Err(PoaError::InvalidConfig {
+                what: format!("score {index}"),
+                reason: format!("{s} is negative"),
+            });
+        }
+    }
+    // -0.0 has the sign bit set: read it as +0.0.
+    let parts: Vec<(u64, i32)> = scores.iter().map(|&s| decompose(s + 0.0)).collect();
     let emax = parts
         .iter()
         .filter(|p| p.0 != 0)
         .map(|p| p.1)
         .max()
         .unwrap_or(0);
-    parts
+    Ok(parts
         .iter()
         .map(|&(m, e)| {
             if m == 0 {
@@ -199,7 +218,7 @@ pub fn scores_to_fixed_point(scores: &[f64]) -> Vec<U256> {
                 U256::ZERO
             }
         })
-        .collect()
+        .collect())
 }
 
 /// Splits `amount` by f64 scores: non-finite scores are [`PoaError::NonFinite`], negative scores
@@ -210,6 +229,15 @@ pub fn split_scores(
     scores: &[(Address, f64)],
     policy: &SplitPolicy,
 ) -> Result<Vec<Payout>> {
+    let clean = checked_scores(scores, policy)?;
+    let fixed = scores_to_fixed_point(&clean)?;
+    let weights: Vec<(Address, U256)> = scores.iter().map(|s| s.0).zip(fixed).collect();
+    split_weights(amount, &weights, policy.zero_total)
+}
+
+/// The scores with negative ones clipped to zero (or refused, per `policy.negative`); a
+/// non-finite score is [`PoaError::NonFinite`].
+fn checked_scores(scores: &[(Address, f64)], policy: &SplitPolicy) -> Result<Vec<f64>> {
     let mut clean = Vec::with_capacity(scores.len());
     for (i, &(account, s)) in scores.iter().enumerate() {
         if !s.is_finite() {
@@ -227,12 +255,10 @@ pub fn split_scores(
                 }
             }
         } else {
-            clean.push(s + 0.0); // -0.0 → +0.0
+            clean.push(s);
         }
     }
-    let fixed = scores_to_fixed_point(&clean);
-    let weights: Vec<(Address, U256)> = scores.iter().map(|s| s.0).zip(fixed).collect();
-    split_weights(amount, &weights, policy.zero_total)
+    Ok(clean)
 }
 
 /// The three-way split of an inference fee: model owner, protocol, and data contributors.
@@ -291,7 +317,14 @@ impl FeeSplit {
         let protocol = part(self.protocol_bps);
         let pool = part(self.data_pool_bps);
         let owner = fee - protocol - pool;
-        let contributors = split_scores(pool, scores, &self.policy)?;
+        // An empty pool (no data share, or a fee too small for one wei of it) pays nobody;
+        // the scores are still checked.
+        let contributors = if pool.is_zero() {
+            checked_scores(scores, &self.policy)?;
+            Vec::new()
+        } else {
+            split_scores(pool, scores, &self.policy)?
+        };
         Ok(FeeSplitResult {
             owner: Payout {
                 account: self.owner,
@@ -343,9 +376,12 @@ impl CarryOverLedger {
         self.pending.get(account).copied().unwrap_or_default()
     }
 
-    /// Total wei held over.
-    pub fn pending_total(&self) -> U256 {
-        self.pending.values().copied().sum()
+    /// Total wei held over; `None` when it does not fit in 256 bits (each balance does, their
+    /// sum over many accounts may not).
+    pub fn pending_total(&self) -> Option<U256> {
+        self.pending
+            .values()
+            .try_fold(U256::ZERO, |sum, &v| sum.checked_add(v))
     }
 
     /// Adds this epoch's `payouts` to the pending balances and pays every balance that reaches
@@ -487,7 +523,7 @@ mod tests {
 
     #[test]
     fn fixed_point_is_exact_for_dyadic_scores() {
-        let f = scores_to_fixed_point(&[1.0, 0.5, 0.25, 0.0, 3.0]);
+        let f = scores_to_fixed_point(&[1.0, 0.5, 0.25, 0.0, 3.0]).unwrap();
         // 3.0 = (3·2^51)·2^-51: its ulp 2^-51 is split into 2^64 steps, so 1.0 ↦ 2^(51+64).
         assert_eq!(f[4], U256::from(3u8) << 115);
         assert_eq!(f[0], U256::from(1u8) << 115);
@@ -495,7 +531,7 @@ mod tests {
         assert_eq!(f[3], U256::ZERO);
         // Subnormals far below the scale truncate to zero instead of misbehaving.
         assert_eq!(
-            scores_to_fixed_point(&[1.0, f64::MIN_POSITIVE / 4.0])[1],
+            scores_to_fixed_point(&[1.0, f64::MIN_POSITIVE / 4.0]).unwrap()[1],
             U256::ZERO
         );
     }
@@ -506,6 +542,38 @@ mod tests {
         assert!(matches!(err, PoaError::BasisPoints { found: 9_000, .. }));
         let p = split_bps(U256::from(1_000u32), &[(addr(1), 2_500), (addr(2), 7_500)]).unwrap();
         assert_eq!(p[0].amount, U256::from(250u32));
+        // 65,537 × 65,535 + 10,001 wraps a u32 sum to exactly 10,000: still refused.
+        let mut many: Vec<(Address, u16)> = (0..65_537u32)
+            .map(|i| (Address::left_padding_from(&i.to_be_bytes()), u16::MAX))
+            .collect();
+        many.push((addr(0xff), 10_001));
+        let err = split_bps(U256::from(1u8), &many).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PoaError::BasisPoints {
+                    found: u32::MAX,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn fixed_point_refuses_what_is_not_a_non_negative_number() {
+        for (bad, index) in [(vec![1.0, f64::NAN], 1), (vec![f64::INFINITY], 0)] {
+            let err = scores_to_fixed_point(&bad).unwrap_err();
+            assert!(
+                matches!(err, PoaError::NonFinite { index: i, .. } if i == index),
+                "{err}"
+            );
+        }
+        let err = scores_to_fixed_point(&[2.0, -5.0]).unwrap_err();
+        assert!(matches!(err, PoaError::InvalidConfig { .. }), "{err}");
+        assert!(err.to_string().contains("score 1"), "{err}");
+        let z = scores_to_fixed_point(&[-0.0, 1.0]).unwrap();
+        assert_eq!(z[0], U256::ZERO);
     }
 
     #[test]
@@ -529,6 +597,27 @@ mod tests {
             r.all().map(|p| p.amount).sum::<U256>(),
             U256::from(1_001u32)
         );
+        // No data share: the contributors get nothing, with or without scores.
+        let no_pool = FeeSplit {
+            data_pool_bps: 0,
+            ..fs
+        };
+        for scores in [&[][..], &[(addr(1), 0.0)][..], &[(addr(1), 0.7)][..]] {
+            let r = no_pool.split(U256::from(1_001u32), scores).unwrap();
+            assert!(r.contributors.is_empty());
+            assert_eq!(r.owner.amount + r.protocol.amount, U256::from(1_001u32));
+        }
+        // A pool that rounds to zero wei likewise; bad scores are still refused.
+        assert!(
+            fs.split(U256::from(1u8), &[(addr(1), 0.7)])
+                .unwrap()
+                .contributors
+                .is_empty()
+        );
+        assert!(matches!(
+            no_pool.split(U256::from(1u8), &[(addr(1), f64::NAN)]),
+            Err(PoaError::NonFinite { .. })
+        ));
         let bad = FeeSplit {
             protocol_bps: 9_000,
             data_pool_bps: 1_001,
@@ -582,7 +671,7 @@ mod tests {
                 amount: U256::from(100u32)
             }]
         );
-        assert_eq!(ledger.pending_total(), U256::ZERO);
+        assert_eq!(ledger.pending_total(), Some(U256::ZERO));
     }
 
     #[test]
@@ -601,5 +690,13 @@ mod tests {
         }]);
         assert!(matches!(err, Err(PoaError::Overflow { .. })));
         assert_eq!(ledger, before);
+        // Two accounts whose balances fit but whose sum does not: the total says so.
+        ledger
+            .settle(&[Payout {
+                account: addr(2),
+                amount: U256::MAX - U256::from(1u8),
+            }])
+            .unwrap();
+        assert_eq!(ledger.pending_total(), None);
     }
 }

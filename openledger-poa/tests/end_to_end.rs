@@ -119,7 +119,7 @@ fn a_cited_answer_pays_contributors_exactly_through_epoch_claims() {
     let settlement = ledger.settle(&epoch.payouts()).unwrap();
     let paid: U256 = settlement.paid.iter().map(|p| p.amount).sum();
     assert_eq!(
-        paid + ledger.pending_total(),
+        paid + ledger.pending_total().unwrap(),
         epoch.pooled(),
         "nothing vanishes below the minimum"
     );

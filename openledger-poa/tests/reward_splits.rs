@@ -80,7 +80,7 @@ fn a_million_random_splits_sum_exactly_and_stay_within_one_wei_of_the_ideal() {
         let sum = out.iter().fold(U512::ZERO, |a, p| a + wide(p.amount));
         assert_eq!(sum, wide(amount), "case {case}: {scores:?}");
         let clipped: Vec<f64> = scores.iter().map(|x| x.1.max(0.0)).collect();
-        let w = scores_to_fixed_point(&clipped);
+        let w = scores_to_fixed_point(&clipped).unwrap();
         let total: U512 = w.iter().map(|&x| wide(x)).sum();
         if total.is_zero() {
             fallbacks += 1;

@@ -2,7 +2,9 @@
 //! four requests): what it pays is checked against the chain's own state, to the wei.
 
 use openledger::chain::bindings::{DatanetRegistry, InferencePayments, ModelRegistry, TestToken};
-use openledger::core::U256;
+use openledger::chain::claims::EpochClaims;
+use openledger::chain::deploy::DeployConfig;
+use openledger::core::{Address, U256};
 use openledger::lora::train::TrainError;
 use openledger::payable::{
     DRUG_FACTS_JSONL, LoopConfig, LoopError, LoopEvent, PayableAi, without_copies,
@@ -100,7 +102,38 @@ fn the_loop_pays_every_contributor_exactly_and_copies_earn_nothing_extra() {
         assert!(!r.citations.is_empty() && r.citations.len() <= 3);
     }
 
+    // What an earlier close that stopped after its root and first claim leaves behind: the
+    // epoch over, its root posted, leaf 0 claimed. close_epoch does only the rest.
+    let epoch_no = l
+        .chain()
+        .view(payments, &InferencePayments::currentEpochCall {})
+        .unwrap();
+    let mut totals = std::collections::BTreeMap::<Address, U256>::new();
+    for r in &paid {
+        for (a, v) in &r.contributors {
+            *totals.entry(*a).or_default() += u(v);
+        }
+    }
+    let totals: Vec<(Address, U256)> = totals.into_iter().filter(|t| !t.1.is_zero()).collect();
+    let claims = EpochClaims::new(epoch_no, &totals).unwrap();
+    let dev = DeployConfig::dev(l.chain());
+    let rewards = l.deployment().rewards;
+    l.chain().advance_time(dev.epoch_duration);
+    for call in [
+        l.chain().send(dev.poster, rewards, &claims.post_call()),
+        l.chain()
+            .send(dev.poster, rewards, &claims.claim_call(0).unwrap()),
+    ] {
+        assert!(call.unwrap().is_success());
+    }
+
     let e = l.close_epoch(&mut on).unwrap().clone();
+    assert_eq!(e.post_gas, 0, "the root was not posted again");
+    assert_eq!(
+        e.contributors[0].claim_gas, 0,
+        "leaf 0 was not claimed again"
+    );
+    assert!(e.contributors[1..].iter().all(|c| c.claim_gas > 0));
     assert!(e.claims_match);
     assert_eq!(e.claimed_total_wei, e.pool_wei);
     let total: U256 = paid.iter().map(|r| u(&r.data_pool_wei)).sum();

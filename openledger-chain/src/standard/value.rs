@@ -58,7 +58,15 @@ pub(crate) fn from_json(ty: &DynSolType, json: &Value) -> Result<DynSolValue, St
         (DynSolType::Bool, Value::Bool(b)) => Ok(DynSolValue::Bool(*b)),
         (DynSolType::String, Value::String(s)) => Ok(DynSolValue::String(s.clone())),
         (DynSolType::Uint(_) | DynSolType::Int(_), Value::Number(n)) => {
-            from_str(ty, &n.to_string())
+            // A JSON number past 64 bits arrives as an f64, already rounded: refuse it rather
+            // than encode another amount.
+            match (n.as_u64(), n.as_i64()) {
+                (Some(u), _) => from_str(ty, &u.to_string()),
+                (None, Some(i)) => from_str(ty, &i.to_string()),
+                (None, None) => Err(format!(
+                    "{n} is not an exact integer as a JSON number: write it as a decimal string"
+                )),
+            }
         }
         (_, Value::String(s)) => from_str(ty, s),
         (_, other) => Err(format!("cannot read {other} as {ty}")),

@@ -579,7 +579,7 @@ impl PayableAi {
             ],
             relayer: chain.dev_account(9).address,
         };
-        let budget: U256 = config
+        let budget = config
             .requests
             .iter()
             .map(|r| {
@@ -589,7 +589,8 @@ impl PayableAi {
                     .find(|a| a.name == r.adapter)
                     .map_or(U256::ZERO, |a| a.fee)
             })
-            .sum();
+            .try_fold(U256::ZERO, |sum, fee| sum.checked_add(fee))
+            .ok_or_else(|| LoopError::Config("the requests' fees overflow 256 bits".into()))?;
         let (payer, token, payments) = (accounts.payer, deployment.token, deployment.payments);
         send(
             &mut chain,

@@ -1,6 +1,7 @@
 //! Stages 4 and 5: attribution, receipts and payments; the epoch, its root and the claims.
 
 use super::*;
+use openledger_poa::split::{ZeroWeightPolicy, split_weights};
 
 impl PayableAi {
     /// Per-contributor weights of one answer: `(influence, rag, per-record influence, citations)`
@@ -38,6 +39,16 @@ impl PayableAi {
                 .map(|&i| clusters.cluster_of[i])
                 .collect(),
         };
+        // Only helpful records share the pool; a score that is not a number is an error, not
+        // a zero (`f64::max` would turn NaN into 0).
+        if let Some((index, &value)) = row.iter().enumerate().find(|(_, s)| !s.is_finite()) {
+            return Err(PoaError::NonFinite {
+                what: "TracIn score of a training record".into(),
+                index,
+                value,
+            }
+            .into());
+        }
         let positive: Vec<f64> = row.iter().map(|&s| s.max(0.0)).collect();
         let influence: Vec<(Address, f64)> = cluster_rewards(
             &local,
@@ -104,7 +115,10 @@ impl PayableAi {
         let inf = if influence.is_empty() {
             U256::ZERO
         } else {
-            pool * U256::from(self.config.influence_bps) / U256::from(10_000u64)
+            // ⌊pool·bps/10⁴⌋ as ⌊pool/10⁴⌋·bps + ⌊(pool mod 10⁴)·bps/10⁴⌋: the same value, and
+            // no product past the pool itself (bps ≤ 10⁴), so a pool near 2²⁵⁶ cannot wrap.
+            let (bps, scale) = (U256::from(self.config.influence_bps), U256::from(10_000u64));
+            pool / scale * bps + pool % scale * bps / scale
         };
         let policy = SplitPolicy::default();
         if !inf.is_zero() {
@@ -205,6 +219,9 @@ impl PayableAi {
             Epoch::new(epoch_no),
             Epoch::new(epoch_no),
         ];
+        // Everything that can fail on bad numbers is worked out before the first payment, so a
+        // failed call pays nothing.
+        let mut planned = Vec::with_capacity(self.served.len());
         for i in 0..self.served.len() {
             let s = &self.served[i];
             let a = s.adapter;
@@ -253,26 +270,6 @@ impl PayableAi {
                 ),
             };
             let signature = self.operator.sign(&receipt, &domain)?;
-            let out = send(
-                &mut self.chain,
-                self.accounts.payer,
-                payments,
-                &Deployment::pay_call(receipt.clone(), &signature),
-                "payForInference",
-            )?;
-            let paid = out
-                .events::<InferencePayments::InferencePaid>()
-                .into_iter()
-                .next()
-                .ok_or_else(|| LoopError::Accounting("no InferencePaid event".into()))?;
-            if paid.dataShare != split.dataShare
-                || paid.ownerShare + paid.protocolShare + paid.dataShare != fee
-            {
-                return Err(LoopError::Accounting(format!(
-                    "inference {i}: the contract split {fee} as {} + {} + {}",
-                    paid.ownerShare, paid.protocolShare, paid.dataShare
-                )));
-            }
             for (record, amount) in &parts {
                 epochs[0].add(record, *amount)?;
             }
@@ -300,34 +297,70 @@ impl PayableAi {
                     add(&mut epochs[2], &inf, &rw)?;
                 }
             }
+            let mut contributors = BTreeMap::<Address, U256>::new();
+            for (r, amount) in &parts {
+                for p in split_weights(*amount, &r.weights, ZeroWeightPolicy::Reject)? {
+                    let e = contributors.entry(p.account).or_default();
+                    *e = e.checked_add(p.amount).ok_or_else(|| {
+                        LoopError::Accounting(format!("the share of {} overflows", p.account))
+                    })?;
+                }
+            }
             let rep = &mut self.report.requests[i];
             rep.inference_id = inference_id;
             rep.fee_wei = wei(fee);
-            rep.owner_share_wei = wei(paid.ownerShare);
-            rep.protocol_share_wei = wei(paid.protocolShare);
-            rep.data_pool_wei = wei(paid.dataShare);
             rep.weights_hash = receipt.weightsHash;
             rep.signature = alloy_primitives::hex::encode_prefixed(signature.as_bytes());
-            rep.pay_gas = out.gas_used;
             rep.top_influence = top;
             rep.citations = cites;
-            rep.contributors = parts
-                .iter()
-                .flat_map(|(r, amount)| {
-                    openledger_poa::split::split_weights(
-                        *amount,
-                        &r.weights,
-                        openledger_poa::split::ZeroWeightPolicy::Reject,
-                    )
-                    .unwrap_or_default()
-                })
-                .fold(BTreeMap::<Address, U256>::new(), |mut m, p| {
-                    *m.entry(p.account).or_default() += p.amount;
-                    m
-                })
-                .into_iter()
-                .map(|(a, v)| (a, wei(v)))
-                .collect();
+            rep.contributors = contributors.into_iter().map(|(a, v)| (a, wei(v))).collect();
+            planned.push((receipt, signature, split.dataShare));
+        }
+        // The payments. One an earlier call already made (it stopped on a later failure) is
+        // not sent again: the contract would refuse it as paid.
+        for (i, (receipt, signature, data_share)) in planned.into_iter().enumerate() {
+            let (fee, id) = (receipt.amount, receipt.inferenceId);
+            let already = self
+                .chain
+                .view(payments, &InferencePayments::paidCall { inferenceId: id })?;
+            let (owner, protocol, data, gas) = if already {
+                let split = self
+                    .chain
+                    .view(payments, &InferencePayments::splitCall { amount: fee })?;
+                (split.ownerShare, split.protocolShare, split.dataShare, 0)
+            } else {
+                let out = send(
+                    &mut self.chain,
+                    self.accounts.payer,
+                    payments,
+                    &Deployment::pay_call(receipt, &signature),
+                    "payForInference",
+                )?;
+                let paid = out
+                    .events::<InferencePayments::InferencePaid>()
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| LoopError::Accounting("no InferencePaid event".into()))?;
+                (
+                    paid.ownerShare,
+                    paid.protocolShare,
+                    paid.dataShare,
+                    out.gas_used,
+                )
+            };
+            let total = owner
+                .checked_add(protocol)
+                .and_then(|t| t.checked_add(data));
+            if data != data_share || total != Some(fee) {
+                return Err(LoopError::Accounting(format!(
+                    "inference {i}: the contract split {fee} as {owner} + {protocol} + {data}"
+                )));
+            }
+            let rep = &mut self.report.requests[i];
+            rep.owner_share_wei = wei(owner);
+            rep.protocol_share_wei = wei(protocol);
+            rep.data_pool_wei = wei(data);
+            rep.pay_gas = gas;
         }
         Ok(epochs)
     }
@@ -355,52 +388,84 @@ impl PayableAi {
             self.deployment.rewards,
             self.deployment.token,
         );
-        self.chain.advance_time(self.deploy_config.epoch_duration);
-        let pool = self.chain.view(
-            payments,
-            &InferencePayments::dataPoolCall { epoch: e.number },
-        )?;
-        if pool != e.pooled() {
-            return Err(LoopError::Accounting(format!(
-                "the contract pooled {pool} wei in epoch {}, the attribution {}",
-                e.number,
-                e.pooled()
-            )));
+        // An earlier call may have gone part of the way (it stopped on a failed claim): time
+        // has then moved on already, the root is posted and some leaves are claimed. Each step
+        // is done only if it is not done yet.
+        let current = self
+            .chain
+            .view(payments, &InferencePayments::currentEpochCall {})?;
+        if current <= e.number {
+            self.chain.advance_time(self.deploy_config.epoch_duration);
         }
         let totals: Vec<(Address, U256)> =
             e.payouts().iter().map(|p| (p.account, p.amount)).collect();
         let claims = EpochClaims::new(e.number, &totals)?;
-        let poster = self.deploy_config.poster;
-        let post = send(
-            &mut self.chain,
-            poster,
+        let on_chain = self.chain.view(
             rewards,
-            &claims.post_call(),
-            "postEpochRoot",
+            &AttributionRewards::getEpochCall { epoch: e.number },
         )?;
-        let posted = post
-            .events::<AttributionRewards::EpochPosted>()
-            .into_iter()
-            .next()
-            .ok_or_else(|| LoopError::Accounting("no EpochPosted event".into()))?;
+        let (pool, post_gas, mut all_match) = if on_chain.root.is_zero() {
+            let pool = self.chain.view(
+                payments,
+                &InferencePayments::dataPoolCall { epoch: e.number },
+            )?;
+            if pool != e.pooled() {
+                return Err(LoopError::Accounting(format!(
+                    "the contract pooled {pool} wei in epoch {}, the attribution {}",
+                    e.number,
+                    e.pooled()
+                )));
+            }
+            let poster = self.deploy_config.poster;
+            let post = send(
+                &mut self.chain,
+                poster,
+                rewards,
+                &claims.post_call(),
+                "postEpochRoot",
+            )?;
+            let posted = post
+                .events::<AttributionRewards::EpochPosted>()
+                .into_iter()
+                .next()
+                .ok_or_else(|| LoopError::Accounting("no EpochPosted event".into()))?;
+            let ok = posted.root == claims.root() && posted.fromPool == pool;
+            (pool, post.gas_used, ok)
+        } else {
+            // Posted by the earlier call: it must be this epoch's tree.
+            let ok = on_chain.root == claims.root() && on_chain.total == claims.total();
+            (e.pooled(), 0, ok)
+        };
         let balance = |chain: &mut EmbeddedChain, who: Address| -> Result<U256> {
             Ok(chain.view(token, &TestToken::balanceOfCall { account: who })?)
         };
         let mut contributors = Vec::new();
         let n = claims.claims().len();
-        let mut all_match = posted.root == claims.root() && posted.fromPool == pool;
         for (i, c) in claims.claims().to_vec().iter().enumerate() {
             let before = balance(&mut self.chain, c.account)?;
-            let relayer = self.accounts.relayer;
-            let out = send(
-                &mut self.chain,
-                relayer,
+            let claimed = self.chain.view(
                 rewards,
-                &claims.claim_call(i)?,
-                "claim",
+                &AttributionRewards::isClaimedCall {
+                    epoch: e.number,
+                    index: U256::from(i),
+                },
             )?;
+            // A leaf the earlier call claimed was checked then; the contract holds its proof.
+            let (gas, ok) = if claimed {
+                (0, true)
+            } else {
+                let relayer = self.accounts.relayer;
+                let out = send(
+                    &mut self.chain,
+                    relayer,
+                    rewards,
+                    &claims.claim_call(i)?,
+                    "claim",
+                )?;
+                let after = balance(&mut self.chain, c.account)?;
+                (out.gas_used, after.checked_sub(before) == Some(c.amount))
+            };
             let after = balance(&mut self.chain, c.account)?;
-            let ok = after - before == c.amount;
             all_match &= ok;
             let who = |ep: &Epoch| {
                 ep.payouts()
@@ -420,7 +485,7 @@ impl PayableAi {
                 claimed_wei: wei(c.amount),
                 balance_wei: wei(after),
                 proof_len: claims.proof(i)?.len(),
-                claim_gas: out.gas_used,
+                claim_gas: gas,
                 before_splitting_wei: self.config.counterfactual.then(|| wei(who(&epochs[1]))),
                 without_clustering_wei: self.config.counterfactual.then(|| wei(who(&epochs[2]))),
                 matches: ok,
@@ -456,7 +521,7 @@ impl PayableAi {
                 &InferencePayments::withdrawCall {},
                 "withdraw",
             )?;
-            let got = balance(&mut self.chain, who)? - before;
+            let got = balance(&mut self.chain, who)?.saturating_sub(before);
             all_match &= got == due;
             withdrawn.push((who, self.report.name_of(who), wei(got)));
         }
@@ -490,7 +555,7 @@ impl PayableAi {
             root: claims.root(),
             pool_wei: wei(pool),
             claimed_total_wei: wei(claims.total()),
-            post_gas: post.gas_used,
+            post_gas,
             contributors,
             withdrawn,
             rewards_left_wei: wei(left),
