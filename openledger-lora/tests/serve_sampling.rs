@@ -189,6 +189,22 @@ fn repetition_penalty_lowers_tokens_already_seen() {
     // a negative logit is multiplied: -1 · 2 = -2 < -1.5
     assert_eq!(s.sample(&[-1.0, -1.5], &[0]).unwrap(), 1);
     assert_eq!(s.sample(&[3.0, 2.0], &[]).unwrap(), 0);
+    // A penalty far below 1 pushes a seen positive logit past f32::MAX: an error naming it,
+    // not a draw from NaN probabilities. (Unseen tokens are unaffected.)
+    for temperature in [0.0, 0.7] {
+        let p = SamplingParams {
+            repetition_penalty: Some(1e-40),
+            temperature,
+            ..Default::default()
+        };
+        let mut s = Sampler::new(&p).unwrap();
+        assert!(matches!(
+            s.sample(&[1.0, 3.0, 0.5], &[2, 0]),
+            Err(SampleError::NonFiniteLogit { index: 0, value }) if value == f32::INFINITY
+        ));
+        let next = s.sample(&[1.0, 3.0, 0.5], &[]).unwrap();
+        assert!(temperature > 0.0 || next == 1, "{next}");
+    }
 }
 
 #[test]

@@ -207,6 +207,14 @@ impl Sampler {
                         *x = if *x > 0.0 { *x / r } else { *x * r };
                     }
                 }
+                // A penalty far below 1 can push a logit past f32::MAX; its softmax would be
+                // NaN and the draw no draw at all.
+                if let Some(index) = l.iter().position(|&x| x == f32::INFINITY) {
+                    return Err(SampleError::NonFiniteLogit {
+                        index,
+                        value: l[index],
+                    });
+                }
                 Cow::Owned(l)
             }
         };
