@@ -226,6 +226,46 @@ fn a_greedy_request_matches_the_reference_after_preemption() {
 }
 
 #[test]
+fn a_preempted_request_is_not_overtaken_for_ever_by_newer_ones() {
+    for preemption in [Preemption::Swap, Preemption::Recompute] {
+        // The pool holds one long request; short ones keep arriving, one every step.
+        let mut e = Engine::new(
+            ToyModel::default(),
+            AllReady,
+            config(2, 10, 32, 20, preemption),
+        )
+        .unwrap();
+        let a = e.submit(greedy(prompt(1, 6), None, 13));
+        let b = e.submit(greedy(prompt(2, 6), None, 13));
+        let mut preempted = 0;
+        let mut b_end = None;
+        let mut later = Vec::new();
+        for step in 0..300u32 {
+            later.push(e.submit(greedy(prompt(10 + step, 3), None, 4)));
+            preempted += e.step().unwrap().preempted;
+            while let Some(ev) = b.try_next() {
+                if ev.is_terminal() {
+                    b_end = Some((step, ev));
+                }
+            }
+            if b_end.is_some() {
+                break;
+            }
+        }
+        assert!(
+            preempted > 0,
+            "{preemption:?}: the pool must force preemption"
+        );
+        let (step, end) = b_end.unwrap_or_else(|| panic!("{preemption:?}: b starved"));
+        assert!(matches!(end, Event::Finished { .. }), "{end:?}");
+        assert!(step < 100, "{preemption:?}: b finished only at step {step}");
+        e.run_until_idle().unwrap();
+        assert_eq!(collect(a).0, reference_greedy(&prompt(1, 6), None, 13));
+        assert_eq!(e.kv().free_blocks(), 10);
+    }
+}
+
+#[test]
 fn bad_requests_fail_alone_and_the_others_carry_on() {
     let readiness = FakeReadiness {
         loading_polls: HashMap::from([("ok".to_string(), 0), (NAN_ADAPTER.to_string(), 0)]),

@@ -3,10 +3,11 @@
 //! for the rest (chunked prefill) — allocates its KV blocks, runs the [`StepModel`], samples, and
 //! streams tokens; finished sequences leave at once and free their blocks.
 //!
-//! When blocks run out, the newest running sequence is preempted: by recompute (its blocks are
-//! freed and it goes back to the front of the queue, its output so far appended to its prompt,
-//! so no token is lost and its sampler's state carries on) or by swapping its blocks out to
-//! host memory. A request whose adapter is still loading waits without holding up the others
+//! When blocks run out, the newest running sequence (by arrival) is preempted: by recompute (its
+//! blocks are freed and it goes back to the queue ahead of every later request, its output so
+//! far appended to its prompt, so no token is lost and its sampler's state carries on) or by
+//! swapping its blocks out to host memory (new requests wait while a swapped-out one cannot come
+//! back, so later arrivals cannot keep it out). A request whose adapter is still loading waits without holding up the others
 //! ([`AdapterReadiness`]); only the first `max_running` waiting requests start loads, so a long
 //! queue does not load (and evict) far ahead of what can run. When a request is admitted its
 //! adapter is *held* ([`AdapterReadiness::acquire`]: the pool pins it) and prepared by the model
@@ -502,23 +503,39 @@ impl<M: StepModel, R: AdapterReadiness> Engine<M, R> {
         n
     }
 
+    /// Preempts the newest running request (`running` is in arrival order). It goes back to
+    /// its queue in arrival order too, so it runs again before any request that came after it.
     fn preempt_last(&mut self) -> Result<(), EngineError> {
         let Some(mut a) = self.running.pop() else {
             return Ok(());
         };
         a.clock.stats.preemptions += 1;
-        match self.config.preemption {
+        let queue = match self.config.preemption {
             Preemption::Recompute => {
                 self.kv.free(a.seq)?;
                 a.computed = 0;
-                self.waiting.push_front(a);
+                &mut self.waiting
             }
             Preemption::Swap => {
                 self.kv.swap_out(a.seq)?;
-                self.swapped.push_front(a);
+                &mut self.swapped
             }
-        }
+        };
+        let at = queue.partition_point(|q| q.id < a.id);
+        queue.insert(at, a);
         Ok(())
+    }
+
+    /// Puts `a` among the running requests in arrival order (so the last is always the newest,
+    /// the one preemption takes) and plans `n` of its tokens; planned requests after it move
+    /// up one place.
+    fn run_in_order(&mut self, a: Active, n: usize, plan: &mut Vec<(usize, usize)>) {
+        let at = self.running.partition_point(|r| r.id < a.id);
+        for p in plan.iter_mut().filter(|p| p.0 >= at) {
+            p.0 += 1;
+        }
+        plan.push((at, n));
+        self.running.insert(at, a);
     }
 
     /// Runs one step: schedules, runs the model on the batch, samples and streams. An empty
@@ -552,7 +569,11 @@ impl<M: StepModel, R: AdapterReadiness> Engine<M, R> {
         }
         if report.preempted == 0 {
             self.swap_in(&mut plan, &mut budget)?;
-            self.admit(&mut plan, &mut budget, &mut report.ended)?;
+            // New requests wait while a swapped-out one cannot come back: their prompts would
+            // take the blocks it needs, again and again.
+            if self.swapped.is_empty() {
+                self.admit(&mut plan, &mut budget, &mut report.ended)?;
+            }
         }
         if plan.is_empty() {
             return Ok(report);
@@ -613,8 +634,7 @@ impl<M: StepModel, R: AdapterReadiness> Engine<M, R> {
             self.kv.swap_in(a.seq)?;
             self.kv.append_slots(a.seq, n)?;
             *budget -= n;
-            plan.push((self.running.len(), n));
-            self.running.push(a);
+            self.run_in_order(a, n, plan);
         }
         Ok(())
     }
@@ -710,8 +730,7 @@ impl<M: StepModel, R: AdapterReadiness> Engine<M, R> {
                 .remove(j)
                 .ok_or(KvError::UnknownSequence { seq })?;
             *budget -= n;
-            plan.push((self.running.len(), n));
-            self.running.push(a);
+            self.run_in_order(a, n, plan);
         }
         Ok(())
     }
