@@ -315,6 +315,26 @@ impl AdapterSource for Gate {
 }
 
 #[test]
+fn an_id_registered_again_with_other_weights_serves_the_new_ones() {
+    let pool: AdapterPool = AdapterPool::new(64 << 20);
+    let dir = |name: &str| Source::Dir(fixture().join("adapters").join(name));
+    pool.register(id("x"), dir("qv-r4")).unwrap();
+    let paged = PagedModel::with_pool(Model::from_dir(&fixture()).unwrap(), pool.clone());
+    let cfg = config(&paged, 4);
+    let mut engine = Engine::new(paged, pool.clone(), cfg).unwrap();
+    let first = engine.submit(request(sequence(1), Some("x"), NEW_TOKENS));
+    engine.run_until_idle().unwrap();
+    assert_eq!(collect(first).0, peft_greedy("qv-r4.1"));
+    // The engine is idle; "x" now names other weights.
+    pool.unregister(&id("x")).unwrap();
+    pool.register(id("x"), dir("all-r8-rslora")).unwrap();
+    let second = engine.submit(request(sequence(1), Some("x"), NEW_TOKENS));
+    engine.run_until_idle().unwrap();
+    assert_eq!(collect(second).0, peft_greedy("all-r8-rslora.1"));
+    assert_eq!(engine.model().model().adapter_names(), ["x"]);
+}
+
+#[test]
 fn a_request_whose_adapter_is_loading_waits_while_the_others_decode() {
     let gate = Arc::new(Gate {
         open: Mutex::new(false),

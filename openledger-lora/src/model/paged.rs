@@ -44,7 +44,8 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use thiserror::Error;
 
@@ -107,8 +108,9 @@ pub struct PagedModel {
     model: Model,
     ids: HashMap<pool::AdapterId, AdapterId>,
     pool: Option<AdapterPool<LoraAdapter>>,
-    /// Ids attached from the pool (detached again once the pool evicts them).
-    pooled: HashSet<pool::AdapterId>,
+    /// Ids attached from the pool, with the pool's copy each was attached from (detached again
+    /// once the pool no longer holds that copy).
+    pooled: HashMap<pool::AdapterId, Arc<LoraAdapter>>,
 }
 
 impl PagedModel {
@@ -118,7 +120,7 @@ impl PagedModel {
             model,
             ids: HashMap::new(),
             pool: None,
-            pooled: HashSet::new(),
+            pooled: HashMap::new(),
         }
     }
 
@@ -183,15 +185,16 @@ impl PagedModel {
         self.model.attached_bytes()
     }
 
-    /// Detaches every adapter taken from the pool that the pool no longer holds resident;
-    /// returns how many.
+    /// Detaches every adapter taken from the pool whose copy the pool no longer holds resident
+    /// (evicted, or unregistered and registered again with other weights: the next batch then
+    /// attaches the new copy); returns how many.
     pub fn detach_evicted(&mut self) -> usize {
         let Some(pool) = &self.pool else { return 0 };
         let gone: Vec<pool::AdapterId> = self
             .pooled
             .iter()
-            .filter(|id| !pool.is_resident(id))
-            .cloned()
+            .filter(|(id, copy)| !pool.holds(id, copy))
+            .map(|(id, _)| id.clone())
             .collect();
         for id in &gone {
             self.detach(id);
@@ -223,7 +226,7 @@ impl PagedModel {
             },
         })?;
         let slot = self.attach(id.clone(), &adapter)?;
-        self.pooled.insert(id.clone());
+        self.pooled.insert(id.clone(), adapter);
         Ok(slot)
     }
 

@@ -285,6 +285,18 @@ impl<A: PooledAdapter> AdapterPool<A> {
         self.shared.state.read().resident.contains_key(id)
     }
 
+    /// Whether `adapter` is the copy of `id` resident now (not one that was evicted, or
+    /// unregistered and replaced by a new registration under the same id). Counts no hit and
+    /// leaves the recency order as it is.
+    pub fn holds(&self, id: &AdapterId, adapter: &Arc<A>) -> bool {
+        self.shared
+            .state
+            .read()
+            .resident
+            .get(id)
+            .is_some_and(|r| Arc::ptr_eq(&r.adapter, adapter))
+    }
+
     /// The resident ids, least recently used first.
     pub fn resident_ids(&self) -> Vec<AdapterId> {
         let st = self.shared.state.read();

@@ -433,7 +433,13 @@ impl PagedKvCache {
     fn release_blocks(&mut self, blocks: Vec<u32>) {
         for b in blocks.into_iter().rev() {
             let r = &mut self.refs[b as usize];
-            *r = r.saturating_sub(1);
+            // A block no one holds is already free: releasing it again must not put it on the
+            // free list twice (two sequences would then write into it).
+            debug_assert!(*r > 0, "block {b} released with no holder");
+            if *r == 0 {
+                continue;
+            }
+            *r -= 1;
             if *r == 0 {
                 self.free.push(b);
             }
