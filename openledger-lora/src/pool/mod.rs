@@ -13,7 +13,8 @@
 //!   dropped; those outstanding `Arc`s and adapters being decoded are not counted in the budget.
 //! - **Pin** keeps an adapter resident until it is unpinned (pins nest); a load that could only
 //!   fit by evicting pinned adapters fails with [`PoolError::BudgetExhaustedByPinned`] and evicts
-//!   nothing.
+//!   nothing. The pool remembers each registration's size once it has been loaded, so while the
+//!   pinned adapters leave no room for it, asking again fails at once instead of loading it anew.
 //! - **Failures** leave the pool as it was: nothing resident is lost, no counter moves except
 //!   [`PoolStats::load_failures`] (once per failed load).
 //!
@@ -164,6 +165,8 @@ struct State<A> {
     evictions: u64,
     unregistered_resident: u64,
     latency: LatencyHistogram,
+    /// Resident bytes of registrations loaded before: `(generation, bytes)` by id.
+    sizes: HashMap<AdapterId, (u64, usize)>,
 }
 
 /// A load the caller has to run (it started the flight).
@@ -203,6 +206,7 @@ impl<A: PooledAdapter> AdapterPool<A> {
                     evictions: 0,
                     unregistered_resident: 0,
                     latency: LatencyHistogram::default(),
+                    sizes: HashMap::new(),
                 }),
                 clock: LruClock::default(),
                 hits: StripedCounter::default(),
@@ -268,6 +272,7 @@ impl<A: PooledAdapter> AdapterPool<A> {
         }
         st.registry.remove(id);
         st.inflight.remove(id);
+        st.sizes.remove(id);
         if let Some(r) = st.resident.remove(id) {
             st.resident_bytes -= r.bytes;
             st.unregistered_resident += 1;
@@ -458,6 +463,27 @@ impl<A: PooledAdapter> AdapterPool<A> {
         if let Some(flight) = st.inflight.get(id) {
             return Ok(Step::Wait(Arc::clone(flight)));
         }
+        // Loaded before and known not to fit beside the pinned adapters: loading it again
+        // would only fail the same way (a request waiting on it asks at every step).
+        if let Some(&(generation, size)) = st.sizes.get(id)
+            && generation == reg.generation
+            && size <= sh.budget
+        {
+            let pinned_bytes: usize = st
+                .resident
+                .values()
+                .filter(|r| r.pins > 0)
+                .map(|r| r.bytes)
+                .sum();
+            if pinned_bytes + size > sh.budget {
+                return Err(PoolError::BudgetExhaustedByPinned {
+                    id: id.clone(),
+                    size,
+                    pinned_bytes,
+                    budget: sh.budget,
+                });
+            }
+        }
         let job = LoadJob {
             id: id.clone(),
             source: reg.source.clone(),
@@ -553,6 +579,7 @@ impl<A: PooledAdapter> Shared<A> {
         }
         let adapter = decoded?;
         let size = adapter.resident_bytes();
+        st.sizes.insert(id.clone(), (job.generation, size));
         if size > budget {
             return Err(PoolError::AdapterLargerThanBudget {
                 id: id.clone(),

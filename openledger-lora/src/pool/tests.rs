@@ -229,6 +229,47 @@ fn load_that_only_fits_by_evicting_pinned_adapters_fails_and_evicts_nothing() {
 }
 
 #[test]
+fn an_adapter_known_not_to_fit_beside_the_pinned_ones_is_not_loaded_again() {
+    let pool = pool_of(2, 10, 30);
+    let src = Arc::new(Slow {
+        fetches: AtomicUsize::new(0),
+        gate: None,
+        delay: Duration::ZERO,
+        size: 15,
+    });
+    pool.register(id("big"), Source::Custom(src.clone()))
+        .unwrap();
+    pool.pin(&id("a0")).unwrap();
+    pool.pin(&id("a1")).unwrap();
+    for _ in 0..3 {
+        let err = pool.get(&id("big")).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PoolError::BudgetExhaustedByPinned {
+                    size: 15,
+                    pinned_bytes: 20,
+                    budget: 30,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+    assert!(pool.prefetch(&id("big")).is_err());
+    assert_eq!(
+        src.fetches.load(Ordering::SeqCst),
+        1,
+        "loaded once, then known not to fit"
+    );
+    assert_eq!(pool.stats().load_failures, 1);
+    // Room once a pin goes: it loads again and fits.
+    pool.unpin(&id("a1")).unwrap();
+    pool.get(&id("big")).unwrap();
+    assert_eq!(src.fetches.load(Ordering::SeqCst), 2);
+}
+
+#[test]
 fn adapter_larger_than_the_budget_is_refused_and_residents_stay() {
     let pool = pool_of(1, 10, 30);
     pool.register(id("huge"), toy(31)).unwrap();
