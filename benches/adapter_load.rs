@@ -4,9 +4,9 @@
 
 use openledger_benches::{Report, median_secs};
 use openledger_core::DType;
+use openledger_lora::adapter::build::AdapterBuilder;
+use openledger_lora::adapter::config::{ConfigSpec, TargetModules};
 use openledger_lora::adapter::{LoadOptions, LoraAdapter};
-use openledger_lora::build::AdapterBuilder;
-use openledger_lora::config::{ConfigSpec, TargetModules};
 
 const LAYERS: usize = 32;
 const HIDDEN: usize = 4096;

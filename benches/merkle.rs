@@ -14,8 +14,9 @@ use std::time::Instant;
 
 use openledger_benches::Report;
 use openledger_chain::DynSolValue;
-use openledger_chain::claims::{EpochClaims, RewardClaim};
+use openledger_chain::claims::EpochClaims;
 use openledger_chain::standard::{StandardMerkleTree, TreeOptions};
+use openledger_core::RewardClaim;
 use openledger_core::{Address, U256};
 
 fn claim(i: usize) -> RewardClaim {

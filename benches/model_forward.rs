@@ -12,7 +12,7 @@
 
 use openledger_benches::synthetic::{self, VOCAB};
 use openledger_benches::{Report, median_secs};
-use openledger_lora::model::{AdapterId, SeqInput, greedy_token};
+use openledger_lora::model::{AdapterSlot, SeqInput, greedy_token};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -23,7 +23,7 @@ const TOKENS: usize = 32;
 fn main() {
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let mut m = synthetic::model(&mut rng);
-    let ids: Vec<AdapterId> = (0..ADAPTERS)
+    let ids: Vec<AdapterSlot> = (0..ADAPTERS)
         .map(|k| {
             m.attach_adapter(&format!("a{k}"), &synthetic::adapter(RANK, k as u64))
                 .expect("attach")

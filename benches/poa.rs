@@ -13,11 +13,11 @@ use std::time::Instant;
 
 use openledger_benches::{Report, median_secs};
 use openledger_core::{Address, ContentId};
+use openledger_poa::influence::score::{ScoreMethod, score};
 use openledger_poa::projection::{Projection, ProjectionKind};
 use openledger_poa::quality::{MinHashConfig, cluster_near_duplicates};
 use openledger_poa::rag::{RagIndex, Similarity};
 use openledger_poa::rng::{SeededStream, mix64};
-use openledger_poa::score::{ScoreMethod, score};
 use openledger_poa::store::{FeatureStore, FeatureStoreWriter, StoreConfig, TrainingExample};
 use rayon::prelude::*;
 

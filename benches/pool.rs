@@ -15,9 +15,9 @@ use std::sync::{Arc, Barrier, RwLock};
 use std::time::Instant;
 
 use openledger_benches::{Report, median_secs};
+use openledger_lora::adapter::build::AdapterBuilder;
+use openledger_lora::adapter::config::ConfigSpec;
 use openledger_lora::adapter::{LoadOptions, LoraAdapter};
-use openledger_lora::build::AdapterBuilder;
-use openledger_lora::config::ConfigSpec;
 use openledger_lora::pool::{
     AdapterBytes, AdapterId, AdapterPool, AdapterSource, Source, SourceError,
 };

@@ -18,7 +18,7 @@ use std::time::Instant;
 use openledger_benches::synthetic::{self, VOCAB};
 use openledger_benches::{Report, median};
 use openledger_lora::model::SeqInput;
-use openledger_lora::train::{Example, LoraSettings, TrainConfig, TrainEvent, Trainer};
+use openledger_train::{Example, LoraSettings, TrainConfig, TrainEvent, Trainer};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 

@@ -13,10 +13,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use openledger_lora::adapter::LoadOptions;
-use openledger_lora::base::BaseModel;
-use openledger_lora::merge::{DenseTensor, merge, unmerge};
+use openledger_lora::adapter::base::BaseModel;
+use openledger_lora::adapter::merge::{DenseTensor, merge, unmerge};
+use openledger_lora::adapter::tensors::read_safetensors;
 use openledger_lora::pool::{AdapterPool, HubDir};
-use openledger_lora::tensors::read_safetensors;
 
 struct Args {
     model: PathBuf,

@@ -18,11 +18,10 @@ use std::time::Instant;
 use openledger::core::grant::Grants;
 use openledger::core::{Address, ContentId};
 use openledger::lora::adapter::{LoadOptions, LoraAdapter};
+use openledger::lora::model::RandomLlama;
 use openledger::lora::model::SeqInput;
-use openledger::lora::train::{
-    Example, LoraSettings, RandomLlama, TrainConfig, TrainEvent, Trainer,
-};
 use openledger::synthetic::KeyValueTask;
+use openledger::train::{Example, LoraSettings, TrainConfig, TrainEvent, Trainer};
 
 type Error = Box<dyn std::error::Error>;
 

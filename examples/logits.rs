@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use openledger_lora::adapter::{LoadOptions, LoraAdapter};
-use openledger_lora::model::{AdapterId, Model, SeqInput};
+use openledger_lora::model::{AdapterSlot, Model, SeqInput};
 use safetensors::tensor::{Dtype, TensorView, serialize};
 
 type BoxError = Box<dyn std::error::Error>;
@@ -68,7 +68,7 @@ fn parse() -> Result<Args, BoxError> {
 fn main() -> Result<(), BoxError> {
     let args = parse()?;
     let mut model = Model::from_dir(&args.model)?;
-    let mut ids: HashMap<String, AdapterId> = HashMap::new();
+    let mut ids: HashMap<String, AdapterSlot> = HashMap::new();
     for (name, dir) in &args.adapters {
         let adapter = LoraAdapter::from_dir(dir, &LoadOptions::default())?;
         ids.insert(name.clone(), model.attach_adapter(name, &adapter)?);

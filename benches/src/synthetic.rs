@@ -6,11 +6,11 @@
 use std::collections::BTreeMap;
 
 use openledger_core::DType;
+use openledger_lora::adapter::build::AdapterBuilder;
+use openledger_lora::adapter::config::ConfigSpec;
+use openledger_lora::adapter::tensors::HostTensor;
 use openledger_lora::adapter::{LoadOptions, LoraAdapter};
-use openledger_lora::build::AdapterBuilder;
-use openledger_lora::config::ConfigSpec;
 use openledger_lora::model::{Model, ModelConfig};
-use openledger_lora::tensors::HostTensor;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 

@@ -1,6 +1,7 @@
 //! The typed error of the GPU kernels: a missing library, device or feature is an error value,
 //! never a panic.
 
+use openledger_core::error::{Classify, ErrorKind};
 use thiserror::Error;
 
 /// Why a kernel could not be compiled or run.
@@ -109,4 +110,25 @@ pub enum KernelError {
         /// Its value.
         value: usize,
     },
+}
+
+impl Classify for KernelError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            KernelError::NotCompiledWithCuda
+            | KernelError::NoCudaDriver
+            | KernelError::NoNvrtc
+            | KernelError::NoDevice { .. }
+            | KernelError::BadArch { .. } => ErrorKind::Unsupported,
+            KernelError::Nvrtc { .. }
+            | KernelError::NvrtcCall { .. }
+            | KernelError::Driver { .. } => ErrorKind::Generation,
+            KernelError::Panicked { .. } => ErrorKind::Internal,
+            KernelError::SegmentOutOfRange { .. }
+            | KernelError::SegmentsOverlap { .. }
+            | KernelError::SlotOutOfRange { .. }
+            | KernelError::Length { .. }
+            | KernelError::TooLarge { .. } => ErrorKind::InvalidArgument,
+        }
+    }
 }

@@ -216,9 +216,10 @@ impl ContractAbi {
         params: &[Param],
         args: &[Value],
     ) -> Result<Vec<DynSolValue>, ChainError> {
+        let function = format!("{}.{what}", self.name);
         if params.len() != args.len() {
-            return Err(ChainError::ValueArity {
-                value_index: 0,
+            return Err(ChainError::ArgumentCount {
+                function,
                 expected: params.len(),
                 found: args.len(),
             });
@@ -229,10 +230,11 @@ impl ContractAbi {
             .zip(args)
             .enumerate()
             .map(|(i, (ty, v))| {
-                value::from_json(ty, v).map_err(|reason| ChainError::InvalidValue {
-                    value_index: 0,
-                    field: i,
-                    expected: format!("{ty} ({what} parameter {:?})", params[i].name),
+                value::from_json(ty, v).map_err(|reason| ChainError::Argument {
+                    function: function.clone(),
+                    index: i,
+                    name: params[i].name.clone(),
+                    ty: ty.to_string(),
                     reason,
                 })
             })
@@ -326,6 +328,15 @@ impl ContractAbi {
         })
     }
 
+    /// Revert data decoded against this contract's own errors first (two contracts may declare
+    /// errors with the same selector), then against every shipped contract.
+    pub fn revert_reason(&self, data: &[u8]) -> DecodedRevert {
+        match self.decode_revert(data) {
+            r @ DecodedRevert::Custom { .. } => r,
+            _ => decode_revert_any(data),
+        }
+    }
+
     /// Decodes revert data against this contract's custom errors, `Error(string)` and
     /// `Panic(uint256)`.
     pub fn decode_revert(&self, data: &[u8]) -> DecodedRevert {
@@ -370,10 +381,8 @@ pub fn value_to_json(value: &DynSolValue) -> Value {
 /// Reads a value of Solidity type `ty` from JSON: integers as JSON numbers or decimal / `0x` hex
 /// strings, addresses and bytes as hex strings, tuples and arrays as JSON arrays.
 pub fn value_from_json(ty: &DynSolType, json: &Value) -> Result<DynSolValue, ChainError> {
-    value::from_json(ty, json).map_err(|reason| ChainError::InvalidValue {
-        value_index: 0,
-        field: 0,
-        expected: ty.to_string(),
+    value::from_json(ty, json).map_err(|reason| ChainError::AbiValue {
+        ty: ty.to_string(),
         reason,
     })
 }
@@ -395,4 +404,39 @@ pub fn decode_revert_any(data: &[u8]) -> DecodedRevert {
         }
     }
     decode_standard(data)
+}
+
+/// A transaction's outcome read through the shipped ABIs: every event a shipped contract
+/// declares, and the called function's return values or the revert's reason.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodedOutcome {
+    /// Events decoded by some shipped ABI, in emission order (logs none decodes are left out).
+    pub events: Vec<DecodedLog>,
+    /// The called function's return values, when it succeeded and the call was named.
+    pub returns: Option<Vec<DynSolValue>>,
+    /// The reason, when it reverted ([`ContractAbi::revert_reason`] when the called contract is
+    /// known, else against every shipped contract).
+    pub revert: Option<DecodedRevert>,
+}
+
+/// Decodes `outcome` of a call to `function` of `contract` (`None` when the call is not one of
+/// a shipped contract's functions, e.g. raw calldata). Fails only when a successful call's return
+/// data does not decode as the function's outputs.
+pub fn decode_outcome(
+    outcome: &crate::evm::TxOutcome,
+    call: Option<(&ContractAbi, &str)>,
+) -> Result<DecodedOutcome, ChainError> {
+    use crate::evm::TxStatus;
+    let events = outcome.logs.iter().filter_map(decode_log_any).collect();
+    let (returns, revert) = match (&outcome.status, call) {
+        (TxStatus::Success, Some((c, f))) => (Some(c.decode_output(f, &outcome.output)?), None),
+        (TxStatus::Success, None) | (TxStatus::Halt(_), _) => (None, None),
+        (TxStatus::Revert, Some((c, _))) => (None, Some(c.revert_reason(&outcome.output))),
+        (TxStatus::Revert, None) => (None, Some(decode_revert_any(&outcome.output))),
+    };
+    Ok(DecodedOutcome {
+        events,
+        returns,
+        revert,
+    })
 }

@@ -19,6 +19,7 @@
 
 use alloy_dyn_abi::DynSolValue;
 use alloy_primitives::{Address, B256, U256, keccak256};
+use openledger_core::RewardClaim;
 use rayon::prelude::*;
 
 use crate::ChainError;
@@ -27,17 +28,6 @@ use crate::standard::{StandardMerkleTree, TreeOptions};
 
 /// The leaf encoding of a reward claim.
 pub const CLAIM_LEAF_ENCODING: [&str; 3] = ["uint256", "address", "uint256"];
-
-/// What one contributor may claim in an epoch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RewardClaim {
-    /// Position of the claim (its bit in the contract's claimed bitmap).
-    pub index: U256,
-    /// Who receives the tokens.
-    pub account: Address,
-    /// Amount in token wei.
-    pub amount: U256,
-}
 
 /// `keccak256(bytes.concat(keccak256(abi.encode(index, account, amount))))`, written directly
 /// (three 32-byte words) rather than through the dynamic encoder.

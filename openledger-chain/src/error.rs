@@ -1,6 +1,7 @@
 //! Errors of the chain crate: bad Merkle input, bad dumps and values, contract artifacts, EVM
 //! execution and signatures. Each variant names the culprit.
 
+use openledger_core::error::{Classify, ErrorKind};
 use openledger_core::merkle::MerkleError;
 use thiserror::Error;
 
@@ -89,7 +90,63 @@ pub enum ChainError {
         /// The claim whose amount overflowed the running total.
         index: usize,
     },
+    /// A contract function called with the wrong number of arguments.
+    #[error("{function} takes {expected} arguments, {found} given")]
+    ArgumentCount {
+        /// The function (or constructor, event, error) and its contract.
+        function: String,
+        /// Parameters it declares.
+        expected: usize,
+        /// Arguments given.
+        found: usize,
+    },
+    /// An argument that does not read as its parameter's Solidity type.
+    #[error("{function}: argument {index} ({name:?}) is not a {ty}: {reason}")]
+    Argument {
+        /// The function (or constructor, event, error) and its contract.
+        function: String,
+        /// Position of the argument.
+        index: usize,
+        /// The parameter's name in the ABI.
+        name: String,
+        /// The parameter's Solidity type.
+        ty: String,
+        /// Why the value does not read as that type.
+        reason: String,
+    },
+    /// A value that does not read as its Solidity type.
+    #[error("not a {ty}: {reason}")]
+    AbiValue {
+        /// The Solidity type.
+        ty: String,
+        /// Why the value does not read as that type.
+        reason: String,
+    },
     /// A signature that cannot be made or recovered.
     #[error("signature error: {0}")]
     Signature(String),
+}
+
+impl Classify for ChainError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            ChainError::Merkle(_)
+            | ChainError::InvalidLeafType { .. }
+            | ChainError::ValueArity { .. }
+            | ChainError::InvalidValue { .. }
+            | ChainError::UnknownFormat(_)
+            | ChainError::MalformedDump(_)
+            | ChainError::InconsistentDump(_)
+            | ChainError::IndexOutOfBounds { .. }
+            | ChainError::LeafNotInTree => ErrorKind::Merkle,
+            ChainError::Artifact { .. }
+            | ChainError::Decode(_)
+            | ChainError::ArgumentCount { .. }
+            | ChainError::Argument { .. }
+            | ChainError::AbiValue { .. } => ErrorKind::Abi,
+            ChainError::AmountOverflow { .. } => ErrorKind::Split,
+            ChainError::Evm(_) | ChainError::TransactionFailed { .. } => ErrorKind::Transaction,
+            ChainError::Signature(_) => ErrorKind::Signature,
+        }
+    }
 }

@@ -73,6 +73,17 @@ pub enum TxStatus {
     Halt(String),
 }
 
+impl std::fmt::Display for TxStatus {
+    /// `success`, `revert` or `halt: <why>`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TxStatus::Success => f.write_str("success"),
+            TxStatus::Revert => f.write_str("revert"),
+            TxStatus::Halt(why) => write!(f, "halt: {why}"),
+        }
+    }
+}
+
 /// The result of one executed transaction or call.
 #[derive(Debug, Clone)]
 pub struct TxOutcome {

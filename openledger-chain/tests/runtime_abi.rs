@@ -225,7 +225,7 @@ fn bad_input_is_a_typed_error_naming_the_culprit() {
     assert!(
         matches!(
             e,
-            ChainError::ValueArity {
+            ChainError::ArgumentCount {
                 expected: 3,
                 found: 2,
                 ..
@@ -240,11 +240,15 @@ fn bad_input_is_a_typed_error_naming_the_culprit() {
         )
         .unwrap_err();
     match e {
-        ChainError::InvalidValue {
-            field, expected, ..
+        ChainError::Argument {
+            index, ref name, ..
         } => {
-            assert_eq!(field, 1);
-            assert!(expected.contains("recordsRoot"), "{expected}");
+            assert_eq!(index, 1);
+            assert_eq!(name, "recordsRoot");
+            assert!(
+                e.to_string().contains("DatanetRegistry.publishVersion"),
+                "{e}"
+            );
         }
         other => panic!("{other}"),
     }
@@ -254,10 +258,7 @@ fn bad_input_is_a_typed_error_naming_the_culprit() {
             &[json!(-1), json!(hex32(B256::ZERO)), json!(1)],
         )
         .unwrap_err();
-    assert!(
-        matches!(e, ChainError::InvalidValue { field: 0, .. }),
-        "{e}"
-    );
+    assert!(matches!(e, ChainError::Argument { index: 0, .. }), "{e}");
     // A uint past 64 bits written as a JSON number has been rounded by the JSON reader: it is
     // refused (with the way to write it), while the same amount as a decimal string encodes.
     let rewards = ContractAbi::named("AttributionRewards").unwrap();
@@ -271,8 +272,8 @@ fn bad_input_is_a_typed_error_naming_the_culprit() {
     let big: Value = serde_json::from_str("123456789012345678901").unwrap();
     let e = claim(big).unwrap_err();
     match e {
-        ChainError::InvalidValue { field, reason, .. } => {
-            assert_eq!(field, 3);
+        ChainError::Argument { index, reason, .. } => {
+            assert_eq!(index, 3);
             assert!(reason.contains("decimal string"), "{reason}");
         }
         other => panic!("{other}"),

@@ -21,6 +21,7 @@
 //! assert!(openledger_core::merkle::verify_proof(v1.root, net.records()[0].leaf(), &proof));
 //! ```
 
+use crate::error::{Classify, ErrorKind};
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
 
@@ -81,6 +82,20 @@ pub enum DatanetError {
     /// A Merkle operation refused its input (e.g. a record index outside the version).
     #[error(transparent)]
     Merkle(#[from] MerkleError),
+}
+
+impl Classify for DatanetError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            DatanetError::InvalidLine { .. } | DatanetError::Empty { .. } => {
+                ErrorKind::InvalidArgument
+            }
+            DatanetError::HashMismatch { .. } => ErrorKind::Integrity,
+            DatanetError::Io { source, .. } => ErrorKind::of_io(source),
+            DatanetError::UnknownVersion { .. } => ErrorKind::UnknownId,
+            DatanetError::Merkle(e) => e.kind(),
+        }
+    }
 }
 
 /// One record of a datanet.

@@ -30,6 +30,7 @@
 //! grants.check(id, owner).unwrap(); // owners always may
 //! ```
 
+use crate::error::{Classify, ErrorKind};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
@@ -128,6 +129,21 @@ pub enum GrantError {
         /// The id.
         datanet_id: U256,
     },
+}
+
+impl Classify for GrantError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            GrantError::UnknownDatanet { .. } => ErrorKind::UnknownId,
+            GrantError::NotDatanetOwner { .. } | GrantError::NoAccess { .. } => {
+                ErrorKind::AccessDenied
+            }
+            GrantError::InvalidAccessTransition { .. } | GrantError::DatanetIdTaken { .. } => {
+                ErrorKind::State
+            }
+            GrantError::ZeroOwner { .. } => ErrorKind::InvalidArgument,
+        }
+    }
 }
 
 /// One requester's grant on one datanet.

@@ -15,9 +15,11 @@ pub mod error;
 pub mod grant;
 pub mod id;
 pub mod merkle;
+pub mod reward;
 pub mod trainlog;
 
 pub use alloy_primitives::{Address, B256, U256};
 pub use dtype::DType;
-pub use error::CoreError;
+pub use error::{Classify, CoreError, ErrorKind};
 pub use id::ContentId;
+pub use reward::RewardClaim;

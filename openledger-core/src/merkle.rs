@@ -21,6 +21,7 @@
 //! assert_eq!(merkle::process_multi_proof(&multi).unwrap(), tree.root());
 //! ```
 
+use crate::error::{Classify, ErrorKind};
 use alloy_primitives::{B256, keccak256};
 use thiserror::Error;
 
@@ -62,6 +63,12 @@ pub enum MerkleError {
         /// Which rule they break.
         reason: &'static str,
     },
+}
+
+impl Classify for MerkleError {
+    fn kind(&self) -> ErrorKind {
+        ErrorKind::Merkle
+    }
 }
 
 /// A multiproof: several leaves proven together against one root.

@@ -61,6 +61,7 @@
 //! # Ok::<(), openledger_core::trainlog::TrainLogError>(())
 //! ```
 
+use crate::error::{Classify, ErrorKind};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -192,6 +193,34 @@ pub enum TrainLogError {
     /// A Merkle operation refused its input.
     #[error(transparent)]
     Merkle(#[from] MerkleError),
+}
+
+impl Classify for TrainLogError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            TrainLogError::EmptyBatch { .. }
+            | TrainLogError::BatchTooLarge { .. }
+            | TrainLogError::StepOutOfOrder { .. }
+            | TrainLogError::NonFinite { .. }
+            | TrainLogError::NotInBatch { .. } => ErrorKind::InvalidArgument,
+            TrainLogError::BadMagic { .. }
+            | TrainLogError::Truncated { .. }
+            | TrainLogError::BadCheckpointFlag { .. }
+            | TrainLogError::NonCanonicalCheckpoint { .. }
+            | TrainLogError::TrailingBytes { .. }
+            | TrainLogError::Tampered { .. } => ErrorKind::Integrity,
+            TrainLogError::UnknownStep { .. } => ErrorKind::UnknownId,
+            TrainLogError::Io { source, .. } => ErrorKind::of_io(source),
+            TrainLogError::Merkle(e) => e.kind(),
+        }
+    }
+
+    fn io_source(&self) -> Option<(&std::path::Path, &std::io::Error)> {
+        match self {
+            TrainLogError::Io { path, source } => Some((path, source)),
+            _ => None,
+        }
+    }
 }
 
 /// Which check a corrupt entry failed.

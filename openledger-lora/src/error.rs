@@ -11,6 +11,7 @@
 //! assert!(matches!(err, LoraError::InvalidConfig { .. }));
 //! ```
 
+use openledger_core::error::{Classify, ErrorKind};
 use std::path::PathBuf;
 
 use openledger_core::CoreError;
@@ -247,11 +248,47 @@ pub enum LoraError {
     Core(#[from] CoreError),
 }
 
+impl Classify for LoraError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            LoraError::Io { source, .. } => ErrorKind::of_io(source),
+            LoraError::UntargetedModule { .. }
+            | LoraError::TargetModuleAbsent { .. }
+            | LoraError::UnsupportedTarget { .. }
+            | LoraError::ShapeMismatch { .. } => ErrorKind::BaseMismatch,
+            LoraError::InvalidArgument { .. } => ErrorKind::InvalidArgument,
+            LoraError::InvalidConfig { .. }
+            | LoraError::UnsupportedPeftType { .. }
+            | LoraError::InvalidField { .. }
+            | LoraError::InvalidRegex { .. }
+            | LoraError::Truncated { .. }
+            | LoraError::BadHeader { .. }
+            | LoraError::UnsupportedDType { .. }
+            | LoraError::NonFinite { .. }
+            | LoraError::KeyOutsidePrefix { .. }
+            | LoraError::UnexpectedTensor { .. }
+            | LoraError::MissingFactor { .. }
+            | LoraError::BadShape { .. }
+            | LoraError::RankMismatch { .. }
+            | LoraError::EmptyAdapter { .. }
+            | LoraError::Unsupported { .. }
+            | LoraError::Core(_) => ErrorKind::AdapterFormat,
+        }
+    }
+
+    fn io_source(&self) -> Option<(&std::path::Path, &std::io::Error)> {
+        match self {
+            LoraError::Io { path, source } => Some((path, source)),
+            _ => None,
+        }
+    }
+}
+
 impl LoraError {
     /// Shorthand for [`LoraError::InvalidConfig`] on `adapter_config.json`.
     pub(crate) fn config(reason: impl Into<String>) -> Self {
         LoraError::InvalidConfig {
-            file: crate::config::CONFIG_FILE.to_string(),
+            file: crate::adapter::config::CONFIG_FILE.to_string(),
             reason: reason.into(),
         }
     }
@@ -259,7 +296,7 @@ impl LoraError {
     /// Shorthand for [`LoraError::InvalidField`] on `adapter_config.json`.
     pub(crate) fn field(field: impl Into<String>, reason: impl Into<String>) -> Self {
         LoraError::InvalidField {
-            file: crate::config::CONFIG_FILE.to_string(),
+            file: crate::adapter::config::CONFIG_FILE.to_string(),
             field: field.into(),
             reason: reason.into(),
         }

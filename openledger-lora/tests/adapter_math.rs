@@ -6,15 +6,15 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use openledger_core::DType;
-use openledger_lora::adapter::{LoadOptions, LoraAdapter};
-use openledger_lora::base::BaseModel;
-use openledger_lora::build::{AdapterBuilder, random_values};
-use openledger_lora::combine::{
+use openledger_lora::adapter::base::BaseModel;
+use openledger_lora::adapter::build::{AdapterBuilder, random_values};
+use openledger_lora::adapter::combine::{
     Combination, CombineOptions, MajoritySign, add_weighted_adapter, magnitude_prune_one,
 };
-use openledger_lora::config::{BiasMode, ConfigSpec, LoraConfig, TargetModules};
+use openledger_lora::adapter::config::{BiasMode, ConfigSpec, LoraConfig, TargetModules};
+use openledger_lora::adapter::merge::{DenseTensor, dora_weight, merge, unmerge};
+use openledger_lora::adapter::{LoadOptions, LoraAdapter};
 use openledger_lora::error::LoraError;
-use openledger_lora::merge::{DenseTensor, dora_weight, merge, unmerge};
 
 const Q: &str = "model.layers.0.self_attn.q_proj";
 

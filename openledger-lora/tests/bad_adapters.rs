@@ -4,12 +4,12 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use openledger_core::DType;
+use openledger_lora::adapter::base::BaseModel;
+use openledger_lora::adapter::build::AdapterBuilder;
+use openledger_lora::adapter::config::ConfigSpec;
+use openledger_lora::adapter::merge::{DenseTensor, merge};
 use openledger_lora::adapter::{LoadOptions, LoraAdapter};
-use openledger_lora::base::BaseModel;
-use openledger_lora::build::AdapterBuilder;
-use openledger_lora::config::ConfigSpec;
 use openledger_lora::error::LoraError;
-use openledger_lora::merge::{DenseTensor, merge};
 
 const Q: &str = "model.layers.0.self_attn.q_proj";
 

@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use openledger_core::DType;
+use openledger_lora::adapter::base::{BaseKind, BaseModel};
+use openledger_lora::adapter::build::AdapterBuilder;
+use openledger_lora::adapter::config::{ConfigSpec, TargetModules};
+use openledger_lora::adapter::tensors::{read_header, read_safetensors};
 use openledger_lora::adapter::{LoadOptions, LoraAdapter};
-use openledger_lora::base::{BaseKind, BaseModel};
-use openledger_lora::build::AdapterBuilder;
-use openledger_lora::config::{ConfigSpec, TargetModules};
-use openledger_lora::tensors::{read_header, read_safetensors};
 
 fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/peft/tiny-llama")
@@ -156,7 +156,7 @@ fn all_linear_adapter_validates_and_reports_untouched_targets() {
 
 #[test]
 fn saved_adapters_load_back_identically_including_combined_ones() {
-    use openledger_lora::combine::{Combination, CombineOptions, add_weighted_adapter};
+    use openledger_lora::adapter::combine::{Combination, CombineOptions, add_weighted_adapter};
     let opts = LoadOptions::default();
     let dir = tempfile::tempdir().unwrap();
     for name in ["qv-r4", "attn-patterns"] {

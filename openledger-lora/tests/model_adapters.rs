@@ -7,13 +7,13 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use openledger_core::DType;
+use openledger_lora::adapter::build::{AdapterBuilder, random_values};
+use openledger_lora::adapter::config::ConfigSpec;
+use openledger_lora::adapter::merge::{DenseTensor, merge};
+use openledger_lora::adapter::tensors::{HostTensor, read_safetensors};
 use openledger_lora::adapter::{LoadOptions, LoraAdapter};
-use openledger_lora::build::{AdapterBuilder, random_values};
-use openledger_lora::config::ConfigSpec;
-use openledger_lora::merge::{DenseTensor, merge};
 use openledger_lora::model::{Model, ModelConfig, SeqInput};
-use openledger_lora::tensors::{HostTensor, read_safetensors};
-use openledger_lora::train::{PROJECTIONS, module_name};
+use openledger_lora::model::{PROJECTIONS, module_name};
 
 const TOL: f32 = 1e-4;
 

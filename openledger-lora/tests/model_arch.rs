@@ -6,9 +6,9 @@
 use std::collections::BTreeMap;
 
 use openledger_core::DType;
+use openledger_lora::adapter::tensors::HostTensor;
 use openledger_lora::model::ops::{gqa_kv_head, rope_inv_freq};
 use openledger_lora::model::{Activation, Architecture, Model, ModelConfig, RopeScaling, SeqInput};
-use openledger_lora::tensors::HostTensor;
 
 const TOL: f32 = 1e-4;
 

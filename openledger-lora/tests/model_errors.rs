@@ -6,12 +6,12 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use openledger_lora::adapter::build::AdapterBuilder;
+use openledger_lora::adapter::config::ConfigSpec;
+use openledger_lora::adapter::tensors::{HostTensor, read_safetensors};
 use openledger_lora::adapter::{LoadOptions, LoraAdapter};
-use openledger_lora::build::AdapterBuilder;
-use openledger_lora::config::ConfigSpec;
 use openledger_lora::error::LoraError;
-use openledger_lora::model::{AdapterId, Model, ModelConfig, ModelError, SeqInput};
-use openledger_lora::tensors::{HostTensor, read_safetensors};
+use openledger_lora::model::{AdapterSlot, Model, ModelConfig, ModelError, SeqInput};
 
 fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/peft/tiny-llama")
@@ -162,7 +162,7 @@ fn bad_sequences_are_rejected_with_their_index_and_the_model_keeps_working() {
     );
     let err = model
         .forward(&[SeqInput {
-            adapter: Some(AdapterId(0)),
+            adapter: Some(AdapterSlot(0)),
             tokens: ok,
         }])
         .unwrap_err();

@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use openledger_core::DType;
+use openledger_lora::adapter::tensors::{HostTensor, read_safetensors};
 use openledger_lora::model::{LoadProgress, Model, ModelError, SeqInput};
-use openledger_lora::tensors::{HostTensor, read_safetensors};
 use safetensors::tensor::{Dtype, TensorView, serialize};
 
 fn fixture() -> PathBuf {

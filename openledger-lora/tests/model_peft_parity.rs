@@ -6,9 +6,9 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use openledger_lora::adapter::tensors::read_safetensors;
 use openledger_lora::adapter::{LoadOptions, LoraAdapter};
-use openledger_lora::model::{AdapterId, Model, SeqInput, greedy_token};
-use openledger_lora::tensors::read_safetensors;
+use openledger_lora::model::{AdapterSlot, Model, SeqInput, greedy_token};
 
 const TOL: f32 = 1e-4;
 const NAMES: [&str; 4] = ["base", "qv-r4", "all-r8-rslora", "attn-patterns"];
@@ -19,7 +19,7 @@ fn fixture() -> PathBuf {
 
 struct Setup {
     model: Model,
-    ids: BTreeMap<&'static str, Option<AdapterId>>,
+    ids: BTreeMap<&'static str, Option<AdapterSlot>>,
     seqs: Vec<Vec<u32>>,
     json: serde_json::Value,
     reference: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
@@ -227,7 +227,7 @@ fn cached_incremental_decode_of_a_mixed_batch_equals_full_recompute() {
 /// Greedy decoding the plain way: a pass over the whole prefix for every token.
 fn greedy_recomputed(
     model: &Model,
-    adapter: Option<AdapterId>,
+    adapter: Option<AdapterSlot>,
     prompt: &[u32],
     n: usize,
 ) -> Vec<u32> {

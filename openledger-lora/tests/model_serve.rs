@@ -8,14 +8,14 @@ mod tiny_llama;
 
 use std::collections::BTreeMap;
 
+use openledger_lora::adapter::tensors::read_safetensors;
 use openledger_lora::adapter::{LoadOptions, LoraAdapter};
 use openledger_lora::model::{Model, PagedError, PagedModel};
 use openledger_lora::pool::{AdapterId, AdapterPool, Source};
 use openledger_lora::serve::{
     AllReady, Engine, EngineConfig, Event, FinishReason, KvDtype, PagedKvCache, Preemption,
-    Request, RequestError, RequestHandle, RequestId, SamplingParams, SeqId, SeqInput, StepBatch,
+    Request, RequestError, RequestHandle, RequestId, SamplingParams, SeqId, StepBatch, StepSeq,
 };
-use openledger_lora::tensors::read_safetensors;
 use tiny_llama::{fixture, reference_json, u32s};
 
 const TOL: f32 = 1e-4;
@@ -169,7 +169,7 @@ fn check_step_logits(split: usize) {
                 continue;
             }
             kv.append_slots(*seq, range.len()).unwrap();
-            batch.seqs.push(SeqInput {
+            batch.seqs.push(StepSeq {
                 request: RequestId(seq.0),
                 seq: *seq,
                 tokens: prompt[range.clone()].to_vec(),
@@ -253,7 +253,7 @@ fn a_step_with_an_unknown_adapter_writes_nothing() {
     kv.add_sequence(SeqId(0)).unwrap();
     kv.append_slots(SeqId(0), 2).unwrap();
     let batch = StepBatch {
-        seqs: vec![SeqInput {
+        seqs: vec![StepSeq {
             request: RequestId(0),
             seq: SeqId(0),
             tokens: vec![1, 2],

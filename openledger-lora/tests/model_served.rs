@@ -12,9 +12,9 @@ mod tiny_llama;
 use std::sync::Arc;
 use std::sync::mpsc;
 
+use openledger_lora::adapter::build::AdapterBuilder;
+use openledger_lora::adapter::config::ConfigSpec;
 use openledger_lora::adapter::{LoadOptions, LoraAdapter};
-use openledger_lora::build::AdapterBuilder;
-use openledger_lora::config::ConfigSpec;
 use openledger_lora::model::{ModelError, ServeOptions, ServedError, ServedModel};
 use openledger_lora::pool::{AdapterPool, Source};
 use openledger_lora::serve::{

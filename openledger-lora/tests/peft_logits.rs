@@ -6,9 +6,9 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use openledger_lora::adapter::merge::{DenseTensor, merge};
+use openledger_lora::adapter::tensors::read_safetensors;
 use openledger_lora::adapter::{LoadOptions, LoraAdapter};
-use openledger_lora::merge::{DenseTensor, merge};
-use openledger_lora::tensors::read_safetensors;
 
 const HIDDEN: usize = 64;
 const HEADS: usize = 4;

@@ -6,11 +6,11 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use openledger_lora::adapter::base::BaseModel;
+use openledger_lora::adapter::build::random_values;
+use openledger_lora::adapter::merge::{DenseTensor, merge, unmerge};
+use openledger_lora::adapter::tensors::read_safetensors;
 use openledger_lora::adapter::{LoadOptions, LoraAdapter};
-use openledger_lora::base::BaseModel;
-use openledger_lora::build::random_values;
-use openledger_lora::merge::{DenseTensor, merge, unmerge};
-use openledger_lora::tensors::read_safetensors;
 
 const ADAPTERS: [&str; 3] = ["qv-r4", "all-r8-rslora", "attn-patterns"];
 const MERGED_PARAMS: [&str; 2] = [

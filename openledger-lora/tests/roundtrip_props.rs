@@ -1,9 +1,9 @@
 //! Round-trip and robustness properties of the adapter encoder/decoder.
 
 use openledger_core::DType;
+use openledger_lora::adapter::build::AdapterBuilder;
+use openledger_lora::adapter::config::ConfigSpec;
 use openledger_lora::adapter::{LoadOptions, LoraAdapter};
-use openledger_lora::build::AdapterBuilder;
-use openledger_lora::config::ConfigSpec;
 use proptest::prelude::*;
 
 const M: &str = "model.layers.0.self_attn.q_proj";
@@ -25,8 +25,8 @@ proptest! {
     fn written_adapters_load_back_with_the_same_values(
         r in 1usize..6, n_in in 1usize..10, n_out in 1usize..10, dt in dtype(), seed in any::<u64>()
     ) {
-        let a = openledger_lora::build::random_values(r * n_in, seed);
-        let bv = openledger_lora::build::random_values(n_out * r, seed + 1);
+        let a = openledger_lora::adapter::build::random_values(r * n_in, seed);
+        let bv = openledger_lora::adapter::build::random_values(n_out * r, seed + 1);
         let mut b = AdapterBuilder::new(ConfigSpec::new(r, 2.0 * r as f64, &["q_proj"])).with_dtype(dt);
         b.lora(M, n_in, n_out, r, &a, &bv);
         let ad = b.build(&LoadOptions::default()).unwrap();

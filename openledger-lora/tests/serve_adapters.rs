@@ -13,8 +13,8 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use openledger_core::DType;
 use openledger_lora::adapter::LoadOptions;
-use openledger_lora::build::AdapterBuilder;
-use openledger_lora::config::ConfigSpec;
+use openledger_lora::adapter::build::AdapterBuilder;
+use openledger_lora::adapter::config::ConfigSpec;
 use openledger_lora::model::{Model, PagedModel};
 use openledger_lora::pool::{
     AdapterBytes, AdapterId, AdapterPool, AdapterSource, Source, SourceError,

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use openledger_core::error::{Classify, ErrorKind};
 use openledger_core::{Address, CoreError};
 use thiserror::Error;
 
@@ -125,9 +126,54 @@ pub enum PoaError {
         /// Why it is rejected.
         reason: String,
     },
+    /// Checkpoints given empty or out of order.
+    #[error("checkpoints must be non-empty and strictly increasing, found steps {steps:?}")]
+    CheckpointOrder {
+        /// The steps given.
+        steps: Vec<usize>,
+    },
+    /// A checkpoint step the training log does not cover.
+    #[error("the training log has no step {step} (it ends at {last:?})")]
+    StepNotLogged {
+        /// The missing step.
+        step: u64,
+        /// The last logged step.
+        last: Option<u64>,
+    },
     /// An error from the shared vocabulary (ids, dtypes).
     #[error(transparent)]
     Core(#[from] CoreError),
+}
+
+impl Classify for PoaError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            PoaError::NonFinite { .. }
+            | PoaError::DimensionMismatch { .. }
+            | PoaError::Empty { .. }
+            | PoaError::NotPositiveDefinite { .. }
+            | PoaError::InvalidConfig { .. }
+            | PoaError::CheckpointOrder { .. }
+            | PoaError::StepNotLogged { .. } => ErrorKind::InvalidArgument,
+            PoaError::NegativeWeight { .. }
+            | PoaError::ZeroTotalWeight { .. }
+            | PoaError::DuplicateAccount(_)
+            | PoaError::BasisPoints { .. }
+            | PoaError::Overflow { .. } => ErrorKind::Split,
+            PoaError::Io { source, .. } => ErrorKind::of_io(source),
+            PoaError::BadHeader { .. }
+            | PoaError::Truncated { .. }
+            | PoaError::ProjectionMismatch { .. } => ErrorKind::FeatureStore,
+            PoaError::Core(e) => e.kind(),
+        }
+    }
+
+    fn io_source(&self) -> Option<(&std::path::Path, &std::io::Error)> {
+        match self {
+            PoaError::Io { path, source } => Some((path, source)),
+            _ => None,
+        }
+    }
 }
 
 /// Result alias of this crate.

@@ -4,16 +4,16 @@
 //! among the model owner, the protocol and the data contributors:
 //!
 //! * [`split`]: exact integer reward splits (largest remainder, carry-over ledger).
-//! * [`projection`], [`store`], [`score`]: gradient features of training examples, randomly
-//!   projected and stored in a memory-mapped f16 file, scored with TracIn-CP, cosine (LESS),
-//!   TRAK, influence functions or DataInf ([`linalg`] holds the small Cholesky solve).
+//! * [`projection`], [`store`]: gradient features of training examples, randomly projected and
+//!   stored in a memory-mapped f16 (or f32) file.
+//! * [`influence`]: those features scored against a query with TracIn-CP, cosine (LESS), TRAK,
+//!   influence functions or DataInf, and the [`influence::InfluenceIndex`] of a training run.
 //! * [`rag`], [`contextcite`]: citations of retrieved records and relevance weights, and
 //!   ablation-based source attribution with a Lasso surrogate.
 //! * [`quality`]: near-duplicate clustering, per-cluster rewards, negative-influence flags and
 //!   penalty policies.
 //! * [`record`]: canonical attribution records, epochs and claim leaves.
 //! * [`rng`]: the counter-based seeded generator everything random is drawn from.
-//! * [`kernel`]: the f32 and f16 inner-product kernels (AVX2/FMA/F16C when available).
 //!
 //! ```
 //! use openledger_poa::split::{FeeSplit, SplitPolicy};
@@ -32,14 +32,12 @@
 
 pub mod contextcite;
 pub mod error;
-pub mod kernel;
-pub mod linalg;
+pub mod influence;
 pub mod projection;
 pub mod quality;
 pub mod rag;
 pub mod record;
 pub mod rng;
-pub mod score;
 pub mod split;
 pub mod store;
 

@@ -22,7 +22,7 @@ use openledger_core::{Address, ContentId};
 use rayon::prelude::*;
 
 use crate::error::{PoaError, Result, check_dim, check_finite_f32};
-use crate::kernel::dot;
+use crate::influence::kernel::dot;
 
 /// Turns text into an embedding (a model, a remote service, a test double).
 pub trait Embedder {

@@ -31,7 +31,7 @@ use std::collections::BTreeMap;
 
 use alloy_sol_types::SolType;
 use alloy_sol_types::sol_data::{Address as SolAddress, Array, FixedBytes, Uint};
-use openledger_core::{Address, B256, ContentId, U256};
+use openledger_core::{Address, B256, ContentId, RewardClaim, U256};
 
 use crate::error::{PoaError, Result};
 use crate::split::{Payout, SplitPolicy, ZeroWeightPolicy, split_scores, split_weights};
@@ -219,20 +219,9 @@ impl AttributionRecord {
     }
 }
 
-/// One claim: `(index, account, amount)`, the leaf values of the epoch's claim tree.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ClaimLeaf {
-    /// Position in the address-sorted list.
-    pub index: U256,
-    /// The claimant.
-    pub account: Address,
-    /// Wei claimable.
-    pub amount: U256,
-}
-
 /// Claim leaves for `payouts`: zero amounts dropped, sorted by address, index = position.
 /// Duplicate accounts are merged.
-pub fn claim_leaves(payouts: &[Payout]) -> Result<Vec<ClaimLeaf>> {
+pub fn claim_leaves(payouts: &[Payout]) -> Result<Vec<RewardClaim>> {
     let mut by: BTreeMap<Address, U256> = BTreeMap::new();
     for p in payouts {
         let e = by.entry(p.account).or_default();
@@ -244,7 +233,7 @@ pub fn claim_leaves(payouts: &[Payout]) -> Result<Vec<ClaimLeaf>> {
         .into_iter()
         .filter(|(_, a)| !a.is_zero())
         .enumerate()
-        .map(|(i, (account, amount))| ClaimLeaf {
+        .map(|(i, (account, amount))| RewardClaim {
             index: U256::from(i),
             account,
             amount,
@@ -314,7 +303,7 @@ impl Epoch {
     }
 
     /// The epoch's claim leaves (see [`claim_leaves`]).
-    pub fn claim_leaves(&self) -> Vec<ClaimLeaf> {
+    pub fn claim_leaves(&self) -> Vec<RewardClaim> {
         claim_leaves(&self.payouts()).expect("totals are already checked for overflow")
     }
 }

@@ -283,6 +283,8 @@ pub struct BuildProgress {
     pub done: usize,
     /// Examples expected, when the caller said.
     pub total: Option<usize>,
+    /// Examples committed since the previous report.
+    pub advanced: usize,
 }
 
 /// Appends examples to a store file.
@@ -484,14 +486,22 @@ impl FeatureStoreWriter {
                 self.commit(&rows, pending)?;
                 done += pending as usize;
                 rows.clear();
+                progress(BuildProgress {
+                    done,
+                    total,
+                    advanced: pending as usize,
+                });
                 pending = 0;
-                progress(BuildProgress { done, total });
             }
         }
         if pending > 0 {
             self.commit(&rows, pending)?;
             done += pending as usize;
-            progress(BuildProgress { done, total });
+            progress(BuildProgress {
+                done,
+                total,
+                advanced: pending as usize,
+            });
         }
         Ok(done)
     }
@@ -613,7 +623,7 @@ impl FeatureStore {
         match self.config.dtype {
             FeatureDType::F16 => {
                 let halves: &[f16] = bytemuck::cast_slice(bytes);
-                crate::kernel::f16_to_f32(halves, out);
+                crate::influence::kernel::f16_to_f32(halves, out);
             }
             FeatureDType::F32 => {
                 for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {

@@ -3,9 +3,9 @@
 
 use openledger_core::{Address, ContentId};
 use openledger_poa::PoaError;
+use openledger_poa::influence::score::{DataInf, Preconditioner, ScoreMethod, score};
 use openledger_poa::projection::{Projection, ProjectionKind};
 use openledger_poa::rng::SeededStream;
-use openledger_poa::score::{DataInf, Preconditioner, ScoreMethod, score};
 use openledger_poa::store::{
     FeatureDType, FeatureStore, FeatureStoreWriter, StoreConfig, TrainingExample,
 };

@@ -2,9 +2,9 @@
 //! closed-form influence functions, leave-one-out retraining, and mislabelled-example detection.
 
 use openledger_core::{Address, ContentId};
+use openledger_poa::influence::score::{Preconditioner, ScoreMethod, score, self_influence};
 use openledger_poa::projection::{Projection, ProjectionKind};
 use openledger_poa::rng::SeededStream;
-use openledger_poa::score::{Preconditioner, ScoreMethod, score, self_influence};
 use openledger_poa::store::{
     FeatureDType, FeatureStore, FeatureStoreWriter, StoreConfig, TrainingExample,
 };

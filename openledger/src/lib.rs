@@ -1,14 +1,15 @@
-//! The openledger SDK facade: one dependency for applications, and the glue between the
-//! layers that no single layer crate may hold (the layer crates never depend on each other
-//! sideways).
+//! The openledger SDK facade: the Payable-AI loop and the attribution experiments, and the glue
+//! between the layers that no single layer crate may hold (a layer crate never reaches up or
+//! sideways: attribution knows nothing of LoRA, the chain knows nothing of either). It holds no
+//! logic a layer could own; one dependency gives an application every layer.
 //!
-//! * [`core`], [`lora`], [`poa`], [`chain`]: the layer crates, re-exported.
+//! * [`core`], [`lora`], [`train`], [`poa`], [`chain`]: the layer crates, re-exported.
 //! * [`payable`]: the Payable-AI loop end to end — datanet and grant on chain, fine-tuning with
 //!   influence features, registration, a mixed-adapter batch served with streaming, attribution,
 //!   EIP-712 receipts and payments, the epoch's Merkle root and every claim, to the wei.
-//! * [`attribution`]: influence of datanet records on a fine-tuned adapter's answers —
-//!   per-example LoRA gradients at logged checkpoints written to the feature store and scored
-//!   with TracIn-CP or DataInf — and the metrics and experiment that judge it.
+//! * [`attribution`]: influence of datanet records on a fine-tuned adapter's answers — the
+//!   trainer's per-example LoRA gradients at logged checkpoints put into the attribution
+//!   layer's influence index — and the metrics and experiment that judge it.
 //! * [`provenance`]: training grants read from the `DatanetRegistry`, and trained adapters
 //!   registered in the `ModelRegistry` with the head of their training log.
 //! * [`synthetic`]: a key→value language with known flipped labels, the ground truth of the
@@ -26,6 +27,7 @@ pub use openledger_chain as chain;
 pub use openledger_core as core;
 pub use openledger_lora as lora;
 pub use openledger_poa as poa;
+pub use openledger_train as train;
 
 pub mod attribution;
 pub mod payable;

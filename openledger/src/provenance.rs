@@ -8,6 +8,7 @@
 use openledger_chain::ChainError;
 use openledger_chain::bindings::{DatanetRegistry, ModelRegistry};
 use openledger_chain::evm::{EmbeddedChain, TxOutcome};
+use openledger_core::error::{Classify, ErrorKind};
 use openledger_core::grant::{AccessStatus, GrantError, Grants};
 use openledger_core::trainlog::TrainLog;
 use openledger_core::{Address, B256, U256};
@@ -33,6 +34,16 @@ pub enum ProvenanceError {
         /// The value read.
         value: u8,
     },
+}
+
+impl Classify for ProvenanceError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            ProvenanceError::Chain(e) => e.kind(),
+            ProvenanceError::Grant(e) => e.kind(),
+            ProvenanceError::UnknownStatus { .. } => ErrorKind::Abi,
+        }
+    }
 }
 
 /// Reads the owners of `datanets` and the access status of each of `accounts` on them from the

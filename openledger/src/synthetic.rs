@@ -22,8 +22,9 @@
 //! ```
 
 use openledger_core::datanet::{Datanet, DatanetRecord, Insert};
+use openledger_core::error::{Classify, ErrorKind};
 use openledger_core::{Address, ContentId};
-use openledger_lora::train::Example;
+use openledger_train::Example;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -44,6 +45,12 @@ pub enum SyntheticError {
     /// Settings the generator cannot honour.
     #[error("invalid synthetic settings: {0}")]
     Invalid(String),
+}
+
+impl Classify for SyntheticError {
+    fn kind(&self) -> ErrorKind {
+        ErrorKind::InvalidArgument
+    }
 }
 
 /// The shape of the language.

@@ -1,16 +1,15 @@
 //! The glue between the trainer, the training log and the feature store, on a tiny model.
 
 use openledger::attribution::metrics::spearman;
-use openledger::attribution::{
-    AttributionError, FeatureSpace, InfluenceIndex, Method, checkpoint_parameters, lora_layers,
-    tracin_weights,
-};
+use openledger::attribution::{AdapterInfluence, AttributionError};
+use openledger::poa::PoaError;
+use openledger::poa::influence::{FeatureSpace, Method, tracin_weights};
 use openledger::synthetic::KeyValueTask;
+use openledger::train::{checkpoint_parameters, lora_layers};
 use openledger_core::grant::Grants;
 use openledger_core::{Address, B256, ContentId};
-use openledger_lora::train::{
-    Checkpoint, LoraSettings, RandomLlama, TrainConfig, TrainError, TrainEvent, Trainer,
-};
+use openledger_lora::model::RandomLlama;
+use openledger_train::{Checkpoint, LoraSettings, TrainConfig, TrainError, TrainEvent, Trainer};
 
 fn task() -> KeyValueTask {
     KeyValueTask {
@@ -92,11 +91,11 @@ fn logged_checkpoints_restore_exact_parameters_and_weight_by_logged_rates() {
     );
     assert!(matches!(
         tracin_weights(log, &[3, 9]),
-        Err(AttributionError::StepNotLogged { step: 9, .. })
+        Err(PoaError::StepNotLogged { step: 9, .. })
     ));
     assert!(matches!(
         tracin_weights(log, &[6, 3]),
-        Err(AttributionError::CheckpointOrder { .. })
+        Err(PoaError::CheckpointOrder { .. })
     ));
     // Every record used in a step is provable against the head.
     let rec = train[0].source.as_ref().unwrap().record;
@@ -115,7 +114,7 @@ fn logged_checkpoints_restore_exact_parameters_and_weight_by_logged_rates() {
     // The index: TracIn-CP equals Σ_c η_c ⟨g_q, g_z⟩ computed by hand from the trainer.
     let dir = tempfile::tempdir().unwrap();
     let before = trainer.parameters().unwrap();
-    let index = InfluenceIndex::build(
+    let index = AdapterInfluence::build(
         &dir.path().join("f.olfs"),
         &mut trainer,
         &train,
@@ -133,7 +132,10 @@ fn logged_checkpoints_restore_exact_parameters_and_weight_by_logged_rates() {
     let q = index
         .featurize(&mut trainer, std::slice::from_ref(&query), &mut |_| {})
         .unwrap();
-    let scores = index.scores(&q, Method::TracIn, &mut |_| {}).unwrap();
+    let scores = index
+        .index()
+        .scores(&q, Method::TracIn, &mut |_| {})
+        .unwrap();
     let mut expected = vec![0f64; train.len()];
     for (c, p) in params.iter().enumerate() {
         trainer.set_parameters(&p.parameters).unwrap();
@@ -158,8 +160,8 @@ fn logged_checkpoints_restore_exact_parameters_and_weight_by_logged_rates() {
     let two = [query.clone(), (query.0.clone(), vec![t.value_token(1)])];
     let q2 = index.featurize(&mut trainer, &two, &mut |_| {}).unwrap();
     for method in [Method::TracIn, Method::DataInf { lambda_scale: 0.1 }] {
-        let each = index.scores(&q2, method, &mut |_| {}).unwrap();
-        let set = index.query_set_scores(&q2, method).unwrap();
+        let each = index.index().scores(&q2, method, &mut |_| {}).unwrap();
+        let set = index.index().query_set_scores(&q2, method).unwrap();
         for (i, s) in set.iter().enumerate() {
             let sum = each[0][i] + each[1][i];
             assert!(
@@ -170,7 +172,7 @@ fn logged_checkpoints_restore_exact_parameters_and_weight_by_logged_rates() {
     }
     // A Rademacher sketch to 64 of the 112 gradient dimensions keeps the ranking of the exact
     // gradients, up to the sketch's error (inner products within ≈ 1/√k).
-    let sketch = InfluenceIndex::build(
+    let sketch = AdapterInfluence::build(
         &dir.path().join("sketch.olfs"),
         &mut trainer,
         &train,
@@ -183,10 +185,13 @@ fn logged_checkpoints_restore_exact_parameters_and_weight_by_logged_rates() {
     let qs = sketch
         .featurize(&mut trainer, std::slice::from_ref(&query), &mut |_| {})
         .unwrap();
-    let approx = sketch.scores(&qs, Method::TracIn, &mut |_| {}).unwrap();
+    let approx = sketch
+        .index()
+        .scores(&qs, Method::TracIn, &mut |_| {})
+        .unwrap();
     let rho = spearman(&approx[0], &scores[0]).unwrap();
     assert!(rho > 0.8, "sketch vs exact Spearman {rho}");
-    let attribution = index.attribution(&scores).unwrap();
+    let attribution = index.index().attribution(&scores).unwrap();
     assert_eq!(attribution.per_contributor.len(), 3);
     assert_eq!(
         attribution.per_record[0].0,
@@ -233,7 +238,7 @@ fn training_without_an_approved_grant_is_refused_and_unknown_records_are_named()
         .clone()
         .with_source(id, ContentId::of(b"not in the datanet"));
     let dir = tempfile::tempdir().unwrap();
-    let err = InfluenceIndex::build(
+    let err = AdapterInfluence::build(
         &dir.path().join("f.olfs"),
         &mut free,
         &stranger,

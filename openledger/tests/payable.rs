@@ -5,10 +5,10 @@ use openledger::chain::bindings::{DatanetRegistry, InferencePayments, ModelRegis
 use openledger::chain::claims::EpochClaims;
 use openledger::chain::deploy::DeployConfig;
 use openledger::core::{Address, U256};
-use openledger::lora::train::TrainError;
 use openledger::payable::{
     DRUG_FACTS_JSONL, LoopConfig, LoopError, LoopEvent, PayableAi, without_copies,
 };
+use openledger::train::TrainError;
 
 fn u(s: &str) -> U256 {
     s.parse().expect("a decimal amount")

@@ -14,7 +14,8 @@ use openledger_core::{B256, ContentId, U256};
 fn keccak256(s: &str) -> B256 {
     ContentId::of(s).0
 }
-use openledger_lora::train::{LoraSettings, RandomLlama, TrainConfig, TrainError, Trainer};
+use openledger_lora::model::RandomLlama;
+use openledger_train::{LoraSettings, TrainConfig, TrainError, Trainer};
 
 #[test]
 fn chain_grants_gate_training_and_the_log_head_registered_on_chain_proves_usage() {

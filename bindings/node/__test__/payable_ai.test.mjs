@@ -138,8 +138,8 @@ test('unusable options throw InvalidArg naming the option', async () => {
   await rejects(() => new ol.PayableAi({ workDir, steps: 0 }), 'InvalidArg', /steps 0/)
   await rejects(() => new ol.PayableAi({ workDir, steps: 2.5 }), 'InvalidArg', /steps/)
   await rejects(() => new ol.PayableAi({ workDir, influenceBps: 10001 }), 'InvalidArg', /influence_bps 10001/)
-  await rejects(() => new ol.PayableAi({ workDir, maxNewTokens: 0 }), 'InvalidArg', /maxNewTokens/)
-  await rejects(() => new ol.PayableAi({ workDir: '' }), 'InvalidArg', /workDir/)
+  await rejects(() => new ol.PayableAi({ workDir, maxNewTokens: 0 }), 'InvalidArg', /max_new_tokens/)
+  await rejects(() => new ol.PayableAi({ workDir: '' }), 'InvalidArg', /work_dir/)
   await rejects(() => new ol.PayableAi({}), 'InvalidArg')
 })
 

@@ -1,4 +1,4 @@
-//! JavaScript face of `openledger_lora::adapter` and `openledger_lora::base`: inspect a PEFT LoRA
+//! JavaScript face of `openledger_lora::adapter` and `openledger_lora::adapter::base`: inspect a PEFT LoRA
 //! adapter (rank, alpha, per-module scale, targets, dtype, resident bytes, the A/B factors as
 //! typed arrays) and validate it against a base model folder.
 
@@ -9,13 +9,13 @@ use std::sync::Arc;
 use napi::Either;
 use napi::bindgen_prelude::{AsyncTask, Buffer, Float32Array, Uint16Array};
 use napi_derive::napi;
+use openledger_lora::adapter::base::BaseModel as RustBaseModel;
+use openledger_lora::adapter::config::TargetModules;
+use openledger_lora::adapter::tensors::HostTensor;
 use openledger_lora::adapter::{
     LoadOptions as RustLoadOptions, LoraAdapter as RustAdapter, LoraModule as RustModule,
     ModuleKind,
 };
-use openledger_lora::base::BaseModel as RustBaseModel;
-use openledger_lora::config::TargetModules;
-use openledger_lora::tensors::HostTensor;
 
 use crate::error::{ErrorCode, JsResult, Result};
 use crate::task::task;

@@ -11,28 +11,18 @@ use napi::bindgen_prelude::{AsyncTask, BigInt, Unknown};
 use napi_derive::napi;
 use openledger_chain::abi::{self, ContractAbi, DecodedRevert};
 use openledger_chain::deploy::{DeployConfig, Deployment};
-use openledger_chain::evm::{DEV_ACCOUNTS, EmbeddedChain as RustChain, TxOutcome, TxStatus};
+use openledger_chain::evm::{DEV_ACCOUNTS, EmbeddedChain as RustChain, TxOutcome};
 use openledger_chain::{ChainError, DynSolValue};
 use openledger_core::U256;
 use serde_json::{Map, Value};
 
-use crate::error::{Error, ErrorCode, Result, busy, error, invalid_arg};
+use crate::error::{ErrorCode, JsResult, Result, busy, error, invalid_arg};
 use crate::json;
 use crate::task::{StringTask, count, task};
 use crate::types::{Amount, Bytes, address, address_str, bigint, hex_bytes, u256};
 
-/// A chain error of an ABI or a transaction as the JavaScript error of its kind.
-pub fn chain_err(e: &ChainError) -> Error {
-    let code = match e {
-        ChainError::Evm(_) | ChainError::TransactionFailed { .. } => ErrorCode::Transaction,
-        ChainError::Signature(_) => ErrorCode::Signature,
-        _ => ErrorCode::Abi,
-    };
-    error(code, e.to_string(), None)
-}
-
 fn contract(name: &str) -> Result<&'static ContractAbi> {
-    ContractAbi::named(name).map_err(|e| chain_err(&e))
+    ContractAbi::named(name).js()
 }
 
 fn args_json(args: Option<Vec<Unknown<'_>>>) -> Result<Vec<Value>> {
@@ -75,13 +65,6 @@ fn revert(r: &DecodedRevert) -> Value {
     Value::Object(m)
 }
 
-fn decode_revert(c: &ContractAbi, output: &[u8]) -> DecodedRevert {
-    match c.decode_revert(output) {
-        r @ DecodedRevert::Custom { .. } => r,
-        _ => abi::decode_revert_any(output),
-    }
-}
-
 /// An event emitted by a transaction, decoded against the contract that emitted it.
 #[napi(object)]
 pub struct ChainEvent {
@@ -118,41 +101,27 @@ pub struct TxResult {
 }
 
 fn tx_result(out: &TxOutcome, c: &ContractAbi, function: &str) -> Result<TxResult> {
-    let events = out
-        .logs
-        .iter()
-        .filter_map(abi::decode_log_any)
-        .map(|d| ChainEvent {
-            args: fields(&d.fields),
-            contract: d.contract,
-            name: d.event,
-            address: d.address,
-        })
-        .collect();
-    let (status, returns, rev) = match &out.status {
-        TxStatus::Success => {
-            let values = c
-                .decode_output(function, &out.output)
-                .map_err(|e| chain_err(&e))?;
-            let values = values.iter().map(abi::value_to_json).collect();
-            ("success".to_string(), Some(values), None)
-        }
-        TxStatus::Revert => (
-            "revert".to_string(),
-            None,
-            Some(revert(&decode_revert(c, &out.output))),
-        ),
-        TxStatus::Halt(why) => (format!("halt: {why}"), None, None),
-    };
+    let decoded = abi::decode_outcome(out, Some((c, function))).js()?;
     Ok(TxResult {
         success: out.is_success(),
-        status,
+        status: out.status.to_string(),
         gas_used: out.gas_used as f64,
         block_number: out.block_number as f64,
         output: out.output.to_string(),
-        events,
-        returns,
-        revert: rev,
+        events: decoded
+            .events
+            .into_iter()
+            .map(|d| ChainEvent {
+                args: fields(&d.fields),
+                contract: d.contract,
+                name: d.event,
+                address: d.address,
+            })
+            .collect(),
+        returns: decoded
+            .returns
+            .map(|v| v.iter().map(abi::value_to_json).collect()),
+        revert: decoded.revert.as_ref().map(revert),
     })
 }
 
@@ -223,7 +192,7 @@ fn locked<T>(
     f: impl FnOnce(&mut RustChain) -> std::result::Result<T, ChainError>,
 ) -> Result<T> {
     let mut chain = inner.try_lock().map_err(|_| busy("the chain"))?;
-    f(&mut chain).map_err(|e| chain_err(&e))
+    f(&mut chain).js()
 }
 
 #[napi]
@@ -327,9 +296,7 @@ impl EmbeddedChain {
     ) -> Result<AsyncTask<StringTask>> {
         crate::error::guard(|| {
             let c = self::contract(&contract)?;
-            let code = c
-                .deploy_data(&args_json(args)?)
-                .map_err(|e| chain_err(&e))?;
+            let code = c.deploy_data(&args_json(args)?).js()?;
             let sender = sender.map(|s| address("sender", &s)).transpose()?;
             let inner = self.inner.clone();
             Ok(StringTask::spawn(move || {
@@ -401,9 +368,7 @@ impl EmbeddedChain {
         crate::error::guard(|| {
             let (from, to) = (address("sender", &sender)?, address("to", &to)?);
             let c = self::contract(&contract)?;
-            let data = c
-                .encode_call(&func, &args_json(args)?)
-                .map_err(|e| chain_err(&e))?;
+            let data = c.encode_call(&func, &args_json(args)?).js()?;
             let value = value.map_or(Ok(U256::ZERO), |v| u256("value", &v))?;
             let inner = self.inner.clone();
             Ok(TxTask::spawn(move || {
@@ -426,23 +391,19 @@ impl EmbeddedChain {
         crate::error::guard(|| {
             let to = address("to", &to)?;
             let c = self::contract(&contract)?;
-            let data = c
-                .encode_call(&func, &args_json(args)?)
-                .map_err(|e| chain_err(&e))?;
+            let data = c.encode_call(&func, &args_json(args)?).js()?;
             let inner = self.inner.clone();
             Ok(ValuesTask::spawn(move || {
                 let out = locked(&inner, |chain| chain.call(Default::default(), to, data))?;
                 if !out.is_success() {
-                    let r = decode_revert(c, &out.output);
+                    let r = c.revert_reason(&out.output);
                     return Err(error(
                         ErrorCode::Transaction,
                         format!("{contract}.{func} reverted: {}", revert(&r)),
                         None,
                     ));
                 }
-                let values = c
-                    .decode_output(&func, &out.output)
-                    .map_err(|e| chain_err(&e))?;
+                let values = c.decode_output(&func, &out.output).js()?;
                 Ok(values.iter().map(abi::value_to_json).collect())
             }))
         })
@@ -465,7 +426,7 @@ pub fn decode_output(contract: String, func: String, data: Bytes) -> Result<Vec<
         let bytes = hex_bytes("data", &data)?;
         let values = self::contract(&contract)?
             .decode_output(&func, &bytes)
-            .map_err(|e| chain_err(&e))?;
+            .js()?;
         Ok(values.iter().map(abi::value_to_json).collect())
     })
 }

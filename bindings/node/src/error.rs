@@ -6,25 +6,19 @@
 //! chain (each `cause` carrying its own `cause`, down to the root).
 
 use std::any::Any;
-use std::io::ErrorKind;
 
 use napi::bindgen_prelude::{Env, ToNapiValue, Unknown};
 use napi::{JsError, Status};
 use napi_derive::napi;
-use openledger_chain::ChainError;
-use openledger_lora::error::LoraError;
-use openledger_lora::model::{ModelError, PagedError, ServedError};
-use openledger_lora::pool::PoolError;
-use openledger_lora::serve::{EngineError, RequestError};
-use openledger_lora::sgmv::SgmvError;
-use openledger_poa::error::PoaError;
+use openledger_core::error::{Classify, ErrorKind};
 
-/// The kind of an error, in its `code` property.
+/// The kind of an error, in its `code` property: one per [`ErrorKind`] (file-system failures
+/// use Node's own `ENOENT` / `EACCES` / `EIO`).
 #[napi(string_enum)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
-    /// An argument has the wrong type, dtype, shape or value (napi's own argument checks use
-    /// the same code).
+    /// An argument has the wrong type, dtype, shape or value, or a request or configuration
+    /// cannot run as given (napi's own argument checks use the same code).
     InvalidArg,
     /// A string is not a valid id (adapter ids refuse path traversal, absolute paths, ...).
     InvalidId,
@@ -34,10 +28,13 @@ pub enum ErrorCode {
     AdapterFormat,
     /// An adapter does not fit the base model it is validated against or attached to.
     BaseMismatch,
+    /// A model folder's config, weights or tokenizer are malformed, missing or unsupported.
+    ModelFormat,
     /// An adapter does not fit the pool's byte budget.
     Budget,
-    /// The pool refuses the call in its current state (duplicate id, not pinned, pinned, ...).
-    PoolState,
+    /// The object refuses the call in its current state (a duplicate id, an adapter pinned or
+    /// not pinned, a transition its state machine does not allow).
+    State,
     /// The object is in use by another call; retry later.
     Busy,
     /// A reward split is impossible (negative score refused, zero total weight, duplicate
@@ -54,25 +51,25 @@ pub enum ErrorCode {
     Abi,
     /// A transaction could not run on the chain, or a call reverted.
     Transaction,
-    /// A model folder cannot be loaded, or the model refused its input.
-    Model,
-    /// A generation request failed (empty prompt, token outside the vocabulary, unknown adapter,
-    /// invalid sampling parameters, ...).
-    Request,
-    /// The engine cannot go on (its configuration, a failed step).
-    Engine,
-    /// Fine-tuning cannot go on: a non-finite loss or gradient, a tensor operation that
-    /// failed, or its training log.
+    /// A generation failed while it ran (the forward pass failed, logits were not finite).
+    Generation,
+    /// Fine-tuning cannot go on: a non-finite loss or gradient, a failed tensor operation.
     Training,
+    /// The caller holds no right to do this (no approved training grant, not the owner).
+    AccessDenied,
+    /// Data is malformed or does not match what it commits to (a tampered training log, a
+    /// record whose hash differs from its id).
+    Integrity,
     /// The object was closed; it accepts no more calls.
     Closed,
     /// A stage of the Payable-AI loop was called before the stage it needs, or again.
     OutOfOrder,
-    /// A stage of the Payable-AI loop failed in training, the training log, influence scoring
-    /// or its accounting (the message names the stage and the cause).
+    /// The Payable-AI loop's own bookkeeping refused (an amount that does not add up).
     Loop,
+    /// A feature this build, backend or network does not offer.
+    Unsupported,
     /// A bug in the native code was caught before it could reach JavaScript.
-    Panic,
+    Internal,
     /// A file does not exist.
     ENOENT,
     /// A file cannot be accessed.
@@ -89,8 +86,9 @@ impl AsRef<str> for ErrorCode {
             Self::UnknownId => "UnknownId",
             Self::AdapterFormat => "AdapterFormat",
             Self::BaseMismatch => "BaseMismatch",
+            Self::ModelFormat => "ModelFormat",
             Self::Budget => "Budget",
-            Self::PoolState => "PoolState",
+            Self::State => "State",
             Self::Busy => "Busy",
             Self::Split => "Split",
             Self::FeatureStore => "FeatureStore",
@@ -98,18 +96,52 @@ impl AsRef<str> for ErrorCode {
             Self::Signature => "Signature",
             Self::Abi => "Abi",
             Self::Transaction => "Transaction",
-            Self::Model => "Model",
-            Self::Request => "Request",
-            Self::Engine => "Engine",
+            Self::Generation => "Generation",
             Self::Training => "Training",
+            Self::AccessDenied => "AccessDenied",
+            Self::Integrity => "Integrity",
             Self::Closed => "Closed",
             Self::OutOfOrder => "OutOfOrder",
             Self::Loop => "Loop",
-            Self::Panic => "Panic",
+            Self::Unsupported => "Unsupported",
+            Self::Internal => "Internal",
             Self::ENOENT => "ENOENT",
             Self::EACCES => "EACCES",
             Self::EIO => "EIO",
         }
+    }
+}
+
+/// The code of an error kind: the one place kinds become codes.
+pub fn code(kind: ErrorKind) -> ErrorCode {
+    match kind {
+        ErrorKind::InvalidArgument => ErrorCode::InvalidArg,
+        ErrorKind::InvalidId => ErrorCode::InvalidId,
+        ErrorKind::UnknownId => ErrorCode::UnknownId,
+        ErrorKind::AdapterFormat => ErrorCode::AdapterFormat,
+        ErrorKind::BaseMismatch => ErrorCode::BaseMismatch,
+        ErrorKind::ModelFormat => ErrorCode::ModelFormat,
+        ErrorKind::Budget => ErrorCode::Budget,
+        ErrorKind::State => ErrorCode::State,
+        ErrorKind::Busy => ErrorCode::Busy,
+        ErrorKind::Split => ErrorCode::Split,
+        ErrorKind::FeatureStore => ErrorCode::FeatureStore,
+        ErrorKind::Merkle => ErrorCode::MerkleTree,
+        ErrorKind::Signature => ErrorCode::Signature,
+        ErrorKind::Abi => ErrorCode::Abi,
+        ErrorKind::Transaction => ErrorCode::Transaction,
+        ErrorKind::Generation => ErrorCode::Generation,
+        ErrorKind::Training => ErrorCode::Training,
+        ErrorKind::AccessDenied => ErrorCode::AccessDenied,
+        ErrorKind::Integrity => ErrorCode::Integrity,
+        ErrorKind::Closed => ErrorCode::Closed,
+        ErrorKind::OutOfOrder => ErrorCode::OutOfOrder,
+        ErrorKind::Loop => ErrorCode::Loop,
+        ErrorKind::Unsupported => ErrorCode::Unsupported,
+        ErrorKind::Internal => ErrorCode::Internal,
+        ErrorKind::NotFound => ErrorCode::ENOENT,
+        ErrorKind::PermissionDenied => ErrorCode::EACCES,
+        ErrorKind::Io => ErrorCode::EIO,
     }
 }
 
@@ -156,7 +188,7 @@ pub fn busy(what: &str) -> Error {
     Error::new(ErrorCode::Busy, format!("{what} is busy with another call"))
 }
 
-/// A `Panic` error from the payload of a caught panic.
+/// An `Internal` error from the payload of a caught panic.
 pub fn panic_error(payload: Box<dyn Any + Send>) -> Error {
     let what = payload
         .downcast_ref::<&str>()
@@ -164,12 +196,12 @@ pub fn panic_error(payload: Box<dyn Any + Send>) -> Error {
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".to_string());
     Error::new(
-        ErrorCode::Panic,
+        ErrorCode::Internal,
         format!("internal error (a bug, please report it): {what}"),
     )
 }
 
-/// Runs `f`, turning a panic into a `Panic` error.
+/// Runs `f`, turning a panic into an `Internal` error.
 pub fn guard<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
         .unwrap_or_else(|p| Err(panic_error(p)))
@@ -200,150 +232,10 @@ impl<T, E: ToJs> JsResult<T> for std::result::Result<T, E> {
     }
 }
 
-/// The code of an I/O failure of `kind`.
-pub(crate) fn io_code(kind: ErrorKind) -> ErrorCode {
-    match kind {
-        ErrorKind::NotFound => ErrorCode::ENOENT,
-        ErrorKind::PermissionDenied => ErrorCode::EACCES,
-        _ => ErrorCode::EIO,
-    }
-}
-
-/// `code` with the message and source chain of `e`.
-fn with(code: ErrorCode, e: &(dyn std::error::Error + 'static)) -> Error {
-    error(code, e.to_string(), e.source())
-}
-
-fn lora_code(e: &LoraError) -> ErrorCode {
-    match e {
-        LoraError::Io { source, .. } => io_code(source.kind()),
-        LoraError::UntargetedModule { .. }
-        | LoraError::TargetModuleAbsent { .. }
-        | LoraError::UnsupportedTarget { .. }
-        | LoraError::ShapeMismatch { .. } => ErrorCode::BaseMismatch,
-        LoraError::InvalidArgument { .. } => ErrorCode::InvalidArg,
-        _ => ErrorCode::AdapterFormat,
-    }
-}
-
-impl ToJs for LoraError {
+/// Every error of the crates becomes the error of its kind, with its message and `cause` chain.
+impl<E: Classify + 'static> ToJs for E {
     fn to_js(&self) -> Error {
-        with(lora_code(self), self)
-    }
-}
-
-impl ToJs for PoolError {
-    fn to_js(&self) -> Error {
-        let code = match self {
-            PoolError::InvalidId(_) | PoolError::PathEscapesRoot { .. } => ErrorCode::InvalidId,
-            PoolError::UnknownId { .. } => ErrorCode::UnknownId,
-            PoolError::HubRoot { path, .. } => match std::fs::metadata(path) {
-                Err(io) => io_code(io.kind()),
-                Ok(_) => ErrorCode::EIO,
-            },
-            // The adapter id stays in the message; the kind follows the cause.
-            PoolError::Load { source, .. } => lora_code(source),
-            PoolError::AdapterLargerThanBudget { .. }
-            | PoolError::BudgetExhaustedByPinned { .. } => ErrorCode::Budget,
-            PoolError::Source { .. } => ErrorCode::AdapterFormat,
-            PoolError::LoadPanicked { .. } => ErrorCode::Panic,
-            _ => ErrorCode::PoolState,
-        };
-        with(code, self)
-    }
-}
-
-impl ToJs for SgmvError {
-    fn to_js(&self) -> Error {
-        // Every SGMV error is a shape, slot or segment the caller passed.
-        with(ErrorCode::InvalidArg, self)
-    }
-}
-
-impl ToJs for PoaError {
-    fn to_js(&self) -> Error {
-        let code = match self {
-            PoaError::Io { source, .. } => io_code(source.kind()),
-            PoaError::NegativeWeight { .. }
-            | PoaError::ZeroTotalWeight { .. }
-            | PoaError::DuplicateAccount(_)
-            | PoaError::BasisPoints { .. }
-            | PoaError::Overflow { .. } => ErrorCode::Split,
-            PoaError::BadHeader { .. }
-            | PoaError::Truncated { .. }
-            | PoaError::ProjectionMismatch { .. } => ErrorCode::FeatureStore,
-            _ => ErrorCode::InvalidArg,
-        };
-        with(code, self)
-    }
-}
-
-impl ToJs for ChainError {
-    fn to_js(&self) -> Error {
-        let code = match self {
-            ChainError::Signature(_) => ErrorCode::Signature,
-            ChainError::Evm(_) | ChainError::TransactionFailed { .. } => ErrorCode::Transaction,
-            ChainError::Artifact { .. }
-            | ChainError::Decode(_)
-            | ChainError::AmountOverflow { .. } => ErrorCode::Abi,
-            _ => ErrorCode::MerkleTree,
-        };
-        with(code, self)
-    }
-}
-
-impl ToJs for ModelError {
-    fn to_js(&self) -> Error {
-        let code = match self {
-            ModelError::Io { source, .. } => io_code(source.kind()),
-            ModelError::Weights(LoraError::Io { source, .. }) => io_code(source.kind()),
-            ModelError::IncompatibleAdapter { .. } => ErrorCode::BaseMismatch,
-            _ => ErrorCode::Model,
-        };
-        with(code, self)
-    }
-}
-
-impl ToJs for PagedError {
-    fn to_js(&self) -> Error {
-        match self {
-            PagedError::Model(e) => e.to_js(),
-            PagedError::Pool { source, .. } => source.to_js(),
-            _ => with(ErrorCode::Model, self),
-        }
-    }
-}
-
-impl ToJs for ServedError {
-    fn to_js(&self) -> Error {
-        match self {
-            ServedError::Model(e) => e.to_js(),
-            ServedError::Request(e) => e.to_js(),
-            ServedError::Engine(e) => e.to_js(),
-            ServedError::Thread(e) => error(ErrorCode::Engine, "cannot start its thread", Some(e)),
-            ServedError::Closed => closed("the engine"),
-            ServedError::Panicked { message } => Error::new(
-                ErrorCode::Panic,
-                format!("internal error (a bug, please report it): {message}"),
-            ),
-        }
-    }
-}
-
-impl ToJs for EngineError {
-    fn to_js(&self) -> Error {
-        with(ErrorCode::Engine, self)
-    }
-}
-
-impl ToJs for RequestError {
-    fn to_js(&self) -> Error {
-        let code = match self {
-            RequestError::UnknownAdapter { .. } => ErrorCode::UnknownId,
-            RequestError::Model { .. } => ErrorCode::Model,
-            _ => ErrorCode::Request,
-        };
-        with(code, self)
+        error(code(self.kind()), self.to_string(), self.source())
     }
 }
 

@@ -58,7 +58,7 @@ impl<T: Send + 'static> Exclusive<T> {
 
     fn poisoned(what: &str) -> Error {
         error::error(
-            ErrorCode::Panic,
+            ErrorCode::Internal,
             format!("an earlier call stopped on an internal error; the {what}'s state is unknown"),
             None,
         )

@@ -6,7 +6,7 @@
 //! `receipts` ↔ `openledger_chain::receipt` and `abi`, `chain` ↔
 //! `openledger_chain::evm` and `deploy`, `rag` ↔ `openledger_poa::rag`, `store` ↔
 //! `openledger_poa::store` and `score`, `engine` ↔ `openledger_lora::model` and `serve`, `payable` ↔
-//! `openledger::payable`, `train` ↔ `openledger_lora::train`, `types`
+//! `openledger::payable`, `train` ↔ `openledger_train`, `types`
 //! ↔ the ids and amounts of `openledger_core`). Arguments are checked and copied on the calling
 //! thread; heavy work runs on the libuv thread pool and returns a Promise; errors cross into
 //! JavaScript in `error.rs` only, and no panic crosses the boundary.

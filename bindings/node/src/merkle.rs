@@ -248,7 +248,7 @@ impl MerkleTree {
         crate::error::guard(|| {
             let leaves = hashes("leaves", &leaves)?;
             Ok(Self {
-                inner: RustCoreTree::new(&leaves).map_err(|e| merkle_err(&e))?,
+                inner: RustCoreTree::new(&leaves).js()?,
             })
         })
     }
@@ -276,7 +276,7 @@ impl MerkleTree {
     pub fn proof(&self, position: f64) -> Result<Vec<String>> {
         crate::error::guard(|| {
             let p = self.inner.proof(count("position", position)?);
-            Ok(hex_list(&p.map_err(|e| merkle_err(&e))?))
+            Ok(hex_list(&p.js()?))
         })
     }
 
@@ -285,7 +285,7 @@ impl MerkleTree {
     pub fn multi_proof(&self, positions: Vec<f64>) -> Result<MultiProof> {
         crate::error::guard(|| {
             let m = self.inner.multi_proof(&indices("positions", &positions)?);
-            let m = m.map_err(|e| merkle_err(&e))?;
+            let m = m.js()?;
             Ok(MultiProof {
                 leaves: m
                     .leaves
@@ -297,10 +297,6 @@ impl MerkleTree {
             })
         })
     }
-}
-
-fn merkle_err(e: &core::MerkleError) -> crate::error::Error {
-    error(ErrorCode::MerkleTree, e.to_string(), None)
 }
 
 /// The root that `proof` leads to from `leaf` (sorted-pair keccak-256).

@@ -11,11 +11,11 @@ use napi::bindgen_prelude::{AsyncTask, BigInt, Env, Null, Object, ToNapiValue, T
 use napi::threadsafe_function::ThreadsafeFunction;
 use napi::{Status, ValueType};
 use napi_derive::napi;
-use openledger::payable::{LoopConfig, LoopError, LoopEvent as RustEvent, PayableAi as RustLoop};
+use openledger::payable::{LoopConfig, LoopEvent as RustEvent, PayableAi as RustLoop};
 use openledger_core::U256;
 use serde_json::Value;
 
-use crate::error::{self, Error, ErrorCode, Result, ToJs, invalid_arg};
+use crate::error::{self, ErrorCode, Result, ToJs, invalid_arg};
 use crate::events::{Events, Exclusive};
 use crate::task::{count, task};
 use crate::types::bigint;
@@ -253,34 +253,6 @@ task!(
     ReportTask => ReportValue
 );
 
-impl ToJs for LoopError {
-    fn to_js(&self) -> Error {
-        let with = |code| error::error(code, self.to_string(), std::error::Error::source(self));
-        match self {
-            LoopError::OutOfOrder { .. } => with(ErrorCode::OutOfOrder),
-            LoopError::Datanet(_) | LoopError::RecordShape { .. } | LoopError::Config(_) => {
-                with(ErrorCode::InvalidArg)
-            }
-            LoopError::Chain(e) => error::error(e.to_js().status, self.to_string(), Some(e)),
-            LoopError::Reverted { .. } | LoopError::Provenance(_) => with(ErrorCode::Transaction),
-            LoopError::Poa(e) => error::error(e.to_js().status, self.to_string(), Some(e)),
-            LoopError::Model(e) => error::error(e.to_js().status, self.to_string(), Some(e)),
-            LoopError::Engine(_) => with(ErrorCode::Engine),
-            LoopError::Request { .. } => with(ErrorCode::Request),
-            LoopError::Io { source, .. } => {
-                let code = match source.kind() {
-                    std::io::ErrorKind::NotFound => ErrorCode::ENOENT,
-                    std::io::ErrorKind::PermissionDenied => ErrorCode::EACCES,
-                    _ => ErrorCode::EIO,
-                };
-                with(code)
-            }
-            // Training, the training log, influence scoring, accounting.
-            _ => with(ErrorCode::Loop),
-        }
-    }
-}
-
 /// The stages, in the order they run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stage {
@@ -386,9 +358,6 @@ impl PayableAi {
 }
 
 fn config(o: PayableAiOptions) -> Result<LoopConfig> {
-    if o.work_dir.is_empty() {
-        return Err(invalid_arg("workDir", "an empty path"));
-    }
     let dir = o.work_dir.into();
     let mut c = if o.quick.unwrap_or(false) {
         LoopConfig::quick(dir)
@@ -403,9 +372,6 @@ fn config(o: PayableAiOptions) -> Result<LoopConfig> {
     }
     if let Some(n) = o.max_new_tokens {
         c.max_new_tokens = count("maxNewTokens", n)?;
-        if c.max_new_tokens == 0 {
-            return Err(invalid_arg("maxNewTokens", "must be at least 1"));
-        }
     }
     if let Some(bps) = o.influence_bps {
         c.influence_bps = u16::try_from(bps)

@@ -13,7 +13,6 @@ use openledger_chain::receipt::{
 };
 use serde_json::Value;
 
-use crate::chain::chain_err;
 use crate::error::{ErrorCode, JsResult, Result, error, invalid_arg};
 use crate::json;
 use crate::task::count;
@@ -257,8 +256,8 @@ pub fn encode_call(contract: String, func: String, args: Vec<Unknown<'_>>) -> Re
             .enumerate()
             .map(|(i, a)| json::to_json(&format!("args[{i}]"), a))
             .collect::<Result<Vec<_>>>()?;
-        let abi = ContractAbi::named(&contract).map_err(|e| chain_err(&e))?;
-        let data = abi.encode_call(&func, &args).map_err(|e| chain_err(&e))?;
+        let abi = ContractAbi::named(&contract).js()?;
+        let data = abi.encode_call(&func, &args).js()?;
         Ok(data.to_string())
     })
 }
@@ -277,8 +276,8 @@ pub struct DecodedCall {
 pub fn decode_call(contract: String, data: Bytes) -> Result<DecodedCall> {
     crate::error::guard(|| {
         let bytes = hex_bytes("data", &data)?;
-        let abi = ContractAbi::named(&contract).map_err(|e| chain_err(&e))?;
-        let (function, values) = abi.decode_call(&bytes).map_err(|e| chain_err(&e))?;
+        let abi = ContractAbi::named(&contract).js()?;
+        let (function, values) = abi.decode_call(&bytes).js()?;
         Ok(DecodedCall {
             function,
             args: values.iter().map(value_to_json).collect(),

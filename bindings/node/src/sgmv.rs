@@ -12,8 +12,8 @@ use napi::Either;
 use napi::bindgen_prelude::{AsyncTask, Float32Array, Uint16Array};
 use napi_derive::napi;
 use openledger_lora::adapter::LoraAdapter as RustAdapter;
+use openledger_lora::adapter::tensors::HostTensor;
 use openledger_lora::sgmv::{self as rs, AdapterSlots, LoraElement, LoraSlot, Segments, SgmvError};
-use openledger_lora::tensors::HostTensor;
 
 use crate::adapters::LoraModule;
 use crate::error::{ErrorCode, JsResult, Result, invalid_arg};

@@ -1,4 +1,4 @@
-//! JavaScript face of `openledger_poa::store` and `openledger_poa::score`: the on-disk feature
+//! JavaScript face of `openledger_poa::store` and `openledger_poa::influence::score`: the on-disk feature
 //! store of projected training gradients, and TracIn / cosine scoring of a query against it.
 //!
 //! Gradients are flat `Float32Array`s, row-major: `[checkpoints, inputDim]` for one example or a
@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use napi::bindgen_prelude::{AsyncTask, Float32Array};
 use napi_derive::napi;
 use openledger_core::ContentId;
+use openledger_poa::influence::score::{ScoreMethod, Scores, score};
 use openledger_poa::projection::{Projection, ProjectionKind};
-use openledger_poa::score::{ScoreMethod, Scores, score};
 use openledger_poa::store::{
     FeatureDType, FeatureStore as RustStore, FeatureStoreWriter as RustWriter, StoreConfig,
     TrainingExample,
@@ -210,11 +210,9 @@ impl FeatureStoreWriter {
             let (inner, progress) = (self.inner.clone(), Progress::new(on_progress));
             Ok(NumberTask::spawn(move || {
                 let mut w = lock(&inner)?;
-                let mut last = 0;
                 let done = w
                     .build(examples.into_iter().map(Ok), Some(n), |p| {
-                        progress.advance(p.done - last);
-                        last = p.done;
+                        progress.advance(p.advanced);
                     })
                     .js()?;
                 Ok(done as f64)
@@ -335,16 +333,8 @@ impl FeatureStore {
             let (store, progress) = (self.inner.clone(), Progress::new(on_progress));
             Ok(Float32Task::spawn(move || {
                 let q = store.project_query(&g).js()?;
-                let mut last = 0;
                 let scores = score(&store, &q, &method, |p| {
-                    // A new pass restarts `done` at its first chunk.
-                    let delta = if p.done >= last {
-                        p.done - last
-                    } else {
-                        p.done
-                    };
-                    progress.advance(delta);
-                    last = p.done;
+                    progress.advance(p.advanced);
                 })
                 .js()?;
                 Ok(Float32Array::new(scores.values))

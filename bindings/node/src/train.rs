@@ -1,4 +1,4 @@
-//! JavaScript face of `openledger_lora::train`: LoRA / DoRA fine-tuning of a llama-family model
+//! JavaScript face of `openledger_train`: LoRA / DoRA fine-tuning of a llama-family model
 //! folder, one Promise per call, with every training event (step, evaluation, checkpoint)
 //! delivered to a callback before the call settles; evaluation, PEFT output, per-example
 //! gradients for attribution and greedy decoding with the adapter being trained.
@@ -14,33 +14,15 @@ use napi::bindgen_prelude::{AsyncTask, Float32Array, Object, Uint32Array};
 use napi::threadsafe_function::ThreadsafeFunction;
 use napi_derive::napi;
 use openledger_lora::model::Model;
-use openledger_lora::train::{
+use openledger_train::{
     EvalReport, Example, LoraSettings, TrainConfig, TrainError, TrainEvent as RustEvent,
     Trainer as RustTrainer,
 };
 
 use crate::engine::token_ids;
-use crate::error::{self, Error, ErrorCode, Result, ToJs, invalid_arg};
+use crate::error::{self, Result, ToJs, invalid_arg};
 use crate::events::{Events, Exclusive};
 use crate::task::{Float32Task, VoidTask, count, task};
-
-impl ToJs for TrainError {
-    fn to_js(&self) -> Error {
-        match self {
-            TrainError::Model(m) => m.to_js(),
-            TrainError::Lora(l) => l.to_js(),
-            TrainError::Io { source, .. } => error::error(
-                error::io_code(source.kind()),
-                self.to_string(),
-                Some(source),
-            ),
-            TrainError::NonFinite { .. } | TrainError::Tensor(_) | TrainError::Log(_) => {
-                error::error(ErrorCode::Training, self.to_string(), None)
-            }
-            _ => error::error(ErrorCode::InvalidArg, self.to_string(), None),
-        }
-    }
-}
 
 /// How `Trainer.load` sets up fine-tuning; `targets`, `r` and `alpha` are required.
 #[napi(object, object_to_js = false)]

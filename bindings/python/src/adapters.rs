@@ -1,4 +1,4 @@
-//! Python face of `openledger_lora::adapter` and `openledger_lora::base`: inspect a PEFT LoRA
+//! Python face of `openledger_lora::adapter` and `openledger_lora::adapter::base`: inspect a PEFT LoRA
 //! adapter (rank, alpha, per-module scale, targets, dtype, resident bytes, the A/B factors as
 //! numpy arrays) and validate it against a base model folder.
 
@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use numpy::ndarray::ArrayView2;
 use numpy::{PyArray2, ToPyArray};
+use openledger_lora::adapter::base::BaseModel;
+use openledger_lora::adapter::config::TargetModules;
+use openledger_lora::adapter::tensors::HostTensor;
 use openledger_lora::adapter::{LoadOptions, LoraAdapter, LoraModule, ModuleKind};
-use openledger_lora::base::BaseModel;
-use openledger_lora::config::TargetModules;
-use openledger_lora::tensors::HostTensor;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 

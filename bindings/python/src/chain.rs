@@ -7,33 +7,20 @@
 
 use std::sync::Mutex;
 
-use openledger_chain::abi::{self, ContractAbi, DecodedLog, DecodedRevert};
+use openledger_chain::abi::{self, ContractAbi, DecodedRevert};
 use openledger_chain::deploy::{DeployConfig, Deployment};
-use openledger_chain::evm::{EmbeddedChain, TxOutcome, TxStatus};
+use openledger_chain::evm::{EmbeddedChain, TxOutcome};
 use openledger_chain::{ChainError, DynSolValue};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use serde_json::Value;
 
-use crate::error::{AbiError, Error, Result, TransactionError, busy, invalid_arg};
+use crate::error::{Error, Result, TransactionError, busy, invalid_arg};
 use crate::merkle::to_json;
 use crate::types::{address, address_str, py_u256, u256};
 
-/// A chain-crate error as `AbiError` (bad contract, function, value or data) or
-/// `TransactionError` (the EVM refused or the call reverted).
-pub(crate) fn chain_err(e: ChainError) -> Error {
-    let msg = e.to_string();
-    match e {
-        ChainError::Evm(_) | ChainError::TransactionFailed { .. } => {
-            Error::from(TransactionError::new_err(msg))
-        }
-        ChainError::Signature(_) => Error::from(e),
-        _ => Error::from(AbiError::new_err(msg)),
-    }
-}
-
 fn contract(name: &str) -> Result<&'static ContractAbi> {
-    ContractAbi::named(name).map_err(chain_err)
+    Ok(ContractAbi::named(name)?)
 }
 
 fn args_json(args: &Bound<'_, PyAny>) -> Result<Vec<Value>> {
@@ -139,7 +126,7 @@ fn encode_call<'py>(
     };
     let data = py
         .detach(|| c.encode_call(function, &args))
-        .map_err(chain_err)?;
+        .map_err(Error::from)?;
     Ok(PyBytes::new(py, &data))
 }
 
@@ -151,7 +138,7 @@ fn decode_call<'py>(
     data: Vec<u8>,
 ) -> Result<(String, Bound<'py, PyList>)> {
     let c = self::contract(contract)?;
-    let (name, values) = py.detach(|| c.decode_call(&data)).map_err(chain_err)?;
+    let (name, values) = py.detach(|| c.decode_call(&data)).map_err(Error::from)?;
     Ok((name, py_values(py, &values)?))
 }
 
@@ -166,7 +153,7 @@ fn decode_output<'py>(
     let c = self::contract(contract)?;
     let values = py
         .detach(|| c.decode_output(function, &data))
-        .map_err(chain_err)?;
+        .map_err(Error::from)?;
     Ok(py_values(py, &values)?)
 }
 
@@ -242,28 +229,14 @@ impl PyTxResult {
     }
 }
 
-/// Revert data decoded against the called contract's own errors first (two contracts may
-/// declare errors with the same selector), then against every shipped contract.
-fn revert_reason(called: Option<&ContractAbi>, data: &[u8]) -> DecodedRevert {
-    match called.map(|c| c.decode_revert(data)) {
-        Some(r @ DecodedRevert::Custom { .. }) => r,
-        _ => abi::decode_revert_any(data),
-    }
-}
-
 fn tx_result(
     py: Python<'_>,
     out: &TxOutcome,
-    decoder: Option<(&ContractAbi, &str)>,
+    call: Option<(&ContractAbi, &str)>,
 ) -> Result<PyTxResult> {
-    let status = match &out.status {
-        TxStatus::Success => "success".to_string(),
-        TxStatus::Revert => "revert".to_string(),
-        TxStatus::Halt(why) => format!("halt: {why}"),
-    };
+    let decoded = abi::decode_outcome(out, call)?;
     let events = PyList::empty(py);
-    let decoded: Vec<DecodedLog> = out.logs.iter().filter_map(abi::decode_log_any).collect();
-    for d in decoded {
+    for d in decoded.events {
         let ev = PyEvent {
             args: py_fields(py, &d.fields)?.unbind(),
             contract: d.contract,
@@ -272,27 +245,21 @@ fn tx_result(
         };
         events.append(Py::new(py, ev)?)?;
     }
-    let (returns, revert) = match (&out.status, decoder) {
-        (TxStatus::Success, Some((c, f))) => {
-            let values = c.decode_output(f, &out.output).map_err(chain_err)?;
-            (Some(py_values(py, &values)?.unbind()), None)
-        }
-        (TxStatus::Success, None) => (None, None),
-        (TxStatus::Revert, _) => {
-            let r = revert_reason(decoder.map(|(c, _)| c), &out.output);
-            (None, Some(py_revert(py, &r)?.unbind()))
-        }
-        (TxStatus::Halt(_), _) => (None, None),
-    };
     Ok(PyTxResult {
         success: out.is_success(),
-        status,
+        status: out.status.to_string(),
         gas_used: out.gas_used,
         block_number: out.block_number,
         output: PyBytes::new(py, &out.output).unbind(),
         events: events.unbind(),
-        returns,
-        revert,
+        returns: decoded
+            .returns
+            .map(|v| py_values(py, &v).map(Bound::unbind))
+            .transpose()?,
+        revert: decoded
+            .revert
+            .map(|r| py_revert(py, &r).map(Bound::unbind))
+            .transpose()?,
     })
 }
 
@@ -311,7 +278,7 @@ impl PyEmbeddedChain {
     ) -> Result<T> {
         py.detach(|| {
             let mut chain = self.inner.try_lock().map_err(|_| busy("the chain"))?;
-            f(&mut chain).map_err(chain_err)
+            f(&mut chain).map_err(Error::from)
         })
     }
 }
@@ -428,7 +395,7 @@ impl PyEmbeddedChain {
             None => Vec::new(),
         };
         let sender = opt_address("sender", sender)?;
-        let code = c.deploy_data(&args).map_err(chain_err)?;
+        let code = c.deploy_data(&args).map_err(Error::from)?;
         let addr = self.with(py, |chain| {
             let from = sender.unwrap_or(chain.dev_account(0).address);
             chain.deploy(from, &code, &[])
@@ -496,7 +463,7 @@ impl PyEmbeddedChain {
             Some(v) => u256("value", v)?,
             None => openledger_core::U256::ZERO,
         };
-        let data = c.encode_call(function, &args).map_err(chain_err)?;
+        let data = c.encode_call(function, &args).map_err(Error::from)?;
         let out = self.with(py, |chain| chain.transact_value(from, to, data, value))?;
         tx_result(py, &out, Some((c, function)))
     }
@@ -534,15 +501,17 @@ impl PyEmbeddedChain {
             Some(a) => args_json(a)?,
             None => Vec::new(),
         };
-        let data = c.encode_call(function, &args).map_err(chain_err)?;
+        let data = c.encode_call(function, &args).map_err(Error::from)?;
         let out = self.with(py, |chain| chain.call(from, to, data))?;
         if !out.is_success() {
-            let r = revert_reason(Some(c), &out.output);
+            let r = c.revert_reason(&out.output);
             let err = TransactionError::new_err(format!("{contract}.{function} reverted: {r:?}"));
             err.value(py).setattr("revert", py_revert(py, &r)?)?;
             return Err(Error::from(err));
         }
-        let values = c.decode_output(function, &out.output).map_err(chain_err)?;
+        let values = c
+            .decode_output(function, &out.output)
+            .map_err(Error::from)?;
         Ok(py_values(py, &values)?)
     }
 

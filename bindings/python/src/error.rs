@@ -1,19 +1,26 @@
-//! Every Rust error crosses into Python here, and only here.
+//! Every Rust error crosses into Python here, and only here: each crate's error says its kind
+//! ([`Classify::kind`], one classification for every binding) and [`to_py`] maps each kind to
+//! its exception class in one `match`.
 //!
 //! `OpenLedgerError` is the base class; each error kind a caller can act on has one subclass.
 //! File-system failures become Python's own `FileNotFoundError`, `PermissionError` or `OSError`
-//! so that `except FileNotFoundError` works as it does for any Python library.
+//! (with `errno` and `filename`) so that `except FileNotFoundError` works as it does for any
+//! Python library.
 
-use std::io::ErrorKind;
-use std::path::Path;
-
+use openledger::payable::LoopError;
 use openledger_chain::ChainError;
+use openledger_core::datanet::DatanetError;
+use openledger_core::error::{Classify, CoreError, ErrorKind};
+use openledger_core::grant::GrantError;
+use openledger_core::merkle::MerkleError;
+use openledger_core::trainlog::TrainLogError;
 use openledger_lora::error::LoraError;
-use openledger_lora::model::{ModelError, ServedError};
+use openledger_lora::model::{ModelError, PagedError, ServedError};
 use openledger_lora::pool::PoolError;
-use openledger_lora::serve::{RequestError, SampleError};
+use openledger_lora::serve::{EngineError, RequestError};
 use openledger_lora::sgmv::SgmvError;
 use openledger_poa::error::PoaError;
+use openledger_train::TrainError;
 use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyPermissionError};
 use pyo3::prelude::*;
 use pyo3::{PyErr, create_exception};
@@ -62,9 +69,9 @@ create_exception!(
 );
 create_exception!(
     openledger,
-    PoolStateError,
+    StateError,
     OpenLedgerError,
-    "The pool refuses the call in its current state (duplicate id, not pinned, pinned, ...)."
+    "The object refuses the call in its current state (a duplicate id, an adapter pinned or not\npinned, a transition its state machine does not allow)."
 );
 create_exception!(
     openledger,
@@ -104,6 +111,36 @@ create_exception!(
 );
 create_exception!(
     openledger,
+    TrainingError,
+    OpenLedgerError,
+    "Fine-tuning cannot go on (a non-finite loss or gradient, a failed tensor operation)."
+);
+create_exception!(
+    openledger,
+    AccessDeniedError,
+    OpenLedgerError,
+    "The caller holds no right to do this (no approved training grant, not the owner)."
+);
+create_exception!(
+    openledger,
+    IntegrityError,
+    OpenLedgerError,
+    "Data is malformed or does not match what it commits to (a tampered or truncated training log,\na record whose hash differs from its id)."
+);
+create_exception!(
+    openledger,
+    UnsupportedError,
+    OpenLedgerError,
+    "A feature this build, backend or network does not offer."
+);
+create_exception!(
+    openledger,
+    InternalError,
+    OpenLedgerError,
+    "A bug in the native code, caught before it could reach Python (please report it)."
+);
+create_exception!(
+    openledger,
     GenerationError,
     OpenLedgerError,
     "A request failed while it ran (the model's forward pass failed, its logits were not finite)."
@@ -125,13 +162,13 @@ create_exception!(
     openledger,
     TransactionError,
     OpenLedgerError,
-    "The EVM refused a transaction, or a call reverted (its `revert` attribute holds the reason)."
+    "The chain refused a transaction, or a call reverted (its `revert` attribute holds the reason)."
 );
 create_exception!(
     openledger,
     PayableAiError,
     OpenLedgerError,
-    "The Payable-AI loop stopped: attribution, provenance, the training log, serving or the\naccounting refused (the message names the stage and the culprit)."
+    "The Payable-AI loop's own bookkeeping refused (an amount that does not add up, a settlement\nthat differs from the contract's); other failures of the loop raise the class of their kind."
 );
 create_exception!(
     openledger,
@@ -153,7 +190,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("AdapterFormatError", py.get_type::<AdapterFormatError>())?;
     m.add("BaseMismatchError", py.get_type::<BaseMismatchError>())?;
     m.add("BudgetError", py.get_type::<BudgetError>())?;
-    m.add("PoolStateError", py.get_type::<PoolStateError>())?;
+    m.add("StateError", py.get_type::<StateError>())?;
     m.add("BusyError", py.get_type::<BusyError>())?;
     m.add("SplitError", py.get_type::<SplitError>())?;
     m.add("FeatureStoreError", py.get_type::<FeatureStoreError>())?;
@@ -162,6 +199,11 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ModelFormatError", py.get_type::<ModelFormatError>())?;
     m.add("EngineClosedError", py.get_type::<EngineClosedError>())?;
     m.add("GenerationError", py.get_type::<GenerationError>())?;
+    m.add("TrainingError", py.get_type::<TrainingError>())?;
+    m.add("AccessDeniedError", py.get_type::<AccessDeniedError>())?;
+    m.add("IntegrityError", py.get_type::<IntegrityError>())?;
+    m.add("UnsupportedError", py.get_type::<UnsupportedError>())?;
+    m.add("InternalError", py.get_type::<InternalError>())?;
     m.add("AbiError", py.get_type::<AbiError>())?;
     m.add("TransactionError", py.get_type::<TransactionError>())?;
     m.add("PayableAiError", py.get_type::<PayableAiError>())?;
@@ -181,28 +223,61 @@ impl From<Error> for PyErr {
 /// Result of binding code.
 pub(crate) type Result<T> = std::result::Result<T, Error>;
 
-/// A `BusyError` naming what is busy.
-pub(crate) fn busy(what: &str) -> Error {
-    Error(BusyError::new_err(format!(
-        "{what} is busy with another call"
-    )))
+/// The Python exception of `e`'s kind, carrying its message: the one place kinds become
+/// exception classes.
+pub(crate) fn to_py(e: &dyn Classify) -> PyErr {
+    let msg = e.to_string();
+    match e.kind() {
+        ErrorKind::InvalidArgument => InvalidArgumentError::new_err(msg),
+        ErrorKind::InvalidId => InvalidIdError::new_err(msg),
+        ErrorKind::UnknownId => UnknownIdError::new_err(msg),
+        ErrorKind::AdapterFormat => AdapterFormatError::new_err(msg),
+        ErrorKind::BaseMismatch => BaseMismatchError::new_err(msg),
+        ErrorKind::ModelFormat => ModelFormatError::new_err(msg),
+        ErrorKind::Budget => BudgetError::new_err(msg),
+        ErrorKind::State => StateError::new_err(msg),
+        ErrorKind::Busy => BusyError::new_err(msg),
+        ErrorKind::Split => SplitError::new_err(msg),
+        ErrorKind::FeatureStore => FeatureStoreError::new_err(msg),
+        ErrorKind::Merkle => MerkleTreeError::new_err(msg),
+        ErrorKind::Signature => SignatureError::new_err(msg),
+        ErrorKind::Abi => AbiError::new_err(msg),
+        ErrorKind::Transaction => TransactionError::new_err(msg),
+        ErrorKind::Generation => GenerationError::new_err(msg),
+        ErrorKind::Training => TrainingError::new_err(msg),
+        ErrorKind::AccessDenied => AccessDeniedError::new_err(msg),
+        ErrorKind::Integrity => IntegrityError::new_err(msg),
+        ErrorKind::Closed => EngineClosedError::new_err(msg),
+        ErrorKind::OutOfOrder => StageOrderError::new_err(msg),
+        ErrorKind::Loop => PayableAiError::new_err(msg),
+        ErrorKind::Unsupported => UnsupportedError::new_err(msg),
+        ErrorKind::Internal => InternalError::new_err(msg),
+        kind @ (ErrorKind::NotFound | ErrorKind::PermissionDenied | ErrorKind::Io) => {
+            os_error(kind, e.io_source(), msg)
+        }
+    }
 }
 
-/// An `EngineClosedError`.
-pub(crate) fn engine_closed() -> Error {
-    Error(EngineClosedError::new_err(
-        "the engine is closed (close() was called or the engine was dropped)",
-    ))
-}
-
-/// An `InvalidArgumentError` naming the argument.
-pub(crate) fn invalid_arg(name: &str, reason: impl std::fmt::Display) -> Error {
-    Error(InvalidArgumentError::new_err(format!("{name}: {reason}")))
-}
-
-/// Python's own exception for an I/O failure of `kind` at `path`.
-pub(crate) fn io_err(path: &Path, kind: ErrorKind, message: String) -> PyErr {
-    let args = (0i32, message, path.display().to_string());
+/// Python's own exception for an I/O failure: `errno` from the operating system (or the
+/// conventional one of the kind when the failure came from a check of ours), the message and
+/// the file.
+fn os_error(
+    kind: ErrorKind,
+    source: Option<(&std::path::Path, &std::io::Error)>,
+    msg: String,
+) -> PyErr {
+    const ENOENT: i32 = 2;
+    const EIO: i32 = 5;
+    const EACCES: i32 = 13;
+    let errno = source
+        .and_then(|(_, io)| io.raw_os_error())
+        .unwrap_or(match kind {
+            ErrorKind::NotFound => ENOENT,
+            ErrorKind::PermissionDenied => EACCES,
+            _ => EIO,
+        });
+    let filename = source.map(|(p, _)| p.display().to_string());
+    let args = (errno, msg, filename);
     match kind {
         ErrorKind::NotFound => PyFileNotFoundError::new_err(args),
         ErrorKind::PermissionDenied => PyPermissionError::new_err(args),
@@ -210,141 +285,47 @@ pub(crate) fn io_err(path: &Path, kind: ErrorKind, message: String) -> PyErr {
     }
 }
 
-fn lora(e: &LoraError) -> PyErr {
-    lora_with(e, e.to_string())
-}
-
-/// The exception of `e`'s kind, carrying `msg`.
-fn lora_with(e: &LoraError, msg: String) -> PyErr {
-    match e {
-        LoraError::Io { path, source } => io_err(path, source.kind(), msg),
-        LoraError::UntargetedModule { .. }
-        | LoraError::TargetModuleAbsent { .. }
-        | LoraError::UnsupportedTarget { .. }
-        | LoraError::ShapeMismatch { .. } => BaseMismatchError::new_err(msg),
-        LoraError::InvalidArgument { .. } => InvalidArgumentError::new_err(msg),
-        _ => AdapterFormatError::new_err(msg),
-    }
-}
-
-impl From<LoraError> for Error {
-    fn from(e: LoraError) -> Self {
-        Error(lora(&e))
-    }
-}
-
-impl From<PoolError> for Error {
-    fn from(e: PoolError) -> Self {
-        let msg = e.to_string();
-        Error(match &e {
-            PoolError::InvalidId(_) | PoolError::PathEscapesRoot { .. } => {
-                InvalidIdError::new_err(msg)
+/// `From` for every error type of the crates: each becomes the exception of its kind.
+macro_rules! classified {
+    ($($t:ty),* $(,)?) => {$(
+        impl From<$t> for Error {
+            fn from(e: $t) -> Self {
+                Error(to_py(&e))
             }
-            PoolError::UnknownId { .. } => UnknownIdError::new_err(msg),
-            PoolError::HubRoot { path, .. } => {
-                let kind = match std::fs::metadata(path) {
-                    Err(io) => io.kind(),
-                    Ok(_) => ErrorKind::Other,
-                };
-                io_err(path, kind, msg)
-            }
-            PoolError::Load { source, .. } => match source.as_ref() {
-                // Keep the adapter id in the message; the class follows the cause.
-                LoraError::Io { path, source: io } => io_err(path, io.kind(), msg),
-                other => lora_with(other, msg),
-            },
-            PoolError::AdapterLargerThanBudget { .. }
-            | PoolError::BudgetExhaustedByPinned { .. } => BudgetError::new_err(msg),
-            PoolError::Source { .. } => AdapterFormatError::new_err(msg),
-            _ => PoolStateError::new_err(msg),
-        })
-    }
-}
-
-impl From<SgmvError> for Error {
-    fn from(e: SgmvError) -> Self {
-        // Every SGMV error is a shape, slot or segment the caller passed.
-        Error(InvalidArgumentError::new_err(e.to_string()))
-    }
-}
-
-impl From<PoaError> for Error {
-    fn from(e: PoaError) -> Self {
-        let msg = e.to_string();
-        Error(match &e {
-            PoaError::Io { path, source, .. } => io_err(path, source.kind(), msg),
-            PoaError::NegativeWeight { .. }
-            | PoaError::ZeroTotalWeight { .. }
-            | PoaError::DuplicateAccount(_)
-            | PoaError::BasisPoints { .. }
-            | PoaError::Overflow { .. } => SplitError::new_err(msg),
-            PoaError::BadHeader { .. }
-            | PoaError::Truncated { .. }
-            | PoaError::ProjectionMismatch { .. } => FeatureStoreError::new_err(msg),
-            _ => InvalidArgumentError::new_err(msg),
-        })
-    }
-}
-
-impl From<ChainError> for Error {
-    fn from(e: ChainError) -> Self {
-        let msg = e.to_string();
-        Error(match &e {
-            ChainError::Signature(_) => SignatureError::new_err(msg),
-            _ => MerkleTreeError::new_err(msg),
-        })
-    }
-}
-
-impl From<ModelError> for Error {
-    fn from(e: ModelError) -> Self {
-        let msg = e.to_string();
-        Error(match &e {
-            ModelError::Io { path, source } => io_err(path, source.kind(), msg),
-            ModelError::IncompatibleAdapter { .. } => BaseMismatchError::new_err(msg),
-            ModelError::Weights(inner) => lora_with(inner, msg),
-            ModelError::TokenOutOfVocab { .. }
-            | ModelError::EmptySequence { .. }
-            | ModelError::UnknownAdapter { .. } => InvalidArgumentError::new_err(msg),
-            ModelError::Sgmv(_) | ModelError::Backend(_) => GenerationError::new_err(msg),
-            _ => ModelFormatError::new_err(msg),
-        })
-    }
-}
-
-impl From<RequestError> for Error {
-    fn from(e: RequestError) -> Self {
-        let msg = e.to_string();
-        Error(match &e {
-            RequestError::EmptyPrompt
-            | RequestError::PromptTooLong { .. }
-            | RequestError::TokenOutOfVocab { .. }
-            | RequestError::NeedsDetokenizer
-            | RequestError::Sampling(SampleError::InvalidParams { .. }) => {
-                InvalidArgumentError::new_err(msg)
-            }
-            RequestError::UnknownAdapter { .. } => UnknownIdError::new_err(msg),
-            RequestError::AdapterFailed { .. } => AdapterFormatError::new_err(msg),
-            RequestError::AdapterRejected { .. } => BaseMismatchError::new_err(msg),
-            _ => GenerationError::new_err(msg),
-        })
-    }
-}
-
-impl From<ServedError> for Error {
-    fn from(e: ServedError) -> Self {
-        match e {
-            ServedError::Model(e) => (*e).into(),
-            ServedError::Request(e) => e.into(),
-            ServedError::Engine(e) => invalid_arg("engine", e),
-            ServedError::Thread(e) => {
-                invalid_arg("engine", format!("cannot start its thread: {e}"))
-            }
-            ServedError::Closed => engine_closed(),
-            // The engine takes no more requests; the message says why.
-            e @ ServedError::Panicked { .. } => Error(EngineClosedError::new_err(e.to_string())),
         }
-    }
+    )*};
+}
+
+classified!(
+    CoreError,
+    DatanetError,
+    GrantError,
+    MerkleError,
+    TrainLogError,
+    LoraError,
+    PoolError,
+    SgmvError,
+    ModelError,
+    PagedError,
+    ServedError,
+    EngineError,
+    RequestError,
+    TrainError,
+    PoaError,
+    ChainError,
+    LoopError,
+);
+
+/// A `BusyError` naming what is busy.
+pub(crate) fn busy(what: &str) -> Error {
+    Error(BusyError::new_err(format!(
+        "{what} is busy with another call"
+    )))
+}
+
+/// An `InvalidArgumentError` naming the argument.
+pub(crate) fn invalid_arg(name: &str, reason: impl std::fmt::Display) -> Error {
+    Error(InvalidArgumentError::new_err(format!("{name}: {reason}")))
 }
 
 impl From<PyErr> for Error {

@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use openledger_chain::abi::value_to_json;
 use openledger_chain::standard::{BuildStage, StandardMerkleTree, TreeOptions};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyList, PyString};
@@ -192,23 +193,11 @@ impl PyStandardMerkleTree {
     /// gives it: `{"leaves": [values in verification order], "proof": [...], "proofFlags":
     /// [...]}` (values in canonical JSON form, like `values()`).
     fn multi_proof<'py>(&self, py: Python<'py>, indices: Vec<usize>) -> Result<Bound<'py, PyDict>> {
-        let (m, dump) = py.detach(|| {
-            Ok::<_, openledger_chain::ChainError>((
-                self.inner.multi_proof(&indices)?,
-                self.inner.dump(),
-            ))
-        })?;
-        let values = self.inner.values();
+        let m = py.detach(|| self.inner.multi_proof(&indices))?;
         let leaves = m
             .leaves
             .iter()
-            .map(|leaf| {
-                let i = values
-                    .iter()
-                    .position(|v| &v.value == leaf)
-                    .unwrap_or_default();
-                from_json(py, &Value::Array(dump.values[i].value.clone()))
-            })
+            .map(|v| from_json(py, &Value::Array(v.iter().map(value_to_json).collect())))
             .collect::<PyResult<Vec<_>>>()?;
         let out = PyDict::new(py);
         out.set_item("leaves", PyList::new(py, leaves)?)?;

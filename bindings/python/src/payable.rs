@@ -16,30 +16,7 @@ use pyo3::types::{PyDict, PyList};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::chain::chain_err;
-use crate::error::{
-    Error, InvalidArgumentError, PayableAiError, Result, StageOrderError, TransactionError, busy,
-    io_err,
-};
-
-impl From<LoopError> for Error {
-    fn from(e: LoopError) -> Self {
-        let msg = e.to_string();
-        match e {
-            LoopError::OutOfOrder { .. } => Error::from(StageOrderError::new_err(msg)),
-            LoopError::Config(_) | LoopError::RecordShape { .. } | LoopError::Datanet(_) => {
-                Error::from(InvalidArgumentError::new_err(msg))
-            }
-            LoopError::Io { path, source } => Error::from(io_err(&path, source.kind(), msg)),
-            LoopError::Chain(c) => chain_err(c),
-            LoopError::Reverted { .. } => Error::from(TransactionError::new_err(msg)),
-            LoopError::Train(t) => Error::from(t),
-            LoopError::Model(m) => Error::from(*m),
-            LoopError::Poa(p) => Error::from(p),
-            _ => Error::from(PayableAiError::new_err(msg)),
-        }
-    }
-}
+use crate::error::{Error, PayableAiError, Result, busy};
 
 /// A JSON value as the matching Python object (objects → dict, arrays → list, integers → int,
 /// other numbers → float).

@@ -9,8 +9,8 @@ use std::borrow::Cow;
 use numpy::{PyReadonlyArray2, PyReadwriteArray2, PyUntypedArrayMethods};
 use openledger_core::DType;
 use openledger_lora::adapter::LoraModule;
+use openledger_lora::adapter::tensors::HostTensor;
 use openledger_lora::sgmv::{AdapterSlots, LoraElement, LoraSlot, Segments, SgmvError, bgmv, sgmv};
-use openledger_lora::tensors::HostTensor;
 use pyo3::prelude::*;
 
 use crate::adapters::PyLoraModule;

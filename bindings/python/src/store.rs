@@ -1,4 +1,4 @@
-//! Python face of `openledger_poa::store` and `openledger_poa::score`: the on-disk feature store
+//! Python face of `openledger_poa::store` and `openledger_poa::influence::score`: the on-disk feature store
 //! of projected training gradients, and TracIn / cosine scoring of a query against it (float32
 //! numpy gradients in, float32 numpy scores out without a copy).
 
@@ -8,8 +8,8 @@ use std::sync::Mutex;
 use numpy::PyUntypedArrayMethods;
 use numpy::{PyArray1, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArray3, PyUntypedArray};
 use openledger_core::ContentId;
+use openledger_poa::influence::score::{ScoreMethod, Scores, score};
 use openledger_poa::projection::{Projection, ProjectionKind};
-use openledger_poa::score::{ScoreMethod, Scores, score};
 use openledger_poa::store::{
     FeatureDType, FeatureStore, FeatureStoreWriter, StoreConfig, TrainingExample,
 };
@@ -201,10 +201,8 @@ impl PyFeatureStoreWriter {
                         .collect(),
                 })
             });
-            let mut last = 0;
             let done = w.build(examples, Some(n), |p| {
-                progress.advance(p.done - last);
-                last = p.done;
+                progress.advance(p.advanced);
             })?;
             Ok::<_, crate::error::Error>(done)
         });
@@ -297,16 +295,8 @@ impl PyFeatureStore {
         let progress = Progress::new(progress);
         let scores = py.detach(|| {
             let q = self.inner.project_query(&g)?;
-            let mut last = 0;
             score(&self.inner, &q, &method, |p| {
-                // A new pass restarts `done` at its first chunk.
-                let delta = if p.done >= last {
-                    p.done - last
-                } else {
-                    p.done
-                };
-                progress.advance(delta);
-                last = p.done;
+                progress.advance(p.advanced);
             })
         });
         progress.finish()?;

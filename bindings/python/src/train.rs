@@ -1,4 +1,4 @@
-//! Python face of `openledger_lora::train`: LoRA / DoRA fine-tuning of a llama-family model
+//! Python face of `openledger_train`: LoRA / DoRA fine-tuning of a llama-family model
 //! folder, with a per-step progress callback, evaluation, PEFT output and per-example
 //! gradients for attribution.
 //!
@@ -10,28 +10,13 @@ use std::sync::Mutex;
 
 use numpy::{PyArray1, ToPyArray};
 use openledger_lora::model::Model;
-use openledger_lora::train::{
+use openledger_train::{
     Example, LoraSettings, Schedule, TrainConfig, TrainError, TrainEvent, Trainer,
 };
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
-use crate::error::{Error, GenerationError, InvalidArgumentError, Result, busy, invalid_arg};
-
-impl From<TrainError> for Error {
-    fn from(e: TrainError) -> Self {
-        let msg = e.to_string();
-        match e {
-            TrainError::Model(m) => Error::from(*m),
-            TrainError::Lora(l) => Error::from(*l),
-            TrainError::NonFinite { .. } | TrainError::Tensor(_) => {
-                Error::from(GenerationError::new_err(msg))
-            }
-            TrainError::Io { .. } => Error::from(pyo3::exceptions::PyOSError::new_err(msg)),
-            _ => Error::from(InvalidArgumentError::new_err(msg)),
-        }
-    }
-}
+use crate::error::{Error, Result, busy, invalid_arg};
 
 fn tokens(name: &str, obj: &Bound<'_, PyAny>) -> Result<Vec<u32>> {
     obj.extract::<Vec<u32>>().map_err(|_| {

@@ -1,14 +1,14 @@
 //! PEFT LoRA adapters (`openledger_lora::adapter`) and the base model they are checked against
-//! (`openledger_lora::base`): what an app needs to inspect an adapter it downloaded before it
+//! (`openledger_lora::adapter::base`): what an app needs to inspect an adapter it downloaded before it
 //! runs it.
 
 use std::path::Path;
 use std::sync::Arc;
 
+use openledger_lora::adapter::base;
 use openledger_lora::adapter::{self, LoadOptions};
-use openledger_lora::base;
 
-use crate::error::AdapterError;
+use crate::error::OpenLedgerError;
 
 /// One adapted module: its shape and the scale its update is multiplied by.
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
@@ -44,7 +44,7 @@ pub struct LoraAdapter {
 impl LoraAdapter {
     /// Loads `adapter_config.json` and `adapter_model.safetensors` from a folder.
     #[uniffi::constructor]
-    pub fn from_dir(path: String) -> Result<Arc<Self>, AdapterError> {
+    pub fn from_dir(path: String) -> Result<Arc<Self>, OpenLedgerError> {
         let inner = adapter::LoraAdapter::from_dir(Path::new(&path), &LoadOptions::default())?;
         Ok(Arc::new(Self { inner }))
     }
@@ -55,7 +55,7 @@ impl LoraAdapter {
     pub fn from_bytes(
         config_json: Vec<u8>,
         safetensors: Vec<u8>,
-    ) -> Result<Arc<Self>, AdapterError> {
+    ) -> Result<Arc<Self>, OpenLedgerError> {
         let inner =
             adapter::LoraAdapter::from_bytes(&config_json, &safetensors, &LoadOptions::default())?;
         Ok(Arc::new(Self { inner }))
@@ -116,7 +116,7 @@ pub struct BaseModel {
 impl BaseModel {
     /// Reads `config.json` and the safetensors headers of an HF model folder.
     #[uniffi::constructor]
-    pub fn from_dir(path: String) -> Result<Arc<Self>, AdapterError> {
+    pub fn from_dir(path: String) -> Result<Arc<Self>, OpenLedgerError> {
         Ok(Arc::new(Self {
             inner: base::BaseModel::from_dir(Path::new(&path))?,
         }))
@@ -132,8 +132,8 @@ impl BaseModel {
     }
 
     /// Checks that `adapter` fits this base: every module exists with the right shape;
-    /// [`AdapterError::BaseMismatch`] names the first one that does not.
-    pub fn validate(&self, adapter: Arc<LoraAdapter>) -> Result<ValidationReport, AdapterError> {
+    /// [`OpenLedgerError::BaseMismatch`] names the first one that does not.
+    pub fn validate(&self, adapter: Arc<LoraAdapter>) -> Result<ValidationReport, OpenLedgerError> {
         let r = self.inner.validate(&adapter.inner)?;
         Ok(ValidationReport {
             modules_checked: r.modules_checked as u64,

@@ -1,213 +1,160 @@
-//! The errors that cross into Kotlin and Swift: one enum per area, each variant carrying the
-//! Rust error's message (`SplitException.DuplicateAccount`, `MerkleException.InvalidValue`, ...
-//! in Kotlin; `SplitError.DuplicateAccount` in Swift). Bad input is always one of these, never a
-//! panic.
+//! The one error that crosses into Kotlin and Swift: a variant per kind of failure
+//! ([`ErrorKind`], the classification every binding shares), each carrying the Rust error's
+//! message (`OpenLedgerException.Split`, `OpenLedgerException.Merkle`, ... in Kotlin;
+//! `OpenLedgerError.Split` in Swift). Bad input is always one of these, never a panic.
 
-use openledger_chain::ChainError as RustChainError;
-use openledger_core::merkle::MerkleError as CoreMerkleError;
+use openledger_chain::ChainError;
+use openledger_core::datanet::DatanetError;
+use openledger_core::error::{Classify, CoreError, ErrorKind};
+use openledger_core::merkle::MerkleError;
+use openledger_core::trainlog::TrainLogError;
 use openledger_lora::error::LoraError;
-use openledger_lora::model::ModelError as RustModelError;
+use openledger_lora::model::ModelError;
 use openledger_poa::PoaError;
 
-/// Why a reward split was refused.
+/// Why a call was refused.
 #[derive(Debug, thiserror::Error, uniffi::Error)]
 #[uniffi(flat_error)]
-pub enum SplitError {
-    /// An argument could not be read (bad address hex, an amount that is not a decimal integer).
+pub enum OpenLedgerError {
+    /// An argument has the wrong type, shape or value (bad hex, an amount that is not a decimal
+    /// integer, a NaN score, an empty prompt, a token outside the vocabulary).
     #[error("{0}")]
     InvalidArgument(String),
-    /// A score is NaN or infinite.
+    /// A string is not a valid id.
     #[error("{0}")]
-    NonFiniteScore(String),
-    /// A score is negative and the policy rejects negative scores.
+    InvalidId(String),
+    /// No item is registered under this id (an adapter name, a training-log step).
     #[error("{0}")]
-    NegativeScore(String),
-    /// Every weight is zero and no fallback account was given.
+    UnknownId(String),
+    /// An adapter's config or safetensors bytes are malformed, truncated or inconsistent.
     #[error("{0}")]
-    ZeroTotalWeight(String),
-    /// The same account appears twice.
+    AdapterFormat(String),
+    /// An adapter does not fit the base model (a missing target module, a wrong shape).
     #[error("{0}")]
-    DuplicateAccount(String),
-    /// Basis points that do not add up (to 10,000 for a split, to at most 10,000 for a fee).
+    BaseMismatch(String),
+    /// A model folder's config, weights or tokenizer are malformed, missing or unsupported.
     #[error("{0}")]
-    BasisPoints(String),
-    /// Nothing to split between.
+    ModelFormat(String),
+    /// Something does not fit a byte budget.
     #[error("{0}")]
-    Empty(String),
-    /// Any other refusal of the split rules.
+    Budget(String),
+    /// The object refuses the call in its current state (a duplicate adapter name, ...).
     #[error("{0}")]
-    Other(String),
-}
-
-impl From<PoaError> for SplitError {
-    fn from(e: PoaError) -> Self {
-        let m = e.to_string();
-        match e {
-            PoaError::NonFinite { .. } => Self::NonFiniteScore(m),
-            PoaError::NegativeWeight { .. } => Self::NegativeScore(m),
-            PoaError::ZeroTotalWeight { .. } => Self::ZeroTotalWeight(m),
-            PoaError::DuplicateAccount(_) => Self::DuplicateAccount(m),
-            PoaError::BasisPoints { .. } => Self::BasisPoints(m),
-            PoaError::Empty { .. } => Self::Empty(m),
-            _ => Self::Other(m),
-        }
-    }
-}
-
-/// Why a Merkle tree, proof or multiproof was refused.
-#[derive(Debug, thiserror::Error, uniffi::Error)]
-#[uniffi(flat_error)]
-pub enum MerkleError {
-    /// An argument could not be read (a hash that is not 32 bytes of hex, an index too large).
+    State(String),
+    /// The object is in use by another call; retry later.
     #[error("{0}")]
-    InvalidArgument(String),
-    /// A leaf encoding entry is not a Solidity type.
+    Busy(String),
+    /// A reward split is impossible (a refused negative score, zero total weight, a duplicate
+    /// account, basis points that do not add up, nothing to split between).
     #[error("{0}")]
-    InvalidLeafType(String),
-    /// A value does not match the leaf encoding (wrong number of fields, unreadable field).
+    Split(String),
+    /// A feature-store file is not one.
     #[error("{0}")]
-    InvalidValue(String),
-    /// A value or leaf index past the end of the tree.
+    FeatureStore(String),
+    /// A Merkle tree, value, proof, multiproof or dump is invalid.
     #[error("{0}")]
-    IndexOutOfBounds(String),
-    /// A tree needs at least one leaf.
-    #[error("{0}")]
-    EmptyTree(String),
-    /// A multiproof whose parts do not fit together, or a duplicated index.
-    #[error("{0}")]
-    InvalidMultiProof(String),
-    /// A `standard-v1` dump that cannot be read or does not describe a valid tree.
-    #[error("{0}")]
-    InvalidDump(String),
-}
-
-impl From<CoreMerkleError> for MerkleError {
-    fn from(e: CoreMerkleError) -> Self {
-        let m = e.to_string();
-        match e {
-            CoreMerkleError::EmptyTree => Self::EmptyTree(m),
-            CoreMerkleError::NotALeaf { .. } | CoreMerkleError::LeafOutOfRange { .. } => {
-                Self::IndexOutOfBounds(m)
-            }
-            _ => Self::InvalidMultiProof(m),
-        }
-    }
-}
-
-impl From<RustChainError> for MerkleError {
-    fn from(e: RustChainError) -> Self {
-        let m = e.to_string();
-        match e {
-            RustChainError::Merkle(inner) => inner.into(),
-            RustChainError::InvalidLeafType { .. } => Self::InvalidLeafType(m),
-            RustChainError::ValueArity { .. } | RustChainError::InvalidValue { .. } => {
-                Self::InvalidValue(m)
-            }
-            RustChainError::IndexOutOfBounds { .. } => Self::IndexOutOfBounds(m),
-            RustChainError::UnknownFormat(_)
-            | RustChainError::MalformedDump(_)
-            | RustChainError::InconsistentDump(_) => Self::InvalidDump(m),
-            _ => Self::InvalidValue(m),
-        }
-    }
-}
-
-/// Why a receipt, signature or contract call was refused.
-#[derive(Debug, thiserror::Error, uniffi::Error)]
-#[uniffi(flat_error)]
-pub enum ChainError {
-    /// An argument could not be read (bad hex, wrong length, an amount that is not a decimal
-    /// integer).
-    #[error("{0}")]
-    InvalidArgument(String),
+    Merkle(String),
     /// A secret key or a signature that is not valid on secp256k1.
     #[error("{0}")]
     Signature(String),
-}
-
-impl From<RustChainError> for ChainError {
-    fn from(e: RustChainError) -> Self {
-        match e {
-            RustChainError::Signature(m) => Self::Signature(m),
-            other => Self::InvalidArgument(other.to_string()),
-        }
-    }
-}
-
-/// Why a PEFT adapter could not be loaded or does not fit a base model.
-#[derive(Debug, thiserror::Error, uniffi::Error)]
-#[uniffi(flat_error)]
-pub enum AdapterError {
-    /// A file is missing or unreadable.
+    /// A contract, function or argument does not match the shipped ABIs.
+    #[error("{0}")]
+    Abi(String),
+    /// The chain refused a transaction.
+    #[error("{0}")]
+    Transaction(String),
+    /// A generation failed while it ran.
+    #[error("{0}")]
+    Generation(String),
+    /// Fine-tuning cannot go on.
+    #[error("{0}")]
+    Training(String),
+    /// The caller holds no right to do this.
+    #[error("{0}")]
+    AccessDenied(String),
+    /// Data is malformed or does not match what it commits to (a tampered training log, a
+    /// record whose hash differs from its id).
+    #[error("{0}")]
+    Integrity(String),
+    /// The object was closed.
+    #[error("{0}")]
+    Closed(String),
+    /// A stage was called before the stage it needs.
+    #[error("{0}")]
+    OutOfOrder(String),
+    /// The Payable-AI loop's own bookkeeping refused.
+    #[error("{0}")]
+    Loop(String),
+    /// A feature this build does not offer.
+    #[error("{0}")]
+    Unsupported(String),
+    /// A file does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// A file cannot be accessed.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// Another input/output failure.
     #[error("{0}")]
     Io(String),
-    /// `adapter_config.json` or the safetensors file is not a valid PEFT LoRA adapter.
+    /// A bug in the native code, caught before it could cross (please report it).
     #[error("{0}")]
-    Format(String),
-    /// The adapter does not fit the base model (missing target module, wrong shape).
-    #[error("{0}")]
-    BaseMismatch(String),
+    Internal(String),
 }
 
-impl From<LoraError> for AdapterError {
-    fn from(e: LoraError) -> Self {
-        let m = e.to_string();
-        match e {
-            LoraError::Io { .. } => Self::Io(m),
-            LoraError::UntargetedModule { .. }
-            | LoraError::TargetModuleAbsent { .. }
-            | LoraError::UnsupportedTarget { .. }
-            | LoraError::ShapeMismatch { .. } => Self::BaseMismatch(m),
-            _ => Self::Format(m),
+impl OpenLedgerError {
+    /// The variant of `kind` with message `m`: the one place kinds become variants.
+    pub(crate) fn of_kind(kind: ErrorKind, m: String) -> Self {
+        match kind {
+            ErrorKind::InvalidArgument => Self::InvalidArgument(m),
+            ErrorKind::InvalidId => Self::InvalidId(m),
+            ErrorKind::UnknownId => Self::UnknownId(m),
+            ErrorKind::AdapterFormat => Self::AdapterFormat(m),
+            ErrorKind::BaseMismatch => Self::BaseMismatch(m),
+            ErrorKind::ModelFormat => Self::ModelFormat(m),
+            ErrorKind::Budget => Self::Budget(m),
+            ErrorKind::State => Self::State(m),
+            ErrorKind::Busy => Self::Busy(m),
+            ErrorKind::Split => Self::Split(m),
+            ErrorKind::FeatureStore => Self::FeatureStore(m),
+            ErrorKind::Merkle => Self::Merkle(m),
+            ErrorKind::Signature => Self::Signature(m),
+            ErrorKind::Abi => Self::Abi(m),
+            ErrorKind::Transaction => Self::Transaction(m),
+            ErrorKind::Generation => Self::Generation(m),
+            ErrorKind::Training => Self::Training(m),
+            ErrorKind::AccessDenied => Self::AccessDenied(m),
+            ErrorKind::Integrity => Self::Integrity(m),
+            ErrorKind::Closed => Self::Closed(m),
+            ErrorKind::OutOfOrder => Self::OutOfOrder(m),
+            ErrorKind::Loop => Self::Loop(m),
+            ErrorKind::Unsupported => Self::Unsupported(m),
+            ErrorKind::NotFound => Self::NotFound(m),
+            ErrorKind::PermissionDenied => Self::PermissionDenied(m),
+            ErrorKind::Io => Self::Io(m),
+            ErrorKind::Internal => Self::Internal(m),
         }
     }
 }
 
-/// Why an on-device model could not be loaded or run.
-#[derive(Debug, thiserror::Error, uniffi::Error)]
-#[uniffi(flat_error)]
-pub enum ModelError {
-    /// A file is missing or unreadable.
-    #[error("{0}")]
-    Io(String),
-    /// The model folder is not a supported model (config, weights, architecture).
-    #[error("{0}")]
-    InvalidModel(String),
-    /// The input cannot run: an empty prompt, a token id outside the vocabulary.
-    #[error("{0}")]
-    InvalidInput(String),
-    /// No adapter is attached under this name.
-    #[error("{0}")]
-    UnknownAdapter(String),
-    /// An adapter with this name is already attached.
-    #[error("{0}")]
-    DuplicateAdapter(String),
-    /// The adapter does not fit this model.
-    #[error("{0}")]
-    IncompatibleAdapter(String),
-    /// The model has no tokenizer, or the tokenizer failed.
-    #[error("{0}")]
-    Tokenizer(String),
-    /// The tensor backend failed.
-    #[error("{0}")]
-    Backend(String),
+/// `From` for every error type of the crates the library calls.
+macro_rules! classified {
+    ($($t:ty),* $(,)?) => {$(
+        impl From<$t> for OpenLedgerError {
+            fn from(e: $t) -> Self {
+                Self::of_kind(e.kind(), e.to_string())
+            }
+        }
+    )*};
 }
 
-impl From<RustModelError> for ModelError {
-    fn from(e: RustModelError) -> Self {
-        let m = e.to_string();
-        match e {
-            RustModelError::Io { .. } | RustModelError::Weights(LoraError::Io { .. }) => {
-                Self::Io(m)
-            }
-            RustModelError::TokenOutOfVocab { .. } | RustModelError::EmptySequence { .. } => {
-                Self::InvalidInput(m)
-            }
-            RustModelError::UnknownAdapter { .. } => Self::UnknownAdapter(m),
-            RustModelError::IncompatibleAdapter { .. } => Self::IncompatibleAdapter(m),
-            RustModelError::Tokenizer { .. } => Self::Tokenizer(m),
-            RustModelError::Backend(_) | RustModelError::Sgmv(_) => Self::Backend(m),
-            _ => Self::InvalidModel(m),
-        }
-    }
-}
+classified!(
+    CoreError,
+    DatanetError,
+    MerkleError,
+    TrainLogError,
+    LoraError,
+    ModelError,
+    PoaError,
+    ChainError,
+);

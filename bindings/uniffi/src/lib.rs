@@ -4,7 +4,7 @@
 //! adapters, and running a small model with an adapter on the device.
 //!
 //! The bindings are thin: each function reads its arguments (hex ids, decimal wei amounts),
-//! calls the crate that does the work and maps its error into the area's error enum. Each file
+//! calls the crate that does the work and maps its error, by kind, into the one error enum. Each file
 //! mirrors one crate module: `splits` ↔ `openledger_poa::split`, `merkle` ↔
 //! `openledger_chain::standard` and `openledger_core::merkle`, `receipts` ↔
 //! `openledger_chain::receipt` and `bindings`, `adapters` ↔ `openledger_lora::adapter` and
@@ -31,7 +31,7 @@ mod splits;
 mod types;
 
 pub use adapters::{BaseModel, LoraAdapter, LoraModuleInfo, ValidationReport};
-pub use error::{AdapterError, ChainError, MerkleError, ModelError, SplitError};
+pub use error::OpenLedgerError;
 pub use merkle::{
     MerkleMultiProof, MerkleTree, StandardMerkleTree, StandardMultiProof,
     process_merkle_multi_proof, process_merkle_proof, standard_leaf_hash,

@@ -6,16 +6,17 @@
 
 use std::sync::Arc;
 
+use openledger_chain::abi::value_to_json;
 use openledger_chain::standard::{self, TreeOptions};
 use openledger_core::B256;
 use openledger_core::merkle::{self, MultiProof};
 use serde_json::Value;
 
-use crate::error::MerkleError;
+use crate::error::OpenLedgerError;
 use crate::types::{b256, b256_str, b256_strs, b256s, to_usize};
 
-fn invalid(m: String) -> MerkleError {
-    MerkleError::InvalidArgument(m)
+fn invalid(m: String) -> OpenLedgerError {
+    OpenLedgerError::InvalidArgument(m)
 }
 
 /// Several values proven together against one root: `leaves` in the order the verifier consumes
@@ -60,7 +61,7 @@ fn encoding(leaf_encoding: &[String]) -> Vec<&str> {
 }
 
 /// The standard leaf hash of `value`: the root of the one-value tree.
-fn leaf_of(leaf_encoding: &[String], value: Vec<String>) -> Result<B256, MerkleError> {
+fn leaf_of(leaf_encoding: &[String], value: Vec<String>) -> Result<B256, OpenLedgerError> {
     let tree = standard::StandardMerkleTree::from_strings(
         &[value],
         &encoding(leaf_encoding),
@@ -79,7 +80,7 @@ impl StandardMerkleTree {
         values: Vec<Vec<String>>,
         leaf_encoding: Vec<String>,
         sort_leaves: bool,
-    ) -> Result<Arc<Self>, MerkleError> {
+    ) -> Result<Arc<Self>, OpenLedgerError> {
         let inner = standard::StandardMerkleTree::from_strings(
             &values,
             &encoding(&leaf_encoding),
@@ -90,7 +91,7 @@ impl StandardMerkleTree {
 
     /// Loads and validates a `standard-v1` JSON dump.
     #[uniffi::constructor]
-    pub fn load(dump_json: String) -> Result<Arc<Self>, MerkleError> {
+    pub fn load(dump_json: String) -> Result<Arc<Self>, OpenLedgerError> {
         let inner = standard::StandardMerkleTree::from_json(&dump_json)?;
         Ok(Arc::new(Self { inner }))
     }
@@ -116,33 +117,25 @@ impl StandardMerkleTree {
     }
 
     /// The leaf hash of value `index`.
-    pub fn leaf_hash(&self, index: u64) -> Result<String, MerkleError> {
+    pub fn leaf_hash(&self, index: u64) -> Result<String, OpenLedgerError> {
         let value = self.inner.at(to_usize(index))?;
         Ok(b256_str(&self.inner.leaf_hash(value)?))
     }
 
     /// The proof of value `index` (values in the order given).
-    pub fn proof(&self, index: u64) -> Result<Vec<String>, MerkleError> {
+    pub fn proof(&self, index: u64) -> Result<Vec<String>, OpenLedgerError> {
         Ok(b256_strs(&self.inner.proof(to_usize(index))?))
     }
 
     /// A multiproof of the values at `indices`.
-    pub fn multi_proof(&self, indices: Vec<u64>) -> Result<StandardMultiProof, MerkleError> {
+    pub fn multi_proof(&self, indices: Vec<u64>) -> Result<StandardMultiProof, OpenLedgerError> {
         let indices: Vec<usize> = indices.into_iter().map(to_usize).collect();
         let m = self.inner.multi_proof(&indices)?;
-        let dump = self.inner.dump();
-        let values = self.inner.values();
         let leaves = m
             .leaves
             .iter()
-            .map(|leaf| {
-                let i = values
-                    .iter()
-                    .position(|v| &v.value == leaf)
-                    .ok_or_else(|| MerkleError::InvalidMultiProof("leaf not in the tree".into()))?;
-                Ok(dump.values[i].value.iter().map(field_string).collect())
-            })
-            .collect::<Result<Vec<_>, MerkleError>>()?;
+            .map(|v| v.iter().map(|f| field_string(&value_to_json(f))).collect())
+            .collect();
         Ok(StandardMultiProof {
             leaves,
             proof: b256_strs(&m.proof),
@@ -151,7 +144,7 @@ impl StandardMerkleTree {
     }
 
     /// Whether `proof` proves value `index` against this tree's root.
-    pub fn verify(&self, index: u64, proof: Vec<String>) -> Result<bool, MerkleError> {
+    pub fn verify(&self, index: u64, proof: Vec<String>) -> Result<bool, OpenLedgerError> {
         let proof = b256s("proof", &proof).map_err(invalid)?;
         Ok(self.inner.verify(to_usize(index), &proof)?)
     }
@@ -168,7 +161,7 @@ impl StandardMerkleTree {
 pub fn standard_leaf_hash(
     leaf_encoding: Vec<String>,
     value: Vec<String>,
-) -> Result<String, MerkleError> {
+) -> Result<String, OpenLedgerError> {
     Ok(b256_str(&leaf_of(&leaf_encoding, value)?))
 }
 
@@ -179,7 +172,7 @@ pub fn verify_standard_proof(
     leaf_encoding: Vec<String>,
     value: Vec<String>,
     proof: Vec<String>,
-) -> Result<bool, MerkleError> {
+) -> Result<bool, OpenLedgerError> {
     let root = b256("root", &root).map_err(invalid)?;
     let proof = b256s("proof", &proof).map_err(invalid)?;
     Ok(merkle::verify_proof(
@@ -196,7 +189,7 @@ pub fn verify_standard_multi_proof(
     root: String,
     leaf_encoding: Vec<String>,
     multi_proof: StandardMultiProof,
-) -> Result<bool, MerkleError> {
+) -> Result<bool, OpenLedgerError> {
     let root = b256("root", &root).map_err(invalid)?;
     let leaves = multi_proof
         .leaves
@@ -221,7 +214,7 @@ pub struct MerkleTree {
 impl MerkleTree {
     /// Builds the tree over `leaves` (32-byte hex each).
     #[uniffi::constructor]
-    pub fn new(leaves: Vec<String>) -> Result<Arc<Self>, MerkleError> {
+    pub fn new(leaves: Vec<String>) -> Result<Arc<Self>, OpenLedgerError> {
         let leaves = b256s("leaves", &leaves).map_err(invalid)?;
         Ok(Arc::new(Self {
             inner: merkle::MerkleTree::new(&leaves)?,
@@ -239,12 +232,12 @@ impl MerkleTree {
     }
 
     /// The proof of the leaf given at `position`.
-    pub fn proof(&self, position: u64) -> Result<Vec<String>, MerkleError> {
+    pub fn proof(&self, position: u64) -> Result<Vec<String>, OpenLedgerError> {
         Ok(b256_strs(&self.inner.proof(to_usize(position))?))
     }
 
     /// A multiproof of the leaves given at `positions`.
-    pub fn multi_proof(&self, positions: Vec<u64>) -> Result<MerkleMultiProof, MerkleError> {
+    pub fn multi_proof(&self, positions: Vec<u64>) -> Result<MerkleMultiProof, OpenLedgerError> {
         let positions: Vec<usize> = positions.into_iter().map(to_usize).collect();
         let m = self.inner.multi_proof(&positions)?;
         Ok(MerkleMultiProof {
@@ -257,7 +250,7 @@ impl MerkleTree {
 
 /// The root that `proof` leads to from `leaf`.
 #[uniffi::export]
-pub fn process_merkle_proof(leaf: String, proof: Vec<String>) -> Result<String, MerkleError> {
+pub fn process_merkle_proof(leaf: String, proof: Vec<String>) -> Result<String, OpenLedgerError> {
     let leaf = b256("leaf", &leaf).map_err(invalid)?;
     let proof = b256s("proof", &proof).map_err(invalid)?;
     Ok(b256_str(&merkle::process_proof(leaf, &proof)))
@@ -269,14 +262,14 @@ pub fn verify_merkle_proof(
     root: String,
     leaf: String,
     proof: Vec<String>,
-) -> Result<bool, MerkleError> {
+) -> Result<bool, OpenLedgerError> {
     let root = b256("root", &root).map_err(invalid)?;
     let leaf = b256("leaf", &leaf).map_err(invalid)?;
     let proof = b256s("proof", &proof).map_err(invalid)?;
     Ok(merkle::verify_proof(root, leaf, &proof))
 }
 
-fn core_multi(m: MerkleMultiProof) -> Result<MultiProof<B256>, MerkleError> {
+fn core_multi(m: MerkleMultiProof) -> Result<MultiProof<B256>, OpenLedgerError> {
     Ok(MultiProof {
         leaves: b256s("leaves", &m.leaves).map_err(invalid)?,
         proof: b256s("proof", &m.proof).map_err(invalid)?,
@@ -285,9 +278,11 @@ fn core_multi(m: MerkleMultiProof) -> Result<MultiProof<B256>, MerkleError> {
 }
 
 /// The root a multiproof leads to; a malformed multiproof is
-/// [`MerkleError::InvalidMultiProof`].
+/// [`OpenLedgerError::Merkle`].
 #[uniffi::export]
-pub fn process_merkle_multi_proof(multi_proof: MerkleMultiProof) -> Result<String, MerkleError> {
+pub fn process_merkle_multi_proof(
+    multi_proof: MerkleMultiProof,
+) -> Result<String, OpenLedgerError> {
     Ok(b256_str(&merkle::process_multi_proof(&core_multi(
         multi_proof,
     )?)?))
@@ -299,7 +294,7 @@ pub fn process_merkle_multi_proof(multi_proof: MerkleMultiProof) -> Result<Strin
 pub fn verify_merkle_multi_proof(
     root: String,
     multi_proof: MerkleMultiProof,
-) -> Result<bool, MerkleError> {
+) -> Result<bool, OpenLedgerError> {
     let root = b256("root", &root).map_err(invalid)?;
     Ok(merkle::verify_multi_proof(root, &core_multi(multi_proof)?))
 }

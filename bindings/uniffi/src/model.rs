@@ -5,11 +5,10 @@
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
-use openledger_lora::model::{self, AdapterId, LoadProgress, SeqInput, Tokenizer};
-use openledger_lora::serve::TextPieces;
+use openledger_lora::model::{self, AdapterSlot, LoadProgress, SeqInput, Tokenizer};
 
 use crate::adapters::LoraAdapter;
-use crate::error::ModelError;
+use crate::error::OpenLedgerError;
 
 /// Progress of a model load: `done` of `total` in `stage` (`"file"`: safetensors files read,
 /// `"layer"`: decoder layers built).
@@ -41,11 +40,14 @@ pub struct OnDeviceModel {
     tokenizer: RwLock<Option<Tokenizer>>,
 }
 
-fn poisoned<T>(_: T) -> ModelError {
-    ModelError::Backend("a previous call panicked while holding the model".into())
+fn poisoned<T>(_: T) -> OpenLedgerError {
+    OpenLedgerError::Internal("a previous call panicked while holding the model".into())
 }
 
-fn load(path: &str, listener: Option<&dyn LoadListener>) -> Result<Arc<OnDeviceModel>, ModelError> {
+fn load(
+    path: &str,
+    listener: Option<&dyn LoadListener>,
+) -> Result<Arc<OnDeviceModel>, OpenLedgerError> {
     let dir = Path::new(path);
     let model = model::Model::from_dir_with_progress(dir, &mut |p| {
         if let Some(l) = listener {
@@ -71,15 +73,18 @@ fn load(path: &str, listener: Option<&dyn LoadListener>) -> Result<Arc<OnDeviceM
 }
 
 impl OnDeviceModel {
-    fn adapter_id(m: &model::Model, name: Option<&str>) -> Result<Option<AdapterId>, ModelError> {
+    fn adapter_id(
+        m: &model::Model,
+        name: Option<&str>,
+    ) -> Result<Option<AdapterSlot>, OpenLedgerError> {
         let Some(name) = name else { return Ok(None) };
         let names = m.adapter_names();
         names
             .iter()
             .position(|n| *n == name)
-            .map(|i| Some(AdapterId(i)))
+            .map(|i| Some(AdapterSlot(i)))
             .ok_or_else(|| {
-                ModelError::UnknownAdapter(format!(
+                OpenLedgerError::UnknownId(format!(
                     "no adapter is attached as {name:?} (attached: {names:?})"
                 ))
             })
@@ -87,11 +92,11 @@ impl OnDeviceModel {
 
     fn with_tokenizer<T>(
         &self,
-        f: impl FnOnce(&Tokenizer) -> Result<T, ModelError>,
-    ) -> Result<T, ModelError> {
+        f: impl FnOnce(&Tokenizer) -> Result<T, OpenLedgerError>,
+    ) -> Result<T, OpenLedgerError> {
         let guard = self.tokenizer.read().map_err(poisoned)?;
         let tok = guard.as_ref().ok_or_else(|| {
-            ModelError::Tokenizer(
+            OpenLedgerError::ModelFormat(
                 "the model has no tokenizer: its folder holds no tokenizer.json and none was set"
                     .into(),
             )
@@ -105,7 +110,7 @@ impl OnDeviceModel {
     /// Loads `config.json`, the safetensors weights and (when present) `tokenizer.json` from an
     /// HF model folder.
     #[uniffi::constructor]
-    pub fn from_dir(path: String) -> Result<Arc<Self>, ModelError> {
+    pub fn from_dir(path: String) -> Result<Arc<Self>, OpenLedgerError> {
         load(&path, None)
     }
 
@@ -114,33 +119,33 @@ impl OnDeviceModel {
     pub fn from_dir_with_progress(
         path: String,
         listener: Box<dyn LoadListener>,
-    ) -> Result<Arc<Self>, ModelError> {
+    ) -> Result<Arc<Self>, OpenLedgerError> {
         load(&path, Some(listener.as_ref()))
     }
 
     /// Replaces the tokenizer with one parsed from `tokenizer.json` bytes.
-    pub fn set_tokenizer(&self, tokenizer_json: Vec<u8>) -> Result<(), ModelError> {
+    pub fn set_tokenizer(&self, tokenizer_json: Vec<u8>) -> Result<(), OpenLedgerError> {
         let tok = Tokenizer::from_bytes(&tokenizer_json)?;
         *self.tokenizer.write().map_err(poisoned)? = Some(tok);
         Ok(())
     }
 
     /// Vocabulary size of the model.
-    pub fn vocab_size(&self) -> Result<u64, ModelError> {
+    pub fn vocab_size(&self) -> Result<u64, OpenLedgerError> {
         Ok(self.model.read().map_err(poisoned)?.config().vocab_size as u64)
     }
 
     /// Validates `adapter` against the model and attaches it under `name`; a name already
-    /// attached is [`ModelError::DuplicateAdapter`], an adapter for another base
-    /// [`ModelError::IncompatibleAdapter`] (the model is unchanged then).
+    /// attached is [`OpenLedgerError::State`], an adapter for another base
+    /// [`OpenLedgerError::BaseMismatch`] (the model is unchanged then).
     pub fn attach_adapter(
         &self,
         name: String,
         adapter: Arc<LoraAdapter>,
-    ) -> Result<(), ModelError> {
+    ) -> Result<(), OpenLedgerError> {
         let mut m = self.model.write().map_err(poisoned)?;
         if m.adapter_names().contains(&name.as_str()) {
-            return Err(ModelError::DuplicateAdapter(format!(
+            return Err(OpenLedgerError::State(format!(
                 "an adapter is already attached as {name:?}"
             )));
         }
@@ -149,7 +154,7 @@ impl OnDeviceModel {
     }
 
     /// Names of the attached adapters, in attach order.
-    pub fn adapter_names(&self) -> Result<Vec<String>, ModelError> {
+    pub fn adapter_names(&self) -> Result<Vec<String>, OpenLedgerError> {
         let m = self.model.read().map_err(poisoned)?;
         Ok(m.adapter_names().into_iter().map(str::to_string).collect())
     }
@@ -160,7 +165,7 @@ impl OnDeviceModel {
         &self,
         adapter: Option<String>,
         tokens: Vec<u32>,
-    ) -> Result<Vec<f32>, ModelError> {
+    ) -> Result<Vec<f32>, OpenLedgerError> {
         let m = self.model.read().map_err(poisoned)?;
         let adapter = Self::adapter_id(&m, adapter.as_deref())?;
         let mut out = m.forward(&[SeqInput {
@@ -177,7 +182,7 @@ impl OnDeviceModel {
         adapter: Option<String>,
         prompt: Vec<u32>,
         max_new_tokens: u32,
-    ) -> Result<Vec<u32>, ModelError> {
+    ) -> Result<Vec<u32>, OpenLedgerError> {
         let m = self.model.read().map_err(poisoned)?;
         let adapter = Self::adapter_id(&m, adapter.as_deref())?;
         Ok(m.greedy(adapter, &prompt, max_new_tokens as usize)?)
@@ -191,7 +196,7 @@ impl OnDeviceModel {
         prompt: Vec<u32>,
         max_new_tokens: u32,
         listener: Box<dyn TokenListener>,
-    ) -> Result<Vec<u32>, ModelError> {
+    ) -> Result<Vec<u32>, OpenLedgerError> {
         let m = self.model.read().map_err(poisoned)?;
         let adapter = Self::adapter_id(&m, adapter.as_deref())?;
         Ok(m.greedy_streaming(
@@ -204,7 +209,11 @@ impl OnDeviceModel {
 
     /// Token ids of `text` (with the tokenizer's special tokens, e.g. BOS, when
     /// `add_special_tokens`).
-    pub fn encode(&self, text: String, add_special_tokens: bool) -> Result<Vec<u32>, ModelError> {
+    pub fn encode(
+        &self,
+        text: String,
+        add_special_tokens: bool,
+    ) -> Result<Vec<u32>, OpenLedgerError> {
         self.with_tokenizer(|t| Ok(t.encode(&text, add_special_tokens)?))
     }
 
@@ -213,7 +222,7 @@ impl OnDeviceModel {
         &self,
         tokens: Vec<u32>,
         skip_special_tokens: bool,
-    ) -> Result<String, ModelError> {
+    ) -> Result<String, OpenLedgerError> {
         self.with_tokenizer(|t| Ok(t.decode(&tokens, skip_special_tokens)?))
     }
 
@@ -224,7 +233,7 @@ impl OnDeviceModel {
         adapter: Option<String>,
         prompt: String,
         max_new_tokens: u32,
-    ) -> Result<String, ModelError> {
+    ) -> Result<String, OpenLedgerError> {
         let ids = self.encode(prompt, true)?;
         let out = self.generate(adapter, ids, max_new_tokens)?;
         self.decode(out, true)
@@ -239,7 +248,7 @@ impl OnDeviceModel {
     /// joined plus, after a listener stopped it, what was still waiting. Each token decodes
     /// only a short window of text. The model and its tokenizer stay locked for reading while
     /// the listener runs: a listener must not attach adapters or set the tokenizer. An empty
-    /// stop string is `InvalidInput`.
+    /// stop string is `InvalidArgument`.
     pub fn generate_text_streaming(
         &self,
         adapter: Option<String>,
@@ -247,43 +256,19 @@ impl OnDeviceModel {
         max_new_tokens: u32,
         stop_strings: Vec<String>,
         listener: Box<dyn TextListener>,
-    ) -> Result<String, ModelError> {
-        if stop_strings.iter().any(String::is_empty) {
-            return Err(ModelError::InvalidInput(
-                "stop_strings: a stop string must not be empty".into(),
-            ));
-        }
+    ) -> Result<String, OpenLedgerError> {
         let ids = self.encode(prompt, true)?;
         let m = self.model.read().map_err(poisoned)?;
         let adapter = Self::adapter_id(&m, adapter.as_deref())?;
         self.with_tokenizer(|tok| {
-            let decode = |t: &[u32]| tok.decode(t, true).map_err(ModelError::from);
-            let mut pieces = TextPieces::new(&stop_strings);
-            let mut out = Vec::new();
-            let mut failed = None;
-            let mut listening = true;
-            m.greedy_streaming(adapter, &ids, max_new_tokens as usize, &mut |_, token| {
-                out.push(token);
-                match pieces.next_piece(&out, false, decode) {
-                    Ok(piece) if !piece.is_empty() && !listener.on_text(piece.to_owned()) => {
-                        listening = false;
-                        false
-                    }
-                    Ok(_) => !pieces.reached_stop(),
-                    Err(e) => {
-                        failed = Some(e);
-                        false
-                    }
-                }
-            })?;
-            if let Some(e) = failed {
-                return Err(e);
-            }
-            let rest = pieces.next_piece(&out, true, decode)?;
-            if listening && !rest.is_empty() {
-                listener.on_text(rest.to_owned());
-            }
-            Ok(pieces.given().to_owned())
+            Ok(m.greedy_text_streaming(
+                tok,
+                adapter,
+                &ids,
+                max_new_tokens as usize,
+                &stop_strings,
+                &mut |piece| listener.on_text(piece.to_owned()),
+            )?)
         })
     }
 }

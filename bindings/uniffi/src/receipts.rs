@@ -10,11 +10,11 @@ use openledger_chain::abi::ContractAbi;
 use openledger_chain::bindings::{AttributionRewards, InferencePayments};
 use openledger_chain::receipt;
 
-use crate::error::ChainError;
+use crate::error::OpenLedgerError;
 use crate::types::{address, address_str, b256, b256_str, b256s, bytes, u256};
 
-fn invalid(m: String) -> ChainError {
-    ChainError::InvalidArgument(m)
+fn invalid(m: String) -> OpenLedgerError {
+    OpenLedgerError::InvalidArgument(m)
 }
 
 /// What the serving operator signs for one inference (`InferencePayments.AttributionReceipt`).
@@ -54,7 +54,7 @@ pub struct AttributionWeight {
     pub weight: String,
 }
 
-fn rust_receipt(r: &AttributionReceipt) -> Result<receipt::AttributionReceipt, ChainError> {
+fn rust_receipt(r: &AttributionReceipt) -> Result<receipt::AttributionReceipt, OpenLedgerError> {
     Ok(receipt::AttributionReceipt {
         inferenceId: b256("inference_id", &r.inference_id).map_err(invalid)?,
         modelId: b256("model_id", &r.model_id).map_err(invalid)?,
@@ -66,15 +66,15 @@ fn rust_receipt(r: &AttributionReceipt) -> Result<receipt::AttributionReceipt, C
     })
 }
 
-fn rust_domain(d: &ReceiptDomain) -> Result<Eip712Domain, ChainError> {
+fn rust_domain(d: &ReceiptDomain) -> Result<Eip712Domain, OpenLedgerError> {
     let contract = address("verifying_contract", &d.verifying_contract).map_err(invalid)?;
     Ok(receipt::receipt_domain(d.chain_id, contract))
 }
 
-fn signature(s: &str) -> Result<Signature, ChainError> {
+fn signature(s: &str) -> Result<Signature, OpenLedgerError> {
     let raw = bytes("signature", s).map_err(invalid)?;
     Signature::from_raw(&raw).map_err(|e| {
-        ChainError::Signature(format!(
+        OpenLedgerError::Signature(format!(
             "signature: {} bytes are not a 65-byte r || s || v signature ({e})",
             raw.len()
         ))
@@ -83,13 +83,13 @@ fn signature(s: &str) -> Result<Signature, ChainError> {
 
 /// The EIP-712 struct hash of a receipt (`hashStruct`).
 #[uniffi::export]
-pub fn receipt_struct_hash(receipt: AttributionReceipt) -> Result<String, ChainError> {
+pub fn receipt_struct_hash(receipt: AttributionReceipt) -> Result<String, OpenLedgerError> {
     Ok(b256_str(&receipt::struct_hash(&rust_receipt(&receipt)?)))
 }
 
 /// The EIP-712 domain separator of `domain`.
 #[uniffi::export]
-pub fn receipt_domain_separator(domain: ReceiptDomain) -> Result<String, ChainError> {
+pub fn receipt_domain_separator(domain: ReceiptDomain) -> Result<String, OpenLedgerError> {
     Ok(b256_str(&rust_domain(&domain)?.separator()))
 }
 
@@ -98,7 +98,7 @@ pub fn receipt_domain_separator(domain: ReceiptDomain) -> Result<String, ChainEr
 pub fn receipt_signing_hash(
     receipt: AttributionReceipt,
     domain: ReceiptDomain,
-) -> Result<String, ChainError> {
+) -> Result<String, OpenLedgerError> {
     Ok(b256_str(&receipt::signing_hash(
         &rust_receipt(&receipt)?,
         &rust_domain(&domain)?,
@@ -111,7 +111,7 @@ pub fn recover_receipt_signer(
     receipt: AttributionReceipt,
     domain: ReceiptDomain,
     signature: String,
-) -> Result<String, ChainError> {
+) -> Result<String, OpenLedgerError> {
     let sig = self::signature(&signature)?;
     let signer = receipt::recover_signer(&rust_receipt(&receipt)?, &rust_domain(&domain)?, &sig)?;
     Ok(address_str(&signer))
@@ -124,7 +124,7 @@ pub fn verify_receipt(
     domain: ReceiptDomain,
     signature: String,
     operator: String,
-) -> Result<bool, ChainError> {
+) -> Result<bool, OpenLedgerError> {
     let operator = address("operator", &operator).map_err(invalid)?;
     let sig = self::signature(&signature)?;
     let signer = receipt::recover_signer(&rust_receipt(&receipt)?, &rust_domain(&domain)?, &sig)?;
@@ -133,7 +133,9 @@ pub fn verify_receipt(
 
 /// `keccak256(abi.encode(bytes32[] ids, uint256[] weights))`, ids and weights in the order given.
 #[uniffi::export]
-pub fn attribution_weights_hash(weights: Vec<AttributionWeight>) -> Result<String, ChainError> {
+pub fn attribution_weights_hash(
+    weights: Vec<AttributionWeight>,
+) -> Result<String, OpenLedgerError> {
     let w = weights
         .iter()
         .enumerate()
@@ -143,7 +145,7 @@ pub fn attribution_weights_hash(weights: Vec<AttributionWeight>) -> Result<Strin
                 u256(&format!("weights[{i}].weight"), &w.weight).map_err(invalid)?,
             ))
         })
-        .collect::<Result<Vec<_>, ChainError>>()?;
+        .collect::<Result<Vec<_>, OpenLedgerError>>()?;
     Ok(b256_str(&receipt::weights_hash(&w)))
 }
 
@@ -156,9 +158,9 @@ pub struct OperatorSigner {
 #[uniffi::export]
 impl OperatorSigner {
     /// A key from its 32 secret bytes (hex); zero or a value not below the curve order is
-    /// [`ChainError::Signature`].
+    /// [`OpenLedgerError::Signature`].
     #[uniffi::constructor]
-    pub fn new(secret: String) -> Result<Arc<Self>, ChainError> {
+    pub fn new(secret: String) -> Result<Arc<Self>, OpenLedgerError> {
         let secret = b256("secret", &secret).map_err(invalid)?;
         Ok(Arc::new(Self {
             inner: receipt::OperatorSigner::from_bytes(&secret)?,
@@ -175,7 +177,7 @@ impl OperatorSigner {
         &self,
         receipt: AttributionReceipt,
         domain: ReceiptDomain,
-    ) -> Result<String, ChainError> {
+    ) -> Result<String, OpenLedgerError> {
         let sig = self
             .inner
             .sign(&rust_receipt(&receipt)?, &rust_domain(&domain)?)?;
@@ -188,7 +190,7 @@ impl OperatorSigner {
 pub fn pay_for_inference_calldata(
     receipt: AttributionReceipt,
     signature: String,
-) -> Result<String, ChainError> {
+) -> Result<String, OpenLedgerError> {
     let call = InferencePayments::payForInferenceCall {
         receipt: rust_receipt(&receipt)?,
         signature: Bytes::from(self::signature(&signature)?.as_bytes().to_vec()),
@@ -205,7 +207,7 @@ pub fn claim_calldata(
     account: String,
     amount: String,
     proof: Vec<String>,
-) -> Result<String, ChainError> {
+) -> Result<String, OpenLedgerError> {
     let call = AttributionRewards::claimCall {
         epoch,
         index: u256("index", &index).map_err(invalid)?,
@@ -225,7 +227,7 @@ pub fn encode_contract_call(
     contract: String,
     function: String,
     args_json: String,
-) -> Result<String, ChainError> {
+) -> Result<String, OpenLedgerError> {
     let args: Vec<serde_json::Value> = serde_json::from_str(&args_json)
         .map_err(|e| invalid(format!("args_json: not a JSON array ({e})")))?;
     let data = ContractAbi::named(&contract)?.encode_call(&function, &args)?;

@@ -4,7 +4,7 @@
 use openledger_core::Address;
 use openledger_poa::split::{self, NegativePolicy, SplitPolicy, ZeroWeightPolicy};
 
-use crate::error::SplitError;
+use crate::error::OpenLedgerError;
 use crate::types::{address, address_str, u256};
 
 /// One account and the wei it receives.
@@ -48,7 +48,7 @@ pub struct BpsShare {
 pub enum NegativeScores {
     /// Treat it as zero.
     Clip,
-    /// Refuse the split ([`SplitError::NegativeScore`]).
+    /// Refuse the split ([`OpenLedgerError::Split`]).
     Reject,
 }
 
@@ -63,8 +63,8 @@ pub struct FeeSplitResult {
     pub contributors: Vec<Payout>,
 }
 
-fn invalid(m: String) -> SplitError {
-    SplitError::InvalidArgument(m)
+fn invalid(m: String) -> OpenLedgerError {
+    OpenLedgerError::InvalidArgument(m)
 }
 
 fn payouts(p: Vec<split::Payout>) -> Vec<Payout> {
@@ -78,7 +78,10 @@ fn payout(p: &split::Payout) -> Payout {
     }
 }
 
-fn policy(negative: NegativeScores, fallback: Option<String>) -> Result<SplitPolicy, SplitError> {
+fn policy(
+    negative: NegativeScores,
+    fallback: Option<String>,
+) -> Result<SplitPolicy, OpenLedgerError> {
     Ok(SplitPolicy {
         negative: match negative {
             NegativeScores::Clip => NegativePolicy::Clip,
@@ -88,14 +91,14 @@ fn policy(negative: NegativeScores, fallback: Option<String>) -> Result<SplitPol
     })
 }
 
-fn zero_policy(fallback: Option<String>) -> Result<ZeroWeightPolicy, SplitError> {
+fn zero_policy(fallback: Option<String>) -> Result<ZeroWeightPolicy, OpenLedgerError> {
     Ok(match fallback {
         Some(f) => ZeroWeightPolicy::Fallback(address("fallback", &f).map_err(invalid)?),
         None => ZeroWeightPolicy::Reject,
     })
 }
 
-fn scores(shares: &[ScoreShare]) -> Result<Vec<(Address, f64)>, SplitError> {
+fn scores(shares: &[ScoreShare]) -> Result<Vec<(Address, f64)>, OpenLedgerError> {
     shares
         .iter()
         .enumerate()
@@ -116,7 +119,7 @@ pub fn split_scores(
     scores: Vec<ScoreShare>,
     negative: NegativeScores,
     fallback: Option<String>,
-) -> Result<Vec<Payout>, SplitError> {
+) -> Result<Vec<Payout>, OpenLedgerError> {
     let amount = u256("amount", &amount).map_err(invalid)?;
     let scores = self::scores(&scores)?;
     Ok(payouts(split::split_scores(
@@ -132,7 +135,7 @@ pub fn split_weights(
     amount: String,
     weights: Vec<WeightShare>,
     fallback: Option<String>,
-) -> Result<Vec<Payout>, SplitError> {
+) -> Result<Vec<Payout>, OpenLedgerError> {
     let amount = u256("amount", &amount).map_err(invalid)?;
     let weights = weights
         .iter()
@@ -143,7 +146,7 @@ pub fn split_weights(
                 u256(&format!("weights[{i}].weight"), &w.weight).map_err(invalid)?,
             ))
         })
-        .collect::<Result<Vec<_>, SplitError>>()?;
+        .collect::<Result<Vec<_>, OpenLedgerError>>()?;
     Ok(payouts(split::split_weights(
         amount,
         &weights,
@@ -153,7 +156,7 @@ pub fn split_weights(
 
 /// Splits `amount` wei by basis points that sum to exactly 10,000.
 #[uniffi::export]
-pub fn split_bps(amount: String, bps: Vec<BpsShare>) -> Result<Vec<Payout>, SplitError> {
+pub fn split_bps(amount: String, bps: Vec<BpsShare>) -> Result<Vec<Payout>, OpenLedgerError> {
     let amount = u256("amount", &amount).map_err(invalid)?;
     let bps = bps
         .iter()
@@ -164,7 +167,7 @@ pub fn split_bps(amount: String, bps: Vec<BpsShare>) -> Result<Vec<Payout>, Spli
                 b.bps,
             ))
         })
-        .collect::<Result<Vec<_>, SplitError>>()?;
+        .collect::<Result<Vec<_>, OpenLedgerError>>()?;
     Ok(payouts(split::split_bps(amount, &bps)?))
 }
 
@@ -181,7 +184,7 @@ pub fn split_fee(
     scores: Vec<ScoreShare>,
     negative: NegativeScores,
     fallback: Option<String>,
-) -> Result<FeeSplitResult, SplitError> {
+) -> Result<FeeSplitResult, OpenLedgerError> {
     let fee = u256("fee", &fee).map_err(invalid)?;
     let split = split::FeeSplit {
         owner: address("owner", &owner).map_err(invalid)?,

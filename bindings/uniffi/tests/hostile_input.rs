@@ -5,10 +5,9 @@
 use std::path::Path;
 
 use openledger_mobile::{
-    AdapterError, AttributionReceipt, ChainError, LoraAdapter, MerkleError, MerkleTree,
-    NegativeScores, OperatorSigner, ReceiptDomain, ScoreShare, SplitError, StandardMerkleTree,
-    WeightShare, claim_calldata, encode_contract_call, receipt_struct_hash, split_scores,
-    split_weights, verify_standard_proof,
+    AttributionReceipt, LoraAdapter, MerkleTree, NegativeScores, OpenLedgerError, OperatorSigner,
+    ReceiptDomain, ScoreShare, StandardMerkleTree, WeightShare, claim_calldata,
+    encode_contract_call, receipt_struct_hash, split_scores, split_weights, verify_standard_proof,
 };
 
 const HOSTILE: [&str; 12] = [
@@ -46,7 +45,10 @@ fn split_arguments_that_cannot_be_read_are_invalid_argument() {
             NegativeScores::Clip,
             None,
         );
-        assert!(matches!(r, Err(SplitError::InvalidArgument(_))), "{bad:?}");
+        assert!(
+            matches!(r, Err(OpenLedgerError::InvalidArgument(_))),
+            "{bad:?}"
+        );
         let r = split_weights(
             bad.into(),
             vec![WeightShare {
@@ -55,7 +57,10 @@ fn split_arguments_that_cannot_be_read_are_invalid_argument() {
             }],
             None,
         );
-        assert!(matches!(r, Err(SplitError::InvalidArgument(_))), "{bad:?}");
+        assert!(
+            matches!(r, Err(OpenLedgerError::InvalidArgument(_))),
+            "{bad:?}"
+        );
     }
 }
 
@@ -65,14 +70,14 @@ fn merkle_arguments_that_cannot_be_read_are_typed_errors() {
         assert!(
             matches!(
                 MerkleTree::new(vec![bad.into()]),
-                Err(MerkleError::InvalidArgument(_))
+                Err(OpenLedgerError::InvalidArgument(_))
             ),
             "{bad:?}"
         );
         let r = StandardMerkleTree::new(vec![vec![bad.into()]], vec!["uint256".into()], true);
         // Integers accept several notations (`0x` hex, `1e18`): whatever is refused is typed.
         assert!(
-            r.is_ok() || matches!(r, Err(MerkleError::InvalidValue(_))),
+            r.is_ok() || matches!(r, Err(OpenLedgerError::Merkle(_))),
             "{bad:?}"
         );
         let r = verify_standard_proof(
@@ -81,9 +86,9 @@ fn merkle_arguments_that_cannot_be_read_are_typed_errors() {
             vec![bad.into()],
             vec![],
         );
-        assert!(matches!(r, Err(MerkleError::InvalidValue(_))), "{bad:?}");
+        assert!(matches!(r, Err(OpenLedgerError::Merkle(_))), "{bad:?}");
         let r = StandardMerkleTree::new(vec![vec!["1".into()]], vec![bad.into()], true);
-        assert!(matches!(r, Err(MerkleError::InvalidLeafType(_))), "{bad:?}");
+        assert!(matches!(r, Err(OpenLedgerError::Merkle(_))), "{bad:?}");
     }
 }
 
@@ -118,21 +123,30 @@ fn chain_arguments_that_cannot_be_read_are_invalid_argument() {
             },
         ] {
             assert!(
-                matches!(receipt_struct_hash(r), Err(ChainError::InvalidArgument(_))),
+                matches!(
+                    receipt_struct_hash(r),
+                    Err(OpenLedgerError::InvalidArgument(_))
+                ),
                 "{bad:?}"
             );
         }
         assert!(
             matches!(
                 OperatorSigner::new(bad.into()),
-                Err(ChainError::InvalidArgument(_))
+                Err(OpenLedgerError::InvalidArgument(_))
             ),
             "{bad:?}"
         );
         let r = claim_calldata(1, "0".into(), bad.into(), "1".into(), vec![]);
-        assert!(matches!(r, Err(ChainError::InvalidArgument(_))), "{bad:?}");
+        assert!(
+            matches!(r, Err(OpenLedgerError::InvalidArgument(_))),
+            "{bad:?}"
+        );
         let r = encode_contract_call("AttributionRewards".into(), "claim".into(), bad.into());
-        assert!(matches!(r, Err(ChainError::InvalidArgument(_))), "{bad:?}");
+        assert!(
+            matches!(r, Err(OpenLedgerError::InvalidArgument(_))),
+            "{bad:?}"
+        );
     }
     let domain = ReceiptDomain {
         chain_id: 1,
@@ -140,7 +154,7 @@ fn chain_arguments_that_cannot_be_read_are_invalid_argument() {
     };
     assert!(matches!(
         openledger_mobile::receipt_signing_hash(receipt, domain),
-        Err(ChainError::InvalidArgument(_))
+        Err(OpenLedgerError::InvalidArgument(_))
     ));
 }
 
@@ -153,20 +167,26 @@ fn truncated_and_corrupted_adapter_bytes_are_format_errors() {
     assert!(LoraAdapter::from_bytes(config.clone(), weights.clone()).is_ok());
     for cut in [0, 1, 7, 8, 9, 100, weights.len() / 2, weights.len() - 1] {
         let r = LoraAdapter::from_bytes(config.clone(), weights[..cut].to_vec());
-        assert!(matches!(r, Err(AdapterError::Format(_))), "cut at {cut}");
+        assert!(
+            matches!(r, Err(OpenLedgerError::AdapterFormat(_))),
+            "cut at {cut}"
+        );
     }
     // Flip bytes of the header: any outcome but a panic, and a typed error when it fails.
     for at in (8..200).step_by(7) {
         let mut w = weights.clone();
         w[at] ^= 0x5a;
         if let Err(e) = LoraAdapter::from_bytes(config.clone(), w) {
-            assert!(matches!(e, AdapterError::Format(_)), "byte {at}: {e:?}");
+            assert!(
+                matches!(e, OpenLedgerError::AdapterFormat(_)),
+                "byte {at}: {e:?}"
+            );
         }
     }
     for cut in [0, 1, config.len() / 2] {
         let r = LoraAdapter::from_bytes(config[..cut].to_vec(), weights.clone());
         assert!(
-            matches!(r, Err(AdapterError::Format(_))),
+            matches!(r, Err(OpenLedgerError::AdapterFormat(_))),
             "config cut at {cut}"
         );
     }

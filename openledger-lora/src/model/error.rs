@@ -1,6 +1,7 @@
 //! Errors of the model half of the engine: loading an HF model folder, attaching adapters and
 //! running a batch.
 
+use openledger_core::error::{Classify, ErrorKind};
 use std::path::PathBuf;
 
 use thiserror::Error;
@@ -15,6 +16,14 @@ pub enum ModelError {
     #[error("cannot read {path}: {source}")]
     Io {
         /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A file of a model folder being written could not be written.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file or folder.
         path: PathBuf,
         /// The underlying error.
         source: std::io::Error,
@@ -76,6 +85,14 @@ pub enum ModelError {
         /// Vocabulary size.
         vocab: usize,
     },
+    /// An argument of a call has a value the model cannot use.
+    #[error("invalid argument `{name}`: {reason}")]
+    InvalidArgument {
+        /// The argument.
+        name: &'static str,
+        /// Why it is refused.
+        reason: String,
+    },
     /// A batch sequence has no tokens.
     #[error("sequence {seq} of the batch is empty")]
     EmptySequence {
@@ -115,6 +132,40 @@ pub enum ModelError {
     /// The dense-matmul backend failed.
     #[error("tensor backend: {0}")]
     Backend(String),
+}
+
+impl Classify for ModelError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            ModelError::Io { source, .. } | ModelError::Write { source, .. } => {
+                ErrorKind::of_io(source)
+            }
+            ModelError::Weights(LoraError::Io { source, .. }) => ErrorKind::of_io(source),
+            ModelError::IncompatibleAdapter { .. } => ErrorKind::BaseMismatch,
+            ModelError::TokenOutOfVocab { .. }
+            | ModelError::InvalidArgument { .. }
+            | ModelError::EmptySequence { .. }
+            | ModelError::UnknownAdapter { .. } => ErrorKind::InvalidArgument,
+            ModelError::Sgmv(_) | ModelError::Backend(_) => ErrorKind::Generation,
+            ModelError::InvalidConfig { .. }
+            | ModelError::UnsupportedArchitecture { .. }
+            | ModelError::Unsupported { .. }
+            | ModelError::MissingWeight { .. }
+            | ModelError::WeightShape { .. }
+            | ModelError::Weights(_)
+            | ModelError::Tokenizer { .. } => ErrorKind::ModelFormat,
+        }
+    }
+
+    fn io_source(&self) -> Option<(&std::path::Path, &std::io::Error)> {
+        match self {
+            ModelError::Io { path, source } | ModelError::Write { path, source } => {
+                Some((path, source))
+            }
+            ModelError::Weights(e) => e.io_source(),
+            _ => None,
+        }
+    }
 }
 
 impl From<candle_core::Error> for ModelError {

@@ -8,8 +8,8 @@ use candle_core::{Device, Tensor};
 
 use super::config::ModelConfig;
 use super::error::ModelError;
+use crate::adapter::tensors::{HostTensor, read_safetensors};
 use crate::error::LoraError;
-use crate::tensors::{HostTensor, read_safetensors};
 
 /// Progress of [`crate::model::Model::from_dir_with_progress`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,36 +35,53 @@ pub enum LoadProgress {
 /// A dense projection `y = x·Wᵀ (+ b)`; `W` is held transposed (`[in, out]`, contiguous) for the
 /// matmul backend.
 #[derive(Debug, Clone)]
-pub(crate) struct Linear {
+pub struct Linear {
     /// Module name (`model.layers.0.self_attn.q_proj`).
     pub name: String,
+    /// Input features.
     pub in_features: usize,
+    /// Output features.
     pub out_features: usize,
-    /// `Wᵀ`, `[in, out]`: a transposed view of the row-major `W` (see [`transposed`]).
+    /// `Wᵀ`, `[in, out]`: a transposed view of the row-major `W`.
     pub wt: Tensor,
+    /// The bias, when the projection has one.
     pub bias: Option<Vec<f32>>,
 }
 
-/// One decoder layer.
+/// One decoder layer's frozen weights.
 #[derive(Debug, Clone)]
-pub(crate) struct Layer {
+pub struct Layer {
+    /// `input_layernorm` (as stored; Gemma's `1 + w` is applied by the forward pass).
     pub input_norm: Vec<f32>,
+    /// `post_attention_layernorm` (as stored).
     pub post_norm: Vec<f32>,
+    /// `self_attn.q_proj`.
     pub q: Linear,
+    /// `self_attn.k_proj`.
     pub k: Linear,
+    /// `self_attn.v_proj`.
     pub v: Linear,
+    /// `self_attn.o_proj`.
     pub o: Linear,
+    /// `mlp.gate_proj`.
     pub gate: Linear,
+    /// `mlp.up_proj`.
     pub up: Linear,
+    /// `mlp.down_proj`.
     pub down: Linear,
 }
 
-/// All base weights in f32.
+/// All base weights in f32, as the forward pass (and the trainer's differentiable copy of it)
+/// reads them.
 #[derive(Debug, Clone)]
-pub(crate) struct Weights {
+pub struct Weights {
+    /// `embed_tokens`, `[vocab, hidden]` row-major.
     pub embed: Vec<f32>,
+    /// The decoder layers.
     pub layers: Vec<Layer>,
+    /// The final norm.
     pub norm: Vec<f32>,
+    /// The output head (the embeddings again when they are tied).
     pub lm_head: Linear,
 }
 

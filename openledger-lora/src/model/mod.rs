@@ -9,7 +9,7 @@
 //! attached; `modules_to_save` parameters replace the base's for that adapter's rows.
 //! [`Model::forward`] is a full prefill with a causal (and, for Mistral / Qwen2, sliding-window)
 //! mask; [`Model::forward_cached`] continues sequences incrementally from a contiguous
-//! per-sequence [`KvCache`]. [`PagedModel`] serves the model through the continuous-batching
+//! per-sequence [`ContiguousKvCache`]. [`PagedModel`] serves the model through the continuous-batching
 //! [`crate::serve::Engine`] over a paged KV cache; [`ServedModel`] runs that engine on a thread
 //! of its own behind a command channel, as the Python and Node engines do.
 //!
@@ -34,10 +34,13 @@
 
 mod config;
 mod error;
+mod generate;
 mod load;
 mod lora;
 pub mod ops;
 mod paged;
+mod random;
+mod save;
 mod served;
 mod tokenizer;
 
@@ -46,27 +49,49 @@ use std::path::Path;
 
 pub use config::{Activation, Architecture, ModelConfig, RopeScaling};
 pub use error::ModelError;
-pub use load::LoadProgress;
+pub use load::{Layer, Linear, LoadProgress, Weights};
 pub use paged::{PagedError, PagedModel};
+pub use random::RandomLlama;
+pub use save::{CONFIG_FILE, WEIGHTS_FILE, model_config_json, write_model_dir};
 pub use served::{FaultWatch, PendingCancel, ServeOptions, ServedError, ServedModel};
 pub use tokenizer::{TOKENIZER_FILE, Tokenizer};
 
 use crate::adapter::LoraAdapter;
-use crate::base::BaseModel;
-use crate::tensors::HostTensor;
-use load::{Linear, TensorMap, Weights};
+use crate::adapter::base::BaseModel;
+use crate::adapter::tensors::HostTensor;
+use load::TensorMap;
 use lora::{PreparedAdapter, Span, project};
 use ops::AttentionShape;
 
-/// Handle of an adapter attached to a [`Model`] (its index in attach order).
+/// The projections of a decoder layer, in the fixed order the engine and the trainer
+/// use everywhere.
+pub const PROJECTIONS: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
+
+/// The full module name of projection `proj` (an index into [`PROJECTIONS`]) of layer `layer`.
+pub fn module_name(layer: usize, proj: usize) -> String {
+    let group = if proj < 4 { "self_attn" } else { "mlp" };
+    format!("model.layers.{layer}.{group}.{}", PROJECTIONS[proj])
+}
+
+/// The slot of an adapter attached to a [`Model`] (its index in attach order; a detached
+/// adapter's slot is reused). Not to be confused with the pool's string
+/// [`AdapterId`](crate::pool::AdapterId), which names an adapter wherever it is held.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct AdapterId(pub usize);
+pub struct AdapterSlot(pub usize);
 
 /// One sequence of a batch: its tokens and the adapter it runs with (`None`: the base model).
 #[derive(Clone, Copy, Debug)]
 pub struct SeqInput<'a> {
     /// The adapter, or `None` for the base model.
-    pub adapter: Option<AdapterId>,
+    pub adapter: Option<AdapterSlot>,
     /// Token ids (at least one).
     pub tokens: &'a [u32],
 }
@@ -75,13 +100,13 @@ pub struct SeqInput<'a> {
 /// (`[len, kv_heads · head_dim]` per layer), for incremental decoding with
 /// [`Model::forward_cached`]. Made by [`Model::new_cache`] for one adapter.
 #[derive(Clone, Debug)]
-pub struct KvCache {
-    adapter: Option<AdapterId>,
+pub struct ContiguousKvCache {
+    adapter: Option<AdapterSlot>,
     len: usize,
     layers: Vec<(Vec<f32>, Vec<f32>)>,
 }
 
-impl KvCache {
+impl ContiguousKvCache {
     /// Positions held.
     pub fn len(&self) -> usize {
         self.len
@@ -93,7 +118,7 @@ impl KvCache {
     }
 
     /// The adapter the sequence runs with.
-    pub fn adapter(&self) -> Option<AdapterId> {
+    pub fn adapter(&self) -> Option<AdapterSlot> {
         self.adapter
     }
 }
@@ -122,7 +147,7 @@ impl Model {
         dir: &Path,
         progress: &mut dyn FnMut(LoadProgress),
     ) -> Result<Self, ModelError> {
-        let cfg_path = dir.join("config.json");
+        let cfg_path = dir.join(CONFIG_FILE);
         let bytes = std::fs::read(&cfg_path).map_err(|source| ModelError::Io {
             path: cfg_path,
             source,
@@ -142,7 +167,7 @@ impl Model {
         let base = BaseModel::from_headers(tensors.iter().map(|(k, t)| {
             (
                 k.clone(),
-                crate::tensors::TensorMeta {
+                crate::adapter::tensors::TensorMeta {
                     dtype: format!("{:?}", t.dtype()).to_uppercase(),
                     shape: t.shape().to_vec(),
                 },
@@ -175,7 +200,7 @@ impl Model {
     }
 
     /// The frozen base weights in f32 (read by the trainer's differentiable forward).
-    pub(crate) fn base_weights(&self) -> &Weights {
+    pub fn base_weights(&self) -> &Weights {
         &self.weights
     }
 
@@ -184,7 +209,7 @@ impl Model {
         &self.base
     }
 
-    /// Names of the attached adapters, by [`AdapterId`] order.
+    /// Names of the attached adapters, by [`AdapterSlot`] order.
     pub fn adapter_names(&self) -> Vec<&str> {
         self.adapters
             .iter()
@@ -202,14 +227,14 @@ impl Model {
 
     /// Detaches adapter `id`, freeing its prepared copies; the next attach may reuse its id.
     /// An id not attached is [`ModelError::UnknownAdapter`].
-    pub fn detach_adapter(&mut self, id: AdapterId) -> Result<(), ModelError> {
+    pub fn detach_adapter(&mut self, id: AdapterSlot) -> Result<(), ModelError> {
         self.check_attached(0, id)?;
         self.adapters[id.0] = PreparedAdapter::vacant();
         self.vacant.insert(id.0);
         Ok(())
     }
 
-    fn check_attached(&self, seq: usize, AdapterId(id): AdapterId) -> Result<(), ModelError> {
+    fn check_attached(&self, seq: usize, AdapterSlot(id): AdapterSlot) -> Result<(), ModelError> {
         if id >= self.adapters.len() || self.vacant.contains(&id) {
             return Err(ModelError::UnknownAdapter {
                 seq,
@@ -238,7 +263,7 @@ impl Model {
         &mut self,
         name: &str,
         adapter: &LoraAdapter,
-    ) -> Result<AdapterId, ModelError> {
+    ) -> Result<AdapterSlot, ModelError> {
         self.base
             .validate(adapter)
             .map_err(|source| ModelError::IncompatibleAdapter {
@@ -248,10 +273,10 @@ impl Model {
         let prepared = lora::prepare(name, adapter, &self.linears())?;
         if let Some(slot) = self.vacant.pop_first() {
             self.adapters[slot] = prepared;
-            return Ok(AdapterId(slot));
+            return Ok(AdapterSlot(slot));
         }
         self.adapters.push(prepared);
-        Ok(AdapterId(self.adapters.len() - 1))
+        Ok(AdapterSlot(self.adapters.len() - 1))
     }
 
     pub(crate) fn check_batch(&self, batch: &[SeqInput<'_>]) -> Result<Vec<Span>, ModelError> {
@@ -318,11 +343,11 @@ impl Model {
     }
 
     /// An empty contiguous key/value cache for a sequence run with `adapter`.
-    pub fn new_cache(&self, adapter: Option<AdapterId>) -> Result<KvCache, ModelError> {
+    pub fn new_cache(&self, adapter: Option<AdapterSlot>) -> Result<ContiguousKvCache, ModelError> {
         if let Some(id) = adapter {
             self.check_attached(0, id)?;
         }
-        Ok(KvCache {
+        Ok(ContiguousKvCache {
             adapter,
             len: 0,
             layers: vec![(Vec::new(), Vec::new()); self.config.num_layers],
@@ -330,12 +355,12 @@ impl Model {
     }
 
     /// Incremental forward pass of a mixed batch: each entry appends `tokens` to its sequence,
-    /// whose earlier positions are held in its [`KvCache`] (the cache fixes the adapter).
+    /// whose earlier positions are held in its [`ContiguousKvCache`] (the cache fixes the adapter).
     /// Returns the logits of the new tokens only; the caches grow by the new tokens. On error
     /// no cache is changed.
     pub fn forward_cached(
         &self,
-        batch: &mut [(&[u32], &mut KvCache)],
+        batch: &mut [(&[u32], &mut ContiguousKvCache)],
     ) -> Result<Vec<Vec<f32>>, ModelError> {
         let inputs: Vec<SeqInput<'_>> = batch
             .iter()
@@ -345,7 +370,7 @@ impl Model {
             })
             .collect();
         let spans = self.check_batch(&inputs)?;
-        let past: Vec<Option<&KvCache>> = batch.iter().map(|(_, c)| Some(&**c)).collect();
+        let past: Vec<Option<&ContiguousKvCache>> = batch.iter().map(|(_, c)| Some(&**c)).collect();
         let (logits, new_kv) = self.run(&inputs, &spans, &past)?;
         for ((tokens, cache), kv) in batch.iter_mut().zip(new_kv) {
             for ((k, v), (nk, nv)) in cache.layers.iter_mut().zip(kv) {
@@ -364,7 +389,7 @@ impl Model {
         &self,
         batch: &[SeqInput<'_>],
         spans: &[Span],
-        past: &[Option<&KvCache>],
+        past: &[Option<&ContiguousKvCache>],
     ) -> Result<(Vec<Vec<f32>>, Vec<Vec<(Vec<f32>, Vec<f32>)>>), ModelError> {
         let mut new_kv: Vec<Vec<(Vec<f32>, Vec<f32>)>> = vec![Vec::new(); batch.len()];
         let starts: Vec<usize> = past.iter().map(|c| c.map_or(0, |c| c.len)).collect();
@@ -502,10 +527,10 @@ impl Model {
     }
 
     /// Greedy decoding of `n` tokens after `prompt` (ties go to the lowest token id), with a
-    /// [`KvCache`]: see [`greedy_streaming`](Self::greedy_streaming).
+    /// [`ContiguousKvCache`]: see [`greedy_streaming`](Self::greedy_streaming).
     pub fn greedy(
         &self,
-        adapter: Option<AdapterId>,
+        adapter: Option<AdapterSlot>,
         prompt: &[u32],
         n: usize,
     ) -> Result<Vec<u32>, ModelError> {
@@ -513,13 +538,13 @@ impl Model {
     }
 
     /// Greedy decoding of up to `n` tokens after `prompt` (ties go to the lowest token id) with
-    /// a [`KvCache`]: the prompt runs once, then each step runs only the token just chosen, so
+    /// a [`ContiguousKvCache`]: the prompt runs once, then each step runs only the token just chosen, so
     /// `n` tokens cost `prompt + n − 1` token rows instead of a pass over the whole prefix per
     /// token. `on_token(index, token)` sees each token as soon as it is chosen; returning `false`
     /// stops there (that token is the last one returned).
     pub fn greedy_streaming(
         &self,
-        adapter: Option<AdapterId>,
+        adapter: Option<AdapterSlot>,
         prompt: &[u32],
         n: usize,
         on_token: &mut dyn FnMut(usize, u32) -> bool,

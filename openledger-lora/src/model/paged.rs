@@ -44,6 +44,7 @@
 //! # Ok(()) }
 //! ```
 
+use openledger_core::error::{Classify, ErrorKind};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -51,7 +52,7 @@ use thiserror::Error;
 
 use super::lora::Span;
 use super::ops::AttentionShape;
-use super::{AdapterId, Model, ModelError, SeqInput};
+use super::{AdapterSlot, Model, ModelError, SeqInput};
 use crate::adapter::LoraAdapter;
 use crate::pool::{self, AdapterPool, PoolError};
 use crate::serve::{
@@ -96,6 +97,26 @@ pub enum PagedError {
     Kv(#[from] KvError),
 }
 
+impl Classify for PagedError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            PagedError::UnknownAdapter { .. } => ErrorKind::UnknownId,
+            PagedError::Pool { source, .. } => source.kind(),
+            PagedError::Layout { .. } => ErrorKind::InvalidArgument,
+            PagedError::Model(e) => e.kind(),
+            PagedError::Kv(e) => e.kind(),
+        }
+    }
+
+    fn io_source(&self) -> Option<(&std::path::Path, &std::io::Error)> {
+        match self {
+            PagedError::Pool { source, .. } => source.io_source(),
+            PagedError::Model(e) => e.io_source(),
+            _ => None,
+        }
+    }
+}
+
 impl From<ModelError> for PagedError {
     fn from(e: ModelError) -> Self {
         Self::Model(Box::new(e))
@@ -106,7 +127,7 @@ impl From<ModelError> for PagedError {
 #[derive(Debug, Clone)]
 pub struct PagedModel {
     model: Model,
-    ids: HashMap<pool::AdapterId, AdapterId>,
+    ids: HashMap<pool::AdapterId, AdapterSlot>,
     pool: Option<AdapterPool<LoraAdapter>>,
     /// Ids attached from the pool, with the pool's copy each was attached from (detached again
     /// once the pool no longer holds that copy).
@@ -156,7 +177,7 @@ impl PagedModel {
         &mut self,
         id: pool::AdapterId,
         adapter: &LoraAdapter,
-    ) -> Result<AdapterId, ModelError> {
+    ) -> Result<AdapterSlot, ModelError> {
         let slot = self.model.attach_adapter(id.as_str(), adapter)?;
         if let Some(old) = self.ids.insert(id.clone(), slot) {
             // The id now names the new copy; the old one would only hold memory.
@@ -203,7 +224,7 @@ impl PagedModel {
     }
 
     /// The model's adapter for engine id `id`, attaching it from the pool on first use.
-    fn resolve(&mut self, seq: usize, id: &pool::AdapterId) -> Result<AdapterId, PagedError> {
+    fn resolve(&mut self, seq: usize, id: &pool::AdapterId) -> Result<AdapterSlot, PagedError> {
         if let Some(&slot) = self.ids.get(id) {
             return Ok(slot);
         }

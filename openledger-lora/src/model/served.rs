@@ -39,6 +39,7 @@
 //! # Ok(()) }
 //! ```
 
+use openledger_core::error::{Classify, ErrorKind};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -130,6 +131,26 @@ pub enum ServedError {
         /// The panic's message.
         message: String,
     },
+}
+
+impl Classify for ServedError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            ServedError::Model(e) => e.kind(),
+            ServedError::Engine(e) => e.kind(),
+            ServedError::Request(e) => e.kind(),
+            ServedError::Thread(e) => ErrorKind::of_io(e),
+            ServedError::Closed => ErrorKind::Closed,
+            ServedError::Panicked { .. } => ErrorKind::Internal,
+        }
+    }
+
+    fn io_source(&self) -> Option<(&std::path::Path, &std::io::Error)> {
+        match self {
+            ServedError::Model(e) => e.io_source(),
+            _ => None,
+        }
+    }
 }
 
 impl From<ModelError> for ServedError {

@@ -11,6 +11,7 @@
 //! assert_eq!(err.to_string(), "no adapter registered under id \"missing\"");
 //! ```
 
+use openledger_core::error::{Classify, ErrorKind};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -56,12 +57,13 @@ pub enum PoolError {
     },
 
     /// The hub root cannot be opened or listed.
-    #[error("cannot use hub root {path}: {message}")]
+    #[error("cannot use hub root {path}: {source}")]
     HubRoot {
         /// The root folder (or the sub-folder being listed).
         path: PathBuf,
         /// The operating system's error.
-        message: String,
+        #[source]
+        source: Arc<std::io::Error>,
     },
 
     /// The adapter's source could not provide its bytes (custom source error, missing hub folder).
@@ -140,4 +142,32 @@ pub enum PoolError {
         /// The adapter id.
         id: AdapterId,
     },
+}
+
+impl Classify for PoolError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            PoolError::InvalidId(_) | PoolError::PathEscapesRoot { .. } => ErrorKind::InvalidId,
+            PoolError::UnknownId { .. } => ErrorKind::UnknownId,
+            PoolError::HubRoot { source, .. } => ErrorKind::of_io(source),
+            // The adapter id stays in the message; the kind follows the cause.
+            PoolError::Load { source, .. } => source.kind(),
+            PoolError::AdapterLargerThanBudget { .. }
+            | PoolError::BudgetExhaustedByPinned { .. } => ErrorKind::Budget,
+            PoolError::Source { .. } => ErrorKind::AdapterFormat,
+            PoolError::LoadPanicked { .. } => ErrorKind::Internal,
+            PoolError::DuplicateId { .. }
+            | PoolError::NotPinned { .. }
+            | PoolError::Pinned { .. }
+            | PoolError::UnregisteredWhileLoading { .. } => ErrorKind::State,
+        }
+    }
+
+    fn io_source(&self) -> Option<(&std::path::Path, &std::io::Error)> {
+        match self {
+            PoolError::HubRoot { path, source } => Some((path, source)),
+            PoolError::Load { source, .. } => source.io_source(),
+            _ => None,
+        }
+    }
 }

@@ -32,7 +32,7 @@ use std::sync::Arc;
 
 use super::error::PoolError;
 use super::id::AdapterId;
-use crate::config::CONFIG_FILE;
+use crate::adapter::config::CONFIG_FILE;
 
 /// The error a custom source returns; the pool reports its message in
 /// [`PoolError::Source`].
@@ -135,12 +135,15 @@ impl HubDir {
         let given = root.as_ref();
         let canon = given.canonicalize().map_err(|e| PoolError::HubRoot {
             path: given.to_path_buf(),
-            message: e.to_string(),
+            source: Arc::new(e),
         })?;
         if !canon.is_dir() {
             return Err(PoolError::HubRoot {
                 path: given.to_path_buf(),
-                message: "not a directory".into(),
+                source: Arc::new(std::io::Error::new(
+                    std::io::ErrorKind::NotADirectory,
+                    "not a directory",
+                )),
             });
         }
         Ok(Self { root: canon.into() })
@@ -196,7 +199,7 @@ impl HubDir {
     ) -> Result<(), PoolError> {
         let io = |e: std::io::Error| PoolError::HubRoot {
             path: dir.to_path_buf(),
-            message: e.to_string(),
+            source: Arc::new(e),
         };
         for entry in std::fs::read_dir(dir).map_err(io)? {
             let entry = entry.map_err(io)?;

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Barrier, Mutex};
 
 use super::*;
-use crate::config::CONFIG_FILE;
+use crate::adapter::config::CONFIG_FILE;
 
 /// A payload of `size` bytes decoded from the config text `"<size>"`.
 #[derive(Debug)]

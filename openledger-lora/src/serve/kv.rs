@@ -27,6 +27,7 @@
 //! assert_eq!(kv.free_blocks(), 4);
 //! ```
 
+use openledger_core::error::{Classify, ErrorKind};
 use std::collections::HashMap;
 use std::ops::Range;
 
@@ -138,6 +139,21 @@ pub enum KvError {
         /// What is wrong.
         reason: String,
     },
+}
+
+impl Classify for KvError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            KvError::OutOfBlocks { .. } => ErrorKind::Budget,
+            KvError::InvalidLayout { .. }
+            | KvError::UnknownSequence { .. }
+            | KvError::DuplicateSequence { .. }
+            | KvError::PositionOutOfRange { .. }
+            | KvError::LayerOutOfRange { .. }
+            | KvError::WrongLength { .. }
+            | KvError::InvalidAttention { .. } => ErrorKind::InvalidArgument,
+        }
+    }
 }
 
 /// How the cache stores K and V; arithmetic on them is always f32.

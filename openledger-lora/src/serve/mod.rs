@@ -43,24 +43,25 @@
 //! ```
 
 mod attention;
+mod engine;
 mod kv;
 mod readiness;
 mod request;
 mod sampling;
-mod scheduler;
+pub mod scheduler;
 mod stream;
 mod text;
 
 pub use attention::{AttentionParams, AttnSeq, paged_attention};
+pub use engine::{
+    Engine, EngineConfig, EngineError, Logits, Preemption, StepBatch, StepModel, StepReport,
+    StepSeq,
+};
 pub use kv::{KvDtype, KvError, KvLayout, PagedKvCache, SeqId};
 pub use readiness::{AdapterReadiness, AllReady, Readiness};
 pub use request::{
     CancelHandle, Event, Request, RequestError, RequestHandle, RequestId, RequestStats,
 };
 pub use sampling::{Detokenize, FinishReason, SampleError, Sampler, SamplingParams, StopChecker};
-pub use scheduler::{
-    Engine, EngineConfig, EngineError, Logits, Preemption, SeqInput, StepBatch, StepModel,
-    StepReport,
-};
 pub use stream::{StreamEnd, StreamLog};
 pub use text::{IncrementalText, TextPieces};

@@ -17,6 +17,7 @@
 //! assert_eq!(stats.inter_token_p99(), Some(ms(90)));
 //! ```
 
+use openledger_core::error::{Classify, ErrorKind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -106,6 +107,22 @@ pub enum RequestError {
         /// The model's error, as text.
         reason: String,
     },
+}
+
+impl Classify for RequestError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            RequestError::EmptyPrompt
+            | RequestError::PromptTooLong { .. }
+            | RequestError::TokenOutOfVocab { .. }
+            | RequestError::NeedsDetokenizer => ErrorKind::InvalidArgument,
+            RequestError::Sampling(e) => e.kind(),
+            RequestError::UnknownAdapter { .. } => ErrorKind::UnknownId,
+            RequestError::AdapterFailed { .. } => ErrorKind::AdapterFormat,
+            RequestError::AdapterRejected { .. } => ErrorKind::BaseMismatch,
+            RequestError::Model { .. } => ErrorKind::Generation,
+        }
+    }
 }
 
 /// Statistics of one request, final in its terminal event.

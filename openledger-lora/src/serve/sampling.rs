@@ -21,6 +21,7 @@
 //! }
 //! ```
 
+use openledger_core::error::{Classify, ErrorKind};
 use std::borrow::Cow;
 
 use super::text::{IncrementalText, earliest_stop};
@@ -95,6 +96,17 @@ pub enum SampleError {
         /// Number of logits given.
         len: usize,
     },
+}
+
+impl Classify for SampleError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            SampleError::InvalidParams { .. } => ErrorKind::InvalidArgument,
+            SampleError::NonFiniteLogit { .. } | SampleError::NothingToSample { .. } => {
+                ErrorKind::Generation
+            }
+        }
+    }
 }
 
 /// Anything that turns token ids back into text (a tokenizer); closures work too.

@@ -18,186 +18,22 @@
 //! The engine's context limit must fit in the block pool, so the oldest running sequence can
 //! always proceed once the others are preempted: the engine never deadlocks on blocks.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::mpsc;
-
-use thiserror::Error;
-
-use super::attention::AttnSeq;
-use super::kv::{KvDtype, KvError, KvLayout, PagedKvCache, SeqId};
-use super::readiness::{AdapterReadiness, AllReady, Readiness};
-use super::request::{
-    CancelHandle, Event, Request, RequestError, RequestHandle, RequestId, Sink, StatsClock,
+use super::engine::{
+    Engine, EngineError, Logits, Preemption, StepBatch, StepModel, StepReport, StepSeq,
 };
+use super::kv::{KvError, SeqId};
+use super::readiness::{AdapterReadiness, Readiness};
+use super::request::{CancelHandle, Event, Request, RequestError, RequestId, Sink, StatsClock};
 use super::sampling::{Detokenize, FinishReason, Sampler, StopChecker};
 use crate::pool::AdapterId;
 
-/// One sequence's share of a step.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SeqInput {
-    /// The request it serves.
-    pub request: RequestId,
-    /// Its sequence in the KV cache.
-    pub seq: SeqId,
-    /// Tokens to run now: a prompt chunk, or the one last sampled token.
-    pub tokens: Vec<u32>,
-    /// Position of `tokens[0]`; the cache already holds positions `0..start_pos` and has slots
-    /// appended for `start_pos..start_pos + tokens.len()`, which the model writes.
-    pub start_pos: usize,
-    /// The adapter to apply, or `None` for the base model (the model maps ids to its adapter
-    /// slots, e.g. the slots of an SGMV call).
-    pub adapter: Option<AdapterId>,
-    /// The sequence's blocks (covering the new positions too).
-    pub block_table: Vec<u32>,
-    /// Whether the model must return logits for the last of `tokens` (false for a prompt chunk
-    /// that is not the prompt's last).
-    pub needs_logits: bool,
-}
-
-/// Everything one forward pass runs.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StepBatch {
-    /// The sequences, in a stable order (running ones oldest first, then new admissions).
-    pub seqs: Vec<SeqInput>,
-}
-
-impl StepBatch {
-    /// Tokens in the batch.
-    pub fn num_tokens(&self) -> usize {
-        self.seqs.iter().map(|s| s.tokens.len()).sum()
-    }
-
-    /// The batch as [`paged_attention`](super::paged_attention) takes it: every sequence's new
-    /// tokens as queries at their positions (queries in batch order, as the model lays out its
-    /// hidden states).
-    ///
-    /// ```
-    /// use openledger_lora::serve::{AttnSeq, SeqId, SeqInput, StepBatch, RequestId};
-    ///
-    /// let input = |seq, tokens: Vec<u32>, start_pos| SeqInput {
-    ///     request: RequestId(seq),
-    ///     seq: SeqId(seq),
-    ///     tokens,
-    ///     start_pos,
-    ///     adapter: None,
-    ///     block_table: vec![],
-    ///     needs_logits: true,
-    /// };
-    /// let batch = StepBatch { seqs: vec![input(0, vec![5], 9), input(1, vec![1, 2, 3], 0)] };
-    /// assert_eq!(batch.attn_seqs()[1], AttnSeq { seq: SeqId(1), start_pos: 0, n_queries: 3 });
-    /// assert_eq!(batch.num_tokens(), 4);
-    /// ```
-    pub fn attn_seqs(&self) -> Vec<AttnSeq> {
-        self.seqs
-            .iter()
-            .map(|s| AttnSeq {
-                seq: s.seq,
-                start_pos: s.start_pos,
-                n_queries: s.tokens.len(),
-            })
-            .collect()
-    }
-}
-
-/// Next-token logits of a step: one row of `vocab_size` floats per sequence whose
-/// `needs_logits` is set, in batch order.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Logits {
-    /// Row-major `[rows, vocab_size]`.
-    pub data: Vec<f32>,
-}
-
-/// A model the engine can drive. It writes each new token's K/V into `kv` at its position (the
-/// slots are already appended) and attends through the block tables, e.g. with
-/// [`paged_attention`](super::paged_attention).
-pub trait StepModel {
-    /// Tokens in the vocabulary (the width of a logits row).
-    fn vocab_size(&self) -> usize;
-    /// Runs one step.
-    fn forward(
-        &mut self,
-        batch: &StepBatch,
-        kv: &mut PagedKvCache,
-    ) -> Result<Logits, Box<dyn std::error::Error + Send + Sync>>;
-
-    /// Makes `adapter` ready to run (attaching it, say) when a request naming it is admitted
-    /// and no running request holds it yet; an error fails that request only. The default
-    /// accepts every adapter.
-    fn prepare_adapter(&mut self, adapter: &AdapterId) -> Result<(), RequestError> {
-        let _ = adapter;
-        Ok(())
-    }
-}
-
-/// What happens to a preempted sequence.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Preemption {
-    /// Free its blocks and recompute its prompt and output later.
-    #[default]
-    Recompute,
-    /// Move its blocks to host memory and bring them back later.
-    Swap,
-}
-
-/// Limits of an engine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EngineConfig {
-    /// KV cache shape.
-    pub kv_layout: KvLayout,
-    /// Blocks in the KV pool.
-    pub num_blocks: usize,
-    /// Tokens one step may run (decode tokens plus prefill chunks).
-    pub max_tokens_per_step: usize,
-    /// Sequences running at once.
-    pub max_running: usize,
-    /// Longest sequence (prompt and output); at most `num_blocks · block_size`.
-    pub max_context: usize,
-    /// How to preempt.
-    pub preemption: Preemption,
-    /// How the KV cache stores its values.
-    pub kv_dtype: KvDtype,
-}
-
-/// Why the engine as a whole could not go on.
-#[derive(Debug, Error)]
-#[non_exhaustive]
-pub enum EngineError {
-    /// The configuration cannot work.
-    #[error("invalid engine configuration: {reason}")]
-    Config {
-        /// What is wrong.
-        reason: String,
-    },
-    /// The KV cache refused an operation the scheduler relied on (a bug, not bad input).
-    #[error("KV cache: {0}")]
-    Kv(#[from] KvError),
-    /// The forward pass failed; the requests of its batch got [`RequestError::Model`].
-    #[error("forward pass failed: {0}")]
-    Model(Box<dyn std::error::Error + Send + Sync>),
-}
-
-/// What one step did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StepReport {
-    /// Sequences in the batch.
-    pub batch_seqs: usize,
-    /// Prompt tokens and recomputed output run (prefill).
-    pub prefill_tokens: usize,
-    /// Output tokens run one at a time (decode).
-    pub decode_tokens: usize,
-    /// Sequences preempted.
-    pub preempted: usize,
-    /// Requests that ended (finished, failed or cancelled).
-    pub ended: usize,
-}
-
-enum Terminal {
+pub(super) enum Terminal {
     Finished(FinishReason),
     Failed(RequestError),
 }
 
-struct Active {
-    id: RequestId,
+pub(super) struct Active {
+    pub(super) id: RequestId,
     seq: SeqId,
     adapter: Option<AdapterId>,
     sampler: Sampler,
@@ -208,7 +44,7 @@ struct Active {
     /// Positions held in the KV cache (or swapped out).
     computed: usize,
     sink: Sink,
-    cancel: CancelHandle,
+    pub(super) cancel: CancelHandle,
     clock: StatsClock,
     terminal: Option<Terminal>,
     /// Its adapter was reported ready (always true without an adapter).
@@ -218,7 +54,7 @@ struct Active {
 }
 
 impl Active {
-    fn end(mut self, t: Terminal) {
+    pub(super) fn end(mut self, t: Terminal) {
         let stats = self.clock.stats.clone();
         let e = match t {
             Terminal::Finished(reason) => Event::Finished { reason, stats },
@@ -228,121 +64,7 @@ impl Active {
     }
 }
 
-/// The serving engine: a scheduler with continuous batching over a paged KV cache, driving a
-/// [`StepModel`]. Call [`step`](Self::step) in a loop (or [`run_until_idle`](Self::run_until_idle)).
-/// Dropping it releases the adapters its requests held.
-pub struct Engine<M: StepModel, R: AdapterReadiness = AllReady> {
-    model: M,
-    readiness: R,
-    kv: PagedKvCache,
-    config: EngineConfig,
-    detok: Option<Box<dyn Detokenize + Send>>,
-    waiting: VecDeque<Active>,
-    running: Vec<Active>,
-    swapped: VecDeque<Active>,
-    next_id: u64,
-    /// Requests holding each adapter.
-    held: HashMap<AdapterId, usize>,
-}
-
-impl<M: StepModel, R: AdapterReadiness> Drop for Engine<M, R> {
-    fn drop(&mut self) {
-        for id in std::mem::take(&mut self.held).into_keys() {
-            self.readiness.release(&id);
-        }
-    }
-}
-
 impl<M: StepModel, R: AdapterReadiness> Engine<M, R> {
-    /// An engine over `model` with its own KV pool.
-    pub fn new(model: M, readiness: R, config: EngineConfig) -> Result<Self, EngineError> {
-        let bad = |reason: String| Err(EngineError::Config { reason });
-        if config.max_tokens_per_step == 0 || config.max_running == 0 || config.max_context == 0 {
-            return bad("max_tokens_per_step, max_running and max_context must be ≥ 1".into());
-        }
-        let capacity = config
-            .num_blocks
-            .saturating_mul(config.kv_layout.block_size);
-        if config.max_context > capacity {
-            return bad(format!(
-                "max_context {} exceeds the pool's {capacity} positions",
-                config.max_context
-            ));
-        }
-        let kv = PagedKvCache::with_dtype(config.kv_layout, config.num_blocks, config.kv_dtype)?;
-        Ok(Self {
-            model,
-            readiness,
-            kv,
-            config,
-            detok: None,
-            waiting: VecDeque::new(),
-            running: Vec::new(),
-            swapped: VecDeque::new(),
-            next_id: 0,
-            held: HashMap::new(),
-        })
-    }
-
-    /// Sets the detokenizer stop strings are checked with.
-    pub fn with_detokenizer(mut self, d: impl Detokenize + Send + 'static) -> Self {
-        self.detok = Some(Box::new(d));
-        self
-    }
-
-    /// The KV cache (for inspection).
-    pub fn kv(&self) -> &PagedKvCache {
-        &self.kv
-    }
-
-    /// The model.
-    pub fn model(&self) -> &M {
-        &self.model
-    }
-
-    /// The model, to attach or detach adapters between steps.
-    pub fn model_mut(&mut self) -> &mut M {
-        &mut self.model
-    }
-
-    /// The adapter readiness the engine asks.
-    pub fn readiness(&self) -> &R {
-        &self.readiness
-    }
-
-    /// The adapter readiness, to change between steps.
-    pub fn readiness_mut(&mut self) -> &mut R {
-        &mut self.readiness
-    }
-
-    /// Requests not yet finished (waiting, running or swapped).
-    pub fn pending(&self) -> usize {
-        self.waiting.len() + self.running.len() + self.swapped.len()
-    }
-
-    /// Submits a request whose events arrive through the returned handle.
-    pub fn submit(&mut self, req: Request) -> RequestHandle {
-        let (tx, rx) = mpsc::channel();
-        let cancel = CancelHandle::default();
-        let id = self.enqueue(req, Sink::Channel(tx), cancel.clone());
-        RequestHandle {
-            id,
-            cancel,
-            events: rx,
-        }
-    }
-
-    /// Submits a request whose events are passed to `on_event` (called on the engine's thread).
-    pub fn submit_with_callback(
-        &mut self,
-        req: Request,
-        on_event: impl FnMut(&Event) + Send + 'static,
-    ) -> (RequestId, CancelHandle) {
-        let cancel = CancelHandle::default();
-        let id = self.enqueue(req, Sink::Callback(Box::new(on_event)), cancel.clone());
-        (id, cancel)
-    }
-
     fn validate(&self, req: &Request) -> Result<(Sampler, StopChecker), RequestError> {
         if req.prompt.is_empty() {
             return Err(RequestError::EmptyPrompt);
@@ -374,7 +96,12 @@ impl<M: StepModel, R: AdapterReadiness> Engine<M, R> {
         Ok((sampler, stop))
     }
 
-    fn enqueue(&mut self, req: Request, mut sink: Sink, cancel: CancelHandle) -> RequestId {
+    pub(super) fn enqueue(
+        &mut self,
+        req: Request,
+        mut sink: Sink,
+        cancel: CancelHandle,
+    ) -> RequestId {
         let id = RequestId(self.next_id);
         self.next_id += 1;
         let adapter_ready = req.adapter.is_none();
@@ -405,25 +132,7 @@ impl<M: StepModel, R: AdapterReadiness> Engine<M, R> {
         id
     }
 
-    /// Cancels request `id` now (frees its blocks, sends its terminal event); false when it is
-    /// not pending.
-    pub fn cancel(&mut self, id: RequestId) -> bool {
-        for a in self
-            .waiting
-            .iter()
-            .chain(&self.running)
-            .chain(&self.swapped)
-        {
-            if a.id == id {
-                a.cancel.cancel();
-                self.reap_cancelled();
-                return true;
-            }
-        }
-        false
-    }
-
-    fn release(&mut self, a: &mut Active) {
+    pub(super) fn release(&mut self, a: &mut Active) {
         // Waiting requests hold no blocks; the others do.
         if self.kv.contains(a.seq) || self.kv.is_swapped(a.seq) {
             let _ = self.kv.free(a.seq);
@@ -433,13 +142,6 @@ impl<M: StepModel, R: AdapterReadiness> Engine<M, R> {
         {
             self.unhold(id);
         }
-    }
-
-    /// Adapters held by the engine's requests, with how many requests hold each.
-    pub fn held_adapters(&self) -> Vec<(AdapterId, usize)> {
-        let mut v: Vec<_> = self.held.iter().map(|(k, n)| (k.clone(), *n)).collect();
-        v.sort_unstable();
-        v
     }
 
     /// Adds a holder to `id`, acquiring and preparing it for the first one: `Ok(false)` when it
@@ -482,7 +184,7 @@ impl<M: StepModel, R: AdapterReadiness> Engine<M, R> {
         }
     }
 
-    fn reap_cancelled(&mut self) -> usize {
+    pub(super) fn reap_cancelled(&mut self) -> usize {
         let mut ended = Vec::new();
         for q in [&mut self.waiting, &mut self.swapped] {
             let (gone, keep): (Vec<_>, Vec<_>) = q.drain(..).partition(|a| a.cancel.is_cancelled());
@@ -739,7 +441,7 @@ impl<M: StepModel, R: AdapterReadiness> Engine<M, R> {
         let mut seqs = Vec::with_capacity(plan.len());
         for &(idx, n) in plan {
             let a = &self.running[idx];
-            seqs.push(SeqInput {
+            seqs.push(StepSeq {
                 request: a.id,
                 seq: a.seq,
                 tokens: a.tokens[a.computed..a.computed + n].to_vec(),
@@ -805,17 +507,5 @@ impl<M: StepModel, R: AdapterReadiness> Engine<M, R> {
             }
         }
         n
-    }
-
-    /// Steps until no request is pending. While every pending request waits on an adapter load,
-    /// it sleeps briefly between steps.
-    pub fn run_until_idle(&mut self) -> Result<(), EngineError> {
-        while self.pending() > 0 {
-            let r = self.step()?;
-            if r.batch_seqs == 0 && r.ended == 0 && r.preempted == 0 {
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
-        }
-        Ok(())
     }
 }

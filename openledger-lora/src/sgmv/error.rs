@@ -1,6 +1,7 @@
 //! The typed error of the SGMV / BGMV operators: every variant names the culprit (slot, segment,
 //! row, buffer) and the expected and found values.
 
+use openledger_core::error::{Classify, ErrorKind};
 use thiserror::Error;
 
 /// Why an SGMV / BGMV call was refused. Nothing is written to the outputs when an error is
@@ -160,4 +161,11 @@ pub enum SgmvError {
     /// An error raised by candle while reading or building a tensor.
     #[error("candle: {0}")]
     Candle(#[from] candle_core::Error),
+}
+
+impl Classify for SgmvError {
+    /// Every SGMV error is a shape, slot, segment or tensor the caller passed.
+    fn kind(&self) -> ErrorKind {
+        ErrorKind::InvalidArgument
+    }
 }

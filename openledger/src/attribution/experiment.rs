@@ -6,7 +6,7 @@
 //! 2. a fresh LoRA is fine-tuned on a datanet of sentences labelled by a *second* table, a
 //!    fraction of them with flipped labels, under an approved access grant and with a training
 //!    log and checkpoints;
-//! 3. an [`InfluenceIndex`] of the checkpoints scores every record: self-influence, and
+//! 3. an [`AdapterInfluence`] of the checkpoints scores every record: self-influence, and
 //!    TracIn-CP / DataInf influence on held-out queries (prompt + the model's answer);
 //! 4. noisy-label detection is judged by the AUC of each ranking against the flipped labels,
 //!    with the records' final training loss as the baseline;
@@ -16,27 +16,27 @@
 //!
 //! Every draw comes from [`ExperimentConfig::seed`], so the figures reproduce.
 
+use openledger_core::error::{Classify, ErrorKind};
 use std::path::Path;
 use std::time::Instant;
 
 use openledger_core::DType;
 use openledger_core::grant::Grants;
 use openledger_core::{Address, B256, ContentId, U256};
+use openledger_lora::adapter::tensors::HostTensor;
+use openledger_lora::model::RandomLlama;
 use openledger_lora::model::{Model, ModelConfig};
-use openledger_lora::tensors::HostTensor;
-use openledger_lora::train::{
-    Example, LoraSettings, RandomLlama, TrainConfig, TrainEvent, Trainer,
-};
+use openledger_train::{Example, LoraSettings, TrainConfig, TrainEvent, Trainer};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
 use super::metrics::{auc, lds, roc_curve};
-use super::{
-    AttributionError, CheckpointCollector, FeatureSpace, InfluenceIndex, Method, Progress,
-    tracin_weights,
-};
+use super::{AdapterInfluence, AttributionError};
 use crate::synthetic::{KeyValueTask, LabeledDatanet, SyntheticError};
+use openledger_poa::PoaError;
+use openledger_poa::influence::{FeatureSpace, Method, Progress, tracin_weights};
+use openledger_train::CheckpointCollector;
 
 /// Settings of one LoRA training run of the experiment.
 #[derive(Clone, Debug, PartialEq)]
@@ -164,7 +164,10 @@ pub enum ExperimentError {
     Attribution(Box<AttributionError>),
     /// The trainer failed.
     #[error(transparent)]
-    Train(Box<openledger_lora::train::TrainError>),
+    Train(Box<openledger_train::TrainError>),
+    /// The influence index refused.
+    #[error(transparent)]
+    Poa(Box<PoaError>),
     /// The base model could not be built.
     #[error(transparent)]
     Model(Box<openledger_lora::model::ModelError>),
@@ -182,6 +185,21 @@ pub enum ExperimentError {
     Metric(String),
 }
 
+impl Classify for ExperimentError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            ExperimentError::Attribution(e) => e.kind(),
+            ExperimentError::Train(e) => e.kind(),
+            ExperimentError::Poa(e) => e.kind(),
+            ExperimentError::Model(e) => e.kind(),
+            ExperimentError::Grant(e) => e.kind(),
+            ExperimentError::Log(e) => e.kind(),
+            ExperimentError::Synthetic(e) => e.kind(),
+            ExperimentError::Metric(_) => ErrorKind::InvalidArgument,
+        }
+    }
+}
+
 macro_rules! boxed_from {
     ($($variant:ident($t:ty)),* $(,)?) => {$(
         impl From<$t> for ExperimentError {
@@ -194,7 +212,8 @@ macro_rules! boxed_from {
 
 boxed_from!(
     Attribution(AttributionError),
-    Train(openledger_lora::train::TrainError),
+    Train(openledger_train::TrainError),
+    Poa(PoaError),
     Model(openledger_lora::model::ModelError),
     Grant(openledger_core::grant::GrantError),
     Log(openledger_core::trainlog::TrainLogError),
@@ -354,7 +373,7 @@ pub fn run(
 
     // 3. The influence index over the checkpoints.
     let t2 = Instant::now();
-    let index = InfluenceIndex::build(
+    let influence = AdapterInfluence::build(
         &dir.join("features.olfs"),
         &mut trainer,
         &train,
@@ -395,7 +414,8 @@ pub fn run(
         queries.push((p, answer));
     }
     let finetune_accuracy = accuracy(&trainer, &truth)?;
-    let features = index.featurize(&mut trainer, &queries, progress)?;
+    let features = influence.featurize(&mut trainer, &queries, progress)?;
+    let index = influence.index();
     let tracin = index.scores(&features, Method::TracIn, progress)?;
     let datainf_method = Method::DataInf {
         lambda_scale: cfg.datainf_lambda,

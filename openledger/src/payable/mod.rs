@@ -35,6 +35,7 @@ mod settle;
 mod train;
 mod vocab;
 
+use openledger_core::error::{Classify, ErrorKind};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -52,14 +53,12 @@ use openledger_chain::receipt::{AttributionReceipt, OperatorSigner, weights_hash
 use openledger_core::datanet::{Datanet, DatanetError};
 use openledger_core::{Address, B256, ContentId, U256};
 use openledger_lora::adapter::LoraAdapter;
+use openledger_lora::model::RandomLlama;
 use openledger_lora::model::{ModelError, PagedModel};
 use openledger_lora::pool::AdapterId;
 use openledger_lora::serve::{
     AllReady, Engine, EngineConfig, EngineError, Event, FinishReason, KvDtype, Preemption, Request,
     SamplingParams,
-};
-use openledger_lora::train::{
-    Example, LoraSettings, RandomLlama, TrainConfig, TrainError, TrainEvent, Trainer,
 };
 use openledger_poa::PoaError;
 use openledger_poa::quality::{
@@ -68,12 +67,13 @@ use openledger_poa::quality::{
 use openledger_poa::rag::{Embedder, RagIndex, RelevanceWeighting, Similarity, relevance_weights};
 use openledger_poa::record::{AttributionMethod, AttributionRecord, Epoch};
 use openledger_poa::split::SplitPolicy;
+use openledger_train::{Example, LoraSettings, TrainConfig, TrainError, TrainEvent, Trainer};
 use thiserror::Error;
 
-use crate::attribution::{
-    AttributionError, CheckpointCollector, FeatureSpace, InfluenceIndex, Method, tracin_weights,
-};
+use crate::attribution::{AdapterInfluence, AttributionError};
 use crate::provenance::{ModelRegistration, ProvenanceError, grants_from_chain, register_model};
+use openledger_poa::influence::{FeatureSpace, Method, tracin_weights};
+use openledger_train::CheckpointCollector;
 
 pub use report::{
     AdapterReport, ContributorReport, DatanetReport, EpochReport, NearDuplicateCheck, Report,
@@ -184,6 +184,40 @@ pub enum LoopError {
         /// The error.
         source: std::io::Error,
     },
+}
+
+impl Classify for LoopError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            LoopError::Datanet(e) => e.kind(),
+            LoopError::RecordShape { .. } | LoopError::Config(_) => ErrorKind::InvalidArgument,
+            LoopError::Chain(e) => e.kind(),
+            LoopError::Reverted { .. } => ErrorKind::Transaction,
+            LoopError::Provenance(e) => e.kind(),
+            LoopError::TrainLog(e) => e.kind(),
+            LoopError::Train(e) => e.kind(),
+            LoopError::Attribution(e) => e.kind(),
+            LoopError::Poa(e) => e.kind(),
+            LoopError::Model(e) => e.kind(),
+            LoopError::Engine(e) => e.kind(),
+            LoopError::Request { .. } => ErrorKind::Generation,
+            LoopError::OutOfOrder { .. } => ErrorKind::OutOfOrder,
+            LoopError::Accounting(_) => ErrorKind::Loop,
+            LoopError::Io { source, .. } => ErrorKind::of_io(source),
+        }
+    }
+
+    fn io_source(&self) -> Option<(&std::path::Path, &std::io::Error)> {
+        match self {
+            LoopError::Io { path, source } => Some((path, source)),
+            LoopError::Train(e) => e.io_source(),
+            LoopError::Attribution(e) => e.io_source(),
+            LoopError::Poa(e) => e.io_source(),
+            LoopError::Model(e) => e.io_source(),
+            LoopError::TrainLog(e) => e.io_source(),
+            _ => None,
+        }
+    }
 }
 
 impl From<ModelError> for LoopError {
@@ -361,6 +395,65 @@ impl LoopConfig {
             .collect();
         c
     }
+
+    /// Checks that the configuration can run: at least one adapter (distinct names) and one
+    /// request (each naming a planned adapter), `1 ≤ checkpoints ≤ steps`, a batch, an answer
+    /// and a citation of at least one, basis points ≤ 10,000, a finite positive learning rate
+    /// and citation temperature, a work folder. [`PayableAi::new`] calls it.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |reason: String| Err(LoopError::Config(reason));
+        if self.adapters.is_empty() || self.requests.is_empty() {
+            return bad("at least one adapter and one request are needed".into());
+        }
+        if self.influence_bps > 10_000 {
+            return bad(format!(
+                "influence_bps {} is above 10000",
+                self.influence_bps
+            ));
+        }
+        if self.steps == 0 || self.checkpoints == 0 || self.checkpoints > self.steps {
+            return bad(format!(
+                "steps {} and checkpoints {} must satisfy 1 <= checkpoints <= steps",
+                self.steps, self.checkpoints
+            ));
+        }
+        for (name, value) in [
+            ("batch_size", self.batch_size),
+            ("max_new_tokens", self.max_new_tokens),
+            ("rag_top_k", self.rag_top_k),
+        ] {
+            if value == 0 {
+                return bad(format!("{name} must be at least 1"));
+            }
+        }
+        for (name, value) in [
+            ("learning_rate", self.learning_rate),
+            ("rag_temperature", self.rag_temperature),
+        ] {
+            if !(value.is_finite() && value > 0.0) {
+                return bad(format!(
+                    "{name} must be a finite positive number, found {value}"
+                ));
+            }
+        }
+        if self.work_dir.as_os_str().is_empty() {
+            return bad("work_dir is an empty path".into());
+        }
+        for r in &self.requests {
+            if !self.adapters.iter().any(|a| a.name == r.adapter) {
+                return bad(format!(
+                    "request {:?} names adapter {:?}, which is not planned",
+                    r.prompt, r.adapter
+                ));
+            }
+        }
+        let mut names: Vec<&str> = self.adapters.iter().map(|a| a.name.as_str()).collect();
+        names.sort_unstable();
+        if names.windows(2).any(|w| w[0] == w[1]) {
+            return bad("adapter names must be distinct".into());
+        }
+        Ok(())
+    }
 }
 
 /// What the loop reports while it runs.
@@ -415,7 +508,7 @@ struct Item {
 /// A fine-tuned adapter with the influence index of its training records.
 struct Tuned {
     trainer: Trainer,
-    index: InfluenceIndex,
+    index: AdapterInfluence,
     /// Datanet record index of each training example.
     records: Vec<usize>,
 }
@@ -494,36 +587,7 @@ impl PayableAi {
     /// Deploys the contracts on a fresh embedded chain, funds the payer and reads the datanet
     /// (nothing is published yet).
     pub fn new(config: LoopConfig) -> Result<Self> {
-        if config.adapters.is_empty() || config.requests.is_empty() {
-            return Err(LoopError::Config(
-                "at least one adapter and one request are needed".into(),
-            ));
-        }
-        if config.influence_bps > 10_000 {
-            return Err(LoopError::Config(format!(
-                "influence_bps {} is above 10000",
-                config.influence_bps
-            )));
-        }
-        if config.steps == 0 || config.checkpoints == 0 || config.checkpoints > config.steps {
-            return Err(LoopError::Config(format!(
-                "steps {} and checkpoints {} must satisfy 1 <= checkpoints <= steps",
-                config.steps, config.checkpoints
-            )));
-        }
-        for r in &config.requests {
-            if !config.adapters.iter().any(|a| a.name == r.adapter) {
-                return Err(LoopError::Config(format!(
-                    "request {:?} names adapter {:?}, which is not planned",
-                    r.prompt, r.adapter
-                )));
-            }
-        }
-        let mut names: Vec<&str> = config.adapters.iter().map(|a| a.name.as_str()).collect();
-        names.sort_unstable();
-        if names.windows(2).any(|w| w[0] == w[1]) {
-            return Err(LoopError::Config("adapter names must be distinct".into()));
-        }
+        config.validate()?;
         let mut datanet = Datanet::new(config.datanet_name.clone());
         datanet.import_jsonl(config.datanet_jsonl.as_bytes())?;
         let items = datanet

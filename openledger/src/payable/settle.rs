@@ -23,7 +23,10 @@ impl PayableAi {
         let features = tuned
             .index
             .featurize(&mut tuned.trainer, &[q], &mut |_| {})?;
-        let scores = tuned.index.scores(&features, Method::TracIn, &mut |_| {})?;
+        let scores = tuned
+            .index
+            .index()
+            .scores(&features, Method::TracIn, &mut |_| {})?;
         let row = &scores[0];
         let records = self.datanet.records();
         // Influence: helpful records only, clustered over the adapter's training records.

@@ -83,7 +83,7 @@ impl PayableAi {
         std::fs::create_dir_all(&c.work_dir).map_err(io(&c.work_dir))?;
         let path = c.work_dir.join(format!("{item}.features"));
         let total = examples.len() * steps.len();
-        let index = InfluenceIndex::build(
+        let index = AdapterInfluence::build(
             &path,
             &mut trainer,
             &examples,

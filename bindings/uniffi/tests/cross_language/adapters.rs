@@ -1,7 +1,7 @@
 //! Facts of the shipped PEFT adapters (`openledger_lora::adapter`, `base`).
 
+use openledger_lora::adapter::base::BaseModel;
 use openledger_lora::adapter::{LoadOptions, LoraAdapter};
-use openledger_lora::base::BaseModel;
 use serde_json::{Value, json};
 
 use crate::repo_root;

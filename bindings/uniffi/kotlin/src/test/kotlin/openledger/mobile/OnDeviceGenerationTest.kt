@@ -146,7 +146,7 @@ class OnDeviceGenerationTest {
             })
             assertEquals(1, calls)
             assertEquals(words[0], stopped) // the answer includes what was waiting
-            assertFailsWith<ModelException.InvalidInput> {
+            assertFailsWith<OpenLedgerException.InvalidArgument> {
                 model.generateTextStreaming("attn-patterns", prompt, 8u, listOf(""), listener)
             }
         }

@@ -1,0 +1,60 @@
+//! Text generation on a [`Model`] without the engine: the greedy continuation of a prompt over
+//! the model's own KV cache, decoded and handed out in pieces that end before the first stop
+//! string — what a phone or a script needs for one answer at a time.
+
+use super::{AdapterSlot, Model, ModelError, Tokenizer};
+use crate::serve::TextPieces;
+
+impl Model {
+    /// The greedy continuation of `prompt` (token ids) as text, streamed: `on_text` receives the
+    /// answer piece by piece as tokens are chosen. It ends at the first of `stop_strings` to
+    /// appear (the answer is the text before it), after `max_new_tokens` tokens, or when
+    /// `on_text` returns `false` (it is not called again). While it runs, an end of the text
+    /// that could still be the beginning of a stop string waits, so no piece is ever taken back.
+    /// Returns the whole answer: the pieces joined plus, after `on_text` stopped it, what was
+    /// still waiting. Each token decodes only a short window of text (special tokens skipped).
+    /// An empty stop string is [`ModelError::InvalidArgument`].
+    pub fn greedy_text_streaming(
+        &self,
+        tokenizer: &Tokenizer,
+        adapter: Option<AdapterSlot>,
+        prompt: &[u32],
+        max_new_tokens: usize,
+        stop_strings: &[String],
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<String, ModelError> {
+        if stop_strings.iter().any(String::is_empty) {
+            return Err(ModelError::InvalidArgument {
+                name: "stop_strings",
+                reason: "a stop string must not be empty".into(),
+            });
+        }
+        let decode = |t: &[u32]| tokenizer.decode(t, true);
+        let mut pieces = TextPieces::new(stop_strings);
+        let mut out = Vec::new();
+        let mut failed = None;
+        let mut listening = true;
+        self.greedy_streaming(adapter, prompt, max_new_tokens, &mut |_, token| {
+            out.push(token);
+            match pieces.next_piece(&out, false, decode) {
+                Ok(piece) if !piece.is_empty() && !on_text(piece) => {
+                    listening = false;
+                    false
+                }
+                Ok(_) => !pieces.reached_stop(),
+                Err(e) => {
+                    failed = Some(e);
+                    false
+                }
+            }
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let rest = pieces.next_piece(&out, true, decode)?;
+        if listening && !rest.is_empty() {
+            on_text(rest);
+        }
+        Ok(pieces.given().to_owned())
+    }
+}
