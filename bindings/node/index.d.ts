@@ -679,8 +679,11 @@ export interface EngineOptions {
   numBlocks?: number
 }
 
-/** The kind of an error, in its `code` property. */
-export type ErrorCode = 'InvalidArg' | 'InvalidId' | 'UnknownId' | 'AdapterFormat' | 'BaseMismatch' | 'Budget' | 'PoolState' | 'Busy' | 'Split' | 'FeatureStore' | 'MerkleTree' | 'Signature' | 'Abi' | 'Transaction' | 'Model' | 'Request' | 'Engine' | 'Training' | 'Closed' | 'OutOfOrder' | 'Loop' | 'Panic' | 'ENOENT' | 'EACCES' | 'EIO'
+/**
+ * The kind of an error, in its `code` property: one per kind of failure the SDK classifies
+ * its errors by (file-system failures use Node's own `ENOENT` / `EACCES` / `EIO`).
+ */
+export type ErrorCode = 'InvalidArg' | 'InvalidId' | 'UnknownId' | 'AdapterFormat' | 'BaseMismatch' | 'ModelFormat' | 'Budget' | 'State' | 'Busy' | 'Split' | 'FeatureStore' | 'MerkleTree' | 'Signature' | 'Abi' | 'Transaction' | 'Generation' | 'Training' | 'AccessDenied' | 'Integrity' | 'Closed' | 'OutOfOrder' | 'Loop' | 'Unsupported' | 'Internal' | 'ENOENT' | 'EACCES' | 'EIO'
 
 /** The result of a `FeeSplit`: `owner + protocol + Σ contributors == fee`. */
 export interface FeeSplitResult {

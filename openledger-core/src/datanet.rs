@@ -25,13 +25,14 @@ use crate::error::{Classify, ErrorKind};
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
 
-use alloy_primitives::{Address, B256, keccak256};
+use alloy_primitives::{Address, B256};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use thiserror::Error;
 
 use crate::ContentId;
 use crate::merkle::{MerkleError, MerkleTree};
+use crate::trainlog::record_leaf;
 
 /// Errors of datanet import, export and versioning; nothing already in the datanet is changed
 /// when one is returned.
@@ -136,7 +137,7 @@ impl DatanetRecord {
     /// The Merkle leaf of this record: `keccak256(keccak256(hash))` (OpenZeppelin standard leaf
     /// of the single value `bytes32 hash`).
     pub fn leaf(&self) -> B256 {
-        keccak256(keccak256(self.hash.0))
+        record_leaf(&self.hash)
     }
 }
 
@@ -344,6 +345,14 @@ impl Datanet {
     }
 }
 
+/// Whether `proof` shows that the record with content hash `hash` belongs to the datanet
+/// version whose root is `root` (what a [`Datanet::inclusion_proof`] proves, and what
+/// `DatanetRegistry.verifyRecord` checks on chain): the proof needs neither the datanet nor any
+/// other record.
+pub fn verify_record_proof(root: B256, hash: &ContentId, proof: &[B256]) -> bool {
+    crate::merkle::verify_proof(root, record_leaf(hash), proof)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -437,6 +446,15 @@ mod tests {
                     net.records()[i].leaf(),
                     &proof
                 ));
+                let hash = net.records()[i].hash;
+                assert!(verify_record_proof(v.root, &hash, &proof));
+                // Another record's hash, another root, or an internal node instead of the
+                // record do not verify.
+                let other = net.records()[(i + 1) % v.record_count].hash;
+                assert!(!verify_record_proof(v.root, &other, &proof));
+                assert!(!verify_record_proof(B256::repeat_byte(9), &hash, &proof));
+                let node = ContentId(net.records()[i].leaf());
+                assert!(!verify_record_proof(v.root, &node, &proof));
             }
         }
         // Record 2 is not part of version 1.

@@ -426,9 +426,80 @@ impl UsageProof {
         (h == head).then_some(self.header.step)
     }
 
-    /// Its size in bytes when sent as the fixed fields plus hashes.
+    /// Its size in bytes as [`UsageProof::to_bytes`] writes it.
     pub fn encoded_len(&self) -> usize {
-        32 + ENTRY_LEN + 8 + 32 * self.inclusion.len() + ENTRY_LEN * self.later.len()
+        32 + ENTRY_LEN + 8 + 4 + 32 * self.inclusion.len() + 4 + ENTRY_LEN * self.later.len()
+    }
+
+    /// The proof as bytes, to send to whoever checks it (big-endian): the head before the step
+    /// (32), the step's entry (93), the record's position in the batch (u64), the number of
+    /// inclusion hashes (u32) and the hashes (32 each), the number of later entries (u32) and
+    /// the entries (93 each).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.encoded_len());
+        out.extend_from_slice(self.prev_head.as_slice());
+        out.extend_from_slice(&self.header.encode());
+        out.extend_from_slice(&(self.position as u64).to_be_bytes());
+        out.extend_from_slice(&(self.inclusion.len() as u32).to_be_bytes());
+        for h in &self.inclusion {
+            out.extend_from_slice(h.as_slice());
+        }
+        out.extend_from_slice(&(self.later.len() as u32).to_be_bytes());
+        for e in &self.later {
+            out.extend_from_slice(&e.encode());
+        }
+        out
+    }
+
+    /// Reads [`UsageProof::to_bytes`]; truncated, oversized or non-canonical bytes are a typed
+    /// error (counts are checked against the bytes present before anything is allocated).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, TrainLogError> {
+        let mut at = 0usize;
+        let mut take = |n: usize, what: &str| -> Result<&[u8], TrainLogError> {
+            let left = bytes.len() - at;
+            if n > left {
+                return Err(TrainLogError::Truncated {
+                    what: format!("usage proof {what}"),
+                    offset: at,
+                    expected: n,
+                    found: left,
+                });
+            }
+            let s = &bytes[at..at + n];
+            at += n;
+            Ok(s)
+        };
+        let entry = |b: &[u8], i: usize| -> Result<EntryHeader, TrainLogError> {
+            let arr: &[u8; ENTRY_LEN] = b.try_into().expect("sized by take");
+            EntryHeader::decode(arr, i)
+        };
+        let prev_head = B256::from_slice(take(32, "head")?);
+        let header = entry(take(ENTRY_LEN, "entry")?, 0)?;
+        let position = u64::from_be_bytes(take(8, "position")?.try_into().expect("8 bytes"));
+        let n = u32::from_be_bytes(take(4, "inclusion count")?.try_into().expect("4 bytes"));
+        let inclusion = take(32 * n as usize, "inclusion hashes")?
+            .chunks_exact(32)
+            .map(B256::from_slice)
+            .collect();
+        let m = u32::from_be_bytes(take(4, "entry count")?.try_into().expect("4 bytes"));
+        let later = take(ENTRY_LEN * m as usize, "later entries")?
+            .chunks_exact(ENTRY_LEN)
+            .enumerate()
+            .map(|(i, b)| entry(b, i + 1))
+            .collect::<Result<_, _>>()?;
+        if at != bytes.len() {
+            return Err(TrainLogError::TrailingBytes {
+                offset: at,
+                count: bytes.len() - at,
+            });
+        }
+        Ok(Self {
+            prev_head,
+            header,
+            position: usize::try_from(position).unwrap_or(usize::MAX),
+            inclusion,
+            later,
+        })
     }
 }
 

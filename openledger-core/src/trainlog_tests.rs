@@ -266,8 +266,51 @@ fn usage_proofs_verify_against_the_head_only() {
     let p = log.prove(&ids[0], 0).unwrap();
     assert_eq!(
         p.encoded_len(),
-        32 + ENTRY_LEN + 8 + 32 * p.inclusion.len() + ENTRY_LEN * 4
+        32 + ENTRY_LEN + 8 + 4 + 32 * p.inclusion.len() + 4 + ENTRY_LEN * 4
     );
+}
+
+#[test]
+fn usage_proofs_travel_as_bytes_and_every_cut_or_flip_is_refused_or_fails_to_verify() {
+    let log = sample_log();
+    let ids = log.entries()[0].step.records.clone();
+    let head = log.head();
+    let p = log.prove(&ids[1], 0).unwrap();
+    let bytes = p.to_bytes();
+    assert_eq!(bytes.len(), p.encoded_len());
+    let back = UsageProof::from_bytes(&bytes).unwrap();
+    assert_eq!(back, p);
+    assert_eq!(back.verify(&ids[1], head), Some(0));
+    for cut in 0..bytes.len() {
+        assert!(
+            UsageProof::from_bytes(&bytes[..cut]).is_err(),
+            "cut at {cut}"
+        );
+    }
+    let mut long = bytes.clone();
+    long.push(0);
+    assert!(matches!(
+        UsageProof::from_bytes(&long),
+        Err(TrainLogError::TrailingBytes { count: 1, .. })
+    ));
+    // A count that promises more than the bytes hold is refused before any allocation.
+    let mut huge = bytes.clone();
+    let n_at = 32 + ENTRY_LEN + 8;
+    huge[n_at..n_at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
+    assert!(matches!(
+        UsageProof::from_bytes(&huge),
+        Err(TrainLogError::Truncated { .. })
+    ));
+    // Every byte but the position's (informational: sorted-pair proofs do not fix it) is bound
+    // to the head.
+    let position = 32 + ENTRY_LEN..32 + ENTRY_LEN + 8;
+    for i in (0..bytes.len()).filter(|i| !position.contains(i)) {
+        let mut b = bytes.clone();
+        b[i] ^= 0x01;
+        if let Ok(q) = UsageProof::from_bytes(&b) {
+            assert_ne!(q.verify(&ids[1], head), Some(0), "byte {i} went unnoticed");
+        }
+    }
 }
 
 #[test]

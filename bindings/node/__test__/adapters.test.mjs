@@ -77,8 +77,8 @@ test('the pool loads on demand, counts hits and misses, evicts within its budget
   assert.deepEqual(pool.residentIds(), ['qv'])
   await rejects(() => pool.get('unknown'), 'UnknownId')
   await rejects(() => pool.registerDir('../escape', adapterDir('qv-r4')), 'InvalidId')
-  await rejects(() => pool.registerDir('qv', adapterDir('qv-r4')), 'PoolState')
-  await rejects(() => pool.unpin('qv'), 'PoolState')
+  await rejects(() => pool.registerDir('qv', adapterDir('qv-r4')), 'State')
+  await rejects(() => pool.unpin('qv'), 'State')
   await rejects(() => new ol.AdapterPool(-1), 'InvalidArg')
 })
 

@@ -65,10 +65,10 @@ test('breaking out of the loop or cancel() stops the request', async () => {
 })
 
 test('requests the engine cannot run reject the first next() with a typed error', async () => {
-  await rejects(() => collect(engine.generate([1, 99999])), 'Request', /vocabulary/)
+  await rejects(() => collect(engine.generate([1, 99999])), 'InvalidArg', /vocabulary/)
   await rejects(() => collect(engine.generate([1, 2], { adapter: 'nope' })), 'UnknownId', /nope/)
-  await rejects(() => collect(engine.generate(new Array(80).fill(1))), 'Request', /context/)
-  await rejects(() => collect(engine.generate([])), 'Request', /empty/)
+  await rejects(() => collect(engine.generate(new Array(80).fill(1))), 'InvalidArg', /context/)
+  await rejects(() => collect(engine.generate([])), 'InvalidArg', /empty/)
 })
 
 test('bad options and prompts throw at the call', async () => {

@@ -103,14 +103,14 @@ test('text without a tokenizer, and bad text input, are typed errors', async () 
   const plain = await ol.Engine.load(tinyLlama, { maxContext: 64, blockSize: 4 })
   try {
     assert.equal(plain.hasTokenizer, false)
-    await rejects(() => plain.encode('w17'), 'Model', /tokenizer\.json/)
-    await rejects(() => plain.decode([1, 2]), 'Model', /tokenizer\.json/)
+    await rejects(() => plain.encode('w17'), 'ModelFormat', /tokenizer\.json/)
+    await rejects(() => plain.decode([1, 2]), 'ModelFormat', /tokenizer\.json/)
     await rejects(() => plain.generate('w17 w42'), 'InvalidArg', /prompt/)
     await rejects(() => plain.generate([1, 2], { stopStrings: ['w5'] }), 'InvalidArg', /stopStrings/)
     const s = plain.generate([1, 2], { maxNewTokens: 2 })
     for await (const _ of s);
-    await rejects(() => s.text, 'Model', /tokenizer\.json/)
-    await rejects(() => s.newText(), 'Model', /tokenizer\.json/)
+    await rejects(() => s.text, 'ModelFormat', /tokenizer\.json/)
+    await rejects(() => s.newText(), 'ModelFormat', /tokenizer\.json/)
   } finally {
     await plain.close()
   }
@@ -123,12 +123,12 @@ test('text without a tokenizer, and bad text input, are typed errors', async () 
   assert.equal(s.tokens.length, 3)
 })
 
-test('a broken tokenizer.json fails the load with a Model error', async () => {
+test('a broken tokenizer.json fails the load with a ModelFormat error', async () => {
   const bad = mkdtempSync(join(tmpdir(), 'openledger-badtok-'))
   try {
     for (const f of ['config.json', 'model.safetensors']) copyFileSync(join(tinyLlama, f), join(bad, f))
     writeFileSync(join(bad, 'tokenizer.json'), '{"model": ')
-    await rejects(() => ol.Engine.load(bad), 'Model', /tokenizer\.json/)
+    await rejects(() => ol.Engine.load(bad), 'ModelFormat', /tokenizer\.json/)
   } finally {
     rmSync(bad, { recursive: true, force: true })
   }

@@ -12,8 +12,8 @@ use napi::{JsError, Status};
 use napi_derive::napi;
 use openledger_core::error::{Classify, ErrorKind};
 
-/// The kind of an error, in its `code` property: one per [`ErrorKind`] (file-system failures
-/// use Node's own `ENOENT` / `EACCES` / `EIO`).
+/// The kind of an error, in its `code` property: one per kind of failure the SDK classifies
+/// its errors by (file-system failures use Node's own `ENOENT` / `EACCES` / `EIO`).
 #[napi(string_enum)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {

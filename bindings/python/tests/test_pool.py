@@ -54,7 +54,7 @@ def test_pinned_adapter_stays_and_blocks_what_cannot_fit(adapters_root):
     pool.get("qv-copy")  # evicts qv-r4, never the pinned one
     assert pool.is_resident("attn-patterns") and not pool.is_resident("qv-r4")
     pool.unpin("attn-patterns")
-    with pytest.raises(ol.PoolStateError, match="not pinned"):
+    with pytest.raises(ol.StateError, match="not pinned"):
         pool.unpin("attn-patterns")
 
 
@@ -76,7 +76,7 @@ def test_register_bytes_and_duplicate_id(adapters_root):
     pool = ol.AdapterPool(1 << 20)
     pool.register_bytes("mem/qv", (d / "adapter_config.json").read_bytes(), (d / "adapter_model.safetensors").read_bytes())
     assert pool.get("mem/qv").r == 4
-    with pytest.raises(ol.PoolStateError, match="already registered"):
+    with pytest.raises(ol.StateError, match="already registered"):
         pool.register_dir("mem/qv", d)
 
 

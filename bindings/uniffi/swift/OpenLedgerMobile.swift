@@ -651,7 +651,7 @@ public protocol BaseModelProtocol: AnyObject, Sendable {
     
     /**
      * Checks that `adapter` fits this base: every module exists with the right shape;
-     * [`AdapterError::BaseMismatch`] names the first one that does not.
+     * [`OpenLedgerError::BaseMismatch`] names the first one that does not.
      */
     func validate(adapter: LoraAdapter) throws  -> ValidationReport
     
@@ -714,7 +714,7 @@ open class BaseModel: BaseModelProtocol, @unchecked Sendable {
      * Reads `config.json` and the safetensors headers of an HF model folder.
      */
 public static func fromDir(path: String)throws  -> BaseModel  {
-    return try  FfiConverterTypeBaseModel_lift(try rustCallWithError(FfiConverterTypeAdapterError_lift) {
+    return try  FfiConverterTypeBaseModel_lift(try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
         uniffiCallStatus in
     uniffi_openledger_mobile_fn_constructor_basemodel_from_dir(
         FfiConverterString.lower(path),uniffiCallStatus
@@ -738,10 +738,10 @@ open func linearModules() -> [String]  {
     
     /**
      * Checks that `adapter` fits this base: every module exists with the right shape;
-     * [`AdapterError::BaseMismatch`] names the first one that does not.
+     * [`OpenLedgerError::BaseMismatch`] names the first one that does not.
      */
 open func validate(adapter: LoraAdapter)throws  -> ValidationReport  {
-    return try  FfiConverterTypeValidationReport_lift(try rustCallWithError(FfiConverterTypeAdapterError_lift) {
+    return try  FfiConverterTypeValidationReport_lift(try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
         uniffiCallStatus in
     uniffi_openledger_mobile_fn_method_basemodel_validate(
             self.uniffiCloneHandle(),
@@ -900,7 +900,7 @@ open class LoraAdapter: LoraAdapterProtocol, @unchecked Sendable {
      * downloaded, without touching the file system).
      */
 public static func fromBytes(configJson: Data, safetensors: Data)throws  -> LoraAdapter  {
-    return try  FfiConverterTypeLoraAdapter_lift(try rustCallWithError(FfiConverterTypeAdapterError_lift) {
+    return try  FfiConverterTypeLoraAdapter_lift(try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
         uniffiCallStatus in
     uniffi_openledger_mobile_fn_constructor_loraadapter_from_bytes(
         FfiConverterData.lower(configJson),
@@ -913,7 +913,7 @@ public static func fromBytes(configJson: Data, safetensors: Data)throws  -> Lora
      * Loads `adapter_config.json` and `adapter_model.safetensors` from a folder.
      */
 public static func fromDir(path: String)throws  -> LoraAdapter  {
-    return try  FfiConverterTypeLoraAdapter_lift(try rustCallWithError(FfiConverterTypeAdapterError_lift) {
+    return try  FfiConverterTypeLoraAdapter_lift(try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
         uniffiCallStatus in
     uniffi_openledger_mobile_fn_constructor_loraadapter_from_dir(
         FfiConverterString.lower(path),uniffiCallStatus
@@ -1130,7 +1130,7 @@ open class MerkleTree: MerkleTreeProtocol, @unchecked Sendable {
      */
 public convenience init(leaves: [String])throws  {
     let handle =
-        try rustCallWithError(FfiConverterTypeMerkleError_lift) {
+        try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
         uniffiCallStatus in
     uniffi_openledger_mobile_fn_constructor_merkletree_new(
         FfiConverterSequenceString.lower(leaves),uniffiCallStatus
@@ -1155,7 +1155,7 @@ public convenience init(leaves: [String])throws  {
      * A multiproof of the leaves given at `positions`.
      */
 open func multiProof(positions: [UInt64])throws  -> MerkleMultiProof  {
-    return try  FfiConverterTypeMerkleMultiProof_lift(try rustCallWithError(FfiConverterTypeMerkleError_lift) {
+    return try  FfiConverterTypeMerkleMultiProof_lift(try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
         uniffiCallStatus in
     uniffi_openledger_mobile_fn_method_merkletree_multi_proof(
             self.uniffiCloneHandle(),
@@ -1180,7 +1180,7 @@ open func nodes() -> [String]  {
      * The proof of the leaf given at `position`.
      */
 open func proof(position: UInt64)throws  -> [String]  {
-    return try  FfiConverterSequenceString.lift(try rustCallWithError(FfiConverterTypeMerkleError_lift) {
+    return try  FfiConverterSequenceString.lift(try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
         uniffiCallStatus in
     uniffi_openledger_mobile_fn_method_merkletree_proof(
             self.uniffiCloneHandle(),
@@ -1264,8 +1264,8 @@ public protocol OnDeviceModelProtocol: AnyObject, Sendable {
     
     /**
      * Validates `adapter` against the model and attaches it under `name`; a name already
-     * attached is [`ModelError::DuplicateAdapter`], an adapter for another base
-     * [`ModelError::IncompatibleAdapter`] (the model is unchanged then).
+     * attached is [`OpenLedgerError::State`], an adapter for another base
+     * [`OpenLedgerError::BaseMismatch`] (the model is unchanged then).
      */
     func attachAdapter(name: String, adapter: LoraAdapter) throws 
     
@@ -1314,7 +1314,7 @@ public protocol OnDeviceModelProtocol: AnyObject, Sendable {
      * joined plus, after a listener stopped it, what was still waiting. Each token decodes
      * only a short window of text. The model and its tokenizer stay locked for reading while
      * the listener runs: a listener must not attach adapters or set the tokenizer. An empty
-     * stop string is `InvalidInput`.
+     * stop string is `InvalidArgument`.
      */
     func generateTextStreaming(adapter: String?, prompt: String, maxNewTokens: UInt32, stopStrings: [String], listener: TextListener) throws  -> String
     
@@ -1389,7 +1389,7 @@ open class OnDeviceModel: OnDeviceModelProtocol, @unchecked Sendable {
      * HF model folder.
      */
 public static func fromDir(path: String)throws  -> OnDeviceModel  {
-    return try  FfiConverterTypeOnDeviceModel_lift(try rustCallWithError(FfiConverterTypeModelError_lift) {
+    return try  FfiConverterTypeOnDeviceModel_lift(try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
         uniffiCallStatus in
     uniffi_openledger_mobile_fn_constructor_ondevicemodel_from_dir(
         FfiConverterString.lower(path),uniffiCallStatus
@@ -1401,7 +1401,7 @@ public static func fromDir(path: String)throws  -> OnDeviceModel  {
      * [`OnDeviceModel::from_dir`], reporting each file read and each layer built.
      */
 public static func fromDirWithProgress(path: String, listener: LoadListener)throws  -> OnDeviceModel  {
-    return try  FfiConverterTypeOnDeviceModel_lift(try rustCallWithError(FfiConverterTypeModelError_lift) {
+    return try  FfiConverterTypeOnDeviceModel_lift(try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
         uniffiCallStatus in
     uniffi_openledger_mobile_fn_constructor_ondevicemodel_from_dir_with_progress(
         FfiConverterString.lower(path),
@@ -1416,7 +1416,7 @@ public static func fromDirWithProgress(path: String, listener: LoadListener)thro
      * Names of the attached adapters, in attach order.
      */
 open func adapterNames()throws  -> [String]  {
-    return try  FfiConverterSequenceString.lift(try rustCallWithError(FfiConverterTypeModelError_lift) {
+    return try  FfiConverterSequenceString.lift(try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
         uniffiCallStatus in
     uniffi_openledger_mobile_fn_method_ondevicemodel_adapter_names(
             self.uniffiCloneHandle(),uniffiCallStatus
@@ -1426,10 +1426,10 @@ open func adapterNames()throws  -> [String]  {
     
     /**
      * Validates `adapter` against the model and attaches it under `name`; a name already
-     * attached is [`ModelError::DuplicateAdapter`], an adapter for another base
-     * [`ModelError::IncompatibleAdapter`] (the model is unchanged then).
+     * attached is [`OpenLedgerError::State`], an adapter for another base
+     * [`OpenLedgerError::BaseMismatch`] (the model is unchanged then).
      */
-open func attachAdapter(name: String, adapter: LoraAdapter)throws   {try rustCallWithError(FfiConverterTypeModelError_lift) {
+open func attachAdapter(name: String, adapter: LoraAdapter)throws   {try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
         uniffiCallStatus in
     uniffi_openledger_mobile_fn_method_ondevicemodel_attach_adapter(
             self.uniffiCloneHandle(),
@@ -1443,7 +1443,7 @@ open func attachAdapter(name: String, adapter: LoraAdapter)throws   {try rustCal
      * Text of `tokens`.
      */
 open func decode(tokens: [UInt32], skipSpecialTokens: Bool)throws  -> String  {
-    return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeModelError_lift) {
+    return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
         uniffiCallStatus in
     uniffi_openledger_mobile_fn_method_ondevicemodel_decode(
             self.uniffiCloneHandle(),
@@ -1458,7 +1458,7 @@ open func decode(tokens: [UInt32], skipSpecialTokens: Bool)throws  -> String  {
      * `add_special_tokens`).
      */
 open func encode(text: String, addSpecialTokens: Bool)throws  -> [UInt32]  {
-    return try  FfiConverterSequenceUInt32.lift(try rustCallWithError(FfiConverterTypeModelError_lift) {
+    return try  FfiConverterSequenceUInt32.lift(try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
         uniffiCallStatus in
     uniffi_openledger_mobile_fn_method_ondevicemodel_encode(
             self.uniffiCloneHandle(),
@@ -1473,7 +1473,7 @@ open func encode(text: String, addSpecialTokens: Bool)throws  -> [UInt32]  {
      * base model when `None`).
      */
 open func forward(adapter: String?, tokens: [UInt32])throws  -> [Float]  {
-    return try  FfiConverterSequenceFloat.lift(try rustCallWithError(FfiConverterTypeModelError_lift) {
+    return try  FfiConverterSequenceFloat.lift(try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
         uniffiCallStatus in
     uniffi_openledger_mobile_fn_method_ondevicemodel_forward(
             self.uniffiCloneHandle(),
@@ -1488,7 +1488,7 @@ open func forward(adapter: String?, tokens: [UInt32])throws  -> [Float]  {
      * prompt runs once, then one token per step, over a key/value cache.
      */
 open func generate(adapter: String?, prompt: [UInt32], maxNewTokens: UInt32)throws  -> [UInt32]  {
-    return try  FfiConverterSequenceUInt32.lift(try rustCallWithError(FfiConverterTypeModelError_lift) {
+    return try  FfiConverterSequenceUInt32.lift(try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
         uniffiCallStatus in
     uniffi_openledger_mobile_fn_method_ondevicemodel_generate(
             self.uniffiCloneHandle(),
@@ -1504,7 +1504,7 @@ open func generate(adapter: String?, prompt: [UInt32], maxNewTokens: UInt32)thro
      * stops early when the listener returns `false`. Returns the tokens generated.
      */
 open func generateStreaming(adapter: String?, prompt: [UInt32], maxNewTokens: UInt32, listener: TokenListener)throws  -> [UInt32]  {
-    return try  FfiConverterSequenceUInt32.lift(try rustCallWithError(FfiConverterTypeModelError_lift) {
+    return try  FfiConverterSequenceUInt32.lift(try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
         uniffiCallStatus in
     uniffi_openledger_mobile_fn_method_ondevicemodel_generate_streaming(
             self.uniffiCloneHandle(),
@@ -1521,7 +1521,7 @@ open func generateStreaming(adapter: String?, prompt: [UInt32], maxNewTokens: UI
      * `max_new_tokens` tokens and decodes them (special tokens skipped).
      */
 open func generateText(adapter: String?, prompt: String, maxNewTokens: UInt32)throws  -> String  {
-    return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeModelError_lift) {
+    return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
         uniffiCallStatus in
     uniffi_openledger_mobile_fn_method_ondevicemodel_generate_text(
             self.uniffiCloneHandle(),
@@ -1542,10 +1542,10 @@ open func generateText(adapter: String?, prompt: String, maxNewTokens: UInt32)th
      * joined plus, after a listener stopped it, what was still waiting. Each token decodes
      * only a short window of text. The model and its tokenizer stay locked for reading while
      * the listener runs: a listener must not attach adapters or set the tokenizer. An empty
-     * stop string is `InvalidInput`.
+     * stop string is `InvalidArgument`.
      */
 open func generateTextStreaming(adapter: String?, prompt: String, maxNewTokens: UInt32, stopStrings: [String], listener: TextListener)throws  -> String  {
-    return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeModelError_lift) {
+    return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
         uniffiCallStatus in
     uniffi_openledger_mobile_fn_method_ondevicemodel_generate_text_streaming(
             self.uniffiCloneHandle(),
@@ -1561,7 +1561,7 @@ open func generateTextStreaming(adapter: String?, prompt: String, maxNewTokens: 
     /**
      * Replaces the tokenizer with one parsed from `tokenizer.json` bytes.
      */
-open func setTokenizer(tokenizerJson: Data)throws   {try rustCallWithError(FfiConverterTypeModelError_lift) {
+open func setTokenizer(tokenizerJson: Data)throws   {try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
         uniffiCallStatus in
     uniffi_openledger_mobile_fn_method_ondevicemodel_set_tokenizer(
             self.uniffiCloneHandle(),
@@ -1574,7 +1574,7 @@ open func setTokenizer(tokenizerJson: Data)throws   {try rustCallWithError(FfiCo
      * Vocabulary size of the model.
      */
 open func vocabSize()throws  -> UInt64  {
-    return try  FfiConverterUInt64.lift(try rustCallWithError(FfiConverterTypeModelError_lift) {
+    return try  FfiConverterUInt64.lift(try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
         uniffiCallStatus in
     uniffi_openledger_mobile_fn_method_ondevicemodel_vocab_size(
             self.uniffiCloneHandle(),uniffiCallStatus
@@ -1692,11 +1692,11 @@ open class OperatorSigner: OperatorSignerProtocol, @unchecked Sendable {
     }
     /**
      * A key from its 32 secret bytes (hex); zero or a value not below the curve order is
-     * [`ChainError::Signature`].
+     * [`OpenLedgerError::Signature`].
      */
 public convenience init(secret: String)throws  {
     let handle =
-        try rustCallWithError(FfiConverterTypeChainError_lift) {
+        try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
         uniffiCallStatus in
     uniffi_openledger_mobile_fn_constructor_operatorsigner_new(
         FfiConverterString.lower(secret),uniffiCallStatus
@@ -1733,7 +1733,7 @@ open func address() -> String  {
      * Signs the receipt's EIP-712 digest: a 65-byte `r || s || v` hex signature (low s).
      */
 open func sign(receipt: AttributionReceipt, domain: ReceiptDomain)throws  -> String  {
-    return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeChainError_lift) {
+    return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
         uniffiCallStatus in
     uniffi_openledger_mobile_fn_method_operatorsigner_sign(
             self.uniffiCloneHandle(),
@@ -1894,7 +1894,7 @@ open class StandardMerkleTree: StandardMerkleTreeProtocol, @unchecked Sendable {
      */
 public convenience init(values: [[String]], leafEncoding: [String], sortLeaves: Bool)throws  {
     let handle =
-        try rustCallWithError(FfiConverterTypeMerkleError_lift) {
+        try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
         uniffiCallStatus in
     uniffi_openledger_mobile_fn_constructor_standardmerkletree_new(
         FfiConverterSequenceSequenceString.lower(values),
@@ -1919,7 +1919,7 @@ public convenience init(values: [[String]], leafEncoding: [String], sortLeaves: 
      * Loads and validates a `standard-v1` JSON dump.
      */
 public static func load(dumpJson: String)throws  -> StandardMerkleTree  {
-    return try  FfiConverterTypeStandardMerkleTree_lift(try rustCallWithError(FfiConverterTypeMerkleError_lift) {
+    return try  FfiConverterTypeStandardMerkleTree_lift(try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
         uniffiCallStatus in
     uniffi_openledger_mobile_fn_constructor_standardmerkletree_load(
         FfiConverterString.lower(dumpJson),uniffiCallStatus
@@ -1958,7 +1958,7 @@ open func leafEncoding() -> [String]  {
      * The leaf hash of value `index`.
      */
 open func leafHash(index: UInt64)throws  -> String  {
-    return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeMerkleError_lift) {
+    return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
         uniffiCallStatus in
     uniffi_openledger_mobile_fn_method_standardmerkletree_leaf_hash(
             self.uniffiCloneHandle(),
@@ -1983,7 +1983,7 @@ open func length() -> UInt64  {
      * A multiproof of the values at `indices`.
      */
 open func multiProof(indices: [UInt64])throws  -> StandardMultiProof  {
-    return try  FfiConverterTypeStandardMultiProof_lift(try rustCallWithError(FfiConverterTypeMerkleError_lift) {
+    return try  FfiConverterTypeStandardMultiProof_lift(try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
         uniffiCallStatus in
     uniffi_openledger_mobile_fn_method_standardmerkletree_multi_proof(
             self.uniffiCloneHandle(),
@@ -1996,7 +1996,7 @@ open func multiProof(indices: [UInt64])throws  -> StandardMultiProof  {
      * The proof of value `index` (values in the order given).
      */
 open func proof(index: UInt64)throws  -> [String]  {
-    return try  FfiConverterSequenceString.lift(try rustCallWithError(FfiConverterTypeMerkleError_lift) {
+    return try  FfiConverterSequenceString.lift(try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
         uniffiCallStatus in
     uniffi_openledger_mobile_fn_method_standardmerkletree_proof(
             self.uniffiCloneHandle(),
@@ -2033,7 +2033,7 @@ open func tree() -> [String]  {
      * Whether `proof` proves value `index` against this tree's root.
      */
 open func verify(index: UInt64, proof: [String])throws  -> Bool  {
-    return try  FfiConverterBool.lift(try rustCallWithError(FfiConverterTypeMerkleError_lift) {
+    return try  FfiConverterBool.lift(try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
         uniffiCallStatus in
     uniffi_openledger_mobile_fn_method_standardmerkletree_verify(
             self.uniffiCloneHandle(),
@@ -3031,507 +3031,6 @@ public func FfiConverterTypeWeightShare_lower(_ value: WeightShare) -> RustBuffe
 
 
 /**
- * Why a PEFT adapter could not be loaded or does not fit a base model.
- */
-public 
-enum AdapterError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
-
-    
-    
-    /**
-     * A file is missing or unreadable.
-     */
-    case Io(message: String)
-    
-    /**
-     * `adapter_config.json` or the safetensors file is not a valid PEFT LoRA adapter.
-     */
-    case Format(message: String)
-    
-    /**
-     * The adapter does not fit the base model (missing target module, wrong shape).
-     */
-    case BaseMismatch(message: String)
-    
-
-    
-
-    
-
-    
-    public var errorDescription: String? {
-        String(reflecting: self)
-    }
-    
-}
-
-#if compiler(>=6)
-extension AdapterError: Sendable {}
-#endif
-
-#if swift(>=5.8)
-@_documentation(visibility: private)
-#endif
-public struct FfiConverterTypeAdapterError: FfiConverterRustBuffer {
-    typealias SwiftType = AdapterError
-
-    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> AdapterError {
-        let variant: Int32 = try readInt(&buf)
-        switch variant {
-
-        
-
-        
-        case 1: return .Io(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
-        case 2: return .Format(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
-        case 3: return .BaseMismatch(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
-
-        default: throw UniffiInternalError.unexpectedEnumCase
-        }
-    }
-
-    public static func write(_ value: AdapterError, into buf: inout [UInt8]) {
-        switch value {
-
-        
-
-        
-        case .Io(_ /* message is ignored*/):
-            writeInt(&buf, Int32(1))
-        case .Format(_ /* message is ignored*/):
-            writeInt(&buf, Int32(2))
-        case .BaseMismatch(_ /* message is ignored*/):
-            writeInt(&buf, Int32(3))
-
-        
-        }
-    }
-}
-
-
-#if swift(>=5.8)
-@_documentation(visibility: private)
-#endif
-public func FfiConverterTypeAdapterError_lift(_ buf: RustBuffer) throws -> AdapterError {
-    return try FfiConverterTypeAdapterError.lift(buf)
-}
-
-#if swift(>=5.8)
-@_documentation(visibility: private)
-#endif
-public func FfiConverterTypeAdapterError_lower(_ value: AdapterError) -> RustBuffer {
-    return FfiConverterTypeAdapterError.lower(value)
-}
-
-
-/**
- * Why a receipt, signature or contract call was refused.
- */
-public 
-enum ChainError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
-
-    
-    
-    /**
-     * An argument could not be read (bad hex, wrong length, an amount that is not a decimal
-     * integer).
-     */
-    case InvalidArgument(message: String)
-    
-    /**
-     * A secret key or a signature that is not valid on secp256k1.
-     */
-    case Signature(message: String)
-    
-
-    
-
-    
-
-    
-    public var errorDescription: String? {
-        String(reflecting: self)
-    }
-    
-}
-
-#if compiler(>=6)
-extension ChainError: Sendable {}
-#endif
-
-#if swift(>=5.8)
-@_documentation(visibility: private)
-#endif
-public struct FfiConverterTypeChainError: FfiConverterRustBuffer {
-    typealias SwiftType = ChainError
-
-    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ChainError {
-        let variant: Int32 = try readInt(&buf)
-        switch variant {
-
-        
-
-        
-        case 1: return .InvalidArgument(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
-        case 2: return .Signature(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
-
-        default: throw UniffiInternalError.unexpectedEnumCase
-        }
-    }
-
-    public static func write(_ value: ChainError, into buf: inout [UInt8]) {
-        switch value {
-
-        
-
-        
-        case .InvalidArgument(_ /* message is ignored*/):
-            writeInt(&buf, Int32(1))
-        case .Signature(_ /* message is ignored*/):
-            writeInt(&buf, Int32(2))
-
-        
-        }
-    }
-}
-
-
-#if swift(>=5.8)
-@_documentation(visibility: private)
-#endif
-public func FfiConverterTypeChainError_lift(_ buf: RustBuffer) throws -> ChainError {
-    return try FfiConverterTypeChainError.lift(buf)
-}
-
-#if swift(>=5.8)
-@_documentation(visibility: private)
-#endif
-public func FfiConverterTypeChainError_lower(_ value: ChainError) -> RustBuffer {
-    return FfiConverterTypeChainError.lower(value)
-}
-
-
-/**
- * Why a Merkle tree, proof or multiproof was refused.
- */
-public 
-enum MerkleError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
-
-    
-    
-    /**
-     * An argument could not be read (a hash that is not 32 bytes of hex, an index too large).
-     */
-    case InvalidArgument(message: String)
-    
-    /**
-     * A leaf encoding entry is not a Solidity type.
-     */
-    case InvalidLeafType(message: String)
-    
-    /**
-     * A value does not match the leaf encoding (wrong number of fields, unreadable field).
-     */
-    case InvalidValue(message: String)
-    
-    /**
-     * A value or leaf index past the end of the tree.
-     */
-    case IndexOutOfBounds(message: String)
-    
-    /**
-     * A tree needs at least one leaf.
-     */
-    case EmptyTree(message: String)
-    
-    /**
-     * A multiproof whose parts do not fit together, or a duplicated index.
-     */
-    case InvalidMultiProof(message: String)
-    
-    /**
-     * A `standard-v1` dump that cannot be read or does not describe a valid tree.
-     */
-    case InvalidDump(message: String)
-    
-
-    
-
-    
-
-    
-    public var errorDescription: String? {
-        String(reflecting: self)
-    }
-    
-}
-
-#if compiler(>=6)
-extension MerkleError: Sendable {}
-#endif
-
-#if swift(>=5.8)
-@_documentation(visibility: private)
-#endif
-public struct FfiConverterTypeMerkleError: FfiConverterRustBuffer {
-    typealias SwiftType = MerkleError
-
-    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> MerkleError {
-        let variant: Int32 = try readInt(&buf)
-        switch variant {
-
-        
-
-        
-        case 1: return .InvalidArgument(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
-        case 2: return .InvalidLeafType(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
-        case 3: return .InvalidValue(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
-        case 4: return .IndexOutOfBounds(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
-        case 5: return .EmptyTree(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
-        case 6: return .InvalidMultiProof(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
-        case 7: return .InvalidDump(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
-
-        default: throw UniffiInternalError.unexpectedEnumCase
-        }
-    }
-
-    public static func write(_ value: MerkleError, into buf: inout [UInt8]) {
-        switch value {
-
-        
-
-        
-        case .InvalidArgument(_ /* message is ignored*/):
-            writeInt(&buf, Int32(1))
-        case .InvalidLeafType(_ /* message is ignored*/):
-            writeInt(&buf, Int32(2))
-        case .InvalidValue(_ /* message is ignored*/):
-            writeInt(&buf, Int32(3))
-        case .IndexOutOfBounds(_ /* message is ignored*/):
-            writeInt(&buf, Int32(4))
-        case .EmptyTree(_ /* message is ignored*/):
-            writeInt(&buf, Int32(5))
-        case .InvalidMultiProof(_ /* message is ignored*/):
-            writeInt(&buf, Int32(6))
-        case .InvalidDump(_ /* message is ignored*/):
-            writeInt(&buf, Int32(7))
-
-        
-        }
-    }
-}
-
-
-#if swift(>=5.8)
-@_documentation(visibility: private)
-#endif
-public func FfiConverterTypeMerkleError_lift(_ buf: RustBuffer) throws -> MerkleError {
-    return try FfiConverterTypeMerkleError.lift(buf)
-}
-
-#if swift(>=5.8)
-@_documentation(visibility: private)
-#endif
-public func FfiConverterTypeMerkleError_lower(_ value: MerkleError) -> RustBuffer {
-    return FfiConverterTypeMerkleError.lower(value)
-}
-
-
-/**
- * Why an on-device model could not be loaded or run.
- */
-public 
-enum ModelError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
-
-    
-    
-    /**
-     * A file is missing or unreadable.
-     */
-    case Io(message: String)
-    
-    /**
-     * The model folder is not a supported model (config, weights, architecture).
-     */
-    case InvalidModel(message: String)
-    
-    /**
-     * The input cannot run: an empty prompt, a token id outside the vocabulary.
-     */
-    case InvalidInput(message: String)
-    
-    /**
-     * No adapter is attached under this name.
-     */
-    case UnknownAdapter(message: String)
-    
-    /**
-     * An adapter with this name is already attached.
-     */
-    case DuplicateAdapter(message: String)
-    
-    /**
-     * The adapter does not fit this model.
-     */
-    case IncompatibleAdapter(message: String)
-    
-    /**
-     * The model has no tokenizer, or the tokenizer failed.
-     */
-    case Tokenizer(message: String)
-    
-    /**
-     * The tensor backend failed.
-     */
-    case Backend(message: String)
-    
-
-    
-
-    
-
-    
-    public var errorDescription: String? {
-        String(reflecting: self)
-    }
-    
-}
-
-#if compiler(>=6)
-extension ModelError: Sendable {}
-#endif
-
-#if swift(>=5.8)
-@_documentation(visibility: private)
-#endif
-public struct FfiConverterTypeModelError: FfiConverterRustBuffer {
-    typealias SwiftType = ModelError
-
-    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ModelError {
-        let variant: Int32 = try readInt(&buf)
-        switch variant {
-
-        
-
-        
-        case 1: return .Io(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
-        case 2: return .InvalidModel(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
-        case 3: return .InvalidInput(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
-        case 4: return .UnknownAdapter(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
-        case 5: return .DuplicateAdapter(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
-        case 6: return .IncompatibleAdapter(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
-        case 7: return .Tokenizer(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
-        case 8: return .Backend(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
-
-        default: throw UniffiInternalError.unexpectedEnumCase
-        }
-    }
-
-    public static func write(_ value: ModelError, into buf: inout [UInt8]) {
-        switch value {
-
-        
-
-        
-        case .Io(_ /* message is ignored*/):
-            writeInt(&buf, Int32(1))
-        case .InvalidModel(_ /* message is ignored*/):
-            writeInt(&buf, Int32(2))
-        case .InvalidInput(_ /* message is ignored*/):
-            writeInt(&buf, Int32(3))
-        case .UnknownAdapter(_ /* message is ignored*/):
-            writeInt(&buf, Int32(4))
-        case .DuplicateAdapter(_ /* message is ignored*/):
-            writeInt(&buf, Int32(5))
-        case .IncompatibleAdapter(_ /* message is ignored*/):
-            writeInt(&buf, Int32(6))
-        case .Tokenizer(_ /* message is ignored*/):
-            writeInt(&buf, Int32(7))
-        case .Backend(_ /* message is ignored*/):
-            writeInt(&buf, Int32(8))
-
-        
-        }
-    }
-}
-
-
-#if swift(>=5.8)
-@_documentation(visibility: private)
-#endif
-public func FfiConverterTypeModelError_lift(_ buf: RustBuffer) throws -> ModelError {
-    return try FfiConverterTypeModelError.lift(buf)
-}
-
-#if swift(>=5.8)
-@_documentation(visibility: private)
-#endif
-public func FfiConverterTypeModelError_lower(_ value: ModelError) -> RustBuffer {
-    return FfiConverterTypeModelError.lower(value)
-}
-
-
-/**
  * What to do with a negative score.
  */
 
@@ -3542,7 +3041,7 @@ public enum NegativeScores: Equatable, Hashable {
      */
     case clip
     /**
-     * Refuse the split ([`SplitError::NegativeScore`]).
+     * Refuse the split ([`OpenLedgerError::Split`]).
      */
     case reject
 
@@ -3607,52 +3106,150 @@ public func FfiConverterTypeNegativeScores_lower(_ value: NegativeScores) -> Rus
 
 
 /**
- * Why a reward split was refused.
+ * Why a call was refused.
  */
 public 
-enum SplitError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
+enum OpenLedgerError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
 
     
     
     /**
-     * An argument could not be read (bad address hex, an amount that is not a decimal integer).
+     * An argument has the wrong type, shape or value (bad hex, an amount that is not a decimal
+     * integer, a NaN score, an empty prompt, a token outside the vocabulary).
      */
     case InvalidArgument(message: String)
     
     /**
-     * A score is NaN or infinite.
+     * A string is not a valid id.
      */
-    case NonFiniteScore(message: String)
+    case InvalidId(message: String)
     
     /**
-     * A score is negative and the policy rejects negative scores.
+     * No item is registered under this id (an adapter name, a training-log step).
      */
-    case NegativeScore(message: String)
+    case UnknownId(message: String)
     
     /**
-     * Every weight is zero and no fallback account was given.
+     * An adapter's config or safetensors bytes are malformed, truncated or inconsistent.
      */
-    case ZeroTotalWeight(message: String)
+    case AdapterFormat(message: String)
     
     /**
-     * The same account appears twice.
+     * An adapter does not fit the base model (a missing target module, a wrong shape).
      */
-    case DuplicateAccount(message: String)
+    case BaseMismatch(message: String)
     
     /**
-     * Basis points that do not add up (to 10,000 for a split, to at most 10,000 for a fee).
+     * A model folder's config, weights or tokenizer are malformed, missing or unsupported.
      */
-    case BasisPoints(message: String)
+    case ModelFormat(message: String)
     
     /**
-     * Nothing to split between.
+     * Something does not fit a byte budget.
      */
-    case Empty(message: String)
+    case Budget(message: String)
     
     /**
-     * Any other refusal of the split rules.
+     * The object refuses the call in its current state (a duplicate adapter name, ...).
      */
-    case Other(message: String)
+    case State(message: String)
+    
+    /**
+     * The object is in use by another call; retry later.
+     */
+    case Busy(message: String)
+    
+    /**
+     * A reward split is impossible (a refused negative score, zero total weight, a duplicate
+     * account, basis points that do not add up, nothing to split between).
+     */
+    case Split(message: String)
+    
+    /**
+     * A feature-store file is not one.
+     */
+    case FeatureStore(message: String)
+    
+    /**
+     * A Merkle tree, value, proof, multiproof or dump is invalid.
+     */
+    case Merkle(message: String)
+    
+    /**
+     * A secret key or a signature that is not valid on secp256k1.
+     */
+    case Signature(message: String)
+    
+    /**
+     * A contract, function or argument does not match the shipped ABIs.
+     */
+    case Abi(message: String)
+    
+    /**
+     * The chain refused a transaction.
+     */
+    case Transaction(message: String)
+    
+    /**
+     * A generation failed while it ran.
+     */
+    case Generation(message: String)
+    
+    /**
+     * Fine-tuning cannot go on.
+     */
+    case Training(message: String)
+    
+    /**
+     * The caller holds no right to do this.
+     */
+    case AccessDenied(message: String)
+    
+    /**
+     * Data is malformed or does not match what it commits to (a tampered training log, a
+     * record whose hash differs from its id).
+     */
+    case Integrity(message: String)
+    
+    /**
+     * The object was closed.
+     */
+    case Closed(message: String)
+    
+    /**
+     * A stage was called before the stage it needs.
+     */
+    case OutOfOrder(message: String)
+    
+    /**
+     * The Payable-AI loop's own bookkeeping refused.
+     */
+    case Loop(message: String)
+    
+    /**
+     * A feature this build does not offer.
+     */
+    case Unsupported(message: String)
+    
+    /**
+     * A file does not exist.
+     */
+    case NotFound(message: String)
+    
+    /**
+     * A file cannot be accessed.
+     */
+    case PermissionDenied(message: String)
+    
+    /**
+     * Another input/output failure.
+     */
+    case Io(message: String)
+    
+    /**
+     * A bug in the native code, caught before it could cross (please report it).
+     */
+    case Internal(message: String)
     
 
     
@@ -3667,16 +3264,16 @@ enum SplitError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
 }
 
 #if compiler(>=6)
-extension SplitError: Sendable {}
+extension OpenLedgerError: Sendable {}
 #endif
 
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
-public struct FfiConverterTypeSplitError: FfiConverterRustBuffer {
-    typealias SwiftType = SplitError
+public struct FfiConverterTypeOpenLedgerError: FfiConverterRustBuffer {
+    typealias SwiftType = OpenLedgerError
 
-    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SplitError {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> OpenLedgerError {
         let variant: Int32 = try readInt(&buf)
         switch variant {
 
@@ -3687,31 +3284,107 @@ public struct FfiConverterTypeSplitError: FfiConverterRustBuffer {
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 2: return .NonFiniteScore(
+        case 2: return .InvalidId(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 3: return .NegativeScore(
+        case 3: return .UnknownId(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 4: return .ZeroTotalWeight(
+        case 4: return .AdapterFormat(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 5: return .DuplicateAccount(
+        case 5: return .BaseMismatch(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 6: return .BasisPoints(
+        case 6: return .ModelFormat(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 7: return .Empty(
+        case 7: return .Budget(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 8: return .Other(
+        case 8: return .State(
+            message: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 9: return .Busy(
+            message: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 10: return .Split(
+            message: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 11: return .FeatureStore(
+            message: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 12: return .Merkle(
+            message: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 13: return .Signature(
+            message: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 14: return .Abi(
+            message: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 15: return .Transaction(
+            message: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 16: return .Generation(
+            message: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 17: return .Training(
+            message: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 18: return .AccessDenied(
+            message: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 19: return .Integrity(
+            message: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 20: return .Closed(
+            message: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 21: return .OutOfOrder(
+            message: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 22: return .Loop(
+            message: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 23: return .Unsupported(
+            message: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 24: return .NotFound(
+            message: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 25: return .PermissionDenied(
+            message: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 26: return .Io(
+            message: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 27: return .Internal(
             message: try FfiConverterString.read(from: &buf)
         )
         
@@ -3720,7 +3393,7 @@ public struct FfiConverterTypeSplitError: FfiConverterRustBuffer {
         }
     }
 
-    public static func write(_ value: SplitError, into buf: inout [UInt8]) {
+    public static func write(_ value: OpenLedgerError, into buf: inout [UInt8]) {
         switch value {
 
         
@@ -3728,20 +3401,58 @@ public struct FfiConverterTypeSplitError: FfiConverterRustBuffer {
         
         case .InvalidArgument(_ /* message is ignored*/):
             writeInt(&buf, Int32(1))
-        case .NonFiniteScore(_ /* message is ignored*/):
+        case .InvalidId(_ /* message is ignored*/):
             writeInt(&buf, Int32(2))
-        case .NegativeScore(_ /* message is ignored*/):
+        case .UnknownId(_ /* message is ignored*/):
             writeInt(&buf, Int32(3))
-        case .ZeroTotalWeight(_ /* message is ignored*/):
+        case .AdapterFormat(_ /* message is ignored*/):
             writeInt(&buf, Int32(4))
-        case .DuplicateAccount(_ /* message is ignored*/):
+        case .BaseMismatch(_ /* message is ignored*/):
             writeInt(&buf, Int32(5))
-        case .BasisPoints(_ /* message is ignored*/):
+        case .ModelFormat(_ /* message is ignored*/):
             writeInt(&buf, Int32(6))
-        case .Empty(_ /* message is ignored*/):
+        case .Budget(_ /* message is ignored*/):
             writeInt(&buf, Int32(7))
-        case .Other(_ /* message is ignored*/):
+        case .State(_ /* message is ignored*/):
             writeInt(&buf, Int32(8))
+        case .Busy(_ /* message is ignored*/):
+            writeInt(&buf, Int32(9))
+        case .Split(_ /* message is ignored*/):
+            writeInt(&buf, Int32(10))
+        case .FeatureStore(_ /* message is ignored*/):
+            writeInt(&buf, Int32(11))
+        case .Merkle(_ /* message is ignored*/):
+            writeInt(&buf, Int32(12))
+        case .Signature(_ /* message is ignored*/):
+            writeInt(&buf, Int32(13))
+        case .Abi(_ /* message is ignored*/):
+            writeInt(&buf, Int32(14))
+        case .Transaction(_ /* message is ignored*/):
+            writeInt(&buf, Int32(15))
+        case .Generation(_ /* message is ignored*/):
+            writeInt(&buf, Int32(16))
+        case .Training(_ /* message is ignored*/):
+            writeInt(&buf, Int32(17))
+        case .AccessDenied(_ /* message is ignored*/):
+            writeInt(&buf, Int32(18))
+        case .Integrity(_ /* message is ignored*/):
+            writeInt(&buf, Int32(19))
+        case .Closed(_ /* message is ignored*/):
+            writeInt(&buf, Int32(20))
+        case .OutOfOrder(_ /* message is ignored*/):
+            writeInt(&buf, Int32(21))
+        case .Loop(_ /* message is ignored*/):
+            writeInt(&buf, Int32(22))
+        case .Unsupported(_ /* message is ignored*/):
+            writeInt(&buf, Int32(23))
+        case .NotFound(_ /* message is ignored*/):
+            writeInt(&buf, Int32(24))
+        case .PermissionDenied(_ /* message is ignored*/):
+            writeInt(&buf, Int32(25))
+        case .Io(_ /* message is ignored*/):
+            writeInt(&buf, Int32(26))
+        case .Internal(_ /* message is ignored*/):
+            writeInt(&buf, Int32(27))
 
         
         }
@@ -3752,15 +3463,15 @@ public struct FfiConverterTypeSplitError: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
-public func FfiConverterTypeSplitError_lift(_ buf: RustBuffer) throws -> SplitError {
-    return try FfiConverterTypeSplitError.lift(buf)
+public func FfiConverterTypeOpenLedgerError_lift(_ buf: RustBuffer) throws -> OpenLedgerError {
+    return try FfiConverterTypeOpenLedgerError.lift(buf)
 }
 
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
-public func FfiConverterTypeSplitError_lower(_ value: SplitError) -> RustBuffer {
-    return FfiConverterTypeSplitError.lower(value)
+public func FfiConverterTypeOpenLedgerError_lower(_ value: OpenLedgerError) -> RustBuffer {
+    return FfiConverterTypeOpenLedgerError.lower(value)
 }
 
 
@@ -4518,10 +4229,10 @@ fileprivate struct FfiConverterSequenceSequenceString: FfiConverterRustBuffer {
 }
 /**
  * The root a multiproof leads to; a malformed multiproof is
- * [`MerkleError::InvalidMultiProof`].
+ * [`OpenLedgerError::Merkle`].
  */
 public func processMerkleMultiProof(multiProof: MerkleMultiProof)throws  -> String  {
-    return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeMerkleError_lift) {
+    return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
         uniffiCallStatus in
     uniffi_openledger_mobile_fn_func_process_merkle_multi_proof(
         FfiConverterTypeMerkleMultiProof_lower(multiProof),uniffiCallStatus
@@ -4532,7 +4243,7 @@ public func processMerkleMultiProof(multiProof: MerkleMultiProof)throws  -> Stri
  * The root that `proof` leads to from `leaf`.
  */
 public func processMerkleProof(leaf: String, proof: [String])throws  -> String  {
-    return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeMerkleError_lift) {
+    return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
         uniffiCallStatus in
     uniffi_openledger_mobile_fn_func_process_merkle_proof(
         FfiConverterString.lower(leaf),
@@ -4544,7 +4255,7 @@ public func processMerkleProof(leaf: String, proof: [String])throws  -> String  
  * The standard leaf hash `keccak256(keccak256(abi.encode(value)))` of one value.
  */
 public func standardLeafHash(leafEncoding: [String], value: [String])throws  -> String  {
-    return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeMerkleError_lift) {
+    return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
         uniffiCallStatus in
     uniffi_openledger_mobile_fn_func_standard_leaf_hash(
         FfiConverterSequenceString.lower(leafEncoding),
@@ -4557,7 +4268,7 @@ public func standardLeafHash(leafEncoding: [String], value: [String])throws  -> 
  * valid.
  */
 public func verifyMerkleMultiProof(root: String, multiProof: MerkleMultiProof)throws  -> Bool  {
-    return try  FfiConverterBool.lift(try rustCallWithError(FfiConverterTypeMerkleError_lift) {
+    return try  FfiConverterBool.lift(try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
         uniffiCallStatus in
     uniffi_openledger_mobile_fn_func_verify_merkle_multi_proof(
         FfiConverterString.lower(root),
@@ -4569,7 +4280,7 @@ public func verifyMerkleMultiProof(root: String, multiProof: MerkleMultiProof)th
  * Whether `proof` proves `leaf` against `root` (`MerkleProof.verify`).
  */
 public func verifyMerkleProof(root: String, leaf: String, proof: [String])throws  -> Bool  {
-    return try  FfiConverterBool.lift(try rustCallWithError(FfiConverterTypeMerkleError_lift) {
+    return try  FfiConverterBool.lift(try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
         uniffiCallStatus in
     uniffi_openledger_mobile_fn_func_verify_merkle_proof(
         FfiConverterString.lower(root),
@@ -4583,7 +4294,7 @@ public func verifyMerkleProof(root: String, leaf: String, proof: [String])throws
  * not valid (false).
  */
 public func verifyStandardMultiProof(root: String, leafEncoding: [String], multiProof: StandardMultiProof)throws  -> Bool  {
-    return try  FfiConverterBool.lift(try rustCallWithError(FfiConverterTypeMerkleError_lift) {
+    return try  FfiConverterBool.lift(try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
         uniffiCallStatus in
     uniffi_openledger_mobile_fn_func_verify_standard_multi_proof(
         FfiConverterString.lower(root),
@@ -4596,7 +4307,7 @@ public func verifyStandardMultiProof(root: String, leafEncoding: [String], multi
  * Whether `proof` proves `value` (fields per `leaf_encoding`) against `root`, without the tree.
  */
 public func verifyStandardProof(root: String, leafEncoding: [String], value: [String], proof: [String])throws  -> Bool  {
-    return try  FfiConverterBool.lift(try rustCallWithError(FfiConverterTypeMerkleError_lift) {
+    return try  FfiConverterBool.lift(try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
         uniffiCallStatus in
     uniffi_openledger_mobile_fn_func_verify_standard_proof(
         FfiConverterString.lower(root),
@@ -4610,7 +4321,7 @@ public func verifyStandardProof(root: String, leafEncoding: [String], value: [St
  * `keccak256(abi.encode(bytes32[] ids, uint256[] weights))`, ids and weights in the order given.
  */
 public func attributionWeightsHash(weights: [AttributionWeight])throws  -> String  {
-    return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeChainError_lift) {
+    return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
         uniffiCallStatus in
     uniffi_openledger_mobile_fn_func_attribution_weights_hash(
         FfiConverterSequenceTypeAttributionWeight.lower(weights),uniffiCallStatus
@@ -4622,7 +4333,7 @@ public func attributionWeightsHash(weights: [AttributionWeight])throws  -> Strin
  * contributor's claim of its reward with the Merkle proof of its leaf.
  */
 public func claimCalldata(epoch: UInt64, index: String, account: String, amount: String, proof: [String])throws  -> String  {
-    return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeChainError_lift) {
+    return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
         uniffiCallStatus in
     uniffi_openledger_mobile_fn_func_claim_calldata(
         FfiConverterUInt64.lower(epoch),
@@ -4640,7 +4351,7 @@ public func claimCalldata(epoch: UInt64, index: String, account: String, amount:
  * addresses and bytes as `0x` hex, tuples and arrays as JSON arrays).
  */
 public func encodeContractCall(contract: String, function: String, argsJson: String)throws  -> String  {
-    return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeChainError_lift) {
+    return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
         uniffiCallStatus in
     uniffi_openledger_mobile_fn_func_encode_contract_call(
         FfiConverterString.lower(contract),
@@ -4653,7 +4364,7 @@ public func encodeContractCall(contract: String, function: String, argsJson: Str
  * The calldata of `InferencePayments.payForInference(receipt, signature)`.
  */
 public func payForInferenceCalldata(receipt: AttributionReceipt, signature: String)throws  -> String  {
-    return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeChainError_lift) {
+    return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
         uniffiCallStatus in
     uniffi_openledger_mobile_fn_func_pay_for_inference_calldata(
         FfiConverterTypeAttributionReceipt_lower(receipt),
@@ -4665,7 +4376,7 @@ public func payForInferenceCalldata(receipt: AttributionReceipt, signature: Stri
  * The EIP-712 domain separator of `domain`.
  */
 public func receiptDomainSeparator(domain: ReceiptDomain)throws  -> String  {
-    return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeChainError_lift) {
+    return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
         uniffiCallStatus in
     uniffi_openledger_mobile_fn_func_receipt_domain_separator(
         FfiConverterTypeReceiptDomain_lower(domain),uniffiCallStatus
@@ -4676,7 +4387,7 @@ public func receiptDomainSeparator(domain: ReceiptDomain)throws  -> String  {
  * The digest the operator signs: `keccak256("\x19\x01" || domainSeparator || hashStruct)`.
  */
 public func receiptSigningHash(receipt: AttributionReceipt, domain: ReceiptDomain)throws  -> String  {
-    return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeChainError_lift) {
+    return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
         uniffiCallStatus in
     uniffi_openledger_mobile_fn_func_receipt_signing_hash(
         FfiConverterTypeAttributionReceipt_lower(receipt),
@@ -4688,7 +4399,7 @@ public func receiptSigningHash(receipt: AttributionReceipt, domain: ReceiptDomai
  * The EIP-712 struct hash of a receipt (`hashStruct`).
  */
 public func receiptStructHash(receipt: AttributionReceipt)throws  -> String  {
-    return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeChainError_lift) {
+    return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
         uniffiCallStatus in
     uniffi_openledger_mobile_fn_func_receipt_struct_hash(
         FfiConverterTypeAttributionReceipt_lower(receipt),uniffiCallStatus
@@ -4699,7 +4410,7 @@ public func receiptStructHash(receipt: AttributionReceipt)throws  -> String  {
  * The address that signed `receipt` in `domain` (65-byte `r || s || v` hex signature).
  */
 public func recoverReceiptSigner(receipt: AttributionReceipt, domain: ReceiptDomain, signature: String)throws  -> String  {
-    return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeChainError_lift) {
+    return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
         uniffiCallStatus in
     uniffi_openledger_mobile_fn_func_recover_receipt_signer(
         FfiConverterTypeAttributionReceipt_lower(receipt),
@@ -4712,7 +4423,7 @@ public func recoverReceiptSigner(receipt: AttributionReceipt, domain: ReceiptDom
  * Whether `signature` over `receipt` in `domain` was made by `operator`.
  */
 public func verifyReceipt(receipt: AttributionReceipt, domain: ReceiptDomain, signature: String, `operator`: String)throws  -> Bool  {
-    return try  FfiConverterBool.lift(try rustCallWithError(FfiConverterTypeChainError_lift) {
+    return try  FfiConverterBool.lift(try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
         uniffiCallStatus in
     uniffi_openledger_mobile_fn_func_verify_receipt(
         FfiConverterTypeAttributionReceipt_lower(receipt),
@@ -4726,7 +4437,7 @@ public func verifyReceipt(receipt: AttributionReceipt, domain: ReceiptDomain, si
  * Splits `amount` wei by basis points that sum to exactly 10,000.
  */
 public func splitBps(amount: String, bps: [BpsShare])throws  -> [Payout]  {
-    return try  FfiConverterSequenceTypePayout.lift(try rustCallWithError(FfiConverterTypeSplitError_lift) {
+    return try  FfiConverterSequenceTypePayout.lift(try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
         uniffiCallStatus in
     uniffi_openledger_mobile_fn_func_split_bps(
         FfiConverterString.lower(amount),
@@ -4739,7 +4450,7 @@ public func splitBps(amount: String, bps: [BpsShare])throws  -> [Payout]  {
  * get `⌊fee·bps/10⁴⌋` each, the owner the rest; the pool is split by `scores`.
  */
 public func splitFee(fee: String, owner: String, `protocol`: String, protocolBps: UInt16, dataPoolBps: UInt16, scores: [ScoreShare], negative: NegativeScores, fallback: String?)throws  -> FeeSplitResult  {
-    return try  FfiConverterTypeFeeSplitResult_lift(try rustCallWithError(FfiConverterTypeSplitError_lift) {
+    return try  FfiConverterTypeFeeSplitResult_lift(try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
         uniffiCallStatus in
     uniffi_openledger_mobile_fn_func_split_fee(
         FfiConverterString.lower(fee),
@@ -4758,7 +4469,7 @@ public func splitFee(fee: String, owner: String, `protocol`: String, protocolBps
  * address, payouts sorted by address. A zero total goes to `fallback` (or is refused).
  */
 public func splitScores(amount: String, scores: [ScoreShare], negative: NegativeScores, fallback: String?)throws  -> [Payout]  {
-    return try  FfiConverterSequenceTypePayout.lift(try rustCallWithError(FfiConverterTypeSplitError_lift) {
+    return try  FfiConverterSequenceTypePayout.lift(try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
         uniffiCallStatus in
     uniffi_openledger_mobile_fn_func_split_scores(
         FfiConverterString.lower(amount),
@@ -4772,7 +4483,7 @@ public func splitScores(amount: String, scores: [ScoreShare], negative: Negative
  * Splits `amount` wei by exact integer weights (decimal strings).
  */
 public func splitWeights(amount: String, weights: [WeightShare], fallback: String?)throws  -> [Payout]  {
-    return try  FfiConverterSequenceTypePayout.lift(try rustCallWithError(FfiConverterTypeSplitError_lift) {
+    return try  FfiConverterSequenceTypePayout.lift(try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
         uniffiCallStatus in
     uniffi_openledger_mobile_fn_func_split_weights(
         FfiConverterString.lower(amount),
@@ -4797,70 +4508,70 @@ private let initializationResult: InitializationResult = {
     if bindings_contract_version != scaffolding_contract_version {
         return InitializationResult.contractVersionMismatch
     }
-    if (uniffi_openledger_mobile_checksum_func_process_merkle_multi_proof() != 23601) {
+    if (uniffi_openledger_mobile_checksum_func_process_merkle_multi_proof() != 58495) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_func_process_merkle_proof() != 55014) {
+    if (uniffi_openledger_mobile_checksum_func_process_merkle_proof() != 181) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_func_standard_leaf_hash() != 51320) {
+    if (uniffi_openledger_mobile_checksum_func_standard_leaf_hash() != 15812) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_func_verify_merkle_multi_proof() != 188) {
+    if (uniffi_openledger_mobile_checksum_func_verify_merkle_multi_proof() != 17916) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_func_verify_merkle_proof() != 38845) {
+    if (uniffi_openledger_mobile_checksum_func_verify_merkle_proof() != 6127) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_func_verify_standard_multi_proof() != 8062) {
+    if (uniffi_openledger_mobile_checksum_func_verify_standard_multi_proof() != 59147) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_func_verify_standard_proof() != 17466) {
+    if (uniffi_openledger_mobile_checksum_func_verify_standard_proof() != 39509) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_func_attribution_weights_hash() != 10537) {
+    if (uniffi_openledger_mobile_checksum_func_attribution_weights_hash() != 64182) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_func_claim_calldata() != 2791) {
+    if (uniffi_openledger_mobile_checksum_func_claim_calldata() != 65440) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_func_encode_contract_call() != 34868) {
+    if (uniffi_openledger_mobile_checksum_func_encode_contract_call() != 32166) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_func_pay_for_inference_calldata() != 24685) {
+    if (uniffi_openledger_mobile_checksum_func_pay_for_inference_calldata() != 7320) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_func_receipt_domain_separator() != 53612) {
+    if (uniffi_openledger_mobile_checksum_func_receipt_domain_separator() != 43052) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_func_receipt_signing_hash() != 21897) {
+    if (uniffi_openledger_mobile_checksum_func_receipt_signing_hash() != 35174) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_func_receipt_struct_hash() != 6799) {
+    if (uniffi_openledger_mobile_checksum_func_receipt_struct_hash() != 43232) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_func_recover_receipt_signer() != 15872) {
+    if (uniffi_openledger_mobile_checksum_func_recover_receipt_signer() != 58797) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_func_verify_receipt() != 53867) {
+    if (uniffi_openledger_mobile_checksum_func_verify_receipt() != 733) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_func_split_bps() != 56454) {
+    if (uniffi_openledger_mobile_checksum_func_split_bps() != 11145) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_func_split_fee() != 35097) {
+    if (uniffi_openledger_mobile_checksum_func_split_fee() != 63864) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_func_split_scores() != 57004) {
+    if (uniffi_openledger_mobile_checksum_func_split_scores() != 59505) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_func_split_weights() != 25681) {
+    if (uniffi_openledger_mobile_checksum_func_split_weights() != 37709) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_openledger_mobile_checksum_method_basemodel_linear_modules() != 42462) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_method_basemodel_validate() != 10091) {
+    if (uniffi_openledger_mobile_checksum_method_basemodel_validate() != 47224) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_openledger_mobile_checksum_method_loraadapter_lora_alpha() != 2772) {
@@ -4884,13 +4595,13 @@ private let initializationResult: InitializationResult = {
     if (uniffi_openledger_mobile_checksum_method_loraadapter_use_rslora() != 26966) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_method_merkletree_multi_proof() != 11005) {
+    if (uniffi_openledger_mobile_checksum_method_merkletree_multi_proof() != 46001) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_openledger_mobile_checksum_method_merkletree_nodes() != 9044) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_method_merkletree_proof() != 32070) {
+    if (uniffi_openledger_mobile_checksum_method_merkletree_proof() != 51762) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_openledger_mobile_checksum_method_merkletree_root() != 7561) {
@@ -4902,16 +4613,16 @@ private let initializationResult: InitializationResult = {
     if (uniffi_openledger_mobile_checksum_method_standardmerkletree_leaf_encoding() != 36331) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_method_standardmerkletree_leaf_hash() != 60795) {
+    if (uniffi_openledger_mobile_checksum_method_standardmerkletree_leaf_hash() != 12103) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_openledger_mobile_checksum_method_standardmerkletree_length() != 33608) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_method_standardmerkletree_multi_proof() != 13890) {
+    if (uniffi_openledger_mobile_checksum_method_standardmerkletree_multi_proof() != 9406) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_method_standardmerkletree_proof() != 16311) {
+    if (uniffi_openledger_mobile_checksum_method_standardmerkletree_proof() != 63995) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_openledger_mobile_checksum_method_standardmerkletree_root() != 44232) {
@@ -4920,73 +4631,73 @@ private let initializationResult: InitializationResult = {
     if (uniffi_openledger_mobile_checksum_method_standardmerkletree_tree() != 5212) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_method_standardmerkletree_verify() != 48696) {
+    if (uniffi_openledger_mobile_checksum_method_standardmerkletree_verify() != 30804) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_method_ondevicemodel_adapter_names() != 40441) {
+    if (uniffi_openledger_mobile_checksum_method_ondevicemodel_adapter_names() != 1388) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_method_ondevicemodel_attach_adapter() != 2033) {
+    if (uniffi_openledger_mobile_checksum_method_ondevicemodel_attach_adapter() != 45370) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_method_ondevicemodel_decode() != 54649) {
+    if (uniffi_openledger_mobile_checksum_method_ondevicemodel_decode() != 47176) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_method_ondevicemodel_encode() != 30144) {
+    if (uniffi_openledger_mobile_checksum_method_ondevicemodel_encode() != 1592) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_method_ondevicemodel_forward() != 2674) {
+    if (uniffi_openledger_mobile_checksum_method_ondevicemodel_forward() != 12441) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_method_ondevicemodel_generate() != 55921) {
+    if (uniffi_openledger_mobile_checksum_method_ondevicemodel_generate() != 43128) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_method_ondevicemodel_generate_streaming() != 9428) {
+    if (uniffi_openledger_mobile_checksum_method_ondevicemodel_generate_streaming() != 27368) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_method_ondevicemodel_generate_text() != 11962) {
+    if (uniffi_openledger_mobile_checksum_method_ondevicemodel_generate_text() != 29364) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_method_ondevicemodel_generate_text_streaming() != 53718) {
+    if (uniffi_openledger_mobile_checksum_method_ondevicemodel_generate_text_streaming() != 54713) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_method_ondevicemodel_set_tokenizer() != 45595) {
+    if (uniffi_openledger_mobile_checksum_method_ondevicemodel_set_tokenizer() != 10588) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_method_ondevicemodel_vocab_size() != 58051) {
+    if (uniffi_openledger_mobile_checksum_method_ondevicemodel_vocab_size() != 48107) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_openledger_mobile_checksum_method_operatorsigner_address() != 16744) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_method_operatorsigner_sign() != 55705) {
+    if (uniffi_openledger_mobile_checksum_method_operatorsigner_sign() != 55909) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_constructor_basemodel_from_dir() != 48467) {
+    if (uniffi_openledger_mobile_checksum_constructor_basemodel_from_dir() != 31984) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_constructor_loraadapter_from_bytes() != 48097) {
+    if (uniffi_openledger_mobile_checksum_constructor_loraadapter_from_bytes() != 11605) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_constructor_loraadapter_from_dir() != 13602) {
+    if (uniffi_openledger_mobile_checksum_constructor_loraadapter_from_dir() != 26238) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_constructor_merkletree_new() != 44124) {
+    if (uniffi_openledger_mobile_checksum_constructor_merkletree_new() != 20304) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_constructor_standardmerkletree_load() != 53060) {
+    if (uniffi_openledger_mobile_checksum_constructor_standardmerkletree_load() != 57253) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_constructor_standardmerkletree_new() != 37606) {
+    if (uniffi_openledger_mobile_checksum_constructor_standardmerkletree_new() != 2979) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_constructor_ondevicemodel_from_dir() != 35819) {
+    if (uniffi_openledger_mobile_checksum_constructor_ondevicemodel_from_dir() != 15024) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_constructor_ondevicemodel_from_dir_with_progress() != 32165) {
+    if (uniffi_openledger_mobile_checksum_constructor_ondevicemodel_from_dir_with_progress() != 2312) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_openledger_mobile_checksum_constructor_operatorsigner_new() != 26052) {
+    if (uniffi_openledger_mobile_checksum_constructor_operatorsigner_new() != 36897) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_openledger_mobile_checksum_method_loadlistener_on_progress() != 36185) {

@@ -141,6 +141,10 @@ impl TensorMap {
         TensorMap(map)
     }
 
+    pub fn into_inner(self) -> BTreeMap<String, HostTensor> {
+        self.0
+    }
+
     fn take(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
         let t = self
             .0

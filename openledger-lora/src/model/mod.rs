@@ -52,7 +52,9 @@ pub use error::ModelError;
 pub use load::{Layer, Linear, LoadProgress, Weights};
 pub use paged::{PagedError, PagedModel};
 pub use random::RandomLlama;
-pub use save::{CONFIG_FILE, WEIGHTS_FILE, model_config_json, write_model_dir};
+pub use save::{
+    CONFIG_FILE, WEIGHTS_FILE, merge_adapter_into_dir, model_config_json, write_model_dir,
+};
 pub use served::{FaultWatch, PendingCancel, ServeOptions, ServedError, ServedModel};
 pub use tokenizer::{TOKENIZER_FILE, Tokenizer};
 

@@ -127,3 +127,66 @@ pub fn write_model_dir(
     std::fs::write(&w, data).map_err(io(&w))?;
     Ok(())
 }
+
+/// Files of a model folder other than its config and weights that a merged copy keeps.
+const KEPT_FILES: [&str; 4] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+];
+
+/// Writes the HF model folder `model_dir` with `adapter` merged into its weights
+/// (`W ← W + scale·B·A`, DoRA's rescaling, LoRA biases, `modules_to_save`) as a new folder
+/// `out_dir`: `config.json` (with `torch_dtype` float32), `model.safetensors` in f32, and the
+/// tokenizer and generation files copied, so the merged model serves without the adapter.
+/// The adapter is validated against the base first; nothing is written when it does not fit.
+/// `progress` sees each weight file read.
+pub fn merge_adapter_into_dir(
+    model_dir: &Path,
+    adapter: &crate::adapter::LoraAdapter,
+    out_dir: &Path,
+    progress: &mut dyn FnMut(super::LoadProgress),
+) -> Result<(), ModelError> {
+    let incompatible = |source| ModelError::IncompatibleAdapter {
+        name: "merged adapter".into(),
+        source,
+    };
+    crate::adapter::base::BaseModel::from_dir(model_dir)?
+        .validate(adapter)
+        .map_err(incompatible)?;
+    let cfg_path = model_dir.join(CONFIG_FILE);
+    let cfg_bytes = std::fs::read(&cfg_path).map_err(|source| ModelError::Io {
+        path: cfg_path.clone(),
+        source,
+    })?;
+    let mut config: Value =
+        serde_json::from_slice(&cfg_bytes).map_err(|e| ModelError::InvalidConfig {
+            file: CONFIG_FILE.into(),
+            reason: e.to_string(),
+        })?;
+    if let Some(obj) = config.as_object_mut() {
+        obj.insert("torch_dtype".into(), json!("float32"));
+    }
+    let files = super::load::weight_files(model_dir)?;
+    let mut tensors: BTreeMap<String, DenseTensor> =
+        super::load::TensorMap::read(&files, progress)?
+            .into_inner()
+            .into_iter()
+            .map(|(k, t)| {
+                let shape = t.shape().to_vec();
+                (k, DenseTensor::new(shape, t.to_f32().into_owned()))
+            })
+            .collect();
+    crate::adapter::merge::merge(adapter, &mut tensors).map_err(incompatible)?;
+    let text = serde_json::to_string_pretty(&config).unwrap_or_default();
+    write_model_dir(out_dir, &text, &tensors)?;
+    for name in KEPT_FILES {
+        let from = model_dir.join(name);
+        if from.is_file() {
+            let to = out_dir.join(name);
+            std::fs::copy(&from, &to).map_err(|source| ModelError::Write { path: to, source })?;
+        }
+    }
+    Ok(())
+}

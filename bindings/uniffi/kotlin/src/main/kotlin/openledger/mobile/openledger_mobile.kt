@@ -1175,70 +1175,70 @@ private fun uniffiCheckContractApiVersion(lib: IntegrityCheckingUniffiLib) {
 }
 @Suppress("UNUSED_PARAMETER")
 private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
-    if ((lib.uniffi_openledger_mobile_checksum_func_process_merkle_multi_proof() and 0xFFFF) != 23601) {
+    if ((lib.uniffi_openledger_mobile_checksum_func_process_merkle_multi_proof() and 0xFFFF) != 58495) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_func_process_merkle_proof() and 0xFFFF) != 55014) {
+    if ((lib.uniffi_openledger_mobile_checksum_func_process_merkle_proof() and 0xFFFF) != 181) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_func_standard_leaf_hash() and 0xFFFF) != 51320) {
+    if ((lib.uniffi_openledger_mobile_checksum_func_standard_leaf_hash() and 0xFFFF) != 15812) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_func_verify_merkle_multi_proof() and 0xFFFF) != 188) {
+    if ((lib.uniffi_openledger_mobile_checksum_func_verify_merkle_multi_proof() and 0xFFFF) != 17916) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_func_verify_merkle_proof() and 0xFFFF) != 38845) {
+    if ((lib.uniffi_openledger_mobile_checksum_func_verify_merkle_proof() and 0xFFFF) != 6127) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_func_verify_standard_multi_proof() and 0xFFFF) != 8062) {
+    if ((lib.uniffi_openledger_mobile_checksum_func_verify_standard_multi_proof() and 0xFFFF) != 59147) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_func_verify_standard_proof() and 0xFFFF) != 17466) {
+    if ((lib.uniffi_openledger_mobile_checksum_func_verify_standard_proof() and 0xFFFF) != 39509) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_func_attribution_weights_hash() and 0xFFFF) != 10537) {
+    if ((lib.uniffi_openledger_mobile_checksum_func_attribution_weights_hash() and 0xFFFF) != 64182) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_func_claim_calldata() and 0xFFFF) != 2791) {
+    if ((lib.uniffi_openledger_mobile_checksum_func_claim_calldata() and 0xFFFF) != 65440) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_func_encode_contract_call() and 0xFFFF) != 34868) {
+    if ((lib.uniffi_openledger_mobile_checksum_func_encode_contract_call() and 0xFFFF) != 32166) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_func_pay_for_inference_calldata() and 0xFFFF) != 24685) {
+    if ((lib.uniffi_openledger_mobile_checksum_func_pay_for_inference_calldata() and 0xFFFF) != 7320) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_func_receipt_domain_separator() and 0xFFFF) != 53612) {
+    if ((lib.uniffi_openledger_mobile_checksum_func_receipt_domain_separator() and 0xFFFF) != 43052) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_func_receipt_signing_hash() and 0xFFFF) != 21897) {
+    if ((lib.uniffi_openledger_mobile_checksum_func_receipt_signing_hash() and 0xFFFF) != 35174) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_func_receipt_struct_hash() and 0xFFFF) != 6799) {
+    if ((lib.uniffi_openledger_mobile_checksum_func_receipt_struct_hash() and 0xFFFF) != 43232) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_func_recover_receipt_signer() and 0xFFFF) != 15872) {
+    if ((lib.uniffi_openledger_mobile_checksum_func_recover_receipt_signer() and 0xFFFF) != 58797) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_func_verify_receipt() and 0xFFFF) != 53867) {
+    if ((lib.uniffi_openledger_mobile_checksum_func_verify_receipt() and 0xFFFF) != 733) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_func_split_bps() and 0xFFFF) != 56454) {
+    if ((lib.uniffi_openledger_mobile_checksum_func_split_bps() and 0xFFFF) != 11145) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_func_split_fee() and 0xFFFF) != 35097) {
+    if ((lib.uniffi_openledger_mobile_checksum_func_split_fee() and 0xFFFF) != 63864) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_func_split_scores() and 0xFFFF) != 57004) {
+    if ((lib.uniffi_openledger_mobile_checksum_func_split_scores() and 0xFFFF) != 59505) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_func_split_weights() and 0xFFFF) != 25681) {
+    if ((lib.uniffi_openledger_mobile_checksum_func_split_weights() and 0xFFFF) != 37709) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_openledger_mobile_checksum_method_basemodel_linear_modules() and 0xFFFF) != 42462) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_method_basemodel_validate() and 0xFFFF) != 10091) {
+    if ((lib.uniffi_openledger_mobile_checksum_method_basemodel_validate() and 0xFFFF) != 47224) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_openledger_mobile_checksum_method_loraadapter_lora_alpha() and 0xFFFF) != 2772) {
@@ -1262,13 +1262,13 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_openledger_mobile_checksum_method_loraadapter_use_rslora() and 0xFFFF) != 26966) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_method_merkletree_multi_proof() and 0xFFFF) != 11005) {
+    if ((lib.uniffi_openledger_mobile_checksum_method_merkletree_multi_proof() and 0xFFFF) != 46001) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_openledger_mobile_checksum_method_merkletree_nodes() and 0xFFFF) != 9044) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_method_merkletree_proof() and 0xFFFF) != 32070) {
+    if ((lib.uniffi_openledger_mobile_checksum_method_merkletree_proof() and 0xFFFF) != 51762) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_openledger_mobile_checksum_method_merkletree_root() and 0xFFFF) != 7561) {
@@ -1280,16 +1280,16 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_openledger_mobile_checksum_method_standardmerkletree_leaf_encoding() and 0xFFFF) != 36331) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_method_standardmerkletree_leaf_hash() and 0xFFFF) != 60795) {
+    if ((lib.uniffi_openledger_mobile_checksum_method_standardmerkletree_leaf_hash() and 0xFFFF) != 12103) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_openledger_mobile_checksum_method_standardmerkletree_length() and 0xFFFF) != 33608) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_method_standardmerkletree_multi_proof() and 0xFFFF) != 13890) {
+    if ((lib.uniffi_openledger_mobile_checksum_method_standardmerkletree_multi_proof() and 0xFFFF) != 9406) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_method_standardmerkletree_proof() and 0xFFFF) != 16311) {
+    if ((lib.uniffi_openledger_mobile_checksum_method_standardmerkletree_proof() and 0xFFFF) != 63995) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_openledger_mobile_checksum_method_standardmerkletree_root() and 0xFFFF) != 44232) {
@@ -1298,73 +1298,73 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_openledger_mobile_checksum_method_standardmerkletree_tree() and 0xFFFF) != 5212) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_method_standardmerkletree_verify() and 0xFFFF) != 48696) {
+    if ((lib.uniffi_openledger_mobile_checksum_method_standardmerkletree_verify() and 0xFFFF) != 30804) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_method_ondevicemodel_adapter_names() and 0xFFFF) != 40441) {
+    if ((lib.uniffi_openledger_mobile_checksum_method_ondevicemodel_adapter_names() and 0xFFFF) != 1388) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_method_ondevicemodel_attach_adapter() and 0xFFFF) != 2033) {
+    if ((lib.uniffi_openledger_mobile_checksum_method_ondevicemodel_attach_adapter() and 0xFFFF) != 45370) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_method_ondevicemodel_decode() and 0xFFFF) != 54649) {
+    if ((lib.uniffi_openledger_mobile_checksum_method_ondevicemodel_decode() and 0xFFFF) != 47176) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_method_ondevicemodel_encode() and 0xFFFF) != 30144) {
+    if ((lib.uniffi_openledger_mobile_checksum_method_ondevicemodel_encode() and 0xFFFF) != 1592) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_method_ondevicemodel_forward() and 0xFFFF) != 2674) {
+    if ((lib.uniffi_openledger_mobile_checksum_method_ondevicemodel_forward() and 0xFFFF) != 12441) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_method_ondevicemodel_generate() and 0xFFFF) != 55921) {
+    if ((lib.uniffi_openledger_mobile_checksum_method_ondevicemodel_generate() and 0xFFFF) != 43128) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_method_ondevicemodel_generate_streaming() and 0xFFFF) != 9428) {
+    if ((lib.uniffi_openledger_mobile_checksum_method_ondevicemodel_generate_streaming() and 0xFFFF) != 27368) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_method_ondevicemodel_generate_text() and 0xFFFF) != 11962) {
+    if ((lib.uniffi_openledger_mobile_checksum_method_ondevicemodel_generate_text() and 0xFFFF) != 29364) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_method_ondevicemodel_generate_text_streaming() and 0xFFFF) != 53718) {
+    if ((lib.uniffi_openledger_mobile_checksum_method_ondevicemodel_generate_text_streaming() and 0xFFFF) != 54713) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_method_ondevicemodel_set_tokenizer() and 0xFFFF) != 45595) {
+    if ((lib.uniffi_openledger_mobile_checksum_method_ondevicemodel_set_tokenizer() and 0xFFFF) != 10588) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_method_ondevicemodel_vocab_size() and 0xFFFF) != 58051) {
+    if ((lib.uniffi_openledger_mobile_checksum_method_ondevicemodel_vocab_size() and 0xFFFF) != 48107) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_openledger_mobile_checksum_method_operatorsigner_address() and 0xFFFF) != 16744) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_method_operatorsigner_sign() and 0xFFFF) != 55705) {
+    if ((lib.uniffi_openledger_mobile_checksum_method_operatorsigner_sign() and 0xFFFF) != 55909) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_constructor_basemodel_from_dir() and 0xFFFF) != 48467) {
+    if ((lib.uniffi_openledger_mobile_checksum_constructor_basemodel_from_dir() and 0xFFFF) != 31984) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_constructor_loraadapter_from_bytes() and 0xFFFF) != 48097) {
+    if ((lib.uniffi_openledger_mobile_checksum_constructor_loraadapter_from_bytes() and 0xFFFF) != 11605) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_constructor_loraadapter_from_dir() and 0xFFFF) != 13602) {
+    if ((lib.uniffi_openledger_mobile_checksum_constructor_loraadapter_from_dir() and 0xFFFF) != 26238) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_constructor_merkletree_new() and 0xFFFF) != 44124) {
+    if ((lib.uniffi_openledger_mobile_checksum_constructor_merkletree_new() and 0xFFFF) != 20304) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_constructor_standardmerkletree_load() and 0xFFFF) != 53060) {
+    if ((lib.uniffi_openledger_mobile_checksum_constructor_standardmerkletree_load() and 0xFFFF) != 57253) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_constructor_standardmerkletree_new() and 0xFFFF) != 37606) {
+    if ((lib.uniffi_openledger_mobile_checksum_constructor_standardmerkletree_new() and 0xFFFF) != 2979) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_constructor_ondevicemodel_from_dir() and 0xFFFF) != 35819) {
+    if ((lib.uniffi_openledger_mobile_checksum_constructor_ondevicemodel_from_dir() and 0xFFFF) != 15024) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_constructor_ondevicemodel_from_dir_with_progress() and 0xFFFF) != 32165) {
+    if ((lib.uniffi_openledger_mobile_checksum_constructor_ondevicemodel_from_dir_with_progress() and 0xFFFF) != 2312) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_openledger_mobile_checksum_constructor_operatorsigner_new() and 0xFFFF) != 26052) {
+    if ((lib.uniffi_openledger_mobile_checksum_constructor_operatorsigner_new() and 0xFFFF) != 36897) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_openledger_mobile_checksum_method_loadlistener_on_progress() and 0xFFFF) != 36185) {
@@ -1890,7 +1890,7 @@ public interface BaseModelInterface {
     
     /**
      * Checks that `adapter` fits this base: every module exists with the right shape;
-     * [`AdapterError::BaseMismatch`] names the first one that does not.
+     * [`OpenLedgerError::BaseMismatch`] names the first one that does not.
      */
     fun `validate`(`adapter`: LoraAdapter): ValidationReport
     
@@ -2020,12 +2020,12 @@ open class BaseModel: Disposable, AutoCloseable, BaseModelInterface
     
     /**
      * Checks that `adapter` fits this base: every module exists with the right shape;
-     * [`AdapterError::BaseMismatch`] names the first one that does not.
+     * [`OpenLedgerError::BaseMismatch`] names the first one that does not.
      */
-    @Throws(AdapterException::class)override fun `validate`(`adapter`: LoraAdapter): ValidationReport {
+    @Throws(OpenLedgerException::class)override fun `validate`(`adapter`: LoraAdapter): ValidationReport {
             return FfiConverterTypeValidationReport.lift(
     callWithHandle {
-    uniffiRustCallWithError(AdapterException) { _status ->
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
     UniffiLib.uniffi_openledger_mobile_fn_method_basemodel_validate(
         it,
         
@@ -2047,9 +2047,9 @@ open class BaseModel: Disposable, AutoCloseable, BaseModelInterface
     /**
      * Reads `config.json` and the safetensors headers of an HF model folder.
      */
-    @Throws(AdapterException::class) fun `fromDir`(`path`: kotlin.String): BaseModel {
+    @Throws(OpenLedgerException::class) fun `fromDir`(`path`: kotlin.String): BaseModel {
             return FfiConverterTypeBaseModel.lift(
-    uniffiRustCallWithError(AdapterException) { _status ->
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
     UniffiLib.uniffi_openledger_mobile_fn_constructor_basemodel_from_dir(
     
         
@@ -2455,9 +2455,9 @@ open class LoraAdapter: Disposable, AutoCloseable, LoraAdapterInterface
      * Parses an adapter from the bytes of its config and of its safetensors file (as
      * downloaded, without touching the file system).
      */
-    @Throws(AdapterException::class) fun `fromBytes`(`configJson`: kotlin.ByteArray, `safetensors`: kotlin.ByteArray): LoraAdapter {
+    @Throws(OpenLedgerException::class) fun `fromBytes`(`configJson`: kotlin.ByteArray, `safetensors`: kotlin.ByteArray): LoraAdapter {
             return FfiConverterTypeLoraAdapter.lift(
-    uniffiRustCallWithError(AdapterException) { _status ->
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
     UniffiLib.uniffi_openledger_mobile_fn_constructor_loraadapter_from_bytes(
     
         
@@ -2472,9 +2472,9 @@ open class LoraAdapter: Disposable, AutoCloseable, LoraAdapterInterface
     /**
      * Loads `adapter_config.json` and `adapter_model.safetensors` from a folder.
      */
-    @Throws(AdapterException::class) fun `fromDir`(`path`: kotlin.String): LoraAdapter {
+    @Throws(OpenLedgerException::class) fun `fromDir`(`path`: kotlin.String): LoraAdapter {
             return FfiConverterTypeLoraAdapter.lift(
-    uniffiRustCallWithError(AdapterException) { _status ->
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
     UniffiLib.uniffi_openledger_mobile_fn_constructor_loraadapter_from_dir(
     
         
@@ -2669,7 +2669,7 @@ open class MerkleTree: Disposable, AutoCloseable, MerkleTreeInterface
      */
     constructor(`leaves`: List<kotlin.String>) :
         this(UniffiWithHandle, 
-    uniffiRustCallWithError(MerkleException) { _status ->
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
     UniffiLib.uniffi_openledger_mobile_fn_constructor_merkletree_new(
     
         
@@ -2757,10 +2757,10 @@ open class MerkleTree: Disposable, AutoCloseable, MerkleTreeInterface
     /**
      * A multiproof of the leaves given at `positions`.
      */
-    @Throws(MerkleException::class)override fun `multiProof`(`positions`: List<kotlin.ULong>): MerkleMultiProof {
+    @Throws(OpenLedgerException::class)override fun `multiProof`(`positions`: List<kotlin.ULong>): MerkleMultiProof {
             return FfiConverterTypeMerkleMultiProof.lift(
     callWithHandle {
-    uniffiRustCallWithError(MerkleException) { _status ->
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
     UniffiLib.uniffi_openledger_mobile_fn_method_merkletree_multi_proof(
         it,
         
@@ -2791,10 +2791,10 @@ open class MerkleTree: Disposable, AutoCloseable, MerkleTreeInterface
     /**
      * The proof of the leaf given at `position`.
      */
-    @Throws(MerkleException::class)override fun `proof`(`position`: kotlin.ULong): List<kotlin.String> {
+    @Throws(OpenLedgerException::class)override fun `proof`(`position`: kotlin.ULong): List<kotlin.String> {
             return FfiConverterSequenceString.lift(
     callWithHandle {
-    uniffiRustCallWithError(MerkleException) { _status ->
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
     UniffiLib.uniffi_openledger_mobile_fn_method_merkletree_proof(
         it,
         
@@ -2968,8 +2968,8 @@ public interface OnDeviceModelInterface {
     
     /**
      * Validates `adapter` against the model and attaches it under `name`; a name already
-     * attached is [`ModelError::DuplicateAdapter`], an adapter for another base
-     * [`ModelError::IncompatibleAdapter`] (the model is unchanged then).
+     * attached is [`OpenLedgerError::State`], an adapter for another base
+     * [`OpenLedgerError::BaseMismatch`] (the model is unchanged then).
      */
     fun `attachAdapter`(`name`: kotlin.String, `adapter`: LoraAdapter)
     
@@ -3018,7 +3018,7 @@ public interface OnDeviceModelInterface {
      * joined plus, after a listener stopped it, what was still waiting. Each token decodes
      * only a short window of text. The model and its tokenizer stay locked for reading while
      * the listener runs: a listener must not attach adapters or set the tokenizer. An empty
-     * stop string is `InvalidInput`.
+     * stop string is `InvalidArgument`.
      */
     fun `generateTextStreaming`(`adapter`: kotlin.String?, `prompt`: kotlin.String, `maxNewTokens`: kotlin.UInt, `stopStrings`: List<kotlin.String>, `listener`: TextListener): kotlin.String
     
@@ -3144,10 +3144,10 @@ open class OnDeviceModel: Disposable, AutoCloseable, OnDeviceModelInterface
     /**
      * Names of the attached adapters, in attach order.
      */
-    @Throws(ModelException::class)override fun `adapterNames`(): List<kotlin.String> {
+    @Throws(OpenLedgerException::class)override fun `adapterNames`(): List<kotlin.String> {
             return FfiConverterSequenceString.lift(
     callWithHandle {
-    uniffiRustCallWithError(ModelException) { _status ->
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
     UniffiLib.uniffi_openledger_mobile_fn_method_ondevicemodel_adapter_names(
         it,
         _status)
@@ -3160,13 +3160,13 @@ open class OnDeviceModel: Disposable, AutoCloseable, OnDeviceModelInterface
     
     /**
      * Validates `adapter` against the model and attaches it under `name`; a name already
-     * attached is [`ModelError::DuplicateAdapter`], an adapter for another base
-     * [`ModelError::IncompatibleAdapter`] (the model is unchanged then).
+     * attached is [`OpenLedgerError::State`], an adapter for another base
+     * [`OpenLedgerError::BaseMismatch`] (the model is unchanged then).
      */
-    @Throws(ModelException::class)override fun `attachAdapter`(`name`: kotlin.String, `adapter`: LoraAdapter)
+    @Throws(OpenLedgerException::class)override fun `attachAdapter`(`name`: kotlin.String, `adapter`: LoraAdapter)
         = 
     callWithHandle {
-    uniffiRustCallWithError(ModelException) { _status ->
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
     UniffiLib.uniffi_openledger_mobile_fn_method_ondevicemodel_attach_adapter(
         it,
         
@@ -3181,10 +3181,10 @@ open class OnDeviceModel: Disposable, AutoCloseable, OnDeviceModelInterface
     /**
      * Text of `tokens`.
      */
-    @Throws(ModelException::class)override fun `decode`(`tokens`: List<kotlin.UInt>, `skipSpecialTokens`: kotlin.Boolean): kotlin.String {
+    @Throws(OpenLedgerException::class)override fun `decode`(`tokens`: List<kotlin.UInt>, `skipSpecialTokens`: kotlin.Boolean): kotlin.String {
             return FfiConverterString.lift(
     callWithHandle {
-    uniffiRustCallWithError(ModelException) { _status ->
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
     UniffiLib.uniffi_openledger_mobile_fn_method_ondevicemodel_decode(
         it,
         
@@ -3201,10 +3201,10 @@ open class OnDeviceModel: Disposable, AutoCloseable, OnDeviceModelInterface
      * Token ids of `text` (with the tokenizer's special tokens, e.g. BOS, when
      * `add_special_tokens`).
      */
-    @Throws(ModelException::class)override fun `encode`(`text`: kotlin.String, `addSpecialTokens`: kotlin.Boolean): List<kotlin.UInt> {
+    @Throws(OpenLedgerException::class)override fun `encode`(`text`: kotlin.String, `addSpecialTokens`: kotlin.Boolean): List<kotlin.UInt> {
             return FfiConverterSequenceUInt.lift(
     callWithHandle {
-    uniffiRustCallWithError(ModelException) { _status ->
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
     UniffiLib.uniffi_openledger_mobile_fn_method_ondevicemodel_encode(
         it,
         
@@ -3221,10 +3221,10 @@ open class OnDeviceModel: Disposable, AutoCloseable, OnDeviceModelInterface
      * Logits of every position of `tokens` (`[len, vocab]`, row-major) with `adapter` (or the
      * base model when `None`).
      */
-    @Throws(ModelException::class)override fun `forward`(`adapter`: kotlin.String?, `tokens`: List<kotlin.UInt>): List<kotlin.Float> {
+    @Throws(OpenLedgerException::class)override fun `forward`(`adapter`: kotlin.String?, `tokens`: List<kotlin.UInt>): List<kotlin.Float> {
             return FfiConverterSequenceFloat.lift(
     callWithHandle {
-    uniffiRustCallWithError(ModelException) { _status ->
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
     UniffiLib.uniffi_openledger_mobile_fn_method_ondevicemodel_forward(
         it,
         
@@ -3241,10 +3241,10 @@ open class OnDeviceModel: Disposable, AutoCloseable, OnDeviceModelInterface
      * Greedy continuation of `prompt`: `max_new_tokens` token ids (ties to the lowest id). The
      * prompt runs once, then one token per step, over a key/value cache.
      */
-    @Throws(ModelException::class)override fun `generate`(`adapter`: kotlin.String?, `prompt`: List<kotlin.UInt>, `maxNewTokens`: kotlin.UInt): List<kotlin.UInt> {
+    @Throws(OpenLedgerException::class)override fun `generate`(`adapter`: kotlin.String?, `prompt`: List<kotlin.UInt>, `maxNewTokens`: kotlin.UInt): List<kotlin.UInt> {
             return FfiConverterSequenceUInt.lift(
     callWithHandle {
-    uniffiRustCallWithError(ModelException) { _status ->
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
     UniffiLib.uniffi_openledger_mobile_fn_method_ondevicemodel_generate(
         it,
         
@@ -3262,10 +3262,10 @@ open class OnDeviceModel: Disposable, AutoCloseable, OnDeviceModelInterface
      * [`OnDeviceModel::generate`], handing each token to `listener` as soon as it is chosen;
      * stops early when the listener returns `false`. Returns the tokens generated.
      */
-    @Throws(ModelException::class)override fun `generateStreaming`(`adapter`: kotlin.String?, `prompt`: List<kotlin.UInt>, `maxNewTokens`: kotlin.UInt, `listener`: TokenListener): List<kotlin.UInt> {
+    @Throws(OpenLedgerException::class)override fun `generateStreaming`(`adapter`: kotlin.String?, `prompt`: List<kotlin.UInt>, `maxNewTokens`: kotlin.UInt, `listener`: TokenListener): List<kotlin.UInt> {
             return FfiConverterSequenceUInt.lift(
     callWithHandle {
-    uniffiRustCallWithError(ModelException) { _status ->
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
     UniffiLib.uniffi_openledger_mobile_fn_method_ondevicemodel_generate_streaming(
         it,
         
@@ -3284,10 +3284,10 @@ open class OnDeviceModel: Disposable, AutoCloseable, OnDeviceModelInterface
      * Greedy continuation of a text prompt: encodes it (special tokens included), generates
      * `max_new_tokens` tokens and decodes them (special tokens skipped).
      */
-    @Throws(ModelException::class)override fun `generateText`(`adapter`: kotlin.String?, `prompt`: kotlin.String, `maxNewTokens`: kotlin.UInt): kotlin.String {
+    @Throws(OpenLedgerException::class)override fun `generateText`(`adapter`: kotlin.String?, `prompt`: kotlin.String, `maxNewTokens`: kotlin.UInt): kotlin.String {
             return FfiConverterString.lift(
     callWithHandle {
-    uniffiRustCallWithError(ModelException) { _status ->
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
     UniffiLib.uniffi_openledger_mobile_fn_method_ondevicemodel_generate_text(
         it,
         
@@ -3311,12 +3311,12 @@ open class OnDeviceModel: Disposable, AutoCloseable, OnDeviceModelInterface
      * joined plus, after a listener stopped it, what was still waiting. Each token decodes
      * only a short window of text. The model and its tokenizer stay locked for reading while
      * the listener runs: a listener must not attach adapters or set the tokenizer. An empty
-     * stop string is `InvalidInput`.
+     * stop string is `InvalidArgument`.
      */
-    @Throws(ModelException::class)override fun `generateTextStreaming`(`adapter`: kotlin.String?, `prompt`: kotlin.String, `maxNewTokens`: kotlin.UInt, `stopStrings`: List<kotlin.String>, `listener`: TextListener): kotlin.String {
+    @Throws(OpenLedgerException::class)override fun `generateTextStreaming`(`adapter`: kotlin.String?, `prompt`: kotlin.String, `maxNewTokens`: kotlin.UInt, `stopStrings`: List<kotlin.String>, `listener`: TextListener): kotlin.String {
             return FfiConverterString.lift(
     callWithHandle {
-    uniffiRustCallWithError(ModelException) { _status ->
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
     UniffiLib.uniffi_openledger_mobile_fn_method_ondevicemodel_generate_text_streaming(
         it,
         
@@ -3335,10 +3335,10 @@ open class OnDeviceModel: Disposable, AutoCloseable, OnDeviceModelInterface
     /**
      * Replaces the tokenizer with one parsed from `tokenizer.json` bytes.
      */
-    @Throws(ModelException::class)override fun `setTokenizer`(`tokenizerJson`: kotlin.ByteArray)
+    @Throws(OpenLedgerException::class)override fun `setTokenizer`(`tokenizerJson`: kotlin.ByteArray)
         = 
     callWithHandle {
-    uniffiRustCallWithError(ModelException) { _status ->
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
     UniffiLib.uniffi_openledger_mobile_fn_method_ondevicemodel_set_tokenizer(
         it,
         
@@ -3352,10 +3352,10 @@ open class OnDeviceModel: Disposable, AutoCloseable, OnDeviceModelInterface
     /**
      * Vocabulary size of the model.
      */
-    @Throws(ModelException::class)override fun `vocabSize`(): kotlin.ULong {
+    @Throws(OpenLedgerException::class)override fun `vocabSize`(): kotlin.ULong {
             return FfiConverterULong.lift(
     callWithHandle {
-    uniffiRustCallWithError(ModelException) { _status ->
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
     UniffiLib.uniffi_openledger_mobile_fn_method_ondevicemodel_vocab_size(
         it,
         _status)
@@ -3377,9 +3377,9 @@ open class OnDeviceModel: Disposable, AutoCloseable, OnDeviceModelInterface
      * Loads `config.json`, the safetensors weights and (when present) `tokenizer.json` from an
      * HF model folder.
      */
-    @Throws(ModelException::class) fun `fromDir`(`path`: kotlin.String): OnDeviceModel {
+    @Throws(OpenLedgerException::class) fun `fromDir`(`path`: kotlin.String): OnDeviceModel {
             return FfiConverterTypeOnDeviceModel.lift(
-    uniffiRustCallWithError(ModelException) { _status ->
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
     UniffiLib.uniffi_openledger_mobile_fn_constructor_ondevicemodel_from_dir(
     
         
@@ -3393,9 +3393,9 @@ open class OnDeviceModel: Disposable, AutoCloseable, OnDeviceModelInterface
     /**
      * [`OnDeviceModel::from_dir`], reporting each file read and each layer built.
      */
-    @Throws(ModelException::class) fun `fromDirWithProgress`(`path`: kotlin.String, `listener`: LoadListener): OnDeviceModel {
+    @Throws(OpenLedgerException::class) fun `fromDirWithProgress`(`path`: kotlin.String, `listener`: LoadListener): OnDeviceModel {
             return FfiConverterTypeOnDeviceModel.lift(
-    uniffiRustCallWithError(ModelException) { _status ->
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
     UniffiLib.uniffi_openledger_mobile_fn_constructor_ondevicemodel_from_dir_with_progress(
     
         
@@ -3578,11 +3578,11 @@ open class OperatorSigner: Disposable, AutoCloseable, OperatorSignerInterface
     }
     /**
      * A key from its 32 secret bytes (hex); zero or a value not below the curve order is
-     * [`ChainError::Signature`].
+     * [`OpenLedgerError::Signature`].
      */
     constructor(`secret`: kotlin.String) :
         this(UniffiWithHandle, 
-    uniffiRustCallWithError(ChainException) { _status ->
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
     UniffiLib.uniffi_openledger_mobile_fn_constructor_operatorsigner_new(
     
         
@@ -3686,10 +3686,10 @@ open class OperatorSigner: Disposable, AutoCloseable, OperatorSignerInterface
     /**
      * Signs the receipt's EIP-712 digest: a 65-byte `r || s || v` hex signature (low s).
      */
-    @Throws(ChainException::class)override fun `sign`(`receipt`: AttributionReceipt, `domain`: ReceiptDomain): kotlin.String {
+    @Throws(OpenLedgerException::class)override fun `sign`(`receipt`: AttributionReceipt, `domain`: ReceiptDomain): kotlin.String {
             return FfiConverterString.lift(
     callWithHandle {
-    uniffiRustCallWithError(ChainException) { _status ->
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
     UniffiLib.uniffi_openledger_mobile_fn_method_operatorsigner_sign(
         it,
         
@@ -3923,7 +3923,7 @@ open class StandardMerkleTree: Disposable, AutoCloseable, StandardMerkleTreeInte
      */
     constructor(`values`: List<List<kotlin.String>>, `leafEncoding`: List<kotlin.String>, `sortLeaves`: kotlin.Boolean) :
         this(UniffiWithHandle, 
-    uniffiRustCallWithError(MerkleException) { _status ->
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
     UniffiLib.uniffi_openledger_mobile_fn_constructor_standardmerkletree_new(
     
         
@@ -4046,10 +4046,10 @@ open class StandardMerkleTree: Disposable, AutoCloseable, StandardMerkleTreeInte
     /**
      * The leaf hash of value `index`.
      */
-    @Throws(MerkleException::class)override fun `leafHash`(`index`: kotlin.ULong): kotlin.String {
+    @Throws(OpenLedgerException::class)override fun `leafHash`(`index`: kotlin.ULong): kotlin.String {
             return FfiConverterString.lift(
     callWithHandle {
-    uniffiRustCallWithError(MerkleException) { _status ->
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
     UniffiLib.uniffi_openledger_mobile_fn_method_standardmerkletree_leaf_hash(
         it,
         
@@ -4080,10 +4080,10 @@ open class StandardMerkleTree: Disposable, AutoCloseable, StandardMerkleTreeInte
     /**
      * A multiproof of the values at `indices`.
      */
-    @Throws(MerkleException::class)override fun `multiProof`(`indices`: List<kotlin.ULong>): StandardMultiProof {
+    @Throws(OpenLedgerException::class)override fun `multiProof`(`indices`: List<kotlin.ULong>): StandardMultiProof {
             return FfiConverterTypeStandardMultiProof.lift(
     callWithHandle {
-    uniffiRustCallWithError(MerkleException) { _status ->
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
     UniffiLib.uniffi_openledger_mobile_fn_method_standardmerkletree_multi_proof(
         it,
         
@@ -4098,10 +4098,10 @@ open class StandardMerkleTree: Disposable, AutoCloseable, StandardMerkleTreeInte
     /**
      * The proof of value `index` (values in the order given).
      */
-    @Throws(MerkleException::class)override fun `proof`(`index`: kotlin.ULong): List<kotlin.String> {
+    @Throws(OpenLedgerException::class)override fun `proof`(`index`: kotlin.ULong): List<kotlin.String> {
             return FfiConverterSequenceString.lift(
     callWithHandle {
-    uniffiRustCallWithError(MerkleException) { _status ->
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
     UniffiLib.uniffi_openledger_mobile_fn_method_standardmerkletree_proof(
         it,
         
@@ -4148,10 +4148,10 @@ open class StandardMerkleTree: Disposable, AutoCloseable, StandardMerkleTreeInte
     /**
      * Whether `proof` proves value `index` against this tree's root.
      */
-    @Throws(MerkleException::class)override fun `verify`(`index`: kotlin.ULong, `proof`: List<kotlin.String>): kotlin.Boolean {
+    @Throws(OpenLedgerException::class)override fun `verify`(`index`: kotlin.ULong, `proof`: List<kotlin.String>): kotlin.Boolean {
             return FfiConverterBoolean.lift(
     callWithHandle {
-    uniffiRustCallWithError(MerkleException) { _status ->
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
     UniffiLib.uniffi_openledger_mobile_fn_method_standardmerkletree_verify(
         it,
         
@@ -4174,9 +4174,9 @@ open class StandardMerkleTree: Disposable, AutoCloseable, StandardMerkleTreeInte
     /**
      * Loads and validates a `standard-v1` JSON dump.
      */
-    @Throws(MerkleException::class) fun `load`(`dumpJson`: kotlin.String): StandardMerkleTree {
+    @Throws(OpenLedgerException::class) fun `load`(`dumpJson`: kotlin.String): StandardMerkleTree {
             return FfiConverterTypeStandardMerkleTree.lift(
-    uniffiRustCallWithError(MerkleException) { _status ->
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
     UniffiLib.uniffi_openledger_mobile_fn_constructor_standardmerkletree_load(
     
         
@@ -4870,359 +4870,6 @@ public object FfiConverterTypeWeightShare: FfiConverterRustBuffer<WeightShare> {
 
 
 
-
-
-/**
- * Why a PEFT adapter could not be loaded or does not fit a base model.
- */
-sealed class AdapterException(message: String): kotlin.Exception(message) {
-        
-    /**
-     * A file is missing or unreadable.
-     */
-        class Io(message: String) : AdapterException(message)
-        
-    /**
-     * `adapter_config.json` or the safetensors file is not a valid PEFT LoRA adapter.
-     */
-        class Format(message: String) : AdapterException(message)
-        
-    /**
-     * The adapter does not fit the base model (missing target module, wrong shape).
-     */
-        class BaseMismatch(message: String) : AdapterException(message)
-        
-
-    companion object ErrorHandler : UniffiRustCallStatusErrorHandler<AdapterException> {
-        override fun lift(error_buf: RustBuffer.ByValue): AdapterException = FfiConverterTypeAdapterError.lift(error_buf)
-    }
-}
-
-/**
- * @suppress
- */
-public object FfiConverterTypeAdapterError : FfiConverterRustBuffer<AdapterException> {
-    override fun read(buf: ByteBuffer): AdapterException {
-        
-            return when(buf.getInt()) {
-            1 -> AdapterException.Io(FfiConverterString.read(buf))
-            2 -> AdapterException.Format(FfiConverterString.read(buf))
-            3 -> AdapterException.BaseMismatch(FfiConverterString.read(buf))
-            else -> throw RuntimeException("invalid error enum value, something is very wrong!!")
-        }
-        
-    }
-
-    override fun allocationSize(value: AdapterException): ULong {
-        return 4UL
-    }
-
-    override fun write(value: AdapterException, buf: ByteBuffer) {
-        when(value) {
-            is AdapterException.Io -> {
-                buf.putInt(1)
-                Unit
-            }
-            is AdapterException.Format -> {
-                buf.putInt(2)
-                Unit
-            }
-            is AdapterException.BaseMismatch -> {
-                buf.putInt(3)
-                Unit
-            }
-        }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }
-    }
-
-}
-
-
-
-
-
-/**
- * Why a receipt, signature or contract call was refused.
- */
-sealed class ChainException(message: String): kotlin.Exception(message) {
-        
-    /**
-     * An argument could not be read (bad hex, wrong length, an amount that is not a decimal
-     * integer).
-     */
-        class InvalidArgument(message: String) : ChainException(message)
-        
-    /**
-     * A secret key or a signature that is not valid on secp256k1.
-     */
-        class Signature(message: String) : ChainException(message)
-        
-
-    companion object ErrorHandler : UniffiRustCallStatusErrorHandler<ChainException> {
-        override fun lift(error_buf: RustBuffer.ByValue): ChainException = FfiConverterTypeChainError.lift(error_buf)
-    }
-}
-
-/**
- * @suppress
- */
-public object FfiConverterTypeChainError : FfiConverterRustBuffer<ChainException> {
-    override fun read(buf: ByteBuffer): ChainException {
-        
-            return when(buf.getInt()) {
-            1 -> ChainException.InvalidArgument(FfiConverterString.read(buf))
-            2 -> ChainException.Signature(FfiConverterString.read(buf))
-            else -> throw RuntimeException("invalid error enum value, something is very wrong!!")
-        }
-        
-    }
-
-    override fun allocationSize(value: ChainException): ULong {
-        return 4UL
-    }
-
-    override fun write(value: ChainException, buf: ByteBuffer) {
-        when(value) {
-            is ChainException.InvalidArgument -> {
-                buf.putInt(1)
-                Unit
-            }
-            is ChainException.Signature -> {
-                buf.putInt(2)
-                Unit
-            }
-        }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }
-    }
-
-}
-
-
-
-
-
-/**
- * Why a Merkle tree, proof or multiproof was refused.
- */
-sealed class MerkleException(message: String): kotlin.Exception(message) {
-        
-    /**
-     * An argument could not be read (a hash that is not 32 bytes of hex, an index too large).
-     */
-        class InvalidArgument(message: String) : MerkleException(message)
-        
-    /**
-     * A leaf encoding entry is not a Solidity type.
-     */
-        class InvalidLeafType(message: String) : MerkleException(message)
-        
-    /**
-     * A value does not match the leaf encoding (wrong number of fields, unreadable field).
-     */
-        class InvalidValue(message: String) : MerkleException(message)
-        
-    /**
-     * A value or leaf index past the end of the tree.
-     */
-        class IndexOutOfBounds(message: String) : MerkleException(message)
-        
-    /**
-     * A tree needs at least one leaf.
-     */
-        class EmptyTree(message: String) : MerkleException(message)
-        
-    /**
-     * A multiproof whose parts do not fit together, or a duplicated index.
-     */
-        class InvalidMultiProof(message: String) : MerkleException(message)
-        
-    /**
-     * A `standard-v1` dump that cannot be read or does not describe a valid tree.
-     */
-        class InvalidDump(message: String) : MerkleException(message)
-        
-
-    companion object ErrorHandler : UniffiRustCallStatusErrorHandler<MerkleException> {
-        override fun lift(error_buf: RustBuffer.ByValue): MerkleException = FfiConverterTypeMerkleError.lift(error_buf)
-    }
-}
-
-/**
- * @suppress
- */
-public object FfiConverterTypeMerkleError : FfiConverterRustBuffer<MerkleException> {
-    override fun read(buf: ByteBuffer): MerkleException {
-        
-            return when(buf.getInt()) {
-            1 -> MerkleException.InvalidArgument(FfiConverterString.read(buf))
-            2 -> MerkleException.InvalidLeafType(FfiConverterString.read(buf))
-            3 -> MerkleException.InvalidValue(FfiConverterString.read(buf))
-            4 -> MerkleException.IndexOutOfBounds(FfiConverterString.read(buf))
-            5 -> MerkleException.EmptyTree(FfiConverterString.read(buf))
-            6 -> MerkleException.InvalidMultiProof(FfiConverterString.read(buf))
-            7 -> MerkleException.InvalidDump(FfiConverterString.read(buf))
-            else -> throw RuntimeException("invalid error enum value, something is very wrong!!")
-        }
-        
-    }
-
-    override fun allocationSize(value: MerkleException): ULong {
-        return 4UL
-    }
-
-    override fun write(value: MerkleException, buf: ByteBuffer) {
-        when(value) {
-            is MerkleException.InvalidArgument -> {
-                buf.putInt(1)
-                Unit
-            }
-            is MerkleException.InvalidLeafType -> {
-                buf.putInt(2)
-                Unit
-            }
-            is MerkleException.InvalidValue -> {
-                buf.putInt(3)
-                Unit
-            }
-            is MerkleException.IndexOutOfBounds -> {
-                buf.putInt(4)
-                Unit
-            }
-            is MerkleException.EmptyTree -> {
-                buf.putInt(5)
-                Unit
-            }
-            is MerkleException.InvalidMultiProof -> {
-                buf.putInt(6)
-                Unit
-            }
-            is MerkleException.InvalidDump -> {
-                buf.putInt(7)
-                Unit
-            }
-        }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }
-    }
-
-}
-
-
-
-
-
-/**
- * Why an on-device model could not be loaded or run.
- */
-sealed class ModelException(message: String): kotlin.Exception(message) {
-        
-    /**
-     * A file is missing or unreadable.
-     */
-        class Io(message: String) : ModelException(message)
-        
-    /**
-     * The model folder is not a supported model (config, weights, architecture).
-     */
-        class InvalidModel(message: String) : ModelException(message)
-        
-    /**
-     * The input cannot run: an empty prompt, a token id outside the vocabulary.
-     */
-        class InvalidInput(message: String) : ModelException(message)
-        
-    /**
-     * No adapter is attached under this name.
-     */
-        class UnknownAdapter(message: String) : ModelException(message)
-        
-    /**
-     * An adapter with this name is already attached.
-     */
-        class DuplicateAdapter(message: String) : ModelException(message)
-        
-    /**
-     * The adapter does not fit this model.
-     */
-        class IncompatibleAdapter(message: String) : ModelException(message)
-        
-    /**
-     * The model has no tokenizer, or the tokenizer failed.
-     */
-        class Tokenizer(message: String) : ModelException(message)
-        
-    /**
-     * The tensor backend failed.
-     */
-        class Backend(message: String) : ModelException(message)
-        
-
-    companion object ErrorHandler : UniffiRustCallStatusErrorHandler<ModelException> {
-        override fun lift(error_buf: RustBuffer.ByValue): ModelException = FfiConverterTypeModelError.lift(error_buf)
-    }
-}
-
-/**
- * @suppress
- */
-public object FfiConverterTypeModelError : FfiConverterRustBuffer<ModelException> {
-    override fun read(buf: ByteBuffer): ModelException {
-        
-            return when(buf.getInt()) {
-            1 -> ModelException.Io(FfiConverterString.read(buf))
-            2 -> ModelException.InvalidModel(FfiConverterString.read(buf))
-            3 -> ModelException.InvalidInput(FfiConverterString.read(buf))
-            4 -> ModelException.UnknownAdapter(FfiConverterString.read(buf))
-            5 -> ModelException.DuplicateAdapter(FfiConverterString.read(buf))
-            6 -> ModelException.IncompatibleAdapter(FfiConverterString.read(buf))
-            7 -> ModelException.Tokenizer(FfiConverterString.read(buf))
-            8 -> ModelException.Backend(FfiConverterString.read(buf))
-            else -> throw RuntimeException("invalid error enum value, something is very wrong!!")
-        }
-        
-    }
-
-    override fun allocationSize(value: ModelException): ULong {
-        return 4UL
-    }
-
-    override fun write(value: ModelException, buf: ByteBuffer) {
-        when(value) {
-            is ModelException.Io -> {
-                buf.putInt(1)
-                Unit
-            }
-            is ModelException.InvalidModel -> {
-                buf.putInt(2)
-                Unit
-            }
-            is ModelException.InvalidInput -> {
-                buf.putInt(3)
-                Unit
-            }
-            is ModelException.UnknownAdapter -> {
-                buf.putInt(4)
-                Unit
-            }
-            is ModelException.DuplicateAdapter -> {
-                buf.putInt(5)
-                Unit
-            }
-            is ModelException.IncompatibleAdapter -> {
-                buf.putInt(6)
-                Unit
-            }
-            is ModelException.Tokenizer -> {
-                buf.putInt(7)
-                Unit
-            }
-            is ModelException.Backend -> {
-                buf.putInt(8)
-                Unit
-            }
-        }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }
-    }
-
-}
-
-
-
 /**
  * What to do with a negative score.
  */
@@ -5234,7 +4881,7 @@ enum class NegativeScores {
      */
     CLIP,
     /**
-     * Refuse the split ([`SplitError::NegativeScore`]).
+     * Refuse the split ([`OpenLedgerError::Split`]).
      */
     REJECT;
 
@@ -5269,112 +4916,305 @@ public object FfiConverterTypeNegativeScores: FfiConverterRustBuffer<NegativeSco
 
 
 /**
- * Why a reward split was refused.
+ * Why a call was refused.
  */
-sealed class SplitException(message: String): kotlin.Exception(message) {
+sealed class OpenLedgerException(message: String): kotlin.Exception(message) {
         
     /**
-     * An argument could not be read (bad address hex, an amount that is not a decimal integer).
+     * An argument has the wrong type, shape or value (bad hex, an amount that is not a decimal
+     * integer, a NaN score, an empty prompt, a token outside the vocabulary).
      */
-        class InvalidArgument(message: String) : SplitException(message)
+        class InvalidArgument(message: String) : OpenLedgerException(message)
         
     /**
-     * A score is NaN or infinite.
+     * A string is not a valid id.
      */
-        class NonFiniteScore(message: String) : SplitException(message)
+        class InvalidId(message: String) : OpenLedgerException(message)
         
     /**
-     * A score is negative and the policy rejects negative scores.
+     * No item is registered under this id (an adapter name, a training-log step).
      */
-        class NegativeScore(message: String) : SplitException(message)
+        class UnknownId(message: String) : OpenLedgerException(message)
         
     /**
-     * Every weight is zero and no fallback account was given.
+     * An adapter's config or safetensors bytes are malformed, truncated or inconsistent.
      */
-        class ZeroTotalWeight(message: String) : SplitException(message)
+        class AdapterFormat(message: String) : OpenLedgerException(message)
         
     /**
-     * The same account appears twice.
+     * An adapter does not fit the base model (a missing target module, a wrong shape).
      */
-        class DuplicateAccount(message: String) : SplitException(message)
+        class BaseMismatch(message: String) : OpenLedgerException(message)
         
     /**
-     * Basis points that do not add up (to 10,000 for a split, to at most 10,000 for a fee).
+     * A model folder's config, weights or tokenizer are malformed, missing or unsupported.
      */
-        class BasisPoints(message: String) : SplitException(message)
+        class ModelFormat(message: String) : OpenLedgerException(message)
         
     /**
-     * Nothing to split between.
+     * Something does not fit a byte budget.
      */
-        class Empty(message: String) : SplitException(message)
+        class Budget(message: String) : OpenLedgerException(message)
         
     /**
-     * Any other refusal of the split rules.
+     * The object refuses the call in its current state (a duplicate adapter name, ...).
      */
-        class Other(message: String) : SplitException(message)
+        class State(message: String) : OpenLedgerException(message)
+        
+    /**
+     * The object is in use by another call; retry later.
+     */
+        class Busy(message: String) : OpenLedgerException(message)
+        
+    /**
+     * A reward split is impossible (a refused negative score, zero total weight, a duplicate
+     * account, basis points that do not add up, nothing to split between).
+     */
+        class Split(message: String) : OpenLedgerException(message)
+        
+    /**
+     * A feature-store file is not one.
+     */
+        class FeatureStore(message: String) : OpenLedgerException(message)
+        
+    /**
+     * A Merkle tree, value, proof, multiproof or dump is invalid.
+     */
+        class Merkle(message: String) : OpenLedgerException(message)
+        
+    /**
+     * A secret key or a signature that is not valid on secp256k1.
+     */
+        class Signature(message: String) : OpenLedgerException(message)
+        
+    /**
+     * A contract, function or argument does not match the shipped ABIs.
+     */
+        class Abi(message: String) : OpenLedgerException(message)
+        
+    /**
+     * The chain refused a transaction.
+     */
+        class Transaction(message: String) : OpenLedgerException(message)
+        
+    /**
+     * A generation failed while it ran.
+     */
+        class Generation(message: String) : OpenLedgerException(message)
+        
+    /**
+     * Fine-tuning cannot go on.
+     */
+        class Training(message: String) : OpenLedgerException(message)
+        
+    /**
+     * The caller holds no right to do this.
+     */
+        class AccessDenied(message: String) : OpenLedgerException(message)
+        
+    /**
+     * Data is malformed or does not match what it commits to (a tampered training log, a
+     * record whose hash differs from its id).
+     */
+        class Integrity(message: String) : OpenLedgerException(message)
+        
+    /**
+     * The object was closed.
+     */
+        class Closed(message: String) : OpenLedgerException(message)
+        
+    /**
+     * A stage was called before the stage it needs.
+     */
+        class OutOfOrder(message: String) : OpenLedgerException(message)
+        
+    /**
+     * The Payable-AI loop's own bookkeeping refused.
+     */
+        class Loop(message: String) : OpenLedgerException(message)
+        
+    /**
+     * A feature this build does not offer.
+     */
+        class Unsupported(message: String) : OpenLedgerException(message)
+        
+    /**
+     * A file does not exist.
+     */
+        class NotFound(message: String) : OpenLedgerException(message)
+        
+    /**
+     * A file cannot be accessed.
+     */
+        class PermissionDenied(message: String) : OpenLedgerException(message)
+        
+    /**
+     * Another input/output failure.
+     */
+        class Io(message: String) : OpenLedgerException(message)
+        
+    /**
+     * A bug in the native code, caught before it could cross (please report it).
+     */
+        class Internal(message: String) : OpenLedgerException(message)
         
 
-    companion object ErrorHandler : UniffiRustCallStatusErrorHandler<SplitException> {
-        override fun lift(error_buf: RustBuffer.ByValue): SplitException = FfiConverterTypeSplitError.lift(error_buf)
+    companion object ErrorHandler : UniffiRustCallStatusErrorHandler<OpenLedgerException> {
+        override fun lift(error_buf: RustBuffer.ByValue): OpenLedgerException = FfiConverterTypeOpenLedgerError.lift(error_buf)
     }
 }
 
 /**
  * @suppress
  */
-public object FfiConverterTypeSplitError : FfiConverterRustBuffer<SplitException> {
-    override fun read(buf: ByteBuffer): SplitException {
+public object FfiConverterTypeOpenLedgerError : FfiConverterRustBuffer<OpenLedgerException> {
+    override fun read(buf: ByteBuffer): OpenLedgerException {
         
             return when(buf.getInt()) {
-            1 -> SplitException.InvalidArgument(FfiConverterString.read(buf))
-            2 -> SplitException.NonFiniteScore(FfiConverterString.read(buf))
-            3 -> SplitException.NegativeScore(FfiConverterString.read(buf))
-            4 -> SplitException.ZeroTotalWeight(FfiConverterString.read(buf))
-            5 -> SplitException.DuplicateAccount(FfiConverterString.read(buf))
-            6 -> SplitException.BasisPoints(FfiConverterString.read(buf))
-            7 -> SplitException.Empty(FfiConverterString.read(buf))
-            8 -> SplitException.Other(FfiConverterString.read(buf))
+            1 -> OpenLedgerException.InvalidArgument(FfiConverterString.read(buf))
+            2 -> OpenLedgerException.InvalidId(FfiConverterString.read(buf))
+            3 -> OpenLedgerException.UnknownId(FfiConverterString.read(buf))
+            4 -> OpenLedgerException.AdapterFormat(FfiConverterString.read(buf))
+            5 -> OpenLedgerException.BaseMismatch(FfiConverterString.read(buf))
+            6 -> OpenLedgerException.ModelFormat(FfiConverterString.read(buf))
+            7 -> OpenLedgerException.Budget(FfiConverterString.read(buf))
+            8 -> OpenLedgerException.State(FfiConverterString.read(buf))
+            9 -> OpenLedgerException.Busy(FfiConverterString.read(buf))
+            10 -> OpenLedgerException.Split(FfiConverterString.read(buf))
+            11 -> OpenLedgerException.FeatureStore(FfiConverterString.read(buf))
+            12 -> OpenLedgerException.Merkle(FfiConverterString.read(buf))
+            13 -> OpenLedgerException.Signature(FfiConverterString.read(buf))
+            14 -> OpenLedgerException.Abi(FfiConverterString.read(buf))
+            15 -> OpenLedgerException.Transaction(FfiConverterString.read(buf))
+            16 -> OpenLedgerException.Generation(FfiConverterString.read(buf))
+            17 -> OpenLedgerException.Training(FfiConverterString.read(buf))
+            18 -> OpenLedgerException.AccessDenied(FfiConverterString.read(buf))
+            19 -> OpenLedgerException.Integrity(FfiConverterString.read(buf))
+            20 -> OpenLedgerException.Closed(FfiConverterString.read(buf))
+            21 -> OpenLedgerException.OutOfOrder(FfiConverterString.read(buf))
+            22 -> OpenLedgerException.Loop(FfiConverterString.read(buf))
+            23 -> OpenLedgerException.Unsupported(FfiConverterString.read(buf))
+            24 -> OpenLedgerException.NotFound(FfiConverterString.read(buf))
+            25 -> OpenLedgerException.PermissionDenied(FfiConverterString.read(buf))
+            26 -> OpenLedgerException.Io(FfiConverterString.read(buf))
+            27 -> OpenLedgerException.Internal(FfiConverterString.read(buf))
             else -> throw RuntimeException("invalid error enum value, something is very wrong!!")
         }
         
     }
 
-    override fun allocationSize(value: SplitException): ULong {
+    override fun allocationSize(value: OpenLedgerException): ULong {
         return 4UL
     }
 
-    override fun write(value: SplitException, buf: ByteBuffer) {
+    override fun write(value: OpenLedgerException, buf: ByteBuffer) {
         when(value) {
-            is SplitException.InvalidArgument -> {
+            is OpenLedgerException.InvalidArgument -> {
                 buf.putInt(1)
                 Unit
             }
-            is SplitException.NonFiniteScore -> {
+            is OpenLedgerException.InvalidId -> {
                 buf.putInt(2)
                 Unit
             }
-            is SplitException.NegativeScore -> {
+            is OpenLedgerException.UnknownId -> {
                 buf.putInt(3)
                 Unit
             }
-            is SplitException.ZeroTotalWeight -> {
+            is OpenLedgerException.AdapterFormat -> {
                 buf.putInt(4)
                 Unit
             }
-            is SplitException.DuplicateAccount -> {
+            is OpenLedgerException.BaseMismatch -> {
                 buf.putInt(5)
                 Unit
             }
-            is SplitException.BasisPoints -> {
+            is OpenLedgerException.ModelFormat -> {
                 buf.putInt(6)
                 Unit
             }
-            is SplitException.Empty -> {
+            is OpenLedgerException.Budget -> {
                 buf.putInt(7)
                 Unit
             }
-            is SplitException.Other -> {
+            is OpenLedgerException.State -> {
                 buf.putInt(8)
+                Unit
+            }
+            is OpenLedgerException.Busy -> {
+                buf.putInt(9)
+                Unit
+            }
+            is OpenLedgerException.Split -> {
+                buf.putInt(10)
+                Unit
+            }
+            is OpenLedgerException.FeatureStore -> {
+                buf.putInt(11)
+                Unit
+            }
+            is OpenLedgerException.Merkle -> {
+                buf.putInt(12)
+                Unit
+            }
+            is OpenLedgerException.Signature -> {
+                buf.putInt(13)
+                Unit
+            }
+            is OpenLedgerException.Abi -> {
+                buf.putInt(14)
+                Unit
+            }
+            is OpenLedgerException.Transaction -> {
+                buf.putInt(15)
+                Unit
+            }
+            is OpenLedgerException.Generation -> {
+                buf.putInt(16)
+                Unit
+            }
+            is OpenLedgerException.Training -> {
+                buf.putInt(17)
+                Unit
+            }
+            is OpenLedgerException.AccessDenied -> {
+                buf.putInt(18)
+                Unit
+            }
+            is OpenLedgerException.Integrity -> {
+                buf.putInt(19)
+                Unit
+            }
+            is OpenLedgerException.Closed -> {
+                buf.putInt(20)
+                Unit
+            }
+            is OpenLedgerException.OutOfOrder -> {
+                buf.putInt(21)
+                Unit
+            }
+            is OpenLedgerException.Loop -> {
+                buf.putInt(22)
+                Unit
+            }
+            is OpenLedgerException.Unsupported -> {
+                buf.putInt(23)
+                Unit
+            }
+            is OpenLedgerException.NotFound -> {
+                buf.putInt(24)
+                Unit
+            }
+            is OpenLedgerException.PermissionDenied -> {
+                buf.putInt(25)
+                Unit
+            }
+            is OpenLedgerException.Io -> {
+                buf.putInt(26)
+                Unit
+            }
+            is OpenLedgerException.Internal -> {
+                buf.putInt(27)
                 Unit
             }
         }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }
@@ -5953,11 +5793,11 @@ public object FfiConverterSequenceSequenceString: FfiConverterRustBuffer<List<Li
 }
         /**
          * The root a multiproof leads to; a malformed multiproof is
-         * [`MerkleError::InvalidMultiProof`].
+         * [`OpenLedgerError::Merkle`].
          */
-    @Throws(MerkleException::class) fun `processMerkleMultiProof`(`multiProof`: MerkleMultiProof): kotlin.String {
+    @Throws(OpenLedgerException::class) fun `processMerkleMultiProof`(`multiProof`: MerkleMultiProof): kotlin.String {
             return FfiConverterString.lift(
-    uniffiRustCallWithError(MerkleException) { _status ->
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
     UniffiLib.uniffi_openledger_mobile_fn_func_process_merkle_multi_proof(
     
         
@@ -5970,9 +5810,9 @@ public object FfiConverterSequenceSequenceString: FfiConverterRustBuffer<List<Li
         /**
          * The root that `proof` leads to from `leaf`.
          */
-    @Throws(MerkleException::class) fun `processMerkleProof`(`leaf`: kotlin.String, `proof`: List<kotlin.String>): kotlin.String {
+    @Throws(OpenLedgerException::class) fun `processMerkleProof`(`leaf`: kotlin.String, `proof`: List<kotlin.String>): kotlin.String {
             return FfiConverterString.lift(
-    uniffiRustCallWithError(MerkleException) { _status ->
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
     UniffiLib.uniffi_openledger_mobile_fn_func_process_merkle_proof(
     
         
@@ -5986,9 +5826,9 @@ public object FfiConverterSequenceSequenceString: FfiConverterRustBuffer<List<Li
         /**
          * The standard leaf hash `keccak256(keccak256(abi.encode(value)))` of one value.
          */
-    @Throws(MerkleException::class) fun `standardLeafHash`(`leafEncoding`: List<kotlin.String>, `value`: List<kotlin.String>): kotlin.String {
+    @Throws(OpenLedgerException::class) fun `standardLeafHash`(`leafEncoding`: List<kotlin.String>, `value`: List<kotlin.String>): kotlin.String {
             return FfiConverterString.lift(
-    uniffiRustCallWithError(MerkleException) { _status ->
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
     UniffiLib.uniffi_openledger_mobile_fn_func_standard_leaf_hash(
     
         
@@ -6003,9 +5843,9 @@ public object FfiConverterSequenceSequenceString: FfiConverterRustBuffer<List<Li
          * Whether a multiproof leads to `root` (`MerkleProof.multiProofVerify`); a malformed one is not
          * valid.
          */
-    @Throws(MerkleException::class) fun `verifyMerkleMultiProof`(`root`: kotlin.String, `multiProof`: MerkleMultiProof): kotlin.Boolean {
+    @Throws(OpenLedgerException::class) fun `verifyMerkleMultiProof`(`root`: kotlin.String, `multiProof`: MerkleMultiProof): kotlin.Boolean {
             return FfiConverterBoolean.lift(
-    uniffiRustCallWithError(MerkleException) { _status ->
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
     UniffiLib.uniffi_openledger_mobile_fn_func_verify_merkle_multi_proof(
     
         
@@ -6019,9 +5859,9 @@ public object FfiConverterSequenceSequenceString: FfiConverterRustBuffer<List<Li
         /**
          * Whether `proof` proves `leaf` against `root` (`MerkleProof.verify`).
          */
-    @Throws(MerkleException::class) fun `verifyMerkleProof`(`root`: kotlin.String, `leaf`: kotlin.String, `proof`: List<kotlin.String>): kotlin.Boolean {
+    @Throws(OpenLedgerException::class) fun `verifyMerkleProof`(`root`: kotlin.String, `leaf`: kotlin.String, `proof`: List<kotlin.String>): kotlin.Boolean {
             return FfiConverterBoolean.lift(
-    uniffiRustCallWithError(MerkleException) { _status ->
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
     UniffiLib.uniffi_openledger_mobile_fn_func_verify_merkle_proof(
     
         
@@ -6037,9 +5877,9 @@ public object FfiConverterSequenceSequenceString: FfiConverterRustBuffer<List<Li
          * Whether a multiproof of values leads to `root`, without the tree. A malformed multiproof is
          * not valid (false).
          */
-    @Throws(MerkleException::class) fun `verifyStandardMultiProof`(`root`: kotlin.String, `leafEncoding`: List<kotlin.String>, `multiProof`: StandardMultiProof): kotlin.Boolean {
+    @Throws(OpenLedgerException::class) fun `verifyStandardMultiProof`(`root`: kotlin.String, `leafEncoding`: List<kotlin.String>, `multiProof`: StandardMultiProof): kotlin.Boolean {
             return FfiConverterBoolean.lift(
-    uniffiRustCallWithError(MerkleException) { _status ->
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
     UniffiLib.uniffi_openledger_mobile_fn_func_verify_standard_multi_proof(
     
         
@@ -6054,9 +5894,9 @@ public object FfiConverterSequenceSequenceString: FfiConverterRustBuffer<List<Li
         /**
          * Whether `proof` proves `value` (fields per `leaf_encoding`) against `root`, without the tree.
          */
-    @Throws(MerkleException::class) fun `verifyStandardProof`(`root`: kotlin.String, `leafEncoding`: List<kotlin.String>, `value`: List<kotlin.String>, `proof`: List<kotlin.String>): kotlin.Boolean {
+    @Throws(OpenLedgerException::class) fun `verifyStandardProof`(`root`: kotlin.String, `leafEncoding`: List<kotlin.String>, `value`: List<kotlin.String>, `proof`: List<kotlin.String>): kotlin.Boolean {
             return FfiConverterBoolean.lift(
-    uniffiRustCallWithError(MerkleException) { _status ->
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
     UniffiLib.uniffi_openledger_mobile_fn_func_verify_standard_proof(
     
         
@@ -6072,9 +5912,9 @@ public object FfiConverterSequenceSequenceString: FfiConverterRustBuffer<List<Li
         /**
          * `keccak256(abi.encode(bytes32[] ids, uint256[] weights))`, ids and weights in the order given.
          */
-    @Throws(ChainException::class) fun `attributionWeightsHash`(`weights`: List<AttributionWeight>): kotlin.String {
+    @Throws(OpenLedgerException::class) fun `attributionWeightsHash`(`weights`: List<AttributionWeight>): kotlin.String {
             return FfiConverterString.lift(
-    uniffiRustCallWithError(ChainException) { _status ->
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
     UniffiLib.uniffi_openledger_mobile_fn_func_attribution_weights_hash(
     
         
@@ -6088,9 +5928,9 @@ public object FfiConverterSequenceSequenceString: FfiConverterRustBuffer<List<Li
          * The calldata of `AttributionRewards.claim(epoch, index, account, amount, proof)`: a
          * contributor's claim of its reward with the Merkle proof of its leaf.
          */
-    @Throws(ChainException::class) fun `claimCalldata`(`epoch`: kotlin.ULong, `index`: kotlin.String, `account`: kotlin.String, `amount`: kotlin.String, `proof`: List<kotlin.String>): kotlin.String {
+    @Throws(OpenLedgerException::class) fun `claimCalldata`(`epoch`: kotlin.ULong, `index`: kotlin.String, `account`: kotlin.String, `amount`: kotlin.String, `proof`: List<kotlin.String>): kotlin.String {
             return FfiConverterString.lift(
-    uniffiRustCallWithError(ChainException) { _status ->
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
     UniffiLib.uniffi_openledger_mobile_fn_func_claim_calldata(
     
         
@@ -6110,9 +5950,9 @@ public object FfiConverterSequenceSequenceString: FfiConverterRustBuffer<List<Li
          * with `args_json` a JSON array of the arguments in canonical form (integers as decimal strings,
          * addresses and bytes as `0x` hex, tuples and arrays as JSON arrays).
          */
-    @Throws(ChainException::class) fun `encodeContractCall`(`contract`: kotlin.String, `function`: kotlin.String, `argsJson`: kotlin.String): kotlin.String {
+    @Throws(OpenLedgerException::class) fun `encodeContractCall`(`contract`: kotlin.String, `function`: kotlin.String, `argsJson`: kotlin.String): kotlin.String {
             return FfiConverterString.lift(
-    uniffiRustCallWithError(ChainException) { _status ->
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
     UniffiLib.uniffi_openledger_mobile_fn_func_encode_contract_call(
     
         
@@ -6127,9 +5967,9 @@ public object FfiConverterSequenceSequenceString: FfiConverterRustBuffer<List<Li
         /**
          * The calldata of `InferencePayments.payForInference(receipt, signature)`.
          */
-    @Throws(ChainException::class) fun `payForInferenceCalldata`(`receipt`: AttributionReceipt, `signature`: kotlin.String): kotlin.String {
+    @Throws(OpenLedgerException::class) fun `payForInferenceCalldata`(`receipt`: AttributionReceipt, `signature`: kotlin.String): kotlin.String {
             return FfiConverterString.lift(
-    uniffiRustCallWithError(ChainException) { _status ->
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
     UniffiLib.uniffi_openledger_mobile_fn_func_pay_for_inference_calldata(
     
         
@@ -6143,9 +5983,9 @@ public object FfiConverterSequenceSequenceString: FfiConverterRustBuffer<List<Li
         /**
          * The EIP-712 domain separator of `domain`.
          */
-    @Throws(ChainException::class) fun `receiptDomainSeparator`(`domain`: ReceiptDomain): kotlin.String {
+    @Throws(OpenLedgerException::class) fun `receiptDomainSeparator`(`domain`: ReceiptDomain): kotlin.String {
             return FfiConverterString.lift(
-    uniffiRustCallWithError(ChainException) { _status ->
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
     UniffiLib.uniffi_openledger_mobile_fn_func_receipt_domain_separator(
     
         
@@ -6158,9 +5998,9 @@ public object FfiConverterSequenceSequenceString: FfiConverterRustBuffer<List<Li
         /**
          * The digest the operator signs: `keccak256("\x19\x01" || domainSeparator || hashStruct)`.
          */
-    @Throws(ChainException::class) fun `receiptSigningHash`(`receipt`: AttributionReceipt, `domain`: ReceiptDomain): kotlin.String {
+    @Throws(OpenLedgerException::class) fun `receiptSigningHash`(`receipt`: AttributionReceipt, `domain`: ReceiptDomain): kotlin.String {
             return FfiConverterString.lift(
-    uniffiRustCallWithError(ChainException) { _status ->
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
     UniffiLib.uniffi_openledger_mobile_fn_func_receipt_signing_hash(
     
         
@@ -6174,9 +6014,9 @@ public object FfiConverterSequenceSequenceString: FfiConverterRustBuffer<List<Li
         /**
          * The EIP-712 struct hash of a receipt (`hashStruct`).
          */
-    @Throws(ChainException::class) fun `receiptStructHash`(`receipt`: AttributionReceipt): kotlin.String {
+    @Throws(OpenLedgerException::class) fun `receiptStructHash`(`receipt`: AttributionReceipt): kotlin.String {
             return FfiConverterString.lift(
-    uniffiRustCallWithError(ChainException) { _status ->
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
     UniffiLib.uniffi_openledger_mobile_fn_func_receipt_struct_hash(
     
         
@@ -6189,9 +6029,9 @@ public object FfiConverterSequenceSequenceString: FfiConverterRustBuffer<List<Li
         /**
          * The address that signed `receipt` in `domain` (65-byte `r || s || v` hex signature).
          */
-    @Throws(ChainException::class) fun `recoverReceiptSigner`(`receipt`: AttributionReceipt, `domain`: ReceiptDomain, `signature`: kotlin.String): kotlin.String {
+    @Throws(OpenLedgerException::class) fun `recoverReceiptSigner`(`receipt`: AttributionReceipt, `domain`: ReceiptDomain, `signature`: kotlin.String): kotlin.String {
             return FfiConverterString.lift(
-    uniffiRustCallWithError(ChainException) { _status ->
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
     UniffiLib.uniffi_openledger_mobile_fn_func_recover_receipt_signer(
     
         
@@ -6206,9 +6046,9 @@ public object FfiConverterSequenceSequenceString: FfiConverterRustBuffer<List<Li
         /**
          * Whether `signature` over `receipt` in `domain` was made by `operator`.
          */
-    @Throws(ChainException::class) fun `verifyReceipt`(`receipt`: AttributionReceipt, `domain`: ReceiptDomain, `signature`: kotlin.String, `operator`: kotlin.String): kotlin.Boolean {
+    @Throws(OpenLedgerException::class) fun `verifyReceipt`(`receipt`: AttributionReceipt, `domain`: ReceiptDomain, `signature`: kotlin.String, `operator`: kotlin.String): kotlin.Boolean {
             return FfiConverterBoolean.lift(
-    uniffiRustCallWithError(ChainException) { _status ->
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
     UniffiLib.uniffi_openledger_mobile_fn_func_verify_receipt(
     
         
@@ -6224,9 +6064,9 @@ public object FfiConverterSequenceSequenceString: FfiConverterRustBuffer<List<Li
         /**
          * Splits `amount` wei by basis points that sum to exactly 10,000.
          */
-    @Throws(SplitException::class) fun `splitBps`(`amount`: kotlin.String, `bps`: List<BpsShare>): List<Payout> {
+    @Throws(OpenLedgerException::class) fun `splitBps`(`amount`: kotlin.String, `bps`: List<BpsShare>): List<Payout> {
             return FfiConverterSequenceTypePayout.lift(
-    uniffiRustCallWithError(SplitException) { _status ->
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
     UniffiLib.uniffi_openledger_mobile_fn_func_split_bps(
     
         
@@ -6241,9 +6081,9 @@ public object FfiConverterSequenceSequenceString: FfiConverterRustBuffer<List<Li
          * Splits an inference fee like the `InferencePayments` contract: the protocol and the data pool
          * get `⌊fee·bps/10⁴⌋` each, the owner the rest; the pool is split by `scores`.
          */
-    @Throws(SplitException::class) fun `splitFee`(`fee`: kotlin.String, `owner`: kotlin.String, `protocol`: kotlin.String, `protocolBps`: kotlin.UShort, `dataPoolBps`: kotlin.UShort, `scores`: List<ScoreShare>, `negative`: NegativeScores, `fallback`: kotlin.String?): FeeSplitResult {
+    @Throws(OpenLedgerException::class) fun `splitFee`(`fee`: kotlin.String, `owner`: kotlin.String, `protocol`: kotlin.String, `protocolBps`: kotlin.UShort, `dataPoolBps`: kotlin.UShort, `scores`: List<ScoreShare>, `negative`: NegativeScores, `fallback`: kotlin.String?): FeeSplitResult {
             return FfiConverterTypeFeeSplitResult.lift(
-    uniffiRustCallWithError(SplitException) { _status ->
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
     UniffiLib.uniffi_openledger_mobile_fn_func_split_fee(
     
         
@@ -6264,9 +6104,9 @@ public object FfiConverterSequenceSequenceString: FfiConverterRustBuffer<List<Li
          * Splits `amount` wei by attribution scores: largest-remainder rounding, ties to the smaller
          * address, payouts sorted by address. A zero total goes to `fallback` (or is refused).
          */
-    @Throws(SplitException::class) fun `splitScores`(`amount`: kotlin.String, `scores`: List<ScoreShare>, `negative`: NegativeScores, `fallback`: kotlin.String?): List<Payout> {
+    @Throws(OpenLedgerException::class) fun `splitScores`(`amount`: kotlin.String, `scores`: List<ScoreShare>, `negative`: NegativeScores, `fallback`: kotlin.String?): List<Payout> {
             return FfiConverterSequenceTypePayout.lift(
-    uniffiRustCallWithError(SplitException) { _status ->
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
     UniffiLib.uniffi_openledger_mobile_fn_func_split_scores(
     
         
@@ -6282,9 +6122,9 @@ public object FfiConverterSequenceSequenceString: FfiConverterRustBuffer<List<Li
         /**
          * Splits `amount` wei by exact integer weights (decimal strings).
          */
-    @Throws(SplitException::class) fun `splitWeights`(`amount`: kotlin.String, `weights`: List<WeightShare>, `fallback`: kotlin.String?): List<Payout> {
+    @Throws(OpenLedgerException::class) fun `splitWeights`(`amount`: kotlin.String, `weights`: List<WeightShare>, `fallback`: kotlin.String?): List<Payout> {
             return FfiConverterSequenceTypePayout.lift(
-    uniffiRustCallWithError(SplitException) { _status ->
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
     UniffiLib.uniffi_openledger_mobile_fn_func_split_weights(
     
         
