@@ -8,7 +8,8 @@ use alloy_primitives::{Address, B256, hex, keccak256};
 use alloy_sol_types::{SolCall, SolError};
 use common::{FEE, World, u};
 use openledger_chain::abi::{
-    ContractAbi, DecodedRevert, contract_names, decode_log_any, decode_revert_any, value_to_json,
+    ContractAbi, DecodedRevert, contract_names, decode_log_any, decode_outcome, decode_revert_any,
+    value_to_json,
 };
 use openledger_chain::bindings::{InferencePayments, ModelRegistry, TestToken};
 use openledger_chain::deploy::Deployment;
@@ -188,6 +189,51 @@ fn custom_errors_messages_and_panics_decode_with_their_arguments() {
     assert_eq!(
         decode_revert_any(&[1, 2]),
         DecodedRevert::Unknown("0x0102".into())
+    );
+}
+
+#[test]
+fn outcomes_decode_to_events_and_returns_or_to_the_called_contracts_revert() {
+    let mut w = World::new();
+    let payments = ContractAbi::named("InferencePayments").unwrap();
+    let r = w.receipt(4);
+    let sig = w.sign(&r);
+    let data = Deployment::pay_call(r.clone(), &sig).abi_encode();
+    let (payer, to) = (w.payer, w.d.payments);
+    let out = w.chain.transact(payer, to, data.clone().into()).unwrap();
+    let d = decode_outcome(&out, Some((payments, "payForInference"))).unwrap();
+    assert_eq!(out.status.to_string(), "success");
+    assert_eq!(d.returns, Some(vec![]));
+    assert_eq!(d.revert, None);
+    let names: Vec<&str> = d.events.iter().map(|e| e.event.as_str()).collect();
+    assert!(
+        names.contains(&"InferencePaid") && names.contains(&"Transfer"),
+        "{names:?}"
+    );
+    // Paying again reverts: the reason is the called contract's custom error, also when the
+    // call is not named (every shipped ABI is tried).
+    let again = w.chain.transact(payer, to, data.into()).unwrap();
+    assert_eq!(again.status.to_string(), "revert");
+    for call in [Some((payments, "payForInference")), None] {
+        let d = decode_outcome(&again, call).unwrap();
+        assert_eq!(d.returns, None);
+        assert!(d.events.is_empty());
+        match d.revert {
+            Some(DecodedRevert::Custom { ref name, .. }) => {
+                assert_eq!(name, "InferenceAlreadyPaid")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // Return data that does not decode as the named function's outputs is an ABI error.
+    let call = payments.encode_call("split", &[json!("10")]).unwrap();
+    let mut view = w.chain.call(Address::ZERO, to, call).unwrap();
+    assert!(decode_outcome(&view, Some((payments, "split"))).is_ok());
+    view.output = vec![1, 2, 3].into();
+    let e = decode_outcome(&view, Some((payments, "split"))).unwrap_err();
+    assert_eq!(
+        openledger_core::error::Classify::kind(&e),
+        openledger_core::ErrorKind::Abi
     );
 }
 

@@ -456,3 +456,38 @@ fn hostile_header_sizes_are_typed_errors_not_overflows() {
         Err(PoaError::BadHeader { .. })
     ));
 }
+
+#[test]
+fn progress_reports_add_up_to_the_rows_of_every_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.olfs");
+    let cfg = rademacher(3);
+    let mut s = SeededStream::new(9);
+    let (p, c) = (cfg.projection.input_dim, cfg.checkpoints());
+    let n = 1_500;
+    let ex: Vec<TrainingExample> = (0..n).map(|i| example(i, &mut s, p, c)).collect();
+    let mut w = FeatureStoreWriter::create(&path, cfg).unwrap();
+    let mut built = 0;
+    w.build(ex.iter().cloned().map(Ok), Some(n), |b| built += b.advanced)
+        .unwrap();
+    assert_eq!(built, n);
+    let store = FeatureStore::open(&path).unwrap();
+    let q = store.project_query(&ex[0].gradients).unwrap();
+    // TracIn reads the store once, DataInf three times (norms, its per-layer statistic, then the
+    // scores): `advanced` sums to the rows read, while `done` restarts with each pass.
+    let datainf = ScoreMethod::DataInf(DataInf {
+        layers: std::iter::once(0..32).collect(),
+        lambda_scale: 0.1,
+    });
+    for (method, passes) in [(ScoreMethod::TracIn, 1), (datainf, 3)] {
+        let (mut advanced, mut ends) = (0, 0);
+        score(&store, &q, &method, |p| {
+            advanced += p.advanced;
+            ends += usize::from(p.done == n);
+            assert_eq!(p.total, n);
+        })
+        .unwrap();
+        assert_eq!(advanced, passes * n, "{method:?}");
+        assert_eq!(ends, passes, "{method:?}");
+    }
+}

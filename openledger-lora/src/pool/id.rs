@@ -80,6 +80,12 @@ pub struct InvalidAdapterId {
     pub reason: IdProblem,
 }
 
+impl openledger_core::error::Classify for InvalidAdapterId {
+    fn kind(&self) -> openledger_core::ErrorKind {
+        openledger_core::ErrorKind::InvalidId
+    }
+}
+
 impl AdapterId {
     /// Validates `s` as an adapter id.
     pub fn new(s: &str) -> Result<Self, InvalidAdapterId> {
