@@ -95,6 +95,20 @@ impl DType {
     }
 }
 
+impl std::str::FromStr for DType {
+    type Err = CoreError;
+
+    /// The inverse of `Display` (`"f32"`, `"f16"`, `"bf16"`), or a safetensors name (`"BF16"`).
+    fn from_str(s: &str) -> Result<Self, CoreError> {
+        match s {
+            "f32" => Ok(DType::F32),
+            "f16" => Ok(DType::F16),
+            "bf16" => Ok(DType::BF16),
+            other => Self::from_safetensors(other),
+        }
+    }
+}
+
 impl fmt::Display for DType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

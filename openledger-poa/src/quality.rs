@@ -223,6 +223,31 @@ pub enum ClusterShare {
     FirstSubmitter,
 }
 
+impl ClusterShare {
+    /// The rule's name as the bindings spell it (`"per_contributor"`, `"first_submitter"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ClusterShare::PerContributor => "per_contributor",
+            ClusterShare::FirstSubmitter => "first_submitter",
+        }
+    }
+}
+
+impl std::str::FromStr for ClusterShare {
+    type Err = PoaError;
+
+    /// A rule by [`ClusterShare::name`].
+    fn from_str(s: &str) -> Result<Self> {
+        [ClusterShare::PerContributor, ClusterShare::FirstSubmitter]
+            .into_iter()
+            .find(|c| c.name() == s)
+            .ok_or_else(|| PoaError::InvalidConfig {
+                what: "cluster share".into(),
+                reason: format!("{s:?} is not \"per_contributor\" or \"first_submitter\""),
+            })
+    }
+}
+
 /// Per-contributor reward weights where each cluster counts once, with the score of its best
 /// member (so near-duplicate copies add nothing), shared by `share`. Sorted by address.
 pub fn cluster_rewards(

@@ -60,6 +60,30 @@ pub enum AttributionMethod {
 }
 
 impl AttributionMethod {
+    /// Every method, by code.
+    pub const ALL: [AttributionMethod; 7] = [
+        AttributionMethod::TracIn,
+        AttributionMethod::Cosine,
+        AttributionMethod::Trak,
+        AttributionMethod::InfluenceFunction,
+        AttributionMethod::DataInf,
+        AttributionMethod::RagRelevance,
+        AttributionMethod::ContextCite,
+    ];
+
+    /// The method's name as the bindings spell it (`"tracin"`, `"rag_relevance"`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            AttributionMethod::TracIn => "tracin",
+            AttributionMethod::Cosine => "cosine",
+            AttributionMethod::Trak => "trak",
+            AttributionMethod::InfluenceFunction => "influence_function",
+            AttributionMethod::DataInf => "datainf",
+            AttributionMethod::RagRelevance => "rag_relevance",
+            AttributionMethod::ContextCite => "context_cite",
+        }
+    }
+
     /// The method with code `code`.
     pub fn from_code(code: u8) -> Option<Self> {
         use AttributionMethod::*;
@@ -74,6 +98,24 @@ impl AttributionMethod {
         ]
         .get(code as usize)
         .copied()
+    }
+}
+
+impl std::str::FromStr for AttributionMethod {
+    type Err = PoaError;
+
+    /// A method by [`AttributionMethod::name`].
+    fn from_str(s: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| PoaError::InvalidConfig {
+                what: "attribution method".into(),
+                reason: format!(
+                    "{s:?} is not one of {:?}",
+                    Self::ALL.map(AttributionMethod::name)
+                ),
+            })
     }
 }
 

@@ -1,20 +1,27 @@
 //! Python face of `openledger_lora::adapter` and `openledger_lora::adapter::base`: inspect a PEFT LoRA
 //! adapter (rank, alpha, per-module scale, targets, dtype, resident bytes, the A/B factors as
-//! numpy arrays) and validate it against a base model folder.
+//! numpy arrays), validate it against a base model folder, combine adapters as PEFT's
+//! `add_weighted_adapter` does, and merge one into a model folder.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use numpy::ndarray::ArrayView2;
 use numpy::{PyArray2, ToPyArray};
+use openledger_core::DType;
 use openledger_lora::adapter::base::BaseModel;
+use openledger_lora::adapter::combine::{
+    Combination, CombineOptions, MajoritySign, add_weighted_adapter as add_weighted_adapter_rs,
+};
 use openledger_lora::adapter::config::TargetModules;
 use openledger_lora::adapter::tensors::HostTensor;
 use openledger_lora::adapter::{LoadOptions, LoraAdapter, LoraModule, ModuleKind};
+use openledger_lora::model::{LoadProgress, merge_adapter_into_dir};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::error::{Result, invalid_arg};
+use crate::progress::Progress;
 
 /// A loaded PEFT LoRA adapter (`adapter_config.json` + `adapter_model.safetensors`).
 #[pyclass(name = "LoraAdapter", module = "openledger", frozen)]
@@ -325,4 +332,89 @@ impl PyBaseModel {
         d.set_item("targeted_without_weights", report.targeted_without_weights)?;
         Ok(d)
     }
+}
+
+/// PEFT's `add_weighted_adapter`: a new adapter combining `adapters` with `weights` by
+/// `combination_type` (`"linear"`, `"cat"`, `"svd"`, `"ties"`, `"ties_svd"`, `"dare_linear"`,
+/// `"dare_linear_svd"`, `"dare_ties"`, `"dare_ties_svd"`, `"magnitude_prune"`,
+/// `"magnitude_prune_svd"`); `density` is required by TIES, DARE and magnitude pruning,
+/// `svd_rank` / `svd_clamp` tune the SVD types, `seed` draws DARE's masks and `dtype`
+/// (`"f32"`, `"f16"`, `"bf16"`) is the new factors' type. `progress(n)` is called
+/// with the modules done since its last call.
+#[pyfunction]
+#[pyo3(signature = (
+    adapters, weights, combination_type = "svd", *, svd_rank = None, svd_clamp = None,
+    density = None, majority_sign_method = "total", seed = 0, dtype = "f32", progress = None
+))]
+#[allow(clippy::too_many_arguments)]
+fn add_weighted_adapter(
+    py: Python<'_>,
+    adapters: Vec<PyRef<'_, PyLoraAdapter>>,
+    weights: Vec<f32>,
+    combination_type: &str,
+    svd_rank: Option<usize>,
+    svd_clamp: Option<f64>,
+    density: Option<f32>,
+    majority_sign_method: &str,
+    seed: u64,
+    dtype: &str,
+    progress: Option<Py<PyAny>>,
+) -> Result<PyLoraAdapter> {
+    let mut opts = CombineOptions::new(combination_type.parse::<Combination>()?);
+    opts.svd_rank = svd_rank;
+    opts.svd_clamp = svd_clamp;
+    opts.density = density;
+    opts.majority_sign = majority_sign_method.parse::<MajoritySign>()?;
+    opts.seed = seed;
+    opts.dtype = dtype.parse::<DType>()?;
+    let held: Vec<Arc<LoraAdapter>> = adapters.iter().map(|a| a.inner.clone()).collect();
+    let progress = Progress::new(progress);
+    let out = py.detach(|| {
+        let refs: Vec<&LoraAdapter> = held.iter().map(Arc::as_ref).collect();
+        let mut last = 0;
+        let mut cb = |done: usize, _: usize| {
+            progress.advance(done - last);
+            last = done;
+        };
+        add_weighted_adapter_rs(&refs, &weights, &opts, Some(&mut cb))
+    });
+    progress.finish()?;
+    Ok(PyLoraAdapter {
+        inner: Arc::new(out?),
+    })
+}
+
+/// Writes the HF model folder `model_dir` with `adapter` merged into its weights as a new
+/// folder `out_dir` (f32 weights, tokenizer and generation files copied), so the merged model
+/// serves without the adapter. Raises `BaseMismatchError` (nothing written) when the adapter
+/// does not fit the model. `progress(n)` is called with the weight files read.
+#[pyfunction]
+#[pyo3(signature = (model_dir, adapter, out_dir, *, progress = None))]
+fn merge_adapter_into_model(
+    py: Python<'_>,
+    model_dir: PathBuf,
+    adapter: &PyLoraAdapter,
+    out_dir: PathBuf,
+    progress: Option<Py<PyAny>>,
+) -> Result<()> {
+    let a = adapter.inner.clone();
+    let progress = Progress::new(progress);
+    let out = py.detach(|| {
+        merge_adapter_into_dir(&model_dir, &a, &out_dir, &mut |p| {
+            if let LoadProgress::FileRead { .. } = p {
+                progress.advance(1);
+            }
+        })
+    });
+    progress.finish()?;
+    Ok(out?)
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyLoraAdapter>()?;
+    m.add_class::<PyLoraModule>()?;
+    m.add_class::<PyBaseModel>()?;
+    m.add_function(wrap_pyfunction!(add_weighted_adapter, m)?)?;
+    m.add_function(wrap_pyfunction!(merge_adapter_into_model, m)?)?;
+    Ok(())
 }

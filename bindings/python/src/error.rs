@@ -285,6 +285,13 @@ fn os_error(
     }
 }
 
+/// Python's own exception for an I/O failure on `path` outside the crates (opening a file the
+/// binding reads itself).
+pub(crate) fn io(path: &std::path::Path, e: &std::io::Error) -> Error {
+    let msg = format!("{}: {e}", path.display());
+    Error(os_error(ErrorKind::of_io(e), Some((path, e)), msg))
+}
+
 /// `From` for every error type of the crates: each becomes the exception of its kind.
 macro_rules! classified {
     ($($t:ty),* $(,)?) => {$(

@@ -14,7 +14,7 @@ use pyo3::types::{PyDict, PyList, PyTuple};
 use crate::error::{Result, invalid_arg};
 use crate::types::{address, address_str, py_u256, u256};
 
-fn payouts<'py>(py: Python<'py>, ps: &[Payout]) -> PyResult<Bound<'py, PyList>> {
+pub(crate) fn payouts<'py>(py: Python<'py>, ps: &[Payout]) -> PyResult<Bound<'py, PyList>> {
     let items = ps
         .iter()
         .map(|p| payout(py, p))
@@ -32,7 +32,7 @@ fn payout<'py>(py: Python<'py>, p: &Payout) -> PyResult<Bound<'py, PyTuple>> {
     )
 }
 
-fn pairs<'py>(
+pub(crate) fn pairs<'py>(
     name: &str,
     obj: &Bound<'py, PyAny>,
 ) -> Result<Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)>> {
@@ -47,14 +47,14 @@ fn pairs<'py>(
     Ok(out)
 }
 
-fn zero_policy(fallback: Option<&Bound<'_, PyAny>>) -> Result<ZeroWeightPolicy> {
+pub(crate) fn zero_policy(fallback: Option<&Bound<'_, PyAny>>) -> Result<ZeroWeightPolicy> {
     Ok(match fallback {
         Some(f) => ZeroWeightPolicy::Fallback(address("fallback", f)?),
         None => ZeroWeightPolicy::Reject,
     })
 }
 
-fn negative_policy(negative: &str) -> Result<NegativePolicy> {
+pub(crate) fn negative_policy(negative: &str) -> Result<NegativePolicy> {
     match negative {
         "clip" => Ok(NegativePolicy::Clip),
         "reject" => Ok(NegativePolicy::Reject),
@@ -67,7 +67,10 @@ fn negative_policy(negative: &str) -> Result<NegativePolicy> {
 
 /// Accounts (a sequence of addresses) and scores (a 1-D float64 numpy array, read in place, or
 /// any sequence of floats) of the same length.
-fn scored(accounts: &Bound<'_, PyAny>, scores: &Bound<'_, PyAny>) -> Result<Vec<(Address, f64)>> {
+pub(crate) fn scored(
+    accounts: &Bound<'_, PyAny>,
+    scores: &Bound<'_, PyAny>,
+) -> Result<Vec<(Address, f64)>> {
     let accounts = accounts
         .try_iter()?
         .enumerate()

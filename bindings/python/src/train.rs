@@ -2,8 +2,10 @@
 //! folder, with a per-step progress callback, evaluation, PEFT output and per-example
 //! gradients for attribution.
 //!
-//! Examples are token-id lists (plain text: loss on every token) or `(prompt, response)` pairs
-//! of token-id lists (loss on the response only).
+//! Examples are token-id lists (plain text: loss on every token), `(prompt, response)` pairs
+//! of token-id lists (loss on the response only), or dicts of either naming the datanet record
+//! they come from (`{"prompt", "response", "record", "datanet"}`), which the training log
+//! records.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -16,7 +18,11 @@ use openledger_train::{
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
+use openledger_core::{ContentId, U256};
+
 use crate::error::{Error, Result, busy, invalid_arg};
+use crate::trainlog::PyTrainLog;
+use crate::types::{b256, b256_str, u256};
 
 fn tokens(name: &str, obj: &Bound<'_, PyAny>) -> Result<Vec<u32>> {
     obj.extract::<Vec<u32>>().map_err(|_| {
@@ -34,6 +40,9 @@ fn examples(name: &str, data: &Bound<'_, PyAny>) -> Result<Vec<Example>> {
         .map(|(i, item)| {
             let item = item?;
             let at = format!("{name}[{i}]");
+            if let Ok(d) = item.cast::<PyDict>() {
+                return example_dict(&at, d);
+            }
             if let Ok(pair) = item.cast::<PyTuple>() {
                 if pair.len() != 2 {
                     return Err(invalid_arg(&at, "a tuple must be (prompt, response)"));
@@ -46,6 +55,38 @@ fn examples(name: &str, data: &Bound<'_, PyAny>) -> Result<Vec<Example>> {
             }
         })
         .collect()
+}
+
+/// An example given as a dict: `{"tokens": [...]}` or `{"prompt": [...], "response": [...]}`,
+/// with the datanet record it comes from as `"record"` (its content hash) and `"datanet"` (the
+/// datanet's id, default 0), which the training log records and grants are checked against.
+fn example_dict(at: &str, d: &Bound<'_, PyDict>) -> Result<Example> {
+    let get = |k: &str| d.get_item(k).ok().flatten();
+    let ex = match (get("tokens"), get("prompt"), get("response")) {
+        (Some(t), None, None) => Example::text(&tokens(&format!("{at}.tokens"), &t)?),
+        (None, Some(p), Some(r)) => Example::prompt_response(
+            &tokens(&format!("{at}.prompt"), &p)?,
+            &tokens(&format!("{at}.response"), &r)?,
+        ),
+        _ => {
+            return Err(invalid_arg(
+                at,
+                "a dict example holds \"tokens\", or \"prompt\" and \"response\"",
+            ));
+        }
+    };
+    match (get("record"), get("datanet")) {
+        (None, None) => Ok(ex),
+        (Some(r), datanet) => {
+            let record = ContentId(b256(&format!("{at}.record"), &r)?);
+            let datanet = match datanet {
+                Some(n) => u256(&format!("{at}.datanet"), &n)?,
+                None => U256::ZERO,
+            };
+            Ok(ex.with_source(datanet, record))
+        }
+        (None, Some(_)) => Err(invalid_arg(at, "\"datanet\" without \"record\"")),
+    }
 }
 
 /// A `{regex: value}` dict as PEFT's `rank_pattern` / `alpha_pattern`, in its own order (the
@@ -282,6 +323,19 @@ impl PyTrainer {
         let ex = examples("example", list.as_any())?;
         let g = self.with(py, |t| t.example_gradient(&ex[0]))?;
         Ok(g.to_pyarray(py))
+    }
+
+    /// Starts a hash-chained training log for the base model `base_model` (its 32-byte id) and
+    /// this run's adapter config: every optimizer step from now on appends an entry (the
+    /// batch's record ids, loss, learning rate, checkpoint hash). Returns the log's genesis.
+    fn start_log(&self, py: Python<'_>, base_model: &Bound<'_, PyAny>) -> Result<String> {
+        let base = b256("base_model", base_model)?;
+        self.with(py, |t| Ok(b256_str(&t.start_log(base))))
+    }
+
+    /// A copy of the training log (`TrainLog`), or None when none was started.
+    fn training_log(&self, py: Python<'_>) -> Result<Option<PyTrainLog>> {
+        self.with(py, |t| Ok(t.training_log().cloned().map(PyTrainLog::wrap)))
     }
 
     /// The `n` tokens greedy decoding appends to `prompt` with the current adapter.

@@ -45,6 +45,10 @@ def main():
     for node in tree.body:
         if isinstance(node, (ast.ClassDef, ast.FunctionDef)) and not node.name.startswith("_"):
             stub_names.add(node.name)
+        # Module constants: `NAME: int`.
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            if not node.target.id.startswith("_"):
+                stub_names.add(node.target.id)
     module_names = {n for n in dir(_openledger) if not n.startswith("_")}
     exported = set(openledger.__all__)
     for name in sorted(module_names ^ stub_names):

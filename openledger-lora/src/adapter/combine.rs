@@ -75,6 +75,38 @@ pub enum Combination {
 }
 
 impl Combination {
+    /// Every combination type.
+    pub const ALL: [Combination; 11] = [
+        Combination::Linear,
+        Combination::Cat,
+        Combination::Svd,
+        Combination::Ties,
+        Combination::TiesSvd,
+        Combination::DareLinear,
+        Combination::DareLinearSvd,
+        Combination::DareTies,
+        Combination::DareTiesSvd,
+        Combination::MagnitudePrune,
+        Combination::MagnitudePruneSvd,
+    ];
+
+    /// PEFT's name of the combination type (`combination_type` of `add_weighted_adapter`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Combination::Linear => "linear",
+            Combination::Cat => "cat",
+            Combination::Svd => "svd",
+            Combination::Ties => "ties",
+            Combination::TiesSvd => "ties_svd",
+            Combination::DareLinear => "dare_linear",
+            Combination::DareLinearSvd => "dare_linear_svd",
+            Combination::DareTies => "dare_ties",
+            Combination::DareTiesSvd => "dare_ties_svd",
+            Combination::MagnitudePrune => "magnitude_prune",
+            Combination::MagnitudePruneSvd => "magnitude_prune_svd",
+        }
+    }
+
     fn is_svd(self) -> bool {
         matches!(
             self,
@@ -107,6 +139,39 @@ enum Operator {
     DareLinear,
     DareTies,
     MagnitudePrune,
+}
+
+impl std::str::FromStr for Combination {
+    type Err = LoraError;
+
+    /// A combination type by PEFT's name ([`Combination::name`]).
+    fn from_str(s: &str) -> Result<Self, LoraError> {
+        Self::ALL
+            .into_iter()
+            .find(|c| c.name() == s)
+            .ok_or_else(|| {
+                LoraError::arg(
+                    "combination_type",
+                    format!("{s:?} is not one of {:?}", Self::ALL.map(Combination::name)),
+                )
+            })
+    }
+}
+
+impl std::str::FromStr for MajoritySign {
+    type Err = LoraError;
+
+    /// PEFT's `majority_sign_method`: `"total"` or `"frequency"`.
+    fn from_str(s: &str) -> Result<Self, LoraError> {
+        match s {
+            "total" => Ok(MajoritySign::Total),
+            "frequency" => Ok(MajoritySign::Frequency),
+            other => Err(LoraError::arg(
+                "majority_sign_method",
+                format!("{other:?} is not \"total\" or \"frequency\""),
+            )),
+        }
+    }
 }
 
 /// How TIES elects the sign of each entry.
