@@ -92,6 +92,38 @@ export declare class AttributionReceipt {
   recoverSigner(signature: Bytes, chainId: number, verifyingContract: Bytes): string
 }
 
+/**
+ * The attribution of one inference: contributors' shares of its data pool as fixed-point
+ * weights summing to exactly 10¹⁸, canonically encoded (Solidity `abi.encode`) and identified
+ * by the keccak-256 of that encoding.
+ */
+export declare class AttributionRecord {
+  /**
+   * The record of inference `inferenceId` of base model `modelId` with the adapters
+   * `adapterIds`, by `method` (`"tracin"`, `"cosine"`, `"trak"`, `"influence_function"`,
+   * `"datainf"`, `"rag_relevance"` or `"context_cite"`), its weights the float `scores` of
+   * `accounts` split exactly into shares of 10¹⁸ (negative scores clipped or refused, a zero
+   * total to `options.fallback`).
+   */
+  static fromScores(inferenceId: Bytes, modelId: Bytes, adapterIds: Array<Bytes>, method: string, accounts: Array<Bytes>, scores: Float64Array | Array<number>, options?: SplitOptions | undefined | null): AttributionRecord
+  /** Reads a record from its canonical encoding (anything else is refused). */
+  static decode(data: Buffer): AttributionRecord
+  /** The canonical encoding. */
+  encode(): Buffer
+  /** keccak-256 of the encoding. */
+  get id(): string
+  /** The inference. */
+  get inferenceId(): string
+  /** The base model. */
+  get modelId(): string
+  /** The adapters, in the order applied. */
+  get adapterIds(): Array<string>
+  /** How the weights were obtained. */
+  get method(): string
+  /** The contributors' shares, ascending by address. */
+  get weights(): Array<RecordWeight>
+}
+
 /** Module names and shapes of a base model folder (config.json + safetensors), without weights. */
 export declare class BaseModel {
   /** Reads the safetensors headers (single file or sharded index) of the model folder `path`. */
@@ -103,6 +135,45 @@ export declare class BaseModel {
    * with a `BaseMismatch` (or `AdapterFormat`) error naming the module otherwise.
    */
   validate(adapter: LoraAdapter): Promise<ValidationReport>
+}
+
+/**
+ * A versioned collection of records, each with its contributor, license, metadata and content
+ * hash; exact duplicates (same content hash) are stored once.
+ */
+export declare class Datanet {
+  /** An empty datanet called `name`. */
+  constructor(name: string)
+  /** The datanet's name. */
+  get name(): string
+  /** Records held. */
+  get length(): number
+  /**
+   * Imports JSONL (a string or a Buffer), one record per line: `content`, `contributor`,
+   * `license`, optional `metadata` (an object) and `hash` (checked when present). Every
+   * line is checked before any is added: a bad line throws and leaves the datanet as it was.
+   */
+  importJsonl(data: string | Buffer): ImportReport
+  /** Imports the JSONL file at `path` (see `importJsonl`); resolves to the import report. */
+  importFile(path: string): Promise<ImportReport>
+  /** Adds one record (its hash computed from `content`). */
+  add(content: string, contributor: Bytes, license: string, metadata?: Record<string, any> | undefined | null): Added
+  /** The records of `version` (all records when omitted) as JSONL, hashes included. */
+  exportJsonl(version?: number | undefined | null): string
+  /** Commits the records as a new version. */
+  commit(): DatanetVersion
+  /** Version `number` (1-based). */
+  version(number: number): DatanetVersion
+  /** Every committed version, oldest first. */
+  get versions(): Array<DatanetVersion>
+  /** Record `index`. */
+  record(index: number): DatanetRecord
+  /** Every record, in insertion order. */
+  records(): Array<DatanetRecord>
+  /** The record whose content hash is `hash`, or null. */
+  get(hash: Bytes): DatanetRecord | null
+  /** The Merkle proof (hex hashes) that record `index` belongs to version `version`. */
+  inclusionProof(version: number, index: number): Array<string>
 }
 
 /**
@@ -203,6 +274,30 @@ export declare class Engine {
    * error) and later calls throw `Closed`. Resolves once the engine thread has stopped.
    */
   close(): Promise<void>
+}
+
+/**
+ * An epoch: the data pools of many inferences split exactly by their records into
+ * per-contributor totals, and the claims of the epoch's Merkle tree.
+ */
+export declare class Epoch {
+  /** An empty epoch numbered `number`. */
+  constructor(number: number)
+  /**
+   * Splits `pool` wei (the contributors' part of the inference's fee) by `record`'s weights
+   * into the totals. An invalid record or an overflow changes nothing.
+   */
+  add(record: AttributionRecord, pool: Amount): void
+  /** The epoch number. */
+  get number(): number
+  /** Wei pooled (the sum of the totals). */
+  get pooled(): bigint
+  /** Ids of the records added, in order. */
+  get records(): Array<string>
+  /** Per-contributor totals, sorted by address. */
+  payouts(): Array<Payout>
+  /** The claims of the epoch's tree, sorted by address. */
+  claims(): Array<RewardClaim>
 }
 
 /** A read-only, memory-mapped feature store. */
@@ -570,15 +665,93 @@ export declare class Trainer {
    * the trainer's fixed layout.
    */
   exampleGradient(example: TrainExample): Promise<Float32Array>
+  /**
+   * Starts a hash-chained training log for the base model `baseModel` (its 32-byte id) and
+   * this run's adapter config: every optimizer step from now on appends an entry (the
+   * batch's record ids, loss, learning rate, checkpoint hash). Returns the log's genesis.
+   * Throws `Busy` while another call runs.
+   */
+  startLog(baseModel: Bytes): string
+  /**
+   * A copy of the training log, or null when none was started. Throws `Busy` while another
+   * call runs.
+   */
+  trainingLog(): TrainLog | null
   /** The `n` tokens greedy decoding appends to `prompt` with the current adapter. */
   greedy(prompt: Uint32Array | Array<number>, n: number): Promise<Uint32Array>
 }
+
+/**
+ * An append-only, hash-chained record of every optimizer step: which records were in the
+ * batch, the loss and learning rate (exact bits) and the checkpoint hash when one was taken.
+ */
+export declare class TrainLog {
+  /**
+   * An empty log for the base model `baseModel` and the adapter config whose keccak-256 is
+   * `adapterConfigHash`; its head is the genesis.
+   */
+  constructor(baseModel: Bytes, adapterConfigHash: Bytes)
+  /** Reads a saved log (the structure is checked; `verify()` checks every hash). */
+  static load(path: string): TrainLog
+  /** Reads a log from the bytes `toBytes()` wrote. */
+  static fromBytes(data: Buffer): TrainLog
+  /** The log in its binary file format. */
+  toBytes(): Buffer
+  /** Writes the log to `path`. */
+  save(path: string): void
+  /**
+   * Appends optimizer step `step` (strictly after the last one) whose batch held `records`,
+   * with its loss, learning rate and checkpoint hash; returns the new head.
+   */
+  append(step: number, records: Array<Bytes>, loss: number, learningRate: number, checkpoint?: Bytes | undefined | null): string
+  /** The head: what a model registration commits to. */
+  get head(): string
+  /** The head of the empty log. */
+  get genesis(): string
+  /** The base model's id. */
+  get baseModel(): string
+  /** The keccak-256 of the adapter config. */
+  get adapterConfigHash(): string
+  /** Steps logged. */
+  get length(): number
+  /** Every step. */
+  entries(): Array<TrainLogEntry>
+  /**
+   * Recomputes every batch root and head; returns the head, or throws `Integrity` naming the
+   * first entry that does not match.
+   */
+  verify(): string
+  /** The steps whose batch held `record`, or null when none did. */
+  wasUsed(record: Bytes): Array<number> | null
+  /**
+   * The proof that `record` was in the batch of `step`: `verifyUsageProof` checks it
+   * against the head alone, without the log.
+   */
+  prove(record: Bytes, step: number): Buffer
+}
+
+/** Where a record was added, or the record it repeats. */
+export interface Added {
+  /** Its index (or the index of the record with the same content). */
+  index: number
+  /** False when a record with the same content was already there. */
+  added: boolean
+}
+
+/**
+ * PEFT's `add_weighted_adapter`: resolves to a new adapter combining `adapters` with
+ * `weights` as `options` say.
+ */
+export declare function addWeightedAdapter(adapters: Array<LoraAdapter>, weights: Array<number>, options?: CombineOptions | undefined | null): Promise<LoraAdapter>
 
 /**
  * An amount in wei (or another exact integer) as JavaScript passes it: a `bigint` or a
  * string of decimal digits (or `0x` hex).
  */
 export type Amount = bigint | string
+
+/** Applies a penalty policy to per-contributor `weights` given the `flags` of `flagNegative`. */
+export declare function applyPenalties(weights: Array<ContributorWeight>, flags: Array<Flag>, options?: PenaltyOptions | undefined | null): Array<ContributorWeight>
 
 /** An account and its share in basis points. */
 export interface BasisPoints {
@@ -630,11 +803,74 @@ export interface Citation {
   snippet: string
 }
 
+/**
+ * The near-duplicate clusters of `texts`: element `i` is the smallest index of record `i`'s
+ * cluster.
+ */
+export declare function clusterNearDuplicates(texts: Array<string>, options?: ClusterOptions | undefined | null): Array<number>
+
+/** How records are compared. */
+export interface ClusterOptions {
+  /**
+   * `"chars"` (default: runs of `n` characters, after lower-casing and collapsing
+   * whitespace) or `"words"`.
+   */
+  shingle?: string
+  /** Shingle length (default 5). */
+  n?: number
+  /** LSH bands (default 16). */
+  bands?: number
+  /** Minhashes per band (default 4). */
+  rows?: number
+  /** Estimated Jaccard similarity needed to join (default 0.7). */
+  threshold?: number
+  /** Seed of the hash family. */
+  seed?: number
+}
+
+/**
+ * Per-contributor reward weights where each cluster counts once with the score of its best
+ * member (near-duplicate copies add nothing), shared by `share`: `"per_contributor"` (the
+ * default: equally among the cluster's distinct contributors) or `"first_submitter"` (all to
+ * the contributor of its earliest record). Sorted by address.
+ */
+export declare function clusterRewards(clusterOf: Array<number>, contributors: Array<Bytes>, scores: Array<number>, share?: string | undefined | null): Array<ContributorWeight>
+
+/** How `addWeightedAdapter` combines adapters (PEFT's `add_weighted_adapter` arguments). */
+export interface CombineOptions {
+  /**
+   * `"svd"` (default), `"linear"`, `"cat"`, `"ties"`, `"ties_svd"`, `"dare_linear"`,
+   * `"dare_linear_svd"`, `"dare_ties"`, `"dare_ties_svd"`, `"magnitude_prune"` or
+   * `"magnitude_prune_svd"`.
+   */
+  combinationType?: string
+  /** Rank of the SVD result (default: the largest `r`). */
+  svdRank?: number
+  /** Quantile in [0, 1] at which to clamp the SVD factors. */
+  svdClamp?: number
+  /** Fraction of entries kept by TIES, DARE and magnitude pruning (required by them). */
+  density?: number
+  /** TIES sign election: `"total"` (default) or `"frequency"`. */
+  majoritySignMethod?: string
+  /** Seed of DARE's random masks (default 0). */
+  seed?: number
+  /** The new factors' dtype: `"f32"` (default), `"f16"` or `"bf16"`. */
+  dtype?: string
+}
+
 /** The content id (keccak-256) of `data`, as `0x` hex. */
 export declare function contentId(data: Buffer): string
 
 /** Names of the contracts whose ABIs ship with the SDK. */
 export declare function contractNames(): Array<string>
+
+/** An account and its reward weight. */
+export interface ContributorWeight {
+  /** The account (checksummed when it comes out). */
+  account: string
+  /** Its weight. */
+  weight: number
+}
 
 /** A contributor's share of one answer's reward. */
 export interface ContributorWeight {
@@ -642,6 +878,30 @@ export interface ContributorWeight {
   contributor: string
   /** Its weight; the weights of one answer sum to 1. */
   weight: number
+}
+
+/** One record of a datanet. */
+export interface DatanetRecord {
+  /** The record's text. */
+  content: string
+  /** Who contributed it (checksummed). */
+  contributor: string
+  /** The license the contributor granted. */
+  license: string
+  /** Free-form metadata. */
+  metadata: Record<string, any>
+  /** keccak-256 of the content (`0x` hex). */
+  hash: string
+}
+
+/** One committed version: records `0..recordCount`, and their Merkle root. */
+export interface DatanetVersion {
+  /** 1-based version number. */
+  number: number
+  /** Records in this version. */
+  recordCount: number
+  /** Merkle root over their leaves (`0x` hex). */
+  root: string
 }
 
 /** The function that calldata `data` (hex or a Buffer) calls on `contract`, and its arguments. */
@@ -657,6 +917,14 @@ export interface DecodedCall {
 
 /** The return values of `func` of `contract` decoded from `data` (hex or a Buffer). */
 export declare function decodeOutput(contract: string, func: string, data: Bytes): Array<any>
+
+/** An exact duplicate skipped by an import. */
+export interface Duplicate {
+  /** Its line (1-based). */
+  line: number
+  /** The index of the record it repeats. */
+  index: number
+}
 
 /**
  * Calldata (`0x` hex: selector ‖ ABI-encoded arguments) calling `func` (a name, or the full
@@ -695,6 +963,19 @@ export interface FeeSplitResult {
   contributors: Array<Payout>
 }
 
+/** A record whose influence is below the flagging threshold. */
+export interface Flag {
+  /** Its index. */
+  index: number
+  /** Its contributor. */
+  contributor: string
+  /** Its score. */
+  score: number
+}
+
+/** Flags every record scoring below `threshold` (default 0: harmful on balance). */
+export declare function flagNegative(contributors: Array<Bytes>, scores: Array<number>, threshold?: number | undefined | null): Array<Flag>
+
 /** One output token of a `TokenStream`. */
 export interface GeneratedToken {
   /** The token id. */
@@ -731,6 +1012,14 @@ export interface IdWeight {
   id: Bytes
   /** The weight. */
   weight: Amount
+}
+
+/** What an import did. */
+export interface ImportReport {
+  /** Records added. */
+  added: number
+  /** Lines skipped as exact duplicates of a record already held. */
+  duplicates: Array<Duplicate>
 }
 
 /** How adapter weights are checked when loaded. */
@@ -780,6 +1069,14 @@ export interface LoopRequest {
 }
 
 /**
+ * Writes the HF model folder `modelDir` with `adapter` merged into its weights as a new
+ * folder `outDir` (f32 weights, tokenizer and generation files copied), so the merged model
+ * serves without the adapter; rejects with `BaseMismatch` (nothing written) when the adapter
+ * does not fit the model.
+ */
+export declare function mergeAdapterIntoModel(modelDir: string, adapter: LoraAdapter, outDir: string): Promise<void>
+
+/**
  * A multiproof: the proven leaves in verification order, the sibling hashes and one flag per
  * hashing step (what `MerkleProof.multiProofVerify` takes).
  */
@@ -826,6 +1123,19 @@ export interface Payout {
   account: string
   /** The amount in wei. */
   amount: bigint
+}
+
+/** How flags change a contributor's weight. */
+export interface PenaltyOptions {
+  /**
+   * `"forfeit"` (default: flagged scores count against the weight `factor` times, floored
+   * at 0) or `"exclude"` (nothing for a contributor with at least `maxFlags` flags).
+   */
+  policy?: string
+  /** Multiplier of the flagged scores (default 1). */
+  factor?: number
+  /** Flags tolerated before exclusion (default 1). */
+  maxFlags?: number
 }
 
 /** Counters and occupancy of an `AdapterPool` at one moment. */
@@ -902,6 +1212,14 @@ export interface ReceiptFields {
   weightsHash: Bytes
 }
 
+/** A contributor's share of a record, in units of 10¹⁸. */
+export interface RecordWeight {
+  /** The contributor (checksummed). */
+  account: string
+  /** Its share of 10¹⁸. */
+  weight: bigint
+}
+
 /**
  * Per-contributor reward weights (summing to 1, sorted by address) from the citations of one
  * answer: scores clipped at 0 and normalised, or `softmax(score / temperature)` when
@@ -921,6 +1239,16 @@ export interface RequestStats {
   interTokenP50S?: number
   /** 99th percentile of those gaps, in seconds. */
   interTokenP99S?: number
+}
+
+/** One claim of an epoch's Merkle tree. */
+export interface RewardClaim {
+  /** Its position (its bit in the contract's claimed bitmap). */
+  index: bigint
+  /** The claimant (checksummed). */
+  account: string
+  /** Wei claimable. */
+  amount: bigint
 }
 
 /** A row range `[start, end)` of the batch that runs with the adapter `modules[slot]`. */
@@ -1099,7 +1427,8 @@ export type TrainEventFn = ((arg: TrainEvent) => void)
 
 /**
  * One training example: `tokens` alone (loss on every token) or `prompt` and `response`
- * (loss on the response only).
+ * (loss on the response only); `record` (its content hash) and `datanet` (the datanet's id,
+ * default 0) name the datanet record it comes from, which the training log records.
  */
 export interface TrainExample {
   /** The whole text's token ids. */
@@ -1108,6 +1437,28 @@ export interface TrainExample {
   prompt?: Uint32Array | Array<number>
   /** The response's token ids. */
   response?: Uint32Array | Array<number>
+  /** The datanet record the example comes from (its content hash). */
+  record?: Bytes
+  /** The datanet's id (needs `record`). */
+  datanet?: Amount
+}
+
+/** One logged optimizer step. */
+export interface TrainLogEntry {
+  /** The optimizer step. */
+  step: number
+  /** The batch's record ids (`0x` hex), in batch order. */
+  records: Array<string>
+  /** The batch loss. */
+  loss: number
+  /** The learning rate. */
+  learningRate: number
+  /** The checkpoint hash, when one was taken. */
+  checkpoint?: string
+  /** Merkle root over the batch's record leaves. */
+  batchRoot: string
+  /** The head after this step. */
+  head: string
 }
 
 /** What a training call did. */
@@ -1165,6 +1516,19 @@ export interface ValidationReport {
 
 /** Whether `proof` proves `leaf` against `root`. */
 export declare function verifyProof(root: Bytes, leaf: Bytes, proof: Array<Bytes>): boolean
+
+/**
+ * Whether `proof` shows that the record with content hash `hash` belongs to the datanet
+ * version whose root is `root` (what `Datanet.inclusionProof` proves and
+ * `DatanetRegistry.verifyRecord` checks on chain).
+ */
+export declare function verifyRecordProof(root: Bytes, hash: Bytes, proof: Array<Bytes>): boolean
+
+/**
+ * The step a usage proof (from `TrainLog.prove`) shows `record` was trained on, if it leads to
+ * `head`; null when it does not. Malformed proof bytes throw `Integrity`.
+ */
+export declare function verifyUsageProof(proof: Buffer, record: Bytes, head: Bytes): number | null
 
 /** The SDK version. */
 export declare function version(): string

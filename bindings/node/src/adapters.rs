@@ -1,6 +1,7 @@
 //! JavaScript face of `openledger_lora::adapter` and `openledger_lora::adapter::base`: inspect a PEFT LoRA
 //! adapter (rank, alpha, per-module scale, targets, dtype, resident bytes, the A/B factors as
-//! typed arrays) and validate it against a base model folder.
+//! typed arrays), validate it against a base model folder, combine adapters as PEFT's
+//! `add_weighted_adapter` does, and merge one into a model folder.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -9,16 +10,22 @@ use std::sync::Arc;
 use napi::Either;
 use napi::bindgen_prelude::{AsyncTask, Buffer, Float32Array, Uint16Array};
 use napi_derive::napi;
+use openledger_core::DType;
 use openledger_lora::adapter::base::BaseModel as RustBaseModel;
+use openledger_lora::adapter::combine::{
+    Combination, CombineOptions as RustCombineOptions, MajoritySign,
+    add_weighted_adapter as rust_add_weighted,
+};
 use openledger_lora::adapter::config::TargetModules;
 use openledger_lora::adapter::tensors::HostTensor;
 use openledger_lora::adapter::{
     LoadOptions as RustLoadOptions, LoraAdapter as RustAdapter, LoraModule as RustModule,
     ModuleKind,
 };
+use openledger_lora::model::merge_adapter_into_dir;
 
 use crate::error::{ErrorCode, JsResult, Result};
-use crate::task::task;
+use crate::task::{VoidTask, task};
 
 /// How adapter weights are checked when loaded.
 #[napi(object)]
@@ -347,4 +354,88 @@ impl BaseModel {
             })
         })
     }
+}
+
+/// How `addWeightedAdapter` combines adapters (PEFT's `add_weighted_adapter` arguments).
+#[napi(object)]
+#[derive(Default)]
+pub struct CombineOptions {
+    /// `"svd"` (default), `"linear"`, `"cat"`, `"ties"`, `"ties_svd"`, `"dare_linear"`,
+    /// `"dare_linear_svd"`, `"dare_ties"`, `"dare_ties_svd"`, `"magnitude_prune"` or
+    /// `"magnitude_prune_svd"`.
+    pub combination_type: Option<String>,
+    /// Rank of the SVD result (default: the largest `r`).
+    pub svd_rank: Option<u32>,
+    /// Quantile in [0, 1] at which to clamp the SVD factors.
+    pub svd_clamp: Option<f64>,
+    /// Fraction of entries kept by TIES, DARE and magnitude pruning (required by them).
+    pub density: Option<f64>,
+    /// TIES sign election: `"total"` (default) or `"frequency"`.
+    pub majority_sign_method: Option<String>,
+    /// Seed of DARE's random masks (default 0).
+    pub seed: Option<u32>,
+    /// The new factors' dtype: `"f32"` (default), `"f16"` or `"bf16"`.
+    pub dtype: Option<String>,
+}
+
+/// PEFT's `add_weighted_adapter`: resolves to a new adapter combining `adapters` with
+/// `weights` as `options` say.
+#[napi(catch_unwind)]
+pub fn add_weighted_adapter(
+    adapters: Vec<&LoraAdapter>,
+    weights: Vec<f64>,
+    options: Option<CombineOptions>,
+) -> Result<AsyncTask<LoraAdapterTask>> {
+    crate::error::guard(|| {
+        let o = options.unwrap_or_default();
+        let combination: Combination = o
+            .combination_type
+            .as_deref()
+            .unwrap_or("svd")
+            .parse()
+            .js()?;
+        let mut opts = RustCombineOptions::new(combination);
+        opts.svd_rank = o.svd_rank.map(|r| r as usize);
+        opts.svd_clamp = o.svd_clamp;
+        opts.density = o.density.map(|d| d as f32);
+        opts.majority_sign = o
+            .majority_sign_method
+            .as_deref()
+            .unwrap_or("total")
+            .parse::<MajoritySign>()
+            .js()?;
+        opts.seed = u64::from(o.seed.unwrap_or(0));
+        opts.dtype = o.dtype.as_deref().unwrap_or("f32").parse::<DType>().js()?;
+        let held: Vec<Arc<RustAdapter>> = adapters.iter().map(|a| a.inner.clone()).collect();
+        let weights: Vec<f32> = weights.iter().map(|&w| w as f32).collect();
+        Ok(LoraAdapterTask::spawn(move || {
+            let refs: Vec<&RustAdapter> = held.iter().map(Arc::as_ref).collect();
+            let out = rust_add_weighted(&refs, &weights, &opts, None).js()?;
+            Ok(LoraAdapter {
+                inner: Arc::new(out),
+            })
+        }))
+    })
+}
+
+/// Writes the HF model folder `modelDir` with `adapter` merged into its weights as a new
+/// folder `outDir` (f32 weights, tokenizer and generation files copied), so the merged model
+/// serves without the adapter; rejects with `BaseMismatch` (nothing written) when the adapter
+/// does not fit the model.
+#[napi(catch_unwind)]
+pub fn merge_adapter_into_model(
+    model_dir: String,
+    adapter: &LoraAdapter,
+    out_dir: String,
+) -> AsyncTask<VoidTask> {
+    let a = adapter.inner.clone();
+    VoidTask::spawn(move || {
+        merge_adapter_into_dir(
+            &PathBuf::from(model_dir),
+            &a,
+            &PathBuf::from(out_dir),
+            &mut |_| {},
+        )
+        .js()
+    })
 }

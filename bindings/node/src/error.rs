@@ -173,6 +173,11 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> napi::Error {
     out
 }
 
+/// The error of an I/O failure on `path` outside the crates (a file the binding reads itself).
+pub fn io(path: &str, e: &std::io::Error) -> Error {
+    error(code(ErrorKind::of_io(e)), format!("{path}: {e}"), Some(e))
+}
+
 /// An `InvalidArg` error naming the argument.
 pub fn invalid_arg(name: &str, reason: impl std::fmt::Display) -> Error {
     Error::new(ErrorCode::InvalidArg, format!("{name}: {reason}"))

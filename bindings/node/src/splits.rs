@@ -22,7 +22,7 @@ pub struct Payout {
     pub amount: BigInt,
 }
 
-fn payout(p: &RustPayout) -> Payout {
+pub(crate) fn payout(p: &RustPayout) -> Payout {
     Payout {
         account: address_str(&p.account),
         amount: bigint(p.amount),
@@ -64,7 +64,7 @@ fn zero_policy(fallback: Option<&Bytes>) -> Result<ZeroWeightPolicy> {
     })
 }
 
-fn policy(options: Option<&SplitOptions>) -> Result<SplitPolicy> {
+pub(crate) fn policy(options: Option<&SplitOptions>) -> Result<SplitPolicy> {
     let negative = match options.and_then(|o| o.negative.as_deref()) {
         None | Some("clip") => NegativePolicy::Clip,
         Some("reject") => NegativePolicy::Reject,
@@ -86,7 +86,7 @@ fn bps_u16(name: &str, v: u32) -> Result<u16> {
 }
 
 /// Accounts and scores (one per account) paired up.
-fn scored(
+pub(crate) fn scored(
     accounts: &[Bytes],
     scores: &Either<Float64Array, Vec<f64>>,
 ) -> Result<Vec<(Address, f64)>> {

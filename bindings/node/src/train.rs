@@ -13,6 +13,7 @@ use napi::Status;
 use napi::bindgen_prelude::{AsyncTask, Float32Array, Object, Uint32Array};
 use napi::threadsafe_function::ThreadsafeFunction;
 use napi_derive::napi;
+use openledger_core::{ContentId, U256};
 use openledger_lora::model::Model;
 use openledger_train::{
     EvalReport, Example, LoraSettings, TrainConfig, TrainError, TrainEvent as RustEvent,
@@ -23,6 +24,8 @@ use crate::engine::token_ids;
 use crate::error::{self, Result, ToJs, invalid_arg};
 use crate::events::{Events, Exclusive};
 use crate::task::{Float32Task, VoidTask, count, task};
+use crate::trainlog::TrainLog;
+use crate::types::{Amount, Bytes, b256, b256_str, u256};
 
 /// How `Trainer.load` sets up fine-tuning; `targets`, `r` and `alpha` are required.
 #[napi(object, object_to_js = false)]
@@ -73,7 +76,8 @@ pub struct TrainerOptions<'a> {
 }
 
 /// One training example: `tokens` alone (loss on every token) or `prompt` and `response`
-/// (loss on the response only).
+/// (loss on the response only); `record` (its content hash) and `datanet` (the datanet's id,
+/// default 0) name the datanet record it comes from, which the training log records.
 #[napi(object)]
 pub struct TrainExample {
     /// The whole text's token ids.
@@ -82,6 +86,10 @@ pub struct TrainExample {
     pub prompt: Option<Either<Uint32Array, Vec<f64>>>,
     /// The response's token ids.
     pub response: Option<Either<Uint32Array, Vec<f64>>>,
+    /// The datanet record the example comes from (its content hash).
+    pub record: Option<Bytes>,
+    /// The datanet's id (needs `record`).
+    pub datanet: Option<Amount>,
 }
 
 /// One event of a training run, as its `kind` says: `"step"` (every field but `perplexity`
@@ -186,16 +194,30 @@ task!(
 );
 
 fn example(name: &str, e: TrainExample) -> Result<Example> {
-    match (e.tokens, e.prompt, e.response) {
-        (Some(t), None, None) => Ok(Example::text(&token_ids(&format!("{name}.tokens"), t)?)),
-        (None, Some(p), Some(r)) => Ok(Example::prompt_response(
+    let ex = match (e.tokens, e.prompt, e.response) {
+        (Some(t), None, None) => Example::text(&token_ids(&format!("{name}.tokens"), t)?),
+        (None, Some(p), Some(r)) => Example::prompt_response(
             &token_ids(&format!("{name}.prompt"), p)?,
             &token_ids(&format!("{name}.response"), r)?,
-        )),
-        _ => Err(invalid_arg(
-            name,
-            "an example is { tokens } or { prompt, response }",
-        )),
+        ),
+        _ => {
+            return Err(invalid_arg(
+                name,
+                "an example is { tokens } or { prompt, response }",
+            ));
+        }
+    };
+    match (e.record, e.datanet) {
+        (None, None) => Ok(ex),
+        (Some(r), datanet) => {
+            let record = ContentId(b256(&format!("{name}.record"), &r)?);
+            let datanet = match datanet {
+                Some(d) => u256(&format!("{name}.datanet"), &d)?,
+                None => U256::ZERO,
+            };
+            Ok(ex.with_source(datanet, record))
+        }
+        (None, Some(_)) => Err(invalid_arg(name, "datanet without record")),
     }
 }
 
@@ -383,6 +405,32 @@ impl Trainer {
                 Ok(Float32Array::new(g))
             })?;
             Ok(Float32Task::spawn(work))
+        })
+    }
+
+    /// Starts a hash-chained training log for the base model `baseModel` (its 32-byte id) and
+    /// this run's adapter config: every optimizer step from now on appends an entry (the
+    /// batch's record ids, loss, learning rate, checkpoint hash). Returns the log's genesis.
+    /// Throws `Busy` while another call runs.
+    #[napi(catch_unwind)]
+    pub fn start_log(&self, base_model: Bytes) -> Result<String> {
+        error::guard(|| {
+            let base = b256("baseModel", &base_model)?;
+            Ok(b256_str(&self.inner.lock()?.start_log(base)))
+        })
+    }
+
+    /// A copy of the training log, or null when none was started. Throws `Busy` while another
+    /// call runs.
+    #[napi(catch_unwind)]
+    pub fn training_log(&self) -> Result<Option<TrainLog>> {
+        error::guard(|| {
+            Ok(self
+                .inner
+                .lock()?
+                .training_log()
+                .cloned()
+                .map(TrainLog::wrap))
         })
     }
 
