@@ -184,3 +184,27 @@ test('adapter facts and validation are the same', async () => {
     }
   }
 })
+
+test('datanet versions and record proofs equal Rust', () => {
+  const c = vectors.datanet
+  const net = new ol.Datanet(c.name)
+  for (const v of c.versions) {
+    net.importJsonl(c.jsonl.slice(net.length, v.record_count).join('\n'))
+    const got = net.commit()
+    assert.deepEqual([got.number, got.recordCount, got.root], [v.number, v.record_count, v.root])
+    v.records.forEach((r, i) => {
+      assert.equal(net.record(i).hash, r.hash)
+      assert.deepEqual(net.inclusionProof(v.number, i), r.proof)
+      assert.ok(ol.verifyRecordProof(v.root, r.hash, r.proof))
+    })
+  }
+})
+
+test('usage proofs verify as Rust says', () => {
+  const c = vectors.usage_proofs
+  for (const p of c.proofs) {
+    const proof = Buffer.from(p.proof.slice(2), 'hex')
+    assert.equal(ol.verifyUsageProof(proof, p.record, c.head), p.step)
+    assert.equal(ol.verifyUsageProof(proof, p.record, c.other_head), null)
+  }
+})

@@ -253,3 +253,25 @@ def test_shipped_adapter_facts_match_the_rust_vectors(case):
     assert case["validation"]["ok"]
     assert report["modules_checked"] == case["validation"]["modules_checked"]
     assert report["targeted_without_weights"] == case["validation"]["targeted_without_weights"]
+
+
+def test_datanet_versions_and_record_proofs_equal_rust():
+    case = VECTORS["datanet"]
+    net = ol.Datanet(case["name"])
+    for v in case["versions"]:
+        new = case["jsonl"][len(net) : v["record_count"]]
+        net.import_jsonl("\n".join(new))
+        got = net.commit()
+        assert (got["number"], got["record_count"], got["root"]) == (v["number"], v["record_count"], v["root"])
+        for i, r in enumerate(v["records"]):
+            assert net.record(i)["hash"] == r["hash"]
+            assert net.inclusion_proof(v["number"], i) == r["proof"]
+            assert ol.verify_record_proof(v["root"], r["hash"], r["proof"])
+
+
+def test_usage_proofs_verify_as_rust_says():
+    case = VECTORS["usage_proofs"]
+    for p in case["proofs"]:
+        proof = bytes.fromhex(p["proof"][2:])
+        assert ol.verify_usage_proof(proof, p["record"], case["head"]) == p["step"]
+        assert ol.verify_usage_proof(proof, p["record"], case["other_head"]) is None

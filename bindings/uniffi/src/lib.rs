@@ -1,14 +1,16 @@
 //! Mobile bindings of the openledger SDK: one library (`cdylib` for Android and the JVM,
 //! `staticlib` for iOS) whose uniffi scaffolding gives Kotlin and Swift what a phone needs —
-//! checking EIP-712 receipts and Merkle claims, computing exact reward splits, inspecting PEFT
+//! checking EIP-712 receipts and Merkle claims, checking that a record belongs to a datanet
+//! version and that a model was trained on it, computing exact reward splits, inspecting PEFT
 //! adapters, and running a small model with an adapter on the device.
 //!
 //! The bindings are thin: each function reads its arguments (hex ids, decimal wei amounts),
 //! calls the crate that does the work and maps its error, by kind, into the one error enum. Each file
 //! mirrors one crate module: `splits` ↔ `openledger_poa::split`, `merkle` ↔
 //! `openledger_chain::standard` and `openledger_core::merkle`, `receipts` ↔
-//! `openledger_chain::receipt` and `bindings`, `adapters` ↔ `openledger_lora::adapter` and
-//! `base`, `model` ↔ `openledger_lora::model`.
+//! `openledger_chain::receipt` and `bindings`, `datanet` ↔ `openledger_core::datanet`,
+//! `trainlog` ↔ `openledger_core::trainlog`, `adapters` ↔ `openledger_lora::adapter`, `model`
+//! ↔ `openledger_lora::model`.
 //!
 //! ```
 //! use openledger_mobile::{NegativeScores, ScoreShare, split_scores};
@@ -23,14 +25,17 @@
 //! ```
 
 mod adapters;
+mod datanet;
 mod error;
 mod merkle;
 mod model;
 mod receipts;
 mod splits;
+mod trainlog;
 mod types;
 
 pub use adapters::{BaseModel, LoraAdapter, LoraModuleInfo, ValidationReport};
+pub use datanet::{record_hash, verify_record_proof};
 pub use error::OpenLedgerError;
 pub use merkle::{
     MerkleMultiProof, MerkleTree, StandardMerkleTree, StandardMultiProof,
@@ -48,5 +53,6 @@ pub use splits::{
     BpsShare, FeeSplitResult, NegativeScores, Payout, ScoreShare, WeightShare, split_bps,
     split_fee, split_scores, split_weights,
 };
+pub use trainlog::verify_usage_proof;
 
 uniffi::setup_scaffolding!();

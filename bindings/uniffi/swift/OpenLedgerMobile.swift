@@ -3907,6 +3907,30 @@ public func FfiConverterCallbackInterfaceTokenListener_lower(_ v: TokenListener)
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterOptionUInt64: FfiConverterRustBuffer {
+    typealias SwiftType = UInt64?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterUInt64.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterUInt64.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterOptionString: FfiConverterRustBuffer {
     typealias SwiftType = String?
 
@@ -4228,6 +4252,31 @@ fileprivate struct FfiConverterSequenceSequenceString: FfiConverterRustBuffer {
     }
 }
 /**
+ * The content hash of a record's text (keccak-256 of its UTF-8 bytes), as a datanet stores it.
+ */
+public func recordHash(content: String) -> String  {
+    return try!  FfiConverterString.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_openledger_mobile_fn_func_record_hash(
+        FfiConverterString.lower(content),uniffiCallStatus
+    )
+})
+}
+/**
+ * Whether `proof` (hex hashes) shows that the record with content hash `hash` belongs to the
+ * datanet version whose Merkle root is `root`.
+ */
+public func verifyRecordProof(root: String, hash: String, proof: [String])throws  -> Bool  {
+    return try  FfiConverterBool.lift(try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
+        uniffiCallStatus in
+    uniffi_openledger_mobile_fn_func_verify_record_proof(
+        FfiConverterString.lower(root),
+        FfiConverterString.lower(hash),
+        FfiConverterSequenceString.lower(proof),uniffiCallStatus
+    )
+})
+}
+/**
  * The root a multiproof leads to; a malformed multiproof is
  * [`OpenLedgerError::Merkle`].
  */
@@ -4492,6 +4541,21 @@ public func splitWeights(amount: String, weights: [WeightShare], fallback: Strin
     )
 })
 }
+/**
+ * The optimizer step at which `proof` shows the record `record` (its content hash) was in a
+ * training batch, if the proof leads to the log head `head`; null when it does not. Malformed
+ * proof bytes are `Integrity`.
+ */
+public func verifyUsageProof(proof: Data, record: String, head: String)throws  -> UInt64?  {
+    return try  FfiConverterOptionUInt64.lift(try rustCallWithError(FfiConverterTypeOpenLedgerError_lift) {
+        uniffiCallStatus in
+    uniffi_openledger_mobile_fn_func_verify_usage_proof(
+        FfiConverterData.lower(proof),
+        FfiConverterString.lower(record),
+        FfiConverterString.lower(head),uniffiCallStatus
+    )
+})
+}
 
 private enum InitializationResult {
     case ok
@@ -4507,6 +4571,12 @@ private let initializationResult: InitializationResult = {
     let scaffolding_contract_version = ffi_openledger_mobile_uniffi_contract_version()
     if bindings_contract_version != scaffolding_contract_version {
         return InitializationResult.contractVersionMismatch
+    }
+    if (uniffi_openledger_mobile_checksum_func_record_hash() != 24818) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_openledger_mobile_checksum_func_verify_record_proof() != 12157) {
+        return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_openledger_mobile_checksum_func_process_merkle_multi_proof() != 58495) {
         return InitializationResult.apiChecksumMismatch
@@ -4566,6 +4636,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_openledger_mobile_checksum_func_split_weights() != 37709) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_openledger_mobile_checksum_func_verify_usage_proof() != 14305) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_openledger_mobile_checksum_method_basemodel_linear_modules() != 42462) {

@@ -586,6 +586,16 @@ void uniffi_openledger_mobile_fn_init_callback_vtable_textlistener(const UniffiV
 void uniffi_openledger_mobile_fn_init_callback_vtable_tokenlistener(const UniffiVTableCallbackInterfaceTokenListener* _Nonnull vtable
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_OPENLEDGER_MOBILE_FN_FUNC_RECORD_HASH
+#define UNIFFI_FFIDEF_UNIFFI_OPENLEDGER_MOBILE_FN_FUNC_RECORD_HASH
+RustBuffer uniffi_openledger_mobile_fn_func_record_hash(RustBuffer content, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_OPENLEDGER_MOBILE_FN_FUNC_VERIFY_RECORD_PROOF
+#define UNIFFI_FFIDEF_UNIFFI_OPENLEDGER_MOBILE_FN_FUNC_VERIFY_RECORD_PROOF
+int8_t uniffi_openledger_mobile_fn_func_verify_record_proof(RustBuffer root, RustBuffer hash, RustBuffer proof, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_OPENLEDGER_MOBILE_FN_FUNC_PROCESS_MERKLE_MULTI_PROOF
 #define UNIFFI_FFIDEF_UNIFFI_OPENLEDGER_MOBILE_FN_FUNC_PROCESS_MERKLE_MULTI_PROOF
 RustBuffer uniffi_openledger_mobile_fn_func_process_merkle_multi_proof(RustBuffer multi_proof, RustCallStatus *_Nonnull out_status
@@ -684,6 +694,11 @@ RustBuffer uniffi_openledger_mobile_fn_func_split_scores(RustBuffer amount, Rust
 #ifndef UNIFFI_FFIDEF_UNIFFI_OPENLEDGER_MOBILE_FN_FUNC_SPLIT_WEIGHTS
 #define UNIFFI_FFIDEF_UNIFFI_OPENLEDGER_MOBILE_FN_FUNC_SPLIT_WEIGHTS
 RustBuffer uniffi_openledger_mobile_fn_func_split_weights(RustBuffer amount, RustBuffer weights, RustBuffer fallback, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_OPENLEDGER_MOBILE_FN_FUNC_VERIFY_USAGE_PROOF
+#define UNIFFI_FFIDEF_UNIFFI_OPENLEDGER_MOBILE_FN_FUNC_VERIFY_USAGE_PROOF
+RustBuffer uniffi_openledger_mobile_fn_func_verify_usage_proof(RustBuffer proof, RustBuffer record, RustBuffer head, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_FFI_OPENLEDGER_MOBILE_RUSTBUFFER_ALLOC
@@ -946,6 +961,18 @@ void ffi_openledger_mobile_rust_future_free_void(uint64_t handle
 void ffi_openledger_mobile_rust_future_complete_void(uint64_t handle, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_OPENLEDGER_MOBILE_CHECKSUM_FUNC_RECORD_HASH
+#define UNIFFI_FFIDEF_UNIFFI_OPENLEDGER_MOBILE_CHECKSUM_FUNC_RECORD_HASH
+uint16_t uniffi_openledger_mobile_checksum_func_record_hash(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_OPENLEDGER_MOBILE_CHECKSUM_FUNC_VERIFY_RECORD_PROOF
+#define UNIFFI_FFIDEF_UNIFFI_OPENLEDGER_MOBILE_CHECKSUM_FUNC_VERIFY_RECORD_PROOF
+uint16_t uniffi_openledger_mobile_checksum_func_verify_record_proof(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_OPENLEDGER_MOBILE_CHECKSUM_FUNC_PROCESS_MERKLE_MULTI_PROOF
 #define UNIFFI_FFIDEF_UNIFFI_OPENLEDGER_MOBILE_CHECKSUM_FUNC_PROCESS_MERKLE_MULTI_PROOF
 uint16_t uniffi_openledger_mobile_checksum_func_process_merkle_multi_proof(void
@@ -1063,6 +1090,12 @@ uint16_t uniffi_openledger_mobile_checksum_func_split_scores(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_OPENLEDGER_MOBILE_CHECKSUM_FUNC_SPLIT_WEIGHTS
 #define UNIFFI_FFIDEF_UNIFFI_OPENLEDGER_MOBILE_CHECKSUM_FUNC_SPLIT_WEIGHTS
 uint16_t uniffi_openledger_mobile_checksum_func_split_weights(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_OPENLEDGER_MOBILE_CHECKSUM_FUNC_VERIFY_USAGE_PROOF
+#define UNIFFI_FFIDEF_UNIFFI_OPENLEDGER_MOBILE_CHECKSUM_FUNC_VERIFY_USAGE_PROOF
+uint16_t uniffi_openledger_mobile_checksum_func_verify_usage_proof(void
     
 );
 #endif

@@ -1,6 +1,7 @@
 //! The cross-language test vectors (`bindings/vectors/cross_language.json`): reward splits,
-//! OpenZeppelin standard and core Merkle trees, EIP-712 receipts, contract calldata and the facts
-//! of the shipped PEFT adapters, computed by the Rust crates. The language bindings' suites
+//! OpenZeppelin standard and core Merkle trees, EIP-712 receipts, contract calldata, the facts
+//! of the shipped PEFT adapters, a datanet's record proofs and a training log's usage proofs,
+//! computed by the Rust crates. The language bindings' suites
 //! replay the same file; the format is documented in `bindings/vectors/README.md`.
 //!
 //! Regenerate with
@@ -13,6 +14,7 @@
 mod adapters;
 mod chain;
 mod merkle;
+mod provenance;
 mod splits;
 
 use std::path::{Path, PathBuf};
@@ -65,6 +67,8 @@ fn build_vectors() -> Value {
         "receipts": chain::receipts(),
         "abi": chain::abi_calls(),
         "adapters": adapters::adapters(),
+        "datanet": provenance::datanet(),
+        "usage_proofs": provenance::usage_proofs(),
     })
 }
 

@@ -741,6 +741,10 @@ internal object IntegrityCheckingUniffiLib {
     }
 
     internal fun ensureInitialized() = Unit
+    external fun uniffi_openledger_mobile_checksum_func_record_hash(
+    ): Int
+    external fun uniffi_openledger_mobile_checksum_func_verify_record_proof(
+    ): Int
     external fun uniffi_openledger_mobile_checksum_func_process_merkle_multi_proof(
     ): Int
     external fun uniffi_openledger_mobile_checksum_func_process_merkle_proof(
@@ -780,6 +784,8 @@ internal object IntegrityCheckingUniffiLib {
     external fun uniffi_openledger_mobile_checksum_func_split_scores(
     ): Int
     external fun uniffi_openledger_mobile_checksum_func_split_weights(
+    ): Int
+    external fun uniffi_openledger_mobile_checksum_func_verify_usage_proof(
     ): Int
     external fun uniffi_openledger_mobile_checksum_method_basemodel_linear_modules(
     ): Int
@@ -1016,6 +1022,10 @@ internal object UniffiLib {
     ): Unit
     external fun uniffi_openledger_mobile_fn_init_callback_vtable_tokenlistener(`vtable`: UniffiVTableCallbackInterfaceTokenListener,
     ): Unit
+    external fun uniffi_openledger_mobile_fn_func_record_hash(`content`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_openledger_mobile_fn_func_verify_record_proof(`root`: RustBuffer.ByValue,`hash`: RustBuffer.ByValue,`proof`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Byte
     external fun uniffi_openledger_mobile_fn_func_process_merkle_multi_proof(`multiProof`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_openledger_mobile_fn_func_process_merkle_proof(`leaf`: RustBuffer.ByValue,`proof`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
@@ -1055,6 +1065,8 @@ internal object UniffiLib {
     external fun uniffi_openledger_mobile_fn_func_split_scores(`amount`: RustBuffer.ByValue,`scores`: RustBuffer.ByValue,`negative`: RustBuffer.ByValue,`fallback`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_openledger_mobile_fn_func_split_weights(`amount`: RustBuffer.ByValue,`weights`: RustBuffer.ByValue,`fallback`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_openledger_mobile_fn_func_verify_usage_proof(`proof`: RustBuffer.ByValue,`record`: RustBuffer.ByValue,`head`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun ffi_openledger_mobile_rustbuffer_alloc(`size`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
@@ -1175,6 +1187,12 @@ private fun uniffiCheckContractApiVersion(lib: IntegrityCheckingUniffiLib) {
 }
 @Suppress("UNUSED_PARAMETER")
 private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
+    if ((lib.uniffi_openledger_mobile_checksum_func_record_hash() and 0xFFFF) != 24818) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_openledger_mobile_checksum_func_verify_record_proof() and 0xFFFF) != 12157) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_openledger_mobile_checksum_func_process_merkle_multi_proof() and 0xFFFF) != 58495) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -1233,6 +1251,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_openledger_mobile_checksum_func_split_weights() and 0xFFFF) != 37709) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_openledger_mobile_checksum_func_verify_usage_proof() and 0xFFFF) != 14305) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_openledger_mobile_checksum_method_basemodel_linear_modules() and 0xFFFF) != 42462) {
@@ -5430,6 +5451,38 @@ public object FfiConverterTypeTokenListener: FfiConverterCallbackInterface<Token
 /**
  * @suppress
  */
+public object FfiConverterOptionalULong: FfiConverterRustBuffer<kotlin.ULong?> {
+    override fun read(buf: ByteBuffer): kotlin.ULong? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterULong.read(buf)
+    }
+
+    override fun allocationSize(value: kotlin.ULong?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterULong.allocationSize(value)
+        }
+    }
+
+    override fun write(value: kotlin.ULong?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterULong.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
 public object FfiConverterOptionalString: FfiConverterRustBuffer<kotlin.String?> {
     override fun read(buf: ByteBuffer): kotlin.String? {
         if (buf.get().toInt() == 0) {
@@ -5792,6 +5845,38 @@ public object FfiConverterSequenceSequenceString: FfiConverterRustBuffer<List<Li
     }
 }
         /**
+         * The content hash of a record's text (keccak-256 of its UTF-8 bytes), as a datanet stores it.
+         */ fun `recordHash`(`content`: kotlin.String): kotlin.String {
+            return FfiConverterString.lift(
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_openledger_mobile_fn_func_record_hash(
+    
+        
+        FfiConverterString.lower(`content`),_status)
+}
+    )
+    }
+    
+
+        /**
+         * Whether `proof` (hex hashes) shows that the record with content hash `hash` belongs to the
+         * datanet version whose Merkle root is `root`.
+         */
+    @Throws(OpenLedgerException::class) fun `verifyRecordProof`(`root`: kotlin.String, `hash`: kotlin.String, `proof`: List<kotlin.String>): kotlin.Boolean {
+            return FfiConverterBoolean.lift(
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
+    UniffiLib.uniffi_openledger_mobile_fn_func_verify_record_proof(
+    
+        
+        FfiConverterString.lower(`root`),
+        FfiConverterString.lower(`hash`),
+        FfiConverterSequenceString.lower(`proof`),_status)
+}
+    )
+    }
+    
+
+        /**
          * The root a multiproof leads to; a malformed multiproof is
          * [`OpenLedgerError::Merkle`].
          */
@@ -6131,6 +6216,25 @@ public object FfiConverterSequenceSequenceString: FfiConverterRustBuffer<List<Li
         FfiConverterString.lower(`amount`),
         FfiConverterSequenceTypeWeightShare.lower(`weights`),
         FfiConverterOptionalString.lower(`fallback`),_status)
+}
+    )
+    }
+    
+
+        /**
+         * The optimizer step at which `proof` shows the record `record` (its content hash) was in a
+         * training batch, if the proof leads to the log head `head`; null when it does not. Malformed
+         * proof bytes are `Integrity`.
+         */
+    @Throws(OpenLedgerException::class) fun `verifyUsageProof`(`proof`: kotlin.ByteArray, `record`: kotlin.String, `head`: kotlin.String): kotlin.ULong? {
+            return FfiConverterOptionalULong.lift(
+    uniffiRustCallWithError(OpenLedgerException) { _status ->
+    UniffiLib.uniffi_openledger_mobile_fn_func_verify_usage_proof(
+    
+        
+        FfiConverterByteArray.lower(`proof`),
+        FfiConverterString.lower(`record`),
+        FfiConverterString.lower(`head`),_status)
 }
     )
     }

@@ -221,4 +221,38 @@ class CrossLanguageVectorsTest {
             }
         }
     }
+
+    @Test
+    fun `datanet record hashes and proofs verify as in Rust`() {
+        val c = v.getAsJsonObject("datanet")
+        val jsonl = c.getAsJsonArray("jsonl").map { it.asString }
+        for (version in c.getAsJsonArray("versions").map { it.obj() }) {
+            val root = version.str("root")
+            version.getAsJsonArray("records").forEachIndexed { i, r ->
+                val rec = r.obj()
+                val content = com.google.gson.JsonParser.parseString(jsonl[i]).asJsonObject.str("content")
+                assertEquals(rec.str("hash"), recordHash(content))
+                val proof = rec.strings("proof")
+                assertTrue(verifyRecordProof(root, rec.str("hash"), proof))
+                assertTrue(!verifyRecordProof(root, recordHash(content + "!"), proof))
+            }
+        }
+        assertFailsWith<OpenLedgerException.InvalidArgument> { verifyRecordProof("0x12", recordHash("x"), emptyList()) }
+    }
+
+    @Test
+    fun `training-log usage proofs verify as in Rust`() {
+        val c = v.getAsJsonObject("usage_proofs")
+        for (p in c.getAsJsonArray("proofs").map { it.obj() }) {
+            val proof = hexBytes(p.str("proof"))
+            assertEquals(p.get("step").asLong.toULong(), verifyUsageProof(proof, p.str("record"), c.str("head")))
+            assertEquals(null, verifyUsageProof(proof, p.str("record"), c.str("other_head")))
+            assertFailsWith<OpenLedgerException.Integrity> {
+                verifyUsageProof(proof.copyOf(proof.size - 1), p.str("record"), c.str("head"))
+            }
+        }
+    }
+
+    private fun hexBytes(s: String): ByteArray =
+        s.removePrefix("0x").chunked(2).map { it.toInt(16).toByte() }.toByteArray()
 }
