@@ -10,6 +10,7 @@ use openledger_lora::adapter::build::AdapterBuilder;
 use openledger_lora::adapter::config::ConfigSpec;
 use openledger_lora::adapter::tensors::HostTensor;
 use openledger_lora::adapter::{LoadOptions, LoraAdapter};
+use openledger_lora::model::PROJECTIONS;
 use openledger_lora::model::{Model, ModelConfig};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -110,16 +111,7 @@ pub fn adapter_with_layers(rank: usize, seed: u64, layers: usize) -> LoraAdapter
 /// The PEFT files of [`adapter_with_layers`], tensors stored as `dtype` (write them to a
 /// folder with [`AdapterBuilder::write_dir`]).
 pub fn adapter_builder(rank: usize, seed: u64, layers: usize, dtype: DType) -> AdapterBuilder {
-    let targets = [
-        "q_proj",
-        "k_proj",
-        "v_proj",
-        "o_proj",
-        "gate_proj",
-        "up_proj",
-        "down_proj",
-    ];
-    let mut b = AdapterBuilder::new(ConfigSpec::new(rank, 32.0, &targets)).with_dtype(dtype);
+    let mut b = AdapterBuilder::new(ConfigSpec::new(rank, 32.0, &PROJECTIONS)).with_dtype(dtype);
     for l in 0..layers {
         for (k, (n, i, o)) in projections().into_iter().enumerate() {
             b.random_lora(

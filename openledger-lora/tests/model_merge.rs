@@ -2,6 +2,8 @@
 //! with PEFT's logits (fixtures/peft/tiny-llama: `merge_and_unload()` weights and `PeftModel`
 //! logits from torch 2.15.0, transformers 5.24.0, peft 0.21.2, float32 CPU).
 
+mod tiny_llama;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -9,9 +11,7 @@ use openledger_lora::adapter::tensors::{HostTensor, read_safetensors};
 use openledger_lora::adapter::{LoadOptions, LoraAdapter};
 use openledger_lora::model::{Model, ModelError, SeqInput, merge_adapter_into_dir};
 
-fn fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/peft/tiny-llama")
-}
+use tiny_llama::{fixture, sequence};
 
 fn tensors(path: PathBuf) -> BTreeMap<String, HostTensor> {
     read_safetensors(&path, false)
@@ -31,14 +31,7 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 #[test]
 fn a_merged_folder_has_peft_merged_weights_and_serves_peft_logits_without_the_adapter() {
     let reference = tensors(fixture().join("reference.safetensors"));
-    let json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(fixture().join("reference.json")).unwrap()).unwrap();
-    let seq: Vec<u32> = json["sequences"][0]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_u64().unwrap() as u32)
-        .collect();
+    let seq = sequence(0);
     for name in ["qv-r4", "all-r8-rslora", "attn-patterns"] {
         let adapter = LoraAdapter::from_dir(
             &fixture().join("adapters").join(name),

@@ -15,6 +15,7 @@ use openledger_core::DType;
 use openledger_lora::adapter::LoadOptions;
 use openledger_lora::adapter::build::AdapterBuilder;
 use openledger_lora::adapter::config::ConfigSpec;
+use openledger_lora::model::PROJECTIONS;
 use openledger_lora::model::{Model, PagedModel};
 use openledger_lora::pool::{
     AdapterBytes, AdapterId, AdapterPool, AdapterSource, Source, SourceError,
@@ -66,16 +67,7 @@ fn other_base_adapter() -> Source {
 
 /// A rank-4 adapter on every projection of the tiny llama, seeded by `seed`.
 fn tiny_adapter(seed: u64) -> AdapterBuilder {
-    let targets = [
-        "q_proj",
-        "k_proj",
-        "v_proj",
-        "o_proj",
-        "gate_proj",
-        "up_proj",
-        "down_proj",
-    ];
-    let mut b = AdapterBuilder::new(ConfigSpec::new(4, 8.0, &targets)).with_dtype(DType::F32);
+    let mut b = AdapterBuilder::new(ConfigSpec::new(4, 8.0, &PROJECTIONS)).with_dtype(DType::F32);
     let shapes = [
         ("self_attn.q_proj", 64, 64),
         ("self_attn.k_proj", 64, 32),
