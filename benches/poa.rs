@@ -95,7 +95,7 @@ fn bench_store(report: &mut Report) {
     report.figure("cosine_score_s", t_cos);
     report.ratio("tracin_vs_memory_scan", gbs_score, gbs_scan, ">= 0.6");
     let s = score(&store, &q, &ScoreMethod::TracIn, |_| {}).unwrap();
-    let t_top = median_secs(5, || s.top_k(&store, 10));
+    let t_top = median_secs(5, || s.top_k(&store, 10).unwrap());
     report.figure("top10_of_scores_s", t_top);
 }
 

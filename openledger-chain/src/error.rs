@@ -114,6 +114,18 @@ pub enum ChainError {
         /// Why the value does not read as that type.
         reason: String,
     },
+    /// A balance, block number or time that would pass its maximum.
+    #[error("{what} overflows")]
+    Overflow {
+        /// What would overflow.
+        what: String,
+    },
+    /// Attribution weights that name the same id twice.
+    #[error("attribution weights name {id} twice")]
+    DuplicateWeight {
+        /// The repeated id.
+        id: alloy_primitives::B256,
+    },
     /// A value that does not read as its Solidity type.
     #[error("not a {ty}: {reason}")]
     AbiValue {
@@ -145,6 +157,9 @@ impl Classify for ChainError {
             | ChainError::Argument { .. }
             | ChainError::AbiValue { .. } => ErrorKind::Abi,
             ChainError::AmountOverflow { .. } => ErrorKind::Split,
+            ChainError::DuplicateWeight { .. } | ChainError::Overflow { .. } => {
+                ErrorKind::InvalidArgument
+            }
             ChainError::Evm(_) | ChainError::TransactionFailed { .. } => ErrorKind::Transaction,
             ChainError::Signature(_) => ErrorKind::Signature,
         }

@@ -268,11 +268,17 @@ impl EmbeddedChain {
     }
 
     /// Credits `amount` wei to `address` (a faucet, outside any transaction).
-    pub fn fund(&mut self, address: Address, amount: U256) {
+    pub fn fund(&mut self, address: Address, amount: U256) -> Result<(), ChainError> {
         let db = &mut self.db;
         let mut info = db.basic_ref(address).ok().flatten().unwrap_or_default();
-        info.balance = info.balance.saturating_add(amount);
+        info.balance = info
+            .balance
+            .checked_add(amount)
+            .ok_or_else(|| ChainError::Overflow {
+                what: format!("the balance of {address} plus {amount} wei"),
+            })?;
         db.insert_account_info(address, info);
+        Ok(())
     }
 
     /// Balance of `address` in wei.
@@ -312,18 +318,37 @@ impl EmbeddedChain {
         self.block.timestamp.saturating_to()
     }
 
-    /// Mines `n` empty blocks ([`BLOCK_TIME`] seconds apart).
-    pub fn advance_blocks(&mut self, n: u64) {
-        let b = &mut self.block;
-        b.number += U256::from(n);
-        b.timestamp += U256::from(n.saturating_mul(BLOCK_TIME));
+    /// Mines `n` empty blocks ([`BLOCK_TIME`] seconds apart); a block number or time past
+    /// `u64` is refused and changes nothing.
+    pub fn advance_blocks(&mut self, n: u64) -> Result<(), ChainError> {
+        let seconds = n.checked_mul(BLOCK_TIME).ok_or_else(|| ChainError::Overflow {
+            what: format!("{n} blocks of {BLOCK_TIME} s"),
+        })?;
+        self.advance(n, seconds)
     }
 
-    /// Moves the clock forward by `seconds` (and mines one block).
-    pub fn advance_time(&mut self, seconds: u64) {
-        let b = &mut self.block;
-        b.number += U256::from(1);
-        b.timestamp += U256::from(seconds);
+    /// Moves the clock forward by `seconds` (and mines one block); a time past `u64` is
+    /// refused and changes nothing.
+    pub fn advance_time(&mut self, seconds: u64) -> Result<(), ChainError> {
+        self.advance(1, seconds)
+    }
+
+    fn advance(&mut self, blocks: u64, seconds: u64) -> Result<(), ChainError> {
+        let number = self
+            .block_number()
+            .checked_add(blocks)
+            .ok_or_else(|| ChainError::Overflow {
+                what: format!("block number {} + {blocks}", self.block_number()),
+            })?;
+        let timestamp = self
+            .timestamp()
+            .checked_add(seconds)
+            .ok_or_else(|| ChainError::Overflow {
+                what: format!("block time {} + {seconds} s", self.timestamp()),
+            })?;
+        self.block.number = U256::from(number);
+        self.block.timestamp = U256::from(timestamp);
+        Ok(())
     }
 
     fn tx(&self, from: Address, kind: TxKind, data: Bytes, value: U256) -> TxEnv {
@@ -375,7 +400,7 @@ impl EmbeddedChain {
 
     fn execute(&mut self, tx: TxEnv) -> Result<TxOutcome, ChainError> {
         // Each transaction is mined in a block of its own.
-        self.advance_blocks(1);
+        self.advance_blocks(1)?;
         let block = self.block_number();
         match self.with_evm(BASE_FEE, |evm| evm.transact_commit(tx)) {
             Ok(result) => Ok(Self::outcome(result, block)),

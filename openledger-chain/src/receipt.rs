@@ -56,21 +56,76 @@ pub fn signing_hash(receipt: &AttributionReceipt, domain: &Eip712Domain) -> B256
 
 /// The hash that commits a receipt to its attribution weights:
 /// `keccak256(abi.encode(bytes32[] ids, uint256[] weights))`, ids and weights in the same order.
-pub fn weights_hash(weights: &[(B256, U256)]) -> B256 {
+/// An id listed twice is refused (a split names each party once).
+pub fn weights_hash(weights: &[(B256, U256)]) -> Result<B256, ChainError> {
+    let mut seen = std::collections::HashSet::with_capacity(weights.len());
+    if let Some((id, _)) = weights.iter().find(|(id, _)| !seen.insert(*id)) {
+        return Err(ChainError::DuplicateWeight { id: *id });
+    }
     let ids: Vec<B256> = weights.iter().map(|w| w.0).collect();
     let ws: Vec<U256> = weights.iter().map(|w| w.1).collect();
-    keccak256((ids, ws).abi_encode_params())
+    Ok(keccak256((ids, ws).abi_encode_params()))
 }
 
-/// Who recovered from `signature` over `receipt` in `domain`.
+/// Half the secp256k1 group order: `ECDSA.sol` refuses an `s` above it (a high-s signature is
+/// the malleated twin of a low-s one).
+const HALF_ORDER: U256 = U256::from_be_slice(&[
+    0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0x5d, 0x57, 0x6e, 0x73, 0x57, 0xa4, 0x50, 0x1d, 0xdf, 0xe9, 0x2f, 0x46, 0x68, 0x1b, 0x20, 0xa0,
+]);
+
+/// Refuses what `ECDSA.sol` refuses, so that off chain and on chain agree: a zero `r` or `s`, or
+/// an `s` above half the group order.
+fn check_canonical(signature: &Signature) -> Result<(), ChainError> {
+    if signature.r().is_zero() || signature.s().is_zero() {
+        return Err(ChainError::Signature("r and s must be non-zero".into()));
+    }
+    if signature.s() > HALF_ORDER {
+        return Err(ChainError::Signature(
+            "s is in the upper half of the curve order (a malleable high-s signature, which ECDSA.sol refuses)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Reads a 65-byte `r ‖ s ‖ v` signature as `ECDSA.sol` does: `v` must be 27 or 28 and `s` in
+/// the lower half of the curve order (both refused on chain otherwise).
+pub fn parse_signature(bytes: &[u8]) -> Result<Signature, ChainError> {
+    let [rs @ .., v] = bytes else {
+        return Err(ChainError::Signature("an empty signature".into()));
+    };
+    if bytes.len() != 65 {
+        return Err(ChainError::Signature(format!(
+            "{} bytes, expected 65 (r ‖ s ‖ v)",
+            bytes.len()
+        )));
+    }
+    let parity = match v {
+        27 => false,
+        28 => true,
+        other => {
+            return Err(ChainError::Signature(format!(
+                "v is {other}, expected 27 or 28"
+            )));
+        }
+    };
+    let sig = Signature::from_bytes_and_parity(rs, parity);
+    check_canonical(&sig)?;
+    Ok(sig)
+}
+
+/// Who recovered from `signature` over `receipt` in `domain`; a high-s signature is refused, as
+/// `ECDSA.sol` refuses it.
 pub fn recover_signer(
     receipt: &AttributionReceipt,
     domain: &Eip712Domain,
     signature: &Signature,
 ) -> Result<Address, ChainError> {
+    check_canonical(signature)?;
     signature
         .recover_address_from_prehash(&signing_hash(receipt, domain))
-        .map_err(|e| ChainError::Signature(e.to_string()))
+        .map_err(|e| ChainError::Signature(format!("recovery failed: {e}")))
 }
 
 /// An operator's signing key.
@@ -99,7 +154,12 @@ impl OperatorSigner {
     pub fn from_bytes(secret: &B256) -> Result<Self, ChainError> {
         SigningKey::from_slice(secret.as_slice())
             .map(Self::new)
-            .map_err(|e| ChainError::Signature(e.to_string()))
+            .map_err(|_| {
+                ChainError::Signature(
+                    "the secret key is not a valid secp256k1 scalar (zero, or not below the curve order)"
+                        .into(),
+                )
+            })
     }
 
     /// The operator's address.

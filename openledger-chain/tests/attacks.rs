@@ -23,7 +23,7 @@ fn posted() -> (World, EpochClaims) {
     let r = w.receipt(1);
     let sig = w.sign(&r);
     assert!(w.pay(r, &sig).is_success());
-    w.chain.advance_time(86_400);
+    w.chain.advance_time(86_400).unwrap();
     let pool = w
         .chain
         .view(w.d.payments, &InferencePayments::dataPoolCall { epoch: 0 })
@@ -121,7 +121,7 @@ fn claims_against_the_wrong_epoch_are_rejected() {
         RErr::UnknownEpoch(AttributionRewards::UnknownEpoch { epoch: 1 })
     );
     // Epoch 1 posted with other claims: epoch 0's proof does not open it.
-    w.chain.advance_time(86_400);
+    w.chain.advance_time(86_400).unwrap();
     let other = EpochClaims::new(
         1,
         &[
@@ -144,7 +144,7 @@ fn claims_against_the_wrong_epoch_are_rejected() {
 #[test]
 fn unauthorised_root_post_and_pool_release_are_rejected() {
     let mut w = World::new();
-    w.chain.advance_time(86_400);
+    w.chain.advance_time(86_400).unwrap();
     let intruder = w.chain.dev_account(9).address;
     let claims = EpochClaims::new(0, &[(intruder, u(1))]).unwrap();
     let rewards = w.d.rewards;
@@ -496,7 +496,7 @@ fn reentrancy_through_a_malicious_token_is_stopped_by_the_guard() {
     );
 
     // claim -> token.transfer -> rewards.claim again (same leaf).
-    w.chain.advance_time(86_400);
+    w.chain.advance_time(86_400).unwrap();
     let pool = w
         .chain
         .view(payments, &InferencePayments::dataPoolCall { epoch: 0 })
@@ -616,7 +616,7 @@ fn fee_of_two_to_the_256_minus_one_splits_exactly() {
 #[test]
 fn claim_totals_near_two_to_the_256_revert_instead_of_wrapping() {
     let mut w = World::new();
-    w.chain.advance_time(86_400);
+    w.chain.advance_time(86_400).unwrap();
     let (a, b) = (
         w.chain.dev_account(7).address,
         w.chain.dev_account(8).address,
@@ -681,7 +681,7 @@ fn claim_totals_near_two_to_the_256_revert_instead_of_wrapping() {
 #[test]
 fn claims_beyond_the_funded_total_are_rejected() {
     let mut w = World::new();
-    w.chain.advance_time(86_400);
+    w.chain.advance_time(86_400).unwrap();
     let (a, b) = (
         w.chain.dev_account(7).address,
         w.chain.dev_account(8).address,

@@ -53,7 +53,7 @@ fn transactions_bump_nonces_mine_blocks_and_pay_gas_at_the_base_fee() {
         (transfers[0].from, transfers[0].to, transfers[0].value),
         (Address::ZERO, a, U256::from(9))
     );
-    chain.advance_time(1000);
+    chain.advance_time(1000).unwrap();
     assert_eq!(chain.timestamp(), t0 + 2 * BLOCK_TIME + 1000);
 }
 
@@ -128,7 +128,7 @@ fn transactions_the_evm_refuses_are_errors_and_mine_no_block() {
     let r = chain.transact(pauper, Address::repeat_byte(1), Bytes::new());
     assert!(matches!(r, Err(ChainError::Evm(_))), "{r:?}");
     assert_eq!(chain.block_number(), block);
-    chain.fund(pauper, U256::from(10u128.pow(18)));
+    chain.fund(pauper, U256::from(10u128.pow(18))).unwrap();
     assert!(
         chain
             .transact(pauper, Address::repeat_byte(1), Bytes::new())

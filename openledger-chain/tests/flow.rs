@@ -105,7 +105,7 @@ fn full_flow_pays_splits_posts_and_every_contributor_claims_to_the_wei() {
 
     // Close epoch 0 and build the contributors' claims in Rust: weights 5:3:2:1:1 of the pool,
     // the rounding remainder to the first contributor, so the totals sum to the pool exactly.
-    w.chain.advance_time(86_400);
+    w.chain.advance_time(86_400).unwrap();
     assert_eq!(w.epoch(), 1);
     let contributors: Vec<Address> = (7..10)
         .map(|i| w.chain.dev_account(i).address)
@@ -184,7 +184,7 @@ fn epoch_pool_is_topped_up_by_the_poster_when_the_root_sums_to_more() {
     let r = w.receipt(1);
     let sig = w.sign(&r);
     assert!(w.pay(r, &sig).is_success());
-    w.chain.advance_time(86_400);
+    w.chain.advance_time(86_400).unwrap();
     let pool = w
         .chain
         .view(w.d.payments, &InferencePayments::dataPoolCall { epoch: 0 })

@@ -12,6 +12,7 @@
 pub mod datanet;
 pub mod dtype;
 pub mod error;
+pub mod fsx;
 pub mod grant;
 pub mod id;
 pub mod merkle;

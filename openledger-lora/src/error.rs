@@ -234,6 +234,14 @@ pub enum LoraError {
         what: String,
     },
 
+    /// A base model's `config.json` has sizes that are not positive integers of a sane size,
+    /// or that disagree with its weights.
+    #[error("config.json of the base model: {reason}")]
+    BaseConfig {
+        /// What is wrong.
+        reason: String,
+    },
+
     /// Arguments to merge or combine are inconsistent (weights count, density range, ...).
     #[error("invalid argument `{name}`: {reason}")]
     InvalidArgument {
@@ -257,6 +265,7 @@ impl Classify for LoraError {
             | LoraError::UnsupportedTarget { .. }
             | LoraError::ShapeMismatch { .. } => ErrorKind::BaseMismatch,
             LoraError::InvalidArgument { .. } => ErrorKind::InvalidArgument,
+            LoraError::BaseConfig { .. } => ErrorKind::ModelFormat,
             LoraError::InvalidConfig { .. }
             | LoraError::UnsupportedPeftType { .. }
             | LoraError::InvalidField { .. }

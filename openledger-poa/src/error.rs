@@ -98,6 +98,14 @@ pub enum PoaError {
         /// Bytes present.
         found: u64,
     },
+    /// A store whose checksums do not match its bytes (edited or corrupted).
+    #[error("{path}: the checksum of {what} does not match")]
+    Checksum {
+        /// The file.
+        path: PathBuf,
+        /// What does not match.
+        what: String,
+    },
     /// A store written under another projection (seed, kind, dimensions or learning rates).
     #[error("{path} was written with {found}, expected {expected}")]
     ProjectionMismatch {
@@ -161,6 +169,7 @@ impl Classify for PoaError {
             | PoaError::BasisPoints { .. }
             | PoaError::Overflow { .. } => ErrorKind::Split,
             PoaError::Io { source, .. } => ErrorKind::of_io(source),
+            PoaError::Checksum { .. } => ErrorKind::Integrity,
             PoaError::BadHeader { .. }
             | PoaError::Truncated { .. }
             | PoaError::ProjectionMismatch { .. } => ErrorKind::FeatureStore,

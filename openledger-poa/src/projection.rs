@@ -69,13 +69,19 @@ pub struct Projection {
     pub k: usize,
 }
 
+/// The largest sketch dimension a random projection may have (TRAK's defaults are 2,048–8,192):
+/// a larger `k` is refused before anything is allocated, since every append multiplies the
+/// gradient by a `k × input_dim` matrix generated on the fly.
+pub const MAX_SKETCH_DIM: usize = 1 << 16;
+
 /// Rows generated per block (at least); blocks are summed in a fixed order.
 const MIN_BLOCK_ROWS: usize = 2048;
 /// At most this many partial sums are alive at once.
 const MAX_BLOCKS: usize = 256;
 
 impl Projection {
-    /// A projection; `k` must be positive, and equal `input_dim` for [`ProjectionKind::Identity`].
+    /// A projection; `k` must be positive, and equal `input_dim` for [`ProjectionKind::Identity`];
+    /// a random projection reduces: `k ≤ input_dim` and `k ≤` [`MAX_SKETCH_DIM`].
     pub fn new(kind: ProjectionKind, seed: u64, input_dim: usize, k: usize) -> Result<Self> {
         if k == 0 || input_dim == 0 {
             return Err(PoaError::InvalidConfig {
@@ -87,6 +93,14 @@ impl Projection {
             return Err(PoaError::InvalidConfig {
                 what: "identity projection".into(),
                 reason: format!("k {k} must equal input_dim {input_dim}"),
+            });
+        }
+        if kind != ProjectionKind::Identity && (k > input_dim || k > MAX_SKETCH_DIM) {
+            return Err(PoaError::InvalidConfig {
+                what: "projection dimensions".into(),
+                reason: format!(
+                    "a random projection reduces: k {k} must be at most input_dim {input_dim} and at most {MAX_SKETCH_DIM}"
+                ),
             });
         }
         Ok(Self {

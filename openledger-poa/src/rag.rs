@@ -186,14 +186,19 @@ fn better(a: &(usize, f32), b: &(usize, f32)) -> Ordering {
     b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
 }
 
-/// Exact top-`k` of `rows · q` over row-major `rows` (`dim` columns), in parallel chunks.
+/// Exact top-`k` of `rows · q` over row-major `rows` (`dim` columns), in parallel chunks; `k`
+/// past the number of rows gives every row (nothing is allocated for more).
 pub fn top_k_dot(rows: &[f32], dim: usize, q: &[f32], k: usize) -> Vec<(usize, f32)> {
     const CHUNK: usize = 4096;
+    if dim == 0 {
+        return Vec::new();
+    }
+    let k = k.min(rows.len() / dim);
     let mut merged: Vec<(usize, f32)> = rows
         .par_chunks(CHUNK * dim)
         .enumerate()
         .flat_map_iter(|(c, block)| {
-            let mut local: Vec<(usize, f32)> = Vec::with_capacity(2 * k + 1);
+            let mut local: Vec<(usize, f32)> = Vec::with_capacity(2 * k.min(CHUNK) + 1);
             let mut floor = f32::NEG_INFINITY;
             for (r, row) in block.chunks_exact(dim).enumerate() {
                 let s = dot(row, q);

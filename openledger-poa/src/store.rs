@@ -16,13 +16,18 @@
 //! | 32 | 8 | projection seed |
 //! | 40 | 8 | `count`, committed examples |
 //! | 48 | 8 | header length `H` (a multiple of 64) |
-//! | 56 | 8 | reserved (0) |
+//! | 56 | 4 | CRC-32 of the header (`H` bytes, this field zero) |
+//! | 60 | 4 | reserved (0) |
 //! | 64 | 8·C | learning rate of each checkpoint (f64) |
 //!
-//! Then `count` rows of `64 + C·k·size` bytes: record id (32), contributor (20), 12 zero bytes,
-//! then the `k` features of checkpoint 0, 1, … C−1. Rows are written before `count` is raised,
+//! Then `count` rows of `64 + C·k·size` bytes: record id (32), contributor (20), the row's CRC-32
+//! (4, computed with this field zero), 8 zero bytes, then the `k` features of checkpoint 0, 1, …
+//! C−1. Rows are written before `count` (and the header's CRC with it, in one write) is raised,
 //! so a reader never sees a half-written row and a failed append leaves the old count valid;
-//! bytes past the last committed row are ignored (and dropped by the next writer).
+//! bytes past the last committed row are ignored (and dropped by the next writer). Opening checks
+//! the header's CRC and every committed row's: an edited count, learning rate or feature is
+//! refused ([`PoaError::Checksum`]). The CRCs catch corruption and edits made without them;
+//! they are not a signature (whoever rewrites the file can rewrite them too).
 //!
 //! ```
 //! use openledger_poa::projection::{Projection, ProjectionKind};
@@ -44,6 +49,9 @@
 //! ```
 
 use std::fs::{File, OpenOptions};
+
+use openledger_core::fsx::open_regular;
+use rayon::prelude::*;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -57,10 +65,23 @@ use crate::error::{PoaError, Result, check_dim};
 use crate::projection::{Projection, ProjectionKind};
 
 const MAGIC: &[u8; 8] = b"OLPOAFS\0";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 const FIXED_HEADER: usize = 64;
 const ROW_META: usize = 64;
 const COUNT_OFFSET: u64 = 40;
+/// Where the header's CRC-32 sits.
+const HEADER_CRC: usize = 56;
+/// Where a row's CRC-32 sits.
+const ROW_CRC: usize = 52;
+
+/// CRC-32 of `bytes` with the four bytes at `at` taken as zero.
+fn crc_without(bytes: &[u8], at: usize) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&bytes[..at]);
+    h.update(&[0u8; 4]);
+    h.update(&bytes[at + 4..]);
+    h.finalize()
+}
 /// Largest feature row accepted (1 GiB per example): guards size arithmetic on hostile headers.
 const MAX_ROW_FEATURE_BYTES: usize = 1 << 30;
 
@@ -171,6 +192,8 @@ impl StoreConfig {
         for (c, lr) in self.learning_rates.iter().enumerate() {
             h[64 + 8 * c..72 + 8 * c].copy_from_slice(&lr.to_le_bytes());
         }
+        let crc = crc_without(&h, HEADER_CRC);
+        h[HEADER_CRC..HEADER_CRC + 4].copy_from_slice(&crc.to_le_bytes());
         h
     }
 
@@ -245,6 +268,17 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<(StoreConfig, u64)> {
             found: bytes.len() as u64,
         });
     }
+    let stored = u32::from_le_bytes(
+        bytes[HEADER_CRC..HEADER_CRC + 4]
+            .try_into()
+            .expect("4 bytes"),
+    );
+    if crc_without(&bytes[..expected_len], HEADER_CRC) != stored {
+        return Err(PoaError::Checksum {
+            path: path.to_path_buf(),
+            what: "the header (count, dimensions, seed or learning rates edited)".into(),
+        });
+    }
     let lrs: Vec<f64> = (0..c)
         .map(|i| f64::from_le_bytes(bytes[64 + 8 * i..72 + 8 * i].try_into().expect("8 bytes")))
         .collect();
@@ -300,21 +334,33 @@ pub struct FeatureStoreWriter {
 const BUILD_BATCH: usize = 256;
 
 impl FeatureStoreWriter {
-    /// Creates (or truncates) `path` as an empty store. Do not create over a store that is open
-    /// for reading: a memory map whose file shrinks under it faults. One writer per file.
+    /// Creates `path` as an empty store; a file already there is refused (an `AlreadyExists`
+    /// I/O error), so an existing store is never emptied by mistake — see [`Self::replace`].
     pub fn create(path: impl AsRef<Path>, config: StoreConfig) -> Result<Self> {
-        let path = path.as_ref().to_path_buf();
+        Self::make(path.as_ref(), config, false)
+    }
+
+    /// Creates `path` as an empty store, truncating whatever file is there. Do not replace a
+    /// store that is open for reading: a memory map whose file shrinks under it faults. One
+    /// writer per file.
+    pub fn replace(path: impl AsRef<Path>, config: StoreConfig) -> Result<Self> {
+        Self::make(path.as_ref(), config, true)
+    }
+
+    fn make(path: &Path, config: StoreConfig, replace: bool) -> Result<Self> {
+        let path = path.to_path_buf();
         let io = |source| PoaError::Io {
             path: path.clone(),
             source,
         };
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(io)?;
+        let mut options = OpenOptions::new();
+        options.read(true).write(true);
+        if replace {
+            options.create(true).truncate(true);
+        } else {
+            options.create_new(true);
+        }
+        let mut file = options.open(&path).map_err(io)?;
         file.write_all(&config.header(0)).map_err(io)?;
         Ok(Self {
             path,
@@ -383,6 +429,7 @@ impl FeatureStoreWriter {
             self.config.checkpoints(),
             ex.gradients.len(),
         )?;
+        let start = out.len();
         out.extend_from_slice(ex.record.as_bytes());
         out.extend_from_slice(ex.contributor.as_slice());
         out.extend_from_slice(&[0u8; ROW_META - 52]);
@@ -422,6 +469,8 @@ impl FeatureStoreWriter {
                 }
             }
         }
+        let crc = crc_without(&out[start..], ROW_CRC);
+        out[start + ROW_CRC..start + ROW_CRC + 4].copy_from_slice(&crc.to_le_bytes());
         Ok(())
     }
 
@@ -437,8 +486,10 @@ impl FeatureStoreWriter {
             return Err(io(e));
         }
         let new_count = self.count + n;
+        // The count and the header's CRC change together, in one write.
+        let header = self.config.header(new_count);
         self.file
-            .write_all_at(&new_count.to_le_bytes(), COUNT_OFFSET)
+            .write_all_at(&header[COUNT_OFFSET as usize..FIXED_HEADER], COUNT_OFFSET)
             .map_err(io)?;
         self.count = new_count;
         Ok(())
@@ -534,7 +585,7 @@ impl FeatureStore {
             path: path.clone(),
             source,
         };
-        let file = File::open(&path).map_err(io)?;
+        let (file, _) = open_regular(&path).map_err(io)?;
         // SAFETY: the map is read-only; writers only append past the committed rows and raise
         // the count, so the bytes this view reads are never modified while it is alive.
         let map = unsafe { Mmap::map(&file) }.map_err(io)?;
@@ -552,14 +603,37 @@ impl FeatureStore {
                 found: map.len() as u64,
             });
         }
-        Ok(Self {
+        let store = Self {
             path,
             map,
             config,
             count: count as usize,
             header_len,
             row_size,
-        })
+        };
+        store.check_rows(0..store.count)?;
+        Ok(store)
+    }
+
+    /// Checks the CRC of every row in `rows` (in parallel), naming the first that fails.
+    fn check_rows(&self, rows: std::ops::Range<usize>) -> Result<()> {
+        let bad = rows.into_par_iter().find_first(|&i| {
+            let row = self.row_bytes(i);
+            let stored = u32::from_le_bytes(row[ROW_CRC..ROW_CRC + 4].try_into().expect("4 bytes"));
+            crc_without(row, ROW_CRC) != stored
+        });
+        match bad {
+            None => Ok(()),
+            Some(i) => Err(PoaError::Checksum {
+                path: self.path.clone(),
+                what: format!("row {i} (its record, contributor or features edited)"),
+            }),
+        }
+    }
+
+    fn row_bytes(&self, i: usize) -> &[u8] {
+        let at = self.header_len + i * self.row_size;
+        &self.map[at..at + self.row_size]
     }
 
     /// Opens `path` and checks it was written with `expected` (projection seed and kind,

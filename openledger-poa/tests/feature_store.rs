@@ -323,7 +323,7 @@ fn tracin_and_cosine_match_their_definitions() {
         .collect();
     let got = score(&store, &q, &ScoreMethod::Cosine, |_| {}).unwrap();
     assert_close(&got.values, &cos, 1e-6);
-    let top = got.top_k(&store, 3);
+    let top = got.top_k(&store, 3).unwrap();
     assert_eq!(top[0].index, 7, "an example is most similar to itself");
     assert!(top.windows(2).all(|w| w[0].score >= w[1].score));
     let per = got.per_contributor(&store);

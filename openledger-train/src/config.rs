@@ -144,6 +144,10 @@ pub struct TrainConfig {
     pub eval_every: Option<usize>,
     /// Optimizer steps (1-based) after which a checkpoint is reported (default none).
     pub checkpoint_steps: Vec<usize>,
+    /// The most memory one micro-batch's activations (and their gradients) may take, as
+    /// [`crate::Trainer`] estimates it from the batch size, the longest example and the model's
+    /// shape (default 8 GiB): a batch that would need more is refused before it is built.
+    pub max_activation_bytes: usize,
 }
 
 impl TrainConfig {
@@ -167,6 +171,7 @@ impl TrainConfig {
             shuffle: true,
             eval_every: None,
             checkpoint_steps: Vec::new(),
+            max_activation_bytes: 8 << 30,
         }
     }
 
@@ -248,6 +253,9 @@ impl TrainConfig {
             && !(m.is_finite() && m > 0.0)
         {
             return bad("max_grad_norm", format!("{m} is not a positive number"));
+        }
+        if self.max_activation_bytes == 0 {
+            return bad("max_activation_bytes", "must be at least 1".into());
         }
         if self.eval_every == Some(0) {
             return bad("eval_every", "must be at least 1".into());

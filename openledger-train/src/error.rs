@@ -96,6 +96,20 @@ pub enum TrainError {
         /// The value found.
         value: f64,
     },
+    /// The loss of an optimizer step passed [`crate::DIVERGENCE_FACTOR`] times where training
+    /// started: the run diverged (a learning rate far too high, say); training stopped before
+    /// applying that step's update.
+    #[error(
+        "training diverged at optimizer step {step}: loss {loss} is above {ceiling} (lower the learning rate)"
+    )]
+    Diverged {
+        /// The 1-based optimizer step.
+        step: usize,
+        /// Its loss.
+        loss: f64,
+        /// The highest loss accepted.
+        ceiling: f64,
+    },
     /// A record belongs to a datanet the requester holds no approved training grant for
     /// (checked with [`openledger_core::grant::Grants::check`] before the first step).
     #[error("example {index} (record {record}) of datanet {datanet}: {source}")]
@@ -153,7 +167,9 @@ impl Classify for TrainError {
             | TrainError::ZeroRank
             | TrainError::InvalidConfig { .. }
             | TrainError::BadCheckpoint { .. } => ErrorKind::InvalidArgument,
-            TrainError::NonFinite { .. } | TrainError::Tensor(_) => ErrorKind::Training,
+            TrainError::NonFinite { .. } | TrainError::Diverged { .. } | TrainError::Tensor(_) => {
+                ErrorKind::Training
+            }
             TrainError::AccessDenied { .. } => ErrorKind::AccessDenied,
             TrainError::Log(e) => e.kind(),
             TrainError::Model(e) => e.kind(),

@@ -195,6 +195,7 @@ impl Trainer {
     /// Greedy decoding of `n` tokens after `prompt` with the current adapter (each step
     /// recomputes the prefix; ties go to the lowest id), for building queries.
     pub fn greedy(&self, prompt: &[u32], n: usize) -> Result<Vec<u32>, TrainError> {
+        self.base.cfg.check_context(prompt.len(), n)?;
         let vocab = self.base.cfg.vocab_size;
         let mut tokens = prompt.to_vec();
         for _ in 0..n {

@@ -64,5 +64,6 @@ pub use error::TrainError;
 pub use net::{PROJECTIONS, module_name};
 pub use optim::{AdamW, Schedule, clip_grad_norm, lr_at};
 pub use trainer::{
-    Checkpoint, EvalReport, ParamSlice, StepReport, TrainEvent, TrainSummary, Trainer,
+    Checkpoint, DIVERGENCE_FACTOR, EvalReport, ParamSlice, StepReport, TrainEvent, TrainSummary,
+    Trainer,
 };

@@ -159,7 +159,13 @@ pub struct Trainer {
     step: usize,
     access: Option<(Grants, Address)>,
     log: Option<TrainLog>,
+    /// The loss of the first step this trainer took (the divergence check's reference).
+    first_loss: Option<f64>,
 }
+
+/// A step whose loss passes this many times the reference (the first step's loss, or the loss of
+/// uniform guessing, whichever is larger) has diverged.
+pub const DIVERGENCE_FACTOR: f64 = 10.0;
 
 impl std::fmt::Debug for Trainer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -198,6 +204,22 @@ impl Trainer {
                 let module = module_name(l, p);
                 let (r, scale) = (resolved.rank_for(&module), resolved.scale_for(&module));
                 let f = &layer.proj[p];
+                let full = f.in_features.min(f.out_features);
+                if r > full {
+                    return Err(TrainError::InvalidConfig {
+                        field: "lora.r",
+                        reason: format!(
+                            "rank {r} of {module} exceeds its full rank {full} ([{}, {}])",
+                            f.out_features, f.in_features
+                        ),
+                    });
+                }
+                if !scale.is_finite() {
+                    return Err(TrainError::InvalidConfig {
+                        field: "lora.alpha",
+                        reason: format!("the scale of {module} is not finite ({scale})"),
+                    });
+                }
                 let bound = 1.0 / (f.in_features as f32).sqrt();
                 let a: Vec<f32> = (0..r * f.in_features)
                     .map(|_| rng.random_range(-bound..bound))
@@ -240,6 +262,7 @@ impl Trainer {
             step: 0,
             access: None,
             log: None,
+            first_loss: None,
         })
     }
 
@@ -393,14 +416,49 @@ impl Trainer {
         Ok(out)
     }
 
+    /// The longest example the model and the run allow.
+    fn max_len(&self) -> usize {
+        self.config
+            .max_seq_len
+            .min(self.base.cfg.max_position_embeddings)
+    }
+
+    /// Bytes the activations of a micro-batch of `batch` sequences of `longest` tokens take in
+    /// the differentiable forward pass and its backward pass, as estimated from the model's
+    /// shape: per token and layer the norms, projections and MLP values (`10·hidden +
+    /// 4·intermediate`) and the attention scores (`heads · longest`), and per token the logits
+    /// three times (logits, softmax, gradient), all f32, doubled for the gradients.
+    pub fn activation_bytes(&self, batch: usize, longest: usize) -> usize {
+        let c = &self.base.cfg;
+        let per_layer = 10 * c.hidden_size + 4 * c.intermediate_size + c.num_heads * longest;
+        let per_token = c.num_layers * per_layer + 3 * c.vocab_size;
+        batch
+            .saturating_mul(longest)
+            .saturating_mul(per_token)
+            .saturating_mul(4 * 2)
+    }
+
+    /// Refuses micro-batches of `batch` of `examples` whose activations would pass
+    /// [`TrainConfig::max_activation_bytes`].
+    fn check_activations(&self, examples: &[Example], batch: usize) -> Result<(), TrainError> {
+        let longest = examples.iter().map(|e| e.tokens.len()).max().unwrap_or(0);
+        let need = self.activation_bytes(batch, longest);
+        if need > self.config.max_activation_bytes {
+            return Err(TrainError::InvalidConfig {
+                field: "batch_size",
+                reason: format!(
+                    "{batch} sequences of up to {longest} tokens need about {need} bytes of activations, more than max_activation_bytes {}",
+                    self.config.max_activation_bytes
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// Mean loss and perplexity of `examples` at the current parameters.
     pub fn evaluate(&self, examples: &[Example]) -> Result<EvalReport, TrainError> {
-        validate(
-            "eval",
-            examples,
-            self.config.max_seq_len,
-            self.base.cfg.vocab_size,
-        )?;
+        validate("eval", examples, self.max_len(), self.base.cfg.vocab_size)?;
+        self.check_activations(examples, self.config.batch_size.min(examples.len()))?;
         let mut sum = 0.0f64;
         let mut tokens = 0;
         for chunk in examples.chunks(self.config.batch_size) {
@@ -434,9 +492,11 @@ impl Trainer {
     ) -> Result<TrainSummary, TrainError> {
         let cfg = self.config.clone();
         let vocab = self.base.cfg.vocab_size;
-        validate("train", train, cfg.max_seq_len, vocab)?;
+        validate("train", train, self.max_len(), vocab)?;
+        self.check_activations(train, cfg.batch_size)?;
         if cfg.eval_every.is_some() {
-            validate("eval", eval, cfg.max_seq_len, vocab)?;
+            validate("eval", eval, self.max_len(), vocab)?;
+            self.check_activations(eval, cfg.batch_size.min(eval.len()))?;
         }
         self.check_access(train)?;
         let mut order = Order::new(train.len(), cfg.seed, cfg.shuffle);
@@ -486,6 +546,17 @@ impl Trainer {
                     value: loss,
                 });
             }
+            // A loss far above where training started (or above what uniform guessing over the
+            // vocabulary costs) means the run has diverged: stop before the update.
+            let reference = *self.first_loss.get_or_insert(loss);
+            let ceiling = DIVERGENCE_FACTOR * reference.max((vocab as f64).ln());
+            if loss > ceiling {
+                return Err(TrainError::Diverged {
+                    step,
+                    loss,
+                    ceiling,
+                });
+            }
             let grad_norm = clip_grad_norm(&mut grads, cfg.max_grad_norm);
             if !grad_norm.is_finite() {
                 return Err(TrainError::NonFinite {
@@ -501,10 +572,19 @@ impl Trainer {
                 cfg.steps,
                 self.step,
             );
+            let before = self.opt.clone();
             {
                 let mut ps: Vec<&mut [f32]> = params.iter_mut().map(|p| &mut p[..]).collect();
                 let gs: Vec<&[f32]> = grads.iter().map(|g| &g[..]).collect();
                 self.opt.step(lr, &mut ps, &gs);
+            }
+            if let Some(value) = params.iter().flatten().find(|v| !v.is_finite()) {
+                self.opt = before;
+                return Err(TrainError::NonFinite {
+                    what: "parameter after the update",
+                    step,
+                    value: f64::from(*value),
+                });
             }
             let mut k = 0;
             for p in &self.lora {

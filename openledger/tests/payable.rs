@@ -118,7 +118,7 @@ fn the_loop_pays_every_contributor_exactly_and_copies_earn_nothing_extra() {
     let claims = EpochClaims::new(epoch_no, &totals).unwrap();
     let dev = DeployConfig::dev(l.chain());
     let rewards = l.deployment().rewards;
-    l.chain().advance_time(dev.epoch_duration);
+    l.chain().advance_time(dev.epoch_duration).unwrap();
     for call in [
         l.chain().send(dev.poster, rewards, &claims.post_call()),
         l.chain()

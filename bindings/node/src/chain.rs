@@ -263,7 +263,7 @@ impl EmbeddedChain {
     pub fn advance_time(&self, seconds: f64) -> Result<()> {
         crate::error::guard(|| {
             let s = count("seconds", seconds)? as u64;
-            self.with(|c| c.advance_time(s))
+            self.with(|c| c.advance_time(s))?.js()
         })
     }
 
@@ -281,7 +281,7 @@ impl EmbeddedChain {
     pub fn fund(&self, account: Bytes, amount: Amount) -> Result<()> {
         crate::error::guard(|| {
             let (a, v) = (address("account", &account)?, u256("amount", &amount)?);
-            self.with(|c| c.fund(a, v))
+            self.with(|c| c.fund(a, v))?.js()
         })
     }
 

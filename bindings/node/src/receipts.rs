@@ -13,7 +13,7 @@ use openledger_chain::receipt::{
 };
 use serde_json::Value;
 
-use crate::error::{ErrorCode, JsResult, Result, error, invalid_arg};
+use crate::error::{JsResult, Result, invalid_arg};
 use crate::json;
 use crate::task::count;
 use crate::types::{Amount, Bytes, address, address_str, b256, b256_str, bigint, hex_bytes, u256};
@@ -27,13 +27,7 @@ fn domain(chain_id: f64, verifying_contract: &Bytes) -> Result<Eip712Domain> {
 
 fn signature(sig: &Bytes) -> Result<Signature> {
     let bytes = hex_bytes("signature", sig)?;
-    Signature::from_raw(&bytes).map_err(|e| {
-        error(
-            ErrorCode::Signature,
-            format!("signature of {} bytes: {e}", bytes.len()),
-            None,
-        )
-    })
+    openledger_chain::receipt::parse_signature(&bytes).js()
 }
 
 /// The fields of an attribution receipt.
@@ -241,7 +235,7 @@ pub fn weights_hash(weights: Vec<IdWeight>) -> Result<String> {
                 Ok((b256(&name, &w.id)?, u256(&name, &w.weight)?))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(b256_str(&rust_weights_hash(&ws)))
+        Ok(b256_str(&rust_weights_hash(&ws).js()?))
     })
 }
 

@@ -46,6 +46,9 @@ pub struct StoreOptions {
     pub seed: Option<f64>,
     /// How features are stored: `"f16"` (the default) or `"f32"`.
     pub dtype: Option<String>,
+    /// Replace a file already at the path (by default an existing file is refused: `EIO`
+    /// with the operating system's "File exists").
+    pub overwrite: Option<bool>,
 }
 
 /// `flat` (`[checkpoints, p]` row-major) as one vector per checkpoint.
@@ -81,7 +84,7 @@ pub struct FeatureStoreWriter {
 
 #[napi]
 impl FeatureStoreWriter {
-    /// Creates the store file `path`.
+    /// Creates the store file `path` (an existing file is refused unless `overwrite`).
     #[napi(catch_unwind)]
     pub fn create(
         path: String,
@@ -115,11 +118,18 @@ impl FeatureStoreWriter {
             let k = count("k", options.k)?;
             let seed = options.seed.map_or(Ok(0), |s| count("seed", s))? as u64;
             let lrs = options.learning_rates;
+            let overwrite = options.overwrite.unwrap_or(false);
             Ok(FeatureStoreWriterTask::spawn(move || {
                 let projection = Projection::new(kind, seed, input_dim, k).js()?;
                 let config = StoreConfig::new(projection, lrs, dtype).js()?;
                 let checkpoints = config.checkpoints();
-                let writer = RustWriter::create(PathBuf::from(path), config).js()?;
+                let path = PathBuf::from(path);
+                let writer = if overwrite {
+                    RustWriter::replace(path, config)
+                } else {
+                    RustWriter::create(path, config)
+                }
+                .js()?;
                 Ok(FeatureStoreWriter {
                     inner: Arc::new(Mutex::new(writer)),
                     checkpoints,
@@ -362,6 +372,7 @@ impl FeatureStore {
             };
             Ok(scores
                 .top_k(&self.inner, count("k", k)?)
+                .js()?
                 .iter()
                 .map(|r| RankedExample {
                     index: r.index as u32,

@@ -405,9 +405,10 @@ fn merge_adapter_into_model(
                 progress.advance(1);
             }
         })
+        .map_err(crate::error::Error::from)
     });
     progress.finish()?;
-    Ok(out?)
+    out
 }
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -348,10 +348,7 @@ impl PyEmbeddedChain {
 
     /// Moves the clock forward by `seconds` (one new block).
     fn advance_time(&self, py: Python<'_>, seconds: u64) -> Result<()> {
-        self.with(py, |c| {
-            c.advance_time(seconds);
-            Ok(())
-        })
+        self.with(py, |c| c.advance_time(seconds))
     }
 
     /// The ether balance of `account`, in wei.
@@ -373,10 +370,7 @@ impl PyEmbeddedChain {
         amount: &Bound<'_, PyAny>,
     ) -> Result<()> {
         let (a, v) = (address("account", account)?, u256("amount", amount)?);
-        self.with(py, |c| {
-            c.fund(a, v);
-            Ok(())
-        })
+        self.with(py, |c| c.fund(a, v))
     }
 
     /// Deploys the shipped `contract` with constructor `args` from `sender` (default: dev account

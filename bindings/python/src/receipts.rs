@@ -10,7 +10,7 @@ use openledger_chain::receipt::{
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use crate::error::{Result, SignatureError, invalid_arg};
+use crate::error::{Result, invalid_arg};
 use crate::types::{address, address_str, b256, b256_str, py_u256, u256};
 
 fn domain(chain_id: u64, verifying_contract: &Bound<'_, PyAny>) -> Result<Eip712Domain> {
@@ -24,12 +24,7 @@ fn signature(obj: &Bound<'_, PyAny>) -> Result<Signature> {
     let bytes: Vec<u8> = obj
         .extract()
         .map_err(|_| invalid_arg("signature", "expected 65 bytes (r, s, v)"))?;
-    Signature::from_raw(&bytes).map_err(|e| {
-        crate::error::Error::from(SignatureError::new_err(format!(
-            "signature of {} bytes: {e}",
-            bytes.len()
-        )))
-    })
+    Ok(openledger_chain::receipt::parse_signature(&bytes)?)
 }
 
 /// What the operator signs for one inference (the `AttributionReceipt` struct of the
@@ -198,7 +193,7 @@ fn py_weights_hash(weights: &Bound<'_, PyAny>) -> Result<String> {
             Ok((b256(&name, &id)?, u256(&name, &w)?))
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(b256_str(&weights_hash(&ws)))
+    Ok(b256_str(&weights_hash(&ws)?))
 }
 
 /// Adds the receipt classes and functions to the module.

@@ -111,6 +111,17 @@ fn with_batch(
     if !ys.is_c_contiguous() {
         return Err(invalid_arg("y", "must be C-contiguous (row-major)"));
     }
+    // A buffer viewed at an odd offset (np.frombuffer(b, offset=1), say) is contiguous but not
+    // aligned: it cannot be read as f32 in place.
+    let misaligned = |p: *const f32| !(p as usize).is_multiple_of(std::mem::align_of::<f32>());
+    for (name, p) in [("x", xs.as_array().as_ptr()), ("y", ys.as_array().as_ptr())] {
+        if misaligned(p) {
+            return Err(invalid_arg(
+                name,
+                "is not aligned to 4 bytes (a view at an odd byte offset); np.require(a, np.float32, 'CA') makes an aligned copy",
+            ));
+        }
+    }
     let xv = xs
         .as_slice()
         .map_err(|_| invalid_arg("x", "must be C-contiguous (row-major)"))?;

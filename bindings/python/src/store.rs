@@ -71,13 +71,14 @@ fn lock(w: &Mutex<FeatureStoreWriter>) -> Result<std::sync::MutexGuard<'_, Featu
 impl PyFeatureStoreWriter {
     /// Creates the store file `path` for gradients of dimension `input_dim`, projected to `k`
     /// dimensions (`projection`: `"rademacher"`, `"gaussian"` or `"identity"`, seeded by
-    /// `seed`), one learning rate per checkpoint, features stored as `"f16"` or `"f32"`.
+    /// `seed`), one learning rate per checkpoint, features stored as `"f16"` or `"f32"`. A file
+    /// already at `path` raises `FileExistsError` unless `overwrite=True` replaces it.
     #[staticmethod]
     #[allow(
         clippy::too_many_arguments,
         reason = "one Rust parameter per Python keyword argument"
     )]
-    #[pyo3(signature = (path, *, input_dim, k, learning_rates, projection = "rademacher", seed = 0, dtype = "f16"))]
+    #[pyo3(signature = (path, *, input_dim, k, learning_rates, projection = "rademacher", seed = 0, dtype = "f16", overwrite = false))]
     fn create(
         py: Python<'_>,
         path: PathBuf,
@@ -87,6 +88,7 @@ impl PyFeatureStoreWriter {
         projection: &str,
         seed: u64,
         dtype: &str,
+        overwrite: bool,
     ) -> Result<Self> {
         let kind = match projection {
             "rademacher" => ProjectionKind::Rademacher,
@@ -114,7 +116,11 @@ impl PyFeatureStoreWriter {
         let writer = py.detach(|| {
             let projection = Projection::new(kind, seed, input_dim, k)?;
             let config = StoreConfig::new(projection, learning_rates, dtype)?;
-            FeatureStoreWriter::create(&path, config)
+            if overwrite {
+                FeatureStoreWriter::replace(&path, config)
+            } else {
+                FeatureStoreWriter::create(&path, config)
+            }
         })?;
         Ok(Self {
             inner: Mutex::new(writer),
@@ -330,7 +336,7 @@ impl PyFeatureStore {
         let scores = Scores {
             values: values.as_array().iter().copied().collect(),
         };
-        let top = py.detach(|| scores.top_k(&self.inner, k));
+        let top = py.detach(|| scores.top_k(&self.inner, k))?;
         let items = top
             .iter()
             .map(|r| {

@@ -73,12 +73,7 @@ fn rust_domain(d: &ReceiptDomain) -> Result<Eip712Domain, OpenLedgerError> {
 
 fn signature(s: &str) -> Result<Signature, OpenLedgerError> {
     let raw = bytes("signature", s).map_err(invalid)?;
-    Signature::from_raw(&raw).map_err(|e| {
-        OpenLedgerError::Signature(format!(
-            "signature: {} bytes are not a 65-byte r || s || v signature ({e})",
-            raw.len()
-        ))
-    })
+    Ok(receipt::parse_signature(&raw)?)
 }
 
 /// The EIP-712 struct hash of a receipt (`hashStruct`).
@@ -146,7 +141,7 @@ pub fn attribution_weights_hash(
             ))
         })
         .collect::<Result<Vec<_>, OpenLedgerError>>()?;
-    Ok(b256_str(&receipt::weights_hash(&w)))
+    Ok(b256_str(&receipt::weights_hash(&w)?))
 }
 
 /// An operator's signing key (an on-device model signs the receipts of its own inferences).

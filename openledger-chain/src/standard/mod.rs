@@ -461,8 +461,30 @@ impl StandardMerkleTree {
         ))
     }
 
-    /// Checks that every value hashes to its leaf and the node array is a valid tree.
+    /// Checks that the values and the leaves match one to one (each value hashes to its own
+    /// leaf, no leaf is left without a value) and that the node array is a valid tree.
     pub fn validate(&self) -> Result<(), ChainError> {
+        // Every leaf of the tree belongs to exactly one value: a dump that hides a leaf (a claim
+        // the root commits to but the values do not show) or shows one twice is refused.
+        let leaves = self.tree.len().div_ceil(2);
+        if self.values.len() != leaves {
+            return Err(ChainError::InconsistentDump(format!(
+                "{} values for a tree of {leaves} leaves",
+                self.values.len()
+            )));
+        }
+        let mut seen = vec![false; self.tree.len()];
+        for (i, v) in self.values.iter().enumerate() {
+            if let Some(s) = seen.get_mut(v.tree_index) {
+                if *s {
+                    return Err(ChainError::InconsistentDump(format!(
+                        "value {i} points at tree index {}, which another value already has",
+                        v.tree_index
+                    )));
+                }
+                *s = true;
+            }
+        }
         for (i, v) in self.values.iter().enumerate() {
             if !merkle::is_leaf_node(self.tree.len(), v.tree_index) {
                 return Err(ChainError::InconsistentDump(format!(

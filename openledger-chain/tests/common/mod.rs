@@ -204,7 +204,8 @@ impl World {
             payer: self.payer,
             amount: u(FEE),
             epoch,
-            weightsHash: weights_hash(&[(keccak256([1u8]), u(700)), (keccak256([2u8]), u(300))]),
+            weightsHash: weights_hash(&[(keccak256([1u8]), u(700)), (keccak256([2u8]), u(300))])
+                .unwrap(),
         }
     }
 

@@ -108,7 +108,7 @@ impl BaseModel {
     /// every shard listed in `dir/model.safetensors.index.json`.
     pub fn from_dir(dir: &Path) -> Result<Self, LoraError> {
         let cfg_path = dir.join("config.json");
-        let cfg_bytes = std::fs::read(&cfg_path).map_err(|source| LoraError::Io {
+        let cfg_bytes = openledger_core::fsx::read_regular(&cfg_path, openledger_core::fsx::MAX_CONFIG_BYTES).map_err(|source| LoraError::Io {
             path: cfg_path.clone(),
             source,
         })?;
@@ -127,6 +127,7 @@ impl BaseModel {
         for f in files {
             params.extend(read_header(&f)?);
         }
+        check_config(&config, &params)?;
         let mut base = Self::from_headers(params);
         base.config = Some(config);
         Ok(base)
@@ -268,7 +269,7 @@ fn shard_files(dir: &Path, index: &Path) -> Result<Vec<PathBuf>, LoraError> {
         .file_name()
         .map(|f| f.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let bytes = std::fs::read(index).map_err(|source| LoraError::Io {
+    let bytes = openledger_core::fsx::read_regular(index, openledger_core::fsx::MAX_CONFIG_BYTES).map_err(|source| LoraError::Io {
         path: index.to_path_buf(),
         source,
     })?;
@@ -304,3 +305,68 @@ fn shard_files(dir: &Path, index: &Path) -> Result<Vec<PathBuf>, LoraError> {
     }
     Ok(shards.into_iter().map(|s| dir.join(s)).collect())
 }
+
+/// The size fields of a `config.json` this check reads.
+const SIZE_FIELDS: [&str; 8] = [
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "max_position_embeddings",
+];
+
+/// Refuses a `config.json` whose sizes are not positive integers of a sane size, or disagree
+/// with the weights: the number of decoder layers (`model.layers.<i>.` prefixes) and the
+/// embedding's `[vocab_size, hidden_size]`.
+fn check_config(config: &serde_json::Value, params: &[(String, TensorMeta)]) -> Result<(), LoraError> {
+    let bad = |reason: String| LoraError::BaseConfig { reason };
+    let mut sizes = BTreeMap::new();
+    for key in SIZE_FIELDS {
+        match config.get(key) {
+            None | Some(serde_json::Value::Null) => {}
+            Some(v) => match v.as_u64() {
+                Some(n) if n > 0 && n <= 1 << 31 => {
+                    sizes.insert(key, n as usize);
+                }
+                _ => return Err(bad(format!("`{key}` is {v}, not a positive integer up to 2^31"))),
+            },
+        }
+    }
+    let layers: BTreeSet<usize> = params
+        .iter()
+        .filter_map(|(name, _)| {
+            let rest = name.strip_prefix("model.layers.")?;
+            rest.split('.').next()?.parse().ok()
+        })
+        .collect();
+    if let Some(&n) = sizes.get("num_hidden_layers")
+        && !layers.is_empty()
+        && layers.len() != n
+    {
+        return Err(bad(format!(
+            "num_hidden_layers is {n} but the weights hold {} decoder layers",
+            layers.len()
+        )));
+    }
+    if let Some((_, meta)) = params
+        .iter()
+        .find(|(name, _)| name == "model.embed_tokens.weight")
+        && let [v, h] = meta.shape[..]
+    {
+        for (key, want) in [("vocab_size", v), ("hidden_size", h)] {
+            if let Some(&n) = sizes.get(key)
+                && n != want
+            {
+                return Err(bad(format!(
+                    "{key} is {n} but model.embed_tokens.weight has shape {:?}",
+                    meta.shape
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+

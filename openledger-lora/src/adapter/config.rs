@@ -200,13 +200,20 @@ impl LoraConfig {
         Self::new(raw.into_spec()?)
     }
 
-    /// Validates a spec (r > 0, finite alpha, compilable regexes, no DoRA with `lora_bias`).
+    /// Validates a spec (r > 0, alphas finite within f32's range, compilable regexes, no DoRA
+    /// with `lora_bias`).
     pub fn new(spec: ConfigSpec) -> Result<Self, LoraError> {
         if spec.r == 0 {
             return Err(LoraError::field("r", "must be a positive integer, found 0"));
         }
-        if !spec.lora_alpha.is_finite() {
-            return Err(LoraError::field("lora_alpha", "must be finite"));
+        // The scale `alpha / r` (or `/ √r`) is applied in f32: an alpha past f32's range would
+        // make it infinite.
+        let in_range = |a: f64| a.is_finite() && a.abs() <= f64::from(f32::MAX);
+        if !in_range(spec.lora_alpha) {
+            return Err(LoraError::field(
+                "lora_alpha",
+                format!("{} is not a finite number within f32's range", spec.lora_alpha),
+            ));
         }
         for (k, r) in &spec.rank_pattern {
             if *r == 0 {
@@ -217,10 +224,10 @@ impl LoraConfig {
             }
         }
         for (k, a) in &spec.alpha_pattern {
-            if !a.is_finite() {
+            if !in_range(*a) {
                 return Err(LoraError::field(
                     format!("alpha_pattern.{k}"),
-                    "must be finite",
+                    format!("{a} is not a finite number within f32's range"),
                 ));
             }
         }

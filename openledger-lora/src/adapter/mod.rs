@@ -46,8 +46,9 @@ pub mod tensors;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::Path;
+
+use openledger_core::fsx::{MAX_CONFIG_BYTES, open_regular, read_regular};
 
 use crate::adapter::config::{BiasMode, CONFIG_FILE, LoraConfig};
 use crate::adapter::tensors::{HostTensor, decode_all};
@@ -253,7 +254,7 @@ impl LoraAdapter {
     /// Loads `dir/adapter_config.json` and `dir/adapter_model.safetensors` (memory-mapped).
     pub fn from_dir(dir: &Path, opts: &LoadOptions) -> Result<LoraAdapter, LoraError> {
         let cfg_path = dir.join(CONFIG_FILE);
-        let config = std::fs::read(&cfg_path).map_err(|source| LoraError::Io {
+        let config = read_regular(&cfg_path, MAX_CONFIG_BYTES).map_err(|source| LoraError::Io {
             path: cfg_path,
             source,
         })?;
@@ -262,11 +263,10 @@ impl LoraAdapter {
             path: w_path.clone(),
             source,
         };
-        let file = File::open(&w_path).map_err(io)?;
-        let len = file.metadata().map_err(io)?.len();
+        let (file, len) = open_regular(&w_path).map_err(io)?;
         if len < 8 {
             // Too short for a header (and an empty file cannot be mapped everywhere).
-            let bytes = std::fs::read(&w_path).map_err(io)?;
+            let bytes = read_regular(&w_path, 8).map_err(io)?;
             return Self::from_bytes(&config, &bytes, opts);
         }
         // SAFETY: the map is read-only and dropped before returning; every tensor is copied

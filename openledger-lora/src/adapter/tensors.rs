@@ -17,11 +17,11 @@
 //! ```
 
 use std::borrow::Cow;
-use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
 use half::{bf16, f16};
+use openledger_core::fsx::{open_regular, read_regular};
 use openledger_core::DType;
 use safetensors::tensor::{Dtype, Metadata, SafeTensorError};
 use serde_json::Value;
@@ -426,9 +426,9 @@ pub fn read_safetensors(
         path: path.to_path_buf(),
         source,
     };
-    let f = File::open(path).map_err(io)?;
-    if f.metadata().map_err(io)?.len() < 8 {
-        let bytes = std::fs::read(path).map_err(io)?;
+    let (f, len) = open_regular(path).map_err(io)?;
+    if len < 8 {
+        let bytes = read_regular(path, 8).map_err(io)?;
         return decode_all(&file_name, &bytes, allow_non_finite);
     }
     // SAFETY: read-only map, dropped before returning; tensors are copied out of it.
@@ -444,8 +444,8 @@ pub fn read_header(path: &Path) -> Result<Vec<(String, TensorMeta)>, LoraError> 
         path: path.to_path_buf(),
         source,
     };
-    let mut f = File::open(path).map_err(io)?;
-    let file_len = f.metadata().map_err(io)?.len() as usize;
+    let (mut f, file_len) = open_regular(path).map_err(io)?;
+    let file_len = file_len as usize;
     let mut len = [0u8; 8];
     if file_len < 8 {
         return Err(LoraError::Truncated {

@@ -95,6 +95,9 @@ pub struct ModelConfig {
     pub sliding_window: Option<usize>,
     /// Layers from this index on use the sliding window (Qwen2 `max_window_layers`; 0 for all).
     pub sliding_window_from_layer: usize,
+    /// The longest sequence the model was trained for (`max_position_embeddings`; 2048, as
+    /// transformers' `LlamaConfig`, when absent): generation refuses to run past it.
+    pub max_position_embeddings: usize,
 }
 
 fn bad(reason: impl Into<String>) -> ModelError {
@@ -290,7 +293,27 @@ impl ModelConfig {
             mlp_bias: bool_field(v, "mlp_bias", false)?,
             sliding_window,
             sliding_window_from_layer,
+            max_position_embeddings: match usize_field(v, "max_position_embeddings")? {
+                Some(0) => return Err(bad("`max_position_embeddings` must be positive")),
+                Some(n) => n,
+                None => 2048,
+            },
         })
+    }
+
+    /// Refuses a generation of `n` tokens after a prompt of `prompt` tokens that would run past
+    /// the model's context (`max_position_embeddings`), before anything is computed.
+    pub fn check_context(&self, prompt: usize, n: usize) -> Result<(), ModelError> {
+        let ctx = self.max_position_embeddings;
+        if prompt.saturating_add(n) > ctx {
+            return Err(ModelError::InvalidArgument {
+                name: "max_new_tokens",
+                reason: format!(
+                    "a prompt of {prompt} tokens and {n} new tokens run past the model's context of {ctx} (max_position_embeddings)"
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Whether layer `layer` attends through the sliding window.

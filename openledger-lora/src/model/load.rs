@@ -91,7 +91,7 @@ pub(crate) fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
     if !index.exists() {
         return Ok(vec![dir.join("model.safetensors")]);
     }
-    let bytes = std::fs::read(&index).map_err(|source| ModelError::Io {
+    let bytes = openledger_core::fsx::read_regular(&index, openledger_core::fsx::MAX_CONFIG_BYTES).map_err(|source| ModelError::Io {
         path: index.clone(),
         source,
     })?;
@@ -143,6 +143,30 @@ impl TensorMap {
 
     pub fn into_inner(self) -> BTreeMap<String, HostTensor> {
         self.0
+    }
+
+    /// Refuses weights the config has no place for (a config listing fewer layers than the
+    /// checkpoint holds would otherwise serve another model). Buffers transformers may save
+    /// beside the weights (RoPE's `inv_freq`) and a tied model's saved `lm_head` are ignored.
+    fn check_all_used(&self, cfg: &ModelConfig) -> Result<(), ModelError> {
+        let unused: Vec<&str> = self
+            .0
+            .keys()
+            .map(String::as_str)
+            .filter(|k| !k.ends_with("rotary_emb.inv_freq"))
+            .filter(|k| !(cfg.tie_word_embeddings && *k == "lm_head.weight"))
+            .collect();
+        match unused.first() {
+            None => Ok(()),
+            Some(first) => Err(ModelError::InvalidConfig {
+                file: "config.json".into(),
+                reason: format!(
+                    "the checkpoint holds {} weights this config has no place for (first: {first:?}); does num_hidden_layers ({}) match the weights?",
+                    unused.len(),
+                    cfg.num_layers
+                ),
+            }),
+        }
     }
 
     fn take(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
@@ -243,6 +267,7 @@ pub(crate) fn build(
     } else {
         tensors.linear("lm_head".into(), h, cfg.vocab_size, false)?
     };
+    tensors.check_all_used(cfg)?;
     Ok(Weights {
         embed,
         layers,

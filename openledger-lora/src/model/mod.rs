@@ -150,7 +150,7 @@ impl Model {
         progress: &mut dyn FnMut(LoadProgress),
     ) -> Result<Self, ModelError> {
         let cfg_path = dir.join(CONFIG_FILE);
-        let bytes = std::fs::read(&cfg_path).map_err(|source| ModelError::Io {
+        let bytes = openledger_core::fsx::read_regular(&cfg_path, openledger_core::fsx::MAX_CONFIG_BYTES).map_err(|source| ModelError::Io {
             path: cfg_path,
             source,
         })?;
@@ -554,6 +554,7 @@ impl Model {
         if n == 0 {
             return Ok(Vec::new());
         }
+        self.config.check_context(prompt.len(), n)?;
         let vocab = self.config.vocab_size;
         let mut cache = self.new_cache(adapter)?;
         let mut out = Vec::with_capacity(n);

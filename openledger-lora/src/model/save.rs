@@ -55,6 +55,7 @@ pub fn model_config_json(cfg: &ModelConfig) -> String {
         "tie_word_embeddings": cfg.tie_word_embeddings,
         "attention_bias": cfg.attention_bias,
         "mlp_bias": cfg.mlp_bias,
+        "max_position_embeddings": cfg.max_position_embeddings,
         "torch_dtype": "float32",
     });
     let obj = v.as_object_mut().expect("object literal");
@@ -156,7 +157,7 @@ pub fn merge_adapter_into_dir(
         .validate(adapter)
         .map_err(incompatible)?;
     let cfg_path = model_dir.join(CONFIG_FILE);
-    let cfg_bytes = std::fs::read(&cfg_path).map_err(|source| ModelError::Io {
+    let cfg_bytes = openledger_core::fsx::read_regular(&cfg_path, openledger_core::fsx::MAX_CONFIG_BYTES).map_err(|source| ModelError::Io {
         path: cfg_path.clone(),
         source,
     })?;

@@ -125,6 +125,14 @@ pub enum ServedError {
     /// The engine was closed.
     #[error("the engine is closed")]
     Closed,
+    /// An adapter id cannot be attached again while requests run with the adapter it names.
+    #[error("adapter {id:?} is serving {requests} running requests; attach it again once they end")]
+    AdapterInUse {
+        /// The adapter id.
+        id: String,
+        /// Requests running with it.
+        requests: usize,
+    },
     /// The engine thread stopped on a panic (a bug); every later call fails with this.
     #[error("the engine stopped on a panic: {message}")]
     Panicked {
@@ -141,6 +149,7 @@ impl Classify for ServedError {
             ServedError::Request(e) => e.kind(),
             ServedError::Thread(e) => ErrorKind::of_io(e),
             ServedError::Closed => ErrorKind::Closed,
+            ServedError::AdapterInUse { .. } => ErrorKind::State,
             ServedError::Panicked { .. } => ErrorKind::Internal,
         }
     }
@@ -261,7 +270,7 @@ type OnEvent = Box<dyn FnMut(&Event) + Send>;
 enum Command {
     Submit(Request, Sender<Result<RequestHandle, RequestError>>),
     SubmitWithCallback(Request, OnEvent, PendingCancel),
-    Attach(AdapterId, Arc<LoraAdapter>, Sender<Result<(), ModelError>>),
+    Attach(AdapterId, Arc<LoraAdapter>, Sender<Result<(), ServedError>>),
     Adapters(Sender<Vec<String>>),
 }
 
@@ -397,7 +406,24 @@ fn handle(engine: &mut Inner, cmd: Command) {
             slot.handle = Some(cancel);
         }
         Command::Attach(id, adapter, reply) => {
-            let r = engine.model_mut().attach(id.clone(), &adapter).map(|_| ());
+            // Requests running with the adapter keep it: swapping weights under them would mix
+            // two adapters in one answer.
+            let serving = engine
+                .held_adapters()
+                .into_iter()
+                .find(|(held, _)| *held == id)
+                .map(|(_, n)| n);
+            let r = match serving {
+                Some(requests) => Err(ServedError::AdapterInUse {
+                    id: id.to_string(),
+                    requests,
+                }),
+                None => engine
+                    .model_mut()
+                    .attach(id.clone(), &adapter)
+                    .map(|_| ())
+                    .map_err(ServedError::from),
+            };
             if r.is_ok() {
                 engine.readiness_mut().attached.insert(id);
             }
@@ -592,11 +618,12 @@ impl ServedModel {
         Ok(pending)
     }
 
-    /// Attaches `adapter` under `id` (replacing an adapter attached under it before); requests
-    /// may then name it. An adapter made for another base is a [`ModelError`].
+    /// Attaches `adapter` under `id`; requests may then name it. An adapter attached under `id`
+    /// before is replaced when no request is running with it; while requests are,
+    /// [`ServedError::AdapterInUse`] (nothing changes). An adapter made for another base is a
+    /// [`ModelError`].
     pub fn attach(&self, id: AdapterId, adapter: Arc<LoraAdapter>) -> Result<(), ServedError> {
         self.call(|reply| Command::Attach(id, adapter, reply))?
-            .map_err(ServedError::from)
     }
 
     /// Names of the adapters attached to the model now (directly or from the pool).

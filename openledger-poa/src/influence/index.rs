@@ -174,9 +174,10 @@ pub struct InfluenceIndex {
 }
 
 impl InfluenceIndex {
-    /// Writes the index at `path`: row `i` is record `rows[i]` (id, contributor) with features
-    /// `gradients[c][i]` at checkpoint `c`, whose TracIn weight is `weights[c]`. Every gradient
-    /// has `layout.num_parameters` values; nothing is written when a shape does not fit.
+    /// Writes the index at `path` (replacing a store there): row `i` is record `rows[i]` (id,
+    /// contributor) with features `gradients[c][i]` at checkpoint `c`, whose TracIn weight is
+    /// `weights[c]`. Every gradient has `layout.num_parameters` values; nothing is written when a
+    /// shape does not fit.
     pub fn build(
         path: &Path,
         rows: &[(ContentId, Address)],
@@ -216,7 +217,7 @@ impl InfluenceIndex {
                 });
             }
         }
-        let mut writer = FeatureStoreWriter::create(path, config.clone())?;
+        let mut writer = FeatureStoreWriter::replace(path, config.clone())?;
         for (i, &(record, contributor)) in rows.iter().enumerate() {
             writer.append(&TrainingExample {
                 record,

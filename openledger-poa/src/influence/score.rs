@@ -24,7 +24,7 @@
 //! let q = store.project_query(&[vec![1.0, 1.0]]).unwrap();
 //! let s = score(&store, &q, &ScoreMethod::TracIn, |_| {}).unwrap();
 //! assert_eq!(s.values, vec![0.5, 1.0]); // η·⟨q, φ⟩
-//! assert_eq!(s.top_k(&store, 1)[0].contributor, Address::repeat_byte(2));
+//! assert_eq!(s.top_k(&store, 1).unwrap()[0].contributor, Address::repeat_byte(2));
 //! ```
 
 use std::collections::BTreeMap;
@@ -373,8 +373,12 @@ pub struct RankedExample {
 }
 
 impl Scores {
-    /// The `k` highest scores (ties by lower index), best first.
-    pub fn top_k(&self, store: &FeatureStore, k: usize) -> Vec<RankedExample> {
+    /// The `k` highest scores (ties by lower index), best first; `k` past the store's size
+    /// gives every example. Scores of another length than the store, or NaN / infinite ones,
+    /// are refused.
+    pub fn top_k(&self, store: &FeatureStore, k: usize) -> Result<Vec<RankedExample>> {
+        check_dim(|| "scores".into(), store.len(), self.values.len())?;
+        check_finite_f32(|| "scores".into(), &self.values)?;
         let mut idx: Vec<usize> = (0..self.values.len()).collect();
         let cmp = |a: &usize, b: &usize| self.values[*b].total_cmp(&self.values[*a]).then(a.cmp(b));
         if k < idx.len() && k > 0 {
@@ -383,14 +387,15 @@ impl Scores {
         }
         idx.sort_by(cmp);
         idx.truncate(k);
-        idx.into_iter()
+        Ok(idx
+            .into_iter()
             .map(|index| RankedExample {
                 index,
                 record: store.record(index),
                 contributor: store.contributor(index),
                 score: self.values[index],
             })
-            .collect()
+            .collect())
     }
 
     /// The sum of scores per contributor, sorted by address.

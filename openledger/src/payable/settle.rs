@@ -270,7 +270,7 @@ impl PayableAi {
                         .iter()
                         .map(|(r, amount)| (r.id().0, *amount))
                         .collect::<Vec<_>>(),
-                ),
+                )?,
             };
             let signature = self.operator.sign(&receipt, &domain)?;
             for (record, amount) in &parts {
@@ -398,7 +398,7 @@ impl PayableAi {
             .chain
             .view(payments, &InferencePayments::currentEpochCall {})?;
         if current <= e.number {
-            self.chain.advance_time(self.deploy_config.epoch_duration);
+            self.chain.advance_time(self.deploy_config.epoch_duration)?;
         }
         let totals: Vec<(Address, U256)> =
             e.payouts().iter().map(|p| (p.account, p.amount)).collect();

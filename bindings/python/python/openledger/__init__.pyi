@@ -403,6 +403,7 @@ class FeatureStoreWriter:
         projection: str = "rademacher",
         seed: int = 0,
         dtype: str = "f16",
+        overwrite: bool = False,
     ) -> FeatureStoreWriter: ...
     def __len__(self) -> int: ...
     def append(

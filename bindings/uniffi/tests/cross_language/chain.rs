@@ -42,7 +42,7 @@ fn receipts_input() -> Vec<ReceiptInput> {
                 payer: named_address("payer 1"),
                 amount: U256::from(10u64).pow(U256::from(18u8)),
                 epoch: 3,
-                weightsHash: weights_hash(&weights),
+                weightsHash: weights_hash(&weights).unwrap(),
             },
             weights,
         ),
