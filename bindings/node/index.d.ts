@@ -328,7 +328,7 @@ export declare class FeatureStore {
 
 /** Appends training examples to a feature-store file. */
 export declare class FeatureStoreWriter {
-  /** Creates the store file `path`. */
+  /** Creates the store file `path` (an existing file is refused unless `overwrite`). */
   static create(path: string, options: StoreOptions): Promise<FeatureStoreWriter>
   /** Examples in the store. */
   get length(): number
@@ -1309,6 +1309,11 @@ export interface StoreOptions {
   seed?: number
   /** How features are stored: `"f16"` (the default) or `"f32"`. */
   dtype?: string
+  /**
+   * Replace a file already at the path (by default an existing file is refused: `EIO`
+   * with the operating system's "File exists").
+   */
+  overwrite?: boolean
 }
 
 /** The contracts of a deployed suite and the accounts holding its roles. */

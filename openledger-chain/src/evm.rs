@@ -321,9 +321,11 @@ impl EmbeddedChain {
     /// Mines `n` empty blocks ([`BLOCK_TIME`] seconds apart); a block number or time past
     /// `u64` is refused and changes nothing.
     pub fn advance_blocks(&mut self, n: u64) -> Result<(), ChainError> {
-        let seconds = n.checked_mul(BLOCK_TIME).ok_or_else(|| ChainError::Overflow {
-            what: format!("{n} blocks of {BLOCK_TIME} s"),
-        })?;
+        let seconds = n
+            .checked_mul(BLOCK_TIME)
+            .ok_or_else(|| ChainError::Overflow {
+                what: format!("{n} blocks of {BLOCK_TIME} s"),
+            })?;
         self.advance(n, seconds)
     }
 
@@ -334,18 +336,18 @@ impl EmbeddedChain {
     }
 
     fn advance(&mut self, blocks: u64, seconds: u64) -> Result<(), ChainError> {
-        let number = self
-            .block_number()
-            .checked_add(blocks)
-            .ok_or_else(|| ChainError::Overflow {
-                what: format!("block number {} + {blocks}", self.block_number()),
-            })?;
-        let timestamp = self
-            .timestamp()
-            .checked_add(seconds)
-            .ok_or_else(|| ChainError::Overflow {
-                what: format!("block time {} + {seconds} s", self.timestamp()),
-            })?;
+        let number =
+            self.block_number()
+                .checked_add(blocks)
+                .ok_or_else(|| ChainError::Overflow {
+                    what: format!("block number {} + {blocks}", self.block_number()),
+                })?;
+        let timestamp =
+            self.timestamp()
+                .checked_add(seconds)
+                .ok_or_else(|| ChainError::Overflow {
+                    what: format!("block time {} + {seconds} s", self.timestamp()),
+                })?;
         self.block.number = U256::from(number);
         self.block.timestamp = U256::from(timestamp);
         Ok(())

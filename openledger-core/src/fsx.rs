@@ -68,5 +68,9 @@ pub fn read_regular(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
 
 /// The most bytes a JSON config file (`config.json`, `adapter_config.json`, an index) may have.
 pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+/// The most bytes a training log file may have.
+pub const MAX_LOG_BYTES: u64 = 4 << 30;
+/// The most bytes a JSONL file of datanet records read whole may have.
+pub const MAX_JSONL_BYTES: u64 = 4 << 30;
 /// The most bytes a `tokenizer.json` may have.
 pub const MAX_TOKENIZER_BYTES: u64 = 256 << 20;

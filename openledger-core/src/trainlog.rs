@@ -781,10 +781,13 @@ impl TrainLog {
     /// Reads a log written by [`Self::save`] (structure checked; see [`Self::verify`]).
     pub fn load(path: impl AsRef<Path>) -> Result<Self, TrainLogError> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| TrainLogError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let bytes =
+            crate::fsx::read_regular(path, crate::fsx::MAX_LOG_BYTES).map_err(|source| {
+                TrainLogError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            })?;
         Self::from_bytes(&bytes)
     }
 }

@@ -80,8 +80,8 @@ const MIN_BLOCK_ROWS: usize = 2048;
 const MAX_BLOCKS: usize = 256;
 
 impl Projection {
-    /// A projection; `k` must be positive, and equal `input_dim` for [`ProjectionKind::Identity`];
-    /// a random projection reduces: `k ≤ input_dim` and `k ≤` [`MAX_SKETCH_DIM`].
+    /// A projection; `k` must be positive, equal `input_dim` for [`ProjectionKind::Identity`],
+    /// and be at most [`MAX_SKETCH_DIM`] for a random one.
     pub fn new(kind: ProjectionKind, seed: u64, input_dim: usize, k: usize) -> Result<Self> {
         if k == 0 || input_dim == 0 {
             return Err(PoaError::InvalidConfig {
@@ -95,11 +95,11 @@ impl Projection {
                 reason: format!("k {k} must equal input_dim {input_dim}"),
             });
         }
-        if kind != ProjectionKind::Identity && (k > input_dim || k > MAX_SKETCH_DIM) {
+        if kind != ProjectionKind::Identity && k > MAX_SKETCH_DIM {
             return Err(PoaError::InvalidConfig {
                 what: "projection dimensions".into(),
                 reason: format!(
-                    "a random projection reduces: k {k} must be at most input_dim {input_dim} and at most {MAX_SKETCH_DIM}"
+                    "k {k} is above {MAX_SKETCH_DIM}, the largest sketch a random projection makes"
                 ),
             });
         }

@@ -28,11 +28,20 @@ fn rademacher(seed: u64) -> StoreConfig {
     .unwrap()
 }
 
+/// Recomputes a store header's CRC-32 (bytes 56..60, over the header with them zero), as
+/// whoever edits a header on purpose can.
+fn reseal(bytes: &mut [u8]) {
+    let len = u64::from_le_bytes(bytes[48..56].try_into().unwrap()) as usize;
+    bytes[56..60].fill(0);
+    let crc = crc32fast::hash(&bytes[..len]);
+    bytes[56..60].copy_from_slice(&crc.to_le_bytes());
+}
+
 fn filled(path: &std::path::Path, cfg: StoreConfig, n: usize) -> Vec<TrainingExample> {
     let mut s = SeededStream::new(5);
     let (p, c) = (cfg.projection.input_dim, cfg.checkpoints());
     let ex: Vec<TrainingExample> = (0..n).map(|i| example(i, &mut s, p, c)).collect();
-    let mut w = FeatureStoreWriter::create(path, cfg).unwrap();
+    let mut w = FeatureStoreWriter::replace(path, cfg).unwrap();
     w.append_batch(&ex).unwrap();
     ex
 }
@@ -440,6 +449,14 @@ fn hostile_header_sizes_are_typed_errors_not_overflows() {
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[40..48].copy_from_slice(&u64::MAX.to_le_bytes()); // count
     std::fs::write(&path, &bytes).unwrap();
+    // An edited header fails its checksum; resealed (as a deliberate forger would), the sizes
+    // it declares are still checked without overflow.
+    assert!(matches!(
+        FeatureStore::open(&path),
+        Err(PoaError::Checksum { .. })
+    ));
+    reseal(&mut bytes);
+    std::fs::write(&path, &bytes).unwrap();
     assert!(matches!(
         FeatureStore::open(&path),
         Err(PoaError::Truncated { .. })
@@ -450,6 +467,7 @@ fn hostile_header_sizes_are_typed_errors_not_overflows() {
     ));
     bytes[40..48].copy_from_slice(&1u64.to_le_bytes());
     bytes[16..20].copy_from_slice(&u32::MAX.to_le_bytes()); // k
+    reseal(&mut bytes);
     std::fs::write(&path, &bytes).unwrap();
     assert!(matches!(
         FeatureStore::open(&path),

@@ -229,10 +229,12 @@ impl TrainConfig {
         if self.max_seq_len == 0 {
             return bad("max_seq_len", "must be at least 1".into());
         }
-        if !(self.learning_rate.is_finite() && self.learning_rate >= 0.0) {
+        // AdamW moves each parameter by about the learning rate every step: past 1 a run
+        // cannot converge.
+        if !(self.learning_rate.is_finite() && (0.0..=1.0).contains(&self.learning_rate)) {
             return bad(
                 "learning_rate",
-                format!("{} is not a non-negative number", self.learning_rate),
+                format!("{} is not in [0, 1]", self.learning_rate),
             );
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {

@@ -96,19 +96,15 @@ pub enum TrainError {
         /// The value found.
         value: f64,
     },
-    /// The loss of an optimizer step passed [`crate::DIVERGENCE_FACTOR`] times where training
-    /// started: the run diverged (a learning rate far too high, say); training stopped before
-    /// applying that step's update.
-    #[error(
-        "training diverged at optimizer step {step}: loss {loss} is above {ceiling} (lower the learning rate)"
-    )]
+    /// Training diverged (a learning rate far too high, say): a step's loss passed
+    /// [`crate::DIVERGENCE_FACTOR`] times the loss of uniform guessing, or an update pushed a
+    /// parameter past [`crate::MAX_PARAMETER`]; training stopped before applying that step.
+    #[error("training diverged at optimizer step {step}: {what} (lower the learning rate)")]
     Diverged {
         /// The 1-based optimizer step.
         step: usize,
-        /// Its loss.
-        loss: f64,
-        /// The highest loss accepted.
-        ceiling: f64,
+        /// What passed its bound.
+        what: String,
     },
     /// A record belongs to a datanet the requester holds no approved training grant for
     /// (checked with [`openledger_core::grant::Grants::check`] before the first step).

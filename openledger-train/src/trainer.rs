@@ -159,12 +159,14 @@ pub struct Trainer {
     step: usize,
     access: Option<(Grants, Address)>,
     log: Option<TrainLog>,
-    /// The loss of the first step this trainer took (the divergence check's reference).
-    first_loss: Option<f64>,
 }
 
-/// A step whose loss passes this many times the reference (the first step's loss, or the loss of
-/// uniform guessing, whichever is larger) has diverged.
+/// The largest magnitude a LoRA parameter may reach (f16's largest finite value): an adapter past
+/// it cannot be stored or served in f16, and no converging run comes near it.
+pub const MAX_PARAMETER: f32 = 65_504.0;
+
+/// A step whose loss passes this many times the loss of guessing uniformly over the vocabulary
+/// (`ln vocab`) has diverged.
 pub const DIVERGENCE_FACTOR: f64 = 10.0;
 
 impl std::fmt::Debug for Trainer {
@@ -262,7 +264,6 @@ impl Trainer {
             step: 0,
             access: None,
             log: None,
-            first_loss: None,
         })
     }
 
@@ -546,15 +547,13 @@ impl Trainer {
                     value: loss,
                 });
             }
-            // A loss far above where training started (or above what uniform guessing over the
-            // vocabulary costs) means the run has diverged: stop before the update.
-            let reference = *self.first_loss.get_or_insert(loss);
-            let ceiling = DIVERGENCE_FACTOR * reference.max((vocab as f64).ln());
+            // A loss far above what guessing uniformly over the vocabulary costs means the run
+            // has diverged: stop before the update.
+            let ceiling = DIVERGENCE_FACTOR * (vocab as f64).ln();
             if loss > ceiling {
                 return Err(TrainError::Diverged {
                     step,
-                    loss,
-                    ceiling,
+                    what: format!("the loss {loss} is above {ceiling}"),
                 });
             }
             let grad_norm = clip_grad_norm(&mut grads, cfg.max_grad_norm);
@@ -584,6 +583,13 @@ impl Trainer {
                     what: "parameter after the update",
                     step,
                     value: f64::from(*value),
+                });
+            }
+            if let Some(value) = params.iter().flatten().find(|v| v.abs() > MAX_PARAMETER) {
+                self.opt = before;
+                return Err(TrainError::Diverged {
+                    step,
+                    what: format!("the update took a parameter to {value}, past ±{MAX_PARAMETER}"),
                 });
             }
             let mut k = 0;

@@ -160,7 +160,11 @@ impl Datanet {
     pub fn import_file(&self, path: String) -> AsyncTask<ImportTask> {
         let inner = self.inner.clone();
         ImportTask::spawn(move || {
-            let bytes = std::fs::read(&path).map_err(|e| crate::error::io(&path, &e))?;
+            let bytes = openledger_core::fsx::read_regular(
+                std::path::Path::new(&path),
+                openledger_core::fsx::MAX_JSONL_BYTES,
+            )
+            .map_err(|e| crate::error::io(&path, &e))?;
             let mut net = inner.lock().unwrap_or_else(|p| p.into_inner());
             Ok(report(&net.import_jsonl(&bytes[..]).js()?))
         })

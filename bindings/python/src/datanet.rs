@@ -114,7 +114,8 @@ impl PyDatanet {
 
     /// Imports the JSONL file at `path` (see `import_jsonl`).
     fn import_file<'py>(&self, py: Python<'py>, path: PathBuf) -> Result<Bound<'py, PyDict>> {
-        let file = std::fs::File::open(&path).map_err(|e| crate::error::io(&path, &e))?;
+        let (file, _) =
+            openledger_core::fsx::open_regular(&path).map_err(|e| crate::error::io(&path, &e))?;
         let report = py.detach(|| self.lock().import_jsonl(BufReader::new(file)))?;
         Ok(import_report(py, &report)?)
     }

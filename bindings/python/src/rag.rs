@@ -32,6 +32,7 @@ pub(crate) fn vector_f32(name: &str, obj: &Bound<'_, PyAny>) -> Result<Vec<f32>>
             ),
         )
     })?;
+    crate::types::aligned(name, &arr)?;
     Ok(match arr.as_slice() {
         Ok(s) => s.to_vec(),
         Err(_) => arr.as_array().iter().copied().collect(),

@@ -113,15 +113,8 @@ fn with_batch(
     }
     // A buffer viewed at an odd offset (np.frombuffer(b, offset=1), say) is contiguous but not
     // aligned: it cannot be read as f32 in place.
-    let misaligned = |p: *const f32| !(p as usize).is_multiple_of(std::mem::align_of::<f32>());
-    for (name, p) in [("x", xs.as_array().as_ptr()), ("y", ys.as_array().as_ptr())] {
-        if misaligned(p) {
-            return Err(invalid_arg(
-                name,
-                "is not aligned to 4 bytes (a view at an odd byte offset); np.require(a, np.float32, 'CA') makes an aligned copy",
-            ));
-        }
-    }
+    crate::types::aligned("x", &xs)?;
+    crate::types::aligned::<f32, numpy::Ix2>("y", &ys)?;
     let xv = xs
         .as_slice()
         .map_err(|_| invalid_arg("x", "must be C-contiguous (row-major)"))?;

@@ -88,6 +88,7 @@ pub(crate) fn scored(
                 ),
             )
         })?;
+        crate::types::aligned("scores", &arr)?;
         arr.as_array().iter().copied().collect()
     } else {
         scores.extract().map_err(|_| {

@@ -42,6 +42,7 @@ fn gradients_2d(name: &str, obj: &Bound<'_, PyAny>) -> Result<Vec<Vec<f32>>> {
             ),
         )
     })?;
+    crate::types::aligned(name, &arr)?;
     Ok(arr
         .as_array()
         .outer_iter()
@@ -192,6 +193,7 @@ impl PyFeatureStoreWriter {
                 ),
             ));
         }
+        crate::types::aligned("gradients", &grads)?;
         let view = grads.as_array();
         let progress = Progress::new(progress);
         let done = py.detach(|| {
@@ -333,6 +335,7 @@ impl PyFeatureStore {
                 ),
             ));
         }
+        crate::types::aligned("scores", &values)?;
         let scores = Scores {
             values: values.as_array().iter().copied().collect(),
         };

@@ -84,3 +84,25 @@ pub(crate) fn address_str(a: &Address) -> String {
 pub(crate) fn b256_str(h: &B256) -> String {
     h.to_string()
 }
+
+/// Refuses a numpy array whose data is not aligned to its element size (a view at an odd
+/// byte offset, e.g. `np.frombuffer(b, offset=1)`): ndarray cannot view it, and reading it as a
+/// slice would be undefined behaviour. Call before any `as_array` / `as_slice`.
+pub(crate) fn aligned<T: numpy::Element, D: numpy::ndarray::Dimension>(
+    name: &str,
+    arr: &numpy::PyReadonlyArray<'_, T, D>,
+) -> Result<()> {
+    use numpy::PyArrayMethods;
+    let p = arr.data() as usize;
+    if p.is_multiple_of(std::mem::align_of::<T>()) {
+        Ok(())
+    } else {
+        Err(invalid_arg(
+            name,
+            format!(
+                "is not aligned to {} bytes (a view at an odd byte offset); np.require(a, requirements='CA') makes an aligned copy",
+                std::mem::align_of::<T>()
+            ),
+        ))
+    }
+}

@@ -108,10 +108,12 @@ impl BaseModel {
     /// every shard listed in `dir/model.safetensors.index.json`.
     pub fn from_dir(dir: &Path) -> Result<Self, LoraError> {
         let cfg_path = dir.join("config.json");
-        let cfg_bytes = openledger_core::fsx::read_regular(&cfg_path, openledger_core::fsx::MAX_CONFIG_BYTES).map_err(|source| LoraError::Io {
-            path: cfg_path.clone(),
-            source,
-        })?;
+        let cfg_bytes =
+            openledger_core::fsx::read_regular(&cfg_path, openledger_core::fsx::MAX_CONFIG_BYTES)
+                .map_err(|source| LoraError::Io {
+                path: cfg_path.clone(),
+                source,
+            })?;
         let config: serde_json::Value =
             serde_json::from_slice(&cfg_bytes).map_err(|e| LoraError::InvalidConfig {
                 file: "config.json".into(),
@@ -269,7 +271,8 @@ fn shard_files(dir: &Path, index: &Path) -> Result<Vec<PathBuf>, LoraError> {
         .file_name()
         .map(|f| f.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let bytes = openledger_core::fsx::read_regular(index, openledger_core::fsx::MAX_CONFIG_BYTES).map_err(|source| LoraError::Io {
+    let bytes = openledger_core::fsx::read_regular(index, openledger_core::fsx::MAX_CONFIG_BYTES)
+        .map_err(|source| LoraError::Io {
         path: index.to_path_buf(),
         source,
     })?;
@@ -321,7 +324,10 @@ const SIZE_FIELDS: [&str; 8] = [
 /// Refuses a `config.json` whose sizes are not positive integers of a sane size, or disagree
 /// with the weights: the number of decoder layers (`model.layers.<i>.` prefixes) and the
 /// embedding's `[vocab_size, hidden_size]`.
-fn check_config(config: &serde_json::Value, params: &[(String, TensorMeta)]) -> Result<(), LoraError> {
+fn check_config(
+    config: &serde_json::Value,
+    params: &[(String, TensorMeta)],
+) -> Result<(), LoraError> {
     let bad = |reason: String| LoraError::BaseConfig { reason };
     let mut sizes = BTreeMap::new();
     for key in SIZE_FIELDS {
@@ -331,7 +337,11 @@ fn check_config(config: &serde_json::Value, params: &[(String, TensorMeta)]) -> 
                 Some(n) if n > 0 && n <= 1 << 31 => {
                     sizes.insert(key, n as usize);
                 }
-                _ => return Err(bad(format!("`{key}` is {v}, not a positive integer up to 2^31"))),
+                _ => {
+                    return Err(bad(format!(
+                        "`{key}` is {v}, not a positive integer up to 2^31"
+                    )));
+                }
             },
         }
     }
@@ -369,4 +379,3 @@ fn check_config(config: &serde_json::Value, params: &[(String, TensorMeta)]) -> 
     }
     Ok(())
 }
-

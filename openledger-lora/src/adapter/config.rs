@@ -212,7 +212,10 @@ impl LoraConfig {
         if !in_range(spec.lora_alpha) {
             return Err(LoraError::field(
                 "lora_alpha",
-                format!("{} is not a finite number within f32's range", spec.lora_alpha),
+                format!(
+                    "{} is not a finite number within f32's range",
+                    spec.lora_alpha
+                ),
             ));
         }
         for (k, r) in &spec.rank_pattern {

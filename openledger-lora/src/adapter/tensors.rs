@@ -21,8 +21,8 @@ use std::io::Read;
 use std::path::Path;
 
 use half::{bf16, f16};
-use openledger_core::fsx::{open_regular, read_regular};
 use openledger_core::DType;
+use openledger_core::fsx::{open_regular, read_regular};
 use safetensors::tensor::{Dtype, Metadata, SafeTensorError};
 use serde_json::Value;
 

@@ -91,10 +91,11 @@ pub(crate) fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
     if !index.exists() {
         return Ok(vec![dir.join("model.safetensors")]);
     }
-    let bytes = openledger_core::fsx::read_regular(&index, openledger_core::fsx::MAX_CONFIG_BYTES).map_err(|source| ModelError::Io {
-        path: index.clone(),
-        source,
-    })?;
+    let bytes = openledger_core::fsx::read_regular(&index, openledger_core::fsx::MAX_CONFIG_BYTES)
+        .map_err(|source| ModelError::Io {
+            path: index.clone(),
+            source,
+        })?;
     let bad = |reason: String| ModelError::InvalidConfig {
         file: "model.safetensors.index.json".into(),
         reason,

@@ -150,10 +150,12 @@ impl Model {
         progress: &mut dyn FnMut(LoadProgress),
     ) -> Result<Self, ModelError> {
         let cfg_path = dir.join(CONFIG_FILE);
-        let bytes = openledger_core::fsx::read_regular(&cfg_path, openledger_core::fsx::MAX_CONFIG_BYTES).map_err(|source| ModelError::Io {
-            path: cfg_path,
-            source,
-        })?;
+        let bytes =
+            openledger_core::fsx::read_regular(&cfg_path, openledger_core::fsx::MAX_CONFIG_BYTES)
+                .map_err(|source| ModelError::Io {
+                path: cfg_path,
+                source,
+            })?;
         let config = ModelConfig::from_json(&bytes)?;
         let files = load::weight_files(dir)?;
         let base = BaseModel::from_dir(dir)?;

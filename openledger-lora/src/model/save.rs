@@ -157,10 +157,12 @@ pub fn merge_adapter_into_dir(
         .validate(adapter)
         .map_err(incompatible)?;
     let cfg_path = model_dir.join(CONFIG_FILE);
-    let cfg_bytes = openledger_core::fsx::read_regular(&cfg_path, openledger_core::fsx::MAX_CONFIG_BYTES).map_err(|source| ModelError::Io {
-        path: cfg_path.clone(),
-        source,
-    })?;
+    let cfg_bytes =
+        openledger_core::fsx::read_regular(&cfg_path, openledger_core::fsx::MAX_CONFIG_BYTES)
+            .map_err(|source| ModelError::Io {
+                path: cfg_path.clone(),
+                source,
+            })?;
     let mut config: Value =
         serde_json::from_slice(&cfg_bytes).map_err(|e| ModelError::InvalidConfig {
             file: CONFIG_FILE.into(),

@@ -51,7 +51,9 @@ impl Tokenizer {
     /// Reads `dir/tokenizer.json`.
     pub fn from_model_dir(dir: &Path) -> Result<Self, ModelError> {
         let path = dir.join(TOKENIZER_FILE);
-        let bytes = openledger_core::fsx::read_regular(&path, openledger_core::fsx::MAX_TOKENIZER_BYTES).map_err(|source| ModelError::Io { path, source })?;
+        let bytes =
+            openledger_core::fsx::read_regular(&path, openledger_core::fsx::MAX_TOKENIZER_BYTES)
+                .map_err(|source| ModelError::Io { path, source })?;
         Self::from_bytes(&bytes)
     }
 
