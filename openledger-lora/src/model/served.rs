@@ -125,12 +125,12 @@ pub enum ServedError {
     /// The engine was closed.
     #[error("the engine is closed")]
     Closed,
-    /// An adapter id cannot be attached again while requests run with the adapter it names.
-    #[error("adapter {id:?} is serving {requests} running requests; attach it again once they end")]
+    /// An adapter id cannot be attached again while requests queued or running name it.
+    #[error("adapter {id:?} has {requests} pending requests; attach it again once they end")]
     AdapterInUse {
         /// The adapter id.
         id: String,
-        /// Requests running with it.
+        /// Requests pending (queued or running) with it.
         requests: usize,
     },
     /// The engine thread stopped on a panic (a bug); every later call fails with this.
@@ -408,17 +408,14 @@ fn handle(engine: &mut Inner, cmd: Command) {
         Command::Attach(id, adapter, reply) => {
             // Requests running with the adapter keep it: swapping weights under them would mix
             // two adapters in one answer.
-            let serving = engine
-                .held_adapters()
-                .into_iter()
-                .find(|(held, _)| *held == id)
-                .map(|(_, n)| n);
-            let r = match serving {
-                Some(requests) => Err(ServedError::AdapterInUse {
+            // Requests still queued for it count too: they were submitted against the
+            // adapter attached now.
+            let r = match engine.requests_naming(&id) {
+                requests @ 1.. => Err(ServedError::AdapterInUse {
                     id: id.to_string(),
                     requests,
                 }),
-                None => engine
+                0 => engine
                     .model_mut()
                     .attach(id.clone(), &adapter)
                     .map(|_| ())

@@ -327,6 +327,18 @@ impl<M: StepModel, R: AdapterReadiness> Engine<M, R> {
         v
     }
 
+    /// Pending requests (waiting, running or swapped) that name adapter `id`, whether or not
+    /// they hold it yet: a request queued for an adapter expects the weights it was submitted
+    /// against.
+    pub fn requests_naming(&self, id: &AdapterId) -> usize {
+        self.waiting
+            .iter()
+            .chain(&self.running)
+            .chain(&self.swapped)
+            .filter(|a| a.adapter.as_ref() == Some(id))
+            .count()
+    }
+
     /// Steps until no request is pending. While every pending request waits on an adapter load,
     /// it sleeps briefly between steps.
     pub fn run_until_idle(&mut self) -> Result<(), EngineError> {

@@ -35,7 +35,7 @@ pub(super) enum Terminal {
 pub(super) struct Active {
     pub(super) id: RequestId,
     seq: SeqId,
-    adapter: Option<AdapterId>,
+    pub(super) adapter: Option<AdapterId>,
     sampler: Sampler,
     stop: StopChecker,
     /// Prompt then output.
