@@ -96,7 +96,7 @@ test('an adapter serving requests is not replaced under them', async () => {
     const stream = engine.generate([1, 17, 42], { adapter: 'mine', maxNewTokens: 40 })
     const it = stream[Symbol.asyncIterator]()
     await it.next() // running: the engine holds the adapter
-    await rejects(() => engine.addAdapter('mine', adapterDir('attn-patterns')), 'State', /serving/)
+    await rejects(() => engine.addAdapter('mine', adapterDir('attn-patterns')), 'State', /pending requests/)
     for await (const _ of { [Symbol.asyncIterator]: () => it }) { /* drain */ }
     await engine.addAdapter('mine', adapterDir('attn-patterns'))
   } finally {
