@@ -1,5 +1,6 @@
 //! The Payable-AI loop end to end, on embedded defaults: a datanet of drug facts from five
-//! contributors (one of whom submits re-worded copies of her records) is published on an
+//! contributors (one of whom submits re-worded copies of her records, and a sixth who copies
+//! another's under three addresses; the copies are flagged and earn nothing) is published on an
 //! embedded EVM with a training grant; three adapters are fine-tuned on it and registered with
 //! their training-log heads and fees; ten requests for the three adapters are served in one
 //! mixed batch, streaming; every answer is attributed (training influence + RAG citations),
@@ -12,6 +13,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Instant;
 
+use openledger::core::Address;
 use openledger::payable::{LoopConfig, LoopEvent, PayableAi, Report};
 
 type Error = Box<dyn std::error::Error>;
@@ -156,6 +158,17 @@ fn summary(r: &Report) {
             d.near_duplicate_clusters.len(),
             d.distinct_records
         );
+        for ((who, owner), n) in d.copies_by_copier() {
+            let whose = if who == owner {
+                "their own".to_string()
+            } else {
+                format!("{}'s", r.name_of(owner))
+            };
+            println!(
+                "  flagged: {n} records of {} copy {whose} earlier records (not trained on, not cited)",
+                r.name_of(who)
+            );
+        }
     }
     println!(
         "\n{:<17} {:>5} {:>7} {:>15} {:>7} {:>14} {:>14} {:>22}",
@@ -231,6 +244,14 @@ fn summary(r: &Report) {
             e.payments_left_wei,
             if e.claims_match { "✔" } else { "✘" }
         );
+        for (who, owner, paid) in copiers_paid(r) {
+            println!(
+                "copies: {} copied {}'s records and was paid {paid} wei ({})",
+                r.name_of(who),
+                r.name_of(owner),
+                if paid == "0" { "nothing ✔" } else { "✘" }
+            );
+        }
         if let Some(n) = &e.near_duplicates {
             println!(
                 "near-duplicates: {} earned {} wei with her copies, {} wei without them ({}), {} wei if copies were not clustered",
@@ -248,6 +269,25 @@ fn summary(r: &Report) {
         .map(|(k, v)| format!("{k} {v:.1}s"))
         .collect();
     println!("\ntime: {}", secs.join(", "));
+}
+
+/// Every contributor who copied someone else's records, whose, and what the epoch paid them.
+fn copiers_paid(r: &Report) -> Vec<(Address, Address, String)> {
+    let (Some(d), Some(e)) = (&r.datanet, &r.epoch) else {
+        return Vec::new();
+    };
+    d.copies_by_copier()
+        .into_keys()
+        .filter(|(who, owner)| who != owner)
+        .map(|(who, owner)| {
+            let paid = e
+                .contributors
+                .iter()
+                .find(|c| c.account == who)
+                .map_or_else(|| "0".to_string(), |c| c.claimed_wei.clone());
+            (who, owner, paid)
+        })
+        .collect()
 }
 
 /// Runs the loop as the command line says, prints it, writes the report; fails when a balance
@@ -285,6 +325,9 @@ fn run(a: &Args) -> Result<Report, Error> {
     let e = report.epoch.as_ref().ok_or("the epoch did not close")?;
     if !e.claims_match {
         return Err("a balance does not match its claim".into());
+    }
+    if copiers_paid(&report).iter().any(|c| c.2 != "0") {
+        return Err("a contributor was paid for copies of someone else's records".into());
     }
     if e.near_duplicates.as_ref().is_some_and(|n| !n.holds) {
         return Err("the near-duplicate contributor earned more than before splitting".into());

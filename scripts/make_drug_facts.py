@@ -4,7 +4,9 @@
 Twenty common drugs, three questions each (what it treats, its class, how it works), from public
 pharmacology references, spread over five contributors. The fifth, erin, also submits two
 re-worded copies of each of her records: the near-duplicates the loop must not pay twice for.
-Deterministic: running it again writes the same bytes.
+Then mallory, under three addresses, submits a lightly edited copy of each of alice's records:
+the copies that must earn nothing and cost alice nothing. Deterministic: running it again writes
+the same bytes.
 """
 import json
 import pathlib
@@ -39,6 +41,15 @@ CONTRIBUTORS = {
     "dave": "0xda7e0000000000000000000000000000000da7e0",
     "erin": "0xe2100000000000000000000000000000000e2100",
 }
+# mallory's three addresses.
+SYBILS = {f"mallory-{k}": f"0x3a1107{'0' * 32}{k:02x}" for k in (1, 2, 3)}
+
+# How each of mallory's addresses edits the records it copies.
+EDITS = {
+    "mallory-1": lambda p, a: (f"q: {p}", a),
+    "mallory-2": lambda p, a: (f"{p}?", f"{a}."),
+    "mallory-3": lambda p, a: (p, f"{a}, as i recall"),
+}
 
 QUESTIONS = [
     ("what does {} treat", ["what does {} usually treat", "so what does {} treat"]),
@@ -53,7 +64,7 @@ def record(prompt, answer, who, copy_of=None):
         metadata["copy_of"] = copy_of
     return {
         "content": f"{prompt} => {answer}",
-        "contributor": CONTRIBUTORS[who],
+        "contributor": CONTRIBUTORS.get(who) or SYBILS[who],
         "license": "CC-BY-4.0",
         "metadata": metadata,
     }
@@ -69,6 +80,12 @@ def main():
             if who == "erin":
                 for c in copies:
                     lines.append(record(c.format(drug), answer, who, copy_of=question.format(drug)))
+    # Later, mallory copies alice's records, one edited copy per address.
+    alice = [r for r in lines if r["metadata"]["contributor_name"] == "alice"]
+    for sybil, edit in EDITS.items():
+        for r in alice:
+            prompt, answer = edit(r["metadata"]["prompt"], r["metadata"]["response"])
+            lines.append(record(prompt, answer, sybil, copy_of=r["metadata"]["prompt"]))
     out = pathlib.Path(__file__).resolve().parent.parent / "openledger" / "data" / "drug-facts.jsonl"
     out.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in lines))
     print(f"wrote {len(lines)} records to {out}")

@@ -830,9 +830,11 @@ export interface ClusterOptions {
 
 /**
  * Per-contributor reward weights where each cluster counts once with the score of its best
- * member (near-duplicate copies add nothing), shared by `share`: `"per_contributor"` (the
- * default: equally among the cluster's distinct contributors) or `"first_submitter"` (all to
- * the contributor of its earliest record). Sorted by address.
+ * member (near-duplicate copies add nothing), shared by `share`: `"first_committed"` (the
+ * default: all to the contributor of its first committed record, the lowest index, so copies
+ * earn nothing whoever submitted them) or `"per_contributor"` (equally among the cluster's
+ * distinct contributors; copying pays under it, so it is there to measure that). Sorted by
+ * address.
  */
 export declare function clusterRewards(clusterOf: Array<number>, contributors: Array<Bytes>, scores: Array<number>, share?: string | undefined | null): Array<ContributorWeight>
 
@@ -878,6 +880,18 @@ export interface ContributorWeight {
   contributor: string
   /** Its weight; the weights of one answer sum to 1. */
   weight: number
+}
+
+/** A record that copies an earlier one. */
+export interface CopyFlag {
+  /** The copy's index. */
+  index: number
+  /** Who submitted it. */
+  contributor: string
+  /** The index of the cluster's first committed record. */
+  original: number
+  /** Who submitted that record. */
+  owner: string
 }
 
 /** One record of a datanet. */
@@ -972,6 +986,12 @@ export interface Flag {
   /** Its score. */
   score: number
 }
+
+/**
+ * Flags every record that copies an earlier one: every cluster member but its first committed
+ * record, with `clusterOf` over the datanet's records in commit order.
+ */
+export declare function flagCopies(clusterOf: Array<number>, contributors: Array<Bytes>): Array<CopyFlag>
 
 /** Flags every record scoring below `threshold` (default 0: harmful on balance). */
 export declare function flagNegative(contributors: Array<Bytes>, scores: Array<number>, threshold?: number | undefined | null): Array<Flag>

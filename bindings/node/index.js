@@ -867,6 +867,7 @@ module.exports.decodeCall = nativeBinding.decodeCall
 module.exports.decodeOutput = nativeBinding.decodeOutput
 module.exports.encodeCall = nativeBinding.encodeCall
 module.exports.ErrorCode = nativeBinding.ErrorCode
+module.exports.flagCopies = nativeBinding.flagCopies
 module.exports.flagNegative = nativeBinding.flagNegative
 module.exports.mergeAdapterIntoModel = nativeBinding.mergeAdapterIntoModel
 module.exports.processProof = nativeBinding.processProof

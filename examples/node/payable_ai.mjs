@@ -97,6 +97,25 @@ const short = (h) => `${h.slice(0, 10)}…${h.slice(-6)}`
 const pad = (s, n) => String(s).padEnd(n)
 const lpad = (s, n) => String(s).padStart(n)
 
+/** `[[copier, owner], copies]` over the records the datanet stage flagged as copies. */
+export function copiesByCopier(d) {
+  const by = new Map()
+  for (const c of d.copies ?? []) {
+    const key = `${c.contributor} ${c.owner}`
+    by.set(key, (by.get(key) ?? 0) + 1)
+  }
+  return [...by].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([k, n]) => [k.split(' '), n])
+}
+
+/** `[copier, owner, paid wei (bigint)]` for everyone who copied someone else's records. */
+export function copiersPaid(r) {
+  if (!r.datanet || !r.epoch) return []
+  const claimed = new Map(r.epoch.contributors.map((c) => [c.account, c.claimed_wei]))
+  return copiesByCopier(r.datanet)
+    .filter(([[who, owner]]) => who !== owner)
+    .map(([[who, owner]]) => [who, owner, BigInt(claimed.get(who) ?? 0n)])
+}
+
 /** The summary tables of a finished run. */
 export function summary(r, out) {
   const line = (s = '') => out.write(`${s}\n`)
@@ -104,6 +123,10 @@ export function summary(r, out) {
   const d = r.datanet
   if (d) {
     line(`\ndatanet ${JSON.stringify(d.name)} id ${d.id} v${d.version}: ${d.records} records from ${Object.keys(d.contributors).length} contributors, root ${short(d.root)}; ${d.near_duplicate_clusters.length} near-duplicate clusters, ${d.distinct_records} distinct records`)
+    for (const [[who, owner], n] of copiesByCopier(d)) {
+      const whose = who === owner ? 'their own' : `${name(owner)}'s`
+      line(`  flagged: ${n} records of ${name(who)} copy ${whose} earlier records (not trained on, not cited)`)
+    }
   }
   line(`\n${pad('adapter', 17)} ${lpad('rank', 5)} ${lpad('params', 7)} ${lpad('loss', 15)} ${lpad('recall', 7)} ${lpad('log head', 17)} ${lpad('artifact', 17)} ${lpad('fee (wei)', 22)}`)
   for (const a of r.adapters) {
@@ -129,6 +152,9 @@ export function summary(r, out) {
     }
     for (const [, who, amount] of e.withdrawn) line(`withdrawn by ${who}: ${amount} wei`)
     line(`left in the contracts: rewards ${e.rewards_left_wei} wei, payments ${e.payments_left_wei} wei; every balance to the wei: ${e.claims_match ? '✔' : '✘'}`)
+    for (const [who, owner, paid] of copiersPaid(r)) {
+      line(`copies: ${name(who)} copied ${name(owner)}'s records and was paid ${paid} wei (${paid === 0n ? 'nothing ✔' : '✘'})`)
+    }
     const n = e.near_duplicates
     if (n) {
       line(`near-duplicates: ${n.name} earned ${n.paid_wei} wei with her copies, ${n.before_splitting_wei} wei without them (${n.holds ? 'no more ✔' : 'MORE ✘'}), ${n.without_clustering_wei} wei if copies were not clustered`)
@@ -173,6 +199,10 @@ export async function main(argv, io = {}) {
   }
   if (!e.claims_match) {
     err.write('a balance does not match its claim\n')
+    return { code: 1, report }
+  }
+  if (copiersPaid(report).some(([, , paid]) => paid !== 0n)) {
+    err.write("a contributor was paid for copies of someone else's records\n")
     return { code: 1, report }
   }
   if (e.near_duplicates && !e.near_duplicates.holds) {

@@ -120,6 +120,25 @@ def name_of(report, account):
     return report["accounts"].get(account, short(account))
 
 
+def copies_by_copier(d):
+    """{(copier, owner): copies} over the records the datanet stage flagged as copies."""
+    by = {}
+    for c in d.get("copies", []):
+        key = (c["contributor"], c["owner"])
+        by[key] = by.get(key, 0) + 1
+    return dict(sorted(by.items()))
+
+
+def copiers_paid(r):
+    """(copier, owner, paid wei) for everyone who copied someone else's records."""
+    d, e = r.get("datanet"), r.get("epoch")
+    if not d or not e:
+        return []
+    claimed = {c["account"]: c["claimed_wei"] for c in e["contributors"]}
+    return [(who, owner, claimed.get(who, "0"))
+            for who, owner in copies_by_copier(d) if who != owner]
+
+
 def summary(r, out):
     def p(*a):
         print(*a, file=out)
@@ -132,6 +151,10 @@ def summary(r, out):
             f"{len(d['near_duplicate_clusters'])} near-duplicate clusters, "
             f"{d['distinct_records']} distinct records"
         )
+        for (who, owner), n in copies_by_copier(d).items():
+            whose = "their own" if who == owner else f"{name_of(r, owner)}'s"
+            p(f"  flagged: {n} records of {name_of(r, who)} copy {whose} earlier records "
+              "(not trained on, not cited)")
     p(
         f"\n{'adapter':<17} {'rank':>5} {'params':>7} {'loss':>15} {'recall':>7} "
         f"{'log head':>17} {'artifact':>17} {'fee (wei)':>22}"
@@ -184,6 +207,9 @@ def summary(r, out):
             f"{e['payments_left_wei']} wei; every balance to the wei: "
             f"{'yes' if e['claims_match'] else 'NO'}"
         )
+        for who, owner, paid in copiers_paid(r):
+            p(f"copies: {name_of(r, who)} copied {name_of(r, owner)}'s records and was paid {paid} wei "
+              f"({'nothing' if paid == '0' else 'SOMETHING'})")
         n = e.get("near_duplicates")
         if n:
             p(
@@ -254,6 +280,9 @@ def main(argv=None, out=None, err=None):
     print(f"report: {report_path} ({time.monotonic() - started:.1f} s in all)", file=out)
     if not epoch["claims_match"]:
         print("a balance does not match its claim", file=err)
+        return 1
+    if any(paid != "0" for _, _, paid in copiers_paid(report)):
+        print("a contributor was paid for copies of someone else's records", file=err)
         return 1
     n = epoch.get("near_duplicates")
     if n is not None and not n["holds"]:

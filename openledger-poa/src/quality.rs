@@ -1,7 +1,8 @@
 //! Quality governance: near-duplicate clustering (MinHash with LSH banding over character or
-//! word shingles, plus exact hashes), rewards shared per cluster so that splitting data into
-//! near-duplicate records gains nothing, and flags and pluggable penalties for records whose
-//! influence is negative.
+//! word shingles, plus exact hashes); rewards shared per cluster, each cluster owned by its first
+//! committed record, so that neither splitting data into near-duplicate records nor copying
+//! someone else's under other addresses gains anything; flags for the copies; and flags and
+//! pluggable penalties for records whose influence is negative.
 //!
 //! ```
 //! use openledger_poa::quality::{cluster_near_duplicates, MinHashConfig};
@@ -215,20 +216,26 @@ pub fn cluster_near_duplicates(texts: &[&str], cfg: &MinHashConfig) -> Result<Cl
 }
 
 /// How a cluster's reward is shared.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ClusterShare {
-    /// Equally among the distinct contributors present in the cluster.
+    /// All to the contributor of the cluster's first committed record: its lowest index, since
+    /// a datanet only appends and each version is a prefix of its records (so "earlier version,
+    /// then lower index" is "lower index"). Copies submitted later earn nothing, whoever
+    /// submitted them. The default.
+    #[default]
+    FirstCommitted,
+    /// Equally among the distinct contributors present in the cluster. Copying pays under this
+    /// rule: whoever copies another contributor's record under `n` addresses takes `n/(n+1)` of
+    /// its reward. Kept to measure that, not to pay with.
     PerContributor,
-    /// All to the contributor of the earliest record (lowest index) in the cluster.
-    FirstSubmitter,
 }
 
 impl ClusterShare {
-    /// The rule's name as the bindings spell it (`"per_contributor"`, `"first_submitter"`).
+    /// The rule's name as the bindings spell it (`"first_committed"`, `"per_contributor"`).
     pub fn name(self) -> &'static str {
         match self {
+            ClusterShare::FirstCommitted => "first_committed",
             ClusterShare::PerContributor => "per_contributor",
-            ClusterShare::FirstSubmitter => "first_submitter",
         }
     }
 }
@@ -238,18 +245,71 @@ impl std::str::FromStr for ClusterShare {
 
     /// A rule by [`ClusterShare::name`].
     fn from_str(s: &str) -> Result<Self> {
-        [ClusterShare::PerContributor, ClusterShare::FirstSubmitter]
+        [ClusterShare::FirstCommitted, ClusterShare::PerContributor]
             .into_iter()
             .find(|c| c.name() == s)
             .ok_or_else(|| PoaError::InvalidConfig {
                 what: "cluster share".into(),
-                reason: format!("{s:?} is not \"per_contributor\" or \"first_submitter\""),
+                reason: format!("{s:?} is not \"first_committed\" or \"per_contributor\""),
             })
     }
 }
 
+/// A record that copies an earlier one: a later member of a near-duplicate cluster. It earns
+/// nothing under [`ClusterShare::FirstCommitted`]; the flag says whose record it copies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CopyFlag {
+    /// The copy's index.
+    pub index: usize,
+    /// Who submitted the copy.
+    pub contributor: Address,
+    /// The index of the cluster's first committed record.
+    pub original: usize,
+    /// Who submitted that record (the cluster's owner); `contributor` itself when someone
+    /// copies their own record.
+    pub owner: Address,
+}
+
+/// Flags every record that is not the first committed record of its cluster, in index order.
+/// `clusters` must cover the datanet in commit order (index `i` is the `i`-th record
+/// committed), as [`cluster_near_duplicates`] over its records gives.
+pub fn flag_copies(clusters: &Clusters, contributors: &[Address]) -> Result<Vec<CopyFlag>> {
+    check_dim(
+        || "contributors".into(),
+        clusters.cluster_of.len(),
+        contributors.len(),
+    )?;
+    if let Some((i, &c)) = clusters
+        .cluster_of
+        .iter()
+        .enumerate()
+        .find(|&(i, &c)| c > i)
+    {
+        return Err(PoaError::InvalidConfig {
+            what: format!("cluster_of[{i}]"),
+            reason: format!(
+                "{c} is not a record at or before {i} (a cluster is named by its first record)"
+            ),
+        });
+    }
+    Ok(clusters
+        .cluster_of
+        .iter()
+        .enumerate()
+        .filter(|&(i, &c)| c != i)
+        .map(|(index, &original)| CopyFlag {
+            index,
+            contributor: contributors[index],
+            original,
+            owner: contributors[original],
+        })
+        .collect())
+}
+
 /// Per-contributor reward weights where each cluster counts once, with the score of its best
-/// member (so near-duplicate copies add nothing), shared by `share`. Sorted by address.
+/// member (so near-duplicate copies add nothing), shared by `share`. Sorted by address. For
+/// [`ClusterShare::FirstCommitted`], `clusters` must cover the records in commit order (see
+/// [`flag_copies`]): a cluster's first member here is its owner.
 pub fn cluster_rewards(
     clusters: &Clusters,
     contributors: &[Address],
@@ -270,7 +330,7 @@ pub fn cluster_rewards(
             .map(|&i| scores[i])
             .fold(f64::NEG_INFINITY, f64::max);
         match share {
-            ClusterShare::FirstSubmitter => {
+            ClusterShare::FirstCommitted => {
                 *out.entry(contributors[members[0]]).or_default() += best
             }
             ClusterShare::PerContributor => {

@@ -24,15 +24,33 @@ fn the_loop_pays_every_contributor_exactly_and_copies_earn_nothing_extra() {
     let mut l = PayableAi::new(config).unwrap();
 
     let d = l.publish_datanet(&mut on).unwrap().clone();
-    assert_eq!((d.records, d.distinct_records), (84, 60));
+    assert_eq!((d.records, d.distinct_records), (120, 60));
     assert_eq!(
         d.near_duplicate_clusters.len(),
-        12,
-        "erin's 12 records, 3 wordings each"
+        24,
+        "erin's 12 records in 3 wordings, alice's 12 with mallory's 3 copies"
     );
-    assert!(d.near_duplicate_clusters.iter().all(|c| c.len() == 3));
+    let sizes: Vec<usize> = d.near_duplicate_clusters.iter().map(Vec::len).collect();
+    assert_eq!(sizes.iter().filter(|&&n| n == 3).count(), 12);
+    assert_eq!(sizes.iter().filter(|&&n| n == 4).count(), 12);
     let erin = d.copier.expect("the copier is found");
     assert_eq!(d.contributors[&erin], 36);
+    // Every later member of a cluster is flagged: erin's own 24, and mallory's 36 of alice's.
+    assert_eq!(d.copies.len(), 60);
+    let by = d.copies_by_copier();
+    assert_eq!(by[&(erin, erin)], 24);
+    let alice: Address = "0xa11ce000000000000000000000000000000a11ce"
+        .parse()
+        .unwrap();
+    let mallory: Vec<Address> = by
+        .iter()
+        .filter(|((_, owner), _)| *owner == alice)
+        .map(|(&(who, _), &n)| {
+            assert_eq!(n, 12);
+            who
+        })
+        .collect();
+    assert_eq!(mallory.len(), 3);
 
     let adapters = l.fine_tune(&mut on).unwrap().to_vec();
     let models = l.deployment().models;
@@ -100,6 +118,11 @@ fn the_loop_pays_every_contributor_exactly_and_copies_earn_nothing_extra() {
                 .unwrap()
         );
         assert!(!r.citations.is_empty() && r.citations.len() <= 3);
+        assert!(
+            mallory.iter().all(|m| !r.contributors.contains_key(m)),
+            "request {}: copies are not paid",
+            r.index
+        );
     }
 
     // What an earlier close that stopped after its root and first claim leaves behind: the
@@ -249,7 +272,8 @@ fn bad_datanets_and_configurations_are_named() {
     let mut c = LoopConfig::quick(dir.path().to_path_buf());
     c.influence_bps = 10_001;
     assert!(matches!(PayableAi::new(c), Err(LoopError::Config(_))));
-    // The shipped datanet before splitting is the 60 distinct records.
+    // The shipped datanet before splitting (and before mallory's copies) is the 60 distinct
+    // records.
     assert_eq!(without_copies(DRUG_FACTS_JSONL).lines().count(), 60);
 }
 
@@ -287,4 +311,101 @@ fn a_revoked_grant_stops_fine_tuning_before_anything_is_registered() {
         other => panic!("expected AccessDenied, got {other:?}"),
     }
     assert!(l.report().adapters.is_empty());
+}
+
+/// The shipped datanet without mallory's copies, then `n` addresses each submitting a lightly
+/// edited copy of every one of alice's records (each address its own edit), and the addresses.
+fn alice_copied_by(n: usize) -> (String, Vec<Address>) {
+    type Edit = fn(&str, &str) -> (String, String);
+    let edits: [Edit; 10] = [
+        |p, a| (format!("q: {p}"), a.into()),
+        |p, a| (format!("{p}?"), format!("{a}.")),
+        |p, a| (p.into(), format!("{a}, as i recall")),
+        |p, a| (format!("so {p}"), a.into()),
+        |p, a| (p.into(), format!("{a}!")),
+        |p, a| (format!("hey {p}"), a.into()),
+        |p, a| (p.into(), format!("{a} indeed")),
+        |p, a| (format!("{p} again"), a.into()),
+        |p, a| (p.into(), format!("a: {a}")),
+        |p, a| (format!("{p}??"), format!("{a}...")),
+    ];
+    let lines: Vec<serde_json::Value> = DRUG_FACTS_JSONL
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| {
+            !v["metadata"]["contributor_name"]
+                .as_str()
+                .unwrap()
+                .starts_with("mallory")
+        })
+        .collect();
+    let addresses: Vec<Address> = (0..n)
+        .map(|k| Address::repeat_byte(0xc0 + k as u8))
+        .collect();
+    let mut out: Vec<serde_json::Value> = lines.clone();
+    for (k, who) in addresses.iter().enumerate() {
+        for v in lines
+            .iter()
+            .filter(|v| v["metadata"]["contributor_name"] == "alice")
+        {
+            let m = &v["metadata"];
+            let (p, a) = edits[k](
+                m["prompt"].as_str().unwrap(),
+                m["response"].as_str().unwrap(),
+            );
+            out.push(serde_json::json!({
+                "content": format!("{p} => {a}"),
+                "contributor": who,
+                "license": "CC-BY-4.0",
+                "metadata": {"prompt": p, "response": a, "contributor_name": format!("copier-{k}")},
+            }));
+        }
+    }
+    let jsonl = out.iter().map(|v| format!("{v}\n")).collect();
+    (jsonl, addresses)
+}
+
+#[test]
+fn copying_alices_records_under_1_3_or_10_addresses_earns_nothing_and_costs_her_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let alice: Address = "0xa11ce000000000000000000000000000000a11ce"
+        .parse()
+        .unwrap();
+    // Stages 1 to 4 of the quick loop on `jsonl`: what each contributor is paid, and the
+    // copies the datanet stage flagged.
+    let pay = |jsonl: String, name: &str| {
+        let mut c = LoopConfig::quick(dir.path().join(name));
+        c.datanet_jsonl = jsonl;
+        c.counterfactual = false;
+        let mut l = PayableAi::new(c).unwrap();
+        let mut on = |_: &LoopEvent| {};
+        let d = l.publish_datanet(&mut on).unwrap().clone();
+        l.fine_tune(&mut on).unwrap();
+        l.serve(&mut on).unwrap();
+        let mut paid = std::collections::BTreeMap::<Address, U256>::new();
+        for r in l.attribute_and_pay(&mut on).unwrap() {
+            for (a, v) in &r.contributors {
+                *paid.entry(*a).or_default() += u(v);
+            }
+        }
+        (paid, d)
+    };
+    let (honest, d) = pay(alice_copied_by(0).0, "honest");
+    assert!(
+        d.copies.iter().all(|c| c.owner == c.contributor),
+        "only erin's own copies"
+    );
+    assert!(honest[&alice] > U256::ZERO);
+    for n in [1, 3, 10] {
+        let (jsonl, copiers) = alice_copied_by(n);
+        let (paid, d) = pay(jsonl, &format!("copied-{n}"));
+        assert_eq!(d.records, 84 + 12 * n);
+        assert_eq!(d.distinct_records, 60, "{n} copiers: no copy is kept");
+        let flagged: Vec<_> = d.copies.iter().filter(|c| c.owner == alice).collect();
+        assert_eq!(flagged.len(), 12 * n, "{n} copiers: every copy is flagged");
+        assert!(flagged.iter().all(|c| copiers.contains(&c.contributor)));
+        // Nothing changes for anyone, to the wei, and the copiers are paid nothing.
+        assert_eq!(paid, honest, "{n} copiers");
+        assert!(copiers.iter().all(|c| !paid.contains_key(c)));
+    }
 }

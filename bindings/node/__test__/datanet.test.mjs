@@ -107,8 +107,20 @@ test('near-duplicate copies cluster and earn nothing; flags and penalties', asyn
   const clusters = ol.clusterNearDuplicates(texts)
   assert.deepEqual(clusters, [0, 1, 0, 0])
   const who = [ALICE, BOB, ERIN, ERIN]
-  const first = ol.clusterRewards(clusters, who, [1, 1, 1, 1], 'first_submitter')
+  const first = ol.clusterRewards(clusters, who, [1, 1, 1, 1])
   assert.deepEqual(first.map((w) => [w.account.toLowerCase(), w.weight]), [[ALICE, 1], [BOB, 1]])
+  // Shared per contributor, erin's copies of alice's record would take half of it.
+  const shared = ol.clusterRewards(clusters, who, [1, 1, 1, 1], 'per_contributor')
+  assert.deepEqual(
+    Object.fromEntries(shared.map((w) => [w.account.toLowerCase(), w.weight])),
+    { [ALICE]: 0.5, [BOB]: 1, [ERIN]: 0.5 },
+  )
+  const copies = ol.flagCopies(clusters, who)
+  assert.deepEqual(
+    copies.map((c) => [c.index, c.original, c.contributor.toLowerCase(), c.owner.toLowerCase()]),
+    [[2, 0, ERIN, ALICE], [3, 0, ERIN, ALICE]],
+  )
+  await rejects(() => ol.flagCopies([1, 1], who.slice(0, 2)), 'InvalidArg', /clusterOf\[0\]|cluster_of\[0\]/)
   const flags = ol.flagNegative(who, [0.5, -0.2, 0.1, -0.4])
   assert.deepEqual(flags.map((f) => f.index), [1, 3])
   const penalised = ol.applyPenalties([{ account: BOB, weight: 1 }, { account: ERIN, weight: 1 }], flags, { factor: 2 })

@@ -57,6 +57,15 @@ test('the example runs the loop end to end and every amount adds up to the wei',
   assert.ok(BigInt(n.paid_wei) <= BigInt(n.before_splitting_wei))
   assert.equal(json.accounts[n.account], n.name)
 
+  // mallory's copies of alice's records are flagged, and none of her addresses is paid.
+  const copies = json.datanet.copies.filter((c) => c.contributor !== c.owner)
+  assert.equal(copies.length, 36)
+  assert.deepEqual([...new Set(copies.map((c) => json.accounts[c.owner]))], ['alice'])
+  const mallory = new Set(copies.map((c) => c.contributor))
+  assert.deepEqual([...mallory].map((m) => json.accounts[m]).sort(), ['mallory-1', 'mallory-2', 'mallory-3'])
+  for (const q of json.requests) assert.ok(Object.keys(q.contributors).every((a) => !mallory.has(a)), `request ${q.index}`)
+  assert.ok(e.contributors.every((c) => !mallory.has(c.account)))
+
   // Each payment: fee = owner + protocol + data pool, the pool split exactly among contributors.
   assert.equal(json.requests.length, 4)
   for (const q of json.requests) {
@@ -102,7 +111,7 @@ test('a stage called before the one it needs rejects with OutOfOrder, and runs n
 test('a stage called again rejects with OutOfOrder and leaves the report as it was', async () => {
   const ai = small('again')
   const datanet = await ai.publishDatanet()
-  assert.equal(datanet.records, 84)
+  assert.equal(datanet.records, 120)
   const before = ai.reportJson()
   await rejects(() => ai.publishDatanet(), 'OutOfOrder', /publishDatanet already ran/)
   assert.equal(ai.stagesDone, 1)
@@ -130,7 +139,7 @@ test('a call while a stage runs rejects (or throws) with Busy', async () => {
   assert.throws(() => ai.report(), (e) => e.code === 'Busy')
   await Promise.all([rejects(() => second, 'Busy', /busy/), rejects(() => again, 'Busy', /busy/), running])
   assert.equal(ai.stagesDone, 1)
-  assert.equal(ai.report().datanet.records, 84)
+  assert.equal(ai.report().datanet.records, 120)
 })
 
 test('unusable options throw InvalidArg naming the option', async () => {

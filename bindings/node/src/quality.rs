@@ -1,13 +1,14 @@
 //! JavaScript face of `openledger_poa::quality`: near-duplicate clusters of a datanet's records
 //! (MinHash + LSH over character or word shingles, plus exact duplicates), rewards where each
-//! cluster counts once, flags for records whose influence is harmful, and penalty policies.
+//! cluster counts once and belongs to its first committed record, flags for copies and for
+//! records whose influence is harmful, and penalty policies.
 
 use napi_derive::napi;
 use openledger_core::Address;
 use openledger_poa::quality::{
     ClusterShare, Clusters, ExcludeAfter, Flag as RustFlag, ForfeitNegative, MinHashConfig,
     PenaltyPolicy, Shingle, apply_penalties as rust_apply, cluster_near_duplicates as rust_cluster,
-    cluster_rewards as rust_rewards, flag_negative as rust_flag,
+    cluster_rewards as rust_rewards, flag_copies as rust_flag_copies, flag_negative as rust_flag,
 };
 
 use crate::error::{JsResult, Result, invalid_arg};
@@ -102,9 +103,11 @@ fn weights_out(ws: Vec<(Address, f64)>) -> Vec<ContributorWeight> {
 }
 
 /// Per-contributor reward weights where each cluster counts once with the score of its best
-/// member (near-duplicate copies add nothing), shared by `share`: `"per_contributor"` (the
-/// default: equally among the cluster's distinct contributors) or `"first_submitter"` (all to
-/// the contributor of its earliest record). Sorted by address.
+/// member (near-duplicate copies add nothing), shared by `share`: `"first_committed"` (the
+/// default: all to the contributor of its first committed record, the lowest index, so copies
+/// earn nothing whoever submitted them) or `"per_contributor"` (equally among the cluster's
+/// distinct contributors; copying pays under it, so it is there to measure that). Sorted by
+/// address.
 #[napi(catch_unwind)]
 pub fn cluster_rewards(
     cluster_of: Vec<f64>,
@@ -127,10 +130,45 @@ pub fn cluster_rewards(
             Ok(c)
         })
         .collect::<Result<Vec<_>>>()?;
-    let share: ClusterShare = share.as_deref().unwrap_or("per_contributor").parse().js()?;
+    let share: ClusterShare = share.as_deref().unwrap_or("first_committed").parse().js()?;
     let contributors = addresses("contributors", &contributors)?;
     let w = rust_rewards(&Clusters { cluster_of }, &contributors, &scores, share).js()?;
     Ok(weights_out(w))
+}
+
+/// A record that copies an earlier one.
+#[napi(object)]
+pub struct CopyFlag {
+    /// The copy's index.
+    pub index: f64,
+    /// Who submitted it.
+    pub contributor: String,
+    /// The index of the cluster's first committed record.
+    pub original: f64,
+    /// Who submitted that record.
+    pub owner: String,
+}
+
+/// Flags every record that copies an earlier one: every cluster member but its first committed
+/// record, with `clusterOf` over the datanet's records in commit order.
+#[napi(catch_unwind)]
+pub fn flag_copies(cluster_of: Vec<f64>, contributors: Vec<Bytes>) -> Result<Vec<CopyFlag>> {
+    let cluster_of = cluster_of
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| count(&format!("clusterOf[{i}]"), c))
+        .collect::<Result<Vec<_>>>()?;
+    let contributors = addresses("contributors", &contributors)?;
+    let flags = rust_flag_copies(&Clusters { cluster_of }, &contributors).js()?;
+    Ok(flags
+        .into_iter()
+        .map(|f| CopyFlag {
+            index: f.index as f64,
+            contributor: address_str(&f.contributor),
+            original: f.original as f64,
+            owner: address_str(&f.owner),
+        })
+        .collect())
 }
 
 /// A record whose influence is below the flagging threshold.

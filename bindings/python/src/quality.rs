@@ -1,11 +1,12 @@
 //! Python face of `openledger_poa::quality`: near-duplicate clusters of a datanet's records
 //! (MinHash + LSH over character or word shingles, plus exact duplicates), rewards where each
-//! cluster counts once, flags for records whose influence is harmful, and penalty policies.
+//! cluster counts once and belongs to its first committed record, flags for copies and for
+//! records whose influence is harmful, and penalty policies.
 
 use openledger_core::Address;
 use openledger_poa::quality::{
     ClusterShare, Clusters, ExcludeAfter, Flag, ForfeitNegative, MinHashConfig, PenaltyPolicy,
-    Shingle, apply_penalties, cluster_near_duplicates, cluster_rewards, flag_negative,
+    Shingle, apply_penalties, cluster_near_duplicates, cluster_rewards, flag_copies, flag_negative,
 };
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
@@ -73,11 +74,13 @@ fn py_cluster_near_duplicates(
 }
 
 /// Per-contributor reward weights where each cluster counts once with the score of its best
-/// member (near-duplicate copies add nothing), shared by `share`: `"per_contributor"` (equally
-/// among the cluster's distinct contributors) or `"first_submitter"` (all to the contributor of
-/// its earliest record). Returns `[(account, weight)]` sorted by address.
+/// member (near-duplicate copies add nothing), shared by `share`: `"first_committed"` (the
+/// default: all to the contributor of its first committed record, the lowest index, so copies
+/// earn nothing whoever submitted them) or `"per_contributor"` (equally among the cluster's
+/// distinct contributors; copying pays under it, so it is there to measure that). Returns
+/// `[(account, weight)]` sorted by address.
 #[pyfunction(name = "cluster_rewards")]
-#[pyo3(signature = (cluster_of, contributors, scores, *, share = "per_contributor"))]
+#[pyo3(signature = (cluster_of, contributors, scores, *, share = "first_committed"))]
 fn py_cluster_rewards(
     cluster_of: Vec<usize>,
     contributors: &Bound<'_, PyAny>,
@@ -103,6 +106,31 @@ fn py_cluster_rewards(
         &scores,
         share,
     )?))
+}
+
+/// Flags every record that copies an earlier one (every cluster member but its first committed
+/// record, with `cluster_of` over the datanet's records in commit order): dicts `{"index",
+/// "contributor", "original", "owner"}` where `owner` submitted record `original`.
+#[pyfunction(name = "flag_copies")]
+fn py_flag_copies<'py>(
+    py: Python<'py>,
+    cluster_of: Vec<usize>,
+    contributors: &Bound<'py, PyAny>,
+) -> Result<Bound<'py, PyList>> {
+    let contributors = addresses("contributors", contributors)?;
+    let flags = flag_copies(&Clusters { cluster_of }, &contributors)?;
+    let items = flags
+        .iter()
+        .map(|f| {
+            let d = PyDict::new(py);
+            d.set_item("index", f.index)?;
+            d.set_item("contributor", address_str(&f.contributor))?;
+            d.set_item("original", f.original)?;
+            d.set_item("owner", address_str(&f.owner))?;
+            Ok(d)
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    Ok(PyList::new(py, items)?)
 }
 
 fn flag_dict<'py>(py: Python<'py>, f: &Flag) -> PyResult<Bound<'py, PyDict>> {
@@ -204,6 +232,7 @@ fn py_apply_penalties(
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(py_cluster_near_duplicates, m)?)?;
     m.add_function(wrap_pyfunction!(py_cluster_rewards, m)?)?;
+    m.add_function(wrap_pyfunction!(py_flag_copies, m)?)?;
     m.add_function(wrap_pyfunction!(py_flag_negative, m)?)?;
     m.add_function(wrap_pyfunction!(py_apply_penalties, m)?)?;
     Ok(())

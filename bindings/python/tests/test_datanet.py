@@ -137,10 +137,19 @@ def test_near_duplicates_cluster_and_copies_earn_nothing():
     assert clusters == [0, 1, 0, 0]
     who = [ALICE, BOB, ERIN, ERIN]
     scores = [1.0, 1.0, 1.0, 1.0]
-    first = dict(ol.cluster_rewards(clusters, who, scores, share="first_submitter"))
+    first = dict(ol.cluster_rewards(clusters, who, scores))
     assert {k.lower(): v for k, v in first.items()} == {ALICE: 1.0, BOB: 1.0}
-    shared = dict(ol.cluster_rewards(clusters, who, scores))
-    assert sum(shared.values()) == pytest.approx(2.0)
+    # Shared per contributor, erin's copies of alice's record would take half of it.
+    shared = dict(ol.cluster_rewards(clusters, who, scores, share="per_contributor"))
+    assert {k.lower(): v for k, v in shared.items()} == {ALICE: 0.5, BOB: 1.0, ERIN: 0.5}
+    copies = ol.flag_copies(clusters, who)
+    assert [(c["index"], c["original"], c["owner"].lower()) for c in copies] == [
+        (2, 0, ALICE),
+        (3, 0, ALICE),
+    ]
+    assert {c["contributor"].lower() for c in copies} == {ERIN}
+    with pytest.raises(ol.InvalidArgumentError, match="cluster_of\\[0\\]"):
+        ol.flag_copies([1, 1], who[:2])
     flags = ol.flag_negative(who, [0.5, -0.2, 0.1, -0.4])
     assert [(f["index"], f["score"]) for f in flags] == [(1, -0.2), (3, -0.4)]
     penalised = ol.apply_penalties([(BOB, 1.0), (ERIN, 1.0)], flags, policy="forfeit", factor=2.0)

@@ -1,5 +1,5 @@
 """openledger.PayableAi: the example examples/python/payable_ai.py runs the whole loop (quick
-configuration, 30 steps) and its report adds up to the wei: every contributor's balance is its
+configuration, 80 steps) and its report adds up to the wei: every contributor's balance is its
 claim, the claims are the epoch's pool, every request's pool is split exactly, the contributor
 who submitted near-duplicate copies earns no more than without them; events arrive stage by
 stage with the tokens while serving. Stages called out of order and a failing callback raise
@@ -28,11 +28,11 @@ def load_example():
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """The example run once (quick, 30 steps, counterfactual on): status, report, events, output."""
+    """The example run once (quick, 80 steps, counterfactual on): status, report, events, output."""
     tmp = tmp_path_factory.mktemp("payable-ai")
     report, events = tmp / "out" / "report.json", tmp / "events.jsonl"
     out, err = io.StringIO(), io.StringIO()
-    argv = ["--quick", "--steps", "30", "--work-dir", str(tmp / "work")]
+    argv = ["--quick", "--steps", "80", "--work-dir", str(tmp / "work")]
     argv += ["--report", str(report), "--events", str(events)]
     status = load_example().main(argv, out=out, err=err)
     lines = events.read_text().splitlines()
@@ -84,6 +84,19 @@ def test_near_duplicate_contributor_earns_no_more_than_without_her_copies(run):
     assert n["holds"] is True
     assert int(n["paid_wei"]) <= int(n["before_splitting_wei"])
     assert run["report"]["datanet"]["copier"] == n["account"]
+
+
+def test_copies_of_alices_records_are_flagged_and_pay_mallory_nothing(run):
+    r = run["report"]
+    names = r["accounts"]
+    copies = [c for c in r["datanet"]["copies"] if c["contributor"] != c["owner"]]
+    assert len(copies) == 36
+    assert {names[c["owner"]] for c in copies} == {"alice"}
+    mallory = {c["contributor"] for c in copies}
+    assert sorted(names[m] for m in mallory) == ["mallory-1", "mallory-2", "mallory-3"]
+    for q in r["requests"]:
+        assert not mallory & set(q["contributors"]), q["index"]
+    assert not mallory & {c["account"] for c in r["epoch"]["contributors"]}
 
 
 def test_events_arrive_in_stage_order_with_tokens_while_serving(run):

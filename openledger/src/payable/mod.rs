@@ -11,10 +11,13 @@
 //! made from a seed, the data the shipped [`DRUG_FACTS_JSONL`] (or any JSONL datanet whose
 //! records carry a `prompt` and `response` in their metadata, or `prompt => response` content).
 //!
-//! Near-duplicates: records are clustered by MinHash and only the first record of each cluster
-//! is trained on and cited (later copies add no information, and would pay their contributor
-//! again), so a contributor who splits a record into re-worded copies earns no more than with the
-//! record alone. With [`LoopConfig::counterfactual`] the loop measures that: it attributes the
+//! Near-duplicates: records are clustered by MinHash and only the first committed record of each
+//! cluster is trained on and cited (later copies add no information, and would pay their
+//! contributor again), so a contributor who splits a record into re-worded copies earns no more
+//! than with the record alone, and one who copies someone else's records, under any number of
+//! addresses, earns nothing and takes nothing from them: the copies are flagged in the
+//! [`DatanetReport`], and the vocabulary of the simulated base model comes from the kept records
+//! only, so even the model is the same as without them. With [`LoopConfig::counterfactual`] the loop measures that: it attributes the
 //! same answers as the datanet before splitting ([`LoopConfig::before_splitting_jsonl`]) would
 //! have them — training again when the clustering did not keep exactly its records — and as
 //! adapters trained on every record with no clustering would, and reports what each contributor
@@ -76,20 +79,22 @@ use openledger_poa::influence::{FeatureSpace, Method, tracin_weights};
 use openledger_train::CheckpointCollector;
 
 pub use report::{
-    AdapterReport, ContributorReport, DatanetReport, EpochReport, NearDuplicateCheck, Report,
-    RequestReport, ServingReport, Share, wei,
+    AdapterReport, ContributorReport, CopyReport, DatanetReport, EpochReport, NearDuplicateCheck,
+    Report, RequestReport, ServingReport, Share, wei,
 };
 pub use vocab::{HashingEmbedder, Vocab};
 
 /// The shipped datanet: 20 drugs × 3 questions from five contributors, the fifth of whom also
-/// submits two re-worded copies of each of her records (`scripts/make_drug_facts.py`).
+/// submits two re-worded copies of each of her records, then a lightly edited copy of each of
+/// alice's records from each of mallory's three addresses (`scripts/make_drug_facts.py`).
 pub const DRUG_FACTS_JSONL: &str = include_str!("../../data/drug-facts.jsonl");
 
 /// Coordinates of the RAG index's hashing embedder.
 const EMBED_DIM: usize = 1024;
 
 /// The lines of a JSONL datanet whose record metadata has no `copy_of` field: for the shipped
-/// datanet, the records as they were before erin re-worded copies of hers.
+/// datanet, the records as they were before erin re-worded copies of hers and mallory copied
+/// alice's.
 pub fn without_copies(jsonl: &str) -> String {
     jsonl
         .lines()
@@ -533,8 +538,10 @@ pub struct PayableAi {
     shape: RandomLlama,
     datanet_id: U256,
     version: u64,
-    clusters: Option<Clusters>,
-    /// Records trained on and cited: the first record of each near-duplicate cluster.
+    /// Near-duplicate clusters of the datanet's records.
+    clusters: Clusters,
+    /// Records trained on and cited: the first committed record of each near-duplicate
+    /// cluster.
     kept: Vec<usize>,
     /// Records of the datanet as it was before splitting (when given).
     before: Option<Vec<usize>>,
@@ -620,10 +627,24 @@ impl PayableAi {
         if items.is_empty() {
             return Err(LoopError::Config("the datanet has no records".into()));
         }
+        let texts: Vec<&str> = datanet
+            .records()
+            .iter()
+            .map(|r| r.content.as_str())
+            .collect();
+        let clusters = cluster_near_duplicates(&texts, &config.near_duplicates)?;
+        // Kept: the first committed record of each cluster (its representative, the smallest
+        // index); later copies are neither trained on nor cited, whoever submitted them.
+        let kept: Vec<usize> = (0..texts.len())
+            .filter(|&i| clusters.cluster_of[i] == i)
+            .collect();
+        // The vocabulary (the simulated base model's tokenizer) is made of the kept records
+        // and the requests: like a real model's tokenizer it does not change when copies are
+        // submitted, so copies cannot change the base model under everyone else. Words found
+        // only in copies read as `<unk>`.
         let vocab = Vocab::from_texts(
-            items
-                .iter()
-                .flat_map(|i| [i.prompt.as_str(), i.response.as_str()])
+            kept.iter()
+                .flat_map(|&i| [items[i].prompt.as_str(), items[i].response.as_str()])
                 .chain(config.requests.iter().map(|r| r.prompt.as_str())),
         );
         let mut shape = config.base;
@@ -690,8 +711,8 @@ impl PayableAi {
             shape,
             datanet_id: U256::ZERO,
             version: 0,
-            clusters: None,
-            kept: Vec::new(),
+            clusters,
+            kept,
             before: None,
             rag: None,
             rag_all: None,
@@ -800,24 +821,7 @@ impl PayableAi {
             )?;
         }
 
-        let texts: Vec<&str> = self
-            .datanet
-            .records()
-            .iter()
-            .map(|r| r.content.as_str())
-            .collect();
-        let clusters = cluster_near_duplicates(&texts, &self.config.near_duplicates)?;
-        // Kept: the first record of each cluster; later copies are neither trained on nor
-        // cited (they add no information, and would pay their contributor again).
-        let mut first = vec![usize::MAX; texts.len()];
-        for (i, &c) in clusters.cluster_of.iter().enumerate() {
-            if first[c] == usize::MAX {
-                first[c] = i;
-            }
-        }
-        self.kept = (0..texts.len())
-            .filter(|&i| first[clusters.cluster_of[i]] == i)
-            .collect();
+        let n_records = self.datanet.records().len();
         if self.config.counterfactual
             && let Some(jsonl) = &self.config.before_splitting_jsonl
         {
@@ -825,7 +829,7 @@ impl PayableAi {
             before.import_jsonl(jsonl.as_bytes())?;
             let hashes: std::collections::HashSet<ContentId> =
                 before.records().iter().map(|r| r.hash).collect();
-            let idx: Vec<usize> = (0..texts.len())
+            let idx: Vec<usize> = (0..n_records)
                 .filter(|&i| hashes.contains(&self.datanet.records()[i].hash))
                 .collect();
             if idx.len() != hashes.len() {
@@ -859,7 +863,7 @@ impl PayableAi {
             Ok(rag)
         };
         let rag = index(&self.kept, on)?;
-        let all: Vec<usize> = (0..texts.len()).collect();
+        let all: Vec<usize> = (0..n_records).collect();
         let (rag_all, rag_before) = if self.config.counterfactual {
             let before = match &self.before {
                 Some(b) if *b != self.kept => Some(index(b, &mut |_| {})?),
@@ -882,11 +886,10 @@ impl PayableAi {
             &self.datanet,
             id,
             self.version,
-            &clusters,
+            &self.clusters,
             self.kept.len(),
             n_owners,
-        ));
-        self.clusters = Some(clusters);
+        )?);
         self.report
             .seconds
             .insert("datanet".into(), t.elapsed().as_secs_f64());

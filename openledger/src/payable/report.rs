@@ -7,7 +7,7 @@ use openledger_chain::deploy::{DeployConfig, Deployment};
 use openledger_chain::evm::EmbeddedChain;
 use openledger_core::datanet::Datanet;
 use openledger_core::{Address, B256, ContentId, U256};
-use openledger_poa::quality::Clusters;
+use openledger_poa::quality::{Clusters, flag_copies};
 use serde::Serialize;
 
 /// An amount of wei as a decimal string (JSON numbers cannot hold 256 bits).
@@ -105,6 +105,9 @@ pub struct DatanetReport {
     pub distinct_records: usize,
     /// The contributor with the most near-duplicate copies of their own records, if any.
     pub copier: Option<Address>,
+    /// Every record that copies an earlier one (a later member of a near-duplicate cluster):
+    /// neither trained on nor cited, so it earns nothing, whoever submitted it.
+    pub copies: Vec<CopyReport>,
     /// Training grants requested and approved on chain.
     pub grants: usize,
 }
@@ -118,8 +121,18 @@ impl DatanetReport {
         clusters: &Clusters,
         distinct: usize,
         grants: usize,
-    ) -> Self {
+    ) -> Result<Self, openledger_poa::PoaError> {
         let records = datanet.records();
+        let who: Vec<Address> = records.iter().map(|r| r.contributor).collect();
+        let flagged = flag_copies(clusters, &who)?
+            .into_iter()
+            .map(|f| CopyReport {
+                record: f.index,
+                contributor: f.contributor,
+                original: f.original,
+                owner: f.owner,
+            })
+            .collect();
         let mut contributors = BTreeMap::new();
         for r in records {
             *contributors.entry(r.contributor).or_default() += 1;
@@ -143,7 +156,7 @@ impl DatanetReport {
             .filter(|c| c.1 > 0)
             .max_by_key(|c| c.1)
             .map(|c| c.0);
-        Self {
+        Ok(Self {
             name: name.into(),
             id: id.to_string(),
             version,
@@ -153,9 +166,33 @@ impl DatanetReport {
             near_duplicate_clusters: groups,
             distinct_records: distinct,
             copier,
+            copies: flagged,
             grants,
-        }
+        })
     }
+
+    /// The copies grouped by who submitted them and whose records they copy:
+    /// `((copier, owner), copies)`, in address order.
+    pub fn copies_by_copier(&self) -> BTreeMap<(Address, Address), usize> {
+        let mut by = BTreeMap::new();
+        for c in &self.copies {
+            *by.entry((c.contributor, c.owner)).or_default() += 1;
+        }
+        by
+    }
+}
+
+/// A record flagged as a copy of an earlier record of the datanet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct CopyReport {
+    /// The copy's record index.
+    pub record: usize,
+    /// Who submitted it.
+    pub contributor: Address,
+    /// The index of the record it copies (its cluster's first committed record).
+    pub original: usize,
+    /// Who submitted that record; the copy's own contributor when they copied themselves.
+    pub owner: Address,
 }
 
 /// Stage 2: one fine-tuned, registered adapter.

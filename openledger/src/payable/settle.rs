@@ -57,7 +57,7 @@ impl PayableAi {
             &local,
             &contributors,
             &positive,
-            ClusterShare::PerContributor,
+            ClusterShare::FirstCommitted,
         )?
         .into_iter()
         .filter(|w| w.1 > 0.0)
@@ -207,7 +207,7 @@ impl PayableAi {
         epoch_no: u64,
         on: &mut dyn FnMut(&LoopEvent),
     ) -> Result<[Epoch; 3]> {
-        let clusters = self.clusters.clone().expect("set with the datanet");
+        let clusters = self.clusters.clone();
         let singletons = Clusters {
             cluster_of: (0..self.items.len()).collect(),
         };

@@ -181,8 +181,11 @@ def cluster_rewards(
     contributors: Sequence[_Hex],
     scores: Sequence[float],
     *,
-    share: str = "per_contributor",
+    share: str = "first_committed",
 ) -> List[Tuple[str, float]]: ...
+def flag_copies(
+    cluster_of: Sequence[int], contributors: Sequence[_Hex]
+) -> List[Dict[str, Any]]: ...
 def flag_negative(
     contributors: Sequence[_Hex], scores: Sequence[float], *, threshold: float = 0.0
 ) -> List[Dict[str, Any]]: ...
