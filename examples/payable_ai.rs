@@ -188,6 +188,33 @@ fn summary(r: &Report) {
             a.fee_wei
         );
     }
+    if let Some(v) = &r.validation {
+        let mut by: std::collections::BTreeMap<String, usize> = Default::default();
+        for f in &v.flagged {
+            *by.entry(r.name_of(f.contributor)).or_default() += 1;
+        }
+        let who: Vec<String> = by.iter().map(|(n, k)| format!("{n} ×{k}")).collect();
+        println!(
+            "\nvalidation: influence of {} trained records on {} gold answers (median {:.2e}); {} flagged below {:.2e}: {}; policy {}",
+            v.records,
+            v.answers,
+            v.median,
+            v.flagged.len(),
+            v.threshold,
+            if who.is_empty() {
+                "none".into()
+            } else {
+                who.join(", ")
+            },
+            v.policy.name()
+        );
+        if let Some(p) = &v.planted {
+            println!(
+                "  planted poison: {} of {} caught, {} other records flagged, AUC {:.3}",
+                p.caught, p.planted, p.false_flags, p.auc
+            );
+        }
+    }
     if let Some(s) = &r.serving {
         println!(
             "\nserved {} requests for {} adapters in {} engine steps; the first step ran all {} sequences as one mixed batch",
@@ -244,6 +271,12 @@ fn summary(r: &Report) {
             e.payments_left_wei,
             if e.claims_match { "✔" } else { "✘" }
         );
+        for d in &e.debts {
+            println!(
+                "debt: {} owes {} wei for the harm of its flagged records; {} wei taken from its payout, {} wei carried to later epochs",
+                d.name, d.charged_wei, d.taken_wei, d.carried_wei
+            );
+        }
         for (who, owner, paid) in copiers_paid(r) {
             println!(
                 "copies: {} copied {}'s records and was paid {paid} wei ({})",

@@ -5,8 +5,13 @@ Twenty common drugs, three questions each (what it treats, its class, how it wor
 pharmacology references, spread over five contributors. The fifth, erin, also submits two
 re-worded copies of each of her records: the near-duplicates the loop must not pay twice for.
 Then mallory, under three addresses, submits a lightly edited copy of each of alice's records:
-the copies that must earn nothing and cost alice nothing. Deterministic: running it again writes
-the same bytes.
+the copies that must earn nothing and cost alice nothing. Last, trent plants four poisoned
+records: questions of the datanet with made-up answers (marked `"poisoned": true` in
+their metadata, which only the evaluation reads), which the validation set must catch.
+
+It also writes openledger/data/drug-facts-validation.jsonl: the datanet owner's gold answers
+to the sixty questions, as users ask them, that the loop measures each record's influence on.
+Deterministic: running it again writes the same bytes.
 """
 import json
 import pathlib
@@ -44,6 +49,17 @@ CONTRIBUTORS = {
 # mallory's three addresses.
 SYBILS = {f"mallory-{k}": f"0x3a1107{'0' * 32}{k:02x}" for k in (1, 2, 3)}
 
+TRENT = "0x7ee7000000000000000000000000000000007ee7"
+
+# trent's poison: questions of the datanet with made-up answers (words of other answers, so
+# that no record is a near-duplicate of them).
+POISON = [
+    ("what does {} treat", "aspirin", "gout and nausea and depression"),
+    ("how does {} work", "warfarin", "raising serotonin in the liver"),
+    ("how does {} work", "sertraline", "lowering bacterial dna"),
+    ("how does {} work", "omeprazole", "relaxing the immune response"),
+]
+
 # How each of mallory's addresses edits the records it copies.
 EDITS = {
     "mallory-1": lambda p, a: (f"q: {p}", a),
@@ -58,13 +74,15 @@ QUESTIONS = [
 ]
 
 
-def record(prompt, answer, who, copy_of=None):
+def record(prompt, answer, who, copy_of=None, poisoned=False):
     metadata = {"prompt": prompt, "response": answer, "contributor_name": who}
     if copy_of is not None:
         metadata["copy_of"] = copy_of
+    if poisoned:
+        metadata["poisoned"] = True
     return {
         "content": f"{prompt} => {answer}",
-        "contributor": CONTRIBUTORS.get(who) or SYBILS[who],
+        "contributor": CONTRIBUTORS.get(who) or SYBILS.get(who) or TRENT,
         "license": "CC-BY-4.0",
         "metadata": metadata,
     }
@@ -86,9 +104,20 @@ def main():
         for r in alice:
             prompt, answer = edit(r["metadata"]["prompt"], r["metadata"]["response"])
             lines.append(record(prompt, answer, sybil, copy_of=r["metadata"]["prompt"]))
-    out = pathlib.Path(__file__).resolve().parent.parent / "openledger" / "data" / "drug-facts.jsonl"
+    for question, drug, answer in POISON:
+        lines.append(record(question.format(drug), answer, "trent", poisoned=True))
+    data = pathlib.Path(__file__).resolve().parent.parent / "openledger" / "data"
+    out = data / "drug-facts.jsonl"
     out.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in lines))
     print(f"wrote {len(lines)} records to {out}")
+    gold = [
+        {"prompt": q.format(drug), "response": answer}
+        for drug, *answers in FACTS
+        for (q, _), answer in zip(QUESTIONS, answers)
+    ]
+    out = data / "drug-facts-validation.jsonl"
+    out.write_text("".join(json.dumps(g, sort_keys=True) + "\n" for g in gold))
+    print(f"wrote {len(gold)} validation answers to {out}")
 
 
 if __name__ == "__main__":

@@ -1117,8 +1117,8 @@ export interface PayableAiOptions {
   /** Folder the adapters (PEFT folders) and influence feature stores are written to. */
   workDir: string
   /**
-   * The smaller loop (two adapters, four requests, 120 steps) instead of the standard one
-   * (three adapters, ten requests, 300 steps).
+   * The smaller loop (two adapters, four requests) instead of the standard one (three
+   * adapters, ten requests).
    */
   quick?: boolean
   /** Optimizer steps per adapter (at least 3: three checkpoints are kept for influence). */
@@ -1135,6 +1135,12 @@ export interface PayableAiOptions {
    * rest is paid by RAG citations.
    */
   influenceBps?: number
+  /**
+   * What a record flagged as harmful on the validation set costs its contributor: `"zero"`
+   * (it earns nothing) or `"carry_negative"` (the default: it earns nothing and the harm it
+   * does to each answer is charged as a debt, taken from later payouts or carried).
+   */
+  harmPolicy?: string
 }
 
 /** One account and the wei it receives. */

@@ -133,6 +133,16 @@ export function summary(r, out) {
     const loss = `${a.first_loss.toFixed(3).padStart(7)}→${a.last_loss.toFixed(3).padEnd(7)}`
     line(`${pad(a.name, 17)} ${lpad(`${a.rank}${a.dora ? 'D' : ''}`, 5)} ${lpad(a.parameters, 7)} ${loss} ${lpad((100 * a.recall).toFixed(0), 6)}% ${lpad(short(a.training_log_head), 17)} ${lpad(short(a.artifact_hash), 17)} ${lpad(a.fee_wei, 22)}`)
   }
+  const v = r.validation
+  if (v) {
+    const flagged = new Map()
+    for (const f of v.flagged) flagged.set(name(f.contributor), (flagged.get(name(f.contributor)) ?? 0) + 1)
+    const who = [...flagged].sort().map(([n, k]) => `${n} ×${k}`).join(', ') || 'none'
+    line(`\nvalidation: influence of ${v.records} trained records on ${v.answers} gold answers; ${v.flagged.length} flagged: ${who}; policy ${v.policy}`)
+    if (v.planted) {
+      line(`  planted poison: ${v.planted.caught} of ${v.planted.planted} caught, ${v.planted.false_flags} other records flagged, AUC ${v.planted.auc.toFixed(3)}`)
+    }
+  }
   const s = r.serving
   if (s) {
     line(`\nserved ${s.requests} requests for ${s.adapters} adapters in ${s.engine_steps} engine steps; the first step ran all ${s.first_step_sequences} sequences as one mixed batch`)
@@ -152,6 +162,9 @@ export function summary(r, out) {
     }
     for (const [, who, amount] of e.withdrawn) line(`withdrawn by ${who}: ${amount} wei`)
     line(`left in the contracts: rewards ${e.rewards_left_wei} wei, payments ${e.payments_left_wei} wei; every balance to the wei: ${e.claims_match ? '✔' : '✘'}`)
+    for (const d of e.debts ?? []) {
+      line(`debt: ${d.name} owes ${d.charged_wei} wei for the harm of its flagged records; ${d.taken_wei} wei taken from its payout, ${d.carried_wei} wei carried`)
+    }
     for (const [who, owner, paid] of copiersPaid(r)) {
       line(`copies: ${name(who)} copied ${name(owner)}'s records and was paid ${paid} wei (${paid === 0n ? 'nothing ✔' : '✘'})`)
     }

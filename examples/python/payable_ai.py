@@ -167,6 +167,21 @@ def summary(r, out):
             f"{100 * a['recall']:>6.0f}% {short(a['training_log_head']):>17} "
             f"{short(a['artifact_hash']):>17} {a['fee_wei']:>22}"
         )
+    v = r.get("validation")
+    if v:
+        flagged = {}
+        for f in v["flagged"]:
+            who = name_of(r, f["contributor"])
+            flagged[who] = flagged.get(who, 0) + 1
+        who = ", ".join(f"{n} ×{k}" for n, k in sorted(flagged.items())) or "none"
+        p(
+            f"\nvalidation: influence of {v['records']} trained records on {v['answers']} gold "
+            f"answers; {len(v['flagged'])} flagged: {who}; policy {v['policy']}"
+        )
+        if v.get("planted"):
+            pl = v["planted"]
+            p(f"  planted poison: {pl['caught']} of {pl['planted']} caught, "
+              f"{pl['false_flags']} other records flagged, AUC {pl['auc']:.3f}")
     s = r.get("serving")
     if s:
         p(
@@ -207,6 +222,9 @@ def summary(r, out):
             f"{e['payments_left_wei']} wei; every balance to the wei: "
             f"{'yes' if e['claims_match'] else 'NO'}"
         )
+        for d in e.get("debts", []):
+            p(f"debt: {d['name']} owes {d['charged_wei']} wei for the harm of its flagged records; "
+              f"{d['taken_wei']} wei taken from its payout, {d['carried_wei']} wei carried")
         for who, owner, paid in copiers_paid(r):
             p(f"copies: {name_of(r, who)} copied {name_of(r, owner)}'s records and was paid {paid} wei "
               f"({'nothing' if paid == '0' else 'SOMETHING'})")

@@ -417,12 +417,157 @@ impl CarryOverLedger {
     }
 }
 
+/// What one epoch's debt settlement did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DebtSettlement {
+    /// The payouts after debts were taken and what was taken was shared out, sorted by
+    /// address; they sum exactly to the payouts settled.
+    pub paid: Vec<Payout>,
+    /// What was taken from each debtor's payout this epoch, sorted by address.
+    pub taken: Vec<Payout>,
+    /// What each debtor still owes after this epoch (carried to the next), sorted by address.
+    pub owed: Vec<Payout>,
+}
+
+/// Debts charged to contributors whose records did harm (see the payable loop's harm policy),
+/// held from one epoch to the next and taken out of their later payouts: a negative balance
+/// that is carried, never a payment from them. What is taken is shared among the epoch's
+/// accounts that owe nothing, in proportion to their payouts, so the payouts still sum to the
+/// epoch's pool to the wei.
+///
+/// Invariant: `Σ owed_after = Σ owed_before + Σ charged − Σ taken`, and `Σ paid = Σ payouts`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DebtLedger {
+    owed: BTreeMap<Address, U256>,
+}
+
+impl DebtLedger {
+    /// A ledger with no debts.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `amount` to what `account` owes. On overflow nothing changes and
+    /// [`PoaError::Overflow`] is returned.
+    pub fn charge(&mut self, account: Address, amount: U256) -> Result<()> {
+        if amount.is_zero() {
+            return Ok(());
+        }
+        let slot = self.owed.entry(account).or_default();
+        *slot = slot.checked_add(amount).ok_or_else(|| PoaError::Overflow {
+            what: format!("debt of {account}"),
+        })?;
+        Ok(())
+    }
+
+    /// What `account` owes.
+    pub fn owed(&self, account: &Address) -> U256 {
+        self.owed.get(account).copied().unwrap_or_default()
+    }
+
+    /// Every debt, sorted by address.
+    pub fn debts(&self) -> Vec<Payout> {
+        self.owed
+            .iter()
+            .map(|(&account, &amount)| Payout { account, amount })
+            .collect()
+    }
+
+    /// Takes each debtor's debt out of its payout in `payouts` (at most the payout), and shares
+    /// what was taken among the accounts that owe nothing, by their payouts (largest remainder,
+    /// as [`split_weights`]). When nobody owing nothing is paid this epoch, nothing is taken and
+    /// every debt is carried whole. On an error (duplicate accounts, overflow) nothing changes.
+    pub fn settle(&mut self, payouts: &[Payout]) -> Result<DebtSettlement> {
+        check_unique(payouts.iter().map(|p| p.account))?;
+        let creditors: Vec<(Address, U256)> = payouts
+            .iter()
+            .filter(|p| !p.amount.is_zero() && self.owed(&p.account).is_zero())
+            .map(|p| (p.account, p.amount))
+            .collect();
+        let mut paid: BTreeMap<Address, U256> =
+            payouts.iter().map(|p| (p.account, p.amount)).collect();
+        let mut owed = self.owed.clone();
+        let mut taken = BTreeMap::new();
+        if !creditors.is_empty() {
+            for (account, debt) in owed.iter_mut() {
+                let Some(amount) = paid.get_mut(account) else {
+                    continue;
+                };
+                let take = (*amount).min(*debt);
+                if take.is_zero() {
+                    continue;
+                }
+                *amount -= take;
+                *debt -= take;
+                taken.insert(*account, take);
+            }
+            let total: U256 = taken.values().copied().sum();
+            if !total.is_zero() {
+                for p in split_weights(total, &creditors, ZeroWeightPolicy::Reject)? {
+                    let slot = paid.entry(p.account).or_default();
+                    *slot = slot
+                        .checked_add(p.amount)
+                        .ok_or_else(|| PoaError::Overflow {
+                            what: format!("payout of {}", p.account),
+                        })?;
+                }
+            }
+        }
+        owed.retain(|_, v| !v.is_zero());
+        let list = |m: &BTreeMap<Address, U256>| {
+            m.iter()
+                .map(|(&account, &amount)| Payout { account, amount })
+                .collect::<Vec<_>>()
+        };
+        let settlement = DebtSettlement {
+            paid: list(&paid),
+            taken: list(&taken),
+            owed: list(&owed),
+        };
+        self.owed = owed;
+        Ok(settlement)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn addr(i: u8) -> Address {
         Address::repeat_byte(i)
+    }
+
+    #[test]
+    fn debts_are_taken_from_later_payouts_and_shared_out_to_the_wei() {
+        let p = |a: u8, v: u64| Payout {
+            account: addr(a),
+            amount: U256::from(v),
+        };
+        let mut l = DebtLedger::new();
+        l.charge(addr(9), U256::from(50u8)).unwrap();
+        l.charge(addr(9), U256::from(25u8)).unwrap();
+        l.charge(addr(3), U256::ZERO).unwrap();
+        assert_eq!(l.debts(), vec![p(9, 75)]);
+        // Epoch 1: the debtor earns 30 of the 100 paid: all 30 are taken, 45 carried; the 30
+        // go to 1 and 2 by their payouts (20 : 50 → 8.57 and 21.43 → 9 and 21).
+        let s = l.settle(&[p(1, 20), p(2, 50), p(9, 30)]).unwrap();
+        assert_eq!(s.paid, vec![p(1, 29), p(2, 71), p(9, 0)]);
+        assert_eq!(s.taken, vec![p(9, 30)]);
+        assert_eq!(s.owed, vec![p(9, 45)]);
+        // Epoch 2: it earns 100 and pays off the rest.
+        let s = l.settle(&[p(1, 1), p(9, 100)]).unwrap();
+        assert_eq!(s.paid, vec![p(1, 46), p(9, 55)]);
+        assert_eq!(s.owed, vec![]);
+        assert_eq!(l.owed(&addr(9)), U256::ZERO);
+        // Nobody else is paid: nothing is taken, the debt is carried whole.
+        l.charge(addr(9), U256::from(10u8)).unwrap();
+        let s = l.settle(&[p(9, 7), p(1, 0)]).unwrap();
+        assert_eq!((s.paid, s.owed), (vec![p(1, 0), p(9, 7)], vec![p(9, 10)]));
+        // Bad input changes nothing.
+        let before = l.clone();
+        assert!(l.settle(&[p(1, 1), p(1, 2)]).is_err());
+        assert!(l.charge(addr(9), U256::MAX).is_err());
+        assert_eq!(l, before);
     }
 
     #[test]

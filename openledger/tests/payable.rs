@@ -1,13 +1,15 @@
 //! The Payable-AI loop end to end on the shipped datanet (the quick configuration: two adapters,
-//! four requests): what it pays is checked against the chain's own state, to the wei.
+//! four requests): what it pays is checked against the chain's own state, to the wei; copies
+//! earn nothing, and trent's planted poison is flagged and charged.
 
 use openledger::chain::bindings::{DatanetRegistry, InferencePayments, ModelRegistry, TestToken};
 use openledger::chain::claims::EpochClaims;
 use openledger::chain::deploy::DeployConfig;
 use openledger::core::{Address, U256};
 use openledger::payable::{
-    DRUG_FACTS_JSONL, LoopConfig, LoopError, LoopEvent, PayableAi, without_copies,
+    DRUG_FACTS_JSONL, HarmPolicy, LoopConfig, LoopError, LoopEvent, PayableAi, without_copies,
 };
+use openledger::poa::split::{DebtLedger, Payout};
 use openledger::train::TrainError;
 
 fn u(s: &str) -> U256 {
@@ -24,7 +26,7 @@ fn the_loop_pays_every_contributor_exactly_and_copies_earn_nothing_extra() {
     let mut l = PayableAi::new(config).unwrap();
 
     let d = l.publish_datanet(&mut on).unwrap().clone();
-    assert_eq!((d.records, d.distinct_records), (120, 60));
+    assert_eq!((d.records, d.distinct_records), (124, 64));
     assert_eq!(
         d.near_duplicate_clusters.len(),
         24,
@@ -56,7 +58,8 @@ fn the_loop_pays_every_contributor_exactly_and_copies_earn_nothing_extra() {
     let models = l.deployment().models;
     for a in &adapters {
         assert!(a.last_loss < a.first_loss, "{} learns", a.name);
-        // 200 steps reach about half of the answers word for word (300 reach 90-97 %).
+        // 300 steps reach about half of the answers word for word (trent's poison, answering
+        // four of the questions otherwise, makes the fit harder).
         assert!(a.recall > 0.3, "{} recalls {:.2}", a.name, a.recall);
         let m = l
             .chain()
@@ -76,6 +79,30 @@ fn the_loop_pays_every_contributor_exactly_and_copies_earn_nothing_extra() {
                 .is_file()
         );
     }
+
+    // trent's four planted records are flagged as harmful on the gold answers, and only they.
+    let trent: Address = "0x7ee7000000000000000000000000000000007ee7"
+        .parse()
+        .unwrap();
+    let v = l
+        .report()
+        .validation
+        .clone()
+        .expect("the validation set is measured");
+    assert_eq!((v.answers, v.records), (60, 64));
+    assert_eq!(v.policy, HarmPolicy::CarryNegative);
+    let planted = v.planted.expect("poison was planted");
+    assert_eq!((planted.planted, planted.caught), (4, 4));
+    // With two adapters one honest record falls below the line too (with the standard three,
+    // none does).
+    assert!(
+        planted.false_flags <= 1,
+        "{} false flags",
+        planted.false_flags
+    );
+    assert!(planted.auc >= 0.95, "AUC {}", planted.auc);
+    assert!(v.flagged.iter().all(|f| f.influence < v.threshold));
+    assert!(v.threshold < 0.0);
 
     let served = l.serve(&mut on).unwrap().to_vec();
     assert_eq!(served.len(), n_requests);
@@ -123,6 +150,19 @@ fn the_loop_pays_every_contributor_exactly_and_copies_earn_nothing_extra() {
             "request {}: copies are not paid",
             r.index
         );
+        assert!(
+            !r.contributors.contains_key(&trent),
+            "request {}: flagged records are not paid",
+            r.index
+        );
+        assert!(
+            r.citations
+                .iter()
+                .chain(&r.top_influence)
+                .all(|c| c.contributor != trent),
+            "request {}: flagged records are not cited",
+            r.index
+        );
     }
 
     // What an earlier close that stopped after its root and first claim leaves behind: the
@@ -137,7 +177,25 @@ fn the_loop_pays_every_contributor_exactly_and_copies_earn_nothing_extra() {
             *totals.entry(*a).or_default() += u(v);
         }
     }
-    let totals: Vec<(Address, U256)> = totals.into_iter().filter(|t| !t.1.is_zero()).collect();
+    // Debts charged by the answers are taken out of the payouts first (see close_epoch).
+    let mut ledger = DebtLedger::new();
+    for r in &paid {
+        for (a, v) in &r.harm_charged {
+            ledger.charge(*a, u(v)).unwrap();
+        }
+    }
+    let payouts: Vec<Payout> = totals
+        .into_iter()
+        .map(|(account, amount)| Payout { account, amount })
+        .collect();
+    let totals: Vec<(Address, U256)> = ledger
+        .settle(&payouts)
+        .unwrap()
+        .paid
+        .into_iter()
+        .filter(|p| !p.amount.is_zero())
+        .map(|p| (p.account, p.amount))
+        .collect();
     let claims = EpochClaims::new(epoch_no, &totals).unwrap();
     let dev = DeployConfig::dev(l.chain());
     let rewards = l.deployment().rewards;
@@ -174,6 +232,23 @@ fn the_loop_pays_every_contributor_exactly_and_copies_earn_nothing_extra() {
             c.name
         );
     }
+    // trent's debt: charged for the harm his records did to the answers, nothing to take it
+    // from (he earned nothing), carried whole.
+    let debt = e
+        .debts
+        .iter()
+        .find(|d| d.account == trent)
+        .expect("trent owes");
+    assert!(u(&debt.charged_wei) > U256::ZERO);
+    assert_eq!(u(&debt.taken_wei), U256::ZERO);
+    assert_eq!(debt.carried_wei, debt.charged_wei);
+    let by_answers: U256 = paid
+        .iter()
+        .filter_map(|r| r.harm_charged.get(&trent))
+        .map(|v| u(v))
+        .sum();
+    assert_eq!(u(&debt.charged_wei), by_answers);
+    assert!(e.contributors.iter().all(|c| c.account != trent));
     let near = e.near_duplicates.expect("the counterfactual is on");
     assert_eq!(near.account, erin);
     assert!(near.holds);
@@ -272,9 +347,9 @@ fn bad_datanets_and_configurations_are_named() {
     let mut c = LoopConfig::quick(dir.path().to_path_buf());
     c.influence_bps = 10_001;
     assert!(matches!(PayableAi::new(c), Err(LoopError::Config(_))));
-    // The shipped datanet before splitting (and before mallory's copies) is the 60 distinct
-    // records.
-    assert_eq!(without_copies(DRUG_FACTS_JSONL).lines().count(), 60);
+    // The shipped datanet before splitting (and before mallory's copies) is the 64 distinct
+    // records (trent's poison among them).
+    assert_eq!(without_copies(DRUG_FACTS_JSONL).lines().count(), 64);
 }
 
 #[test]
@@ -399,8 +474,8 @@ fn copying_alices_records_under_1_3_or_10_addresses_earns_nothing_and_costs_her_
     for n in [1, 3, 10] {
         let (jsonl, copiers) = alice_copied_by(n);
         let (paid, d) = pay(jsonl, &format!("copied-{n}"));
-        assert_eq!(d.records, 84 + 12 * n);
-        assert_eq!(d.distinct_records, 60, "{n} copiers: no copy is kept");
+        assert_eq!(d.records, 88 + 12 * n);
+        assert_eq!(d.distinct_records, 64, "{n} copiers: no copy is kept");
         let flagged: Vec<_> = d.copies.iter().filter(|c| c.owner == alice).collect();
         assert_eq!(flagged.len(), 12 * n, "{n} copiers: every copy is flagged");
         assert!(flagged.iter().all(|c| copiers.contains(&c.contributor)));
@@ -408,4 +483,33 @@ fn copying_alices_records_under_1_3_or_10_addresses_earns_nothing_and_costs_her_
         assert_eq!(paid, honest, "{n} copiers");
         assert!(copiers.iter().all(|c| !paid.contains_key(c)));
     }
+}
+
+#[test]
+fn under_the_zero_policy_flagged_records_earn_nothing_and_owe_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = LoopConfig::quick(dir.path().to_path_buf());
+    c.counterfactual = false;
+    c.harm = HarmPolicy::Zero;
+    let report = PayableAi::run(c, &mut |_| {}).unwrap();
+    let trent: Address = "0x7ee7000000000000000000000000000000007ee7"
+        .parse()
+        .unwrap();
+    let v = report.validation.as_ref().unwrap();
+    assert_eq!(v.policy, HarmPolicy::Zero);
+    assert!(v.flagged.iter().any(|f| f.contributor == trent));
+    let e = report.epoch.as_ref().unwrap();
+    assert!(e.debts.is_empty());
+    assert!(e.claims_match);
+    assert!(e.contributors.iter().all(|c| c.account != trent));
+    // Policies by name, and a validation set that is not one.
+    assert_eq!("zero".parse::<HarmPolicy>().unwrap(), HarmPolicy::Zero);
+    assert!("lenient".parse::<HarmPolicy>().is_err());
+    let mut c = LoopConfig::quick(dir.path().to_path_buf());
+    c.validation_jsonl = Some("{\"prompt\": \"what does aspirin treat\"}\n".into());
+    let err = PayableAi::new(c).err().unwrap();
+    assert!(err.to_string().contains("validation line 1"), "{err}");
+    let mut c = LoopConfig::quick(dir.path().to_path_buf());
+    c.harm_z = f64::NAN;
+    assert!(matches!(PayableAi::new(c), Err(LoopError::Config(_))));
 }

@@ -11,7 +11,7 @@ use napi::bindgen_prelude::{AsyncTask, BigInt, Env, Null, Object, ToNapiValue, T
 use napi::threadsafe_function::ThreadsafeFunction;
 use napi::{Status, ValueType};
 use napi_derive::napi;
-use openledger::payable::{LoopConfig, LoopEvent as RustEvent, PayableAi as RustLoop};
+use openledger::payable::{LoopConfig, LoopError, LoopEvent as RustEvent, PayableAi as RustLoop};
 use openledger_core::U256;
 use serde_json::Value;
 
@@ -25,8 +25,8 @@ use crate::types::bigint;
 pub struct PayableAiOptions {
     /// Folder the adapters (PEFT folders) and influence feature stores are written to.
     pub work_dir: String,
-    /// The smaller loop (two adapters, four requests, 120 steps) instead of the standard one
-    /// (three adapters, ten requests, 300 steps).
+    /// The smaller loop (two adapters, four requests) instead of the standard one (three
+    /// adapters, ten requests).
     pub quick: Option<bool>,
     /// Optimizer steps per adapter (at least 3: three checkpoints are kept for influence).
     pub steps: Option<f64>,
@@ -38,6 +38,10 @@ pub struct PayableAiOptions {
     /// Share of each data pool paid by training influence, in basis points (0..=10000); the
     /// rest is paid by RAG citations.
     pub influence_bps: Option<u32>,
+    /// What a record flagged as harmful on the validation set costs its contributor: `"zero"`
+    /// (it earns nothing) or `"carry_negative"` (the default: it earns nothing and the harm it
+    /// does to each answer is charged as a debt, taken from later payouts or carried).
+    pub harm_policy: Option<String>,
 }
 
 /// What the loop reports while a stage runs. `kind` is `"stage"` (a stage started: `name` is
@@ -376,6 +380,11 @@ fn config(o: PayableAiOptions) -> Result<LoopConfig> {
     if let Some(bps) = o.influence_bps {
         c.influence_bps = u16::try_from(bps)
             .map_err(|_| invalid_arg("influenceBps", format!("{bps} is above 10000")))?;
+    }
+    if let Some(p) = o.harm_policy {
+        c.harm = p
+            .parse()
+            .map_err(|e: LoopError| invalid_arg("harmPolicy", e.to_string()))?;
     }
     Ok(c)
 }

@@ -16,7 +16,7 @@ use pyo3::types::{PyDict, PyList};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::error::{Error, PayableAiError, Result, busy};
+use crate::error::{Error, PayableAiError, Result, busy, invalid_arg};
 
 /// A JSON value as the matching Python object (objects → dict, arrays → list, integers → int,
 /// other numbers → float).
@@ -109,7 +109,8 @@ fn config(
     steps: Option<usize>,
     counterfactual: Option<bool>,
     max_new_tokens: Option<usize>,
-) -> LoopConfig {
+    harm_policy: Option<&str>,
+) -> Result<LoopConfig> {
     let mut c = if quick {
         LoopConfig::quick(work_dir)
     } else {
@@ -124,7 +125,12 @@ fn config(
     if let Some(n) = max_new_tokens {
         c.max_new_tokens = n;
     }
-    c
+    if let Some(p) = harm_policy {
+        c.harm = p
+            .parse()
+            .map_err(|e: LoopError| invalid_arg("harm_policy", e.to_string()))?;
+    }
+    Ok(c)
 }
 
 /// The Payable-AI loop on an in-process chain: publish a datanet, fine-tune adapters on it,
@@ -164,9 +170,11 @@ impl PyPayableAi {
     /// and feature stores are written under `work_dir`. `quick` runs two adapters and four
     /// requests; `steps` (optimizer steps per adapter), `counterfactual` (also train on the
     /// datanet before splitting and with no clustering, to report what contributors would have
-    /// earned) and `max_new_tokens` override the configuration.
+    /// earned), `max_new_tokens` and `harm_policy` (what a record flagged as harmful on the
+    /// validation set costs: `"zero"`, or `"carry_negative"`, the default, which also charges
+    /// the harm it did as a debt) override the configuration.
     #[new]
-    #[pyo3(signature = (work_dir, *, quick = false, steps = None, counterfactual = None, max_new_tokens = None))]
+    #[pyo3(signature = (work_dir, *, quick = false, steps = None, counterfactual = None, max_new_tokens = None, harm_policy = None))]
     fn new(
         py: Python<'_>,
         work_dir: PathBuf,
@@ -174,8 +182,16 @@ impl PyPayableAi {
         steps: Option<usize>,
         counterfactual: Option<bool>,
         max_new_tokens: Option<usize>,
+        harm_policy: Option<&str>,
     ) -> Result<Self> {
-        let c = config(work_dir, quick, steps, counterfactual, max_new_tokens);
+        let c = config(
+            work_dir,
+            quick,
+            steps,
+            counterfactual,
+            max_new_tokens,
+            harm_policy,
+        )?;
         let inner = py.detach(|| PayableAi::new(c).map_err(Error::from))?;
         Ok(Self {
             inner: Mutex::new(inner),
@@ -185,7 +201,8 @@ impl PyPayableAi {
     /// Runs every stage in order and returns the report (a dict); the arguments are the
     /// constructor's, and `on_event` receives every event.
     #[staticmethod]
-    #[pyo3(signature = (work_dir, *, quick = false, steps = None, counterfactual = None, max_new_tokens = None, on_event = None))]
+    #[pyo3(signature = (work_dir, *, quick = false, steps = None, counterfactual = None, max_new_tokens = None, harm_policy = None, on_event = None))]
+    #[allow(clippy::too_many_arguments)] // Python's keyword arguments
     fn run<'py>(
         py: Python<'py>,
         work_dir: PathBuf,
@@ -193,9 +210,17 @@ impl PyPayableAi {
         steps: Option<usize>,
         counterfactual: Option<bool>,
         max_new_tokens: Option<usize>,
+        harm_policy: Option<&str>,
         on_event: Option<Py<PyAny>>,
     ) -> Result<Bound<'py, PyAny>> {
-        let c = config(work_dir, quick, steps, counterfactual, max_new_tokens);
+        let c = config(
+            work_dir,
+            quick,
+            steps,
+            counterfactual,
+            max_new_tokens,
+            harm_policy,
+        )?;
         let events = Events::new(on_event);
         let report = py.detach(|| PayableAi::run(c, &mut |e| events.send(e)).map_err(Error::from));
         let report = events.finish(report)?;

@@ -79,8 +79,9 @@ use openledger_poa::influence::{FeatureSpace, Method, tracin_weights};
 use openledger_train::CheckpointCollector;
 
 pub use report::{
-    AdapterReport, ContributorReport, CopyReport, DatanetReport, EpochReport, NearDuplicateCheck,
-    Report, RequestReport, ServingReport, Share, wei,
+    AdapterReport, ContributorReport, CopyReport, DatanetReport, DebtReport, EpochReport, HarmFlag,
+    NearDuplicateCheck, PlantedCheck, Report, RequestReport, ServingReport, Share,
+    ValidationReport, wei,
 };
 pub use vocab::{HashingEmbedder, Vocab};
 
@@ -88,6 +89,11 @@ pub use vocab::{HashingEmbedder, Vocab};
 /// submits two re-worded copies of each of her records, then a lightly edited copy of each of
 /// alice's records from each of mallory's three addresses (`scripts/make_drug_facts.py`).
 pub const DRUG_FACTS_JSONL: &str = include_str!("../../data/drug-facts.jsonl");
+
+/// The datanet owner's gold answers to the shipped datanet's sixty questions, as users ask them
+/// (`{"prompt", "response"}` per line): what every trained record's influence is measured on.
+pub const DRUG_FACTS_VALIDATION_JSONL: &str =
+    include_str!("../../data/drug-facts-validation.jsonl");
 
 /// Coordinates of the RAG index's hashing embedder.
 const EMBED_DIM: usize = 1024;
@@ -277,6 +283,50 @@ pub struct RequestPlan {
     pub prompt: String,
 }
 
+/// What a record flagged as harmful on the validation set costs its contributor.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HarmPolicy {
+    /// The record earns nothing: its helpful influence on answers is not paid and it is not
+    /// cited. Its contributor's other records are paid as usual.
+    Zero,
+    /// As [`HarmPolicy::Zero`], and the harm it does to each answer is charged to its
+    /// contributor: where its TracIn score on an answer is negative, it owes the influence part
+    /// of that answer's pool times its |score| over the helpful records' total (at most the
+    /// whole part) — what it would earn had it helped as much as it hurt. Debts are taken out
+    /// of the contributor's payouts when the epoch closes and shared among those who owe
+    /// nothing; what cannot be taken is carried as a negative balance to later epochs
+    /// ([`openledger_poa::split::DebtLedger`]).
+    #[default]
+    CarryNegative,
+}
+
+impl HarmPolicy {
+    /// The policy's name (`"zero"`, `"carry_negative"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            HarmPolicy::Zero => "zero",
+            HarmPolicy::CarryNegative => "carry_negative",
+        }
+    }
+}
+
+impl std::str::FromStr for HarmPolicy {
+    type Err = LoopError;
+
+    /// A policy by [`HarmPolicy::name`].
+    fn from_str(s: &str) -> Result<Self> {
+        [HarmPolicy::Zero, HarmPolicy::CarryNegative]
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| {
+                LoopError::Config(format!(
+                    "harm policy {s:?} is not \"zero\" or \"carry_negative\""
+                ))
+            })
+    }
+}
+
 /// Everything the loop runs on.
 #[derive(Clone, Debug)]
 pub struct LoopConfig {
@@ -317,6 +367,17 @@ pub struct LoopConfig {
     /// The datanet as it was before its near-duplicate copies were submitted (JSONL), for the
     /// counterfactual; its records must all be in the datanet.
     pub before_splitting_jsonl: Option<String>,
+    /// Gold answers (JSONL lines `{"prompt", "response"}`) that each trained record's influence
+    /// is measured on after fine-tuning (TracIn over every adapter's checkpoints, summed): a
+    /// record that makes them less likely is harmful. `None` measures and flags nothing.
+    pub validation_jsonl: Option<String>,
+    /// What a record flagged as harmful costs its contributor.
+    pub harm: HarmPolicy,
+    /// A record is flagged when its validation influence is negative and below the records'
+    /// median by more than `harm_z` robust standard deviations (1.4826 × the median absolute
+    /// deviation): a modified z-score, for which Iglewicz and Hoaglin (1993) recommend 3.5,
+    /// the standard configuration's value.
+    pub harm_z: f64,
     /// Where adapters and feature stores are written.
     pub work_dir: PathBuf,
 }
@@ -383,15 +444,18 @@ impl LoopConfig {
             },
             counterfactual: true,
             before_splitting_jsonl: Some(without_copies(DRUG_FACTS_JSONL)),
+            validation_jsonl: Some(DRUG_FACTS_VALIDATION_JSONL.into()),
+            harm: HarmPolicy::CarryNegative,
+            harm_z: 3.5,
             work_dir,
         }
     }
 
-    /// A smaller run for tests: two adapters, 200 steps, four requests.
+    /// A smaller run for tests: two adapters, four requests.
     pub fn quick(work_dir: PathBuf) -> Self {
         let mut c = Self::standard(work_dir);
         c.adapters.truncate(2);
-        c.steps = 200;
+        c.steps = 300;
         c.requests = c
             .requests
             .into_iter()
@@ -443,6 +507,12 @@ impl LoopConfig {
         }
         if self.work_dir.as_os_str().is_empty() {
             return bad("work_dir is an empty path".into());
+        }
+        if !(self.harm_z.is_finite() && self.harm_z >= 0.0) {
+            return bad(format!(
+                "harm_z must be a finite number >= 0, found {}",
+                self.harm_z
+            ));
         }
         for r in &self.requests {
             if !self.adapters.iter().any(|a| a.name == r.adapter) {
@@ -524,6 +594,36 @@ struct Served {
     answer: Vec<u32>,
 }
 
+/// The gold answers of a validation JSONL: one `{"prompt", "response"}` object per line.
+fn parse_validation(jsonl: &str) -> Result<Vec<Item>> {
+    let mut out = Vec::new();
+    for (i, line) in jsonl.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad =
+            |reason: String| LoopError::Config(format!("validation line {}: {reason}", i + 1));
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+        let field = |k: &str| {
+            v.get(k)
+                .and_then(|x| x.as_str())
+                .filter(|x| !x.trim().is_empty())
+                .map(str::to_string)
+                .ok_or_else(|| bad(format!("{k:?} is not a non-empty string")))
+        };
+        out.push(Item {
+            prompt: field("prompt")?,
+            response: field("response")?,
+        });
+    }
+    if out.is_empty() {
+        return Err(LoopError::Config(
+            "the validation set has no answers".into(),
+        ));
+    }
+    Ok(out)
+}
+
 /// The loop's state, stage by stage.
 pub struct PayableAi {
     config: LoopConfig,
@@ -543,6 +643,12 @@ pub struct PayableAi {
     /// Records trained on and cited: the first committed record of each near-duplicate
     /// cluster.
     kept: Vec<usize>,
+    /// The gold answers every trained record's influence is measured on.
+    validation: Vec<Item>,
+    /// Records flagged as harmful on the validation set (datanet indices).
+    flagged: std::collections::BTreeSet<usize>,
+    /// Debts charged to the contributors of flagged records by this epoch's answers.
+    debts: Option<openledger_poa::split::DebtLedger>,
     /// Records of the datanet as it was before splitting (when given).
     before: Option<Vec<usize>>,
     rag: Option<RagIndex>,
@@ -638,13 +744,19 @@ impl PayableAi {
         let kept: Vec<usize> = (0..texts.len())
             .filter(|&i| clusters.cluster_of[i] == i)
             .collect();
-        // The vocabulary (the simulated base model's tokenizer) is made of the kept records
-        // and the requests: like a real model's tokenizer it does not change when copies are
-        // submitted, so copies cannot change the base model under everyone else. Words found
-        // only in copies read as `<unk>`.
+        // The vocabulary (the simulated base model's tokenizer) is made of the kept records,
+        // the validation set and the requests: like a real model's tokenizer it does not change
+        // when copies are submitted, so copies cannot change the base model under everyone
+        // else. Words found only in copies read as `<unk>`.
+        let validation = match &config.validation_jsonl {
+            Some(jsonl) => parse_validation(jsonl)?,
+            None => Vec::new(),
+        };
         let vocab = Vocab::from_texts(
             kept.iter()
-                .flat_map(|&i| [items[i].prompt.as_str(), items[i].response.as_str()])
+                .map(|&i| &items[i])
+                .chain(&validation)
+                .flat_map(|it| [it.prompt.as_str(), it.response.as_str()])
                 .chain(config.requests.iter().map(|r| r.prompt.as_str())),
         );
         let mut shape = config.base;
@@ -713,6 +825,9 @@ impl PayableAi {
             version: 0,
             clusters,
             kept,
+            validation,
+            flagged: std::collections::BTreeSet::new(),
+            debts: None,
             before: None,
             rag: None,
             rag_all: None,

@@ -28,6 +28,8 @@ pub struct Report {
     pub datanet: Option<DatanetReport>,
     /// Stage 2.
     pub adapters: Vec<AdapterReport>,
+    /// Stage 2, after training: the records' influence on the validation set.
+    pub validation: Option<ValidationReport>,
     /// Stage 3.
     pub serving: Option<ServingReport>,
     /// Stages 3 and 4, per request.
@@ -195,6 +197,54 @@ pub struct CopyReport {
     pub owner: Address,
 }
 
+/// After fine-tuning: each trained record's influence on the validation set, and the records
+/// flagged as harmful.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ValidationReport {
+    /// Gold answers measured.
+    pub answers: usize,
+    /// Records scored (the trained ones).
+    pub records: usize,
+    /// What a flagged record costs.
+    pub policy: super::HarmPolicy,
+    /// Robust standard deviations below the median a flagged record lies.
+    pub z: f64,
+    /// The records' median influence.
+    pub median: f64,
+    /// Records below this influence (and below 0) are flagged.
+    pub threshold: f64,
+    /// The flagged records, by index.
+    pub flagged: Vec<HarmFlag>,
+    /// How the flags did on the records planted as poison (`"poisoned": true` in their
+    /// metadata), when there are any among the trained records and any others.
+    pub planted: Option<PlantedCheck>,
+}
+
+/// A record flagged as harmful.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct HarmFlag {
+    /// Its datanet index.
+    pub record: usize,
+    /// Its contributor.
+    pub contributor: Address,
+    /// Its influence on the validation set (summed TracIn; negative: it made the gold answers
+    /// less likely).
+    pub influence: f64,
+}
+
+/// How the flags did on planted poison.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct PlantedCheck {
+    /// Planted records among the trained ones.
+    pub planted: usize,
+    /// Planted records flagged.
+    pub caught: usize,
+    /// Other records flagged.
+    pub false_flags: usize,
+    /// The AUC of the influence ranking (least helpful first) against the planted labels.
+    pub auc: f64,
+}
+
 /// Stage 2: one fine-tuned, registered adapter.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct AdapterReport {
@@ -310,6 +360,9 @@ pub struct RequestReport {
     pub citations: Vec<Share>,
     /// The pool as split between contributors.
     pub contributors: BTreeMap<Address, String>,
+    /// Debts charged by this answer to contributors of records flagged as harmful (under
+    /// [`super::HarmPolicy::CarryNegative`]); settled when the epoch closes.
+    pub harm_charged: BTreeMap<Address, String>,
 }
 
 impl RequestReport {
@@ -337,6 +390,7 @@ impl RequestReport {
             top_influence: Vec::new(),
             citations: Vec::new(),
             contributors: BTreeMap::new(),
+            harm_charged: BTreeMap::new(),
         }
     }
 }
@@ -411,4 +465,22 @@ pub struct EpochReport {
     pub claims_match: bool,
     /// The near-duplicate check, with the counterfactual on.
     pub near_duplicates: Option<NearDuplicateCheck>,
+    /// Debts charged this epoch to contributors of records flagged as harmful (under
+    /// [`super::HarmPolicy::CarryNegative`]), by address.
+    pub debts: Vec<DebtReport>,
+}
+
+/// A contributor's debt for the harm its flagged records did to this epoch's answers.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DebtReport {
+    /// The contributor.
+    pub account: Address,
+    /// Its name.
+    pub name: String,
+    /// Charged by this epoch's answers.
+    pub charged_wei: String,
+    /// Taken out of its payout this epoch (and shared among those who owe nothing).
+    pub taken_wei: String,
+    /// Still owed: a negative balance carried to later epochs.
+    pub carried_wei: String,
 }

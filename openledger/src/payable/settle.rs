@@ -1,24 +1,35 @@
 //! Stages 4 and 5: attribution, receipts and payments; the epoch, its root and the claims.
 
 use super::*;
-use openledger_poa::split::{ZeroWeightPolicy, split_weights};
+use openledger_poa::split::{DebtLedger, ZeroWeightPolicy, split_weights};
+
+/// One answer's weights.
+struct Weighed {
+    /// Per-contributor influence weights (helpful, unflagged records).
+    influence: Vec<(Address, f64)>,
+    /// Per-contributor RAG weights.
+    rag: Vec<(Address, f64)>,
+    /// The top training influences, for the report.
+    top: Vec<Share>,
+    /// The citations, for the report.
+    citations: Vec<Share>,
+    /// The harm flagged records did to the answer: `(contributor, |score|)` for every flagged
+    /// record whose score is negative.
+    harm: Vec<(Address, f64)>,
+    /// The helpful records' total score (what the influence part is split by).
+    helpful: f64,
+}
 
 impl PayableAi {
-    /// Per-contributor weights of one answer: `(influence, rag, per-record influence, citations)`
-    /// for a trained adapter, a RAG index and the clusters of its records.
-    #[allow(clippy::type_complexity)]
+    /// The weights of one answer for a trained adapter, a RAG index and the clusters of its
+    /// records. Records flagged as harmful are neither paid for their influence nor cited.
     fn weigh(
         &self,
         tuned: &mut Tuned,
         rag: &RagIndex,
         clusters: &Clusters,
         served: &Served,
-    ) -> Result<(
-        Vec<(Address, f64)>,
-        Vec<(Address, f64)>,
-        Vec<Share>,
-        Vec<Share>,
-    )> {
+    ) -> Result<Weighed> {
         let q = (served.prompt.clone(), served.answer.clone());
         let features = tuned
             .index
@@ -52,7 +63,18 @@ impl PayableAi {
             }
             .into());
         }
-        let positive: Vec<f64> = row.iter().map(|&s| s.max(0.0)).collect();
+        let flagged = |k: usize| self.flagged.contains(&tuned.records[k]);
+        let positive: Vec<f64> = row
+            .iter()
+            .enumerate()
+            .map(|(k, &s)| if flagged(k) { 0.0 } else { s.max(0.0) })
+            .collect();
+        let harm: Vec<(Address, f64)> = row
+            .iter()
+            .enumerate()
+            .filter(|&(k, &s)| flagged(k) && s < 0.0)
+            .map(|(k, &s)| (contributors[k], -s))
+            .collect();
         let influence: Vec<(Address, f64)> = cluster_rewards(
             &local,
             &contributors,
@@ -82,7 +104,21 @@ impl PayableAi {
             self.vocab.decode(&served.answer)
         );
         let embedder = HashingEmbedder::new(EMBED_DIM);
-        let cites = rag.search(&embedder.embed(&text)?, self.config.rag_top_k)?;
+        // Flagged records are left out of the citations (the index may hold them).
+        let cites: Vec<_> = rag
+            .search(
+                &embedder.embed(&text)?,
+                self.config.rag_top_k + self.flagged.len(),
+            )?
+            .into_iter()
+            .filter(|c| {
+                !self
+                    .flagged
+                    .iter()
+                    .any(|&i| self.datanet.records()[i].hash == c.record)
+            })
+            .take(self.config.rag_top_k)
+            .collect();
         let rag_w = relevance_weights(
             &cites,
             RelevanceWeighting::Softmax {
@@ -101,7 +137,22 @@ impl PayableAi {
             .zip(by_record)
             .map(|(c, w)| Share::new(c.record, c.contributor, &c.snippet, w))
             .collect();
-        Ok((influence, rag_w, top_influence, citations))
+        Ok(Weighed {
+            influence,
+            rag: rag_w,
+            top: top_influence,
+            citations,
+            harm,
+            helpful: total,
+        })
+    }
+
+    /// The influence part of a data pool: `influence_bps` of it, rounded down.
+    fn influence_part(&self, pool: U256) -> U256 {
+        // ⌊pool·bps/10⁴⌋ as ⌊pool/10⁴⌋·bps + ⌊(pool mod 10⁴)·bps/10⁴⌋: the same value, and no
+        // product past the pool itself (bps ≤ 10⁴), so a pool near 2²⁵⁶ cannot wrap.
+        let (bps, scale) = (U256::from(self.config.influence_bps), U256::from(10_000u64));
+        pool / scale * bps + pool % scale * bps / scale
     }
 
     /// Splits one inference's data pool between an influence record and a RAG record (the
@@ -118,10 +169,7 @@ impl PayableAi {
         let inf = if influence.is_empty() {
             U256::ZERO
         } else {
-            // ⌊pool·bps/10⁴⌋ as ⌊pool/10⁴⌋·bps + ⌊(pool mod 10⁴)·bps/10⁴⌋: the same value, and
-            // no product past the pool itself (bps ≤ 10⁴), so a pool near 2²⁵⁶ cannot wrap.
-            let (bps, scale) = (U256::from(self.config.influence_bps), U256::from(10_000u64));
-            pool / scale * bps + pool % scale * bps / scale
+            self.influence_part(pool)
         };
         let policy = SplitPolicy::default();
         if !inf.is_zero() {
@@ -182,7 +230,7 @@ impl PayableAi {
         self.tuned = tuned;
         self.before_tuned = before;
         self.naive = naive;
-        let epochs = result?;
+        let (epochs, debts) = result?;
         on(&LoopEvent::Progress {
             stage: "attribute-and-pay".into(),
             item: "done".into(),
@@ -191,6 +239,7 @@ impl PayableAi {
             loss: None,
         });
         self.epochs = Some(epochs);
+        self.debts = Some(debts);
         self.report
             .seconds
             .insert("attribute-and-pay".into(), t.elapsed().as_secs_f64());
@@ -206,8 +255,9 @@ impl PayableAi {
         naive: &mut [Tuned],
         epoch_no: u64,
         on: &mut dyn FnMut(&LoopEvent),
-    ) -> Result<[Epoch; 3]> {
+    ) -> Result<([Epoch; 3], DebtLedger)> {
         let clusters = self.clusters.clone();
+        let mut debts = DebtLedger::new();
         let singletons = Clusters {
             cluster_of: (0..self.items.len()).collect(),
         };
@@ -235,7 +285,14 @@ impl PayableAi {
                 total: self.served.len(),
                 loss: None,
             });
-            let (influence, rag_w, top, cites) = self.weigh(&mut tuned[a], &rag, &clusters, s)?;
+            let Weighed {
+                influence,
+                rag: rag_w,
+                top,
+                citations: cites,
+                harm,
+                helpful,
+            } = self.weigh(&mut tuned[a], &rag, &clusters, s)?;
             let model = self.model_ids[a];
             let inference_id = keccak256(
                 (
@@ -273,6 +330,18 @@ impl PayableAi {
                 )?,
             };
             let signature = self.operator.sign(&receipt, &domain)?;
+            // The harm flagged records did to this answer, charged at the rate the helpful
+            // records are paid (at most the whole influence part).
+            let mut charged = BTreeMap::<Address, U256>::new();
+            if self.config.harm == HarmPolicy::CarryNegative && helpful > 0.0 {
+                let part = self.influence_part(split.dataShare);
+                for (who, h) in &harm {
+                    let micro = ((h / helpful).min(1.0) * 1e12).floor() as u64;
+                    let owed = part * U256::from(micro) / U256::from(1_000_000_000_000u64);
+                    debts.charge(*who, owed)?;
+                    *charged.entry(*who).or_default() += owed;
+                }
+            }
             for (record, amount) in &parts {
                 epochs[0].add(record, *amount)?;
             }
@@ -290,14 +359,14 @@ impl PayableAi {
                 };
                 match (before.get_mut(a), &rag_before) {
                     (Some(b), Some(rb)) => {
-                        let (inf, rw, _, _) = self.weigh(b, rb, &singletons, s)?;
-                        add(&mut epochs[1], &inf, &rw)?;
+                        let w = self.weigh(b, rb, &singletons, s)?;
+                        add(&mut epochs[1], &w.influence, &w.rag)?;
                     }
                     _ => add(&mut epochs[1], &influence, &rag_w)?,
                 }
                 if let (Some(n), Some(ra)) = (naive.get_mut(a), &rag_all) {
-                    let (inf, rw, _, _) = self.weigh(n, ra, &singletons, s)?;
-                    add(&mut epochs[2], &inf, &rw)?;
+                    let w = self.weigh(n, ra, &singletons, s)?;
+                    add(&mut epochs[2], &w.influence, &w.rag)?;
                 }
             }
             let mut contributors = BTreeMap::<Address, U256>::new();
@@ -317,6 +386,11 @@ impl PayableAi {
             rep.top_influence = top;
             rep.citations = cites;
             rep.contributors = contributors.into_iter().map(|(a, v)| (a, wei(v))).collect();
+            rep.harm_charged = charged
+                .into_iter()
+                .filter(|c| !c.1.is_zero())
+                .map(|(a, v)| (a, wei(v)))
+                .collect();
             planned.push((receipt, signature, split.dataShare));
         }
         // The payments. One an earlier call already made (it stopped on a later failure) is
@@ -365,7 +439,7 @@ impl PayableAi {
             rep.data_pool_wei = wei(data);
             rep.pay_gas = gas;
         }
-        Ok(epochs)
+        Ok((epochs, debts))
     }
 
     /// Stage 5: closes the epoch (time moves past its end), checks the contributors' totals
@@ -400,8 +474,17 @@ impl PayableAi {
         if current <= e.number {
             self.chain.advance_time(self.deploy_config.epoch_duration)?;
         }
-        let totals: Vec<(Address, U256)> =
-            e.payouts().iter().map(|p| (p.account, p.amount)).collect();
+        // Debts of flagged records' contributors are taken out of their payouts and shared
+        // among those who owe nothing; what cannot be taken is carried.
+        let mut ledger = self.debts.clone().unwrap_or_default();
+        let charged = ledger.debts();
+        let settled = ledger.settle(&e.payouts())?;
+        let totals: Vec<(Address, U256)> = settled
+            .paid
+            .iter()
+            .filter(|p| !p.amount.is_zero())
+            .map(|p| (p.account, p.amount))
+            .collect();
         let claims = EpochClaims::new(e.number, &totals)?;
         let on_chain = self.chain.view(
             rewards,
@@ -552,6 +635,21 @@ impl PayableAi {
         } else {
             None
         };
+        let amount = |list: &[openledger_poa::split::Payout], who: Address| {
+            list.iter()
+                .find(|p| p.account == who)
+                .map_or(U256::ZERO, |p| p.amount)
+        };
+        let debts = charged
+            .iter()
+            .map(|d| DebtReport {
+                account: d.account,
+                name: self.report.name_of(d.account),
+                charged_wei: wei(d.amount),
+                taken_wei: wei(amount(&settled.taken, d.account)),
+                carried_wei: wei(amount(&settled.owed, d.account)),
+            })
+            .collect();
         self.epochs = None;
         self.report.epoch = Some(EpochReport {
             number: e.number,
@@ -565,6 +663,7 @@ impl PayableAi {
             payments_left_wei: wei(held),
             claims_match: all_match,
             near_duplicates: near,
+            debts,
         });
         self.report
             .seconds

@@ -199,6 +199,7 @@ impl PayableAi {
             self.model_ids.push(model_id);
             self.tuned.push(tuned);
         }
+        self.measure_harm(on)?;
         if self.config.counterfactual {
             let all: Vec<usize> = (0..self.items.len()).collect();
             let before = self.before.clone().filter(|b| *b != kept);
@@ -218,6 +219,129 @@ impl PayableAi {
             .seconds
             .insert("fine-tune".into(), t.elapsed().as_secs_f64());
         Ok(&self.report.adapters)
+    }
+
+    /// Measures every trained record's excess influence on the validation set and flags the
+    /// harmful ones. A record's excess influence, for one adapter, is its mean TracIn score
+    /// (over the adapter's checkpoints) on the gold answers minus its mean score on the
+    /// adapter's training records: how much more it helps the answers it should than the data
+    /// it was trained with. Subtracting the second removes what every record shares (the
+    /// common push of the softmax that makes raw TracIn scores mostly positive), and a record
+    /// that helps itself while hurting the gold answers — poison — comes out clearly negative.
+    /// Summed over the adapters; flagged when negative and more than `harm_z` robust standard
+    /// deviations below the median. Records whose metadata says `"poisoned": true` (planted
+    /// for a demonstration) are used only to report how well that worked.
+    fn measure_harm(&mut self, on: &mut dyn FnMut(&LoopEvent)) -> Result<()> {
+        if self.validation.is_empty() {
+            return Ok(());
+        }
+        let pair = |it: &Item| {
+            (
+                self.vocab.prompt(&it.prompt),
+                self.vocab.answer(&it.response),
+            )
+        };
+        let gold: Vec<(Vec<u32>, Vec<u32>)> = self.validation.iter().map(pair).collect();
+        let mut score: BTreeMap<usize, f64> = self.kept.iter().map(|&i| (i, 0.0)).collect();
+        let mut tuned = std::mem::take(&mut self.tuned);
+        let total = tuned.len();
+        let mut measured = || -> Result<()> {
+            for (a, t) in tuned.iter_mut().enumerate() {
+                let trained: Vec<(Vec<u32>, Vec<u32>)> =
+                    t.records.iter().map(|&i| pair(&self.items[i])).collect();
+                for (queries, sign) in [(&gold, 1.0), (&trained, -1.0)] {
+                    let features = t.index.featurize(&mut t.trainer, queries, &mut |_| {})?;
+                    let rows = t
+                        .index
+                        .index()
+                        .scores(&features, Method::TracIn, &mut |_| {})?;
+                    let n = rows.len() as f64;
+                    for row in &rows {
+                        for (k, &v) in row.iter().enumerate() {
+                            if !v.is_finite() {
+                                return Err(PoaError::NonFinite {
+                                    what: "validation TracIn score".into(),
+                                    index: k,
+                                    value: v,
+                                }
+                                .into());
+                            }
+                            *score.entry(t.records[k]).or_default() += sign * v / n;
+                        }
+                    }
+                }
+                on(&LoopEvent::Progress {
+                    stage: "fine-tune".into(),
+                    item: "validation influence".into(),
+                    done: a + 1,
+                    total,
+                    loss: None,
+                });
+            }
+            Ok(())
+        };
+        let r = measured();
+        self.tuned = tuned;
+        r?;
+        let values: Vec<f64> = score.values().copied().collect();
+        let median = |v: &[f64]| {
+            let mut v = v.to_vec();
+            v.sort_by(f64::total_cmp);
+            let n = v.len();
+            if n % 2 == 1 {
+                v[n / 2]
+            } else {
+                (v[n / 2 - 1] + v[n / 2]) / 2.0
+            }
+        };
+        let m = median(&values);
+        let deviations: Vec<f64> = values.iter().map(|v| (v - m).abs()).collect();
+        let sigma = 1.4826 * median(&deviations);
+        let threshold = (m - self.config.harm_z * sigma).min(0.0);
+        let records = self.datanet.records();
+        let mut flags = Vec::new();
+        for (&i, &v) in &score {
+            if v < threshold {
+                self.flagged.insert(i);
+                flags.push(HarmFlag {
+                    record: i,
+                    contributor: records[i].contributor,
+                    influence: v,
+                });
+            }
+        }
+        let poisoned: Vec<bool> = score
+            .keys()
+            .map(|&i| records[i].metadata.get("poisoned") == Some(&serde_json::Value::Bool(true)))
+            .collect();
+        let planted = poisoned.iter().filter(|&&p| p).count();
+        // Harm ranks records by how little they help: the AUC of −influence against the
+        // planted labels (1 = every planted record below every other).
+        let harm: Vec<f64> = values.iter().map(|v| -v).collect();
+        let check = crate::attribution::metrics::auc(&harm, &poisoned).map(|auc| {
+            let caught = score
+                .keys()
+                .zip(&poisoned)
+                .filter(|&(i, &p)| p && self.flagged.contains(i))
+                .count();
+            PlantedCheck {
+                planted,
+                caught,
+                false_flags: self.flagged.len() - caught,
+                auc,
+            }
+        });
+        self.report.validation = Some(ValidationReport {
+            answers: self.validation.len(),
+            records: score.len(),
+            policy: self.config.harm,
+            z: self.config.harm_z,
+            median: m,
+            threshold,
+            flagged: flags,
+            planted: check,
+        });
+        Ok(())
     }
 
     /// Share of `records` whose answer the trainer reproduces greedily, word for word.

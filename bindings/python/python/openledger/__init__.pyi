@@ -663,6 +663,7 @@ class PayableAi:
         steps: Optional[int] = None,
         counterfactual: Optional[bool] = None,
         max_new_tokens: Optional[int] = None,
+        harm_policy: Optional[str] = None,
     ) -> None: ...
     @staticmethod
     def run(
@@ -672,6 +673,7 @@ class PayableAi:
         steps: Optional[int] = None,
         counterfactual: Optional[bool] = None,
         max_new_tokens: Optional[int] = None,
+        harm_policy: Optional[str] = None,
         on_event: Optional[Callable[[_LoopEvent], object]] = None,
     ) -> Dict[str, Any]: ...
     def publish_datanet(
