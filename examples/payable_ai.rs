@@ -215,6 +215,22 @@ fn summary(r: &Report) {
             );
         }
     }
+    if !r.reputation.is_empty() {
+        let scores: Vec<String> = r
+            .reputation
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} {}/{}/{} → {:.2}",
+                    c.name, c.accepted, c.harmful, c.copies, c.score
+                )
+            })
+            .collect();
+        println!(
+            "reputation (accepted / harmful / copies of others' → the score weights are multiplied by): {}",
+            scores.join(", ")
+        );
+    }
     if let Some(s) = &r.serving {
         println!(
             "\nserved {} requests for {} adapters in {} engine steps; the first step ran all {} sequences as one mixed batch",

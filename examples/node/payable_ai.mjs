@@ -143,6 +143,10 @@ export function summary(r, out) {
       line(`  planted poison: ${v.planted.caught} of ${v.planted.planted} caught, ${v.planted.false_flags} other records flagged, AUC ${v.planted.auc.toFixed(3)}`)
     }
   }
+  if (r.reputation?.length) {
+    const scores = r.reputation.map((c) => `${c.name} ${c.accepted}/${c.harmful}/${c.copies} → ${c.score.toFixed(2)}`).join(', ')
+    line(`reputation (accepted / harmful / copies of others' → the score weights are multiplied by): ${scores}`)
+  }
   const s = r.serving
   if (s) {
     line(`\nserved ${s.requests} requests for ${s.adapters} adapters in ${s.engine_steps} engine steps; the first step ran all ${s.first_step_sequences} sequences as one mixed batch`)

@@ -182,6 +182,13 @@ def summary(r, out):
             pl = v["planted"]
             p(f"  planted poison: {pl['caught']} of {pl['planted']} caught, "
               f"{pl['false_flags']} other records flagged, AUC {pl['auc']:.3f}")
+    if r.get("reputation"):
+        scores = ", ".join(
+            f"{c['name']} {c['accepted']}/{c['harmful']}/{c['copies']} → {c['score']:.2f}"
+            for c in r["reputation"]
+        )
+        p(f"reputation (accepted / harmful / copies of others' → the score weights are "
+          f"multiplied by): {scores}")
     s = r.get("serving")
     if s:
         p(

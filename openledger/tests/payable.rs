@@ -104,6 +104,16 @@ fn the_loop_pays_every_contributor_exactly_and_copies_earn_nothing_extra() {
     assert!(v.flagged.iter().all(|f| f.influence < v.threshold));
     assert!(v.threshold < 0.0);
 
+    // Reputation: the honest five alike; trent's flags and mallory's copies weigh them down.
+    let rep = &l.report().reputation;
+    let score = |who: Address| rep.iter().find(|c| c.account == who).unwrap().score;
+    assert!((score(alice) - 16.0 / 17.0).abs() < 1e-12);
+    assert_eq!(score(alice), score(erin));
+    assert!((score(trent) - 4.0 / 9.0).abs() < 1e-12);
+    for m in &mallory {
+        assert!((score(*m) - 4.0 / 17.0).abs() < 1e-12);
+    }
+
     let served = l.serve(&mut on).unwrap().to_vec();
     assert_eq!(served.len(), n_requests);
     assert_eq!(
@@ -512,4 +522,67 @@ fn under_the_zero_policy_flagged_records_earn_nothing_and_owe_nothing() {
     let mut c = LoopConfig::quick(dir.path().to_path_buf());
     c.harm_z = f64::NAN;
     assert!(matches!(PayableAi::new(c), Err(LoopError::Config(_))));
+}
+
+#[test]
+fn reputation_weights_a_contributors_share_by_its_history() {
+    use openledger::poa::reputation::{Outcome, Reputation, ReputationConfig};
+    // Stages 1 to 4 of the quick loop: what alice and bob are paid, given a reputation that
+    // starts with `history` for alice.
+    let dir = tempfile::tempdir().unwrap();
+    let alice: Address = "0xa11ce000000000000000000000000000000a11ce"
+        .parse()
+        .unwrap();
+    let bob: Address = "0x00000000000000000000000000000000000b0b00"
+        .parse()
+        .unwrap();
+    let pay = |history: Option<(Outcome, u64)>, name: &str| {
+        let mut c = LoopConfig::quick(dir.path().join(name));
+        c.counterfactual = false;
+        let mut r = Reputation::new(ReputationConfig::default()).unwrap();
+        if let Some((outcome, n)) = history {
+            r.record(alice, outcome, n);
+        }
+        c.reputation = Some(r);
+        let mut l = PayableAi::new(c).unwrap();
+        let mut on = |_: &LoopEvent| {};
+        l.publish_datanet(&mut on).unwrap();
+        l.fine_tune(&mut on).unwrap();
+        l.serve(&mut on).unwrap();
+        let mut paid = std::collections::BTreeMap::<Address, U256>::new();
+        for r in l.attribute_and_pay(&mut on).unwrap() {
+            for (a, v) in &r.contributors {
+                *paid.entry(*a).or_default() += u(v);
+            }
+        }
+        let score = l
+            .report()
+            .reputation
+            .iter()
+            .find(|c| c.account == alice)
+            .unwrap()
+            .score;
+        (paid, score)
+    };
+    let (clean, s0) = pay(None, "clean");
+    let (flagged, s1) = pay(Some((Outcome::Harmful, 20)), "flagged");
+    let (trusted, s2) = pay(Some((Outcome::Accepted, 100)), "trusted");
+    assert!(s1 < s0 && s0 < s2, "{s1} < {s0} < {s2}");
+    // The same answers and scores: alice's share of what alice and bob earn moves with her
+    // reputation, and every pool is still split to the wei (checked by the loop's other test).
+    let share = |p: &std::collections::BTreeMap<Address, U256>| {
+        let (a, b) = (p[&alice].to::<u128>() as f64, p[&bob].to::<u128>() as f64);
+        a / (a + b)
+    };
+    assert!(
+        share(&flagged) < share(&clean),
+        "a flagged past lowers her share"
+    );
+    assert!(
+        share(&trusted) > share(&clean),
+        "a long clean past raises it"
+    );
+    let total = |p: &std::collections::BTreeMap<Address, U256>| p.values().copied().sum::<U256>();
+    assert_eq!(total(&flagged), total(&clean));
+    assert_eq!(total(&trusted), total(&clean));
 }

@@ -69,6 +69,7 @@ use openledger_poa::quality::{
 };
 use openledger_poa::rag::{Embedder, RagIndex, RelevanceWeighting, Similarity, relevance_weights};
 use openledger_poa::record::{AttributionMethod, AttributionRecord, Epoch};
+use openledger_poa::reputation::{Outcome, Reputation, ReputationConfig};
 use openledger_poa::split::SplitPolicy;
 use openledger_train::{Example, LoraSettings, TrainConfig, TrainError, TrainEvent, Trainer};
 use thiserror::Error;
@@ -80,8 +81,8 @@ use openledger_train::CheckpointCollector;
 
 pub use report::{
     AdapterReport, ContributorReport, CopyReport, DatanetReport, DebtReport, EpochReport, HarmFlag,
-    NearDuplicateCheck, PlantedCheck, Report, RequestReport, ServingReport, Share,
-    ValidationReport, wei,
+    NearDuplicateCheck, PlantedCheck, Report, ReputationReport, RequestReport, ServingReport,
+    Share, ValidationReport, wei,
 };
 pub use vocab::{HashingEmbedder, Vocab};
 
@@ -378,6 +379,11 @@ pub struct LoopConfig {
     /// deviation): a modified z-score, for which Iglewicz and Hoaglin (1993) recommend 3.5,
     /// the standard configuration's value.
     pub harm_z: f64,
+    /// The contributors' reputation so far (earlier epochs' histories under its prior): this
+    /// run adds every record's outcome after validation (accepted, harmful, or a copy of
+    /// someone else's), and every contributor's weight in every split is multiplied by its
+    /// score ([`openledger_poa::reputation`]). `None` weights nobody by reputation.
+    pub reputation: Option<Reputation>,
     /// Where adapters and feature stores are written.
     pub work_dir: PathBuf,
 }
@@ -447,6 +453,9 @@ impl LoopConfig {
             validation_jsonl: Some(DRUG_FACTS_VALIDATION_JSONL.into()),
             harm: HarmPolicy::CarryNegative,
             harm_z: 3.5,
+            reputation: Some(
+                Reputation::new(ReputationConfig::default()).expect("the default prior is valid"),
+            ),
             work_dir,
         }
     }
@@ -649,6 +658,8 @@ pub struct PayableAi {
     flagged: std::collections::BTreeSet<usize>,
     /// Debts charged to the contributors of flagged records by this epoch's answers.
     debts: Option<openledger_poa::split::DebtLedger>,
+    /// The contributors' reputation, this run's outcomes added after validation.
+    reputation: Option<Reputation>,
     /// Records of the datanet as it was before splitting (when given).
     before: Option<Vec<usize>>,
     rag: Option<RagIndex>,
@@ -810,6 +821,7 @@ impl PayableAi {
             "approve",
         )?;
         let report = Report::new(&chain, &deployment, &deploy_config);
+        let reputation = config.reputation.clone();
         Ok(Self {
             config,
             chain,
@@ -828,6 +840,7 @@ impl PayableAi {
             validation,
             flagged: std::collections::BTreeSet::new(),
             debts: None,
+            reputation,
             before: None,
             rag: None,
             rag_all: None,

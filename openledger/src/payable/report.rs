@@ -30,6 +30,8 @@ pub struct Report {
     pub adapters: Vec<AdapterReport>,
     /// Stage 2, after training: the records' influence on the validation set.
     pub validation: Option<ValidationReport>,
+    /// Stage 2, after validation: every contributor's reputation, this run included.
+    pub reputation: Vec<ReputationReport>,
     /// Stage 3.
     pub serving: Option<ServingReport>,
     /// Stages 3 and 4, per request.
@@ -218,6 +220,23 @@ pub struct ValidationReport {
     /// How the flags did on the records planted as poison (`"poisoned": true` in their
     /// metadata), when there are any among the trained records and any others.
     pub planted: Option<PlantedCheck>,
+}
+
+/// A contributor's reputation: its validated history and the score that weights its shares.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ReputationReport {
+    /// The contributor.
+    pub account: Address,
+    /// Its name.
+    pub name: String,
+    /// Records accepted.
+    pub accepted: u64,
+    /// Records flagged as harmful.
+    pub harmful: u64,
+    /// Copies of others' records.
+    pub copies: u64,
+    /// The score its weights are multiplied by.
+    pub score: f64,
 }
 
 /// A record flagged as harmful.

@@ -137,6 +137,11 @@ impl PayableAi {
             .zip(by_record)
             .map(|(c, w)| Share::new(c.record, c.contributor, &c.snippet, w))
             .collect();
+        // Each contributor's weights count as much as its reputation.
+        let (influence, rag_w) = match &self.reputation {
+            Some(r) => (r.weigh(&influence), r.weigh(&rag_w)),
+            None => (influence, rag_w),
+        };
         Ok(Weighed {
             influence,
             rag: rag_w,

@@ -200,6 +200,7 @@ impl PayableAi {
             self.tuned.push(tuned);
         }
         self.measure_harm(on)?;
+        self.update_reputation();
         if self.config.counterfactual {
             let all: Vec<usize> = (0..self.items.len()).collect();
             let before = self.before.clone().filter(|b| *b != kept);
@@ -342,6 +343,41 @@ impl PayableAi {
             planted: check,
         });
         Ok(())
+    }
+
+    /// Adds every record's outcome to the contributors' reputation: a copy of someone else's
+    /// record, harmful (flagged), or accepted (trained on); a copy of the contributor's own
+    /// record adds nothing.
+    fn update_reputation(&mut self) {
+        let Some(rep) = self.reputation.as_mut() else {
+            return;
+        };
+        let records = self.datanet.records();
+        for (i, r) in records.iter().enumerate() {
+            let first = self.clusters.cluster_of[i];
+            let outcome = if first != i {
+                if records[first].contributor == r.contributor {
+                    continue;
+                }
+                Outcome::Copy
+            } else if self.flagged.contains(&i) {
+                Outcome::Harmful
+            } else {
+                Outcome::Accepted
+            };
+            rep.record(r.contributor, outcome, 1);
+        }
+        self.report.reputation = rep
+            .contributors()
+            .map(|(&account, h)| ReputationReport {
+                account,
+                name: self.report.name_of(account),
+                accepted: h.accepted,
+                harmful: h.harmful,
+                copies: h.copies,
+                score: rep.score(&account),
+            })
+            .collect();
     }
 
     /// Share of `records` whose answer the trainer reproduces greedily, word for word.
