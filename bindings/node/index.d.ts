@@ -1141,6 +1141,12 @@ export interface PayableAiOptions {
    * does to each answer is charged as a debt, taken from later payouts or carried).
    */
   harmPolicy?: string
+  /**
+   * A sentence-transformers folder (all-MiniLM-L6-v2, fetched by `scripts/fetch-models.sh`)
+   * that indexes the datanet for RAG and catches paraphrased copies; without it a
+   * feature-hashing bag of words does, and paraphrases go undetected.
+   */
+  embedder?: string
 }
 
 /** One account and the wei it receives. */

@@ -7,12 +7,17 @@
 // chain; the epoch closes into a Merkle root every contributor claims from, checked to the wei.
 //
 //   node examples/node/payable_ai.mjs [--quick] [--steps N] [--work-dir DIR] [--report FILE]
+//       [--embedder DIR|none]
+//
+// Records and answers are embedded by all-MiniLM-L6-v2 when `bash scripts/fetch-models.sh` has
+// fetched it (or --embedder names a sentence-transformers folder), otherwise (or with
+// `--embedder none`) by a feature-hashing bag of words, which the output says.
 //
 // Build the addon first (bindings/node: `npm run build`). Progress bars go to stderr, the
 // answers and the summary to stdout, the JSON report to --report (default: report.json in the
 // work folder). Exits with 1 when a balance does not match its claim or the near-duplicate
 // contributor earned more than before splitting.
-import { mkdirSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
@@ -21,11 +26,17 @@ const here = dirname(fileURLToPath(import.meta.url))
 const { PayableAi } = createRequire(import.meta.url)(join(here, '..', '..', 'bindings', 'node', 'index.js'))
 
 const STAGES = ['publishDatanet', 'fineTune', 'serve', 'attributeAndPay', 'closeEpoch']
-const USAGE = 'payable_ai.mjs [--quick] [--steps N] [--work-dir DIR] [--report FILE]'
+const USAGE = 'payable_ai.mjs [--quick] [--steps N] [--work-dir DIR] [--report FILE] [--embedder DIR|none]'
+
+/** all-MiniLM-L6-v2 where `scripts/fetch-models.sh` puts it, when it has. */
+function fetchedEmbedder() {
+  const dir = join(process.env.OPENLEDGER_MODELS ?? join('target', 'models'), 'all-MiniLM-L6-v2')
+  return existsSync(join(dir, '.complete')) ? dir : undefined
+}
 
 /** The command line as options; throws on an unknown flag or a missing value. */
 export function parseArgs(argv) {
-  const a = { quick: false, steps: undefined, workDir: 'target/payable-ai-node', report: undefined, help: false }
+  const a = { quick: false, steps: undefined, workDir: 'target/payable-ai-node', report: undefined, embedder: fetchedEmbedder(), help: false }
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i]
     const value = () => {
@@ -42,6 +53,11 @@ export function parseArgs(argv) {
       }
       case '--work-dir': a.workDir = value(); break
       case '--report': a.report = value(); break
+      case '--embedder': {
+        const v = value()
+        a.embedder = v === 'none' ? undefined : v
+        break
+      }
       case '-h': case '--help': a.help = true; break
       default: throw new Error(`unknown argument ${JSON.stringify(flag)} (try --help)`)
     }
@@ -123,6 +139,7 @@ export function summary(r, out) {
   const d = r.datanet
   if (d) {
     line(`\ndatanet ${JSON.stringify(d.name)} id ${d.id} v${d.version}: ${d.records} records from ${Object.keys(d.contributors).length} contributors, root ${short(d.root)}; ${d.near_duplicate_clusters.length} near-duplicate clusters, ${d.distinct_records} distinct records`)
+    line(`  embedder: ${d.embedder}; ${d.paraphrases} clusters joined as paraphrases`)
     for (const [[who, owner], n] of copiesByCopier(d)) {
       const whose = who === owner ? 'their own' : `${name(owner)}'s`
       line(`  flagged: ${n} records of ${name(who)} copy ${whose} earlier records (not trained on, not cited)`)
@@ -195,7 +212,7 @@ export async function main(argv, io = {}) {
     return { code: 0, report: undefined }
   }
   const started = Date.now()
-  const ai = new PayableAi({ workDir: a.workDir, quick: a.quick, steps: a.steps })
+  const ai = new PayableAi({ workDir: a.workDir, quick: a.quick, steps: a.steps, embedder: a.embedder })
   const screen = new Screen(out, err, Boolean(io.tty ?? (process.stdout.isTTY && process.stderr.isTTY)))
   screen.lines = ai.requests.map((q, i) => `  #${pad(i, 2)} ${pad(q.adapter, 16)} ${pad(q.prompt, 28)} →`)
   const onEvent = (e) => {

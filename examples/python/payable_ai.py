@@ -8,7 +8,11 @@ receipted (EIP-712) and paid on chain; the epoch closes into a Merkle root every
 claims from, checked to the wei.
 
     python examples/python/payable_ai.py [--quick] [--steps N] [--no-counterfactual]
-        [--work-dir DIR] [--report FILE] [--events FILE]
+        [--work-dir DIR] [--report FILE] [--events FILE] [--embedder DIR|none]
+
+Records and answers are embedded by all-MiniLM-L6-v2 when ``bash scripts/fetch-models.sh`` has
+fetched it (or ``--embedder DIR`` names a sentence-transformers folder), otherwise (or with
+``--embedder none``) by a feature-hashing bag of words, which the output says.
 
 Exits with status 1 when a balance does not match its claim or the contributor who submitted
 near-duplicate copies earned more than without them; 2 when the loop stops with an error.
@@ -38,7 +42,19 @@ def parse_args(argv):
     p.add_argument("--work-dir", default=os.path.join("target", "payable-ai-python"))
     p.add_argument("--report", default=None, help="JSON report (default: WORK_DIR/report.json)")
     p.add_argument("--events", default=None, help="also write every event as a JSON line here")
-    return p.parse_args(argv)
+    p.add_argument(
+        "--embedder",
+        default=None,
+        help="sentence-transformers folder, or none (default: all-MiniLM-L6-v2 when fetched)",
+    )
+    a = p.parse_args(argv)
+    if a.embedder is None:
+        models = os.environ.get("OPENLEDGER_MODELS", os.path.join("target", "models"))
+        minilm = os.path.join(models, "all-MiniLM-L6-v2")
+        a.embedder = minilm if os.path.exists(os.path.join(minilm, ".complete")) else None
+    elif a.embedder == "none":
+        a.embedder = None
+    return a
 
 
 class Screen:
@@ -151,6 +167,7 @@ def summary(r, out):
             f"{len(d['near_duplicate_clusters'])} near-duplicate clusters, "
             f"{d['distinct_records']} distinct records"
         )
+        p(f"  embedder: {d['embedder']}; {d['paraphrases']} clusters joined as paraphrases")
         for (who, owner), n in copies_by_copier(d).items():
             whose = "their own" if who == owner else f"{name_of(r, owner)}'s"
             p(f"  flagged: {n} records of {name_of(r, who)} copy {whose} earlier records "
@@ -268,6 +285,7 @@ def main(argv=None, out=None, err=None):
             quick=a.quick,
             steps=a.steps,
             counterfactual=False if a.no_counterfactual else None,
+            embedder=a.embedder,
         )
         d = loop.publish_datanet(on_event)
         print(

@@ -7,10 +7,12 @@
 //! * [`model`]: llama-family models loaded from (and saved as) HF folders, whose forward pass
 //!   runs a batch of sequences with different adapters.
 //! * [`serve`]: the continuous-batching engine over a paged KV cache, sampling and streaming.
+//! * [`embed`]: sentence embeddings from a sentence-transformers BERT folder (all-MiniLM-L6-v2).
 //!
 //! Training lives in `openledger-train`, which builds on [`model`].
 
 pub mod adapter;
+pub mod embed;
 pub mod error;
 pub mod model;
 pub mod pool;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use openledger_core::DType;
 use openledger_lora::adapter::base::BaseModel;
 use openledger_lora::adapter::build::AdapterBuilder;
-use openledger_lora::adapter::config::ConfigSpec;
+use openledger_lora::adapter::config::{ConfigSpec, LoraConfig};
 use openledger_lora::adapter::merge::{DenseTensor, merge};
 use openledger_lora::adapter::{LoadOptions, LoraAdapter};
 use openledger_lora::error::LoraError;
@@ -386,6 +386,35 @@ fn invalid_regex_in_target_modules_is_named() {
         }
         e => panic!("{e:?}"),
     }
+}
+
+#[test]
+fn hostile_patterns_are_refused_quickly() {
+    // A pattern whose compiled form would take hundreds of megabytes, and one past the length
+    // limit: typed errors (the size limit stops the compile early).
+    let huge = r#"{"peft_type": "LORA", "r": 4, "target_modules": "(((a{100}){100}){100})"}"#;
+    let long = format!(
+        r#"{{"peft_type": "LORA", "r": 4, "target_modules": "{}"}}"#,
+        "a|".repeat(600)
+    );
+    for config in [huge.to_string(), long] {
+        match LoraConfig::from_json(config.as_bytes()).unwrap_err() {
+            LoraError::InvalidRegex { field, .. } => assert_eq!(field, "target_modules"),
+            e => panic!("{e:?}"),
+        }
+    }
+    // Plain names need no regex and keep PEFT's meaning.
+    let c = LoraConfig::from_json(
+        br#"{"peft_type": "LORA", "r": 4, "target_modules": "model.layers.0.self_attn.q_proj",
+             "rank_pattern": {"v_proj": 2}, "alpha_pattern": {"layers.1.self_attn.v_proj": 3}}"#,
+    )
+    .unwrap();
+    assert!(c.targets("model.layers.0.self_attn.q_proj"));
+    assert!(!c.targets("model.layers.1.self_attn.q_proj"));
+    assert_eq!(c.rank_for("model.layers.0.self_attn.v_proj"), 2);
+    assert_eq!(c.rank_for("model.layers.0.self_attn.xv_proj"), 4);
+    assert_eq!(c.alpha_for("model.layers.1.self_attn.v_proj"), 3.0);
+    assert_eq!(c.alpha_for("model.layers.0.self_attn.v_proj"), 8.0);
 }
 
 #[test]

@@ -215,6 +215,177 @@ pub fn cluster_near_duplicates(texts: &[&str], cfg: &MinHashConfig) -> Result<Cl
     Ok(Clusters { cluster_of })
 }
 
+/// Two records an embedding model reads as saying the same thing: a link
+/// [`merge_paraphrases`] made between clusters that MinHash kept apart.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ParaphraseLink {
+    /// The earlier record.
+    pub earlier: usize,
+    /// The later record, now in the earlier one's cluster.
+    pub later: usize,
+    /// Their embeddings' cosine similarity.
+    pub cosine: f32,
+}
+
+/// Joins the clusters of every two records whose embeddings (`embeddings`: one row of `dim`
+/// values per record, in commit order) have cosine similarity at least `threshold`: a
+/// paraphrase, which shares too few character shingles for MinHash, lands in the cluster of the
+/// record it re-words, and [`flag_copies`] then flags it like any other copy. Exact search over
+/// every pair (`n²/2` dot products). Returns the merged clusters (each named by its smallest
+/// member, the first committed) and, in order, each link that joined two clusters.
+pub fn merge_paraphrases(
+    clusters: &Clusters,
+    embeddings: &[f32],
+    dim: usize,
+    threshold: f32,
+) -> Result<(Clusters, Vec<ParaphraseLink>)> {
+    let n = clusters.cluster_of.len();
+    if dim == 0 {
+        return Err(PoaError::InvalidConfig {
+            what: "embedding dimension".into(),
+            reason: "must be positive".into(),
+        });
+    }
+    check_dim(|| "embeddings".into(), n * dim, embeddings.len())?;
+    if !(-1.0..=1.0).contains(&threshold) {
+        return Err(PoaError::InvalidConfig {
+            what: "paraphrase threshold".into(),
+            reason: format!("{threshold} is not a cosine similarity in [-1, 1]"),
+        });
+    }
+    let unit: Vec<Vec<f32>> = embeddings
+        .chunks_exact(dim)
+        .enumerate()
+        .map(|(i, v)| {
+            let norm = v.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+            if !(norm.is_finite() && norm > 0.0) {
+                return Err(PoaError::InvalidConfig {
+                    what: format!("embedding of record {i}"),
+                    reason: format!("norm {norm} has no direction"),
+                });
+            }
+            Ok(v.iter().map(|&x| (x as f64 / norm) as f32).collect())
+        })
+        .collect::<Result<_>>()?;
+    let candidates: Vec<ParaphraseLink> = (0..n)
+        .into_par_iter()
+        .flat_map_iter(|later| {
+            let unit = &unit;
+            (0..later).filter_map(move |earlier| {
+                let cosine: f32 = unit[earlier]
+                    .iter()
+                    .zip(&unit[later])
+                    .map(|(a, b)| a * b)
+                    .sum();
+                (cosine >= threshold).then_some(ParaphraseLink {
+                    earlier,
+                    later,
+                    cosine,
+                })
+            })
+        })
+        .collect();
+    let mut parent = clusters.cluster_of.clone();
+    let mut links = Vec::new();
+    for link in candidates {
+        if find(&mut parent, link.earlier) != find(&mut parent, link.later) {
+            union(&mut parent, link.earlier, link.later);
+            links.push(link);
+        }
+    }
+    let cluster_of = (0..n).map(|i| find(&mut parent, i)).collect();
+    Ok((Clusters { cluster_of }, links))
+}
+
+/// Precision and recall of calling a pair positive when its score is at least a threshold.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct Calibration {
+    /// The threshold.
+    pub threshold: f32,
+    /// True positives / predicted positives (1 when nothing is predicted positive).
+    pub precision: f64,
+    /// True positives / positives.
+    pub recall: f64,
+    /// Pairs scored.
+    pub pairs: usize,
+    /// Positive pairs among them.
+    pub positives: usize,
+}
+
+/// Precision and recall of `score ≥ threshold` against `labels`.
+pub fn precision_recall(scores: &[f32], labels: &[bool], threshold: f32) -> Result<Calibration> {
+    check_dim(|| "labels".into(), scores.len(), labels.len())?;
+    let (mut tp, mut fp, mut pos) = (0usize, 0usize, 0usize);
+    for (&s, &l) in scores.iter().zip(labels) {
+        if !s.is_finite() {
+            return Err(PoaError::InvalidConfig {
+                what: "scores".into(),
+                reason: format!("{s} is not finite"),
+            });
+        }
+        pos += l as usize;
+        if s >= threshold {
+            if l { tp += 1 } else { fp += 1 }
+        }
+    }
+    Ok(Calibration {
+        threshold,
+        precision: if tp + fp == 0 {
+            1.0
+        } else {
+            tp as f64 / (tp + fp) as f64
+        },
+        recall: if pos == 0 {
+            1.0
+        } else {
+            tp as f64 / pos as f64
+        },
+        pairs: scores.len(),
+        positives: pos,
+    })
+}
+
+/// The threshold that maximises F-β (`β < 1` weighs precision more: a false positive takes a
+/// contributor's pay) on labelled scores, placed midway between the lowest score it accepts
+/// and the next lower score (so that it does not sit on a tuning example).
+pub fn choose_threshold(scores: &[f32], labels: &[bool], beta: f64) -> Result<Calibration> {
+    check_dim(|| "labels".into(), scores.len(), labels.len())?;
+    if !(beta > 0.0 && beta.is_finite()) {
+        return Err(PoaError::InvalidConfig {
+            what: "beta".into(),
+            reason: format!("{beta} is not positive"),
+        });
+    }
+    let mut sorted: Vec<f32> = scores.to_vec();
+    if sorted.iter().any(|s| !s.is_finite()) {
+        return Err(PoaError::InvalidConfig {
+            what: "scores".into(),
+            reason: "a score is not finite".into(),
+        });
+    }
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    sorted.dedup();
+    let b2 = beta * beta;
+    let mut best: Option<(f64, Calibration)> = None;
+    for (k, &s) in sorted.iter().enumerate() {
+        let below = sorted.get(k + 1).copied().unwrap_or(s - 1e-3);
+        let t = (s + below) / 2.0;
+        let c = precision_recall(scores, labels, t)?;
+        let f = if c.precision + c.recall == 0.0 {
+            0.0
+        } else {
+            (1.0 + b2) * c.precision * c.recall / (b2 * c.precision + c.recall)
+        };
+        if best.as_ref().is_none_or(|(bf, _)| f > *bf) {
+            best = Some((f, c));
+        }
+    }
+    best.map(|(_, c)| c).ok_or_else(|| PoaError::InvalidConfig {
+        what: "scores".into(),
+        reason: "no labelled pairs".into(),
+    })
+}
+
 /// How a cluster's reward is shared.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ClusterShare {
@@ -434,6 +605,56 @@ pub fn apply_penalties(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paraphrases_join_the_cluster_of_the_record_they_reword() {
+        // Records 0 and 2 point the same way, 1 elsewhere, 3 near 1 but under the threshold.
+        let e = [
+            1.0, 0.0, 0.0, //
+            0.0, 1.0, 0.0, //
+            0.9, 0.1, 0.0, //
+            0.0, 0.8, 0.6, //
+        ];
+        let start = Clusters {
+            cluster_of: vec![0, 1, 2, 3],
+        };
+        let (c, links) = merge_paraphrases(&start, &e, 3, 0.9).unwrap();
+        assert_eq!(c.cluster_of, vec![0, 1, 0, 3]);
+        assert_eq!(links.len(), 1);
+        assert_eq!((links[0].earlier, links[0].later), (0, 2));
+        assert!((links[0].cosine - 0.9 / 0.82f32.sqrt()).abs() < 1e-6);
+        let who = [Address::repeat_byte(1), Address::repeat_byte(2)];
+        let flags = flag_copies(&c, &[who[0], who[1], who[1], who[1]]).unwrap();
+        assert_eq!(flags.len(), 1);
+        assert_eq!((flags[0].index, flags[0].owner), (2, who[0]));
+        // A link inside a cluster MinHash already made adds nothing.
+        let (c2, links2) = merge_paraphrases(&c, &e, 3, 0.9).unwrap();
+        assert_eq!((c2, links2.len()), (c, 0));
+        // Bad input is refused by name.
+        assert!(merge_paraphrases(&start, &e[..9], 3, 0.9).is_err());
+        assert!(merge_paraphrases(&start, &e, 3, 1.5).is_err());
+        let mut zero = e;
+        zero[3..6].fill(0.0);
+        let err = merge_paraphrases(&start, &zero, 3, 0.9).unwrap_err();
+        assert!(err.to_string().contains("record 1"), "{err}");
+    }
+
+    #[test]
+    fn the_threshold_maximises_f_beta_between_two_scores() {
+        let scores = [0.95, 0.9, 0.8, 0.7, 0.6, 0.3];
+        let labels = [true, true, false, true, false, false];
+        // F1: at 0.85 (P 1, R 2/3) 0.8; at 0.65 (P 3/4, R 1) 0.857 → 0.65.
+        let c = choose_threshold(&scores, &labels, 1.0).unwrap();
+        assert!((c.threshold - 0.65).abs() < 1e-6, "{c:?}");
+        assert_eq!((c.precision, c.recall), (0.75, 1.0));
+        // F0.5 weighs precision: 0.85 (0.909) beats 0.65 (0.789).
+        let c = choose_threshold(&scores, &labels, 0.5).unwrap();
+        assert!((c.threshold - 0.85).abs() < 1e-6, "{c:?}");
+        let pr = precision_recall(&scores, &labels, 0.85).unwrap();
+        assert_eq!((pr.precision, pr.positives, pr.pairs), (1.0, 3, 6));
+        assert!(choose_threshold(&[], &[], 1.0).is_err());
+        assert!(choose_threshold(&[f32::NAN], &[true], 1.0).is_err());
+    }
 
     #[test]
     fn estimated_jaccard_tracks_true_jaccard() {

@@ -4,6 +4,7 @@ import assert from 'node:assert/strict'
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { after, before, test } from 'node:test'
 import { ol, rejects } from './helpers.mjs'
 import { main, parseArgs } from '../../../examples/node/payable_ai.mjs'
@@ -172,4 +173,28 @@ test('the example refuses unknown flags and bad step counts, and puts the report
   assert.throws(() => parseArgs(['--work-dir']), /--work-dir needs a value/)
   const a = parseArgs(['--quick', '--steps', '7', '--work-dir', 'w'])
   assert.deepEqual([a.quick, a.steps, a.report], [true, 7, join('w', 'report.json')])
+})
+
+// The sentence embedder (`bash scripts/fetch-models.sh`); skipped without it unless
+// OPENLEDGER_REQUIRE_MODELS=1.
+const models = process.env.OPENLEDGER_MODELS ?? fileURLToPath(new URL('../../../target/models', import.meta.url))
+const minilm = join(models, 'all-MiniLM-L6-v2')
+const haveMinilm = (() => {
+  try {
+    readFileSync(join(minilm, '.complete'))
+    return true
+  } catch {
+    if (process.env.OPENLEDGER_REQUIRE_MODELS === '1') throw new Error(`${minilm} is absent: run scripts/fetch-models.sh`)
+    return false
+  }
+})()
+
+test('the embedder option indexes the datanet with the sentence model and the report says so', { skip: !haveMinilm && `${minilm} is absent` }, async () => {
+  const l = new ol.PayableAi({ workDir: join(dir, 'minilm'), quick: true, steps: 3, counterfactual: false, embedder: minilm })
+  const d = await l.publishDatanet()
+  assert.match(d.embedder, /^all-MiniLM-L6-v2 \(384 dims\)/)
+  assert.equal(d.paraphrases, 0)
+  const h = await small('hashing').publishDatanet()
+  assert.match(h.embedder, /^feature hashing/)
+  assert.throws(() => new ol.PayableAi({ workDir: join(dir, 'nope'), quick: true, embedder: join(dir, 'absent') }), (e) => e.code === 'ENOENT')
 })

@@ -42,6 +42,10 @@ pub struct PayableAiOptions {
     /// (it earns nothing) or `"carry_negative"` (the default: it earns nothing and the harm it
     /// does to each answer is charged as a debt, taken from later payouts or carried).
     pub harm_policy: Option<String>,
+    /// A sentence-transformers folder (all-MiniLM-L6-v2, fetched by `scripts/fetch-models.sh`)
+    /// that indexes the datanet for RAG and catches paraphrased copies; without it a
+    /// feature-hashing bag of words does, and paraphrases go undetected.
+    pub embedder: Option<String>,
 }
 
 /// What the loop reports while a stage runs. `kind` is `"stage"` (a stage started: `name` is
@@ -386,6 +390,7 @@ fn config(o: PayableAiOptions) -> Result<LoopConfig> {
             .parse()
             .map_err(|e: LoopError| invalid_arg("harmPolicy", e.to_string()))?;
     }
+    c.embedder = o.embedder.map(Into::into);
     Ok(c)
 }
 

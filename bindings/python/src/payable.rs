@@ -110,6 +110,7 @@ fn config(
     counterfactual: Option<bool>,
     max_new_tokens: Option<usize>,
     harm_policy: Option<&str>,
+    embedder: Option<PathBuf>,
 ) -> Result<LoopConfig> {
     let mut c = if quick {
         LoopConfig::quick(work_dir)
@@ -130,6 +131,7 @@ fn config(
             .parse()
             .map_err(|e: LoopError| invalid_arg("harm_policy", e.to_string()))?;
     }
+    c.embedder = embedder;
     Ok(c)
 }
 
@@ -172,9 +174,13 @@ impl PyPayableAi {
     /// datanet before splitting and with no clustering, to report what contributors would have
     /// earned), `max_new_tokens` and `harm_policy` (what a record flagged as harmful on the
     /// validation set costs: `"zero"`, or `"carry_negative"`, the default, which also charges
-    /// the harm it did as a debt) override the configuration.
+    /// the harm it did as a debt) override the configuration. `embedder` names a
+    /// sentence-transformers folder (all-MiniLM-L6-v2) that indexes the datanet for RAG and
+    /// catches paraphrased copies; without it a feature-hashing bag of words does, and
+    /// paraphrases go undetected.
     #[new]
-    #[pyo3(signature = (work_dir, *, quick = false, steps = None, counterfactual = None, max_new_tokens = None, harm_policy = None))]
+    #[pyo3(signature = (work_dir, *, quick = false, steps = None, counterfactual = None, max_new_tokens = None, harm_policy = None, embedder = None))]
+    #[allow(clippy::too_many_arguments)] // Python's keyword arguments
     fn new(
         py: Python<'_>,
         work_dir: PathBuf,
@@ -183,6 +189,7 @@ impl PyPayableAi {
         counterfactual: Option<bool>,
         max_new_tokens: Option<usize>,
         harm_policy: Option<&str>,
+        embedder: Option<PathBuf>,
     ) -> Result<Self> {
         let c = config(
             work_dir,
@@ -191,6 +198,7 @@ impl PyPayableAi {
             counterfactual,
             max_new_tokens,
             harm_policy,
+            embedder,
         )?;
         let inner = py.detach(|| PayableAi::new(c).map_err(Error::from))?;
         Ok(Self {
@@ -201,7 +209,7 @@ impl PyPayableAi {
     /// Runs every stage in order and returns the report (a dict); the arguments are the
     /// constructor's, and `on_event` receives every event.
     #[staticmethod]
-    #[pyo3(signature = (work_dir, *, quick = false, steps = None, counterfactual = None, max_new_tokens = None, harm_policy = None, on_event = None))]
+    #[pyo3(signature = (work_dir, *, quick = false, steps = None, counterfactual = None, max_new_tokens = None, harm_policy = None, embedder = None, on_event = None))]
     #[allow(clippy::too_many_arguments)] // Python's keyword arguments
     fn run<'py>(
         py: Python<'py>,
@@ -211,6 +219,7 @@ impl PyPayableAi {
         counterfactual: Option<bool>,
         max_new_tokens: Option<usize>,
         harm_policy: Option<&str>,
+        embedder: Option<PathBuf>,
         on_event: Option<Py<PyAny>>,
     ) -> Result<Bound<'py, PyAny>> {
         let c = config(
@@ -220,6 +229,7 @@ impl PyPayableAi {
             counterfactual,
             max_new_tokens,
             harm_policy,
+            embedder,
         )?;
         let events = Events::new(on_event);
         let report = py.detach(|| PayableAi::run(c, &mut |e| events.send(e)).map_err(Error::from));

@@ -1,15 +1,18 @@
 //! Python face of `openledger_poa::rag`: an exact top-k index of datanet records by embedding
 //! (float32 numpy vectors in), citations, and reward weights from relevance.
 
+use std::path::PathBuf;
 use std::sync::RwLock;
 
 use numpy::{PyArray2, PyReadonlyArray1, PyUntypedArray, PyUntypedArrayMethods};
 use openledger_core::ContentId;
+use openledger_lora::embed::SentenceEmbedder;
 use openledger_poa::rag::{Citation, RagIndex, RelevanceWeighting, Similarity, relevance_weights};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
-use crate::error::{Result, invalid_arg};
+use crate::error::{Error, Result, invalid_arg};
+use crate::progress::Progress;
 use crate::types::{address, address_str, b256};
 
 /// A 1-D float32 numpy array, read in place when contiguous.
@@ -185,7 +188,67 @@ fn py_relevance_weights(
 /// Adds the RAG classes and functions to the module.
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyRagIndex>()?;
+    m.add_class::<PySentenceEmbedder>()?;
     m.add_function(wrap_pyfunction!(py_relevance_weights, m)?)?;
     m.add_function(wrap_pyfunction!(content_id, m)?)?;
     Ok(())
+}
+
+/// A sentence-transformers embedding model (a BERT folder such as all-MiniLM-L6-v2, fetched by
+/// `scripts/fetch-models.sh`): texts in, one float32 vector per text out, equal to
+/// sentence-transformers' `encode` to 1e-5.
+#[pyclass(name = "SentenceEmbedder", module = "openledger", frozen)]
+pub struct PySentenceEmbedder {
+    inner: SentenceEmbedder,
+}
+
+#[pymethods]
+impl PySentenceEmbedder {
+    /// Loads the folder `path` (`config.json`, `model.safetensors`, `tokenizer.json`, and the
+    /// sentence-transformers module files when present); raises `ModelFormatError` naming the
+    /// file or weight otherwise.
+    #[staticmethod]
+    fn from_dir(py: Python<'_>, path: PathBuf) -> Result<Self> {
+        let inner = py.detach(|| SentenceEmbedder::from_dir(&path).map_err(Error::from))?;
+        Ok(Self { inner })
+    }
+
+    /// The embedding dimension.
+    #[getter]
+    fn dim(&self) -> usize {
+        self.inner.dim()
+    }
+
+    /// Tokens a text keeps (longer texts are cut, as sentence-transformers cuts them).
+    #[getter]
+    fn max_seq_len(&self) -> usize {
+        self.inner.max_seq_len()
+    }
+
+    /// The vectors of `texts` as a `(len(texts), dim)` float32 array; `progress` (e.g.
+    /// `tqdm.update`) receives the number of texts embedded by each forward pass.
+    #[pyo3(signature = (texts, progress = None))]
+    fn embed<'py>(
+        &self,
+        py: Python<'py>,
+        texts: Vec<String>,
+        progress: Option<Py<PyAny>>,
+    ) -> Result<Bound<'py, PyArray2<f32>>> {
+        let progress = Progress::new(progress);
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let mut before = 0;
+        let vectors = py.detach(|| {
+            self.inner
+                .embed_batch_with_progress(&refs, &mut |done, _| {
+                    progress.advance(done - before);
+                    before = done;
+                })
+                .map_err(Error::from)
+        })?;
+        progress.finish()?;
+        let dim = self.inner.dim();
+        let arr = numpy::ndarray::Array2::from_shape_vec((texts.len(), dim), vectors.concat())
+            .map_err(|e| invalid_arg("texts", e))?;
+        Ok(PyArray2::from_owned_array(py, arr))
+    }
 }

@@ -16,6 +16,11 @@
 //! - `rank_pattern` / `alpha_pattern` keys are regexes matched against the end of the module
 //!   name after a `.` (PEFT's `get_pattern_key`); the first key in file order wins.
 //!
+//! Patterns without regex syntax (most keys, like `"v_proj"`) are matched as plain names; the
+//! others compile to byte regexes without Unicode classes (module names are ASCII; `\d` is
+//! `[0-9]`) under a size limit, and a pattern longer than [`MAX_PATTERN_LEN`] is refused, so a
+//! hostile config cannot make loading slow.
+//!
 //! ```
 //! use openledger_lora::adapter::config::LoraConfig;
 //!
@@ -30,7 +35,7 @@
 //! assert_eq!(cfg.scale_for("model.layers.0.self_attn.q_proj"), 2.0);
 //! ```
 
-use regex::Regex;
+use regex::bytes::{Regex, RegexBuilder};
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
@@ -181,14 +186,46 @@ impl ConfigSpec {
     }
 }
 
+/// The longest regex pattern a config may hold, in bytes.
+pub const MAX_PATTERN_LEN: usize = 1024;
+
+/// How much memory one compiled pattern may take (the regex crate's compile-time limit).
+const PATTERN_SIZE_LIMIT: usize = 1 << 20;
+
+/// A compiled config pattern: plain names compare without a regex.
+#[derive(Clone, Debug)]
+enum Matcher {
+    /// The whole module name equals the pattern.
+    Exact(String),
+    /// The module name is the pattern or ends with `"." + pattern`.
+    Suffix(String),
+    /// A regex.
+    Regex(Regex),
+}
+
+impl Matcher {
+    fn is_match(&self, module: &str) -> bool {
+        match self {
+            Matcher::Exact(p) => module == p,
+            Matcher::Suffix(p) => module == p || ends_with_component(module, p),
+            Matcher::Regex(re) => re.is_match(module.as_bytes()),
+        }
+    }
+}
+
+/// Whether `p` holds no regex syntax (it then matches only itself).
+fn is_plain(p: &str) -> bool {
+    regex::escape(p) == p
+}
+
 /// A validated LoRA config with its regular expressions compiled.
 #[derive(Clone, Debug)]
 pub struct LoraConfig {
     spec: ConfigSpec,
-    target_regex: Option<Regex>,
-    exclude_regex: Option<Regex>,
-    rank_regexes: Vec<Regex>,
-    alpha_regexes: Vec<Regex>,
+    target_regex: Option<Matcher>,
+    exclude_regex: Option<Matcher>,
+    rank_regexes: Vec<Matcher>,
+    alpha_regexes: Vec<Matcher>,
     layer_regexes: Vec<Regex>,
 }
 
@@ -240,14 +277,19 @@ impl LoraConfig {
                 "lora_bias = true is not supported together with use_dora (PEFT rejects it too)",
             ));
         }
+        let whole = |field: &str, p: &str| -> Result<Matcher, LoraError> {
+            if is_plain(p) {
+                Ok(Matcher::Exact(p.to_string()))
+            } else {
+                Ok(Matcher::Regex(compile(field, &format!("^(?:{p})$"), p)?))
+            }
+        };
         let target_regex = match &spec.target_modules {
-            TargetModules::Regex(p) => Some(compile("target_modules", &format!("^(?:{p})$"), p)?),
+            TargetModules::Regex(p) => Some(whole("target_modules", p)?),
             _ => None,
         };
         let exclude_regex = match &spec.exclude_modules {
-            Some(TargetModules::Regex(p)) => {
-                Some(compile("exclude_modules", &format!("^(?:{p})$"), p)?)
-            }
+            Some(TargetModules::Regex(p)) => Some(whole("exclude_modules", p)?),
             Some(TargetModules::AllLinear) => {
                 return Err(LoraError::field(
                     "exclude_modules",
@@ -256,11 +298,22 @@ impl LoraConfig {
             }
             _ => None,
         };
-        let pattern_regexes = |field: &str, keys: Vec<&String>| -> Result<Vec<Regex>, LoraError> {
-            keys.into_iter()
-                .map(|k| compile(field, &format!("^(.*\\.)?({k})$"), k))
-                .collect()
-        };
+        let pattern_regexes =
+            |field: &str, keys: Vec<&String>| -> Result<Vec<Matcher>, LoraError> {
+                keys.into_iter()
+                    .map(|k| {
+                        if is_plain(k) {
+                            Ok(Matcher::Suffix(k.clone()))
+                        } else {
+                            Ok(Matcher::Regex(compile(
+                                field,
+                                &format!("^(.*\\.)?({k})$"),
+                                k,
+                            )?))
+                        }
+                    })
+                    .collect()
+            };
         let rank_regexes = pattern_regexes(
             "rank_pattern",
             spec.rank_pattern.iter().map(|p| &p.0).collect(),
@@ -269,7 +322,13 @@ impl LoraConfig {
             "alpha_pattern",
             spec.alpha_pattern.iter().map(|p| &p.0).collect(),
         )?;
+        // Layer patterns are needed only when layers are restricted.
+        let restricted = spec
+            .layers_to_transform
+            .as_ref()
+            .is_some_and(|l| !l.is_empty());
         let layer_regexes = match &spec.layers_pattern {
+            _ if !restricted => Vec::new(),
             Some(pats) if !pats.is_empty() => pats
                 .iter()
                 .map(|p| compile("layers_pattern", &format!(r"^.*\.{p}\.(\d+)\."), p))
@@ -314,7 +373,7 @@ impl LoraConfig {
     /// Whether `module` is excluded by `exclude_modules`.
     pub fn excludes(&self, module: &str) -> bool {
         match (&self.spec.exclude_modules, &self.exclude_regex) {
-            (_, Some(re)) => re.is_match(module),
+            (_, Some(m)) => m.is_match(module),
             (Some(TargetModules::Names(names)), None) => names
                 .iter()
                 .any(|n| module == n || ends_with_component(module, n)),
@@ -334,7 +393,7 @@ impl LoraConfig {
             TargetModules::Regex(_) => self
                 .target_regex
                 .as_ref()
-                .is_some_and(|re| re.is_match(module)),
+                .is_some_and(|m| m.is_match(module)),
             TargetModules::AllLinear => last_component(module) != "lm_head",
             TargetModules::Names(names) => {
                 if names.iter().any(|n| n == module) {
@@ -391,7 +450,7 @@ impl LoraConfig {
     pub fn rank_for(&self, module: &str) -> usize {
         self.rank_regexes
             .iter()
-            .position(|re| re.is_match(module))
+            .position(|m| m.is_match(module))
             .map(|i| self.spec.rank_pattern[i].1)
             .unwrap_or(self.spec.r)
     }
@@ -400,7 +459,7 @@ impl LoraConfig {
     pub fn alpha_for(&self, module: &str) -> f64 {
         self.alpha_regexes
             .iter()
-            .position(|re| re.is_match(module))
+            .position(|m| m.is_match(module))
             .map(|i| self.spec.alpha_pattern[i].1)
             .unwrap_or(self.spec.lora_alpha)
     }
@@ -433,8 +492,11 @@ impl LoraConfig {
             return true;
         }
         for re in &self.layer_regexes {
-            if let Some(c) = re.captures(module) {
-                return c[1].parse::<usize>().is_ok_and(|i| layers.contains(&i));
+            if let Some(c) = re.captures(module.as_bytes()) {
+                return std::str::from_utf8(&c[1])
+                    .ok()
+                    .and_then(|d| d.parse::<usize>().ok())
+                    .is_some_and(|i| layers.contains(&i));
             }
         }
         false
@@ -453,12 +515,24 @@ fn ends_with_component(module: &str, suffix: &str) -> bool {
 }
 
 fn compile(field: &str, full: &str, pattern: &str) -> Result<Regex, LoraError> {
-    Regex::new(full).map_err(|e| LoraError::InvalidRegex {
+    let refuse = |reason: String| LoraError::InvalidRegex {
         file: CONFIG_FILE.to_string(),
         field: field.to_string(),
-        pattern: pattern.to_string(),
-        reason: e.to_string(),
-    })
+        pattern: pattern.chars().take(80).collect(),
+        reason,
+    };
+    if pattern.len() > MAX_PATTERN_LEN {
+        return Err(refuse(format!(
+            "{} bytes long, more than the {MAX_PATTERN_LEN} allowed",
+            pattern.len()
+        )));
+    }
+    RegexBuilder::new(full)
+        .unicode(false)
+        .size_limit(PATTERN_SIZE_LIMIT)
+        .dfa_size_limit(PATTERN_SIZE_LIMIT)
+        .build()
+        .map_err(|e| refuse(e.to_string()))
 }
 
 /// A JSON object read with its keys in file order.

@@ -371,6 +371,18 @@ pub(crate) fn decode_all(
     buf: &[u8],
     allow_non_finite: bool,
 ) -> Result<Vec<(String, HostTensor)>, LoraError> {
+    decode_where(file, buf, allow_non_finite, &|_| true)
+}
+
+/// [`decode_all`] for the tensors whose name `keep` accepts; the others are neither decoded nor
+/// checked (their dtype may be one this crate does not hold, such as BERT's `I64`
+/// `position_ids`). The header and every offset are still validated.
+pub(crate) fn decode_where(
+    file: &str,
+    buf: &[u8],
+    allow_non_finite: bool,
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<Vec<(String, HostTensor)>, LoraError> {
     if let Some(len) = buf.get(..8) {
         let n = u64::from_le_bytes(len.try_into().unwrap_or([0; 8]));
         if n > (buf.len() - 8) as u64 {
@@ -392,6 +404,9 @@ pub(crate) fn decode_all(
         let Some(info) = meta.info(&key) else {
             continue;
         };
+        if !keep(&key) {
+            continue;
+        }
         let name = dtype_name(info.dtype);
         let dtype = DType::from_safetensors(&name).map_err(|_| LoraError::UnsupportedDType {
             file: file.to_string(),
@@ -421,6 +436,16 @@ pub fn read_safetensors(
     path: &Path,
     allow_non_finite: bool,
 ) -> Result<Vec<(String, HostTensor)>, LoraError> {
+    read_safetensors_where(path, allow_non_finite, &|_| true)
+}
+
+/// [`read_safetensors`] for the tensors whose name `keep` accepts; the others are skipped
+/// undecoded (whatever their dtype).
+pub fn read_safetensors_where(
+    path: &Path,
+    allow_non_finite: bool,
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<Vec<(String, HostTensor)>, LoraError> {
     let file_name = path.display().to_string();
     let io = |source| LoraError::Io {
         path: path.to_path_buf(),
@@ -429,11 +454,11 @@ pub fn read_safetensors(
     let (f, len) = open_regular(path).map_err(io)?;
     if len < 8 {
         let bytes = read_regular(path, 8).map_err(io)?;
-        return decode_all(&file_name, &bytes, allow_non_finite);
+        return decode_where(&file_name, &bytes, allow_non_finite, keep);
     }
     // SAFETY: read-only map, dropped before returning; tensors are copied out of it.
     let map = unsafe { memmap2::Mmap::map(&f) }.map_err(io)?;
-    decode_all(&file_name, &map, allow_non_finite)
+    decode_where(&file_name, &map, allow_non_finite, keep)
 }
 
 /// Reads only the header of a safetensors file (8-byte length + JSON), checking that the

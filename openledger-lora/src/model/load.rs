@@ -170,7 +170,13 @@ impl TensorMap {
         }
     }
 
-    fn take(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+    /// The names left.
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
+
+    /// Takes out `key`, checking its shape and that every value is finite, as f32.
+    pub(crate) fn take(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
         let t = self
             .0
             .remove(key)

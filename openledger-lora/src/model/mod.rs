@@ -61,7 +61,7 @@ pub use tokenizer::{TOKENIZER_FILE, Tokenizer};
 use crate::adapter::LoraAdapter;
 use crate::adapter::base::BaseModel;
 use crate::adapter::tensors::HostTensor;
-use load::TensorMap;
+pub(crate) use load::TensorMap;
 use lora::{PreparedAdapter, Span, project};
 use ops::AttentionShape;
 

@@ -32,6 +32,7 @@
 //! # Ok::<(), openledger::payable::LoopError>(())
 //! ```
 
+pub mod paraphrase;
 mod report;
 mod serving;
 mod settle;
@@ -56,6 +57,7 @@ use openledger_chain::receipt::{AttributionReceipt, OperatorSigner, weights_hash
 use openledger_core::datanet::{Datanet, DatanetError};
 use openledger_core::{Address, B256, ContentId, U256};
 use openledger_lora::adapter::LoraAdapter;
+use openledger_lora::embed::SentenceEmbedder;
 use openledger_lora::model::RandomLlama;
 use openledger_lora::model::{ModelError, PagedModel};
 use openledger_lora::pool::AdapterId;
@@ -65,7 +67,8 @@ use openledger_lora::serve::{
 };
 use openledger_poa::PoaError;
 use openledger_poa::quality::{
-    ClusterShare, Clusters, MinHashConfig, Shingle, cluster_near_duplicates, cluster_rewards,
+    ClusterShare, Clusters, MinHashConfig, ParaphraseLink, Shingle, cluster_near_duplicates,
+    cluster_rewards, merge_paraphrases,
 };
 use openledger_poa::rag::{Embedder, RagIndex, RelevanceWeighting, Similarity, relevance_weights};
 use openledger_poa::record::{AttributionMethod, AttributionRecord, Epoch};
@@ -112,6 +115,80 @@ pub fn without_copies(jsonl: &str) -> String {
         })
         .map(|line| format!("{line}\n"))
         .collect()
+}
+
+/// Pairs of sentences about the shipped datanet's facts labelled paraphrase or not
+/// (`{"a", "b", "label", "kind", "split"}` per line; `scripts/make_paraphrase_pairs.py`): the
+/// paraphrase threshold is chosen on the `tune` half and measured on the `test` half.
+pub const PARAPHRASE_PAIRS_JSONL: &str = include_str!("../../data/paraphrase-pairs.jsonl");
+
+/// pat's records: a prose re-wording of each of bob's twelve records in the shipped datanet,
+/// copies that MinHash misses and sentence embeddings catch.
+pub const DRUG_FACTS_PARAPHRASED_JSONL: &str =
+    include_str!("../../data/drug-facts-paraphrased.jsonl");
+
+/// The cosine similarity of all-MiniLM-L6-v2 embeddings at which two records are one
+/// cluster: the F0.5-best threshold on the tuning half of [`PARAPHRASE_PAIRS_JSONL`]
+/// ([`paraphrase::calibrate`] recomputes it; F0.5 because a false positive takes an honest
+/// contributor's pay).
+pub const PARAPHRASE_THRESHOLD: f32 = 0.84;
+
+/// What embeds the datanet's records and the answers for RAG.
+enum LoopEmbedder {
+    /// A feature-hashing bag of words (no model given).
+    Hashing(HashingEmbedder),
+    /// A sentence-transformers model, with every record's vector (rows in datanet order).
+    Sentence {
+        model: Box<SentenceEmbedder>,
+        records: Vec<f32>,
+    },
+}
+
+impl LoopEmbedder {
+    fn dim(&self) -> usize {
+        match self {
+            LoopEmbedder::Hashing(h) => h.dim(),
+            LoopEmbedder::Sentence { model, .. } => model.dim(),
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            LoopEmbedder::Hashing(h) => format!(
+                "feature hashing ({} dims; no sentence model given, paraphrases go undetected)",
+                h.dim()
+            ),
+            LoopEmbedder::Sentence { model, .. } => format!(
+                "{} ({} dims)",
+                model
+                    .dir()
+                    .file_name()
+                    .map_or_else(|| "sentence model".into(), |n| n.to_string_lossy()),
+                model.dim()
+            ),
+        }
+    }
+
+    /// Record `i`'s vector.
+    fn record(&self, i: usize, content: &str) -> Result<Vec<f32>> {
+        match self {
+            LoopEmbedder::Hashing(h) => Ok(h.embed(content)?),
+            LoopEmbedder::Sentence { model, records } => {
+                let d = model.dim();
+                Ok(records[i * d..(i + 1) * d].to_vec())
+            }
+        }
+    }
+
+    /// The vector of a text.
+    fn text(&self, text: &str) -> Result<Vec<f32>> {
+        match self {
+            LoopEmbedder::Hashing(h) => Ok(h.embed(text)?),
+            LoopEmbedder::Sentence { model, .. } => {
+                model.embed(text).map_err(|e| LoopError::Model(e.into()))
+            }
+        }
+    }
 }
 
 /// Why the loop stopped. Nothing on chain is rolled back (each transaction either succeeded or
@@ -384,6 +461,15 @@ pub struct LoopConfig {
     /// someone else's), and every contributor's weight in every split is multiplied by its
     /// score ([`openledger_poa::reputation`]). `None` weights nobody by reputation.
     pub reputation: Option<Reputation>,
+    /// A sentence-transformers folder (all-MiniLM-L6-v2: `bash scripts/fetch-models.sh`)
+    /// whose embeddings index the datanet for RAG and catch paraphrased copies that MinHash
+    /// misses. `None`: a feature-hashing bag of words indexes the datanet and paraphrases go
+    /// undetected (the report says which embedder ran).
+    pub embedder: Option<PathBuf>,
+    /// Two records whose sentence embeddings have at least this cosine similarity are one
+    /// cluster (the later a copy of the earlier): [`PARAPHRASE_THRESHOLD`], chosen on
+    /// [`PARAPHRASE_PAIRS_JSONL`]. Unused without `embedder`.
+    pub paraphrase_threshold: f32,
     /// Where adapters and feature stores are written.
     pub work_dir: PathBuf,
 }
@@ -456,6 +542,8 @@ impl LoopConfig {
             reputation: Some(
                 Reputation::new(ReputationConfig::default()).expect("the default prior is valid"),
             ),
+            embedder: None,
+            paraphrase_threshold: PARAPHRASE_THRESHOLD,
             work_dir,
         }
     }
@@ -652,6 +740,10 @@ pub struct PayableAi {
     /// Records trained on and cited: the first committed record of each near-duplicate
     /// cluster.
     kept: Vec<usize>,
+    /// What embeds records and answers for RAG.
+    embedder: LoopEmbedder,
+    /// Clusters joined because their records paraphrase each other.
+    paraphrases: Vec<ParaphraseLink>,
     /// The gold answers every trained record's influence is measured on.
     validation: Vec<Item>,
     /// Records flagged as harmful on the validation set (datanet indices).
@@ -749,7 +841,27 @@ impl PayableAi {
             .iter()
             .map(|r| r.content.as_str())
             .collect();
-        let clusters = cluster_near_duplicates(&texts, &config.near_duplicates)?;
+        let minhash = cluster_near_duplicates(&texts, &config.near_duplicates)?;
+        let embedder = match &config.embedder {
+            Some(dir) => {
+                let e = SentenceEmbedder::from_dir(dir).map_err(|e| LoopError::Model(e.into()))?;
+                let vectors = e
+                    .embed_batch(&texts)
+                    .map_err(|e| LoopError::Model(e.into()))?
+                    .concat();
+                LoopEmbedder::Sentence {
+                    model: Box::new(e),
+                    records: vectors,
+                }
+            }
+            None => LoopEmbedder::Hashing(HashingEmbedder::new(EMBED_DIM)),
+        };
+        let (clusters, paraphrases) = match &embedder {
+            LoopEmbedder::Sentence { model, records } => {
+                merge_paraphrases(&minhash, records, model.dim(), config.paraphrase_threshold)?
+            }
+            LoopEmbedder::Hashing(_) => (minhash, Vec::new()),
+        };
         // Kept: the first committed record of each cluster (its representative, the smallest
         // index); later copies are neither trained on nor cited, whoever submitted them.
         let kept: Vec<usize> = (0..texts.len())
@@ -837,6 +949,8 @@ impl PayableAi {
             version: 0,
             clusters,
             kept,
+            embedder,
+            paraphrases,
             validation,
             flagged: std::collections::BTreeSet::new(),
             debts: None,
@@ -969,16 +1083,15 @@ impl PayableAi {
             }
             self.before = Some(idx);
         }
-        let embedder = HashingEmbedder::new(EMBED_DIM);
         let index = |records: &[usize], on: &mut dyn FnMut(&LoopEvent)| -> Result<RagIndex> {
-            let mut rag = RagIndex::new(embedder.dim(), Similarity::Cosine)?;
+            let mut rag = RagIndex::new(self.embedder.dim(), Similarity::Cosine)?;
             for (done, &i) in records.iter().enumerate() {
                 let r = &self.datanet.records()[i];
                 rag.add(
                     r.hash,
                     r.contributor,
                     &r.content,
-                    &embedder.embed(&r.content)?,
+                    &self.embedder.record(i, &r.content)?,
                 )?;
                 on(&LoopEvent::Progress {
                     stage: "datanet".into(),
@@ -1014,8 +1127,12 @@ impl PayableAi {
             &self.datanet,
             id,
             self.version,
-            &self.clusters,
-            self.kept.len(),
+            report::Dedup {
+                clusters: &self.clusters,
+                distinct: self.kept.len(),
+                embedder: self.embedder.name(),
+                paraphrases: &self.paraphrases,
+            },
             n_owners,
         )?);
         self.report

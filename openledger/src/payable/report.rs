@@ -7,7 +7,7 @@ use openledger_chain::deploy::{DeployConfig, Deployment};
 use openledger_chain::evm::EmbeddedChain;
 use openledger_core::datanet::Datanet;
 use openledger_core::{Address, B256, ContentId, U256};
-use openledger_poa::quality::{Clusters, flag_copies};
+use openledger_poa::quality::{Clusters, ParaphraseLink, flag_copies};
 use serde::Serialize;
 
 /// An amount of wei as a decimal string (JSON numbers cannot hold 256 bits).
@@ -112,8 +112,21 @@ pub struct DatanetReport {
     /// Every record that copies an earlier one (a later member of a near-duplicate cluster):
     /// neither trained on nor cited, so it earns nothing, whoever submitted it.
     pub copies: Vec<CopyReport>,
+    /// What embedded the records (for RAG and paraphrase detection).
+    pub embedder: String,
+    /// Clusters joined because a record paraphrases another (sentence embeddings at or above
+    /// the paraphrase threshold); 0 without a sentence model.
+    pub paraphrases: usize,
     /// Training grants requested and approved on chain.
     pub grants: usize,
+}
+
+/// How the datanet's records were deduplicated, for its report.
+pub(crate) struct Dedup<'a> {
+    pub clusters: &'a Clusters,
+    pub distinct: usize,
+    pub embedder: String,
+    pub paraphrases: &'a [ParaphraseLink],
 }
 
 impl DatanetReport {
@@ -122,10 +135,15 @@ impl DatanetReport {
         datanet: &Datanet,
         id: U256,
         version: u64,
-        clusters: &Clusters,
-        distinct: usize,
+        dedup: Dedup<'_>,
         grants: usize,
     ) -> Result<Self, openledger_poa::PoaError> {
+        let Dedup {
+            clusters,
+            distinct,
+            embedder,
+            paraphrases,
+        } = dedup;
         let records = datanet.records();
         let who: Vec<Address> = records.iter().map(|r| r.contributor).collect();
         let flagged = flag_copies(clusters, &who)?
@@ -135,6 +153,10 @@ impl DatanetReport {
                 contributor: f.contributor,
                 original: f.original,
                 owner: f.owner,
+                paraphrase: paraphrases
+                    .iter()
+                    .find(|l| l.later == f.index)
+                    .map(|l| l.cosine),
             })
             .collect();
         let mut contributors = BTreeMap::new();
@@ -171,6 +193,8 @@ impl DatanetReport {
             distinct_records: distinct,
             copier,
             copies: flagged,
+            embedder,
+            paraphrases: paraphrases.len(),
             grants,
         })
     }
@@ -187,7 +211,7 @@ impl DatanetReport {
 }
 
 /// A record flagged as a copy of an earlier record of the datanet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct CopyReport {
     /// The copy's record index.
     pub record: usize,
@@ -197,6 +221,9 @@ pub struct CopyReport {
     pub original: usize,
     /// Who submitted that record; the copy's own contributor when they copied themselves.
     pub owner: Address,
+    /// When sentence embeddings (not MinHash) put the copy in its cluster: the cosine
+    /// similarity that did.
+    pub paraphrase: Option<f32>,
 }
 
 /// After fine-tuning: each trained record's influence on the validation set, and the records

@@ -103,11 +103,10 @@ impl PayableAi {
             self.vocab.decode(&served.prompt),
             self.vocab.decode(&served.answer)
         );
-        let embedder = HashingEmbedder::new(EMBED_DIM);
         // Flagged records are left out of the citations (the index may hold them).
         let cites: Vec<_> = rag
             .search(
-                &embedder.embed(&text)?,
+                &self.embedder.text(&text)?,
                 self.config.rag_top_k + self.flagged.len(),
             )?
             .into_iter()

@@ -391,6 +391,17 @@ class RagIndex:
     def embeddings(self) -> npt.NDArray[np.float32]: ...
     def search(self, query: npt.NDArray[np.float32], k: int) -> List[Dict[str, Union[str, float]]]: ...
 
+class SentenceEmbedder:
+    @staticmethod
+    def from_dir(path: _Path) -> SentenceEmbedder: ...
+    @property
+    def dim(self) -> int: ...
+    @property
+    def max_seq_len(self) -> int: ...
+    def embed(
+        self, texts: Sequence[str], progress: Optional[Callable[[int], object]] = None
+    ) -> npt.NDArray[np.float32]: ...
+
 def relevance_weights(
     citations: Sequence[Dict[str, Union[str, float]]], *, temperature: Optional[float] = None
 ) -> List[Tuple[str, float]]: ...
@@ -664,6 +675,7 @@ class PayableAi:
         counterfactual: Optional[bool] = None,
         max_new_tokens: Optional[int] = None,
         harm_policy: Optional[str] = None,
+        embedder: Optional[_Path] = None,
     ) -> None: ...
     @staticmethod
     def run(
@@ -674,6 +686,7 @@ class PayableAi:
         counterfactual: Optional[bool] = None,
         max_new_tokens: Optional[int] = None,
         harm_policy: Optional[str] = None,
+        embedder: Optional[_Path] = None,
         on_event: Optional[Callable[[_LoopEvent], object]] = None,
     ) -> Dict[str, Any]: ...
     def publish_datanet(
