@@ -4,7 +4,11 @@
 //! baseline, measures the linear datamodeling score over random half-subsets, prints the
 //! figures and draws the ROC curves.
 //!
-//! `cargo run --release -p openledger --example influence_audit -- [subsets] [out.png]`
+//! `cargo run --release -p openledger --example influence_audit -- [subsets] [out.png] [export-dir]`
+//!
+//! With `export-dir`, the run is also written there for a peer to repeat
+//! (`scripts/dattri_side_by_side.py`): the base model, the examples, the LDS subsets and our
+//! scores.
 
 use std::time::Instant;
 
@@ -102,7 +106,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = args
         .next()
         .unwrap_or_else(|| "influence_audit.png".to_string());
-    let cfg = ExperimentConfig::standard(subsets);
+    let mut cfg = ExperimentConfig::standard(subsets);
+    cfg.export = args.next().map(std::path::PathBuf::from);
     let dir = std::env::temp_dir().join(format!("influence-audit-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let t = Instant::now();

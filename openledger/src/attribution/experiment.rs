@@ -101,6 +101,12 @@ pub struct ExperimentConfig {
     pub lds_fraction: f64,
     /// Seed of every draw.
     pub seed: u64,
+    /// A folder to write the run into for a peer to repeat it: the pre-trained base as an HF
+    /// folder (`base/`), and `task.json` — the training examples (token ids, loss masks,
+    /// flipped or not), the queries, the fine-tune's settings, the LDS subsets with each
+    /// retrained model's query outputs, and our scores, figures and seconds
+    /// (`scripts/dattri_side_by_side.py` reads it).
+    pub export: Option<std::path::PathBuf>,
 }
 
 /// The detection and LDS figures of one run.
@@ -309,6 +315,9 @@ pub fn run(
         .collect();
     let base_accuracy = accuracy(&pt, &held)?;
     let base: Model = pt.merged_model()?;
+    if let Some(dir) = &cfg.export {
+        pt.save_merged_base(&dir.join("base"))?;
+    }
     // The base's id: the random shape and seed plus the merged adapter.
     let base_id = ContentId::of_parts(&[
         shape.config_json().as_bytes(),
@@ -414,19 +423,30 @@ pub fn run(
         queries.push((p, answer));
     }
     let finetune_accuracy = accuracy(&trainer, &truth)?;
+    // Seconds of each attribution step, for the export: featurising the queries, TracIn
+    // scores, self-influence, DataInf scores.
+    let mut split = [0f64; 4];
+    let t = Instant::now();
     let features = influence.featurize(&mut trainer, &queries, progress)?;
+    split[0] = t.elapsed().as_secs_f64();
     let index = influence.index();
+    let t = Instant::now();
     let tracin = index.scores(&features, Method::TracIn, progress)?;
+    split[1] = t.elapsed().as_secs_f64();
     let datainf_method = Method::DataInf {
         lambda_scale: cfg.datainf_lambda,
     };
+    let t = Instant::now();
     let datainf_set = index.query_set_scores(&features, datainf_method)?;
     let datainf = if cfg.datainf_lds {
         Some(index.scores(&features, datainf_method, progress)?)
     } else {
         None
     };
+    split[3] = t.elapsed().as_secs_f64();
+    let t = Instant::now();
     let self_inf = index.self_influence()?;
+    split[2] = t.elapsed().as_secs_f64();
     let flipped: Vec<bool> = labels.iter().map(|l| l.flipped).collect();
     let tracin_harm: Vec<f64> = (0..train.len())
         .map(|i| -tracin.iter().map(|q| q[i]).sum::<f64>())
@@ -459,11 +479,13 @@ pub fn run(
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x1d5);
     let size = ((cfg.lds_fraction * train.len() as f64).round() as usize).clamp(1, train.len());
     let (mut pred_t, mut pred_d, mut actual) = (Vec::new(), Vec::new(), Vec::new());
+    let mut subsets = Vec::new();
     for j in 0..cfg.lds_subsets {
         let mut idx: Vec<usize> = (0..train.len()).collect();
         idx.shuffle(&mut rng);
         idx.truncate(size);
         idx.sort_unstable();
+        subsets.push(idx.clone());
         let subset: Vec<Example> = idx.iter().map(|&i| train[i].clone()).collect();
         let mut sub_cfg = cfg.finetune.config(cfg.seed ^ 2);
         sub_cfg.checkpoint_steps.clear();
@@ -492,6 +514,49 @@ pub fn run(
         (None, None)
     };
     seconds[4] = t4.elapsed().as_secs_f64();
+
+    if let Some(dir) = &cfg.export {
+        let example =
+            |e: &Example| serde_json::json!({"tokens": e.tokens, "loss_mask": e.loss_mask});
+        let f = &cfg.finetune;
+        let doc = serde_json::json!({
+            "train": train.iter().zip(&flipped).map(|(e, &flip)| {
+                let mut v = example(e);
+                v["flipped"] = flip.into();
+                v
+            }).collect::<Vec<_>>(),
+            "queries": query_examples.iter().map(example).collect::<Vec<_>>(),
+            "finetune": {
+                "steps": f.steps, "batch_size": f.batch_size, "learning_rate": f.learning_rate,
+                "r": f.r, "alpha": f.alpha, "targets": "all-linear", "optimizer": "adamw",
+                "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0, "warmup_steps": 0,
+                "schedule": "cosine", "max_grad_norm": 1.0, "checkpoints": cfg.checkpoints,
+            },
+            "lds": {"fraction": cfg.lds_fraction, "subsets": subsets, "actual": actual},
+            "ours": {
+                "self_influence": self_inf,
+                "tracin": tracin,
+                "datainf": datainf,
+                "auc_self_influence": auc_self_influence,
+                "auc_tracin_queries": auc_tracin_queries,
+                "auc_datainf_queries": auc_datainf_queries,
+                "auc_loss": auc_loss,
+                "lds_tracin": lds_tracin.map(|l| l.0),
+                "lds_datainf": lds_datainf.map(|l| l.0),
+                "finetune_accuracy": finetune_accuracy,
+                "seconds": {"pretrain": seconds[0], "finetune": seconds[1],
+                    "index": seconds[2], "queries": seconds[3], "lds": seconds[4],
+                    "featurize": split[0], "tracin": split[1], "self_influence": split[2],
+                    "datainf": split[3]},
+            },
+        });
+        let path = dir.join("task.json");
+        std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::write(&path, doc.to_string()))
+            .map_err(|e| {
+                ExperimentError::Metric(format!("cannot write {}: {e}", path.display()))
+            })?;
+    }
 
     Ok(ExperimentReport {
         base_parameters: shape.parameters(),
@@ -554,6 +619,7 @@ impl ExperimentConfig {
             lds_subsets,
             lds_fraction: 0.5,
             seed: 7,
+            export: None,
         }
     }
 }
