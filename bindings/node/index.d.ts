@@ -540,6 +540,29 @@ export declare class RagIndex {
   search(query: Float32Array, k: number): Promise<Array<Citation>>
 }
 
+/**
+ * A sentence-transformers embedding model (a BERT folder such as all-MiniLM-L6-v2, fetched by
+ * `scripts/fetch-models.sh`): texts in, vectors equal to sentence-transformers' `encode` to
+ * 1e-5 out.
+ */
+export declare class SentenceEmbedder {
+  /**
+   * Loads the folder `path` (`config.json`, `model.safetensors`, `tokenizer.json`, and the
+   * sentence-transformers module files when present); throws `ModelFormat` (or the
+   * file-system code) naming the file or weight otherwise.
+   */
+  static fromDir(path: string): SentenceEmbedder
+  /** The embedding dimension. */
+  get dim(): number
+  /** Tokens a text keeps (longer texts are cut, as sentence-transformers cuts them). */
+  get maxSeqLen(): number
+  /**
+   * Resolves to the vectors of `texts`, row-major `[texts.length, dim]`, computed off the
+   * JavaScript thread.
+   */
+  embed(texts: Array<string>): Promise<Float32Array>
+}
+
 /** A Merkle tree of ABI-encoded values, compatible with OpenZeppelin's `StandardMerkleTree`. */
 export declare class StandardMerkleTree {
   /**

@@ -198,3 +198,15 @@ test('the embedder option indexes the datanet with the sentence model and the re
   assert.match(h.embedder, /^feature hashing/)
   assert.throws(() => new ol.PayableAi({ workDir: join(dir, 'nope'), quick: true, embedder: join(dir, 'absent') }), (e) => e.code === 'ENOENT')
 })
+
+test('SentenceEmbedder gives sentence-transformers vectors and refuses a broken folder', { skip: !haveMinilm && `${minilm} is absent` }, async () => {
+  const e = ol.SentenceEmbedder.fromDir(minilm)
+  assert.deepEqual([e.dim, e.maxSeqLen], [384, 256])
+  const ref = JSON.parse(readFileSync(fileURLToPath(new URL('../../../fixtures/minilm/reference.json', import.meta.url)), 'utf8'))
+  const got = await e.embed(ref.cases.map((c) => c.text))
+  assert.equal(got.length, ref.cases.length * 384)
+  let worst = 0
+  ref.cases.forEach((c, i) => c.vector.forEach((v, j) => { worst = Math.max(worst, Math.abs(got[i * 384 + j] - v)) }))
+  assert.ok(worst <= 1e-5, `max |diff| ${worst}`)
+  assert.throws(() => ol.SentenceEmbedder.fromDir(join(dir, 'absent')), (err) => err.code === 'ENOENT')
+})

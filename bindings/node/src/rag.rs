@@ -1,18 +1,20 @@
 //! JavaScript face of `openledger_poa::rag`: an exact top-k index of datanet records by
 //! embedding (`Float32Array`s in), citations, and reward weights from relevance.
 
+use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use napi::bindgen_prelude::{AsyncTask, Buffer, Float32Array};
 use napi_derive::napi;
 use openledger_core::ContentId;
+use openledger_lora::embed::SentenceEmbedder as RustEmbedder;
 use openledger_poa::rag::{
     Citation as RustCitation, RagIndex as RustIndex, RelevanceWeighting, Similarity,
     relevance_weights as rust_relevance_weights,
 };
 
 use crate::error::{JsResult, Result, busy, invalid_arg};
-use crate::task::{count, task};
+use crate::task::{Float32Task, count, task};
 use crate::types::{Bytes, address, address_str, b256};
 
 /// One retrieved record: its id, its contributor, its relevance score and a snippet of it.
@@ -173,4 +175,52 @@ pub fn relevance_weights(
             })
             .collect())
     })
+}
+
+/// A sentence-transformers embedding model (a BERT folder such as all-MiniLM-L6-v2, fetched by
+/// `scripts/fetch-models.sh`): texts in, vectors equal to sentence-transformers' `encode` to
+/// 1e-5 out.
+#[napi]
+pub struct SentenceEmbedder {
+    inner: Arc<RustEmbedder>,
+}
+
+#[napi]
+impl SentenceEmbedder {
+    /// Loads the folder `path` (`config.json`, `model.safetensors`, `tokenizer.json`, and the
+    /// sentence-transformers module files when present); throws `ModelFormat` (or the
+    /// file-system code) naming the file or weight otherwise.
+    #[napi(factory, catch_unwind)]
+    pub fn from_dir(path: String) -> Result<Self> {
+        crate::error::guard(|| {
+            Ok(Self {
+                inner: Arc::new(RustEmbedder::from_dir(Path::new(&path)).js()?),
+            })
+        })
+    }
+
+    /// The embedding dimension.
+    #[napi(getter, catch_unwind)]
+    pub fn dim(&self) -> u32 {
+        self.inner.dim() as u32
+    }
+
+    /// Tokens a text keeps (longer texts are cut, as sentence-transformers cuts them).
+    #[napi(getter, catch_unwind)]
+    pub fn max_seq_len(&self) -> u32 {
+        self.inner.max_seq_len() as u32
+    }
+
+    /// Resolves to the vectors of `texts`, row-major `[texts.length, dim]`, computed off the
+    /// JavaScript thread.
+    #[napi(catch_unwind)]
+    pub fn embed(&self, texts: Vec<String>) -> Result<AsyncTask<Float32Task>> {
+        crate::error::guard(|| {
+            let inner = self.inner.clone();
+            Ok(Float32Task::spawn(move || {
+                let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+                Ok(Float32Array::new(inner.embed_batch(&refs).js()?.concat()))
+            }))
+        })
+    }
 }
