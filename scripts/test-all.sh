@@ -41,6 +41,9 @@ bash scripts/test-python.sh
 step "Node bindings: build, index.d.ts check, node --test"
 bash scripts/test-node.sh
 
+step "OpenAI-compatible server: the official openai client against openledger serve"
+bash scripts/test-server.sh
+
 step "mobile bindings: Kotlin and Swift up to date, Kotlin tests on the JVM"
 bash scripts/test-mobile.sh
 

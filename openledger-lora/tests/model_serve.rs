@@ -64,7 +64,7 @@ fn collect(h: RequestHandle) -> (Vec<u32>, Event) {
     let mut toks = Vec::new();
     for e in h {
         match e {
-            Event::Token { token, index } => {
+            Event::Token { token, index, .. } => {
                 assert_eq!(index, toks.len());
                 toks.push(token);
             }

@@ -41,7 +41,14 @@ fn each_token_is_delivered_in_the_step_that_produced_it() {
     for (i, &t) in want.iter().enumerate() {
         e.step().unwrap();
         let got = h.drain();
-        assert_eq!(got[0], Event::Token { token: t, index: i });
+        assert_eq!(
+            got[0],
+            Event::Token {
+                token: t,
+                index: i,
+                logprobs: None
+            }
+        );
         if i + 1 < want.len() {
             assert_eq!(
                 got.len(),

@@ -175,6 +175,7 @@ fn sampling(o: &GenerateOptions) -> Result<SamplingParams> {
         max_new_tokens: opt_count("maxNewTokens", o.max_new_tokens, d.max_new_tokens)?,
         stop_tokens: o.stop_tokens.clone().unwrap_or_default(),
         stop_strings: o.stop_strings.clone().unwrap_or_default(),
+        logprobs: None,
     };
     // The crate's own range checks, so a bad parameter throws at the call.
     p.validate()

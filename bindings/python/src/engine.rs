@@ -309,6 +309,7 @@ impl PyEngine {
                 max_new_tokens,
                 stop_tokens: stop_tokens.unwrap_or_default(),
                 stop_strings,
+                logprobs: None,
             },
         };
         let handle = py.detach(|| self.inner.submit(req))?;

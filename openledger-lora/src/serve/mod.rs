@@ -62,6 +62,9 @@ pub use readiness::{AdapterReadiness, AllReady, Readiness};
 pub use request::{
     CancelHandle, Event, Request, RequestError, RequestHandle, RequestId, RequestStats,
 };
-pub use sampling::{Detokenize, FinishReason, SampleError, Sampler, SamplingParams, StopChecker};
+pub use sampling::{
+    Detokenize, FinishReason, MAX_TOP_LOGPROBS, SampleError, Sampler, SamplingParams, StopChecker,
+    TokenLogprobs,
+};
 pub use stream::{StreamEnd, StreamLog};
 pub use text::{IncrementalText, TextPieces};

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use super::sampling::{FinishReason, SampleError, SamplingParams};
+use super::sampling::{FinishReason, SampleError, SamplingParams, TokenLogprobs};
 use crate::pool::AdapterId;
 
 /// Identifies a request within one engine.
@@ -170,6 +170,9 @@ pub enum Event {
         token: u32,
         /// Its index in the output.
         index: usize,
+        /// Its log-probability and the most likely alternatives, when the request asked for
+        /// them ([`SamplingParams::logprobs`](super::SamplingParams::logprobs)).
+        logprobs: Option<TokenLogprobs>,
     },
     /// The request finished normally (or was cancelled); the last event.
     Finished {

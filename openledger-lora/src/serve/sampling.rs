@@ -50,6 +50,57 @@ pub struct SamplingParams {
     pub stop_tokens: Vec<u32>,
     /// The output text reaching one of these ends the request (needs a detokenizer).
     pub stop_strings: Vec<String>,
+    /// Report each output token's log-probability with this many most likely alternatives
+    /// (at most [`MAX_TOP_LOGPROBS`]; `Some(0)`: the chosen token's only), in
+    /// [`Event::Token`](super::Event::Token). They are the model's own (log-softmax of the raw
+    /// logits, before the penalty, temperature, top-k and top-p), as vLLM reports them.
+    pub logprobs: Option<usize>,
+}
+
+/// The most alternatives a token's log-probabilities may list (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// One output token's log-probability and the most likely alternatives at its position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprobs {
+    /// The chosen token's log-probability.
+    pub logprob: f32,
+    /// The most likely tokens and their log-probabilities, most likely first (ties to the lower
+    /// id).
+    pub top: Vec<(u32, f32)>,
+}
+
+impl TokenLogprobs {
+    /// The log-softmax of `logits` at `token`, with the `top` most likely tokens. A logit of −∞
+    /// has a log-probability of −∞.
+    pub fn of(logits: &[f32], token: u32, top: usize) -> Self {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f64 = logits.iter().map(|&x| f64::from(x - max).exp()).sum();
+        let lse = max + sum.ln() as f32;
+        let lp = |x: f32| x - lse;
+        let logprob = logits
+            .get(token as usize)
+            .map_or(f32::NEG_INFINITY, |&x| lp(x));
+        let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+        let by_logit = |a: &u32, b: &u32| {
+            logits[*b as usize]
+                .total_cmp(&logits[*a as usize])
+                .then(a.cmp(b))
+        };
+        let top = top.min(order.len());
+        if top > 0 && top < order.len() {
+            order.select_nth_unstable_by(top - 1, by_logit);
+        }
+        order.truncate(top);
+        order.sort_unstable_by(by_logit);
+        Self {
+            logprob,
+            top: order
+                .into_iter()
+                .map(|t| (t, lp(logits[t as usize])))
+                .collect(),
+        }
+    }
 }
 
 impl Default for SamplingParams {
@@ -64,6 +115,7 @@ impl Default for SamplingParams {
             max_new_tokens: 16,
             stop_tokens: Vec::new(),
             stop_strings: Vec::new(),
+            logprobs: None,
         }
     }
 }
@@ -164,6 +216,11 @@ impl SamplingParams {
         }
         if self.max_new_tokens == 0 {
             return bad("max_new_tokens", "0".into(), "must be ≥ 1");
+        }
+        if let Some(n) = self.logprobs
+            && n > MAX_TOP_LOGPROBS
+        {
+            return bad("logprobs", n.to_string(), "must be at most 20");
         }
         if self.stop_strings.iter().any(String::is_empty) {
             return bad("stop_strings", "\"\"".into(), "must not be empty");
@@ -435,5 +492,39 @@ impl StopChecker {
             }
         }
         (output.len() >= self.max_new_tokens).then_some(FinishReason::MaxNewTokens)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logprobs_are_the_log_softmax_with_the_most_likely_first() {
+        let logits = [1.0f32, 3.0, f32::NEG_INFINITY, 3.0, -2.0];
+        let z: f64 = logits.iter().map(|&x| f64::from(x).exp()).sum();
+        let want = |x: f32| (f64::from(x) - z.ln()) as f32;
+        let lp = TokenLogprobs::of(&logits, 4, 3);
+        assert!((lp.logprob - want(-2.0)).abs() < 1e-6);
+        // Ties go to the lower id; the masked token is −∞ and never among the top.
+        let ids: Vec<u32> = lp.top.iter().map(|&(t, _)| t).collect();
+        assert_eq!(ids, [1, 3, 0]);
+        for &(t, l) in &lp.top {
+            assert!((l - want(logits[t as usize])).abs() < 1e-6);
+        }
+        assert_eq!(TokenLogprobs::of(&logits, 2, 0).logprob, f32::NEG_INFINITY);
+        assert!(TokenLogprobs::of(&logits, 2, 0).top.is_empty());
+        assert_eq!(TokenLogprobs::of(&logits, 0, 9).top.len(), 5);
+        let p = SamplingParams {
+            logprobs: Some(21),
+            ..Default::default()
+        };
+        assert!(matches!(
+            p.validate(),
+            Err(SampleError::InvalidParams {
+                name: "logprobs",
+                ..
+            })
+        ));
     }
 }

@@ -24,7 +24,7 @@ use super::engine::{
 use super::kv::{KvError, SeqId};
 use super::readiness::{AdapterReadiness, Readiness};
 use super::request::{CancelHandle, Event, Request, RequestError, RequestId, Sink, StatsClock};
-use super::sampling::{Detokenize, FinishReason, Sampler, StopChecker};
+use super::sampling::{Detokenize, FinishReason, Sampler, StopChecker, TokenLogprobs};
 use crate::pool::AdapterId;
 
 pub(super) enum Terminal {
@@ -480,7 +480,16 @@ impl<M: StepModel, R: AdapterReadiness> Engine<M, R> {
             a.tokens.push(token);
             a.clock.token();
             let index = a.tokens.len() - a.prompt_len - 1;
-            if !a.sink.send(Event::Token { token, index }) {
+            let logprobs = a
+                .sampler
+                .params()
+                .logprobs
+                .map(|top| TokenLogprobs::of(l, token, top));
+            if !a.sink.send(Event::Token {
+                token,
+                index,
+                logprobs,
+            }) {
                 // Nobody listens any more: stop as if cancelled.
                 a.terminal = Some(Terminal::Finished(FinishReason::Cancelled));
                 continue;

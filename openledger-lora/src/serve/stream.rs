@@ -29,7 +29,7 @@ pub enum StreamEnd {
 /// let mut log = StreamLog::new(&["\n\nQ".to_string()]);
 /// let mut printed = String::new();
 /// for (index, token) in [0u32, 1, 2, 3].into_iter().enumerate() {
-///     assert_eq!(log.record(Some(Event::Token { token, index })), Some(token));
+///     assert_eq!(log.record(Some(Event::Token { token, index, logprobs: None })), Some(token));
 ///     printed += log.new_text(decode).unwrap();
 /// }
 /// let reason = FinishReason::StopString("\n\nQ".into());
@@ -154,7 +154,11 @@ mod tests {
     fn nothing_is_recorded_after_the_end_and_failures_keep_their_stats() {
         let mut log = StreamLog::new(&[]);
         assert_eq!(
-            log.record(Some(Event::Token { token: 1, index: 0 })),
+            log.record(Some(Event::Token {
+                token: 1,
+                index: 0,
+                logprobs: None
+            })),
             Some(1)
         );
         let stats = RequestStats {
@@ -166,7 +170,14 @@ mod tests {
             error: error.clone(),
             stats: stats.clone(),
         }));
-        assert_eq!(log.record(Some(Event::Token { token: 0, index: 1 })), None);
+        assert_eq!(
+            log.record(Some(Event::Token {
+                token: 0,
+                index: 1,
+                logprobs: None
+            })),
+            None
+        );
         assert_eq!(log.record(None), None);
         assert_eq!(log.tokens(), [1]);
         assert_eq!(log.end(), Some(&StreamEnd::Failed(error, stats.clone())));
@@ -178,8 +189,16 @@ mod tests {
     #[test]
     fn a_closed_stream_has_no_stats_and_hands_out_the_rest() {
         let mut log = StreamLog::new(&["<b".to_string()]);
-        log.record(Some(Event::Token { token: 0, index: 0 }));
-        log.record(Some(Event::Token { token: 2, index: 1 }));
+        log.record(Some(Event::Token {
+            token: 0,
+            index: 0,
+            logprobs: None,
+        }));
+        log.record(Some(Event::Token {
+            token: 2,
+            index: 1,
+            logprobs: None,
+        }));
         // "<" could begin the stop string "<b": it waits while the request runs.
         assert_eq!(log.new_text(decode).unwrap(), "a");
         log.record(None);

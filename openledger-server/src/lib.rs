@@ -1,0 +1,297 @@
+//! An OpenAI-compatible HTTP server over the multi-LoRA engine ([`ServedModel`]): the base
+//! model and every adapter of the adapters folder are models of the API, chosen per request by
+//! the `model` field, as vLLM, LoRAX and llama.cpp's server choose them.
+//!
+//! - `GET /v1/models`: the base and every registered adapter (`parent`: the base).
+//! - `POST /v1/chat/completions`: messages rendered with the model folder's chat template
+//!   ([`ChatTemplate`]); `max_tokens` / `max_completion_tokens`, `temperature`, `top_p`,
+//!   `seed`, `stop` (a string or a list), `n`, `logprobs` / `top_logprobs`, `stream` over
+//!   server-sent events with `stream_options.include_usage`.
+//! - `POST /v1/completions`: a text, texts or token ids; `logprobs` as a count.
+//! - `POST /v1/load_lora_adapter` and `POST /v1/unload_lora_adapter` (vLLM's names): adapters
+//!   added and removed while the server runs, no restart.
+//! - `GET /health`, and `GET /metrics` in Prometheus' text format ([`metrics`]).
+//!
+//! Bad input is a 4xx whose OpenAI-shaped body names the field (an unknown model is 404
+//! `model_not_found`, a prompt past the context 400 `context_length_exceeded`); with an API
+//! key file ([`auth`]) requests need a bearer key, are rate limited per key (429), and only admin
+//! keys may load or unload adapters (403). A client that disconnects cancels its request (its
+//! sequences stop at the engine's next step); a graceful shutdown waits for running streams.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use openledger_server::{Server, ServerConfig};
+//!
+//! let config = ServerConfig::new("models/base".into()).with_adapters("models/adapters".into());
+//! let server = Server::load(config, &mut |_| {})?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
+//! server.serve(listener, async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod metrics;
+mod routes;
+pub mod template;
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use openledger_lora::model::{LoadProgress, ServeOptions, ServedError, ServedModel, Tokenizer};
+use openledger_lora::pool::{AdapterPool, HubDir, PoolError};
+use parking_lot::Mutex;
+
+pub use auth::{ApiKeys, KeyFileError, KeyInfo};
+pub use error::ApiError;
+pub use metrics::Metrics;
+pub use template::{ChatMessage, ChatTemplate, TemplateError};
+
+/// Limits and sources of a server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The base model's HF folder (config.json, safetensors, tokenizer.json, and the chat
+    /// template in `tokenizer_config.json` or `chat_template.jinja`).
+    pub model_dir: PathBuf,
+    /// A folder of PEFT adapters (`NAME/` or `ORG/NAME/`, each with `adapter_config.json`),
+    /// registered at start; adapters loaded at run time must lie inside it.
+    pub adapters_dir: Option<PathBuf>,
+    /// The base model's name in the API (default: its folder's name).
+    pub model_name: Option<String>,
+    /// The engine's limits.
+    pub serve: ServeOptions,
+    /// Bytes of adapters the pool keeps resident (default 1 GiB).
+    pub pool_budget_bytes: usize,
+    /// A file of API keys ([`auth`]); none: every request is admitted.
+    pub api_keys: Option<PathBuf>,
+    /// The largest request body taken (default 1 MiB).
+    pub max_body_bytes: usize,
+    /// The most choices one request may ask for, prompts × `n` (default 16).
+    pub max_choices: usize,
+}
+
+impl ServerConfig {
+    /// A server of the model in `model_dir` with default limits and no adapters.
+    pub fn new(model_dir: PathBuf) -> Self {
+        Self {
+            model_dir,
+            adapters_dir: None,
+            model_name: None,
+            serve: ServeOptions::default(),
+            pool_budget_bytes: 1 << 30,
+            api_keys: None,
+            max_body_bytes: 1 << 20,
+            max_choices: 16,
+        }
+    }
+
+    /// With the adapters of `dir`.
+    pub fn with_adapters(mut self, dir: PathBuf) -> Self {
+        self.adapters_dir = Some(dir);
+        self
+    }
+}
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The model could not be loaded or its engine started.
+    #[error(transparent)]
+    Served(#[from] ServedError),
+    /// The model folder has no `tokenizer.json`.
+    #[error("the model folder {0} has no tokenizer.json: the server needs it for text")]
+    NoTokenizer(PathBuf),
+    /// The chat template could not be loaded.
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    /// The adapters folder could not be opened or scanned.
+    #[error("adapters folder: {0}")]
+    Adapters(#[from] PoolError),
+    /// The API key file is unreadable or malformed.
+    #[error(transparent)]
+    Keys(#[from] KeyFileError),
+    /// A model file other than the weights is malformed.
+    #[error("{path}: {reason}")]
+    ModelFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// What the handlers share.
+pub(crate) struct State {
+    served: ServedModel,
+    tokenizer: Arc<Tokenizer>,
+    pool: Option<AdapterPool>,
+    adapters_root: Option<HubDir>,
+    adapters: Mutex<BTreeSet<String>>,
+    base_name: String,
+    template: Option<ChatTemplate>,
+    eos: Vec<u32>,
+    keys: Option<ApiKeys>,
+    metrics: Arc<Metrics>,
+    max_body_bytes: usize,
+    max_choices: usize,
+    created: u64,
+    next_id: AtomicU64,
+}
+
+/// A loaded model and its adapters, ready to serve.
+#[derive(Clone)]
+pub struct Server {
+    state: Arc<State>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("model", &self.state.base_name)
+            .field("served", &self.state.served)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The end-of-sequence ids of the model folder: `generation_config.json`'s `eos_token_id`
+/// (one id or a list), else `config.json`'s.
+fn eos_ids(dir: &Path) -> Result<Vec<u32>, ServerError> {
+    for file in ["generation_config.json", "config.json"] {
+        let path = dir.join(file);
+        let Ok(bytes) = std::fs::read(&path) else {
+            continue;
+        };
+        let v: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| ServerError::ModelFile {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        let bad = || ServerError::ModelFile {
+            path: path.clone(),
+            reason: "eos_token_id must be a token id or a list of them".into(),
+        };
+        match v.get("eos_token_id") {
+            None | Some(serde_json::Value::Null) => continue,
+            Some(serde_json::Value::Array(a)) => {
+                return a
+                    .iter()
+                    .map(|x| {
+                        x.as_u64()
+                            .and_then(|x| u32::try_from(x).ok())
+                            .ok_or_else(bad)
+                    })
+                    .collect();
+            }
+            Some(x) => {
+                return Ok(vec![
+                    x.as_u64()
+                        .and_then(|x| u32::try_from(x).ok())
+                        .ok_or_else(bad)?,
+                ]);
+            }
+        }
+    }
+    Ok(Vec::new())
+}
+
+impl Server {
+    /// Loads the model (reporting each weight file and layer to `progress`), registers the
+    /// adapters folder's adapters and reads the key file.
+    pub fn load(
+        config: ServerConfig,
+        progress: &mut dyn FnMut(LoadProgress),
+    ) -> Result<Self, ServerError> {
+        let keys = config
+            .api_keys
+            .as_deref()
+            .map(ApiKeys::from_file)
+            .transpose()?;
+        let template = ChatTemplate::from_model_dir(&config.model_dir)?;
+        let eos = eos_ids(&config.model_dir)?;
+        let (pool, hub, names) = match &config.adapters_dir {
+            Some(dir) => {
+                let hub = HubDir::open(dir)?;
+                let pool = AdapterPool::new(config.pool_budget_bytes);
+                pool.register_hub(&hub)?;
+                let names = hub.ids()?.iter().map(|id| id.to_string()).collect();
+                (Some(pool), Some(hub), names)
+            }
+            None => (None, None, BTreeSet::new()),
+        };
+        let served = ServedModel::load(&config.model_dir, pool.clone(), &config.serve, progress)?;
+        let tokenizer = served
+            .tokenizer()
+            .cloned()
+            .ok_or_else(|| ServerError::NoTokenizer(config.model_dir.clone()))?;
+        let base_name = config.model_name.clone().unwrap_or_else(|| {
+            config
+                .model_dir
+                .canonicalize()
+                .ok()
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_else(|| "base".into())
+        });
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Ok(Self {
+            state: Arc::new(State {
+                served,
+                tokenizer,
+                pool,
+                adapters_root: hub,
+                adapters: Mutex::new(names),
+                base_name,
+                template,
+                eos,
+                keys,
+                metrics: Arc::default(),
+                max_body_bytes: config.max_body_bytes,
+                max_choices: config.max_choices.max(1),
+                created,
+                next_id: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The base model's name in the API.
+    pub fn model_name(&self) -> &str {
+        &self.state.base_name
+    }
+
+    /// The engine, for in-process requests beside the HTTP ones.
+    pub fn served(&self) -> &ServedModel {
+        &self.state.served
+    }
+
+    /// The ids of the adapters requests may name.
+    pub fn adapter_names(&self) -> Vec<String> {
+        self.state.adapters.lock().iter().cloned().collect()
+    }
+
+    /// The HTTP routes, for a listener of the caller's or in-process calls.
+    pub fn router(&self) -> axum::Router {
+        routes::router(Arc::clone(&self.state))
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then stops taking connections, waits
+    /// for the requests and streams in flight to end, and closes the engine.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let app = self.router();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        if let Some(thread) = self.state.served.close() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        Ok(())
+    }
+}

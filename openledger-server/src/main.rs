@@ -1,0 +1,139 @@
+//! `openledger serve`: the OpenAI-compatible server of a model folder and its adapters.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use openledger_lora::model::{LoadProgress, ServeOptions};
+use openledger_server::{Server, ServerConfig};
+
+/// The openledger command line.
+#[derive(Parser, Debug)]
+#[command(
+    name = "openledger",
+    version,
+    about = "Payable AI: serve, attribute, settle"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve a model and its LoRA adapters over OpenAI's HTTP API.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// The base model's HF folder (config.json, safetensors, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// A folder of PEFT adapters, each a model of the API under its folder name.
+    #[arg(long)]
+    adapters: Option<PathBuf>,
+    /// The base model's name in the API (default: its folder's name).
+    #[arg(long)]
+    served_model_name: Option<String>,
+    /// Address to bind (loopback unless told otherwise).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
+    /// Port to bind (0: any free port; the address is printed).
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// A file of API keys (one per line: KEY [name=NAME] [rpm=N] [admin]).
+    #[arg(long)]
+    api_keys: Option<PathBuf>,
+    /// Sequences the engine runs at once.
+    #[arg(long, default_value_t = 8)]
+    max_running: usize,
+    /// Longest sequence, prompt and output, in tokens.
+    #[arg(long, default_value_t = 512)]
+    max_context: usize,
+    /// Tokens one engine step may run.
+    #[arg(long, default_value_t = 256)]
+    max_tokens_per_step: usize,
+    /// MiB of adapters kept resident.
+    #[arg(long, default_value_t = 1024)]
+    pool_mib: usize,
+    /// Largest request body in KiB.
+    #[arg(long, default_value_t = 1024)]
+    max_body_kib: usize,
+    /// Worker threads of the HTTP runtime (default: one per core).
+    #[arg(long)]
+    http_threads: Option<usize>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let Command::Serve(args) = cli.command;
+    match serve(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(a: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let mut config = ServerConfig::new(a.model.clone());
+    config.adapters_dir = a.adapters;
+    config.model_name = a.served_model_name;
+    config.api_keys = a.api_keys;
+    config.serve = ServeOptions {
+        max_running: a.max_running,
+        max_tokens_per_step: a.max_tokens_per_step,
+        max_context: a.max_context,
+        ..ServeOptions::default()
+    };
+    config.pool_budget_bytes = a.pool_mib << 20;
+    config.max_body_bytes = a.max_body_kib << 10;
+    let server = Server::load(config, &mut |p: LoadProgress| {
+        if let LoadProgress::LayerBuilt { done, total } = p {
+            eprint!("\rloading {}: layer {done}/{total}", a.model.display());
+        }
+    })?;
+    eprintln!();
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = a.http_threads {
+        rt.worker_threads(n.max(1));
+    }
+    let rt = rt.enable_all().build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(SocketAddr::new(a.host, a.port)).await?;
+        let addr = listener.local_addr()?;
+        println!(
+            "serving {} ({} adapters) on http://{addr}",
+            server.model_name(),
+            server.adapter_names().len()
+        );
+        server.serve(listener, shutdown_signal()).await?;
+        eprintln!("stopped");
+        Ok(())
+    })
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
