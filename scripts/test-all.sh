@@ -44,6 +44,9 @@ bash scripts/test-node.sh
 step "OpenAI-compatible server: the official openai client against openledger serve"
 bash scripts/test-server.sh
 
+step "the chat page in headless Chromium (Debian's package, playwright-core)"
+bash scripts/test-page.sh
+
 step "mobile bindings: Kotlin and Swift up to date, Kotlin tests on the JVM"
 bash scripts/test-mobile.sh
 

@@ -82,12 +82,30 @@ pub struct Sampling {
     /// Accepted when empty.
     #[serde(default)]
     pub logit_bias: Option<serde_json::Map<String, Value>>,
+    /// Ask for the `openledger` extension object: citations, contributors, fee split, signed
+    /// receipt.
+    #[serde(default)]
+    pub openledger: Option<LedgerAsk>,
     /// Name tokens `token_id:N` in log-probabilities (a vLLM extension).
     #[serde(default)]
     pub return_tokens_as_token_ids: Option<bool>,
     /// An end-user id; recorded nowhere.
     #[serde(default)]
     pub user: Option<String>,
+}
+
+/// The `openledger` field: `true`, or options.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum LedgerAsk {
+    /// `true` asks for the extension, `false` does not.
+    Flag(bool),
+    /// Asks for it with options.
+    Options {
+        /// The account that pays the inference (`0x…`; default: the zero address).
+        #[serde(default)]
+        payer: Option<String>,
+    },
 }
 
 /// A chat message's content: text, or a list of parts of which only text parts are taken.

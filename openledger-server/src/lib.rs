@@ -30,6 +30,7 @@
 //! ```
 
 pub mod api;
+pub mod attribution;
 pub mod auth;
 pub mod error;
 pub mod metrics;
@@ -46,6 +47,7 @@ use openledger_lora::model::{LoadProgress, ServeOptions, ServedError, ServedMode
 use openledger_lora::pool::{AdapterPool, HubDir, PoolError};
 use parking_lot::Mutex;
 
+pub use attribution::AttributionConfig;
 pub use auth::{ApiKeys, KeyFileError, KeyInfo};
 pub use error::ApiError;
 pub use metrics::Metrics;
@@ -72,6 +74,9 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// The most choices one request may ask for, prompts × `n` (default 16).
     pub max_choices: usize,
+    /// The datanet, fee split and signer of the `openledger` extension; none: requests that
+    /// ask for it are refused.
+    pub attribution: Option<AttributionConfig>,
 }
 
 impl ServerConfig {
@@ -86,6 +91,7 @@ impl ServerConfig {
             api_keys: None,
             max_body_bytes: 1 << 20,
             max_choices: 16,
+            attribution: None,
         }
     }
 
@@ -138,6 +144,7 @@ pub(crate) struct State {
     metrics: Arc<Metrics>,
     max_body_bytes: usize,
     max_choices: usize,
+    attributor: Option<attribution::Attributor>,
     created: u64,
     next_id: AtomicU64,
 }
@@ -212,6 +219,11 @@ impl Server {
             .transpose()?;
         let template = ChatTemplate::from_model_dir(&config.model_dir)?;
         let eos = eos_ids(&config.model_dir)?;
+        let attributor = config
+            .attribution
+            .as_ref()
+            .map(attribution::Attributor::load)
+            .transpose()?;
         let (pool, hub, names) = match &config.adapters_dir {
             Some(dir) => {
                 let hub = HubDir::open(dir)?;
@@ -252,6 +264,7 @@ impl Server {
                 metrics: Arc::default(),
                 max_body_bytes: config.max_body_bytes,
                 max_choices: config.max_choices.max(1),
+                attributor,
                 created,
                 next_id: AtomicU64::new(0),
             }),
@@ -266,6 +279,11 @@ impl Server {
     /// The engine, for in-process requests beside the HTTP ones.
     pub fn served(&self) -> &ServedModel {
         &self.state.served
+    }
+
+    /// The address that signs the receipts, when the server attributes.
+    pub fn operator(&self) -> Option<openledger_core::Address> {
+        self.state.attributor.as_ref().map(|a| a.operator())
     }
 
     /// The ids of the adapters requests may name.

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use openledger_core::B256;
 use openledger_lora::model::{LoadProgress, ServeOptions};
-use openledger_server::{Server, ServerConfig};
+use openledger_server::{AttributionConfig, Server, ServerConfig};
 
 /// The openledger command line.
 #[derive(Parser, Debug)]
@@ -61,6 +62,35 @@ struct ServeArgs {
     /// Largest request body in KiB.
     #[arg(long, default_value_t = 1024)]
     max_body_kib: usize,
+    /// A datanet (JSONL records) to attribute answers to: responses that ask for the
+    /// `openledger` extension get citations, the fee split and a signed receipt.
+    #[arg(long)]
+    datanet: Option<PathBuf>,
+    /// A sentence-transformers folder (all-MiniLM-L6-v2) for the datanet's retrieval (default:
+    /// feature hashing).
+    #[arg(long)]
+    embedder: Option<PathBuf>,
+    /// The fee of one inference in wei.
+    #[arg(long, default_value = "1000000000000000")]
+    fee_wei: String,
+    /// The model owner's account.
+    #[arg(long, default_value = "0x0000000000000000000000000000000000000000")]
+    owner: String,
+    /// The protocol treasury.
+    #[arg(long, default_value = "0x0000000000000000000000000000000000000000")]
+    protocol: String,
+    /// The protocol's share of each fee, in basis points.
+    #[arg(long, default_value_t = 500)]
+    protocol_bps: u16,
+    /// The data contributors' share of each fee, in basis points.
+    #[arg(long, default_value_t = 3000)]
+    data_pool_bps: u16,
+    /// The chain id of the receipts' EIP-712 domain.
+    #[arg(long, default_value_t = 31337)]
+    chain_id: u64,
+    /// The InferencePayments contract of the receipts' EIP-712 domain.
+    #[arg(long, default_value = "0x0000000000000000000000000000000000000000")]
+    payments_contract: String,
     /// Worker threads of the HTTP runtime (default: one per core).
     #[arg(long)]
     http_threads: Option<usize>,
@@ -91,6 +121,35 @@ fn serve(a: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     };
     config.pool_budget_bytes = a.pool_mib << 20;
     config.max_body_bytes = a.max_body_kib << 10;
+    if let Some(datanet) = a.datanet.clone() {
+        // The operator's key comes from the environment; without one, a fresh key per run.
+        let key: B256 = match std::env::var("OPENLEDGER_OPERATOR_KEY") {
+            Ok(hex) => hex
+                .trim()
+                .parse()
+                .map_err(|_| "OPENLEDGER_OPERATOR_KEY must be 32 bytes of hex")?,
+            Err(_) => B256::from(rand::random::<[u8; 32]>()),
+        };
+        let mut c = AttributionConfig::new(datanet, key);
+        c.embedder = a.embedder.clone();
+        c.fee_wei = a
+            .fee_wei
+            .parse()
+            .map_err(|_| "--fee-wei must be an integer")?;
+        c.owner = a.owner.parse().map_err(|_| "--owner must be an address")?;
+        c.protocol = a
+            .protocol
+            .parse()
+            .map_err(|_| "--protocol must be an address")?;
+        c.protocol_bps = a.protocol_bps;
+        c.data_pool_bps = a.data_pool_bps;
+        c.chain_id = a.chain_id;
+        c.payments_contract = a
+            .payments_contract
+            .parse()
+            .map_err(|_| "--payments-contract must be an address")?;
+        config.attribution = Some(c);
+    }
     let server = Server::load(config, &mut |p: LoadProgress| {
         if let LoadProgress::LayerBuilt { done, total } = p {
             eprint!("\rloading {}: layer {done}/{total}", a.model.display());
@@ -105,6 +164,9 @@ fn serve(a: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(SocketAddr::new(a.host, a.port)).await?;
         let addr = listener.local_addr()?;
+        if let Some(op) = server.operator() {
+            eprintln!("receipts signed by {op}");
+        }
         println!(
             "serving {} ({} adapters) on http://{addr}",
             server.model_name(),

@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
 use crate::State;
-use crate::api::{self, ChatRequest, CompletionRequest, Prompt, Sampling};
+use crate::api::{self, ChatRequest, CompletionRequest, LedgerAsk, Prompt, Sampling};
 use crate::error::ApiError;
 use crate::template::ChatMessage;
 
@@ -34,6 +34,8 @@ pub(crate) fn router(state: Shared) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/", get(page))
+        .route("/openledger/info", get(info))
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
@@ -51,6 +53,30 @@ async fn health(AxState(s): AxState<Shared>) -> Response {
         Ok(()) => StatusCode::OK.into_response(),
         Err(e) => ApiError::unavailable(e.to_string()).into_response(),
     }
+}
+
+/// The chat page.
+async fn page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("page.html"),
+    )
+        .into_response()
+}
+
+/// Whether the server attributes, and with what.
+async fn info(AxState(s): AxState<Shared>) -> Response {
+    let attribution = s.attributor.as_ref().map(|a| a.info());
+    axum::Json(json!({
+        "model": s.base_name,
+        "max_context": s.served.max_context(),
+        "keys": s.keys.is_some(),
+        "attribution": attribution,
+    }))
+    .into_response()
 }
 
 async fn metrics(AxState(s): AxState<Shared>) -> Response {
@@ -153,6 +179,41 @@ struct Plan {
     chat: bool,
     /// Name tokens `token_id:N` in log-probabilities (vLLM's `return_tokens_as_token_ids`).
     token_ids: bool,
+    /// The `openledger` extension, when asked for.
+    ledger: Option<Ledger>,
+}
+
+/// What the `openledger` extension of a call is computed from.
+struct Ledger {
+    /// The text retrieval runs on (the last user message, or the prompt).
+    question: String,
+    payer: openledger_core::Address,
+}
+
+/// The extension a request asks for (`None`: it asks for none); refused when the server does
+/// not attribute.
+fn ledger(s: &State, f: &Sampling, question: String) -> Result<Option<Ledger>, ApiError> {
+    let payer = match &f.openledger {
+        None | Some(LedgerAsk::Flag(false)) => return Ok(None),
+        Some(LedgerAsk::Flag(true)) => None,
+        Some(LedgerAsk::Options { payer }) => payer.clone(),
+    };
+    if s.attributor.is_none() {
+        return Err(ApiError::invalid(
+            "openledger",
+            "the server was started without a datanet (--datanet): it does not attribute",
+        ));
+    }
+    let payer = match payer {
+        None => openledger_core::Address::ZERO,
+        Some(p) => p.parse().map_err(|_| {
+            ApiError::invalid(
+                "openledger.payer",
+                format!("{p:?} is not a 0x-prefixed address"),
+            )
+        })?,
+    };
+    Ok(Some(Ledger { question, payer }))
 }
 
 impl Plan {
@@ -180,6 +241,7 @@ impl Plan {
                 .unwrap_or(false),
             chat,
             token_ids: f.return_tokens_as_token_ids.unwrap_or(false),
+            ledger: None,
         }
     }
 }
@@ -403,7 +465,13 @@ async fn chat_inner(s: Shared, headers: HeaderMap, body: Body) -> Result<Respons
         .or(req.sampling.max_tokens);
     let (params, seeded) = sampling(&s, &req.sampling, max_tokens, logprobs, prompt.len())?;
     let n = choices_n(&s, &req.sampling, 1)?;
-    let plan = Plan::new(
+    let question = messages
+        .iter()
+        .rev()
+        .find(|m| m.role == "user")
+        .map(|m| m.content.clone())
+        .unwrap_or_default();
+    let mut plan = Plan::new(
         &req.sampling,
         adapter,
         vec![prompt],
@@ -412,6 +480,7 @@ async fn chat_inner(s: Shared, headers: HeaderMap, body: Body) -> Result<Respons
         seeded,
         true,
     );
+    plan.ledger = ledger(&s, &req.sampling, question)?;
     run(s, plan).await
 }
 
@@ -448,6 +517,11 @@ async fn completions_inner(
             ));
         }
         Ok(ids)
+    };
+    let text = match &req.prompt {
+        Prompt::Text(t) => Some(t.clone()),
+        Prompt::Texts(ts) => ts.first().cloned(),
+        _ => None,
     };
     let prompts: Vec<Vec<u32>> = match req.prompt {
         Prompt::Text(t) => vec![encode(&s, &t, true, "prompt")?],
@@ -491,7 +565,12 @@ async fn completions_inner(
         longest,
     )?;
     let n = choices_n(&s, &req.sampling, prompts.len())?;
-    let plan = Plan::new(&req.sampling, adapter, prompts, n, params, seeded, false);
+    let question = match text {
+        Some(t) => t,
+        None => s.tokenizer.decode(&prompts[0], true).unwrap_or_default(),
+    };
+    let mut plan = Plan::new(&req.sampling, adapter, prompts, n, params, seeded, false);
+    plan.ledger = ledger(&s, &req.sampling, question)?;
     run(s, plan).await
 }
 
@@ -721,14 +800,28 @@ impl Job {
                 json!({"index": i, "text": text, "logprobs": lp, "finish_reason": reason})
             });
         }
-        Ok(json!({
+        let mut body = json!({
             "id": self.id,
             "object": if self.plan.chat { "chat.completion" } else { "text_completion" },
             "created": self.s.created_now(),
             "model": self.plan.model,
             "choices": out,
             "usage": self.usage(),
-        }))
+        });
+        if let Some(ext) = self.ledger_json()? {
+            body["openledger"] = ext;
+        }
+        Ok(body)
+    }
+
+    /// The `openledger` extension of this call, when asked for.
+    fn ledger_json(&self) -> Result<Option<Value>, ApiError> {
+        let (Some(l), Some(a)) = (&self.plan.ledger, &self.s.attributor) else {
+            return Ok(None);
+        };
+        let adapter = self.plan.adapter.as_ref().map(AdapterId::as_str);
+        a.attribute(&l.question, &self.id, &self.s.base_name, adapter, l.payer)
+            .map(Some)
     }
 
     fn usage(&self) -> Value {
@@ -864,9 +957,29 @@ impl Job {
                     Err(e) => self.fail(e),
                 },
                 Ok(None) => {
-                    if self.plan.include_usage {
-                        let c = self.chunk(Vec::new(), Some(self.usage()));
-                        self.queue.push_back(c);
+                    let ext = match self.ledger_json() {
+                        Ok(e) => e,
+                        Err(e) => {
+                            self.fail(e);
+                            continue;
+                        }
+                    };
+                    // The last chunk has no choice: the usage, and the extension when asked.
+                    if self.plan.include_usage || ext.is_some() {
+                        let mut c = json!({
+                            "id": self.id,
+                            "object": if self.plan.chat { "chat.completion.chunk" } else { "text_completion" },
+                            "created": self.s.created_now(),
+                            "model": self.plan.model,
+                            "choices": [],
+                        });
+                        if self.plan.include_usage {
+                            c["usage"] = self.usage();
+                        }
+                        if let Some(e) = ext {
+                            c["openledger"] = e;
+                        }
+                        self.queue.push_back(c.to_string());
                     }
                     self.queue.push_back("[DONE]".into());
                     self.finished = true;

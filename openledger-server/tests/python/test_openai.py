@@ -33,10 +33,12 @@ def model_dirs(tmp: pathlib.Path):
 
 
 class Served:
-    def __init__(self, tmp: pathlib.Path, keys: str | None = None):
+    def __init__(self, tmp: pathlib.Path, keys: str | None = None, datanet: bool = False):
         model, adapters = model_dirs(tmp)
         args = [BIN, "serve", "--model", str(model), "--adapters", str(adapters),
                 "--port", "0", "--max-context", "128"]
+        if datanet:
+            args += ["--datanet", str(ROOT / "openledger" / "data" / "drug-facts.jsonl")]
         if keys is not None:
             (tmp / "keys.txt").write_text(keys)
             args += ["--api-keys", str(tmp / "keys.txt")]
@@ -58,7 +60,7 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    s = Served(tmp_path_factory.mktemp("open"))
+    s = Served(tmp_path_factory.mktemp("open"), datanet=True)
     yield s
     s.stop()
 
@@ -138,6 +140,22 @@ def test_logprobs_rank_the_greedy_token_first(client):
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 4
     for tok, top in zip(lp.tokens, lp.top_logprobs):
         assert max(top, key=top.get) == tok
+
+
+def test_the_openledger_extension_rides_along_unseen_by_plain_requests(client):
+    r = client.chat.completions.create(
+        model="qv-r4", messages=[{"role": "user", "content": "what class is aspirin"}], max_tokens=3,
+        extra_body={"openledger": {"payer": "0x00000000000000000000000000000000000000aa"}})
+    ext = r.model_extra["openledger"]
+    assert ext["citations"][0]["snippet"].startswith("what class is aspirin")
+    split = ext["split"]
+    total = int(split["owner"]["amount_wei"]) + int(split["protocol"]["amount_wei"]) + sum(
+        int(c["amount_wei"]) for c in split["contributors"])
+    assert total == int(ext["fee_wei"]) == 10**15
+    assert ext["receipt"]["payer"].lower() == "0x00000000000000000000000000000000000000aa"
+    plain = client.chat.completions.create(
+        model="qv-r4", messages=[{"role": "user", "content": "what class is aspirin"}], max_tokens=3)
+    assert "openledger" not in (plain.model_extra or {})
 
 
 def test_bad_requests_raise_the_clients_error_classes(client):

@@ -1,0 +1,305 @@
+//! The `openledger` extension of a response: which datanet records the request drew on, who
+//! contributed them, how the inference fee splits to the wei, and the EIP-712 receipt the
+//! operator signs for it (what `InferencePayments` checks before it takes the fee).
+//!
+//! A request asks for it with `"openledger": true` (or `{"payer": "0x…"}`); plain OpenAI
+//! clients never see it. The datanet's records are embedded once at start (all-MiniLM-L6-v2 when
+//! an embedder folder is given, feature hashing otherwise); each request's question is embedded
+//! and the closest records cited. Their relevance weights split the fee's data pool with the
+//! same integer rule as the chain (`protocol = ⌊fee·protocol_bps/10⁴⌋`, `pool =
+//! ⌊fee·data_pool_bps/10⁴⌋`, the owner the rest); the receipt commits to the pool's split with
+//! `weightsHash = keccak256(abi.encode(bytes32[] contributors, uint256[] amounts))`, each
+//! contributor's address left-padded to 32 bytes.
+
+use std::path::PathBuf;
+
+use openledger::chain::receipt::{
+    AttributionReceipt, OperatorSigner, receipt_domain, weights_hash,
+};
+use openledger::core::datanet::Datanet;
+use openledger::core::{Address, B256, U256};
+use openledger::lora::embed::SentenceEmbedder;
+use openledger::payable::HashingEmbedder;
+use openledger::poa::rag::{Embedder, RagIndex, RelevanceWeighting, Similarity, relevance_weights};
+use openledger::poa::split::{FeeSplit, SplitPolicy};
+use serde_json::{Value, json};
+
+use crate::ServerError;
+use crate::error::ApiError;
+
+/// Dimension of the feature-hashing embedder used without a model.
+pub const HASHING_DIM: usize = 512;
+
+/// Where attribution data comes from and how fees split.
+#[derive(Debug, Clone)]
+pub struct AttributionConfig {
+    /// The datanet (JSONL records: `content`, `contributor`, …).
+    pub datanet: PathBuf,
+    /// A sentence-transformers folder (all-MiniLM-L6-v2); none: feature hashing.
+    pub embedder: Option<PathBuf>,
+    /// Records cited per answer.
+    pub top_k: usize,
+    /// The fee of one inference, in wei.
+    pub fee_wei: U256,
+    /// The model owner's account (gets the rest of the fee).
+    pub owner: Address,
+    /// The protocol treasury.
+    pub protocol: Address,
+    /// The protocol's share in basis points.
+    pub protocol_bps: u16,
+    /// The data contributors' share in basis points.
+    pub data_pool_bps: u16,
+    /// The operator's secret key, which signs the receipts.
+    pub operator_key: B256,
+    /// The chain of the receipts' EIP-712 domain.
+    pub chain_id: u64,
+    /// The `InferencePayments` contract of the domain.
+    pub payments_contract: Address,
+}
+
+impl AttributionConfig {
+    /// Defaults for `datanet`: 3 citations, a fee of 10¹⁵ wei, 5 % protocol and 30 % data pool,
+    /// chain 31337, and `operator_key` as the signer.
+    pub fn new(datanet: PathBuf, operator_key: B256) -> Self {
+        Self {
+            datanet,
+            embedder: None,
+            top_k: 3,
+            fee_wei: U256::from(10u64.pow(15)),
+            owner: Address::ZERO,
+            protocol: Address::ZERO,
+            protocol_bps: 500,
+            data_pool_bps: 3000,
+            operator_key,
+            chain_id: 31337,
+            payments_contract: Address::ZERO,
+        }
+    }
+}
+
+enum Vectors {
+    Hashing(HashingEmbedder),
+    Sentence(Box<SentenceEmbedder>),
+}
+
+impl Vectors {
+    fn embed(&self, text: &str) -> Result<Vec<f32>, String> {
+        match self {
+            Self::Hashing(h) => h.embed(text).map_err(|e| e.to_string()),
+            Self::Sentence(s) => s.embed(text).map_err(|e| e.to_string()),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Hashing(_) => "feature-hashing",
+            Self::Sentence(_) => "all-MiniLM-L6-v2",
+        }
+    }
+}
+
+/// The loaded datanet index, the split and the signer.
+pub(crate) struct Attributor {
+    index: RagIndex,
+    vectors: Vectors,
+    split: FeeSplit,
+    fee: U256,
+    signer: OperatorSigner,
+    domain: alloy_sol_types::Eip712Domain,
+    chain_id: u64,
+    contract: Address,
+    top_k: usize,
+    datanet: String,
+}
+
+fn bad(path: &std::path::Path, reason: impl ToString) -> ServerError {
+    ServerError::ModelFile {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+impl Attributor {
+    /// Reads and indexes the datanet.
+    pub(crate) fn load(c: &AttributionConfig) -> Result<Self, ServerError> {
+        let file = std::fs::File::open(&c.datanet).map_err(|e| bad(&c.datanet, e))?;
+        let name = c
+            .datanet
+            .file_stem()
+            .map_or_else(|| "datanet".into(), |s| s.to_string_lossy().into_owned());
+        let mut datanet = Datanet::new(name.clone());
+        datanet
+            .import_jsonl(std::io::BufReader::new(file))
+            .map_err(|e| bad(&c.datanet, e))?;
+        if datanet.records().is_empty() {
+            return Err(bad(&c.datanet, "the datanet has no record"));
+        }
+        let vectors = match &c.embedder {
+            Some(dir) => Vectors::Sentence(Box::new(
+                SentenceEmbedder::from_dir(dir).map_err(|e| bad(dir, e))?,
+            )),
+            None => Vectors::Hashing(HashingEmbedder::new(HASHING_DIM)),
+        };
+        let dim = match &vectors {
+            Vectors::Hashing(h) => h.dim(),
+            Vectors::Sentence(s) => s.dim(),
+        };
+        let mut index = RagIndex::new(dim, Similarity::Cosine).map_err(|e| bad(&c.datanet, e))?;
+        for r in datanet.records() {
+            let v = vectors.embed(&r.content).map_err(|e| bad(&c.datanet, e))?;
+            // A record with no word the hashing embedder keeps has no direction: not citable.
+            if v.iter().all(|&x| x == 0.0) {
+                continue;
+            }
+            index
+                .add(r.hash, r.contributor, &r.content, &v)
+                .map_err(|e| bad(&c.datanet, e))?;
+        }
+        if u32::from(c.protocol_bps) + u32::from(c.data_pool_bps) > 10_000 {
+            return Err(bad(
+                &c.datanet,
+                "protocol_bps + data_pool_bps exceeds 10000",
+            ));
+        }
+        let signer = OperatorSigner::from_bytes(&c.operator_key).map_err(|e| bad(&c.datanet, e))?;
+        Ok(Self {
+            index,
+            vectors,
+            split: FeeSplit {
+                owner: c.owner,
+                protocol: c.protocol,
+                protocol_bps: c.protocol_bps,
+                data_pool_bps: c.data_pool_bps,
+                policy: SplitPolicy::default(),
+            },
+            fee: c.fee_wei,
+            signer,
+            domain: receipt_domain(c.chain_id, c.payments_contract),
+            chain_id: c.chain_id,
+            contract: c.payments_contract,
+            top_k: c.top_k.max(1),
+            datanet: name,
+        })
+    }
+
+    /// The operator's address.
+    pub(crate) fn operator(&self) -> Address {
+        self.signer.address()
+    }
+
+    /// What the chat page and clients learn of the attribution set-up.
+    pub(crate) fn info(&self) -> Value {
+        json!({
+            "datanet": self.datanet,
+            "records": self.index.len(),
+            "embedder": self.vectors.name(),
+            "fee_wei": self.fee.to_string(),
+            "operator": self.operator().to_string(),
+            "protocol_bps": self.split.protocol_bps,
+            "data_pool_bps": self.split.data_pool_bps,
+            "chain_id": self.chain_id,
+            "payments_contract": self.contract.to_string(),
+        })
+    }
+
+    /// The extension object of one inference: `question` is what retrieval is run on.
+    pub(crate) fn attribute(
+        &self,
+        question: &str,
+        inference: &str,
+        base: &str,
+        adapter: Option<&str>,
+        payer: Address,
+    ) -> Result<Value, ApiError> {
+        let query = self
+            .vectors
+            .embed(question)
+            .map_err(|e| ApiError::internal(format!("embedding the question: {e}")))?;
+        let citations = if query.iter().all(|&x| x == 0.0) {
+            Vec::new()
+        } else {
+            self.index
+                .search(&query, self.top_k)
+                .map_err(|e| ApiError::internal(e.to_string()))?
+        };
+        let cited: Vec<_> = citations
+            .iter()
+            .filter(|c| c.score > 0.0)
+            .cloned()
+            .collect();
+        let weights = if cited.is_empty() {
+            Vec::new()
+        } else {
+            relevance_weights(&cited, RelevanceWeighting::Normalised)
+                .map_err(|e| ApiError::internal(e.to_string()))?
+        };
+        // With nothing cited the data pool goes to the owner: the split then has no contributor.
+        let split = if weights.is_empty() {
+            FeeSplit {
+                protocol_bps: self.split.protocol_bps,
+                data_pool_bps: 0,
+                ..self.split
+            }
+            .split(self.fee, &[])
+        } else {
+            self.split.split(self.fee, &weights)
+        }
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+        let pool: Vec<(B256, U256)> = split
+            .contributors
+            .iter()
+            .map(|p| (p.account.into_word(), p.amount))
+            .collect();
+        let receipt = AttributionReceipt {
+            inferenceId: alloy_primitives::keccak256(inference.as_bytes()),
+            modelId: alloy_primitives::keccak256(base.as_bytes()),
+            adapterIds: adapter
+                .map(|a| vec![alloy_primitives::keccak256(a.as_bytes())])
+                .unwrap_or_default(),
+            payer,
+            amount: self.fee,
+            epoch: 0,
+            weightsHash: weights_hash(&pool).map_err(|e| ApiError::internal(e.to_string()))?,
+        };
+        let signature = self
+            .signer
+            .sign(&receipt, &self.domain)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let payout = |p: &openledger::poa::split::Payout| json!({"account": p.account.to_string(), "amount_wei": p.amount.to_string()});
+        Ok(json!({
+            "datanet": self.datanet,
+            "embedder": self.vectors.name(),
+            "citations": cited.iter().map(|c| json!({
+                "record": c.record.to_string(),
+                "contributor": c.contributor.to_string(),
+                "score": c.score,
+                "snippet": c.snippet,
+            })).collect::<Vec<_>>(),
+            "contributors": weights.iter().map(|(a, w)| json!({"account": a.to_string(), "weight": w}))
+                .collect::<Vec<_>>(),
+            "fee_wei": self.fee.to_string(),
+            "split": {
+                "owner": payout(&split.owner),
+                "protocol": payout(&split.protocol),
+                "contributors": split.contributors.iter().map(payout).collect::<Vec<_>>(),
+            },
+            "receipt": {
+                "inferenceId": receipt.inferenceId.to_string(),
+                "modelId": receipt.modelId.to_string(),
+                "adapterIds": receipt.adapterIds.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "payer": receipt.payer.to_string(),
+                "amount": receipt.amount.to_string(),
+                "epoch": receipt.epoch,
+                "weightsHash": receipt.weightsHash.to_string(),
+            },
+            "domain": {
+                "name": openledger::chain::receipt::DOMAIN_NAME,
+                "version": openledger::chain::receipt::DOMAIN_VERSION,
+                "chainId": self.chain_id,
+                "verifyingContract": self.contract.to_string(),
+            },
+            "signature": alloy_primitives::hex::encode_prefixed(signature.as_bytes()),
+            "signer": self.operator().to_string(),
+        }))
+    }
+}
