@@ -33,6 +33,7 @@ pub mod api;
 pub mod attribution;
 pub mod auth;
 pub mod error;
+pub mod hub;
 pub mod metrics;
 mod routes;
 pub mod template;
@@ -44,7 +45,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use openledger_lora::model::{LoadProgress, ServeOptions, ServedError, ServedModel, Tokenizer};
-use openledger_lora::pool::{AdapterPool, HubDir, PoolError};
+use openledger_lora::pool::{AdapterId, AdapterPool, HubDir, PoolError, Source};
 use parking_lot::Mutex;
 
 pub use attribution::AttributionConfig;
@@ -77,6 +78,20 @@ pub struct ServerConfig {
     /// The datanet, fee split and signer of the `openledger` extension; none: requests that
     /// ask for it are refused.
     pub attribution: Option<AttributionConfig>,
+    /// A remote hub adapters are fetched from (registered here, or loaded at run time with a
+    /// `lora_path` of `hub:REPO[@REVISION]`).
+    pub hub: Option<HubConfig>,
+}
+
+/// A remote hub of adapters.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// The hub's address (`http://` or `https://`), serving `{repo}/resolve/{revision}/{file}`.
+    pub endpoint: String,
+    /// Where fetched files are cached.
+    pub cache: PathBuf,
+    /// Adapters registered at start: `(name, "REPO[@REVISION]")`.
+    pub adapters: Vec<(String, String)>,
 }
 
 impl ServerConfig {
@@ -92,6 +107,7 @@ impl ServerConfig {
             max_body_bytes: 1 << 20,
             max_choices: 16,
             attribution: None,
+            hub: None,
         }
     }
 
@@ -120,6 +136,17 @@ pub enum ServerError {
     /// The API key file is unreadable or malformed.
     #[error(transparent)]
     Keys(#[from] KeyFileError),
+    /// The hub's address or an adapter's repository is not acceptable.
+    #[error(transparent)]
+    Hub(#[from] hub::HubError),
+    /// A hub adapter's name is not a valid adapter id.
+    #[error("hub adapter {name:?}: {reason}")]
+    HubAdapter {
+        /// The name given.
+        name: String,
+        /// Why it is refused.
+        reason: String,
+    },
     /// A model file other than the weights is malformed.
     #[error("{path}: {reason}")]
     ModelFile {
@@ -136,6 +163,7 @@ pub(crate) struct State {
     tokenizer: Arc<Tokenizer>,
     pool: Option<AdapterPool>,
     adapters_root: Option<HubDir>,
+    hub: Option<Arc<hub::HubClient>>,
     adapters: Mutex<BTreeSet<String>>,
     base_name: String,
     template: Option<ChatTemplate>,
@@ -224,16 +252,34 @@ impl Server {
             .as_ref()
             .map(attribution::Attributor::load)
             .transpose()?;
-        let (pool, hub, names) = match &config.adapters_dir {
-            Some(dir) => {
-                let hub = HubDir::open(dir)?;
-                let pool = AdapterPool::new(config.pool_budget_bytes);
-                pool.register_hub(&hub)?;
-                let names = hub.ids()?.iter().map(|id| id.to_string()).collect();
-                (Some(pool), Some(hub), names)
+        let remote = config
+            .hub
+            .as_ref()
+            .map(|h| hub::HubClient::new(&h.endpoint, h.cache.clone()).map(Arc::new))
+            .transpose()?;
+        let pool = (config.adapters_dir.is_some() || remote.is_some())
+            .then(|| AdapterPool::new(config.pool_budget_bytes));
+        let mut names = BTreeSet::new();
+        let root = match (&config.adapters_dir, &pool) {
+            (Some(dir), Some(pool)) => {
+                let root = HubDir::open(dir)?;
+                pool.register_hub(&root)?;
+                names.extend(root.ids()?.iter().map(|id| id.to_string()));
+                Some(root)
             }
-            None => (None, None, BTreeSet::new()),
+            _ => None,
         };
+        if let (Some(h), Some(client), Some(pool)) = (&config.hub, &remote, &pool) {
+            for (name, spec) in &h.adapters {
+                let id = AdapterId::new(name).map_err(|e| ServerError::HubAdapter {
+                    name: name.clone(),
+                    reason: e.to_string(),
+                })?;
+                let source = hub::HubAdapter::parse(Arc::clone(client), spec)?;
+                pool.register(id, Source::Custom(Arc::new(source)))?;
+                names.insert(name.clone());
+            }
+        }
         let served = ServedModel::load(&config.model_dir, pool.clone(), &config.serve, progress)?;
         let tokenizer = served
             .tokenizer()
@@ -255,7 +301,8 @@ impl Server {
                 served,
                 tokenizer,
                 pool,
-                adapters_root: hub,
+                adapters_root: root,
+                hub: remote,
                 adapters: Mutex::new(names),
                 base_name,
                 template,

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use openledger_core::B256;
 use openledger_lora::model::{LoadProgress, ServeOptions};
-use openledger_server::{AttributionConfig, Server, ServerConfig};
+use openledger_server::{AttributionConfig, HubConfig, Server, ServerConfig};
 
 /// The openledger command line.
 #[derive(Parser, Debug)]
@@ -91,6 +91,16 @@ struct ServeArgs {
     /// The InferencePayments contract of the receipts' EIP-712 domain.
     #[arg(long, default_value = "0x0000000000000000000000000000000000000000")]
     payments_contract: String,
+    /// A model hub to fetch adapters from (its `{repo}/resolve/{revision}/{file}` layout).
+    #[arg(long)]
+    hub: Option<String>,
+    /// Where hub files are cached (default: `$XDG_CACHE_HOME/openledger/hub`, else
+    /// `~/.cache/openledger/hub`).
+    #[arg(long)]
+    hub_cache: Option<PathBuf>,
+    /// An adapter of the hub, `NAME=REPO[@REVISION]` (repeatable); fetched on first use.
+    #[arg(long = "hub-adapter", value_name = "NAME=REPO[@REVISION]")]
+    hub_adapters: Vec<String>,
     /// Worker threads of the HTTP runtime (default: one per core).
     #[arg(long)]
     http_threads: Option<usize>,
@@ -121,6 +131,29 @@ fn serve(a: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     };
     config.pool_budget_bytes = a.pool_mib << 20;
     config.max_body_bytes = a.max_body_kib << 10;
+    if let Some(endpoint) = a.hub.clone() {
+        let cache = a.hub_cache.clone().unwrap_or_else(|| {
+            let base = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                .unwrap_or_else(|| PathBuf::from(".cache"));
+            base.join("openledger").join("hub")
+        });
+        let mut adapters = Vec::new();
+        for spec in &a.hub_adapters {
+            let (name, repo) = spec
+                .split_once('=')
+                .ok_or_else(|| format!("--hub-adapter {spec:?}: expected NAME=REPO[@REVISION]"))?;
+            adapters.push((name.to_owned(), repo.to_owned()));
+        }
+        config.hub = Some(HubConfig {
+            endpoint,
+            cache,
+            adapters,
+        });
+    } else if !a.hub_adapters.is_empty() {
+        return Err("--hub-adapter needs --hub".into());
+    }
     if let Some(datanet) = a.datanet.clone() {
         // The operator's key comes from the environment; without one, a fresh key per run.
         let key: B256 = match std::env::var("OPENLEDGER_OPERATOR_KEY") {

@@ -1013,10 +1013,10 @@ async fn load_inner(s: Shared, headers: HeaderMap, body: Body) -> Result<Respons
     admit(&s, &headers, true)?;
     let bytes = read_body(&s, &headers, body).await?;
     let req: api::LoadAdapter = api::parse(&bytes)?;
-    let (Some(pool), Some(root)) = (&s.pool, &s.adapters_root) else {
+    let Some(pool) = &s.pool else {
         return Err(ApiError::invalid(
             "lora_path",
-            "the server was started without an adapters folder",
+            "the server was started without an adapters folder or a hub",
         ));
     };
     let id = AdapterId::new(&req.lora_name)
@@ -1027,25 +1027,44 @@ async fn load_inner(s: Shared, headers: HeaderMap, body: Body) -> Result<Respons
             format!("the adapter '{}' has already been loaded", req.lora_name),
         ));
     }
-    let given = std::path::Path::new(&req.lora_path);
-    let path = if given.is_absolute() {
-        given.to_path_buf()
+    let source = if let Some(spec) = req.lora_path.strip_prefix("hub:") {
+        let Some(client) = &s.hub else {
+            return Err(ApiError::invalid(
+                "lora_path",
+                "the server was started without a hub",
+            ));
+        };
+        let a = crate::hub::HubAdapter::parse(Arc::clone(client), spec)
+            .map_err(|e| ApiError::invalid("lora_path", e.to_string()))?;
+        Source::Custom(Arc::new(a))
     } else {
-        root.root().join(given)
+        let Some(root) = &s.adapters_root else {
+            return Err(ApiError::invalid(
+                "lora_path",
+                "the server was started without an adapters folder: use hub:REPO[@REVISION]",
+            ));
+        };
+        let given = std::path::Path::new(&req.lora_path);
+        let path = if given.is_absolute() {
+            given.to_path_buf()
+        } else {
+            root.root().join(given)
+        };
+        let canon = path
+            .canonicalize()
+            .map_err(|e| ApiError::invalid("lora_path", format!("{}: {e}", req.lora_path)))?;
+        if !canon.starts_with(root.root()) || !canon.is_dir() {
+            return Err(ApiError::invalid(
+                "lora_path",
+                format!(
+                    "{} is not a folder inside the adapters folder",
+                    req.lora_path
+                ),
+            ));
+        }
+        Source::Dir(canon)
     };
-    let canon = path
-        .canonicalize()
-        .map_err(|e| ApiError::invalid("lora_path", format!("{}: {e}", req.lora_path)))?;
-    if !canon.starts_with(root.root()) || !canon.is_dir() {
-        return Err(ApiError::invalid(
-            "lora_path",
-            format!(
-                "{} is not a folder inside the adapters folder",
-                req.lora_path
-            ),
-        ));
-    }
-    pool.register(id.clone(), Source::Dir(canon))
+    pool.register(id.clone(), source)
         .map_err(|e| ApiError::invalid("lora_name", e.to_string()))?;
     // Load it now, so a broken adapter is refused here rather than at its first request.
     let p = pool.clone();
