@@ -13,6 +13,12 @@
 
 use std::path::PathBuf;
 
+use std::collections::BTreeSet;
+
+use openledger::chain::ChainError;
+use openledger::chain::bindings::{InferencePayments, ModelRegistry, TestToken};
+use openledger::chain::deploy::{DeployConfig, Deployment};
+use openledger::chain::evm::EmbeddedChain;
 use openledger::chain::receipt::{
     AttributionReceipt, OperatorSigner, receipt_domain, weights_hash,
 };
@@ -22,6 +28,7 @@ use openledger::lora::embed::SentenceEmbedder;
 use openledger::payable::HashingEmbedder;
 use openledger::poa::rag::{Embedder, RagIndex, RelevanceWeighting, Similarity, relevance_weights};
 use openledger::poa::split::{FeeSplit, SplitPolicy};
+use parking_lot::Mutex;
 use serde_json::{Value, json};
 
 use crate::ServerError;
@@ -55,6 +62,11 @@ pub struct AttributionConfig {
     pub chain_id: u64,
     /// The `InferencePayments` contract of the domain.
     pub payments_contract: Address,
+    /// Pay each attributed inference on an embedded chain (an in-process EVM running the
+    /// contracts): the suite is deployed at start with the operator's key as the receipts'
+    /// signer, the base model and every adapter registered at the fee, and a payer funded.
+    /// The domain then is the deployment's (`chain_id` kept, `payments_contract` ignored).
+    pub embedded_chain: bool,
 }
 
 impl AttributionConfig {
@@ -73,6 +85,7 @@ impl AttributionConfig {
             operator_key,
             chain_id: 31337,
             payments_contract: Address::ZERO,
+            embedded_chain: false,
         }
     }
 }
@@ -98,6 +111,142 @@ impl Vectors {
     }
 }
 
+/// The embedded chain inferences are paid on.
+struct OnChain {
+    chain: EmbeddedChain,
+    deployment: Deployment,
+    owner: Address,
+    treasury: Address,
+    payer: Address,
+    fee: U256,
+    registered: BTreeSet<B256>,
+}
+
+fn chain_err(e: impl std::fmt::Display) -> ApiError {
+    ApiError::internal(format!("embedded chain: {e}"))
+}
+
+impl OnChain {
+    /// Deploys the suite with `operator` as the receipts' signer and funds the default payer.
+    fn new(c: &AttributionConfig, operator: Address) -> Result<Self, ChainError> {
+        let mut chain = EmbeddedChain::new(c.chain_id);
+        let mut dc = DeployConfig::dev(&chain);
+        dc.operator = operator;
+        dc.protocol_bps = c.protocol_bps;
+        dc.data_pool_bps = c.data_pool_bps;
+        if c.protocol != Address::ZERO {
+            dc.treasury = c.protocol;
+        }
+        let deployment = Deployment::deploy(&mut chain, &dc)?;
+        let owner = if c.owner == Address::ZERO {
+            chain.dev_account(4).address
+        } else {
+            c.owner
+        };
+        let payer = chain.dev_account(5).address;
+        let mut me = Self {
+            chain,
+            deployment,
+            owner,
+            treasury: dc.treasury,
+            payer,
+            fee: c.fee_wei,
+            registered: BTreeSet::new(),
+        };
+        me.fund(payer)?;
+        Ok(me)
+    }
+
+    /// Mints test tokens to `payer` and lets the payments contract take them.
+    fn fund(&mut self, payer: Address) -> Result<(), ChainError> {
+        let (token, payments) = (self.deployment.token, self.deployment.payments);
+        let amount = U256::from(10u64).pow(U256::from(30u64));
+        self.chain
+            .send(payer, token, &TestToken::mintCall { to: payer, amount })?
+            .into_success()?;
+        self.chain
+            .send(
+                payer,
+                token,
+                &TestToken::approveCall {
+                    spender: payments,
+                    value: U256::MAX,
+                },
+            )?
+            .into_success()?;
+        Ok(())
+    }
+
+    /// Registers `id` (the base model, or an adapter on `base`) at the fee, once.
+    fn register(&mut self, id: B256, base: B256) -> Result<(), ChainError> {
+        if !self.registered.insert(id) {
+            return Ok(());
+        }
+        let call = ModelRegistry::registerModelCall {
+            modelId: id,
+            baseModel: base,
+            artifactHash: id,
+            trainingLogHead: B256::ZERO,
+            sources: Vec::new(),
+            feePerCall: self.fee,
+        };
+        let out = self.chain.send(self.owner, self.deployment.models, &call)?;
+        if !out.is_success() {
+            self.registered.remove(&id);
+            return Err(ChainError::Evm(format!(
+                "registerModel reverted: {:?}",
+                openledger::chain::abi::decode_revert_any(&out.output)
+            )));
+        }
+        Ok(())
+    }
+
+    fn epoch(&mut self) -> Result<u64, ChainError> {
+        self.chain.view(
+            self.deployment.payments,
+            &InferencePayments::currentEpochCall {},
+        )
+    }
+
+    /// Pays `receipt` from its payer; the outcome as the response reports it.
+    fn pay(
+        &mut self,
+        receipt: &AttributionReceipt,
+        signature: &alloy_primitives::Signature,
+    ) -> Result<Value, ApiError> {
+        let call = Deployment::pay_call(receipt.clone(), signature);
+        let out = match self
+            .chain
+            .send(receipt.payer, self.deployment.payments, &call)
+        {
+            Ok(out) => out,
+            // The node refused the transaction itself (a payer without gas money, say).
+            Err(e) => return Ok(json!({"status": "refused", "error": e.to_string()})),
+        };
+        if !out.is_success() {
+            return Ok(json!({
+                "status": "reverted",
+                "error": format!("{:?}", openledger::chain::abi::decode_revert_any(&out.output)),
+                "block": out.block_number,
+            }));
+        }
+        let paid = out
+            .events::<InferencePayments::InferencePaid>()
+            .into_iter()
+            .next()
+            .ok_or_else(|| chain_err("payForInference emitted no InferencePaid"))?;
+        Ok(json!({
+            "status": "paid",
+            "block": out.block_number,
+            "gas_used": out.gas_used,
+            "contract": self.deployment.payments.to_string(),
+            "owner_share_wei": paid.ownerShare.to_string(),
+            "protocol_share_wei": paid.protocolShare.to_string(),
+            "data_pool_wei": paid.dataShare.to_string(),
+        }))
+    }
+}
+
 /// The loaded datanet index, the split and the signer.
 pub(crate) struct Attributor {
     index: RagIndex,
@@ -110,6 +259,7 @@ pub(crate) struct Attributor {
     contract: Address,
     top_k: usize,
     datanet: String,
+    chain: Option<Mutex<OnChain>>,
 }
 
 fn bad(path: &std::path::Path, reason: impl ToString) -> ServerError {
@@ -162,23 +312,38 @@ impl Attributor {
             ));
         }
         let signer = OperatorSigner::from_bytes(&c.operator_key).map_err(|e| bad(&c.datanet, e))?;
+        let chain = if c.embedded_chain {
+            Some(OnChain::new(c, signer.address()).map_err(|e| bad(&c.datanet, e))?)
+        } else {
+            None
+        };
+        let (chain_id, contract) = match &chain {
+            Some(ch) => (ch.chain.chain_id(), ch.deployment.payments),
+            None => (c.chain_id, c.payments_contract),
+        };
+        // On the chain the owner and the treasury are the accounts the contracts pay.
+        let (owner, protocol) = match &chain {
+            Some(ch) => (ch.owner, ch.treasury),
+            None => (c.owner, c.protocol),
+        };
         Ok(Self {
             index,
             vectors,
             split: FeeSplit {
-                owner: c.owner,
-                protocol: c.protocol,
+                owner,
+                protocol,
                 protocol_bps: c.protocol_bps,
                 data_pool_bps: c.data_pool_bps,
                 policy: SplitPolicy::default(),
             },
             fee: c.fee_wei,
             signer,
-            domain: receipt_domain(c.chain_id, c.payments_contract),
-            chain_id: c.chain_id,
-            contract: c.payments_contract,
+            domain: receipt_domain(chain_id, contract),
+            chain_id,
+            contract,
             top_k: c.top_k.max(1),
             datanet: name,
+            chain: chain.map(Mutex::new),
         })
     }
 
@@ -199,6 +364,8 @@ impl Attributor {
             "data_pool_bps": self.split.data_pool_bps,
             "chain_id": self.chain_id,
             "payments_contract": self.contract.to_string(),
+            "chain": if self.chain.is_some() { "embedded" } else { "none" },
+            "default_payer": self.chain.as_ref().map(|c| c.lock().payer.to_string()),
         })
     }
 
@@ -209,7 +376,7 @@ impl Attributor {
         inference: &str,
         base: &str,
         adapter: Option<&str>,
-        payer: Address,
+        payer: Option<Address>,
     ) -> Result<Value, ApiError> {
         let query = self
             .vectors
@@ -250,21 +417,40 @@ impl Attributor {
             .iter()
             .map(|p| (p.account.into_word(), p.amount))
             .collect();
+        let model_id = alloy_primitives::keccak256(base.as_bytes());
+        let adapter_ids: Vec<B256> = adapter
+            .map(|a| vec![alloy_primitives::keccak256(a.as_bytes())])
+            .unwrap_or_default();
+        // On the chain: the models registered, the epoch the contract is in, its funded payer
+        // by default. The lock is held through the payment so receipts are paid in order.
+        let mut chain = self.chain.as_ref().map(|c| c.lock());
+        let (epoch, payer) = match chain.as_deref_mut() {
+            Some(ch) => {
+                ch.register(model_id, B256::ZERO).map_err(chain_err)?;
+                for &a in &adapter_ids {
+                    ch.register(a, model_id).map_err(chain_err)?;
+                }
+                (ch.epoch().map_err(chain_err)?, payer.unwrap_or(ch.payer))
+            }
+            None => (0, payer.unwrap_or(Address::ZERO)),
+        };
         let receipt = AttributionReceipt {
             inferenceId: alloy_primitives::keccak256(inference.as_bytes()),
-            modelId: alloy_primitives::keccak256(base.as_bytes()),
-            adapterIds: adapter
-                .map(|a| vec![alloy_primitives::keccak256(a.as_bytes())])
-                .unwrap_or_default(),
+            modelId: model_id,
+            adapterIds: adapter_ids,
             payer,
             amount: self.fee,
-            epoch: 0,
+            epoch,
             weightsHash: weights_hash(&pool).map_err(|e| ApiError::internal(e.to_string()))?,
         };
         let signature = self
             .signer
             .sign(&receipt, &self.domain)
             .map_err(|e| ApiError::internal(e.to_string()))?;
+        let payment = match chain.as_deref_mut() {
+            Some(ch) => ch.pay(&receipt, &signature)?,
+            None => Value::Null,
+        };
         let payout = |p: &openledger::poa::split::Payout| json!({"account": p.account.to_string(), "amount_wei": p.amount.to_string()});
         Ok(json!({
             "datanet": self.datanet,
@@ -300,6 +486,7 @@ impl Attributor {
             },
             "signature": alloy_primitives::hex::encode_prefixed(signature.as_bytes()),
             "signer": self.operator().to_string(),
+            "payment": payment,
         }))
     }
 }

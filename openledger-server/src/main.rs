@@ -85,6 +85,10 @@ struct ServeArgs {
     /// The data contributors' share of each fee, in basis points.
     #[arg(long, default_value_t = 3000)]
     data_pool_bps: u16,
+    /// Pay each attributed inference on a chain: `embedded` (an in-process EVM running the
+    /// contracts, deployed at start). Remote nodes are not supported yet.
+    #[arg(long)]
+    chain: Option<String>,
     /// The chain id of the receipts' EIP-712 domain.
     #[arg(long, default_value_t = 31337)]
     chain_id: u64,
@@ -154,6 +158,9 @@ fn serve(a: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     } else if !a.hub_adapters.is_empty() {
         return Err("--hub-adapter needs --hub".into());
     }
+    if a.chain.is_some() && a.datanet.is_none() {
+        return Err("--chain needs --datanet (payments carry the attribution's receipt)".into());
+    }
     if let Some(datanet) = a.datanet.clone() {
         // The operator's key comes from the environment; without one, a fresh key per run.
         let key: B256 = match std::env::var("OPENLEDGER_OPERATOR_KEY") {
@@ -181,6 +188,16 @@ fn serve(a: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
             .payments_contract
             .parse()
             .map_err(|_| "--payments-contract must be an address")?;
+        c.embedded_chain = match a.chain.as_deref() {
+            None => false,
+            Some("embedded") => true,
+            Some(other) => {
+                return Err(format!(
+                    "--chain {other:?}: only `embedded` is supported (no JSON-RPC backend yet)"
+                )
+                .into());
+            }
+        };
         config.attribution = Some(c);
     }
     let server = Server::load(config, &mut |p: LoadProgress| {

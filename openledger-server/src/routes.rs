@@ -187,7 +187,8 @@ struct Plan {
 struct Ledger {
     /// The text retrieval runs on (the last user message, or the prompt).
     question: String,
-    payer: openledger_core::Address,
+    /// The payer named (default: the zero address, or the embedded chain's funded payer).
+    payer: Option<openledger_core::Address>,
 }
 
 /// The extension a request asks for (`None`: it asks for none); refused when the server does
@@ -204,15 +205,16 @@ fn ledger(s: &State, f: &Sampling, question: String) -> Result<Option<Ledger>, A
             "the server was started without a datanet (--datanet): it does not attribute",
         ));
     }
-    let payer = match payer {
-        None => openledger_core::Address::ZERO,
-        Some(p) => p.parse().map_err(|_| {
-            ApiError::invalid(
-                "openledger.payer",
-                format!("{p:?} is not a 0x-prefixed address"),
-            )
-        })?,
-    };
+    let payer = payer
+        .map(|p| {
+            p.parse().map_err(|_| {
+                ApiError::invalid(
+                    "openledger.payer",
+                    format!("{p:?} is not a 0x-prefixed address"),
+                )
+            })
+        })
+        .transpose()?;
     Ok(Some(Ledger { question, payer }))
 }
 

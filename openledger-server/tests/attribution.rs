@@ -204,3 +204,83 @@ async fn a_server_without_a_datanet_refuses_the_extension_and_serves_the_page() 
         Value::Null
     );
 }
+
+#[tokio::test]
+async fn on_the_embedded_chain_each_answer_is_paid_with_the_split_it_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, adapters) = model_and_adapters(dir.path());
+    let mut config = ServerConfig::new(model).with_adapters(adapters);
+    config.serve.max_context = 128;
+    let mut a = AttributionConfig::new(
+        fixtures().join("../openledger/data/drug-facts.jsonl"),
+        KEY.parse().unwrap(),
+    );
+    a.fee_wei = U256::from(999_999_999_999u64);
+    a.embedded_chain = true;
+    config.attribution = Some(a);
+    let s = Server::load(config, &mut |_| {}).unwrap();
+    let info = call(&s, "GET", "/openledger/info", None, None).await.json();
+    assert_eq!(info["attribution"]["chain"], "embedded");
+    for (model, question) in [
+        ("qv-r4", "what class is metformin"),
+        ("tiny-llama", "how does aspirin work"),
+        ("qv-r4", "what does aspirin treat"),
+    ] {
+        let r = post(
+            &s,
+            "/v1/chat/completions",
+            json!({"model": model, "max_tokens": 2, "openledger": true,
+                   "messages": [{"role": "user", "content": question}]}),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let ext = &r.json()["openledger"];
+        let pay = &ext["payment"];
+        assert_eq!(pay["status"], "paid", "{ext}");
+        // The contract's split is the one reported, to the wei.
+        assert_eq!(pay["owner_share_wei"], ext["split"]["owner"]["amount_wei"]);
+        assert_eq!(
+            pay["protocol_share_wei"],
+            ext["split"]["protocol"]["amount_wei"]
+        );
+        let pool = ext["split"]["contributors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| u(&p["amount_wei"]))
+            .fold(U256::ZERO, |x, y| x + y);
+        assert_eq!(u(&pay["data_pool_wei"]), pool);
+        assert_eq!(
+            u(&pay["owner_share_wei"]) + u(&pay["protocol_share_wei"]) + pool,
+            u(&ext["fee_wei"])
+        );
+        assert_eq!(
+            ext["receipt"]["payer"],
+            info["attribution"]["default_payer"]
+        );
+        assert_eq!(ext["domain"]["verifyingContract"], pay["contract"]);
+        assert_ne!(ext["split"]["owner"]["account"], Address::ZERO.to_string());
+        assert_ne!(ext["split"]["protocol"]["account"], Address::ZERO.to_string());
+    }
+    // A payer with no money for gas: the node refuses the transaction, and the response says
+    // why (the answer itself is still given).
+    let r = post(
+        &s,
+        "/v1/completions",
+        json!({"model": "qv-r4", "prompt": "what does aspirin treat", "max_tokens": 1,
+               "openledger": {"payer": "0x00000000000000000000000000000000000000bb"}}),
+    )
+    .await
+    .json();
+    let pay = &r["openledger"]["payment"];
+    assert_eq!(pay["status"], "refused", "{r}");
+    assert!(
+        pay["error"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("fund"),
+        "{pay}"
+    );
+    assert_eq!(r["choices"][0]["finish_reason"], "length");
+}

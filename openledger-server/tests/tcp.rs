@@ -127,3 +127,57 @@ async fn a_graceful_shutdown_lets_running_streams_finish() {
     // Nothing listens any more.
     assert!(TcpStream::connect(addr).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_before_a_whole_answer_cancels_it_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, addr, stop, task) = start(dir.path()).await;
+    let body = json!({"model": "qv-r4", "messages": [{"role": "user", "content": "w20 w21"}],
+                      "max_tokens": 120, "temperature": 1.0, "seed": 3, "n": 16})
+    .to_string();
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(req.as_bytes()).await.unwrap();
+    // Wait until the engine has taken the request, then go away.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(
+        &call(&s, "GET", "/metrics", None, None).await.text(),
+        "openledger_requests_total{model=\"qv-r4\"} ",
+    ) == 0
+    {
+        assert!(Instant::now() < deadline, "the request never arrived");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(conn);
+    let text = loop {
+        let text = call(&s, "GET", "/metrics", None, None).await.text();
+        if metric(
+            &text,
+            "openledger_sequences_cancelled_total{model=\"qv-r4\"} ",
+        ) > 0
+            || Instant::now() > deadline
+        {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let cancelled = metric(
+        &text,
+        "openledger_sequences_cancelled_total{model=\"qv-r4\"} ",
+    );
+    let generated = metric(
+        &text,
+        "openledger_generation_tokens_total{model=\"qv-r4\"} ",
+    );
+    assert!(cancelled > 0, "no sequence was cancelled:\n{text}");
+    assert!(
+        generated < 16 * 120,
+        "{generated} tokens: nothing was cut short"
+    );
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}

@@ -1,6 +1,7 @@
 // The chat page in a real browser: `openledger serve` with a datanet, on a free loopback port,
-// driven in Debian's headless Chromium by playwright-core. It picks an adapter, asks a question,
-// waits for the streamed answer, checks the sources and the receipt shown, and saves a
+// driven in Debian's headless Chromium by playwright-core; answers are paid on the embedded chain.
+// It picks an adapter, asks a question, waits for the streamed answer, checks the sources, the
+// receipt and the payment shown, and saves a
 // screenshot (OPENLEDGER_SCREENSHOT, default target/chat-page.png).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -28,7 +29,8 @@ before(async () => {
   for (const f of ["tokenizer.json", "tokenizer_config.json"]) cpSync(join(root, "fixtures/server", f), join(model, f));
   cpSync(join(peft, "adapters"), join(tmp, "adapters"), { recursive: true });
   server = spawn(bin, ["serve", "--model", model, "--adapters", join(tmp, "adapters"), "--port", "0",
-    "--max-context", "128", "--datanet", join(root, "openledger/data/drug-facts.jsonl")],
+    "--max-context", "128", "--datanet", join(root, "openledger/data/drug-facts.jsonl"),
+    "--chain", "embedded"],
     { stdio: ["ignore", "pipe", "inherit"] });
   url = await new Promise((ok, fail) => {
     server.on("exit", (code) => fail(new Error(`server exited with ${code}`)));
@@ -74,6 +76,7 @@ test("a question gets a streamed answer with its sources and a signed receipt", 
   assert.match(receipt, /model owner/);
   assert.match(receipt, /data contributor/);
   assert.match(receipt, /signature 0x[0-9a-f]{130}/);
+  assert.match(receipt, /paid on chain in block \d+ \(gas \d+\)/);
   // The same answer as the API gives for the same request (greedy is not asked: the page samples,
   // so only the transcript's shape is compared).
   assert.equal(await page.$$eval(".msg", (xs) => xs.length), 2);
