@@ -260,7 +260,10 @@ async fn on_the_embedded_chain_each_answer_is_paid_with_the_split_it_reports() {
         );
         assert_eq!(ext["domain"]["verifyingContract"], pay["contract"]);
         assert_ne!(ext["split"]["owner"]["account"], Address::ZERO.to_string());
-        assert_ne!(ext["split"]["protocol"]["account"], Address::ZERO.to_string());
+        assert_ne!(
+            ext["split"]["protocol"]["account"],
+            Address::ZERO.to_string()
+        );
     }
     // A payer with no money for gas: the node refuses the transaction, and the response says
     // why (the answer itself is still given).

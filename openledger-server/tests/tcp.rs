@@ -61,6 +61,28 @@ fn metric(text: &str, line_start: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Waits (until `deadline`) for a cancelled sequence of `qv-r4` in the metrics, and checks that
+/// fewer than `all` tokens were generated.
+async fn assert_cancelled(s: &openledger_server::Server, deadline: Instant, all: u64) {
+    let cancelled = "openledger_sequences_cancelled_total{model=\"qv-r4\"} ";
+    let text = loop {
+        let text = call(s, "GET", "/metrics", None, None).await.text();
+        if metric(&text, cancelled) > 0 || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        metric(&text, cancelled) > 0,
+        "no sequence was cancelled:\n{text}"
+    );
+    let generated = metric(
+        &text,
+        "openledger_generation_tokens_total{model=\"qv-r4\"} ",
+    );
+    assert!(generated < all, "{generated} tokens: nothing was cut short");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_goes_away_cancels_its_sequences() {
     let dir = tempfile::tempdir().unwrap();
@@ -70,31 +92,7 @@ async fn a_client_that_goes_away_cancels_its_sequences() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     drop(conn);
     let deadline = Instant::now() + Duration::from_secs(20);
-    let text = loop {
-        let text = call(&s, "GET", "/metrics", None, None).await.text();
-        if metric(
-            &text,
-            "openledger_sequences_cancelled_total{model=\"qv-r4\"} ",
-        ) > 0
-            || Instant::now() > deadline
-        {
-            break text;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let cancelled = metric(
-        &text,
-        "openledger_sequences_cancelled_total{model=\"qv-r4\"} ",
-    );
-    let generated = metric(
-        &text,
-        "openledger_generation_tokens_total{model=\"qv-r4\"} ",
-    );
-    assert!(cancelled > 0, "no sequence was cancelled:\n{text}");
-    assert!(
-        generated < (n * max_tokens) as u64,
-        "{generated} tokens: nothing was cut short"
-    );
+    assert_cancelled(&s, deadline, (n * max_tokens) as u64).await;
     // The server still serves.
     let r = post(
         &s,
@@ -153,31 +151,7 @@ async fn a_client_that_goes_away_before_a_whole_answer_cancels_it_too() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     drop(conn);
-    let text = loop {
-        let text = call(&s, "GET", "/metrics", None, None).await.text();
-        if metric(
-            &text,
-            "openledger_sequences_cancelled_total{model=\"qv-r4\"} ",
-        ) > 0
-            || Instant::now() > deadline
-        {
-            break text;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let cancelled = metric(
-        &text,
-        "openledger_sequences_cancelled_total{model=\"qv-r4\"} ",
-    );
-    let generated = metric(
-        &text,
-        "openledger_generation_tokens_total{model=\"qv-r4\"} ",
-    );
-    assert!(cancelled > 0, "no sequence was cancelled:\n{text}");
-    assert!(
-        generated < 16 * 120,
-        "{generated} tokens: nothing was cut short"
-    );
+    assert_cancelled(&s, deadline, 16 * 120).await;
     let _ = stop.send(());
     task.await.unwrap().unwrap();
 }
