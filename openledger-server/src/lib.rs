@@ -44,7 +44,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use openledger_lora::model::{LoadProgress, ServeOptions, ServedError, ServedModel, Tokenizer};
+use openledger_lora::model::{
+    GgufFile, LoadProgress, ModelError, ServeOptions, ServedError, ServedModel, Tokenizer,
+};
 use openledger_lora::pool::{AdapterId, AdapterPool, HubDir, PoolError, Source};
 use parking_lot::Mutex;
 
@@ -57,8 +59,9 @@ pub use template::{ChatMessage, ChatTemplate, TemplateError};
 /// Limits and sources of a server.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// The base model's HF folder (config.json, safetensors, tokenizer.json, and the chat
-    /// template in `tokenizer_config.json` or `chat_template.jinja`).
+    /// The base model: an HF folder (config.json, safetensors, tokenizer.json, and the chat
+    /// template in `tokenizer_config.json` or `chat_template.jinja`), or a llama-family GGUF
+    /// file (weights dequantized to f32, its tokenizer and chat template from its metadata).
     pub model_dir: PathBuf,
     /// A folder of PEFT adapters (`NAME/` or `ORG/NAME/`, each with `adapter_config.json`),
     /// registered at start; adapters loaded at run time must lie inside it.
@@ -147,6 +150,9 @@ pub enum ServerError {
         /// Why it is refused.
         reason: String,
     },
+    /// The GGUF model could not be read.
+    #[error(transparent)]
+    Model(Box<ModelError>),
     /// A model file other than the weights is malformed.
     #[error("{path}: {reason}")]
     ModelFile {
@@ -155,6 +161,12 @@ pub enum ServerError {
         /// What is wrong.
         reason: String,
     },
+}
+
+impl From<ModelError> for ServerError {
+    fn from(e: ModelError) -> Self {
+        Self::Model(Box::new(e))
+    }
 }
 
 /// What the handlers share.
@@ -245,8 +257,44 @@ impl Server {
             .as_deref()
             .map(ApiKeys::from_file)
             .transpose()?;
-        let template = ChatTemplate::from_model_dir(&config.model_dir)?;
-        let eos = eos_ids(&config.model_dir)?;
+        let gguf = config.model_dir.is_file()
+            && config
+                .model_dir
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+        let gguf = if gguf {
+            Some(GgufFile::open(&config.model_dir)?)
+        } else {
+            None
+        };
+        let (template, eos) = match &gguf {
+            Some(g) => {
+                let tokens: std::collections::BTreeMap<String, String> = [
+                    ("bos_token", "tokenizer.ggml.bos_token_id"),
+                    ("eos_token", "tokenizer.ggml.eos_token_id"),
+                    ("unk_token", "tokenizer.ggml.unknown_token_id"),
+                    ("pad_token", "tokenizer.ggml.padding_token_id"),
+                ]
+                .into_iter()
+                .filter_map(|(name, key)| g.special_token(key).map(|t| (name.to_owned(), t)))
+                .collect();
+                let template = g
+                    .chat_template()
+                    .map(|src| ChatTemplate::new(src, tokens))
+                    .transpose()?;
+                let eos = g
+                    .metadata()
+                    .get("tokenizer.ggml.eos_token_id")
+                    .and_then(|v| v.as_u64())
+                    .map(|id| vec![id as u32])
+                    .unwrap_or_default();
+                (template, eos)
+            }
+            None => (
+                ChatTemplate::from_model_dir(&config.model_dir)?,
+                eos_ids(&config.model_dir)?,
+            ),
+        };
         let attributor = config
             .attribution
             .as_ref()
@@ -280,7 +328,22 @@ impl Server {
                 names.insert(name.clone());
             }
         }
-        let served = ServedModel::load(&config.model_dir, pool.clone(), &config.serve, progress)?;
+        let served = match &gguf {
+            Some(g) => {
+                let model = g.to_model(&mut |done, total| {
+                    progress(LoadProgress::LayerBuilt { done, total })
+                })?;
+                let tokenizer = Arc::new(g.tokenizer()?);
+                ServedModel::start(
+                    model,
+                    Some(tokenizer),
+                    &config.model_dir,
+                    pool.clone(),
+                    &config.serve,
+                )?
+            }
+            None => ServedModel::load(&config.model_dir, pool.clone(), &config.serve, progress)?,
+        };
         let tokenizer = served
             .tokenizer()
             .cloned()
@@ -290,7 +353,15 @@ impl Server {
                 .model_dir
                 .canonicalize()
                 .ok()
-                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .and_then(|p| {
+                    // A GGUF file is named by its stem, a folder by its name.
+                    let name = if gguf.is_some() {
+                        p.file_stem()
+                    } else {
+                        p.file_name()
+                    };
+                    name.map(|n| n.to_string_lossy().into_owned())
+                })
                 .unwrap_or_else(|| "base".into())
         });
         let created = std::time::SystemTime::now()

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use openledger::core::{Address, U256};
-use openledger::lora::embed::{SentenceEmbedder, fetched_model};
+use openledger::lora::embed::{SentenceEmbedder, fetched_model_or_skip};
 use openledger::payable::paraphrase::{calibrate, parse_pairs};
 use openledger::payable::{
     DRUG_FACTS_JSONL, DRUG_FACTS_PARAPHRASED_JSONL, DatanetReport, LoopConfig, LoopEvent,
@@ -19,20 +19,7 @@ use openledger::payable::{
 
 fn model_dir() -> Option<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/models");
-    match fetched_model(&root, "all-MiniLM-L6-v2") {
-        Ok(dir) => Some(dir),
-        Err(dir) if std::env::var("OPENLEDGER_REQUIRE_MODELS").as_deref() == Ok("1") => panic!(
-            "{} is absent and OPENLEDGER_REQUIRE_MODELS=1: run `bash scripts/fetch-models.sh`",
-            dir.display()
-        ),
-        Err(dir) => {
-            eprintln!(
-                "skipped: {} is absent (run `bash scripts/fetch-models.sh`)",
-                dir.display()
-            );
-            None
-        }
-    }
+    fetched_model_or_skip(&root, "all-MiniLM-L6-v2").unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]

@@ -42,6 +42,29 @@ pub fn fetched_model(models_root: &Path, name: &str) -> Result<PathBuf, PathBuf>
     }
 }
 
+/// What tests and examples do about model `name` (see [`fetched_model`]): `Ok(Some(dir))` when
+/// it is fetched; `Ok(None)`, after printing that the caller is skipped, when it is absent;
+/// `Err(message)` when it is absent and `OPENLEDGER_REQUIRE_MODELS=1` makes that a failure (as
+/// the full test script sets after fetching the models).
+pub fn fetched_model_or_skip(models_root: &Path, name: &str) -> Result<Option<PathBuf>, String> {
+    match fetched_model(models_root, name) {
+        Ok(dir) => Ok(Some(dir)),
+        Err(dir) if std::env::var("OPENLEDGER_REQUIRE_MODELS").as_deref() == Ok("1") => {
+            Err(format!(
+                "{} is absent and OPENLEDGER_REQUIRE_MODELS=1: run `bash scripts/fetch-models.sh`",
+                dir.display()
+            ))
+        }
+        Err(dir) => {
+            eprintln!(
+                "skipped: {} is absent (run `bash scripts/fetch-models.sh`)",
+                dir.display()
+            );
+            Ok(None)
+        }
+    }
+}
+
 /// Sentences encoded per forward pass by [`SentenceEmbedder::embed_batch`].
 pub const BATCH: usize = 32;
 

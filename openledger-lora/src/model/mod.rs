@@ -35,6 +35,7 @@
 mod config;
 mod error;
 mod generate;
+pub mod gguf;
 mod load;
 mod lora;
 pub mod ops;
@@ -49,6 +50,7 @@ use std::path::Path;
 
 pub use config::{Activation, Architecture, ModelConfig, RopeScaling};
 pub use error::ModelError;
+pub use gguf::{GgmlType, GgufFile, GgufTensorInfo, GgufValue};
 pub use load::{Layer, Linear, LoadProgress, Weights};
 pub use paged::{PagedError, PagedModel};
 pub use random::RandomLlama;

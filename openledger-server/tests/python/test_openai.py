@@ -191,3 +191,26 @@ def test_keys_401_403_429(tmp_path):
         assert "again" in [m.id for m in admin.models.list()]
     finally:
         s.stop()
+
+
+def test_a_pretrained_gguf_model_answers_through_the_client(tmp_path):
+    gguf = ROOT / "target" / "models" / "SmolLM2-135M-Instruct"
+    if not (gguf / ".complete").exists():
+        if os.environ.get("OPENLEDGER_REQUIRE_MODELS") == "1":
+            pytest.fail(f"{gguf} is absent: run `bash scripts/fetch-models.sh`")
+        pytest.skip(f"{gguf} is absent (run `bash scripts/fetch-models.sh`)")
+    proc = subprocess.Popen([BIN, "serve", "--model", str(gguf / "SmolLM2-135M-Instruct.Q4_1.gguf"),
+                             "--port", "0", "--max-context", "256"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = proc.stdout.readline().strip().rsplit(" ", 1)[-1]
+        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
+        [model] = [m.id for m in client.models.list()]
+        stream = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "What is the capital of France?"}],
+            max_tokens=16, temperature=0, stream=True)
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        assert text == "The capital of France is Paris."
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)

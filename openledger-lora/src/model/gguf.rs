@@ -1,0 +1,839 @@
+//! GGUF files, llama.cpp's model format: the header, the metadata, the tensor directory, and
+//! tensors dequantized to f32 (F32, F16, BF16, Q8_0, Q4_0, Q4_1), so a llama-family GGUF model
+//! (SmolLM2, Llama, Mistral …) becomes a [`Model`] with the names, shapes and Q/K layout of its
+//! Hugging Face checkpoint.
+//!
+//! The layout follows the GGUF specification (version 2 and 3): little-endian; a `GGUF` magic,
+//! the version, the tensor and key/value counts; the key/values (typed, arrays included); the
+//! tensor infos (name, dimensions innermost first, type, offset); the tensor data from the next
+//! multiple of `general.alignment` (default 32). Every count, length and offset is checked
+//! against the file before it is used, so a truncated or hostile file is a
+//! [`ModelError::InvalidConfig`] naming what is wrong, never a panic or a huge allocation.
+//!
+//! llama.cpp stores `attn_q` and `attn_k` with the rows of each head permuted for its rotary
+//! embedding; loading undoes that (as transformers' GGUF loader does), so the logits equal
+//! those of the Hugging Face model dequantized from the same file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use half::{bf16, f16};
+use openledger_core::DType;
+use serde_json::{Value, json};
+
+use super::{Model, ModelConfig, ModelError, Tokenizer};
+use crate::adapter::tensors::HostTensor;
+
+const MAGIC: &[u8; 4] = b"GGUF";
+/// Most key/values or tensors a file may declare (real files hold hundreds).
+const MAX_ENTRIES: u64 = 1 << 20;
+
+/// A metadata value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GgufValue {
+    /// `uint8`.
+    U8(u8),
+    /// `int8`.
+    I8(i8),
+    /// `uint16`.
+    U16(u16),
+    /// `int16`.
+    I16(i16),
+    /// `uint32`.
+    U32(u32),
+    /// `int32`.
+    I32(i32),
+    /// `uint64`.
+    U64(u64),
+    /// `int64`.
+    I64(i64),
+    /// `float32`.
+    F32(f32),
+    /// `float64`.
+    F64(f64),
+    /// `bool`.
+    Bool(bool),
+    /// A UTF-8 string.
+    String(String),
+    /// An array of values of one type.
+    Array(Vec<GgufValue>),
+}
+
+impl GgufValue {
+    /// The value as an unsigned integer, when it is a non-negative integer.
+    pub fn as_u64(&self) -> Option<u64> {
+        match *self {
+            Self::U8(x) => Some(x.into()),
+            Self::U16(x) => Some(x.into()),
+            Self::U32(x) => Some(x.into()),
+            Self::U64(x) => Some(x),
+            Self::I8(x) => u64::try_from(x).ok(),
+            Self::I16(x) => u64::try_from(x).ok(),
+            Self::I32(x) => u64::try_from(x).ok(),
+            Self::I64(x) => u64::try_from(x).ok(),
+            _ => None,
+        }
+    }
+
+    /// The value as a float, when it is a number.
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            Self::F32(x) => Some(x.into()),
+            Self::F64(x) => Some(x),
+            _ => self.as_u64().map(|x| x as f64),
+        }
+    }
+
+    /// The value as a string.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Self::String(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// A tensor's element type (the ggml types this reader dequantizes, and the others by number).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GgmlType {
+    /// 32-bit float.
+    F32,
+    /// 16-bit float.
+    F16,
+    /// bfloat16.
+    BF16,
+    /// Blocks of 32: an f16 scale and 32 signed 4-bit values (offset 8).
+    Q4_0,
+    /// Blocks of 32: an f16 scale, an f16 minimum and 32 unsigned 4-bit values.
+    Q4_1,
+    /// Blocks of 32: an f16 scale and 32 signed bytes.
+    Q8_0,
+    /// Another ggml type (k-quants and others): listed, not dequantized.
+    Other(u32),
+}
+
+impl GgmlType {
+    fn from_id(id: u32) -> Self {
+        match id {
+            0 => Self::F32,
+            1 => Self::F16,
+            2 => Self::Q4_0,
+            3 => Self::Q4_1,
+            8 => Self::Q8_0,
+            30 => Self::BF16,
+            other => Self::Other(other),
+        }
+    }
+
+    /// Elements per block and bytes per block.
+    fn block(self) -> Option<(usize, usize)> {
+        match self {
+            Self::F32 => Some((1, 4)),
+            Self::F16 | Self::BF16 => Some((1, 2)),
+            Self::Q4_0 => Some((32, 18)),
+            Self::Q4_1 => Some((32, 20)),
+            Self::Q8_0 => Some((32, 34)),
+            Self::Other(_) => None,
+        }
+    }
+}
+
+/// One entry of the tensor directory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GgufTensorInfo {
+    /// Its name (`blk.0.attn_q.weight` …).
+    pub name: String,
+    /// Its dimensions, innermost first (ggml's order: the reverse of the row-major shape).
+    pub dims: Vec<u64>,
+    /// Its element type.
+    pub ggml_type: GgmlType,
+    /// Where its data starts, from the start of the data section.
+    pub offset: u64,
+}
+
+impl GgufTensorInfo {
+    /// The row-major shape (outermost first), as PyTorch would hold it.
+    pub fn shape(&self) -> Vec<usize> {
+        self.dims.iter().rev().map(|&d| d as usize).collect()
+    }
+
+    /// Its number of elements.
+    pub fn len(&self) -> usize {
+        self.dims.iter().map(|&d| d as usize).product()
+    }
+
+    /// Whether it has no element.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A GGUF file, memory-mapped.
+pub struct GgufFile {
+    path: PathBuf,
+    map: memmap2::Mmap,
+    version: u32,
+    metadata: BTreeMap<String, GgufValue>,
+    tensors: Vec<GgufTensorInfo>,
+    data_start: usize,
+}
+
+impl std::fmt::Debug for GgufFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GgufFile")
+            .field("path", &self.path)
+            .field("version", &self.version)
+            .field("metadata", &self.metadata.len())
+            .field("tensors", &self.tensors.len())
+            .finish()
+    }
+}
+
+/// A bounds-checked reader over the file's bytes.
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    path: &'a Path,
+}
+
+impl<'a> Cursor<'a> {
+    fn bad(&self, reason: String) -> ModelError {
+        ModelError::InvalidConfig {
+            file: self.path.display().to_string(),
+            reason,
+        }
+    }
+
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], ModelError> {
+        let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len());
+        let Some(end) = end else {
+            return Err(self.bad(format!(
+                "truncated: {what} needs {n} bytes at offset {}, the file has {}",
+                self.at,
+                self.bytes.len()
+            )));
+        };
+        let s = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(s)
+    }
+
+    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], ModelError> {
+        let s = self.take(N, what)?;
+        let mut a = [0u8; N];
+        a.copy_from_slice(s);
+        Ok(a)
+    }
+
+    fn u32(&mut self, what: &str) -> Result<u32, ModelError> {
+        Ok(u32::from_le_bytes(self.array(what)?))
+    }
+
+    fn u64(&mut self, what: &str) -> Result<u64, ModelError> {
+        Ok(u64::from_le_bytes(self.array(what)?))
+    }
+
+    fn string(&mut self, what: &str) -> Result<String, ModelError> {
+        let n = self.u64(what)?;
+        let n = usize::try_from(n).map_err(|_| self.bad(format!("{what}: length {n}")))?;
+        let s = self.take(n, what)?;
+        String::from_utf8(s.to_vec()).map_err(|_| self.bad(format!("{what} is not UTF-8")))
+    }
+
+    fn value(&mut self, ty: u32, what: &str, depth: usize) -> Result<GgufValue, ModelError> {
+        Ok(match ty {
+            0 => GgufValue::U8(self.array::<1>(what)?[0]),
+            1 => GgufValue::I8(self.array::<1>(what)?[0] as i8),
+            2 => GgufValue::U16(u16::from_le_bytes(self.array(what)?)),
+            3 => GgufValue::I16(i16::from_le_bytes(self.array(what)?)),
+            4 => GgufValue::U32(self.u32(what)?),
+            5 => GgufValue::I32(i32::from_le_bytes(self.array(what)?)),
+            6 => GgufValue::F32(f32::from_le_bytes(self.array(what)?)),
+            7 => match self.array::<1>(what)?[0] {
+                0 => GgufValue::Bool(false),
+                1 => GgufValue::Bool(true),
+                b => return Err(self.bad(format!("{what}: bool byte {b}"))),
+            },
+            8 => GgufValue::String(self.string(what)?),
+            9 => {
+                if depth > 2 {
+                    return Err(self.bad(format!("{what}: arrays nested too deep")));
+                }
+                let item = self.u32(what)?;
+                let n = self.u64(what)?;
+                // Every item takes at least one byte: a count past the rest of the file is a lie.
+                if n > (self.bytes.len() - self.at) as u64 {
+                    return Err(self.bad(format!(
+                        "{what}: an array of {n} items cannot fit the {} bytes left",
+                        self.bytes.len() - self.at
+                    )));
+                }
+                let mut v = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    v.push(self.value(item, what, depth + 1)?);
+                }
+                GgufValue::Array(v)
+            }
+            10 => GgufValue::U64(self.u64(what)?),
+            11 => GgufValue::I64(i64::from_le_bytes(self.array(what)?)),
+            12 => GgufValue::F64(f64::from_le_bytes(self.array(what)?)),
+            other => return Err(self.bad(format!("{what}: unknown value type {other}"))),
+        })
+    }
+}
+
+impl GgufFile {
+    /// Opens and parses `path` (the tensor data is read only when asked for).
+    pub fn open(path: &Path) -> Result<Self, ModelError> {
+        let io = |source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(io)?;
+        // SAFETY: the map is read-only and lives as long as `self`; a file changed underneath
+        // gives wrong numbers, not undefined behaviour of this reader (every read is checked
+        // against the map's length, fixed at mapping time).
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+        let mut c = Cursor {
+            bytes: &map,
+            at: 0,
+            path,
+        };
+        if c.take(4, "magic")? != MAGIC {
+            return Err(c.bad("not a GGUF file (no GGUF magic)".into()));
+        }
+        let version = c.u32("version")?;
+        if !(2..=3).contains(&version) {
+            return Err(c.bad(format!("GGUF version {version} (2 and 3 are read)")));
+        }
+        let n_tensors = c.u64("tensor count")?;
+        let n_kv = c.u64("key/value count")?;
+        if n_tensors > MAX_ENTRIES || n_kv > MAX_ENTRIES {
+            return Err(c.bad(format!(
+                "{n_tensors} tensors and {n_kv} key/values: too many"
+            )));
+        }
+        let mut metadata = BTreeMap::new();
+        for i in 0..n_kv {
+            let key = c.string(&format!("key {i}"))?;
+            let ty = c.u32(&key)?;
+            let v = c.value(ty, &key, 0)?;
+            metadata.insert(key, v);
+        }
+        let mut tensors = Vec::with_capacity(n_tensors as usize);
+        for i in 0..n_tensors {
+            let name = c.string(&format!("tensor {i} name"))?;
+            let n_dims = c.u32(&name)?;
+            if n_dims == 0 || n_dims > 4 {
+                return Err(c.bad(format!("tensor {name}: {n_dims} dimensions")));
+            }
+            let dims = (0..n_dims)
+                .map(|_| c.u64(&name))
+                .collect::<Result<Vec<u64>, _>>()?;
+            let ggml_type = GgmlType::from_id(c.u32(&name)?);
+            let offset = c.u64(&name)?;
+            tensors.push(GgufTensorInfo {
+                name,
+                dims,
+                ggml_type,
+                offset,
+            });
+        }
+        let align = match metadata.get("general.alignment") {
+            None => 32,
+            Some(v) => v
+                .as_u64()
+                .filter(|&a| a > 0 && a.is_power_of_two() && a <= 1 << 16)
+                .ok_or_else(|| c.bad(format!("general.alignment {v:?}")))?
+                as usize,
+        };
+        let data_start = c.at.next_multiple_of(align);
+        let me = Self {
+            path: path.to_path_buf(),
+            map,
+            version,
+            metadata,
+            tensors,
+            data_start,
+        };
+        for t in &me.tensors {
+            me.data_range(t)?;
+        }
+        Ok(me)
+    }
+
+    fn bad(&self, reason: String) -> ModelError {
+        ModelError::InvalidConfig {
+            file: self.path.display().to_string(),
+            reason,
+        }
+    }
+
+    /// The file's GGUF version.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// Every metadata key and value.
+    pub fn metadata(&self) -> &BTreeMap<String, GgufValue> {
+        &self.metadata
+    }
+
+    /// The tensor directory, in file order.
+    pub fn tensors(&self) -> &[GgufTensorInfo] {
+        &self.tensors
+    }
+
+    /// The directory entry of `name`.
+    pub fn tensor(&self, name: &str) -> Option<&GgufTensorInfo> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+
+    /// The bytes of `t`, checked to lie inside the file.
+    fn data_range(&self, t: &GgufTensorInfo) -> Result<&[u8], ModelError> {
+        let n = t
+            .dims
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d))
+            .filter(|&n| n <= 1 << 40)
+            .ok_or_else(|| {
+                self.bad(format!(
+                    "tensor {}: dimensions {:?} overflow",
+                    t.name, t.dims
+                ))
+            })?;
+        let Some((per, bytes)) = t.ggml_type.block() else {
+            // Not dequantized: its size is unknown here, only its start is checked.
+            return if self.data_start as u64 + t.offset <= self.map.len() as u64 {
+                Ok(&[])
+            } else {
+                Err(self.bad(format!(
+                    "tensor {}: offset past the end of the file",
+                    t.name
+                )))
+            };
+        };
+        if !t.dims[0].is_multiple_of(per as u64) {
+            return Err(self.bad(format!(
+                "tensor {}: {} elements per row is not a multiple of the block of {per}",
+                t.name, t.dims[0]
+            )));
+        }
+        let size = n / per as u64 * bytes as u64;
+        let start = self.data_start as u64 + t.offset;
+        let end = start
+            .checked_add(size)
+            .filter(|&e| e <= self.map.len() as u64)
+            .ok_or_else(|| {
+                self.bad(format!(
+                    "tensor {}: {size} bytes at offset {start} run past the end of the file ({} bytes)",
+                    t.name,
+                    self.map.len()
+                ))
+            })?;
+        Ok(&self.map[start as usize..end as usize])
+    }
+
+    /// The tensor `t` as f32 values, row-major in [`GgufTensorInfo::shape`].
+    pub fn dequantize(&self, t: &GgufTensorInfo) -> Result<Vec<f32>, ModelError> {
+        let data = self.data_range(t)?;
+        let n = t.len();
+        let mut out = Vec::with_capacity(n);
+        let half = |b: &[u8]| f16::from_le_bytes([b[0], b[1]]).to_f32();
+        match t.ggml_type {
+            GgmlType::F32 => out.extend(
+                data.chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            ),
+            GgmlType::F16 => out.extend(data.chunks_exact(2).map(half)),
+            GgmlType::BF16 => out.extend(
+                data.chunks_exact(2)
+                    .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+            ),
+            GgmlType::Q8_0 => {
+                for b in data.chunks_exact(34) {
+                    let d = half(b);
+                    out.extend(b[2..].iter().map(|&q| f32::from(q as i8) * d));
+                }
+            }
+            GgmlType::Q4_0 => {
+                for b in data.chunks_exact(18) {
+                    let d = half(b);
+                    let qs = &b[2..];
+                    out.extend(qs.iter().map(|&q| (f32::from(q & 0xf) - 8.0) * d));
+                    out.extend(qs.iter().map(|&q| (f32::from(q >> 4) - 8.0) * d));
+                }
+            }
+            GgmlType::Q4_1 => {
+                for b in data.chunks_exact(20) {
+                    let (d, m) = (half(b), half(&b[2..]));
+                    let qs = &b[4..];
+                    out.extend(qs.iter().map(|&q| f32::from(q & 0xf) * d + m));
+                    out.extend(qs.iter().map(|&q| f32::from(q >> 4) * d + m));
+                }
+            }
+            GgmlType::Other(id) => {
+                return Err(ModelError::Unsupported {
+                    what: format!("GGUF tensor {} of ggml type {id}", t.name),
+                });
+            }
+        }
+        debug_assert_eq!(out.len(), n);
+        Ok(out)
+    }
+
+    fn meta_u64(&self, key: &str) -> Result<u64, ModelError> {
+        self.metadata
+            .get(key)
+            .and_then(GgufValue::as_u64)
+            .ok_or_else(|| self.bad(format!("metadata {key} is missing or not an integer")))
+    }
+
+    /// The Hugging Face `config.json` of a llama-family model (`general.architecture` llama).
+    pub fn llama_config_json(&self) -> Result<Value, ModelError> {
+        let arch = self
+            .metadata
+            .get("general.architecture")
+            .and_then(GgufValue::as_str)
+            .unwrap_or_default();
+        if arch != "llama" {
+            return Err(ModelError::UnsupportedArchitecture {
+                model_type: arch.to_owned(),
+                architectures: vec![format!("GGUF {arch}")],
+            });
+        }
+        let k = |s: &str| format!("llama.{s}");
+        let heads = self.meta_u64(&k("attention.head_count"))?;
+        let hidden = self.meta_u64(&k("embedding_length"))?;
+        let vocab = match self
+            .metadata
+            .get(&k("vocab_size"))
+            .and_then(GgufValue::as_u64)
+        {
+            Some(v) => v,
+            None => match self.metadata.get("tokenizer.ggml.tokens") {
+                Some(GgufValue::Array(t)) => t.len() as u64,
+                _ => return Err(self.bad("no vocabulary size".into())),
+            },
+        };
+        let head_dim = match self.metadata.get(&k("rope.dimension_count")) {
+            Some(v) => v
+                .as_u64()
+                .ok_or_else(|| self.bad("rope.dimension_count".into()))?,
+            None => hidden / heads.max(1),
+        };
+        let f = |key: &str, default: f64| {
+            self.metadata
+                .get(&k(key))
+                .and_then(GgufValue::as_f64)
+                .unwrap_or(default)
+        };
+        Ok(json!({
+            "model_type": "llama",
+            "architectures": ["LlamaForCausalLM"],
+            "vocab_size": vocab,
+            "hidden_size": hidden,
+            "intermediate_size": self.meta_u64(&k("feed_forward_length"))?,
+            "num_hidden_layers": self.meta_u64(&k("block_count"))?,
+            "num_attention_heads": heads,
+            "num_key_value_heads": self.metadata.get(&k("attention.head_count_kv")).and_then(GgufValue::as_u64).unwrap_or(heads),
+            "head_dim": head_dim,
+            "rms_norm_eps": f("attention.layer_norm_rms_epsilon", 1e-5),
+            "rope_theta": f("rope.freq_base", 10_000.0),
+            "max_position_embeddings": self.metadata.get(&k("context_length")).and_then(GgufValue::as_u64).unwrap_or(2048),
+            "tie_word_embeddings": self.tensor("output.weight").is_none(),
+            "bos_token_id": self.metadata.get("tokenizer.ggml.bos_token_id").and_then(GgufValue::as_u64),
+            "eos_token_id": self.metadata.get("tokenizer.ggml.eos_token_id").and_then(GgufValue::as_u64),
+            "torch_dtype": "float32",
+        }))
+    }
+
+    /// The model: every tensor dequantized to f32 under its Hugging Face name, Q and K
+    /// un-permuted. `progress` sees each tensor as `(done, total)`.
+    pub fn to_model(&self, progress: &mut dyn FnMut(usize, usize)) -> Result<Model, ModelError> {
+        let cfg_json = self.llama_config_json()?;
+        let config = ModelConfig::from_value(&cfg_json)?;
+        let heads = config.num_heads;
+        let kv_heads = config.num_kv_heads;
+        let mut tensors = BTreeMap::new();
+        let total = self.tensors.len();
+        for (i, t) in self.tensors.iter().enumerate() {
+            let Some(name) = hf_name(&t.name) else {
+                // rope_freqs and the like: not weights of the HF model.
+                continue;
+            };
+            let mut data = self.dequantize(t)?;
+            let shape = t.shape();
+            if t.name.ends_with("attn_q.weight") {
+                data = unpermute(&data, &shape, heads);
+            } else if t.name.ends_with("attn_k.weight") {
+                data = unpermute(&data, &shape, kv_heads);
+            }
+            tensors.insert(name, HostTensor::from_f32(DType::F32, shape, &data));
+            progress(i + 1, total);
+        }
+        Model::from_tensors(config, tensors)
+    }
+}
+
+/// The Hugging Face name of a llama GGUF tensor (`None`: not a weight of the HF model).
+fn hf_name(gguf: &str) -> Option<String> {
+    let simple = match gguf {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(s) = simple {
+        return Some(s.to_owned());
+    }
+    let rest = gguf.strip_prefix("blk.")?;
+    let (layer, part) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let hf = match part {
+        "attn_norm.weight" => "input_layernorm.weight",
+        "ffn_norm.weight" => "post_attention_layernorm.weight",
+        "attn_q.weight" => "self_attn.q_proj.weight",
+        "attn_k.weight" => "self_attn.k_proj.weight",
+        "attn_v.weight" => "self_attn.v_proj.weight",
+        "attn_output.weight" => "self_attn.o_proj.weight",
+        "ffn_gate.weight" => "mlp.gate_proj.weight",
+        "ffn_up.weight" => "mlp.up_proj.weight",
+        "ffn_down.weight" => "mlp.down_proj.weight",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{hf}"))
+}
+
+/// Undoes llama.cpp's rotary permutation of a `[heads·d, cols]` projection: within each head,
+/// rows `(2i, 2i+1)` return to `(i, i + d/2)`.
+fn unpermute(w: &[f32], shape: &[usize], heads: usize) -> Vec<f32> {
+    let (rows, cols) = (shape[0], shape.get(1).copied().unwrap_or(1));
+    if heads == 0 || !rows.is_multiple_of(2 * heads) {
+        return w.to_vec();
+    }
+    let d = rows / heads;
+    let half = d / 2;
+    let mut out = vec![0f32; w.len()];
+    for h in 0..heads {
+        for i in 0..half {
+            for j in 0..2 {
+                // GGUF row h·d + 2i + j holds HF row h·d + j·half + i.
+                let src = (h * d + 2 * i + j) * cols;
+                let dst = (h * d + j * half + i) * cols;
+                out[dst..dst + cols].copy_from_slice(&w[src..src + cols]);
+            }
+        }
+    }
+    out
+}
+
+impl GgufFile {
+    fn strings(&self, key: &str) -> Result<Vec<&str>, ModelError> {
+        match self.metadata.get(key) {
+            Some(GgufValue::Array(items)) => items
+                .iter()
+                .map(|v| {
+                    v.as_str().ok_or_else(|| {
+                        self.bad(format!("{key} holds a value that is not a string"))
+                    })
+                })
+                .collect(),
+            _ => Err(self.bad(format!("metadata {key} is missing or not an array"))),
+        }
+    }
+
+    /// The `tokenizer.json` of the file's byte-level BPE tokenizer (`tokenizer.ggml.model`
+    /// `gpt2`): its tokens and merges, control and user-defined tokens as special added tokens,
+    /// GPT-2's byte-level pre-tokenizer and decoder, and the BOS token prepended when
+    /// `tokenizer.ggml.add_bos_token` says so.
+    pub fn tokenizer_json(&self) -> Result<String, ModelError> {
+        let model = self
+            .metadata
+            .get("tokenizer.ggml.model")
+            .and_then(GgufValue::as_str)
+            .unwrap_or_default();
+        if model != "gpt2" {
+            return Err(ModelError::Unsupported {
+                what: format!("GGUF tokenizer model {model:?} (only gpt2 byte-level BPE is read)"),
+            });
+        }
+        let tokens = self.strings("tokenizer.ggml.tokens")?;
+        let merges = self.strings("tokenizer.ggml.merges")?;
+        let types: Vec<u64> = match self.metadata.get("tokenizer.ggml.token_type") {
+            Some(GgufValue::Array(t)) => t.iter().map(|v| v.as_u64().unwrap_or(1)).collect(),
+            _ => vec![1; tokens.len()],
+        };
+        let mut vocab = serde_json::Map::new();
+        let mut added = Vec::new();
+        for (id, tok) in tokens.iter().enumerate() {
+            vocab.insert((*tok).to_owned(), json!(id));
+            // 3: control, 4: user-defined.
+            if matches!(types.get(id), Some(3 | 4)) {
+                added.push(json!({"id": id, "content": tok, "single_word": false,
+                    "lstrip": false, "rstrip": false, "normalized": false, "special": true}));
+            }
+        }
+        let flag = |k: &str| matches!(self.metadata.get(k), Some(GgufValue::Bool(true)));
+        let bos = self
+            .metadata
+            .get("tokenizer.ggml.bos_token_id")
+            .and_then(GgufValue::as_u64)
+            .and_then(|id| tokens.get(id as usize).map(|t| (id, *t)));
+        let post = match bos {
+            Some((id, t)) if flag("tokenizer.ggml.add_bos_token") => json!({
+                "type": "TemplateProcessing",
+                "single": [{"SpecialToken": {"id": t, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                "pair": [{"SpecialToken": {"id": t, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                         {"Sequence": {"id": "B", "type_id": 1}}],
+                "special_tokens": {t: {"id": t, "ids": [id], "tokens": [t]}}
+            }),
+            _ => Value::Null,
+        };
+        let v = json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": added,
+            "normalizer": null,
+            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": flag("tokenizer.ggml.add_space_prefix"),
+                              "trim_offsets": true, "use_regex": true},
+            "post_processor": post,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                      "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+                      "ignore_merges": false, "vocab": vocab, "merges": merges},
+        });
+        Ok(v.to_string())
+    }
+
+    /// The file's tokenizer ([`tokenizer_json`](Self::tokenizer_json)).
+    pub fn tokenizer(&self) -> Result<Tokenizer, ModelError> {
+        Tokenizer::from_bytes(self.tokenizer_json()?.as_bytes())
+    }
+
+    /// The chat template the file carries (`tokenizer.chat_template`), if any.
+    pub fn chat_template(&self) -> Option<&str> {
+        self.metadata
+            .get("tokenizer.chat_template")
+            .and_then(GgufValue::as_str)
+    }
+
+    /// The text of special token `key` (`tokenizer.ggml.bos_token_id` …), if the file names one.
+    pub fn special_token(&self, key: &str) -> Option<String> {
+        let id = self.metadata.get(key)?.as_u64()?;
+        match self.metadata.get("tokenizer.ggml.tokens")? {
+            GgufValue::Array(t) => t.get(id as usize)?.as_str().map(str::to_owned),
+            _ => None,
+        }
+    }
+}
+
+impl Model {
+    /// Loads a llama-family GGUF file (see [the module](self)).
+    pub fn from_gguf(path: &Path) -> Result<Self, ModelError> {
+        GgufFile::open(path)?.to_model(&mut |_, _| {})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A GGUF file of the given key/values and one Q4_1 tensor.
+    fn tiny(version: u32) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(MAGIC);
+        b.extend_from_slice(&version.to_le_bytes());
+        b.extend_from_slice(&1u64.to_le_bytes()); // tensors
+        b.extend_from_slice(&2u64.to_le_bytes()); // key/values
+        let s = |b: &mut Vec<u8>, x: &str| {
+            b.extend_from_slice(&(x.len() as u64).to_le_bytes());
+            b.extend_from_slice(x.as_bytes());
+        };
+        s(&mut b, "general.name");
+        b.extend_from_slice(&8u32.to_le_bytes());
+        s(&mut b, "tiny");
+        s(&mut b, "list");
+        b.extend_from_slice(&9u32.to_le_bytes());
+        b.extend_from_slice(&4u32.to_le_bytes());
+        b.extend_from_slice(&2u64.to_le_bytes());
+        b.extend_from_slice(&7u32.to_le_bytes());
+        b.extend_from_slice(&9u32.to_le_bytes());
+        s(&mut b, "t");
+        b.extend_from_slice(&2u32.to_le_bytes());
+        b.extend_from_slice(&32u64.to_le_bytes());
+        b.extend_from_slice(&1u64.to_le_bytes());
+        b.extend_from_slice(&3u32.to_le_bytes()); // Q4_1
+        b.extend_from_slice(&0u64.to_le_bytes());
+        while !b.len().is_multiple_of(32) {
+            b.push(0);
+        }
+        b.extend_from_slice(&f16::from_f32(0.5).to_le_bytes());
+        b.extend_from_slice(&f16::from_f32(-1.0).to_le_bytes());
+        b.extend((0u8..16).map(|i| i | ((15 - i) << 4)));
+        b
+    }
+
+    #[test]
+    fn a_small_file_reads_back_and_q4_1_dequantizes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.gguf");
+        std::fs::write(&p, tiny(3)).unwrap();
+        let g = GgufFile::open(&p).unwrap();
+        assert_eq!(g.metadata()["general.name"].as_str(), Some("tiny"));
+        assert_eq!(
+            g.metadata()["list"],
+            GgufValue::Array(vec![GgufValue::U32(7), GgufValue::U32(9)])
+        );
+        let t = g.tensor("t").unwrap();
+        assert_eq!(t.shape(), [1, 32]);
+        let v = g.dequantize(t).unwrap();
+        // Low nibbles first (0..16), then high nibbles (15..0): x = q·0.5 − 1.
+        assert_eq!(v[0], -1.0);
+        assert_eq!(v[15], 6.5);
+        assert_eq!(v[16], 6.5);
+        assert_eq!(v[31], -1.0);
+    }
+
+    #[test]
+    fn truncated_and_hostile_files_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.gguf");
+        let good = tiny(3);
+        for cut in [0, 3, 8, 20, 40, good.len() - 1] {
+            std::fs::write(&p, &good[..cut]).unwrap();
+            assert!(GgufFile::open(&p).is_err(), "cut at {cut}");
+        }
+        std::fs::write(&p, tiny(9)).unwrap();
+        assert!(GgufFile::open(&p).is_err());
+        // A huge array count, a huge string length.
+        let mut bad = good.clone();
+        let at = 4 + 4 + 8 + 8 + 8 + 12 + 4 + 8 + 4 + 8 + 4 + 4;
+        bad[at..at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+        std::fs::write(&p, &bad).unwrap();
+        assert!(GgufFile::open(&p).is_err());
+        let mut bad = good;
+        bad[24..32].copy_from_slice(&(1u64 << 60).to_le_bytes());
+        std::fs::write(&p, &bad).unwrap();
+        assert!(GgufFile::open(&p).is_err());
+    }
+
+    #[test]
+    fn unpermute_inverts_llama_cpps_permutation() {
+        // llama.cpp: w.reshape(heads, 2, d/2, cols).swapaxes(1, 2).reshape(rows, cols).
+        let (heads, d, cols) = (2, 4, 3);
+        let hf: Vec<f32> = (0..heads * d * cols).map(|x| x as f32).collect();
+        let mut permuted = vec![0f32; hf.len()];
+        for h in 0..heads {
+            for i in 0..d / 2 {
+                for j in 0..2 {
+                    let src = (h * d + j * (d / 2) + i) * cols;
+                    let dst = (h * d + 2 * i + j) * cols;
+                    permuted[dst..dst + cols].copy_from_slice(&hf[src..src + cols]);
+                }
+            }
+        }
+        assert_eq!(unpermute(&permuted, &[heads * d, cols], heads), hf);
+    }
+}
