@@ -177,9 +177,12 @@ fn an_adapter_is_pinned_while_its_requests_run_and_unpinned_after_the_last() {
     let paged = PagedModel::with_pool(Model::from_dir(&fixture()).unwrap(), pool.clone());
     let cfg = config(&paged, 4);
     let mut engine = Engine::new(paged, pool.clone(), cfg).unwrap();
+    // Loaded before the requests come, so both are admitted at the same step (a load that
+    // finished between the two readiness checks of one step would admit only the second).
+    pool.get(&id("t1")).unwrap();
     let short = engine.submit(request(sequence(0), Some("t1"), 2));
     let long = engine.submit(request(sequence(1), Some("t1"), 6));
-    // Load, admit and run until both run.
+    // Admit and run until both run.
     while engine.held_adapters().is_empty() {
         engine.step().unwrap();
     }
