@@ -12,13 +12,22 @@
 //! meaning and paraphrased copies are caught; otherwise (`--embedder none`, or the model absent)
 //! by a feature-hashing bag of words, which the output says.
 //!
+//! With `--rpc URL` the contracts are deployed and every payment, root and claim is settled on
+//! that node over JSON-RPC instead, sent from the keys in `OPENLEDGER_KEYS` (ten comma-separated
+//! hex private keys, each account holding ether for gas) or, when that is unset, from anvil's
+//! ten well-known dev keys (for a local anvil only).
+//!
+//! `--deployment FILE` (a file the `deploy` example wrote) uses that suite instead of deploying.
+//!
 //! `cargo run --release --example payable_ai -- [--quick] [--report FILE] [--work-dir DIR]
-//! [--embedder DIR|none]`
+//! [--embedder DIR|none] [--rpc URL [--deployment FILE]]`
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use openledger::chain::deploy::DeploymentFile;
+use openledger::chain::rpc::{RpcChain, keys_from_env};
 use openledger::core::Address;
 use openledger::lora::embed::fetched_model;
 use openledger::payable::{LoopConfig, LoopEvent, PayableAi, Report};
@@ -32,6 +41,10 @@ struct Args {
     work_dir: PathBuf,
     /// The sentence-transformers folder, or none.
     embedder: Option<PathBuf>,
+    /// A JSON-RPC endpoint to settle on instead of the embedded EVM.
+    rpc: Option<String>,
+    /// A deployment file (from the `deploy` example) to use on that node instead of deploying.
+    deployment: Option<PathBuf>,
 }
 
 /// Where `scripts/fetch-models.sh` puts all-MiniLM-L6-v2, when it has.
@@ -45,6 +58,8 @@ fn args(argv: impl IntoIterator<Item = String>) -> Result<Args, Error> {
         report: None,
         work_dir: PathBuf::from("target/payable-ai"),
         embedder: fetched_embedder(),
+        rpc: None,
+        deployment: None,
     };
     let mut it = argv.into_iter();
     while let Some(flag) = it.next() {
@@ -53,6 +68,8 @@ fn args(argv: impl IntoIterator<Item = String>) -> Result<Args, Error> {
             "--quick" => a.quick = true,
             "--report" => a.report = Some(PathBuf::from(value()?)),
             "--work-dir" => a.work_dir = PathBuf::from(value()?),
+            "--rpc" => a.rpc = Some(value()?),
+            "--deployment" => a.deployment = Some(PathBuf::from(value()?)),
             "--embedder" => {
                 a.embedder = match value()?.as_str() {
                     "none" => None,
@@ -61,12 +78,15 @@ fn args(argv: impl IntoIterator<Item = String>) -> Result<Args, Error> {
             }
             "-h" | "--help" => {
                 println!(
-                    "payable_ai [--quick] [--report FILE] [--work-dir DIR] [--embedder DIR|none]"
+                    "payable_ai [--quick] [--report FILE] [--work-dir DIR] [--embedder DIR|none] [--rpc URL [--deployment FILE]]"
                 );
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other:?} (try --help)").into()),
         }
+    }
+    if a.deployment.is_some() && a.rpc.is_none() {
+        return Err("--deployment needs --rpc".into());
     }
     Ok(a)
 }
@@ -383,7 +403,26 @@ fn run(a: &Args) -> Result<Report, Error> {
             .map(|r| (r.adapter.clone(), r.prompt.clone()))
             .collect(),
     );
-    let report = PayableAi::run(config, &mut |e| screen.event(e))?;
+    let l = match &a.rpc {
+        None => PayableAi::new(config)?,
+        Some(url) => {
+            let keys = settlement_keys()?;
+            let chain = RpcChain::connect(url, keys.clone())?;
+            println!(
+                "settling on {url} (chain {}, {})",
+                openledger::chain::chain::Chain::chain_id(&chain),
+                chain.client_version()
+            );
+            match &a.deployment {
+                Some(path) => {
+                    let file = DeploymentFile::read(path)?;
+                    PayableAi::on_deployment(config, Box::new(chain), keys, &file)?
+                }
+                None => PayableAi::on_chain(config, Box::new(chain), keys)?,
+            }
+        }
+    };
+    let report = l.run_stages(&mut |e| screen.event(e))?;
     screen.close_bar();
     summary(&report);
     let path = a
@@ -410,6 +449,15 @@ fn run(a: &Args) -> Result<Report, Error> {
         return Err("the near-duplicate contributor earned more than before splitting".into());
     }
     Ok(report)
+}
+
+/// The ten keys to settle from: `OPENLEDGER_KEYS`, or anvil's dev keys.
+fn settlement_keys() -> Result<Vec<k256::ecdsa::SigningKey>, Error> {
+    let (keys, anvil) = keys_from_env("OPENLEDGER_KEYS")?;
+    if anvil {
+        println!("OPENLEDGER_KEYS is not set: sending from anvil's well-known dev keys");
+    }
+    Ok(keys)
 }
 
 fn main() -> Result<(), Error> {
@@ -440,5 +488,6 @@ mod tests {
     fn unknown_flags_and_missing_values_are_refused() {
         assert!(args(["--nope".to_string()]).is_err());
         assert!(args(["--report".to_string()]).is_err());
+        assert!(args(["--deployment".to_string(), "d.json".to_string()]).is_err());
     }
 }

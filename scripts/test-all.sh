@@ -32,6 +32,11 @@ bash scripts/fetch-models.sh
 # Tests that need a model fail, rather than skip, when it is missing.
 export OPENLEDGER_REQUIRE_MODELS=1
 
+step "anvil 1.7.1 (Foundry's dev node, npm), for the tests that settle on a real node"
+bash scripts/install-foundry.sh
+# Tests that need anvil fail, rather than skip, when it is missing.
+export OPENLEDGER_REQUIRE_ANVIL=1
+
 step "tests: unit, integration and doc tests of every default crate"
 cargo test --workspace --locked
 

@@ -137,6 +137,36 @@ pub enum ChainError {
     /// A signature that cannot be made or recovered.
     #[error("signature error: {0}")]
     Signature(String),
+    /// A snapshot id the chain does not hold (never taken, or already used).
+    #[error("no snapshot {0}")]
+    UnknownSnapshot(alloy_primitives::U256),
+    /// Something this chain does not offer (dev controls on a real network).
+    #[error("unsupported on this chain: {0}")]
+    Unsupported(String),
+    /// A transaction from an account whose key the chain does not hold.
+    #[error("no signer for {0}")]
+    NoSigner(alloy_primitives::Address),
+    /// The JSON-RPC node could not be reached or answered with an error.
+    #[error("rpc {method}: {reason}")]
+    Rpc {
+        /// The JSON-RPC method.
+        method: String,
+        /// The transport error or the node's error message.
+        reason: String,
+    },
+    /// A deployment file that cannot be read, or that does not match the chain.
+    #[error("deployment: {0}")]
+    Deployment(String),
+    /// A sent transaction was not mined in time (it may still be).
+    #[error("transaction {hash} (nonce {nonce}) not mined after {seconds} s")]
+    NotMined {
+        /// Its hash.
+        hash: alloy_primitives::B256,
+        /// Its nonce.
+        nonce: u64,
+        /// How long it was waited for.
+        seconds: u64,
+    },
 }
 
 impl Classify for ChainError {
@@ -161,7 +191,12 @@ impl Classify for ChainError {
                 ErrorKind::InvalidArgument
             }
             ChainError::Evm(_) | ChainError::TransactionFailed { .. } => ErrorKind::Transaction,
-            ChainError::Signature(_) => ErrorKind::Signature,
+            ChainError::Signature(_) | ChainError::NoSigner(_) => ErrorKind::Signature,
+            ChainError::UnknownSnapshot(_) => ErrorKind::UnknownId,
+            ChainError::Unsupported(_) => ErrorKind::Unsupported,
+            ChainError::Rpc { .. } => ErrorKind::Io,
+            ChainError::NotMined { .. } => ErrorKind::Transaction,
+            ChainError::Deployment(_) => ErrorKind::InvalidArgument,
         }
     }
 }

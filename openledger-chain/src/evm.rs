@@ -29,6 +29,7 @@ use revm::state::AccountInfo;
 use revm::{Context, DatabaseRef, ExecuteCommitEvm, ExecuteEvm, MainBuilder, MainContext};
 
 use crate::ChainError;
+use crate::chain::{Chain, ChainLog, DevControls, Head, LogFilter, SnapshotId, TxRequest};
 
 /// Base fee of every block, in wei (1 gwei); transactions pay exactly this per gas.
 pub const BASE_FEE: u64 = 1_000_000_000;
@@ -93,12 +94,17 @@ pub struct TxOutcome {
     pub gas_used: u64,
     /// Logs emitted (empty unless it succeeded).
     pub logs: Vec<Log>,
-    /// Return data, or revert data.
+    /// Return data, or revert data. A transaction mined on a node (`rpc::RpcChain`) has no
+    /// return data (receipts carry none): read its events.
     pub output: Bytes,
     /// Address of the contract it created, if any.
     pub created: Option<Address>,
     /// Number of the block it was included in (for calls: the current head).
     pub block_number: u64,
+    /// Hash of the signed transaction (`None` for calls, for transactions of the embedded
+    /// chain, which are not signed, and for transactions a preflight call showed would revert,
+    /// which were not sent).
+    pub tx_hash: Option<B256>,
 }
 
 /// A revert decoded against a contract's error types.
@@ -144,6 +150,11 @@ impl TxOutcome {
     /// The return data decoded as `C`'s return type.
     pub fn returns<C: SolCall>(&self) -> Result<C::Return, ChainError> {
         let ok = self.clone().into_success()?;
+        if ok.output.is_empty() && ok.tx_hash.is_some() {
+            return Err(ChainError::Decode(
+                "a transaction mined on a node carries no return data: read its events".into(),
+            ));
+        }
         C::abi_decode_returns(&ok.output).map_err(|e| ChainError::Decode(e.to_string()))
     }
 
@@ -184,6 +195,10 @@ pub struct EmbeddedChain {
     block: BlockEnv,
     dev: Vec<DevAccount>,
     chain_id: u64,
+    /// Every log of every mined transaction.
+    logs: Vec<ChainLog>,
+    /// Snapshots taken with [`DevControls::snapshot`]: state, block and number of logs.
+    snapshots: Vec<(CacheDB<EmptyDB>, BlockEnv, usize)>,
 }
 
 impl std::fmt::Debug for EmbeddedChain {
@@ -201,8 +216,16 @@ impl EmbeddedChain {
     ///
     /// Dev account `i` has the key `keccak256("openledger dev account {i}")`.
     pub fn new(chain_id: u64) -> Self {
-        let mut db = CacheDB::new(EmptyDB::default());
-        let dev: Vec<DevAccount> = (0..DEV_ACCOUNTS)
+        Self::with_dev_keys(
+            chain_id,
+            Self::dev_keys().into_iter().map(|a| a.key).collect(),
+        )
+    }
+
+    /// The dev accounts [`new`](Self::new) funds: account `i` has the key
+    /// `keccak256("openledger dev account {i}")`.
+    pub fn dev_keys() -> Vec<DevAccount> {
+        (0..DEV_ACCOUNTS)
             .map(|i| {
                 let seed = keccak256(format!("openledger dev account {i}"));
                 let key = SigningKey::from_slice(seed.as_slice())
@@ -212,7 +235,21 @@ impl EmbeddedChain {
                     key,
                 }
             })
+            .collect()
+    }
+
+    /// A fresh chain whose dev accounts are `keys` (at least one), each holding
+    /// [`DEV_BALANCE`] (e.g. anvil's accounts, to replay on it what ran here).
+    pub fn with_dev_keys(chain_id: u64, keys: Vec<SigningKey>) -> Self {
+        let mut db = CacheDB::new(EmptyDB::default());
+        let dev: Vec<DevAccount> = keys
+            .into_iter()
+            .map(|key| DevAccount {
+                address: Address::from_private_key(&key),
+                key,
+            })
             .collect();
+        assert!(!dev.is_empty(), "a chain needs at least one dev account");
         for a in &dev {
             db.insert_account_info(
                 a.address,
@@ -235,6 +272,8 @@ impl EmbeddedChain {
             block,
             dev,
             chain_id,
+            logs: Vec::new(),
+            snapshots: Vec::new(),
         }
     }
 
@@ -380,6 +419,7 @@ impl EmbeddedChain {
                 },
                 created,
                 block_number,
+                tx_hash: None,
             },
             ExecutionResult::Revert { output, .. } => TxOutcome {
                 status: TxStatus::Revert,
@@ -388,6 +428,7 @@ impl EmbeddedChain {
                 output,
                 created: None,
                 block_number,
+                tx_hash: None,
             },
             ExecutionResult::Halt { reason, .. } => TxOutcome {
                 status: TxStatus::Halt(format!("{reason:?}")),
@@ -396,6 +437,7 @@ impl EmbeddedChain {
                 output: Bytes::new(),
                 created: None,
                 block_number,
+                tx_hash: None,
             },
         }
     }
@@ -405,7 +447,17 @@ impl EmbeddedChain {
         self.advance_blocks(1)?;
         let block = self.block_number();
         match self.with_evm(BASE_FEE, |evm| evm.transact_commit(tx)) {
-            Ok(result) => Ok(Self::outcome(result, block)),
+            Ok(result) => {
+                let out = Self::outcome(result, block);
+                self.logs
+                    .extend(out.logs.iter().enumerate().map(|(i, log)| ChainLog {
+                        log: log.clone(),
+                        block_number: block,
+                        tx_hash: None,
+                        log_index: i as u64,
+                    }));
+                Ok(out)
+            }
             Err(e) => {
                 // A rejected transaction is not mined.
                 let b = &mut self.block;
@@ -489,6 +541,94 @@ impl EmbeddedChain {
     pub fn view<C: SolCall>(&mut self, to: Address, call: &C) -> Result<C::Return, ChainError> {
         self.call(Address::ZERO, to, call.abi_encode().into())?
             .returns::<C>()
+    }
+}
+
+impl Chain for EmbeddedChain {
+    fn chain_id(&self) -> u64 {
+        self.chain_id
+    }
+
+    fn send_transaction(&mut self, tx: TxRequest) -> Result<TxOutcome, ChainError> {
+        let kind = match tx.to {
+            Some(to) => TxKind::Call(to),
+            None => TxKind::Create,
+        };
+        let env = self.tx(tx.from, kind, tx.data, tx.value);
+        self.execute(env)
+    }
+
+    fn call(
+        &mut self,
+        from: Address,
+        to: Address,
+        calldata: Bytes,
+    ) -> Result<TxOutcome, ChainError> {
+        EmbeddedChain::call(self, from, to, calldata)
+    }
+
+    fn balance(&mut self, address: Address) -> Result<U256, ChainError> {
+        Ok(EmbeddedChain::balance(self, address))
+    }
+
+    fn nonce(&mut self, address: Address) -> Result<u64, ChainError> {
+        Ok(EmbeddedChain::nonce(self, address))
+    }
+
+    fn code(&mut self, address: Address) -> Result<Bytes, ChainError> {
+        Ok(EmbeddedChain::code(self, address))
+    }
+
+    fn head(&mut self) -> Result<Head, ChainError> {
+        Ok(Head {
+            number: self.block_number(),
+            timestamp: self.timestamp(),
+        })
+    }
+
+    fn logs(&mut self, filter: &LogFilter) -> Result<Vec<ChainLog>, ChainError> {
+        let to = filter.to_block.unwrap_or(u64::MAX);
+        Ok(self
+            .logs
+            .iter()
+            .filter(|l| l.block_number >= filter.from_block && l.block_number <= to)
+            .filter(|l| filter.matches(&l.log))
+            .cloned()
+            .collect())
+    }
+
+    fn dev(&mut self) -> Result<&mut dyn DevControls, ChainError> {
+        Ok(self)
+    }
+}
+
+impl DevControls for EmbeddedChain {
+    fn advance_time(&mut self, seconds: u64) -> Result<(), ChainError> {
+        EmbeddedChain::advance_time(self, seconds)
+    }
+
+    fn fund(&mut self, address: Address, amount: U256) -> Result<(), ChainError> {
+        EmbeddedChain::fund(self, address, amount)
+    }
+
+    fn snapshot(&mut self) -> Result<SnapshotId, ChainError> {
+        self.snapshots
+            .push((self.db.clone(), self.block.clone(), self.logs.len()));
+        Ok(SnapshotId(U256::from(self.snapshots.len() - 1)))
+    }
+
+    fn revert_to(&mut self, id: SnapshotId) -> Result<(), ChainError> {
+        let i: usize =
+            id.0.try_into()
+                .ok()
+                .filter(|&i: &usize| i < self.snapshots.len())
+                .ok_or(ChainError::UnknownSnapshot(id.0))?;
+        let (db, block, logs) = self.snapshots.swap_remove(i);
+        self.snapshots.truncate(i);
+        self.db = db;
+        self.block = block;
+        self.logs.truncate(logs);
+        Ok(())
     }
 }
 

@@ -14,12 +14,17 @@
 //! ```
 
 pub mod abi;
+#[cfg(feature = "rpc")]
+pub mod anvil;
 pub mod bindings;
+pub mod chain;
 pub mod claims;
 pub mod deploy;
 pub mod error;
 pub mod evm;
 pub mod receipt;
+#[cfg(feature = "rpc")]
+pub mod rpc;
 pub mod standard;
 
 pub use alloy_dyn_abi::{DynSolType, DynSolValue};

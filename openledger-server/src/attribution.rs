@@ -17,11 +17,13 @@ use std::collections::BTreeSet;
 
 use openledger::chain::ChainError;
 use openledger::chain::bindings::{InferencePayments, ModelRegistry, TestToken};
+use openledger::chain::chain::{Chain, ChainExt};
 use openledger::chain::deploy::{DeployConfig, Deployment};
 use openledger::chain::evm::EmbeddedChain;
 use openledger::chain::receipt::{
     AttributionReceipt, OperatorSigner, receipt_domain, weights_hash,
 };
+use openledger::chain::rpc::RpcChain;
 use openledger::core::datanet::Datanet;
 use openledger::core::{Address, B256, U256};
 use openledger::lora::embed::SentenceEmbedder;
@@ -62,11 +64,27 @@ pub struct AttributionConfig {
     pub chain_id: u64,
     /// The `InferencePayments` contract of the domain.
     pub payments_contract: Address,
-    /// Pay each attributed inference on an embedded chain (an in-process EVM running the
-    /// contracts): the suite is deployed at start with the operator's key as the receipts'
-    /// signer, the base model and every adapter registered at the fee, and a payer funded.
-    /// The domain then is the deployment's (`chain_id` kept, `payments_contract` ignored).
-    pub embedded_chain: bool,
+    /// Pay each attributed inference on a chain: the suite is deployed at start with the
+    /// operator's key as the receipts' signer, the base model and every adapter registered at
+    /// the fee, and a payer funded. The domain then is the deployment's (`payments_contract`
+    /// ignored; on a node, `chain_id` is the node's).
+    pub chain: Option<ChainTarget>,
+}
+
+/// Where attributed inferences are paid.
+#[derive(Debug, Clone)]
+pub enum ChainTarget {
+    /// An in-process EVM running the contracts (chain `chain_id`, its dev accounts).
+    Embedded,
+    /// A node over JSON-RPC (`http://` or `https://`), sending from `keys`: at least six, used as
+    /// admin (0), treasury (1), model owner (4) and payer (5), like the embedded chain's dev
+    /// accounts; each must hold ether for gas.
+    Rpc {
+        /// The endpoint.
+        url: String,
+        /// The keys to send from.
+        keys: Vec<k256::ecdsa::SigningKey>,
+    },
 }
 
 impl AttributionConfig {
@@ -85,7 +103,7 @@ impl AttributionConfig {
             operator_key,
             chain_id: 31337,
             payments_contract: Address::ZERO,
-            embedded_chain: false,
+            chain: None,
         }
     }
 }
@@ -111,9 +129,11 @@ impl Vectors {
     }
 }
 
-/// The embedded chain inferences are paid on.
+/// The chain inferences are paid on.
 struct OnChain {
-    chain: EmbeddedChain,
+    chain: Box<dyn Chain>,
+    /// `embedded` or the node's endpoint.
+    name: String,
     deployment: Deployment,
     owner: Address,
     treasury: Address,
@@ -123,29 +143,54 @@ struct OnChain {
 }
 
 fn chain_err(e: impl std::fmt::Display) -> ApiError {
-    ApiError::internal(format!("embedded chain: {e}"))
+    ApiError::internal(format!("chain: {e}"))
 }
 
 impl OnChain {
     /// Deploys the suite with `operator` as the receipts' signer and funds the default payer.
-    fn new(c: &AttributionConfig, operator: Address) -> Result<Self, ChainError> {
-        let mut chain = EmbeddedChain::new(c.chain_id);
-        let mut dc = DeployConfig::dev(&chain);
+    fn new(
+        c: &AttributionConfig,
+        target: &ChainTarget,
+        operator: Address,
+    ) -> Result<Self, ChainError> {
+        let (mut chain, keys, name): (Box<dyn Chain>, Vec<Address>, String) = match target {
+            ChainTarget::Embedded => {
+                let chain = EmbeddedChain::new(c.chain_id);
+                let keys = EmbeddedChain::dev_keys()
+                    .iter()
+                    .map(|a| a.address)
+                    .collect();
+                (Box::new(chain), keys, "embedded".into())
+            }
+            ChainTarget::Rpc { url, keys } => {
+                if keys.len() < 6 {
+                    return Err(ChainError::Unsupported(format!(
+                        "paying on {url} needs six keys (admin, treasury, -, -, model owner, payer), {} given",
+                        keys.len()
+                    )));
+                }
+                let addresses = keys.iter().map(Address::from_private_key).collect();
+                let chain = RpcChain::connect(url, keys.clone())?;
+                (Box::new(chain), addresses, url.clone())
+            }
+        };
+        let mut dc = DeployConfig::with_accounts([keys[0], keys[1], keys[2], keys[3]]);
         dc.operator = operator;
         dc.protocol_bps = c.protocol_bps;
         dc.data_pool_bps = c.data_pool_bps;
         if c.protocol != Address::ZERO {
             dc.treasury = c.protocol;
         }
-        let deployment = Deployment::deploy(&mut chain, &dc)?;
+        let deployment = Deployment::deploy(&mut *chain, &dc)?;
         let owner = if c.owner == Address::ZERO {
-            chain.dev_account(4).address
+            keys[4]
         } else {
             c.owner
         };
-        let payer = chain.dev_account(5).address;
+        let payer = keys[5];
         let mut me = Self {
             chain,
+            name,
             deployment,
             owner,
             treasury: dc.treasury,
@@ -312,10 +357,11 @@ impl Attributor {
             ));
         }
         let signer = OperatorSigner::from_bytes(&c.operator_key).map_err(|e| bad(&c.datanet, e))?;
-        let chain = if c.embedded_chain {
-            Some(OnChain::new(c, signer.address()).map_err(|e| bad(&c.datanet, e))?)
-        } else {
-            None
+        let chain = match &c.chain {
+            Some(target) => {
+                Some(OnChain::new(c, target, signer.address()).map_err(|e| bad(&c.datanet, e))?)
+            }
+            None => None,
         };
         let (chain_id, contract) = match &chain {
             Some(ch) => (ch.chain.chain_id(), ch.deployment.payments),
@@ -364,7 +410,7 @@ impl Attributor {
             "data_pool_bps": self.split.data_pool_bps,
             "chain_id": self.chain_id,
             "payments_contract": self.contract.to_string(),
-            "chain": if self.chain.is_some() { "embedded" } else { "none" },
+            "chain": self.chain.as_ref().map_or_else(|| "none".to_string(), |c| c.lock().name.clone()),
             "default_payer": self.chain.as_ref().map(|c| c.lock().payer.to_string()),
         })
     }

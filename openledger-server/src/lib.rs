@@ -50,7 +50,7 @@ use openledger_lora::model::{
 use openledger_lora::pool::{AdapterId, AdapterPool, HubDir, PoolError, Source};
 use parking_lot::Mutex;
 
-pub use attribution::AttributionConfig;
+pub use attribution::{AttributionConfig, ChainTarget};
 pub use auth::{ApiKeys, KeyFileError, KeyInfo};
 pub use error::ApiError;
 pub use metrics::Metrics;

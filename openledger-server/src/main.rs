@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use openledger_core::B256;
 use openledger_lora::model::{LoadProgress, ServeOptions};
-use openledger_server::{AttributionConfig, HubConfig, Server, ServerConfig};
+use openledger_server::{AttributionConfig, ChainTarget, HubConfig, Server, ServerConfig};
 
 /// The openledger command line.
 #[derive(Parser, Debug)]
@@ -86,7 +86,9 @@ struct ServeArgs {
     #[arg(long, default_value_t = 3000)]
     data_pool_bps: u16,
     /// Pay each attributed inference on a chain: `embedded` (an in-process EVM running the
-    /// contracts, deployed at start). Remote nodes are not supported yet.
+    /// contracts, deployed at start) or a node's JSON-RPC endpoint (`http(s)://…`, the
+    /// contracts deployed there at start, sent from the keys in `OPENLEDGER_KEYS`, or from
+    /// anvil's well-known dev keys when that is unset).
     #[arg(long)]
     chain: Option<String>,
     /// The chain id of the receipts' EIP-712 domain.
@@ -108,6 +110,15 @@ struct ServeArgs {
     /// Worker threads of the HTTP runtime (default: one per core).
     #[arg(long)]
     http_threads: Option<usize>,
+}
+
+/// The keys to pay from on a node: `OPENLEDGER_KEYS`, or anvil's dev keys.
+fn chain_keys() -> Result<Vec<k256::ecdsa::SigningKey>, Box<dyn std::error::Error>> {
+    let (keys, anvil) = openledger::chain::rpc::keys_from_env("OPENLEDGER_KEYS")?;
+    if anvil {
+        eprintln!("OPENLEDGER_KEYS is not set: paying from anvil's well-known dev keys");
+    }
+    Ok(keys)
 }
 
 fn main() -> ExitCode {
@@ -188,12 +199,18 @@ fn serve(a: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
             .payments_contract
             .parse()
             .map_err(|_| "--payments-contract must be an address")?;
-        c.embedded_chain = match a.chain.as_deref() {
-            None => false,
-            Some("embedded") => true,
+        c.chain = match a.chain.as_deref() {
+            None => None,
+            Some("embedded") => Some(ChainTarget::Embedded),
+            Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+                Some(ChainTarget::Rpc {
+                    url: url.to_string(),
+                    keys: chain_keys()?,
+                })
+            }
             Some(other) => {
                 return Err(format!(
-                    "--chain {other:?}: only `embedded` is supported (no JSON-RPC backend yet)"
+                    "--chain {other:?}: `embedded` or a node's http(s) JSON-RPC endpoint"
                 )
                 .into());
             }

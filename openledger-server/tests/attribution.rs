@@ -9,7 +9,7 @@ use openledger::chain::receipt::{
     AttributionReceipt, parse_signature, receipt_domain, recover_signer, weights_hash,
 };
 use openledger::core::{Address, B256, U256};
-use openledger_server::{AttributionConfig, Server, ServerConfig};
+use openledger_server::{AttributionConfig, ChainTarget, Server, ServerConfig};
 use serde_json::{Value, json};
 
 const KEY: &str = "0x4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318";
@@ -207,6 +207,47 @@ async fn a_server_without_a_datanet_refuses_the_extension_and_serves_the_page() 
 
 #[tokio::test]
 async fn on_the_embedded_chain_each_answer_is_paid_with_the_split_it_reports() {
+    paid_on(ChainTarget::Embedded, "embedded", "fund").await;
+}
+
+/// The same on anvil over JSON-RPC: the contracts deployed on the node at start, each answer
+/// paid there, and the node's token balances add up to the fees.
+#[tokio::test(flavor = "multi_thread")]
+async fn on_anvil_each_answer_is_paid_with_the_split_it_reports() {
+    let Some(node) = openledger::chain::anvil::spawn_or_skip(&[]) else {
+        return;
+    };
+    let keys = openledger::chain::rpc::anvil_dev_keys();
+    let target = ChainTarget::Rpc {
+        url: node.url(),
+        keys,
+    };
+    // An unknown payer: no key to send from.
+    let (s, info) = paid_on(target, &node.url(), "no signer").await;
+    // What the node holds: the payments contract has every fee (nothing withdrawn yet).
+    let url = node.url();
+    let contract: Address = info["attribution"]["payments_contract"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let held = tokio::task::spawn_blocking(move || {
+        use openledger::chain::bindings::{InferencePayments, TestToken};
+        use openledger::chain::chain::ChainExt;
+        let mut c = openledger::chain::rpc::RpcChain::connect(&url, Vec::new()).unwrap();
+        let token = c.view(contract, &InferencePayments::tokenCall {}).unwrap();
+        c.view(token, &TestToken::balanceOfCall { account: contract })
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(held, U256::from(3 * 999_999_999_999u64));
+    drop(s);
+}
+
+/// Three answers paid on `target`; a fourth from `payer 0xbb` refused with an error that says
+/// `refusal`. Returns the server and its info.
+async fn paid_on(target: ChainTarget, name: &str, refusal: &str) -> (Server, Value) {
     let dir = tempfile::tempdir().unwrap();
     let (model, adapters) = model_and_adapters(dir.path());
     let mut config = ServerConfig::new(model).with_adapters(adapters);
@@ -216,11 +257,11 @@ async fn on_the_embedded_chain_each_answer_is_paid_with_the_split_it_reports() {
         KEY.parse().unwrap(),
     );
     a.fee_wei = U256::from(999_999_999_999u64);
-    a.embedded_chain = true;
+    a.chain = Some(target);
     config.attribution = Some(a);
     let s = Server::load(config, &mut |_| {}).unwrap();
     let info = call(&s, "GET", "/openledger/info", None, None).await.json();
-    assert_eq!(info["attribution"]["chain"], "embedded");
+    assert_eq!(info["attribution"]["chain"], name);
     for (model, question) in [
         ("qv-r4", "what class is metformin"),
         ("tiny-llama", "how does aspirin work"),
@@ -282,8 +323,9 @@ async fn on_the_embedded_chain_each_answer_is_paid_with_the_split_it_reports() {
             .as_str()
             .unwrap()
             .to_lowercase()
-            .contains("fund"),
+            .contains(refusal),
         "{pay}"
     );
     assert_eq!(r["choices"][0]["finish_reason"], "length");
+    (s, info)
 }

@@ -7,7 +7,8 @@
 
 use openledger_chain::ChainError;
 use openledger_chain::bindings::{DatanetRegistry, ModelRegistry};
-use openledger_chain::evm::{EmbeddedChain, TxOutcome};
+use openledger_chain::chain::{Chain, ChainExt};
+use openledger_chain::evm::TxOutcome;
 use openledger_core::error::{Classify, ErrorKind};
 use openledger_core::grant::{AccessStatus, GrantError, Grants};
 use openledger_core::trainlog::TrainLog;
@@ -51,7 +52,7 @@ impl Classify for ProvenanceError {
 /// contract's own transitions; purpose hashes live only in the chain's events and are left
 /// zero).
 pub fn grants_from_chain(
-    chain: &mut EmbeddedChain,
+    chain: &mut dyn Chain,
     registry: Address,
     datanets: &[U256],
     accounts: &[Address],
@@ -106,7 +107,7 @@ pub struct ModelRegistration {
 /// Registers the adapter trained with `log` in the `ModelRegistry` at `models`, from `owner`,
 /// committing to `log.head()` as its `trainingLogHead`; a revert is an error carrying its data.
 pub fn register_model(
-    chain: &mut EmbeddedChain,
+    chain: &mut dyn Chain,
     models: Address,
     owner: Address,
     registration: &ModelRegistration,

@@ -3,8 +3,8 @@
 //! earn nothing, and trent's planted poison is flagged and charged.
 
 use openledger::chain::bindings::{DatanetRegistry, InferencePayments, ModelRegistry, TestToken};
+use openledger::chain::chain::ChainExt;
 use openledger::chain::claims::EpochClaims;
-use openledger::chain::deploy::DeployConfig;
 use openledger::core::{Address, U256};
 use openledger::payable::{
     DRUG_FACTS_JSONL, HarmPolicy, LoopConfig, LoopError, LoopEvent, PayableAi, without_copies,
@@ -207,9 +207,13 @@ fn the_loop_pays_every_contributor_exactly_and_copies_earn_nothing_extra() {
         .map(|p| (p.account, p.amount))
         .collect();
     let claims = EpochClaims::new(epoch_no, &totals).unwrap();
-    let dev = DeployConfig::dev(l.chain());
+    let dev = l.deploy_config().clone();
     let rewards = l.deployment().rewards;
-    l.chain().advance_time(dev.epoch_duration).unwrap();
+    l.chain()
+        .dev()
+        .unwrap()
+        .advance_time(dev.epoch_duration)
+        .unwrap();
     for call in [
         l.chain().send(dev.poster, rewards, &claims.post_call()),
         l.chain()
@@ -377,8 +381,8 @@ fn a_revoked_grant_stops_fine_tuning_before_anything_is_registered() {
     let d = l.publish_datanet(&mut on).unwrap();
     let id: U256 = d.id.parse().unwrap();
     let registry = l.deployment().datanets;
-    let owner = l.chain().dev_account(4).address;
-    let trainer = l.chain().dev_account(6).address;
+    let owner = l.account(4).unwrap();
+    let trainer = l.account(6).unwrap();
     let out = l
         .chain()
         .send(

@@ -46,12 +46,14 @@ use std::time::Instant;
 
 use alloy_primitives::keccak256;
 use alloy_sol_types::SolValue;
+use k256::ecdsa::SigningKey;
 use openledger_chain::ChainError;
 use openledger_chain::bindings::{
     AttributionRewards, DatanetRegistry, InferencePayments, ModelRegistry, TestToken,
 };
+use openledger_chain::chain::{Chain, ChainExt};
 use openledger_chain::claims::EpochClaims;
-use openledger_chain::deploy::{DeployConfig, Deployment};
+use openledger_chain::deploy::{DeployConfig, Deployment, DeploymentFile};
 use openledger_chain::evm::{EmbeddedChain, TxOutcome};
 use openledger_chain::receipt::{AttributionReceipt, OperatorSigner, weights_hash};
 use openledger_core::datanet::{Datanet, DatanetError};
@@ -724,7 +726,9 @@ fn parse_validation(jsonl: &str) -> Result<Vec<Item>> {
 /// The loop's state, stage by stage.
 pub struct PayableAi {
     config: LoopConfig,
-    chain: EmbeddedChain,
+    chain: Box<dyn Chain>,
+    /// The keys the loop acts with (dev account `i` of the embedded chain, or the keys given).
+    keys: Vec<SigningKey>,
     deployment: Deployment,
     deploy_config: DeployConfig,
     operator: OperatorSigner,
@@ -779,7 +783,7 @@ fn revert(call: &str, out: &TxOutcome) -> LoopError {
 }
 
 fn send<C: alloy_sol_types::SolCall>(
-    chain: &mut EmbeddedChain,
+    chain: &mut dyn Chain,
     from: Address,
     to: Address,
     call: &C,
@@ -803,6 +807,68 @@ impl PayableAi {
     /// Deploys the contracts on a fresh embedded chain, funds the payer and reads the datanet
     /// (nothing is published yet).
     pub fn new(config: LoopConfig) -> Result<Self> {
+        let keys = EmbeddedChain::dev_keys()
+            .into_iter()
+            .map(|a| a.key)
+            .collect();
+        Self::on_chain(config, Box::new(EmbeddedChain::new(31337)), keys)
+    }
+
+    /// [`new`](Self::new) on `chain` (an [`RpcChain`](openledger_chain::rpc::RpcChain) on a
+    /// node, or an embedded chain), acting with `keys` (at least ten, the chain able to send
+    /// from each and each holding ether for gas): key 0 deploys and administers, 1 is the
+    /// treasury, 2 the operator who signs receipts, 3 the epoch poster, 4 the datanet owner, 5
+    /// the payer, 6–8 the model owners and 9 the relayer of claims.
+    pub fn on_chain(
+        config: LoopConfig,
+        chain: Box<dyn Chain>,
+        keys: Vec<SigningKey>,
+    ) -> Result<Self> {
+        Self::make(config, chain, keys, None)
+    }
+
+    /// [`on_chain`](Self::on_chain) with the suite of `deployment` instead of a new one: it is
+    /// checked against the chain first (chain id, code, roles), and keys 0–3 must be its admin,
+    /// treasury, operator and poster.
+    pub fn on_deployment(
+        config: LoopConfig,
+        mut chain: Box<dyn Chain>,
+        keys: Vec<SigningKey>,
+        deployment: &DeploymentFile,
+    ) -> Result<Self> {
+        deployment.check(&mut *chain)?;
+        let c = &deployment.config;
+        for (i, (role, want)) in [
+            ("admin", c.admin),
+            ("treasury", c.treasury),
+            ("operator", c.operator),
+            ("poster", c.poster),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let got = keys.get(i).map(Address::from_private_key);
+            if got != Some(want) {
+                return Err(LoopError::Config(format!(
+                    "key {i} must be the deployment's {role} {want}, is {got:?}"
+                )));
+            }
+        }
+        Self::make(config, chain, keys, Some(deployment))
+    }
+
+    fn make(
+        config: LoopConfig,
+        mut chain: Box<dyn Chain>,
+        keys: Vec<SigningKey>,
+        existing: Option<&DeploymentFile>,
+    ) -> Result<Self> {
+        if keys.len() < 10 {
+            return Err(LoopError::Config(format!(
+                "the loop acts with ten accounts, {} keys given",
+                keys.len()
+            )));
+        }
         config.validate()?;
         let mut datanet = Datanet::new(config.datanet_name.clone());
         datanet.import_jsonl(config.datanet_jsonl.as_bytes())?;
@@ -885,19 +951,21 @@ impl PayableAi {
         let mut shape = config.base;
         shape.vocab = vocab.len();
 
-        let mut chain = EmbeddedChain::new(31337);
-        let deploy_config = DeployConfig::dev(&chain);
-        let deployment = Deployment::deploy(&mut chain, &deploy_config)?;
-        let operator = OperatorSigner::new(chain.dev_account(2).key.clone());
+        let at = |i: usize| Address::from_private_key(&keys[i]);
+        let (deploy_config, deployment) = match existing {
+            Some(f) => (f.config.clone(), f.contracts),
+            None => {
+                let c = DeployConfig::with_accounts([at(0), at(1), at(2), at(3)]);
+                let d = Deployment::deploy(&mut *chain, &c)?;
+                (c, d)
+            }
+        };
+        let operator = OperatorSigner::new(keys[2].clone());
         let accounts = Accounts {
-            datanet_owner: chain.dev_account(4).address,
-            payer: chain.dev_account(5).address,
-            model_owners: [
-                chain.dev_account(6).address,
-                chain.dev_account(7).address,
-                chain.dev_account(8).address,
-            ],
-            relayer: chain.dev_account(9).address,
+            datanet_owner: at(4),
+            payer: at(5),
+            model_owners: [at(6), at(7), at(8)],
+            relayer: at(9),
         };
         let budget = config
             .requests
@@ -913,7 +981,7 @@ impl PayableAi {
             .ok_or_else(|| LoopError::Config("the requests' fees overflow 256 bits".into()))?;
         let (payer, token, payments) = (accounts.payer, deployment.token, deployment.payments);
         send(
-            &mut chain,
+            &mut *chain,
             payer,
             token,
             &TestToken::mintCall {
@@ -923,7 +991,7 @@ impl PayableAi {
             "mint",
         )?;
         send(
-            &mut chain,
+            &mut *chain,
             payer,
             token,
             &TestToken::approveCall {
@@ -932,11 +1000,19 @@ impl PayableAi {
             },
             "approve",
         )?;
-        let report = Report::new(&chain, &deployment, &deploy_config);
+        let report = Report::new(
+            chain.chain_id(),
+            &deployment,
+            &deploy_config,
+            accounts.datanet_owner,
+            accounts.payer,
+            accounts.relayer,
+        );
         let reputation = config.reputation.clone();
         Ok(Self {
             config,
             chain,
+            keys,
             deployment,
             deploy_config,
             operator,
@@ -971,13 +1047,18 @@ impl PayableAi {
 
     /// The whole loop: every stage in order, then the report.
     pub fn run(config: LoopConfig, on: &mut dyn FnMut(&LoopEvent)) -> Result<Report> {
-        let mut l = Self::new(config)?;
-        l.publish_datanet(on)?;
-        l.fine_tune(on)?;
-        l.serve(on)?;
-        l.attribute_and_pay(on)?;
-        l.close_epoch(on)?;
-        Ok(l.report)
+        Self::new(config)?.run_stages(on)
+    }
+
+    /// Every stage in order on a loop made with [`on_chain`](Self::on_chain) (or
+    /// [`new`](Self::new)), then the report.
+    pub fn run_stages(mut self, on: &mut dyn FnMut(&LoopEvent)) -> Result<Report> {
+        self.publish_datanet(on)?;
+        self.fine_tune(on)?;
+        self.serve(on)?;
+        self.attribute_and_pay(on)?;
+        self.close_epoch(on)?;
+        Ok(self.report)
     }
 
     /// The report so far.
@@ -985,9 +1066,20 @@ impl PayableAi {
         &self.report
     }
 
-    /// The embedded chain (read balances, replay calls).
-    pub fn chain(&mut self) -> &mut EmbeddedChain {
-        &mut self.chain
+    /// The chain (read balances, replay calls).
+    pub fn chain(&mut self) -> &mut dyn Chain {
+        &mut *self.chain
+    }
+
+    /// The address of the loop's account `i` (see [`on_chain`](Self::on_chain) for the roles).
+    pub fn account(&self, i: usize) -> Option<Address> {
+        self.keys.get(i).map(Address::from_private_key)
+    }
+
+    /// Who administers, receives the protocol share, signs receipts and posts roots, and the
+    /// split.
+    pub fn deploy_config(&self) -> &DeployConfig {
+        &self.deploy_config
     }
 
     /// The deployed contracts.
@@ -1016,7 +1108,7 @@ impl PayableAi {
         let owner = self.accounts.datanet_owner;
         let metadata = keccak256(self.config.datanet_jsonl.as_bytes());
         let out = send(
-            &mut self.chain,
+            &mut *self.chain,
             owner,
             registry,
             &DatanetRegistry::registerDatanetCall {
@@ -1025,9 +1117,14 @@ impl PayableAi {
             },
             "registerDatanet",
         )?;
-        let id = out.returns::<DatanetRegistry::registerDatanetCall>()?;
+        // Read from the events: a node's receipt carries no return data.
+        let id = out
+            .events::<DatanetRegistry::DatanetRegistered>()
+            .first()
+            .map(|e| e.datanetId)
+            .ok_or_else(|| LoopError::Accounting("no DatanetRegistered event".into()))?;
         let out = send(
-            &mut self.chain,
+            &mut *self.chain,
             owner,
             registry,
             &DatanetRegistry::publishVersionCall {
@@ -1037,12 +1134,16 @@ impl PayableAi {
             },
             "publishVersion",
         )?;
-        self.version = out.returns::<DatanetRegistry::publishVersionCall>()?;
+        self.version = out
+            .events::<DatanetRegistry::VersionPublished>()
+            .first()
+            .map(|e| e.version)
+            .ok_or_else(|| LoopError::Accounting("no VersionPublished event".into()))?;
         self.datanet_id = id;
         let n_owners = self.config.adapters.len().min(3);
         for &who in &self.accounts.model_owners[..n_owners] {
             send(
-                &mut self.chain,
+                &mut *self.chain,
                 who,
                 registry,
                 &DatanetRegistry::requestAccessCall {
@@ -1052,7 +1153,7 @@ impl PayableAi {
                 "requestAccess",
             )?;
             send(
-                &mut self.chain,
+                &mut *self.chain,
                 owner,
                 registry,
                 &DatanetRegistry::approveAccessCall {

@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 
 use openledger_chain::deploy::{DeployConfig, Deployment};
-use openledger_chain::evm::EmbeddedChain;
 use openledger_core::datanet::Datanet;
 use openledger_core::{Address, B256, ContentId, U256};
 use openledger_poa::quality::{Clusters, ParaphraseLink, flag_copies};
@@ -18,7 +17,7 @@ pub fn wei(amount: U256) -> String {
 /// The whole run.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Report {
-    /// The embedded chain's id.
+    /// The chain's id.
     pub chain_id: u64,
     /// Contract addresses by name.
     pub contracts: BTreeMap<String, Address>,
@@ -43,7 +42,14 @@ pub struct Report {
 }
 
 impl Report {
-    pub(crate) fn new(chain: &EmbeddedChain, d: &Deployment, c: &DeployConfig) -> Self {
+    pub(crate) fn new(
+        chain_id: u64,
+        d: &Deployment,
+        c: &DeployConfig,
+        datanet_owner: Address,
+        payer: Address,
+        relayer: Address,
+    ) -> Self {
         let contracts = [
             ("TestToken", d.token),
             ("DatanetRegistry", d.datanets),
@@ -60,14 +66,14 @@ impl Report {
             (c.treasury, "treasury"),
             (c.operator, "operator"),
             (c.poster, "epoch poster"),
-            (chain.dev_account(4).address, "datanet owner"),
-            (chain.dev_account(5).address, "payer"),
-            (chain.dev_account(9).address, "claim relayer"),
+            (datanet_owner, "datanet owner"),
+            (payer, "payer"),
+            (relayer, "claim relayer"),
         ] {
             accounts.insert(a, n.to_string());
         }
         Self {
-            chain_id: chain.chain_id(),
+            chain_id,
             contracts,
             accounts,
             ..Self::default()

@@ -411,7 +411,7 @@ impl PayableAi {
                 (split.ownerShare, split.protocolShare, split.dataShare, 0)
             } else {
                 let out = send(
-                    &mut self.chain,
+                    &mut *self.chain,
                     self.accounts.payer,
                     payments,
                     &Deployment::pay_call(receipt, &signature),
@@ -476,7 +476,18 @@ impl PayableAi {
             .chain
             .view(payments, &InferencePayments::currentEpochCall {})?;
         if current <= e.number {
-            self.chain.advance_time(self.deploy_config.epoch_duration)?;
+            // A dev chain moves its clock; on a real network the epoch closes when it ends.
+            match self.chain.dev() {
+                Ok(dev) => dev.advance_time(self.deploy_config.epoch_duration)?,
+                Err(ChainError::Unsupported(_)) => {
+                    return Err(LoopError::Config(format!(
+                        "epoch {} is still open on chain {}: close it after it ends",
+                        e.number,
+                        self.chain.chain_id()
+                    )));
+                }
+                Err(other) => return Err(other.into()),
+            }
         }
         // Debts of flagged records' contributors are taken out of their payouts and shared
         // among those who owe nothing; what cannot be taken is carried.
@@ -508,7 +519,7 @@ impl PayableAi {
             }
             let poster = self.deploy_config.poster;
             let post = send(
-                &mut self.chain,
+                &mut *self.chain,
                 poster,
                 rewards,
                 &claims.post_call(),
@@ -526,13 +537,13 @@ impl PayableAi {
             let ok = on_chain.root == claims.root() && on_chain.total == claims.total();
             (e.pooled(), 0, ok)
         };
-        let balance = |chain: &mut EmbeddedChain, who: Address| -> Result<U256> {
+        let balance = |chain: &mut dyn Chain, who: Address| -> Result<U256> {
             Ok(chain.view(token, &TestToken::balanceOfCall { account: who })?)
         };
         let mut contributors = Vec::new();
         let n = claims.claims().len();
         for (i, c) in claims.claims().to_vec().iter().enumerate() {
-            let before = balance(&mut self.chain, c.account)?;
+            let before = balance(&mut *self.chain, c.account)?;
             let claimed = self.chain.view(
                 rewards,
                 &AttributionRewards::isClaimedCall {
@@ -546,7 +557,7 @@ impl PayableAi {
             } else {
                 let relayer = self.accounts.relayer;
                 let out = send(
-                    &mut self.chain,
+                    &mut *self.chain,
                     relayer,
                     rewards,
                     &claims.claim_call(i)?,
@@ -554,7 +565,7 @@ impl PayableAi {
                 )?;
                 out.gas_used
             };
-            let after = balance(&mut self.chain, c.account)?;
+            let after = balance(&mut *self.chain, c.account)?;
             let ok = claimed || after.checked_sub(before) == Some(c.amount);
             all_match &= ok;
             let who = |ep: &Epoch| {
@@ -588,7 +599,7 @@ impl PayableAi {
                 loss: None,
             });
         }
-        let left = balance(&mut self.chain, rewards)?;
+        let left = balance(&mut *self.chain, rewards)?;
         all_match &= left.is_zero();
         // Owners and the treasury pull their shares.
         let mut withdrawn = Vec::new();
@@ -603,19 +614,19 @@ impl PayableAi {
             if due.is_zero() {
                 continue;
             }
-            let before = balance(&mut self.chain, who)?;
+            let before = balance(&mut *self.chain, who)?;
             send(
-                &mut self.chain,
+                &mut *self.chain,
                 who,
                 payments,
                 &InferencePayments::withdrawCall {},
                 "withdraw",
             )?;
-            let got = balance(&mut self.chain, who)?.saturating_sub(before);
+            let got = balance(&mut *self.chain, who)?.saturating_sub(before);
             all_match &= got == due;
             withdrawn.push((who, self.report.name_of(who), wei(got)));
         }
-        let held = balance(&mut self.chain, payments)?;
+        let held = balance(&mut *self.chain, payments)?;
         all_match &= held.is_zero();
         let near = if self.config.counterfactual {
             let dup = self.report.datanet.as_ref().and_then(|d| d.copier);

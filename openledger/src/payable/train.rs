@@ -6,7 +6,7 @@ impl PayableAi {
     /// `owner`'s grants on the datanet, as the chain records them (the trainer checks them).
     fn grants_of(&mut self, owner: Address) -> Result<openledger_core::grant::Grants> {
         Ok(grants_from_chain(
-            &mut self.chain,
+            &mut *self.chain,
             self.deployment.datanets,
             &[self.datanet_id],
             &[owner],
@@ -150,7 +150,7 @@ impl PayableAi {
                 .clone();
             let base_model = self.base_id();
             let out = register_model(
-                &mut self.chain,
+                &mut *self.chain,
                 self.deployment.models,
                 owner,
                 &ModelRegistration {
