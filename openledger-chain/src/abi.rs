@@ -412,7 +412,8 @@ pub fn decode_revert_any(data: &[u8]) -> DecodedRevert {
 pub struct DecodedOutcome {
     /// Events decoded by some shipped ABI, in emission order (logs none decodes are left out).
     pub events: Vec<DecodedLog>,
-    /// The called function's return values, when it succeeded and the call was named.
+    /// The called function's return values, when it succeeded and the call was named (`None`
+    /// for a transaction mined on a node, whose receipt carries none).
     pub returns: Option<Vec<DynSolValue>>,
     /// The reason, when it reverted ([`ContractAbi::revert_reason`] when the called contract is
     /// known, else against every shipped contract).
@@ -429,6 +430,10 @@ pub fn decode_outcome(
     use crate::evm::TxStatus;
     let events = outcome.logs.iter().filter_map(decode_log_any).collect();
     let (returns, revert) = match (&outcome.status, call) {
+        // A transaction mined on a node carries no return data.
+        (TxStatus::Success, Some(_)) if outcome.tx_hash.is_some() && outcome.output.is_empty() => {
+            (None, None)
+        }
         (TxStatus::Success, Some((c, f))) => (Some(c.decode_output(f, &outcome.output)?), None),
         (TxStatus::Success, None) | (TxStatus::Halt(_), _) => (None, None),
         (TxStatus::Revert, Some((c, _))) => (None, Some(c.revert_reason(&outcome.output))),

@@ -7,9 +7,12 @@
 
 use std::sync::Mutex;
 
+use k256::ecdsa::SigningKey;
 use openledger_chain::abi::{self, ContractAbi, DecodedRevert};
+use openledger_chain::chain::{Chain, ChainExt, TxRequest};
 use openledger_chain::deploy::{DeployConfig, Deployment};
 use openledger_chain::evm::{EmbeddedChain, TxOutcome};
+use openledger_chain::rpc::{RpcChain, anvil_dev_keys, parse_keys};
 use openledger_chain::{ChainError, DynSolValue};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
@@ -263,23 +266,39 @@ fn tx_result(
     })
 }
 
-/// An in-process EVM chain running the compiled contracts: ten funded dev accounts, one block per
-/// transaction, gas paid at a fixed base fee. The calldata it runs is what any EVM node accepts.
-#[pyclass(name = "EmbeddedChain", module = "openledger", frozen)]
-pub struct PyEmbeddedChain {
-    inner: Mutex<EmbeddedChain>,
+/// Any chain the contracts run on: the methods `EmbeddedChain` (an in-process EVM) and
+/// `RpcChain` (a node over JSON-RPC) share. Not constructed itself.
+#[pyclass(name = "Chain", module = "openledger", subclass, frozen)]
+pub struct PyChain {
+    inner: Mutex<Box<dyn Chain>>,
+    /// The keys the chain acts with (dev accounts, or the keys an `RpcChain` was given).
+    keys: Vec<SigningKey>,
+    /// The Python class name, for `repr`.
+    class: &'static str,
 }
 
-impl PyEmbeddedChain {
+impl PyChain {
     fn with<T: Send>(
         &self,
         py: Python<'_>,
-        f: impl FnOnce(&mut EmbeddedChain) -> std::result::Result<T, ChainError> + Send,
+        f: impl FnOnce(&mut dyn Chain) -> std::result::Result<T, ChainError> + Send,
     ) -> Result<T> {
         py.detach(|| {
             let mut chain = self.inner.try_lock().map_err(|_| busy("the chain"))?;
-            f(&mut chain).map_err(Error::from)
+            f(&mut **chain).map_err(Error::from)
         })
+    }
+
+    fn key_address(&self, i: usize) -> Result<openledger_core::Address> {
+        self.keys
+            .get(i)
+            .map(openledger_core::Address::from_private_key)
+            .ok_or_else(|| {
+                invalid_arg(
+                    "index",
+                    format!("the chain holds {} keys, not {}", self.keys.len(), i + 1),
+                )
+            })
     }
 }
 
@@ -291,64 +310,53 @@ fn opt_address(
 }
 
 #[pymethods]
-impl PyEmbeddedChain {
-    /// A fresh chain with id `chain_id`.
-    #[new]
-    #[pyo3(signature = (chain_id = 31337))]
-    fn new(chain_id: u64) -> Self {
-        Self {
-            inner: Mutex::new(EmbeddedChain::new(chain_id)),
-        }
-    }
-
+impl PyChain {
     /// The chain id.
     #[getter]
     fn chain_id(&self, py: Python<'_>) -> Result<u64> {
         self.with(py, |c| Ok(c.chain_id()))
     }
 
-    /// Addresses of the funded dev accounts.
+    /// Addresses of the accounts the chain acts with (an `EmbeddedChain`'s funded dev accounts,
+    /// an `RpcChain`'s keys).
     #[getter]
-    fn dev_accounts(&self, py: Python<'_>) -> Result<Vec<String>> {
-        self.with(py, |c| {
-            Ok((0..openledger_chain::evm::DEV_ACCOUNTS)
-                .map(|i| address_str(&c.dev_account(i).address))
-                .collect())
-        })
+    fn dev_accounts(&self) -> Vec<String> {
+        self.keys
+            .iter()
+            .map(|k| address_str(&openledger_core::Address::from_private_key(k)))
+            .collect()
     }
 
-    /// The 32-byte secret key of dev account `index` (`0x` hex), e.g. for an `OperatorSigner`.
-    fn dev_key(&self, py: Python<'_>, index: usize) -> Result<String> {
-        if index >= openledger_chain::evm::DEV_ACCOUNTS {
-            return Err(invalid_arg(
+    /// The 32-byte secret key of account `index` (`0x` hex), e.g. for an `OperatorSigner`.
+    fn dev_key(&self, index: usize) -> Result<String> {
+        let key = self.keys.get(index).ok_or_else(|| {
+            invalid_arg(
                 "index",
-                format!(
-                    "{index} is not a dev account (0..{})",
-                    openledger_chain::evm::DEV_ACCOUNTS
-                ),
-            ));
-        }
-        self.with(py, |c| {
-            let bytes = c.dev_account(index).key.to_bytes();
-            Ok(format!("0x{}", alloy_primitives::hex::encode(bytes)))
-        })
+                format!("{index} is not a dev account (0..{})", self.keys.len()),
+            )
+        })?;
+        Ok(format!(
+            "0x{}",
+            alloy_primitives::hex::encode(key.to_bytes())
+        ))
     }
 
-    /// The current block number.
+    /// The latest block's number.
     #[getter]
     fn block_number(&self, py: Python<'_>) -> Result<u64> {
-        self.with(py, |c| Ok(c.block_number()))
+        self.with(py, |c| Ok(c.head()?.number))
     }
 
-    /// The current block timestamp.
+    /// The latest block's timestamp.
     #[getter]
     fn timestamp(&self, py: Python<'_>) -> Result<u64> {
-        self.with(py, |c| Ok(c.timestamp()))
+        self.with(py, |c| Ok(c.head()?.timestamp))
     }
 
-    /// Moves the clock forward by `seconds` (one new block).
+    /// Moves the clock forward by `seconds` (one new block); `UnsupportedError` on a chain
+    /// without dev controls (a real network).
     fn advance_time(&self, py: Python<'_>, seconds: u64) -> Result<()> {
-        self.with(py, |c| c.advance_time(seconds))
+        self.with(py, |c| c.dev()?.advance_time(seconds))
     }
 
     /// The ether balance of `account`, in wei.
@@ -358,11 +366,11 @@ impl PyEmbeddedChain {
         account: &Bound<'py, PyAny>,
     ) -> Result<Bound<'py, PyAny>> {
         let a = address("account", account)?;
-        let b = self.with(py, |c| Ok(c.balance(a)))?;
+        let b = self.with(py, |c| c.balance(a))?;
         Ok(py_u256(py, b)?)
     }
 
-    /// Gives `account` `amount` wei.
+    /// Gives `account` `amount` wei (a dev control: `UnsupportedError` on a real network).
     fn fund(
         &self,
         py: Python<'_>,
@@ -370,10 +378,10 @@ impl PyEmbeddedChain {
         amount: &Bound<'_, PyAny>,
     ) -> Result<()> {
         let (a, v) = (address("account", account)?, u256("amount", amount)?);
-        self.with(py, |c| c.fund(a, v))
+        self.with(py, |c| c.dev()?.fund(a, v))
     }
 
-    /// Deploys the shipped `contract` with constructor `args` from `sender` (default: dev account
+    /// Deploys the shipped `contract` with constructor `args` from `sender` (default: account
     /// 0); returns its address.
     #[pyo3(signature = (contract, args = None, *, sender = None))]
     fn deploy(
@@ -388,17 +396,17 @@ impl PyEmbeddedChain {
             Some(a) => args_json(a)?,
             None => Vec::new(),
         };
-        let sender = opt_address("sender", sender)?;
+        let from = match opt_address("sender", sender)? {
+            Some(a) => a,
+            None => self.key_address(0)?,
+        };
         let code = c.deploy_data(&args).map_err(Error::from)?;
-        let addr = self.with(py, |chain| {
-            let from = sender.unwrap_or(chain.dev_account(0).address);
-            chain.deploy(from, &code, &[])
-        })?;
+        let addr = self.with(py, |chain| chain.deploy(from, &code, &[]))?;
         Ok(address_str(&addr))
     }
 
     /// Deploys the whole suite (token, DatanetRegistry, ModelRegistry, InferencePayments,
-    /// AttributionRewards) with dev accounts 0–3 as admin, treasury, operator and poster, and
+    /// AttributionRewards) with accounts 0–3 as admin, treasury, operator and poster, and
     /// returns the addresses and roles by name.
     #[pyo3(signature = (*, protocol_bps = 500, data_pool_bps = 2000, epoch_duration = 86400))]
     fn deploy_suite<'py>(
@@ -408,13 +416,17 @@ impl PyEmbeddedChain {
         data_pool_bps: u16,
         epoch_duration: u64,
     ) -> Result<Bound<'py, PyDict>> {
-        let (d, config) = self.with(py, |chain| {
-            let mut config = DeployConfig::dev(chain);
-            config.protocol_bps = protocol_bps;
-            config.data_pool_bps = data_pool_bps;
-            config.epoch_duration = epoch_duration;
-            Ok((Deployment::deploy(chain, &config)?, config))
-        })?;
+        let roles = [
+            self.key_address(0)?,
+            self.key_address(1)?,
+            self.key_address(2)?,
+            self.key_address(3)?,
+        ];
+        let mut config = DeployConfig::with_accounts(roles);
+        config.protocol_bps = protocol_bps;
+        config.data_pool_bps = data_pool_bps;
+        config.epoch_duration = epoch_duration;
+        let d = self.with(py, |chain| Deployment::deploy(chain, &config))?;
         let out = PyDict::new(py);
         for (k, a) in [
             ("token", d.token),
@@ -433,8 +445,9 @@ impl PyEmbeddedChain {
     }
 
     /// Sends a transaction calling `function` of `contract` at `to` with `args` from `sender`,
-    /// mines it and returns its `TxResult` (a revert is a result, not an exception; it still
-    /// costs gas). `value` attaches wei.
+    /// waits until it is mined and returns its `TxResult` (a revert is a result, not an
+    /// exception: on the embedded chain it is mined and costs gas; a node's preflight catches it
+    /// and nothing is sent). `value` attaches wei.
     #[pyo3(signature = (sender, to, contract, function, args = None, *, value = None))]
     #[allow(clippy::too_many_arguments)]
     fn transact(
@@ -458,7 +471,13 @@ impl PyEmbeddedChain {
             None => openledger_core::U256::ZERO,
         };
         let data = c.encode_call(function, &args).map_err(Error::from)?;
-        let out = self.with(py, |chain| chain.transact_value(from, to, data, value))?;
+        let tx = TxRequest {
+            from,
+            to: Some(to),
+            data,
+            value,
+        };
+        let out = self.with(py, |chain| chain.send_transaction(tx))?;
         tx_result(py, &out, Some((c, function)))
     }
 
@@ -510,16 +529,78 @@ impl PyEmbeddedChain {
     }
 
     fn __repr__(&self, py: Python<'_>) -> String {
-        match self.with(py, |c| Ok((c.chain_id(), c.block_number()))) {
-            Ok((id, block)) => format!("EmbeddedChain(chain_id={id}, block_number={block})"),
-            Err(_) => "EmbeddedChain(<busy>)".to_string(),
+        match self.with(py, |c| Ok((c.chain_id(), c.head()?.number))) {
+            Ok((id, block)) => format!("{}(chain_id={id}, block_number={block})", self.class),
+            Err(_) => format!("{}(<busy or unreachable>)", self.class),
         }
+    }
+}
+
+/// An in-process EVM chain running the compiled contracts: ten funded dev accounts, one block per
+/// transaction, gas paid at a fixed base fee. The calldata it runs is what any EVM node accepts.
+#[pyclass(name = "EmbeddedChain", module = "openledger", extends = PyChain, frozen)]
+pub struct PyEmbeddedChain;
+
+#[pymethods]
+impl PyEmbeddedChain {
+    /// A fresh chain with id `chain_id`.
+    #[new]
+    #[pyo3(signature = (chain_id = 31337))]
+    fn new(chain_id: u64) -> PyClassInitializer<Self> {
+        let keys = EmbeddedChain::dev_keys()
+            .into_iter()
+            .map(|a| a.key)
+            .collect();
+        let chain: Box<dyn Chain> = Box::new(EmbeddedChain::new(chain_id));
+        PyClassInitializer::from(PyChain {
+            inner: Mutex::new(chain),
+            keys,
+            class: "EmbeddedChain",
+        })
+        .add_subclass(Self)
+    }
+}
+
+/// A node over JSON-RPC (`http://` or `https://`): transactions signed here with `keys`
+/// (`0x` hex secret keys; anvil's ten well-known dev keys when omitted, for a local anvil only),
+/// EIP-1559 fees, reverts caught by a preflight and decoded; anvil's dev controls where the node
+/// is anvil. Connecting reads the chain id, so an unreachable node raises at once.
+#[pyclass(name = "RpcChain", module = "openledger", extends = PyChain, frozen)]
+pub struct PyRpcChain;
+
+#[pymethods]
+impl PyRpcChain {
+    /// Connects to `url`, sending from `keys`.
+    #[new]
+    #[pyo3(signature = (url, keys = None))]
+    fn new(
+        py: Python<'_>,
+        url: &str,
+        keys: Option<Vec<String>>,
+    ) -> Result<PyClassInitializer<Self>> {
+        let keys = match keys {
+            Some(list) => parse_keys(&list.join(",")).map_err(Error::from)?,
+            None => anvil_dev_keys(),
+        };
+        let signers = keys.clone();
+        let chain = py
+            .detach(|| RpcChain::connect(url, signers))
+            .map_err(Error::from)?;
+        let chain: Box<dyn Chain> = Box::new(chain);
+        Ok(PyClassInitializer::from(PyChain {
+            inner: Mutex::new(chain),
+            keys,
+            class: "RpcChain",
+        })
+        .add_subclass(Self))
     }
 }
 
 /// Adds the chain classes and functions to the module.
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyChain>()?;
     m.add_class::<PyEmbeddedChain>()?;
+    m.add_class::<PyRpcChain>()?;
     m.add_class::<PyTxResult>()?;
     m.add_class::<PyEvent>()?;
     m.add_function(wrap_pyfunction!(encode_call, m)?)?;

@@ -577,8 +577,7 @@ class TxResult:
     @property
     def revert(self) -> Optional[Dict[str, Any]]: ...
 
-class EmbeddedChain:
-    def __init__(self, chain_id: int = 31337) -> None: ...
+class Chain:
     @property
     def chain_id(self) -> int: ...
     @property
@@ -617,6 +616,12 @@ class EmbeddedChain:
         *,
         sender: Optional[_Hex] = None,
     ) -> List[Any]: ...
+
+class EmbeddedChain(Chain):
+    def __init__(self, chain_id: int = 31337) -> None: ...
+
+class RpcChain(Chain):
+    def __init__(self, url: str, keys: Optional[Sequence[str]] = None) -> None: ...
 
 _Example = Union[Sequence[int], Tuple[Sequence[int], Sequence[int]], Mapping[str, Any]]
 
