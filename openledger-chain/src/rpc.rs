@@ -285,17 +285,31 @@ impl RpcChain {
         F: Fn(DynProvider<Ethereum>) -> Fut,
         Fut: Future<Output = Result<T, RpcError<TransportErrorKind>>> + Send,
     {
+        self.attempts(f)?.0.map_err(|e| rpc_err(method, e))
+    }
+
+    /// Runs the request `f`, again after each transport error ([`RpcConfig::retries`] times,
+    /// the pause doubling); returns the last answer and whether it was retried.
+    #[allow(clippy::type_complexity)]
+    fn attempts<T, F, Fut>(
+        &self,
+        f: F,
+    ) -> Result<(Result<T, RpcError<TransportErrorKind>>, bool), ChainError>
+    where
+        T: Send,
+        F: Fn(DynProvider<Ethereum>) -> Fut,
+        Fut: Future<Output = Result<T, RpcError<TransportErrorKind>>> + Send,
+    {
         let mut delay = self.config.retry_delay;
         let mut tries = 0;
         loop {
             match self.block(f(self.provider.clone()))? {
-                Ok(v) => return Ok(v),
                 Err(e) if e.is_transport_error() && tries < self.config.retries => {
                     tries += 1;
                     std::thread::sleep(delay);
                     delay *= 2;
                 }
-                Err(e) => return Err(rpc_err(method, e)),
+                r => return Ok((r, tries > 0)),
             }
         }
     }
@@ -336,33 +350,19 @@ impl RpcChain {
     /// A refusal after a retry that says the transaction is known (or its nonce used) is the
     /// earlier attempt having arrived; anything else is an error.
     fn broadcast(&self, raw: &Bytes, hash: B256) -> Result<(), ChainError> {
-        let mut delay = self.config.retry_delay;
-        let mut tries = 0;
-        loop {
-            let p = self.provider.clone();
-            let r = self.block(async move {
-                p.raw_request::<_, B256>("eth_sendRawTransaction".into(), (raw,))
-                    .await
-            })?;
-            match r {
-                Ok(_) => return Ok(()),
-                Err(e) if e.is_transport_error() && tries < self.config.retries => {
-                    tries += 1;
-                    std::thread::sleep(delay);
-                    delay *= 2;
-                }
-                Err(e) => {
-                    let known = e.as_error_resp().is_some_and(|p| {
-                        let m = p.message.to_ascii_lowercase();
-                        m.contains("already known") || m.contains("nonce too low")
-                    });
-                    if tries > 0 && known && self.transaction_known(hash)? {
-                        return Ok(());
-                    }
-                    return Err(rpc_err("eth_sendRawTransaction", e));
-                }
-            }
+        let (r, retried) = self.attempts(|p| async move {
+            p.raw_request::<_, B256>("eth_sendRawTransaction".into(), (raw,))
+                .await
+        })?;
+        let Err(e) = r else { return Ok(()) };
+        let known = e.as_error_resp().is_some_and(|p| {
+            let m = p.message.to_ascii_lowercase();
+            m.contains("already known") || m.contains("nonce too low")
+        });
+        if retried && known && self.transaction_known(hash)? {
+            return Ok(());
         }
+        Err(rpc_err("eth_sendRawTransaction", e))
     }
 
     fn transaction_known(&self, hash: B256) -> Result<bool, ChainError> {
@@ -522,18 +522,7 @@ impl Chain for RpcChain {
         calldata: Bytes,
     ) -> Result<TxOutcome, ChainError> {
         let req = self.request(&TxRequest::call(from, to, calldata));
-        let mut tries = 0;
-        let mut delay = self.config.retry_delay;
-        let result = loop {
-            match self.block(self.provider.call(req.clone()).into_future())? {
-                Err(e) if e.is_transport_error() && tries < self.config.retries => {
-                    tries += 1;
-                    std::thread::sleep(delay);
-                    delay *= 2;
-                }
-                r => break r,
-            }
-        };
+        let (result, _) = self.attempts(|p| p.call(req.clone()).into_future())?;
         let (status, output) = match result {
             Ok(b) => (TxStatus::Success, b),
             Err(e) => match as_revert(&e) {
@@ -617,9 +606,6 @@ impl Chain for RpcChain {
                 }
                 // The node refused the page (too many results or too wide a range): halve it.
                 Err(e) if e.as_error_resp().is_some() && page > 1 => page /= 2,
-                Err(e) if e.is_transport_error() => {
-                    return Err(rpc_err("eth_getLogs", e));
-                }
                 Err(e) => return Err(rpc_err("eth_getLogs", e)),
             }
         }
