@@ -7,7 +7,13 @@
 //! or, when it is unset, from anvil's well-known dev keys.
 //!
 //! `cargo run --release --example deploy -- --rpc URL --out FILE [--protocol-bps N]
-//! [--data-pool-bps N] [--epoch-seconds N] [--token ADDRESS]`
+//! [--data-pool-bps N] [--epoch-seconds N] [--token ADDRESS] [--guardian ADDRESS]
+//! [--admin-delay-seconds N] [--challenge-seconds N] [--claim-seconds N] [--unclaimed-to ADDRESS]`
+//!
+//! The guardian (by default the admin) may veto a posted root during its challenge window and
+//! pause payments and claims; admin transfers and split changes wait `--admin-delay-seconds`;
+//! what is left unclaimed `--claim-seconds` after a root's window goes to `--unclaimed-to` (by
+//! default the treasury).
 
 use std::path::PathBuf;
 
@@ -26,7 +32,16 @@ struct Args {
     data_pool_bps: u16,
     epoch_seconds: u64,
     token: Option<Address>,
+    guardian: Option<Address>,
+    admin_delay: Option<u64>,
+    challenge: Option<u64>,
+    claim: Option<u64>,
+    unclaimed_to: Option<Address>,
 }
+
+const USAGE: &str = "deploy --rpc URL --out FILE [--protocol-bps N] [--data-pool-bps N] \
+[--epoch-seconds N] [--token ADDRESS] [--guardian ADDRESS] [--admin-delay-seconds N] \
+[--challenge-seconds N] [--claim-seconds N] [--unclaimed-to ADDRESS]";
 
 fn args(argv: impl IntoIterator<Item = String>) -> Result<Args, Error> {
     let (mut rpc, mut out) = (None, None);
@@ -37,6 +52,11 @@ fn args(argv: impl IntoIterator<Item = String>) -> Result<Args, Error> {
         data_pool_bps: 2000,
         epoch_seconds: 86_400,
         token: None,
+        guardian: None,
+        admin_delay: None,
+        challenge: None,
+        claim: None,
+        unclaimed_to: None,
     };
     let mut it = argv.into_iter();
     while let Some(flag) = it.next() {
@@ -48,10 +68,13 @@ fn args(argv: impl IntoIterator<Item = String>) -> Result<Args, Error> {
             "--data-pool-bps" => a.data_pool_bps = value()?.parse()?,
             "--epoch-seconds" => a.epoch_seconds = value()?.parse()?,
             "--token" => a.token = Some(value()?.parse()?),
+            "--guardian" => a.guardian = Some(value()?.parse()?),
+            "--admin-delay-seconds" => a.admin_delay = Some(value()?.parse()?),
+            "--challenge-seconds" => a.challenge = Some(value()?.parse()?),
+            "--claim-seconds" => a.claim = Some(value()?.parse()?),
+            "--unclaimed-to" => a.unclaimed_to = Some(value()?.parse()?),
             "-h" | "--help" => {
-                println!(
-                    "deploy --rpc URL --out FILE [--protocol-bps N] [--data-pool-bps N] [--epoch-seconds N] [--token ADDRESS]"
-                );
+                println!("{USAGE}");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other:?} (try --help)").into()),
@@ -77,6 +100,11 @@ fn main() -> Result<(), Error> {
     config.data_pool_bps = a.data_pool_bps;
     config.epoch_duration = a.epoch_seconds;
     config.token = a.token;
+    config.guardian = a.guardian.unwrap_or(config.guardian);
+    config.admin_delay = a.admin_delay.unwrap_or(config.admin_delay);
+    config.challenge_window = a.challenge.unwrap_or(config.challenge_window);
+    config.claim_period = a.claim.unwrap_or(config.claim_period);
+    config.unclaimed_recipient = a.unclaimed_to.unwrap_or(config.unclaimed_recipient);
     let mut chain = RpcChain::connect(&a.rpc, keys)?;
     println!(
         "deploying on {} (chain {}, {})",
@@ -107,5 +135,20 @@ mod tests {
         assert!(args(s(&["--rpc", "u", "--out", "f", "--protocol-bps", "x"])).is_err());
         let a = args(s(&["--rpc", "u", "--out", "f", "--epoch-seconds", "60"])).unwrap();
         assert_eq!((a.epoch_seconds, a.protocol_bps), (60, 500));
+        assert_eq!((a.challenge, a.guardian), (None, None));
+        let a = args(s(&[
+            "--rpc",
+            "u",
+            "--out",
+            "f",
+            "--challenge-seconds",
+            "600",
+            "--guardian",
+            "0x00000000000000000000000000000000000000aa",
+        ]))
+        .unwrap();
+        assert_eq!(a.challenge, Some(600));
+        assert_eq!(a.guardian, Some(Address::left_padding_from(&[0xaa])));
+        assert!(args(s(&["--rpc", "u", "--out", "f", "--unclaimed-to", "0x12"])).is_err());
     }
 }

@@ -26,8 +26,7 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use openledger::chain::deploy::DeploymentFile;
-use openledger::chain::rpc::{RpcChain, keys_from_env};
+use openledger::chain::rpc::keys_from_env;
 use openledger::core::Address;
 use openledger::lora::embed::fetched_model;
 use openledger::payable::{LoopConfig, LoopEvent, PayableAi, Report};
@@ -407,19 +406,9 @@ fn run(a: &Args) -> Result<Report, Error> {
         None => PayableAi::new(config)?,
         Some(url) => {
             let keys = settlement_keys()?;
-            let chain = RpcChain::connect(url, keys.clone())?;
-            println!(
-                "settling on {url} (chain {}, {})",
-                openledger::chain::chain::Chain::chain_id(&chain),
-                chain.client_version()
-            );
-            match &a.deployment {
-                Some(path) => {
-                    let file = DeploymentFile::read(path)?;
-                    PayableAi::on_deployment(config, Box::new(chain), keys, &file)?
-                }
-                None => PayableAi::on_chain(config, Box::new(chain), keys)?,
-            }
+            let mut l = PayableAi::on_node(config, url, keys, a.deployment.as_deref())?;
+            println!("settling on {url} (chain {})", l.chain().chain_id());
+            l
         }
     };
     let report = l.run_stages(&mut |e| screen.event(e))?;

@@ -32,8 +32,9 @@ bash scripts/fetch-models.sh
 # Tests that need a model fail, rather than skip, when it is missing.
 export OPENLEDGER_REQUIRE_MODELS=1
 
-step "anvil 1.7.1 (Foundry's dev node, npm), for the tests that settle on a real node"
+step "anvil, forge and cast 1.7.1 (Foundry, npm): the contracts' Foundry tests, and a node for the tests that settle on one"
 bash scripts/install-foundry.sh
+bash scripts/test-contracts.sh  # forge build == committed artifacts; Foundry unit, fuzz and invariant tests
 # Tests that need anvil fail, rather than skip, when it is missing.
 export OPENLEDGER_REQUIRE_ANVIL=1
 

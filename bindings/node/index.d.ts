@@ -185,38 +185,48 @@ export declare class EmbeddedChain {
   constructor(chainId?: number | undefined | null)
   /** The chain id. */
   get chainId(): number
-  /** The dev accounts' addresses. */
+  /**
+   * The addresses of the accounts the chain acts with (the embedded chain's funded
+   * dev accounts, an `RpcChain`'s keys).
+   */
   get devAccounts(): Array<string>
-  /** The secret key of dev account `index` (`0x` hex). */
+  /** The secret key of account `index` (`0x` hex), e.g. for an `OperatorSigner`. */
   devKey(index: number): string
-  /** The current block number. */
+  /** The latest block number. */
   get blockNumber(): number
-  /** The current block timestamp (seconds). */
+  /** The latest block's timestamp (seconds). */
   get timestamp(): number
-  /** Moves the clock forward by `seconds`. */
+  /**
+   * Moves the clock forward by `seconds` (a dev chain only: the embedded chain or
+   * anvil; elsewhere an `Unsupported` error).
+   */
   advanceTime(seconds: number): void
   /** The ether balance of `account`, in wei. */
   balance(account: Bytes): bigint
-  /** Credits `amount` wei to `account` (a faucet, outside any transaction). */
+  /**
+   * Credits `amount` wei to `account` (a dev chain's faucet, outside any
+   * transaction).
+   */
   fund(account: Bytes, amount: Amount): void
   /**
-   * Deploys the openledger contract `contract` with constructor `args`, from `sender` (dev
-   * account 0 by default); resolves to its address.
+   * Deploys the openledger contract `contract` with constructor `args`, from
+   * `sender` (account 0 by default); resolves to its address.
    */
   deploy(contract: string, args?: Array<unknown> | undefined | null, sender?: Bytes | undefined | null): Promise<string>
   /**
-   * Deploys the whole suite (token, registries, payments, rewards) with its roles granted to
-   * dev accounts; resolves to the addresses.
+   * Deploys the whole suite (token, registries, payments, rewards) with accounts
+   * 0–3 as admin, treasury, operator and poster; resolves to the addresses.
    */
   deploySuite(options?: SuiteOptions | undefined | null): Promise<SuiteAddresses>
   /**
-   * Sends a transaction from `sender` calling `func` of `contract` at `to` with `args` (and
-   * `value` wei); resolves to what it did, reverts included.
+   * Sends a transaction from `sender` calling `func` of `contract` at `to` with
+   * `args` (and `value` wei); resolves to what it did, reverts included.
    */
   transact(sender: Bytes, to: Bytes, contract: string, func: string, args?: Array<unknown> | undefined | null, value?: Amount | undefined | null): Promise<TxResult>
   /**
-   * Calls the view `func` of `contract` at `to` without a transaction; resolves to its
-   * return values, or rejects with a `Transaction` error whose `revert` property says why.
+   * Calls the view `func` of `contract` at `to` without a transaction; resolves to
+   * its return values, or rejects with a `Transaction` error whose `revert`
+   * property says why.
    */
   call(to: Bytes, contract: string, func: string, args?: Array<unknown> | undefined | null): Promise<Array<any>>
 }
@@ -471,8 +481,10 @@ export declare class OperatorSigner {
  */
 export declare class PayableAi {
   /**
-   * Deploys the contracts on a fresh embedded chain, funds the payer and reads the datanet;
-   * nothing is published yet. Throws `InvalidArg` for unusable options.
+   * Deploys the contracts on a fresh embedded chain (or on the `rpc` node, or uses the suite
+   * of the `deployment` file there) and reads the datanet; nothing is published yet. Throws
+   * `InvalidArg` for unusable options and a chain error for an unreachable node or a
+   * deployment that does not match it.
    */
   constructor(options: PayableAiOptions)
   /** The requests the loop serves, in order (`token` events name them by index). */
@@ -538,6 +550,64 @@ export declare class RagIndex {
   embeddings(): Float32Array
   /** The `k` most relevant records for `query`, best first (ties by insertion order). */
   search(query: Float32Array, k: number): Promise<Array<Citation>>
+}
+
+/**
+ * A node over JSON-RPC (`http://` or `https://`), with the methods of `EmbeddedChain`:
+ * transactions signed here with `keys` (`0x` hex secret keys; anvil's ten well-known dev keys
+ * when omitted, for a local anvil only), EIP-1559 fees, reverts caught by a preflight and
+ * decoded, anvil's dev controls where the node is anvil (elsewhere `advanceTime` and `fund`
+ * throw `Unsupported`). Connecting reads the chain id, so an unreachable node throws at once.
+ */
+export declare class RpcChain {
+  /** Connects to `url`, sending from `keys`. */
+  constructor(url: string, keys?: Array<string> | undefined | null)
+  /** The chain id. */
+  get chainId(): number
+  /**
+   * The addresses of the accounts the chain acts with (the embedded chain's funded
+   * dev accounts, an `RpcChain`'s keys).
+   */
+  get devAccounts(): Array<string>
+  /** The secret key of account `index` (`0x` hex), e.g. for an `OperatorSigner`. */
+  devKey(index: number): string
+  /** The latest block number. */
+  get blockNumber(): number
+  /** The latest block's timestamp (seconds). */
+  get timestamp(): number
+  /**
+   * Moves the clock forward by `seconds` (a dev chain only: the embedded chain or
+   * anvil; elsewhere an `Unsupported` error).
+   */
+  advanceTime(seconds: number): void
+  /** The ether balance of `account`, in wei. */
+  balance(account: Bytes): bigint
+  /**
+   * Credits `amount` wei to `account` (a dev chain's faucet, outside any
+   * transaction).
+   */
+  fund(account: Bytes, amount: Amount): void
+  /**
+   * Deploys the openledger contract `contract` with constructor `args`, from
+   * `sender` (account 0 by default); resolves to its address.
+   */
+  deploy(contract: string, args?: Array<unknown> | undefined | null, sender?: Bytes | undefined | null): Promise<string>
+  /**
+   * Deploys the whole suite (token, registries, payments, rewards) with accounts
+   * 0–3 as admin, treasury, operator and poster; resolves to the addresses.
+   */
+  deploySuite(options?: SuiteOptions | undefined | null): Promise<SuiteAddresses>
+  /**
+   * Sends a transaction from `sender` calling `func` of `contract` at `to` with
+   * `args` (and `value` wei); resolves to what it did, reverts included.
+   */
+  transact(sender: Bytes, to: Bytes, contract: string, func: string, args?: Array<unknown> | undefined | null, value?: Amount | undefined | null): Promise<TxResult>
+  /**
+   * Calls the view `func` of `contract` at `to` without a transaction; resolves to
+   * its return values, or rejects with a `Transaction` error whose `revert`
+   * property says why.
+   */
+  call(to: Bytes, contract: string, func: string, args?: Array<unknown> | undefined | null): Promise<Array<any>>
 }
 
 /**
@@ -1170,6 +1240,20 @@ export interface PayableAiOptions {
    * feature-hashing bag of words does, and paraphrases go undetected.
    */
   embedder?: string
+  /** Settle on the node at this URL (JSON-RPC) instead of an in-process chain. */
+  rpc?: string
+  /**
+   * The ten `0x` hex secret keys to act with on `rpc` (admin, treasury, operator, poster,
+   * datanet owner, payer, three model owners, the claims' relayer); anvil's dev keys when
+   * omitted.
+   */
+  keys?: Array<string>
+  /**
+   * A deployment file (`cargo run --example deploy`) whose suite to use on `rpc` instead of
+   * deploying one; it is checked against the node first. A run on a deployment an earlier
+   * process used resumes from the chain (the report's `resumed` says what it found).
+   */
+  deployment?: string
 }
 
 /** One account and the wei it receives. */
@@ -1401,6 +1485,11 @@ export interface SuiteOptions {
   dataPoolBps?: number
   /** Seconds per settlement epoch (default 86400). */
   epochDuration?: number
+  /**
+   * Also write a deployment file here (chain id, addresses, configuration, each
+   * transaction), which `new PayableAi({ rpc, deployment })` uses instead of deploying.
+   */
+  out?: string
 }
 
 /** How `Trainer.load` sets up fine-tuning; `targets`, `r` and `alpha` are required. */

@@ -852,6 +852,7 @@ module.exports.MerkleTree = nativeBinding.MerkleTree
 module.exports.OperatorSigner = nativeBinding.OperatorSigner
 module.exports.PayableAi = nativeBinding.PayableAi
 module.exports.RagIndex = nativeBinding.RagIndex
+module.exports.RpcChain = nativeBinding.RpcChain
 module.exports.SentenceEmbedder = nativeBinding.SentenceEmbedder
 module.exports.StandardMerkleTree = nativeBinding.StandardMerkleTree
 module.exports.TokenStream = nativeBinding.TokenStream

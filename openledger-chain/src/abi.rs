@@ -75,6 +75,24 @@ pub enum DecodedRevert {
     Unknown(String),
 }
 
+impl std::fmt::Display for DecodedRevert {
+    /// `Name(arg=value, …)`, the message, `panic 0x11`, or the raw data.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodedRevert::Custom { name, args } => {
+                let args: Vec<String> = args
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", value_to_json(v)))
+                    .collect();
+                write!(f, "{name}({})", args.join(", "))
+            }
+            DecodedRevert::Message(m) => write!(f, "{m:?}"),
+            DecodedRevert::Panic(code) => write!(f, "panic {code:#x}"),
+            DecodedRevert::Unknown(data) => write!(f, "revert data {data}"),
+        }
+    }
+}
+
 fn artifact_err(name: &str, reason: impl Into<String>) -> ChainError {
     ChainError::Artifact {
         name: name.to_string(),

@@ -57,9 +57,15 @@ sol!(
     "artifacts/ReentrantToken.json"
 );
 
+sol!(
+    #[sol(all_derives)]
+    FeeOnTransferToken,
+    "artifacts/FeeOnTransferToken.json"
+);
+
 /// The JSON artifact (abi, bytecode, method identifiers, compiler settings) of each contract, by
 /// name, as committed next to the sources.
-pub const ARTIFACTS: [(&str, &str); 6] = [
+pub const ARTIFACTS: [(&str, &str); 7] = [
     (
         "DatanetRegistry",
         include_str!("../artifacts/DatanetRegistry.json"),
@@ -81,4 +87,27 @@ pub const ARTIFACTS: [(&str, &str); 6] = [
         "ReentrantToken",
         include_str!("../artifacts/ReentrantToken.json"),
     ),
+    (
+        "FeeOnTransferToken",
+        include_str!("../artifacts/FeeOnTransferToken.json"),
+    ),
 ];
+
+/// The id `ModelRegistry.registerModel` gives a model that `registrant` registers with `salt`
+/// (`keccak256(abi.encode(registrant, salt))`, what the contract's `modelIdFor` returns): ids
+/// are bound to their registrant, so nobody can take one first.
+///
+/// ```
+/// use openledger_chain::bindings::model_id;
+/// use openledger_core::{Address, B256};
+///
+/// let salt = B256::repeat_byte(1);
+/// assert_ne!(model_id(Address::repeat_byte(2), salt), model_id(Address::repeat_byte(3), salt));
+/// ```
+pub fn model_id(
+    registrant: alloy_primitives::Address,
+    salt: alloy_primitives::B256,
+) -> alloy_primitives::B256 {
+    use alloy_sol_types::SolValue;
+    alloy_primitives::keccak256((registrant, salt).abi_encode_params())
+}

@@ -38,6 +38,17 @@ pub struct DeployConfig {
     pub operator: Address,
     /// Account allowed to post epoch roots.
     pub poster: Address,
+    /// Account that may veto a posted root in its challenge window and pause payments and claims.
+    pub guardian: Address,
+    /// Seconds a transfer of the admin role waits (OpenZeppelin's `AccessControlDefaultAdminRules`),
+    /// which is also how long a proposed split waits before it can be applied.
+    pub admin_delay: u64,
+    /// Seconds after a root is posted during which the guardian may veto it; claims open after.
+    pub challenge_window: u64,
+    /// Seconds, from the end of the challenge window, during which rewards can be claimed.
+    pub claim_period: u64,
+    /// Where an expired epoch's unclaimed rewards are swept.
+    pub unclaimed_recipient: Address,
     /// Protocol share, basis points.
     pub protocol_bps: u16,
     /// Data pool share, basis points.
@@ -50,13 +61,15 @@ pub struct DeployConfig {
 
 impl DeployConfig {
     /// Dev accounts 0..=3 as admin, treasury, operator and poster; 5 % protocol, 20 % data pool,
-    /// one-day epochs, a fresh test token.
+    /// one-day epochs, a fresh test token (the rest as [`with_accounts`](Self::with_accounts)).
     pub fn dev(chain: &EmbeddedChain) -> Self {
         let a = |i| chain.dev_account(i).address;
         Self::with_accounts([a(0), a(1), a(2), a(3)])
     }
 
-    /// `[admin, treasury, operator, poster]` with [`dev`](Self::dev)'s split, epochs and token.
+    /// `[admin, treasury, operator, poster]` with [`dev`](Self::dev)'s split, epochs and token;
+    /// the admin is the guardian, admin changes wait two days, roots can be vetoed for an hour
+    /// and claimed for 90 days after, and the treasury receives what is left unclaimed.
     pub fn with_accounts(accounts: [Address; 4]) -> Self {
         let [admin, treasury, operator, poster] = accounts;
         Self {
@@ -64,6 +77,11 @@ impl DeployConfig {
             treasury,
             operator,
             poster,
+            guardian: admin,
+            admin_delay: 2 * 86_400,
+            challenge_window: 3_600,
+            claim_period: 90 * 86_400,
+            unclaimed_recipient: treasury,
             protocol_bps: 500,
             data_pool_bps: 2000,
             epoch_duration: 86_400,
@@ -104,8 +122,21 @@ impl Deployment {
         config: &DeployConfig,
     ) -> Result<DeploymentFile, ChainError> {
         let admin = config.admin;
+        let admin_delay =
+            alloy_primitives::aliases::U48::try_from(config.admin_delay).map_err(|_| {
+                ChainError::Deployment(format!(
+                    "admin_delay {} s does not fit the contracts' 48 bits",
+                    config.admin_delay
+                ))
+            })?;
         let mut transactions = Vec::new();
         let mut record = |what: &str, out: TxOutcome| -> Result<TxOutcome, ChainError> {
+            if out.status == crate::evm::TxStatus::Revert {
+                return Err(ChainError::Deployment(format!(
+                    "{what} reverted: {}",
+                    crate::abi::decode_revert_any(&out.output)
+                )));
+            }
             let out = out.into_success()?;
             transactions.push(DeployTx {
                 what: what.to_string(),
@@ -156,6 +187,8 @@ impl Deployment {
                 token_: token,
                 models_: models,
                 admin,
+                adminDelay: admin_delay,
+                guardian: config.guardian,
                 treasury_: config.treasury,
                 protocolBps_: config.protocol_bps,
                 dataPoolBps_: config.data_pool_bps,
@@ -172,7 +205,12 @@ impl Deployment {
                 token_: token,
                 payments_: payments,
                 admin,
+                adminDelay: admin_delay,
                 poster: config.poster,
+                guardian: config.guardian,
+                challengeWindow_: config.challenge_window,
+                claimPeriod_: config.claim_period,
+                unclaimedRecipient_: config.unclaimed_recipient,
             }
             .abi_encode(),
             &mut record,
@@ -222,7 +260,7 @@ impl Deployment {
 }
 
 /// The `format` of a [`DeploymentFile`].
-pub const DEPLOYMENT_FORMAT: &str = "openledger-deployment-v1";
+pub const DEPLOYMENT_FORMAT: &str = "openledger-deployment-v2";
 
 /// One transaction of a deployment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

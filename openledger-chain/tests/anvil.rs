@@ -18,7 +18,7 @@ use openledger_chain::bindings::{
 };
 use openledger_chain::chain::{Chain, ChainExt, LogFilter};
 use openledger_chain::claims::EpochClaims;
-use openledger_chain::deploy::{DeployConfig, Deployment};
+use openledger_chain::deploy::{DEPLOYMENT_FORMAT, DeployConfig, Deployment};
 use openledger_chain::evm::{EmbeddedChain, RevertReason, TxStatus};
 use openledger_chain::receipt::{AttributionReceipt, OperatorSigner, weights_hash};
 use openledger_chain::rpc::{RpcChain, RpcConfig, anvil_dev_keys};
@@ -101,9 +101,9 @@ fn settle(chain: &mut dyn Chain) -> (Deployment, Vec<(&'static str, u64)>) {
         d.datanets,
         approve.abi_encode(),
     );
-    let model = keccak256("model");
+    let model = openledger_chain::bindings::model_id(trainer, keccak256("model"));
     let register = ModelRegistry::registerModelCall {
-        modelId: model,
+        salt: keccak256("model"),
         baseModel: keccak256("base"),
         artifactHash: keccak256("artifact"),
         trainingLogHead: keccak256("log"),
@@ -166,6 +166,12 @@ fn settle(chain: &mut dyn Chain) -> (Deployment, Vec<(&'static str, u64)>) {
         d.rewards,
         claims.post_call().abi_encode(),
     );
+    // Claims open when the root's challenge window closes.
+    chain
+        .dev()
+        .unwrap()
+        .advance_time(config.challenge_window)
+        .unwrap();
     for i in 0..2 {
         let claim = claims.claim_call(i).unwrap();
         ok(chain, "claim", relayer, d.rewards, claim.abi_encode());
@@ -237,9 +243,9 @@ fn the_settlement_on_anvil_equals_the_embedded_run() {
         .into_iter()
         .map(|l| l.log)
         .collect();
-    // Role grants at deployment, registry events, three payments, the root, two claims, two
-    // withdrawals and the pool release.
-    assert_eq!(a.len(), 20, "events: {a:#?}");
+    // Role grants at deployment (admin, guardian and poster roles in the constructors), registry
+    // events, three payments, the root, two claims, two withdrawals and the pool release.
+    assert_eq!(a.len(), 22, "events: {a:#?}");
     assert_eq!(a, b);
     // Filtered by event: the three payments.
     let paid = LogFilter {
@@ -572,7 +578,7 @@ fn a_deployment_file_is_written_read_and_checked_against_the_chain() {
     let text = std::fs::read_to_string(&path).unwrap();
     for (name, bad) in [
         ("truncated", text[..text.len() / 2].to_string()),
-        ("format", text.replace("openledger-deployment-v1", "v0")),
+        ("format", text.replace(DEPLOYMENT_FORMAT, "v0")),
         (
             "token",
             text.replacen(

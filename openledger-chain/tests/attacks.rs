@@ -37,6 +37,7 @@ fn posted() -> (World, EpochClaims) {
     .unwrap();
     let (poster, rewards) = (w.config.poster, w.d.rewards);
     w.ok(poster, rewards, &claims.post_call(), "post");
+    w.open_claims();
     (w, claims)
 }
 
@@ -132,6 +133,7 @@ fn claims_against_the_wrong_epoch_are_rejected() {
     .unwrap();
     let poster = w.config.poster;
     w.ok(poster, rewards, &other.post_call(), "post epoch 1");
+    w.open_claims();
     assert_eq!(
         custom::<RErr>(&w.send(from, rewards, &c)),
         RErr::InvalidProof(AttributionRewards::InvalidProof {
@@ -366,7 +368,7 @@ fn training_access_is_required_and_revocable() {
     let (registry, models, dn) = (w.d.datanets, w.d.models, w.datanet_owner);
     let stranger = w.chain.dev_account(9).address;
     let register = |id: &str| ModelRegistry::registerModelCall {
-        modelId: keccak256(id),
+        salt: keccak256(id),
         baseModel: B256::ZERO,
         artifactHash: B256::ZERO,
         trainingLogHead: B256::ZERO,
@@ -509,6 +511,7 @@ fn reentrancy_through_a_malicious_token_is_stopped_by_the_guard() {
     .unwrap();
     let poster = w.config.poster;
     w.ok(poster, rewards, &claims.post_call(), "post");
+    w.open_claims();
     let call = claims.claim_call(0).unwrap();
     w.ok(
         a,
@@ -661,6 +664,7 @@ fn claim_totals_near_two_to_the_256_revert_instead_of_wrapping() {
         },
         "post",
     );
+    w.open_claims();
     let claim = |i: usize, account: Address, amount: U256| AttributionRewards::claimCall {
         epoch: 0,
         index: u(i as u128),
@@ -717,6 +721,7 @@ fn claims_beyond_the_funded_total_are_rejected() {
         },
         "post",
     );
+    w.open_claims();
     w.ok(a, rewards, &claims.claim_call(0).unwrap(), "claim");
     assert_eq!(
         custom::<RErr>(&w.send(b, rewards, &claims.claim_call(1).unwrap())),

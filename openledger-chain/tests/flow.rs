@@ -130,6 +130,7 @@ fn full_flow_pays_splits_posts_and_every_contributor_claims_to_the_wei() {
         (pool, U256::ZERO, claims.root())
     );
     assert_eq!(w.token_balance(rewards), pool);
+    w.open_claims();
 
     // Every contributor claims (the first two send their own claim, a relayer sends the rest).
     for (i, &(account, amount)) in totals.iter().enumerate() {
@@ -215,6 +216,7 @@ fn epoch_pool_is_topped_up_by_the_poster_when_the_root_sums_to_more() {
     let out = w.ok(poster, rewards, &claims.post_call(), "postEpochRoot");
     let ev = &out.events::<AttributionRewards::EpochPosted>()[0];
     assert_eq!((ev.fromPool, ev.topUp), (pool, top_up));
+    w.open_claims();
     w.ok(a, rewards, &claims.claim_call(0).unwrap(), "claim");
     assert_eq!(w.token_balance(a), pool + top_up);
 }

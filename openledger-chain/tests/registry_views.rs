@@ -6,8 +6,11 @@ mod common;
 use alloy_primitives::{B256, keccak256};
 use common::{FEE, World, custom, u};
 use openledger_chain::bindings::DatanetRegistry::{self, DatanetRegistryErrors as DErr};
-use openledger_chain::bindings::ModelRegistry;
+use openledger_chain::bindings::{ModelRegistry, model_id};
+use openledger_core::ContentId;
+use openledger_core::datanet::verify_record_proof;
 use openledger_core::merkle::MerkleTree;
+use openledger_core::trainlog::record_leaf;
 
 #[test]
 fn datanet_and_version_read_back_as_registered() {
@@ -112,12 +115,12 @@ fn model_reads_back_with_its_training_sources_and_events() {
     );
     let ev = &out.events::<DatanetRegistry::VersionPublished>()[0];
     assert_eq!((ev.datanetId, ev.version, ev.recordCount), (u(1), 2, 12));
-    let id = keccak256("model v2");
+    let id = model_id(mo, keccak256("model v2"));
     let out = w.ok(
         mo,
         models,
         &ModelRegistry::registerModelCall {
-            modelId: id,
+            salt: keccak256("model v2"),
             baseModel: w.model_id,
             artifactHash: keccak256("weights"),
             trainingLogHead: keccak256("log head"),
@@ -141,12 +144,12 @@ fn model_reads_back_with_its_training_sources_and_events() {
         (id, mo, w.model_id, u(5))
     );
     assert_eq!(ev.sources.len(), 2);
-    // The same id cannot be registered twice.
+    // The same id (its owner's salt) cannot be registered twice.
     let again = w.send(
         mo,
         models,
         &ModelRegistry::registerModelCall {
-            modelId: id,
+            salt: keccak256("model v2"),
             baseModel: B256::ZERO,
             artifactHash: B256::ZERO,
             trainingLogHead: B256::ZERO,
@@ -166,10 +169,12 @@ fn model_reads_back_with_its_training_sources_and_events() {
 fn records_proven_with_the_core_merkle_module_verify_on_chain() {
     let mut w = World::new();
     let (dn, registry) = (w.datanet_owner, w.d.datanets);
-    let records: Vec<B256> = (0..23u32)
-        .map(|i| keccak256(format!("record {i}")))
+    // Content hashes of 23 records, and their double-hashed leaves.
+    let records: Vec<ContentId> = (0..23u32)
+        .map(|i| ContentId::of(format!("record {i}").as_bytes()))
         .collect();
-    let tree = MerkleTree::new(&records).unwrap();
+    let leaves: Vec<B256> = records.iter().map(record_leaf).collect();
+    let tree = MerkleTree::new(&leaves).unwrap();
     w.ok(
         dn,
         registry,
@@ -180,19 +185,23 @@ fn records_proven_with_the_core_merkle_module_verify_on_chain() {
         },
         "publish v2",
     );
-    for (k, leaf) in records.iter().enumerate() {
+    for (k, record) in records.iter().enumerate() {
         let proof = tree.proof(k).unwrap();
         let call = DatanetRegistry::verifyRecordCall {
             datanetId: u(1),
             version: 2,
-            recordLeaf: *leaf,
+            recordHash: record.0,
             proof: proof.clone(),
         };
         assert!(w.chain.view(registry, &call).unwrap(), "record {k}");
-        let forged = DatanetRegistry::verifyRecordCall {
-            recordLeaf: keccak256(leaf),
-            ..call
-        };
-        assert!(!w.chain.view(registry, &forged).unwrap());
+        assert!(verify_record_proof(tree.root(), record, &proof));
+        // Neither the leaf itself nor another hash passes as the record.
+        for forged in [leaves[k], keccak256(record.0)] {
+            let forged = DatanetRegistry::verifyRecordCall {
+                recordHash: forged,
+                ..call.clone()
+            };
+            assert!(!w.chain.view(registry, &forged).unwrap());
+        }
     }
 }

@@ -48,7 +48,7 @@ fn calldata_with_structs_and_arrays_equals_the_sol_bindings() {
     let w = World::new();
     // registerModel: bytes32s, a dynamic array of structs, a uint256.
     let typed = ModelRegistry::registerModelCall {
-        modelId: keccak256("m"),
+        salt: keccak256("m"),
         baseModel: keccak256("b"),
         artifactHash: keccak256("a"),
         trainingLogHead: keccak256("l"),

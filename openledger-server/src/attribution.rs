@@ -222,13 +222,14 @@ impl OnChain {
         Ok(())
     }
 
-    /// Registers `id` (the base model, or an adapter on `base`) at the fee, once.
-    fn register(&mut self, id: B256, base: B256) -> Result<(), ChainError> {
+    /// Registers the model named by `salt` (the base model, or an adapter on `base`) at the fee,
+    /// once; its id is `id`, derived from the owner and the salt.
+    fn register(&mut self, salt: B256, id: B256, base: B256) -> Result<(), ChainError> {
         if !self.registered.insert(id) {
             return Ok(());
         }
         let call = ModelRegistry::registerModelCall {
-            modelId: id,
+            salt,
             baseModel: base,
             artifactHash: id,
             trainingLogHead: B256::ZERO,
@@ -463,18 +464,23 @@ impl Attributor {
             .iter()
             .map(|p| (p.account.into_word(), p.amount))
             .collect();
-        let model_id = alloy_primitives::keccak256(base.as_bytes());
-        let adapter_ids: Vec<B256> = adapter
-            .map(|a| vec![alloy_primitives::keccak256(a.as_bytes())])
-            .unwrap_or_default();
+        // Model ids are derived from their owner and a salt (the model's name), as the registry
+        // derives them.
+        let salt_of = |name: &str| alloy_primitives::keccak256(name.as_bytes());
+        let id_of = |salt: B256| openledger::chain::bindings::model_id(self.split.owner, salt);
+        let base_salt = salt_of(base);
+        let model_id = id_of(base_salt);
+        let adapter_salts: Vec<B256> = adapter.map(salt_of).into_iter().collect();
+        let adapter_ids: Vec<B256> = adapter_salts.iter().map(|&s| id_of(s)).collect();
         // On the chain: the models registered, the epoch the contract is in, its funded payer
         // by default. The lock is held through the payment so receipts are paid in order.
         let mut chain = self.chain.as_ref().map(|c| c.lock());
         let (epoch, payer) = match chain.as_deref_mut() {
             Some(ch) => {
-                ch.register(model_id, B256::ZERO).map_err(chain_err)?;
-                for &a in &adapter_ids {
-                    ch.register(a, model_id).map_err(chain_err)?;
+                ch.register(base_salt, model_id, B256::ZERO)
+                    .map_err(chain_err)?;
+                for (&salt, &a) in adapter_salts.iter().zip(&adapter_ids) {
+                    ch.register(salt, a, model_id).map_err(chain_err)?;
                 }
                 (ch.epoch().map_err(chain_err)?, payer.unwrap_or(ch.payer))
             }

@@ -109,9 +109,13 @@ async fn answers_carry_sources_an_exact_split_and_a_receipt_the_operator_signed(
         receipt.inferenceId,
         openledger::core::B256::from(alloy_primitives::keccak256(v["id"].as_str().unwrap()))
     );
+    // Model ids are the registry's: derived from the owner and the model's name.
     assert_eq!(
         receipt.adapterIds,
-        vec![B256::from(alloy_primitives::keccak256("qv-r4"))]
+        vec![openledger::chain::bindings::model_id(
+            Address::repeat_byte(0x0e),
+            alloy_primitives::keccak256("qv-r4")
+        )]
     );
     let hashed: Vec<(B256, U256)> = pool.iter().map(|(a, w)| (a.into_word(), *w)).collect();
     assert_eq!(receipt.weightsHash, weights_hash(&hashed).unwrap());

@@ -92,8 +92,9 @@ pub fn grants_from_chain(
 /// What a trained adapter is registered as.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelRegistration {
-    /// The model's id.
-    pub model_id: B256,
+    /// The salt its id is derived from: the id is
+    /// [`model_id(owner, salt)`](openledger_chain::bindings::model_id).
+    pub salt: B256,
     /// The base model's id.
     pub base_model: B256,
     /// Hash of the adapter artifact (e.g. its safetensors' keccak-256).
@@ -114,7 +115,7 @@ pub fn register_model(
     log: &TrainLog,
 ) -> Result<TxOutcome, ProvenanceError> {
     let call = ModelRegistry::registerModelCall {
-        modelId: registration.model_id,
+        salt: registration.salt,
         baseModel: registration.base_model,
         artifactHash: registration.artifact_hash,
         trainingLogHead: log.head(),

@@ -214,16 +214,29 @@ fn the_loop_pays_every_contributor_exactly_and_copies_earn_nothing_extra() {
         .unwrap()
         .advance_time(dev.epoch_duration)
         .unwrap();
-    for call in [
-        l.chain().send(dev.poster, rewards, &claims.post_call()),
+    assert!(
         l.chain()
-            .send(dev.poster, rewards, &claims.claim_call(0).unwrap()),
-    ] {
-        assert!(call.unwrap().is_success());
-    }
+            .send(dev.poster, rewards, &claims.post_call())
+            .unwrap()
+            .is_success()
+    );
+    // Claims open when the root's challenge window closes.
+    l.chain()
+        .dev()
+        .unwrap()
+        .advance_time(dev.challenge_window)
+        .unwrap();
+    assert!(
+        l.chain()
+            .send(dev.poster, rewards, &claims.claim_call(0).unwrap())
+            .unwrap()
+            .is_success()
+    );
 
     let e = l.close_epoch(&mut on).unwrap().clone();
     assert_eq!(e.post_gas, 0, "the root was not posted again");
+    assert!(l.report().resumed.root);
+    assert_eq!(l.report().resumed.claims, 1);
     assert_eq!(
         e.contributors[0].claim_gas, 0,
         "leaf 0 was not claimed again"

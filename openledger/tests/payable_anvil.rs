@@ -7,6 +7,7 @@
 //! unless `OPENLEDGER_REQUIRE_ANVIL=1` (set by the test scripts), where it fails.
 #![cfg(feature = "rpc")]
 
+use openledger::chain::ChainError;
 use openledger::chain::anvil::{self, Anvil};
 use openledger::chain::bindings::TestToken;
 use openledger::chain::chain::{Chain, ChainExt, LogFilter};
@@ -14,7 +15,7 @@ use openledger::chain::deploy::{DeployConfig, Deployment, DeploymentFile};
 use openledger::chain::evm::EmbeddedChain;
 use openledger::chain::rpc::{RpcChain, anvil_dev_keys};
 use openledger::core::Address;
-use openledger::payable::{LoopConfig, LoopError, PayableAi, Report};
+use openledger::payable::{EpochReport, LoopConfig, LoopError, PayableAi, Report};
 
 /// Anvil keeping its chain in `state` across restarts, with the embedded chain's genesis time
 /// (so both runs see the same clock from the start).
@@ -99,8 +100,12 @@ fn the_loop_on_anvil_pays_what_the_embedded_loop_pays() {
         panic!("the reports differ");
     }
 
-    // Every account the loop paid or charged, and the contracts, to the wei.
-    let token = local.deployment().token;
+    same_balances_and_events(&mut local, &mut remote, epoch);
+}
+
+/// Every account the loop paid or charged, and the contracts, hold the same tokens on both
+/// chains, to the wei, and both chains hold the same events in the same order.
+fn same_balances_and_events(local: &mut PayableAi, remote: &mut PayableAi, epoch: &EpochReport) {
     let d = *local.deployment();
     let mut accounts: Vec<Address> = epoch.contributors.iter().map(|c| c.account).collect();
     accounts.extend((0..10).filter_map(|i| local.account(i)));
@@ -108,12 +113,11 @@ fn the_loop_on_anvil_pays_what_the_embedded_loop_pays() {
     for a in accounts {
         let q = TestToken::balanceOfCall { account: a };
         assert_eq!(
-            local.chain().view(token, &q).unwrap(),
-            remote.chain().view(token, &q).unwrap(),
+            local.chain().view(d.token, &q).unwrap(),
+            remote.chain().view(d.token, &q).unwrap(),
             "token balance of {a}"
         );
     }
-    // The same events, in the same order.
     let filter = LogFilter {
         addresses: vec![d.token, d.datanets, d.models, d.payments, d.rewards],
         ..LogFilter::default()
@@ -137,4 +141,142 @@ fn the_loop_needs_ten_keys() {
         Err(LoopError::Config(m)) => assert!(m.contains("3 keys"), "{m}"),
         other => panic!("{:?}", other.err()),
     }
+}
+
+/// A chain that refuses every transaction once `sends` are spent, as a process that dies (or
+/// loses its node) part of the way through would leave it: nothing after that is sent.
+struct DiesAfter {
+    inner: RpcChain,
+    sends: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Chain for DiesAfter {
+    fn chain_id(&self) -> u64 {
+        self.inner.chain_id()
+    }
+    fn send_transaction(
+        &mut self,
+        tx: openledger::chain::chain::TxRequest,
+    ) -> Result<openledger::chain::evm::TxOutcome, ChainError> {
+        use std::sync::atomic::Ordering;
+        let left = self.sends.load(Ordering::SeqCst);
+        if left == 0 {
+            return Err(ChainError::Rpc {
+                method: "eth_sendRawTransaction".into(),
+                reason: "the process died".into(),
+            });
+        }
+        self.sends.store(left - 1, Ordering::SeqCst);
+        self.inner.send_transaction(tx)
+    }
+    fn call(
+        &mut self,
+        from: Address,
+        to: Address,
+        calldata: alloy_primitives::Bytes,
+    ) -> Result<openledger::chain::evm::TxOutcome, ChainError> {
+        self.inner.call(from, to, calldata)
+    }
+    fn balance(&mut self, a: Address) -> Result<alloy_primitives::U256, ChainError> {
+        self.inner.balance(a)
+    }
+    fn nonce(&mut self, a: Address) -> Result<u64, ChainError> {
+        self.inner.nonce(a)
+    }
+    fn code(&mut self, a: Address) -> Result<alloy_primitives::Bytes, ChainError> {
+        self.inner.code(a)
+    }
+    fn head(&mut self) -> Result<openledger::chain::chain::Head, ChainError> {
+        self.inner.head()
+    }
+    fn logs(
+        &mut self,
+        f: &LogFilter,
+    ) -> Result<Vec<openledger::chain::chain::ChainLog>, ChainError> {
+        self.inner.logs(f)
+    }
+    fn dev(&mut self) -> Result<&mut dyn openledger::chain::chain::DevControls, ChainError> {
+        self.inner.dev()
+    }
+}
+
+/// A process dies part of the way through the payments; a new process on the same deployment
+/// resumes from the chain itself: the datanet, the grants, the adapters and the payments already
+/// made are read back (logs and views) and not done again, the rest is paid in the same epoch,
+/// and every balance and event equals an uninterrupted run's.
+#[test]
+fn a_new_process_resumes_the_epoch_from_the_chain() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let Some(node) = anvil_node(&dir.path().join("anvil-state.json")) else {
+        return;
+    };
+    let config = LoopConfig::quick(dir.path().to_path_buf());
+    let embedded = Box::new(EmbeddedChain::with_dev_keys(31337, anvil_dev_keys()));
+    let (want, mut local) = run(
+        PayableAi::on_chain(config.clone(), embedded, anvil_dev_keys()).unwrap(),
+        || {},
+    );
+    let n = want.requests.len();
+    assert!(n >= 3, "{n} requests");
+
+    let mut rpc = RpcChain::connect(&node.url(), anvil_dev_keys()).unwrap();
+    let at = |i: usize| Address::from_private_key(&anvil_dev_keys()[i]);
+    let deploy = DeployConfig::with_accounts([at(0), at(1), at(2), at(3)]);
+    let file = Deployment::deploy_recorded(&mut rpc, &deploy).unwrap();
+    drop(rpc);
+
+    // The first process: every stage up to the payments, then it dies after the payer's mint
+    // and approval and two payments.
+    let sends = std::sync::Arc::new(AtomicUsize::new(usize::MAX));
+    let chain = DiesAfter {
+        inner: RpcChain::connect(&node.url(), anvil_dev_keys()).unwrap(),
+        sends: sends.clone(),
+    };
+    let mut first =
+        PayableAi::on_deployment(config.clone(), Box::new(chain), anvil_dev_keys(), &file).unwrap();
+    let mut on = |_: &openledger::payable::LoopEvent| {};
+    first.publish_datanet(&mut on).unwrap();
+    first.fine_tune(&mut on).unwrap();
+    first.serve(&mut on).unwrap();
+    sends.store(2 + 2, Ordering::SeqCst);
+    match first.attribute_and_pay(&mut on) {
+        Err(LoopError::Chain(ChainError::Rpc { reason, .. })) => {
+            assert_eq!(reason, "the process died")
+        }
+        other => panic!("{:?}", other.err()),
+    }
+    drop(first);
+
+    // The second process, on a fresh connection: resumes.
+    let rpc = RpcChain::connect(&node.url(), anvil_dev_keys()).unwrap();
+    let second = PayableAi::on_deployment(config, Box::new(rpc), anvil_dev_keys(), &file).unwrap();
+    let (got, mut remote) = run(second, || {});
+    let r = &got.resumed;
+    assert!(r.datanet, "the datanet was found");
+    assert_eq!(r.models, want.adapters.len(), "every adapter was found");
+    assert_eq!(r.payments, 2, "the two payments made were found");
+    assert!(!r.root && r.claims == 0);
+    for (i, (a, b)) in want.requests.iter().zip(&got.requests).enumerate() {
+        assert_eq!(
+            (
+                &a.inference_id,
+                &a.fee_wei,
+                &a.data_pool_wei,
+                &a.owner_share_wei
+            ),
+            (
+                &b.inference_id,
+                &b.fee_wei,
+                &b.data_pool_wei,
+                &b.owner_share_wei
+            ),
+            "request {i}"
+        );
+        assert_eq!(b.pay_gas == 0, i < 2, "request {i} paid once");
+    }
+    assert_eq!(got.epoch, want.epoch, "the epoch: root, claims, balances");
+
+    // Every balance, to the wei, and the same events in the same order: nothing was done twice.
+    same_balances_and_events(&mut local, &mut remote, got.epoch.as_ref().unwrap());
 }

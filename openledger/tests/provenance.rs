@@ -128,7 +128,7 @@ fn chain_grants_gate_training_and_the_log_head_registered_on_chain_proves_usage(
 
     // Registered on chain with the log head; the outsider cannot register on this datanet.
     let registration = ModelRegistration {
-        model_id: keccak256("kv adapter"),
+        salt: keccak256("kv adapter"),
         base_model: keccak256("tiny random llama"),
         artifact_hash: trainer.checkpoint().unwrap().id.0,
         sources: vec![(id, 1)],
@@ -136,7 +136,7 @@ fn chain_grants_gate_training_and_the_log_head_registered_on_chain_proves_usage(
     };
     register_model(&mut chain, d.models, me, &registration, &log).unwrap();
     let other = ModelRegistration {
-        model_id: keccak256("outsider adapter"),
+        salt: keccak256("outsider adapter"),
         ..registration.clone()
     };
     assert!(matches!(
@@ -147,7 +147,7 @@ fn chain_grants_gate_training_and_the_log_head_registered_on_chain_proves_usage(
         .view(
             d.models,
             &ModelRegistry::getModelCall {
-                modelId: registration.model_id,
+                modelId: openledger_chain::bindings::model_id(me, registration.salt),
             },
         )
         .unwrap();
@@ -177,7 +177,7 @@ fn chain_grants_gate_training_and_the_log_head_registered_on_chain_proves_usage(
                 &DatanetRegistry::verifyRecordCall {
                     datanetId: id,
                     version: 1,
-                    recordLeaf: record.leaf(),
+                    recordHash: record.hash.0,
                     proof: inclusion,
                 },
             )

@@ -1,19 +1,22 @@
-//! JavaScript face of `openledger_chain::evm` and `deploy`: the in-process EVM that runs the
-//! real compiled contracts, with calls, return values, events and reverts by contract and
-//! function name (`openledger_chain::abi`).
+//! JavaScript face of `openledger_chain::evm`, `rpc` and `deploy`: the in-process EVM that runs
+//! the real compiled contracts and a node over JSON-RPC, with the same methods (calls, return
+//! values, events and reverts by contract and function name, `openledger_chain::abi`).
 //!
 //! Solidity values come back in canonical JSON form: integers as decimal strings, addresses
 //! checksummed, bytes as `0x` hex, arrays and tuples as arrays.
 
 use std::sync::{Arc, Mutex};
 
+use k256::ecdsa::SigningKey;
 use napi::bindgen_prelude::{AsyncTask, BigInt, Unknown};
 use napi_derive::napi;
 use openledger_chain::abi::{self, ContractAbi, DecodedRevert};
+use openledger_chain::chain::{Chain, ChainExt, TxRequest};
 use openledger_chain::deploy::{DeployConfig, Deployment};
-use openledger_chain::evm::{DEV_ACCOUNTS, EmbeddedChain as RustChain, TxOutcome};
+use openledger_chain::evm::{EmbeddedChain as RustChain, TxOutcome};
+use openledger_chain::rpc::{RpcChain as RpcChain_, anvil_dev_keys, parse_keys};
 use openledger_chain::{ChainError, DynSolValue};
-use openledger_core::U256;
+use openledger_core::{Address, U256};
 use serde_json::{Map, Value};
 
 use crate::error::{ErrorCode, JsResult, Result, busy, error, invalid_arg};
@@ -170,29 +173,294 @@ pub struct SuiteOptions {
     pub data_pool_bps: Option<u32>,
     /// Seconds per settlement epoch (default 86400).
     pub epoch_duration: Option<f64>,
+    /// Also write a deployment file here (chain id, addresses, configuration, each
+    /// transaction), which `new PayableAi({ rpc, deployment })` uses instead of deploying.
+    pub out: Option<String>,
+}
+
+/// The chain behind a JavaScript chain object, and the accounts it acts with.
+#[derive(Clone)]
+struct Shared {
+    inner: Arc<Mutex<Box<dyn Chain>>>,
+    /// `(address, 0x secret key)` of each account: the embedded chain's dev accounts, or the
+    /// keys an `RpcChain` was given.
+    accounts: Arc<Vec<(Address, String)>>,
+}
+
+impl Shared {
+    fn new(chain: Box<dyn Chain>, keys: &[SigningKey]) -> Self {
+        let accounts = keys
+            .iter()
+            .map(|k| {
+                (
+                    Address::from_private_key(k),
+                    format!("0x{}", alloy_primitives::hex::encode(k.to_bytes())),
+                )
+            })
+            .collect();
+        Self {
+            inner: Arc::new(Mutex::new(chain)),
+            accounts: Arc::new(accounts),
+        }
+    }
+
+    /// Runs `f` on the chain (one call at a time: a call made while another runs is `Busy`).
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut dyn Chain) -> std::result::Result<T, ChainError>,
+    ) -> Result<T> {
+        let mut chain = self.inner.try_lock().map_err(|_| busy("the chain"))?;
+        f(&mut **chain).js()
+    }
+
+    fn account(&self, i: usize) -> Result<&(Address, String)> {
+        self.accounts.get(i).ok_or_else(|| {
+            invalid_arg(
+                "index",
+                format!(
+                    "{i} is not an account of this chain (0..{})",
+                    self.accounts.len()
+                ),
+            )
+        })
+    }
+}
+
+/// The methods `EmbeddedChain` and `RpcChain` share (napi classes have no inheritance).
+macro_rules! chain_methods {
+    ($class:ident) => {
+        #[napi]
+        impl $class {
+            /// The chain id.
+            #[napi(getter, catch_unwind)]
+            pub fn chain_id(&self) -> Result<f64> {
+                crate::error::guard(|| self.shared.with(|c| Ok(c.chain_id() as f64)))
+            }
+
+            /// The addresses of the accounts the chain acts with (the embedded chain's funded
+            /// dev accounts, an `RpcChain`'s keys).
+            #[napi(getter, catch_unwind)]
+            pub fn dev_accounts(&self) -> Vec<String> {
+                self.shared
+                    .accounts
+                    .iter()
+                    .map(|(a, _)| address_str(a))
+                    .collect()
+            }
+
+            /// The secret key of account `index` (`0x` hex), e.g. for an `OperatorSigner`.
+            #[napi(catch_unwind)]
+            pub fn dev_key(&self, index: f64) -> Result<String> {
+                crate::error::guard(|| {
+                    let i = count("index", index)?;
+                    Ok(self.shared.account(i)?.1.clone())
+                })
+            }
+
+            /// The latest block number.
+            #[napi(getter, catch_unwind)]
+            pub fn block_number(&self) -> Result<f64> {
+                crate::error::guard(|| self.shared.with(|c| Ok(c.head()?.number as f64)))
+            }
+
+            /// The latest block's timestamp (seconds).
+            #[napi(getter, catch_unwind)]
+            pub fn timestamp(&self) -> Result<f64> {
+                crate::error::guard(|| self.shared.with(|c| Ok(c.head()?.timestamp as f64)))
+            }
+
+            /// Moves the clock forward by `seconds` (a dev chain only: the embedded chain or
+            /// anvil; elsewhere an `Unsupported` error).
+            #[napi(catch_unwind)]
+            pub fn advance_time(&self, seconds: f64) -> Result<()> {
+                crate::error::guard(|| {
+                    let s = count("seconds", seconds)? as u64;
+                    self.shared.with(|c| c.dev()?.advance_time(s))
+                })
+            }
+
+            /// The ether balance of `account`, in wei.
+            #[napi(catch_unwind)]
+            pub fn balance(&self, account: Bytes) -> Result<BigInt> {
+                crate::error::guard(|| {
+                    let a = address("account", &account)?;
+                    self.shared.with(|c| c.balance(a)).map(bigint)
+                })
+            }
+
+            /// Credits `amount` wei to `account` (a dev chain's faucet, outside any
+            /// transaction).
+            #[napi(catch_unwind)]
+            pub fn fund(&self, account: Bytes, amount: Amount) -> Result<()> {
+                crate::error::guard(|| {
+                    let (a, v) = (address("account", &account)?, u256("amount", &amount)?);
+                    self.shared.with(|c| c.dev()?.fund(a, v))
+                })
+            }
+
+            /// Deploys the openledger contract `contract` with constructor `args`, from
+            /// `sender` (account 0 by default); resolves to its address.
+            #[napi(catch_unwind)]
+            pub fn deploy(
+                &self,
+                contract: String,
+                args: Option<Vec<Unknown<'_>>>,
+                sender: Option<Bytes>,
+            ) -> Result<AsyncTask<StringTask>> {
+                crate::error::guard(|| {
+                    let c = self::contract(&contract)?;
+                    let code = c.deploy_data(&args_json(args)?).js()?;
+                    let from = match sender {
+                        Some(s) => address("sender", &s)?,
+                        None => self.shared.account(0)?.0,
+                    };
+                    let shared = self.shared.clone();
+                    Ok(StringTask::spawn(move || {
+                        let addr = shared.with(|chain| chain.deploy(from, &code, &[]))?;
+                        Ok(address_str(&addr))
+                    }))
+                })
+            }
+
+            /// Deploys the whole suite (token, registries, payments, rewards) with accounts
+            /// 0–3 as admin, treasury, operator and poster; resolves to the addresses.
+            #[napi(catch_unwind)]
+            pub fn deploy_suite(
+                &self,
+                options: Option<SuiteOptions>,
+            ) -> Result<AsyncTask<SuiteTask>> {
+                crate::error::guard(|| {
+                    let mut config = DeployConfig::with_accounts([
+                        self.shared.account(0)?.0,
+                        self.shared.account(1)?.0,
+                        self.shared.account(2)?.0,
+                        self.shared.account(3)?.0,
+                    ]);
+                    let out = suite_options(&mut config, options)?;
+                    let shared = self.shared.clone();
+                    Ok(SuiteTask::spawn(move || {
+                        let file =
+                            shared.with(|chain| Deployment::deploy_recorded(chain, &config))?;
+                        if let Some(path) = out {
+                            file.write(std::path::Path::new(&path)).js()?;
+                        }
+                        Ok(suite_addresses(&file.contracts, &config))
+                    }))
+                })
+            }
+
+            /// Sends a transaction from `sender` calling `func` of `contract` at `to` with
+            /// `args` (and `value` wei); resolves to what it did, reverts included.
+            #[napi(catch_unwind)]
+            pub fn transact(
+                &self,
+                sender: Bytes,
+                to: Bytes,
+                contract: String,
+                func: String,
+                args: Option<Vec<Unknown<'_>>>,
+                value: Option<Amount>,
+            ) -> Result<AsyncTask<TxTask>> {
+                crate::error::guard(|| {
+                    let (from, to) = (address("sender", &sender)?, address("to", &to)?);
+                    let c = self::contract(&contract)?;
+                    let data = c.encode_call(&func, &args_json(args)?).js()?;
+                    let value = value.map_or(Ok(U256::ZERO), |v| u256("value", &v))?;
+                    let shared = self.shared.clone();
+                    Ok(TxTask::spawn(move || {
+                        let tx = TxRequest {
+                            value,
+                            ..TxRequest::call(from, to, data)
+                        };
+                        let out = shared.with(|chain| chain.send_transaction(tx))?;
+                        tx_result(&out, c, &func)
+                    }))
+                })
+            }
+
+            /// Calls the view `func` of `contract` at `to` without a transaction; resolves to
+            /// its return values, or rejects with a `Transaction` error whose `revert`
+            /// property says why.
+            #[napi(catch_unwind)]
+            pub fn call(
+                &self,
+                to: Bytes,
+                contract: String,
+                func: String,
+                args: Option<Vec<Unknown<'_>>>,
+            ) -> Result<AsyncTask<ValuesTask>> {
+                crate::error::guard(|| {
+                    let to = address("to", &to)?;
+                    let c = self::contract(&contract)?;
+                    let data = c.encode_call(&func, &args_json(args)?).js()?;
+                    let shared = self.shared.clone();
+                    Ok(ValuesTask::spawn(move || {
+                        let out =
+                            shared.with(|chain| chain.call(Address::ZERO, to, data.into()))?;
+                        view_values(&out, c, &contract, &func)
+                    }))
+                })
+            }
+        }
+    };
+}
+
+/// Applies `options` to `config`; returns where to write the deployment file, if anywhere.
+fn suite_options(
+    config: &mut DeployConfig,
+    options: Option<SuiteOptions>,
+) -> Result<Option<String>> {
+    let bps = |name: &str, v: Option<u32>, d: u16| -> Result<u16> {
+        v.map_or(Ok(d), |v| {
+            u16::try_from(v).map_err(|_| invalid_arg(name, format!("{v} is out of range")))
+        })
+    };
+    let o = options.unwrap_or(SuiteOptions {
+        protocol_bps: None,
+        data_pool_bps: None,
+        epoch_duration: None,
+        out: None,
+    });
+    config.protocol_bps = bps("protocolBps", o.protocol_bps, config.protocol_bps)?;
+    config.data_pool_bps = bps("dataPoolBps", o.data_pool_bps, config.data_pool_bps)?;
+    if let Some(e) = o.epoch_duration {
+        config.epoch_duration = count("epochDuration", e)? as u64;
+    }
+    Ok(o.out)
+}
+
+fn suite_addresses(d: &Deployment, config: &DeployConfig) -> SuiteAddresses {
+    SuiteAddresses {
+        token: address_str(&d.token),
+        datanets: address_str(&d.datanets),
+        models: address_str(&d.models),
+        payments: address_str(&d.payments),
+        rewards: address_str(&d.rewards),
+        admin: address_str(&config.admin),
+        treasury: address_str(&config.treasury),
+        operator: address_str(&config.operator),
+        poster: address_str(&config.poster),
+    }
+}
+
+fn view_values(out: &TxOutcome, c: &ContractAbi, contract: &str, func: &str) -> Result<Vec<Value>> {
+    if !out.is_success() {
+        let r = c.revert_reason(&out.output);
+        return Err(error(
+            ErrorCode::Transaction,
+            format!("{contract}.{func} reverted: {}", revert(&r)),
+            None,
+        ));
+    }
+    let values = c.decode_output(func, &out.output).js()?;
+    Ok(values.iter().map(abi::value_to_json).collect())
 }
 
 /// The in-process EVM running the real compiled contracts, with ten funded dev accounts. One
 /// call at a time: a call made while a transaction runs throws `Busy`.
 #[napi]
 pub struct EmbeddedChain {
-    inner: Arc<Mutex<RustChain>>,
-}
-
-impl EmbeddedChain {
-    fn with<T>(&self, f: impl FnOnce(&mut RustChain) -> T) -> Result<T> {
-        let mut chain = self.inner.try_lock().map_err(|_| busy("the chain"))?;
-        Ok(f(&mut chain))
-    }
-}
-
-/// Runs `f` on the chain held by `inner`, off the JavaScript thread.
-fn locked<T>(
-    inner: &Arc<Mutex<RustChain>>,
-    f: impl FnOnce(&mut RustChain) -> std::result::Result<T, ChainError>,
-) -> Result<T> {
-    let mut chain = inner.try_lock().map_err(|_| busy("the chain"))?;
-    f(&mut chain).js()
+    shared: Shared,
 }
 
 #[napi]
@@ -202,213 +470,45 @@ impl EmbeddedChain {
     pub fn new(chain_id: Option<f64>) -> Result<Self> {
         crate::error::guard(|| {
             let id = chain_id.map_or(Ok(31337), |c| count("chainId", c))? as u64;
+            let keys: Vec<_> = RustChain::dev_keys().into_iter().map(|a| a.key).collect();
             Ok(Self {
-                inner: Arc::new(Mutex::new(RustChain::new(id))),
+                shared: Shared::new(Box::new(RustChain::new(id)), &keys),
             })
-        })
-    }
-
-    /// The chain id.
-    #[napi(getter, catch_unwind)]
-    pub fn chain_id(&self) -> Result<f64> {
-        crate::error::guard(|| self.with(|c| c.chain_id() as f64))
-    }
-
-    /// The dev accounts' addresses.
-    #[napi(getter, catch_unwind)]
-    pub fn dev_accounts(&self) -> Result<Vec<String>> {
-        crate::error::guard(|| {
-            self.with(|c| {
-                (0..DEV_ACCOUNTS)
-                    .map(|i| address_str(&c.dev_account(i).address))
-                    .collect()
-            })
-        })
-    }
-
-    /// The secret key of dev account `index` (`0x` hex).
-    #[napi(catch_unwind)]
-    pub fn dev_key(&self, index: f64) -> Result<String> {
-        crate::error::guard(|| {
-            let i = count("index", index)?;
-            if i >= DEV_ACCOUNTS {
-                return Err(invalid_arg(
-                    "index",
-                    format!("{i} is not a dev account (0..{DEV_ACCOUNTS})"),
-                ));
-            }
-            self.with(|c| {
-                format!(
-                    "0x{}",
-                    alloy_primitives::hex::encode(c.dev_account(i).key.to_bytes())
-                )
-            })
-        })
-    }
-
-    /// The current block number.
-    #[napi(getter, catch_unwind)]
-    pub fn block_number(&self) -> Result<f64> {
-        crate::error::guard(|| self.with(|c| c.block_number() as f64))
-    }
-
-    /// The current block timestamp (seconds).
-    #[napi(getter, catch_unwind)]
-    pub fn timestamp(&self) -> Result<f64> {
-        crate::error::guard(|| self.with(|c| c.timestamp() as f64))
-    }
-
-    /// Moves the clock forward by `seconds`.
-    #[napi(catch_unwind)]
-    pub fn advance_time(&self, seconds: f64) -> Result<()> {
-        crate::error::guard(|| {
-            let s = count("seconds", seconds)? as u64;
-            self.with(|c| c.advance_time(s))?.js()
-        })
-    }
-
-    /// The ether balance of `account`, in wei.
-    #[napi(catch_unwind)]
-    pub fn balance(&self, account: Bytes) -> Result<BigInt> {
-        crate::error::guard(|| {
-            let a = address("account", &account)?;
-            self.with(|c| bigint(c.balance(a)))
-        })
-    }
-
-    /// Credits `amount` wei to `account` (a faucet, outside any transaction).
-    #[napi(catch_unwind)]
-    pub fn fund(&self, account: Bytes, amount: Amount) -> Result<()> {
-        crate::error::guard(|| {
-            let (a, v) = (address("account", &account)?, u256("amount", &amount)?);
-            self.with(|c| c.fund(a, v))?.js()
-        })
-    }
-
-    /// Deploys the openledger contract `contract` with constructor `args`, from `sender` (dev
-    /// account 0 by default); resolves to its address.
-    #[napi(catch_unwind)]
-    pub fn deploy(
-        &self,
-        contract: String,
-        args: Option<Vec<Unknown<'_>>>,
-        sender: Option<Bytes>,
-    ) -> Result<AsyncTask<StringTask>> {
-        crate::error::guard(|| {
-            let c = self::contract(&contract)?;
-            let code = c.deploy_data(&args_json(args)?).js()?;
-            let sender = sender.map(|s| address("sender", &s)).transpose()?;
-            let inner = self.inner.clone();
-            Ok(StringTask::spawn(move || {
-                let addr = locked(&inner, |chain| {
-                    let from = sender.unwrap_or(chain.dev_account(0).address);
-                    chain.deploy(from, &code, &[])
-                })?;
-                Ok(address_str(&addr))
-            }))
-        })
-    }
-
-    /// Deploys the whole suite (token, registries, payments, rewards) with its roles granted to
-    /// dev accounts; resolves to the addresses.
-    #[napi(catch_unwind)]
-    pub fn deploy_suite(&self, options: Option<SuiteOptions>) -> Result<AsyncTask<SuiteTask>> {
-        crate::error::guard(|| {
-            let bps = |name: &str, v: Option<u32>, d: u16| -> Result<u16> {
-                v.map_or(Ok(d), |v| {
-                    u16::try_from(v).map_err(|_| invalid_arg(name, format!("{v} is out of range")))
-                })
-            };
-            let o = options.unwrap_or(SuiteOptions {
-                protocol_bps: None,
-                data_pool_bps: None,
-                epoch_duration: None,
-            });
-            let protocol_bps = bps("protocolBps", o.protocol_bps, 500)?;
-            let data_pool_bps = bps("dataPoolBps", o.data_pool_bps, 2000)?;
-            let epoch = o
-                .epoch_duration
-                .map_or(Ok(86400), |e| count("epochDuration", e))? as u64;
-            let inner = self.inner.clone();
-            Ok(SuiteTask::spawn(move || {
-                let (d, config) = locked(&inner, |chain| {
-                    let mut config = DeployConfig::dev(chain);
-                    config.protocol_bps = protocol_bps;
-                    config.data_pool_bps = data_pool_bps;
-                    config.epoch_duration = epoch;
-                    Ok((Deployment::deploy(chain, &config)?, config))
-                })?;
-                Ok(SuiteAddresses {
-                    token: address_str(&d.token),
-                    datanets: address_str(&d.datanets),
-                    models: address_str(&d.models),
-                    payments: address_str(&d.payments),
-                    rewards: address_str(&d.rewards),
-                    admin: address_str(&config.admin),
-                    treasury: address_str(&config.treasury),
-                    operator: address_str(&config.operator),
-                    poster: address_str(&config.poster),
-                })
-            }))
-        })
-    }
-
-    /// Sends a transaction from `sender` calling `func` of `contract` at `to` with `args` (and
-    /// `value` wei); resolves to what it did, reverts included.
-    #[napi(catch_unwind)]
-    pub fn transact(
-        &self,
-        sender: Bytes,
-        to: Bytes,
-        contract: String,
-        func: String,
-        args: Option<Vec<Unknown<'_>>>,
-        value: Option<Amount>,
-    ) -> Result<AsyncTask<TxTask>> {
-        crate::error::guard(|| {
-            let (from, to) = (address("sender", &sender)?, address("to", &to)?);
-            let c = self::contract(&contract)?;
-            let data = c.encode_call(&func, &args_json(args)?).js()?;
-            let value = value.map_or(Ok(U256::ZERO), |v| u256("value", &v))?;
-            let inner = self.inner.clone();
-            Ok(TxTask::spawn(move || {
-                let out = locked(&inner, |chain| chain.transact_value(from, to, data, value))?;
-                tx_result(&out, c, &func)
-            }))
-        })
-    }
-
-    /// Calls the view `func` of `contract` at `to` without a transaction; resolves to its
-    /// return values, or rejects with a `Transaction` error whose `revert` property says why.
-    #[napi(catch_unwind)]
-    pub fn call(
-        &self,
-        to: Bytes,
-        contract: String,
-        func: String,
-        args: Option<Vec<Unknown<'_>>>,
-    ) -> Result<AsyncTask<ValuesTask>> {
-        crate::error::guard(|| {
-            let to = address("to", &to)?;
-            let c = self::contract(&contract)?;
-            let data = c.encode_call(&func, &args_json(args)?).js()?;
-            let inner = self.inner.clone();
-            Ok(ValuesTask::spawn(move || {
-                let out = locked(&inner, |chain| chain.call(Default::default(), to, data))?;
-                if !out.is_success() {
-                    let r = c.revert_reason(&out.output);
-                    return Err(error(
-                        ErrorCode::Transaction,
-                        format!("{contract}.{func} reverted: {}", revert(&r)),
-                        None,
-                    ));
-                }
-                let values = c.decode_output(&func, &out.output).js()?;
-                Ok(values.iter().map(abi::value_to_json).collect())
-            }))
         })
     }
 }
+
+chain_methods!(EmbeddedChain);
+
+/// A node over JSON-RPC (`http://` or `https://`), with the methods of `EmbeddedChain`:
+/// transactions signed here with `keys` (`0x` hex secret keys; anvil's ten well-known dev keys
+/// when omitted, for a local anvil only), EIP-1559 fees, reverts caught by a preflight and
+/// decoded, anvil's dev controls where the node is anvil (elsewhere `advanceTime` and `fund`
+/// throw `Unsupported`). Connecting reads the chain id, so an unreachable node throws at once.
+#[napi]
+pub struct RpcChain {
+    shared: Shared,
+}
+
+#[napi]
+impl RpcChain {
+    /// Connects to `url`, sending from `keys`.
+    #[napi(constructor, catch_unwind)]
+    pub fn new(url: String, keys: Option<Vec<String>>) -> Result<Self> {
+        crate::error::guard(|| {
+            let keys = match keys {
+                Some(list) => parse_keys(&list.join(",")).js()?,
+                None => anvil_dev_keys(),
+            };
+            let chain = RpcChain_::connect(&url, keys.clone()).js()?;
+            Ok(Self {
+                shared: Shared::new(Box::new(chain), &keys),
+            })
+        })
+    }
+}
+
+chain_methods!(RpcChain);
 
 /// Names of the contracts whose ABIs ship with the SDK.
 #[napi(catch_unwind)]

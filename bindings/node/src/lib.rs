@@ -7,7 +7,7 @@
 //! `openledger_poa::split`, `quality` ↔ `openledger_poa::quality`, `records` ↔
 //! `openledger_poa::record`, `rag` ↔ `openledger_poa::rag`, `store` ↔ `openledger_poa::store`
 //! and `influence`, `merkle` ↔ `openledger_chain::standard` and `openledger_core::merkle`,
-//! `receipts` ↔ `openledger_chain::receipt` and `abi`, `chain` ↔ `openledger_chain::evm` and
+//! `receipts` ↔ `openledger_chain::receipt` and `abi`, `chain` ↔ `openledger_chain::evm`, `rpc` and
 //! `deploy`, `payable` ↔ `openledger::payable`, `types` ↔ the ids and amounts of
 //! `openledger_core`). Arguments are checked and copied on the calling
 //! thread; heavy work runs on the libuv thread pool and returns a Promise; errors cross into

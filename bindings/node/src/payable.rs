@@ -12,10 +12,11 @@ use napi::threadsafe_function::ThreadsafeFunction;
 use napi::{Status, ValueType};
 use napi_derive::napi;
 use openledger::payable::{LoopConfig, LoopError, LoopEvent as RustEvent, PayableAi as RustLoop};
+use openledger_chain::rpc::{anvil_dev_keys, parse_keys};
 use openledger_core::U256;
 use serde_json::Value;
 
-use crate::error::{self, ErrorCode, Result, ToJs, invalid_arg};
+use crate::error::{self, ErrorCode, JsResult, Result, ToJs, invalid_arg};
 use crate::events::{Events, Exclusive};
 use crate::task::{count, task};
 use crate::types::bigint;
@@ -46,6 +47,16 @@ pub struct PayableAiOptions {
     /// that indexes the datanet for RAG and catches paraphrased copies; without it a
     /// feature-hashing bag of words does, and paraphrases go undetected.
     pub embedder: Option<String>,
+    /// Settle on the node at this URL (JSON-RPC) instead of an in-process chain.
+    pub rpc: Option<String>,
+    /// The ten `0x` hex secret keys to act with on `rpc` (admin, treasury, operator, poster,
+    /// datanet owner, payer, three model owners, the claims' relayer); anvil's dev keys when
+    /// omitted.
+    pub keys: Option<Vec<String>>,
+    /// A deployment file (`cargo run --example deploy`) whose suite to use on `rpc` instead of
+    /// deploying one; it is checked against the node first. A run on a deployment an earlier
+    /// process used resumes from the chain (the report's `resumed` says what it found).
+    pub deployment: Option<String>,
 }
 
 /// What the loop reports while a stage runs. `kind` is `"stage"` (a stage started: `name` is
@@ -396,11 +407,29 @@ fn config(o: PayableAiOptions) -> Result<LoopConfig> {
 
 #[napi]
 impl PayableAi {
-    /// Deploys the contracts on a fresh embedded chain, funds the payer and reads the datanet;
-    /// nothing is published yet. Throws `InvalidArg` for unusable options.
+    /// Deploys the contracts on a fresh embedded chain (or on the `rpc` node, or uses the suite
+    /// of the `deployment` file there) and reads the datanet; nothing is published yet. Throws
+    /// `InvalidArg` for unusable options and a chain error for an unreachable node or a
+    /// deployment that does not match it.
     #[napi(constructor, catch_unwind)]
     pub fn new(options: PayableAiOptions) -> Result<Self> {
         error::guard(|| {
+            let node = match options.rpc.clone() {
+                Some(url) => {
+                    let keys = match &options.keys {
+                        Some(list) => parse_keys(&list.join(",")).js()?,
+                        None => anvil_dev_keys(),
+                    };
+                    Some((url, keys, options.deployment.clone()))
+                }
+                None if options.keys.is_some() || options.deployment.is_some() => {
+                    return Err(invalid_arg(
+                        "rpc",
+                        "keys and deployment need rpc (a node's URL)",
+                    ));
+                }
+                None => None,
+            };
             let config = config(options)?;
             let requests = config
                 .requests
@@ -410,7 +439,16 @@ impl PayableAi {
                     prompt: r.prompt.clone(),
                 })
                 .collect();
-            let inner = RustLoop::new(config).map_err(|e| e.to_js())?;
+            let inner = match node {
+                None => RustLoop::new(config),
+                Some((url, keys, deployment)) => RustLoop::on_node(
+                    config,
+                    &url,
+                    keys,
+                    deployment.as_deref().map(std::path::Path::new),
+                ),
+            }
+            .map_err(|e| e.to_js())?;
             Ok(Self {
                 state: Exclusive::new(State { inner, done: 0 }, "loop"),
                 requests,

@@ -407,14 +407,17 @@ impl PyChain {
 
     /// Deploys the whole suite (token, DatanetRegistry, ModelRegistry, InferencePayments,
     /// AttributionRewards) with accounts 0–3 as admin, treasury, operator and poster, and
-    /// returns the addresses and roles by name.
-    #[pyo3(signature = (*, protocol_bps = 500, data_pool_bps = 2000, epoch_duration = 86400))]
+    /// returns the addresses and roles by name. `out` also writes a deployment file there
+    /// (chain id, addresses, configuration, each transaction), which `PayableAi(...,
+    /// deployment=out)` uses instead of deploying.
+    #[pyo3(signature = (*, protocol_bps = 500, data_pool_bps = 2000, epoch_duration = 86400, out = None))]
     fn deploy_suite<'py>(
         &self,
         py: Python<'py>,
         protocol_bps: u16,
         data_pool_bps: u16,
         epoch_duration: u64,
+        out: Option<std::path::PathBuf>,
     ) -> Result<Bound<'py, PyDict>> {
         let roles = [
             self.key_address(0)?,
@@ -426,7 +429,11 @@ impl PyChain {
         config.protocol_bps = protocol_bps;
         config.data_pool_bps = data_pool_bps;
         config.epoch_duration = epoch_duration;
-        let d = self.with(py, |chain| Deployment::deploy(chain, &config))?;
+        let file = self.with(py, |chain| Deployment::deploy_recorded(chain, &config))?;
+        if let Some(path) = &out {
+            file.write(path).map_err(Error::from)?;
+        }
+        let d = file.contracts;
         let out = PyDict::new(py);
         for (k, a) in [
             ("token", d.token),

@@ -10,6 +10,7 @@
 use std::path::PathBuf;
 use std::sync::Mutex;
 
+use openledger::chain::rpc::{anvil_dev_keys, parse_keys};
 use openledger::payable::{LoopConfig, LoopError, LoopEvent, PayableAi};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
@@ -177,9 +178,14 @@ impl PyPayableAi {
     /// the harm it did as a debt) override the configuration. `embedder` names a
     /// sentence-transformers folder (all-MiniLM-L6-v2) that indexes the datanet for RAG and
     /// catches paraphrased copies; without it a feature-hashing bag of words does, and
-    /// paraphrases go undetected.
+    /// paraphrases go undetected. `rpc` settles on the node at that URL instead, acting with
+    /// `keys` (ten `0x` hex secret keys: admin, treasury, operator, poster, datanet owner, payer,
+    /// three model owners and the claims' relayer; anvil's dev keys when omitted), on the suite
+    /// of the `deployment` file when given (checked against the node first) or on one it
+    /// deploys; a run on a deployment an earlier process used resumes from the chain
+    /// (`report()["resumed"]` says what it found).
     #[new]
-    #[pyo3(signature = (work_dir, *, quick = false, steps = None, counterfactual = None, max_new_tokens = None, harm_policy = None, embedder = None))]
+    #[pyo3(signature = (work_dir, *, quick = false, steps = None, counterfactual = None, max_new_tokens = None, harm_policy = None, embedder = None, rpc = None, keys = None, deployment = None))]
     #[allow(clippy::too_many_arguments)] // Python's keyword arguments
     fn new(
         py: Python<'_>,
@@ -190,6 +196,9 @@ impl PyPayableAi {
         max_new_tokens: Option<usize>,
         harm_policy: Option<&str>,
         embedder: Option<PathBuf>,
+        rpc: Option<String>,
+        keys: Option<Vec<String>>,
+        deployment: Option<PathBuf>,
     ) -> Result<Self> {
         let c = config(
             work_dir,
@@ -200,7 +209,28 @@ impl PyPayableAi {
             harm_policy,
             embedder,
         )?;
-        let inner = py.detach(|| PayableAi::new(c).map_err(Error::from))?;
+        if rpc.is_none() && (keys.is_some() || deployment.is_some()) {
+            return Err(invalid_arg(
+                "rpc",
+                "keys and deployment need rpc (a node's URL)",
+            ));
+        }
+        let keys = match keys {
+            Some(list) => Some(parse_keys(&list.join(",")).map_err(Error::from)?),
+            None => None,
+        };
+        let inner = py.detach(|| {
+            match rpc {
+                None => PayableAi::new(c),
+                Some(url) => PayableAi::on_node(
+                    c,
+                    &url,
+                    keys.unwrap_or_else(anvil_dev_keys),
+                    deployment.as_deref(),
+                ),
+            }
+            .map_err(Error::from)
+        })?;
         Ok(Self {
             inner: Mutex::new(inner),
         })

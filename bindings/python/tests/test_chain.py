@@ -114,9 +114,11 @@ def test_the_whole_settlement_path_pays_and_every_contributor_claims_to_the_wei(
     ok(chain.transact(datanet_owner, registry, "DatanetRegistry", "approveAccess", [1, model_owner]))
     assert chain.call(registry, "DatanetRegistry", "hasAccess", [1, model_owner]) == [True]
 
-    model_id = h("model")
-    ok(chain.transact(model_owner, models, "ModelRegistry", "registerModel",
-                      [model_id, h("base"), h("artifact"), h("log head"), [(1, 1)], FEE]))
+    # A model's id is derived from its registrant and a salt (nobody else can take it).
+    model_id = chain.call(models, "ModelRegistry", "modelIdFor", [model_owner, h("model")])[0]
+    r = ok(chain.transact(model_owner, models, "ModelRegistry", "registerModel",
+                          [h("model"), h("base"), h("artifact"), h("log head"), [(1, 1)], FEE]))
+    assert r.events[0].name == "ModelRegistered" and r.events[0].args["modelId"] == model_id
     got = chain.call(models, "ModelRegistry", "getModel", [model_id])[0]
     assert got[0] == model_owner and got[-1] == FEE  # (owner, active, …, feePerCall)
 
@@ -160,6 +162,11 @@ def test_the_whole_settlement_path_pays_and_every_contributor_claims_to_the_wei(
     tree = ol.StandardMerkleTree.of(leaves, ["uint256", "address", "uint256"])
     ok(chain.transact(s["poster"], rewards, "AttributionRewards", "postEpochRoot",
                       [epoch, tree.root, pool]))
+    # Claims open when the root's challenge window (a guardian may veto it) closes.
+    too_soon = chain.transact(c1, rewards, "AttributionRewards", "claim",
+                              [epoch, 0, c1, totals[0][1], tree.proof(0)])
+    assert too_soon.revert["name"] == "ChallengeWindowOpen"
+    chain.advance_time(chain.call(rewards, "AttributionRewards", "challengeWindow")[0])
     for i, (account, amount) in enumerate(totals):
         before = chain.call(token, "TestToken", "balanceOf", [account])[0]
         ok(chain.transact(account, rewards, "AttributionRewards", "claim",
@@ -220,3 +227,27 @@ def test_a_node_over_json_rpc(anvil_url):
         closed = s.getsockname()[1]
     with pytest.raises(OSError, match="eth_chainId"):
         ol.RpcChain(f"http://127.0.0.1:{closed}")
+
+
+def test_the_loop_uses_a_deployment_file_and_a_second_process_resumes(anvil_url, tmp_path):
+    """A deployment file written by `deploy_suite(out=...)` is what `PayableAi` settles on (checked
+    against the node first); a second loop on it finds the datanet an earlier one published."""
+    chain = ol.RpcChain(anvil_url)
+    path = tmp_path / "deployment.json"
+    suite = chain.deploy_suite(out=path)
+    assert path.is_file() and suite["payments"].lower() in path.read_text().lower()
+    keys = [chain.dev_key(i) for i in range(10)]
+    # The keys must hold the deployment's roles.
+    swapped = keys[:]
+    swapped[2], swapped[3] = swapped[3], swapped[2]
+    with pytest.raises(ol.InvalidArgumentError, match="key 2 must be the deployment.s operator"):
+        ol.PayableAi(tmp_path / "a", quick=True, rpc=anvil_url, keys=swapped, deployment=path)
+    with pytest.raises(ol.InvalidArgumentError, match="rpc"):
+        ol.PayableAi(tmp_path / "a", quick=True, deployment=path)
+    first = ol.PayableAi(tmp_path / "a", quick=True, rpc=anvil_url, keys=keys, deployment=path)
+    made = first.publish_datanet()
+    assert first.report()["resumed"]["datanet"] is False
+    second = ol.PayableAi(tmp_path / "b", quick=True, rpc=anvil_url, deployment=path)
+    again = second.publish_datanet()
+    assert second.report()["resumed"]["datanet"] is True
+    assert (again["id"], again["version"]) == (made["id"], made["version"])

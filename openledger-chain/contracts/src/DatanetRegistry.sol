@@ -7,7 +7,8 @@ import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProo
 /// @notice Community datasets ("datanets"): who owns them, every published version (the Merkle
 /// root of its records and how many there are) and who may train on them.
 /// @dev Training access follows request -> owner approves -> owner may revoke. The owner always
-/// has access to their own datanet.
+/// has access to their own datanet. Ownership moves in two steps: the owner names a successor,
+/// who must accept (a mistyped address cannot take, or strand, a datanet).
 contract DatanetRegistry {
     /// @notice Where a training request stands.
     enum AccessStatus {
@@ -39,6 +40,7 @@ contract DatanetRegistry {
     mapping(uint256 datanetId => Datanet) private _datanets;
     mapping(uint256 datanetId => mapping(uint64 version => Version)) private _versions;
     mapping(uint256 datanetId => mapping(address requester => AccessStatus)) private _access;
+    mapping(uint256 datanetId => address) private _pendingOwners;
 
     /// @notice A datanet was registered.
     event DatanetRegistered(uint256 indexed datanetId, address indexed owner, bytes32 metadataHash, string uri);
@@ -50,6 +52,12 @@ contract DatanetRegistry {
     event AccessApproved(uint256 indexed datanetId, address indexed requester);
     /// @notice The owner revoked a training grant or request.
     event AccessRevoked(uint256 indexed datanetId, address indexed requester);
+    /// @notice The owner named `pendingOwner` as successor (zero: the offer was withdrawn).
+    event DatanetOwnershipTransferStarted(
+        uint256 indexed datanetId, address indexed owner, address indexed pendingOwner
+    );
+    /// @notice The named successor accepted the datanet.
+    event DatanetOwnershipTransferred(uint256 indexed datanetId, address indexed previousOwner, address indexed newOwner);
 
     /// @notice No datanet has this id.
     error UnknownDatanet(uint256 datanetId);
@@ -61,6 +69,8 @@ contract DatanetRegistry {
     error EmptyVersion(uint256 datanetId);
     /// @notice The requester's access is not in the state this action needs.
     error InvalidAccessTransition(uint256 datanetId, address requester, AccessStatus current);
+    /// @notice Only the successor the owner named may accept the datanet.
+    error NotPendingDatanetOwner(uint256 datanetId, address caller);
 
     modifier onlyDatanetOwner(uint256 datanetId) {
         address owner = _datanets[datanetId].owner;
@@ -124,6 +134,29 @@ contract DatanetRegistry {
         emit AccessRevoked(datanetId, requester);
     }
 
+    /// @notice Names `newOwner` as the successor of a datanet the caller owns; the transfer happens
+    /// when they accept. The zero address withdraws a pending offer.
+    function transferDatanetOwnership(uint256 datanetId, address newOwner) external onlyDatanetOwner(datanetId) {
+        _pendingOwners[datanetId] = newOwner;
+        emit DatanetOwnershipTransferStarted(datanetId, msg.sender, newOwner);
+    }
+
+    /// @notice Takes over a datanet whose owner named the caller as successor.
+    function acceptDatanetOwnership(uint256 datanetId) external {
+        if (_pendingOwners[datanetId] != msg.sender || msg.sender == address(0)) {
+            revert NotPendingDatanetOwner(datanetId, msg.sender);
+        }
+        address previous = _datanets[datanetId].owner;
+        delete _pendingOwners[datanetId];
+        _datanets[datanetId].owner = msg.sender;
+        emit DatanetOwnershipTransferred(datanetId, previous, msg.sender);
+    }
+
+    /// @notice The successor named for a datanet, or zero.
+    function pendingDatanetOwner(uint256 datanetId) external view returns (address) {
+        return _pendingOwners[datanetId];
+    }
+
     /// @notice The access status of `requester` on a datanet.
     function accessStatus(uint256 datanetId, address requester) external view returns (AccessStatus) {
         return _access[datanetId][requester];
@@ -150,16 +183,20 @@ contract DatanetRegistry {
         return v;
     }
 
-    /// @notice Whether `recordLeaf` is one of the records committed by a published version
-    /// (sorted-pair Merkle proof, as built by `openledger_core::merkle`).
-    function verifyRecord(uint256 datanetId, uint64 version, bytes32 recordLeaf, bytes32[] calldata proof)
+    /// @notice Whether the record whose content hash is `recordHash` is one of the records committed
+    /// by a published version (sorted-pair Merkle proof, as built by `openledger_core::merkle`).
+    /// @dev The leaf is hashed here (`keccak256(keccak256(recordHash))`, OpenZeppelin's double-hashed
+    /// leaf), so an inner node of the tree, which is a single hash of two children, never passes
+    /// as a record.
+    function verifyRecord(uint256 datanetId, uint64 version, bytes32 recordHash, bytes32[] calldata proof)
         external
         view
         returns (bool)
     {
         bytes32 root = _versions[datanetId][version].recordsRoot;
         if (root == bytes32(0)) revert UnknownVersion(datanetId, version);
-        return MerkleProof.verifyCalldata(proof, root, recordLeaf);
+        bytes32 leaf = keccak256(bytes.concat(keccak256(abi.encode(recordHash))));
+        return MerkleProof.verifyCalldata(proof, root, leaf);
     }
 
     /// @notice Whether version `version` of a datanet has been published.

@@ -1,12 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
 pragma solidity ^0.8.24;
 
-import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
+import {AccessControlDefaultAdminRules} from
+    "@openzeppelin/contracts/access/extensions/AccessControlDefaultAdminRules.sol";
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {Math} from "@openzeppelin/contracts/utils/math/Math.sol";
+import {Pausable} from "@openzeppelin/contracts/utils/Pausable.sol";
 import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol";
 import {ModelRegistry} from "./ModelRegistry.sol";
 
@@ -18,7 +20,12 @@ import {ModelRegistry} from "./ModelRegistry.sol";
 /// 10000), owner = amount - protocol - data. The model owner therefore receives the rounding
 /// remainder, so the three parts always sum exactly to the amount. Shares are credited and pulled
 /// with `withdraw`; the data pool of a closed epoch is released to the rewards contract.
-contract InferencePayments is AccessControl, EIP712, ReentrancyGuard {
+///
+/// Guarding the money: the admin role moves only after a delay (OpenZeppelin's
+/// `AccessControlDefaultAdminRules`), and a new split or treasury takes effect only that same delay
+/// after it was proposed, in public; a guardian can pause payments (credited shares stay
+/// withdrawable); a token that delivers less than the fee (fee-on-transfer) is refused.
+contract InferencePayments is AccessControlDefaultAdminRules, EIP712, Pausable, ReentrancyGuard {
     using SafeERC20 for IERC20;
 
     /// @notice What the serving operator signs for each inference.
@@ -36,6 +43,8 @@ contract InferencePayments is AccessControl, EIP712, ReentrancyGuard {
     bytes32 public constant OPERATOR_ROLE = keccak256("OPERATOR_ROLE");
     /// @notice Role allowed to take the data pool of a closed epoch (the rewards contract).
     bytes32 public constant POOL_ROLE = keccak256("POOL_ROLE");
+    /// @notice Role allowed to pause payments (the admin unpauses).
+    bytes32 public constant GUARDIAN_ROLE = keccak256("GUARDIAN_ROLE");
     /// @notice EIP-712 type hash of `AttributionReceipt`.
     bytes32 public constant RECEIPT_TYPEHASH = keccak256(
         "AttributionReceipt(bytes32 inferenceId,bytes32 modelId,bytes32[] adapterIds,address payer,uint256 amount,uint64 epoch,bytes32 weightsHash)"
@@ -58,6 +67,17 @@ contract InferencePayments is AccessControl, EIP712, ReentrancyGuard {
     uint16 public protocolBps;
     /// @notice Data pool share in basis points.
     uint16 public dataPoolBps;
+
+    /// @notice A proposed split, applicable from `effectiveAt` (zero: none pending).
+    struct PendingSplit {
+        address treasury;
+        uint16 protocolBps;
+        uint16 dataPoolBps;
+        uint64 effectiveAt;
+    }
+
+    /// @notice The split change waiting for its delay to pass.
+    PendingSplit public pendingSplit;
 
     /// @notice Whether an inference id was already paid.
     mapping(bytes32 inferenceId => bool) public paid;
@@ -86,6 +106,10 @@ contract InferencePayments is AccessControl, EIP712, ReentrancyGuard {
     event DataPoolReleased(uint64 indexed epoch, address indexed to, uint256 amount);
     /// @notice The split or treasury changed.
     event SplitUpdated(address treasury, uint16 protocolBps, uint16 dataPoolBps);
+    /// @notice A split change was proposed; it may be applied from `effectiveAt`.
+    event SplitProposed(address treasury, uint16 protocolBps, uint16 dataPoolBps, uint64 effectiveAt);
+    /// @notice The pending split change was withdrawn.
+    event SplitCancelled();
 
     /// @notice This inference id was already paid.
     error InferenceAlreadyPaid(bytes32 inferenceId);
@@ -103,22 +127,31 @@ contract InferencePayments is AccessControl, EIP712, ReentrancyGuard {
     error EpochNotClosed(uint64 epoch, uint64 current);
     /// @notice Shares over 100 %, or a zero treasury or epoch length.
     error InvalidConfig();
+    /// @notice No split change is pending.
+    error NoPendingSplit();
+    /// @notice The pending split change may only be applied from `effectiveAt`.
+    error SplitNotReady(uint64 effectiveAt);
+    /// @notice The token delivered `received` instead of the fee `expected` (fee-on-transfer
+    /// tokens are not accepted).
+    error FeeOnTransferToken(uint256 expected, uint256 received);
 
     constructor(
         IERC20 token_,
         ModelRegistry models_,
         address admin,
+        uint48 adminDelay,
+        address guardian,
         address treasury_,
         uint16 protocolBps_,
         uint16 dataPoolBps_,
         uint64 epochDuration_
-    ) EIP712("OpenLedger InferencePayments", "1") {
+    ) AccessControlDefaultAdminRules(adminDelay, admin) EIP712("OpenLedger InferencePayments", "1") {
         if (epochDuration_ == 0) revert InvalidConfig();
         token = token_;
         models = models_;
         genesisTime = uint64(block.timestamp);
         epochDuration = epochDuration_;
-        _grantRole(DEFAULT_ADMIN_ROLE, admin);
+        _grantRole(GUARDIAN_ROLE, guardian);
         _setSplit(treasury_, protocolBps_, dataPoolBps_);
     }
 
@@ -157,7 +190,11 @@ contract InferencePayments is AccessControl, EIP712, ReentrancyGuard {
 
     /// @notice Pays for the inference described by `receipt` (signed by an operator): pulls the
     /// model's fee from the caller and credits the owner, the treasury and the epoch's data pool.
-    function payForInference(AttributionReceipt calldata receipt, bytes calldata signature) external nonReentrant {
+    function payForInference(AttributionReceipt calldata receipt, bytes calldata signature)
+        external
+        nonReentrant
+        whenNotPaused
+    {
         if (paid[receipt.inferenceId]) revert InferenceAlreadyPaid(receipt.inferenceId);
         if (receipt.payer != msg.sender) revert PayerMismatch(receipt.payer, msg.sender);
         uint64 epoch = currentEpoch();
@@ -178,7 +215,10 @@ contract InferencePayments is AccessControl, EIP712, ReentrancyGuard {
         withdrawable[treasury] += protocolShare;
         dataPool[epoch] += dataShare;
 
+        uint256 before = token.balanceOf(address(this));
         token.safeTransferFrom(msg.sender, address(this), fee);
+        uint256 received = token.balanceOf(address(this)) - before;
+        if (received != fee) revert FeeOnTransferToken(fee, received);
         _emitPaid(receipt, signer, ownerShare, protocolShare, dataShare);
     }
 
@@ -223,12 +263,42 @@ contract InferencePayments is AccessControl, EIP712, ReentrancyGuard {
         emit DataPoolReleased(epoch, msg.sender, amount);
     }
 
-    /// @notice Changes the treasury and the split (admin only).
-    function setSplit(address treasury_, uint16 protocolBps_, uint16 dataPoolBps_)
+    /// @notice Proposes a new treasury and split (admin only), applicable `defaultAdminDelay()`
+    /// seconds from now; replaces any pending proposal.
+    function proposeSplit(address treasury_, uint16 protocolBps_, uint16 dataPoolBps_)
         external
         onlyRole(DEFAULT_ADMIN_ROLE)
     {
-        _setSplit(treasury_, protocolBps_, dataPoolBps_);
+        if (treasury_ == address(0) || uint256(protocolBps_) + dataPoolBps_ > BPS) revert InvalidConfig();
+        uint64 effectiveAt = uint64(block.timestamp) + defaultAdminDelay();
+        pendingSplit = PendingSplit(treasury_, protocolBps_, dataPoolBps_, effectiveAt);
+        emit SplitProposed(treasury_, protocolBps_, dataPoolBps_, effectiveAt);
+    }
+
+    /// @notice Applies the pending split once its delay has passed (anyone may call it).
+    function applySplit() external {
+        PendingSplit memory p = pendingSplit;
+        if (p.effectiveAt == 0) revert NoPendingSplit();
+        if (block.timestamp < p.effectiveAt) revert SplitNotReady(p.effectiveAt);
+        delete pendingSplit;
+        _setSplit(p.treasury, p.protocolBps, p.dataPoolBps);
+    }
+
+    /// @notice Withdraws the pending split change (admin only).
+    function cancelSplit() external onlyRole(DEFAULT_ADMIN_ROLE) {
+        if (pendingSplit.effectiveAt == 0) revert NoPendingSplit();
+        delete pendingSplit;
+        emit SplitCancelled();
+    }
+
+    /// @notice Stops payments (guardian); withdrawals and the release of closed epochs go on.
+    function pause() external onlyRole(GUARDIAN_ROLE) {
+        _pause();
+    }
+
+    /// @notice Resumes payments (admin).
+    function unpause() external onlyRole(DEFAULT_ADMIN_ROLE) {
+        _unpause();
     }
 
     function _setSplit(address treasury_, uint16 protocolBps_, uint16 dataPoolBps_) private {

@@ -7,6 +7,9 @@ import {DatanetRegistry} from "./DatanetRegistry.sol";
 /// @notice Models and adapters served for a fee: what they were trained on (datanet versions the
 /// owner had access to), the hash of their artifact and of the head of their training log, who
 /// owns them and what a call costs.
+/// @dev A model's id is derived from its registrant and a salt they choose
+/// (`keccak256(abi.encode(registrant, salt))`), so nobody watching the mempool can register an id
+/// first and squat it. Ownership moves in two steps (the named successor accepts).
 contract ModelRegistry {
     /// @notice One datanet version a model was trained on.
     struct TrainingSource {
@@ -30,6 +33,7 @@ contract ModelRegistry {
 
     mapping(bytes32 modelId => Model) private _models;
     mapping(bytes32 modelId => TrainingSource[]) private _sources;
+    mapping(bytes32 modelId => address) private _pendingOwners;
 
     /// @notice A model or adapter was registered.
     event ModelRegistered(
@@ -45,6 +49,10 @@ contract ModelRegistry {
     event FeeUpdated(bytes32 indexed modelId, uint256 oldFee, uint256 newFee);
     /// @notice The owner took the model out of service (for good).
     event ModelDeactivated(bytes32 indexed modelId);
+    /// @notice The owner named `pendingOwner` as successor (zero: the offer was withdrawn).
+    event ModelOwnershipTransferStarted(bytes32 indexed modelId, address indexed owner, address indexed pendingOwner);
+    /// @notice The named successor accepted the model; fees are now credited to them.
+    event ModelOwnershipTransferred(bytes32 indexed modelId, address indexed previousOwner, address indexed newOwner);
 
     /// @notice A model with this id is already registered.
     error ModelAlreadyRegistered(bytes32 modelId);
@@ -58,8 +66,8 @@ contract ModelRegistry {
     error UnknownDatanetVersion(uint256 datanetId, uint64 version);
     /// @notice The registrant was not granted training access to a source datanet.
     error NoTrainingAccess(uint256 datanetId, address account);
-    /// @notice The zero id is reserved.
-    error ZeroModelId();
+    /// @notice Only the successor the owner named may accept the model.
+    error NotPendingModelOwner(bytes32 modelId, address caller);
 
     constructor(DatanetRegistry datanets_) {
         datanets = datanets_;
@@ -73,17 +81,22 @@ contract ModelRegistry {
         _;
     }
 
+    /// @notice The id a model registered by `registrant` with `salt` gets.
+    function modelIdFor(address registrant, bytes32 salt) public pure returns (bytes32) {
+        return keccak256(abi.encode(registrant, salt));
+    }
+
     /// @notice Registers a model or adapter owned by the caller, who must have training access to
-    /// every source datanet.
+    /// every source datanet; its id is `modelIdFor(msg.sender, salt)`.
     function registerModel(
-        bytes32 modelId,
+        bytes32 salt,
         bytes32 baseModel,
         bytes32 artifactHash,
         bytes32 trainingLogHead,
         TrainingSource[] calldata sources,
         uint256 feePerCall
-    ) external {
-        if (modelId == bytes32(0)) revert ZeroModelId();
+    ) external returns (bytes32 modelId) {
+        modelId = modelIdFor(msg.sender, salt);
         if (_models[modelId].owner != address(0)) revert ModelAlreadyRegistered(modelId);
         for (uint256 i = 0; i < sources.length; ++i) {
             TrainingSource calldata s = sources[i];
@@ -116,6 +129,31 @@ contract ModelRegistry {
     function deactivate(bytes32 modelId) external onlyModelOwner(modelId) {
         _models[modelId].active = false;
         emit ModelDeactivated(modelId);
+    }
+
+    /// @notice Names `newOwner` as the successor of an active model the caller owns; the transfer
+    /// happens when they accept. The zero address withdraws a pending offer.
+    function transferModelOwnership(bytes32 modelId, address newOwner) external onlyModelOwner(modelId) {
+        _pendingOwners[modelId] = newOwner;
+        emit ModelOwnershipTransferStarted(modelId, msg.sender, newOwner);
+    }
+
+    /// @notice Takes over an active model whose owner named the caller as successor.
+    function acceptModelOwnership(bytes32 modelId) external {
+        if (_pendingOwners[modelId] != msg.sender || msg.sender == address(0)) {
+            revert NotPendingModelOwner(modelId, msg.sender);
+        }
+        // Deactivating a model withdraws any offer (it can no longer be withdrawn by hand).
+        if (!_models[modelId].active) revert ModelInactive(modelId);
+        address previous = _models[modelId].owner;
+        delete _pendingOwners[modelId];
+        _models[modelId].owner = msg.sender;
+        emit ModelOwnershipTransferred(modelId, previous, msg.sender);
+    }
+
+    /// @notice The successor named for a model, or zero.
+    function pendingModelOwner(bytes32 modelId) external view returns (address) {
+        return _pendingOwners[modelId];
     }
 
     /// @notice A registered model.

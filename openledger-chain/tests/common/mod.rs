@@ -5,7 +5,8 @@
 use alloy_primitives::{Address, B256, Signature, U256, keccak256};
 use alloy_sol_types::{SolCall, SolInterface};
 use openledger_chain::bindings::{
-    DatanetRegistry, InferencePayments, ModelRegistry, ReentrantToken, TestToken,
+    DatanetRegistry, FeeOnTransferToken, InferencePayments, ModelRegistry, ReentrantToken,
+    TestToken, model_id,
 };
 use openledger_chain::deploy::{DeployConfig, Deployment};
 use openledger_chain::evm::{EmbeddedChain, RevertReason, TxOutcome};
@@ -44,22 +45,26 @@ pub fn custom<E: SolInterface + Clone + std::fmt::Debug>(out: &TxOutcome) -> E {
 
 impl World {
     pub fn new() -> Self {
-        Self::build(false)
+        Self::build(None)
     }
 
     /// The same world paying in the hostile `ReentrantToken`.
     pub fn with_reentrant_token() -> Self {
-        Self::build(true)
+        Self::build(Some(&ReentrantToken::BYTECODE))
     }
 
-    fn build(reentrant: bool) -> Self {
+    /// The same world paying in `FeeOnTransferToken`, which burns 1 % of every transfer.
+    pub fn with_fee_on_transfer_token() -> Self {
+        Self::build(Some(&FeeOnTransferToken::BYTECODE))
+    }
+
+    /// A world paying in a token deployed from `token_code` (one with `TestToken`'s `mint`), or
+    /// in a fresh `TestToken`.
+    fn build(token_code: Option<&[u8]>) -> Self {
         let mut chain = EmbeddedChain::new(31337);
         let mut config = DeployConfig::dev(&chain);
-        if reentrant {
-            let t = chain
-                .deploy(config.admin, &ReentrantToken::BYTECODE, &[])
-                .unwrap();
-            config.token = Some(t);
+        if let Some(code) = token_code {
+            config.token = Some(chain.deploy(config.admin, code, &[]).unwrap());
         }
         let d = Deployment::deploy(&mut chain, &config).unwrap();
         let operator = OperatorSigner::new(chain.dev_account(2).key.clone());
@@ -74,8 +79,8 @@ impl World {
             datanet_owner,
             model_owner,
             payer,
-            model_id: keccak256("model: legal-qa adapter v1"),
-            adapter_id: keccak256("adapter: contracts-ner v3"),
+            model_id: model_id(model_owner, keccak256("model: legal-qa adapter v1")),
+            adapter_id: model_id(model_owner, keccak256("adapter: contracts-ner v3")),
             gas: Vec::new(),
         };
         w.setup_registry();
@@ -165,16 +170,20 @@ impl World {
             },
             "approveAccess",
         );
-        for (id, label) in [
-            (self.model_id, "registerModel"),
-            (self.adapter_id, "registerModel (adapter)"),
+        for (name, id, label) in [
+            ("model: legal-qa adapter v1", self.model_id, "registerModel"),
+            (
+                "adapter: contracts-ner v3",
+                self.adapter_id,
+                "registerModel (adapter)",
+            ),
         ] {
             let models = self.d.models;
             self.ok(
                 mo,
                 models,
                 &ModelRegistry::registerModelCall {
-                    modelId: id,
+                    salt: keccak256(name),
                     baseModel: keccak256("base: llama-3-8b"),
                     artifactHash: keccak256(id),
                     trainingLogHead: keccak256("training log head"),
@@ -187,6 +196,13 @@ impl World {
                 label,
             );
         }
+    }
+
+    /// Moves the clock past a just-posted root's challenge window, when claims open.
+    pub fn open_claims(&mut self) {
+        self.chain
+            .advance_time(self.config.challenge_window)
+            .unwrap();
     }
 
     pub fn epoch(&mut self) -> u64 {

@@ -51,12 +51,13 @@ use openledger_chain::ChainError;
 use openledger_chain::bindings::{
     AttributionRewards, DatanetRegistry, InferencePayments, ModelRegistry, TestToken,
 };
-use openledger_chain::chain::{Chain, ChainExt};
+use openledger_chain::chain::{Chain, ChainExt, LogFilter};
 use openledger_chain::claims::EpochClaims;
 use openledger_chain::deploy::{DeployConfig, Deployment, DeploymentFile};
 use openledger_chain::evm::{EmbeddedChain, TxOutcome};
 use openledger_chain::receipt::{AttributionReceipt, OperatorSigner, weights_hash};
 use openledger_core::datanet::{Datanet, DatanetError};
+use openledger_core::grant::AccessStatus;
 use openledger_core::{Address, B256, ContentId, U256};
 use openledger_lora::adapter::LoraAdapter;
 use openledger_lora::embed::SentenceEmbedder;
@@ -86,8 +87,8 @@ use openledger_train::CheckpointCollector;
 
 pub use report::{
     AdapterReport, ContributorReport, CopyReport, DatanetReport, DebtReport, EpochReport, HarmFlag,
-    NearDuplicateCheck, PlantedCheck, Report, ReputationReport, RequestReport, ServingReport,
-    Share, ValidationReport, wei,
+    NearDuplicateCheck, PlantedCheck, Report, ReputationReport, RequestReport, Resumed,
+    ServingReport, Share, ValidationReport, wei,
 };
 pub use vocab::{HashingEmbedder, Vocab};
 
@@ -739,6 +740,8 @@ pub struct PayableAi {
     shape: RandomLlama,
     datanet_id: U256,
     version: u64,
+    /// The block the deployment starts at: logs are read back from it.
+    since_block: u64,
     /// Near-duplicate clusters of the datanet's records.
     clusters: Clusters,
     /// Records trained on and cited: the first committed record of each near-duplicate
@@ -857,6 +860,28 @@ impl PayableAi {
         Self::make(config, chain, keys, Some(deployment))
     }
 
+    /// The loop settling on the node at `url` (JSON-RPC) with `keys` (see
+    /// [`on_chain`](Self::on_chain) for the ten roles): on the suite of the deployment file at
+    /// `deployment` when given (checked first, see [`on_deployment`](Self::on_deployment)),
+    /// else on a suite it deploys. A run on a deployment an earlier process used resumes from
+    /// the chain (see [`Resumed`]).
+    #[cfg(feature = "rpc")]
+    pub fn on_node(
+        config: LoopConfig,
+        url: &str,
+        keys: Vec<SigningKey>,
+        deployment: Option<&std::path::Path>,
+    ) -> Result<Self> {
+        let chain = Box::new(openledger_chain::rpc::RpcChain::connect(url, keys.clone())?);
+        match deployment {
+            Some(path) => {
+                let file = DeploymentFile::read(path)?;
+                Self::on_deployment(config, chain, keys, &file)
+            }
+            None => Self::on_chain(config, chain, keys),
+        }
+    }
+
     fn make(
         config: LoopConfig,
         mut chain: Box<dyn Chain>,
@@ -952,12 +977,17 @@ impl PayableAi {
         shape.vocab = vocab.len();
 
         let at = |i: usize| Address::from_private_key(&keys[i]);
-        let (deploy_config, deployment) = match existing {
-            Some(f) => (f.config.clone(), f.contracts),
+        let (deploy_config, deployment, since_block) = match existing {
+            Some(f) => (
+                f.config.clone(),
+                f.contracts,
+                f.transactions.iter().map(|t| t.block).min().unwrap_or(0),
+            ),
             None => {
                 let c = DeployConfig::with_accounts([at(0), at(1), at(2), at(3)]);
+                let since = chain.head()?.number;
                 let d = Deployment::deploy(&mut *chain, &c)?;
-                (c, d)
+                (c, d, since)
             }
         };
         let operator = OperatorSigner::new(keys[2].clone());
@@ -967,39 +997,6 @@ impl PayableAi {
             model_owners: [at(6), at(7), at(8)],
             relayer: at(9),
         };
-        let budget = config
-            .requests
-            .iter()
-            .map(|r| {
-                config
-                    .adapters
-                    .iter()
-                    .find(|a| a.name == r.adapter)
-                    .map_or(U256::ZERO, |a| a.fee)
-            })
-            .try_fold(U256::ZERO, |sum, fee| sum.checked_add(fee))
-            .ok_or_else(|| LoopError::Config("the requests' fees overflow 256 bits".into()))?;
-        let (payer, token, payments) = (accounts.payer, deployment.token, deployment.payments);
-        send(
-            &mut *chain,
-            payer,
-            token,
-            &TestToken::mintCall {
-                to: payer,
-                amount: budget,
-            },
-            "mint",
-        )?;
-        send(
-            &mut *chain,
-            payer,
-            token,
-            &TestToken::approveCall {
-                spender: payments,
-                value: budget,
-            },
-            "approve",
-        )?;
         let report = Report::new(
             chain.chain_id(),
             &deployment,
@@ -1023,6 +1020,7 @@ impl PayableAi {
             shape,
             datanet_id: U256::ZERO,
             version: 0,
+            since_block,
             clusters,
             kept,
             embedder,
@@ -1043,6 +1041,26 @@ impl PayableAi {
             epochs: None,
             report,
         })
+    }
+
+    /// Every `E` the contract at `contract` emitted since the deployment, read back from the
+    /// chain's logs (in pages on a node): what lets a new process resume from the chain.
+    fn events_of<E: alloy_sol_types::SolEvent>(&mut self, contract: Address) -> Result<Vec<E>> {
+        let filter = LogFilter {
+            addresses: vec![contract],
+            topic0: vec![E::SIGNATURE_HASH],
+            from_block: self.since_block,
+            to_block: None,
+        };
+        self.chain
+            .logs(&filter)?
+            .iter()
+            .map(|l| {
+                E::decode_log(&l.log).map(|e| e.data).map_err(|e| {
+                    LoopError::Accounting(format!("a {} log does not decode: {e}", E::SIGNATURE))
+                })
+            })
+            .collect()
     }
 
     /// The whole loop: every stage in order, then the report.
@@ -1107,51 +1125,86 @@ impl PayableAi {
         let registry = self.deployment.datanets;
         let owner = self.accounts.datanet_owner;
         let metadata = keccak256(self.config.datanet_jsonl.as_bytes());
-        let out = send(
-            &mut *self.chain,
-            owner,
-            registry,
-            &DatanetRegistry::registerDatanetCall {
-                metadataHash: metadata,
-                uri: format!("openledger://datanets/{}", self.config.datanet_name),
-            },
-            "registerDatanet",
-        )?;
-        // Read from the events: a node's receipt carries no return data.
-        let id = out
-            .events::<DatanetRegistry::DatanetRegistered>()
-            .first()
-            .map(|e| e.datanetId)
-            .ok_or_else(|| LoopError::Accounting("no DatanetRegistered event".into()))?;
-        let out = send(
-            &mut *self.chain,
-            owner,
-            registry,
-            &DatanetRegistry::publishVersionCall {
-                datanetId: id,
-                recordsRoot: version.root,
-                recordCount: version.record_count as u64,
-            },
-            "publishVersion",
-        )?;
-        self.version = out
+        // What an earlier process already did on this deployment (the same owner and metadata,
+        // the same version) is read back from the registry's logs and not done again.
+        let registered = self
+            .events_of::<DatanetRegistry::DatanetRegistered>(registry)?
+            .into_iter()
+            .find(|e| e.owner == owner && e.metadataHash == metadata)
+            .map(|e| e.datanetId);
+        let id = match registered {
+            Some(id) => id,
+            None => {
+                let out = send(
+                    &mut *self.chain,
+                    owner,
+                    registry,
+                    &DatanetRegistry::registerDatanetCall {
+                        metadataHash: metadata,
+                        uri: format!("openledger://datanets/{}", self.config.datanet_name),
+                    },
+                    "registerDatanet",
+                )?;
+                // Read from the events: a node's receipt carries no return data.
+                out.events::<DatanetRegistry::DatanetRegistered>()
+                    .first()
+                    .map(|e| e.datanetId)
+                    .ok_or_else(|| LoopError::Accounting("no DatanetRegistered event".into()))?
+            }
+        };
+        let count = version.record_count as u64;
+        let published = self
+            .events_of::<DatanetRegistry::VersionPublished>(registry)?
+            .into_iter()
+            .find(|e| e.datanetId == id && e.recordsRoot == version.root && e.recordCount == count)
+            .map(|e| e.version);
+        self.report.resumed.datanet = registered.is_some() && published.is_some();
+        self.version = match published {
+            Some(v) => v,
+            None => send(
+                &mut *self.chain,
+                owner,
+                registry,
+                &DatanetRegistry::publishVersionCall {
+                    datanetId: id,
+                    recordsRoot: version.root,
+                    recordCount: count,
+                },
+                "publishVersion",
+            )?
             .events::<DatanetRegistry::VersionPublished>()
             .first()
             .map(|e| e.version)
-            .ok_or_else(|| LoopError::Accounting("no VersionPublished event".into()))?;
+            .ok_or_else(|| LoopError::Accounting("no VersionPublished event".into()))?,
+        };
         self.datanet_id = id;
         let n_owners = self.config.adapters.len().min(3);
         for &who in &self.accounts.model_owners[..n_owners] {
-            send(
-                &mut *self.chain,
-                who,
+            let raw = self.chain.view(
                 registry,
-                &DatanetRegistry::requestAccessCall {
+                &DatanetRegistry::accessStatusCall {
                     datanetId: id,
-                    purposeHash: keccak256("fine-tune: payable-ai"),
+                    requester: who,
                 },
-                "requestAccess",
             )?;
+            let status = AccessStatus::from_u8(raw).ok_or_else(|| {
+                LoopError::Accounting(format!("access status {raw} of {who} is not one we know"))
+            })?;
+            if status == AccessStatus::Approved {
+                continue;
+            }
+            if status != AccessStatus::Requested {
+                send(
+                    &mut *self.chain,
+                    who,
+                    registry,
+                    &DatanetRegistry::requestAccessCall {
+                        datanetId: id,
+                        purposeHash: keccak256("fine-tune: payable-ai"),
+                    },
+                    "requestAccess",
+                )?;
+            }
             send(
                 &mut *self.chain,
                 owner,

@@ -37,8 +37,27 @@ pub struct Report {
     pub requests: Vec<RequestReport>,
     /// Stage 5.
     pub epoch: Option<EpochReport>,
+    /// What an earlier process had already done on this deployment, found on the chain and
+    /// not done again.
+    pub resumed: Resumed,
     /// Wall-clock seconds per stage.
     pub seconds: BTreeMap<String, f64>,
+}
+
+/// What a run found already done on the chain by an earlier process on the same deployment (read
+/// back from the contracts' logs and views) and did not do again; all zero on a fresh run.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Resumed {
+    /// The datanet's registration and its version were found.
+    pub datanet: bool,
+    /// Adapters found registered (with the same artifact and training-log head).
+    pub models: usize,
+    /// Requests found paid (by their `InferencePaid` logs), in the epoch the logs name.
+    pub payments: usize,
+    /// The epoch's root was found posted.
+    pub root: bool,
+    /// Claims found made.
+    pub claims: usize,
 }
 
 impl Report {

@@ -223,14 +223,47 @@ impl PayableAi {
         if self.epochs.is_some() {
             return Err(LoopError::Config("the requests are already paid".into()));
         }
-        let epoch_no: u64 = self.chain.view(
-            self.deployment.payments,
-            &InferencePayments::currentEpochCall {},
-        )?;
+        let payments = self.deployment.payments;
+        let current: u64 = self
+            .chain
+            .view(payments, &InferencePayments::currentEpochCall {})?;
+        // Requests an earlier process (or an earlier call) paid on this deployment are found in
+        // the payments contract's logs: they are not paid again, and the epoch they were paid
+        // in is this run's epoch.
+        let ids: Vec<B256> = (0..self.served.len())
+            .map(|i| self.inference_id(i))
+            .collect();
+        let paid: BTreeMap<B256, InferencePayments::InferencePaid> = self
+            .events_of::<InferencePayments::InferencePaid>(payments)?
+            .into_iter()
+            .filter(|e| ids.contains(&e.inferenceId))
+            .map(|e| (e.inferenceId, e))
+            .collect();
+        let epoch_no = match paid.values().map(|e| e.epoch).min() {
+            None => current,
+            Some(first) => {
+                if let Some(other) = paid.values().find(|e| e.epoch != first) {
+                    return Err(LoopError::Accounting(format!(
+                        "this run's requests were paid in epochs {first} and {}",
+                        other.epoch
+                    )));
+                }
+                if paid.len() < ids.len() && first != current {
+                    return Err(LoopError::Config(format!(
+                        "epoch {first} ended with {} of this run's {} requests paid in it: the \
+                         rest can no longer be paid in that epoch",
+                        paid.len(),
+                        ids.len()
+                    )));
+                }
+                first
+            }
+        };
+        self.report.resumed.payments = paid.len();
         let mut tuned = std::mem::take(&mut self.tuned);
         let mut before = std::mem::take(&mut self.before_tuned);
         let mut naive = std::mem::take(&mut self.naive);
-        let result = self.pay_all(&mut tuned, &mut before, &mut naive, epoch_no, on);
+        let result = self.pay_all(&mut tuned, &mut before, &mut naive, epoch_no, &paid, on);
         self.tuned = tuned;
         self.before_tuned = before;
         self.naive = naive;
@@ -250,14 +283,31 @@ impl PayableAi {
         Ok(&self.report.requests)
     }
 
-    /// Attributes and pays every served request; returns the epoch as paid, as it would be
-    /// without the near-duplicate copies, and as it would be without clustering.
+    /// The id of served request `i`'s inference: a hash of its position, model, prompt and
+    /// answer, so the same run computes the same ids in any process.
+    fn inference_id(&self, i: usize) -> B256 {
+        let s = &self.served[i];
+        keccak256(
+            (
+                U256::from(i),
+                self.model_ids[s.adapter],
+                s.prompt.iter().map(|&t| U256::from(t)).collect::<Vec<_>>(),
+                s.answer.iter().map(|&t| U256::from(t)).collect::<Vec<_>>(),
+            )
+                .abi_encode_params(),
+        )
+    }
+
+    /// Attributes and pays every served request not in `paid` (the payments found on the
+    /// chain); returns the epoch as paid, as it would be without the near-duplicate copies, and
+    /// as it would be without clustering.
     fn pay_all(
         &mut self,
         tuned: &mut [Tuned],
         before: &mut [Tuned],
         naive: &mut [Tuned],
         epoch_no: u64,
+        paid: &BTreeMap<B256, InferencePayments::InferencePaid>,
         on: &mut dyn FnMut(&LoopEvent),
     ) -> Result<([Epoch; 3], DebtLedger)> {
         let clusters = self.clusters.clone();
@@ -298,15 +348,7 @@ impl PayableAi {
                 helpful,
             } = self.weigh(&mut tuned[a], &rag, &clusters, s)?;
             let model = self.model_ids[a];
-            let inference_id = keccak256(
-                (
-                    U256::from(i),
-                    model,
-                    s.prompt.iter().map(|&t| U256::from(t)).collect::<Vec<_>>(),
-                    s.answer.iter().map(|&t| U256::from(t)).collect::<Vec<_>>(),
-                )
-                    .abi_encode_params(),
-            );
+            let inference_id = self.inference_id(i);
             let (_, fee) = self
                 .chain
                 .view(
@@ -397,18 +439,43 @@ impl PayableAi {
                 .collect();
             planned.push((receipt, signature, split.dataShare));
         }
-        // The payments. One an earlier call already made (it stopped on a later failure) is
-        // not sent again: the contract would refuse it as paid.
+        // The payer holds and allows what is still to pay (a test token is minted for it).
+        let due = planned
+            .iter()
+            .filter(|(r, _, _)| !paid.contains_key(&r.inferenceId))
+            .try_fold(U256::ZERO, |sum, (r, _, _)| sum.checked_add(r.amount))
+            .ok_or_else(|| LoopError::Config("the requests' fees overflow 256 bits".into()))?;
+        let (payer, token) = (self.accounts.payer, self.deployment.token);
+        let have = self
+            .chain
+            .view(token, &TestToken::balanceOfCall { account: payer })?;
+        if have < due {
+            let mint = TestToken::mintCall {
+                to: payer,
+                amount: due - have,
+            };
+            send(&mut *self.chain, payer, token, &mint, "mint")?;
+        }
+        let allowed = self.chain.view(
+            token,
+            &TestToken::allowanceCall {
+                owner: payer,
+                spender: payments,
+            },
+        )?;
+        if allowed < due {
+            let approve = TestToken::approveCall {
+                spender: payments,
+                value: due,
+            };
+            send(&mut *self.chain, payer, token, &approve, "approve")?;
+        }
+        // The payments. One found paid is not sent again (the contract would refuse it); its
+        // shares are the ones its log records.
         for (i, (receipt, signature, data_share)) in planned.into_iter().enumerate() {
             let (fee, id) = (receipt.amount, receipt.inferenceId);
-            let already = self
-                .chain
-                .view(payments, &InferencePayments::paidCall { inferenceId: id })?;
-            let (owner, protocol, data, gas) = if already {
-                let split = self
-                    .chain
-                    .view(payments, &InferencePayments::splitCall { amount: fee })?;
-                (split.ownerShare, split.protocolShare, split.dataShare, 0)
+            let (owner, protocol, data, gas) = if let Some(ev) = paid.get(&id) {
+                (ev.ownerShare, ev.protocolShare, ev.dataShare, 0)
             } else {
                 let out = send(
                     &mut *self.chain,
@@ -533,10 +600,32 @@ impl PayableAi {
             let ok = posted.root == claims.root() && posted.fromPool == pool;
             (pool, post.gas_used, ok)
         } else {
-            // Posted by the earlier call: it must be this epoch's tree.
+            // Posted by an earlier call or process: it must be this epoch's tree.
+            self.report.resumed.root = true;
             let ok = on_chain.root == claims.root() && on_chain.total == claims.total();
             (e.pooled(), 0, ok)
         };
+        // Claims open when the root's challenge window (the guardian's chance to veto it) closes:
+        // a dev chain moves its clock there; on a real network the claims wait for it.
+        let opens = self.chain.view(
+            rewards,
+            &AttributionRewards::claimableAtCall { epoch: e.number },
+        )?;
+        let now = self.chain.head()?.timestamp;
+        if now < opens {
+            match self.chain.dev() {
+                Ok(dev) => dev.advance_time(opens - now)?,
+                Err(ChainError::Unsupported(_)) => {
+                    return Err(LoopError::Config(format!(
+                        "the root of epoch {} is in its challenge window until {opens} (unix \
+                         seconds) on chain {}: claim after it",
+                        e.number,
+                        self.chain.chain_id()
+                    )));
+                }
+                Err(other) => return Err(other.into()),
+            }
+        }
         let balance = |chain: &mut dyn Chain, who: Address| -> Result<U256> {
             Ok(chain.view(token, &TestToken::balanceOfCall { account: who })?)
         };
@@ -553,6 +642,7 @@ impl PayableAi {
             )?;
             // A leaf the earlier call claimed was checked then; the contract holds its proof.
             let gas = if claimed {
+                self.report.resumed.claims += 1;
                 0
             } else {
                 let relayer = self.accounts.relayer;

@@ -142,26 +142,39 @@ impl PayableAi {
             tuned.trainer.save_adapter(&dir)?;
             let (config_json, weights) = tuned.trainer.adapter_files()?;
             let artifact = keccak256((config_json.as_bytes(), &weights[..]).abi_encode_params());
-            let model_id = keccak256(format!("openledger:model:{}", plan.name));
+            let salt = keccak256(format!("openledger:model:{}", plan.name));
+            let model_id = openledger_chain::bindings::model_id(owner, salt);
             let log = tuned
                 .trainer
                 .training_log()
                 .ok_or(LoopError::Config("the training log was not started".into()))?
                 .clone();
             let base_model = self.base_id();
-            let out = register_model(
-                &mut *self.chain,
-                self.deployment.models,
-                owner,
-                &ModelRegistration {
-                    model_id,
-                    base_model,
-                    artifact_hash: artifact,
-                    sources: vec![(self.datanet_id, self.version)],
-                    fee_per_call: plan.fee,
-                },
-                &log,
-            )?;
+            // Registered by an earlier process on this deployment: found in the registry's
+            // logs, and checked below to be these very weights and this training log.
+            let found = self
+                .events_of::<ModelRegistry::ModelRegistered>(self.deployment.models)?
+                .iter()
+                .any(|e| e.modelId == model_id);
+            let register_gas = if found {
+                self.report.resumed.models += 1;
+                0
+            } else {
+                register_model(
+                    &mut *self.chain,
+                    self.deployment.models,
+                    owner,
+                    &ModelRegistration {
+                        salt,
+                        base_model,
+                        artifact_hash: artifact,
+                        sources: vec![(self.datanet_id, self.version)],
+                        fee_per_call: plan.fee,
+                    },
+                    &log,
+                )?
+                .gas_used
+            };
             let on_chain = self.chain.view(
                 self.deployment.models,
                 &ModelRegistry::getModelCall { modelId: model_id },
@@ -189,7 +202,7 @@ impl PayableAi {
                 training_log_entries: log.len(),
                 artifact_hash: artifact,
                 fee_wei: wei(plan.fee),
-                register_gas: out.gas_used,
+                register_gas,
                 dir: dir.display().to_string(),
             });
             self.report

@@ -594,7 +594,12 @@ class Chain:
         self, contract: str, args: Optional[Sequence[Any]] = None, *, sender: Optional[_Hex] = None
     ) -> str: ...
     def deploy_suite(
-        self, *, protocol_bps: int = 500, data_pool_bps: int = 2000, epoch_duration: int = 86400
+        self,
+        *,
+        protocol_bps: int = 500,
+        data_pool_bps: int = 2000,
+        epoch_duration: int = 86400,
+        out: Optional[_Path] = None,
     ) -> Dict[str, str]: ...
     def transact(
         self,
@@ -681,6 +686,9 @@ class PayableAi:
         max_new_tokens: Optional[int] = None,
         harm_policy: Optional[str] = None,
         embedder: Optional[_Path] = None,
+        rpc: Optional[str] = None,
+        keys: Optional[Sequence[str]] = None,
+        deployment: Optional[_Path] = None,
     ) -> None: ...
     @staticmethod
     def run(

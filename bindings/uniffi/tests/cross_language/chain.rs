@@ -182,9 +182,9 @@ pub fn abi_calls() -> Value {
             ],
         ),
         call_case(
-            "fee split settings",
+            "fee split proposal",
             "InferencePayments",
-            &InferencePayments::setSplitCall {
+            &InferencePayments::proposeSplitCall {
                 treasury_: treasury,
                 protocolBps_: 500,
                 dataPoolBps_: 6_500,
@@ -213,7 +213,7 @@ pub fn abi_calls() -> Value {
             &DatanetRegistry::verifyRecordCall {
                 datanetId: U256::from(1u8),
                 version: 2,
-                recordLeaf: named("record 0"),
+                recordHash: named("record 0"),
                 proof: record_proof.clone(),
             },
             vec![
@@ -227,7 +227,7 @@ pub fn abi_calls() -> Value {
             "model registration with training sources",
             "ModelRegistry",
             &ModelRegistry::registerModelCall {
-                modelId: named("model tiny-llama"),
+                salt: named("model tiny-llama"),
                 baseModel: named("base llama"),
                 artifactHash: named("artifact"),
                 trainingLogHead: named("training log"),
