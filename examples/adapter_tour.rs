@@ -54,6 +54,8 @@ fn frobenius(v: &[f32]) -> f64 {
 }
 
 fn main() -> Result<(), Box<dyn Error>> {
+    // SAFETY: the first thing `main` does, before any other thread runs.
+    unsafe { openledger::lora::fix_cpu_threads() };
     let mut args = parse_args()?;
     args.model = args.model.canonicalize().unwrap_or(args.model);
     args.adapters = args.adapters.canonicalize().unwrap_or(args.adapters);

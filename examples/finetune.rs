@@ -80,6 +80,8 @@ fn accuracy(trainer: &Trainer, held_out: &[Example]) -> Result<f64, Error> {
 }
 
 fn main() -> Result<(), Error> {
+    // SAFETY: the first thing `main` does, before any other thread runs.
+    unsafe { openledger::lora::fix_cpu_threads() };
     let a = args()?;
     let task = KeyValueTask {
         keys: 24,

@@ -66,6 +66,8 @@ fn parse() -> Result<Args, BoxError> {
 }
 
 fn main() -> Result<(), BoxError> {
+    // SAFETY: the first thing `main` does, before any other thread runs.
+    unsafe { openledger::lora::fix_cpu_threads() };
     let args = parse()?;
     let mut model = Model::from_dir(&args.model)?;
     let mut ids: HashMap<String, AdapterSlot> = HashMap::new();

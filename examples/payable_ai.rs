@@ -450,6 +450,8 @@ fn settlement_keys() -> Result<Vec<k256::ecdsa::SigningKey>, Error> {
 }
 
 fn main() -> Result<(), Error> {
+    // SAFETY: the first thing `main` does, before any other thread runs.
+    unsafe { openledger::lora::fix_cpu_threads() };
     run(&args(std::env::args().skip(1))?)?;
     Ok(())
 }

@@ -3,7 +3,7 @@
 
 use openledger_core::{Address, ContentId};
 use openledger_poa::PoaError;
-use openledger_poa::influence::score::{DataInf, Preconditioner, ScoreMethod, score};
+use openledger_poa::influence::score::{DataInf, Preconditioner, ScoreMethod, score, tracin_many};
 use openledger_poa::projection::{Projection, ProjectionKind};
 use openledger_poa::rng::SeededStream;
 use openledger_poa::store::{
@@ -339,6 +339,49 @@ fn tracin_and_cosine_match_their_definitions() {
     assert_eq!(per.len(), 5);
     let total: f64 = per.iter().map(|p| p.1).sum();
     assert!((total - cos.iter().sum::<f64>()).abs() < 1e-4);
+}
+
+/// Many queries in one pass over the store equal one pass per query, on an exact f32 store
+/// wider than a tile with a row count that is not a multiple of a block, and on an f16 sketch.
+#[test]
+fn tracin_of_many_queries_in_one_pass_equals_one_query_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let (exact, _) = exact_store(dir.path(), 29, 3000, 2);
+    let path = dir.path().join("sketch.olfs");
+    let ex = filled(&path, rademacher(5), 13);
+    let sketch = FeatureStore::open(&path).unwrap();
+    for (store, grads) in [
+        (
+            &exact,
+            (0..5)
+                .map(|i| {
+                    (0..2)
+                        .map(|c| exact.features(i)[c * 3000..(c + 1) * 3000].to_vec())
+                        .collect::<Vec<_>>()
+                })
+                .collect::<Vec<_>>(),
+        ),
+        (
+            &sketch,
+            ex.iter().take(4).map(|e| e.gradients.clone()).collect(),
+        ),
+    ] {
+        let queries: Vec<_> = grads
+            .iter()
+            .map(|g| store.project_query(g).unwrap())
+            .collect();
+        let mut reported = 0;
+        let many = tracin_many(store, &queries, |p| reported += p.advanced).unwrap();
+        assert_eq!(reported, store.len());
+        assert_eq!(many.len(), queries.len());
+        for (q, got) in queries.iter().zip(&many) {
+            let one = score(store, q, &ScoreMethod::TracIn, |_| {})
+                .unwrap()
+                .values;
+            let want: Vec<f64> = one.iter().map(|&v| f64::from(v)).collect();
+            assert_close(got, &want, 1e-5);
+        }
+    }
 }
 
 #[test]

@@ -122,6 +122,8 @@ fn chain_keys() -> Result<Vec<k256::ecdsa::SigningKey>, Box<dyn std::error::Erro
 }
 
 fn main() -> ExitCode {
+    // SAFETY: the first thing `main` does, before any other thread runs.
+    unsafe { openledger::lora::fix_cpu_threads() };
     let cli = Cli::parse();
     let Command::Serve(args) = cli.command;
     match serve(args) {

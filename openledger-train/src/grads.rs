@@ -6,7 +6,11 @@ use candle_core::{Device, Tensor};
 
 use crate::data::{Example, validate};
 use crate::error::TrainError;
-use crate::net::Mode;
+use crate::net::{LoraParam, Mode, Net, Rows};
+
+/// Tokens per packed pass of [`Trainer::example_gradients`] (a longer example gets a pass of
+/// its own).
+const PASS_TOKENS: usize = 2048;
 use crate::trainer::{ParamSlice, Trainer, host};
 use openledger_lora::model::greedy_token;
 
@@ -59,6 +63,24 @@ impl Trainer {
     /// optimizer state is kept. A wrong length or a non-finite value is refused and nothing
     /// changes.
     pub fn set_parameters(&mut self, flat: &[f32]) -> Result<(), TrainError> {
+        self.check_parameters(flat)?;
+        let mut offset = 0;
+        for p in &self.lora {
+            for v in p.vars() {
+                let k = v.elem_count();
+                v.set(&Tensor::from_slice(
+                    &flat[offset..offset + k],
+                    v.dims(),
+                    &Device::Cpu,
+                )?)?;
+                offset += k;
+            }
+        }
+        Ok(())
+    }
+
+    /// A parameter vector of this adapter's length with finite values only.
+    fn check_parameters(&self, flat: &[f32]) -> Result<(), TrainError> {
         let n = self.num_parameters();
         if flat.len() != n {
             return Err(TrainError::InvalidConfig {
@@ -71,18 +93,6 @@ impl Trainer {
                 field: "parameters",
                 reason: format!("value {i} is {}", flat[i]),
             });
-        }
-        let mut offset = 0;
-        for p in &self.lora {
-            for v in p.vars() {
-                let k = v.elem_count();
-                v.set(&Tensor::from_slice(
-                    &flat[offset..offset + k],
-                    v.dims(),
-                    &Device::Cpu,
-                )?)?;
-                offset += k;
-            }
         }
         Ok(())
     }
@@ -159,6 +169,7 @@ impl Trainer {
         let mut mode = Mode {
             grad: true,
             dropout: None,
+            capture: None,
         };
         let sum = self.batch_nll(&[example], &mut mode)?;
         let loss = sum.affine(1.0 / example.targets() as f64, 0.0)?;
@@ -184,10 +195,146 @@ impl Trainer {
             self.config.max_seq_len,
             self.base.cfg.vocab_size,
         )?;
-        let mut out = Vec::with_capacity(examples.len());
-        for (i, ex) in examples.iter().enumerate() {
-            out.push(self.example_gradient(ex)?);
-            progress(i + 1, examples.len());
+        if self.lora.iter().any(|p| p.m.is_some()) {
+            // DoRA's magnitude gradient does not split by rows: one backward pass per example.
+            let mut out = Vec::with_capacity(examples.len());
+            for (i, ex) in examples.iter().enumerate() {
+                out.push(self.example_gradient(ex)?);
+                progress(i + 1, examples.len());
+            }
+            return Ok(out);
+        }
+        self.packed_all(&self.lora, examples, progress)
+    }
+
+    /// [`Trainer::example_gradients`] (no DoRA) with the LoRA set `lora`: packed passes of at
+    /// most `PASS_TOKENS` tokens, examples taken by length so that sequences of one length sit
+    /// together and attend as one batch.
+    fn packed_all(
+        &self,
+        lora: &[LoraParam],
+        examples: &[Example],
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Vec<Vec<f32>>, TrainError> {
+        let mut order: Vec<usize> = (0..examples.len()).collect();
+        order.sort_by_key(|&i| examples[i].tokens.len());
+        let mut grads: Vec<Option<Vec<f32>>> = vec![None; examples.len()];
+        let mut done = 0;
+        let mut rest = &order[..];
+        while !rest.is_empty() {
+            let mut tokens = 0;
+            let take = rest
+                .iter()
+                .take_while(|&&i| {
+                    tokens += examples[i].tokens.len();
+                    tokens <= PASS_TOKENS
+                })
+                .count()
+                .max(1);
+            let (pass, tail) = rest.split_at(take);
+            let batch: Vec<&Example> = pass.iter().map(|&i| &examples[i]).collect();
+            for (&i, g) in pass.iter().zip(self.packed_gradients(lora, &batch)?) {
+                grads[i] = Some(g);
+            }
+            done += take;
+            progress(done, examples.len());
+            rest = tail;
+        }
+        Ok(grads.into_iter().flatten().collect())
+    }
+
+    /// The per-example gradients of `examples` (no DoRA) from one forward and one backward
+    /// pass over them packed together: the loss is `Σₑ NLLₑ / targetsₑ`, whose gradient on
+    /// example `e`'s rows is example `e`'s own, and each module's probe (see
+    /// [`Probe`](crate::net::Probe)) turns those rows into `∂/∂A` and `∂/∂B`. Equal to
+    /// [`Trainer::example_gradient`] of each, up to the order of float sums.
+    fn packed_gradients(
+        &self,
+        lora: &[LoraParam],
+        examples: &[&Example],
+    ) -> Result<Vec<Vec<f32>>, TrainError> {
+        let rows = Rows {
+            seqs: examples.iter().map(|e| &e.tokens[..]).collect(),
+        };
+        let mut targets = Vec::new();
+        let mut weights = Vec::new();
+        let mut spans = Vec::with_capacity(examples.len());
+        let mut start = 0usize;
+        for e in examples {
+            let n = e.targets();
+            targets.extend(e.target_pairs().map(|(p, t)| ((start + p) as u32, t)));
+            weights.extend(std::iter::repeat_n(1.0 / n as f32, n));
+            spans.push((start, e.tokens.len()));
+            start += e.tokens.len();
+        }
+        let mut probes = Vec::with_capacity(lora.len());
+        let net = Net {
+            base: &self.base,
+            lora,
+        };
+        let loss = {
+            let mut mode = Mode {
+                grad: true,
+                dropout: None,
+                capture: Some(&mut probes),
+            };
+            let hidden = net.hidden(&rows, &mut mode)?;
+            let per_target = net.nll_per_target(&hidden, &targets)?;
+            let w = Tensor::from_vec(weights, (targets.len(), 1), &Device::Cpu)?;
+            (per_target * w)?.sum_all()?
+        };
+        let store = loss.backward()?;
+        let layout = self.gradient_layout();
+        let mut out = vec![vec![0.0f32; self.num_parameters()]; examples.len()];
+        for probe in &probes {
+            let p = &lora[probe.module];
+            let Some(g) = store.get(probe.g.as_tensor()) else {
+                continue;
+            };
+            // `A` then `B` of module `m` are entries 2m and 2m + 1 of the layout (no DoRA).
+            let (a_at, b_at) = (
+                layout[2 * probe.module].offset,
+                layout[2 * probe.module + 1].offset,
+            );
+            let (a_len, b_len) = (p.a.elem_count(), p.b.elem_count());
+            let scale = p.scale;
+            // On the host: a few rows per example, small factors; candle's per-op cost would
+            // dominate slicing per example.
+            let (g, u, x, b) = (
+                host(g)?,
+                host(&probe.u)?,
+                host(&probe.x)?,
+                host(p.b.as_tensor())?,
+            );
+            let (r, d_out) = (p.b.dims()[1], p.b.dims()[0]);
+            let d_in = a_len / r;
+            let mut h = vec![0.0f32; r];
+            for (e, &(first, len)) in spans.iter().enumerate() {
+                let (da, db) = out[e][a_at..b_at + b_len].split_at_mut(a_len);
+                debug_assert_eq!(db.len(), b_len);
+                for t in first..first + len {
+                    let gt = &g[t * d_out..(t + 1) * d_out];
+                    let ut = &u[t * r..(t + 1) * r];
+                    let xt = &x[t * d_in..(t + 1) * d_in];
+                    // ∂B[o, k] += s·g[o]·u[k];  h = s·Bᵀg;  ∂A[k, i] += h[k]·x[i].
+                    h.fill(0.0);
+                    for (o, &go) in gt.iter().enumerate() {
+                        let sg = scale * go;
+                        let brow = &b[o * r..(o + 1) * r];
+                        let drow = &mut db[o * r..(o + 1) * r];
+                        for k in 0..r {
+                            drow[k] += sg * ut[k];
+                            h[k] += sg * brow[k];
+                        }
+                    }
+                    for (k, &hk) in h.iter().enumerate() {
+                        let drow = &mut da[k * d_in..(k + 1) * d_in];
+                        for (dv, &xv) in drow.iter_mut().zip(xt) {
+                            *dv += hk * xv;
+                        }
+                    }
+                }
+            }
         }
         Ok(out)
     }

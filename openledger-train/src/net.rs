@@ -215,6 +215,8 @@ impl LoraParam {
 
 /// Tensors of one module for one forward call (tracked, or detached for inference).
 struct ModTensors<'a> {
+    /// The module's position in the LoRA set.
+    index: usize,
     p: &'a LoraParam,
     a: Tensor,
     b: Tensor,
@@ -227,6 +229,25 @@ pub(crate) struct Mode<'r> {
     pub grad: bool,
     /// LoRA dropout probability and its generator (training only).
     pub dropout: Option<(f32, &'r mut ChaCha8Rng)>,
+    /// Where to record, for every LoRA module the forward call runs, what per-example
+    /// gradients are computed from (see [`Probe`]); `None` records nothing.
+    pub capture: Option<&'r mut Vec<Probe>>,
+}
+
+/// What a forward call records of one LoRA module `y = W x + s·B(A x)` (no DoRA, no dropout)
+/// so that the gradient of each example in a packed batch can be read off one backward pass:
+/// the module's input rows `x` and `u = A x` (values), and a zero variable `g` added to the
+/// LoRA output, whose gradient is `∂L/∂(s·B A x)` row by row. Since every row belongs to one
+/// example, example `e`'s gradients are `∂L/∂B = s·g[e]ᵀ u[e]` and `∂L/∂A = s·(g[e] B)ᵀ x[e]`.
+pub(crate) struct Probe {
+    /// The module's position in the LoRA set.
+    pub module: usize,
+    /// Input rows `[rows, in]`.
+    pub x: Tensor,
+    /// `A x`, `[rows, r]`.
+    pub u: Tensor,
+    /// The zero variable added to the LoRA output, `[rows, out]`.
+    pub g: Var,
 }
 
 /// One batch: the token rows of every sequence, concatenated.
@@ -277,10 +298,21 @@ impl Net<'_> {
             }
             _ => (x.clone(), false),
         };
-        let lr = xd
-            .matmul(&m.a.t()?)?
-            .matmul(&m.b.t()?)?
-            .affine(m.p.scale as f64, 0.0)?;
+        let u = xd.matmul(&m.a.t()?)?;
+        let mut lr = u.matmul(&m.b.t()?)?.affine(m.p.scale as f64, 0.0)?;
+        if let Some(probes) = mode.capture.as_deref_mut() {
+            if m.m.is_some() || dropped {
+                candle_core::bail!("per-example gradient probes need LoRA without DoRA or dropout");
+            }
+            let g = Var::zeros(lr.shape(), lr.dtype(), lr.device())?;
+            lr = (lr + g.as_tensor())?;
+            probes.push(Probe {
+                module: m.index,
+                x: xd.detach(),
+                u: u.detach(),
+                g,
+            });
+        }
         let y = match &m.m {
             None => (base + lr)?,
             Some(mag) => {
@@ -316,21 +348,28 @@ impl Net<'_> {
         let scale = 1.0 / (d as f32).sqrt();
         let mut outs = Vec::with_capacity(rows.seqs.len());
         let mut start = 0;
-        for s in &rows.seqs {
-            let t = s.len();
-            let qs = q.narrow(0, start, t)?.reshape((t, h, d))?.transpose(0, 1)?;
+        let mut i = 0;
+        // Consecutive sequences of one length attend as one batch `[n, heads, t, d]`: the same
+        // arithmetic per sequence, far fewer operations than one sequence at a time.
+        while i < rows.seqs.len() {
+            let t = rows.seqs[i].len();
+            let n = rows.seqs[i..].iter().take_while(|s| s.len() == t).count();
+            let qs = q
+                .narrow(0, start, n * t)?
+                .reshape((n, t, h, d))?
+                .transpose(1, 2)?;
             let expand = |x: &Tensor| -> candle_core::Result<Tensor> {
                 let x = x
-                    .narrow(0, start, t)?
-                    .reshape((t, kvh, d))?
-                    .transpose(0, 1)?;
+                    .narrow(0, start, n * t)?
+                    .reshape((n, t, kvh, d))?
+                    .transpose(1, 2)?;
                 if rep == 1 {
                     return x.contiguous();
                 }
-                x.reshape((kvh, 1, t, d))?
-                    .broadcast_as((kvh, rep, t, d))?
+                x.reshape((n, kvh, 1, t, d))?
+                    .broadcast_as((n, kvh, rep, t, d))?
                     .contiguous()?
-                    .reshape((h, t, d))
+                    .reshape((n, h, t, d))
             };
             let ks = expand(k)?;
             let vs = expand(v)?;
@@ -357,12 +396,13 @@ impl Net<'_> {
                 }
             };
             let scores = scores.broadcast_add(&mask)?;
-            let max = scores.max_keepdim(2)?.detach();
+            let max = scores.max_keepdim(3)?.detach();
             let e = scores.broadcast_sub(&max)?.exp()?;
-            let p = e.broadcast_div(&e.sum_keepdim(2)?)?;
-            let o = p.matmul(&vs)?.transpose(0, 1)?.reshape((t, h * d))?;
+            let p = e.broadcast_div(&e.sum_keepdim(3)?)?;
+            let o = p.matmul(&vs)?.transpose(1, 2)?.reshape((n * t, h * d))?;
             outs.push(o);
-            start += t;
+            start += n * t;
+            i += n;
         }
         Tensor::cat(&outs, 0)
     }
@@ -399,7 +439,8 @@ impl Net<'_> {
         let mods: Vec<ModTensors<'_>> = self
             .lora
             .iter()
-            .map(|p| {
+            .enumerate()
+            .map(|(index, p)| {
                 let t = |v: &Var| {
                     if mode.grad {
                         v.as_tensor().clone()
@@ -408,6 +449,7 @@ impl Net<'_> {
                     }
                 };
                 ModTensors {
+                    index,
                     p,
                     a: t(&p.a),
                     b: t(&p.b),
@@ -455,6 +497,15 @@ impl Net<'_> {
     /// Summed negative log-likelihood (a scalar) of `targets` (`(row, token)`: the token the
     /// row predicts); the head runs on the target rows only.
     pub fn nll(&self, hidden: &Tensor, targets: &[(u32, u32)]) -> candle_core::Result<Tensor> {
+        self.nll_per_target(hidden, targets)?.sum_all()
+    }
+
+    /// The negative log-likelihood of each of `targets`, `[targets, 1]`.
+    pub fn nll_per_target(
+        &self,
+        hidden: &Tensor,
+        targets: &[(u32, u32)],
+    ) -> candle_core::Result<Tensor> {
         let idx: Vec<u32> = targets.iter().map(|t| t.0).collect();
         let tok: Vec<u32> = targets.iter().map(|t| t.1).collect();
         let n = targets.len();
@@ -463,6 +514,6 @@ impl Net<'_> {
         let max = logits.max_keepdim(1)?.detach();
         let lse = (logits.broadcast_sub(&max)?.exp()?.sum_keepdim(1)?.log()? + max)?;
         let picked = logits.gather(&Tensor::from_vec(tok, (n, 1), &Device::Cpu)?, 1)?;
-        (lse - picked)?.sum_all()
+        lse - picked
     }
 }

@@ -369,6 +369,7 @@ impl Trainer {
         let mut mode = Mode {
             grad: false,
             dropout: None,
+            capture: None,
         };
         let net = self.net();
         let logits = host(&net.head(&net.hidden(&rows, &mut mode)?)?)?;
@@ -467,6 +468,7 @@ impl Trainer {
             let mut mode = Mode {
                 grad: false,
                 dropout: None,
+                capture: None,
             };
             sum += self.batch_nll(&refs, &mut mode)?.to_scalar::<f32>()? as f64;
             tokens += chunk.iter().map(Example::targets).sum::<usize>();
@@ -529,6 +531,7 @@ impl Trainer {
                 let mut mode = Mode {
                     grad: true,
                     dropout: Some((cfg.lora.dropout, &mut rng)),
+                    capture: None,
                 };
                 let sum = self.batch_nll(batch, &mut mode)?;
                 nll += sum.to_scalar::<f32>()? as f64;

@@ -101,6 +101,8 @@ fn draw(report: &ExperimentReport, path: &str) -> Result<(), Box<dyn std::error:
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // SAFETY: the first thing `main` does, before any other thread runs.
+    unsafe { openledger::lora::fix_cpu_threads() };
     let mut args = std::env::args().skip(1);
     let subsets: usize = args.next().map_or(Ok(32), |s| s.parse())?;
     let out = args

@@ -262,6 +262,20 @@ impl InfluenceIndex {
                 -1.0,
             ),
         };
+        if matches!(method, Method::TracIn) {
+            // Every query in one pass over the store.
+            let n = queries.len();
+            let all = score::tracin_many(&self.store, queries, |_| {})?;
+            progress(Progress {
+                stage: "scores",
+                done: n,
+                total: n,
+            });
+            return Ok(all
+                .into_iter()
+                .map(|s| s.into_iter().map(f64::from).collect())
+                .collect());
+        }
         let mut out = Vec::with_capacity(queries.len());
         for (i, q) in queries.iter().enumerate() {
             let s = score::score(&self.store, q, &m, |_| {})?;

@@ -462,6 +462,70 @@ pub fn score(
     Ok(Scores { values })
 }
 
+/// TracIn-CP scores of every stored example for each of `queries` (`out[q][i]`, equal to
+/// [`score`] with [`ScoreMethod::TracIn`] query by query) in one pass over the store: rows are
+/// read a block at a time and every query is dotted with the block tile by tile, so a row is
+/// read from memory once however many queries there are.
+pub fn tracin_many(
+    store: &FeatureStore,
+    queries: &[ProjectedQuery],
+    mut progress: impl FnMut(ScoreProgress),
+) -> Result<Vec<Vec<f32>>> {
+    /// Rows per block, and columns per tile (a tile of the block and of each query stays in
+    /// cache while it is reused).
+    const BLOCK: usize = 8;
+    const TILE: usize = 2048;
+    for q in queries {
+        store.check_query(q)?;
+    }
+    let lrs = &store.config().learning_rates;
+    let w: Vec<Vec<f32>> = queries
+        .iter()
+        .map(|q| {
+            q.features
+                .iter()
+                .zip(lrs)
+                .flat_map(|(f, &lr)| f.iter().map(move |&v| (f64::from(v) * lr) as f32))
+                .collect()
+        })
+        .collect();
+    let (n, nq) = (store.len(), queries.len());
+    let width = store.config().checkpoints() * store.config().k();
+    let mut by_row = vec![0f32; n * nq];
+    for (s, super_chunk) in by_row.chunks_mut(PROGRESS_ROWS * nq).enumerate() {
+        let base = s * PROGRESS_ROWS;
+        super_chunk
+            .par_chunks_mut(BLOCK * nq)
+            .enumerate()
+            .for_each(|(b, dst)| {
+                let first = base + b * BLOCK;
+                let rows = dst.len() / nq.max(1);
+                let mut block = vec![0f32; rows * width];
+                for (r, row) in block.chunks_mut(width.max(1)).enumerate() {
+                    store.features_into(first + r, row);
+                }
+                for start in (0..width).step_by(TILE) {
+                    let end = (start + TILE).min(width);
+                    for (r, row) in block.chunks(width.max(1)).enumerate() {
+                        let tile = &row[start..end];
+                        for (q, wq) in w.iter().enumerate() {
+                            dst[r * nq + q] += dot(tile, &wq[start..end]);
+                        }
+                    }
+                }
+            });
+        let rows = super_chunk.len() / nq.max(1);
+        progress(ScoreProgress {
+            done: (base + rows).min(n),
+            total: n,
+            advanced: rows,
+        });
+    }
+    Ok((0..nq)
+        .map(|q| (0..n).map(|i| by_row[i * nq + q]).collect())
+        .collect())
+}
+
 fn datainf(
     store: &FeatureStore,
     query: &ProjectedQuery,

@@ -189,17 +189,19 @@ impl AdapterInfluence {
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Vec<ProjectedQuery>, AttributionError> {
         let total = self.checkpoints.len() * queries.len();
+        let examples: Vec<Example> = queries
+            .iter()
+            .map(|(prompt, answer)| Example::prompt_response(prompt, answer))
+            .collect();
         let per_cp = at_checkpoints(trainer, &self.checkpoints, |t, c| {
-            let mut out = Vec::with_capacity(queries.len());
-            for (i, (prompt, answer)) in queries.iter().enumerate() {
-                out.push(t.query_gradient(prompt, answer)?);
+            let mut cb = |done: usize, _: usize| {
                 progress(Progress {
                     stage: "queries",
-                    done: c * queries.len() + i + 1,
+                    done: c * queries.len() + done,
                     total,
-                });
-            }
-            Ok(out)
+                })
+            };
+            Ok(t.example_gradients(&examples, &mut cb)?)
         })?;
         (0..queries.len())
             .map(|q| {
