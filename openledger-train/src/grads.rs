@@ -6,7 +6,8 @@ use candle_core::{Device, Tensor};
 
 use crate::data::{Example, validate};
 use crate::error::TrainError;
-use crate::net::{LoraParam, Mode, Net, Rows};
+use crate::net::Mode;
+use crate::trainer::pack;
 
 /// Tokens per packed pass of [`Trainer::example_gradients`] (a longer example gets a pass of
 /// its own).
@@ -63,24 +64,6 @@ impl Trainer {
     /// optimizer state is kept. A wrong length or a non-finite value is refused and nothing
     /// changes.
     pub fn set_parameters(&mut self, flat: &[f32]) -> Result<(), TrainError> {
-        self.check_parameters(flat)?;
-        let mut offset = 0;
-        for p in &self.lora {
-            for v in p.vars() {
-                let k = v.elem_count();
-                v.set(&Tensor::from_slice(
-                    &flat[offset..offset + k],
-                    v.dims(),
-                    &Device::Cpu,
-                )?)?;
-                offset += k;
-            }
-        }
-        Ok(())
-    }
-
-    /// A parameter vector of this adapter's length with finite values only.
-    fn check_parameters(&self, flat: &[f32]) -> Result<(), TrainError> {
         let n = self.num_parameters();
         if flat.len() != n {
             return Err(TrainError::InvalidConfig {
@@ -93,6 +76,18 @@ impl Trainer {
                 field: "parameters",
                 reason: format!("value {i} is {}", flat[i]),
             });
+        }
+        let mut offset = 0;
+        for p in &self.lora {
+            for v in p.vars() {
+                let k = v.elem_count();
+                v.set(&Tensor::from_slice(
+                    &flat[offset..offset + k],
+                    v.dims(),
+                    &Device::Cpu,
+                )?)?;
+                offset += k;
+            }
         }
         Ok(())
     }
@@ -204,15 +199,14 @@ impl Trainer {
             }
             return Ok(out);
         }
-        self.packed_all(&self.lora, examples, progress)
+        self.packed_all(examples, progress)
     }
 
-    /// [`Trainer::example_gradients`] (no DoRA) with the LoRA set `lora`: packed passes of at
-    /// most `PASS_TOKENS` tokens, examples taken by length so that sequences of one length sit
+    /// [`Trainer::example_gradients`] without DoRA: packed passes of at most `PASS_TOKENS`
+    /// tokens, examples taken by length so that sequences of one length sit
     /// together and attend as one batch.
     fn packed_all(
         &self,
-        lora: &[LoraParam],
         examples: &[Example],
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Vec<Vec<f32>>, TrainError> {
@@ -233,7 +227,7 @@ impl Trainer {
                 .max(1);
             let (pass, tail) = rest.split_at(take);
             let batch: Vec<&Example> = pass.iter().map(|&i| &examples[i]).collect();
-            for (&i, g) in pass.iter().zip(self.packed_gradients(lora, &batch)?) {
+            for (&i, g) in pass.iter().zip(self.packed_gradients(&batch)?) {
                 grads[i] = Some(g);
             }
             done += take;
@@ -248,30 +242,20 @@ impl Trainer {
     /// example `e`'s rows is example `e`'s own, and each module's probe (see
     /// [`Probe`](crate::net::Probe)) turns those rows into `∂/∂A` and `∂/∂B`. Equal to
     /// [`Trainer::example_gradient`] of each, up to the order of float sums.
-    fn packed_gradients(
-        &self,
-        lora: &[LoraParam],
-        examples: &[&Example],
-    ) -> Result<Vec<Vec<f32>>, TrainError> {
-        let rows = Rows {
-            seqs: examples.iter().map(|e| &e.tokens[..]).collect(),
-        };
-        let mut targets = Vec::new();
-        let mut weights = Vec::new();
+    fn packed_gradients(&self, examples: &[&Example]) -> Result<Vec<Vec<f32>>, TrainError> {
+        let (rows, targets) = pack(examples);
+        let weights: Vec<f32> = examples
+            .iter()
+            .flat_map(|e| std::iter::repeat_n(1.0 / e.targets() as f32, e.targets()))
+            .collect();
         let mut spans = Vec::with_capacity(examples.len());
         let mut start = 0usize;
         for e in examples {
-            let n = e.targets();
-            targets.extend(e.target_pairs().map(|(p, t)| ((start + p) as u32, t)));
-            weights.extend(std::iter::repeat_n(1.0 / n as f32, n));
             spans.push((start, e.tokens.len()));
             start += e.tokens.len();
         }
-        let mut probes = Vec::with_capacity(lora.len());
-        let net = Net {
-            base: &self.base,
-            lora,
-        };
+        let mut probes = Vec::with_capacity(self.lora.len());
+        let net = self.net();
         let loss = {
             let mut mode = Mode {
                 grad: true,
@@ -287,7 +271,7 @@ impl Trainer {
         let layout = self.gradient_layout();
         let mut out = vec![vec![0.0f32; self.num_parameters()]; examples.len()];
         for probe in &probes {
-            let p = &lora[probe.module];
+            let p = &self.lora[probe.module];
             let Some(g) = store.get(probe.g.as_tensor()) else {
                 continue;
             };

@@ -389,15 +389,7 @@ impl Trainer {
         examples: &[&Example],
         mode: &mut Mode<'_>,
     ) -> Result<Tensor, TrainError> {
-        let rows = Rows {
-            seqs: examples.iter().map(|e| &e.tokens[..]).collect(),
-        };
-        let mut targets = Vec::new();
-        let mut start = 0u32;
-        for e in examples {
-            targets.extend(e.target_pairs().map(|(p, t)| (start + p as u32, t)));
-            start += e.tokens.len() as u32;
-        }
+        let (rows, targets) = pack(examples);
         let net = self.net();
         let hidden = net.hidden(&rows, mode)?;
         Ok(net.nll(&hidden, &targets)?)
@@ -687,4 +679,19 @@ fn record_id(e: &Example) -> ContentId {
             ContentId::of(bytes)
         }
     }
+}
+
+/// `examples` packed as one batch: their token rows concatenated, and every target as `(row,
+/// token)` (the token that row predicts) in that concatenation.
+pub(super) fn pack<'e>(examples: &[&'e Example]) -> (Rows<'e>, Vec<(u32, u32)>) {
+    let rows = Rows {
+        seqs: examples.iter().map(|e| &e.tokens[..]).collect(),
+    };
+    let mut targets = Vec::new();
+    let mut start = 0u32;
+    for e in examples {
+        targets.extend(e.target_pairs().map(|(p, t)| (start + p as u32, t)));
+        start += e.tokens.len() as u32;
+    }
+    (rows, targets)
 }
