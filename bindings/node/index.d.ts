@@ -369,6 +369,41 @@ export declare class FeeSplit {
   split(fee: Amount, accounts: Array<Bytes>, scores: Float64Array | Array<number>): FeeSplitResult
 }
 
+/**
+ * A pretrained chat model (a llama-family GGUF file), a sentence embedder and an index of
+ * datanet records: answers grounded in the records nearest to each question, and
+ * ContextCite's credit of each source. Every call runs off the JavaScript thread.
+ */
+export declare class Grounded {
+  /**
+   * Loads `gguf` (weights dequantized to float32; tokenizer, chat template and end token
+   * from its metadata) and the sentence-transformers folder `embedder`. `onProgress(n)` is
+   * called as tensors load.
+   */
+  static load(gguf: string, embedder: string, options?: GroundedOptions | undefined | null, onProgress?: ProgressFn | undefined | null): Promise<Grounded>
+  /** Records indexed. */
+  get records(): number
+  /**
+   * Indexes one record per near-duplicate cluster of `datanet` (MinHash, then paraphrases
+   * merged by embedding, as the Payable-AI loop clusters them): copies are never retrieved.
+   * `onProgress(n)` is called as records are embedded.
+   */
+  indexDatanet(datanet: Datanet, onProgress?: ProgressFn | undefined | null): Promise<IndexedDatanet>
+  /** Resolves to the `topK` records nearest to `question`, best first, numbered from 1. */
+  retrieve(question: string): Promise<Array<GroundedSource>>
+  /**
+   * Resolves to the greedy answer to `question` from the records retrieved for it
+   * (`retrieve: false`: from the model alone). `onText(piece)` receives the text as it is
+   * generated, in order, before the promise resolves.
+   */
+  answer(question: string, retrieve?: boolean | undefined | null, onText?: TextFn | undefined | null): Promise<GroundedAnswer>
+  /**
+   * Resolves to ContextCite's credit of `answer`'s sources. `onProgress(n)` is called as
+   * ablated prompts are scored.
+   */
+  cite(answer: GroundedAnswer, onProgress?: ProgressFn | undefined | null): Promise<SourceCredit>
+}
+
 /** A loaded PEFT LoRA adapter (`adapter_config.json` + `adapter_model.safetensors`). */
 export declare class LoraAdapter {
   /** Loads the adapter folder `path`. */
@@ -1119,6 +1154,48 @@ export interface GenerateOptions {
   stopStrings?: Array<string>
 }
 
+/** An answer and what it was grounded in. */
+export interface GroundedAnswer {
+  /** The question. */
+  question: string
+  /** The answer's text. */
+  text: string
+  /** The answer's token ids (the end-of-sequence token excluded). */
+  tokens: Array<number>
+  /** Source numbers the answer cites as `[n]`, first mention first. */
+  cited: Array<number>
+  /** Tokens of the prompt. */
+  promptTokens: number
+  /** The sources in the prompt (empty: answered without retrieval). */
+  sources: Array<GroundedSource>
+}
+
+/** Settings of a grounded model; every field is optional. */
+export interface GroundedOptions {
+  /** Records retrieved per question (default 4). */
+  topK?: number
+  /** Tokens generated at most per answer (default 32). */
+  maxNewTokens?: number
+  /** ContextCite's ablations per answer (default 32). */
+  samples?: number
+  /** Held-out masks the surrogate is judged on (default 16). */
+  heldOut?: number
+}
+
+/** A record in the prompt. */
+export interface GroundedSource {
+  /** Its number in the prompt, from 1. */
+  number: number
+  /** The record's 32-byte id (`0x` hex). */
+  record: string
+  /** The contributor's address (checksummed). */
+  contributor: string
+  /** The text the model read. */
+  text: string
+  /** Cosine similarity of its embedding to the question's. */
+  relevance: number
+}
+
 /** One attribution weight: a 32-byte id and its integer weight. */
 export interface IdWeight {
   /** The 32-byte id. */
@@ -1133,6 +1210,14 @@ export interface ImportReport {
   added: number
   /** Lines skipped as exact duplicates of a record already held. */
   duplicates: Array<Duplicate>
+}
+
+/** What `indexDatanet` indexed. */
+export interface IndexedDatanet {
+  /** Records indexed: the first of each near-duplicate cluster. */
+  kept: Array<string>
+  /** Each copy left out, as `[copy, record whose cluster it joined]`. */
+  copies: Array<Array<string>>
 }
 
 /** How adapter weights are checked when loaded. */
@@ -1407,6 +1492,26 @@ export interface Segment {
  */
 export declare function sgmv(x: Float32Array | Uint16Array, y: Float32Array | Uint16Array, modules: Array<LoraModule>, segments: Array<Segment>, options?: BatchOptions | undefined | null): Promise<Float32Array | Uint16Array>
 
+/** ContextCite's credit of an answer's sources. */
+export interface SourceCredit {
+  /** One surrogate weight per source, in source order. */
+  weights: Array<number>
+  /** Each source's share of the data pool (positive weights normalised). */
+  shares: Array<number>
+  /** The number of the best-weighted source (none when no weight is positive). */
+  topSource?: number
+  /** The surrogate's score with every source removed. */
+  intercept: number
+  /** The answer's logit-probability with every source kept. */
+  fullScore: number
+  /** Spearman correlation of the surrogate with the model on held-out masks. */
+  heldOutLds?: number
+  /** Log-probability lost when the top source is removed (nats). */
+  topDrop: number
+  /** Prompts scored. */
+  promptsScored: number
+}
+
 /** Splits `amount` wei by basis points (summing to exactly 10,000). */
 export declare function splitBps(amount: Amount, bps: Array<BasisPoints>): Array<Payout>
 
@@ -1491,6 +1596,9 @@ export interface SuiteOptions {
    */
   out?: string
 }
+
+/** A JavaScript function receiving an answer's text piece by piece as it is generated. */
+export type TextFn = ((arg: string) => void)
 
 /** How `Trainer.load` sets up fine-tuning; `targets`, `r` and `alpha` are required. */
 export interface TrainerOptions {

@@ -846,6 +846,7 @@ module.exports.Epoch = nativeBinding.Epoch
 module.exports.FeatureStore = nativeBinding.FeatureStore
 module.exports.FeatureStoreWriter = nativeBinding.FeatureStoreWriter
 module.exports.FeeSplit = nativeBinding.FeeSplit
+module.exports.Grounded = nativeBinding.Grounded
 module.exports.LoraAdapter = nativeBinding.LoraAdapter
 module.exports.LoraModule = nativeBinding.LoraModule
 module.exports.MerkleTree = nativeBinding.MerkleTree

@@ -54,11 +54,44 @@ pub struct SourceAttribution {
     pub intercept: f64,
 }
 
+impl SourceAttribution {
+    /// The surrogate's prediction for `mask` (`true`: the source is kept).
+    pub fn predict(&self, mask: &[bool]) -> f64 {
+        self.intercept
+            + self
+                .weights
+                .iter()
+                .zip(mask)
+                .filter(|(_, k)| **k)
+                .map(|(w, _)| w)
+                .sum::<f64>()
+    }
+}
+
 /// Runs the ablations (`scorer(mask)` gets `true` for kept sources) and fits the surrogate.
 /// `progress(done, total)` is called after each scored mask.
 pub fn context_cite(
     n_sources: usize,
     mut scorer: impl FnMut(&[bool]) -> Result<f64>,
+    cfg: &ContextCiteConfig,
+    progress: impl FnMut(usize, usize),
+) -> Result<SourceAttribution> {
+    context_cite_batched(
+        n_sources,
+        1,
+        |masks| masks.iter().map(|m| scorer(m)).collect(),
+        cfg,
+        progress,
+    )
+}
+
+/// [`context_cite`] with the masks scored `batch` at a time (`scorer(masks)` returns one score
+/// per mask, in order): a model scores a batch of ablated prompts in one pass.
+/// `progress(done, total)` is called after each batch.
+pub fn context_cite_batched(
+    n_sources: usize,
+    batch: usize,
+    mut scorer: impl FnMut(&[Vec<bool>]) -> Result<Vec<f64>>,
     cfg: &ContextCiteConfig,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<SourceAttribution> {
@@ -68,37 +101,76 @@ pub fn context_cite(
         });
     }
     if cfg.samples < 2
+        || batch == 0
         || !(cfg.keep_probability > 0.0 && cfg.keep_probability < 1.0)
         || !(cfg.alpha >= 0.0 && cfg.alpha.is_finite())
     {
         return Err(PoaError::InvalidConfig {
             what: "ContextCite config".into(),
             reason: format!(
-                "need samples ≥ 2 (got {}), 0 < keep_probability < 1 (got {}), finite α ≥ 0 (got {})",
+                "need samples ≥ 2 (got {}), batch ≥ 1 (got {batch}), 0 < keep_probability < 1 \
+                 (got {}), finite α ≥ 0 (got {})",
                 cfg.samples, cfg.keep_probability, cfg.alpha
             ),
         });
     }
-    let mut rng = SeededStream::new(cfg.seed);
-    let mut masks = Vec::with_capacity(cfg.samples);
-    let mut ys = Vec::with_capacity(cfg.samples);
-    for s in 0..cfg.samples {
-        let mask: Vec<bool> = (0..n_sources)
-            .map(|_| rng.next_f64() < cfg.keep_probability)
-            .collect();
-        let y = scorer(&mask)?;
-        if !y.is_finite() {
-            return Err(PoaError::NonFinite {
-                what: "ablation score".into(),
-                index: s,
-                value: y,
+    let masks = ablation_masks(n_sources, cfg.samples, cfg.keep_probability, cfg.seed);
+    let ys = score_masks(&masks, batch, &mut scorer, &mut progress)?;
+    Ok(lasso(&masks, &ys, cfg))
+}
+
+/// `samples` random keep/drop masks over `n_sources` sources, each source kept with
+/// probability `keep_probability`, from `seed`: the masks [`context_cite`] scores (a different
+/// seed gives held-out masks to measure the surrogate on).
+pub fn ablation_masks(
+    n_sources: usize,
+    samples: usize,
+    keep_probability: f64,
+    seed: u64,
+) -> Vec<Vec<bool>> {
+    let mut rng = SeededStream::new(seed);
+    (0..samples)
+        .map(|_| {
+            (0..n_sources)
+                .map(|_| rng.next_f64() < keep_probability)
+                .collect()
+        })
+        .collect()
+}
+
+/// A scorer of a batch of ablation masks: one score per mask, in order.
+pub type BatchScorer<'a> = dyn FnMut(&[Vec<bool>]) -> Result<Vec<f64>> + 'a;
+
+/// Scores `masks` `batch` at a time; a score that is not finite, or a batch answered with the
+/// wrong number of scores, is an error naming the mask.
+pub fn score_masks(
+    masks: &[Vec<bool>],
+    batch: usize,
+    scorer: &mut BatchScorer<'_>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<f64>> {
+    let mut ys = Vec::with_capacity(masks.len());
+    for chunk in masks.chunks(batch.max(1)) {
+        let got = scorer(chunk)?;
+        if got.len() != chunk.len() {
+            return Err(PoaError::InvalidConfig {
+                what: "ablation scorer".into(),
+                reason: format!("returned {} scores for {} masks", got.len(), chunk.len()),
             });
         }
-        masks.push(mask);
-        ys.push(y);
-        progress(s + 1, cfg.samples);
+        for y in got {
+            if !y.is_finite() {
+                return Err(PoaError::NonFinite {
+                    what: "ablation score".into(),
+                    index: ys.len(),
+                    value: y,
+                });
+            }
+            ys.push(y);
+        }
+        progress(ys.len(), masks.len());
     }
-    Ok(lasso(&masks, &ys, cfg))
+    Ok(ys)
 }
 
 /// Lasso with an unpenalised intercept, by cyclic coordinate descent on centred columns.

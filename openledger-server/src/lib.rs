@@ -36,7 +36,6 @@ pub mod error;
 pub mod hub;
 pub mod metrics;
 mod routes;
-pub mod template;
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -54,7 +53,8 @@ pub use attribution::{AttributionConfig, ChainTarget};
 pub use auth::{ApiKeys, KeyFileError, KeyInfo};
 pub use error::ApiError;
 pub use metrics::Metrics;
-pub use template::{ChatMessage, ChatTemplate, TemplateError};
+pub use openledger_lora::model::template;
+pub use openledger_lora::model::{ChatMessage, ChatTemplate, TemplateError};
 
 /// Limits and sources of a server.
 #[derive(Debug, Clone)]
@@ -268,28 +268,7 @@ impl Server {
             None
         };
         let (template, eos) = match &gguf {
-            Some(g) => {
-                let tokens: std::collections::BTreeMap<String, String> = [
-                    ("bos_token", "tokenizer.ggml.bos_token_id"),
-                    ("eos_token", "tokenizer.ggml.eos_token_id"),
-                    ("unk_token", "tokenizer.ggml.unknown_token_id"),
-                    ("pad_token", "tokenizer.ggml.padding_token_id"),
-                ]
-                .into_iter()
-                .filter_map(|(name, key)| g.special_token(key).map(|t| (name.to_owned(), t)))
-                .collect();
-                let template = g
-                    .chat_template()
-                    .map(|src| ChatTemplate::new(src, tokens))
-                    .transpose()?;
-                let eos = g
-                    .metadata()
-                    .get("tokenizer.ggml.eos_token_id")
-                    .and_then(|v| v.as_u64())
-                    .map(|id| vec![id as u32])
-                    .unwrap_or_default();
-                (template, eos)
-            }
+            Some(g) => (ChatTemplate::from_gguf(g)?, g.eos_token_ids()),
             None => (
                 ChatTemplate::from_model_dir(&config.model_dir)?,
                 eos_ids(&config.model_dir)?,

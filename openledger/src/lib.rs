@@ -10,6 +10,9 @@
 //! * [`attribution`]: influence of datanet records on a fine-tuned adapter's answers — the
 //!   trainer's per-example LoRA gradients at logged checkpoints put into the attribution
 //!   layer's influence index — and the metrics and experiment that judge it.
+//! * [`grounded`]: answers grounded in retrieved datanet records on a pretrained GGUF chat
+//!   model (SmolLM2), with ContextCite's credit of each source: ablated prompts scored in one
+//!   mixed batch, a sparse linear surrogate judged on held-out masks.
 //! * [`provenance`]: training grants read from the `DatanetRegistry`, and trained adapters
 //!   registered in the `ModelRegistry` with the head of their training log.
 //! * [`synthetic`]: a key→value language with known flipped labels, the ground truth of the
@@ -30,6 +33,7 @@ pub use openledger_poa as poa;
 pub use openledger_train as train;
 
 pub mod attribution;
+pub mod grounded;
 pub mod payable;
 pub mod provenance;
 pub mod synthetic;

@@ -119,6 +119,11 @@ impl Datanet {
     fn lock(&self) -> MutexGuard<'_, RustDatanet> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// A copy of the datanet as it is now.
+    pub(crate) fn snapshot(&self) -> RustDatanet {
+        self.lock().clone()
+    }
 }
 
 #[napi]

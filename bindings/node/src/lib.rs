@@ -31,6 +31,7 @@ pub mod adapters;
 pub mod chain;
 pub mod datanet;
 pub mod engine;
+pub mod grounded;
 pub mod merkle;
 pub mod payable;
 pub mod pool;

@@ -18,6 +18,16 @@ impl Progress {
         Self(f)
     }
 
+    /// A `(done, total)` callback for work that counts what is done so far: reports the
+    /// increase of `done` since its last call.
+    pub(crate) fn cumulative(&self) -> impl FnMut(usize, usize) + '_ {
+        let mut before = 0;
+        move |done, _| {
+            self.advance(done.saturating_sub(before));
+            before = done;
+        }
+    }
+
     /// Reports `n` more items done (nothing for 0).
     pub fn advance(&self, n: usize) {
         if let (Some(f), true) = (&self.0, n > 0) {

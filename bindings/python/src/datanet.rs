@@ -69,6 +69,11 @@ impl PyDatanet {
     fn lock(&self) -> MutexGuard<'_, Datanet> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// A copy of the datanet as it is now.
+    pub(crate) fn snapshot(&self) -> Datanet {
+        self.lock().clone()
+    }
 }
 
 /// What an import did: `{"added": n, "duplicates": [(line, index of the existing record)]}`.

@@ -7,6 +7,7 @@
 //! (with `errno` and `filename`) so that `except FileNotFoundError` works as it does for any
 //! Python library.
 
+use openledger::grounded::GroundedError;
 use openledger::payable::LoopError;
 use openledger_chain::ChainError;
 use openledger_core::datanet::DatanetError;
@@ -321,6 +322,7 @@ classified!(
     PoaError,
     ChainError,
     LoopError,
+    GroundedError,
 );
 
 /// A `BusyError` naming what is busy.

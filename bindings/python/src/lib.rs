@@ -19,6 +19,7 @@ mod chain;
 mod datanet;
 mod engine;
 mod error;
+mod grounded;
 mod merkle;
 mod payable;
 mod pool;
@@ -56,5 +57,6 @@ fn _openledger(m: &Bound<'_, PyModule>) -> PyResult<()> {
     chain::register(m)?;
     train::register(m)?;
     payable::register(m)?;
+    grounded::register(m)?;
     Ok(())
 }

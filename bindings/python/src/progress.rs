@@ -23,6 +23,16 @@ impl Progress {
         }
     }
 
+    /// A `(done, total)` callback for work that counts what is done so far: reports the
+    /// increase of `done` since its last call.
+    pub(crate) fn cumulative(&self) -> impl FnMut(usize, usize) + '_ {
+        let mut before = 0;
+        move |done, _| {
+            self.advance(done.saturating_sub(before));
+            before = done;
+        }
+    }
+
     /// Reports `n` more items done (no-op without a callback or after it failed).
     pub(crate) fn advance(&self, n: usize) {
         let Some(cb) = &self.callback else { return };

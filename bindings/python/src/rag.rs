@@ -236,13 +236,9 @@ impl PySentenceEmbedder {
     ) -> Result<Bound<'py, PyArray2<f32>>> {
         let progress = Progress::new(progress);
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let mut before = 0;
         let vectors = py.detach(|| {
             self.inner
-                .embed_batch_with_progress(&refs, &mut |done, _| {
-                    progress.advance(done - before);
-                    before = done;
-                })
+                .embed_batch_with_progress(&refs, &mut progress.cumulative())
                 .map_err(Error::from)
         })?;
         progress.finish()?;

@@ -5,6 +5,17 @@
 use super::{AdapterSlot, Model, ModelError, Tokenizer};
 use crate::serve::TextPieces;
 
+/// A greedy continuation: its text and the tokens chosen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Generated {
+    /// The answer: the text before the first stop string.
+    pub text: String,
+    /// The tokens chosen, without the stop token that ended the answer.
+    pub tokens: Vec<u32>,
+    /// The stop token that ended it, if one did.
+    pub stop_token: Option<u32>,
+}
+
 impl Model {
     /// The greedy continuation of `prompt` (token ids) as text, streamed: `on_text` receives the
     /// answer piece by piece as tokens are chosen. It ends at the first of `stop_strings` to
@@ -23,6 +34,32 @@ impl Model {
         stop_strings: &[String],
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<String, ModelError> {
+        self.greedy_generate(
+            tokenizer,
+            adapter,
+            prompt,
+            max_new_tokens,
+            &[],
+            stop_strings,
+            on_text,
+        )
+        .map(|g| g.text)
+    }
+
+    /// [`greedy_text_streaming`](Self::greedy_text_streaming) that also ends at the first of
+    /// `stop_tokens` (a model's end-of-sequence ids, which decode to no text), and returns the
+    /// tokens chosen with the text.
+    #[allow(clippy::too_many_arguments)]
+    pub fn greedy_generate(
+        &self,
+        tokenizer: &Tokenizer,
+        adapter: Option<AdapterSlot>,
+        prompt: &[u32],
+        max_new_tokens: usize,
+        stop_tokens: &[u32],
+        stop_strings: &[String],
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Generated, ModelError> {
         if stop_strings.iter().any(String::is_empty) {
             return Err(ModelError::InvalidArgument {
                 name: "stop_strings",
@@ -34,7 +71,12 @@ impl Model {
         let mut out = Vec::new();
         let mut failed = None;
         let mut listening = true;
+        let mut stop_token = None;
         self.greedy_streaming(adapter, prompt, max_new_tokens, &mut |_, token| {
+            if stop_tokens.contains(&token) {
+                stop_token = Some(token);
+                return false;
+            }
             out.push(token);
             match pieces.next_piece(&out, false, decode) {
                 Ok(piece) if !piece.is_empty() && !on_text(piece) => {
@@ -55,6 +97,10 @@ impl Model {
         if listening && !rest.is_empty() {
             on_text(rest);
         }
-        Ok(pieces.given().to_owned())
+        Ok(Generated {
+            text: pieces.given().to_owned(),
+            tokens: out,
+            stop_token,
+        })
     }
 }

@@ -719,6 +719,17 @@ impl GgufFile {
             .and_then(GgufValue::as_str)
     }
 
+    /// The end-of-sequence token ids the file names (`tokenizer.ggml.eos_token_id`): where
+    /// generation stops by default.
+    pub fn eos_token_ids(&self) -> Vec<u32> {
+        self.metadata
+            .get("tokenizer.ggml.eos_token_id")
+            .and_then(GgufValue::as_u64)
+            .and_then(|id| u32::try_from(id).ok())
+            .into_iter()
+            .collect()
+    }
+
     /// The text of special token `key` (`tokenizer.ggml.bos_token_id` …), if the file names one.
     pub fn special_token(&self, key: &str) -> Option<String> {
         let id = self.metadata.get(key)?.as_u64()?;

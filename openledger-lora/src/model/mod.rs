@@ -43,6 +43,7 @@ mod paged;
 mod random;
 mod save;
 mod served;
+pub mod template;
 mod tokenizer;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -50,6 +51,7 @@ use std::path::Path;
 
 pub use config::{Activation, Architecture, ModelConfig, RopeScaling};
 pub use error::ModelError;
+pub use generate::Generated;
 pub use gguf::{GgmlType, GgufFile, GgufTensorInfo, GgufValue};
 pub use load::{Layer, Linear, LoadProgress, Weights};
 pub use paged::{PagedError, PagedModel};
@@ -58,6 +60,7 @@ pub use save::{
     CONFIG_FILE, WEIGHTS_FILE, merge_adapter_into_dir, model_config_json, write_model_dir,
 };
 pub use served::{FaultWatch, PendingCancel, ServeOptions, ServedError, ServedModel};
+pub use template::{ChatMessage, ChatTemplate, TemplateError};
 pub use tokenizer::{TOKENIZER_FILE, Tokenizer};
 
 use crate::adapter::LoraAdapter;
@@ -98,6 +101,18 @@ pub struct SeqInput<'a> {
     pub adapter: Option<AdapterSlot>,
     /// Token ids (at least one).
     pub tokens: &'a [u32],
+}
+
+/// One sequence to score: the log-probability of `continuation` after `context`, under
+/// `adapter` (see [`Model::continuation_logprobs`]).
+#[derive(Clone, Copy, Debug)]
+pub struct ScoreInput<'a> {
+    /// The adapter, or `None` for the base model.
+    pub adapter: Option<AdapterSlot>,
+    /// The tokens conditioned on (at least one).
+    pub context: &'a [u32],
+    /// The tokens scored.
+    pub continuation: &'a [u32],
 }
 
 /// The keys and values of one sequence's earlier positions, every layer, held contiguously
@@ -348,6 +363,69 @@ impl Model {
         Ok(self.run(batch, &spans, &past)?.0)
     }
 
+    /// The log-probability of each continuation token given everything before it, for a mixed
+    /// batch of (context, continuation) pairs run as one pass: `out[n][i] = log p(c_i | context,
+    /// c_<i)` for sequence `n`. The vocabulary projection and the log-softmax (in f64) run only
+    /// on the rows that predict a continuation token, so a long context costs no more than its
+    /// decoder layers. An empty continuation scores as an empty vector; an empty context is an
+    /// error naming the sequence.
+    pub fn continuation_logprobs(
+        &self,
+        batch: &[ScoreInput<'_>],
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        if let Some(seq) = batch.iter().position(|s| s.context.is_empty()) {
+            return Err(ModelError::EmptySequence { seq });
+        }
+        let joined: Vec<Vec<u32>> = batch
+            .iter()
+            .map(|s| [s.context, s.continuation].concat())
+            .collect();
+        let inputs: Vec<SeqInput<'_>> = batch
+            .iter()
+            .zip(&joined)
+            .map(|(s, tokens)| SeqInput {
+                adapter: s.adapter,
+                tokens,
+            })
+            .collect();
+        let spans = self.check_batch(&inputs)?;
+        let (x, _) = self.run_hidden(&inputs, &spans, &vec![None; batch.len()])?;
+        // Keep the rows context_len − 1 .. len − 1 of each sequence: those predict the
+        // continuation's tokens.
+        let h = self.config.hidden_size;
+        let mut kept = Vec::new();
+        let mut kept_spans = Vec::with_capacity(spans.len());
+        for (s, input) in spans.iter().zip(batch) {
+            let start = kept.len() / h;
+            let first = s.start + input.context.len() - 1;
+            kept.extend_from_slice(&x[first * h..(first + input.continuation.len()) * h]);
+            kept_spans.push(Span {
+                start,
+                end: start + input.continuation.len(),
+                adapter: s.adapter,
+            });
+        }
+        let logits = self.lm_head(&kept, &kept_spans)?;
+        let vocab = self.config.vocab_size;
+        Ok(logits
+            .iter()
+            .zip(batch)
+            .map(|(rows, input)| {
+                input
+                    .continuation
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &t)| {
+                        let row = &rows[i * vocab..(i + 1) * vocab];
+                        let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                        let sum: f64 = row.iter().map(|&v| f64::from(v - max).exp()).sum();
+                        (f64::from(row[t as usize] - max) - sum.ln()) as f32
+                    })
+                    .collect()
+            })
+            .collect())
+    }
+
     /// An empty contiguous key/value cache for a sequence run with `adapter`.
     pub fn new_cache(&self, adapter: Option<AdapterSlot>) -> Result<ContiguousKvCache, ModelError> {
         if let Some(id) = adapter {
@@ -397,6 +475,19 @@ impl Model {
         spans: &[Span],
         past: &[Option<&ContiguousKvCache>],
     ) -> Result<(Vec<Vec<f32>>, Vec<Vec<(Vec<f32>, Vec<f32>)>>), ModelError> {
+        let (x, new_kv) = self.run_hidden(batch, spans, past)?;
+        Ok((self.lm_head(&x, spans)?, new_kv))
+    }
+
+    /// [`run`](Self::run) up to the final norm: the hidden states `[rows, hidden]` and each
+    /// sequence's new keys and values per layer.
+    #[allow(clippy::type_complexity)]
+    fn run_hidden(
+        &self,
+        batch: &[SeqInput<'_>],
+        spans: &[Span],
+        past: &[Option<&ContiguousKvCache>],
+    ) -> Result<(Vec<f32>, Vec<Vec<(Vec<f32>, Vec<f32>)>>), ModelError> {
         let mut new_kv: Vec<Vec<(Vec<f32>, Vec<f32>)>> = vec![Vec::new(); batch.len()];
         let starts: Vec<usize> = past.iter().map(|c| c.map_or(0, |c| c.len)).collect();
         let (qd, kvd) = (
@@ -429,8 +520,7 @@ impl Model {
             Ok(())
         };
         let x = self.hidden(batch, spans, &starts, &mut attend)?;
-        let logits = self.lm_head(&x, spans)?;
-        Ok((logits, new_kv))
+        Ok((x, new_kv))
     }
 
     /// The decoder stack over a mixed batch: embeds every sequence's tokens, runs each layer

@@ -402,6 +402,49 @@ class SentenceEmbedder:
         self, texts: Sequence[str], progress: Optional[Callable[[int], object]] = None
     ) -> npt.NDArray[np.float32]: ...
 
+class GroundedAnswer:
+    @property
+    def question(self) -> str: ...
+    @property
+    def text(self) -> str: ...
+    @property
+    def tokens(self) -> List[int]: ...
+    @property
+    def cited(self) -> List[int]: ...
+    @property
+    def prompt_tokens(self) -> int: ...
+    @property
+    def sources(self) -> List[Dict[str, Union[int, str, float]]]: ...
+
+class Grounded:
+    @staticmethod
+    def load(
+        gguf: _Path,
+        embedder: _Path,
+        *,
+        top_k: int = 4,
+        max_new_tokens: int = 32,
+        samples: int = 32,
+        held_out: int = 16,
+        progress: Optional[Callable[[int], object]] = None,
+    ) -> Grounded: ...
+    @property
+    def records(self) -> int: ...
+    def index_datanet(
+        self, datanet: Datanet, progress: Optional[Callable[[int], object]] = None
+    ) -> Dict[str, List[Any]]: ...
+    def retrieve(self, question: str) -> List[Dict[str, Union[int, str, float]]]: ...
+    def answer(
+        self,
+        question: str,
+        *,
+        retrieve: bool = True,
+        on_text: Optional[Callable[[str], object]] = None,
+    ) -> GroundedAnswer: ...
+    def cite(
+        self, answer: GroundedAnswer, progress: Optional[Callable[[int], object]] = None
+    ) -> Dict[str, Any]: ...
+
 def relevance_weights(
     citations: Sequence[Dict[str, Union[str, float]]], *, temperature: Optional[float] = None
 ) -> List[Tuple[str, float]]: ...

@@ -7,7 +7,7 @@
 //! `eos_token`, `unk_token`, `pad_token`) that `tokenizer_config.json` names.
 //!
 //! ```
-//! use openledger_server::{ChatMessage, ChatTemplate};
+//! use openledger_lora::model::{ChatMessage, ChatTemplate};
 //!
 //! let source = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] | trim }}\n{% endfor %}\
 //!               {% if add_generation_prompt %}<|assistant|>{% endif %}";
@@ -83,6 +83,23 @@ impl ChatTemplate {
             env,
             tokens: special_tokens,
         })
+    }
+
+    /// The template a GGUF file carries (`tokenizer.chat_template`), with the special tokens its
+    /// metadata names. `None` when the file has no template.
+    pub fn from_gguf(file: &super::GgufFile) -> Result<Option<Self>, TemplateError> {
+        let tokens: BTreeMap<String, String> = [
+            ("bos_token", "tokenizer.ggml.bos_token_id"),
+            ("eos_token", "tokenizer.ggml.eos_token_id"),
+            ("unk_token", "tokenizer.ggml.unknown_token_id"),
+            ("pad_token", "tokenizer.ggml.padding_token_id"),
+        ]
+        .into_iter()
+        .filter_map(|(name, key)| file.special_token(key).map(|t| (name.to_owned(), t)))
+        .collect();
+        file.chat_template()
+            .map(|src| Self::new(src, tokens))
+            .transpose()
     }
 
     /// The model folder's template: `chat_template.jinja` when present, else the
