@@ -19,7 +19,12 @@
 //!
 //! `--deployment FILE` (a file the `deploy` example wrote) uses that suite instead of deploying.
 //!
-//! `cargo run --release --example payable_ai -- [--quick] [--report FILE] [--work-dir DIR]
+//! With `--model smollm2` (or `--model FILE.gguf`) the adapters are fine-tuned over that
+//! pretrained model instead (`LoopConfig::smollm2`): each request is answered from the records
+//! retrieved for it and the RAG part of its pool is split by ContextCite; minutes, not seconds.
+//!
+//! `cargo run --release --example payable_ai -- [--quick] [--model random|smollm2|FILE]
+//! [--report FILE] [--work-dir DIR]
 //! [--embedder DIR|none] [--rpc URL [--deployment FILE]]`
 
 use std::io::{IsTerminal, Write};
@@ -40,6 +45,8 @@ struct Args {
     work_dir: PathBuf,
     /// The sentence-transformers folder, or none.
     embedder: Option<PathBuf>,
+    /// A pretrained GGUF base instead of the random one.
+    model: Option<PathBuf>,
     /// A JSON-RPC endpoint to settle on instead of the embedded EVM.
     rpc: Option<String>,
     /// A deployment file (from the `deploy` example) to use on that node instead of deploying.
@@ -57,6 +64,7 @@ fn args(argv: impl IntoIterator<Item = String>) -> Result<Args, Error> {
         report: None,
         work_dir: PathBuf::from("target/payable-ai"),
         embedder: fetched_embedder(),
+        model: None,
         rpc: None,
         deployment: None,
     };
@@ -68,6 +76,22 @@ fn args(argv: impl IntoIterator<Item = String>) -> Result<Args, Error> {
             "--report" => a.report = Some(PathBuf::from(value()?)),
             "--work-dir" => a.work_dir = PathBuf::from(value()?),
             "--rpc" => a.rpc = Some(value()?),
+            "--model" => {
+                a.model = match value()?.as_str() {
+                    "random" => None,
+                    "smollm2" => Some(
+                        fetched_model(Path::new("target/models"), "SmolLM2-135M-Instruct")
+                            .map_err(|dir| {
+                                format!(
+                                    "{} is absent: run `bash scripts/fetch-models.sh`",
+                                    dir.display()
+                                )
+                            })?
+                            .join("SmolLM2-135M-Instruct.Q4_1.gguf"),
+                    ),
+                    file => Some(PathBuf::from(file)),
+                }
+            }
             "--deployment" => a.deployment = Some(PathBuf::from(value()?)),
             "--embedder" => {
                 a.embedder = match value()?.as_str() {
@@ -77,7 +101,7 @@ fn args(argv: impl IntoIterator<Item = String>) -> Result<Args, Error> {
             }
             "-h" | "--help" => {
                 println!(
-                    "payable_ai [--quick] [--report FILE] [--work-dir DIR] [--embedder DIR|none] [--rpc URL [--deployment FILE]]"
+                    "payable_ai [--quick] [--model random|smollm2|FILE.gguf] [--report FILE] [--work-dir DIR] [--embedder DIR|none] [--rpc URL [--deployment FILE]]"
                 );
                 std::process::exit(0);
             }
@@ -188,6 +212,7 @@ fn short(h: impl std::fmt::Display) -> String {
 }
 
 fn summary(r: &Report) {
+    println!("\nbase model: {}", r.base_model);
     if let Some(d) = &r.datanet {
         println!(
             "\ndatanet {:?} id {} v{}: {} records from {} contributors, root {}; {} near-duplicate clusters, {} distinct records",
@@ -388,10 +413,12 @@ fn copiers_paid(r: &Report) -> Vec<(Address, Address, String)> {
 /// Runs the loop as the command line says, prints it, writes the report; fails when a balance
 /// misses its claim or the copies paid their contributor more.
 fn run(a: &Args) -> Result<Report, Error> {
-    let mut config = if a.quick {
-        LoopConfig::quick(a.work_dir.clone())
-    } else {
-        LoopConfig::standard(a.work_dir.clone())
+    let dir = a.work_dir.clone();
+    let mut config = match (&a.model, a.quick) {
+        (None, true) => LoopConfig::quick(dir),
+        (None, false) => LoopConfig::standard(dir),
+        (Some(m), true) => LoopConfig::smollm2_quick(dir, m.clone()),
+        (Some(m), false) => LoopConfig::smollm2(dir, m.clone()),
     };
     config.embedder = a.embedder.clone();
     let started = Instant::now();

@@ -1325,6 +1325,12 @@ export interface PayableAiOptions {
    * feature-hashing bag of words does, and paraphrases go undetected.
    */
   embedder?: string
+  /**
+   * A llama-family GGUF chat model (SmolLM2-135M-Instruct) to fine-tune over instead of the
+   * random base: requests are answered from the records retrieved for them and ContextCite
+   * splits the RAG part (the counterfactual is off there).
+   */
+  model?: string
   /** Settle on the node at this URL (JSON-RPC) instead of an in-process chain. */
   rpc?: string
   /**

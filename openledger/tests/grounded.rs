@@ -36,9 +36,13 @@ fn datanet() -> Datanet {
     d
 }
 
+/// The model with a smaller ablation study than the default (24 masks, 8 held out).
 fn loaded() -> Option<(Grounded, Datanet)> {
     let (gguf, minilm) = models()?;
-    let mut g = Grounded::load(&gguf, &minilm, GroundedConfig::default()).unwrap();
+    let mut config = GroundedConfig::default();
+    config.context_cite.samples = 24;
+    config.held_out = 8;
+    let mut g = Grounded::load(&gguf, &minilm, config).unwrap();
     let d = datanet();
     let records: Vec<SourceRecord> = d.records().iter().map(SourceRecord::from_record).collect();
     let mut calls = 0;
@@ -192,7 +196,9 @@ fn bad_questions_records_and_settings_are_typed_errors_and_change_nothing() {
         g.set_config(zero).unwrap_err(),
         GroundedError::InvalidConfig { name: "top_k", .. }
     ));
-    g.set_config(GroundedConfig::default()).unwrap();
+    let mut back = g.config().clone();
+    back.max_prompt_tokens = GroundedConfig::default().max_prompt_tokens;
+    g.set_config(back).unwrap();
     let plain = g
         .answer("what does aspirin treat?", &[], &mut |_| true)
         .unwrap();

@@ -151,6 +151,11 @@ test('unusable options throw InvalidArg naming the option', async () => {
   await rejects(() => new ol.PayableAi({ workDir, maxNewTokens: 0 }), 'InvalidArg', /max_new_tokens/)
   await rejects(() => new ol.PayableAi({ workDir: '' }), 'InvalidArg', /work_dir/)
   await rejects(() => new ol.PayableAi({}), 'InvalidArg')
+  // A pretrained base: the counterfactual (which retrains every adapter) is refused, and a
+  // missing model file is named.
+  const model = join(dir, 'none.gguf')
+  await rejects(() => new ol.PayableAi({ workDir, model, counterfactual: true }), 'InvalidArg', /counterfactual/)
+  await rejects(() => new ol.PayableAi({ workDir, model }), 'ENOENT', /none\.gguf/)
 })
 
 test('a work folder that cannot be made fails fine-tuning with a file-system code naming it', async () => {

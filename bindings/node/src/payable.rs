@@ -47,6 +47,10 @@ pub struct PayableAiOptions {
     /// that indexes the datanet for RAG and catches paraphrased copies; without it a
     /// feature-hashing bag of words does, and paraphrases go undetected.
     pub embedder: Option<String>,
+    /// A llama-family GGUF chat model (SmolLM2-135M-Instruct) to fine-tune over instead of the
+    /// random base: requests are answered from the records retrieved for them and ContextCite
+    /// splits the RAG part (the counterfactual is off there).
+    pub model: Option<String>,
     /// Settle on the node at this URL (JSON-RPC) instead of an in-process chain.
     pub rpc: Option<String>,
     /// The ten `0x` hex secret keys to act with on `rpc` (admin, treasury, operator, poster,
@@ -378,10 +382,11 @@ impl PayableAi {
 
 fn config(o: PayableAiOptions) -> Result<LoopConfig> {
     let dir = o.work_dir.into();
-    let mut c = if o.quick.unwrap_or(false) {
-        LoopConfig::quick(dir)
-    } else {
-        LoopConfig::standard(dir)
+    let mut c = match (o.model, o.quick.unwrap_or(false)) {
+        (None, true) => LoopConfig::quick(dir),
+        (None, false) => LoopConfig::standard(dir),
+        (Some(m), true) => LoopConfig::smollm2_quick(dir, m.into()),
+        (Some(m), false) => LoopConfig::smollm2(dir, m.into()),
     };
     if let Some(steps) = o.steps {
         c.steps = count("steps", steps)?;

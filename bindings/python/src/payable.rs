@@ -104,6 +104,7 @@ impl Events {
 }
 
 /// The loop's configuration from the constructor's arguments.
+#[allow(clippy::too_many_arguments)] // Python's keyword arguments, passed through
 fn config(
     work_dir: PathBuf,
     quick: bool,
@@ -112,11 +113,13 @@ fn config(
     max_new_tokens: Option<usize>,
     harm_policy: Option<&str>,
     embedder: Option<PathBuf>,
+    model: Option<PathBuf>,
 ) -> Result<LoopConfig> {
-    let mut c = if quick {
-        LoopConfig::quick(work_dir)
-    } else {
-        LoopConfig::standard(work_dir)
+    let mut c = match (model, quick) {
+        (None, true) => LoopConfig::quick(work_dir),
+        (None, false) => LoopConfig::standard(work_dir),
+        (Some(m), true) => LoopConfig::smollm2_quick(work_dir, m),
+        (Some(m), false) => LoopConfig::smollm2(work_dir, m),
     };
     if let Some(s) = steps {
         c.steps = s;
@@ -178,14 +181,17 @@ impl PyPayableAi {
     /// the harm it did as a debt) override the configuration. `embedder` names a
     /// sentence-transformers folder (all-MiniLM-L6-v2) that indexes the datanet for RAG and
     /// catches paraphrased copies; without it a feature-hashing bag of words does, and
-    /// paraphrases go undetected. `rpc` settles on the node at that URL instead, acting with
+    /// paraphrases go undetected. `model` names a llama-family GGUF chat model
+    /// (SmolLM2-135M-Instruct) to fine-tune over instead of the random base: requests are
+    /// answered from the records retrieved for them and ContextCite splits the RAG part (the
+    /// counterfactual is off there). `rpc` settles on the node at that URL instead, acting with
     /// `keys` (ten `0x` hex secret keys: admin, treasury, operator, poster, datanet owner, payer,
     /// three model owners and the claims' relayer; anvil's dev keys when omitted), on the suite
     /// of the `deployment` file when given (checked against the node first) or on one it
     /// deploys; a run on a deployment an earlier process used resumes from the chain
     /// (`report()["resumed"]` says what it found).
     #[new]
-    #[pyo3(signature = (work_dir, *, quick = false, steps = None, counterfactual = None, max_new_tokens = None, harm_policy = None, embedder = None, rpc = None, keys = None, deployment = None))]
+    #[pyo3(signature = (work_dir, *, quick = false, steps = None, counterfactual = None, max_new_tokens = None, harm_policy = None, embedder = None, model = None, rpc = None, keys = None, deployment = None))]
     #[allow(clippy::too_many_arguments)] // Python's keyword arguments
     fn new(
         py: Python<'_>,
@@ -196,6 +202,7 @@ impl PyPayableAi {
         max_new_tokens: Option<usize>,
         harm_policy: Option<&str>,
         embedder: Option<PathBuf>,
+        model: Option<PathBuf>,
         rpc: Option<String>,
         keys: Option<Vec<String>>,
         deployment: Option<PathBuf>,
@@ -208,6 +215,7 @@ impl PyPayableAi {
             max_new_tokens,
             harm_policy,
             embedder,
+            model,
         )?;
         if rpc.is_none() && (keys.is_some() || deployment.is_some()) {
             return Err(invalid_arg(
@@ -239,7 +247,7 @@ impl PyPayableAi {
     /// Runs every stage in order and returns the report (a dict); the arguments are the
     /// constructor's, and `on_event` receives every event.
     #[staticmethod]
-    #[pyo3(signature = (work_dir, *, quick = false, steps = None, counterfactual = None, max_new_tokens = None, harm_policy = None, embedder = None, on_event = None))]
+    #[pyo3(signature = (work_dir, *, quick = false, steps = None, counterfactual = None, max_new_tokens = None, harm_policy = None, embedder = None, model = None, on_event = None))]
     #[allow(clippy::too_many_arguments)] // Python's keyword arguments
     fn run<'py>(
         py: Python<'py>,
@@ -250,6 +258,7 @@ impl PyPayableAi {
         max_new_tokens: Option<usize>,
         harm_policy: Option<&str>,
         embedder: Option<PathBuf>,
+        model: Option<PathBuf>,
         on_event: Option<Py<PyAny>>,
     ) -> Result<Bound<'py, PyAny>> {
         let c = config(
@@ -260,6 +269,7 @@ impl PyPayableAi {
             max_new_tokens,
             harm_policy,
             embedder,
+            model,
         )?;
         let events = Events::new(on_event);
         let report = py.detach(|| PayableAi::run(c, &mut |e| events.send(e)).map_err(Error::from));

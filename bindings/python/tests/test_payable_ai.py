@@ -166,6 +166,13 @@ def test_bad_configuration_raises_invalid_argument_error(tmp_path):
         ol.PayableAi(tmp_path, steps=0)
     with pytest.raises(ol.InvalidArgumentError, match="steps 2 and checkpoints 3"):
         ol.PayableAi.run(tmp_path, quick=True, steps=2)
+    # A pretrained base: the counterfactual (which retrains every adapter) is refused, and a
+    # missing model file is named.
+    missing = tmp_path / "none.gguf"
+    with pytest.raises(ol.InvalidArgumentError, match="counterfactual"):
+        ol.PayableAi(tmp_path, model=missing, counterfactual=True)
+    with pytest.raises(OSError, match="none.gguf"):
+        ol.PayableAi(tmp_path, model=missing)
 
 
 def test_run_goes_through_every_stage_and_settles_to_the_wei(tmp_path):

@@ -32,6 +32,7 @@
 //! # Ok::<(), openledger::payable::LoopError>(())
 //! ```
 
+mod base;
 pub mod paraphrase;
 mod report;
 mod serving;
@@ -419,6 +420,14 @@ pub struct LoopConfig {
     pub base: RandomLlama,
     /// The base model's seed.
     pub base_seed: u64,
+    /// A pretrained llama-family GGUF chat model to fine-tune the adapters over and serve
+    /// instead of the random base (SmolLM2-135M-Instruct: `bash scripts/fetch-models.sh`, then
+    /// [`LoopConfig::smollm2`]). Its own tokenizer reads the datanet; each request is answered
+    /// from the records retrieved for it, numbered in the prompt, and the RAG part of the pool
+    /// is split by ContextCite over those records instead of by relevance.
+    pub pretrained: Option<PathBuf>,
+    /// ContextCite's ablations per answer on a pretrained base.
+    pub context_cite_samples: usize,
     /// Adapters to fine-tune, register and serve.
     pub adapters: Vec<AdapterPlan>,
     /// Optimizer steps per adapter.
@@ -505,6 +514,8 @@ impl LoopConfig {
                 kv_heads: 2,
             },
             base_seed: 5,
+            pretrained: None,
+            context_cite_samples: 32,
             adapters: vec![
                 AdapterPlan::lora("pharma-lora-r8", 8, milli(2) + U256::from(3), 11),
                 dora,
@@ -551,18 +562,46 @@ impl LoopConfig {
         }
     }
 
+    /// The shipped datanet on a pretrained GGUF chat model (SmolLM2-135M-Instruct from
+    /// `bash scripts/fetch-models.sh`): adapters fine-tuned over it for a few minutes on two
+    /// cores (the standard three, with the LoRA and the DoRA on the attention's q/v only; 40
+    /// steps of 8), ten requests answered from the records retrieved for them, the RAG part
+    /// split by ContextCite; the counterfactual off (it trains every adapter again).
+    pub fn smollm2(work_dir: PathBuf, gguf: PathBuf) -> Self {
+        let mut c = Self::standard(work_dir);
+        c.pretrained = Some(gguf);
+        for a in &mut c.adapters[..2] {
+            a.targets = ["q_proj", "v_proj"].map(String::from).to_vec();
+        }
+        c.steps = 40;
+        c.batch_size = 8;
+        c.learning_rate = 1e-3;
+        c.checkpoints = 2;
+        c.max_new_tokens = 16;
+        c.counterfactual = false;
+        c
+    }
+
+    /// [`smollm2`](Self::smollm2) made smaller: two adapters, four requests, 24 steps.
+    pub fn smollm2_quick(work_dir: PathBuf, gguf: PathBuf) -> Self {
+        let mut c = Self::smollm2(work_dir, gguf).shrunk();
+        c.steps = 24;
+        c
+    }
+
+    /// Two adapters and the first four requests for them.
+    fn shrunk(mut self) -> Self {
+        self.adapters.truncate(2);
+        let adapters = &self.adapters;
+        self.requests
+            .retain(|r| adapters.iter().any(|a| a.name == r.adapter));
+        self.requests.truncate(4);
+        self
+    }
+
     /// A smaller run for tests: two adapters, four requests.
     pub fn quick(work_dir: PathBuf) -> Self {
-        let mut c = Self::standard(work_dir);
-        c.adapters.truncate(2);
-        c.steps = 300;
-        c.requests = c
-            .requests
-            .into_iter()
-            .filter(|r| c.adapters.iter().any(|a| a.name == r.adapter))
-            .take(4)
-            .collect();
-        c
+        Self::standard(work_dir).shrunk()
     }
 
     /// Checks that the configuration can run: at least one adapter (distinct names) and one
@@ -607,6 +646,19 @@ impl LoopConfig {
         }
         if self.work_dir.as_os_str().is_empty() {
             return bad("work_dir is an empty path".into());
+        }
+        if self.pretrained.is_some() && self.counterfactual {
+            return bad(
+                "the counterfactual (every adapter trained again without clustering) runs on the \
+                 random base only: set counterfactual to false with a pretrained model"
+                    .into(),
+            );
+        }
+        if self.pretrained.is_some() && self.context_cite_samples < 2 {
+            return bad(format!(
+                "context_cite_samples must be at least 2, found {}",
+                self.context_cite_samples
+            ));
         }
         if !(self.harm_z.is_finite() && self.harm_z >= 0.0) {
             return bad(format!(
@@ -690,8 +742,13 @@ struct Tuned {
 
 struct Served {
     adapter: usize,
+    /// The request's question.
+    question: String,
     prompt: Vec<u32>,
     answer: Vec<u32>,
+    /// The records in the prompt, numbered from 1 in this order (datanet indices; empty on
+    /// the random base).
+    sources: Vec<usize>,
 }
 
 /// The gold answers of a validation JSONL: one `{"prompt", "response"}` object per line.
@@ -736,8 +793,10 @@ pub struct PayableAi {
     accounts: Accounts,
     datanet: Datanet,
     items: Vec<Item>,
-    vocab: Vocab,
-    shape: RandomLlama,
+    base: base::Base,
+    /// The base with every adapter attached (slot = adapter index), scoring ablated prompts
+    /// for ContextCite; made when the requests are served on a pretrained base.
+    scorer: Option<openledger_lora::model::Model>,
     datanet_id: U256,
     version: u64,
     /// The block the deployment starts at: logs are read back from it.
@@ -973,8 +1032,18 @@ impl PayableAi {
                 .flat_map(|it| [it.prompt.as_str(), it.response.as_str()])
                 .chain(config.requests.iter().map(|r| r.prompt.as_str())),
         );
-        let mut shape = config.base;
-        shape.vocab = vocab.len();
+        let base = match &config.pretrained {
+            Some(path) => base::Base::pretrained(path)?,
+            None => {
+                let mut shape = config.base;
+                shape.vocab = vocab.len();
+                base::Base::Random {
+                    vocab,
+                    shape,
+                    seed: config.base_seed,
+                }
+            }
+        };
 
         let at = |i: usize| Address::from_private_key(&keys[i]);
         let (deploy_config, deployment, since_block) = match existing {
@@ -997,7 +1066,7 @@ impl PayableAi {
             model_owners: [at(6), at(7), at(8)],
             relayer: at(9),
         };
-        let report = Report::new(
+        let mut report = Report::new(
             chain.chain_id(),
             &deployment,
             &deploy_config,
@@ -1005,6 +1074,7 @@ impl PayableAi {
             accounts.payer,
             accounts.relayer,
         );
+        report.base_model = base.describe();
         let reputation = config.reputation.clone();
         Ok(Self {
             config,
@@ -1016,8 +1086,8 @@ impl PayableAi {
             accounts,
             datanet,
             items,
-            vocab,
-            shape,
+            base,
+            scorer: None,
             datanet_id: U256::ZERO,
             version: 0,
             since_block,

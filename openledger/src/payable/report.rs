@@ -21,6 +21,9 @@ pub struct Report {
     pub chain_id: u64,
     /// Contract addresses by name.
     pub contracts: BTreeMap<String, Address>,
+    /// The base model the adapters are fine-tuned over (and how the RAG part is split:
+    /// relevance on the random base, ContextCite on a pretrained one).
+    pub base_model: String,
     /// Who is who (roles and contributors).
     pub accounts: BTreeMap<Address, String>,
     /// Stage 1.
@@ -427,7 +430,9 @@ pub struct RequestReport {
     pub pay_gas: u64,
     /// The most helpful training records (TracIn), with their share of the positive influence.
     pub top_influence: Vec<Share>,
-    /// The cited records, with their relevance weight.
+    /// The cited records, with their share of the RAG part: relevance weights on the random
+    /// base; on a pretrained base the records in the prompt, by ContextCite share, largest
+    /// first.
     pub citations: Vec<Share>,
     /// The pool as split between contributors.
     pub contributors: BTreeMap<Address, String>,

@@ -3,6 +3,32 @@
 use super::*;
 
 impl PayableAi {
+    /// The kept records nearest to `question` (at most `rag_top_k`, flagged records left
+    /// out), as datanet indices, best first.
+    pub(super) fn retrieve(&self, question: &str) -> Result<Vec<usize>> {
+        let rag = self.rag.as_ref().ok_or(LoopError::OutOfOrder {
+            stage: "serve",
+            needs: "publish_datanet",
+        })?;
+        let at: HashMap<ContentId, usize> = self
+            .datanet
+            .records()
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.hash, i))
+            .collect();
+        Ok(rag
+            .search(
+                &self.embedder.text(question)?,
+                self.config.rag_top_k + self.flagged.len(),
+            )?
+            .into_iter()
+            .map(|c| at[&c.record])
+            .filter(|i| !self.flagged.contains(i))
+            .take(self.config.rag_top_k)
+            .collect())
+    }
+
     /// Stage 3: serves every request in one engine (continuous batching, paged KV cache), the
     /// adapters attached side by side, so the first step is one mixed batch; each token is
     /// reported as it is sampled.
@@ -20,23 +46,51 @@ impl PayableAi {
         if !self.served.is_empty() {
             return Err(LoopError::Config("the requests are already served".into()));
         }
-        let mut paged = PagedModel::new(self.shape.model(self.config.base_seed)?);
+        let mut paged = PagedModel::new(self.base.model()?);
+        // On a pretrained base, a second copy with every adapter attached scores ContextCite's
+        // ablated prompts (slot = adapter index).
+        let mut scorer = if self.base.is_pretrained() {
+            Some(self.base.model()?)
+        } else {
+            None
+        };
         let mut ids = HashMap::new();
         for (plan, tuned) in self.config.adapters.iter().zip(&self.tuned) {
             let adapter: LoraAdapter = tuned.trainer.adapter()?;
             let id = AdapterId::new(&plan.name).map_err(|e| LoopError::Config(e.to_string()))?;
             paged.attach(id.clone(), &adapter)?;
+            if let Some(m) = &mut scorer {
+                m.attach_adapter(&plan.name, &adapter)?;
+            }
             ids.insert(plan.name.clone(), id);
+        }
+        // Each request's prompt: on a pretrained base, the question after the records
+        // retrieved for it (flagged records left out), numbered from 1.
+        let mut prompts = Vec::with_capacity(self.config.requests.len());
+        let mut sources = Vec::with_capacity(self.config.requests.len());
+        for r in &self.config.requests {
+            let found = if self.base.is_pretrained() {
+                self.retrieve(&r.prompt)?
+            } else {
+                Vec::new()
+            };
+            let texts: Vec<String> = found
+                .iter()
+                .map(|&i| {
+                    crate::grounded::SourceRecord::from_record(&self.datanet.records()[i]).text
+                })
+                .collect();
+            let numbered: Vec<(usize, &str)> = texts
+                .iter()
+                .enumerate()
+                .map(|(k, t)| (k + 1, t.as_str()))
+                .collect();
+            prompts.push(self.base.grounded_prompt(&numbered, &r.prompt)?);
+            sources.push(found);
         }
         let block = 16;
         let n = self.config.requests.len();
-        let longest = self
-            .config
-            .requests
-            .iter()
-            .map(|r| self.vocab.prompt(&r.prompt).len())
-            .max()
-            .unwrap_or(1);
+        let longest = prompts.iter().map(Vec::len).max().unwrap_or(1);
         let max_context = (longest + self.config.max_new_tokens).next_multiple_of(block);
         let config = EngineConfig {
             kv_layout: paged.kv_layout(block),
@@ -49,16 +103,13 @@ impl PayableAi {
         };
         let mut engine = Engine::new(paged, AllReady, config)?;
         let mut handles = Vec::with_capacity(n);
-        let mut prompts = Vec::with_capacity(n);
-        for r in &self.config.requests {
-            let prompt = self.vocab.prompt(&r.prompt);
-            prompts.push(prompt.clone());
+        for (r, prompt) in self.config.requests.iter().zip(&prompts) {
             handles.push(engine.submit(Request {
-                prompt,
+                prompt: prompt.clone(),
                 adapter: Some(ids[&r.adapter].clone()),
                 sampling: SamplingParams {
                     max_new_tokens: self.config.max_new_tokens,
-                    stop_tokens: vec![Vocab::EOS],
+                    stop_tokens: vec![self.base.eos()],
                     ..SamplingParams::default()
                 },
             }));
@@ -78,11 +129,11 @@ impl PayableAi {
                     match ev {
                         Event::Token { token, .. } => {
                             answers[i].push(token);
-                            if token != Vocab::EOS {
+                            if token != self.base.eos() {
                                 on(&LoopEvent::Token {
                                     request: i,
                                     adapter: self.config.requests[i].adapter.clone(),
-                                    text: self.vocab.word(token).to_string(),
+                                    text: self.base.piece(token),
                                 });
                             }
                         }
@@ -121,15 +172,18 @@ impl PayableAi {
                 i,
                 &r.adapter,
                 &r.prompt,
-                &self.vocab.decode(&answer),
+                &self.base.decode(&answer),
                 answer.len(),
             ));
             self.served.push(Served {
                 adapter,
+                question: r.prompt.clone(),
                 prompt: prompts[i].clone(),
                 answer,
+                sources: sources[i].clone(),
             });
         }
+        self.scorer = scorer;
         self.report.serving = Some(ServingReport {
             requests: n,
             adapters: ids.len(),

@@ -3,6 +3,9 @@
 use super::*;
 use openledger_poa::split::{DebtLedger, ZeroWeightPolicy, split_weights};
 
+/// The RAG part of one answer: per-contributor weights, and each cited record's share.
+type RagWeights = (Vec<(Address, f64)>, Vec<Share>);
+
 /// One answer's weights.
 struct Weighed {
     /// Per-contributor influence weights (helpful, unflagged records).
@@ -96,12 +99,34 @@ impl PayableAi {
                 Share::new(r.hash, r.contributor, &r.content, s / total)
             })
             .collect();
+        let (rag_w, citations) = match &self.scorer {
+            Some(scorer) if !served.sources.is_empty() => self.context_cite(scorer, served)?,
+            _ => self.relevance(rag, served)?,
+        };
+        // Each contributor's weights count as much as its reputation.
+        let (influence, rag_w) = match &self.reputation {
+            Some(r) => (r.weigh(&influence), r.weigh(&rag_w)),
+            None => (influence, rag_w),
+        };
+        Ok(Weighed {
+            influence,
+            rag: rag_w,
+            top: top_influence,
+            citations,
+            harm,
+            helpful: total,
+        })
+    }
+
+    /// The RAG weights of an answer by relevance: the records nearest to the prompt and answer,
+    /// a softmax over their similarities.
+    fn relevance(&self, rag: &RagIndex, served: &Served) -> Result<RagWeights> {
         // RAG: every index holds one record per cluster (the kept records, or singletons), so
         // the top `rag_top_k` hits are `rag_top_k` distinct clusters.
         let text = format!(
             "{} {}",
-            self.vocab.decode(&served.prompt),
-            self.vocab.decode(&served.answer)
+            self.base.decode(&served.prompt),
+            self.base.decode(&served.answer)
         );
         // Flagged records are left out of the citations (the index may hold them).
         let cites: Vec<_> = rag
@@ -131,24 +156,82 @@ impl PayableAi {
             .collect();
         let z: f64 = e.iter().sum();
         let by_record = e.into_iter().map(|v| v / z);
-        let citations = cites
+        let citations: Vec<Share> = cites
             .iter()
             .zip(by_record)
             .map(|(c, w)| Share::new(c.record, c.contributor, &c.snippet, w))
             .collect();
-        // Each contributor's weights count as much as its reputation.
-        let (influence, rag_w) = match &self.reputation {
-            Some(r) => (r.weigh(&influence), r.weigh(&rag_w)),
-            None => (influence, rag_w),
+        Ok((rag_w, citations))
+    }
+
+    /// The RAG weights of a grounded answer by ContextCite: the answer's logit-probability
+    /// under random ablations of the records in its prompt (each ablated prompt scored with the
+    /// answer's adapter, in batches of 16), a Lasso surrogate's positive weights normalised.
+    fn context_cite(
+        &self,
+        scorer: &openledger_lora::model::Model,
+        served: &Served,
+    ) -> Result<RagWeights> {
+        use openledger_lora::model::{AdapterSlot, ScoreInput};
+        use openledger_poa::contextcite::{ContextCiteConfig, context_cite_batched};
+        let records = self.datanet.records();
+        let texts: Vec<String> = served
+            .sources
+            .iter()
+            .map(|&i| crate::grounded::SourceRecord::from_record(&records[i]).text)
+            .collect();
+        let cfg = ContextCiteConfig {
+            samples: self.config.context_cite_samples,
+            ..ContextCiteConfig::default()
         };
-        Ok(Weighed {
-            influence,
-            rag: rag_w,
-            top: top_influence,
-            citations,
-            harm,
-            helpful: total,
-        })
+        let failed = |e: &dyn std::fmt::Display| PoaError::InvalidConfig {
+            what: "ablated prompt".into(),
+            reason: e.to_string(),
+        };
+        let mut score = |masks: &[Vec<bool>]| -> std::result::Result<Vec<f64>, PoaError> {
+            let prompts = masks
+                .iter()
+                .map(|m| {
+                    let kept: Vec<(usize, &str)> = texts
+                        .iter()
+                        .enumerate()
+                        .filter(|(k, _)| m[*k])
+                        .map(|(k, t)| (k + 1, t.as_str()))
+                        .collect();
+                    self.base.grounded_prompt(&kept, &served.question)
+                })
+                .collect::<Result<Vec<_>>>()
+                .map_err(|e| failed(&e))?;
+            let batch: Vec<ScoreInput<'_>> = prompts
+                .iter()
+                .map(|p| ScoreInput {
+                    adapter: Some(AdapterSlot(served.adapter)),
+                    context: p,
+                    continuation: &served.answer,
+                })
+                .collect();
+            let lp = scorer
+                .continuation_logprobs(&batch)
+                .map_err(|e| failed(&e))?;
+            Ok(lp
+                .iter()
+                .map(|t| crate::grounded::logit_probability(t.iter().map(|&v| f64::from(v)).sum()))
+                .collect())
+        };
+        let fit = context_cite_batched(texts.len(), 16, &mut score, &cfg, |_, _| {})?;
+        let total: f64 = fit.weights.iter().map(|w| w.max(0.0)).sum();
+        let mut by_contributor = BTreeMap::<Address, f64>::new();
+        let mut citations = Vec::new();
+        for (&i, w) in served.sources.iter().zip(&fit.weights) {
+            let share = if total > 0.0 { w.max(0.0) / total } else { 0.0 };
+            let r = &records[i];
+            if share > 0.0 {
+                *by_contributor.entry(r.contributor).or_default() += share;
+            }
+            citations.push(Share::new(r.hash, r.contributor, &r.content, share));
+        }
+        citations.sort_by(|a, b| b.share.total_cmp(&a.share));
+        Ok((by_contributor.into_iter().collect(), citations))
     }
 
     /// The influence part of a data pool: `influence_bps` of it, rounded down.
@@ -170,8 +253,12 @@ impl PayableAi {
         rag: &[(Address, f64)],
     ) -> Result<Vec<(AttributionRecord, U256)>> {
         let mut parts = Vec::new();
+        // No source credited (ContextCite found the answer depends on none of them): the
+        // influence part takes the whole pool.
         let inf = if influence.is_empty() {
             U256::ZERO
+        } else if rag.is_empty() {
+            pool
         } else {
             self.influence_part(pool)
         };
@@ -193,7 +280,11 @@ impl PayableAi {
                 id,
                 model,
                 Vec::new(),
-                AttributionMethod::RagRelevance,
+                if self.base.is_pretrained() {
+                    AttributionMethod::ContextCite
+                } else {
+                    AttributionMethod::RagRelevance
+                },
                 rag,
                 &policy,
             )?;

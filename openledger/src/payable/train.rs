@@ -14,7 +14,7 @@ impl PayableAi {
     }
 
     fn base_id(&self) -> B256 {
-        keccak256((self.shape.config_json(), U256::from(self.config.base_seed)).abi_encode_params())
+        self.base.id()
     }
 
     /// Trains `plan` on the datanet records `records` (indices), with the owner's grant, and
@@ -29,18 +29,18 @@ impl PayableAi {
         on: &mut dyn FnMut(&LoopEvent),
     ) -> Result<(Tuned, Vec<f64>)> {
         let c = &self.config;
-        let base = self.shape.model(c.base_seed)?;
+        let base = self.base.model()?;
         let examples: Vec<Example> = records
             .iter()
             .map(|&i| {
                 let it = &self.items[i];
-                Example::prompt_response(
-                    &self.vocab.prompt(&it.prompt),
-                    &self.vocab.answer(&it.response),
+                Ok(Example::prompt_response(
+                    &self.base.prompt(&it.prompt)?,
+                    &self.base.answer(&it.response)?,
                 )
-                .with_source(self.datanet_id, self.datanet.records()[i].hash)
+                .with_source(self.datanet_id, self.datanet.records()[i].hash))
             })
-            .collect();
+            .collect::<Result<_>>()?;
         let mut lora = LoraSettings::new(
             &plan.targets.iter().map(String::as_str).collect::<Vec<_>>(),
             plan.rank,
@@ -249,20 +249,24 @@ impl PayableAi {
         if self.validation.is_empty() {
             return Ok(());
         }
-        let pair = |it: &Item| {
-            (
-                self.vocab.prompt(&it.prompt),
-                self.vocab.answer(&it.response),
-            )
+        let pair = |it: &Item| -> Result<(Vec<u32>, Vec<u32>)> {
+            Ok((
+                self.base.prompt(&it.prompt)?,
+                self.base.answer(&it.response)?,
+            ))
         };
-        let gold: Vec<(Vec<u32>, Vec<u32>)> = self.validation.iter().map(pair).collect();
+        let gold: Vec<(Vec<u32>, Vec<u32>)> =
+            self.validation.iter().map(pair).collect::<Result<_>>()?;
         let mut score: BTreeMap<usize, f64> = self.kept.iter().map(|&i| (i, 0.0)).collect();
         let mut tuned = std::mem::take(&mut self.tuned);
         let total = tuned.len();
         let mut measured = || -> Result<()> {
             for (a, t) in tuned.iter_mut().enumerate() {
-                let trained: Vec<(Vec<u32>, Vec<u32>)> =
-                    t.records.iter().map(|&i| pair(&self.items[i])).collect();
+                let trained: Vec<(Vec<u32>, Vec<u32>)> = t
+                    .records
+                    .iter()
+                    .map(|&i| pair(&self.items[i]))
+                    .collect::<Result<_>>()?;
                 for (queries, sign) in [(&gold, 1.0), (&trained, -1.0)] {
                     let features = t.index.featurize(&mut t.trainer, queries, &mut |_| {})?;
                     let rows = t
@@ -398,8 +402,8 @@ impl PayableAi {
         let mut right = 0usize;
         for &i in records {
             let it = &self.items[i];
-            let want = self.vocab.answer(&it.response);
-            let got = trainer.greedy(&self.vocab.prompt(&it.prompt), want.len())?;
+            let want = self.base.answer(&it.response)?;
+            let got = trainer.greedy(&self.base.prompt(&it.prompt)?, want.len())?;
             right += usize::from(got == want);
         }
         Ok(right as f64 / records.len().max(1) as f64)

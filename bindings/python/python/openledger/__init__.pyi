@@ -729,6 +729,7 @@ class PayableAi:
         max_new_tokens: Optional[int] = None,
         harm_policy: Optional[str] = None,
         embedder: Optional[_Path] = None,
+        model: Optional[_Path] = None,
         rpc: Optional[str] = None,
         keys: Optional[Sequence[str]] = None,
         deployment: Optional[_Path] = None,
@@ -743,6 +744,7 @@ class PayableAi:
         max_new_tokens: Optional[int] = None,
         harm_policy: Optional[str] = None,
         embedder: Optional[_Path] = None,
+        model: Optional[_Path] = None,
         on_event: Optional[Callable[[_LoopEvent], object]] = None,
     ) -> Dict[str, Any]: ...
     def publish_datanet(
