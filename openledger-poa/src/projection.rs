@@ -113,10 +113,16 @@ impl Projection {
 
     /// Projects one gradient; NaN/∞ or a wrong length is a typed error.
     pub fn project(&self, gradient: &[f32]) -> Result<Vec<f32>> {
+        Ok(self.project_cow(gradient)?.into_owned())
+    }
+
+    /// [`Projection::project`], borrowing the gradient itself under the identity (checked,
+    /// not copied).
+    pub fn project_cow<'g>(&self, gradient: &'g [f32]) -> Result<std::borrow::Cow<'g, [f32]>> {
         check_dim(|| "gradient".into(), self.input_dim, gradient.len())?;
         check_finite_f32(|| "gradient".into(), gradient)?;
         if self.kind == ProjectionKind::Identity {
-            return Ok(gradient.to_vec());
+            return Ok(std::borrow::Cow::Borrowed(gradient));
         }
         let block = MIN_BLOCK_ROWS.max(self.input_dim.div_ceil(MAX_BLOCKS));
         let partials: Vec<Vec<f64>> = gradient
@@ -135,7 +141,9 @@ impl Projection {
                 *o += v;
             }
         }
-        Ok(out.into_iter().map(|v| (v * scale) as f32).collect())
+        Ok(std::borrow::Cow::Owned(
+            out.into_iter().map(|v| (v * scale) as f32).collect(),
+        ))
     }
 
     /// Adds `Σ_i R[first + i, ·] · rows[i]` (unscaled) to `acc`.

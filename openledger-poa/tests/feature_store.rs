@@ -552,3 +552,38 @@ fn progress_reports_add_up_to_the_rows_of_every_pass() {
         assert_eq!(ends, passes, "{method:?}");
     }
 }
+
+#[test]
+fn rows_appended_from_borrowed_gradients_are_the_bytes_of_a_batch_append() {
+    // An f16 sketch, and an exact f32 store of more than one 1 MiB write.
+    let exact = StoreConfig::new(
+        Projection::new(ProjectionKind::Identity, 0, 3000, 3000).unwrap(),
+        vec![0.1, 0.05],
+        FeatureDType::F32,
+    )
+    .unwrap();
+    for (cfg, n) in [(rademacher(3), 37), (exact, 61)] {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.olfs"), dir.path().join("b.olfs"));
+        let ex = filled(&a, cfg.clone(), n);
+        let mut w = FeatureStoreWriter::replace(&b, cfg.clone()).unwrap();
+        let rows: Vec<(ContentId, Address)> =
+            ex.iter().map(|e| (e.record, e.contributor)).collect();
+        w.append_rows(&rows, |c, i| &ex[i].gradients[c]).unwrap();
+        assert_eq!(w.len(), n);
+        assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+
+        // One non-finite value anywhere and no row of the call is stored.
+        let mut bad = ex[..5].to_vec();
+        bad[3].gradients[1][7] = f32::INFINITY;
+        let err = w
+            .append_rows(&rows[..5], |c, i| &bad[i].gradients[c])
+            .unwrap_err();
+        assert!(
+            matches!(&err, PoaError::NonFinite { index: 7, what, .. } if what.contains("checkpoint 1")),
+            "{err}"
+        );
+        assert_eq!(w.len(), n);
+        assert_eq!(FeatureStore::open_expecting(&b, &cfg).unwrap().len(), n);
+    }
+}

@@ -3,6 +3,7 @@
 //! respect to every LoRA parameter, in the fixed order of [`Trainer::gradient_layout`].
 
 use candle_core::{Device, Tensor};
+use rayon::prelude::*;
 
 use crate::data::{Example, validate};
 use crate::error::TrainError;
@@ -292,33 +293,36 @@ impl Trainer {
             );
             let (r, d_out) = (p.b.dims()[1], p.b.dims()[0]);
             let d_in = a_len / r;
-            let mut h = vec![0.0f32; r];
-            for (e, &(first, len)) in spans.iter().enumerate() {
-                let (da, db) = out[e][a_at..b_at + b_len].split_at_mut(a_len);
-                debug_assert_eq!(db.len(), b_len);
-                for t in first..first + len {
-                    let gt = &g[t * d_out..(t + 1) * d_out];
-                    let ut = &u[t * r..(t + 1) * r];
-                    let xt = &x[t * d_in..(t + 1) * d_in];
-                    // ∂B[o, k] += s·g[o]·u[k];  h = s·Bᵀg;  ∂A[k, i] += h[k]·x[i].
-                    h.fill(0.0);
-                    for (o, &go) in gt.iter().enumerate() {
-                        let sg = scale * go;
-                        let brow = &b[o * r..(o + 1) * r];
-                        let drow = &mut db[o * r..(o + 1) * r];
-                        for k in 0..r {
-                            drow[k] += sg * ut[k];
-                            h[k] += sg * brow[k];
+            // Examples are independent: each writes only its own gradient.
+            out.par_iter_mut()
+                .zip(&spans)
+                .for_each(|(grad, &(first, len))| {
+                    let (da, db) = grad[a_at..b_at + b_len].split_at_mut(a_len);
+                    debug_assert_eq!(db.len(), b_len);
+                    let mut h = vec![0.0f32; r];
+                    for t in first..first + len {
+                        let gt = &g[t * d_out..(t + 1) * d_out];
+                        let ut = &u[t * r..(t + 1) * r];
+                        let xt = &x[t * d_in..(t + 1) * d_in];
+                        // ∂B[o, k] += s·g[o]·u[k];  h = s·Bᵀg;  ∂A[k, i] += h[k]·x[i].
+                        h.fill(0.0);
+                        for (o, &go) in gt.iter().enumerate() {
+                            let sg = scale * go;
+                            let brow = &b[o * r..(o + 1) * r];
+                            let drow = &mut db[o * r..(o + 1) * r];
+                            for k in 0..r {
+                                drow[k] += sg * ut[k];
+                                h[k] += sg * brow[k];
+                            }
+                        }
+                        for (k, &hk) in h.iter().enumerate() {
+                            let drow = &mut da[k * d_in..(k + 1) * d_in];
+                            for (dv, &xv) in drow.iter_mut().zip(xt) {
+                                *dv += hk * xv;
+                            }
                         }
                     }
-                    for (k, &hk) in h.iter().enumerate() {
-                        let drow = &mut da[k * d_in..(k + 1) * d_in];
-                        for (dv, &xv) in drow.iter_mut().zip(xt) {
-                            *dv += hk * xv;
-                        }
-                    }
-                }
-            }
+                });
         }
         Ok(out)
     }

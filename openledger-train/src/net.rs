@@ -441,8 +441,10 @@ impl Net<'_> {
             .iter()
             .enumerate()
             .map(|(index, p)| {
+                // With probes capturing, the parameters' gradients come from the probes (on
+                // the host), so the graph tracks only the probes.
                 let t = |v: &Var| {
-                    if mode.grad {
+                    if mode.grad && mode.capture.is_none() {
                         v.as_tensor().clone()
                     } else {
                         v.as_tensor().detach()

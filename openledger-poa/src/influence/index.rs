@@ -40,7 +40,7 @@ use openledger_core::{Address, ContentId};
 use super::score::{self, DataInf, ProjectedQuery, ScoreMethod};
 use crate::error::{PoaError, Result};
 use crate::projection::{Projection, ProjectionKind};
-use crate::store::{FeatureDType, FeatureStore, FeatureStoreWriter, StoreConfig, TrainingExample};
+use crate::store::{FeatureDType, FeatureStore, FeatureStoreWriter, StoreConfig};
 
 /// Where a long attribution job stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -218,13 +218,7 @@ impl InfluenceIndex {
             }
         }
         let mut writer = FeatureStoreWriter::replace(path, config.clone())?;
-        for (i, &(record, contributor)) in rows.iter().enumerate() {
-            writer.append(&TrainingExample {
-                record,
-                contributor,
-                gradients: gradients.iter().map(|g| g[i].clone()).collect(),
-            })?;
-        }
+        writer.append_rows(rows, |c, i| gradients[c][i].as_slice())?;
         writer.sync()?;
         let store = FeatureStore::open_expecting(path, &config)?;
         Ok(Self { store, layers })

@@ -115,25 +115,40 @@ fn scan(
     progress: &mut dyn FnMut(ScoreProgress),
     f: impl Fn(&[f32]) -> f32 + Sync,
 ) -> Vec<f32> {
+    scan_many(store, progress, 1, |row, out| out[0] = f(row))
+}
+
+/// `m` values of every row in one pass (`out[i·m..(i + 1)·m]` for row `i`), each row's
+/// features decoded once.
+fn scan_many(
+    store: &FeatureStore,
+    progress: &mut dyn FnMut(ScoreProgress),
+    m: usize,
+    f: impl Fn(&[f32], &mut [f32]) + Sync,
+) -> Vec<f32> {
     let n = store.len();
     let width = store.config().checkpoints() * store.config().k();
-    let mut out = vec![0f32; n];
-    for (s, super_chunk) in out.chunks_mut(PROGRESS_ROWS).enumerate() {
+    let mut out = vec![0f32; n * m];
+    if m == 0 {
+        return out;
+    }
+    for (s, super_chunk) in out.chunks_mut(PROGRESS_ROWS * m).enumerate() {
         let base = s * PROGRESS_ROWS;
         super_chunk
-            .par_chunks_mut(TASK_ROWS)
+            .par_chunks_mut(TASK_ROWS * m)
             .enumerate()
             .for_each(|(t, dst)| {
                 let mut buf = vec![0f32; width];
-                for (r, d) in dst.iter_mut().enumerate() {
+                for (r, d) in dst.chunks_mut(m).enumerate() {
                     store.features_into(base + t * TASK_ROWS + r, &mut buf);
-                    *d = f(&buf);
+                    f(&buf, d);
                 }
             });
+        let rows = super_chunk.len() / m;
         progress(ScoreProgress {
-            done: (base + super_chunk.len()).min(n),
+            done: (base + rows).min(n),
             total: n,
-            advanced: super_chunk.len(),
+            advanced: rows,
         });
     }
     out
@@ -560,14 +575,16 @@ fn datainf(
         .flat_map(|c| layers.iter().map(move |l| c * k + l.start..c * k + l.end))
         .collect();
     let v: Vec<f32> = query.features.concat();
-    // Pass 1: λ per (checkpoint, layer) from mean squared norms.
-    let mut sq = vec![0f64; segs.len()];
-    for (s, seg) in segs.iter().enumerate() {
-        let norms = scan(store, progress, |row| {
-            dot(&row[seg.clone()], &row[seg.clone()])
-        });
-        sq[s] = norms.iter().map(|&x| f64::from(x)).sum::<f64>() / n as f64;
-    }
+    // Pass 1: λ per (checkpoint, layer) from mean squared norms, every segment in one scan.
+    let m = segs.len();
+    let norms = scan_many(store, progress, m, |row, out| {
+        for (o, seg) in out.iter_mut().zip(&segs) {
+            *o = dot(&row[seg.clone()], &row[seg.clone()]);
+        }
+    });
+    let sq: Vec<f64> = (0..m)
+        .map(|s| (0..n).map(|i| f64::from(norms[i * m + s])).sum::<f64>() / n as f64)
+        .collect();
     let lambdas: Vec<f64> = sq
         .iter()
         .map(|m| (cfg.lambda_scale * m).max(f64::MIN_POSITIVE))
@@ -593,6 +610,11 @@ fn datainf(
         )
         .map(|(r, _)| r)
         .collect();
+    progress(ScoreProgress {
+        done: n,
+        total: n,
+        advanced: n,
+    });
     let mut r = vec![0f64; width];
     for c in chunks {
         for (a, b) in r.iter_mut().zip(c) {
