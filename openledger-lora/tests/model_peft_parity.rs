@@ -3,12 +3,15 @@
 //! through SGMV, never merged, reproduces the reference logits to 1e-4 absolute, one sequence at
 //! a time and all 12 (adapter, sequence) pairs in one mixed batch, and the 8 greedy tokens.
 
+mod tiny_llama;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use openledger_lora::adapter::tensors::read_safetensors;
 use openledger_lora::adapter::{LoadOptions, LoraAdapter};
 use openledger_lora::model::{AdapterSlot, Model, SeqInput, greedy_token};
+use tiny_llama::max_logit_diff as max_diff;
 
 const TOL: f32 = 1e-4;
 const NAMES: [&str; 4] = ["base", "qv-r4", "all-r8-rslora", "attn-patterns"];
@@ -64,15 +67,6 @@ fn setup() -> Setup {
         json,
         reference,
     }
-}
-
-fn max_diff(got: &[f32], want: &(Vec<usize>, Vec<f32>), len: usize, vocab: usize) -> f32 {
-    assert_eq!(want.0, vec![len, vocab]);
-    assert_eq!(got.len(), want.1.len());
-    got.iter()
-        .zip(&want.1)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max)
 }
 
 #[test]

@@ -82,6 +82,8 @@ pub(crate) struct PreparedAdapter {
     pub name: String,
     pub modules: HashMap<String, PreparedModule>,
     pub saved: HashMap<String, Saved>,
+    /// An ensemble's member adapters (slot, weight); empty for an adapter of its own.
+    pub members: Vec<(usize, f32)>,
 }
 
 impl PreparedAdapter {
@@ -91,6 +93,7 @@ impl PreparedAdapter {
             name: String::new(),
             modules: HashMap::new(),
             saved: HashMap::new(),
+            members: Vec::new(),
         }
     }
 
@@ -193,6 +196,7 @@ pub(crate) fn prepare(
         name: name.to_string(),
         modules,
         saved,
+        members: Vec::new(),
     })
 }
 
@@ -256,38 +260,60 @@ pub(crate) fn project(
             y[s.start * n_out..s.end * n_out].copy_from_slice(&part);
         }
     }
-    // LoRA: one slot per distinct adapter of the batch that targets this module, gathered per
-    // stored dtype (one SGMV call for each dtype present).
-    let mut f32s = DtypeSlots::default();
-    let mut f16s = DtypeSlots::default();
-    let mut bf16s = DtypeSlots::default();
-    for s in spans {
-        let Some(id) = s.adapter else { continue };
-        let Some(m) = adapters[id].modules.get(&lin.name) else {
-            continue;
-        };
-        match &m.factors {
-            Factors::F32(a, b) => f32s.push(id, (s.start, s.end), a, b, m),
-            Factors::F16(a, b) => f16s.push(id, (s.start, s.end), a, b, m),
-            Factors::Bf16(a, b) => bf16s.push(id, (s.start, s.end), a, b, m),
+    // LoRA: one slot per distinct (adapter, weight) of the batch that targets this module,
+    // gathered per stored dtype (one SGMV call for each dtype present). A span of an ensemble
+    // takes one pass per member (pass `j`: the `j`-th member of every ensemble, single adapters
+    // in pass 0), each member with its scale times its weight: `y += Σⱼ wⱼ·sⱼ·Bⱼ·Aⱼ·x`, with
+    // no merged copy.
+    let members: Vec<Vec<(usize, f32)>> = spans
+        .iter()
+        .map(|s| match s.adapter {
+            None => Vec::new(),
+            Some(id) if adapters[id].members.is_empty() => vec![(id, 1.0)],
+            Some(id) => adapters[id].members.clone(),
+        })
+        .collect();
+    let passes = members.iter().map(Vec::len).max().unwrap_or(0);
+    let targets = |&(id, _): &(usize, f32)| adapters[id].modules.contains_key(&lin.name);
+    let any = members.iter().flatten().any(targets);
+    let apply = |out: &mut [f32]| -> Result<(), ModelError> {
+        for pass in 0..passes {
+            let mut f32s = DtypeSlots::default();
+            let mut f16s = DtypeSlots::default();
+            let mut bf16s = DtypeSlots::default();
+            for (s, of_span) in spans.iter().zip(&members) {
+                let Some(&(id, weight)) = of_span.get(pass) else {
+                    continue;
+                };
+                let Some(m) = adapters[id].modules.get(&lin.name) else {
+                    continue;
+                };
+                let key = (id, weight.to_bits());
+                let rows = (s.start, s.end);
+                match &m.factors {
+                    Factors::F32(a, b) => f32s.push(key, rows, a, b, m, weight),
+                    Factors::F16(a, b) => f16s.push(key, rows, a, b, m, weight),
+                    Factors::Bf16(a, b) => bf16s.push(key, rows, a, b, m, weight),
+                }
+            }
+            f32s.apply(x, n_in, n_out, out)?;
+            f16s.apply(x, n_in, n_out, out)?;
+            bf16s.apply(x, n_in, n_out, out)?;
         }
-    }
-    let any = !(f32s.triples.is_empty() && f16s.triples.is_empty() && bf16s.triples.is_empty());
-    // Without DoRA or a LoRA bias in the batch the update is a plain sum: SGMV adds it into `y`.
+        Ok(())
+    };
+    // Without DoRA or a LoRA bias in the batch the update is a plain sum: SGMV adds it into `y`
+    // (an ensemble's members are plain, see `Model::attach_ensemble`).
     let plain = spans.iter().all(|s| {
         s.adapter
             .and_then(|id| adapters[id].modules.get(&lin.name))
             .is_none_or(|m| m.dora.is_none() && m.bias.is_none())
     });
     if any && plain {
-        f32s.apply(x, n_in, n_out, &mut y)?;
-        f16s.apply(x, n_in, n_out, &mut y)?;
-        bf16s.apply(x, n_in, n_out, &mut y)?;
+        apply(&mut y)?;
     } else if any {
         let mut delta = vec![0f32; rows * n_out];
-        f32s.apply(x, n_in, n_out, &mut delta)?;
-        f16s.apply(x, n_in, n_out, &mut delta)?;
-        bf16s.apply(x, n_in, n_out, &mut delta)?;
+        apply(&mut delta)?;
         for s in spans {
             let Some(m) = s.adapter.and_then(|id| adapters[id].modules.get(&lin.name)) else {
                 continue;
@@ -324,7 +350,8 @@ pub(crate) fn project(
 
 /// The slots of one weight dtype for one projection of a batch, and the row ranges using them.
 struct DtypeSlots<'a, W> {
-    slot_of: HashMap<usize, usize>,
+    /// Slot of each (adapter, weight bits).
+    slot_of: HashMap<(usize, u32), usize>,
     slots: Vec<LoraSlot<'a, W>>,
     triples: Vec<(usize, usize, usize)>,
 }
@@ -342,19 +369,20 @@ impl<W> Default for DtypeSlots<'_, W> {
 impl<'a, W: LoraElement> DtypeSlots<'a, W> {
     fn push(
         &mut self,
-        adapter: usize,
+        key: (usize, u32),
         (start, end): (usize, usize),
         a: &'a [W],
         b: &'a [W],
         m: &PreparedModule,
+        weight: f32,
     ) {
         let slots = &mut self.slots;
-        let slot = *self.slot_of.entry(adapter).or_insert_with(|| {
+        let slot = *self.slot_of.entry(key).or_insert_with(|| {
             slots.push(LoraSlot {
                 a,
                 b,
                 rank: m.rank,
-                scale: m.scale,
+                scale: m.scale * weight,
             });
             slots.len() - 1
         });

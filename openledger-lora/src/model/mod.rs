@@ -248,8 +248,19 @@ impl Model {
 
     /// Detaches adapter `id`, freeing its prepared copies; the next attach may reuse its id.
     /// An id not attached is [`ModelError::UnknownAdapter`].
+    /// An adapter that is a member of an attached ensemble is refused
+    /// ([`ModelError::InvalidArgument`]) until the ensemble is detached.
     pub fn detach_adapter(&mut self, id: AdapterSlot) -> Result<(), ModelError> {
         self.check_attached(0, id)?;
+        if let Some(e) = self.ensemble_of(id) {
+            return Err(ModelError::InvalidArgument {
+                name: "id",
+                reason: format!(
+                    "adapter {} ({}) is a member of the ensemble {e}: detach the ensemble first",
+                    id.0, self.adapters[id.0].name
+                ),
+            });
+        }
         self.adapters[id.0] = PreparedAdapter::vacant();
         self.vacant.insert(id.0);
         Ok(())
@@ -298,6 +309,99 @@ impl Model {
         }
         self.adapters.push(prepared);
         Ok(AdapterSlot(self.adapters.len() - 1))
+    }
+
+    /// Attaches an ensemble of attached adapters, each with a weight, and returns its id: a
+    /// sequence run with it gets `Σⱼ wⱼ·sⱼ·Bⱼ·Aⱼ·x` on every module (`sⱼ` member `j`'s scale),
+    /// one SGMV segment per member in the same mixed batch as everything else. No merged copy
+    /// is made ([`Model::attached_bytes`] does not grow): the ensemble costs its members' LoRA
+    /// FLOPs. This is PEFT's `add_weighted_adapter(..., combination_type="cat")`; other
+    /// combinations (`linear`, TIES, DARE, SVD) make a new adapter
+    /// ([`add_weighted_adapter`](crate::adapter::combine::add_weighted_adapter)) to attach.
+    ///
+    /// Members must be attached adapters of their own (not ensembles) with plain LoRA modules:
+    /// a DoRA module, a LoRA bias or a `modules_to_save` parameter is
+    /// [`ModelError::IncompatibleAdapter`]. No members, an unknown member
+    /// ([`ModelError::UnknownAdapter`]) or a non-finite weight are refused; nothing changes on
+    /// error. A member cannot be detached while the ensemble is attached.
+    pub fn attach_ensemble(
+        &mut self,
+        name: &str,
+        members: &[(AdapterSlot, f32)],
+    ) -> Result<AdapterSlot, ModelError> {
+        if members.is_empty() {
+            return Err(ModelError::InvalidArgument {
+                name: "members",
+                reason: format!("the ensemble {name} names no adapter"),
+            });
+        }
+        for (j, &(slot, weight)) in members.iter().enumerate() {
+            self.check_attached(j, slot)?;
+            let m = &self.adapters[slot.0];
+            if !weight.is_finite() {
+                return Err(ModelError::InvalidArgument {
+                    name: "members",
+                    reason: format!("member {j} ({}) has weight {weight}", m.name),
+                });
+            }
+            if !m.members.is_empty() {
+                return Err(ModelError::InvalidArgument {
+                    name: "members",
+                    reason: format!("member {j} ({}) is itself an ensemble", m.name),
+                });
+            }
+            let what = if !m.saved.is_empty() {
+                Some("modules_to_save parameters")
+            } else if m.modules.values().any(|p| p.dora.is_some()) {
+                Some("DoRA modules")
+            } else if m.modules.values().any(|p| p.bias.is_some()) {
+                Some("LoRA biases")
+            } else {
+                None
+            };
+            if let Some(what) = what {
+                return Err(ModelError::IncompatibleAdapter {
+                    name: m.name.clone(),
+                    source: crate::error::LoraError::Unsupported {
+                        what: format!("{what} in a member of the ensemble {name}"),
+                    },
+                });
+            }
+        }
+        let prepared = PreparedAdapter {
+            name: name.to_string(),
+            members: members.iter().map(|&(s, w)| (s.0, w)).collect(),
+            ..PreparedAdapter::vacant()
+        };
+        if let Some(slot) = self.vacant.pop_first() {
+            self.adapters[slot] = prepared;
+            return Ok(AdapterSlot(slot));
+        }
+        self.adapters.push(prepared);
+        Ok(AdapterSlot(self.adapters.len() - 1))
+    }
+
+    /// The members (adapter, weight) of ensemble `id`, or `None` for an adapter of its own or
+    /// an id not attached.
+    pub fn ensemble_members(&self, id: AdapterSlot) -> Option<Vec<(AdapterSlot, f32)>> {
+        let a = self
+            .adapters
+            .get(id.0)
+            .filter(|_| !self.vacant.contains(&id.0))?;
+        (!a.members.is_empty()).then(|| {
+            a.members
+                .iter()
+                .map(|&(s, w)| (AdapterSlot(s), w))
+                .collect()
+        })
+    }
+
+    /// The name of an attached ensemble that has adapter `id` as a member, if any.
+    pub fn ensemble_of(&self, id: AdapterSlot) -> Option<&str> {
+        self.adapters
+            .iter()
+            .find(|a| a.members.iter().any(|&(m, _)| m == id.0))
+            .map(|a| a.name.as_str())
     }
 
     pub(crate) fn check_batch(&self, batch: &[SeqInput<'_>]) -> Result<Vec<Span>, ModelError> {

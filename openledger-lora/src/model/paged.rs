@@ -173,11 +173,16 @@ impl PagedModel {
     /// Attaches `adapter` to the model ([`Model::attach_adapter`], named by `id`) and serves
     /// requests for `id` with it; a later attach under the same id replaces it (the earlier copy
     /// is detached).
+    /// An id whose adapter is a member of an attached ensemble is refused
+    /// ([`ModelError::InvalidArgument`]): detach the ensemble first.
     pub fn attach(
         &mut self,
         id: pool::AdapterId,
         adapter: &LoraAdapter,
     ) -> Result<AdapterSlot, ModelError> {
+        if let Some(&old) = self.ids.get(&id) {
+            self.check_not_member(&id, old)?;
+        }
         let slot = self.model.attach_adapter(id.as_str(), adapter)?;
         if let Some(old) = self.ids.insert(id.clone(), slot) {
             // The id now names the new copy; the old one would only hold memory.
@@ -187,12 +192,71 @@ impl PagedModel {
         Ok(slot)
     }
 
-    /// Detaches the adapter served for `id` (freeing its prepared copies); false when none is.
+    /// Detaches the adapter served for `id` (freeing its prepared copies); false when none is,
+    /// or when it is a member of an attached ensemble (it stays attached).
     pub fn detach(&mut self, id: &pool::AdapterId) -> bool {
+        let Some(&slot) = self.ids.get(id) else {
+            self.pooled.remove(id);
+            return false;
+        };
+        if self.model.detach_adapter(slot).is_err() {
+            return false;
+        }
+        self.ids.remove(id);
         self.pooled.remove(id);
-        match self.ids.remove(id) {
-            Some(slot) => self.model.detach_adapter(slot).is_ok(),
-            None => false,
+        true
+    }
+
+    /// Serves requests for `id` with an ensemble of attached adapters, each with a weight
+    /// ([`Model::attach_ensemble`]: `Σⱼ wⱼ·sⱼ·Bⱼ·Aⱼ·x`, one SGMV segment per member, no merged
+    /// copy). Members must have been [attached](Self::attach) under their ids (an adapter
+    /// the pool provides may be evicted, so it cannot be a member); an unknown member is
+    /// [`ModelError::InvalidArgument`] naming it, and an id already served is refused. While
+    /// the ensemble is attached its members cannot be detached or replaced.
+    pub fn attach_ensemble(
+        &mut self,
+        id: pool::AdapterId,
+        members: &[(pool::AdapterId, f32)],
+    ) -> Result<AdapterSlot, ModelError> {
+        if self.ids.contains_key(&id) {
+            return Err(ModelError::InvalidArgument {
+                name: "id",
+                reason: format!("{id} is already served: detach it first"),
+            });
+        }
+        let mut slots = Vec::with_capacity(members.len());
+        for (member, weight) in members {
+            let slot = match self.ids.get(member) {
+                Some(&slot) if !self.pooled.contains_key(member) => slot,
+                Some(_) => {
+                    return Err(ModelError::InvalidArgument {
+                        name: "members",
+                        reason: format!(
+                            "{member} was taken from the pool and may be evicted: attach it to be a member of {id}"
+                        ),
+                    });
+                }
+                None => {
+                    return Err(ModelError::InvalidArgument {
+                        name: "members",
+                        reason: format!("{member} is not attached (a member of {id})"),
+                    });
+                }
+            };
+            slots.push((slot, *weight));
+        }
+        let slot = self.model.attach_ensemble(id.as_str(), &slots)?;
+        self.ids.insert(id, slot);
+        Ok(slot)
+    }
+
+    fn check_not_member(&self, id: &pool::AdapterId, slot: AdapterSlot) -> Result<(), ModelError> {
+        match self.model.ensemble_of(slot) {
+            Some(ensemble) => Err(ModelError::InvalidArgument {
+                name: "id",
+                reason: format!("{id} is a member of the ensemble {ensemble}: detach it first"),
+            }),
+            None => Ok(()),
         }
     }
 

@@ -54,3 +54,25 @@ pub fn request(prompt: Vec<u32>, adapter: Option<&str>, max_new_tokens: usize) -
         },
     }
 }
+
+/// Float32 logits by name from a reference safetensors file: `(shape, values)`.
+pub fn reference_logits(
+    path: &std::path::Path,
+) -> std::collections::BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+    openledger_lora::adapter::tensors::read_safetensors(path, false)
+        .unwrap()
+        .into_iter()
+        .map(|(k, t)| (k, (t.shape().to_vec(), t.to_f32().into_owned())))
+        .collect()
+}
+
+/// The largest absolute difference between `got` and reference logits `want` of a sequence of
+/// `len` tokens (checking the reference's shape is `[len, vocab]`).
+pub fn max_logit_diff(got: &[f32], want: &(Vec<usize>, Vec<f32>), len: usize, vocab: usize) -> f32 {
+    assert_eq!(want.0, vec![len, vocab]);
+    assert_eq!(got.len(), want.1.len());
+    got.iter()
+        .zip(&want.1)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max)
+}
