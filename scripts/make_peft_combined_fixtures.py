@@ -76,6 +76,11 @@ def main() -> None:
                 p.normal_(0.0, 0.05)
     extra.save_pretrained(out / EXTRA["name"], safe_serialization=True)
     (out / EXTRA["name"] / "README.md").unlink(missing_ok=True)  # PEFT's model-card template
+    # Name the base as the other fixture adapters do, not by the folder it was loaded from.
+    config_path = out / EXTRA["name"] / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["base_model_name_or_path"] = "tiny-llama"
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
     def adapter_dir(name: str) -> Path:
         return out / name if name == EXTRA["name"] else fx / "adapters" / name
