@@ -265,24 +265,33 @@ pub(crate) fn project(
     // takes one pass per member (pass `j`: the `j`-th member of every ensemble, single adapters
     // in pass 0), each member with its scale times its weight: `y += Σⱼ wⱼ·sⱼ·Bⱼ·Aⱼ·x`, with
     // no merged copy.
-    let members: Vec<Vec<(usize, f32)>> = spans
+    // The member of `span` in pass `pass`: a single adapter is its own member in pass 0.
+    let member = |s: &Span, pass: usize| -> Option<(usize, f32)> {
+        let id = s.adapter?;
+        match adapters[id].members.as_slice() {
+            [] => (pass == 0).then_some((id, 1.0)),
+            members => members.get(pass).copied(),
+        }
+    };
+    let passes = spans
         .iter()
-        .map(|s| match s.adapter {
-            None => Vec::new(),
-            Some(id) if adapters[id].members.is_empty() => vec![(id, 1.0)],
-            Some(id) => adapters[id].members.clone(),
-        })
-        .collect();
-    let passes = members.iter().map(Vec::len).max().unwrap_or(0);
-    let targets = |&(id, _): &(usize, f32)| adapters[id].modules.contains_key(&lin.name);
-    let any = members.iter().flatten().any(targets);
+        .filter_map(|s| s.adapter)
+        .map(|id| adapters[id].members.len().max(1))
+        .max()
+        .unwrap_or(0);
+    let any = (0..passes).any(|pass| {
+        spans
+            .iter()
+            .filter_map(|s| member(s, pass))
+            .any(|(id, _)| adapters[id].modules.contains_key(&lin.name))
+    });
     let apply = |out: &mut [f32]| -> Result<(), ModelError> {
         for pass in 0..passes {
             let mut f32s = DtypeSlots::default();
             let mut f16s = DtypeSlots::default();
             let mut bf16s = DtypeSlots::default();
-            for (s, of_span) in spans.iter().zip(&members) {
-                let Some(&(id, weight)) = of_span.get(pass) else {
+            for s in spans {
+                let Some((id, weight)) = member(s, pass) else {
                     continue;
                 };
                 let Some(m) = adapters[id].modules.get(&lin.name) else {
