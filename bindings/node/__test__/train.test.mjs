@@ -121,7 +121,9 @@ test('bad input, and a second call while one runs, give typed errors', async () 
   await rejects(() => t.greedy([1, 2], -1), 'InvalidArg', /n:/)
   await rejects(() => t.saveAdapter(''), 'InvalidArg', /dir/)
   // One call at a time: the others are refused while it runs, and the trainer goes on after.
-  const running = t.train(DATA)
+  // With a callback the call cannot settle before this thread yields (every event must reach
+  // the callback first), so the calls below all see it running.
+  const running = t.train(DATA, undefined, () => {})
   await rejects(() => t.evaluate(DATA), 'Busy')
   assert.throws(() => t.stepsTaken, (e) => e.code === 'Busy')
   assert.equal((await running).steps, 2)
