@@ -11,6 +11,11 @@
 //! bf16 (as the memory part's, and as the model holds them: no f32 copy); the same cases are
 //! then run again with the adapters stored in f32 (figures prefixed `f32_`).
 //!
+//! **Ensembles.** The same 32 requests (bf16 adapters) each naming an ensemble of 2 or 4 of
+//! the 32 adapters (`a3+a4`, `a3+a4+a5+a6`: one SGMV segment per member, no merged copy)
+//! against each naming one adapter, in the same run: an ensemble should cost its members' LoRA
+//! FLOPs, not a model's.
+//!
 //! **Memory.** 1,000 rank-16 all-linear adapters (bf16, written to a temporary hub folder by the
 //! bench) registered in an [`AdapterPool`] with a 512 MB budget; 1,000 requests cycling through
 //! all of them are served by the engine (32 running at once), which pins the adapters of running
@@ -24,7 +29,7 @@
 //! `target/bench-results/` (or `$OPENLEDGER_BENCH_OUT`).
 //!
 //! `cargo bench -p openledger-benches --bench engine` (`OPENLEDGER_ENGINE_SKIP_MEMORY=1` skips the
-//! memory part)
+//! memory part; `OPENLEDGER_ENGINE_ONLY_ENSEMBLES=1` runs the ensembles part alone)
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -98,16 +103,20 @@ fn throughput(
     };
     let mut single = f64::NAN;
     for distinct in [1, 8, 32] {
-        let requests: Vec<(Vec<u32>, usize)> = prompts
+        let requests: Vec<(Vec<u32>, AdapterId)> = prompts
             .iter()
             .enumerate()
-            .map(|(i, p)| (p.clone(), i % distinct))
+            .map(|(i, p)| (p.clone(), adapter_id(i % distinct)))
             .collect();
         let mut batched = serve(paged, &requests);
         let mut one_at_a_time = Run::default();
         if distinct > 1 {
             for a in 0..distinct {
-                let group: Vec<_> = requests.iter().filter(|r| r.1 == a).cloned().collect();
+                let group: Vec<_> = requests
+                    .iter()
+                    .filter(|r| r.1 == adapter_id(a))
+                    .cloned()
+                    .collect();
                 one_at_a_time.absorb(serve(paged, &group));
             }
         }
@@ -137,8 +146,61 @@ fn throughput(
     }
 }
 
-/// Serves `requests` (prompt, adapter index) together through one engine.
-fn serve(paged: &PagedModel, requests: &[(Vec<u32>, usize)]) -> Run {
+/// Decode throughput of the 32 requests each naming an ensemble of 1, 2 and 4 of the attached
+/// adapters (request `i`: adapters `i, i+1, …` modulo 32, each at weight 1), measured `reps`
+/// times in turn; the median of each.
+fn ensembles(
+    paged: &PagedModel,
+    prompts: &[Vec<u32>],
+    report: &mut Report,
+    bars: &mut Vec<(String, f64)>,
+) {
+    const REPS: usize = 3;
+    let sizes = [1usize, 2, 4];
+    let requests = |members: usize| -> Vec<(Vec<u32>, AdapterId)> {
+        prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let ids: Vec<(AdapterId, f32)> = (0..members)
+                    .map(|j| (adapter_id((i + j) % REQUESTS), 1.0))
+                    .collect();
+                let id = if members == 1 {
+                    ids[0].0.clone()
+                } else {
+                    AdapterId::ensemble(&ids).expect("ensemble")
+                };
+                (p.clone(), id)
+            })
+            .collect()
+    };
+    let mut tps = vec![Vec::new(); sizes.len()];
+    for _ in 0..REPS {
+        for (k, &m) in sizes.iter().enumerate() {
+            tps[k].push(serve(paged, &requests(m)).decode_tokens_per_s());
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let medians: Vec<f64> = tps.iter_mut().map(median).collect();
+    for (&m, &t) in sizes.iter().zip(&medians) {
+        bars.push((format!("{m}-adapter ensembles"), t));
+        report.figure(&format!("ensemble_{m}_adapters_decode_tokens_per_s"), t);
+        if m > 1 {
+            report.ratio(
+                &format!("ensemble_{m}_adapters_vs_single_adapter"),
+                t,
+                medians[0],
+                "an ensemble costs its members' LoRA FLOPs, not a model's",
+            );
+        }
+    }
+}
+
+/// Serves `requests` (prompt, adapter or ensemble) together through one engine.
+fn serve(paged: &PagedModel, requests: &[(Vec<u32>, AdapterId)]) -> Run {
     let block_size = 16;
     let config = EngineConfig {
         kv_layout: paged.kv_layout(block_size),
@@ -155,7 +217,7 @@ fn serve(paged: &PagedModel, requests: &[(Vec<u32>, usize)]) -> Run {
         .map(|(prompt, a)| {
             engine.submit(Request {
                 prompt: prompt.clone(),
-                adapter: Some(adapter_id(*a)),
+                adapter: Some(a.clone()),
                 sampling: SamplingParams {
                     max_new_tokens: NEW_TOKENS,
                     ..Default::default()
@@ -415,7 +477,9 @@ fn draw(
     throughput: &[(String, f64)],
     samples: &[MemSample],
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let root = BitMapBackend::new(path, (1500, 600)).into_drawing_area();
+    // Without the memory part (skipped) the throughput bars take the whole picture.
+    let width = if samples.is_empty() { 860 } else { 1500 };
+    let root = BitMapBackend::new(path, (width, 600)).into_drawing_area();
     root.fill(&WHITE)?;
     let (left, right) = root.split_horizontally(860);
     let ymax = throughput.iter().map(|t| t.1).fold(1.0, f64::max) * 1.15;
@@ -456,6 +520,10 @@ fn draw(
         bar.set_margin(0, 0, 8, 8);
         bar
     }))?;
+    if samples.is_empty() {
+        root.present()?;
+        return Ok(());
+    }
     let mb = |b: usize| b as f64 / (1u64 << 20) as f64;
     let tmax = samples.last().map_or(1.0, |s| s.secs).max(1.0);
     let mmax = samples
@@ -524,11 +592,21 @@ fn main() {
                 .collect()
         })
         .collect();
-    let mut report = Report::new("engine");
+    let only_ensembles = std::env::var_os("OPENLEDGER_ENGINE_ONLY_ENSEMBLES").is_some();
+    let mut report = Report::new(if only_ensembles {
+        "engine_ensembles"
+    } else {
+        "engine"
+    });
     let mut bars = Vec::new();
     // The adapters as a pool holds them (bf16, the memory part's adapters), then the same
     // values stored as f32 (twice the bytes each decode step reads).
-    for dtype in [DType::BF16, DType::F32] {
+    let dtypes: &[DType] = if only_ensembles {
+        &[DType::BF16]
+    } else {
+        &[DType::BF16, DType::F32]
+    };
+    for &dtype in dtypes {
         let mut paged = PagedModel::new(model.clone());
         for k in 0..REQUESTS {
             let adapter = synthetic::adapter_builder(RANK, k as u64, LAYERS, dtype)
@@ -537,13 +615,23 @@ fn main() {
             paged.attach(adapter_id(k), &adapter).expect("attach");
         }
         // Warm-up (thread pool, allocator).
-        serve(&paged, &[(prompts[0].clone(), 0)]);
-        throughput(&paged, &prompts, dtype, &mut report, &mut bars);
+        serve(&paged, &[(prompts[0].clone(), adapter_id(0))]);
+        if !only_ensembles {
+            throughput(&paged, &prompts, dtype, &mut report, &mut bars);
+        }
+        if dtype == DType::BF16 {
+            ensembles(&paged, &prompts, &mut report, &mut bars);
+        }
     }
     // Where a decode step's time goes: the dense matmuls alone, at 1 and 32 rows, with the
     // weight layout the model uses and with the one it used before.
     let matmul_flop = 2.0 * (synthetic::parameters(LAYERS) - VOCAB * synthetic::H) as f64;
-    for (name, transposed_copy) in [("row_major_w", false), ("contiguous_wt_before", true)] {
+    let floors: &[(&str, bool)] = if only_ensembles {
+        &[]
+    } else {
+        &[("row_major_w", false), ("contiguous_wt_before", true)]
+    };
+    for &(name, transposed_copy) in floors {
         let floor_1 = dense_floor_secs(1, transposed_copy, &mut rng);
         let floor_32 = dense_floor_secs(REQUESTS, transposed_copy, &mut rng);
         report.figure(&format!("dense_matmuls_{name}_1_row_ms"), floor_1 * 1e3);
@@ -561,7 +649,7 @@ fn main() {
     }
     // The memory part starts from the base model alone (the throughput part's adapters were
     // dropped with its engines).
-    let samples = if std::env::var_os("OPENLEDGER_ENGINE_SKIP_MEMORY").is_some() {
+    let samples = if only_ensembles || std::env::var_os("OPENLEDGER_ENGINE_SKIP_MEMORY").is_some() {
         Vec::new()
     } else {
         memory(&model, &mut report)

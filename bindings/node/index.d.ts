@@ -1134,7 +1134,11 @@ export interface GeneratedToken {
 
 /** How one request samples its tokens and when it stops; every field is optional. */
 export interface GenerateOptions {
-  /** The adapter id to run with (default: the base model). */
+  /**
+   * The adapter id to run with (default: the base model), or an ensemble of adapters spelled
+   * `a+b` or `a*0.7+b*0.3` (each weight multiplies its adapter's LoRA scale; served from the
+   * members in the same batch, with no merged copy).
+   */
   adapter?: string
   /** At most this many new tokens (default 16). */
   maxNewTokens?: number

@@ -120,6 +120,14 @@ pub enum ChainError {
         /// What would overflow.
         what: String,
     },
+    /// An ensemble payment's models and shares that the contract refuses: none, more than
+    /// [`MAX_ENSEMBLE`](crate::receipt::MAX_ENSEMBLE), not one share per model, a zero share, a
+    /// model named twice, a weight that gives no share.
+    #[error("invalid ensemble: {reason}")]
+    InvalidEnsemble {
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Attribution weights that name the same id twice.
     #[error("attribution weights name {id} twice")]
     DuplicateWeight {
@@ -187,9 +195,9 @@ impl Classify for ChainError {
             | ChainError::Argument { .. }
             | ChainError::AbiValue { .. } => ErrorKind::Abi,
             ChainError::AmountOverflow { .. } => ErrorKind::Split,
-            ChainError::DuplicateWeight { .. } | ChainError::Overflow { .. } => {
-                ErrorKind::InvalidArgument
-            }
+            ChainError::DuplicateWeight { .. }
+            | ChainError::Overflow { .. }
+            | ChainError::InvalidEnsemble { .. } => ErrorKind::InvalidArgument,
             ChainError::Evm(_) | ChainError::TransactionFailed { .. } => ErrorKind::Transaction,
             ChainError::Signature(_) | ChainError::NoSigner(_) => ErrorKind::Signature,
             ChainError::UnknownSnapshot(_) => ErrorKind::UnknownId,

@@ -27,7 +27,112 @@ use alloy_sol_types::{Eip712Domain, SolStruct, SolValue, eip712_domain};
 use k256::ecdsa::SigningKey;
 
 use crate::ChainError;
-pub use crate::bindings::InferencePayments::AttributionReceipt;
+pub use crate::bindings::InferencePayments::{AttributionReceipt, EnsembleReceipt};
+
+/// Most models one ensemble payment may name (the contract's `MAX_ENSEMBLE`).
+pub const MAX_ENSEMBLE: usize = 16;
+
+/// Shares of an ensemble's members as receipts commit to them: each weight in millionths,
+/// rounded to the nearest (`0.7` → 700 000). A weight that is not finite or gives a share of
+/// zero (below 5·10⁻⁷) is refused.
+pub fn ensemble_shares(weights: &[f32]) -> Result<Vec<U256>, ChainError> {
+    weights
+        .iter()
+        .enumerate()
+        .map(|(i, &w)| {
+            let millionths = (f64::from(w) * 1e6).round();
+            if !(1.0..1e30).contains(&millionths) {
+                return Err(ChainError::InvalidEnsemble {
+                    reason: format!("member {i} has weight {w}, which gives no share"),
+                });
+            }
+            Ok(U256::from(millionths as u128))
+        })
+        .collect()
+}
+
+/// Checks an ensemble's models and shares as `InferencePayments.ensembleFee` does; returns
+/// `Σ shares`.
+fn check_ensemble(model_ids: &[B256], shares: &[U256]) -> Result<U256, ChainError> {
+    let bad = |reason: String| Err(ChainError::InvalidEnsemble { reason });
+    let n = model_ids.len();
+    if n == 0 || n > MAX_ENSEMBLE || shares.len() != n {
+        return bad(format!(
+            "{n} models and {} shares (1 to {MAX_ENSEMBLE} models, one share each)",
+            shares.len()
+        ));
+    }
+    let mut total = U256::ZERO;
+    for (i, share) in shares.iter().enumerate() {
+        if share.is_zero() {
+            return bad(format!("model {i} has a zero share"));
+        }
+        if model_ids[..i].contains(&model_ids[i]) {
+            return bad(format!("model {} is named twice", model_ids[i]));
+        }
+        total = total
+            .checked_add(*share)
+            .ok_or_else(|| ChainError::Overflow {
+                what: "the sum of the shares".into(),
+            })?;
+    }
+    Ok(total)
+}
+
+/// The fee of an inference served by an ensemble, as `InferencePayments.ensembleFee` computes
+/// it: `⌊Σᵢ feeᵢ·sharesᵢ / Σ shares⌋`, the share-weighted mean of the models' fees rounded
+/// down (equal fees give that fee). `fees[i]` is model `i`'s fee.
+pub fn ensemble_fee(
+    model_ids: &[B256],
+    fees: &[U256],
+    shares: &[U256],
+) -> Result<U256, ChainError> {
+    let total = check_ensemble(model_ids, shares)?;
+    if fees.len() != model_ids.len() {
+        return Err(ChainError::InvalidEnsemble {
+            reason: format!("{} models and {} fees", model_ids.len(), fees.len()),
+        });
+    }
+    let overflow = || ChainError::Overflow {
+        what: "the ensemble's weighted fee".into(),
+    };
+    let mut weighted = U256::ZERO;
+    for (fee, share) in fees.iter().zip(shares) {
+        weighted = fee
+            .checked_mul(*share)
+            .and_then(|p| weighted.checked_add(p))
+            .ok_or_else(overflow)?;
+    }
+    Ok(weighted / total)
+}
+
+/// The owners' part of an ensemble's fee split by share, as `InferencePayments` credits it:
+/// model `i > 0` gets `⌊owner_share·sharesᵢ / Σ shares⌋`, the first model the rest, so the parts
+/// sum to `owner_share`.
+pub fn ensemble_owner_shares(
+    model_ids: &[B256],
+    owner_share: U256,
+    shares: &[U256],
+) -> Result<Vec<U256>, ChainError> {
+    let total = check_ensemble(model_ids, shares)?;
+    let mut parts = vec![U256::ZERO; shares.len()];
+    let mut rest = owner_share;
+    for (part, share) in parts.iter_mut().zip(shares).skip(1) {
+        // owner_share·share may pass 2²⁵⁶: the contract divides with a 512-bit product
+        // (`Math.mulDiv`).
+        *part = mul_div(owner_share, *share, total);
+        rest -= *part;
+    }
+    parts[0] = rest;
+    Ok(parts)
+}
+
+/// `⌊a·b / d⌋` for `d > 0` and a quotient that fits (it does when `b ≤ d`).
+fn mul_div(a: U256, b: U256, d: U256) -> U256 {
+    let wide = alloy_primitives::U512::from(a) * alloy_primitives::U512::from(b)
+        / alloy_primitives::U512::from(d);
+    U256::from(wide)
+}
 
 /// EIP-712 domain name of `InferencePayments`.
 pub const DOMAIN_NAME: &str = "OpenLedger InferencePayments";
@@ -44,13 +149,14 @@ pub fn receipt_domain(chain_id: u64, verifying_contract: Address) -> Eip712Domai
     }
 }
 
-/// The EIP-712 struct hash of a receipt (`hashStruct`).
-pub fn struct_hash(receipt: &AttributionReceipt) -> B256 {
+/// The EIP-712 struct hash of a receipt (`hashStruct`): an [`AttributionReceipt`] or an
+/// [`EnsembleReceipt`].
+pub fn struct_hash<R: SolStruct>(receipt: &R) -> B256 {
     receipt.eip712_hash_struct()
 }
 
 /// The digest the operator signs: `keccak256("\x19\x01" || domainSeparator || hashStruct)`.
-pub fn signing_hash(receipt: &AttributionReceipt, domain: &Eip712Domain) -> B256 {
+pub fn signing_hash<R: SolStruct>(receipt: &R, domain: &Eip712Domain) -> B256 {
     receipt.eip712_signing_hash(domain)
 }
 
@@ -117,8 +223,8 @@ pub fn parse_signature(bytes: &[u8]) -> Result<Signature, ChainError> {
 
 /// Who recovered from `signature` over `receipt` in `domain`; a high-s signature is refused, as
 /// `ECDSA.sol` refuses it.
-pub fn recover_signer(
-    receipt: &AttributionReceipt,
+pub fn recover_signer<R: SolStruct>(
+    receipt: &R,
     domain: &Eip712Domain,
     signature: &Signature,
 ) -> Result<Address, ChainError> {
@@ -168,9 +274,9 @@ impl OperatorSigner {
     }
 
     /// Signs the receipt's EIP-712 digest (low-s, as `ECDSA.sol` requires).
-    pub fn sign(
+    pub fn sign<R: SolStruct>(
         &self,
-        receipt: &AttributionReceipt,
+        receipt: &R,
         domain: &Eip712Domain,
     ) -> Result<Signature, ChainError> {
         let digest = signing_hash(receipt, domain);

@@ -396,16 +396,295 @@ fn the_engine_serves_an_ensemble_beside_single_adapters_as_peft_does() {
     }
     engine.run_until_idle().unwrap();
     for (key, h) in handles {
-        let tokens: Vec<u32> = h
-            .filter_map(|e| match e {
-                Event::Token { token, .. } => Some(token),
-                _ => None,
-            })
-            .collect();
+        let tokens = tokens_of(h);
         let want = match s.json["greedy"].get(&key) {
             Some(v) => u32s(v),
             None => tiny_llama::peft_greedy(&key),
         };
         assert_eq!(tokens, want, "{key}");
     }
+}
+
+/// The tokens among a request's events.
+fn tokens_of(events: impl IntoIterator<Item = openledger_lora::serve::Event>) -> Vec<u32> {
+    events
+        .into_iter()
+        .filter_map(|e| match e {
+            openledger_lora::serve::Event::Token { token, .. } => Some(token),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Log-softmax (f64) of the last row of a sequence's reference logits.
+fn last_row_logprobs(want: &(Vec<usize>, Vec<f32>)) -> Vec<f64> {
+    let vocab = want.0[1];
+    let row = &want.1[want.1.len() - vocab..];
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = max
+        + row
+            .iter()
+            .map(|&x| (x as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
+    row.iter().map(|&x| x as f64 - lse).collect()
+}
+
+/// Requests naming an ensemble by its spelling (`qv-r4*0.7+all-r8-rslora*0.4`) are served from
+/// a pool that holds only the members, in one engine run beside single-adapter and base
+/// requests: each answer's first-token log-probabilities (the chosen token's and the top 5)
+/// equal the log-softmax of PEFT's `cat` logits to 1e-4, and its 8 greedy tokens PEFT's. The
+/// pins of the members are all released when the requests end. A member the pool lets go
+/// takes the ensemble with it; the next request naming the spelling attaches both again.
+#[test]
+fn requests_naming_an_ensemble_spelling_are_served_from_the_pool_as_peft_cat() {
+    use openledger_lora::model::PagedModel;
+    use openledger_lora::pool::{AdapterId, AdapterPool, Source};
+    use openledger_lora::serve::*;
+    use tiny_llama::id;
+    let s = setup();
+    let pool: AdapterPool = AdapterPool::new(64 << 20);
+    for n in ["qv-r4", "all-r8-rslora", "attn-patterns"] {
+        pool.register(id(n), Source::Dir(fixture().join("adapters").join(n)))
+            .unwrap();
+    }
+    let paged = PagedModel::with_pool(Model::from_dir(&fixture()).unwrap(), pool.clone());
+    let config = EngineConfig {
+        kv_layout: paged.kv_layout(4),
+        num_blocks: 128,
+        max_tokens_per_step: 64,
+        max_running: 16,
+        max_context: 32,
+        preemption: Preemption::Recompute,
+        kv_dtype: KvDtype::F32,
+    };
+    let mut engine = Engine::new(paged, pool.clone(), config).unwrap();
+    let mut rows: Vec<(String, Option<AdapterId>)> =
+        vec![("base".into(), None), ("qv-r4".into(), Some(id("qv-r4")))];
+    for name in ["cat-qv-all", "cat-qv-patterns"] {
+        let spec = &s.json["combinations"][name];
+        let members: Vec<(AdapterId, f32)> = spec["adapters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(weights(spec))
+            .map(|(a, w)| (id(a.as_str().unwrap()), w))
+            .collect();
+        let spelled = AdapterId::ensemble(&members).unwrap();
+        assert_eq!(AdapterId::parse(spelled.as_str()).unwrap(), spelled);
+        rows.push((name.to_string(), Some(spelled)));
+    }
+    assert_eq!(
+        rows[2].1.as_ref().unwrap().as_str(),
+        "qv-r4*0.7+all-r8-rslora*0.4"
+    );
+    let sampling = SamplingParams {
+        max_new_tokens: 8,
+        logprobs: Some(5),
+        ..Default::default()
+    };
+    let submit_all = |engine: &mut Engine<PagedModel, AdapterPool>| {
+        let mut handles = Vec::new();
+        for (i, seq) in s.seqs.iter().enumerate() {
+            for (key, adapter) in &rows {
+                let h = engine.submit(Request {
+                    prompt: seq.clone(),
+                    adapter: adapter.clone(),
+                    sampling: sampling.clone(),
+                });
+                handles.push((key.clone(), i, h));
+            }
+        }
+        engine.run_until_idle().unwrap();
+        handles
+    };
+    for (key, i, h) in submit_all(&mut engine) {
+        let events: Vec<Event> = h.collect();
+        let tokens = tokens_of(events.iter().cloned());
+        let name = format!("{key}.{i}");
+        let want = match s.json["greedy"].get(&name) {
+            Some(v) => u32s(v),
+            None => tiny_llama::peft_greedy(&name),
+        };
+        assert_eq!(tokens, want, "{name}");
+        let Some(Event::Token {
+            logprobs: Some(first),
+            ..
+        }) = events.first()
+        else {
+            panic!("{name}: no first token with log-probabilities: {events:?}");
+        };
+        let lp = last_row_logprobs(&s.reference[&format!("logits.{name}")]);
+        let err = (first.logprob as f64 - lp[tokens[0] as usize]).abs();
+        assert!(err <= 1e-4, "{name}: first token logprob off by {err}");
+        assert_eq!(first.top.len(), 5);
+        for &(t, l) in &first.top {
+            let err = (l as f64 - lp[t as usize]).abs();
+            assert!(err <= 1e-4, "{name}: top token {t} logprob off by {err}");
+        }
+    }
+    assert_eq!(pool.stats().pinned_count, 0, "the members' pins leaked");
+    assert!(engine.held_adapters().is_empty());
+    let pair = rows[2].1.clone().unwrap();
+    assert!(engine.model().is_attached(&pair));
+
+    // The pool lets a member go (registered again: a new copy): the ensemble goes with it, and
+    // the next requests attach the new copy and the ensemble again, with the same answers.
+    pool.unregister(&id("all-r8-rslora")).unwrap();
+    pool.register(
+        id("all-r8-rslora"),
+        Source::Dir(fixture().join("adapters/all-r8-rslora")),
+    )
+    .unwrap();
+    engine.model_mut().detach_evicted();
+    assert!(!engine.model().is_attached(&pair));
+    assert!(!engine.model().is_attached(&id("all-r8-rslora")));
+    assert!(engine.model().is_attached(&rows[3].1.clone().unwrap()));
+    let again = submit_all(&mut engine);
+    for (key, i, h) in again.into_iter().filter(|(k, _, _)| k == "cat-qv-all") {
+        let tokens = tokens_of(h);
+        assert_eq!(tokens, u32s(&s.json["greedy"][format!("{key}.{i}")]));
+    }
+    assert!(engine.model().is_attached(&pair));
+
+    // An unknown member fails its request alone, naming the member.
+    let bad = AdapterId::parse("qv-r4+nope*2").unwrap();
+    let h = engine.submit(Request {
+        prompt: s.seqs[0].clone(),
+        adapter: Some(bad),
+        sampling: sampling.clone(),
+    });
+    let ok = engine.submit(tiny_llama::request(s.seqs[0].clone(), Some("qv-r4"), 8));
+    engine.run_until_idle().unwrap();
+    let events: Vec<Event> = h.collect();
+    assert!(
+        matches!(
+            events.last(),
+            Some(Event::Failed { error: RequestError::UnknownAdapter { adapter }, .. })
+                if adapter.as_str() == "nope"
+        ),
+        "{events:?}"
+    );
+    let tokens = tokens_of(ok);
+    assert_eq!(tokens, tiny_llama::peft_greedy("qv-r4.0"));
+    assert_eq!(pool.stats().pinned_count, 0);
+}
+
+/// Merging methods whose update is not a sum of the members' make a merged adapter in the pool
+/// ([`AdapterPool::register_combined`]), served by the engine like any other adapter: PEFT's
+/// `linear` combination gives PEFT's greedy tokens, and a TIES merge gives the tokens and logits
+/// of the same merge made directly (to the bit: the pool holds its bytes). Bad merges are typed
+/// errors that register nothing.
+#[test]
+fn merged_adapters_registered_in_the_pool_are_served_like_any_other() {
+    use openledger_lora::adapter::combine::CombineOptions;
+    use openledger_lora::model::PagedModel;
+    use openledger_lora::pool::{AdapterId, AdapterPool, IdProblem, PoolError, Source};
+    use openledger_lora::serve::*;
+    use tiny_llama::id;
+    let s = setup();
+    let pool: AdapterPool = AdapterPool::new(64 << 20);
+    for n in ["qv-r4", "all-r8-rslora"] {
+        pool.register(id(n), Source::Dir(fixture().join("adapters").join(n)))
+            .unwrap();
+    }
+    pool.register(
+        id("qv-r4-b"),
+        Source::Dir(fixture().join("combined/qv-r4-b")),
+    )
+    .unwrap();
+    let spec = &s.json["combinations"]["linear-qv"];
+    let w = weights(spec);
+    let members = [(id("qv-r4"), w[0]), (id("qv-r4-b"), w[1])];
+    let mut calls = 0;
+    pool.register_combined(
+        id("linear-qv"),
+        &members,
+        &CombineOptions::new(Combination::Linear),
+        Some(&mut |_, _| calls += 1),
+    )
+    .unwrap();
+    assert!(calls > 0, "no progress reported");
+    let mut ties = CombineOptions::new(Combination::Ties);
+    ties.density = Some(0.5);
+    pool.register_combined(id("ties-qv"), &members, &ties, None)
+        .unwrap();
+    let direct =
+        add_weighted_adapter(&[&load("qv-r4"), &load("qv-r4-b")], &w, &ties, None).unwrap();
+
+    let mut model = Model::from_dir(&fixture()).unwrap();
+    let slot = model.attach_adapter("ties-direct", &direct).unwrap();
+    let pooled = pool.get(&id("ties-qv")).unwrap();
+    let from_pool = model.attach_adapter("ties-pooled", &pooled).unwrap();
+    for seq in &s.seqs {
+        let run = |a| {
+            model
+                .forward(&[SeqInput {
+                    adapter: Some(a),
+                    tokens: seq,
+                }])
+                .unwrap()
+        };
+        assert_eq!(run(slot), run(from_pool), "the pool's copy is the merge");
+    }
+
+    let paged = PagedModel::with_pool(Model::from_dir(&fixture()).unwrap(), pool.clone());
+    let config = EngineConfig {
+        kv_layout: paged.kv_layout(4),
+        num_blocks: 64,
+        max_tokens_per_step: 64,
+        max_running: 8,
+        max_context: 32,
+        preemption: Preemption::Recompute,
+        kv_dtype: KvDtype::F32,
+    };
+    let mut engine = Engine::new(paged, pool.clone(), config).unwrap();
+    let mut handles = Vec::new();
+    for (i, seq) in s.seqs.iter().enumerate() {
+        for name in ["linear-qv", "ties-qv", "qv-r4"] {
+            let h = engine.submit(tiny_llama::request(seq.clone(), Some(name), 8));
+            handles.push((name, i, h));
+        }
+    }
+    engine.run_until_idle().unwrap();
+    for (name, i, h) in handles {
+        let tokens = tokens_of(h);
+        let want = match name {
+            "linear-qv" => u32s(&s.json["greedy"][format!("linear-qv.{i}")]),
+            "ties-qv" => model.greedy(Some(slot), &s.seqs[i], 8).unwrap(),
+            _ => tiny_llama::peft_greedy(&format!("{name}.{i}")),
+        };
+        assert_eq!(tokens, want, "{name}.{i}");
+    }
+    assert_eq!(pool.stats().pinned_count, 0);
+
+    // Refused, registering nothing: a taken id, an ensemble spelling, an unknown member, and
+    // members `linear` cannot combine (ranks 4 and 8).
+    let linear = CombineOptions::new(Combination::Linear);
+    assert!(matches!(
+        pool.register_combined(id("ties-qv"), &members, &linear, None),
+        Err(PoolError::DuplicateId { .. })
+    ));
+    let spelled = AdapterId::parse("x+y").unwrap();
+    assert!(matches!(
+        pool.register_combined(spelled, &members, &linear, None),
+        Err(PoolError::InvalidId(e)) if e.reason == IdProblem::Ensemble
+    ));
+    assert!(matches!(
+        pool.register_combined(id("m1"), &[(id("qv-r4"), 1.0), (id("nope"), 1.0)], &linear, None),
+        Err(PoolError::UnknownId { id }) if id.as_str() == "nope"
+    ));
+    let err = pool
+        .register_combined(
+            id("m2"),
+            &[(id("qv-r4"), 1.0), (id("all-r8-rslora"), 1.0)],
+            &linear,
+            None,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&err, PoolError::Load { id, .. } if id.as_str() == "m2"),
+        "{err}"
+    );
+    assert!(!pool.is_registered(&id("m1")) && !pool.is_registered(&id("m2")));
 }

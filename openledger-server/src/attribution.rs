@@ -21,7 +21,8 @@ use openledger::chain::chain::{Chain, ChainExt};
 use openledger::chain::deploy::{DeployConfig, Deployment};
 use openledger::chain::evm::EmbeddedChain;
 use openledger::chain::receipt::{
-    AttributionReceipt, OperatorSigner, receipt_domain, weights_hash,
+    AttributionReceipt, EnsembleReceipt, OperatorSigner, ensemble_fee, ensemble_owner_shares,
+    ensemble_shares, receipt_domain, weights_hash,
 };
 use openledger::chain::rpc::RpcChain;
 use openledger::core::datanet::Datanet;
@@ -254,6 +255,28 @@ impl OnChain {
         )
     }
 
+    /// Sends a payment `call` from `payer`: the outcome, or (`Err`) what the response reports
+    /// when the node refused the transaction (a payer without gas money, say) or the contract
+    /// reverted it.
+    fn send_payment<C: alloy_sol_types::SolCall>(
+        &mut self,
+        payer: Address,
+        call: &C,
+    ) -> Result<openledger::chain::evm::TxOutcome, Value> {
+        let out = self
+            .chain
+            .send(payer, self.deployment.payments, call)
+            .map_err(|e| json!({"status": "refused", "error": e.to_string()}))?;
+        if !out.is_success() {
+            return Err(json!({
+                "status": "reverted",
+                "error": format!("{:?}", openledger::chain::abi::decode_revert_any(&out.output)),
+                "block": out.block_number,
+            }));
+        }
+        Ok(out)
+    }
+
     /// Pays `receipt` from its payer; the outcome as the response reports it.
     fn pay(
         &mut self,
@@ -261,21 +284,10 @@ impl OnChain {
         signature: &alloy_primitives::Signature,
     ) -> Result<Value, ApiError> {
         let call = Deployment::pay_call(receipt.clone(), signature);
-        let out = match self
-            .chain
-            .send(receipt.payer, self.deployment.payments, &call)
-        {
+        let out = match self.send_payment(receipt.payer, &call) {
             Ok(out) => out,
-            // The node refused the transaction itself (a payer without gas money, say).
-            Err(e) => return Ok(json!({"status": "refused", "error": e.to_string()})),
+            Err(outcome) => return Ok(outcome),
         };
-        if !out.is_success() {
-            return Ok(json!({
-                "status": "reverted",
-                "error": format!("{:?}", openledger::chain::abi::decode_revert_any(&out.output)),
-                "block": out.block_number,
-            }));
-        }
         let paid = out
             .events::<InferencePayments::InferencePaid>()
             .into_iter()
@@ -287,6 +299,39 @@ impl OnChain {
             "gas_used": out.gas_used,
             "contract": self.deployment.payments.to_string(),
             "owner_share_wei": paid.ownerShare.to_string(),
+            "protocol_share_wei": paid.protocolShare.to_string(),
+            "data_pool_wei": paid.dataShare.to_string(),
+        }))
+    }
+
+    /// Pays an ensemble's `receipt` from its payer; the outcome as the response reports it
+    /// (`owner_share_wei` the owners' part, `owner_shares_wei` each member's).
+    fn pay_ensemble(
+        &mut self,
+        receipt: &EnsembleReceipt,
+        signature: &alloy_primitives::Signature,
+    ) -> Result<Value, ApiError> {
+        let call = InferencePayments::payForEnsembleCall {
+            receipt: receipt.clone(),
+            signature: signature.as_bytes().to_vec().into(),
+        };
+        let out = match self.send_payment(receipt.payer, &call) {
+            Ok(out) => out,
+            Err(outcome) => return Ok(outcome),
+        };
+        let paid = out
+            .events::<InferencePayments::EnsemblePaid>()
+            .into_iter()
+            .next()
+            .ok_or_else(|| chain_err("payForEnsemble emitted no EnsemblePaid"))?;
+        let owners: U256 = paid.ownerShares.iter().copied().sum();
+        Ok(json!({
+            "status": "paid",
+            "block": out.block_number,
+            "gas_used": out.gas_used,
+            "contract": self.deployment.payments.to_string(),
+            "owner_share_wei": owners.to_string(),
+            "owner_shares_wei": paid.ownerShares.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "protocol_share_wei": paid.protocolShare.to_string(),
             "data_pool_wei": paid.dataShare.to_string(),
         }))
@@ -416,13 +461,20 @@ impl Attributor {
         })
     }
 
-    /// The extension object of one inference: `question` is what retrieval is run on.
+    /// The extension object of one inference: `question` is what retrieval is run on;
+    /// `adapters` the adapter the request ran with (weight 1), or the members of the ensemble it
+    /// named with their weights (none: the base model), each registered on the base. A single
+    /// adapter's receipt names it in `adapterIds` (the base's owner is paid); an ensemble's
+    /// (`ensemble`) is an `EnsembleReceipt` naming the members with their shares
+    /// (`ensemble_shares`: weights in millionths), paid with `payForEnsemble`, which splits the
+    /// owners' part among the members' owners by share.
     pub(crate) fn attribute(
         &self,
         question: &str,
         inference: &str,
         base: &str,
-        adapter: Option<&str>,
+        adapters: &[(openledger::lora::pool::AdapterId, f32)],
+        ensemble: bool,
         payer: Option<Address>,
     ) -> Result<Value, ApiError> {
         let query = self
@@ -470,7 +522,7 @@ impl Attributor {
         let id_of = |salt: B256| openledger::chain::bindings::model_id(self.split.owner, salt);
         let base_salt = salt_of(base);
         let model_id = id_of(base_salt);
-        let adapter_salts: Vec<B256> = adapter.map(salt_of).into_iter().collect();
+        let adapter_salts: Vec<B256> = adapters.iter().map(|(a, _)| salt_of(a.as_str())).collect();
         let adapter_ids: Vec<B256> = adapter_salts.iter().map(|&s| id_of(s)).collect();
         // On the chain: the models registered, the epoch the contract is in, its funded payer
         // by default. The lock is held through the payment so receipts are paid in order.
@@ -486,22 +538,67 @@ impl Attributor {
             }
             None => (0, payer.unwrap_or(Address::ZERO)),
         };
-        let receipt = AttributionReceipt {
-            inferenceId: alloy_primitives::keccak256(inference.as_bytes()),
-            modelId: model_id,
-            adapterIds: adapter_ids,
-            payer,
-            amount: self.fee,
-            epoch,
-            weightsHash: weights_hash(&pool).map_err(|e| ApiError::internal(e.to_string()))?,
-        };
-        let signature = self
-            .signer
-            .sign(&receipt, &self.domain)
-            .map_err(|e| ApiError::internal(e.to_string()))?;
-        let payment = match chain.as_deref_mut() {
-            Some(ch) => ch.pay(&receipt, &signature)?,
-            None => Value::Null,
+        let inference_id = alloy_primitives::keccak256(inference.as_bytes());
+        let weights_hash = weights_hash(&pool).map_err(|e| ApiError::internal(e.to_string()))?;
+        let internal = |e: ChainError| ApiError::internal(e.to_string());
+        // An ensemble is paid as one: its members are the models, their weights the shares,
+        // and the owners' part of the fee is split among them by share.
+        let (receipt_json, signature, payment, owner_parts) = if ensemble {
+            let weights: Vec<f32> = adapters.iter().map(|&(_, w)| w).collect();
+            let shares = ensemble_shares(&weights).map_err(internal)?;
+            let fees = vec![self.fee; adapter_ids.len()];
+            let amount = ensemble_fee(&adapter_ids, &fees, &shares).map_err(internal)?;
+            let parts = ensemble_owner_shares(&adapter_ids, split.owner.amount, &shares)
+                .map_err(internal)?;
+            let receipt = EnsembleReceipt {
+                inferenceId: inference_id,
+                modelIds: adapter_ids.clone(),
+                shares,
+                payer,
+                amount,
+                epoch,
+                weightsHash: weights_hash,
+            };
+            let signature = self.signer.sign(&receipt, &self.domain).map_err(internal)?;
+            let payment = match chain.as_deref_mut() {
+                Some(ch) => ch.pay_ensemble(&receipt, &signature)?,
+                None => Value::Null,
+            };
+            let json = json!({
+                "inferenceId": receipt.inferenceId.to_string(),
+                "modelIds": receipt.modelIds.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "shares": receipt.shares.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "payer": receipt.payer.to_string(),
+                "amount": receipt.amount.to_string(),
+                "epoch": receipt.epoch,
+                "weightsHash": receipt.weightsHash.to_string(),
+            });
+            (json, signature, payment, parts)
+        } else {
+            let receipt = AttributionReceipt {
+                inferenceId: inference_id,
+                modelId: model_id,
+                adapterIds: adapter_ids.clone(),
+                payer,
+                amount: self.fee,
+                epoch,
+                weightsHash: weights_hash,
+            };
+            let signature = self.signer.sign(&receipt, &self.domain).map_err(internal)?;
+            let payment = match chain.as_deref_mut() {
+                Some(ch) => ch.pay(&receipt, &signature)?,
+                None => Value::Null,
+            };
+            let json = json!({
+                "inferenceId": receipt.inferenceId.to_string(),
+                "modelId": receipt.modelId.to_string(),
+                "adapterIds": receipt.adapterIds.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "payer": receipt.payer.to_string(),
+                "amount": receipt.amount.to_string(),
+                "epoch": receipt.epoch,
+                "weightsHash": receipt.weightsHash.to_string(),
+            });
+            (json, signature, payment, Vec::new())
         };
         let payout = |p: &openledger::poa::split::Payout| json!({"account": p.account.to_string(), "amount_wei": p.amount.to_string()});
         Ok(json!({
@@ -515,21 +612,17 @@ impl Attributor {
             })).collect::<Vec<_>>(),
             "contributors": weights.iter().map(|(a, w)| json!({"account": a.to_string(), "weight": w}))
                 .collect::<Vec<_>>(),
+            "adapters": adapters.iter().zip(&adapter_ids).enumerate().map(|(i, ((a, w), id))| json!({
+                "name": a.as_str(), "weight": w, "adapterId": id.to_string(),
+                "owner_part_wei": owner_parts.get(i).map(ToString::to_string),
+            })).collect::<Vec<_>>(),
             "fee_wei": self.fee.to_string(),
             "split": {
                 "owner": payout(&split.owner),
                 "protocol": payout(&split.protocol),
                 "contributors": split.contributors.iter().map(payout).collect::<Vec<_>>(),
             },
-            "receipt": {
-                "inferenceId": receipt.inferenceId.to_string(),
-                "modelId": receipt.modelId.to_string(),
-                "adapterIds": receipt.adapterIds.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                "payer": receipt.payer.to_string(),
-                "amount": receipt.amount.to_string(),
-                "epoch": receipt.epoch,
-                "weightsHash": receipt.weightsHash.to_string(),
-            },
+            "receipt": receipt_json,
             "domain": {
                 "name": openledger::chain::receipt::DOMAIN_NAME,
                 "version": openledger::chain::receipt::DOMAIN_VERSION,

@@ -1,6 +1,9 @@
 //! An OpenAI-compatible HTTP server over the multi-LoRA engine ([`ServedModel`]): the base
 //! model and every adapter of the adapters folder are models of the API, chosen per request by
-//! the `model` field, as vLLM, LoRAX and llama.cpp's server choose them.
+//! the `model` field, as vLLM, LoRAX and llama.cpp's server choose them. A `model` may also
+//! spell an ensemble of loaded adapters, `a+b` or `a*0.7+b*0.3`
+//! ([`AdapterId::parse`](openledger_lora::pool::AdapterId::parse)): served from its members in
+//! the same batch as every other request, with no merged copy.
 //!
 //! - `GET /v1/models`: the base and every registered adapter (`parent`: the base).
 //! - `POST /v1/chat/completions`: messages rendered with the model folder's chat template

@@ -153,17 +153,25 @@ async fn models(AxState(s): AxState<Shared>, headers: HeaderMap) -> Response {
     })())
 }
 
-/// The adapter a `model` field names (`None`: the base), or 404.
+/// The adapter a `model` field names (`None`: the base), or 404. An ensemble of loaded
+/// adapters is named by its spelling (`a+b`, `a*0.7+b*0.3`: [`AdapterId::parse`]); a member not
+/// loaded is the model not found.
 fn resolve_model(s: &State, model: &str) -> Result<Option<AdapterId>, ApiError> {
     if model == s.base_name {
         return Ok(None);
     }
-    if s.adapters.lock().contains(model)
-        && let Ok(id) = AdapterId::new(model)
+    let Ok(id) = AdapterId::parse(model) else {
+        return Err(ApiError::model_not_found(model));
+    };
+    let loaded = s.adapters.lock();
+    match id
+        .adapters()
+        .into_iter()
+        .find(|a| !loaded.contains(a.as_str()))
     {
-        return Ok(Some(id));
+        None => Ok(Some(id)),
+        Some(missing) => Err(ApiError::model_not_found(missing.as_str())),
     }
-    Err(ApiError::model_not_found(model))
 }
 
 /// What one request runs: its prompts, `n` choices each, how they sample.
@@ -821,9 +829,23 @@ impl Job {
         let (Some(l), Some(a)) = (&self.plan.ledger, &self.s.attributor) else {
             return Ok(None);
         };
-        let adapter = self.plan.adapter.as_ref().map(AdapterId::as_str);
-        a.attribute(&l.question, &self.id, &self.s.base_name, adapter, l.payer)
-            .map(Some)
+        let members = self
+            .plan
+            .adapter
+            .as_ref()
+            .map(|a| a.members().unwrap_or_else(|| vec![(a.clone(), 1.0)]));
+        a.attribute(
+            &l.question,
+            &self.id,
+            &self.s.base_name,
+            members.as_deref().unwrap_or(&[]),
+            self.plan
+                .adapter
+                .as_ref()
+                .is_some_and(AdapterId::is_ensemble),
+            l.payer,
+        )
+        .map(Some)
     }
 
     fn usage(&self) -> Value {

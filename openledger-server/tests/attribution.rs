@@ -245,12 +245,12 @@ async fn on_anvil_each_answer_is_paid_with_the_split_it_reports() {
     })
     .await
     .unwrap();
-    assert_eq!(held, U256::from(3 * 999_999_999_999u64));
+    assert_eq!(held, U256::from(4 * 999_999_999_999u64));
     drop(s);
 }
 
-/// Three answers paid on `target`; a fourth from `payer 0xbb` refused with an error that says
-/// `refusal`. Returns the server and its info.
+/// Four answers paid on `target` (one by an ensemble); a fifth from `payer 0xbb` refused with
+/// an error that says `refusal`. Returns the server and its info.
 async fn paid_on(target: ChainTarget, name: &str, refusal: &str) -> (Server, Value) {
     let dir = tempfile::tempdir().unwrap();
     let (model, adapters) = model_and_adapters(dir.path());
@@ -270,6 +270,8 @@ async fn paid_on(target: ChainTarget, name: &str, refusal: &str) -> (Server, Val
         ("qv-r4", "what class is metformin"),
         ("tiny-llama", "how does aspirin work"),
         ("qv-r4", "what does aspirin treat"),
+        // An ensemble: both members registered on the base and named in the receipt.
+        ("qv-r4*0.5+attn-patterns*1.5", "what does aspirin treat"),
     ] {
         let r = post(
             &s,
@@ -282,6 +284,38 @@ async fn paid_on(target: ChainTarget, name: &str, refusal: &str) -> (Server, Val
         let ext = &r.json()["openledger"];
         let pay = &ext["payment"];
         assert_eq!(pay["status"], "paid", "{ext}");
+        let members = if model == "tiny-llama" {
+            0
+        } else {
+            model.split('+').count()
+        };
+        assert_eq!(ext["adapters"].as_array().unwrap().len(), members);
+        if members == 2 {
+            // An ensemble receipt: the members are the models, their weights the shares, and
+            // the owners' part is split among them by share (1 : 3), as the contract credited.
+            let rc = &ext["receipt"];
+            assert_eq!(rc["shares"], json!(["500000", "1500000"]));
+            assert_eq!(ext["adapters"][1]["name"], "attn-patterns");
+            assert_eq!(ext["adapters"][1]["weight"], 1.5);
+            assert_eq!(ext["adapters"][1]["adapterId"], rc["modelIds"][1]);
+            let parts: Vec<U256> = (0..2)
+                .map(|i| u(&ext["adapters"][i]["owner_part_wei"]))
+                .collect();
+            let owners = u(&ext["split"]["owner"]["amount_wei"]);
+            assert_eq!(parts[0] + parts[1], owners);
+            assert_eq!(parts[1], owners * U256::from(3) / U256::from(4));
+            for i in 0..2 {
+                assert_eq!(
+                    pay["owner_shares_wei"][i],
+                    ext["adapters"][i]["owner_part_wei"]
+                );
+            }
+        } else {
+            assert_eq!(
+                ext["receipt"]["adapterIds"].as_array().unwrap().len(),
+                members
+            );
+        }
         // The contract's split is the one reported, to the wei.
         assert_eq!(pay["owner_share_wei"], ext["split"]["owner"]["amount_wei"]);
         assert_eq!(

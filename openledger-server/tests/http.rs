@@ -71,6 +71,69 @@ async fn greedy_completions_are_pefts_tokens() {
     assert_eq!(checked, 12);
 }
 
+/// A `model` spelling an ensemble of loaded adapters (`qv-r4*0.7+all-r8-rslora*0.4`) gives
+/// PEFT's greedy tokens of `add_weighted_adapter(..., combination_type="cat")` with those
+/// weights; a member not loaded, the same member twice or a bad weight is 404
+/// `model_not_found`, naming the member where one is missing.
+#[tokio::test]
+async fn ensembles_named_in_the_model_field_are_pefts_cat_combinations() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path(), None);
+    let refs = reference();
+    let text = std::fs::read_to_string(fixtures().join("peft/tiny-llama/combined/reference.json"))
+        .unwrap();
+    let combined: Value = serde_json::from_str(&text).unwrap();
+    let mut checked = 0;
+    for (key, want) in combined["greedy"].as_object().unwrap() {
+        let (name, seq) = key.rsplit_once('.').unwrap();
+        let spec = &combined["combinations"][name];
+        if spec["combination_type"] != "cat" {
+            continue;
+        }
+        let model = spec["adapters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(spec["weights"].as_array().unwrap())
+            .map(|(a, w)| format!("{}*{}", a.as_str().unwrap(), w))
+            .collect::<Vec<_>>()
+            .join("+");
+        let prompt = &refs["sequences"][seq.parse::<usize>().unwrap()];
+        let r = post(
+            &s,
+            "/v1/completions",
+            json!({"model": model, "prompt": prompt, "max_tokens": 8, "temperature": 0,
+                   "logprobs": 0, "return_tokens_as_token_ids": true}),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        assert_eq!(v["model"], model);
+        let got = token_ids(&v["choices"][0]["logprobs"]["tokens"]);
+        let want: Vec<u32> = serde_json::from_value(want.clone()).unwrap();
+        assert_eq!(got, want, "{key} as {model}");
+        checked += 1;
+    }
+    assert_eq!(checked, 6);
+    for (model, named) in [
+        ("qv-r4+nope", "nope"),
+        ("qv-r4+qv-r4", "qv-r4+qv-r4"),
+        ("qv-r4*-1+attn-patterns", "qv-r4*-1+attn-patterns"),
+        ("qv-r4+../etc", "qv-r4+../etc"),
+    ] {
+        let r = post(
+            &s,
+            "/v1/completions",
+            json!({"model": model, "prompt": "w5", "max_tokens": 1}),
+        )
+        .await;
+        assert_eq!(r.status, 404, "{model}: {}", r.text());
+        let e = &r.json()["error"];
+        assert_eq!(e["code"], "model_not_found");
+        assert!(e["message"].as_str().unwrap().contains(named), "{e}");
+    }
+}
+
 /// A seeded, sampled request gives over HTTP the tokens the in-process engine gives.
 #[tokio::test]
 async fn sampled_tokens_equal_the_in_process_engines() {

@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict'
 import { after, before, test } from 'node:test'
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
 import { adapterDir, ol, reference, rejects, tinyLlama } from './helpers.mjs'
 
 let engine
@@ -121,6 +123,32 @@ test('adapters registered in a pool are attached on first use', async () => {
     const got = await collect(e.generate(reference.sequences[1], { adapter: 'qv-r4', maxNewTokens: want.length }))
     assert.deepEqual(got, want)
     assert.ok(pool.isResident('qv-r4'))
+  } finally {
+    await e.close()
+  }
+})
+
+test('an ensemble spelled in the adapter option gives PEFT cat combinations tokens', async () => {
+  const combined = JSON.parse(readFileSync(join(tinyLlama, 'combined', 'reference.json'), 'utf8'))
+  const pool = new ol.AdapterPool(1 << 30)
+  for (const name of ['qv-r4', 'all-r8-rslora', 'attn-patterns']) pool.registerDir(name, adapterDir(name))
+  const e = await ol.Engine.load(tinyLlama, { maxContext: 64, blockSize: 4, maxRunning: 16 }, pool)
+  try {
+    const runs = []
+    for (const [name, spec] of Object.entries(combined.combinations)) {
+      if (spec.combination_type !== 'cat') continue
+      const adapter = spec.adapters.map((a, j) => `${a}*${spec.weights[j]}`).join('+')
+      reference.sequences.forEach((prompt, i) => {
+        const want = combined.greedy[`${name}.${i}`]
+        runs.push(collect(e.generate(prompt, { adapter, maxNewTokens: 8 })).then((got) => ({ got, want, key: `${name}.${i}` })))
+      })
+    }
+    assert.equal(runs.length, 6)
+    for (const { got, want, key } of await Promise.all(runs)) assert.deepEqual(got, want, key)
+    await rejects(async () => collect(e.generate(reference.sequences[0], { adapter: 'qv-r4+nope' })), 'UnknownId', /nope/)
+    for (const adapter of ['qv-r4+qv-r4', 'qv-r4*-1', 'qv-r4+../x']) {
+      assert.throws(() => e.generate(reference.sequences[0], { adapter }), (err) => err.code === 'InvalidId', adapter)
+    }
   } finally {
     await e.close()
   }

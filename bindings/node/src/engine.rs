@@ -24,6 +24,7 @@ use openledger_lora::adapter::{LoadOptions, LoraAdapter as RustAdapter};
 use openledger_lora::model::{
     FaultWatch, ModelError, PendingCancel, ServeOptions, ServedModel, TOKENIZER_FILE, Tokenizer,
 };
+use openledger_lora::pool::AdapterId;
 use openledger_lora::serve::{
     Event, Request, RequestStats as RustStats, SamplingParams, StreamEnd, StreamLog,
 };
@@ -34,6 +35,13 @@ use crate::error::{self, Error, ErrorCode, JsResult, Result, ToJs, invalid_arg};
 use crate::pool::{AdapterPool, id as adapter_id};
 use crate::progress::{Progress, ProgressFn};
 use crate::task::{VoidTask, count, task};
+
+/// The adapter a request names: an id, or an ensemble's spelling.
+fn request_adapter(s: &str) -> Result<AdapterId> {
+    AdapterId::parse(s)
+        .map_err(openledger_lora::pool::PoolError::from)
+        .js()
+}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -95,7 +103,9 @@ impl Engine {
 #[napi(object)]
 #[derive(Default)]
 pub struct GenerateOptions {
-    /// The adapter id to run with (default: the base model).
+    /// The adapter id to run with (default: the base model), or an ensemble of adapters spelled
+    /// `a+b` or `a*0.7+b*0.3` (each weight multiplies its adapter's LoRA scale; served from the
+    /// members in the same batch, with no merged copy).
     pub adapter: Option<String>,
     /// At most this many new tokens (default 16).
     pub max_new_tokens: Option<f64>,
@@ -342,7 +352,7 @@ impl Engine {
             }
             let req = Request {
                 prompt: prompt_ids(prompt, tokenizer)?,
-                adapter: o.adapter.as_deref().map(adapter_id).transpose()?,
+                adapter: o.adapter.as_deref().map(request_adapter).transpose()?,
                 sampling: sampling(&o)?,
             };
             let read = StreamLog::new(&req.sampling.stop_strings);

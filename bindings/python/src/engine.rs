@@ -36,6 +36,28 @@ fn adapter_id(s: &str) -> Result<AdapterId> {
     Ok(AdapterId::new(s).map_err(PoolError::from)?)
 }
 
+/// The adapter a request names: an id or an ensemble's spelling (`"a+b"`, `"a*0.7+b*0.3"`),
+/// or a list of `(id, weight)` pairs.
+fn request_adapter(a: &Bound<'_, PyAny>) -> Result<AdapterId> {
+    if let Ok(s) = a.cast::<PyString>() {
+        return Ok(AdapterId::parse(&s.to_cow()?).map_err(PoolError::from)?);
+    }
+    let pairs: Vec<(String, f32)> = a.extract().map_err(|_| {
+        invalid_arg(
+            "adapter",
+            format!(
+                "expected an adapter id (str) or a list of (id, weight) pairs, got {}",
+                type_name(a)
+            ),
+        )
+    })?;
+    let members = pairs
+        .iter()
+        .map(|(id, w)| Ok((adapter_id(id)?, *w)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(AdapterId::ensemble(&members).map_err(PoolError::from)?)
+}
+
 /// A base model served by the continuous-batching engine on a thread of its own. Requests for
 /// different adapters are batched into the same forward passes.
 #[pyclass(name = "Engine", module = "openledger", frozen)]
@@ -240,7 +262,10 @@ impl PyEngine {
     }
 
     /// Starts generating after `prompt` (token ids, or a str when the model has a tokenizer)
-    /// with `adapter` (an attached or pooled adapter id; `None`: the base model) and returns
+    /// with `adapter` (an attached or pooled adapter id; an ensemble of them spelled `"a+b"` or
+    /// `"a*0.7+b*0.3"`, or given as `[("a", 0.7), ("b", 0.3)]`: each weight multiplies its
+    /// adapter's LoRA scale, the members served in the same batch with no merged copy; `None`:
+    /// the base model) and returns
     /// the stream of its tokens. Bad input (an empty or too long prompt, a token outside the
     /// vocabulary, an unknown adapter, invalid sampling parameters, stop strings without a
     /// tokenizer) raises here; an adapter that fails to load or does not fit the model raises
@@ -287,15 +312,7 @@ impl PyEngine {
         let adapter = match adapter {
             None => None,
             Some(a) if a.is_none() => None,
-            Some(a) => {
-                let s = a.cast::<PyString>().map_err(|_| {
-                    invalid_arg(
-                        "adapter",
-                        format!("expected an adapter id (str), got {}", type_name(a)),
-                    )
-                })?;
-                Some(self::adapter_id(&s.to_cow()?)?)
-            }
+            Some(a) => Some(request_adapter(a)?),
         };
         let req = Request {
             prompt,

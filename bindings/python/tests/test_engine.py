@@ -309,3 +309,35 @@ def test_a_broken_tokenizer_file_is_a_model_format_error(tmp_path):
     (tmp_path / "tokenizer.json").write_text('{"model": ')
     with pytest.raises(ol.ModelFormatError, match="tokenizer.json"):
         ol.Engine(tmp_path)
+
+
+def test_ensembles_named_per_request_equal_peft_cat_combinations(reference):
+    """An ensemble of pooled adapters, spelled "a*0.7+b*0.4" or given as (id, weight) pairs,
+    gives the greedy tokens of PEFT's add_weighted_adapter(..., combination_type="cat") with
+    those weights (fixtures/peft/tiny-llama/combined), beside single-adapter requests."""
+    combined = json.loads((TINY / "combined" / "reference.json").read_text())
+    pool = ol.AdapterPool(64 << 20)
+    assert pool.register_hub(ADAPTERS) == 3
+    with ol.Engine(TINY, pool, max_running=16, max_context=64, block_size=4) as e:
+        streams = {}
+        for name, spec in combined["combinations"].items():
+            if spec["combination_type"] != "cat":
+                continue
+            pairs = list(zip(spec["adapters"], spec["weights"]))
+            spelled = "+".join(f"{a}*{w}" for a, w in pairs)
+            for i, prompt in enumerate(reference["sequences"]):
+                streams[(name, i, "spelled")] = e.generate(prompt, spelled, max_new_tokens=8)
+                streams[(name, i, "pairs")] = e.generate(prompt, pairs, max_new_tokens=8)
+                streams[("qv-r4", i, "single")] = e.generate(prompt, "qv-r4", max_new_tokens=8)
+        assert len(streams) == 2 * 3 * 2 + 3
+        for (name, i, how), s in streams.items():
+            want = combined["greedy"].get(f"{name}.{i}") or reference["greedy"][f"{name}.{i}"]
+            assert s.collect() == want, (name, i, how)
+        with pytest.raises(ol.UnknownIdError, match="nope"):
+            e.generate(reference["sequences"][0], "qv-r4+nope")
+        for bad in ["qv-r4+qv-r4", "qv-r4*0", [("qv-r4", float("nan"))], [("../x", 1.0)]]:
+            with pytest.raises(ol.InvalidIdError):
+                e.generate(reference["sequences"][0], bad)
+        with pytest.raises(ol.InvalidArgumentError, match="adapter"):
+            e.generate(reference["sequences"][0], [("qv-r4", "heavy")])
+    assert pool.stats().pinned_count == 0

@@ -39,6 +39,18 @@ contract InferencePayments is AccessControlDefaultAdminRules, EIP712, Pausable, 
         bytes32 weightsHash;
     }
 
+    /// @notice What the serving operator signs for an inference served by an ensemble of models
+    /// (adapters served together with weights): each model's owner is paid its share.
+    struct EnsembleReceipt {
+        bytes32 inferenceId;
+        bytes32[] modelIds;
+        uint256[] shares;
+        address payer;
+        uint256 amount;
+        uint64 epoch;
+        bytes32 weightsHash;
+    }
+
     /// @notice Role of the operators whose receipts are accepted.
     bytes32 public constant OPERATOR_ROLE = keccak256("OPERATOR_ROLE");
     /// @notice Role allowed to take the data pool of a closed epoch (the rewards contract).
@@ -49,6 +61,12 @@ contract InferencePayments is AccessControlDefaultAdminRules, EIP712, Pausable, 
     bytes32 public constant RECEIPT_TYPEHASH = keccak256(
         "AttributionReceipt(bytes32 inferenceId,bytes32 modelId,bytes32[] adapterIds,address payer,uint256 amount,uint64 epoch,bytes32 weightsHash)"
     );
+    /// @notice EIP-712 type hash of `EnsembleReceipt`.
+    bytes32 public constant ENSEMBLE_RECEIPT_TYPEHASH = keccak256(
+        "EnsembleReceipt(bytes32 inferenceId,bytes32[] modelIds,uint256[] shares,address payer,uint256 amount,uint64 epoch,bytes32 weightsHash)"
+    );
+    /// @notice Most models one ensemble payment may name.
+    uint256 public constant MAX_ENSEMBLE = 16;
     /// @notice Basis points in a whole.
     uint256 public constant BPS = 10_000;
 
@@ -100,6 +118,20 @@ contract InferencePayments is AccessControlDefaultAdminRules, EIP712, Pausable, 
         bytes32 weightsHash,
         bytes32[] adapterIds
     );
+    /// @notice An inference served by an ensemble was paid; `ownerShares[i]` went to the owner of
+    /// `modelIds[i]`.
+    event EnsemblePaid(
+        bytes32 indexed inferenceId,
+        address indexed payer,
+        address operator,
+        uint64 epoch,
+        uint256 amount,
+        bytes32[] modelIds,
+        uint256[] ownerShares,
+        uint256 protocolShare,
+        uint256 dataShare,
+        bytes32 weightsHash
+    );
     /// @notice Credited shares were withdrawn.
     event Withdrawn(address indexed account, uint256 amount);
     /// @notice An epoch's data pool was handed to `to`.
@@ -121,6 +153,12 @@ contract InferencePayments is AccessControlDefaultAdminRules, EIP712, Pausable, 
     error WrongEpoch(uint64 expected, uint64 found);
     /// @notice The receipt was not signed by an operator (`signer` is who did sign, or zero).
     error InvalidReceiptSignature(address signer);
+    /// @notice An ensemble names no model, more than `MAX_ENSEMBLE`, or not one share per model.
+    error InvalidEnsemble(uint256 models, uint256 shares);
+    /// @notice A model of an ensemble has a zero share.
+    error ZeroShare(uint256 index);
+    /// @notice An ensemble names the same model twice.
+    error DuplicateModel(bytes32 modelId);
     /// @notice Nothing to withdraw.
     error NothingToWithdraw(address account);
     /// @notice The epoch is still open.
@@ -181,6 +219,76 @@ contract InferencePayments is AccessControlDefaultAdminRules, EIP712, Pausable, 
         return _hashTypedDataV4(receiptStructHash(r));
     }
 
+    /// @notice EIP-712 struct hash of an ensemble receipt.
+    function ensembleReceiptStructHash(EnsembleReceipt calldata r) public pure returns (bytes32) {
+        return keccak256(
+            abi.encode(
+                ENSEMBLE_RECEIPT_TYPEHASH,
+                r.inferenceId,
+                keccak256(abi.encodePacked(r.modelIds)),
+                keccak256(abi.encodePacked(r.shares)),
+                r.payer,
+                r.amount,
+                r.epoch,
+                r.weightsHash
+            )
+        );
+    }
+
+    /// @notice The digest an operator signs for an ensemble receipt.
+    function ensembleReceiptDigest(EnsembleReceipt calldata r) public view returns (bytes32) {
+        return _hashTypedDataV4(ensembleReceiptStructHash(r));
+    }
+
+    /// @notice The fee of an ensemble, `⌊Σᵢ feeᵢ·sharesᵢ / Σ shares⌋` (the share-weighted mean of
+    /// its models' fees, rounded down: equal fees give that fee), and its models' owners.
+    /// Reverts on an invalid ensemble, a model that is not serving, or a sum past 2²⁵⁶.
+    function ensembleFee(bytes32[] calldata modelIds, uint256[] calldata shares)
+        public
+        view
+        returns (uint256 fee, address[] memory owners)
+    {
+        uint256 n = modelIds.length;
+        if (n == 0 || n > MAX_ENSEMBLE || shares.length != n) revert InvalidEnsemble(n, shares.length);
+        uint256 total;
+        for (uint256 i = 0; i < n; ++i) {
+            if (shares[i] == 0) revert ZeroShare(i);
+            for (uint256 j = 0; j < i; ++j) {
+                if (modelIds[j] == modelIds[i]) revert DuplicateModel(modelIds[i]);
+            }
+            total += shares[i];
+        }
+        owners = new address[](n);
+        uint256 weighted;
+        for (uint256 i = 0; i < n; ++i) {
+            uint256 modelFee;
+            (owners[i], modelFee) = models.serving(modelIds[i]);
+            weighted += modelFee * shares[i];
+        }
+        fee = weighted / total;
+    }
+
+    /// @notice The owners' part of an ensemble fee split by share: model `i > 0` gets
+    /// `⌊ownerShare·sharesᵢ / Σ shares⌋`, the first model the rest (the rounding remainder), so
+    /// the parts sum to `ownerShare`.
+    function ensembleOwnerShares(uint256 ownerShare, uint256[] calldata shares)
+        public
+        pure
+        returns (uint256[] memory parts)
+    {
+        uint256 total;
+        for (uint256 i = 0; i < shares.length; ++i) {
+            total += shares[i];
+        }
+        parts = new uint256[](shares.length);
+        uint256 rest = ownerShare;
+        for (uint256 i = 1; i < shares.length; ++i) {
+            parts[i] = Math.mulDiv(ownerShare, shares[i], total);
+            rest -= parts[i];
+        }
+        if (shares.length > 0) parts[0] = rest;
+    }
+
     /// @notice The three shares of `amount` under the current split (they sum to `amount`).
     function split(uint256 amount) public view returns (uint256 ownerShare, uint256 protocolShare, uint256 dataShare) {
         protocolShare = Math.mulDiv(amount, protocolBps, BPS);
@@ -220,6 +328,63 @@ contract InferencePayments is AccessControlDefaultAdminRules, EIP712, Pausable, 
         uint256 received = token.balanceOf(address(this)) - before;
         if (received != fee) revert FeeOnTransferToken(fee, received);
         _emitPaid(receipt, signer, ownerShare, protocolShare, dataShare);
+    }
+
+    /// @notice Pays for an inference served by an ensemble of models (`receipt`, signed by an
+    /// operator): pulls the ensemble's fee (`ensembleFee`) from the caller, splits it as
+    /// `split` does, and credits the owners' part to the models' owners by share
+    /// (`ensembleOwnerShares`), the protocol share to the treasury and the data share to the
+    /// epoch's pool. The receipt commits to the models and their shares.
+    function payForEnsemble(EnsembleReceipt calldata receipt, bytes calldata signature)
+        external
+        nonReentrant
+        whenNotPaused
+    {
+        if (paid[receipt.inferenceId]) revert InferenceAlreadyPaid(receipt.inferenceId);
+        if (receipt.payer != msg.sender) revert PayerMismatch(receipt.payer, msg.sender);
+        uint64 epoch = currentEpoch();
+        if (receipt.epoch != epoch) revert WrongEpoch(epoch, receipt.epoch);
+        (uint256 fee, address[] memory owners) = ensembleFee(receipt.modelIds, receipt.shares);
+        if (receipt.amount != fee) revert FeeMismatch(fee, receipt.amount);
+        (address signer, ECDSA.RecoverError err,) = ECDSA.tryRecover(ensembleReceiptDigest(receipt), signature);
+        if (err != ECDSA.RecoverError.NoError || !hasRole(OPERATOR_ROLE, signer)) {
+            revert InvalidReceiptSignature(signer);
+        }
+
+        paid[receipt.inferenceId] = true;
+        _creditEnsemble(receipt, signer, owners, fee);
+
+        uint256 before = token.balanceOf(address(this));
+        token.safeTransferFrom(msg.sender, address(this), fee);
+        uint256 received = token.balanceOf(address(this)) - before;
+        if (received != fee) revert FeeOnTransferToken(fee, received);
+    }
+
+    /// @dev Credits an ensemble's fee: the owners by share, the treasury, the epoch's pool.
+    function _creditEnsemble(EnsembleReceipt calldata r, address signer, address[] memory owners, uint256 fee)
+        private
+    {
+        (uint256 ownerShare, uint256 protocolShare, uint256 dataShare) = split(fee);
+        uint256[] memory parts = ensembleOwnerShares(ownerShare, r.shares);
+        for (uint256 i = 0; i < owners.length; ++i) {
+            withdrawable[owners[i]] += parts[i];
+        }
+        withdrawable[treasury] += protocolShare;
+        dataPool[r.epoch] += dataShare;
+        _emitEnsemblePaid(r, signer, parts, protocolShare, dataShare);
+    }
+
+    function _emitEnsemblePaid(
+        EnsembleReceipt calldata r,
+        address signer,
+        uint256[] memory parts,
+        uint256 protocolShare,
+        uint256 dataShare
+    ) private {
+        bytes32[] memory ids = r.modelIds;
+        emit EnsemblePaid(
+            r.inferenceId, r.payer, signer, r.epoch, r.amount, ids, parts, protocolShare, dataShare, r.weightsHash
+        );
     }
 
     function _emitPaid(

@@ -14,6 +14,13 @@
 //! so the model's adapter memory follows the pool's budget; the engine pins the adapters of
 //! running requests, so an adapter in use is never evicted.
 //!
+//! A request may name an ensemble by its spelling (`a+b`, `a*0.7+b*0.3`: see
+//! [`AdapterId::parse`](crate::pool::AdapterId::parse)): its members are attached (from the pool
+//! or up front) and served together under that id ([`Model::attach_ensemble`]: one SGMV segment
+//! per member in the same mixed batch, no merged copy). The ensemble is detached again when one
+//! of its members is evicted, detached or replaced, and attached anew by the next request that
+//! names it.
+//!
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::path::Path;
@@ -132,6 +139,8 @@ pub struct PagedModel {
     /// Ids attached from the pool, with the pool's copy each was attached from (detached again
     /// once the pool no longer holds that copy).
     pooled: HashMap<pool::AdapterId, Arc<LoraAdapter>>,
+    /// Ensembles attached from their spelling, with their members' ids.
+    spelled: HashMap<pool::AdapterId, Vec<pool::AdapterId>>,
 }
 
 impl PagedModel {
@@ -142,6 +151,7 @@ impl PagedModel {
             ids: HashMap::new(),
             pool: None,
             pooled: HashMap::new(),
+            spelled: HashMap::new(),
         }
     }
 
@@ -172,15 +182,24 @@ impl PagedModel {
 
     /// Attaches `adapter` to the model ([`Model::attach_adapter`], named by `id`) and serves
     /// requests for `id` with it; a later attach under the same id replaces it (the earlier copy
-    /// is detached).
-    /// An id whose adapter is a member of an attached ensemble is refused
-    /// ([`ModelError::InvalidArgument`]): detach the ensemble first.
+    /// is detached, with the ensembles attached from a spelling that name it).
+    /// An id whose adapter is a member of an ensemble attached with
+    /// [`attach_ensemble`](Self::attach_ensemble) is refused ([`ModelError::InvalidArgument`]):
+    /// detach the ensemble first. An ensemble spelling is refused: ensembles are served from
+    /// their members.
     pub fn attach(
         &mut self,
         id: pool::AdapterId,
         adapter: &LoraAdapter,
     ) -> Result<AdapterSlot, ModelError> {
+        if id.is_ensemble() {
+            return Err(ModelError::InvalidArgument {
+                name: "id",
+                reason: format!("{id} spells an ensemble: attach its members"),
+            });
+        }
         if let Some(&old) = self.ids.get(&id) {
+            self.detach_spelled_over(&id);
             self.check_not_member(&id, old)?;
         }
         let slot = self.model.attach_adapter(id.as_str(), adapter)?;
@@ -192,19 +211,40 @@ impl PagedModel {
         Ok(slot)
     }
 
-    /// Detaches the adapter served for `id` (freeing its prepared copies); false when none is,
-    /// or when it is a member of an attached ensemble (it stays attached).
+    /// Detaches the adapter served for `id` (freeing its prepared copies), and first the
+    /// ensembles attached from a spelling that name it; false when none is, or when it is a
+    /// member of an ensemble attached with [`attach_ensemble`](Self::attach_ensemble) (it stays
+    /// attached).
     pub fn detach(&mut self, id: &pool::AdapterId) -> bool {
         let Some(&slot) = self.ids.get(id) else {
             self.pooled.remove(id);
             return false;
         };
+        self.detach_spelled_over(id);
         if self.model.detach_adapter(slot).is_err() {
             return false;
         }
         self.ids.remove(id);
         self.pooled.remove(id);
+        self.spelled.remove(id);
         true
+    }
+
+    /// Detaches the ensembles attached from a spelling that have `member` among their members.
+    fn detach_spelled_over(&mut self, member: &pool::AdapterId) {
+        let over: Vec<pool::AdapterId> = self
+            .spelled
+            .iter()
+            .filter(|(_, members)| members.contains(member))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in over {
+            if let Some(slot) = self.ids.remove(&id) {
+                // An ensemble is never a member itself, so this cannot be refused.
+                let _ = self.model.detach_adapter(slot);
+            }
+            self.spelled.remove(&id);
+        }
     }
 
     /// Serves requests for `id` with an ensemble of attached adapters, each with a weight
@@ -212,12 +252,21 @@ impl PagedModel {
     /// copy). Members must have been [attached](Self::attach) under their ids (an adapter
     /// the pool provides may be evicted, so it cannot be a member); an unknown member is
     /// [`ModelError::InvalidArgument`] naming it, and an id already served is refused. While
-    /// the ensemble is attached its members cannot be detached or replaced.
+    /// the ensemble is attached its members cannot be detached or replaced. An ensemble
+    /// spelling as `id` is refused: a request naming one attaches it from its members.
     pub fn attach_ensemble(
         &mut self,
         id: pool::AdapterId,
         members: &[(pool::AdapterId, f32)],
     ) -> Result<AdapterSlot, ModelError> {
+        if id.is_ensemble() {
+            return Err(ModelError::InvalidArgument {
+                name: "id",
+                reason: format!(
+                    "{id} spells an ensemble: name the ensemble with a plain id, or let a request name the spelling"
+                ),
+            });
+        }
         if self.ids.contains_key(&id) {
             return Err(ModelError::InvalidArgument {
                 name: "id",
@@ -287,9 +336,21 @@ impl PagedModel {
         gone.len()
     }
 
-    /// The model's adapter for engine id `id`, attaching it from the pool on first use.
+    /// The model's adapter for engine id `id`, attaching it from the pool on first use (an
+    /// ensemble spelling: its members, then the ensemble).
     fn resolve(&mut self, seq: usize, id: &pool::AdapterId) -> Result<AdapterSlot, PagedError> {
         if let Some(&slot) = self.ids.get(id) {
+            return Ok(slot);
+        }
+        if let Some(members) = id.members() {
+            let mut slots = Vec::with_capacity(members.len());
+            for (member, weight) in &members {
+                slots.push((self.resolve(seq, member)?, *weight));
+            }
+            let slot = self.model.attach_ensemble(id.as_str(), &slots)?;
+            self.ids.insert(id.clone(), slot);
+            self.spelled
+                .insert(id.clone(), members.into_iter().map(|(m, _)| m).collect());
             return Ok(slot);
         }
         // Room first: what the pool evicted to admit this adapter goes now.
@@ -425,9 +486,12 @@ impl StepModel for PagedModel {
     fn prepare_adapter(&mut self, adapter: &pool::AdapterId) -> Result<(), RequestError> {
         match self.resolve(0, adapter) {
             Ok(_) => Ok(()),
-            Err(PagedError::UnknownAdapter { .. }) => Err(RequestError::UnknownAdapter {
-                adapter: adapter.clone(),
-            }),
+            // The culprit: the adapter itself, or the member of an ensemble.
+            Err(PagedError::UnknownAdapter { adapter: name, .. }) => {
+                Err(RequestError::UnknownAdapter {
+                    adapter: pool::AdapterId::new(&name).unwrap_or_else(|_| adapter.clone()),
+                })
+            }
             Err(e) => Err(RequestError::AdapterRejected {
                 adapter: adapter.clone(),
                 reason: e.to_string(),

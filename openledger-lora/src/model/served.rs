@@ -40,7 +40,7 @@
 //! ```
 
 use openledger_core::error::{Classify, ErrorKind};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -172,14 +172,19 @@ impl From<ModelError> for ServedError {
 struct AttachedOrPooled {
     attached: HashSet<AdapterId>,
     pool: Option<AdapterPool>,
-    /// Adapters this engine pinned in the pool: released through the pool even if the id was
-    /// attached directly meanwhile.
-    pinned: HashSet<AdapterId>,
+    /// Adapters this engine pinned in the pool, with how many pins it holds on each (an adapter
+    /// held alone and as a member of an ensemble is pinned twice): released through the pool
+    /// even if the id was attached directly meanwhile.
+    pinned: HashMap<AdapterId, usize>,
 }
 
 impl AttachedOrPooled {
-    fn knows(&self, id: &AdapterId) -> bool {
-        self.attached.contains(id) || self.pool.as_ref().is_some_and(|p| p.is_registered(id))
+    /// The adapter `id` names that is neither attached nor registered (an ensemble: its first
+    /// such member), if any.
+    fn unknown(&self, id: &AdapterId) -> Option<AdapterId> {
+        id.adapters().into_iter().find(|a| {
+            !(self.attached.contains(a) || self.pool.as_ref().is_some_and(|p| p.is_registered(a)))
+        })
     }
 }
 
@@ -189,8 +194,10 @@ impl Drop for AttachedOrPooled {
     /// pool, which may be shared with other engines.
     fn drop(&mut self) {
         if let Some(pool) = &mut self.pool {
-            for id in self.pinned.drain() {
-                pool.release(&id);
+            for (id, pins) in self.pinned.drain() {
+                for _ in 0..pins {
+                    pool.release(&id);
+                }
             }
         }
     }
@@ -211,7 +218,7 @@ impl AdapterReadiness for AttachedOrPooled {
             (Some(pool), false) => {
                 let r = pool.acquire(adapter);
                 if r == Readiness::Ready {
-                    self.pinned.insert(adapter.clone());
+                    *self.pinned.entry(adapter.clone()).or_default() += 1;
                 }
                 r
             }
@@ -221,8 +228,12 @@ impl AdapterReadiness for AttachedOrPooled {
 
     fn release(&mut self, adapter: &AdapterId) {
         if let Some(pool) = &mut self.pool
-            && self.pinned.remove(adapter)
+            && let Some(pins) = self.pinned.get_mut(adapter)
         {
+            *pins -= 1;
+            if *pins == 0 {
+                self.pinned.remove(adapter);
+            }
             pool.release(adapter);
         }
     }
@@ -371,10 +382,8 @@ fn drive_loop(engine: &mut Inner, commands: &Receiver<Command>) {
 /// An adapter the request names but nobody knows: refused before it reaches the scheduler
 /// (which would wait for a pool that will never load it).
 fn unknown_adapter(engine: &Inner, req: &Request) -> Option<RequestError> {
-    let id = req.adapter.as_ref()?;
-    (!engine.readiness().knows(id)).then(|| RequestError::UnknownAdapter {
-        adapter: id.clone(),
-    })
+    let adapter = engine.readiness().unknown(req.adapter.as_ref()?)?;
+    Some(RequestError::UnknownAdapter { adapter })
 }
 
 fn handle(engine: &mut Inner, cmd: Command) {
@@ -491,7 +500,7 @@ impl ServedModel {
         let readiness = AttachedOrPooled {
             attached: HashSet::new(),
             pool,
-            pinned: HashSet::new(),
+            pinned: HashMap::new(),
         };
         let mut engine = Engine::new(paged, readiness, config)?;
         if let Some(tok) = &tokenizer {
@@ -691,7 +700,7 @@ mod tests {
         let mut r = AttachedOrPooled {
             attached: HashSet::new(),
             pool: Some(pool.clone()),
-            pinned: HashSet::new(),
+            pinned: HashMap::new(),
         };
         while r.acquire(&id) == Readiness::Loading {
             std::thread::yield_now();
@@ -708,5 +717,35 @@ mod tests {
         );
         r.release(&id);
         assert_eq!(pool.stats().pinned_count, 0);
+    }
+
+    /// An adapter held twice (alone and as a member of an ensemble) keeps its pin until both
+    /// holds are released.
+    #[test]
+    fn pins_held_twice_are_released_twice() {
+        let pool: AdapterPool = AdapterPool::new(64 << 20);
+        let id = AdapterId::new("qv-r4").unwrap();
+        pool.register(id.clone(), Source::Dir(fixture().join("adapters/qv-r4")))
+            .unwrap();
+        let mut r = AttachedOrPooled {
+            attached: HashSet::new(),
+            pool: Some(pool.clone()),
+            pinned: HashMap::new(),
+        };
+        while r.acquire(&id) == Readiness::Loading {
+            std::thread::yield_now();
+        }
+        assert_eq!(r.acquire(&id), Readiness::Ready);
+        r.release(&id);
+        assert_eq!(pool.stats().pinned_count, 1, "one hold is left");
+        assert!(matches!(
+            pool.unregister(&id),
+            Err(crate::pool::PoolError::Pinned { .. })
+        ));
+        r.release(&id);
+        assert_eq!(pool.stats().pinned_count, 0);
+        let ens = AdapterId::parse("qv-r4+nope").unwrap();
+        assert_eq!(r.unknown(&ens), Some(AdapterId::new("nope").unwrap()));
+        assert_eq!(r.unknown(&id), None);
     }
 }

@@ -12,6 +12,29 @@
 //! assert_eq!(id.as_str(), "acme/legal-summariser");
 //! assert_eq!(AdapterId::new("../etc").unwrap_err().reason, IdProblem::ParentComponent);
 //! ```
+//!
+//! An id may also spell an **ensemble** of adapters served together with weights
+//! (`y += Σᵢ wᵢ·sᵢ·Bᵢ·Aᵢ·x`, one SGMV segment per member, no merged copy):
+//! `member('+'member)*`, each member an id with an optional `*weight` (a positive finite
+//! number, 1 when left out): `a+b`, `acme/legal*0.7+acme/tone*0.3`, or `a*0.5` (one adapter at
+//! half its scale). [`AdapterId::parse`] takes either form; [`AdapterId::new`] only plain ids,
+//! which are what a pool registers and a hub folder is named. An ensemble's id is its canonical
+//! spelling (members in the order given, a weight of 1 left out), so two requests naming the
+//! same members and weights share one attached ensemble.
+//!
+//! ```
+//! use openledger_lora::pool::{AdapterId, IdProblem};
+//!
+//! let e = AdapterId::parse("acme/legal*0.70+acme/tone*0.3").unwrap();
+//! assert_eq!(e.as_str(), "acme/legal*0.7+acme/tone*0.3");
+//! let members = e.members().unwrap();
+//! assert_eq!(members[0], (AdapterId::new("acme/legal").unwrap(), 0.7));
+//! assert_eq!(AdapterId::parse("a+b*1").unwrap().as_str(), "a+b");
+//! assert_eq!(AdapterId::parse("a+a").unwrap_err().reason, IdProblem::DuplicateMember);
+//! assert_eq!(AdapterId::parse("a*-1+b").unwrap_err().reason, IdProblem::MemberWeight);
+//! assert_eq!(AdapterId::parse("a+../b").unwrap_err().reason, IdProblem::ParentComponent);
+//! assert!(AdapterId::new("a+b").is_err());
+//! ```
 
 use std::borrow::Borrow;
 use std::fmt;
@@ -20,8 +43,11 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-/// Longest id accepted, in bytes.
+/// Longest id accepted, in bytes (of a plain id, and of each member of an ensemble).
 pub const MAX_ID_LEN: usize = 255;
+
+/// Most adapters one ensemble may name.
+pub const MAX_ENSEMBLE_MEMBERS: usize = 16;
 
 /// A validated adapter id; cheap to clone (shared string).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -51,6 +77,14 @@ pub enum IdProblem {
     DrivePrefix,
     /// The id holds a character outside ASCII letters, digits, `-`, `_`, `.` and `/`.
     ForbiddenChar(char),
+    /// A member of an ensemble has a weight that is not a positive finite number.
+    MemberWeight,
+    /// An ensemble names the same adapter twice.
+    DuplicateMember,
+    /// An ensemble names more than [`MAX_ENSEMBLE_MEMBERS`] adapters.
+    TooManyMembers,
+    /// The id spells an ensemble where only a plain adapter id is accepted (registering it).
+    Ensemble,
 }
 
 impl fmt::Display for IdProblem {
@@ -66,6 +100,17 @@ impl fmt::Display for IdProblem {
             Self::Nul => f.write_str("it holds a NUL byte"),
             Self::DrivePrefix => f.write_str("it starts with a drive prefix"),
             Self::ForbiddenChar(c) => write!(f, "it holds the forbidden character {c:?}"),
+            Self::MemberWeight => {
+                f.write_str("a member's weight (after `*`) is not a positive finite number")
+            }
+            Self::DuplicateMember => f.write_str("an ensemble names the same adapter twice"),
+            Self::TooManyMembers => write!(
+                f,
+                "an ensemble names more than {MAX_ENSEMBLE_MEMBERS} adapters"
+            ),
+            Self::Ensemble => f.write_str(
+                "it spells an ensemble of adapters, which is served from its members and cannot be registered",
+            ),
         }
     }
 }
@@ -95,6 +140,104 @@ impl AdapterId {
                 id: s.chars().take(80).collect(),
                 reason,
             }),
+        }
+    }
+
+    /// Validates `s` as a plain id or an ensemble spelling (see the [module docs](self)); an
+    /// ensemble is returned in its canonical spelling.
+    pub fn parse(s: &str) -> Result<Self, InvalidAdapterId> {
+        if !s.contains(['+', '*']) {
+            return Self::new(s);
+        }
+        let reject = |reason| InvalidAdapterId {
+            id: s.chars().take(80).collect(),
+            reason,
+        };
+        let parts: Vec<&str> = s.split('+').collect();
+        if parts.len() > MAX_ENSEMBLE_MEMBERS {
+            return Err(reject(IdProblem::TooManyMembers));
+        }
+        let mut members = Vec::with_capacity(parts.len());
+        for part in parts {
+            let (name, weight) = match part.split_once('*') {
+                Some((name, w)) => {
+                    let w: f32 = w.parse().map_err(|_| reject(IdProblem::MemberWeight))?;
+                    (name, w)
+                }
+                None => (part, 1.0),
+            };
+            let id = Self::new(name).map_err(|e| reject(e.reason))?;
+            members.push((id, weight));
+        }
+        Self::ensemble(&members)
+    }
+
+    /// The id of the ensemble of `members` (adapter, weight), in its canonical spelling.
+    /// Refused: no member, more than [`MAX_ENSEMBLE_MEMBERS`], a member that is itself an
+    /// ensemble, the same adapter twice, a weight that is not a positive finite number.
+    pub fn ensemble(members: &[(AdapterId, f32)]) -> Result<Self, InvalidAdapterId> {
+        let spelled = || {
+            let mut s = String::new();
+            for (j, (id, w)) in members.iter().enumerate() {
+                if j > 0 {
+                    s.push('+');
+                }
+                s.push_str(id.as_str());
+                if *w != 1.0 {
+                    s.push_str(&format!("*{w}"));
+                }
+            }
+            s
+        };
+        let reject = |reason| InvalidAdapterId {
+            id: spelled().chars().take(80).collect(),
+            reason,
+        };
+        if members.is_empty() {
+            return Err(reject(IdProblem::Empty));
+        }
+        if members.len() > MAX_ENSEMBLE_MEMBERS {
+            return Err(reject(IdProblem::TooManyMembers));
+        }
+        for (j, (id, w)) in members.iter().enumerate() {
+            if id.is_ensemble() {
+                return Err(reject(IdProblem::Ensemble));
+            }
+            if !(w.is_finite() && *w > 0.0) {
+                return Err(reject(IdProblem::MemberWeight));
+            }
+            if members[..j].iter().any(|(other, _)| other == id) {
+                return Err(reject(IdProblem::DuplicateMember));
+            }
+        }
+        Ok(Self(Arc::from(spelled())))
+    }
+
+    /// Whether the id spells an ensemble.
+    pub fn is_ensemble(&self) -> bool {
+        self.0.contains(['+', '*'])
+    }
+
+    /// The members (adapter, weight) of an ensemble id, in order; `None` for a plain id.
+    pub fn members(&self) -> Option<Vec<(AdapterId, f32)>> {
+        if !self.is_ensemble() {
+            return None;
+        }
+        // Built by `ensemble`: every member is a valid id and every weight parses.
+        self.0
+            .split('+')
+            .map(|part| {
+                let (name, w) = part.split_once('*').unwrap_or((part, "1"));
+                Some((Self(Arc::from(name)), w.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// The adapters an id stands for: its members for an ensemble, itself otherwise.
+    pub fn adapters(&self) -> Vec<AdapterId> {
+        match self.members() {
+            Some(m) => m.into_iter().map(|(id, _)| id).collect(),
+            None => vec![self.clone()],
         }
     }
 
@@ -221,6 +364,48 @@ mod tests {
         assert_eq!(reason("a b"), IdProblem::ForbiddenChar(' '));
         assert_eq!(reason("é"), IdProblem::ForbiddenChar('é'));
         assert_eq!(reason("ab:c"), IdProblem::ForbiddenChar(':'));
+    }
+
+    #[test]
+    fn ensembles_round_trip_and_refuse_bad_members() {
+        let e = AdapterId::parse("x*0.25+org/y+z*3").unwrap();
+        assert_eq!(e.as_str(), "x*0.25+org/y+z*3");
+        assert!(e.is_ensemble());
+        let m = e.members().unwrap();
+        assert_eq!(m.len(), 3);
+        assert_eq!((m[0].0.as_str(), m[0].1), ("x", 0.25));
+        assert_eq!((m[1].0.as_str(), m[1].1), ("org/y", 1.0));
+        assert_eq!(AdapterId::ensemble(&m).unwrap(), e);
+        assert_eq!(e.adapters().len(), 3);
+        let one = AdapterId::parse("x*0.5").unwrap();
+        assert_eq!(one.members().unwrap().len(), 1);
+        let plain = AdapterId::parse("x").unwrap();
+        assert!(!plain.is_ensemble() && plain.members().is_none());
+        assert_eq!(plain.adapters(), std::slice::from_ref(&plain));
+        let bad = |s: &str| AdapterId::parse(s).unwrap_err().reason;
+        for s in ["a*0", "a*-1", "a*nan", "a*inf", "a*", "a*x", "a*1*2"] {
+            assert_eq!(bad(s), IdProblem::MemberWeight, "{s}");
+        }
+        assert_eq!(bad("a+"), IdProblem::Empty);
+        assert_eq!(bad("+a"), IdProblem::Empty);
+        assert_eq!(bad("a+b+a*2"), IdProblem::DuplicateMember);
+        assert_eq!(bad("a+/etc"), IdProblem::Absolute);
+        assert_eq!(bad("a+b\\c"), IdProblem::Backslash);
+        let many = vec!["a"; MAX_ENSEMBLE_MEMBERS + 1].join("+");
+        assert_eq!(bad(&many), IdProblem::TooManyMembers);
+        let nested = [(e.clone(), 1.0)];
+        assert_eq!(
+            AdapterId::ensemble(&nested).unwrap_err().reason,
+            IdProblem::Ensemble
+        );
+        assert_eq!(
+            AdapterId::ensemble(&[]).unwrap_err().reason,
+            IdProblem::Empty
+        );
+        assert!(matches!(
+            AdapterId::new("a+b").unwrap_err().reason,
+            IdProblem::ForbiddenChar('+')
+        ));
     }
 
     #[test]

@@ -54,7 +54,7 @@ use std::time::{Duration, Instant};
 use parking_lot::RwLock;
 
 pub use error::PoolError;
-pub use id::{AdapterId, IdProblem, InvalidAdapterId, MAX_ID_LEN};
+pub use id::{AdapterId, IdProblem, InvalidAdapterId, MAX_ENSEMBLE_MEMBERS, MAX_ID_LEN};
 pub use source::{AdapterBytes, AdapterSource, HubDir, Source, SourceError};
 pub use stats::{LatencyStats, PoolStats};
 
@@ -177,6 +177,55 @@ struct LoadJob<A> {
     flight: Arc<Flight<A>>,
 }
 
+impl AdapterPool<LoraAdapter> {
+    /// Merges registered adapters into a new one with PEFT's `add_weighted_adapter` semantics
+    /// ([`add_weighted_adapter`](crate::adapter::combine::add_weighted_adapter): TIES, DARE,
+    /// SVD, magnitude pruning, linear, cat) and registers it under `id`, held in memory
+    /// ([`Source::Bytes`]) and served like any other adapter: loaded on use, counted against
+    /// the budget, evicted, decoded again after an eviction (the merge itself runs once, here).
+    /// The members are loaded through the pool; `progress` gets `(done, total)` modules.
+    ///
+    /// An ensemble whose update is the sum of its members' (`cat`, or a weighted sum) needs no
+    /// merged copy: name it `a+b` or `a*0.7+b*0.3` in a request instead. Refused: an id already
+    /// registered or spelling an ensemble ([`PoolError::DuplicateId`],
+    /// [`PoolError::InvalidId`], before any member is loaded), a member not registered
+    /// ([`PoolError::UnknownId`]), members the method cannot combine ([`PoolError::Load`]
+    /// naming `id`, e.g. `linear` over different ranks).
+    pub fn register_combined(
+        &self,
+        id: AdapterId,
+        members: &[(AdapterId, f32)],
+        options: &crate::adapter::combine::CombineOptions,
+        progress: Option<&mut dyn FnMut(usize, usize)>,
+    ) -> Result<(), PoolError> {
+        if id.is_ensemble() {
+            return Err(PoolError::InvalidId(InvalidAdapterId {
+                id: id.as_str().chars().take(80).collect(),
+                reason: IdProblem::Ensemble,
+            }));
+        }
+        if self.is_registered(&id) {
+            return Err(PoolError::DuplicateId { id });
+        }
+        let adapters = members
+            .iter()
+            .map(|(m, _)| self.get(m))
+            .collect::<Result<Vec<_>, _>>()?;
+        let refs: Vec<&LoraAdapter> = adapters.iter().map(Arc::as_ref).collect();
+        let weights: Vec<f32> = members.iter().map(|&(_, w)| w).collect();
+        let failed = |source: LoraError| PoolError::Load {
+            id: id.clone(),
+            source: Arc::new(source),
+        };
+        let merged =
+            crate::adapter::combine::add_weighted_adapter(&refs, &weights, options, progress)
+                .map_err(failed)?;
+        let safetensors = merged.to_safetensors().map_err(failed)?;
+        let config = merged.config().spec().to_json();
+        self.register(id, Source::bytes(config.into_bytes(), safetensors))
+    }
+}
+
 /// How a request for an adapter proceeds.
 enum Step<A> {
     Resident(Arc<A>),
@@ -224,7 +273,15 @@ impl<A: PooledAdapter> AdapterPool<A> {
 
     /// Registers adapter `id`, to be loaded from `source` when first asked for. A [`Source::Hub`]
     /// is resolved now (and again at each load), so an id escaping the hub root is refused here.
+    /// An ensemble id ([`AdapterId::parse`]) is refused ([`PoolError::InvalidId`]): its members are
+    /// registered, and requests naming it are served from them.
     pub fn register(&self, id: AdapterId, source: Source) -> Result<(), PoolError> {
+        if id.is_ensemble() {
+            return Err(PoolError::InvalidId(InvalidAdapterId {
+                id: id.as_str().chars().take(80).collect(),
+                reason: IdProblem::Ensemble,
+            }));
+        }
         if let Source::Hub(hub) = &source {
             hub.resolve(&id)?;
         }

@@ -329,13 +329,17 @@ impl<M: StepModel, R: AdapterReadiness> Engine<M, R> {
 
     /// Pending requests (waiting, running or swapped) that name adapter `id`, whether or not
     /// they hold it yet: a request queued for an adapter expects the weights it was submitted
-    /// against.
+    /// against. A request naming an ensemble counts for the ensemble and for each member.
     pub fn requests_naming(&self, id: &AdapterId) -> usize {
         self.waiting
             .iter()
             .chain(&self.running)
             .chain(&self.swapped)
-            .filter(|a| a.adapter.as_ref() == Some(id))
+            .filter(|a| {
+                a.adapter.as_ref().is_some_and(|named| {
+                    named == id || (named.is_ensemble() && named.adapters().contains(id))
+                })
+            })
             .count()
     }
 

@@ -145,29 +145,35 @@ impl<M: StepModel, R: AdapterReadiness> Engine<M, R> {
     }
 
     /// Adds a holder to `id`, acquiring and preparing it for the first one: `Ok(false)` when it
-    /// is not resident (any more): the request waits for it again.
+    /// is not resident (any more): the request waits for it again. An ensemble acquires each of
+    /// its members (all or none).
     fn hold(&mut self, id: &AdapterId) -> Result<bool, RequestError> {
         if let Some(n) = self.held.get_mut(id) {
             *n += 1;
             return Ok(true);
         }
-        match self.readiness.acquire(id) {
-            Readiness::Ready => {}
-            Readiness::Loading => return Ok(false),
-            Readiness::Unknown => {
-                return Err(RequestError::UnknownAdapter {
-                    adapter: id.clone(),
-                });
-            }
-            Readiness::Failed(reason) => {
-                return Err(RequestError::AdapterFailed {
-                    adapter: id.clone(),
+        let adapters = id.adapters();
+        for (j, member) in adapters.iter().enumerate() {
+            let failure = match self.readiness.acquire(member) {
+                Readiness::Ready => continue,
+                Readiness::Loading => None,
+                Readiness::Unknown => Some(RequestError::UnknownAdapter {
+                    adapter: member.clone(),
+                }),
+                Readiness::Failed(reason) => Some(RequestError::AdapterFailed {
+                    adapter: member.clone(),
                     reason,
-                });
+                }),
+            };
+            for held in &adapters[..j] {
+                self.readiness.release(held);
             }
+            return failure.map_or(Ok(false), Err);
         }
         if let Err(e) = self.model.prepare_adapter(id) {
-            self.readiness.release(id);
+            for member in &adapters {
+                self.readiness.release(member);
+            }
             return Err(e);
         }
         self.held.insert(id.clone(), 1);
@@ -179,9 +185,33 @@ impl<M: StepModel, R: AdapterReadiness> Engine<M, R> {
             *n -= 1;
             if *n == 0 {
                 self.held.remove(id);
-                self.readiness.release(id);
+                for member in id.adapters() {
+                    self.readiness.release(&member);
+                }
             }
         }
+    }
+
+    /// Whether `id` is ready (`Ok(false)`: loading); an ensemble is ready once every member is,
+    /// and fails naming the first member that is unknown or failed to load.
+    fn readiness_of(&mut self, id: &AdapterId) -> Result<bool, RequestError> {
+        let mut ready = true;
+        for member in id.adapters() {
+            match self.readiness.readiness(&member) {
+                Readiness::Ready => {}
+                Readiness::Loading => ready = false,
+                Readiness::Unknown => {
+                    return Err(RequestError::UnknownAdapter { adapter: member });
+                }
+                Readiness::Failed(reason) => {
+                    return Err(RequestError::AdapterFailed {
+                        adapter: member,
+                        reason,
+                    });
+                }
+            }
+        }
+        Ok(ready)
     }
 
     pub(super) fn reap_cancelled(&mut self) -> usize {
@@ -350,22 +380,15 @@ impl<M: StepModel, R: AdapterReadiness> Engine<M, R> {
         // Only requests that could run soon start loads.
         let window = self.config.max_running;
         while j < self.waiting.len().min(window) {
-            let a = &mut self.waiting[j];
-            let failure = match (&a.adapter, a.adapter_ready) {
+            let a = &self.waiting[j];
+            let failure = match (a.adapter.clone(), a.adapter_ready) {
                 (None, _) | (_, true) => None,
-                (Some(id), false) => match self.readiness.readiness(id) {
-                    Readiness::Ready => {
-                        a.adapter_ready = true;
+                (Some(id), false) => match self.readiness_of(&id) {
+                    Ok(ready) => {
+                        self.waiting[j].adapter_ready = ready;
                         None
                     }
-                    Readiness::Loading => None,
-                    Readiness::Unknown => Some(RequestError::UnknownAdapter {
-                        adapter: id.clone(),
-                    }),
-                    Readiness::Failed(reason) => Some(RequestError::AdapterFailed {
-                        adapter: id.clone(),
-                        reason,
-                    }),
+                    Err(e) => Some(e),
                 },
             };
             match failure.and_then(|e| Some((e, self.waiting.remove(j)?))) {

@@ -571,7 +571,7 @@ class Engine:
     def generate(
         self,
         prompt: Union[str, Sequence[int]],
-        adapter: Optional[str] = None,
+        adapter: Union[None, str, Sequence[Tuple[str, float]]] = None,
         *,
         max_new_tokens: int = 16,
         temperature: float = 0.0,

@@ -20,6 +20,8 @@ interface Vm {
     // Expectations and fuzzing
     function expectRevert(bytes4 revertData) external;
     function expectRevert(bytes calldata revertData) external;
+    function expectPartialRevert(bytes4 revertData) external;
+    function expectEmit(address emitter) external;
     function assume(bool condition) external pure;
 
     // Assertions (they revert with a message naming both values)
