@@ -442,8 +442,10 @@ fn handle(engine: &mut Inner, cmd: Command) {
     }
 }
 
-/// A model folder served by the continuous-batching engine on a thread of its own (see the
-/// [module documentation](self)). Every method takes `&self`; it is `Send` and `Sync`.
+/// A model folder served by the continuous-batching engine on a thread of its own: calls reach
+/// the engine's thread through a command channel and are taken between steps
+/// ([`load`](Self::load), [`submit`](Self::submit), [`attach`](Self::attach)). Every method
+/// takes `&self`; it is `Send` and `Sync`.
 pub struct ServedModel {
     commands: Mutex<Option<Sender<Command>>>,
     thread: Mutex<Option<JoinHandle<()>>>,

@@ -50,6 +50,12 @@ pub const MAX_ID_LEN: usize = 255;
 pub const MAX_ENSEMBLE_MEMBERS: usize = 16;
 
 /// A validated adapter id; cheap to clone (shared string).
+///
+/// It may also spell an ensemble of adapters served together with weights, `a+b` or
+/// `a*0.7+b*0.3` (each member an id with an optional positive `*weight`, 1 when left out; see
+/// [`parse`](Self::parse) and [`ensemble`](Self::ensemble)): the serving engine attaches the
+/// members and runs `y += Σᵢ wᵢ·sᵢ·Bᵢ·Aᵢ·x`, one SGMV segment per member, no merged copy. Only
+/// plain ids are registered in a pool or name a hub folder.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AdapterId(Arc<str>);
 
@@ -143,8 +149,10 @@ impl AdapterId {
         }
     }
 
-    /// Validates `s` as a plain id or an ensemble spelling (see the [module docs](self)); an
-    /// ensemble is returned in its canonical spelling.
+    /// Validates `s` as a plain id or an ensemble spelling (`member('+'member)*`, each member an
+    /// id with an optional `*weight`); an ensemble is returned in its canonical spelling (members
+    /// in the order given, a weight of 1 left out), so two requests naming the same members and
+    /// weights share one attached ensemble.
     pub fn parse(s: &str) -> Result<Self, InvalidAdapterId> {
         if !s.contains(['+', '*']) {
             return Self::new(s);
