@@ -240,6 +240,74 @@ fn ensembles_match_peft_cat_logits_alone_and_in_a_mixed_batch() {
     check_mixed_batch(&s, &rows);
 }
 
+/// An adapter with DoRA (or a LoRA bias) in the batch sends every row through the path that
+/// adds each row's update after the dense output: an ensemble's rows beside it still get their
+/// members' sum, PEFT's `cat` logits to 1e-4, and the DoRA rows what they get alone.
+#[test]
+fn ensembles_beside_a_dora_adapter_in_one_batch_match_peft() {
+    use openledger_lora::adapter::build::AdapterBuilder;
+    use openledger_lora::adapter::config::ConfigSpec;
+    let mut s = setup();
+    let ensembles = attach_ensembles(&mut s);
+    let mut spec = ConfigSpec::new(4, 8.0, &["q_proj", "v_proj"]);
+    spec.use_dora = true;
+    let mut b = AdapterBuilder::new(spec);
+    for layer in 0..2 {
+        for (proj, out) in [("q_proj", 64), ("v_proj", 32)] {
+            let name = format!("model.layers.{layer}.self_attn.{proj}");
+            b.random_lora(&name, 64, out, 4, 3 + layer as u64);
+            b.magnitude(&name, &vec![0.9; out]);
+        }
+    }
+    let dora = LoraAdapter::from_bytes(
+        b.config_json().as_bytes(),
+        &b.safetensors_bytes().unwrap(),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let dora = s.model.attach_adapter("dora", &dora).unwrap();
+    let vocab = s.model.config().vocab_size;
+    for (name, slot) in &ensembles {
+        for (i, seq) in s.seqs.iter().enumerate() {
+            let alone = s
+                .model
+                .forward(&[SeqInput {
+                    adapter: Some(dora),
+                    tokens: seq,
+                }])
+                .unwrap();
+            let both = s
+                .model
+                .forward(&[
+                    SeqInput {
+                        adapter: Some(dora),
+                        tokens: seq,
+                    },
+                    SeqInput {
+                        adapter: Some(*slot),
+                        tokens: seq,
+                    },
+                ])
+                .unwrap();
+            let key = format!("logits.{name}.{i}");
+            let err = max_diff(&both[1], &s.reference[&key], seq.len(), vocab);
+            assert!(
+                err <= TOL,
+                "{key} beside a DoRA adapter: max abs logit diff {err}"
+            );
+            let drift = alone[0]
+                .iter()
+                .zip(&both[0])
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert!(
+                drift <= 1e-5,
+                "the DoRA rows moved by {drift} beside {name}"
+            );
+        }
+    }
+}
+
 #[test]
 fn bad_ensembles_are_typed_errors_and_members_stay_while_an_ensemble_uses_them() {
     use openledger_lora::model::ModelError;

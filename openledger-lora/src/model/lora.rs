@@ -262,9 +262,11 @@ pub(crate) fn project(
     }
     // LoRA: one slot per distinct (adapter, weight) of the batch that targets this module,
     // gathered per stored dtype (one SGMV call for each dtype present). A span of an ensemble
-    // takes one pass per member (pass `j`: the `j`-th member of every ensemble, single adapters
-    // in pass 0), each member with its scale times its weight: `y += Σⱼ wⱼ·sⱼ·Bⱼ·Aⱼ·x`, with
-    // no merged copy.
+    // takes each member with its scale times its weight: `y += Σⱼ wⱼ·sⱼ·Bⱼ·Aⱼ·x`, with no
+    // merged copy. Without ensembles every row has at most one slot and SGMV adds into `y` in
+    // place. With them a row has several: the rows of every (span, member) pair are gathered
+    // by slot into one input, so each slot's factors are read once for all the spans naming
+    // it (as member or alone), and the results are added back into their rows.
     // The member of `span` in pass `pass`: a single adapter is its own member in pass 0.
     let member = |s: &Span, pass: usize| -> Option<(usize, f32)> {
         let id = s.adapter?;
@@ -286,10 +288,10 @@ pub(crate) fn project(
             .any(|(id, _)| adapters[id].modules.contains_key(&lin.name))
     });
     let apply = |out: &mut [f32]| -> Result<(), ModelError> {
+        let mut f32s = DtypeSlots::default();
+        let mut f16s = DtypeSlots::default();
+        let mut bf16s = DtypeSlots::default();
         for pass in 0..passes {
-            let mut f32s = DtypeSlots::default();
-            let mut f16s = DtypeSlots::default();
-            let mut bf16s = DtypeSlots::default();
             for s in spans {
                 let Some((id, weight)) = member(s, pass) else {
                     continue;
@@ -305,6 +307,12 @@ pub(crate) fn project(
                     Factors::Bf16(a, b) => bf16s.push(key, rows, a, b, m, weight),
                 }
             }
+        }
+        if passes > 1 {
+            f32s.apply_gathered(x, n_in, n_out, out)?;
+            f16s.apply_gathered(x, n_in, n_out, out)?;
+            bf16s.apply_gathered(x, n_in, n_out, out)?;
+        } else {
             f32s.apply(x, n_in, n_out, out)?;
             f16s.apply(x, n_in, n_out, out)?;
             bf16s.apply(x, n_in, n_out, out)?;
@@ -324,15 +332,21 @@ pub(crate) fn project(
         let mut delta = vec![0f32; rows * n_out];
         apply(&mut delta)?;
         for s in spans {
-            let Some(m) = s.adapter.and_then(|id| adapters[id].modules.get(&lin.name)) else {
+            let Some(id) = s.adapter else { continue };
+            // An ensemble's rows take their members' plain sum; an adapter that does not
+            // target this module has no update.
+            let m = adapters[id].modules.get(&lin.name);
+            if m.is_none() && adapters[id].members.is_empty() {
                 continue;
-            };
+            }
+            let bias = m.and_then(|m| m.bias.as_ref());
+            let dora = m.and_then(|m| m.dora.as_ref());
             for r in s.start..s.end {
                 let yr = &mut y[r * n_out..(r + 1) * n_out];
                 let dr = &delta[r * n_out..(r + 1) * n_out];
                 for o in 0..n_out {
-                    let lora = dr[o] + m.bias.as_ref().map_or(0.0, |b| b[o]);
-                    yr[o] = match &m.dora {
+                    let lora = dr[o] + bias.map_or(0.0, |b| b[o]);
+                    yr[o] = match dora {
                         Some(f) => f[o] * (yr[o] + lora),
                         None => yr[o] + lora,
                     };
@@ -398,7 +412,50 @@ impl<'a, W: LoraElement> DtypeSlots<'a, W> {
         self.triples.push((start, end, slot));
     }
 
-    /// `y[rows] += scale · x[rows] · Aᵀ · Bᵀ` for every gathered row range.
+    /// `y[rows] += scale · x[rows] · Aᵀ · Bᵀ` for every row range, when the ranges may overlap
+    /// (a row under several slots, an ensemble's): the ranges' rows of `x` are gathered slot by
+    /// slot into one input, SGMV runs once over it (each slot's factors read once), and each
+    /// result row is added to the row of `y` it came from.
+    fn apply_gathered(
+        self,
+        x: &[f32],
+        n_in: usize,
+        n_out: usize,
+        y: &mut [f32],
+    ) -> Result<(), ModelError> {
+        if self.triples.is_empty() {
+            return Ok(());
+        }
+        let mut by_slot: Vec<Vec<(usize, usize)>> = vec![Vec::new(); self.slots.len()];
+        for &(start, end, slot) in &self.triples {
+            by_slot[slot].push((start, end));
+        }
+        let rows: usize = self.triples.iter().map(|&(s, e, _)| e - s).sum();
+        let mut xg = Vec::with_capacity(rows * n_in);
+        let mut back = Vec::with_capacity(rows);
+        let mut triples = Vec::with_capacity(self.slots.len());
+        for (slot, ranges) in by_slot.iter().enumerate() {
+            let start = back.len();
+            for &(s, e) in ranges {
+                xg.extend_from_slice(&x[s * n_in..e * n_in]);
+                back.extend(s..e);
+            }
+            triples.push((start, back.len(), slot));
+        }
+        let mut yg = vec![0f32; rows * n_out];
+        let gathered = Self { triples, ..self };
+        gathered.apply(&xg, n_in, n_out, &mut yg)?;
+        for (g, &r) in back.iter().enumerate() {
+            y[r * n_out..(r + 1) * n_out]
+                .iter_mut()
+                .zip(&yg[g * n_out..(g + 1) * n_out])
+                .for_each(|(v, d)| *v += d);
+        }
+        Ok(())
+    }
+
+    /// `y[rows] += scale · x[rows] · Aᵀ · Bᵀ` for every gathered row range (the ranges do not
+    /// overlap).
     fn apply(self, x: &[f32], n_in: usize, n_out: usize, y: &mut [f32]) -> Result<(), ModelError> {
         if self.triples.is_empty() {
             return Ok(());
