@@ -437,15 +437,7 @@ fn the_engine_serves_an_ensemble_beside_single_adapters_as_peft_does() {
             .attach_ensemble(ensemble.clone(), &[(id("qv-r4"), 1.0)])
             .is_err()
     );
-    let config = EngineConfig {
-        kv_layout: paged.kv_layout(4),
-        num_blocks: 64,
-        max_tokens_per_step: 64,
-        max_running: 8,
-        max_context: 32,
-        preemption: Preemption::Recompute,
-        kv_dtype: KvDtype::F32,
-    };
+    let config = engine_config(&paged, 8);
     let mut engine = Engine::new(paged, AllReady, config).unwrap();
     let sampling = SamplingParams {
         max_new_tokens: 8,
@@ -470,6 +462,23 @@ fn the_engine_serves_an_ensemble_beside_single_adapters_as_peft_does() {
             None => tiny_llama::peft_greedy(&key),
         };
         assert_eq!(tokens, want, "{key}");
+    }
+}
+
+/// An engine over `paged` for up to `running` sequences of 32 positions (blocks of 4).
+fn engine_config(
+    paged: &openledger_lora::model::PagedModel,
+    running: usize,
+) -> openledger_lora::serve::EngineConfig {
+    use openledger_lora::serve::{EngineConfig, KvDtype, Preemption};
+    EngineConfig {
+        kv_layout: paged.kv_layout(4),
+        num_blocks: running * 8,
+        max_tokens_per_step: 64,
+        max_running: running,
+        max_context: 32,
+        preemption: Preemption::Recompute,
+        kv_dtype: KvDtype::F32,
     }
 }
 
@@ -517,15 +526,7 @@ fn requests_naming_an_ensemble_spelling_are_served_from_the_pool_as_peft_cat() {
             .unwrap();
     }
     let paged = PagedModel::with_pool(Model::from_dir(&fixture()).unwrap(), pool.clone());
-    let config = EngineConfig {
-        kv_layout: paged.kv_layout(4),
-        num_blocks: 128,
-        max_tokens_per_step: 64,
-        max_running: 16,
-        max_context: 32,
-        preemption: Preemption::Recompute,
-        kv_dtype: KvDtype::F32,
-    };
+    let config = engine_config(&paged, 16);
     let mut engine = Engine::new(paged, pool.clone(), config).unwrap();
     let mut rows: Vec<(String, Option<AdapterId>)> =
         vec![("base".into(), None), ("qv-r4".into(), Some(id("qv-r4")))];
@@ -697,15 +698,7 @@ fn merged_adapters_registered_in_the_pool_are_served_like_any_other() {
     }
 
     let paged = PagedModel::with_pool(Model::from_dir(&fixture()).unwrap(), pool.clone());
-    let config = EngineConfig {
-        kv_layout: paged.kv_layout(4),
-        num_blocks: 64,
-        max_tokens_per_step: 64,
-        max_running: 8,
-        max_context: 32,
-        preemption: Preemption::Recompute,
-        kv_dtype: KvDtype::F32,
-    };
+    let config = engine_config(&paged, 8);
     let mut engine = Engine::new(paged, pool.clone(), config).unwrap();
     let mut handles = Vec::new();
     for (i, seq) in s.seqs.iter().enumerate() {

@@ -462,19 +462,18 @@ impl Attributor {
     }
 
     /// The extension object of one inference: `question` is what retrieval is run on;
-    /// `adapters` the adapter the request ran with (weight 1), or the members of the ensemble it
-    /// named with their weights (none: the base model), each registered on the base. A single
-    /// adapter's receipt names it in `adapterIds` (the base's owner is paid); an ensemble's
-    /// (`ensemble`) is an `EnsembleReceipt` naming the members with their shares
-    /// (`ensemble_shares`: weights in millionths), paid with `payForEnsemble`, which splits the
-    /// owners' part among the members' owners by share.
+    /// `adapter` the adapter or ensemble the request ran with (`None`: the base model). Each
+    /// adapter (an ensemble's members) is registered on the base. A single adapter's receipt
+    /// names it in `adapterIds` (the base's owner is paid); an ensemble's is an
+    /// `EnsembleReceipt` naming the members with their shares (`ensemble_shares`: weights in
+    /// millionths), paid with `payForEnsemble`, which splits the owners' part among the
+    /// members' owners by share.
     pub(crate) fn attribute(
         &self,
         question: &str,
         inference: &str,
         base: &str,
-        adapters: &[(openledger::lora::pool::AdapterId, f32)],
-        ensemble: bool,
+        adapter: Option<&openledger::lora::pool::AdapterId>,
         payer: Option<Address>,
     ) -> Result<Value, ApiError> {
         let query = self
@@ -522,6 +521,11 @@ impl Attributor {
         let id_of = |salt: B256| openledger::chain::bindings::model_id(self.split.owner, salt);
         let base_salt = salt_of(base);
         let model_id = id_of(base_salt);
+        // An ensemble's members with their weights; a single adapter is its own, at weight 1.
+        let adapters = adapter.map_or_else(Vec::new, |a| {
+            a.members().unwrap_or_else(|| vec![(a.clone(), 1.0)])
+        });
+        let ensemble = adapter.is_some_and(|a| a.is_ensemble());
         let adapter_salts: Vec<B256> = adapters.iter().map(|(a, _)| salt_of(a.as_str())).collect();
         let adapter_ids: Vec<B256> = adapter_salts.iter().map(|&s| id_of(s)).collect();
         // On the chain: the models registered, the epoch the contract is in, its funded payer
@@ -543,13 +547,19 @@ impl Attributor {
         let internal = |e: ChainError| ApiError::internal(e.to_string());
         // An ensemble is paid as one: its members are the models, their weights the shares,
         // and the owners' part of the fee is split among them by share.
-        let (receipt_json, signature, payment, owner_parts) = if ensemble {
+        let hex_list = |ids: &[B256]| ids.iter().map(ToString::to_string).collect::<Vec<_>>();
+        // The fields that differ between the two receipts, and the amount.
+        let (fields, amount, signature, payment, owner_parts) = if ensemble {
             let weights: Vec<f32> = adapters.iter().map(|&(_, w)| w).collect();
             let shares = ensemble_shares(&weights).map_err(internal)?;
             let fees = vec![self.fee; adapter_ids.len()];
             let amount = ensemble_fee(&adapter_ids, &fees, &shares).map_err(internal)?;
             let parts = ensemble_owner_shares(&adapter_ids, split.owner.amount, &shares)
                 .map_err(internal)?;
+            let fields = json!({
+                "modelIds": hex_list(&adapter_ids),
+                "shares": shares.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            });
             let receipt = EnsembleReceipt {
                 inferenceId: inference_id,
                 modelIds: adapter_ids.clone(),
@@ -564,17 +574,12 @@ impl Attributor {
                 Some(ch) => ch.pay_ensemble(&receipt, &signature)?,
                 None => Value::Null,
             };
-            let json = json!({
-                "inferenceId": receipt.inferenceId.to_string(),
-                "modelIds": receipt.modelIds.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                "shares": receipt.shares.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                "payer": receipt.payer.to_string(),
-                "amount": receipt.amount.to_string(),
-                "epoch": receipt.epoch,
-                "weightsHash": receipt.weightsHash.to_string(),
-            });
-            (json, signature, payment, parts)
+            (fields, amount, signature, payment, parts)
         } else {
+            let fields = json!({
+                "modelId": model_id.to_string(),
+                "adapterIds": hex_list(&adapter_ids),
+            });
             let receipt = AttributionReceipt {
                 inferenceId: inference_id,
                 modelId: model_id,
@@ -589,17 +594,18 @@ impl Attributor {
                 Some(ch) => ch.pay(&receipt, &signature)?,
                 None => Value::Null,
             };
-            let json = json!({
-                "inferenceId": receipt.inferenceId.to_string(),
-                "modelId": receipt.modelId.to_string(),
-                "adapterIds": receipt.adapterIds.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                "payer": receipt.payer.to_string(),
-                "amount": receipt.amount.to_string(),
-                "epoch": receipt.epoch,
-                "weightsHash": receipt.weightsHash.to_string(),
-            });
-            (json, signature, payment, Vec::new())
+            (fields, self.fee, signature, payment, Vec::new())
         };
+        let mut receipt_json = json!({
+            "inferenceId": inference_id.to_string(),
+            "payer": payer.to_string(),
+            "amount": amount.to_string(),
+            "epoch": epoch,
+            "weightsHash": weights_hash.to_string(),
+        });
+        if let (Value::Object(all), Value::Object(own)) = (&mut receipt_json, fields) {
+            all.extend(own);
+        }
         let payout = |p: &openledger::poa::split::Payout| json!({"account": p.account.to_string(), "amount_wei": p.amount.to_string()});
         Ok(json!({
             "datanet": self.datanet,

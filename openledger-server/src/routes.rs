@@ -829,20 +829,11 @@ impl Job {
         let (Some(l), Some(a)) = (&self.plan.ledger, &self.s.attributor) else {
             return Ok(None);
         };
-        let members = self
-            .plan
-            .adapter
-            .as_ref()
-            .map(|a| a.members().unwrap_or_else(|| vec![(a.clone(), 1.0)]));
         a.attribute(
             &l.question,
             &self.id,
             &self.s.base_name,
-            members.as_deref().unwrap_or(&[]),
-            self.plan
-                .adapter
-                .as_ref()
-                .is_some_and(AdapterId::is_ensemble),
+            self.plan.adapter.as_ref(),
             l.payer,
         )
         .map(Some)

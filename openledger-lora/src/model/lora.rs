@@ -267,48 +267,46 @@ pub(crate) fn project(
     // place. With them a row has several: the rows of every (span, member) pair are gathered
     // by slot into one input, so each slot's factors are read once for all the spans naming
     // it (as member or alone), and the results are added back into their rows.
-    // The member of `span` in pass `pass`: a single adapter is its own member in pass 0.
-    let member = |s: &Span, pass: usize| -> Option<(usize, f32)> {
-        let id = s.adapter?;
-        match adapters[id].members.as_slice() {
-            [] => (pass == 0).then_some((id, 1.0)),
-            members => members.get(pass).copied(),
-        }
-    };
-    let passes = spans
-        .iter()
-        .filter_map(|s| s.adapter)
-        .map(|id| adapters[id].members.len().max(1))
-        .max()
-        .unwrap_or(0);
-    let any = (0..passes).any(|pass| {
-        spans
-            .iter()
-            .filter_map(|s| member(s, pass))
-            .any(|(id, _)| adapters[id].modules.contains_key(&lin.name))
-    });
-    let apply = |out: &mut [f32]| -> Result<(), ModelError> {
-        let mut f32s = DtypeSlots::default();
-        let mut f16s = DtypeSlots::default();
-        let mut bf16s = DtypeSlots::default();
-        for pass in 0..passes {
-            for s in spans {
-                let Some((id, weight)) = member(s, pass) else {
-                    continue;
-                };
-                let Some(m) = adapters[id].modules.get(&lin.name) else {
-                    continue;
-                };
-                let key = (id, weight.to_bits());
-                let rows = (s.start, s.end);
-                match &m.factors {
-                    Factors::F32(a, b) => f32s.push(key, rows, a, b, m, weight),
-                    Factors::F16(a, b) => f16s.push(key, rows, a, b, m, weight),
-                    Factors::Bf16(a, b) => bf16s.push(key, rows, a, b, m, weight),
-                }
+    let mut f32s = DtypeSlots::default();
+    let mut f16s = DtypeSlots::default();
+    let mut bf16s = DtypeSlots::default();
+    let mut overlapping = false;
+    for s in spans {
+        let Some(id) = s.adapter else { continue };
+        // A single adapter is its own (only) member, at weight 1.
+        let own = [(id, 1.0)];
+        let members = match adapters[id].members.as_slice() {
+            [] => &own[..],
+            members => {
+                overlapping = true;
+                members
+            }
+        };
+        for &(member, weight) in members {
+            let Some(m) = adapters[member].modules.get(&lin.name) else {
+                continue;
+            };
+            let key = (member, weight.to_bits());
+            let rows = (s.start, s.end);
+            match &m.factors {
+                Factors::F32(a, b) => f32s.push(key, rows, a, b, m, weight),
+                Factors::F16(a, b) => f16s.push(key, rows, a, b, m, weight),
+                Factors::Bf16(a, b) => bf16s.push(key, rows, a, b, m, weight),
             }
         }
-        if passes > 1 {
+    }
+    let any = !(f32s.triples.is_empty() && f16s.triples.is_empty() && bf16s.triples.is_empty());
+    // Without DoRA or a LoRA bias in the batch the update is a plain sum: SGMV adds it into `y`
+    // (an ensemble's members are plain, see `Model::attach_ensemble`).
+    let plain = spans.iter().all(|s| {
+        s.adapter
+            .and_then(|id| adapters[id].modules.get(&lin.name))
+            .is_none_or(|m| m.dora.is_none() && m.bias.is_none())
+    });
+    let mut delta = (any && !plain).then(|| vec![0f32; rows * n_out]);
+    if any {
+        let out = delta.as_deref_mut().unwrap_or(&mut y);
+        if overlapping {
             f32s.apply_gathered(x, n_in, n_out, out)?;
             f16s.apply_gathered(x, n_in, n_out, out)?;
             bf16s.apply_gathered(x, n_in, n_out, out)?;
@@ -317,20 +315,8 @@ pub(crate) fn project(
             f16s.apply(x, n_in, n_out, out)?;
             bf16s.apply(x, n_in, n_out, out)?;
         }
-        Ok(())
-    };
-    // Without DoRA or a LoRA bias in the batch the update is a plain sum: SGMV adds it into `y`
-    // (an ensemble's members are plain, see `Model::attach_ensemble`).
-    let plain = spans.iter().all(|s| {
-        s.adapter
-            .and_then(|id| adapters[id].modules.get(&lin.name))
-            .is_none_or(|m| m.dora.is_none() && m.bias.is_none())
-    });
-    if any && plain {
-        apply(&mut y)?;
-    } else if any {
-        let mut delta = vec![0f32; rows * n_out];
-        apply(&mut delta)?;
+    }
+    if let Some(delta) = &delta {
         for s in spans {
             let Some(id) = s.adapter else { continue };
             // An ensemble's rows take their members' plain sum; an adapter that does not

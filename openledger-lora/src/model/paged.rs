@@ -139,8 +139,6 @@ pub struct PagedModel {
     /// Ids attached from the pool, with the pool's copy each was attached from (detached again
     /// once the pool no longer holds that copy).
     pooled: HashMap<pool::AdapterId, Arc<LoraAdapter>>,
-    /// Ensembles attached from their spelling, with their members' ids.
-    spelled: HashMap<pool::AdapterId, Vec<pool::AdapterId>>,
 }
 
 impl PagedModel {
@@ -151,7 +149,6 @@ impl PagedModel {
             ids: HashMap::new(),
             pool: None,
             pooled: HashMap::new(),
-            spelled: HashMap::new(),
         }
     }
 
@@ -226,24 +223,23 @@ impl PagedModel {
         }
         self.ids.remove(id);
         self.pooled.remove(id);
-        self.spelled.remove(id);
         true
     }
 
-    /// Detaches the ensembles attached from a spelling that have `member` among their members.
+    /// Detaches the ensembles attached from a spelling that have `member` among their members
+    /// (every ensemble id is one: `attach_ensemble` refuses spellings).
     fn detach_spelled_over(&mut self, member: &pool::AdapterId) {
         let over: Vec<pool::AdapterId> = self
-            .spelled
-            .iter()
-            .filter(|(_, members)| members.contains(member))
-            .map(|(id, _)| id.clone())
+            .ids
+            .keys()
+            .filter(|id| id.is_ensemble() && id.adapters().contains(member))
+            .cloned()
             .collect();
         for id in over {
             if let Some(slot) = self.ids.remove(&id) {
                 // An ensemble is never a member itself, so this cannot be refused.
                 let _ = self.model.detach_adapter(slot);
             }
-            self.spelled.remove(&id);
         }
     }
 
@@ -349,8 +345,6 @@ impl PagedModel {
             }
             let slot = self.model.attach_ensemble(id.as_str(), &slots)?;
             self.ids.insert(id.clone(), slot);
-            self.spelled
-                .insert(id.clone(), members.into_iter().map(|(m, _)| m).collect());
             return Ok(slot);
         }
         // Room first: what the pool evicted to admit this adapter goes now.

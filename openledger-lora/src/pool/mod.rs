@@ -177,6 +177,17 @@ struct LoadJob<A> {
     flight: Arc<Flight<A>>,
 }
 
+/// An ensemble id where only a plain one may be registered: [`IdProblem::Ensemble`].
+fn refuse_ensemble(id: &AdapterId) -> Result<(), PoolError> {
+    if id.is_ensemble() {
+        return Err(PoolError::InvalidId(InvalidAdapterId {
+            id: id.as_str().chars().take(80).collect(),
+            reason: IdProblem::Ensemble,
+        }));
+    }
+    Ok(())
+}
+
 impl AdapterPool<LoraAdapter> {
     /// Merges registered adapters into a new one with PEFT's `add_weighted_adapter` semantics
     /// ([`add_weighted_adapter`](crate::adapter::combine::add_weighted_adapter): TIES, DARE,
@@ -198,12 +209,7 @@ impl AdapterPool<LoraAdapter> {
         options: &crate::adapter::combine::CombineOptions,
         progress: Option<&mut dyn FnMut(usize, usize)>,
     ) -> Result<(), PoolError> {
-        if id.is_ensemble() {
-            return Err(PoolError::InvalidId(InvalidAdapterId {
-                id: id.as_str().chars().take(80).collect(),
-                reason: IdProblem::Ensemble,
-            }));
-        }
+        refuse_ensemble(&id)?;
         if self.is_registered(&id) {
             return Err(PoolError::DuplicateId { id });
         }
@@ -276,12 +282,7 @@ impl<A: PooledAdapter> AdapterPool<A> {
     /// An ensemble id ([`AdapterId::parse`]) is refused ([`PoolError::InvalidId`]): its members are
     /// registered, and requests naming it are served from them.
     pub fn register(&self, id: AdapterId, source: Source) -> Result<(), PoolError> {
-        if id.is_ensemble() {
-            return Err(PoolError::InvalidId(InvalidAdapterId {
-                id: id.as_str().chars().take(80).collect(),
-                reason: IdProblem::Ensemble,
-            }));
-        }
+        refuse_ensemble(&id)?;
         if let Source::Hub(hub) = &source {
             hub.resolve(&id)?;
         }

@@ -27,6 +27,22 @@ use super::request::{CancelHandle, Event, Request, RequestError, RequestId, Sink
 use super::sampling::{Detokenize, FinishReason, Sampler, StopChecker, TokenLogprobs};
 use crate::pool::AdapterId;
 
+/// What `adapter` standing at `r` means for a request naming it: ready (`Ok(true)`), loading
+/// (`Ok(false)`), or the request's error.
+fn ready_or_error(adapter: &AdapterId, r: Readiness) -> Result<bool, RequestError> {
+    match r {
+        Readiness::Ready => Ok(true),
+        Readiness::Loading => Ok(false),
+        Readiness::Unknown => Err(RequestError::UnknownAdapter {
+            adapter: adapter.clone(),
+        }),
+        Readiness::Failed(reason) => Err(RequestError::AdapterFailed {
+            adapter: adapter.clone(),
+            reason,
+        }),
+    }
+}
+
 pub(super) enum Terminal {
     Finished(FinishReason),
     Failed(RequestError),
@@ -154,21 +170,13 @@ impl<M: StepModel, R: AdapterReadiness> Engine<M, R> {
         }
         let adapters = id.adapters();
         for (j, member) in adapters.iter().enumerate() {
-            let failure = match self.readiness.acquire(member) {
-                Readiness::Ready => continue,
-                Readiness::Loading => None,
-                Readiness::Unknown => Some(RequestError::UnknownAdapter {
-                    adapter: member.clone(),
-                }),
-                Readiness::Failed(reason) => Some(RequestError::AdapterFailed {
-                    adapter: member.clone(),
-                    reason,
-                }),
-            };
-            for held in &adapters[..j] {
-                self.readiness.release(held);
+            let ready = ready_or_error(member, self.readiness.acquire(member));
+            if ready != Ok(true) {
+                for held in &adapters[..j] {
+                    self.readiness.release(held);
+                }
+                return ready;
             }
-            return failure.map_or(Ok(false), Err);
         }
         if let Err(e) = self.model.prepare_adapter(id) {
             for member in &adapters {
@@ -197,19 +205,8 @@ impl<M: StepModel, R: AdapterReadiness> Engine<M, R> {
     fn readiness_of(&mut self, id: &AdapterId) -> Result<bool, RequestError> {
         let mut ready = true;
         for member in id.adapters() {
-            match self.readiness.readiness(&member) {
-                Readiness::Ready => {}
-                Readiness::Loading => ready = false,
-                Readiness::Unknown => {
-                    return Err(RequestError::UnknownAdapter { adapter: member });
-                }
-                Readiness::Failed(reason) => {
-                    return Err(RequestError::AdapterFailed {
-                        adapter: member,
-                        reason,
-                    });
-                }
-            }
+            let r = self.readiness.readiness(&member);
+            ready &= ready_or_error(&member, r)?;
         }
         Ok(ready)
     }
