@@ -127,13 +127,14 @@ struct Screen {
 
 impl Screen {
     fn new(prompts: Vec<(String, String)>) -> Self {
+        let w = prompts.iter().map(|p| p.0.len()).max().unwrap_or(0);
         Self {
             tty: std::io::stderr().is_terminal() && std::io::stdout().is_terminal(),
             bar_open: false,
             lines: prompts
                 .iter()
                 .enumerate()
-                .map(|(i, (adapter, prompt))| format!("  #{i:<2} {adapter:<16} {prompt:<28} →"))
+                .map(|(i, (adapter, prompt))| format!("  #{i:<2} {adapter:<w$} {prompt:<28} →"))
                 .collect(),
             prompts,
             drawn: false,
@@ -308,8 +309,14 @@ fn summary(r: &Report) {
             s.requests, s.adapters, s.engine_steps, s.first_step_sequences
         );
     }
+    let w = r
+        .requests
+        .iter()
+        .map(|q| q.adapter.len())
+        .max()
+        .unwrap_or(0);
     println!(
-        "\n{:<3} {:<17} {:<30} {:<30} {:<28} {:>20}",
+        "\n{:<3} {:<w$} {:<30} {:<30} {:<28} {:>20}",
         "#", "adapter", "prompt", "answer", "top citation", "data pool (wei)"
     );
     for q in &r.requests {
@@ -317,8 +324,22 @@ fn summary(r: &Report) {
             format!("{} ({:.0}%)", r.name_of(c.contributor), 100.0 * c.share)
         });
         println!(
-            "{:<3} {:<17} {:<30} {:<30} {:<28} {:>20}",
+            "{:<3} {:<w$} {:<30} {:<30} {:<28} {:>20}",
             q.index, q.adapter, q.prompt, q.answer, cite, q.data_pool_wei
+        );
+    }
+    // Ensembles: the fee is the members' fees weighted, the owners' part split by weight.
+    for q in r.requests.iter().filter(|q| q.owner_shares_wei.len() > 1) {
+        let owners: Vec<String> = q
+            .owner_shares_wei
+            .iter()
+            .map(|(a, v)| format!("{v} to {a}'s owner"))
+            .collect();
+        println!(
+            "#{} is an ensemble: fee {} wei (the members' fees, weighted), owners {}; its pool's influence part is split between the members by weight, each over its own training records",
+            q.index,
+            q.fee_wei,
+            owners.join(" + ")
         );
     }
     if let Some(e) = &r.epoch {

@@ -5,8 +5,8 @@
 #   bash scripts/test-python.sh            # dev profile: reuses what `cargo test` built
 #   OPENLEDGER_PY_PROFILE=release bash scripts/test-python.sh
 #
-# Needs python3 (3.9 or newer) with venv and a Rust toolchain; installs maturin, numpy and pytest
-# from PyPI into the venv. The package is installed with `pip install ./bindings/python`
+# Needs python3 (3.9 or newer) with venv and a Rust toolchain; installs maturin, numpy, pytest
+# and Ray from PyPI into the venv. The package is installed with `pip install ./bindings/python`
 # (maturin is the build backend); cargo builds inside the workspace, so the workspace target
 # folder (or $CARGO_TARGET_DIR) is reused and dependencies are not compiled twice.
 set -euo pipefail
@@ -26,7 +26,8 @@ if [ ! -x "$venv/bin/python" ]; then
     "$python" -m venv "$venv"
 fi
 py="$venv/bin/python"
-"$py" -m pip install --quiet --disable-pip-version-check "maturin>=1.9.4,<2" "numpy>=1.21" "pytest>=7"
+"$py" -m pip install --quiet --disable-pip-version-check "maturin>=1.9.4,<2" "numpy>=1.21" "pytest>=7" \
+    "ray==2.60.0"  # the [ray] extra, pinned: openledger.ray's tests start a local cluster
 
 step "build and install the openledger package (cargo profile: $profile)"
 # maturin reads its cargo arguments from MATURIN_PEP517_ARGS when pip drives it.
@@ -39,6 +40,7 @@ step "the .pyi stubs agree with the built module"
 
 step "pytest"
 # Run from the tests folder so `import openledger` is the installed package.
-(cd bindings/python && "$py" -m pytest -q tests)
+# Tests that need Ray fail, rather than skip, when it is missing.
+(cd bindings/python && OPENLEDGER_REQUIRE_RAY=1 "$py" -m pytest -q tests)
 
 printf '\nPython bindings: all checks passed in %ss\n' "$(($(date +%s) - start))"

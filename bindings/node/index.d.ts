@@ -67,12 +67,12 @@ export declare class AdapterPool {
 export declare class AttributionReceipt {
   /** A receipt of `fields`. */
   constructor(fields: ReceiptFields)
-  /** The inference id. */
-  get inferenceId(): string
   /** The model id. */
   get modelId(): string
   /** The adapter ids. */
   get adapterIds(): Array<string>
+  /** The inference id. */
+  get inferenceId(): string
   /** The paying account (checksummed). */
   get payer(): string
   /** The fee in wei. */
@@ -284,6 +284,38 @@ export declare class Engine {
    * error) and later calls throw `Closed`. Resolves once the engine thread has stopped.
    */
   close(): Promise<void>
+}
+
+/**
+ * What the operator signs for one inference served by an ensemble of models (the
+ * `EnsembleReceipt` struct of the `InferencePayments` contract, paid with `payForEnsemble`).
+ */
+export declare class EnsembleReceipt {
+  /** A receipt of `fields`; as many shares as models. */
+  constructor(fields: EnsembleReceiptFields)
+  /** The models' ids. */
+  get modelIds(): Array<string>
+  /** The models' shares. */
+  get shares(): Array<bigint>
+  /** The inference id. */
+  get inferenceId(): string
+  /** The paying account (checksummed). */
+  get payer(): string
+  /** The fee in wei. */
+  get amount(): bigint
+  /** The settlement epoch. */
+  get epoch(): bigint
+  /** The hash committing the receipt to its attribution weights. */
+  get weightsHash(): string
+  /** The EIP-712 struct hash (`hashStruct`). */
+  structHash(): string
+  /**
+   * The digest an operator signs for the `InferencePayments` contract at
+   * `verifyingContract` on chain `chainId`.
+   */
+  signingHash(chainId: number, verifyingContract: Bytes): string
+  /** The address that produced the 65-byte `signature` over this receipt. */
+  recoverSigner(signature: Bytes, chainId: number, verifyingContract: Bytes): string
 }
 
 /**
@@ -507,6 +539,11 @@ export declare class OperatorSigner {
    * `v` 27 or 28.
    */
   sign(receipt: AttributionReceipt, chainId: number, verifyingContract: Bytes): Buffer
+  /**
+   * Signs an ensemble's `receipt` (its EIP-712 digest, low-s, RFC 6979); returns 65 bytes
+   * `r ‖ s ‖ v` with `v` 27 or 28.
+   */
+  signEnsemble(receipt: EnsembleReceipt, chainId: number, verifyingContract: Bytes): Buffer
 }
 
 /**
@@ -1090,6 +1127,42 @@ export interface EngineOptions {
 }
 
 /**
+ * An ensemble's fee as `InferencePayments.ensembleFee` computes it: the share-weighted mean of
+ * the models' `fees`, rounded down.
+ */
+export declare function ensembleFee(modelIds: Array<Bytes>, fees: Array<Amount>, shares: Array<Amount>): bigint
+
+/**
+ * The owners' part of an ensemble's fee split by share as the contract credits it: model
+ * `i > 0` gets `ownerShare · shares[i] / Σ shares` rounded down, the first model the rest.
+ */
+export declare function ensembleOwnerShares(modelIds: Array<Bytes>, ownerShare: Amount, shares: Array<Amount>): Array<bigint>
+
+/** The fields of an ensemble's receipt. */
+export interface EnsembleReceiptFields {
+  /** The inference's 32-byte id. */
+  inferenceId: Bytes
+  /** The 32-byte ids of the ensemble's models. */
+  modelIds: Array<Bytes>
+  /** Each model's share (its weight in millionths: `ensembleShares`). */
+  shares: Array<Amount>
+  /** The paying account. */
+  payer: Bytes
+  /** The fee in wei (`ensembleFee`). */
+  amount: Amount
+  /** The settlement epoch (a uint64). */
+  epoch: Amount
+  /** The hash committing the receipt to its attribution weights (see `weightsHash`). */
+  weightsHash: Bytes
+}
+
+/**
+ * The shares an `EnsembleReceipt` commits to for member weights: each in millionths, rounded
+ * (`0.7` → `700000n`); a weight that is not finite or rounds to no share throws `InvalidArg`.
+ */
+export declare function ensembleShares(weights: Array<number>): Array<bigint>
+
+/**
  * The kind of an error, in its `code` property: one per kind of failure the SDK classifies
  * its errors by (file-system failures use Node's own `ENOENT` / `EACCES` / `EIO`).
  */
@@ -1299,8 +1372,8 @@ export interface PayableAiOptions {
   /** Folder the adapters (PEFT folders) and influence feature stores are written to. */
   workDir: string
   /**
-   * The smaller loop (two adapters, four requests) instead of the standard one (three
-   * adapters, ten requests).
+   * The smaller loop (two adapters, four requests, one for their ensemble) instead of the
+   * standard one (three adapters, eleven requests, one for an ensemble).
    */
   quick?: boolean
   /** Optimizer steps per adapter (at least 3: three checkpoints are kept for influence). */

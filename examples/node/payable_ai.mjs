@@ -168,11 +168,17 @@ export function summary(r, out) {
   if (s) {
     line(`\nserved ${s.requests} requests for ${s.adapters} adapters in ${s.engine_steps} engine steps; the first step ran all ${s.first_step_sequences} sequences as one mixed batch`)
   }
-  line(`\n${pad('#', 3)} ${pad('adapter', 17)} ${pad('prompt', 30)} ${pad('answer', 30)} ${pad('top citation', 28)} ${lpad('data pool (wei)', 20)}`)
+  const w = Math.max(7, ...r.requests.map((q) => q.adapter.length))
+  line(`\n${pad('#', 3)} ${pad('adapter', w)} ${pad('prompt', 30)} ${pad('answer', 30)} ${pad('top citation', 28)} ${lpad('data pool (wei)', 20)}`)
   for (const q of r.requests) {
     const c = q.citations[0]
     const cite = c ? `${name(c.contributor)} (${(100 * c.share).toFixed(0)}%)` : ''
-    line(`${pad(q.index, 3)} ${pad(q.adapter, 17)} ${pad(q.prompt, 30)} ${pad(q.answer, 30)} ${pad(cite, 28)} ${lpad(q.data_pool_wei ?? '', 20)}`)
+    line(`${pad(q.index, 3)} ${pad(q.adapter, w)} ${pad(q.prompt, 30)} ${pad(q.answer, 30)} ${pad(cite, 28)} ${lpad(q.data_pool_wei ?? '', 20)}`)
+  }
+  // Ensembles: the fee is the members' fees weighted, the owners' part split by weight.
+  for (const q of r.requests.filter((q) => Object.keys(q.owner_shares_wei ?? {}).length > 1)) {
+    const owners = Object.entries(q.owner_shares_wei).map(([a, v]) => `${v} to ${a}'s owner`).join(' + ')
+    line(`#${q.index} is an ensemble: fee ${q.fee_wei} wei (the members' fees, weighted), owners ${owners}; its pool's influence part is split between the members by weight, each over its own training records`)
   }
   const e = r.epoch
   if (e) {
@@ -214,7 +220,8 @@ export async function main(argv, io = {}) {
   const started = Date.now()
   const ai = new PayableAi({ workDir: a.workDir, quick: a.quick, steps: a.steps, embedder: a.embedder })
   const screen = new Screen(out, err, Boolean(io.tty ?? (process.stdout.isTTY && process.stderr.isTTY)))
-  screen.lines = ai.requests.map((q, i) => `  #${pad(i, 2)} ${pad(q.adapter, 16)} ${pad(q.prompt, 28)} →`)
+  const aw = Math.max(...ai.requests.map((q) => q.adapter.length))
+  screen.lines = ai.requests.map((q, i) => `  #${pad(i, 2)} ${pad(q.adapter, aw)} ${pad(q.prompt, 28)} →`)
   const onEvent = (e) => {
     screen.event(e)
     io.onEvent?.(e)

@@ -32,7 +32,7 @@ BAR_WIDTH = 28
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description="The Payable-AI loop, end to end.")
-    p.add_argument("--quick", action="store_true", help="two adapters and four requests")
+    p.add_argument("--quick", action="store_true", help="two adapters and four requests (one for their ensemble)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per adapter")
     p.add_argument(
         "--no-counterfactual",
@@ -213,8 +213,9 @@ def summary(r, out):
             f"{s['engine_steps']} engine steps; the first step ran all "
             f"{s['first_step_sequences']} sequences as one mixed batch"
         )
+    w = max((len(q["adapter"]) for q in r["requests"]), default=7)
     p(
-        f"\n{'#':<3} {'adapter':<17} {'prompt':<30} {'answer':<30} {'top citation':<20} "
+        f"\n{'#':<3} {'adapter':<{w}} {'prompt':<30} {'answer':<30} {'top citation':<20} "
         f"{'data pool (wei)':>20}"
     )
     for q in r["requests"]:
@@ -223,9 +224,18 @@ def summary(r, out):
             c = q["citations"][0]
             cite = f"{name_of(r, c['contributor'])} ({100 * c['share']:.0f}%)"
         p(
-            f"{q['index']:<3} {q['adapter']:<17} {q['prompt']:<30} {q['answer']:<30} "
+            f"{q['index']:<3} {q['adapter']:<{w}} {q['prompt']:<30} {q['answer']:<30} "
             f"{cite:<20} {q['data_pool_wei']:>20}"
         )
+    # Ensembles: the fee is the members' fees weighted, the owners' part split by weight.
+    for q in r["requests"]:
+        if len(q["owner_shares_wei"]) > 1:
+            owners = " + ".join(f"{v} to {a}'s owner" for a, v in q["owner_shares_wei"].items())
+            p(
+                f"#{q['index']} is an ensemble: fee {q['fee_wei']} wei (the members' fees, "
+                f"weighted), owners {owners}; its pool's influence part is split between the "
+                "members by weight, each over its own training records"
+            )
     e = r.get("epoch")
     if e:
         p(f"\nepoch {e['number']}: pool {e['pool_wei']} wei, root {short(e['root'])} posted; claims:")

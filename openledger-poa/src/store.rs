@@ -521,6 +521,26 @@ impl FeatureStoreWriter {
         Ok(())
     }
 
+    /// Appends rows `rows` of `store` as they are (their bytes, CRCs included). The store
+    /// must have this writer's configuration ([`PoaError::ProjectionMismatch`] otherwise); on
+    /// failure the count is unchanged.
+    pub fn append_from(
+        &mut self,
+        store: &FeatureStore,
+        rows: std::ops::Range<usize>,
+    ) -> Result<()> {
+        check_same(store.path(), &self.config, store.config())?;
+        if rows.start > rows.end || rows.end > store.len() {
+            return Err(PoaError::InvalidConfig {
+                what: format!("rows of {}", store.path().display()),
+                reason: format!("{rows:?} is not within its {} rows", store.len()),
+            });
+        }
+        let size = store.row_size();
+        let bytes = &store.rows_bytes()[rows.start * size..rows.end * size];
+        self.commit(bytes, rows.len() as u64)
+    }
+
     /// Appends one example. A bad gradient is a typed error and the store is unchanged.
     pub fn append(&mut self, example: &TrainingExample) -> Result<()> {
         self.append_batch(std::slice::from_ref(example))
@@ -771,4 +791,93 @@ impl FeatureStore {
     pub fn row_size(&self) -> usize {
         self.row_size
     }
+
+    /// Splits the store into `shards` files in `dir` with its configuration, its rows in order:
+    /// shard `j` of `n` is `{stem}.shard-{j}-of-{n}.olfs` (`j` from 0, three digits), and
+    /// holds whole blocks of [`SHARD_BLOCK`] rows (the last shard the rest), the first shards
+    /// one block more when they do not divide evenly — so the blocks each shard sums match the
+    /// whole store's and sharded scores equal the whole store's bit for bit
+    /// ([`crate::influence::sharded`]). Merging the shards in order
+    /// ([`FeatureStore::merge`]) gives back this file's bytes. More shards than blocks, no
+    /// shard, or a shard file already there is refused; on error the shards written so far
+    /// are removed.
+    pub fn split(&self, dir: impl AsRef<Path>, shards: usize) -> Result<Vec<PathBuf>> {
+        let dir = dir.as_ref();
+        let blocks = self.count.div_ceil(SHARD_BLOCK);
+        if shards == 0 || shards > blocks {
+            return Err(PoaError::InvalidConfig {
+                what: "shards".into(),
+                reason: format!(
+                    "{shards} shards of {} rows: between 1 and {blocks} (one block of {SHARD_BLOCK} rows or more each)",
+                    self.count
+                ),
+            });
+        }
+        let stem = self
+            .path
+            .file_stem()
+            .map_or_else(|| "features".into(), |s| s.to_string_lossy().into_owned());
+        let mut written: Vec<PathBuf> = Vec::with_capacity(shards);
+        let mut start = 0;
+        for j in 0..shards {
+            let own = blocks / shards + usize::from(j < blocks % shards);
+            let end = (start + own * SHARD_BLOCK).min(self.count);
+            let path = dir.join(format!("{stem}.shard-{j:03}-of-{shards:03}.olfs"));
+            let remove = |paths: &[PathBuf]| {
+                for p in paths {
+                    let _ = std::fs::remove_file(p);
+                }
+            };
+            // A file already at `path` is not ours to remove.
+            let mut w = match FeatureStoreWriter::create(&path, self.config.clone()) {
+                Ok(w) => w,
+                Err(e) => {
+                    remove(&written);
+                    return Err(e);
+                }
+            };
+            if let Err(e) = w.append_from(self, start..end).and_then(|()| w.sync()) {
+                written.push(path);
+                remove(&written);
+                return Err(e);
+            }
+            written.push(path);
+            start = end;
+        }
+        Ok(written)
+    }
+
+    /// Concatenates the stores at `parts` (all with one configuration:
+    /// [`PoaError::ProjectionMismatch`] names the first that differs), in order, into a new
+    /// store at `out` (an existing file is refused) and opens it. The shards of
+    /// [`FeatureStore::split`], or stores written by workers over consecutive ranges of a
+    /// datanet, merge into the bytes one writer would have written.
+    pub fn merge(parts: &[impl AsRef<Path>], out: impl AsRef<Path>) -> Result<Self> {
+        let out = out.as_ref();
+        let Some(first) = parts.first() else {
+            return Err(PoaError::Empty {
+                what: "stores to merge".into(),
+            });
+        };
+        let config = Self::open(first)?.config.clone();
+        let stores = parts
+            .iter()
+            .map(|p| Self::open_expecting(p, &config))
+            .collect::<Result<Vec<_>>>()?;
+        // A file already at `out` is refused here, and not ours to remove.
+        let mut w = FeatureStoreWriter::create(out, config)?;
+        let written = stores
+            .iter()
+            .try_for_each(|s| w.append_from(s, 0..s.len()))
+            .and_then(|()| w.sync());
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(out);
+            return Err(e);
+        }
+        Self::open(out)
+    }
 }
+
+/// Rows per block of a sharded store: [`FeatureStore::split`] cuts shards at whole blocks, and
+/// the sums of DataInf run block by block, so a shard's partial sums are the whole store's.
+pub const SHARD_BLOCK: usize = 1024;

@@ -1,11 +1,15 @@
 //! The Payable-AI loop end to end on the shipped datanet (the quick configuration: two adapters,
-//! four requests): what it pays is checked against the chain's own state, to the wei; copies
+//! four requests, one of them for the adapters' ensemble): what it pays is checked against the chain's own state, to the wei; copies
 //! earn nothing, and trent's planted poison is flagged and charged.
 
+use alloy_sol_types::SolValue;
 use openledger::chain::bindings::{DatanetRegistry, InferencePayments, ModelRegistry, TestToken};
 use openledger::chain::chain::ChainExt;
 use openledger::chain::claims::EpochClaims;
-use openledger::core::{Address, U256};
+use openledger::chain::receipt::{
+    ensemble_fee, ensemble_owner_shares, ensemble_shares, weights_hash,
+};
+use openledger::core::{Address, B256, U256};
 use openledger::payable::{
     DRUG_FACTS_JSONL, HarmPolicy, LoopConfig, LoopError, LoopEvent, PayableAi, without_copies,
 };
@@ -120,7 +124,14 @@ fn the_loop_pays_every_contributor_exactly_and_copies_earn_nothing_extra() {
         l.report().serving.as_ref().unwrap().first_step_sequences,
         n_requests
     );
-    assert!(served.iter().all(|r| !r.answer.is_empty()));
+    assert!(
+        served.iter().all(|r| !r.answer.is_empty()),
+        "{:?}",
+        served
+            .iter()
+            .map(|r| (&r.adapter, &r.prompt, &r.answer))
+            .collect::<Vec<_>>()
+    );
 
     let paid = l.attribute_and_pay(&mut on).unwrap().to_vec();
     let payments = l.deployment().payments;
@@ -173,6 +184,69 @@ fn the_loop_pays_every_contributor_exactly_and_copies_earn_nothing_extra() {
             "request {}: flagged records are not cited",
             r.index
         );
+    }
+
+    // Every answer's pool parts are what its signed receipt commits to, and sum to its pool;
+    // an adapter's TracIn part pays its own training records.
+    for r in &paid {
+        let parts: Vec<(B256, U256)> = r
+            .pool_parts
+            .iter()
+            .map(|p| (p.record, u(&p.amount_wei)))
+            .collect();
+        assert_eq!(weights_hash(&parts).unwrap(), r.weights_hash);
+        assert_eq!(
+            parts.iter().map(|p| p.1).sum::<U256>(),
+            u(&r.data_pool_wei),
+            "request {}",
+            r.index
+        );
+    }
+    // The ensemble (the third request: pharma-lora-r8 weighted 0.6, pharma-mlp-r16 0.4), paid
+    // with payForEnsemble: the fee is the members' fees weighted, the owners' part split by
+    // weight, the influence part of the pool split between the members by weight (the first the
+    // rest), each member's part over its own training records; the RAG part names the
+    // ensemble.
+    let ens = &paid[2];
+    assert_eq!(ens.adapter, "pharma-lora-r8*0.6+pharma-mlp-r16*0.4");
+    let member = |name: &str| adapters.iter().find(|a| a.name == name).unwrap();
+    let names = ["pharma-lora-r8", "pharma-mlp-r16"];
+    let ids: Vec<B256> = names.iter().map(|n| member(n).model_id).collect();
+    let fees: Vec<U256> = names.iter().map(|n| u(&member(n).fee_wei)).collect();
+    let shares = ensemble_shares(&[0.6, 0.4]).unwrap();
+    assert_eq!(shares, [U256::from(600_000u64), U256::from(400_000u64)]);
+    // ⌊0.6·(2·10¹⁵ + 3) + 0.4·(10¹⁵ + 7)⌋ = ⌊1.6·10¹⁵ + 4.6⌋.
+    assert_eq!(u(&ens.fee_wei), U256::from(1_600_000_000_000_004u64));
+    assert_eq!(u(&ens.fee_wei), ensemble_fee(&ids, &fees, &shares).unwrap());
+    let owners = ensemble_owner_shares(&ids, u(&ens.owner_share_wei), &shares).unwrap();
+    for (name, part) in names.iter().zip(&owners) {
+        assert_eq!(u(&ens.owner_shares_wei[*name]), *part, "{name}'s owner");
+    }
+    let pool = u(&ens.data_pool_wei);
+    let influence = pool * U256::from(5_000u64) / U256::from(10_000u64);
+    let tracin: Vec<_> = ens
+        .pool_parts
+        .iter()
+        .filter(|p| p.method == "tracin")
+        .collect();
+    assert_eq!(tracin.iter().map(|p| p.model).collect::<Vec<_>>(), ids);
+    let by_member = ensemble_owner_shares(&ids, influence, &shares).unwrap();
+    for (p, want) in tracin.iter().zip(&by_member) {
+        assert_eq!(u(&p.amount_wei), *want);
+    }
+    let rag_part = ens.pool_parts.last().unwrap();
+    assert_eq!(rag_part.method, "rag_relevance");
+    assert_eq!(
+        rag_part.model,
+        alloy_primitives::keccak256((ids.clone(), shares.clone()).abi_encode_params())
+    );
+    assert_eq!(u(&rag_part.amount_wei), pool - influence);
+    for r in paid.iter().filter(|r| !r.adapter.contains('+')) {
+        assert_eq!(r.owner_shares_wei.len(), 1);
+        assert_eq!(r.owner_shares_wei[&r.adapter], r.owner_share_wei);
+        for p in r.pool_parts.iter().filter(|p| p.method == "tracin") {
+            assert_eq!(p.model, member(&r.adapter).model_id);
+        }
     }
 
     // What an earlier close that stopped after its root and first claim leaves behind: the
@@ -258,6 +332,20 @@ fn the_loop_pays_every_contributor_exactly_and_copies_earn_nothing_extra() {
             "{} holds exactly its claim",
             c.name
         );
+    }
+    // Each model owner withdrew exactly the owners' shares the answers credited it.
+    for a in &adapters {
+        let credited: U256 = paid
+            .iter()
+            .filter_map(|r| r.owner_shares_wei.get(&a.name))
+            .map(|v| u(v))
+            .sum();
+        let (_, _, got) = e
+            .withdrawn
+            .iter()
+            .find(|w| w.0 == a.owner)
+            .expect("the owner withdrew");
+        assert_eq!(u(got), credited, "{}'s owner", a.name);
     }
     // trent's debt: charged for the harm his records did to the answers, nothing to take it
     // from (he earned nothing), carried whole.
@@ -371,6 +459,33 @@ fn bad_datanets_and_configurations_are_named() {
     c.requests[0].adapter = "no-such-adapter".into();
     let err = PayableAi::new(c).err().unwrap();
     assert!(err.to_string().contains("no-such-adapter"), "{err}");
+    // Ensembles: every member planned, no DoRA member (PEFT's `cat` has none), weights that
+    // parse and are positive.
+    let refused = |spelling: &str| {
+        let mut c = LoopConfig::standard(dir.path().to_path_buf());
+        c.requests[0].adapter = spelling.into();
+        match c.validate() {
+            Err(LoopError::Config(reason)) => reason,
+            other => panic!("{spelling}: {other:?}"),
+        }
+    };
+    let why = refused("pharma-lora-r8+pharma-dora-r4");
+    assert!(
+        why.contains("pharma-dora-r4") && why.contains("DoRA"),
+        "{why}"
+    );
+    let why = refused("pharma-lora-r8+nobody");
+    assert!(why.contains("nobody is not planned"), "{why}");
+    let why = refused("pharma-lora-r8*0+pharma-mlp-r16");
+    assert!(why.contains("not a positive finite number"), "{why}");
+    let why = refused("pharma-lora-r8+pharma-lora-r8");
+    assert!(why.contains("same adapter twice"), "{why}");
+    let c = LoopConfig::standard(dir.path().to_path_buf());
+    assert_eq!(
+        c.members_of(&c.requests[3]).unwrap(),
+        [(0, 0.6), (2, 0.4)],
+        "the standard ensemble: pharma-lora-r8 and pharma-mlp-r16"
+    );
     let mut c = LoopConfig::quick(dir.path().to_path_buf());
     c.influence_bps = 10_001;
     assert!(matches!(PayableAi::new(c), Err(LoopError::Config(_))));

@@ -96,7 +96,51 @@ async function settleOne(chain) {
   const again = await chain.transact(payer, s.payments, 'InferencePayments', 'payForInference', [struct, sig])
   assert.equal(again.success, false)
   assert.equal(again.revert.name, 'InferenceAlreadyPaid')
-  return { suite: s, shares, blockNumber: chain.blockNumber }
+
+  // An ensemble of that model (weight 0.7) and a second owner's (0.3), paid with payForEnsemble:
+  // the digest the contract checks, its fee and the owners' split are the ones computed here.
+  const second = chain.devAccounts[7]
+  const fee2 = 3n * fee + 1n
+  const [secondId] = await chain.call(s.models, 'ModelRegistry', 'modelIdFor', [second, h('model 2')])
+  await ok(chain.transact(second, s.models, 'ModelRegistry', 'registerModel', [h('model 2'), h('base'), h('art 2'), h('log'), [], fee2]))
+  const ids = [modelId, secondId]
+  const weights = ol.ensembleShares([0.7, 0.3])
+  assert.deepEqual(weights, [700000n, 300000n])
+  const eFee = ol.ensembleFee(ids, [fee, fee2], weights)
+  assert.equal(eFee, (7n * fee + 3n * fee2) / 10n)
+  const [onChainFee] = await chain.call(s.payments, 'InferencePayments', 'ensembleFee', [ids, weights])
+  assert.equal(BigInt(onChainFee), eFee)
+  await ok(chain.transact(payer, s.token, 'TestToken', 'mint', [payer, eFee]))
+  await ok(chain.transact(payer, s.token, 'TestToken', 'approve', [s.payments, eFee]))
+  const ensemble = new ol.EnsembleReceipt({
+    inferenceId: h('ensemble inference'),
+    modelIds: ids,
+    shares: weights,
+    payer,
+    amount: eFee,
+    epoch: BigInt(epoch),
+    weightsHash: ol.weightsHash([{ id: h('member 0'), weight: 2n }, { id: h('member 1'), weight: 1n }]),
+  })
+  assert.deepEqual(ensemble.shares, weights)
+  const eSig = '0x' + signer.signEnsemble(ensemble, chain.chainId, s.payments).toString('hex')
+  assert.equal(ensemble.recoverSigner(eSig, chain.chainId, s.payments), s.operator)
+  const eStruct = [ensemble.inferenceId, ids, weights, payer, eFee, epoch, ensemble.weightsHash]
+  const [digest] = await chain.call(s.payments, 'InferencePayments', 'ensembleReceiptDigest', [eStruct])
+  assert.equal(digest, ensemble.signingHash(chain.chainId, s.payments))
+  const ePaid = await ok(chain.transact(payer, s.payments, 'InferencePayments', 'payForEnsemble', [eStruct, eSig]))
+  const eEv = ePaid.events.find((e) => e.name === 'EnsemblePaid')
+  const [ownerPart] = await chain.call(s.payments, 'InferencePayments', 'split', [eFee])
+  const owners = eEv.args.ownerShares.map(BigInt)
+  assert.deepEqual(owners, ol.ensembleOwnerShares(ids, BigInt(ownerPart), weights))
+  assert.equal(owners[0] + owners[1] + BigInt(eEv.args.protocolShare) + BigInt(eEv.args.dataShare), eFee)
+  // Bad ensembles are typed errors naming what is wrong.
+  assert.throws(() => ol.ensembleShares([0.7, Number.NaN]), (e) => e.code === 'InvalidArg' && /weight/.test(e.message))
+  assert.throws(() => ol.ensembleFee([modelId, modelId], [fee, fee], weights), (e) => e.code === 'InvalidArg' && /twice/.test(e.message))
+  assert.throws(
+    () => new ol.EnsembleReceipt({ inferenceId: h('x'), modelIds: ids, shares: [1n], payer, amount: 1n, epoch: 0n, weightsHash: h('w') }),
+    (e) => e.code === 'InvalidArg' && /shares/.test(e.message),
+  )
+  return { suite: s, shares: [...shares, ...owners], blockNumber: chain.blockNumber }
 }
 
 test('the suite deploys on the embedded chain and a datanet registers with its event', async () => {

@@ -26,8 +26,8 @@ use crate::types::bigint;
 pub struct PayableAiOptions {
     /// Folder the adapters (PEFT folders) and influence feature stores are written to.
     pub work_dir: String,
-    /// The smaller loop (two adapters, four requests) instead of the standard one (three
-    /// adapters, ten requests).
+    /// The smaller loop (two adapters, four requests, one for their ensemble) instead of the
+    /// standard one (three adapters, eleven requests, one for an ensemble).
     pub quick: Option<bool>,
     /// Optimizer steps per adapter (at least 3: three checkpoints are kept for influence).
     pub steps: Option<f64>,

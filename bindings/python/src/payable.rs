@@ -174,9 +174,9 @@ fn json<R: Serialize + ?Sized>(stage: std::result::Result<&R, LoopError>) -> Res
 impl PyPayableAi {
     /// Deploys the contracts on a fresh embedded chain and reads the shipped datanet; adapters
     /// and feature stores are written under `work_dir`. `quick` runs two adapters and four
-    /// requests; `steps` (optimizer steps per adapter), `counterfactual` (also train on the
-    /// datanet before splitting and with no clustering, to report what contributors would have
-    /// earned), `max_new_tokens` and `harm_policy` (what a record flagged as harmful on the
+    /// requests (one for their ensemble); `steps` (optimizer steps per adapter),
+    /// `counterfactual` (also train on the datanet before splitting and with no clustering, to
+    /// report what contributors would have earned), `max_new_tokens` and `harm_policy` (what a record flagged as harmful on the
     /// validation set costs: `"zero"`, or `"carry_negative"`, the default, which also charges
     /// the harm it did as a debt) override the configuration. `embedder` names a
     /// sentence-transformers folder (all-MiniLM-L6-v2) that indexes the datanet for RAG and

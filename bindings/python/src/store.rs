@@ -1,17 +1,24 @@
-//! Python face of `openledger_poa::store` and `openledger_poa::influence::score`: the on-disk feature store
-//! of projected training gradients, and TracIn / cosine scoring of a query against it (float32
-//! numpy gradients in, float32 numpy scores out without a copy).
+//! Python face of `openledger_poa::store`, `openledger_poa::influence::score` and
+//! `openledger_poa::influence::sharded`: the on-disk feature store of projected training
+//! gradients, TracIn / cosine / DataInf scoring of a query against it (float32 numpy gradients
+//! in, float32 numpy scores out without a copy), and the same over a store split into shards
+//! (DataInf's passes as plain dicts of numpy arrays, which pickle, so workers can run them).
 
 use std::path::PathBuf;
 use std::sync::Mutex;
 
 use numpy::PyUntypedArrayMethods;
-use numpy::{PyArray1, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArray3, PyUntypedArray};
+use numpy::{
+    PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArray3, PyUntypedArray,
+};
 use openledger_core::ContentId;
-use openledger_poa::influence::score::{ScoreMethod, Scores, score};
+use openledger_poa::influence::score::{DataInf, ScoreMethod, Scores, score};
+use openledger_poa::influence::sharded::{
+    DataInfNorms, DataInfResidual, datainf_norms, datainf_residual, score_weights,
+};
 use openledger_poa::projection::{Projection, ProjectionKind};
 use openledger_poa::store::{
-    FeatureDType, FeatureStore, FeatureStoreWriter, StoreConfig, TrainingExample,
+    FeatureDType, FeatureStore, FeatureStoreWriter, SHARD_BLOCK, StoreConfig, TrainingExample,
 };
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
@@ -48,6 +55,102 @@ fn gradients_2d(name: &str, obj: &Bound<'_, PyAny>) -> Result<Vec<Vec<f32>>> {
         .outer_iter()
         .map(|row| row.iter().copied().collect())
         .collect())
+}
+
+/// DataInf's layers (`[(start, end), …]` ranges of the `k` features; none: one layer) and λ
+/// scale.
+fn datainf_config(layers: Option<Vec<(usize, usize)>>, lambda_scale: f64) -> DataInf {
+    DataInf {
+        layers: layers
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(a, b)| a..b)
+            .collect(),
+        lambda_scale,
+    }
+}
+
+/// A pass's block sums as `{"rows": int, "sums": float64 array (blocks, width)}`.
+fn sums_dict<'py>(
+    py: Python<'py>,
+    rows: usize,
+    width: usize,
+    sums: Vec<f64>,
+) -> Result<Bound<'py, PyDict>> {
+    let blocks = rows.div_ceil(SHARD_BLOCK);
+    let arr = numpy::ndarray::Array2::from_shape_vec((blocks, width), sums)
+        .map_err(|e| invalid_arg("sums", e))?;
+    let d = PyDict::new(py);
+    d.set_item("rows", rows)?;
+    d.set_item("sums", PyArray2::from_owned_array(py, arr))?;
+    Ok(d)
+}
+
+/// `(rows, width, sums)` of a dict `sums_dict` made (named `name` in errors).
+fn from_sums_dict(name: &str, obj: &Bound<'_, PyAny>) -> Result<(usize, usize, Vec<f64>)> {
+    let bad = || {
+        invalid_arg(
+            name,
+            "expected a dict {\"rows\": int, \"sums\": 2-D float64 array}",
+        )
+    };
+    let d = obj.cast::<PyDict>().map_err(|_| bad())?;
+    let rows: usize = d
+        .get_item("rows")?
+        .ok_or_else(bad)?
+        .extract()
+        .map_err(|_| bad())?;
+    let sums = d.get_item("sums")?.ok_or_else(bad)?;
+    let arr: PyReadonlyArray2<'_, f64> = sums.extract().map_err(|_| bad())?;
+    let width = arr.shape()[1];
+    Ok((rows, width, arr.as_array().iter().copied().collect()))
+}
+
+/// The parts' pass results, in order.
+fn parts<T>(
+    name: &str,
+    list: &Bound<'_, PyAny>,
+    make: impl Fn(usize, usize, Vec<f64>) -> T,
+) -> Result<Vec<T>> {
+    list.try_iter()
+        .map_err(|_| invalid_arg(name, "expected a sequence of dicts, one per shard"))?
+        .enumerate()
+        .map(|(j, item)| {
+            let (rows, width, sums) = from_sums_dict(&format!("{name}[{j}]"), &item?)?;
+            Ok(make(rows, width, sums))
+        })
+        .collect()
+}
+
+fn norms_parts(list: &Bound<'_, PyAny>) -> Result<Vec<DataInfNorms>> {
+    parts("norms", list, |rows, segments, sums| DataInfNorms {
+        rows,
+        segments,
+        sums,
+    })
+}
+
+fn residual_parts(list: &Bound<'_, PyAny>) -> Result<Vec<DataInfResidual>> {
+    parts("residuals", list, |rows, width, sums| DataInfResidual {
+        rows,
+        width,
+        sums,
+    })
+}
+
+/// DataInf's λ of every (checkpoint, layer) segment from the shards' `datainf_norms` (in shard
+/// order; every shard but the last of whole blocks, as `FeatureStore.split` makes them): a
+/// float64 array, the same the whole store gives.
+#[pyfunction(name = "datainf_lambdas")]
+#[pyo3(signature = (norms, *, lambda_scale = 0.1))]
+fn py_datainf_lambdas<'py>(
+    py: Python<'py>,
+    norms: &Bound<'py, PyAny>,
+    lambda_scale: f64,
+) -> Result<Bound<'py, PyArray1<f64>>> {
+    let parts = norms_parts(norms)?;
+    let lambdas = py.detach(|| DataInfNorms::concat(&parts)?.lambdas(lambda_scale))?;
+    Ok(PyArray1::from_vec(py, lambdas))
 }
 
 /// Appends training examples to a feature-store file.
@@ -277,25 +380,141 @@ impl PyFeatureStore {
         Ok(PyArray1::from_vec(py, self.inner.features(i)))
     }
 
+    /// The contributor of every example, in store order (checksummed addresses).
+    fn contributors(&self) -> Vec<String> {
+        (0..self.inner.len())
+            .map(|i| address_str(&self.inner.contributor(i)))
+            .collect()
+    }
+
+    /// The store's file.
+    #[getter]
+    fn path(&self) -> PathBuf {
+        self.inner.path().to_path_buf()
+    }
+
+    /// Splits the store into `shards` files in `dir` (`{stem}.shard-{j}-of-{n}.olfs`, its
+    /// configuration, its rows in order, whole blocks of 1024 rows in every shard but the
+    /// last); returns their paths. Scores over the shards equal the store's bit for bit, and
+    /// `FeatureStore.merge` of the shards gives back the store's bytes. More shards than
+    /// blocks, or a shard file already there, raise.
+    fn split(&self, py: Python<'_>, dir: PathBuf, shards: usize) -> Result<Vec<PathBuf>> {
+        Ok(py.detach(|| self.inner.split(&dir, shards))?)
+    }
+
+    /// Concatenates the stores at `parts` (one configuration) in order into a new store at
+    /// `out` and opens it.
+    #[staticmethod]
+    fn merge(py: Python<'_>, parts: Vec<PathBuf>, out: PathBuf) -> Result<Self> {
+        let inner = py.detach(|| FeatureStore::merge(&parts, &out))?;
+        Ok(Self { inner })
+    }
+
+    /// DataInf's first pass on this store or shard (see `score`'s `layers`): `{"rows": int,
+    /// "sums": float64 array (blocks, segments)}`, each block's `Σ ‖g‖²` per (checkpoint,
+    /// layer) segment. `datainf_lambdas` combines the shards'.
+    #[pyo3(signature = (*, layers = None, progress = None))]
+    fn datainf_norms<'py>(
+        &self,
+        py: Python<'py>,
+        layers: Option<Vec<(usize, usize)>>,
+        progress: Option<Py<PyAny>>,
+    ) -> Result<Bound<'py, PyDict>> {
+        let cfg = datainf_config(layers, 0.1);
+        let progress = Progress::new(progress);
+        let norms =
+            py.detach(|| datainf_norms(&self.inner, &cfg, |p| progress.advance(p.advanced)));
+        progress.finish()?;
+        let norms = norms?;
+        sums_dict(py, norms.rows, norms.segments, norms.sums)
+    }
+
+    /// DataInf's second pass on this store or shard, with the store-wide `lambdas`
+    /// (`datainf_lambdas`): `{"rows": int, "sums": float64 array (blocks, checkpoints·k)}`.
+    #[pyo3(signature = (gradients, lambdas, *, layers = None, progress = None))]
+    fn datainf_residual<'py>(
+        &self,
+        py: Python<'py>,
+        gradients: &Bound<'py, PyAny>,
+        lambdas: Vec<f64>,
+        layers: Option<Vec<(usize, usize)>>,
+        progress: Option<Py<PyAny>>,
+    ) -> Result<Bound<'py, PyDict>> {
+        let cfg = datainf_config(layers, 0.1);
+        let g = gradients_2d("gradients", gradients)?;
+        let progress = Progress::new(progress);
+        let r = py.detach(|| {
+            let q = self.inner.project_query(&g)?;
+            datainf_residual(&self.inner, &q, &cfg, &lambdas, |p| {
+                progress.advance(p.advanced)
+            })
+        });
+        progress.finish()?;
+        let r = r?;
+        sums_dict(py, r.rows, r.width, r.sums)
+    }
+
+    /// DataInf's weights for the query (float32, `checkpoints·k`) from every shard's
+    /// `datainf_residual` (in shard order) and the `lambdas`; `score_weights` on each shard
+    /// then gives its scores. Any shard (or the whole store) computes the same weights.
+    #[pyo3(signature = (gradients, residuals, lambdas, *, layers = None))]
+    fn datainf_weights<'py>(
+        &self,
+        py: Python<'py>,
+        gradients: &Bound<'py, PyAny>,
+        residuals: &Bound<'py, PyAny>,
+        lambdas: Vec<f64>,
+        layers: Option<Vec<(usize, usize)>>,
+    ) -> Result<Bound<'py, PyArray1<f32>>> {
+        let cfg = datainf_config(layers, 0.1);
+        let g = gradients_2d("gradients", gradients)?;
+        let parts = residual_parts(residuals)?;
+        let w = py.detach(|| {
+            let q = self.inner.project_query(&g)?;
+            DataInfResidual::concat(&parts)?.weights(self.inner.config(), &q, &cfg, &lambdas)
+        })?;
+        Ok(PyArray1::from_vec(py, w))
+    }
+
+    /// `⟨features, w⟩` of every example (float32 `w` of `checkpoints·k` values, as
+    /// `datainf_weights` returns them): one float32 score per example.
+    #[pyo3(signature = (w, *, progress = None))]
+    fn score_weights<'py>(
+        &self,
+        py: Python<'py>,
+        w: Vec<f32>,
+        progress: Option<Py<PyAny>>,
+    ) -> Result<Bound<'py, PyArray1<f32>>> {
+        let progress = Progress::new(progress);
+        let scores = py.detach(|| score_weights(&self.inner, &w, |p| progress.advance(p.advanced)));
+        progress.finish()?;
+        Ok(PyArray1::from_vec(py, scores?.values))
+    }
+
     /// Scores every stored example against a query's float32 gradients `[checkpoints, p]`
-    /// with `method` `"tracin"` (TracIn-CP, `Σ_c η_c ⟨φ_c(q), φ_c(z)⟩`) or `"cosine"`
-    /// (LESS); returns one float32 score per example, in store order. `progress(n)` is called
-    /// with the rows scored since the last call.
-    #[pyo3(signature = (gradients, *, method = "tracin", progress = None))]
+    /// with `method` `"tracin"` (TracIn-CP, `Σ_c η_c ⟨φ_c(q), φ_c(z)⟩`), `"cosine"` (LESS)
+    /// or `"datainf"` (DataInf's closed form over `layers`, `[(start, end), …]` ranges of the
+    /// `k` features, one layer when omitted, with `λ = lambda_scale · mean ‖g‖²` per layer;
+    /// Koh–Liang's sign: helpful examples score low); returns one float32 score per example,
+    /// in store order. `progress(n)` is called with the rows read since the last call.
+    #[pyo3(signature = (gradients, *, method = "tracin", layers = None, lambda_scale = 0.1, progress = None))]
     fn score<'py>(
         &self,
         py: Python<'py>,
         gradients: &Bound<'py, PyAny>,
         method: &str,
+        layers: Option<Vec<(usize, usize)>>,
+        lambda_scale: f64,
         progress: Option<Py<PyAny>>,
     ) -> Result<Bound<'py, PyArray1<f32>>> {
         let method = match method {
             "tracin" => ScoreMethod::TracIn,
             "cosine" => ScoreMethod::Cosine,
+            "datainf" => ScoreMethod::DataInf(datainf_config(layers, lambda_scale)),
             other => {
                 return Err(invalid_arg(
                     "method",
-                    format!("expected \"tracin\" or \"cosine\", found {other:?}"),
+                    format!("expected \"tracin\", \"cosine\" or \"datainf\", found {other:?}"),
                 ));
             }
         };
@@ -358,6 +577,7 @@ impl PyFeatureStore {
 /// Adds the feature-store classes to the module.
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyFeatureStoreWriter>()?;
+    m.add_function(wrap_pyfunction!(py_datainf_lambdas, m)?)?;
     m.add_class::<PyFeatureStore>()?;
     Ok(())
 }

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use numpy::{PyArray1, ToPyArray};
+use openledger_lora::adapter::{LoadOptions, LoraAdapter};
 use openledger_lora::model::Model;
 use openledger_train::{
     Example, LoraSettings, Schedule, TrainConfig, TrainError, TrainEvent, Trainer,
@@ -323,6 +324,14 @@ impl PyTrainer {
         let ex = examples("example", list.as_any())?;
         let g = self.with(py, |t| t.example_gradient(&ex[0]))?;
         Ok(g.to_pyarray(py))
+    }
+
+    /// Sets the trainable parameters from the PEFT adapter folder `path` (a checkpoint this
+    /// run saved, or any adapter of the same modules, ranks and scales): influence features
+    /// are taken at a checkpoint by loading it. Nothing changes on error.
+    fn load_adapter(&self, py: Python<'_>, path: PathBuf) -> Result<()> {
+        let adapter = py.detach(|| LoraAdapter::from_dir(&path, &LoadOptions::default()))?;
+        self.with(py, |t| t.load_adapter(&adapter))
     }
 
     /// Starts a hash-chained training log for the base model `base_model` (its 32-byte id) and

@@ -1,8 +1,16 @@
 """Shared fixtures: the same PEFT and Merkle reference data the Rust tests use."""
 
 import json
+import os
 import pathlib
 import struct
+
+from openledger.ray import LOCAL_ENV
+
+# Ray reads these when it is imported (test_ray.py): a local cluster on loopback only, no
+# auth-token file, no usage report.
+for _k, _v in LOCAL_ENV.items():
+    os.environ.setdefault(_k, _v)
 
 import numpy as np
 import pytest
@@ -66,3 +74,28 @@ def write_safetensors(tensors: dict, dtype: str = "F32") -> bytes:
     h = json.dumps(header).encode()
     h += b" " * (-len(h) % 8)
     return struct.pack("<Q", len(h)) + h + b"".join(blobs)
+
+
+# A feature store for the sharding tests (test_sharded.py, test_ray.py): N rows of f16
+# Rademacher sketches (k = 32) of 64-dim gradients at two checkpoints, seven contributors.
+BLOCK = 1024
+N = 4 * BLOCK + 300
+CONTRIBUTORS = ["0x" + f"{i:040x}" for i in range(1, 8)]
+LAYERS = [(0, 16), (16, 32)]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """The sharding tests' store, and a query's gradients."""
+    import openledger as ol
+
+    d = tmp_path_factory.mktemp("store")
+    rng = np.random.default_rng(7)
+    w = ol.FeatureStoreWriter.create(d / "all.olfs", input_dim=64, k=32, learning_rates=[0.1, 0.05], seed=3)
+    grads = rng.standard_normal((N, 2, 64), dtype=np.float32)
+    records = [ol.content_id(i.to_bytes(8, "little")) for i in range(N)]
+    who = [CONTRIBUTORS[(i * 5 + i // 9) % len(CONTRIBUTORS)] for i in range(N)]
+    assert w.extend(records, who, grads) == N
+    w.sync()
+    query = rng.standard_normal((2, 64), dtype=np.float32)
+    return ol.FeatureStore.open(d / "all.olfs"), query, d

@@ -175,6 +175,57 @@ def test_the_whole_settlement_path_pays_and_every_contributor_claims_to_the_wei(
     assert chain.call(token, "TestToken", "balanceOf", [rewards]) == [0]
 
 
+def test_an_ensemble_answer_is_paid_to_each_owner_by_share(world):
+    """Two models of two owners, weighted 0.7 / 0.3: the receipt the Python signer signs is the
+    digest the contract checks, its fee and owners' split are the ones Python computes."""
+    chain, s, acct = world
+    models, payments, token = s["models"], s["payments"], s["token"]
+    owners, payer = (acct[5], acct[7]), acct[6]
+    fees = (FEE, 3 * FEE + 1)
+    ids = []
+    for i, (owner, fee) in enumerate(zip(owners, fees)):
+        salt = h(f"ensemble member {i}")
+        ids.append(chain.call(models, "ModelRegistry", "modelIdFor", [owner, salt])[0])
+        ok(chain.transact(owner, models, "ModelRegistry", "registerModel",
+                          [salt, h("base"), h(f"artifact {i}"), h("log head"), [], fee]))
+    shares = ol.ensemble_shares([0.7, 0.3])
+    assert shares == [700_000, 300_000]
+    fee = ol.ensemble_fee(ids, fees, shares)
+    assert fee == (fees[0] * 7 + fees[1] * 3) // 10
+    assert chain.call(payments, "InferencePayments", "ensembleFee", [ids, shares])[0] == fee
+    ok(chain.transact(payer, token, "TestToken", "mint", [payer, fee]))
+    ok(chain.transact(payer, token, "TestToken", "approve", [payments, fee]))
+
+    epoch = chain.call(payments, "InferencePayments", "currentEpoch")[0]
+    wh = ol.weights_hash([(h("tracin member 0"), 5), (h("tracin member 1"), 2), (h("rag"), 7)])
+    receipt = ol.EnsembleReceipt(h("ensemble inference"), ids, shares, payer, fee, epoch, wh)
+    assert receipt.model_ids == ids and receipt.shares == shares and receipt.amount == fee
+    sig = ol.OperatorSigner(chain.dev_key(2)).sign(receipt, chain.chain_id, payments)
+    assert receipt.recover_signer(sig, chain.chain_id, payments) == s["operator"]
+    struct = (receipt.inference_id, ids, shares, payer, fee, epoch, wh)
+    digest = chain.call(payments, "InferencePayments", "ensembleReceiptDigest", [struct])[0]
+    assert digest == receipt.signing_hash(chain.chain_id, payments)
+
+    paid = ok(chain.transact(payer, payments, "InferencePayments", "payForEnsemble", [struct, sig]))
+    ev = next(e for e in paid.events if e.name == "EnsemblePaid")
+    owner_part, protocol, data = chain.call(payments, "InferencePayments", "split", [fee])
+    assert ev.args["ownerShares"] == ol.ensemble_owner_shares(ids, owner_part, shares)
+    assert (ev.args["protocolShare"], ev.args["dataShare"]) == (protocol, data)
+    assert sum(ev.args["ownerShares"]) + protocol + data == fee
+    for owner, part in zip(owners, ev.args["ownerShares"]):
+        assert chain.call(payments, "InferencePayments", "withdrawable", [owner]) == [part]
+
+    # A receipt for another share vector recovers someone else, and the contract refuses it.
+    other = ol.EnsembleReceipt(h("ensemble inference"), ids, [600_000, 400_000], payer, fee, epoch, wh)
+    assert other.recover_signer(sig, chain.chain_id, payments) != s["operator"]
+    with pytest.raises(ol.InvalidArgumentError, match="shares"):
+        ol.EnsembleReceipt(h("x"), ids, [1], payer, fee, epoch, wh)
+    with pytest.raises(ol.InvalidArgumentError, match="weight"):
+        ol.ensemble_shares([0.7, float("nan")])
+    with pytest.raises(ol.InvalidArgumentError, match="twice"):
+        ol.ensemble_fee([ids[0], ids[0]], fees, shares)
+
+
 def test_a_reverting_view_raises_with_the_decoded_reason(world):
     chain, s, _ = world
     with pytest.raises(ol.TransactionError) as e:

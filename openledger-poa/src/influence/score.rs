@@ -155,7 +155,11 @@ fn scan_many(
 }
 
 /// `⟨row features, w⟩` for every row; f16 stores use the fused f16·f32 kernel (no buffer).
-fn scan_dot(store: &FeatureStore, progress: &mut dyn FnMut(ScoreProgress), w: &[f32]) -> Vec<f32> {
+pub(crate) fn scan_dot(
+    store: &FeatureStore,
+    progress: &mut dyn FnMut(ScoreProgress),
+    w: &[f32],
+) -> Vec<f32> {
     if store.config().dtype != FeatureDType::F16 {
         return scan(store, progress, |row| dot(row, w));
     }
@@ -547,87 +551,14 @@ fn datainf(
     cfg: &DataInf,
     progress: &mut dyn FnMut(ScoreProgress),
 ) -> Result<Vec<f32>> {
-    let (k, cn, n) = (
-        store.config().k(),
-        store.config().checkpoints(),
-        store.len(),
-    );
-    let layers = if cfg.layers.is_empty() {
-        std::iter::once(0..k).collect()
-    } else {
-        cfg.layers.clone()
-    };
-    for l in &layers {
-        if l.start >= l.end || l.end > k {
-            return Err(PoaError::InvalidConfig {
-                what: "DataInf layer".into(),
-                reason: format!("range {l:?} is empty or outside 0..{k}"),
-            });
-        }
-    }
-    if !(cfg.lambda_scale.is_finite() && cfg.lambda_scale > 0.0) {
-        return Err(PoaError::InvalidConfig {
-            what: "DataInf lambda_scale".into(),
-            reason: format!("must be finite and > 0, found {}", cfg.lambda_scale),
-        });
-    }
-    let segs: Vec<Range<usize>> = (0..cn)
-        .flat_map(|c| layers.iter().map(move |l| c * k + l.start..c * k + l.end))
-        .collect();
-    let v: Vec<f32> = query.features.concat();
-    // Pass 1: λ per (checkpoint, layer) from mean squared norms, every segment in one scan.
-    let m = segs.len();
-    let norms = scan_many(store, progress, m, |row, out| {
-        for (o, seg) in out.iter_mut().zip(&segs) {
-            *o = dot(&row[seg.clone()], &row[seg.clone()]);
-        }
-    });
-    let sq: Vec<f64> = (0..m)
-        .map(|s| (0..n).map(|i| f64::from(norms[i * m + s])).sum::<f64>() / n as f64)
-        .collect();
-    let lambdas: Vec<f64> = sq
-        .iter()
-        .map(|m| (cfg.lambda_scale * m).max(f64::MIN_POSITIVE))
-        .collect();
-    // Pass 2: r = (1/n) Σ_i (v·g_i)/(λ + ‖g_i‖²) g_i, per segment.
-    let width = cn * k;
-    let chunks: Vec<Vec<f64>> = (0..n)
-        .into_par_iter()
-        .fold(
-            || (vec![0f64; width], vec![0f32; width]),
-            |(mut r, mut buf), i| {
-                store.features_into(i, &mut buf);
-                for (s, seg) in segs.iter().enumerate() {
-                    let g = &buf[seg.clone()];
-                    let coef =
-                        f64::from(dot(&v[seg.clone()], g)) / (lambdas[s] + f64::from(dot(g, g)));
-                    for (acc, &x) in r[seg.clone()].iter_mut().zip(g) {
-                        *acc += coef * f64::from(x);
-                    }
-                }
-                (r, buf)
-            },
-        )
-        .map(|(r, _)| r)
-        .collect();
-    progress(ScoreProgress {
-        done: n,
-        total: n,
-        advanced: n,
-    });
-    let mut r = vec![0f64; width];
-    for c in chunks {
-        for (a, b) in r.iter_mut().zip(c) {
-            *a += b;
-        }
-    }
+    use super::sharded::{datainf_norms, datainf_residual};
+    // Pass 1: λ per (checkpoint, layer) from mean squared norms; pass 2: r = Σ_i (v·g_i)/(λ +
+    // ‖g_i‖²) g_i per segment — both summed block by block, as the shards of a split store sum
+    // them.
+    let lambdas = datainf_norms(store, cfg, &mut *progress)?.lambdas(cfg.lambda_scale)?;
+    let residual = datainf_residual(store, query, cfg, &lambdas, &mut *progress)?;
     // Pass 3: score_i = −(1/C) Σ_segments (1/λ)(v − r/n)·g_i.
-    let mut w = vec![0f32; width];
-    for (s, seg) in segs.iter().enumerate() {
-        for j in seg.clone() {
-            w[j] = (-(f64::from(v[j]) - r[j] / n as f64) / lambdas[s] / cn as f64) as f32;
-        }
-    }
+    let w = residual.weights(store.config(), query, cfg, &lambdas)?;
     Ok(scan_dot(store, progress, &w))
 }
 

@@ -88,7 +88,7 @@ use openledger_train::CheckpointCollector;
 
 pub use report::{
     AdapterReport, ContributorReport, CopyReport, DatanetReport, DebtReport, EpochReport, HarmFlag,
-    NearDuplicateCheck, PlantedCheck, Report, ReputationReport, RequestReport, Resumed,
+    NearDuplicateCheck, PlantedCheck, PoolPart, Report, ReputationReport, RequestReport, Resumed,
     ServingReport, Share, ValidationReport, wei,
 };
 pub use vocab::{HashingEmbedder, Vocab};
@@ -356,10 +356,14 @@ impl AdapterPlan {
     }
 }
 
-/// One request: an adapter by name and a prompt.
+/// One request: an adapter (or an ensemble of adapters) by name and a prompt.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestPlan {
-    /// The adapter's name.
+    /// The adapter's name, or an ensemble of planned LoRA adapters spelled as
+    /// [`AdapterId::parse`] reads it: `a+b`, or with weights `a*0.6+b*0.4`. An ensemble is
+    /// served with one SGMV segment per member, paid with `payForEnsemble` (the owners' part
+    /// split by the weights), and its data pool's influence part is split among the members by
+    /// weight, each member's part over its own training records by TracIn.
     pub adapter: String,
     /// The prompt text.
     pub prompt: String,
@@ -488,8 +492,8 @@ pub struct LoopConfig {
 
 impl LoopConfig {
     /// The shipped datanet, three adapters (LoRA r8 and DoRA r4 on every linear layer, LoRA r16
-    /// on the MLP)
-    /// on a 2-layer random LLaMA, ten requests, the counterfactual on.
+    /// on the MLP) on a 2-layer random LLaMA, eleven requests (the fourth for an ensemble of
+    /// the two LoRA adapters, weighted 0.6 and 0.4), the counterfactual on.
     pub fn standard(work_dir: PathBuf) -> Self {
         let milli = |m: u64| U256::from(m) * U256::from(1_000_000_000_000_000u64);
         let mut dora = AdapterPlan::lora("pharma-dora-r4", 4, milli(3) + U256::from(1), 12);
@@ -502,6 +506,7 @@ impl LoopConfig {
             adapter: adapter.into(),
             prompt: prompt.into(),
         };
+        let ensemble = "pharma-lora-r8*0.6+pharma-mlp-r16*0.4";
         Self {
             datanet_name: "drug-facts".into(),
             datanet_jsonl: DRUG_FACTS_JSONL.into(),
@@ -528,10 +533,11 @@ impl LoopConfig {
             requests: vec![
                 request("pharma-lora-r8", "what does aspirin treat"),
                 request("pharma-dora-r4", "how does metformin work"),
-                request("pharma-mlp-r16", "what class is omeprazole"),
+                request("pharma-mlp-r16", "how does prednisone work"),
+                request(ensemble, "what does lisinopril treat"),
                 request("pharma-lora-r8", "what does sertraline treat"),
                 request("pharma-dora-r4", "what class is warfarin"),
-                request("pharma-mlp-r16", "how does prednisone work"),
+                request("pharma-mlp-r16", "what class is omeprazole"),
                 request("pharma-lora-r8", "what does allopurinol treat"),
                 request("pharma-dora-r4", "how does donepezil work"),
                 request("pharma-mlp-r16", "what class is sumatriptan"),
@@ -582,24 +588,32 @@ impl LoopConfig {
         c
     }
 
-    /// [`smollm2`](Self::smollm2) made smaller: two adapters, four requests, 24 steps.
+    /// [`smollm2`](Self::smollm2) made smaller: the two LoRA adapters, four requests (one for
+    /// their ensemble), 24 steps.
     pub fn smollm2_quick(work_dir: PathBuf, gguf: PathBuf) -> Self {
         let mut c = Self::smollm2(work_dir, gguf).shrunk();
         c.steps = 24;
         c
     }
 
-    /// Two adapters and the first four requests for them.
+    /// The two LoRA adapters (no DoRA: it cannot be an ensemble's member) and the first four
+    /// requests for them, the ensemble of both among them.
     fn shrunk(mut self) -> Self {
+        self.adapters.retain(|a| !a.use_dora);
         self.adapters.truncate(2);
-        let adapters = &self.adapters;
-        self.requests
-            .retain(|r| adapters.iter().any(|a| a.name == r.adapter));
-        self.requests.truncate(4);
+        let planned = |r: &RequestPlan| self.members_of(r).is_ok();
+        let kept: Vec<RequestPlan> = self
+            .requests
+            .iter()
+            .filter(|r| planned(r))
+            .take(4)
+            .cloned()
+            .collect();
+        self.requests = kept;
         self
     }
 
-    /// A smaller run for tests: two adapters, four requests.
+    /// A smaller run for tests: the two LoRA adapters, four requests (one for their ensemble).
     pub fn quick(work_dir: PathBuf) -> Self {
         Self::standard(work_dir).shrunk()
     }
@@ -667,12 +681,7 @@ impl LoopConfig {
             ));
         }
         for r in &self.requests {
-            if !self.adapters.iter().any(|a| a.name == r.adapter) {
-                return bad(format!(
-                    "request {:?} names adapter {:?}, which is not planned",
-                    r.prompt, r.adapter
-                ));
-            }
+            self.members_of(r)?;
         }
         let mut names: Vec<&str> = self.adapters.iter().map(|a| a.name.as_str()).collect();
         names.sort_unstable();
@@ -680,6 +689,37 @@ impl LoopConfig {
             return bad("adapter names must be distinct".into());
         }
         Ok(())
+    }
+}
+
+impl LoopConfig {
+    /// The planned adapters `request` is served with (their indices in `adapters`) and their
+    /// weights: one adapter with weight 1, or an ensemble's members. An unknown adapter, a
+    /// malformed spelling, or a DoRA adapter in an ensemble is [`LoopError::Config`] naming it.
+    pub fn members_of(&self, request: &RequestPlan) -> Result<Vec<(usize, f32)>> {
+        let bad = |reason: String| {
+            LoopError::Config(format!(
+                "request {:?} names adapter {:?}: {reason}",
+                request.prompt, request.adapter
+            ))
+        };
+        let id = AdapterId::parse(&request.adapter).map_err(|e| bad(e.to_string()))?;
+        let members = id.members().unwrap_or_else(|| vec![(id.clone(), 1.0)]);
+        let mut out = Vec::with_capacity(members.len());
+        for (member, weight) in members {
+            let k = self
+                .adapters
+                .iter()
+                .position(|a| a.name == member.as_str())
+                .ok_or_else(|| bad(format!("{member} is not planned")))?;
+            if id.is_ensemble() && self.adapters[k].use_dora {
+                return Err(bad(format!(
+                    "{member} is a DoRA adapter, which cannot be a member of an ensemble"
+                )));
+            }
+            out.push((k, weight));
+        }
+        Ok(out)
     }
 }
 
@@ -741,7 +781,11 @@ struct Tuned {
 }
 
 struct Served {
-    adapter: usize,
+    /// The adapters it was served with (indices in the plan) and their weights: one with weight
+    /// 1, or an ensemble's members.
+    members: Vec<(usize, f32)>,
+    /// Its adapter's slot in the ContextCite scorer (an ensemble's own slot).
+    slot: usize,
     /// The request's question.
     question: String,
     prompt: Vec<u32>,

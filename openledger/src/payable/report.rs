@@ -399,6 +399,21 @@ impl Share {
     }
 }
 
+/// One part of an answer's data pool: an attribution record (its weights split the part among
+/// contributors) and the wei it carries. The receipt's `weightsHash` commits to the parts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PoolPart {
+    /// The attribution record's id.
+    pub record: B256,
+    /// How its weights were found (`"tracin"`, `"rag_relevance"`, `"context_cite"`).
+    pub method: String,
+    /// The model it attributes: a TracIn part, the adapter whose training records it pays (an
+    /// ensemble's member); a RAG part, the answer's model (an ensemble's key).
+    pub model: B256,
+    /// Its part of the pool.
+    pub amount_wei: String,
+}
+
 /// Stages 3–4: one request, its answer, attribution and payment.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RequestReport {
@@ -416,17 +431,25 @@ pub struct RequestReport {
     pub inference_id: B256,
     /// The fee paid.
     pub fee_wei: String,
-    /// The model owner's share.
+    /// The model owners' share (all members' owners, for an ensemble).
     pub owner_share_wei: String,
+    /// The owners' share by adapter (an ensemble's members, split by weight as the contract
+    /// credits it).
+    pub owner_shares_wei: BTreeMap<String, String>,
     /// The protocol's share.
     pub protocol_share_wei: String,
     /// The contributors' pool.
     pub data_pool_wei: String,
+    /// The pool's parts: for each adapter of the answer (each member of an ensemble, by
+    /// weight) some training record helped, a TracIn part over its training records; then the
+    /// RAG part.
+    pub pool_parts: Vec<PoolPart>,
     /// What the receipt commits to: the attribution records and their parts of the pool.
     pub weights_hash: B256,
     /// The operator's EIP-712 signature.
     pub signature: String,
-    /// Gas of `payForInference`.
+    /// Gas of `payForInference` (`payForEnsemble` for an ensemble); 0 when an earlier run paid
+    /// it.
     pub pay_gas: u64,
     /// The most helpful training records (TracIn), with their share of the positive influence.
     pub top_influence: Vec<Share>,
@@ -458,8 +481,10 @@ impl RequestReport {
             inference_id: B256::ZERO,
             fee_wei: String::new(),
             owner_share_wei: String::new(),
+            owner_shares_wei: BTreeMap::new(),
             protocol_share_wei: String::new(),
             data_pool_wei: String::new(),
+            pool_parts: Vec::new(),
             weights_hash: B256::ZERO,
             signature: String::new(),
             pay_gas: 0,

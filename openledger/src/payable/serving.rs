@@ -54,15 +54,43 @@ impl PayableAi {
         } else {
             None
         };
-        let mut ids = HashMap::new();
         for (plan, tuned) in self.config.adapters.iter().zip(&self.tuned) {
             let adapter: LoraAdapter = tuned.trainer.adapter()?;
             let id = AdapterId::new(&plan.name).map_err(|e| LoopError::Config(e.to_string()))?;
-            paged.attach(id.clone(), &adapter)?;
+            paged.attach(id, &adapter)?;
             if let Some(m) = &mut scorer {
                 m.attach_adapter(&plan.name, &adapter)?;
             }
-            ids.insert(plan.name.clone(), id);
+        }
+        // Each request's adapters; an ensemble is attached to the engine's model by its
+        // spelling when a request names it, and to the scorer here (once per spelling).
+        let mut members = Vec::with_capacity(self.config.requests.len());
+        let mut slots = Vec::with_capacity(self.config.requests.len());
+        let mut ids = Vec::with_capacity(self.config.requests.len());
+        let mut ensembles = HashMap::<&str, usize>::new();
+        for r in &self.config.requests {
+            let m = self.config.members_of(r)?;
+            let id = AdapterId::parse(&r.adapter).map_err(|e| LoopError::Config(e.to_string()))?;
+            let slot = match &mut scorer {
+                _ if !id.is_ensemble() => m[0].0,
+                Some(model) => match ensembles.get(r.adapter.as_str()) {
+                    Some(&slot) => slot,
+                    None => {
+                        let of: Vec<_> = m
+                            .iter()
+                            .map(|&(a, w)| (openledger_lora::model::AdapterSlot(a), w))
+                            .collect();
+                        let slot = model.attach_ensemble(&r.adapter, &of)?.0;
+                        ensembles.insert(&r.adapter, slot);
+                        slot
+                    }
+                },
+                // No scorer on the random base: the slot is not used.
+                None => usize::MAX,
+            };
+            ids.push(id);
+            members.push(m);
+            slots.push(slot);
         }
         // Each request's prompt: on a pretrained base, the question after the records
         // retrieved for it (flagged records left out), numbered from 1.
@@ -103,10 +131,10 @@ impl PayableAi {
         };
         let mut engine = Engine::new(paged, AllReady, config)?;
         let mut handles = Vec::with_capacity(n);
-        for (r, prompt) in self.config.requests.iter().zip(&prompts) {
+        for (id, prompt) in ids.into_iter().zip(&prompts) {
             handles.push(engine.submit(Request {
                 prompt: prompt.clone(),
-                adapter: Some(ids[&r.adapter].clone()),
+                adapter: Some(id),
                 sampling: SamplingParams {
                     max_new_tokens: self.config.max_new_tokens,
                     stop_tokens: vec![self.base.eos()],
@@ -161,13 +189,15 @@ impl PayableAi {
                 ));
             }
         }
-        for (i, (r, answer)) in self.config.requests.iter().zip(answers).enumerate() {
-            let adapter = self
-                .config
-                .adapters
-                .iter()
-                .position(|a| a.name == r.adapter)
-                .expect("checked in new");
+        let adapters = self.config.adapters.len();
+        for (i, ((r, answer), (members, slot))) in self
+            .config
+            .requests
+            .iter()
+            .zip(answers)
+            .zip(members.into_iter().zip(slots))
+            .enumerate()
+        {
             self.report.requests.push(RequestReport::served(
                 i,
                 &r.adapter,
@@ -176,7 +206,8 @@ impl PayableAi {
                 answer.len(),
             ));
             self.served.push(Served {
-                adapter,
+                members,
+                slot,
                 question: r.prompt.clone(),
                 prompt: prompts[i].clone(),
                 answer,
@@ -186,7 +217,7 @@ impl PayableAi {
         self.scorer = scorer;
         self.report.serving = Some(ServingReport {
             requests: n,
-            adapters: ids.len(),
+            adapters,
             engine_steps: steps,
             first_step_sequences: first_batch,
             seconds: t.elapsed().as_secs_f64(),

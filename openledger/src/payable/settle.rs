@@ -1,38 +1,115 @@
 //! Stages 4 and 5: attribution, receipts and payments; the epoch, its root and the claims.
 
 use super::*;
+use openledger_chain::receipt::{
+    EnsembleReceipt, ensemble_fee, ensemble_owner_shares, ensemble_shares,
+};
 use openledger_poa::split::{DebtLedger, ZeroWeightPolicy, split_weights};
 
 /// The RAG part of one answer: per-contributor weights, and each cited record's share.
 type RagWeights = (Vec<(Address, f64)>, Vec<Share>);
 
-/// One answer's weights.
-struct Weighed {
+/// A payment found in the payments contract's logs.
+struct Paid {
+    epoch: u64,
+    /// The owners' shares (one per model of an ensemble).
+    owners: Vec<U256>,
+    protocol: U256,
+    data: U256,
+}
+
+/// A signed receipt of one answer, for one adapter or an ensemble.
+enum Receipt {
+    One(AttributionReceipt),
+    Ensemble(EnsembleReceipt),
+}
+
+impl Receipt {
+    fn inference_id(&self) -> B256 {
+        match self {
+            Receipt::One(r) => r.inferenceId,
+            Receipt::Ensemble(r) => r.inferenceId,
+        }
+    }
+
+    fn amount(&self) -> U256 {
+        match self {
+            Receipt::One(r) => r.amount,
+            Receipt::Ensemble(r) => r.amount,
+        }
+    }
+}
+
+/// One member adapter's part of an answer's weights: TracIn over its own training records.
+struct MemberWeights {
     /// Per-contributor influence weights (helpful, unflagged records).
     influence: Vec<(Address, f64)>,
-    /// Per-contributor RAG weights.
-    rag: Vec<(Address, f64)>,
-    /// The top training influences, for the report.
+    /// The top training influences, for the report (shares of this member's helpful total).
     top: Vec<Share>,
-    /// The citations, for the report.
-    citations: Vec<Share>,
     /// The harm flagged records did to the answer: `(contributor, |score|)` for every flagged
     /// record whose score is negative.
     harm: Vec<(Address, f64)>,
-    /// The helpful records' total score (what the influence part is split by).
+    /// The helpful records' total score (what this member's influence part is split by).
     helpful: f64,
 }
 
+/// One member adapter of an answer as its pool is split: its model, its receipt share, its
+/// influence weights.
+struct MemberPart<'a> {
+    model: B256,
+    share: U256,
+    influence: &'a [(Address, f64)],
+}
+
+/// One answer's weights.
+struct Weighed {
+    /// Each member adapter's influence weights, in the order of the answer's members.
+    members: Vec<MemberWeights>,
+    /// Per-contributor RAG weights.
+    rag: Vec<(Address, f64)>,
+    /// The citations, for the report.
+    citations: Vec<Share>,
+}
+
 impl PayableAi {
-    /// The weights of one answer for a trained adapter, a RAG index and the clusters of its
-    /// records. Records flagged as harmful are neither paid for their influence nor cited.
+    /// The weights of one answer: each of its adapters' influence (`tuned` holds every
+    /// planned adapter), the RAG index's citations, over the clusters of the records. Records
+    /// flagged as harmful are neither paid for their influence nor cited.
     fn weigh(
         &self,
-        tuned: &mut Tuned,
+        tuned: &mut [Tuned],
         rag: &RagIndex,
         clusters: &Clusters,
         served: &Served,
     ) -> Result<Weighed> {
+        let mut members = Vec::with_capacity(served.members.len());
+        for &(a, _) in &served.members {
+            members.push(self.influence_of(&mut tuned[a], clusters, served)?);
+        }
+        let (rag_w, citations) = match &self.scorer {
+            Some(scorer) if !served.sources.is_empty() => self.context_cite(scorer, served)?,
+            _ => self.relevance(rag, served)?,
+        };
+        // Each contributor's weights count as much as its reputation.
+        let rag_w = match &self.reputation {
+            Some(r) => r.weigh(&rag_w),
+            None => rag_w,
+        };
+        Ok(Weighed {
+            members,
+            rag: rag_w,
+            citations,
+        })
+    }
+
+    /// The influence weights of one answer for one trained adapter (TracIn over its
+    /// checkpoints and training records, clustered).
+    fn influence_of(
+        &self,
+        tuned: &mut Tuned,
+        clusters: &Clusters,
+        served: &Served,
+    ) -> Result<MemberWeights> {
         let q = (served.prompt.clone(), served.answer.clone());
         let features = tuned
             .index
@@ -90,7 +167,7 @@ impl PayableAi {
         let mut top: Vec<(usize, f64)> = positive.iter().copied().enumerate().collect();
         top.sort_by(|a, b| b.1.total_cmp(&a.1));
         let total: f64 = positive.iter().sum();
-        let top_influence = top
+        let top = top
             .iter()
             .take(3)
             .filter(|t| t.1 > 0.0)
@@ -99,20 +176,14 @@ impl PayableAi {
                 Share::new(r.hash, r.contributor, &r.content, s / total)
             })
             .collect();
-        let (rag_w, citations) = match &self.scorer {
-            Some(scorer) if !served.sources.is_empty() => self.context_cite(scorer, served)?,
-            _ => self.relevance(rag, served)?,
-        };
         // Each contributor's weights count as much as its reputation.
-        let (influence, rag_w) = match &self.reputation {
-            Some(r) => (r.weigh(&influence), r.weigh(&rag_w)),
-            None => (influence, rag_w),
+        let influence = match &self.reputation {
+            Some(r) => r.weigh(&influence),
+            None => influence,
         };
-        Ok(Weighed {
+        Ok(MemberWeights {
             influence,
-            rag: rag_w,
-            top: top_influence,
-            citations,
+            top,
             harm,
             helpful: total,
         })
@@ -205,7 +276,7 @@ impl PayableAi {
             let batch: Vec<ScoreInput<'_>> = prompts
                 .iter()
                 .map(|p| ScoreInput {
-                    adapter: Some(AdapterSlot(served.adapter)),
+                    adapter: Some(AdapterSlot(served.slot)),
                     context: p,
                     continuation: &served.answer,
                 })
@@ -242,20 +313,26 @@ impl PayableAi {
         pool / scale * bps + pool % scale * bps / scale
     }
 
-    /// Splits one inference's data pool between an influence record and a RAG record (the
-    /// influence part is `influence_bps` of it, or nothing when no record helped).
+    /// Splits one inference's data pool into influence records, one per member adapter some
+    /// record helped, and a RAG record. The influence part is `influence_bps` of the pool (all
+    /// of it when no source is credited, nothing when no record helped); it is split among those
+    /// members by `shares` as the contract splits an ensemble's owners' part (the first the
+    /// rest), and each member's part over its own training records. `members` holds each
+    /// member's model id, share and influence weights; `model` is the answer's model (an
+    /// ensemble's key), on the RAG record, which names the members' models as its adapters.
     fn pool_parts(
         &self,
         pool: U256,
         id: B256,
         model: B256,
-        influence: &[(Address, f64)],
+        members: &[MemberPart<'_>],
         rag: &[(Address, f64)],
     ) -> Result<Vec<(AttributionRecord, U256)>> {
         let mut parts = Vec::new();
+        let helped: Vec<_> = members.iter().filter(|m| !m.influence.is_empty()).collect();
         // No source credited (ContextCite found the answer depends on none of them): the
         // influence part takes the whole pool.
-        let inf = if influence.is_empty() {
+        let inf = if helped.is_empty() {
             U256::ZERO
         } else if rag.is_empty() {
             pool
@@ -264,22 +341,35 @@ impl PayableAi {
         };
         let policy = SplitPolicy::default();
         if !inf.is_zero() {
-            let r = AttributionRecord::from_scores(
-                id,
-                model,
-                Vec::new(),
-                AttributionMethod::TracIn,
-                influence,
-                &policy,
-            )?;
-            parts.push((r, inf));
+            let ids: Vec<B256> = helped.iter().map(|m| m.model).collect();
+            let shares: Vec<U256> = helped.iter().map(|m| m.share).collect();
+            let by_member = ensemble_owner_shares(&ids, inf, &shares)?;
+            for (m, amount) in helped.iter().zip(by_member) {
+                if amount.is_zero() {
+                    continue;
+                }
+                let r = AttributionRecord::from_scores(
+                    id,
+                    m.model,
+                    Vec::new(),
+                    AttributionMethod::TracIn,
+                    m.influence,
+                    &policy,
+                )?;
+                parts.push((r, amount));
+            }
         }
         let rest = pool - inf;
         if !rest.is_zero() {
+            let adapters = if members.len() > 1 {
+                members.iter().map(|m| m.model).collect()
+            } else {
+                Vec::new()
+            };
             let r = AttributionRecord::from_scores(
                 id,
                 model,
-                Vec::new(),
+                adapters,
                 if self.base.is_pretrained() {
                     AttributionMethod::ContextCite
                 } else {
@@ -291,6 +381,28 @@ impl PayableAi {
             parts.push((r, rest));
         }
         Ok(parts)
+    }
+
+    /// The model ids and receipt shares of served request `s`'s adapters (one adapter: its id
+    /// and a share of 1; an ensemble: its members' ids and weights in millionths).
+    fn models_of(&self, s: &Served) -> Result<(Vec<B256>, Vec<U256>)> {
+        let ids = s.members.iter().map(|&(a, _)| self.model_ids[a]).collect();
+        let shares = if s.members.len() == 1 {
+            vec![U256::from(1u64)]
+        } else {
+            ensemble_shares(&s.members.iter().map(|m| m.1).collect::<Vec<_>>())?
+        };
+        Ok((ids, shares))
+    }
+
+    /// The model an answer is attributed to: its adapter's id, or for an ensemble
+    /// `keccak256(abi.encode(bytes32[] modelIds, uint256[] shares))`.
+    fn model_key(&self, s: &Served) -> Result<B256> {
+        if s.members.len() == 1 {
+            return Ok(self.model_ids[s.members[0].0]);
+        }
+        let (ids, shares) = self.models_of(s)?;
+        Ok(keccak256((ids, shares).abi_encode_params()))
     }
 
     /// Stage 4: attributes every answer (TracIn over the adapter's training checkpoints, RAG
@@ -323,13 +435,32 @@ impl PayableAi {
         // in is this run's epoch.
         let ids: Vec<B256> = (0..self.served.len())
             .map(|i| self.inference_id(i))
-            .collect();
-        let paid: BTreeMap<B256, InferencePayments::InferencePaid> = self
+            .collect::<Result<_>>()?;
+        let mut paid: BTreeMap<B256, Paid> = self
             .events_of::<InferencePayments::InferencePaid>(payments)?
             .into_iter()
             .filter(|e| ids.contains(&e.inferenceId))
-            .map(|e| (e.inferenceId, e))
+            .map(|e| {
+                let p = Paid {
+                    epoch: e.epoch,
+                    owners: vec![e.ownerShare],
+                    protocol: e.protocolShare,
+                    data: e.dataShare,
+                };
+                (e.inferenceId, p)
+            })
             .collect();
+        for e in self.events_of::<InferencePayments::EnsemblePaid>(payments)? {
+            if ids.contains(&e.inferenceId) {
+                let p = Paid {
+                    epoch: e.epoch,
+                    owners: e.ownerShares,
+                    protocol: e.protocolShare,
+                    data: e.dataShare,
+                };
+                paid.insert(e.inferenceId, p);
+            }
+        }
         let epoch_no = match paid.values().map(|e| e.epoch).min() {
             None => current,
             Some(first) => {
@@ -374,19 +505,19 @@ impl PayableAi {
         Ok(&self.report.requests)
     }
 
-    /// The id of served request `i`'s inference: a hash of its position, model, prompt and
-    /// answer, so the same run computes the same ids in any process.
-    fn inference_id(&self, i: usize) -> B256 {
+    /// The id of served request `i`'s inference: a hash of its position, model (an ensemble's
+    /// key), prompt and answer, so the same run computes the same ids in any process.
+    fn inference_id(&self, i: usize) -> Result<B256> {
         let s = &self.served[i];
-        keccak256(
+        Ok(keccak256(
             (
                 U256::from(i),
-                self.model_ids[s.adapter],
+                self.model_key(s)?,
                 s.prompt.iter().map(|&t| U256::from(t)).collect::<Vec<_>>(),
                 s.answer.iter().map(|&t| U256::from(t)).collect::<Vec<_>>(),
             )
                 .abi_encode_params(),
-        )
+        ))
     }
 
     /// Attributes and pays every served request not in `paid` (the payments found on the
@@ -398,7 +529,7 @@ impl PayableAi {
         before: &mut [Tuned],
         naive: &mut [Tuned],
         epoch_no: u64,
-        paid: &BTreeMap<B256, InferencePayments::InferencePaid>,
+        paid: &BTreeMap<B256, Paid>,
         on: &mut dyn FnMut(&LoopEvent),
     ) -> Result<([Epoch; 3], DebtLedger)> {
         let clusters = self.clusters.clone();
@@ -422,7 +553,6 @@ impl PayableAi {
         let mut planned = Vec::with_capacity(self.served.len());
         for i in 0..self.served.len() {
             let s = &self.served[i];
-            let a = s.adapter;
             on(&LoopEvent::Progress {
                 stage: "attribute-and-pay".into(),
                 item: self.config.requests[i].prompt.clone(),
@@ -430,53 +560,104 @@ impl PayableAi {
                 total: self.served.len(),
                 loss: None,
             });
-            let Weighed {
-                influence,
-                rag: rag_w,
-                top,
-                citations: cites,
-                harm,
-                helpful,
-            } = self.weigh(&mut tuned[a], &rag, &clusters, s)?;
-            let model = self.model_ids[a];
-            let inference_id = self.inference_id(i);
-            let (_, fee) = self
-                .chain
-                .view(
+            let weighed = self.weigh(tuned, &rag, &clusters, s)?;
+            let (models, shares) = self.models_of(s)?;
+            let model = self.model_key(s)?;
+            let inference_id = self.inference_id(i)?;
+            let mut fees = Vec::with_capacity(models.len());
+            for &m in &models {
+                let serving = self.chain.view(
                     self.deployment.models,
-                    &ModelRegistry::servingCall { modelId: model },
-                )
-                .map(|r| (r.owner, r.feePerCall))?;
+                    &ModelRegistry::servingCall { modelId: m },
+                )?;
+                fees.push(serving.feePerCall);
+            }
+            let fee = if models.len() == 1 {
+                fees[0]
+            } else {
+                // The contract's share-weighted mean of the members' fees, checked against
+                // the Rust mirror.
+                let on_chain = self.chain.view(
+                    payments,
+                    &InferencePayments::ensembleFeeCall {
+                        modelIds: models.clone(),
+                        shares: shares.clone(),
+                    },
+                )?;
+                let mirror = ensemble_fee(&models, &fees, &shares)?;
+                if on_chain.fee != mirror {
+                    return Err(LoopError::Accounting(format!(
+                        "inference {i}: the contract prices the ensemble at {}, the mirror at {mirror}",
+                        on_chain.fee
+                    )));
+                }
+                on_chain.fee
+            };
             let split = self
                 .chain
                 .view(payments, &InferencePayments::splitCall { amount: fee })?;
-            let parts =
-                self.pool_parts(split.dataShare, inference_id, model, &influence, &rag_w)?;
-            let receipt = AttributionReceipt {
-                inferenceId: inference_id,
-                modelId: model,
-                adapterIds: Vec::new(),
-                payer: self.accounts.payer,
-                amount: fee,
-                epoch: epoch_no,
-                weightsHash: weights_hash(
-                    &parts
-                        .iter()
-                        .map(|(r, amount)| (r.id().0, *amount))
-                        .collect::<Vec<_>>(),
-                )?,
+            let parts_of = |w: &Weighed| {
+                let members: Vec<MemberPart<'_>> = w
+                    .members
+                    .iter()
+                    .zip(models.iter().zip(&shares))
+                    .map(|(m, (&model, &share))| MemberPart {
+                        model,
+                        share,
+                        influence: &m.influence,
+                    })
+                    .collect();
+                self.pool_parts(split.dataShare, inference_id, model, &members, &w.rag)
             };
-            let signature = self.operator.sign(&receipt, &domain)?;
-            // The harm flagged records did to this answer, charged at the rate the helpful
-            // records are paid (at most the whole influence part).
+            let parts = parts_of(&weighed)?;
+            let weights_hash = weights_hash(
+                &parts
+                    .iter()
+                    .map(|(r, amount)| (r.id().0, *amount))
+                    .collect::<Vec<_>>(),
+            )?;
+            let (receipt, signature) = if models.len() == 1 {
+                let r = AttributionReceipt {
+                    inferenceId: inference_id,
+                    modelId: model,
+                    adapterIds: Vec::new(),
+                    payer: self.accounts.payer,
+                    amount: fee,
+                    epoch: epoch_no,
+                    weightsHash: weights_hash,
+                };
+                let signature = self.operator.sign(&r, &domain)?;
+                (Receipt::One(r), signature)
+            } else {
+                let r = EnsembleReceipt {
+                    inferenceId: inference_id,
+                    modelIds: models.clone(),
+                    shares: shares.clone(),
+                    payer: self.accounts.payer,
+                    amount: fee,
+                    epoch: epoch_no,
+                    weightsHash: weights_hash,
+                };
+                let signature = self.operator.sign(&r, &domain)?;
+                (Receipt::Ensemble(r), signature)
+            };
+            // The harm flagged records did to this answer, charged at the rate each member's
+            // helpful records are paid (at most the member's whole influence part: the
+            // influence part split among all members by share).
             let mut charged = BTreeMap::<Address, U256>::new();
-            if self.config.harm == HarmPolicy::CarryNegative && helpful > 0.0 {
-                let part = self.influence_part(split.dataShare);
-                for (who, h) in &harm {
-                    let micro = ((h / helpful).min(1.0) * 1e12).floor() as u64;
-                    let owed = part * U256::from(micro) / U256::from(1_000_000_000_000u64);
-                    debts.charge(*who, owed)?;
-                    *charged.entry(*who).or_default() += owed;
+            if self.config.harm == HarmPolicy::CarryNegative {
+                let rates =
+                    ensemble_owner_shares(&models, self.influence_part(split.dataShare), &shares)?;
+                for (m, part) in weighed.members.iter().zip(rates) {
+                    if m.helpful <= 0.0 {
+                        continue;
+                    }
+                    for (who, h) in &m.harm {
+                        let micro = ((h / m.helpful).min(1.0) * 1e12).floor() as u64;
+                        let owed = part * U256::from(micro) / U256::from(1_000_000_000_000u64);
+                        debts.charge(*who, owed)?;
+                        *charged.entry(*who).or_default() += owed;
+                    }
                 }
             }
             for (record, amount) in &parts {
@@ -486,24 +667,22 @@ impl PayableAi {
             // same adapters when the clustering kept exactly its records), and with no
             // clustering at all.
             if self.config.counterfactual {
-                let add = |e: &mut Epoch, inf: &[(Address, f64)], rw: &[(Address, f64)]| {
-                    for (record, amount) in
-                        self.pool_parts(split.dataShare, inference_id, model, inf, rw)?
-                    {
+                let add = |e: &mut Epoch, w: &Weighed| {
+                    for (record, amount) in parts_of(w)? {
                         e.add(&record, amount)?;
                     }
                     Ok::<(), LoopError>(())
                 };
-                match (before.get_mut(a), &rag_before) {
-                    (Some(b), Some(rb)) => {
-                        let w = self.weigh(b, rb, &singletons, s)?;
-                        add(&mut epochs[1], &w.influence, &w.rag)?;
+                match (before.is_empty(), &rag_before) {
+                    (false, Some(rb)) => {
+                        let w = self.weigh(before, rb, &singletons, s)?;
+                        add(&mut epochs[1], &w)?;
                     }
-                    _ => add(&mut epochs[1], &influence, &rag_w)?,
+                    _ => add(&mut epochs[1], &weighed)?,
                 }
-                if let (Some(n), Some(ra)) = (naive.get_mut(a), &rag_all) {
-                    let w = self.weigh(n, ra, &singletons, s)?;
-                    add(&mut epochs[2], &w.influence, &w.rag)?;
+                if let (false, Some(ra)) = (naive.is_empty(), &rag_all) {
+                    let w = self.weigh(naive, ra, &singletons, s)?;
+                    add(&mut epochs[2], &w)?;
                 }
             }
             let mut contributors = BTreeMap::<Address, U256>::new();
@@ -515,13 +694,38 @@ impl PayableAi {
                     })?;
                 }
             }
+            // The top influences over all members, each member's shares scaled by its weight.
+            let total_share: f64 = shares.iter().map(|v| f64::from(*v)).sum();
+            let mut top: Vec<Share> = weighed
+                .members
+                .iter()
+                .zip(&shares)
+                .flat_map(|(m, share)| {
+                    let f = f64::from(*share) / total_share;
+                    m.top.iter().map(move |t| Share {
+                        share: t.share * f,
+                        ..t.clone()
+                    })
+                })
+                .collect();
+            top.sort_by(|a, b| b.share.total_cmp(&a.share));
+            top.truncate(3);
             let rep = &mut self.report.requests[i];
             rep.inference_id = inference_id;
             rep.fee_wei = wei(fee);
-            rep.weights_hash = receipt.weightsHash;
+            rep.weights_hash = weights_hash;
+            rep.pool_parts = parts
+                .iter()
+                .map(|(r, amount)| PoolPart {
+                    record: r.id().0,
+                    method: r.method.name().into(),
+                    model: r.model_id,
+                    amount_wei: wei(*amount),
+                })
+                .collect();
             rep.signature = alloy_primitives::hex::encode_prefixed(signature.as_bytes());
             rep.top_influence = top;
-            rep.citations = cites;
+            rep.citations = weighed.citations;
             rep.contributors = contributors.into_iter().map(|(a, v)| (a, wei(v))).collect();
             rep.harm_charged = charged
                 .into_iter()
@@ -533,8 +737,8 @@ impl PayableAi {
         // The payer holds and allows what is still to pay (a test token is minted for it).
         let due = planned
             .iter()
-            .filter(|(r, _, _)| !paid.contains_key(&r.inferenceId))
-            .try_fold(U256::ZERO, |sum, (r, _, _)| sum.checked_add(r.amount))
+            .filter(|(r, _, _)| !paid.contains_key(&r.inference_id()))
+            .try_fold(U256::ZERO, |sum, (r, _, _)| sum.checked_add(r.amount()))
             .ok_or_else(|| LoopError::Config("the requests' fees overflow 256 bits".into()))?;
         let (payer, token) = (self.accounts.payer, self.deployment.token);
         let have = self
@@ -564,44 +768,82 @@ impl PayableAi {
         // The payments. One found paid is not sent again (the contract would refuse it); its
         // shares are the ones its log records.
         for (i, (receipt, signature, data_share)) in planned.into_iter().enumerate() {
-            let (fee, id) = (receipt.amount, receipt.inferenceId);
-            let (owner, protocol, data, gas) = if let Some(ev) = paid.get(&id) {
-                (ev.ownerShare, ev.protocolShare, ev.dataShare, 0)
+            let (fee, id) = (receipt.amount(), receipt.inference_id());
+            let (owners, protocol, data, gas) = if let Some(p) = paid.get(&id) {
+                (p.owners.clone(), p.protocol, p.data, 0)
             } else {
-                let out = send(
-                    &mut *self.chain,
-                    self.accounts.payer,
-                    payments,
-                    &Deployment::pay_call(receipt, &signature),
-                    "payForInference",
-                )?;
-                let paid = out
-                    .events::<InferencePayments::InferencePaid>()
-                    .into_iter()
-                    .next()
-                    .ok_or_else(|| LoopError::Accounting("no InferencePaid event".into()))?;
-                (
-                    paid.ownerShare,
-                    paid.protocolShare,
-                    paid.dataShare,
-                    out.gas_used,
-                )
+                self.send_receipt(receipt, &signature)?
             };
+            let owner = owners
+                .iter()
+                .try_fold(U256::ZERO, |sum, v| sum.checked_add(*v));
             let total = owner
-                .checked_add(protocol)
+                .and_then(|o| o.checked_add(protocol))
                 .and_then(|t| t.checked_add(data));
-            if data != data_share || total != Some(fee) {
+            let members = &self.served[i].members;
+            if data != data_share || total != Some(fee) || owners.len() != members.len() {
                 return Err(LoopError::Accounting(format!(
-                    "inference {i}: the contract split {fee} as {owner} + {protocol} + {data}"
+                    "inference {i}: the contract split {fee} as {owners:?} + {protocol} + {data}"
                 )));
             }
+            let by_adapter = members
+                .iter()
+                .zip(&owners)
+                .map(|(&(a, _), v)| (self.config.adapters[a].name.clone(), wei(*v)))
+                .collect();
             let rep = &mut self.report.requests[i];
-            rep.owner_share_wei = wei(owner);
+            rep.owner_share_wei = wei(owner.unwrap_or_default());
+            rep.owner_shares_wei = by_adapter;
             rep.protocol_share_wei = wei(protocol);
             rep.data_pool_wei = wei(data);
             rep.pay_gas = gas;
         }
         Ok((epochs, debts))
+    }
+
+    /// Sends one signed receipt's payment from the payer: the owners' shares (one per model),
+    /// the protocol's and the pool's, and the gas, as the contract's event reports them.
+    fn send_receipt(
+        &mut self,
+        receipt: Receipt,
+        signature: &alloy_primitives::Signature,
+    ) -> Result<(Vec<U256>, U256, U256, u64)> {
+        let (payer, payments) = (self.accounts.payer, self.deployment.payments);
+        match receipt {
+            Receipt::One(r) => {
+                let call = Deployment::pay_call(r, signature);
+                let out = send(&mut *self.chain, payer, payments, &call, "payForInference")?;
+                let paid = out
+                    .events::<InferencePayments::InferencePaid>()
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| LoopError::Accounting("no InferencePaid event".into()))?;
+                Ok((
+                    vec![paid.ownerShare],
+                    paid.protocolShare,
+                    paid.dataShare,
+                    out.gas_used,
+                ))
+            }
+            Receipt::Ensemble(r) => {
+                let call = InferencePayments::payForEnsembleCall {
+                    receipt: r,
+                    signature: signature.as_bytes().to_vec().into(),
+                };
+                let out = send(&mut *self.chain, payer, payments, &call, "payForEnsemble")?;
+                let paid = out
+                    .events::<InferencePayments::EnsemblePaid>()
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| LoopError::Accounting("no EnsemblePaid event".into()))?;
+                Ok((
+                    paid.ownerShares,
+                    paid.protocolShare,
+                    paid.dataShare,
+                    out.gas_used,
+                ))
+            }
+        }
     }
 
     /// Stage 5: closes the epoch (time moves past its end), checks the contributors' totals
