@@ -195,6 +195,26 @@ fn bad_splits_merges_and_partial_sums_are_typed_errors() {
         DataInfNorms::concat(&[]),
         Err(PoaError::Empty { .. })
     ));
+    // Sizes that would overflow, or no width, are errors, not panics.
+    let huge = DataInfNorms {
+        rows: usize::MAX,
+        segments: 3,
+        sums: vec![],
+    };
+    assert!(DataInfNorms::concat(&[huge.clone(), huge]).is_err());
+    let half = usize::MAX / 2 + 1;
+    let blocks = DataInfNorms {
+        rows: half - half % SHARD_BLOCK,
+        segments: 1,
+        sums: vec![],
+    };
+    assert!(DataInfNorms::concat(&[blocks.clone(), blocks]).is_err());
+    let flat = DataInfNorms {
+        rows: 5,
+        segments: 0,
+        sums: vec![],
+    };
+    assert!(flat.lambdas(0.1).is_err());
     assert!(a.lambdas(f64::NAN).is_err());
     let lambdas = a.lambdas(0.1).unwrap();
     let q = whole

@@ -218,7 +218,11 @@ fn a_new_process_resumes_the_epoch_from_the_chain() {
         || {},
     );
     let n = want.requests.len();
-    assert!(n >= 3, "{n} requests");
+    assert!(n >= 4, "{n} requests");
+    assert!(
+        want.requests[2].adapter.contains('+'),
+        "the third request is the ensemble's"
+    );
 
     let mut rpc = RpcChain::connect(&node.url(), anvil_dev_keys()).unwrap();
     let at = |i: usize| Address::from_private_key(&anvil_dev_keys()[i]);
@@ -227,7 +231,7 @@ fn a_new_process_resumes_the_epoch_from_the_chain() {
     drop(rpc);
 
     // The first process: every stage up to the payments, then it dies after the payer's mint
-    // and approval and two payments.
+    // and approval and three payments (the third, the ensemble's, with payForEnsemble).
     let sends = std::sync::Arc::new(AtomicUsize::new(usize::MAX));
     let chain = DiesAfter {
         inner: RpcChain::connect(&node.url(), anvil_dev_keys()).unwrap(),
@@ -239,7 +243,7 @@ fn a_new_process_resumes_the_epoch_from_the_chain() {
     first.publish_datanet(&mut on).unwrap();
     first.fine_tune(&mut on).unwrap();
     first.serve(&mut on).unwrap();
-    sends.store(2 + 2, Ordering::SeqCst);
+    sends.store(2 + 3, Ordering::SeqCst);
     match first.attribute_and_pay(&mut on) {
         Err(LoopError::Chain(ChainError::Rpc { reason, .. })) => {
             assert_eq!(reason, "the process died")
@@ -255,7 +259,7 @@ fn a_new_process_resumes_the_epoch_from_the_chain() {
     let r = &got.resumed;
     assert!(r.datanet, "the datanet was found");
     assert_eq!(r.models, want.adapters.len(), "every adapter was found");
-    assert_eq!(r.payments, 2, "the two payments made were found");
+    assert_eq!(r.payments, 3, "the three payments made were found");
     assert!(!r.root && r.claims == 0);
     for (i, (a, b)) in want.requests.iter().zip(&got.requests).enumerate() {
         assert_eq!(
@@ -263,17 +267,21 @@ fn a_new_process_resumes_the_epoch_from_the_chain() {
                 &a.inference_id,
                 &a.fee_wei,
                 &a.data_pool_wei,
-                &a.owner_share_wei
+                &a.owner_share_wei,
+                &a.owner_shares_wei,
+                &a.pool_parts,
             ),
             (
                 &b.inference_id,
                 &b.fee_wei,
                 &b.data_pool_wei,
-                &b.owner_share_wei
+                &b.owner_share_wei,
+                &b.owner_shares_wei,
+                &b.pool_parts,
             ),
             "request {i}"
         );
-        assert_eq!(b.pay_gas == 0, i < 2, "request {i} paid once");
+        assert_eq!(b.pay_gas == 0, i < 3, "request {i} paid once");
     }
     assert_eq!(got.epoch, want.epoch, "the epoch: root, claims, balances");
 

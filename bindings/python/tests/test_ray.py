@@ -155,6 +155,11 @@ def test_bad_featurisation_calls_are_named(training_run, cluster, tmp_path):
     with pytest.raises(FileExistsError):
         olr.featurize(spec, checkpoints, examples, records, who, tmp_path / "taken.olfs", shards=2, k=16)
     assert (tmp_path / "taken.olfs").read_bytes() == b"keep"
+    (tmp_path / "z.olfs.part-001-of-002").write_bytes(b"mine")
+    with pytest.raises(FileExistsError, match="part-001-of-002"):
+        olr.featurize(spec, checkpoints, examples, records, who, tmp_path / "z.olfs", shards=2, k=16)
+    assert (tmp_path / "z.olfs.part-001-of-002").read_bytes() == b"mine"
+    (tmp_path / "z.olfs.part-001-of-002").unlink()
     import ray
 
     # A checkpoint of another shape fails in its task, named; no part is left behind.

@@ -551,14 +551,10 @@ fn datainf(
     cfg: &DataInf,
     progress: &mut dyn FnMut(ScoreProgress),
 ) -> Result<Vec<f32>> {
-    use super::sharded::{datainf_norms, datainf_residual};
     // Pass 1: λ per (checkpoint, layer) from mean squared norms; pass 2: r = Σ_i (v·g_i)/(λ +
     // ‖g_i‖²) g_i per segment — both summed block by block, as the shards of a split store sum
-    // them.
-    let lambdas = datainf_norms(store, cfg, &mut *progress)?.lambdas(cfg.lambda_scale)?;
-    let residual = datainf_residual(store, query, cfg, &lambdas, &mut *progress)?;
-    // Pass 3: score_i = −(1/C) Σ_segments (1/λ)(v − r/n)·g_i.
-    let w = residual.weights(store.config(), query, cfg, &lambdas)?;
+    // them; pass 3: score_i = −(1/C) Σ_segments (1/λ)(v − r/n)·g_i.
+    let w = super::sharded::whole_store_weights(store, query, cfg, progress)?;
     Ok(scan_dot(store, progress, &w))
 }
 

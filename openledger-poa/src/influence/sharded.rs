@@ -81,32 +81,38 @@ pub(crate) fn segments(config: &StoreConfig, cfg: &DataInf) -> Result<Vec<Range<
         .collect())
 }
 
-/// `f(row features, block sums)` summed over each block of [`SHARD_BLOCK`] rows in row order:
-/// `width` sums per block, blocks in order. Blocks run in parallel, a wave at a time; progress
-/// is reported after each wave.
+/// `f(row features, block sums)` summed over each block of [`SHARD_BLOCK`] rows in row order,
+/// `width` sums per block, each block handed to `sink` in order. Blocks run in parallel, a wave
+/// at a time (one wave's sums held at once); progress is reported after each wave.
 fn block_sums(
     store: &FeatureStore,
     width: usize,
     progress: &mut dyn FnMut(ScoreProgress),
     f: impl Fn(&[f32], &mut [f64]) + Sync,
-) -> Vec<f64> {
+    sink: &mut dyn FnMut(&[f64]),
+) {
     let n = store.len();
     let row_width = store.config().checkpoints() * store.config().k();
     let blocks = n.div_ceil(SHARD_BLOCK);
-    let mut out = vec![0f64; blocks * width];
+    let width = width.max(1);
+    let mut wave = vec![0f64; WAVE * width];
     let mut done = 0;
-    for (w, dst) in out.chunks_mut(WAVE * width.max(1)).enumerate() {
-        dst.par_chunks_mut(width.max(1))
-            .enumerate()
-            .for_each(|(b, sums)| {
-                let block = w * WAVE + b;
-                let mut buf = vec![0f32; row_width];
-                for i in block * SHARD_BLOCK..((block + 1) * SHARD_BLOCK).min(n) {
-                    store.features_into(i, &mut buf);
-                    f(&buf, sums);
-                }
-            });
-        let end = ((w + 1) * WAVE * SHARD_BLOCK).min(n);
+    for first in (0..blocks).step_by(WAVE) {
+        let count = WAVE.min(blocks - first);
+        let dst = &mut wave[..count * width];
+        dst.fill(0.0);
+        dst.par_chunks_mut(width).enumerate().for_each(|(b, sums)| {
+            let block = first + b;
+            let mut buf = vec![0f32; row_width];
+            for i in block * SHARD_BLOCK..((block + 1) * SHARD_BLOCK).min(n) {
+                store.features_into(i, &mut buf);
+                f(&buf, sums);
+            }
+        });
+        for block in dst.chunks(width) {
+            sink(block);
+        }
+        let end = ((first + count) * SHARD_BLOCK).min(n);
         progress(ScoreProgress {
             done: end,
             total: n,
@@ -114,12 +120,39 @@ fn block_sums(
         });
         done = end;
     }
-    out
 }
 
-/// Checks that `len` block sums fit `rows` rows of `width` values each.
+/// Adds block sums, in order, into `total`: how the whole store's sums and the shards'
+/// concatenated sums are both added up, so they agree bit for bit.
+fn add_block(total: &mut [f64], block: &[f64]) {
+    for (t, b) in total.iter_mut().zip(block) {
+        *t += b;
+    }
+}
+
+/// Each segment's damping from its total `Σ ‖gᵢ‖²` over `rows` rows.
+fn lambdas_of(totals: &[f64], rows: usize, lambda_scale: f64) -> Result<Vec<f64>> {
+    if rows == 0 {
+        return Err(PoaError::Empty {
+            what: "DataInf norms (no row)".into(),
+        });
+    }
+    if !(lambda_scale.is_finite() && lambda_scale > 0.0) {
+        return Err(PoaError::InvalidConfig {
+            what: "DataInf lambda_scale".into(),
+            reason: format!("must be finite and > 0, found {lambda_scale}"),
+        });
+    }
+    Ok(totals
+        .iter()
+        .map(|t| (lambda_scale * (t / rows as f64)).max(f64::MIN_POSITIVE))
+        .collect())
+}
+
+/// Checks that `len` block sums fit `rows` rows of `width` (at least 1) values each.
 fn check_sums(what: &str, rows: usize, width: usize, len: usize) -> Result<()> {
-    if len != rows.div_ceil(SHARD_BLOCK) * width {
+    let expected = rows.div_ceil(SHARD_BLOCK).checked_mul(width);
+    if width == 0 || expected != Some(len) {
         return Err(PoaError::InvalidConfig {
             what: what.into(),
             reason: format!("{len} sums for {rows} rows of width {width}"),
@@ -151,7 +184,10 @@ fn concat_sums<'a>(
                 ),
             });
         }
-        rows += r;
+        rows = usize::checked_add(rows, r).ok_or_else(|| PoaError::InvalidConfig {
+            what: what.into(),
+            reason: "the parts' rows overflow".into(),
+        })?;
         sums.extend_from_slice(s);
     }
     let Some(width) = width else {
@@ -173,6 +209,21 @@ pub struct DataInfNorms {
     pub sums: Vec<f64>,
 }
 
+/// DataInf's first pass over `store`: each block's `Σ ‖g‖²` per segment, to `sink` in order.
+fn norms_pass(
+    store: &FeatureStore,
+    segs: &[Range<usize>],
+    progress: &mut dyn FnMut(ScoreProgress),
+    sink: &mut dyn FnMut(&[f64]),
+) {
+    let f = |row: &[f32], out: &mut [f64]| {
+        for (o, seg) in out.iter_mut().zip(segs) {
+            *o += f64::from(dot(&row[seg.clone()], &row[seg.clone()]));
+        }
+    };
+    block_sums(store, segs.len(), progress, f, sink);
+}
+
 /// DataInf's first pass on `store` (a shard, or the whole store); `progress` is called as
 /// rows are read.
 pub fn datainf_norms(
@@ -181,15 +232,13 @@ pub fn datainf_norms(
     mut progress: impl FnMut(ScoreProgress),
 ) -> Result<DataInfNorms> {
     let segs = segments(store.config(), cfg)?;
-    let m = segs.len();
-    let sums = block_sums(store, m, &mut progress, |row, out| {
-        for (o, seg) in out.iter_mut().zip(&segs) {
-            *o += f64::from(dot(&row[seg.clone()], &row[seg.clone()]));
-        }
+    let mut sums = Vec::with_capacity(store.len().div_ceil(SHARD_BLOCK) * segs.len());
+    norms_pass(store, &segs, &mut progress, &mut |b| {
+        sums.extend_from_slice(b)
     });
     Ok(DataInfNorms {
         rows: store.len(),
-        segments: m,
+        segments: segs.len(),
         sums,
     })
 }
@@ -219,24 +268,11 @@ impl DataInfNorms {
     /// f64), the block sums added in order.
     pub fn lambdas(&self, lambda_scale: f64) -> Result<Vec<f64>> {
         self.check()?;
-        if self.rows == 0 {
-            return Err(PoaError::Empty {
-                what: "DataInf norms (no row)".into(),
-            });
+        let mut totals = vec![0f64; self.segments];
+        for block in self.sums.chunks(self.segments) {
+            add_block(&mut totals, block);
         }
-        if !(lambda_scale.is_finite() && lambda_scale > 0.0) {
-            return Err(PoaError::InvalidConfig {
-                what: "DataInf lambda_scale".into(),
-                reason: format!("must be finite and > 0, found {lambda_scale}"),
-            });
-        }
-        let m = self.segments;
-        Ok((0..m)
-            .map(|s| {
-                let total: f64 = self.sums.iter().skip(s).step_by(m).sum();
-                (lambda_scale * (total / self.rows as f64)).max(f64::MIN_POSITIVE)
-            })
-            .collect())
+        lambdas_of(&totals, self.rows, lambda_scale)
     }
 }
 
@@ -285,6 +321,31 @@ fn check_query(config: &StoreConfig, query: &ProjectedQuery) -> Result<Vec<f32>>
     Ok(query.features.concat())
 }
 
+/// DataInf's second pass over `store`: each block's `Σᵢ (v·gᵢ)/(λ + ‖gᵢ‖²) gᵢ` per segment,
+/// to `sink` in order. Returns the query's features `v`.
+fn residual_pass(
+    store: &FeatureStore,
+    query: &ProjectedQuery,
+    segs: &[Range<usize>],
+    lambdas: &[f64],
+    progress: &mut dyn FnMut(ScoreProgress),
+    sink: &mut dyn FnMut(&[f64]),
+) -> Result<Vec<f32>> {
+    check_lambdas(lambdas, segs.len())?;
+    let v = check_query(store.config(), query)?;
+    let f = |g: &[f32], r: &mut [f64]| {
+        for (s, seg) in segs.iter().enumerate() {
+            let g = &g[seg.clone()];
+            let coef = f64::from(dot(&v[seg.clone()], g)) / (lambdas[s] + f64::from(dot(g, g)));
+            for (acc, &x) in r[seg.clone()].iter_mut().zip(g) {
+                *acc += coef * f64::from(x);
+            }
+        }
+    };
+    block_sums(store, v.len(), progress, f, sink);
+    Ok(v)
+}
+
 /// DataInf's second pass on `store` with the store-wide `lambdas` ([`DataInfNorms::lambdas`]);
 /// `progress` is called as rows are read.
 pub fn datainf_residual(
@@ -295,23 +356,68 @@ pub fn datainf_residual(
     mut progress: impl FnMut(ScoreProgress),
 ) -> Result<DataInfResidual> {
     let segs = segments(store.config(), cfg)?;
-    check_lambdas(lambdas, segs.len())?;
-    let v = check_query(store.config(), query)?;
-    let width = v.len();
-    let sums = block_sums(store, width, &mut progress, |g, r| {
-        for (s, seg) in segs.iter().enumerate() {
-            let g = &g[seg.clone()];
-            let coef = f64::from(dot(&v[seg.clone()], g)) / (lambdas[s] + f64::from(dot(g, g)));
-            for (acc, &x) in r[seg.clone()].iter_mut().zip(g) {
-                *acc += coef * f64::from(x);
-            }
-        }
-    });
+    let mut sums = Vec::new();
+    let v = residual_pass(store, query, &segs, lambdas, &mut progress, &mut |b| {
+        sums.extend_from_slice(b)
+    })?;
     Ok(DataInfResidual {
         rows: store.len(),
-        width,
+        width: v.len(),
         sums,
     })
+}
+
+/// The vector every row is dotted with, from the residual's total `r` over `rows` rows:
+/// `w = −(1/C)·(v − r/n)/λ` per segment.
+fn weights_of(
+    r: &[f64],
+    rows: usize,
+    checkpoints: usize,
+    v: &[f32],
+    segs: &[Range<usize>],
+    lambdas: &[f64],
+) -> Result<Vec<f32>> {
+    if rows == 0 {
+        return Err(PoaError::Empty {
+            what: "DataInf residual (no row)".into(),
+        });
+    }
+    let (n, cn) = (rows as f64, checkpoints as f64);
+    let mut w = vec![0f32; v.len()];
+    for (s, seg) in segs.iter().enumerate() {
+        for j in seg.clone() {
+            w[j] = (-(f64::from(v[j]) - r[j] / n) / lambdas[s] / cn) as f32;
+        }
+    }
+    Ok(w)
+}
+
+/// DataInf's weights for `query` over the whole of `store` in one process: both passes' block
+/// sums added in order as they are made (one wave of blocks held at a time), the same totals
+/// the shards' concatenated sums give.
+pub(crate) fn whole_store_weights(
+    store: &FeatureStore,
+    query: &ProjectedQuery,
+    cfg: &DataInf,
+    progress: &mut dyn FnMut(ScoreProgress),
+) -> Result<Vec<f32>> {
+    let segs = segments(store.config(), cfg)?;
+    let mut norms = vec![0f64; segs.len()];
+    norms_pass(store, &segs, progress, &mut |b| add_block(&mut norms, b));
+    let lambdas = lambdas_of(&norms, store.len(), cfg.lambda_scale)?;
+    let width = store.config().checkpoints() * store.config().k();
+    let mut r = vec![0f64; width];
+    let v = residual_pass(store, query, &segs, &lambdas, progress, &mut |b| {
+        add_block(&mut r, b)
+    })?;
+    weights_of(
+        &r,
+        store.len(),
+        store.config().checkpoints(),
+        &v,
+        &segs,
+        &lambdas,
+    )
 }
 
 impl DataInfResidual {
@@ -344,25 +450,11 @@ impl DataInfResidual {
         check_lambdas(lambdas, segs.len())?;
         let v = check_query(config, query)?;
         check_dim(|| "DataInf residual width".into(), v.len(), self.width)?;
-        if self.rows == 0 {
-            return Err(PoaError::Empty {
-                what: "DataInf residual (no row)".into(),
-            });
-        }
         let mut r = vec![0f64; self.width];
-        for block in self.sums.chunks(self.width.max(1)) {
-            for (a, b) in r.iter_mut().zip(block) {
-                *a += b;
-            }
+        for block in self.sums.chunks(self.width) {
+            add_block(&mut r, block);
         }
-        let (n, cn) = (self.rows as f64, config.checkpoints() as f64);
-        let mut w = vec![0f32; self.width];
-        for (s, seg) in segs.iter().enumerate() {
-            for j in seg.clone() {
-                w[j] = (-(f64::from(v[j]) - r[j] / n) / lambdas[s] / cn) as f32;
-            }
-        }
-        Ok(w)
+        weights_of(&r, self.rows, config.checkpoints(), &v, &segs, lambdas)
     }
 }
 

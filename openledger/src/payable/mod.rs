@@ -719,6 +719,14 @@ impl LoopConfig {
             }
             out.push((k, weight));
         }
+        if id.is_ensemble() {
+            // The weights as the receipt will commit to them (in millionths), checked now
+            // rather than after training and serving.
+            openledger_chain::receipt::ensemble_shares(
+                &out.iter().map(|m| m.1).collect::<Vec<_>>(),
+            )
+            .map_err(|e| bad(e.to_string()))?;
+        }
         Ok(out)
     }
 }
@@ -786,6 +794,9 @@ struct Served {
     members: Vec<(usize, f32)>,
     /// Its adapter's slot in the ContextCite scorer (an ensemble's own slot).
     slot: usize,
+    /// Whether the request spelled an ensemble (even of one weighted adapter, `a*0.5`): paid
+    /// with `payForEnsemble`, as the server pays it.
+    ensemble: bool,
     /// The request's question.
     question: String,
     prompt: Vec<u32>,

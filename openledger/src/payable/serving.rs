@@ -67,6 +67,7 @@ impl PayableAi {
         let mut members = Vec::with_capacity(self.config.requests.len());
         let mut slots = Vec::with_capacity(self.config.requests.len());
         let mut ids = Vec::with_capacity(self.config.requests.len());
+        let mut ensemble = Vec::with_capacity(self.config.requests.len());
         let mut ensembles = HashMap::<&str, usize>::new();
         for r in &self.config.requests {
             let m = self.config.members_of(r)?;
@@ -88,6 +89,7 @@ impl PayableAi {
                 // No scorer on the random base: the slot is not used.
                 None => usize::MAX,
             };
+            ensemble.push(id.is_ensemble());
             ids.push(id);
             members.push(m);
             slots.push(slot);
@@ -190,12 +192,13 @@ impl PayableAi {
             }
         }
         let adapters = self.config.adapters.len();
-        for (i, ((r, answer), (members, slot))) in self
+        for (i, (((r, answer), (members, slot)), ensemble)) in self
             .config
             .requests
             .iter()
             .zip(answers)
             .zip(members.into_iter().zip(slots))
+            .zip(ensemble)
             .enumerate()
         {
             self.report.requests.push(RequestReport::served(
@@ -208,6 +211,7 @@ impl PayableAi {
             self.served.push(Served {
                 members,
                 slot,
+                ensemble,
                 question: r.prompt.clone(),
                 prompt: prompts[i].clone(),
                 answer,

@@ -325,6 +325,7 @@ impl PayableAi {
         pool: U256,
         id: B256,
         model: B256,
+        ensemble: bool,
         members: &[MemberPart<'_>],
         rag: &[(Address, f64)],
     ) -> Result<Vec<(AttributionRecord, U256)>> {
@@ -361,7 +362,7 @@ impl PayableAi {
         }
         let rest = pool - inf;
         if !rest.is_zero() {
-            let adapters = if members.len() > 1 {
+            let adapters = if ensemble {
                 members.iter().map(|m| m.model).collect()
             } else {
                 Vec::new()
@@ -387,7 +388,7 @@ impl PayableAi {
     /// and a share of 1; an ensemble: its members' ids and weights in millionths).
     fn models_of(&self, s: &Served) -> Result<(Vec<B256>, Vec<U256>)> {
         let ids = s.members.iter().map(|&(a, _)| self.model_ids[a]).collect();
-        let shares = if s.members.len() == 1 {
+        let shares = if !s.ensemble {
             vec![U256::from(1u64)]
         } else {
             ensemble_shares(&s.members.iter().map(|m| m.1).collect::<Vec<_>>())?
@@ -398,7 +399,7 @@ impl PayableAi {
     /// The model an answer is attributed to: its adapter's id, or for an ensemble
     /// `keccak256(abi.encode(bytes32[] modelIds, uint256[] shares))`.
     fn model_key(&self, s: &Served) -> Result<B256> {
-        if s.members.len() == 1 {
+        if !s.ensemble {
             return Ok(self.model_ids[s.members[0].0]);
         }
         let (ids, shares) = self.models_of(s)?;
@@ -572,7 +573,7 @@ impl PayableAi {
                 )?;
                 fees.push(serving.feePerCall);
             }
-            let fee = if models.len() == 1 {
+            let fee = if !s.ensemble {
                 fees[0]
             } else {
                 // The contract's share-weighted mean of the members' fees, checked against
@@ -607,7 +608,14 @@ impl PayableAi {
                         influence: &m.influence,
                     })
                     .collect();
-                self.pool_parts(split.dataShare, inference_id, model, &members, &w.rag)
+                self.pool_parts(
+                    split.dataShare,
+                    inference_id,
+                    model,
+                    s.ensemble,
+                    &members,
+                    &w.rag,
+                )
             };
             let parts = parts_of(&weighed)?;
             let weights_hash = weights_hash(
@@ -616,7 +624,7 @@ impl PayableAi {
                     .map(|(r, amount)| (r.id().0, *amount))
                     .collect::<Vec<_>>(),
             )?;
-            let (receipt, signature) = if models.len() == 1 {
+            let (receipt, signature) = if !s.ensemble {
                 let r = AttributionReceipt {
                     inferenceId: inference_id,
                     modelId: model,
@@ -642,13 +650,21 @@ impl PayableAi {
                 (Receipt::Ensemble(r), signature)
             };
             // The harm flagged records did to this answer, charged at the rate each member's
-            // helpful records are paid (at most the member's whole influence part: the
-            // influence part split among all members by share).
+            // helpful records are paid: the influence part of the pool split, by share, among
+            // the members some record helped (as `pool_parts` splits it), at most a member's
+            // whole part.
             let mut charged = BTreeMap::<Address, U256>::new();
-            if self.config.harm == HarmPolicy::CarryNegative {
-                let rates =
-                    ensemble_owner_shares(&models, self.influence_part(split.dataShare), &shares)?;
-                for (m, part) in weighed.members.iter().zip(rates) {
+            let helped: Vec<usize> = (0..weighed.members.len())
+                .filter(|&j| !weighed.members[j].influence.is_empty())
+                .collect();
+            if self.config.harm == HarmPolicy::CarryNegative && !helped.is_empty() {
+                let rates = ensemble_owner_shares(
+                    &helped.iter().map(|&j| models[j]).collect::<Vec<_>>(),
+                    self.influence_part(split.dataShare),
+                    &helped.iter().map(|&j| shares[j]).collect::<Vec<_>>(),
+                )?;
+                for (&j, part) in helped.iter().zip(rates) {
+                    let m = &weighed.members[j];
                     if m.helpful <= 0.0 {
                         continue;
                     }

@@ -6,7 +6,10 @@ rows in order); here each shard is scored in a Ray task on the node that reads i
 driver puts the scores together, reduces them per contributor and splits the pool to the wei.
 The result equals the single-process one (``attribute_local``) exactly: TracIn and cosine
 score every row on its own, and DataInf runs in passes whose per-block sums are the whole
-store's (norms → ``datainf_lambdas`` → residuals → weights → scores).
+store's (norms → ``datainf_lambdas`` → residuals → weights → scores). Exactly here means on
+workers whose CPUs take the same kernels as the driver's (the dot products use AVX2 and FMA
+when the CPU has them, plain loops otherwise: a cluster mixing the two agrees to rounding, not
+to the bit), with the shards passed in the order ``FeatureStore.split`` returned them.
 
 Install with ``pip install './bindings/python[ray]'``. Start Ray yourself (``ray.init`` with
 your cluster's address) or, on one machine, with ``local_cluster``; every task opens its shard
@@ -120,7 +123,8 @@ def local_cluster(
     no auth-token file, no usage report, the object store capped at ``object_store_memory``
     bytes (at least 75 MiB; Ray otherwise takes a share of memory in /dev/shm), its logs in a
     temporary folder removed on exit. Processes the cluster started that outlive
-    ``ray.shutdown()`` by ``stop_timeout`` seconds are killed.
+    ``ray.shutdown()`` by ``stop_timeout`` seconds are killed (found through /proc: Linux only;
+    processes this one started before the cluster are left alone).
 
     The loopback binding is set through environment variables Ray reads when it is imported
     (``LOCAL_ENV``): import Ray after them, or set them yourself; a cluster that comes up on
@@ -131,17 +135,19 @@ def local_cluster(
     ray = _ray()
     if ray.is_initialized():
         raise RuntimeError("Ray is already running in this process")
+    # Processes of this one from before the cluster are not the cluster's to stop.
+    before = set(_descendants(os.getpid()))
     # Short: Ray's socket paths under it must fit 107 bytes.
     tmp = tempfile.mkdtemp(prefix="olray-", dir="/tmp")
-    ray.init(
-        num_cpus=num_cpus,
-        object_store_memory=object_store_memory,
-        include_dashboard=False,
-        _temp_dir=tmp,
-        log_to_driver=False,
-        configure_logging=False,
-    )
     try:
+        ray.init(
+            num_cpus=num_cpus,
+            object_store_memory=object_store_memory,
+            include_dashboard=False,
+            _temp_dir=tmp,
+            log_to_driver=False,
+            configure_logging=False,
+        )
         ip = ray.util.get_node_ip_address()
         if ip != "127.0.0.1":
             raise RuntimeError(
@@ -150,7 +156,7 @@ def local_cluster(
             )
         yield ray
     finally:
-        procs = _descendants(os.getpid())
+        procs = [p for p in _descendants(os.getpid()) if p not in before]
         ray.shutdown()
         deadline = time.time() + stop_timeout
         while time.time() < deadline and any(_alive(p) for p in procs):
@@ -245,7 +251,8 @@ def score(
     paths = [os.fspath(p) for p in shards]
     if not paths:
         raise ValueError("shards: at least one shard is needed")
-    g = np.ascontiguousarray(gradients, dtype=np.float32)
+    g_local = np.ascontiguousarray(gradients, dtype=np.float32)
+    g = ray.put(g_local)  # once, not once per task
     t = _tasks()
     layers = None if layers is None else [(int(a), int(b)) for a, b in layers]
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -255,7 +262,7 @@ def score(
     norms = _gather([t["norms"].remote(p, layers) for p in paths], progress, deadline)
     lambdas = datainf_lambdas(norms, lambda_scale=lambda_scale).tolist()
     residuals = _gather([t["residual"].remote(p, g, lambdas, layers) for p in paths], progress, deadline)
-    w = FeatureStore.open(paths[0]).datainf_weights(g, residuals, lambdas, layers=layers)
+    w = FeatureStore.open(paths[0]).datainf_weights(g_local, residuals, lambdas, layers=layers)
     parts = _gather([t["weighted"].remote(p, w) for p in paths], progress, deadline)
     return np.concatenate(parts)
 
@@ -411,7 +418,12 @@ def featurize(
     out = os.fspath(out)
     store = dict(k=k, projection=projection, seed=seed, dtype=dtype)
     cps = [(os.fspath(a), float(lr)) for a, lr in checkpoints]
+    ranges = _ranges(len(examples), shards)
     parts = [f"{out}.part-{j:03}-of-{shards:03}" for j in range(shards)]
+    # A part path already taken is refused before anything is written (and never removed).
+    for part in parts:
+        if os.path.exists(part):
+            raise FileExistsError(f"{part} exists: featurize writes its parts there")
     deadline = None if timeout is None else time.monotonic() + timeout
     t = _tasks()
     try:
@@ -419,7 +431,7 @@ def featurize(
             t["_featurize_range"].remote(
                 trainer, cps, list(examples[a:b]), list(records[a:b]), list(contributors[a:b]), part, store
             )
-            for (a, b), part in zip(_ranges(len(examples), shards), parts)
+            for (a, b), part in zip(ranges, parts)
         ]
         _gather(refs, progress, deadline)
         return FeatureStore.merge(parts, out)
