@@ -354,13 +354,29 @@ export declare class FeatureStore {
   contributor(i: number): string
   /** The stored (projected) features of example `i`, `checkpoints × k` values. */
   features(i: number): Float32Array
+  /** The contributor of every example, in store order (checksummed addresses). */
+  contributors(): Array<string>
+  /**
+   * Splits the store into `shards` files in `dir` (`{stem}.shard-{j}-of-{n}.olfs`, its
+   * configuration, its rows in order, whole blocks of 1024 rows in every shard but the
+   * last); resolves to their paths. Scores over the shards equal the store's bit for bit,
+   * and `FeatureStore.merge` of the shards gives back the store's bytes. More shards than
+   * blocks, or a shard file already there, reject.
+   */
+  split(dir: string, shards: number): Promise<Array<string>>
+  /**
+   * Concatenates the stores at `parts` (one configuration) in order into a new store at
+   * `out`, and resolves to it.
+   */
+  static merge(parts: Array<string>, out: string): Promise<FeatureStore>
   /**
    * Scores every stored example against a query's gradients (`[checkpoints, inputDim]`)
-   * with `method` `"tracin"` (the default: TracIn-CP, `Σ_c η_c ⟨φ_c(q), φ_c(z)⟩`) or
-   * `"cosine"` (LESS); resolves to one score per example, in store order. `onProgress(n)`
-   * is called with the rows scored since its last call.
+   * with `method` `"tracin"` (the default: TracIn-CP, `Σ_c η_c ⟨φ_c(q), φ_c(z)⟩`),
+   * `"cosine"` (LESS) or `"datainf"` (DataInf's closed form, set by `datainf`; Koh–Liang's
+   * sign: helpful examples score low); resolves to one score per example, in store order.
+   * `onProgress(n)` is called with the rows read since its last call.
    */
-  score(gradients: Float32Array, method?: string | undefined | null, onProgress?: ProgressFn | undefined | null): Promise<Float32Array>
+  score(gradients: Float32Array, method?: string | undefined | null, onProgress?: ProgressFn | undefined | null, datainf?: DataInfOptions | undefined | null): Promise<Float32Array>
   /**
    * The `k` highest of `scores` (one per example, as `score` resolves them), best first
    * (ties by lower index).
@@ -1057,6 +1073,14 @@ export interface CopyFlag {
   original: number
   /** Who submitted that record. */
   owner: string
+}
+
+/** DataInf's settings for `FeatureStore.score`. */
+export interface DataInfOptions {
+  /** `[start, end]` ranges of the `k` features, one per layer (default: one layer of all `k`). */
+  layers?: Array<Array<number>>
+  /** `λ` per layer as a multiple of its mean squared gradient norm (default 0.1). */
+  lambdaScale?: number
 }
 
 /** One record of a datanet. */

@@ -1,5 +1,6 @@
 //! JavaScript face of `openledger_poa::store` and `openledger_poa::influence::score`: the on-disk feature
-//! store of projected training gradients, and TracIn / cosine scoring of a query against it.
+//! store of projected training gradients (split into shards and merged back), and TracIn /
+//! cosine / DataInf scoring of a query against it.
 //!
 //! Gradients are flat `Float32Array`s, row-major: `[checkpoints, inputDim]` for one example or a
 //! query, `[n, checkpoints, inputDim]` for many examples.
@@ -10,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use napi::bindgen_prelude::{AsyncTask, Float32Array};
 use napi_derive::napi;
 use openledger_core::ContentId;
-use openledger_poa::influence::score::{ScoreMethod, Scores, score};
+use openledger_poa::influence::score::{DataInf, ScoreMethod, Scores, score};
 use openledger_poa::projection::{Projection, ProjectionKind};
 use openledger_poa::store::{
     FeatureDType, FeatureStore as RustStore, FeatureStoreWriter as RustWriter, StoreConfig,
@@ -19,7 +20,7 @@ use openledger_poa::store::{
 
 use crate::error::{JsResult, Result, busy, invalid_arg};
 use crate::progress::{Progress, ProgressFn};
-use crate::task::{Float32Task, NumberTask, VoidTask, count, task};
+use crate::task::{Float32Task, NumberTask, StringListTask, VoidTask, count, task};
 use crate::types::{Bytes, address, address_str, b256};
 
 task!(
@@ -49,6 +50,41 @@ pub struct StoreOptions {
     /// Replace a file already at the path (by default an existing file is refused: `EIO`
     /// with the operating system's "File exists").
     pub overwrite: Option<bool>,
+}
+
+/// DataInf's settings for `FeatureStore.score`.
+#[napi(object)]
+pub struct DataInfOptions {
+    /// `[start, end]` ranges of the `k` features, one per layer (default: one layer of all `k`).
+    pub layers: Option<Vec<Vec<f64>>>,
+    /// `λ` per layer as a multiple of its mean squared gradient norm (default 0.1).
+    pub lambda_scale: Option<f64>,
+}
+
+fn datainf(options: Option<DataInfOptions>) -> Result<DataInf> {
+    let o = options.unwrap_or(DataInfOptions {
+        layers: None,
+        lambda_scale: None,
+    });
+    let layers = o
+        .layers
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, l)| match l.as_slice() {
+            [a, b] => {
+                Ok(count(&format!("layers[{i}][0]"), *a)?..count(&format!("layers[{i}][1]"), *b)?)
+            }
+            _ => Err(invalid_arg(
+                &format!("layers[{i}]"),
+                "expected [start, end]",
+            )),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(DataInf {
+        layers,
+        lambda_scale: o.lambda_scale.unwrap_or(0.1),
+    })
 }
 
 /// `flat` (`[checkpoints, p]` row-major) as one vector per checkpoint.
@@ -311,25 +347,63 @@ impl FeatureStore {
         crate::error::guard(|| Ok(Float32Array::new(self.inner.features(self.index(i)?))))
     }
 
+    /// The contributor of every example, in store order (checksummed addresses).
+    #[napi(catch_unwind)]
+    pub fn contributors(&self) -> Vec<String> {
+        (0..self.inner.len())
+            .map(|i| address_str(&self.inner.contributor(i)))
+            .collect()
+    }
+
+    /// Splits the store into `shards` files in `dir` (`{stem}.shard-{j}-of-{n}.olfs`, its
+    /// configuration, its rows in order, whole blocks of 1024 rows in every shard but the
+    /// last); resolves to their paths. Scores over the shards equal the store's bit for bit,
+    /// and `FeatureStore.merge` of the shards gives back the store's bytes. More shards than
+    /// blocks, or a shard file already there, reject.
+    #[napi(catch_unwind)]
+    pub fn split(&self, dir: String, shards: f64) -> Result<AsyncTask<StringListTask>> {
+        crate::error::guard(|| {
+            let (store, shards) = (self.inner.clone(), count("shards", shards)?);
+            Ok(StringListTask::spawn(move || {
+                let paths = store.split(PathBuf::from(dir), shards).js()?;
+                Ok(paths.iter().map(|p| p.display().to_string()).collect())
+            }))
+        })
+    }
+
+    /// Concatenates the stores at `parts` (one configuration) in order into a new store at
+    /// `out`, and resolves to it.
+    #[napi(catch_unwind)]
+    pub fn merge(parts: Vec<String>, out: String) -> AsyncTask<FeatureStoreTask> {
+        FeatureStoreTask::spawn(move || {
+            Ok(FeatureStore {
+                inner: Arc::new(RustStore::merge(&parts, PathBuf::from(out)).js()?),
+            })
+        })
+    }
+
     /// Scores every stored example against a query's gradients (`[checkpoints, inputDim]`)
-    /// with `method` `"tracin"` (the default: TracIn-CP, `Σ_c η_c ⟨φ_c(q), φ_c(z)⟩`) or
-    /// `"cosine"` (LESS); resolves to one score per example, in store order. `onProgress(n)`
-    /// is called with the rows scored since its last call.
+    /// with `method` `"tracin"` (the default: TracIn-CP, `Σ_c η_c ⟨φ_c(q), φ_c(z)⟩`),
+    /// `"cosine"` (LESS) or `"datainf"` (DataInf's closed form, set by `datainf`; Koh–Liang's
+    /// sign: helpful examples score low); resolves to one score per example, in store order.
+    /// `onProgress(n)` is called with the rows read since its last call.
     #[napi(catch_unwind)]
     pub fn score(
         &self,
         gradients: Float32Array,
         method: Option<String>,
         on_progress: Option<ProgressFn>,
+        datainf: Option<DataInfOptions>,
     ) -> Result<AsyncTask<Float32Task>> {
         crate::error::guard(|| {
             let method = match method.as_deref() {
                 None | Some("tracin") => ScoreMethod::TracIn,
                 Some("cosine") => ScoreMethod::Cosine,
+                Some("datainf") => ScoreMethod::DataInf(self::datainf(datainf)?),
                 Some(other) => {
                     return Err(invalid_arg(
                         "method",
-                        format!("expected \"tracin\" or \"cosine\", found {other:?}"),
+                        format!("expected \"tracin\", \"cosine\" or \"datainf\", found {other:?}"),
                     ));
                 }
             };

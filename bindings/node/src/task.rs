@@ -57,6 +57,10 @@ task!(
     StringTask => String
 );
 task!(
+    /// Resolves to a list of strings.
+    StringListTask => Vec<String>
+);
+task!(
     /// Resolves to a list of lists of strings.
     StringListsTask => Vec<Vec<String>>
 );
