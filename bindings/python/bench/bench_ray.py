@@ -71,15 +71,19 @@ def main():
                     # DataInf: its three passes, the driver's steps between them not counted),
                     # with both of this machine's cores, as a node of two cores would.
                     per_shard = []
-                    # Each task opens its shard (checking every row's CRC), so the opens count.
-                    for p in paths:
+                    # A worker opens its shard once (checking every row's CRC), so one open
+                    # counts for each query's passes.
+                    def alone(p):
+                        s = ol.FeatureStore.open(p)
                         if method == "tracin":
-                            per_shard.append(best(lambda: ol.FeatureStore.open(p).score(query, method=method))[0])
+                            s.score(query, method=method)
                         else:
-                            one = best(lambda: ol.FeatureStore.open(p).datainf_norms())[0]
-                            two = best(lambda: ol.FeatureStore.open(p).datainf_residual(query, lam))[0]
-                            three = best(lambda: ol.FeatureStore.open(p).score_weights(wts))[0]
-                            per_shard.append(one + two + three)
+                            s.datainf_norms()
+                            s.datainf_residual(query, lam)
+                            s.score_weights(wts)
+
+                    for p in paths:
+                        per_shard.append(best(lambda: alone(p))[0])
                     m["shards"][n] = {
                         "ray_s": took,
                         "single_over_ray": base / took,

@@ -167,3 +167,15 @@ def test_bad_featurisation_calls_are_named(training_run, cluster, tmp_path):
     with pytest.raises(ray.exceptions.RayTaskError, match="scale|values|modules"):
         olr.featurize(other, checkpoints, examples, records, who, tmp_path / "y.olfs", shards=2, k=16, timeout=300)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.olfs"]
+
+
+def test_a_worker_reopens_a_shard_only_when_its_file_changed(store, tmp_path):
+    whole, _, _ = store
+    paths = whole.split(tmp_path, 2)
+    first = olr._open(str(paths[1]))
+    assert olr._open(str(paths[1])) is first
+    # The same path, rewritten with other rows: opened again.
+    pathlib.Path(paths[1]).unlink()
+    ol.FeatureStore.merge([paths[0]], paths[1])
+    again = olr._open(str(paths[1]))
+    assert again is not first and len(again) == len(ol.FeatureStore.open(paths[0]))

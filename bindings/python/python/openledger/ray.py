@@ -199,25 +199,42 @@ def _gather(
     return ray.get(refs)
 
 
+#: The stores a worker process has opened, by file identity: opening checks every row's CRC, so
+#: the passes of one query (and later queries) reuse the open store while its file is unchanged.
+_OPEN: Dict[Tuple[str, int, int, int], FeatureStore] = {}
+
+
+def _open(path: str) -> FeatureStore:
+    """The store at `path`, opened once per worker process (again when the file changed)."""
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_ino, st.st_mtime_ns, st.st_size)
+    store = _OPEN.get(key)
+    if store is None:
+        if len(_OPEN) >= 64:
+            _OPEN.clear()
+        store = _OPEN[key] = FeatureStore.open(path)
+    return store
+
+
 def _tasks() -> Dict[str, Any]:
     """The remote functions (defined once Ray is imported)."""
     ray = _ray()
     if not hasattr(_tasks, "cache"):
 
         def scores(path: str, gradients: np.ndarray, method: str) -> np.ndarray:
-            return FeatureStore.open(path).score(gradients, method=method)
+            return _open(path).score(gradients, method=method)
 
         def norms(path: str, layers: _Layers) -> Dict[str, Any]:
-            return FeatureStore.open(path).datainf_norms(layers=layers)
+            return _open(path).datainf_norms(layers=layers)
 
         def residual(path: str, gradients: np.ndarray, lambdas: List[float], layers: _Layers) -> Dict[str, Any]:
-            return FeatureStore.open(path).datainf_residual(gradients, lambdas, layers=layers)
+            return _open(path).datainf_residual(gradients, lambdas, layers=layers)
 
         def weighted(path: str, w: np.ndarray) -> np.ndarray:
-            return FeatureStore.open(path).score_weights(w)
+            return _open(path).score_weights(w)
 
         def contributors(path: str) -> List[str]:
-            return FeatureStore.open(path).contributors()
+            return _open(path).contributors()
 
         _tasks.cache = {  # type: ignore[attr-defined]
             f.__name__: ray.remote(num_cpus=1)(f)
@@ -262,7 +279,7 @@ def score(
     norms = _gather([t["norms"].remote(p, layers) for p in paths], progress, deadline)
     lambdas = datainf_lambdas(norms, lambda_scale=lambda_scale).tolist()
     residuals = _gather([t["residual"].remote(p, g, lambdas, layers) for p in paths], progress, deadline)
-    w = FeatureStore.open(paths[0]).datainf_weights(g_local, residuals, lambdas, layers=layers)
+    w = _open(paths[0]).datainf_weights(g_local, residuals, lambdas, layers=layers)
     parts = _gather([t["weighted"].remote(p, w) for p in paths], progress, deadline)
     return np.concatenate(parts)
 
