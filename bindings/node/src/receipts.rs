@@ -329,6 +329,22 @@ pub struct OperatorSigner {
     inner: RustSigner,
 }
 
+impl OperatorSigner {
+    /// Signs any receipt struct's EIP-712 digest for the contract at `verifying_contract`.
+    fn sign_struct<R: alloy_sol_types::SolStruct>(
+        &self,
+        receipt: &R,
+        chain_id: f64,
+        verifying_contract: &Bytes,
+    ) -> Result<Buffer> {
+        crate::error::guard(|| {
+            let d = domain(chain_id, verifying_contract)?;
+            let sig = self.inner.sign(receipt, &d).js()?;
+            Ok(Buffer::from(sig.as_bytes().to_vec()))
+        })
+    }
+}
+
 #[napi]
 impl OperatorSigner {
     /// A key from its 32 secret bytes (`0x` hex or a Buffer); zero or out-of-range keys throw a
@@ -358,11 +374,7 @@ impl OperatorSigner {
         chain_id: f64,
         verifying_contract: Bytes,
     ) -> Result<Buffer> {
-        crate::error::guard(|| {
-            let d = domain(chain_id, &verifying_contract)?;
-            let sig = self.inner.sign(&receipt.inner, &d).js()?;
-            Ok(Buffer::from(sig.as_bytes().to_vec()))
-        })
+        self.sign_struct(&receipt.inner, chain_id, &verifying_contract)
     }
 
     /// Signs an ensemble's `receipt` (its EIP-712 digest, low-s, RFC 6979); returns 65 bytes
@@ -374,11 +386,7 @@ impl OperatorSigner {
         chain_id: f64,
         verifying_contract: Bytes,
     ) -> Result<Buffer> {
-        crate::error::guard(|| {
-            let d = domain(chain_id, &verifying_contract)?;
-            let sig = self.inner.sign(&receipt.inner, &d).js()?;
-            Ok(Buffer::from(sig.as_bytes().to_vec()))
-        })
+        self.sign_struct(&receipt.inner, chain_id, &verifying_contract)
     }
 }
 

@@ -393,7 +393,16 @@ def _ranges(n: int, parts: int) -> List[Tuple[int, int]]:
     return [(j * n // parts, (j + 1) * n // parts) for j in range(parts)]
 
 
-def _check_featurize(examples: Sequence[Any], records: Sequence[str], contributors: Sequence[str], out: _Path) -> None:
+def _featurize_args(
+    checkpoints: Sequence[Tuple[_Path, float]],
+    examples: Sequence[Any],
+    records: Sequence[str],
+    contributors: Sequence[str],
+    out: _Path,
+    store: Dict[str, Any],
+) -> Tuple[List[Tuple[str, float]], str, Dict[str, Any]]:
+    """Checks a featurisation's inputs; returns the checkpoints, `out` and the store's options
+    as the tasks take them."""
     if not (len(examples) == len(records) == len(contributors)):
         raise ValueError(
             f"examples, records, contributors: {len(examples)}, {len(records)} and "
@@ -401,6 +410,7 @@ def _check_featurize(examples: Sequence[Any], records: Sequence[str], contributo
         )
     if os.path.exists(out):
         raise FileExistsError(f"{os.fspath(out)} exists: the store is not overwritten")
+    return [(os.fspath(a), float(lr)) for a, lr in checkpoints], os.fspath(out), store
 
 
 def featurize(
@@ -428,13 +438,13 @@ def featurize(
     order into ``out``, whose bytes equal ``featurize_local``'s. The model folder, the
     checkpoints and ``out``'s folder must be reachable at the same paths where the tasks run.
     ``progress(done, total)`` is called as tasks finish; the parts are removed afterwards."""
-    _check_featurize(examples, records, contributors, out)
+    cps, out, store = _featurize_args(
+        checkpoints, examples, records, contributors, out,
+        dict(k=k, projection=projection, seed=seed, dtype=dtype),
+    )
     ray = _ray()
     if not ray.is_initialized():
         raise RuntimeError("Ray is not running: call ray.init (or use openledger.ray.local_cluster) first")
-    out = os.fspath(out)
-    store = dict(k=k, projection=projection, seed=seed, dtype=dtype)
-    cps = [(os.fspath(a), float(lr)) for a, lr in checkpoints]
     ranges = _ranges(len(examples), shards)
     parts = [f"{out}.part-{j:03}-of-{shards:03}" for j in range(shards)]
     # A part path already taken is refused before anything is written (and never removed).
@@ -472,8 +482,9 @@ def featurize_local(
     dtype: str = "f16",
 ) -> FeatureStore:
     """``featurize`` in this process, one range: the reference the sharded run equals."""
-    _check_featurize(examples, records, contributors, out)
-    store = dict(k=k, projection=projection, seed=seed, dtype=dtype)
-    cps = [(os.fspath(a), float(lr)) for a, lr in checkpoints]
-    _featurize_range(trainer, cps, list(examples), list(records), list(contributors), os.fspath(out), store)
-    return FeatureStore.open(os.fspath(out))
+    cps, out, store = _featurize_args(
+        checkpoints, examples, records, contributors, out,
+        dict(k=k, projection=projection, seed=seed, dtype=dtype),
+    )
+    _featurize_range(trainer, cps, list(examples), list(records), list(contributors), out, store)
+    return FeatureStore.open(out)
