@@ -6,7 +6,7 @@
 #   OPENLEDGER_PY_PROFILE=release bash scripts/test-python.sh
 #
 # Needs python3 (3.9 or newer) with venv and a Rust toolchain; installs maturin, numpy, pytest
-# and Ray from PyPI into the venv. The package is installed with `pip install ./bindings/python`
+# Ray (with Serve) and the openai client from PyPI into the venv. The package is installed with `pip install ./bindings/python`
 # (maturin is the build backend); cargo builds inside the workspace, so the workspace target
 # folder (or $CARGO_TARGET_DIR) is reused and dependencies are not compiled twice.
 set -euo pipefail
@@ -27,7 +27,8 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 py="$venv/bin/python"
 "$py" -m pip install --quiet --disable-pip-version-check "maturin>=1.9.4,<2" "numpy>=1.21" "pytest>=7" \
-    "ray==2.60.0"  # the [ray] extra, pinned: openledger.ray's tests start a local cluster
+    "ray[serve]==2.60.0" "openai>=1.100,<3"  # the [serve] extra, pinned: openledger.ray's and
+    # openledger.ray_serve's tests start a local cluster; the serving test talks to it with openai
 
 step "build and install the openledger package (cargo profile: $profile)"
 # maturin reads its cargo arguments from MATURIN_PEP517_ARGS when pip drives it.

@@ -42,7 +42,7 @@ mod routes;
 
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
@@ -57,7 +57,7 @@ pub use auth::{ApiKeys, KeyFileError, KeyInfo};
 pub use error::ApiError;
 pub use metrics::Metrics;
 pub use openledger_lora::model::template;
-pub use openledger_lora::model::{ChatMessage, ChatTemplate, TemplateError};
+pub use openledger_lora::model::{ChatMessage, ChatTemplate, TemplateError, eos_token_ids};
 
 /// Limits and sources of a server.
 #[derive(Debug, Clone)]
@@ -207,47 +207,6 @@ impl std::fmt::Debug for Server {
     }
 }
 
-/// The end-of-sequence ids of the model folder: `generation_config.json`'s `eos_token_id`
-/// (one id or a list), else `config.json`'s.
-fn eos_ids(dir: &Path) -> Result<Vec<u32>, ServerError> {
-    for file in ["generation_config.json", "config.json"] {
-        let path = dir.join(file);
-        let Ok(bytes) = std::fs::read(&path) else {
-            continue;
-        };
-        let v: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|e| ServerError::ModelFile {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-        let bad = || ServerError::ModelFile {
-            path: path.clone(),
-            reason: "eos_token_id must be a token id or a list of them".into(),
-        };
-        match v.get("eos_token_id") {
-            None | Some(serde_json::Value::Null) => continue,
-            Some(serde_json::Value::Array(a)) => {
-                return a
-                    .iter()
-                    .map(|x| {
-                        x.as_u64()
-                            .and_then(|x| u32::try_from(x).ok())
-                            .ok_or_else(bad)
-                    })
-                    .collect();
-            }
-            Some(x) => {
-                return Ok(vec![
-                    x.as_u64()
-                        .and_then(|x| u32::try_from(x).ok())
-                        .ok_or_else(bad)?,
-                ]);
-            }
-        }
-    }
-    Ok(Vec::new())
-}
-
 impl Server {
     /// Loads the model (reporting each weight file and layer to `progress`), registers the
     /// adapters folder's adapters and reads the key file.
@@ -274,7 +233,7 @@ impl Server {
             Some(g) => (ChatTemplate::from_gguf(g)?, g.eos_token_ids()),
             None => (
                 ChatTemplate::from_model_dir(&config.model_dir)?,
-                eos_ids(&config.model_dir)?,
+                eos_token_ids(&config.model_dir)?,
             ),
         };
         let attributor = config

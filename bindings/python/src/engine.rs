@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use openledger_lora::adapter::{LoadOptions, LoraAdapter};
 use openledger_lora::model::{
-    FaultWatch, ModelError, ServeOptions, ServedModel, TOKENIZER_FILE, Tokenizer,
+    ChatMessage, ChatTemplate, FaultWatch, ModelError, ServeOptions, ServedModel, TOKENIZER_FILE,
+    TemplateError, Tokenizer, eos_token_ids,
 };
 use openledger_lora::pool::{AdapterId, PoolError};
 use openledger_lora::serve::{
@@ -63,6 +64,21 @@ fn request_adapter(a: &Bound<'_, PyAny>) -> Result<AdapterId> {
 #[pyclass(name = "Engine", module = "openledger", frozen)]
 pub struct PyEngine {
     inner: ServedModel,
+    /// The folder's chat template, when it has one.
+    template: Option<ChatTemplate>,
+    /// The ids that end a turn (`generation_config.json`'s `eos_token_id`).
+    eos: Vec<u32>,
+}
+
+/// A model folder's unreadable template is a `ModelFormatError`; a conversation the template
+/// refuses is an `InvalidArgumentError` naming `messages`.
+fn template_error(e: TemplateError) -> error::Error {
+    match e {
+        TemplateError::Render(_) => invalid_arg("messages", e),
+        _ => error::Error::from(pyo3::PyErr::from(error::ModelFormatError::new_err(
+            e.to_string(),
+        ))),
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -128,6 +144,42 @@ fn prompt_ids(
     Ok(ids)
 }
 
+/// `messages` as a list of dicts of `role`, `content` (str) and optionally `name`.
+fn chat_messages(messages: &Bound<'_, PyAny>) -> Result<Vec<ChatMessage>> {
+    let list: Vec<Bound<'_, PyDict>> = messages.extract().map_err(|_| {
+        invalid_arg(
+            "messages",
+            format!("expected a list of dicts, got {}", type_name(messages)),
+        )
+    })?;
+    list.iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let field = |key: &str| -> Result<Option<String>> {
+                match m.get_item(key)? {
+                    None => Ok(None),
+                    Some(v) if v.is_none() && key == "name" => Ok(None),
+                    Some(v) => v.extract::<String>().map(Some).map_err(|_| {
+                        invalid_arg(
+                            "messages",
+                            format!("message {i}: {key} must be a str, got {}", type_name(&v)),
+                        )
+                    }),
+                }
+            };
+            let need = |key: &str| -> Result<String> {
+                field(key)?
+                    .ok_or_else(|| invalid_arg("messages", format!("message {i} has no {key}")))
+            };
+            Ok(ChatMessage {
+                role: need("role")?,
+                content: need("content")?,
+                name: field("name")?,
+            })
+        })
+        .collect()
+}
+
 fn type_name(o: &Bound<'_, PyAny>) -> String {
     o.get_type()
         .name()
@@ -174,13 +226,25 @@ impl PyEngine {
             block_size,
             num_blocks,
         };
+        let (template, eos) = py
+            .detach(|| {
+                Ok::<_, TemplateError>((
+                    ChatTemplate::from_model_dir(&model_dir)?,
+                    eos_token_ids(&model_dir)?,
+                ))
+            })
+            .map_err(template_error)?;
         let progress = Progress::new(progress);
         let inner = py.detach(|| {
             ServedModel::load(&model_dir, pool, &options, &mut |_| progress.advance(1))
                 .map_err(error::Error::from)
         });
         progress.finish()?;
-        Ok(Self { inner: inner? })
+        Ok(Self {
+            inner: inner?,
+            template,
+            eos,
+        })
     }
 
     /// Tokens in the model's vocabulary.
@@ -221,6 +285,45 @@ impl PyEngine {
             tok.decode(&ids, skip_special_tokens)
                 .map_err(|e| invalid_arg("ids", e))
         })
+    }
+
+    /// Whether the model folder has a chat template (`chat_template.jinja`, or
+    /// `tokenizer_config.json`'s `chat_template`).
+    #[getter]
+    fn has_chat_template(&self) -> bool {
+        self.template.is_some()
+    }
+
+    /// The ids that end a turn (`generation_config.json`'s `eos_token_id`, else
+    /// `config.json`'s; empty when neither names one): pass them as `stop_tokens`.
+    #[getter]
+    fn eos_token_ids(&self) -> Vec<u32> {
+        self.eos.clone()
+    }
+
+    /// The prompt text of `messages` (dicts of `role`, `content` and optionally `name`, as
+    /// transformers' `apply_chat_template(messages, tokenize=False)` takes them), ending with
+    /// the assistant's opening when `add_generation_prompt`. A folder without a template is a
+    /// `ModelFormatError`; a malformed message or one the template refuses an
+    /// `InvalidArgumentError`.
+    #[pyo3(signature = (messages, add_generation_prompt = true))]
+    fn apply_chat_template(
+        &self,
+        py: Python<'_>,
+        messages: &Bound<'_, PyAny>,
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        let Some(template) = &self.template else {
+            return Err(error::Error::from(pyo3::PyErr::from(
+                error::ModelFormatError::new_err(format!(
+                    "{}: the model folder has no chat template",
+                    self.inner.model_dir().display()
+                )),
+            )));
+        };
+        let messages = chat_messages(messages)?;
+        py.detach(|| template.render(&messages, add_generation_prompt))
+            .map_err(template_error)
     }
 
     /// Whether the engine takes no more requests: `close` was called, or it stopped on an

@@ -5,9 +5,12 @@ use std::path::PathBuf;
 use std::sync::RwLock;
 
 use numpy::{PyArray2, PyReadonlyArray1, PyUntypedArray, PyUntypedArrayMethods};
+use openledger::payable::HashingEmbedder;
 use openledger_core::ContentId;
 use openledger_lora::embed::SentenceEmbedder;
-use openledger_poa::rag::{Citation, RagIndex, RelevanceWeighting, Similarity, relevance_weights};
+use openledger_poa::rag::{
+    Citation, Embedder, RagIndex, RelevanceWeighting, Similarity, relevance_weights,
+};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
@@ -189,9 +192,56 @@ fn py_relevance_weights(
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyRagIndex>()?;
     m.add_class::<PySentenceEmbedder>()?;
+    m.add_class::<PyHashingEmbedder>()?;
     m.add_function(wrap_pyfunction!(py_relevance_weights, m)?)?;
     m.add_function(wrap_pyfunction!(content_id, m)?)?;
     Ok(())
+}
+
+/// A feature-hashing bag-of-words embedder (what the server and the Payable-AI loop use without
+/// a sentence model): each lower-cased word adds 1 to the coordinate its FNV-1a hash selects,
+/// so under cosine similarity records rank by the words they share with the question.
+#[pyclass(name = "HashingEmbedder", module = "openledger", frozen)]
+pub struct PyHashingEmbedder {
+    inner: HashingEmbedder,
+}
+
+#[pymethods]
+impl PyHashingEmbedder {
+    /// An embedder into `dim` coordinates (512, the server's, by default).
+    #[new]
+    #[pyo3(signature = (dim = 512))]
+    fn new(dim: usize) -> Result<Self> {
+        if dim == 0 {
+            return Err(invalid_arg("dim", "must be at least 1"));
+        }
+        Ok(Self {
+            inner: HashingEmbedder::new(dim),
+        })
+    }
+
+    /// The embedding dimension.
+    #[getter]
+    fn dim(&self) -> usize {
+        self.inner.dim()
+    }
+
+    /// The vectors of `texts` as a `(len(texts), dim)` float32 array (a text with no word is
+    /// the zero vector).
+    fn embed<'py>(&self, py: Python<'py>, texts: Vec<String>) -> Result<Bound<'py, PyArray2<f32>>> {
+        let dim = self.inner.dim();
+        let mut flat = Vec::with_capacity(texts.len() * dim);
+        for t in &texts {
+            flat.extend(self.inner.embed(t)?);
+        }
+        let arr = numpy::ndarray::Array2::from_shape_vec((texts.len(), dim), flat)
+            .map_err(|e| invalid_arg("texts", e))?;
+        Ok(PyArray2::from_owned_array(py, arr))
+    }
+
+    fn __repr__(&self) -> String {
+        format!("HashingEmbedder(dim={})", self.inner.dim())
+    }
 }
 
 /// A sentence-transformers embedding model (a BERT folder such as all-MiniLM-L6-v2, fetched by

@@ -343,6 +343,16 @@ fn py_ensemble_owner_shares<'py>(
     Ok(py_u256_list(py, &parts)?)
 }
 
+/// The id the `ModelRegistry` gives the model `registrant` registers under `salt`:
+/// `keccak256(abi.encode(registrant, salt))`, what receipts name in `model_id` / `adapter_ids`.
+#[pyfunction(name = "model_id")]
+fn py_model_id(registrant: &Bound<'_, PyAny>, salt: &Bound<'_, PyAny>) -> Result<String> {
+    Ok(b256_str(&openledger_chain::bindings::model_id(
+        address("registrant", registrant)?,
+        b256("salt", salt)?,
+    )))
+}
+
 /// Adds the receipt classes and functions to the module.
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyAttributionReceipt>()?;
@@ -352,5 +362,6 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(py_ensemble_owner_shares, m)?)?;
     m.add_class::<PyOperatorSigner>()?;
     m.add_function(wrap_pyfunction!(py_weights_hash, m)?)?;
+    m.add_function(wrap_pyfunction!(py_model_id, m)?)?;
     Ok(())
 }

@@ -21,6 +21,30 @@ ADAPTERS = TINY / "adapters"
 MERKLE_VECTORS = REPO / "openledger-chain" / "tests" / "vectors" / "merkle.json"
 
 
+#: 127.0.0.1 as /proc/net/tcp writes it, or as an IPv4-mapped IPv6 address.
+LOOPBACK = {"0100007F", "0000000000000000FFFF00000100007F"}
+
+
+def listening_hosts(pids):
+    """The addresses the processes `pids` listen on (TCP, from /proc), as hex."""
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            continue
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in pathlib.Path(table).read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[3] == "0A" and cols[9] in inodes:  # LISTEN
+                found.append(cols[1].split(":")[0])
+    return found
+
+
 @pytest.fixture
 def tiny_llama() -> pathlib.Path:
     return TINY

@@ -341,3 +341,36 @@ def test_ensembles_named_per_request_equal_peft_cat_combinations(reference):
         with pytest.raises(ol.InvalidArgumentError, match="adapter"):
             e.generate(reference["sequences"][0], [("qv-r4", "heavy")])
     assert pool.stats().pinned_count == 0
+
+
+def test_chat_templates_render_as_transformers_and_bad_conversations_are_named(text_model, tmp_path):
+    with ol.Engine(text_model, max_context=64) as e:
+        assert not e.has_chat_template and e.eos_token_ids == [2]
+        with pytest.raises(ol.ModelFormatError, match="no chat template"):
+            e.apply_chat_template([{"role": "user", "content": "hi"}])
+    d = tmp_path / "chat"
+    d.mkdir()
+    for f in text_model.iterdir():
+        (d / f.name).write_bytes(f.read_bytes())
+    (d / "chat_template.jinja").write_text(
+        "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] | trim }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    (d / "generation_config.json").write_text('{"eos_token_id": [2, 3]}')
+    with ol.Engine(d, max_context=64) as e:
+        assert e.has_chat_template and e.eos_token_ids == [2, 3]
+        msgs = [{"role": "system", "content": " be brief "}, {"role": "user", "content": "w1", "name": None}]
+        assert e.apply_chat_template(msgs) == "<|system|>be brief\n<|user|>w1\n<|assistant|>"
+        assert e.apply_chat_template(msgs, add_generation_prompt=False) == "<|system|>be brief\n<|user|>w1\n"
+        with pytest.raises(ol.InvalidArgumentError, match="message 1 has no content"):
+            e.apply_chat_template([{"role": "user", "content": "a"}, {"role": "user"}])
+        with pytest.raises(ol.InvalidArgumentError, match="message 0: content must be a str"):
+            e.apply_chat_template([{"role": "user", "content": 3}])
+        with pytest.raises(ol.InvalidArgumentError, match="messages: expected a list of dicts"):
+            e.apply_chat_template("hi")
+    (d / "chat_template.jinja").write_text("{{ raise_exception('only users may speak') }}")
+    with ol.Engine(d, max_context=64) as e:
+        with pytest.raises(ol.InvalidArgumentError, match="only users may speak"):
+            e.apply_chat_template([{"role": "user", "content": "a"}])
+    (d / "chat_template.jinja").write_text("{% for %}")
+    with pytest.raises(ol.ModelFormatError, match="does not compile"):
+        ol.Engine(d, max_context=64)

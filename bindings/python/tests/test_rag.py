@@ -105,3 +105,20 @@ def test_wrong_dimension_nan_zero_vector_and_empty_index():
         ol.RagIndex(4, "euclid")
     with pytest.raises(ol.InvalidArgumentError):
         ol.RagIndex(0)
+
+
+def test_feature_hashing_ranks_records_by_shared_words():
+    h = ol.HashingEmbedder()
+    assert h.dim == 512 and repr(h) == "HashingEmbedder(dim=512)"
+    v = h.embed(["What does ASPIRIN treat", "", "aspirin aspirin"])
+    assert v.shape == (3, 512) and v.dtype == np.float32
+    assert not v[1].any() and v[2].sum() == 2.0 and v[2].max() == 2.0
+    # Words are lower-cased: the aspirin coordinate is shared.
+    assert (v[0] * v[2]).sum() == 2.0
+    idx = ol.RagIndex(512)
+    texts = ["what does aspirin treat => pain", "what does ibuprofen treat => swelling"]
+    for t, e in zip(texts, h.embed(texts)):
+        idx.add(ol.content_id(t.encode()), "0x" + "01" * 20, t, e)
+    assert idx.search(h.embed(["aspirin treat"])[0], 1)[0]["snippet"] == texts[0]
+    with pytest.raises(ol.InvalidArgumentError, match="dim"):
+        ol.HashingEmbedder(0)

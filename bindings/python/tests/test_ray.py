@@ -17,7 +17,7 @@ else:
     pytest.importorskip("ray")
 import openledger.ray as olr  # noqa: E402
 
-from conftest import LAYERS  # noqa: E402
+from conftest import LAYERS, LOOPBACK, listening_hosts  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -38,36 +38,14 @@ def cluster():
     assert snapshot() == before
 
 
-def _listeners(pids):
-    """The addresses the processes `pids` listen on (TCP, from /proc), as hex."""
-    inodes = set()
-    for pid in pids:
-        try:
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                if target.startswith("socket:["):
-                    inodes.add(target[8:-1])
-        except OSError:
-            continue
-    found = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in pathlib.Path(table).read_text().splitlines()[1:]:
-            cols = line.split()
-            if cols[3] == "0A" and cols[9] in inodes:  # LISTEN
-                found.append(cols[1].split(":")[0])
-    return found
-
-
 def test_the_cluster_listens_on_loopback_only(cluster):
     ray = cluster
     assert ray.util.get_node_ip_address() == "127.0.0.1"
     pids = [p for p in olr._descendants(os.getpid()) if olr._alive(p)]
     assert pids, "the cluster runs in processes of its own"
-    hosts = _listeners(pids + [os.getpid()])
+    hosts = listening_hosts(pids + [os.getpid()])
     assert hosts, "the cluster listens somewhere"
-    # 127.0.0.1, as /proc/net/tcp writes it, or as an IPv4-mapped IPv6 address.
-    loopback = {"0100007F", "0000000000000000FFFF00000100007F"}
-    assert set(hosts) <= loopback, hosts
+    assert set(hosts) <= LOOPBACK, hosts
 
 
 @pytest.mark.parametrize("shards", [2, 4])

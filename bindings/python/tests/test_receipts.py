@@ -64,3 +64,15 @@ def test_bad_keys_signatures_and_fields():
         ol.AttributionReceipt("0x" + "01" * 32, "0x" + "02" * 32, [], "nope", 1, 0, "0x" + "00" * 32)
     with pytest.raises(ol.InvalidArgumentError, match="amount"):
         receipt(amount=-5)
+
+
+def test_model_ids_are_the_registrys():
+    """`model_id` against the ModelRegistry's own `modelIdFor`, run by the embedded EVM."""
+    chain = ol.EmbeddedChain()
+    s = chain.deploy_suite()
+    for who, salt in [(ADDRESS_OF_KEY_ONE, "0x" + "11" * 32), ("0x" + "00" * 20, ol.content_id(b"qv-r4"))]:
+        assert ol.model_id(who, salt) == chain.call(s["models"], "ModelRegistry", "modelIdFor", [who, salt])[0]
+    with pytest.raises(ol.InvalidArgumentError, match="registrant"):
+        ol.model_id("0x12", "0x" + "11" * 32)
+    with pytest.raises(ol.InvalidArgumentError, match="salt"):
+        ol.model_id(ADDRESS_OF_KEY_ONE, "0x11")

@@ -214,6 +214,43 @@ impl ChatTemplate {
     }
 }
 
+/// The ids that end a turn, as `generation_config.json` (else `config.json`) gives
+/// `eos_token_id`: one id or a list of them; empty when neither file names one.
+pub fn eos_token_ids(dir: &Path) -> Result<Vec<u32>, TemplateError> {
+    for file in ["generation_config.json", "config.json"] {
+        let path = dir.join(file);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                return Err(TemplateError::File {
+                    path,
+                    reason: e.to_string(),
+                });
+            }
+        };
+        let v: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| TemplateError::File {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        let id = |x: &serde_json::Value| {
+            x.as_u64()
+                .and_then(|x| u32::try_from(x).ok())
+                .ok_or_else(|| TemplateError::File {
+                    path: path.clone(),
+                    reason: "eos_token_id must be a token id or a list of them".into(),
+                })
+        };
+        match v.get("eos_token_id") {
+            None | Some(serde_json::Value::Null) => continue,
+            Some(serde_json::Value::Array(a)) => return a.iter().map(id).collect(),
+            Some(x) => return Ok(vec![id(x)?]),
+        }
+    }
+    Ok(Vec::new())
+}
+
 /// One message of a conversation.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 pub struct ChatMessage {
@@ -504,5 +541,26 @@ mod tests {
         );
         assert_eq!(strftime("%d %b %Y", 0), "01 Jan 1970");
         assert_eq!(strftime("%d %b %Y", -86_400), "31 Dec 1969");
+    }
+
+    #[test]
+    fn eos_ids_come_from_the_generation_config_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |f: &str, v: &str| std::fs::write(dir.path().join(f), v).unwrap();
+        assert_eq!(eos_token_ids(dir.path()).unwrap(), Vec::<u32>::new());
+        write("config.json", r#"{"eos_token_id": 2}"#);
+        assert_eq!(eos_token_ids(dir.path()).unwrap(), vec![2]);
+        write("generation_config.json", r#"{"eos_token_id": [7, 9]}"#);
+        assert_eq!(eos_token_ids(dir.path()).unwrap(), vec![7, 9]);
+        write("generation_config.json", r#"{"eos_token_id": null}"#);
+        assert_eq!(eos_token_ids(dir.path()).unwrap(), vec![2]);
+        write("generation_config.json", r#"{"eos_token_id": [-1]}"#);
+        let e = eos_token_ids(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("generation_config.json") && e.contains("eos_token_id"),
+            "{e}"
+        );
+        write("generation_config.json", "{");
+        assert!(eos_token_ids(dir.path()).is_err());
     }
 }

@@ -52,6 +52,7 @@ __all__ = [
     "featurize",
     "featurize_local",
     "local_cluster",
+    "loopback_grpc",
     "reduce",
     "score",
 ]
@@ -61,14 +62,18 @@ _Layers = Optional[Sequence[Tuple[int, int]]]
 _METHODS = ("tracin", "cosine", "datainf")
 
 
-def _ray() -> Any:
+def _require(module: str, user: str, extra: str) -> Any:
+    """``module`` imported, or an ``ImportError`` saying which extra of ours brings it."""
+    import importlib
+
     try:
-        import ray
+        return importlib.import_module(module)
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "openledger.ray needs Ray: pip install './bindings/python[ray]'"
-        ) from e
-    return ray
+        raise ImportError(f"{user} needs {module}: pip install './bindings/python[{extra}]'") from e
+
+
+def _ray() -> Any:
+    return _require("ray", "openledger.ray", "ray")
 
 
 #: Set before Ray is imported (Ray reads them at import): the local node's address is 127.0.0.1,
@@ -80,6 +85,32 @@ LOCAL_ENV = {
     "RAY_AUTH_MODE": "disabled",
     "RAY_USAGE_STATS_ENABLED": "0",
 }
+
+
+def loopback_grpc() -> None:
+    """Makes the gRPC servers of this worker process listen on loopback: Ray Serve 2.60's
+    replicas start their inter-deployment gRPC server on ``[::]:0`` (every interface) whatever
+    the node's address, through ``ray._common.tls_utils.add_port_to_grpc_server``; wrapped
+    here, a wildcard address becomes ``127.0.0.1`` with the same port. ``local_cluster`` runs
+    it in every worker as Ray's ``worker_process_setup_hook`` (before Serve's replica module is
+    imported, so the replica takes the wrapped function). A Ray without that function is left
+    as it is."""
+    try:
+        from ray._common import tls_utils
+    except ImportError:  # pragma: no cover - another Ray layout
+        return
+    bind = getattr(tls_utils, "add_port_to_grpc_server", None)
+    if bind is None or getattr(bind, "_openledger_loopback", False):
+        return
+
+    def on_loopback(server: Any, address: str) -> Any:
+        host, _, port = address.rpartition(":")
+        if host in ("[::]", "0.0.0.0", ""):
+            address = f"127.0.0.1:{port}"
+        return bind(server, address)
+
+    on_loopback._openledger_loopback = True  # type: ignore[attr-defined]
+    tls_utils.add_port_to_grpc_server = on_loopback
 
 
 def _children() -> Dict[int, List[int]]:
@@ -121,7 +152,8 @@ def local_cluster(
     """A Ray cluster on this machine for the shards' tasks, stopped on exit with nothing left:
     ``num_cpus`` workers (all cores by default), every service on 127.0.0.1, no dashboard port,
     no auth-token file, no usage report, the object store capped at ``object_store_memory``
-    bytes (at least 75 MiB; Ray otherwise takes a share of memory in /dev/shm), its logs in a
+    bytes (at least 75 MiB; Ray otherwise takes a share of memory in /dev/shm), Ray Serve's
+    replicas' gRPC servers on loopback too (``loopback_grpc``), its logs in a
     temporary folder removed on exit. Processes the cluster started that outlive
     ``ray.shutdown()`` by ``stop_timeout`` seconds are killed (found through /proc: Linux only;
     processes this one started before the cluster are left alone).
@@ -147,6 +179,7 @@ def local_cluster(
             _temp_dir=tmp,
             log_to_driver=False,
             configure_logging=False,
+            runtime_env={"worker_process_setup_hook": "openledger.ray.loopback_grpc"},
         )
         ip = ray.util.get_node_ip_address()
         if ip != "127.0.0.1":
