@@ -75,9 +75,7 @@ pub struct PyEngine {
 fn template_error(e: TemplateError) -> error::Error {
     match e {
         TemplateError::Render(_) => invalid_arg("messages", e),
-        _ => error::Error::from(pyo3::PyErr::from(error::ModelFormatError::new_err(
-            e.to_string(),
-        ))),
+        _ => error::Error::from(error::ModelFormatError::new_err(e.to_string())),
     }
 }
 
@@ -314,11 +312,11 @@ impl PyEngine {
         add_generation_prompt: bool,
     ) -> Result<String> {
         let Some(template) = &self.template else {
-            return Err(error::Error::from(pyo3::PyErr::from(
-                error::ModelFormatError::new_err(format!(
+            return Err(error::Error::from(error::ModelFormatError::new_err(
+                format!(
                     "{}: the model folder has no chat template",
                     self.inner.model_dir().display()
-                )),
+                ),
             )));
         };
         let messages = chat_messages(messages)?;
