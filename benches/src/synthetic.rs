@@ -56,6 +56,17 @@ pub fn parameters(layers: usize) -> usize {
 
 /// The model with `layers` decoder layers, weights drawn from `rng`.
 pub fn model_with_layers(rng: &mut ChaCha8Rng, layers: usize) -> Model {
+    let (cfg, t) = tensors_with_layers(rng, layers, DType::F32);
+    Model::from_tensors(cfg, t).expect("model")
+}
+
+/// The configuration and the tensors (stored as `dtype`) of the model with `layers` decoder
+/// layers, weights drawn from `rng`.
+pub fn tensors_with_layers(
+    rng: &mut ChaCha8Rng,
+    layers: usize,
+    dtype: DType,
+) -> (ModelConfig, BTreeMap<String, HostTensor>) {
     let cfg = ModelConfig::from_json(
         format!(
             r#"{{"model_type": "llama", "vocab_size": {VOCAB}, "hidden_size": {H},
@@ -67,7 +78,7 @@ pub fn model_with_layers(rng: &mut ChaCha8Rng, layers: usize) -> Model {
     .expect("config");
     let mut t = BTreeMap::new();
     let mut put = |k: String, shape: Vec<usize>, v: Vec<f32>| {
-        t.insert(k, HostTensor::from_f32(DType::F32, shape, &v));
+        t.insert(k, HostTensor::from_f32(dtype, shape, &v));
     };
     for key in ["model.embed_tokens.weight", "lm_head.weight"] {
         put(key.into(), vec![VOCAB, H], random(VOCAB * H, 0.05, rng));
@@ -89,7 +100,7 @@ pub fn model_with_layers(rng: &mut ChaCha8Rng, layers: usize) -> Model {
             );
         }
     }
-    Model::from_tensors(cfg, t).expect("model")
+    (cfg, t)
 }
 
 /// A rank-`rank` adapter (alpha 32) on all seven projections of every layer, seeded by `seed`.

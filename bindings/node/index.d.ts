@@ -1148,6 +1148,11 @@ export interface EngineOptions {
   blockSize?: number
   /** Blocks in the KV pool (default: enough for `maxRunning` sequences of `maxContext`). */
   numBlocks?: number
+  /**
+   * How the base weights are held: `"f32"` (widened, the default), `"stored"` (bf16 / f16
+   * kept), `"int8"` (quantised per output channel), `"int8-g64"` / `"int8-g128"`.
+   */
+  weights?: string
 }
 
 /**
@@ -1754,6 +1759,11 @@ export interface TrainerOptions {
   evalEvery?: number
   /** Steps (1-based) after which a checkpoint event is sent. */
   checkpointSteps?: Array<number>
+  /**
+   * How the frozen base is held: `"f32"` (the default), `"stored"`, `"int8"` (QLoRA: the
+   * adapter trains over the dequantised int8 weights) or `"int8-gN"`.
+   */
+  weights?: string
 }
 
 /**

@@ -57,7 +57,9 @@ pub use auth::{ApiKeys, KeyFileError, KeyInfo};
 pub use error::ApiError;
 pub use metrics::Metrics;
 pub use openledger_lora::model::template;
-pub use openledger_lora::model::{ChatMessage, ChatTemplate, TemplateError, eos_token_ids};
+pub use openledger_lora::model::{
+    ChatMessage, ChatTemplate, TemplateError, WeightFormat, eos_token_ids,
+};
 
 /// Limits and sources of a server.
 #[derive(Debug, Clone)]
@@ -271,7 +273,7 @@ impl Server {
         }
         let served = match &gguf {
             Some(g) => {
-                let model = g.to_model(&mut |done, total| {
+                let model = g.to_model_with_format(config.serve.weights, &mut |done, total| {
                     progress(LoadProgress::LayerBuilt { done, total })
                 })?;
                 let tokenizer = Arc::new(g.tokenizer()?);

@@ -110,6 +110,10 @@ struct ServeArgs {
     /// Worker threads of the HTTP runtime (default: one per core).
     #[arg(long)]
     http_threads: Option<usize>,
+    /// How the base weights are held: `f32` (widened), `stored` (bf16 / f16 kept), `int8`
+    /// (quantised per output channel) or `int8-gN` (one scale per N inputs).
+    #[arg(long, default_value = "f32")]
+    weights: openledger::lora::model::WeightFormat,
 }
 
 /// The keys to pay from on a node: `OPENLEDGER_KEYS`, or anvil's dev keys.
@@ -144,6 +148,7 @@ fn serve(a: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         max_running: a.max_running,
         max_tokens_per_step: a.max_tokens_per_step,
         max_context: a.max_context,
+        weights: a.weights,
         ..ServeOptions::default()
     };
     config.pool_budget_bytes = a.pool_mib << 20;

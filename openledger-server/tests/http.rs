@@ -41,7 +41,19 @@ async fn models_lists_the_base_and_every_adapter() {
 #[tokio::test]
 async fn greedy_completions_are_pefts_tokens() {
     let dir = tempfile::tempdir().unwrap();
-    let s = server(dir.path(), None);
+    greedy_tokens_are_pefts(&server(dir.path(), None)).await;
+}
+
+/// The same over the base quantised to int8 at load (`--weights int8`): the fixture's greedy
+/// tokens survive it (openledger-lora's model_weights tests bound the logit gaps).
+#[tokio::test]
+async fn greedy_completions_over_an_int8_base_are_pefts_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = openledger_server::WeightFormat::Int8 { group: 0 };
+    greedy_tokens_are_pefts(&server_with_weights(dir.path(), None, weights)).await;
+}
+
+async fn greedy_tokens_are_pefts(s: &openledger_server::Server) {
     let refs = reference();
     let mut checked = 0;
     for (key, want) in refs["greedy"].as_object().unwrap() {
@@ -49,7 +61,7 @@ async fn greedy_completions_are_pefts_tokens() {
         let model = if model == "base" { "tiny-llama" } else { model };
         let prompt = &refs["sequences"][seq.parse::<usize>().unwrap()];
         let r = post(
-            &s,
+            s,
             "/v1/completions",
             json!({"model": model, "prompt": prompt, "max_tokens": 8, "temperature": 0,
                    "logprobs": 0, "return_tokens_as_token_ids": true}),

@@ -150,7 +150,7 @@ impl BaseNet {
                 proj.push(frozen(
                     lin.in_features,
                     lin.out_features,
-                    &lin.wt,
+                    &lin.wt().map_err(candle_core::Error::wrap)?,
                     lin.bias.as_ref(),
                 )?);
             }
@@ -172,7 +172,7 @@ impl BaseNet {
             lm_head: frozen(
                 w.lm_head.in_features,
                 w.lm_head.out_features,
-                &w.lm_head.wt,
+                &w.lm_head.wt().map_err(candle_core::Error::wrap)?,
                 w.lm_head.bias.as_ref(),
             )?,
             cfg,

@@ -153,3 +153,24 @@ test('an ensemble spelled in the adapter option gives PEFT cat combinations toke
     await e.close()
   }
 })
+
+test('a base held as stored or quantised to int8 serves the reference greedy tokens', async () => {
+  for (const weights of ['stored', 'int8']) {
+    const e = await ol.Engine.load(tinyLlama, { maxContext: 64, blockSize: 4, weights })
+    try {
+      await e.addAdapter('qv-r4', adapterDir('qv-r4'))
+      for (const name of ['base', 'qv-r4']) {
+        for (const [i, prompt] of reference.sequences.entries()) {
+          const want = reference.greedy[`${name}.${i}`]
+          const adapter = name === 'base' ? undefined : name
+          const got = await collect(e.generate(new Uint32Array(prompt), { adapter, maxNewTokens: want.length }))
+          assert.deepEqual(got, want, `${weights} ${name}.${i}`)
+        }
+      }
+    } finally {
+      await e.close()
+    }
+  }
+  await rejects(() => ol.Engine.load(tinyLlama, { weights: 'int4' }), 'InvalidArg', /weights/)
+  await rejects(() => ol.Engine.load(tinyLlama, { weights: 'int8-g48' }), 'InvalidArg', /groups of 48/)
+})

@@ -41,6 +41,33 @@ test('the loss falls and every step, evaluation and checkpoint reaches the callb
   assert.ok(Math.abs(ev.perplexity - Math.exp(ev.loss)) <= 1e-9 * ev.perplexity)
 })
 
+test('an adapter trained over an int8 base (QLoRA) serves the trainer tokens on int8 and f32 bases', async () => {
+  const t = await trainer({ weights: 'int8' })
+  const summary = await t.train(DATA)
+  assert.ok(summary.losses.at(-1) < 0.5 * summary.losses[0])
+  const dir = mkdtempSync(join(tmpdir(), 'openledger-qlora-'))
+  try {
+    await t.saveAdapter(join(dir, 'adapter'))
+    for (const weights of ['int8', 'f32']) {
+      const engine = await ol.Engine.load(tinyLlama, { maxContext: 64, blockSize: 4, weights })
+      try {
+        await engine.addAdapter('qlora', join(dir, 'adapter'))
+        for (const { prompt, response } of DATA) {
+          const stream = engine.generate(prompt, { adapter: 'qlora', maxNewTokens: 1 })
+          for await (const _ of stream);
+          const want = weights === 'int8' ? [...(await t.greedy(prompt, 1))] : response
+          assert.deepEqual([...stream.tokens], want, `${weights} ${prompt}`)
+        }
+      } finally {
+        await engine.close()
+      }
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true })
+  }
+  assert.throws(() => ol.Trainer.load(tinyLlama, { targets: ['q_proj'], r: 4, alpha: 8, weights: 'fp4' }), /weights/)
+})
+
 test('the saved adapter serves the tokens the trainer decodes', async () => {
   const t = await trainer()
   await t.train(DATA)

@@ -23,6 +23,7 @@ use napi_derive::napi;
 use openledger_lora::adapter::{LoadOptions, LoraAdapter as RustAdapter};
 use openledger_lora::model::{
     FaultWatch, ModelError, PendingCancel, ServeOptions, ServedModel, TOKENIZER_FILE, Tokenizer,
+    WeightFormat,
 };
 use openledger_lora::pool::AdapterId;
 use openledger_lora::serve::{
@@ -61,6 +62,16 @@ pub struct EngineOptions {
     pub block_size: Option<f64>,
     /// Blocks in the KV pool (default: enough for `maxRunning` sequences of `maxContext`).
     pub num_blocks: Option<f64>,
+    /// How the base weights are held: `"f32"` (widened, the default), `"stored"` (bf16 / f16
+    /// kept), `"int8"` (quantised per output channel), `"int8-g64"` / `"int8-g128"`.
+    pub weights: Option<String>,
+}
+
+/// The `weights` option (`"f32"` when absent).
+pub(crate) fn weight_format(v: Option<&str>) -> Result<WeightFormat> {
+    v.unwrap_or("f32")
+        .parse()
+        .map_err(|e: String| invalid_arg("weights", e))
 }
 
 fn opt_count(name: &str, v: Option<f64>, default: usize) -> Result<usize> {
@@ -215,12 +226,14 @@ impl Engine {
                 return Err(invalid_arg("blockSize", "must be at least 1"));
             }
             let num_blocks = o.num_blocks.map(|n| count("numBlocks", n)).transpose()?;
+            let weights = weight_format(o.weights.as_deref())?;
             let options = ServeOptions {
                 max_running,
                 max_tokens_per_step,
                 max_context,
                 block_size,
                 num_blocks,
+                weights,
             };
             let pool = pool.map(|p| p.inner.clone());
             let progress = Progress::new(on_progress);

@@ -73,6 +73,9 @@ pub struct TrainerOptions<'a> {
     pub eval_every: Option<f64>,
     /// Steps (1-based) after which a checkpoint event is sent.
     pub checkpoint_steps: Option<Vec<f64>>,
+    /// How the frozen base is held: `"f32"` (the default), `"stored"`, `"int8"` (QLoRA: the
+    /// adapter trains over the dequantised int8 weights) or `"int8-gN"`.
+    pub weights: Option<String>,
 }
 
 /// One training example: `tokens` alone (loss on every token) or `prompt` and `response`
@@ -314,9 +317,12 @@ impl Trainer {
     #[napi(catch_unwind)]
     pub fn load(model_dir: String, options: TrainerOptions<'_>) -> Result<AsyncTask<TrainerTask>> {
         error::guard(|| {
+            let weights = crate::engine::weight_format(options.weights.as_deref())?;
             let cfg = config(options)?;
             Ok(TrainerTask::spawn(move || {
-                let model = Model::from_dir(&PathBuf::from(model_dir)).map_err(|e| e.to_js())?;
+                let model =
+                    Model::from_dir_with_format(&PathBuf::from(model_dir), weights, &mut |_| {})
+                        .map_err(|e| e.to_js())?;
                 let inner = RustTrainer::new(&model, cfg).map_err(|e| e.to_js())?;
                 Ok(Trainer {
                     inner: Exclusive::new(inner, "trainer"),

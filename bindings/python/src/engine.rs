@@ -17,7 +17,7 @@ use std::time::Duration;
 use openledger_lora::adapter::{LoadOptions, LoraAdapter};
 use openledger_lora::model::{
     ChatMessage, ChatTemplate, FaultWatch, ModelError, ServeOptions, ServedModel, TOKENIZER_FILE,
-    TemplateError, Tokenizer, eos_token_ids,
+    TemplateError, Tokenizer, WeightFormat, eos_token_ids,
 };
 use openledger_lora::pool::{AdapterId, PoolError};
 use openledger_lora::serve::{
@@ -187,6 +187,9 @@ fn type_name(o: &Bound<'_, PyAny>) -> String {
 #[pymethods]
 impl PyEngine {
     /// Loads the HF model folder `model_dir` (config.json + safetensors) and starts the engine.
+    /// `weights` is how the base projections are held: `"f32"` (widened, the default),
+    /// `"stored"` (bf16 / f16 kept as the file stores them), `"int8"` (quantised at load, one
+    /// scale per output channel) or `"int8-g64"` / `"int8-g128"` (one scale per 64 / 128 inputs).
     /// Adapters registered in `pool` are loaded and attached when a request first names them.
     /// `progress(1)` is called after each weight file read and each layer built.
     #[new]
@@ -199,6 +202,7 @@ impl PyEngine {
         max_context = 512,
         block_size = 16,
         num_blocks = None,
+        weights = "f32",
         progress = None
     ))]
     #[allow(clippy::too_many_arguments)]
@@ -211,8 +215,10 @@ impl PyEngine {
         max_context: usize,
         block_size: usize,
         num_blocks: Option<usize>,
+        weights: &str,
         progress: Option<Py<PyAny>>,
     ) -> Result<Self> {
+        let weights: WeightFormat = weights.parse().map_err(|e| invalid_arg("weights", e))?;
         if block_size == 0 {
             return Err(invalid_arg("block_size", "must be at least 1"));
         }
@@ -223,6 +229,7 @@ impl PyEngine {
             max_context,
             block_size,
             num_blocks,
+            weights,
         };
         let (template, eos) = py
             .detach(|| {

@@ -46,6 +46,8 @@ fn _openledger(m: &Bound<'_, PyModule>) -> PyResult<()> {
     records::register(m)?;
     m.add_class::<pool::PyAdapterPool>()?;
     m.add_class::<pool::PyPoolStats>()?;
+    m.add_function(wrap_pyfunction!(pool::hub_ids, m)?)?;
+    m.add_function(wrap_pyfunction!(pool::parse_adapter_id, m)?)?;
     splits::register(m)?;
     m.add_class::<merkle::PyStandardMerkleTree>()?;
     m.add_class::<merkle::PyMerkleTree>()?;

@@ -15,6 +15,32 @@ fn id(s: &str) -> Result<AdapterId> {
     Ok(AdapterId::new(s).map_err(openledger_lora::pool::PoolError::from)?)
 }
 
+/// The ids of the adapter folders under the hub root `root`, sorted: `<root>/<id>/` and
+/// `<root>/<org>/<name>/` holding an `adapter_config.json` (what `AdapterPool.register_hub`
+/// registers).
+#[pyfunction]
+pub(crate) fn hub_ids(py: Python<'_>, root: PathBuf) -> Result<Vec<String>> {
+    Ok(py.detach(
+        || -> std::result::Result<Vec<String>, openledger_lora::pool::PoolError> {
+            let ids = HubDir::open(&root)?.ids()?;
+            Ok(ids.iter().map(ToString::to_string).collect())
+        },
+    )?)
+}
+
+/// The canonical spelling of an adapter id or ensemble (`"a*0.7+b*0.3"`; `"a*1"` is `"a"`) and
+/// its members with their weights (`[(id, 1.0)]` for a plain id); `InvalidIdError` naming the
+/// problem otherwise (whether the adapters exist is not checked here).
+#[pyfunction]
+pub(crate) fn parse_adapter_id(spelling: &str) -> Result<(String, Vec<(String, f32)>)> {
+    let parsed = AdapterId::parse(spelling).map_err(openledger_lora::pool::PoolError::from)?;
+    let members = parsed
+        .members()
+        .map(|ms| ms.into_iter().map(|(m, w)| (m.to_string(), w)).collect())
+        .unwrap_or_else(|| vec![(parsed.to_string(), 1.0)]);
+    Ok((parsed.to_string(), members))
+}
+
 /// A pool of registered adapters, of which those used most recently stay resident within a
 /// byte budget. Safe to share between threads; every call releases the GIL while it works.
 #[pyclass(name = "AdapterPool", module = "openledger", frozen)]

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 
 use numpy::{PyArray1, ToPyArray};
 use openledger_lora::adapter::{LoadOptions, LoraAdapter};
-use openledger_lora::model::Model;
+use openledger_lora::model::{Model, WeightFormat};
 use openledger_train::{
     Example, LoraSettings, Schedule, TrainConfig, TrainError, TrainEvent, Trainer,
 };
@@ -172,14 +172,16 @@ impl PyTrainer {
     /// A trainer for `model_dir` (config.json + safetensors) adapting `targets` (projection
     /// names such as `"q_proj"`, or `["all-linear"]`) with rank `r` and `alpha`;
     /// `rank_pattern` / `alpha_pattern` (`{regex: value}`, as PEFT's) give some modules their
-    /// own rank or alpha.
+    /// own rank or alpha. `weights` is how the frozen base is held: `"f32"` (the default),
+    /// `"stored"`, `"int8"` (QLoRA: the adapter trains over the dequantised int8 weights, and
+    /// serves on the unquantised base too) or `"int8-g64"` / `"int8-g128"`.
     #[new]
     #[pyo3(signature = (
         model_dir, targets, r, alpha, *, use_rslora = false, use_dora = false, dropout = 0.0,
         rank_pattern = None, alpha_pattern = None,
         steps = 100, batch_size = 4, grad_accum = 1, learning_rate = 2e-4, warmup_steps = 0,
         schedule = "cosine", weight_decay = 0.0, max_grad_norm = Some(1.0), seed = 0,
-        eval_every = None, checkpoint_steps = None
+        eval_every = None, checkpoint_steps = None, weights = "f32"
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -204,7 +206,9 @@ impl PyTrainer {
         seed: u64,
         eval_every: Option<usize>,
         checkpoint_steps: Option<Vec<usize>>,
+        weights: &str,
     ) -> Result<Self> {
+        let weights: WeightFormat = weights.parse().map_err(|e| invalid_arg("weights", e))?;
         let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
         let mut lora = LoraSettings::new(&targets, r, alpha);
         lora.use_rslora = use_rslora;
@@ -227,7 +231,7 @@ impl PyTrainer {
         cfg.eval_every = eval_every;
         cfg.checkpoint_steps = checkpoint_steps.unwrap_or_default();
         let trainer = py.detach(|| -> std::result::Result<Trainer, Error> {
-            let model = Model::from_dir(&model_dir)?;
+            let model = Model::from_dir_with_format(&model_dir, weights, &mut |_| {})?;
             Ok(Trainer::new(&model, cfg)?)
         })?;
         Ok(Self {

@@ -374,3 +374,25 @@ def test_chat_templates_render_as_transformers_and_bad_conversations_are_named(t
     (d / "chat_template.jinja").write_text("{% for %}")
     with pytest.raises(ol.ModelFormatError, match="does not compile"):
         ol.Engine(d, max_context=64)
+
+
+@pytest.mark.parametrize("weights", ["stored", "int8"])
+def test_int8_and_stored_weights_serve_peft_greedy_tokens(reference, weights):
+    """The base held as stored (f32 here) or quantised to int8 at load: the fixture's greedy
+    continuations are PEFT's, base and adapters (the Rust tests bound the logit gaps, and allow
+    a quantised model to part from f32 only where f32's top two logits nearly tie)."""
+    with ol.Engine(TINY, max_context=64, block_size=4, weights=weights) as e:
+        for name in NAMES:
+            e.add_adapter(name, ADAPTERS / name)
+        for key, want in reference["greedy"].items():
+            name, i = key.rsplit(".", 1)
+            prompt = reference["sequences"][int(i)]
+            s = e.generate(prompt, None if name == "base" else name, max_new_tokens=len(want))
+            assert s.collect() == want, key
+
+
+def test_an_unknown_weight_format_is_named():
+    with pytest.raises(ol.InvalidArgumentError, match="weights"):
+        ol.Engine(TINY, weights="int4")
+    with pytest.raises(ol.InvalidArgumentError, match="groups of 48"):
+        ol.Engine(TINY, weights="int8-g48")

@@ -141,6 +141,7 @@ def test_each_answer_equals_the_one_process_answer(world):
             local = engine.generate(ids, adapter, max_new_tokens=6, stop_tokens=engine.eos_token_ids)
             local.collect()
             assert r.choices[0].message.content == local.text, model
+            assert r.choices[0].finish_reason in ("stop", "length")
             assert r.usage.prompt_tokens == len(ids) == 7
             assert r.usage.completion_tokens == len(local.tokens)
             c = world["client"].completions.create(model=model, prompt="w7 w8", max_tokens=5, temperature=0)
@@ -164,6 +165,7 @@ def test_streams_carry_the_whole_answer_and_its_receipt(world):
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole.choices[0].message.content
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
+    assert whole.choices[0].finish_reason in ("stop", "length")
     last = chunks[-1]
     assert last.choices == [] and last.usage.completion_tokens == whole.usage.completion_tokens
     ext = last.model_extra["openledger"]
@@ -217,6 +219,22 @@ def test_an_answers_receipt_is_paid_by_the_contracts(world):
     assert again.revert["name"] == "InferenceAlreadyPaid"
 
 
+def test_text_parts_and_spellings_read_as_the_server_reads_them(world):
+    client = world["client"]
+    parts = [{"type": "text", "text": "w30"}, {"type": "text", "text": "w31"}]
+    joined = chat(client, "qv-r4", "w30\nw31")[0]
+    r = client.chat.completions.create(model="qv-r4", messages=[{"role": "user", "content": parts}],
+                                       max_tokens=6, temperature=0)
+    assert r.choices[0].message.content == joined.choices[0].message.content
+    assert r.usage.prompt_tokens == joined.usage.prompt_tokens
+    # "qv-r4*1" is qv-r4 itself: a plain receipt; unseeded sampling differs between calls.
+    r, _ = chat(client, "qv-r4*1", "what does aspirin treat", extra_body={"openledger": True})
+    assert "modelId" in r.model_extra["openledger"]["receipt"] and r.model == "qv-r4*1"
+    kw = dict(model="qv-r4", messages=[{"role": "user", "content": "w1"}], max_tokens=12, temperature=1.0)
+    answers = {client.chat.completions.create(**kw).choices[0].message.content for _ in range(3)}
+    assert len(answers) > 1, answers
+
+
 def test_bad_requests_get_openai_errors_and_the_service_goes_on(world):
     client, url = world["client"], world["url"]
     with pytest.raises(openai.NotFoundError, match="no-such-adapter"):
@@ -231,6 +249,25 @@ def test_bad_requests_get_openai_errors_and_the_service_goes_on(world):
         client.completions.create(model="qv-r4", prompt="w1", max_tokens=0, stream=True)
     with pytest.raises(openai.BadRequestError, match="payer"):
         chat(client, "qv-r4", "w1", extra_body={"openledger": {"payer": "mallory"}})
+    with pytest.raises(openai.BadRequestError, match="top_p"):
+        client.completions.create(model="qv-r4", prompt="w1", top_p=0)
+    with pytest.raises(openai.BadRequestError, match="image"):
+        client.chat.completions.create(model="qv-r4", messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "data:,"}}]}])
+    # Refused before the stream starts: a token outside the vocabulary, a payer that is not an
+    # address, an ensemble weight that gives no share.
+    with pytest.raises(openai.BadRequestError, match="vocabulary"):
+        client.completions.create(model="qv-r4", prompt=[1, 10**6], stream=True)
+    with pytest.raises(openai.BadRequestError, match="payer"):
+        client.completions.create(model="qv-r4", prompt="w1", stream=True,
+                                  extra_body={"openledger": {"payer": "0x" + "zz" * 20}})
+    with pytest.raises(openai.BadRequestError, match="weight"):
+        client.completions.create(model="qv-r4*1e-9+attn-patterns", prompt="w1", stream=True,
+                                  extra_body={"openledger": True})
+    with pytest.raises(openai.BadRequestError, match="openledger"):
+        client.completions.create(model="qv-r4", prompt="w1", extra_body={"openledger": 1})
+    with pytest.raises(openai.BadRequestError, match="model"):
+        client.completions.create(model="qv-r4+qv-r4", prompt="w1")
     with pytest.raises(openai.BadRequestError, match="context"):
         client.completions.create(model="qv-r4", prompt=" ".join(["w1"] * 200))
     with httpx.Client(base_url=url, timeout=60) as http:
@@ -244,7 +281,8 @@ def test_bad_requests_get_openai_errors_and_the_service_goes_on(world):
         r = http.post("/v1/completions", json={"model": "qv-r4", "prompt": [1, 2, 10**9]})
         assert r.status_code == 400, r.text
         assert http.get("/v1/nothing").status_code == 404
-    assert chat(client, "qv-r4", "w1")[0].choices[0].message.content is not None
+    before = chat(client, "qv-r4", "w1")[0].choices[0].message.content
+    assert chat(client, "qv-r4", "w1")[0].choices[0].message.content == before
 
 
 def test_every_process_listens_on_loopback_only(world):

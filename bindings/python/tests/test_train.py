@@ -53,6 +53,27 @@ def test_the_saved_adapter_serves_the_trainers_tokens(tmp_path):
             assert served == mine
 
 
+def test_qlora_over_an_int8_base_serves_the_unquantised_base(tmp_path):
+    """Trained over the base quantised to int8, the adapter serves the int8 engine with the
+    trainer's own tokens, and the f32 engine answers the training prompts as taught."""
+    t = trainer(weights="int8")
+    summary = t.train(DATA)
+    assert summary["losses"][-1] < 0.5 * summary["losses"][0]
+    out = tmp_path / "qlora"
+    t.save_adapter(out)
+    for weights in ["int8", "f32"]:
+        with ol.Engine(TINY, max_context=64, block_size=4, weights=weights) as e:
+            e.add_adapter("qlora", out)
+            for prompt, answer in DATA:
+                served = e.generate(prompt, "qlora", max_new_tokens=1).collect()
+                if weights == "int8":
+                    assert served == t.greedy(prompt, 1)
+                else:
+                    assert served == answer, (prompt, served, answer)
+    with pytest.raises(ol.InvalidArgumentError, match="weights"):
+        trainer(weights="fp4")
+
+
 def test_rank_and_alpha_patterns_reach_the_saved_adapter_and_the_engine(tmp_path):
     # Keys are regexes matched against the end of each module name, as PEFT does.
     t = trainer(rank_pattern={"down_proj": 2, "layers.1.self_attn.v_proj": 8}, alpha_pattern={"v_proj": 32})

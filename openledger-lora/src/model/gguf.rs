@@ -21,7 +21,7 @@ use half::{bf16, f16};
 use openledger_core::DType;
 use serde_json::{Value, json};
 
-use super::{Model, ModelConfig, ModelError, Tokenizer};
+use super::{Model, ModelConfig, ModelError, Tokenizer, WeightFormat};
 use crate::adapter::tensors::HostTensor;
 
 const MAGIC: &[u8; 4] = b"GGUF";
@@ -551,6 +551,17 @@ impl GgufFile {
     /// The model: every tensor dequantized to f32 under its Hugging Face name, Q and K
     /// un-permuted. `progress` sees each tensor as `(done, total)`.
     pub fn to_model(&self, progress: &mut dyn FnMut(usize, usize)) -> Result<Model, ModelError> {
+        self.to_model_with_format(WeightFormat::F32, progress)
+    }
+
+    /// [`GgufFile::to_model`] with the projections held as `format` asks: with
+    /// [`WeightFormat::Stored`] F16 and BF16 tensors stay 16-bit (the block-quantised types
+    /// are dequantized to f32), with [`WeightFormat::Int8`] every projection is requantised.
+    pub fn to_model_with_format(
+        &self,
+        format: WeightFormat,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Model, ModelError> {
         let cfg_json = self.llama_config_json()?;
         let config = ModelConfig::from_value(&cfg_json)?;
         let heads = config.num_heads;
@@ -569,10 +580,16 @@ impl GgufFile {
             } else if t.name.ends_with("attn_k.weight") {
                 data = unpermute(&data, &shape, kv_heads);
             }
-            tensors.insert(name, HostTensor::from_f32(DType::F32, shape, &data));
+            // F16 and BF16 values come back exactly from f32: kept 16-bit when asked.
+            let dtype = match (format, t.ggml_type) {
+                (WeightFormat::Stored, GgmlType::F16) => DType::F16,
+                (WeightFormat::Stored, GgmlType::BF16) => DType::BF16,
+                _ => DType::F32,
+            };
+            tensors.insert(name, HostTensor::from_f32(dtype, shape, &data));
             progress(i + 1, total);
         }
-        Model::from_tensors(config, tensors)
+        Model::from_tensors_with_format(config, tensors, format)
     }
 }
 

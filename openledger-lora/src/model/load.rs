@@ -8,6 +8,7 @@ use candle_core::{Device, Tensor};
 
 use super::config::ModelConfig;
 use super::error::ModelError;
+use super::quant::{BaseWeight, WeightFormat};
 use crate::adapter::tensors::{HostTensor, read_safetensors};
 use crate::error::LoraError;
 
@@ -32,8 +33,8 @@ pub enum LoadProgress {
     },
 }
 
-/// A dense projection `y = x·Wᵀ (+ b)`; `W` is held transposed (`[in, out]`, contiguous) for the
-/// matmul backend.
+/// A dense projection `y = x·Wᵀ (+ b)`; `W` is held as [`WeightFormat`] asks (f32 as a
+/// transposed view `[in, out]` of the row-major `W`, for the matmul backend).
 #[derive(Debug, Clone)]
 pub struct Linear {
     /// Module name (`model.layers.0.self_attn.q_proj`).
@@ -42,10 +43,17 @@ pub struct Linear {
     pub in_features: usize,
     /// Output features.
     pub out_features: usize,
-    /// `Wᵀ`, `[in, out]`: a transposed view of the row-major `W`.
-    pub wt: Tensor,
+    /// `W` as held in memory.
+    pub weight: BaseWeight,
     /// The bias, when the projection has one.
     pub bias: Option<Vec<f32>>,
+}
+
+impl Linear {
+    /// `Wᵀ` (`[in, out]`) in f32: the held tensor, or a widened / dequantised copy.
+    pub fn wt(&self) -> Result<Tensor, ModelError> {
+        self.weight.wt(self.in_features, self.out_features)
+    }
 }
 
 /// One decoder layer's frozen weights.
@@ -177,6 +185,11 @@ impl TensorMap {
 
     /// Takes out `key`, checking its shape and that every value is finite, as f32.
     pub(crate) fn take(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+        Ok(self.take_host(key, shape)?.to_f32().into_owned())
+    }
+
+    /// Takes out `key`, checking its shape and that every value is finite, as stored.
+    fn take_host(&mut self, key: &str, shape: &[usize]) -> Result<HostTensor, ModelError> {
         let t = self
             .0
             .remove(key)
@@ -197,7 +210,34 @@ impl TensorMap {
                 value,
             }));
         }
-        Ok(t.to_f32().into_owned())
+        Ok(t)
+    }
+
+    /// Takes out the `[out, in]` weights `key` held as `format` asks.
+    fn take_weight(
+        &mut self,
+        key: &str,
+        out_features: usize,
+        in_features: usize,
+        format: WeightFormat,
+    ) -> Result<BaseWeight, ModelError> {
+        if let WeightFormat::Int8 { group } = format
+            && group > 0
+            && !in_features.is_multiple_of(group)
+        {
+            return Err(ModelError::InvalidArgument {
+                name: "weights",
+                reason: format!(
+                    "int8 groups of {group} inputs do not divide the {in_features} inputs of {key}"
+                ),
+            });
+        }
+        let t = self.take_host(key, &[out_features, in_features])?;
+        Ok(match (format, t.as_bf16(), t.as_f16()) {
+            (WeightFormat::Stored, Some(w), _) => BaseWeight::Bf16(w.to_vec()),
+            (WeightFormat::Stored, _, Some(w)) => BaseWeight::F16(w.to_vec()),
+            _ => BaseWeight::from_f32(t.to_f32().into_owned(), out_features, in_features, format),
+        })
     }
 
     fn linear(
@@ -206,15 +246,17 @@ impl TensorMap {
         in_features: usize,
         out_features: usize,
         bias: bool,
+        format: WeightFormat,
     ) -> Result<Linear, ModelError> {
-        let w = self.take(&format!("{name}.weight"), &[out_features, in_features])?;
+        let weight =
+            self.take_weight(&format!("{name}.weight"), out_features, in_features, format)?;
         let bias = if bias {
             Some(self.take(&format!("{name}.bias"), &[out_features])?)
         } else {
             None
         };
         Ok(Linear {
-            wt: transposed(w, out_features, in_features)?,
+            weight,
             name,
             in_features,
             out_features,
@@ -230,10 +272,12 @@ pub(crate) fn transposed(w: Vec<f32>, rows: usize, cols: usize) -> Result<Tensor
     Ok(Tensor::from_vec(w, (rows, cols), &Device::Cpu)?.t()?)
 }
 
-/// Builds every weight of `cfg` from `tensors`.
+/// Builds every weight of `cfg` from `tensors`, the projections held as `format` asks (the
+/// embeddings and norms stay f32).
 pub(crate) fn build(
     cfg: &ModelConfig,
     mut tensors: TensorMap,
+    format: WeightFormat,
     progress: &mut dyn FnMut(LoadProgress),
 ) -> Result<Weights, ModelError> {
     let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
@@ -249,13 +293,13 @@ pub(crate) fn build(
         layers.push(Layer {
             input_norm: tensors.take(&p("input_layernorm.weight"), &[h])?,
             post_norm: tensors.take(&p("post_attention_layernorm.weight"), &[h])?,
-            q: tensors.linear(p("self_attn.q_proj"), h, qd, qkv_bias)?,
-            k: tensors.linear(p("self_attn.k_proj"), h, kvd, qkv_bias)?,
-            v: tensors.linear(p("self_attn.v_proj"), h, kvd, qkv_bias)?,
-            o: tensors.linear(p("self_attn.o_proj"), qd, h, cfg.attention_bias)?,
-            gate: tensors.linear(p("mlp.gate_proj"), h, i, cfg.mlp_bias)?,
-            up: tensors.linear(p("mlp.up_proj"), h, i, cfg.mlp_bias)?,
-            down: tensors.linear(p("mlp.down_proj"), i, h, cfg.mlp_bias)?,
+            q: tensors.linear(p("self_attn.q_proj"), h, qd, qkv_bias, format)?,
+            k: tensors.linear(p("self_attn.k_proj"), h, kvd, qkv_bias, format)?,
+            v: tensors.linear(p("self_attn.v_proj"), h, kvd, qkv_bias, format)?,
+            o: tensors.linear(p("self_attn.o_proj"), qd, h, cfg.attention_bias, format)?,
+            gate: tensors.linear(p("mlp.gate_proj"), h, i, cfg.mlp_bias, format)?,
+            up: tensors.linear(p("mlp.up_proj"), h, i, cfg.mlp_bias, format)?,
+            down: tensors.linear(p("mlp.down_proj"), i, h, cfg.mlp_bias, format)?,
         });
         progress(LoadProgress::LayerBuilt {
             done: l + 1,
@@ -268,11 +312,11 @@ pub(crate) fn build(
             name: "lm_head".into(),
             in_features: h,
             out_features: cfg.vocab_size,
-            wt: transposed(embed.clone(), cfg.vocab_size, h)?,
+            weight: BaseWeight::from_f32(embed.clone(), cfg.vocab_size, h, format),
             bias: None,
         }
     } else {
-        tensors.linear("lm_head".into(), h, cfg.vocab_size, false)?
+        tensors.linear("lm_head".into(), h, cfg.vocab_size, false, format)?
     };
     tensors.check_all_used(cfg)?;
     Ok(Weights {

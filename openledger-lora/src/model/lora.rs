@@ -11,6 +11,7 @@ use candle_core::{Device, Tensor};
 
 use super::error::ModelError;
 use super::load::{Linear, transposed};
+use super::quant::BaseWeight;
 use crate::adapter::{LoraAdapter, LoraModule, ModuleKind};
 use crate::error::LoraError;
 use crate::sgmv::{
@@ -152,7 +153,7 @@ pub(crate) fn prepare(
         let dora = match m.magnitude() {
             None => None,
             Some(mag) => {
-                let w = lin.wt.t()?.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+                let w = lin.weight.to_f32_rows(lin.in_features, lin.out_features);
                 let delta = m.delta();
                 let n_in = lin.in_features;
                 let mag = mag.to_f32();
@@ -248,7 +249,10 @@ pub(crate) fn project(
 ) -> Result<Vec<f32>, ModelError> {
     let (n_in, n_out) = (lin.in_features, lin.out_features);
     let rows = x.len() / n_in;
-    let mut y = matmul(x, rows, &lin.wt)?;
+    let mut y = match &lin.weight {
+        BaseWeight::F32(wt) => matmul(x, rows, wt)?,
+        held => held.matmul(x, rows, n_in)?,
+    };
     let weight_key = format!("{}.weight", lin.name);
     let bias_key = format!("{}.bias", lin.name);
     for s in spans {

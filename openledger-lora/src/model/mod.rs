@@ -40,6 +40,7 @@ mod load;
 mod lora;
 pub mod ops;
 mod paged;
+mod quant;
 mod random;
 mod save;
 mod served;
@@ -55,6 +56,7 @@ pub use generate::Generated;
 pub use gguf::{GgmlType, GgufFile, GgufTensorInfo, GgufValue};
 pub use load::{Layer, Linear, LoadProgress, Weights};
 pub use paged::{PagedError, PagedModel};
+pub use quant::{BaseWeight, Int8Weight, WeightFormat};
 pub use random::RandomLlama;
 pub use save::{
     CONFIG_FILE, WEIGHTS_FILE, merge_adapter_into_dir, model_config_json, write_model_dir,
@@ -166,6 +168,16 @@ impl Model {
         dir: &Path,
         progress: &mut dyn FnMut(LoadProgress),
     ) -> Result<Self, ModelError> {
+        Self::from_dir_with_format(dir, WeightFormat::F32, progress)
+    }
+
+    /// [`Model::from_dir_with_progress`] with the projections' weights held as `format` asks
+    /// (kept as stored, or quantised to int8; the embeddings and norms stay f32).
+    pub fn from_dir_with_format(
+        dir: &Path,
+        format: WeightFormat,
+        progress: &mut dyn FnMut(LoadProgress),
+    ) -> Result<Self, ModelError> {
         let cfg_path = dir.join(CONFIG_FILE);
         let bytes =
             openledger_core::fsx::read_regular(&cfg_path, openledger_core::fsx::MAX_CONFIG_BYTES)
@@ -177,13 +189,22 @@ impl Model {
         let files = load::weight_files(dir)?;
         let base = BaseModel::from_dir(dir)?;
         let tensors = TensorMap::read(&files, progress)?;
-        Self::build(config, base, tensors, progress)
+        Self::build(config, base, tensors, format, progress)
     }
 
     /// Builds a model from a config and named tensors held in memory.
     pub fn from_tensors(
         config: ModelConfig,
         tensors: BTreeMap<String, HostTensor>,
+    ) -> Result<Self, ModelError> {
+        Self::from_tensors_with_format(config, tensors, WeightFormat::F32)
+    }
+
+    /// [`Model::from_tensors`] with the projections' weights held as `format` asks.
+    pub fn from_tensors_with_format(
+        config: ModelConfig,
+        tensors: BTreeMap<String, HostTensor>,
+        format: WeightFormat,
     ) -> Result<Self, ModelError> {
         let base = BaseModel::from_headers(tensors.iter().map(|(k, t)| {
             (
@@ -194,16 +215,23 @@ impl Model {
                 },
             )
         }));
-        Self::build(config, base, TensorMap::from_map(tensors), &mut |_| {})
+        Self::build(
+            config,
+            base,
+            TensorMap::from_map(tensors),
+            format,
+            &mut |_| {},
+        )
     }
 
     fn build(
         config: ModelConfig,
         base: BaseModel,
         tensors: TensorMap,
+        format: WeightFormat,
         progress: &mut dyn FnMut(LoadProgress),
     ) -> Result<Self, ModelError> {
-        let weights = load::build(&config, tensors, progress)?;
+        let weights = load::build(&config, tensors, format, progress)?;
         let inv_freq = ops::rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling);
         Ok(Model {
             config,

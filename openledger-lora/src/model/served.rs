@@ -54,7 +54,7 @@ use crate::serve::{
     Readiness, Request, RequestError, RequestHandle, RequestStats,
 };
 
-use super::{LoadProgress, Model, ModelError, PagedModel, TOKENIZER_FILE, Tokenizer};
+use super::{LoadProgress, Model, ModelError, PagedModel, TOKENIZER_FILE, Tokenizer, WeightFormat};
 
 /// Limits of a served model's engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +69,8 @@ pub struct ServeOptions {
     pub block_size: usize,
     /// Blocks in the KV pool (default: enough for `max_running` sequences of `max_context`).
     pub num_blocks: Option<usize>,
+    /// How the base projections' weights are held (default f32).
+    pub weights: WeightFormat,
 }
 
 impl Default for ServeOptions {
@@ -79,6 +81,7 @@ impl Default for ServeOptions {
             max_context: 512,
             block_size: 16,
             num_blocks: None,
+            weights: WeightFormat::F32,
         }
     }
 }
@@ -479,7 +482,7 @@ impl ServedModel {
         options: &ServeOptions,
         progress: &mut dyn FnMut(LoadProgress),
     ) -> Result<Self, ServedError> {
-        let model = Model::from_dir_with_progress(model_dir, progress)?;
+        let model = Model::from_dir_with_format(model_dir, options.weights, progress)?;
         let tokenizer = Tokenizer::in_model_dir(model_dir)?.map(Arc::new);
         Self::start(model, tokenizer, model_dir, pool, options)
     }

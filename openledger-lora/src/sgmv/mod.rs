@@ -60,6 +60,7 @@ pub use layout::{
     transpose_b_strided,
 };
 pub use simd::{Isa, detected_isa};
+pub(crate) use simd::{shrink_native, shrink_portable};
 
 fn check_len(buffer: &'static str, expected: usize, found: usize) -> Result<(), SgmvError> {
     if expected == found {

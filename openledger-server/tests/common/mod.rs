@@ -46,8 +46,18 @@ pub fn model_and_adapters(root: &Path) -> (PathBuf, PathBuf) {
 
 /// A server of the test model, its adapters and, optionally, a key file's text.
 pub fn server(root: &Path, keys: Option<&str>) -> Server {
+    server_with_weights(root, keys, openledger_server::WeightFormat::F32)
+}
+
+/// [`server`] with the base weights held as `weights` asks.
+pub fn server_with_weights(
+    root: &Path,
+    keys: Option<&str>,
+    weights: openledger_server::WeightFormat,
+) -> Server {
     let (model, adapters) = model_and_adapters(root);
     let mut config = ServerConfig::new(model).with_adapters(adapters);
+    config.serve.weights = weights;
     config.serve.max_context = 128;
     config.max_body_bytes = 64 << 10;
     if let Some(text) = keys {

@@ -33,10 +33,12 @@ Install with ``pip install './bindings/python[serve]'``.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import json
 import os
 import pathlib
+import secrets
 import time
 import uuid
 from typing import Any, AsyncIterator, Dict, List, Optional, Tuple, Union
@@ -59,9 +61,11 @@ from ._openledger import (
     UnknownIdError,
     content_id,
     ensemble_fee,
+    hub_ids,
     ensemble_owner_shares,
     ensemble_shares,
     model_id,
+    parse_adapter_id,
     relevance_weights,
     weights_hash,
 )
@@ -134,6 +138,8 @@ class Attributor:
             raise InvalidArgumentError("top_k: must be at least 1")
         if c.fee_wei < 0:
             raise InvalidArgumentError("fee_wei: must not be negative")
+        if c.protocol_bps < 0 or c.data_pool_bps < 0 or c.protocol_bps + c.data_pool_bps > 10_000:
+            raise InvalidArgumentError("protocol_bps, data_pool_bps: each at least 0, together at most 10000")
         name = pathlib.Path(c.datanet).stem or "datanet"
         datanet = Datanet(name)
         datanet.import_file(c.datanet)
@@ -197,14 +203,15 @@ class Attributor:
         wh = weights_hash(pool)
         salt = lambda name: content_id(name.encode())  # noqa: E731 - keccak256 of the name
         base_id = model_id(c.owner, salt(base))
-        members = _members(adapter) if adapter else []
+        members = parse_adapter_id(adapter)[1] if adapter else []
         ids = [model_id(c.owner, salt(m)) for m, _ in members]
         payer = payer or ZERO_ADDRESS
         inference_id = content_id(inference.encode())
         fields: Dict[str, Any]
         owner_parts: List[Optional[str]] = [None] * len(members)
-        # A spelled ensemble, even of one weighted adapter, is paid as an ensemble.
-        if adapter is not None and ("+" in adapter or "*" in adapter):
+        # A spelled ensemble (canonical: "a*0.5" is one, "a*1" is "a"), even of one weighted
+        # adapter, is paid as an ensemble.
+        if adapter is not None and _is_ensemble(adapter):
             shares = ensemble_shares([w for _, w in members])
             amount = ensemble_fee(ids, [c.fee_wei] * len(ids), shares)
             parts = ensemble_owner_shares(ids, split["owner"][1], shares)
@@ -259,13 +266,59 @@ def _word(address: str) -> str:
     return "0x" + address[2:].lower().rjust(64, "0")
 
 
-def _members(spelling: str) -> List[Tuple[str, float]]:
-    """The members of ``"a"``, ``"a+b"`` or ``"a*0.7+b*0.3"`` with their weights."""
-    out = []
-    for part in spelling.split("+"):
-        name, star, weight = part.partition("*")
-        out.append((name, float(weight) if star else 1.0))
-    return out
+def _is_ensemble(canonical: str) -> bool:
+    return "+" in canonical or "*" in canonical
+
+
+#: The engine's finish reasons as OpenAI names them.
+_FINISH = {
+    "max_new_tokens": "length",
+    "max_context": "length",
+    "stop_token": "stop",
+    "stop_string": "stop",
+    "cancelled": "abort",
+}
+
+
+def _finish(reason: Optional[str]) -> str:
+    return _FINISH.get(reason or "", "stop")
+
+
+def _address(v: Any, name: str) -> str:
+    """``v`` if it is a 0x-prefixed 20-byte hex address (else 400 naming ``name``)."""
+    ok = isinstance(v, str) and len(v) == 42 and v[:2] in ("0x", "0X")
+    if ok:
+        try:
+            int(v[2:], 16)
+        except ValueError:
+            ok = False
+    if not ok:
+        raise ApiError(400, f"{v!r} is not a 0x-prefixed address", name)
+    return v
+
+
+def _text(content: Any, i: int) -> str:
+    """A message's text: a string, null (empty), or text parts joined by newlines (as
+    ``openledger serve`` reads them)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise ApiError(400, "content must be a string, null or a list of parts", f"messages[{i}].content")
+    texts = []
+    for j, p in enumerate(content):
+        param = f"messages[{i}].content[{j}]"
+        kind = p.get("type") if isinstance(p, dict) else None
+        if kind == "text":
+            if not isinstance(p.get("text"), str):
+                raise ApiError(400, "a text part needs a `text` string", param)
+            texts.append(p["text"])
+        elif kind is None:
+            raise ApiError(400, "a content part needs a `type`", param)
+        else:
+            raise ApiError(400, f"content parts of type {kind!r} are not supported: text only", param)
+    return "\n".join(texts)
 
 
 class ApiError(Exception):
@@ -335,6 +388,7 @@ class EngineReplica:
         attribution: Optional[AttributionConfig],
         engine_options: Dict[str, Any],
         pool_budget_bytes: int,
+        max_threads: int = 36,
     ) -> None:
         self.pool = AdapterPool(pool_budget_bytes)
         if adapters_dir is not None:
@@ -342,50 +396,78 @@ class EngineReplica:
         self.engine = Engine(model_dir, self.pool, **engine_options)
         self.base = pathlib.Path(model_dir).name
         self.attributor = Attributor(attribution) if attribution is not None else None
+        self.executor = concurrent.futures.ThreadPoolExecutor(max_threads, thread_name_prefix="openledger")
+        self.loop_ready = False
         try:
             self.replica = _serve().get_replica_context().replica_id.unique_id
         except Exception:  # outside a Serve replica (tests of the class itself)
             self.replica = "local"
 
     def hold(self, model: str) -> _Held:
-        """Pins the adapters ``model`` names (loading them into the pool)."""
+        """Pins the adapters ``model`` (a canonical id or ensemble) names, loading them into the
+        pool."""
         if model == self.base:
             return _Held(self.pool, [])
-        names = [m for m, _ in _members(model)]
-        return _Held(self.pool, names)
+        return _Held(self.pool, [m for m, _ in parse_adapter_id(model)[1]])
 
-    async def _refusal(self, body: Dict[str, Any], chat: bool) -> Tuple[Optional[_Plan], Optional[ApiError]]:
-        """Holds the request's adapters and plans it, or says why not."""
+    def _run(self, fn: Any, *args: Any) -> Any:
+        """``fn(*args)`` on the replica's own threads (not the event loop's default executor,
+        which has a handful of threads and would cap the requests running at once)."""
+        return asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    def _own_loop(self) -> None:
+        # The token streams' async iteration reads in the loop's default executor: make it
+        # the replica's, sized for the requests it takes at once.
+        if not self.loop_ready:
+            asyncio.get_running_loop().set_default_executor(self.executor)
+            self.loop_ready = True
+
+    async def _start(self, body: Dict[str, Any], chat: bool) -> Tuple[Optional[Tuple[_Plan, Any]], Optional[ApiError]]:
+        """Holds the request's adapters, plans it and submits it to the engine: the plan and
+        its token stream, or why not."""
+        self._own_loop()
         try:
-            if body.get("model") != self.base:
-                await self.get_adapter(body["model"])  # type: ignore[attr-defined]
-            return await asyncio.to_thread(self._plan, body, chat), None
+            model = body.get("model")
+            if model != self.base:
+                # The canonical spelling, as the front routed it.
+                await self.get_adapter(parse_adapter_id(model)[0])  # type: ignore[attr-defined]
+            plan = await self._run(self._plan, body, chat)
+            return (plan, await self._run(self._generate, plan)), None
         except Exception as e:  # noqa: BLE001 - every failure is answered, none escapes
             return None, _api_error(e)
 
     async def complete(self, body: Dict[str, Any], chat: bool) -> Tuple[int, Dict[str, Any], str]:
         """Answers one OpenAI request whole: ``(status, body, replica id)``; a refused request
-        is its error object, never an exception."""
-        plan, err = await self._refusal(body, chat)
-        if plan is not None:
+        is its error object, never an exception. A cancelled call (the client went away)
+        cancels the engine request."""
+        started, err = await self._start(body, chat)
+        if started is not None:
+            plan, stream = started
             try:
-                return 200, await asyncio.to_thread(self._answer, plan), self.replica
+                await self._run(stream.collect)
+                return 200, await self._run(self._answer, plan, stream), self.replica
+            except asyncio.CancelledError:
+                stream.cancel()
+                raise
             except Exception as e:  # noqa: BLE001
+                stream.cancel()
                 err = _api_error(e)
         assert err is not None
         return err.status, err.body, self.replica
 
     async def complete_stream(self, body: Dict[str, Any], chat: bool) -> AsyncIterator[Any]:
         """Answers one OpenAI request with ``stream: true``: first ``(status, error body or
-        None, replica id)``, then, when accepted, the data of each server-sent event as
-        ``openledger serve`` sends them (the role, one chunk per piece of text, the finish
-        reason, the usage and the ``openledger`` field in a last chunk without choices when
-        asked, and ``[DONE]``). A failure after the start is sent as an error event."""
-        plan, err = await self._refusal(body, chat)
-        if plan is None:
+        None, replica id)`` — a request the engine refuses is refused here, before any event —
+        then the data of each server-sent event as ``openledger serve`` sends them (the role,
+        one chunk per piece of text, the finish reason, the usage and the ``openledger`` field
+        in a last chunk without choices when asked, and ``[DONE]``). A failure after the start
+        is sent as an error event; a cancelled stream cancels the engine request."""
+        started, err = await self._start(body, chat)
+        if started is None:
             assert err is not None
             yield err.status, err.body, self.replica
             return
+        plan, stream = started
         yield 200, None, self.replica
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         obj = "chat.completion.chunk" if chat else "text_completion"
@@ -397,12 +479,10 @@ class EngineReplica:
             c.update(extra)
             return json.dumps(c)
 
-        if chat:
-            yield chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                          "finish_reason": None}])
-        stream = None
         try:
-            stream = self._generate(plan)
+            if chat:
+                yield chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                              "finish_reason": None}])
             async for _ in stream:
                 piece = stream.new_text()
                 if piece:
@@ -410,19 +490,18 @@ class EngineReplica:
                     yield chunk([{"index": 0, **delta, "logprobs": None, "finish_reason": None}])
             piece = stream.new_text()
             done = {"delta": {"content": piece} if piece else {}} if chat else {"text": piece}
-            yield chunk([{"index": 0, **done, "logprobs": None, "finish_reason": stream.finish_reason or "stop"}])
+            yield chunk([{"index": 0, **done, "logprobs": None, "finish_reason": _finish(stream.finish_reason)}])
             extra: Dict[str, Any] = {}
             if plan.include_usage:
                 extra["usage"] = _usage(plan, len(stream.tokens))
             if plan.ledger:
-                extra["openledger"] = await asyncio.to_thread(self._attribute, plan, rid)
+                extra["openledger"] = await self._run(self._attribute, plan, rid)
             if extra:
                 yield chunk([], **extra)
         except Exception as e:  # noqa: BLE001 - sent as the stream's error event
             yield json.dumps(_api_error(e).body)
         finally:
-            if stream is not None:
-                stream.cancel()
+            stream.cancel()
         yield "[DONE]"
 
     def _plan(self, body: Dict[str, Any], chat: bool) -> _Plan:
@@ -436,14 +515,15 @@ class EngineReplica:
                 raise ApiError(400, "messages must be a non-empty list", "messages")
             flat = []
             for i, m in enumerate(messages):
-                content = m.get("content") if isinstance(m, dict) else None
-                if isinstance(content, list):  # content parts: the text ones, in order
-                    content = "".join(
-                        p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
-                    )
-                if not isinstance(content, str) or not isinstance(m.get("role"), str):
-                    raise ApiError(400, f"messages[{i}] needs a role and a text content", "messages")
-                flat.append({"role": m["role"], "content": content})
+                if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+                    raise ApiError(400, "a message is an object with a string `role`", f"messages[{i}]")
+                flat.append({"role": m["role"], "content": _text(m.get("content"), i)})
+            for key in ("tools", "functions"):
+                if body.get(key):
+                    raise ApiError(400, f"{key} are not supported", key)
+            fmt = body.get("response_format")
+            if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
+                raise ApiError(400, 'only {"type": "text"} is supported', "response_format")
             prompt = engine.encode(engine.apply_chat_template(flat), add_special_tokens=False)
             question = next((m["content"] for m in reversed(flat) if m["role"] == "user"), "")
         else:
@@ -451,6 +531,9 @@ class EngineReplica:
             if isinstance(p, str):
                 prompt, question = engine.encode(p), p
             elif isinstance(p, list) and p and all(isinstance(t, int) and not isinstance(t, bool) for t in p):
+                bad = next((t for t in p if not 0 <= t < engine.vocab_size), None)
+                if bad is not None:
+                    raise ApiError(400, f"token {bad} is outside the vocabulary of {engine.vocab_size}", "prompt")
                 prompt, question = p, engine.decode(p)
             else:
                 raise ApiError(400, "prompt must be a string or a non-empty list of token ids", "prompt")
@@ -469,6 +552,13 @@ class EngineReplica:
                 key,
             )
         _int(body, "n", 1, 1, 1)
+        if body.get("logprobs") or body.get("top_logprobs"):
+            raise ApiError(400, "log-probabilities are served by openledger serve, not here", "logprobs")
+        for key in ("presence_penalty", "frequency_penalty"):
+            if _float(body, key, 0.0, -2.0, 2.0):
+                raise ApiError(400, f"{key} is not supported; use repetition_penalty", key)
+        if body.get("logit_bias"):
+            raise ApiError(400, "logit_bias is not supported", "logit_bias")
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise ApiError(400, "stream must be true or false", "stream")
@@ -485,26 +575,33 @@ class EngineReplica:
         ledger = body.get("openledger")
         payer = None
         if isinstance(ledger, dict):
-            payer = ledger.get("payer")
-            if payer is not None and not (isinstance(payer, str) and payer.startswith("0x") and len(payer) == 42):
-                raise ApiError(400, f"{payer!r} is not a 0x-prefixed address", "openledger.payer")
+            if ledger.get("payer") is not None:
+                payer = _address(ledger["payer"], "openledger.payer")
             ledger = True
-        elif ledger not in (None, True, False):
+        elif ledger is not None and not isinstance(ledger, bool):
             raise ApiError(400, 'openledger must be true, false or {"payer": "0x…"}', "openledger")
         if ledger and self.attributor is None:
             raise ApiError(400, "the deployment has no datanet: it does not attribute", "openledger")
+        adapter = None if model == self.base else parse_adapter_id(model)[0]
+        if ledger and adapter is not None and _is_ensemble(adapter):
+            # The receipt's shares: weights that give none are refused before generating.
+            ensemble_shares([w for _, w in parse_adapter_id(adapter)[1]])
         top_p = _float(body, "top_p", None, 0.0, 1.0)
+        if top_p is not None and top_p <= 0.0:
+            raise ApiError(400, f"top_p must be in (0, 1], not {top_p}", "top_p")
+        seed = _int(body, "seed", None, -(2**63), 2**64 - 1)
+        seed = secrets.randbits(64) if seed is None else seed & (2**64 - 1)
         return _Plan(
             model=model,
-            adapter=None if model == self.base else model,
+            adapter=adapter,
             chat=chat,
             prompt=prompt,
             question=question,
             generate={
                 "max_new_tokens": max_new,
                 "temperature": _float(body, "temperature", 1.0, 0.0, 2.0),
-                "top_p": top_p if top_p else None,
-                "seed": _int(body, "seed", 0, 0, 2**63 - 1),
+                "top_p": top_p if top_p is not None and top_p < 1.0 else None,
+                "seed": seed,
                 "stop_tokens": engine.eos_token_ids,
                 "stop_strings": stop or None,
             },
@@ -520,11 +617,10 @@ class EngineReplica:
         assert self.attributor is not None
         return self.attributor.attribute(plan.question, rid, self.base, plan.adapter, plan.payer)
 
-    def _answer(self, plan: _Plan) -> Dict[str, Any]:
-        stream = self._generate(plan)
-        tokens = stream.collect()
+    def _answer(self, plan: _Plan, stream: Any) -> Dict[str, Any]:
+        tokens = stream.tokens
         rid = ("chatcmpl-" if plan.chat else "cmpl-") + uuid.uuid4().hex
-        choice: Dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": stream.finish_reason or "stop"}
+        choice: Dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": _finish(stream.finish_reason)}
         if plan.chat:
             choice["message"] = {"role": "assistant", "content": stream.text}
         else:
@@ -585,20 +681,20 @@ class OpenAIFront:
         self.adapters = adapters
 
     def _check_model(self, model: Any) -> str:
+        """The model's canonical spelling (the multiplexed id), after checking each member is
+        an adapter of the hub."""
         if not isinstance(model, str) or not model:
             raise ApiError(400, "model must be a non-empty string", "model")
         if model == self.base:
             return model
         try:
-            members = _members(model)
-        except ValueError:
-            raise ApiError(400, f"{model!r} is not an adapter id or an ensemble spelling", "model") from None
-        for name, weight in members:
+            canonical, members = parse_adapter_id(model)
+        except InvalidIdError as e:
+            raise ApiError(400, str(e), "model") from None
+        for name, _ in members:
             if name not in self.adapters:
                 raise ApiError(404, f"The model `{name}` does not exist", "model", "model_not_found")
-            if not 0.0 < weight < float("inf"):
-                raise ApiError(400, f"the weight of {name} must be positive and finite", "model")
-        return model
+        return canonical
 
     async def __call__(self, request: Any) -> Any:
         from starlette.responses import JSONResponse, StreamingResponse
@@ -637,8 +733,11 @@ class OpenAIFront:
                     return JSONResponse(refusal, status_code=status, headers={"x-openledger-replica": replica})
 
                 async def sse() -> AsyncIterator[bytes]:
-                    async for data in events:
-                        yield f"data: {data}\n\n".encode()
+                    try:
+                        async for data in events:
+                            yield f"data: {data}\n\n".encode()
+                    finally:
+                        events.cancel()  # the client went away: the replica stops generating
 
                 headers = {"x-openledger-replica": replica, "cache-control": "no-cache"}
                 return StreamingResponse(sse(), media_type="text/event-stream", headers=headers)
@@ -650,13 +749,6 @@ class OpenAIFront:
         except Exception as e:  # noqa: BLE001 - no failure escapes as a bare 500 page
             err = ApiError(500, f"{type(e).__name__}: {e}")
             return JSONResponse(err.body, status_code=err.status)
-
-
-def _hub_ids(adapters_dir: Optional[_Path]) -> List[str]:
-    if adapters_dir is None:
-        return []
-    root = pathlib.Path(adapters_dir)
-    return sorted(p.name for p in root.iterdir() if (p / "adapter_config.json").is_file())
 
 
 def app(
@@ -686,7 +778,7 @@ def app(
         )
     model_dir = os.fspath(model_dir)
     hub = None if adapters_dir is None else os.fspath(adapters_dir)
-    adapters = _hub_ids(hub)
+    adapters = [] if hub is None else hub_ids(hub)
 
     class Replica(EngineReplica):
         @serve.multiplexed(max_num_models_per_replica=max_adapters_per_replica)
@@ -699,7 +791,7 @@ def app(
         num_replicas=replicas,
         max_ongoing_requests=max_ongoing_requests,
         ray_actor_options={"num_cpus": replica_cpus},
-    ).bind(model_dir, hub, attribution, dict(engine_options or {}), pool_budget_bytes)
+    ).bind(model_dir, hub, attribution, dict(engine_options or {}), pool_budget_bytes, max_ongoing_requests + 4)
     front = serve.deployment(
         OpenAIFront,
         name="OpenAIFront",
