@@ -9,7 +9,7 @@ use candle_core::{Device, Tensor};
 use super::config::ModelConfig;
 use super::error::ModelError;
 use super::quant::{BaseWeight, WeightFormat};
-use crate::adapter::tensors::{HostTensor, read_safetensors};
+use crate::adapter::tensors::{HostTensor, read_header, read_safetensors_where};
 use crate::error::LoraError;
 
 /// Progress of [`crate::model::Model::from_dir_with_progress`].
@@ -126,17 +126,29 @@ pub(crate) fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
     Ok(shards.into_iter().map(|s| dir.join(s)).collect())
 }
 
-/// Tensors by name, taken out one at a time with shape checks.
-pub(crate) struct TensorMap(BTreeMap<String, HostTensor>);
+/// A tensor held in memory, or named in a file's header and read when taken.
+enum Entry {
+    Held(HostTensor),
+    InFile(PathBuf),
+}
+
+/// Tensors by name, taken out one at a time with shape checks. Read from files, a tensor is
+/// decoded only when it is taken (the file mapped for that read alone), so loading holds the
+/// weights built so far and one tensor, not every tensor of the checkpoint at once.
+pub(crate) struct TensorMap(BTreeMap<String, Entry>);
 
 impl TensorMap {
+    /// Indexes the tensors of `files` (their headers are read and checked against the files'
+    /// sizes; the data is read when each tensor is taken).
     pub fn read(
         files: &[PathBuf],
         progress: &mut dyn FnMut(LoadProgress),
     ) -> Result<Self, ModelError> {
         let mut map = BTreeMap::new();
         for (done, f) in files.iter().enumerate() {
-            map.extend(read_safetensors(f, false)?);
+            for (name, _) in read_header(f)? {
+                map.insert(name, Entry::InFile(f.clone()));
+            }
             progress(LoadProgress::FileRead {
                 file: f.clone(),
                 done: done + 1,
@@ -147,11 +159,30 @@ impl TensorMap {
     }
 
     pub fn from_map(map: BTreeMap<String, HostTensor>) -> Self {
-        TensorMap(map)
+        TensorMap(map.into_iter().map(|(k, t)| (k, Entry::Held(t))).collect())
     }
 
-    pub fn into_inner(self) -> BTreeMap<String, HostTensor> {
-        self.0
+    /// Every tensor, decoded.
+    pub fn into_inner(mut self) -> Result<BTreeMap<String, HostTensor>, ModelError> {
+        let keys: Vec<String> = self.0.keys().cloned().collect();
+        keys.into_iter()
+            .map(|k| {
+                let t = self.remove(&k)?.expect("a listed key");
+                Ok((k, t))
+            })
+            .collect()
+    }
+
+    /// Takes `key` out, decoding it from its file when it is not held.
+    fn remove(&mut self, key: &str) -> Result<Option<HostTensor>, ModelError> {
+        match self.0.remove(key) {
+            None => Ok(None),
+            Some(Entry::Held(t)) => Ok(Some(t)),
+            Some(Entry::InFile(path)) => {
+                let mut found = read_safetensors_where(&path, false, &|name| name == key)?;
+                Ok(found.pop().map(|(_, t)| t))
+            }
+        }
     }
 
     /// Refuses weights the config has no place for (a config listing fewer layers than the
@@ -190,12 +221,9 @@ impl TensorMap {
 
     /// Takes out `key`, checking its shape and that every value is finite, as stored.
     fn take_host(&mut self, key: &str, shape: &[usize]) -> Result<HostTensor, ModelError> {
-        let t = self
-            .0
-            .remove(key)
-            .ok_or_else(|| ModelError::MissingWeight {
-                key: key.to_string(),
-            })?;
+        let t = self.remove(key)?.ok_or_else(|| ModelError::MissingWeight {
+            key: key.to_string(),
+        })?;
         if t.shape() != shape {
             return Err(ModelError::WeightShape {
                 key: key.to_string(),

@@ -4,11 +4,13 @@
 //! of 64 / 128 inputs of a channel).
 //!
 //! A 16-bit or int8 projection `y = x·Wᵀ` reads `W` as held and accumulates in f32: the rows of
-//! `W` are split between threads by output channel, and each tile runs the SGMV shrink kernels
-//! (AVX2 + FMA + F16C where the CPU has them, the portable ones otherwise), which widen bf16 and
-//! f16 in registers; int8 rows are widened and scaled into a small f32 tile first. Each output
-//! is one fixed chain of operations over its inputs whatever the batch around it, so a
-//! sequence's logits do not depend on what it is batched with.
+//! `W` are split between threads by output channel. bf16 and f16 tiles run the SGMV shrink
+//! kernels (AVX2 + FMA + F16C where the CPU has them, the portable ones otherwise), which widen
+//! them in registers; int8 tiles run a kernel of their own with AVX2 (8 bytes widened at a time,
+//! each group's sum scaled into the total), and are widened and scaled into an f32 tile for the
+//! portable shrink otherwise. Each output is one fixed chain of operations over its inputs
+//! whatever the batch around it, so a sequence's logits do not depend on what it is batched
+//! with.
 //!
 //! ```
 //! use openledger_lora::model::{BaseWeight, WeightFormat};
@@ -232,11 +234,7 @@ impl BaseWeight {
                 match self {
                     Self::Bf16(w) => tile(isa, &xs, &w[start * n_in..end * n_in], n_in, &mut out),
                     Self::F16(w) => tile(isa, &xs, &w[start * n_in..end * n_in], n_in, &mut out),
-                    Self::Int8(w) => {
-                        let mut wide = vec![0f32; (end - start) * n_in];
-                        w.widen_rows(n_in, start, end, &mut wide);
-                        tile(isa, &xs, &wide, n_in, &mut out);
-                    }
+                    Self::Int8(w) => int8_tile(isa, &xs, w, n_in, start, end, &mut out),
                     Self::F32(_) => unreachable!("f32 returned above"),
                 }
                 (start, out)
@@ -265,6 +263,145 @@ fn tile<W: LoraElement>(isa: Isa, xs: &[&[f32]], w: &[W], d: usize, out: &mut [f
     W::widen_slice(w, &mut wide);
     let a: Vec<&[f32]> = wide.chunks_exact(d).collect();
     shrink_portable(xs, &a, &mut outs, d);
+}
+
+/// `out[m][c] = Σ_g scale[c][g] · Σ_{k∈g} xs[m][k] · q[c][k]` for the channels
+/// `[start, end)` of `w`, `out` `[rows, end - start]`: with AVX2 the int8 rows are widened in
+/// registers (each output one fixed chain: 8 lanes over `k` in order, a group's sum scaled
+/// into the total at the group's end, the lanes folded pairwise), otherwise they are widened
+/// and scaled into an f32 tile first.
+fn int8_tile(
+    isa: Isa,
+    xs: &[&[f32]],
+    w: &Int8Weight,
+    n_in: usize,
+    start: usize,
+    end: usize,
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2Fma && n_in.is_multiple_of(8) {
+        let q = &w.q[start * n_in..end * n_in];
+        let groups = n_in / w.group;
+        let scales = &w.scales[start * groups..end * groups];
+        // SAFETY: `detected_isa` returned Avx2Fma only after checking the CPU's features;
+        // `n_in` is a multiple of 8 and of the group (a multiple of 8), shapes as sliced.
+        unsafe { x86::int8_rows(xs, q, scales, n_in, w.group, end - start, out) };
+        return;
+    }
+    let mut wide = vec![0f32; (end - start) * n_in];
+    w.widen_rows(n_in, start, end, &mut wide);
+    tile(isa, xs, &wide, n_in, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// `out[m][c]` of [`super::int8_tile`] for `n` channels `q` (`[n, d]`) and their scales
+    /// (`[n, d / group]`): four x rows per converted weight vector, or one x row against four
+    /// channels.
+    ///
+    /// # Safety
+    /// AVX2 and FMA available; `d` and `group` multiples of 8, `group` divides `d`; every
+    /// `xs[m]` holds `d` values, `q` `n · d`, `scales` `n · d / group`, `out` `xs.len() · n`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn int8_rows(
+        xs: &[&[f32]],
+        q: &[i8],
+        scales: &[f32],
+        d: usize,
+        group: usize,
+        n: usize,
+        out: &mut [f32],
+    ) {
+        assert!(q.len() == n * d && scales.len() * group == n * d && out.len() == xs.len() * n);
+        assert!(d.is_multiple_of(8) && group.is_multiple_of(8) && xs.iter().all(|x| x.len() >= d));
+        let mut m = 0;
+        while m + 4 <= xs.len() {
+            for c in 0..n {
+                // SAFETY: features enabled here; bounds asserted above.
+                let v = unsafe { block::<4, 1>(&xs[m..m + 4], q, scales, d, group, c) };
+                for r in 0..4 {
+                    out[(m + r) * n + c] = v[r][0];
+                }
+            }
+            m += 4;
+        }
+        while m < xs.len() {
+            let mut c = 0;
+            while c + 4 <= n {
+                // SAFETY: as above.
+                let v = unsafe { block::<1, 4>(&xs[m..m + 1], q, scales, d, group, c) };
+                out[m * n + c..m * n + c + 4].copy_from_slice(&v[0]);
+                c += 4;
+            }
+            while c < n {
+                // SAFETY: as above.
+                out[m * n + c] =
+                    unsafe { block::<1, 1>(&xs[m..m + 1], q, scales, d, group, c) }[0][0];
+                c += 1;
+            }
+            m += 1;
+        }
+    }
+
+    /// `MR` x rows against channels `c .. c + NR`.
+    #[inline(always)]
+    unsafe fn block<const MR: usize, const NR: usize>(
+        xs: &[&[f32]],
+        q: &[i8],
+        scales: &[f32],
+        d: usize,
+        group: usize,
+        c: usize,
+    ) -> [[f32; NR]; MR] {
+        let groups = d / group;
+        let xp: [*const f32; MR] = std::array::from_fn(|m| xs[m].as_ptr());
+        let qp: [*const i8; NR] = std::array::from_fn(|j| q[(c + j) * d..].as_ptr());
+        // SAFETY: loads stay below `d` in every row (asserted by the caller).
+        unsafe {
+            let mut total = [[_mm256_setzero_ps(); NR]; MR];
+            for g in 0..groups {
+                let mut acc = [[_mm256_setzero_ps(); NR]; MR];
+                let mut k = g * group;
+                while k < (g + 1) * group {
+                    let wv: [__m256; NR] = std::array::from_fn(|j| {
+                        let b = _mm_loadl_epi64(qp[j].add(k).cast::<__m128i>());
+                        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b))
+                    });
+                    for m in 0..MR {
+                        let xv = _mm256_loadu_ps(xp[m].add(k));
+                        for j in 0..NR {
+                            acc[m][j] = _mm256_fmadd_ps(xv, wv[j], acc[m][j]);
+                        }
+                    }
+                    k += 8;
+                }
+                for j in 0..NR {
+                    let s = _mm256_set1_ps(scales[(c + j) * groups + g]);
+                    for m in 0..MR {
+                        total[m][j] = _mm256_fmadd_ps(acc[m][j], s, total[m][j]);
+                    }
+                }
+            }
+            let mut out = [[0f32; NR]; MR];
+            for m in 0..MR {
+                for j in 0..NR {
+                    let mut lanes = std::mem::transmute::<__m256, [f32; 8]>(total[m][j]);
+                    let mut w = 8;
+                    while w > 1 {
+                        w /= 2;
+                        for i in 0..w {
+                            lanes[i] += lanes[i + w];
+                        }
+                    }
+                    out[m][j] = lanes[0];
+                }
+            }
+            out
+        }
+    }
 }
 
 #[cfg(test)]
@@ -351,6 +488,21 @@ mod tests {
                 .contiguous()
                 .unwrap();
             assert_eq!(wt.flatten_all().unwrap().to_vec1::<f32>().unwrap(), back);
+        }
+    }
+
+    #[test]
+    fn an_int8_row_gives_the_same_bits_alone_and_in_any_batch() {
+        let (n_in, n_out) = (64, 30);
+        let w = values(n_in * n_out, 5);
+        let x = values(9 * n_in, 13);
+        for group in [0, 16] {
+            let q = BaseWeight::from_f32(w.clone(), n_out, n_in, WeightFormat::Int8 { group });
+            let all = q.matmul(&x, 9, n_in).unwrap();
+            for r in 0..9 {
+                let alone = q.matmul(&x[r * n_in..(r + 1) * n_in], 1, n_in).unwrap();
+                assert_eq!(alone, all[r * n_out..(r + 1) * n_out], "row {r}");
+            }
         }
     }
 

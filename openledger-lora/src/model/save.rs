@@ -174,7 +174,7 @@ pub fn merge_adapter_into_dir(
     let files = super::load::weight_files(model_dir)?;
     let mut tensors: BTreeMap<String, DenseTensor> =
         super::load::TensorMap::read(&files, progress)?
-            .into_inner()
+            .into_inner()?
             .into_iter()
             .map(|(k, t)| {
                 let shape = t.shape().to_vec();
