@@ -104,15 +104,7 @@ fn write_model(dir: &Path) {
 }
 
 fn status_kb(key: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .unwrap_or(0.0)
+    openledger_benches::status_bytes(key) as f64 / 1024.0
 }
 
 /// One format in this process: prints a JSON line of its figures.

@@ -105,3 +105,17 @@ impl Report {
         Ok(path)
     }
 }
+
+/// A size line of this process's `/proc/self/status` (`key` such as `"VmRSS:"` or `"VmHWM:"`)
+/// in bytes; 0 where it cannot be read.
+pub fn status_bytes(key: &str) -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<usize>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}

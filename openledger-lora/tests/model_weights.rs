@@ -9,9 +9,12 @@
 //!   against candle's gemm).
 //! * bf16 against PEFT's f32 logits: 0.035 largest, 0.0075 root-mean-square [0.0176, 0.0037].
 //!   Rounding to bf16 (8 bits of mantissa) moves each weight by up to 2⁻⁹ of itself.
-//! * int8, one scale per output channel, against PEFT: 0.1 largest, 0.025 rms [0.053, 0.011]:
-//!   each weight within half a step (max|w| / 254) of its value, and this model's 64-wide
-//!   layers average few of those errors away. Groups of 32 inputs lower the rms [0.0095].
+//! * int8, one scale per output channel, against PEFT: 0.16 largest, 0.03 rms [0.084, 0.015]:
+//!   each weight within half a step (max|w| / 254) of its value, and on AVX2 each activation
+//!   within half a step of its block of 32 (the int8 × int8 kernels quantise them, as
+//!   llama.cpp does for Q8_0); this model's 64-wide layers average few of those errors away
+//!   (weights alone, widened against f32 activations: [0.053, 0.011]). Groups of 32 inputs
+//!   lower the rms [0.013].
 //! * Greedy continuations: bf16 and int8 per channel give PEFT's 96 tokens; a quantised model
 //!   may part from them only where f32's two best logits are closer than twice the largest
 //!   int8 gap (int8 in groups of 32 parts once, at a margin of 0.0025).
@@ -159,8 +162,8 @@ fn int8_logits_stay_close_to_peft_and_groups_bring_them_closer() {
     eprintln!(
         "int8 vs PEFT f32: per channel {gap} (rms {rms}), groups of 32 {gap32} (rms {rms32}); bf16 rms {rms_bf16}"
     );
-    assert!(gap <= 0.1 && rms <= 0.025, "{gap} {rms}");
-    assert!(gap32 <= 0.1 && rms32 < rms, "{gap32} {rms32} vs {rms}");
+    assert!(gap <= 0.16 && rms <= 0.03, "{gap} {rms}");
+    assert!(gap32 <= 0.16 && rms32 < rms, "{gap32} {rms32} vs {rms}");
     assert!(rms_bf16 < rms32, "bf16 {rms_bf16} vs int8 {rms32}");
 }
 

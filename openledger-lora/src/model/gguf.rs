@@ -13,6 +13,12 @@
 //! llama.cpp stores `attn_q` and `attn_k` with the rows of each head permuted for its rotary
 //! embedding; loading undoes that (as transformers' GGUF loader does), so the logits equal
 //! those of the Hugging Face model dequantized from the same file.
+//!
+//! Held as [`WeightFormat::Stored`] (or `int8-g32`), a Q8_0 projection is not dequantized: its
+//! blocks (an f16 scale and 32 signed bytes) are the SDK's int8 weights in groups of 32, served
+//! by the int8 kernels as they are. Q4_0 and Q4_1 are dequantized (and requantised to int8 when
+//! asked). Tensors are decoded one at a time as the model takes them, each one's pages of the
+//! mapped file released after, so loading peaks at what the model holds plus one tensor.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,8 +27,9 @@ use half::{bf16, f16};
 use openledger_core::DType;
 use serde_json::{Value, json};
 
-use super::{Model, ModelConfig, ModelError, Tokenizer, WeightFormat};
+use super::{BaseWeight, Int8Weight, Model, ModelConfig, ModelError, Tokenizer, WeightFormat};
 use crate::adapter::tensors::HostTensor;
+use crate::error::LoraError;
 
 const MAGIC: &[u8; 4] = b"GGUF";
 /// Most key/values or tensors a file may declare (real files hold hundreds).
@@ -434,6 +441,68 @@ impl GgufFile {
         Ok(&self.map[start as usize..end as usize])
     }
 
+    /// Drops the pages of `t`'s bytes from this process's resident memory (they stay in the
+    /// page cache, and are read again if asked for): a model built from the file then peaks at
+    /// what it holds plus one tensor, not plus the whole file.
+    fn release(&self, t: &GgufTensorInfo) {
+        #[cfg(unix)]
+        if let Ok(bytes) = self.data_range(t) {
+            let offset = bytes.as_ptr() as usize - self.map.as_ptr() as usize;
+            // SAFETY: the map is a read-only shared mapping of a file: MADV_DONTNEED drops
+            // pages that later reads fault in again from the file, unchanged; no reference into
+            // the map is written through. A failure only leaves the pages resident.
+            let _ = unsafe {
+                self.map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    offset,
+                    bytes.len(),
+                )
+            };
+        }
+        #[cfg(not(unix))]
+        let _ = t;
+    }
+
+    /// The Q8_0 tensor `t` (`[rows, cols]`) as int8 weights in groups of 32, its bytes and
+    /// scales as stored (rows unpermuted for `heads > 0`); a block holding -128 (which
+    /// llama.cpp's quantiser never writes, and the int8 kernels do not take) is requantised
+    /// from its values instead.
+    fn q8_0_weight(&self, t: &GgufTensorInfo, heads: usize) -> Result<BaseWeight, ModelError> {
+        let shape = t.shape();
+        let (rows, cols) = (shape[0], shape.get(1).copied().unwrap_or(1));
+        let data = self.data_range(t)?;
+        if data.contains(&0x80) && data.chunks_exact(34).any(|b| b[2..].contains(&0x80)) {
+            let values = unpermute(&self.dequantize(t)?, rows, cols, heads);
+            self.release(t);
+            return Ok(BaseWeight::from_f32(
+                values,
+                rows,
+                cols,
+                WeightFormat::Int8 { group: 32 },
+            ));
+        }
+        let mut q = Vec::with_capacity(rows * cols);
+        let mut scales = Vec::with_capacity(rows * cols / 32);
+        for (n, b) in data.chunks_exact(34).enumerate() {
+            let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
+            if !d.is_finite() {
+                return Err(ModelError::Weights(LoraError::NonFinite {
+                    key: t.name.clone(),
+                    index: n * 32,
+                    value: d,
+                }));
+            }
+            scales.push(d);
+            q.extend(b[2..].iter().map(|&v| v as i8));
+        }
+        self.release(t);
+        let q = unpermute(&q, rows, cols, heads);
+        let scales = unpermute(&scales, rows, cols / 32, heads);
+        Ok(BaseWeight::Int8(Int8Weight::from_parts(
+            q, scales, 32, cols,
+        )))
+    }
+
     /// The tensor `t` as f32 values, row-major in [`GgufTensorInfo::shape`].
     pub fn dequantize(&self, t: &GgufTensorInfo) -> Result<Vec<f32>, ModelError> {
         let data = self.data_range(t)?;
@@ -555,8 +624,9 @@ impl GgufFile {
     }
 
     /// [`GgufFile::to_model`] with the projections held as `format` asks: with
-    /// [`WeightFormat::Stored`] F16 and BF16 tensors stay 16-bit (the block-quantised types
-    /// are dequantized to f32), with [`WeightFormat::Int8`] every projection is requantised.
+    /// [`WeightFormat::Stored`] F16 and BF16 tensors stay 16-bit and Q8_0 ones int8 in groups
+    /// of 32 (as with `int8-g32`), Q4_0 and Q4_1 are dequantized to f32; with
+    /// [`WeightFormat::Int8`] every other projection is requantised.
     pub fn to_model_with_format(
         &self,
         format: WeightFormat,
@@ -566,30 +636,79 @@ impl GgufFile {
         let config = ModelConfig::from_value(&cfg_json)?;
         let heads = config.num_heads;
         let kv_heads = config.num_kv_heads;
-        let mut tensors = BTreeMap::new();
+        // The tensors are decoded one at a time as the model takes them (from a second map of
+        // the same file, shared by the decoders), so loading peaks at what the model holds plus
+        // one tensor.
+        let file = std::rc::Rc::new(Self::open(&self.path)?);
         let total = self.tensors.len();
+        let mut headers = Vec::new();
+        let mut tensors: BTreeMap<String, crate::model::load::Deferred> = BTreeMap::new();
         for (i, t) in self.tensors.iter().enumerate() {
             let Some(name) = hf_name(&t.name) else {
                 // rope_freqs and the like: not weights of the HF model.
                 continue;
             };
-            let mut data = self.dequantize(t)?;
-            let shape = t.shape();
-            if t.name.ends_with("attn_q.weight") {
-                data = unpermute(&data, &shape, heads);
-            } else if t.name.ends_with("attn_k.weight") {
-                data = unpermute(&data, &shape, kv_heads);
-            }
             // F16 and BF16 values come back exactly from f32: kept 16-bit when asked.
             let dtype = match (format, t.ggml_type) {
                 (WeightFormat::Stored, GgmlType::F16) => DType::F16,
                 (WeightFormat::Stored, GgmlType::BF16) => DType::BF16,
                 _ => DType::F32,
             };
-            tensors.insert(name, HostTensor::from_f32(dtype, shape, &data));
-            progress(i + 1, total);
+            headers.push((
+                name.clone(),
+                crate::adapter::tensors::TensorMeta {
+                    dtype: format!("{dtype:?}").to_uppercase(),
+                    shape: t.shape(),
+                },
+            ));
+            // Heads of the rotary permutation to undo (0: none).
+            let permuted = if t.name.ends_with("attn_q.weight") {
+                heads
+            } else if t.name.ends_with("attn_k.weight") {
+                kv_heads
+            } else {
+                0
+            };
+            let decode: crate::model::load::DecodeTensor = {
+                let file = file.clone();
+                Box::new(move || {
+                    let t = &file.tensors[i];
+                    let data = file.dequantize(t)?;
+                    file.release(t);
+                    let shape = t.shape();
+                    let (rows, cols) = (shape[0], shape.get(1).copied().unwrap_or(1));
+                    let data = unpermute(&data, rows, cols, permuted);
+                    Ok(HostTensor::from_f32(dtype, shape, &data))
+                })
+            };
+            // Q8_0 blocks (an f16 scale and 32 signed bytes) are int8 weights in groups of 32:
+            // kept as they are for `stored` and `int8-g32`.
+            let direct = (t.ggml_type == GgmlType::Q8_0 && t.dims.len() == 2).then(|| {
+                let applies: fn(WeightFormat) -> bool =
+                    |f| matches!(f, WeightFormat::Stored | WeightFormat::Int8 { group: 32 });
+                let file = file.clone();
+                let build: crate::model::load::DirectWeight =
+                    Box::new(move || file.q8_0_weight(&file.tensors[i], permuted));
+                (applies, build)
+            });
+            tensors.insert(
+                name,
+                crate::model::load::Deferred {
+                    shape: t.shape(),
+                    decode,
+                    direct,
+                },
+            );
         }
-        Model::from_tensors_with_format(config, tensors, format)
+        Model::from_deferred(config, headers, tensors, format, &mut |p| {
+            if let crate::model::LoadProgress::LayerBuilt {
+                done,
+                total: layers,
+            } = p
+            {
+                progress(done * total / layers.max(1), total);
+            }
+        })
     }
 }
 
@@ -622,16 +741,16 @@ fn hf_name(gguf: &str) -> Option<String> {
     Some(format!("model.layers.{layer}.{hf}"))
 }
 
-/// Undoes llama.cpp's rotary permutation of a `[heads·d, cols]` projection: within each head,
-/// rows `(2i, 2i+1)` return to `(i, i + d/2)`.
-fn unpermute(w: &[f32], shape: &[usize], heads: usize) -> Vec<f32> {
-    let (rows, cols) = (shape[0], shape.get(1).copied().unwrap_or(1));
+/// Undoes llama.cpp's rotary permutation of a `[heads·d, cols]` projection (`rows` rows of
+/// `cols` values): within each head, rows `(2i, 2i+1)` return to `(i, i + d/2)`. `heads = 0`:
+/// no permutation.
+fn unpermute<T: Copy + Default>(w: &[T], rows: usize, cols: usize, heads: usize) -> Vec<T> {
     if heads == 0 || !rows.is_multiple_of(2 * heads) {
         return w.to_vec();
     }
     let d = rows / heads;
     let half = d / 2;
-    let mut out = vec![0f32; w.len()];
+    let mut out = vec![T::default(); w.len()];
     for h in 0..heads {
         for i in 0..half {
             for j in 0..2 {
@@ -847,6 +966,239 @@ mod tests {
         assert!(GgufFile::open(&p).is_err());
     }
 
+    /// A one-layer llama GGUF file (hidden 64, 2 heads of 32, 1 key-value head, MLP 64,
+    /// vocabulary 32, tied head): f32 embeddings and norms, every projection Q8_0 from a seeded
+    /// generator; `poke(name, bytes)` may alter a projection's blocks.
+    fn q8_0_llama(poke: &dyn Fn(&str, &mut [u8])) -> Vec<u8> {
+        let s = |b: &mut Vec<u8>, x: &str| {
+            b.extend_from_slice(&(x.len() as u64).to_le_bytes());
+            b.extend_from_slice(x.as_bytes());
+        };
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let f32s = |n: usize, next: &mut dyn FnMut() -> u64, scale: f32| -> Vec<u8> {
+            (0..n)
+                .flat_map(|_| {
+                    let v = ((next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale;
+                    v.to_le_bytes()
+                })
+                .collect()
+        };
+        let q8 = |n: usize, next: &mut dyn FnMut() -> u64| -> Vec<u8> {
+            let mut b = Vec::new();
+            for _ in 0..n / 32 {
+                let d = 0.002 + (next() % 1000) as f32 * 2e-5;
+                b.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+                b.extend((0..32).map(|_| ((next() % 255) as i32 - 127) as i8 as u8));
+            }
+            b
+        };
+        let mut tensors: Vec<(String, Vec<u64>, u32, Vec<u8>)> = vec![
+            (
+                "token_embd.weight".into(),
+                vec![64, 32],
+                0,
+                f32s(64 * 32, &mut next, 1.0),
+            ),
+            (
+                "output_norm.weight".into(),
+                vec![64],
+                0,
+                f32s(64, &mut next, 0.2),
+            ),
+            (
+                "blk.0.attn_norm.weight".into(),
+                vec![64],
+                0,
+                f32s(64, &mut next, 0.2),
+            ),
+            (
+                "blk.0.ffn_norm.weight".into(),
+                vec![64],
+                0,
+                f32s(64, &mut next, 0.2),
+            ),
+        ];
+        for (name, rows) in [
+            ("attn_q", 64u64),
+            ("attn_k", 32),
+            ("attn_v", 32),
+            ("attn_output", 64),
+            ("ffn_gate", 64),
+            ("ffn_up", 64),
+            ("ffn_down", 64),
+        ] {
+            let name = format!("blk.0.{name}.weight");
+            let mut bytes = q8(64 * rows as usize, &mut next);
+            poke(&name, &mut bytes);
+            tensors.push((name, vec![64, rows], 8, bytes));
+        }
+        let kv: [(&str, u32); 6] = [
+            ("llama.block_count", 1),
+            ("llama.embedding_length", 64),
+            ("llama.attention.head_count", 2),
+            ("llama.attention.head_count_kv", 1),
+            ("llama.feed_forward_length", 64),
+            ("llama.vocab_size", 32),
+        ];
+        let mut b = Vec::new();
+        b.extend_from_slice(MAGIC);
+        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+        b.extend_from_slice(&(kv.len() as u64 + 1).to_le_bytes());
+        s(&mut b, "general.architecture");
+        b.extend_from_slice(&8u32.to_le_bytes());
+        s(&mut b, "llama");
+        for (k, v) in kv {
+            s(&mut b, k);
+            b.extend_from_slice(&4u32.to_le_bytes());
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        let mut offset = 0u64;
+        for (name, dims, ty, bytes) in &tensors {
+            s(&mut b, name);
+            b.extend_from_slice(&(dims.len() as u32).to_le_bytes());
+            for d in dims {
+                b.extend_from_slice(&d.to_le_bytes());
+            }
+            b.extend_from_slice(&ty.to_le_bytes());
+            b.extend_from_slice(&offset.to_le_bytes());
+            offset += (bytes.len() as u64).div_ceil(32) * 32;
+        }
+        while !b.len().is_multiple_of(32) {
+            b.push(0);
+        }
+        for (_, _, _, bytes) in &tensors {
+            b.extend_from_slice(bytes);
+            while !b.len().is_multiple_of(32) {
+                b.push(0);
+            }
+        }
+        b
+    }
+
+    fn projections(m: &Model) -> Vec<&crate::model::Linear> {
+        let l = &m.base_weights().layers[0];
+        vec![&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]
+    }
+
+    #[test]
+    fn q8_0_projections_are_held_as_stored_int8() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("q8.gguf");
+        std::fs::write(&p, q8_0_llama(&|_, _| {})).unwrap();
+        let g = GgufFile::open(&p).unwrap();
+        let f32_model = g
+            .to_model_with_format(WeightFormat::F32, &mut |_, _| {})
+            .unwrap();
+        let stored = g
+            .to_model_with_format(WeightFormat::Stored, &mut |_, _| {})
+            .unwrap();
+        let g32 = g
+            .to_model_with_format(WeightFormat::Int8 { group: 32 }, &mut |_, _| {})
+            .unwrap();
+        for ((a, b), c) in projections(&f32_model)
+            .into_iter()
+            .zip(projections(&stored))
+            .zip(projections(&g32))
+        {
+            assert_eq!(b.weight.dtype_name(), "int8", "{}", b.name);
+            // The file's bytes times its scales: the dequantised (and unpermuted) values, exactly.
+            let (n_in, n_out) = (a.in_features, a.out_features);
+            let want = a.weight.to_f32_rows(n_in, n_out);
+            assert_eq!(b.weight.to_f32_rows(n_in, n_out), want, "{}", b.name);
+            assert_eq!(c.weight.to_f32_rows(n_in, n_out), want, "{}", c.name);
+            assert_eq!(b.weight.bytes(), n_in * n_out + n_in * n_out / 32 * 4);
+        }
+        // Logits against the same weights in f32: on AVX2 the int8 projections quantise their
+        // activations in blocks of 32 (a step of max|x| / 127), which moves this random
+        // one-layer model's flat logits by up to 5 % of their spread (2.9 % measured; the
+        // weights themselves are equal, above).
+        let tokens = [3u32, 17, 5, 30, 11, 2, 9];
+        let run = |m: &Model| {
+            m.forward(&[crate::model::SeqInput {
+                adapter: None,
+                tokens: &tokens,
+            }])
+            .unwrap()
+            .remove(0)
+        };
+        let (want, got) = (run(&f32_model), run(&stored));
+        let mean = want.iter().sum::<f32>() / want.len() as f32;
+        let std = (want.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / want.len() as f32).sqrt();
+        let gap = want
+            .iter()
+            .zip(&got)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(gap <= 0.05 * std, "largest gap {gap}, logits' spread {std}");
+        // The tied head follows the embeddings, f32 in this file: kept by `stored`, quantised
+        // by `int8-g32`.
+        assert_eq!(stored.base_weights().lm_head.weight.dtype_name(), "f32");
+        assert_eq!(g32.base_weights().lm_head.weight.dtype_name(), "int8");
+    }
+
+    #[test]
+    fn a_q8_0_block_of_minus_128_is_requantised_and_a_nan_scale_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("q8.gguf");
+        // -128 in the value proj's first block.
+        std::fs::write(
+            &p,
+            q8_0_llama(&|name, b| {
+                if name == "blk.0.attn_v.weight" {
+                    b[2] = 0x80;
+                }
+            }),
+        )
+        .unwrap();
+        let g = GgufFile::open(&p).unwrap();
+        let f = g
+            .to_model_with_format(WeightFormat::F32, &mut |_, _| {})
+            .unwrap();
+        let m = g
+            .to_model_with_format(WeightFormat::Stored, &mut |_, _| {})
+            .unwrap();
+        let (a, b) = (&f.base_weights().layers[0].v, &m.base_weights().layers[0].v);
+        assert_eq!(b.weight.dtype_name(), "int8");
+        let (want, got) = (a.weight.to_f32_rows(64, 32), b.weight.to_f32_rows(64, 32));
+        for (blk, (w, g)) in want.chunks(32).zip(got.chunks(32)).enumerate() {
+            // Requantised: within half a step (max |w| / 127 / 2) of the file's values.
+            let step = w.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+            for (x, y) in w.iter().zip(g) {
+                assert!(
+                    (x - y).abs() <= step / 2.0 * 1.0001,
+                    "block {blk}: {x} vs {y}"
+                );
+            }
+        }
+        // A NaN scale (f16 0x7e00) in the up proj.
+        std::fs::write(
+            &p,
+            q8_0_llama(&|name, b| {
+                if name == "blk.0.ffn_up.weight" {
+                    b[34..36].copy_from_slice(&[0x00, 0x7e]);
+                }
+            }),
+        )
+        .unwrap();
+        let g = GgufFile::open(&p).unwrap();
+        for format in [
+            WeightFormat::Stored,
+            WeightFormat::F32,
+            WeightFormat::Int8 { group: 0 },
+        ] {
+            let e = g.to_model_with_format(format, &mut |_, _| {}).unwrap_err();
+            let text = e.to_string();
+            assert!(text.contains("up"), "{format}: {text}");
+        }
+    }
+
     #[test]
     fn unpermute_inverts_llama_cpps_permutation() {
         // llama.cpp: w.reshape(heads, 2, d/2, cols).swapaxes(1, 2).reshape(rows, cols).
@@ -862,6 +1214,6 @@ mod tests {
                 }
             }
         }
-        assert_eq!(unpermute(&permuted, &[heads * d, cols], heads), hf);
+        assert_eq!(unpermute(&permuted, heads * d, cols, heads), hf);
     }
 }

@@ -130,7 +130,30 @@ pub(crate) fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
 enum Entry {
     Held(HostTensor),
     InFile(PathBuf),
+    /// Decoded by the closure when taken (a GGUF tensor: dequantised from the mapped file), or
+    /// taken as held weights directly when the format asks for what it stores.
+    Deferred(Deferred),
 }
+
+/// Decodes one tensor when the model takes it.
+pub(crate) type DecodeTensor = Box<dyn FnOnce() -> Result<HostTensor, ModelError>>;
+
+/// A tensor decoded when the model takes it.
+pub(crate) struct Deferred {
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// Its values, decoded.
+    pub decode: DecodeTensor,
+    /// Its bytes as held weights with no decoding (a GGUF Q8_0 tensor as int8 in groups of
+    /// 32), for the formats that ask for what they store: the format test and the builder.
+    pub direct: Option<(FormatTest, DirectWeight)>,
+}
+
+/// Whether a format takes a tensor's bytes as they are.
+pub(crate) type FormatTest = fn(WeightFormat) -> bool;
+
+/// Builds held weights straight from a file's bytes.
+pub(crate) type DirectWeight = Box<dyn FnOnce() -> Result<BaseWeight, ModelError>>;
 
 /// Tensors by name, taken out one at a time with shape checks. Read from files, a tensor is
 /// decoded only when it is taken (the file mapped for that read alone), so loading holds the
@@ -162,6 +185,15 @@ impl TensorMap {
         TensorMap(map.into_iter().map(|(k, t)| (k, Entry::Held(t))).collect())
     }
 
+    /// Tensors each decoded by its closure when taken.
+    pub fn deferred(map: BTreeMap<String, Deferred>) -> Self {
+        TensorMap(
+            map.into_iter()
+                .map(|(k, f)| (k, Entry::Deferred(f)))
+                .collect(),
+        )
+    }
+
     /// Every tensor, decoded.
     pub fn into_inner(mut self) -> Result<BTreeMap<String, HostTensor>, ModelError> {
         let keys: Vec<String> = self.0.keys().cloned().collect();
@@ -178,6 +210,7 @@ impl TensorMap {
         match self.0.remove(key) {
             None => Ok(None),
             Some(Entry::Held(t)) => Ok(Some(t)),
+            Some(Entry::Deferred(d)) => (d.decode)().map(Some),
             Some(Entry::InFile(path)) => {
                 let mut found = read_safetensors_where(&path, false, &|name| name == key)?;
                 Ok(found.pop().map(|(_, t)| t))
@@ -260,6 +293,20 @@ impl TensorMap {
                 ),
             });
         }
+        if let Some(Entry::Deferred(Deferred {
+            shape,
+            direct: Some((applies, _)),
+            ..
+        })) = self.0.get(key)
+            && applies(format)
+            && shape[..] == [out_features, in_features]
+            && let Some(Entry::Deferred(Deferred {
+                direct: Some((_, build)),
+                ..
+            })) = self.0.remove(key)
+        {
+            return build();
+        }
         let t = self.take_host(key, &[out_features, in_features])?;
         Ok(match (format, t.as_bf16(), t.as_f16()) {
             (WeightFormat::Stored, Some(w), _) => BaseWeight::Bf16(w.to_vec()),
@@ -313,7 +360,19 @@ pub(crate) fn build(
         cfg.num_heads * cfg.head_dim,
         cfg.num_kv_heads * cfg.head_dim,
     );
-    let embed = tensors.take("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+    let embed_held = tensors.take_host("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+    // A tied head kept as stored reads the embeddings' 16-bit values (half the bytes of an f32
+    // copy, and the threaded 16-bit matmul).
+    let tied_stored = match (cfg.tie_word_embeddings, format) {
+        (true, WeightFormat::Stored) => match (embed_held.as_bf16(), embed_held.as_f16()) {
+            (Some(w), _) => Some(BaseWeight::Bf16(w.to_vec())),
+            (_, Some(w)) => Some(BaseWeight::F16(w.to_vec())),
+            _ => None,
+        },
+        _ => None,
+    };
+    let embed = embed_held.to_f32().into_owned();
+    drop(embed_held);
     let mut layers = Vec::with_capacity(cfg.num_layers);
     for l in 0..cfg.num_layers {
         let p = |n: &str| format!("model.layers.{l}.{n}");
@@ -340,7 +399,10 @@ pub(crate) fn build(
             name: "lm_head".into(),
             in_features: h,
             out_features: cfg.vocab_size,
-            weight: BaseWeight::from_f32(embed.clone(), cfg.vocab_size, h, format),
+            weight: match tied_stored {
+                Some(w) => w,
+                None => BaseWeight::from_f32(embed.clone(), cfg.vocab_size, h, format),
+            },
             bias: None,
         }
     } else {

@@ -11,7 +11,7 @@ use candle_core::{Device, Tensor};
 
 use super::error::ModelError;
 use super::load::{Linear, transposed};
-use super::quant::BaseWeight;
+use super::quant::{BaseWeight, F32_THREADED_ROWS};
 use crate::adapter::{LoraAdapter, LoraModule, ModuleKind};
 use crate::error::LoraError;
 use crate::sgmv::{
@@ -250,7 +250,7 @@ pub(crate) fn project(
     let (n_in, n_out) = (lin.in_features, lin.out_features);
     let rows = x.len() / n_in;
     let mut y = match &lin.weight {
-        BaseWeight::F32(wt) => matmul(x, rows, wt)?,
+        BaseWeight::F32(wt) if rows > F32_THREADED_ROWS => matmul(x, rows, wt)?,
         held => held.matmul(x, rows, n_in)?,
     };
     let weight_key = format!("{}.weight", lin.name);

@@ -224,6 +224,19 @@ impl Model {
         )
     }
 
+    /// [`from_tensors_with_format`](Self::from_tensors_with_format) over tensors decoded one at
+    /// a time as the model takes them (`headers`: each tensor's dtype and shape as stored).
+    pub(crate) fn from_deferred(
+        config: ModelConfig,
+        headers: Vec<(String, crate::adapter::tensors::TensorMeta)>,
+        tensors: BTreeMap<String, load::Deferred>,
+        format: WeightFormat,
+        progress: &mut dyn FnMut(LoadProgress),
+    ) -> Result<Self, ModelError> {
+        let base = BaseModel::from_headers(headers);
+        Self::build(config, base, TensorMap::deferred(tensors), format, progress)
+    }
+
     fn build(
         config: ModelConfig,
         base: BaseModel,

@@ -373,6 +373,18 @@ impl PagedModel {
     /// Runs one step (see the module docs); logits rows follow the batch order of the
     /// sequences whose `needs_logits` is set.
     pub fn step(&mut self, batch: &StepBatch, kv: &mut PagedKvCache) -> Result<Logits, PagedError> {
+        // The whole step runs on one of rayon's threads: each projection's parallel tiles are
+        // then split with the threads that are still awake from the last one, where a call
+        // from outside the pool would hand every projection over (and wake a thread) anew —
+        // a decode step runs some two hundred of them.
+        rayon::scope(|_| self.step_in_pool(batch, kv))
+    }
+
+    fn step_in_pool(
+        &mut self,
+        batch: &StepBatch,
+        kv: &mut PagedKvCache,
+    ) -> Result<Logits, PagedError> {
         let found = kv.layout();
         let expected = self.kv_layout(found.block_size);
         if found != expected {

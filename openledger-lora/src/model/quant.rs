@@ -6,11 +6,18 @@
 //! A 16-bit or int8 projection `y = x·Wᵀ` reads `W` as held and accumulates in f32: the rows of
 //! `W` are split between threads by output channel. bf16 and f16 tiles run the SGMV shrink
 //! kernels (AVX2 + FMA + F16C where the CPU has them, the portable ones otherwise), which widen
-//! them in registers; int8 tiles run a kernel of their own with AVX2 (8 bytes widened at a time,
-//! each group's sum scaled into the total), and are widened and scaled into an f32 tile for the
-//! portable shrink otherwise. Each output is one fixed chain of operations over its inputs
-//! whatever the batch around it, so a sequence's logits do not depend on what it is batched
-//! with.
+//! them in registers. With AVX2, an int8 projection whose input width and group are multiples
+//! of 32 and whose channels come in eights is held packed (eight channels to a vector) and
+//! quantises its activations too, per block of 32 inputs (symmetric, one f32 scale each: what
+//! llama.cpp does for its Q8_0 dot products), multiplying int8 by int8 in exact 32-bit sums
+//! (`vpmaddubsw` + `vpmaddwd`, or AVX-VNNI's `vpdpbusd`), each block's sums scaled by both
+//! scales; other int8 projections widen 8 weights at a time in registers against the f32
+//! activations (each group's sum scaled into the total), and without AVX2 are widened into an
+//! f32 tile for the portable shrink. Each 16-bit or int8 output is one fixed chain of
+//! operations over its inputs whatever the batch around it, so a sequence's logits do not
+//! depend on what it is batched with. f32 projections of up to 8 rows run the same threaded
+//! tiles over the f32 weights (candle's matmul keeps about one core busy for so few rows), and
+//! candle's matmul above that.
 //!
 //! ```
 //! use openledger_lora::model::{BaseWeight, WeightFormat};
@@ -38,7 +45,8 @@ pub enum WeightFormat {
     /// Every weight widened to f32 (the default).
     #[default]
     F32,
-    /// As the file stores them: bf16 and f16 stay 16-bit, f32 stays f32.
+    /// As the file stores them: bf16 and f16 stay 16-bit, f32 stays f32, a GGUF file's Q8_0
+    /// blocks stay int8 in groups of 32 (its Q4_0 / Q4_1 are widened to f32).
     Stored,
     /// Quantised to int8 at load, symmetric: one f32 scale per `group` inputs of an output
     /// channel (`group = 0`: one scale for the whole channel). `group` must divide the input
@@ -85,14 +93,68 @@ impl std::fmt::Display for WeightFormat {
 
 /// Int8 weights `[out, in]` and their scales `[out, in / group]`: `W[o][k] ≈ q[o][k] ·
 /// scales[o][k / group]`.
+///
+/// On AVX2 CPUs a weight whose channels come in eights and whose inputs and groups come in 32s
+/// is held packed for the int8 × int8 kernel: for each eight channels and each block of 32
+/// inputs, eight 32-byte vectors (four consecutive inputs of each of the eight channels), then
+/// for each eight channels, their eight scales of each group.
 #[derive(Clone, Debug)]
 pub struct Int8Weight {
     q: Vec<i8>,
     scales: Vec<f32>,
     group: usize,
+    packed: bool,
 }
 
 impl Int8Weight {
+    /// Int8 weights `q` (`[out, in]` row-major) with one scale per `group` inputs of a channel
+    /// (`scales`: `[out, in / group]`), as a file stores them (GGUF's Q8_0: groups of 32).
+    pub(crate) fn from_parts(q: Vec<i8>, scales: Vec<f32>, group: usize, n_in: usize) -> Self {
+        debug_assert_eq!(q.len(), scales.len() * group);
+        Self {
+            q,
+            scales,
+            group,
+            packed: false,
+        }
+        .packed_for_cpu(n_in)
+    }
+
+    /// Whether `[n_out, n_in]` weights in groups of `group` are held packed on this CPU.
+    fn packs(n_in: usize, n_out: usize, group: usize) -> bool {
+        quantises_activations(detected_isa(), n_in, group) && n_out.is_multiple_of(8) && n_in > 0
+    }
+
+    /// This row-major weight packed for the int8 × int8 kernel where [`Self::packs`] says so.
+    fn packed_for_cpu(self, n_in: usize) -> Self {
+        let n_out = self.q.len() / n_in.max(1);
+        if self.packed || !Self::packs(n_in, n_out, self.group) {
+            return self;
+        }
+        let nb = n_in / QBLOCK;
+        let groups = n_in / self.group;
+        let mut q = vec![0i8; self.q.len()];
+        let mut scales = vec![0f32; self.scales.len()];
+        for o in 0..n_out {
+            let (cg, c) = (o / 8, o % 8);
+            for b in 0..nb {
+                let base = (cg * nb + b) * 256;
+                for k in 0..QBLOCK {
+                    q[base + (k / 4) * 32 + c * 4 + k % 4] = self.q[o * n_in + b * QBLOCK + k];
+                }
+            }
+            for g in 0..groups {
+                scales[(cg * groups + g) * 8 + c] = self.scales[o * groups + g];
+            }
+        }
+        Self {
+            q,
+            scales,
+            group: self.group,
+            packed: true,
+        }
+    }
+
     /// Quantises the row-major `[out, in]` weights `w` with one scale per `group` inputs
     /// (`group` divides `in`): `scale = max|w| / 127`, `q = round(w / scale)`.
     fn quantize(w: &[f32], n_in: usize, group: usize) -> Self {
@@ -108,11 +170,29 @@ impl Int8Weight {
             }
             scales.push(scale);
         }
-        Self { q, scales, group }
+        Self {
+            q,
+            scales,
+            group,
+            packed: false,
+        }
     }
 
     /// Rows `[start, end)` widened and scaled into `out` (`(end - start) · in` values).
     fn widen_rows(&self, n_in: usize, start: usize, end: usize, out: &mut [f32]) {
+        if self.packed {
+            let (nb, groups) = (n_in / QBLOCK, n_in / self.group);
+            for (o, row) in (start..end).zip(out.chunks_exact_mut(n_in)) {
+                let (cg, c) = (o / 8, o % 8);
+                for (k, v) in row.iter_mut().enumerate() {
+                    let (b, i) = (k / QBLOCK, k % QBLOCK);
+                    let at = (cg * nb + b) * 256 + (i / 4) * 32 + c * 4 + i % 4;
+                    let scale = self.scales[(cg * groups + k / self.group) * 8 + c];
+                    *v = f32::from(self.q[at]) * scale;
+                }
+            }
+            return;
+        }
         let q = &self.q[start * n_in..end * n_in];
         let scales = &self.scales[start * n_in / self.group..end * n_in / self.group];
         for ((qs, os), &s) in q
@@ -149,7 +229,9 @@ impl BaseWeight {
     /// The row-major `[rows, cols]` f32 weights `w` held in `format` (`Stored` keeps f32).
     pub fn from_f32(w: Vec<f32>, rows: usize, cols: usize, format: WeightFormat) -> Self {
         match format {
-            WeightFormat::Int8 { group } => Self::Int8(Int8Weight::quantize(&w, cols, group)),
+            WeightFormat::Int8 { group } => {
+                Self::Int8(Int8Weight::quantize(&w, cols, group).packed_for_cpu(cols))
+            }
             _ => Self::F32(
                 Tensor::from_vec(w, (rows, cols), &Device::Cpu)
                     .and_then(|t| t.t())
@@ -212,6 +294,11 @@ impl BaseWeight {
     pub fn matmul(&self, x: &[f32], rows: usize, n_in: usize) -> Result<Vec<f32>, ModelError> {
         let held = match self {
             Self::F32(t) => {
+                if rows <= F32_THREADED_ROWS
+                    && let Some(y) = f32_rows_threaded(t, x, rows, n_in)
+                {
+                    return Ok(y);
+                }
                 let xt = Tensor::from_slice(x, (rows, n_in), &Device::Cpu)?;
                 return Ok(xt.matmul(t)?.flatten_all()?.to_vec1::<f32>()?);
             }
@@ -225,28 +312,138 @@ impl BaseWeight {
             return Ok(y);
         }
         let isa = detected_isa();
-        let xs: Vec<&[f32]> = x.chunks_exact(n_in).collect();
-        let tiles: Vec<(usize, Vec<f32>)> = (0..n_out.div_ceil(TILE))
-            .into_par_iter()
-            .map(|t| {
-                let (start, end) = (t * TILE, ((t + 1) * TILE).min(n_out));
-                let mut out = vec![0f32; rows * (end - start)];
-                match self {
-                    Self::Bf16(w) => tile(isa, &xs, &w[start * n_in..end * n_in], n_in, &mut out),
-                    Self::F16(w) => tile(isa, &xs, &w[start * n_in..end * n_in], n_in, &mut out),
-                    Self::Int8(w) => int8_tile(isa, &xs, w, n_in, start, end, &mut out),
-                    Self::F32(_) => unreachable!("f32 returned above"),
+        #[cfg(target_arch = "x86_64")]
+        if let Self::Int8(w) = self
+            && w.packed
+        {
+            // int8 × int8 products summed exactly in 32-bit integers, per block of 32, eight
+            // channels to a vector.
+            let (xq, xd) = quantize_activations(x);
+            let groups = n_in / w.group;
+            tiled(&mut y, rows, n_out, |start, end, out| {
+                // SAFETY: `packed` is set only where `quantises_activations` found AVX2 and FMA
+                // and the shapes fit (inputs in 32s, channels in 8s; tiles start and end on
+                // multiples of 8 channels).
+                unsafe {
+                    let kernel = if x86::has_vnni() {
+                        x86::int8_packed_rows_vnni
+                    } else {
+                        x86::int8_packed_rows
+                    };
+                    kernel(
+                        &xq,
+                        &xd,
+                        &w.q[start * n_in..end * n_in],
+                        &w.scales[start * groups..end * groups],
+                        n_in,
+                        w.group,
+                        end - start,
+                        out,
+                    )
                 }
-                (start, out)
-            })
-            .collect();
-        for (start, out) in tiles {
-            let width = out.len() / rows;
-            for (r, part) in out.chunks_exact(width).enumerate() {
-                y[r * n_out + start..r * n_out + start + width].copy_from_slice(part);
-            }
+            });
+            return Ok(y);
         }
+
+        let xs: Vec<&[f32]> = x.chunks_exact(n_in).collect();
+        tiled(&mut y, rows, n_out, |start, end, out| match self {
+            Self::Bf16(w) => tile(isa, &xs, &w[start * n_in..end * n_in], n_in, out),
+            Self::F16(w) => tile(isa, &xs, &w[start * n_in..end * n_in], n_in, out),
+            Self::Int8(w) => int8_tile(isa, &xs, w, n_in, start, end, out),
+            Self::F32(_) => unreachable!("f32 returned above"),
+        });
         Ok(y)
+    }
+}
+
+/// Inputs per block of quantised activations.
+const QBLOCK: usize = 32;
+
+/// Whether the CPU and shape allow the int8 × int8 kernels (AVX2; inputs and group in
+/// multiples of [`QBLOCK`]); the channels must come in eights as well ([`Int8Weight::packs`]).
+fn quantises_activations(isa: Isa, n_in: usize, group: usize) -> bool {
+    cfg!(target_arch = "x86_64")
+        && isa == Isa::Avx2Fma
+        && n_in.is_multiple_of(QBLOCK)
+        && group.is_multiple_of(QBLOCK)
+}
+
+/// The rows of `x` (`[rows, n_in]`, `n_in` a multiple of [`QBLOCK`]) quantised to int8 per
+/// block of 32 inputs, symmetric (`scale = max|x| / 127`, `q = round(x / scale)`, ties to
+/// even), as llama.cpp quantises activations for its Q8_0 dot products: the int8 weights then
+/// multiply them in exact 32-bit integer sums, scaled once per block by both scales.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn quantize_activations(x: &[f32]) -> (Vec<i8>, Vec<f32>) {
+    let mut q = vec![0i8; x.len()];
+    let mut d = Vec::with_capacity(x.len() / QBLOCK);
+    for (src, dst) in x.chunks_exact(QBLOCK).zip(q.chunks_exact_mut(QBLOCK)) {
+        #[cfg(target_arch = "x86_64")]
+        if detected_isa() == Isa::Avx2Fma {
+            // SAFETY: AVX2 detected; both blocks hold 32 values.
+            d.push(unsafe { x86::quantize_block(src, dst) });
+            continue;
+        }
+        let max = src.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let scale = max / 127.0;
+        let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+        for (o, v) in dst.iter_mut().zip(src) {
+            *o = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+        }
+        d.push(scale);
+    }
+    (q, d)
+}
+
+/// Rows up to which an f32 projection runs the threaded tiles rather than candle's matmul,
+/// which keeps about one core busy for a decode batch this small.
+pub(crate) const F32_THREADED_ROWS: usize = 8;
+
+/// `y = x·Wᵀ` for f32 `Wᵀ` held as `t` (the transposed view of row-major `[out, in]` data, as
+/// the loader builds it) through the threaded tiles; `None` for any other layout.
+fn f32_rows_threaded(t: &Tensor, x: &[f32], rows: usize, n_in: usize) -> Option<Vec<f32>> {
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)) = &*storage else {
+        return None;
+    };
+    let &[d_in, n_out] = layout.dims() else {
+        return None;
+    };
+    // `Wᵀ[k][o]` at `o·in + k`: row-major `W` starting at the layout's offset.
+    if d_in != n_in || layout.stride() != [1, n_in] {
+        return None;
+    }
+    let start = layout.start_offset();
+    let w = data.get(start..start + n_out * n_in)?;
+    let mut y = vec![0f32; rows * n_out];
+    if rows == 0 || n_out == 0 || n_in == 0 {
+        return Some(y);
+    }
+    let isa = detected_isa();
+    let xs: Vec<&[f32]> = x.chunks_exact(n_in).collect();
+    tiled(&mut y, rows, n_out, |s, e, out| {
+        tile(isa, &xs, &w[s * n_in..e * n_in], n_in, out)
+    });
+    Some(y)
+}
+
+/// Fills `y` (`[rows, n_out]`) from tiles of [`TILE`] output channels run in parallel:
+/// `run(start, end, out)` writes channels `[start, end)` of every row to `out`
+/// (`[rows, end - start]`).
+fn tiled(y: &mut [f32], rows: usize, n_out: usize, run: impl Fn(usize, usize, &mut [f32]) + Sync) {
+    let tiles: Vec<(usize, Vec<f32>)> = (0..n_out.div_ceil(TILE))
+        .into_par_iter()
+        .map(|t| {
+            let (start, end) = (t * TILE, ((t + 1) * TILE).min(n_out));
+            let mut out = vec![0f32; rows * (end - start)];
+            run(start, end, &mut out);
+            (start, out)
+        })
+        .collect();
+    for (start, out) in tiles {
+        let width = out.len() / rows;
+        for (r, part) in out.chunks_exact(width).enumerate() {
+            y[r * n_out + start..r * n_out + start + width].copy_from_slice(part);
+        }
     }
 }
 
@@ -298,6 +495,57 @@ fn int8_tile(
 mod x86 {
     use std::arch::x86_64::*;
 
+    /// One block of [`super::quantize_activations`]: `scale = max|src| / 127` (returned) and
+    /// `dst[i] = round(src[i] / scale)` (ties to even), for 32 values.
+    ///
+    /// # Safety
+    /// AVX2 available; `src` and `dst` hold 32 values.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn quantize_block(src: &[f32], dst: &mut [i8]) -> f32 {
+        assert!(src.len() == 32 && dst.len() == 32);
+        // SAFETY: four 8-lane loads inside `src`, one 32-byte store inside `dst`.
+        unsafe {
+            let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+            let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(src.as_ptr().add(i * 8)));
+            let m = _mm256_max_ps(
+                _mm256_max_ps(_mm256_and_ps(v[0], abs), _mm256_and_ps(v[1], abs)),
+                _mm256_max_ps(_mm256_and_ps(v[2], abs), _mm256_and_ps(v[3], abs)),
+            );
+            let lanes = std::mem::transmute::<__m256, [f32; 8]>(m);
+            let max = lanes.iter().fold(0f32, |a, &b| a.max(b));
+            let scale = max / 127.0;
+            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            let s = _mm256_set1_ps(inv);
+            let lim = _mm256_set1_ps(127.0);
+            let r: [__m256i; 4] = std::array::from_fn(|i| {
+                let v = _mm256_mul_ps(v[i], s);
+                let v = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+                let v = _mm256_max_ps(
+                    _mm256_min_ps(v, lim),
+                    _mm256_sub_ps(_mm256_setzero_ps(), lim),
+                );
+                _mm256_cvtps_epi32(v)
+            });
+            // i32 → i16 → i8 with saturation; packs interleave 128-bit lanes, undone by the
+            // final permutation.
+            let a = _mm256_packs_epi32(r[0], r[1]);
+            let b = _mm256_packs_epi32(r[2], r[3]);
+            let c = _mm256_packs_epi16(a, b);
+            let c = _mm256_permutevar8x32_epi32(c, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_storeu_si256(dst.as_mut_ptr().cast::<__m256i>(), c);
+            scale
+        }
+    }
+
+    /// Whether the CPU has AVX-VNNI (cached).
+    pub(super) fn has_vnni() -> bool {
+        static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *VNNI.get_or_init(|| {
+            std::env::var("OPENLEDGER_SGMV_ISA").as_deref() != Ok("avx2")
+                && std::is_x86_feature_detected!("avxvnni")
+        })
+    }
+
     /// `out[m][c]` of [`super::int8_tile`] for `n` channels `q` (`[n, d]`) and their scales
     /// (`[n, d / group]`): four x rows per converted weight vector, or one x row against four
     /// channels.
@@ -343,6 +591,172 @@ mod x86 {
                 c += 1;
             }
             m += 1;
+        }
+    }
+
+    /// `out[m][c] = Σ_b xd[m][b] · scale[c][32b / group] · Σ_k xq[m][32b + k] · w[c][32b + k]`
+    /// for the quantised rows `xq` (scales `xd`, one per block of 32) and `n` channels (a
+    /// multiple of 8) held packed (see [`super::Int8Weight`]): each block's sums for eight channels accumulate in
+    /// one vector's lanes (`vpmaddubsw` + `vpmaddwd` on |x| and w·sign(x), four inputs at a
+    /// time, or AVX-VNNI's `vpdpbusd` on the same), are converted once per block and scaled
+    /// by both scales; up to three groups of eight channels and two rows share each load.
+    ///
+    /// # Safety
+    /// AVX2 and FMA available; `d` and `group` multiples of 32, `group` divides `d`; `xq` holds
+    /// `rows · d` values with no -128, `xd` `rows · d / 32`, `q` `n · d` packed values with no
+    /// -128, `scales` `n · d / group` packed, `out` `rows · n`.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn int8_packed_rows(
+        xq: &[i8],
+        xd: &[f32],
+        q: &[i8],
+        scales: &[f32],
+        d: usize,
+        group: usize,
+        n: usize,
+        out: &mut [f32],
+    ) {
+        // SAFETY: the caller's guarantees, passed on.
+        unsafe { packed_rows::<false>(xq, xd, q, scales, d, group, n, out) }
+    }
+
+    /// [`int8_packed_rows`] with AVX-VNNI's `vpdpbusd` (the same exact integer sums).
+    ///
+    /// # Safety
+    /// As [`int8_packed_rows`], and AVX-VNNI available.
+    #[target_feature(enable = "avx2,fma,avxvnni")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn int8_packed_rows_vnni(
+        xq: &[i8],
+        xd: &[f32],
+        q: &[i8],
+        scales: &[f32],
+        d: usize,
+        group: usize,
+        n: usize,
+        out: &mut [f32],
+    ) {
+        // SAFETY: the caller's guarantees, passed on.
+        unsafe { packed_rows::<true>(xq, xd, q, scales, d, group, n, out) }
+    }
+
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn packed_rows<const VNNI: bool>(
+        xq: &[i8],
+        xd: &[f32],
+        q: &[i8],
+        scales: &[f32],
+        d: usize,
+        group: usize,
+        n: usize,
+        out: &mut [f32],
+    ) {
+        let rows = xq.len() / d.max(1);
+        let nb = d / 32;
+        assert!(d.is_multiple_of(32) && group.is_multiple_of(32) && d.is_multiple_of(group));
+        assert!(n.is_multiple_of(8) && xq.len() == rows * d && xd.len() == rows * nb);
+        assert!(q.len() == n * d && scales.len() * group == n * d && out.len() == rows * n);
+        let mut cg = 0;
+        while cg < n / 8 {
+            let g = (n / 8 - cg).min(3);
+            let mut m = 0;
+            while m < rows {
+                let r = (rows - m).min(2);
+                // SAFETY: features enabled by the callers; bounds asserted above.
+                unsafe {
+                    match (r, g) {
+                        (2, 3) => {
+                            packed_block::<2, 3, VNNI>(xq, xd, q, scales, d, group, n, m, cg, out)
+                        }
+                        (2, 2) => {
+                            packed_block::<2, 2, VNNI>(xq, xd, q, scales, d, group, n, m, cg, out)
+                        }
+                        (2, _) => {
+                            packed_block::<2, 1, VNNI>(xq, xd, q, scales, d, group, n, m, cg, out)
+                        }
+                        (_, 3) => {
+                            packed_block::<1, 3, VNNI>(xq, xd, q, scales, d, group, n, m, cg, out)
+                        }
+                        (_, 2) => {
+                            packed_block::<1, 2, VNNI>(xq, xd, q, scales, d, group, n, m, cg, out)
+                        }
+                        _ => packed_block::<1, 1, VNNI>(xq, xd, q, scales, d, group, n, m, cg, out),
+                    }
+                }
+                m += r;
+            }
+            cg += g;
+        }
+    }
+
+    /// Rows `m .. m + MR` against channel groups `cg .. cg + NG` of [`packed_rows`]; every
+    /// row's arithmetic is the same whatever `MR` (a row's result does not depend on its batch).
+    #[inline(always)]
+    // The register tile's loops index several arrays in step.
+    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+    unsafe fn packed_block<const MR: usize, const NG: usize, const VNNI: bool>(
+        xq: &[i8],
+        xd: &[f32],
+        q: &[i8],
+        scales: &[f32],
+        d: usize,
+        group: usize,
+        n: usize,
+        m: usize,
+        cg: usize,
+        out: &mut [f32],
+    ) {
+        let (nb, groups, per_group) = (d / 32, d / group, group / 32);
+        // SAFETY: every read stays inside the slices (bounds asserted by the caller).
+        unsafe {
+            let ones = _mm256_set1_epi16(1);
+            let mut facc = [[_mm256_setzero_ps(); NG]; MR];
+            for b in 0..nb {
+                let mut iacc = [[_mm256_setzero_si256(); NG]; MR];
+                for k4 in 0..8 {
+                    let w: [__m256i; NG] = std::array::from_fn(|g| {
+                        _mm256_loadu_si256(
+                            q.as_ptr()
+                                .add(((cg + g) * nb + b) * 256 + k4 * 32)
+                                .cast::<__m256i>(),
+                        )
+                    });
+                    for r in 0..MR {
+                        let at = (m + r) * d + b * 32 + k4 * 4;
+                        let xb = _mm256_set1_epi32(std::ptr::read_unaligned(
+                            xq.as_ptr().add(at).cast::<i32>(),
+                        ));
+                        let ab = _mm256_sign_epi8(xb, xb);
+                        for g in 0..NG {
+                            let sw = _mm256_sign_epi8(w[g], xb);
+                            iacc[r][g] = if VNNI {
+                                _mm256_dpbusd_avx_epi32(iacc[r][g], ab, sw)
+                            } else {
+                                _mm256_add_epi32(
+                                    iacc[r][g],
+                                    _mm256_madd_epi16(_mm256_maddubs_epi16(ab, sw), ones),
+                                )
+                            };
+                        }
+                    }
+                }
+                for g in 0..NG {
+                    let ws = _mm256_loadu_ps(
+                        scales.as_ptr().add(((cg + g) * groups + b / per_group) * 8),
+                    );
+                    for r in 0..MR {
+                        let s = _mm256_mul_ps(ws, _mm256_set1_ps(xd[(m + r) * nb + b]));
+                        facc[r][g] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(iacc[r][g]), s, facc[r][g]);
+                    }
+                }
+            }
+            for r in 0..MR {
+                for g in 0..NG {
+                    _mm256_storeu_ps(out.as_mut_ptr().add((m + r) * n + (cg + g) * 8), facc[r][g]);
+                }
+            }
         }
     }
 
@@ -463,16 +877,28 @@ mod tests {
             let q = BaseWeight::from_f32(w.clone(), n_out, n_in, WeightFormat::Int8 { group });
             let got = q.matmul(&x, 2, n_in).unwrap();
             let g = if group == 0 { n_in } else { group };
+            let quantised = Int8Weight::packs(n_in, n_out, g);
             for r in 0..2 {
                 for o in 0..n_out {
-                    // |Δy| ≤ Σ_k |x_k| · scale_k / 2 (rounding), with scale = max|w| / 127.
+                    // |Δy| ≤ Σ_k |x_k| · s_k / 2 (the weights' rounding, s = max|w| / 127 over
+                    // the weight's group), and where the activations are quantised too (blocks
+                    // of 32, step t = max|x| / 127) + Σ_k t_k / 2 · (|w_k| + s_k / 2).
                     let bound: f32 = (0..n_in)
                         .map(|k| {
                             let s = w[o * n_in + k / g * g..o * n_in + (k / g + 1) * g]
                                 .iter()
                                 .fold(0f32, |m, v| m.max(v.abs()))
                                 / 127.0;
+                            let b = r * n_in + k / QBLOCK * QBLOCK;
+                            let t =
+                                x[b..b + QBLOCK].iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+                            let wk = w[o * n_in + k].abs();
                             x[r * n_in + k].abs() * s / 2.0
+                                + if quantised {
+                                    t / 2.0 * (wk + s / 2.0)
+                                } else {
+                                    0.0
+                                }
                         })
                         .sum();
                     let d = (got[r * n_out + o] - exact[r * n_out + o]).abs();
@@ -503,6 +929,115 @@ mod tests {
                 let alone = q.matmul(&x[r * n_in..(r + 1) * n_in], 1, n_in).unwrap();
                 assert_eq!(alone, all[r * n_out..(r + 1) * n_out], "row {r}");
             }
+        }
+    }
+
+    /// The packed int8 × int8 kernels against the same arithmetic in f64, the unpacked weights
+    /// (equal values), a row alone against its batch (the same bits), and AVX-VNNI against
+    /// AVX2 (the same bits).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn packed_int8_kernels_match_their_arithmetic_and_any_batch() {
+        if detected_isa() != Isa::Avx2Fma {
+            return;
+        }
+        // 40 channels: tiles of 24 and 16 (three and two groups of eight); 5 rows: 2, 2, 1.
+        let (n_in, n_out, rows) = (96, 40, 5);
+        let w = values(n_in * n_out, 17);
+        let x = values(rows * n_in, 29);
+        for group in [0, 32, 96] {
+            let plain = Int8Weight::quantize(&w, n_in, group);
+            let packed = plain.clone().packed_for_cpu(n_in);
+            assert!(packed.packed, "group {group}");
+            let mut a = vec![0f32; n_in * n_out];
+            let mut b = vec![0f32; n_in * n_out];
+            plain.widen_rows(n_in, 0, n_out, &mut a);
+            packed.widen_rows(n_in, 0, n_out, &mut b);
+            assert_eq!(a, b, "group {group}: the packed values are the weights");
+            let (xq, xd) = quantize_activations(&x);
+            let g = plain.group;
+            let mut want = vec![0f32; rows * n_out];
+            for r in 0..rows {
+                for o in 0..n_out {
+                    let mut sum = 0f64;
+                    for blk in 0..n_in / QBLOCK {
+                        let dot: i32 = (0..QBLOCK)
+                            .map(|k| {
+                                let i = blk * QBLOCK + k;
+                                i32::from(xq[r * n_in + i]) * i32::from(plain.q[o * n_in + i])
+                            })
+                            .sum();
+                        let s = plain.scales[o * (n_in / g) + blk * QBLOCK / g];
+                        sum +=
+                            f64::from(dot) * f64::from(xd[r * n_in / QBLOCK + blk]) * f64::from(s);
+                    }
+                    want[r * n_out + o] = sum as f32;
+                }
+            }
+            let held = BaseWeight::Int8(packed.clone());
+            let got = held.matmul(&x, rows, n_in).unwrap();
+            for (g, e) in got.iter().zip(&want) {
+                assert!((g - e).abs() <= 1e-5 * (1.0 + e.abs()), "{g} vs {e}");
+            }
+            for r in 0..rows {
+                let alone = held.matmul(&x[r * n_in..(r + 1) * n_in], 1, n_in).unwrap();
+                assert_eq!(alone, got[r * n_out..(r + 1) * n_out], "row {r}");
+            }
+            let mut avx2 = vec![0f32; rows * n_out];
+            // SAFETY: AVX2 and FMA detected; shapes as the kernel asks.
+            unsafe {
+                x86::int8_packed_rows(
+                    &xq,
+                    &xd,
+                    &packed.q,
+                    &packed.scales,
+                    n_in,
+                    packed.group,
+                    n_out,
+                    &mut avx2,
+                )
+            };
+            assert_eq!(packed.scales.len(), plain.scales.len());
+            if std::is_x86_feature_detected!("avxvnni") {
+                let mut vnni = vec![0f32; rows * n_out];
+                // SAFETY: as above, and AVX-VNNI detected.
+                unsafe {
+                    x86::int8_packed_rows_vnni(
+                        &xq,
+                        &xd,
+                        &packed.q,
+                        &packed.scales,
+                        n_in,
+                        packed.group,
+                        n_out,
+                        &mut vnni,
+                    )
+                };
+                assert_eq!(vnni, avx2, "vpdpbusd and vpmaddubsw give the same sums");
+            }
+        }
+    }
+
+    #[test]
+    fn activations_quantise_to_the_nearest_step() {
+        let mut x = values(4 * QBLOCK, 3);
+        x[5] = 0.0;
+        x[40] = f32::from_bits(1); // denormal
+        x[64..96].iter_mut().for_each(|v| *v = 0.0); // an all-zero block
+        let (q, d) = quantize_activations(&x);
+        for (i, (&v, &qi)) in x.iter().zip(&q).enumerate() {
+            let s = d[i / QBLOCK];
+            let want = if s > 0.0 {
+                (v / s).round_ties_even().clamp(-127.0, 127.0) as i8
+            } else {
+                0
+            };
+            // v · (1 / s) and v / s may round apart by one at a tie.
+            assert!(
+                (i32::from(qi) - i32::from(want)).abs() <= 1,
+                "{i}: {qi} vs {want}"
+            );
+            assert!((f32::from(qi) * s - v).abs() <= s * 0.5001 + 1e-30, "{i}");
         }
     }
 
