@@ -97,11 +97,17 @@ def test_cancel_ends_a_stream_early(engine, reference):
 
 
 def test_cancel_from_another_thread_stops_a_blocked_reader(engine, reference):
-    s = engine.generate(reference["sequences"][2], max_new_tokens=60)
-    threading.Timer(0.01, s.cancel).start()
-    tokens = s.collect()
-    assert s.finish_reason == "cancelled"
-    assert len(tokens) < 60
+    # The tiny model can generate its 60 tokens before a timer fires: the cancel is sent
+    # sooner on each try, and one of them must stop the stream early.
+    for delay in [0.01, 0.003, 0.001, 0.0003, 0.0] * 4:
+        s = engine.generate(reference["sequences"][2], max_new_tokens=60)
+        threading.Timer(delay, s.cancel).start()
+        tokens = s.collect()
+        if s.finish_reason == "cancelled":
+            assert len(tokens) < 60
+            return
+        assert len(tokens) == 60 or s.finish_reason == "max_context", s.finish_reason
+    pytest.fail("no cancel arrived before the stream ended")
 
 
 def test_bad_input_raises_typed_errors(engine, reference):
