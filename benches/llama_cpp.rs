@@ -165,7 +165,11 @@ fn ours(spec: &Value) -> Value {
             })
             .collect()
     };
-    let mut out = json!({"engine": "ours", "case": case, "model": spec["model"],
+    // The file's name only: the results carry no machine's paths.
+    let model_name = Path::new(spec["model"].as_str().unwrap())
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned());
+    let mut out = json!({"engine": "ours", "case": case, "model": model_name,
         "format": format.to_string(), "load_s": load_s, "rss_before_load_bytes": rss_before});
     if case == "single" {
         let (mut prefill, mut decode, mut first) = (Vec::new(), Vec::new(), None);

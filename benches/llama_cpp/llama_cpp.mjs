@@ -19,6 +19,7 @@
 //           "contexts" runs the requests at once in one context per adapter, "sequential" one
 //           after another, each in a context created with its adapter.
 import { readFileSync } from "node:fs";
+import { basename } from "node:path";
 import { getLlama, LlamaLogLevel } from "node-llama-cpp";
 
 const spec = JSON.parse(readFileSync(process.argv[2], "utf8"));
@@ -59,7 +60,7 @@ const t0 = performance.now();
 const model = await llama.loadModel({ modelPath: spec.model, gpuLayers: 0 });
 const loadS = (performance.now() - t0) / 1000;
 const ctxSize = Math.max(...spec.prompts.map((p) => p.length)) + spec.new_tokens + 8;
-const result = { engine: "llama.cpp", case: spec.case, model: spec.model, load_s: loadS, rss_before_load_bytes: rssBeforeLoad };
+const result = { engine: "llama.cpp", case: spec.case, model: basename(spec.model), load_s: loadS, rss_before_load_bytes: rssBeforeLoad };
 
 if (spec.case === "single") {
   const lora = spec.adapter ? { adapters: [{ filePath: spec.adapter }] } : undefined;
