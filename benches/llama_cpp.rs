@@ -493,11 +493,7 @@ fn main() {
     match report.save() {
         Ok(p) => {
             let raw_path = p.with_file_name("llama_cpp_runs.json");
-            std::fs::write(
-                &raw_path,
-                serde_json::to_string_pretty(&*raw.borrow()).unwrap(),
-            )
-            .ok();
+            std::fs::write(&raw_path, serde_json::to_string(&*raw.borrow()).unwrap()).ok();
             let png = p.with_extension("png");
             match draw(&png, &bars) {
                 Ok(()) => println!(

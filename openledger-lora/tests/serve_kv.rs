@@ -87,7 +87,9 @@ proptest! {
         block_size in 1usize..6,
         n_kv in 1usize..3,
         group in 1usize..4,
-        hd in 1usize..9,
+        // Widths below one vector, and ones through the SIMD kernels' 8-, 16- and 32-wide steps
+        // with tails.
+        hd in prop_oneof![1usize..9, Just(24), Just(37), Just(64)],
         lens in proptest::collection::vec(1usize..20, 1..4),
         window in proptest::option::of(1usize..8),
         layer in 0usize..2,

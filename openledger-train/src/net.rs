@@ -165,7 +165,7 @@ impl BaseNet {
         let (h, vocab) = (cfg.hidden_size, cfg.vocab_size);
         Ok(BaseNet {
             inv_freq: rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling),
-            embed: Tensor::from_slice(&w.embed, (vocab, h), &Device::Cpu)?,
+            embed: Tensor::from_slice(&w.embed_f32(), (vocab, h), &Device::Cpu)?,
             layers,
             norm: vec_tensor(&w.norm)?,
             norm_eff: effective(&cfg, &w.norm),

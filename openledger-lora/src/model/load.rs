@@ -79,18 +79,44 @@ pub struct Layer {
     pub down: Linear,
 }
 
-/// All base weights in f32, as the forward pass (and the trainer's differentiable copy of it)
-/// reads them.
+/// All base weights, as the forward pass (and the trainer's differentiable copy of it) reads
+/// them.
 #[derive(Debug, Clone)]
 pub struct Weights {
-    /// `embed_tokens`, `[vocab, hidden]` row-major.
-    pub embed: Vec<f32>,
+    /// `embed_tokens`, `[vocab, hidden]` row-major in f32; `None` where the output head is tied
+    /// to the embeddings: the head then holds them (in the model's weight format) and a token's
+    /// row is read from it ([`Weights::embed_row`]), so they are not held twice.
+    pub embed: Option<Vec<f32>>,
     /// The decoder layers.
     pub layers: Vec<Layer>,
     /// The final norm.
     pub norm: Vec<f32>,
     /// The output head (the embeddings again when they are tied).
     pub lm_head: Linear,
+}
+
+impl Weights {
+    /// The embedding of `token` (`< vocab`) in f32, into `out` (`hidden` values).
+    pub fn embed_row(&self, token: usize, out: &mut [f32]) {
+        let h = out.len();
+        match &self.embed {
+            Some(e) => out.copy_from_slice(&e[token * h..(token + 1) * h]),
+            None => self.lm_head.weight.row_f32(h, token, out),
+        }
+    }
+
+    /// Every embedding, `[vocab, hidden]` row-major in f32 (a widened copy where the head holds
+    /// them).
+    pub fn embed_f32(&self) -> std::borrow::Cow<'_, [f32]> {
+        match &self.embed {
+            Some(e) => std::borrow::Cow::Borrowed(e),
+            None => std::borrow::Cow::Owned(
+                self.lm_head
+                    .weight
+                    .to_f32_rows(self.lm_head.in_features, self.lm_head.out_features),
+            ),
+        }
+    }
 }
 
 /// The safetensors files of a model folder; shard names must be plain file names.
@@ -348,7 +374,7 @@ pub(crate) fn transposed(w: Vec<f32>, rows: usize, cols: usize) -> Result<Tensor
 }
 
 /// Builds every weight of `cfg` from `tensors`, the projections held as `format` asks (the
-/// embeddings and norms stay f32).
+/// norms stay f32, the embeddings too unless a tied head holds them).
 pub(crate) fn build(
     cfg: &ModelConfig,
     mut tensors: TensorMap,
@@ -360,19 +386,16 @@ pub(crate) fn build(
         cfg.num_heads * cfg.head_dim,
         cfg.num_kv_heads * cfg.head_dim,
     );
-    let embed_held = tensors.take_host("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
-    // A tied head kept as stored reads the embeddings' 16-bit values (half the bytes of an f32
-    // copy, and the threaded 16-bit matmul).
-    let tied_stored = match (cfg.tie_word_embeddings, format) {
-        (true, WeightFormat::Stored) => match (embed_held.as_bf16(), embed_held.as_f16()) {
-            (Some(w), _) => Some(BaseWeight::Bf16(w.to_vec())),
-            (_, Some(w)) => Some(BaseWeight::F16(w.to_vec())),
-            _ => None,
-        },
-        _ => None,
+    // A tied head holds the embeddings as `format` asks (16-bit kept by `stored`, a GGUF file's
+    // Q8_0 blocks as int8) and the forward pass reads token rows from it: held once, not
+    // widened to f32 beside it.
+    let (embed, tied_head) = if cfg.tie_word_embeddings {
+        let head = tensors.take_weight("model.embed_tokens.weight", cfg.vocab_size, h, format)?;
+        (None, Some(head))
+    } else {
+        let held = tensors.take_host("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+        (Some(held.to_f32().into_owned()), None)
     };
-    let embed = embed_held.to_f32().into_owned();
-    drop(embed_held);
     let mut layers = Vec::with_capacity(cfg.num_layers);
     for l in 0..cfg.num_layers {
         let p = |n: &str| format!("model.layers.{l}.{n}");
@@ -394,19 +417,15 @@ pub(crate) fn build(
         });
     }
     let norm = tensors.take("model.norm.weight", &[h])?;
-    let lm_head = if cfg.tie_word_embeddings {
-        Linear {
+    let lm_head = match tied_head {
+        Some(weight) => Linear {
             name: "lm_head".into(),
             in_features: h,
             out_features: cfg.vocab_size,
-            weight: match tied_stored {
-                Some(w) => w,
-                None => BaseWeight::from_f32(embed.clone(), cfg.vocab_size, h, format),
-            },
+            weight,
             bias: None,
-        }
-    } else {
-        tensors.linear("lm_head".into(), h, cfg.vocab_size, false, format)?
+        },
+        None => tensors.linear("lm_head".into(), h, cfg.vocab_size, false, format)?,
     };
     tensors.check_all_used(cfg)?;
     Ok(Weights {

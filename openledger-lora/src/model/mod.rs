@@ -172,7 +172,8 @@ impl Model {
     }
 
     /// [`Model::from_dir_with_progress`] with the projections' weights held as `format` asks
-    /// (kept as stored, or quantised to int8; the embeddings and norms stay f32).
+    /// (kept as stored, or quantised to int8; the norms stay f32, and the embeddings too unless
+    /// the head is tied to them, when the head holds them as `format` asks).
     pub fn from_dir_with_format(
         dir: &Path,
         format: WeightFormat,
@@ -704,13 +705,18 @@ impl Model {
             1.0
         };
         for (s, seq) in spans.iter().zip(batch) {
-            let table = self.param(s, "model.embed_tokens.weight", &self.weights.embed);
+            // An adapter's saved embeddings, else the base's (read through a tied head).
+            let saved = s
+                .adapter
+                .and_then(|id| self.adapters[id].saved.get("model.embed_tokens.weight"));
             for (r, &tok) in seq.tokens.iter().enumerate() {
-                let src = &table[tok as usize * h..(tok as usize + 1) * h];
-                x[(s.start + r) * h..(s.start + r + 1) * h]
-                    .iter_mut()
-                    .zip(src)
-                    .for_each(|(d, v)| *d = v * emb_scale);
+                let dst = &mut x[(s.start + r) * h..(s.start + r + 1) * h];
+                let tok = tok as usize;
+                match saved {
+                    Some(t) => dst.copy_from_slice(&t.data[tok * h..(tok + 1) * h]),
+                    None => self.weights.embed_row(tok, dst),
+                }
+                dst.iter_mut().for_each(|d| *d *= emb_scale);
             }
         }
         let (qd, kvd) = (

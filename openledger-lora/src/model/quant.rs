@@ -7,11 +7,13 @@
 //! `W` are split between threads by output channel. bf16 and f16 tiles run the SGMV shrink
 //! kernels (AVX2 + FMA + F16C where the CPU has them, the portable ones otherwise), which widen
 //! them in registers. With AVX2, an int8 projection whose input width and group are multiples
-//! of 32 and whose channels come in eights is held packed (eight channels to a vector) and
-//! quantises its activations too, per block of 32 inputs (symmetric, one f32 scale each: what
-//! llama.cpp does for its Q8_0 dot products), multiplying int8 by int8 in exact 32-bit sums
-//! (`vpmaddubsw` + `vpmaddwd`, or AVX-VNNI's `vpdpbusd`), each block's sums scaled by both
-//! scales; other int8 projections widen 8 weights at a time in registers against the f32
+//! of 32 and whose channels come in eights is held packed (eight channels to a vector, sixteen
+//! where the CPU has AVX-512 VNNI and the channels come in sixteens) and quantises its
+//! activations too, per block of 32 inputs (symmetric, one f32 scale each: what llama.cpp does
+//! for its Q8_0 dot products), multiplying int8 by int8 in exact 32-bit sums (`vpmaddubsw` +
+//! `vpmaddwd`, AVX-VNNI's `vpdpbusd`, or AVX-512 VNNI's on unsigned weights with the offset
+//! taken back), each block's sums scaled by both scales, the same bits on every path; other
+//! int8 projections widen 8 weights at a time in registers against the f32
 //! activations (each group's sum scaled into the total), and without AVX2 are widened into an
 //! f32 tile for the portable shrink. Each 16-bit or int8 output is one fixed chain of
 //! operations over its inputs whatever the batch around it, so a sequence's logits do not
@@ -32,6 +34,7 @@
 use std::str::FromStr;
 
 use candle_core::{Device, Tensor};
+use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
@@ -95,15 +98,18 @@ impl std::fmt::Display for WeightFormat {
 /// scales[o][k / group]`.
 ///
 /// On AVX2 CPUs a weight whose channels come in eights and whose inputs and groups come in 32s
-/// is held packed for the int8 × int8 kernel: for each eight channels and each block of 32
-/// inputs, eight 32-byte vectors (four consecutive inputs of each of the eight channels), then
-/// for each eight channels, their eight scales of each group.
+/// is held packed for the int8 × int8 kernels, `L` channels to a vector: for each `L` channels
+/// and each block of 32 inputs, eight vectors of `4·L` bytes (four consecutive inputs of each
+/// of the `L` channels), then for each `L` channels, their `L` scales of each group. `L` is 16
+/// where the CPU has AVX-512 VNNI and the channels come in sixteens (the bytes then held as
+/// `w + 128`, unsigned, as `vpdpbusd` multiplies them), else 8.
 #[derive(Clone, Debug)]
 pub struct Int8Weight {
     q: Vec<i8>,
     scales: Vec<f32>,
     group: usize,
-    packed: bool,
+    /// Channels per vector of the packed layout; 0 where the weights are row-major.
+    lanes: usize,
 }
 
 impl Int8Weight {
@@ -115,43 +121,65 @@ impl Int8Weight {
             q,
             scales,
             group,
-            packed: false,
+            lanes: 0,
         }
         .packed_for_cpu(n_in)
     }
 
-    /// Whether `[n_out, n_in]` weights in groups of `group` are held packed on this CPU.
-    fn packs(n_in: usize, n_out: usize, group: usize) -> bool {
-        quantises_activations(detected_isa(), n_in, group) && n_out.is_multiple_of(8) && n_in > 0
+    /// Channels per vector of the layout `[n_out, n_in]` weights in groups of `group` are held
+    /// in on this CPU: 16, 8, or 0 (row-major).
+    fn pack_lanes(n_in: usize, n_out: usize, group: usize) -> usize {
+        if !quantises_activations(detected_isa(), n_in, group) || n_in == 0 {
+            return 0;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if x86::has_avx512_vnni() && n_out.is_multiple_of(16) {
+            return 16;
+        }
+        if n_out.is_multiple_of(8) { 8 } else { 0 }
     }
 
-    /// This row-major weight packed for the int8 × int8 kernel where [`Self::packs`] says so.
+    /// This row-major weight packed for the int8 × int8 kernels where [`Self::pack_lanes`]
+    /// says so.
     fn packed_for_cpu(self, n_in: usize) -> Self {
         let n_out = self.q.len() / n_in.max(1);
-        if self.packed || !Self::packs(n_in, n_out, self.group) {
+        let lanes = Self::pack_lanes(n_in, n_out, self.group);
+        self.packed_as(n_in, lanes)
+    }
+
+    /// This row-major weight packed `lanes` channels to a vector (16 or 8; 0 leaves it as it
+    /// is).
+    fn packed_as(self, n_in: usize, lanes: usize) -> Self {
+        let n_out = self.q.len() / n_in.max(1);
+        if self.lanes != 0 || lanes == 0 {
             return self;
         }
+        debug_assert!(n_out.is_multiple_of(lanes) && n_in.is_multiple_of(QBLOCK));
         let nb = n_in / QBLOCK;
         let groups = n_in / self.group;
         let mut q = vec![0i8; self.q.len()];
         let mut scales = vec![0f32; self.scales.len()];
+        // The 16-lane kernel multiplies unsigned weights: `w + 128` (`w ^ 0x80` in two's
+        // complement), the offset taken back through the activations' block sums.
+        let flip = if lanes == 16 { 0x80u8 as i8 } else { 0 };
         for o in 0..n_out {
-            let (cg, c) = (o / 8, o % 8);
+            let (cg, c) = (o / lanes, o % lanes);
             for b in 0..nb {
-                let base = (cg * nb + b) * 256;
+                let base = (cg * nb + b) * QBLOCK * lanes;
                 for k in 0..QBLOCK {
-                    q[base + (k / 4) * 32 + c * 4 + k % 4] = self.q[o * n_in + b * QBLOCK + k];
+                    q[base + (k / 4) * 4 * lanes + c * 4 + k % 4] =
+                        self.q[o * n_in + b * QBLOCK + k] ^ flip;
                 }
             }
             for g in 0..groups {
-                scales[(cg * groups + g) * 8 + c] = self.scales[o * groups + g];
+                scales[(cg * groups + g) * lanes + c] = self.scales[o * groups + g];
             }
         }
         Self {
             q,
             scales,
             group: self.group,
-            packed: true,
+            lanes,
         }
     }
 
@@ -174,21 +202,22 @@ impl Int8Weight {
             q,
             scales,
             group,
-            packed: false,
+            lanes: 0,
         }
     }
 
     /// Rows `[start, end)` widened and scaled into `out` (`(end - start) · in` values).
     fn widen_rows(&self, n_in: usize, start: usize, end: usize, out: &mut [f32]) {
-        if self.packed {
-            let (nb, groups) = (n_in / QBLOCK, n_in / self.group);
+        if self.lanes != 0 {
+            let (lanes, nb, groups) = (self.lanes, n_in / QBLOCK, n_in / self.group);
+            let flip = if lanes == 16 { 0x80u8 as i8 } else { 0 };
             for (o, row) in (start..end).zip(out.chunks_exact_mut(n_in)) {
-                let (cg, c) = (o / 8, o % 8);
+                let (cg, c) = (o / lanes, o % lanes);
                 for (k, v) in row.iter_mut().enumerate() {
                     let (b, i) = (k / QBLOCK, k % QBLOCK);
-                    let at = (cg * nb + b) * 256 + (i / 4) * 32 + c * 4 + i % 4;
-                    let scale = self.scales[(cg * groups + k / self.group) * 8 + c];
-                    *v = f32::from(self.q[at]) * scale;
+                    let at = (cg * nb + b) * QBLOCK * lanes + (i / 4) * 4 * lanes + c * 4 + i % 4;
+                    let scale = self.scales[(cg * groups + k / self.group) * lanes + c];
+                    *v = f32::from(self.q[at] ^ flip) * scale;
                 }
             }
             return;
@@ -290,6 +319,33 @@ impl BaseWeight {
         }
     }
 
+    /// Output channel `row` of `W` (`n_in` values, `n_in = out.len()`) in f32 (widened, or
+    /// dequantised), into `out`: a token's embedding where the head is tied to them.
+    pub fn row_f32(&self, n_in: usize, row: usize, out: &mut [f32]) {
+        match self {
+            Self::F32(t) => {
+                let (storage, layout) = t.storage_and_layout();
+                if let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)) = &*storage
+                    && layout.stride() == [1, n_in]
+                {
+                    let at = layout.start_offset() + row * n_in;
+                    out.copy_from_slice(&data[at..at + n_in]);
+                    return;
+                }
+                drop(storage);
+                let col = t
+                    .narrow(1, row, 1)
+                    .and_then(|c| c.flatten_all())
+                    .and_then(|c| c.to_vec1::<f32>())
+                    .expect("an f32 CPU tensor reads back");
+                out.copy_from_slice(&col);
+            }
+            Self::Bf16(w) => w[row * n_in..(row + 1) * n_in].convert_to_f32_slice(out),
+            Self::F16(w) => w[row * n_in..(row + 1) * n_in].convert_to_f32_slice(out),
+            Self::Int8(w) => w.widen_rows(n_in, row, row + 1, out),
+        }
+    }
+
     /// `y = x·Wᵀ` for the `rows` rows of `x` (`[rows, in]`, `in = n_in`), `[rows, out]`.
     pub fn matmul(&self, x: &[f32], rows: usize, n_in: usize) -> Result<Vec<f32>, ModelError> {
         let held = match self {
@@ -314,39 +370,62 @@ impl BaseWeight {
         let isa = detected_isa();
         #[cfg(target_arch = "x86_64")]
         if let Self::Int8(w) = self
-            && w.packed
+            && w.lanes != 0
         {
-            // int8 × int8 products summed exactly in 32-bit integers, per block of 32, eight
-            // channels to a vector.
-            let (xq, xd) = quantize_activations(x);
+            // int8 × int8 products summed exactly in 32-bit integers, per block of 32, eight or
+            // sixteen channels to a vector.
+            let (xq, xd, xs) = quantize_activations(x);
             let groups = n_in / w.group;
-            tiled(&mut y, rows, n_out, |start, end, out| {
-                // SAFETY: `packed` is set only where `quantises_activations` found AVX2 and FMA
-                // and the shapes fit (inputs in 32s, channels in 8s; tiles start and end on
-                // multiples of 8 channels).
-                unsafe {
-                    let kernel = if x86::has_vnni() {
-                        x86::int8_packed_rows_vnni
-                    } else {
-                        x86::int8_packed_rows
-                    };
-                    kernel(
-                        &xq,
-                        &xd,
+            let lanes = w.lanes;
+            // Tiles of whole register blocks (three vectors of channels), about eight per
+            // thread: a tile's cost is mostly its weights' bytes, the same whatever the rows.
+            let blocks = n_out / (3 * lanes);
+            let per_tile = (blocks / (8 * rayon::current_num_threads())).max(1);
+            tiled(
+                &mut y,
+                rows,
+                n_out,
+                per_tile * 3 * lanes,
+                |start, end, out| {
+                    let (q, scales) = (
                         &w.q[start * n_in..end * n_in],
                         &w.scales[start * groups..end * groups],
-                        n_in,
-                        w.group,
-                        end - start,
-                        out,
-                    )
-                }
-            });
+                    );
+                    // SAFETY: `lanes` is set only where `quantises_activations` found AVX2 and
+                    // FMA (16: and AVX-512 VNNI; AMX where `has_amx` said so) and the shapes
+                    // fit (inputs in 32s, channels in `lanes`; tiles start and end on multiples
+                    // of `lanes` channels).
+                    unsafe {
+                        if lanes == 16 {
+                            let a = x86::Packed16::new(
+                                (&xq, &xd, &xs),
+                                q,
+                                scales,
+                                n_in,
+                                w.group,
+                                end - start,
+                            );
+                            if rows >= 16 && x86::has_amx() {
+                                x86::int8_packed16_rows_amx(&a, out)
+                            } else {
+                                x86::int8_packed16_rows(&a, out)
+                            }
+                            return;
+                        }
+                        let kernel = if x86::has_vnni() {
+                            x86::int8_packed_rows_vnni
+                        } else {
+                            x86::int8_packed_rows
+                        };
+                        kernel(&xq, &xd, q, scales, n_in, w.group, end - start, out)
+                    }
+                },
+            );
             return Ok(y);
         }
 
         let xs: Vec<&[f32]> = x.chunks_exact(n_in).collect();
-        tiled(&mut y, rows, n_out, |start, end, out| match self {
+        tiled(&mut y, rows, n_out, TILE, |start, end, out| match self {
             Self::Bf16(w) => tile(isa, &xs, &w[start * n_in..end * n_in], n_in, out),
             Self::F16(w) => tile(isa, &xs, &w[start * n_in..end * n_in], n_in, out),
             Self::Int8(w) => int8_tile(isa, &xs, w, n_in, start, end, out),
@@ -371,16 +450,21 @@ fn quantises_activations(isa: Isa, n_in: usize, group: usize) -> bool {
 /// The rows of `x` (`[rows, n_in]`, `n_in` a multiple of [`QBLOCK`]) quantised to int8 per
 /// block of 32 inputs, symmetric (`scale = max|x| / 127`, `q = round(x / scale)`, ties to
 /// even), as llama.cpp quantises activations for its Q8_0 dot products: the int8 weights then
-/// multiply them in exact 32-bit integer sums, scaled once per block by both scales.
+/// multiply them in exact 32-bit integer sums, scaled once per block by both scales. Returns
+/// the values, each block's scale and each block's sum of values (what the 16-lane kernel
+/// takes back from its unsigned weights).
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-fn quantize_activations(x: &[f32]) -> (Vec<i8>, Vec<f32>) {
+fn quantize_activations(x: &[f32]) -> (Vec<i8>, Vec<f32>, Vec<i32>) {
     let mut q = vec![0i8; x.len()];
     let mut d = Vec::with_capacity(x.len() / QBLOCK);
+    let mut sums = Vec::with_capacity(x.len() / QBLOCK);
     for (src, dst) in x.chunks_exact(QBLOCK).zip(q.chunks_exact_mut(QBLOCK)) {
         #[cfg(target_arch = "x86_64")]
         if detected_isa() == Isa::Avx2Fma {
             // SAFETY: AVX2 detected; both blocks hold 32 values.
-            d.push(unsafe { x86::quantize_block(src, dst) });
+            let (scale, sum) = unsafe { x86::quantize_block(src, dst) };
+            d.push(scale);
+            sums.push(sum);
             continue;
         }
         let max = src.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -390,8 +474,9 @@ fn quantize_activations(x: &[f32]) -> (Vec<i8>, Vec<f32>) {
             *o = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
         }
         d.push(scale);
+        sums.push(dst.iter().map(|&v| i32::from(v)).sum());
     }
-    (q, d)
+    (q, d, sums)
 }
 
 /// Rows up to which an f32 projection runs the threaded tiles rather than candle's matmul,
@@ -420,20 +505,26 @@ fn f32_rows_threaded(t: &Tensor, x: &[f32], rows: usize, n_in: usize) -> Option<
     }
     let isa = detected_isa();
     let xs: Vec<&[f32]> = x.chunks_exact(n_in).collect();
-    tiled(&mut y, rows, n_out, |s, e, out| {
+    tiled(&mut y, rows, n_out, TILE, |s, e, out| {
         tile(isa, &xs, &w[s * n_in..e * n_in], n_in, out)
     });
     Some(y)
 }
 
-/// Fills `y` (`[rows, n_out]`) from tiles of [`TILE`] output channels run in parallel:
+/// Fills `y` (`[rows, n_out]`) from tiles of `tile` output channels run in parallel:
 /// `run(start, end, out)` writes channels `[start, end)` of every row to `out`
 /// (`[rows, end - start]`).
-fn tiled(y: &mut [f32], rows: usize, n_out: usize, run: impl Fn(usize, usize, &mut [f32]) + Sync) {
-    let tiles: Vec<(usize, Vec<f32>)> = (0..n_out.div_ceil(TILE))
+fn tiled(
+    y: &mut [f32],
+    rows: usize,
+    n_out: usize,
+    tile: usize,
+    run: impl Fn(usize, usize, &mut [f32]) + Sync,
+) {
+    let tiles: Vec<(usize, Vec<f32>)> = (0..n_out.div_ceil(tile))
         .into_par_iter()
         .map(|t| {
-            let (start, end) = (t * TILE, ((t + 1) * TILE).min(n_out));
+            let (start, end) = (t * tile, ((t + 1) * tile).min(n_out));
             let mut out = vec![0f32; rows * (end - start)];
             run(start, end, &mut out);
             (start, out)
@@ -495,13 +586,14 @@ fn int8_tile(
 mod x86 {
     use std::arch::x86_64::*;
 
-    /// One block of [`super::quantize_activations`]: `scale = max|src| / 127` (returned) and
-    /// `dst[i] = round(src[i] / scale)` (ties to even), for 32 values.
+    /// One block of [`super::quantize_activations`]: `scale = max|src| / 127` and
+    /// `dst[i] = round(src[i] / scale)` (ties to even), for 32 values; returns the scale and
+    /// the sum of `dst`.
     ///
     /// # Safety
     /// AVX2 available; `src` and `dst` hold 32 values.
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn quantize_block(src: &[f32], dst: &mut [i8]) -> f32 {
+    pub(super) unsafe fn quantize_block(src: &[f32], dst: &mut [i8]) -> (f32, i32) {
         assert!(src.len() == 32 && dst.len() == 32);
         // SAFETY: four 8-lane loads inside `src`, one 32-byte store inside `dst`.
         unsafe {
@@ -533,7 +625,9 @@ mod x86 {
             let c = _mm256_packs_epi16(a, b);
             let c = _mm256_permutevar8x32_epi32(c, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
             _mm256_storeu_si256(dst.as_mut_ptr().cast::<__m256i>(), c);
-            scale
+            let sum = _mm256_add_epi32(_mm256_add_epi32(r[0], r[1]), _mm256_add_epi32(r[2], r[3]));
+            let sum = std::mem::transmute::<__m256i, [i32; 8]>(sum).iter().sum();
+            (scale, sum)
         }
     }
 
@@ -760,6 +854,367 @@ mod x86 {
         }
     }
 
+    /// Whether the CPU has AVX-512 F, BW and VNNI (cached; `OPENLEDGER_SGMV_ISA=avx2` says no).
+    pub(super) fn has_avx512_vnni() -> bool {
+        static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVX512.get_or_init(|| {
+            std::env::var("OPENLEDGER_SGMV_ISA").as_deref() != Ok("avx2")
+                && std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512bw")
+                && std::is_x86_feature_detected!("avx512vnni")
+        })
+    }
+
+    /// [`int8_packed_rows`] for weights packed sixteen channels to a vector as `w + 128`
+    /// (unsigned), with AVX-512 VNNI: `vpdpbusd` sums `(w + 128)·x` exactly over a block and
+    /// the block starts from `-128·Σx` (`xs`, one per block of each row), so each block's sum
+    /// is the same integer as the eight-lane kernels' and the result the same bits. Up to
+    /// three groups of sixteen channels and four rows share each load.
+    ///
+    /// # Safety
+    /// AVX-512 F, BW and VNNI, AVX2 and FMA available; `out` holds `rows · n` values.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+    pub(super) unsafe fn int8_packed16_rows(a: &Packed16<'_>, out: &mut [f32]) {
+        let (rows, n) = (a.rows, a.n);
+        assert!(out.len() == rows * n);
+        let mut cg = 0;
+        while cg < n / 16 {
+            let g = (n / 16 - cg).min(3);
+            let mut m = 0;
+            while m < rows {
+                let r = match rows - m {
+                    1 => 1,
+                    2 | 3 => 2,
+                    _ => 4,
+                };
+                // SAFETY: features enabled here; bounds asserted above.
+                unsafe {
+                    match (r, g) {
+                        (4, 3) => packed16_block::<4, 3>(a, m, cg, out),
+                        (4, 2) => packed16_block::<4, 2>(a, m, cg, out),
+                        (4, _) => packed16_block::<4, 1>(a, m, cg, out),
+                        (2, 3) => packed16_block::<2, 3>(a, m, cg, out),
+                        (2, 2) => packed16_block::<2, 2>(a, m, cg, out),
+                        (2, _) => packed16_block::<2, 1>(a, m, cg, out),
+                        (_, 3) => packed16_block::<1, 3>(a, m, cg, out),
+                        (_, 2) => packed16_block::<1, 2>(a, m, cg, out),
+                        _ => packed16_block::<1, 1>(a, m, cg, out),
+                    }
+                }
+                m += r;
+            }
+            cg += g;
+        }
+    }
+
+    /// Whether AMX-INT8 tiles can be used: the CPU has them (CPUID leaf 7: AMX-TILE, AMX-INT8),
+    /// AVX-512 VNNI is in use, and Linux grants this process the tile data state (asked once,
+    /// `arch_prctl(ARCH_REQ_XCOMP_PERM)`). `OPENLEDGER_SGMV_ISA=avx2` or `avx512` says no.
+    pub(super) fn has_amx() -> bool {
+        static AMX: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AMX.get_or_init(|| {
+            std::env::var("OPENLEDGER_SGMV_ISA").as_deref() != Ok("avx512")
+                && has_avx512_vnni()
+                && amx_int8_in_cpuid()
+                && amx_permitted()
+        })
+    }
+
+    fn amx_int8_in_cpuid() -> bool {
+        // Leaf 7 exists where leaf 0 says so.
+        if __cpuid(0).eax < 7 {
+            return false;
+        }
+        let edx = __cpuid_count(7, 0).edx;
+        edx & (1 << 24) != 0 && edx & (1 << 25) != 0
+    }
+
+    #[cfg(target_os = "linux")]
+    fn amx_permitted() -> bool {
+        const ARCH_REQ_XCOMP_PERM: u64 = 0x1023;
+        const XFEATURE_XTILEDATA: u64 = 18;
+        const SYS_ARCH_PRCTL: u64 = 158;
+        let ret: i64;
+        // SAFETY: the arch_prctl system call with a request that only grants a permission (or
+        // fails); it reads and writes no memory of ours.
+        unsafe {
+            std::arch::asm!(
+                "syscall",
+                inlateout("rax") SYS_ARCH_PRCTL as i64 => ret,
+                in("rdi") ARCH_REQ_XCOMP_PERM,
+                in("rsi") XFEATURE_XTILEDATA,
+                lateout("rcx") _,
+                lateout("r11") _,
+                options(nostack),
+            );
+        }
+        ret == 0
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn amx_permitted() -> bool {
+        false
+    }
+
+    /// The tile configuration of [`int8_packed16_rows_amx`]: tiles 0–2 the 32-bit sums of 16
+    /// rows × 16 channels, tile 3 sixteen rows of a block's 32 activations, tiles 4–6 a block
+    /// of 16 channels' weights (8 rows of four inputs × 16 channels).
+    #[repr(C, align(64))]
+    struct TileConfig([u8; 64]);
+
+    impl TileConfig {
+        fn new() -> Self {
+            let mut c = [0u8; 64];
+            c[0] = 1; // palette 1
+            let mut tile = |t: usize, rows: u8, colsb: u16| {
+                c[16 + 2 * t..18 + 2 * t].copy_from_slice(&colsb.to_le_bytes());
+                c[48 + t] = rows;
+            };
+            for t in 0..3 {
+                tile(t, 16, 64);
+            }
+            tile(3, 16, 32);
+            for t in 4..7 {
+                tile(t, 8, 64);
+            }
+            Self(c)
+        }
+    }
+
+    /// [`int8_packed16_rows`] with AMX-INT8 tiles for each full sixteen rows (`tdpbsud`:
+    /// signed activations × the unsigned weights, a block's 32 inputs at a time, its sums
+    /// stored and scaled with AVX-512 as the sixteen-lane kernel scales them), the last rows
+    /// through that kernel: the same integers and the same f32 operations, so the same bits.
+    ///
+    /// # Safety
+    /// As [`int8_packed16_rows`], and [`has_amx`] returned true.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+    // The post-processing indexes the sums, scales and outputs in step.
+    #[allow(clippy::needless_range_loop)]
+    pub(super) unsafe fn int8_packed16_rows_amx(a: &Packed16<'_>, out: &mut [f32]) {
+        let (rows, n, d, group) = (a.rows, a.n, a.d, a.group);
+        let (xq, xd, xs, q, scales) = (a.xq, a.xd, a.xs, a.q, a.scales);
+        let nb = d / 32;
+        assert!(out.len() == rows * n);
+        /// Blocks of weights asked for ahead of the one multiplied.
+        const AHEAD: usize = 4;
+        let full = rows / 16 * 16;
+        let (groups, per_group) = (d / group, group / 32);
+        let config = TileConfig::new();
+        // The sums of one block: [group][row][channel].
+        let mut sums = [[[0i32; 16]; 16]; 3];
+        let sp: [*mut u8; 3] = std::array::from_fn(|g| sums[g].as_mut_ptr().cast());
+        out[..full * n].fill(0.0);
+        // SAFETY: AMX permitted (the caller); the configuration is loaded before any tile
+        // instruction and released after; every tile load reads 16 rows of 32 bytes at
+        // stride `d` inside `xq` (rows `m..m + 16` of `rows`, block `b` of `nb`) or 8 rows of
+        // 64 bytes inside `q` (channel group `cg + g < n / 16`, block `b`); every store writes
+        // 16 rows of 64 bytes inside `sums`. Tiles 4–6 keep a block's weights between the
+        // `asm!` blocks: nothing else in this process uses the tile registers.
+        unsafe {
+            std::arch::asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack));
+            let mut cg = 0;
+            while cg < n / 16 {
+                let ng = (n / 16 - cg).min(3);
+                for b in 0..nb {
+                    // The block's weights, loaded once for every sixteen rows; a later
+                    // block's asked for ahead (the tile loads wait on memory otherwise).
+                    let w = |g: usize| q.as_ptr().add(((cg + g.min(ng - 1)) * nb + b) * 512);
+                    if b + AHEAD < nb {
+                        for g in 0..ng {
+                            let next = w(g).add(AHEAD * 512);
+                            for line in 0..8 {
+                                _mm_prefetch::<_MM_HINT_T0>(next.add(line * 64));
+                            }
+                        }
+                    }
+                    std::arch::asm!(
+                        "tileloadd tmm4, [{w0} + {sw}]",
+                        "tileloadd tmm5, [{w1} + {sw}]",
+                        "tileloadd tmm6, [{w2} + {sw}]",
+                        w0 = in(reg) w(0),
+                        w1 = in(reg) w(1),
+                        w2 = in(reg) w(2),
+                        sw = in(reg) 64usize,
+                        options(nostack, readonly),
+                    );
+                    let ws: [__m512; 3] = std::array::from_fn(|g| {
+                        let g = g.min(ng - 1);
+                        _mm512_loadu_ps(
+                            scales
+                                .as_ptr()
+                                .add(((cg + g) * groups + b / per_group) * 16),
+                        )
+                    });
+                    let mut m = 0;
+                    while m < full {
+                        std::arch::asm!(
+                            "tilezero tmm0",
+                            "tilezero tmm1",
+                            "tilezero tmm2",
+                            "tileloadd tmm3, [{a} + {sa}]",
+                            "tdpbsud tmm0, tmm3, tmm4",
+                            "tdpbsud tmm1, tmm3, tmm5",
+                            "tdpbsud tmm2, tmm3, tmm6",
+                            "tilestored [{s0} + {sw}], tmm0",
+                            "tilestored [{s1} + {sw}], tmm1",
+                            "tilestored [{s2} + {sw}], tmm2",
+                            a = in(reg) xq.as_ptr().add(m * d + b * 32),
+                            sa = in(reg) d,
+                            sw = in(reg) 64usize,
+                            s0 = in(reg) sp[0],
+                            s1 = in(reg) sp[1],
+                            s2 = in(reg) sp[2],
+                            options(nostack),
+                        );
+                        for r in 0..16 {
+                            let at = (m + r) * nb + b;
+                            let comp = _mm512_set1_epi32(128 * xs[at]);
+                            let xscale = _mm512_set1_ps(xd[at]);
+                            for g in 0..ng {
+                                let v = _mm512_sub_epi32(
+                                    _mm512_loadu_si512(sums[g][r].as_ptr().cast()),
+                                    comp,
+                                );
+                                let sc = _mm512_mul_ps(ws[g], xscale);
+                                let o = out.as_mut_ptr().add((m + r) * n + (cg + g) * 16);
+                                _mm512_storeu_ps(
+                                    o,
+                                    _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), sc, _mm512_loadu_ps(o)),
+                                );
+                            }
+                        }
+                        m += 16;
+                    }
+                }
+                cg += ng;
+            }
+            std::arch::asm!("tilerelease", options(nostack));
+        }
+        if full < rows {
+            // SAFETY: the caller's guarantees, for the last rows.
+            unsafe {
+                let rest = Packed16 {
+                    xq: &xq[full * d..],
+                    xd: &xd[full * nb..],
+                    xs: &xs[full * nb..],
+                    rows: rows - full,
+                    ..*a
+                };
+                int8_packed16_rows(&rest, &mut out[full * n..])
+            };
+        }
+    }
+
+    /// The operands of [`int8_packed16_rows`] and [`int8_packed16_rows_amx`], their shapes
+    /// checked: quantised activation rows `xq` (`rows · d`) with one scale (`xd`) and one sum
+    /// (`xs`) per block of 32, and `n` channels' weights `q` packed sixteen to a vector as
+    /// `w + 128` (`n · d`; `n` a multiple of 16) with their scales (`n · d / group`).
+    pub(super) struct Packed16<'a> {
+        xq: &'a [i8],
+        xd: &'a [f32],
+        xs: &'a [i32],
+        q: &'a [i8],
+        scales: &'a [f32],
+        d: usize,
+        group: usize,
+        n: usize,
+        rows: usize,
+    }
+
+    impl<'a> Packed16<'a> {
+        /// The operands, or a panic naming the shape that does not fit (the kernels index
+        /// them without further checks).
+        #[allow(clippy::too_many_arguments)]
+        pub(super) fn new(
+            (xq, xd, xs): (&'a [i8], &'a [f32], &'a [i32]),
+            q: &'a [i8],
+            scales: &'a [f32],
+            d: usize,
+            group: usize,
+            n: usize,
+        ) -> Self {
+            let rows = xq.len() / d.max(1);
+            let nb = d / 32;
+            assert!(d.is_multiple_of(32) && group.is_multiple_of(32) && d.is_multiple_of(group));
+            assert!(n.is_multiple_of(16) && xq.len() == rows * d && xd.len() == rows * nb);
+            assert!(xs.len() == xd.len() && q.len() == n * d && scales.len() * group == n * d);
+            Self {
+                xq,
+                xd,
+                xs,
+                q,
+                scales,
+                d,
+                group,
+                n,
+                rows,
+            }
+        }
+    }
+
+    /// Rows `m .. m + MR` against channel groups `cg .. cg + NG` of [`int8_packed16_rows`];
+    /// every row's arithmetic is the same whatever `MR`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+    // The register tile's loops index several arrays in step.
+    #[allow(clippy::needless_range_loop)]
+    unsafe fn packed16_block<const MR: usize, const NG: usize>(
+        a: &Packed16<'_>,
+        m: usize,
+        cg: usize,
+        out: &mut [f32],
+    ) {
+        let (d, n) = (a.d, a.n);
+        let (nb, groups, per_group) = (d / 32, d / a.group, a.group / 32);
+        // SAFETY: every read stays inside the slices (bounds asserted by the caller).
+        unsafe {
+            let mut facc = [[_mm512_setzero_ps(); NG]; MR];
+            for b in 0..nb {
+                let mut iacc = [[_mm512_setzero_si512(); NG]; MR];
+                for r in 0..MR {
+                    let start = _mm512_set1_epi32(-128 * a.xs[(m + r) * nb + b]);
+                    iacc[r] = [start; NG];
+                }
+                for k4 in 0..8 {
+                    let w: [__m512i; NG] = std::array::from_fn(|g| {
+                        _mm512_loadu_si512(
+                            a.q.as_ptr().add(((cg + g) * nb + b) * 512 + k4 * 64).cast(),
+                        )
+                    });
+                    for r in 0..MR {
+                        let at = (m + r) * d + b * 32 + k4 * 4;
+                        let xb = _mm512_set1_epi32(std::ptr::read_unaligned(
+                            a.xq.as_ptr().add(at).cast::<i32>(),
+                        ));
+                        for g in 0..NG {
+                            iacc[r][g] = _mm512_dpbusd_epi32(iacc[r][g], w[g], xb);
+                        }
+                    }
+                }
+                for g in 0..NG {
+                    let ws = _mm512_loadu_ps(
+                        a.scales
+                            .as_ptr()
+                            .add(((cg + g) * groups + b / per_group) * 16),
+                    );
+                    for r in 0..MR {
+                        let s = _mm512_mul_ps(ws, _mm512_set1_ps(a.xd[(m + r) * nb + b]));
+                        facc[r][g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc[r][g]), s, facc[r][g]);
+                    }
+                }
+            }
+            for r in 0..MR {
+                for g in 0..NG {
+                    _mm512_storeu_ps(
+                        out.as_mut_ptr().add((m + r) * n + (cg + g) * 16),
+                        facc[r][g],
+                    );
+                }
+            }
+        }
+    }
+
     /// `MR` x rows against channels `c .. c + NR`.
     #[inline(always)]
     unsafe fn block<const MR: usize, const NR: usize>(
@@ -877,7 +1332,7 @@ mod tests {
             let q = BaseWeight::from_f32(w.clone(), n_out, n_in, WeightFormat::Int8 { group });
             let got = q.matmul(&x, 2, n_in).unwrap();
             let g = if group == 0 { n_in } else { group };
-            let quantised = Int8Weight::packs(n_in, n_out, g);
+            let quantised = Int8Weight::pack_lanes(n_in, n_out, g) != 0;
             for r in 0..2 {
                 for o in 0..n_out {
                     // |Δy| ≤ Σ_k |x_k| · s_k / 2 (the weights' rounding, s = max|w| / 127 over
@@ -933,28 +1388,30 @@ mod tests {
     }
 
     /// The packed int8 × int8 kernels against the same arithmetic in f64, the unpacked weights
-    /// (equal values), a row alone against its batch (the same bits), and AVX-VNNI against
-    /// AVX2 (the same bits).
+    /// (equal values), a row alone against its batch (the same bits), and AVX-VNNI and AVX-512
+    /// VNNI (sixteen lanes, unsigned weights) against AVX2 (the same bits).
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn packed_int8_kernels_match_their_arithmetic_and_any_batch() {
         if detected_isa() != Isa::Avx2Fma {
             return;
         }
-        // 40 channels: tiles of 24 and 16 (three and two groups of eight); 5 rows: 2, 2, 1.
-        let (n_in, n_out, rows) = (96, 40, 5);
+        // 80 channels: tiles of 24 and 16 channels for eight lanes (three and two groups),
+        // 48 and 32 for sixteen; 7 rows: 2, 2, 2, 1 or 4, 2, 1.
+        let (n_in, n_out, rows) = (96, 80, 7);
         let w = values(n_in * n_out, 17);
-        let x = values(rows * n_in, 29);
+        let mut x = values(rows * n_in, 29);
+        // A block of one sign: its sum is far from zero.
+        x[32..64].iter_mut().for_each(|v| *v = v.abs());
+        let avx512 = x86::has_avx512_vnni();
         for group in [0, 32, 96] {
             let plain = Int8Weight::quantize(&w, n_in, group);
-            let packed = plain.clone().packed_for_cpu(n_in);
-            assert!(packed.packed, "group {group}");
-            let mut a = vec![0f32; n_in * n_out];
-            let mut b = vec![0f32; n_in * n_out];
-            plain.widen_rows(n_in, 0, n_out, &mut a);
-            packed.widen_rows(n_in, 0, n_out, &mut b);
-            assert_eq!(a, b, "group {group}: the packed values are the weights");
-            let (xq, xd) = quantize_activations(&x);
+            let auto = plain.clone().packed_for_cpu(n_in);
+            assert_eq!(auto.lanes, if avx512 { 16 } else { 8 }, "group {group}");
+            let (xq, xd, xs) = quantize_activations(&x);
+            for (r, s) in xq.chunks_exact(QBLOCK).zip(&xs) {
+                assert_eq!(r.iter().map(|&v| i32::from(v)).sum::<i32>(), *s);
+            }
             let g = plain.group;
             let mut want = vec![0f32; rows * n_out];
             for r in 0..rows {
@@ -974,47 +1431,106 @@ mod tests {
                     want[r * n_out + o] = sum as f32;
                 }
             }
-            let held = BaseWeight::Int8(packed.clone());
-            let got = held.matmul(&x, rows, n_in).unwrap();
-            for (g, e) in got.iter().zip(&want) {
-                assert!((g - e).abs() <= 1e-5 * (1.0 + e.abs()), "{g} vs {e}");
+            let mut a = vec![0f32; n_in * n_out];
+            plain.widen_rows(n_in, 0, n_out, &mut a);
+            let mut kernels: Vec<(&str, Vec<f32>)> = Vec::new();
+            for lanes in [8, 16] {
+                let packed = plain.clone().packed_as(n_in, lanes);
+                assert_eq!(packed.lanes, lanes);
+                let mut b = vec![0f32; n_in * n_out];
+                packed.widen_rows(n_in, 0, n_out, &mut b);
+                assert_eq!(
+                    a, b,
+                    "group {group}, {lanes} lanes: the packed values are the weights"
+                );
+                assert_eq!(packed.scales.len(), plain.scales.len());
+                if lanes == 16 && !avx512 {
+                    continue;
+                }
+                if lanes == 8 && avx512 {
+                    // What matmul runs here is the sixteen-lane kernel; call the eight-lane
+                    // ones directly.
+                    type Kernel =
+                        unsafe fn(&[i8], &[f32], &[i8], &[f32], usize, usize, usize, &mut [f32]);
+                    let mut eight: Vec<(&str, Kernel)> = vec![("avx2", x86::int8_packed_rows)];
+                    if std::is_x86_feature_detected!("avxvnni") {
+                        eight.push(("avx-vnni", x86::int8_packed_rows_vnni));
+                    }
+                    for (name, kernel) in eight {
+                        let mut out = vec![0f32; rows * n_out];
+                        let (q, sc) = (&packed.q, &packed.scales);
+                        // SAFETY: AVX2 and FMA (and AVX-VNNI for its kernel) detected; shapes
+                        // as the kernels ask.
+                        unsafe { kernel(&xq, &xd, q, sc, n_in, g, n_out, &mut out) };
+                        kernels.push((name, out));
+                    }
+                    continue;
+                }
+                let held = BaseWeight::Int8(packed);
+                let got = held.matmul(&x, rows, n_in).unwrap();
+                for r in 0..rows {
+                    let alone = held.matmul(&x[r * n_in..(r + 1) * n_in], 1, n_in).unwrap();
+                    assert_eq!(
+                        alone,
+                        got[r * n_out..(r + 1) * n_out],
+                        "{lanes} lanes: row {r}"
+                    );
+                }
+                kernels.push((if lanes == 16 { "avx512-vnni" } else { "matmul" }, got));
             }
-            for r in 0..rows {
-                let alone = held.matmul(&x[r * n_in..(r + 1) * n_in], 1, n_in).unwrap();
-                assert_eq!(alone, got[r * n_out..(r + 1) * n_out], "row {r}");
+            for (name, got) in &kernels {
+                for (g, e) in got.iter().zip(&want) {
+                    assert!(
+                        (g - e).abs() <= 1e-5 * (1.0 + e.abs()),
+                        "{name}: {g} vs {e}"
+                    );
+                }
+                assert_eq!(
+                    got, &kernels[0].1,
+                    "{name} and {}: the same sums",
+                    kernels[0].0
+                );
             }
-            let mut avx2 = vec![0f32; rows * n_out];
-            // SAFETY: AVX2 and FMA detected; shapes as the kernel asks.
-            unsafe {
-                x86::int8_packed_rows(
-                    &xq,
-                    &xd,
+        }
+    }
+
+    /// AMX tiles (sixteen rows at a time, the rest through the AVX-512 kernel) give the same
+    /// bits as the AVX-512 kernel, for three, two and one groups of sixteen channels.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn amx_tiles_give_the_avx512_kernels_bits() {
+        if detected_isa() != Isa::Avx2Fma || !x86::has_amx() {
+            eprintln!("no AMX here: nothing to compare");
+            return;
+        }
+        for (n_in, n_out, rows, group) in [(96, 80, 37, 32), (64, 16, 16, 64), (128, 32, 50, 128)] {
+            let w = values(n_in * n_out, 23);
+            let x = values(rows * n_in, 31);
+            let packed = Int8Weight::quantize(&w, n_in, group).packed_as(n_in, 16);
+            let (xq, xd, xs) = quantize_activations(&x);
+            let run = |amx: bool| {
+                let mut out = vec![0f32; rows * n_out];
+                let a = x86::Packed16::new(
+                    (&xq, &xd, &xs),
                     &packed.q,
                     &packed.scales,
                     n_in,
-                    packed.group,
+                    group,
                     n_out,
-                    &mut avx2,
-                )
-            };
-            assert_eq!(packed.scales.len(), plain.scales.len());
-            if std::is_x86_feature_detected!("avxvnni") {
-                let mut vnni = vec![0f32; rows * n_out];
-                // SAFETY: as above, and AVX-VNNI detected.
+                );
+                // SAFETY: AVX-512 VNNI and AMX detected; `out` holds rows × n_out values.
                 unsafe {
-                    x86::int8_packed_rows_vnni(
-                        &xq,
-                        &xd,
-                        &packed.q,
-                        &packed.scales,
-                        n_in,
-                        packed.group,
-                        n_out,
-                        &mut vnni,
-                    )
-                };
-                assert_eq!(vnni, avx2, "vpdpbusd and vpmaddubsw give the same sums");
-            }
+                    if amx {
+                        x86::int8_packed16_rows_amx(&a, &mut out)
+                    } else {
+                        x86::int8_packed16_rows(&a, &mut out)
+                    }
+                }
+                out
+            };
+            let (tiles, vectors) = (run(true), run(false));
+            assert!(vectors.iter().any(|v| *v != 0.0));
+            assert_eq!(tiles, vectors, "{n_in} x {n_out}, {rows} rows");
         }
     }
 
@@ -1024,7 +1540,7 @@ mod tests {
         x[5] = 0.0;
         x[40] = f32::from_bits(1); // denormal
         x[64..96].iter_mut().for_each(|v| *v = 0.0); // an all-zero block
-        let (q, d) = quantize_activations(&x);
+        let (q, d, _) = quantize_activations(&x);
         for (i, (&v, &qi)) in x.iter().zip(&q).enumerate() {
             let s = d[i / QBLOCK];
             let want = if s > 0.0 {
@@ -1038,6 +1554,37 @@ mod tests {
                 "{i}: {qi} vs {want}"
             );
             assert!((f32::from(qi) * s - v).abs() <= s * 0.5001 + 1e-30, "{i}");
+        }
+    }
+
+    /// A tied head's rows are the embeddings: `row_f32` reads each output channel as
+    /// `to_f32_rows` does, in every held form.
+    #[test]
+    fn a_row_reads_back_as_the_rows_do() {
+        let (n_in, n_out) = (64, 48);
+        let w = values(n_in * n_out, 41);
+        let mut held = vec![
+            BaseWeight::from_f32(w.clone(), n_out, n_in, WeightFormat::F32),
+            BaseWeight::Bf16(w.iter().map(|&v| bf16::from_f32(v)).collect()),
+            BaseWeight::F16(w.iter().map(|&v| f16::from_f32(v)).collect()),
+            BaseWeight::from_f32(w.clone(), n_out, n_in, WeightFormat::Int8 { group: 32 }),
+        ];
+        for lanes in [0, 8, 16] {
+            let q = Int8Weight::quantize(&w, n_in, 0).packed_as(n_in, lanes);
+            held.push(BaseWeight::Int8(q));
+        }
+        for b in &held {
+            let all = b.to_f32_rows(n_in, n_out);
+            let mut row = vec![0f32; n_in];
+            for o in [0, 1, 17, n_out - 1] {
+                b.row_f32(n_in, o, &mut row);
+                assert_eq!(
+                    row,
+                    all[o * n_in..(o + 1) * n_in],
+                    "{} row {o}",
+                    b.dtype_name()
+                );
+            }
         }
     }
 

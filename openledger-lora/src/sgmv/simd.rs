@@ -26,7 +26,8 @@ pub enum Isa {
 
 /// The instruction set detected on this CPU (cached after the first call). Setting the
 /// environment variable `OPENLEDGER_SGMV_ISA` to `portable` selects the portable kernels (for
-/// testing and comparison).
+/// testing and comparison); the int8 projections also read `avx2` (no AVX-VNNI, AVX-512 or
+/// AMX) and `avx512` (no AMX).
 pub fn detected_isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
     *ISA.get_or_init(|| {
