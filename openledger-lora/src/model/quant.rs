@@ -396,28 +396,23 @@ impl BaseWeight {
                     // fit (inputs in 32s, channels in `lanes`; tiles start and end on multiples
                     // of `lanes` channels).
                     unsafe {
-                        if lanes == 16 {
-                            let a = x86::Packed16::new(
-                                (&xq, &xd, &xs),
-                                q,
-                                scales,
-                                n_in,
-                                w.group,
-                                end - start,
-                            );
-                            if rows >= 16 && x86::has_amx() {
-                                x86::int8_packed16_rows_amx(&a, out)
-                            } else {
-                                x86::int8_packed16_rows(&a, out)
-                            }
-                            return;
-                        }
-                        let kernel = if x86::has_vnni() {
-                            x86::int8_packed_rows_vnni
+                        let a = x86::Packed::new(
+                            (&xq, &xd, &xs),
+                            q,
+                            scales,
+                            n_in,
+                            w.group,
+                            end - start,
+                        );
+                        if lanes == 16 && rows >= 16 && x86::has_amx() {
+                            x86::int8_packed16_rows_amx(&a, out)
+                        } else if lanes == 16 {
+                            x86::int8_packed16_rows(&a, out)
+                        } else if x86::has_vnni() {
+                            x86::int8_packed_rows_vnni(&a, out)
                         } else {
-                            x86::int8_packed_rows
-                        };
-                        kernel(&xq, &xd, q, scales, n_in, w.group, end - start, out)
+                            x86::int8_packed_rows(&a, out)
+                        }
                     }
                 },
             );
@@ -696,23 +691,12 @@ mod x86 {
     /// by both scales; up to three groups of eight channels and two rows share each load.
     ///
     /// # Safety
-    /// AVX2 and FMA available; `d` and `group` multiples of 32, `group` divides `d`; `xq` holds
-    /// `rows · d` values with no -128, `xd` `rows · d / 32`, `q` `n · d` packed values with no
-    /// -128, `scales` `n · d / group` packed, `out` `rows · n`.
+    /// AVX2 and FMA available; `a` packed eight channels to a vector, with no -128 among its
+    /// activations or weights; `out` holds `rows · n` values.
     #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn int8_packed_rows(
-        xq: &[i8],
-        xd: &[f32],
-        q: &[i8],
-        scales: &[f32],
-        d: usize,
-        group: usize,
-        n: usize,
-        out: &mut [f32],
-    ) {
+    pub(super) unsafe fn int8_packed_rows(a: &Packed<'_>, out: &mut [f32]) {
         // SAFETY: the caller's guarantees, passed on.
-        unsafe { packed_rows::<false>(xq, xd, q, scales, d, group, n, out) }
+        unsafe { packed_rows::<false>(a, out) }
     }
 
     /// [`int8_packed_rows`] with AVX-VNNI's `vpdpbusd` (the same exact integer sums).
@@ -720,38 +704,15 @@ mod x86 {
     /// # Safety
     /// As [`int8_packed_rows`], and AVX-VNNI available.
     #[target_feature(enable = "avx2,fma,avxvnni")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn int8_packed_rows_vnni(
-        xq: &[i8],
-        xd: &[f32],
-        q: &[i8],
-        scales: &[f32],
-        d: usize,
-        group: usize,
-        n: usize,
-        out: &mut [f32],
-    ) {
+    pub(super) unsafe fn int8_packed_rows_vnni(a: &Packed<'_>, out: &mut [f32]) {
         // SAFETY: the caller's guarantees, passed on.
-        unsafe { packed_rows::<true>(xq, xd, q, scales, d, group, n, out) }
+        unsafe { packed_rows::<true>(a, out) }
     }
 
     #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn packed_rows<const VNNI: bool>(
-        xq: &[i8],
-        xd: &[f32],
-        q: &[i8],
-        scales: &[f32],
-        d: usize,
-        group: usize,
-        n: usize,
-        out: &mut [f32],
-    ) {
-        let rows = xq.len() / d.max(1);
-        let nb = d / 32;
-        assert!(d.is_multiple_of(32) && group.is_multiple_of(32) && d.is_multiple_of(group));
-        assert!(n.is_multiple_of(8) && xq.len() == rows * d && xd.len() == rows * nb);
-        assert!(q.len() == n * d && scales.len() * group == n * d && out.len() == rows * n);
+    unsafe fn packed_rows<const VNNI: bool>(a: &Packed<'_>, out: &mut [f32]) {
+        let (rows, n) = (a.rows, a.n);
+        assert!(out.len() == rows * n);
         let mut cg = 0;
         while cg < n / 8 {
             let g = (n / 8 - cg).min(3);
@@ -761,22 +722,12 @@ mod x86 {
                 // SAFETY: features enabled by the callers; bounds asserted above.
                 unsafe {
                     match (r, g) {
-                        (2, 3) => {
-                            packed_block::<2, 3, VNNI>(xq, xd, q, scales, d, group, n, m, cg, out)
-                        }
-                        (2, 2) => {
-                            packed_block::<2, 2, VNNI>(xq, xd, q, scales, d, group, n, m, cg, out)
-                        }
-                        (2, _) => {
-                            packed_block::<2, 1, VNNI>(xq, xd, q, scales, d, group, n, m, cg, out)
-                        }
-                        (_, 3) => {
-                            packed_block::<1, 3, VNNI>(xq, xd, q, scales, d, group, n, m, cg, out)
-                        }
-                        (_, 2) => {
-                            packed_block::<1, 2, VNNI>(xq, xd, q, scales, d, group, n, m, cg, out)
-                        }
-                        _ => packed_block::<1, 1, VNNI>(xq, xd, q, scales, d, group, n, m, cg, out),
+                        (2, 3) => packed_block::<2, 3, VNNI>(a, m, cg, out),
+                        (2, 2) => packed_block::<2, 2, VNNI>(a, m, cg, out),
+                        (2, _) => packed_block::<2, 1, VNNI>(a, m, cg, out),
+                        (_, 3) => packed_block::<1, 3, VNNI>(a, m, cg, out),
+                        (_, 2) => packed_block::<1, 2, VNNI>(a, m, cg, out),
+                        _ => packed_block::<1, 1, VNNI>(a, m, cg, out),
                     }
                 }
                 m += r;
@@ -789,20 +740,15 @@ mod x86 {
     /// row's arithmetic is the same whatever `MR` (a row's result does not depend on its batch).
     #[inline(always)]
     // The register tile's loops index several arrays in step.
-    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+    #[allow(clippy::needless_range_loop)]
     unsafe fn packed_block<const MR: usize, const NG: usize, const VNNI: bool>(
-        xq: &[i8],
-        xd: &[f32],
-        q: &[i8],
-        scales: &[f32],
-        d: usize,
-        group: usize,
-        n: usize,
+        a: &Packed<'_>,
         m: usize,
         cg: usize,
         out: &mut [f32],
     ) {
-        let (nb, groups, per_group) = (d / 32, d / group, group / 32);
+        let (xq, xd, q, scales, d, n) = (a.xq, a.xd, a.q, a.scales, a.d, a.n);
+        let (nb, groups, per_group) = (d / 32, d / a.group, a.group / 32);
         // SAFETY: every read stays inside the slices (bounds asserted by the caller).
         unsafe {
             let ones = _mm256_set1_epi16(1);
@@ -874,9 +820,9 @@ mod x86 {
     /// # Safety
     /// AVX-512 F, BW and VNNI, AVX2 and FMA available; `out` holds `rows · n` values.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
-    pub(super) unsafe fn int8_packed16_rows(a: &Packed16<'_>, out: &mut [f32]) {
+    pub(super) unsafe fn int8_packed16_rows(a: &Packed<'_>, out: &mut [f32]) {
         let (rows, n) = (a.rows, a.n);
-        assert!(out.len() == rows * n);
+        assert!(n.is_multiple_of(16) && out.len() == rows * n);
         let mut cg = 0;
         while cg < n / 16 {
             let g = (n / 16 - cg).min(3);
@@ -991,11 +937,11 @@ mod x86 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
     // The post-processing indexes the sums, scales and outputs in step.
     #[allow(clippy::needless_range_loop)]
-    pub(super) unsafe fn int8_packed16_rows_amx(a: &Packed16<'_>, out: &mut [f32]) {
+    pub(super) unsafe fn int8_packed16_rows_amx(a: &Packed<'_>, out: &mut [f32]) {
         let (rows, n, d, group) = (a.rows, a.n, a.d, a.group);
         let (xq, xd, xs, q, scales) = (a.xq, a.xd, a.xs, a.q, a.scales);
         let nb = d / 32;
-        assert!(out.len() == rows * n);
+        assert!(n.is_multiple_of(16) && out.len() == rows * n);
         /// Blocks of weights asked for ahead of the one multiplied.
         const AHEAD: usize = 4;
         let full = rows / 16 * 16;
@@ -1094,7 +1040,7 @@ mod x86 {
         if full < rows {
             // SAFETY: the caller's guarantees, for the last rows.
             unsafe {
-                let rest = Packed16 {
+                let rest = Packed {
                     xq: &xq[full * d..],
                     xd: &xd[full * nb..],
                     xs: &xs[full * nb..],
@@ -1106,11 +1052,11 @@ mod x86 {
         }
     }
 
-    /// The operands of [`int8_packed16_rows`] and [`int8_packed16_rows_amx`], their shapes
-    /// checked: quantised activation rows `xq` (`rows · d`) with one scale (`xd`) and one sum
-    /// (`xs`) per block of 32, and `n` channels' weights `q` packed sixteen to a vector as
-    /// `w + 128` (`n · d`; `n` a multiple of 16) with their scales (`n · d / group`).
-    pub(super) struct Packed16<'a> {
+    /// The operands of the packed int8 kernels, their shapes checked: quantised activation rows
+    /// `xq` (`rows · d`) with one scale (`xd`) and one sum (`xs`, read by the sixteen-lane
+    /// kernels) per block of 32, and `n` channels' weights `q` (`n · d`) packed eight or
+    /// sixteen to a vector (sixteen: as `w + 128`) with their scales (`n · d / group`).
+    pub(super) struct Packed<'a> {
         xq: &'a [i8],
         xd: &'a [f32],
         xs: &'a [i32],
@@ -1122,10 +1068,9 @@ mod x86 {
         rows: usize,
     }
 
-    impl<'a> Packed16<'a> {
+    impl<'a> Packed<'a> {
         /// The operands, or a panic naming the shape that does not fit (the kernels index
         /// them without further checks).
-        #[allow(clippy::too_many_arguments)]
         pub(super) fn new(
             (xq, xd, xs): (&'a [i8], &'a [f32], &'a [i32]),
             q: &'a [i8],
@@ -1137,7 +1082,7 @@ mod x86 {
             let rows = xq.len() / d.max(1);
             let nb = d / 32;
             assert!(d.is_multiple_of(32) && group.is_multiple_of(32) && d.is_multiple_of(group));
-            assert!(n.is_multiple_of(16) && xq.len() == rows * d && xd.len() == rows * nb);
+            assert!(n.is_multiple_of(8) && xq.len() == rows * d && xd.len() == rows * nb);
             assert!(xs.len() == xd.len() && q.len() == n * d && scales.len() * group == n * d);
             Self {
                 xq,
@@ -1160,7 +1105,7 @@ mod x86 {
     // The register tile's loops index several arrays in step.
     #[allow(clippy::needless_range_loop)]
     unsafe fn packed16_block<const MR: usize, const NG: usize>(
-        a: &Packed16<'_>,
+        a: &Packed<'_>,
         m: usize,
         cg: usize,
         out: &mut [f32],
@@ -1450,18 +1395,24 @@ mod tests {
                 if lanes == 8 && avx512 {
                     // What matmul runs here is the sixteen-lane kernel; call the eight-lane
                     // ones directly.
-                    type Kernel =
-                        unsafe fn(&[i8], &[f32], &[i8], &[f32], usize, usize, usize, &mut [f32]);
+                    type Kernel = unsafe fn(&x86::Packed<'_>, &mut [f32]);
                     let mut eight: Vec<(&str, Kernel)> = vec![("avx2", x86::int8_packed_rows)];
                     if std::is_x86_feature_detected!("avxvnni") {
                         eight.push(("avx-vnni", x86::int8_packed_rows_vnni));
                     }
+                    let a = x86::Packed::new(
+                        (&xq, &xd, &xs),
+                        &packed.q,
+                        &packed.scales,
+                        n_in,
+                        g,
+                        n_out,
+                    );
                     for (name, kernel) in eight {
                         let mut out = vec![0f32; rows * n_out];
-                        let (q, sc) = (&packed.q, &packed.scales);
-                        // SAFETY: AVX2 and FMA (and AVX-VNNI for its kernel) detected; shapes
-                        // as the kernels ask.
-                        unsafe { kernel(&xq, &xd, q, sc, n_in, g, n_out, &mut out) };
+                        // SAFETY: AVX2 and FMA (and AVX-VNNI for its kernel) detected; `out`
+                        // holds rows × n_out values.
+                        unsafe { kernel(&a, &mut out) };
                         kernels.push((name, out));
                     }
                     continue;
@@ -1510,7 +1461,7 @@ mod tests {
             let (xq, xd, xs) = quantize_activations(&x);
             let run = |amx: bool| {
                 let mut out = vec![0f32; rows * n_out];
-                let a = x86::Packed16::new(
+                let a = x86::Packed::new(
                     (&xq, &xd, &xs),
                     &packed.q,
                     &packed.scales,
