@@ -12,7 +12,9 @@
 //!
 //! Pairs (ours / llama.cpp): `f32` / F32, `stored` / F16 and BF16 (the 16-bit weights kept as
 //! stored), `int8-g32` / Q8_0 (ours holds the Q8_0 file's blocks as they are: 32 int8 weights
-//! and a scale, our int8 in groups of 32). Cases, each in a process of its own
+//! and a scale, our int8 in groups of 32), `stored` / Q4_1 (the model's own Q4_1 file: ours
+//! holds each block's 4-bit values as int8 with its scale and minimum, llama.cpp multiplies
+//! the blocks as they are). Cases, each in a process of its own
 //! (so its peak resident memory, `VmHWM`, is its own):
 //! * **single**: one stream, a 118-token prompt then 128 new tokens, 5 times; prompt tokens/s
 //!   from the time to the first new token, decode tokens/s over the 127 after it (medians).
@@ -309,6 +311,7 @@ fn main() {
         ("f16", "stored", "f16", "f16"),
         ("bf16", "stored", "bf16", "bf16"),
         ("int8", "int8-g32", "q8_0", "q8_0"),
+        ("q4_1", "stored", "q4_1", "q4_1"),
     ];
     let mut bars: Vec<(String, f64, f64)> = Vec::new();
     for (label, format, ours_file, theirs_file) in pairs {

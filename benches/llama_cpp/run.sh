@@ -6,7 +6,7 @@
 #   2. the `gguf` package (llama.cpp's GGUF library), numpy and safetensors in a virtual
 #      environment, target/llama-cpp-bench/venv;
 #   3. SmolLM2-135M-Instruct (scripts/fetch-models.sh) converted to F32, F16, BF16 and Q8_0 GGUF
-#      files and 32 random LoRA adapters (PEFT folders and GGUF LoRA files) by convert.py, into
+#      files (its Q4_1 file used as it is) and 32 random LoRA adapters (PEFT folders and GGUF LoRA files) by convert.py, into
 #      target/llama-cpp-bench;
 #   4. cargo bench -p openledger-benches --bench llama_cpp.
 #
@@ -34,6 +34,8 @@ for t in f32 f16 bf16 q8_0; do
         mv "$out/smollm2-$t.gguf.part" "$out/smollm2-$t.gguf"
     fi
 done
+# The model's own Q4_1 file, as both engines read it.
+ln -f "$src" "$out/smollm2-q4_1.gguf" 2>/dev/null || cp "$src" "$out/smollm2-q4_1.gguf"
 if [ ! -f "$out/adapters/a31.gguf" ]; then
     echo "writing 32 adapters"
     "$out/venv/bin/python" "$here/convert.py" adapters "$src" "$out/adapters" 32 16 7

@@ -110,8 +110,9 @@ struct ServeArgs {
     /// Worker threads of the HTTP runtime (default: one per core).
     #[arg(long)]
     http_threads: Option<usize>,
-    /// How the base weights are held: `f32` (widened), `stored` (bf16 / f16 kept), `int8`
-    /// (quantised per output channel) or `int8-gN` (one scale per N inputs).
+    /// How the base weights are held: `f32` (widened), `stored` (bf16 / f16 kept, a GGUF
+    /// file's quantised blocks of 32 held as int8), `int8` (quantised per output channel) or
+    /// `int8-gN` (one scale per N inputs).
     #[arg(long, default_value = "f32")]
     weights: openledger::lora::model::WeightFormat,
 }

@@ -48,8 +48,9 @@ pub enum WeightFormat {
     /// Every weight widened to f32 (the default).
     #[default]
     F32,
-    /// As the file stores them: bf16 and f16 stay 16-bit, f32 stays f32, a GGUF file's Q8_0
-    /// blocks stay int8 in groups of 32 (its Q4_0 / Q4_1 are widened to f32).
+    /// As the file stores them: bf16 and f16 stay 16-bit, f32 stays f32, a GGUF file's
+    /// blocks of 32 (Q8_0, Q4_0, Q5_0; with their minimums Q4_1, Q5_1, Q4_K, Q5_K) stay int8
+    /// in groups of 32, their values exact (its Q6_K is widened to f32).
     Stored,
     /// Quantised to int8 at load, symmetric: one f32 scale per `group` inputs of an output
     /// channel (`group = 0`: one scale for the whole channel). `group` must divide the input
@@ -103,10 +104,17 @@ impl std::fmt::Display for WeightFormat {
 /// of the `L` channels), then for each `L` channels, their `L` scales of each group. `L` is 16
 /// where the CPU has AVX-512 VNNI and the channels come in sixteens (the bytes then held as
 /// `w + 128`, unsigned, as `vpdpbusd` multiplies them), else 8.
+///
+/// A weight may also have one minimum per group of each channel (GGUF's Q4_1, Q5_1 and the
+/// k-quants store `scale · q + min`): the kernels multiply the integers as for symmetric
+/// weights, and each group's `min · Σx` is added after, from the sums of the inputs the
+/// kernels multiplied.
 #[derive(Clone, Debug)]
 pub struct Int8Weight {
     q: Vec<i8>,
     scales: Vec<f32>,
+    /// Each group's minimum, `[in / group, out]` (by group, then channel); `None`: zero.
+    mins: Option<Vec<f32>>,
     group: usize,
     /// Channels per vector of the packed layout; 0 where the weights are row-major.
     lanes: usize,
@@ -114,16 +122,102 @@ pub struct Int8Weight {
 
 impl Int8Weight {
     /// Int8 weights `q` (`[out, in]` row-major) with one scale per `group` inputs of a channel
-    /// (`scales`: `[out, in / group]`), as a file stores them (GGUF's Q8_0: groups of 32).
-    pub(crate) fn from_parts(q: Vec<i8>, scales: Vec<f32>, group: usize, n_in: usize) -> Self {
+    /// (`scales`: `[out, in / group]`) and, where given, one minimum (`mins`, the same shape):
+    /// the values `scale · q + min`, as a file stores them (GGUF's Q8_0 and Q4_0: groups of 32
+    /// with scales; Q4_1, Q5_1, Q4_K and Q5_K: with minimums too).
+    pub(crate) fn from_parts(
+        q: Vec<i8>,
+        scales: Vec<f32>,
+        mins: Option<Vec<f32>>,
+        group: usize,
+        n_in: usize,
+    ) -> Self {
         debug_assert_eq!(q.len(), scales.len() * group);
+        let groups = n_in / group.max(1);
+        let n_out = scales.len() / groups.max(1);
+        // Minimums by group, then channel: a group's add runs over contiguous channels.
+        let mins = mins.map(|m| {
+            debug_assert_eq!(m.len(), scales.len());
+            let mut t = vec![0f32; m.len()];
+            for (o, row) in m.chunks_exact(groups).enumerate() {
+                for (g, &v) in row.iter().enumerate() {
+                    t[g * n_out + o] = v;
+                }
+            }
+            t
+        });
         Self {
             q,
             scales,
+            mins,
             group,
             lanes: 0,
         }
         .packed_for_cpu(n_in)
+    }
+
+    /// Adds each group's `min · Σx` to `out` (`[rows, end - start]`, channels `[start, end)`
+    /// of `n_out`), `sums` (`[rows, in / group]`) the rows' sums of inputs per group; nothing
+    /// where this weight has no minimums. Each output takes one fused multiply-add per group,
+    /// groups in order, whatever the vector width: the bits do not depend on the kernel that
+    /// filled `out` nor on the instructions that add.
+    fn add_mins(&self, sums: &[f32], n_out: usize, start: usize, end: usize, out: &mut [f32]) {
+        let Some(mins) = &self.mins else {
+            return;
+        };
+        let groups = mins.len() / n_out.max(1);
+        if groups == 0 || end == start {
+            return;
+        }
+        let m = Mins {
+            sums,
+            groups,
+            mins,
+            n_out,
+            start,
+            width: end - start,
+        };
+        #[cfg(target_arch = "x86_64")]
+        if detected_isa() == Isa::Avx2Fma {
+            // SAFETY: AVX2 and FMA detected (AVX-512 where `has_avx512_vnni` said so); the
+            // shapes are those of `Mins`.
+            unsafe {
+                if x86::has_avx512_vnni() {
+                    x86::add_mins_avx512(&m, out)
+                } else {
+                    x86::add_mins_avx2(&m, out)
+                }
+            }
+            return;
+        }
+        m.add_from(0, out);
+    }
+
+    /// The rows' sums of inputs per group (`[rows, in / group]`) where this weight has
+    /// minimums; empty otherwise.
+    fn group_sums(&self, x: &[f32]) -> Vec<f32> {
+        if self.mins.is_none() || self.group == 0 {
+            return Vec::new();
+        }
+        x.chunks_exact(self.group)
+            .map(|g| g.iter().fold(0f32, |a, &v| a + v))
+            .collect()
+    }
+
+    /// [`Self::group_sums`] of the quantised activations (`xd`, `xs`: each block's scale and
+    /// sum of values), as the int8 × int8 kernels multiply them: the minimums then see the
+    /// same inputs as the integers, and the product is that of the weights' exact values and
+    /// the quantised inputs, as for the symmetric types (llama.cpp's Q4_1 × Q8_1 dot takes
+    /// the same `d · Σq`).
+    fn quantised_group_sums(&self, xd: &[f32], xs: &[i32]) -> Vec<f32> {
+        if self.mins.is_none() || self.group == 0 {
+            return Vec::new();
+        }
+        let per = self.group / QBLOCK;
+        xd.chunks_exact(per)
+            .zip(xs.chunks_exact(per))
+            .map(|(d, s)| d.iter().zip(s).fold(0f32, |a, (&d, &s)| a + d * s as f32))
+            .collect()
     }
 
     /// Channels per vector of the layout `[n_out, n_in]` weights in groups of `group` are held
@@ -178,6 +272,7 @@ impl Int8Weight {
         Self {
             q,
             scales,
+            mins: self.mins,
             group: self.group,
             lanes,
         }
@@ -201,13 +296,28 @@ impl Int8Weight {
         Self {
             q,
             scales,
+            mins: None,
             group,
             lanes: 0,
         }
     }
 
-    /// Rows `[start, end)` widened and scaled into `out` (`(end - start) · in` values).
+    /// Rows `[start, end)` widened and scaled into `out` (`(end - start) · in` values), each
+    /// `scale · q + min`.
     fn widen_rows(&self, n_in: usize, start: usize, end: usize, out: &mut [f32]) {
+        self.widen_scaled(n_in, start, end, out);
+        if let Some(mins) = &self.mins {
+            let n_out = self.q.len() / n_in.max(1);
+            for (o, row) in (start..end).zip(out.chunks_exact_mut(n_in)) {
+                for (k, v) in row.iter_mut().enumerate() {
+                    *v += mins[(k / self.group) * n_out + o];
+                }
+            }
+        }
+    }
+
+    /// Rows `[start, end)` as `scale · q` (without minimums) into `out`.
+    fn widen_scaled(&self, n_in: usize, start: usize, end: usize, out: &mut [f32]) {
         if self.lanes != 0 {
             let (lanes, nb, groups) = (self.lanes, n_in / QBLOCK, n_in / self.group);
             let flip = if lanes == 16 { 0x80u8 as i8 } else { 0 };
@@ -279,13 +389,15 @@ impl BaseWeight {
         }
     }
 
-    /// Bytes held (weights and scales).
+    /// Bytes held (weights, scales and any minimums).
     pub fn bytes(&self) -> usize {
         match self {
             Self::F32(t) => t.elem_count() * 4,
             Self::Bf16(w) => w.len() * 2,
             Self::F16(w) => w.len() * 2,
-            Self::Int8(w) => w.q.len() + w.scales.len() * 4,
+            Self::Int8(w) => {
+                w.q.len() + w.scales.len() * 4 + w.mins.as_ref().map_or(0, |m| m.len() * 4)
+            }
         }
     }
 
@@ -375,6 +487,7 @@ impl BaseWeight {
             // int8 × int8 products summed exactly in 32-bit integers, per block of 32, eight or
             // sixteen channels to a vector.
             let (xq, xd, xs) = quantize_activations(x);
+            let sums = w.quantised_group_sums(&xd, &xs);
             let groups = n_in / w.group;
             let lanes = w.lanes;
             // Tiles of whole register blocks (three vectors of channels), about eight per
@@ -414,16 +527,24 @@ impl BaseWeight {
                             x86::int8_packed_rows(&a, out)
                         }
                     }
+                    w.add_mins(&sums, n_out, start, end, out);
                 },
             );
             return Ok(y);
         }
 
         let xs: Vec<&[f32]> = x.chunks_exact(n_in).collect();
+        let sums = match self {
+            Self::Int8(w) => w.group_sums(x),
+            _ => Vec::new(),
+        };
         tiled(&mut y, rows, n_out, TILE, |start, end, out| match self {
             Self::Bf16(w) => tile(isa, &xs, &w[start * n_in..end * n_in], n_in, out),
             Self::F16(w) => tile(isa, &xs, &w[start * n_in..end * n_in], n_in, out),
-            Self::Int8(w) => int8_tile(isa, &xs, w, n_in, start, end, out),
+            Self::Int8(w) => {
+                int8_tile(isa, &xs, w, n_in, start, end, out);
+                w.add_mins(&sums, n_out, start, end, out);
+            }
             Self::F32(_) => unreachable!("f32 returned above"),
         });
         Ok(y)
@@ -548,6 +669,38 @@ fn tile<W: LoraElement>(isa: Isa, xs: &[&[f32]], w: &[W], d: usize, out: &mut [f
     shrink_portable(xs, &a, &mut outs, d);
 }
 
+/// The operands of [`Int8Weight::add_mins`]: `sums` `[rows, groups]`, `mins`
+/// `[groups, n_out]`, the channels `[start, start + width)`.
+struct Mins<'a> {
+    sums: &'a [f32],
+    groups: usize,
+    mins: &'a [f32],
+    n_out: usize,
+    start: usize,
+    width: usize,
+}
+
+impl Mins<'_> {
+    /// `out[r][c] = fma(sums[r][g], mins[g][start + c], out[r][c])` for each group in order,
+    /// for the channels from `from` on (`out`: `[rows, width]`).
+    #[inline]
+    fn add_from(&self, from: usize, out: &mut [f32]) {
+        for (s, o) in self
+            .sums
+            .chunks_exact(self.groups)
+            .zip(out.chunks_exact_mut(self.width))
+        {
+            for (c, v) in o.iter_mut().enumerate().skip(from) {
+                let mut acc = *v;
+                for (g, &a) in s.iter().enumerate() {
+                    acc = a.mul_add(self.mins[g * self.n_out + self.start + c], acc);
+                }
+                *v = acc;
+            }
+        }
+    }
+}
+
 /// `out[m][c] = Σ_g scale[c][g] · Σ_{k∈g} xs[m][k] · q[c][k]` for the channels
 /// `[start, end)` of `w`, `out` `[rows, end - start]`: with AVX2 the int8 rows are widened in
 /// registers (each output one fixed chain: 8 lanes over `k` in order, a group's sum scaled
@@ -572,14 +725,71 @@ fn int8_tile(
         unsafe { x86::int8_rows(xs, q, scales, n_in, w.group, end - start, out) };
         return;
     }
+    // Minimums are added by the caller, as after the kernels.
     let mut wide = vec![0f32; (end - start) * n_in];
-    w.widen_rows(n_in, start, end, &mut wide);
+    w.widen_scaled(n_in, start, end, &mut wide);
     tile(isa, xs, &wide, n_in, out);
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
+
+    /// [`super::Mins::add_from`] `L` channels to a vector (8: AVX2 and FMA; 16: AVX-512):
+    /// for each `L` channels, their minimums of every group stay in L1 while every row takes
+    /// them; channels past the last whole vector go one by one.
+    macro_rules! add_mins {
+        ($name:ident, $features:literal, $lanes:literal, $vec:ty, $load:ident, $store:ident,
+         $set1:ident, $fma:ident) => {
+            /// # Safety
+            #[doc = concat!("CPU features ", $features, "; `out` holds `[rows, m.width]`,")]
+            /// `m.sums` `[rows, m.groups]`, `m.mins` `[m.groups, m.n_out]` with the channels
+            /// `[m.start, m.start + m.width)` inside.
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $name(m: &super::Mins<'_>, out: &mut [f32]) {
+                let rows = out.len() / m.width;
+                assert!(m.sums.len() == rows * m.groups && m.start + m.width <= m.n_out);
+                assert!(m.mins.len() == m.groups * m.n_out);
+                let whole = m.width / $lanes * $lanes;
+                for c in (0..whole).step_by($lanes) {
+                    for r in 0..rows {
+                        // SAFETY: `c + lanes <= width` channels of row `r` of `out`; group
+                        // `g`'s minimums at `g·n_out + start + c`, inside `mins` (asserted).
+                        unsafe {
+                            let at = out.as_mut_ptr().add(r * m.width + c);
+                            let mut acc: $vec = $load(at);
+                            for g in 0..m.groups {
+                                let w = $load(m.mins.as_ptr().add(g * m.n_out + m.start + c));
+                                acc = $fma($set1(*m.sums.get_unchecked(r * m.groups + g)), w, acc);
+                            }
+                            $store(at, acc);
+                        }
+                    }
+                }
+                m.add_from(whole, out);
+            }
+        };
+    }
+    add_mins!(
+        add_mins_avx2,
+        "avx2,fma",
+        8,
+        __m256,
+        _mm256_loadu_ps,
+        _mm256_storeu_ps,
+        _mm256_set1_ps,
+        _mm256_fmadd_ps
+    );
+    add_mins!(
+        add_mins_avx512,
+        "avx512f,fma",
+        16,
+        __m512,
+        _mm512_loadu_ps,
+        _mm512_storeu_ps,
+        _mm512_set1_ps,
+        _mm512_fmadd_ps
+    );
 
     /// One block of [`super::quantize_activations`]: `scale = max|src| / 127` and
     /// `dst[i] = round(src[i] / scale)` (ties to even), for 32 values; returns the scale and
@@ -1441,6 +1651,127 @@ mod tests {
                     "{name} and {}: the same sums",
                     kernels[0].0
                 );
+            }
+        }
+    }
+
+    /// A weight with a minimum per group (`scale · q + min`, as GGUF's Q4_1 and k-quants
+    /// store it) reads back as those values, and multiplies as they do: the integers through
+    /// the int8 kernels (row-major, packed; AMX from sixteen rows where present), each group's
+    /// `min · Σx` added from the sums of the inputs the kernel multiplied (quantised where it
+    /// quantises them). A row gives the same bits alone and in any batch.
+    #[test]
+    fn minimums_add_their_groups_sums() {
+        let (n_in, n_out, rows) = (96, 48, 19);
+        let groups = n_in / 32;
+        let mut seed = 7u32;
+        let mut next = move || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            seed >> 8
+        };
+        let q: Vec<i8> = (0..n_in * n_out).map(|_| (next() % 16) as i8).collect();
+        let scales: Vec<f32> = (0..n_out * groups)
+            .map(|_| 0.001 + (next() % 1000) as f32 * 2e-5)
+            .collect();
+        let mins: Vec<f32> = (0..n_out * groups)
+            .map(|_| -0.2 + (next() % 1000) as f32 * 3e-4)
+            .collect();
+        let w = Int8Weight::from_parts(q.clone(), scales.clone(), Some(mins.clone()), 32, n_in);
+        let value = |o: usize, k: usize| {
+            scales[o * groups + k / 32] * f32::from(q[o * n_in + k]) + mins[o * groups + k / 32]
+        };
+        let mut wide = vec![0f32; n_in * n_out];
+        w.widen_rows(n_in, 0, n_out, &mut wide);
+        for o in 0..n_out {
+            for k in 0..n_in {
+                assert_eq!(wide[o * n_in + k], value(o, k), "channel {o}, input {k}");
+            }
+        }
+        let x = values(rows * n_in, 41);
+        let quantised = quantises_activations(detected_isa(), n_in, 32);
+        let (xq, xd, _) = quantize_activations(&x);
+        // Row-major as well as packed: the row-major path multiplies f32 inputs.
+        let plain = Int8Weight {
+            q: q.clone(),
+            scales: scales.clone(),
+            mins: w.mins.clone(),
+            group: 32,
+            lanes: 0,
+        };
+        for (held, packed) in [
+            (BaseWeight::Int8(w.clone()), w.lanes != 0),
+            (BaseWeight::Int8(plain), false),
+        ] {
+            let got = held.matmul(&x, rows, n_in).unwrap();
+            for r in 0..rows {
+                for o in 0..n_out {
+                    let mut want = 0f64;
+                    for g in 0..groups {
+                        let sum: f64 = if packed && quantised {
+                            let q: i32 =
+                                (0..32).map(|k| i32::from(xq[r * n_in + g * 32 + k])).sum();
+                            f64::from(q) * f64::from(xd[r * groups + g])
+                        } else {
+                            (0..32).map(|k| f64::from(x[r * n_in + g * 32 + k])).sum()
+                        };
+                        want += f64::from(mins[o * groups + g]) * sum;
+                        let s = f64::from(scales[o * groups + g]);
+                        want += (0..32)
+                            .map(|k| {
+                                let i = g * 32 + k;
+                                let xv = if packed && quantised {
+                                    f64::from(xq[r * n_in + i]) * f64::from(xd[r * groups + g])
+                                } else {
+                                    f64::from(x[r * n_in + i])
+                                };
+                                s * f64::from(q[o * n_in + i]) * xv
+                            })
+                            .sum::<f64>();
+                    }
+                    let g = f64::from(got[r * n_out + o]);
+                    assert!(
+                        (g - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                        "packed {packed}, row {r}, channel {o}: {g} vs {want}"
+                    );
+                }
+                let alone = held.matmul(&x[r * n_in..(r + 1) * n_in], 1, n_in).unwrap();
+                assert_eq!(
+                    alone,
+                    got[r * n_out..(r + 1) * n_out],
+                    "packed {packed}, row {r}"
+                );
+            }
+        }
+        assert_eq!(
+            BaseWeight::Int8(w).bytes(),
+            n_in * n_out + 2 * n_out * groups * 4
+        );
+        // The adds give the same bits one by one, eight and sixteen to a vector, over any
+        // channels (here 37 from channel 5: whole vectors and a remainder).
+        let sums = values(rows * groups, 5);
+        let m = Mins {
+            sums: &sums,
+            groups,
+            mins: &mins,
+            n_out,
+            start: 5,
+            width: 37,
+        };
+        let base = values(rows * 37, 6);
+        let mut one = base.clone();
+        m.add_from(0, &mut one);
+        assert_ne!(one, base);
+        #[cfg(target_arch = "x86_64")]
+        if detected_isa() == Isa::Avx2Fma {
+            let mut eight = base.clone();
+            // SAFETY: AVX2 and FMA detected; shapes as `Mins` says.
+            unsafe { x86::add_mins_avx2(&m, &mut eight) };
+            assert_eq!(eight, one);
+            if std::is_x86_feature_detected!("avx512f") {
+                let mut sixteen = base.clone();
+                // SAFETY: AVX-512 F detected.
+                unsafe { x86::add_mins_avx512(&m, &mut sixteen) };
+                assert_eq!(sixteen, one);
             }
         }
     }
