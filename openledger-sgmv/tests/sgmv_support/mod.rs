@@ -1,6 +1,6 @@
 //! Shared by the SGMV tests: the adapter slots of one layer from per-slot factor buffers.
 
-use openledger_lora::sgmv::{AdapterSlots, BLayout, LoraElement, LoraSlot};
+use openledger_sgmv::{AdapterSlots, BLayout, LoraElement, LoraSlot};
 
 /// Slot `i` takes `a[i]`, `b[i]` (laid out as `layout` says), `ranks[i]` and `scales[i]`.
 pub fn slots<'s, W: LoraElement>(

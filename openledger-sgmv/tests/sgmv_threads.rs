@@ -2,7 +2,7 @@
 //! work is cut into tiles by shape only and each output element has one fixed summation order.
 
 use half::{bf16, f16};
-use openledger_lora::sgmv::{
+use openledger_sgmv::{
     AdapterSlots, BLayout, LoraElement, LoraSlot, Segments, bgmv, padded_b_stride, sgmv,
     transpose_b, transpose_b_strided,
 };

@@ -1,9 +1,9 @@
 //! Thin wrappers over the slice operators for candle CPU tensors: shapes, dtypes and devices are
 //! checked, the tensors' storage is borrowed without copying, and a new `y` tensor is returned.
 
-use super::element::LoraElement;
-use super::error::SgmvError;
-use super::layout::{AdapterSlots, LoraSlot, Segments, SgmvPlan};
+use crate::element::LoraElement;
+use crate::error::SgmvError;
+use crate::plan::{AdapterSlots, LoraSlot, Segments, SgmvPlan};
 use candle_core::{DType, Device, Storage, Tensor, WithDType};
 use half::{bf16, f16};
 
@@ -47,7 +47,7 @@ fn check_2d(name: String, t: &Tensor, rows: usize, cols: usize) -> Result<(), Sg
 ///
 /// ```
 /// use candle_core::{Device, Tensor};
-/// use openledger_lora::sgmv::{sgmv_tensors, Segments, TensorSlot};
+/// use openledger_sgmv::{sgmv_tensors, Segments, TensorSlot};
 ///
 /// let dev = Device::Cpu;
 /// let x = Tensor::new(&[[1f32, 2.0], [3.0, 4.0]], &dev).unwrap();
@@ -144,6 +144,6 @@ fn run<T: LoraElement + WithDType>(
     let adapter_slots = AdapterSlots::new(in_f, out_f, lora)?;
     let plan = SgmvPlan::from_segments(segments, &adapter_slots.ranks(), rows)?;
     let mut y = views[1].to_vec();
-    super::apply_with_plan(&plan, views[0], &adapter_slots, &mut y)?;
+    crate::apply_with_plan(&plan, views[0], &adapter_slots, &mut y)?;
     Ok(Tensor::from_vec(y, (rows, out_f), &Device::Cpu)?)
 }

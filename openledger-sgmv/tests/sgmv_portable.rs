@@ -3,7 +3,7 @@
 //! fixes the kernel choice for the process.
 
 use half::{bf16, f16};
-use openledger_lora::sgmv::{
+use openledger_sgmv::{
     BLayout, Isa, LoraElement, Segments, bgmv, detected_isa, padded_b_stride, sgmv, transpose_b,
     transpose_b_strided,
 };

@@ -22,11 +22,17 @@
 //! use every core; a call below about 2¹⁸ multiply-adds, e.g. one token through a 4096-wide
 //! layer, runs on the calling thread, where waking the pool would cost more than the work),
 //! vectorised with AVX2 + FMA (which AVX-512 CPUs run too) with a portable fallback, and its
-//! results do not depend on the number of threads. GPU kernels live in the
-//! `openledger-kernels` crate.
+//! results do not depend on the number of threads.
+//!
+//! One plan ([`SgmvPlan`]: the segments, slots, ranks and the packing of the intermediate), two
+//! backends: the CPU operators above and, behind the `cuda` feature, [`CudaSgmv`], which
+//! launches the kernels of `openledger-kernels` (their CUDA C sources and NVRTC compilation) on
+//! the plan's tables. Without the feature the GPU types exist and every GPU entry point answers
+//! [`SgmvError::NotCompiledWithCuda`]; with it, a missing driver, NVRTC or device is a typed
+//! error naming what was looked for, never a panic.
 //!
 //! ```
-//! use openledger_lora::sgmv::{sgmv, AdapterSlots, LoraSlot, Segments};
+//! use openledger_sgmv::{sgmv, AdapterSlots, LoraSlot, Segments};
 //!
 //! // a layer with in = 3, out = 2 and two adapters of ranks 1 and 2
 //! let a0 = [1.0f32, 0.0, 0.0];
@@ -47,20 +53,24 @@
 
 mod candle;
 mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
+#[cfg(not(feature = "cuda"))]
+#[path = "cuda/dummy.rs"]
+mod cuda;
 mod element;
 mod error;
-mod layout;
-mod simd;
+mod plan;
 
 pub use candle::{TensorSlot, sgmv_tensors};
+pub use cpu::simd::{Isa, detected_isa, shrink_native, shrink_portable};
+pub use cuda::{CudaSgmv, GpuBuffer, GpuElement, GpuSlots, cuda_driver_available, nvrtc_available};
 pub use element::LoraElement;
 pub use error::SgmvError;
-pub use layout::{
+pub use plan::{
     AdapterSlots, BLayout, LoraSlot, Segments, SgmvPlan, padded_b_stride, transpose_b,
     transpose_b_strided,
 };
-pub use simd::{Isa, detected_isa};
-pub(crate) use simd::{shrink_native, shrink_portable};
 
 fn check_len(buffer: &'static str, expected: usize, found: usize) -> Result<(), SgmvError> {
     if expected == found {

@@ -1,8 +1,8 @@
 //! Views of the LoRA weights held in adapter slots, the segment description of a batch, and the
 //! validated plan that maps each row to its slot and to its place in the packed intermediate.
 
-use super::element::LoraElement;
-use super::error::SgmvError;
+use crate::element::LoraElement;
+use crate::error::SgmvError;
 
 /// One adapter slot of one layer: `A` is `[rank, in]` and `B` is `[out, rank]` (or `Bᵀ`,
 /// `[rank, out]` or `[rank, stride]`, in slots made with [`BLayout::RankOut`] or
@@ -63,7 +63,7 @@ impl BLayout {
 ///
 /// ```
 /// use half::bf16;
-/// use openledger_lora::sgmv::padded_b_stride;
+/// use openledger_sgmv::padded_b_stride;
 ///
 /// assert_eq!(padded_b_stride::<f32>(4096), 4112);
 /// assert_eq!(padded_b_stride::<bf16>(4096), 4128);
@@ -76,7 +76,7 @@ pub fn padded_b_stride<T>(out_features: usize) -> usize {
 /// [`BLayout::RankOut`]. Panics if `b.len() != out_features · rank`.
 ///
 /// ```
-/// use openledger_lora::sgmv::transpose_b;
+/// use openledger_sgmv::transpose_b;
 ///
 /// // B = [[1, 2], [3, 4], [5, 6]] (3 outputs, rank 2)
 /// assert_eq!(transpose_b(&[1, 2, 3, 4, 5, 6], 3, 2), vec![1, 3, 5, 2, 4, 6]);
@@ -92,7 +92,7 @@ pub fn transpose_b<T: Copy>(b: &[T], out_features: usize, rank: usize) -> Vec<T>
 /// `pad`. Panics if `b.len() != out_features · rank` or `stride < out_features`.
 ///
 /// ```
-/// use openledger_lora::sgmv::transpose_b_strided;
+/// use openledger_sgmv::transpose_b_strided;
 ///
 /// // B = [[1, 2], [3, 4], [5, 6]] (3 outputs, rank 2), rows of Bᵀ 4 apart
 /// assert_eq!(
@@ -337,7 +337,7 @@ pub(crate) struct Group {
 /// order; rows without an adapter take no space.
 ///
 /// ```
-/// use openledger_lora::sgmv::{SgmvPlan, Segments};
+/// use openledger_sgmv::{SgmvPlan, Segments};
 ///
 /// // rows 0..2 use slot 1 (rank 4), row 2 has no adapter, rows 3..4 use slot 0 (rank 2)
 /// let segs = Segments::from_triples(&[(3, 4, 0), (0, 2, 1)]);
@@ -479,8 +479,19 @@ impl SgmvPlan {
         &self,
         slots: &AdapterSlots<'_, T>,
     ) -> Result<(), SgmvError> {
+        self.check_ranks_by(|i| slots.slots().get(i).map(|s| s.rank))
+    }
+
+    /// Checks that slots of ranks `ranks` are the ones the plan was built for.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn check_ranks(&self, ranks: &[usize]) -> Result<(), SgmvError> {
+        self.check_ranks_by(|i| ranks.get(i).copied())
+    }
+
+    /// Checks each planned rank against `rank_of(slot)` (`None`: the slot is missing).
+    fn check_ranks_by(&self, rank_of: impl Fn(usize) -> Option<usize>) -> Result<(), SgmvError> {
         for (i, &planned) in self.ranks.iter().enumerate() {
-            let found = slots.slots().get(i).map_or(0, |s| s.rank);
+            let found = rank_of(i).unwrap_or(0);
             if found != planned {
                 return Err(SgmvError::PlanMismatch {
                     slot: i,
@@ -491,4 +502,69 @@ impl SgmvPlan {
         }
         Ok(())
     }
+
+    /// The plan's tables for the GPU kernels; [`SgmvError::TooLarge`] where a row, slot or
+    /// offset does not fit their 32-bit (rows, slots) or 64-bit (offsets) indices.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn device_tables(&self) -> Result<DeviceTables, SgmvError> {
+        let i32_of = |what: &'static str, value: usize| {
+            i32::try_from(value).map_err(|_| SgmvError::TooLarge { what, value })
+        };
+        let i64_of = |what: &'static str, value: usize| {
+            i64::try_from(value).map_err(|_| SgmvError::TooLarge { what, value })
+        };
+        i32_of("rows", self.rows)?;
+        let mut t = DeviceTables {
+            starts: Vec::with_capacity(self.groups.len()),
+            ends: Vec::with_capacity(self.groups.len()),
+            slots: Vec::with_capacity(self.groups.len()),
+            v_off: Vec::with_capacity(self.groups.len()),
+            row_slots: vec![-1; self.rows],
+            row_v_off: vec![0; self.rows],
+            max_len: 0,
+            max_rank: 0,
+        };
+        let mut next = 0;
+        for g in &self.groups {
+            t.starts.push(i32_of("segment start", g.start)?);
+            t.ends.push(i32_of("segment end", g.end)?);
+            t.slots.push(i32_of("slot", g.slot)?);
+            t.v_off.push(i64_of("intermediate offset", g.v_off)?);
+            t.max_len = t.max_len.max(g.end - g.start);
+            t.max_rank = t.max_rank.max(g.rank);
+            for row in g.start..g.end {
+                t.row_slots[row] = t.slots[t.slots.len() - 1];
+                t.row_v_off[row] =
+                    i64_of("intermediate offset", g.v_off + (row - g.start) * g.rank)?;
+            }
+            next = g.v_off + (g.end - g.start) * g.rank;
+        }
+        // Rows without an adapter keep the offset where the next packed row starts.
+        let mut at = 0;
+        for row in 0..self.rows {
+            if t.row_slots[row] < 0 {
+                t.row_v_off[row] = at;
+            } else {
+                at = t.row_v_off[row] + self.ranks[t.row_slots[row] as usize] as i64;
+            }
+        }
+        debug_assert_eq!(next, self.v_len);
+        Ok(t)
+    }
+}
+
+/// A plan as the GPU kernels read it: per segment (in row order) its rows, slot and offset into
+/// the intermediate; per row its slot (-1: none) and offset; the longest segment and the
+/// largest rank (the grid's extents). Built from the one plan, so the CPU and GPU backends
+/// cannot disagree on the packing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DeviceTables {
+    pub(crate) starts: Vec<i32>,
+    pub(crate) ends: Vec<i32>,
+    pub(crate) slots: Vec<i32>,
+    pub(crate) v_off: Vec<i64>,
+    pub(crate) row_slots: Vec<i32>,
+    pub(crate) row_v_off: Vec<i64>,
+    pub(crate) max_len: usize,
+    pub(crate) max_rank: usize,
 }

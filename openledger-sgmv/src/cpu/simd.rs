@@ -12,7 +12,7 @@
 //! (lane count, fused or separate multiply-add) but never on how rows and columns are split
 //! between threads, nor on the other rows of the batch.
 
-use super::element::LoraElement;
+use crate::element::LoraElement;
 use std::sync::OnceLock;
 
 /// The instruction set the CPU operators run with.
@@ -794,15 +794,16 @@ mod x86 {
     }
 }
 
-/// The portable shrink on f32 rows: `out[m][n] = Σ_k xs[m][k] · a[n][k]` over `k < d`. Every
+/// The portable shrink on f32 rows (the dense tile kernel the model's 16-bit projections use
+/// too): `out[m][n] = Σ_k xs[m][k] · a[n][k]` over `k < d`. Every
 /// `xs` and `a` row holds at least `d` elements and every `out` row at least `a.len()`.
-pub(crate) fn shrink_portable(xs: &[&[f32]], a: &[&[f32]], out: &mut [&mut [f32]], d: usize) {
+pub fn shrink_portable(xs: &[&[f32]], a: &[&[f32]], out: &mut [&mut [f32]], d: usize) {
     shrink_generic::<4, 2, 8, Separate>(xs, a, out, d)
 }
 
 /// The AVX2 shrink on rows of any element types (widened in registers, bitwise the result of
 /// widening first): `out[m][n] = Σ_k xs[m][k] · a[n][k]`. `None` where the CPU lacks AVX2.
-pub(crate) fn shrink_native<X: LoraElement, W: LoraElement>(
+pub fn shrink_native<X: LoraElement, W: LoraElement>(
     isa: Isa,
     xs: &[&[X]],
     a: &[&[W]],

@@ -3,10 +3,11 @@
 //! pool (or on the calling thread for a small call); each output element belongs to exactly one
 //! tile, so results are bitwise identical on any thread pool.
 
-use super::element::LoraElement;
-use super::layout::{AdapterSlots, Group, SgmvPlan};
-use super::simd::{self, detected_isa};
+use crate::element::LoraElement;
+use crate::plan::{AdapterSlots, Group, SgmvPlan};
+pub(crate) mod simd;
 use rayon::prelude::*;
+use simd::detected_isa;
 use std::cell::RefCell;
 
 /// Rows per shrink tile (x rows reuse each A row loaded into cache).

@@ -7,7 +7,7 @@
 //!   `|got − ref| ≤ u · |ref| + 1e-5 · M + tiny`, with `u = 2⁻¹¹` (f16) or `2⁻⁸` (bf16).
 
 use half::{bf16, f16};
-use openledger_lora::sgmv::{
+use openledger_sgmv::{
     AdapterSlots, BLayout, LoraElement, LoraSlot, Segments, SgmvError, SgmvPlan, bgmv, bgmv_expand,
     bgmv_shrink, padded_b_stride, sgmv, sgmv_expand, sgmv_shrink, transpose_b_strided,
 };

@@ -2,7 +2,7 @@
 //! left untouched.
 
 use candle_core::{DType, Device, Tensor};
-use openledger_lora::sgmv::{
+use openledger_sgmv::{
     AdapterSlots, LoraSlot, Segments, SgmvError, SgmvPlan, TensorSlot, bgmv, expand_with_plan,
     sgmv, sgmv_shrink, sgmv_tensors,
 };

@@ -2,17 +2,17 @@
 //! (adapter weights, x, y read and written) against a device-to-device copy measured in the same
 //! run, and the cost of 64 distinct adapters against 64 rows of one adapter.
 //!
-//! `cargo bench -p openledger-kernels --features cuda --bench gpu_sgmv`. Without a GPU it prints
+//! `cargo bench -p openledger-sgmv --features cuda --bench gpu_sgmv`. Without a GPU it prints
 //! the typed error and exits.
 
 use half::bf16;
 use openledger_benches::{Report, median_secs};
-use openledger_kernels::{CudaSgmv, HostSlot, KernelElement, SegmentLayout};
+use openledger_sgmv::{AdapterSlots, CudaSgmv, GpuElement, LoraSlot, Segments, SgmvPlan};
 
 const D: usize = 4096;
 const R: usize = 16;
 
-fn case<T: KernelElement>(
+fn case<T: GpuElement>(
     gpu: &CudaSgmv,
     report: &mut Report,
     tokens: usize,
@@ -20,27 +20,31 @@ fn case<T: KernelElement>(
     copy_gbs: f64,
 ) -> f64 {
     let w: Vec<T> = vec![T::default(); R * D];
-    let host: Vec<HostSlot<'_, T>> = (0..adapters)
-        .map(|_| HostSlot {
-            a: &w,
-            b: &w,
-            rank: R,
-            scale: 1.0,
-        })
-        .collect();
-    let slots = gpu.upload_slots(D, D, &host).expect("upload slots");
+    let host = AdapterSlots::new(
+        D,
+        D,
+        (0..adapters)
+            .map(|_| LoraSlot {
+                a: &w,
+                b: &w,
+                rank: R,
+                scale: 1.0,
+            })
+            .collect(),
+    )
+    .expect("slots");
+    let slots = gpu.upload_slots(&host).expect("upload slots");
     let per = tokens / adapters;
     let triples: Vec<(usize, usize, usize)> =
         (0..adapters).map(|i| (i * per, (i + 1) * per, i)).collect();
-    let layout = SegmentLayout::new(&triples, &vec![R; adapters], tokens).expect("layout");
+    let plan = SgmvPlan::from_segments(&Segments::from_triples(&triples), &host.ranks(), tokens)
+        .expect("plan");
     let x = gpu.upload(&vec![T::default(); tokens * D]).expect("x");
     let mut y = gpu.upload(&vec![T::default(); tokens * D]).expect("y");
-    let mut v = gpu.zeros::<f32>(layout.intermediate_len()).expect("v");
+    let mut v = gpu.zeros::<f32>(plan.intermediate_len()).expect("v");
     let secs = median_secs(20, || {
-        gpu.sgmv_shrink(&slots, &layout, &x, &mut v)
-            .expect("shrink");
-        gpu.sgmv_expand(&slots, &layout, &v, &mut y)
-            .expect("expand");
+        gpu.sgmv_shrink(&plan, &slots, &x, &mut v).expect("shrink");
+        gpu.sgmv_expand(&plan, &slots, &v, &mut y).expect("expand");
         gpu.synchronize().expect("sync");
     });
     let elem = std::mem::size_of::<T>() as f64;
