@@ -20,6 +20,9 @@
 //! ratio, saves `sgmv.json` and a plot `sgmv.png` (time against the number of distinct adapters)
 //! under `target/bench-results/` (or `$OPENLEDGER_BENCH_OUT`).
 //!
+//! Target for many adapters: T = 256 with K = 64 within 1.2× of the time (c)'s read rate takes
+//! to stream the 64 adapters' weights once (`*_vs_weight_stream`), in f32 and bf16.
+//!
 //! `cargo bench -p openledger-benches --bench sgmv`
 
 use candle_core::{DType, Device, Tensor};
@@ -446,7 +449,7 @@ fn run_dtype<T: LoraElement + candle_core::WithDType>(
                 &format!("{name}_T{tokens}_K{kmax}_vs_K1_cost"),
                 many,
                 one,
-                "<= 1.25x",
+                "—",
             );
             // The least time to stream K adapters' weights once from memory at the read
             // bandwidth, against the one-adapter call: the floor of the cost above when the
@@ -460,7 +463,15 @@ fn run_dtype<T: LoraElement + candle_core::WithDType>(
                 &format!("{name}_T{tokens}_K{kmax}_weight_stream_vs_K1"),
                 weight_bytes / read_bandwidth,
                 one,
-                "<= 1.25x for the cost target to be reachable from memory",
+                "—",
+            );
+            // The target: K adapters within 1.2x of streaming their weights once (the floor
+            // when they do not stay in cache between calls).
+            report.ratio(
+                &format!("{name}_T{tokens}_K{kmax}_vs_weight_stream"),
+                many,
+                weight_bytes / read_bandwidth,
+                "<= 1.2x",
             );
         }
     }

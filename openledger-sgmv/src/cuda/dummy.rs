@@ -98,6 +98,11 @@ impl CudaSgmv {
     }
 
     /// Refuses: built without the `cuda` feature.
+    pub fn elapsed_ms(&self, _f: impl FnOnce() -> Result<(), SgmvError>) -> Result<f64, SgmvError> {
+        Err(SgmvError::NotCompiledWithCuda)
+    }
+
+    /// Refuses: built without the `cuda` feature.
     pub fn synchronize(&self) -> Result<(), SgmvError> {
         Err(SgmvError::NotCompiledWithCuda)
     }

@@ -258,6 +258,23 @@ impl CudaSgmv {
         })
     }
 
+    /// Milliseconds the device spent on the work `f` queues, between two CUDA events recorded
+    /// on the stream before and after it (the launches' own time, not the host's).
+    pub fn elapsed_ms(&self, f: impl FnOnce() -> Result<(), SgmvError>) -> Result<f64, SgmvError> {
+        let timed = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let start = self
+            .stream
+            .record_event(timed)
+            .map_err(drv("cuEventRecord"))?;
+        f()?;
+        let end = self
+            .stream
+            .record_event(timed)
+            .map_err(drv("cuEventRecord"))?;
+        let ms = start.elapsed_ms(&end).map_err(drv("cuEventElapsedTime"))?;
+        Ok(f64::from(ms))
+    }
+
     /// Waits for all queued work.
     pub fn synchronize(&self) -> Result<(), SgmvError> {
         self.stream

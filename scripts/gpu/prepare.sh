@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Builds, on a machine without a GPU, everything a GPU machine needs to check the CUDA backend:
+# the kernels' NVRTC tests, the SGMV backends test and the GPU SGMV bench, with `--features
+# cuda`, in release, stripped, into one folder (default target/gpu-run, git-ignored) beside
+# scripts/gpu/run.sh. Copy or mount that folder on the GPU machine (it needs no Rust there) and
+# run `bash <folder>/run.sh OUTDIR`.
+#
+#   bash scripts/gpu/prepare.sh [FOLDER]
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+out=${1:-$root/target/gpu-run}
+cd "$root"
+mkdir -p "$out"
+rm -f "$out"/kernels "$out"/backends "$out"/gpu_sgmv
+
+# The executable cargo built for the artifact named $2 (a test or bench target) from the
+# JSON messages on stdin.
+executable() {
+    python3 -c '
+import json, sys
+name = sys.argv[1]
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == name:
+        print(m["executable"])
+' "$1"
+}
+
+build() { # PACKAGE KIND(test|bench) TARGET
+    local exe release=()
+    # `cargo bench` builds in release already and refuses the flag.
+    [ "$2" = test ] && release=(--release)
+    exe=$(cargo "$2" "${release[@]}" --locked -p "$1" --features cuda --"$2" "$3" --no-run \
+        --message-format=json 2>/dev/null | executable "$3")
+    if [ -z "$exe" ]; then
+        echo "prepare: no executable for $1 $2 $3" >&2
+        exit 1
+    fi
+    cp "$exe" "$out/$3"
+    strip "$out/$3"
+    echo "$3: $(du -h "$out/$3" | cut -f1)"
+}
+
+build openledger-kernels test kernels
+build openledger-sgmv test backends
+build openledger-sgmv bench gpu_sgmv
+cp scripts/gpu/run.sh "$out/run.sh"
+echo "ready: $out (run there: bash $out/run.sh OUTDIR)"
