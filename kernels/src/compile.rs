@@ -17,7 +17,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 /// `(source file, image)` of every kernel program for one architecture.
 pub type ProgramSet = Arc<Vec<(&'static str, Image)>>;
 
-fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+/// The message of a caught panic's payload.
+pub fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
     p.downcast_ref::<&str>()
         .map(|s| s.to_string())
         .or_else(|| p.downcast_ref::<String>().cloned())
@@ -44,20 +45,17 @@ fn no_nvrtc() -> KernelError {
     }
 }
 
-/// `(real, digits)` of an architecture name: `sm_90` is real, `compute_90` virtual.
-fn parse_arch(arch: &str) -> Result<(bool, &str), KernelError> {
-    let (real, rest) = if let Some(r) = arch.strip_prefix("sm_") {
-        (true, r)
-    } else if let Some(r) = arch.strip_prefix("compute_") {
-        (false, r)
-    } else {
-        return Err(KernelError::BadArch {
-            arch: arch.to_string(),
-        });
+/// Whether an architecture name is a real one (`sm_XY`: a cubin) rather than a virtual one
+/// (`compute_XY`: PTX); [`KernelError::BadArch`] for anything else.
+fn is_real_arch(arch: &str) -> Result<bool, KernelError> {
+    let (real, rest) = match (arch.strip_prefix("sm_"), arch.strip_prefix("compute_")) {
+        (Some(r), _) => (true, r),
+        (None, Some(r)) => (false, r),
+        (None, None) => (false, ""),
     };
     let digits = rest.trim_end_matches(['a', 'f']);
     if digits.len() >= 2 && digits.bytes().all(|b| b.is_ascii_digit()) {
-        Ok((real, rest))
+        Ok(real)
     } else {
         Err(KernelError::BadArch {
             arch: arch.to_string(),
@@ -141,7 +139,7 @@ pub fn programs(arch: &str) -> Result<ProgramSet, KernelError> {
     if let Some(hit) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(arch) {
         return Ok(hit.clone());
     }
-    let (real, _) = parse_arch(arch)?;
+    let real = is_real_arch(arch)?;
     if !nvrtc_available() {
         return Err(no_nvrtc());
     }

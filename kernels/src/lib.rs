@@ -27,7 +27,7 @@ pub mod sources;
 
 #[cfg(feature = "cuda")]
 pub use compile::{
-    ProgramSet, compile_all_kernels, library_candidates, nvrtc_available, programs,
+    ProgramSet, compile_all_kernels, library_candidates, nvrtc_available, panic_message, programs,
     programs_for_device,
 };
 pub use error::KernelError;

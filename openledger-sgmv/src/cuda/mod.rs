@@ -18,7 +18,7 @@ use cudarc::driver::{
     LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
-use openledger_kernels::{Image, entry_points, sources::DTYPES};
+use openledger_kernels::{Image, entry_points, panic_message, sources::DTYPES};
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -36,13 +36,6 @@ pub trait GpuElement:
 impl GpuElement for f32 {}
 impl GpuElement for half::f16 {}
 impl GpuElement for half::bf16 {}
-
-fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into())
-}
 
 /// Runs `f`, turning a panic into [`SgmvError::Panicked`].
 fn guard<R>(what: &'static str, f: impl FnOnce() -> Result<R, SgmvError>) -> Result<R, SgmvError> {
