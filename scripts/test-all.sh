@@ -39,6 +39,12 @@ bash scripts/test-contracts.sh  # forge build == committed artifacts; Foundry un
 # Tests that need anvil fail, rather than skip, when it is missing.
 export OPENLEDGER_REQUIRE_ANVIL=1
 
+step "a C++20 compiler, for the CUDA kernels run under the host emulation (kernels/emulate)"
+if ! command -v "${CXX:-c++}" >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends g++ >/dev/null
+fi
+
 step "tests: unit, integration and doc tests of every default crate"
 cargo test --workspace --locked
 

@@ -1,78 +1,79 @@
-// Expand: y[row, o] += scale_slot * sum_j v[row, j] * B_slot[o, j]. One thread per output
-// column; a block covers blockDim.x columns for up to EXPAND_ROWS rows of a segment, so each B
-// row is read once per row tile.
+// Expand: y[row, col + o] += scale_slot * sum_j v[row, j] * Bt_slot[j, o] for the rows of one
+// tile. B is held transposed, [rank, ldb] (the model's own layout), so the threads of a warp
+// read consecutive outputs of one rank row: each thread takes E::VEC outputs in one 16-byte
+// load per rank row, for every row of the tile. The tile's intermediate rows are staged in
+// shared memory (dynamic: ROWS * the largest rank floats). BGMV is the one-row tile, SGMV the
+// eight-row one. y is written in 16-byte vectors where the row stride, column offset and
+// address allow, element by element otherwise.
 
-#define EXPAND_ROWS 8
-
-template <typename E>
-__device__ void expand_rows(typename E::T* __restrict__ y, const float* __restrict__ v,
-                            const typename E::T* __restrict__ b, int rank, float scale, int row0,
-                            int nrows, i64 v_off0, int out) {
-    const int o = blockIdx.y * blockDim.x + threadIdx.x;
+template <typename E, int ROWS>
+__device__ void expand_impl(typename E::T* __restrict__ y, i64 ldy, i64 col,
+                            const float* __restrict__ v, const i64* __restrict__ slots,
+                            const i64* __restrict__ tiles, int out, int ldb) {
+    typedef typename E::T T;
+    constexpr int VEC = E::VEC;
+    DYNAMIC_SHARED(float, vs);
+    const i64* tile = tiles + (i64)TILE_WORDS * blockIdx.x;
+    const int row0 = (int)tile[0];
+    const int nrows = (int)tile[1];
+    const i64* slot = slots + (i64)SLOT_WORDS * tile[2];
+    const i64 v_off0 = tile[3];
+    const T* bt = (const T*)slot[1];
+    const int rank = (int)slot[2];
+    const float scale = __int_as_float((int)slot[3]);
+    // The tile's intermediate rows are contiguous in v: row m at v_off0 + m * rank.
+    for (int i = threadIdx.x; i < ROWS * rank; i += blockDim.x) {
+        vs[i] = i < nrows * rank ? v[v_off0 + i] : 0.0f;
+    }
+    __syncthreads();
+    const int o = (blockIdx.y * blockDim.x + threadIdx.x) * VEC;
     if (o >= out) return;
-    float acc[EXPAND_ROWS];
+    float acc[ROWS][VEC];
 #pragma unroll
-    for (int m = 0; m < EXPAND_ROWS; ++m) acc[m] = 0.0f;
-    const typename E::T* brow = b + (i64)o * rank;
+    for (int m = 0; m < ROWS; ++m)
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) acc[m][e] = 0.0f;
+    // o + VEC <= ldb (Bt's rows are padded to a multiple of VEC): each vector lies in its row.
+    const T* bp = bt + o;
+#pragma unroll 4
     for (int j = 0; j < rank; ++j) {
-        const float bv = E::load(brow[j]);
+        float b[VEC];
+        load_vec<E>(bp + (i64)j * ldb, b);
 #pragma unroll
-        for (int m = 0; m < EXPAND_ROWS; ++m) {
-            if (m < nrows) acc[m] = fmaf(v[v_off0 + (i64)m * rank + j], bv, acc[m]);
+        for (int m = 0; m < ROWS; ++m) {
+            const float vm = vs[m * rank + j];
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) acc[m][e] = fmaf(vm, b[e], acc[m][e]);
         }
     }
+    const int n = min(VEC, out - o);
 #pragma unroll
-    for (int m = 0; m < EXPAND_ROWS; ++m) {
-        if (m < nrows) {
-            typename E::T* dst = y + (i64)(row0 + m) * out + o;
-            *dst = E::store(E::load(*dst) + scale * acc[m]);
+    for (int m = 0; m < ROWS; ++m) {
+        if (m >= nrows) break;
+        T* dst = y + (i64)(row0 + m) * ldy + col + o;
+        if (n == VEC && ((unsigned long long)dst & 15ull) == 0) {
+            float cur[VEC];
+            load_vec<E>(dst, cur);
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) cur[e] += scale * acc[m][e];
+            store_vec<E>(dst, cur);
+        } else {
+            for (int e = 0; e < n; ++e) dst[e] = E::store(E::load(dst[e]) + scale * acc[m][e]);
         }
     }
 }
 
-// SGMV: grid (segments, ceil(out / blockDim.x), ceil(max segment length / EXPAND_ROWS)).
-template <typename E>
-__device__ void sgmv_expand_impl(typename E::T* y, const float* v, const i64* b_ptrs,
-                                 const int* ranks, const float* scales, const int* seg_starts,
-                                 const int* seg_ends, const int* seg_slots, const i64* seg_v_off,
-                                 int out) {
-    const int seg = blockIdx.x;
-    const int slot = seg_slots[seg];
-    const int rank = ranks[slot];
-    const int row0 = seg_starts[seg] + blockIdx.z * EXPAND_ROWS;
-    const int end = seg_ends[seg];
-    if (row0 >= end) return;
-    const int nrows = min(EXPAND_ROWS, end - row0);
-    const i64 v_off0 = seg_v_off[seg] + (i64)(row0 - seg_starts[seg]) * rank;
-    expand_rows<E>(y, v, (const typename E::T*)b_ptrs[slot], rank, scales[slot], row0, nrows,
-                   v_off0, out);
-}
-
-// BGMV: grid (rows, ceil(out / blockDim.x)).
-template <typename E>
-__device__ void bgmv_expand_impl(typename E::T* y, const float* v, const i64* b_ptrs,
-                                 const int* ranks, const float* scales, const int* row_slots,
-                                 const i64* row_v_off, int out) {
-    const int row = blockIdx.x;
-    const int slot = row_slots[row];
-    if (slot < 0) return;
-    expand_rows<E>(y, v, (const typename E::T*)b_ptrs[slot], ranks[slot], scales[slot], row, 1,
-                   row_v_off[row], out);
-}
-
+// grid (tiles, ceil(out / (threads * E::VEC))); dynamic shared memory ROWS * largest rank * 4.
 #define EXPAND_KERNELS(NAME, E)                                                                 \
-    extern "C" __global__ void sgmv_expand_##NAME(                                              \
-        E::T* y, const float* v, const i64* b_ptrs, const int* ranks, const float* scales,      \
-        const int* seg_starts, const int* seg_ends, const int* seg_slots, const i64* seg_v_off, \
-        int out) {                                                                              \
-        sgmv_expand_impl<E>(y, v, b_ptrs, ranks, scales, seg_starts, seg_ends, seg_slots,       \
-                            seg_v_off, out);                                                    \
+    extern "C" __global__ void sgmv_expand_##NAME(E::T* y, i64 ldy, i64 col, const float* v,    \
+                                                  const i64* slots, const i64* tiles, int out,  \
+                                                  int ldb) {                                    \
+        expand_impl<E, 8>(y, ldy, col, v, slots, tiles, out, ldb);                              \
     }                                                                                           \
-    extern "C" __global__ void bgmv_expand_##NAME(E::T* y, const float* v, const i64* b_ptrs,   \
-                                                  const int* ranks, const float* scales,        \
-                                                  const int* row_slots, const i64* row_v_off,   \
-                                                  int out) {                                    \
-        bgmv_expand_impl<E>(y, v, b_ptrs, ranks, scales, row_slots, row_v_off, out);            \
+    extern "C" __global__ void bgmv_expand_##NAME(E::T* y, i64 ldy, i64 col, const float* v,    \
+                                                  const i64* slots, const i64* tiles, int out,  \
+                                                  int ldb) {                                    \
+        expand_impl<E, 1>(y, ldy, col, v, slots, tiles, out, ldb);                              \
     }
 
 EXPAND_KERNELS(f32, F32)

@@ -1,8 +1,9 @@
 //! The CUDA C sources of the kernels, embedded in the library. Each compiled program is
 //! [`COMMON`] followed by one source, so NVRTC needs no include path and no CUDA header.
 
-/// Element types, `half`/`bfloat16` conversions (PTX `cvt` and bit manipulation) and the block
-/// reduction shared by every kernel.
+/// Element types, `half`/`bfloat16` conversions (PTX `cvt` and bit manipulation), 16-byte
+/// vector loads and stores, the warp reduction and the layout of the slot and tile tables,
+/// shared by every kernel.
 pub const COMMON: &str = include_str!("common.cuh");
 
 /// `(file name, source)` of every kernel program.

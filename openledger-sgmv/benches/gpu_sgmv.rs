@@ -1,8 +1,9 @@
 //! GPU SGMV on d = 4096, r = 16, bf16: shrink + expand for T ∈ {1, 16, 64, 256, 1024} rows and
 //! K ∈ {1, 16, 64, 512, T} distinct adapters (rows split evenly; BGMV where every row has its
 //! own adapter, SGMV otherwise), timed with CUDA events (the median of 50 calls after 5 warm-up
-//! calls). Eight adapter sets are uploaded and used in turn, so the working set is well past
-//! the L2 (60 MB on an H200) and every call streams its adapters from device memory. Each case
+//! calls). Eight adapter sets are uploaded into one adapter slab and used in turn, so the
+//! working set is well past the L2 (60 MB on an H200) and every call streams its adapters from
+//! device memory. Each case
 //! is given as GB/s of the bytes it must move (the adapters' weights, `x` read, `y` read and
 //! written) against a device-to-device copy measured in the same run.
 //!
@@ -15,7 +16,8 @@
 use half::bf16;
 use openledger_benches::{Report, median};
 use openledger_sgmv::{
-    AdapterSlots, CudaSgmv, GpuSlots, LoraElement, LoraSlot, Segments, SgmvError, SgmvPlan,
+    AdapterSlots, CudaSgmv, DEFAULT_PAGE_BYTES, GpuSlots, LoraElement, LoraSlot, OutputWindow,
+    Segments, SgmvError, SgmvPlan, SlotLayout,
 };
 use plotters::prelude::*;
 use std::collections::BTreeMap;
@@ -54,6 +56,12 @@ fn case(gpu: &CudaSgmv, t: usize, k: usize) -> Result<f64, SgmvError> {
                 .collect()
         })
         .collect();
+    let elem = std::mem::size_of::<bf16>();
+    let slot_pages = SlotLayout::new(D, D, R, elem).pages(elem, DEFAULT_PAGE_BYTES);
+    let slab = gpu.adapter_slab::<bf16>(
+        SETS * k * slot_pages * DEFAULT_PAGE_BYTES,
+        DEFAULT_PAGE_BYTES,
+    )?;
     let uploaded: Vec<GpuSlots<bf16>> = sets
         .iter()
         .map(|w| {
@@ -69,7 +77,7 @@ fn case(gpu: &CudaSgmv, t: usize, k: usize) -> Result<f64, SgmvError> {
                     })
                     .collect(),
             )?;
-            gpu.upload_slots(&slots)
+            slab.upload(&slots)
         })
         .collect::<Result<_, _>>()?;
     let ranks = vec![R; k];
@@ -90,10 +98,10 @@ fn case(gpu: &CudaSgmv, t: usize, k: usize) -> Result<f64, SgmvError> {
         let slots = &uploaded[i % SETS];
         if per_row {
             gpu.bgmv_shrink(&plan, slots, &x, &mut v)?;
-            gpu.bgmv_expand(&plan, slots, &v, &mut y)
+            gpu.bgmv_expand(&plan, slots, &v, &mut y, OutputWindow::dense(D))
         } else {
             gpu.sgmv_shrink(&plan, slots, &x, &mut v)?;
-            gpu.sgmv_expand(&plan, slots, &v, &mut y)
+            gpu.sgmv_expand(&plan, slots, &v, &mut y, OutputWindow::dense(D))
         }
     })
 }

@@ -35,6 +35,31 @@ pub enum SgmvError {
         /// Output features of the layer.
         out_features: usize,
     },
+    /// An [`OutputWindow`](crate::OutputWindow) whose rows cannot hold the layer's outputs
+    /// from its column offset on.
+    #[error(
+        "output window: {out_features} outputs from column {col_offset} do not fit rows of {row_stride}"
+    )]
+    BadWindow {
+        /// Elements per row of `y`.
+        row_stride: usize,
+        /// The first output's column.
+        col_offset: usize,
+        /// Output features of the layer.
+        out_features: usize,
+    },
+    /// The adapter slab has no run of free pages long enough for a slot.
+    #[error(
+        "adapter slab full: a slot needs {needed_pages} consecutive pages; {free_pages} are free, the longest run is {largest_run}"
+    )]
+    SlabFull {
+        /// Pages the slot needs.
+        needed_pages: usize,
+        /// Pages free in all.
+        free_pages: usize,
+        /// The longest run of free pages.
+        largest_run: usize,
+    },
     /// A slot declares rank 0.
     #[error("adapter slot {slot}: rank must be at least 1")]
     ZeroRank {
@@ -222,13 +247,6 @@ pub enum SgmvError {
         /// Its value.
         value: usize,
     },
-    /// The GPU kernels read `B` as `[out, rank]` ([`BLayout::OutRank`](crate::BLayout)); the
-    /// slots hold another layout.
-    #[error("the GPU kernels take B as [out, rank]; these slots hold {layout}")]
-    UnsupportedBLayout {
-        /// The layout the slots hold.
-        layout: String,
-    },
 }
 
 impl Classify for SgmvError {
@@ -239,8 +257,8 @@ impl Classify for SgmvError {
         match self {
             SgmvError::NotCompiledWithCuda
             | SgmvError::NoCudaDriver { .. }
-            | SgmvError::NoDevice { .. }
-            | SgmvError::UnsupportedBLayout { .. } => ErrorKind::Unsupported,
+            | SgmvError::NoDevice { .. } => ErrorKind::Unsupported,
+            SgmvError::SlabFull { .. } => ErrorKind::Budget,
             SgmvError::Kernel(e) => e.kind(),
             SgmvError::KernelMissing { .. }
             | SgmvError::Driver { .. }

@@ -27,7 +27,10 @@
 //! One plan ([`SgmvPlan`]: the segments, slots, ranks and the packing of the intermediate), two
 //! backends: the CPU operators above and, behind the `cuda` feature, [`CudaSgmv`], which
 //! launches the kernels of `openledger-kernels` (their CUDA C sources and NVRTC compilation) on
-//! the plan's tables. Without the feature the GPU types exist and every GPU entry point answers
+//! the plan's tile table, with adapters held in pages of one slab per dtype ([`AdapterSlab`],
+//! laid out by [`SlotLayout`], allocated by [`PageAllocator`]). Either backend writes into a row
+//! stride and column offset ([`OutputWindow`], [`expand_with_plan_into`]), so one call fills its
+//! part of a fused q|k|v or gate|up output. Without the feature the GPU types exist and every GPU entry point answers
 //! [`SgmvError::NotCompiledWithCuda`]; with it, a missing driver, NVRTC or device is a typed
 //! error naming what was looked for, never a panic.
 //!
@@ -61,16 +64,20 @@ mod cuda;
 mod element;
 mod error;
 mod plan;
+mod slab;
 
 pub use candle::{TensorSlot, sgmv_tensors};
 pub use cpu::simd::{Isa, detected_isa, shrink_native, shrink_portable};
-pub use cuda::{CudaSgmv, GpuBuffer, GpuElement, GpuSlots, cuda_driver_available, nvrtc_available};
+pub use cuda::{
+    AdapterSlab, CudaSgmv, GpuBuffer, GpuElement, GpuSlots, cuda_driver_available, nvrtc_available,
+};
 pub use element::LoraElement;
 pub use error::SgmvError;
 pub use plan::{
-    AdapterSlots, BLayout, LoraSlot, Segments, SgmvPlan, padded_b_stride, transpose_b,
-    transpose_b_strided,
+    AdapterSlots, BLayout, LoraSlot, OutputWindow, Segments, SgmvPlan, padded_b_stride,
+    transpose_b, transpose_b_strided,
 };
+pub use slab::{DEFAULT_PAGE_BYTES, PageAllocator, PageRun, SLAB_ALIGN, SlotLayout};
 
 fn check_len(buffer: &'static str, expected: usize, found: usize) -> Result<(), SgmvError> {
     if expected == found {
@@ -119,10 +126,24 @@ pub fn expand_with_plan<X: LoraElement, W: LoraElement>(
     slots: &AdapterSlots<'_, W>,
     y: &mut [X],
 ) -> Result<(), SgmvError> {
+    expand_with_plan_into(plan, v, slots, y, OutputWindow::dense(slots.out_features()))
+}
+
+/// As [`expand_with_plan`], into the columns `window` gives each row of `y` (`y` is
+/// `[plan.rows(), window.row_stride]`; the other columns are not touched): one layer's part of
+/// a fused output such as q | k | v.
+pub fn expand_with_plan_into<X: LoraElement, W: LoraElement>(
+    plan: &SgmvPlan,
+    v: &[f32],
+    slots: &AdapterSlots<'_, W>,
+    y: &mut [X],
+    window: OutputWindow,
+) -> Result<(), SgmvError> {
     plan.check_slots(slots)?;
-    check_len("y", plan.rows() * slots.out_features(), y.len())?;
+    window.check(slots.out_features())?;
+    check_len("y", plan.rows() * window.row_stride, y.len())?;
     check_len("v", plan.intermediate_len(), v.len())?;
-    cpu::expand(plan, v, slots, y);
+    cpu::expand(plan, v, slots, y, window);
     Ok(())
 }
 
@@ -133,11 +154,23 @@ pub fn apply_with_plan<X: LoraElement, W: LoraElement>(
     slots: &AdapterSlots<'_, W>,
     y: &mut [X],
 ) -> Result<(), SgmvError> {
-    check_len("y", plan.rows() * slots.out_features(), y.len())?;
+    apply_with_plan_into(plan, x, slots, y, OutputWindow::dense(slots.out_features()))
+}
+
+/// As [`apply_with_plan`], into the columns `window` gives each row of `y`.
+pub fn apply_with_plan_into<X: LoraElement, W: LoraElement>(
+    plan: &SgmvPlan,
+    x: &[X],
+    slots: &AdapterSlots<'_, W>,
+    y: &mut [X],
+    window: OutputWindow,
+) -> Result<(), SgmvError> {
+    window.check(slots.out_features())?;
+    check_len("y", plan.rows() * window.row_stride, y.len())?;
     let mut v = vec![0f32; plan.intermediate_len()];
     cpu::in_pool_if_parallel(plan, slots.in_features(), slots.out_features(), || {
         shrink_with_plan(plan, x, slots, &mut v)?;
-        expand_with_plan(plan, &v, slots, y)
+        expand_with_plan_into(plan, &v, slots, y, window)
     })
 }
 

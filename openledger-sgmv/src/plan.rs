@@ -503,65 +503,178 @@ impl SgmvPlan {
         Ok(())
     }
 
-    /// The plan's tables for the GPU kernels; [`SgmvError::TooLarge`] where a row, slot or
-    /// offset does not fit their 32-bit (rows, slots) or 64-bit (offsets) indices.
+    /// The plan cut into launch tiles of at most `rows_per_tile` consecutive rows of one group,
+    /// in row order: the grid of the GPU kernels (one block row per tile), so rows without an
+    /// adapter cost no block at all. [`SgmvError::TooLarge`] where a row, slot or offset does
+    /// not fit the kernels' indices (32-bit rows and slots, 64-bit offsets).
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-    pub(crate) fn device_tables(&self) -> Result<DeviceTables, SgmvError> {
+    pub(crate) fn launch_tiles(&self, rows_per_tile: usize) -> Result<LaunchTiles, SgmvError> {
+        let rows_per_tile = rows_per_tile.max(1);
         let i32_of = |what: &'static str, value: usize| {
-            i32::try_from(value).map_err(|_| SgmvError::TooLarge { what, value })
-        };
-        let i64_of = |what: &'static str, value: usize| {
-            i64::try_from(value).map_err(|_| SgmvError::TooLarge { what, value })
+            i32::try_from(value)
+                .map(i64::from)
+                .map_err(|_| SgmvError::TooLarge { what, value })
         };
         i32_of("rows", self.rows)?;
-        let mut t = DeviceTables {
-            starts: Vec::with_capacity(self.groups.len()),
-            ends: Vec::with_capacity(self.groups.len()),
-            slots: Vec::with_capacity(self.groups.len()),
-            v_off: Vec::with_capacity(self.groups.len()),
-            row_slots: vec![-1; self.rows],
-            row_v_off: vec![0; self.rows],
-            max_len: 0,
-            max_rank: 0,
-        };
+        let mut t = LaunchTiles::default();
         for g in &self.groups {
-            t.starts.push(i32_of("segment start", g.start)?);
-            t.ends.push(i32_of("segment end", g.end)?);
-            t.slots.push(i32_of("slot", g.slot)?);
-            t.v_off.push(i64_of("intermediate offset", g.v_off)?);
-            t.max_len = t.max_len.max(g.end - g.start);
             t.max_rank = t.max_rank.max(g.rank);
-            for row in g.start..g.end {
-                t.row_slots[row] = t.slots[t.slots.len() - 1];
-                t.row_v_off[row] =
-                    i64_of("intermediate offset", g.v_off + (row - g.start) * g.rank)?;
-            }
-        }
-        // Rows without an adapter keep the offset where the next packed row starts.
-        let mut at = 0;
-        for row in 0..self.rows {
-            if t.row_slots[row] < 0 {
-                t.row_v_off[row] = at;
-            } else {
-                at = t.row_v_off[row] + self.ranks[t.row_slots[row] as usize] as i64;
+            let mut row0 = g.start;
+            while row0 < g.end {
+                let n = rows_per_tile.min(g.end - row0);
+                let v_off = g.v_off + (row0 - g.start) * g.rank;
+                let v_off = i64::try_from(v_off).map_err(|_| SgmvError::TooLarge {
+                    what: "intermediate offset",
+                    value: v_off,
+                })?;
+                t.words.extend_from_slice(&[
+                    i32_of("tile row", row0)?,
+                    n as i64,
+                    i32_of("slot", g.slot)?,
+                    v_off,
+                ]);
+                row0 += n;
             }
         }
         Ok(t)
     }
 }
 
-/// A plan as the GPU kernels read it: per segment (in row order) its rows, slot and offset into
-/// the intermediate; per row its slot (-1: none) and offset; the longest segment and the
-/// largest rank (the grid's extents). Built from the one plan, so the CPU and GPU backends
-/// cannot disagree on the packing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct DeviceTables {
-    pub(crate) starts: Vec<i32>,
-    pub(crate) ends: Vec<i32>,
-    pub(crate) slots: Vec<i32>,
-    pub(crate) v_off: Vec<i64>,
-    pub(crate) row_slots: Vec<i32>,
-    pub(crate) row_v_off: Vec<i64>,
-    pub(crate) max_len: usize,
+/// A plan as the GPU kernels read it: one record of [`LaunchTiles::WORDS`] 64-bit words per
+/// tile (first row, rows, slot, offset of the first row's intermediate), all in one buffer so
+/// a launch copies its metadata to the device once; and the largest rank (the grid's extent
+/// over rank rows). Built from the one plan, so the CPU and GPU backends cannot disagree on
+/// the packing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct LaunchTiles {
+    pub(crate) words: Vec<i64>,
     pub(crate) max_rank: usize,
+}
+
+impl LaunchTiles {
+    /// Words per tile record: `row0, rows, slot, v_off`.
+    pub(crate) const WORDS: usize = 4;
+
+    /// Number of tiles.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn len(&self) -> usize {
+        self.words.len() / Self::WORDS
+    }
+}
+
+/// Where a layer's outputs sit in the rows of `y`: each row is `row_stride` elements long and
+/// the layer writes its `out_features` outputs from column `col_offset` on, so one call can
+/// write its part of a fused output (q | k | v, gate | up) in place. The dense layout is
+/// [`OutputWindow::dense`].
+///
+/// ```
+/// use openledger_sgmv::OutputWindow;
+///
+/// // k's outputs in a fused q|k|v row of 4096 + 1024 + 1024
+/// let k = OutputWindow { row_stride: 6144, col_offset: 4096 };
+/// assert!(k.check(1024).is_ok());
+/// assert!(k.check(4096).is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputWindow {
+    /// Elements from the start of one row of `y` to the start of the next.
+    pub row_stride: usize,
+    /// The column of `y` where the layer's first output goes.
+    pub col_offset: usize,
+}
+
+impl OutputWindow {
+    /// Rows of exactly the layer's `out_features` outputs.
+    pub fn dense(out_features: usize) -> Self {
+        Self {
+            row_stride: out_features,
+            col_offset: 0,
+        }
+    }
+
+    /// Checks that `out_features` outputs from `col_offset` on fit in a row.
+    pub fn check(&self, out_features: usize) -> Result<(), SgmvError> {
+        if self
+            .col_offset
+            .checked_add(out_features)
+            .is_some_and(|end| end <= self.row_stride)
+        {
+            Ok(())
+        } else {
+            Err(SgmvError::BadWindow {
+                row_stride: self.row_stride,
+                col_offset: self.col_offset,
+                out_features,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn launch_tiles_cover_every_row_with_an_adapter_once_in_row_order() {
+        // rows 0..11 slot 1 (rank 4), row 11 none, rows 12..14 slot 0 (rank 2), rest none
+        let segs = Segments::from_triples(&[(12, 14, 0), (0, 11, 1), (16, 16, 0)]);
+        let plan = SgmvPlan::from_segments(&segs, &[2, 4], 20).unwrap();
+        let t = plan.launch_tiles(8).unwrap();
+        assert_eq!(t.max_rank, 4);
+        assert_eq!(
+            t.words,
+            vec![0, 8, 1, 0, 8, 3, 1, 32, 12, 2, 0, 44],
+            "row0, rows, slot, v_off per tile"
+        );
+        assert_eq!(t.len(), 3);
+        // One row per tile (the BGMV kernels): every row with an adapter, at its own offset.
+        let t = plan.launch_tiles(1).unwrap();
+        assert_eq!(t.len(), 13);
+        for tile in t.words.chunks(LaunchTiles::WORDS) {
+            let row = tile[0] as usize;
+            assert_eq!(tile[1], 1);
+            let (off, rank) = plan.row_intermediate(row).unwrap();
+            assert_eq!(
+                (tile[3] as usize, rank),
+                (off, plan.ranks[tile[2] as usize])
+            );
+        }
+        // An empty plan launches nothing.
+        let none = SgmvPlan::from_row_slots(&[None, None], &[3]).unwrap();
+        assert_eq!(none.launch_tiles(8).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn a_row_past_the_kernels_indices_is_refused() {
+        let rows = i32::MAX as usize + 1;
+        let segs = Segments::from_triples(&[(0, 1, 0)]);
+        let plan = SgmvPlan::from_segments(&segs, &[1], rows).unwrap();
+        assert!(matches!(
+            plan.launch_tiles(8),
+            Err(SgmvError::TooLarge { what: "rows", .. })
+        ));
+    }
+
+    #[test]
+    fn windows_must_hold_the_outputs() {
+        assert!(OutputWindow::dense(7).check(7).is_ok());
+        let w = OutputWindow {
+            row_stride: 10,
+            col_offset: 4,
+        };
+        assert!(w.check(6).is_ok());
+        assert!(matches!(
+            w.check(7),
+            Err(SgmvError::BadWindow {
+                row_stride: 10,
+                col_offset: 4,
+                out_features: 7
+            })
+        ));
+        let huge = OutputWindow {
+            row_stride: usize::MAX,
+            col_offset: usize::MAX,
+        };
+        assert!(huge.check(2).is_err());
+    }
 }

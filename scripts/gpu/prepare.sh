@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds, on a machine without a GPU, everything a GPU machine needs to check the CUDA backend:
 # the kernels' NVRTC tests, the SGMV backends test and the GPU SGMV bench, with `--features
-# cuda`, in release, stripped, into one folder (default target/gpu-run, git-ignored) beside
+# cuda`, in release, stripped, with the CUDA C sources and the CuPy check, into one folder (default target/gpu-run, git-ignored) beside
 # scripts/gpu/run.sh. Copy or mount that folder on the GPU machine (it needs no Rust there) and
 # run `bash <folder>/run.sh OUTDIR`.
 #
@@ -44,5 +44,7 @@ build() { # PACKAGE KIND(test|bench) TARGET
 build openledger-kernels test kernels
 build openledger-sgmv test backends
 build openledger-sgmv bench gpu_sgmv
-cp scripts/gpu/run.sh "$out/run.sh"
+cp scripts/gpu/run.sh scripts/gpu/cupy_sgmv.py "$out/"
+mkdir -p "$out/cuda"
+cp kernels/src/*.cu kernels/src/*.cuh "$out/cuda/"
 echo "ready: $out (run there: bash $out/run.sh OUTDIR)"

@@ -4,7 +4,7 @@
 //! tile, so results are bitwise identical on any thread pool.
 
 use crate::element::LoraElement;
-use crate::plan::{AdapterSlots, Group, SgmvPlan};
+use crate::plan::{AdapterSlots, Group, OutputWindow, SgmvPlan};
 pub(crate) mod simd;
 use rayon::prelude::*;
 use simd::detected_isa;
@@ -97,23 +97,25 @@ struct Tile<'b, E> {
     outs: Vec<&'b mut [E]>,
 }
 
-/// Cuts each group's rows (each `stride` long) into tiles of `rows_of(group)` rows ×
-/// `cols(group)` columns.
+/// Cuts each group's rows (each `stride` long, of which the `window(group)` = `(offset, len)`
+/// elements are written) into tiles of `rows_of(group)` rows × `cols(group)` columns.
 fn tiles<'b, E>(
     regions: Vec<(Group, &'b mut [E])>,
     stride_of: impl Fn(&Group) -> usize,
+    window: impl Fn(&Group) -> (usize, usize),
     rows_of: impl Fn(&Group) -> usize,
     cols: impl Fn(&Group) -> usize,
 ) -> Vec<Tile<'b, E>> {
     let mut out = Vec::new();
     for (g, region) in regions {
         let stride = stride_of(&g);
+        let (w0, wn) = window(&g);
         let c = cols(&g);
         let rows = rows_of(&g);
         for (chunk_i, chunk) in region.chunks_mut(rows * stride).enumerate() {
             let mut per_col: Vec<Vec<&'b mut [E]>> = Vec::new();
             for row in chunk.chunks_mut(stride) {
-                for (ci, piece) in row.chunks_mut(c).enumerate() {
+                for (ci, piece) in row[w0..w0 + wn].chunks_mut(c).enumerate() {
                     if per_col.len() <= ci {
                         per_col.push(Vec::with_capacity(rows));
                     }
@@ -203,7 +205,7 @@ pub(crate) fn shrink<X: LoraElement, W: LoraElement>(
     let regions = group_regions(plan.groups(), v, |g| g.rank, |g| g.v_off);
     let (groups, macs) = (plan.groups().len(), plan.intermediate_len() * d);
     let cols = |g: &Group| shrink_cols(g, groups, macs < SEQUENTIAL_MACS);
-    let work = tiles(regions, |g| g.rank, |_| SHRINK_ROWS, cols);
+    let work = tiles(regions, |g| g.rank, |g| (0, g.rank), |_| SHRINK_ROWS, cols);
     let run = |mut t: Tile<'_, f32>| {
         let a = slots.slots()[t.group.slot].a;
         let jn = t.outs[0].len();
@@ -226,21 +228,24 @@ pub(crate) fn shrink<X: LoraElement, W: LoraElement>(
     for_each_tile(work, macs, run);
 }
 
-/// `y[row] += scale_slot · v[row] · B_slotᵀ` for every row with an adapter. Lengths are checked
-/// by the caller.
+/// `y[row] += scale_slot · v[row] · B_slotᵀ` for every row with an adapter, in the columns
+/// `window` gives each row of `y`. Lengths and the window are checked by the caller.
 pub(crate) fn expand<X: LoraElement, W: LoraElement>(
     plan: &SgmvPlan,
     v: &[f32],
     slots: &AdapterSlots<'_, W>,
     y: &mut [X],
+    window: OutputWindow,
 ) {
     let out_f = slots.out_features();
+    let ld = window.row_stride;
     let isa = detected_isa();
-    let regions = group_regions(plan.groups(), y, |_| out_f, |g| g.start * out_f);
+    let regions = group_regions(plan.groups(), y, |_| ld, |g| g.start * ld);
     let macs = plan.intermediate_len() * out_f;
     let whole_rows = macs < SEQUENTIAL_MACS || plan.groups().len() >= MANY_GROUPS;
     let cols = |g: &Group| expand_cols(g, out_f, whole_rows);
-    let work = tiles(regions, |_| out_f, expand_rows, cols);
+    let col0 = window.col_offset;
+    let work = tiles(regions, |_| ld, |_| (col0, out_f), expand_rows, cols);
     for_each_tile(work, macs, |mut t| {
         let slot = &slots.slots()[t.group.slot];
         let r = t.group.rank;

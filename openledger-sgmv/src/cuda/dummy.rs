@@ -4,7 +4,7 @@
 
 use crate::element::LoraElement;
 use crate::error::SgmvError;
-use crate::plan::{AdapterSlots, SgmvPlan};
+use crate::plan::{AdapterSlots, OutputWindow, SgmvPlan};
 use std::marker::PhantomData;
 
 /// An element type the kernels are instantiated for (`f32`, `half::f16`, `half::bf16`).
@@ -53,6 +53,39 @@ impl<T> GpuSlots<T> {
     /// The rank of each slot.
     pub fn ranks(&self) -> &[usize] {
         &self.ranks
+    }
+
+    /// Pages of the slab the slots hold.
+    pub fn pages(&self) -> usize {
+        0
+    }
+}
+
+/// Adapters of one dtype in pages of a device slab (never created without the `cuda` feature).
+#[derive(Debug, Clone)]
+pub struct AdapterSlab<T> {
+    _t: PhantomData<T>,
+}
+
+impl<T: GpuElement> AdapterSlab<T> {
+    /// Bytes in each page.
+    pub fn page_bytes(&self) -> usize {
+        0
+    }
+
+    /// Pages in all.
+    pub fn pages(&self) -> usize {
+        0
+    }
+
+    /// Pages no slot holds.
+    pub fn free_pages(&self) -> usize {
+        0
+    }
+
+    /// Refuses: built without the `cuda` feature.
+    pub fn upload(&self, _slots: &AdapterSlots<'_, T>) -> Result<GpuSlots<T>, SgmvError> {
+        Err(SgmvError::NotCompiledWithCuda)
     }
 }
 
@@ -108,6 +141,15 @@ impl CudaSgmv {
     }
 
     /// Refuses: built without the `cuda` feature.
+    pub fn adapter_slab<T: GpuElement>(
+        &self,
+        _bytes: usize,
+        _page_bytes: usize,
+    ) -> Result<AdapterSlab<T>, SgmvError> {
+        Err(SgmvError::NotCompiledWithCuda)
+    }
+
+    /// Refuses: built without the `cuda` feature.
     pub fn upload_slots<T: GpuElement>(
         &self,
         _slots: &AdapterSlots<'_, T>,
@@ -133,6 +175,7 @@ impl CudaSgmv {
         _slots: &GpuSlots<T>,
         _v: &GpuBuffer<f32>,
         _y: &mut GpuBuffer<T>,
+        _window: OutputWindow,
     ) -> Result<(), SgmvError> {
         Err(SgmvError::NotCompiledWithCuda)
     }
@@ -155,6 +198,7 @@ impl CudaSgmv {
         _slots: &GpuSlots<T>,
         _v: &GpuBuffer<f32>,
         _y: &mut GpuBuffer<T>,
+        _window: OutputWindow,
     ) -> Result<(), SgmvError> {
         Err(SgmvError::NotCompiledWithCuda)
     }

@@ -1,6 +1,8 @@
-//! The CUDA backend: the plan's tables and the adapters in device memory, and the kernels of
-//! `openledger-kernels` (compiled by NVRTC for the device, cubin first) launched through
-//! cudarc. The driver and NVRTC are loaded at run time: every entry point first checks that
+//! The CUDA backend: adapters in pages of one device slab per dtype ([`AdapterSlab`], filled
+//! through pinned staging buffers), each layer's slot table uploaded once with its slots, the
+//! plan's launch tiles copied per call into one persistent device buffer (one copy per call),
+//! and the kernels of `openledger-kernels` (compiled by NVRTC for the device, cubin first)
+//! launched through cudarc. The driver and NVRTC are loaded at run time: every entry point first checks that
 //! they can be (cudarc panics when it cannot) and runs inside `catch_unwind` as a second guard,
 //! so a missing library, device or kernel is an [`SgmvError`], never a panic.
 //!
@@ -11,22 +13,32 @@
 
 use crate::element::LoraElement;
 use crate::error::SgmvError;
-use crate::plan::{AdapterSlots, BLayout, DeviceTables, SgmvPlan};
+use crate::plan::{AdapterSlots, LaunchTiles, OutputWindow, SgmvPlan};
+use crate::slab::{DEFAULT_PAGE_BYTES, PageAllocator, PageRun, SLAB_ALIGN, SlotLayout};
 use cudarc::driver::sys::CUresult;
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DriverError, LaunchArgs,
-    LaunchConfig, PushKernelArg,
+    CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, DriverError,
+    LaunchArgs, LaunchConfig, PinnedHostSlice, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 use openledger_kernels::{Image, entry_points, panic_message, sources::DTYPES};
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
-/// Threads per block of every kernel.
-const BLOCK: u32 = 256;
-/// Rows per block of the SGMV kernels (`SHRINK_ROWS` / `EXPAND_ROWS` in the sources).
-const ROWS_PER_BLOCK: usize = 8;
+/// Threads per block of the shrink kernels: `SHRINK_WARPS` (4) warps, one rank row each.
+const SHRINK_THREADS: u32 = 128;
+/// Rank rows per shrink block (`SHRINK_WARPS` in shrink.cu).
+const SHRINK_WARPS: usize = 4;
+/// Threads per block of the expand kernels, each taking one 16-byte vector of outputs.
+const EXPAND_THREADS: u32 = 128;
+/// Rows per tile of the SGMV kernels (the `ROWS` they are instantiated with); BGMV's is 1.
+const SGMV_ROWS: usize = 8;
+/// The static shared memory a block may take without opting in: the expand kernels stage
+/// `rows × largest rank` f32 in it.
+const SHARED_BYTES: usize = 48 << 10;
+/// Elements of each of the two pinned staging buffers of a slab.
+const STAGING_BYTES: usize = 4 << 20;
 
 /// An element type the kernels are instantiated for (`f32`, `half::f16`, `half::bf16`).
 pub trait GpuElement:
@@ -116,19 +128,180 @@ impl<T> GpuBuffer<T> {
     }
 }
 
-/// One layer's adapter slots in device memory (`A` `[rank, in]`, `B` `[out, rank]`), with the
-/// pointer, rank and scale tables the kernels index by slot.
-#[derive(Debug)]
+/// A pinned host buffer and the event after the last copy out of it.
+struct Staging<T> {
+    buf: PinnedHostSlice<T>,
+    done: Option<CudaEvent>,
+}
+
+/// What a slab and the slots in it share: the device buffer, its pages, the staging buffers.
+struct SlabState<T> {
+    buf: CudaSlice<T>,
+    pages: PageAllocator,
+    staging: Vec<Staging<T>>,
+}
+
+struct SlabShared<T> {
+    stream: Arc<CudaStream>,
+    page_bytes: usize,
+    base: u64,
+    state: Mutex<SlabState<T>>,
+}
+
+impl<T> SlabShared<T> {
+    fn lock(&self) -> MutexGuard<'_, SlabState<T>> {
+        // A panic while the lock was held left no half-made run behind (a run is recorded only
+        // once its copy is queued), so the state is still consistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The adapters of one dtype in device memory: one buffer cut into pages, each slot a run of
+/// whole pages (S-LoRA's unified paging: slots of any rank share the buffer, and a freed
+/// slot's pages serve the next), filled from the host through two pinned staging buffers used
+/// in turn. Cheap to clone (the clones share the slab); the pages of a [`GpuSlots`] return to
+/// it when the slots are dropped.
+pub struct AdapterSlab<T> {
+    shared: Arc<SlabShared<T>>,
+}
+
+impl<T> Clone for AdapterSlab<T> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for AdapterSlab<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let st = self.shared.lock();
+        f.debug_struct("AdapterSlab")
+            .field("page_bytes", &self.shared.page_bytes)
+            .field("pages", &st.pages.pages())
+            .field("free_pages", &st.pages.free_pages())
+            .finish()
+    }
+}
+
+impl<T: GpuElement> AdapterSlab<T> {
+    /// Bytes in each page.
+    pub fn page_bytes(&self) -> usize {
+        self.shared.page_bytes
+    }
+
+    /// Pages in all.
+    pub fn pages(&self) -> usize {
+        self.shared.lock().pages.pages()
+    }
+
+    /// Pages no slot holds.
+    pub fn free_pages(&self) -> usize {
+        self.shared.lock().pages.free_pages()
+    }
+
+    /// Copies one layer's slots into runs of this slab (`B` in any [`BLayout`](crate::BLayout):
+    /// each slot is packed as the kernels read it, `A` and `Bᵀ` in zero-padded rows) and uploads
+    /// the layer's slot table. [`SgmvError::SlabFull`] when a slot finds no run, with every run
+    /// this call took given back.
+    pub fn upload(&self, slots: &AdapterSlots<'_, T>) -> Result<GpuSlots<T>, SgmvError> {
+        let (in_features, out_features) = (slots.in_features(), slots.out_features());
+        for (what, value) in [("in_features", in_features), ("out_features", out_features)] {
+            i32::try_from(value).map_err(|_| SgmvError::TooLarge { what, value })?;
+        }
+        let elem = std::mem::size_of::<T>();
+        let page_elems = self.shared.page_bytes / elem;
+        guard("upload_slots", || {
+            let mut out = GpuSlots {
+                slab: self.clone(),
+                in_features,
+                out_features,
+                lda: 0,
+                ldb: 0,
+                ranks: slots.ranks(),
+                runs: Vec::with_capacity(slots.len()),
+                table: None,
+            };
+            let mut words = Vec::with_capacity(4 * slots.len());
+            let mut st = self.shared.lock();
+            for slot in slots.slots() {
+                let layout = SlotLayout::new(in_features, out_features, slot.rank, elem);
+                (out.lda, out.ldb) = (layout.lda, layout.ldb);
+                let run = st.pages.alloc(layout.pages(elem, self.shared.page_bytes))?;
+                let packed = layout.pack(slot, in_features, out_features, slots.b_layout());
+                if let Err(e) = self.stage(&mut st, &packed, run.start * page_elems) {
+                    st.pages.free(run);
+                    return Err(e);
+                }
+                out.runs.push(run);
+                let a = self.shared.base + (run.start * self.shared.page_bytes) as u64;
+                let b = a + (layout.b_offset * elem) as u64;
+                words.extend_from_slice(&[
+                    a as i64,
+                    b as i64,
+                    slot.rank as i64,
+                    i64::from(slot.scale.to_bits()),
+                ]);
+            }
+            drop(st);
+            if !words.is_empty() {
+                let table = self.shared.stream.clone_htod(&words);
+                out.table = Some(table.map_err(drv("cuMemcpyHtoD"))?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// Queues the copy of `data` to element `at` of the slab through the staging buffers.
+    fn stage(&self, st: &mut SlabState<T>, data: &[T], at: usize) -> Result<(), SgmvError> {
+        let stream = &self.shared.stream;
+        let SlabState { buf, staging, .. } = st;
+        let chunk_len = staging[0].buf.len();
+        for (i, chunk) in data.chunks(chunk_len).enumerate() {
+            let n = staging.len();
+            let stage = &mut staging[i % n];
+            if let Some(done) = stage.done.take() {
+                done.synchronize().map_err(drv("cuEventSynchronize"))?;
+            }
+            let host = stage
+                .buf
+                .as_mut_slice()
+                .map_err(drv("cuEventSynchronize"))?;
+            host[..chunk.len()].copy_from_slice(chunk);
+            let from = at + i * chunk_len;
+            let mut dst = buf.slice_mut(from..from + chunk.len());
+            stream
+                .memcpy_htod(&host[..chunk.len()], &mut dst)
+                .map_err(drv("cuMemcpyHtoDAsync"))?;
+            stage.done = Some(stream.record_event(None).map_err(drv("cuEventRecord"))?);
+        }
+        Ok(())
+    }
+}
+
+/// One layer's adapter slots in an [`AdapterSlab`]: a run of pages per slot and the slot table
+/// the kernels index (each slot's `A` and `Bᵀ` addresses, rank and scale), uploaded once. The
+/// runs go back to the slab on drop.
 pub struct GpuSlots<T> {
+    slab: AdapterSlab<T>,
     in_features: usize,
     out_features: usize,
+    lda: usize,
+    ldb: usize,
     ranks: Vec<usize>,
-    _a: Vec<CudaSlice<T>>,
-    _b: Vec<CudaSlice<T>>,
-    a_ptrs: CudaSlice<i64>,
-    b_ptrs: CudaSlice<i64>,
-    ranks_dev: CudaSlice<i32>,
-    scales_dev: CudaSlice<f32>,
+    runs: Vec<PageRun>,
+    table: Option<CudaSlice<i64>>,
+}
+
+impl<T> std::fmt::Debug for GpuSlots<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuSlots")
+            .field("in_features", &self.in_features)
+            .field("out_features", &self.out_features)
+            .field("ranks", &self.ranks)
+            .field("runs", &self.runs)
+            .finish()
+    }
 }
 
 impl<T> GpuSlots<T> {
@@ -136,19 +309,22 @@ impl<T> GpuSlots<T> {
     pub fn ranks(&self) -> &[usize] {
         &self.ranks
     }
+
+    /// Pages of the slab the slots hold.
+    pub fn pages(&self) -> usize {
+        self.runs.iter().map(|r| r.len).sum()
+    }
 }
 
-/// A plan's segment bounds in device memory for one launch.
-struct Tables {
-    starts: CudaSlice<i32>,
-    ends: CudaSlice<i32>,
-}
-
-/// A plan's slots and intermediate offsets in device memory for one launch: per segment for
-/// the SGMV kernels, per row for the BGMV ones.
-struct RowTables {
-    slots: CudaSlice<i32>,
-    v_off: CudaSlice<i64>,
+impl<T> Drop for GpuSlots<T> {
+    fn drop(&mut self) {
+        // Kernels still queued on the stream read these pages before any later upload (on
+        // the same stream) writes them.
+        let mut st = self.slab.shared.lock();
+        for run in self.runs.drain(..) {
+            st.pages.free(run);
+        }
+    }
 }
 
 /// One CUDA device with the SGMV / BGMV kernels loaded.
@@ -158,6 +334,8 @@ pub struct CudaSgmv {
     stream: Arc<CudaStream>,
     funcs: HashMap<String, CudaFunction>,
     sync: bool,
+    /// The launch tiles of the current call, in a buffer kept between calls (grown as needed).
+    tiles: Mutex<Option<CudaSlice<i64>>>,
 }
 
 impl CudaSgmv {
@@ -201,6 +379,7 @@ impl CudaSgmv {
                 stream,
                 funcs,
                 sync: sync_after_launch(),
+                tiles: Mutex::new(None),
             })
         })
     }
@@ -275,47 +454,78 @@ impl CudaSgmv {
             .map_err(drv("cuStreamSynchronize"))
     }
 
-    /// Uploads one layer's adapter slots, validated as for the CPU operators; `B` must be held
-    /// as PEFT stores it ([`BLayout::OutRank`]), which the expand kernels read.
+    /// A slab of `bytes` (rounded up to whole pages) of device memory for adapters of dtype
+    /// `T`, in pages of `page_bytes` (a multiple of 256; [`DEFAULT_PAGE_BYTES`] is 16 KiB), with
+    /// two pinned staging buffers of 4 MiB.
+    pub fn adapter_slab<T: GpuElement>(
+        &self,
+        bytes: usize,
+        page_bytes: usize,
+    ) -> Result<AdapterSlab<T>, SgmvError> {
+        if page_bytes == 0 || !page_bytes.is_multiple_of(SLAB_ALIGN) {
+            return Err(SgmvError::TooLarge {
+                what: "page bytes (a multiple of 256 is needed)",
+                value: page_bytes,
+            });
+        }
+        let pages = bytes.div_ceil(page_bytes).max(1);
+        let elems = pages
+            .checked_mul(page_bytes / std::mem::size_of::<T>())
+            .ok_or(SgmvError::TooLarge {
+                what: "slab bytes",
+                value: bytes,
+            })?;
+        guard("adapter_slab", || {
+            let buf = self
+                .stream
+                .alloc_zeros::<T>(elems)
+                .map_err(drv("cuMemAlloc"))?;
+            let base = {
+                let (p, _sync) = buf.device_ptr(&self.stream);
+                p
+            };
+            let stage_len = (STAGING_BYTES / std::mem::size_of::<T>()).min(elems);
+            let staging = (0..2)
+                .map(|_| {
+                    // SAFETY: the buffer is written before any copy out of it reads it.
+                    let buf = unsafe { self.ctx.alloc_pinned::<T>(stage_len) }
+                        .map_err(drv("cuMemHostAlloc"))?;
+                    Ok(Staging { buf, done: None })
+                })
+                .collect::<Result<Vec<_>, SgmvError>>()?;
+            Ok(AdapterSlab {
+                shared: Arc::new(SlabShared {
+                    stream: Arc::clone(&self.stream),
+                    page_bytes,
+                    base,
+                    state: Mutex::new(SlabState {
+                        buf,
+                        pages: PageAllocator::new(pages),
+                        staging,
+                    }),
+                }),
+            })
+        })
+    }
+
+    /// Uploads one layer's slots into a slab of their own, just large enough (see
+    /// [`CudaSgmv::adapter_slab`] and [`AdapterSlab::upload`] to share one slab between
+    /// layers and adapters).
     pub fn upload_slots<T: GpuElement>(
         &self,
         slots: &AdapterSlots<'_, T>,
     ) -> Result<GpuSlots<T>, SgmvError> {
-        if slots.b_layout() != BLayout::OutRank {
-            return Err(SgmvError::UnsupportedBLayout {
-                layout: format!("{:?}", slots.b_layout()),
-            });
-        }
-        let (in_features, out_features) = (slots.in_features(), slots.out_features());
-        for (what, value) in [("in_features", in_features), ("out_features", out_features)] {
-            i32::try_from(value).map_err(|_| SgmvError::TooLarge { what, value })?;
-        }
-        guard("upload_slots", || {
-            let up = |h: &[T]| self.stream.clone_htod(h).map_err(drv("cuMemcpyHtoD"));
-            let list = slots.slots();
-            let a: Vec<CudaSlice<T>> = list.iter().map(|s| up(s.a)).collect::<Result<_, _>>()?;
-            let b: Vec<CudaSlice<T>> = list.iter().map(|s| up(s.b)).collect::<Result<_, _>>()?;
-            let ptr = |s: &CudaSlice<T>| {
-                let (p, _sync) = s.device_ptr(&self.stream);
-                p as i64
-            };
-            let a_ptrs: Vec<i64> = a.iter().map(ptr).collect();
-            let b_ptrs: Vec<i64> = b.iter().map(ptr).collect();
-            let ranks: Vec<i32> = list.iter().map(|s| s.rank as i32).collect();
-            let scales: Vec<f32> = list.iter().map(|s| s.scale).collect();
-            let h2d = drv("cuMemcpyHtoD");
-            Ok(GpuSlots {
-                in_features,
-                out_features,
-                ranks: slots.ranks(),
-                a_ptrs: self.stream.clone_htod(&a_ptrs).map_err(&h2d)?,
-                b_ptrs: self.stream.clone_htod(&b_ptrs).map_err(&h2d)?,
-                ranks_dev: self.stream.clone_htod(&ranks).map_err(&h2d)?,
-                scales_dev: self.stream.clone_htod(&scales).map_err(&h2d)?,
-                _a: a,
-                _b: b,
+        let elem = std::mem::size_of::<T>();
+        let pages: usize = slots
+            .slots()
+            .iter()
+            .map(|s| {
+                SlotLayout::new(slots.in_features(), slots.out_features(), s.rank, elem)
+                    .pages(elem, DEFAULT_PAGE_BYTES)
             })
-        })
+            .sum();
+        let slab = self.adapter_slab::<T>(pages * DEFAULT_PAGE_BYTES, DEFAULT_PAGE_BYTES)?;
+        slab.upload(slots)
     }
 
     fn func(&self, kernel: &str) -> Result<&CudaFunction, SgmvError> {
@@ -326,38 +536,15 @@ impl CudaSgmv {
             })
     }
 
-    /// Uploads the plan's segment tables: bounds, then slots and offsets.
-    fn upload_segments(&self, t: &DeviceTables) -> Result<(Tables, RowTables), SgmvError> {
-        let h2d = drv("cuMemcpyHtoD");
-        Ok((
-            Tables {
-                starts: self.stream.clone_htod(&t.starts).map_err(&h2d)?,
-                ends: self.stream.clone_htod(&t.ends).map_err(&h2d)?,
-            },
-            RowTables {
-                slots: self.stream.clone_htod(&t.slots).map_err(&h2d)?,
-                v_off: self.stream.clone_htod(&t.v_off).map_err(&h2d)?,
-            },
-        ))
-    }
-
-    /// Uploads the plan's row tables: each row's slot (-1: none) and offset.
-    fn upload_rows(&self, t: &DeviceTables) -> Result<RowTables, SgmvError> {
-        let h2d = drv("cuMemcpyHtoD");
-        Ok(RowTables {
-            slots: self.stream.clone_htod(&t.row_slots).map_err(&h2d)?,
-            v_off: self.stream.clone_htod(&t.row_v_off).map_err(&h2d)?,
-        })
-    }
-
-    /// Checks the buffers against the plan and the slots; `Some(tables)` when there is work.
+    /// Checks the buffers against the plan and the slots; the plan's tiles when there is work.
     fn prepare<T>(
         &self,
+        kind: Kernels,
         plan: &SgmvPlan,
         slots: &GpuSlots<T>,
         io: (&'static str, usize, usize),
         v_len: usize,
-    ) -> Result<Option<DeviceTables>, SgmvError> {
+    ) -> Result<Option<LaunchTiles>, SgmvError> {
         plan.check_ranks(&slots.ranks)?;
         let (name, width, len) = io;
         crate::check_len(name, plan.rows() * width, len)?;
@@ -365,7 +552,35 @@ impl CudaSgmv {
         if plan.intermediate_len() == 0 {
             return Ok(None);
         }
-        Ok(Some(plan.device_tables()?))
+        let tiles = plan.launch_tiles(kind.rows())?;
+        let shared = kind.rows() * tiles.max_rank * 4;
+        if shared > SHARED_BYTES {
+            return Err(SgmvError::TooLarge {
+                what: "rank (the expand kernels stage rows × rank f32 in 48 KiB)",
+                value: tiles.max_rank,
+            });
+        }
+        Ok(Some(tiles))
+    }
+
+    /// Copies `tiles` into the persistent tile buffer (grown to the next power of two when
+    /// short) with one copy, and returns it locked for the launch that reads it.
+    fn upload_tiles(
+        &self,
+        tiles: &LaunchTiles,
+    ) -> Result<MutexGuard<'_, Option<CudaSlice<i64>>>, SgmvError> {
+        let mut held = self.tiles.lock().unwrap_or_else(|p| p.into_inner());
+        let n = tiles.words.len();
+        if held.as_ref().is_none_or(|b| b.len() < n) {
+            let cap = n.next_power_of_two().max(256);
+            *held = Some(self.stream.alloc_zeros(cap).map_err(drv("cuMemAlloc"))?);
+        }
+        if let Some(buf) = held.as_mut() {
+            self.stream
+                .memcpy_htod(&tiles.words, &mut buf.slice_mut(0..n))
+                .map_err(drv("cuMemcpyHtoD"))?;
+        }
+        Ok(held)
     }
 
     /// Launches the kernel `b` was built for with `cfg`, then (under `OPENLEDGER_CUDA_SYNC=1`)
@@ -390,8 +605,9 @@ impl CudaSgmv {
         Ok(())
     }
 
-    /// SGMV shrink: `v = x · Aᵀ` per segment of `plan`, packed as the plan says (one block per
-    /// segment, rank row and eight rows).
+    /// SGMV shrink: `v = x · Aᵀ` for every row of `plan`, packed as the plan says, in tiles of
+    /// up to eight rows sharing a slot (prefill segments): each block stages its rows' `x` once
+    /// for four rank rows.
     pub fn sgmv_shrink<T: GpuElement>(
         &self,
         plan: &SgmvPlan,
@@ -402,18 +618,22 @@ impl CudaSgmv {
         self.shrink(Kernels::Segments, plan, slots, x, v)
     }
 
-    /// SGMV expand: `y += scale · v · Bᵀ` per segment of `plan`.
+    /// SGMV expand: `y += scale · v · Bᵀ` for every row of `plan`, in tiles of up to eight
+    /// rows, into the columns `window` gives each row of `y` (`y` is
+    /// `[plan.rows(), window.row_stride]`; [`OutputWindow::dense`] for a layer's own output).
     pub fn sgmv_expand<T: GpuElement>(
         &self,
         plan: &SgmvPlan,
         slots: &GpuSlots<T>,
         v: &GpuBuffer<f32>,
         y: &mut GpuBuffer<T>,
+        window: OutputWindow,
     ) -> Result<(), SgmvError> {
-        self.expand(Kernels::Segments, plan, slots, v, y)
+        self.expand(Kernels::Segments, plan, slots, v, y, window)
     }
 
-    /// BGMV shrink: each row of `plan` with its own slot (one block per row and rank row).
+    /// BGMV shrink: each row of `plan` on its own (decode, one adapter per row); rows without
+    /// an adapter take no block.
     pub fn bgmv_shrink<T: GpuElement>(
         &self,
         plan: &SgmvPlan,
@@ -424,31 +644,16 @@ impl CudaSgmv {
         self.shrink(Kernels::Rows, plan, slots, x, v)
     }
 
-    /// BGMV expand: each row of `plan` with its own slot.
+    /// BGMV expand: each row of `plan` on its own, into `window`'s columns of `y`.
     pub fn bgmv_expand<T: GpuElement>(
         &self,
         plan: &SgmvPlan,
         slots: &GpuSlots<T>,
         v: &GpuBuffer<f32>,
         y: &mut GpuBuffer<T>,
+        window: OutputWindow,
     ) -> Result<(), SgmvError> {
-        self.expand(Kernels::Rows, plan, slots, v, y)
-    }
-
-    /// The tables `kind` takes and the extent of the grid's first and last dimensions.
-    fn tables(
-        &self,
-        kind: Kernels,
-        t: &DeviceTables,
-    ) -> Result<(Option<Tables>, RowTables, usize, usize), SgmvError> {
-        Ok(match kind {
-            Kernels::Segments => {
-                let (segments, rows) = self.upload_segments(t)?;
-                let blocks = t.max_len.div_ceil(ROWS_PER_BLOCK);
-                (Some(segments), rows, t.starts.len(), blocks)
-            }
-            Kernels::Rows => (None, self.upload_rows(t)?, t.row_slots.len(), 1),
-        })
+        self.expand(Kernels::Rows, plan, slots, v, y, window)
     }
 
     fn shrink<T: GpuElement>(
@@ -459,30 +664,41 @@ impl CudaSgmv {
         x: &GpuBuffer<T>,
         v: &mut GpuBuffer<f32>,
     ) -> Result<(), SgmvError> {
-        let Some(t) = self.prepare(plan, slots, ("x", slots.in_features, x.len()), v.len())? else {
+        let io = ("x", slots.in_features, x.len());
+        let Some(tiles) = self.prepare(kind, plan, slots, io, v.len())? else {
             return Ok(());
         };
+        let Some(table) = &slots.table else {
+            return Ok(());
+        };
+        let kernel = format!("{}_{}", kind.name("shrink"), T::NAME);
         guard(kind.name("shrink"), || {
-            let (segments, rows, first, last) = self.tables(kind, &t)?;
-            let d = slots.in_features as i32;
             let cfg = LaunchConfig {
-                grid_dim: grid3(first, t.max_rank, last)?,
-                block_dim: (BLOCK, 1, 1),
+                grid_dim: grid2(tiles.len(), tiles.max_rank.div_ceil(SHRINK_WARPS))?,
+                block_dim: (SHRINK_THREADS, 1, 1),
                 shared_mem_bytes: 0,
             };
-            let kernel = format!("{}_{}", kind.name("shrink"), T::NAME);
             let f = self.func(&kernel)?;
+            let held = self.upload_tiles(&tiles)?;
+            let Some(tile_buf) = held.as_ref() else {
+                return Ok(());
+            };
+            let (ldx, d, lda) = (
+                slots.in_features as i64,
+                slots.in_features as i32,
+                slots.lda as i32,
+            );
             let mut b = self.stream.launch_builder(f);
             b.arg(&mut v.inner)
                 .arg(&x.inner)
-                .arg(&slots.a_ptrs)
-                .arg(&slots.ranks_dev);
-            if let Some(seg) = &segments {
-                b.arg(&seg.starts).arg(&seg.ends);
-            }
-            b.arg(&rows.slots).arg(&rows.v_off).arg(&d);
-            // SAFETY: the arguments of `sgmv_shrink_*` (segments) or `bgmv_shrink_*` (rows) in
-            // shrink.cu, in order; `prepare` checked every buffer against the plan and slots.
+                .arg(&ldx)
+                .arg(table)
+                .arg(tile_buf)
+                .arg(&d)
+                .arg(&lda);
+            // SAFETY: the arguments of `sgmv_shrink_*` / `bgmv_shrink_*` in shrink.cu, in
+            // order; `prepare` checked x and v against the plan, the tiles come from the plan
+            // and the slot table from these slots (checked against the plan's ranks).
             unsafe { self.run(b, cfg, &kernel) }
         })
     }
@@ -494,33 +710,43 @@ impl CudaSgmv {
         slots: &GpuSlots<T>,
         v: &GpuBuffer<f32>,
         y: &mut GpuBuffer<T>,
+        window: OutputWindow,
     ) -> Result<(), SgmvError> {
-        let Some(t) = self.prepare(plan, slots, ("y", slots.out_features, y.len()), v.len())?
-        else {
+        window.check(slots.out_features)?;
+        let io = ("y", window.row_stride, y.len());
+        let Some(tiles) = self.prepare(kind, plan, slots, io, v.len())? else {
             return Ok(());
         };
+        let Some(table) = &slots.table else {
+            return Ok(());
+        };
+        let kernel = format!("{}_{}", kind.name("expand"), T::NAME);
         guard(kind.name("expand"), || {
-            let (segments, rows, first, last) = self.tables(kind, &t)?;
-            let out = slots.out_features as i32;
+            let per_block = EXPAND_THREADS as usize * (16 / std::mem::size_of::<T>());
             let cfg = LaunchConfig {
-                grid_dim: grid3(first, slots.out_features.div_ceil(BLOCK as usize), last)?,
-                block_dim: (BLOCK, 1, 1),
-                shared_mem_bytes: 0,
+                grid_dim: grid2(tiles.len(), slots.out_features.div_ceil(per_block))?,
+                block_dim: (EXPAND_THREADS, 1, 1),
+                shared_mem_bytes: (kind.rows() * tiles.max_rank * 4) as u32,
             };
-            let kernel = format!("{}_{}", kind.name("expand"), T::NAME);
             let f = self.func(&kernel)?;
+            let held = self.upload_tiles(&tiles)?;
+            let Some(tile_buf) = held.as_ref() else {
+                return Ok(());
+            };
+            let (ldy, col) = (window.row_stride as i64, window.col_offset as i64);
+            let (out, ldb) = (slots.out_features as i32, slots.ldb as i32);
             let mut b = self.stream.launch_builder(f);
             b.arg(&mut y.inner)
+                .arg(&ldy)
+                .arg(&col)
                 .arg(&v.inner)
-                .arg(&slots.b_ptrs)
-                .arg(&slots.ranks_dev)
-                .arg(&slots.scales_dev);
-            if let Some(seg) = &segments {
-                b.arg(&seg.starts).arg(&seg.ends);
-            }
-            b.arg(&rows.slots).arg(&rows.v_off).arg(&out);
-            // SAFETY: the arguments of `sgmv_expand_*` (segments) or `bgmv_expand_*` (rows) in
-            // expand.cu, in order; `prepare` checked every buffer against the plan and slots.
+                .arg(table)
+                .arg(tile_buf)
+                .arg(&out)
+                .arg(&ldb);
+            // SAFETY: the arguments of `sgmv_expand_*` / `bgmv_expand_*` in expand.cu, in
+            // order; `prepare` checked y (with the window) and v against the plan, the tiles
+            // come from the plan and the slot table from these slots.
             unsafe { self.run(b, cfg, &kernel) }
         })
     }
@@ -534,6 +760,14 @@ enum Kernels {
 }
 
 impl Kernels {
+    /// Rows per tile.
+    fn rows(self) -> usize {
+        match self {
+            Kernels::Segments => SGMV_ROWS,
+            Kernels::Rows => 1,
+        }
+    }
+
     /// The entry point of `step` (`"shrink"`, `"expand"`), before the dtype suffix.
     fn name(self, step: &str) -> &'static str {
         match (self, step) {
@@ -545,7 +779,7 @@ impl Kernels {
     }
 }
 
-fn grid3(x: usize, y: usize, z: usize) -> Result<(u32, u32, u32), SgmvError> {
+fn grid2(x: usize, y: usize) -> Result<(u32, u32, u32), SgmvError> {
     let dim = |what, v: usize, max: usize| {
         if v == 0 || v > max {
             Err(SgmvError::TooLarge { what, value: v })
@@ -556,6 +790,6 @@ fn grid3(x: usize, y: usize, z: usize) -> Result<(u32, u32, u32), SgmvError> {
     Ok((
         dim("grid x", x, i32::MAX as usize)?,
         dim("grid y", y, 65535)?,
-        dim("grid z", z, 65535)?,
+        1,
     ))
 }

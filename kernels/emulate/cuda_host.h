@@ -1,0 +1,134 @@
+// A host emulation of the CUDA execution model, enough to run the kernels of kernels/src as
+// plain C++: every thread of a block is an OS thread, `__syncthreads` a barrier of the block's
+// threads, `__shfl_xor_sync` an exchange through a barrier of the warp's 32 threads; blocks
+// run one after another, so `__shared__` variables are function statics. A thread that
+// returns leaves its barriers (as a CUDA thread that exits no longer holds a barrier back).
+//
+// It checks the kernels' indexing, tables, reductions and conversions before any GPU runs
+// them; it says nothing of their speed, and data races between threads of a block show up
+// only as wrong results, not as errors.
+#pragma once
+
+#define OPENLEDGER_HOST_EMULATION 1
+
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
+
+struct EmuDim3 {
+    unsigned x = 0, y = 0, z = 0;
+};
+
+inline thread_local EmuDim3 threadIdx;
+inline thread_local EmuDim3 blockIdx;
+inline EmuDim3 blockDim;
+inline EmuDim3 gridDim;
+
+struct uint4 {
+    unsigned int x, y, z, w;
+};
+struct float4 {
+    float x, y, z, w;
+};
+inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return {a, b, c, d}; }
+inline float4 make_float4(float a, float b, float c, float d) { return {a, b, c, d}; }
+
+inline float __uint_as_float(unsigned int u) {
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+inline unsigned int __float_as_uint(float f) {
+    unsigned int u;
+    std::memcpy(&u, &f, 4);
+    return u;
+}
+inline float __int_as_float(int i) {
+    float f;
+    std::memcpy(&f, &i, 4);
+    return f;
+}
+inline int min(int a, int b) { return a < b ? a : b; }
+
+// The block being run: its barrier, one barrier and one exchange row per warp, and its
+// dynamic shared memory.
+struct EmuBlock {
+    std::unique_ptr<std::barrier<>> block;
+    std::vector<std::unique_ptr<std::barrier<>>> warps;
+    std::vector<float> lanes;
+    std::vector<unsigned char> dynamic;
+};
+inline EmuBlock* emu_block = nullptr;
+
+inline void __syncthreads() { emu_block->block->arrive_and_wait(); }
+
+inline float __shfl_xor_sync(unsigned, float v, int off) {
+    const unsigned w = threadIdx.x >> 5, l = threadIdx.x & 31;
+    emu_block->lanes[w * 32 + l] = v;
+    emu_block->warps[w]->arrive_and_wait();
+    const float r = emu_block->lanes[w * 32 + (l ^ (unsigned)off)];
+    emu_block->warps[w]->arrive_and_wait();
+    return r;
+}
+
+#define DYNAMIC_SHARED(T, name) T* name = reinterpret_cast<T*>(emu_block->dynamic.data())
+
+// Runs `kernel` over a grid of (gx, gy) blocks of `threads` threads (a multiple of 32): one OS
+// thread per CUDA thread, kept for the whole grid, the blocks one after another.
+inline void emu_launch(unsigned gx, unsigned gy, unsigned threads, size_t shared_bytes,
+                       const std::function<void()>& kernel) {
+    blockDim = {threads, 1, 1};
+    gridDim = {gx, gy, 1};
+    EmuBlock b;
+    EmuDim3 current;
+    bool finished = false;
+    // Every worker and this thread meet before and after each block.
+    std::barrier<> start(threads + 1), done(threads + 1);
+    std::vector<std::thread> pool;
+    pool.reserve(threads);
+    for (unsigned t = 0; t < threads; ++t) {
+        pool.emplace_back([&, t] {
+            threadIdx = {t, 0, 0};
+            for (;;) {
+                start.arrive_and_wait();
+                if (finished) return;
+                blockIdx = current;
+                kernel();
+                b.warps[t >> 5]->arrive_and_drop();
+                b.block->arrive_and_drop();
+                done.arrive_and_wait();
+            }
+        });
+    }
+    emu_block = &b;
+    for (unsigned by = 0; by < gy; ++by) {
+        for (unsigned bx = 0; bx < gx; ++bx) {
+            b.block = std::make_unique<std::barrier<>>(threads);
+            b.warps.clear();
+            for (unsigned w = 0; w < threads / 32; ++w) {
+                b.warps.push_back(std::make_unique<std::barrier<>>(32));
+            }
+            b.lanes.assign(threads, 0.0f);
+            // Garbage, not zeros: a kernel must write its shared memory before reading it.
+            b.dynamic.assign(shared_bytes + 16, 0xA5);
+            current = {bx, by, 0};
+            start.arrive_and_wait();
+            done.arrive_and_wait();
+        }
+    }
+    finished = true;
+    start.arrive_and_wait();
+    for (auto& th : pool) th.join();
+    emu_block = nullptr;
+}
