@@ -17,6 +17,7 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -60,6 +61,7 @@ inline float __int_as_float(int i) {
     return f;
 }
 inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
 
 // The block being run: its barrier, one barrier and one exchange row per warp, and its
 // dynamic shared memory.
@@ -84,12 +86,16 @@ inline float __shfl_xor_sync(unsigned, float v, int off) {
 
 #define DYNAMIC_SHARED(T, name) T* name = reinterpret_cast<T*>(emu_block->dynamic.data())
 
-// Runs `kernel` over a grid of (gx, gy) blocks of `threads` threads (a multiple of 32): one OS
-// thread per CUDA thread, kept for the whole grid, the blocks one after another.
-inline void emu_launch(unsigned gx, unsigned gy, unsigned threads, size_t shared_bytes,
-                       const std::function<void()>& kernel) {
+// Runs `kernel` over a grid of (gx, gy, gz) blocks of `threads` threads (a multiple of 32): one
+// OS thread per CUDA thread, kept for the whole grid, the blocks one after another; launches
+// from several host threads run one after another.
+inline void emu_launch3(unsigned gx, unsigned gy, unsigned gz, unsigned threads,
+                        size_t shared_bytes, const std::function<void()>& kernel) {
+    // One grid at a time in the process: the block state and `__shared__` statics are global.
+    static std::mutex one_grid;
+    const std::lock_guard<std::mutex> held(one_grid);
     blockDim = {threads, 1, 1};
-    gridDim = {gx, gy, 1};
+    gridDim = {gx, gy, gz};
     EmuBlock b;
     EmuDim3 current;
     bool finished = false;
@@ -112,6 +118,7 @@ inline void emu_launch(unsigned gx, unsigned gy, unsigned threads, size_t shared
         });
     }
     emu_block = &b;
+    for (unsigned bz = 0; bz < gz; ++bz)
     for (unsigned by = 0; by < gy; ++by) {
         for (unsigned bx = 0; bx < gx; ++bx) {
             b.block = std::make_unique<std::barrier<>>(threads);
@@ -122,7 +129,7 @@ inline void emu_launch(unsigned gx, unsigned gy, unsigned threads, size_t shared
             b.lanes.assign(threads, 0.0f);
             // Garbage, not zeros: a kernel must write its shared memory before reading it.
             b.dynamic.assign(shared_bytes + 16, 0xA5);
-            current = {bx, by, 0};
+            current = {bx, by, bz};
             start.arrive_and_wait();
             done.arrive_and_wait();
         }
@@ -131,4 +138,10 @@ inline void emu_launch(unsigned gx, unsigned gy, unsigned threads, size_t shared
     start.arrive_and_wait();
     for (auto& th : pool) th.join();
     emu_block = nullptr;
+}
+
+// A grid of (gx, gy) blocks.
+inline void emu_launch(unsigned gx, unsigned gy, unsigned threads, size_t shared_bytes,
+                       const std::function<void()>& kernel) {
+    emu_launch3(gx, gy, 1, threads, shared_bytes, kernel);
 }

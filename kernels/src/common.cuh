@@ -7,6 +7,9 @@
 typedef unsigned short u16;
 typedef long long i64;
 
+// -infinity as f32 (no header defines INFINITY for NVRTC).
+#define NEG_INF __int_as_float(0xff800000)
+
 // Each element type: its storage `T`, and `VEC`, the elements in one 16-byte load.
 struct F32 {
     typedef float T;
@@ -109,6 +112,20 @@ __device__ __forceinline__ float warp_sum(float v) {
         v += __shfl_xor_sync(0xffffffffu, v, off);
     }
     return v;
+}
+
+// Sum of `v` over the block (blockDim.x a multiple of 32, at most 1024); every thread gets it.
+// The block's threads must all call it.
+__device__ __forceinline__ float block_sum(float v) {
+    __shared__ float partial[32];
+    v = warp_sum(v);
+    const int warp = threadIdx.x >> 5;
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) partial[warp] = v;
+    __syncthreads();
+    float s = 0.0f;
+    for (int w = 0; w < (int)(blockDim.x >> 5); ++w) s += partial[w];
+    return s;
 }
 
 // The tables every SGMV / BGMV kernel reads (built by openledger-sgmv from one plan):

@@ -10,6 +10,9 @@ pub const COMMON: &str = include_str!("common.cuh");
 pub const SOURCES: &[(&str, &str)] = &[
     ("shrink.cu", include_str!("shrink.cu")),
     ("expand.cu", include_str!("expand.cu")),
+    ("layers.cu", include_str!("layers.cu")),
+    ("rope_kv.cu", include_str!("rope_kv.cu")),
+    ("attention.cu", include_str!("attention.cu")),
 ];
 
 /// The dtypes every kernel is instantiated for, as suffixes of the entry point names.
@@ -20,6 +23,9 @@ pub fn entry_points(file: &str) -> &'static [&'static str] {
     match file {
         "shrink.cu" => &["sgmv_shrink", "bgmv_shrink"],
         "expand.cu" => &["sgmv_expand", "bgmv_expand"],
+        "layers.cu" => &["embed", "rms_norm", "gated"],
+        "rope_kv.cu" => &["rope_kv"],
+        "attention.cu" => &["attention", "attention_reduce"],
         _ => &[],
     }
 }

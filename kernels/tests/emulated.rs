@@ -9,36 +9,15 @@
 //!
 //! Needs a C++20 compiler (`$CXX`, else `c++`); a missing one is a failure, not a skip.
 
+use openledger_kernels::emulate::{EmulatedOutput, compile_emulated};
 use std::path::Path;
 use std::process::Command;
 
 #[test]
 fn the_kernels_match_the_reference_under_the_host_emulation() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let exe = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kernels-emulated");
-    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".to_string());
-    let built = Command::new(&cxx)
-        .args([
-            "-std=c++20",
-            "-O2",
-            "-pthread",
-            "-Wall",
-            "-Wno-unknown-pragmas",
-        ])
-        .arg("-I")
-        .arg(root.join("src"))
-        .arg("-I")
-        .arg(root.join("emulate"))
-        .arg(root.join("emulate/check.cpp"))
-        .arg("-o")
-        .arg(&exe)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run the C++ compiler `{cxx}`: {e}"));
-    assert!(
-        built.status.success(),
-        "{cxx} failed:\n{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+    compile_emulated("check.cpp", &exe, EmulatedOutput::Executable)
+        .unwrap_or_else(|e| panic!("{e}"));
     let run = Command::new(&exe)
         .output()
         .expect("run the emulated kernels");

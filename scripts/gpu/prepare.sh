@@ -44,7 +44,7 @@ build() { # PACKAGE KIND(test|bench) TARGET
 build openledger-kernels test kernels
 build openledger-sgmv test backends
 build openledger-sgmv bench gpu_sgmv
-cp scripts/gpu/run.sh scripts/gpu/cupy_sgmv.py "$out/"
+cp scripts/gpu/run.sh scripts/gpu/cupy_sgmv.py scripts/gpu/cupy_layers.py "$out/"
 mkdir -p "$out/cuda"
 cp kernels/src/*.cu kernels/src/*.cuh "$out/cuda/"
 echo "ready: $out (run there: bash $out/run.sh OUTDIR)"

@@ -6,6 +6,8 @@
 #   2. kernels.txt   NVRTC compiles every kernel there (cubin for the device's architecture)
 #   3. cupy.txt, cupy.json   the same CUDA C compiled by CuPy and checked against torch, without
 #                    the Rust binaries (the fallback when they cannot start)
+#      layers.txt, layers.json   the model's kernels (RMSNorm, activations, RoPE + KV write,
+#                    paged attention) through CuPy against torch
 #   4. backends.txt  the same test body on the CPU and the GPU, OPENLEDGER_CUDA_SYNC=1
 #   5. gpu_sgmv.txt, gpu_sgmv.json, gpu_sgmv.png   the bench
 #   6. sanitizer.txt compute-sanitizer's memcheck over the backends test, where installed
@@ -36,6 +38,7 @@ phase() { # NAME TIMEOUT FILE COMMAND...
 phase libs 30 libs.txt bash -c 'ldconfig -p | grep -E "libcuda\.so|libnvrtc"; echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"; nvidia-smi -L; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv'
 phase kernels 120 kernels.txt env OPENLEDGER_REQUIRE_NVRTC=1 "$here/kernels" --test-threads=1 --nocapture
 phase cupy 120 cupy.txt python3 "$here/cupy_sgmv.py" "$here/cuda" "$out/cupy.json"
+phase layers 120 layers.txt python3 "$here/cupy_layers.py" "$here/cuda" "$out/layers.json"
 phase backends 300 backends.txt env OPENLEDGER_REQUIRE_GPU=1 OPENLEDGER_CUDA_SYNC=1 "$here/backends" --test-threads=1 --nocapture
 phase bench 300 gpu_sgmv.txt env OPENLEDGER_BENCH_OUT="$out" "$here/gpu_sgmv"
 if command -v compute-sanitizer >/dev/null; then

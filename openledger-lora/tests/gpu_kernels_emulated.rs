@@ -1,0 +1,532 @@
+//! The GPU model's kernels (`kernels/src/layers.cu`, `rope_kv.cu`, `attention.cu`) against the
+//! CPU model's own functions (`model::ops`, `serve::paged_attention`), the kernels' very CUDA C
+//! run on the host under `kernels/emulate` (a thread per CUDA thread, barriers for
+//! `__syncthreads` and warp shuffles), built here as a shared library and loaded. This checks
+//! what the kernels compute — indexing, the KV cache layout and block tables, the split over
+//! the context, reductions, conversions — without a GPU; it does not stand for a run on one.
+//!
+//! Tolerances, `rel·|want| + abs`: f32 (1e-5, 1e-5): the same f32 arithmetic in other orders
+//! (tree reductions, an online softmax); bf16 (2⁻⁷, 1e-3) and f16 (2⁻¹⁰, 1e-4): one rounding of
+//! the output (half an ulp, 2⁻⁸ / 2⁻¹¹ relative) on each side of a comparison whose reference
+//! is computed from the same rounded inputs in f32.
+//!
+//! Needs a C++20 compiler (`$CXX`, else `c++`); a missing one is a failure, not a skip.
+
+use half::{bf16, f16};
+use libloading::Library;
+use openledger_kernels::emulate::{EmulatedOutput, compile_emulated};
+use openledger_lora::model::ops;
+use openledger_lora::model::{Activation, RopeScaling};
+use openledger_lora::serve::{
+    AttentionParams, AttnSeq, KvDtype, KvLayout, PagedKvCache, SeqId, paged_attention,
+};
+use openledger_lora::sgmv::LoraElement;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::path::Path;
+use std::sync::OnceLock;
+
+/// The emulated kernels, compiled once per test binary.
+fn library() -> &'static Library {
+    static LIB: OnceLock<Library> = OnceLock::new();
+    LIB.get_or_init(|| {
+        let so = Path::new(env!("CARGO_TARGET_TMPDIR")).join("libkernels_emulated.so");
+        compile_emulated("model_ffi.cpp", &so, EmulatedOutput::SharedLibrary)
+            .unwrap_or_else(|e| panic!("{e}"));
+        // SAFETY: the library is ours; its initialisers do nothing but define the kernels.
+        unsafe { Library::new(&so) }.expect("load the emulated kernels")
+    })
+}
+
+/// The symbol `name` of the emulated kernels, as a function of type `F`.
+///
+/// # Safety
+/// `F` is the symbol's C signature.
+unsafe fn kernel<F: Copy>(name: &str) -> F {
+    // SAFETY: as the caller promises.
+    unsafe { *library().get::<F>(name.as_bytes()).unwrap() }
+}
+
+/// An element type of the kernels, with the tolerance of its comparisons.
+trait Elem: LoraElement {
+    const TOL: (f32, f32);
+}
+impl Elem for f32 {
+    const TOL: (f32, f32) = (1e-5, 1e-5);
+}
+impl Elem for f16 {
+    const TOL: (f32, f32) = (1.0 / 1024.0, 1e-4);
+}
+impl Elem for bf16 {
+    const TOL: (f32, f32) = (1.0 / 128.0, 1e-3);
+}
+
+fn close<T: Elem>(what: &str, got: &[T], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let (rel, abs) = T::TOL;
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let g = g.to_f32();
+        assert!(
+            (g - w).abs() <= rel * w.abs() + abs,
+            "{what} [{}] element {i}: {g} vs the CPU's {w}",
+            T::NAME
+        );
+    }
+}
+
+fn rand_vec<T: Elem>(rng: &mut ChaCha8Rng, n: usize, scale: f32) -> Vec<T> {
+    (0..n)
+        .map(|_| T::from_f32(rng.random_range(-scale..scale)))
+        .collect()
+}
+
+fn widen<T: Elem>(v: &[T]) -> Vec<f32> {
+    v.iter().map(|x| x.to_f32()).collect()
+}
+
+type EmbedFn<T> = unsafe extern "C" fn(u32, u32, u32, u32, *mut T, *const T, *const i32, i32);
+type NormFn<T> =
+    unsafe extern "C" fn(u32, u32, u32, u32, *mut T, *const T, *mut T, *const T, i32, f32, i32);
+type GatedFn<T> = unsafe extern "C" fn(u32, u32, u32, u32, *mut T, *const T, i32, i32);
+type RopeFn<T> = unsafe extern "C" fn(
+    u32,
+    u32,
+    u32,
+    u32,
+    *mut T,
+    i64,
+    *mut T,
+    *mut T,
+    *const f32,
+    *const i32,
+    *const i64,
+    i32,
+    i32,
+    i32,
+    i32,
+);
+type AttnFn<T> = unsafe extern "C" fn(
+    u32,
+    u32,
+    u32,
+    u32,
+    *mut T,
+    i64,
+    *const T,
+    i64,
+    *const T,
+    *const T,
+    *const i32,
+    *const i64,
+    *const i32,
+    i32,
+    i32,
+    i32,
+    i32,
+    f32,
+    i32,
+    i32,
+    *mut f32,
+    *mut f32,
+    *mut f32,
+);
+type ReduceFn<T> = unsafe extern "C" fn(
+    u32,
+    u32,
+    u32,
+    u32,
+    *mut T,
+    i64,
+    *const f32,
+    *const f32,
+    *const f32,
+    i32,
+    i32,
+);
+
+fn embed<T: Elem>() {
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let (vocab, dim) = (50, 37);
+    let table: Vec<T> = rand_vec(&mut rng, vocab * dim, 1.0);
+    let ids: Vec<i32> = vec![3, 0, 49, 3, 17];
+    let mut out = vec![T::from_f32(0.0); ids.len() * dim];
+    // SAFETY: the signature of emu_embed_*; out holds ids.len() rows, every id < vocab.
+    unsafe {
+        let f: EmbedFn<T> = kernel(&format!("emu_embed_{}", T::NAME));
+        f(
+            ids.len() as u32,
+            1,
+            1,
+            64,
+            out.as_mut_ptr(),
+            table.as_ptr(),
+            ids.as_ptr(),
+            dim as i32,
+        );
+    }
+    for (r, &id) in ids.iter().enumerate() {
+        let want = &table[id as usize * dim..][..dim];
+        assert!(
+            out[r * dim..][..dim]
+                .iter()
+                .zip(want)
+                .all(|(a, b)| a.to_f32().to_bits() == b.to_f32().to_bits()),
+            "row {r}"
+        );
+    }
+}
+
+fn rms_norm<T: Elem>() {
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let (rows, dim, eps) = (5, 300, 1e-6f32);
+    let x: Vec<T> = rand_vec(&mut rng, rows * dim, 2.0);
+    let residual: Vec<T> = rand_vec(&mut rng, rows * dim, 2.0);
+    let w: Vec<T> = rand_vec(&mut rng, dim, 1.0);
+    for one_plus in [false, true] {
+        // Without a residual: the CPU's rms_norm of the same inputs.
+        let mut want = widen(&x);
+        ops::rms_norm(&mut want, &widen(&w), eps, one_plus);
+        let mut out = vec![T::from_f32(0.0); rows * dim];
+        // SAFETY: the signature of emu_rms_norm_*; every buffer holds rows × dim.
+        unsafe {
+            let f: NormFn<T> = kernel(&format!("emu_rms_norm_{}", T::NAME));
+            f(
+                rows as u32,
+                1,
+                1,
+                128,
+                out.as_mut_ptr(),
+                x.as_ptr(),
+                std::ptr::null_mut(),
+                w.as_ptr(),
+                dim as i32,
+                eps,
+                i32::from(one_plus),
+            );
+        }
+        close(&format!("rms_norm one_plus={one_plus}"), &out, &want);
+        // Fused with the residual add, in place: residual = x + residual (in T), x = norm.
+        let summed: Vec<T> = x
+            .iter()
+            .zip(&residual)
+            .map(|(a, b)| T::from_f32(a.to_f32() + b.to_f32()))
+            .collect();
+        let mut want = widen(&summed);
+        ops::rms_norm(&mut want, &widen(&w), eps, one_plus);
+        let (mut xs, mut res) = (x.clone(), residual.clone());
+        // SAFETY: as above; out and x are the same buffer, which the kernel allows.
+        unsafe {
+            let f: NormFn<T> = kernel(&format!("emu_rms_norm_{}", T::NAME));
+            let xp = xs.as_mut_ptr();
+            f(
+                rows as u32,
+                1,
+                1,
+                128,
+                xp,
+                xp,
+                res.as_mut_ptr(),
+                w.as_ptr(),
+                dim as i32,
+                eps,
+                i32::from(one_plus),
+            );
+        }
+        close("fused add + rms_norm", &xs, &want);
+        assert!(
+            res.iter()
+                .zip(&summed)
+                .all(|(a, b)| a.to_f32().to_bits() == b.to_f32().to_bits()),
+            "the residual holds x + residual"
+        );
+    }
+}
+
+fn gated<T: Elem>() {
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let (rows, inter) = (3, 333);
+    let gate_up: Vec<T> = rand_vec(&mut rng, rows * 2 * inter, 4.0);
+    for (code, act) in [
+        (0, Activation::Silu),
+        (1, Activation::GeluTanh),
+        (2, Activation::Gelu),
+    ] {
+        let mut want = Vec::with_capacity(rows * inter);
+        for r in gate_up.chunks_exact(2 * inter) {
+            let mut g = widen(&r[..inter]);
+            ops::gated(act, &mut g, &widen(&r[inter..]));
+            want.extend(g);
+        }
+        let mut out = vec![T::from_f32(0.0); rows * inter];
+        // SAFETY: the signature of emu_gated_*; out is rows × inter, gate_up rows × 2·inter.
+        unsafe {
+            let f: GatedFn<T> = kernel(&format!("emu_gated_{}", T::NAME));
+            f(
+                rows as u32,
+                inter.div_ceil(128) as u32,
+                1,
+                128,
+                out.as_mut_ptr(),
+                gate_up.as_ptr(),
+                inter as i32,
+                code,
+            );
+        }
+        close(&format!("gated {act:?}"), &out, &want);
+    }
+}
+
+fn rope_kv<T: Elem>() {
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let (heads, kv_heads, hd, bs, blocks) = (4, 2, 64, 16, 8);
+    let scaling = RopeScaling::Llama3 {
+        factor: 8.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: 8192.0,
+    };
+    for scaling in [RopeScaling::Default, scaling] {
+        let inv_freq = ops::rope_inv_freq(hd, 500_000.0, scaling);
+        let positions: Vec<i32> = vec![0, 1, 5, 17, 1000, 4095];
+        // Token 3 writes nothing (padding).
+        let slots: Vec<i64> = vec![0, 17, 35, -1, 127, 64];
+        let ld = (heads + 2 * kv_heads) * hd;
+        let qkv0: Vec<T> = rand_vec(&mut rng, positions.len() * ld, 1.0);
+        let sentinel = T::from_f32(-7.0);
+        let cache_len = blocks * kv_heads * bs * hd;
+        let (mut kc, mut vc) = (vec![sentinel; cache_len], vec![sentinel; cache_len]);
+        let mut qkv = qkv0.clone();
+        // SAFETY: the signature of emu_rope_kv_*; every slot < blocks · bs.
+        unsafe {
+            let f: RopeFn<T> = kernel(&format!("emu_rope_kv_{}", T::NAME));
+            f(
+                positions.len() as u32,
+                1,
+                1,
+                128,
+                qkv.as_mut_ptr(),
+                ld as i64,
+                kc.as_mut_ptr(),
+                vc.as_mut_ptr(),
+                inv_freq.as_ptr(),
+                positions.as_ptr(),
+                slots.as_ptr(),
+                heads as i32,
+                kv_heads as i32,
+                hd as i32,
+                bs as i32,
+            );
+        }
+        let mut written = vec![false; cache_len];
+        for (t, (&pos, &slot)) in positions.iter().zip(&slots).enumerate() {
+            let row = &qkv0[t * ld..][..ld];
+            let mut q = widen(&row[..heads * hd]);
+            ops::apply_rope(&mut q, heads, &inv_freq, pos as usize);
+            close(
+                &format!("rope q token {t} {scaling:?}"),
+                &qkv[t * ld..][..heads * hd],
+                &q,
+            );
+            let mut k = widen(&row[heads * hd..][..kv_heads * hd]);
+            ops::apply_rope(&mut k, kv_heads, &inv_freq, pos as usize);
+            if slot < 0 {
+                continue;
+            }
+            let (blk, off) = (slot as usize / bs, slot as usize % bs);
+            for h in 0..kv_heads {
+                let at = ((blk * kv_heads + h) * bs + off) * hd;
+                close(
+                    &format!("rope k in the cache, token {t} head {h}"),
+                    &kc[at..at + hd],
+                    &k[h * hd..][..hd],
+                );
+                let v = &row[(heads + kv_heads) * hd + h * hd..][..hd];
+                assert!(
+                    vc[at..at + hd]
+                        .iter()
+                        .zip(v)
+                        .all(|(a, b)| a.to_f32() == b.to_f32()),
+                    "v of token {t} head {h} copied as is"
+                );
+                written[at..at + hd].fill(true);
+            }
+        }
+        for (i, w) in written.iter().enumerate() {
+            if !w {
+                assert_eq!(kc[i].to_f32(), -7.0, "k cache element {i} not written");
+                assert_eq!(vc[i].to_f32(), -7.0, "v cache element {i} not written");
+            }
+        }
+    }
+}
+
+fn kv_dtype<T: Elem>() -> KvDtype {
+    match T::NAME {
+        "bf16" => KvDtype::Bf16,
+        "f16" => KvDtype::F16,
+        _ => KvDtype::F32,
+    }
+}
+
+/// Attention of decode and prefill rows of three sequences (1, 37 and 300 positions, blocks
+/// scattered through the pool) over one layer, GQA 4:2, with and without a sliding window, in
+/// one part and split over the context: the kernel against `serve::paged_attention` over a CPU
+/// cache holding the same keys and values.
+fn attention<T: Elem>() {
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let (heads, kv_heads, hd, bs) = (4, 2, 64, 16);
+    let layout = KvLayout {
+        n_layers: 1,
+        n_kv_heads: kv_heads,
+        head_dim: hd,
+        block_size: bs,
+    };
+    let blocks = 40;
+    let mut cpu = PagedKvCache::with_dtype(layout, blocks, kv_dtype::<T>()).unwrap();
+    // A first sequence taken and freed, so the others' blocks are not in order.
+    let lens = [1usize, 37, 300];
+    let seqs: Vec<SeqId> = (0..lens.len() as u64).map(SeqId).collect();
+    cpu.add_sequence(SeqId(99)).unwrap();
+    cpu.append_slots(SeqId(99), 40).unwrap();
+    for (&s, &n) in seqs.iter().zip(&lens) {
+        cpu.add_sequence(s).unwrap();
+        cpu.append_slots(s, n).unwrap();
+    }
+    cpu.free(SeqId(99)).unwrap();
+    let kv_dim = kv_heads * hd;
+    let cache_len = blocks * kv_heads * bs * hd;
+    let (mut kc, mut vc) = (
+        vec![T::from_f32(0.0); cache_len],
+        vec![T::from_f32(0.0); cache_len],
+    );
+    let mut tables: Vec<i32> = Vec::new();
+    let mut table_at = Vec::new();
+    for (&s, &n) in seqs.iter().zip(&lens) {
+        let table = cpu.block_table(s).unwrap().to_vec();
+        table_at.push(tables.len() as i64);
+        tables.extend(table.iter().map(|&b| b as i32));
+        for pos in 0..n {
+            let k: Vec<T> = rand_vec(&mut rng, kv_dim, 1.0);
+            let v: Vec<T> = rand_vec(&mut rng, kv_dim, 1.0);
+            cpu.write(s, 0, pos, &widen(&k), &widen(&v)).unwrap();
+            let blk = table[pos / bs] as usize;
+            for h in 0..kv_heads {
+                let at = ((blk * kv_heads + h) * bs + pos % bs) * hd;
+                kc[at..at + hd].copy_from_slice(&k[h * hd..][..hd]);
+                vc[at..at + hd].copy_from_slice(&v[h * hd..][..hd]);
+            }
+        }
+    }
+    // Rows: each sequence's last position (decode), and four prefill positions of the longest.
+    let mut calls = Vec::new();
+    let mut row_seq = Vec::new();
+    let mut row_pos = Vec::new();
+    for (i, &n) in lens.iter().enumerate() {
+        calls.push(AttnSeq {
+            seq: seqs[i],
+            start_pos: n - 1,
+            n_queries: 1,
+        });
+        row_seq.push(i);
+        row_pos.push(n as i32 - 1);
+    }
+    calls.push(AttnSeq {
+        seq: seqs[2],
+        start_pos: 100,
+        n_queries: 4,
+    });
+    for p in 100..104 {
+        row_seq.push(2);
+        row_pos.push(p);
+    }
+    let rows = row_pos.len();
+    let q: Vec<T> = rand_vec(&mut rng, rows * heads * hd, 1.0);
+    let table_off: Vec<i64> = row_seq.iter().map(|&s| table_at[s]).collect();
+    let scale = 1.0 / (hd as f32).sqrt();
+    for window in [None, Some(50)] {
+        let params = AttentionParams {
+            n_heads: heads,
+            scale,
+            sliding_window: window,
+        };
+        let mut want = vec![0f32; rows * heads * hd];
+        paged_attention(&cpu, 0, &params, &calls, &widen(&q), &mut want).unwrap();
+        for part_len in [1024usize, 64, 7] {
+            let parts = 300usize.div_ceil(part_len);
+            let mut out = vec![T::from_f32(0.0); rows * heads * hd];
+            let n = rows * heads * parts;
+            let (mut pm, mut pl, mut pa) = (vec![0f32; n], vec![0f32; n], vec![0f32; n * hd]);
+            // SAFETY: the signatures of emu_attention_* / emu_attention_reduce_*; every table
+            // entry is a block < blocks, every position is stored, the part buffers hold
+            // rows × heads × parts (× hd) values.
+            unsafe {
+                let f: AttnFn<T> = kernel(&format!("emu_attention_{}", T::NAME));
+                f(
+                    rows as u32,
+                    heads as u32,
+                    parts as u32,
+                    128,
+                    out.as_mut_ptr(),
+                    (heads * hd) as i64,
+                    q.as_ptr(),
+                    (heads * hd) as i64,
+                    kc.as_ptr(),
+                    vc.as_ptr(),
+                    tables.as_ptr(),
+                    table_off.as_ptr(),
+                    row_pos.as_ptr(),
+                    kv_heads as i32,
+                    (heads / kv_heads) as i32,
+                    hd as i32,
+                    bs as i32,
+                    scale,
+                    window.map_or(0, |w| w as i32),
+                    part_len as i32,
+                    pm.as_mut_ptr(),
+                    pl.as_mut_ptr(),
+                    pa.as_mut_ptr(),
+                );
+                if parts > 1 {
+                    let r: ReduceFn<T> = kernel(&format!("emu_attention_reduce_{}", T::NAME));
+                    r(
+                        rows as u32,
+                        heads as u32,
+                        1,
+                        64,
+                        out.as_mut_ptr(),
+                        (heads * hd) as i64,
+                        pm.as_ptr(),
+                        pl.as_ptr(),
+                        pa.as_ptr(),
+                        parts as i32,
+                        hd as i32,
+                    );
+                }
+            }
+            close(
+                &format!("attention window {window:?}, {parts} parts"),
+                &out,
+                &want,
+            );
+        }
+    }
+}
+
+macro_rules! every_dtype {
+    ($($name:ident => $f:ident),* $(,)?) => {$(
+        #[test]
+        fn $name() {
+            $f::<f32>();
+            $f::<f16>();
+            $f::<bf16>();
+        }
+    )*};
+}
+
+every_dtype! {
+    embedding_rows_are_gathered_exactly => embed,
+    rms_norm_alone_and_fused_with_the_residual_matches_the_cpu => rms_norm,
+    gated_activations_match_the_cpu => gated,
+    rope_rotates_q_and_writes_k_and_v_into_their_slots => rope_kv,
+    paged_attention_matches_the_cpu_in_one_part_and_split_over_the_context => attention,
+}
