@@ -8,8 +8,14 @@
 //! be forked (parallel sampling, beam search): the fork shares every block and a shared block is
 //! copied only when one side writes into it.
 //!
-//! Every operation that can fail (no free block, unknown sequence, position out of range) returns
-//! a [`KvError`] and leaves the cache exactly as it was.
+//! Every operation that can fail (no free block, unknown sequence, position out of range, a
+//! storage that could not copy) returns a [`KvError`] and leaves the cache exactly as it was.
+//!
+//! The block tables are kept apart from the values: [`PagedKvCache`] decides which block holds
+//! what (allocation, forks, copy on write, swapping) and asks its [`KvStorage`] to copy blocks
+//! and to move them out to host memory and back. [`HostKvStorage`], the default, keeps every
+//! block in one host vector; a storage in GPU memory carries out the same requests with device
+//! copies (swap-out then being a device-to-host copy).
 //!
 //! ```
 //! use openledger_lora::serve::{KvLayout, PagedKvCache, SeqId};
@@ -139,6 +145,15 @@ pub enum KvError {
         /// What is wrong.
         reason: String,
     },
+    /// The storage failed to carry out a copy the cache asked of it (a device copy, for a
+    /// storage in GPU memory); the tables are as they were before the call.
+    #[error("KV storage failed to {op}: {message}")]
+    Storage {
+        /// What the storage was doing.
+        op: &'static str,
+        /// Why it failed.
+        message: String,
+    },
 }
 
 impl Classify for KvError {
@@ -152,6 +167,7 @@ impl Classify for KvError {
             | KvError::LayerOutOfRange { .. }
             | KvError::WrongLength { .. }
             | KvError::InvalidAttention { .. } => ErrorKind::InvalidArgument,
+            KvError::Storage { .. } => ErrorKind::Internal,
         }
     }
 }
@@ -242,10 +258,6 @@ impl Storage {
         }
     }
 
-    fn len(&self) -> usize {
-        with_storage!(self, v => v.len())
-    }
-
     fn write(&mut self, off: usize, x: &[f32]) {
         with_storage!(self, v => {
             for (d, &s) in v[off..off + x.len()].iter_mut().zip(x) {
@@ -299,26 +311,131 @@ struct SeqBlocks {
     len: usize,
 }
 
+/// Where a paged cache keeps its values, driven by the block tables of [`PagedKvCache`]: the
+/// cache decides which block holds what (allocation, forks sharing blocks, copy on write,
+/// swapping), the storage holds the bytes and carries out the copies it is asked for. The host
+/// storage ([`HostKvStorage`]) keeps every block in one vector; a storage in device memory
+/// keeps them where its kernels read them and swaps out to host memory.
+pub trait KvStorage {
+    /// A swapped-out sequence's blocks, held outside the pool (in host memory).
+    type Swapped;
+
+    /// Copies block `src` into block `dst` (both below the pool's size), every layer, K and V.
+    fn copy_block(&mut self, src: u32, dst: u32) -> Result<(), KvError>;
+
+    /// Copies `blocks` out of the pool, in this order.
+    fn swap_out(&mut self, blocks: &[u32]) -> Result<Self::Swapped, KvError>;
+
+    /// Copies a swapped sequence's blocks, in their order, into `blocks` of the pool (as many
+    /// as it holds).
+    fn swap_in(&mut self, swapped: &Self::Swapped, blocks: &[u32]) -> Result<(), KvError>;
+}
+
+/// The host storage of a paged cache: every block in one vector of f32, f16 or bf16, each
+/// holding, per layer, K then V as `[n_kv_heads, block_size, head_dim]`.
 #[derive(Debug, Clone)]
-struct SwappedSeq {
-    /// The sequence's blocks, copied out in block-table order.
+pub struct HostKvStorage {
+    block_floats: usize,
     data: Storage,
+}
+
+/// A swapped-out sequence's blocks in host memory (of a [`HostKvStorage`]).
+#[derive(Debug, Clone)]
+pub struct HostSwapped {
+    data: Storage,
+}
+
+impl KvStorage for HostKvStorage {
+    type Swapped = HostSwapped;
+
+    fn copy_block(&mut self, src: u32, dst: u32) -> Result<(), KvError> {
+        let bf = self.block_floats;
+        let from = src as usize * bf;
+        self.data.copy_within(from..from + bf, dst as usize * bf);
+        Ok(())
+    }
+
+    fn swap_out(&mut self, blocks: &[u32]) -> Result<HostSwapped, KvError> {
+        let bf = self.block_floats;
+        let mut data = self.data.empty_like(blocks.len() * bf);
+        for &b in blocks {
+            let o = b as usize * bf;
+            data.append_from(&self.data, o..o + bf);
+        }
+        Ok(HostSwapped { data })
+    }
+
+    fn swap_in(&mut self, swapped: &HostSwapped, blocks: &[u32]) -> Result<(), KvError> {
+        let bf = self.block_floats;
+        for (i, &b) in blocks.iter().enumerate() {
+            self.data
+                .copy_from(b as usize * bf, &swapped.data, i * bf..(i + 1) * bf);
+        }
+        Ok(())
+    }
+}
+
+struct SwappedSeq<W> {
+    data: W,
+    /// Blocks it held when it was swapped out.
+    blocks: usize,
     len: usize,
 }
 
-/// A paged KV cache over a fixed pool of blocks (f32, f16 or bf16 storage, f32 arithmetic),
-/// with a host-side swapped store.
-#[derive(Debug, Clone)]
-pub struct PagedKvCache {
+impl<W: Clone> Clone for SwappedSeq<W> {
+    fn clone(&self) -> Self {
+        Self {
+            data: self.data.clone(),
+            blocks: self.blocks,
+            len: self.len,
+        }
+    }
+}
+
+/// A paged KV cache over a fixed pool of blocks: the block tables (allocation, forks sharing
+/// blocks, copy on write, swapping) over a storage `S` that holds the values; by default the
+/// host storage (f32, f16 or bf16 values, f32 arithmetic), with a host-side swapped store.
+pub struct PagedKvCache<S: KvStorage = HostKvStorage> {
     layout: KvLayout,
     num_blocks: usize,
     dtype: KvDtype,
-    data: Storage,
+    storage: S,
     free: Vec<u32>,
     /// Sequences holding each block (0: free; above 1: shared by forks, copied on write).
     refs: Vec<u32>,
     seqs: HashMap<SeqId, SeqBlocks>,
-    swapped: HashMap<SeqId, SwappedSeq>,
+    swapped: HashMap<SeqId, SwappedSeq<S::Swapped>>,
+}
+
+impl<S: KvStorage + Clone> Clone for PagedKvCache<S>
+where
+    S::Swapped: Clone,
+{
+    fn clone(&self) -> Self {
+        Self {
+            layout: self.layout,
+            num_blocks: self.num_blocks,
+            dtype: self.dtype,
+            storage: self.storage.clone(),
+            free: self.free.clone(),
+            refs: self.refs.clone(),
+            seqs: self.seqs.clone(),
+            swapped: self.swapped.clone(),
+        }
+    }
+}
+
+impl<S: KvStorage> std::fmt::Debug for PagedKvCache<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PagedKvCache")
+            .field("layout", &self.layout)
+            .field("num_blocks", &self.num_blocks)
+            .field("dtype", &self.dtype)
+            .field("free_blocks", &self.free.len())
+            .field("sequences", &self.seqs.len())
+            .field("swapped", &self.swapped.len())
+            .finish()
+    }
 }
 
 impl PagedKvCache {
@@ -355,17 +472,164 @@ impl PagedKvCache {
             .and_then(|x| x.checked_mul(layout.kv_dim()))
             .and_then(|x| x.checked_mul(num_blocks))
             .ok_or_else(|| invalid("the pool size overflows"))?;
+        let storage = HostKvStorage {
+            block_floats: layout.block_floats(),
+            data: Storage::zeros(dtype, floats),
+        };
+        Self::with_storage(layout, num_blocks, dtype, storage)
+    }
+
+    /// Stores K and V (each `[n_kv_heads, head_dim]`, `kv_dim` floats) of `layer` at `pos`, a
+    /// position already appended. Writing into a block shared with a fork first copies it (and
+    /// fails with [`KvError::OutOfBlocks`], changing nothing, when no block is free).
+    pub fn write(
+        &mut self,
+        seq: SeqId,
+        layer: usize,
+        pos: usize,
+        k: &[f32],
+        v: &[f32],
+    ) -> Result<(), KvError> {
+        let d = self.layout.kv_dim();
+        for (what, s) in [("key", k), ("value", v)] {
+            if s.len() != d {
+                return Err(KvError::WrongLength {
+                    what,
+                    expected: d,
+                    found: s.len(),
+                });
+            }
+        }
+        let (block, slot) = self.writable_slot(seq, layer, pos)?;
+        let hd = self.layout.head_dim;
+        for h in 0..self.layout.n_kv_heads {
+            let ko = self.offset(block, layer, false, h, slot);
+            self.storage.data.write(ko, &k[h * hd..(h + 1) * hd]);
+            let vo = self.offset(block, layer, true, h, slot);
+            self.storage.data.write(vo, &v[h * hd..(h + 1) * hd]);
+        }
+        Ok(())
+    }
+
+    /// Where head `head`'s row at `slot` starts. A block holds, per layer, K then V, each as
+    /// `[n_kv_heads, block_size, head_dim]`: one head's keys for a block are contiguous, which is
+    /// what attention reads.
+    fn offset(&self, block: u32, layer: usize, value: bool, head: usize, slot: usize) -> usize {
+        let l = &self.layout;
+        ((((block as usize * l.n_layers + layer) * 2 + usize::from(value)) * l.n_kv_heads + head)
+            * l.block_size
+            + slot)
+            * l.head_dim
+    }
+
+    fn read(&self, seq: SeqId, layer: usize, pos: usize, value: bool) -> Result<Vec<f32>, KvError> {
+        let (block, slot) = self.locate(seq, layer, pos)?;
+        let hd = self.layout.head_dim;
+        let mut out = Vec::with_capacity(self.layout.kv_dim());
+        for h in 0..self.layout.n_kv_heads {
+            let o = self.offset(block, layer, value, h, slot);
+            self.storage.data.read(o, hd, &mut out);
+        }
+        Ok(out)
+    }
+
+    /// A copy of the key stored for `layer` at `pos` (`[n_kv_heads, head_dim]`).
+    pub fn key(&self, seq: SeqId, layer: usize, pos: usize) -> Result<Vec<f32>, KvError> {
+        self.read(seq, layer, pos, false)
+    }
+
+    /// A copy of the value stored for `layer` at `pos` (`[n_kv_heads, head_dim]`).
+    pub fn value(&self, seq: SeqId, layer: usize, pos: usize) -> Result<Vec<f32>, KvError> {
+        self.read(seq, layer, pos, true)
+    }
+
+    /// One KV head's K (or V) rows in one block and layer: `[block_size, head_dim]`, for
+    /// kernels that walk a block table themselves. `block` must be below
+    /// [`num_blocks`](Self::num_blocks) and `head` below `n_kv_heads`.
+    pub(crate) fn head_rows(
+        &self,
+        block: u32,
+        layer: usize,
+        value: bool,
+        head: usize,
+    ) -> HeadRows<'_> {
+        let o = self.offset(block, layer, value, head, 0);
+        let r = o..o + self.layout.block_size * self.layout.head_dim;
+        match &self.storage.data {
+            Storage::F32(v) => HeadRows::F32(&v[r]),
+            Storage::F16(v) => HeadRows::F16(&v[r]),
+            Storage::Bf16(v) => HeadRows::Bf16(&v[r]),
+        }
+    }
+}
+
+impl<S: KvStorage> PagedKvCache<S> {
+    /// A cache of `num_blocks` blocks of `layout`, all free, over `storage` (which holds that
+    /// many blocks of values stored as `dtype`).
+    pub fn with_storage(
+        layout: KvLayout,
+        num_blocks: usize,
+        dtype: KvDtype,
+        storage: S,
+    ) -> Result<Self, KvError> {
+        if layout.n_layers == 0
+            || layout.n_kv_heads == 0
+            || layout.head_dim == 0
+            || layout.block_size == 0
+        {
+            return Err(KvError::InvalidLayout {
+                layout,
+                num_blocks,
+                reason: "every dimension must be at least 1",
+            });
+        }
+        if num_blocks == 0 || num_blocks > u32::MAX as usize {
+            return Err(KvError::InvalidLayout {
+                layout,
+                num_blocks,
+                reason: "the pool needs between 1 and u32::MAX blocks",
+            });
+        }
         Ok(Self {
             layout,
             num_blocks,
             dtype,
-            data: Storage::zeros(dtype, floats),
+            storage,
             // Popped from the back: hand out low block numbers first.
             free: (0..num_blocks as u32).rev().collect(),
             refs: vec![0; num_blocks],
             seqs: HashMap::new(),
             swapped: HashMap::new(),
         })
+    }
+
+    /// The storage holding the values.
+    pub fn storage(&self) -> &S {
+        &self.storage
+    }
+
+    /// The storage holding the values, to write into the slots [`writable_slot`]
+    /// (Self::writable_slot) gives (a device storage's kernels write K and V themselves).
+    pub fn storage_mut(&mut self) -> &mut S {
+        &mut self.storage
+    }
+
+    /// The block and slot where `layer`'s K and V of `seq` at `pos` (a position already
+    /// appended) are to be written, copying first a block shared with a fork (which fails
+    /// with [`KvError::OutOfBlocks`], changing nothing, when no block is free).
+    pub fn writable_slot(
+        &mut self,
+        seq: SeqId,
+        layer: usize,
+        pos: usize,
+    ) -> Result<(u32, usize), KvError> {
+        let (mut block, slot) = self.locate(seq, layer, pos)?;
+        if self.refs[block as usize] > 1 {
+            let index = pos / self.layout.block_size;
+            self.copy_on_write(seq, index)?;
+            block = self.entry(seq)?.blocks[index];
+        }
+        Ok((block, slot))
     }
 
     /// The cache's layout.
@@ -470,11 +734,10 @@ impl PagedKvCache {
             needed: 1,
             free: 0,
         })?;
-        let bf = self.layout.block_floats();
-        self.data.copy_within(
-            old as usize * bf..(old as usize + 1) * bf,
-            new as usize * bf,
-        );
+        if let Err(e) = self.storage.copy_block(old, new) {
+            self.release_blocks(vec![new]);
+            return Err(e);
+        }
         self.refs[old as usize] -= 1;
         if let Some(e) = self.seqs.get_mut(&seq) {
             e.blocks[index] = new;
@@ -561,17 +824,6 @@ impl PagedKvCache {
         }
     }
 
-    /// Where head `head`'s row at `slot` starts. A block holds, per layer, K then V, each as
-    /// `[n_kv_heads, block_size, head_dim]`: one head's keys for a block are contiguous, which is
-    /// what attention reads.
-    fn offset(&self, block: u32, layer: usize, value: bool, head: usize, slot: usize) -> usize {
-        let l = &self.layout;
-        ((((block as usize * l.n_layers + layer) * 2 + usize::from(value)) * l.n_kv_heads + head)
-            * l.block_size
-            + slot)
-            * l.head_dim
-    }
-
     fn locate(&self, seq: SeqId, layer: usize, pos: usize) -> Result<(u32, usize), KvError> {
         if layer >= self.layout.n_layers {
             return Err(KvError::LayerOutOfRange {
@@ -591,97 +843,22 @@ impl PagedKvCache {
         Ok((e.blocks[pos / bs], pos % bs))
     }
 
-    /// Stores K and V (each `[n_kv_heads, head_dim]`, `kv_dim` floats) of `layer` at `pos`, a
-    /// position already appended. Writing into a block shared with a fork first copies it (and
-    /// fails with [`KvError::OutOfBlocks`], changing nothing, when no block is free).
-    pub fn write(
-        &mut self,
-        seq: SeqId,
-        layer: usize,
-        pos: usize,
-        k: &[f32],
-        v: &[f32],
-    ) -> Result<(), KvError> {
-        let d = self.layout.kv_dim();
-        for (what, s) in [("key", k), ("value", v)] {
-            if s.len() != d {
-                return Err(KvError::WrongLength {
-                    what,
-                    expected: d,
-                    found: s.len(),
-                });
-            }
-        }
-        let (mut block, slot) = self.locate(seq, layer, pos)?;
-        if self.refs[block as usize] > 1 {
-            let index = pos / self.layout.block_size;
-            self.copy_on_write(seq, index)?;
-            block = self.entry(seq)?.blocks[index];
-        }
-        let hd = self.layout.head_dim;
-        for h in 0..self.layout.n_kv_heads {
-            let ko = self.offset(block, layer, false, h, slot);
-            self.data.write(ko, &k[h * hd..(h + 1) * hd]);
-            let vo = self.offset(block, layer, true, h, slot);
-            self.data.write(vo, &v[h * hd..(h + 1) * hd]);
-        }
-        Ok(())
-    }
-
-    fn read(&self, seq: SeqId, layer: usize, pos: usize, value: bool) -> Result<Vec<f32>, KvError> {
-        let (block, slot) = self.locate(seq, layer, pos)?;
-        let hd = self.layout.head_dim;
-        let mut out = Vec::with_capacity(self.layout.kv_dim());
-        for h in 0..self.layout.n_kv_heads {
-            let o = self.offset(block, layer, value, h, slot);
-            self.data.read(o, hd, &mut out);
-        }
-        Ok(out)
-    }
-
-    /// A copy of the key stored for `layer` at `pos` (`[n_kv_heads, head_dim]`).
-    pub fn key(&self, seq: SeqId, layer: usize, pos: usize) -> Result<Vec<f32>, KvError> {
-        self.read(seq, layer, pos, false)
-    }
-
-    /// A copy of the value stored for `layer` at `pos` (`[n_kv_heads, head_dim]`).
-    pub fn value(&self, seq: SeqId, layer: usize, pos: usize) -> Result<Vec<f32>, KvError> {
-        self.read(seq, layer, pos, true)
-    }
-
-    /// One KV head's K (or V) rows in one block and layer: `[block_size, head_dim]`, for
-    /// kernels that walk a block table themselves. `block` must be below
-    /// [`num_blocks`](Self::num_blocks) and `head` below `n_kv_heads`.
-    pub(crate) fn head_rows(
-        &self,
-        block: u32,
-        layer: usize,
-        value: bool,
-        head: usize,
-    ) -> HeadRows<'_> {
-        let o = self.offset(block, layer, value, head, 0);
-        let r = o..o + self.layout.block_size * self.layout.head_dim;
-        match &self.data {
-            Storage::F32(v) => HeadRows::F32(&v[r]),
-            Storage::F16(v) => HeadRows::F16(&v[r]),
-            Storage::Bf16(v) => HeadRows::Bf16(&v[r]),
-        }
-    }
-
-    /// Moves `seq`'s blocks to the host-side swapped store and frees them in the pool.
+    /// Moves `seq`'s blocks to the swapped store (host memory) and frees them in the pool.
     pub fn swap_out(&mut self, seq: SeqId) -> Result<(), KvError> {
-        let e = self
-            .seqs
-            .remove(&seq)
-            .ok_or(KvError::UnknownSequence { seq })?;
-        let bf = self.layout.block_floats();
-        let mut data = self.data.empty_like(e.blocks.len() * bf);
-        for &b in &e.blocks {
-            let o = b as usize * bf;
-            data.append_from(&self.data, o..o + bf);
-        }
-        self.release_blocks(e.blocks);
-        self.swapped.insert(seq, SwappedSeq { data, len: e.len });
+        let e = self.entry(seq)?;
+        let (blocks, len) = (e.blocks.clone(), e.len);
+        let data = self.storage.swap_out(&blocks)?;
+        self.seqs.remove(&seq);
+        let n = blocks.len();
+        self.release_blocks(blocks);
+        self.swapped.insert(
+            seq,
+            SwappedSeq {
+                data,
+                blocks: n,
+                len,
+            },
+        );
         Ok(())
     }
 
@@ -691,7 +868,7 @@ impl PagedKvCache {
             .swapped
             .get(&seq)
             .ok_or(KvError::UnknownSequence { seq })?;
-        Ok(s.data.len() / self.layout.block_floats())
+        Ok(s.blocks)
     }
 
     /// Brings a swapped sequence back into fresh blocks (all or nothing); blocks it shared with a
@@ -709,19 +886,124 @@ impl PagedKvCache {
             .swapped
             .remove(&seq)
             .ok_or(KvError::UnknownSequence { seq })?;
-        let bf = self.layout.block_floats();
-        let mut blocks = Vec::with_capacity(needed);
-        for i in 0..needed {
-            let b = self.take_block().ok_or(KvError::OutOfBlocks {
-                seq,
-                needed,
-                free: 0,
-            })?;
-            self.data
-                .copy_from(b as usize * bf, &s.data, i * bf..(i + 1) * bf);
-            blocks.push(b);
+        let blocks: Vec<u32> = (0..needed).filter_map(|_| self.take_block()).collect();
+        if let Err(e) = self.storage.swap_in(&s.data, &blocks) {
+            self.release_blocks(blocks);
+            self.swapped.insert(seq, s);
+            return Err(e);
         }
         self.seqs.insert(seq, SeqBlocks { blocks, len: s.len });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The host storage, with copies that can be made to fail, recording what it was asked.
+    #[derive(Debug)]
+    struct Flaky {
+        host: HostKvStorage,
+        fail: bool,
+        copies: Vec<(u32, u32)>,
+    }
+
+    impl KvStorage for Flaky {
+        type Swapped = HostSwapped;
+
+        fn copy_block(&mut self, src: u32, dst: u32) -> Result<(), KvError> {
+            self.check("copy a block")?;
+            self.copies.push((src, dst));
+            self.host.copy_block(src, dst)
+        }
+
+        fn swap_out(&mut self, blocks: &[u32]) -> Result<HostSwapped, KvError> {
+            self.check("swap out")?;
+            self.host.swap_out(blocks)
+        }
+
+        fn swap_in(&mut self, swapped: &HostSwapped, blocks: &[u32]) -> Result<(), KvError> {
+            self.check("swap in")?;
+            self.host.swap_in(swapped, blocks)
+        }
+    }
+
+    impl Flaky {
+        fn check(&self, op: &'static str) -> Result<(), KvError> {
+            if self.fail {
+                Err(KvError::Storage {
+                    op,
+                    message: "refused".into(),
+                })
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    fn cache() -> PagedKvCache<Flaky> {
+        let layout = KvLayout {
+            n_layers: 1,
+            n_kv_heads: 1,
+            head_dim: 2,
+            block_size: 2,
+        };
+        let host = PagedKvCache::new(layout, 4).unwrap().storage;
+        let flaky = Flaky {
+            host,
+            fail: false,
+            copies: Vec::new(),
+        };
+        PagedKvCache::with_storage(layout, 4, KvDtype::F32, flaky).unwrap()
+    }
+
+    #[test]
+    fn a_storage_that_fails_leaves_the_tables_as_they_were() {
+        let mut kv = cache();
+        let (a, b) = (SeqId(1), SeqId(2));
+        kv.add_sequence(a).unwrap();
+        kv.append_slots(a, 3).unwrap();
+        kv.fork(a, b).unwrap();
+        // b writes into the shared second block: a copy on write, refused by the storage.
+        kv.storage_mut().fail = true;
+        let before = (kv.free_blocks(), kv.block_table(b).unwrap().to_vec());
+        let e = kv.writable_slot(b, 0, 2).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                KvError::Storage {
+                    op: "copy a block",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(
+            (kv.free_blocks(), kv.block_table(b).unwrap().to_vec()),
+            before
+        );
+        // Once the storage works, the copy is asked of it: a's block into a fresh one.
+        kv.storage_mut().fail = false;
+        let (block, slot) = kv.writable_slot(b, 0, 2).unwrap();
+        assert_eq!(slot, 0);
+        let original = kv.block_table(a).unwrap()[1];
+        assert_ne!(block, original);
+        assert_eq!(kv.storage().copies, vec![(original, block)]);
+        assert_eq!(kv.block_table(b).unwrap()[1], block);
+        // Swapping out and in, refused: the sequence stays where it was.
+        kv.storage_mut().fail = true;
+        assert!(kv.swap_out(a).is_err());
+        assert!(kv.contains(a) && !kv.is_swapped(a));
+        kv.storage_mut().fail = false;
+        kv.swap_out(a).unwrap();
+        kv.storage_mut().fail = true;
+        let free = kv.free_blocks();
+        assert!(kv.swap_in(a).is_err());
+        assert!(kv.is_swapped(a) && !kv.contains(a));
+        assert_eq!(kv.free_blocks(), free);
+        kv.storage_mut().fail = false;
+        kv.swap_in(a).unwrap();
+        assert_eq!(kv.seq_len(a).unwrap(), 3);
     }
 }

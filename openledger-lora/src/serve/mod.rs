@@ -57,7 +57,9 @@ pub use engine::{
     Engine, EngineConfig, EngineError, Logits, Preemption, StepBatch, StepModel, StepReport,
     StepSeq,
 };
-pub use kv::{KvDtype, KvError, KvLayout, PagedKvCache, SeqId};
+pub use kv::{
+    HostKvStorage, HostSwapped, KvDtype, KvError, KvLayout, KvStorage, PagedKvCache, SeqId,
+};
 pub use readiness::{AdapterReadiness, AllReady, Readiness};
 pub use request::{
     CancelHandle, Event, Request, RequestError, RequestHandle, RequestId, RequestStats,
