@@ -11,6 +11,7 @@
 
 #define OPENLEDGER_HOST_EMULATION 1
 
+#include <atomic>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -68,20 +69,34 @@ inline int max(int a, int b) { return a > b ? a : b; }
 struct EmuBlock {
     std::unique_ptr<std::barrier<>> block;
     std::vector<std::unique_ptr<std::barrier<>>> warps;
-    std::vector<float> lanes;
+    std::vector<uint32_t> lanes;
     std::vector<unsigned char> dynamic;
 };
 inline EmuBlock* emu_block = nullptr;
 
 inline void __syncthreads() { emu_block->block->arrive_and_wait(); }
 
-inline float __shfl_xor_sync(unsigned, float v, int off) {
+template <typename T>
+inline T __shfl_xor_sync(unsigned, T v, int off) {
+    static_assert(sizeof(T) == 4, "32-bit shuffles only");
     const unsigned w = threadIdx.x >> 5, l = threadIdx.x & 31;
-    emu_block->lanes[w * 32 + l] = v;
+    uint32_t bits;
+    std::memcpy(&bits, &v, 4);
+    emu_block->lanes[w * 32 + l] = bits;
     emu_block->warps[w]->arrive_and_wait();
-    const float r = emu_block->lanes[w * 32 + (l ^ (unsigned)off)];
+    bits = emu_block->lanes[w * 32 + (l ^ (unsigned)off)];
     emu_block->warps[w]->arrive_and_wait();
+    T r;
+    std::memcpy(&r, &bits, 4);
     return r;
+}
+
+inline int atomicMin(int* at, int v) {
+    std::atomic_ref<int> a(*at);
+    int old = a.load();
+    while (v < old && !a.compare_exchange_weak(old, v)) {
+    }
+    return old;
 }
 
 #define DYNAMIC_SHARED(T, name) T* name = reinterpret_cast<T*>(emu_block->dynamic.data())
@@ -126,7 +141,7 @@ inline void emu_launch3(unsigned gx, unsigned gy, unsigned gz, unsigned threads,
             for (unsigned w = 0; w < threads / 32; ++w) {
                 b.warps.push_back(std::make_unique<std::barrier<>>(32));
             }
-            b.lanes.assign(threads, 0.0f);
+            b.lanes.assign(threads, 0u);
             // Garbage, not zeros: a kernel must write its shared memory before reading it.
             b.dynamic.assign(shared_bytes + 16, 0xA5);
             current = {bx, by, bz};

@@ -1,4 +1,4 @@
-// The model kernels of kernels/src (layers.cu, rope_kv.cu, attention.cu) under the host
+// The model kernels of kernels/src (layers.cu, rope_kv.cu, attention.cu, sample.cu) under the host
 // emulation, as a shared library: each `emu_<kernel>_<dtype>` runs the kernel over the grid
 // it is given, on host memory. openledger-lora's tests load it and compare the kernels with
 // the CPU model's own functions.
@@ -11,6 +11,7 @@
 #include "layers.cu"
 #include "rope_kv.cu"
 #include "attention.cu"
+#include "sample.cu"
 
 #define GRID unsigned gx, unsigned gy, unsigned gz, unsigned threads
 #define RUN(call) emu_launch3(gx, gy, gz, threads, 0, [&] { call; })
@@ -46,6 +47,13 @@
                                                 const float* part_l, const float* part_acc,     \
                                                 int parts, int head_dim) {                      \
         RUN(attention_reduce_##NAME(out, out_ld, part_m, part_l, part_acc, parts, head_dim));   \
+    }                                                                                           \
+    extern "C" void emu_sample_##NAME(GRID, int* out, const T* logits, int vocab,               \
+                                      const int* hist, const i64* hist_off, const float* temp,  \
+                                      const int* top_k, const float* top_p,                     \
+                                      const float* penalty, const float* u, float* scratch) {   \
+        RUN(sample_##NAME(out, logits, vocab, hist, hist_off, temp, top_k, top_p, penalty, u,   \
+                          scratch));                                                            \
     }
 
 FFI(f32, float)

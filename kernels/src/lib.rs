@@ -2,13 +2,13 @@
 //! multi-LoRA kernels (Punica's semantics, with per-slot ranks and a packed f32 intermediate)
 //! and the GPU model's per-layer kernels (embedding gather, RMSNorm fused with the residual add,
 //! gated activations, RoPE fused with the paged KV write, paged attention split over the
-//! context), each in f32, f16 and bf16, embedded in the library ([`sources`]) and compiled by
-//! NVRTC at run time — a cubin for the device's own architecture, PTX as the fallback — once
-//! per architecture per process, with line info. This crate holds no layout and launches
-//! nothing: `openledger-sgmv` builds the launch tables from its plan and runs the SGMV kernels.
-//! The same sources also compile as C++ under `emulate/cuda_host.h`, a host emulation of
-//! blocks, warps and barriers, which the tests use to check what the kernels compute without a
-//! GPU.
+//! context, sampling), each in f32, f16 and bf16, embedded in the library ([`sources`]) and
+//! compiled by NVRTC at run time — a cubin for the device's own architecture, PTX as the
+//! fallback — once per architecture per process, with line info. This crate holds no layout
+//! and launches nothing: `openledger-sgmv` builds the launch tables from its plan and runs the
+//! SGMV kernels. The same sources also compile as C++ under `emulate/cuda_host.h`, a host
+//! emulation of blocks, warps and barriers, which the tests use to check what the kernels
+//! compute without a GPU.
 //!
 //! NVRTC is loaded dynamically (`--features cuda` builds without a CUDA toolkit): its absence
 //! is [`KernelError::NoNvrtc`] naming the library names looked for, never a panic. Without the

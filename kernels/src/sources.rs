@@ -13,6 +13,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("layers.cu", include_str!("layers.cu")),
     ("rope_kv.cu", include_str!("rope_kv.cu")),
     ("attention.cu", include_str!("attention.cu")),
+    ("sample.cu", include_str!("sample.cu")),
 ];
 
 /// The dtypes every kernel is instantiated for, as suffixes of the entry point names.
@@ -26,6 +27,7 @@ pub fn entry_points(file: &str) -> &'static [&'static str] {
         "layers.cu" => &["embed", "rms_norm", "gated"],
         "rope_kv.cu" => &["rope_kv"],
         "attention.cu" => &["attention", "attention_reduce"],
+        "sample.cu" => &["sample"],
         _ => &[],
     }
 }

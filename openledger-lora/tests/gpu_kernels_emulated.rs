@@ -18,7 +18,8 @@ use openledger_kernels::emulate::{EmulatedOutput, compile_emulated};
 use openledger_lora::model::ops;
 use openledger_lora::model::{Activation, RopeScaling};
 use openledger_lora::serve::{
-    AttentionParams, AttnSeq, KvDtype, KvLayout, PagedKvCache, SeqId, paged_attention,
+    AttentionParams, AttnSeq, KvDtype, KvLayout, PagedKvCache, SampleError, Sampler,
+    SamplingParams, SeqId, paged_attention,
 };
 use openledger_lora::sgmv::LoraElement;
 use rand::{Rng, SeedableRng};
@@ -512,6 +513,187 @@ fn attention<T: Elem>() {
     }
 }
 
+type SampleFn<T> = unsafe extern "C" fn(
+    u32,
+    u32,
+    u32,
+    u32,
+    *mut i32,
+    *const T,
+    i32,
+    *const i32,
+    *const i64,
+    *const f32,
+    *const i32,
+    *const f32,
+    *const f32,
+    *const f32,
+    *mut f32,
+);
+
+/// One row's sampling parameters (top-k 0: none) and history.
+struct SampleRow {
+    temperature: f32,
+    top_k: usize,
+    top_p: f32,
+    penalty: f32,
+    seed: u64,
+    history: Vec<u32>,
+}
+
+/// Device sampling against `serve::Sampler` on the same logits: greedy, temperature over the
+/// whole vocabulary, top-k, top-k with top-p, the repetition penalty, masked (−∞) tokens and
+/// ties (rounded logits), each row drawing with the first `u` of its seeded generator. The same
+/// token must come out, except where `u` falls within 1e-4 of a boundary of the CPU's
+/// cumulative distribution (the device sums in another order over the whole vocabulary). A NaN,
+/// an all-masked row and top-p without top-k are refused with their codes.
+fn sample<T: Elem>() {
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    let vocab = 1000usize;
+    let mut rows: Vec<SampleRow> = Vec::new();
+    let shapes: [(f32, usize, f32, f32); 8] = [
+        (0.0, 0, 1.0, 1.0),
+        (0.7, 0, 1.0, 1.0),
+        (1.0, 40, 1.0, 1.0),
+        (0.8, 30, 0.9, 1.0),
+        (1.0, 5, 1.0, 1.3),
+        (1.5, 0, 1.0, 0.8),
+        (1.0, 1, 1.0, 1.0),
+        (0.0, 0, 1.0, 1.2),
+    ];
+    for (i, &(temperature, top_k, top_p, penalty)) in shapes.iter().enumerate() {
+        for seed in 0..3u64 {
+            let history: Vec<u32> = (0..20).map(|_| rng.random_range(0..vocab as u32)).collect();
+            rows.push(SampleRow {
+                temperature,
+                top_k,
+                top_p,
+                penalty,
+                seed: seed * 31 + i as u64,
+                history,
+            });
+        }
+    }
+    let n = rows.len();
+    let mut logits: Vec<T> = rand_vec(&mut rng, n * vocab, 4.0);
+    // Masked tokens in every other row; the penalised tokens made likely, so they matter.
+    for (r, row) in rows.iter().enumerate() {
+        if r % 2 == 1 {
+            for i in (0..vocab).step_by(3) {
+                logits[r * vocab + i] = T::from_f32(f32::NEG_INFINITY);
+            }
+        }
+        for &t in &row.history[..5] {
+            logits[r * vocab + t as usize] = T::from_f32(5.0);
+        }
+    }
+    let mut hist = Vec::new();
+    let mut hist_off = vec![0i64];
+    for row in &rows {
+        let mut seen = std::collections::BTreeSet::new();
+        hist.extend(
+            row.history
+                .iter()
+                .filter(|&&t| seen.insert(t))
+                .map(|&t| t as i32),
+        );
+        hist_off.push(hist.len() as i64);
+    }
+    let us: Vec<f32> = rows
+        .iter()
+        .map(|r| ChaCha8Rng::seed_from_u64(r.seed).random::<f32>())
+        .collect();
+    let temp: Vec<f32> = rows.iter().map(|r| r.temperature).collect();
+    let top_k: Vec<i32> = rows.iter().map(|r| r.top_k as i32).collect();
+    let top_p: Vec<f32> = rows.iter().map(|r| r.top_p).collect();
+    let penalty: Vec<f32> = rows.iter().map(|r| r.penalty).collect();
+    let run = |logits: &[T], top_p: &[f32]| {
+        let mut out = vec![0i32; 2 * n];
+        let mut scratch = vec![0f32; n * vocab];
+        // SAFETY: the signature of emu_sample_*; every per-row array holds n entries,
+        // hist_off n + 1, scratch n × vocab.
+        unsafe {
+            let f: SampleFn<T> = kernel(&format!("emu_sample_{}", T::NAME));
+            f(
+                n as u32,
+                1,
+                1,
+                64,
+                out.as_mut_ptr(),
+                logits.as_ptr(),
+                vocab as i32,
+                hist.as_ptr(),
+                hist_off.as_ptr(),
+                temp.as_ptr(),
+                top_k.as_ptr(),
+                top_p.as_ptr(),
+                penalty.as_ptr(),
+                us.as_ptr(),
+                scratch.as_mut_ptr(),
+            );
+        }
+        out
+    };
+    let out = run(&logits, &top_p);
+    let mut near_boundary = 0;
+    for (r, row) in rows.iter().enumerate() {
+        let params = SamplingParams {
+            temperature: row.temperature,
+            top_k: (row.top_k > 0).then_some(row.top_k),
+            top_p: (row.top_p < 1.0).then_some(row.top_p),
+            repetition_penalty: (row.penalty != 1.0).then_some(row.penalty),
+            seed: row.seed,
+            ..Default::default()
+        };
+        let l = widen(&logits[r * vocab..][..vocab]);
+        let mut sampler = Sampler::new(&params).unwrap();
+        let dist = sampler.distribution(&l, &row.history).unwrap();
+        let want = sampler.sample(&l, &row.history).unwrap();
+        let got = out[2 * r];
+        if got == want as i32 {
+            continue;
+        }
+        // Only a draw within rounding of a boundary may differ.
+        let mut acc = 0f32;
+        let close = dist.iter().any(|&(_, p)| {
+            acc += p;
+            (us[r] - acc).abs() < 1e-4
+        });
+        assert!(
+            close && row.top_k == 0,
+            "row {r} [{}]: the device drew {got}, the CPU {want} (u = {})",
+            T::NAME,
+            us[r]
+        );
+        near_boundary += 1;
+    }
+    assert!(
+        near_boundary <= 2,
+        "{near_boundary} draws differ near a boundary"
+    );
+    // Refusals: a NaN (its index), a row with every token masked, top-p without top-k.
+    let mut bad = logits.clone();
+    bad[3 * vocab + 17] = T::from_f32(f32::NAN);
+    bad[5 * vocab..6 * vocab].fill(T::from_f32(f32::NEG_INFINITY));
+    let mut p_only = top_p.clone();
+    p_only[0] = 0.5;
+    let out = run(&bad, &p_only);
+    assert_eq!((out[6], out[7]), (-1, 17), "a NaN logit names its index");
+    let cpu = Sampler::new(&SamplingParams::default())
+        .unwrap()
+        .sample(&widen(&bad[3 * vocab..4 * vocab]), &[]);
+    assert!(matches!(
+        cpu,
+        Err(SampleError::NonFiniteLogit { index: 17, .. })
+    ));
+    assert_eq!(out[10], -2, "nothing to sample");
+    // Row 0 is greedy: top-p does not matter there; row 8 (top-k 40) takes top-p 0.5 fine.
+    let mut p_only = top_p.clone();
+    p_only[4] = 0.5;
+    let out = run(&logits, &p_only);
+    assert_eq!(out[8], -3, "top-p without top-k is not done on the device");
+}
+
 macro_rules! every_dtype {
     ($($name:ident => $f:ident),* $(,)?) => {$(
         #[test]
@@ -529,4 +711,5 @@ every_dtype! {
     gated_activations_match_the_cpu => gated,
     rope_rotates_q_and_writes_k_and_v_into_their_slots => rope_kv,
     paged_attention_matches_the_cpu_in_one_part_and_split_over_the_context => attention,
+    sampling_draws_the_cpu_samplers_tokens => sample,
 }

@@ -134,11 +134,22 @@ struct Staging<T> {
     done: Option<CudaEvent>,
 }
 
+impl<T> Drop for Staging<T> {
+    fn drop(&mut self) {
+        // The copies read the buffer asynchronously: it may be freed only once they are done.
+        if let Some(done) = self.done.take() {
+            let _ = done.synchronize();
+        }
+    }
+}
+
 /// What a slab and the slots in it share: the device buffer, its pages, the staging buffers.
 struct SlabState<T> {
     buf: CudaSlice<T>,
     pages: PageAllocator,
     staging: Vec<Staging<T>>,
+    /// The staging buffer the next chunk goes through (they take turns across calls).
+    next: usize,
 }
 
 struct SlabShared<T> {
@@ -255,11 +266,14 @@ impl<T: GpuElement> AdapterSlab<T> {
     /// Queues the copy of `data` to element `at` of the slab through the staging buffers.
     fn stage(&self, st: &mut SlabState<T>, data: &[T], at: usize) -> Result<(), SgmvError> {
         let stream = &self.shared.stream;
-        let SlabState { buf, staging, .. } = st;
+        let SlabState {
+            buf, staging, next, ..
+        } = st;
         let chunk_len = staging[0].buf.len();
         for (i, chunk) in data.chunks(chunk_len).enumerate() {
-            let n = staging.len();
-            let stage = &mut staging[i % n];
+            let turn = *next;
+            *next = (turn + 1) % staging.len();
+            let stage = &mut staging[turn];
             if let Some(done) = stage.done.take() {
                 done.synchronize().map_err(drv("cuEventSynchronize"))?;
             }
@@ -502,6 +516,7 @@ impl CudaSgmv {
                         buf,
                         pages: PageAllocator::new(pages),
                         staging,
+                        next: 0,
                     }),
                 }),
             })
