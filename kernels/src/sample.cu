@@ -49,6 +49,20 @@ __device__ __forceinline__ void block_best(float& v, int& id) {
     }
 }
 
+// The row's first (value, id) over `vocab` values of `l` (NEG_INF, vocab when all are masked);
+// every thread gets it.
+__device__ __forceinline__ void row_best(const float* l, int vocab, float& v, int& id) {
+    v = NEG_INF;
+    id = vocab;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        if (sample_before(l[i], i, v, id)) {
+            v = l[i];
+            id = i;
+        }
+    }
+    block_best(v, id);
+}
+
 template <typename E>
 __device__ void sample_impl(int* __restrict__ out, const typename E::T* __restrict__ logits,
                             int vocab, const int* __restrict__ hist,
@@ -92,15 +106,9 @@ __device__ void sample_impl(int* __restrict__ out, const typename E::T* __restri
         }
         return;
     }
-    float bv = NEG_INF;
-    int bi = vocab;
-    for (int i = t; i < vocab; i += blockDim.x) {
-        if (sample_before(l[i], i, bv, bi)) {
-            bv = l[i];
-            bi = i;
-        }
-    }
-    block_best(bv, bi);
+    float bv;
+    int bi;
+    row_best(l, vocab, bv, bi);
     if (t == 0) out[2 * r + 1] = -1;
     if (bv == NEG_INF) {
         if (t == 0) out[2 * r] = -2;
@@ -122,15 +130,9 @@ __device__ void sample_impl(int* __restrict__ out, const typename E::T* __restri
         // The top k, most likely first: k rounds of the block's best, each taken out.
         int n = 0;
         for (; n < k; ++n) {
-            float v = NEG_INF;
-            int id = vocab;
-            for (int i = t; i < vocab; i += blockDim.x) {
-                if (sample_before(l[i], i, v, id)) {
-                    v = l[i];
-                    id = i;
-                }
-            }
-            block_best(v, id);
+            float v;
+            int id;
+            row_best(l, vocab, v, id);
             if (v == NEG_INF) break;
             if (t == 0) {
                 chosen[n] = id;
