@@ -177,6 +177,41 @@ fn embed<T: Elem>() {
     }
 }
 
+/// Runs the RMSNorm kernel over `rows` rows of `dim`: `out` may be `x`; `residual` null for
+/// none.
+///
+/// # Safety
+/// `out`, `x` (and `residual` when not null) hold `rows × dim` elements, `w` holds `dim`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_rms_norm<T: Elem>(
+    rows: usize,
+    dim: usize,
+    out: *mut T,
+    x: *const T,
+    residual: *mut T,
+    w: &[T],
+    eps: f32,
+    one_plus: bool,
+) {
+    // SAFETY: the signature of emu_rms_norm_*; the buffers as the caller promises.
+    unsafe {
+        let f: NormFn<T> = kernel(&format!("emu_rms_norm_{}", T::NAME));
+        f(
+            rows as u32,
+            1,
+            1,
+            128,
+            out,
+            x,
+            residual,
+            w.as_ptr(),
+            dim as i32,
+            eps,
+            i32::from(one_plus),
+        );
+    }
+}
+
 fn rms_norm<T: Elem>() {
     let mut rng = ChaCha8Rng::seed_from_u64(2);
     let (rows, dim, eps) = (5, 300, 1e-6f32);
@@ -188,22 +223,10 @@ fn rms_norm<T: Elem>() {
         let mut want = widen(&x);
         ops::rms_norm(&mut want, &widen(&w), eps, one_plus);
         let mut out = vec![T::from_f32(0.0); rows * dim];
-        // SAFETY: the signature of emu_rms_norm_*; every buffer holds rows × dim.
+        // SAFETY: every buffer holds rows × dim, w dim.
         unsafe {
-            let f: NormFn<T> = kernel(&format!("emu_rms_norm_{}", T::NAME));
-            f(
-                rows as u32,
-                1,
-                1,
-                128,
-                out.as_mut_ptr(),
-                x.as_ptr(),
-                std::ptr::null_mut(),
-                w.as_ptr(),
-                dim as i32,
-                eps,
-                i32::from(one_plus),
-            );
+            let (o, n) = (out.as_mut_ptr(), std::ptr::null_mut());
+            run_rms_norm(rows, dim, o, x.as_ptr(), n, &w, eps, one_plus);
         }
         close(&format!("rms_norm one_plus={one_plus}"), &out, &want);
         // Fused with the residual add, in place: residual = x + residual (in T), x = norm.
@@ -217,21 +240,8 @@ fn rms_norm<T: Elem>() {
         let (mut xs, mut res) = (x.clone(), residual.clone());
         // SAFETY: as above; out and x are the same buffer, which the kernel allows.
         unsafe {
-            let f: NormFn<T> = kernel(&format!("emu_rms_norm_{}", T::NAME));
             let xp = xs.as_mut_ptr();
-            f(
-                rows as u32,
-                1,
-                1,
-                128,
-                xp,
-                xp,
-                res.as_mut_ptr(),
-                w.as_ptr(),
-                dim as i32,
-                eps,
-                i32::from(one_plus),
-            );
+            run_rms_norm(rows, dim, xp, xp, res.as_mut_ptr(), &w, eps, one_plus);
         }
         close("fused add + rms_norm", &xs, &want);
         assert!(

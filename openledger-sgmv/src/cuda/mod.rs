@@ -2,7 +2,8 @@
 //! through pinned staging buffers), each layer's slot table uploaded once with its slots, the
 //! plan's launch tiles copied per call into one persistent device buffer (one copy per call),
 //! and the kernels of `openledger-kernels` (compiled by NVRTC for the device, cubin first)
-//! launched through cudarc. The driver and NVRTC are loaded at run time: every entry point first checks that
+//! launched through cudarc. The driver and NVRTC are loaded at run time: every entry point
+//! first checks that
 //! they can be (cudarc panics when it cannot) and runs inside `catch_unwind` as a second guard,
 //! so a missing library, device or kernel is an [`SgmvError`], never a panic.
 //!
@@ -222,13 +223,15 @@ impl<T: GpuElement> AdapterSlab<T> {
         }
         let elem = std::mem::size_of::<T>();
         let page_elems = self.shared.page_bytes / elem;
+        // The padded row lengths depend on the layer only, not on a slot's rank.
+        let rows = SlotLayout::new(in_features, out_features, 1, elem);
         guard("upload_slots", || {
             let mut out = GpuSlots {
                 slab: self.clone(),
                 in_features,
                 out_features,
-                lda: 0,
-                ldb: 0,
+                lda: rows.lda,
+                ldb: rows.ldb,
                 ranks: slots.ranks(),
                 runs: Vec::with_capacity(slots.len()),
                 table: None,
@@ -237,7 +240,6 @@ impl<T: GpuElement> AdapterSlab<T> {
             let mut st = self.shared.lock();
             for slot in slots.slots() {
                 let layout = SlotLayout::new(in_features, out_features, slot.rank, elem);
-                (out.lda, out.ldb) = (layout.lda, layout.ldb);
                 let run = st.pages.alloc(layout.pages(elem, self.shared.page_bytes))?;
                 let packed = layout.pack(slot, in_features, out_features, slots.b_layout());
                 if let Err(e) = self.stage(&mut st, &packed, run.start * page_elems) {
