@@ -25,6 +25,12 @@ pub fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
+/// Runs `f`, turning a panic into its message (cudarc panics where a library it loads lazily
+/// is missing; the CUDA entry points guard their calls with this).
+pub fn catch_panic<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(panic_message)
+}
+
 /// The library names cudarc tries for `lib` (`"nvrtc"`, `"cuda"`), in order, each once.
 pub fn library_candidates(lib: &str) -> Vec<String> {
     let mut names = cudarc::get_lib_name_candidates(lib);

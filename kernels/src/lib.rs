@@ -33,8 +33,8 @@ pub mod sources;
 
 #[cfg(feature = "cuda")]
 pub use compile::{
-    ProgramSet, compile_all_kernels, library_candidates, nvrtc_available, panic_message, programs,
-    programs_for_device,
+    ProgramSet, catch_panic, compile_all_kernels, library_candidates, nvrtc_available,
+    panic_message, programs, programs_for_device,
 };
 pub use error::KernelError;
 pub use image::Image;

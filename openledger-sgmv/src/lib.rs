@@ -71,11 +71,13 @@ pub use cpu::simd::{Isa, detected_isa, shrink_native, shrink_portable};
 pub use cuda::{
     AdapterSlab, CudaSgmv, GpuBuffer, GpuElement, GpuSlots, cuda_driver_available, nvrtc_available,
 };
+#[cfg(feature = "cuda")]
+pub use cuda::{context_lost, load_kernels};
 pub use element::LoraElement;
 pub use error::SgmvError;
 pub use plan::{
-    AdapterSlots, BLayout, LoraSlot, OutputWindow, Segments, SgmvPlan, padded_b_stride,
-    transpose_b, transpose_b_strided,
+    AdapterSlots, BLayout, LaunchTiles, LoraSlot, OutputWindow, Segments, SgmvPlan,
+    padded_b_stride, transpose_b, transpose_b_strided,
 };
 pub use slab::{DEFAULT_PAGE_BYTES, PageAllocator, PageRun, SLAB_ALIGN, SlotLayout};
 

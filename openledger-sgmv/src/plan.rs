@@ -507,8 +507,7 @@ impl SgmvPlan {
     /// in row order: the grid of the GPU kernels (one block row per tile), so rows without an
     /// adapter cost no block at all. [`SgmvError::TooLarge`] where a row, slot or offset does
     /// not fit the kernels' indices (32-bit rows and slots, 64-bit offsets).
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-    pub(crate) fn launch_tiles(&self, rows_per_tile: usize) -> Result<LaunchTiles, SgmvError> {
+    pub fn launch_tiles(&self, rows_per_tile: usize) -> Result<LaunchTiles, SgmvError> {
         let rows_per_tile = rows_per_tile.max(1);
         let i32_of = |what: &'static str, value: usize| {
             i32::try_from(value)
@@ -546,19 +545,25 @@ impl SgmvPlan {
 /// over rank rows). Built from the one plan, so the CPU and GPU backends cannot disagree on
 /// the packing.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct LaunchTiles {
-    pub(crate) words: Vec<i64>,
-    pub(crate) max_rank: usize,
+pub struct LaunchTiles {
+    /// The tile records, one after another.
+    pub words: Vec<i64>,
+    /// The largest rank of any tile's slot.
+    pub max_rank: usize,
 }
 
 impl LaunchTiles {
     /// Words per tile record: `row0, rows, slot, v_off`.
-    pub(crate) const WORDS: usize = 4;
+    pub const WORDS: usize = 4;
 
     /// Number of tiles.
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.words.len() / Self::WORDS
+    }
+
+    /// Whether there is no tile (no row has an adapter).
+    pub fn is_empty(&self) -> bool {
+        self.words.is_empty()
     }
 }
 

@@ -22,9 +22,8 @@ use cudarc::driver::{
     LaunchArgs, LaunchConfig, PinnedHostSlice, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
-use openledger_kernels::{Image, entry_points, panic_message, sources::DTYPES};
+use openledger_kernels::{Image, entry_points, sources::DTYPES};
 use std::collections::HashMap;
-use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Threads per block of the shrink kernels: `SHRINK_WARPS` (4) warps, one rank row each.
@@ -52,17 +51,13 @@ impl GpuElement for half::bf16 {}
 
 /// Runs `f`, turning a panic into [`SgmvError::Panicked`].
 fn guard<R>(what: &'static str, f: impl FnOnce() -> Result<R, SgmvError>) -> Result<R, SgmvError> {
-    std::panic::catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|p| {
-        Err(SgmvError::Panicked {
-            what,
-            message: panic_message(p),
-        })
-    })
+    openledger_kernels::catch_panic(f)
+        .unwrap_or_else(|message| Err(SgmvError::Panicked { what, message }))
 }
 
 /// Whether a driver error leaves the context unusable (a kernel faulted): every later call on
 /// it fails the same way.
-fn is_sticky(code: CUresult) -> bool {
+pub fn context_lost(code: CUresult) -> bool {
     matches!(
         code,
         CUresult::CUDA_ERROR_ILLEGAL_ADDRESS
@@ -81,7 +76,7 @@ fn is_sticky(code: CUresult) -> bool {
 /// The error of the driver call `op`: [`SgmvError::ContextLost`] for a sticky one.
 fn drv(op: &str) -> impl Fn(DriverError) -> SgmvError + '_ {
     move |e| {
-        if is_sticky(e.0) {
+        if context_lost(e.0) {
             SgmvError::ContextLost {
                 during: op.to_string(),
                 message: e.to_string(),
@@ -109,6 +104,36 @@ pub fn cuda_driver_available() -> bool {
 /// Whether `OPENLEDGER_CUDA_SYNC=1` asks for a synchronisation after each launch.
 fn sync_after_launch() -> bool {
     std::env::var("OPENLEDGER_CUDA_SYNC").is_ok_and(|v| v == "1")
+}
+
+/// Compiles every kernel of `openledger-kernels` for `ctx`'s device (a cubin for its
+/// architecture, PTX where NVRTC cannot; once per architecture per process) and loads them,
+/// by entry point name with its dtype suffix (`rms_norm_bf16`).
+pub fn load_kernels(ctx: &Arc<CudaContext>) -> Result<HashMap<String, CudaFunction>, SgmvError> {
+    guard("loading the kernels", || {
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(drv("cuDeviceGetAttribute"))?;
+        let programs = openledger_kernels::programs_for_device(major as u32, minor as u32)?;
+        let mut funcs = HashMap::new();
+        for (file, image) in programs.iter() {
+            let ptx = match image {
+                Image::Cubin(bytes) => Ptx::from_binary(bytes.clone()),
+                Image::Ptx(text) => Ptx::from_src(text.clone()),
+            };
+            let module = ctx.load_module(ptx).map_err(drv("cuModuleLoadData"))?;
+            for entry in entry_points(file) {
+                for d in DTYPES {
+                    let name = format!("{entry}_{d}");
+                    let f = module
+                        .load_function(&name)
+                        .map_err(drv("cuModuleGetFunction"))?;
+                    funcs.insert(name, f);
+                }
+            }
+        }
+        Ok(funcs)
+    })
 }
 
 /// A buffer in device memory.
@@ -368,28 +393,8 @@ impl CudaSgmv {
                 ordinal,
                 message: e.to_string(),
             })?;
-            let (major, minor) = ctx
-                .compute_capability()
-                .map_err(drv("cuDeviceGetAttribute"))?;
-            let programs = openledger_kernels::programs_for_device(major as u32, minor as u32)?;
+            let funcs = load_kernels(&ctx)?;
             let stream = ctx.default_stream();
-            let mut funcs = HashMap::new();
-            for (file, image) in programs.iter() {
-                let ptx = match image {
-                    Image::Cubin(bytes) => Ptx::from_binary(bytes.clone()),
-                    Image::Ptx(text) => Ptx::from_src(text.clone()),
-                };
-                let module = ctx.load_module(ptx).map_err(drv("cuModuleLoadData"))?;
-                for entry in entry_points(file) {
-                    for d in DTYPES {
-                        let name = format!("{entry}_{d}");
-                        let f = module
-                            .load_function(&name)
-                            .map_err(drv("cuModuleGetFunction"))?;
-                        funcs.insert(name, f);
-                    }
-                }
-            }
             Ok(Self {
                 ctx,
                 stream,

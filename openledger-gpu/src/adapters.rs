@@ -1,0 +1,300 @@
+//! Adapters in device memory: every LoRA module of every attached adapter in pages of one slab
+//! (`A` and `Bᵀ` in the SGMV kernels' padded layout, [`SlotLayout`]), and one persistent slot
+//! table the kernels index by (layer, projection, device slot): `[layers · 7][slots][4]` words
+//! of `A`'s address, `Bᵀ`'s address, the rank and the scale's bits. Attaching an adapter
+//! writes its pages and its table entries once; a step only uploads its launch tiles.
+
+use crate::error::GpuError;
+use crate::runtime::{Buffer, DevicePtr, Dtype, Runtime};
+use openledger_lora::adapter::{LoraAdapter, ModuleKind};
+use openledger_lora::model::{ModelConfig, PROJECTIONS};
+use openledger_lora::sgmv::{BLayout, LoraSlot, PageAllocator, PageRun, SlotLayout};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Words per slot table entry (`SLOT_WORDS` in common.cuh).
+const SLOT_WORDS: usize = 4;
+/// Projections per layer ([`PROJECTIONS`]).
+pub(crate) const NPROJ: usize = PROJECTIONS.len();
+
+/// How much device memory adapters may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdapterBudget {
+    /// Adapters held at once (device slots).
+    pub slots: usize,
+    /// Bytes of the page slab.
+    pub slab_bytes: usize,
+    /// Bytes per page.
+    pub page_bytes: usize,
+}
+
+impl Default for AdapterBudget {
+    fn default() -> Self {
+        Self {
+            slots: 64,
+            slab_bytes: 64 << 20,
+            page_bytes: 16 << 10,
+        }
+    }
+}
+
+/// One attached adapter.
+#[derive(Debug)]
+struct Held {
+    runs: Vec<PageRun>,
+    /// Rank per (layer, projection); 0 where the adapter has no module.
+    ranks: Vec<usize>,
+}
+
+/// The device tier of adapters (see the module docs).
+#[derive(Debug)]
+pub(crate) struct DeviceAdapters {
+    slab: Buffer,
+    pages: PageAllocator,
+    page_bytes: usize,
+    table: Buffer,
+    slots: Vec<Option<Held>>,
+    by_name: HashMap<String, usize>,
+    layers: usize,
+}
+
+/// `(in, out)` features of projection `p` of a layer.
+pub(crate) fn proj_dims(cfg: &ModelConfig, p: usize) -> (usize, usize) {
+    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+    let (q, kv) = (
+        cfg.num_heads * cfg.head_dim,
+        cfg.num_kv_heads * cfg.head_dim,
+    );
+    match p {
+        0 => (h, q),
+        1 | 2 => (h, kv),
+        3 => (q, h),
+        4 | 5 => (h, i),
+        _ => (i, h),
+    }
+}
+
+/// `(layer, projection)` of a module name of this model, if it is one.
+fn parse_module(name: &str, layers: usize) -> Option<(usize, usize)> {
+    let rest = name.strip_prefix("model.layers.")?;
+    let (l, rest) = rest.split_once('.')?;
+    let l: usize = l.parse().ok()?;
+    let (group, proj) = rest.split_once('.')?;
+    let p = PROJECTIONS.iter().position(|&x| x == proj)?;
+    let want = if p < 4 { "self_attn" } else { "mlp" };
+    (l < layers && group == want).then_some((l, p))
+}
+
+impl DeviceAdapters {
+    pub fn new(
+        rt: &Arc<dyn Runtime>,
+        cfg: &ModelConfig,
+        budget: AdapterBudget,
+    ) -> Result<Self, GpuError> {
+        if budget.slots == 0 || budget.page_bytes < 256 || budget.slab_bytes < budget.page_bytes {
+            return Err(GpuError::InvalidArgument {
+                name: "adapter budget",
+                reason: format!(
+                    "{budget:?}: at least one slot, pages of 256 bytes or more, a slab of one page or more"
+                ),
+            });
+        }
+        let pages = budget.slab_bytes / budget.page_bytes;
+        let slab = Buffer::new(rt, pages * budget.page_bytes)?;
+        let table_bytes = cfg.num_layers * NPROJ * budget.slots * SLOT_WORDS * 8;
+        let table = Buffer::from_bytes(rt, &vec![0u8; table_bytes])?;
+        Ok(Self {
+            slab,
+            pages: PageAllocator::new(pages),
+            page_bytes: budget.page_bytes,
+            table,
+            slots: (0..budget.slots).map(|_| None).collect(),
+            by_name: HashMap::new(),
+            layers: cfg.num_layers,
+        })
+    }
+
+    /// The device slot of adapter `name`.
+    pub fn slot(&self, name: &str) -> Option<usize> {
+        self.by_name.get(name).copied()
+    }
+
+    /// Names of the attached adapters.
+    pub fn names(&self) -> Vec<&str> {
+        self.by_name.keys().map(String::as_str).collect()
+    }
+
+    /// Rank of slot `slot`'s module (layer, projection); 0 where it has none.
+    pub fn rank(&self, slot: usize, layer: usize, proj: usize) -> usize {
+        self.slots[slot]
+            .as_ref()
+            .map_or(0, |h| h.ranks[layer * NPROJ + proj])
+    }
+
+    /// Device slots.
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The slot table of (layer, projection).
+    pub fn table(&self, layer: usize, proj: usize) -> DevicePtr {
+        self.table
+            .at((layer * NPROJ + proj) * self.slots.len() * SLOT_WORDS * 8)
+    }
+
+    /// Bytes of the slab and the table.
+    pub fn bytes(&self) -> usize {
+        self.slab.len() + self.table.len()
+    }
+
+    /// Free pages of the slab.
+    pub fn free_pages(&self) -> usize {
+        self.pages.free_pages()
+    }
+
+    /// Copies `adapter` to the device as `name` (replacing an adapter of that name, whose pages
+    /// are freed once the new copy is written). Refused, changing nothing: a module that is not a projection of this model or of other
+    /// dimensions, DoRA, `lora_bias` and `modules_to_save` (not done on the GPU yet), no free
+    /// slot, no run of free pages long enough.
+    pub fn attach(
+        &mut self,
+        cfg: &ModelConfig,
+        dtype: Dtype,
+        name: &str,
+        adapter: &LoraAdapter,
+    ) -> Result<usize, GpuError> {
+        let incompatible = |reason: String| GpuError::InvalidArgument {
+            name: "adapter",
+            reason: format!("{name}: {reason}"),
+        };
+        let unsupported = |what: &str| GpuError::Unsupported {
+            what: format!("{what} (adapter {name})"),
+        };
+        if adapter.saved_tensors().len() > 0 {
+            return Err(unsupported("modules_to_save"));
+        }
+        let mut modules = Vec::with_capacity(adapter.num_modules());
+        for (module, m) in adapter.modules() {
+            let Some((l, p)) = parse_module(module, self.layers) else {
+                return Err(incompatible(format!(
+                    "{module:?} is not a projection of this model"
+                )));
+            };
+            if m.kind() != ModuleKind::Linear || m.fan_in_fan_out() {
+                return Err(incompatible(format!(
+                    "{module:?} is not an [out, in] linear layer"
+                )));
+            }
+            if m.magnitude().is_some() {
+                return Err(unsupported("DoRA"));
+            }
+            if m.lora_bias().is_some() {
+                return Err(unsupported("lora_bias"));
+            }
+            let (din, dout) = proj_dims(cfg, p);
+            if (m.in_features(), m.out_features()) != (din, dout) {
+                return Err(incompatible(format!(
+                    "{module:?} is {}→{}, the model's is {din}→{dout}",
+                    m.in_features(),
+                    m.out_features()
+                )));
+            }
+            if !m.scale().is_finite() {
+                return Err(incompatible(format!("{module:?}: scale {}", m.scale())));
+            }
+            modules.push((l, p, m));
+        }
+        // A replacement takes the slot of the adapter it replaces.
+        let previous = self.by_name.get(name).copied();
+        let slot = match previous {
+            Some(s) => s,
+            None => self.slots.iter().position(Option::is_none).ok_or_else(|| {
+                GpuError::OutOfMemory {
+                    what: format!(
+                        "a device slot for adapter {name} (all {} are held)",
+                        self.slots.len()
+                    ),
+                    bytes: 0,
+                }
+            })?,
+        };
+        let eb = dtype.bytes();
+        let mut runs = Vec::with_capacity(modules.len());
+        let mut entries = Vec::with_capacity(modules.len());
+        let mut ranks = vec![0usize; self.layers * NPROJ];
+        // A replaced adapter keeps its pages until the new copy is written: a failed
+        // replacement leaves it as it was.
+        let result = (|| -> Result<(), GpuError> {
+            for &(l, p, m) in &modules {
+                let (din, dout) = proj_dims(cfg, p);
+                let layout = SlotLayout::new(din, dout, m.rank(), eb);
+                let npages = layout.pages(eb, self.page_bytes);
+                let run = self
+                    .pages
+                    .alloc(npages)
+                    .map_err(|e| GpuError::OutOfMemory {
+                        what: format!("adapter {name} in the device slab: {e}"),
+                        bytes: npages * self.page_bytes,
+                    })?;
+                runs.push(run);
+                let (a, b) = (m.a_f32(), m.b_f32());
+                let slot = LoraSlot {
+                    a: &a,
+                    b: &b,
+                    rank: m.rank(),
+                    scale: m.scale(),
+                };
+                let packed = layout.pack(&slot, din, dout, BLayout::OutRank);
+                let at = run.start * self.page_bytes;
+                self.slab.write(at, &dtype.encode(&packed))?;
+                let a_addr = self.slab.at(at);
+                let b_addr = a_addr + (layout.b_offset * eb) as u64;
+                entries.push((
+                    l,
+                    p,
+                    [
+                        a_addr as i64,
+                        b_addr as i64,
+                        m.rank() as i64,
+                        i64::from(m.scale().to_bits()),
+                    ],
+                ));
+                ranks[l * NPROJ + p] = m.rank();
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            for r in runs {
+                self.pages.free(r);
+            }
+            return Err(e);
+        }
+        if let Some(old) = previous.and_then(|s| self.slots[s].take()) {
+            for r in old.runs {
+                self.pages.free(r);
+            }
+        }
+        let cap = self.slots.len();
+        for (l, p, words) in entries {
+            let off = ((l * NPROJ + p) * cap + slot) * SLOT_WORDS * 8;
+            let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+            self.table.write(off, &bytes)?;
+        }
+        self.slots[slot] = Some(Held { runs, ranks });
+        self.by_name.insert(name.to_string(), slot);
+        Ok(slot)
+    }
+
+    /// Frees adapter `name`'s pages and slot; false when it is not attached.
+    pub fn detach(&mut self, name: &str) -> bool {
+        let Some(slot) = self.by_name.remove(name) else {
+            return false;
+        };
+        if let Some(h) = self.slots[slot].take() {
+            for r in h.runs {
+                self.pages.free(r);
+            }
+        }
+        true
+    }
+}

@@ -1,0 +1,307 @@
+//! [`CudaRuntime`]: the [`Runtime`] interface on a CUDA device through cudarc, with the driver,
+//! NVRTC and cuBLAS loaded at run time. Every entry point first checks that the libraries can
+//! be loaded (cudarc panics when it cannot) and runs inside `catch_unwind` as a second guard, so
+//! a missing library, device or kernel is a [`GpuError`], never a panic.
+//!
+//! Everything runs in order on the context's default stream: the kernels of
+//! `openledger-kernels` (compiled by NVRTC for the device's architecture, cubin first) and
+//! cuBLAS's `cublasGemmEx` (inputs in the model's dtype, `CUBLAS_COMPUTE_32F`). Launches are
+//! asynchronous: a kernel that faults shows up at a later call as [`GpuError::ContextLost`];
+//! with `OPENLEDGER_CUDA_SYNC=1` every launch is followed by a synchronisation so the failing
+//! kernel is the one named.
+
+use crate::error::GpuError;
+use crate::runtime::{Arg, DevicePtr, Dtype, Gemm, LaunchDims, Runtime};
+use cudarc::cublas::sys as blas;
+use cudarc::driver::sys::CUresult;
+use cudarc::driver::{CudaContext, CudaFunction, DriverError, result};
+use openledger_lora::sgmv::{context_lost, cuda_driver_available, load_kernels};
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::Arc;
+
+/// Runs `f`, turning a panic into [`GpuError::Panicked`].
+fn guard<R>(what: &'static str, f: impl FnOnce() -> Result<R, GpuError>) -> Result<R, GpuError> {
+    openledger_kernels::catch_panic(f)
+        .unwrap_or_else(|message| Err(GpuError::Panicked { what, message }))
+}
+
+/// The error of driver call `op`.
+fn drv(op: &str) -> impl Fn(DriverError) -> GpuError + '_ {
+    move |e| {
+        if context_lost(e.0) {
+            GpuError::ContextLost {
+                during: op.to_string(),
+                message: e.to_string(),
+            }
+        } else if e.0 == CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+            GpuError::OutOfMemory {
+                what: op.to_string(),
+                bytes: 0,
+            }
+        } else {
+            GpuError::Driver {
+                op: op.to_string(),
+                message: e.to_string(),
+            }
+        }
+    }
+}
+
+/// Whether the cuBLAS library can be loaded.
+pub fn cublas_available() -> bool {
+    // SAFETY: only tries to open the library; no symbol is called.
+    std::panic::catch_unwind(|| unsafe { blas::is_culib_present() }).unwrap_or(false)
+}
+
+/// A cuBLAS handle, destroyed with the runtime.
+struct BlasHandle(blas::cublasHandle_t);
+
+// SAFETY: the handle is used under the runtime's context, one call at a time (cuBLAS handles
+// may be used from any thread that has the context current).
+unsafe impl Send for BlasHandle {}
+// SAFETY: as above; calls through `&self` are serialised by the caller's single stream.
+unsafe impl Sync for BlasHandle {}
+
+/// The runtime interface on CUDA device `ordinal` (see the module docs).
+pub struct CudaRuntime {
+    ctx: Arc<CudaContext>,
+    funcs: HashMap<String, CudaFunction>,
+    blas: BlasHandle,
+    sync: bool,
+    name: String,
+}
+
+impl std::fmt::Debug for CudaRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaRuntime")
+            .field("device", &self.name)
+            .field("kernels", &self.funcs.len())
+            .finish()
+    }
+}
+
+impl CudaRuntime {
+    /// Opens device `ordinal`, compiles every kernel for its architecture (once per
+    /// architecture per process) and creates a cuBLAS handle.
+    pub fn new(ordinal: usize) -> Result<Self, GpuError> {
+        if !cuda_driver_available() {
+            return Err(GpuError::MissingLibrary {
+                library: "cuda",
+                searched: openledger_kernels::library_candidates("cuda"),
+            });
+        }
+        if !openledger_kernels::nvrtc_available() {
+            return Err(GpuError::MissingLibrary {
+                library: "nvrtc",
+                searched: openledger_kernels::library_candidates("nvrtc"),
+            });
+        }
+        if !cublas_available() {
+            return Err(GpuError::MissingLibrary {
+                library: "cublas",
+                searched: openledger_kernels::library_candidates("cublas"),
+            });
+        }
+        guard("CUDA initialisation", || {
+            let ctx = CudaContext::new(ordinal).map_err(|e| GpuError::NoDevice {
+                ordinal,
+                message: e.to_string(),
+            })?;
+            let name = ctx.name().map_err(drv("cuDeviceGetName"))?;
+            let funcs = load_kernels(&ctx).map_err(|e| GpuError::Driver {
+                op: "loading the kernels".into(),
+                message: e.to_string(),
+            })?;
+            ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
+            let handle = cudarc::cublas::result::create_handle().map_err(|e| GpuError::Driver {
+                op: "cublasCreate".into(),
+                message: format!("{e:?}"),
+            })?;
+            Ok(Self {
+                ctx,
+                funcs,
+                blas: BlasHandle(handle),
+                sync: std::env::var("OPENLEDGER_CUDA_SYNC").is_ok_and(|v| v == "1"),
+                name,
+            })
+        })
+    }
+
+    /// Free and total device memory, in bytes.
+    pub fn memory(&self) -> Result<(usize, usize), GpuError> {
+        guard("cuMemGetInfo", || {
+            self.ctx.mem_get_info().map_err(drv("cuMemGetInfo"))
+        })
+    }
+
+    fn bind(&self) -> Result<(), GpuError> {
+        self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))
+    }
+
+    fn after_launch(&self, what: &str) -> Result<(), GpuError> {
+        if self.sync {
+            result::ctx::synchronize().map_err(drv(what))?;
+        }
+        Ok(())
+    }
+}
+
+fn blas_type(d: Dtype) -> blas::cudaDataType {
+    match d {
+        Dtype::F32 => blas::cudaDataType::CUDA_R_32F,
+        Dtype::F16 => blas::cudaDataType::CUDA_R_16F,
+        Dtype::Bf16 => blas::cudaDataType::CUDA_R_16BF,
+    }
+}
+
+impl Runtime for CudaRuntime {
+    fn device_name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn alloc(&self, bytes: usize) -> Result<DevicePtr, GpuError> {
+        guard("cuMemAlloc", || {
+            self.bind()?;
+            // SAFETY: allocates; the context is current.
+            unsafe { result::malloc_sync(bytes.max(1)) }.map_err(|e| match drv("cuMemAlloc")(e) {
+                GpuError::OutOfMemory { .. } => GpuError::OutOfMemory {
+                    what: "device memory".into(),
+                    bytes,
+                },
+                other => other,
+            })
+        })
+    }
+
+    unsafe fn free(&self, ptr: DevicePtr) {
+        let _ = guard("cuMemFree", || {
+            self.bind()?;
+            // SAFETY: as the caller promises; cuMemFree waits for work using it.
+            unsafe { result::free_sync(ptr) }.map_err(drv("cuMemFree"))
+        });
+    }
+
+    unsafe fn upload(&self, dst: DevicePtr, src: &[u8]) -> Result<(), GpuError> {
+        guard("cuMemcpyHtoD", || {
+            self.bind()?;
+            // SAFETY: as the caller promises; a synchronous copy from pageable memory.
+            unsafe { result::memcpy_htod_sync(dst, src) }.map_err(drv("cuMemcpyHtoD"))
+        })
+    }
+
+    unsafe fn download(&self, src: DevicePtr, dst: &mut [u8]) -> Result<(), GpuError> {
+        guard("cuMemcpyDtoH", || {
+            self.bind()?;
+            // SAFETY: as the caller promises; waits for the work issued before.
+            unsafe { result::memcpy_dtoh_sync(dst, src) }.map_err(drv("cuMemcpyDtoH"))
+        })
+    }
+
+    unsafe fn copy(&self, dst: DevicePtr, src: DevicePtr, bytes: usize) -> Result<(), GpuError> {
+        guard("cuMemcpyDtoD", || {
+            self.bind()?;
+            // SAFETY: as the caller promises.
+            unsafe { result::memcpy_dtod_sync(dst, src, bytes) }.map_err(drv("cuMemcpyDtoD"))
+        })
+    }
+
+    unsafe fn launch(&self, name: &str, dims: LaunchDims, args: &[Arg]) -> Result<(), GpuError> {
+        dims.check(name)?;
+        let f = self.funcs.get(name).ok_or_else(|| GpuError::Launch {
+            kernel: name.to_string(),
+            reason: "no such kernel".into(),
+        })?;
+        guard("cuLaunchKernel", || {
+            self.bind()?;
+            let mut words: Vec<u64> = args.iter().map(|a| a.word()).collect();
+            let mut params: Vec<*mut c_void> = words
+                .iter_mut()
+                .map(|w| w as *mut u64 as *mut c_void)
+                .collect();
+            // SAFETY: the caller promises the arguments fit the kernel; the driver copies the
+            // parameters before returning. The null stream is the context's default stream.
+            unsafe {
+                result::launch_kernel(
+                    f.cu_function(),
+                    dims.grid,
+                    (dims.threads, 1, 1),
+                    dims.shared_bytes,
+                    std::ptr::null_mut(),
+                    &mut params,
+                )
+            }
+            .map_err(|e| match drv(name)(e) {
+                GpuError::Driver { message, .. } => GpuError::Launch {
+                    kernel: name.to_string(),
+                    reason: message,
+                },
+                other => other,
+            })?;
+            self.after_launch(name)
+        })
+    }
+
+    unsafe fn gemm(&self, g: &Gemm) -> Result<(), GpuError> {
+        g.check()?;
+        guard("cublasGemmEx", || {
+            self.bind()?;
+            let alpha = 1f32;
+            let beta = if g.accumulate { 1f32 } else { 0f32 };
+            let t = blas_type(g.dtype);
+            // Column-major view: yᵀ [n, m] = w [n, k] · xᵀ [k, m], with w stored row-major as
+            // a column-major [k, n] (so transposed) and x row-major as a column-major [k, m].
+            // SAFETY: as the caller promises; sizes are checked to fit `int`.
+            unsafe {
+                cudarc::cublas::result::gemm_ex(
+                    self.blas.0,
+                    blas::cublasOperation_t::CUBLAS_OP_T,
+                    blas::cublasOperation_t::CUBLAS_OP_N,
+                    g.n as i32,
+                    g.m as i32,
+                    g.k as i32,
+                    &alpha as *const f32 as *const c_void,
+                    g.w as *const c_void,
+                    t,
+                    g.ldw as i32,
+                    g.x as *const c_void,
+                    t,
+                    g.ldx as i32,
+                    &beta as *const f32 as *const c_void,
+                    g.y as *mut c_void,
+                    t,
+                    g.ldy as i32,
+                    blas::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                    blas::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                )
+            }
+            .map_err(|e| GpuError::Driver {
+                op: "cublasGemmEx".into(),
+                message: format!("{e:?}"),
+            })?;
+            self.after_launch("cublasGemmEx")
+        })
+    }
+
+    fn synchronize(&self) -> Result<(), GpuError> {
+        guard("cuCtxSynchronize", || {
+            self.bind()?;
+            result::ctx::synchronize().map_err(drv("cuCtxSynchronize"))
+        })
+    }
+}
+
+impl Drop for CudaRuntime {
+    fn drop(&mut self) {
+        let _ = guard("cublasDestroy", || {
+            self.bind()?;
+            // SAFETY: the handle is ours and destroyed once.
+            unsafe { cudarc::cublas::result::destroy_handle(self.blas.0) }.map_err(|e| {
+                GpuError::Driver {
+                    op: "cublasDestroy".into(),
+                    message: format!("{e:?}"),
+                }
+            })
+        });
+    }
+}

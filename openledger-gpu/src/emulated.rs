@@ -1,0 +1,258 @@
+//! [`EmulatedRuntime`]: the [`Runtime`] interface in host memory. Device addresses are host
+//! addresses; kernels are the very CUDA C of `openledger-kernels`, compiled for the host under
+//! its emulation of blocks, warps and barriers (`kernels/emulate/device_ffi.cpp`, one entry
+//! point taking cuLaunchKernel's arguments) and loaded as a shared library; GEMMs are a host
+//! loop with the same contract as the device's (f32 accumulation, one rounding to the output
+//! type). Everything is synchronous.
+//!
+//! It exists so that the GPU model's host side — weight layout, launch arguments, the paged
+//! KV cache in device layout, batch metadata — runs and is checked on machines without a GPU.
+//! It is slow (one OS thread per emulated CUDA thread) and says nothing of speed.
+
+use crate::error::GpuError;
+use crate::runtime::{Arg, DevicePtr, Dtype, Gemm, LaunchDims, Runtime};
+use libloading::Library;
+use openledger_kernels::emulate::{EmulatedOutput, compile_emulated};
+use std::alloc::Layout;
+use std::collections::HashMap;
+use std::ffi::{CString, c_char, c_int, c_uint, c_void};
+use std::path::Path;
+use std::sync::Mutex;
+
+/// Alignment of every emulated allocation (what `cudaMalloc` guarantees).
+const ALIGN: usize = 256;
+
+type LaunchFn = unsafe extern "C" fn(
+    *const c_char,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    *mut *mut c_void,
+) -> c_int;
+
+/// The runtime interface over host memory and host-compiled kernels (see the module docs).
+pub struct EmulatedRuntime {
+    lib: Library,
+    allocations: Mutex<HashMap<DevicePtr, Layout>>,
+}
+
+impl std::fmt::Debug for EmulatedRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmulatedRuntime")
+            .field(
+                "allocations",
+                &self.allocations.lock().map(|a| a.len()).unwrap_or(0),
+            )
+            .finish()
+    }
+}
+
+impl EmulatedRuntime {
+    /// Builds the emulated kernels into `dir` with the C++20 compiler `$CXX` (else `c++`) and
+    /// loads them. Compiling takes tens of seconds; build once and share the runtime.
+    pub fn build(dir: &Path) -> Result<Self, GpuError> {
+        std::fs::create_dir_all(dir).map_err(|source| GpuError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let so = dir.join("libdevice_emulated.so");
+        compile_emulated("device_ffi.cpp", &so, EmulatedOutput::SharedLibrary)
+            .map_err(GpuError::Emulation)?;
+        // SAFETY: the library is built from this repository's sources; its initialisers only
+        // define the kernels' table.
+        let lib = unsafe { Library::new(&so) }
+            .map_err(|e| GpuError::Emulation(format!("cannot load {}: {e}", so.display())))?;
+        // SAFETY: the symbol's C signature is `LaunchFn` (device_ffi.cpp).
+        unsafe { lib.get::<LaunchFn>(b"emu_launch_kernel") }
+            .map_err(|e| GpuError::Emulation(format!("no launch entry point: {e}")))?;
+        Ok(Self {
+            lib,
+            allocations: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Live allocations.
+    pub fn live_allocations(&self) -> usize {
+        self.allocations.lock().map(|a| a.len()).unwrap_or(0)
+    }
+}
+
+/// Reads element `i` of a host array of `dtype` as f32.
+///
+/// # Safety
+/// `p` holds at least `i + 1` elements of `dtype`.
+unsafe fn load(p: DevicePtr, i: usize, dtype: Dtype) -> f32 {
+    // SAFETY: as the caller promises; reads unaligned, so any address is fine.
+    unsafe {
+        match dtype {
+            Dtype::F32 => std::ptr::read_unaligned((p as *const f32).add(i)),
+            Dtype::F16 => {
+                half::f16::from_bits(std::ptr::read_unaligned((p as *const u16).add(i))).to_f32()
+            }
+            Dtype::Bf16 => {
+                half::bf16::from_bits(std::ptr::read_unaligned((p as *const u16).add(i))).to_f32()
+            }
+        }
+    }
+}
+
+/// Writes `v` rounded to `dtype` as element `i` of a host array.
+///
+/// # Safety
+/// `p` holds at least `i + 1` elements of `dtype`.
+unsafe fn store(p: DevicePtr, i: usize, dtype: Dtype, v: f32) {
+    // SAFETY: as the caller promises.
+    unsafe {
+        match dtype {
+            Dtype::F32 => std::ptr::write_unaligned((p as *mut f32).add(i), v),
+            Dtype::F16 => {
+                std::ptr::write_unaligned((p as *mut u16).add(i), half::f16::from_f32(v).to_bits())
+            }
+            Dtype::Bf16 => {
+                std::ptr::write_unaligned((p as *mut u16).add(i), half::bf16::from_f32(v).to_bits())
+            }
+        }
+    }
+}
+
+impl Runtime for EmulatedRuntime {
+    fn device_name(&self) -> String {
+        "host emulation".into()
+    }
+
+    fn alloc(&self, bytes: usize) -> Result<DevicePtr, GpuError> {
+        let oom = || GpuError::OutOfMemory {
+            what: "emulated device memory".into(),
+            bytes,
+        };
+        let layout = Layout::from_size_align(bytes.max(1), ALIGN).map_err(|_| oom())?;
+        // SAFETY: the layout has a non-zero size.
+        let p = unsafe { std::alloc::alloc(layout) };
+        if p.is_null() {
+            return Err(oom());
+        }
+        // Garbage, not zeros, as device memory: a kernel must write what it later reads.
+        // SAFETY: `p` holds `layout.size()` bytes.
+        unsafe { std::ptr::write_bytes(p, 0xA5, layout.size()) };
+        self.allocations
+            .lock()
+            .map_err(|_| GpuError::Emulation("allocation table poisoned".into()))?
+            .insert(p as DevicePtr, layout);
+        Ok(p as DevicePtr)
+    }
+
+    unsafe fn free(&self, ptr: DevicePtr) {
+        let layout = self
+            .allocations
+            .lock()
+            .ok()
+            .and_then(|mut a| a.remove(&ptr));
+        if let Some(layout) = layout {
+            // SAFETY: allocated by `alloc` with this layout, freed once (removed above).
+            unsafe { std::alloc::dealloc(ptr as *mut u8, layout) };
+        }
+    }
+
+    unsafe fn upload(&self, dst: DevicePtr, src: &[u8]) -> Result<(), GpuError> {
+        // SAFETY: the caller promises the range is in a live allocation.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len()) };
+        Ok(())
+    }
+
+    unsafe fn download(&self, src: DevicePtr, dst: &mut [u8]) -> Result<(), GpuError> {
+        // SAFETY: the caller promises the range is in a live allocation.
+        unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), dst.len()) };
+        Ok(())
+    }
+
+    unsafe fn copy(&self, dst: DevicePtr, src: DevicePtr, bytes: usize) -> Result<(), GpuError> {
+        // SAFETY: the caller promises both ranges are live and disjoint.
+        unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, bytes) };
+        Ok(())
+    }
+
+    unsafe fn launch(&self, name: &str, dims: LaunchDims, args: &[Arg]) -> Result<(), GpuError> {
+        dims.check(name)?;
+        let cname = CString::new(name).map_err(|_| GpuError::Launch {
+            kernel: name.escape_debug().to_string(),
+            reason: "a NUL byte in the name".into(),
+        })?;
+        let mut words: Vec<u64> = args.iter().map(|a| a.word()).collect();
+        let mut params: Vec<*mut c_void> = words
+            .iter_mut()
+            .map(|w| w as *mut u64 as *mut c_void)
+            .collect();
+        // SAFETY: the symbol was found at build time with this signature.
+        let launch = unsafe { self.lib.get::<LaunchFn>(b"emu_launch_kernel") }
+            .map_err(|e| GpuError::Emulation(e.to_string()))?;
+        let (gx, gy, gz) = dims.grid;
+        // SAFETY: the caller promises the arguments fit the kernel; `params` points into
+        // `words`, alive for the call.
+        let rc = unsafe {
+            launch(
+                cname.as_ptr(),
+                gx,
+                gy,
+                gz,
+                dims.threads,
+                dims.shared_bytes,
+                params.as_mut_ptr(),
+            )
+        };
+        match rc {
+            0 => Ok(()),
+            1 => Err(GpuError::Launch {
+                kernel: name.to_string(),
+                reason: "no such kernel".into(),
+            }),
+            _ => Err(GpuError::Launch {
+                kernel: name.to_string(),
+                reason: format!("{} threads per block refused", dims.threads),
+            }),
+        }
+    }
+
+    unsafe fn gemm(&self, g: &Gemm) -> Result<(), GpuError> {
+        g.check()?;
+        let mut row = vec![0f32; g.n];
+        for i in 0..g.m {
+            for (j, out) in row.iter_mut().enumerate() {
+                let mut acc = 0f32;
+                for l in 0..g.k {
+                    // SAFETY: the caller promises the matrices hold what the shape implies.
+                    acc = unsafe {
+                        load(g.x, i * g.ldx + l, g.dtype)
+                            .mul_add(load(g.w, j * g.ldw + l, g.dtype), acc)
+                    };
+                }
+                if g.accumulate {
+                    // SAFETY: as above.
+                    acc += unsafe { load(g.y, i * g.ldy + j, g.dtype) };
+                }
+                *out = acc;
+            }
+            for (j, &v) in row.iter().enumerate() {
+                // SAFETY: as above.
+                unsafe { store(g.y, i * g.ldy + j, g.dtype, v) };
+            }
+        }
+        Ok(())
+    }
+
+    fn synchronize(&self) -> Result<(), GpuError> {
+        Ok(())
+    }
+}
+
+impl Drop for EmulatedRuntime {
+    fn drop(&mut self) {
+        if let Ok(mut a) = self.allocations.lock() {
+            for (p, layout) in a.drain() {
+                // SAFETY: every entry is a live allocation of `alloc`.
+                unsafe { std::alloc::dealloc(p as *mut u8, layout) };
+            }
+        }
+    }
+}

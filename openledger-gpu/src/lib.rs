@@ -1,0 +1,55 @@
+//! The openledger SDK's model on a GPU. [`GpuModel`] holds a llama-family checkpoint's weights
+//! and its paged KV cache in device memory and runs each serving step through the kernels of
+//! `openledger-kernels` (embedding gather, RMSNorm fused with the residual add, RoPE fused with
+//! the KV write, paged attention split over the context, gated activations) and the device's
+//! GEMMs, returning logits only for the rows that need them.
+//!
+//! Everything it asks of a device goes through the [`Runtime`] interface: memory, launches by
+//! name (cuLaunchKernel's argument convention) and GEMMs. Two runtimes implement it:
+//! - [`CudaRuntime`] (the `cuda` feature): a CUDA device through cudarc, with the driver, NVRTC
+//!   and cuBLAS loaded at run time, so the build needs no CUDA toolkit; a missing library or
+//!   device is a typed [`GpuError`], never a panic;
+//! - [`EmulatedRuntime`]: host memory and the very CUDA C kernels compiled for the host under
+//!   `openledger-kernels`' emulation of blocks and warps. It checks the whole host side (weight
+//!   layout, metadata, launch arguments, the device KV layout) without a GPU; it is slow and
+//!   says nothing of speed.
+//!
+//! Adapters live in a device slab ([`AdapterBudget`]) and run through the SGMV / BGMV kernels
+//! in the same mixed batch as the base model.
+//!
+//! Not done yet: DoRA, `lora_bias` and `modules_to_save` on the device, bf16 prefill attention
+//! with `mma.sync`, the engine driving a device KV storage, CUDA graphs, and the architectures
+//! with biases or Gemma's norms (a typed [`GpuError::Unsupported`]).
+
+mod adapters;
+mod checkpoint;
+#[cfg(feature = "cuda")]
+mod cuda;
+mod emulated;
+mod error;
+mod meta;
+mod model;
+mod runtime;
+
+pub use adapters::AdapterBudget;
+#[cfg(feature = "cuda")]
+pub use cuda::{CudaRuntime, cublas_available};
+pub use emulated::EmulatedRuntime;
+pub use error::GpuError;
+pub use meta::StepMeta;
+pub use model::{GpuModel, GpuOptions, MemoryUse};
+pub use openledger_lora::sgmv::cuda_driver_available;
+pub use runtime::{Arg, Buffer, DevicePtr, Dtype, Gemm, LaunchDims, Runtime};
+
+/// Opens CUDA device `ordinal` as a [`Runtime`]; without the `cuda` feature, refuses.
+pub fn cuda_runtime(ordinal: usize) -> Result<std::sync::Arc<dyn Runtime>, GpuError> {
+    #[cfg(feature = "cuda")]
+    {
+        Ok(std::sync::Arc::new(CudaRuntime::new(ordinal)?))
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = ordinal;
+        Err(GpuError::NotCompiledWithCuda)
+    }
+}

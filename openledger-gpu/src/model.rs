@@ -1,0 +1,833 @@
+//! [`GpuModel`]: the llama-family decoder on a [`Runtime`]. Weights are copied from the
+//! checkpoint's memory maps in their stored type (or converted once to the model's type),
+//! with q|k|v and gate|up fused into one matrix each; the paged KV cache lives in device
+//! memory in the kernels' layout (per layer, K and V as `[blocks, kv_heads, block_size,
+//! head_dim]`); a step runs the kernels of `openledger-kernels` and the runtime's GEMMs, and
+//! only the rows that need logits go through the output head.
+//!
+//! Per layer: RMSNorm (fused with the residual add of the layer before), one GEMM for q|k|v,
+//! RoPE fused with the write of k and v into the cache, paged attention (GQA, sliding window,
+//! split over the context when long), the output GEMM, RMSNorm fused with the residual, one
+//! GEMM for gate|up, the gated activation, the down GEMM.
+
+use crate::adapters::{AdapterBudget, DeviceAdapters, NPROJ, proj_dims};
+use crate::checkpoint::Checkpoint;
+use crate::error::GpuError;
+use crate::meta::{StepMeta, i32_bytes, i64_bytes};
+use crate::runtime::{Arg, Buffer, DevicePtr, Dtype, Gemm, LaunchDims, Runtime};
+use openledger_lora::adapter::LoraAdapter;
+use openledger_lora::model::ops::rope_inv_freq;
+use openledger_lora::model::{Activation, Architecture, ModelConfig};
+use openledger_lora::serve::{KvLayout, StepBatch};
+use openledger_lora::sgmv::{LaunchTiles, SgmvPlan};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Threads per block of the per-row kernels (embedding, RMSNorm, activations).
+const ROW_THREADS: u32 = 256;
+/// Threads per block of the RoPE + KV write kernel.
+const ROPE_THREADS: u32 = 128;
+/// Threads per block of the attention kernels (`ATTN_THREADS` in attention.cu).
+const ATTN_THREADS: u32 = 128;
+/// The largest head the attention kernel holds (`ATTN_MAX_HD`).
+const ATTN_MAX_HD: usize = 256;
+
+/// How a [`GpuModel`] is set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GpuOptions {
+    /// The type weights, activations and the KV cache are held in; `None`: the type the
+    /// checkpoint stores its embeddings in.
+    pub dtype: Option<Dtype>,
+    /// Blocks in the KV pool.
+    pub kv_blocks: usize,
+    /// Positions per KV block.
+    pub block_size: usize,
+    /// Keys per part of the attention's split over the context: a row attending to more
+    /// positions is split into parts run in parallel and merged.
+    pub attention_part_len: usize,
+    /// Device memory for adapters.
+    pub adapters: AdapterBudget,
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        Self {
+            dtype: None,
+            kv_blocks: 256,
+            block_size: 16,
+            attention_part_len: 512,
+            adapters: AdapterBudget::default(),
+        }
+    }
+}
+
+/// One decoder layer's weights in device memory.
+#[derive(Debug)]
+struct Layer {
+    input_norm: Buffer,
+    /// `[q_out + 2 · kv_out, hidden]`: q, k, v rows one after another.
+    qkv: Buffer,
+    /// `[hidden, heads · head_dim]`.
+    o: Buffer,
+    post_norm: Buffer,
+    /// `[2 · intermediate, hidden]`: gate rows, then up rows.
+    gate_up: Buffer,
+    /// `[hidden, intermediate]`.
+    down: Buffer,
+}
+
+/// Device memory held, by component, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MemoryUse {
+    /// Weights of the base model.
+    pub weights: usize,
+    /// The KV pool.
+    pub kv_cache: usize,
+    /// Activations and step metadata (grown to the largest step so far).
+    pub scratch: usize,
+    /// The adapter slab and slot table.
+    pub adapters: usize,
+}
+
+/// The llama-family model on a [`Runtime`] (see the module docs).
+#[derive(Debug)]
+pub struct GpuModel {
+    rt: Arc<dyn Runtime>,
+    cfg: ModelConfig,
+    dtype: Dtype,
+    embed: Buffer,
+    layers: Vec<Layer>,
+    norm: Buffer,
+    lm_head: Option<Buffer>,
+    inv_freq: Buffer,
+    k_cache: Vec<Buffer>,
+    v_cache: Vec<Buffer>,
+    layout: KvLayout,
+    kv_blocks: usize,
+    part_len: usize,
+    adapters: DeviceAdapters,
+    scratch: HashMap<&'static str, Buffer>,
+}
+
+/// Threads per block of the SGMV kernels.
+const SGMV_THREADS: u32 = 128;
+/// Rank rows per shrink block (`SHRINK_WARPS` in shrink.cu).
+const SHRINK_WARPS: usize = 4;
+/// Rows per tile of the segment (SGMV) kernels; the row (BGMV) kernels take one.
+const SGMV_ROWS: usize = 8;
+/// Shared memory a block may take without opting in (the expand kernels stage rows × rank f32).
+const SHARED_BYTES: usize = 48 << 10;
+
+/// The launches of one (layer, projection)'s LoRA in a step.
+#[derive(Debug, Clone, Copy)]
+struct LoraLaunch {
+    /// Offset of its tiles in the step's tile buffer, in words.
+    tiles_at: usize,
+    tiles: usize,
+    max_rank: usize,
+    /// Rows per tile: SGMV's eight, BGMV's one.
+    per_tile: usize,
+}
+
+/// Refuses what the kernels do not do yet, naming it.
+fn check_supported(cfg: &ModelConfig) -> Result<(), GpuError> {
+    let unsupported = |what: String| Err(GpuError::Unsupported { what });
+    match cfg.arch {
+        Architecture::Llama | Architecture::Mistral => {}
+        other => return unsupported(format!("the {other:?} architecture")),
+    }
+    if cfg.attention_bias || cfg.qkv_bias || cfg.mlp_bias {
+        return unsupported("projection biases".into());
+    }
+    if !cfg.head_dim.is_multiple_of(2) || cfg.head_dim > ATTN_MAX_HD {
+        return unsupported(format!(
+            "head_dim {} (an even size up to {ATTN_MAX_HD} is needed)",
+            cfg.head_dim
+        ));
+    }
+    if cfg.num_kv_heads == 0 || !cfg.num_heads.is_multiple_of(cfg.num_kv_heads) {
+        return unsupported(format!(
+            "{} heads over {} KV heads",
+            cfg.num_heads, cfg.num_kv_heads
+        ));
+    }
+    Ok(())
+}
+
+impl GpuModel {
+    /// Loads the checkpoint folder `dir` (`config.json` and safetensors weights) onto `rt`,
+    /// reporting each tensor copied as `(done, total)` to `progress`.
+    pub fn load(
+        rt: Arc<dyn Runtime>,
+        dir: &Path,
+        opts: GpuOptions,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self, GpuError> {
+        let config_path = dir.join("config.json");
+        let text = std::fs::read(&config_path).map_err(|source| GpuError::Io {
+            path: config_path.clone(),
+            source,
+        })?;
+        let cfg = ModelConfig::from_json(&text)?;
+        check_supported(&cfg)?;
+        if opts.kv_blocks == 0 || opts.block_size == 0 || opts.attention_part_len == 0 {
+            return Err(GpuError::InvalidArgument {
+                name: "options",
+                reason: "kv_blocks, block_size and attention_part_len must be at least 1".into(),
+            });
+        }
+        let ck = Checkpoint::open(dir)?;
+        let (h, v, inter) = (cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size);
+        let hd = cfg.head_dim;
+        let (q_out, kv_out) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
+        let dtype = match opts.dtype {
+            Some(d) => d,
+            None => ck.tensor("model.embed_tokens.weight", &[v, h])?.dtype,
+        };
+        let eb = dtype.bytes();
+        let total = 4 + cfg.num_layers * 9;
+        let mut done = 0;
+        let mut step = |progress: &mut dyn FnMut(usize, usize)| {
+            done += 1;
+            progress(done, total);
+        };
+        // Copies tensor `key` ([rows, cols]) into `buf` at row `row0`.
+        let put = |buf: &mut Buffer, row0: usize, key: &str, shape: &[usize]| {
+            let t = ck.tensor(key, shape)?;
+            let bytes = t.bytes_as(key, dtype)?;
+            let cols = shape.get(1).copied().unwrap_or(1);
+            buf.write(row0 * cols * eb, &bytes)
+        };
+        let vector = |key: &str, n: usize| -> Result<Buffer, GpuError> {
+            let mut b = Buffer::new(&rt, n * eb)?;
+            put(&mut b, 0, key, &[n])?;
+            Ok(b)
+        };
+        let matrix = |parts: &[(&str, usize)], cols: usize| -> Result<Buffer, GpuError> {
+            let rows: usize = parts.iter().map(|p| p.1).sum();
+            let mut b = Buffer::new(&rt, rows * cols * eb)?;
+            let mut at = 0;
+            for &(key, n) in parts {
+                put(&mut b, at, key, &[n, cols])?;
+                at += n;
+            }
+            Ok(b)
+        };
+        let embed = matrix(&[("model.embed_tokens.weight", v)], h)?;
+        step(progress);
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for l in 0..cfg.num_layers {
+            let p = |n: &str| format!("model.layers.{l}.{n}");
+            let input_norm = vector(&p("input_layernorm.weight"), h)?;
+            let qkv = matrix(
+                &[
+                    (&p("self_attn.q_proj.weight"), q_out),
+                    (&p("self_attn.k_proj.weight"), kv_out),
+                    (&p("self_attn.v_proj.weight"), kv_out),
+                ],
+                h,
+            )?;
+            for _ in 0..4 {
+                step(progress);
+            }
+            let o = matrix(&[(&p("self_attn.o_proj.weight"), h)], q_out)?;
+            let post_norm = vector(&p("post_attention_layernorm.weight"), h)?;
+            let gate_up = matrix(
+                &[
+                    (&p("mlp.gate_proj.weight"), inter),
+                    (&p("mlp.up_proj.weight"), inter),
+                ],
+                h,
+            )?;
+            let down = matrix(&[(&p("mlp.down_proj.weight"), h)], inter)?;
+            for _ in 0..5 {
+                step(progress);
+            }
+            layers.push(Layer {
+                input_norm,
+                qkv,
+                o,
+                post_norm,
+                gate_up,
+                down,
+            });
+        }
+        let norm = vector("model.norm.weight", h)?;
+        step(progress);
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(matrix(&[("lm_head.weight", v)], h)?)
+        };
+        step(progress);
+        let inv = rope_inv_freq(hd, cfg.rope_theta, cfg.rope_scaling);
+        let inv_freq = Buffer::from_bytes(&rt, &Dtype::F32.encode(&inv))?;
+        let layout = KvLayout {
+            n_layers: cfg.num_layers,
+            n_kv_heads: cfg.num_kv_heads,
+            head_dim: hd,
+            block_size: opts.block_size,
+        };
+        let pool = opts
+            .kv_blocks
+            .checked_mul(layout.block_size * kv_out * eb)
+            .ok_or_else(|| GpuError::InvalidArgument {
+                name: "kv_blocks",
+                reason: format!("{} blocks overflow", opts.kv_blocks),
+            })?;
+        let mut k_cache = Vec::with_capacity(cfg.num_layers);
+        let mut v_cache = Vec::with_capacity(cfg.num_layers);
+        for _ in 0..cfg.num_layers {
+            k_cache.push(Buffer::new(&rt, pool)?);
+            v_cache.push(Buffer::new(&rt, pool)?);
+        }
+        let adapters = DeviceAdapters::new(&rt, &cfg, opts.adapters)?;
+        step(progress);
+        Ok(Self {
+            rt,
+            cfg,
+            dtype,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            inv_freq,
+            k_cache,
+            v_cache,
+            layout,
+            kv_blocks: opts.kv_blocks,
+            part_len: opts.attention_part_len,
+            adapters,
+            scratch: HashMap::new(),
+        })
+    }
+
+    /// Copies `adapter` to the device and serves batches naming `name` with it (a later
+    /// attach under the same name replaces it). Refused with nothing changed: modules that
+    /// are not this model's projections, DoRA, `lora_bias` and `modules_to_save` (not done on
+    /// the GPU yet: [`GpuError::Unsupported`]), a full slab or no free slot
+    /// ([`GpuError::OutOfMemory`]).
+    pub fn attach_adapter(&mut self, name: &str, adapter: &LoraAdapter) -> Result<(), GpuError> {
+        let cfg = self.cfg.clone();
+        self.adapters.attach(&cfg, self.dtype, name, adapter)?;
+        Ok(())
+    }
+
+    /// Frees adapter `name`'s device memory; false when it is not attached.
+    pub fn detach_adapter(&mut self, name: &str) -> bool {
+        self.adapters.detach(name)
+    }
+
+    /// Names of the attached adapters.
+    pub fn adapter_names(&self) -> Vec<&str> {
+        self.adapters.names()
+    }
+
+    /// Free pages of the adapter slab.
+    pub fn free_adapter_pages(&self) -> usize {
+        self.adapters.free_pages()
+    }
+
+    /// The LoRA launches of every (layer, projection) for rows running with `row_slots`
+    /// (device slots), their tiles in one buffer uploaded once, and the largest intermediate.
+    fn plan_lora(
+        &mut self,
+        row_slots: &[Option<usize>],
+    ) -> Result<(Vec<Option<LoraLaunch>>, usize), GpuError> {
+        let layers = self.cfg.num_layers;
+        let mut launches = vec![None; layers * NPROJ];
+        if row_slots.iter().all(Option::is_none) {
+            return Ok((launches, 0));
+        }
+        let per_tile = if row_slots.len() > 1
+            && row_slots.windows(2).any(|w| w[0].is_some() && w[0] == w[1])
+        {
+            SGMV_ROWS
+        } else {
+            1
+        };
+        let cap = self.adapters.capacity();
+        let mut words: Vec<i64> = Vec::new();
+        let mut v_len = 0;
+        // (layer, projection)s with the same rows and ranks share their tiles.
+        let mut seen: HashMap<(Vec<Option<usize>>, Vec<usize>), LoraLaunch> = HashMap::new();
+        for l in 0..layers {
+            for p in 0..NPROJ {
+                let ranks: Vec<usize> = (0..cap).map(|s| self.adapters.rank(s, l, p)).collect();
+                let rows: Vec<Option<usize>> = row_slots
+                    .iter()
+                    .map(|s| s.filter(|&s| ranks[s] > 0))
+                    .collect();
+                if rows.iter().all(Option::is_none) {
+                    continue;
+                }
+                let key = (rows, ranks);
+                if let Some(&launch) = seen.get(&key) {
+                    launches[l * NPROJ + p] = Some(launch);
+                    continue;
+                }
+                let (rows, ranks) = &key;
+                let plan = SgmvPlan::from_row_slots(rows, ranks).map_err(|e| {
+                    GpuError::InvalidArgument {
+                        name: "adapters",
+                        reason: e.to_string(),
+                    }
+                })?;
+                let tiles: LaunchTiles =
+                    plan.launch_tiles(per_tile)
+                        .map_err(|e| GpuError::InvalidArgument {
+                            name: "adapters",
+                            reason: e.to_string(),
+                        })?;
+                if per_tile * tiles.max_rank * 4 > SHARED_BYTES {
+                    return Err(GpuError::Unsupported {
+                        what: format!(
+                            "rank {} (the expand kernels stage rows × rank f32 in 48 KiB)",
+                            tiles.max_rank
+                        ),
+                    });
+                }
+                v_len = v_len.max(plan.intermediate_len());
+                let launch = LoraLaunch {
+                    tiles_at: words.len(),
+                    tiles: tiles.len(),
+                    max_rank: tiles.max_rank,
+                    per_tile,
+                };
+                words.extend_from_slice(&tiles.words);
+                seen.insert(key, launch);
+                launches[l * NPROJ + p] = Some(launch);
+            }
+        }
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        self.staged("lora_tiles", &bytes)?;
+        Ok((launches, v_len))
+    }
+
+    /// Adds projection `p`'s LoRA of layer `l` for the step's rows: `y[:, col..] += scale ·
+    /// (x · Aᵀ) · Bᵀ`, through the intermediate `v`.
+    ///
+    /// # Safety
+    /// `x` holds the step's rows of `in` features (stride `in`), `y` rows of `ldy` with the
+    /// projection's outputs from `col`; `v` holds the plan's intermediate; the tiles of
+    /// `launch` were uploaded by [`plan_lora`](Self::plan_lora) for this step.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn lora(
+        &self,
+        launch: Option<LoraLaunch>,
+        l: usize,
+        p: usize,
+        x: DevicePtr,
+        y: DevicePtr,
+        ldy: usize,
+        col: usize,
+        v: DevicePtr,
+    ) -> Result<(), GpuError> {
+        let Some(launch) = launch else {
+            return Ok(());
+        };
+        let per_tile = launch.per_tile;
+        let (din, dout) = proj_dims(&self.cfg, p);
+        let eb = self.dtype.bytes();
+        let vec = 16 / eb;
+        let (lda, ldb) = (din.next_multiple_of(vec), dout.next_multiple_of(vec));
+        let table = self.adapters.table(l, p);
+        let tiles = self.scratch["lora_tiles"].at(launch.tiles_at * 8);
+        let kind = if per_tile == 1 { "bgmv" } else { "sgmv" };
+        // SAFETY: as the caller promises; the tiles index slots of this (layer, projection)'s
+        // table with their ranks.
+        unsafe {
+            self.rt.launch(
+                &format!("{kind}_shrink_{}", self.dtype.suffix()),
+                LaunchDims::new(
+                    (
+                        launch.tiles as u32,
+                        launch.max_rank.div_ceil(SHRINK_WARPS) as u32,
+                        1,
+                    ),
+                    SGMV_THREADS,
+                ),
+                &[
+                    Arg::Ptr(v),
+                    Arg::Ptr(x),
+                    Arg::I64(din as i64),
+                    Arg::Ptr(table),
+                    Arg::Ptr(tiles),
+                    Arg::I32(din as i32),
+                    Arg::I32(lda as i32),
+                ],
+            )?;
+            let per_block = SGMV_THREADS as usize * vec;
+            self.rt.launch(
+                &format!("{kind}_expand_{}", self.dtype.suffix()),
+                LaunchDims {
+                    grid: (launch.tiles as u32, dout.div_ceil(per_block) as u32, 1),
+                    threads: SGMV_THREADS,
+                    shared_bytes: (per_tile * launch.max_rank * 4) as u32,
+                },
+                &[
+                    Arg::Ptr(y),
+                    Arg::I64(ldy as i64),
+                    Arg::I64(col as i64),
+                    Arg::Ptr(v),
+                    Arg::Ptr(table),
+                    Arg::Ptr(tiles),
+                    Arg::I32(dout as i32),
+                    Arg::I32(ldb as i32),
+                ],
+            )
+        }
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// The type weights, activations and the cache are held in.
+    pub fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
+    /// The runtime it runs on.
+    pub fn runtime(&self) -> &Arc<dyn Runtime> {
+        &self.rt
+    }
+
+    /// The KV cache's layout.
+    pub fn kv_layout(&self) -> KvLayout {
+        self.layout
+    }
+
+    /// Blocks in the KV pool.
+    pub fn kv_blocks(&self) -> usize {
+        self.kv_blocks
+    }
+
+    /// Device memory held, by component.
+    pub fn memory(&self) -> MemoryUse {
+        let weights = self.embed.len()
+            + self.norm.len()
+            + self.lm_head.as_ref().map_or(0, Buffer::len)
+            + self.inv_freq.len()
+            + self
+                .layers
+                .iter()
+                .map(|l| {
+                    l.input_norm.len()
+                        + l.qkv.len()
+                        + l.o.len()
+                        + l.post_norm.len()
+                        + l.gate_up.len()
+                        + l.down.len()
+                })
+                .sum::<usize>();
+        let kv_cache = self
+            .k_cache
+            .iter()
+            .chain(&self.v_cache)
+            .map(Buffer::len)
+            .sum();
+        let scratch = self.scratch.values().map(Buffer::len).sum();
+        MemoryUse {
+            weights,
+            kv_cache,
+            scratch,
+            adapters: self.adapters.bytes(),
+        }
+    }
+
+    /// A scratch buffer of at least `bytes`, grown (never shrunk) as steps need.
+    fn scratch(&mut self, name: &'static str, bytes: usize) -> Result<DevicePtr, GpuError> {
+        let fits = self.scratch.get(name).is_some_and(|b| b.len() >= bytes);
+        if !fits {
+            // Free the old one first, so the peak is the larger buffer alone.
+            self.scratch.remove(name);
+            self.scratch.insert(name, Buffer::new(&self.rt, bytes)?);
+        }
+        Ok(self.scratch[name].ptr())
+    }
+
+    /// A scratch buffer holding `data`.
+    fn staged(&mut self, name: &'static str, data: &[u8]) -> Result<DevicePtr, GpuError> {
+        let p = self.scratch(name, data.len())?;
+        if let Some(b) = self.scratch.get_mut(name) {
+            b.write(0, data)?;
+        }
+        Ok(p)
+    }
+
+    /// Launches `kernel` (the model's dtype suffix added).
+    ///
+    /// # Safety
+    /// As [`Runtime::launch`].
+    unsafe fn launch(
+        &self,
+        kernel: &str,
+        grid: (u32, u32, u32),
+        threads: u32,
+        args: &[Arg],
+    ) -> Result<(), GpuError> {
+        let name = format!("{kernel}_{}", self.dtype.suffix());
+        // SAFETY: as the caller promises.
+        unsafe { self.rt.launch(&name, LaunchDims::new(grid, threads), args) }
+    }
+
+    /// RMSNorm of `rows` rows of `x` into `out` with weight `w` (the residual added into
+    /// `residual` first, unless it is 0).
+    ///
+    /// # Safety
+    /// The buffers hold `rows` rows of the hidden size.
+    unsafe fn rms_norm(
+        &self,
+        rows: u32,
+        out: DevicePtr,
+        x: DevicePtr,
+        residual: DevicePtr,
+        w: DevicePtr,
+    ) -> Result<(), GpuError> {
+        let args = [
+            Arg::Ptr(out),
+            Arg::Ptr(x),
+            Arg::Ptr(residual),
+            Arg::Ptr(w),
+            Arg::I32(self.cfg.hidden_size as i32),
+            Arg::F32(self.cfg.rms_norm_eps),
+            Arg::I32(0),
+        ];
+        // SAFETY: as the caller promises.
+        unsafe { self.launch("rms_norm", (rows, 1, 1), ROW_THREADS, &args) }
+    }
+
+    /// `y = x · wᵀ` for `m` rows (dense strides).
+    ///
+    /// # Safety
+    /// As [`Runtime::gemm`].
+    unsafe fn gemm(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        x: DevicePtr,
+        w: DevicePtr,
+        y: DevicePtr,
+    ) -> Result<(), GpuError> {
+        let g = Gemm {
+            m,
+            n,
+            k,
+            x,
+            ldx: k,
+            w,
+            ldw: k,
+            y,
+            ldy: n,
+            dtype: self.dtype,
+            accumulate: false,
+        };
+        // SAFETY: as the caller promises.
+        unsafe { self.rt.gemm(&g) }
+    }
+
+    /// Runs one step: every sequence's new tokens through the decoder (each position's K and
+    /// V written into the pool through its block table), returning the logits of each
+    /// sequence that needs them (its last token), `[rows, vocab]` row-major in f32. Nothing is
+    /// written when the batch is refused (empty sequence, token outside the vocabulary, block
+    /// table too short or outside the pool, an adapter not attached). Each sequence runs with
+    /// its adapter (by name, [`attach_adapter`](Self::attach_adapter)) or the base model, all
+    /// in one mixed batch: the SGMV kernels add every projection's LoRA into the fused
+    /// outputs (segments of eight rows sharing an adapter; BGMV, one row per tile, for a
+    /// batch of decodes).
+    pub fn forward(&mut self, batch: &StepBatch) -> Result<Vec<f32>, GpuError> {
+        let cfg = self.cfg.clone();
+        let meta = StepMeta::pack(
+            batch,
+            cfg.vocab_size,
+            self.layout.block_size,
+            self.kv_blocks,
+            None,
+        )?;
+        let mut row_slots = Vec::with_capacity(meta.ids.len());
+        for (n, s) in batch.seqs.iter().enumerate() {
+            let slot = match &s.adapter {
+                None => None,
+                Some(id) => Some(self.adapters.slot(id.as_str()).ok_or_else(|| {
+                    GpuError::InvalidArgument {
+                        name: "batch",
+                        reason: format!("sequence {n} ({:?}): adapter {id} is not attached", s.seq),
+                    }
+                })?),
+            };
+            row_slots.extend(std::iter::repeat_n(slot, s.tokens.len()));
+        }
+        let (lora, v_len) = self.plan_lora(&row_slots)?;
+        let lv = self.scratch("lora_v", v_len.max(1) * 4)?;
+        let eb = self.dtype.bytes();
+        let t = meta.ids.len();
+        let (h, inter, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
+        let (nh, nkv) = (cfg.num_heads, cfg.num_kv_heads);
+        let (q_out, kv_out) = (nh * hd, nkv * hd);
+        let width = q_out + 2 * kv_out;
+        let parts = meta.max_span.div_ceil(self.part_len).max(1);
+        let ids = self.staged("ids", &i32_bytes(&meta.ids))?;
+        let pos = self.staged("positions", &i32_bytes(&meta.positions))?;
+        let slots = self.staged("slots", &i64_bytes(&meta.slots))?;
+        let tables = self.staged("tables", &i32_bytes(&meta.tables))?;
+        let toff = self.staged("table_off", &i64_bytes(&meta.table_off))?;
+        let res = self.scratch("residual", t * h * eb)?;
+        let hid = self.scratch("hidden", t * h * eb)?;
+        let tmp = self.scratch("projected", t * h * eb)?;
+        let qkv = self.scratch("qkv", t * width * eb)?;
+        let attn = self.scratch("attention", t * q_out * eb)?;
+        let gu = self.scratch("gate_up", t * 2 * inter * eb)?;
+        let act = self.scratch("activation", t * inter * eb)?;
+        let part_stats = t * nh * parts * 4;
+        let pm = self.scratch("part_max", part_stats)?;
+        let pl = self.scratch("part_sum", part_stats)?;
+        let pacc = self.scratch("part_acc", part_stats * hd)?;
+        let rows = t as u32;
+        let act_code = match cfg.activation {
+            Activation::Silu => 0,
+            Activation::GeluTanh => 1,
+            Activation::Gelu => 2,
+        };
+        let scale = 1.0 / (hd as f32).sqrt();
+        // SAFETY: every buffer was sized above for `t` rows of this model; the metadata was
+        // checked by `StepMeta::pack` (ids in the vocabulary, blocks in the pool, tables
+        // covering every position).
+        unsafe {
+            self.launch(
+                "embed",
+                (rows, 1, 1),
+                ROW_THREADS,
+                &[
+                    Arg::Ptr(res),
+                    Arg::Ptr(self.embed.ptr()),
+                    Arg::Ptr(ids),
+                    Arg::I32(h as i32),
+                ],
+            )?;
+            for (l, layer) in self.layers.iter().enumerate() {
+                // Layer 0 normalises the embeddings; later layers add the MLP's output first.
+                let (x, residual) = if l == 0 { (res, 0) } else { (tmp, res) };
+                self.rms_norm(rows, hid, x, residual, layer.input_norm.ptr())?;
+                self.gemm(t, width, h, hid, layer.qkv.ptr(), qkv)?;
+                let at = |p: usize| lora[l * NPROJ + p];
+                self.lora(at(0), l, 0, hid, qkv, width, 0, lv)?;
+                self.lora(at(1), l, 1, hid, qkv, width, q_out, lv)?;
+                self.lora(at(2), l, 2, hid, qkv, width, q_out + kv_out, lv)?;
+                self.launch(
+                    "rope_kv",
+                    (rows, 1, 1),
+                    ROPE_THREADS,
+                    &[
+                        Arg::Ptr(qkv),
+                        Arg::I64(width as i64),
+                        Arg::Ptr(self.k_cache[l].ptr()),
+                        Arg::Ptr(self.v_cache[l].ptr()),
+                        Arg::Ptr(self.inv_freq.ptr()),
+                        Arg::Ptr(pos),
+                        Arg::Ptr(slots),
+                        Arg::I32(nh as i32),
+                        Arg::I32(nkv as i32),
+                        Arg::I32(hd as i32),
+                        Arg::I32(self.layout.block_size as i32),
+                    ],
+                )?;
+                let window = cfg.layer_window(l).map_or(0, |w| w.min(i32::MAX as usize));
+                self.launch(
+                    "attention",
+                    (rows, nh as u32, parts as u32),
+                    ATTN_THREADS,
+                    &[
+                        Arg::Ptr(attn),
+                        Arg::I64(q_out as i64),
+                        Arg::Ptr(qkv),
+                        Arg::I64(width as i64),
+                        Arg::Ptr(self.k_cache[l].ptr()),
+                        Arg::Ptr(self.v_cache[l].ptr()),
+                        Arg::Ptr(tables),
+                        Arg::Ptr(toff),
+                        Arg::Ptr(pos),
+                        Arg::I32(nkv as i32),
+                        Arg::I32((nh / nkv) as i32),
+                        Arg::I32(hd as i32),
+                        Arg::I32(self.layout.block_size as i32),
+                        Arg::F32(scale),
+                        Arg::I32(window as i32),
+                        Arg::I32(self.part_len as i32),
+                        Arg::Ptr(pm),
+                        Arg::Ptr(pl),
+                        Arg::Ptr(pacc),
+                    ],
+                )?;
+                if parts > 1 {
+                    self.launch(
+                        "attention_reduce",
+                        (rows, nh as u32, 1),
+                        ATTN_THREADS,
+                        &[
+                            Arg::Ptr(attn),
+                            Arg::I64(q_out as i64),
+                            Arg::Ptr(pm),
+                            Arg::Ptr(pl),
+                            Arg::Ptr(pacc),
+                            Arg::I32(parts as i32),
+                            Arg::I32(hd as i32),
+                        ],
+                    )?;
+                }
+                self.gemm(t, h, q_out, attn, layer.o.ptr(), tmp)?;
+                self.lora(at(3), l, 3, attn, tmp, h, 0, lv)?;
+                self.rms_norm(rows, hid, tmp, res, layer.post_norm.ptr())?;
+                self.gemm(t, 2 * inter, h, hid, layer.gate_up.ptr(), gu)?;
+                self.lora(at(4), l, 4, hid, gu, 2 * inter, 0, lv)?;
+                self.lora(at(5), l, 5, hid, gu, 2 * inter, inter, lv)?;
+                self.launch(
+                    "gated",
+                    (rows, inter.div_ceil(ROW_THREADS as usize) as u32, 1),
+                    ROW_THREADS,
+                    &[
+                        Arg::Ptr(act),
+                        Arg::Ptr(gu),
+                        Arg::I32(inter as i32),
+                        Arg::I32(act_code),
+                    ],
+                )?;
+                self.gemm(t, h, inter, act, layer.down.ptr(), tmp)?;
+                self.lora(at(6), l, 6, act, tmp, h, 0, lv)?;
+            }
+            self.rms_norm(rows, hid, tmp, res, self.norm.ptr())?;
+        }
+        let r = meta.logit_rows.len();
+        if r == 0 {
+            self.rt.synchronize()?;
+            return Ok(Vec::new());
+        }
+        let v = cfg.vocab_size;
+        let picked = self.staged("logit_rows", &i32_bytes(&meta.logit_rows))?;
+        let gathered = self.scratch("gathered", r * h * eb)?;
+        let logits = self.scratch("logits", r * v * eb)?;
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed).ptr();
+        // SAFETY: `picked` holds rows below `t`; the buffers hold `r` rows.
+        unsafe {
+            // The embedding gather doubles as a row gather of the final hidden states.
+            self.launch(
+                "embed",
+                (r as u32, 1, 1),
+                ROW_THREADS,
+                &[
+                    Arg::Ptr(gathered),
+                    Arg::Ptr(hid),
+                    Arg::Ptr(picked),
+                    Arg::I32(h as i32),
+                ],
+            )?;
+            self.gemm(r, v, h, gathered, head, logits)?;
+        }
+        let mut out = vec![0u8; r * v * eb];
+        self.scratch["logits"].read(0, &mut out)?;
+        Ok(self.dtype.decode(&out))
+    }
+}

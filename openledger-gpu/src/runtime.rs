@@ -1,0 +1,359 @@
+//! What the GPU model asks of a device: memory (allocate, copy in, copy out, copy within),
+//! kernel launches by name with cuLaunchKernel's argument convention, and row-major GEMMs with
+//! f32 accumulation. [`CudaRuntime`](crate::CudaRuntime) does it on a CUDA device;
+//! [`EmulatedRuntime`](crate::EmulatedRuntime) does it in host memory with the same kernels
+//! compiled for the host, so everything above this interface is tested without a GPU.
+//!
+//! Device addresses are plain `u64`s ([`DevicePtr`]); a [`Buffer`] owns an allocation and frees
+//! it when dropped, and its copies are bounds-checked. Launches and GEMMs take raw addresses:
+//! they are `unsafe`, their callers (the model) promise the addresses and sizes fit.
+
+use crate::error::GpuError;
+use std::sync::Arc;
+
+/// A device address.
+pub type DevicePtr = u64;
+
+/// The element type of a device tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dtype {
+    /// IEEE binary32.
+    F32,
+    /// IEEE binary16.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+impl Dtype {
+    /// Bytes per element.
+    pub fn bytes(self) -> usize {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::F16 | Dtype::Bf16 => 2,
+        }
+    }
+
+    /// The suffix of the kernels instantiated for it (`embed_bf16`).
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+            Dtype::F16 => "f16",
+            Dtype::Bf16 => "bf16",
+        }
+    }
+
+    /// Encodes f32 values as this type's little-endian bytes (round to nearest even).
+    pub fn encode(self, values: &[f32]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(values.len() * self.bytes());
+        for &v in values {
+            match self {
+                Dtype::F32 => out.extend_from_slice(&v.to_le_bytes()),
+                Dtype::F16 => out.extend_from_slice(&half::f16::from_f32(v).to_le_bytes()),
+                Dtype::Bf16 => out.extend_from_slice(&half::bf16::from_f32(v).to_le_bytes()),
+            }
+        }
+        out
+    }
+
+    /// Decodes this type's little-endian bytes to f32 (a trailing partial element is ignored).
+    pub fn decode(self, bytes: &[u8]) -> Vec<f32> {
+        match self {
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Dtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dtype::Bf16 => bytes
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+        }
+    }
+}
+
+/// One kernel argument, passed by address as cuLaunchKernel passes `kernelParams`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Arg {
+    /// A device address (a `T*` parameter).
+    Ptr(DevicePtr),
+    /// An `int`.
+    I32(i32),
+    /// A 64-bit integer (`i64`).
+    I64(i64),
+    /// A `float`.
+    F32(f32),
+}
+
+impl Arg {
+    /// The argument's bytes at the start of an 8-byte word (little-endian), which the kernel
+    /// reads through a pointer to that word.
+    pub fn word(self) -> u64 {
+        match self {
+            Arg::Ptr(p) => p,
+            Arg::I32(v) => v as u32 as u64,
+            Arg::I64(v) => v as u64,
+            Arg::F32(v) => v.to_bits() as u64,
+        }
+    }
+}
+
+/// A launch's grid and block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaunchDims {
+    /// Blocks along x, y, z.
+    pub grid: (u32, u32, u32),
+    /// Threads per block (a multiple of 32, at most 1024).
+    pub threads: u32,
+    /// Bytes of dynamic shared memory.
+    pub shared_bytes: u32,
+}
+
+impl LaunchDims {
+    /// `grid` blocks of `threads` threads, no dynamic shared memory.
+    pub fn new(grid: (u32, u32, u32), threads: u32) -> Self {
+        Self {
+            grid,
+            threads,
+            shared_bytes: 0,
+        }
+    }
+
+    /// Checks the dimensions the way the device would refuse them: a zero or over-large
+    /// grid (x below 2³¹, y and z below 2¹⁶), a block that is not 32..=1024 threads in whole
+    /// warps.
+    pub fn check(&self, kernel: &str) -> Result<(), GpuError> {
+        let (x, y, z) = self.grid;
+        let bad = |reason: String| GpuError::Launch {
+            kernel: kernel.to_string(),
+            reason,
+        };
+        if x == 0 || y == 0 || z == 0 || x >= 1 << 31 || y >= 1 << 16 || z >= 1 << 16 {
+            return Err(bad(format!("grid {:?} out of range", self.grid)));
+        }
+        if self.threads == 0 || self.threads > 1024 || !self.threads.is_multiple_of(32) {
+            return Err(bad(format!(
+                "{} threads per block (a multiple of 32 up to 1024 is needed)",
+                self.threads
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// `y[i, j] = Σ_l x[i, l] · w[j, l]` (plus `y[i, j]` when `accumulate`) for `i < m`, `j < n`,
+/// `l < k`: row-major `x` (`m` rows, stride `ldx`), `w` as a linear layer stores it (`n` rows
+/// of `k`, stride `ldw`) and `y` (`m` rows, stride `ldy`), all of `dtype`, products summed in
+/// f32 and the result rounded once to `dtype`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gemm {
+    /// Rows of `x` and `y`.
+    pub m: usize,
+    /// Rows of `w`, columns of `y`.
+    pub n: usize,
+    /// Columns of `x` and `w`.
+    pub k: usize,
+    /// The input.
+    pub x: DevicePtr,
+    /// Elements between rows of `x`.
+    pub ldx: usize,
+    /// The weight.
+    pub w: DevicePtr,
+    /// Elements between rows of `w`.
+    pub ldw: usize,
+    /// The output.
+    pub y: DevicePtr,
+    /// Elements between rows of `y`.
+    pub ldy: usize,
+    /// The element type of all three.
+    pub dtype: Dtype,
+    /// Adds to `y` instead of overwriting it.
+    pub accumulate: bool,
+}
+
+impl Gemm {
+    /// Checks the shape: non-zero sizes, strides no shorter than their rows, sizes that fit
+    /// the `int` the BLAS takes.
+    pub fn check(&self) -> Result<(), GpuError> {
+        let bad = |reason: String| GpuError::InvalidArgument {
+            name: "gemm",
+            reason,
+        };
+        if self.m == 0 || self.n == 0 || self.k == 0 {
+            return Err(bad(format!(
+                "empty product {}×{}×{}",
+                self.m, self.n, self.k
+            )));
+        }
+        if self.ldx < self.k || self.ldw < self.k || self.ldy < self.n {
+            return Err(bad(format!(
+                "strides ({}, {}, {}) shorter than rows ({}, {}, {})",
+                self.ldx, self.ldw, self.ldy, self.k, self.k, self.n
+            )));
+        }
+        let limit = i32::MAX as usize;
+        if [self.m, self.n, self.k, self.ldx, self.ldw, self.ldy]
+            .iter()
+            .any(|&v| v > limit)
+        {
+            return Err(bad("a size above i32::MAX".into()));
+        }
+        Ok(())
+    }
+}
+
+/// A device: memory, launches and GEMMs, in the order they are issued (one stream).
+pub trait Runtime: Send + Sync + std::fmt::Debug {
+    /// The device's name (`"NVIDIA H200"`, `"host emulation"`).
+    fn device_name(&self) -> String;
+
+    /// Allocates `bytes` (at least 256-byte aligned, contents undefined).
+    fn alloc(&self, bytes: usize) -> Result<DevicePtr, GpuError>;
+
+    /// Frees an allocation.
+    ///
+    /// # Safety
+    /// `ptr` came from [`alloc`](Self::alloc) of this runtime and is not used again; no
+    /// launch still reading or writing it is in flight.
+    unsafe fn free(&self, ptr: DevicePtr);
+
+    /// Copies `src` to `dst` (returns once `src` may be reused).
+    ///
+    /// # Safety
+    /// `dst..dst + src.len()` lies in one live allocation.
+    unsafe fn upload(&self, dst: DevicePtr, src: &[u8]) -> Result<(), GpuError>;
+
+    /// Copies `dst.len()` bytes from `src`, after everything issued before.
+    ///
+    /// # Safety
+    /// `src..src + dst.len()` lies in one live allocation.
+    unsafe fn download(&self, src: DevicePtr, dst: &mut [u8]) -> Result<(), GpuError>;
+
+    /// Copies `bytes` from `src` to `dst` on the device, ordered with launches.
+    ///
+    /// # Safety
+    /// Both ranges lie in live allocations and do not overlap.
+    unsafe fn copy(&self, dst: DevicePtr, src: DevicePtr, bytes: usize) -> Result<(), GpuError>;
+
+    /// Launches kernel `name` (an entry point of `openledger-kernels`, dtype suffix included).
+    ///
+    /// # Safety
+    /// `args` are the kernel's parameters, in order and of its types, and every address and
+    /// size they hold fits what the kernel reads and writes under `dims`.
+    unsafe fn launch(&self, name: &str, dims: LaunchDims, args: &[Arg]) -> Result<(), GpuError>;
+
+    /// Runs a GEMM ([`Gemm`]).
+    ///
+    /// # Safety
+    /// The addresses hold the matrices the shape and strides imply.
+    unsafe fn gemm(&self, g: &Gemm) -> Result<(), GpuError>;
+
+    /// Waits for everything issued; a fault of an earlier launch surfaces here.
+    fn synchronize(&self) -> Result<(), GpuError>;
+}
+
+/// An allocation of a [`Runtime`], freed when dropped; copies in and out are bounds-checked.
+#[derive(Debug)]
+pub struct Buffer {
+    rt: Arc<dyn Runtime>,
+    ptr: DevicePtr,
+    bytes: usize,
+}
+
+impl Buffer {
+    /// Allocates `bytes` (`what` names it in an error).
+    pub fn new(rt: &Arc<dyn Runtime>, bytes: usize) -> Result<Self, GpuError> {
+        let ptr = rt.alloc(bytes.max(1))?;
+        Ok(Self {
+            rt: Arc::clone(rt),
+            ptr,
+            bytes,
+        })
+    }
+
+    /// Allocates and fills with `data`.
+    pub fn from_bytes(rt: &Arc<dyn Runtime>, data: &[u8]) -> Result<Self, GpuError> {
+        let mut b = Self::new(rt, data.len())?;
+        b.write(0, data)?;
+        Ok(b)
+    }
+
+    /// The device address of the first byte.
+    pub fn ptr(&self) -> DevicePtr {
+        self.ptr
+    }
+
+    /// The device address `offset` bytes in.
+    pub fn at(&self, offset: usize) -> DevicePtr {
+        self.ptr + offset as u64
+    }
+
+    /// Size in bytes.
+    pub fn len(&self) -> usize {
+        self.bytes
+    }
+
+    /// Whether it holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.bytes == 0
+    }
+
+    fn check(&self, what: &'static str, offset: usize, len: usize) -> Result<(), GpuError> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.bytes => Ok(()),
+            _ => Err(GpuError::BufferTooSmall {
+                what,
+                needed: offset.saturating_add(len),
+                len: self.bytes,
+            }),
+        }
+    }
+
+    /// Copies `data` in at `offset`.
+    pub fn write(&mut self, offset: usize, data: &[u8]) -> Result<(), GpuError> {
+        self.check("write", offset, data.len())?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: the range lies in this allocation (checked above).
+        unsafe { self.rt.upload(self.at(offset), data) }
+    }
+
+    /// Copies `out.len()` bytes out from `offset`.
+    pub fn read(&self, offset: usize, out: &mut [u8]) -> Result<(), GpuError> {
+        self.check("read", offset, out.len())?;
+        if out.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: the range lies in this allocation (checked above).
+        unsafe { self.rt.download(self.at(offset), out) }
+    }
+
+    /// Copies `bytes` from `src` at `src_offset` to `self` at `offset` on the device.
+    pub fn copy_from(
+        &mut self,
+        offset: usize,
+        src: &Buffer,
+        src_offset: usize,
+        bytes: usize,
+    ) -> Result<(), GpuError> {
+        self.check("copy destination", offset, bytes)?;
+        src.check("copy source", src_offset, bytes)?;
+        if bytes == 0 {
+            return Ok(());
+        }
+        // SAFETY: both ranges are checked; `&mut self` and `&src` are distinct buffers.
+        unsafe { self.rt.copy(self.at(offset), src.at(src_offset), bytes) }
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from this runtime's `alloc` and is dropped once; the
+        // runtime orders the free after the work issued before it.
+        unsafe { self.rt.free(self.ptr) }
+    }
+}

@@ -1,0 +1,489 @@
+//! The GPU model on the host emulation of the device ([`EmulatedRuntime`]: host memory, the
+//! very CUDA C kernels compiled for the host, a host GEMM with the device's contract), against
+//! the PEFT fixture's transformers logits (`fixtures/peft/tiny-llama`, float32): prefill and
+//! decode through the paged KV cache in device layout, chunked prompts, mixed batches, block
+//! tables in any order, the attention split over the context, and refused input.
+//!
+//! Tolerances: f32, 1e-4 absolute on logits of magnitude ~1 (the fixture's README: another f32
+//! implementation of the same math agrees to about 1e-5; the kernels sum in other orders).
+//! bf16: weights, activations and the cache rounded to bf16 (8 significant bits) at every
+//! layer boundary, as a bf16 deployment holds them; logits within 0.05 of f32 transformers
+//! and the same greedy token where transformers' top two differ by more than 0.1.
+//!
+//! Needs a C++20 compiler (`$CXX`, else `c++`); a missing one is a failure, not a skip.
+
+use openledger_gpu::{Dtype, EmulatedRuntime, GpuError, GpuModel, GpuOptions, Runtime};
+use openledger_lora::adapter::{LoadOptions, LoraAdapter};
+use openledger_lora::pool::AdapterId;
+use openledger_lora::serve::{RequestId, SeqId, StepBatch, StepSeq};
+use safetensors::SafeTensors;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/peft/tiny-llama")
+}
+
+/// The emulated device, built once per test binary.
+fn runtime() -> Arc<dyn Runtime> {
+    static RT: OnceLock<Arc<dyn Runtime>> = OnceLock::new();
+    RT.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("emulated-device");
+        Arc::new(EmulatedRuntime::build(&dir).unwrap_or_else(|e| panic!("{e}")))
+    })
+    .clone()
+}
+
+/// The fixture's sequences and, for each, transformers' logits `[len, vocab]`.
+fn reference() -> (Vec<Vec<u32>>, Vec<Vec<f32>>) {
+    reference_of("base")
+}
+
+/// The fixture's sequences and PEFT's logits with `adapter` (`base`: none).
+fn reference_of(adapter: &str) -> (Vec<Vec<u32>>, Vec<Vec<f32>>) {
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture().join("reference.json")).unwrap()).unwrap();
+    let seqs: Vec<Vec<u32>> = serde_json::from_value(json["sequences"].clone()).unwrap();
+    let bytes = std::fs::read(fixture().join("reference.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let logits = (0..seqs.len())
+        .map(|i| {
+            let t = st.tensor(&format!("logits.{adapter}.{i}")).unwrap();
+            Dtype::F32.decode(t.data())
+        })
+        .collect();
+    (seqs, logits)
+}
+
+fn load(dtype: Dtype, part_len: usize) -> GpuModel {
+    let opts = GpuOptions {
+        dtype: Some(dtype),
+        kv_blocks: 32,
+        block_size: 4,
+        attention_part_len: part_len,
+        ..GpuOptions::default()
+    };
+    let mut seen = 0;
+    let m = GpuModel::load(runtime(), &fixture(), opts, &mut |done, total| {
+        assert!(done <= total);
+        seen = done;
+    })
+    .unwrap();
+    assert_eq!(seen, 4 + 2 * 9, "progress reports every tensor group");
+    m
+}
+
+fn seq(id: u64, tokens: &[u32], start_pos: usize, table: &[u32], logits: bool) -> StepSeq {
+    StepSeq {
+        request: RequestId(id),
+        seq: SeqId(id),
+        tokens: tokens.to_vec(),
+        start_pos,
+        adapter: None,
+        block_table: table.to_vec(),
+        needs_logits: logits,
+    }
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let worst = got
+        .iter()
+        .zip(want)
+        .map(|(g, w)| (g - w).abs())
+        .fold(0f32, f32::max);
+    assert!(worst <= tol, "{what}: largest difference {worst} > {tol}");
+}
+
+/// Blocks for each sequence, interleaved and out of order, so a wrong table read shows.
+fn tables() -> Vec<Vec<u32>> {
+    vec![vec![7, 2, 30], vec![5, 11], vec![29, 0, 13]]
+}
+
+#[test]
+fn prefill_then_decode_matches_transformers_in_f32() {
+    let (seqs, want) = reference();
+    let vocab = 320;
+    for part_len in [512, 3] {
+        let mut m = load(Dtype::F32, part_len);
+        let tables = tables();
+        for (i, s) in seqs.iter().enumerate() {
+            // A prompt of three tokens in one step, then one token per step.
+            let first = m
+                .forward(&StepBatch {
+                    seqs: vec![seq(i as u64, &s[..3], 0, &tables[i], true)],
+                })
+                .unwrap();
+            assert_close(
+                &format!("seq {i} prefill (part_len {part_len})"),
+                &first,
+                &want[i][2 * vocab..3 * vocab],
+                1e-4,
+            );
+            for p in 3..s.len() {
+                let got = m
+                    .forward(&StepBatch {
+                        seqs: vec![seq(i as u64, &s[p..p + 1], p, &tables[i], true)],
+                    })
+                    .unwrap();
+                assert_close(
+                    &format!("seq {i} decode at {p} (part_len {part_len})"),
+                    &got,
+                    &want[i][p * vocab..(p + 1) * vocab],
+                    1e-4,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_mixed_batch_of_chunks_and_decodes_matches_transformers() {
+    let (seqs, want) = reference();
+    let vocab = 320;
+    let mut m = load(Dtype::F32, 4);
+    let t = tables();
+    // Step 1: sequence 0 whole, the first chunk of sequence 2 (no logits), sequence 1's first
+    // two tokens.
+    let got = m
+        .forward(&StepBatch {
+            seqs: vec![
+                seq(0, &seqs[0], 0, &t[0], true),
+                seq(2, &seqs[2][..5], 0, &t[2], false),
+                seq(1, &seqs[1][..2], 0, &t[1], true),
+            ],
+        })
+        .unwrap();
+    assert_eq!(got.len(), 2 * vocab, "logits only where asked");
+    let l0 = seqs[0].len();
+    assert_close(
+        "seq 0 whole",
+        &got[..vocab],
+        &want[0][(l0 - 1) * vocab..l0 * vocab],
+        1e-4,
+    );
+    assert_close(
+        "seq 1 chunk",
+        &got[vocab..],
+        &want[1][vocab..2 * vocab],
+        1e-4,
+    );
+    // Step 2: the rest of sequence 2 as a chunk beside sequence 1's rest.
+    let got = m
+        .forward(&StepBatch {
+            seqs: vec![
+                seq(1, &seqs[1][2..], 2, &t[1], true),
+                seq(2, &seqs[2][5..], 5, &t[2], true),
+            ],
+        })
+        .unwrap();
+    let (l1, l2) = (seqs[1].len(), seqs[2].len());
+    assert_close(
+        "seq 1 rest",
+        &got[..vocab],
+        &want[1][(l1 - 1) * vocab..l1 * vocab],
+        1e-4,
+    );
+    assert_close(
+        "seq 2 rest",
+        &got[vocab..],
+        &want[2][(l2 - 1) * vocab..l2 * vocab],
+        1e-4,
+    );
+}
+
+#[test]
+fn bf16_follows_transformers_within_its_rounding() {
+    let (seqs, want) = reference();
+    let vocab = 320;
+    let mut m = load(Dtype::Bf16, 512);
+    assert_eq!(m.dtype(), Dtype::Bf16);
+    let t = tables();
+    for (i, s) in seqs.iter().enumerate() {
+        let got = m
+            .forward(&StepBatch {
+                seqs: vec![seq(i as u64, s, 0, &t[i], true)],
+            })
+            .unwrap();
+        let l = s.len();
+        let w = &want[i][(l - 1) * vocab..l * vocab];
+        assert_close(&format!("seq {i} bf16"), &got, w, 0.05);
+        let mut order: Vec<usize> = (0..vocab).collect();
+        order.sort_by(|&a, &b| w[b].total_cmp(&w[a]));
+        if w[order[0]] - w[order[1]] > 0.1 {
+            let best = (0..vocab)
+                .max_by(|&a, &b| got[a].total_cmp(&got[b]))
+                .unwrap();
+            assert_eq!(best, order[0], "seq {i}: greedy token");
+        }
+    }
+    // Half the bytes of f32 for the weights; RoPE's frequencies (8 f32) stay f32.
+    let f32_weights = load(Dtype::F32, 512).memory().weights;
+    assert_eq!(2 * m.memory().weights, f32_weights + 8 * 4);
+}
+
+#[test]
+fn refused_batches_name_the_culprit_and_leave_the_cache_alone() {
+    let (seqs, want) = reference();
+    let vocab = 320;
+    let mut m = load(Dtype::F32, 512);
+    let t = tables();
+    m.forward(&StepBatch {
+        seqs: vec![seq(0, &seqs[0][..4], 0, &t[0], false)],
+    })
+    .unwrap();
+    let cases: Vec<(StepBatch, &str)> = vec![
+        (
+            StepBatch {
+                seqs: vec![seq(0, &[vocab as u32], 4, &t[0], true)],
+            },
+            "outside the vocabulary",
+        ),
+        (
+            StepBatch {
+                seqs: vec![seq(0, &seqs[0][4..], 4, &[7], true)],
+            },
+            "block table holds 1 blocks",
+        ),
+        (
+            StepBatch {
+                seqs: vec![seq(0, &seqs[0][4..], 4, &[7, 2, 32], true)],
+            },
+            "outside the pool",
+        ),
+        (
+            StepBatch {
+                seqs: vec![
+                    seq(1, &seqs[1][..1], 0, &t[1], true),
+                    seq(0, &[], 4, &t[0], true),
+                ],
+            },
+            "no tokens",
+        ),
+        (StepBatch { seqs: vec![] }, "0 tokens"),
+    ];
+    for (batch, needle) in cases {
+        let e = m.forward(&batch).unwrap_err();
+        assert!(
+            matches!(e, GpuError::InvalidArgument { .. }) && e.to_string().contains(needle),
+            "{e}"
+        );
+    }
+    // The cache still holds the first four positions: the rest decodes as transformers does.
+    let got = m
+        .forward(&StepBatch {
+            seqs: vec![seq(0, &seqs[0][4..], 4, &t[0], true)],
+        })
+        .unwrap();
+    let l = seqs[0].len();
+    assert_close(
+        "after refusals",
+        &got,
+        &want[0][(l - 1) * vocab..l * vocab],
+        1e-4,
+    );
+}
+
+#[test]
+fn broken_checkpoints_are_typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture().join(f), dir.path().join(f)).unwrap();
+    }
+    let opts = GpuOptions::default();
+    // Truncated weights.
+    let w = std::fs::read(dir.path().join("model.safetensors")).unwrap();
+    std::fs::write(dir.path().join("model.safetensors"), &w[..w.len() / 2]).unwrap();
+    let e = GpuModel::load(runtime(), dir.path(), opts, &mut |_, _| {}).unwrap_err();
+    assert!(matches!(e, GpuError::Weight { .. }), "{e}");
+    assert!(e.to_string().contains("model.safetensors"), "{e}");
+    // A shard index naming a file outside the folder.
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        r#"{"weight_map": {"model.norm.weight": "../elsewhere.safetensors"}}"#,
+    )
+    .unwrap();
+    let e = GpuModel::load(runtime(), dir.path(), opts, &mut |_, _| {}).unwrap_err();
+    assert!(e.to_string().contains("not a file name"), "{e}");
+    // A missing config.
+    std::fs::remove_file(dir.path().join("config.json")).unwrap();
+    let e = GpuModel::load(runtime(), dir.path(), opts, &mut |_, _| {}).unwrap_err();
+    assert!(matches!(e, GpuError::Io { .. }), "{e}");
+}
+
+const ADAPTERS: [&str; 3] = ["qv-r4", "all-r8-rslora", "attn-patterns"];
+
+fn adapter(name: &str) -> LoraAdapter {
+    LoraAdapter::from_dir(
+        &fixture().join("adapters").join(name),
+        &LoadOptions::default(),
+    )
+    .unwrap()
+}
+
+fn with_adapter(mut s: StepSeq, name: Option<&str>) -> StepSeq {
+    s.adapter = name.map(|n| AdapterId::new(n).unwrap());
+    s
+}
+
+#[test]
+fn adapters_alone_and_in_one_mixed_batch_match_peft() {
+    let vocab = 320;
+    let mut m = load(Dtype::F32, 512);
+    for name in ADAPTERS {
+        m.attach_adapter(name, &adapter(name)).unwrap();
+    }
+    let t = tables();
+    // Each adapter alone: a prompt chunk (SGMV segments), then decodes (BGMV rows).
+    for name in ADAPTERS {
+        let (seqs, want) = reference_of(name);
+        for (i, s) in seqs.iter().enumerate() {
+            let id = 10 + i as u64;
+            let got = m
+                .forward(&StepBatch {
+                    seqs: vec![with_adapter(seq(id, &s[..4], 0, &t[i], true), Some(name))],
+                })
+                .unwrap();
+            assert_close(
+                &format!("{name} seq {i} prefill"),
+                &got,
+                &want[i][3 * vocab..4 * vocab],
+                1e-4,
+            );
+            for p in 4..s.len() {
+                let got = m
+                    .forward(&StepBatch {
+                        seqs: vec![with_adapter(
+                            seq(id, &s[p..p + 1], p, &t[i], true),
+                            Some(name),
+                        )],
+                    })
+                    .unwrap();
+                assert_close(
+                    &format!("{name} seq {i} decode {p}"),
+                    &got,
+                    &want[i][p * vocab..(p + 1) * vocab],
+                    1e-4,
+                );
+            }
+        }
+    }
+    // One batch: sequence i with adapter i, beside the base model on sequence 0; then a step
+    // of decodes only, every row another adapter.
+    let (seqs, _) = reference();
+    let names = [
+        Some(ADAPTERS[0]),
+        Some(ADAPTERS[1]),
+        Some(ADAPTERS[2]),
+        None,
+    ];
+    let order = [0usize, 1, 2, 0];
+    let blocks = [vec![7, 2, 30], vec![5, 11], vec![29, 0, 13], vec![1, 3, 4]];
+    let batch = StepBatch {
+        seqs: (0..4)
+            .map(|k| {
+                let s = &seqs[order[k]];
+                with_adapter(
+                    seq(k as u64, &s[..s.len() - 1], 0, &blocks[k], true),
+                    names[k],
+                )
+            })
+            .collect(),
+    };
+    let got = m.forward(&batch).unwrap();
+    let decode = StepBatch {
+        seqs: (0..4)
+            .map(|k| {
+                let s = &seqs[order[k]];
+                let p = s.len() - 1;
+                with_adapter(seq(k as u64, &s[p..], p, &blocks[k], true), names[k])
+            })
+            .collect(),
+    };
+    let last = m.forward(&decode).unwrap();
+    for k in 0..4 {
+        let (_, want) = reference_of(names[k].unwrap_or("base"));
+        let w = &want[order[k]];
+        let l = seqs[order[k]].len();
+        assert_close(
+            &format!("mixed row {k}"),
+            &got[k * vocab..(k + 1) * vocab],
+            &w[(l - 2) * vocab..(l - 1) * vocab],
+            1e-4,
+        );
+        assert_close(
+            &format!("mixed decode row {k}"),
+            &last[k * vocab..(k + 1) * vocab],
+            &w[(l - 1) * vocab..l * vocab],
+            1e-4,
+        );
+    }
+}
+
+#[test]
+fn adapter_memory_is_paged_and_refusals_change_nothing() {
+    let opts = GpuOptions {
+        dtype: Some(Dtype::F32),
+        kv_blocks: 32,
+        block_size: 4,
+        attention_part_len: 512,
+        adapters: openledger_gpu::AdapterBudget {
+            slots: 2,
+            slab_bytes: 64 << 10,
+            page_bytes: 1 << 10,
+        },
+    };
+    let mut m = GpuModel::load(runtime(), &fixture(), opts, &mut |_, _| {}).unwrap();
+    let free = m.free_adapter_pages();
+    assert_eq!(free, 64);
+    m.attach_adapter("a", &adapter("qv-r4")).unwrap();
+    let after_a = m.free_adapter_pages();
+    assert!(after_a < free);
+    // all-r8-rslora does not fit in what is left: refused, and "a" still serves.
+    let e = m
+        .attach_adapter("b", &adapter("all-r8-rslora"))
+        .unwrap_err();
+    assert!(matches!(e, GpuError::OutOfMemory { .. }), "{e}");
+    assert_eq!(
+        m.free_adapter_pages(),
+        after_a,
+        "a refused attach gives its pages back"
+    );
+    m.attach_adapter("b", &adapter("attn-patterns")).unwrap();
+    let e = m.attach_adapter("c", &adapter("qv-r4")).unwrap_err();
+    assert!(e.to_string().contains("all 2 are held"), "{e}");
+    // Replacing "a" by itself reuses its slot.
+    m.attach_adapter("a", &adapter("qv-r4")).unwrap();
+    let (seqs, want) = reference_of("qv-r4");
+    let t = tables();
+    let s = &seqs[1];
+    let got = m
+        .forward(&StepBatch {
+            seqs: vec![with_adapter(seq(0, s, 0, &t[1], true), Some("a"))],
+        })
+        .unwrap();
+    let l = s.len();
+    assert_close(
+        "after refusals",
+        &got,
+        &want[1][(l - 1) * vocab_of()..l * vocab_of()],
+        1e-4,
+    );
+    // An unknown adapter is refused before anything runs.
+    let e = m
+        .forward(&StepBatch {
+            seqs: vec![with_adapter(seq(1, s, 0, &t[0], true), Some("nope"))],
+        })
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("adapter nope is not attached"),
+        "{e}"
+    );
+    assert!(m.detach_adapter("a"));
+    assert!(!m.detach_adapter("a"));
+    assert_eq!(m.adapter_names(), vec!["b"]);
+}
+
+fn vocab_of() -> usize {
+    320
+}
