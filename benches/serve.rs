@@ -184,6 +184,8 @@ struct NullModel {
 }
 
 impl StepModel for NullModel {
+    openledger_lora::host_kv_cache!();
+
     fn vocab_size(&self) -> usize {
         self.row.len()
     }

@@ -114,6 +114,15 @@ pub enum GpuError {
         /// Why.
         reason: String,
     },
+    /// A row of logits could not be sampled (a NaN or +∞ logit, nothing left to sample,
+    /// invalid parameters).
+    #[error("sampling row {row}: {reason}")]
+    Sample {
+        /// The row (in the order of the sequences that need logits).
+        row: usize,
+        /// Why.
+        reason: String,
+    },
     /// A panic inside a library call, caught.
     #[error("{what} panicked: {message}")]
     Panicked {
@@ -136,6 +145,7 @@ impl Classify for GpuError {
                 ErrorKind::Generation
             }
             GpuError::Kernel(_) | GpuError::Panicked { .. } => ErrorKind::Internal,
+            GpuError::Sample { .. } => ErrorKind::Generation,
             GpuError::OutOfMemory { .. } => ErrorKind::Budget,
             GpuError::Weight { .. } => ErrorKind::ModelFormat,
             GpuError::Io { .. } => ErrorKind::Io,

@@ -27,19 +27,23 @@ mod checkpoint;
 mod cuda;
 mod emulated;
 mod error;
+mod kv;
 mod meta;
 mod model;
 mod runtime;
+mod serving;
 
 pub use adapters::AdapterBudget;
 #[cfg(feature = "cuda")]
 pub use cuda::{CudaRuntime, cublas_available};
 pub use emulated::EmulatedRuntime;
 pub use error::GpuError;
+pub use kv::{DeviceKvStorage, DeviceSwapped};
 pub use meta::StepMeta;
-pub use model::{GpuModel, GpuOptions, MemoryUse};
+pub use model::{GpuModel, GpuOptions, MemoryUse, RowSampling};
 pub use openledger_lora::sgmv::cuda_driver_available;
 pub use runtime::{Arg, Buffer, DevicePtr, Dtype, Gemm, LaunchDims, Runtime};
+pub use serving::{GpuPagedModel, kv_dtype};
 
 /// Opens CUDA device `ordinal` as a [`Runtime`]; without the `cuda` feature, refuses.
 pub fn cuda_runtime(ordinal: usize) -> Result<std::sync::Arc<dyn Runtime>, GpuError> {

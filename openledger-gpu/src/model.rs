@@ -13,12 +13,13 @@
 use crate::adapters::{AdapterBudget, DeviceAdapters, NPROJ, proj_dims};
 use crate::checkpoint::Checkpoint;
 use crate::error::GpuError;
+use crate::kv::DeviceKvStorage;
 use crate::meta::{StepMeta, i32_bytes, i64_bytes};
 use crate::runtime::{Arg, Buffer, DevicePtr, Dtype, Gemm, LaunchDims, Runtime};
 use openledger_lora::adapter::LoraAdapter;
 use openledger_lora::model::ops::rope_inv_freq;
 use openledger_lora::model::{Activation, Architecture, ModelConfig};
-use openledger_lora::serve::{KvLayout, StepBatch};
+use openledger_lora::serve::{KvLayout, Sampler, SamplingParams, StepBatch};
 use openledger_lora::sgmv::{LaunchTiles, SgmvPlan};
 use std::collections::HashMap;
 use std::path::Path;
@@ -33,16 +34,30 @@ const ATTN_THREADS: u32 = 128;
 /// The largest head the attention kernel holds (`ATTN_MAX_HD`).
 const ATTN_MAX_HD: usize = 256;
 
+/// Threads per block of the sampling kernel (`SAMPLE_THREADS` in sample.cu).
+const SAMPLE_THREADS: u32 = 256;
+/// The largest top-k the sampling kernel sorts (`SAMPLE_MAX_K`).
+const SAMPLE_MAX_K: usize = 256;
+
+/// How one row of logits is sampled on the device: the request's parameters, the uniform draw
+/// its seeded generator gives for this token (the CPU [`Sampler`] draws the same way, so the
+/// same `u` picks the same token), and the sequence so far (for the repetition penalty).
+#[derive(Debug, Clone, Copy)]
+pub struct RowSampling<'a> {
+    /// Temperature, top-k, top-p and the repetition penalty (the rest is not read).
+    pub params: &'a SamplingParams,
+    /// The draw in `[0, 1)` (unused when greedy).
+    pub u: f32,
+    /// Prompt and output so far.
+    pub history: &'a [u32],
+}
+
 /// How a [`GpuModel`] is set up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GpuOptions {
     /// The type weights, activations and the KV cache are held in; `None`: the type the
     /// checkpoint stores its embeddings in.
     pub dtype: Option<Dtype>,
-    /// Blocks in the KV pool.
-    pub kv_blocks: usize,
-    /// Positions per KV block.
-    pub block_size: usize,
     /// Keys per part of the attention's split over the context: a row attending to more
     /// positions is split into parts run in parallel and merged.
     pub attention_part_len: usize,
@@ -54,8 +69,6 @@ impl Default for GpuOptions {
     fn default() -> Self {
         Self {
             dtype: None,
-            kv_blocks: 256,
-            block_size: 16,
             attention_part_len: 512,
             adapters: AdapterBudget::default(),
         }
@@ -82,8 +95,6 @@ struct Layer {
 pub struct MemoryUse {
     /// Weights of the base model.
     pub weights: usize,
-    /// The KV pool.
-    pub kv_cache: usize,
     /// Activations and step metadata (grown to the largest step so far).
     pub scratch: usize,
     /// The adapter slab and slot table.
@@ -101,10 +112,6 @@ pub struct GpuModel {
     norm: Buffer,
     lm_head: Option<Buffer>,
     inv_freq: Buffer,
-    k_cache: Vec<Buffer>,
-    v_cache: Vec<Buffer>,
-    layout: KvLayout,
-    kv_blocks: usize,
     part_len: usize,
     adapters: DeviceAdapters,
     scratch: HashMap<&'static str, Buffer>,
@@ -171,10 +178,10 @@ impl GpuModel {
         })?;
         let cfg = ModelConfig::from_json(&text)?;
         check_supported(&cfg)?;
-        if opts.kv_blocks == 0 || opts.block_size == 0 || opts.attention_part_len == 0 {
+        if opts.attention_part_len == 0 {
             return Err(GpuError::InvalidArgument {
                 name: "options",
-                reason: "kv_blocks, block_size and attention_part_len must be at least 1".into(),
+                reason: "attention_part_len must be at least 1".into(),
             });
         }
         let ck = Checkpoint::open(dir)?;
@@ -186,7 +193,7 @@ impl GpuModel {
             None => ck.tensor("model.embed_tokens.weight", &[v, h])?.dtype,
         };
         let eb = dtype.bytes();
-        let total = 4 + cfg.num_layers * 9;
+        let total = 3 + cfg.num_layers * 9;
         let mut done = 0;
         let mut step = |progress: &mut dyn FnMut(usize, usize)| {
             done += 1;
@@ -263,27 +270,7 @@ impl GpuModel {
         step(progress);
         let inv = rope_inv_freq(hd, cfg.rope_theta, cfg.rope_scaling);
         let inv_freq = Buffer::from_bytes(&rt, &Dtype::F32.encode(&inv))?;
-        let layout = KvLayout {
-            n_layers: cfg.num_layers,
-            n_kv_heads: cfg.num_kv_heads,
-            head_dim: hd,
-            block_size: opts.block_size,
-        };
-        let pool = opts
-            .kv_blocks
-            .checked_mul(layout.block_size * kv_out * eb)
-            .ok_or_else(|| GpuError::InvalidArgument {
-                name: "kv_blocks",
-                reason: format!("{} blocks overflow", opts.kv_blocks),
-            })?;
-        let mut k_cache = Vec::with_capacity(cfg.num_layers);
-        let mut v_cache = Vec::with_capacity(cfg.num_layers);
-        for _ in 0..cfg.num_layers {
-            k_cache.push(Buffer::new(&rt, pool)?);
-            v_cache.push(Buffer::new(&rt, pool)?);
-        }
         let adapters = DeviceAdapters::new(&rt, &cfg, opts.adapters)?;
-        step(progress);
         Ok(Self {
             rt,
             cfg,
@@ -293,10 +280,6 @@ impl GpuModel {
             norm,
             lm_head,
             inv_freq,
-            k_cache,
-            v_cache,
-            layout,
-            kv_blocks: opts.kv_blocks,
             part_len: opts.attention_part_len,
             adapters,
             scratch: HashMap::new(),
@@ -322,6 +305,11 @@ impl GpuModel {
     /// Names of the attached adapters.
     pub fn adapter_names(&self) -> Vec<&str> {
         self.adapters.names()
+    }
+
+    /// Adapters the device holds at once.
+    pub fn adapter_slots(&self) -> usize {
+        self.adapters.capacity()
     }
 
     /// Free pages of the adapter slab.
@@ -495,14 +483,30 @@ impl GpuModel {
         &self.rt
     }
 
-    /// The KV cache's layout.
-    pub fn kv_layout(&self) -> KvLayout {
-        self.layout
+    /// The KV cache layout this model writes, with `block_size` positions per block.
+    pub fn kv_layout(&self, block_size: usize) -> KvLayout {
+        KvLayout {
+            n_layers: self.cfg.num_layers,
+            n_kv_heads: self.cfg.num_kv_heads,
+            head_dim: self.cfg.head_dim,
+            block_size,
+        }
     }
 
-    /// Blocks in the KV pool.
-    pub fn kv_blocks(&self) -> usize {
-        self.kv_blocks
+    /// A KV pool in device memory for this model: `num_blocks` blocks of `block_size`
+    /// positions, in the model's type.
+    pub fn kv_storage(
+        &self,
+        num_blocks: usize,
+        block_size: usize,
+    ) -> Result<DeviceKvStorage, GpuError> {
+        if num_blocks == 0 || block_size == 0 {
+            return Err(GpuError::InvalidArgument {
+                name: "kv_storage",
+                reason: "num_blocks and block_size must be at least 1".into(),
+            });
+        }
+        DeviceKvStorage::new(&self.rt, self.kv_layout(block_size), num_blocks, self.dtype)
     }
 
     /// Device memory held, by component.
@@ -523,16 +527,9 @@ impl GpuModel {
                         + l.down.len()
                 })
                 .sum::<usize>();
-        let kv_cache = self
-            .k_cache
-            .iter()
-            .chain(&self.v_cache)
-            .map(Buffer::len)
-            .sum();
         let scratch = self.scratch.values().map(Buffer::len).sum();
         MemoryUse {
             weights,
-            kv_cache,
             scratch,
             adapters: self.adapters.bytes(),
         }
@@ -639,15 +636,186 @@ impl GpuModel {
     /// in one mixed batch: the SGMV kernels add every projection's LoRA into the fused
     /// outputs (segments of eight rows sharing an adapter; BGMV, one row per tile, for a
     /// batch of decodes).
-    pub fn forward(&mut self, batch: &StepBatch) -> Result<Vec<f32>, GpuError> {
+    pub fn forward(
+        &mut self,
+        batch: &StepBatch,
+        kv: &mut DeviceKvStorage,
+    ) -> Result<Vec<f32>, GpuError> {
+        let r = self.run(batch, kv)?;
+        if r == 0 {
+            return Ok(Vec::new());
+        }
+        let mut out = vec![0u8; r * self.cfg.vocab_size * self.dtype.bytes()];
+        self.scratch["logits"].read(0, &mut out)?;
+        Ok(self.dtype.decode(&out))
+    }
+
+    /// Runs one step as [`forward`](Self::forward) does and samples each logits row on the
+    /// device with `rows` (one per sequence that needs logits, in batch order), so only the
+    /// token ids come back. A row whose parameters the kernel does not take (top-p without
+    /// top-k, top-k above 256) is sampled on the host from its logits with the same draw.
+    /// A NaN or +∞ logit, or a row with nothing to sample, is [`GpuError::Sample`] naming it.
+    pub fn forward_sampled(
+        &mut self,
+        batch: &StepBatch,
+        kv: &mut DeviceKvStorage,
+        rows: &[RowSampling<'_>],
+    ) -> Result<Vec<u32>, GpuError> {
+        let want = batch.seqs.iter().filter(|s| s.needs_logits).count();
+        if rows.len() != want {
+            return Err(GpuError::InvalidArgument {
+                name: "rows",
+                reason: format!(
+                    "{} sampling rows for {want} sequences that need logits",
+                    rows.len()
+                ),
+            });
+        }
+        for (i, row) in rows.iter().enumerate() {
+            Sampler::new(row.params).map_err(|e| GpuError::Sample {
+                row: i,
+                reason: e.to_string(),
+            })?;
+        }
+        let r = self.run(batch, kv)?;
+        if r == 0 {
+            return Ok(Vec::new());
+        }
+        let v = self.cfg.vocab_size;
+        let mut hist = Vec::new();
+        let mut hist_off = vec![0i64];
+        for row in rows {
+            let mut seen = std::collections::HashSet::new();
+            hist.extend(
+                row.history
+                    .iter()
+                    .filter(|&&t| seen.insert(t))
+                    .map(|&t| t as i32),
+            );
+            hist_off.push(hist.len() as i64);
+        }
+        let on_device = |p: &SamplingParams| p.top_k.is_none_or(|k| k <= SAMPLE_MAX_K);
+        let temp: Vec<f32> = rows.iter().map(|x| x.params.temperature).collect();
+        let top_k: Vec<i32> = rows
+            .iter()
+            .map(|x| x.params.top_k.map_or(0, |k| k.min(SAMPLE_MAX_K + 1) as i32))
+            .collect();
+        let top_p: Vec<f32> = rows.iter().map(|x| x.params.top_p.unwrap_or(1.0)).collect();
+        let penalty: Vec<f32> = rows
+            .iter()
+            .map(|x| x.params.repetition_penalty.unwrap_or(1.0))
+            .collect();
+        let us: Vec<f32> = rows.iter().map(|x| x.u).collect();
+        let f32s = |v: &[f32]| Dtype::F32.encode(v);
+        let hist_p = self.staged("sample_hist", &i32_bytes(&hist))?;
+        let off_p = self.staged("sample_hist_off", &i64_bytes(&hist_off))?;
+        let temp_p = self.staged("sample_temp", &f32s(&temp))?;
+        let k_p = self.staged("sample_top_k", &i32_bytes(&top_k))?;
+        let p_p = self.staged("sample_top_p", &f32s(&top_p))?;
+        let pen_p = self.staged("sample_penalty", &f32s(&penalty))?;
+        let u_p = self.staged("sample_u", &f32s(&us))?;
+        let scratch = self.scratch("sample_scratch", r * v * 4)?;
+        let out = self.scratch("sample_out", r * 8)?;
+        let logits = self.scratch["logits"].ptr();
+        // SAFETY: `logits` holds `r` rows of the vocabulary (run), every per-row array `r`
+        // entries, `hist_off` r + 1, the scratch r × vocab f32, `out` 2r ints.
+        unsafe {
+            self.launch(
+                "sample",
+                (r as u32, 1, 1),
+                SAMPLE_THREADS,
+                &[
+                    Arg::Ptr(out),
+                    Arg::Ptr(logits),
+                    Arg::I32(v as i32),
+                    Arg::Ptr(hist_p),
+                    Arg::Ptr(off_p),
+                    Arg::Ptr(temp_p),
+                    Arg::Ptr(k_p),
+                    Arg::Ptr(p_p),
+                    Arg::Ptr(pen_p),
+                    Arg::Ptr(u_p),
+                    Arg::Ptr(scratch),
+                ],
+            )?;
+        }
+        let mut codes = vec![0u8; r * 8];
+        self.scratch["sample_out"].read(0, &mut codes)?;
+        let codes: Vec<i32> = codes
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let mut tokens = Vec::with_capacity(r);
+        for (i, row) in rows.iter().enumerate() {
+            let (code, detail) = (codes[2 * i], codes[2 * i + 1]);
+            let token = match code {
+                t if t >= 0 && on_device(row.params) => t as u32,
+                -1 => {
+                    return Err(GpuError::Sample {
+                        row: i,
+                        reason: format!("logit {detail} is NaN or +inf"),
+                    });
+                }
+                -2 => {
+                    return Err(GpuError::Sample {
+                        row: i,
+                        reason: "every logit is -inf: nothing to sample".into(),
+                    });
+                }
+                _ => self.sample_on_host(i, row)?,
+            };
+            tokens.push(token);
+        }
+        Ok(tokens)
+    }
+
+    /// Samples logits row `i` of the last step on the host with the CPU sampler's
+    /// distribution and the row's draw.
+    fn sample_on_host(&self, i: usize, row: &RowSampling<'_>) -> Result<u32, GpuError> {
+        let v = self.cfg.vocab_size;
+        let eb = self.dtype.bytes();
+        let mut bytes = vec![0u8; v * eb];
+        self.scratch["logits"].read(i * v * eb, &mut bytes)?;
+        let logits = self.dtype.decode(&bytes);
+        let sample_err = |e: openledger_lora::serve::SampleError| GpuError::Sample {
+            row: i,
+            reason: e.to_string(),
+        };
+        let sampler = Sampler::new(row.params).map_err(sample_err)?;
+        let dist = sampler
+            .distribution(&logits, row.history)
+            .map_err(sample_err)?;
+        if dist.len() == 1 {
+            return Ok(dist[0].0);
+        }
+        let mut acc = 0f32;
+        for &(t, p) in &dist {
+            acc += p;
+            if row.u < acc {
+                return Ok(t);
+            }
+        }
+        Ok(dist[dist.len() - 1].0)
+    }
+
+    /// Runs the decoder over `batch` and leaves the logits of the rows that need them in the
+    /// `logits` scratch buffer; returns how many rows.
+    fn run(&mut self, batch: &StepBatch, kv: &DeviceKvStorage) -> Result<usize, GpuError> {
         let cfg = self.cfg.clone();
-        let meta = StepMeta::pack(
-            batch,
-            cfg.vocab_size,
-            self.layout.block_size,
-            self.kv_blocks,
-            None,
-        )?;
+        let layout = kv.layout();
+        if layout != self.kv_layout(layout.block_size) || kv.dtype() != self.dtype {
+            return Err(GpuError::InvalidArgument {
+                name: "kv",
+                reason: format!(
+                    "a pool of {layout:?} in {:?} does not fit the model ({:?} in {:?})",
+                    kv.dtype(),
+                    self.kv_layout(layout.block_size),
+                    self.dtype
+                ),
+            });
+        }
+        let block_size = layout.block_size;
+        let meta = StepMeta::pack(batch, cfg.vocab_size, block_size, kv.num_blocks(), None)?;
         let mut row_slots = Vec::with_capacity(meta.ids.len());
         for (n, s) in batch.seqs.iter().enumerate() {
             let slot = match &s.adapter {
@@ -724,15 +892,15 @@ impl GpuModel {
                     &[
                         Arg::Ptr(qkv),
                         Arg::I64(width as i64),
-                        Arg::Ptr(self.k_cache[l].ptr()),
-                        Arg::Ptr(self.v_cache[l].ptr()),
+                        Arg::Ptr(kv.layer(l).0.ptr()),
+                        Arg::Ptr(kv.layer(l).1.ptr()),
                         Arg::Ptr(self.inv_freq.ptr()),
                         Arg::Ptr(pos),
                         Arg::Ptr(slots),
                         Arg::I32(nh as i32),
                         Arg::I32(nkv as i32),
                         Arg::I32(hd as i32),
-                        Arg::I32(self.layout.block_size as i32),
+                        Arg::I32(block_size as i32),
                     ],
                 )?;
                 let window = cfg.layer_window(l).map_or(0, |w| w.min(i32::MAX as usize));
@@ -745,15 +913,15 @@ impl GpuModel {
                         Arg::I64(q_out as i64),
                         Arg::Ptr(qkv),
                         Arg::I64(width as i64),
-                        Arg::Ptr(self.k_cache[l].ptr()),
-                        Arg::Ptr(self.v_cache[l].ptr()),
+                        Arg::Ptr(kv.layer(l).0.ptr()),
+                        Arg::Ptr(kv.layer(l).1.ptr()),
                         Arg::Ptr(tables),
                         Arg::Ptr(toff),
                         Arg::Ptr(pos),
                         Arg::I32(nkv as i32),
                         Arg::I32((nh / nkv) as i32),
                         Arg::I32(hd as i32),
-                        Arg::I32(self.layout.block_size as i32),
+                        Arg::I32(block_size as i32),
                         Arg::F32(scale),
                         Arg::I32(window as i32),
                         Arg::I32(self.part_len as i32),
@@ -803,7 +971,7 @@ impl GpuModel {
         let r = meta.logit_rows.len();
         if r == 0 {
             self.rt.synchronize()?;
-            return Ok(Vec::new());
+            return Ok(0);
         }
         let v = cfg.vocab_size;
         let picked = self.staged("logit_rows", &i32_bytes(&meta.logit_rows))?;
@@ -826,8 +994,6 @@ impl GpuModel {
             )?;
             self.gemm(r, v, h, gathered, head, logits)?;
         }
-        let mut out = vec![0u8; r * v * eb];
-        self.scratch["logits"].read(0, &mut out)?;
-        Ok(self.dtype.decode(&out))
+        Ok(r)
     }
 }

@@ -350,6 +350,36 @@ impl Buffer {
     }
 }
 
+impl Buffer {
+    /// Copies `bytes` from `src_offset` to `dst_offset` of this buffer on the device; the
+    /// ranges must not overlap.
+    pub fn copy_within(
+        &mut self,
+        src_offset: usize,
+        dst_offset: usize,
+        bytes: usize,
+    ) -> Result<(), GpuError> {
+        self.check("copy source", src_offset, bytes)?;
+        self.check("copy destination", dst_offset, bytes)?;
+        if src_offset < dst_offset + bytes && dst_offset < src_offset + bytes {
+            return Err(GpuError::InvalidArgument {
+                name: "copy_within",
+                reason: format!(
+                    "{bytes} bytes from {src_offset} overlap their destination {dst_offset}"
+                ),
+            });
+        }
+        if bytes == 0 {
+            return Ok(());
+        }
+        // SAFETY: both ranges are checked and disjoint.
+        unsafe {
+            self.rt
+                .copy(self.at(dst_offset), self.at(src_offset), bytes)
+        }
+    }
+}
+
 impl Drop for Buffer {
     fn drop(&mut self) {
         // SAFETY: the pointer came from this runtime's `alloc` and is dropped once; the

@@ -38,10 +38,68 @@ fn collect(h: RequestHandle) -> (Vec<u32>, Event) {
     panic!("the stream ended without a terminal event")
 }
 
+/// A greedy request: prompt, adapter, new tokens.
+type Greedy<'a> = (Vec<u32>, Option<&'a str>, usize);
+
+/// Each request run to the end: its tokens and terminal event, beside what was asked.
+fn run_all<'a, M: openledger_lora::serve::StepModel>(
+    e: &mut Engine<M>,
+    reqs: &'a [Greedy<'a>],
+) -> Vec<(Vec<u32>, Event, &'a Greedy<'a>)> {
+    let handles: Vec<_> = reqs
+        .iter()
+        .map(|(p, a, n)| e.submit(greedy(p.clone(), *a, *n)))
+        .collect();
+    e.run_until_idle().unwrap();
+    handles
+        .into_iter()
+        .zip(reqs)
+        .map(|(h, r)| {
+            let (toks, end) = collect(h);
+            (toks, end, r)
+        })
+        .collect()
+}
+
 fn prompt(seed: u32, len: usize) -> Vec<u32> {
     (0..len as u32)
         .map(|i| (seed * 5 + i * 3) % VOCAB as u32)
         .collect()
+}
+
+#[test]
+fn no_step_runs_more_adapters_than_the_model_takes() {
+    let model = ToyModel {
+        max_adapters: Some(2),
+        ..ToyModel::default()
+    };
+    let mut e = Engine::new(
+        model,
+        AllReady,
+        config(4, 64, 64, 64, Preemption::Recompute),
+    )
+    .unwrap();
+    let reqs = [
+        (prompt(1, 5), Some("alpha"), 6),
+        (prompt(2, 9), Some("beta"), 3),
+        (prompt(3, 1), Some("gamma"), 8),
+        (prompt(4, 2), None, 4),
+        (prompt(5, 3), Some("alpha"), 5),
+        (prompt(6, 4), Some("gamma"), 2),
+    ];
+    for (toks, end, (p, a, n)) in run_all(&mut e, &reqs) {
+        assert_eq!(toks, reference_greedy(p, *a, *n), "{a:?}");
+        assert!(matches!(end, Event::Finished { .. }), "{end:?}");
+    }
+    // gamma waited for a place while the base request and alpha's second ran beside alpha
+    // and beta.
+    let first = &e.model().log[0];
+    let ids: Vec<u64> = first.iter().map(|(r, _, _)| r.0).collect();
+    assert_eq!(
+        ids,
+        vec![0, 1, 3, 4],
+        "the first step skips gamma, not what follows it"
+    );
 }
 
 #[test]
@@ -57,13 +115,7 @@ fn outputs_equal_the_reference_for_a_mixed_batch() {
         (prompt(2, 9), Some("alpha"), 3),
         (prompt(3, 1), Some("beta"), 8),
     ];
-    let handles: Vec<_> = reqs
-        .iter()
-        .map(|(p, a, n)| e.submit(greedy(p.clone(), *a, *n)))
-        .collect();
-    e.run_until_idle().unwrap();
-    for ((p, a, n), h) in reqs.iter().zip(handles) {
-        let (toks, end) = collect(h);
+    for (toks, end, (p, a, n)) in run_all(&mut e, &reqs) {
         assert_eq!(toks, reference_greedy(p, *a, *n));
         assert!(matches!(
             end,
@@ -413,6 +465,8 @@ struct FlakyModel {
 }
 
 impl openledger_lora::serve::StepModel for FlakyModel {
+    openledger_lora::host_kv_cache!();
+
     fn vocab_size(&self) -> usize {
         VOCAB
     }
@@ -568,6 +622,8 @@ proptest! {
 struct ShortLogits;
 
 impl openledger_lora::serve::StepModel for ShortLogits {
+    openledger_lora::host_kv_cache!();
+
     fn vocab_size(&self) -> usize {
         VOCAB
     }

@@ -474,6 +474,8 @@ impl PagedModel {
 }
 
 impl StepModel for PagedModel {
+    crate::host_kv_cache!();
+
     fn vocab_size(&self) -> usize {
         self.model.config().vocab_size
     }

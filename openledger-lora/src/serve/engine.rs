@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use thiserror::Error;
 
 use super::attention::AttnSeq;
-use super::kv::{KvDtype, KvError, KvLayout, PagedKvCache, SeqId};
+use super::kv::{KvDtype, KvError, KvLayout, KvStorage, PagedKvCache, SeqId};
 use super::readiness::{AdapterReadiness, AllReady};
 use super::request::{CancelHandle, Event, Request, RequestError, RequestHandle, RequestId, Sink};
 use super::sampling::Detokenize;
@@ -96,14 +96,35 @@ pub struct Logits {
 /// slots are already appended) and attends through the block tables, e.g. with
 /// [`paged_attention`](super::paged_attention).
 pub trait StepModel {
+    /// Where the engine's KV cache keeps its values: [`HostKvStorage`](super::HostKvStorage) for a model on the
+    /// CPU, device memory for a model on a GPU.
+    type Storage: KvStorage;
+
     /// Tokens in the vocabulary (the width of a logits row).
     fn vocab_size(&self) -> usize;
+
+    /// Makes the engine's KV cache: `num_blocks` blocks of `layout` holding `dtype` (a model
+    /// on the CPU: [`PagedKvCache::with_dtype`]).
+    fn kv_cache(
+        &mut self,
+        layout: KvLayout,
+        num_blocks: usize,
+        dtype: KvDtype,
+    ) -> Result<PagedKvCache<Self::Storage>, KvError>;
+
     /// Runs one step.
     fn forward(
         &mut self,
         batch: &StepBatch,
-        kv: &mut PagedKvCache,
+        kv: &mut PagedKvCache<Self::Storage>,
     ) -> Result<Logits, Box<dyn std::error::Error + Send + Sync>>;
+
+    /// The most distinct adapters one step may run (a GPU's adapter slots): the scheduler
+    /// admits no request whose adapter would take the running requests past it, and lets
+    /// requests for adapters already running go first. The default sets no limit.
+    fn max_adapters(&self) -> Option<usize> {
+        None
+    }
 
     /// Makes `adapter` ready to run (attaching it, say) when a request naming it is admitted
     /// and no running request holds it yet; an error fails that request only. The default
@@ -112,6 +133,40 @@ pub trait StepModel {
         let _ = adapter;
         Ok(())
     }
+}
+
+/// Declares, inside an `impl StepModel`, a KV cache kept on the host
+/// ([`HostKvStorage`](crate::serve::HostKvStorage)): the `Storage` type and `kv_cache` of a
+/// model that computes on the CPU.
+///
+/// ```
+/// use openledger_lora::serve::*;
+///
+/// struct Uniform;
+/// impl StepModel for Uniform {
+///     openledger_lora::host_kv_cache!();
+///     fn vocab_size(&self) -> usize { 4 }
+///     fn forward(&mut self, batch: &StepBatch, _kv: &mut PagedKvCache)
+///         -> Result<Logits, Box<dyn std::error::Error + Send + Sync>> {
+///         let rows = batch.seqs.iter().filter(|s| s.needs_logits).count();
+///         Ok(Logits { data: vec![0.0; rows * 4] })
+///     }
+/// }
+/// ```
+#[macro_export]
+macro_rules! host_kv_cache {
+    () => {
+        type Storage = $crate::serve::HostKvStorage;
+
+        fn kv_cache(
+            &mut self,
+            layout: $crate::serve::KvLayout,
+            num_blocks: usize,
+            dtype: $crate::serve::KvDtype,
+        ) -> Result<$crate::serve::PagedKvCache, $crate::serve::KvError> {
+            $crate::serve::PagedKvCache::with_dtype(layout, num_blocks, dtype)
+        }
+    };
 }
 
 /// What happens to a preempted sequence.
@@ -193,7 +248,7 @@ pub struct StepReport {
 pub struct Engine<M: StepModel, R: AdapterReadiness = AllReady> {
     pub(super) model: M,
     pub(super) readiness: R,
-    pub(super) kv: PagedKvCache,
+    pub(super) kv: PagedKvCache<M::Storage>,
     pub(super) config: EngineConfig,
     pub(super) detok: Option<Box<dyn Detokenize + Send>>,
     pub(super) waiting: VecDeque<Active>,
@@ -214,7 +269,7 @@ impl<M: StepModel, R: AdapterReadiness> Drop for Engine<M, R> {
 
 impl<M: StepModel, R: AdapterReadiness> Engine<M, R> {
     /// An engine over `model` with its own KV pool.
-    pub fn new(model: M, readiness: R, config: EngineConfig) -> Result<Self, EngineError> {
+    pub fn new(mut model: M, readiness: R, config: EngineConfig) -> Result<Self, EngineError> {
         let bad = |reason: String| Err(EngineError::Config { reason });
         if config.max_tokens_per_step == 0 || config.max_running == 0 || config.max_context == 0 {
             return bad("max_tokens_per_step, max_running and max_context must be ≥ 1".into());
@@ -228,7 +283,7 @@ impl<M: StepModel, R: AdapterReadiness> Engine<M, R> {
                 config.max_context
             ));
         }
-        let kv = PagedKvCache::with_dtype(config.kv_layout, config.num_blocks, config.kv_dtype)?;
+        let kv = model.kv_cache(config.kv_layout, config.num_blocks, config.kv_dtype)?;
         Ok(Self {
             model,
             readiness,
@@ -250,7 +305,7 @@ impl<M: StepModel, R: AdapterReadiness> Engine<M, R> {
     }
 
     /// The KV cache (for inspection).
-    pub fn kv(&self) -> &PagedKvCache {
+    pub fn kv(&self) -> &PagedKvCache<M::Storage> {
         &self.kv
     }
 

@@ -11,6 +11,7 @@
 //! /// Favours the token after the last one it was given.
 //! struct Counter;
 //! impl StepModel for Counter {
+//!     openledger_lora::host_kv_cache!();
 //!     fn vocab_size(&self) -> usize { 8 }
 //!     fn forward(&mut self, batch: &StepBatch, _kv: &mut PagedKvCache)
 //!         -> Result<Logits, Box<dyn std::error::Error + Send + Sync>> {

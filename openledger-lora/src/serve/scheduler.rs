@@ -342,13 +342,30 @@ impl<M: StepModel, R: AdapterReadiness> Engine<M, R> {
         Ok(report)
     }
 
+    /// Whether a request for `adapter` may join the running requests within the model's
+    /// [`max_adapters`](StepModel::max_adapters).
+    fn adapter_fits(&self, adapter: Option<&AdapterId>) -> bool {
+        let (Some(id), Some(max)) = (adapter, self.model.max_adapters()) else {
+            return true;
+        };
+        let running: std::collections::HashSet<&AdapterId> = self
+            .running
+            .iter()
+            .filter_map(|a| a.adapter.as_ref())
+            .collect();
+        running.contains(id) || running.len() < max
+    }
+
     fn swap_in(
         &mut self,
         plan: &mut Vec<(usize, usize)>,
         budget: &mut usize,
     ) -> Result<(), EngineError> {
         while let Some(a) = self.swapped.front() {
-            if self.running.len() >= self.config.max_running || *budget == 0 {
+            if self.running.len() >= self.config.max_running
+                || *budget == 0
+                || !self.adapter_fits(a.adapter.as_ref())
+            {
                 break;
             }
             let n = (a.tokens.len() - a.computed).min(*budget);
@@ -411,7 +428,7 @@ impl<M: StepModel, R: AdapterReadiness> Engine<M, R> {
                 break;
             }
             let a = &self.waiting[j];
-            if !a.adapter_ready {
+            if !a.adapter_ready || !self.adapter_fits(a.adapter.as_ref()) {
                 j += 1;
                 continue;
             }

@@ -52,11 +52,19 @@ pub fn reference_greedy(prompt: &[u32], adapter: Option<&str>, n: usize) -> Vec<
 pub struct ToyModel {
     /// Per step: (request, tokens run, needs logits).
     pub log: Vec<Vec<(RequestId, usize, bool)>>,
+    /// The most distinct adapters a step may name (a step naming more fails).
+    pub max_adapters: Option<usize>,
 }
 
 impl StepModel for ToyModel {
+    openledger_lora::host_kv_cache!();
+
     fn vocab_size(&self) -> usize {
         VOCAB
+    }
+
+    fn max_adapters(&self) -> Option<usize> {
+        self.max_adapters
     }
 
     fn forward(
@@ -64,6 +72,14 @@ impl StepModel for ToyModel {
         batch: &StepBatch,
         kv: &mut PagedKvCache,
     ) -> Result<Logits, Box<dyn std::error::Error + Send + Sync>> {
+        let adapters: std::collections::HashSet<_> = batch
+            .seqs
+            .iter()
+            .filter_map(|s| s.adapter.as_ref())
+            .collect();
+        if self.max_adapters.is_some_and(|m| adapters.len() > m) {
+            return Err(format!("a step naming {} adapters", adapters.len()).into());
+        }
         self.log.push(
             batch
                 .seqs

@@ -1,6 +1,4 @@
-//! The GPU model on the host emulation of the device ([`EmulatedRuntime`]: host memory, the
-//! very CUDA C kernels compiled for the host, a host GEMM with the device's contract), against
-//! the PEFT fixture's transformers logits (`fixtures/peft/tiny-llama`, float32): prefill and
+//! The GPU model against the PEFT fixture's transformers logits (`fixtures/peft/tiny-llama`, float32): prefill and
 //! decode through the paged KV cache in device layout, chunked prompts, mixed batches, block
 //! tables in any order, the attention split over the context, and refused input.
 //!
@@ -10,9 +8,16 @@
 //! layer boundary, as a bf16 deployment holds them; logits within 0.05 of f32 transformers
 //! and the same greedy token where transformers' top two differ by more than 0.1.
 //!
-//! Needs a C++20 compiler (`$CXX`, else `c++`); a missing one is a failure, not a skip.
+//! The runtime: the host emulation of the device by default ([`EmulatedRuntime`]: host
+//! memory, the very CUDA C kernels compiled for the host, a host GEMM with the device's
+//! contract; it needs a C++20 compiler, `$CXX` else `c++`, and a missing one is a failure),
+//! or CUDA device 0 with `OPENLEDGER_GPU_RUNTIME=cuda` (a build with the `cuda` feature). The
+//! fixtures are read from `OPENLEDGER_FIXTURES` where set (a test binary carried to another
+//! machine), else from the repository.
 
-use openledger_gpu::{Dtype, EmulatedRuntime, GpuError, GpuModel, GpuOptions, Runtime};
+use openledger_gpu::{
+    DeviceKvStorage, Dtype, EmulatedRuntime, GpuError, GpuModel, GpuOptions, Runtime,
+};
 use openledger_lora::adapter::{LoadOptions, LoraAdapter};
 use openledger_lora::pool::AdapterId;
 use openledger_lora::serve::{RequestId, SeqId, StepBatch, StepSeq};
@@ -21,16 +26,26 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/peft/tiny-llama")
+    let root = std::env::var_os("OPENLEDGER_FIXTURES").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures"),
+        PathBuf::from,
+    );
+    root.join("peft/tiny-llama")
 }
 
-/// The emulated device, built once per test binary.
+/// The runtime the tests run on, made once per test binary.
 fn runtime() -> Arc<dyn Runtime> {
     static RT: OnceLock<Arc<dyn Runtime>> = OnceLock::new();
-    RT.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("emulated-device");
-        Arc::new(EmulatedRuntime::build(&dir).unwrap_or_else(|e| panic!("{e}")))
-    })
+    RT.get_or_init(
+        || match std::env::var("OPENLEDGER_GPU_RUNTIME").as_deref() {
+            Ok("cuda") => openledger_gpu::cuda_runtime(0).unwrap_or_else(|e| panic!("{e}")),
+            Ok("emulated") | Err(_) => {
+                let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("emulated-device");
+                Arc::new(EmulatedRuntime::build(&dir).unwrap_or_else(|e| panic!("{e}")))
+            }
+            Ok(other) => panic!("OPENLEDGER_GPU_RUNTIME={other}: `cuda` or `emulated`"),
+        },
+    )
     .clone()
 }
 
@@ -55,11 +70,10 @@ fn reference_of(adapter: &str) -> (Vec<Vec<u32>>, Vec<Vec<f32>>) {
     (seqs, logits)
 }
 
-fn load(dtype: Dtype, part_len: usize) -> GpuModel {
+/// The fixture's model in `dtype` and a KV pool of 32 blocks of 4 positions.
+fn load(dtype: Dtype, part_len: usize) -> (GpuModel, DeviceKvStorage) {
     let opts = GpuOptions {
         dtype: Some(dtype),
-        kv_blocks: 32,
-        block_size: 4,
         attention_part_len: part_len,
         ..GpuOptions::default()
     };
@@ -69,8 +83,9 @@ fn load(dtype: Dtype, part_len: usize) -> GpuModel {
         seen = done;
     })
     .unwrap();
-    assert_eq!(seen, 4 + 2 * 9, "progress reports every tensor group");
-    m
+    assert_eq!(seen, 3 + 2 * 9, "progress reports every tensor group");
+    let kv = m.kv_storage(32, 4).unwrap();
+    (m, kv)
 }
 
 fn seq(id: u64, tokens: &[u32], start_pos: usize, table: &[u32], logits: bool) -> StepSeq {
@@ -105,14 +120,17 @@ fn prefill_then_decode_matches_transformers_in_f32() {
     let (seqs, want) = reference();
     let vocab = 320;
     for part_len in [512, 3] {
-        let mut m = load(Dtype::F32, part_len);
+        let (mut m, mut kv) = load(Dtype::F32, part_len);
         let tables = tables();
         for (i, s) in seqs.iter().enumerate() {
             // A prompt of three tokens in one step, then one token per step.
             let first = m
-                .forward(&StepBatch {
-                    seqs: vec![seq(i as u64, &s[..3], 0, &tables[i], true)],
-                })
+                .forward(
+                    &StepBatch {
+                        seqs: vec![seq(i as u64, &s[..3], 0, &tables[i], true)],
+                    },
+                    &mut kv,
+                )
                 .unwrap();
             assert_close(
                 &format!("seq {i} prefill (part_len {part_len})"),
@@ -122,9 +140,12 @@ fn prefill_then_decode_matches_transformers_in_f32() {
             );
             for p in 3..s.len() {
                 let got = m
-                    .forward(&StepBatch {
-                        seqs: vec![seq(i as u64, &s[p..p + 1], p, &tables[i], true)],
-                    })
+                    .forward(
+                        &StepBatch {
+                            seqs: vec![seq(i as u64, &s[p..p + 1], p, &tables[i], true)],
+                        },
+                        &mut kv,
+                    )
                     .unwrap();
                 assert_close(
                     &format!("seq {i} decode at {p} (part_len {part_len})"),
@@ -141,18 +162,21 @@ fn prefill_then_decode_matches_transformers_in_f32() {
 fn a_mixed_batch_of_chunks_and_decodes_matches_transformers() {
     let (seqs, want) = reference();
     let vocab = 320;
-    let mut m = load(Dtype::F32, 4);
+    let (mut m, mut kv) = load(Dtype::F32, 4);
     let t = tables();
     // Step 1: sequence 0 whole, the first chunk of sequence 2 (no logits), sequence 1's first
     // two tokens.
     let got = m
-        .forward(&StepBatch {
-            seqs: vec![
-                seq(0, &seqs[0], 0, &t[0], true),
-                seq(2, &seqs[2][..5], 0, &t[2], false),
-                seq(1, &seqs[1][..2], 0, &t[1], true),
-            ],
-        })
+        .forward(
+            &StepBatch {
+                seqs: vec![
+                    seq(0, &seqs[0], 0, &t[0], true),
+                    seq(2, &seqs[2][..5], 0, &t[2], false),
+                    seq(1, &seqs[1][..2], 0, &t[1], true),
+                ],
+            },
+            &mut kv,
+        )
         .unwrap();
     assert_eq!(got.len(), 2 * vocab, "logits only where asked");
     let l0 = seqs[0].len();
@@ -170,12 +194,15 @@ fn a_mixed_batch_of_chunks_and_decodes_matches_transformers() {
     );
     // Step 2: the rest of sequence 2 as a chunk beside sequence 1's rest.
     let got = m
-        .forward(&StepBatch {
-            seqs: vec![
-                seq(1, &seqs[1][2..], 2, &t[1], true),
-                seq(2, &seqs[2][5..], 5, &t[2], true),
-            ],
-        })
+        .forward(
+            &StepBatch {
+                seqs: vec![
+                    seq(1, &seqs[1][2..], 2, &t[1], true),
+                    seq(2, &seqs[2][5..], 5, &t[2], true),
+                ],
+            },
+            &mut kv,
+        )
         .unwrap();
     let (l1, l2) = (seqs[1].len(), seqs[2].len());
     assert_close(
@@ -196,14 +223,17 @@ fn a_mixed_batch_of_chunks_and_decodes_matches_transformers() {
 fn bf16_follows_transformers_within_its_rounding() {
     let (seqs, want) = reference();
     let vocab = 320;
-    let mut m = load(Dtype::Bf16, 512);
+    let (mut m, mut kv) = load(Dtype::Bf16, 512);
     assert_eq!(m.dtype(), Dtype::Bf16);
     let t = tables();
     for (i, s) in seqs.iter().enumerate() {
         let got = m
-            .forward(&StepBatch {
-                seqs: vec![seq(i as u64, s, 0, &t[i], true)],
-            })
+            .forward(
+                &StepBatch {
+                    seqs: vec![seq(i as u64, s, 0, &t[i], true)],
+                },
+                &mut kv,
+            )
             .unwrap();
         let l = s.len();
         let w = &want[i][(l - 1) * vocab..l * vocab];
@@ -218,7 +248,7 @@ fn bf16_follows_transformers_within_its_rounding() {
         }
     }
     // Half the bytes of f32 for the weights; RoPE's frequencies (8 f32) stay f32.
-    let f32_weights = load(Dtype::F32, 512).memory().weights;
+    let f32_weights = load(Dtype::F32, 512).0.memory().weights;
     assert_eq!(2 * m.memory().weights, f32_weights + 8 * 4);
 }
 
@@ -226,11 +256,14 @@ fn bf16_follows_transformers_within_its_rounding() {
 fn refused_batches_name_the_culprit_and_leave_the_cache_alone() {
     let (seqs, want) = reference();
     let vocab = 320;
-    let mut m = load(Dtype::F32, 512);
+    let (mut m, mut kv) = load(Dtype::F32, 512);
     let t = tables();
-    m.forward(&StepBatch {
-        seqs: vec![seq(0, &seqs[0][..4], 0, &t[0], false)],
-    })
+    m.forward(
+        &StepBatch {
+            seqs: vec![seq(0, &seqs[0][..4], 0, &t[0], false)],
+        },
+        &mut kv,
+    )
     .unwrap();
     let cases: Vec<(StepBatch, &str)> = vec![
         (
@@ -263,7 +296,7 @@ fn refused_batches_name_the_culprit_and_leave_the_cache_alone() {
         (StepBatch { seqs: vec![] }, "0 tokens"),
     ];
     for (batch, needle) in cases {
-        let e = m.forward(&batch).unwrap_err();
+        let e = m.forward(&batch, &mut kv).unwrap_err();
         assert!(
             matches!(e, GpuError::InvalidArgument { .. }) && e.to_string().contains(needle),
             "{e}"
@@ -271,9 +304,12 @@ fn refused_batches_name_the_culprit_and_leave_the_cache_alone() {
     }
     // The cache still holds the first four positions: the rest decodes as transformers does.
     let got = m
-        .forward(&StepBatch {
-            seqs: vec![seq(0, &seqs[0][4..], 4, &t[0], true)],
-        })
+        .forward(
+            &StepBatch {
+                seqs: vec![seq(0, &seqs[0][4..], 4, &t[0], true)],
+            },
+            &mut kv,
+        )
         .unwrap();
     let l = seqs[0].len();
     assert_close(
@@ -329,7 +365,7 @@ fn with_adapter(mut s: StepSeq, name: Option<&str>) -> StepSeq {
 #[test]
 fn adapters_alone_and_in_one_mixed_batch_match_peft() {
     let vocab = 320;
-    let mut m = load(Dtype::F32, 512);
+    let (mut m, mut kv) = load(Dtype::F32, 512);
     for name in ADAPTERS {
         m.attach_adapter(name, &adapter(name)).unwrap();
     }
@@ -340,9 +376,12 @@ fn adapters_alone_and_in_one_mixed_batch_match_peft() {
         for (i, s) in seqs.iter().enumerate() {
             let id = 10 + i as u64;
             let got = m
-                .forward(&StepBatch {
-                    seqs: vec![with_adapter(seq(id, &s[..4], 0, &t[i], true), Some(name))],
-                })
+                .forward(
+                    &StepBatch {
+                        seqs: vec![with_adapter(seq(id, &s[..4], 0, &t[i], true), Some(name))],
+                    },
+                    &mut kv,
+                )
                 .unwrap();
             assert_close(
                 &format!("{name} seq {i} prefill"),
@@ -352,12 +391,15 @@ fn adapters_alone_and_in_one_mixed_batch_match_peft() {
             );
             for p in 4..s.len() {
                 let got = m
-                    .forward(&StepBatch {
-                        seqs: vec![with_adapter(
-                            seq(id, &s[p..p + 1], p, &t[i], true),
-                            Some(name),
-                        )],
-                    })
+                    .forward(
+                        &StepBatch {
+                            seqs: vec![with_adapter(
+                                seq(id, &s[p..p + 1], p, &t[i], true),
+                                Some(name),
+                            )],
+                        },
+                        &mut kv,
+                    )
                     .unwrap();
                 assert_close(
                     &format!("{name} seq {i} decode {p}"),
@@ -390,7 +432,7 @@ fn adapters_alone_and_in_one_mixed_batch_match_peft() {
             })
             .collect(),
     };
-    let got = m.forward(&batch).unwrap();
+    let got = m.forward(&batch, &mut kv).unwrap();
     let decode = StepBatch {
         seqs: (0..4)
             .map(|k| {
@@ -400,7 +442,7 @@ fn adapters_alone_and_in_one_mixed_batch_match_peft() {
             })
             .collect(),
     };
-    let last = m.forward(&decode).unwrap();
+    let last = m.forward(&decode, &mut kv).unwrap();
     for k in 0..4 {
         let (_, want) = reference_of(names[k].unwrap_or("base"));
         let w = &want[order[k]];
@@ -424,8 +466,6 @@ fn adapters_alone_and_in_one_mixed_batch_match_peft() {
 fn adapter_memory_is_paged_and_refusals_change_nothing() {
     let opts = GpuOptions {
         dtype: Some(Dtype::F32),
-        kv_blocks: 32,
-        block_size: 4,
         attention_part_len: 512,
         adapters: openledger_gpu::AdapterBudget {
             slots: 2,
@@ -434,6 +474,7 @@ fn adapter_memory_is_paged_and_refusals_change_nothing() {
         },
     };
     let mut m = GpuModel::load(runtime(), &fixture(), opts, &mut |_, _| {}).unwrap();
+    let mut kv = m.kv_storage(32, 4).unwrap();
     let free = m.free_adapter_pages();
     assert_eq!(free, 64);
     m.attach_adapter("a", &adapter("qv-r4")).unwrap();
@@ -458,9 +499,12 @@ fn adapter_memory_is_paged_and_refusals_change_nothing() {
     let t = tables();
     let s = &seqs[1];
     let got = m
-        .forward(&StepBatch {
-            seqs: vec![with_adapter(seq(0, s, 0, &t[1], true), Some("a"))],
-        })
+        .forward(
+            &StepBatch {
+                seqs: vec![with_adapter(seq(0, s, 0, &t[1], true), Some("a"))],
+            },
+            &mut kv,
+        )
         .unwrap();
     let l = s.len();
     assert_close(
@@ -471,9 +515,12 @@ fn adapter_memory_is_paged_and_refusals_change_nothing() {
     );
     // An unknown adapter is refused before anything runs.
     let e = m
-        .forward(&StepBatch {
-            seqs: vec![with_adapter(seq(1, s, 0, &t[0], true), Some("nope"))],
-        })
+        .forward(
+            &StepBatch {
+                seqs: vec![with_adapter(seq(1, s, 0, &t[0], true), Some("nope"))],
+            },
+            &mut kv,
+        )
         .unwrap_err();
     assert!(
         e.to_string().contains("adapter nope is not attached"),
@@ -486,4 +533,93 @@ fn adapter_memory_is_paged_and_refusals_change_nothing() {
 
 fn vocab_of() -> usize {
     320
+}
+
+#[test]
+fn device_sampling_draws_what_the_cpu_sampler_draws() {
+    use openledger_gpu::RowSampling;
+    use openledger_lora::serve::{Sampler, SamplingParams};
+    let (seqs, _) = reference();
+    let (mut m, mut kv) = load(Dtype::F32, 512);
+    let t = tables();
+    let batch = StepBatch {
+        seqs: (0..3)
+            .map(|i| seq(i as u64, &seqs[i], 0, &t[i], true))
+            .collect(),
+    };
+    let logits = m.forward(&batch, &mut kv).unwrap();
+    let vocab = 320;
+    let params = |temperature, top_k, top_p, penalty| SamplingParams {
+        temperature,
+        top_k,
+        top_p,
+        repetition_penalty: penalty,
+        ..Default::default()
+    };
+    // Greedy, top-k with top-p and a penalty, top-p alone (sampled on the host), the whole
+    // vocabulary at a high temperature, top-k above the kernel's 256 (on the host).
+    let shapes = [
+        params(0.0, None, None, None),
+        params(0.8, Some(20), Some(0.9), Some(1.3)),
+        params(0.7, None, Some(0.8), None),
+        params(1.5, None, None, Some(0.8)),
+        params(1.0, Some(300), None, None),
+    ];
+    for (k, p) in shapes.iter().enumerate() {
+        for draw in [0.03f32, 0.41, 0.77, 0.999] {
+            let rows: Vec<RowSampling<'_>> = (0..3)
+                .map(|i| RowSampling {
+                    params: p,
+                    u: draw,
+                    history: &seqs[i],
+                })
+                .collect();
+            let got = m.forward_sampled(&batch, &mut kv, &rows).unwrap();
+            for i in 0..3 {
+                let l = &logits[i * vocab..(i + 1) * vocab];
+                let dist = Sampler::new(p).unwrap().distribution(l, &seqs[i]).unwrap();
+                let mut acc = 0f32;
+                let want = if dist.len() == 1 {
+                    dist[0].0
+                } else {
+                    dist.iter()
+                        .find(|&&(_, q)| {
+                            acc += q;
+                            draw < acc
+                        })
+                        .map_or(dist[dist.len() - 1].0, |d| d.0)
+                };
+                if got[i] != want {
+                    // Over the whole vocabulary the device sums in another order: only a draw
+                    // within rounding of a boundary may differ.
+                    let mut acc = 0f32;
+                    let near = dist.iter().any(|&(_, q)| {
+                        acc += q;
+                        (draw - acc).abs() < 1e-4
+                    });
+                    assert!(
+                        near && p.top_k.is_none() && p.top_p.is_none(),
+                        "shape {k} u {draw} row {i}: device {} CPU {want}",
+                        got[i]
+                    );
+                }
+            }
+        }
+    }
+    // Rows must match the sequences that need logits.
+    let e = m.forward_sampled(&batch, &mut kv, &[]).unwrap_err();
+    assert!(
+        matches!(e, GpuError::InvalidArgument { name: "rows", .. }),
+        "{e}"
+    );
+    let bad = params(-1.0, None, None, None);
+    let rows: Vec<RowSampling<'_>> = (0..3)
+        .map(|i| RowSampling {
+            params: &bad,
+            u: 0.5,
+            history: &seqs[i],
+        })
+        .collect();
+    let e = m.forward_sampled(&batch, &mut kv, &rows).unwrap_err();
+    assert!(matches!(e, GpuError::Sample { row: 0, .. }), "{e}");
 }

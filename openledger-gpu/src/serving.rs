@@ -1,0 +1,246 @@
+//! [`GpuPagedModel`]: the GPU model as the serving engine's
+//! [`StepModel`](openledger_lora::serve::StepModel), so the same engine (scheduler, paged KV
+//! cache, adapter pool, streaming) runs on a device. The engine's cache keeps its block tables
+//! on the host and its values in a [`DeviceKvStorage`]; blocks a fork shares are copied on the
+//! device before a step writes into them; swapping copies blocks to host memory and back.
+//!
+//! Adapters come from the engine's [`AdapterPool`] (or are attached up front): an adapter is
+//! copied to the device the first time a batch names it, and when the device tier (its slots
+//! and slab, [`AdapterBudget`](crate::AdapterBudget)) is full, the adapters not in the step
+//! are evicted least recently used first; an adapter evicted while its request still runs is
+//! copied back when the next step names it. Ensembles (`a+b`) are not served on the GPU yet.
+
+use crate::error::GpuError;
+use crate::kv::DeviceKvStorage;
+use crate::model::GpuModel;
+use crate::runtime::Dtype;
+use openledger_lora::adapter::LoraAdapter;
+use openledger_lora::pool::{AdapterId, AdapterPool, PoolError};
+use openledger_lora::serve::{
+    KvDtype, KvError, KvLayout, Logits, PagedKvCache, RequestError, StepBatch, StepModel,
+};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// The GPU model driven by the serving engine (see the module docs).
+#[derive(Debug)]
+pub struct GpuPagedModel {
+    model: GpuModel,
+    pool: Option<AdapterPool<LoraAdapter>>,
+    /// Adapters attached from the pool, with the copy each was attached from.
+    pooled: HashMap<AdapterId, Arc<LoraAdapter>>,
+    /// The step each device adapter was last named in.
+    last_used: HashMap<AdapterId, u64>,
+    steps: u64,
+}
+
+/// The cache type of a model type.
+pub fn kv_dtype(d: Dtype) -> KvDtype {
+    match d {
+        Dtype::F32 => KvDtype::F32,
+        Dtype::F16 => KvDtype::F16,
+        Dtype::Bf16 => KvDtype::Bf16,
+    }
+}
+
+impl GpuPagedModel {
+    /// Wraps `model`; adapters the engine names must be [attached](Self::attach) first.
+    pub fn new(model: GpuModel) -> Self {
+        Self {
+            model,
+            pool: None,
+            pooled: HashMap::new(),
+            last_used: HashMap::new(),
+            steps: 0,
+        }
+    }
+
+    /// Wraps `model`, taking adapters from `pool` (a clone of the pool the engine checks
+    /// readiness with) the first time a batch names them.
+    pub fn with_pool(model: GpuModel, pool: AdapterPool<LoraAdapter>) -> Self {
+        Self {
+            pool: Some(pool),
+            ..Self::new(model)
+        }
+    }
+
+    /// The wrapped model.
+    pub fn model(&self) -> &GpuModel {
+        &self.model
+    }
+
+    /// The KV cache type the engine must be configured with (the model's own type).
+    pub fn kv_dtype(&self) -> KvDtype {
+        kv_dtype(self.model.dtype())
+    }
+
+    /// Attaches `adapter` under `id` (replacing an adapter of that id).
+    pub fn attach(&mut self, id: &AdapterId, adapter: &LoraAdapter) -> Result<(), GpuError> {
+        if id.is_ensemble() {
+            return Err(GpuError::Unsupported {
+                what: format!("ensembles on the GPU ({id})"),
+            });
+        }
+        self.make_room_and(&HashSet::new(), |m| m.attach_adapter(id.as_str(), adapter))?;
+        self.pooled.remove(id);
+        self.last_used.insert(id.clone(), self.steps);
+        Ok(())
+    }
+
+    /// Runs `f` (an attach); while it finds the device tier full, evicts the least recently
+    /// used adapter not in `keep` and tries again.
+    fn make_room_and(
+        &mut self,
+        keep: &HashSet<AdapterId>,
+        mut f: impl FnMut(&mut GpuModel) -> Result<(), GpuError>,
+    ) -> Result<(), GpuError> {
+        loop {
+            match f(&mut self.model) {
+                Err(GpuError::OutOfMemory { .. }) => {
+                    let victim = self
+                        .last_used
+                        .iter()
+                        .filter(|(id, _)| !keep.contains(*id))
+                        .min_by_key(|(id, step)| (**step, id.as_str().to_string()))
+                        .map(|(id, _)| id.clone());
+                    let Some(victim) = victim else {
+                        return f(&mut self.model);
+                    };
+                    self.model.detach_adapter(victim.as_str());
+                    self.last_used.remove(&victim);
+                    self.pooled.remove(&victim);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Makes adapter `id` resident on the device (from the pool when it is not), keeping the
+    /// adapters in `keep`.
+    fn resolve(&mut self, id: &AdapterId, keep: &HashSet<AdapterId>) -> Result<(), GpuError> {
+        if id.is_ensemble() {
+            return Err(GpuError::Unsupported {
+                what: format!("ensembles on the GPU ({id})"),
+            });
+        }
+        // A pooled copy the pool no longer holds (evicted, or registered again) is stale.
+        if let (Some(pool), Some(copy)) = (&self.pool, self.pooled.get(id))
+            && !pool.holds(id, copy)
+        {
+            self.model.detach_adapter(id.as_str());
+            self.pooled.remove(id);
+            self.last_used.remove(id);
+        }
+        if self.last_used.contains_key(id) {
+            self.last_used.insert(id.clone(), self.steps);
+            return Ok(());
+        }
+        let Some(pool) = &self.pool else {
+            return Err(GpuError::InvalidArgument {
+                name: "adapter",
+                reason: format!("adapter {id} is not attached"),
+            });
+        };
+        let adapter = pool.get(id).map_err(|e| match e {
+            PoolError::UnknownId { .. } => GpuError::InvalidArgument {
+                name: "adapter",
+                reason: format!("adapter {id} is not attached"),
+            },
+            other => GpuError::InvalidArgument {
+                name: "adapter",
+                reason: format!("adapter {id}: {other}"),
+            },
+        })?;
+        self.make_room_and(keep, |m| m.attach_adapter(id.as_str(), &adapter))?;
+        self.pooled.insert(id.clone(), adapter);
+        self.last_used.insert(id.clone(), self.steps);
+        Ok(())
+    }
+}
+
+impl StepModel for GpuPagedModel {
+    type Storage = DeviceKvStorage;
+
+    fn vocab_size(&self) -> usize {
+        self.model.config().vocab_size
+    }
+
+    fn kv_cache(
+        &mut self,
+        layout: KvLayout,
+        num_blocks: usize,
+        dtype: KvDtype,
+    ) -> Result<PagedKvCache<DeviceKvStorage>, KvError> {
+        let refuse = |message: String| KvError::Storage {
+            op: "make the device cache",
+            message,
+        };
+        if dtype != self.kv_dtype() {
+            return Err(refuse(format!(
+                "the cache holds {dtype:?}; this model computes in {:?}",
+                self.kv_dtype()
+            )));
+        }
+        if layout != self.model.kv_layout(layout.block_size) {
+            return Err(refuse(format!(
+                "layout {layout:?} is not the model's {:?}",
+                self.model.kv_layout(layout.block_size)
+            )));
+        }
+        let storage = self
+            .model
+            .kv_storage(num_blocks, layout.block_size)
+            .map_err(|e| refuse(e.to_string()))?;
+        PagedKvCache::with_storage(layout, num_blocks, dtype, storage)
+    }
+
+    fn forward(
+        &mut self,
+        batch: &StepBatch,
+        kv: &mut PagedKvCache<DeviceKvStorage>,
+    ) -> Result<Logits, Box<dyn std::error::Error + Send + Sync>> {
+        self.steps += 1;
+        let keep: HashSet<AdapterId> = batch
+            .seqs
+            .iter()
+            .filter_map(|s| s.adapter.clone())
+            .collect();
+        for id in &keep {
+            self.resolve(id, &keep)?;
+        }
+        // Blocks shared with a fork are copied before the kernels write into them; the tables
+        // are then the cache's own.
+        let mut batch = batch.clone();
+        for s in &mut batch.seqs {
+            for pos in s.start_pos..s.start_pos + s.tokens.len() {
+                kv.writable_slot(s.seq, 0, pos)?;
+            }
+            s.block_table = kv.block_table(s.seq)?.to_vec();
+        }
+        let data = self.model.forward(&batch, kv.storage_mut())?;
+        Ok(Logits { data })
+    }
+
+    /// The device tier's slots: no step names more adapters than it holds at once.
+    fn max_adapters(&self) -> Option<usize> {
+        Some(self.model.adapter_slots())
+    }
+
+    fn prepare_adapter(&mut self, adapter: &AdapterId) -> Result<(), RequestError> {
+        let keep = HashSet::from([adapter.clone()]);
+        match self.resolve(adapter, &keep) {
+            Ok(()) => Ok(()),
+            Err(GpuError::InvalidArgument { reason, .. })
+                if reason.ends_with("is not attached") =>
+            {
+                Err(RequestError::UnknownAdapter {
+                    adapter: adapter.clone(),
+                })
+            }
+            Err(e) => Err(RequestError::AdapterRejected {
+                adapter: adapter.clone(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! The serving engine (scheduler, paged KV cache with its values in device memory, adapter
+//! pool, streaming) driving the GPU model, against PEFT's greedy tokens of the fixture
+//! (`fixtures/peft/tiny-llama/reference.json`): a mixed batch of requests for the base model
+//! and three adapters taken from the pool, with a device adapter tier of two slots (so
+//! adapters are evicted from the device and copied back), and a KV pool small enough that
+//! sequences are preempted — recomputed, or swapped out to host memory and back.
+//!
+//! Runtime: as `model_parity.rs` (the host emulation unless `OPENLEDGER_GPU_RUNTIME=cuda`).
+
+use openledger_gpu::{
+    AdapterBudget, Dtype, EmulatedRuntime, GpuModel, GpuOptions, GpuPagedModel, Runtime,
+};
+use openledger_lora::pool::{AdapterId, AdapterPool, Source};
+use openledger_lora::serve::{Engine, EngineConfig, Event, Preemption, Request, SamplingParams};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+fn fixtures() -> PathBuf {
+    std::env::var_os("OPENLEDGER_FIXTURES").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures"),
+        PathBuf::from,
+    )
+}
+
+fn fixture() -> PathBuf {
+    fixtures().join("peft/tiny-llama")
+}
+
+fn runtime() -> Arc<dyn Runtime> {
+    static RT: OnceLock<Arc<dyn Runtime>> = OnceLock::new();
+    RT.get_or_init(
+        || match std::env::var("OPENLEDGER_GPU_RUNTIME").as_deref() {
+            Ok("cuda") => openledger_gpu::cuda_runtime(0).unwrap_or_else(|e| panic!("{e}")),
+            _ => {
+                let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("emulated-device");
+                Arc::new(EmulatedRuntime::build(&dir).unwrap_or_else(|e| panic!("{e}")))
+            }
+        },
+    )
+    .clone()
+}
+
+fn reference() -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(fixture().join("reference.json")).unwrap()).unwrap()
+}
+
+fn u32s(v: &serde_json::Value) -> Vec<u32> {
+    serde_json::from_value(v.clone()).unwrap()
+}
+
+fn id(name: &str) -> AdapterId {
+    AdapterId::new(name).unwrap()
+}
+
+fn request(prompt: Vec<u32>, adapter: Option<&str>, n: usize) -> Request {
+    Request {
+        prompt,
+        adapter: adapter.map(|a| AdapterId::parse(a).unwrap()),
+        sampling: SamplingParams {
+            max_new_tokens: n,
+            ..Default::default()
+        },
+    }
+}
+
+/// A GPU engine over the fixture with the three adapters in its pool, `num_blocks` KV blocks
+/// of 4 positions and two device adapter slots.
+fn engine(num_blocks: usize, preemption: Preemption) -> Engine<GpuPagedModel, AdapterPool> {
+    let pool: AdapterPool = AdapterPool::new(64 << 20);
+    for name in ["qv-r4", "all-r8-rslora", "attn-patterns"] {
+        pool.register(id(name), Source::Dir(fixture().join("adapters").join(name)))
+            .unwrap();
+    }
+    let opts = GpuOptions {
+        dtype: Some(Dtype::F32),
+        adapters: AdapterBudget {
+            slots: 2,
+            ..AdapterBudget::default()
+        },
+        ..GpuOptions::default()
+    };
+    let model = GpuModel::load(runtime(), &fixture(), opts, &mut |_, _| {}).unwrap();
+    let layout = model.kv_layout(4);
+    let paged = GpuPagedModel::with_pool(model, pool.clone());
+    let config = EngineConfig {
+        kv_layout: layout,
+        num_blocks,
+        max_tokens_per_step: 24,
+        max_running: 6,
+        max_context: 40,
+        preemption,
+        kv_dtype: paged.kv_dtype(),
+    };
+    Engine::new(paged, pool, config).unwrap()
+}
+
+fn tokens(h: openledger_lora::serve::RequestHandle) -> Result<Vec<u32>, String> {
+    let mut out = Vec::new();
+    for e in h {
+        match e {
+            Event::Token { token, .. } => out.push(token),
+            Event::Failed { error, .. } => return Err(error.to_string()),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Serves the reference sequences with each of `adapters` (`None`: the base model) and
+/// checks PEFT's greedy tokens come out.
+fn serve_and_check(num_blocks: usize, preemption: Preemption, adapters: &[Option<&str>]) {
+    let r = reference();
+    let mut engine = engine(num_blocks, preemption);
+    let mut handles = Vec::new();
+    for &adapter in adapters {
+        let key = adapter.unwrap_or("base");
+        for seq in 0..3 {
+            let prompt = u32s(&r["sequences"][seq]);
+            let want = u32s(&r["greedy"][format!("{key}.{seq}")]);
+            handles.push((
+                engine.submit(request(prompt, adapter, want.len())),
+                want,
+                format!("{key}.{seq}"),
+            ));
+        }
+    }
+    engine.run_until_idle().unwrap();
+    for (h, want, key) in handles {
+        assert_eq!(
+            tokens(h).unwrap(),
+            want,
+            "{key} ({preemption:?}, {num_blocks} blocks)"
+        );
+    }
+}
+
+#[test]
+fn the_engine_on_the_gpu_model_gives_pefts_greedy_tokens() {
+    let all = [
+        None,
+        Some("qv-r4"),
+        Some("all-r8-rslora"),
+        Some("attn-patterns"),
+    ];
+    serve_and_check(64, Preemption::Recompute, &all);
+}
+
+#[test]
+fn preempted_sequences_recompute_or_swap_through_the_device_cache() {
+    // 12 blocks of 4 positions: six requests of up to 17 positions cannot all run at once.
+    let some = [None, Some("all-r8-rslora")];
+    serve_and_check(12, Preemption::Recompute, &some);
+    serve_and_check(12, Preemption::Swap, &some);
+}
+
+#[test]
+fn unknown_and_ensemble_adapters_fail_their_request_alone() {
+    let r = reference();
+    let mut engine = engine(64, Preemption::Recompute);
+    let unknown = engine.submit(request(u32s(&r["sequences"][0]), Some("missing"), 3));
+    let ensemble = engine.submit(request(
+        u32s(&r["sequences"][0]),
+        Some("qv-r4+attn-patterns"),
+        3,
+    ));
+    let good = engine.submit(request(u32s(&r["sequences"][1]), Some("qv-r4"), 8));
+    engine.run_until_idle().unwrap();
+    let e = tokens(unknown).unwrap_err();
+    assert!(e.contains("missing"), "{e}");
+    let e = tokens(ensemble).unwrap_err();
+    assert!(e.contains("ensembles on the GPU"), "{e}");
+    assert_eq!(tokens(good).unwrap(), u32s(&r["greedy"]["qv-r4.1"]));
+}
