@@ -42,3 +42,5 @@ cargo test -p openledger-kernels --features cuda "$@"
 # The SGMV backends test built with the CUDA backend: without a driver it runs the CPU backend and
 # checks that the GPU one refuses with a typed error.
 cargo test -p openledger-sgmv --features cuda --test backends "$@"
+# The GPU model's CUDA runtime: without a driver, opening it is a typed error naming the library.
+cargo test -p openledger-gpu --features cuda --test no_device "$@"

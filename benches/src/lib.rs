@@ -106,6 +106,26 @@ impl Report {
     }
 }
 
+impl Report {
+    /// Saves the JSON ([`save`](Self::save)) and a PNG beside it drawn by `draw` (given the
+    /// PNG's path), printing where they went or why they did not.
+    pub fn save_with_plot(
+        &self,
+        draw: impl FnOnce(&std::path::Path) -> Result<(), Box<dyn std::error::Error>>,
+    ) {
+        match self.save() {
+            Ok(p) => {
+                let png = p.with_extension("png");
+                match draw(&png) {
+                    Ok(()) => println!("saved {} and {}", p.display(), png.display()),
+                    Err(e) => println!("saved {}; could not draw: {e}", p.display()),
+                }
+            }
+            Err(e) => println!("could not save: {e}"),
+        }
+    }
+}
+
 /// A size line of this process's `/proc/self/status` (`key` such as `"VmRSS:"` or `"VmHWM:"`)
 /// in bytes; 0 where it cannot be read.
 pub fn status_bytes(key: &str) -> usize {

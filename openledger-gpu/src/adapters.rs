@@ -74,6 +74,28 @@ pub(crate) fn proj_dims(cfg: &ModelConfig, p: usize) -> (usize, usize) {
     }
 }
 
+/// Device bytes (whole pages of `page_bytes`) one adapter of rank `rank` on projections
+/// `targets` (names of [`PROJECTIONS`]) of every layer takes in the slab, held as `dtype`: what
+/// to size an [`AdapterBudget`]'s slab with.
+pub fn adapter_bytes(
+    cfg: &ModelConfig,
+    rank: usize,
+    targets: &[&str],
+    dtype: Dtype,
+    page_bytes: usize,
+) -> usize {
+    let eb = dtype.bytes();
+    let per_layer: usize = targets
+        .iter()
+        .filter_map(|t| PROJECTIONS.iter().position(|p| p == t))
+        .map(|p| {
+            let (din, dout) = proj_dims(cfg, p);
+            SlotLayout::new(din, dout, rank, eb).pages(eb, page_bytes) * page_bytes
+        })
+        .sum();
+    per_layer * cfg.num_layers
+}
+
 /// `(layer, projection)` of a module name of this model, if it is one.
 fn parse_module(name: &str, layers: usize) -> Option<(usize, usize)> {
     let rest = name.strip_prefix("model.layers.")?;

@@ -283,6 +283,10 @@ impl Runtime for CudaRuntime {
         })
     }
 
+    fn memory_info(&self) -> Option<(usize, usize)> {
+        self.memory().ok()
+    }
+
     fn synchronize(&self) -> Result<(), GpuError> {
         guard("cuCtxSynchronize", || {
             self.bind()?;

@@ -33,7 +33,7 @@ mod model;
 mod runtime;
 mod serving;
 
-pub use adapters::AdapterBudget;
+pub use adapters::{AdapterBudget, adapter_bytes};
 #[cfg(feature = "cuda")]
 pub use cuda::{CudaRuntime, cublas_available};
 pub use emulated::EmulatedRuntime;

@@ -34,6 +34,9 @@ const ATTN_THREADS: u32 = 128;
 /// The largest head the attention kernel holds (`ATTN_MAX_HD`).
 const ATTN_MAX_HD: usize = 256;
 
+/// Gives a tensor's bytes in the model's type by name and shape.
+type TensorSource<'a> = dyn FnMut(&str, &[usize]) -> Result<Vec<u8>, GpuError> + 'a;
+
 /// Threads per block of the sampling kernel (`SAMPLE_THREADS` in sample.cu).
 const SAMPLE_THREADS: u32 = 256;
 /// The largest top-k the sampling kernel sorts (`SAMPLE_MAX_K`).
@@ -137,6 +140,33 @@ struct LoraLaunch {
     per_tile: usize,
 }
 
+/// `len` values uniform in ±`scale` as `dtype`'s bytes: SplitMix64 streams seeded from `seed`
+/// and each chunk's index, made on all cores.
+fn random_bytes(len: usize, dtype: Dtype, scale: f32, seed: u64) -> Vec<u8> {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 20;
+    let chunks: Vec<Vec<u8>> = (0..len.div_ceil(CHUNK))
+        .into_par_iter()
+        .map(|c| {
+            let n = CHUNK.min(len - c * CHUNK);
+            let mut state = seed ^ (c as u64).wrapping_mul(0xd1b5_4a32_d192_ed03);
+            let values: Vec<f32> = (0..n)
+                .map(|_| {
+                    state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                    let mut z = state;
+                    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                    z ^= z >> 31;
+                    let u = (z >> 40) as f32 / (1u64 << 24) as f32;
+                    (2.0 * u - 1.0) * scale
+                })
+                .collect();
+            dtype.encode(&values)
+        })
+        .collect();
+    chunks.concat()
+}
+
 /// Refuses what the kernels do not do yet, naming it.
 fn check_supported(cfg: &ModelConfig) -> Result<(), GpuError> {
     let unsupported = |what: String| Err(GpuError::Unsupported { what });
@@ -178,20 +208,71 @@ impl GpuModel {
         })?;
         let cfg = ModelConfig::from_json(&text)?;
         check_supported(&cfg)?;
+        let ck = Checkpoint::open(dir)?;
+        let dtype = match opts.dtype {
+            Some(d) => d,
+            None => {
+                ck.tensor(
+                    "model.embed_tokens.weight",
+                    &[cfg.vocab_size, cfg.hidden_size],
+                )?
+                .dtype
+            }
+        };
+        let mut source = |key: &str, shape: &[usize]| -> Result<Vec<u8>, GpuError> {
+            let t = ck.tensor(key, shape)?;
+            Ok(t.bytes_as(key, dtype)?.into_owned())
+        };
+        Self::build(rt, cfg, dtype, opts, &mut source, progress)
+    }
+
+    /// A model of `cfg`'s shape with random weights made on the host in chunks (uniform in
+    /// ±`scale`, seeded; norms 1), for benchmarks: no checkpoint is read.
+    pub fn random(
+        rt: Arc<dyn Runtime>,
+        cfg: ModelConfig,
+        dtype: Dtype,
+        opts: GpuOptions,
+        seed: u64,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self, GpuError> {
+        check_supported(&cfg)?;
+        let mut n = 0u64;
+        let mut source = |key: &str, shape: &[usize]| -> Result<Vec<u8>, GpuError> {
+            n += 1;
+            let len: usize = shape.iter().product();
+            if key.ends_with("norm.weight") {
+                return Ok(dtype.encode(&vec![1.0; len]));
+            }
+            Ok(random_bytes(
+                len,
+                dtype,
+                0.02,
+                seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            ))
+        };
+        Self::build(rt, cfg, dtype, opts, &mut source, progress)
+    }
+
+    /// Builds the model from `source`, which gives each tensor's bytes in `dtype` by name and
+    /// shape.
+    fn build(
+        rt: Arc<dyn Runtime>,
+        cfg: ModelConfig,
+        dtype: Dtype,
+        opts: GpuOptions,
+        source: &mut TensorSource<'_>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self, GpuError> {
         if opts.attention_part_len == 0 {
             return Err(GpuError::InvalidArgument {
                 name: "options",
                 reason: "attention_part_len must be at least 1".into(),
             });
         }
-        let ck = Checkpoint::open(dir)?;
         let (h, v, inter) = (cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size);
         let hd = cfg.head_dim;
         let (q_out, kv_out) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
-        let dtype = match opts.dtype {
-            Some(d) => d,
-            None => ck.tensor("model.embed_tokens.weight", &[v, h])?.dtype,
-        };
         let eb = dtype.bytes();
         let total = 3 + cfg.num_layers * 9;
         let mut done = 0;
@@ -199,55 +280,50 @@ impl GpuModel {
             done += 1;
             progress(done, total);
         };
-        // Copies tensor `key` ([rows, cols]) into `buf` at row `row0`.
-        let put = |buf: &mut Buffer, row0: usize, key: &str, shape: &[usize]| {
-            let t = ck.tensor(key, shape)?;
-            let bytes = t.bytes_as(key, dtype)?;
-            let cols = shape.get(1).copied().unwrap_or(1);
-            buf.write(row0 * cols * eb, &bytes)
-        };
-        let vector = |key: &str, n: usize| -> Result<Buffer, GpuError> {
-            let mut b = Buffer::new(&rt, n * eb)?;
-            put(&mut b, 0, key, &[n])?;
-            Ok(b)
-        };
-        let matrix = |parts: &[(&str, usize)], cols: usize| -> Result<Buffer, GpuError> {
+        // The tensors `parts` (name, rows) stacked into one buffer: matrices of `cols`
+        // columns, or one vector when `cols` is `None`.
+        let mut tensor = |parts: &[(&str, usize)], cols: Option<usize>| {
+            let width = cols.unwrap_or(1);
             let rows: usize = parts.iter().map(|p| p.1).sum();
-            let mut b = Buffer::new(&rt, rows * cols * eb)?;
+            let mut b = Buffer::new(&rt, rows * width * eb)?;
             let mut at = 0;
             for &(key, n) in parts {
-                put(&mut b, at, key, &[n, cols])?;
+                let bytes = match cols {
+                    Some(c) => source(key, &[n, c])?,
+                    None => source(key, &[n])?,
+                };
+                b.write(at * width * eb, &bytes)?;
                 at += n;
             }
-            Ok(b)
+            Ok::<Buffer, GpuError>(b)
         };
-        let embed = matrix(&[("model.embed_tokens.weight", v)], h)?;
+        let embed = tensor(&[("model.embed_tokens.weight", v)], Some(h))?;
         step(progress);
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for l in 0..cfg.num_layers {
             let p = |n: &str| format!("model.layers.{l}.{n}");
-            let input_norm = vector(&p("input_layernorm.weight"), h)?;
-            let qkv = matrix(
+            let input_norm = tensor(&[(&p("input_layernorm.weight"), h)], None)?;
+            let qkv = tensor(
                 &[
                     (&p("self_attn.q_proj.weight"), q_out),
                     (&p("self_attn.k_proj.weight"), kv_out),
                     (&p("self_attn.v_proj.weight"), kv_out),
                 ],
-                h,
+                Some(h),
             )?;
             for _ in 0..4 {
                 step(progress);
             }
-            let o = matrix(&[(&p("self_attn.o_proj.weight"), h)], q_out)?;
-            let post_norm = vector(&p("post_attention_layernorm.weight"), h)?;
-            let gate_up = matrix(
+            let o = tensor(&[(&p("self_attn.o_proj.weight"), h)], Some(q_out))?;
+            let post_norm = tensor(&[(&p("post_attention_layernorm.weight"), h)], None)?;
+            let gate_up = tensor(
                 &[
                     (&p("mlp.gate_proj.weight"), inter),
                     (&p("mlp.up_proj.weight"), inter),
                 ],
-                h,
+                Some(h),
             )?;
-            let down = matrix(&[(&p("mlp.down_proj.weight"), h)], inter)?;
+            let down = tensor(&[(&p("mlp.down_proj.weight"), h)], Some(inter))?;
             for _ in 0..5 {
                 step(progress);
             }
@@ -260,12 +336,12 @@ impl GpuModel {
                 down,
             });
         }
-        let norm = vector("model.norm.weight", h)?;
+        let norm = tensor(&[("model.norm.weight", h)], None)?;
         step(progress);
         let lm_head = if cfg.tie_word_embeddings {
             None
         } else {
-            Some(matrix(&[("lm_head.weight", v)], h)?)
+            Some(tensor(&[("lm_head.weight", v)], Some(h))?)
         };
         step(progress);
         let inv = rope_inv_freq(hd, cfg.rope_theta, cfg.rope_scaling);

@@ -253,6 +253,11 @@ pub trait Runtime: Send + Sync + std::fmt::Debug {
 
     /// Waits for everything issued; a fault of an earlier launch surfaces here.
     fn synchronize(&self) -> Result<(), GpuError>;
+
+    /// Free and total device memory in bytes, where the device reports them.
+    fn memory_info(&self) -> Option<(usize, usize)> {
+        None
+    }
 }
 
 /// An allocation of a [`Runtime`], freed when dropped; copies in and out are bounds-checked.

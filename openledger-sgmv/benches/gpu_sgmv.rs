@@ -144,16 +144,7 @@ fn run(gpu: &CudaSgmv) -> Result<(), SgmvError> {
     let at64 = &curves[&64];
     let time = |k: usize| at64.iter().find(|p| p.0 == k).map_or(f64::NAN, |p| p.1);
     report.ratio("bf16_T64_K64_vs_K1_time", time(64), time(1), "≤ 1.5");
-    match report.save() {
-        Ok(p) => {
-            let png = p.with_extension("png");
-            match draw(&png, &name, &curves) {
-                Ok(()) => println!("saved {} and {}", p.display(), png.display()),
-                Err(e) => println!("saved {}; could not draw: {e}", p.display()),
-            }
-        }
-        Err(e) => println!("could not save: {e}"),
-    }
+    report.save_with_plot(|png| draw(png, &name, &curves));
     Ok(())
 }
 
