@@ -13,6 +13,7 @@
 
 #include <atomic>
 #include <barrier>
+#include <condition_variable>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -101,9 +102,74 @@ inline int atomicMin(int* at, int v) {
 
 #define DYNAMIC_SHARED(T, name) T* name = reinterpret_cast<T*>(emu_block->dynamic.data())
 
+// One grid's shared state: the kernel, the block being run, and the barriers every worker of
+// the grid and the launching thread meet at before and after each block, and once more when
+// the grid ends. Shared with the workers: a barrier must outlive every thread still returning
+// from its last wait, so the last one out frees it.
+struct EmuGrid {
+    const std::function<void()>* kernel;
+    unsigned threads;
+    EmuDim3 current;
+    bool finished = false;
+    std::barrier<> start, done, left;
+    explicit EmuGrid(unsigned n) : start(n + 1), done(n + 1), left(n + 1) {}
+};
+
+// The OS threads that run CUDA threads, started once and kept for every later grid (starting
+// hundreds of threads per launch cost more than the kernels). Worker t runs CUDA thread t of
+// each grid that has more than t threads; the others wait for the next grid. Never destroyed:
+// the workers wait for work until the process ends.
+struct EmuPool {
+    std::mutex m;
+    std::condition_variable cv;
+    unsigned long long generation = 0;
+    std::shared_ptr<EmuGrid> grid;
+    std::vector<std::thread> workers;
+
+    void grow(unsigned n) {
+        while (workers.size() < n) {
+            const unsigned t = (unsigned)workers.size();
+            workers.emplace_back([this, t] { work(t); });
+            workers.back().detach();
+        }
+    }
+
+    void work(unsigned t) {
+        threadIdx = {t, 0, 0};
+        unsigned long long seen = 0;
+        for (;;) {
+            std::shared_ptr<EmuGrid> g;
+            {
+                std::unique_lock<std::mutex> lk(m);
+                cv.wait(lk, [&] { return generation != seen; });
+                seen = generation;
+                // Decided under the lock: a grid this worker is not part of may end (and its
+                // state go) as soon as the lock is released.
+                if (grid != nullptr && t < grid->threads) g = grid;
+            }
+            if (g == nullptr) continue;
+            for (;;) {
+                g->start.arrive_and_wait();
+                if (g->finished) break;
+                blockIdx = g->current;
+                (*g->kernel)();
+                emu_block->warps[t >> 5]->arrive_and_drop();
+                emu_block->block->arrive_and_drop();
+                g->done.arrive_and_wait();
+            }
+            g->left.arrive_and_wait();
+        }
+    }
+};
+
+inline EmuPool& emu_pool() {
+    static EmuPool* pool = new EmuPool();
+    return *pool;
+}
+
 // Runs `kernel` over a grid of (gx, gy, gz) blocks of `threads` threads (a multiple of 32): one
-// OS thread per CUDA thread, kept for the whole grid, the blocks one after another; launches
-// from several host threads run one after another.
+// OS thread per CUDA thread (from a pool kept across launches), the blocks one after another;
+// launches from several host threads run one after another.
 inline void emu_launch3(unsigned gx, unsigned gy, unsigned gz, unsigned threads,
                         size_t shared_bytes, const std::function<void()>& kernel) {
     // One grid at a time in the process: the block state and `__shared__` statics are global.
@@ -112,27 +178,19 @@ inline void emu_launch3(unsigned gx, unsigned gy, unsigned gz, unsigned threads,
     blockDim = {threads, 1, 1};
     gridDim = {gx, gy, gz};
     EmuBlock b;
-    EmuDim3 current;
-    bool finished = false;
-    // Every worker and this thread meet before and after each block.
-    std::barrier<> start(threads + 1), done(threads + 1);
-    std::vector<std::thread> pool;
-    pool.reserve(threads);
-    for (unsigned t = 0; t < threads; ++t) {
-        pool.emplace_back([&, t] {
-            threadIdx = {t, 0, 0};
-            for (;;) {
-                start.arrive_and_wait();
-                if (finished) return;
-                blockIdx = current;
-                kernel();
-                b.warps[t >> 5]->arrive_and_drop();
-                b.block->arrive_and_drop();
-                done.arrive_and_wait();
-            }
-        });
-    }
+    const auto shared = std::make_shared<EmuGrid>(threads);
+    EmuGrid& g = *shared;
+    g.kernel = &kernel;
+    g.threads = threads;
     emu_block = &b;
+    EmuPool& pool = emu_pool();
+    pool.grow(threads);
+    {
+        const std::lock_guard<std::mutex> lk(pool.m);
+        pool.grid = shared;
+        ++pool.generation;
+    }
+    pool.cv.notify_all();
     for (unsigned bz = 0; bz < gz; ++bz)
     for (unsigned by = 0; by < gy; ++by) {
         for (unsigned bx = 0; bx < gx; ++bx) {
@@ -144,14 +202,18 @@ inline void emu_launch3(unsigned gx, unsigned gy, unsigned gz, unsigned threads,
             b.lanes.assign(threads, 0u);
             // Garbage, not zeros: a kernel must write its shared memory before reading it.
             b.dynamic.assign(shared_bytes + 16, 0xA5);
-            current = {bx, by, bz};
-            start.arrive_and_wait();
-            done.arrive_and_wait();
+            g.current = {bx, by, bz};
+            g.start.arrive_and_wait();
+            g.done.arrive_and_wait();
         }
     }
-    finished = true;
-    start.arrive_and_wait();
-    for (auto& th : pool) th.join();
+    g.finished = true;
+    g.start.arrive_and_wait();
+    g.left.arrive_and_wait();
+    {
+        const std::lock_guard<std::mutex> lk(pool.m);
+        pool.grid = nullptr;
+    }
     emu_block = nullptr;
 }
 

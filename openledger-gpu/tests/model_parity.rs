@@ -375,10 +375,15 @@ fn adapters_alone_and_in_one_mixed_batch_match_peft() {
         let (seqs, want) = reference_of(name);
         for (i, s) in seqs.iter().enumerate() {
             let id = 10 + i as u64;
+            // All but the last two tokens as one prompt chunk, then two decodes.
+            let split = s.len() - 2;
             let got = m
                 .forward(
                     &StepBatch {
-                        seqs: vec![with_adapter(seq(id, &s[..4], 0, &t[i], true), Some(name))],
+                        seqs: vec![with_adapter(
+                            seq(id, &s[..split], 0, &t[i], true),
+                            Some(name),
+                        )],
                     },
                     &mut kv,
                 )
@@ -386,10 +391,10 @@ fn adapters_alone_and_in_one_mixed_batch_match_peft() {
             assert_close(
                 &format!("{name} seq {i} prefill"),
                 &got,
-                &want[i][3 * vocab..4 * vocab],
+                &want[i][(split - 1) * vocab..split * vocab],
                 1e-4,
             );
-            for p in 4..s.len() {
+            for p in split..s.len() {
                 let got = m
                     .forward(
                         &StepBatch {
@@ -566,7 +571,7 @@ fn device_sampling_draws_what_the_cpu_sampler_draws() {
         params(1.0, Some(300), None, None),
     ];
     for (k, p) in shapes.iter().enumerate() {
-        for draw in [0.03f32, 0.41, 0.77, 0.999] {
+        for draw in [0.03f32, 0.5, 0.999] {
             let rows: Vec<RowSampling<'_>> = (0..3)
                 .map(|i| RowSampling {
                     params: p,
