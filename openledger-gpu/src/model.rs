@@ -861,17 +861,7 @@ impl GpuModel {
         let dist = sampler
             .distribution(&logits, row.history)
             .map_err(sample_err)?;
-        if dist.len() == 1 {
-            return Ok(dist[0].0);
-        }
-        let mut acc = 0f32;
-        for &(t, p) in &dist {
-            acc += p;
-            if row.u < acc {
-                return Ok(t);
-            }
-        }
-        Ok(dist[dist.len() - 1].0)
+        Ok(Sampler::pick(&dist, row.u))
     }
 
     /// Runs the decoder over `batch` and leaves the logits of the rows that need them in the

@@ -9,6 +9,7 @@
 //! they are `unsafe`, their callers (the model) promise the addresses and sizes fit.
 
 use crate::error::GpuError;
+use openledger_core::DType;
 use std::sync::Arc;
 
 /// A device address.
@@ -43,35 +44,25 @@ impl Dtype {
         }
     }
 
+    /// The same type as the rest of the SDK names it.
+    pub fn core(self) -> DType {
+        match self {
+            Dtype::F32 => DType::F32,
+            Dtype::F16 => DType::F16,
+            Dtype::Bf16 => DType::BF16,
+        }
+    }
+
     /// Encodes f32 values as this type's little-endian bytes (round to nearest even).
     pub fn encode(self, values: &[f32]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(values.len() * self.bytes());
-        for &v in values {
-            match self {
-                Dtype::F32 => out.extend_from_slice(&v.to_le_bytes()),
-                Dtype::F16 => out.extend_from_slice(&half::f16::from_f32(v).to_le_bytes()),
-                Dtype::Bf16 => out.extend_from_slice(&half::bf16::from_f32(v).to_le_bytes()),
-            }
-        }
-        out
+        self.core().encode_le(values)
     }
 
     /// Decodes this type's little-endian bytes to f32 (a trailing partial element is ignored).
     pub fn decode(self, bytes: &[u8]) -> Vec<f32> {
-        match self {
-            Dtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            Dtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            Dtype::Bf16 => bytes
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-        }
+        let whole = bytes.len() - bytes.len() % self.bytes();
+        // A whole number of elements always decodes.
+        self.core().decode_le(&bytes[..whole]).unwrap_or_default()
     }
 }
 

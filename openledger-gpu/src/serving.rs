@@ -22,6 +22,26 @@ use openledger_lora::serve::{
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+/// Why an adapter could not be made resident.
+enum Unresolved {
+    /// Neither attached nor in the pool.
+    Unknown,
+    /// Refused or failed on the way (an ensemble, the pool's load, the device tier).
+    Failed(GpuError),
+}
+
+impl Unresolved {
+    fn into_error(self, id: &AdapterId) -> GpuError {
+        match self {
+            Unresolved::Unknown => GpuError::InvalidArgument {
+                name: "adapter",
+                reason: format!("adapter {id} is not attached"),
+            },
+            Unresolved::Failed(e) => e,
+        }
+    }
+}
+
 /// The GPU model driven by the serving engine (see the module docs).
 #[derive(Debug)]
 pub struct GpuPagedModel {
@@ -117,11 +137,11 @@ impl GpuPagedModel {
 
     /// Makes adapter `id` resident on the device (from the pool when it is not), keeping the
     /// adapters in `keep`.
-    fn resolve(&mut self, id: &AdapterId, keep: &HashSet<AdapterId>) -> Result<(), GpuError> {
+    fn resolve(&mut self, id: &AdapterId, keep: &HashSet<AdapterId>) -> Result<(), Unresolved> {
         if id.is_ensemble() {
-            return Err(GpuError::Unsupported {
+            return Err(Unresolved::Failed(GpuError::Unsupported {
                 what: format!("ensembles on the GPU ({id})"),
-            });
+            }));
         }
         // A pooled copy the pool no longer holds (evicted, or registered again) is stale.
         if let (Some(pool), Some(copy)) = (&self.pool, self.pooled.get(id))
@@ -136,22 +156,17 @@ impl GpuPagedModel {
             return Ok(());
         }
         let Some(pool) = &self.pool else {
-            return Err(GpuError::InvalidArgument {
-                name: "adapter",
-                reason: format!("adapter {id} is not attached"),
-            });
+            return Err(Unresolved::Unknown);
         };
         let adapter = pool.get(id).map_err(|e| match e {
-            PoolError::UnknownId { .. } => GpuError::InvalidArgument {
-                name: "adapter",
-                reason: format!("adapter {id} is not attached"),
-            },
-            other => GpuError::InvalidArgument {
+            PoolError::UnknownId { .. } => Unresolved::Unknown,
+            other => Unresolved::Failed(GpuError::InvalidArgument {
                 name: "adapter",
                 reason: format!("adapter {id}: {other}"),
-            },
+            }),
         })?;
-        self.make_room_and(keep, |m| m.attach_adapter(id.as_str(), &adapter))?;
+        self.make_room_and(keep, |m| m.attach_adapter(id.as_str(), &adapter))
+            .map_err(Unresolved::Failed)?;
         self.pooled.insert(id.clone(), adapter);
         self.last_used.insert(id.clone(), self.steps);
         Ok(())
@@ -206,7 +221,7 @@ impl StepModel for GpuPagedModel {
             .filter_map(|s| s.adapter.clone())
             .collect();
         for id in &keep {
-            self.resolve(id, &keep)?;
+            self.resolve(id, &keep).map_err(|e| e.into_error(id))?;
         }
         // Blocks shared with a fork are copied before the kernels write into them; the tables
         // are then the cache's own.
@@ -230,14 +245,10 @@ impl StepModel for GpuPagedModel {
         let keep = HashSet::from([adapter.clone()]);
         match self.resolve(adapter, &keep) {
             Ok(()) => Ok(()),
-            Err(GpuError::InvalidArgument { reason, .. })
-                if reason.ends_with("is not attached") =>
-            {
-                Err(RequestError::UnknownAdapter {
-                    adapter: adapter.clone(),
-                })
-            }
-            Err(e) => Err(RequestError::AdapterRejected {
+            Err(Unresolved::Unknown) => Err(RequestError::UnknownAdapter {
+                adapter: adapter.clone(),
+            }),
+            Err(Unresolved::Failed(e)) => Err(RequestError::AdapterRejected {
                 adapter: adapter.clone(),
                 reason: e.to_string(),
             }),

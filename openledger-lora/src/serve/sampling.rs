@@ -347,15 +347,23 @@ impl Sampler {
             return Ok(dist[0].0);
         }
         let u: f32 = self.rng.random();
+        Ok(Self::pick(&dist, u))
+    }
+
+    /// The token a uniform draw `u` in `[0, 1)` picks from `dist`, a distribution as
+    /// [`distribution`](Self::distribution) gives it: the first token whose cumulative
+    /// probability passes `u`, in the distribution's order. [`sample`](Self::sample) draws `u` from the request's
+    /// generator; a device sampler handed the same `u` picks the same token.
+    pub fn pick(dist: &[(u32, f32)], u: f32) -> u32 {
         let mut acc = 0.0f32;
-        for &(t, p) in &dist {
+        for &(t, p) in dist {
             acc += p;
             if u < acc {
-                return Ok(t);
+                return t;
             }
         }
         // Rounding left the cumulative sum just below u: the last candidate.
-        Ok(dist[dist.len() - 1].0)
+        dist.last().map_or(0, |d| d.0)
     }
 }
 
