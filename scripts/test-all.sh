@@ -17,6 +17,10 @@ start=$(date +%s)
 command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)"; exit 1; }
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
+# The disk this needs (a few GB of build outputs, virtual environments, models) is shown first,
+# so that a run that fills it is told apart from a failing test.
+df -h . | sed 's/^/    /'
+
 step "format"
 cargo fmt --all -- --check
 
@@ -47,7 +51,11 @@ if ! command -v "${CXX:-c++}" >/dev/null; then
 fi
 
 step "tests: unit, integration and doc tests of every default crate"
-cargo test --workspace --locked
+cargo test --workspace --locked 2>&1 | tee target/cargo-test.log
+# The test executables (gigabytes at this profile) are not needed by the later steps, which link
+# their own libraries: removing them keeps the run within a small disk.
+bash scripts/remove-test-executables.sh target/cargo-test.log
+df -h . | sed 's/^/    /'
 
 step "Python bindings: build, stubs, pytest"
 bash scripts/test-python.sh

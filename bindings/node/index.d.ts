@@ -242,6 +242,8 @@ export declare class Engine {
    * on first use. `onProgress(n)` is called as weights are read.
    */
   static load(modelDir: string, options?: EngineOptions | undefined | null, pool?: AdapterPool | undefined | null, onProgress?: ProgressFn | undefined | null): Promise<Engine>
+  /** Where the model runs: `"cpu"` or `"cuda:N"`. */
+  get device(): string
   /** Tokens in the model's vocabulary. */
   get vocabSize(): number
   /** The longest sequence (prompt and output) the engine runs. */
@@ -1153,6 +1155,12 @@ export interface EngineOptions {
    * kept), `"int8"` (quantised per output channel), `"int8-g64"` / `"int8-g128"`.
    */
   weights?: string
+  /**
+   * Where the model runs: `"cpu"` (the default), `"cuda"` or `"cuda:N"` (weights `"stored"`
+   * or `"f32"`; needs a build with the `cuda` feature, the NVIDIA driver and a GPU, else an
+   * `Unsupported` error naming what is missing).
+   */
+  device?: string
 }
 
 /**

@@ -17,8 +17,9 @@
 #define RUN(call) emu_launch3(gx, gy, gz, threads, 0, [&] { call; })
 
 #define FFI(NAME, T)                                                                            \
-    extern "C" void emu_embed_##NAME(GRID, T* out, const T* table, const int* ids, int dim) {   \
-        RUN(embed_##NAME(out, table, ids, dim));                                                \
+    extern "C" void emu_embed_##NAME(GRID, T* out, const T* table, const int* ids, int dim,    \
+                                     float scale) {                                             \
+        RUN(embed_##NAME(out, table, ids, dim, scale));                                         \
     }                                                                                           \
     extern "C" void emu_rms_norm_##NAME(GRID, T* out, const T* x, T* residual, const T* w,      \
                                         int dim, float eps, int one_plus) {                     \

@@ -4,13 +4,19 @@
 // stored in the model's dtype, as the CPU model computes them in f32 (openledger-lora's
 // model::ops).
 
-// out[i, :] = table[ids[i], :]; grid (rows). The ids are checked on the host.
+// out[i, :] = table[ids[i], :] · scale (copied as stored when scale is 1; Gemma scales its
+// embeddings by √hidden); grid (rows). The ids are checked on the host.
 template <typename E>
 __device__ void embed_impl(typename E::T* __restrict__ out, const typename E::T* __restrict__ table,
-                           const int* __restrict__ ids, int dim) {
+                           const int* __restrict__ ids, int dim, float scale) {
     const i64 row = blockIdx.x;
     const typename E::T* src = table + (i64)ids[row] * dim;
-    for (int k = threadIdx.x; k < dim; k += blockDim.x) out[row * dim + k] = src[k];
+    if (scale == 1.0f) {
+        for (int k = threadIdx.x; k < dim; k += blockDim.x) out[row * dim + k] = src[k];
+    } else {
+        for (int k = threadIdx.x; k < dim; k += blockDim.x)
+            out[row * dim + k] = E::store(E::load(src[k]) * scale);
+    }
 }
 
 // Each row of `x` (`dim` wide): with `residual`, first `residual = x + residual` (rounded to E,
@@ -65,8 +71,8 @@ __device__ void gated_impl(typename E::T* __restrict__ out,
 
 #define LAYER_KERNELS(NAME, E)                                                                  \
     extern "C" __global__ void embed_##NAME(E::T* out, const E::T* table, const int* ids,       \
-                                            int dim) {                                          \
-        embed_impl<E>(out, table, ids, dim);                                                    \
+                                            int dim, float scale) {                             \
+        embed_impl<E>(out, table, ids, dim, scale);                                             \
     }                                                                                           \
     extern "C" __global__ void rms_norm_##NAME(E::T* out, const E::T* x, E::T* residual,        \
                                                const E::T* w, int dim, float eps,               \

@@ -17,14 +17,22 @@
 //! Adapters live in a device slab ([`AdapterBudget`]) and run through the SGMV / BGMV kernels
 //! in the same mixed batch as the base model.
 //!
-//! Not done yet: DoRA, `lora_bias` and `modules_to_save` on the device, bf16 prefill attention
-//! with `mma.sync`, the engine driving a device KV storage, CUDA graphs, and the architectures
-//! with biases or Gemma's norms (a typed [`GpuError::Unsupported`]).
+//! [`GpuPagedModel`] is the serving engine's step model over it (the engine's KV cache in device
+//! memory), and [`serve`] starts a [`ServedModel`](openledger_lora::model::ServedModel) on a
+//! [`Device`] named `cpu`, `cuda` or `cuda:N`: what the bindings and the server call.
+//!
+//! Architectures: Llama (with `attention_bias` / `mlp_bias`), Mistral, Qwen2 (q/k/v biases,
+//! its sliding window) and Gemma (`1 + w` norms, GeGLU, √hidden embedding scale, tied head).
+//!
+//! Not done yet: DoRA, `lora_bias` and `modules_to_save` on the device, ensembles, bf16 prefill
+//! attention with `mma.sync`, and CUDA graphs (each refused with a typed
+//! [`GpuError::Unsupported`] where a checkpoint or adapter asks for it).
 
 mod adapters;
 mod checkpoint;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod device;
 mod emulated;
 mod error;
 mod kv;
@@ -36,6 +44,7 @@ mod serving;
 pub use adapters::{AdapterBudget, adapter_bytes};
 #[cfg(feature = "cuda")]
 pub use cuda::{CudaRuntime, cublas_available};
+pub use device::{Device, UnknownDevice, device_error, gpu_dtype, load_model, serve, serve_model};
 pub use emulated::EmulatedRuntime;
 pub use error::GpuError;
 pub use kv::{DeviceKvStorage, DeviceSwapped};

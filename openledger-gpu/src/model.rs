@@ -8,7 +8,9 @@
 //! Per layer: RMSNorm (fused with the residual add of the layer before), one GEMM for q|k|v,
 //! RoPE fused with the write of k and v into the cache, paged attention (GQA, sliding window,
 //! split over the context when long), the output GEMM, RMSNorm fused with the residual, one
-//! GEMM for gate|up, the gated activation, the down GEMM.
+//! GEMM for gate|up, the gated activation, the down GEMM. Biases (Qwen2's q/k/v, Llama's
+//! `attention_bias` and `mlp_bias`) are copied into the GEMM's output rows first and the GEMM
+//! accumulates onto them; Gemma's norms scale by `1 + w` and its embeddings by √hidden.
 
 use crate::adapters::{AdapterBudget, DeviceAdapters, NPROJ, proj_dims};
 use crate::checkpoint::Checkpoint;
@@ -91,6 +93,12 @@ struct Layer {
     gate_up: Buffer,
     /// `[hidden, intermediate]`.
     down: Buffer,
+    /// Biases of q|k|v, o, gate|up and down, where the architecture has them (Qwen2's q, k and
+    /// v; Llama's `attention_bias` and `mlp_bias`).
+    qkv_bias: Option<Buffer>,
+    o_bias: Option<Buffer>,
+    gate_up_bias: Option<Buffer>,
+    down_bias: Option<Buffer>,
 }
 
 /// Device memory held, by component, in bytes.
@@ -171,11 +179,8 @@ fn random_bytes(len: usize, dtype: Dtype, scale: f32, seed: u64) -> Vec<u8> {
 fn check_supported(cfg: &ModelConfig) -> Result<(), GpuError> {
     let unsupported = |what: String| Err(GpuError::Unsupported { what });
     match cfg.arch {
-        Architecture::Llama | Architecture::Mistral => {}
-        other => return unsupported(format!("the {other:?} architecture")),
-    }
-    if cfg.attention_bias || cfg.qkv_bias || cfg.mlp_bias {
-        return unsupported("projection biases".into());
+        Architecture::Llama | Architecture::Mistral | Architecture::Qwen2 | Architecture::Gemma => {
+        }
     }
     if !cfg.head_dim.is_multiple_of(2) || cfg.head_dim > ATTN_MAX_HD {
         return unsupported(format!(
@@ -274,6 +279,7 @@ impl GpuModel {
         let hd = cfg.head_dim;
         let (q_out, kv_out) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
         let eb = dtype.bytes();
+        let qkv_bias = cfg.attention_bias || cfg.qkv_bias;
         let total = 3 + cfg.num_layers * 9;
         let mut done = 0;
         let mut step = |progress: &mut dyn FnMut(usize, usize)| {
@@ -327,6 +333,36 @@ impl GpuModel {
             for _ in 0..5 {
                 step(progress);
             }
+            // Biases where the architecture has them: q|k|v, o, gate|up, down.
+            let specs: [(bool, &[(&str, usize)]); 4] = [
+                (
+                    qkv_bias,
+                    &[
+                        ("self_attn.q_proj", q_out),
+                        ("self_attn.k_proj", kv_out),
+                        ("self_attn.v_proj", kv_out),
+                    ],
+                ),
+                (cfg.attention_bias, &[("self_attn.o_proj", h)]),
+                (
+                    cfg.mlp_bias,
+                    &[("mlp.gate_proj", inter), ("mlp.up_proj", inter)],
+                ),
+                (cfg.mlp_bias, &[("mlp.down_proj", h)]),
+            ];
+            let mut biases = [None, None, None, None];
+            for ((on, parts), slot) in specs.into_iter().zip(&mut biases) {
+                if on {
+                    let keys: Vec<(String, usize)> = parts
+                        .iter()
+                        .map(|&(n, rows)| (p(&format!("{n}.bias")), rows))
+                        .collect();
+                    let keys: Vec<(&str, usize)> =
+                        keys.iter().map(|(k, rows)| (k.as_str(), *rows)).collect();
+                    *slot = Some(tensor(&keys, None)?);
+                }
+            }
+            let [qkv_bias, o_bias, gate_up_bias, down_bias] = biases;
             layers.push(Layer {
                 input_norm,
                 qkv,
@@ -334,6 +370,10 @@ impl GpuModel {
                 post_norm,
                 gate_up,
                 down,
+                qkv_bias,
+                o_bias,
+                gate_up_bias,
+                down_bias,
             });
         }
         let norm = tensor(&[("model.norm.weight", h)], None)?;
@@ -595,12 +635,18 @@ impl GpuModel {
                 .layers
                 .iter()
                 .map(|l| {
+                    let biases = [&l.qkv_bias, &l.o_bias, &l.gate_up_bias, &l.down_bias];
                     l.input_norm.len()
                         + l.qkv.len()
                         + l.o.len()
                         + l.post_norm.len()
                         + l.gate_up.len()
                         + l.down.len()
+                        + biases
+                            .iter()
+                            .filter_map(|b| b.as_ref())
+                            .map(Buffer::len)
+                            .sum::<usize>()
                 })
                 .sum::<usize>();
         let scratch = self.scratch.values().map(Buffer::len).sum();
@@ -667,10 +713,60 @@ impl GpuModel {
             Arg::Ptr(w),
             Arg::I32(self.cfg.hidden_size as i32),
             Arg::F32(self.cfg.rms_norm_eps),
-            Arg::I32(0),
+            // Gemma's norms scale by 1 + w.
+            Arg::I32(i32::from(self.cfg.arch == Architecture::Gemma)),
         ];
         // SAFETY: as the caller promises.
         unsafe { self.launch("rms_norm", (rows, 1, 1), ROW_THREADS, &args) }
+    }
+
+    /// `y = x · wᵀ + bias` for `m` rows (dense strides): the bias is copied into every row of
+    /// `y` (the embedding gather over `zeros`, `m` zero ids) and the GEMM accumulates onto it,
+    /// so the sum is taken in f32 and rounded once, as a fused bias epilogue would.
+    ///
+    /// # Safety
+    /// As [`Runtime::gemm`]; `bias` holds `n` values and `zeros` `m` zero ids.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm_bias(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        x: DevicePtr,
+        w: DevicePtr,
+        y: DevicePtr,
+        bias: Option<&Buffer>,
+        zeros: DevicePtr,
+    ) -> Result<(), GpuError> {
+        let Some(bias) = bias else {
+            // SAFETY: as the caller promises.
+            return unsafe { self.gemm(m, n, k, x, w, y) };
+        };
+        let args = [
+            Arg::Ptr(y),
+            Arg::Ptr(bias.ptr()),
+            Arg::Ptr(zeros),
+            Arg::I32(n as i32),
+            Arg::F32(1.0),
+        ];
+        let g = Gemm {
+            m,
+            n,
+            k,
+            x,
+            ldx: k,
+            w,
+            ldw: k,
+            y,
+            ldy: n,
+            dtype: self.dtype,
+            accumulate: true,
+        };
+        // SAFETY: as the caller promises: `y` holds `m` rows of `n`, every id is 0.
+        unsafe {
+            self.launch("embed", (m as u32, 1, 1), ROW_THREADS, &args)?;
+            self.rt.gemm(&g)
+        }
     }
 
     /// `y = x · wᵀ` for `m` rows (dense strides).
@@ -927,9 +1023,27 @@ impl GpuModel {
             Activation::Gelu => 2,
         };
         let scale = 1.0 / (hd as f32).sqrt();
+        // Gemma scales its embeddings by √hidden, the factor rounded to the model's type first
+        // (transformers multiplies by a tensor of the hidden states' dtype).
+        let embed_scale = if cfg.arch == Architecture::Gemma {
+            self.dtype.decode(&self.dtype.encode(&[(h as f32).sqrt()]))[0]
+        } else {
+            1.0
+        };
+        let has_bias = self.layers.iter().any(|l| {
+            l.qkv_bias.is_some()
+                || l.o_bias.is_some()
+                || l.gate_up_bias.is_some()
+                || l.down_bias.is_some()
+        });
+        let zeros = if has_bias {
+            self.staged("zero_ids", &vec![0u8; t * 4])?
+        } else {
+            0
+        };
         // SAFETY: every buffer was sized above for `t` rows of this model; the metadata was
         // checked by `StepMeta::pack` (ids in the vocabulary, blocks in the pool, tables
-        // covering every position).
+        // covering every position); `zeros` holds `t` zero ids where a bias is added.
         unsafe {
             self.launch(
                 "embed",
@@ -940,13 +1054,15 @@ impl GpuModel {
                     Arg::Ptr(self.embed.ptr()),
                     Arg::Ptr(ids),
                     Arg::I32(h as i32),
+                    Arg::F32(embed_scale),
                 ],
             )?;
             for (l, layer) in self.layers.iter().enumerate() {
                 // Layer 0 normalises the embeddings; later layers add the MLP's output first.
                 let (x, residual) = if l == 0 { (res, 0) } else { (tmp, res) };
                 self.rms_norm(rows, hid, x, residual, layer.input_norm.ptr())?;
-                self.gemm(t, width, h, hid, layer.qkv.ptr(), qkv)?;
+                let qb = layer.qkv_bias.as_ref();
+                self.gemm_bias(t, width, h, hid, layer.qkv.ptr(), qkv, qb, zeros)?;
                 let at = |p: usize| lora[l * NPROJ + p];
                 self.lora(at(0), l, 0, hid, qkv, width, 0, lv)?;
                 self.lora(at(1), l, 1, hid, qkv, width, q_out, lv)?;
@@ -1012,10 +1128,12 @@ impl GpuModel {
                         ],
                     )?;
                 }
-                self.gemm(t, h, q_out, attn, layer.o.ptr(), tmp)?;
+                let ob = layer.o_bias.as_ref();
+                self.gemm_bias(t, h, q_out, attn, layer.o.ptr(), tmp, ob, zeros)?;
                 self.lora(at(3), l, 3, attn, tmp, h, 0, lv)?;
                 self.rms_norm(rows, hid, tmp, res, layer.post_norm.ptr())?;
-                self.gemm(t, 2 * inter, h, hid, layer.gate_up.ptr(), gu)?;
+                let gb = layer.gate_up_bias.as_ref();
+                self.gemm_bias(t, 2 * inter, h, hid, layer.gate_up.ptr(), gu, gb, zeros)?;
                 self.lora(at(4), l, 4, hid, gu, 2 * inter, 0, lv)?;
                 self.lora(at(5), l, 5, hid, gu, 2 * inter, inter, lv)?;
                 self.launch(
@@ -1029,7 +1147,8 @@ impl GpuModel {
                         Arg::I32(act_code),
                     ],
                 )?;
-                self.gemm(t, h, inter, act, layer.down.ptr(), tmp)?;
+                let db = layer.down_bias.as_ref();
+                self.gemm_bias(t, h, inter, act, layer.down.ptr(), tmp, db, zeros)?;
                 self.lora(at(6), l, 6, act, tmp, h, 0, lv)?;
             }
             self.rms_norm(rows, hid, tmp, res, self.norm.ptr())?;
@@ -1056,6 +1175,7 @@ impl GpuModel {
                     Arg::Ptr(hid),
                     Arg::Ptr(picked),
                     Arg::I32(h as i32),
+                    Arg::F32(1.0),
                 ],
             )?;
             self.gemm(r, v, h, gathered, head, logits)?;

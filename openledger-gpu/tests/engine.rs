@@ -171,3 +171,87 @@ fn unknown_and_ensemble_adapters_fail_their_request_alone() {
     assert!(e.contains("ensembles on the GPU"), "{e}");
     assert_eq!(tokens(good).unwrap(), u32s(&r["greedy"]["qv-r4.1"]));
 }
+
+/// The GPU model behind a [`ServedModel`](openledger_lora::model::ServedModel) (what the
+/// bindings and the server hold): the same calls as on the CPU — requests for the base model,
+/// for an adapter of the pool and for one attached through the served model, events to a
+/// callback, unknown adapters refused at submission — and PEFT's greedy tokens out.
+#[test]
+fn the_served_model_takes_the_same_calls_on_the_gpu() {
+    use openledger_lora::adapter::{LoadOptions, LoraAdapter};
+    use openledger_lora::model::{ServeOptions, ServedError};
+    use openledger_lora::serve::RequestError;
+    let r = reference();
+    let pool: AdapterPool = AdapterPool::new(64 << 20);
+    pool.register(
+        id("qv-r4"),
+        Source::Dir(fixture().join("adapters").join("qv-r4")),
+    )
+    .unwrap();
+    let opts = GpuOptions {
+        dtype: Some(Dtype::F32),
+        ..GpuOptions::default()
+    };
+    let mut loaded = Vec::new();
+    let model =
+        openledger_gpu::load_model(runtime(), &fixture(), opts, &mut |p| loaded.push(p)).unwrap();
+    assert!(!loaded.is_empty(), "progress is reported");
+    let options = ServeOptions {
+        max_context: 40,
+        block_size: 4,
+        ..ServeOptions::default()
+    };
+    let served =
+        openledger_gpu::serve_model(model, None, &fixture(), Some(pool), &options).unwrap();
+    assert_eq!(served.vocab_size(), 320);
+
+    let direct = LoraAdapter::from_dir(
+        &fixture().join("adapters").join("attn-patterns"),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    served.attach(id("direct"), Arc::new(direct)).unwrap();
+
+    let want = |key: &str, seq: usize| u32s(&r["greedy"][format!("{key}.{seq}")]);
+    let prompt = |seq: usize| u32s(&r["sequences"][seq]);
+    let base = served
+        .submit(request(prompt(0), None, want("base", 0).len()))
+        .unwrap();
+    let pooled = served
+        .submit(request(prompt(1), Some("qv-r4"), want("qv-r4", 1).len()))
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    served
+        .submit_with_callback(
+            request(prompt(2), Some("direct"), want("attn-patterns", 2).len()),
+            move |e| {
+                if let Event::Token { token, .. } = e {
+                    let _ = tx.send(*token);
+                }
+            },
+        )
+        .unwrap();
+    assert_eq!(tokens(base).unwrap(), want("base", 0));
+    assert_eq!(tokens(pooled).unwrap(), want("qv-r4", 1));
+    assert_eq!(rx.iter().collect::<Vec<_>>(), want("attn-patterns", 2));
+
+    let mut names = served.adapter_names().unwrap();
+    names.sort();
+    assert_eq!(names, ["direct", "qv-r4"]);
+    match served.submit(request(prompt(0), Some("missing"), 2)) {
+        Err(ServedError::Request(RequestError::UnknownAdapter { adapter })) => {
+            assert_eq!(adapter.as_str(), "missing")
+        }
+        other => panic!("unexpected: {other:?}"),
+    }
+    // A token outside the vocabulary is refused there too; the engine goes on.
+    assert!(matches!(
+        served.submit(request(vec![1, 100_000], None, 2)),
+        Err(ServedError::Request(_))
+    ));
+    let again = served
+        .submit(request(prompt(0), None, want("base", 0).len()))
+        .unwrap();
+    assert_eq!(tokens(again).unwrap(), want("base", 0));
+    served.close().unwrap().join().unwrap();
+}

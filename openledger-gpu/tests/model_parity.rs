@@ -628,3 +628,171 @@ fn device_sampling_draws_what_the_cpu_sampler_draws() {
     let e = m.forward_sampled(&batch, &mut kv, &rows).unwrap_err();
     assert!(matches!(e, GpuError::Sample { row: 0, .. }), "{e}");
 }
+
+/// A random checkpoint of `config` (JSON) written to `dir`: every tensor the configuration
+/// names, biases included, uniform in ±0.3 (norm weights around 1, Gemma's around 0).
+fn random_checkpoint(dir: &Path, config: &str, seed: u64) -> openledger_lora::model::ModelConfig {
+    use openledger_lora::model::{Architecture, ModelConfig};
+    let cfg = ModelConfig::from_json(config.as_bytes()).unwrap();
+    let (h, i, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+    let (qd, kvd) = (
+        cfg.num_heads * cfg.head_dim,
+        cfg.num_kv_heads * cfg.head_dim,
+    );
+    let mut shapes: Vec<(String, Vec<usize>)> = vec![
+        ("model.embed_tokens.weight".into(), vec![v, h]),
+        ("model.norm.weight".into(), vec![h]),
+    ];
+    if !cfg.tie_word_embeddings {
+        shapes.push(("lm_head.weight".into(), vec![v, h]));
+    }
+    for l in 0..cfg.num_layers {
+        let p = |n: &str| format!("model.layers.{l}.{n}");
+        shapes.push((p("input_layernorm.weight"), vec![h]));
+        shapes.push((p("post_attention_layernorm.weight"), vec![h]));
+        for (n, o, inp, bias) in [
+            (
+                "self_attn.q_proj",
+                qd,
+                h,
+                cfg.attention_bias || cfg.qkv_bias,
+            ),
+            (
+                "self_attn.k_proj",
+                kvd,
+                h,
+                cfg.attention_bias || cfg.qkv_bias,
+            ),
+            (
+                "self_attn.v_proj",
+                kvd,
+                h,
+                cfg.attention_bias || cfg.qkv_bias,
+            ),
+            ("self_attn.o_proj", h, qd, cfg.attention_bias),
+            ("mlp.gate_proj", i, h, cfg.mlp_bias),
+            ("mlp.up_proj", i, h, cfg.mlp_bias),
+            ("mlp.down_proj", h, i, cfg.mlp_bias),
+        ] {
+            shapes.push((p(&format!("{n}.weight")), vec![o, inp]));
+            if bias {
+                shapes.push((p(&format!("{n}.bias")), vec![o]));
+            }
+        }
+    }
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let data: Vec<(String, Vec<usize>, Vec<u8>)> = shapes
+        .into_iter()
+        .map(|(name, shape)| {
+            let n: usize = shape.iter().product();
+            let shift = if name.ends_with("norm.weight") && cfg.arch != Architecture::Gemma {
+                1.0
+            } else {
+                0.0
+            };
+            let bytes: Vec<u8> = (0..n)
+                .flat_map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    let u = (state >> 40) as f32 / (1u64 << 24) as f32;
+                    (shift + (2.0 * u - 1.0) * 0.3f32).to_le_bytes()
+                })
+                .collect();
+            (name, shape, bytes)
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = data
+        .iter()
+        .map(|(name, shape, bytes)| {
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                    .unwrap();
+            (name.clone(), view)
+        })
+        .collect();
+    std::fs::write(
+        dir.join("model.safetensors"),
+        safetensors::serialize(views, None).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(dir.join("config.json"), config).unwrap();
+    cfg
+}
+
+/// Qwen2 (q/k/v biases, its sliding window from `max_window_layers` on), Llama with
+/// `attention_bias` and `mlp_bias`, and Gemma (`1 + w` norms, GeGLU, embeddings scaled by
+/// √hidden, the tied head, a head wider than hidden / heads): random checkpoints on the GPU
+/// model against the CPU model of the same folder (itself checked against the reference math
+/// in `openledger-lora/tests/model_arch.rs`), f32, 1e-4 — a prompt's chunk, then decodes.
+#[test]
+fn biased_and_gemma_architectures_match_the_cpu_model() {
+    use openledger_lora::model::{Model, SeqInput};
+    const DIMS: &str = r#""vocab_size": 40, "hidden_size": 32, "intermediate_size": 48,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "rms_norm_eps": 1e-6"#;
+    let configs = [
+        format!(
+            r#"{{"model_type": "qwen2", {DIMS}, "num_key_value_heads": 2,
+            "tie_word_embeddings": false, "use_sliding_window": true, "sliding_window": 3,
+            "max_window_layers": 1}}"#
+        ),
+        format!(
+            r#"{{"model_type": "llama", {DIMS}, "num_key_value_heads": 4,
+            "attention_bias": true, "mlp_bias": true}}"#
+        ),
+        format!(r#"{{"model_type": "gemma", {DIMS}, "num_key_value_heads": 1, "head_dim": 16}}"#),
+    ];
+    let prompt: [u32; 7] = [3, 17, 1, 30, 12, 5, 39];
+    for (k, config) in configs.iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = random_checkpoint(dir.path(), config, k as u64 + 1);
+        let v = cfg.vocab_size;
+        let cpu = Model::from_dir(dir.path()).unwrap();
+        let want = cpu
+            .forward(&[SeqInput {
+                adapter: None,
+                tokens: &prompt,
+            }])
+            .unwrap()
+            .remove(0);
+        assert_eq!(want.len(), prompt.len() * v);
+        let opts = GpuOptions {
+            dtype: Some(Dtype::F32),
+            ..GpuOptions::default()
+        };
+        let mut m = GpuModel::load(runtime(), dir.path(), opts, &mut |_, _| {}).unwrap();
+        let mut kv = m.kv_storage(8, 4).unwrap();
+        let table = [5, 2];
+        let what = format!("{:?}", cfg.arch);
+        let first = m
+            .forward(
+                &StepBatch {
+                    seqs: vec![seq(0, &prompt[..3], 0, &table, true)],
+                },
+                &mut kv,
+            )
+            .unwrap();
+        assert_close(
+            &format!("{what} prefill"),
+            &first,
+            &want[2 * v..3 * v],
+            1e-4,
+        );
+        for p in 3..prompt.len() {
+            let got = m
+                .forward(
+                    &StepBatch {
+                        seqs: vec![seq(0, &prompt[p..p + 1], p, &table, true)],
+                    },
+                    &mut kv,
+                )
+                .unwrap();
+            assert_close(
+                &format!("{what} decode at {p}"),
+                &got,
+                &want[p * v..(p + 1) * v],
+                1e-4,
+            );
+        }
+    }
+}

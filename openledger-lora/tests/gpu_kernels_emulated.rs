@@ -85,7 +85,7 @@ fn widen<T: Elem>(v: &[T]) -> Vec<f32> {
     v.iter().map(|x| x.to_f32()).collect()
 }
 
-type EmbedFn<T> = unsafe extern "C" fn(u32, u32, u32, u32, *mut T, *const T, *const i32, i32);
+type EmbedFn<T> = unsafe extern "C" fn(u32, u32, u32, u32, *mut T, *const T, *const i32, i32, f32);
 type NormFn<T> =
     unsafe extern "C" fn(u32, u32, u32, u32, *mut T, *const T, *mut T, *const T, i32, f32, i32);
 type GatedFn<T> = unsafe extern "C" fn(u32, u32, u32, u32, *mut T, *const T, i32, i32);
@@ -150,30 +150,33 @@ fn embed<T: Elem>() {
     let (vocab, dim) = (50, 37);
     let table: Vec<T> = rand_vec(&mut rng, vocab * dim, 1.0);
     let ids: Vec<i32> = vec![3, 0, 49, 3, 17];
-    let mut out = vec![T::from_f32(0.0); ids.len() * dim];
-    // SAFETY: the signature of emu_embed_*; out holds ids.len() rows, every id < vocab.
-    unsafe {
-        let f: EmbedFn<T> = kernel(&format!("emu_embed_{}", T::NAME));
-        f(
-            ids.len() as u32,
-            1,
-            1,
-            64,
-            out.as_mut_ptr(),
-            table.as_ptr(),
-            ids.as_ptr(),
-            dim as i32,
-        );
-    }
-    for (r, &id) in ids.iter().enumerate() {
-        let want = &table[id as usize * dim..][..dim];
-        assert!(
-            out[r * dim..][..dim]
-                .iter()
-                .zip(want)
-                .all(|(a, b)| a.to_f32().to_bits() == b.to_f32().to_bits()),
-            "row {r}"
-        );
+    // Scale 1 copies as stored; Gemma's √hidden multiplies in f32 and rounds once.
+    for scale in [1.0f32, 45.25] {
+        let mut out = vec![T::from_f32(0.0); ids.len() * dim];
+        // SAFETY: the signature of emu_embed_*; out holds ids.len() rows, every id < vocab.
+        unsafe {
+            let f: EmbedFn<T> = kernel(&format!("emu_embed_{}", T::NAME));
+            f(
+                ids.len() as u32,
+                1,
+                1,
+                64,
+                out.as_mut_ptr(),
+                table.as_ptr(),
+                ids.as_ptr(),
+                dim as i32,
+                scale,
+            );
+        }
+        for (r, &id) in ids.iter().enumerate() {
+            let want = &table[id as usize * dim..][..dim];
+            assert!(
+                out[r * dim..][..dim].iter().zip(want).all(|(a, b)| {
+                    a.to_f32().to_bits() == T::from_f32(b.to_f32() * scale).to_f32().to_bits()
+                }),
+                "row {r}, scale {scale}"
+            );
+        }
     }
 }
 

@@ -46,6 +46,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
+pub use openledger::gpu::Device;
 use openledger_lora::model::{
     GgufFile, LoadProgress, ModelError, ServeOptions, ServedError, ServedModel, Tokenizer,
 };
@@ -75,6 +76,9 @@ pub struct ServerConfig {
     pub model_name: Option<String>,
     /// The engine's limits.
     pub serve: ServeOptions,
+    /// Where the model runs (default the CPU; `cuda:N` needs the `cuda` feature, a GGUF file
+    /// runs on the CPU only).
+    pub device: Device,
     /// Bytes of adapters the pool keeps resident (default 1 GiB).
     pub pool_budget_bytes: usize,
     /// A file of API keys ([`auth`]); none: every request is admitted.
@@ -110,6 +114,7 @@ impl ServerConfig {
             adapters_dir: None,
             model_name: None,
             serve: ServeOptions::default(),
+            device: Device::Cpu,
             pool_budget_bytes: 1 << 30,
             api_keys: None,
             max_body_bytes: 1 << 20,
@@ -226,6 +231,14 @@ impl Server {
                 .model_dir
                 .extension()
                 .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+        if gguf && config.device != Device::Cpu {
+            return Err(ServerError::Served(ServedError::Device {
+                device: config.device.to_string(),
+                kind: openledger::core::error::ErrorKind::Unsupported,
+                source: "a GGUF file is served on the CPU only (serve an HF folder on a GPU)"
+                    .into(),
+            }));
+        }
         let gguf = if gguf {
             Some(GgufFile::open(&config.model_dir)?)
         } else {
@@ -285,7 +298,13 @@ impl Server {
                     &config.serve,
                 )?
             }
-            None => ServedModel::load(&config.model_dir, pool.clone(), &config.serve, progress)?,
+            None => openledger::gpu::serve(
+                &config.model_dir,
+                config.device,
+                pool.clone(),
+                &config.serve,
+                progress,
+            )?,
         };
         let tokenizer = served
             .tokenizer()

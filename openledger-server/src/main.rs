@@ -115,6 +115,10 @@ struct ServeArgs {
     /// `int8-gN` (one scale per N inputs).
     #[arg(long, default_value = "f32")]
     weights: openledger::lora::model::WeightFormat,
+    /// Where the model runs: `cpu`, `cuda` or `cuda:N` (a CUDA device needs a build with the
+    /// `cuda` feature; weights `stored` or `f32` there).
+    #[arg(long, default_value = "cpu")]
+    device: openledger_server::Device,
 }
 
 /// The keys to pay from on a node: `OPENLEDGER_KEYS`, or anvil's dev keys.
@@ -152,6 +156,7 @@ fn serve(a: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         weights: a.weights,
         ..ServeOptions::default()
     };
+    config.device = a.device;
     config.pool_budget_bytes = a.pool_mib << 20;
     config.max_body_bytes = a.max_body_kib << 10;
     if let Some(endpoint) = a.hub.clone() {

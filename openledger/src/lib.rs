@@ -3,7 +3,9 @@
 //! sideways: attribution knows nothing of LoRA, the chain knows nothing of either). It holds no
 //! logic a layer could own; one dependency gives an application every layer.
 //!
-//! * [`core`], [`lora`], [`train`], [`poa`], [`chain`]: the layer crates, re-exported.
+//! * [`core`], [`lora`], [`train`], [`poa`], [`chain`]: the layer crates, re-exported; [`gpu`]: the
+//!   model on a GPU (`gpu::serve` takes a `gpu::Device`: `cpu`, `cuda`, `cuda:N`; CUDA devices
+//!   behind the `cuda` feature).
 //! * [`payable`]: the Payable-AI loop end to end — datanet and grant on chain, fine-tuning with
 //!   influence features, registration, a mixed-adapter batch served with streaming, attribution,
 //!   EIP-712 receipts and payments, the epoch's Merkle root and every claim, to the wei.
@@ -28,6 +30,7 @@
 
 pub use openledger_chain as chain;
 pub use openledger_core as core;
+pub use openledger_gpu as gpu;
 pub use openledger_lora as lora;
 pub use openledger_poa as poa;
 pub use openledger_train as train;

@@ -12,7 +12,7 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 out=${1:-$root/target/gpu-run}
 cd "$root"
 mkdir -p "$out"
-rm -f "$out"/kernels "$out"/backends "$out"/gpu_sgmv "$out"/model_parity "$out"/engine \
+rm -f "$out"/kernels "$out"/backends "$out"/gpu_sgmv "$out"/model_parity "$out"/engine "$out"/no_device \
     "$out"/gpu_model "$out"/big_parity
 
 # The executable cargo built for the artifact named $2 (a test or bench target) from the
@@ -53,6 +53,7 @@ build openledger-sgmv test backends
 build openledger-sgmv bench gpu_sgmv
 build openledger-gpu test model_parity
 build openledger-gpu test engine
+build openledger-gpu test no_device
 build openledger-gpu bench gpu_model
 build openledger-gpu example big_parity
 cp scripts/gpu/run.sh scripts/gpu/cupy_sgmv.py scripts/gpu/cupy_layers.py \

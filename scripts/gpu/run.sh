@@ -15,6 +15,7 @@
 #   model.txt        the parity tests on the device (the PEFT fixture's logits, f32 and bf16,
 #                    adapters alone and mixed, device sampling), OPENLEDGER_CUDA_SYNC=1
 #   engine.txt       the serving engine on the device model (PEFT's greedy tokens, preemption)
+#   device.txt       the device opened and a model served on it by name (`Device::Cuda(0)`)
 #   big.txt, big.json   a 2-layer hidden-4096 model and four adapters made by transformers +
 #                    PEFT here, the GPU model's bf16 logits against theirs
 #   gpu_model.txt, gpu_model_llama-2-7b.json/.png   the 7B-shaped bench
@@ -53,6 +54,7 @@ if want checks; then
     phase kernels 120 kernels.txt env OPENLEDGER_REQUIRE_NVRTC=1 "$here/kernels" --test-threads=1 --nocapture
 fi
 if want checks model; then
+    phase device 60 device.txt "${fixtures[@]}" "$here/no_device" --test-threads=1
     phase model 180 model.txt "${fixtures[@]}" OPENLEDGER_CUDA_SYNC=1 "$here/model_parity" --test-threads=1
     phase engine 180 engine.txt "${fixtures[@]}" "$here/engine" --test-threads=1
 fi

@@ -174,3 +174,30 @@ test('a base held as stored or quantised to int8 serves the reference greedy tok
   await rejects(() => ol.Engine.load(tinyLlama, { weights: 'int4' }), 'InvalidArg', /weights/)
   await rejects(() => ol.Engine.load(tinyLlama, { weights: 'int8-g48' }), 'InvalidArg', /groups of 48/)
 })
+
+test('the device is chosen by name, and a missing one is named', async () => {
+  assert.equal(engine.device, 'cpu')
+  await rejects(() => ol.Engine.load(tinyLlama, { device: 'tpu' }), 'InvalidArg', /device/)
+  await rejects(() => ol.Engine.load(tinyLlama, { device: 'cuda:-1' }), 'InvalidArg', /device/)
+  // Int8 weights are the CPU's alone.
+  await rejects(() => ol.Engine.load(tinyLlama, { device: 'cuda', weights: 'int8' }), 'Unsupported', /int8 weights/)
+  // A CUDA device serves where the build, the driver and a GPU are there; anywhere else the
+  // error names the device and what is missing.
+  let e
+  try {
+    e = await ol.Engine.load(tinyLlama, { device: 'cuda', weights: 'stored', maxContext: 64, blockSize: 4 })
+  } catch (err) {
+    assert.equal(err.code, 'Unsupported', err.message)
+    assert.match(err.message, /^device cuda:0: /)
+    assert.match(err.message, /`cuda` feature|cannot be loaded|cannot be opened/)
+    return
+  }
+  try {
+    assert.equal(e.device, 'cuda:0')
+    const want = reference.greedy['base.0']
+    const got = await collect(e.generate(reference.sequences[0], { maxNewTokens: want.length }))
+    assert.deepEqual(got, want)
+  } finally {
+    await e.close()
+  }
+})

@@ -20,6 +20,7 @@ use napi::bindgen_prelude::{
     AsyncGenerator, AsyncTask, Env, Object, ToNapiValue, Uint32Array, Unknown, sys,
 };
 use napi_derive::napi;
+use openledger::gpu::Device;
 use openledger_lora::adapter::{LoadOptions, LoraAdapter as RustAdapter};
 use openledger_lora::model::{
     FaultWatch, ModelError, PendingCancel, ServeOptions, ServedModel, TOKENIZER_FILE, Tokenizer,
@@ -65,6 +66,10 @@ pub struct EngineOptions {
     /// How the base weights are held: `"f32"` (widened, the default), `"stored"` (bf16 / f16
     /// kept), `"int8"` (quantised per output channel), `"int8-g64"` / `"int8-g128"`.
     pub weights: Option<String>,
+    /// Where the model runs: `"cpu"` (the default), `"cuda"` or `"cuda:N"` (weights `"stored"`
+    /// or `"f32"`; needs a build with the `cuda` feature, the NVIDIA driver and a GPU, else an
+    /// `Unsupported` error naming what is missing).
+    pub device: Option<String>,
 }
 
 /// The `weights` option (`"f32"` when absent).
@@ -93,6 +98,7 @@ task!(
 pub struct Engine {
     inner: Arc<ServedModel>,
     model_dir: String,
+    device: Device,
 }
 
 /// `what` needs a tokenizer the model folder `dir` lacks: a `Model` error saying so.
@@ -227,6 +233,12 @@ impl Engine {
             }
             let num_blocks = o.num_blocks.map(|n| count("numBlocks", n)).transpose()?;
             let weights = weight_format(o.weights.as_deref())?;
+            let device: Device = o
+                .device
+                .as_deref()
+                .unwrap_or("cpu")
+                .parse()
+                .map_err(|e| invalid_arg("device", e))?;
             let options = ServeOptions {
                 max_running,
                 max_tokens_per_step,
@@ -239,14 +251,23 @@ impl Engine {
             let progress = Progress::new(on_progress);
             Ok(EngineTask::spawn(move || {
                 let dir = PathBuf::from(&model_dir);
-                let inner =
-                    ServedModel::load(&dir, pool, &options, &mut |_| progress.advance(1)).js()?;
+                let inner = openledger::gpu::serve(&dir, device, pool, &options, &mut |_| {
+                    progress.advance(1)
+                })
+                .js()?;
                 Ok(Engine {
                     inner: Arc::new(inner),
                     model_dir,
+                    device,
                 })
             }))
         })
+    }
+
+    /// Where the model runs: `"cpu"` or `"cuda:N"`.
+    #[napi(getter, catch_unwind)]
+    pub fn device(&self) -> String {
+        self.device.to_string()
     }
 
     /// Tokens in the model's vocabulary.

@@ -14,6 +14,7 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use openledger::gpu::Device;
 use openledger_lora::adapter::{LoadOptions, LoraAdapter};
 use openledger_lora::model::{
     ChatMessage, ChatTemplate, FaultWatch, ModelError, ServeOptions, ServedModel, TOKENIZER_FILE,
@@ -64,6 +65,8 @@ fn request_adapter(a: &Bound<'_, PyAny>) -> Result<AdapterId> {
 #[pyclass(name = "Engine", module = "openledger", frozen)]
 pub struct PyEngine {
     inner: ServedModel,
+    /// Where the model runs.
+    device: Device,
     /// The folder's chat template, when it has one.
     template: Option<ChatTemplate>,
     /// The ids that end a turn (`generation_config.json`'s `eos_token_id`).
@@ -191,7 +194,11 @@ impl PyEngine {
     /// `"stored"` (bf16 / f16 kept as the file stores them), `"int8"` (quantised at load, one
     /// scale per output channel) or `"int8-g64"` / `"int8-g128"` (one scale per 64 / 128 inputs).
     /// Adapters registered in `pool` are loaded and attached when a request first names them.
-    /// `progress(1)` is called after each weight file read and each layer built.
+    /// `device` is where the model runs: `"cpu"` (the default), `"cuda"` or `"cuda:N"` (the
+    /// weights in device memory as `weights` asks, `"stored"` or `"f32"`; needs a build with
+    /// the `cuda` feature, the NVIDIA driver and a GPU, else `UnsupportedError` naming what is
+    /// missing). `progress(1)` is called after each weight file read and each layer (CPU) or
+    /// tensor (GPU) loaded.
     #[new]
     #[pyo3(signature = (
         model_dir,
@@ -203,6 +210,7 @@ impl PyEngine {
         block_size = 16,
         num_blocks = None,
         weights = "f32",
+        device = "cpu",
         progress = None
     ))]
     #[allow(clippy::too_many_arguments)]
@@ -216,9 +224,11 @@ impl PyEngine {
         block_size: usize,
         num_blocks: Option<usize>,
         weights: &str,
+        device: &str,
         progress: Option<Py<PyAny>>,
     ) -> Result<Self> {
         let weights: WeightFormat = weights.parse().map_err(|e| invalid_arg("weights", e))?;
+        let device: Device = device.parse().map_err(|e| invalid_arg("device", e))?;
         if block_size == 0 {
             return Err(invalid_arg("block_size", "must be at least 1"));
         }
@@ -241,15 +251,24 @@ impl PyEngine {
             .map_err(template_error)?;
         let progress = Progress::new(progress);
         let inner = py.detach(|| {
-            ServedModel::load(&model_dir, pool, &options, &mut |_| progress.advance(1))
-                .map_err(error::Error::from)
+            openledger::gpu::serve(&model_dir, device, pool, &options, &mut |_| {
+                progress.advance(1)
+            })
+            .map_err(error::Error::from)
         });
         progress.finish()?;
         Ok(Self {
             inner: inner?,
+            device,
             template,
             eos,
         })
+    }
+
+    /// Where the model runs: `"cpu"` or `"cuda:N"`.
+    #[getter]
+    fn device(&self) -> String {
+        self.device.to_string()
     }
 
     /// Tokens in the model's vocabulary.

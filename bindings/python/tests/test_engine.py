@@ -402,3 +402,31 @@ def test_an_unknown_weight_format_is_named():
         ol.Engine(TINY, weights="int4")
     with pytest.raises(ol.InvalidArgumentError, match="groups of 48"):
         ol.Engine(TINY, weights="int8-g48")
+
+
+def test_the_device_is_chosen_by_name_and_a_missing_one_is_named(reference):
+    with ol.Engine(TINY, device="cpu", max_context=64, block_size=4) as e:
+        assert e.device == "cpu"
+    with pytest.raises(ol.InvalidArgumentError, match="device"):
+        ol.Engine(TINY, device="tpu")
+    with pytest.raises(ol.InvalidArgumentError, match="device"):
+        ol.Engine(TINY, device="cuda:x")
+    # Int8 weights are the CPU's alone.
+    with pytest.raises(ol.UnsupportedError, match="int8 weights"):
+        ol.Engine(TINY, device="cuda", weights="int8")
+    # A CUDA device serves where the build, the driver and a GPU are there; anywhere else the
+    # error names the device and what is missing.
+    try:
+        e = ol.Engine(TINY, device="cuda", weights="stored", max_context=64, block_size=4)
+    except ol.UnsupportedError as err:
+        text = str(err)
+        assert text.startswith("device cuda:0: "), text
+        assert any(
+            m in text for m in ("`cuda` feature", "cannot be loaded", "cannot be opened")
+        ), text
+    else:
+        with e:
+            assert e.device == "cuda:0"
+            prompt = reference["sequences"][0]
+            want = reference["greedy"]["base.0"]
+            assert e.generate(prompt, max_new_tokens=len(want)).collect() == want

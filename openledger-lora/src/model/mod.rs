@@ -61,7 +61,9 @@ pub use random::RandomLlama;
 pub use save::{
     CONFIG_FILE, WEIGHTS_FILE, merge_adapter_into_dir, model_config_json, write_model_dir,
 };
-pub use served::{FaultWatch, PendingCancel, ServeOptions, ServedError, ServedModel};
+pub use served::{
+    FaultWatch, PendingCancel, ServableModel, ServeOptions, ServedError, ServedModel,
+};
 pub use template::{ChatMessage, ChatTemplate, TemplateError, eos_token_ids};
 pub use tokenizer::{TOKENIZER_FILE, Tokenizer};
 

@@ -50,8 +50,9 @@ use std::time::Duration;
 use crate::adapter::LoraAdapter;
 use crate::pool::{AdapterId, AdapterPool};
 use crate::serve::{
-    AdapterReadiness, CancelHandle, Engine, EngineConfig, EngineError, Event, KvDtype, Preemption,
-    Readiness, Request, RequestError, RequestHandle, RequestStats,
+    AdapterReadiness, CancelHandle, Engine, EngineConfig, EngineError, Event, KvDtype, KvLayout,
+    KvStorage, Preemption, Readiness, Request, RequestError, RequestHandle, RequestStats,
+    StepModel,
 };
 
 use super::{LoadProgress, Model, ModelError, PagedModel, TOKENIZER_FILE, Tokenizer, WeightFormat};
@@ -87,9 +88,9 @@ impl Default for ServeOptions {
 }
 
 impl ServeOptions {
-    /// The engine configuration for `paged` (a block size of 0 is refused here, every other
+    /// The engine configuration for `model` (a block size of 0 is refused here, every other
     /// limit by [`Engine::new`]).
-    fn engine_config(&self, paged: &PagedModel) -> Result<EngineConfig, ServedError> {
+    fn engine_config<M: ServableModel>(&self, model: &M) -> Result<EngineConfig, ServedError> {
         if self.block_size == 0 {
             return Err(ServedError::Engine(EngineError::Config {
                 reason: "block_size must be at least 1".into(),
@@ -97,7 +98,7 @@ impl ServeOptions {
         }
         let per_seq = self.max_context.div_ceil(self.block_size);
         Ok(EngineConfig {
-            kv_layout: paged.kv_layout(self.block_size),
+            kv_layout: model.kv_layout(self.block_size),
             num_blocks: self
                 .num_blocks
                 .unwrap_or(self.max_running.saturating_mul(per_seq)),
@@ -105,8 +106,45 @@ impl ServeOptions {
             max_running: self.max_running,
             max_context: self.max_context,
             preemption: Preemption::Recompute,
-            kv_dtype: KvDtype::F32,
+            kv_dtype: model.kv_dtype(),
         })
+    }
+}
+
+/// A model the serving engine can run on a thread of its own behind a [`ServedModel`]: a
+/// [`StepModel`] that says its cache's shape and type, and takes adapters attached by id.
+/// [`PagedModel`] (the CPU model) is one; the GPU model of `openledger-gpu` is another.
+pub trait ServableModel:
+    StepModel<Storage: KvStorage<Swapped: Send> + Send> + Send + 'static
+{
+    /// The KV cache's layout for blocks of `block_size` positions.
+    fn kv_layout(&self, block_size: usize) -> KvLayout;
+    /// The type the KV cache holds.
+    fn kv_dtype(&self) -> KvDtype;
+    /// Attaches `adapter` under `id`, replacing an adapter attached under that id before.
+    fn attach_adapter(&mut self, id: &AdapterId, adapter: &LoraAdapter) -> Result<(), ServedError>;
+    /// Names of the adapters attached now (directly or from the pool).
+    fn adapter_names(&self) -> Vec<String>;
+}
+
+impl ServableModel for PagedModel {
+    fn kv_layout(&self, block_size: usize) -> KvLayout {
+        PagedModel::kv_layout(self, block_size)
+    }
+
+    fn kv_dtype(&self) -> KvDtype {
+        KvDtype::F32
+    }
+
+    fn attach_adapter(&mut self, id: &AdapterId, adapter: &LoraAdapter) -> Result<(), ServedError> {
+        self.attach(id.clone(), adapter)
+            .map(drop)
+            .map_err(ServedError::from)
+    }
+
+    fn adapter_names(&self) -> Vec<String> {
+        let names = self.model().adapter_names();
+        names.into_iter().map(str::to_string).collect()
     }
 }
 
@@ -142,6 +180,18 @@ pub enum ServedError {
         /// The panic's message.
         message: String,
     },
+    /// The device the model was asked to run on refused or failed (a build without its
+    /// support, a missing driver or device, device memory, something the device model does not
+    /// do yet).
+    #[error("device {device}: {source}")]
+    Device {
+        /// The device, as it was named (`cuda:0`).
+        device: String,
+        /// The kind of the device's error.
+        kind: ErrorKind,
+        /// The device's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl Classify for ServedError {
@@ -154,6 +204,7 @@ impl Classify for ServedError {
             ServedError::Closed => ErrorKind::Closed,
             ServedError::AdapterInUse { .. } => ErrorKind::State,
             ServedError::Panicked { .. } => ErrorKind::Internal,
+            ServedError::Device { kind, .. } => *kind,
         }
     }
 
@@ -242,7 +293,7 @@ impl AdapterReadiness for AttachedOrPooled {
     }
 }
 
-type Inner = Engine<PagedModel, AttachedOrPooled>;
+type Inner<M> = Engine<M, AttachedOrPooled>;
 
 /// The cancel handle of a request submitted without waiting: filled in when the engine takes
 /// the request; `requested` remembers a cancellation asked for before that.
@@ -332,7 +383,11 @@ impl StopState {
 
 /// Runs the engine until the command channel closes, then drops it. A panic stops the engine;
 /// either way the thread records how it stopped in `state`.
-fn drive(mut engine: Inner, commands: Receiver<Command>, state: Arc<StopState>) {
+fn drive<M: ServableModel>(
+    mut engine: Inner<M>,
+    commands: Receiver<Command>,
+    state: Arc<StopState>,
+) {
     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         drive_loop(&mut engine, &commands)
     }));
@@ -349,7 +404,7 @@ fn drive(mut engine: Inner, commands: Receiver<Command>, state: Arc<StopState>) 
     state.changed.notify_all();
 }
 
-fn drive_loop(engine: &mut Inner, commands: &Receiver<Command>) {
+fn drive_loop<M: ServableModel>(engine: &mut Inner<M>, commands: &Receiver<Command>) {
     loop {
         let cmd = if engine.pending() == 0 {
             match commands.recv() {
@@ -384,12 +439,12 @@ fn drive_loop(engine: &mut Inner, commands: &Receiver<Command>) {
 
 /// An adapter the request names but nobody knows: refused before it reaches the scheduler
 /// (which would wait for a pool that will never load it).
-fn unknown_adapter(engine: &Inner, req: &Request) -> Option<RequestError> {
+fn unknown_adapter<M: ServableModel>(engine: &Inner<M>, req: &Request) -> Option<RequestError> {
     let adapter = engine.readiness().unknown(req.adapter.as_ref()?)?;
     Some(RequestError::UnknownAdapter { adapter })
 }
 
-fn handle(engine: &mut Inner, cmd: Command) {
+fn handle<M: ServableModel>(engine: &mut Inner<M>, cmd: Command) {
     match cmd {
         Command::Submit(req, reply) => {
             if let Some(error) = unknown_adapter(engine, &req) {
@@ -427,11 +482,7 @@ fn handle(engine: &mut Inner, cmd: Command) {
                     id: id.to_string(),
                     requests,
                 }),
-                0 => engine
-                    .model_mut()
-                    .attach(id.clone(), &adapter)
-                    .map(|_| ())
-                    .map_err(ServedError::from),
+                0 => engine.model_mut().attach_adapter(&id, &adapter),
             };
             if r.is_ok() {
                 engine.readiness_mut().attached.insert(id);
@@ -439,8 +490,7 @@ fn handle(engine: &mut Inner, cmd: Command) {
             let _ = reply.send(r);
         }
         Command::Adapters(reply) => {
-            let names = engine.model().model().adapter_names();
-            let _ = reply.send(names.into_iter().map(str::to_string).collect());
+            let _ = reply.send(engine.model().adapter_names());
         }
     }
 }
@@ -496,18 +546,31 @@ impl ServedModel {
         pool: Option<AdapterPool>,
         options: &ServeOptions,
     ) -> Result<Self, ServedError> {
-        let vocab_size = model.config().vocab_size;
         let paged = match &pool {
             Some(p) => PagedModel::with_pool(model, p.clone()),
             None => PagedModel::new(model),
         };
-        let config = options.engine_config(&paged)?;
+        Self::start_model(paged, tokenizer, model_dir, pool, options)
+    }
+
+    /// Starts an engine serving any [`ServableModel`] (a GPU model, say). With `pool`, the
+    /// model must draw its adapters from a clone of the same pool (the engine checks their
+    /// readiness there).
+    pub fn start_model<M: ServableModel>(
+        model: M,
+        tokenizer: Option<Arc<Tokenizer>>,
+        model_dir: &Path,
+        pool: Option<AdapterPool>,
+        options: &ServeOptions,
+    ) -> Result<Self, ServedError> {
+        let vocab_size = model.vocab_size();
+        let config = options.engine_config(&model)?;
         let readiness = AttachedOrPooled {
             attached: HashSet::new(),
             pool,
             pinned: HashMap::new(),
         };
-        let mut engine = Engine::new(paged, readiness, config)?;
+        let mut engine = Engine::new(model, readiness, config)?;
         if let Some(tok) = &tokenizer {
             engine = engine.with_detokenizer(Arc::clone(tok));
         }

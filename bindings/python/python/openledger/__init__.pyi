@@ -641,8 +641,11 @@ class Engine:
         block_size: int = 16,
         num_blocks: Optional[int] = None,
         weights: str = "f32",
+        device: str = "cpu",
         progress: Optional[_Progress] = None,
     ) -> None: ...
+    @property
+    def device(self) -> str: ...
     @property
     def vocab_size(self) -> int: ...
     @property
