@@ -322,9 +322,23 @@ fn run() -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         rt.synchronize().map_err(|e| e.to_string())?;
         host_ms.push(t.elapsed().as_secs_f64() * 1e3);
-        model.detach_adapter("switch");
+        model.detach_adapter("switch").map_err(|e| e.to_string())?;
     }
     r.figure("switch_host_to_gpu_ms_p50", median(&host_ms));
+    // The same through the copy stream (pinned staging): issued, then waited for.
+    let mut async_ms = Vec::new();
+    for k in 0..20 {
+        let t = Instant::now();
+        model
+            .attach_adapter_async("switch", &sets[k % sets.len()])
+            .map_err(|e| e.to_string())?;
+        while !model.adapter_landed("switch").map_err(|e| e.to_string())? {
+            std::hint::spin_loop();
+        }
+        async_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        model.detach_adapter("switch").map_err(|e| e.to_string())?;
+    }
+    r.figure("switch_host_to_gpu_copy_stream_ms_p50", median(&async_ms));
     let dir = std::env::temp_dir().join("openledger-gpu-bench-adapter");
     let mut b = AdapterBuilder::new(ConfigSpec::new(RANK, 32.0, &TARGETS)).with_dtype(DType::BF16);
     for l in 0..cfg.num_layers {
@@ -350,7 +364,7 @@ fn run() -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         rt.synchronize().map_err(|e| e.to_string())?;
         cold_ms.push(t.elapsed().as_secs_f64() * 1e3);
-        model.detach_adapter("cold");
+        model.detach_adapter("cold").map_err(|e| e.to_string())?;
     }
     let _ = std::fs::remove_dir_all(&dir);
     r.figure("switch_cold_from_disk_ms_p50", median(&cold_ms));
@@ -382,7 +396,7 @@ fn run() -> Result<(), String> {
                 .map(|x| x.to_string())
                 .collect();
             for h in held.iter().filter(|h| !wanted.contains(h.as_str())) {
-                model.detach_adapter(h);
+                model.detach_adapter(h).map_err(|e| e.to_string())?;
             }
             for name in &wanted {
                 if !model.adapter_names().contains(name) {
@@ -435,7 +449,7 @@ fn run() -> Result<(), String> {
         .map(|x| x.to_string())
         .collect();
     for h in &held {
-        model.detach_adapter(h);
+        model.detach_adapter(h).map_err(|e| e.to_string())?;
     }
     for k in 0..d {
         let idx: Vec<usize> = (0..c).filter(|i| i % d == k).collect();
@@ -455,7 +469,7 @@ fn run() -> Result<(), String> {
             },
             &mut t,
         )?;
-        model.detach_adapter(&name);
+        model.detach_adapter(&name).map_err(|e| e.to_string())?;
     }
     let base_tps = t.decode_tokens as f64 / t.decode_secs;
     r.figure(

@@ -5,7 +5,7 @@
 //! writes its pages and its table entries once; a step only uploads its launch tiles.
 
 use crate::error::GpuError;
-use crate::runtime::{Buffer, DevicePtr, Dtype, Runtime};
+use crate::runtime::{Buffer, DevicePtr, Dtype, Runtime, Scatter, UploadId};
 use openledger_lora::adapter::{LoraAdapter, ModuleKind};
 use openledger_lora::model::{ModelConfig, PROJECTIONS};
 use openledger_lora::sgmv::{BLayout, LoraSlot, PageAllocator, PageRun, SlotLayout};
@@ -56,6 +56,9 @@ pub(crate) struct DeviceAdapters {
     slots: Vec<Option<Held>>,
     by_name: HashMap<String, usize>,
     layers: usize,
+    rt: Arc<dyn Runtime>,
+    /// Adapters whose pages are still being copied on the copy stream.
+    pending: HashMap<String, UploadId>,
 }
 
 /// `(in, out)` features of projection `p` of a layer.
@@ -133,7 +136,35 @@ impl DeviceAdapters {
             slots: (0..budget.slots).map(|_| None).collect(),
             by_name: HashMap::new(),
             layers: cfg.num_layers,
+            rt: Arc::clone(rt),
+            pending: HashMap::new(),
         })
+    }
+
+    /// Whether adapter `name`'s pages have landed (an adapter not attached has nothing in
+    /// flight); asks the runtime without waiting.
+    pub fn landed(&mut self, name: &str) -> Result<bool, GpuError> {
+        let Some(&id) = self.pending.get(name) else {
+            return Ok(true);
+        };
+        let done = self.rt.upload_done(id)?;
+        if done {
+            self.pending.remove(name);
+        }
+        Ok(done)
+    }
+
+    /// Waits until adapter `name`'s pages have landed.
+    pub fn wait(&mut self, name: &str) -> Result<(), GpuError> {
+        if let Some(id) = self.pending.remove(name) {
+            self.rt.wait_upload(id)?;
+        }
+        Ok(())
+    }
+
+    /// Adapters still being copied.
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
     }
 
     /// The device slot of adapter `name`.
@@ -175,15 +206,19 @@ impl DeviceAdapters {
     }
 
     /// Copies `adapter` to the device as `name` (replacing an adapter of that name, whose pages
-    /// are freed once the new copy is written). Refused, changing nothing: a module that is not a projection of this model or of other
-    /// dimensions, DoRA, `lora_bias` and `modules_to_save` (not done on the GPU yet), no free
-    /// slot, no run of free pages long enough.
+    /// are freed once the new copy is written). Refused, changing nothing: a module that is not
+    /// a projection of this model or of other dimensions, DoRA, `lora_bias` and
+    /// `modules_to_save` (not done on the GPU yet), no free slot, no run of free pages long
+    /// enough. With `asynchronous`, the pages are copied on the runtime's copy stream and the
+    /// adapter must not run before [`landed`](Self::landed) says so (or [`wait`](Self::wait)
+    /// returns); the slot table is written at once (nothing reads a slot no batch names).
     pub fn attach(
         &mut self,
         cfg: &ModelConfig,
         dtype: Dtype,
         name: &str,
         adapter: &LoraAdapter,
+        asynchronous: bool,
     ) -> Result<usize, GpuError> {
         let incompatible = |reason: String| GpuError::InvalidArgument {
             name: "adapter",
@@ -240,8 +275,13 @@ impl DeviceAdapters {
                 }
             })?,
         };
+        // A replaced adapter's copy in flight lands before its pages can be given away.
+        self.wait(name)?;
         let eb = dtype.bytes();
         let mut runs = Vec::with_capacity(modules.len());
+        // Every module's packed factors, one after another, and where each goes.
+        let mut host: Vec<u8> = Vec::new();
+        let mut copies: Vec<Scatter> = Vec::with_capacity(modules.len());
         let mut entries = Vec::with_capacity(modules.len());
         let mut ranks = vec![0usize; self.layers * NPROJ];
         // A replaced adapter keeps its pages until the new copy is written: a failed
@@ -266,9 +306,21 @@ impl DeviceAdapters {
                     rank: m.rank(),
                     scale: m.scale(),
                 };
-                let packed = layout.pack(&slot, din, dout, BLayout::OutRank);
+                let packed = dtype.encode(&layout.pack(&slot, din, dout, BLayout::OutRank));
                 let at = run.start * self.page_bytes;
-                self.slab.write(at, &dtype.encode(&packed))?;
+                if at + packed.len() > self.slab.len() {
+                    return Err(GpuError::BufferTooSmall {
+                        what: "adapter slab",
+                        needed: at + packed.len(),
+                        len: self.slab.len(),
+                    });
+                }
+                copies.push(Scatter {
+                    dst: self.slab.at(at),
+                    src_offset: host.len(),
+                    len: packed.len(),
+                });
+                host.extend_from_slice(&packed);
                 let a_addr = self.slab.at(at);
                 let b_addr = a_addr + (layout.b_offset * eb) as u64;
                 entries.push((
@@ -282,6 +334,19 @@ impl DeviceAdapters {
                     ],
                 ));
                 ranks[l * NPROJ + p] = m.rank();
+            }
+            if asynchronous {
+                // SAFETY: every destination lies in the slab (checked above), in pages no
+                // other adapter holds; `pending` keeps the adapter from running, and its pages
+                // from being given away, until the copy has landed.
+                let id = unsafe { self.rt.upload_async(&host, &copies)? };
+                self.pending.insert(name.to_string(), id);
+            } else {
+                for c in &copies {
+                    let at = (c.dst - self.slab.ptr()) as usize;
+                    self.slab
+                        .write(at, &host[c.src_offset..c.src_offset + c.len])?;
+                }
             }
             Ok(())
         })();
@@ -307,16 +372,18 @@ impl DeviceAdapters {
         Ok(slot)
     }
 
-    /// Frees adapter `name`'s pages and slot; false when it is not attached.
-    pub fn detach(&mut self, name: &str) -> bool {
+    /// Frees adapter `name`'s pages and slot (once a copy of them in flight has landed); false
+    /// when it is not attached.
+    pub fn detach(&mut self, name: &str) -> Result<bool, GpuError> {
+        self.wait(name)?;
         let Some(slot) = self.by_name.remove(name) else {
-            return false;
+            return Ok(false);
         };
         if let Some(h) = self.slots[slot].take() {
             for r in h.runs {
                 self.pages.free(r);
             }
         }
-        true
+        Ok(true)
     }
 }

@@ -9,16 +9,107 @@
 //! asynchronous: a kernel that faults shows up at a later call as [`GpuError::ContextLost`];
 //! with `OPENLEDGER_CUDA_SYNC=1` every launch is followed by a synchronisation so the failing
 //! kernel is the one named.
+//!
+//! [`upload_async`](Runtime::upload_async) runs on a copy stream of its own (non-blocking, so
+//! it overlaps with the launches): the bytes go through pinned staging buffers (reused once
+//! their copy's event has fired), the copy stream first waits for the work issued before on
+//! the default stream, and an event recorded after the copies says when they have landed.
 
 use crate::error::GpuError;
-use crate::runtime::{Arg, DevicePtr, Dtype, Gemm, LaunchDims, Runtime};
+use crate::runtime::{Arg, DevicePtr, Dtype, Gemm, LaunchDims, Runtime, Scatter, UploadId};
 use cudarc::cublas::sys as blas;
-use cudarc::driver::sys::CUresult;
+use cudarc::driver::sys::{self as cu, CUresult};
 use cudarc::driver::{CudaContext, CudaFunction, DriverError, result};
 use openledger_lora::sgmv::{context_lost, cuda_driver_available, load_kernels};
 use std::collections::HashMap;
 use std::ffi::c_void;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+/// The smallest pinned staging buffer made (larger uploads get one of their size).
+const STAGING_MIN: usize = 8 << 20;
+
+/// A pinned host buffer for uploads on the copy stream, and the event of its last copy.
+struct Staging {
+    host: *mut c_void,
+    len: usize,
+    event: cu::CUevent,
+    /// The upload using it, until that upload is seen done.
+    busy: Option<u64>,
+}
+
+/// The copy stream (made on first use), its staging buffers and the uploads in flight.
+#[derive(Default)]
+struct Copies {
+    stream: Option<cu::CUstream>,
+    /// Recorded on the default stream before each upload, waited for by the copy stream.
+    order: Option<cu::CUevent>,
+    staging: Vec<Staging>,
+    next: u64,
+}
+
+// SAFETY: the raw handles and pinned pointers are used only under the runtime's context and
+// behind the mutex that holds them.
+unsafe impl Send for Copies {}
+
+impl Copies {
+    /// Frees the staging buffer of upload `id` when its event has fired (or `wait`: once it
+    /// fires); true when it has landed (an id not in flight has).
+    fn finish(&mut self, id: u64, wait: bool) -> Result<bool, GpuError> {
+        let Some(s) = self.staging.iter_mut().find(|s| s.busy == Some(id)) else {
+            return Ok(true);
+        };
+        // SAFETY: the event is live (destroyed only on drop).
+        let r = unsafe {
+            if wait {
+                result::event::synchronize(s.event)
+            } else {
+                result::event::query(s.event)
+            }
+        };
+        match r {
+            Ok(()) => {
+                s.busy = None;
+                Ok(true)
+            }
+            Err(e) if e.0 == CUresult::CUDA_ERROR_NOT_READY => Ok(false),
+            Err(e) => Err(drv("cuEventQuery")(e)),
+        }
+    }
+
+    /// A free staging buffer of at least `len` bytes (freeing those whose copies have landed;
+    /// making one when none fits).
+    fn staging_for(&mut self, len: usize) -> Result<usize, GpuError> {
+        let busy: Vec<u64> = self.staging.iter().filter_map(|s| s.busy).collect();
+        for id in busy {
+            self.finish(id, false)?;
+        }
+        if let Some(i) = self
+            .staging
+            .iter()
+            .position(|s| s.busy.is_none() && s.len >= len)
+        {
+            return Ok(i);
+        }
+        let bytes = len.max(STAGING_MIN);
+        // SAFETY: allocates pinned host memory; the context is current.
+        let host = unsafe { result::malloc_host(bytes, 0) }.map_err(drv("cuMemHostAlloc"))?;
+        let event = match result::event::create(cu::CUevent_flags::CU_EVENT_DISABLE_TIMING) {
+            Ok(e) => e,
+            Err(e) => {
+                // SAFETY: allocated just above, not used.
+                let _ = unsafe { result::free_host(host) };
+                return Err(drv("cuEventCreate")(e));
+            }
+        };
+        self.staging.push(Staging {
+            host,
+            len: bytes,
+            event,
+            busy: None,
+        });
+        Ok(self.staging.len() - 1)
+    }
+}
 
 /// Runs `f`, turning a panic into [`GpuError::Panicked`].
 fn guard<R>(what: &'static str, f: impl FnOnce() -> Result<R, GpuError>) -> Result<R, GpuError> {
@@ -70,6 +161,7 @@ pub struct CudaRuntime {
     blas: BlasHandle,
     sync: bool,
     name: String,
+    copies: Mutex<Copies>,
 }
 
 impl std::fmt::Debug for CudaRuntime {
@@ -124,6 +216,7 @@ impl CudaRuntime {
                 blas: BlasHandle(handle),
                 sync: std::env::var("OPENLEDGER_CUDA_SYNC").is_ok_and(|v| v == "1"),
                 name,
+                copies: Mutex::new(Copies::default()),
             })
         })
     }
@@ -137,6 +230,13 @@ impl CudaRuntime {
 
     fn bind(&self) -> Result<(), GpuError> {
         self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))
+    }
+
+    fn copies(&self) -> Result<std::sync::MutexGuard<'_, Copies>, GpuError> {
+        self.copies.lock().map_err(|_| GpuError::Driver {
+            op: "the copy stream".into(),
+            message: "its lock is poisoned".into(),
+        })
     }
 
     fn after_launch(&self, what: &str) -> Result<(), GpuError> {
@@ -187,6 +287,74 @@ impl Runtime for CudaRuntime {
             self.bind()?;
             // SAFETY: as the caller promises; a synchronous copy from pageable memory.
             unsafe { result::memcpy_htod_sync(dst, src) }.map_err(drv("cuMemcpyHtoD"))
+        })
+    }
+
+    unsafe fn upload_async(&self, src: &[u8], copies: &[Scatter]) -> Result<UploadId, GpuError> {
+        Scatter::check(src.len(), copies)?;
+        guard("an upload on the copy stream", || {
+            self.bind()?;
+            let mut c = self.copies()?;
+            let stream = match c.stream {
+                Some(s) => s,
+                None => {
+                    let s = result::stream::create(result::stream::StreamKind::NonBlocking)
+                        .map_err(drv("cuStreamCreate"))?;
+                    c.stream = Some(s);
+                    s
+                }
+            };
+            let order = match c.order {
+                Some(e) => e,
+                None => {
+                    let e = result::event::create(cu::CUevent_flags::CU_EVENT_DISABLE_TIMING)
+                        .map_err(drv("cuEventCreate"))?;
+                    c.order = Some(e);
+                    e
+                }
+            };
+            let i = c.staging_for(src.len())?;
+            c.next += 1;
+            let id = c.next;
+            let s = &mut c.staging[i];
+            // SAFETY: the staging buffer holds at least `src.len()` bytes and no copy in
+            // flight reads it (its last event has fired); the copies read it in order after
+            // this write; the caller promises the destinations.
+            unsafe {
+                std::ptr::copy_nonoverlapping(src.as_ptr(), s.host as *mut u8, src.len());
+                result::event::record(order, std::ptr::null_mut()).map_err(drv("cuEventRecord"))?;
+                result::stream::wait_event(
+                    stream,
+                    order,
+                    cu::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
+                )
+                .map_err(drv("cuStreamWaitEvent"))?;
+                for part in copies {
+                    let bytes = std::slice::from_raw_parts(
+                        (s.host as *const u8).add(part.src_offset),
+                        part.len,
+                    );
+                    result::memcpy_htod_async(part.dst, bytes, stream)
+                        .map_err(drv("cuMemcpyHtoDAsync"))?;
+                }
+                result::event::record(s.event, stream).map_err(drv("cuEventRecord"))?;
+            }
+            s.busy = Some(id);
+            Ok(UploadId(id))
+        })
+    }
+
+    fn upload_done(&self, id: UploadId) -> Result<bool, GpuError> {
+        guard("cuEventQuery", || {
+            self.bind()?;
+            self.copies()?.finish(id.0, false)
+        })
+    }
+
+    fn wait_upload(&self, id: UploadId) -> Result<(), GpuError> {
+        guard("cuEventSynchronize", || {
+            self.bind()?;
+            self.copies()?.finish(id.0, true).map(drop)
         })
     }
 
@@ -297,6 +465,27 @@ impl Runtime for CudaRuntime {
 
 impl Drop for CudaRuntime {
     fn drop(&mut self) {
+        let _ = guard("freeing the copy stream", || {
+            self.bind()?;
+            let c = std::mem::take(&mut *self.copies()?);
+            // SAFETY: the handles are ours; the stream is drained before its buffers go.
+            unsafe {
+                if let Some(s) = c.stream {
+                    let _ = result::stream::synchronize(s);
+                }
+                for s in c.staging {
+                    let _ = result::event::destroy(s.event);
+                    let _ = result::free_host(s.host);
+                }
+                if let Some(e) = c.order {
+                    let _ = result::event::destroy(e);
+                }
+                if let Some(s) = c.stream {
+                    let _ = result::stream::destroy(s);
+                }
+            }
+            Ok(())
+        });
         let _ = guard("cublasDestroy", || {
             self.bind()?;
             // SAFETY: the handle is ours and destroyed once.

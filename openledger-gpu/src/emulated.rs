@@ -3,21 +3,32 @@
 //! its emulation of blocks, warps and barriers (`kernels/emulate/device_ffi.cpp`, one entry
 //! point taking cuLaunchKernel's arguments) and loaded as a shared library; GEMMs are a host
 //! loop with the same contract as the device's (f32 accumulation, one rounding to the output
-//! type). Everything is synchronous.
+//! type). Everything is synchronous but [`upload_async`](Runtime::upload_async): its bytes are
+//! kept and copied only when the upload is seen done, after a set number of polls
+//! ([`set_upload_polls`](EmulatedRuntime::set_upload_polls)), so code that used an upload before
+//! it landed reads garbage and fails its checks, as it could on a device.
 //!
 //! It exists so that the GPU model's host side — weight layout, launch arguments, the paged
 //! KV cache in device layout, batch metadata — runs and is checked on machines without a GPU.
 //! It is slow (one OS thread per emulated CUDA thread) and says nothing of speed.
 
 use crate::error::GpuError;
-use crate::runtime::{Arg, DevicePtr, Dtype, Gemm, LaunchDims, Runtime};
+use crate::runtime::{Arg, DevicePtr, Dtype, Gemm, LaunchDims, Runtime, Scatter, UploadId};
 use libloading::Library;
 use openledger_kernels::emulate::{EmulatedOutput, compile_emulated};
 use std::alloc::Layout;
 use std::collections::HashMap;
 use std::ffi::{CString, c_char, c_int, c_uint, c_void};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// An emulated upload in flight: its bytes, where they go, and polls left before it lands.
+struct PendingUpload {
+    data: Vec<u8>,
+    copies: Vec<Scatter>,
+    polls_left: usize,
+}
 
 /// Alignment of every emulated allocation (what `cudaMalloc` guarantees).
 const ALIGN: usize = 256;
@@ -34,8 +45,11 @@ type LaunchFn = unsafe extern "C" fn(
 
 /// The runtime interface over host memory and host-compiled kernels (see the module docs).
 pub struct EmulatedRuntime {
-    lib: Library,
+    lib: Arc<Library>,
     allocations: Mutex<HashMap<DevicePtr, Layout>>,
+    uploads: Mutex<HashMap<u64, PendingUpload>>,
+    next_upload: AtomicU64,
+    upload_polls: AtomicUsize,
 }
 
 impl std::fmt::Debug for EmulatedRuntime {
@@ -68,9 +82,51 @@ impl EmulatedRuntime {
         unsafe { lib.get::<LaunchFn>(b"emu_launch_kernel") }
             .map_err(|e| GpuError::Emulation(format!("no launch entry point: {e}")))?;
         Ok(Self {
-            lib,
+            lib: Arc::new(lib),
             allocations: Mutex::new(HashMap::new()),
+            uploads: Mutex::new(HashMap::new()),
+            next_upload: AtomicU64::new(1),
+            upload_polls: AtomicUsize::new(0),
         })
+    }
+
+    /// Another runtime over the same compiled kernels (no second compile), with memory and
+    /// upload settings of its own.
+    pub fn sibling(&self) -> Self {
+        Self {
+            lib: Arc::clone(&self.lib),
+            allocations: Mutex::new(HashMap::new()),
+            uploads: Mutex::new(HashMap::new()),
+            next_upload: AtomicU64::new(1),
+            upload_polls: AtomicUsize::new(0),
+        }
+    }
+
+    /// How many times [`upload_done`](Runtime::upload_done) answers "not yet" for each later
+    /// [`upload_async`](Runtime::upload_async) before its bytes land (default 0: the first
+    /// poll lands it).
+    pub fn set_upload_polls(&self, polls: usize) {
+        self.upload_polls.store(polls, Ordering::Relaxed);
+    }
+
+    /// Uploads issued and not yet seen done.
+    pub fn uploads_in_flight(&self) -> usize {
+        self.uploads.lock().map(|u| u.len()).unwrap_or(0)
+    }
+
+    /// Copies a pending upload's bytes to their destinations.
+    fn land(p: PendingUpload) {
+        for c in &p.copies {
+            // SAFETY: `upload_async`'s caller promised every destination stays live until the
+            // upload is done, which is now.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    p.data[c.src_offset..].as_ptr(),
+                    c.dst as *mut u8,
+                    c.len,
+                )
+            };
+        }
     }
 
     /// Live allocations.
@@ -158,6 +214,53 @@ impl Runtime for EmulatedRuntime {
     unsafe fn upload(&self, dst: DevicePtr, src: &[u8]) -> Result<(), GpuError> {
         // SAFETY: the caller promises the range is in a live allocation.
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len()) };
+        Ok(())
+    }
+
+    unsafe fn upload_async(&self, src: &[u8], copies: &[Scatter]) -> Result<UploadId, GpuError> {
+        Scatter::check(src.len(), copies)?;
+        let id = self.next_upload.fetch_add(1, Ordering::Relaxed);
+        let pending = PendingUpload {
+            data: src.to_vec(),
+            copies: copies.to_vec(),
+            polls_left: self.upload_polls.load(Ordering::Relaxed),
+        };
+        self.uploads
+            .lock()
+            .map_err(|_| GpuError::Emulation("the upload table is poisoned".into()))?
+            .insert(id, pending);
+        Ok(UploadId(id))
+    }
+
+    fn upload_done(&self, id: UploadId) -> Result<bool, GpuError> {
+        let mut uploads = self
+            .uploads
+            .lock()
+            .map_err(|_| GpuError::Emulation("the upload table is poisoned".into()))?;
+        match uploads.get_mut(&id.0) {
+            None => Ok(true),
+            Some(p) if p.polls_left > 0 => {
+                p.polls_left -= 1;
+                Ok(false)
+            }
+            Some(_) => {
+                if let Some(p) = uploads.remove(&id.0) {
+                    Self::land(p);
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    fn wait_upload(&self, id: UploadId) -> Result<(), GpuError> {
+        let p = self
+            .uploads
+            .lock()
+            .map_err(|_| GpuError::Emulation("the upload table is poisoned".into()))?
+            .remove(&id.0);
+        if let Some(p) = p {
+            Self::land(p);
+        }
         Ok(())
     }
 

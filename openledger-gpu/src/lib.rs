@@ -51,7 +51,7 @@ pub use kv::{DeviceKvStorage, DeviceSwapped};
 pub use meta::StepMeta;
 pub use model::{GpuModel, GpuOptions, MemoryUse, RowSampling};
 pub use openledger_lora::sgmv::cuda_driver_available;
-pub use runtime::{Arg, Buffer, DevicePtr, Dtype, Gemm, LaunchDims, Runtime};
+pub use runtime::{Arg, Buffer, DevicePtr, Dtype, Gemm, LaunchDims, Runtime, Scatter, UploadId};
 pub use serving::{GpuPagedModel, kv_dtype};
 
 /// Opens CUDA device `ordinal` as a [`Runtime`]; without the `cuda` feature, refuses.

@@ -409,12 +409,39 @@ impl GpuModel {
     /// ([`GpuError::OutOfMemory`]).
     pub fn attach_adapter(&mut self, name: &str, adapter: &LoraAdapter) -> Result<(), GpuError> {
         let cfg = self.cfg.clone();
-        self.adapters.attach(&cfg, self.dtype, name, adapter)?;
+        self.adapters
+            .attach(&cfg, self.dtype, name, adapter, false)?;
         Ok(())
     }
 
-    /// Frees adapter `name`'s device memory; false when it is not attached.
-    pub fn detach_adapter(&mut self, name: &str) -> bool {
+    /// As [`attach_adapter`](Self::attach_adapter), but the factors are copied on the
+    /// runtime's copy stream while steps go on: [`adapter_landed`](Self::adapter_landed) says
+    /// when they are there. A step naming the adapter before that waits for the copy first.
+    pub fn attach_adapter_async(
+        &mut self,
+        name: &str,
+        adapter: &LoraAdapter,
+    ) -> Result<(), GpuError> {
+        let cfg = self.cfg.clone();
+        self.adapters
+            .attach(&cfg, self.dtype, name, adapter, true)?;
+        Ok(())
+    }
+
+    /// Whether adapter `name`'s factors are on the device (an adapter attached synchronously,
+    /// or not attached, has nothing in flight); does not wait.
+    pub fn adapter_landed(&mut self, name: &str) -> Result<bool, GpuError> {
+        self.adapters.landed(name)
+    }
+
+    /// Adapters whose copies are still in flight.
+    pub fn adapters_in_flight(&self) -> usize {
+        self.adapters.in_flight()
+    }
+
+    /// Frees adapter `name`'s device memory (once a copy of it in flight has landed); false
+    /// when it is not attached.
+    pub fn detach_adapter(&mut self, name: &str) -> Result<bool, GpuError> {
         self.adapters.detach(name)
     }
 
@@ -749,23 +776,10 @@ impl GpuModel {
             Arg::I32(n as i32),
             Arg::F32(1.0),
         ];
-        let g = Gemm {
-            m,
-            n,
-            k,
-            x,
-            ldx: k,
-            w,
-            ldw: k,
-            y,
-            ldy: n,
-            dtype: self.dtype,
-            accumulate: true,
-        };
         // SAFETY: as the caller promises: `y` holds `m` rows of `n`, every id is 0.
         unsafe {
             self.launch("embed", (m as u32, 1, 1), ROW_THREADS, &args)?;
-            self.rt.gemm(&g)
+            self.gemm_into(m, n, k, x, w, y, true)
         }
     }
 
@@ -782,6 +796,25 @@ impl GpuModel {
         w: DevicePtr,
         y: DevicePtr,
     ) -> Result<(), GpuError> {
+        // SAFETY: as the caller promises.
+        unsafe { self.gemm_into(m, n, k, x, w, y, false) }
+    }
+
+    /// `y = x · wᵀ`, or `y += x · wᵀ` when `accumulate`, for `m` rows (dense strides).
+    ///
+    /// # Safety
+    /// As [`Runtime::gemm`].
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm_into(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        x: DevicePtr,
+        w: DevicePtr,
+        y: DevicePtr,
+        accumulate: bool,
+    ) -> Result<(), GpuError> {
         let g = Gemm {
             m,
             n,
@@ -793,7 +826,7 @@ impl GpuModel {
             y,
             ldy: n,
             dtype: self.dtype,
-            accumulate: false,
+            accumulate,
         };
         // SAFETY: as the caller promises.
         unsafe { self.rt.gemm(&g) }
@@ -978,6 +1011,12 @@ impl GpuModel {
         }
         let block_size = layout.block_size;
         let meta = StepMeta::pack(batch, cfg.vocab_size, block_size, kv.num_blocks(), None)?;
+        // Adapters still being copied land before a kernel reads them.
+        for s in &batch.seqs {
+            if let Some(id) = &s.adapter {
+                self.adapters.wait(id.as_str())?;
+            }
+        }
         let mut row_slots = Vec::with_capacity(meta.ids.len());
         for (n, s) in batch.seqs.iter().enumerate() {
             let slot = match &s.adapter {

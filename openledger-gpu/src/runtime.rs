@@ -196,7 +196,42 @@ impl Gemm {
     }
 }
 
-/// A device: memory, launches and GEMMs, in the order they are issued (one stream).
+/// One copy of an [`upload_async`](Runtime::upload_async): `len` bytes from `src_offset` of the
+/// source to `dst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scatter {
+    /// Where the bytes go.
+    pub dst: DevicePtr,
+    /// Where they start in the source.
+    pub src_offset: usize,
+    /// How many.
+    pub len: usize,
+}
+
+impl Scatter {
+    /// Refuses copies reading past a source of `src_len` bytes.
+    pub fn check(src_len: usize, copies: &[Scatter]) -> Result<(), GpuError> {
+        match copies.iter().find(|c| {
+            c.src_offset
+                .checked_add(c.len)
+                .is_none_or(|end| end > src_len)
+        }) {
+            Some(c) => Err(GpuError::BufferTooSmall {
+                what: "upload source",
+                needed: c.src_offset.saturating_add(c.len),
+                len: src_len,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// An upload issued by [`upload_async`](Runtime::upload_async), until it is seen done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct UploadId(pub u64);
+
+/// A device: memory, launches and GEMMs, in the order they are issued (one stream); and
+/// uploads on a copy stream of their own that overlap with them.
 pub trait Runtime: Send + Sync + std::fmt::Debug {
     /// The device's name (`"NVIDIA H200"`, `"host emulation"`).
     fn device_name(&self) -> String;
@@ -248,6 +283,36 @@ pub trait Runtime: Send + Sync + std::fmt::Debug {
     /// Free and total device memory in bytes, where the device reports them.
     fn memory_info(&self) -> Option<(usize, usize)> {
         None
+    }
+
+    /// Starts copying parts of `src` to the device (`copies`) and returns at once: the copies
+    /// run on a copy stream, after the work issued before, while later launches go on; they
+    /// have landed once [`upload_done`](Self::upload_done) says so or
+    /// [`wait_upload`](Self::wait_upload) returns. `src` may be reused on return. The default
+    /// copies before returning.
+    ///
+    /// # Safety
+    /// Every destination lies in a live allocation that nothing reads, writes or frees until
+    /// the upload is done; every source range lies in `src`.
+    unsafe fn upload_async(&self, src: &[u8], copies: &[Scatter]) -> Result<UploadId, GpuError> {
+        Scatter::check(src.len(), copies)?;
+        for c in copies {
+            // SAFETY: as the caller promises.
+            unsafe { self.upload(c.dst, &src[c.src_offset..c.src_offset + c.len])? };
+        }
+        Ok(UploadId(0))
+    }
+
+    /// Whether upload `id` has landed (an id seen done, or unknown, is done).
+    fn upload_done(&self, id: UploadId) -> Result<bool, GpuError> {
+        let _ = id;
+        Ok(true)
+    }
+
+    /// Waits until upload `id` has landed.
+    fn wait_upload(&self, id: UploadId) -> Result<(), GpuError> {
+        let _ = id;
+        Ok(())
     }
 }
 

@@ -4,11 +4,15 @@
 //! on the host and its values in a [`DeviceKvStorage`]; blocks a fork shares are copied on the
 //! device before a step writes into them; swapping copies blocks to host memory and back.
 //!
-//! Adapters come from the engine's [`AdapterPool`] (or are attached up front): an adapter is
-//! copied to the device the first time a batch names it, and when the device tier (its slots
-//! and slab, [`AdapterBudget`](crate::AdapterBudget)) is full, the adapters not in the step
-//! are evicted least recently used first; an adapter evicted while its request still runs is
-//! copied back when the next step names it. Ensembles (`a+b`) are not served on the GPU yet.
+//! Adapters come from the engine's [`AdapterPool`] (or are attached up front). When the
+//! scheduler admits a request whose adapter is not on the device, the adapter's factors start
+//! copying on the runtime's copy stream and the request waits ([`StepModel::prepare_adapter`]
+//! answers "not yet") while the running requests keep decoding; it is admitted at the first step
+//! after the copy has landed. When the device tier (its slots and slab,
+//! [`AdapterBudget`](crate::AdapterBudget)) is full, the adapters not in the step are evicted
+//! least recently used first; an adapter evicted while its request still runs is copied back
+//! (synchronously) when the next step names it. Ensembles (`a+b`) are not served on the GPU
+//! yet.
 
 use crate::error::GpuError;
 use crate::kv::DeviceKvStorage;
@@ -126,7 +130,7 @@ impl GpuPagedModel {
                     let Some(victim) = victim else {
                         return f(&mut self.model);
                     };
-                    self.model.detach_adapter(victim.as_str());
+                    self.model.detach_adapter(victim.as_str())?;
                     self.last_used.remove(&victim);
                     self.pooled.remove(&victim);
                 }
@@ -135,9 +139,14 @@ impl GpuPagedModel {
         }
     }
 
-    /// Makes adapter `id` resident on the device (from the pool when it is not), keeping the
-    /// adapters in `keep`.
-    fn resolve(&mut self, id: &AdapterId, keep: &HashSet<AdapterId>) -> Result<(), Unresolved> {
+    /// Makes adapter `id` resident on the device (from the pool when it is not; with
+    /// `asynchronous`, its copy only started), keeping the adapters in `keep`.
+    fn resolve(
+        &mut self,
+        id: &AdapterId,
+        keep: &HashSet<AdapterId>,
+        asynchronous: bool,
+    ) -> Result<(), Unresolved> {
         if id.is_ensemble() {
             return Err(Unresolved::Failed(GpuError::Unsupported {
                 what: format!("ensembles on the GPU ({id})"),
@@ -147,7 +156,9 @@ impl GpuPagedModel {
         if let (Some(pool), Some(copy)) = (&self.pool, self.pooled.get(id))
             && !pool.holds(id, copy)
         {
-            self.model.detach_adapter(id.as_str());
+            self.model
+                .detach_adapter(id.as_str())
+                .map_err(Unresolved::Failed)?;
             self.pooled.remove(id);
             self.last_used.remove(id);
         }
@@ -165,8 +176,14 @@ impl GpuPagedModel {
                 reason: format!("adapter {id}: {other}"),
             }),
         })?;
-        self.make_room_and(keep, |m| m.attach_adapter(id.as_str(), &adapter))
-            .map_err(Unresolved::Failed)?;
+        self.make_room_and(keep, |m| {
+            if asynchronous {
+                m.attach_adapter_async(id.as_str(), &adapter)
+            } else {
+                m.attach_adapter(id.as_str(), &adapter)
+            }
+        })
+        .map_err(Unresolved::Failed)?;
         self.pooled.insert(id.clone(), adapter);
         self.last_used.insert(id.clone(), self.steps);
         Ok(())
@@ -221,7 +238,8 @@ impl StepModel for GpuPagedModel {
             .filter_map(|s| s.adapter.clone())
             .collect();
         for id in &keep {
-            self.resolve(id, &keep).map_err(|e| e.into_error(id))?;
+            self.resolve(id, &keep, false)
+                .map_err(|e| e.into_error(id))?;
         }
         // Blocks shared with a fork are copied before the kernels write into them; the tables
         // are then the cache's own.
@@ -241,17 +259,23 @@ impl StepModel for GpuPagedModel {
         Some(self.model.adapter_slots())
     }
 
-    fn prepare_adapter(&mut self, adapter: &AdapterId) -> Result<(), RequestError> {
+    /// Starts copying `adapter` to the device when it is not there; ready once the copy has
+    /// landed (asked without waiting, once per step while the request waits).
+    fn prepare_adapter(&mut self, adapter: &AdapterId) -> Result<bool, RequestError> {
         let keep = HashSet::from([adapter.clone()]);
-        match self.resolve(adapter, &keep) {
-            Ok(()) => Ok(()),
+        let rejected = |e: GpuError| RequestError::AdapterRejected {
+            adapter: adapter.clone(),
+            reason: e.to_string(),
+        };
+        match self.resolve(adapter, &keep, true) {
+            Ok(()) => self
+                .model
+                .adapter_landed(adapter.as_str())
+                .map_err(rejected),
             Err(Unresolved::Unknown) => Err(RequestError::UnknownAdapter {
                 adapter: adapter.clone(),
             }),
-            Err(Unresolved::Failed(e)) => Err(RequestError::AdapterRejected {
-                adapter: adapter.clone(),
-                reason: e.to_string(),
-            }),
+            Err(Unresolved::Failed(e)) => Err(rejected(e)),
         }
     }
 }

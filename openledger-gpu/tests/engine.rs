@@ -26,17 +26,28 @@ fn fixture() -> PathBuf {
     fixtures().join("peft/tiny-llama")
 }
 
+fn on_cuda() -> bool {
+    std::env::var("OPENLEDGER_GPU_RUNTIME").as_deref() == Ok("cuda")
+}
+
+/// The host emulation, built once per test binary.
+fn emulation() -> &'static EmulatedRuntime {
+    static EMU: OnceLock<EmulatedRuntime> = OnceLock::new();
+    EMU.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("emulated-device");
+        EmulatedRuntime::build(&dir).unwrap_or_else(|e| panic!("{e}"))
+    })
+}
+
 fn runtime() -> Arc<dyn Runtime> {
     static RT: OnceLock<Arc<dyn Runtime>> = OnceLock::new();
-    RT.get_or_init(
-        || match std::env::var("OPENLEDGER_GPU_RUNTIME").as_deref() {
-            Ok("cuda") => openledger_gpu::cuda_runtime(0).unwrap_or_else(|e| panic!("{e}")),
-            _ => {
-                let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("emulated-device");
-                Arc::new(EmulatedRuntime::build(&dir).unwrap_or_else(|e| panic!("{e}")))
-            }
-        },
-    )
+    RT.get_or_init(|| {
+        if on_cuda() {
+            openledger_gpu::cuda_runtime(0).unwrap_or_else(|e| panic!("{e}"))
+        } else {
+            Arc::new(emulation().sibling())
+        }
+    })
     .clone()
 }
 
@@ -66,6 +77,15 @@ fn request(prompt: Vec<u32>, adapter: Option<&str>, n: usize) -> Request {
 /// A GPU engine over the fixture with the three adapters in its pool, `num_blocks` KV blocks
 /// of 4 positions and two device adapter slots.
 fn engine(num_blocks: usize, preemption: Preemption) -> Engine<GpuPagedModel, AdapterPool> {
+    engine_on(runtime(), num_blocks, preemption)
+}
+
+/// [`engine`] on runtime `rt`.
+fn engine_on(
+    rt: Arc<dyn Runtime>,
+    num_blocks: usize,
+    preemption: Preemption,
+) -> Engine<GpuPagedModel, AdapterPool> {
     let pool: AdapterPool = AdapterPool::new(64 << 20);
     for name in ["qv-r4", "all-r8-rslora", "attn-patterns"] {
         pool.register(id(name), Source::Dir(fixture().join("adapters").join(name)))
@@ -79,7 +99,7 @@ fn engine(num_blocks: usize, preemption: Preemption) -> Engine<GpuPagedModel, Ad
         },
         ..GpuOptions::default()
     };
-    let model = GpuModel::load(runtime(), &fixture(), opts, &mut |_, _| {}).unwrap();
+    let model = GpuModel::load(rt, &fixture(), opts, &mut |_, _| {}).unwrap();
     let layout = model.kv_layout(4);
     let paged = GpuPagedModel::with_pool(model, pool.clone());
     let config = EngineConfig {
@@ -254,4 +274,62 @@ fn the_served_model_takes_the_same_calls_on_the_gpu() {
         .unwrap();
     assert_eq!(tokens(again).unwrap(), want("base", 0));
     served.close().unwrap().join().unwrap();
+}
+
+/// An adapter not yet on the device is copied on the copy stream while the running requests
+/// decode: its request is admitted once the copy has landed, and gives PEFT's tokens. Under
+/// the emulation each copy lands at its fourth poll (one poll per step), and its bytes are
+/// written only then, so a kernel reading the adapter earlier would compute with garbage.
+#[test]
+fn a_request_waits_for_its_adapters_upload_while_the_others_decode() {
+    let r = reference();
+    let emulated = (!on_cuda()).then(|| {
+        let rt = emulation().sibling();
+        rt.set_upload_polls(3);
+        Arc::new(rt)
+    });
+    let rt: Arc<dyn Runtime> = match &emulated {
+        Some(e) => e.clone(),
+        None => runtime(),
+    };
+    let mut engine = engine_on(rt, 64, Preemption::Recompute);
+    let want_base = u32s(&r["greedy"]["base.0"]);
+    let want_qv = u32s(&r["greedy"]["qv-r4.1"]);
+    let base = engine.submit(request(u32s(&r["sequences"][0]), None, want_base.len()));
+    let qv = engine.submit(request(
+        u32s(&r["sequences"][1]),
+        Some("qv-r4"),
+        want_qv.len(),
+    ));
+    let (mut base_tokens, mut qv_tokens) = (Vec::new(), Vec::new());
+    // Base tokens out when the adapter's request gave its first one.
+    let mut base_before_qv = None;
+    let mut steps = 0;
+    while engine.pending() > 0 {
+        engine.step().unwrap();
+        steps += 1;
+        assert!(steps < 1000, "the engine does not finish");
+        while let Some(e) = base.try_next() {
+            if let Event::Token { token, .. } = e {
+                base_tokens.push(token);
+            }
+        }
+        while let Some(e) = qv.try_next() {
+            if let Event::Token { token, .. } = e {
+                if qv_tokens.is_empty() {
+                    base_before_qv = Some(base_tokens.len());
+                }
+                qv_tokens.push(token);
+            }
+        }
+    }
+    assert_eq!(base_tokens, want_base);
+    assert_eq!(qv_tokens, want_qv);
+    if let Some(e) = &emulated {
+        // Three polls answered "not yet", one step each, while the base request decoded.
+        let before = base_before_qv.unwrap();
+        assert!(before >= 3, "the base request gave {before} tokens first");
+        assert_eq!(e.uploads_in_flight(), 0);
+        assert_eq!(engine.model().model().adapters_in_flight(), 0);
+    }
 }

@@ -531,8 +531,8 @@ fn adapter_memory_is_paged_and_refusals_change_nothing() {
         e.to_string().contains("adapter nope is not attached"),
         "{e}"
     );
-    assert!(m.detach_adapter("a"));
-    assert!(!m.detach_adapter("a"));
+    assert!(m.detach_adapter("a").unwrap());
+    assert!(!m.detach_adapter("a").unwrap());
     assert_eq!(m.adapter_names(), vec!["b"]);
 }
 
@@ -795,4 +795,47 @@ fn biased_and_gemma_architectures_match_the_cpu_model() {
             );
         }
     }
+}
+
+/// Uploads on the copy stream: each part lands where it is sent once the upload is seen done
+/// (under the emulation, not before); a part reading past its source is refused.
+#[test]
+fn uploads_on_the_copy_stream_land_where_they_are_sent() {
+    use openledger_gpu::{Buffer, Scatter};
+    let rt = runtime();
+    let mut b = Buffer::new(&rt, 64).unwrap();
+    b.write(0, &[0u8; 64]).unwrap();
+    let src: Vec<u8> = (1..=32).collect();
+    let copies = [
+        Scatter {
+            dst: b.at(8),
+            src_offset: 16,
+            len: 16,
+        },
+        Scatter {
+            dst: b.at(40),
+            src_offset: 0,
+            len: 8,
+        },
+    ];
+    // SAFETY: both destinations lie in `b`, which nothing else touches until the upload lands.
+    let id = unsafe { rt.upload_async(&src, &copies) }.unwrap();
+    while !rt.upload_done(id).unwrap() {
+        std::thread::yield_now();
+    }
+    rt.wait_upload(id).unwrap();
+    let mut out = [0u8; 64];
+    b.read(0, &mut out).unwrap();
+    let mut want = [0u8; 64];
+    want[8..24].copy_from_slice(&src[16..32]);
+    want[40..48].copy_from_slice(&src[0..8]);
+    assert_eq!(out, want);
+    let bad = [Scatter {
+        dst: b.at(0),
+        src_offset: 30,
+        len: 8,
+    }];
+    // SAFETY: refused before anything is copied.
+    let e = unsafe { rt.upload_async(&src, &bad) }.unwrap_err();
+    assert!(matches!(e, GpuError::BufferTooSmall { .. }), "{e}");
 }

@@ -102,6 +102,41 @@ fn no_step_runs_more_adapters_than_the_model_takes() {
     );
 }
 
+/// An adapter the model is still copying (to a device, say) keeps its request waiting while
+/// the others decode; it is admitted at the first step after the copy has landed, and never
+/// runs before.
+#[test]
+fn a_request_waits_for_its_adapters_copy_while_the_others_decode() {
+    let model = ToyModel {
+        copying: HashMap::from([("alpha".to_string(), 3)]),
+        ..ToyModel::default()
+    };
+    let mut e = Engine::new(
+        model,
+        AllReady,
+        config(4, 64, 64, 64, Preemption::Recompute),
+    )
+    .unwrap();
+    let reqs = [(prompt(1, 5), None, 8), (prompt(2, 9), Some("alpha"), 3)];
+    for (toks, end, (p, a, n)) in run_all(&mut e, &reqs) {
+        assert_eq!(toks, reference_greedy(p, *a, *n), "{a:?}");
+        assert!(matches!(end, Event::Finished { .. }), "{end:?}");
+    }
+    let log = &e.model().log;
+    let steps_with = |r: u64| -> Vec<usize> {
+        (0..log.len())
+            .filter(|&i| log[i].iter().any(|(id, _, _)| id.0 == r))
+            .collect()
+    };
+    // Asked once per step: three "not yet", then admitted at the fourth step.
+    assert_eq!(steps_with(1).first(), Some(&3), "{log:?}");
+    assert_eq!(
+        steps_with(0)[..4],
+        [0, 1, 2, 3],
+        "the base request decodes meanwhile"
+    );
+}
+
 #[test]
 fn outputs_equal_the_reference_for_a_mixed_batch() {
     let mut e = Engine::new(

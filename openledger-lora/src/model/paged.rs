@@ -491,9 +491,9 @@ impl StepModel for PagedModel {
     /// Attaches `adapter` (from the pool, on first use); an adapter neither attached nor
     /// registered is [`RequestError::UnknownAdapter`], one the model refuses (made for another
     /// base) or the pool cannot provide is [`RequestError::AdapterRejected`].
-    fn prepare_adapter(&mut self, adapter: &pool::AdapterId) -> Result<(), RequestError> {
+    fn prepare_adapter(&mut self, adapter: &pool::AdapterId) -> Result<bool, RequestError> {
         match self.resolve(0, adapter) {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(true),
             // The culprit: the adapter itself, or the member of an ensemble.
             Err(PagedError::UnknownAdapter { adapter: name, .. }) => {
                 Err(RequestError::UnknownAdapter {

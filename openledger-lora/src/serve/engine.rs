@@ -127,11 +127,13 @@ pub trait StepModel {
     }
 
     /// Makes `adapter` ready to run (attaching it, say) when a request naming it is admitted
-    /// and no running request holds it yet; an error fails that request only. The default
-    /// accepts every adapter.
-    fn prepare_adapter(&mut self, adapter: &AdapterId) -> Result<(), RequestError> {
+    /// and no running request holds it yet: `Ok(false)` when it is on its way (a copy to the
+    /// device in flight): the request waits and is asked about again at a later step, while
+    /// the running requests go on. An error fails that request only. The default accepts every
+    /// adapter.
+    fn prepare_adapter(&mut self, adapter: &AdapterId) -> Result<bool, RequestError> {
         let _ = adapter;
-        Ok(())
+        Ok(true)
     }
 }
 

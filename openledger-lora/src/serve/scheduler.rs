@@ -161,7 +161,8 @@ impl<M: StepModel, R: AdapterReadiness> Engine<M, R> {
     }
 
     /// Adds a holder to `id`, acquiring and preparing it for the first one: `Ok(false)` when it
-    /// is not resident (any more): the request waits for it again. An ensemble acquires each of
+    /// is not resident (any more), or the model is still copying it: the request waits for it
+    /// again. An ensemble acquires each of
     /// its members (all or none).
     fn hold(&mut self, id: &AdapterId) -> Result<bool, RequestError> {
         if let Some(n) = self.held.get_mut(id) {
@@ -178,11 +179,12 @@ impl<M: StepModel, R: AdapterReadiness> Engine<M, R> {
                 return ready;
             }
         }
-        if let Err(e) = self.model.prepare_adapter(id) {
+        let prepared = self.model.prepare_adapter(id);
+        if prepared != Ok(true) {
             for member in &adapters {
                 self.readiness.release(member);
             }
-            return Err(e);
+            return prepared;
         }
         self.held.insert(id.clone(), 1);
         Ok(true)
@@ -437,7 +439,8 @@ impl<M: StepModel, R: AdapterReadiness> Engine<M, R> {
                 match self.hold(&id) {
                     Ok(true) => self.waiting[j].holds_adapter = true,
                     Ok(false) => {
-                        // Evicted since it was reported ready: its load has started again.
+                        // Evicted since it was reported ready (its load has started again),
+                        // or its copy to the device is still in flight: asked again next step.
                         self.waiting[j].adapter_ready = false;
                         j += 1;
                         continue;

@@ -11,7 +11,8 @@ use std::collections::HashMap;
 use openledger_lora::pool::AdapterId;
 use openledger_lora::serve::{
     AdapterReadiness, AttentionParams, AttnSeq, EngineConfig, KvDtype, KvLayout, Logits,
-    PagedKvCache, Preemption, Readiness, RequestId, StepBatch, StepModel, paged_attention,
+    PagedKvCache, Preemption, Readiness, RequestError, RequestId, StepBatch, StepModel,
+    paged_attention,
 };
 
 pub const VOCAB: usize = 32;
@@ -54,6 +55,9 @@ pub struct ToyModel {
     pub log: Vec<Vec<(RequestId, usize, bool)>>,
     /// The most distinct adapters a step may name (a step naming more fails).
     pub max_adapters: Option<usize>,
+    /// Adapters "on their way to the device": `prepare_adapter` answers not yet this many
+    /// times more, and a step naming one before that fails.
+    pub copying: HashMap<String, usize>,
 }
 
 impl StepModel for ToyModel {
@@ -67,6 +71,16 @@ impl StepModel for ToyModel {
         self.max_adapters
     }
 
+    fn prepare_adapter(&mut self, adapter: &AdapterId) -> Result<bool, RequestError> {
+        match self.copying.get_mut(adapter.as_str()) {
+            Some(left) if *left > 0 => {
+                *left -= 1;
+                Ok(false)
+            }
+            _ => Ok(true),
+        }
+    }
+
     fn forward(
         &mut self,
         batch: &StepBatch,
@@ -77,6 +91,12 @@ impl StepModel for ToyModel {
             .iter()
             .filter_map(|s| s.adapter.as_ref())
             .collect();
+        if let Some(a) = adapters
+            .iter()
+            .find(|a| self.copying.get(a.as_str()).is_some_and(|&n| n > 0))
+        {
+            return Err(format!("a step naming {a} before its copy landed").into());
+        }
         if self.max_adapters.is_some_and(|m| adapters.len() > m) {
             return Err(format!("a step naming {} adapters", adapters.len()).into());
         }
