@@ -123,7 +123,7 @@ impl Checkpoint {
     }
 }
 
-impl Stored<'_> {
+impl<'a> Stored<'a> {
     /// The values in `dtype`'s bytes: the stored bytes when the types agree, else converted
     /// (through f32, one rounding). The first value that is not finite is an error naming
     /// `key`.
@@ -131,7 +131,7 @@ impl Stored<'_> {
         &self,
         key: &str,
         dtype: Dtype,
-    ) -> Result<std::borrow::Cow<'_, [u8]>, GpuError> {
+    ) -> Result<std::borrow::Cow<'a, [u8]>, GpuError> {
         const CHUNK: usize = 1 << 16;
         let n = self.shape.iter().product::<usize>();
         let eb = self.dtype.bytes();

@@ -27,6 +27,9 @@ use std::sync::{Arc, Mutex};
 
 /// The smallest pinned staging buffer made (larger uploads get one of their size).
 const STAGING_MIN: usize = 8 << 20;
+/// Pinned staging held at most (but for one upload larger than it), so that copies issued
+/// faster than they land wait rather than pin the whole model.
+const STAGING_CAP: usize = 256 << 20;
 
 /// A pinned host buffer for uploads on the copy stream, and the event of its last copy.
 struct Staging {
@@ -76,6 +79,15 @@ impl Copies {
         }
     }
 
+    /// Waits for every copy in flight.
+    fn drain(&mut self) -> Result<(), GpuError> {
+        let busy: Vec<u64> = self.staging.iter().filter_map(|s| s.busy).collect();
+        for id in busy {
+            self.finish(id, true)?;
+        }
+        Ok(())
+    }
+
     /// A free staging buffer of at least `len` bytes (freeing those whose copies have landed;
     /// making one when none fits).
     fn staging_for(&mut self, len: usize) -> Result<usize, GpuError> {
@@ -83,12 +95,29 @@ impl Copies {
         for id in busy {
             self.finish(id, false)?;
         }
-        if let Some(i) = self
-            .staging
-            .iter()
-            .position(|s| s.busy.is_none() && s.len >= len)
-        {
+        let fits = |c: &Self| {
+            c.staging
+                .iter()
+                .position(|s| s.busy.is_none() && s.len >= len)
+        };
+        if let Some(i) = fits(self) {
             return Ok(i);
+        }
+        // Pinned memory is bounded: past the cap, wait for the copies in flight, and make room
+        // by freeing idle buffers too small for this one.
+        let pinned: usize = self.staging.iter().map(|s| s.len).sum();
+        if pinned + len.max(STAGING_MIN) > STAGING_CAP {
+            self.drain()?;
+            if let Some(i) = fits(self) {
+                return Ok(i);
+            }
+            for s in std::mem::take(&mut self.staging) {
+                // SAFETY: idle (drained above); the handles are ours.
+                unsafe {
+                    let _ = result::event::destroy(s.event);
+                    let _ = result::free_host(s.host);
+                }
+            }
         }
         let bytes = len.max(STAGING_MIN);
         // SAFETY: allocates pinned host memory; the context is current.
@@ -277,6 +306,8 @@ impl Runtime for CudaRuntime {
     unsafe fn free(&self, ptr: DevicePtr) {
         let _ = guard("cuMemFree", || {
             self.bind()?;
+            // Copies in flight on the copy stream may target it: they land first.
+            self.copies()?.drain()?;
             // SAFETY: as the caller promises; cuMemFree waits for work using it.
             unsafe { result::free_sync(ptr) }.map_err(drv("cuMemFree"))
         });

@@ -206,6 +206,14 @@ impl Runtime for EmulatedRuntime {
             .ok()
             .and_then(|mut a| a.remove(&ptr));
         if let Some(layout) = layout {
+            // Copies in flight into it are dropped: the memory is going away.
+            let end = ptr + layout.size() as u64;
+            if let Ok(mut uploads) = self.uploads.lock() {
+                for u in uploads.values_mut() {
+                    u.copies
+                        .retain(|c| c.dst + c.len as u64 <= ptr || c.dst >= end);
+                }
+            }
             // SAFETY: allocated by `alloc` with this layout, freed once (removed above).
             unsafe { std::alloc::dealloc(ptr as *mut u8, layout) };
         }

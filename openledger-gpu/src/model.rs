@@ -1,5 +1,7 @@
 //! [`GpuModel`]: the llama-family decoder on a [`Runtime`]. Weights are copied from the
-//! checkpoint's memory maps in their stored type (or converted once to the model's type),
+//! checkpoint's memory maps in their stored type (or converted once to the model's type)
+//! through the runtime's copy stream (pinned staging on a device, each tensor's copy overlapping
+//! the next one's read),
 //! with q|k|v and gate|up fused into one matrix each; the paged KV cache lives in device
 //! memory in the kernels' layout (per layer, K and V as `[blocks, kv_heads, block_size,
 //! head_dim]`); a step runs the kernels of `openledger-kernels` and the runtime's GEMMs, and
@@ -23,6 +25,7 @@ use openledger_lora::model::ops::rope_inv_freq;
 use openledger_lora::model::{Activation, Architecture, ModelConfig};
 use openledger_lora::serve::{KvLayout, Sampler, SamplingParams, StepBatch};
 use openledger_lora::sgmv::{LaunchTiles, SgmvPlan};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -37,7 +40,7 @@ const ATTN_THREADS: u32 = 128;
 const ATTN_MAX_HD: usize = 256;
 
 /// Gives a tensor's bytes in the model's type by name and shape.
-type TensorSource<'a> = dyn FnMut(&str, &[usize]) -> Result<Vec<u8>, GpuError> + 'a;
+type TensorSource<'a> = dyn FnMut(&str, &[usize]) -> Result<Cow<'a, [u8]>, GpuError> + 'a;
 
 /// Threads per block of the sampling kernel (`SAMPLE_THREADS` in sample.cu).
 const SAMPLE_THREADS: u32 = 256;
@@ -224,9 +227,9 @@ impl GpuModel {
                 .dtype
             }
         };
-        let mut source = |key: &str, shape: &[usize]| -> Result<Vec<u8>, GpuError> {
-            let t = ck.tensor(key, shape)?;
-            Ok(t.bytes_as(key, dtype)?.into_owned())
+        // Stored bytes straight from the map (into the pinned staging), converted ones owned.
+        let mut source = |key: &str, shape: &[usize]| -> Result<Cow<'_, [u8]>, GpuError> {
+            ck.tensor(key, shape)?.bytes_as(key, dtype)
         };
         Self::build(rt, cfg, dtype, opts, &mut source, progress)
     }
@@ -243,19 +246,20 @@ impl GpuModel {
     ) -> Result<Self, GpuError> {
         check_supported(&cfg)?;
         let mut n = 0u64;
-        let mut source = |key: &str, shape: &[usize]| -> Result<Vec<u8>, GpuError> {
-            n += 1;
-            let len: usize = shape.iter().product();
-            if key.ends_with("norm.weight") {
-                return Ok(dtype.encode(&vec![1.0; len]));
-            }
-            Ok(random_bytes(
-                len,
-                dtype,
-                0.02,
-                seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15),
-            ))
-        };
+        let mut source =
+            move |key: &str, shape: &[usize]| -> Result<Cow<'static, [u8]>, GpuError> {
+                n += 1;
+                let len: usize = shape.iter().product();
+                if key.ends_with("norm.weight") {
+                    return Ok(Cow::Owned(dtype.encode(&vec![1.0; len])));
+                }
+                Ok(Cow::Owned(random_bytes(
+                    len,
+                    dtype,
+                    0.02,
+                    seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                )))
+            };
         Self::build(rt, cfg, dtype, opts, &mut source, progress)
     }
 
@@ -286,6 +290,9 @@ impl GpuModel {
             done += 1;
             progress(done, total);
         };
+        // Copies go through the runtime's copy stream (pinned staging on a device), overlapping
+        // the next tensor's read and conversion; all have landed before the model is returned.
+        let mut uploads = Vec::new();
         // The tensors `parts` (name, rows) stacked into one buffer: matrices of `cols`
         // columns, or one vector when `cols` is `None`.
         let mut tensor = |parts: &[(&str, usize)], cols: Option<usize>| {
@@ -298,7 +305,7 @@ impl GpuModel {
                     Some(c) => source(key, &[n, c])?,
                     None => source(key, &[n])?,
                 };
-                b.write(at * width * eb, &bytes)?;
+                uploads.push(b.write_async(at * width * eb, &bytes)?);
                 at += n;
             }
             Ok::<Buffer, GpuError>(b)
@@ -384,6 +391,9 @@ impl GpuModel {
             Some(tensor(&[("lm_head.weight", v)], Some(h))?)
         };
         step(progress);
+        for id in uploads {
+            rt.wait_upload(id)?;
+        }
         let inv = rope_inv_freq(hd, cfg.rope_theta, cfg.rope_scaling);
         let inv_freq = Buffer::from_bytes(&rt, &Dtype::F32.encode(&inv))?;
         let adapters = DeviceAdapters::new(&rt, &cfg, opts.adapters)?;

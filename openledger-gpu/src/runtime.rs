@@ -239,7 +239,8 @@ pub trait Runtime: Send + Sync + std::fmt::Debug {
     /// Allocates `bytes` (at least 256-byte aligned, contents undefined).
     fn alloc(&self, bytes: usize) -> Result<DevicePtr, GpuError>;
 
-    /// Frees an allocation.
+    /// Frees an allocation (copies of [`upload_async`](Self::upload_async) into it still in
+    /// flight are waited for or dropped first).
     ///
     /// # Safety
     /// `ptr` came from [`alloc`](Self::alloc) of this runtime and is not used again; no
@@ -292,8 +293,8 @@ pub trait Runtime: Send + Sync + std::fmt::Debug {
     /// copies before returning.
     ///
     /// # Safety
-    /// Every destination lies in a live allocation that nothing reads, writes or frees until
-    /// the upload is done; every source range lies in `src`.
+    /// Every destination lies in a live allocation that nothing reads or writes until the
+    /// upload is done (freeing it is safe: see [`free`](Self::free)).
     unsafe fn upload_async(&self, src: &[u8], copies: &[Scatter]) -> Result<UploadId, GpuError> {
         Scatter::check(src.len(), copies)?;
         for c in copies {
@@ -381,6 +382,21 @@ impl Buffer {
         }
         // SAFETY: the range lies in this allocation (checked above).
         unsafe { self.rt.upload(self.at(offset), data) }
+    }
+
+    /// Starts copying `data` in at `offset` on the runtime's copy stream
+    /// ([`Runtime::upload_async`]); the bytes are there once the upload is seen done. Dropping
+    /// the buffer first is safe: the runtime drops (or waits for) copies into freed memory.
+    pub fn write_async(&mut self, offset: usize, data: &[u8]) -> Result<UploadId, GpuError> {
+        self.check("write", offset, data.len())?;
+        let part = Scatter {
+            dst: self.at(offset),
+            src_offset: 0,
+            len: data.len(),
+        };
+        // SAFETY: the range lies in this allocation (checked above), which the runtime keeps
+        // copies in flight from outliving.
+        unsafe { self.rt.upload_async(data, &[part]) }
     }
 
     /// Copies `out.len()` bytes out from `offset`.
