@@ -1161,6 +1161,10 @@ export interface EngineOptions {
    * `Unsupported` error naming what is missing).
    */
   device?: string
+  /** On a GPU, device memory for the adapters it holds at once, in MiB (default 1024). */
+  deviceAdapterMib?: number
+  /** On a GPU, adapters the device holds at once (default 128). */
+  deviceAdapterSlots?: number
 }
 
 /**

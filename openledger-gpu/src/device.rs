@@ -18,6 +18,7 @@
 //! assert_eq!(Device::Cuda(1).to_string(), "cuda:1");
 //! ```
 
+use crate::adapters::AdapterBudget;
 use crate::error::GpuError;
 use crate::model::{GpuModel, GpuOptions};
 use crate::runtime::{Dtype, Runtime};
@@ -128,8 +129,8 @@ pub fn gpu_dtype(format: WeightFormat) -> Result<Option<Dtype>, GpuError> {
 
 /// Loads the HF model folder `model_dir` onto `device` and starts its engine: on
 /// [`Device::Cpu`], [`ServedModel::load`]; on [`Device::Cuda`], the folder's weights on that
-/// device ([`GpuModel`], default [`GpuOptions`] but for the type `options.weights` asks for)
-/// served by [`serve_model`]. `progress` sees each weight file or tensor as it is read.
+/// device ([`GpuModel`] in the type `options.weights` asks for, with an adapter tier of
+/// `options.device_adapter_bytes` and `device_adapter_slots`) served by [`serve_model`]. `progress` sees each weight file or tensor as it is read.
 pub fn serve(
     model_dir: &Path,
     device: Device,
@@ -146,6 +147,11 @@ pub fn serve(
     let rt = crate::cuda_runtime(ordinal).map_err(fail)?;
     let opts = GpuOptions {
         dtype,
+        adapters: AdapterBudget {
+            slots: options.device_adapter_slots,
+            slab_bytes: options.device_adapter_bytes,
+            ..AdapterBudget::default()
+        },
         ..GpuOptions::default()
     };
     let tokenizer = Tokenizer::in_model_dir(model_dir)?.map(Arc::new);

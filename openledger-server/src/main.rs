@@ -119,6 +119,13 @@ struct ServeArgs {
     /// `cuda` feature; weights `stored` or `f32` there).
     #[arg(long, default_value = "cpu")]
     device: openledger_server::Device,
+    /// On a GPU, device memory for the adapters it holds at once, in MiB (the host pool,
+    /// `--pool-mib`, sits above it).
+    #[arg(long, default_value_t = 1024)]
+    device_adapter_mib: usize,
+    /// On a GPU, adapters the device holds at once.
+    #[arg(long, default_value_t = 128)]
+    device_adapter_slots: usize,
 }
 
 /// The keys to pay from on a node: `OPENLEDGER_KEYS`, or anvil's dev keys.
@@ -154,6 +161,11 @@ fn serve(a: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         max_tokens_per_step: a.max_tokens_per_step,
         max_context: a.max_context,
         weights: a.weights,
+        device_adapter_bytes: a
+            .device_adapter_mib
+            .checked_mul(1 << 20)
+            .ok_or("--device-adapter-mib is too large")?,
+        device_adapter_slots: a.device_adapter_slots,
         ..ServeOptions::default()
     };
     config.device = a.device;

@@ -70,6 +70,10 @@ pub struct EngineOptions {
     /// or `"f32"`; needs a build with the `cuda` feature, the NVIDIA driver and a GPU, else an
     /// `Unsupported` error naming what is missing).
     pub device: Option<String>,
+    /// On a GPU, device memory for the adapters it holds at once, in MiB (default 1024).
+    pub device_adapter_mib: Option<f64>,
+    /// On a GPU, adapters the device holds at once (default 128).
+    pub device_adapter_slots: Option<f64>,
 }
 
 /// The `weights` option (`"f32"` when absent).
@@ -239,6 +243,7 @@ impl Engine {
                 .unwrap_or("cpu")
                 .parse()
                 .map_err(|e| invalid_arg("device", e))?;
+            let adapter_mib = opt_count("deviceAdapterMib", o.device_adapter_mib, 1024)?;
             let options = ServeOptions {
                 max_running,
                 max_tokens_per_step,
@@ -246,6 +251,10 @@ impl Engine {
                 block_size,
                 num_blocks,
                 weights,
+                device_adapter_bytes: adapter_mib
+                    .checked_mul(1 << 20)
+                    .ok_or_else(|| invalid_arg("deviceAdapterMib", "too large"))?,
+                device_adapter_slots: opt_count("deviceAdapterSlots", o.device_adapter_slots, 128)?,
             };
             let pool = pool.map(|p| p.inner.clone());
             let progress = Progress::new(on_progress);

@@ -197,8 +197,9 @@ impl PyEngine {
     /// `device` is where the model runs: `"cpu"` (the default), `"cuda"` or `"cuda:N"` (the
     /// weights in device memory as `weights` asks, `"stored"` or `"f32"`; needs a build with
     /// the `cuda` feature, the NVIDIA driver and a GPU, else `UnsupportedError` naming what is
-    /// missing). `progress(1)` is called after each weight file read and each layer (CPU) or
-    /// tensor (GPU) loaded.
+    /// missing); there the adapters the device holds at once take `device_adapter_mib` of its
+    /// memory and `device_adapter_slots` slots (the host pool sits above them). `progress(1)` is
+    /// called after each weight file read and each layer (CPU) or tensor (GPU) loaded.
     #[new]
     #[pyo3(signature = (
         model_dir,
@@ -211,6 +212,8 @@ impl PyEngine {
         num_blocks = None,
         weights = "f32",
         device = "cpu",
+        device_adapter_mib = 1024,
+        device_adapter_slots = 128,
         progress = None
     ))]
     #[allow(clippy::too_many_arguments)]
@@ -225,6 +228,8 @@ impl PyEngine {
         num_blocks: Option<usize>,
         weights: &str,
         device: &str,
+        device_adapter_mib: usize,
+        device_adapter_slots: usize,
         progress: Option<Py<PyAny>>,
     ) -> Result<Self> {
         let weights: WeightFormat = weights.parse().map_err(|e| invalid_arg("weights", e))?;
@@ -240,6 +245,10 @@ impl PyEngine {
             block_size,
             num_blocks,
             weights,
+            device_adapter_bytes: device_adapter_mib
+                .checked_mul(1 << 20)
+                .ok_or_else(|| invalid_arg("device_adapter_mib", "too large"))?,
+            device_adapter_slots,
         };
         let (template, eos) = py
             .detach(|| {

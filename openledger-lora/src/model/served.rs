@@ -72,6 +72,11 @@ pub struct ServeOptions {
     pub num_blocks: Option<usize>,
     /// How the base projections' weights are held (default f32).
     pub weights: WeightFormat,
+    /// On a GPU (`openledger-gpu`'s `serve`), device memory for adapters: bytes of the adapter
+    /// slab (default 1 GiB) — the device tier below the host pool. Not used on the CPU.
+    pub device_adapter_bytes: usize,
+    /// On a GPU, adapters the device tier holds at once (default 128). Not used on the CPU.
+    pub device_adapter_slots: usize,
 }
 
 impl Default for ServeOptions {
@@ -83,6 +88,8 @@ impl Default for ServeOptions {
             block_size: 16,
             num_blocks: None,
             weights: WeightFormat::F32,
+            device_adapter_bytes: 1 << 30,
+            device_adapter_slots: 128,
         }
     }
 }

@@ -642,6 +642,8 @@ class Engine:
         num_blocks: Optional[int] = None,
         weights: str = "f32",
         device: str = "cpu",
+        device_adapter_mib: int = 1024,
+        device_adapter_slots: int = 128,
         progress: Optional[_Progress] = None,
     ) -> None: ...
     @property
