@@ -38,6 +38,16 @@ impl Default for AdapterBudget {
     }
 }
 
+/// One module's factors, ready to pack: `a` is `[rank, in]`, `b` `[out, rank]`, row-major.
+struct Factors {
+    layer: usize,
+    proj: usize,
+    a: Vec<f32>,
+    b: Vec<f32>,
+    rank: usize,
+    scale: f32,
+}
+
 /// One attached adapter.
 #[derive(Debug)]
 struct Held {
@@ -205,21 +215,13 @@ impl DeviceAdapters {
         self.pages.free_pages()
     }
 
-    /// Copies `adapter` to the device as `name` (replacing an adapter of that name, whose pages
-    /// are freed once the new copy is written). Refused, changing nothing: a module that is not
-    /// a projection of this model or of other dimensions, DoRA, `lora_bias` and
-    /// `modules_to_save` (not done on the GPU yet), no free slot, no run of free pages long
-    /// enough. With `asynchronous`, the pages are copied on the runtime's copy stream and the
-    /// adapter must not run before [`landed`](Self::landed) says so (or [`wait`](Self::wait)
-    /// returns); the slot table is written at once (nothing reads a slot no batch names).
-    pub fn attach(
-        &mut self,
+    /// Each module of `adapter` (validated against the model) as factors to pack.
+    fn factors(
+        &self,
         cfg: &ModelConfig,
-        dtype: Dtype,
         name: &str,
         adapter: &LoraAdapter,
-        asynchronous: bool,
-    ) -> Result<usize, GpuError> {
+    ) -> Result<Vec<Factors>, GpuError> {
         let incompatible = |reason: String| GpuError::InvalidArgument {
             name: "adapter",
             reason: format!("{name}: {reason}"),
@@ -230,7 +232,7 @@ impl DeviceAdapters {
         if adapter.saved_tensors().len() > 0 {
             return Err(unsupported("modules_to_save"));
         }
-        let mut modules = Vec::with_capacity(adapter.num_modules());
+        let mut out = Vec::with_capacity(adapter.num_modules());
         for (module, m) in adapter.modules() {
             let Some((l, p)) = parse_module(module, self.layers) else {
                 return Err(incompatible(format!(
@@ -259,8 +261,110 @@ impl DeviceAdapters {
             if !m.scale().is_finite() {
                 return Err(incompatible(format!("{module:?}: scale {}", m.scale())));
             }
-            modules.push((l, p, m));
+            out.push(Factors {
+                layer: l,
+                proj: p,
+                a: m.a_f32().into_owned(),
+                b: m.b_f32().into_owned(),
+                rank: m.rank(),
+                scale: m.scale(),
+            });
         }
+        Ok(out)
+    }
+
+    /// Copies `adapter` to the device as `name` (replacing an adapter of that name, whose pages
+    /// are freed once the new copy is written). Refused, changing nothing: a module that is not
+    /// a projection of this model or of other dimensions, DoRA, `lora_bias` and
+    /// `modules_to_save` (not done on the GPU yet), no free slot, no run of free pages long
+    /// enough. With `asynchronous`, the pages are copied on the runtime's copy stream and the
+    /// adapter must not run before [`landed`](Self::landed) says so (or [`wait`](Self::wait)
+    /// returns); the slot table is written at once (nothing reads a slot no batch names).
+    pub fn attach(
+        &mut self,
+        cfg: &ModelConfig,
+        dtype: Dtype,
+        name: &str,
+        adapter: &LoraAdapter,
+        asynchronous: bool,
+    ) -> Result<usize, GpuError> {
+        let factors = self.factors(cfg, name, adapter)?;
+        self.attach_factors(cfg, dtype, name, factors, asynchronous)
+    }
+
+    /// Copies the ensemble of `members` (each with its weight) to the device as `name`: one
+    /// adapter whose every module concatenates the members' factors, `A = [w₁s₁A₁; w₂s₂A₂; …]`
+    /// and `B = [B₁ B₂ …]` at scale 1, so that it adds `Σⱼ wⱼ·sⱼ·Bⱼ·Aⱼ·x` — what the CPU
+    /// model's ensemble adds — in one SGMV segment (rank: the sum of the members'). Refused as
+    /// [`attach`](Self::attach) refuses a member, and for a weight that is not finite.
+    pub fn attach_ensemble(
+        &mut self,
+        cfg: &ModelConfig,
+        dtype: Dtype,
+        name: &str,
+        members: &[(&LoraAdapter, f32)],
+        asynchronous: bool,
+    ) -> Result<usize, GpuError> {
+        if members.is_empty() {
+            return Err(GpuError::InvalidArgument {
+                name: "members",
+                reason: format!("the ensemble {name} names no adapter"),
+            });
+        }
+        let mut by_module: std::collections::BTreeMap<(usize, usize), Vec<(Factors, f32)>> =
+            std::collections::BTreeMap::new();
+        for (j, &(adapter, weight)) in members.iter().enumerate() {
+            if !weight.is_finite() {
+                return Err(GpuError::InvalidArgument {
+                    name: "members",
+                    reason: format!("member {j} of {name} has weight {weight}"),
+                });
+            }
+            for f in self.factors(cfg, &format!("{name} (member {j})"), adapter)? {
+                by_module
+                    .entry((f.layer, f.proj))
+                    .or_default()
+                    .push((f, weight));
+            }
+        }
+        let factors = by_module
+            .into_iter()
+            .map(|((layer, proj), parts)| {
+                let rank: usize = parts.iter().map(|(f, _)| f.rank).sum();
+                let (din, dout) = proj_dims(cfg, proj);
+                let mut a = Vec::with_capacity(rank * din);
+                for (f, w) in &parts {
+                    let k = w * f.scale;
+                    a.extend(f.a.iter().map(|v| v * k));
+                }
+                let mut b = Vec::with_capacity(dout * rank);
+                for o in 0..dout {
+                    for (f, _) in &parts {
+                        b.extend_from_slice(&f.b[o * f.rank..(o + 1) * f.rank]);
+                    }
+                }
+                Factors {
+                    layer,
+                    proj,
+                    a,
+                    b,
+                    rank,
+                    scale: 1.0,
+                }
+            })
+            .collect();
+        self.attach_factors(cfg, dtype, name, factors, asynchronous)
+    }
+
+    /// Packs `factors` into pages of the slab and a slot (see [`attach`](Self::attach)).
+    fn attach_factors(
+        &mut self,
+        cfg: &ModelConfig,
+        dtype: Dtype,
+        name: &str,
+        modules: Vec<Factors>,
+        asynchronous: bool,
+    ) -> Result<usize, GpuError> {
         // A replacement takes the slot of the adapter it replaces.
         let previous = self.by_name.get(name).copied();
         let slot = match previous {
@@ -287,9 +391,10 @@ impl DeviceAdapters {
         // A replaced adapter keeps its pages until the new copy is written: a failed
         // replacement leaves it as it was.
         let result = (|| -> Result<(), GpuError> {
-            for &(l, p, m) in &modules {
+            for m in &modules {
+                let (l, p) = (m.layer, m.proj);
                 let (din, dout) = proj_dims(cfg, p);
-                let layout = SlotLayout::new(din, dout, m.rank(), eb);
+                let layout = SlotLayout::new(din, dout, m.rank, eb);
                 let npages = layout.pages(eb, self.page_bytes);
                 let run = self
                     .pages
@@ -299,12 +404,11 @@ impl DeviceAdapters {
                         bytes: npages * self.page_bytes,
                     })?;
                 runs.push(run);
-                let (a, b) = (m.a_f32(), m.b_f32());
                 let slot = LoraSlot {
-                    a: &a,
-                    b: &b,
-                    rank: m.rank(),
-                    scale: m.scale(),
+                    a: &m.a,
+                    b: &m.b,
+                    rank: m.rank,
+                    scale: m.scale,
                 };
                 let packed = dtype.encode(&layout.pack(&slot, din, dout, BLayout::OutRank));
                 let at = run.start * self.page_bytes;
@@ -329,11 +433,11 @@ impl DeviceAdapters {
                     [
                         a_addr as i64,
                         b_addr as i64,
-                        m.rank() as i64,
-                        i64::from(m.scale().to_bits()),
+                        m.rank as i64,
+                        i64::from(m.scale.to_bits()),
                     ],
                 ));
-                ranks[l * NPROJ + p] = m.rank();
+                ranks[l * NPROJ + p] = m.rank;
             }
             if asynchronous {
                 // SAFETY: every destination lies in the slab (checked above), in pages no

@@ -104,8 +104,12 @@ impl ServableModel for GpuPagedModel {
         GpuPagedModel::kv_dtype(self)
     }
 
-    fn attach_adapter(&mut self, id: &AdapterId, adapter: &LoraAdapter) -> Result<(), ServedError> {
-        self.attach(id, adapter)
+    fn attach_adapter(
+        &mut self,
+        id: &AdapterId,
+        adapter: &Arc<LoraAdapter>,
+    ) -> Result<(), ServedError> {
+        self.attach(id, Arc::clone(adapter))
             .map_err(|e| device_error(self.model().runtime().device_name(), e))
     }
 

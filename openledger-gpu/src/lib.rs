@@ -24,7 +24,7 @@
 //! Architectures: Llama (with `attention_bias` / `mlp_bias`), Mistral, Qwen2 (q/k/v biases,
 //! its sliding window) and Gemma (`1 + w` norms, GeGLU, √hidden embedding scale, tied head).
 //!
-//! Not done yet: DoRA, `lora_bias` and `modules_to_save` on the device, ensembles, bf16 prefill
+//! Not done yet: DoRA, `lora_bias` and `modules_to_save` on the device, bf16 prefill
 //! attention with `mma.sync`, and CUDA graphs (each refused with a typed
 //! [`GpuError::Unsupported`] where a checkpoint or adapter asks for it).
 

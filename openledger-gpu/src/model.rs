@@ -438,6 +438,33 @@ impl GpuModel {
         Ok(())
     }
 
+    /// Serves batches naming `name` with the ensemble of `members`, each with its weight: one
+    /// device adapter whose modules concatenate the members' factors (`A = [w₁s₁A₁; …]`,
+    /// `B = [B₁ …]`, scale 1), adding `Σⱼ wⱼ·sⱼ·Bⱼ·Aⱼ·x` in one SGMV segment, as the CPU
+    /// model's ensembles do. Refused as [`attach_adapter`](Self::attach_adapter) refuses a
+    /// member.
+    pub fn attach_ensemble(
+        &mut self,
+        name: &str,
+        members: &[(&LoraAdapter, f32)],
+    ) -> Result<(), GpuError> {
+        self.attach_ensemble_with(name, members, false)
+    }
+
+    /// [`attach_ensemble`](Self::attach_ensemble), its copy on the copy stream when
+    /// `asynchronous` (see [`attach_adapter_async`](Self::attach_adapter_async)).
+    pub(crate) fn attach_ensemble_with(
+        &mut self,
+        name: &str,
+        members: &[(&LoraAdapter, f32)],
+        asynchronous: bool,
+    ) -> Result<(), GpuError> {
+        let cfg = self.cfg.clone();
+        self.adapters
+            .attach_ensemble(&cfg, self.dtype, name, members, asynchronous)?;
+        Ok(())
+    }
+
     /// Whether adapter `name`'s factors are on the device (an adapter attached synchronously,
     /// or not attached, has nothing in flight); does not wait.
     pub fn adapter_landed(&mut self, name: &str) -> Result<bool, GpuError> {

@@ -11,8 +11,9 @@
 //! after the copy has landed. When the device tier (its slots and slab,
 //! [`AdapterBudget`](crate::AdapterBudget)) is full, the adapters not in the step are evicted
 //! least recently used first; an adapter evicted while its request still runs is copied back
-//! (synchronously) when the next step names it. Ensembles (`a+b`) are not served on the GPU
-//! yet.
+//! (synchronously) when the next step names it. A request naming an ensemble (`a*0.7+b*0.3`)
+//! runs it as one device adapter made from the members' host copies
+//! ([`GpuModel::attach_ensemble`]), rebuilt when a member changes.
 
 use crate::error::GpuError;
 use crate::kv::DeviceKvStorage;
@@ -53,6 +54,10 @@ pub struct GpuPagedModel {
     pool: Option<AdapterPool<LoraAdapter>>,
     /// Adapters attached from the pool, with the copy each was attached from.
     pooled: HashMap<AdapterId, Arc<LoraAdapter>>,
+    /// Adapters attached directly, kept on the host for the ensembles that name them.
+    direct: HashMap<AdapterId, Arc<LoraAdapter>>,
+    /// Ensembles on the device, with the member copies each was made from.
+    ensembles: HashMap<AdapterId, Vec<Arc<LoraAdapter>>>,
     /// The step each device adapter was last named in.
     last_used: HashMap<AdapterId, u64>,
     steps: u64,
@@ -74,6 +79,8 @@ impl GpuPagedModel {
             model,
             pool: None,
             pooled: HashMap::new(),
+            direct: HashMap::new(),
+            ensembles: HashMap::new(),
             last_used: HashMap::new(),
             steps: 0,
         }
@@ -98,17 +105,64 @@ impl GpuPagedModel {
         kv_dtype(self.model.dtype())
     }
 
-    /// Attaches `adapter` under `id` (replacing an adapter of that id).
-    pub fn attach(&mut self, id: &AdapterId, adapter: &LoraAdapter) -> Result<(), GpuError> {
+    /// Attaches `adapter` under `id` (replacing an adapter of that id, and dropping the
+    /// ensembles made with the one it replaces). An ensemble's spelling is refused: requests
+    /// name ensembles of attached or pooled adapters by their spelling.
+    pub fn attach(&mut self, id: &AdapterId, adapter: Arc<LoraAdapter>) -> Result<(), GpuError> {
         if id.is_ensemble() {
-            return Err(GpuError::Unsupported {
-                what: format!("ensembles on the GPU ({id})"),
+            return Err(GpuError::InvalidArgument {
+                name: "id",
+                reason: format!("{id} spells an ensemble: attach its members"),
             });
         }
-        self.make_room_and(&HashSet::new(), |m| m.attach_adapter(id.as_str(), adapter))?;
+        self.make_room_and(&HashSet::new(), |m| m.attach_adapter(id.as_str(), &adapter))?;
         self.pooled.remove(id);
+        self.direct.insert(id.clone(), adapter);
         self.last_used.insert(id.clone(), self.steps);
+        let stale: Vec<AdapterId> = self
+            .ensembles
+            .keys()
+            .filter(|e| e.adapters().contains(id))
+            .cloned()
+            .collect();
+        for e in stale {
+            self.forget(&e)?;
+        }
         Ok(())
+    }
+
+    /// Frees device adapter `id` and what is kept about it.
+    fn forget(&mut self, id: &AdapterId) -> Result<(), GpuError> {
+        self.model.detach_adapter(id.as_str())?;
+        self.last_used.remove(id);
+        self.pooled.remove(id);
+        self.ensembles.remove(id);
+        Ok(())
+    }
+
+    /// The host copy of member `id` of an ensemble: attached directly, else the pool's.
+    fn member(&self, id: &AdapterId) -> Result<Arc<LoraAdapter>, Unresolved> {
+        if let Some(a) = self.direct.get(id) {
+            return Ok(Arc::clone(a));
+        }
+        let Some(pool) = &self.pool else {
+            return Err(Unresolved::Unknown);
+        };
+        pool.get(id).map_err(|e| match e {
+            PoolError::UnknownId { .. } => Unresolved::Unknown,
+            other => Unresolved::Failed(GpuError::InvalidArgument {
+                name: "adapter",
+                reason: format!("adapter {id}: {other}"),
+            }),
+        })
+    }
+
+    /// Whether `copy` is still what member `id` stands for.
+    fn is_current(&self, id: &AdapterId, copy: &Arc<LoraAdapter>) -> bool {
+        match self.direct.get(id) {
+            Some(d) => Arc::ptr_eq(d, copy),
+            None => self.pool.as_ref().is_some_and(|p| p.holds(id, copy)),
+        }
     }
 
     /// Runs `f` (an attach); while it finds the device tier full, evicts the least recently
@@ -130,9 +184,7 @@ impl GpuPagedModel {
                     let Some(victim) = victim else {
                         return f(&mut self.model);
                     };
-                    self.model.detach_adapter(victim.as_str())?;
-                    self.last_used.remove(&victim);
-                    self.pooled.remove(&victim);
+                    self.forget(&victim)?;
                 }
                 other => return other,
             }
@@ -147,10 +199,8 @@ impl GpuPagedModel {
         keep: &HashSet<AdapterId>,
         asynchronous: bool,
     ) -> Result<(), Unresolved> {
-        if id.is_ensemble() {
-            return Err(Unresolved::Failed(GpuError::Unsupported {
-                what: format!("ensembles on the GPU ({id})"),
-            }));
+        if let Some(members) = id.members() {
+            return self.resolve_ensemble(id, &members, keep, asynchronous);
         }
         // A pooled copy the pool no longer holds (evicted, or registered again) is stale.
         if let (Some(pool), Some(copy)) = (&self.pool, self.pooled.get(id))
@@ -185,6 +235,43 @@ impl GpuPagedModel {
         })
         .map_err(Unresolved::Failed)?;
         self.pooled.insert(id.clone(), adapter);
+        self.last_used.insert(id.clone(), self.steps);
+        Ok(())
+    }
+
+    /// Makes ensemble `id` of `members` resident (made anew when a member has changed since).
+    fn resolve_ensemble(
+        &mut self,
+        id: &AdapterId,
+        members: &[(AdapterId, f32)],
+        keep: &HashSet<AdapterId>,
+        asynchronous: bool,
+    ) -> Result<(), Unresolved> {
+        if let Some(copies) = self.ensembles.get(id) {
+            let current = members
+                .iter()
+                .zip(copies)
+                .all(|((m, _), c)| self.is_current(m, c));
+            if current && self.last_used.contains_key(id) {
+                self.last_used.insert(id.clone(), self.steps);
+                return Ok(());
+            }
+            self.forget(id).map_err(Unresolved::Failed)?;
+        }
+        let copies = members
+            .iter()
+            .map(|(m, _)| self.member(m))
+            .collect::<Result<Vec<_>, _>>()?;
+        let weighted: Vec<(&LoraAdapter, f32)> = copies
+            .iter()
+            .zip(members)
+            .map(|(c, (_, w))| (&**c, *w))
+            .collect();
+        self.make_room_and(keep, |m| {
+            m.attach_ensemble_with(id.as_str(), &weighted, asynchronous)
+        })
+        .map_err(Unresolved::Failed)?;
+        self.ensembles.insert(id.clone(), copies);
         self.last_used.insert(id.clone(), self.steps);
         Ok(())
     }

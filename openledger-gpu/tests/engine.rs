@@ -173,22 +173,60 @@ fn preempted_sequences_recompute_or_swap_through_the_device_cache() {
     serve_and_check(12, Preemption::Swap, &some);
 }
 
+/// Ensembles named by their spelling run as one device adapter made from the members: the
+/// same greedy tokens as the CPU engine serving the same spellings (its ensembles add each
+/// member's LoRA in its own segment); an unknown adapter, alone or as a member, fails its
+/// request alone.
 #[test]
-fn unknown_and_ensemble_adapters_fail_their_request_alone() {
+fn ensembles_give_the_cpu_engines_tokens_and_unknown_adapters_fail_alone() {
+    use openledger_lora::model::{Model, PagedModel};
+    use openledger_lora::serve::KvDtype;
     let r = reference();
-    let mut engine = engine(64, Preemption::Recompute);
-    let unknown = engine.submit(request(u32s(&r["sequences"][0]), Some("missing"), 3));
-    let ensemble = engine.submit(request(
-        u32s(&r["sequences"][0]),
-        Some("qv-r4+attn-patterns"),
-        3,
-    ));
-    let good = engine.submit(request(u32s(&r["sequences"][1]), Some("qv-r4"), 8));
-    engine.run_until_idle().unwrap();
+    let spellings = ["qv-r4*0.7+attn-patterns*0.3", "all-r8-rslora+qv-r4*1.5"];
+    let runs: Vec<(Vec<u32>, &str)> = spellings
+        .iter()
+        .enumerate()
+        .map(|(i, &e)| (u32s(&r["sequences"][i]), e))
+        .collect();
+    // The CPU engine over the same pool.
+    let pool: AdapterPool = AdapterPool::new(64 << 20);
+    for name in ["qv-r4", "all-r8-rslora", "attn-patterns"] {
+        pool.register(id(name), Source::Dir(fixture().join("adapters").join(name)))
+            .unwrap();
+    }
+    let cpu_model = PagedModel::with_pool(Model::from_dir(&fixture()).unwrap(), pool.clone());
+    let config = EngineConfig {
+        kv_layout: cpu_model.kv_layout(4),
+        num_blocks: 64,
+        max_tokens_per_step: 24,
+        max_running: 6,
+        max_context: 40,
+        preemption: Preemption::Recompute,
+        kv_dtype: KvDtype::F32,
+    };
+    let mut cpu = Engine::new(cpu_model, pool, config).unwrap();
+    let mut gpu = engine(64, Preemption::Recompute);
+    let submit_all = |e: &mut dyn FnMut(Request) -> openledger_lora::serve::RequestHandle| {
+        runs.iter()
+            .map(|(p, a)| e(request(p.clone(), Some(a), 8)))
+            .collect::<Vec<_>>()
+    };
+    let cpu_handles = submit_all(&mut |req| cpu.submit(req));
+    cpu.run_until_idle().unwrap();
+    let unknown = gpu.submit(request(u32s(&r["sequences"][0]), Some("missing"), 3));
+    let unknown_member = gpu.submit(request(u32s(&r["sequences"][0]), Some("qv-r4+missing"), 3));
+    let gpu_handles = submit_all(&mut |req| gpu.submit(req));
+    let good = gpu.submit(request(u32s(&r["sequences"][1]), Some("qv-r4"), 8));
+    gpu.run_until_idle().unwrap();
+    for ((c, g), (_, spelled)) in cpu_handles.into_iter().zip(gpu_handles).zip(&runs) {
+        let want = tokens(c).unwrap();
+        assert_eq!(want.len(), 8);
+        assert_eq!(tokens(g).unwrap(), want, "{spelled}");
+    }
     let e = tokens(unknown).unwrap_err();
     assert!(e.contains("missing"), "{e}");
-    let e = tokens(ensemble).unwrap_err();
-    assert!(e.contains("ensembles on the GPU"), "{e}");
+    let e = tokens(unknown_member).unwrap_err();
+    assert!(e.contains("missing"), "{e}");
     assert_eq!(tokens(good).unwrap(), u32s(&r["greedy"]["qv-r4.1"]));
 }
 

@@ -129,7 +129,11 @@ pub trait ServableModel:
     /// The type the KV cache holds.
     fn kv_dtype(&self) -> KvDtype;
     /// Attaches `adapter` under `id`, replacing an adapter attached under that id before.
-    fn attach_adapter(&mut self, id: &AdapterId, adapter: &LoraAdapter) -> Result<(), ServedError>;
+    fn attach_adapter(
+        &mut self,
+        id: &AdapterId,
+        adapter: &Arc<LoraAdapter>,
+    ) -> Result<(), ServedError>;
     /// Names of the adapters attached now (directly or from the pool).
     fn adapter_names(&self) -> Vec<String>;
 }
@@ -143,7 +147,11 @@ impl ServableModel for PagedModel {
         KvDtype::F32
     }
 
-    fn attach_adapter(&mut self, id: &AdapterId, adapter: &LoraAdapter) -> Result<(), ServedError> {
+    fn attach_adapter(
+        &mut self,
+        id: &AdapterId,
+        adapter: &Arc<LoraAdapter>,
+    ) -> Result<(), ServedError> {
         self.attach(id.clone(), adapter)
             .map(drop)
             .map_err(ServedError::from)
