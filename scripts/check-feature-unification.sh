@@ -10,7 +10,7 @@ workspace=$(mktemp)
 trap 'rm -f "$workspace"' EXIT
 rows --workspace -e normal,build,dev >"$workspace"
 status=0
-for package in openledger-python openledger-node openledger-mobile; do
+for package in openledger-python openledger-node openledger-mobile openledger-server; do
     extra=$(rows -p "$package" -e normal,build | comm -13 "$workspace" -)
     if [ -n "$extra" ]; then
         echo "$package alone resolves features the workspace build does not:"

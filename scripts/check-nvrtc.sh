@@ -38,9 +38,13 @@ fi
 export LD_LIBRARY_PATH="$LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export OPENLEDGER_REQUIRE_NVRTC=1
 cd "$ROOT"
-cargo test -p openledger-kernels --features cuda "$@"
-# The SGMV backends test built with the CUDA backend: without a driver it runs the CPU backend and
-# checks that the GPU one refuses with a typed error.
-cargo test -p openledger-sgmv --features cuda --test backends "$@"
-# The GPU model's CUDA runtime: without a driver, opening it is a typed error naming the library.
-cargo test -p openledger-gpu --features cuda --test no_device "$@"
+# The kernels' tests with the `cuda` feature (NVRTC compiles every kernel); the SGMV backends test
+# built with the CUDA backend (without a driver it runs the CPU backend and checks that the GPU one
+# refuses with a typed error); the GPU model's CUDA runtime (without a driver, opening it is a
+# typed error naming the library). One package set and one feature set for both commands, so the
+# second reuses the first's build: cargo resolves features per selection, and three separate
+# commands compiled the shared dependencies three times.
+packages=(-p openledger-kernels -p openledger-sgmv -p openledger-gpu
+    --features openledger-kernels/cuda,openledger-sgmv/cuda,openledger-gpu/cuda)
+cargo test "${packages[@]}" --test kernels --test emulated --test backends --test no_device "$@"
+cargo test "${packages[@]}" --doc "$@"

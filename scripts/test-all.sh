@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 # A test run builds each crate once: incremental caches would only cost time and disk.
 export CARGO_INCREMENTAL=0
 
-step() { printf '\n==> %s\n' "$*"; }
+step() { printf '\n==> [%ss] %s\n' "$(( $(date +%s) - start ))" "$*"; }
 start=$(date +%s)
 
 command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)"; exit 1; }

@@ -9,6 +9,7 @@ use crate::runtime::{Buffer, DevicePtr, Dtype, Runtime, Scatter, UploadId};
 use openledger_lora::adapter::{LoraAdapter, ModuleKind};
 use openledger_lora::model::{ModelConfig, PROJECTIONS};
 use openledger_lora::sgmv::{BLayout, LoraSlot, PageAllocator, PageRun, SlotLayout};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -38,12 +39,13 @@ impl Default for AdapterBudget {
     }
 }
 
-/// One module's factors, ready to pack: `a` is `[rank, in]`, `b` `[out, rank]`, row-major.
-struct Factors {
+/// One module's factors, ready to pack: `a` is `[rank, in]`, `b` `[out, rank]`, row-major
+/// (borrowed from an adapter that stores f32, owned where converted or combined).
+struct Factors<'a> {
     layer: usize,
     proj: usize,
-    a: Vec<f32>,
-    b: Vec<f32>,
+    a: Cow<'a, [f32]>,
+    b: Cow<'a, [f32]>,
     rank: usize,
     scale: f32,
 }
@@ -216,12 +218,12 @@ impl DeviceAdapters {
     }
 
     /// Each module of `adapter` (validated against the model) as factors to pack.
-    fn factors(
+    fn factors<'a>(
         &self,
         cfg: &ModelConfig,
         name: &str,
-        adapter: &LoraAdapter,
-    ) -> Result<Vec<Factors>, GpuError> {
+        adapter: &'a LoraAdapter,
+    ) -> Result<Vec<Factors<'a>>, GpuError> {
         let incompatible = |reason: String| GpuError::InvalidArgument {
             name: "adapter",
             reason: format!("{name}: {reason}"),
@@ -264,8 +266,8 @@ impl DeviceAdapters {
             out.push(Factors {
                 layer: l,
                 proj: p,
-                a: m.a_f32().into_owned(),
-                b: m.b_f32().into_owned(),
+                a: m.a_f32(),
+                b: m.b_f32(),
                 rank: m.rank(),
                 scale: m.scale(),
             });
@@ -311,7 +313,7 @@ impl DeviceAdapters {
                 reason: format!("the ensemble {name} names no adapter"),
             });
         }
-        let mut by_module: std::collections::BTreeMap<(usize, usize), Vec<(Factors, f32)>> =
+        let mut by_module: std::collections::BTreeMap<(usize, usize), Vec<(Factors<'_>, f32)>> =
             std::collections::BTreeMap::new();
         for (j, &(adapter, weight)) in members.iter().enumerate() {
             if !weight.is_finite() {
@@ -346,8 +348,8 @@ impl DeviceAdapters {
                 Factors {
                     layer,
                     proj,
-                    a,
-                    b,
+                    a: Cow::Owned(a),
+                    b: Cow::Owned(b),
                     rank,
                     scale: 1.0,
                 }
@@ -362,7 +364,7 @@ impl DeviceAdapters {
         cfg: &ModelConfig,
         dtype: Dtype,
         name: &str,
-        modules: Vec<Factors>,
+        modules: Vec<Factors<'_>>,
         asynchronous: bool,
     ) -> Result<usize, GpuError> {
         // A replacement takes the slot of the adapter it replaces.

@@ -230,6 +230,7 @@ impl CudaRuntime {
                 message: e.to_string(),
             })?;
             let name = ctx.name().map_err(drv("cuDeviceGetName"))?;
+            let name = format!("{name} (cuda:{ordinal})");
             let funcs = load_kernels(&ctx).map_err(|e| GpuError::Driver {
                 op: "loading the kernels".into(),
                 message: e.to_string(),

@@ -129,6 +129,10 @@ pub struct GpuModel {
     part_len: usize,
     adapters: DeviceAdapters,
     scratch: HashMap<&'static str, Buffer>,
+    /// Whether any layer adds a bias to a projection (then each step needs `zero_ids`).
+    has_bias: bool,
+    /// Zero token ids for the bias gather, kept across steps and grown (never shrunk) with `t`.
+    zero_ids: Option<Buffer>,
 }
 
 /// Threads per block of the SGMV kernels.
@@ -397,6 +401,12 @@ impl GpuModel {
         let inv = rope_inv_freq(hd, cfg.rope_theta, cfg.rope_scaling);
         let inv_freq = Buffer::from_bytes(&rt, &Dtype::F32.encode(&inv))?;
         let adapters = DeviceAdapters::new(&rt, &cfg, opts.adapters)?;
+        let has_bias = layers.iter().any(|l| {
+            l.qkv_bias.is_some()
+                || l.o_bias.is_some()
+                || l.gate_up_bias.is_some()
+                || l.down_bias.is_some()
+        });
         Ok(Self {
             rt,
             cfg,
@@ -409,6 +419,8 @@ impl GpuModel {
             part_len: opts.attention_part_len,
             adapters,
             scratch: HashMap::new(),
+            has_bias,
+            zero_ids: None,
         })
     }
 
@@ -713,7 +725,8 @@ impl GpuModel {
                             .sum::<usize>()
                 })
                 .sum::<usize>();
-        let scratch = self.scratch.values().map(Buffer::len).sum();
+        let scratch = self.scratch.values().map(Buffer::len).sum::<usize>()
+            + self.zero_ids.as_ref().map_or(0, Buffer::len);
         MemoryUse {
             weights,
             scratch,
@@ -730,6 +743,23 @@ impl GpuModel {
             self.scratch.insert(name, Buffer::new(&self.rt, bytes)?);
         }
         Ok(self.scratch[name].ptr())
+    }
+
+    /// `rows` zero token ids on the device: written once, and again only when a step has more
+    /// rows than any before it.
+    fn zero_ids(&mut self, rows: usize) -> Result<DevicePtr, GpuError> {
+        let bytes = rows * 4;
+        match &self.zero_ids {
+            Some(b) if b.len() >= bytes => Ok(b.ptr()),
+            _ => {
+                // Free the old one first, so the peak is the larger buffer alone.
+                self.zero_ids = None;
+                let b = Buffer::from_bytes(&self.rt, &vec![0u8; bytes])?;
+                let p = b.ptr();
+                self.zero_ids = Some(b);
+                Ok(p)
+            }
+        }
     }
 
     /// A scratch buffer holding `data`.
@@ -1106,17 +1136,7 @@ impl GpuModel {
         } else {
             1.0
         };
-        let has_bias = self.layers.iter().any(|l| {
-            l.qkv_bias.is_some()
-                || l.o_bias.is_some()
-                || l.gate_up_bias.is_some()
-                || l.down_bias.is_some()
-        });
-        let zeros = if has_bias {
-            self.staged("zero_ids", &vec![0u8; t * 4])?
-        } else {
-            0
-        };
+        let zeros = if self.has_bias { self.zero_ids(t)? } else { 0 };
         // SAFETY: every buffer was sized above for `t` rows of this model; the metadata was
         // checked by `StepMeta::pack` (ids in the vocabulary, blocks in the pool, tables
         // covering every position); `zeros` holds `t` zero ids where a bias is added.

@@ -233,7 +233,7 @@ pub struct UploadId(pub u64);
 /// A device: memory, launches and GEMMs, in the order they are issued (one stream); and
 /// uploads on a copy stream of their own that overlap with them.
 pub trait Runtime: Send + Sync + std::fmt::Debug {
-    /// The device's name (`"NVIDIA H200"`, `"host emulation"`).
+    /// The device's name and ordinal (`"NVIDIA H200 (cuda:0)"`), or `"host emulation"`.
     fn device_name(&self) -> String;
 
     /// Allocates `bytes` (at least 256-byte aligned, contents undefined).

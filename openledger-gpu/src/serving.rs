@@ -36,6 +36,17 @@ enum Unresolved {
 }
 
 impl Unresolved {
+    /// The pool's refusal to give adapter `id`: unknown there, or failed to load.
+    fn from_pool(id: &AdapterId, e: PoolError) -> Self {
+        match e {
+            PoolError::UnknownId { .. } => Unresolved::Unknown,
+            other => Unresolved::Failed(GpuError::InvalidArgument {
+                name: "adapter",
+                reason: format!("adapter {id}: {other}"),
+            }),
+        }
+    }
+
     fn into_error(self, id: &AdapterId) -> GpuError {
         match self {
             Unresolved::Unknown => GpuError::InvalidArgument {
@@ -148,13 +159,7 @@ impl GpuPagedModel {
         let Some(pool) = &self.pool else {
             return Err(Unresolved::Unknown);
         };
-        pool.get(id).map_err(|e| match e {
-            PoolError::UnknownId { .. } => Unresolved::Unknown,
-            other => Unresolved::Failed(GpuError::InvalidArgument {
-                name: "adapter",
-                reason: format!("adapter {id}: {other}"),
-            }),
-        })
+        pool.get(id).map_err(|e| Unresolved::from_pool(id, e))
     }
 
     /// Whether `copy` is still what member `id` stands for.
@@ -219,13 +224,7 @@ impl GpuPagedModel {
         let Some(pool) = &self.pool else {
             return Err(Unresolved::Unknown);
         };
-        let adapter = pool.get(id).map_err(|e| match e {
-            PoolError::UnknownId { .. } => Unresolved::Unknown,
-            other => Unresolved::Failed(GpuError::InvalidArgument {
-                name: "adapter",
-                reason: format!("adapter {id}: {other}"),
-            }),
-        })?;
+        let adapter = pool.get(id).map_err(|e| Unresolved::from_pool(id, e))?;
         self.make_room_and(keep, |m| {
             if asynchronous {
                 m.attach_adapter_async(id.as_str(), &adapter)
