@@ -13,6 +13,7 @@
 #include "layers.cu"
 #include "rope_kv.cu"
 #include "attention.cu"
+#include "prefill.cu"
 #include "sample.cu"
 
 #include <cstring>
@@ -51,7 +52,11 @@ struct Entry {
         ENTRY(bgmv_expand_##D), ENTRY(embed_##D), ENTRY(rms_norm_##D), ENTRY(gated_##D),        \
         ENTRY(rope_kv_##D), ENTRY(attention_##D), ENTRY(attention_reduce_##D), ENTRY(sample_##D)
 
-const Entry ENTRIES_TABLE[] = {ENTRIES(f32), ENTRIES(f16), ENTRIES(bf16)};
+const Entry ENTRIES_TABLE[] = {ENTRIES(f32),
+                                ENTRIES(f16),
+                                ENTRIES(bf16),
+                                ENTRY(prefill_attention_f16),
+                                ENTRY(prefill_attention_bf16)};
 
 }  // namespace
 

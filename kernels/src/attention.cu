@@ -11,6 +11,9 @@
 // warps' results are merged in shared memory. With one part the block writes the output row;
 // with several it writes the part's maximum, sum and unnormalised sum of values, which
 // attention_reduce merges. grid (rows, heads, parts), ATTN_THREADS threads; hd ≤ 256.
+//
+// `rows`, when not null, names the rows to compute: block x takes row rows[x] (the others are
+// left as they are, for prefill.cu's tiles); the parts' statistics are indexed by x.
 
 #define ATTN_THREADS 128
 #define ATTN_WARPS (ATTN_THREADS / 32)
@@ -25,12 +28,12 @@ __device__ void attention_impl(typename E::T* __restrict__ out, i64 out_ld,
                                const int* __restrict__ pos, int kv_heads, int group, int head_dim,
                                int block_size, float scale, int window, int part_len,
                                float* __restrict__ part_m, float* __restrict__ part_l,
-                               float* __restrict__ part_acc) {
+                               float* __restrict__ part_acc, const int* __restrict__ rows) {
     __shared__ float qs[ATTN_MAX_HD];
     __shared__ float wm[ATTN_WARPS];
     __shared__ float wl[ATTN_WARPS];
     __shared__ float wacc[ATTN_WARPS][ATTN_MAX_HD];
-    const int r = blockIdx.x;
+    const int r = rows != nullptr ? rows[blockIdx.x] : (int)blockIdx.x;
     const int h = blockIdx.y;
     const int part = blockIdx.z;
     const int parts = gridDim.z;
@@ -83,7 +86,7 @@ __device__ void attention_impl(typename E::T* __restrict__ out, i64 out_ld,
     for (int w = 0; w < ATTN_WARPS; ++w) {
         if (wl[w] > 0.0f) ll += wl[w] * expf(wm[w] - mm);
     }
-    const i64 at = ((i64)r * gridDim.y + h) * parts + part;
+    const i64 at = ((i64)blockIdx.x * gridDim.y + h) * parts + part;
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
         float a = 0.0f;
         for (int w = 0; w < ATTN_WARPS; ++w) {
@@ -101,16 +104,16 @@ __device__ void attention_impl(typename E::T* __restrict__ out, i64 out_ld,
     }
 }
 
-// Merges the parts of attention_impl: grid (rows, heads), any block size.
+// Merges the parts of attention_impl: grid (rows, heads), any block size; `rows` as there.
 template <typename E>
 __device__ void attention_reduce_impl(typename E::T* __restrict__ out, i64 out_ld,
                                       const float* __restrict__ part_m,
                                       const float* __restrict__ part_l,
                                       const float* __restrict__ part_acc, int parts,
-                                      int head_dim) {
-    const int r = blockIdx.x;
+                                      int head_dim, const int* __restrict__ rows) {
+    const int r = rows != nullptr ? rows[blockIdx.x] : (int)blockIdx.x;
     const int h = blockIdx.y;
-    const i64 base = ((i64)r * gridDim.y + h) * parts;
+    const i64 base = ((i64)blockIdx.x * gridDim.y + h) * parts;
     float mm = NEG_INF;
     for (int i = 0; i < parts; ++i) mm = fmaxf(mm, part_m[base + i]);
     float ll = 0.0f;
@@ -133,17 +136,17 @@ __device__ void attention_reduce_impl(typename E::T* __restrict__ out, i64 out_l
         E::T* out, i64 out_ld, const E::T* q, i64 q_ld, const E::T* k_cache,                    \
         const E::T* v_cache, const int* tables, const i64* table_off, const int* pos,           \
         int kv_heads, int group, int head_dim, int block_size, float scale, int window,         \
-        int part_len, float* part_m, float* part_l, float* part_acc) {                          \
+        int part_len, float* part_m, float* part_l, float* part_acc, const int* rows) {         \
         attention_impl<E>(out, out_ld, q, q_ld, k_cache, v_cache, tables, table_off, pos,       \
                           kv_heads, group, head_dim, block_size, scale, window, part_len,       \
-                          part_m, part_l, part_acc);                                            \
+                          part_m, part_l, part_acc, rows);                                      \
     }                                                                                           \
     extern "C" __global__ void attention_reduce_##NAME(E::T* out, i64 out_ld,                   \
                                                        const float* part_m,                     \
                                                        const float* part_l,                     \
                                                        const float* part_acc, int parts,        \
-                                                       int head_dim) {                          \
-        attention_reduce_impl<E>(out, out_ld, part_m, part_l, part_acc, parts, head_dim);       \
+                                                       int head_dim, const int* rows) {         \
+        attention_reduce_impl<E>(out, out_ld, part_m, part_l, part_acc, parts, head_dim, rows); \
     }
 
 ATTENTION_KERNELS(f32, F32)

@@ -7,7 +7,7 @@
 
 use crate::error::KernelError;
 use crate::image::Image;
-use crate::sources::{DTYPES, SOURCES, entry_points, program};
+use crate::sources::{SOURCES, dtypes, entry_points, program};
 use cudarc::nvrtc::{result, sys};
 use std::collections::HashMap;
 use std::ffi::{CStr, CString, c_char};
@@ -125,7 +125,7 @@ fn compile_program(file: &str, arch: &str, cubin: bool) -> Result<Image, KernelE
         image
     }?;
     for entry in entry_points(file) {
-        for d in DTYPES {
+        for d in dtypes(file) {
             let name = format!("{entry}_{d}");
             if !out.defines(&name) {
                 return Err(call(format!(

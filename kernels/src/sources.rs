@@ -13,11 +13,23 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("layers.cu", include_str!("layers.cu")),
     ("rope_kv.cu", include_str!("rope_kv.cu")),
     ("attention.cu", include_str!("attention.cu")),
+    ("prefill.cu", include_str!("prefill.cu")),
     ("sample.cu", include_str!("sample.cu")),
 ];
 
-/// The dtypes every kernel is instantiated for, as suffixes of the entry point names.
+/// The dtypes the kernels are instantiated for, as suffixes of the entry point names.
 pub const DTYPES: &[&str] = &["f32", "f16", "bf16"];
+
+/// The 16-bit dtypes, the only ones of the tensor-core kernels (`prefill.cu`).
+pub const HALF_DTYPES: &[&str] = &["f16", "bf16"];
+
+/// The dtypes the entry points of program `file` are instantiated for.
+pub fn dtypes(file: &str) -> &'static [&'static str] {
+    match file {
+        "prefill.cu" => HALF_DTYPES,
+        _ => DTYPES,
+    }
+}
 
 /// The `extern "C"` entry points each program defines (before the dtype suffix).
 pub fn entry_points(file: &str) -> &'static [&'static str] {
@@ -27,6 +39,7 @@ pub fn entry_points(file: &str) -> &'static [&'static str] {
         "layers.cu" => &["embed", "rms_norm", "gated"],
         "rope_kv.cu" => &["rope_kv"],
         "attention.cu" => &["attention", "attention_reduce"],
+        "prefill.cu" => &["prefill_attention"],
         "sample.cu" => &["sample"],
         _ => &[],
     }
@@ -45,7 +58,10 @@ pub fn program(file: &str) -> Option<String> {
 pub fn all_kernel_names() -> Vec<String> {
     SOURCES
         .iter()
-        .flat_map(|(file, _)| entry_points(file).iter())
-        .flat_map(|e| DTYPES.iter().map(move |d| format!("{e}_{d}")))
+        .flat_map(|(file, _)| {
+            entry_points(file)
+                .iter()
+                .flat_map(move |e| dtypes(file).iter().map(move |d| format!("{e}_{d}")))
+        })
         .collect()
 }

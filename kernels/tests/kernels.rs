@@ -61,7 +61,7 @@ mod nvrtc {
                     "{arch} {file}: a cubin for sm_, PTX else"
                 );
                 for entry in entry_points(file) {
-                    for d in sources::DTYPES {
+                    for d in sources::dtypes(file) {
                         let name = format!("{entry}_{d}");
                         assert!(image.defines(&name), "{arch} {file}: no {name}");
                     }

@@ -375,6 +375,53 @@ fn run() -> Result<(), String> {
                 .collect()
         })
         .collect();
+    // Prefill attention: one step of prompts (as many as a prefill step takes), in tiles on
+    // the tensor cores against row by row; the best of three runs each.
+    if model.prefill_kernel_applies() {
+        let n = (s.prefill_tokens / s.prompt).clamp(1, c);
+        let batch = StepBatch {
+            seqs: (0..n)
+                .map(|i| StepSeq {
+                    request: RequestId(i as u64),
+                    seq: SeqId(i as u64),
+                    tokens: prompts[i].clone(),
+                    start_pos: 0,
+                    adapter: None,
+                    block_table: ((i * blocks_per) as u32..((i + 1) * blocks_per) as u32).collect(),
+                    needs_logits: true,
+                })
+                .collect(),
+        };
+        let configured = model.prefill_min_rows();
+        let mut best = |model: &mut GpuModel, min_rows: usize| -> Result<f64, String> {
+            model.set_prefill_min_rows(min_rows);
+            let mut ms = f64::INFINITY;
+            for _ in 0..3 {
+                let t = Instant::now();
+                model.forward(&batch, &mut kv).map_err(|e| e.to_string())?;
+                rt.synchronize().map_err(|e| e.to_string())?;
+                ms = ms.min(t.elapsed().as_secs_f64() * 1e3);
+            }
+            Ok(ms)
+        };
+        let tiles = best(&mut model, 1)?;
+        let rows = best(&mut model, 0)?;
+        model.set_prefill_min_rows(configured);
+        r.figure(
+            &format!("prefill_step_ms_{n}x{}_tensor_core_tiles", s.prompt),
+            tiles,
+        );
+        r.figure(
+            &format!("prefill_step_ms_{n}x{}_row_kernel", s.prompt),
+            rows,
+        );
+        r.ratio(
+            "prefill_step_speedup_tiles_vs_rows",
+            rows,
+            tiles,
+            "> 1 (the same step, attention in tiles)",
+        );
+    }
     // Mixed batches with D distinct adapters.
     let mut curve = Vec::new();
     let mut one_adapter_tps = 0.0;

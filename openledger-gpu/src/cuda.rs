@@ -190,6 +190,8 @@ pub struct CudaRuntime {
     blas: BlasHandle,
     sync: bool,
     name: String,
+    /// Compute capability 8.0 or later.
+    tensor_cores: bool,
     copies: Mutex<Copies>,
 }
 
@@ -231,6 +233,9 @@ impl CudaRuntime {
             })?;
             let name = ctx.name().map_err(drv("cuDeviceGetName"))?;
             let name = format!("{name} (cuda:{ordinal})");
+            let (major, _) = ctx
+                .compute_capability()
+                .map_err(drv("cuDeviceGetAttribute"))?;
             let funcs = load_kernels(&ctx).map_err(|e| GpuError::Driver {
                 op: "loading the kernels".into(),
                 message: e.to_string(),
@@ -246,6 +251,7 @@ impl CudaRuntime {
                 blas: BlasHandle(handle),
                 sync: std::env::var("OPENLEDGER_CUDA_SYNC").is_ok_and(|v| v == "1"),
                 name,
+                tensor_cores: major >= 8,
                 copies: Mutex::new(Copies::default()),
             })
         })
@@ -288,6 +294,10 @@ fn blas_type(d: Dtype) -> blas::cudaDataType {
 impl Runtime for CudaRuntime {
     fn device_name(&self) -> String {
         self.name.clone()
+    }
+
+    fn tensor_cores(&self) -> bool {
+        self.tensor_cores
     }
 
     fn alloc(&self, bytes: usize) -> Result<DevicePtr, GpuError> {

@@ -26,7 +26,8 @@ use crate::serving::GpuPagedModel;
 use openledger_core::error::Classify;
 use openledger_lora::adapter::LoraAdapter;
 use openledger_lora::model::{
-    LoadProgress, ServableModel, ServeOptions, ServedError, ServedModel, Tokenizer, WeightFormat,
+    GgufFile, LoadProgress, ServableModel, ServeOptions, ServedError, ServedModel, Tokenizer,
+    WeightFormat,
 };
 use openledger_lora::pool::{AdapterId, AdapterPool};
 use openledger_lora::serve::{KvDtype, KvLayout};
@@ -147,20 +148,58 @@ pub fn serve(
         Device::Cuda(n) => n,
     };
     let fail = |e| device_error(device, e);
-    let dtype = gpu_dtype(options.weights).map_err(fail)?;
+    let opts = gpu_options(options).map_err(fail)?;
     let rt = crate::cuda_runtime(ordinal).map_err(fail)?;
-    let opts = GpuOptions {
-        dtype,
+    let tokenizer = Tokenizer::in_model_dir(model_dir)?.map(Arc::new);
+    let model = load_model(rt, model_dir, opts, progress).map_err(fail)?;
+    serve_model(model, tokenizer, model_dir, pool, options)
+}
+
+/// The GPU model's options for a served model's: the weights' type and the device tier of
+/// adapters.
+fn gpu_options(options: &ServeOptions) -> Result<GpuOptions, GpuError> {
+    Ok(GpuOptions {
+        dtype: gpu_dtype(options.weights)?,
         adapters: AdapterBudget {
             slots: options.device_adapter_slots,
             slab_bytes: options.device_adapter_bytes,
             ..AdapterBudget::default()
         },
         ..GpuOptions::default()
+    })
+}
+
+/// Loads the llama-family GGUF file `path` onto `device` and starts its engine, with the
+/// file's tokenizer: on [`Device::Cpu`], the CPU model in the format `options.weights` asks
+/// for ([`GgufFile::to_model_with_format`]); on [`Device::Cuda`], [`GpuModel::from_gguf`]
+/// (the tensors dequantized on the host one at a time and copied in the type
+/// `options.weights` asks for: f32 by default; `stored`, the embedding's type, f16 where the
+/// file is quantized). The device is opened before the file is read. `progress` sees each
+/// tensor as it is read.
+pub fn serve_gguf(
+    path: &Path,
+    device: Device,
+    pool: Option<AdapterPool>,
+    options: &ServeOptions,
+    progress: &mut dyn FnMut(LoadProgress),
+) -> Result<ServedModel, ServedError> {
+    let mut report = |done, total| progress(LoadProgress::LayerBuilt { done, total });
+    let ordinal = match device {
+        Device::Cpu => {
+            let file = GgufFile::open(path)?;
+            let tokenizer = Arc::new(file.tokenizer()?);
+            let model = file.to_model_with_format(options.weights, &mut report)?;
+            return ServedModel::start(model, Some(tokenizer), path, pool, options);
+        }
+        Device::Cuda(n) => n,
     };
-    let tokenizer = Tokenizer::in_model_dir(model_dir)?.map(Arc::new);
-    let model = load_model(rt, model_dir, opts, progress).map_err(fail)?;
-    serve_model(model, tokenizer, model_dir, pool, options)
+    let fail = |e| device_error(device, e);
+    let opts = gpu_options(options).map_err(fail)?;
+    let rt = crate::cuda_runtime(ordinal).map_err(fail)?;
+    let file = GgufFile::open(path)?;
+    let tokenizer = Arc::new(file.tokenizer()?);
+    let model = GpuModel::from_gguf(rt, &file, opts, &mut report).map_err(fail)?;
+    serve_model(model, Some(tokenizer), path, pool, options)
 }
 
 /// [`GpuModel::load`] reporting each tensor copied as [`LoadProgress::LayerBuilt`].

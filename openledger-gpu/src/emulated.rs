@@ -139,6 +139,25 @@ impl EmulatedRuntime {
 ///
 /// # Safety
 /// `p` holds at least `i + 1` elements of `dtype`.
+/// `Σ a[l]·b[l]` in f32, in eight running sums (an order of summation as good as the device's,
+/// which promises none).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 unsafe fn load(p: DevicePtr, i: usize, dtype: Dtype) -> f32 {
     // SAFETY: as the caller promises; reads unaligned, so any address is fine.
     unsafe {
@@ -176,6 +195,10 @@ unsafe fn store(p: DevicePtr, i: usize, dtype: Dtype, v: f32) {
 impl Runtime for EmulatedRuntime {
     fn device_name(&self) -> String {
         "host emulation".into()
+    }
+
+    fn tensor_cores(&self) -> bool {
+        true
     }
 
     fn alloc(&self, bytes: usize) -> Result<DevicePtr, GpuError> {
@@ -326,27 +349,52 @@ impl Runtime for EmulatedRuntime {
     }
 
     unsafe fn gemm(&self, g: &Gemm) -> Result<(), GpuError> {
+        use rayon::prelude::*;
         g.check()?;
-        let mut row = vec![0f32; g.n];
-        for i in 0..g.m {
-            for (j, out) in row.iter_mut().enumerate() {
-                let mut acc = 0f32;
-                for l in 0..g.k {
-                    // SAFETY: the caller promises the matrices hold what the shape implies.
-                    acc = unsafe {
-                        load(g.x, i * g.ldx + l, g.dtype)
-                            .mul_add(load(g.w, j * g.ldw + l, g.dtype), acc)
-                    };
-                }
-                if g.accumulate {
-                    // SAFETY: as above.
-                    acc += unsafe { load(g.y, i * g.ldy + j, g.dtype) };
-                }
-                *out = acc;
+        // x's rows as f32, once; then the output's columns in chunks over the host's cores,
+        // each chunk's rows of w widened once and run against every row of x.
+        const COLS: usize = 64;
+        let (m, k) = (g.m, g.k);
+        let mut x = vec![0f32; m * k];
+        for (i, row) in x.chunks_exact_mut(k).enumerate() {
+            for (l, v) in row.iter_mut().enumerate() {
+                // SAFETY: the caller promises the matrices hold what the shape implies.
+                *v = unsafe { load(g.x, i * g.ldx + l, g.dtype) };
             }
-            for (j, &v) in row.iter().enumerate() {
-                // SAFETY: as above.
-                unsafe { store(g.y, i * g.ldy + j, g.dtype, v) };
+        }
+        let chunks: Vec<(usize, Vec<f32>)> = (0..g.n)
+            .step_by(COLS)
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .map(|j0| {
+                let cols = COLS.min(g.n - j0);
+                let mut out = vec![0f32; m * cols];
+                let mut w = vec![0f32; k];
+                for c in 0..cols {
+                    for (l, v) in w.iter_mut().enumerate() {
+                        // SAFETY: as above.
+                        *v = unsafe { load(g.w, (j0 + c) * g.ldw + l, g.dtype) };
+                    }
+                    for (i, xr) in x.chunks_exact(k).enumerate() {
+                        out[i * cols + c] = dot(xr, &w);
+                    }
+                }
+                (j0, out)
+            })
+            .collect();
+        for (j0, out) in chunks {
+            let cols = out.len() / m.max(1);
+            for i in 0..m {
+                for c in 0..cols {
+                    let at = i * g.ldy + j0 + c;
+                    let mut v = out[i * cols + c];
+                    if g.accumulate {
+                        // SAFETY: as above.
+                        v += unsafe { load(g.y, at, g.dtype) };
+                    }
+                    // SAFETY: as above.
+                    unsafe { store(g.y, at, g.dtype, v) };
+                }
             }
         }
         Ok(())

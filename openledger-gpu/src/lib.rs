@@ -44,7 +44,9 @@ mod serving;
 pub use adapters::{AdapterBudget, adapter_bytes};
 #[cfg(feature = "cuda")]
 pub use cuda::{CudaRuntime, cublas_available};
-pub use device::{Device, UnknownDevice, device_error, gpu_dtype, load_model, serve, serve_model};
+pub use device::{
+    Device, UnknownDevice, device_error, gpu_dtype, load_model, serve, serve_gguf, serve_model,
+};
 pub use emulated::EmulatedRuntime;
 pub use error::GpuError;
 pub use kv::{DeviceKvStorage, DeviceSwapped};

@@ -22,6 +22,31 @@ pub struct StepMeta {
     pub logit_rows: Vec<i32>,
     /// The longest stretch of keys one row attends to (its position + 1, or the window).
     pub max_span: usize,
+    /// Each sequence's first row and row count (its rows are consecutive, at consecutive
+    /// positions).
+    pub seqs: Vec<(usize, usize)>,
+    /// The window `pack` was given.
+    pub window: Option<usize>,
+}
+
+/// Which rows the attention of a step computes how: sequences with many rows (prompts) in
+/// tiles of the tensor-core prefill kernel, the others row by row.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AttentionPlan {
+    /// `(first row, rows)` of each tile, flattened: rows of one sequence, at most the tile size.
+    pub tiles: Vec<i32>,
+    /// The rows the row kernel takes, in order.
+    pub rows: Vec<i32>,
+    /// The longest stretch of keys one of `rows` attends to (what its split over the context
+    /// is sized for).
+    pub rows_span: usize,
+}
+
+impl AttentionPlan {
+    /// Tiles in the plan.
+    pub fn num_tiles(&self) -> usize {
+        self.tiles.len() / 2
+    }
 }
 
 impl StepMeta {
@@ -36,7 +61,10 @@ impl StepMeta {
         num_blocks: usize,
         window: Option<usize>,
     ) -> Result<Self, GpuError> {
-        let mut m = StepMeta::default();
+        let mut m = StepMeta {
+            window,
+            ..StepMeta::default()
+        };
         let rows = batch.num_tokens();
         if rows == 0 || rows > i32::MAX as usize {
             return Err(GpuError::InvalidArgument {
@@ -79,6 +107,7 @@ impl StepMeta {
                 )));
             }
             let off = m.tables.len() as i64;
+            m.seqs.push((m.ids.len(), s.tokens.len()));
             m.tables.extend(s.block_table.iter().map(|&b| b as i32));
             for (i, &t) in s.tokens.iter().enumerate() {
                 let pos = s.start_pos + i;
@@ -99,6 +128,32 @@ impl StepMeta {
     }
 }
 
+impl StepMeta {
+    /// Splits the rows between the two attention kernels: every sequence of at least
+    /// `min_rows` rows (`0`: none) goes to the prefill kernel in tiles of up to `tile_rows`
+    /// rows; the others' rows to the row kernel.
+    pub fn attention_plan(&self, tile_rows: usize, min_rows: usize) -> AttentionPlan {
+        let mut plan = AttentionPlan::default();
+        let tile_rows = tile_rows.max(1);
+        for &(first, n) in &self.seqs {
+            if min_rows > 0 && n >= min_rows {
+                for at in (0..n).step_by(tile_rows) {
+                    plan.tiles.push((first + at) as i32);
+                    plan.tiles.push((n - at).min(tile_rows) as i32);
+                }
+            } else {
+                for r in first..first + n {
+                    plan.rows.push(r as i32);
+                    let pos = self.positions[r] as usize;
+                    let span = self.window.map_or(pos + 1, |w| w.min(pos + 1));
+                    plan.rows_span = plan.rows_span.max(span);
+                }
+            }
+        }
+        plan
+    }
+}
+
 /// Little-endian bytes of `i32`s.
 pub(crate) fn i32_bytes(v: &[i32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
@@ -107,4 +162,53 @@ pub(crate) fn i32_bytes(v: &[i32]) -> Vec<u8> {
 /// Little-endian bytes of `i64`s.
 pub(crate) fn i64_bytes(v: &[i64]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openledger_lora::serve::{RequestId, SeqId, StepSeq};
+
+    fn seq(id: u64, len: usize, start_pos: usize) -> StepSeq {
+        StepSeq {
+            request: RequestId(id),
+            seq: SeqId(id),
+            tokens: vec![1; len],
+            start_pos,
+            adapter: None,
+            block_table: (0..(start_pos + len).div_ceil(4) as u32).collect(),
+            needs_logits: true,
+        }
+    }
+
+    #[test]
+    fn prompts_go_to_tiles_and_the_rest_row_by_row() {
+        // A decode row at 40, a 150-row chunk from 10, a 15-row chunk, a 16-row prompt.
+        let batch = StepBatch {
+            seqs: vec![seq(0, 1, 40), seq(1, 150, 10), seq(2, 15, 0), seq(3, 16, 0)],
+        };
+        let m = StepMeta::pack(&batch, 2, 4, 100, None).unwrap();
+        assert_eq!(m.seqs, vec![(0, 1), (1, 150), (151, 15), (166, 16)]);
+        let plan = m.attention_plan(64, 16);
+        assert_eq!(plan.tiles, vec![1, 64, 65, 64, 129, 22, 166, 16]);
+        assert_eq!(plan.num_tiles(), 4);
+        let mut rows = vec![0];
+        rows.extend(151..166);
+        assert_eq!(plan.rows, rows);
+        assert_eq!(plan.rows_span, 41, "the decode row at 40 sees 41 keys");
+        // 0: every row by rows, and the span is the step's.
+        let all = m.attention_plan(64, 0);
+        assert!(all.tiles.is_empty());
+        assert_eq!(all.rows, (0..182).collect::<Vec<i32>>());
+        assert_eq!(all.rows_span, m.max_span);
+        assert_eq!(m.max_span, 160);
+        // A window bounds the span.
+        let windowed = StepMeta::pack(&batch, 2, 4, 100, Some(8)).unwrap();
+        assert_eq!(windowed.attention_plan(64, 16).rows_span, 8);
+        // Every sequence tiled: no row left for the row kernel.
+        let tiled = m.attention_plan(64, 1);
+        assert!(tiled.rows.is_empty());
+        assert_eq!(tiled.rows_span, 0);
+        assert_eq!(tiled.num_tiles(), 6);
+    }
 }

@@ -8,8 +8,9 @@
 //! only the rows that need logits go through the output head.
 //!
 //! Per layer: RMSNorm (fused with the residual add of the layer before), one GEMM for q|k|v,
-//! RoPE fused with the write of k and v into the cache, paged attention (GQA, sliding window,
-//! split over the context when long), the output GEMM, RMSNorm fused with the residual, one
+//! RoPE fused with the write of k and v into the cache, paged attention (GQA, sliding window;
+//! a prompt's rows in tiles on the tensor cores, flash-attention-2 style, where the type is
+//! f16 / bf16; other rows one by one, split over the context when long), the output GEMM, RMSNorm fused with the residual, one
 //! GEMM for gate|up, the gated activation, the down GEMM. Biases (Qwen2's q/k/v, Llama's
 //! `attention_bias` and `mlp_bias`) are copied into the GEMM's output rows first and the GEMM
 //! accumulates onto them; Gemma's norms scale by `1 + w` and its embeddings by √hidden.
@@ -22,7 +23,7 @@ use crate::meta::{StepMeta, i32_bytes, i64_bytes};
 use crate::runtime::{Arg, Buffer, DevicePtr, Dtype, Gemm, LaunchDims, Runtime};
 use openledger_lora::adapter::LoraAdapter;
 use openledger_lora::model::ops::rope_inv_freq;
-use openledger_lora::model::{Activation, Architecture, ModelConfig};
+use openledger_lora::model::{Activation, Architecture, GgmlType, GgufFile, ModelConfig};
 use openledger_lora::serve::{KvLayout, Sampler, SamplingParams, StepBatch};
 use openledger_lora::sgmv::{LaunchTiles, SgmvPlan};
 use std::borrow::Cow;
@@ -38,6 +39,12 @@ const ROPE_THREADS: u32 = 128;
 const ATTN_THREADS: u32 = 128;
 /// The largest head the attention kernel holds (`ATTN_MAX_HD`).
 const ATTN_MAX_HD: usize = 256;
+/// Threads per block of the prefill attention kernel (`PF_THREADS` in prefill.cu).
+const PREFILL_THREADS: u32 = 128;
+/// Query rows per tile of the prefill attention kernel (`PF_ROWS`).
+const PREFILL_ROWS: usize = 64;
+/// The largest head the prefill attention kernel holds (`PF_MAX_HD`).
+const PREFILL_MAX_HD: usize = 128;
 
 /// Gives a tensor's bytes in the model's type by name and shape.
 type TensorSource<'a> = dyn FnMut(&str, &[usize]) -> Result<Cow<'a, [u8]>, GpuError> + 'a;
@@ -71,6 +78,12 @@ pub struct GpuOptions {
     pub attention_part_len: usize,
     /// Device memory for adapters.
     pub adapters: AdapterBudget,
+    /// A sequence with at least this many rows in a step (a prompt, or a chunk of one) has its
+    /// attention computed on the tensor cores, in tiles of 64 rows that read each key once per
+    /// tile; `0`: never. Only where that kernel applies (f16 or bf16, a head size that is a
+    /// multiple of 16 up to 128, a device of compute capability 8.0 or later); elsewhere every
+    /// row takes the row kernel.
+    pub prefill_min_rows: usize,
 }
 
 impl Default for GpuOptions {
@@ -79,6 +92,7 @@ impl Default for GpuOptions {
             dtype: None,
             attention_part_len: 512,
             adapters: AdapterBudget::default(),
+            prefill_min_rows: 16,
         }
     }
 }
@@ -127,6 +141,8 @@ pub struct GpuModel {
     lm_head: Option<Buffer>,
     inv_freq: Buffer,
     part_len: usize,
+    /// `GpuOptions::prefill_min_rows` where the prefill kernel applies, else 0.
+    prefill_min_rows: usize,
     adapters: DeviceAdapters,
     scratch: HashMap<&'static str, Buffer>,
     /// Whether any layer adds a bias to a projection (then each step needs `zero_ids`).
@@ -234,6 +250,51 @@ impl GpuModel {
         // Stored bytes straight from the map (into the pinned staging), converted ones owned.
         let mut source = |key: &str, shape: &[usize]| -> Result<Cow<'_, [u8]>, GpuError> {
             ck.tensor(key, shape)?.bytes_as(key, dtype)
+        };
+        Self::build(rt, cfg, dtype, opts, &mut source, progress)
+    }
+
+    /// Loads a llama-family GGUF file onto `rt`: each tensor dequantized to f32 on the host as
+    /// the CPU model reads it (llama.cpp's Q/K permutation undone), converted to the model's
+    /// type and copied, one at a time, reporting each as `(done, total)`. The type is
+    /// `opts.dtype`, or else the embedding's where the file stores it as f32, f16 or bf16, and
+    /// f16 where it is quantized (the values of Q8_0, Q4_1 … rounded once to f16).
+    pub fn from_gguf(
+        rt: Arc<dyn Runtime>,
+        file: &GgufFile,
+        opts: GpuOptions,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self, GpuError> {
+        let cfg = file.model_config()?;
+        check_supported(&cfg)?;
+        let dtype = match opts.dtype {
+            Some(d) => d,
+            None => match file
+                .tensors()
+                .iter()
+                .find(|t| t.name == "token_embd.weight")
+                .map(|t| t.ggml_type)
+            {
+                Some(GgmlType::F32) => Dtype::F32,
+                Some(GgmlType::BF16) => Dtype::Bf16,
+                _ => Dtype::F16,
+            },
+        };
+        let mut source = move |key: &str, shape: &[usize]| -> Result<Cow<'_, [u8]>, GpuError> {
+            let weight = |reason: String| GpuError::Weight {
+                key: key.to_string(),
+                reason,
+            };
+            let (_, got, values) = file
+                .hf_tensor_f32(key)?
+                .ok_or_else(|| weight("not in the GGUF file".into()))?;
+            if got != shape {
+                return Err(weight(format!("shape {got:?}, the model needs {shape:?}")));
+            }
+            if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                return Err(weight(format!("value {i} is {}", values[i])));
+            }
+            Ok(Cow::Owned(dtype.encode(&values)))
         };
         Self::build(rt, cfg, dtype, opts, &mut source, progress)
     }
@@ -407,7 +468,7 @@ impl GpuModel {
                 || l.gate_up_bias.is_some()
                 || l.down_bias.is_some()
         });
-        Ok(Self {
+        let mut model = Self {
             rt,
             cfg,
             dtype,
@@ -417,11 +478,14 @@ impl GpuModel {
             lm_head,
             inv_freq,
             part_len: opts.attention_part_len,
+            prefill_min_rows: 0,
             adapters,
             scratch: HashMap::new(),
             has_bias,
             zero_ids: None,
-        })
+        };
+        model.set_prefill_min_rows(opts.prefill_min_rows);
+        Ok(model)
     }
 
     /// Copies `adapter` to the device and serves batches naming `name` with it (a later
@@ -668,6 +732,32 @@ impl GpuModel {
     /// The type weights, activations and the cache are held in.
     pub fn dtype(&self) -> Dtype {
         self.dtype
+    }
+
+    /// Whether the tensor-core prefill attention applies to this model on this device (f16 or
+    /// bf16, a head size that is a multiple of 16 up to 128, compute capability 8.0 or later).
+    pub fn prefill_kernel_applies(&self) -> bool {
+        self.dtype != Dtype::F32
+            && self.cfg.head_dim.is_multiple_of(16)
+            && self.cfg.head_dim <= PREFILL_MAX_HD
+            && self.rt.tensor_cores()
+    }
+
+    /// The fewest rows a sequence needs in a step to take the tensor-core prefill attention
+    /// (see [`GpuOptions::prefill_min_rows`]); 0 when it never does.
+    pub fn prefill_min_rows(&self) -> usize {
+        self.prefill_min_rows
+    }
+
+    /// Sets [`prefill_min_rows`](Self::prefill_min_rows) (0: every row takes the row kernel);
+    /// kept at 0 where the kernel does not apply. Returns the value now in force.
+    pub fn set_prefill_min_rows(&mut self, rows: usize) -> usize {
+        self.prefill_min_rows = if self.prefill_kernel_applies() {
+            rows
+        } else {
+            0
+        };
+        self.prefill_min_rows
     }
 
     /// The runtime it runs on.
@@ -1105,7 +1195,22 @@ impl GpuModel {
         let (nh, nkv) = (cfg.num_heads, cfg.num_kv_heads);
         let (q_out, kv_out) = (nh * hd, nkv * hd);
         let width = q_out + 2 * kv_out;
-        let parts = meta.max_span.div_ceil(self.part_len).max(1);
+        let plan = meta.attention_plan(PREFILL_ROWS, self.prefill_min_rows);
+        // The row kernel's rows (all, or a map of those the tiles leave) and its split.
+        let (row_grid, row_map, span) = if plan.tiles.is_empty() {
+            (t, 0, meta.max_span)
+        } else if plan.rows.is_empty() {
+            (0, 0, 0)
+        } else {
+            let map = self.staged("attention_rows", &i32_bytes(&plan.rows))?;
+            (plan.rows.len(), map, plan.rows_span)
+        };
+        let tiles = if plan.tiles.is_empty() {
+            0
+        } else {
+            self.staged("prefill_tiles", &i32_bytes(&plan.tiles))?
+        };
+        let parts = span.div_ceil(self.part_len).max(1);
         let ids = self.staged("ids", &i32_bytes(&meta.ids))?;
         let pos = self.staged("positions", &i32_bytes(&meta.positions))?;
         let slots = self.staged("slots", &i64_bytes(&meta.slots))?;
@@ -1182,46 +1287,65 @@ impl GpuModel {
                     ],
                 )?;
                 let window = cfg.layer_window(l).map_or(0, |w| w.min(i32::MAX as usize));
-                self.launch(
-                    "attention",
-                    (rows, nh as u32, parts as u32),
-                    ATTN_THREADS,
-                    &[
-                        Arg::Ptr(attn),
-                        Arg::I64(q_out as i64),
-                        Arg::Ptr(qkv),
-                        Arg::I64(width as i64),
-                        Arg::Ptr(kv.layer(l).0.ptr()),
-                        Arg::Ptr(kv.layer(l).1.ptr()),
-                        Arg::Ptr(tables),
-                        Arg::Ptr(toff),
-                        Arg::Ptr(pos),
-                        Arg::I32(nkv as i32),
-                        Arg::I32((nh / nkv) as i32),
-                        Arg::I32(hd as i32),
-                        Arg::I32(block_size as i32),
-                        Arg::F32(scale),
-                        Arg::I32(window as i32),
+                let (k_cache, v_cache) = (kv.layer(l).0.ptr(), kv.layer(l).1.ptr());
+                // The arguments both attention kernels begin with.
+                let head = [
+                    Arg::Ptr(attn),
+                    Arg::I64(q_out as i64),
+                    Arg::Ptr(qkv),
+                    Arg::I64(width as i64),
+                    Arg::Ptr(k_cache),
+                    Arg::Ptr(v_cache),
+                    Arg::Ptr(tables),
+                    Arg::Ptr(toff),
+                    Arg::Ptr(pos),
+                ];
+                let shape = [
+                    Arg::I32(nkv as i32),
+                    Arg::I32((nh / nkv) as i32),
+                    Arg::I32(hd as i32),
+                    Arg::I32(block_size as i32),
+                    Arg::F32(scale),
+                    Arg::I32(window as i32),
+                ];
+                if row_grid > 0 {
+                    let tail = [
                         Arg::I32(self.part_len as i32),
                         Arg::Ptr(pm),
                         Arg::Ptr(pl),
                         Arg::Ptr(pacc),
-                    ],
-                )?;
-                if parts > 1 {
+                        Arg::Ptr(row_map),
+                    ];
                     self.launch(
-                        "attention_reduce",
-                        (rows, nh as u32, 1),
+                        "attention",
+                        (row_grid as u32, nh as u32, parts as u32),
                         ATTN_THREADS,
-                        &[
-                            Arg::Ptr(attn),
-                            Arg::I64(q_out as i64),
-                            Arg::Ptr(pm),
-                            Arg::Ptr(pl),
-                            Arg::Ptr(pacc),
-                            Arg::I32(parts as i32),
-                            Arg::I32(hd as i32),
-                        ],
+                        &[&head[..], &shape, &tail].concat(),
+                    )?;
+                    if parts > 1 {
+                        self.launch(
+                            "attention_reduce",
+                            (row_grid as u32, nh as u32, 1),
+                            ATTN_THREADS,
+                            &[
+                                Arg::Ptr(attn),
+                                Arg::I64(q_out as i64),
+                                Arg::Ptr(pm),
+                                Arg::Ptr(pl),
+                                Arg::Ptr(pacc),
+                                Arg::I32(parts as i32),
+                                Arg::I32(hd as i32),
+                                Arg::Ptr(row_map),
+                            ],
+                        )?;
+                    }
+                }
+                if tiles != 0 {
+                    self.launch(
+                        "prefill_attention",
+                        (plan.num_tiles() as u32, nh as u32, 1),
+                        PREFILL_THREADS,
+                        &[&head[..], &[Arg::Ptr(tiles)], &shape].concat(),
                     )?;
                 }
                 let ob = layer.o_bias.as_ref();

@@ -236,6 +236,10 @@ pub trait Runtime: Send + Sync + std::fmt::Debug {
     /// The device's name and ordinal (`"NVIDIA H200 (cuda:0)"`), or `"host emulation"`.
     fn device_name(&self) -> String;
 
+    /// Whether the device has the f16 / bf16 tensor-core product the prefill attention kernel
+    /// uses (`mma.sync` m16n8k16: compute capability 8.0 or later; the host emulation has it).
+    fn tensor_cores(&self) -> bool;
+
     /// Allocates `bytes` (at least 256-byte aligned, contents undefined).
     fn alloc(&self, bytes: usize) -> Result<DevicePtr, GpuError>;
 

@@ -77,6 +77,22 @@ fn serving_on_cuda_serves_or_names_what_is_missing() {
     };
     let e = openledger_gpu::serve(&dir, Device::Cuda(0), None, &int8, &mut |_| {}).unwrap_err();
     assert!(e.to_string().contains("int8 weights"), "{e}");
+    // A GGUF file: the device is opened before the file is read, so a machine without one
+    // names the device; with one, the missing file is named.
+    let missing = dir.join("no-such-model.gguf");
+    match openledger_gpu::serve_gguf(
+        &missing,
+        Device::Cuda(0),
+        None,
+        &ServeOptions::default(),
+        &mut |_| {},
+    ) {
+        Ok(_) => panic!("a missing file served"),
+        Err(e @ ServedError::Device { .. }) => {
+            assert!(e.to_string().starts_with("device cuda:0: "), "{e}");
+        }
+        Err(e) => assert!(e.to_string().contains("no-such-model.gguf"), "{e}"),
+    }
     // The CPU device is the CPU engine.
     let cpu = openledger_gpu::serve(
         &dir,

@@ -1,7 +1,8 @@
-//! The GPU model's kernels (`kernels/src/layers.cu`, `rope_kv.cu`, `attention.cu`) against the
-//! CPU model's own functions (`model::ops`, `serve::paged_attention`), the kernels' very CUDA C
-//! run on the host under `kernels/emulate` (a thread per CUDA thread, barriers for
-//! `__syncthreads` and warp shuffles), built here as a shared library and loaded. This checks
+//! The GPU model's kernels (`kernels/src/layers.cu`, `rope_kv.cu`, `attention.cu`,
+//! `prefill.cu`) against the CPU model's own functions (`model::ops`,
+//! `serve::paged_attention`), the kernels' very CUDA C run on the host under `kernels/emulate`
+//! (a thread per CUDA thread, barriers for `__syncthreads`, warp shuffles and the tensor cores'
+//! `mma.sync`), built here as a shared library and loaded. This checks
 //! what the kernels compute — indexing, the KV cache layout and block tables, the split over
 //! the context, reductions, conversions — without a GPU; it does not stand for a run on one.
 //!
@@ -130,6 +131,7 @@ type AttnFn<T> = unsafe extern "C" fn(
     *mut f32,
     *mut f32,
     *mut f32,
+    *const i32,
 );
 type ReduceFn<T> = unsafe extern "C" fn(
     u32,
@@ -143,6 +145,7 @@ type ReduceFn<T> = unsafe extern "C" fn(
     *const f32,
     i32,
     i32,
+    *const i32,
 );
 
 fn embed<T: Elem>() {
@@ -382,62 +385,90 @@ fn kv_dtype<T: Elem>() -> KvDtype {
     }
 }
 
+/// A KV cache of one layer holding random keys and values for sequences of `lens` positions
+/// (blocks scattered through the pool: a first sequence is taken and freed), twice: the CPU
+/// model's `PagedKvCache`, and the device layout the kernels read (`[blocks, kv_heads,
+/// block_size, hd]`) with every sequence's block table one after another.
+struct PagedFixture<T> {
+    cpu: PagedKvCache,
+    seqs: Vec<SeqId>,
+    k: Vec<T>,
+    v: Vec<T>,
+    tables: Vec<i32>,
+    /// Each sequence's offset in `tables`.
+    table_at: Vec<i64>,
+}
+
+impl<T: Elem> PagedFixture<T> {
+    fn new(rng: &mut ChaCha8Rng, lens: &[usize], kv_heads: usize, hd: usize, bs: usize) -> Self {
+        let layout = KvLayout {
+            n_layers: 1,
+            n_kv_heads: kv_heads,
+            head_dim: hd,
+            block_size: bs,
+        };
+        let blocks = 40;
+        let mut cpu = PagedKvCache::with_dtype(layout, blocks, kv_dtype::<T>()).unwrap();
+        let seqs: Vec<SeqId> = (0..lens.len() as u64).map(SeqId).collect();
+        cpu.add_sequence(SeqId(99)).unwrap();
+        cpu.append_slots(SeqId(99), 40).unwrap();
+        for (&s, &n) in seqs.iter().zip(lens) {
+            cpu.add_sequence(s).unwrap();
+            cpu.append_slots(s, n).unwrap();
+        }
+        cpu.free(SeqId(99)).unwrap();
+        let kv_dim = kv_heads * hd;
+        let cache_len = blocks * kv_heads * bs * hd;
+        let (mut kc, mut vc) = (
+            vec![T::from_f32(0.0); cache_len],
+            vec![T::from_f32(0.0); cache_len],
+        );
+        let mut tables: Vec<i32> = Vec::new();
+        let mut table_at = Vec::new();
+        for (&s, &n) in seqs.iter().zip(lens) {
+            let table = cpu.block_table(s).unwrap().to_vec();
+            table_at.push(tables.len() as i64);
+            tables.extend(table.iter().map(|&b| b as i32));
+            for pos in 0..n {
+                let k: Vec<T> = rand_vec(rng, kv_dim, 1.0);
+                let v: Vec<T> = rand_vec(rng, kv_dim, 1.0);
+                cpu.write(s, 0, pos, &widen(&k), &widen(&v)).unwrap();
+                let blk = table[pos / bs] as usize;
+                for h in 0..kv_heads {
+                    let at = ((blk * kv_heads + h) * bs + pos % bs) * hd;
+                    kc[at..at + hd].copy_from_slice(&k[h * hd..][..hd]);
+                    vc[at..at + hd].copy_from_slice(&v[h * hd..][..hd]);
+                }
+            }
+        }
+        Self {
+            cpu,
+            seqs,
+            k: kc,
+            v: vc,
+            tables,
+            table_at,
+        }
+    }
+}
+
 /// Attention of decode and prefill rows of three sequences (1, 37 and 300 positions, blocks
 /// scattered through the pool) over one layer, GQA 4:2, with and without a sliding window, in
 /// one part and split over the context: the kernel against `serve::paged_attention` over a CPU
-/// cache holding the same keys and values.
+/// cache holding the same keys and values; and over a subset of the rows named by the row map,
+/// the others left untouched.
 fn attention<T: Elem>() {
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     let (heads, kv_heads, hd, bs) = (4, 2, 64, 16);
-    let layout = KvLayout {
-        n_layers: 1,
-        n_kv_heads: kv_heads,
-        head_dim: hd,
-        block_size: bs,
-    };
-    let blocks = 40;
-    let mut cpu = PagedKvCache::with_dtype(layout, blocks, kv_dtype::<T>()).unwrap();
-    // A first sequence taken and freed, so the others' blocks are not in order.
     let lens = [1usize, 37, 300];
-    let seqs: Vec<SeqId> = (0..lens.len() as u64).map(SeqId).collect();
-    cpu.add_sequence(SeqId(99)).unwrap();
-    cpu.append_slots(SeqId(99), 40).unwrap();
-    for (&s, &n) in seqs.iter().zip(&lens) {
-        cpu.add_sequence(s).unwrap();
-        cpu.append_slots(s, n).unwrap();
-    }
-    cpu.free(SeqId(99)).unwrap();
-    let kv_dim = kv_heads * hd;
-    let cache_len = blocks * kv_heads * bs * hd;
-    let (mut kc, mut vc) = (
-        vec![T::from_f32(0.0); cache_len],
-        vec![T::from_f32(0.0); cache_len],
-    );
-    let mut tables: Vec<i32> = Vec::new();
-    let mut table_at = Vec::new();
-    for (&s, &n) in seqs.iter().zip(&lens) {
-        let table = cpu.block_table(s).unwrap().to_vec();
-        table_at.push(tables.len() as i64);
-        tables.extend(table.iter().map(|&b| b as i32));
-        for pos in 0..n {
-            let k: Vec<T> = rand_vec(&mut rng, kv_dim, 1.0);
-            let v: Vec<T> = rand_vec(&mut rng, kv_dim, 1.0);
-            cpu.write(s, 0, pos, &widen(&k), &widen(&v)).unwrap();
-            let blk = table[pos / bs] as usize;
-            for h in 0..kv_heads {
-                let at = ((blk * kv_heads + h) * bs + pos % bs) * hd;
-                kc[at..at + hd].copy_from_slice(&k[h * hd..][..hd]);
-                vc[at..at + hd].copy_from_slice(&v[h * hd..][..hd]);
-            }
-        }
-    }
+    let fx = PagedFixture::<T>::new(&mut rng, &lens, kv_heads, hd, bs);
     // Rows: each sequence's last position (decode), and four prefill positions of the longest.
     let mut calls = Vec::new();
     let mut row_seq = Vec::new();
     let mut row_pos = Vec::new();
     for (i, &n) in lens.iter().enumerate() {
         calls.push(AttnSeq {
-            seq: seqs[i],
+            seq: fx.seqs[i],
             start_pos: n - 1,
             n_queries: 1,
         });
@@ -445,7 +476,7 @@ fn attention<T: Elem>() {
         row_pos.push(n as i32 - 1);
     }
     calls.push(AttnSeq {
-        seq: seqs[2],
+        seq: fx.seqs[2],
         start_pos: 100,
         n_queries: 4,
     });
@@ -455,8 +486,10 @@ fn attention<T: Elem>() {
     }
     let rows = row_pos.len();
     let q: Vec<T> = rand_vec(&mut rng, rows * heads * hd, 1.0);
-    let table_off: Vec<i64> = row_seq.iter().map(|&s| table_at[s]).collect();
+    let table_off: Vec<i64> = row_seq.iter().map(|&s| fx.table_at[s]).collect();
     let scale = 1.0 / (hd as f32).sqrt();
+    // Every row, then rows 1, 4 and 6 alone (the others keep the 7s they start with).
+    let subset: Vec<i32> = vec![1, 4, 6];
     for window in [None, Some(50)] {
         let params = AttentionParams {
             n_heads: heads,
@@ -464,64 +497,203 @@ fn attention<T: Elem>() {
             sliding_window: window,
         };
         let mut want = vec![0f32; rows * heads * hd];
-        paged_attention(&cpu, 0, &params, &calls, &widen(&q), &mut want).unwrap();
+        paged_attention(&fx.cpu, 0, &params, &calls, &widen(&q), &mut want).unwrap();
         for part_len in [1024usize, 64, 7] {
-            let parts = 300usize.div_ceil(part_len);
-            let mut out = vec![T::from_f32(0.0); rows * heads * hd];
-            let n = rows * heads * parts;
-            let (mut pm, mut pl, mut pa) = (vec![0f32; n], vec![0f32; n], vec![0f32; n * hd]);
-            // SAFETY: the signatures of emu_attention_* / emu_attention_reduce_*; every table
-            // entry is a block < blocks, every position is stored, the part buffers hold
-            // rows × heads × parts (× hd) values.
+            for map in [None, Some(&subset)] {
+                let parts = 300usize.div_ceil(part_len);
+                let grid = map.map_or(rows, |m| m.len());
+                let mut out = vec![T::from_f32(7.0); rows * heads * hd];
+                let n = grid * heads * parts;
+                let (mut pm, mut pl, mut pa) = (vec![0f32; n], vec![0f32; n], vec![0f32; n * hd]);
+                let rows_ptr = map.map_or(std::ptr::null(), |m| m.as_ptr());
+                // SAFETY: the signatures of emu_attention_* / emu_attention_reduce_*; every
+                // table entry is a block < blocks, every position is stored, the part buffers
+                // hold grid × heads × parts (× hd) values, the row map names rows < rows.
+                unsafe {
+                    let f: AttnFn<T> = kernel(&format!("emu_attention_{}", T::NAME));
+                    f(
+                        grid as u32,
+                        heads as u32,
+                        parts as u32,
+                        128,
+                        out.as_mut_ptr(),
+                        (heads * hd) as i64,
+                        q.as_ptr(),
+                        (heads * hd) as i64,
+                        fx.k.as_ptr(),
+                        fx.v.as_ptr(),
+                        fx.tables.as_ptr(),
+                        table_off.as_ptr(),
+                        row_pos.as_ptr(),
+                        kv_heads as i32,
+                        (heads / kv_heads) as i32,
+                        hd as i32,
+                        bs as i32,
+                        scale,
+                        window.map_or(0, |w| w as i32),
+                        part_len as i32,
+                        pm.as_mut_ptr(),
+                        pl.as_mut_ptr(),
+                        pa.as_mut_ptr(),
+                        rows_ptr,
+                    );
+                    if parts > 1 {
+                        let r: ReduceFn<T> = kernel(&format!("emu_attention_reduce_{}", T::NAME));
+                        r(
+                            grid as u32,
+                            heads as u32,
+                            1,
+                            64,
+                            out.as_mut_ptr(),
+                            (heads * hd) as i64,
+                            pm.as_ptr(),
+                            pl.as_ptr(),
+                            pa.as_ptr(),
+                            parts as i32,
+                            hd as i32,
+                            rows_ptr,
+                        );
+                    }
+                }
+                let what = format!("attention window {window:?}, {parts} parts, rows {map:?}");
+                let row = heads * hd;
+                for r in 0..rows {
+                    let (got, w) = (&out[r * row..][..row], &want[r * row..][..row]);
+                    if map.is_none_or(|m| m.contains(&(r as i32))) {
+                        close(&format!("{what}, row {r}"), got, w);
+                    } else {
+                        assert!(
+                            got.iter().all(|x| x.to_f32() == 7.0),
+                            "{what}: row {r} is not in the map but was written"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+type PrefillFn<T> = unsafe extern "C" fn(
+    u32,
+    u32,
+    u32,
+    u32,
+    *mut T,
+    i64,
+    *const T,
+    i64,
+    *const T,
+    *const T,
+    *const i32,
+    *const i64,
+    *const i32,
+    *const i32,
+    i32,
+    i32,
+    i32,
+    i32,
+    f32,
+    i32,
+);
+
+/// Tolerance of the tensor-core prefill, `rel·|want| + abs`: that of the element type, plus the
+/// rounding of the softmax weights to it before P·V (as flash-attention-2 does): each weight is
+/// off by at most half an ulp of itself (2⁻⁹ bf16, 2⁻¹² f16, relative), so the output, a
+/// weighted mean of values within ±1 divided by the unrounded sum, moves by at most that much.
+fn prefill_tol<T: Elem>() -> (f32, f32) {
+    let (rel, abs) = T::TOL;
+    match T::NAME {
+        "bf16" => (rel, abs + 1.0 / 512.0),
+        _ => (rel, abs + 1.0 / 4096.0),
+    }
+}
+
+/// The tensor-core prefill (`prefill.cu`, its `mma.sync` run by the emulation's m16n8k16):
+/// a 140-row chunk of a prompt whose first 10 positions are already in the cache (three tiles:
+/// 64, 64, 12 rows) and a 70-row prompt from position 0 (64 + 6), GQA 4:2, with and without a
+/// sliding window (head size 64; 128, the largest, without; 48 with): against
+/// `serve::paged_attention` over the same cache.
+fn prefill<T: Elem>() {
+    let configs: [(u64, usize, &[Option<usize>]); 3] = [
+        (11, 64, &[None, Some(50)]),
+        (12, 128, &[None]),
+        (13, 48, &[Some(50)]),
+    ];
+    for (seed, hd, windows) in configs {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let (heads, kv_heads, bs) = (4, 2, 16);
+        let lens = [150usize, 70];
+        let fx = PagedFixture::<T>::new(&mut rng, &lens, kv_heads, hd, bs);
+        let chunks = [(0usize, 10usize, 140usize), (1, 0, 70)];
+        let mut calls = Vec::new();
+        let (mut table_off, mut row_pos, mut tiles) = (Vec::new(), Vec::new(), Vec::new());
+        for &(s, start, n) in &chunks {
+            calls.push(AttnSeq {
+                seq: fx.seqs[s],
+                start_pos: start,
+                n_queries: n,
+            });
+            let first = row_pos.len();
+            for i in (0..n).step_by(64) {
+                tiles.extend([(first + i) as i32, (n - i).min(64) as i32]);
+            }
+            for p in start..start + n {
+                row_pos.push(p as i32);
+                table_off.push(fx.table_at[s]);
+            }
+        }
+        assert_eq!(tiles.len() / 2, 5);
+        let rows = row_pos.len();
+        let q: Vec<T> = rand_vec(&mut rng, rows * heads * hd, 1.0);
+        let scale = 1.0 / (hd as f32).sqrt();
+        for &window in windows {
+            let params = AttentionParams {
+                n_heads: heads,
+                scale,
+                sliding_window: window,
+            };
+            let mut want = vec![0f32; rows * heads * hd];
+            paged_attention(&fx.cpu, 0, &params, &calls, &widen(&q), &mut want).unwrap();
+            let mut out = vec![T::from_f32(7.0); rows * heads * hd];
+            // SAFETY: the signature of emu_prefill_attention_*; every tile is rows of one
+            // sequence at consecutive positions, all stored, behind blocks < blocks.
             unsafe {
-                let f: AttnFn<T> = kernel(&format!("emu_attention_{}", T::NAME));
+                let f: PrefillFn<T> = kernel(&format!("emu_prefill_attention_{}", T::NAME));
                 f(
-                    rows as u32,
+                    (tiles.len() / 2) as u32,
                     heads as u32,
-                    parts as u32,
+                    1,
                     128,
                     out.as_mut_ptr(),
                     (heads * hd) as i64,
                     q.as_ptr(),
                     (heads * hd) as i64,
-                    kc.as_ptr(),
-                    vc.as_ptr(),
-                    tables.as_ptr(),
+                    fx.k.as_ptr(),
+                    fx.v.as_ptr(),
+                    fx.tables.as_ptr(),
                     table_off.as_ptr(),
                     row_pos.as_ptr(),
+                    tiles.as_ptr(),
                     kv_heads as i32,
                     (heads / kv_heads) as i32,
                     hd as i32,
                     bs as i32,
                     scale,
                     window.map_or(0, |w| w as i32),
-                    part_len as i32,
-                    pm.as_mut_ptr(),
-                    pl.as_mut_ptr(),
-                    pa.as_mut_ptr(),
                 );
-                if parts > 1 {
-                    let r: ReduceFn<T> = kernel(&format!("emu_attention_reduce_{}", T::NAME));
-                    r(
-                        rows as u32,
-                        heads as u32,
-                        1,
-                        64,
-                        out.as_mut_ptr(),
-                        (heads * hd) as i64,
-                        pm.as_ptr(),
-                        pl.as_ptr(),
-                        pa.as_ptr(),
-                        parts as i32,
-                        hd as i32,
-                    );
-                }
             }
-            close(
-                &format!("attention window {window:?}, {parts} parts"),
-                &out,
-                &want,
-            );
+            let (rel, abs) = prefill_tol::<T>();
+            for (i, (g, w)) in out.iter().zip(&want).enumerate() {
+                let g = g.to_f32();
+                assert!(
+                    (g - w).abs() <= rel * w.abs() + abs,
+                    "prefill hd {hd} window {window:?} [{}] row {} element {}: {g} vs the \
+                     CPU's {w}",
+                    T::NAME,
+                    i / (heads * hd),
+                    i % (heads * hd)
+                );
+            }
         }
     }
 }
@@ -725,4 +897,10 @@ every_dtype! {
     rope_rotates_q_and_writes_k_and_v_into_their_slots => rope_kv,
     paged_attention_matches_the_cpu_in_one_part_and_split_over_the_context => attention,
     sampling_draws_the_cpu_samplers_tokens => sample,
+}
+
+#[test]
+fn tensor_core_prefill_matches_the_cpu_for_chunked_and_windowed_prompts() {
+    prefill::<f16>();
+    prefill::<bf16>();
 }

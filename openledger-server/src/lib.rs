@@ -231,14 +231,6 @@ impl Server {
                 .model_dir
                 .extension()
                 .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
-        if gguf && config.device != Device::Cpu {
-            return Err(ServerError::Served(ServedError::Device {
-                device: config.device.to_string(),
-                kind: openledger::core::error::ErrorKind::Unsupported,
-                source: "a GGUF file is served on the CPU only (serve an HF folder on a GPU)"
-                    .into(),
-            }));
-        }
         let gguf = if gguf {
             Some(GgufFile::open(&config.model_dir)?)
         } else {
@@ -284,28 +276,18 @@ impl Server {
                 names.insert(name.clone());
             }
         }
-        let served = match &gguf {
-            Some(g) => {
-                let model = g.to_model_with_format(config.serve.weights, &mut |done, total| {
-                    progress(LoadProgress::LayerBuilt { done, total })
-                })?;
-                let tokenizer = Arc::new(g.tokenizer()?);
-                ServedModel::start(
-                    model,
-                    Some(tokenizer),
-                    &config.model_dir,
-                    pool.clone(),
-                    &config.serve,
-                )?
-            }
-            None => openledger::gpu::serve(
-                &config.model_dir,
-                config.device,
-                pool.clone(),
-                &config.serve,
-                progress,
-            )?,
+        let serve = if gguf.is_some() {
+            openledger::gpu::serve_gguf
+        } else {
+            openledger::gpu::serve
         };
+        let served = serve(
+            &config.model_dir,
+            config.device,
+            pool.clone(),
+            &config.serve,
+            progress,
+        )?;
         let tokenizer = served
             .tokenizer()
             .cloned()

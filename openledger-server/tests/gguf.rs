@@ -70,3 +70,39 @@ async fn smollm2_answers_as_transformers_does() {
     .json();
     assert_eq!(r["choices"][0]["text"], chat["answer"]);
 }
+
+/// The same file with `--device cuda`: served on a GPU where the build, the driver and a device
+/// are there (weights dequantized on the host, f32 on the device), giving transformers' answer;
+/// anywhere else a typed error naming the device and what is missing, before the file's
+/// weights are read.
+#[tokio::test]
+async fn smollm2_on_a_cuda_device_answers_or_names_what_is_missing() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/models");
+    let Some(dir) = openledger_lora::embed::fetched_model_or_skip(&root, "SmolLM2-135M-Instruct")
+        .unwrap_or_else(|e| panic!("{e}"))
+    else {
+        return;
+    };
+    let refs: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("smollm2/reference.json")).unwrap(),
+    )
+    .unwrap();
+    let chat = &refs["chat"];
+    let mut config = ServerConfig::new(dir.join("SmolLM2-135M-Instruct.Q4_1.gguf"));
+    config.serve.max_context = 256;
+    config.device = openledger_server::Device::Cuda(0);
+    match Server::load(config, &mut |_| {}) {
+        Ok(s) => {
+            let r = post(
+                &s,
+                "/v1/completions",
+                json!({"model": "SmolLM2-135M-Instruct.Q4_1", "prompt": chat["ids"],
+                       "max_tokens": 16, "temperature": 0}),
+            )
+            .await
+            .json();
+            assert_eq!(r["choices"][0]["text"], chat["answer"]);
+        }
+        Err(e) => assert_names_what_cuda_lacks(&e.to_string()),
+    }
+}

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""The GPU model's kernels (layers.cu, rope_kv.cu, attention.cu) run alone through CuPy on a GPU
-machine and checked against torch: RMSNorm (alone and fused with the residual add), the gated
-activations, RoPE with the paged KV write, and paged attention in one part and split over the
-context. A way to debug these kernels on a device before (or without) the Rust engine.
+"""The GPU model's kernels (layers.cu, rope_kv.cu, attention.cu, prefill.cu) run alone through
+CuPy on a GPU machine and checked against torch: RMSNorm (alone and fused with the residual add),
+the gated activations, RoPE with the paged KV write, paged attention in one part and split over
+the context, and the tensor-core prefill attention (f16 / bf16) over chunked prompts. A way to
+debug these kernels on a device before (or without) the Rust engine.
 
     python3 cupy_layers.py KERNEL_DIR OUT.json
 """
@@ -20,6 +21,9 @@ import torch.nn.functional as F
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 # (rel, abs), as openledger-lora/tests/gpu_kernels_emulated.rs.
 TOL = {"f32": (1e-5, 1e-5), "f16": (2.0**-10, 1e-4), "bf16": (2.0**-7, 1e-3)}
+# The prefill kernel rounds the softmax weights to the type before P·V: half an ulp of each
+# weight more (values within ±1), as the emulated test states.
+PREFILL_TOL = {"f16": (2.0**-10, 1e-4 + 2.0**-12), "bf16": (2.0**-7, 1e-3 + 2.0**-9)}
 
 
 def dev(t):
@@ -29,8 +33,8 @@ def dev(t):
     return cp.asarray(t)
 
 
-def check(name, dt, got, want, report):
-    rel, ab = TOL[dt]
+def check(name, dt, got, want, report, tol=None):
+    rel, ab = (tol or TOL)[dt]
     got, want = got.double(), want.double()
     excess = ((got - want).abs() - (rel * want.abs() + ab)).max().item()
     ok = excess <= 0
@@ -39,12 +43,75 @@ def check(name, dt, got, want, report):
     return ok
 
 
+def scattered_tables(lens, nblocks, bs):
+    """Block tables for sequences of `lens` positions over a shuffled pool of `nblocks` blocks
+    of `bs` positions: every table one after another, and each sequence's offset in them."""
+    perm = torch.randperm(nblocks).tolist()
+    tables, at, offs = [], 0, []
+    for n in lens:
+        nb = (n + bs - 1) // bs
+        offs.append(len(tables))
+        tables += perm[at:at + nb]
+        at += nb
+    return tables, offs
+
+
+def paged_reference(q, kc, vc, tables, offs, rows, heads, window):
+    """Attention of each (sequence, position) row of `rows` over the paged cache `kc` / `vc`
+    ([blocks, kv_heads, block_size, hd]) through the block tables, in f32."""
+    _, kvh, bs, hd = kc.shape
+    tt = torch.tensor(tables, device="cuda")
+    want = torch.empty(len(rows), heads * hd, device="cuda")
+    for r, (si, p) in enumerate(rows):
+        lo = max(0, p - window + 1) if window else 0
+        js = torch.arange(lo, p + 1, device="cuda")
+        blk = tt[offs[si] + js // bs]
+        for h in range(heads):
+            k = kc[blk, h // (heads // kvh), js % bs].float()
+            v = vc[blk, h // (heads // kvh), js % bs].float()
+            a = torch.softmax(k @ q[r, h * hd:(h + 1) * hd].float() / math.sqrt(hd), 0)
+            want[r, h * hd:(h + 1) * hd] = a @ v
+    return want
+
+
+def prefill(mod, dt, g, report):
+    """The tensor-core prefill: a 140-row chunk from position 10 and a 70-row prompt, in tiles
+    of 64 rows, GQA 4:2, head sizes 64 and 128, with and without a sliding window."""
+    ok, bs, heads, kvh = True, 16, 4, 2
+    for hd in (64, 128):
+        lens, nblocks = [150, 70], 40
+        tables, offs = scattered_tables(lens, nblocks, bs)
+        kc, vc = g(nblocks, kvh, bs, hd), g(nblocks, kvh, bs, hd)
+        rows, tiles = [], []
+        for si, start, n in ((0, 10, 140), (1, 0, 70)):
+            for i in range(0, n, 64):
+                tiles += [len(rows) + i, min(64, n - i)]
+            rows += [(si, p) for p in range(start, start + n)]
+        q = g(len(rows), heads * hd)
+        scale = 1.0 / math.sqrt(hd)
+        for window in (0, 50):
+            want = paged_reference(q, kc, vc, tables, offs, rows, heads, window)
+            out = torch.zeros(len(rows), heads * hd, dtype=q.dtype, device="cuda")
+            args = (dev(out), np.int64(heads * hd), dev(q), np.int64(heads * hd), dev(kc),
+                    dev(vc), cp.asarray(np.array(tables, np.int32)),
+                    cp.asarray(np.array([offs[s] for s, _ in rows], np.int64)),
+                    cp.asarray(np.array([p for _, p in rows], np.int32)),
+                    cp.asarray(np.array(tiles, np.int32)), np.int32(kvh),
+                    np.int32(heads // kvh), np.int32(hd), np.int32(bs), np.float32(scale),
+                    np.int32(window))
+            mod.get_function(f"prefill_attention_{dt}")((len(tiles) // 2, heads), (128,), args)
+            torch.cuda.synchronize()
+            ok &= check(f"prefill hd={hd} window={window}", dt, out.float(), want, report,
+                        PREFILL_TOL)
+    return ok
+
+
 def main():
     kdir, out_path = Path(sys.argv[1]), Path(sys.argv[2])
     common = (kdir / "common.cuh").read_text()
     mods = {n: cp.RawModule(code=common + "\n" + (kdir / f"{n}.cu").read_text(),
                             options=("-lineinfo",))
-            for n in ("layers", "rope_kv", "attention")}
+            for n in ("layers", "rope_kv", "attention", "prefill")}
     torch.manual_seed(0)
     report, ok = [], True
     for dt, tdt in DTYPES.items():
@@ -113,28 +180,13 @@ def main():
                             qkv0[t, (heads + kvh) * hd:].view(kvh, hd).float(), report)
         # Paged attention: three sequences in scattered blocks, GQA 4:2.
         lens, nblocks = [1, 37, 300], 40
-        perm = torch.randperm(nblocks).tolist()
-        tables, at, offs = [], 0, []
-        for n in lens:
-            nb = (n + bs - 1) // bs
-            offs.append(len(tables))
-            tables += perm[at:at + nb]
-            at += nb
+        tables, offs = scattered_tables(lens, nblocks, bs)
         kc, vc = g(nblocks, kvh, bs, hd), g(nblocks, kvh, bs, hd)
         rows = [(i, n - 1) for i, n in enumerate(lens)] + [(2, p) for p in range(100, 104)]
         q = g(len(rows), heads * hd)
         scale = 1.0 / math.sqrt(hd)
         for window in (0, 50):
-            want = torch.empty(len(rows), heads * hd, device="cuda")
-            for r, (si, p) in enumerate(rows):
-                lo = max(0, p - window + 1) if window else 0
-                js = torch.arange(lo, p + 1, device="cuda")
-                blk = torch.tensor(tables, device="cuda")[offs[si] + js // bs]
-                for h in range(heads):
-                    k = kc[blk, h // (heads // kvh), js % bs].float()
-                    v = vc[blk, h // (heads // kvh), js % bs].float()
-                    a = torch.softmax(k @ q[r, h * hd:(h + 1) * hd].float() * scale, 0)
-                    want[r, h * hd:(h + 1) * hd] = a @ v
+            want = paged_reference(q, kc, vc, tables, offs, rows, heads, window)
             for part_len in (1024, 64, 7):
                 parts = (300 + part_len - 1) // part_len
                 out = torch.empty(len(rows), heads * hd, dtype=tdt, device="cuda")
@@ -146,17 +198,19 @@ def main():
                         cp.asarray(np.array([offs[s] for s, _ in rows], np.int64)),
                         cp.asarray(np.array([p for _, p in rows], np.int32)), np.int32(kvh),
                         np.int32(heads // kvh), np.int32(hd), np.int32(bs), np.float32(scale),
-                        np.int32(window), np.int32(part_len), pm, pl, pa)
+                        np.int32(window), np.int32(part_len), pm, pl, pa, np.uint64(0))
                 mods["attention"].get_function(f"attention_{dt}")(
                     (len(rows), heads, parts), (128,), args)
                 if parts > 1:
                     mods["attention"].get_function(f"attention_reduce_{dt}")(
                         (len(rows), heads), (64,),
                         (dev(out), np.int64(heads * hd), pm, pl, pa, np.int32(parts),
-                         np.int32(hd)))
+                         np.int32(hd), np.uint64(0)))
                 torch.cuda.synchronize()
                 ok &= check(f"attention window={window} parts={parts}", dt, out.float(), want,
                             report)
+        if dt != "f32":
+            ok &= prefill(mods["prefill"], dt, g, report)
         out_path.write_text(json.dumps({"ok": ok, "checks": report}, indent=1))
     out_path.write_text(json.dumps({"ok": ok, "checks": report}, indent=1))
     sys.exit(0 if ok else 1)

@@ -771,6 +771,47 @@ impl GgufFile {
         }))
     }
 
+    /// The model's configuration (what [`llama_config_json`](Self::llama_config_json) writes).
+    pub fn model_config(&self) -> Result<ModelConfig, ModelError> {
+        ModelConfig::from_value(&self.llama_config_json()?)
+    }
+
+    /// The tensor the Hugging Face model names `hf` (`model.layers.0.self_attn.q_proj.weight`):
+    /// its GGUF type, shape and values dequantized to f32, llama.cpp's rotary permutation of Q
+    /// and K undone, as [`to_model`](Self::to_model) reads it; `None` when the file holds no
+    /// such tensor. For a loader that takes tensors one at a time (a GPU's): the file's pages
+    /// of the tensor are released once read.
+    #[allow(clippy::type_complexity)]
+    pub fn hf_tensor_f32(
+        &self,
+        hf: &str,
+    ) -> Result<Option<(GgmlType, Vec<usize>, Vec<f32>)>, ModelError> {
+        let Some(t) = self
+            .tensors
+            .iter()
+            .find(|t| hf_name(&t.name).as_deref() == Some(hf))
+        else {
+            return Ok(None);
+        };
+        let config = self.model_config()?;
+        let permuted = if t.name.ends_with("attn_q.weight") {
+            config.num_heads
+        } else if t.name.ends_with("attn_k.weight") {
+            config.num_kv_heads
+        } else {
+            0
+        };
+        let data = self.dequantize(t)?;
+        self.release(t);
+        let shape = t.shape();
+        let (rows, cols) = (shape[0], shape.get(1).copied().unwrap_or(1));
+        Ok(Some((
+            t.ggml_type,
+            shape,
+            unpermute(&data, rows, cols, permuted),
+        )))
+    }
+
     /// The model: every tensor dequantized to f32 under its Hugging Face name, Q and K
     /// un-permuted. `progress` sees each tensor as `(done, total)`.
     pub fn to_model(&self, progress: &mut dyn FnMut(usize, usize)) -> Result<Model, ModelError> {

@@ -156,3 +156,15 @@ pub fn token_ids(tokens: &Value) -> Vec<u32> {
         })
         .collect()
 }
+
+/// Asserts that `text` is `Server::load`'s error for CUDA device 0 on a machine or build without
+/// one: the device named, then what is missing (the feature, a library, the device).
+pub fn assert_names_what_cuda_lacks(text: &str) {
+    assert!(text.starts_with("device cuda:0: "), "{text}");
+    assert!(
+        ["`cuda` feature", "cannot be loaded", "cannot be opened"]
+            .iter()
+            .any(|m| text.contains(m)),
+        "{text}"
+    );
+}

@@ -22,7 +22,7 @@ use cudarc::driver::{
     LaunchArgs, LaunchConfig, PinnedHostSlice, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
-use openledger_kernels::{Image, entry_points, sources::DTYPES};
+use openledger_kernels::{Image, entry_points, sources::dtypes};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -123,7 +123,7 @@ pub fn load_kernels(ctx: &Arc<CudaContext>) -> Result<HashMap<String, CudaFuncti
             };
             let module = ctx.load_module(ptx).map_err(drv("cuModuleLoadData"))?;
             for entry in entry_points(file) {
-                for d in DTYPES {
+                for d in dtypes(file) {
                     let name = format!("{entry}_{d}");
                     let f = module
                         .load_function(&name)
