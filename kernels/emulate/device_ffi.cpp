@@ -49,8 +49,9 @@ struct Entry {
 #define ENTRY(K) {#K, reinterpret_cast<void*>(&K), caller(&K)}
 #define ENTRIES(D)                                                                              \
     ENTRY(sgmv_shrink_##D), ENTRY(bgmv_shrink_##D), ENTRY(sgmv_expand_##D),                     \
-        ENTRY(bgmv_expand_##D), ENTRY(embed_##D), ENTRY(rms_norm_##D), ENTRY(gated_##D),        \
-        ENTRY(rope_kv_##D), ENTRY(attention_##D), ENTRY(attention_reduce_##D), ENTRY(sample_##D)
+        ENTRY(bgmv_expand_##D), ENTRY(lora_epilogue_##D), ENTRY(dora_norm_##D),                 \
+        ENTRY(embed_##D), ENTRY(rms_norm_##D), ENTRY(gated_##D), ENTRY(rope_kv_##D),            \
+        ENTRY(attention_##D), ENTRY(attention_reduce_##D), ENTRY(sample_##D)
 
 const Entry ENTRIES_TABLE[] = {ENTRIES(f32),
                                 ENTRIES(f16),

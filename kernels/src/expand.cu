@@ -79,3 +79,65 @@ __device__ void expand_impl(typename E::T* __restrict__ y, i64 ldy, i64 col,
 EXPAND_KERNELS(f32, F32)
 EXPAND_KERNELS(f16, F16)
 EXPAND_KERNELS(bf16, BF16)
+
+// After a projection's expand, the part of a LoRA update that is not a product (DoRA's
+// magnitude and a LoRA bias), for the rows of each tile whose slot has one: with b the base
+// bias (`bias`, or 0), g the slot's DoRA factor m / ‖W + s·B·A‖ (or 1) and c its LoRA bias
+// times the scale (or 0), each output y = b + g · (y − b + c) — PEFT's y = b + g·(W·x + s·B·A·x
+// + c). `table` holds two words per slot, the addresses of g and c (0: none); `y`'s columns
+// col..col + width are the projection's. grid (tiles, ceil(width / blockDim.x)).
+template <typename E>
+__device__ void lora_epilogue_impl(typename E::T* __restrict__ y, i64 ldy, i64 col, int width,
+                                   const typename E::T* __restrict__ bias,
+                                   const i64* __restrict__ tiles, const i64* __restrict__ table) {
+    const i64* tile = tiles + (i64)TILE_WORDS * blockIdx.x;
+    const i64 slot = tile[2];
+    const float* g = (const float*)table[2 * slot];
+    const float* c = (const float*)table[2 * slot + 1];
+    const int o = blockIdx.y * blockDim.x + threadIdx.x;
+    if ((g == nullptr && c == nullptr) || o >= width) return;
+    const float b = bias != nullptr ? E::load(bias[o]) : 0.0f;
+    const float go = g != nullptr ? g[o] : 1.0f;
+    const float co = c != nullptr ? c[o] : 0.0f;
+    for (i64 m = 0; m < tile[1]; ++m) {
+        typename E::T* at = y + (tile[0] + m) * ldy + col + o;
+        *at = E::store(b + go * (E::load(*at) - b + co));
+    }
+}
+
+// DoRA's factor for each output row o of a projection: g[o] = mag[o] / ‖W[o] + s·(B·A)[o]‖ (the
+// L2 norm over the inputs, in f32; `g` may be `mag`), from the base weight `w` ([out, din] rows
+// of the model's type) and the factors in f32, A [rank, din] and B [out, rank], as PEFT's
+// weight norm. grid (out), any block size that is a whole number of warps.
+template <typename E>
+__device__ void dora_norm_impl(float* g, const typename E::T* __restrict__ w, int din,
+                               const float* __restrict__ a, const float* __restrict__ b, int rank,
+                               float scale, const float* mag) {
+    const i64 o = blockIdx.x;
+    const float* bo = b + o * rank;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < din; i += blockDim.x) {
+        float d = 0.0f;
+        for (int r = 0; r < rank; ++r) d = fmaf(bo[r], a[(i64)r * din + i], d);
+        const float v = E::load(w[o * din + i]) + scale * d;
+        ss = fmaf(v, v, ss);
+    }
+    ss = block_sum(ss);
+    if (threadIdx.x == 0) g[o] = mag[o] / sqrtf(ss);
+}
+
+#define EXTRA_KERNELS(NAME, E)                                                                  \
+    extern "C" __global__ void lora_epilogue_##NAME(E::T* y, i64 ldy, i64 col, int width,       \
+                                                    const E::T* bias, const i64* tiles,         \
+                                                    const i64* table) {                         \
+        lora_epilogue_impl<E>(y, ldy, col, width, bias, tiles, table);                          \
+    }                                                                                           \
+    extern "C" __global__ void dora_norm_##NAME(float* g, const E::T* w, int din, const float* a, \
+                                                const float* b, int rank, float scale,          \
+                                                const float* mag) {                             \
+        dora_norm_impl<E>(g, w, din, a, b, rank, scale, mag);                                   \
+    }
+
+EXTRA_KERNELS(f32, F32)
+EXTRA_KERNELS(f16, F16)
+EXTRA_KERNELS(bf16, BF16)

@@ -35,7 +35,7 @@ pub fn dtypes(file: &str) -> &'static [&'static str] {
 pub fn entry_points(file: &str) -> &'static [&'static str] {
     match file {
         "shrink.cu" => &["sgmv_shrink", "bgmv_shrink"],
-        "expand.cu" => &["sgmv_expand", "bgmv_expand"],
+        "expand.cu" => &["sgmv_expand", "bgmv_expand", "lora_epilogue", "dora_norm"],
         "layers.cu" => &["embed", "rms_norm", "gated"],
         "rope_kv.cu" => &["rope_kv"],
         "attention.cu" => &["attention", "attention_reduce"],

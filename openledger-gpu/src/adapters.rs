@@ -2,7 +2,10 @@
 //! (`A` and `Bᵀ` in the SGMV kernels' padded layout, [`SlotLayout`]), and one persistent slot
 //! table the kernels index by (layer, projection, device slot): `[layers · 7][slots][4]` words
 //! of `A`'s address, `Bᵀ`'s address, the rank and the scale's bits. Attaching an adapter
-//! writes its pages and its table entries once; a step only uploads its launch tiles.
+//! writes its pages and its table entries once; a step only uploads its launch tiles. DoRA's
+//! magnitudes (turned into its factors on the device by the model) and LoRA biases live in a
+//! small f32 buffer of the adapter's, behind a second table of two addresses per (layer,
+//! projection, slot) that the epilogue kernel reads.
 
 use crate::error::GpuError;
 use crate::runtime::{Buffer, DevicePtr, Dtype, Runtime, Scatter, UploadId};
@@ -40,7 +43,8 @@ impl Default for AdapterBudget {
 }
 
 /// One module's factors, ready to pack: `a` is `[rank, in]`, `b` `[out, rank]`, row-major
-/// (borrowed from an adapter that stores f32, owned where converted or combined).
+/// (borrowed from an adapter that stores f32, owned where converted or combined); DoRA's
+/// magnitude and the LoRA bias times the scale (`[out]`) where the adapter has them.
 struct Factors<'a> {
     layer: usize,
     proj: usize,
@@ -48,6 +52,21 @@ struct Factors<'a> {
     b: Cow<'a, [f32]>,
     rank: usize,
     scale: f32,
+    magnitude: Option<Vec<f32>>,
+    bias: Option<Vec<f32>>,
+}
+
+/// DoRA's factor of one module to compute on the device once its adapter is attached:
+/// `g = magnitude / ‖W + scale·B·A‖` per output row, into `g` (which holds the magnitude).
+#[derive(Debug)]
+pub(crate) struct NormJob {
+    pub layer: usize,
+    pub proj: usize,
+    pub g: DevicePtr,
+    pub a: Vec<f32>,
+    pub b: Vec<f32>,
+    pub rank: usize,
+    pub scale: f32,
 }
 
 /// One attached adapter.
@@ -56,6 +75,10 @@ struct Held {
     runs: Vec<PageRun>,
     /// Rank per (layer, projection); 0 where the adapter has no module.
     ranks: Vec<usize>,
+    /// DoRA factors and LoRA biases (f32, `[out]` each) of the modules that have them.
+    extras: Option<Buffer>,
+    /// Per (layer, projection): whether the module has a DoRA factor or a LoRA bias.
+    has_extras: Vec<bool>,
 }
 
 /// The device tier of adapters (see the module docs).
@@ -65,6 +88,9 @@ pub(crate) struct DeviceAdapters {
     pages: PageAllocator,
     page_bytes: usize,
     table: Buffer,
+    /// Per (layer, projection, slot): the addresses of the DoRA factor and of the LoRA bias
+    /// (0: none), what `lora_epilogue` reads.
+    extras_table: Buffer,
     slots: Vec<Option<Held>>,
     by_name: HashMap<String, usize>,
     layers: usize,
@@ -140,11 +166,14 @@ impl DeviceAdapters {
         let slab = Buffer::new(rt, pages * budget.page_bytes)?;
         let table_bytes = cfg.num_layers * NPROJ * budget.slots * SLOT_WORDS * 8;
         let table = Buffer::from_bytes(rt, &vec![0u8; table_bytes])?;
+        let extras_table =
+            Buffer::from_bytes(rt, &vec![0u8; cfg.num_layers * NPROJ * budget.slots * 16])?;
         Ok(Self {
             slab,
             pages: PageAllocator::new(pages),
             page_bytes: budget.page_bytes,
             table,
+            extras_table,
             slots: (0..budget.slots).map(|_| None).collect(),
             by_name: HashMap::new(),
             layers: cfg.num_layers,
@@ -207,9 +236,31 @@ impl DeviceAdapters {
             .at((layer * NPROJ + proj) * self.slots.len() * SLOT_WORDS * 8)
     }
 
-    /// Bytes of the slab and the table.
+    /// Whether slot `slot`'s module (layer, projection) has a DoRA factor or a LoRA bias.
+    pub fn has_extras(&self, slot: usize, layer: usize, proj: usize) -> bool {
+        self.slots[slot]
+            .as_ref()
+            .is_some_and(|h| h.has_extras[layer * NPROJ + proj])
+    }
+
+    /// The DoRA / LoRA-bias table of (layer, projection): two words per slot.
+    pub fn extras_table(&self, layer: usize, proj: usize) -> DevicePtr {
+        self.extras_table
+            .at((layer * NPROJ + proj) * self.slots.len() * 16)
+    }
+
+    /// Bytes of the slab, the tables and the adapters' DoRA factors and LoRA biases.
     pub fn bytes(&self) -> usize {
-        self.slab.len() + self.table.len()
+        self.slab.len()
+            + self.table.len()
+            + self.extras_table.len()
+            + self
+                .slots
+                .iter()
+                .flatten()
+                .filter_map(|h| h.extras.as_ref())
+                .map(Buffer::len)
+                .sum::<usize>()
     }
 
     /// Free pages of the slab.
@@ -246,12 +297,6 @@ impl DeviceAdapters {
                     "{module:?} is not an [out, in] linear layer"
                 )));
             }
-            if m.magnitude().is_some() {
-                return Err(unsupported("DoRA"));
-            }
-            if m.lora_bias().is_some() {
-                return Err(unsupported("lora_bias"));
-            }
             let (din, dout) = proj_dims(cfg, p);
             if (m.in_features(), m.out_features()) != (din, dout) {
                 return Err(incompatible(format!(
@@ -263,6 +308,39 @@ impl DeviceAdapters {
             if !m.scale().is_finite() {
                 return Err(incompatible(format!("{module:?}: scale {}", m.scale())));
             }
+            let vector = |what: &str, t: &openledger_lora::adapter::tensors::HostTensor| {
+                let v = t.to_f32().into_owned();
+                if v.len() != dout {
+                    return Err(incompatible(format!(
+                        "{module:?}: {what} of {} values, the projection has {dout} outputs",
+                        v.len()
+                    )));
+                }
+                if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                    return Err(incompatible(format!(
+                        "{module:?}: {what} value {i} is {}",
+                        v[i]
+                    )));
+                }
+                Ok(v)
+            };
+            let magnitude = m.magnitude().map(|t| vector("magnitude", t)).transpose()?;
+            let base_bias = match p {
+                0..=2 => cfg.attention_bias || cfg.qkv_bias,
+                3 => cfg.attention_bias,
+                _ => cfg.mlp_bias,
+            };
+            if m.lora_bias().is_some() && !base_bias {
+                // As the CPU model: PEFT folds a LoRA bias into the base layer's own.
+                return Err(unsupported(&format!(
+                    "lora_bias on {module:?}, whose base layer has no bias"
+                )));
+            }
+            let bias = m
+                .lora_bias()
+                .map(|t| vector("lora bias", t))
+                .transpose()?
+                .map(|b| b.iter().map(|v| v * m.scale()).collect());
             out.push(Factors {
                 layer: l,
                 proj: p,
@@ -270,6 +348,8 @@ impl DeviceAdapters {
                 b: m.b_f32(),
                 rank: m.rank(),
                 scale: m.scale(),
+                magnitude,
+                bias,
             });
         }
         Ok(out)
@@ -277,11 +357,12 @@ impl DeviceAdapters {
 
     /// Copies `adapter` to the device as `name` (replacing an adapter of that name, whose pages
     /// are freed once the new copy is written). Refused, changing nothing: a module that is not
-    /// a projection of this model or of other dimensions, DoRA, `lora_bias` and
-    /// `modules_to_save` (not done on the GPU yet), no free slot, no run of free pages long
-    /// enough. With `asynchronous`, the pages are copied on the runtime's copy stream and the
-    /// adapter must not run before [`landed`](Self::landed) says so (or [`wait`](Self::wait)
-    /// returns); the slot table is written at once (nothing reads a slot no batch names).
+    /// a projection of this model or of other dimensions, a LoRA bias where the base layer has
+    /// none, `modules_to_save` (not done on the GPU yet), no free slot, no run of free pages
+    /// long enough. With `asynchronous`, the pages are copied on the runtime's copy stream and
+    /// the adapter must not run before [`landed`](Self::landed) says so (or
+    /// [`wait`](Self::wait) returns); the slot table is written at once (nothing reads a slot no
+    /// batch names). Returns the slot and the DoRA factors the caller computes next.
     pub fn attach(
         &mut self,
         cfg: &ModelConfig,
@@ -289,7 +370,7 @@ impl DeviceAdapters {
         name: &str,
         adapter: &LoraAdapter,
         asynchronous: bool,
-    ) -> Result<usize, GpuError> {
+    ) -> Result<(usize, Vec<NormJob>), GpuError> {
         let factors = self.factors(cfg, name, adapter)?;
         self.attach_factors(cfg, dtype, name, factors, asynchronous)
     }
@@ -298,7 +379,8 @@ impl DeviceAdapters {
     /// adapter whose every module concatenates the members' factors, `A = [w₁s₁A₁; w₂s₂A₂; …]`
     /// and `B = [B₁ B₂ …]` at scale 1, so that it adds `Σⱼ wⱼ·sⱼ·Bⱼ·Aⱼ·x` — what the CPU
     /// model's ensemble adds — in one SGMV segment (rank: the sum of the members'). Refused as
-    /// [`attach`](Self::attach) refuses a member, and for a weight that is not finite.
+    /// [`attach`](Self::attach) refuses a member, for a weight that is not finite, and for a
+    /// member with DoRA or a LoRA bias (not a sum of products; the CPU model refuses them too).
     pub fn attach_ensemble(
         &mut self,
         cfg: &ModelConfig,
@@ -306,7 +388,7 @@ impl DeviceAdapters {
         name: &str,
         members: &[(&LoraAdapter, f32)],
         asynchronous: bool,
-    ) -> Result<usize, GpuError> {
+    ) -> Result<(usize, Vec<NormJob>), GpuError> {
         if members.is_empty() {
             return Err(GpuError::InvalidArgument {
                 name: "members",
@@ -323,6 +405,14 @@ impl DeviceAdapters {
                 });
             }
             for f in self.factors(cfg, &format!("{name} (member {j})"), adapter)? {
+                if f.magnitude.is_some() || f.bias.is_some() {
+                    return Err(GpuError::Unsupported {
+                        what: format!(
+                            "member {j} of ensemble {name} has DoRA or a LoRA bias (only plain \
+                             LoRA members are summed)"
+                        ),
+                    });
+                }
                 by_module
                     .entry((f.layer, f.proj))
                     .or_default()
@@ -352,6 +442,8 @@ impl DeviceAdapters {
                     b: Cow::Owned(b),
                     rank,
                     scale: 1.0,
+                    magnitude: None,
+                    bias: None,
                 }
             })
             .collect();
@@ -366,7 +458,7 @@ impl DeviceAdapters {
         name: &str,
         modules: Vec<Factors<'_>>,
         asynchronous: bool,
-    ) -> Result<usize, GpuError> {
+    ) -> Result<(usize, Vec<NormJob>), GpuError> {
         // A replacement takes the slot of the adapter it replaces.
         let previous = self.by_name.get(name).copied();
         let slot = match previous {
@@ -462,9 +554,48 @@ impl DeviceAdapters {
             }
             return Err(e);
         }
-        if let Some(old) = previous.and_then(|s| self.slots[s].take()) {
+        // DoRA's magnitudes (made into its factors by the caller's norm jobs) and the LoRA
+        // biases, in one f32 buffer of the adapter's.
+        let mut has_extras = vec![false; self.layers * NPROJ];
+        let mut values: Vec<f32> = Vec::new();
+        let mut placed = Vec::new();
+        for m in &modules {
+            let at = |v: &Option<Vec<f32>>, values: &mut Vec<f32>| {
+                v.as_ref().map(|v| {
+                    let at = values.len();
+                    values.extend_from_slice(v);
+                    at
+                })
+            };
+            let g = at(&m.magnitude, &mut values);
+            let c = at(&m.bias, &mut values);
+            if g.is_some() || c.is_some() {
+                has_extras[m.layer * NPROJ + m.proj] = true;
+                placed.push((m, g, c));
+            }
+        }
+        let extras = if values.is_empty() {
+            None
+        } else {
+            match Buffer::from_bytes(&self.rt, &Dtype::F32.encode(&values)) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    for r in runs {
+                        self.pages.free(r);
+                    }
+                    return Err(e);
+                }
+            }
+        };
+        let old = previous.and_then(|s| self.slots[s].take());
+        let old_extras = old.as_ref().is_some_and(|h| h.extras.is_some());
+        if let Some(old) = old {
             for r in old.runs {
                 self.pages.free(r);
+            }
+            if old.extras.is_some() {
+                // Nothing still running may read the old factors once they are freed.
+                self.rt.synchronize()?;
             }
         }
         let cap = self.slots.len();
@@ -473,9 +604,53 @@ impl DeviceAdapters {
             let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
             self.table.write(off, &bytes)?;
         }
-        self.slots[slot] = Some(Held { runs, ranks });
+        let mut jobs = Vec::new();
+        if extras.is_some() || old_extras {
+            // Every (layer, projection) of the slot: this adapter's addresses, or none.
+            let mut words = vec![0i64; self.layers * NPROJ * 2];
+            if let Some(buf) = &extras {
+                for (m, g, c) in placed {
+                    let k = (m.layer * NPROJ + m.proj) * 2;
+                    if let Some(g) = g {
+                        words[k] = buf.at(g * 4) as i64;
+                        jobs.push(NormJob {
+                            layer: m.layer,
+                            proj: m.proj,
+                            g: buf.at(g * 4),
+                            a: m.a.to_vec(),
+                            b: m.b.to_vec(),
+                            rank: m.rank,
+                            scale: m.scale,
+                        });
+                    }
+                    if let Some(c) = c {
+                        words[k + 1] = buf.at(c * 4) as i64;
+                    }
+                }
+            }
+            self.write_extras(slot, &words)?;
+        }
+        self.slots[slot] = Some(Held {
+            runs,
+            ranks,
+            extras,
+            has_extras,
+        });
         self.by_name.insert(name.to_string(), slot);
-        Ok(slot)
+        Ok((slot, jobs))
+    }
+
+    /// Writes slot `slot`'s two words of every (layer, projection) of the extras table.
+    fn write_extras(&mut self, slot: usize, words: &[i64]) -> Result<(), GpuError> {
+        let cap = self.slots.len();
+        for lp in 0..self.layers * NPROJ {
+            let bytes: Vec<u8> = words[lp * 2..lp * 2 + 2]
+                .iter()
+                .flat_map(|w| w.to_le_bytes())
+                .collect();
+            self.extras_table.write((lp * cap + slot) * 16, &bytes)?;
+        }
+        Ok(())
     }
 
     /// Frees adapter `name`'s pages and slot (once a copy of them in flight has landed); false
@@ -488,6 +663,11 @@ impl DeviceAdapters {
         if let Some(h) = self.slots[slot].take() {
             for r in h.runs {
                 self.pages.free(r);
+            }
+            if h.extras.is_some() {
+                self.write_extras(slot, &vec![0; self.layers * NPROJ * 2])?;
+                // Nothing still running may read the factors once they are freed.
+                self.rt.synchronize()?;
             }
         }
         Ok(true)

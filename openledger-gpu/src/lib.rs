@@ -1,8 +1,10 @@
 //! The openledger SDK's model on a GPU. [`GpuModel`] holds a llama-family checkpoint's weights
 //! and its paged KV cache in device memory and runs each serving step through the kernels of
 //! `openledger-kernels` (embedding gather, RMSNorm fused with the residual add, RoPE fused with
-//! the KV write, paged attention split over the context, gated activations) and the device's
-//! GEMMs, returning logits only for the rows that need them.
+//! the KV write, paged attention split over the context, a prompt's attention in tiles on the
+//! tensor cores, gated activations) and the device's GEMMs, returning logits only for the rows
+//! that need them. It loads HF folders ([`GpuModel::load`]) and llama-family GGUF files
+//! ([`GpuModel::from_gguf`], dequantized on the host).
 //!
 //! Everything it asks of a device goes through the [`Runtime`] interface: memory, launches by
 //! name (cuLaunchKernel's argument convention) and GEMMs. Two runtimes implement it:
@@ -15,7 +17,8 @@
 //!   says nothing of speed.
 //!
 //! Adapters live in a device slab ([`AdapterBudget`]) and run through the SGMV / BGMV kernels
-//! in the same mixed batch as the base model.
+//! in the same mixed batch as the base model; DoRA's magnitude (its factor computed on the
+//! device at attach time) and LoRA biases are applied after the module's product.
 //!
 //! [`GpuPagedModel`] is the serving engine's step model over it (the engine's KV cache in device
 //! memory), and [`serve`] starts a [`ServedModel`](openledger_lora::model::ServedModel) on a
@@ -24,9 +27,8 @@
 //! Architectures: Llama (with `attention_bias` / `mlp_bias`), Mistral, Qwen2 (q/k/v biases,
 //! its sliding window) and Gemma (`1 + w` norms, GeGLU, √hidden embedding scale, tied head).
 //!
-//! Not done yet: DoRA, `lora_bias` and `modules_to_save` on the device, bf16 prefill
-//! attention with `mma.sync`, and CUDA graphs (each refused with a typed
-//! [`GpuError::Unsupported`] where a checkpoint or adapter asks for it).
+//! Not done yet: `modules_to_save` on the device (an adapter with it is refused with a typed
+//! [`GpuError::Unsupported`]) and CUDA graphs.
 
 mod adapters;
 mod checkpoint;

@@ -15,7 +15,7 @@
 //! `attention_bias` and `mlp_bias`) are copied into the GEMM's output rows first and the GEMM
 //! accumulates onto them; Gemma's norms scale by `1 + w` and its embeddings by √hidden.
 
-use crate::adapters::{AdapterBudget, DeviceAdapters, NPROJ, proj_dims};
+use crate::adapters::{AdapterBudget, DeviceAdapters, NPROJ, NormJob, proj_dims};
 use crate::checkpoint::Checkpoint;
 use crate::error::GpuError;
 use crate::kv::DeviceKvStorage;
@@ -169,6 +169,8 @@ struct LoraLaunch {
     max_rank: usize,
     /// Rows per tile: SGMV's eight, BGMV's one.
     per_tile: usize,
+    /// Whether a slot of the step has a DoRA factor or a LoRA bias on this (layer, projection).
+    epilogue: bool,
 }
 
 /// `len` values uniform in ±`scale` as `dtype`'s bytes: SplitMix64 streams seeded from `seed`
@@ -489,15 +491,73 @@ impl GpuModel {
     }
 
     /// Copies `adapter` to the device and serves batches naming `name` with it (a later
-    /// attach under the same name replaces it). Refused with nothing changed: modules that
-    /// are not this model's projections, DoRA, `lora_bias` and `modules_to_save` (not done on
-    /// the GPU yet: [`GpuError::Unsupported`]), a full slab or no free slot
+    /// attach under the same name replaces it). DoRA modules get their factor
+    /// `magnitude / ‖W + s·B·A‖` computed on the device from the base weight (PEFT's weight
+    /// norm), and LoRA biases are added with it after the module's product. Refused with
+    /// nothing changed: modules that are not this model's projections, `modules_to_save`
+    /// (not done on the GPU yet: [`GpuError::Unsupported`]), a full slab or no free slot
     /// ([`GpuError::OutOfMemory`]).
     pub fn attach_adapter(&mut self, name: &str, adapter: &LoraAdapter) -> Result<(), GpuError> {
         let cfg = self.cfg.clone();
-        self.adapters
+        let (_, jobs) = self
+            .adapters
             .attach(&cfg, self.dtype, name, adapter, false)?;
+        self.run_norm_jobs(name, jobs)
+    }
+
+    /// Computes the DoRA factors of an adapter just attached as `name` (detaching it when
+    /// that fails).
+    fn run_norm_jobs(&mut self, name: &str, jobs: Vec<NormJob>) -> Result<(), GpuError> {
+        let result = jobs.iter().try_for_each(|j| self.dora_norm(j));
+        if let Err(e) = result {
+            self.adapters.detach(name)?;
+            return Err(e);
+        }
         Ok(())
+    }
+
+    /// One module's DoRA factor: `g = magnitude / ‖W + s·B·A‖` per output row, on the device.
+    fn dora_norm(&self, job: &NormJob) -> Result<(), GpuError> {
+        let (din, dout) = proj_dims(&self.cfg, job.proj);
+        let (q_out, kv_out) = (
+            self.cfg.num_heads * self.cfg.head_dim,
+            self.cfg.num_kv_heads * self.cfg.head_dim,
+        );
+        let inter = self.cfg.intermediate_size;
+        let layer = &self.layers[job.layer];
+        // The projection's rows of its (fused) weight.
+        let (w, row) = match job.proj {
+            0 => (&layer.qkv, 0),
+            1 => (&layer.qkv, q_out),
+            2 => (&layer.qkv, q_out + kv_out),
+            3 => (&layer.o, 0),
+            4 => (&layer.gate_up, 0),
+            5 => (&layer.gate_up, inter),
+            _ => (&layer.down, 0),
+        };
+        let a = Buffer::from_bytes(&self.rt, &Dtype::F32.encode(&job.a))?;
+        let b = Buffer::from_bytes(&self.rt, &Dtype::F32.encode(&job.b))?;
+        // SAFETY: `w` holds `dout` rows of `din` from `row`; `a` is [rank, din] and `b`
+        // [dout, rank] f32; `g` holds the module's `dout` magnitudes, which it overwrites.
+        unsafe {
+            self.launch(
+                "dora_norm",
+                (dout as u32, 1, 1),
+                ROW_THREADS,
+                &[
+                    Arg::Ptr(job.g),
+                    Arg::Ptr(w.at(row * din * self.dtype.bytes())),
+                    Arg::I32(din as i32),
+                    Arg::Ptr(a.ptr()),
+                    Arg::Ptr(b.ptr()),
+                    Arg::I32(job.rank as i32),
+                    Arg::F32(job.scale),
+                    Arg::Ptr(job.g),
+                ],
+            )?;
+        }
+        // The factors' buffers are freed on return: the kernel must be done with them.
+        self.rt.synchronize()
     }
 
     /// As [`attach_adapter`](Self::attach_adapter), but the factors are copied on the
@@ -509,9 +569,10 @@ impl GpuModel {
         adapter: &LoraAdapter,
     ) -> Result<(), GpuError> {
         let cfg = self.cfg.clone();
-        self.adapters
+        let (_, jobs) = self
+            .adapters
             .attach(&cfg, self.dtype, name, adapter, true)?;
-        Ok(())
+        self.run_norm_jobs(name, jobs)
     }
 
     /// Serves batches naming `name` with the ensemble of `members`, each with its weight: one
@@ -536,9 +597,10 @@ impl GpuModel {
         asynchronous: bool,
     ) -> Result<(), GpuError> {
         let cfg = self.cfg.clone();
-        self.adapters
-            .attach_ensemble(&cfg, self.dtype, name, members, asynchronous)?;
-        Ok(())
+        let (_, jobs) =
+            self.adapters
+                .attach_ensemble(&cfg, self.dtype, name, members, asynchronous)?;
+        self.run_norm_jobs(name, jobs)
     }
 
     /// Whether adapter `name`'s factors are on the device (an adapter attached synchronously,
@@ -606,9 +668,13 @@ impl GpuModel {
                 if rows.iter().all(Option::is_none) {
                     continue;
                 }
+                let epilogue = rows
+                    .iter()
+                    .flatten()
+                    .any(|&s| self.adapters.has_extras(s, l, p));
                 let key = (rows, ranks);
                 if let Some(&launch) = seen.get(&key) {
-                    launches[l * NPROJ + p] = Some(launch);
+                    launches[l * NPROJ + p] = Some(LoraLaunch { epilogue, ..launch });
                     continue;
                 }
                 let (rows, ranks) = &key;
@@ -638,6 +704,7 @@ impl GpuModel {
                     tiles: tiles.len(),
                     max_rank: tiles.max_rank,
                     per_tile,
+                    epilogue,
                 };
                 words.extend_from_slice(&tiles.words);
                 seen.insert(key, launch);
@@ -720,7 +787,38 @@ impl GpuModel {
                     Arg::I32(dout as i32),
                     Arg::I32(ldb as i32),
                 ],
-            )
+            )?;
+            if launch.epilogue {
+                let layer = &self.layers[l];
+                let bias = match p {
+                    0..=2 => layer.qkv_bias.as_ref(),
+                    3 => layer.o_bias.as_ref(),
+                    4 | 5 => layer.gate_up_bias.as_ref(),
+                    _ => layer.down_bias.as_ref(),
+                };
+                self.rt.launch(
+                    &format!("lora_epilogue_{}", self.dtype.suffix()),
+                    LaunchDims::new(
+                        (
+                            launch.tiles as u32,
+                            dout.div_ceil(ROW_THREADS as usize) as u32,
+                            1,
+                        ),
+                        ROW_THREADS,
+                    ),
+                    &[
+                        Arg::Ptr(y),
+                        Arg::I64(ldy as i64),
+                        Arg::I64(col as i64),
+                        Arg::I32(dout as i32),
+                        // The fused bias's part is at the projection's column too.
+                        Arg::Ptr(bias.map_or(0, |b| b.at(col * eb))),
+                        Arg::Ptr(tiles),
+                        Arg::Ptr(self.adapters.extras_table(l, p)),
+                    ],
+                )?;
+            }
+            Ok(())
         }
     }
 

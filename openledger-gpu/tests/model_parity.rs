@@ -605,6 +605,179 @@ fn adapters_alone_and_in_one_mixed_batch_match_peft() {
     }
 }
 
+/// An adapter built in memory from `b`.
+fn built(b: &openledger_lora::adapter::build::AdapterBuilder) -> LoraAdapter {
+    LoraAdapter::from_bytes(
+        b.config_json().as_bytes(),
+        &b.safetensors_bytes().unwrap(),
+        &LoadOptions::default(),
+    )
+    .unwrap()
+}
+
+/// DoRA on q, v and down of both layers (rank 4, magnitudes 0.5–1.1), and a LoRA bias on k, o
+/// and up (rank 2), for a model of `hidden`, `kv` (k / v outputs) and `inter` features.
+fn dora_and_biased(hidden: usize, kv: usize, inter: usize) -> (LoraAdapter, LoraAdapter) {
+    use openledger_lora::adapter::build::AdapterBuilder;
+    use openledger_lora::adapter::config::ConfigSpec;
+    let mut spec = ConfigSpec::new(4, 8.0, &["q_proj", "v_proj", "down_proj"]);
+    spec.use_dora = true;
+    let mut d = AdapterBuilder::new(spec);
+    let mut spec = ConfigSpec::new(2, 4.0, &["k_proj", "o_proj", "up_proj"]);
+    spec.lora_bias = true;
+    let mut c = AdapterBuilder::new(spec);
+    for l in 0..2u64 {
+        for (m, i, o, seed) in [
+            ("self_attn.q_proj", hidden, hidden, 1),
+            ("self_attn.v_proj", hidden, kv, 2),
+            ("mlp.down_proj", inter, hidden, 3),
+        ] {
+            let name = format!("model.layers.{l}.{m}");
+            d.random_lora(&name, i, o, 4, seed + 10 * l);
+            let mag: Vec<f32> = (0..o).map(|k| 0.5 + (k % 7) as f32 * 0.1).collect();
+            d.magnitude(&name, &mag);
+        }
+        for (m, i, o, seed) in [
+            ("self_attn.k_proj", hidden, kv, 4),
+            ("self_attn.o_proj", hidden, hidden, 5),
+            ("mlp.up_proj", hidden, inter, 6),
+        ] {
+            let name = format!("model.layers.{l}.{m}");
+            c.random_lora(&name, i, o, 2, seed + 10 * l);
+            let bias: Vec<f32> = (0..o).map(|k| ((k % 5) as f32 - 2.0) * 0.05).collect();
+            c.lora_bias(&name, &bias);
+        }
+    }
+    (built(&d), built(&c))
+}
+
+/// The largest `|a − b|`.
+fn gap(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
+/// DoRA on the GPU model against the CPU model (whose DoRA openledger-lora's tests check against
+/// merged weights and PEFT): the fixture with a DoRA adapter, a plain one and the base in one
+/// mixed batch, prompts then a decode step, f32 within 1e-4 (the factor `m / ‖W + s·B·A‖` is
+/// computed on the device from the base weight). Replacing the DoRA adapter by a plain one under
+/// the same name clears its factors; a DoRA member of an ensemble is refused, as on the CPU; a
+/// LoRA bias where the base layer has none is refused, as on the CPU.
+#[test]
+fn dora_adapters_match_the_cpu_model() {
+    use openledger_lora::model::{Model, SeqInput};
+    let (dora, biased) = dora_and_biased(64, 32, 128);
+    let plain = adapter("qv-r4");
+    let (seqs, _) = reference();
+    let vocab = vocab_of();
+    let (mut m, mut kv) = load(Dtype::F32, 512);
+    let mut cpu = Model::from_dir(&fixture()).unwrap();
+    let names = ["dora", "plain"];
+    let mut ids = Vec::new();
+    for (name, a) in names.iter().zip([&dora, &plain]) {
+        m.attach_adapter(name, a).unwrap();
+        ids.push(cpu.attach_adapter(name, a).unwrap());
+    }
+    let e = m.attach_adapter("biased", &biased).unwrap_err();
+    assert!(
+        e.to_string().contains("whose base layer has no bias"),
+        "{e}"
+    );
+    let t = tables();
+    // Sequence 0 with DoRA, 1 plain, 2 with DoRA, and the base on sequence 0 again.
+    let picks = [
+        (0usize, Some(0usize)),
+        (1, Some(1)),
+        (2, Some(0)),
+        (0, None),
+    ];
+    let tables4 = [t[0].clone(), t[1].clone(), t[2].clone(), vec![20, 21, 22]];
+    let step = |m: &mut GpuModel, kv: &mut DeviceKvStorage, decode: bool| {
+        let batch = StepBatch {
+            seqs: picks
+                .iter()
+                .enumerate()
+                .map(|(k, &(i, a))| {
+                    let s = &seqs[i];
+                    let (tokens, start) = if decode {
+                        (&s[s.len() - 1..], s.len() - 1)
+                    } else {
+                        (&s[..s.len() - 1], 0)
+                    };
+                    with_adapter(
+                        seq(k as u64, tokens, start, &tables4[k], true),
+                        a.map(|a| names[a]),
+                    )
+                })
+                .collect(),
+        };
+        m.forward(&batch, kv).unwrap()
+    };
+    let prefill = step(&mut m, &mut kv, false);
+    let decode = step(&mut m, &mut kv, true);
+    let inputs: Vec<SeqInput<'_>> = picks
+        .iter()
+        .map(|&(i, a)| SeqInput {
+            adapter: a.map(|a| ids[a]),
+            tokens: &seqs[i],
+        })
+        .collect();
+    let want = cpu.forward(&inputs).unwrap();
+    for (k, &(i, a)) in picks.iter().enumerate() {
+        let l = seqs[i].len();
+        let what = format!("sequence {i} with {:?}", a.map(|a| names[a]));
+        let w = &want[k];
+        assert_close(
+            &format!("{what}, prefill"),
+            &prefill[k * vocab..(k + 1) * vocab],
+            &w[(l - 2) * vocab..(l - 1) * vocab],
+            1e-4,
+        );
+        assert_close(
+            &format!("{what}, decode"),
+            &decode[k * vocab..(k + 1) * vocab],
+            &w[(l - 1) * vocab..l * vocab],
+            1e-4,
+        );
+    }
+    let l0 = (seqs[0].len() - 1) * vocab;
+    assert!(
+        gap(&want[0][l0..], &want[3][l0..]) > 1e-2,
+        "DoRA changes the logits"
+    );
+    // "dora" replaced by a plain adapter: its rows give that adapter's logits.
+    m.attach_adapter("dora", &plain).unwrap();
+    let mut kv = m.kv_storage(32, 4).unwrap();
+    let s = &seqs[0];
+    let got = m
+        .forward(
+            &StepBatch {
+                seqs: vec![with_adapter(seq(0, s, 0, &t[0], true), Some("dora"))],
+            },
+            &mut kv,
+        )
+        .unwrap();
+    let plain_cpu = cpu
+        .forward(&[SeqInput {
+            adapter: Some(ids[1]),
+            tokens: s,
+        }])
+        .unwrap();
+    let l = s.len();
+    assert_close(
+        "dora replaced by a plain adapter",
+        &got,
+        &plain_cpu[0][(l - 1) * vocab..l * vocab],
+        1e-4,
+    );
+    let e = m
+        .attach_ensemble("mix", &[(&dora, 0.5), (&plain, 0.5)])
+        .unwrap_err();
+    assert!(matches!(e, GpuError::Unsupported { .. }), "{e}");
+}
+
 #[test]
 fn adapter_memory_is_paged_and_refusals_change_nothing() {
     let opts = GpuOptions {
@@ -977,4 +1150,71 @@ fn uploads_on_the_copy_stream_land_where_they_are_sent() {
     // SAFETY: refused before anything is copied.
     let e = unsafe { rt.upload_async(&src, &bad) }.unwrap_err();
     assert!(matches!(e, GpuError::BufferTooSmall { .. }), "{e}");
+}
+
+/// DoRA and LoRA biases over a base whose layers have biases (Llama with `attention_bias` and
+/// `mlp_bias`, a random checkpoint): `y = b + g·(W·x + s·B·A·x + c)`, the base bias kept out of
+/// DoRA's scaling and the LoRA bias inside it. The GPU model against the CPU model, a DoRA
+/// adapter, a LoRA-bias adapter and the base in one batch, f32 within 1e-4.
+#[test]
+fn dora_and_lora_biases_over_a_biased_base_match_the_cpu_model() {
+    use openledger_lora::model::{Model, SeqInput};
+    let config = r#"{"model_type": "llama", "vocab_size": 40, "hidden_size": 32,
+        "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 4, "rms_norm_eps": 1e-6, "attention_bias": true,
+        "mlp_bias": true}"#;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = random_checkpoint(dir.path(), config, 9);
+    let v = cfg.vocab_size;
+    let (dora, biased) = dora_and_biased(32, 32, 48);
+    let mut cpu = Model::from_dir(dir.path()).unwrap();
+    let opts = GpuOptions {
+        dtype: Some(Dtype::F32),
+        ..GpuOptions::default()
+    };
+    let mut m = GpuModel::load(runtime(), dir.path(), opts, &mut |_, _| {}).unwrap();
+    let names = ["dora", "biased"];
+    let mut ids = Vec::new();
+    for (name, a) in names.iter().zip([&dora, &biased]) {
+        m.attach_adapter(name, a).unwrap();
+        ids.push(cpu.attach_adapter(name, a).unwrap());
+    }
+    let prompt: [u32; 6] = [3, 17, 1, 30, 12, 5];
+    let picks = [Some(0usize), Some(1), None];
+    let mut kv = m.kv_storage(8, 4).unwrap();
+    let batch = StepBatch {
+        seqs: picks
+            .iter()
+            .enumerate()
+            .map(|(k, a)| {
+                let table = vec![2 * k as u32 + 1, 2 * k as u32];
+                with_adapter(seq(k as u64, &prompt, 0, &table, true), a.map(|a| names[a]))
+            })
+            .collect(),
+    };
+    let got = m.forward(&batch, &mut kv).unwrap();
+    let inputs: Vec<SeqInput<'_>> = picks
+        .iter()
+        .map(|a| SeqInput {
+            adapter: a.map(|a| ids[a]),
+            tokens: &prompt,
+        })
+        .collect();
+    let want = cpu.forward(&inputs).unwrap();
+    let last = (prompt.len() - 1) * v;
+    for (k, a) in picks.iter().enumerate() {
+        assert_close(
+            &format!("{:?} over a biased base", a.map(|a| names[a])),
+            &got[k * v..(k + 1) * v],
+            &want[k][last..],
+            1e-4,
+        );
+    }
+    for k in 0..2 {
+        assert!(
+            gap(&want[k][last..], &want[2][last..]) > 1e-2,
+            "{} changes the logits",
+            names[k]
+        );
+    }
 }

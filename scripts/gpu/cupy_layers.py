@@ -74,6 +74,42 @@ def paged_reference(q, kc, vc, tables, offs, rows, heads, window):
     return want
 
 
+def dora_and_bias(mod, dt, g, report):
+    """DoRA's factor (dora_norm) against torch's weight norm, and the epilogue (lora_epilogue):
+    y = b + g·(y − b + c) on the rows of a DoRA tile, y + c on a bias-only tile, nothing on a
+    plain one, within a 100-wide output at column 10."""
+    ok, out, din, rank, scale = True, 48, 64, 4, 2.0
+    w = g(out, din)
+    a = torch.rand(rank, din, device="cuda") - 0.5
+    b = torch.rand(out, rank, device="cuda") - 0.5
+    mag = torch.rand(out, device="cuda") + 0.5
+    gv = mag.clone()
+    mod.get_function(f"dora_norm_{dt}")(
+        (out,), (256,), (dev(gv), dev(w), np.int32(din), dev(a), dev(b), np.int32(rank),
+                         np.float32(scale), dev(gv)))
+    torch.cuda.synchronize()
+    want_g = mag / torch.linalg.norm(w.float() + scale * (b @ a), dim=1)
+    ok &= check("dora_norm", "f32", gv, want_g, report)
+    rows, ldy, col = 7, 100, 10
+    y, bias = g(rows, ldy), g(out)
+    c = (torch.rand(out, device="cuda") - 0.5) * 0.2
+    y0 = y.clone()
+    # Slot 0: DoRA and a bias; slot 1: a bias alone; slot 2: neither.
+    table = cp.asarray(np.array([gv.data_ptr(), c.data_ptr(), 0, c.data_ptr(), 0, 0], np.int64))
+    tiles = cp.asarray(np.array([0, 3, 0, 0, 3, 2, 1, 0, 5, 2, 2, 0], np.int64))
+    mod.get_function(f"lora_epilogue_{dt}")(
+        (3, 1), (256,), (dev(y), np.int64(ldy), np.int64(col), np.int32(out), dev(bias), tiles,
+                         table))
+    torch.cuda.synchronize()
+    want = y0.float().clone()
+    bf = bias.float()
+    seg = want[:, col:col + out]
+    seg[0:3] = bf + gv * (seg[0:3] - bf + c)
+    seg[3:5] = seg[3:5] + c
+    ok &= check("lora_epilogue", dt, y.float(), want, report)
+    return ok
+
+
 def prefill(mod, dt, g, report):
     """The tensor-core prefill: a 140-row chunk from position 10 and a 70-row prompt, in tiles
     of 64 rows, GQA 4:2, head sizes 64 and 128, with and without a sliding window."""
@@ -111,7 +147,7 @@ def main():
     common = (kdir / "common.cuh").read_text()
     mods = {n: cp.RawModule(code=common + "\n" + (kdir / f"{n}.cu").read_text(),
                             options=("-lineinfo",))
-            for n in ("layers", "rope_kv", "attention", "prefill")}
+            for n in ("layers", "rope_kv", "attention", "prefill", "expand")}
     torch.manual_seed(0)
     report, ok = [], True
     for dt, tdt in DTYPES.items():
@@ -211,6 +247,7 @@ def main():
                             report)
         if dt != "f32":
             ok &= prefill(mods["prefill"], dt, g, report)
+        ok &= dora_and_bias(mods["expand"], dt, g, report)
         out_path.write_text(json.dumps({"ok": ok, "checks": report}, indent=1))
     out_path.write_text(json.dumps({"ok": ok, "checks": report}, indent=1))
     sys.exit(0 if ok else 1)
