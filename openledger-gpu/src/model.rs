@@ -508,7 +508,15 @@ impl GpuModel {
     /// Computes the DoRA factors of an adapter just attached as `name` (detaching it when
     /// that fails).
     fn run_norm_jobs(&mut self, name: &str, jobs: Vec<NormJob>) -> Result<(), GpuError> {
-        let result = jobs.iter().try_for_each(|j| self.dora_norm(j));
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        // The factors' buffers live until every kernel is done with them: one wait for all.
+        let mut held = Vec::with_capacity(2 * jobs.len());
+        let result = jobs
+            .iter()
+            .try_for_each(|j| self.dora_norm(j, &mut held))
+            .and_then(|()| self.rt.synchronize());
         if let Err(e) = result {
             self.adapters.detach(name)?;
             return Err(e);
@@ -516,29 +524,16 @@ impl GpuModel {
         Ok(())
     }
 
-    /// One module's DoRA factor: `g = magnitude / ‖W + s·B·A‖` per output row, on the device.
-    fn dora_norm(&self, job: &NormJob) -> Result<(), GpuError> {
+    /// Launches one module's DoRA factor, `g = magnitude / ‖W + s·B·A‖` per output row, on the
+    /// device; its factors' buffers go to `held`.
+    fn dora_norm(&self, job: &NormJob, held: &mut Vec<Buffer>) -> Result<(), GpuError> {
         let (din, dout) = proj_dims(&self.cfg, job.proj);
-        let (q_out, kv_out) = (
-            self.cfg.num_heads * self.cfg.head_dim,
-            self.cfg.num_kv_heads * self.cfg.head_dim,
-        );
-        let inter = self.cfg.intermediate_size;
-        let layer = &self.layers[job.layer];
-        // The projection's rows of its (fused) weight.
-        let (w, row) = match job.proj {
-            0 => (&layer.qkv, 0),
-            1 => (&layer.qkv, q_out),
-            2 => (&layer.qkv, q_out + kv_out),
-            3 => (&layer.o, 0),
-            4 => (&layer.gate_up, 0),
-            5 => (&layer.gate_up, inter),
-            _ => (&layer.down, 0),
-        };
+        let (w, row, _) = self.projection(job.layer, job.proj);
         let a = Buffer::from_bytes(&self.rt, &Dtype::F32.encode(&job.a))?;
         let b = Buffer::from_bytes(&self.rt, &Dtype::F32.encode(&job.b))?;
         // SAFETY: `w` holds `dout` rows of `din` from `row`; `a` is [rank, din] and `b`
-        // [dout, rank] f32; `g` holds the module's `dout` magnitudes, which it overwrites.
+        // [dout, rank] f32, kept in `held` until the caller has waited; `g` holds the module's
+        // `dout` magnitudes, which it overwrites.
         unsafe {
             self.launch(
                 "dora_norm",
@@ -556,8 +551,30 @@ impl GpuModel {
                 ],
             )?;
         }
-        // The factors' buffers are freed on return: the kernel must be done with them.
-        self.rt.synchronize()
+        held.extend([a, b]);
+        Ok(())
+    }
+
+    /// Projection `p` of layer `l` in the fused weights: its matrix (q|k|v, o, gate|up or
+    /// down), the first of its rows there (which is also its first column in the fused
+    /// output), and the matrix's bias where the architecture has one.
+    fn projection(&self, l: usize, p: usize) -> (&Buffer, usize, Option<&Buffer>) {
+        let (q_out, kv_out) = (
+            self.cfg.num_heads * self.cfg.head_dim,
+            self.cfg.num_kv_heads * self.cfg.head_dim,
+        );
+        let inter = self.cfg.intermediate_size;
+        let layer = &self.layers[l];
+        let (w, row, bias) = match p {
+            0 => (&layer.qkv, 0, &layer.qkv_bias),
+            1 => (&layer.qkv, q_out, &layer.qkv_bias),
+            2 => (&layer.qkv, q_out + kv_out, &layer.qkv_bias),
+            3 => (&layer.o, 0, &layer.o_bias),
+            4 => (&layer.gate_up, 0, &layer.gate_up_bias),
+            5 => (&layer.gate_up, inter, &layer.gate_up_bias),
+            _ => (&layer.down, 0, &layer.down_bias),
+        };
+        (w, row, bias.as_ref())
     }
 
     /// As [`attach_adapter`](Self::attach_adapter), but the factors are copied on the
@@ -789,13 +806,7 @@ impl GpuModel {
                 ],
             )?;
             if launch.epilogue {
-                let layer = &self.layers[l];
-                let bias = match p {
-                    0..=2 => layer.qkv_bias.as_ref(),
-                    3 => layer.o_bias.as_ref(),
-                    4 | 5 => layer.gate_up_bias.as_ref(),
-                    _ => layer.down_bias.as_ref(),
-                };
+                let (_, _, bias) = self.projection(l, p);
                 self.rt.launch(
                     &format!("lora_epilogue_{}", self.dtype.suffix()),
                     LaunchDims::new(

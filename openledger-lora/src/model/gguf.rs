@@ -793,11 +793,12 @@ impl GgufFile {
         else {
             return Ok(None);
         };
-        let config = self.model_config()?;
+        // Heads of the rotary permutation to undo (0: none); the configuration is read only
+        // for Q and K.
         let permuted = if t.name.ends_with("attn_q.weight") {
-            config.num_heads
+            self.model_config()?.num_heads
         } else if t.name.ends_with("attn_k.weight") {
-            config.num_kv_heads
+            self.model_config()?.num_kv_heads
         } else {
             0
         };
