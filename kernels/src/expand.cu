@@ -21,6 +21,9 @@ __device__ void expand_impl(typename E::T* __restrict__ y, i64 ldy, i64 col,
     const T* bt = (const T*)slot[1];
     const int rank = (int)slot[2];
     const float scale = __int_as_float((int)slot[3]);
+    // A slot without this module (the null slot of a graph's rows with no adapter): nothing
+    // to add. The whole block leaves, before any barrier.
+    if (rank == 0) return;
     // The tile's intermediate rows are contiguous in v: row m at v_off0 + m * rank.
     for (int i = threadIdx.x; i < ROWS * rank; i += blockDim.x) {
         vs[i] = i < nrows * rank ? v[v_off0 + i] : 0.0f;

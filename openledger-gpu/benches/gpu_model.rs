@@ -13,7 +13,10 @@
 //!   their own batch), and the ratio of the mixed batch to it;
 //! - adapter switch time: host pool → GPU (one adapter's pages and slot table) and cold from
 //!   disk (read the PEFT folder, then the copy);
-//! - device memory by component.
+//! - device memory by component;
+//! - one decode step of 1, 32 and `C` rows (each with its own adapter) as a graph against the
+//!   same step launched kernel by kernel (every other decode step here runs as a graph, the
+//!   default).
 //!
 //! The adapters are 16 distinct random weight sets, each attached under many names: every
 //! name is its own adapter on the device (its own slot, pages and table entries), so the
@@ -154,6 +157,43 @@ struct Timing {
     tpot_ms: Vec<f64>,
 }
 
+/// One decode step of `tokens.len()` requests: request `i`'s token `tokens[i]` at `pos`, with
+/// adapter `names[i]`, in its own run of `blocks_per` blocks.
+fn decode_batch(
+    tokens: &[u32],
+    pos: usize,
+    names: &[Option<String>],
+    blocks_per: usize,
+) -> StepBatch {
+    StepBatch {
+        seqs: (0..tokens.len())
+            .map(|i| StepSeq {
+                request: RequestId(i as u64),
+                seq: SeqId(i as u64),
+                tokens: vec![tokens[i]],
+                start_pos: pos,
+                adapter: names[i]
+                    .as_deref()
+                    .map(|a| openledger_lora::pool::AdapterId::new(a).unwrap()),
+                block_table: ((i * blocks_per) as u32..((i + 1) * blocks_per) as u32).collect(),
+                needs_logits: true,
+            })
+            .collect(),
+    }
+}
+
+/// Greedy sampling of each of `histories`' rows.
+fn greedy_rows<'a>(greedy: &'a SamplingParams, histories: &'a [Vec<u32>]) -> Vec<RowSampling<'a>> {
+    histories
+        .iter()
+        .map(|h| RowSampling {
+            params: greedy,
+            u: 0.5,
+            history: h,
+        })
+        .collect()
+}
+
 fn run_wave(
     model: &mut GpuModel,
     kv: &mut DeviceKvStorage,
@@ -210,26 +250,8 @@ fn run_wave(
     // Decode: every request one token per step.
     for step in 1..s.new_tokens {
         let pos = s.prompt + step - 1;
-        let batch = StepBatch {
-            seqs: (0..n)
-                .map(|i| StepSeq {
-                    request: RequestId(i as u64),
-                    seq: SeqId(i as u64),
-                    tokens: vec![last[i]],
-                    start_pos: pos,
-                    adapter: id(&wave.names[i]),
-                    block_table: table(i),
-                    needs_logits: true,
-                })
-                .collect(),
-        };
-        let rows: Vec<RowSampling<'_>> = (0..n)
-            .map(|i| RowSampling {
-                params: &greedy,
-                u: 0.5,
-                history: &wave.prompts[i],
-            })
-            .collect();
+        let batch = decode_batch(&last, pos, &wave.names, blocks_per);
+        let rows = greedy_rows(&greedy, &wave.prompts[..n]);
         let t0 = Instant::now();
         let toks = model
             .forward_sampled(&batch, kv, &rows)
@@ -421,6 +443,55 @@ fn run() -> Result<(), String> {
             tiles,
             "> 1 (the same step, attention in tiles)",
         );
+    }
+    // A decode step as a graph against the same step launched kernel by kernel, each row with
+    // its own adapter: one step first (it captures the graph), then the best of five each.
+    let mut sizes = vec![1, 32.min(c), c];
+    sizes.dedup();
+    let greedy = SamplingParams::default();
+    for &n in &sizes {
+        let name = |i: usize| format!("g{i}");
+        for i in 0..n {
+            model
+                .attach_adapter(&name(i), &sets[i % sets.len()])
+                .map_err(|e| e.to_string())?;
+        }
+        let firsts: Vec<u32> = prompts[..n].iter().map(|p| p[0]).collect();
+        let names: Vec<Option<String>> = (0..n).map(|i| Some(name(i))).collect();
+        let batch = decode_batch(&firsts, s.prompt, &names, blocks_per);
+        let rows = greedy_rows(&greedy, &prompts[..n]);
+        let configured = model.graph_max_batch();
+        let mut best = |model: &mut GpuModel, cap: usize| -> Result<f64, String> {
+            model.set_graph_max_batch(cap);
+            let mut ms = f64::INFINITY;
+            for k in 0..6 {
+                let t = Instant::now();
+                model
+                    .forward_sampled(&batch, &mut kv, &rows)
+                    .map_err(|e| e.to_string())?;
+                if k > 0 {
+                    ms = ms.min(t.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+            Ok(ms)
+        };
+        let graphs = best(&mut model, configured.max(n))?;
+        let launches = best(&mut model, 0)?;
+        model.set_graph_max_batch(configured);
+        r.figure(&format!("decode_step_ms_{n}_rows_graph"), graphs);
+        r.figure(
+            &format!("decode_step_ms_{n}_rows_kernel_by_kernel"),
+            launches,
+        );
+        r.ratio(
+            &format!("decode_step_speedup_graph_vs_launches_{n}_rows"),
+            launches,
+            graphs,
+            "> 1 (one graph launch in place of a launch per kernel)",
+        );
+        for i in 0..n {
+            model.detach_adapter(&name(i)).map_err(|e| e.to_string())?;
+        }
     }
     // Mixed batches with D distinct adapters.
     let mut curve = Vec::new();

@@ -5,7 +5,10 @@
 //! writes its pages and its table entries once; a step only uploads its launch tiles. DoRA's
 //! magnitudes (turned into its factors on the device by the model) and LoRA biases live in a
 //! small f32 buffer of the adapter's, behind a second table of two addresses per (layer,
-//! projection, slot) that the epilogue kernel reads.
+//! projection, slot) that the epilogue kernel reads. Saved parameters the GPU model swaps in for
+//! an adapter's rows (the embeddings, the output head, the norms, projection weights; saved
+//! biases as their difference from the base's, added by the epilogue kernel through a table of
+//! the adapter's) are buffers of the adapter's ([`SavedAt`]).
 
 use crate::error::GpuError;
 use crate::runtime::{Buffer, DevicePtr, Dtype, Runtime, Scatter, UploadId};
@@ -15,6 +18,70 @@ use openledger_lora::sgmv::{BLayout, LoraSlot, PageAllocator, PageRun, SlotLayou
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
+
+/// A `modules_to_save` parameter the GPU model swaps in for an adapter's rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum SavedAt {
+    /// `model.embed_tokens.weight`.
+    Embed,
+    /// `lm_head.weight`.
+    Head,
+    /// `model.layers.{l}.input_layernorm.weight`.
+    InputNorm(usize),
+    /// `model.layers.{l}.post_attention_layernorm.weight`.
+    PostNorm(usize),
+    /// `model.norm.weight`.
+    FinalNorm,
+    /// A projection's weight (`model.layers.{l}.self_attn.q_proj.weight`, …), `[out, in]` in
+    /// the model's type: the adapter's rows are projected through it instead.
+    Weight(usize, usize),
+    /// What to add to a projection's outputs for the adapter's rows, f32: its saved bias minus
+    /// the base's, or (with a saved weight) its saved bias, else the base's.
+    BiasAdd(usize, usize),
+}
+
+impl SavedAt {
+    /// The parameter a saved tensor's key names, among those the GPU model swaps in.
+    fn parse(key: &str, layers: usize) -> Option<Self> {
+        match key {
+            "model.embed_tokens.weight" => return Some(Self::Embed),
+            "lm_head.weight" => return Some(Self::Head),
+            "model.norm.weight" => return Some(Self::FinalNorm),
+            _ => {}
+        }
+        if let Some(module) = key.strip_suffix(".weight")
+            && let Some((l, p)) = parse_module(module, layers)
+        {
+            return Some(Self::Weight(l, p));
+        }
+        if let Some(module) = key.strip_suffix(".bias")
+            && let Some((l, p)) = parse_module(module, layers)
+        {
+            return Some(Self::BiasAdd(l, p));
+        }
+        let rest = key.strip_prefix("model.layers.")?;
+        let (l, param) = rest.split_once('.')?;
+        let l: usize = l.parse().ok().filter(|&l| l < layers)?;
+        match param {
+            "input_layernorm.weight" => Some(Self::InputNorm(l)),
+            "post_attention_layernorm.weight" => Some(Self::PostNorm(l)),
+            _ => None,
+        }
+    }
+
+    /// Values the parameter holds in a model of `cfg`.
+    fn len(self, cfg: &ModelConfig) -> usize {
+        match self {
+            Self::Embed | Self::Head => cfg.vocab_size * cfg.hidden_size,
+            Self::Weight(_, p) => {
+                let (din, dout) = proj_dims(cfg, p);
+                din * dout
+            }
+            Self::BiasAdd(_, p) => proj_dims(cfg, p).1,
+            _ => cfg.hidden_size,
+        }
+    }
+}
 
 /// Words per slot table entry (`SLOT_WORDS` in common.cuh).
 const SLOT_WORDS: usize = 4;
@@ -79,6 +146,11 @@ struct Held {
     extras: Option<Buffer>,
     /// Per (layer, projection): whether the module has a DoRA factor or a LoRA bias.
     has_extras: Vec<bool>,
+    /// `modules_to_save` parameters, in the model's type (bias additions in f32).
+    saved: HashMap<SavedAt, Buffer>,
+    /// Per (layer, projection), the two words the epilogue kernel reads for its bias
+    /// addition (no factor; the addition's address, or 0), where the adapter has one.
+    add_table: Option<Buffer>,
 }
 
 /// The device tier of adapters (see the module docs).
@@ -164,10 +236,13 @@ impl DeviceAdapters {
         }
         let pages = budget.slab_bytes / budget.page_bytes;
         let slab = Buffer::new(rt, pages * budget.page_bytes)?;
-        let table_bytes = cfg.num_layers * NPROJ * budget.slots * SLOT_WORDS * 8;
+        // One entry more than the slots per (layer, projection): the null slot, always zero.
+        let table_bytes = cfg.num_layers * NPROJ * (budget.slots + 1) * SLOT_WORDS * 8;
         let table = Buffer::from_bytes(rt, &vec![0u8; table_bytes])?;
-        let extras_table =
-            Buffer::from_bytes(rt, &vec![0u8; cfg.num_layers * NPROJ * budget.slots * 16])?;
+        let extras_table = Buffer::from_bytes(
+            rt,
+            &vec![0u8; cfg.num_layers * NPROJ * (budget.slots + 1) * 16],
+        )?;
         Ok(Self {
             slab,
             pages: PageAllocator::new(pages),
@@ -230,10 +305,22 @@ impl DeviceAdapters {
         self.slots.len()
     }
 
+    /// Entries per (layer, projection) in the tables: the slots and the null slot.
+    fn stride(&self) -> usize {
+        self.slots.len() + 1
+    }
+
+    /// A slot index whose entries are always zero (rank 0, no DoRA factor, no bias): the
+    /// kernels pass over a tile of it. A step captured as a graph gives it to rows with no
+    /// adapter.
+    pub fn null_slot(&self) -> usize {
+        self.slots.len()
+    }
+
     /// The slot table of (layer, projection).
     pub fn table(&self, layer: usize, proj: usize) -> DevicePtr {
         self.table
-            .at((layer * NPROJ + proj) * self.slots.len() * SLOT_WORDS * 8)
+            .at((layer * NPROJ + proj) * self.stride() * SLOT_WORDS * 8)
     }
 
     /// Whether slot `slot`'s module (layer, projection) has a DoRA factor or a LoRA bias.
@@ -243,10 +330,34 @@ impl DeviceAdapters {
             .is_some_and(|h| h.has_extras[layer * NPROJ + proj])
     }
 
+    /// Slot `slot`'s copy of a `modules_to_save` parameter, where its adapter has one.
+    pub fn saved(&self, slot: usize, at: SavedAt) -> Option<DevicePtr> {
+        self.slots[slot]
+            .as_ref()
+            .and_then(|h| h.saved.get(&at))
+            .map(Buffer::ptr)
+    }
+
+    /// The epilogue table of slot `slot`'s bias additions for (layer, projection), read with
+    /// slot index 0 (see [`Held::add_table`]).
+    pub fn add_table(&self, slot: usize, layer: usize, proj: usize) -> Option<DevicePtr> {
+        self.slots[slot]
+            .as_ref()
+            .and_then(|h| h.add_table.as_ref())
+            .map(|t| t.at((layer * NPROJ + proj) * 16))
+    }
+
+    /// Whether slot `slot`'s adapter has `modules_to_save` parameters.
+    pub fn has_saved(&self, slot: usize) -> bool {
+        self.slots[slot]
+            .as_ref()
+            .is_some_and(|h| !h.saved.is_empty())
+    }
+
     /// The DoRA / LoRA-bias table of (layer, projection): two words per slot.
     pub fn extras_table(&self, layer: usize, proj: usize) -> DevicePtr {
         self.extras_table
-            .at((layer * NPROJ + proj) * self.slots.len() * 16)
+            .at((layer * NPROJ + proj) * self.stride() * 16)
     }
 
     /// Bytes of the slab, the tables and the adapters' DoRA factors and LoRA biases.
@@ -258,7 +369,7 @@ impl DeviceAdapters {
                 .slots
                 .iter()
                 .flatten()
-                .filter_map(|h| h.extras.as_ref())
+                .flat_map(|h| h.extras.iter().chain(h.saved.values()).chain(&h.add_table))
                 .map(Buffer::len)
                 .sum::<usize>()
     }
@@ -282,9 +393,6 @@ impl DeviceAdapters {
         let unsupported = |what: &str| GpuError::Unsupported {
             what: format!("{what} (adapter {name})"),
         };
-        if adapter.saved_tensors().len() > 0 {
-            return Err(unsupported("modules_to_save"));
-        }
         let mut out = Vec::with_capacity(adapter.num_modules());
         for (module, m) in adapter.modules() {
             let Some((l, p)) = parse_module(module, self.layers) else {
@@ -355,11 +463,94 @@ impl DeviceAdapters {
         Ok(out)
     }
 
+    /// `adapter`'s `modules_to_save` parameters (and biases saved by its `bias` mode) as the
+    /// GPU model holds them, checked against the model: the embeddings, the output head and
+    /// norms in the model's type; a projection's weight in the model's type; a projection's
+    /// bias as what to add to the base projection's outputs (its saved bias minus the base's
+    /// `base_bias(layer, projection)`, or, with a saved weight, its saved bias or else the
+    /// base's), in f32. Any other saved parameter is [`GpuError::Unsupported`].
+    fn saved_params(
+        &self,
+        cfg: &ModelConfig,
+        dtype: Dtype,
+        name: &str,
+        adapter: &LoraAdapter,
+        base_bias: &mut dyn FnMut(usize, usize) -> Result<Option<Vec<f32>>, GpuError>,
+    ) -> Result<Vec<(SavedAt, Vec<u8>)>, GpuError> {
+        let mut out: Vec<(SavedAt, Vec<u8>)> = Vec::new();
+        let mut biases: HashMap<(usize, usize), Vec<f32>> = HashMap::new();
+        for (key, t) in adapter.saved_tensors() {
+            let at = SavedAt::parse(key, self.layers).ok_or_else(|| GpuError::Unsupported {
+                what: format!(
+                    "modules_to_save parameter {key} of adapter {name} (the GPU model swaps in \
+                     the embeddings, the output head, the norms and the projections)"
+                ),
+            })?;
+            let bad = |reason: String| GpuError::InvalidArgument {
+                name: "adapter",
+                reason: format!("{name}: saved {key}: {reason}"),
+            };
+            let v = t.to_f32();
+            if v.len() != at.len(cfg) {
+                return Err(bad(format!(
+                    "{} values, the model's has {}",
+                    v.len(),
+                    at.len(cfg)
+                )));
+            }
+            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                return Err(bad(format!("value {i} is {}", v[i])));
+            }
+            match at {
+                SavedAt::BiasAdd(l, p) => {
+                    biases.insert((l, p), v.into_owned());
+                }
+                _ => out.push((at, dtype.encode(&v))),
+            }
+        }
+        let weights: Vec<(usize, usize)> = out
+            .iter()
+            .filter_map(|(at, _)| match at {
+                SavedAt::Weight(l, p) => Some((*l, *p)),
+                _ => None,
+            })
+            .collect();
+        let mut adds: Vec<((usize, usize), Vec<f32>)> = Vec::new();
+        for (&(l, p), saved) in &biases {
+            let add = if weights.contains(&(l, p)) {
+                saved.clone()
+            } else {
+                let base = base_bias(l, p)?;
+                match base {
+                    Some(b) => saved.iter().zip(&b).map(|(s, b)| s - b).collect(),
+                    None => saved.clone(),
+                }
+            };
+            adds.push(((l, p), add));
+        }
+        for &(l, p) in &weights {
+            if !biases.contains_key(&(l, p))
+                && let Some(b) = base_bias(l, p)?
+            {
+                // A saved weight without its bias keeps the base's (the base GEMM's output,
+                // which held it, is overwritten).
+                adds.push(((l, p), b));
+            }
+        }
+        out.extend(
+            adds.into_iter()
+                .map(|((l, p), v)| (SavedAt::BiasAdd(l, p), Dtype::F32.encode(&v))),
+        );
+        Ok(out)
+    }
+
     /// Copies `adapter` to the device as `name` (replacing an adapter of that name, whose pages
     /// are freed once the new copy is written). Refused, changing nothing: a module that is not
     /// a projection of this model or of other dimensions, a LoRA bias where the base layer has
-    /// none, `modules_to_save` (not done on the GPU yet), no free slot, no run of free pages
-    /// long enough. With `asynchronous`, the pages are copied on the runtime's copy stream and
+    /// none, a `modules_to_save` parameter other than the embeddings, the head, a norm or a
+    /// projection's weight or bias (or of another shape, or not finite), no free slot, no run
+    /// of free pages long enough. `base_bias` gives a projection's base bias (for saved
+    /// biases). With `asynchronous`, the pages are copied on the runtime's copy stream and
     /// the adapter must not run before [`landed`](Self::landed) says so (or
     /// [`wait`](Self::wait) returns); the slot table is written at once (nothing reads a slot no
     /// batch names). Returns the slot and the DoRA factors the caller computes next.
@@ -370,9 +561,11 @@ impl DeviceAdapters {
         name: &str,
         adapter: &LoraAdapter,
         asynchronous: bool,
+        base_bias: &mut dyn FnMut(usize, usize) -> Result<Option<Vec<f32>>, GpuError>,
     ) -> Result<(usize, Vec<NormJob>), GpuError> {
         let factors = self.factors(cfg, name, adapter)?;
-        self.attach_factors(cfg, dtype, name, factors, asynchronous)
+        let saved = self.saved_params(cfg, dtype, name, adapter, base_bias)?;
+        self.attach_factors(cfg, dtype, name, factors, saved, asynchronous)
     }
 
     /// Copies the ensemble of `members` (each with its weight) to the device as `name`: one
@@ -380,7 +573,8 @@ impl DeviceAdapters {
     /// and `B = [B₁ B₂ …]` at scale 1, so that it adds `Σⱼ wⱼ·sⱼ·Bⱼ·Aⱼ·x` — what the CPU
     /// model's ensemble adds — in one SGMV segment (rank: the sum of the members'). Refused as
     /// [`attach`](Self::attach) refuses a member, for a weight that is not finite, and for a
-    /// member with DoRA or a LoRA bias (not a sum of products; the CPU model refuses them too).
+    /// member with DoRA, a LoRA bias or `modules_to_save` parameters (not a sum of products;
+    /// the CPU model refuses them too).
     pub fn attach_ensemble(
         &mut self,
         cfg: &ModelConfig,
@@ -402,6 +596,14 @@ impl DeviceAdapters {
                 return Err(GpuError::InvalidArgument {
                     name: "members",
                     reason: format!("member {j} of {name} has weight {weight}"),
+                });
+            }
+            if adapter.saved_tensors().len() > 0 {
+                return Err(GpuError::Unsupported {
+                    what: format!(
+                        "member {j} of ensemble {name} has modules_to_save parameters (only \
+                         plain LoRA members are summed)"
+                    ),
                 });
             }
             for f in self.factors(cfg, &format!("{name} (member {j})"), adapter)? {
@@ -447,7 +649,7 @@ impl DeviceAdapters {
                 }
             })
             .collect();
-        self.attach_factors(cfg, dtype, name, factors, asynchronous)
+        self.attach_factors(cfg, dtype, name, factors, Vec::new(), asynchronous)
     }
 
     /// Packs `factors` into pages of the slab and a slot (see [`attach`](Self::attach)).
@@ -457,6 +659,7 @@ impl DeviceAdapters {
         dtype: Dtype,
         name: &str,
         modules: Vec<Factors<'_>>,
+        saved: Vec<(SavedAt, Vec<u8>)>,
         asynchronous: bool,
     ) -> Result<(usize, Vec<NormJob>), GpuError> {
         // A replacement takes the slot of the adapter it replaces.
@@ -475,6 +678,25 @@ impl DeviceAdapters {
         };
         // A replaced adapter's copy in flight lands before its pages can be given away.
         self.wait(name)?;
+        // Saved parameters first: a failure here has changed nothing.
+        let saved = saved
+            .into_iter()
+            .map(|(at, bytes)| Ok((at, Buffer::from_bytes(&self.rt, &bytes)?)))
+            .collect::<Result<HashMap<SavedAt, Buffer>, GpuError>>()?;
+        // The bias additions' epilogue table: per (layer, projection), no factor and the
+        // addition's address.
+        let add_table = if saved.keys().any(|k| matches!(k, SavedAt::BiasAdd(..))) {
+            let mut words = vec![0i64; self.layers * NPROJ * 2];
+            for (at, b) in &saved {
+                if let SavedAt::BiasAdd(l, p) = *at {
+                    words[(l * NPROJ + p) * 2 + 1] = b.ptr() as i64;
+                }
+            }
+            let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+            Some(Buffer::from_bytes(&self.rt, &bytes)?)
+        } else {
+            None
+        };
         let eb = dtype.bytes();
         let mut runs = Vec::with_capacity(modules.len());
         // Every module's packed factors, one after another, and where each goes.
@@ -598,10 +820,17 @@ impl DeviceAdapters {
                 self.rt.synchronize()?;
             }
         }
-        let cap = self.slots.len();
-        for (l, p, words) in entries {
-            let off = ((l * NPROJ + p) * cap + slot) * SLOT_WORDS * 8;
-            let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let cap = self.stride();
+        // Every (layer, projection) of the slot is written, zero where the adapter has no
+        // module: a step captured as a graph launches each one for every row, and the kernels
+        // pass over rank 0, so no entry of an earlier adapter may be left.
+        let mut words = vec![[0i64; SLOT_WORDS]; self.layers * NPROJ];
+        for (l, p, w) in entries {
+            words[l * NPROJ + p] = w;
+        }
+        for (lp, w) in words.iter().enumerate() {
+            let off = (lp * cap + slot) * SLOT_WORDS * 8;
+            let bytes: Vec<u8> = w.iter().flat_map(|w| w.to_le_bytes()).collect();
             self.table.write(off, &bytes)?;
         }
         let mut jobs = Vec::new();
@@ -635,6 +864,8 @@ impl DeviceAdapters {
             ranks,
             extras,
             has_extras,
+            saved,
+            add_table,
         });
         self.by_name.insert(name.to_string(), slot);
         Ok((slot, jobs))
@@ -642,7 +873,7 @@ impl DeviceAdapters {
 
     /// Writes slot `slot`'s two words of every (layer, projection) of the extras table.
     fn write_extras(&mut self, slot: usize, words: &[i64]) -> Result<(), GpuError> {
-        let cap = self.slots.len();
+        let cap = self.stride();
         for lp in 0..self.layers * NPROJ {
             let bytes: Vec<u8> = words[lp * 2..lp * 2 + 2]
                 .iter()

@@ -3,9 +3,14 @@
 //! be loaded (cudarc panics when it cannot) and runs inside `catch_unwind` as a second guard, so
 //! a missing library, device or kernel is a [`GpuError`], never a panic.
 //!
-//! Everything runs in order on the context's default stream: the kernels of
-//! `openledger-kernels` (compiled by NVRTC for the device's architecture, cubin first) and
-//! cuBLAS's `cublasGemmEx` (inputs in the model's dtype, `CUBLAS_COMPUTE_32F`). Launches are
+//! Everything runs in order on one compute stream of the runtime's own (non-blocking): the
+//! kernels of `openledger-kernels` (compiled by NVRTC for the device's architecture, cubin
+//! first), GEMMs through cuBLASLt (`cublasLtMatmul`, inputs in the model's dtype,
+//! `CUBLAS_COMPUTE_32F`; one plan per shape and alignment — descriptor, layouts and the
+//! heuristic's algorithm — made on first use and kept; cuBLAS's `cublasGemmEx` for a shape
+//! cuBLASLt offers no algorithm for), both with a workspace of the runtime's so that nothing is
+//! allocated under a capture, and the copies in and out (asynchronous on that stream; a copy
+//! out then waits for it). Launches are
 //! asynchronous: a kernel that faults shows up at a later call as [`GpuError::ContextLost`];
 //! with `OPENLEDGER_CUDA_SYNC=1` every launch is followed by a synchronisation so the failing
 //! kernel is the one named.
@@ -13,17 +18,28 @@
 //! [`upload_async`](Runtime::upload_async) runs on a copy stream of its own (non-blocking, so
 //! it overlaps with the launches): the bytes go through pinned staging buffers (reused once
 //! their copy's event has fired), the copy stream first waits for the work issued before on
-//! the default stream, and an event recorded after the copies says when they have landed.
+//! the compute stream, and an event recorded after the copies says when they have landed.
+//!
+//! Graphs ([`Runtime::begin_capture`]) are CUDA graphs: a capture of the compute stream
+//! (thread-local mode), instantiated once and launched with `cuGraphLaunch`. While capturing,
+//! copies to or from the host, uploads, allocation and synchronisation are refused before they
+//! reach the driver.
 
 use crate::error::GpuError;
 use crate::runtime::{Arg, DevicePtr, Dtype, Gemm, LaunchDims, Runtime, Scatter, UploadId};
 use cudarc::cublas::sys as blas;
+use cudarc::cublaslt::result as ltr;
+use cudarc::cublaslt::sys as lt;
 use cudarc::driver::sys::{self as cu, CUresult};
 use cudarc::driver::{CudaContext, CudaFunction, DriverError, result};
 use openledger_lora::sgmv::{context_lost, cuda_driver_available, load_kernels};
 use std::collections::HashMap;
 use std::ffi::c_void;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+
+/// The cuBLAS workspace (cuBLAS's own default on Hopper is 32 MiB).
+const BLAS_WORKSPACE: usize = 32 << 20;
 
 /// The smallest pinned staging buffer made (larger uploads get one of their size).
 const STAGING_MIN: usize = 8 << 20;
@@ -44,7 +60,7 @@ struct Staging {
 #[derive(Default)]
 struct Copies {
     stream: Option<cu::CUstream>,
-    /// Recorded on the default stream before each upload, waited for by the copy stream.
+    /// Recorded on the compute stream before each upload, waited for by the copy stream.
     order: Option<cu::CUevent>,
     staging: Vec<Staging>,
     next: u64,
@@ -174,6 +190,180 @@ pub fn cublas_available() -> bool {
     std::panic::catch_unwind(|| unsafe { blas::is_culib_present() }).unwrap_or(false)
 }
 
+/// Whether the cuBLASLt library can be loaded.
+pub fn cublaslt_available() -> bool {
+    // SAFETY: only tries to open the library; no symbol is called.
+    std::panic::catch_unwind(|| unsafe { lt::is_culib_present() }).unwrap_or(false)
+}
+
+/// What a cuBLASLt plan is made for: a GEMM's shape and type, and the alignment its three
+/// addresses share (the heuristic picks only algorithms that need no more).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct GemmShape {
+    m: usize,
+    n: usize,
+    k: usize,
+    ldx: usize,
+    ldw: usize,
+    ldy: usize,
+    dtype: Dtype,
+    align: u32,
+}
+
+impl GemmShape {
+    fn of(g: &Gemm) -> Self {
+        // The largest power of two (up to 256) dividing every address.
+        let bits = (g.x | g.w | g.y | 256).trailing_zeros().min(8);
+        Self {
+            m: g.m,
+            n: g.n,
+            k: g.k,
+            ldx: g.ldx,
+            ldw: g.ldw,
+            ldy: g.ldy,
+            dtype: g.dtype,
+            align: 1 << bits,
+        }
+    }
+}
+
+/// A cuBLASLt plan: the operation, the layouts of w, x and y, and the algorithm.
+struct LtPlan {
+    desc: lt::cublasLtMatmulDesc_t,
+    layouts: [lt::cublasLtMatrixLayout_t; 3],
+    algo: lt::cublasLtMatmulAlgo_t,
+}
+
+impl LtPlan {
+    /// Destroys the descriptor and layouts.
+    ///
+    /// # Safety
+    /// They are not used again.
+    unsafe fn destroy(&self) {
+        // SAFETY: as the caller promises.
+        unsafe {
+            let _ = ltr::destroy_matmul_desc(self.desc);
+            for l in self.layouts {
+                let _ = ltr::destroy_matrix_layout(l);
+            }
+        }
+    }
+}
+
+/// The cuBLASLt handle and its plans by shape (`None`: cuBLASLt has no algorithm for that
+/// shape, or turned it down once; cublasGemmEx runs it).
+struct Lt {
+    handle: lt::cublasLtHandle_t,
+    plans: Mutex<HashMap<GemmShape, Option<LtPlan>>>,
+}
+
+// SAFETY: the handle and plans are used under the runtime's context, behind the mutex, one
+// call at a time (cuBLASLt handles may be used from any thread that has the context current).
+unsafe impl Send for Lt {}
+// SAFETY: as above.
+unsafe impl Sync for Lt {}
+
+fn lt_type(d: Dtype) -> lt::cudaDataType {
+    match d {
+        Dtype::F32 => lt::cudaDataType::CUDA_R_32F,
+        Dtype::F16 => lt::cudaDataType::CUDA_R_16F,
+        Dtype::Bf16 => lt::cudaDataType::CUDA_R_16BF,
+    }
+}
+
+/// Makes the cuBLASLt plan of `s` (`Ok(None)`: no algorithm for it).
+///
+/// # Safety
+/// `handle` is live and the context current.
+unsafe fn lt_plan(
+    handle: lt::cublasLtHandle_t,
+    s: &GemmShape,
+) -> Result<Option<LtPlan>, ltr::CublasError> {
+    let t = lt_type(s.dtype);
+    // Column-major view: yᵀ [n, m] = op(w) · xᵀ, with w stored as a column-major [k, n]
+    // (transposed by the operation) and x as a column-major [k, m].
+    let desc = ltr::create_matmul_desc(
+        lt::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+        lt::cudaDataType::CUDA_R_32F,
+    )?;
+    let mut made: Vec<lt::cublasLtMatrixLayout_t> = Vec::new();
+    let result = (|| {
+        // cublasOperation_t, from cuBLAS (cuBLASLt takes it as an int32).
+        let op = blas::cublasOperation_t::CUBLAS_OP_T as i32;
+        // SAFETY: the descriptor is live; the attribute is an int-sized operation.
+        unsafe {
+            ltr::set_matmul_desc_attribute(
+                desc,
+                lt::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
+                &op as *const _ as *const c_void,
+                std::mem::size_of_val(&op),
+            )?;
+        }
+        for (rows, cols, ld) in [(s.k, s.n, s.ldw), (s.k, s.m, s.ldx), (s.n, s.m, s.ldy)] {
+            made.push(ltr::create_matrix_layout(
+                t,
+                rows as u64,
+                cols as u64,
+                ld as i64,
+            )?);
+        }
+        let pref = ltr::create_matmul_pref()?;
+        let workspace = BLAS_WORKSPACE as u64;
+        // SAFETY: the preference and layouts are live; each attribute has its documented
+        // type (u64 workspace bytes, u32 alignments).
+        let heuristic = unsafe {
+            let set = |attr, value: *const c_void, size| {
+                ltr::set_matmul_pref_attribute(pref, attr, value, size)
+            };
+            use lt::cublasLtMatmulPreferenceAttributes_t as P;
+            let r = set(
+                P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                &workspace as *const u64 as *const c_void,
+                8,
+            )
+            .and_then(|()| {
+                [
+                    P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                    P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                    P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                    P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                ]
+                .into_iter()
+                .try_for_each(|a| set(a, &s.align as *const u32 as *const c_void, 4))
+            })
+            .and_then(|()| {
+                ltr::get_matmul_algo_heuristic(
+                    handle, desc, made[0], made[1], made[2], made[2], pref,
+                )
+            });
+            let _ = ltr::destroy_matmul_pref(pref);
+            r
+        };
+        match heuristic {
+            Ok(h) => Ok(Some(h.algo)),
+            Err(e) if e.0 == lt::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED => Ok(None),
+            Err(e) => Err(e),
+        }
+    })();
+    match result {
+        Ok(Some(algo)) => Ok(Some(LtPlan {
+            desc,
+            layouts: [made[0], made[1], made[2]],
+            algo,
+        })),
+        other => {
+            // SAFETY: made above, not used again.
+            unsafe {
+                let _ = ltr::destroy_matmul_desc(desc);
+                for l in made {
+                    let _ = ltr::destroy_matrix_layout(l);
+                }
+            }
+            other.map(|_| None)
+        }
+    }
+}
+
 /// A cuBLAS handle, destroyed with the runtime.
 struct BlasHandle(blas::cublasHandle_t);
 
@@ -183,11 +373,35 @@ unsafe impl Send for BlasHandle {}
 // SAFETY: as above; calls through `&self` are serialised by the caller's single stream.
 unsafe impl Sync for BlasHandle {}
 
+/// An instantiated CUDA graph and the graph it came from.
+struct HeldGraph {
+    graph: cu::CUgraph,
+    exec: cu::CUgraphExec,
+}
+
+/// The stream everything but uploads runs on, and the graphs captured from it.
+struct Compute {
+    stream: cu::CUstream,
+    /// cuBLAS's workspace.
+    workspace: cu::CUdeviceptr,
+    graphs: Mutex<HashMap<u64, HeldGraph>>,
+    next_graph: std::sync::atomic::AtomicU64,
+    capturing: std::sync::atomic::AtomicBool,
+}
+
+// SAFETY: the handles are used only under the runtime's context; the graphs behind a mutex
+// (CUDA graphs are not to be used from two threads at once).
+unsafe impl Send for Compute {}
+// SAFETY: as above.
+unsafe impl Sync for Compute {}
+
 /// The runtime interface on CUDA device `ordinal` (see the module docs).
 pub struct CudaRuntime {
     ctx: Arc<CudaContext>,
     funcs: HashMap<String, CudaFunction>,
     blas: BlasHandle,
+    lt: Lt,
+    compute: Compute,
     sync: bool,
     name: String,
     /// Compute capability 8.0 or later.
@@ -226,6 +440,12 @@ impl CudaRuntime {
                 searched: openledger_kernels::library_candidates("cublas"),
             });
         }
+        if !cublaslt_available() {
+            return Err(GpuError::MissingLibrary {
+                library: "cublasLt",
+                searched: openledger_kernels::library_candidates("cublasLt"),
+            });
+        }
         guard("CUDA initialisation", || {
             let ctx = CudaContext::new(ordinal).map_err(|e| GpuError::NoDevice {
                 ordinal,
@@ -241,19 +461,78 @@ impl CudaRuntime {
                 message: e.to_string(),
             })?;
             ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
-            let handle = cudarc::cublas::result::create_handle().map_err(|e| GpuError::Driver {
-                op: "cublasCreate".into(),
-                message: format!("{e:?}"),
-            })?;
-            Ok(Self {
+            let stream = result::stream::create(result::stream::StreamKind::NonBlocking)
+                .map_err(drv("cuStreamCreate"))?;
+            // SAFETY: allocates; the context is current.
+            let workspace = unsafe { result::malloc_sync(BLAS_WORKSPACE) };
+            let workspace = match workspace {
+                Ok(w) => w,
+                Err(e) => {
+                    // SAFETY: created just above, unused.
+                    let _ = unsafe { result::stream::destroy(stream) };
+                    return Err(drv("cuMemAlloc")(e));
+                }
+            };
+            let compute = Compute {
+                stream,
+                workspace,
+                graphs: Mutex::new(HashMap::new()),
+                next_graph: Default::default(),
+                capturing: Default::default(),
+            };
+            let blas_err = |op: &str, e: String| GpuError::Driver {
+                op: op.into(),
+                message: e,
+            };
+            let handles = cudarc::cublas::result::create_handle()
+                .map_err(|e| blas_err("cublasCreate", format!("{e:?}")))
+                .and_then(|h| match ltr::create_handle() {
+                    Ok(l) => Ok((h, l)),
+                    Err(e) => {
+                        // SAFETY: made just above, unused.
+                        let _ = unsafe { cudarc::cublas::result::destroy_handle(h) };
+                        Err(blas_err("cublasLtCreate", format!("{e:?}")))
+                    }
+                });
+            let (handle, lt_handle) = match handles {
+                Ok(h) => h,
+                Err(e) => {
+                    // SAFETY: ours, unused.
+                    unsafe {
+                        let _ = result::free_sync(workspace);
+                        let _ = result::stream::destroy(stream);
+                    }
+                    return Err(e);
+                }
+            };
+            // From here the runtime owns the handles: dropping it frees them.
+            let rt = Self {
                 ctx,
                 funcs,
                 blas: BlasHandle(handle),
+                lt: Lt {
+                    handle: lt_handle,
+                    plans: Mutex::new(HashMap::new()),
+                },
+                compute,
                 sync: std::env::var("OPENLEDGER_CUDA_SYNC").is_ok_and(|v| v == "1"),
                 name,
                 tensor_cores: major >= 8,
                 copies: Mutex::new(Copies::default()),
-            })
+            };
+            // SAFETY: the handle, stream and workspace are live and ours.
+            unsafe {
+                cudarc::cublas::result::set_stream(rt.blas.0, rt.compute.stream as _)
+                    .map_err(|e| blas_err("cublasSetStream", format!("{e:?}")))?;
+                blas::cublasSetWorkspace_v2(
+                    rt.blas.0,
+                    rt.compute.workspace as *mut c_void,
+                    BLAS_WORKSPACE,
+                )
+                .result()
+                .map_err(|e| blas_err("cublasSetWorkspace", format!("{e:?}")))?;
+            }
+            Ok(rt)
         })
     }
 
@@ -276,10 +555,105 @@ impl CudaRuntime {
     }
 
     fn after_launch(&self, what: &str) -> Result<(), GpuError> {
-        if self.sync {
+        if self.sync && !self.capturing() {
             result::ctx::synchronize().map_err(drv(what))?;
         }
         Ok(())
+    }
+
+    /// Refuses `what` while a capture is under way.
+    fn refuse_in_capture(&self, what: &str) -> Result<(), GpuError> {
+        if self.capturing() {
+            return Err(GpuError::InvalidArgument {
+                name: "graph capture",
+                reason: format!("{what} while capturing a graph"),
+            });
+        }
+        Ok(())
+    }
+
+    fn graphs(&self) -> Result<std::sync::MutexGuard<'_, HashMap<u64, HeldGraph>>, GpuError> {
+        self.compute.graphs.lock().map_err(|_| GpuError::Driver {
+            op: "the graph table".into(),
+            message: "its lock is poisoned".into(),
+        })
+    }
+}
+
+impl CudaRuntime {
+    /// Runs `g` through cuBLASLt with its shape's plan (made on first use); false where
+    /// cuBLASLt has no algorithm for the shape (or turned it down: then never again), for
+    /// cublasGemmEx to run.
+    ///
+    /// # Safety
+    /// As [`Runtime::gemm`].
+    unsafe fn gemm_lt(&self, g: &Gemm) -> Result<bool, GpuError> {
+        guard("cublasLtMatmul", || {
+            self.bind()?;
+            let shape = GemmShape::of(g);
+            let mut plans = self.lt.plans.lock().map_err(|_| GpuError::Driver {
+                op: "the cuBLASLt plans".into(),
+                message: "their lock is poisoned".into(),
+            })?;
+            let handle = self.lt.handle;
+            // SAFETY: the handle is live and the context current. An error making the plan
+            // leaves the shape to cublasGemmEx.
+            let entry = plans
+                .entry(shape)
+                .or_insert_with(|| unsafe { lt_plan(handle, &shape) }.unwrap_or(None));
+            let Some(plan) = entry.as_ref() else {
+                return Ok(false);
+            };
+            let alpha = 1f32;
+            let beta = if g.accumulate { 1f32 } else { 0f32 };
+            // SAFETY: the plan was made for this shape and alignment; the caller promises the
+            // matrices; the workspace is the runtime's and the stream its compute stream.
+            let r = unsafe {
+                ltr::matmul(
+                    self.lt.handle,
+                    plan.desc,
+                    &alpha as *const f32 as *const c_void,
+                    &beta as *const f32 as *const c_void,
+                    g.w as *const c_void,
+                    plan.layouts[0],
+                    g.x as *const c_void,
+                    plan.layouts[1],
+                    g.y as *const c_void,
+                    plan.layouts[2],
+                    g.y as *mut c_void,
+                    plan.layouts[2],
+                    &plan.algo,
+                    self.compute.workspace as *mut c_void,
+                    BLAS_WORKSPACE,
+                    self.compute.stream as _,
+                )
+            };
+            match r {
+                Ok(()) => {
+                    drop(plans);
+                    self.after_launch("cublasLtMatmul")?;
+                    Ok(true)
+                }
+                Err(e)
+                    if matches!(
+                        e.0,
+                        lt::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED
+                            | lt::cublasStatus_t::CUBLAS_STATUS_INVALID_VALUE
+                    ) =>
+                {
+                    // Refused before anything was issued: the shape goes to cublasGemmEx.
+                    if let Some(Some(p)) = plans.insert(shape, None) {
+                        // SAFETY: taken out of the table, not used again.
+                        unsafe { p.destroy() };
+                    }
+                    Ok(false)
+                }
+                Err(e) => Err(GpuError::Driver {
+                    op: "cublasLtMatmul".into(),
+                    message: format!("{e:?}"),
+                }),
+            }
+        })
     }
 }
 
@@ -302,6 +676,7 @@ impl Runtime for CudaRuntime {
 
     fn alloc(&self, bytes: usize) -> Result<DevicePtr, GpuError> {
         guard("cuMemAlloc", || {
+            self.refuse_in_capture("allocating")?;
             self.bind()?;
             // SAFETY: allocates; the context is current.
             unsafe { result::malloc_sync(bytes.max(1)) }.map_err(|e| match drv("cuMemAlloc")(e) {
@@ -317,24 +692,34 @@ impl Runtime for CudaRuntime {
     unsafe fn free(&self, ptr: DevicePtr) {
         let _ = guard("cuMemFree", || {
             self.bind()?;
-            // Copies in flight on the copy stream may target it: they land first.
+            // Copies in flight on the copy stream may target it: they land first, and so does
+            // the work issued before on the compute stream.
             self.copies()?.drain()?;
-            // SAFETY: as the caller promises; cuMemFree waits for work using it.
+            if !self.capturing() {
+                // SAFETY: the stream is ours and live.
+                unsafe { result::stream::synchronize(self.compute.stream) }
+                    .map_err(drv("cuStreamSynchronize"))?;
+            }
+            // SAFETY: as the caller promises; nothing issued before uses it any more.
             unsafe { result::free_sync(ptr) }.map_err(drv("cuMemFree"))
         });
     }
 
     unsafe fn upload(&self, dst: DevicePtr, src: &[u8]) -> Result<(), GpuError> {
-        guard("cuMemcpyHtoD", || {
+        guard("cuMemcpyHtoDAsync", || {
+            self.refuse_in_capture("a host-to-device copy")?;
             self.bind()?;
-            // SAFETY: as the caller promises; a synchronous copy from pageable memory.
-            unsafe { result::memcpy_htod_sync(dst, src) }.map_err(drv("cuMemcpyHtoD"))
+            // SAFETY: as the caller promises. From pageable memory the driver stages `src`
+            // before returning, so it may be reused; the copy is ordered on the stream.
+            unsafe { result::memcpy_htod_async(dst, src, self.compute.stream) }
+                .map_err(drv("cuMemcpyHtoDAsync"))
         })
     }
 
     unsafe fn upload_async(&self, src: &[u8], copies: &[Scatter]) -> Result<UploadId, GpuError> {
         Scatter::check(src.len(), copies)?;
         guard("an upload on the copy stream", || {
+            self.refuse_in_capture("an upload")?;
             self.bind()?;
             let mut c = self.copies()?;
             let stream = match c.stream {
@@ -364,7 +749,7 @@ impl Runtime for CudaRuntime {
             // this write; the caller promises the destinations.
             unsafe {
                 std::ptr::copy_nonoverlapping(src.as_ptr(), s.host as *mut u8, src.len());
-                result::event::record(order, std::ptr::null_mut()).map_err(drv("cuEventRecord"))?;
+                result::event::record(order, self.compute.stream).map_err(drv("cuEventRecord"))?;
                 result::stream::wait_event(
                     stream,
                     order,
@@ -401,18 +786,25 @@ impl Runtime for CudaRuntime {
     }
 
     unsafe fn download(&self, src: DevicePtr, dst: &mut [u8]) -> Result<(), GpuError> {
-        guard("cuMemcpyDtoH", || {
+        guard("cuMemcpyDtoHAsync", || {
+            self.refuse_in_capture("a device-to-host copy")?;
             self.bind()?;
-            // SAFETY: as the caller promises; waits for the work issued before.
-            unsafe { result::memcpy_dtoh_sync(dst, src) }.map_err(drv("cuMemcpyDtoH"))
+            // SAFETY: as the caller promises; ordered after the work issued before, and
+            // waited for before `dst` is handed back.
+            unsafe {
+                result::memcpy_dtoh_async(dst, src, self.compute.stream)
+                    .map_err(drv("cuMemcpyDtoHAsync"))?;
+                result::stream::synchronize(self.compute.stream).map_err(drv("cuStreamSynchronize"))
+            }
         })
     }
 
     unsafe fn copy(&self, dst: DevicePtr, src: DevicePtr, bytes: usize) -> Result<(), GpuError> {
-        guard("cuMemcpyDtoD", || {
+        guard("cuMemcpyDtoDAsync", || {
             self.bind()?;
             // SAFETY: as the caller promises.
-            unsafe { result::memcpy_dtod_sync(dst, src, bytes) }.map_err(drv("cuMemcpyDtoD"))
+            unsafe { result::memcpy_dtod_async(dst, src, bytes, self.compute.stream) }
+                .map_err(drv("cuMemcpyDtoDAsync"))
         })
     }
 
@@ -430,14 +822,14 @@ impl Runtime for CudaRuntime {
                 .map(|w| w as *mut u64 as *mut c_void)
                 .collect();
             // SAFETY: the caller promises the arguments fit the kernel; the driver copies the
-            // parameters before returning. The null stream is the context's default stream.
+            // parameters before returning.
             unsafe {
                 result::launch_kernel(
                     f.cu_function(),
                     dims.grid,
                     (dims.threads, 1, 1),
                     dims.shared_bytes,
-                    std::ptr::null_mut(),
+                    self.compute.stream,
                     &mut params,
                 )
             }
@@ -454,6 +846,10 @@ impl Runtime for CudaRuntime {
 
     unsafe fn gemm(&self, g: &Gemm) -> Result<(), GpuError> {
         g.check()?;
+        // SAFETY: as the caller promises.
+        if unsafe { self.gemm_lt(g)? } {
+            return Ok(());
+        }
         guard("cublasGemmEx", || {
             self.bind()?;
             let alpha = 1f32;
@@ -499,9 +895,106 @@ impl Runtime for CudaRuntime {
 
     fn synchronize(&self) -> Result<(), GpuError> {
         guard("cuCtxSynchronize", || {
+            self.refuse_in_capture("synchronising")?;
             self.bind()?;
             result::ctx::synchronize().map_err(drv("cuCtxSynchronize"))
         })
+    }
+
+    fn begin_capture(&self) -> Result<(), GpuError> {
+        guard("cuStreamBeginCapture", || {
+            self.refuse_in_capture("beginning a capture")?;
+            self.bind()?;
+            // SAFETY: the stream is ours and live.
+            unsafe {
+                result::stream::begin_capture(
+                    self.compute.stream,
+                    cu::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+                )
+            }
+            .map_err(drv("cuStreamBeginCapture"))?;
+            self.compute.capturing.store(true, Ordering::SeqCst);
+            Ok(())
+        })
+    }
+
+    fn end_capture(&self, discard: bool) -> Result<u64, GpuError> {
+        guard("cuStreamEndCapture", || {
+            if !self.capturing() {
+                return Err(GpuError::InvalidArgument {
+                    name: "graph capture",
+                    reason: "no capture is under way".into(),
+                });
+            }
+            self.bind()?;
+            // SAFETY: the stream is ours and capturing.
+            let graph = unsafe { result::stream::end_capture(self.compute.stream) };
+            self.compute.capturing.store(false, Ordering::SeqCst);
+            let graph = graph.map_err(drv("cuStreamEndCapture"))?;
+            if discard || graph.is_null() {
+                if !graph.is_null() {
+                    // SAFETY: made just above, not instantiated.
+                    let _ = unsafe { result::graph::destroy(graph) };
+                }
+                if discard {
+                    return Ok(0);
+                }
+                return Err(GpuError::Driver {
+                    op: "cuStreamEndCapture".into(),
+                    message: "the capture made no graph".into(),
+                });
+            }
+            // SAFETY: a graph just captured.
+            let exec =
+                match unsafe { result::graph::instantiate(graph, cu::CUgraphInstantiate_flags(0)) }
+                {
+                    Ok(e) => e,
+                    Err(e) => {
+                        // SAFETY: ours, not instantiated.
+                        let _ = unsafe { result::graph::destroy(graph) };
+                        return Err(drv("cuGraphInstantiate")(e));
+                    }
+                };
+            let id = self.compute.next_graph.fetch_add(1, Ordering::SeqCst) + 1;
+            self.graphs()?.insert(id, HeldGraph { graph, exec });
+            Ok(id)
+        })
+    }
+
+    unsafe fn replay(&self, id: u64) -> Result<(), GpuError> {
+        guard("cuGraphLaunch", || {
+            self.refuse_in_capture("replaying a graph")?;
+            self.bind()?;
+            let graphs = self.graphs()?;
+            let g = graphs.get(&id).ok_or_else(|| GpuError::InvalidArgument {
+                name: "graph",
+                reason: format!("no graph {id}"),
+            })?;
+            // SAFETY: the graph is live; the caller promises the addresses it holds.
+            unsafe { result::graph::launch(g.exec, self.compute.stream) }
+                .map_err(drv("cuGraphLaunch"))?;
+            drop(graphs);
+            self.after_launch("cuGraphLaunch")
+        })
+    }
+
+    fn drop_graph(&self, id: u64) {
+        let _ = guard("cuGraphExecDestroy", || {
+            self.bind()?;
+            if let Some(g) = self.graphs()?.remove(&id) {
+                // SAFETY: ours, removed from the table so destroyed once; a launch of it in
+                // flight finishes first (the driver defers the release).
+                unsafe {
+                    let _ = result::graph::exec_destroy(g.exec);
+                    let _ = result::graph::destroy(g.graph);
+                }
+            }
+            Ok(())
+        });
+    }
+
+    fn capturing(&self) -> bool {
+        self.compute.capturing.load(Ordering::SeqCst)
     }
 }
 
@@ -528,6 +1021,33 @@ impl Drop for CudaRuntime {
             }
             Ok(())
         });
+        let _ = guard("freeing the graphs and the compute stream", || {
+            self.bind()?;
+            // SAFETY: the handles are ours; the stream is drained before anything goes.
+            unsafe {
+                let _ = result::stream::synchronize(self.compute.stream);
+                if let Ok(mut graphs) = self.compute.graphs.lock() {
+                    for (_, g) in graphs.drain() {
+                        let _ = result::graph::exec_destroy(g.exec);
+                        let _ = result::graph::destroy(g.graph);
+                    }
+                }
+            }
+            Ok(())
+        });
+        let _ = guard("cublasLtDestroy", || {
+            self.bind()?;
+            // SAFETY: ours, destroyed once; the stream was drained above.
+            unsafe {
+                if let Ok(mut plans) = self.lt.plans.lock() {
+                    for p in plans.drain().filter_map(|(_, p)| p) {
+                        p.destroy();
+                    }
+                }
+                let _ = ltr::destroy_handle(self.lt.handle);
+            }
+            Ok(())
+        });
         let _ = guard("cublasDestroy", || {
             self.bind()?;
             // SAFETY: the handle is ours and destroyed once.
@@ -537,6 +1057,15 @@ impl Drop for CudaRuntime {
                     message: format!("{e:?}"),
                 }
             })
+        });
+        let _ = guard("freeing the cuBLAS workspace", || {
+            self.bind()?;
+            // SAFETY: ours; the handle that used them is gone and the stream drained.
+            unsafe {
+                let _ = result::free_sync(self.compute.workspace);
+                let _ = result::stream::destroy(self.compute.stream);
+            }
+            Ok(())
         });
     }
 }

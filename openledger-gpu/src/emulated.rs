@@ -8,6 +8,13 @@
 //! ([`set_upload_polls`](EmulatedRuntime::set_upload_polls)), so code that used an upload before
 //! it landed reads garbage and fails its checks, as it could on a device.
 //!
+//! Graphs ([`Runtime::begin_capture`]) are recorded calls: while capturing, launches, GEMMs and
+//! device copies are kept (checked as they would be run, not run), host copies, uploads,
+//! allocation and synchronisation are refused and freeing breaks the capture, as under a CUDA
+//! stream capture; a replay runs the recorded calls in order with the arguments they had. So a
+//! step that changed an address or a size between capture and replay, or put a host copy
+//! inside the capture, computes stale values or fails here as it would on a device.
+//!
 //! It exists so that the GPU model's host side — weight layout, launch arguments, the paged
 //! KV cache in device layout, batch metadata — runs and is checked on machines without a GPU.
 //! It is slow (one OS thread per emulated CUDA thread) and says nothing of speed.
@@ -24,6 +31,30 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// An emulated upload in flight: its bytes, where they go, and polls left before it lands.
+/// A recorded call of a graph.
+#[derive(Debug, Clone)]
+enum Op {
+    Launch {
+        name: String,
+        dims: LaunchDims,
+        args: Vec<Arg>,
+    },
+    Gemm(Gemm),
+    Copy {
+        dst: DevicePtr,
+        src: DevicePtr,
+        bytes: usize,
+    },
+}
+
+/// The capture under way (its calls, or why it is broken) and the graphs held.
+#[derive(Debug, Default)]
+struct Graphs {
+    capture: Option<Result<Vec<Op>, String>>,
+    held: HashMap<u64, Vec<Op>>,
+    next: u64,
+}
+
 struct PendingUpload {
     data: Vec<u8>,
     copies: Vec<Scatter>,
@@ -50,6 +81,7 @@ pub struct EmulatedRuntime {
     uploads: Mutex<HashMap<u64, PendingUpload>>,
     next_upload: AtomicU64,
     upload_polls: AtomicUsize,
+    graphs: Mutex<Graphs>,
 }
 
 impl std::fmt::Debug for EmulatedRuntime {
@@ -87,6 +119,7 @@ impl EmulatedRuntime {
             uploads: Mutex::new(HashMap::new()),
             next_upload: AtomicU64::new(1),
             upload_polls: AtomicUsize::new(0),
+            graphs: Mutex::new(Graphs::default()),
         })
     }
 
@@ -99,6 +132,7 @@ impl EmulatedRuntime {
             uploads: Mutex::new(HashMap::new()),
             next_upload: AtomicU64::new(1),
             upload_polls: AtomicUsize::new(0),
+            graphs: Mutex::new(Graphs::default()),
         }
     }
 
@@ -132,6 +166,96 @@ impl EmulatedRuntime {
     /// Live allocations.
     pub fn live_allocations(&self) -> usize {
         self.allocations.lock().map(|a| a.len()).unwrap_or(0)
+    }
+
+    fn graphs(&self) -> Result<std::sync::MutexGuard<'_, Graphs>, GpuError> {
+        self.graphs
+            .lock()
+            .map_err(|_| GpuError::Emulation("the graph table is poisoned".into()))
+    }
+
+    /// Records `op` when a capture is under way (true), else leaves it to be run (false).
+    fn record(&self, op: impl FnOnce() -> Op) -> Result<bool, GpuError> {
+        let mut g = self.graphs()?;
+        match &mut g.capture {
+            None => Ok(false),
+            Some(Ok(ops)) => {
+                ops.push(op());
+                Ok(true)
+            }
+            // A broken capture records nothing more; ending it reports why.
+            Some(Err(_)) => Ok(true),
+        }
+    }
+
+    /// Refuses `what` while a capture is under way (and breaks the capture).
+    fn refuse_in_capture(&self, what: &str) -> Result<(), GpuError> {
+        let mut g = self.graphs()?;
+        if let Some(c) = &mut g.capture {
+            let why = format!("{what} while capturing a graph");
+            if c.is_ok() {
+                *c = Err(why.clone());
+            }
+            return Err(GpuError::InvalidArgument {
+                name: "graph capture",
+                reason: why,
+            });
+        }
+        Ok(())
+    }
+
+    /// Refuses a replay of graph `id` that would touch memory freed since it was captured:
+    /// every address its calls were recorded with (a pointer argument that is not null, a
+    /// GEMM's matrices, a copy's ends) must lie in a live allocation.
+    fn check_live(&self, id: u64, ops: &[Op]) -> Result<(), GpuError> {
+        let mut live: Vec<(DevicePtr, u64)> = self
+            .allocations
+            .lock()
+            .map_err(|_| GpuError::Emulation("allocation table poisoned".into()))?
+            .iter()
+            .map(|(&p, l)| (p, p + l.size() as u64))
+            .collect();
+        live.sort_unstable();
+        let inside = |p: DevicePtr| {
+            let i = live.partition_point(|&(start, _)| start <= p);
+            i > 0 && p < live[i - 1].1
+        };
+        let mut addresses = Vec::new();
+        for op in ops {
+            match op {
+                Op::Launch { args, .. } => addresses.extend(args.iter().filter_map(|a| match a {
+                    Arg::Ptr(p) if *p != 0 => Some(*p),
+                    _ => None,
+                })),
+                Op::Gemm(g) => addresses.extend([g.x, g.w, g.y]),
+                Op::Copy { dst, src, .. } => addresses.extend([*dst, *src]),
+            }
+        }
+        match addresses.into_iter().find(|&p| !inside(p)) {
+            Some(p) => Err(GpuError::InvalidArgument {
+                name: "graph",
+                reason: format!("graph {id} was captured with {p:#x}, which has been freed"),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs one call.
+    ///
+    /// # Safety
+    /// As [`Runtime::launch`], [`Runtime::gemm`] and [`Runtime::copy`].
+    unsafe fn run(&self, op: &Op) -> Result<(), GpuError> {
+        // SAFETY: as the caller promises.
+        unsafe {
+            match op {
+                Op::Launch { name, dims, args } => self.run_launch(name, *dims, args),
+                Op::Gemm(g) => self.run_gemm(g),
+                Op::Copy { dst, src, bytes } => {
+                    std::ptr::copy_nonoverlapping(*src as *const u8, *dst as *mut u8, *bytes);
+                    Ok(())
+                }
+            }
+        }
     }
 }
 
@@ -202,6 +326,7 @@ impl Runtime for EmulatedRuntime {
     }
 
     fn alloc(&self, bytes: usize) -> Result<DevicePtr, GpuError> {
+        self.refuse_in_capture("allocating")?;
         let oom = || GpuError::OutOfMemory {
             what: "emulated device memory".into(),
             bytes,
@@ -223,6 +348,8 @@ impl Runtime for EmulatedRuntime {
     }
 
     unsafe fn free(&self, ptr: DevicePtr) {
+        // Freeing breaks a capture (the memory would leave under the graph), as on a device.
+        let _ = self.refuse_in_capture("freeing");
         let layout = self
             .allocations
             .lock()
@@ -243,6 +370,7 @@ impl Runtime for EmulatedRuntime {
     }
 
     unsafe fn upload(&self, dst: DevicePtr, src: &[u8]) -> Result<(), GpuError> {
+        self.refuse_in_capture("a host-to-device copy")?;
         // SAFETY: the caller promises the range is in a live allocation.
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len()) };
         Ok(())
@@ -250,6 +378,7 @@ impl Runtime for EmulatedRuntime {
 
     unsafe fn upload_async(&self, src: &[u8], copies: &[Scatter]) -> Result<UploadId, GpuError> {
         Scatter::check(src.len(), copies)?;
+        self.refuse_in_capture("an upload")?;
         let id = self.next_upload.fetch_add(1, Ordering::Relaxed);
         let pending = PendingUpload {
             data: src.to_vec(),
@@ -296,12 +425,16 @@ impl Runtime for EmulatedRuntime {
     }
 
     unsafe fn download(&self, src: DevicePtr, dst: &mut [u8]) -> Result<(), GpuError> {
+        self.refuse_in_capture("a device-to-host copy")?;
         // SAFETY: the caller promises the range is in a live allocation.
         unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), dst.len()) };
         Ok(())
     }
 
     unsafe fn copy(&self, dst: DevicePtr, src: DevicePtr, bytes: usize) -> Result<(), GpuError> {
+        if self.record(|| Op::Copy { dst, src, bytes })? {
+            return Ok(());
+        }
         // SAFETY: the caller promises both ranges are live and disjoint.
         unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, bytes) };
         Ok(())
@@ -309,6 +442,105 @@ impl Runtime for EmulatedRuntime {
 
     unsafe fn launch(&self, name: &str, dims: LaunchDims, args: &[Arg]) -> Result<(), GpuError> {
         dims.check(name)?;
+        let op = || Op::Launch {
+            name: name.to_string(),
+            dims,
+            args: args.to_vec(),
+        };
+        if self.record(op)? {
+            return Ok(());
+        }
+        // SAFETY: as the caller promises.
+        unsafe { self.run_launch(name, dims, args) }
+    }
+
+    unsafe fn gemm(&self, g: &Gemm) -> Result<(), GpuError> {
+        g.check()?;
+        if self.record(|| Op::Gemm(*g))? {
+            return Ok(());
+        }
+        // SAFETY: as the caller promises.
+        unsafe { self.run_gemm(g) }
+    }
+
+    fn synchronize(&self) -> Result<(), GpuError> {
+        self.refuse_in_capture("synchronising")
+    }
+
+    fn begin_capture(&self) -> Result<(), GpuError> {
+        let mut g = self.graphs()?;
+        if g.capture.is_some() {
+            return Err(GpuError::InvalidArgument {
+                name: "graph capture",
+                reason: "a capture is already under way".into(),
+            });
+        }
+        g.capture = Some(Ok(Vec::new()));
+        Ok(())
+    }
+
+    fn end_capture(&self, discard: bool) -> Result<u64, GpuError> {
+        let mut g = self.graphs()?;
+        let ops = match g.capture.take() {
+            None => {
+                return Err(GpuError::InvalidArgument {
+                    name: "graph capture",
+                    reason: "no capture is under way".into(),
+                });
+            }
+            Some(_) if discard => return Ok(0),
+            Some(Err(why)) => {
+                return Err(GpuError::InvalidArgument {
+                    name: "graph capture",
+                    reason: why,
+                });
+            }
+            Some(Ok(ops)) => ops,
+        };
+        g.next += 1;
+        let id = g.next;
+        g.held.insert(id, ops);
+        Ok(id)
+    }
+
+    unsafe fn replay(&self, id: u64) -> Result<(), GpuError> {
+        self.refuse_in_capture("replaying a graph")?;
+        let ops =
+            self.graphs()?
+                .held
+                .get(&id)
+                .cloned()
+                .ok_or_else(|| GpuError::InvalidArgument {
+                    name: "graph",
+                    reason: format!("no graph {id}"),
+                })?;
+        self.check_live(id, &ops)?;
+        for op in &ops {
+            // SAFETY: every address recorded lies in a live allocation (checked above), and
+            // the caller promises it still holds what the call reads and writes.
+            unsafe { self.run(op)? };
+        }
+        Ok(())
+    }
+
+    fn drop_graph(&self, id: u64) {
+        if let Ok(mut g) = self.graphs.lock() {
+            g.held.remove(&id);
+        }
+    }
+
+    fn capturing(&self) -> bool {
+        self.graphs.lock().is_ok_and(|g| g.capture.is_some())
+    }
+}
+
+impl EmulatedRuntime {
+    unsafe fn run_launch(
+        &self,
+        name: &str,
+        dims: LaunchDims,
+        args: &[Arg],
+    ) -> Result<(), GpuError> {
         let cname = CString::new(name).map_err(|_| GpuError::Launch {
             kernel: name.escape_debug().to_string(),
             reason: "a NUL byte in the name".into(),
@@ -348,9 +580,8 @@ impl Runtime for EmulatedRuntime {
         }
     }
 
-    unsafe fn gemm(&self, g: &Gemm) -> Result<(), GpuError> {
+    unsafe fn run_gemm(&self, g: &Gemm) -> Result<(), GpuError> {
         use rayon::prelude::*;
-        g.check()?;
         // x's rows as f32, once; then the output's columns in chunks over the host's cores,
         // each chunk's rows of w widened once and run against every row of x.
         const COLS: usize = 64;
@@ -397,10 +628,6 @@ impl Runtime for EmulatedRuntime {
                 }
             }
         }
-        Ok(())
-    }
-
-    fn synchronize(&self) -> Result<(), GpuError> {
         Ok(())
     }
 }

@@ -8,8 +8,8 @@
 //!
 //! Everything it asks of a device goes through the [`Runtime`] interface: memory, launches by
 //! name (cuLaunchKernel's argument convention) and GEMMs. Two runtimes implement it:
-//! - [`CudaRuntime`] (the `cuda` feature): a CUDA device through cudarc, with the driver, NVRTC
-//!   and cuBLAS loaded at run time, so the build needs no CUDA toolkit; a missing library or
+//! - [`CudaRuntime`] (the `cuda` feature): a CUDA device through cudarc, with the driver, NVRTC,
+//!   cuBLAS and cuBLASLt loaded at run time, so the build needs no CUDA toolkit; a missing library or
 //!   device is a typed [`GpuError`], never a panic;
 //! - [`EmulatedRuntime`]: host memory and the very CUDA C kernels compiled for the host under
 //!   `openledger-kernels`' emulation of blocks and warps. It checks the whole host side (weight
@@ -27,8 +27,13 @@
 //! Architectures: Llama (with `attention_bias` / `mlp_bias`), Mistral, Qwen2 (q/k/v biases,
 //! its sliding window) and Gemma (`1 + w` norms, GeGLU, √hidden embedding scale, tied head).
 //!
-//! Not done yet: `modules_to_save` on the device (an adapter with it is refused with a typed
-//! [`GpuError::Unsupported`]) and CUDA graphs.
+//! Decode steps of up to [`GpuOptions::graph_max_batch`] sequences run as graphs ([`Graph`]: a
+//! CUDA graph on a device, recorded calls under the emulation), captured per batch-size bucket
+//! ([`graph_bucket`]) and replayed with the step's metadata in device memory.
+//!
+//! An adapter's saved parameters (`modules_to_save` copies of the embeddings, the output head,
+//! the norms and the projections, and saved biases) are swapped in for its rows; one the model
+//! has no place for is refused with a typed [`GpuError::Unsupported`].
 
 mod adapters;
 mod checkpoint;
@@ -45,17 +50,19 @@ mod serving;
 
 pub use adapters::{AdapterBudget, adapter_bytes};
 #[cfg(feature = "cuda")]
-pub use cuda::{CudaRuntime, cublas_available};
+pub use cuda::{CudaRuntime, cublas_available, cublaslt_available};
 pub use device::{
     Device, UnknownDevice, device_error, gpu_dtype, load_model, serve, serve_gguf, serve_model,
 };
 pub use emulated::EmulatedRuntime;
 pub use error::GpuError;
 pub use kv::{DeviceKvStorage, DeviceSwapped};
-pub use meta::StepMeta;
-pub use model::{GpuModel, GpuOptions, MemoryUse, RowSampling};
+pub use meta::{AttentionPlan, StepMeta, graph_bucket, graph_parts};
+pub use model::{GpuModel, GpuOptions, GraphStats, MemoryUse, RowSampling};
 pub use openledger_lora::sgmv::cuda_driver_available;
-pub use runtime::{Arg, Buffer, DevicePtr, Dtype, Gemm, LaunchDims, Runtime, Scatter, UploadId};
+pub use runtime::{
+    Arg, Buffer, DevicePtr, Dtype, Gemm, Graph, LaunchDims, Runtime, Scatter, UploadId,
+};
 pub use serving::{GpuPagedModel, kv_dtype};
 
 /// Opens CUDA device `ordinal` as a [`Runtime`]; without the `cuda` feature, refuses.

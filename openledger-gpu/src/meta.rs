@@ -154,6 +154,64 @@ impl StepMeta {
     }
 }
 
+impl StepMeta {
+    /// Whether this is a decode step a graph can run: every sequence one new row, each
+    /// needing its logits.
+    pub fn is_decode(&self) -> bool {
+        !self.seqs.is_empty()
+            && self.seqs.iter().all(|&(_, n)| n == 1)
+            && self.logit_rows.len() == self.seqs.len()
+    }
+
+    /// Pads a decode step to `rows` rows for the graph of that batch size: each added row
+    /// reads token 0 at position 0 through a one-block table of block 0, writes no KV slot
+    /// (`-1`), and has its logits computed (and never read). The real rows keep their
+    /// indices, so their logits are the first rows of the result.
+    pub fn pad_decode(&mut self, rows: usize) {
+        let have = self.ids.len();
+        if rows <= have {
+            return;
+        }
+        let off = self.tables.len() as i64;
+        self.tables.push(0);
+        for r in have..rows {
+            self.seqs.push((r, 1));
+            self.ids.push(0);
+            self.positions.push(0);
+            self.slots.push(-1);
+            self.table_off.push(off);
+            self.logit_rows.push(r as i32);
+        }
+        self.max_span = self.max_span.max(1);
+    }
+}
+
+/// The batch size a graph is captured for that a decode step of `rows` sequences runs in
+/// (padded up to it), or `None` above `max` (the step runs without a graph): 1, 2, 4, 8,
+/// then multiples of 8 up to 64, of 32 up to 256 and of 64 beyond: at most 7, 31 or 63 rows
+/// of padding, and a few dozen sizes to capture (vLLM captures 1, 2, 4 and multiples of 8 up
+/// to 512).
+pub fn graph_bucket(rows: usize, max: usize) -> Option<usize> {
+    if rows == 0 || rows > max {
+        return None;
+    }
+    let b = match rows {
+        0..=8 => rows.next_power_of_two(),
+        9..=64 => rows.next_multiple_of(8),
+        65..=256 => rows.next_multiple_of(32),
+        _ => rows.next_multiple_of(64),
+    };
+    Some(b.min(max))
+}
+
+/// The split over the context a graph is captured with for a step whose longest row sees
+/// `span` keys in parts of `part_len`: the parts that span needs, rounded up to a power of
+/// two, so a graph serves contexts growing up to twice as long (parts with no keys of a row
+/// are passed over when merging).
+pub fn graph_parts(span: usize, part_len: usize) -> usize {
+    span.div_ceil(part_len.max(1)).max(1).next_power_of_two()
+}
+
 /// Little-endian bytes of `i32`s.
 pub(crate) fn i32_bytes(v: &[i32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
@@ -179,6 +237,96 @@ mod tests {
             block_table: (0..(start_pos + len).div_ceil(4) as u32).collect(),
             needs_logits: true,
         }
+    }
+
+    #[test]
+    fn buckets_cover_every_batch_size_with_bounded_padding() {
+        assert_eq!(graph_bucket(0, 512), None);
+        assert_eq!(graph_bucket(513, 512), None);
+        let expect = [
+            (1, 1),
+            (2, 2),
+            (3, 4),
+            (5, 8),
+            (8, 8),
+            (9, 16),
+            (17, 24),
+            (64, 64),
+            (65, 96),
+            (250, 256),
+            (257, 320),
+            (500, 512),
+            (512, 512),
+        ];
+        for (rows, bucket) in expect {
+            assert_eq!(graph_bucket(rows, 512), Some(bucket), "{rows} rows");
+        }
+        // The cap is a bucket of its own.
+        assert_eq!(graph_bucket(300, 300), Some(300));
+        assert_eq!(graph_bucket(5, 6), Some(6));
+        let mut sizes = std::collections::BTreeSet::new();
+        for rows in 1..=512 {
+            let b = graph_bucket(rows, 512).unwrap();
+            assert!(b >= rows);
+            let step = match rows {
+                0..=8 => rows,
+                9..=64 => 8,
+                65..=256 => 32,
+                _ => 64,
+            };
+            assert!(b - rows < step, "{rows} rows padded to {b}");
+            sizes.insert(b);
+        }
+        assert_eq!(sizes.len(), 4 + 7 + 6 + 4, "captured sizes: {sizes:?}");
+    }
+
+    #[test]
+    fn graph_parts_round_up_to_powers_of_two() {
+        assert_eq!(graph_parts(1, 512), 1);
+        assert_eq!(graph_parts(512, 512), 1);
+        assert_eq!(graph_parts(513, 512), 2);
+        assert_eq!(graph_parts(1537, 512), 4);
+        assert_eq!(graph_parts(3000, 0), 4096);
+    }
+
+    #[test]
+    fn a_decode_step_is_padded_with_rows_that_write_nothing() {
+        let batch = StepBatch {
+            seqs: vec![seq(0, 1, 40), seq(1, 1, 6)],
+        };
+        let mut m = StepMeta::pack(&batch, 2, 4, 100, None).unwrap();
+        assert!(m.is_decode());
+        let before = m.clone();
+        m.pad_decode(2);
+        assert_eq!(m, before, "no padding needed");
+        m.pad_decode(4);
+        assert_eq!(m.ids.len(), 4);
+        assert_eq!(&m.ids[..2], &before.ids[..]);
+        assert_eq!(&m.slots[..2], &before.slots[..]);
+        assert_eq!(&m.slots[2..], &[-1, -1]);
+        assert_eq!(&m.positions[2..], &[0, 0]);
+        let off = m.table_off[2] as usize;
+        assert_eq!(off, before.tables.len());
+        assert_eq!(m.tables[off], 0);
+        assert_eq!(m.table_off[3] as usize, off);
+        assert_eq!(m.logit_rows, vec![0, 1, 2, 3]);
+        assert_eq!(m.max_span, 41);
+        assert!(m.is_decode());
+        // A prompt, or a row that needs no logits, is no decode step.
+        let prompt = StepBatch {
+            seqs: vec![seq(0, 1, 40), seq(1, 3, 0)],
+        };
+        assert!(
+            !StepMeta::pack(&prompt, 2, 4, 100, None)
+                .unwrap()
+                .is_decode()
+        );
+        let mut quiet = seq(2, 1, 3);
+        quiet.needs_logits = false;
+        let quiet = StepBatch {
+            seqs: vec![seq(0, 1, 40), quiet],
+        };
+        assert!(!StepMeta::pack(&quiet, 2, 4, 100, None).unwrap().is_decode());
     }
 
     #[test]

@@ -14,13 +14,20 @@
 //! GEMM for gate|up, the gated activation, the down GEMM. Biases (Qwen2's q/k/v, Llama's
 //! `attention_bias` and `mlp_bias`) are copied into the GEMM's output rows first and the GEMM
 //! accumulates onto them; Gemma's norms scale by `1 + w` and its embeddings by √hidden.
+//!
+//! A step is prepared (its metadata staged, scratch buffers sized) and then issued (launches
+//! and GEMMs only). A decode step of up to [`GpuOptions::graph_max_batch`] sequences is padded
+//! to its batch-size bucket and issued once into a [`Graph`], then replayed: the graph's
+//! addresses are those of the scratch buffers, the weights and the KV pool, so the graph is
+//! kept by what it was captured for (bucket, parts of the split, the LoRA launches' rank and
+//! modules, the pool) and dropped when a scratch buffer it holds is grown.
 
-use crate::adapters::{AdapterBudget, DeviceAdapters, NPROJ, NormJob, proj_dims};
+use crate::adapters::{AdapterBudget, DeviceAdapters, NPROJ, NormJob, SavedAt, proj_dims};
 use crate::checkpoint::Checkpoint;
 use crate::error::GpuError;
 use crate::kv::DeviceKvStorage;
-use crate::meta::{StepMeta, i32_bytes, i64_bytes};
-use crate::runtime::{Arg, Buffer, DevicePtr, Dtype, Gemm, LaunchDims, Runtime};
+use crate::meta::{AttentionPlan, StepMeta, graph_bucket, graph_parts, i32_bytes, i64_bytes};
+use crate::runtime::{Arg, Buffer, DevicePtr, Dtype, Gemm, Graph, LaunchDims, Runtime};
 use openledger_lora::adapter::LoraAdapter;
 use openledger_lora::model::ops::rope_inv_freq;
 use openledger_lora::model::{Activation, Architecture, GgmlType, GgufFile, ModelConfig};
@@ -84,6 +91,15 @@ pub struct GpuOptions {
     /// multiple of 16 up to 128, a device of compute capability 8.0 or later); elsewhere every
     /// row takes the row kernel.
     pub prefill_min_rows: usize,
+    /// A decode step (every sequence one new token, each needing logits) of up to this many
+    /// sequences runs as a graph — on a CUDA device one `cuGraphLaunch` in place of a launch
+    /// per kernel — captured per batch-size bucket (1, 2, 4, 8, then multiples of 8, 32 and
+    /// 64: [`graph_bucket`](crate::meta::graph_bucket)) the first time one is needed, the step
+    /// padded to its bucket; `0`: every step is launched kernel by kernel.
+    pub graph_max_batch: usize,
+    /// Graphs held at most; past it the one used least recently is freed (each holds a
+    /// capture of the whole decoder: some hundreds of nodes).
+    pub max_graphs: usize,
 }
 
 impl Default for GpuOptions {
@@ -93,6 +109,8 @@ impl Default for GpuOptions {
             attention_part_len: 512,
             adapters: AdapterBudget::default(),
             prefill_min_rows: 16,
+            graph_max_batch: 512,
+            max_graphs: 256,
         }
     }
 }
@@ -149,6 +167,15 @@ pub struct GpuModel {
     has_bias: bool,
     /// Zero token ids for the bias gather, kept across steps and grown (never shrunk) with `t`.
     zero_ids: Option<Buffer>,
+    /// [`GpuOptions::graph_max_batch`] (0 once the runtime turned graphs down).
+    graph_max_batch: usize,
+    /// The decode graphs captured, by what they were captured for.
+    /// The decode graphs captured, by what they were captured for, with the step each last
+    /// ran in.
+    graphs: HashMap<GraphKey, (Graph, u64)>,
+    /// [`GpuOptions::max_graphs`].
+    max_graphs: usize,
+    graph_stats: GraphStats,
 }
 
 /// Threads per block of the SGMV kernels.
@@ -485,6 +512,10 @@ impl GpuModel {
             scratch: HashMap::new(),
             has_bias,
             zero_ids: None,
+            graph_max_batch: opts.graph_max_batch,
+            max_graphs: opts.max_graphs.max(1),
+            graphs: HashMap::new(),
+            graph_stats: GraphStats::default(),
         };
         model.set_prefill_min_rows(opts.prefill_min_rows);
         Ok(model)
@@ -493,15 +524,42 @@ impl GpuModel {
     /// Copies `adapter` to the device and serves batches naming `name` with it (a later
     /// attach under the same name replaces it). DoRA modules get their factor
     /// `magnitude / ‖W + s·B·A‖` computed on the device from the base weight (PEFT's weight
-    /// norm), and LoRA biases are added with it after the module's product. Refused with
-    /// nothing changed: modules that are not this model's projections, `modules_to_save`
-    /// (not done on the GPU yet: [`GpuError::Unsupported`]), a full slab or no free slot
-    /// ([`GpuError::OutOfMemory`]).
+    /// norm), and LoRA biases are added with it after the module's product. Its saved
+    /// parameters (`modules_to_save` copies of the embeddings, the output head, the norms and
+    /// projections; saved biases) are held on the device and swapped in for its rows (a step
+    /// with them runs without a graph). Refused with nothing changed: modules that are not this
+    /// model's projections, a saved parameter the model has no place for
+    /// ([`GpuError::Unsupported`]), a saved tensor of another size, a full slab or no free
+    /// slot ([`GpuError::OutOfMemory`]).
     pub fn attach_adapter(&mut self, name: &str, adapter: &LoraAdapter) -> Result<(), GpuError> {
+        self.attach_with(name, adapter, false)
+    }
+
+    /// Attaches `adapter` as `name` (its pages copied on the copy stream when `asynchronous`)
+    /// and computes its DoRA factors.
+    fn attach_with(
+        &mut self,
+        name: &str,
+        adapter: &LoraAdapter,
+        asynchronous: bool,
+    ) -> Result<(), GpuError> {
         let cfg = self.cfg.clone();
-        let (_, jobs) = self
-            .adapters
-            .attach(&cfg, self.dtype, name, adapter, false)?;
+        let (dtype, eb) = (self.dtype, self.dtype.bytes());
+        let layers = &self.layers;
+        // A projection's base bias, read back once for a saved bias.
+        let mut base_bias = |l: usize, p: usize| -> Result<Option<Vec<f32>>, GpuError> {
+            let (_, dout) = proj_dims(&cfg, p);
+            let (_, col, bias) = projection_of(&cfg, &layers[l], p);
+            let Some(bias) = bias else {
+                return Ok(None);
+            };
+            let mut bytes = vec![0u8; dout * eb];
+            bias.read(col * eb, &mut bytes)?;
+            Ok(Some(dtype.decode(&bytes)))
+        };
+        let (_, jobs) =
+            self.adapters
+                .attach(&cfg, dtype, name, adapter, asynchronous, &mut base_bias)?;
         self.run_norm_jobs(name, jobs)
     }
 
@@ -559,22 +617,7 @@ impl GpuModel {
     /// down), the first of its rows there (which is also its first column in the fused
     /// output), and the matrix's bias where the architecture has one.
     fn projection(&self, l: usize, p: usize) -> (&Buffer, usize, Option<&Buffer>) {
-        let (q_out, kv_out) = (
-            self.cfg.num_heads * self.cfg.head_dim,
-            self.cfg.num_kv_heads * self.cfg.head_dim,
-        );
-        let inter = self.cfg.intermediate_size;
-        let layer = &self.layers[l];
-        let (w, row, bias) = match p {
-            0 => (&layer.qkv, 0, &layer.qkv_bias),
-            1 => (&layer.qkv, q_out, &layer.qkv_bias),
-            2 => (&layer.qkv, q_out + kv_out, &layer.qkv_bias),
-            3 => (&layer.o, 0, &layer.o_bias),
-            4 => (&layer.gate_up, 0, &layer.gate_up_bias),
-            5 => (&layer.gate_up, inter, &layer.gate_up_bias),
-            _ => (&layer.down, 0, &layer.down_bias),
-        };
-        (w, row, bias.as_ref())
+        projection_of(&self.cfg, &self.layers[l], p)
     }
 
     /// As [`attach_adapter`](Self::attach_adapter), but the factors are copied on the
@@ -585,11 +628,7 @@ impl GpuModel {
         name: &str,
         adapter: &LoraAdapter,
     ) -> Result<(), GpuError> {
-        let cfg = self.cfg.clone();
-        let (_, jobs) = self
-            .adapters
-            .attach(&cfg, self.dtype, name, adapter, true)?;
-        self.run_norm_jobs(name, jobs)
+        self.attach_with(name, adapter, true)
     }
 
     /// Serves batches naming `name` with the ensemble of `members`, each with its weight: one
@@ -733,6 +772,66 @@ impl GpuModel {
         Ok((launches, v_len))
     }
 
+    /// The LoRA launches of a decode step run as a graph: one BGMV tile per row (a row with no
+    /// adapter takes the null slot, which the kernels pass over), the same tiles for every
+    /// (layer, projection) that an adapter of the step has, the intermediate sized for the
+    /// largest rank of the step's adapters rounded up to a power of two (so a graph serves
+    /// other adapters up to that rank). Returns the launches, the intermediate's length and
+    /// what the graph's shape depends on.
+    fn plan_lora_graph(
+        &mut self,
+        row_slots: &[Option<usize>],
+    ) -> Result<(Vec<Option<LoraLaunch>>, usize, GraphModules), GpuError> {
+        let lps = self.cfg.num_layers * NPROJ;
+        let mut modules = GraphModules {
+            rank: 0,
+            launched: vec![false; lps],
+            epilogue: vec![false; lps],
+        };
+        let mut slots: Vec<usize> = row_slots.iter().flatten().copied().collect();
+        slots.sort_unstable();
+        slots.dedup();
+        for &s in &slots {
+            for lp in 0..lps {
+                let rank = self.adapters.rank(s, lp / NPROJ, lp % NPROJ);
+                if rank > 0 {
+                    modules.rank = modules.rank.max(rank);
+                    modules.launched[lp] = true;
+                }
+                modules.epilogue[lp] |= self.adapters.has_extras(s, lp / NPROJ, lp % NPROJ);
+            }
+        }
+        if modules.rank == 0 {
+            return Ok((vec![None; lps], 0, GraphModules::default()));
+        }
+        modules.rank = modules.rank.next_power_of_two();
+        let rank = modules.rank;
+        if rank * 4 > SHARED_BYTES {
+            return Err(GpuError::Unsupported {
+                what: format!("rank {rank} (the expand kernels stage rows × rank f32 in 48 KiB)"),
+            });
+        }
+        let null = self.adapters.null_slot();
+        let words: Vec<i64> = row_slots
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| [i as i64, 1, s.unwrap_or(null) as i64, (i * rank) as i64])
+            .collect();
+        self.staged("lora_tiles", &i64_bytes(&words))?;
+        let launches = (0..lps)
+            .map(|lp| {
+                modules.launched[lp].then_some(LoraLaunch {
+                    tiles_at: 0,
+                    tiles: row_slots.len(),
+                    max_rank: rank,
+                    per_tile: 1,
+                    epilogue: modules.epilogue[lp],
+                })
+            })
+            .collect();
+        Ok((launches, row_slots.len() * rank, modules))
+    }
+
     /// Adds projection `p`'s LoRA of layer `l` for the step's rows: `y[:, col..] += scale ·
     /// (x · Aᵀ) · Bᵀ`, through the intermediate `v`.
     ///
@@ -740,21 +839,18 @@ impl GpuModel {
     /// `x` holds the step's rows of `in` features (stride `in`), `y` rows of `ldy` with the
     /// projection's outputs from `col`; `v` holds the plan's intermediate; the tiles of
     /// `launch` were uploaded by [`plan_lora`](Self::plan_lora) for this step.
-    #[allow(clippy::too_many_arguments)]
     unsafe fn lora(
         &self,
         launch: Option<LoraLaunch>,
         l: usize,
         p: usize,
-        x: DevicePtr,
-        y: DevicePtr,
-        ldy: usize,
-        col: usize,
+        io: ProjIo,
         v: DevicePtr,
     ) -> Result<(), GpuError> {
         let Some(launch) = launch else {
             return Ok(());
         };
+        let ProjIo { x, y, ldy, col } = io;
         let per_tile = launch.per_tile;
         let (din, dout) = proj_dims(&self.cfg, p);
         let eb = self.dtype.bytes();
@@ -869,6 +965,37 @@ impl GpuModel {
         self.prefill_min_rows
     }
 
+    /// The largest decode step run as a graph ([`GpuOptions::graph_max_batch`]; 0: none).
+    pub fn graph_max_batch(&self) -> usize {
+        self.graph_max_batch
+    }
+
+    /// Sets [`graph_max_batch`](Self::graph_max_batch) (0 turns graphs off and frees those
+    /// held). Returns the value now in force.
+    pub fn set_graph_max_batch(&mut self, rows: usize) -> usize {
+        self.graph_max_batch = rows;
+        if rows == 0 {
+            self.graphs.clear();
+        }
+        rows
+    }
+
+    /// Sets [`GpuOptions::max_graphs`] (at least 1), freeing the graphs used least recently
+    /// past it. Returns the value now in force.
+    pub fn set_max_graphs(&mut self, graphs: usize) -> usize {
+        self.max_graphs = graphs.max(1);
+        self.evict_graphs(self.max_graphs);
+        self.max_graphs
+    }
+
+    /// Decode graphs held, captured and replayed so far.
+    pub fn graph_stats(&self) -> GraphStats {
+        GraphStats {
+            held: self.graphs.len(),
+            ..self.graph_stats
+        }
+    }
+
     /// The runtime it runs on.
     pub fn runtime(&self) -> &Arc<dyn Runtime> {
         &self.rt
@@ -933,13 +1060,27 @@ impl GpuModel {
         }
     }
 
-    /// A scratch buffer of at least `bytes`, grown (never shrunk) as steps need.
+    /// A scratch buffer of at least `bytes`, grown (never shrunk) as steps need. Growing one
+    /// drops the graphs (they hold its old address).
     fn scratch(&mut self, name: &'static str, bytes: usize) -> Result<DevicePtr, GpuError> {
+        self.reserve(name, bytes, bytes)
+    }
+
+    /// Scratch buffer `name` of at least `bytes`, made `alloc` bytes (at least `bytes`) when it
+    /// has to grow; growing drops the graphs.
+    fn reserve(
+        &mut self,
+        name: &'static str,
+        bytes: usize,
+        alloc: usize,
+    ) -> Result<DevicePtr, GpuError> {
         let fits = self.scratch.get(name).is_some_and(|b| b.len() >= bytes);
         if !fits {
+            self.graphs.clear();
             // Free the old one first, so the peak is the larger buffer alone.
             self.scratch.remove(name);
-            self.scratch.insert(name, Buffer::new(&self.rt, bytes)?);
+            self.scratch
+                .insert(name, Buffer::new(&self.rt, alloc.max(bytes))?);
         }
         Ok(self.scratch[name].ptr())
     }
@@ -951,6 +1092,7 @@ impl GpuModel {
         match &self.zero_ids {
             Some(b) if b.len() >= bytes => Ok(b.ptr()),
             _ => {
+                self.graphs.clear();
                 // Free the old one first, so the peak is the larger buffer alone.
                 self.zero_ids = None;
                 let b = Buffer::from_bytes(&self.rt, &vec![0u8; bytes])?;
@@ -961,9 +1103,10 @@ impl GpuModel {
         }
     }
 
-    /// A scratch buffer holding `data`.
+    /// A scratch buffer holding `data`. Metadata buffers grow to a power of two, so that a
+    /// block table growing by a block at a time seldom moves them (and drops the graphs).
     fn staged(&mut self, name: &'static str, data: &[u8]) -> Result<DevicePtr, GpuError> {
-        let p = self.scratch(name, data.len())?;
+        let p = self.reserve(name, data.len(), data.len().next_power_of_two())?;
         if let Some(b) = self.scratch.get_mut(name) {
             b.write(0, data)?;
         }
@@ -1260,9 +1403,10 @@ impl GpuModel {
     }
 
     /// Runs the decoder over `batch` and leaves the logits of the rows that need them in the
-    /// `logits` scratch buffer; returns how many rows.
+    /// `logits` scratch buffer; returns how many rows. A decode step of up to
+    /// [`GpuOptions::graph_max_batch`] sequences runs as the graph of its batch-size bucket
+    /// (captured the first time it is needed), padded to that size.
     fn run(&mut self, batch: &StepBatch, kv: &DeviceKvStorage) -> Result<usize, GpuError> {
-        let cfg = self.cfg.clone();
         let layout = kv.layout();
         if layout != self.kv_layout(layout.block_size) || kv.dtype() != self.dtype {
             return Err(GpuError::InvalidArgument {
@@ -1275,8 +1419,13 @@ impl GpuModel {
                 ),
             });
         }
-        let block_size = layout.block_size;
-        let meta = StepMeta::pack(batch, cfg.vocab_size, block_size, kv.num_blocks(), None)?;
+        let mut meta = StepMeta::pack(
+            batch,
+            self.cfg.vocab_size,
+            layout.block_size,
+            kv.num_blocks(),
+            None,
+        )?;
         // Adapters still being copied land before a kernel reads them.
         for s in &batch.seqs {
             if let Some(id) = &s.adapter {
@@ -1284,6 +1433,7 @@ impl GpuModel {
             }
         }
         let mut row_slots = Vec::with_capacity(meta.ids.len());
+        let mut seq_slots = Vec::with_capacity(batch.seqs.len());
         for (n, s) in batch.seqs.iter().enumerate() {
             let slot = match &s.adapter {
                 None => None,
@@ -1295,47 +1445,355 @@ impl GpuModel {
                 })?),
             };
             row_slots.extend(std::iter::repeat_n(slot, s.tokens.len()));
+            seq_slots.push(slot);
         }
-        let (lora, v_len) = self.plan_lora(&row_slots)?;
-        let lv = self.scratch("lora_v", v_len.max(1) * 4)?;
+        let saved = self.saved_plan(batch, &meta, &seq_slots);
+        // A step swapping in saved parameters runs without a graph (their launches follow
+        // the step's adapters).
+        let bucket = if meta.is_decode() && saved.is_empty() {
+            graph_bucket(meta.ids.len(), self.graph_max_batch)
+        } else {
+            None
+        };
+        let Some(bucket) = bucket else {
+            let (lora, v_len) = self.plan_lora(&row_slots)?;
+            let plan = meta.attention_plan(PREFILL_ROWS, self.prefill_min_rows);
+            // The row kernel's rows see at most `rows_span` keys (the step's longest without
+            // tiles).
+            let parts = plan.rows_span.div_ceil(self.part_len).max(1);
+            let step = self.prepare(&meta, &plan, parts, (lora, v_len), saved)?;
+            // SAFETY: `prepare` sized every buffer for this step and staged its metadata,
+            // checked by `StepMeta::pack`.
+            unsafe { self.issue(&step, kv)? };
+            if step.r == 0 {
+                self.rt.synchronize()?;
+            }
+            return Ok(step.r);
+        };
+        let real = meta.logit_rows.len();
+        meta.pad_decode(bucket);
+        row_slots.resize(bucket, None);
+        let (lora, v_len, modules) = self.plan_lora_graph(&row_slots)?;
+        // Every row on the row kernel, split over the context in a power of two of parts.
+        let plan = meta.attention_plan(PREFILL_ROWS, 0);
+        let parts = graph_parts(meta.max_span, self.part_len);
+        let step = self.prepare(&meta, &plan, parts, (lora, v_len), SavedPlan::default())?;
+        let key = GraphKey {
+            rows: bucket,
+            parts,
+            modules,
+            block_size: layout.block_size,
+            kv: (0..self.cfg.num_layers)
+                .flat_map(|l| [kv.layer(l).0.ptr(), kv.layer(l).1.ptr()])
+                .collect(),
+        };
+        if !self.graphs.contains_key(&key) {
+            // SAFETY: as for `issue` above; the capture only records.
+            let captured = Graph::capture(&self.rt, || unsafe { self.issue(&step, kv) });
+            match captured {
+                Ok(g) => {
+                    self.hold_graph(key.clone(), g);
+                    self.graph_stats.captures += 1;
+                }
+                Err(GpuError::Unsupported { .. }) => {
+                    // A runtime without graphs runs every step as it comes.
+                    self.graph_max_batch = 0;
+                    // SAFETY: as above; the padded step is a step like any other.
+                    unsafe { self.issue(&step, kv)? };
+                    return Ok(real);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        // SAFETY: the graph was captured with this step's addresses: the key holds the pool's
+        // and the step's shape, and every scratch buffer it uses is still the one it was
+        // captured with (growing one drops the graphs); the metadata in them is this step's.
+        let stamp = self.graph_stats.replays as u64;
+        if let Some((g, used)) = self.graphs.get_mut(&key) {
+            *used = stamp;
+            // SAFETY: as said above.
+            unsafe { g.replay()? };
+        }
+        self.graph_stats.replays += 1;
+        Ok(real)
+    }
+
+    /// Keeps graph `g` for `key`, freeing the one used least recently when
+    /// [`GpuOptions::max_graphs`] are held.
+    fn hold_graph(&mut self, key: GraphKey, g: Graph) {
+        self.evict_graphs(self.max_graphs - 1);
+        let stamp = self.graph_stats.replays as u64;
+        self.graphs.insert(key, (g, stamp));
+    }
+
+    /// Frees the graphs used least recently until `keep` are held.
+    fn evict_graphs(&mut self, keep: usize) {
+        while self.graphs.len() > keep {
+            let oldest = self
+                .graphs
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                self.graphs.remove(&k);
+            }
+        }
+    }
+
+    /// Where `batch`'s sequences swap in their adapters' `modules_to_save` parameters.
+    fn saved_plan(
+        &self,
+        batch: &StepBatch,
+        meta: &StepMeta,
+        seq_slots: &[Option<usize>],
+    ) -> SavedPlan {
+        let mut plan = SavedPlan::default();
+        let mut logit_row = 0;
+        for ((s, &(first, n)), slot) in batch.seqs.iter().zip(&meta.seqs).zip(seq_slots) {
+            if let Some(slot) = slot.filter(|&k| self.adapters.has_saved(k)) {
+                let at = |p| self.adapters.saved(slot, p);
+                if let Some(p) = at(SavedAt::Embed) {
+                    push_run(&mut plan.embed, first, n, p);
+                }
+                let norms = (0..self.cfg.num_layers)
+                    .flat_map(|l| [SavedAt::InputNorm(l), SavedAt::PostNorm(l)])
+                    .chain([SavedAt::FinalNorm]);
+                for which in norms {
+                    if let Some(p) = at(which) {
+                        push_run(plan.norms.entry(which).or_default(), first, n, p);
+                    }
+                }
+                if let Some(p) = at(SavedAt::Head).filter(|_| s.needs_logits) {
+                    push_run(&mut plan.head, logit_row, 1, p);
+                }
+                let mut tile = None;
+                for lp in 0..self.cfg.num_layers * NPROJ {
+                    let (l, p) = (lp / NPROJ, lp % NPROJ);
+                    if let Some(w) = at(SavedAt::Weight(l, p)) {
+                        let runs = plan.projections.entry((l, p)).or_default();
+                        push_run(&mut runs.weights, first, n, w);
+                    }
+                    if at(SavedAt::BiasAdd(l, p)).is_some()
+                        && let Some(table) = self.adapters.add_table(slot, l, p)
+                    {
+                        // One tile (the sequence's rows, slot 0 of the adapter's table).
+                        let t = *tile.get_or_insert_with(|| {
+                            plan.tiles.extend([first as i64, n as i64, 0, 0]);
+                            plan.tiles.len() / 4 - 1
+                        });
+                        let runs = plan.projections.entry((l, p)).or_default();
+                        runs.adds.push((t, table));
+                    }
+                }
+            }
+            if s.needs_logits {
+                logit_row += 1;
+            }
+        }
+        plan
+    }
+
+    /// What adapters do to projection `p` of layer `l` after the base's GEMM, for the step's
+    /// rows: saved weights project again, then the LoRA adds on (with its epilogue), then
+    /// saved bias additions.
+    ///
+    /// # Safety
+    /// As [`lora`](Self::lora) and [`saved_projection`](Self::saved_projection).
+    unsafe fn adapt(
+        &self,
+        step: &StepPtrs,
+        launch: Option<LoraLaunch>,
+        (l, p): (usize, usize),
+        io: ProjIo,
+        v: DevicePtr,
+    ) -> Result<(), GpuError> {
+        // SAFETY: as the caller promises.
+        unsafe {
+            self.saved_projection(step, l, p, io, true)?;
+            self.lora(launch, l, p, io, v)?;
+            self.saved_projection(step, l, p, io, false)
+        }
+    }
+
+    /// With `weights`, projects again, through their adapters' saved weight, the rows of `step`
+    /// that have one for projection `p` of layer `l` (overwriting the base's outputs, before
+    /// the LoRA adds onto them); else adds their adapters' bias additions (the epilogue kernel
+    /// with no factor, after the LoRA's own epilogue).
+    ///
+    /// # Safety
+    /// As [`lora`](Self::lora): `x` holds the step's rows of the projection's inputs (stride
+    /// its input size), `y` rows of `ldy` with its outputs from `col`.
+    unsafe fn saved_projection(
+        &self,
+        step: &StepPtrs,
+        l: usize,
+        p: usize,
+        io: ProjIo,
+        weights: bool,
+    ) -> Result<(), GpuError> {
+        let Some(runs) = step.saved.projections.get(&(l, p)) else {
+            return Ok(());
+        };
+        let ProjIo { x, y, ldy, col } = io;
+        let (din, dout) = proj_dims(&self.cfg, p);
+        let eb = self.dtype.bytes() as u64;
+        // SAFETY: the rows lie in the step's; each weight is `[dout, din]` of the model's type,
+        // each table two words of an f32 addition of `dout` values, each tile one of
+        // `step.saved.tiles`.
+        unsafe {
+            for &(first, n, w) in runs.weights.iter().filter(|_| weights) {
+                self.rt.gemm(&Gemm {
+                    m: n,
+                    n: dout,
+                    k: din,
+                    x: x + (first * din) as u64 * eb,
+                    ldx: din,
+                    w,
+                    ldw: din,
+                    y: y + (first * ldy + col) as u64 * eb,
+                    ldy,
+                    dtype: self.dtype,
+                    accumulate: false,
+                })?;
+            }
+            for &(tile, table) in runs.adds.iter().filter(|_| !weights) {
+                self.rt.launch(
+                    &format!("lora_epilogue_{}", self.dtype.suffix()),
+                    LaunchDims::new(
+                        (1, dout.div_ceil(ROW_THREADS as usize) as u32, 1),
+                        ROW_THREADS,
+                    ),
+                    &[
+                        Arg::Ptr(y),
+                        Arg::I64(ldy as i64),
+                        Arg::I64(col as i64),
+                        Arg::I32(dout as i32),
+                        Arg::Ptr(0),
+                        Arg::Ptr(step.saved.tiles_at + tile as u64 * 32),
+                        Arg::Ptr(table),
+                    ],
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Normalises again, with their adapters' saved weight `which`, the rows of `step` that
+    /// have one: `hidden = norm(residual) · w` (the residual already holds the sum).
+    ///
+    /// # Safety
+    /// As [`issue`](Self::issue).
+    unsafe fn saved_norms(
+        &self,
+        step: &StepPtrs,
+        which: SavedAt,
+        hid: DevicePtr,
+        res: DevicePtr,
+    ) -> Result<(), GpuError> {
+        let row = (self.cfg.hidden_size * self.dtype.bytes()) as u64;
+        for &(first, n, w) in step.saved.norms.get(&which).into_iter().flatten() {
+            let off = first as u64 * row;
+            // SAFETY: the rows lie in the step's; `w` holds the hidden size's values.
+            unsafe { self.rms_norm(n as u32, hid + off, res + off, 0, w)? };
+        }
+        Ok(())
+    }
+
+    /// Stages a step's metadata (its LoRA tiles were staged by the planner that made `lora`;
+    /// the tiles of `saved`'s bias additions are staged here) and sizes the scratch buffers for
+    /// it (growing one drops the graphs captured with the old one).
+    fn prepare(
+        &mut self,
+        meta: &StepMeta,
+        plan: &AttentionPlan,
+        parts: usize,
+        (lora, v_len): (Vec<Option<LoraLaunch>>, usize),
+        mut saved: SavedPlan,
+    ) -> Result<StepPtrs, GpuError> {
+        if !saved.tiles.is_empty() {
+            saved.tiles_at = self.staged("saved_tiles", &i64_bytes(&saved.tiles))?;
+        }
+        let cfg = &self.cfg;
         let eb = self.dtype.bytes();
         let t = meta.ids.len();
-        let (h, inter, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
-        let (nh, nkv) = (cfg.num_heads, cfg.num_kv_heads);
-        let (q_out, kv_out) = (nh * hd, nkv * hd);
+        let (h, inter, hd, nh) = (
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            cfg.head_dim,
+            cfg.num_heads,
+        );
+        let (q_out, kv_out) = (nh * hd, cfg.num_kv_heads * hd);
         let width = q_out + 2 * kv_out;
-        let plan = meta.attention_plan(PREFILL_ROWS, self.prefill_min_rows);
-        // The row kernel's rows (all, or a map of those the tiles leave) and its split.
-        let (row_grid, row_map, span) = if plan.tiles.is_empty() {
-            (t, 0, meta.max_span)
+        let (v, has_bias) = (cfg.vocab_size, self.has_bias);
+        // The row kernel's rows (all, or a map of those the tiles leave).
+        let (row_grid, row_map) = if plan.tiles.is_empty() {
+            (t, 0)
         } else if plan.rows.is_empty() {
-            (0, 0, 0)
+            (0, 0)
         } else {
-            let map = self.staged("attention_rows", &i32_bytes(&plan.rows))?;
-            (plan.rows.len(), map, plan.rows_span)
+            (
+                plan.rows.len(),
+                self.staged("attention_rows", &i32_bytes(&plan.rows))?,
+            )
         };
         let tiles = if plan.tiles.is_empty() {
             0
         } else {
             self.staged("prefill_tiles", &i32_bytes(&plan.tiles))?
         };
-        let parts = span.div_ceil(self.part_len).max(1);
-        let ids = self.staged("ids", &i32_bytes(&meta.ids))?;
-        let pos = self.staged("positions", &i32_bytes(&meta.positions))?;
-        let slots = self.staged("slots", &i64_bytes(&meta.slots))?;
-        let tables = self.staged("tables", &i32_bytes(&meta.tables))?;
-        let toff = self.staged("table_off", &i64_bytes(&meta.table_off))?;
-        let res = self.scratch("residual", t * h * eb)?;
-        let hid = self.scratch("hidden", t * h * eb)?;
-        let tmp = self.scratch("projected", t * h * eb)?;
-        let qkv = self.scratch("qkv", t * width * eb)?;
-        let attn = self.scratch("attention", t * q_out * eb)?;
-        let gu = self.scratch("gate_up", t * 2 * inter * eb)?;
-        let act = self.scratch("activation", t * inter * eb)?;
+        let r = meta.logit_rows.len();
         let part_stats = t * nh * parts * 4;
-        let pm = self.scratch("part_max", part_stats)?;
-        let pl = self.scratch("part_sum", part_stats)?;
-        let pacc = self.scratch("part_acc", part_stats * hd)?;
+        Ok(StepPtrs {
+            t,
+            ids: self.staged("ids", &i32_bytes(&meta.ids))?,
+            pos: self.staged("positions", &i32_bytes(&meta.positions))?,
+            slots: self.staged("slots", &i64_bytes(&meta.slots))?,
+            tables: self.staged("tables", &i32_bytes(&meta.tables))?,
+            toff: self.staged("table_off", &i64_bytes(&meta.table_off))?,
+            res: self.scratch("residual", t * h * eb)?,
+            hid: self.scratch("hidden", t * h * eb)?,
+            tmp: self.scratch("projected", t * h * eb)?,
+            qkv: self.scratch("qkv", t * width * eb)?,
+            attn: self.scratch("attention", t * q_out * eb)?,
+            gu: self.scratch("gate_up", t * 2 * inter * eb)?,
+            act: self.scratch("activation", t * inter * eb)?,
+            pm: self.scratch("part_max", part_stats)?,
+            pl: self.scratch("part_sum", part_stats)?,
+            pacc: self.scratch("part_acc", part_stats * hd)?,
+            lv: self.scratch("lora_v", v_len.max(1) * 4)?,
+            zeros: if has_bias { self.zero_ids(t)? } else { 0 },
+            row_grid,
+            row_map,
+            parts,
+            tiles,
+            num_tiles: plan.num_tiles(),
+            r,
+            picked: if r == 0 {
+                0
+            } else {
+                self.staged("logit_rows", &i32_bytes(&meta.logit_rows))?
+            },
+            gathered: self.scratch("gathered", r.max(1) * h * eb)?,
+            logits: self.scratch("logits", r.max(1) * v * eb)?,
+            lora,
+            saved,
+        })
+    }
+
+    /// Issues a step's launches and GEMMs (nothing else: no copy, allocation or wait, so the
+    /// same call is captured as a graph).
+    ///
+    /// # Safety
+    /// `step` came from [`prepare`](Self::prepare) for a step over `kv`, and no scratch buffer
+    /// was grown since.
+    unsafe fn issue(&self, step: &StepPtrs, kv: &DeviceKvStorage) -> Result<(), GpuError> {
+        let cfg = &self.cfg;
+        let block_size = kv.layout().block_size;
+        let t = step.t;
+        let (h, inter, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
+        let (nh, nkv) = (cfg.num_heads, cfg.num_kv_heads);
+        let (q_out, kv_out) = (nh * hd, nkv * hd);
+        let width = q_out + 2 * kv_out;
         let rows = t as u32;
         let act_code = match cfg.activation {
             Activation::Silu => 0,
@@ -1350,9 +1808,33 @@ impl GpuModel {
         } else {
             1.0
         };
-        let zeros = if self.has_bias { self.zero_ids(t)? } else { 0 };
-        // SAFETY: every buffer was sized above for `t` rows of this model; the metadata was
-        // checked by `StepMeta::pack` (ids in the vocabulary, blocks in the pool, tables
+        let StepPtrs {
+            ids,
+            pos,
+            slots,
+            tables,
+            toff,
+            res,
+            hid,
+            tmp,
+            qkv,
+            attn,
+            gu,
+            act,
+            pm,
+            pl,
+            pacc,
+            lv,
+            zeros,
+            row_grid,
+            row_map,
+            parts,
+            tiles,
+            ..
+        } = *step;
+        let lora = &step.lora;
+        // SAFETY: every buffer was sized by `prepare` for `t` rows of this model; the metadata
+        // was checked by `StepMeta::pack` (ids in the vocabulary, blocks in the pool, tables
         // covering every position); `zeros` holds `t` zero ids where a bias is added.
         unsafe {
             self.launch(
@@ -1367,16 +1849,39 @@ impl GpuModel {
                     Arg::F32(embed_scale),
                 ],
             )?;
+            let eb = self.dtype.bytes() as u64;
+            // Rows of adapters with saved embeddings gather from their adapter's table.
+            for &(first, n, table) in &step.saved.embed {
+                self.launch(
+                    "embed",
+                    (n as u32, 1, 1),
+                    ROW_THREADS,
+                    &[
+                        Arg::Ptr(res + first as u64 * h as u64 * eb),
+                        Arg::Ptr(table),
+                        Arg::Ptr(ids + first as u64 * 4),
+                        Arg::I32(h as i32),
+                        Arg::F32(embed_scale),
+                    ],
+                )?;
+            }
             for (l, layer) in self.layers.iter().enumerate() {
                 // Layer 0 normalises the embeddings; later layers add the MLP's output first.
                 let (x, residual) = if l == 0 { (res, 0) } else { (tmp, res) };
                 self.rms_norm(rows, hid, x, residual, layer.input_norm.ptr())?;
+                self.saved_norms(step, SavedAt::InputNorm(l), hid, res)?;
                 let qb = layer.qkv_bias.as_ref();
                 self.gemm_bias(t, width, h, hid, layer.qkv.ptr(), qkv, qb, zeros)?;
                 let at = |p: usize| lora[l * NPROJ + p];
-                self.lora(at(0), l, 0, hid, qkv, width, 0, lv)?;
-                self.lora(at(1), l, 1, hid, qkv, width, q_out, lv)?;
-                self.lora(at(2), l, 2, hid, qkv, width, q_out + kv_out, lv)?;
+                self.adapt(step, at(0), (l, 0), ProjIo::new(hid, qkv, width, 0), lv)?;
+                self.adapt(step, at(1), (l, 1), ProjIo::new(hid, qkv, width, q_out), lv)?;
+                self.adapt(
+                    step,
+                    at(2),
+                    (l, 2),
+                    ProjIo::new(hid, qkv, width, q_out + kv_out),
+                    lv,
+                )?;
                 self.launch(
                     "rope_kv",
                     (rows, 1, 1),
@@ -1452,19 +1957,26 @@ impl GpuModel {
                 if tiles != 0 {
                     self.launch(
                         "prefill_attention",
-                        (plan.num_tiles() as u32, nh as u32, 1),
+                        (step.num_tiles as u32, nh as u32, 1),
                         PREFILL_THREADS,
                         &[&head[..], &[Arg::Ptr(tiles)], &shape].concat(),
                     )?;
                 }
                 let ob = layer.o_bias.as_ref();
                 self.gemm_bias(t, h, q_out, attn, layer.o.ptr(), tmp, ob, zeros)?;
-                self.lora(at(3), l, 3, attn, tmp, h, 0, lv)?;
+                self.adapt(step, at(3), (l, 3), ProjIo::new(attn, tmp, h, 0), lv)?;
                 self.rms_norm(rows, hid, tmp, res, layer.post_norm.ptr())?;
+                self.saved_norms(step, SavedAt::PostNorm(l), hid, res)?;
                 let gb = layer.gate_up_bias.as_ref();
                 self.gemm_bias(t, 2 * inter, h, hid, layer.gate_up.ptr(), gu, gb, zeros)?;
-                self.lora(at(4), l, 4, hid, gu, 2 * inter, 0, lv)?;
-                self.lora(at(5), l, 5, hid, gu, 2 * inter, inter, lv)?;
+                self.adapt(step, at(4), (l, 4), ProjIo::new(hid, gu, 2 * inter, 0), lv)?;
+                self.adapt(
+                    step,
+                    at(5),
+                    (l, 5),
+                    ProjIo::new(hid, gu, 2 * inter, inter),
+                    lv,
+                )?;
                 self.launch(
                     "gated",
                     (rows, inter.div_ceil(ROW_THREADS as usize) as u32, 1),
@@ -1478,37 +1990,194 @@ impl GpuModel {
                 )?;
                 let db = layer.down_bias.as_ref();
                 self.gemm_bias(t, h, inter, act, layer.down.ptr(), tmp, db, zeros)?;
-                self.lora(at(6), l, 6, act, tmp, h, 0, lv)?;
+                self.adapt(step, at(6), (l, 6), ProjIo::new(act, tmp, h, 0), lv)?;
             }
             self.rms_norm(rows, hid, tmp, res, self.norm.ptr())?;
-        }
-        let r = meta.logit_rows.len();
-        if r == 0 {
-            self.rt.synchronize()?;
-            return Ok(0);
-        }
-        let v = cfg.vocab_size;
-        let picked = self.staged("logit_rows", &i32_bytes(&meta.logit_rows))?;
-        let gathered = self.scratch("gathered", r * h * eb)?;
-        let logits = self.scratch("logits", r * v * eb)?;
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed).ptr();
-        // SAFETY: `picked` holds rows below `t`; the buffers hold `r` rows.
-        unsafe {
-            // The embedding gather doubles as a row gather of the final hidden states.
+            self.saved_norms(step, SavedAt::FinalNorm, hid, res)?;
+            if step.r == 0 {
+                return Ok(());
+            }
+            let head = self.lm_head.as_ref().unwrap_or(&self.embed).ptr();
+            // The embedding gather doubles as a row gather of the final hidden states
+            // (`picked` holds rows below `t`).
             self.launch(
                 "embed",
-                (r as u32, 1, 1),
+                (step.r as u32, 1, 1),
                 ROW_THREADS,
                 &[
-                    Arg::Ptr(gathered),
+                    Arg::Ptr(step.gathered),
                     Arg::Ptr(hid),
-                    Arg::Ptr(picked),
+                    Arg::Ptr(step.picked),
                     Arg::I32(h as i32),
                     Arg::F32(1.0),
                 ],
             )?;
-            self.gemm(r, v, h, gathered, head, logits)?;
+            let v = cfg.vocab_size;
+            self.gemm(step.r, v, h, step.gathered, head, step.logits)?;
+            // Logit rows of adapters with a saved head, again through theirs.
+            for &(row0, n, head) in &step.saved.head {
+                let x = step.gathered + (row0 * h) as u64 * eb;
+                self.gemm(n, v, h, x, head, step.logits + (row0 * v) as u64 * eb)?;
+            }
+            Ok(())
         }
-        Ok(r)
     }
+}
+
+/// Projection `p` of `layer`: its fused matrix, its first row there (its first column in the
+/// fused output), and the fused bias.
+fn projection_of<'a>(
+    cfg: &ModelConfig,
+    layer: &'a Layer,
+    p: usize,
+) -> (&'a Buffer, usize, Option<&'a Buffer>) {
+    let (q_out, kv_out) = (
+        cfg.num_heads * cfg.head_dim,
+        cfg.num_kv_heads * cfg.head_dim,
+    );
+    let inter = cfg.intermediate_size;
+    let (w, row, bias) = match p {
+        0 => (&layer.qkv, 0, &layer.qkv_bias),
+        1 => (&layer.qkv, q_out, &layer.qkv_bias),
+        2 => (&layer.qkv, q_out + kv_out, &layer.qkv_bias),
+        3 => (&layer.o, 0, &layer.o_bias),
+        4 => (&layer.gate_up, 0, &layer.gate_up_bias),
+        5 => (&layer.gate_up, inter, &layer.gate_up_bias),
+        _ => (&layer.down, 0, &layer.down_bias),
+    };
+    (w, row, bias.as_ref())
+}
+
+/// Appends rows `first..first + n` with parameter `p` to `runs`, joining the last run where it
+/// ends at `first` with the same parameter.
+fn push_run(runs: &mut Vec<(usize, usize, DevicePtr)>, first: usize, n: usize, p: DevicePtr) {
+    match runs.last_mut() {
+        Some(last) if last.2 == p && last.0 + last.1 == first => last.1 += n,
+        _ => runs.push((first, n, p)),
+    }
+}
+
+/// Where a step swaps in its adapters' `modules_to_save` parameters: runs of consecutive rows
+/// `(first row, rows, the parameter's address)`.
+#[derive(Debug, Clone, Default)]
+struct SavedPlan {
+    /// Rows whose embeddings come from their adapter's table.
+    embed: Vec<(usize, usize, DevicePtr)>,
+    /// Rows normalised again with their adapter's weight, by norm.
+    norms: HashMap<SavedAt, Vec<(usize, usize, DevicePtr)>>,
+    /// Logit rows (indices among the step's) computed again through their adapter's head.
+    head: Vec<(usize, usize, DevicePtr)>,
+    /// Projections swapped or biased for some rows, by (layer, projection).
+    projections: HashMap<(usize, usize), SavedRuns>,
+    /// The epilogue tiles of the bias additions (`row0, rows, 0, 0` each), staged at
+    /// `tiles_at`.
+    tiles: Vec<i64>,
+    tiles_at: DevicePtr,
+}
+
+/// A projection's saved weights and bias additions in a step.
+#[derive(Debug, Clone, Default)]
+struct SavedRuns {
+    /// Rows projected through an adapter's weight instead: `(first row, rows, weight)`.
+    weights: Vec<(usize, usize, DevicePtr)>,
+    /// Bias additions: the tile of the rows, and the adapter's epilogue table.
+    adds: Vec<(usize, DevicePtr)>,
+}
+
+impl SavedPlan {
+    fn is_empty(&self) -> bool {
+        self.embed.is_empty()
+            && self.norms.is_empty()
+            && self.head.is_empty()
+            && self.projections.is_empty()
+    }
+}
+
+/// Where a projection reads and writes for a step: its inputs `x` (the step's rows, stride
+/// its input size) and outputs `y` (rows of `ldy`, the projection's from column `col`).
+#[derive(Clone, Copy)]
+struct ProjIo {
+    x: DevicePtr,
+    y: DevicePtr,
+    ldy: usize,
+    col: usize,
+}
+
+impl ProjIo {
+    fn new(x: DevicePtr, y: DevicePtr, ldy: usize, col: usize) -> Self {
+        Self { x, y, ldy, col }
+    }
+}
+
+/// Device addresses and sizes of one step: what [`GpuModel::prepare`] staged and sized, and
+/// what [`GpuModel::issue`] launches with.
+#[derive(Debug, Clone)]
+struct StepPtrs {
+    t: usize,
+    ids: DevicePtr,
+    pos: DevicePtr,
+    slots: DevicePtr,
+    tables: DevicePtr,
+    toff: DevicePtr,
+    res: DevicePtr,
+    hid: DevicePtr,
+    tmp: DevicePtr,
+    qkv: DevicePtr,
+    attn: DevicePtr,
+    gu: DevicePtr,
+    act: DevicePtr,
+    pm: DevicePtr,
+    pl: DevicePtr,
+    pacc: DevicePtr,
+    lv: DevicePtr,
+    zeros: DevicePtr,
+    /// Rows of the row attention kernel, and its row map (0: rows 0..t).
+    row_grid: usize,
+    row_map: DevicePtr,
+    /// Parts of the split over the context.
+    parts: usize,
+    /// The prefill kernel's tiles (0: none), and how many.
+    tiles: DevicePtr,
+    num_tiles: usize,
+    /// Rows that need logits, which rows, the gathered hidden states and the logits.
+    r: usize,
+    picked: DevicePtr,
+    gathered: DevicePtr,
+    logits: DevicePtr,
+    lora: Vec<Option<LoraLaunch>>,
+    saved: SavedPlan,
+}
+
+/// What a decode graph was captured for: its batch size, split over the context, the LoRA
+/// launches' shape (which (layer, projection)s, the rank they are sized for, where the
+/// epilogue runs) and the KV pool's addresses and block size. Every other address it holds
+/// is a weight (fixed for the model's life) or a scratch buffer (growing one drops the graphs).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct GraphKey {
+    rows: usize,
+    parts: usize,
+    modules: GraphModules,
+    block_size: usize,
+    kv: Vec<DevicePtr>,
+}
+
+/// The LoRA launches of a decode graph: the rank their grids are sized for (0: none) and, per
+/// (layer, projection), whether it has a launch and whether it has an epilogue.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+struct GraphModules {
+    rank: usize,
+    launched: Vec<bool>,
+    epilogue: Vec<bool>,
+}
+
+/// Decode graphs captured and replayed by a [`GpuModel`] (see
+/// [`GpuOptions::graph_max_batch`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GraphStats {
+    /// Graphs held now.
+    pub held: usize,
+    /// Graphs captured so far (a capture again after a scratch buffer grew counts anew).
+    pub captures: usize,
+    /// Steps run by replaying a graph.
+    pub replays: usize,
 }

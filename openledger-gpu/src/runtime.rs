@@ -319,6 +319,99 @@ pub trait Runtime: Send + Sync + std::fmt::Debug {
         let _ = id;
         Ok(())
     }
+
+    /// Starts capturing a graph: the launches, GEMMs and device copies issued next are
+    /// recorded, not run, until [`end_capture`](Self::end_capture). Meanwhile host copies,
+    /// uploads, synchronisation and allocation are refused (a CUDA stream capture cannot
+    /// hold them). Use [`Graph::capture`], which ends the capture on every path. The default
+    /// refuses: the runtime has no graphs.
+    fn begin_capture(&self) -> Result<(), GpuError> {
+        Err(GpuError::Unsupported {
+            what: format!("graphs on {}", self.device_name()),
+        })
+    }
+
+    /// Ends the capture begun by [`begin_capture`](Self::begin_capture) and returns the graph's
+    /// id; with `discard`, drops what was recorded and returns 0.
+    fn end_capture(&self, discard: bool) -> Result<u64, GpuError> {
+        let _ = discard;
+        Err(GpuError::Unsupported {
+            what: format!("graphs on {}", self.device_name()),
+        })
+    }
+
+    /// Runs graph `id` once, in order with the work issued before and after it.
+    ///
+    /// # Safety
+    /// Every address the graph's launches, GEMMs and copies were recorded with is still live
+    /// and holds what they read and write.
+    unsafe fn replay(&self, id: u64) -> Result<(), GpuError> {
+        let _ = id;
+        Err(GpuError::Unsupported {
+            what: format!("graphs on {}", self.device_name()),
+        })
+    }
+
+    /// Frees graph `id` (an unknown id is ignored).
+    fn drop_graph(&self, id: u64) {
+        let _ = id;
+    }
+
+    /// Whether a capture is under way.
+    fn capturing(&self) -> bool {
+        false
+    }
+}
+
+/// A recorded sequence of launches, GEMMs and device copies that a [`Runtime`] replays with
+/// one call: a CUDA graph on a device (one `cuGraphLaunch` in place of a launch per kernel),
+/// the recorded calls in order under the host emulation. The addresses and sizes are fixed
+/// when it is captured: whatever changes between replays lives in device memory the graph
+/// reads. Freed when dropped.
+#[derive(Debug)]
+pub struct Graph {
+    rt: Arc<dyn Runtime>,
+    id: u64,
+}
+
+impl Graph {
+    /// Records what `issue` launches (it must issue only launches, GEMMs and device copies),
+    /// ending the capture whether or not `issue` succeeds; `issue`'s error is returned as it
+    /// is.
+    pub fn capture(
+        rt: &Arc<dyn Runtime>,
+        issue: impl FnOnce() -> Result<(), GpuError>,
+    ) -> Result<Self, GpuError> {
+        rt.begin_capture()?;
+        match issue() {
+            Ok(()) => {
+                let id = rt.end_capture(false)?;
+                Ok(Self {
+                    rt: Arc::clone(rt),
+                    id,
+                })
+            }
+            Err(e) => {
+                let _ = rt.end_capture(true);
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs the graph once.
+    ///
+    /// # Safety
+    /// As [`Runtime::replay`]: every address it was captured with is still live.
+    pub unsafe fn replay(&self) -> Result<(), GpuError> {
+        // SAFETY: as the caller promises.
+        unsafe { self.rt.replay(self.id) }
+    }
+}
+
+impl Drop for Graph {
+    fn drop(&mut self) {
+        self.rt.drop_graph(self.id);
+    }
 }
 
 /// An allocation of a [`Runtime`], freed when dropped; copies in and out are bounds-checked.

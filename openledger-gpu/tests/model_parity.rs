@@ -588,20 +588,11 @@ fn adapters_alone_and_in_one_mixed_batch_match_peft() {
     let last = m.forward(&decode, &mut kv).unwrap();
     for k in 0..4 {
         let (_, want) = reference_of(names[k].unwrap_or("base"));
-        let w = &want[order[k]];
-        let l = seqs[order[k]].len();
-        assert_close(
-            &format!("mixed row {k}"),
+        let rows = [
             &got[k * vocab..(k + 1) * vocab],
-            &w[(l - 2) * vocab..(l - 1) * vocab],
-            1e-4,
-        );
-        assert_close(
-            &format!("mixed decode row {k}"),
             &last[k * vocab..(k + 1) * vocab],
-            &w[(l - 1) * vocab..l * vocab],
-            1e-4,
-        );
+        ];
+        assert_prompt_and_decode(&format!("mixed row {k}"), rows, &want[order[k]]);
     }
 }
 
@@ -659,6 +650,98 @@ fn gap(a: &[f32], b: &[f32]) -> f32 {
         .fold(0f32, f32::max)
 }
 
+/// Four rows' picks and block tables.
+type FourRows = ([(usize, Option<usize>); 4], [Vec<u32>; 4]);
+
+/// Four rows over two adapters: sequence 0 with the first, 1 with the second, 2 with the
+/// first, and sequence 0 again on the base model (its own block table, so its cache is apart).
+fn two_adapter_rows() -> FourRows {
+    let t = tables();
+    let picks = [(0, Some(0)), (1, Some(1)), (2, Some(0)), (0, None)];
+    let tables4 = [t[0].clone(), t[1].clone(), t[2].clone(), vec![20, 21, 22]];
+    (picks, tables4)
+}
+
+/// A step of `picks` (sequence of the fixture, index of its adapter among `names`) with blocks
+/// `tables`: every token but the last (a prompt), or the last (a decode step).
+fn picked_batch(
+    seqs: &[Vec<u32>],
+    picks: &[(usize, Option<usize>)],
+    names: &[&str],
+    tables: &[Vec<u32>],
+    decode: bool,
+) -> StepBatch {
+    StepBatch {
+        seqs: picks
+            .iter()
+            .enumerate()
+            .map(|(k, &(i, a))| {
+                let s = &seqs[i];
+                let (tokens, start) = if decode {
+                    (&s[s.len() - 1..], s.len() - 1)
+                } else {
+                    (&s[..s.len() - 1], 0)
+                };
+                with_adapter(
+                    seq(k as u64, tokens, start, &tables[k], true),
+                    a.map(|a| names[a]),
+                )
+            })
+            .collect(),
+    }
+}
+
+/// Checks the logits of a sequence's prompt (every token but the last) and of its decode step
+/// (the last), `[prompt, decode]`, against its reference logits `want` (`[len, vocab]`), within
+/// 1e-4.
+fn assert_prompt_and_decode(what: &str, [prompt, decode]: [&[f32]; 2], want: &[f32]) {
+    let vocab = prompt.len();
+    let l = want.len() / vocab;
+    assert_close(
+        &format!("{what}, prompt"),
+        prompt,
+        &want[(l - 2) * vocab..(l - 1) * vocab],
+        1e-4,
+    );
+    assert_close(
+        &format!("{what}, decode"),
+        decode,
+        &want[(l - 1) * vocab..l * vocab],
+        1e-4,
+    );
+}
+
+/// Checks a GPU model's logits for the prompt and the decode step of `picks` (as
+/// [`picked_batch`]) against the CPU model's, within 1e-4; returns the CPU model's logits.
+fn assert_follows_cpu(
+    cpu: &openledger_lora::model::Model,
+    ids: &[openledger_lora::model::AdapterSlot],
+    names: &[&str],
+    picks: &[(usize, Option<usize>)],
+    prefill: &[f32],
+    decode: &[f32],
+) -> Vec<Vec<f32>> {
+    let (seqs, _) = reference();
+    let vocab = vocab_of();
+    let inputs: Vec<openledger_lora::model::SeqInput<'_>> = picks
+        .iter()
+        .map(|&(i, a)| openledger_lora::model::SeqInput {
+            adapter: a.map(|a| ids[a]),
+            tokens: &seqs[i],
+        })
+        .collect();
+    let want = cpu.forward(&inputs).unwrap();
+    for (k, &(i, a)) in picks.iter().enumerate() {
+        let what = format!("sequence {i} with {:?}", a.map(|a| names[a]));
+        let rows = [
+            &prefill[k * vocab..(k + 1) * vocab],
+            &decode[k * vocab..(k + 1) * vocab],
+        ];
+        assert_prompt_and_decode(&what, rows, &want[k]);
+    }
+    want
+}
+
 /// DoRA on the GPU model against the CPU model (whose DoRA openledger-lora's tests check against
 /// merged weights and PEFT): the fixture with a DoRA adapter, a plain one and the base in one
 /// mixed batch, prompts then a decode step, f32 within 1e-4 (the factor `m / ‖W + s·B·A‖` is
@@ -685,63 +768,15 @@ fn dora_adapters_match_the_cpu_model() {
         e.to_string().contains("whose base layer has no bias"),
         "{e}"
     );
-    let t = tables();
     // Sequence 0 with DoRA, 1 plain, 2 with DoRA, and the base on sequence 0 again.
-    let picks = [
-        (0usize, Some(0usize)),
-        (1, Some(1)),
-        (2, Some(0)),
-        (0, None),
-    ];
-    let tables4 = [t[0].clone(), t[1].clone(), t[2].clone(), vec![20, 21, 22]];
+    let (picks, tables4) = two_adapter_rows();
     let step = |m: &mut GpuModel, kv: &mut DeviceKvStorage, decode: bool| {
-        let batch = StepBatch {
-            seqs: picks
-                .iter()
-                .enumerate()
-                .map(|(k, &(i, a))| {
-                    let s = &seqs[i];
-                    let (tokens, start) = if decode {
-                        (&s[s.len() - 1..], s.len() - 1)
-                    } else {
-                        (&s[..s.len() - 1], 0)
-                    };
-                    with_adapter(
-                        seq(k as u64, tokens, start, &tables4[k], true),
-                        a.map(|a| names[a]),
-                    )
-                })
-                .collect(),
-        };
+        let batch = picked_batch(&seqs, &picks, &names, &tables4, decode);
         m.forward(&batch, kv).unwrap()
     };
     let prefill = step(&mut m, &mut kv, false);
     let decode = step(&mut m, &mut kv, true);
-    let inputs: Vec<SeqInput<'_>> = picks
-        .iter()
-        .map(|&(i, a)| SeqInput {
-            adapter: a.map(|a| ids[a]),
-            tokens: &seqs[i],
-        })
-        .collect();
-    let want = cpu.forward(&inputs).unwrap();
-    for (k, &(i, a)) in picks.iter().enumerate() {
-        let l = seqs[i].len();
-        let what = format!("sequence {i} with {:?}", a.map(|a| names[a]));
-        let w = &want[k];
-        assert_close(
-            &format!("{what}, prefill"),
-            &prefill[k * vocab..(k + 1) * vocab],
-            &w[(l - 2) * vocab..(l - 1) * vocab],
-            1e-4,
-        );
-        assert_close(
-            &format!("{what}, decode"),
-            &decode[k * vocab..(k + 1) * vocab],
-            &w[(l - 1) * vocab..l * vocab],
-            1e-4,
-        );
-    }
+    let want = assert_follows_cpu(&cpu, &ids, &names, &picks, &prefill, &decode);
     let l0 = (seqs[0].len() - 1) * vocab;
     assert!(
         gap(&want[0][l0..], &want[3][l0..]) > 1e-2,
@@ -754,7 +789,7 @@ fn dora_adapters_match_the_cpu_model() {
     let got = m
         .forward(
             &StepBatch {
-                seqs: vec![with_adapter(seq(0, s, 0, &t[0], true), Some("dora"))],
+                seqs: vec![with_adapter(seq(0, s, 0, &tables4[0], true), Some("dora"))],
             },
             &mut kv,
         )
@@ -788,7 +823,7 @@ fn adapter_memory_is_paged_and_refusals_change_nothing() {
             slab_bytes: 64 << 10,
             page_bytes: 1 << 10,
         },
-        prefill_min_rows: 16,
+        ..GpuOptions::default()
     };
     let mut m = GpuModel::load(runtime(), &fixture(), opts, &mut |_, _| {}).unwrap();
     let mut kv = m.kv_storage(32, 4).unwrap();
@@ -1154,8 +1189,9 @@ fn uploads_on_the_copy_stream_land_where_they_are_sent() {
 
 /// DoRA and LoRA biases over a base whose layers have biases (Llama with `attention_bias` and
 /// `mlp_bias`, a random checkpoint): `y = b + g·(W·x + s·B·A·x + c)`, the base bias kept out of
-/// DoRA's scaling and the LoRA bias inside it. The GPU model against the CPU model, a DoRA
-/// adapter, a LoRA-bias adapter and the base in one batch, f32 within 1e-4.
+/// DoRA's scaling and the LoRA bias inside it; and saved projection weights and biases
+/// ([`saved_projections`]). The GPU model against the CPU model, a DoRA adapter, a LoRA-bias
+/// adapter, the saving adapter and the base in one batch, f32 within 1e-4.
 #[test]
 fn dora_and_lora_biases_over_a_biased_base_match_the_cpu_model() {
     use openledger_lora::model::{Model, SeqInput};
@@ -1167,20 +1203,21 @@ fn dora_and_lora_biases_over_a_biased_base_match_the_cpu_model() {
     let cfg = random_checkpoint(dir.path(), config, 9);
     let v = cfg.vocab_size;
     let (dora, biased) = dora_and_biased(32, 32, 48);
+    let saving = saved_projections(32, 48);
     let mut cpu = Model::from_dir(dir.path()).unwrap();
     let opts = GpuOptions {
         dtype: Some(Dtype::F32),
         ..GpuOptions::default()
     };
     let mut m = GpuModel::load(runtime(), dir.path(), opts, &mut |_, _| {}).unwrap();
-    let names = ["dora", "biased"];
+    let names = ["dora", "biased", "saving"];
     let mut ids = Vec::new();
-    for (name, a) in names.iter().zip([&dora, &biased]) {
+    for (name, a) in names.iter().zip([&dora, &biased, &saving]) {
         m.attach_adapter(name, a).unwrap();
         ids.push(cpu.attach_adapter(name, a).unwrap());
     }
     let prompt: [u32; 6] = [3, 17, 1, 30, 12, 5];
-    let picks = [Some(0usize), Some(1), None];
+    let picks = [Some(0usize), Some(1), Some(2), None];
     let mut kv = m.kv_storage(8, 4).unwrap();
     let batch = StepBatch {
         seqs: picks
@@ -1210,11 +1247,452 @@ fn dora_and_lora_biases_over_a_biased_base_match_the_cpu_model() {
             1e-4,
         );
     }
-    for k in 0..2 {
+    for k in 0..3 {
         assert!(
-            gap(&want[k][last..], &want[2][last..]) > 1e-2,
+            gap(&want[k][last..], &want[3][last..]) > 1e-2,
             "{} changes the logits",
             names[k]
         );
     }
+}
+
+/// An adapter with LoRA on q (rank 4) saving projections of a biased base of `hidden`
+/// features (k and v outputs too) and `inter` MLP features: the biases of layer 0's k and
+/// layer 1's o (`bias = "all"`), layer 0's down weight with its bias, and layer 1's gate
+/// weight without one (the base's bias stays).
+fn saved_projections(hidden: usize, inter: usize) -> LoraAdapter {
+    use openledger_lora::adapter::build::AdapterBuilder;
+    use openledger_lora::adapter::config::{BiasMode, ConfigSpec};
+    let wave = |n: usize, amp: f32, seed: usize| -> Vec<f32> {
+        (0..n)
+            .map(|i| amp * (((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.5 - 1.0))
+            .collect()
+    };
+    let mut spec = ConfigSpec::new(4, 8.0, &["q_proj"]);
+    spec.bias = BiasMode::All;
+    spec.modules_to_save = vec!["down_proj".into(), "gate_proj".into()];
+    let mut b = AdapterBuilder::new(spec);
+    for l in 0..2u64 {
+        b.random_lora(
+            &format!("model.layers.{l}.self_attn.q_proj"),
+            hidden,
+            hidden,
+            4,
+            7 + l,
+        );
+    }
+    let saved: [(&str, Vec<usize>, f32); 5] = [
+        ("model.layers.0.self_attn.k_proj.bias", vec![hidden], 0.5),
+        ("model.layers.1.self_attn.o_proj.bias", vec![hidden], 0.5),
+        (
+            "model.layers.0.mlp.down_proj.weight",
+            vec![hidden, inter],
+            0.3,
+        ),
+        ("model.layers.0.mlp.down_proj.bias", vec![hidden], 0.5),
+        (
+            "model.layers.1.mlp.gate_proj.weight",
+            vec![inter, hidden],
+            0.3,
+        ),
+    ];
+    for (seed, (key, shape, amp)) in saved.into_iter().enumerate() {
+        let n = shape.iter().product();
+        b.saved(key, shape, &wave(n, amp, seed + 1));
+    }
+    built(&b)
+}
+
+/// Little-endian bytes of `i32`s.
+fn i32s(v: &[i32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// A graph replays the launches it recorded with what device memory holds at the replay;
+/// nothing runs while capturing; host copies and synchronisation are refused inside a capture
+/// (which leaves no capture open); under the emulation, a replay after a buffer it was captured
+/// with is freed is refused.
+#[test]
+fn graphs_replay_recorded_launches_and_refuse_host_work_while_capturing() {
+    use openledger_gpu::{Arg, Buffer, Graph, LaunchDims};
+    let rt = runtime();
+    let h = 8usize;
+    let rows: Vec<f32> = (0..4 * h).map(|i| i as f32).collect();
+    let table = Buffer::from_bytes(&rt, &Dtype::F32.encode(&rows)).unwrap();
+    let mut ids = Buffer::from_bytes(&rt, &i32s(&[2, 0])).unwrap();
+    let mut out = Buffer::from_bytes(&rt, &vec![0u8; 2 * h * 4]).unwrap();
+    let read = |b: &Buffer| {
+        let mut bytes = vec![0u8; b.len()];
+        b.read(0, &mut bytes).unwrap();
+        Dtype::F32.decode(&bytes)
+    };
+    let (o, t, i) = (out.ptr(), table.ptr(), ids.ptr());
+    let gather = || {
+        // SAFETY: `ids` holds 2 rows below 4, `table` 4 rows of `h`, `out` 2 rows of `h`.
+        unsafe {
+            rt.launch(
+                "embed_f32",
+                LaunchDims::new((2, 1, 1), 256),
+                &[
+                    Arg::Ptr(o),
+                    Arg::Ptr(t),
+                    Arg::Ptr(i),
+                    Arg::I32(h as i32),
+                    Arg::F32(1.0),
+                ],
+            )
+        }
+    };
+    let g = Graph::capture(&rt, gather).unwrap();
+    assert!(!rt.capturing());
+    assert!(
+        read(&out).iter().all(|&v| v == 0.0),
+        "nothing runs while capturing"
+    );
+    // SAFETY: every buffer captured is live.
+    unsafe { g.replay() }.unwrap();
+    let want = |a: usize, b: usize| [&rows[a * h..(a + 1) * h], &rows[b * h..(b + 1) * h]].concat();
+    assert_eq!(read(&out), want(2, 0));
+    ids.write(0, &i32s(&[3, 1])).unwrap();
+    // SAFETY: as above.
+    unsafe { g.replay() }.unwrap();
+    assert_eq!(
+        read(&out),
+        want(3, 1),
+        "the replay reads the ids memory holds now"
+    );
+    // Host work inside a capture is refused and ends it.
+    let e = Graph::capture(&rt, || ids.write(0, &i32s(&[0, 0]))).unwrap_err();
+    assert!(
+        matches!(&e, GpuError::InvalidArgument { name: "graph capture", reason } if reason.contains("host-to-device")),
+        "{e}"
+    );
+    assert!(!rt.capturing());
+    let e = Graph::capture(&rt, || rt.synchronize()).unwrap_err();
+    assert!(matches!(e, GpuError::InvalidArgument { .. }), "{e}");
+    let e = Graph::capture(&rt, || out.read(0, &mut [0u8; 4])).unwrap_err();
+    assert!(matches!(e, GpuError::InvalidArgument { .. }), "{e}");
+    // The refused capture changed nothing: the graph still replays.
+    out.write(0, &vec![0u8; 2 * h * 4]).unwrap();
+    // SAFETY: as above.
+    unsafe { g.replay() }.unwrap();
+    assert_eq!(read(&out), want(3, 1));
+    if rt.device_name() == "host emulation" {
+        drop(out);
+        // SAFETY: the emulation checks every captured address before it runs anything.
+        let e = unsafe { g.replay() }.unwrap_err();
+        assert!(e.to_string().contains("freed"), "{e}");
+    }
+}
+
+/// Decode steps run as graphs (padded to their batch-size bucket, the split over the context
+/// rounded up to a power of two of parts, LoRA as one BGMV tile per row with the null slot for
+/// rows without an adapter) against the same steps launched one kernel at a time, on two
+/// pools: three sequences of 20 tokens with the fixture's adapters and the base model, batch
+/// sizes 3 and 2, contexts crossing four part boundaries, an adapter replaced between steps.
+/// f32, within 2e-5 (the split merges in another order); the graphs are replayed, captured
+/// again only for a new shape, and a batch above `graph_max_batch` runs without one.
+#[test]
+fn decode_steps_run_as_graphs_match_steps_launched_one_by_one() {
+    let load_with = |graphs: usize| {
+        let opts = GpuOptions {
+            dtype: Some(Dtype::F32),
+            attention_part_len: 4,
+            graph_max_batch: graphs,
+            ..GpuOptions::default()
+        };
+        let mut m = GpuModel::load(runtime(), &fixture(), opts, &mut |_, _| {}).unwrap();
+        for name in ADAPTERS {
+            m.attach_adapter(name, &adapter(name)).unwrap();
+        }
+        let kv = m.kv_storage(32, 4).unwrap();
+        (m, kv)
+    };
+    let (mut g, mut gkv) = load_with(512);
+    let (mut e, mut ekv) = load_with(0);
+    let len = 20;
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let tokens: Vec<Vec<u32>> = (0..3)
+        .map(|_| {
+            (0..len)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    (state % 320) as u32
+                })
+                .collect()
+        })
+        .collect();
+    // Blocks interleaved across the sequences.
+    let tables: Vec<Vec<u32>> = (0..3u32)
+        .map(|k| (0..5).map(|j| j * 3 + k).collect())
+        .collect();
+    let mut names = [Some(ADAPTERS[0]), None, Some(ADAPTERS[1])];
+    let step = |k: usize, from: usize, to: usize, names: &[Option<&str>; 3]| {
+        with_adapter(
+            seq(k as u64, &tokens[k][from..to], from, &tables[k], true),
+            names[k],
+        )
+    };
+    let both = |g: &mut GpuModel,
+                gkv: &mut DeviceKvStorage,
+                e: &mut GpuModel,
+                ekv: &mut DeviceKvStorage,
+                batch: &StepBatch,
+                what: &str| {
+        let a = g.forward(batch, gkv).unwrap();
+        let b = e.forward(batch, ekv).unwrap();
+        assert_close(what, &a, &b, 2e-5);
+        gap(&a, &b)
+    };
+    let prompt = StepBatch {
+        seqs: (0..3).map(|k| step(k, 0, 3, &names)).collect(),
+    };
+    both(&mut g, &mut gkv, &mut e, &mut ekv, &prompt, "prompts");
+    assert_eq!(g.graph_stats().replays, 0, "a prompt runs without a graph");
+    let mut next = [3usize; 3];
+    let mut worst = 0f32;
+    let mut decodes = 0;
+    while next.iter().any(|&p| p < len) {
+        let p = next[0];
+        if p == 12 {
+            // Sequence 0's adapter is replaced by another (other modules, other rank) in
+            // both models.
+            for m in [&mut g, &mut e] {
+                m.detach_adapter(ADAPTERS[0]).unwrap();
+                m.attach_adapter("swapped", &adapter(ADAPTERS[2])).unwrap();
+            }
+            names[0] = Some("swapped");
+        }
+        // Sequence 1 sits out every third step: batches of 3 and 2.
+        let running: Vec<usize> = (0..3)
+            .filter(|&k| next[k] < len && !(k == 1 && p % 3 == 0))
+            .collect();
+        let batch = StepBatch {
+            seqs: running
+                .iter()
+                .map(|&k| step(k, next[k], next[k] + 1, &names))
+                .collect(),
+        };
+        let before = g.graph_stats();
+        worst = worst.max(both(
+            &mut g,
+            &mut gkv,
+            &mut e,
+            &mut ekv,
+            &batch,
+            &format!("decode at {p} of {running:?}"),
+        ));
+        let after = g.graph_stats();
+        assert_eq!(
+            after.replays,
+            before.replays + 1,
+            "step at {p} replays a graph"
+        );
+        decodes += 1;
+        for &k in &running {
+            next[k] += 1;
+        }
+    }
+    let stats = g.graph_stats();
+    assert_eq!(stats.replays, decodes);
+    assert!(
+        stats.captures < decodes / 2,
+        "graphs are reused: {stats:?} over {decodes} steps"
+    );
+    assert!(stats.held >= 2, "one per batch size at least: {stats:?}");
+    assert_eq!(e.graph_stats(), openledger_gpu::GraphStats::default());
+    eprintln!("graphs {stats:?}; largest gap to eager steps {worst:.2e}");
+    // At most `max_graphs` are held, the one used least recently freed first: with one, a step
+    // of one row, one of two and one row again each capture anew.
+    assert_eq!(g.set_max_graphs(1), 1);
+    assert_eq!(g.graph_stats().held, 1);
+    let single = |n: usize| StepBatch {
+        seqs: (0..n)
+            .map(|k| seq(30 + k as u64, &[7], 0, &[25 + k as u32], true))
+            .collect(),
+    };
+    let captured = g.graph_stats().captures;
+    for (i, n) in [1, 2, 1].into_iter().enumerate() {
+        both(
+            &mut g,
+            &mut gkv,
+            &mut e,
+            &mut ekv,
+            &single(n),
+            "a capped step",
+        );
+        assert_eq!(g.graph_stats().captures, captured + i + 1);
+        assert_eq!(g.graph_stats().held, 1);
+    }
+    g.set_max_graphs(2);
+    both(
+        &mut g,
+        &mut gkv,
+        &mut e,
+        &mut ekv,
+        &single(2),
+        "a step of two",
+    );
+    both(
+        &mut g,
+        &mut gkv,
+        &mut e,
+        &mut ekv,
+        &single(1),
+        "a step of one",
+    );
+    assert_eq!(
+        g.graph_stats().captures,
+        captured + 4,
+        "the graph of one row was kept"
+    );
+    let decodes = g.graph_stats().replays;
+    // Above `graph_max_batch` a decode step runs kernel by kernel.
+    g.set_graph_max_batch(1);
+    let batch = StepBatch {
+        seqs: (0..2)
+            .map(|k| seq(10 + k as u64, &[5], 0, &[20 + k as u32], true))
+            .collect(),
+    };
+    both(
+        &mut g,
+        &mut gkv,
+        &mut e,
+        &mut ekv,
+        &batch,
+        "two rows over a cap of one",
+    );
+    assert_eq!(g.graph_stats().replays, decodes);
+}
+
+/// `modules_to_save` on the GPU model against the CPU model: an adapter with LoRA on q and v
+/// that saves the embeddings, the output head, layer 0's input norm, layer 1's post-attention
+/// norm and the final norm, beside a plain adapter and the base in one mixed batch (the saved
+/// adapter on two sequences that are not adjacent), prompts then a decode step, f32 within
+/// 1e-4. A step with saved parameters runs without a graph; one without them replays one. A
+/// saved parameter the model has no place for (a bias of the head), a saved tensor of the wrong
+/// size and an ensemble member with saved parameters are refused, changing nothing.
+#[test]
+fn modules_to_save_swap_in_embeddings_head_and_norms_as_on_the_cpu() {
+    use openledger_lora::adapter::build::AdapterBuilder;
+    use openledger_lora::adapter::config::ConfigSpec;
+    use openledger_lora::model::Model;
+    let (h, vocab) = (64usize, vocab_of());
+    let wave = |n: usize, base: f32, amp: f32, seed: usize| -> Vec<f32> {
+        (0..n)
+            .map(|i| base + amp * (((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.5 - 1.0))
+            .collect()
+    };
+    let spec_with = |saved: &[&str]| {
+        let mut spec = ConfigSpec::new(4, 8.0, &["q_proj", "v_proj"]);
+        spec.modules_to_save = saved.iter().map(|s| s.to_string()).collect();
+        spec
+    };
+    let mut b = AdapterBuilder::new(spec_with(&[
+        "embed_tokens",
+        "lm_head",
+        "input_layernorm",
+        "post_attention_layernorm",
+        "norm",
+    ]));
+    for l in 0..2u64 {
+        b.random_lora(
+            &format!("model.layers.{l}.self_attn.q_proj"),
+            h,
+            h,
+            4,
+            1 + l,
+        );
+        b.random_lora(
+            &format!("model.layers.{l}.self_attn.v_proj"),
+            h,
+            32,
+            4,
+            3 + l,
+        );
+    }
+    b.saved(
+        "model.embed_tokens.weight",
+        vec![vocab, h],
+        &wave(vocab * h, 0.0, 0.05, 1),
+    );
+    b.saved(
+        "lm_head.weight",
+        vec![vocab, h],
+        &wave(vocab * h, 0.0, 0.08, 2),
+    );
+    b.saved(
+        "model.layers.0.input_layernorm.weight",
+        vec![h],
+        &wave(h, 1.0, 0.3, 3),
+    );
+    b.saved(
+        "model.layers.1.post_attention_layernorm.weight",
+        vec![h],
+        &wave(h, 1.0, 0.3, 4),
+    );
+    b.saved("model.norm.weight", vec![h], &wave(h, 1.0, 0.3, 5));
+    let saving = built(&b);
+    let plain = adapter("qv-r4");
+    let (seqs, _) = reference();
+    let (mut m, mut kv) = load(Dtype::F32, 512);
+    let mut cpu = Model::from_dir(&fixture()).unwrap();
+    let names = ["saving", "plain"];
+    let mut ids = Vec::new();
+    for (name, a) in names.iter().zip([&saving, &plain]) {
+        m.attach_adapter(name, a).unwrap();
+        ids.push(cpu.attach_adapter(name, a).unwrap());
+    }
+    let (picks, tables4) = two_adapter_rows();
+    let batch = |decode: bool, picks: &[(usize, Option<usize>)]| {
+        picked_batch(&seqs, picks, &names, &tables4, decode)
+    };
+    let prefill = m.forward(&batch(false, &picks), &mut kv).unwrap();
+    let decode = m.forward(&batch(true, &picks), &mut kv).unwrap();
+    assert_eq!(
+        m.graph_stats().replays,
+        0,
+        "saved parameters run without a graph"
+    );
+    let want = assert_follows_cpu(&cpu, &ids, &names, &picks, &prefill, &decode);
+    let l0 = (seqs[0].len() - 1) * vocab;
+    assert!(
+        gap(&want[0][l0..], &want[3][l0..]) > 0.1,
+        "the saved parameters change the logits"
+    );
+    // Without the saved adapter in it, a decode step replays a graph.
+    let mut kv2 = m.kv_storage(32, 4).unwrap();
+    let others = [(1usize, Some(1usize)), (0, None)];
+    m.forward(&batch(false, &others), &mut kv2).unwrap();
+    m.forward(&batch(true, &others), &mut kv2).unwrap();
+    assert_eq!(m.graph_stats().replays, 1);
+    // Refusals, each naming the culprit and changing nothing.
+    let mut lin = AdapterBuilder::new(spec_with(&["lm_head"]));
+    lin.random_lora("model.layers.0.self_attn.v_proj", h, 32, 4, 9);
+    lin.saved("lm_head.bias", vec![vocab], &wave(vocab, 0.0, 0.1, 6));
+    let e = m.attach_adapter("lin", &built(&lin)).unwrap_err();
+    assert!(
+        matches!(&e, GpuError::Unsupported { what } if what.contains("lm_head.bias")),
+        "{e}"
+    );
+    let mut short = AdapterBuilder::new(spec_with(&["lm_head"]));
+    short.random_lora("model.layers.0.self_attn.q_proj", h, h, 4, 9);
+    short.saved(
+        "lm_head.weight",
+        vec![vocab - 1, h],
+        &wave((vocab - 1) * h, 0.0, 0.1, 7),
+    );
+    let e = m.attach_adapter("short", &built(&short)).unwrap_err();
+    assert!(e.to_string().contains("lm_head.weight"), "{e}");
+    let e = m
+        .attach_ensemble("mix", &[(&saving, 0.5), (&plain, 0.5)])
+        .unwrap_err();
+    assert!(matches!(e, GpuError::Unsupported { .. }), "{e}");
+    let mut names_now = m.adapter_names();
+    names_now.sort_unstable();
+    assert_eq!(names_now, vec!["plain", "saving"]);
+    let again = m.forward(&batch(false, &picks[..1]), &mut kv2).unwrap();
+    assert_close("after the refusals", &again, &prefill[..vocab], 1e-4);
 }
