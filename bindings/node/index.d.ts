@@ -1165,6 +1165,11 @@ export interface EngineOptions {
   deviceAdapterMib?: number
   /** On a GPU, adapters the device holds at once (default 128). */
   deviceAdapterSlots?: number
+  /**
+   * On a GPU, the largest decode step (in sequences) run as a captured CUDA graph (default
+   * 512; 0: every step launched kernel by kernel).
+   */
+  deviceGraphMaxBatch?: number
 }
 
 /**

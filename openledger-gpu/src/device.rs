@@ -134,8 +134,10 @@ pub fn gpu_dtype(format: WeightFormat) -> Result<Option<Dtype>, GpuError> {
 
 /// Loads the HF model folder `model_dir` onto `device` and starts its engine: on
 /// [`Device::Cpu`], [`ServedModel::load`]; on [`Device::Cuda`], the folder's weights on that
-/// device ([`GpuModel`] in the type `options.weights` asks for, with an adapter tier of
-/// `options.device_adapter_bytes` and `device_adapter_slots`) served by [`serve_model`]. `progress` sees each weight file or tensor as it is read.
+/// device ([`GpuModel`] with [`gpu_options`]: the type `options.weights` asks for, an adapter
+/// tier of `options.device_adapter_bytes` and `device_adapter_slots`, decode steps of up to
+/// `device_graph_max_batch` sequences as graphs) served by [`serve_model`]. `progress` sees
+/// each weight file or tensor as it is read.
 pub fn serve(
     model_dir: &Path,
     device: Device,
@@ -155,9 +157,10 @@ pub fn serve(
     serve_model(model, tokenizer, model_dir, pool, options)
 }
 
-/// The GPU model's options for a served model's: the weights' type and the device tier of
-/// adapters.
-fn gpu_options(options: &ServeOptions) -> Result<GpuOptions, GpuError> {
+/// The GPU model's options for a served model's: the weights' type ([`gpu_dtype`]), the device
+/// tier of adapters and the largest decode step run as a graph; the rest are
+/// [`GpuOptions::default`]'s.
+pub fn gpu_options(options: &ServeOptions) -> Result<GpuOptions, GpuError> {
     Ok(GpuOptions {
         dtype: gpu_dtype(options.weights)?,
         adapters: AdapterBudget {
@@ -165,6 +168,7 @@ fn gpu_options(options: &ServeOptions) -> Result<GpuOptions, GpuError> {
             slab_bytes: options.device_adapter_bytes,
             ..AdapterBudget::default()
         },
+        graph_max_batch: options.device_graph_max_batch,
         ..GpuOptions::default()
     })
 }

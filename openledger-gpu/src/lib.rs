@@ -52,7 +52,8 @@ pub use adapters::{AdapterBudget, adapter_bytes};
 #[cfg(feature = "cuda")]
 pub use cuda::{CudaRuntime, cublas_available, cublaslt_available};
 pub use device::{
-    Device, UnknownDevice, device_error, gpu_dtype, load_model, serve, serve_gguf, serve_model,
+    Device, UnknownDevice, device_error, gpu_dtype, gpu_options, load_model, serve, serve_gguf,
+    serve_model,
 };
 pub use emulated::EmulatedRuntime;
 pub use error::GpuError;

@@ -169,7 +169,6 @@ pub struct GpuModel {
     zero_ids: Option<Buffer>,
     /// [`GpuOptions::graph_max_batch`] (0 once the runtime turned graphs down).
     graph_max_batch: usize,
-    /// The decode graphs captured, by what they were captured for.
     /// The decode graphs captured, by what they were captured for, with the step each last
     /// ran in.
     graphs: HashMap<GraphKey, (Graph, u64)>,

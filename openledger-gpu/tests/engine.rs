@@ -152,6 +152,12 @@ fn serve_and_check(num_blocks: usize, preemption: Preemption, adapters: &[Option
             "{key} ({preemption:?}, {num_blocks} blocks)"
         );
     }
+    // Decode-only steps ran as graphs (GpuOptions' default), replayed once captured.
+    let graphs = engine.model().model().graph_stats();
+    assert!(
+        graphs.captures > 0 && graphs.replays > graphs.captures,
+        "{graphs:?}"
+    );
 }
 
 #[test]
@@ -246,19 +252,25 @@ fn the_served_model_takes_the_same_calls_on_the_gpu() {
         Source::Dir(fixture().join("adapters").join("qv-r4")),
     )
     .unwrap();
-    let opts = GpuOptions {
-        dtype: Some(Dtype::F32),
-        ..GpuOptions::default()
+    // Served as `gpu::serve` serves a folder: the GPU model's options made from the served
+    // model's. Graphs are off here (the other tests decode through them).
+    let options = ServeOptions {
+        max_context: 40,
+        block_size: 4,
+        device_adapter_slots: 3,
+        device_graph_max_batch: 0,
+        ..ServeOptions::default()
     };
+    let opts = openledger_gpu::gpu_options(&options).unwrap();
+    assert_eq!(
+        (opts.dtype, opts.adapters.slots, opts.graph_max_batch),
+        (Some(Dtype::F32), 3, 0)
+    );
     let mut loaded = Vec::new();
     let model =
         openledger_gpu::load_model(runtime(), &fixture(), opts, &mut |p| loaded.push(p)).unwrap();
     assert!(!loaded.is_empty(), "progress is reported");
-    let options = ServeOptions {
-        max_context: 40,
-        block_size: 4,
-        ..ServeOptions::default()
-    };
+    assert_eq!(model.graph_max_batch(), 0);
     let served =
         openledger_gpu::serve_model(model, None, &fixture(), Some(pool), &options).unwrap();
     assert_eq!(served.vocab_size(), 320);

@@ -126,6 +126,10 @@ struct ServeArgs {
     /// On a GPU, adapters the device holds at once.
     #[arg(long, default_value_t = 128)]
     device_adapter_slots: usize,
+    /// On a GPU, the largest decode step (in sequences) run as a captured CUDA graph (0: every
+    /// step launched kernel by kernel).
+    #[arg(long, default_value_t = 512)]
+    device_graph_max_batch: usize,
 }
 
 /// The keys to pay from on a node: `OPENLEDGER_KEYS`, or anvil's dev keys.
@@ -166,6 +170,7 @@ fn serve(a: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
             .checked_mul(1 << 20)
             .ok_or("--device-adapter-mib is too large")?,
         device_adapter_slots: a.device_adapter_slots,
+        device_graph_max_batch: a.device_graph_max_batch,
         ..ServeOptions::default()
     };
     config.device = a.device;

@@ -180,6 +180,7 @@ test('the device is chosen by name, and a missing one is named', async () => {
   await rejects(() => ol.Engine.load(tinyLlama, { device: 'tpu' }), 'InvalidArg', /device/)
   await rejects(() => ol.Engine.load(tinyLlama, { device: 'cuda:-1' }), 'InvalidArg', /device/)
   await rejects(() => ol.Engine.load(tinyLlama, { device: 'cuda', deviceAdapterMib: -1 }), 'InvalidArg', /deviceAdapterMib/)
+  await rejects(() => ol.Engine.load(tinyLlama, { device: 'cuda', deviceGraphMaxBatch: 1.5 }), 'InvalidArg', /deviceGraphMaxBatch/)
   // Int8 weights are the CPU's alone.
   await rejects(() => ol.Engine.load(tinyLlama, { device: 'cuda', weights: 'int8' }), 'Unsupported', /int8 weights/)
   // A CUDA device serves where the build, the driver and a GPU are there; anywhere else the

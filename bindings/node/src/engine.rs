@@ -74,6 +74,9 @@ pub struct EngineOptions {
     pub device_adapter_mib: Option<f64>,
     /// On a GPU, adapters the device holds at once (default 128).
     pub device_adapter_slots: Option<f64>,
+    /// On a GPU, the largest decode step (in sequences) run as a captured CUDA graph (default
+    /// 512; 0: every step launched kernel by kernel).
+    pub device_graph_max_batch: Option<f64>,
 }
 
 /// The `weights` option (`"f32"` when absent).
@@ -255,6 +258,11 @@ impl Engine {
                     .checked_mul(1 << 20)
                     .ok_or_else(|| invalid_arg("deviceAdapterMib", "too large"))?,
                 device_adapter_slots: opt_count("deviceAdapterSlots", o.device_adapter_slots, 128)?,
+                device_graph_max_batch: opt_count(
+                    "deviceGraphMaxBatch",
+                    o.device_graph_max_batch,
+                    512,
+                )?,
             };
             let pool = pool.map(|p| p.inner.clone());
             let progress = Progress::new(on_progress);

@@ -198,8 +198,10 @@ impl PyEngine {
     /// weights in device memory as `weights` asks, `"stored"` or `"f32"`; needs a build with
     /// the `cuda` feature, the NVIDIA driver and a GPU, else `UnsupportedError` naming what is
     /// missing); there the adapters the device holds at once take `device_adapter_mib` of its
-    /// memory and `device_adapter_slots` slots (the host pool sits above them). `progress(1)` is
-    /// called after each weight file read and each layer (CPU) or tensor (GPU) loaded.
+    /// memory and `device_adapter_slots` slots (the host pool sits above them), and decode steps
+    /// of up to `device_graph_max_batch` sequences run as captured CUDA graphs (0: none do).
+    /// `progress(1)` is called after each weight file read and each layer (CPU) or tensor (GPU)
+    /// loaded.
     #[new]
     #[pyo3(signature = (
         model_dir,
@@ -214,6 +216,7 @@ impl PyEngine {
         device = "cpu",
         device_adapter_mib = 1024,
         device_adapter_slots = 128,
+        device_graph_max_batch = 512,
         progress = None
     ))]
     #[allow(clippy::too_many_arguments)]
@@ -230,6 +233,7 @@ impl PyEngine {
         device: &str,
         device_adapter_mib: usize,
         device_adapter_slots: usize,
+        device_graph_max_batch: usize,
         progress: Option<Py<PyAny>>,
     ) -> Result<Self> {
         let weights: WeightFormat = weights.parse().map_err(|e| invalid_arg("weights", e))?;
@@ -249,6 +253,7 @@ impl PyEngine {
                 .checked_mul(1 << 20)
                 .ok_or_else(|| invalid_arg("device_adapter_mib", "too large"))?,
             device_adapter_slots,
+            device_graph_max_batch,
         };
         let (template, eos) = py
             .detach(|| {

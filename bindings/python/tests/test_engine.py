@@ -413,6 +413,8 @@ def test_the_device_is_chosen_by_name_and_a_missing_one_is_named(reference):
         ol.Engine(TINY, device="cuda:x")
     with pytest.raises(ol.InvalidArgumentError, match="device_adapter_mib"):
         ol.Engine(TINY, device="cuda", device_adapter_mib=2**60)
+    with pytest.raises(OverflowError):
+        ol.Engine(TINY, device="cuda", device_graph_max_batch=-1)
     # Int8 weights are the CPU's alone.
     with pytest.raises(ol.UnsupportedError, match="int8 weights"):
         ol.Engine(TINY, device="cuda", weights="int8")

@@ -77,6 +77,10 @@ pub struct ServeOptions {
     pub device_adapter_bytes: usize,
     /// On a GPU, adapters the device tier holds at once (default 128). Not used on the CPU.
     pub device_adapter_slots: usize,
+    /// On a GPU, the largest decode step (in sequences) run as a captured CUDA graph, replayed
+    /// with one launch instead of one per kernel (default 512; 0: every step is launched
+    /// kernel by kernel). Not used on the CPU.
+    pub device_graph_max_batch: usize,
 }
 
 impl Default for ServeOptions {
@@ -90,6 +94,7 @@ impl Default for ServeOptions {
             weights: WeightFormat::F32,
             device_adapter_bytes: 1 << 30,
             device_adapter_slots: 128,
+            device_graph_max_batch: 512,
         }
     }
 }
