@@ -23,7 +23,8 @@
 //! Graphs ([`Runtime::begin_capture`]) are CUDA graphs: a capture of the compute stream
 //! (thread-local mode), instantiated once and launched with `cuGraphLaunch`. While capturing,
 //! copies to or from the host, uploads, allocation and synchronisation are refused before they
-//! reach the driver.
+//! reach the driver. A capture belongs to the thread that began it: another thread's calls on
+//! the runtime wait until it ends, so none of them is recorded into the graph or breaks it.
 
 use crate::error::GpuError;
 use crate::runtime::{Arg, DevicePtr, Dtype, Gemm, LaunchDims, Runtime, Scatter, UploadId};
@@ -227,6 +228,9 @@ impl GemmShape {
     }
 }
 
+/// cuBLASLt plans held at most (one per shape and alignment).
+const MAX_LT_PLANS: usize = 4096;
+
 /// A cuBLASLt plan: the operation, the layouts of w, x and y, and the algorithm.
 struct LtPlan {
     desc: lt::cublasLtMatmulDesc_t,
@@ -309,8 +313,12 @@ unsafe fn lt_plan(
         }
         let pref = ltr::create_matmul_pref()?;
         let workspace = BLAS_WORKSPACE as u64;
+        // A split over k sums its parts in f32 (in the workspace), never in the output's
+        // type: the products are summed in f32 and rounded once, as `Gemm` promises.
+        let reduction =
+            lt::cublasLtReductionScheme_t::CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE as u32;
         // SAFETY: the preference and layouts are live; each attribute has its documented
-        // type (u64 workspace bytes, u32 alignments).
+        // type (u64 workspace bytes, u32 reduction mask and alignments).
         let heuristic = unsafe {
             let set = |attr, value: *const c_void, size| {
                 ltr::set_matmul_pref_attribute(pref, attr, value, size)
@@ -321,6 +329,13 @@ unsafe fn lt_plan(
                 &workspace as *const u64 as *const c_void,
                 8,
             )
+            .and_then(|()| {
+                set(
+                    P::CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
+                    &reduction as *const u32 as *const c_void,
+                    4,
+                )
+            })
             .and_then(|()| {
                 [
                     P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
@@ -386,7 +401,10 @@ struct Compute {
     workspace: cu::CUdeviceptr,
     graphs: Mutex<HashMap<u64, HeldGraph>>,
     next_graph: std::sync::atomic::AtomicU64,
-    capturing: std::sync::atomic::AtomicBool,
+    /// The thread capturing the stream, if one is.
+    capture: Mutex<Option<std::thread::ThreadId>>,
+    /// Told when a capture ends.
+    capture_ended: std::sync::Condvar,
 }
 
 // SAFETY: the handles are used only under the runtime's context; the graphs behind a mutex
@@ -478,7 +496,8 @@ impl CudaRuntime {
                 workspace,
                 graphs: Mutex::new(HashMap::new()),
                 next_graph: Default::default(),
-                capturing: Default::default(),
+                capture: Mutex::new(None),
+                capture_ended: std::sync::Condvar::new(),
             };
             let blas_err = |op: &str, e: String| GpuError::Driver {
                 op: op.into(),
@@ -543,8 +562,28 @@ impl CudaRuntime {
         })
     }
 
+    /// Makes the runtime's context current on this thread, once no other thread is capturing
+    /// (its capture would record this thread's work, or be broken by it).
     fn bind(&self) -> Result<(), GpuError> {
+        drop(self.capture_owner()?);
         self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))
+    }
+
+    /// The capture's owner, once it is this thread or none (waiting for another thread's
+    /// capture to end).
+    fn capture_owner(
+        &self,
+    ) -> Result<std::sync::MutexGuard<'_, Option<std::thread::ThreadId>>, GpuError> {
+        let me = std::thread::current().id();
+        let poisoned = |_| GpuError::Driver {
+            op: "the graph capture".into(),
+            message: "its lock is poisoned".into(),
+        };
+        let owner = self.compute.capture.lock().map_err(poisoned)?;
+        self.compute
+            .capture_ended
+            .wait_while(owner, |o| o.is_some_and(|t| t != me))
+            .map_err(poisoned)
     }
 
     fn copies(&self) -> Result<std::sync::MutexGuard<'_, Copies>, GpuError> {
@@ -596,6 +635,15 @@ impl CudaRuntime {
                 message: "their lock is poisoned".into(),
             })?;
             let handle = self.lt.handle;
+            if plans.len() >= MAX_LT_PLANS && !plans.contains_key(&shape) {
+                // Prompts of every length make shapes without end: past the bound, start
+                // afresh (a plan is read only while its call is issued).
+                for p in plans.values().flatten() {
+                    // SAFETY: removed next, never used again.
+                    unsafe { p.destroy() };
+                }
+                plans.clear();
+            }
             // SAFETY: the handle is live and the context current. An error making the plan
             // leaves the shape to cublasGemmEx.
             let entry = plans
@@ -905,6 +953,8 @@ impl Runtime for CudaRuntime {
         guard("cuStreamBeginCapture", || {
             self.refuse_in_capture("beginning a capture")?;
             self.bind()?;
+            // Held until the capture has begun: no other thread slips work in before.
+            let mut owner = self.capture_owner()?;
             // SAFETY: the stream is ours and live.
             unsafe {
                 result::stream::begin_capture(
@@ -913,7 +963,7 @@ impl Runtime for CudaRuntime {
                 )
             }
             .map_err(drv("cuStreamBeginCapture"))?;
-            self.compute.capturing.store(true, Ordering::SeqCst);
+            *owner = Some(std::thread::current().id());
             Ok(())
         })
     }
@@ -926,10 +976,13 @@ impl Runtime for CudaRuntime {
                     reason: "no capture is under way".into(),
                 });
             }
-            self.bind()?;
+            let bound = self.bind();
             // SAFETY: the stream is ours and capturing.
             let graph = unsafe { result::stream::end_capture(self.compute.stream) };
-            self.compute.capturing.store(false, Ordering::SeqCst);
+            // The capture is over (even where it failed): other threads go on.
+            *self.capture_owner()? = None;
+            self.compute.capture_ended.notify_all();
+            bound?;
             let graph = graph.map_err(drv("cuStreamEndCapture"))?;
             if discard || graph.is_null() {
                 if !graph.is_null() {
@@ -994,7 +1047,11 @@ impl Runtime for CudaRuntime {
     }
 
     fn capturing(&self) -> bool {
-        self.compute.capturing.load(Ordering::SeqCst)
+        let me = std::thread::current().id();
+        self.compute
+            .capture
+            .lock()
+            .is_ok_and(|o| o.is_some_and(|t| t == me))
     }
 }
 

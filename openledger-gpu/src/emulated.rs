@@ -47,10 +47,12 @@ enum Op {
     },
 }
 
-/// The capture under way (its calls, or why it is broken) and the graphs held.
+/// The capture under way (its calls, or why it is broken; the thread making it) and the
+/// graphs held.
 #[derive(Debug, Default)]
 struct Graphs {
     capture: Option<Result<Vec<Op>, String>>,
+    owner: Option<std::thread::ThreadId>,
     held: HashMap<u64, Vec<Op>>,
     next: u64,
 }
@@ -82,6 +84,8 @@ pub struct EmulatedRuntime {
     next_upload: AtomicU64,
     upload_polls: AtomicUsize,
     graphs: Mutex<Graphs>,
+    /// Told when a capture ends.
+    capture_ended: std::sync::Condvar,
 }
 
 impl std::fmt::Debug for EmulatedRuntime {
@@ -120,6 +124,7 @@ impl EmulatedRuntime {
             next_upload: AtomicU64::new(1),
             upload_polls: AtomicUsize::new(0),
             graphs: Mutex::new(Graphs::default()),
+            capture_ended: std::sync::Condvar::new(),
         })
     }
 
@@ -133,6 +138,7 @@ impl EmulatedRuntime {
             next_upload: AtomicU64::new(1),
             upload_polls: AtomicUsize::new(0),
             graphs: Mutex::new(Graphs::default()),
+            capture_ended: std::sync::Condvar::new(),
         }
     }
 
@@ -168,10 +174,16 @@ impl EmulatedRuntime {
         self.allocations.lock().map(|a| a.len()).unwrap_or(0)
     }
 
+    /// The graph table, once no other thread is capturing (a capture belongs to the thread
+    /// that began it, as a CUDA thread-local capture: another thread's calls wait until it
+    /// ends instead of being recorded into it or breaking it).
     fn graphs(&self) -> Result<std::sync::MutexGuard<'_, Graphs>, GpuError> {
-        self.graphs
-            .lock()
-            .map_err(|_| GpuError::Emulation("the graph table is poisoned".into()))
+        let me = std::thread::current().id();
+        let poisoned = |_| GpuError::Emulation("the graph table is poisoned".into());
+        let g = self.graphs.lock().map_err(poisoned)?;
+        self.capture_ended
+            .wait_while(g, |g| g.owner.is_some_and(|t| t != me))
+            .map_err(poisoned)
     }
 
     /// Records `op` when a capture is under way (true), else leaves it to be run (false).
@@ -476,11 +488,16 @@ impl Runtime for EmulatedRuntime {
             });
         }
         g.capture = Some(Ok(Vec::new()));
+        g.owner = Some(std::thread::current().id());
         Ok(())
     }
 
     fn end_capture(&self, discard: bool) -> Result<u64, GpuError> {
         let mut g = self.graphs()?;
+        if g.capture.is_some() {
+            g.owner = None;
+            self.capture_ended.notify_all();
+        }
         let ops = match g.capture.take() {
             None => {
                 return Err(GpuError::InvalidArgument {
@@ -524,13 +541,16 @@ impl Runtime for EmulatedRuntime {
     }
 
     fn drop_graph(&self, id: u64) {
-        if let Ok(mut g) = self.graphs.lock() {
+        if let Ok(mut g) = self.graphs() {
             g.held.remove(&id);
         }
     }
 
     fn capturing(&self) -> bool {
-        self.graphs.lock().is_ok_and(|g| g.capture.is_some())
+        let me = std::thread::current().id();
+        self.graphs
+            .lock()
+            .is_ok_and(|g| g.capture.is_some() && g.owner == Some(me))
     }
 }
 

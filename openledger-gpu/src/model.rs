@@ -771,16 +771,10 @@ impl GpuModel {
         Ok((launches, v_len))
     }
 
-    /// The LoRA launches of a decode step run as a graph: one BGMV tile per row (a row with no
-    /// adapter takes the null slot, which the kernels pass over), the same tiles for every
-    /// (layer, projection) that an adapter of the step has, the intermediate sized for the
-    /// largest rank of the step's adapters rounded up to a power of two (so a graph serves
-    /// other adapters up to that rank). Returns the launches, the intermediate's length and
-    /// what the graph's shape depends on.
-    fn plan_lora_graph(
-        &mut self,
-        row_slots: &[Option<usize>],
-    ) -> Result<(Vec<Option<LoraLaunch>>, usize, GraphModules), GpuError> {
+    /// What a graph of a decode step over `row_slots` depends on of its adapters: the largest
+    /// rank of their modules rounded up to a power of two, the (layer, projection)s one of
+    /// them has, and those with an epilogue (DoRA or a LoRA bias).
+    fn graph_modules(&self, row_slots: &[Option<usize>]) -> GraphModules {
         let lps = self.cfg.num_layers * NPROJ;
         let mut modules = GraphModules {
             rank: 0,
@@ -801,14 +795,27 @@ impl GpuModel {
             }
         }
         if modules.rank == 0 {
-            return Ok((vec![None; lps], 0, GraphModules::default()));
+            return GraphModules::default();
         }
         modules.rank = modules.rank.next_power_of_two();
+        modules
+    }
+
+    /// The LoRA launches of a decode step run as a graph: one BGMV tile per row (a row with no
+    /// adapter takes the null slot, which the kernels pass over), the same tiles for every
+    /// (layer, projection) that an adapter of the step has, the intermediate sized for the
+    /// largest rank of the step's adapters rounded up to a power of two (so a graph serves
+    /// other adapters up to that rank: `modules`, [`graph_modules`](Self::graph_modules)'
+    /// answer). Returns the launches and the intermediate's length.
+    fn plan_lora_graph(
+        &mut self,
+        row_slots: &[Option<usize>],
+        modules: &GraphModules,
+    ) -> Result<(Vec<Option<LoraLaunch>>, usize), GpuError> {
+        let lps = self.cfg.num_layers * NPROJ;
         let rank = modules.rank;
-        if rank * 4 > SHARED_BYTES {
-            return Err(GpuError::Unsupported {
-                what: format!("rank {rank} (the expand kernels stage rows × rank f32 in 48 KiB)"),
-            });
+        if rank == 0 {
+            return Ok((vec![None; lps], 0));
         }
         let null = self.adapters.null_slot();
         let words: Vec<i64> = row_slots
@@ -828,7 +835,7 @@ impl GpuModel {
                 })
             })
             .collect();
-        Ok((launches, row_slots.len() * rank, modules))
+        Ok((launches, row_slots.len() * rank))
     }
 
     /// Adds projection `p`'s LoRA of layer `l` for the step's rows: `y[:, col..] += scale ·
@@ -991,7 +998,7 @@ impl GpuModel {
     pub fn graph_stats(&self) -> GraphStats {
         GraphStats {
             held: self.graphs.len(),
-            ..self.graph_stats
+            ..self.graph_stats.clone()
         }
     }
 
@@ -1449,7 +1456,10 @@ impl GpuModel {
         let saved = self.saved_plan(batch, &meta, &seq_slots);
         // A step swapping in saved parameters runs without a graph (their launches follow
         // the step's adapters).
-        let bucket = if meta.is_decode() && saved.is_empty() {
+        // So does one whose adapters' rank, rounded up to a power of two, is past what the
+        // one-row kernels stage.
+        let modules = self.graph_modules(&row_slots);
+        let bucket = if meta.is_decode() && saved.is_empty() && modules.rank * 4 <= SHARED_BYTES {
             graph_bucket(meta.ids.len(), self.graph_max_batch)
         } else {
             None
@@ -1472,7 +1482,7 @@ impl GpuModel {
         let real = meta.logit_rows.len();
         meta.pad_decode(bucket);
         row_slots.resize(bucket, None);
-        let (lora, v_len, modules) = self.plan_lora_graph(&row_slots)?;
+        let (lora, v_len) = self.plan_lora_graph(&row_slots, &modules)?;
         // Every row on the row kernel, split over the context in a power of two of parts.
         let plan = meta.attention_plan(PREFILL_ROWS, 0);
         let parts = graph_parts(meta.max_span, self.part_len);
@@ -1494,14 +1504,19 @@ impl GpuModel {
                     self.hold_graph(key.clone(), g);
                     self.graph_stats.captures += 1;
                 }
-                Err(GpuError::Unsupported { .. }) => {
-                    // A runtime without graphs runs every step as it comes.
+                // A lost device is no reason to try without graphs.
+                Err(e @ GpuError::ContextLost { .. }) => return Err(e),
+                Err(e) => {
+                    // A runtime without graphs, or a capture the device turned down (an
+                    // operation it cannot record, no memory to instantiate): from here on
+                    // every step runs as it comes, this one first.
                     self.graph_max_batch = 0;
+                    self.graphs.clear();
+                    self.graph_stats.failed_capture = Some(e.to_string());
                     // SAFETY: as above; the padded step is a step like any other.
                     unsafe { self.issue(&step, kv)? };
                     return Ok(real);
                 }
-                Err(e) => return Err(e),
             }
         }
         // SAFETY: the graph was captured with this step's addresses: the key holds the pool's
@@ -2171,7 +2186,7 @@ struct GraphModules {
 
 /// Decode graphs captured and replayed by a [`GpuModel`] (see
 /// [`GpuOptions::graph_max_batch`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct GraphStats {
     /// Graphs held now.
     pub held: usize,
@@ -2179,4 +2194,7 @@ pub struct GraphStats {
     pub captures: usize,
     /// Steps run by replaying a graph.
     pub replays: usize,
+    /// Why a capture failed, which turned graphs off (every step since ran launch by launch;
+    /// a runtime without graphs says so here too).
+    pub failed_capture: Option<String>,
 }

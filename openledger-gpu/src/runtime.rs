@@ -323,8 +323,9 @@ pub trait Runtime: Send + Sync + std::fmt::Debug {
     /// Starts capturing a graph: the launches, GEMMs and device copies issued next are
     /// recorded, not run, until [`end_capture`](Self::end_capture). Meanwhile host copies,
     /// uploads, synchronisation and allocation are refused (a CUDA stream capture cannot
-    /// hold them). Use [`Graph::capture`], which ends the capture on every path. The default
-    /// refuses: the runtime has no graphs.
+    /// hold them). The capture belongs to this thread: other threads' calls on the runtime
+    /// wait until it ends. Use [`Graph::capture`], which ends the capture on every path. The
+    /// default refuses: the runtime has no graphs.
     fn begin_capture(&self) -> Result<(), GpuError> {
         Err(GpuError::Unsupported {
             what: format!("graphs on {}", self.device_name()),
@@ -357,7 +358,7 @@ pub trait Runtime: Send + Sync + std::fmt::Debug {
         let _ = id;
     }
 
-    /// Whether a capture is under way.
+    /// Whether this thread is capturing (another thread's calls wait until its capture ends).
     fn capturing(&self) -> bool {
         false
     }
@@ -376,26 +377,30 @@ pub struct Graph {
 
 impl Graph {
     /// Records what `issue` launches (it must issue only launches, GEMMs and device copies),
-    /// ending the capture whether or not `issue` succeeds; `issue`'s error is returned as it
-    /// is.
+    /// ending the capture whether or not `issue` succeeds (or panics); `issue`'s error is
+    /// returned as it is.
     pub fn capture(
         rt: &Arc<dyn Runtime>,
         issue: impl FnOnce() -> Result<(), GpuError>,
     ) -> Result<Self, GpuError> {
-        rt.begin_capture()?;
-        match issue() {
-            Ok(()) => {
-                let id = rt.end_capture(false)?;
-                Ok(Self {
-                    rt: Arc::clone(rt),
-                    id,
-                })
-            }
-            Err(e) => {
-                let _ = rt.end_capture(true);
-                Err(e)
+        /// Ends a capture left open: by an error, or by a panic unwinding through `capture`.
+        struct Open<'a>(Option<&'a Arc<dyn Runtime>>);
+        impl Drop for Open<'_> {
+            fn drop(&mut self) {
+                if let Some(rt) = self.0 {
+                    let _ = rt.end_capture(true);
+                }
             }
         }
+        rt.begin_capture()?;
+        let mut open = Open(Some(rt));
+        issue()?;
+        open.0 = None;
+        let id = rt.end_capture(false)?;
+        Ok(Self {
+            rt: Arc::clone(rt),
+            id,
+        })
     }
 
     /// Runs the graph once.

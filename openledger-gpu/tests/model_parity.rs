@@ -1377,12 +1377,165 @@ fn graphs_replay_recorded_launches_and_refuse_host_work_while_capturing() {
     // SAFETY: as above.
     unsafe { g.replay() }.unwrap();
     assert_eq!(read(&out), want(3, 1));
+    // A capture belongs to its thread: another thread's launch and copy wait until it ends,
+    // then run (nothing of theirs is recorded into it, nor refused).
+    ids.write(0, &i32s(&[1, 2])).unwrap();
+    rt.begin_capture().unwrap();
+    let other = std::thread::scope(|s| {
+        let other = s.spawn(|| {
+            assert!(!rt.capturing(), "the capture is not this thread's");
+            gather().unwrap();
+            read(&out)
+        });
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(
+            !other.is_finished(),
+            "the other thread waits for the capture"
+        );
+        assert_eq!(rt.end_capture(true).unwrap(), 0);
+        other.join().unwrap()
+    });
+    assert_eq!(other, want(1, 2));
     if rt.device_name() == "host emulation" {
         drop(out);
         // SAFETY: the emulation checks every captured address before it runs anything.
         let e = unsafe { g.replay() }.unwrap_err();
         assert!(e.to_string().contains("freed"), "{e}");
     }
+}
+
+/// A runtime whose graphs fail to instantiate (as `cuGraphInstantiate` does when the device
+/// is out of memory), over another runtime.
+#[derive(Debug)]
+struct InstantiateFails(Arc<dyn Runtime>);
+
+impl Runtime for InstantiateFails {
+    fn device_name(&self) -> String {
+        self.0.device_name()
+    }
+    fn tensor_cores(&self) -> bool {
+        self.0.tensor_cores()
+    }
+    fn alloc(&self, bytes: usize) -> Result<u64, GpuError> {
+        self.0.alloc(bytes)
+    }
+    unsafe fn free(&self, ptr: u64) {
+        // SAFETY: as the caller promises.
+        unsafe { self.0.free(ptr) }
+    }
+    unsafe fn upload(&self, dst: u64, src: &[u8]) -> Result<(), GpuError> {
+        // SAFETY: as the caller promises.
+        unsafe { self.0.upload(dst, src) }
+    }
+    unsafe fn download(&self, src: u64, dst: &mut [u8]) -> Result<(), GpuError> {
+        // SAFETY: as the caller promises.
+        unsafe { self.0.download(src, dst) }
+    }
+    unsafe fn copy(&self, dst: u64, src: u64, bytes: usize) -> Result<(), GpuError> {
+        // SAFETY: as the caller promises.
+        unsafe { self.0.copy(dst, src, bytes) }
+    }
+    unsafe fn launch(
+        &self,
+        name: &str,
+        dims: openledger_gpu::LaunchDims,
+        args: &[openledger_gpu::Arg],
+    ) -> Result<(), GpuError> {
+        // SAFETY: as the caller promises.
+        unsafe { self.0.launch(name, dims, args) }
+    }
+    unsafe fn gemm(&self, g: &openledger_gpu::Gemm) -> Result<(), GpuError> {
+        // SAFETY: as the caller promises.
+        unsafe { self.0.gemm(g) }
+    }
+    fn synchronize(&self) -> Result<(), GpuError> {
+        self.0.synchronize()
+    }
+    fn memory_info(&self) -> Option<(usize, usize)> {
+        self.0.memory_info()
+    }
+    unsafe fn upload_async(
+        &self,
+        src: &[u8],
+        copies: &[openledger_gpu::Scatter],
+    ) -> Result<openledger_gpu::UploadId, GpuError> {
+        // SAFETY: as the caller promises.
+        unsafe { self.0.upload_async(src, copies) }
+    }
+    fn upload_done(&self, id: openledger_gpu::UploadId) -> Result<bool, GpuError> {
+        self.0.upload_done(id)
+    }
+    fn wait_upload(&self, id: openledger_gpu::UploadId) -> Result<(), GpuError> {
+        self.0.wait_upload(id)
+    }
+    fn begin_capture(&self) -> Result<(), GpuError> {
+        self.0.begin_capture()
+    }
+    fn end_capture(&self, discard: bool) -> Result<u64, GpuError> {
+        self.0.end_capture(true)?;
+        if discard {
+            return Ok(0);
+        }
+        Err(GpuError::Driver {
+            op: "cuGraphInstantiate".into(),
+            message: "CUDA_ERROR_OUT_OF_MEMORY".into(),
+        })
+    }
+    unsafe fn replay(&self, id: u64) -> Result<(), GpuError> {
+        // SAFETY: as the caller promises.
+        unsafe { self.0.replay(id) }
+    }
+    fn drop_graph(&self, id: u64) {
+        self.0.drop_graph(id)
+    }
+    fn capturing(&self) -> bool {
+        self.0.capturing()
+    }
+}
+
+/// A capture the device turns down (here: its graph cannot be instantiated) costs no step:
+/// the step it was for runs launch by launch, graphs are off from then on, and the stats say
+/// why. The logits are those of a model that never used graphs (within 2e-5: the padded step
+/// splits its context in a power of two of parts).
+#[test]
+fn a_capture_the_device_turns_down_leaves_the_steps_running() {
+    let load_on = |rt: Arc<dyn Runtime>, graphs: usize| {
+        let opts = GpuOptions {
+            dtype: Some(Dtype::F32),
+            graph_max_batch: graphs,
+            ..GpuOptions::default()
+        };
+        let mut m = GpuModel::load(rt, &fixture(), opts, &mut |_, _| {}).unwrap();
+        m.attach_adapter(ADAPTERS[0], &adapter(ADAPTERS[0]))
+            .unwrap();
+        let kv = m.kv_storage(32, 4).unwrap();
+        (m, kv)
+    };
+    let (mut f, mut fkv) = load_on(Arc::new(InstantiateFails(runtime())), 512);
+    let (mut e, mut ekv) = load_on(runtime(), 0);
+    let (seqs, _) = reference();
+    let t = tables();
+    let names = [Some(ADAPTERS[0]), None];
+    for (from, to) in [(0, 2), (2, 3), (3, 4), (4, 5)] {
+        let batch = StepBatch {
+            seqs: (0..2)
+                .map(|k| {
+                    with_adapter(
+                        seq(k as u64, &seqs[k][from..to], from, &t[k], true),
+                        names[k],
+                    )
+                })
+                .collect(),
+        };
+        let a = f.forward(&batch, &mut fkv).unwrap();
+        let b = e.forward(&batch, &mut ekv).unwrap();
+        assert_close(&format!("tokens {from}..{to}"), &a, &b, 2e-5);
+    }
+    let stats = f.graph_stats();
+    assert_eq!((stats.captures, stats.replays, stats.held), (0, 0, 0));
+    let why = stats.failed_capture.unwrap_or_default();
+    assert!(why.contains("cuGraphInstantiate"), "{why}");
+    assert_eq!(f.graph_max_batch(), 0, "graphs are off from then on");
 }
 
 /// Decode steps run as graphs (padded to their batch-size bucket, the split over the context
