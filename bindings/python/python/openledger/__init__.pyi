@@ -644,6 +644,7 @@ class Engine:
         device: str = "cpu",
         device_adapter_mib: int = 1024,
         device_adapter_slots: int = 128,
+        device_graph_max_batch: int = 512,
         progress: Optional[_Progress] = None,
     ) -> None: ...
     @property
