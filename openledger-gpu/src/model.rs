@@ -1458,13 +1458,14 @@ impl GpuModel {
         // the step's adapters).
         // So does one whose adapters' rank, rounded up to a power of two, is past what the
         // one-row kernels stage.
-        let modules = self.graph_modules(&row_slots);
-        let bucket = if meta.is_decode() && saved.is_empty() && modules.rank * 4 <= SHARED_BYTES {
+        let graph = if meta.is_decode() && saved.is_empty() {
             graph_bucket(meta.ids.len(), self.graph_max_batch)
+                .map(|bucket| (bucket, self.graph_modules(&row_slots)))
+                .filter(|(_, modules)| modules.rank * 4 <= SHARED_BYTES)
         } else {
             None
         };
-        let Some(bucket) = bucket else {
+        let Some((bucket, modules)) = graph else {
             let (lora, v_len) = self.plan_lora(&row_slots)?;
             let plan = meta.attention_plan(PREFILL_ROWS, self.prefill_min_rows);
             // The row kernel's rows see at most `rows_span` keys (the step's longest without
