@@ -274,6 +274,12 @@ export declare class Engine {
   /** Names of the adapters attached to the model. */
   adapters(): Promise<Array<string>>
   /**
+   * The engine's load (waiting, running and swapped requests, KV blocks free), its counters
+   * since it started (steps, preemptions, tokens run) and the model's own figures, taken
+   * between two steps.
+   */
+  stats(): Promise<EngineStats>
+  /**
    * Submits a request for `prompt` (token ids, or a string when the model has a tokenizer)
    * and returns its stream of output tokens. Options are checked here (an `InvalidArg`
    * error, also for `stopStrings` without a tokenizer); what only the engine can judge (a
@@ -1172,6 +1178,34 @@ export interface EngineOptions {
   deviceGraphMaxBatch?: number
 }
 
+/** The engine's load now, its counters since it started, and the model's own figures. */
+export interface EngineStats {
+  /** Requests waiting to be admitted. */
+  waiting: number
+  /** Requests running. */
+  running: number
+  /** Requests preempted by swapping, their KV blocks on the host. */
+  swapped: number
+  /** Blocks in the KV pool. */
+  kvBlocks: number
+  /** Blocks of the KV pool free now. */
+  kvBlocksFree: number
+  /** The share of the KV pool's blocks in use (0 to 1). */
+  kvUsage: number
+  /** Bytes the KV pool holds. */
+  kvBytes: number
+  /** Steps that ran the model on a batch. */
+  steps: number
+  /** Sequences preempted (by recompute or swap). */
+  preemptions: number
+  /** Prompt tokens and recomputed output run. */
+  prefillTokens: number
+  /** Output tokens run one at a time. */
+  decodeTokens: number
+  /** The model's own figures (none for a model on the CPU). */
+  metrics: Array<ModelMetric>
+}
+
 /**
  * An ensemble's fee as `InferencePayments.ensembleFee` computes it: the share-weighted mean of
  * the models' `fees`, rounded down.
@@ -1396,6 +1430,23 @@ export interface LoopRequest {
  * does not fit the model.
  */
 export declare function mergeAdapterIntoModel(modelDir: string, adapter: LoraAdapter, outDir: string): Promise<void>
+
+/**
+ * One figure the model reports about itself (on a GPU: device memory by component, the
+ * adapter tier, decode graphs), named as the server's Prometheus metrics name it.
+ */
+export interface ModelMetric {
+  /** The metric's name. */
+  name: string
+  /** What it measures. */
+  help: string
+  /** `"gauge"` (goes up and down) or `"counter"` (only grows). */
+  kind: string
+  /** Label names and values (e.g. `component: "weights"`). */
+  labels: Record<string, string>
+  /** The value. */
+  value: number
+}
 
 /**
  * A multiproof: the proven leaves in verification order, the sibling hashes and one flag per

@@ -26,8 +26,8 @@ use crate::serving::GpuPagedModel;
 use openledger_core::error::Classify;
 use openledger_lora::adapter::LoraAdapter;
 use openledger_lora::model::{
-    GgufFile, LoadProgress, ServableModel, ServeOptions, ServedError, ServedModel, Tokenizer,
-    WeightFormat,
+    GgufFile, LoadProgress, ModelMetric, ServableModel, ServeOptions, ServedError, ServedModel,
+    Tokenizer, WeightFormat,
 };
 use openledger_lora::pool::{AdapterId, AdapterPool};
 use openledger_lora::serve::{KvDtype, KvLayout};
@@ -117,6 +117,81 @@ impl ServableModel for GpuPagedModel {
     fn adapter_names(&self) -> Vec<String> {
         let names = self.model().adapter_names();
         names.into_iter().map(str::to_string).collect()
+    }
+
+    /// The device's memory by component, its adapter tier and its decode graphs, each labelled
+    /// with the device's name.
+    fn metrics(&self) -> Vec<ModelMetric> {
+        let m = self.model();
+        let device = m.runtime().device_name();
+        let memory = m.memory();
+        let graphs = m.graph_stats();
+        let tier = self.tier_stats();
+        const MEMORY: &str = "Device memory the model holds, by component (the KV cache is \
+                              openledger_kv_cache_bytes).";
+        let memory_of = |component: &'static str, bytes: usize| {
+            ModelMetric::gauge("openledger_device_memory_bytes", MEMORY, bytes as f64)
+                .with_label("component", component)
+        };
+        let metrics = [
+            memory_of("weights", memory.weights),
+            memory_of("scratch", memory.scratch),
+            memory_of("adapters", memory.adapters),
+            ModelMetric::gauge(
+                "openledger_device_adapters_resident",
+                "Adapters (and ensembles) on the device or copying to it.",
+                tier.resident as f64,
+            ),
+            ModelMetric::gauge(
+                "openledger_device_adapter_slots",
+                "Adapters the device tier holds at most.",
+                m.adapter_slots() as f64,
+            ),
+            ModelMetric::gauge(
+                "openledger_device_adapter_pages_free",
+                "Free pages of the device adapter slab.",
+                m.free_adapter_pages() as f64,
+            ),
+            ModelMetric::gauge(
+                "openledger_device_adapter_uploads_in_flight",
+                "Adapter copies to the device not yet landed.",
+                m.adapters_in_flight() as f64,
+            ),
+            ModelMetric::counter(
+                "openledger_device_adapter_uploads_total",
+                "Adapters copied to the device.",
+                tier.uploads as f64,
+            ),
+            ModelMetric::counter(
+                "openledger_device_adapter_evictions_total",
+                "Adapters evicted from the device to make room.",
+                tier.evictions as f64,
+            ),
+            ModelMetric::gauge(
+                "openledger_device_graphs_held",
+                "Decode-step CUDA graphs held.",
+                graphs.held as f64,
+            ),
+            ModelMetric::counter(
+                "openledger_device_graph_captures_total",
+                "Decode-step CUDA graphs captured.",
+                graphs.captures as f64,
+            ),
+            ModelMetric::counter(
+                "openledger_device_graph_replays_total",
+                "Decode steps run by replaying a graph.",
+                graphs.replays as f64,
+            ),
+            ModelMetric::gauge(
+                "openledger_device_graphs_off",
+                "1 when a failed capture turned graphs off (decode steps run launch by launch).",
+                f64::from(u8::from(graphs.failed_capture.is_some())),
+            ),
+        ];
+        metrics
+            .into_iter()
+            .map(|x| x.with_label("device", device.clone()))
+            .collect()
     }
 }
 

@@ -64,7 +64,7 @@ pub use openledger_lora::sgmv::cuda_driver_available;
 pub use runtime::{
     Arg, Buffer, DevicePtr, Dtype, Gemm, Graph, LaunchDims, Runtime, Scatter, UploadId,
 };
-pub use serving::{GpuPagedModel, kv_dtype};
+pub use serving::{GpuPagedModel, TierStats, kv_dtype};
 
 /// Opens CUDA device `ordinal` as a [`Runtime`]; without the `cuda` feature, refuses.
 pub fn cuda_runtime(ordinal: usize) -> Result<std::sync::Arc<dyn Runtime>, GpuError> {

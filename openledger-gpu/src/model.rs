@@ -733,6 +733,14 @@ impl GpuModel {
                     continue;
                 }
                 let (rows, ranks) = &key;
+                // SGMV's tiles stage their rows × the widest rank in shared memory: past what
+                // fits, every row is a tile of its own (BGMV's kernels).
+                let widest = rows.iter().flatten().map(|&s| ranks[s]).max().unwrap_or(0);
+                let per_tile = if per_tile * widest * 4 > SHARED_BYTES {
+                    1
+                } else {
+                    per_tile
+                };
                 let plan = SgmvPlan::from_row_slots(rows, ranks).map_err(|e| {
                     GpuError::InvalidArgument {
                         name: "adapters",

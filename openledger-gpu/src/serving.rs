@@ -72,6 +72,19 @@ pub struct GpuPagedModel {
     /// The step each device adapter was last named in.
     last_used: HashMap<AdapterId, u64>,
     steps: u64,
+    /// Uploads and evictions of the device tier so far.
+    tier: TierStats,
+}
+
+/// The device adapter tier's use ([`GpuPagedModel::tier_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TierStats {
+    /// Adapters (and ensembles) on the device now, or copying to it.
+    pub resident: usize,
+    /// Adapters copied to the device so far (an ensemble made on it counts once).
+    pub uploads: u64,
+    /// Adapters evicted to make room, least recently used first.
+    pub evictions: u64,
 }
 
 /// The cache type of a model type.
@@ -94,6 +107,7 @@ impl GpuPagedModel {
             ensembles: HashMap::new(),
             last_used: HashMap::new(),
             steps: 0,
+            tier: TierStats::default(),
         }
     }
 
@@ -109,6 +123,14 @@ impl GpuPagedModel {
     /// The wrapped model.
     pub fn model(&self) -> &GpuModel {
         &self.model
+    }
+
+    /// The device adapter tier's use: resident now, uploads and evictions so far.
+    pub fn tier_stats(&self) -> TierStats {
+        TierStats {
+            resident: self.last_used.len(),
+            ..self.tier
+        }
     }
 
     /// The KV cache type the engine must be configured with (the model's own type).
@@ -179,6 +201,10 @@ impl GpuPagedModel {
     ) -> Result<(), GpuError> {
         loop {
             match f(&mut self.model) {
+                Ok(()) => {
+                    self.tier.uploads += 1;
+                    return Ok(());
+                }
                 Err(GpuError::OutOfMemory { .. }) => {
                     let victim = self
                         .last_used
@@ -187,9 +213,12 @@ impl GpuPagedModel {
                         .min_by_key(|(id, step)| (**step, id.as_str().to_string()))
                         .map(|(id, _)| id.clone());
                     let Some(victim) = victim else {
-                        return f(&mut self.model);
+                        let last = f(&mut self.model);
+                        self.tier.uploads += u64::from(last.is_ok());
+                        return last;
                     };
                     self.forget(&victim)?;
+                    self.tier.evictions += 1;
                 }
                 other => return other,
             }

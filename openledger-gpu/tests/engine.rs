@@ -158,6 +158,21 @@ fn serve_and_check(num_blocks: usize, preemption: Preemption, adapters: &[Option
         graphs.captures > 0 && graphs.replays > graphs.captures,
         "{graphs:?}"
     );
+    // The engine's figures: everything ended and freed, the device cache's bytes counted.
+    let load = engine.load();
+    assert_eq!((load.waiting, load.running, load.swapped), (0, 0, 0));
+    assert_eq!(load.kv_blocks_free, num_blocks);
+    assert_eq!(load.kv_bytes, engine.kv().storage().bytes());
+    assert_eq!(load.preemptions > 0, num_blocks < 64, "{load:?}");
+    // Each upload is resident or was evicted; two slots for more adapters evict.
+    let tier = engine.model().tier_stats();
+    assert_eq!(
+        tier.uploads,
+        tier.resident as u64 + tier.evictions,
+        "{tier:?}"
+    );
+    let distinct = adapters.iter().flatten().count();
+    assert_eq!(tier.evictions > 0, distinct > 2, "{tier:?}");
 }
 
 #[test]
@@ -323,6 +338,43 @@ fn the_served_model_takes_the_same_calls_on_the_gpu() {
         .submit(request(prompt(0), None, want("base", 0).len()))
         .unwrap();
     assert_eq!(tokens(again).unwrap(), want("base", 0));
+
+    // The engine's figures and the device's, as the server's metrics show them.
+    let stats = served.stats().unwrap();
+    let runs = [("base", 0), ("qv-r4", 1), ("attn-patterns", 2), ("base", 0)];
+    let prompts: usize = runs.iter().map(|&(_, s)| prompt(s).len()).sum();
+    let decoded: usize = runs.iter().map(|&(k, s)| want(k, s).len() - 1).sum();
+    assert_eq!(stats.engine.prefill_tokens, prompts as u64);
+    assert_eq!(stats.engine.decode_tokens, decoded as u64);
+    assert_eq!(stats.engine.running + stats.engine.waiting, 0);
+    let metric = |name: &str, label: Option<&str>| {
+        let found: Vec<f64> = stats
+            .model
+            .iter()
+            .filter(|m| m.name == name)
+            .filter(|m| label.is_none_or(|l| m.labels.iter().any(|(_, v)| v == l)))
+            .map(|m| m.value)
+            .collect();
+        assert_eq!(found.len(), 1, "{name} {label:?}: {:?}", stats.model);
+        found[0]
+    };
+    assert_eq!(metric("openledger_device_adapters_resident", None), 2.0);
+    assert_eq!(metric("openledger_device_adapter_slots", None), 3.0);
+    assert_eq!(metric("openledger_device_adapter_uploads_total", None), 2.0);
+    assert_eq!(
+        metric("openledger_device_adapter_evictions_total", None),
+        0.0
+    );
+    assert_eq!(metric("openledger_device_graph_replays_total", None), 0.0);
+    assert!(metric("openledger_device_memory_bytes", Some("weights")) > 0.0);
+    assert!(metric("openledger_device_memory_bytes", Some("adapters")) > 0.0);
+    let device = runtime().device_name();
+    assert!(
+        stats
+            .model
+            .iter()
+            .all(|m| m.labels.contains(&("device", device.clone())))
+    );
     served.close().unwrap().join().unwrap();
 }
 

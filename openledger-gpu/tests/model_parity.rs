@@ -1849,3 +1849,91 @@ fn modules_to_save_swap_in_embeddings_head_and_norms_as_on_the_cpu() {
     let again = m.forward(&batch(false, &picks[..1]), &mut kv2).unwrap();
     assert_close("after the refusals", &again, &prefill[..vocab], 1e-4);
 }
+
+/// Ranks past what SGMV's eight-row tiles stage in shared memory (48 KiB: rank 1,536) run their
+/// prompts one row per tile, and a decode step whose adapters' rank, rounded up to a power of
+/// two, is past what the one-row kernels stage (rank 8,200 → 16,384 > 12,288 f32) runs launch
+/// by launch: prompt and decode give the CPU model's logits within 1e-4. A later step without
+/// that adapter takes a graph again, with the same logits within 2e-5. A rank past the one-row
+/// kernels' own bound (13,000) is a typed refusal naming it, and the model goes on.
+#[test]
+fn a_rank_past_the_graph_kernels_runs_its_decode_step_launch_by_launch() {
+    use openledger_lora::adapter::build::AdapterBuilder;
+    use openledger_lora::adapter::config::ConfigSpec;
+    use openledger_lora::model::Model;
+    let wide = |rank: usize| {
+        let mut b = AdapterBuilder::new(ConfigSpec::new(rank, 16.0, &["q_proj"]));
+        b.random_lora("model.layers.0.self_attn.q_proj", 64, 64, rank, 7);
+        built(&b)
+    };
+    let (seqs, _) = reference();
+    let vocab = vocab_of();
+    let (mut m, mut kv) = load(Dtype::F32, 512);
+    assert!(m.graph_max_batch() > 0, "graphs are on by default");
+    let mut cpu = Model::from_dir(&fixture()).unwrap();
+    let names = ["wide", "qv-r4"];
+    let mut ids = Vec::new();
+    for (name, a) in names.iter().zip([wide(8200), adapter("qv-r4")]) {
+        m.attach_adapter(name, &a).unwrap();
+        ids.push(cpu.attach_adapter(name, &a).unwrap());
+    }
+    let picks = [(0, Some(0)), (1, Some(1))];
+    let t = tables();
+    let tables2 = [t[0].clone(), t[1].clone()];
+    let prefill = m
+        .forward(
+            &picked_batch(&seqs, &picks, &names, &tables2, false),
+            &mut kv,
+        )
+        .unwrap();
+    let decode = m
+        .forward(
+            &picked_batch(&seqs, &picks, &names, &tables2, true),
+            &mut kv,
+        )
+        .unwrap();
+    let stats = m.graph_stats();
+    assert_eq!((stats.captures, stats.replays), (0, 0), "{stats:?}");
+    let want = assert_follows_cpu(&cpu, &ids, &names, &picks, &prefill, &decode);
+    let l0 = seqs[0].len();
+    let base = Model::from_dir(&fixture()).unwrap();
+    let plain = base.forward(&[openledger_lora::model::SeqInput {
+        adapter: None,
+        tokens: &seqs[0],
+    }]);
+    assert!(
+        gap(
+            &want[0][(l0 - 1) * vocab..],
+            &plain.unwrap()[0][(l0 - 1) * vocab..]
+        ) > 1e-3,
+        "the rank-8,200 adapter changes the logits"
+    );
+    // The qv-r4 row alone, decoded again at the same position: a graph this time.
+    let one = m
+        .forward(
+            &picked_batch(&seqs, &picks[1..], &names, &tables2[1..], true),
+            &mut kv,
+        )
+        .unwrap();
+    assert_eq!(m.graph_stats().captures, 1, "{:?}", m.graph_stats());
+    assert_close("qv-r4 as a graph", &one, &decode[vocab..], 2e-5);
+    // Rank 13,000 is past the eager kernels too: refused, naming the rank.
+    m.attach_adapter("wider", &wide(13_000)).unwrap();
+    let e = m
+        .forward(
+            &picked_batch(&seqs, &[(0, Some(0))], &["wider"], &tables2, true),
+            &mut kv,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&e, GpuError::Unsupported { what } if what.contains("13000")),
+        "{e}"
+    );
+    let again = m
+        .forward(
+            &picked_batch(&seqs, &picks[1..], &names, &tables2[1..], true),
+            &mut kv,
+        )
+        .unwrap();
+    assert_close("qv-r4 after the refusal", &again, &one, 0.0);
+}

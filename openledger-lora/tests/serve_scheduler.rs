@@ -252,8 +252,16 @@ fn workload(num_blocks: usize, preemption: Preemption) -> (Vec<Vec<u32>>, usize,
         preempted += e.step().unwrap().preempted;
     }
     assert_eq!(e.kv().free_blocks(), num_blocks);
+    let load = e.load();
+    assert_eq!((load.waiting, load.running, load.swapped), (0, 0, 0));
+    assert_eq!(
+        (load.kv_blocks, load.kv_blocks_free),
+        (num_blocks, num_blocks)
+    );
+    assert_eq!(load.kv_usage(), 0.0);
+    assert_eq!(load.preemptions, preempted as u64);
     let mut stats_preemptions = 0;
-    let outs = handles
+    let outs: Vec<Vec<u32>> = handles
         .into_iter()
         .map(|h| {
             let (toks, end) = collect(h);
@@ -267,6 +275,18 @@ fn workload(num_blocks: usize, preemption: Preemption) -> (Vec<Vec<u32>>, usize,
             toks
         })
         .collect();
+    // Every prompt token ran once, and every output token but each request's last; recompute
+    // runs a preempted request's prompt and output again.
+    let prompts: usize = (0..8).map(|i| 3 + i % 4).sum();
+    let generated: usize = outs.iter().map(Vec::len).sum();
+    let once = (prompts + generated - outs.len()) as u64;
+    let run = load.prefill_tokens + load.decode_tokens;
+    if preempted == 0 || preemption == Preemption::Swap {
+        assert_eq!(run, once);
+    } else {
+        assert!(run > once, "{run} tokens run for {once}");
+    }
+    assert!(load.steps > 0 && load.decode_tokens > 0);
     (outs, preempted, stats_preemptions)
 }
 

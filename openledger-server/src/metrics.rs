@@ -1,12 +1,14 @@
 //! Prometheus metrics in the text exposition format: per model (the base or an adapter)
 //! requests, failures, prompt and generated tokens, and histograms of time to first token and
-//! time per output token (each gap between two tokens, as vLLM counts it); and the adapter
-//! pool's residency, loads and evictions.
+//! time per output token (each gap between two tokens, as vLLM counts it); the adapter
+//! pool's residency, loads and evictions; the engine's queues, KV pool and counters; and the
+//! model's own figures (on a GPU: device memory by component, the adapter tier, decode graphs).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use openledger_lora::model::{MetricKind, ServedStats};
 use openledger_lora::pool::PoolStats;
 use openledger_lora::serve::RequestStats;
 use parking_lot::Mutex;
@@ -125,9 +127,15 @@ impl Metrics {
     }
 
     /// The exposition text, with the pool's figures and the resident adapters when there is a
-    /// pool.
-    pub fn render(&self, pool: Option<(&PoolStats, &[String])>) -> String {
+    /// pool, and the engine's and model's figures when the engine answered (`None`: it has
+    /// stopped, or did not answer in time; `openledger_engine_up` is then 0).
+    pub fn render(
+        &self,
+        pool: Option<(&PoolStats, &[String])>,
+        served: Option<&ServedStats>,
+    ) -> String {
         let mut out = String::new();
+        render_served(&mut out, served);
         let models = self.models.lock().clone();
         let counter = |out: &mut String, name: &str, help: &str, get: &dyn Fn(&PerModel) -> u64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
@@ -210,9 +218,7 @@ impl Metrics {
                     s.budget_bytes as f64,
                 ),
             ];
-            for (name, help, v) in gauges {
-                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-            }
+            unlabelled(&mut out, "gauge", &gauges);
             let counters: [(&str, &str, u64); 5] = [
                 (
                     "openledger_adapter_loads_total",
@@ -240,12 +246,7 @@ impl Metrics {
                     s.misses,
                 ),
             ];
-            for (name, help, v) in counters {
-                let _ = writeln!(
-                    out,
-                    "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-                );
-            }
+            unlabelled(&mut out, "counter", &counters);
             let name = "openledger_adapter_resident";
             let _ = writeln!(
                 out,
@@ -256,5 +257,166 @@ impl Metrics {
             }
         }
         out
+    }
+}
+
+/// Metrics of `kind` without labels, each with its `HELP` and `TYPE`: (name, help, value).
+fn unlabelled<V: std::fmt::Display>(out: &mut String, kind: &str, rows: &[(&str, &str, V)]) {
+    for (name, help, v) in rows {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+        );
+    }
+}
+
+/// The engine's gauges and counters, then the model's own metrics (grouped by name, so each
+/// has one `HELP` and `TYPE` however many label sets it has).
+fn render_served(out: &mut String, served: Option<&ServedStats>) {
+    let name = "openledger_engine_up";
+    let _ = writeln!(
+        out,
+        "# HELP {name} 1 when the engine answered this scrape, 0 when it has stopped or was busy \
+         past the scrape's wait.\n# TYPE {name} gauge\n{name} {}",
+        u8::from(served.is_some())
+    );
+    let Some(s) = served else {
+        return;
+    };
+    let e = &s.engine;
+    let gauges: [(&str, &str, f64); 7] = [
+        (
+            "openledger_num_requests_waiting",
+            "Requests waiting to be admitted.",
+            e.waiting as f64,
+        ),
+        (
+            "openledger_num_requests_running",
+            "Requests running.",
+            e.running as f64,
+        ),
+        (
+            "openledger_num_requests_swapped",
+            "Requests preempted by swapping, their KV blocks on the host.",
+            e.swapped as f64,
+        ),
+        (
+            "openledger_kv_cache_blocks",
+            "Blocks in the KV pool.",
+            e.kv_blocks as f64,
+        ),
+        (
+            "openledger_kv_cache_blocks_free",
+            "Blocks of the KV pool free.",
+            e.kv_blocks_free as f64,
+        ),
+        (
+            "openledger_kv_cache_usage_ratio",
+            "The share of the KV pool's blocks in use (0 to 1).",
+            e.kv_usage(),
+        ),
+        (
+            "openledger_kv_cache_bytes",
+            "Bytes the KV pool holds.",
+            e.kv_bytes as f64,
+        ),
+    ];
+    unlabelled(out, "gauge", &gauges);
+    let counters: [(&str, &str, u64); 4] = [
+        (
+            "openledger_engine_steps_total",
+            "Engine steps that ran the model on a batch.",
+            e.steps,
+        ),
+        (
+            "openledger_num_preemptions_total",
+            "Sequences preempted (recompute or swap).",
+            e.preemptions,
+        ),
+        (
+            "openledger_engine_prefill_tokens_total",
+            "Prompt tokens and recomputed output run by the engine.",
+            e.prefill_tokens,
+        ),
+        (
+            "openledger_engine_decode_tokens_total",
+            "Output tokens run one at a time by the engine.",
+            e.decode_tokens,
+        ),
+    ];
+    unlabelled(out, "counter", &counters);
+    let mut names: Vec<&str> = Vec::new();
+    for m in &s.model {
+        if !names.contains(&m.name) {
+            names.push(m.name);
+        }
+    }
+    for name in names {
+        let mut samples = s.model.iter().filter(|m| m.name == name).peekable();
+        let Some(first) = samples.peek() else {
+            continue;
+        };
+        let kind = match first.kind {
+            MetricKind::Gauge => "gauge",
+            MetricKind::Counter => "counter",
+        };
+        let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} {kind}", first.help);
+        for m in samples {
+            let labels: Vec<String> = m
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", label(v)))
+                .collect();
+            if labels.is_empty() {
+                let _ = writeln!(out, "{name} {}", m.value);
+            } else {
+                let _ = writeln!(out, "{name}{{{}}} {}", labels.join(","), m.value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openledger_lora::model::ModelMetric;
+    use openledger_lora::serve::EngineLoad;
+
+    /// A model's metrics with several label sets share one `HELP` and `TYPE`, label values are
+    /// escaped, and a stopped engine shows only `openledger_engine_up 0`.
+    #[test]
+    fn engine_and_model_figures_render_in_the_exposition_format() {
+        let stats = ServedStats {
+            engine: EngineLoad {
+                running: 3,
+                kv_blocks: 8,
+                kv_blocks_free: 6,
+                preemptions: 2,
+                ..EngineLoad::default()
+            },
+            model: vec![
+                ModelMetric::gauge("x_bytes", "Bytes.", 10.0).with_label("component", "w"),
+                ModelMetric::counter("x_total", "Count.", 4.0),
+                ModelMetric::gauge("x_bytes", "Bytes.", 2.5)
+                    .with_label("component", "a\"b")
+                    .with_label("device", "d"),
+            ],
+        };
+        let text = Metrics::default().render(None, Some(&stats));
+        for line in [
+            "openledger_engine_up 1",
+            "openledger_num_requests_running 3",
+            "openledger_kv_cache_usage_ratio 0.25",
+            "# TYPE openledger_num_preemptions_total counter\nopenledger_num_preemptions_total 2",
+            "# HELP x_bytes Bytes.\n# TYPE x_bytes gauge\nx_bytes{component=\"w\"} 10\n\
+             x_bytes{component=\"a\\\"b\",device=\"d\"} 2.5\n",
+            "# TYPE x_total counter\nx_total 4\n",
+        ] {
+            assert!(text.contains(line), "{line:?} not in:\n{text}");
+        }
+        assert_eq!(text.matches("# TYPE x_bytes").count(), 1);
+        let down = Metrics::default().render(None, None);
+        assert!(down.contains("openledger_engine_up 0"), "{down}");
+        assert!(!down.contains("openledger_num_requests_running"), "{down}");
     }
 }

@@ -79,14 +79,27 @@ async fn info(AxState(s): AxState<Shared>) -> Response {
     .into_response()
 }
 
+/// How long a scrape waits for the engine to answer between two steps.
+const ENGINE_STATS_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 async fn metrics(AxState(s): AxState<Shared>) -> Response {
+    // The engine answers between steps; a scrape never waits long for a busy or stopped one.
+    let engine = Arc::clone(&s);
+    let served = tokio::time::timeout(
+        ENGINE_STATS_WAIT,
+        tokio::task::spawn_blocking(move || engine.served.stats()),
+    )
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .and_then(Result::ok);
     let text = match &s.pool {
         Some(pool) => {
             let stats = pool.stats();
             let resident: Vec<String> = pool.resident_ids().iter().map(|i| i.to_string()).collect();
-            s.metrics.render(Some((&stats, &resident)))
+            s.metrics.render(Some((&stats, &resident)), served.as_ref())
         }
-        None => s.metrics.render(None),
+        None => s.metrics.render(None, served.as_ref()),
     };
     (
         [(

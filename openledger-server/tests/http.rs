@@ -659,6 +659,29 @@ async fn adapters_load_and_unload_at_run_time() {
         m.contains("openledger_generation_tokens_total{model=\"qv-r4\"} 3"),
         "{m}"
     );
+    // The engine answered: nothing runs or waits now, every KV block is free, and its steps
+    // ran the prompts and outputs.
+    let value = |name: &str| -> f64 {
+        let line = m
+            .lines()
+            .find(|l| l.split(' ').next() == Some(name))
+            .unwrap_or_else(|| panic!("{name} missing: {m}"));
+        line[name.len() + 1..].parse().unwrap()
+    };
+    assert_eq!(value("openledger_engine_up"), 1.0);
+    assert_eq!(value("openledger_num_requests_running"), 0.0);
+    assert_eq!(value("openledger_num_requests_waiting"), 0.0);
+    assert_eq!(value("openledger_kv_cache_usage_ratio"), 0.0);
+    assert_eq!(
+        value("openledger_kv_cache_blocks_free"),
+        value("openledger_kv_cache_blocks")
+    );
+    assert!(value("openledger_kv_cache_bytes") > 0.0);
+    assert!(value("openledger_engine_steps_total") > 0.0);
+    assert!(value("openledger_engine_decode_tokens_total") >= 2.0);
+    assert!(value("openledger_engine_prefill_tokens_total") >= 1.0);
+    // A model on the CPU reports no device figures.
+    assert!(!m.contains("openledger_device_"), "{m}");
 }
 
 #[tokio::test]

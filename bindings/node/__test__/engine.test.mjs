@@ -38,6 +38,20 @@ test('greedy generation streams the tokens transformers + PEFT produce, base and
     assert.deepEqual([...stream.tokens], want)
     assert.equal(stream.stats.tokensGenerated, want.length)
   }
+  // The engine's figures: every prompt token ran once, every output token but the last.
+  const stats = await engine.stats()
+  const prompts = reference.sequences.reduce((n, p) => n + p.length, 0) * 3
+  let decoded = 0
+  for (const name of ['base', 'qv-r4', 'all-r8-rslora']) {
+    reference.sequences.forEach((_, i) => { decoded += reference.greedy[`${name}.${i}`].length - 1 })
+  }
+  assert.equal(stats.prefillTokens, prompts)
+  assert.equal(stats.decodeTokens, decoded)
+  assert.equal(stats.running + stats.waiting + stats.swapped, 0)
+  assert.equal(stats.kvBlocksFree, stats.kvBlocks)
+  assert.equal(stats.kvUsage, 0)
+  assert.ok(stats.steps > 0 && stats.kvBytes > 0)
+  assert.deepEqual(stats.metrics, [], 'a model on the CPU reports no device figures')
 })
 
 test('tokens arrive with their index, and stop tokens end the request', async () => {
@@ -91,6 +105,7 @@ test('a model folder that is not one rejects, and a closed engine throws Closed'
   assert.equal(e.closed, true)
   await rejects(() => e.generate([1]), 'Closed')
   await rejects(() => e.adapters(), 'Closed')
+  assert.throws(() => e.stats(), (err) => err.code === 'Closed')
   // Thrown at the call, before any folder is read or a promise made.
   assert.throws(() => e.adapters(), (err) => err.code === 'Closed')
   assert.throws(() => e.addAdapter('x', adapterDir('missing')), (err) => err.code === 'Closed')

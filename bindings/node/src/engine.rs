@@ -23,8 +23,8 @@ use napi_derive::napi;
 use openledger::gpu::Device;
 use openledger_lora::adapter::{LoadOptions, LoraAdapter as RustAdapter};
 use openledger_lora::model::{
-    FaultWatch, ModelError, PendingCancel, ServeOptions, ServedModel, TOKENIZER_FILE, Tokenizer,
-    WeightFormat,
+    FaultWatch, MetricKind, ModelError, PendingCancel, ServeOptions, ServedModel, ServedStats,
+    TOKENIZER_FILE, Tokenizer, WeightFormat,
 };
 use openledger_lora::pool::AdapterId;
 use openledger_lora::serve::{
@@ -98,6 +98,90 @@ task!(
     /// Resolves to a list of strings.
     StringListTask => Vec<String>
 );
+task!(
+    /// Resolves to an `EngineStats`.
+    EngineStatsTask => EngineStats
+);
+
+/// One figure the model reports about itself (on a GPU: device memory by component, the
+/// adapter tier, decode graphs), named as the server's Prometheus metrics name it.
+#[napi(object, object_from_js = false)]
+pub struct ModelMetric {
+    /// The metric's name.
+    pub name: String,
+    /// What it measures.
+    pub help: String,
+    /// `"gauge"` (goes up and down) or `"counter"` (only grows).
+    pub kind: String,
+    /// Label names and values (e.g. `component: "weights"`).
+    pub labels: std::collections::HashMap<String, String>,
+    /// The value.
+    pub value: f64,
+}
+
+/// The engine's load now, its counters since it started, and the model's own figures.
+#[napi(object, object_from_js = false)]
+pub struct EngineStats {
+    /// Requests waiting to be admitted.
+    pub waiting: u32,
+    /// Requests running.
+    pub running: u32,
+    /// Requests preempted by swapping, their KV blocks on the host.
+    pub swapped: u32,
+    /// Blocks in the KV pool.
+    pub kv_blocks: u32,
+    /// Blocks of the KV pool free now.
+    pub kv_blocks_free: u32,
+    /// The share of the KV pool's blocks in use (0 to 1).
+    pub kv_usage: f64,
+    /// Bytes the KV pool holds.
+    pub kv_bytes: f64,
+    /// Steps that ran the model on a batch.
+    pub steps: f64,
+    /// Sequences preempted (by recompute or swap).
+    pub preemptions: f64,
+    /// Prompt tokens and recomputed output run.
+    pub prefill_tokens: f64,
+    /// Output tokens run one at a time.
+    pub decode_tokens: f64,
+    /// The model's own figures (none for a model on the CPU).
+    pub metrics: Vec<ModelMetric>,
+}
+
+impl From<ServedStats> for EngineStats {
+    fn from(s: ServedStats) -> Self {
+        let e = s.engine;
+        let metrics = s
+            .model
+            .into_iter()
+            .map(|m| ModelMetric {
+                name: m.name.into(),
+                help: m.help.into(),
+                kind: match m.kind {
+                    MetricKind::Gauge => "gauge",
+                    MetricKind::Counter => "counter",
+                }
+                .into(),
+                labels: m.labels.into_iter().map(|(k, v)| (k.into(), v)).collect(),
+                value: m.value,
+            })
+            .collect();
+        Self {
+            waiting: e.waiting as u32,
+            running: e.running as u32,
+            swapped: e.swapped as u32,
+            kv_blocks: e.kv_blocks as u32,
+            kv_blocks_free: e.kv_blocks_free as u32,
+            kv_usage: e.kv_usage(),
+            kv_bytes: e.kv_bytes as f64,
+            steps: e.steps as f64,
+            preemptions: e.preemptions as f64,
+            prefill_tokens: e.prefill_tokens as f64,
+            decode_tokens: e.decode_tokens as f64,
+            metrics,
+        }
+    }
+}
 
 /// A base model served by the continuous-batching engine on a thread of its own. Requests for
 /// different adapters are batched into the same forward passes.
@@ -378,6 +462,20 @@ impl Engine {
             self.inner.ensure_open().js()?;
             let inner = Arc::clone(&self.inner);
             Ok(StringListTask::spawn(move || inner.adapter_names().js()))
+        })
+    }
+
+    /// The engine's load (waiting, running and swapped requests, KV blocks free), its counters
+    /// since it started (steps, preemptions, tokens run) and the model's own figures, taken
+    /// between two steps.
+    #[napi(catch_unwind)]
+    pub fn stats(&self) -> Result<AsyncTask<EngineStatsTask>> {
+        crate::error::guard(|| {
+            self.inner.ensure_open().js()?;
+            let inner = Arc::clone(&self.inner);
+            Ok(EngineStatsTask::spawn(move || {
+                inner.stats().map(EngineStats::from).js()
+            }))
         })
     }
 

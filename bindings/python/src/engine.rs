@@ -17,8 +17,8 @@ use std::time::Duration;
 use openledger::gpu::Device;
 use openledger_lora::adapter::{LoadOptions, LoraAdapter};
 use openledger_lora::model::{
-    ChatMessage, ChatTemplate, FaultWatch, ModelError, ServeOptions, ServedModel, TOKENIZER_FILE,
-    TemplateError, Tokenizer, WeightFormat, eos_token_ids,
+    ChatMessage, ChatTemplate, FaultWatch, MetricKind, ModelError, ServeOptions, ServedModel,
+    TOKENIZER_FILE, TemplateError, Tokenizer, WeightFormat, eos_token_ids,
 };
 use openledger_lora::pool::{AdapterId, PoolError};
 use openledger_lora::serve::{
@@ -400,6 +400,50 @@ impl PyEngine {
     /// Names of the adapters attached to the model now (directly or from the pool).
     fn adapters(&self, py: Python<'_>) -> Result<Vec<String>> {
         Ok(py.detach(|| self.inner.adapter_names())?)
+    }
+
+    /// The engine's load and counters, and the model's own figures, taken between two steps:
+    /// a dict with `waiting`, `running`, `swapped` (requests), `kv_blocks`, `kv_blocks_free`,
+    /// `kv_usage` (0 to 1), `kv_bytes`, `steps`, `preemptions`, `prefill_tokens`,
+    /// `decode_tokens` (since the engine started) and `metrics`: a list of dicts with `name`,
+    /// `help`, `kind` (`"gauge"` or `"counter"`), `labels` (a dict) and `value`, named as the
+    /// server's Prometheus metrics (on a GPU: device memory by component, the adapter tier,
+    /// decode graphs; none on the CPU).
+    fn stats<'py>(&self, py: Python<'py>) -> Result<Bound<'py, PyDict>> {
+        let s = py.detach(|| self.inner.stats())?;
+        let e = s.engine;
+        let d = PyDict::new(py);
+        d.set_item("waiting", e.waiting)?;
+        d.set_item("running", e.running)?;
+        d.set_item("swapped", e.swapped)?;
+        d.set_item("kv_blocks", e.kv_blocks)?;
+        d.set_item("kv_blocks_free", e.kv_blocks_free)?;
+        d.set_item("kv_usage", e.kv_usage())?;
+        d.set_item("kv_bytes", e.kv_bytes)?;
+        d.set_item("steps", e.steps)?;
+        d.set_item("preemptions", e.preemptions)?;
+        d.set_item("prefill_tokens", e.prefill_tokens)?;
+        d.set_item("decode_tokens", e.decode_tokens)?;
+        let mut metrics = Vec::with_capacity(s.model.len());
+        for m in &s.model {
+            let item = PyDict::new(py);
+            item.set_item("name", m.name)?;
+            item.set_item("help", m.help)?;
+            let kind = match m.kind {
+                MetricKind::Gauge => "gauge",
+                MetricKind::Counter => "counter",
+            };
+            item.set_item("kind", kind)?;
+            let labels = PyDict::new(py);
+            for (k, v) in &m.labels {
+                labels.set_item(*k, v)?;
+            }
+            item.set_item("labels", labels)?;
+            item.set_item("value", m.value)?;
+            metrics.push(item);
+        }
+        d.set_item("metrics", metrics)?;
+        Ok(d)
     }
 
     /// Starts generating after `prompt` (token ids, or a str when the model has a tokenizer)

@@ -55,6 +55,14 @@ def test_mixed_adapters_stream_together_in_one_batch(engine, reference):
         assert len(st.inter_token_latencies) == 7
         assert st.as_dict()["tokens_generated"] == 8
     assert sorted(engine.adapters()) == sorted(NAMES)
+    # The engine's figures: every prompt token ran once, every output token but the last.
+    stats = engine.stats()
+    assert stats["prefill_tokens"] == sum(len(p) for p in reference["sequences"]) * (1 + len(NAMES))
+    assert stats["decode_tokens"] == len(streams) * 7
+    assert stats["running"] + stats["waiting"] + stats["swapped"] == 0
+    assert stats["kv_blocks_free"] == stats["kv_blocks"] > 0
+    assert stats["kv_usage"] == 0.0 and stats["kv_bytes"] > 0 and stats["steps"] > 0
+    assert stats["metrics"] == []  # a model on the CPU reports no device figures
 
 
 def test_adapters_from_a_pool_are_attached_on_first_use(reference):
@@ -175,6 +183,8 @@ def test_a_closed_engine_refuses_calls_and_ends_open_streams(reference):
         e.generate(reference["sequences"][0])
     with pytest.raises(ol.EngineClosedError):
         e.adapters()
+    with pytest.raises(ol.EngineClosedError):
+        e.stats()
     e.close()  # idempotent
 
 

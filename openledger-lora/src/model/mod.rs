@@ -62,7 +62,8 @@ pub use save::{
     CONFIG_FILE, WEIGHTS_FILE, merge_adapter_into_dir, model_config_json, write_model_dir,
 };
 pub use served::{
-    FaultWatch, PendingCancel, ServableModel, ServeOptions, ServedError, ServedModel,
+    FaultWatch, MetricKind, ModelMetric, PendingCancel, ServableModel, ServeOptions, ServedError,
+    ServedModel, ServedStats,
 };
 pub use template::{ChatMessage, ChatTemplate, TemplateError, eos_token_ids};
 pub use tokenizer::{TOKENIZER_FILE, Tokenizer};

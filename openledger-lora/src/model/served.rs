@@ -13,7 +13,8 @@
 //! - [`ServedModel::submit_with_callback`] does not wait: the request's events go to a callback
 //!   on the engine thread, and the returned [`PendingCancel`] stops it even before the engine has
 //!   taken it (for callers such as an event loop that must never wait for a step);
-//! - [`ServedModel::attach`] and [`ServedModel::adapter_names`] wait for their answer.
+//! - [`ServedModel::attach`], [`ServedModel::adapter_names`] and [`ServedModel::stats`] wait
+//!   for their answer.
 //!
 //! Adapters attached directly are always ready; the others are the pool's, pinned while a
 //! running request uses them and released through the pool even if the same id is attached
@@ -50,8 +51,8 @@ use std::time::Duration;
 use crate::adapter::LoraAdapter;
 use crate::pool::{AdapterId, AdapterPool};
 use crate::serve::{
-    AdapterReadiness, CancelHandle, Engine, EngineConfig, EngineError, Event, KvDtype, KvLayout,
-    KvStorage, Preemption, Readiness, Request, RequestError, RequestHandle, RequestStats,
+    AdapterReadiness, CancelHandle, Engine, EngineConfig, EngineError, EngineLoad, Event, KvDtype,
+    KvLayout, KvStorage, Preemption, Readiness, Request, RequestError, RequestHandle, RequestStats,
     StepModel,
 };
 
@@ -141,6 +142,74 @@ pub trait ServableModel:
     ) -> Result<(), ServedError>;
     /// Names of the adapters attached now (directly or from the pool).
     fn adapter_names(&self) -> Vec<String>;
+    /// Figures of the model's own beyond the engine's (a device's memory by component, its
+    /// CUDA graphs, its adapter tier): none unless the model says otherwise.
+    fn metrics(&self) -> Vec<ModelMetric> {
+        Vec::new()
+    }
+}
+
+/// Whether a [`ModelMetric`] only grows (a counter) or goes up and down (a gauge), as
+/// Prometheus distinguishes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    /// Goes up and down.
+    Gauge,
+    /// Only grows while the model lives.
+    Counter,
+}
+
+/// One figure a model reports about itself: a name (a Prometheus metric name, `_total` ending
+/// the counters'), what it means, optional labels and its value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelMetric {
+    /// The metric's name.
+    pub name: &'static str,
+    /// What it measures.
+    pub help: &'static str,
+    /// Gauge or counter.
+    pub kind: MetricKind,
+    /// Label names and values (e.g. `component="weights"`).
+    pub labels: Vec<(&'static str, String)>,
+    /// The value.
+    pub value: f64,
+}
+
+impl ModelMetric {
+    /// A gauge without labels.
+    pub fn gauge(name: &'static str, help: &'static str, value: f64) -> Self {
+        Self {
+            name,
+            help,
+            kind: MetricKind::Gauge,
+            labels: Vec::new(),
+            value,
+        }
+    }
+
+    /// A counter without labels.
+    pub fn counter(name: &'static str, help: &'static str, value: f64) -> Self {
+        Self {
+            kind: MetricKind::Counter,
+            ..Self::gauge(name, help, value)
+        }
+    }
+
+    /// The same metric with label `name` set to `value`.
+    pub fn with_label(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.labels.push((name, value.into()));
+        self
+    }
+}
+
+/// What [`ServedModel::stats`] answers: the engine's load and counters, and the model's own
+/// figures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServedStats {
+    /// The engine's queues, KV pool and counters.
+    pub engine: EngineLoad,
+    /// The model's own figures ([`ServableModel::metrics`]).
+    pub model: Vec<ModelMetric>,
 }
 
 impl ServableModel for PagedModel {
@@ -357,6 +426,7 @@ enum Command {
     SubmitWithCallback(Request, OnEvent, PendingCancel),
     Attach(AdapterId, Arc<LoraAdapter>, Sender<Result<(), ServedError>>),
     Adapters(Sender<Vec<String>>),
+    Stats(Sender<ServedStats>),
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -511,6 +581,12 @@ fn handle<M: ServableModel>(engine: &mut Inner<M>, cmd: Command) {
         }
         Command::Adapters(reply) => {
             let _ = reply.send(engine.model().adapter_names());
+        }
+        Command::Stats(reply) => {
+            let _ = reply.send(ServedStats {
+                engine: engine.load(),
+                model: engine.model().metrics(),
+            });
         }
     }
 }
@@ -723,6 +799,13 @@ impl ServedModel {
     /// Names of the adapters attached to the model now (directly or from the pool).
     pub fn adapter_names(&self) -> Result<Vec<String>, ServedError> {
         self.call(Command::Adapters)
+    }
+
+    /// The engine's load (waiting, running and swapped requests, KV blocks free), its counters
+    /// since it started (steps, preemptions, tokens) and the model's own figures, taken
+    /// between two steps.
+    pub fn stats(&self) -> Result<ServedStats, ServedError> {
+        self.call(Command::Stats)
     }
 
     /// Closes the command channel: the engine takes the commands already sent, finishes its

@@ -244,6 +244,43 @@ pub struct StepReport {
     pub ended: usize,
 }
 
+/// The engine's load at one moment, and what it has done since it started: what a metrics
+/// page shows as gauges and counters (vLLM's `num_requests_running`, `num_requests_waiting`,
+/// `gpu_cache_usage_perc` and `num_preemptions_total`, among others).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineLoad {
+    /// Requests waiting to be admitted (for blocks, a batch slot or their adapter).
+    pub waiting: usize,
+    /// Requests running (holding KV blocks).
+    pub running: usize,
+    /// Requests preempted by swapping, their blocks on the host.
+    pub swapped: usize,
+    /// Blocks in the KV pool.
+    pub kv_blocks: usize,
+    /// Blocks of the KV pool free now.
+    pub kv_blocks_free: usize,
+    /// Bytes the KV pool's blocks hold (K and V of every layer, in the cache's type).
+    pub kv_bytes: usize,
+    /// Steps that ran the model on a batch (a step whose forward pass failed counts too).
+    pub steps: u64,
+    /// Sequences preempted (by recompute or swap) since the engine started.
+    pub preemptions: u64,
+    /// Prompt tokens and recomputed output run by steps whose forward pass succeeded.
+    pub prefill_tokens: u64,
+    /// Output tokens run one at a time by steps whose forward pass succeeded.
+    pub decode_tokens: u64,
+}
+
+impl EngineLoad {
+    /// The share of the KV pool's blocks in use, from 0 to 1.
+    pub fn kv_usage(&self) -> f64 {
+        if self.kv_blocks == 0 {
+            return 0.0;
+        }
+        (self.kv_blocks - self.kv_blocks_free.min(self.kv_blocks)) as f64 / self.kv_blocks as f64
+    }
+}
+
 /// The serving engine: a scheduler with continuous batching over a paged KV cache, driving a
 /// [`StepModel`]. Call [`step`](Self::step) in a loop (or [`run_until_idle`](Self::run_until_idle)).
 /// Dropping it releases the adapters its requests held.
@@ -259,6 +296,8 @@ pub struct Engine<M: StepModel, R: AdapterReadiness = AllReady> {
     pub(super) next_id: u64,
     /// Requests holding each adapter.
     pub(super) held: HashMap<AdapterId, usize>,
+    /// Counters since the engine started (the gauges of [`EngineLoad`] are read when asked).
+    pub(super) totals: EngineLoad,
 }
 
 impl<M: StepModel, R: AdapterReadiness> Drop for Engine<M, R> {
@@ -297,6 +336,7 @@ impl<M: StepModel, R: AdapterReadiness> Engine<M, R> {
             swapped: VecDeque::new(),
             next_id: 0,
             held: HashMap::new(),
+            totals: EngineLoad::default(),
         })
     }
 
@@ -334,6 +374,21 @@ impl<M: StepModel, R: AdapterReadiness> Engine<M, R> {
     /// Requests not yet finished (waiting, running or swapped).
     pub fn pending(&self) -> usize {
         self.waiting.len() + self.running.len() + self.swapped.len()
+    }
+
+    /// The engine's load now, with its counters since it started.
+    pub fn load(&self) -> EngineLoad {
+        EngineLoad {
+            waiting: self.waiting.len(),
+            running: self.running.len(),
+            swapped: self.swapped.len(),
+            kv_blocks: self.kv.num_blocks(),
+            kv_blocks_free: self.kv.free_blocks(),
+            kv_bytes: self.kv.num_blocks()
+                * self.kv.layout().block_floats()
+                * self.kv.dtype().bytes(),
+            ..self.totals
+        }
     }
 
     /// Submits a request whose events arrive through the returned handle.

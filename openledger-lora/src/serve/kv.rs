@@ -184,6 +184,16 @@ pub enum KvDtype {
     Bf16,
 }
 
+impl KvDtype {
+    /// Bytes one value takes.
+    pub fn bytes(self) -> usize {
+        match self {
+            KvDtype::F32 => 4,
+            KvDtype::F16 | KvDtype::Bf16 => 2,
+        }
+    }
+}
+
 /// A storage element of the cache, converted to and from f32.
 pub(crate) trait KvElem: Copy + Send + Sync + 'static {
     fn to_f32(self) -> f32;

@@ -55,8 +55,8 @@ mod text;
 
 pub use attention::{AttentionParams, AttnSeq, paged_attention};
 pub use engine::{
-    Engine, EngineConfig, EngineError, Logits, Preemption, StepBatch, StepModel, StepReport,
-    StepSeq,
+    Engine, EngineConfig, EngineError, EngineLoad, Logits, Preemption, StepBatch, StepModel,
+    StepReport, StepSeq,
 };
 pub use kv::{
     HostKvStorage, HostSwapped, KvDtype, KvError, KvLayout, KvStorage, PagedKvCache, SeqId,

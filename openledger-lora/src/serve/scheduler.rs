@@ -294,6 +294,7 @@ impl<M: StepModel, R: AdapterReadiness> Engine<M, R> {
                     // The newest goes (possibly this very sequence); older ones keep their place.
                     self.preempt_last()?;
                     report.preempted += 1;
+                    self.totals.preemptions += 1;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -318,6 +319,7 @@ impl<M: StepModel, R: AdapterReadiness> Engine<M, R> {
                 report.prefill_tokens += s.tokens.len();
             }
         }
+        self.totals.steps += 1;
         let outcome = self.model.forward(&batch, &mut self.kv).and_then(|l| {
             let rows = batch.seqs.iter().filter(|s| s.needs_logits).count();
             let want = rows * self.model.vocab_size();
@@ -339,6 +341,8 @@ impl<M: StepModel, R: AdapterReadiness> Engine<M, R> {
                 return Err(EngineError::Model(e));
             }
         };
+        self.totals.prefill_tokens += report.prefill_tokens as u64;
+        self.totals.decode_tokens += report.decode_tokens as u64;
         self.absorb(&plan, &logits);
         report.ended += self.retire();
         Ok(report)

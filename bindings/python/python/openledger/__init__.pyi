@@ -3,7 +3,7 @@ tools/check_stubs.py)."""
 
 import pathlib
 from os import PathLike
-from typing import Any, Awaitable, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Awaitable, Callable, Dict, Iterator, List, Literal, Mapping, Optional, Sequence, Tuple, TypedDict, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -12,6 +12,27 @@ _Path = Union[str, PathLike[str]]
 _Hex = Union[str, bytes]
 _Payout = Tuple[str, int]
 _Progress = Callable[[int], object]
+
+class _ModelMetric(TypedDict):
+    name: str
+    help: str
+    kind: Literal["gauge", "counter"]
+    labels: Dict[str, str]
+    value: float
+
+class _EngineStats(TypedDict):
+    waiting: int
+    running: int
+    swapped: int
+    kv_blocks: int
+    kv_blocks_free: int
+    kv_usage: float
+    kv_bytes: int
+    steps: int
+    preemptions: int
+    prefill_tokens: int
+    decode_tokens: int
+    metrics: List[_ModelMetric]
 
 class OpenLedgerError(Exception): ...
 class InvalidArgumentError(OpenLedgerError): ...
@@ -668,6 +689,7 @@ class Engine:
     def closed(self) -> bool: ...
     def add_adapter(self, adapter_id: str, adapter: Union[_Path, LoraAdapter]) -> None: ...
     def adapters(self) -> List[str]: ...
+    def stats(self) -> _EngineStats: ...
     def generate(
         self,
         prompt: Union[str, Sequence[int]],
