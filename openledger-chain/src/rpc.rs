@@ -347,17 +347,27 @@ impl RpcChain {
     }
 
     /// Sends the signed `raw` transaction, re-sending the same bytes on transport errors.
-    /// A refusal after a retry that says the transaction is known (or its nonce used) is the
-    /// earlier attempt having arrived; anything else is an error.
+    /// A refusal after a retry that says the transaction is known (or its nonce used), when
+    /// the node does hold it, is the earlier attempt having arrived; anything else is an
+    /// error.
     fn broadcast(&self, raw: &Bytes, hash: B256) -> Result<(), ChainError> {
         let (r, retried) = self.attempts(|p| async move {
             p.raw_request::<_, B256>("eth_sendRawTransaction".into(), (raw,))
                 .await
         })?;
         let Err(e) = r else { return Ok(()) };
+        // Each node words it its own way: geth "already known" (older ones "known
+        // transaction"), anvil "transaction already imported"; "nonce too low" once mined.
         let known = e.as_error_resp().is_some_and(|p| {
             let m = p.message.to_ascii_lowercase();
-            m.contains("already known") || m.contains("nonce too low")
+            [
+                "already known",
+                "known transaction",
+                "already imported",
+                "nonce too low",
+            ]
+            .iter()
+            .any(|w| m.contains(w))
         });
         if retried && known && self.transaction_known(hash)? {
             return Ok(());

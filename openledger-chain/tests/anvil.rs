@@ -2,8 +2,8 @@
 //!
 //! The same transactions on the embedded EVM and on anvil give the same contract addresses,
 //! events, token balances and gas; reverts come back decoded; dev controls work; faults (a
-//! restarted node, a dropped transaction, a node that is not there, an unknown sender) end in
-//! typed errors or are recovered without paying twice.
+//! restarted node, a dropped transaction, a send whose answer is lost, a node that is not there,
+//! an unknown sender) end in typed errors or are recovered without paying twice.
 //!
 //! Needs anvil (`bash scripts/install-foundry.sh`); without it each test says so and passes,
 //! unless `OPENLEDGER_REQUIRE_ANVIL=1` (set by the test scripts), where it fails.
@@ -472,16 +472,26 @@ fn a_dropped_transaction_is_sent_again_and_mined_once() {
     let _: serde_json::Value = raw(&url, "evm_mine", serde_json::json!([]));
     let out = sender.join().unwrap().unwrap();
     assert!(out.is_success());
-    assert_eq!(
-        out.tx_hash.unwrap().to_string(),
-        hash,
-        "the same transaction"
-    );
     let bal = admin
         .view(token, &TestToken::balanceOfCall { account: a })
         .unwrap();
     assert_eq!(bal, U256::from(10), "minted once");
     assert_eq!(admin.nonce(a).unwrap(), 2);
+    // What the chain holds, for a mismatch to be read: the mined block's transactions and
+    // what is left in the pool.
+    let block: serde_json::Value = raw(
+        &url,
+        "eth_getBlockByNumber",
+        serde_json::json!(["latest", false]),
+    );
+    let pool: serde_json::Value = raw(&url, "txpool_content", serde_json::json!([]));
+    assert_eq!(
+        out.tx_hash.unwrap().to_string(),
+        hash,
+        "the same transaction; block {}: {}; pool: {pool}",
+        block["number"],
+        block["transactions"]
+    );
 }
 
 fn raw<T: serde::de::DeserializeOwned>(url: &str, method: &str, params: serde_json::Value) -> T {
@@ -597,4 +607,118 @@ fn a_deployment_file_is_written_read_and_checked_against_the_chain() {
         }
     }
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A loopback proxy to `upstream` that relays one request per connection, except the first
+/// `eth_sendRawTransaction`: that one reaches the node, but its answer is dropped and the
+/// connection closed, as when a connection breaks after the node took the transaction.
+/// Returns the proxy's port and the count of sends handled (the first dropped, the others
+/// answered).
+fn lossy_proxy(upstream: u16) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let sends = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = sends.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { return };
+            let count = count.clone();
+            std::thread::spawn(move || {
+                // The request's head, then its body by Content-Length.
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let head_end = loop {
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                    match client.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().ok())?
+                    })
+                    .unwrap_or(0);
+                while buf.len() < head_end + len {
+                    match client.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                // One request per connection: the node closes after its answer.
+                let mut lines: Vec<&str> = head
+                    .trim_end()
+                    .lines()
+                    .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+                    .collect();
+                lines.push("Connection: close");
+                let mut request = (lines.join("\r\n") + "\r\n\r\n").into_bytes();
+                let body = &buf[head_end..head_end + len];
+                request.extend_from_slice(body);
+                let Ok(mut node) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                    return;
+                };
+                if node.write_all(&request).is_err() {
+                    return;
+                }
+                let mut answer = Vec::new();
+                let _ = node.read_to_end(&mut answer);
+                let send = String::from_utf8_lossy(body).contains("eth_sendRawTransaction");
+                if send && count.load(Ordering::SeqCst) == 0 {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    return; // the node took it; the client hears nothing
+                }
+                let _ = client.write_all(&answer);
+                if send {
+                    count.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    (port, sends)
+}
+
+/// A send whose answer is lost after the node took it is retried with the same bytes while
+/// the transaction waits in the pool: the node's refusal of a transaction it already holds
+/// ("transaction already imported", in anvil's words) counts as taken, and it is mined once.
+#[test]
+fn a_send_whose_answer_is_lost_is_retried_and_mined_once() {
+    use std::sync::atomic::Ordering;
+    let Some(node) = node(&["--no-mining"]) else {
+        return;
+    };
+    let url = node.url();
+    let upstream: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    let (port, sends) = lossy_proxy(upstream);
+    let config = RpcConfig {
+        retries: 2,
+        retry_delay: std::time::Duration::from_millis(20),
+        ..RpcConfig::default()
+    };
+    let proxied = format!("http://127.0.0.1:{port}");
+    let sender = std::thread::spawn(move || {
+        let mut chain = RpcChain::connect_with(&proxied, anvil_dev_keys(), config).unwrap();
+        chain.deploy(addr(0), &TestToken::BYTECODE, &[])
+    });
+    // The first answer was lost; the retry's (a refusal: the node holds the transaction)
+    // reached the sender before anything is mined.
+    for _ in 0..3000 {
+        if sends.load(Ordering::SeqCst) >= 2 || sender.is_finished() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let _: serde_json::Value = raw(&url, "evm_mine", serde_json::json!([]));
+    let token = sender.join().unwrap().unwrap();
+    let mut chain = rpc(&node);
+    assert_eq!(chain.nonce(addr(0)).unwrap(), 1, "deployed once");
+    assert!(!chain.code(token).unwrap().is_empty());
 }
