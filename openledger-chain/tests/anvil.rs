@@ -718,6 +718,11 @@ fn a_send_whose_answer_is_lost_is_retried_and_mined_once() {
     }
     let _: serde_json::Value = raw(&url, "evm_mine", serde_json::json!([]));
     let token = sender.join().unwrap().unwrap();
+    assert_eq!(
+        sends.load(Ordering::SeqCst),
+        2,
+        "one answer lost, its retry answered"
+    );
     let mut chain = rpc(&node);
     assert_eq!(chain.nonce(addr(0)).unwrap(), 1, "deployed once");
     assert!(!chain.code(token).unwrap().is_empty());

@@ -159,7 +159,7 @@ impl ServableModel for GpuPagedModel {
             ),
             ModelMetric::counter(
                 "openledger_device_adapter_uploads_total",
-                "Adapters copied to the device.",
+                "Adapter copies to the device started.",
                 tier.uploads as f64,
             ),
             ModelMetric::counter(

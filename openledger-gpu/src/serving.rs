@@ -81,9 +81,11 @@ pub struct GpuPagedModel {
 pub struct TierStats {
     /// Adapters (and ensembles) on the device now, or copying to it.
     pub resident: usize,
-    /// Adapters copied to the device so far (an ensemble made on it counts once).
+    /// Adapter copies to the device started so far (an ensemble made on it counts once; a
+    /// copy that fails on the way counts too).
     pub uploads: u64,
-    /// Adapters evicted to make room, least recently used first.
+    /// Adapters removed to make room, least recently used first (not those replaced by a
+    /// newer copy, or dropped because a member of their ensemble changed).
     pub evictions: u64,
 }
 

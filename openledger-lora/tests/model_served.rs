@@ -250,6 +250,46 @@ fn a_panic_on_the_engine_thread_is_reported_to_every_caller_and_stream() {
         served.adapter_names(),
         Err(ServedError::Panicked { .. })
     ));
+    assert!(matches!(served.stats(), Err(ServedError::Panicked { .. })));
+    served.close().unwrap().join().unwrap();
+}
+
+/// Stats are taken between steps: an engine held inside a step makes a bounded call give up
+/// with `Busy` (naming its wait) and leaves the engine as it was; once it goes on, the counts
+/// say what ran.
+#[test]
+fn stats_wait_a_bounded_time_for_a_held_engine_and_count_what_ran() {
+    use openledger_core::error::{Classify, ErrorKind};
+    let served = ServedModel::load(&fixture(), None, &options(), &mut |_| {}).unwrap();
+    let idle = served.stats().unwrap();
+    assert_eq!((idle.engine.steps, idle.engine.running), (0, 0));
+    assert!(
+        idle.model.is_empty(),
+        "a model on the CPU has no figures of its own"
+    );
+    let (events, open) = gated(&served, 4);
+    let busy = (0..250)
+        .find_map(
+            |_| match served.stats_within(std::time::Duration::from_millis(20)) {
+                Err(e @ ServedError::Busy { .. }) => Some(e),
+                Ok(_) => None,
+                Err(e) => panic!("{e}"),
+            },
+        )
+        .expect("the held engine keeps answering");
+    assert!(busy.to_string().contains("20 ms"), "{busy}");
+    assert_eq!(busy.kind(), ErrorKind::Busy);
+    open.send(()).unwrap();
+    let tokens = events
+        .iter()
+        .filter(|e| matches!(e, Event::Token { .. }))
+        .count();
+    assert_eq!(tokens, 4);
+    let s = served.stats().unwrap();
+    assert_eq!((s.engine.waiting, s.engine.running), (0, 0));
+    assert_eq!(s.engine.prefill_tokens, sequence(1).len() as u64);
+    assert_eq!(s.engine.decode_tokens, 3);
+    assert_eq!(s.engine.kv_blocks_free, s.engine.kv_blocks);
     served.close().unwrap().join().unwrap();
 }
 

@@ -83,16 +83,13 @@ async fn info(AxState(s): AxState<Shared>) -> Response {
 const ENGINE_STATS_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 async fn metrics(AxState(s): AxState<Shared>) -> Response {
-    // The engine answers between steps; a scrape never waits long for a busy or stopped one.
+    // The engine answers between steps; a scrape never waits long for a busy or stopped one
+    // (and leaves no thread waiting after it).
     let engine = Arc::clone(&s);
-    let served = tokio::time::timeout(
-        ENGINE_STATS_WAIT,
-        tokio::task::spawn_blocking(move || engine.served.stats()),
-    )
-    .await
-    .ok()
-    .and_then(Result::ok)
-    .and_then(Result::ok);
+    let served = tokio::task::spawn_blocking(move || engine.served.stats_within(ENGINE_STATS_WAIT))
+        .await
+        .ok()
+        .and_then(Result::ok);
     let text = match &s.pool {
         Some(pool) => {
             let stats = pool.stats();

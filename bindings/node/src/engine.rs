@@ -123,15 +123,15 @@ pub struct ModelMetric {
 #[napi(object, object_from_js = false)]
 pub struct EngineStats {
     /// Requests waiting to be admitted.
-    pub waiting: u32,
+    pub waiting: f64,
     /// Requests running.
-    pub running: u32,
+    pub running: f64,
     /// Requests preempted by swapping, their KV blocks on the host.
-    pub swapped: u32,
+    pub swapped: f64,
     /// Blocks in the KV pool.
-    pub kv_blocks: u32,
+    pub kv_blocks: f64,
     /// Blocks of the KV pool free now.
-    pub kv_blocks_free: u32,
+    pub kv_blocks_free: f64,
     /// The share of the KV pool's blocks in use (0 to 1).
     pub kv_usage: f64,
     /// Bytes the KV pool holds.
@@ -167,11 +167,11 @@ impl From<ServedStats> for EngineStats {
             })
             .collect();
         Self {
-            waiting: e.waiting as u32,
-            running: e.running as u32,
-            swapped: e.swapped as u32,
-            kv_blocks: e.kv_blocks as u32,
-            kv_blocks_free: e.kv_blocks_free as u32,
+            waiting: e.waiting as f64,
+            running: e.running as f64,
+            swapped: e.swapped as f64,
+            kv_blocks: e.kv_blocks as f64,
+            kv_blocks_free: e.kv_blocks_free as f64,
             kv_usage: e.kv_usage(),
             kv_bytes: e.kv_bytes as f64,
             steps: e.steps as f64,

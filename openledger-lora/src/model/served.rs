@@ -263,6 +263,15 @@ pub enum ServedError {
         /// Requests pending (queued or running) with it.
         requests: usize,
     },
+    /// The engine did not answer within the wait the call allows (it is in a long step, or
+    /// stuck); the call's answer is dropped when it comes.
+    #[error("the engine did not answer {what} within {waited_ms} ms")]
+    Busy {
+        /// The call.
+        what: &'static str,
+        /// How long it waited, in milliseconds.
+        waited_ms: u64,
+    },
     /// The engine thread stopped on a panic (a bug); every later call fails with this.
     #[error("the engine stopped on a panic: {message}")]
     Panicked {
@@ -292,6 +301,7 @@ impl Classify for ServedError {
             ServedError::Thread(e) => ErrorKind::of_io(e),
             ServedError::Closed => ErrorKind::Closed,
             ServedError::AdapterInUse { .. } => ErrorKind::State,
+            ServedError::Busy { .. } => ErrorKind::Busy,
             ServedError::Panicked { .. } => ErrorKind::Internal,
             ServedError::Device { kind, .. } => *kind,
         }
@@ -806,6 +816,23 @@ impl ServedModel {
     /// between two steps.
     pub fn stats(&self) -> Result<ServedStats, ServedError> {
         self.call(Command::Stats)
+    }
+
+    /// [`stats`](Self::stats), waiting at most `wait` for the engine to take the call (a
+    /// metrics scrape must not wait on a long step): [`ServedError::Busy`] past it.
+    pub fn stats_within(&self, wait: Duration) -> Result<ServedStats, ServedError> {
+        let tx = self.sender()?;
+        let (reply, answer) = mpsc::channel();
+        tx.send(Command::Stats(reply))
+            .map_err(|_| self.state.gone())?;
+        match answer.recv_timeout(wait) {
+            Ok(stats) => Ok(stats),
+            Err(RecvTimeoutError::Timeout) => Err(ServedError::Busy {
+                what: "a stats call",
+                waited_ms: wait.as_millis().try_into().unwrap_or(u64::MAX),
+            }),
+            Err(RecvTimeoutError::Disconnected) => Err(self.state.gone()),
+        }
     }
 
     /// Closes the command channel: the engine takes the commands already sent, finishes its

@@ -267,7 +267,9 @@ pub struct EngineLoad {
     pub preemptions: u64,
     /// Prompt tokens and recomputed output run by steps whose forward pass succeeded.
     pub prefill_tokens: u64,
-    /// Output tokens run one at a time by steps whose forward pass succeeded.
+    /// Output tokens run one at a time by steps whose forward pass succeeded (as
+    /// [`StepReport::decode_tokens`] counts them: the last token of a recomputed output run
+    /// alone counts here too).
     pub decode_tokens: u64,
 }
 
