@@ -50,6 +50,13 @@ pub fn spawn_or_skip(args: &[&str]) -> Option<Anvil> {
     }
 }
 
+/// Why a started node is not ready: it exited, or something else.
+enum NotReady {
+    Exited(ChainError),
+    Other(ChainError),
+}
+use NotReady::{Exited, Other};
+
 /// A running anvil.
 #[derive(Debug)]
 pub struct Anvil {
@@ -74,17 +81,25 @@ fn rpc(what: &str, e: impl std::fmt::Display) -> ChainError {
 
 impl Anvil {
     /// Starts `binary` on a free loopback port with the extra `args` (e.g. `--state`,
-    /// `--timestamp`) and waits until it accepts connections.
+    /// `--timestamp`) and waits until it accepts connections. A node that exits before it
+    /// listens (the port taken by another process between choosing and binding it) is started
+    /// again on another port, three times at most.
     pub fn spawn(binary: &Path, args: &[&str]) -> Result<Self, ChainError> {
-        let port = free_port()?;
-        let mut a = Self {
-            child: Self::start(binary, port, args)?,
-            port,
-            binary: binary.to_path_buf(),
-            args: args.iter().map(|s| s.to_string()).collect(),
-        };
-        a.wait_ready()?;
-        Ok(a)
+        let mut tries = 0;
+        loop {
+            let port = free_port()?;
+            let mut a = Self {
+                child: Self::start(binary, port, args)?,
+                port,
+                binary: binary.to_path_buf(),
+                args: args.iter().map(|s| s.to_string()).collect(),
+            };
+            match a.wait_ready() {
+                Ok(()) => return Ok(a),
+                Err(Exited(_)) if tries < 2 => tries += 1,
+                Err(Exited(e) | Other(e)) => return Err(e),
+            }
+        }
     }
 
     fn start(binary: &Path, port: u16, args: &[&str]) -> Result<Child, ChainError> {
@@ -104,19 +119,19 @@ impl Anvil {
             .map_err(|e| rpc("start", format!("{}: {e}", binary.display())))
     }
 
-    fn wait_ready(&mut self) -> Result<(), ChainError> {
+    fn wait_ready(&mut self) -> Result<(), NotReady> {
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(30) {
             if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(rpc("start", format!("exited with {status}")));
+                return Err(Exited(rpc("start", format!("exited with {status}"))));
             }
             if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Err(rpc("start", "not listening after 30 s"))
+        Err(Other(rpc("start", "not listening after 30 s")))
     }
 
     /// Its endpoint, `http://127.0.0.1:PORT`.
@@ -163,7 +178,7 @@ impl Anvil {
         self.stop()?;
         self.args = args.iter().map(|s| s.to_string()).collect();
         self.child = Self::start(&self.binary, self.port, args)?;
-        self.wait_ready()
+        self.wait_ready().map_err(|(Exited(e) | Other(e))| e)
     }
 }
 

@@ -450,12 +450,20 @@ fn a_dropped_transaction_is_sent_again_and_mined_once() {
         chain.send(a, token, &mint)
     });
     let url = node.url();
-    // The transaction waits in the pool; drop it.
+    // The transaction waits in the pool; drop it. Only the mint is looked for: anvil may
+    // still list the deployment as pending for a moment after mining it (its pool forgets
+    // mined transactions on a notification of its own).
+    let to_token = token.to_string().to_ascii_lowercase();
     let hash = loop {
         let pool: serde_json::Value = raw(&url, "txpool_content", serde_json::json!([]));
-        let pending = &pool["pending"];
-        if let Some(txs) = pending.as_object().and_then(|m| m.values().next()) {
-            let tx = txs.as_object().unwrap().values().next().unwrap();
+        let mint = pool["pending"]
+            .as_object()
+            .into_iter()
+            .flat_map(|senders| senders.values())
+            .filter_map(|txs| txs.as_object())
+            .flat_map(|txs| txs.values())
+            .find(|tx| tx["to"].as_str().map(str::to_ascii_lowercase) == Some(to_token.clone()));
+        if let Some(tx) = mint {
             break tx["hash"].as_str().unwrap().to_string();
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
